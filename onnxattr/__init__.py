@@ -1,0 +1,14 @@
+"""onnxattr: compile any ONNX model into one that also returns a relevance map.
+
+    import onnxattr
+    explained = onnxattr.compile("model.onnx", "lrp.epsilon")        # an onnx.ModelProto
+    analyzer = onnxattr.create_analyzer("gradient", "model.onnx")
+    relevance = analyzer.analyze(x, neuron_selection=3)
+"""
+
+from onnxattr.api import Analyzer, compile, create_analyzer
+from onnxattr.errors import OnnxAttrError
+from onnxattr.methods import REGISTRY as METHODS
+
+__version__ = "0.1.0"
+__all__ = ["Analyzer", "compile", "create_analyzer", "OnnxAttrError", "METHODS", "__version__"]

@@ -1,0 +1,107 @@
+"""Python API: ``compile`` a model, or ``create_analyzer(...).analyze(x)`` as in iNNvestigate."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxattr.assemble import RELEVANCE, compile_model
+from onnxattr.errors import DataError, UsageError
+from onnxattr.load import load_model
+from onnxattr.methods import get_method
+from onnxattr.runtime import Runner
+from onnxattr.select import TARGET_INPUT
+
+MODES = {"max_activation": "max", "max": "max", "index": "index", "all": "all"}
+
+
+def compile(model, method: str, neuron: str = "max", input: str | None = None,
+            output: str | None = None, **params) -> onnx.ModelProto:
+    """A new ONNX model returning the original outputs and ``relevance`` for ``method``."""
+    return compile_model(model, method, neuron=neuron, input=input, output=output, **params)
+
+
+class Analyzer:
+    """Compiles lazily per neuron mode and keeps one onnxruntime session per mode."""
+
+    def __init__(self, method: str, model, neuron_selection_mode: str = "max_activation",
+                 input: str | None = None, output: str | None = None, device: str | None = None,
+                 providers=None, **params):
+        self.method = get_method(method)
+        if neuron_selection_mode not in MODES:
+            raise UsageError(f"neuron_selection_mode must be one of {', '.join(MODES)}")
+        self.mode = MODES[neuron_selection_mode]
+        self.params = self.method.resolve(params)
+        self.model = load_model(model)
+        self.input, self.output = input, output
+        self.device, self.providers = device, providers
+        self._runners: dict[str, Runner] = {}
+        self.outputs: list[np.ndarray] | None = None  # the original outputs of the last analyze()
+
+    def fit(self, data=None, **kwargs) -> "Analyzer":
+        """Nothing to learn for this method (pattern.* methods learn from data)."""
+        return self
+
+    def runner(self, mode: str) -> Runner:
+        if mode not in self._runners:
+            compiled = compile_model(self.model, self.method.name, neuron=mode, input=self.input,
+                                     output=self.output, **self.params)
+            self._runners[mode] = Runner(compiled, self.device, self.providers)
+        return self._runners[mode]
+
+    def analyze(self, X, neuron_selection=None) -> np.ndarray:
+        mode = self.mode
+        if neuron_selection is not None:
+            mode = "index"
+        elif mode == "index":
+            raise UsageError("neuron_selection_mode='index' needs neuron_selection=int or array")
+        r = self.runner(mode)
+        x_name = next(n for n in r.input_names if n != TARGET_INPUT)
+        X = _as_input(X, r.session.get_inputs()[r.input_names.index(x_name)])
+        feeds = {x_name: X}
+        if mode == "index":
+            feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)
+        results = r.run(feeds)
+        self.outputs = results[:-1]
+        return results[r.output_names.index(RELEVANCE)]
+
+
+_NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+
+
+def _as_input(X, arg) -> np.ndarray:
+    X = np.asarray(X)
+    if X.dtype.kind not in "fiu":
+        raise DataError(f"input data has dtype {X.dtype}; a float array is expected")
+    dtype = _NP.get(arg.type, np.float32)
+    X = X.astype(dtype, copy=False)
+    if len(arg.shape) != X.ndim:
+        raise DataError(f"input '{arg.name}' expects rank {len(arg.shape)} {list(arg.shape)}, got shape {list(X.shape)}")
+    for want, got in zip(arg.shape, X.shape):
+        if isinstance(want, int) and want != got:
+            raise DataError(f"input '{arg.name}' expects shape {list(arg.shape)}, got {list(X.shape)}")
+    return X
+
+
+def _targets(selection, batch: int, runner: Runner) -> np.ndarray:
+    t = np.asarray(selection)
+    if t.dtype.kind not in "iu":
+        raise DataError(f"neuron_selection must be integers, got {t.dtype}")
+    t = np.broadcast_to(t.astype(np.int64), (batch,)).copy() if t.ndim == 0 else t.astype(np.int64)
+    if t.shape != (batch,):
+        raise DataError(f"neuron_selection has shape {t.shape}; expected one index per sample ({batch})")
+    n_out = _flat_outputs(runner)
+    if n_out is not None and (t.min() < 0 or t.max() >= n_out):
+        raise DataError(f"neuron_selection {t.tolist()} out of range: the explained output has {n_out} neurons")
+    return t
+
+
+def _flat_outputs(runner: Runner):
+    meta = runner.session.get_modelmeta().custom_metadata_map
+    n = meta.get("onnxattr.outputs")
+    return int(n) if n else None
+
+
+def create_analyzer(method: str, model, **kwargs) -> Analyzer:
+    """iNNvestigate-style: ``create_analyzer("gradient", "model.onnx").analyze(x)``."""
+    return Analyzer(method, model, **kwargs)

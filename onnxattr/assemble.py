@@ -1,0 +1,84 @@
+"""Compile: load -> canonicalize -> select & seed -> reverse pass -> assemble one checked model.
+
+The compiled model keeps the original inputs (plus int64 ``target`` [batch] in index mode) and the
+original outputs, and adds ``relevance`` (float32, the explained input's shape).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxattr.canonicalize import canonicalize
+from onnxattr.errors import InvalidModelError, UsageError
+from onnxattr.graph import GraphBuilder
+from onnxattr.load import check_input_model, load_model
+from onnxattr.methods import Target, get_method
+from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
+
+RELEVANCE = "relevance"
+TWO_GB = 2**31
+
+
+def compile_model(model, method: str, neuron: str = "max", input: str | None = None,
+                  output: str | None = None, **params) -> onnx.ModelProto:
+    """Return a new model computing the original outputs and the relevance map of ``method``."""
+    m = get_method(method)
+    if neuron not in NEURON_MODES:
+        raise UsageError(f"neuron selection must be one of {', '.join(NEURON_MODES)}, not '{neuron}'")
+    resolved = m.resolve(params)
+    label = str(model) if not isinstance(model, onnx.ModelProto) else "model"
+    proto = load_model(model)
+    check_input_model(proto, label)
+    canon = canonicalize(proto, label)
+    x = choose_input(canon, input)
+    b = GraphBuilder(canon)
+    _, y = choose_output(canon, b, output)
+    index = neuron_index(b, y, neuron)
+    xshape = b.shape(x) or [None]
+    target = Target(b, list(canon.graph.node), x, y, neuron, index,
+                    static_batch=isinstance(xshape[0], int))
+    relevance = m.build(target, resolved)
+    return assemble(canon, target, relevance, neuron, method, resolved)
+
+
+def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, method: str,
+             params: dict) -> onnx.ModelProto:
+    b = t.b
+    if b.types.get(t.x) != TensorProto.FLOAT:
+        relevance = b.op("Cast", [relevance], to=TensorProto.FLOAT)
+    final = b.op("Identity", [relevance])
+    b.nodes[-1].output[0] = RELEVANCE
+    del final
+    graph = canon.graph
+    # forward nodes (possibly given extra outputs, e.g. MaxPool indices) then the appended ones
+    del graph.node[:]
+    graph.node.extend(t.nodes)
+    graph.node.extend(b.nodes)
+    graph.initializer.extend(b.initializers)
+    if neuron == "index":
+        graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
+    x_shape = [d for d in (b.shape(t.x) or [])]
+    graph.output.append(helper.make_tensor_value_info(RELEVANCE, TensorProto.FLOAT, x_shape or None))
+    y_dims = (b.shape(t.y) or [None])[1:]
+    n_neurons = {"onnxattr.outputs": str(int(np.prod(y_dims)))} if all(isinstance(d, int) for d in y_dims) else {}
+    helper.set_model_props(canon, {**{p.key: p.value for p in canon.metadata_props}, **n_neurons,
+                                   "onnxattr.method": method,
+                                   "onnxattr.neuron": neuron,
+                                   "onnxattr.params": repr(params)})
+    if canon.ByteSize() < TWO_GB:
+        try:
+            onnx.checker.check_model(canon, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise InvalidModelError(f"internal error: the compiled model fails onnx.checker: {e}") from None
+    return canon
+
+
+def _batch_dim(model, x):
+    for vi in model.graph.input:
+        if vi.name == x:
+            d = vi.type.tensor_type.shape.dim
+            if d:
+                return d[0].dim_value if d[0].HasField("dim_value") else (d[0].dim_param or "batch")
+    return "batch"

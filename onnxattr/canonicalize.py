@@ -1,0 +1,81 @@
+"""Canonicalize: put any exported model into the form the reverse pass expects, outputs unchanged.
+
+Steps: lift opsets older than 17 to 17 (onnx.version_converter; the backward needs opset 16's
+ScatterElements(reduction="add") and opset 13's input-form axes/splits); fold constant subgraphs (weights
+spelled as Constant/ConstantOfShape become initializers); drop Identity and Dropout; name every node;
+infer every intermediate shape. Tests run the original and the canonical model and compare outputs.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import shape_inference, version_converter
+
+from onnxattr.errors import InvalidModelError
+
+MIN_OPSET = 17
+TARGET_OPSET = 17
+FOLD_SIZE_LIMIT = 64 * 2**20  # bytes: never materialise a folded tensor larger than this
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    if default_opset(model) >= MIN_OPSET:
+        return model
+    try:
+        model = version_converter.convert_version(model, TARGET_OPSET)
+    except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
+        raise InvalidModelError(
+            f"{label}: cannot upgrade opset {default_opset(model)} to {TARGET_OPSET}: {e}"
+        ) from None
+    model.ir_version = max(model.ir_version, 8)
+    return model
+
+
+def fold_and_clean(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constant subgraphs into initializers and remove Identity/Dropout pass-throughs."""
+    graph = gs.import_onnx(model)
+    outputs = {t.name for t in graph.outputs}
+    for node in graph.nodes:
+        if node.op in ("Identity", "Dropout") and node.outputs[0].name not in outputs:
+            src = node.inputs[0]
+            for consumer in list(node.outputs[0].outputs):
+                for k, t in enumerate(consumer.inputs):
+                    if t is node.outputs[0]:
+                        consumer.inputs[k] = src
+            node.outputs.clear()
+    graph.cleanup(remove_unused_graph_inputs=False)
+    graph.fold_constants(size_threshold=FOLD_SIZE_LIMIT, error_ok=True)
+    graph.cleanup(remove_unused_graph_inputs=False)
+    folded = gs.export_onnx(graph, do_type_check=False)
+    folded.ir_version = model.ir_version
+    del folded.opset_import[:]
+    folded.opset_import.extend(model.opset_import)
+    folded.metadata_props.extend(model.metadata_props)
+    return folded
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    seen = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - fall back to what the model declares
+        return model
+
+
+def canonicalize(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
+    model = upgrade_opset(model, label)
+    model = fold_and_clean(model)
+    name_nodes(model)
+    return infer_shapes(model)

@@ -1,0 +1,113 @@
+"""The reverse pass: from a seed at the explained output to relevance at the explained input.
+
+Nodes on a path from the input to the output are visited in reverse topological order; each node's
+emitter (or the rule the method assigns to it) turns what arrived at its outputs into contributions
+at its inputs; contributions to a tensor used several times are summed. Nodes off the path (shape
+arithmetic, constants) are left alone. Only float tensors carry gradient.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Iterable
+
+import onnx
+
+from onnxattr.emitters import VJPS, ZERO_GRAD_OPS
+from onnxattr.errors import UnsupportedModelError
+from onnxattr.graph import GraphBuilder
+
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+# A rule may take over the backward step of a node: rule(b, node, grads, need) -> list | None.
+RuleLookup = Callable[[onnx.NodeProto], Callable | None]
+
+
+def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBuilder):
+    """Nodes (in their given topological order) lying on a float path from source to target,
+    and the set of tensors on such paths."""
+    reach = {source}
+    for node in nodes:
+        if any(i in reach for i in node.input):
+            for o in node.output:
+                if o and b.is_float(o):
+                    reach.add(o)
+    if target not in reach:
+        return [], set()
+    back = {target}
+    on_path = []
+    for node in reversed(nodes):
+        if any(o in back for o in node.output) and any(i in reach for i in node.input):
+            on_path.append(node)
+            for i in node.input:
+                if i in reach:
+                    back.add(i)
+    on_path.reverse()
+    return on_path, reach & back
+
+
+def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | None = None) -> None:
+    """Raise one error naming every op on the path that cannot be differentiated."""
+    missing: dict[str, list[str]] = defaultdict(list)
+    control = []
+    for node in on_path:
+        if node.op_type in CONTROL_FLOW:
+            control.append(f"{node.op_type} '{node.name}'")
+            continue
+        if node.domain not in ("", "ai.onnx") or (
+            node.op_type not in VJPS and node.op_type not in ZERO_GRAD_OPS
+            and not (rule_for and rule_for(node))
+        ):
+            key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            missing[key].append(node.name or "(unnamed)")
+    if control:
+        raise UnsupportedModelError(
+            "control flow on the explained path is not supported: " + ", ".join(control[:10])
+        )
+    if missing:
+        listing = "; ".join(
+            f"{op} ({len(names)}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+            for op, names in sorted(missing.items())
+        )
+        supported = ", ".join(sorted(VJPS))
+        raise UnsupportedModelError(
+            f"no backward rule for these ops on the explained path: {listing}. Supported: {supported}"
+        )
+
+
+def reverse_pass(
+    b: GraphBuilder,
+    nodes: list[onnx.NodeProto],
+    source: str,
+    target: str,
+    seed: str,
+    rule_for: RuleLookup | None = None,
+) -> str | None:
+    """Emit the backward of ``nodes`` from ``seed`` at ``target`` to ``source``; returns the name of
+    the tensor arriving at ``source`` (None if nothing reaches it)."""
+    on_path, live = path_nodes(nodes, source, target, b)
+    check_supported(on_path, rule_for)
+    arrived: dict[str, list[str]] = defaultdict(list)
+    arrived[target].append(seed)
+    for node in reversed(on_path):
+        grads = []
+        for o in node.output:
+            parts = arrived.pop(o, None)
+            grads.append(b.add_all(parts) if parts else None)
+        if all(g is None for g in grads):
+            continue
+        for g, o in zip(grads, node.output):
+            if g is not None:
+                b.set_info(g, o)
+        if node.op_type in ZERO_GRAD_OPS:
+            continue
+        need = [bool(i) and i in live for i in node.input]
+        rule = rule_for(node) if rule_for else None
+        step = rule if rule is not None else VJPS[node.op_type]
+        results = step(b, node, grads, need)
+        for i, (name, r) in enumerate(zip(node.input, results)):
+            if r is not None and need[i]:
+                b.set_info(r, name)
+                arrived[name].append(r)
+    parts = arrived.get(source)
+    return b.add_all(parts) if parts else None

@@ -1,0 +1,126 @@
+"""Element-wise arithmetic with broadcasting: Add, Sub, Mul, Div, Sum, Neg, Pow, Sqrt, Exp, Log, ...
+
+For z = f(a, b) with broadcasting, dL/da = unbroadcast(g * df/da, a).
+"""
+
+from onnxattr.emitters.broadcast import unbroadcast
+from onnxattr.emitters.registry import register
+
+
+@register("Add", "Sum")
+def add_vjp(b, node, grads, need):
+    """z = a + b (+ ...): every operand gets g, summed back to its shape."""
+    g, y = grads[0], node.output[0]
+    return [unbroadcast(b, g, x, y) if n else None for x, n in zip(node.input, need)]
+
+
+@register("Sub")
+def sub_vjp(b, node, grads, need):
+    """z = a - b: da = g, db = -g."""
+    g, y = grads[0], node.output[0]
+    a, c = node.input
+    ga = unbroadcast(b, g, a, y) if need[0] else None
+    gb = unbroadcast(b, b.op("Neg", [g]), c, y) if need[1] else None
+    return [ga, gb]
+
+
+@register("Mul")
+def mul_vjp(b, node, grads, need):
+    """z = a * b: da = g * b, db = g * a."""
+    g, y = grads[0], node.output[0]
+    a, c = node.input
+    ga = unbroadcast(b, b.op("Mul", [g, c]), a, y) if need[0] else None
+    gb = unbroadcast(b, b.op("Mul", [g, a]), c, y) if need[1] else None
+    return [ga, gb]
+
+
+@register("Div")
+def div_vjp(b, node, grads, need):
+    """z = a / b: da = g / b, db = -g * z / b."""
+    g, y = grads[0], node.output[0]
+    a, c = node.input
+    ga = unbroadcast(b, b.op("Div", [g, c]), a, y) if need[0] else None
+    gb = None
+    if need[1]:
+        t = b.op("Neg", [b.op("Div", [b.op("Mul", [g, y]), c])])
+        gb = unbroadcast(b, t, c, y)
+    return [ga, gb]
+
+
+@register("Neg")
+def neg_vjp(b, node, grads, need):
+    return [b.op("Neg", [grads[0]])]
+
+
+@register("Sqrt")
+def sqrt_vjp(b, node, grads, need):
+    """y = sqrt(x): dx = g / (2 y)."""
+    two_y = b.op("Mul", [node.output[0], b.scalar(2.0, node.output[0])])
+    return [b.op("Div", [grads[0], two_y])]
+
+
+@register("Exp")
+def exp_vjp(b, node, grads, need):
+    """y = exp(x): dx = g * y."""
+    return [b.op("Mul", [grads[0], node.output[0]])]
+
+
+@register("Log")
+def log_vjp(b, node, grads, need):
+    """y = log(x): dx = g / x."""
+    return [b.op("Div", [grads[0], node.input[0]])]
+
+
+@register("Reciprocal")
+def reciprocal_vjp(b, node, grads, need):
+    """y = 1/x: dx = -g * y^2."""
+    y = node.output[0]
+    return [b.op("Neg", [b.op("Mul", [grads[0], b.op("Mul", [y, y])])])]
+
+
+@register("Abs")
+def abs_vjp(b, node, grads, need):
+    """y = |x|: dx = g * sign(x)."""
+    return [b.op("Mul", [grads[0], b.op("Sign", [node.input[0]])])]
+
+
+@register("Pow")
+def pow_vjp(b, node, grads, need):
+    """y = a^p: da = g * p * a^(p-1); dp = g * y * log(a)."""
+    g, y = grads[0], node.output[0]
+    a, p = node.input
+    ga = gp = None
+    if need[0]:
+        p_minus_1 = b.op("Sub", [p, b.scalar(1.0, p)])
+        d = b.op("Mul", [p, b.op("Pow", [a, p_minus_1])])
+        ga = unbroadcast(b, b.op("Mul", [g, d]), a, y)
+    if need[1]:
+        d = b.op("Mul", [y, b.op("Log", [a])])
+        gp = unbroadcast(b, b.op("Mul", [g, d]), p, y)
+    return [ga, gp]
+
+
+@register("Max", "Min")
+def minmax_vjp(b, node, grads, need):
+    """y = max(a, b, ...): the gradient goes to the operands equal to y (ties share it, as
+    every winner gets the full gradient in numpy-style subgradients of torch.maximum/2)."""
+    g = grads[0]
+    y = node.output[0]
+    masks = [b.op("Cast", [b.op("Equal", [x, y])], to=b.types.get(y, 1)) for x in node.input]
+    count = b.add_all(masks) if len(masks) > 1 else masks[0]
+    share = b.op("Div", [g, count])
+    return [
+        unbroadcast(b, b.op("Mul", [share, m]), x, y) if n else None
+        for x, m, n in zip(node.input, masks, need)
+    ]
+
+
+@register("Where")
+def where_vjp(b, node, grads, need):
+    """y = where(c, a, b): da = g where c, db = g where not c."""
+    g, y = grads[0], node.output[0]
+    cond, a, c = node.input
+    zero = b.scalar(0.0, y)
+    ga = unbroadcast(b, b.op("Where", [cond, g, zero]), a, y) if need[1] else None
+    gb = unbroadcast(b, b.op("Where", [cond, zero, g]), c, y) if need[2] else None
+    return [None, ga, gb]

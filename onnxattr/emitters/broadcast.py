@@ -1,0 +1,39 @@
+"""Undo numpy-style broadcasting in a gradient: sum it back to the shape of an operand."""
+
+from onnxattr.graph import GraphBuilder
+
+
+def unbroadcast(b: GraphBuilder, g: str, target: str, full: str | None = None) -> str:
+    """ReduceSum ``g`` over the axes where ``target`` was broadcast, then give it target's shape.
+
+    When target's rank and dims are known (ints or symbolic names), the axes are found at compile
+    time: the leading axes target lacks and the axes where target has 1. Otherwise they come from
+    NonZero(Shape(g) != Shape(target) padded with leading ones), reduced with
+    noop_with_empty_axes=1 (without that flag an empty axes list reduces every axis).
+    ``full`` names a tensor of g's shape (the forward output) when g itself has no recorded shape.
+    """
+    gs, ts = b.shape(full or g), b.shape(target)
+    if gs is not None and ts is not None and None not in ts and len(gs) >= len(ts):
+        lead = len(gs) - len(ts)
+        axes = list(range(lead)) + [
+            lead + i for i, t in enumerate(ts) if t == 1 and gs[lead + i] != 1
+        ]
+        if not axes:
+            return g
+        out = b.op("ReduceSum", [g, b.ints(axes)], keepdims=1)
+        out = b.op("Reshape", [out, b.shape_of(target)])
+        b.set_info(out, target)
+        return out
+    g_rank, t_rank = b.rank(full or g), b.rank(target)
+    shp_g = b.op("Shape", [g])
+    shp_t = b.op("Shape", [target])
+    if g_rank is not None and t_rank is not None and g_rank > t_rank:
+        shp_t_pad = b.op("Concat", [b.ints([1] * (g_rank - t_rank)), shp_t], axis=0)
+    else:
+        shp_t_pad = shp_t
+    mismatch = b.op("Not", [b.op("Equal", [shp_g, shp_t_pad])])
+    axes = b.op("Reshape", [b.op("NonZero", [mismatch]), b.ints([-1])])
+    red = b.op("ReduceSum", [g, axes], keepdims=1, noop_with_empty_axes=1)
+    out = b.op("Reshape", [red, shp_t])
+    b.set_info(out, target)
+    return out

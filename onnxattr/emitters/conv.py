@@ -1,0 +1,153 @@
+"""Conv and ConvTranspose: exact VJPs for any rank, strides, dilations, groups and padding.
+
+Conv VJP (recipe checked on onnxruntime): ConvTranspose of g with the Conv weight as it is (same group,
+strides, dilations) and NO pads gives the gradient of the padded input; a Pad with negative begin pads
+crops it to x (its end pad is x_len - full_len + pad_begin, positive when the stride did not divide).
+The ``output_shape`` attribute of ConvTranspose is avoided: onnxruntime ignores pads with it.
+
+ConvTranspose VJP: Conv of g with the same weight, strides, dilations, group and the ConvTranspose pads.
+
+``conv_forward``/``conv_input_vjp`` are the linear pieces LRP rules combine with modified weights.
+"""
+
+import math
+
+from onnxattr.emitters.registry import register
+from onnxattr.errors import UnsupportedModelError
+
+
+def conv_attrs(node):
+    out = {"auto_pad": "NOTSET", "group": 1}
+    for a in node.attribute:
+        if a.name in ("dilations", "kernel_shape", "pads", "strides", "output_padding", "output_shape"):
+            out[a.name] = list(a.ints)
+        elif a.name == "group":
+            out["group"] = a.i
+        elif a.name == "auto_pad":
+            out["auto_pad"] = a.s.decode()
+    return out
+
+
+def same_pad_begin(b, node, x, kernel, strides, dil):
+    """Begin pads of auto_pad=SAME_UPPER/LOWER (needs x's static spatial dims)."""
+    mode = conv_attrs(node)["auto_pad"]
+    xs = b.shape(x)
+    if xs is None or any(not isinstance(d, int) for d in xs[2:]):
+        raise UnsupportedModelError(
+            f"{node.op_type} node '{node.name}': auto_pad={mode} needs static spatial dims of its input"
+        )
+    begin = []
+    for L, k, s, d in zip(xs[2:], kernel, strides, dil):
+        total = max((math.ceil(L / s) - 1) * s + (k - 1) * d + 1 - L, 0)
+        begin.append(total // 2 if mode == "SAME_UPPER" else total - total // 2)
+    return begin
+
+
+def window_geometry(b, node, x, kernel):
+    """Strides, dilations and begin pads of a windowed node (Conv, pools) with this kernel."""
+    at = conv_attrs(node)
+    nsp = len(kernel)
+    strides = at.get("strides") or [1] * nsp
+    dil = at.get("dilations") or [1] * nsp
+    begin = (at.get("pads") or [0] * (2 * nsp))[:nsp]
+    if at["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
+        begin = same_pad_begin(b, node, x, kernel, strides, dil)
+    elif at["auto_pad"] == "VALID":
+        begin = [0] * nsp
+    return strides, dil, begin
+
+
+def transpose_and_crop(b, g, w, x, y, group, kernel, strides, dil, begin):
+    """ConvTranspose(g, w) without pads, then crop/pad to x: the input VJP of a windowed op."""
+    nsp = len(kernel)
+    full = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil)
+    xs, gs = b.static_shape(x), b.static_shape(y)
+    if xs is not None and gs is not None:
+        end = []
+        for i in range(nsp):
+            full_len = (gs[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1
+            end.append(xs[2 + i] - full_len + begin[i])
+        pads = b.ints([0, 0] + [-p for p in begin] + [0, 0] + end)
+    else:
+        spatial = lambda t: b.op("Slice", [b.op("Shape", [t]), b.ints([2]), b.ints([2 + nsp])])  # noqa: E731
+        end = b.op("Add", [b.op("Sub", [spatial(x), spatial(full)]), b.ints(begin)])
+        pads = b.op("Concat", [b.ints([0, 0] + [-p for p in begin] + [0, 0]), end], axis=0)
+    out = b.op("Pad", [full, pads])
+    b.set_info(out, x)
+    return out
+
+
+def conv_forward(b, node, x, w, bias=None):
+    """The node's Conv applied to other operands (LRP's modified forward passes)."""
+    attrs = {a.name: a for a in node.attribute}
+    out = b.op("Conv", [x, w] + ([bias] if bias else []))
+    b.nodes[-1].attribute.extend(attrs.values())
+    b.set_info(out, node.output[0])
+    return out
+
+
+def conv_input_vjp(b, node, g, w, x):
+    """dL/dx of y = Conv(x, w): ConvTranspose(g, w) without pads, cropped to x."""
+    at = conv_attrs(node)
+    wshape = b.shape(w)
+    if wshape is None:
+        raise UnsupportedModelError(f"Conv node '{node.name}': the weight's rank is unknown")
+    kernel = at.get("kernel_shape") or list(wshape[2:])
+    strides, dil, begin = window_geometry(b, node, x, kernel)
+    return transpose_and_crop(b, g, w, x, node.output[0], at["group"], kernel, strides, dil, begin)
+
+
+@register("Conv")
+def conv_vjp(b, node, grads, need):
+    x, w = node.input[0], node.input[1]
+    out = [None] * len(node.input)
+    if need[0]:
+        out[0] = conv_input_vjp(b, node, grads[0], w, x)
+    if len(need) > 1 and need[1]:
+        raise UnsupportedModelError(
+            f"Conv node '{node.name}': its weight depends on the explained input; "
+            "only constant or input-independent Conv weights are supported"
+        )
+    return out
+
+
+def _convtranspose_pads(b, node, x, w):
+    at = conv_attrs(node)
+    wshape = b.shape(w)
+    nsp = len(wshape) - 2
+    kernel = at.get("kernel_shape") or list(wshape[2:])
+    strides = at.get("strides") or [1] * nsp
+    dil = at.get("dilations") or [1] * nsp
+    opad = at.get("output_padding") or [0] * nsp
+    if at["auto_pad"] == "NOTSET" and "output_shape" not in at:
+        return at, strides, dil, at.get("pads") or [0] * (2 * nsp)
+    xs, ys = b.shape(x), b.shape(node.output[0])
+    if xs is None or ys is None or any(not isinstance(d, int) for d in xs[2:] + ys[2:]):
+        raise UnsupportedModelError(
+            f"ConvTranspose node '{node.name}': auto_pad/output_shape need static spatial dims"
+        )
+    begin, end = [], []
+    for i in range(nsp):
+        total = strides[i] * (xs[2 + i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 - ys[2 + i]
+        if at["auto_pad"] == "SAME_LOWER":
+            begin.append(total - total // 2)
+        else:
+            begin.append(total // 2)
+        end.append(total - begin[-1])
+    return at, strides, dil, begin + end
+
+
+@register("ConvTranspose")
+def conv_transpose_vjp(b, node, grads, need):
+    """dL/dx of y = ConvTranspose(x, w) is Conv(g, w) with the same pads, strides, dilations."""
+    x, w = node.input[0], node.input[1]
+    if len(need) > 1 and need[1]:
+        raise UnsupportedModelError(
+            f"ConvTranspose node '{node.name}': weights that depend on the input are not supported"
+        )
+    at, strides, dil, pads = _convtranspose_pads(b, node, x, w)
+    gx = b.op("Conv", [grads[0], w], group=at["group"], strides=strides, dilations=dil, pads=pads)
+    out = [None] * len(node.input)
+    out[0] = gx
+    return out
+

@@ -1,0 +1,81 @@
+"""Normalization layers: BatchNormalization (inference), LRN, LayerNormalization.
+
+BatchNormalization: y = (x - mean) * gamma / sqrt(var + eps) + beta, so dx = g * gamma / sqrt(var + eps)
+                    broadcast on the channel axis (the scale is folded at compile time when constant).
+LRN: y = x * s^-beta, s = bias + alpha/size * window_sum(x^2) over channels, so
+     dx = g * s^-beta - 2 alpha beta / size * x * window_sum^T(g * x * s^(-beta-1)).
+     The channel window sum is a Conv over a unit axis; its transpose swaps the pads.
+LayerNormalization: dx = (g*gamma - mean(g*gamma) - xhat * mean(g*gamma*xhat)) / std over the normalized axes.
+"""
+
+import numpy as np
+
+from onnxattr.emitters.registry import register
+
+
+def _f(node, name, default):
+    return next((a.f for a in node.attribute if a.name == name), default)
+
+
+def bn_scale(b, node):
+    """gamma / sqrt(var + eps), reshaped to broadcast over [N, C, ...] (constant when possible)."""
+    x, gamma, _, _, var = node.input[:5]
+    eps = _f(node, "epsilon", 1e-5)
+    rank = b.rank(x) or 4
+    vals = [b.value(t) for t in (gamma, var)]
+    if all(v is not None for v in vals):
+        scale = vals[0] / np.sqrt(vals[1] + eps)
+        return b.const(scale.reshape([-1] + [1] * (rank - 2)).astype(vals[0].dtype), vals[0].dtype, "bn_scale")
+    scale = b.op("Div", [gamma, b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, x)])])])
+    return b.op("Reshape", [scale, b.ints([-1] + [1] * (rank - 2))])
+
+
+@register("BatchNormalization")
+def batchnorm_vjp(b, node, grads, need):
+    return [b.op("Mul", [grads[0], bn_scale(b, node)])] + [None] * (len(node.input) - 1)
+
+
+def _window_sum(b, t, rank, size, transpose):
+    """Sum over channel windows [c - (size-1)//2, c + size//2] (or its transpose) of an NC... tensor."""
+    lo, hi = (size - 1) // 2, size // 2
+    if transpose:
+        lo, hi = hi, lo
+    u = b.op("Unsqueeze", [t, b.ints([1])])  # [N, 1, C, ...]
+    kernel = b.const(np.ones([1, 1, size] + [1] * (rank - 2), np.float32), hint="lrn_kernel")
+    pads = [lo] + [0] * (rank - 2) + [hi] + [0] * (rank - 2)
+    return b.op("Squeeze", [b.op("Conv", [u, kernel], pads=pads), b.ints([1])])
+
+
+@register("LRN")
+def lrn_vjp(b, node, grads, need):
+    x, g = node.input[0], grads[0]
+    alpha, beta, bias = _f(node, "alpha", 1e-4), _f(node, "beta", 0.75), _f(node, "bias", 1.0)
+    size = next(a.i for a in node.attribute if a.name == "size")
+    rank = b.rank(x)
+    s = b.op("Add", [b.op("Mul", [_window_sum(b, b.op("Mul", [x, x]), rank, size, False),
+                                  b.scalar(alpha / size, x)]), b.scalar(bias, x)])
+    direct = b.op("Mul", [g, b.op("Pow", [s, b.scalar(-beta, x)])])
+    inner = b.op("Mul", [b.op("Mul", [g, x]), b.op("Pow", [s, b.scalar(-beta - 1.0, x)])])
+    cross = b.op("Mul", [b.op("Mul", [x, _window_sum(b, inner, rank, size, True)]),
+                         b.scalar(-2.0 * alpha * beta / size, x)])
+    return [b.op("Add", [direct, cross])]
+
+
+@register("LayerNormalization")
+def layernorm_vjp(b, node, grads, need):
+    x, gamma = node.input[0], node.input[1]
+    g = grads[0]
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    eps = _f(node, "epsilon", 1e-5)
+    rank = b.rank(x)
+    axes = list(range(axis % rank, rank))
+    mean = b.reduce("ReduceMean", x, axes)
+    xc = b.op("Sub", [x, mean])
+    var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), axes)
+    rstd = b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, x)])])])
+    xhat = b.op("Mul", [xc, rstd])
+    gg = b.op("Mul", [g, gamma])
+    m1 = b.reduce("ReduceMean", gg, axes)
+    m2 = b.reduce("ReduceMean", b.op("Mul", [gg, xhat]), axes)
+    dx = b.op("Mul", [b.op("Sub", [b.op("Sub", [gg, m1]), b.op("Mul", [xhat, m2])]), rstd])
+    return [dx] + [None] * (len(node.input) - 1)

@@ -1,0 +1,130 @@
+"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
+
+MaxPool VJP: the node is asked for its Indices output (flat over N*C*spatial, first max wins on ties),
+and g is scattered with ScatterElements(reduction="add") into a flat zero tensor (MaxUnpool is wrong for
+overlapping windows).
+AveragePool VJP: y = S(x) / D with S the window sum and D the per-position divisor, so
+dx = S^T(g / D): a depthwise ConvTranspose with a ones kernel, cropped like Conv's VJP. D is computed at
+compile time from the geometry (count_include_pad, ceil_mode overhang excluded); without static spatial
+dims it must be uniform (no pads, no ceil_mode).
+"""
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+from onnxattr.emitters.conv import conv_attrs, transpose_and_crop, window_geometry
+from onnxattr.emitters.registry import register
+from onnxattr.errors import UnsupportedModelError
+
+
+def scatter_add_flat(b, x, flat_index, g):
+    """A tensor of x's shape holding g added at the flat positions ``flat_index``."""
+    flat_g = b.op("Reshape", [g, b.ints([-1])])
+    idx = b.op("Reshape", [flat_index, b.ints([-1])])
+    size = b.op("Reshape", [b.op("Size", [x]), b.ints([1])])
+    zeros = b.op("ConstantOfShape", [size], value=_zero_tensor(b, x))
+    scattered = b.op("ScatterElements", [zeros, idx, flat_g], axis=0, reduction="add")
+    out = b.op("Reshape", [scattered, b.shape_of(x)])
+    b.set_info(out, x)
+    return out
+
+
+def _zero_tensor(b, like):
+    dtype = helper.tensor_dtype_to_np_dtype(b.types.get(like, 1))
+    return numpy_helper.from_array(np.zeros(1, dtype=dtype))
+
+
+@register("MaxPool")
+def maxpool_vjp(b, node, grads, need):
+    if any(a.name == "storage_order" and a.i != 0 for a in node.attribute):
+        raise UnsupportedModelError(f"MaxPool node '{node.name}': storage_order=1 is not supported")
+    if len(node.output) < 2 or not node.output[1]:
+        if len(node.output) < 2:
+            node.output.append(b.fresh("maxpool_indices"))
+        else:
+            node.output[1] = b.fresh("maxpool_indices")
+    return [scatter_add_flat(b, node.input[0], node.output[1], grads[0])]
+
+
+def _divisor(b, node, x, kernel, strides, dil, begin):
+    """Per-output-position divisor D of AveragePool, or None if it cannot be known."""
+    at = {a.name: a.i for a in node.attribute if a.name in ("ceil_mode", "count_include_pad")}
+    nsp = len(kernel)
+    pads = (conv_attrs(node).get("pads") or [0] * (2 * nsp))
+    end = pads[nsp:]
+    if conv_attrs(node)["auto_pad"] != "NOTSET":
+        end = [0] * nsp  # recomputed below from the static shapes
+    xs, ys = b.shape(x), b.shape(node.output[0])
+    if xs is None or ys is None or not all(isinstance(d, int) for d in xs[2:] + ys[2:]):
+        if not any(begin) and not any(end) and not at.get("ceil_mode", 0):
+            return float(np.prod(kernel))
+        return None
+    if conv_attrs(node)["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
+        end = [
+            max((ys[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - xs[2 + i] - begin[i], 0)
+            for i in range(nsp)
+        ]
+    include_pad = at.get("count_include_pad", 0)
+    counts = []
+    for i in range(nsp):
+        L, Lo = xs[2 + i], ys[2 + i]
+        lo, hi = (-begin[i], L + end[i]) if include_pad else (0, L)
+        c = np.zeros(Lo)
+        for o in range(Lo):
+            p = o * strides[i] - begin[i] + np.arange(kernel[i]) * dil[i]
+            c[o] = np.count_nonzero((p >= lo) & (p < hi))
+        counts.append(c)
+    d = counts[0]
+    for c in counts[1:]:
+        d = np.multiply.outer(d, c)
+    return d
+
+
+@register("AveragePool")
+def avgpool_vjp(b, node, grads, need):
+    x, g = node.input[0], grads[0]
+    kernel = conv_attrs(node)["kernel_shape"]
+    strides, dil, begin = window_geometry(b, node, x, kernel)
+    d = _divisor(b, node, x, kernel, strides, dil, begin)
+    if d is None:
+        raise UnsupportedModelError(
+            f"AveragePool node '{node.name}': padding or ceil_mode with dynamic spatial dims "
+            "is not supported (export with a fixed input size)"
+        )
+    xs = b.shape(x)
+    channels = xs[1] if xs else None
+    if not isinstance(channels, int):
+        raise UnsupportedModelError(f"AveragePool node '{node.name}': the channel count must be static")
+    if np.isscalar(d):
+        scaled = b.op("Mul", [g, b.scalar(1.0 / d, x)])
+    else:
+        inv = np.where(d > 0, 1.0 / np.maximum(d, 1), 0.0)
+        scaled = b.op("Mul", [g, b.const(inv.astype(np.float32))])
+    ones = b.const(np.ones([channels, 1] + list(kernel), np.float32), hint="ones_kernel")
+    return [transpose_and_crop(b, scaled, ones, x, node.output[0], channels, kernel, strides, dil, begin)]
+
+
+@register("GlobalAveragePool")
+def global_avgpool_vjp(b, node, grads, need):
+    """dx = expand(g) / (number of spatial positions)."""
+    x, y = node.input[0], node.output[0]
+    xs = b.static_shape(x)
+    if xs is not None:
+        count = b.scalar(float(np.prod(xs[2:])), x)
+    else:
+        count = b.op("Div", [b.op("Cast", [b.op("Size", [x])], to=1),
+                             b.op("Cast", [b.op("Size", [y])], to=1)])
+    out = b.op("Div", [b.op("Expand", [grads[0], b.shape_of(x)]), count])
+    return [out]
+
+
+@register("GlobalMaxPool")
+def global_maxpool_vjp(b, node, grads, need):
+    """The gradient goes to the first maximum of each (n, c) plane."""
+    x = node.input[0]
+    flat = b.op("Reshape", [x, b.ints([0, 0, -1])])
+    idx = b.op("ArgMax", [flat], axis=2, keepdims=1)
+    zeros = b.op("ConstantOfShape", [b.op("Shape", [flat])], value=_zero_tensor(b, x))
+    g = b.op("Reshape", [grads[0], b.ints([0, 0, 1])])
+    scattered = b.op("ScatterElements", [zeros, idx, g], axis=2)
+    return [b.op("Reshape", [scattered, b.shape_of(x)])]

@@ -1,0 +1,89 @@
+"""Reductions and normalizing maps along an axis: ReduceSum/Mean/Max/Min, Softmax, LogSoftmax.
+
+ReduceSum:  dx = expand(g with the reduced axes restored)       ReduceMean: the same / count
+ReduceMax/Min: the expanded g goes to the positions equal to the extreme value, shared among ties.
+Softmax:    dx = y * (g - sum(g * y, axis))                     LogSoftmax: dx = g - exp(y) * sum(g, axis)
+"""
+
+import numpy as np
+
+from onnxattr.emitters.registry import register
+from onnxattr.errors import UnsupportedModelError
+
+
+def _reduced_axes(b, node):
+    """The reduced axes (normalized), from the attribute or the constant axes input."""
+    rank = b.rank(node.input[0])
+    attrs = {a.name: a for a in node.attribute}
+    axes = list(attrs["axes"].ints) if "axes" in attrs else None
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        v = b.value(node.input[1])
+        if v is None:
+            raise UnsupportedModelError(
+                f"{node.op_type} node '{node.name}': reduction axes computed at run time are not supported"
+            )
+        axes = [int(a) for a in np.asarray(v).reshape(-1)]
+    noop = attrs["noop_with_empty_axes"].i if "noop_with_empty_axes" in attrs else 0
+    if not axes:
+        if noop:
+            return []
+        axes = list(range(rank))
+    return sorted(a % rank for a in axes)
+
+
+def _expand_back(b, node, g):
+    """g of the reduced shape brought back to x's shape."""
+    keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    axes = _reduced_axes(b, node)
+    if not keep and axes:
+        g = b.op("Unsqueeze", [g, b.ints(axes)])
+    return b.op("Expand", [g, b.shape_of(node.input[0])]), axes
+
+
+def _count(b, node):
+    x, y = node.input[0], node.output[0]
+    xs, ys = b.static_shape(x), b.static_shape(y)
+    if xs is not None and ys is not None:
+        return b.scalar(float(np.prod(xs)) / float(max(np.prod(ys), 1)), x)
+    return b.op("Div", [b.op("Cast", [b.op("Size", [x])], to=1), b.op("Cast", [b.op("Size", [y])], to=1)])
+
+
+@register("ReduceSum")
+def reduce_sum_vjp(b, node, grads, need):
+    g, axes = _expand_back(b, node, grads[0])
+    return [g] + [None] * (len(node.input) - 1)
+
+
+@register("ReduceMean")
+def reduce_mean_vjp(b, node, grads, need):
+    g, axes = _expand_back(b, node, grads[0])
+    return [b.op("Div", [g, _count(b, node)])] + [None] * (len(node.input) - 1)
+
+
+@register("ReduceMax", "ReduceMin")
+def reduce_extreme_vjp(b, node, grads, need):
+    x = node.input[0]
+    g, axes = _expand_back(b, node, grads[0])
+    y_back = _expand_back(b, node, node.output[0])[0]
+    mask = b.op("Cast", [b.op("Equal", [x, y_back])], to=b.types.get(x, 1))
+    ties = b.op("ReduceSum", [mask, b.ints(axes)], keepdims=1) if axes else mask
+    share = b.op("Div", [mask, ties])
+    return [b.op("Mul", [g, share])] + [None] * (len(node.input) - 1)
+
+
+def _axis(node, default=-1):
+    return next((a.i for a in node.attribute if a.name == "axis"), default)
+
+
+@register("Softmax")
+def softmax_vjp(b, node, grads, need):
+    y, g = node.output[0], grads[0]
+    s = b.op("ReduceSum", [b.op("Mul", [g, y]), b.ints([_axis(node)])], keepdims=1)
+    return [b.op("Mul", [y, b.op("Sub", [g, s])])]
+
+
+@register("LogSoftmax")
+def log_softmax_vjp(b, node, grads, need):
+    y, g = node.output[0], grads[0]
+    s = b.op("ReduceSum", [g, b.ints([_axis(node)])], keepdims=1)
+    return [b.op("Sub", [g, b.op("Mul", [b.op("Exp", [y]), s])])]

@@ -1,0 +1,86 @@
+"""Resize (and Upsample, lifted to Resize by the opset upgrade).
+
+Resize is linear and separable: along each resized axis a, y = P_a^T x with P_a [L_in, L_out]. P_a is
+built in-graph by resizing an identity: an EyeLike placed so axis 0 enumerates the source position and
+axis a is resized with the node's own attributes and this axis' scale (or size). Then
+dx = P_a @ g along each axis (a MatMul on the last or second-to-last axis, a Transpose otherwise).
+Reshape-and-sum is wrong for half the nearest modes; this is exact for every mode.
+"""
+
+import numpy as np
+
+from onnxattr.emitters.registry import register
+from onnxattr.errors import UnsupportedModelError
+
+
+def _resize_inputs(b, node):
+    """(roi, scales, sizes) as compile-time arrays (None when absent)."""
+    names = list(node.input) + [""] * (4 - len(node.input))
+    vals = []
+    for name in names[1:4]:
+        if not name:
+            vals.append(None)
+            continue
+        v = b.value(name)
+        if v is None:
+            raise UnsupportedModelError(
+                f"Resize node '{node.name}': scales/sizes computed at run time are not supported"
+            )
+        vals.append(np.asarray(v))
+    roi, scales, sizes = vals
+    if scales is not None and scales.size == 0:
+        scales = None
+    if sizes is not None and sizes.size == 0:
+        sizes = None
+    return roi, scales, sizes
+
+
+@register("Resize")
+def resize_vjp(b, node, grads, need):
+    x, g = node.input[0], grads[0]
+    if any(a.name in ("axes", "keep_aspect_ratio_policy") for a in node.attribute):
+        raise UnsupportedModelError(f"Resize node '{node.name}': the axes/keep_aspect_ratio_policy "
+                                    "attributes are not supported")
+    roi, scales, sizes = _resize_inputs(b, node)
+    xs, ys = b.shape(x), b.shape(node.output[0])
+    rank = len(xs) if xs is not None else len(scales if scales is not None else sizes)
+    if scales is not None:
+        axes = [a for a in range(rank) if scales[a] != 1.0]
+    else:
+        axes = [a for a in range(rank) if xs is None or sizes[a] != xs[a]]
+    if 0 in axes:
+        raise UnsupportedModelError(f"Resize node '{node.name}': resizing the batch axis is not supported")
+    dx = g
+    for a in reversed(axes):
+        dx = _axis_vjp(b, node, x, dx, a, rank, roi, scales, sizes)
+    return [dx] + [None] * (len(node.input) - 1)
+
+
+def _axis_vjp(b, node, x, g, a, rank, roi, scales, sizes):
+    length = b.op("Gather", [b.op("Shape", [x]), b.ints([a])])  # [1]
+    square = b.op("Concat", [length, length], axis=0)
+    eye = b.op("EyeLike", [b.op("ConstantOfShape", [square])])  # float32 identity [L, L]
+    placed_shape = b.op("Concat", [length] + [
+        length if i == a else b.ints([1]) for i in range(1, rank)
+    ], axis=0)
+    placed = b.op("Reshape", [eye, placed_shape])
+    roi_name = b.const(roi, np.float32) if roi is not None and roi.size else ""
+    if scales is not None:
+        s = np.ones(rank, np.float32)
+        s[a] = scales[a]
+        resized = b.op("Resize", [placed, roi_name, b.const(s, np.float32)])
+    else:
+        out_len = b.ints([int(sizes[a])])
+        sz = b.op("Concat", [length] + [out_len if i == a else b.ints([1]) for i in range(1, rank)], axis=0)
+        resized = b.op("Resize", [placed, roi_name, "", sz])
+    b.nodes[-1].attribute.extend(node.attribute)
+    p = b.op("Reshape", [resized, b.op("Concat", [length, b.ints([-1])], axis=0)])  # [L_in, L_out]
+    if a == rank - 1:
+        return b.op("MatMul", [g, b.op("Transpose", [p], perm=[1, 0])])
+    if a == rank - 2:
+        return b.op("MatMul", [p, g])
+    perm = [i for i in range(rank) if i != a] + [a]
+    inverse = list(np.argsort(perm))
+    moved = b.op("Transpose", [g], perm=perm)
+    back = b.op("MatMul", [moved, b.op("Transpose", [p], perm=[1, 0])])
+    return b.op("Transpose", [back], perm=[int(i) for i in inverse])

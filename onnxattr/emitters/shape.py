@@ -1,0 +1,155 @@
+"""Data movement: Reshape-likes, Transpose, Concat, Split, Slice, Pad, Gather, Tile, Expand, Cast, ...
+
+Reshape/Flatten/Squeeze/Unsqueeze: dx = reshape(g, shape(x)). Transpose: inverse permutation.
+Concat: split g at the operands' sizes; Split: concat the output gradients (zeros where none).
+Slice with unit steps and Pad(constant): Pad g with the complementary (negated) pads.
+Every other pure movement (Gather*, Tile, strided Slice, reflect/edge Pad, DepthToSpace, ...) uses the
+index trick: run the op on a tensor holding each element's flat position, then scatter-add g there.
+"""
+
+import numpy as np
+from onnx import TensorProto
+
+from onnxattr.emitters.broadcast import unbroadcast
+from onnxattr.emitters.pooling import scatter_add_flat
+from onnxattr.emitters.registry import register
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints) if a.ints else (a.i if a.type == a.INT else a.s.decode() if a.s else a.f)
+    return default
+
+
+def index_trick_vjp(b, node, x, g, dtype=TensorProto.INT64):
+    """dx for a pure data-movement op: scatter-add g at the source positions of its output."""
+    count = b.op("Size", [x])
+    flat = b.op("Range", [b.const(0, np.int64), count, b.const(1, np.int64)])
+    positions = b.op("Reshape", [flat, b.shape_of(x)])
+    if dtype != TensorProto.INT64:
+        positions = b.op("Cast", [positions], to=dtype)
+    moved = b.replay(node, {x: positions})[0]
+    if dtype != TensorProto.INT64:
+        moved = b.op("Cast", [moved], to=TensorProto.INT64)
+    return scatter_add_flat(b, x, moved, g)
+
+
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape_vjp(b, node, grads, need):
+    out = b.op("Reshape", [grads[0], b.shape_of(node.input[0])])
+    return [out] + [None] * (len(node.input) - 1)
+
+
+@register("Identity", "Dropout")
+def identity_vjp(b, node, grads, need):
+    return [grads[0]] + [None] * (len(node.input) - 1)
+
+
+@register("Cast")
+def cast_vjp(b, node, grads, need):
+    return [b.op("Cast", [grads[0]], to=b.types.get(node.input[0], TensorProto.FLOAT))]
+
+
+@register("Transpose")
+def transpose_vjp(b, node, grads, need):
+    perm = _attr(node, "perm") or list(reversed(range(b.rank(node.input[0]))))
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return [b.op("Transpose", [grads[0]], perm=inverse)]
+
+
+@register("Concat")
+def concat_vjp(b, node, grads, need):
+    axis = _attr(node, "axis")
+    sizes = []
+    static = True
+    for x in node.input:
+        s = b.shape(x)
+        d = s[axis] if s is not None else None
+        if not isinstance(d, int):
+            static = False
+        sizes.append(d)
+    if static:
+        split = b.ints(sizes)
+    else:
+        split = b.op("Concat", [
+            b.op("Gather", [b.op("Shape", [x]), b.ints([axis % b.rank(x)])]) for x in node.input
+        ], axis=0)
+    parts = b.op("Split", [grads[0], split], n_out=len(node.input), axis=axis)
+    parts = parts if isinstance(parts, list) else [parts]
+    return [p if n else None for p, n in zip(parts, need)]
+
+
+@register("Split")
+def split_vjp(b, node, grads, need):
+    axis = _attr(node, "axis", 0)
+    pieces = [g if g is not None else b.zeros_like(y) for g, y in zip(grads, node.output)]
+    return [b.op("Concat", pieces, axis=axis)] + [None] * (len(node.input) - 1)
+
+
+def _const_inputs(b, node, first):
+    vals = []
+    for i in range(first, len(node.input)):
+        if not node.input[i]:
+            vals.append(None)
+            continue
+        v = b.value(node.input[i])
+        if v is None:
+            return None
+        vals.append(v)
+    return vals
+
+
+@register("Slice")
+def slice_vjp(b, node, grads, need):
+    x, g = node.input[0], grads[0]
+    xs = b.static_shape(x)
+    consts = _const_inputs(b, node, 1)
+    rest = [None] * (len(node.input) - 1)
+    if xs is not None and consts is not None:
+        starts, ends = consts[0], consts[1]
+        axes = consts[2] if len(consts) > 2 and consts[2] is not None else np.arange(len(starts))
+        steps = consts[3] if len(consts) > 3 and consts[3] is not None else np.ones(len(starts), np.int64)
+        if np.all(steps == 1):
+            begin = [0] * len(xs)
+            end = [0] * len(xs)
+            for s, e, a in zip(starts, ends, axes):
+                a = int(a) % len(xs)
+                lo, hi, _ = slice(int(s), int(e), 1).indices(xs[a])
+                begin[a] = lo
+                end[a] = xs[a] - lo - max(hi - lo, 0)
+            return [b.op("Pad", [g, b.ints(begin + end)])] + rest
+    return [index_trick_vjp(b, node, x, g)] + rest
+
+
+@register("Pad")
+def pad_vjp(b, node, grads, need):
+    """constant mode: Pad(g, -pads) crops what was added (and zero-fills what was cropped)."""
+    x, g = node.input[0], grads[0]
+    mode = _attr(node, "mode", "constant")
+    rest = [None] * (len(node.input) - 1)
+    if mode != "constant":
+        return [index_trick_vjp(b, node, x, g)] + rest
+    pads = node.input[1] if len(node.input) > 1 else None
+    if pads is None:  # opset < 11 stores pads as an attribute
+        neg = b.ints([-p for p in _attr(node, "pads")])
+        return [b.op("Pad", [g, neg])] + rest
+    pv = b.value(pads)
+    neg = b.ints(-pv) if pv is not None else b.op("Neg", [pads])
+    axes = node.input[3] if len(node.input) > 3 and node.input[3] else ""
+    ins = [g, neg] + (["", axes] if axes else [])
+    return [b.op("Pad", ins)] + rest
+
+
+@register("Expand")
+def expand_vjp(b, node, grads, need):
+    return [unbroadcast(b, grads[0], node.input[0], node.output[0]), None]
+
+
+@register("Gather", "GatherElements", "GatherND", "Tile", "DepthToSpace", "SpaceToDepth", "ReverseSequence")
+def movement_vjp(b, node, grads, need):
+    x = node.input[0]
+    dtype = TensorProto.DOUBLE if node.op_type in ("DepthToSpace", "SpaceToDepth") else TensorProto.INT64
+    return [index_trick_vjp(b, node, x, grads[0], dtype)] + [None] * (len(node.input) - 1)

@@ -1,0 +1,67 @@
+"""Errors a user can cause, each with its own exit code for the CLI.
+
+Every error here is meant to be printed as one line (``onnxattr: error: ...``) with no traceback.
+The exit codes are part of the documented contract (README, "Exit codes").
+"""
+
+
+class OnnxAttrError(Exception):
+    """Base class: a problem with the user's input, reported without a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(OnnxAttrError):
+    """Unknown method or parameter, bad parameter value, conflicting options."""
+
+    exit_code = 2
+
+
+class ModelFileError(OnnxAttrError):
+    """The model file is missing, unreadable, not ONNX, truncated, or escapes its folder."""
+
+    exit_code = 3
+
+
+class InvalidModelError(OnnxAttrError):
+    """The model loads but fails onnx.checker, or cannot be canonicalized."""
+
+    exit_code = 4
+
+
+class UnsupportedModelError(OnnxAttrError):
+    """An op on the explained path has no emitter, or the path holds control flow."""
+
+    exit_code = 5
+
+
+class SelectionError(OnnxAttrError):
+    """No (or no unambiguous) input/output to explain."""
+
+    exit_code = 6
+
+
+class DataError(OnnxAttrError):
+    """Input data whose shape or dtype does not fit, or a target index out of range."""
+
+    exit_code = 7
+
+
+class OutputFileError(OnnxAttrError):
+    """The output path would overwrite the input, or cannot be written."""
+
+    exit_code = 8
+
+
+EXIT_CODES = {
+    cls.__name__: cls.exit_code
+    for cls in (
+        UsageError,
+        ModelFileError,
+        InvalidModelError,
+        UnsupportedModelError,
+        SelectionError,
+        DataError,
+        OutputFileError,
+    )
+}

@@ -1,0 +1,182 @@
+"""GraphBuilder: appends nodes and constants to an ONNX graph under fresh, unique names.
+
+Emitters and rules talk to the graph only through this object. It knows, for every tensor of the
+canonical model, its element type, its static shape (ints, ``None`` for dynamic dims) and, for
+initializers, its value, so emitters can do shape arithmetic at compile time when shapes are static
+and fall back to in-graph shape arithmetic when they are not.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+class GraphBuilder:
+    """Collects new nodes (in emission order, hence topologically sorted) and initializers."""
+
+    def __init__(self, model: onnx.ModelProto, prefix: str = "oa"):
+        graph = model.graph
+        self.opset = next(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
+        )
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.constants: dict[str, np.ndarray] = {
+            t.name: numpy_helper.to_array(t) for t in graph.initializer
+        }
+        self.types: dict[str, int] = {}
+        self.shapes: dict[str, list | None] = {}
+        for vi in itertools.chain(graph.input, graph.value_info, graph.output):
+            tt = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type"):
+                continue
+            self.types[vi.name] = tt.elem_type
+            if tt.HasField("shape"):
+                self.shapes[vi.name] = [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in tt.shape.dim
+                ]
+            else:
+                self.shapes[vi.name] = None
+        for t in graph.initializer:
+            self.types[t.name] = t.data_type
+            self.shapes[t.name] = list(t.dims)
+        self._used = {n for node in graph.node for n in itertools.chain(node.input, node.output)}
+        self._used |= set(self.types)
+        self._counter = itertools.count()
+        self._const_cache: dict[tuple, str] = {}
+
+    # ---- names -----------------------------------------------------------------------------
+    def fresh(self, hint: str = "t") -> str:
+        while True:
+            name = f"{self.prefix}/{hint}_{next(self._counter)}"
+            if name not in self._used:
+                self._used.add(name)
+                return name
+
+    # ---- emission --------------------------------------------------------------------------
+    def op(self, op_type: str, inputs, n_out: int = 1, domain: str = "", **attrs):
+        """Append one node; returns its output name (or a list of names when n_out > 1)."""
+        outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        node = helper.make_node(
+            op_type, [i if i is not None else "" for i in inputs], outs,
+            name=self.fresh(op_type), domain=domain or None, **attrs,
+        )
+        self.nodes.append(node)
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value, dtype=np.float32, hint: str = "c") -> str:
+        """An initializer holding ``value``; small constants are shared."""
+        arr = np.asarray(value, dtype=dtype)
+        key = None
+        if arr.size <= 16:
+            key = (arr.dtype.str, arr.shape, arr.tobytes())
+            if key in self._const_cache:
+                return self._const_cache[key]
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        self.constants[name] = arr
+        self.shapes[name] = list(arr.shape)
+        self.types[name] = helper.np_dtype_to_tensor_dtype(arr.dtype)
+        if key is not None:
+            self._const_cache[key] = name
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(np.asarray(values, dtype=np.int64).reshape(-1), np.int64, "i")
+
+    def scalar(self, value, like: str | None = None) -> str:
+        """A 0-d float constant in the element type of tensor ``like`` (float32 by default)."""
+        dtype = np.float32
+        if like is not None and self.types.get(like) in FLOAT_TYPES:
+            dtype = helper.tensor_dtype_to_np_dtype(self.types[like])
+        return self.const(np.asarray(value, dtype=dtype), dtype, "s")
+
+    # ---- facts about tensors ---------------------------------------------------------------
+    def value(self, name: str):
+        """The compile-time value of ``name`` when it is an initializer, else None."""
+        return self.constants.get(name)
+
+    def shape(self, name: str):
+        return self.shapes.get(name)
+
+    def rank(self, name: str) -> int | None:
+        s = self.shapes.get(name)
+        return None if s is None else len(s)
+
+    def static_shape(self, name: str):
+        """The shape as a tuple of ints if every dim is known, else None."""
+        s = self.shapes.get(name)
+        if s is None or any(not isinstance(d, int) for d in s):
+            return None
+        return tuple(s)
+
+    def is_float(self, name: str) -> bool:
+        return self.types.get(name) in FLOAT_TYPES
+
+    def set_info(self, name: str, like: str) -> None:
+        """Record that ``name`` has the type and shape of ``like``."""
+        if like in self.types:
+            self.types[name] = self.types[like]
+        if like in self.shapes:
+            self.shapes[name] = self.shapes[like]
+
+    # ---- common small graphs -----------------------------------------------------------------
+    def shape_of(self, name: str) -> str:
+        s = self.static_shape(name)
+        if s is not None:
+            return self.ints(s)
+        return self.op("Shape", [name])
+
+    def zeros_like(self, name: str) -> str:
+        """Zeros of the shape and float type of ``name`` (never x*0, which keeps NaNs)."""
+        dtype = np.float32
+        if self.types.get(name) in FLOAT_TYPES:
+            dtype = helper.tensor_dtype_to_np_dtype(self.types[name])
+        out = self.op(
+            "ConstantOfShape", [self.shape_of(name)],
+            value=numpy_helper.from_array(np.zeros(1, dtype=dtype)),
+        )
+        self.set_info(out, name)
+        return out
+
+    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 1) -> str:
+        """Reduce* with axes as an input (ReduceSum from opset 13, the others from 18) or attribute."""
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.op(op_type, [x, self.ints(axes)], keepdims=keepdims)
+        return self.op(op_type, [x], axes=list(axes), keepdims=keepdims)
+
+    def add_all(self, names: list[str]) -> str:
+        """Sum of tensors of one shape (fan-out accumulation)."""
+        if len(names) == 1:
+            return names[0]
+        if len(names) == 2:
+            return self.op("Add", names)
+        return self.op("Sum", names)
+
+    def replay(self, node: onnx.NodeProto, replace: dict[str, str]) -> list[str]:
+        """Emit a copy of ``node`` with some inputs replaced and fresh outputs; returns them."""
+        outs = [self.fresh(node.op_type.lower()) if o else "" for o in node.output]
+        copy = helper.make_node(
+            node.op_type, [replace.get(i, i) for i in node.input], outs,
+            name=self.fresh(node.op_type), domain=node.domain or None,
+        )
+        copy.attribute.extend(node.attribute)
+        self.nodes.append(copy)
+        return outs
+
+    def child(self) -> "GraphBuilder":
+        """A builder for a subgraph (Loop body): own node list, shared names, constants and facts.
+        Its constants become initializers of the main graph, visible from the body."""
+        c = GraphBuilder.__new__(GraphBuilder)
+        c.__dict__.update(self.__dict__)
+        c.nodes = []
+        return c

@@ -1,0 +1,165 @@
+"""The gradient family of iNNvestigate: gradient, input_t_gradient, integrated_gradients, smoothgrad,
+deconvnet, guided_backprop, and the baselines input and random.
+
+deconvnet:       at every Relu, R_in = relu(R_out)               (forward mask ignored)
+guided_backprop: at every Relu, R_in = relu(R_out) * [x > 0]
+integrated_gradients: (x - ref) * mean_k grad(ref + k/steps (x - ref)), k = 0..steps-1 (left Riemann
+                 sum, as iNNvestigate and Captum's riemann_left)
+smoothgrad:      mean_k post(grad(x + noise_k)), noise ~ N(0, noise_scale^2) (iNNvestigate 2.x ignores
+                 noise_scale and always uses 1; we honour it, default 1)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from onnxattr.compiler import reverse_pass
+from onnxattr.methods.base import (
+    Method, Param, Target, non_negative, one_of, parse_int, positive_int, register_method,
+)
+from onnxattr.sampling import sample_loop
+from onnxattr.select import build_seed
+
+
+def _postprocess(b, t, mode):
+    if mode == "abs":
+        return b.op("Abs", [t])
+    if mode == "square":
+        return b.op("Mul", [t, t])
+    return t
+
+
+def _parse_post(s: str):
+    return None if s.lower() in ("none", "") else s
+
+
+POSTPROCESS = Param("postprocess", None, "None, 'abs' or 'square' applied to the gradient",
+                    _parse_post, one_of(None, "abs", "square"))
+CHUNK = Param("chunk_size", 16, "samples per Loop iteration (bounds memory)", parse_int, positive_int)
+
+
+def relu_rule(kind):
+    """A rule replacing the Relu backward: 'deconv' -> relu(g); 'guided' -> relu(g) * [x > 0]."""
+
+    def rule(b, node, grads, need):
+        positive = b.op("Relu", [grads[0]])
+        if kind == "deconv":
+            return [positive]
+        x = node.input[0]
+        return [b.op("Where", [b.op("Greater", [x, b.scalar(0.0, x)]), positive, b.scalar(0.0, x)])]
+
+    def lookup(node):
+        return rule if node.op_type == "Relu" else None
+
+    return lookup
+
+
+def backward(t: Target, scale="one", rule_for=None) -> str:
+    seed = build_seed(t.b, t.y, t.neuron, scale, t.index)
+    g = reverse_pass(t.b, t.nodes, t.x, t.y, seed, rule_for)
+    return g if g is not None else t.b.zeros_like(t.x)
+
+
+def build_gradient(t, p):
+    return _postprocess(t.b, backward(t), p["postprocess"])
+
+
+def build_input_t_gradient(t, p):
+    return t.b.op("Mul", [t.x, backward(t)])
+
+
+def build_deconvnet(t, p):
+    return backward(t, rule_for=relu_rule("deconv"))
+
+
+def build_guided_backprop(t, p):
+    return backward(t, rule_for=relu_rule("guided"))
+
+
+def _chunk(t, p):
+    return 1 if t.static_batch else p["chunk_size"]
+
+
+def _sample_major(b, x, per_sample, count):
+    """[count, 1, ...] values broadcast against x -> [count * N, ...] batch."""
+    shape = b.op("Concat", [b.ints([-1]), b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([2**62])])],
+                 axis=0)
+    return b.op("Reshape", [per_sample, shape])
+
+
+def _reference(b, x, ref):
+    arr = np.asarray(ref, dtype=np.float32)
+    return b.const(arr, np.float32, "reference")
+
+
+def build_integrated_gradients(t, p):
+    b, x, steps = t.b, t.x, p["steps"]
+    rank = b.rank(x)
+    ref = _reference(b, x, p["reference_inputs"])
+    diff = b.op("Sub", [x, ref])
+
+    def points(cb, x_, k, count):
+        alphas = cb.op("Div", [k, cb.scalar(float(steps))])
+        alphas = cb.op("Reshape", [alphas, cb.ints([-1] + [1] * rank)])  # [c, 1, ...]
+        on_path = cb.op("Add", [cb.op("Mul", [alphas, cb.op("Unsqueeze", [diff, cb.ints([0])])]), ref])
+        return _sample_major(cb, x_, on_path, count)
+
+    total = sample_loop(b, t.nodes, x, t.y, t.index, steps, _chunk(t, p), points)
+    return b.op("Mul", [diff, b.op("Div", [total, b.scalar(float(steps), x)])])
+
+
+def build_smoothgrad(t, p):
+    b, x, n = t.b, t.x, p["augment_by_n"]
+    rank = b.rank(x)
+    seed_value = p["seed"]
+
+    def points(cb, x_, k, count):
+        tiled = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
+        noise = cb.op("RandomNormalLike", [tiled], dtype=TensorProto.FLOAT, mean=0.0,
+                      scale=float(p["noise_scale"]),
+                      seed=float(seed_value) if seed_value is not None else None)
+        return cb.op("Add", [tiled, noise])
+
+    def post(cb, g, pts):
+        return _postprocess(cb, g, p["postprocess"])
+
+    total = sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, per_sample=post)
+    return b.op("Div", [total, b.scalar(float(n), x)])
+
+
+def build_input(t, p):
+    return t.b.op("Identity", [t.x])
+
+
+def build_random(t, p):
+    return t.b.op("RandomNormalLike", [t.x], dtype=TensorProto.FLOAT, mean=0.0, scale=float(p["stddev"]),
+                  seed=float(p["seed"]) if p["seed"] is not None else None)
+
+
+def _optional_int(s):
+    return None if s.lower() in ("none", "") else int(s)
+
+
+SEED = Param("seed", 0, "random seed of the noise (None: a new stream each session)", _optional_int)
+
+for _m in (
+    Method("gradient", "Gradient of the selected output w.r.t. the input.", build_gradient, (POSTPROCESS,)),
+    Method("input_t_gradient", "Input times gradient.", build_input_t_gradient),
+    Method("deconvnet", "DeconvNet: ReLUs pass only positive relevance backward.", build_deconvnet),
+    Method("guided_backprop", "Guided backprop: gradient through ReLUs, positive part only.",
+           build_guided_backprop),
+    Method("integrated_gradients", "Integrated gradients, left Riemann sum from the reference.",
+           build_integrated_gradients,
+           (Param("steps", 64, "number of points on the path", parse_int, positive_int),
+            Param("reference_inputs", 0.0, "baseline (a number, or an array via the Python API)"),
+            CHUNK)),
+    Method("smoothgrad", "SmoothGrad: mean gradient over noisy copies of the input.", build_smoothgrad,
+           (Param("augment_by_n", 64, "number of noisy samples", parse_int, positive_int),
+            Param("noise_scale", 1.0, "standard deviation of the Gaussian noise", float, non_negative),
+            POSTPROCESS, SEED, CHUNK)),
+    Method("input", "The input itself (a baseline).", build_input, family="baseline"),
+    Method("random", "Gaussian noise of the input's shape (a baseline).", build_random,
+           (Param("stddev", 1.0, "standard deviation", float, non_negative), SEED), family="baseline"),
+):
+    register_method(_m)

@@ -1,0 +1,64 @@
+"""Run compiled models with onnxruntime: sessions, providers, and which provider really ran.
+
+onnxruntime does not raise when CUDA is asked for and unavailable: it logs and runs on the CPU.
+``Runner.providers`` reads what the session actually uses, so callers can report it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxattr.errors import DataError, UsageError
+
+DEVICES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def providers_for(device: str | None, providers=None) -> list:
+    if providers:
+        return list(providers)
+    device = device or "cpu"
+    if device not in DEVICES:
+        raise UsageError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
+    wanted = DEVICES[device]
+    if device != "cpu" and wanted[0] not in ort.get_available_providers():
+        raise UsageError(
+            f"device '{device}' asked for, but this onnxruntime offers only "
+            f"{', '.join(ort.get_available_providers())}; install onnxattr[gpu] (onnxruntime-gpu) instead of "
+            "onnxruntime"
+        )
+    return wanted
+
+
+class Runner:
+    """One onnxruntime session over a compiled model."""
+
+    def __init__(self, model: onnx.ModelProto, device: str | None = None, providers=None, threads: int = 0):
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            model.SerializeToString(), sess_options=opts, providers=providers_for(device, providers)
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def run(self, feeds: dict) -> list[np.ndarray]:
+        try:
+            return self.session.run(None, feeds)
+        except ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
+            raise DataError(f"onnxruntime rejected the input: {str(e).splitlines()[0]}") from None
+        except ort.capi.onnxruntime_pybind11_state.RuntimeException as e:
+            text = str(e)
+            if "ScatterElements" in text or "indice" in text:
+                raise DataError("a target index is out of range for the explained output") from None
+            raise DataError(f"onnxruntime failed: {text.splitlines()[0]}") from None

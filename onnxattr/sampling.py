@@ -1,0 +1,117 @@
+"""Many-sample methods (integrated gradients, SmoothGrad) as one in-graph Loop.
+
+Each Loop iteration takes a chunk of c sample indices k, builds c copies of the batch (points of shape
+[c*N, ...], sample-major), runs a copy of the forward graph and its reverse pass on them, and adds the
+per-sample results into an accumulator of x's shape. Memory is bounded by the chunk, not the sample
+count. Weights stay initializers of the main graph, read by the body from the outer scope.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import onnx
+from onnx import TensorProto, helper
+
+from onnxattr.compiler import reverse_pass
+from onnxattr.graph import GraphBuilder
+from onnxattr.select import build_seed
+
+
+def forward_subgraph(nodes: list[onnx.NodeProto], x: str, y: str) -> list[onnx.NodeProto]:
+    """Nodes that depend on x and that y depends on, in graph order."""
+    depends = {x}
+    for node in nodes:
+        if any(i in depends for i in node.input):
+            depends.update(o for o in node.output if o)
+    needed = {y}
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output) and any(i in depends for i in node.input):
+            keep.append(node)
+            needed.update(node.input)
+    keep.reverse()
+    return keep
+
+
+def copy_nodes(b: GraphBuilder, nodes, rename: dict[str, str]) -> list[onnx.NodeProto]:
+    """Copies of nodes with fresh output names (``rename`` is extended and used for inputs)."""
+    copies = []
+    for node in nodes:
+        outs = []
+        for o in node.output:
+            if not o:
+                outs.append("")
+                continue
+            new = b.fresh("s")
+            rename[o] = new
+            b.set_info(new, o)
+            outs.append(new)
+        copy = helper.make_node(node.op_type, [rename.get(i, i) for i in node.input], outs,
+                                name=b.fresh(node.op_type), domain=node.domain or None)
+        copy.attribute.extend(node.attribute)
+        copies.append(copy)
+    return copies
+
+
+def sample_loop(
+    b: GraphBuilder,
+    nodes: list[onnx.NodeProto],
+    x: str,
+    y: str,
+    index: str | None,
+    n: int,
+    chunk: int,
+    make_points: Callable[[GraphBuilder, str, str, str], str],
+    seed_scale: str = "one",
+    rule_for=None,
+    per_sample: Callable[[GraphBuilder, str, str], str] | None = None,
+) -> str:
+    """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape.
+
+    make_points(cb, x, k, count) -> [count*N, ...] given k (float [count]) and count (int64 [1]).
+    """
+    chunk = max(1, min(chunk, n))
+    trips = math.ceil(n / chunk)
+    cb = b.child()
+    it, cond_in, acc_in = cb.fresh("iter"), cb.fresh("cond"), cb.fresh("acc")
+    cb.set_info(acc_in, x)
+    start = cb.op("Mul", [it, cb.const(chunk, "int64")])
+    stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]), cb.const(n, "int64")])
+    ks = cb.op("Range", [start, stop, cb.const(1, "int64")])
+    count = cb.op("Reshape", [cb.op("Sub", [stop, start]), cb.ints([1])])
+    points = make_points(cb, x, cb.op("Cast", [ks], to=TensorProto.FLOAT), count)
+    cb.set_info(points, x)
+
+    rename = {x: points}
+    body_forward = copy_nodes(cb, forward_subgraph(nodes, x, y), rename)
+    y_copy = rename[y]
+    cb.nodes.extend(body_forward)
+    tiled = None
+    if index is not None:
+        tiled = cb.op("Tile", [index, cb.op("Concat", [count, cb.ints([1])], axis=0)])
+    seed = build_seed(cb, y_copy, "all" if index is None else "index", seed_scale, tiled)
+    grad = reverse_pass(cb, body_forward, points, y_copy, seed, rule_for)
+    if grad is None:
+        grad = cb.zeros_like(points)
+    if per_sample is not None:
+        grad = per_sample(cb, grad, points)
+    stacked = cb.op("Reshape", [grad, cb.op("Concat", [cb.ints([-1]), cb.op("Shape", [x])], axis=0)])
+    acc_out = cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)])
+    cond_out = cb.op("Identity", [cond_in])
+
+    x_type = b.types.get(x, TensorProto.FLOAT)
+    body = helper.make_graph(
+        cb.nodes, b.fresh("sample_body"),
+        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
+         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(acc_in, x_type, None)],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(acc_out, x_type, None)],
+    )
+    acc0 = b.zeros_like(x)
+    total = b.op("Loop", [b.const(trips, "int64"), "", acc0], body=body)
+    b.set_info(total, x)
+    return total
+
