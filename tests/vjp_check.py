@@ -121,7 +121,8 @@ def check_vjp(op, inputs, attrs=None, wrt=None, n_out=1, out_index=0, dynamic=()
             for n, a, c in inputs if not c}
     consts = {n: np.asarray(a, np.float64) for n, a, c in inputs if c}
     y = ref.run([out], base)[0]
-    v = rng.standard_normal(y.shape).astype(np.float32)
+    cot_type = next(i for i in sess.get_inputs() if i.name == "cotangent").type
+    v = rng.standard_normal(y.shape).astype(np.float64 if cot_type == "tensor(double)" else np.float32)
     feeds["cotangent"] = v
     grads = dict(zip(wrt, sess.run([f"grad_{x}" for x in wrt], feeds)))
 

@@ -1,0 +1,139 @@
+"""Command line: ``onnxattr compile | explain | methods``. Errors print one line and exit non-zero
+(codes in onnxattr/errors.py); no traceback reaches the user for a problem with their input."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from onnxattr import viz
+from onnxattr.api import Analyzer, compile as compile_model
+from onnxattr.errors import DataError, OnnxAttrError, UsageError
+from onnxattr.methods import REGISTRY
+from onnxattr.output import refuse_overwriting_input, save_array, save_model
+
+
+def _params(pairs) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UsageError(f"--set expects KEY=VALUE, got '{pair}'")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _common(p):
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--method", "-m", required=True, help="attribution method (see `onnxattr methods`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    p.add_argument("--neuron", default="max", choices=["max", "index", "all"],
+                   help="which output neuron to explain: the largest, one given per sample, or their sum")
+    p.add_argument("--input", help="graph input to explain (default: the only float input)")
+    p.add_argument("--output", help="graph output to explain (default: the first float output)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxattr", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="write a model that also outputs `relevance`")
+    _common(c)
+    c.add_argument("-o", "--out", required=True, help="compiled model path (never the input)")
+    e = sub.add_parser("explain", help="compile, run on data, save the relevance map")
+    _common(e)
+    e.add_argument("--data", required=True, help="input batch as .npy, or an image file (png, jpg)")
+    e.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
+    e.add_argument("--heatmap", help="write a heatmap PNG (one tile per sample)")
+    e.add_argument("--graymap", help="write a graymap PNG (absolute relevance)")
+    e.add_argument("-o", "--out", help="relevance as .npy")
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sub.add_parser("methods", help="list methods, their parameters and defaults")
+    return parser
+
+
+def cmd_compile(a) -> int:
+    refuse_overwriting_input(a.out, a.model)
+    model = compile_model(a.model, a.method, neuron=a.neuron, input=a.input, output=a.output, **_params(a.set))
+    save_model(model, a.out, a.model)
+    print(f"wrote {a.out} (outputs: {', '.join(o.name for o in model.graph.output)})")
+    return 0
+
+
+def _load_data(path, analyzer) -> np.ndarray:
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if path.lower().endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    try:
+        runner = analyzer.runner("max")
+        shape = runner.session.get_inputs()[0].shape
+        return viz.load_image(path, shape)
+    except OSError as e:
+        raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None
+
+
+def cmd_explain(a) -> int:
+    for p in (a.out, a.heatmap, a.graymap):
+        if p:
+            refuse_overwriting_input(p, a.model, a.data)
+    if a.neuron == "index" and a.target is None:
+        raise UsageError("--neuron index needs --target (one index, or one per sample: 3,1,4)")
+    mode = {"max": "max_activation", "index": "index", "all": "all"}[a.neuron]
+    analyzer = Analyzer(a.method, a.model, neuron_selection_mode=mode, input=a.input, output=a.output,
+                        device=a.device, **_params(a.set))
+    x = _load_data(a.data, analyzer)
+    selection = None
+    if a.target is not None:
+        try:
+            selection = np.array([int(t) for t in a.target.split(",")], np.int64)
+        except ValueError:
+            raise UsageError(f"--target must be integers separated by commas, got '{a.target}'") from None
+        if selection.size == 1:
+            selection = selection[0]
+    r = analyzer.analyze(x, neuron_selection=selection)
+    used = ", ".join(next(iter(analyzer._runners.values())).providers)
+    print(f"relevance {list(r.shape)} via {used}; sum per sample: "
+          + ", ".join(f"{v:.4g}" for v in r.reshape(r.shape[0], -1).sum(1)[:8]))
+    if a.out:
+        save_array(r, a.out, a.model, a.data)
+        print(f"wrote {a.out}")
+    for path, kind in ((a.heatmap, "heatmap"), (a.graymap, "graymap")):
+        if path:
+            viz.save_grid(r, path, kind)
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_methods(a) -> int:
+    seen = set()
+    for name, m in sorted(REGISTRY.items()):
+        if m.name in seen:
+            continue
+        seen.add(m.name)
+        print(f"{m.name:32s} {m.doc}")
+        for p in m.params:
+            print(f"    {p.name} = {p.default!r:10}  {p.doc}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"compile": cmd_compile, "explain": cmd_explain, "methods": cmd_methods}[args.command](args)
+    except OnnxAttrError as e:
+        print(f"onnxattr: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("onnxattr: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""onnxattr/emitters/shape.py: data-movement ops (their VJPs are exact: checked as linear maps too)."""
+
+import numpy as np
+import pytest
+
+from tests.vjp_check import check_vjp
+
+rng = np.random.default_rng(6)
+r = rng.standard_normal
+I64 = np.int64
+
+
+@pytest.mark.parametrize("dynamic", [(), (0,)])
+def test_reshape_family(dynamic):
+    x = r((2, 3, 4))
+    check_vjp("Reshape", [("x", x, False), ("s", np.array([0, -1], I64), True)], dynamic=dynamic)
+    check_vjp("Flatten", [("x", x, False)], {"axis": 2}, dynamic=dynamic)
+    check_vjp("Unsqueeze", [("x", x, False), ("a", np.array([1, -1], I64), True)], dynamic=dynamic)
+    check_vjp("Squeeze", [("x", r((2, 1, 4)), False), ("a", np.array([1], I64), True)], dynamic=dynamic)
+
+
+def test_transpose():
+    check_vjp("Transpose", [("x", r((2, 3, 4, 5)), False)], {"perm": [0, 2, 3, 1]})
+    check_vjp("Transpose", [("x", r((2, 3, 4)), False)])
+
+
+@pytest.mark.parametrize("dynamic", [(), (0,)])
+def test_concat(dynamic):
+    check_vjp("Concat", [("a", r((2, 3, 4)), False), ("b", r((2, 2, 4)), False), ("c", r((2, 1, 4)), True)],
+              {"axis": 1}, wrt=["a", "b"], dynamic=dynamic)
+
+
+def test_concat_dynamic_axis():
+    check_vjp("Concat", [("a", r((2, 3)), False), ("b", r((4, 3)), False)], {"axis": 0}, wrt=["a", "b"],
+              dynamic=(0,))
+
+
+def test_split_all_and_some_outputs():
+    x = r((2, 6, 3))
+    check_vjp("Split", [("x", x, False), ("s", np.array([1, 2, 3], I64), True)], {"axis": 1}, n_out=3,
+              out_index=1)
+    check_vjp("Split", [("x", x, False)], {"axis": 1, "num_outputs": 2}, n_out=2, out_index=0, opset=18)
+
+
+SLICES = [
+    ([1, 0], [3, 4], [1, 2], None),
+    ([-3], [100], [2], None),
+    ([0, 4], [5, 0], [1, 2], [2, -1]),  # strided and reversed: the index trick
+    ([2], [-1], [0], [1]),
+]
+
+
+@pytest.mark.parametrize("starts,ends,axes,steps", SLICES)
+@pytest.mark.parametrize("dynamic", [(), (0, 1, 2)])
+def test_slice(starts, ends, axes, steps, dynamic):
+    ins = [("x", r((4, 5, 6)), False), ("st", np.array(starts, I64), True), ("en", np.array(ends, I64), True),
+           ("ax", np.array(axes, I64), True)]
+    if steps is not None:
+        ins.append(("sp", np.array(steps, I64), True))
+    check_vjp("Slice", ins, dynamic=dynamic)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
+def test_pad(mode):
+    pads = np.array([0, 1, 2, 0, 2, 1], I64)
+    check_vjp("Pad", [("x", r((2, 4, 5)), False), ("p", pads, True)], {"mode": mode})
+
+
+def test_pad_negative_crops():
+    # onnx's reference Pad rejects negative pads; Pad is linear, so onnxruntime gives an exact check
+    check_vjp("Pad", [("x", r((2, 4, 5)), False), ("p", np.array([0, -1, 2, 0, 1, -2], I64), True)],
+              linear_ort=True)
+
+
+def test_gather_tile_expand_depth_to_space():
+    check_vjp("Gather", [("x", r((4, 5)), False), ("i", np.array([[0, 3], [3, 1]], I64), True)], {"axis": 0})
+    check_vjp("GatherElements", [("x", r((3, 4)), False), ("i", np.array([[0, 0, 2, 1]] * 3, I64), True)],
+              {"axis": 1})
+    check_vjp("Tile", [("x", r((2, 3)), False), ("t", np.array([2, 3], I64), True)])
+    check_vjp("Expand", [("x", r((3, 1)), False), ("s", np.array([2, 3, 4], I64), True)])
+    check_vjp("DepthToSpace", [("x", r((1, 8, 2, 3)), False)], {"blocksize": 2, "mode": "CRD"})
+    check_vjp("SpaceToDepth", [("x", r((1, 2, 4, 6)), False)], {"blocksize": 2})
+
+
+def test_identity_and_cast():
+    check_vjp("Identity", [("x", r((2, 3)), False)])
+    check_vjp("Cast", [("x", r((2, 3)), False)], {"to": 11})

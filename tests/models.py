@@ -1,0 +1,38 @@
+"""Small ONNX models built in the tests (no framework needed)."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def mlp(batch="N", softmax=True, seed=0, opset=17):
+    """x[N,6] -> MatMul+Add -> Relu -> MatMul -> (Softmax). Returns (model, weights)."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((6, 8)).astype(np.float32)
+    b1 = rng.standard_normal(8).astype(np.float32)
+    w2 = rng.standard_normal((8, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["h2"]),
+             helper.make_node("Relu", ["h2"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["z"])]
+    out = "z"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["z"], ["p"], axis=-1))
+        out = "p"
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 6])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch, 3])],
+                          [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(b1, "b1"),
+                           numpy_helper.from_array(w2, "W2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m, (w1, b1, w2)
+
+
+def mlp_gradient(x, target, weights):
+    """Closed-form gradient of logit[target] of mlp() w.r.t. x, per sample."""
+    w1, b1, w2 = weights
+    mask = (x @ w1 + b1) > 0
+    return (w2[:, target].T * mask) @ w1.T
+
+
+def mlp_logits(x, weights):
+    w1, b1, w2 = weights
+    return np.maximum(x @ w1 + b1, 0) @ w2

@@ -1,0 +1,53 @@
+"""onnxattr/canonicalize.py: the canonical model computes the same outputs as the original."""
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxattr.canonicalize import FOLD_SIZE_LIMIT, canonicalize, default_opset
+from tests.models import mlp
+
+LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+ZOO = sorted(f for f in os.listdir(LIGHT) if f.endswith(".onnx"))
+
+
+def run(model, feeds):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_canonical_outputs_unchanged(name):
+    model = onnx.load(os.path.join(LIGHT, name))
+    canon = canonicalize(model)
+    assert default_opset(canon) >= 17
+    assert not any(n.op_type in ("Constant", "Identity", "Dropout") for n in canon.graph.node)
+    # weight fills fold unless larger than the fold limit (vgg19's 411 MB fc6 stays a ConstantOfShape)
+    for n in canon.graph.node:
+        if n.op_type == "ConstantOfShape":
+            size = np.prod(onnx.numpy_helper.to_array(next(t for t in canon.graph.initializer if t.name == n.input[0])))
+            assert size * 4 > FOLD_SIZE_LIMIT
+    inits = {t.name for t in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    for a, b in zip(run(model, {inp.name: x}), run(canon, {inp.name: x})):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(a).max()))
+
+
+def test_identity_dropout_dropped_and_shapes_inferred():
+    m, _ = mlp()
+    g = m.graph
+    g.node.insert(1, onnx.helper.make_node("Identity", ["h"], ["h_id"]))
+    g.node[2].input[0] = "h_id"
+    g.node.insert(3, onnx.helper.make_node("Dropout", ["h2"], ["h2_d"]))
+    g.node[4].input[0] = "h2_d"
+    canon = canonicalize(m)
+    assert [n.op_type for n in canon.graph.node] == ["MatMul", "Add", "Relu", "MatMul", "Softmax"]
+    assert {vi.name for vi in canon.graph.value_info} >= {"h", "r", "z"}
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    np.testing.assert_allclose(run(m, {"x": x})[0], run(canon, {"x": x})[0], rtol=1e-6)

@@ -1,0 +1,80 @@
+"""onnxattr/cli.py: commands, one-line errors with their exit codes, nothing overwritten or half-written."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxattr.cli import main
+from onnxattr.errors import EXIT_CODES
+from tests.models import mlp
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    m, _ = mlp()
+    p = tmp_path / "mlp.onnx"
+    onnx.save(m, p)
+    return p
+
+
+def test_compile_and_explain(tmp_path, model_path, capsys):
+    out = tmp_path / "mlp.explain.onnx"
+    assert main(["compile", str(model_path), "--method", "integrated_gradients", "--set", "steps=8",
+                 "-o", str(out)]) == 0
+    compiled = onnx.load(out)
+    assert [o.name for o in compiled.graph.output] == ["p", "relevance"]
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["explain", str(model_path), "--method", "gradient", "--data", str(tmp_path / "x.npy"),
+                 "--neuron", "index", "--target", "2", "-o", str(tmp_path / "r.npy"),
+                 "--heatmap", str(tmp_path / "h.png"), "--graymap", str(tmp_path / "g.png")]) == 0
+    r = np.load(tmp_path / "r.npy")
+    assert r.shape == (3, 6) and np.isfinite(r).all() and np.abs(r).max() > 0
+    assert (tmp_path / "h.png").stat().st_size > 0 and (tmp_path / "g.png").stat().st_size > 0
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxattr-")]
+
+
+def test_methods_lists_every_method(capsys):
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    for name in ("gradient", "smoothgrad", "integrated_gradients", "guided_backprop", "deconvnet"):
+        assert name in text
+    assert "augment_by_n = 64" in text
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "onnxattr.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["compile", "{missing}", "-m", "gradient", "-o", "{out}"], "ModelFileError", "no such file"),
+    (["compile", "{junk}", "-m", "gradient", "-o", "{out}"], "ModelFileError", "not an ONNX model"),
+    (["compile", "{model}", "-m", "gradiant", "-o", "{out}"], "UsageError", "did you mean 'gradient'"),
+    (["compile", "{model}", "-m", "smoothgrad", "--set", "augment_by=3", "-o", "{out}"], "UsageError",
+     "did you mean 'augment_by_n'"),
+    (["compile", "{model}", "-m", "smoothgrad", "--set", "augment_by_n=-3", "-o", "{out}"], "UsageError",
+     "positive integer"),
+    (["compile", "{model}", "-m", "gradient", "-o", "{model}"], "OutputFileError", "overwrite the input"),
+    (["explain", "{model}", "-m", "gradient", "--data", "{bad_x}"], "DataError", "expects"),
+    (["explain", "{model}", "-m", "gradient", "--data", "{x}", "--neuron", "index", "--target", "9"],
+     "DataError", "out of range"),
+])
+def test_errors_are_one_line_with_exit_code(tmp_path, model_path, args, code, message):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"hello")
+    np.save(tmp_path / "x.npy", np.ones((2, 6), np.float32))
+    np.save(tmp_path / "bad_x.npy", np.ones((2, 5), np.float32))
+    before = model_path.read_bytes()
+    fill = {"missing": tmp_path / "none.onnx", "out": tmp_path / "o.onnx", "junk": junk, "model": model_path,
+            "x": tmp_path / "x.npy", "bad_x": tmp_path / "bad_x.npy"}
+    res = run_cli(*[a.format(**fill) for a in args])
+    assert res.returncode == EXIT_CODES[code], res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxattr: error:") and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert model_path.read_bytes() == before
+    assert not (tmp_path / "o.onnx").exists()

@@ -1,0 +1,77 @@
+"""onnxattr/load.py: safe loading and clear errors for bad files."""
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxattr.errors import InvalidModelError, ModelFileError
+from onnxattr.load import check_input_model, load_model
+from tests.models import mlp
+
+
+def test_missing_folder_and_garbage(tmp_path):
+    with pytest.raises(ModelFileError, match="no such file"):
+        load_model(tmp_path / "nope.onnx")
+    with pytest.raises(ModelFileError, match="is a folder"):
+        load_model(tmp_path)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff\xfe not a protobuf \x00\x01" * 10)
+    with pytest.raises(ModelFileError, match="not an ONNX model"):
+        load_model(junk)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelFileError, match="not an ONNX model"):
+        load_model(empty)
+
+
+def test_truncated_file(tmp_path):
+    m, _ = mlp()
+    data = m.SerializeToString()
+    p = tmp_path / "cut.onnx"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError):
+        load_model(p)
+
+
+def test_external_data_inside_folder_loads(tmp_path):
+    m, (w1, _, _) = mlp()
+    onnx.save_model(m, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    loaded = load_model(tmp_path / "m.onnx")
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    np.testing.assert_array_equal(got["W1"], w1)
+
+
+@pytest.mark.parametrize("location", ["../secret.data", "/etc/passwd"])
+def test_external_data_escaping_is_refused(tmp_path, location):
+    m, _ = mlp()
+    (tmp_path / "sub").mkdir()
+    onnx.save_model(m, tmp_path / "sub" / "m.onnx", save_as_external_data=True, location="m.data",
+                    size_threshold=0)
+    loaded = onnx.load(tmp_path / "sub" / "m.onnx", load_external_data=False)
+    for t in loaded.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    with open(tmp_path / "sub" / "evil.onnx", "wb") as f:
+        f.write(loaded.SerializeToString())
+    with pytest.raises(ModelFileError, match="outside the model's folder"):
+        load_model(tmp_path / "sub" / "evil.onnx")
+
+
+def test_symlink_out_of_folder_is_refused(tmp_path):
+    m, _ = mlp()
+    (tmp_path / "sub").mkdir()
+    onnx.save_model(m, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    os.symlink(tmp_path / "m.data", tmp_path / "sub" / "m.data")
+    (tmp_path / "sub" / "m.onnx").write_bytes((tmp_path / "m.onnx").read_bytes())
+    with pytest.raises(ModelFileError, match="symbolic link"):
+        load_model(tmp_path / "sub" / "m.onnx")
+
+
+def test_checker_failure_is_invalid_model():
+    m, _ = mlp()
+    m.graph.node[0].input[1] = "does_not_exist"
+    with pytest.raises(InvalidModelError, match="onnx.checker"):
+        check_input_model(m, "m.onnx")

@@ -1,0 +1,103 @@
+"""onnxattr/select.py: input/output choice, softmax look-through, neuron modes and seed validation."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import onnxattr
+from onnxattr.errors import DataError, SelectionError
+from tests.models import mlp, mlp_gradient, mlp_logits
+
+X = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+
+
+def session(model):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("neuron", ["max", "index", "all"])
+def test_modes_match_closed_form(neuron):
+    m, w = mlp()
+    compiled = onnxattr.compile(m, "gradient", neuron=neuron)
+    names = [i.name for i in compiled.graph.input]
+    feeds = {"x": X}
+    logits = mlp_logits(X, w)
+    if neuron == "index":
+        assert names == ["x", "target"]
+        targets = np.array([2, 0, 1, 2], np.int64)
+        feeds["target"] = targets
+    else:
+        targets = logits.argmax(1)
+    out = session(compiled).run(None, feeds)
+    np.testing.assert_allclose(out[0], session(m).run(None, {"x": X})[0], rtol=1e-6)  # original output
+    if neuron == "all":
+        want = sum(mlp_gradient(X, np.full(4, k), w) for k in range(3))
+    else:
+        want = mlp_gradient(X, targets, w)
+    np.testing.assert_allclose(out[-1], want, rtol=1e-5, atol=1e-5)
+
+
+def test_out_of_range_target_fails_in_the_compiled_model():
+    m, _ = mlp()
+    s = session(onnxattr.compile(m, "gradient", neuron="index"))
+    with pytest.raises(Exception, match="indice|index|range|bound"):
+        s.run(None, {"x": X, "target": np.array([0, 1, 3, 0], np.int64)})
+
+
+def test_out_of_range_target_is_a_data_error_in_the_api():
+    m, _ = mlp()
+    with pytest.raises(DataError, match="out of range"):
+        onnxattr.create_analyzer("gradient", m).analyze(X, neuron_selection=[0, 1, 7, 0])
+
+
+def test_softmax_is_looked_through_but_kept_as_output():
+    with_sm, w = mlp(softmax=True)
+    without, _ = mlp(softmax=False)
+    a = onnxattr.create_analyzer("gradient", with_sm).analyze(X)
+    b = onnxattr.create_analyzer("gradient", without).analyze(X)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert [o.name for o in onnxattr.compile(with_sm, "gradient").graph.output] == ["p", "relevance"]
+
+
+def test_rank3_output_is_flattened_per_sample():
+    m, w = mlp(softmax=False)
+    m.graph.node.append(helper.make_node("Reshape", ["z", "shape3"], ["z3"]))
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0, 3, 1], np.int64), "shape3"))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("z3", TensorProto.FLOAT, ["N", 3, 1]))
+    r = onnxattr.create_analyzer("gradient", m).analyze(X, neuron_selection=1)
+    np.testing.assert_allclose(r, mlp_gradient(X, np.full(4, 1), w), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_stays_dynamic_and_checker_passes():
+    m, _ = mlp()
+    c = onnxattr.compile(m, "integrated_gradients")
+    onnx.checker.check_model(c, full_check=True)
+    assert c.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert c.graph.output[-1].type.tensor_type.shape.dim[0].dim_param == "N"
+    for n in (1, 5):
+        assert session(c).run(None, {"x": np.ones((n, 6), np.float32)})[-1].shape == (n, 6)
+
+
+def test_no_float_input_and_several_inputs():
+    m, _ = mlp()
+    m.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64
+    with pytest.raises(SelectionError, match="no float input"):
+        onnxattr.compile(m, "gradient")
+    m2, _ = mlp()
+    m2.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["N", 6]))
+    with pytest.raises(SelectionError, match="several float inputs"):
+        onnxattr.compile(m2, "gradient")
+    with pytest.raises(SelectionError, match="no graph input named"):
+        onnxattr.compile(m2, "gradient", input="nope")
+
+
+def test_explain_an_intermediate_tensor():
+    m, w = mlp()
+    r = onnxattr.create_analyzer("gradient", m, output="h2", neuron_selection_mode="index").analyze(
+        X, neuron_selection=3)
+    np.testing.assert_allclose(r, np.broadcast_to(w[0][:, 3], (4, 6)), rtol=1e-6)
