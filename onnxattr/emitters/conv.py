@@ -137,17 +137,22 @@ def _convtranspose_pads(b, node, x, w):
     return at, strides, dil, begin + end
 
 
+def conv_transpose_input_vjp(b, node, g, w, x):
+    """dL/dx of y = ConvTranspose(x, w): Conv(g, w) with the same pads, strides, dilations, group."""
+    at, strides, dil, pads = _convtranspose_pads(b, node, x, w)
+    out = b.op("Conv", [g, w], group=at["group"], strides=strides, dilations=dil, pads=pads)
+    b.set_info(out, x)
+    return out
+
+
 @register("ConvTranspose")
 def conv_transpose_vjp(b, node, grads, need):
-    """dL/dx of y = ConvTranspose(x, w) is Conv(g, w) with the same pads, strides, dilations."""
     x, w = node.input[0], node.input[1]
     if len(need) > 1 and need[1]:
         raise UnsupportedModelError(
             f"ConvTranspose node '{node.name}': weights that depend on the input are not supported"
         )
-    at, strides, dil, pads = _convtranspose_pads(b, node, x, w)
-    gx = b.op("Conv", [grads[0], w], group=at["group"], strides=strides, dilations=dil, pads=pads)
     out = [None] * len(node.input)
-    out[0] = gx
+    out[0] = conv_transpose_input_vjp(b, node, grads[0], w, x)
     return out
 

@@ -30,6 +30,21 @@ def bn_scale(b, node):
     return b.op("Reshape", [scale, b.ints([-1] + [1] * (rank - 2))])
 
 
+def bn_scale_shift(b, node):
+    """(scale, shift) names with y = x * scale + shift, both shaped [C, 1, ...]."""
+    x, gamma, beta, mean, var = node.input[:5]
+    scale = bn_scale(b, node)
+    rank = b.rank(x) or 4
+    vals = [b.value(t) for t in (gamma, beta, mean, var)]
+    if all(v is not None for v in vals):
+        eps = _f(node, "epsilon", 1e-5)
+        shift = vals[1] - vals[2] * vals[0] / np.sqrt(vals[3] + eps)
+        return scale, b.const(shift.reshape([-1] + [1] * (rank - 2)).astype(vals[0].dtype), vals[0].dtype, "bn_shift")
+    shape = b.ints([-1] + [1] * (rank - 2))
+    shift = b.op("Sub", [b.op("Reshape", [beta, shape]), b.op("Mul", [b.op("Reshape", [mean, shape]), scale])])
+    return scale, shift
+
+
 @register("BatchNormalization")
 def batchnorm_vjp(b, node, grads, need):
     return [b.op("Mul", [grads[0], bn_scale(b, node)])] + [None] * (len(node.input) - 1)
