@@ -21,6 +21,14 @@ def compile(model, method: str, neuron: str = "max", input: str | None = None,
     return compile_model(model, method, neuron=neuron, input=input, output=output, **params)
 
 
+def inspect(model, method: str, input: str | None = None, output: str | None = None,
+            **params) -> list[tuple[str, str, str, str]]:
+    """(node name, op type, rule, why) for every node on the explained path, input to output."""
+    report: dict = {}
+    compile_model(model, method, neuron="max", input=input, output=output, report=report, **params)
+    return report["nodes"]
+
+
 class Analyzer:
     """Compiles lazily per neuron mode and keeps one onnxruntime session per mode."""
 
@@ -28,6 +36,7 @@ class Analyzer:
                  input: str | None = None, output: str | None = None, device: str | None = None,
                  providers=None, **params):
         self.method = get_method(method)
+        self._method_key = method  # a registered name or a rule file path
         if neuron_selection_mode not in MODES:
             raise UsageError(f"neuron_selection_mode must be one of {', '.join(MODES)}")
         self.mode = MODES[neuron_selection_mode]
@@ -44,7 +53,7 @@ class Analyzer:
 
     def runner(self, mode: str) -> Runner:
         if mode not in self._runners:
-            compiled = compile_model(self.model, self.method.name, neuron=mode, input=self.input,
+            compiled = compile_model(self.model, self._method_key, neuron=mode, input=self.input,
                                      output=self.output, **self.params)
             self._runners[mode] = Runner(compiled, self.device, self.providers)
         return self._runners[mode]

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxattr.canonicalize import canonicalize
+from onnxattr.compiler import path_nodes
 from onnxattr.errors import InvalidModelError, UsageError
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import check_input_model, load_model
@@ -22,8 +23,9 @@ TWO_GB = 2**31
 
 
 def compile_model(model, method: str, neuron: str = "max", input: str | None = None,
-                  output: str | None = None, **params) -> onnx.ModelProto:
-    """Return a new model computing the original outputs and the relevance map of ``method``."""
+                  output: str | None = None, report: dict | None = None, **params) -> onnx.ModelProto:
+    """Return a new model computing the original outputs and the relevance map of ``method``.
+    ``report``, when given, receives the nodes on the explained path and the rule each one got."""
     m = get_method(method)
     if neuron not in NEURON_MODES:
         raise UsageError(f"neuron selection must be one of {', '.join(NEURON_MODES)}, not '{neuron}'")
@@ -40,6 +42,8 @@ def compile_model(model, method: str, neuron: str = "max", input: str | None = N
     target = Target(b, list(canon.graph.node), x, y, neuron, index,
                     static_batch=isinstance(xshape[0], int))
     relevance = m.build(target, resolved)
+    if report is not None:
+        _fill_report(report, target, m)
     return assemble(canon, target, relevance, neuron, method, resolved)
 
 
@@ -56,7 +60,8 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     del graph.node[:]
     graph.node.extend(t.nodes)
     graph.node.extend(b.nodes)
-    graph.initializer.extend(b.initializers)
+    used = {i for n in b.nodes for i in n.input} | {i for n in t.nodes for i in n.input}
+    graph.initializer.extend(init for init in b.initializers if init.name in used)
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
     x_shape = [d for d in (b.shape(t.x) or [])]
@@ -70,9 +75,24 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     if canon.ByteSize() < TWO_GB:
         try:
             onnx.checker.check_model(canon, full_check=True)
-        except onnx.checker.ValidationError as e:
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             raise InvalidModelError(f"internal error: the compiled model fails onnx.checker: {e}") from None
     return canon
+
+
+def _fill_report(report: dict, t: Target, m) -> None:
+    on_path, _ = path_nodes(t.nodes, t.x, t.y, t.b)
+    report.update(method=m.name, input=t.x, output=t.y, nodes=[
+        (n.name, n.op_type, *t.assignment.get(n.name, (_default_rule(m, n), "")))
+        for n in on_path])
+
+
+def _default_rule(m, node) -> str:
+    if m.family == "lrp":
+        return "gradient"
+    if node.op_type == "Relu" and m.name in ("deconvnet", "guided_backprop"):
+        return m.name
+    return "gradient"
 
 
 def _batch_dim(model, x):

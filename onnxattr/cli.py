@@ -1,4 +1,4 @@
-"""Command line: ``onnxattr compile | explain | methods``. Errors print one line and exit non-zero
+"""Command line: ``onnxattr compile | explain | inspect | methods``. Errors print one line and exit non-zero
 (codes in onnxattr/errors.py); no traceback reaches the user for a problem with their input."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from onnxattr import viz
-from onnxattr.api import Analyzer, compile as compile_model
+from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_model
 from onnxattr.errors import DataError, OnnxAttrError, UsageError
 from onnxattr.methods import REGISTRY
 from onnxattr.output import refuse_overwriting_input, save_array, save_model
@@ -26,12 +26,28 @@ def _params(pairs) -> dict:
     return out
 
 
-def _common(p):
+def _method(a) -> str:
+    """--method NAME, or --rules FILE (a preset file is a method of its own)."""
+    if a.rules and a.method:
+        raise UsageError("give either --method or --rules FILE, not both")
+    if a.rules:
+        if not a.rules.endswith(".toml"):
+            raise UsageError(f"--rules expects a .toml rule file, got '{a.rules}'")
+        return a.rules
+    if not a.method:
+        raise UsageError("--method is required (or --rules FILE); `onnxattr methods` lists the methods")
+    return a.method
+
+
+def _common(p, neuron=True):
     p.add_argument("model", help="ONNX model file")
-    p.add_argument("--method", "-m", required=True, help="attribution method (see `onnxattr methods`)")
+    p.add_argument("--method", "-m", help="attribution method (see `onnxattr methods`)")
+    p.add_argument("--rules", metavar="FILE.toml", help="your own LRP rule map instead of --method "
+                   "(same format as the presets in rules/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
-    p.add_argument("--neuron", default="max", choices=["max", "index", "all"],
-                   help="which output neuron to explain: the largest, one given per sample, or their sum")
+    if neuron:
+        p.add_argument("--neuron", default="max", choices=["max", "index", "all"],
+                       help="which output neuron to explain: the largest, one given per sample, or their sum")
     p.add_argument("--input", help="graph input to explain (default: the only float input)")
     p.add_argument("--output", help="graph output to explain (default: the first float output)")
 
@@ -50,13 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--graymap", help="write a graymap PNG (absolute relevance)")
     e.add_argument("-o", "--out", help="relevance as .npy")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    i = sub.add_parser("inspect", help="show which rule each node on the explained path gets")
+    _common(i, neuron=False)
     sub.add_parser("methods", help="list methods, their parameters and defaults")
     return parser
 
 
 def cmd_compile(a) -> int:
     refuse_overwriting_input(a.out, a.model)
-    model = compile_model(a.model, a.method, neuron=a.neuron, input=a.input, output=a.output, **_params(a.set))
+    model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, **_params(a.set))
     save_model(model, a.out, a.model)
     print(f"wrote {a.out} (outputs: {', '.join(o.name for o in model.graph.output)})")
     return 0
@@ -85,7 +103,7 @@ def cmd_explain(a) -> int:
     if a.neuron == "index" and a.target is None:
         raise UsageError("--neuron index needs --target (one index, or one per sample: 3,1,4)")
     mode = {"max": "max_activation", "index": "index", "all": "all"}[a.neuron]
-    analyzer = Analyzer(a.method, a.model, neuron_selection_mode=mode, input=a.input, output=a.output,
+    analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=mode, input=a.input, output=a.output,
                         device=a.device, **_params(a.set))
     x = _load_data(a.data, analyzer)
     selection = None
@@ -110,6 +128,15 @@ def cmd_explain(a) -> int:
     return 0
 
 
+def cmd_inspect(a) -> int:
+    rows = inspect_model(a.model, _method(a), input=a.input, output=a.output, **_params(a.set))
+    width = max([len(r[0]) for r in rows] + [4])
+    print(f"{'node':{width}}  {'op':20}  rule")
+    for name, op, rule, why in rows:
+        print(f"{name:{width}}  {op:20}  {rule}" + (f"  [{why}]" if why else ""))
+    return 0
+
+
 def cmd_methods(a) -> int:
     seen = set()
     for name, m in sorted(REGISTRY.items()):
@@ -126,7 +153,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"compile": cmd_compile, "explain": cmd_explain, "methods": cmd_methods}[args.command](args)
+        commands = {"compile": cmd_compile, "explain": cmd_explain, "inspect": cmd_inspect,
+                    "methods": cmd_methods}
+        return commands[args.command](args)
     except OnnxAttrError as e:
         print(f"onnxattr: error: {e}", file=sys.stderr)
         return e.exit_code

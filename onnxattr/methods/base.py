@@ -32,6 +32,7 @@ class Target:
     neuron: str
     index: str | None  # int64 [N, 1] chosen neuron per sample (None in mode "all")
     static_batch: bool = False
+    assignment: dict = field(default_factory=dict)  # node name -> (rule, why), for `inspect`
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,13 @@ def register_method(method: Method) -> Method:
 
 
 def get_method(name: str) -> Method:
+    """A registered method, or the preset defined by a rule file (a name ending in .toml)."""
     if name in REGISTRY:
         return REGISTRY[name]
+    if name.endswith(".toml"):
+        from onnxattr.methods.lrp import method_from_file
+
+        return method_from_file(name)
     hint = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.5)
     raise UsageError(
         f"unknown method '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")

@@ -1,0 +1,1 @@
+"""Layer-wise relevance propagation: linear units, rules as declarations, presets as data."""

@@ -1,0 +1,200 @@
+"""Composites: which rule each node of the explained path gets, from a preset (data in rules/*.toml).
+
+Selectors, first match wins, for linear units (Conv/ConvTranspose/Gemm/MatMul-with-constant, a
+standalone BatchNormalization): ``first`` (the first kernel layer met from the input), ``until``
+(kernel layers with index <= until_layer_idx, counted in graph order from 0), ``relu_layer`` (a layer
+whose output feeds a Relu), ``conv``, ``dense``, ``norm``, then ``default``; pools get ``pool``
+(else the gradient). Residual Add/Sum of
+activations get ``add``: ``z`` (split in proportion to the operands), ``norm`` (the same with Zennit's
+stabilizer) or ``gradient`` (copy into every branch). Element-wise activations and fused followers
+(bias Add, BatchNorm after a linear layer) pass relevance through unchanged; data movement (MaxPool,
+Reshape, Concat, ...) uses the gradient emitters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from onnxattr.emitters.broadcast import unbroadcast
+from onnxattr.lrp import rules as R
+from onnxattr.lrp.units import Unit, find_units
+
+ELEMENTWISE = frozenset({
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid",
+    "HardSwish", "Clip", "Gelu", "Erf", "Identity", "Dropout", "Cast", "Abs", "Exp", "Log", "Sqrt", "Neg",
+})
+ADDS = ("Add", "Sum")
+
+STYLES = {
+    # SafeDivide (z + 1e-7 [z = 0]); alpha-beta bias split over both terms; w_square without bias
+    "innvestigate": {"stabilizer": "safe", "epsilon": 1e-7, "bias_style": "innvestigate", "square_bias": False},
+    # stabilize (z + 1e-6 sign(z), sign(0) = +1); clamped bias on the x+ term only; w_square squares b
+    "zennit": {"stabilizer": "signed", "epsilon": 1e-6, "bias_style": "zennit", "square_bias": True},
+}
+
+
+def make_rule(spec: dict, style: dict):
+    """A Rule (or the strings 'pass' / 'gradient') from a preset entry such as
+    {rule = "epsilon", epsilon = 0.1}."""
+    name = spec["rule"]
+    stab = {"stabilizer": style["stabilizer"], "epsilon": style["epsilon"]}
+    if name in ("pass", "gradient"):
+        return name
+    if name in ("z", "z_IB"):
+        return R.z_rule(bias=name == "z", **stab)
+    if name in ("epsilon", "epsilon_IB"):
+        return R.epsilon_rule(epsilon=float(spec.get("epsilon", style["epsilon"])), bias=name == "epsilon")
+    if name == "w_square":
+        return R.w_square_rule(bias=style["square_bias"], **stab)
+    if name == "flat":
+        return R.flat_rule(**stab)
+    if name in ("alpha_beta", "alpha_beta_IB", "z_plus"):
+        alpha = float(spec.get("alpha", 1.0 if name == "z_plus" else 2.0))
+        beta = float(spec.get("beta", 0.0 if name == "z_plus" else 1.0))
+        bias = name == "alpha_beta" and bool(spec.get("bias", True))
+        return R.alpha_beta_rule(alpha, beta, bias=bias, bias_style=style["bias_style"], **stab)
+    if name == "z_plus_fast":
+        return R.z_plus_fast_rule(**stab)
+    if name == "gamma":
+        return R.gamma_rule(gamma=float(spec.get("gamma", 0.25)), **stab)
+    if name == "zbox":
+        return R.zbox_rule(low=spec["low"], high=spec["high"], **stab)
+    raise KeyError(name)
+
+
+RULE_NAMES = ("z", "z_IB", "epsilon", "epsilon_IB", "w_square", "flat", "alpha_beta", "alpha_beta_IB",
+              "z_plus", "z_plus_fast", "gamma", "zbox", "pass", "gradient")
+SELECTORS = ("first", "until", "relu_layer", "conv", "dense", "norm", "default", "pool")
+
+
+@dataclass
+class Composite:
+    """Resolved preset: a rule per selector, the add rule and the stabilizer style."""
+
+    selectors: dict
+    add: str
+    style: dict
+    until_index: int | None = None
+    assignment: dict = field(default_factory=dict)  # node name -> description (for `inspect`)
+
+    def lookup(self, b, nodes, x, y):
+        """The rule_for(node) function of the reverse pass explaining y w.r.t. x; ``nodes`` are the
+        nodes on the path, in topological order."""
+        on_path = {n.name for n in nodes}
+        units = find_units(b, nodes, on_path, {y})
+        kernel_order, first = _kernel_layers(nodes, units, x)
+        consumers = {}
+        for n in nodes:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        chosen: dict[str, object] = {}
+        for n in nodes:
+            unit = units.get(n.name)
+            if unit is not None:
+                if n is not unit.node:
+                    chosen[n.name] = ("pass", f"fused into {unit.node.name}")
+                    continue
+                key = self._selector(unit, kernel_order, first, consumers)
+                rule = self.selectors.get(key) if key else None
+                if rule is None:
+                    rule = "gradient"
+                chosen[n.name] = (rule, key or "-")
+            elif n.op_type in ADDS and sum(1 for i in n.input if b.is_float(i)) >= 2 \
+                    and sum(1 for i in n.input if b.value(i) is None) >= 2:
+                chosen[n.name] = (self.add, "add")
+            elif n.op_type in ELEMENTWISE or n.op_type in ADDS + ("Sub", "Mul", "Div"):
+                chosen[n.name] = ("pass", "elementwise")
+        self.assignment = {k: (_describe(v[0]), v[1]) for k, v in chosen.items()}
+
+        def rule_for(node):
+            entry = chosen.get(node.name)
+            if entry is None:
+                return None
+            rule = entry[0]
+            if rule == "gradient":
+                return None
+            if rule == "pass":
+                return _pass
+            if rule == "z" and node.op_type in ADDS:
+                return _add_split(self.style)
+            unit = units[node.name]
+            return _unit_step(unit, rule)
+
+        return rule_for
+
+    def _selector(self, unit: Unit, order, first, consumers):
+        if unit.kind == "pool":
+            return "pool"
+        if "first" in self.selectors and unit.node.name in first:
+            return "first"
+        if "until" in self.selectors and self.until_index is not None \
+                and order.get(unit.node.name, 10**9) <= self.until_index:
+            return "until"
+        users = consumers.get(unit.out, [])
+        if "relu_layer" in self.selectors and users and all(u.op_type == "Relu" for u in users):
+            return "relu_layer"
+        if unit.kind in self.selectors:
+            return unit.kind
+        return "default" if "default" in self.selectors else None
+
+
+def _describe(rule) -> str:
+    if isinstance(rule, str):
+        return rule
+    extra = []
+    if rule.name == "epsilon":
+        extra.append(f"epsilon={rule.epsilon:g}")
+    if rule.name == "zbox":
+        extra.append(f"low={rule.low}, high={rule.high}")
+    if rule.name == "gamma":
+        extra.append(f"gamma={rule.gamma:g}")
+    return rule.name + (f"({', '.join(extra)})" if extra else "")
+
+
+def _kernel_layers(nodes, units, x):
+    """Index of each kernel layer in graph order, and the set of first kernel layers from the input."""
+    order, idx = {}, 0
+    pre = {x}  # tensors reached from x without crossing a kernel layer
+    first = set()
+    for n in nodes:
+        unit = units.get(n.name)
+        is_kernel = unit is not None and n is unit.node and unit.kind != "pool"
+        if is_kernel:
+            order[n.name] = idx
+            idx += 1
+            if unit.x in pre:
+                first.add(n.name)
+            continue
+        if any(i in pre for i in n.input):
+            pre.update(n.output)
+    return order, first
+
+
+def _pass(b, node, grads, need):
+    """Relevance passes unchanged to the operand on the path (the first one that needs it)."""
+    out = [None] * len(node.input)
+    for i, n in enumerate(need):
+        if n:
+            out[i] = grads[0]
+            break
+    return out
+
+
+def _add_split(style):
+    rule = R.Rule("add", (), stabilizer=style["stabilizer"], epsilon=style["epsilon"])
+
+    def step(b, node, grads, need):
+        y = node.output[0]
+        s = b.op("Div", [grads[0], R._stabilize(b, y, rule)])
+        return [unbroadcast(b, b.op("Mul", [x, s]), x, y) if n else None for x, n in zip(node.input, need)]
+
+    return step
+
+
+def _unit_step(unit: Unit, rule):
+    def step(b, node, grads, need):
+        out = [None] * len(node.input)
+        out[0] = R.apply_rule(b, unit, rule, grads[0])
+        return out
+
+    return step

@@ -1,0 +1,148 @@
+"""LRP presets as data: one TOML file per method (shipped from the top-level ``rules/`` folder, or a
+user's own file). A preset says which rule each kind of layer gets; it holds no code.
+
+    method = "lrp.sequential_preset_a"
+    doc = "..."
+    style = "innvestigate"     # stabilizer and bias conventions: innvestigate | zennit
+    seed = "logit"             # output seed: logit | relu_logit | one
+    add = "z"                  # residual Add/Sum of activations: z | gradient
+
+    [params]                   # method parameters, referenced below as "$name"
+    epsilon = { default = 0.1, doc = "epsilon of the dense layers" }
+
+    [layers]                   # selector -> rule; first match wins in the order of SELECTORS
+    dense = { rule = "epsilon", epsilon = "$epsilon" }
+    conv  = { rule = "alpha_beta", alpha = 1, beta = 0 }
+
+Every mistake is reported with the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnxattr.errors import UsageError
+from onnxattr.lrp.composite import RULE_NAMES, SELECTORS, STYLES
+
+SEEDS = ("logit", "relu_logit", "one")
+ADD_RULES = ("z", "gradient")
+RULE_KEYS = {
+    "rule": str, "epsilon": float, "alpha": float, "beta": float, "bias": bool, "gamma": float,
+    "low": float, "high": float,
+}
+TOP_KEYS = ("method", "doc", "style", "seed", "add", "params", "layers")
+
+
+@dataclass
+class PresetParam:
+    name: str
+    default: object
+    doc: str
+
+
+@dataclass
+class Preset:
+    name: str
+    doc: str
+    style: str
+    seed: str
+    add: str
+    layers: dict                        # selector -> {key: value or "$param"}
+    params: list = field(default_factory=list)
+    path: str = ""
+
+    def resolve_layers(self, values: dict) -> dict:
+        """The [layers] table with every "$param" replaced by its value."""
+        out = {}
+        for sel, spec in self.layers.items():
+            out[sel] = {k: (values[v[1:]] if isinstance(v, str) and v.startswith("$") else v)
+                        for k, v in spec.items()}
+        return out
+
+
+class PresetError(UsageError):
+    pass
+
+
+def _line_of(text: str, key: str, table: str | None = None) -> int:
+    """1-based line where ``key`` is assigned (inside ``[table]`` when given); 1 if not found."""
+    lines = text.splitlines()
+    start = 0
+    if table is not None:
+        for i, line in enumerate(lines):
+            if re.match(rf"\s*\[\s*{re.escape(table)}\s*\]", line):
+                start = i + 1
+                break
+    pattern = re.compile(rf"\s*\"?{re.escape(key)}\"?\s*=")
+    for i in range(start, len(lines)):
+        if table is not None and i > start and re.match(r"\s*\[", lines[i]):
+            break
+        if pattern.match(lines[i]):
+            return i + 1
+    return 1
+
+
+def parse_preset(text: str, path: str) -> Preset:
+    """Parse and validate a preset; raise PresetError naming file, line and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PresetError(f"{path}: not valid TOML: {e}") from None
+
+    def fail(msg, key, table=None):
+        raise PresetError(f"{path}:{_line_of(text, key, table)}: {msg}")
+
+    for key in data:
+        if key not in TOP_KEYS:
+            fail(f"unknown key '{key}' (known: {', '.join(TOP_KEYS)})", key)
+    for key, choices in (("style", STYLES), ("seed", SEEDS), ("add", ADD_RULES)):
+        if key in data and data[key] not in choices:
+            fail(f"{key} = {data[key]!r} is not one of {', '.join(choices)}", key)
+    params = []
+    for name, spec in (data.get("params") or {}).items():
+        if not isinstance(spec, dict) or "default" not in spec:
+            fail(f"parameter '{name}' needs a table {{ default = ..., doc = \"...\" }}", name, "params")
+        if not isinstance(spec["default"], (int, float)) or isinstance(spec["default"], bool):
+            fail(f"parameter '{name}': default must be a number", name, "params")
+        params.append(PresetParam(name, spec["default"], str(spec.get("doc", ""))))
+    known_params = {p.name for p in params}
+    layers = data.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        fail("a preset needs a [layers] table mapping selectors to rules", "layers")
+    for sel, spec in layers.items():
+        if sel not in SELECTORS:
+            fail(f"unknown layer selector '{sel}' (known: {', '.join(SELECTORS)})", sel, "layers")
+        if not isinstance(spec, dict) or "rule" not in spec:
+            fail(f"'{sel}' needs an inline table with a rule, e.g. {{ rule = \"epsilon\" }}", sel, "layers")
+        for k, v in spec.items():
+            if k not in RULE_KEYS:
+                fail(f"'{sel}': unknown rule key '{k}' (known: {', '.join(RULE_KEYS)})", sel, "layers")
+            if isinstance(v, str) and v.startswith("$"):
+                if v[1:] not in known_params:
+                    fail(f"'{sel}': {k} refers to undeclared parameter '{v}'", sel, "layers")
+                continue
+            want = RULE_KEYS[k]
+            ok = isinstance(v, want) if want is not float else isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not ok:
+                fail(f"'{sel}': {k} must be a {want.__name__}, got {v!r}", sel, "layers")
+        if spec["rule"] not in RULE_NAMES:
+            fail(f"'{sel}': unknown rule '{spec['rule']}' (known: {', '.join(RULE_NAMES)})", sel, "layers")
+        if spec["rule"] == "zbox" and not {"low", "high"} <= set(spec):
+            fail(f"'{sel}': rule zbox needs low and high", sel, "layers")
+    if "until" in layers and "until_layer_idx" not in known_params:
+        fail("selector 'until' needs a parameter until_layer_idx in [params]", "until", "layers")
+    name = data.get("method") or Path(path).stem
+    return Preset(name=name, doc=str(data.get("doc", f"LRP preset from {path}")),
+                  style=data.get("style", "innvestigate"), seed=data.get("seed", "logit"),
+                  add=data.get("add", "z"), layers=layers, params=params, path=str(path))
+
+
+def load_preset(path) -> Preset:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PresetError(f"{path}: cannot read the rule file ({e.__class__.__name__}: {e})") from None
+    return parse_preset(text, str(path))

@@ -1,0 +1,213 @@
+"""LRP rules as declarations over a unit's two linear maps (the modified-gradient form).
+
+A rule is a list of groups. Each group has terms (input modifier m_k, weight modifier p_k, bias
+modifier q_k, sign s_k) and a coefficient c:
+
+    z      = sum_k s_k * forward(m_k(x), p_k(W), q_k(b))
+    R_in  += c * sum_k s_k * m_k(x) * VJP_{p_k(W)}( R_out / stab(z) )
+
+Input modifiers: x, pos = max(x, 0), neg = min(x, 0), ones, low, high (the bounds as tensors of x's
+shape). Weight modifiers: w, pos, neg, square, ones, gamma_pos = W + g W+, gamma_neg = W + g W-; bias
+modifiers: b, pos, neg, none. Weight modifiers of constant weights are computed at compile time.
+Stabilizers: ``safe`` (iNNvestigate's SafeDivide: z + eps [z = 0], eps = 1e-7) and ``signed``
+(z + eps sign(z), sign(0) = +1: iNNvestigate's Epsilon and Zennit's stabilize).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import numpy_helper
+
+from onnxattr.lrp.units import Unit
+
+
+@dataclass(frozen=True)
+class Term:
+    inp: str = "x"
+    par: str = "w"
+    bias: str = "b"
+    sign: float = 1.0
+
+
+@dataclass(frozen=True)
+class Group:
+    """Terms sharing one denominator; ``mask`` keeps only outputs whose forward value is > 0 ("pos")
+    or < 0 ("neg") (Zennit's generalized gamma)."""
+
+    terms: tuple
+    coef: float = 1.0
+    mask: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    groups: tuple
+    stabilizer: str = "safe"
+    epsilon: float = 1e-7
+    gamma: float = 0.25
+    low: float = 0.0
+    high: float = 1.0
+
+
+def z_rule(bias=True, **kw):
+    return Rule("z" if bias else "z_IB", (Group((Term(bias="b" if bias else "none"),)),), **kw)
+
+
+def epsilon_rule(epsilon=1e-7, bias=True, **kw):
+    return Rule("epsilon", (Group((Term(bias="b" if bias else "none"),)),), stabilizer="signed",
+                epsilon=epsilon, **kw)
+
+
+def w_square_rule(bias=False, **kw):
+    """z = 1 W^2 (+ b^2: Zennit squares the bias too; iNNvestigate drops it)."""
+    return Rule("w_square", (Group((Term("ones", "square", "square" if bias else "none"),)),), **kw)
+
+
+def flat_rule(**kw):
+    return Rule("flat", (Group((Term("ones", "ones", "none"),)),), **kw)
+
+
+def alpha_beta_rule(alpha=2.0, beta=1.0, bias=True, bias_style="innvestigate", **kw):
+    """Activator x+W+ + x-W-, inhibitor x+W- + x-W+. iNNvestigate puts b+ in the positive and b- in
+    the negative layer (both appear in each sum); Zennit adds the clamped bias to the x+ term only."""
+    if not bias:
+        pp, nn, pn, np_ = "none", "none", "none", "none"
+    elif bias_style == "zennit":
+        pp, nn, pn, np_ = "pos", "none", "neg", "none"
+    else:
+        pp, nn, pn, np_ = "pos", "neg", "neg", "pos"
+    groups = [Group((Term("pos", "pos", pp), Term("neg", "neg", nn)), alpha)]
+    if beta:
+        groups.append(Group((Term("pos", "neg", pn), Term("neg", "pos", np_)), -beta))
+    return Rule(f"alpha_{alpha:g}_beta_{beta:g}", tuple(groups), **kw)
+
+
+def z_plus_fast_rule(**kw):
+    return Rule("z_plus_fast", (Group((Term("x", "pos", "none"),)),), **kw)
+
+
+def gamma_rule(gamma=0.25, **kw):
+    """Generalized gamma (Zennit): where z > 0, x+ (W + g W+) [+ b + g b+] + x- (W + g W-); where z < 0,
+    x+ (W + g W-) [+ b + g b-] + x- (W + g W+); each part with its own denominator."""
+    pos = Group((Term("pos", "gamma_pos", "gamma_pos"), Term("neg", "gamma_neg", "none")), mask="pos")
+    neg = Group((Term("pos", "gamma_neg", "gamma_neg"), Term("neg", "gamma_pos", "none")), mask="neg")
+    return Rule("gamma", (pos, neg), gamma=gamma, **kw)
+
+
+def zbox_rule(low=0.0, high=1.0, **kw):
+    """z = xW - low W+ - high W- (the bias cancels, as in both references)."""
+    terms = (Term("x", "w", "none"), Term("low", "pos", "none", -1.0), Term("high", "neg", "none", -1.0))
+    return Rule("zbox", (Group(terms),), low=low, high=high, **kw)
+
+
+# ---- application ---------------------------------------------------------------------------------
+
+def _param(b, unit: Unit, which: str, rule: Rule, kind: str):
+    """Modified weight ("w") or bias ("b") tensor name; None when the bias is dropped."""
+    name = unit.w if kind == "w" else unit.bias
+    if name is None or which in ("none",):
+        return None
+    if which in ("w", "b"):
+        return name
+    key = (kind, which, rule.gamma)
+    if key in unit.cache:
+        return unit.cache[key]
+    v = b.value(name)
+    if v is not None:
+        mods = {
+            "pos": lambda a: np.maximum(a, 0), "neg": lambda a: np.minimum(a, 0), "square": lambda a: a * a,
+            "ones": np.ones_like, "gamma_pos": lambda a: a + rule.gamma * np.maximum(a, 0),
+            "gamma_neg": lambda a: a + rule.gamma * np.minimum(a, 0),
+        }
+        out = b.const(mods[which](v).astype(v.dtype), v.dtype, f"{kind}_{which}")
+    else:
+        zero = b.scalar(0.0, name)
+        pos = lambda: b.op("Max", [name, zero])  # noqa: E731
+        neg = lambda: b.op("Min", [name, zero])  # noqa: E731
+        if which == "pos":
+            out = pos()
+        elif which == "neg":
+            out = neg()
+        elif which == "square":
+            out = b.op("Mul", [name, name])
+        elif which == "ones":
+            out = b.op("ConstantOfShape", [b.op("Shape", [name])],
+                       value=numpy_helper.from_array(np.ones(1, np.float32)))
+        else:
+            part = pos() if which == "gamma_pos" else neg()
+            out = b.op("Add", [name, b.op("Mul", [part, b.scalar(rule.gamma, name)])])
+    unit.cache[key] = out
+    return out
+
+
+def _input(b, unit: Unit, which: str, rule: Rule):
+    """Modified input: x, max(x,0), min(x,0), ones, or the low/high bound broadcast to x's shape."""
+    x = unit.x
+    if which == "x":
+        return x
+    key = ("in", which, rule.low, rule.high)
+    if key not in unit.cache:
+        if which == "pos":
+            out = b.op("Relu", [x])
+        elif which == "neg":
+            out = b.op("Min", [x, b.scalar(0.0, x)])
+        else:
+            fill = 1.0 if which == "ones" else 0.0
+            out = b.op("ConstantOfShape", [b.op("Shape", [x])],
+                       value=numpy_helper.from_array(np.asarray([fill], np.float32)))
+            if which in ("low", "high"):
+                bound = rule.low if which == "low" else rule.high
+                out = b.op("Add", [out, b.const(np.asarray(bound, np.float32), np.float32, which)])
+        unit.cache[key] = out
+    return unit.cache[key]
+
+
+def _stabilize(b, z, rule: Rule):
+    if rule.stabilizer == "signed":
+        sign = b.op("Where", [b.op("GreaterOrEqual", [z, b.scalar(0.0, z)]),
+                              b.scalar(rule.epsilon, z), b.scalar(-rule.epsilon, z)])
+        return b.op("Add", [z, sign])
+    is_zero = b.op("Cast", [b.op("Equal", [z, b.scalar(0.0, z)])], to=1)
+    return b.op("Add", [z, b.op("Mul", [is_zero, b.scalar(rule.epsilon, z)])])
+
+
+def _reuses_forward(unit, term):
+    """The term is the unit's own forward: its output tensor already holds z."""
+    return term.inp == "x" and term.par == "w" and (unit.bias is None or term.bias == "b")
+
+
+def apply_rule(b, unit: Unit, rule: Rule, relevance: str) -> str:
+    """R_in of ``unit`` under ``rule`` for relevance arriving at unit.out."""
+    total = None
+    for group in rule.groups:
+        zs = []
+        for t in group.terms:
+            key = ("z", t.inp, t.par, t.bias, rule.gamma, rule.low, rule.high)
+            if key not in unit.cache:
+                if _reuses_forward(unit, t):
+                    unit.cache[key] = unit.out  # reuse the forward activation
+                else:
+                    xin = _input(b, unit, t.inp, rule)
+                    unit.cache[key] = unit.forward(b, xin, _param(b, unit, t.par, rule, "w"),
+                                                   _param(b, unit, t.bias, rule, "b"))
+            zs.append((t.sign, unit.cache[key]))
+        z = zs[0][1] if zs[0][0] > 0 else b.op("Neg", [zs[0][1]])
+        for sign, zk in zs[1:]:
+            z = b.op("Add" if sign > 0 else "Sub", [z, zk])
+        s = b.op("Div", [relevance, _stabilize(b, z, rule)])
+        if group.mask:
+            sel = b.op("Greater" if group.mask == "pos" else "Less", [unit.out, b.scalar(0.0, unit.out)])
+            s = b.op("Where", [sel, s, b.scalar(0.0, unit.out)])
+        for t in group.terms:
+            back = unit.vjp(b, s, _param(b, unit, t.par, rule, "w"))
+            if t.inp != "ones":
+                back = b.op("Mul", [_input(b, unit, t.inp, rule), back])
+            coef = group.coef * t.sign
+            if coef != 1.0:
+                back = b.op("Mul", [back, b.scalar(coef, unit.x)])
+            total = back if total is None else b.op("Add", [total, back])
+    b.set_info(total, unit.x)
+    return total

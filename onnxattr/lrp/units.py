@@ -1,0 +1,199 @@
+"""Linear units: the nodes LRP rules act on, with their parameters and their two linear maps.
+
+A unit is a node computing z = W x + b (Conv, ConvTranspose, Gemm, MatMul with a constant operand, a
+standalone BatchNormalization as a per-channel scale) or a parameter-free linear map (AveragePool,
+GlobalAveragePool). A BatchNormalization right after a Conv/Gemm/MatMul, and a constant bias Add right
+after a bias-free one, are fused into it with the exact fold (W' = W s, b' = (b - mean) s + beta with
+s = gamma / sqrt(var + eps)); the fused followers pass relevance through unchanged and the unit reads
+relevance at the last follower's output. The forward graph itself is never changed, so the compiled
+model's original outputs stay bit-identical.
+
+``forward(b, x, w, bias)`` applies the unit's map to other operands; ``vjp(b, g, w)`` is its input VJP
+with weight w. Both come from the op family's emitter module: no second implementation of a backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxattr.emitters import VJPS
+from onnxattr.emitters.conv import conv_forward, conv_input_vjp, conv_transpose_input_vjp
+from onnxattr.emitters.linear import matmul_input_vjp
+from onnxattr.emitters.normalization import bn_scale_shift
+
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+POOL_OPS = ("AveragePool", "GlobalAveragePool")
+
+
+@dataclass
+class Unit:
+    node: object            # the linear node
+    x: str                  # its input on the explained path
+    out: str                # tensor whose relevance the unit consumes (after fused followers)
+    kind: str               # "conv" | "dense" | "norm" | "pool"
+    w: str | None = None    # weight tensor name (possibly a folded constant)
+    bias: str | None = None
+    followers: list = field(default_factory=list)  # fused nodes (relevance passes through them)
+    cache: dict = field(default_factory=dict)
+
+    # ---- the two linear maps ------------------------------------------------------------------
+    def forward(self, b, x, w, bias):
+        n = self.node
+        if self.kind == "pool":
+            return b.replay(n, {n.input[0]: x})[0]
+        if n.op_type == "Conv":
+            return conv_forward(b, n, x, w, bias)
+        if n.op_type == "ConvTranspose":
+            out = b.op("ConvTranspose", [x, w] + ([bias] if bias else []))
+            b.nodes[-1].attribute.extend(n.attribute)
+            return out
+        if n.op_type == "Gemm":
+            tb = next((a.i for a in n.attribute if a.name == "transB"), 0)
+            return b.op("Gemm", [x, w] + ([bias] if bias else []), transB=tb)
+        if self.kind == "norm":
+            z = b.op("Mul", [x, w])
+        else:
+            z = b.op("MatMul", [x, w])
+        return b.op("Add", [z, bias]) if bias else z
+
+    def vjp(self, b, g, w):
+        n = self.node
+        if self.kind == "pool":
+            return VJPS[n.op_type](b, n, [g], [True])[0]
+        if n.op_type == "Conv":
+            return conv_input_vjp(b, n, g, w, self.x)
+        if n.op_type == "ConvTranspose":
+            return conv_transpose_input_vjp(b, n, g, w, self.x)
+        if n.op_type == "Gemm":
+            tb = next((a.i for a in n.attribute if a.name == "transB"), 0)
+            out = b.op("Gemm", [g, w], transB=1 - tb)
+            b.set_info(out, self.x)
+            return out
+        if self.kind == "norm":
+            return b.op("Mul", [g, w])
+        return matmul_input_vjp(b, n, g, w, self.x)
+
+
+def _single_consumer(consumers, name):
+    users = consumers.get(name, [])
+    return users[0] if len(users) == 1 else None
+
+
+def _gemm_effective(b, node):
+    """Gemm as z = x W + c with alpha/beta folded into constants (None if not constant or transA)."""
+    at = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in node.attribute}
+    if at.get("transA", 0):
+        return None
+    w = b.value(node.input[1])
+    c = b.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    alpha, beta = at.get("alpha", 1.0), at.get("beta", 1.0)
+    if alpha == 1.0 and (c is None or beta == 1.0):
+        return node.input[1], (node.input[2] if c is not None else None), w, c
+    if w is None:
+        return None
+    return None, None, w * alpha, (c * beta if c is not None else None)
+
+
+def find_units(b, nodes, on_path: set, graph_outputs: set) -> dict:
+    """node name -> Unit for every linear node on the path, with fused followers mapped too."""
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    units = {}
+    for n in nodes:
+        if n.name not in on_path:
+            continue
+        if n.op_type in POOL_OPS:
+            units[n.name] = Unit(n, n.input[0], n.output[0], "pool")
+            continue
+        if n.op_type == "BatchNormalization" and n.name not in units:
+            scale, shift = bn_scale_shift(b, n)
+            units[n.name] = Unit(n, n.input[0], n.output[0], "norm", scale, shift)
+            continue
+        if n.op_type not in LINEAR_OPS:
+            continue
+        w_name = n.input[1]
+        wv = b.value(w_name)
+        if n.op_type == "MatMul":
+            if wv is None or b.value(n.input[0]) is not None:
+                continue  # two activations: not a linear layer (AttnLRP territory)
+            unit = Unit(n, n.input[0], n.output[0], "dense", w_name, None)
+        elif n.op_type == "Gemm":
+            eff = _gemm_effective(b, n)
+            if eff is None:
+                continue
+            wn, cn, wv2, cv = eff
+            unit = Unit(n, n.input[0], n.output[0], "dense",
+                        wn or b.const(wv2, wv2.dtype, "w"), cn if cn or cv is None else b.const(cv, cv.dtype, "b"))
+        else:
+            bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
+            unit = Unit(n, n.input[0], n.output[0], "conv", w_name, bias)
+        _fuse_followers(b, unit, consumers, graph_outputs)
+        units[n.name] = unit
+        for f in unit.followers:
+            units[f.name] = unit
+    return units
+
+
+def _fuse_followers(b, unit, consumers, graph_outputs):
+    """Fuse a constant bias Add and/or a BatchNormalization that alone consume the unit's output."""
+    n = unit.node
+    while unit.out not in graph_outputs:
+        nxt = _single_consumer(consumers, unit.out)
+        if nxt is None:
+            return
+        wv = b.value(unit.w)
+        if nxt.op_type == "Add" and unit.bias is None and unit.kind != "pool":
+            other = nxt.input[1] if nxt.input[0] == unit.out else nxt.input[0]
+            cv = b.value(other)
+            channels = _out_channels(unit, wv)
+            if cv is None or channels is None or not _is_channel_bias(cv, b.rank(unit.out), unit, channels):
+                return
+            unit.bias = b.const(cv.reshape(-1) if n.op_type != "MatMul" else cv.reshape(-1), cv.dtype, "bias")
+        elif nxt.op_type == "BatchNormalization" and wv is not None and n.op_type in ("Conv", "Gemm", "MatMul"):
+            params = [b.value(t) for t in nxt.input[1:5]]
+            if any(p is None for p in params):
+                return
+            gamma, beta, mean, var = params
+            eps = next((a.f for a in nxt.attribute if a.name == "epsilon"), 1e-5)
+            s = gamma / np.sqrt(var + eps)
+            if n.op_type == "Conv":
+                w2 = wv * s.reshape([-1] + [1] * (wv.ndim - 1))
+            elif n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute):
+                w2 = wv * s[:, None]
+            else:
+                w2 = wv * s[None, :]
+            bv = b.value(unit.bias) if unit.bias else 0.0
+            b2 = (np.asarray(bv) - mean) * s + beta
+            unit.w = b.const(w2.astype(wv.dtype), wv.dtype, "w_bn")
+            unit.bias = b.const(np.asarray(b2, wv.dtype).reshape(-1), wv.dtype, "b_bn")
+        else:
+            return
+        unit.followers.append(nxt)
+        unit.out = nxt.output[0]
+
+
+def _out_channels(unit, wv):
+    n = unit.node
+    if wv is None:
+        return None
+    if n.op_type == "Conv":
+        return wv.shape[0]
+    if n.op_type == "MatMul" and wv.ndim == 2:
+        return wv.shape[1]
+    if n.op_type == "Gemm":
+        tb = next((a.i for a in n.attribute if a.name == "transB"), 0)
+        return wv.shape[0] if tb else wv.shape[1]
+    return None
+
+
+def _is_channel_bias(cv, rank, unit, channels):
+    """A bias broadcasting along the output channels only (axis 1 for conv, the last for dense)."""
+    if rank is None or cv.ndim > rank or cv.size != channels:
+        return False
+    shape = [1] * (rank - cv.ndim) + list(cv.shape)
+    axis = 1 if unit.kind == "conv" else rank - 1
+    return all(d == (channels if i == axis else 1) for i, d in enumerate(shape))

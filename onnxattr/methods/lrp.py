@@ -1,0 +1,67 @@
+"""The LRP family, Deep Taylor and excitation backprop: every method is a preset in ``rules/*.toml``
+(shipped as the package ``onnxattr.presets``), turned into a Composite and run through the reverse pass.
+
+A user's own rule file is a method too: ``get_method("my_rules.toml")`` / ``--rules my_rules.toml``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from onnxattr.compiler import path_nodes, reverse_pass
+from onnxattr.lrp.composite import STYLES, Composite, make_rule
+from onnxattr.lrp.presets import Preset, PresetParam, load_preset, parse_preset
+from onnxattr.methods.base import Method, Param, Target, non_negative, register_method
+from onnxattr.select import build_seed
+
+
+def _param(p: PresetParam) -> Param:
+    if isinstance(p.default, int) and not isinstance(p.default, bool):
+        return Param(p.name, p.default, p.doc, int, non_negative)
+    return Param(p.name, float(p.default), p.doc, float)
+
+
+def build_composite(preset: Preset, params: dict) -> Composite:
+    style = STYLES[preset.style]
+    layers = preset.resolve_layers(params)
+    selectors = {sel: make_rule(spec, style) for sel, spec in layers.items()}
+    return Composite(selectors, preset.add, style, until_index=params.get("until_layer_idx"))
+
+
+def preset_method(preset: Preset) -> Method:
+    """A Method whose graph builder applies ``preset``."""
+
+    def build(t: Target, p: dict) -> str:
+        composite = build_composite(preset, p)
+        on_path, _ = path_nodes(t.nodes, t.x, t.y, t.b)
+        rule_for = composite.lookup(t.b, on_path, t.x, t.y)
+        seed = build_seed(t.b, t.y, t.neuron, preset.seed, t.index)
+        r = reverse_pass(t.b, t.nodes, t.x, t.y, seed, rule_for)
+        t.assignment.update(composite.assignment)
+        return r if r is not None else t.b.zeros_like(t.x)
+
+    return Method(preset.name, preset.doc, build, tuple(_param(p) for p in preset.params), family="lrp")
+
+
+def method_from_file(path) -> Method:
+    return preset_method(load_preset(path))
+
+
+def preset_folder():
+    """The shipped presets: package data ``onnxattr.presets`` when installed, else the source tree's
+    top-level rules/ (running from a checkout, where the package-dir mapping does not apply)."""
+    try:
+        return resources.files("onnxattr.presets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "rules"
+
+
+def _register_shipped():
+    folder = preset_folder()
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            register_method(preset_method(parse_preset(entry.read_text(encoding="utf-8"), entry.name)))
+
+
+_register_shipped()

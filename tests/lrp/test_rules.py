@@ -1,0 +1,168 @@
+"""Each LRP rule against an independent numpy reference written in the pairwise form of the papers:
+contributions z_jk of input j to output k, R_j = sum_k z_jk / z_k R_k. The compiled graphs compute
+the same numbers through modified forwards and VJPs, a different route.
+
+One linear layer (dense MatMul+Add, or a Conv with bias turned into its explicit matrix), explained in
+mode "all" with the logit seed, so R_out = z. Tolerance 1e-4 relative to the map's largest |value|:
+float32 against float64, with denominators bounded away from zero by the chosen inputs.
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import onnxattr
+
+RNG = np.random.default_rng(7)
+
+
+def dense_model():
+    w = RNG.standard_normal((5, 4)).astype(np.float32)
+    b = RNG.standard_normal(4).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["z"])], "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return m, w.astype(np.float64), b.astype(np.float64), (5,)
+
+
+def conv_model():
+    w = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(3).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W", "B"], ["z"], pads=[1, 0, 1, 1], strides=[1, 2])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 6])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3, 5, 3])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    # explicit matrix: column k of M is the conv (without bias) of the k-th basis image
+    nobias = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["z"], pads=[1, 0, 1, 1], strides=[1, 2])], "c",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, None)],
+        [helper.make_tensor_value_info("z", TensorProto.DOUBLE, None)],
+        [numpy_helper.from_array(w.astype(np.float64), "W")]), opset_imports=[helper.make_opsetid("", 17)])
+    basis = np.eye(2 * 5 * 6).reshape(-1, 2, 5, 6)
+    out = ReferenceEvaluator(nobias).run(None, {"x": basis})[0]
+    matrix = out.reshape(out.shape[0], -1)  # [J, K]
+    bias = np.repeat(b.astype(np.float64), out.shape[2] * out.shape[3])
+    return m, matrix, bias, (2, 5, 6)
+
+
+def safe(z, eps=1e-7):
+    return z + eps * (z == 0)
+
+
+def signed(z, eps):
+    return z + eps * np.where(z >= 0, 1.0, -1.0)
+
+
+DENOMINATORS = []  # every denominator the last reference() used
+
+
+def share(pairs, den, r):
+    """R_j = sum_k pairs_jk / den_k R_k for pairs [N, J, K]."""
+    DENOMINATORS.append(np.where(r != 0, den, np.inf))
+    return (pairs / den[:, None, :] * r[:, None, :]).sum(-1)
+
+
+def reference(rule, x, m, b, opts):
+    x = x.reshape(len(x), -1).astype(np.float64)
+    z = x @ m + b
+    r = z  # mode "all" with the logit seed
+    pairs = x[:, :, None] * m[None]
+    pos, neg = np.maximum(pairs, 0), np.minimum(pairs, 0)
+    if rule == "z":
+        return share(pairs, safe(z), r)
+    if rule == "z_IB":
+        return share(pairs, safe(pairs.sum(1)), r)
+    if rule == "epsilon":
+        return share(pairs, signed(z, opts["epsilon"]), r)
+    if rule == "w_square":
+        sq = np.broadcast_to(m[None] ** 2, pairs.shape)
+        return share(sq, safe(sq.sum(1)), r)
+    if rule == "flat":
+        ones = np.broadcast_to((m != 0)[None], pairs.shape).astype(np.float64)  # the receptive fields
+        return share(ones, safe(ones.sum(1)), r)
+    if rule in ("alpha_beta", "alpha_beta_IB"):
+        a, be = opts["alpha"], opts["beta"]
+        bias = b if rule == "alpha_beta" else 0.0
+        out = a * share(pos, safe(pos.sum(1) + bias), r)
+        if be:
+            out = out - be * share(neg, safe(neg.sum(1) + bias), r)
+        return out
+    if rule == "z_plus_fast":
+        p = x[:, :, None] * np.maximum(m, 0)[None]
+        return share(p, safe(p.sum(1)), r)
+    if rule == "gamma":
+        g = opts["gamma"]
+        xp, xn = np.maximum(x, 0)[:, :, None], np.minimum(x, 0)[:, :, None]
+        mp, mn = np.maximum(m, 0)[None], np.minimum(m, 0)[None]
+        up = xp * (m + g * mp) + xn * (m + g * mn)
+        down = xp * (m + g * mn) + xn * (m + g * mp)
+        rp = share(up, signed(up.sum(1) + b + g * np.maximum(b, 0), 1e-6), r * (z > 0))
+        rn = share(down, signed(down.sum(1) + b + g * np.minimum(b, 0), 1e-6), r * (z < 0))
+        return rp + rn
+    if rule == "zbox":
+        lo, hi = opts["low"], opts["high"]
+        p = pairs - lo * np.maximum(m, 0)[None] - hi * np.minimum(m, 0)[None]
+        return share(p, signed(p.sum(1), 1e-6), r)
+    raise AssertionError(rule)
+
+
+CASES = [  # (method or inline rule file, reference rule, options)
+    ("lrp.z", "z", {}),
+    ("lrp.z_IB", "z_IB", {}),
+    ("lrp.epsilon", "epsilon", {"epsilon": 1e-7}),
+    ("lrp.epsilon_IB", "z_IB", {}),  # epsilon 1e-7 is invisible next to these denominators
+    ("lrp.w_square", "w_square", {}),
+    ("lrp.flat", "flat", {}),
+    ("lrp.alpha_2_beta_1", "alpha_beta", {"alpha": 2, "beta": 1}),
+    ("lrp.alpha_2_beta_1_IB", "alpha_beta_IB", {"alpha": 2, "beta": 1}),
+    ("lrp.alpha_1_beta_0", "alpha_beta", {"alpha": 1, "beta": 0}),
+    ("lrp.alpha_1_beta_0_IB", "alpha_beta_IB", {"alpha": 1, "beta": 0}),
+    ("lrp.z_plus", "alpha_beta_IB", {"alpha": 1, "beta": 0}),
+    ("lrp.z_plus_fast", "z_plus_fast", {}),
+    ('style = "zennit"\n[layers]\ndefault = { rule = "gamma", gamma = 0.5 }', "gamma", {"gamma": 0.5}),
+    ('style = "zennit"\n[layers]\ndefault = { rule = "zbox", low = -1.0, high = 2.0 }', "zbox",
+     {"low": -1.0, "high": 2.0}),
+    ('[layers]\ndefault = { rule = "epsilon", epsilon = 0.5 }', "epsilon", {"epsilon": 0.5}),
+]
+
+
+@pytest.mark.parametrize("layer", ["dense", "conv"])
+@pytest.mark.parametrize("method,rule,opts", CASES, ids=[c[0][:24].replace("\n", " ") for c in CASES])
+def test_rule_matches_pairwise_reference(layer, method, rule, opts, tmp_path):
+    model, m, b, shape = dense_model() if layer == "dense" else conv_model()
+    if method.startswith("lrp."):
+        key = method
+    else:
+        key = str(tmp_path / "rule.toml")
+        (tmp_path / "rule.toml").write_text(method)
+    rng = np.random.default_rng(len(CASES))
+    for _ in range(200):  # inputs whose denominators stay away from 0: a fair float32 comparison
+        x = rng.standard_normal((3,) + shape).astype(np.float32)
+        if rule == "z_plus_fast":
+            x = np.abs(x)
+        DENOMINATORS.clear()
+        want = reference(rule, x, m, b, opts).reshape(x.shape)
+        if min(np.abs(d).min() for d in DENOMINATORS) > 0.05:
+            break
+    else:
+        pytest.fail("no well-conditioned input found")
+    compiled = onnxattr.compile(model, key, neuron="all")
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= 1e-4 * scale, (np.abs(got - want).max(), scale)
+
+
+def test_z_plus_equals_alpha_1_beta_0_ib():
+    model, *_ = conv_model()
+    x = RNG.standard_normal((2, 2, 5, 6)).astype(np.float32)
+    maps = [ort.InferenceSession(onnxattr.compile(model, name).SerializeToString()).run(["relevance"], {"x": x})[0]
+            for name in ("lrp.z_plus", "lrp.alpha_1_beta_0_IB")]
+    np.testing.assert_array_equal(maps[0], maps[1])
