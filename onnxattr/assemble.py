@@ -60,7 +60,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     del graph.node[:]
     graph.node.extend(t.nodes)
     graph.node.extend(b.nodes)
-    used = {i for n in b.nodes for i in n.input} | {i for n in t.nodes for i in n.input}
+    used = _inputs_used(list(b.nodes) + list(t.nodes))
     graph.initializer.extend(init for init in b.initializers if init.name in used)
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
@@ -78,6 +78,20 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             raise InvalidModelError(f"internal error: the compiled model fails onnx.checker: {e}") from None
     return canon
+
+
+def _inputs_used(nodes) -> set:
+    """Every tensor name read by ``nodes`` or by nodes of their subgraphs (Loop bodies read outer names)."""
+    used = set()
+    for n in nodes:
+        used.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                used |= _inputs_used(a.g.node)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    used |= _inputs_used(g.node)
+    return used
 
 
 def _fill_report(report: dict, t: Target, m) -> None:
