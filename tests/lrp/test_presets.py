@@ -1,0 +1,113 @@
+"""Presets are data: every shipped file parses, user files compile and change the map as declared, and
+a malformed file gets an error naming the file, the line and the key."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import onnxattr
+from onnxattr.cli import main
+from onnxattr.errors import UsageError
+from onnxattr.lrp.presets import load_preset
+from onnxattr.methods.lrp import preset_folder
+from tests.lrp.nets import resnet_like
+
+X = np.random.default_rng(5).random((2, 2, 8, 8)).astype(np.float32)
+
+
+def relevance(model, method, **kw):
+    return ort.InferenceSession(onnxattr.compile(model, method, **kw).SerializeToString()).run(
+        ["relevance"], {"x": X})[0]
+
+
+def test_every_shipped_preset_is_a_method_that_compiles():
+    names = [p.name[:-5] for p in preset_folder().iterdir() if p.name.endswith(".toml")]
+    assert len(names) >= 25
+    model = resnet_like(bias=True)
+    for name in names:
+        assert load_preset(preset_folder() / f"{name}.toml").name == name
+        r = relevance(model, name)
+        assert r.shape == X.shape and np.isfinite(r).all(), name
+
+
+def test_user_rule_file_equals_the_preset_it_restates(tmp_path):
+    f = tmp_path / "mine.toml"
+    f.write_text('[layers]\ndefault = { rule = "z" }\npool = { rule = "z" }\n')
+    model = resnet_like(bias=True)
+    np.testing.assert_array_equal(relevance(model, str(f)), relevance(model, "lrp.z"))
+
+
+def test_user_rule_file_changes_only_what_it_declares(tmp_path):
+    """flat on the first layer of a bias-free net: the map changes, but flat conserves relevance like
+    the z rule it replaces, so the total stays the logit; flat everywhere is lrp.flat."""
+    model = resnet_like()
+    first = tmp_path / "first.toml"
+    first.write_text('[layers]\nfirst = { rule = "flat" }\ndefault = { rule = "z" }\npool = { rule = "z" }\n')
+    r_first, r_z = relevance(model, str(first)), relevance(model, "lrp.z")
+    assert np.abs(r_first - r_z).max() > 1e-2 * np.abs(r_z).max()
+    np.testing.assert_allclose(r_first.reshape(2, -1).sum(1), r_z.reshape(2, -1).sum(1), rtol=1e-4)
+    everywhere = tmp_path / "all.toml"
+    everywhere.write_text('[layers]\ndefault = { rule = "flat" }\npool = { rule = "z" }\n')
+    np.testing.assert_array_equal(relevance(model, str(everywhere)), relevance(model, "lrp.flat"))
+
+
+def test_parameters_of_a_user_file(tmp_path):
+    f = tmp_path / "eps.toml"
+    f.write_text('[params]\neps = { default = 0.5, doc = "mine" }\n[layers]\ndefault = { rule = "epsilon", '
+                 'epsilon = "$eps" }\npool = { rule = "z" }\n')
+    model = resnet_like(bias=True)
+    np.testing.assert_allclose(relevance(model, str(f), eps=3.0), relevance(model, "lrp.epsilon", epsilon=3.0),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("text,where", [
+    ('[layers]\nfirst = { rule = "flat" }\nsecnd = { rule = "z" }\n', ":3: unknown layer selector 'secnd'"),
+    ('stlye = "zennit"\n[layers]\ndefault = { rule = "z" }\n', ":1: unknown key 'stlye'"),
+    ('[layers]\ndefault = { rule = "epsilon", epsilon = "big" }\n', ":2: 'default': epsilon must be a float"),
+    ('[layers]\ndefault = { rule = "epsilon", epsilon = "$eps" }\n', "undeclared parameter '$eps'"),
+    ('[layers]\n\ndefault = { rule = "zplus" }\n', ":3: 'default': unknown rule 'zplus'"),
+    ('[layers]\ndefault = { rule = "zbox", low = 0 }\n', ":2: 'default': rule zbox needs low and high"),
+    ('[layers\ndefault = { rule = "z" }\n', "not valid TOML"),
+    ('style = "zennit"\n', ":1: a preset needs a [layers] table"),
+    ('seed = "two"\n[layers]\ndefault = { rule = "z" }\n', ":1: seed = 'two' is not one of"),
+])
+def test_malformed_rule_file_names_file_line_and_key(tmp_path, capsys, text, where):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(UsageError, match="bad.toml"):
+        load_preset(f)
+    code = main(["compile", str(resnet_like().SerializeToString() and _save(tmp_path)), "--rules", str(f),
+                 "-o", str(tmp_path / "out.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and where in err and str(f) in err, err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def _save(tmp_path):
+    import onnx
+
+    path = tmp_path / "net.onnx"
+    onnx.save(resnet_like(), path)
+    return path
+
+
+def test_inspect_shows_the_rule_of_every_node(tmp_path, capsys):
+    path = _save(tmp_path)
+    assert main(["inspect", str(path), "--method", "lrp.sequential_preset_a_flat"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    ops = {name: row.split()[1] for name, row in rows.items()}
+    convs = [n for n, op in ops.items() if op == "Conv"]
+    dense = [n for n, op in ops.items() if op == "MatMul"]
+    assert "flat" in rows[convs[0]] and "[first]" in rows[convs[0]]
+    assert all("alpha_1_beta_0" in rows[c] for c in convs[1:])
+    assert all("epsilon(epsilon=0.1)" in rows[d] for d in dense)
+    assert "gradient" in rows[next(n for n, op in ops.items() if op == "MaxPool")]
+    assert " z " in rows[next(n for n, op in ops.items() if op == "AveragePool")] + " "
+    assert "z  [add]" in rows[next(n for n, op in ops.items() if op == "Add")]
+
+
+def test_until_layer_idx_counts_kernel_layers_from_zero():
+    rows = onnxattr.api.inspect(resnet_like(), "lrp.sequential_preset_b_flat_until_idx", until_layer_idx=1)
+    kernel = [r for r in rows if r[1] in ("Conv", "MatMul")]
+    assert [r[2] for r in kernel] == ["flat", "flat", "alpha_2_beta_1", "epsilon(epsilon=0.1)",
+                                      "epsilon(epsilon=0.1)"]
