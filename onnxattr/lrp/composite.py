@@ -1,7 +1,8 @@
 """Composites: which rule each node of the explained path gets, from a preset (data in rules/*.toml).
 
 Selectors, first match wins, for linear units (Conv/ConvTranspose/Gemm/MatMul-with-constant, a
-standalone BatchNormalization): ``first`` (the first kernel layer met from the input), ``until``
+standalone BatchNormalization): ``first`` (the first kernel layer met from the input), ``first_conv`` (the first convolution in graph
+order, as Zennit's EpsilonGammaBox picks it), ``until``
 (kernel layers with index <= until_layer_idx, counted in graph order from 0), ``relu_layer`` (a layer
 whose output feeds a Relu), ``conv``, ``dense``, ``norm``, then ``default``; pools get ``pool``
 (else the gradient). Residual Add/Sum of
@@ -64,7 +65,7 @@ def make_rule(spec: dict, style: dict):
 
 RULE_NAMES = ("z", "z_IB", "epsilon", "epsilon_IB", "w_square", "flat", "alpha_beta", "alpha_beta_IB",
               "z_plus", "z_plus_fast", "gamma", "zbox", "pass", "gradient")
-SELECTORS = ("first", "until", "relu_layer", "conv", "dense", "norm", "default", "pool")
+SELECTORS = ("first", "first_conv", "until", "relu_layer", "conv", "dense", "norm", "default", "pool")
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Composite:
         on_path = {n.name for n in nodes}
         units = find_units(b, nodes, on_path, {y})
         kernel_order, first = _kernel_layers(nodes, units, x)
+        first_conv = next((n.name for n in nodes if n.name in kernel_order and units[n.name].kind == "conv"), None)
         consumers = {}
         for n in nodes:
             for i in n.input:
@@ -94,7 +96,7 @@ class Composite:
                 if n is not unit.node:
                     chosen[n.name] = ("pass", f"fused into {unit.node.name}")
                     continue
-                key = self._selector(unit, kernel_order, first, consumers)
+                key = self._selector(unit, kernel_order, first, first_conv, consumers)
                 rule = self.selectors.get(key) if key else None
                 if rule is None:
                     rule = "gradient"
@@ -122,11 +124,13 @@ class Composite:
 
         return rule_for
 
-    def _selector(self, unit: Unit, order, first, consumers):
+    def _selector(self, unit: Unit, order, first, first_conv, consumers):
         if unit.kind == "pool":
             return "pool"
         if "first" in self.selectors and unit.node.name in first:
             return "first"
+        if "first_conv" in self.selectors and unit.node.name == first_conv:
+            return "first_conv"
         if "until" in self.selectors and self.until_index is not None \
                 and order.get(unit.node.name, 10**9) <= self.until_index:
             return "until"

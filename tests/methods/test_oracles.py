@@ -1,0 +1,116 @@
+"""Every method against the real libraries: maps made by iNNvestigate 2.1.2 (Keras models exported with
+tf2onnx), Captum and Zennit (PyTorch models exported with torch.onnx), stored by the scripts in
+tests/oracles/ as small .npz files next to the exported models. Nothing here imports a framework.
+
+Tolerance: max |ours - theirs| <= tol * max |theirs| per map, tol = 1e-3 (float32 in both, different
+op order), 1e-2 for integrated gradients (MaxPool ties near the zero baseline flip winners between
+float32 implementations) and for epsilon <= 1e-6 (denominators that small amplify rounding).
+SmoothGrad draws other noise than the reference: its difference to the reference must look like the
+difference between two of our own runs with different seeds (both are 64-sample means).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import onnxattr
+from onnxattr.methods import get_method
+from onnxattr.methods.lrp import preset_folder
+
+DATA = Path(__file__).resolve().parents[1] / "oracles" / "data"
+MODES = {"max": "max", "index": "index", "all": "all"}
+NOT_OURS = {"alphas", "stabilizer"}  # facts recorded by the generators, not parameters of ours
+
+
+def entries():
+    out = []
+    for manifest in sorted(DATA.glob("*.json")):
+        info = json.loads(manifest.read_text())
+        for key, entry in info["entries"].items():
+            out.append(pytest.param(manifest.stem, key, id=f"{manifest.stem}:{key}"))
+    return out
+
+
+_cache = {}
+
+
+def load(name):
+    if name not in _cache:
+        info = json.loads((DATA / f"{name}.json").read_text())
+        _cache[name] = info, dict(np.load(DATA / f"{name}.npz"))
+    return _cache[name]
+
+
+def our_params(entry):
+    method = get_method(entry["method"])
+    known = {p.name for p in method.params}
+    params = {}
+    for k, v in entry["params"].items():
+        if k in NOT_OURS:
+            continue
+        assert k in known, f"the oracle used parameter {k} that {entry['method']} does not have"
+        params[k] = v
+    return params
+
+
+def run(model_path, method, mode, x, target, input_name, **params):
+    compiled = onnxattr.compile(str(model_path), method, neuron=mode, **params)
+    sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {input_name: x}
+    if mode == "index":
+        feed["target"] = target
+    return sess.run(["relevance"], feed)[0]
+
+
+def tolerance(entry):
+    if entry["method"] == "integrated_gradients":
+        return 1e-2
+    eps = entry["params"].get("epsilon")
+    if eps is not None and eps <= 1e-6:
+        return 1e-2
+    return 1e-3
+
+
+def as_user_file(method, tmp_path, add):
+    """The shipped preset with another residual-Add rule, as a user's rule file."""
+    text = (preset_folder() / f"{method}.toml").read_text()
+    assert 'add = "z"' in text
+    path = tmp_path / f"{method}.{add}.toml"
+    path.write_text(text.replace('add = "z"', f'add = "{add}"'))
+    return str(path)
+
+
+@pytest.mark.parametrize("name,key", entries())
+def test_matches_reference(name, key, tmp_path):
+    info, arrays = load(name)
+    entry = dict(info["entries"][key])
+    if key.endswith("|nocanon"):
+        # Zennit without its ResNet canonizer copies relevance into both branches of a residual Add:
+        # the same preset with the gradient rule on Add, written as a user rule file
+        entry["method"] = as_user_file(entry["method"], tmp_path, "gradient")
+    model = DATA / info["model"]
+    input_name = info.get("input_name") or onnxattr_input(model)
+    x, target = arrays["x"], arrays["target"].astype(np.int64)
+    want = arrays[key]
+    params = our_params(entry)
+    if entry.get("statistical"):
+        a = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, seed=1, **params)
+        b = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, seed=2, **params)
+        rms = lambda d: float(np.sqrt(np.mean(d ** 2)))  # noqa: E731
+        assert rms(a - want) <= 1.5 * rms(a - b), (rms(a - want), rms(a - b))
+        return
+    got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, **params)
+    scale = float(np.abs(want).max())
+    err = float(np.abs(got - want).max())
+    assert err <= tolerance(entry) * scale, f"max error {err:.3g} vs map max {scale:.3g}"
+
+
+def onnxattr_input(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+
+def test_oracle_data_present():
+    assert len(list(DATA.glob("*.json"))) >= 3

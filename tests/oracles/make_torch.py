@@ -1,0 +1,610 @@
+"""Oracle reference maps from Captum and Zennit on small PyTorch models.
+
+Run from the repository root with the torch venv (CPU torch 2.13.0, captum, zennit, onnx, onnxruntime):
+
+    /work/venv-torch/bin/python tests/oracles/make_torch.py
+
+It writes, for each model NAME in (torch_mlp, torch_vgg, torch_resnet), into tests/oracles/data/:
+
+    NAME.onnx      torch.onnx.export(dynamo=False, opset 17, dynamic batch axis); input "input", output "logits"
+    NAME.npz       keys "x", "target", "logits" and "<method>|<mode>|<tag>" float32 maps shaped like x
+    NAME.json      manifest: model file, library versions, layout, one entry per map key, notes
+
+plus torch_resnet_bn.onnx (exported with TrainingMode.PRESERVE so BatchNormalization nodes stay; the maps in
+torch_resnet.npz apply to it too).
+
+Modes: "max" = argmax of the logits per sample, "index" = the `target` array, "all" = every output.
+Gradient methods are seeded with 1 at the selected output(s) (a ones vector over all outputs for "all");
+LRP (Zennit composites) is seeded with the selected logit's value (y * onehot, or y itself for "all").
+
+Everything is seeded and runs single-threaded, so a rerun reproduces the files (smoothgrad is "statistical":
+its noise comes from torch's RNG and cannot be reproduced by another implementation, only approximated).
+
+The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
+"""
+
+import importlib.metadata
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data")
+N_CLASSES = 5
+
+
+# --------------------------------------------------------------------------------------------- models
+class BasicBlock(nn.Module):
+    """A torchvision-style residual block (conv-bn-relu-conv-bn + shortcut, relu).
+
+    Attribute names follow torchvision's BasicBlock (conv1, bn1, relu, conv2, bn2, downsample), because
+    zennit's ResNetBasicBlockCanonizer swaps in its own forward that uses exactly those attributes (and uses
+    `self.relu` twice). Our own forward uses a second ReLU module `relu2` after the addition so that
+    Captum's per-module ReLU hooks see each ReLU call on its own module. Children are declared in forward
+    order because zennit's SequentialMergeBatchNorm pairs a Conv with the BatchNorm that follows it in
+    module-registration order.
+    """
+
+    expansion = 1
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu2(out + shortcut)
+
+
+class _PlaceholderBottleneck(nn.Module):
+    """Never instantiated; stands in for torchvision's Bottleneck in the import shim."""
+
+
+class ResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.layer1 = BasicBlock(8, 8, 1)
+        self.layer2 = BasicBlock(8, 16, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(16, N_CLASSES)
+
+    def features(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        return self.flatten(self.avgpool(self.layer2(self.layer1(x))))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def make_mlp(probe=None):
+    return nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, N_CLASSES))
+
+
+def make_vgg(probe=None):
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(256, 32), nn.ReLU(),
+        nn.Linear(32, N_CLASSES),
+    )
+
+
+def make_resnet(probe):
+    """ResNet with BatchNorm statistics like a trained net's: running stats first set to the probe batch's
+    statistics (one train-mode pass with momentum 1), then perturbed; random affine parameters. (With
+    arbitrary running stats on uniform-noise inputs most channels die and the pooled features barely vary,
+    which makes the logits ill-conditioned in float32.)"""
+    model = ResNet()
+    bns = [mod for mod in model.modules() if isinstance(mod, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(probe)
+    model.eval()
+    gen = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for bn in bns:
+            bn.momentum = 0.1
+            c = bn.num_features
+            std = bn.running_var.sqrt()
+            bn.running_mean += 0.2 * std * torch.randn(c, generator=gen)
+            bn.running_var *= 0.6 + 0.8 * torch.rand(c, generator=gen)
+            scale = 0.5 + torch.rand(c, generator=gen)
+            flip = torch.rand(c, generator=gen) < 0.15  # a few negative gammas
+            bn.weight.copy_(torch.where(flip, -scale, scale))
+            bn.bias.copy_(0.2 * torch.randn(c, generator=gen))
+    return model
+
+
+def features_and_head(model):
+    """(function giving the input of the last Linear, the last Linear)."""
+    if isinstance(model, ResNet):
+        return model.features, model.fc
+    return model[:-1], model[-1]
+
+
+def decorrelate_head(model, probe):
+    """Remove the final layer's component along the mean feature direction and centre its bias over the probes,
+    so that different inputs get different classes."""
+    feats_fn, head = features_and_head(model)
+    with torch.no_grad():
+        feats = feats_fn(probe)
+        m = feats.mean(0)
+        m = m / m.norm()
+        head.weight -= torch.outer(head.weight @ m, m)
+        # centre every class's logit over the probes (so no class wins by its bias), then rescale to O(1)
+        head.bias.copy_(-(feats @ head.weight.T).mean(0))
+        logits = head(feats)
+        head.weight /= logits.std()
+        head.bias /= logits.std()
+        head.bias += 0.1 * torch.randn(head.bias.shape)  # keep a non-zero bias in the last layer
+
+
+# --------------------------------------------------------------------------------------------- zennit import
+def import_zennit():
+    """zennit imports torchvision's ResNet block classes at import time; torchvision cannot be installed beside
+    the CPU torch here, so a stand-in module of that name offers our own BasicBlock (its canonizer then
+    recognises our blocks). The stand-in is removed from sys.modules right after the import."""
+    names = ["torchvision", "torchvision.models", "torchvision.models.resnet"]
+    saved = {n: sys.modules.get(n) for n in names}
+    mods = {n: types.ModuleType(n) for n in names}
+    mods["torchvision"].models = mods["torchvision.models"]
+    mods["torchvision.models"].resnet = mods["torchvision.models.resnet"]
+    mods["torchvision.models.resnet"].BasicBlock = BasicBlock
+    mods["torchvision.models.resnet"].Bottleneck = _PlaceholderBottleneck
+    sys.modules.update(mods)
+    try:
+        import zennit  # noqa: F401
+        import zennit.attribution
+        import zennit.canonizers
+        import zennit.composites
+        import zennit.torchvision
+    finally:
+        for n in names:
+            if saved[n] is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = saved[n]
+    assert zennit.torchvision.ResNetBasicBlock is BasicBlock
+    return zennit
+
+
+zennit = import_zennit()
+import captum  # noqa: E402
+from captum.attr import (  # noqa: E402
+    Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency)
+from captum.attr._utils.approximation_methods import approximation_parameters  # noqa: E402
+
+IG_STEPS = 64
+SG_SAMPLES = 64
+SG_STD = 1.0
+MODES = ("max", "index", "all")
+
+
+class SumOutputs(nn.Module):
+    """Wraps a classifier so its single output is the sum of all logits: the gradient of that output is the
+    vector-Jacobian product with a ones seed, i.e. neuron mode "all". Captum then runs unchanged (target=0),
+    and its ReLU hooks still find the wrapped model's nn.ReLU modules."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).sum(dim=1, keepdim=True)
+
+
+def captum_target(mode, argmax, target):
+    return {"max": argmax.tolist(), "index": target.tolist(), "all": 0}[mode]
+
+
+def captum_model(model, mode):
+    return SumOutputs(model).eval() if mode == "all" else model
+
+
+def run_captum(model, x, argmax, target):
+    """Returns {key: (map, entry)} for the gradient family."""
+    out = {}
+    step_fn, alpha_fn = approximation_parameters("riemann_left")
+    alphas = alpha_fn(IG_STEPS)
+    assert alphas == [k / IG_STEPS for k in range(IG_STEPS)], "captum riemann_left alphas are not k/n"
+    assert step_fn(IG_STEPS) == [1.0 / IG_STEPS] * IG_STEPS
+    for mode in MODES:
+        m = captum_model(model, mode)
+        tgt = captum_target(mode, argmax, target)
+        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+
+        def add(method, tag, value, params, call, statistical=False):
+            out[f"{method}|{mode}|{tag}"] = (value, {
+                "method": method, "params": params, "mode": mode, "seed": "one",
+                "statistical": statistical, "library_call": call + "; " + seed_note})
+
+        xi = x.clone().requires_grad_()
+        add("gradient", "default", Saliency(m).attribute(xi, target=tgt, abs=False), {},
+            "captum Saliency(model).attribute(x, target, abs=False)")
+        add("gradient", "abs", Saliency(m).attribute(xi, target=tgt, abs=True), {"postprocess": "abs"},
+            "captum Saliency(model).attribute(x, target, abs=True)")
+        add("input_t_gradient", "default", InputXGradient(m).attribute(xi, target=tgt), {},
+            "captum InputXGradient(model).attribute(x, target)")
+        add("integrated_gradients", "default",
+            IntegratedGradients(m).attribute(xi, baselines=0.0, target=tgt, n_steps=IG_STEPS,
+                                             method="riemann_left"),
+            {"reference_inputs": 0.0, "steps": IG_STEPS, "alphas": "k/steps for k=0..steps-1 (left Riemann)"},
+            "captum IntegratedGradients(model).attribute(x, baselines=0.0, target, n_steps=64, "
+            "method='riemann_left')")
+        add("guided_backprop", "default", GuidedBackprop(m).attribute(xi, target=tgt), {},
+            "captum GuidedBackprop(model).attribute(x, target)")
+        add("deconvnet", "default", Deconvolution(m).attribute(xi, target=tgt), {},
+            "captum Deconvolution(model).attribute(x, target)")
+        torch.manual_seed(2024)
+        add("smoothgrad", "default",
+            NoiseTunnel(Saliency(m)).attribute(xi, nt_type="smoothgrad", nt_samples=SG_SAMPLES,
+                                               stdevs=SG_STD, target=tgt, abs=False),
+            {"augment_by_n": SG_SAMPLES, "noise_scale": SG_STD},
+            "captum NoiseTunnel(Saliency(model)).attribute(x, nt_type='smoothgrad', nt_samples=64, "
+            "stdevs=1.0, target, abs=False); torch.manual_seed(2024) before; target for 'max' is the argmax "
+            "of the CLEAN input's logits, the same for every noisy copy",
+            statistical=True)
+    return out
+
+
+LRP_METHODS = {
+    # onnxattr method: (zennit composite class name, kwargs, params recorded)
+    "lrp.epsilon_plus": ("EpsilonPlus", {}, {"epsilon": 1e-6, "stabilizer": 1e-6}),
+    "lrp.epsilon_plus_flat": ("EpsilonPlusFlat", {}, {"epsilon": 1e-6, "stabilizer": 1e-6}),
+    "lrp.epsilon_gamma_box": ("EpsilonGammaBox", {"low": 0.0, "high": 1.0},
+                              {"low": 0.0, "high": 1.0, "gamma": 0.25, "epsilon": 1e-6, "stabilizer": 1e-6}),
+    "lrp.epsilon_alpha2_beta1": ("EpsilonAlpha2Beta1", {}, {"epsilon": 1e-6, "stabilizer": 1e-6}),
+    "lrp.epsilon_alpha2_beta1_flat": ("EpsilonAlpha2Beta1Flat", {}, {"epsilon": 1e-6, "stabilizer": 1e-6}),
+}
+
+
+def lrp_seed(mode, argmax, target):
+    def fn(y):
+        y = y.detach()
+        if mode == "all":
+            return y
+        idx = torch.as_tensor(argmax if mode == "max" else target)
+        return y * nn.functional.one_hot(idx, y.shape[1]).to(y)
+    return fn
+
+
+def zennit_map(model, x, method, canonizer_names, mode, argmax, target):
+    cls_name, kwargs, _ = LRP_METHODS[method]
+    canonizers = [getattr(zennit.canonizers, n)() if hasattr(zennit.canonizers, n)
+                  else getattr(zennit.torchvision, n)() for n in canonizer_names]
+    composite = getattr(zennit.composites, cls_name)(canonizers=canonizers, **kwargs)
+    with zennit.attribution.Gradient(model, composite) as attributor:
+        _, rel = attributor(x.clone(), lrp_seed(mode, argmax, target))
+    return rel
+
+
+def prefold_bn(model):
+    """Copy of `model` with every BatchNorm that directly follows a Conv folded EXACTLY into that Conv
+    (W*g/sqrt(var+eps), (b-mean)*g/sqrt(var+eps)+beta, computed in float64) and replaced by nn.Identity.
+    zennit's own SequentialMergeBatchNorm does the same fold but leaves the BN computing x/sqrt(1+eps)
+    (running_var=1 with eps kept), a ~5e-6 relative change per BN that the residual Norm rule amplifies."""
+    import copy
+    clone = copy.deepcopy(model)
+    leaves = [(n, m) for n, m in clone.named_modules() if not list(m.children())]
+    with torch.no_grad():
+        for (_, conv), (bn_name, bn) in zip(leaves, leaves[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+                bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+                new_bias = (bias - bn.running_mean.double()) * scale + bn.bias.double()
+                conv.weight.copy_((conv.weight.double() * scale[:, None, None, None]).to(conv.weight.dtype))
+                conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
+                parent_name, _, attr = bn_name.rpartition(".")
+                setattr(clone.get_submodule(parent_name) if parent_name else clone, attr, nn.Identity())
+    return clone.eval()
+
+
+def run_zennit(variants, x, argmax, target):
+    """variants: {tag: (model, canonizer names, description)}."""
+    out = {}
+    for tag, (model, names, desc) in variants.items():
+        for method, (cls_name, kwargs, params) in LRP_METHODS.items():
+            for mode in MODES:
+                rel = zennit_map(model, x, method, names, mode, argmax, target)
+                seed = {"max": "y*onehot(argmax)", "index": "y*onehot(target)", "all": "y (all logits)"}[mode]
+                out[f"{method}|{mode}|{tag}"] = (rel, {
+                    "method": method, "params": params, "mode": mode, "seed": "logit", "statistical": False,
+                    "zennit_canonizers": names, "model_variant": desc,
+                    "library_call": f"zennit.attribution.Gradient(model, zennit.composites.{cls_name}("
+                                    f"{', '.join(f'{k}={v}' for k, v in kwargs.items())}"
+                                    f"{', ' if kwargs else ''}canonizers={names})) with attr_output = {seed}"})
+    return out
+
+
+def oracle_maps(model, x, argmax, target, variants_fn):
+    """All maps computed in float64 (stored as float32), plus each map's float32 deviation: the same library
+    call on the float32 model, max|m32 - m64| / max|m64| (a floor for any float32 implementation's error)."""
+    import copy
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        m = copy.deepcopy(model).to(dtype).eval()
+        xd = x.to(dtype)
+        with torch.no_grad():
+            assert np.array_equal(m(xd).argmax(1).numpy(), argmax), "argmax differs between float32/64"
+        maps = run_captum(m, xd, argmax, target)
+        maps.update(run_zennit(variants_fn(m), xd, argmax, target))
+        results[dtype] = maps
+    out = {}
+    for key, (m64, entry) in results[torch.float64].items():
+        m32 = results[torch.float32][key][0].double()
+        entry = dict(entry, fp32_rel_dev=float(f"{((m32 - m64).abs().max() / m64.abs().max()).item():.2e}"))
+        out[key] = (m64, entry)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- export
+def export(model, x, path, preserve=False):
+    extra = {"training": torch.onnx.TrainingMode.PRESERVE} if preserve else {}
+    torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      **extra)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(x).numpy()
+    worst = 0.0
+    for xs in (x.numpy(), x.numpy()[:1], np.concatenate([x.numpy()] * 3)):
+        got = sess.run(None, {"input": xs})[0]
+        with torch.no_grad():
+            want = model(torch.from_numpy(xs)).numpy()
+        err = float(np.abs(got - want).max())
+        # 1e-5 relative to the largest logit (|logits| reach ~2 here; float32 rounding in the ResNet alone
+        # moves torch's own logits by ~9e-6 from a float64 evaluation)
+        tol = 1e-5 * max(1.0, float(np.abs(want).max()))
+        assert err <= tol, f"{path}: onnxruntime vs torch logits differ by {err} > {tol}"
+        worst = max(worst, err)
+    import onnx
+    ops = sorted({n.op_type for n in onnx.load(path).graph.node})
+    print(f"  exported {os.path.basename(path)}: ops {ops}, max |ort - torch| = {worst:.2e}")
+    return ref
+
+
+# --------------------------------------------------------------------------------------------- sanity
+def bias_free_clone(model):
+    """Copy with all biases zero and BatchNorms reduced to pure scales (mean 0, beta 0): LRP with
+    ZPlus/Epsilon(1e-6)/Norm on such a ReLU net conserves relevance (sum of map == logit), up to eps."""
+    import copy
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for mod in clone.modules():
+            if isinstance(mod, (nn.Linear, nn.Conv2d)) and mod.bias is not None:
+                mod.bias.zero_()
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.zero_()
+                mod.bias.zero_()
+    return clone.eval()
+
+
+def conservation(model, x, argmax, canon, name, check=False):
+    """Print sum(lrp.epsilon_plus|max map) against the selected logit; with check=True assert they agree."""
+    with torch.no_grad():
+        y = model(x)
+    rel = zennit_map(model, x, "lrp.epsilon_plus", canon, "max", argmax, None)
+    sums = rel.flatten(1).sum(1)
+    logit = y[torch.arange(len(x)), torch.as_tensor(argmax)]
+    print(f"  {name}: sum(lrp.epsilon_plus|max) = {np.round(sums.numpy(), 5)} vs logit {np.round(logit.numpy(), 5)}")
+    if check:
+        assert torch.allclose(sums, logit, rtol=1e-3, atol=1e-4), f"{name}: relevance not conserved"
+
+
+def epsilon_everywhere_conserves(model, x, argmax, name):
+    """Bias-free ResNet check of the canonizer machinery: Epsilon(1e-6) on every Conv/Linear plus zennit's
+    base map (Norm on the residual Sum and AvgPool, Pass on ReLU/BN) must conserve relevance exactly."""
+    import zennit.rules
+    import zennit.types
+    composite = zennit.composites.LayerMapComposite(
+        layer_map=zennit.composites.layer_map_base() + [
+            (zennit.types.Convolution, zennit.rules.Epsilon()), (nn.Linear, zennit.rules.Epsilon())],
+        canonizers=[zennit.torchvision.ResNetCanonizer()])
+    with zennit.attribution.Gradient(model, composite) as attributor:
+        y, rel = attributor(x.clone(), lrp_seed("max", argmax, None))
+    sums = rel.flatten(1).sum(1)
+    logit = y.detach()[torch.arange(len(x)), torch.as_tensor(argmax)]
+    print(f"  {name}: sum(Epsilon everywhere + ResNetCanonizer) = {np.round(sums.numpy(), 5)} "
+          f"vs logit {np.round(logit.numpy(), 5)}")
+    assert torch.allclose(sums, logit, rtol=1e-3, atol=1e-4), f"{name}: relevance not conserved"
+
+
+# --------------------------------------------------------------------------------------------- main
+def versions():
+    return (f"zennit {importlib.metadata.version('zennit')} / captum {captum.__version__} / "
+            f"torch {torch.__version__}")
+
+
+COMMON_NOTES = [
+    "Maps are computed by the libraries in float64 (model.double(), x.double()) on CPU, single-threaded, and "
+    "stored as float32; x, target and logits (from the float32 torch model, == onnxruntime's within a few "
+    "1e-6) are the float32 originals. Each entry's fp32_rel_dev is max|m32 - m64| / max|m64| for the same "
+    "library call run in float32: the rounding floor any float32 implementation should expect.",
+    "Modes: max = argmax of the clean logits per sample; index = the stored target; all = every output.",
+    "Gradient family seed: 1 at the selected output(s). For mode 'all' Captum has no such mode: the model is "
+    "wrapped as SumOutputs (forward returns the sum of the logits, shape [N,1]) and Captum is called with "
+    "target=0, which is the VJP with a ones seed; ReLU hooks of guided_backprop/deconvnet still apply to the "
+    "wrapped model's nn.ReLU modules.",
+    "LRP seed: the selected logit's value (y*onehot; for 'all' the whole logit vector y), passed to zennit as "
+    "attr_output. Every method is linear in the seed.",
+    "gradient|*|abs is Captum Saliency(abs=True) = |gradient|.",
+    "integrated_gradients: Captum riemann_left, baseline 0, 64 steps: (x-0) * mean_k grad(k/64 * x), k=0..63 "
+    "(alpha 1 never evaluated). Verified: captum alphas == [k/64], step sizes 1/64. Near alpha=0 MaxPool windows "
+    "tie (all activations = biases): compare with a tolerance relative to the map's max.",
+    "guided_backprop (Captum): at each nn.ReLU the input gradient (grad_out * [x>0]) is replaced by relu() of it. "
+    "deconvnet (Captum): at each nn.ReLU the input gradient is relu(grad_out) (forward mask ignored). "
+    "MaxPool/Linear/Conv/Add use plain gradients.",
+    "smoothgrad is statistical: Captum NoiseTunnel draws N(0, 1.0) noise per element per copy (torch RNG, "
+    "seed 2024), averages the RAW gradients (Saliency abs=False) over 64 noisy copies; in 'max' mode the "
+    "target is the clean input's argmax for every copy. Compare only with a statistical tolerance.",
+]
+
+
+def save(name, layout, x, target, logits, maps, notes):
+    arrays = {"x": x.numpy().astype(np.float32), "target": target.astype(np.int64),
+              "logits": logits.astype(np.float32)}
+    entries = {}
+    for key, (value, entry) in sorted(maps.items()):
+        arr = value.detach().numpy().astype(np.float32)
+        assert arr.shape == tuple(x.shape), (key, arr.shape)
+        assert np.isfinite(arr).all(), f"{name}: {key} is not finite"
+        assert np.abs(arr).max() > 0, f"{name}: {key} is all zero"
+        arrays[key] = arr
+        entries[key] = entry
+    npz = os.path.join(DATA, f"{name}.npz")
+    np.savez_compressed(npz, **arrays)
+    manifest = {"model": f"{name}.onnx", "library": versions(), "layout": layout, "input_name": "input",
+                "output_name": "logits", "entries": entries, "notes": COMMON_NOTES + notes}
+    with open(os.path.join(DATA, f"{name}.json"), "w") as fh:
+        json.dump(manifest, fh, indent=1, sort_keys=False)
+        fh.write("\n")
+    print(f"  wrote {name}.npz ({os.path.getsize(npz)} bytes, {len(entries)} maps) and {name}.json")
+
+
+def build(name, maker, shape):
+    """Build a model whose argmax differs between the 4 samples of x (deterministic seed search)."""
+    x = torch.from_numpy(np.random.default_rng(0).random(shape, dtype=np.float32))
+    probe = torch.from_numpy(np.random.default_rng(1).random((256,) + shape[1:], dtype=np.float32))
+    for seed in range(100):
+        torch.manual_seed(seed)
+        model = maker(probe).eval()
+        decorrelate_head(model, torch.cat([probe, x]))
+        with torch.no_grad():
+            argmax = model(x).argmax(1).numpy()
+        if len(set(argmax.tolist())) >= 3:
+            print(f"{name}: model seed {seed}, argmax {argmax.tolist()}")
+            return model, x, argmax, seed
+    raise RuntimeError(f"{name}: no seed gives differing classes")
+
+
+def make_target(argmax):
+    target = (argmax + np.array([1, 2, 0, 3])) % N_CLASSES  # sample 2 keeps its argmax, others differ
+    assert len(set(target.tolist())) >= 2 and (target != argmax).any()
+    return target.astype(np.int64)
+
+
+FLAT_NOTE = ("Zennit first-layer choice (SpecialFirstLayerMapComposite): the first module in "
+             "model.named_modules() order (registration order, depth first) matching the first_map type gets "
+             "the special rule; EpsilonPlusFlat/EpsilonAlpha2Beta1Flat match zennit.types.Linear (Conv or "
+             "nn.Linear) -> Flat; EpsilonGammaBox matches only Convolution -> ZBox.")
+
+
+def main():
+    os.makedirs(DATA, exist_ok=True)
+    print(versions())
+
+    # ---- MLP
+    model, x, argmax, seed = build("torch_mlp", make_mlp, (4, 16))
+    target = make_target(argmax)
+    logits = export(model, x, os.path.join(DATA, "torch_mlp.onnx"))
+    maps = oracle_maps(model, x, argmax, target, lambda m: {"default": (m, [], "model as is")})
+    conservation(model, x, argmax, [], "torch_mlp")
+    conservation(bias_free_clone(model), x, argmax, [], "torch_mlp bias-free", check=True)
+    save("torch_mlp", "NC", x, target, logits, maps, [
+        f"Model seed {seed}: torch.manual_seed then default init; last Linear's component along the mean "
+        "penultimate feature (over 256 uniform probes + x) removed, bias set to centre each logit over the probes, all scaled so logits have std 1, then 0.1*N(0,1) added to the last bias.",
+        FLAT_NOTE + " Here: first Linear gets Flat in the *_flat composites.",
+        "lrp.epsilon_gamma_box on this MLP: there is no Conv, so zennit applies Epsilon(1e-6) to EVERY Linear "
+        "(no ZBox, no Gamma: Gamma/ZBox are mapped to Convolution only); the map equals lrp.epsilon_plus's.",
+        "lrp.epsilon_plus / lrp.epsilon_alpha2_beta1 on this MLP: ZPlus/AlphaBeta are for Convolution only, "
+        "so every Linear gets Epsilon(1e-6).",
+    ])
+
+    # ---- VGG
+    model, x, argmax, seed = build("torch_vgg", make_vgg, (4, 3, 16, 16))
+    target = make_target(argmax)
+    logits = export(model, x, os.path.join(DATA, "torch_vgg.onnx"))
+    maps = oracle_maps(model, x, argmax, target, lambda m: {"default": (m, [], "model as is")})
+    conservation(model, x, argmax, [], "torch_vgg")
+    conservation(bias_free_clone(model), x, argmax, [], "torch_vgg bias-free", check=True)
+    save("torch_vgg", "NCHW", x, target, logits, maps, [
+        f"Model seed {seed}: default init; last Linear decorrelated from the mean feature as for torch_mlp.",
+        FLAT_NOTE + " Here: the first Conv gets Flat (*_flat) or ZBox(low=0, high=1) (epsilon_gamma_box); the "
+        "other Convs get ZPlus / AlphaBeta(2,1) / Gamma(0.25); both Linears get Epsilon(1e-6); MaxPool and "
+        "Flatten have no rule (plain gradient); ReLU gets Pass.",
+    ])
+
+    # ---- ResNet
+    model, x, argmax, seed = build("torch_resnet", make_resnet, (4, 3, 16, 16))
+    target = make_target(argmax)
+    logits = export(model, x, os.path.join(DATA, "torch_resnet.onnx"))
+    logits_bn = export(model, x, os.path.join(DATA, "torch_resnet_bn.onnx"), preserve=True)
+    assert np.array_equal(logits, logits_bn)
+    maps = oracle_maps(model, x, argmax, target, lambda m: {
+        # BN folded exactly beforehand; ResNetCanonizer then only adds the Sum module (its merge finds no BN)
+        "default": (prefold_bn(m), ["ResNetCanonizer"], "BatchNorms folded exactly into their Convs (prefold_bn)"),
+        # zennit's own merge (ResNetCanonizer = SequentialMergeBatchNorm + Sum), with its x/sqrt(1+eps) leftover
+        "zennit_merge": (m, ["ResNetCanonizer"], "model as is; zennit merges the BatchNorms"),
+        # BN folded exactly, residual add left as a plain '+'
+        "nocanon": (prefold_bn(m), [], "BatchNorms folded exactly into their Convs (prefold_bn)"),
+    })
+    conservation(model, x, argmax, ["ResNetCanonizer"], "torch_resnet (ResNetCanonizer)")
+    conservation(model, x, argmax, ["SequentialMergeBatchNorm"], "torch_resnet (merge-BN only)")
+    # not conserved even bias-free: ZPlus drops relevance that the residual Sum's Norm rule hands to
+    # downsample outputs with no positive contribution (z+ == 0); see the manifest notes
+    conservation(bias_free_clone(model), x, argmax, ["ResNetCanonizer"], "torch_resnet bias-free")
+    epsilon_everywhere_conserves(bias_free_clone(model), x, argmax, "torch_resnet bias-free")
+    save("torch_resnet", "NCHW", x, target, logits, maps, [
+        f"Model seed {seed}: default init; BatchNorm running stats set to the statistics of the 256 uniform "
+        "probe inputs (one train-mode pass, momentum 1), then running_mean += 0.2*std*N(0,1), running_var *= "
+        "U(0.6, 1.4); weight ~ U(0.5, 1.5) with ~15% negated, bias ~ 0.2 N(0,1) (generator seed 1234); eval "
+        "mode; fc decorrelated from the mean feature as for torch_mlp.",
+        "The same maps hold for torch_resnet_bn.onnx (exported with TrainingMode.PRESERVE in eval mode, so the "
+        "BatchNormalization nodes are kept; torch_resnet.onnx has them folded into the Convs).",
+        "LRP tag 'default': each BN folded EXACTLY into the Conv before it (W*g/sqrt(var+eps), "
+        "(b-mean)*g/sqrt(var+eps)+beta; a bias-free Conv gets that bias) and replaced by Identity (prefold_bn), "
+        "then canonizers=[zennit.torchvision.ResNetCanonizer()], whose BasicBlock part replaces each block's "
+        "'out + shortcut' by Sum(stack([shortcut, out], -1)) with the Norm rule: "
+        "R_branch = branch * R / (sum + 1e-6*sign(sum)), sign(0)=+1. This is the tag to match tightly.",
+        "LRP tag 'zennit_merge': the model as is with canonizers=[ResNetCanonizer()] (= SequentialMergeBatchNorm "
+        "+ the Sum canonizer). zennit's merge sets the BN to running_mean 0, running_var 1, weight 1, bias 0 "
+        "but keeps its eps, so each BN still computes x/sqrt(1+eps) (Pass rule): activations are off by "
+        "~5e-6 relative per BN; at residual sums that nearly cancel (e.g. out=-0.723, shortcut=+0.731) the "
+        "Norm split amplifies this ~100x, giving maps up to ~3e-3 (of the max) away from 'default'. An "
+        "artefact of zennit's canonizer, not of LRP; kept for reference.",
+        "LRP tag 'nocanon': BN prefolded as in 'default', no canonizer: the residual '+' has no rule, so its "
+        "plain gradient copies the relevance unchanged into BOTH branches (no conservation).",
+        FLAT_NOTE + " Here: the stem conv1 (after BN merge, with bias) gets Flat / ZBox; all other Convs, "
+        "including the 1x1 downsample, get ZPlus / AlphaBeta(2,1) / Gamma(0.25); fc gets Epsilon(1e-6); "
+        "AdaptiveAvgPool2d gets Norm (R_in = x * dAvg^T(R / stab(avg(x)))); Flatten has no rule.",
+        "Captum methods run on the un-canonized model (BN in eval mode; ReLU hooks on relu and relu2).",
+        "Conservation: even with all biases zero (and BN mean/beta zero) lrp.epsilon_plus does not conserve here "
+        "(sum off by a few %): the Sum's Norm rule gives relevance out*R/sum to a branch whose value is "
+        "negative; where that is the 1x1 downsample conv and its merged weights see only zero inputs at "
+        "positive weights (z+ = 0, so z = z- < 0), ZPlus computes 0 * R/(0 + 1e-6) and the relevance is lost. "
+        "Epsilon everywhere with the same canonizer conserves exactly (checked by the script).",
+    ])
+
+
+if __name__ == "__main__":
+    main()
