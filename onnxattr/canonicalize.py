@@ -2,11 +2,14 @@
 
 Steps: lift opsets older than 17 to 17 (onnx.version_converter; the backward needs opset 16's
 ScatterElements(reduction="add") and opset 13's input-form axes/splits); fold constant subgraphs (weights
-spelled as Constant/ConstantOfShape become initializers); drop Identity and Dropout; name every node;
-infer every intermediate shape. Tests run the original and the canonical model and compare outputs.
+spelled as Constant/ConstantOfShape become initializers; CastLike with a known target type becomes Cast
+so that constant operands fold too); drop Identity and Dropout; name every node; infer every
+intermediate shape. Tests run the original and the canonical model and compare outputs.
 """
 
 from __future__ import annotations
+
+import copy
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -36,8 +39,30 @@ def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     return model
 
 
+def castlike_to_cast(model: onnx.ModelProto) -> onnx.ModelProto:
+    """CastLike(a, t) whose target t has a known type becomes Cast(a, to=type(t)): the same value,
+    but a constant ``a`` then folds. PyTorch's dynamo exporter writes CastLike(constant, activation)
+    for a Conv's zero bias; left dynamic, that bias would hide from rules that read it at compile time."""
+    if not any(n.op_type == "CastLike" for n in model.graph.node):
+        return model
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    typed = infer_shapes(model)
+    for vi in list(typed.graph.input) + list(typed.graph.value_info) + list(typed.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    model = copy.deepcopy(model)
+    for node in model.graph.node:
+        if node.op_type == "CastLike" and node.domain in ("", "ai.onnx") and types.get(node.input[1]):
+            to = types[node.input[1]]
+            node.op_type = "Cast"
+            del node.input[1:]
+            node.attribute.append(onnx.helper.make_attribute("to", to))
+    return model
+
+
 def fold_and_clean(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold constant subgraphs into initializers and remove Identity/Dropout pass-throughs."""
+    model = castlike_to_cast(model)
     graph = gs.import_onnx(model)
     outputs = {t.name for t in graph.outputs}
     for node in graph.nodes:
@@ -52,11 +77,26 @@ def fold_and_clean(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.fold_constants(size_threshold=FOLD_SIZE_LIMIT, error_ok=True)
     graph.cleanup(remove_unused_graph_inputs=False)
     folded = gs.export_onnx(graph, do_type_check=False)
+    restore_value_types(model, folded)
     folded.ir_version = model.ir_version
     del folded.opset_import[:]
     folded.opset_import.extend(model.opset_import)
     folded.metadata_props.extend(model.metadata_props)
     return folded
+
+
+def restore_value_types(original: onnx.ModelProto, folded: onnx.ModelProto) -> None:
+    """graphsurgeon keeps only tensor types: a sequence-of-maps output (skl2onnx's ZipMap) comes back
+    as a sequence of tensors of undefined type, which the checker rejects. Put back the declared types
+    of graph inputs and outputs, and drop intermediate value_info whose type was lost."""
+    declared = {vi.name: vi for vi in list(original.graph.input) + list(original.graph.output)}
+    for vi in list(folded.graph.input) + list(folded.graph.output):
+        if vi.name in declared and not vi.type.HasField("tensor_type"):
+            vi.type.CopyFrom(declared[vi.name].type)
+    keep = [vi for vi in folded.graph.value_info
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type]
+    del folded.graph.value_info[:]
+    folded.graph.value_info.extend(keep)
 
 
 def name_nodes(model: onnx.ModelProto) -> None:

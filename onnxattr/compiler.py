@@ -29,8 +29,11 @@ def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBu
     reach = {source}
     for node in nodes:
         if any(i in reach for i in node.input):
+            foreign = node.domain not in ("", "ai.onnx")
             for o in node.output:
-                if o and b.is_float(o):
+                # outputs of non-standard ops (ai.onnx.ml, custom domains) often have no inferred
+                # type: count them as reachable so such an op is reported, never silently skipped
+                if o and (b.is_float(o) or (foreign and o not in b.types)):
                     reach.add(o)
     if target not in reach:
         return [], set()
@@ -69,6 +72,12 @@ def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | No
             f"{op} ({len(names)}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
             for op, names in sorted(missing.items())
         )
+        if all(op.startswith("ai.onnx.ml.") for op in missing):
+            raise UnsupportedModelError(
+                f"the explained output is not differentiable: it is computed by traditional-ML "
+                f"operators (ai.onnx.ml), which have no gradient here: {listing}. Only a path of standard ONNX ops can be "
+                "explained (skl2onnx writes MLPClassifier/MLPRegressor that way)"
+            )
         supported = ", ".join(sorted(VJPS))
         raise UnsupportedModelError(
             f"no backward rule for these ops on the explained path: {listing}. Supported: {supported}"

@@ -24,17 +24,54 @@ def _elem_type(vi) -> int:
     return vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
 
 
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    graph = model.graph
+    types = {vi.name: _elem_type(vi) for vi in (*graph.input, *graph.value_info, *graph.output)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
+
+
+def float_entry_points(model: onnx.ModelProto, limit: int = 5) -> list[str]:
+    """Float tensors computed from the non-float inputs (an embedding lookup's output, say): what
+    ``--input`` can name when the model's own inputs are token ids. Gather outputs come first."""
+    types = _tensor_types(model)
+    inits = {t.name for t in model.graph.initializer}
+    derived = {i.name for i in model.graph.input if i.name not in inits and types.get(i.name) not in FLOAT_TYPES}
+    found = []
+    for node in model.graph.node:
+        if any(i in derived for i in node.input):
+            for o in node.output:
+                if types.get(o) in FLOAT_TYPES:
+                    found.append((node.op_type != "Gather", len(found), f"{o} ({node.op_type} '{node.name}')"))
+                elif o:
+                    derived.add(o)
+    return [text for _, _, text in sorted(found)[:limit]]
+
+
+def _instead(model: onnx.ModelProto) -> str:
+    points = float_entry_points(model)
+    if not points:
+        return "; no float tensor is computed from them either"
+    return ("; explain a float tensor computed from them instead with --input NAME (input=NAME in Python), "
+            "e.g. " + ", ".join(points))
+
+
 def choose_input(model: onnx.ModelProto, name: str | None) -> str:
+    """The graph input to explain; ``name`` may also be an intermediate float tensor."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if name is not None:
         match = [i for i in inputs if i.name == name]
+        produced = {o for n in model.graph.node for o in n.output}
+        if not match and name in produced and _tensor_types(model).get(name) in FLOAT_TYPES:
+            return name  # an intermediate float tensor, e.g. the embedding output of a token model
         if not match:
             raise SelectionError(
-                f"no graph input named '{name}'; inputs are: {', '.join(i.name for i in inputs)}"
+                f"no graph input or float tensor named '{name}'; inputs are: {', '.join(i.name for i in inputs)}"
             )
         if _elem_type(match[0]) not in FLOAT_TYPES:
-            raise SelectionError(f"input '{name}' is not a float tensor; only float inputs can be explained")
+            raise SelectionError(f"input '{name}' is not a float tensor; only float tensors can be explained"
+                                 + _instead(model))
         return name
     floats = [i for i in inputs if _elem_type(i) in FLOAT_TYPES]
     if len(floats) == 1:
@@ -46,8 +83,7 @@ def choose_input(model: onnx.ModelProto, name: str | None) -> str:
         )
         raise SelectionError(
             f"the model has no float input to explain (inputs: {described}); relevance can only be "
-            "computed for float tensors — e.g. the embedding output of a token model, passed with --input "
-            "after exporting it as an input"
+            "computed for float tensors" + _instead(model)
         )
     raise SelectionError(
         "the model has several float inputs (" + ", ".join(i.name for i in floats)
@@ -77,6 +113,8 @@ def choose_output(model: onnx.ModelProto, b: GraphBuilder, name: str | None) -> 
             chosen = floats[0]
     explained = chosen
     node = producers.get(explained)
+    while node is not None and node.op_type == "Identity":  # skl2onnx: Softmax -> Identity -> output
+        node = producers.get(node.input[0])
     if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
         explained = node.input[0]
     return chosen, explained

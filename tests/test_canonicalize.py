@@ -51,3 +51,22 @@ def test_identity_dropout_dropped_and_shapes_inferred():
     assert {vi.name for vi in canon.graph.value_info} >= {"h", "r", "z"}
     x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
     np.testing.assert_allclose(run(m, {"x": x})[0], run(canon, {"x": x})[0], rtol=1e-6)
+
+
+def test_castlike_with_known_type_becomes_cast_and_folds():
+    """dynamo-exported Conv biases are CastLike(constant, activation): they must fold to initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("CastLike", ["c", "r"], ["cl"]),
+             helper.make_node("Add", ["r", "cl"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(np.array([1.0, 2.0, 3.0], np.float64), "c")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    canon = canonicalize(model)
+    assert [n.op_type for n in canon.graph.node] == ["Relu", "Add"]
+    assert canon.graph.initializer[0].data_type == TensorProto.FLOAT
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run(canon, {"x": x})[0], run(model, {"x": x})[0])

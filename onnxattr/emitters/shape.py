@@ -1,4 +1,4 @@
-"""Data movement: Reshape-likes, Transpose, Concat, Split, Slice, Pad, Gather, Tile, Expand, Cast, ...
+"""Data movement: Reshape-likes, Transpose, Concat, Split, Slice, Pad, Gather, Tile, Expand, Cast(Like), ...
 
 Reshape/Flatten/Squeeze/Unsqueeze: dx = reshape(g, shape(x)). Transpose: inverse permutation.
 Concat: split g at the operands' sizes; Split: concat the output gradients (zeros where none).
@@ -49,6 +49,17 @@ def identity_vjp(b, node, grads, need):
 @register("Cast")
 def cast_vjp(b, node, grads, need):
     return [b.op("Cast", [grads[0]], to=b.types.get(node.input[0], TensorProto.FLOAT))]
+
+
+@register("CastLike")
+def castlike_vjp(b, node, grads, need):
+    """y = CastLike(x, t): dx = g cast back to x's type; t only lends its type (no gradient).
+    PyTorch's dynamo exporter writes CastLike(constant, activation) around BatchNorm and Linear."""
+    x = node.input[0]
+    if not need[0]:
+        return [None, None]
+    dx = b.op("Cast", [grads[0]], to=b.types[x]) if x in b.types else b.op("CastLike", [grads[0], x])
+    return [dx, None]
 
 
 @register("Transpose")

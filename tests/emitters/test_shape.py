@@ -85,3 +85,9 @@ def test_gather_tile_expand_depth_to_space():
 def test_identity_and_cast():
     check_vjp("Identity", [("x", r((2, 3)), False)])
     check_vjp("Cast", [("x", r((2, 3)), False)], {"to": 11})
+
+
+def test_castlike():
+    # the second input only lends its type: no gradient flows to it
+    check_vjp("CastLike", [("x", r((2, 3)), False), ("t", r((1,)), False)], wrt=["x"])
+    check_vjp("CastLike", [("x", r((2, 3)), False), ("t", r((1,)), True)])

@@ -1,0 +1,165 @@
+"""Models exported by frameworks nobody here controls (tests/thirdparty/data, each made by a script in
+tests/thirdparty/make_*.py whose docstring says how to run it).
+
+Every shipped model must compile for gradient and guided_backprop, pass the full checker, keep its
+original outputs bit for bit (onnxruntime's graph optimizations off), keep its batch dynamic and give a finite map of the input's shape; models
+with nothing differentiable must be refused with a one-line UnsupportedModelError. No framework is
+needed here: where a framework's own gradient was available it is committed beside the model (.npz).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxattr
+from onnxattr.cli import main
+from onnxattr.errors import EXIT_CODES, UnsupportedModelError
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "thirdparty", "data")
+SWEEP = (9, 11, 13, 15, 17, 28)
+
+# file -> size of the dynamic dims other than batch (YOLO's height and width)
+MODELS = {
+    "torch_dynamo_rescnn.onnx": {},             # make_torch_dynamo.py: exporter optimizer folded BN
+    "torch_dynamo_rescnn_raw.onnx": {},         # optimize=False: BatchNormalization, CastLike, Expand
+    "paddle_cnn.onnx": {},                      # make_paddle.py: paddle.onnx.export, opset 13
+    "skl_mlp_classifier.onnx": {},              # make_sklearn.py: label + ZipMap (sequence of maps)
+    "skl_mlp_classifier_nozipmap.onnx": {},
+    "skl_mlp_regressor.onnx": {},
+    "yolov8n.onnx": {"height": 64, "width": 64},  # make_yolo.py, 12.7 MB
+} | {f"opset_sweep_{o}.onnx": {} for o in SWEEP}  # make_opset_sweep.py
+
+
+def path_of(name: str) -> str:
+    p = os.path.join(DATA, name)
+    if not os.path.exists(p):
+        pytest.skip(f"{name} is not in tests/thirdparty/data (run its tests/thirdparty/make_*.py)")
+    return p
+
+
+def session(model, exact: bool = False) -> ort.InferenceSession:
+    """exact: no onnxruntime graph optimizations, whose fusions (Conv+BatchNorm, ...) depend on which
+    operands are initializers and so may round the canonical graph differently by an ulp."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if exact:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def random_input(sess: ort.InferenceSession, batch: int, dims: dict, seed: int = 0):
+    arg = sess.get_inputs()[0]
+    shape = [batch if k == 0 else d if isinstance(d, int) else dims[d] for k, d in enumerate(arg.shape)]
+    return arg.name, np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(name: str, method: str, neuron: str = "max") -> onnx.ModelProto:
+    return onnxattr.compile(path_of(name), method, neuron=neuron)
+
+
+def same_output(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    return a == b  # ZipMap: a list of {label: probability}
+
+
+@pytest.mark.parametrize("method", ["gradient", "guided_backprop"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_compiles_runs_and_keeps_outputs(name, method):
+    path = path_of(name)
+    model = compiled(name, method)
+    onnx.checker.check_model(model, full_check=True)
+    original, explained = session(path, exact=True), session(model, exact=True)
+    assert [o.name for o in model.graph.output] == [o.name for o in original.get_outputs()] + ["relevance"]
+    # batch stays dynamic in the declared output and at run time
+    batch_dim = model.graph.output[-1].type.tensor_type.shape.dim[0]
+    assert not batch_dim.HasField("dim_value")
+    for batch in (1, 3):
+        x_name, x = random_input(original, batch, MODELS[name], seed=batch)
+        want = original.run(None, {x_name: x})
+        got = explained.run(None, {x_name: x})
+        assert len(got) == len(want) + 1
+        for a, b in zip(want, got):
+            assert same_output(a, b)
+        r = got[-1]
+        assert r.shape == x.shape and r.dtype == np.float32
+        assert np.isfinite(r).all()
+        if method == "gradient":
+            assert np.abs(r).max() > 0
+
+
+def test_opset_sweep_gives_identical_maps():
+    """One model lifted by onnx.version_converter from opset 9 to each opset: the same map every time."""
+    maps = {}
+    for opset in SWEEP:
+        name = f"opset_sweep_{opset}.onnx"
+        declared = next(o.version for o in onnx.load(path_of(name)).opset_import if o.domain in ("", "ai.onnx"))
+        assert declared == opset
+        sess = session(compiled(name, "gradient"))
+        x_name, x = random_input(sess, 4, {}, seed=7)
+        maps[opset] = sess.run(["relevance"], {x_name: x})[0]
+    for opset in SWEEP:
+        np.testing.assert_allclose(maps[opset], maps[9], rtol=1e-5, atol=1e-7, err_msg=f"opset {opset}")
+
+
+def test_yolov8n_matches_torch_autograd():
+    """output0 is [batch, 84, anchors] (4 box coordinates + 80 class scores per anchor); it is flattened
+    per sample, so neuron c * anchors + a is row c of anchor a. torch's own gradients are committed."""
+    ref = np.load(path_of("yolov8n_ref.npz"))
+    path = path_of("yolov8n.onnx")
+    x = ref["x"]
+    y = session(path).run(None, {"images": x})[0]
+    np.testing.assert_allclose(y, ref["y"], rtol=1e-4, atol=1e-3)
+    for neuron, t, g in (("max", None, ref["g_max"]), ("index", ref["t_cls"], ref["g_cls"])):
+        feeds = {"images": x} | ({"target": t.astype(np.int64)} if t is not None else {})
+        r = session(compiled("yolov8n.onnx", "gradient", neuron)).run(["relevance"], feeds)[0]
+        scale = np.abs(g).max()
+        assert scale > 0
+        np.testing.assert_allclose(r, g, rtol=0, atol=1e-3 * scale, err_msg=neuron)
+
+
+def test_torch_dynamo_outputs_match_torch_and_raw_export():
+    """The exporter's optimized and raw (optimize=False) graphs give the torch output and one map."""
+    ref = np.load(path_of("torch_dynamo_rescnn.npz"))
+    maps = []
+    for name in ("torch_dynamo_rescnn.onnx", "torch_dynamo_rescnn_raw.onnx"):
+        logits, r = session(compiled(name, "gradient")).run(None, {"image": ref["x"]})
+        np.testing.assert_allclose(logits, ref["y"], rtol=1e-4, atol=1e-5)
+        maps.append(r)
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-6)
+
+
+def test_skl_classifier_zipmap_explains_the_logits():
+    """skl2onnx's probabilities come through ZipMap (or Identity with zipmap=False): both look through
+    the Softmax to the logits and give one map."""
+    maps = []
+    for name in ("skl_mlp_classifier.onnx", "skl_mlp_classifier_nozipmap.onnx"):
+        sess = session(compiled(name, "gradient"))
+        x_name, x = random_input(sess, 5, {}, seed=3)
+        maps.append(sess.run(["relevance"], {x_name: x})[0])
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
+@pytest.mark.parametrize("name,ops", [
+    ("skl_tree_ensemble.onnx", ["ai.onnx.ml.TreeEnsembleClassifier"]),
+    ("skl_logreg.onnx", ["ai.onnx.ml.LinearClassifier", "ai.onnx.ml.Normalizer"]),
+])
+def test_traditional_ml_ops_are_refused(name, ops, tmp_path, capsys):
+    path = path_of(name)
+    with pytest.raises(UnsupportedModelError, match="not differentiable") as info:
+        onnxattr.compile(path, "gradient")
+    for op in ops:
+        assert op in str(info.value)
+    code = main(["compile", path, "--method", "gradient", "-o", str(tmp_path / "out.onnx")])
+    assert code == EXIT_CODES["UnsupportedModelError"]
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onnxattr: error:") and "\n" not in err and "not differentiable" in err
+    assert not (tmp_path / "out.onnx").exists()

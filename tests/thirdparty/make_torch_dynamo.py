@@ -1,0 +1,74 @@
+"""Export a small residual CNN with PyTorch's dynamo-based ONNX exporter (torch.onnx.export(dynamo=True)).
+
+Run from the repository root, in a venv with torch 2.13 (CPU) and onnxscript, e.g. /work/venv-torch:
+
+    /work/venv-torch/bin/python tests/thirdparty/make_torch_dynamo.py
+
+Writes tests/thirdparty/data/torch_dynamo_rescnn.onnx (exporter's optimizer on: BatchNorm folded),
+torch_dynamo_rescnn_raw.onnx (optimize=False: BatchNormalization kept), both with random weights, seed 0, eval mode, dynamic batch)
+and torch_dynamo_rescnn.npz (an input and torch's outputs for it).
+"""
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(h)))  # residual add
+
+
+class ResCNN(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = Block(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        h = self.pool(self.block(self.stem(x)))
+        return self.fc(torch.flatten(h, 1))
+
+
+def main():
+    torch.manual_seed(0)
+    model = ResCNN()
+    # give BatchNorm non-trivial running statistics
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    # optimize=True (the default) folds BatchNorm into the convolutions; optimize=False keeps the raw
+    # translation (BatchNormalization nodes, the exporter's own shape arithmetic) — ship both.
+    for name, optimize in (("torch_dynamo_rescnn.onnx", True), ("torch_dynamo_rescnn_raw.onnx", False)):
+        path = os.path.join(HERE, name)
+        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["image"], output_names=["logits"],
+                                    dynamic_shapes={"x": {0: batch}}, optimize=optimize)
+        program.save(path, external_data=False)
+        print(path, os.path.getsize(path))
+    with torch.no_grad():
+        y = model(x).numpy()
+    np.savez(os.path.join(HERE, "torch_dynamo_rescnn.npz"), x=x.numpy(), y=y)
+
+
+if __name__ == "__main__":
+    main()
