@@ -76,6 +76,7 @@ class Composite:
     add: str
     style: dict
     until_index: int | None = None
+    activation: str = "pass"  # element-wise activations: "pass" relevance, or "gradient" (mask dead units)
     assignment: dict = field(default_factory=dict)  # node name -> description (for `inspect`)
 
     def lookup(self, b, nodes, x, y):
@@ -104,7 +105,9 @@ class Composite:
             elif n.op_type in ADDS and sum(1 for i in n.input if b.is_float(i)) >= 2 \
                     and sum(1 for i in n.input if b.value(i) is None) >= 2:
                 chosen[n.name] = (self.add, "add")
-            elif n.op_type in ELEMENTWISE or n.op_type in ADDS + ("Sub", "Mul", "Div"):
+            elif n.op_type in ELEMENTWISE:
+                chosen[n.name] = self._activation_rule(n, units)
+            elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
         self.assignment = {k: (_describe(v[0]), v[1]) for k, v in chosen.items()}
 
@@ -123,6 +126,15 @@ class Composite:
             return _unit_step(unit, rule)
 
         return rule_for
+
+    def _activation_rule(self, node, units):
+        """An activation right after a kernel layer belongs to it (Keras' Dense(activation=...)): its
+        relevance passes. Others pass too, or, with activation = "gradient", mask dead units."""
+        if self.activation == "pass":
+            return ("pass", "activation")
+        if any(u.out == node.input[0] and u.kind != "pool" for u in units.values()):
+            return ("pass", "activation of a kernel layer")
+        return ("gradient", "activation")
 
     def _selector(self, unit: Unit, order, first, first_conv, consumers):
         if unit.kind == "pool":

@@ -6,6 +6,8 @@ user's own file). A preset says which rule each kind of layer gets; it holds no 
     style = "innvestigate"     # stabilizer and bias conventions: innvestigate | zennit
     seed = "logit"             # output seed: logit | relu_logit | one
     add = "z"                  # residual Add/Sum of activations: z | gradient
+    activation = "pass"        # element-wise activations: pass | gradient (the latter except right
+                               # after a kernel layer, whose own activation always passes)
 
     [params]                   # method parameters, referenced below as "$name"
     epsilon = { default = 0.1, doc = "epsilon of the dense layers" }
@@ -33,7 +35,8 @@ RULE_KEYS = {
     "rule": str, "epsilon": float, "alpha": float, "beta": float, "bias": bool, "gamma": float,
     "low": float, "high": float,
 }
-TOP_KEYS = ("method", "doc", "style", "seed", "add", "params", "layers")
+ACTIVATION_RULES = ("pass", "gradient")
+TOP_KEYS = ("method", "doc", "style", "seed", "add", "activation", "params", "layers")
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Preset:
     style: str
     seed: str
     add: str
+    activation: str
     layers: dict                        # selector -> {key: value or "$param"}
     params: list = field(default_factory=list)
     path: str = ""
@@ -98,7 +102,7 @@ def parse_preset(text: str, path: str) -> Preset:
     for key in data:
         if key not in TOP_KEYS:
             fail(f"unknown key '{key}' (known: {', '.join(TOP_KEYS)})", key)
-    for key, choices in (("style", STYLES), ("seed", SEEDS), ("add", ADD_RULES)):
+    for key, choices in (("style", STYLES), ("seed", SEEDS), ("add", ADD_RULES), ("activation", ACTIVATION_RULES)):
         if key in data and data[key] not in choices:
             fail(f"{key} = {data[key]!r} is not one of {', '.join(choices)}", key)
     params = []
@@ -137,7 +141,7 @@ def parse_preset(text: str, path: str) -> Preset:
     name = data.get("method") or Path(path).stem
     return Preset(name=name, doc=str(data.get("doc", f"LRP preset from {path}")),
                   style=data.get("style", "innvestigate"), seed=data.get("seed", "logit"),
-                  add=data.get("add", "z"), layers=layers, params=params, path=str(path))
+                  add=data.get("add", "z"), activation=data.get("activation", "pass"), layers=layers, params=params, path=str(path))
 
 
 def load_preset(path) -> Preset:

@@ -82,7 +82,7 @@ def alpha_beta_rule(alpha=2.0, beta=1.0, bias=True, bias_style="innvestigate", *
     groups = [Group((Term("pos", "pos", pp), Term("neg", "neg", nn)), alpha)]
     if beta:
         groups.append(Group((Term("pos", "neg", pn), Term("neg", "pos", np_)), -beta))
-    return Rule(f"alpha_{alpha:g}_beta_{beta:g}", tuple(groups), **kw)
+    return Rule(f"alpha_{alpha:g}_beta_{beta:g}" + ("" if bias else "_IB"), tuple(groups), **kw)
 
 
 def z_plus_fast_rule(**kw):

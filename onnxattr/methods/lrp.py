@@ -26,7 +26,8 @@ def build_composite(preset: Preset, params: dict) -> Composite:
     style = STYLES[preset.style]
     layers = preset.resolve_layers(params)
     selectors = {sel: make_rule(spec, style) for sel, spec in layers.items()}
-    return Composite(selectors, preset.add, style, until_index=params.get("until_layer_idx"))
+    return Composite(selectors, preset.add, style, until_index=params.get("until_layer_idx"),
+                     activation=preset.activation)
 
 
 def preset_method(preset: Preset) -> Method:

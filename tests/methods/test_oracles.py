@@ -22,7 +22,12 @@ from onnxattr.methods.lrp import preset_folder
 
 DATA = Path(__file__).resolve().parents[1] / "oracles" / "data"
 MODES = {"max": "max", "index": "index", "all": "all"}
-NOT_OURS = {"alphas", "stabilizer"}  # facts recorded by the generators, not parameters of ours
+NOT_OURS = {"alphas", "stabilizer", "rule", "bias"}  # how the generators called the library, not our parameters
+# iNNvestigate seeds deconvnet and guided backprop with the logit (it keeps the identity head mapping of
+# its reverse analyzers); we seed every gradient method with 1, as Captum does and as iNNvestigate's own
+# Gradient does. Their maps are linear in the seed: divide by the selected logit to compare. In mode
+# "all" it seeds each output with its own logit, which no rescaling of a ones-seeded map reproduces.
+LOGIT_SEEDED_IN_INNVESTIGATE = {"deconvnet", "guided_backprop"}
 
 
 def entries():
@@ -96,6 +101,21 @@ def test_matches_reference(name, key, tmp_path):
     x, target = arrays["x"], arrays["target"].astype(np.int64)
     want = arrays[key]
     params = our_params(entry)
+    if info.get("library", "").startswith("innvestigate"):
+        if entry["method"] in LOGIT_SEEDED_IN_INNVESTIGATE:
+            if entry["mode"] == "all":
+                pytest.skip("iNNvestigate seeds deconvnet/guided_backprop with every logit in mode all")
+            chosen = target if entry["mode"] == "index" else arrays["logits"].argmax(1)
+            logit = arrays["logits"][np.arange(len(x)), chosen]
+            # relu(R) at every ReLU makes these maps positively homogeneous only: a negative seed
+            # flips which parts survive, so samples with a negative selected logit are not comparable
+            keep = logit > 0
+            if not keep.any():
+                pytest.skip("every selected logit is negative")
+            x, target, logit = x[keep], target[keep], logit[keep]
+            want = want[keep] / logit.reshape((-1,) + (1,) * (want.ndim - 1))
+        if "until_layer_idx" in params:
+            params["until_layer_idx"] = kernel_index(info, params["until_layer_idx"])
     if entry.get("statistical"):
         a = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, seed=1, **params)
         b = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, seed=2, **params)
@@ -106,6 +126,13 @@ def test_matches_reference(name, key, tmp_path):
     scale = float(np.abs(want).max())
     err = float(np.abs(got - want).max())
     assert err <= tolerance(entry) * scale, f"max error {err:.3g} vs map max {scale:.3g}"
+
+
+def kernel_index(info, keras_index):
+    """iNNvestigate counts until_layer_idx over model.layers (InputLayer and weightless layers included);
+    we count kernel layers only, from 0: the index of the last kernel layer among layers[0..keras_index]."""
+    kernels = [n for n in info["keras_layers"][: keras_index + 1] if "conv" in n or "dense" in n or n == "logits"]
+    return len(kernels) - 1
 
 
 def onnxattr_input(path):
