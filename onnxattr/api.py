@@ -47,8 +47,29 @@ class Analyzer:
         self._runners: dict[str, Runner] = {}
         self.outputs: list[np.ndarray] | None = None  # the original outputs of the last analyze()
 
-    def fit(self, data=None, **kwargs) -> "Analyzer":
-        """Nothing to learn for this method (pattern.* methods learn from data)."""
+    def fit(self, data=None, batch_size: int = 32, progress: bool = True, **kwargs) -> "Analyzer":
+        """pattern.* methods learn their patterns from ``data`` (an array [N, ...], or an iterable of
+        batches); other methods have nothing to learn."""
+        if self.method.family != "pattern":
+            return self
+        from onnxattr.pattern import fit_patterns
+
+        self.params["patterns"] = fit_patterns(
+            self.model, data, self.params["pattern_type"], batch_size, self.input, self.output,
+            self.device, self.providers, progress)
+        self._runners.clear()
+        return self
+
+    def save_patterns(self, path) -> None:
+        """Write the fitted patterns (.npz) for ``onnxattr compile --patterns``."""
+        if self.params.get("patterns") is None:
+            raise UsageError("no patterns to save: call fit(data) first (pattern.* methods only)")
+        self.params["patterns"].save(path)
+
+    def load_patterns(self, path) -> "Analyzer":
+        """Use patterns saved by save_patterns / ``onnxattr fit``."""
+        self.params = self.method.resolve({**self.params, "patterns": str(path)})
+        self._runners.clear()
         return self
 
     def runner(self, mode: str) -> Runner:
@@ -75,7 +96,8 @@ class Analyzer:
         return results[r.output_names.index(RELEVANCE)]
 
 
-_NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+_NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+       "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def _as_input(X, arg) -> np.ndarray:
@@ -83,12 +105,16 @@ def _as_input(X, arg) -> np.ndarray:
     if X.dtype.kind not in "fiu":
         raise DataError(f"input data has dtype {X.dtype}; a float array is expected")
     dtype = _NP.get(arg.type, np.float32)
+    if np.dtype(dtype).kind == "i" and X.dtype.kind == "f":
+        raise DataError(f"input '{arg.name}' expects integers ({arg.type}), got {X.dtype} data")
     X = X.astype(dtype, copy=False)
     if len(arg.shape) != X.ndim:
         raise DataError(f"input '{arg.name}' expects rank {len(arg.shape)} {list(arg.shape)}, got shape {list(X.shape)}")
     for want, got in zip(arg.shape, X.shape):
         if isinstance(want, int) and want != got:
             raise DataError(f"input '{arg.name}' expects shape {list(arg.shape)}, got {list(X.shape)}")
+    if X.size == 0:
+        raise DataError(f"input data of shape {list(X.shape)} holds no values; give at least one sample")
     return X
 
 

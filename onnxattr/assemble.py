@@ -14,7 +14,7 @@ from onnxattr.canonicalize import canonicalize
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import InvalidModelError, UsageError
 from onnxattr.graph import GraphBuilder
-from onnxattr.load import check_input_model, load_model
+from onnxattr.load import check_input_model, check_input_shapes, load_model
 from onnxattr.methods import Target, get_method
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
 
@@ -44,7 +44,11 @@ def compile_model(model, method: str, neuron: str = "max", input: str | None = N
     relevance = m.build(target, resolved)
     if report is not None:
         _fill_report(report, target, m)
-    return assemble(canon, target, relevance, neuron, method, resolved)
+    try:
+        return assemble(canon, target, relevance, neuron, method, resolved)
+    except InvalidModelError:
+        check_input_shapes(proto, label)  # blame the user's model when its own shapes disagree
+        raise
 
 
 def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, method: str,
@@ -76,7 +80,8 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
         try:
             onnx.checker.check_model(canon, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise InvalidModelError(f"internal error: the compiled model fails onnx.checker: {e}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InvalidModelError(f"internal error: the compiled model fails onnx.checker: {first}") from None
     return canon
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``onnxattr compile | explain | inspect | methods``. Errors print one line and exit non-zero
+"""Command line: ``onnxattr compile | explain | inspect | fit | methods``. Errors print one line and exit non-zero
 (codes in onnxattr/errors.py); no traceback reaches the user for a problem with their input."""
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def _common(p, neuron=True):
     p.add_argument("--rules", metavar="FILE.toml", help="your own LRP rule map instead of --method "
                    "(same format as the presets in rules/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    p.add_argument("--patterns", metavar="FILE.npz", help="patterns from `onnxattr fit` (pattern.* methods)")
     if neuron:
         p.add_argument("--neuron", default="max", choices=["max", "index", "all"],
                        help="which output neuron to explain: the largest, one given per sample, or their sum")
@@ -52,8 +53,15 @@ def _common(p, neuron=True):
     p.add_argument("--output", help="graph output to explain (default: the first float output)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage mistakes become one-line UsageErrors (exit code 2), like every other error."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnxattr", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="onnxattr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="write a model that also outputs `relevance`")
     _common(c)
@@ -68,13 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     i = sub.add_parser("inspect", help="show which rule each node on the explained path gets")
     _common(i, neuron=False)
+    f = sub.add_parser("fit", help="learn the patterns of pattern.net / pattern.attribution from data")
+    _common(f, neuron=False)
+    f.add_argument("--data", required=True, help="training inputs as .npy [N, ...] (read batch by batch)")
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    f.add_argument("-o", "--out", required=True, help="patterns .npz")
     sub.add_parser("methods", help="list methods, their parameters and defaults")
     return parser
 
 
+def _all_params(a) -> dict:
+    """--set pairs, plus --patterns FILE as the ``patterns`` parameter."""
+    out = _params(a.set)
+    if getattr(a, "patterns", None):
+        out["patterns"] = a.patterns
+    return out
+
+
 def cmd_compile(a) -> int:
     refuse_overwriting_input(a.out, a.model)
-    model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, **_params(a.set))
+    model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, **_all_params(a))
     save_model(model, a.out, a.model)
     print(f"wrote {a.out} (outputs: {', '.join(o.name for o in model.graph.output)})")
     return 0
@@ -86,8 +108,8 @@ def _load_data(path, analyzer) -> np.ndarray:
     if path.lower().endswith(".npy"):
         try:
             return np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise DataError(f"{path}: not a readable .npy array ({e})") from None
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable .npy array ({e or 'empty file'})") from None
     try:
         runner = analyzer.runner("max")
         shape = runner.session.get_inputs()[0].shape
@@ -104,7 +126,7 @@ def cmd_explain(a) -> int:
         raise UsageError("--neuron index needs --target (one index, or one per sample: 3,1,4)")
     mode = {"max": "max_activation", "index": "index", "all": "all"}[a.neuron]
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=mode, input=a.input, output=a.output,
-                        device=a.device, **_params(a.set))
+                        device=a.device, **_all_params(a))
     x = _load_data(a.data, analyzer)
     selection = None
     if a.target is not None:
@@ -129,11 +151,32 @@ def cmd_explain(a) -> int:
 
 
 def cmd_inspect(a) -> int:
-    rows = inspect_model(a.model, _method(a), input=a.input, output=a.output, **_params(a.set))
+    rows = inspect_model(a.model, _method(a), input=a.input, output=a.output, **_all_params(a))
     width = max([len(r[0]) for r in rows] + [4])
     print(f"{'node':{width}}  {'op':20}  rule")
     for name, op, rule, why in rows:
         print(f"{name:{width}}  {op:20}  {rule}" + (f"  [{why}]" if why else ""))
+    return 0
+
+
+def cmd_fit(a) -> int:
+    refuse_overwriting_input(a.out, a.model, a.data)
+    if not a.out.endswith(".npz"):
+        raise UsageError(f"-o must name a .npz file, got '{a.out}'")
+    analyzer = Analyzer(_method(a), a.model, input=a.input, output=a.output, device=a.device,
+                        **_all_params(a))
+    if analyzer.method.family != "pattern":
+        raise UsageError(f"method '{analyzer.method.name}' learns nothing; fit is for pattern.net and "
+                         "pattern.attribution")
+    if not os.path.exists(a.data) or not a.data.lower().endswith(".npy"):
+        raise DataError(f"{a.data}: fit reads a .npy array [N, ...]")
+    try:
+        data = np.load(a.data, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{a.data}: not a readable .npy array ({e})") from None
+    analyzer.fit(data, batch_size=a.batch_size)
+    analyzer.save_patterns(a.out)
+    print(f"wrote {a.out} ({analyzer.params['patterns']})")
     return 0
 
 
@@ -151,10 +194,10 @@ def cmd_methods(a) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         commands = {"compile": cmd_compile, "explain": cmd_explain, "inspect": cmd_inspect,
-                    "methods": cmd_methods}
+                    "fit": cmd_fit, "methods": cmd_methods}
         return commands[args.command](args)
     except OnnxAttrError as e:
         print(f"onnxattr: error: {e}", file=sys.stderr)

@@ -23,12 +23,23 @@ CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 RuleLookup = Callable[[onnx.NodeProto], Callable | None]
 
 
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """The node's inputs plus the outer-scope tensors its subgraphs (If/Loop/Scan bodies) read."""
+    names = list(node.input)
+    for attr in node.attribute:
+        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+            for inner in g.node:
+                names.extend(node_reads(inner))
+    return names
+
+
 def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBuilder):
     """Nodes (in their given topological order) lying on a float path from source to target,
     and the set of tensors on such paths."""
+    reads = {id(node): node_reads(node) for node in nodes}
     reach = {source}
     for node in nodes:
-        if any(i in reach for i in node.input):
+        if any(i in reach for i in reads[id(node)]):
             foreign = node.domain not in ("", "ai.onnx")
             for o in node.output:
                 # outputs of non-standard ops (ai.onnx.ml, custom domains) often have no inferred
@@ -40,9 +51,9 @@ def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBu
     back = {target}
     on_path = []
     for node in reversed(nodes):
-        if any(o in back for o in node.output) and any(i in reach for i in node.input):
+        if any(o in back for o in node.output) and any(i in reach for i in reads[id(node)]):
             on_path.append(node)
-            for i in node.input:
+            for i in reads[id(node)]:
                 if i in reach:
                     back.add(i)
     on_path.reverse()

@@ -53,6 +53,13 @@ class OutputFileError(OnnxAttrError):
     exit_code = 8
 
 
+class PatternError(OnnxAttrError):
+    """pattern.* methods: no patterns given (run fit first), an unreadable pattern file, or patterns
+    learned for another model or with another pattern_type."""
+
+    exit_code = 9
+
+
 EXIT_CODES = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -63,5 +70,6 @@ EXIT_CODES = {
         SelectionError,
         DataError,
         OutputFileError,
+        PatternError,
     )
 }

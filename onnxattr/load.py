@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from onnxattr.errors import InvalidModelError, ModelFileError
 
 TWO_GB = 2**31
+_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1", "FLOAT6E2M3",
+                                                  "FLOAT6E3M2") if hasattr(onnx.TensorProto, n)}
 
 
 def _check_external_locations(model: onnx.ModelProto, folder: str, path: str) -> None:
@@ -37,11 +40,62 @@ def _check_external_locations(model: onnx.ModelProto, folder: str, path: str) ->
             raise ModelFileError(f"{path}: external data file '{loc}' of tensor '{tensor.name}' is missing")
 
 
+def _non_utf8_field(msg, prefix: str = "") -> str | None:
+    """Path of the first text field whose bytes are not UTF-8 (protobuf then hands back bytes, not str)."""
+    for field, value in msg.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        values = [value] if isinstance(value, (str, bytes, Message)) else value  # else a repeated field
+        for v in values:
+            if field.type == field.TYPE_STRING and isinstance(v, bytes):
+                return prefix + field.name
+            if field.type == field.TYPE_MESSAGE:
+                found = _non_utf8_field(v, f"{prefix}{field.name}.")
+                if found:
+                    return found
+    return None
+
+
+def _check_text(proto: onnx.ModelProto, label: str) -> None:
+    bad = _non_utf8_field(proto)
+    if bad:
+        raise ModelFileError(f"{label}: not a valid ONNX model: field {bad} is not UTF-8 text (damaged file?)")
+
+
+def _check_tensor_sizes(model: onnx.ModelProto, label: str) -> None:
+    """Every stored tensor holds as many values as its dims say (onnx.checker does not look)."""
+    for t in onnx.external_data_helper._get_all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (0, onnx.TensorProto.STRING):
+            continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            field = onnx.helper.tensor_dtype_to_field(t.data_type)
+        except (KeyError, ValueError, TypeError):
+            continue  # a packed (sub-byte) or unknown type: left to onnx
+        want = int(np.prod(t.dims, dtype=np.int64))
+        if t.HasField("raw_data"):
+            if t.data_type in _PACKED or len(t.raw_data) == want * itemsize:
+                continue
+            have = f"{len(t.raw_data)} bytes"
+            need = f"{want * itemsize}"
+        else:
+            per = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+            if t.data_type in _PACKED or len(getattr(t, field)) == want * per:
+                continue
+            have = f"{len(getattr(t, field))} values"
+            need = f"{want * per}"
+        raise InvalidModelError(
+            f"{label}: tensor '{t.name}' holds {have} but its shape {list(t.dims)} needs {need}; damaged file?"
+        )
+
+
 def load_model(model) -> onnx.ModelProto:
     """A ModelProto from a path or a ModelProto (copied, so the caller's object is never changed)."""
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
+        _check_text(copy, "model")
+        _check_tensor_sizes(copy, "model")
         return copy
     path = os.fspath(model)
     if not os.path.exists(path):
@@ -60,12 +114,14 @@ def load_model(model) -> onnx.ModelProto:
         raise ModelFileError(f"{path}: not an ONNX model (protobuf parse failed: {e}); truncated or another format?") from None
     if not proto.graph.node or proto.ir_version == 0:
         raise ModelFileError(f"{path}: not an ONNX model (no graph or no IR version)")
+    _check_text(proto, path)
     folder = os.path.dirname(os.path.abspath(path))
     _check_external_locations(proto, folder, path)
     try:
         onnx.load_external_data_for_model(proto, folder)
     except Exception as e:  # noqa: BLE001 - onnx raises several types here
         raise ModelFileError(f"{path}: cannot load external data: {e}") from None
+    _check_tensor_sizes(proto, path)
     return proto
 
 
@@ -78,3 +134,15 @@ def check_input_model(model: onnx.ModelProto, label: str) -> None:
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise InvalidModelError(f"{label}: the model fails onnx.checker: {first}") from None
+
+
+def check_input_shapes(model: onnx.ModelProto, label: str) -> None:
+    """Strict shape and type inference on the user's model; raises naming its first inconsistency."""
+    if model.ByteSize() >= TWO_GB:
+        return
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if ln.startswith("(op_type")), lines[0] if lines else "inference failed")
+        raise InvalidModelError(f"{label}: the model's shapes or types are inconsistent: {detail}") from None

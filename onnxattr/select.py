@@ -67,7 +67,7 @@ def choose_input(model: onnx.ModelProto, name: str | None) -> str:
             return name  # an intermediate float tensor, e.g. the embedding output of a token model
         if not match:
             raise SelectionError(
-                f"no graph input or float tensor named '{name}'; inputs are: {', '.join(i.name for i in inputs)}"
+                f"no graph input named '{name}' (nor a float tensor); inputs are: {', '.join(i.name for i in inputs)}"
             )
         if _elem_type(match[0]) not in FLOAT_TYPES:
             raise SelectionError(f"input '{name}' is not a float tensor; only float tensors can be explained"
