@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from onnxattr.canonicalize import canonicalize
 from onnxattr.compiler import path_nodes
-from onnxattr.errors import InvalidModelError, UsageError
+from onnxattr.errors import InvalidModelError, SelectionError, UsageError
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import check_input_model, check_input_shapes, load_model
 from onnxattr.methods import Target, get_method
@@ -37,6 +37,9 @@ def compile_model(model, method: str, neuron: str = "max", input: str | None = N
     x = choose_input(canon, input)
     b = GraphBuilder(canon)
     _, y = choose_output(canon, b, output)
+    if m.family != "baseline" and x != y and not path_nodes(list(canon.graph.node), x, y, b)[0]:
+        raise SelectionError(f"{label}: output '{y}' does not depend on input '{x}' through float tensors, "
+                             "so every map would be zero; choose another --output or --input")
     index = neuron_index(b, y, neuron)
     xshape = b.shape(x) or [None]
     target = Target(b, list(canon.graph.node), x, y, neuron, index,

@@ -101,3 +101,23 @@ def test_explain_an_intermediate_tensor():
     r = onnxattr.create_analyzer("gradient", m, output="h2", neuron_selection_mode="index").analyze(
         X, neuron_selection=3)
     np.testing.assert_allclose(r, np.broadcast_to(w[0][:, 3], (4, 6)), rtol=1e-6)
+
+
+def test_output_that_does_not_depend_on_the_input_is_an_error():
+    """Two inputs, the explained output reads only the other one: a zero map would mislead."""
+    import onnx
+    import pytest
+    from onnx import TensorProto, helper
+
+    import onnxattr
+    from onnxattr.errors import SelectionError
+
+    g = helper.make_graph([helper.make_node("Relu", ["b"], ["y"]), helper.make_node("Relu", ["a"], ["z"])], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(SelectionError, match="'y' does not depend on input 'a'"):
+        onnxattr.compile(model, "gradient", input="a", output="y")
+    assert isinstance(onnxattr.compile(model, "gradient", input="a", output="z"), onnx.ModelProto)

@@ -1,0 +1,93 @@
+"""fit: learn the patterns of every kernel layer on the explained path from data.
+
+The statistics graph is the canonical model with each layer's input x and pre-activation output y
+(after fused bias/BatchNorm) added as graph outputs. It runs over the data one batch at a time; the
+sums of onnxattr.pattern.stats are updated in float64 in numpy, so memory depends on the batch size,
+never on the number of samples. Batches are visited in order: the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+from onnx import helper
+from tqdm import tqdm
+
+from onnxattr.canonicalize import canonicalize
+from onnxattr.errors import DataError
+from onnxattr.graph import GraphBuilder
+from onnxattr.load import check_input_model, load_model
+from onnxattr.pattern.layers import conv_geometry, from_kd, model_digest, pattern_layers, to_kd, weight
+from onnxattr.pattern.stats import LayerStats
+from onnxattr.pattern.store import Patterns
+from onnxattr.runtime import Runner
+from onnxattr.select import choose_input, choose_output
+
+
+def statistics_model(canon: onnx.ModelProto, b: GraphBuilder, names) -> onnx.ModelProto:
+    """A copy of ``canon`` that also outputs the tensors ``names``."""
+    stats = onnx.ModelProto()
+    stats.CopyFrom(canon)
+    have = {o.name for o in stats.graph.output} | {i.name for i in stats.graph.input}
+    for name in dict.fromkeys(names):
+        if name not in have:
+            stats.graph.output.append(helper.make_tensor_value_info(name, b.types[name], None))
+    return stats
+
+
+def batches(data, batch_size: int):
+    """(iterator over input batches, number of batches or None): an array is cut into slices of
+    ``batch_size`` (a np.load(..., mmap_mode='r') array is read slice by slice); any other iterable
+    yields whole batches, or (x, y[, w]) tuples whose first item is the batch."""
+    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
+        n = data.shape[0]
+        return (data[i:i + batch_size] for i in range(0, n, batch_size)), math.ceil(n / batch_size)
+
+    def gen():
+        for item in data:
+            yield item[0] if isinstance(item, tuple) else item
+
+    return gen(), (len(data) if hasattr(data, "__len__") else None)
+
+
+def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, input: str | None = None,
+                 output: str | None = None, device: str | None = None, providers=None,
+                 progress: bool = True) -> Patterns:
+    """Patterns of every kernel layer between the explained input and output, learned from ``data``."""
+    from onnxattr.api import _as_input  # the same input checks as analyze()
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    proto = load_model(model)
+    label = str(model) if not isinstance(model, onnx.ModelProto) else "model"
+    check_input_model(proto, label)
+    canon = canonicalize(proto, label)
+    x = choose_input(canon, input)
+    b = GraphBuilder(canon)
+    _, y = choose_output(canon, b, output)
+    nodes = list(canon.graph.node)
+    digest = model_digest(nodes, b)
+    layers = pattern_layers(b, nodes, x, y)
+    stats = {name: LayerStats(pattern_type, conv_geometry(b, u)) for name, u in layers.items()}
+    fetch = list(dict.fromkeys(t for u in layers.values() for t in (u.x, u.out) if t != x))
+    runner = Runner(statistics_model(canon, b, fetch), device, providers)
+    arg = runner.session.get_inputs()[runner.input_names.index(x)]
+    it, total = batches(data, batch_size)
+    samples = 0
+    for batch in tqdm(it, total=total, desc="fit patterns", unit="batch", disable=not progress):
+        xb = _as_input(batch, arg)
+        if xb.shape[0] == 0:
+            continue
+        values = dict(zip(fetch, runner.session.run(fetch, {x: xb}) if fetch else []))
+        values[x] = xb
+        for name, u in layers.items():
+            stats[name].update(values[u.x], values[u.out])
+        samples += xb.shape[0]
+    if samples == 0:
+        raise DataError("fit got no data: pass an array [N, ...] or an iterable of batches")
+    arrays = {}
+    for name, u in layers.items():
+        w = weight(b, u)
+        arrays[name] = from_kd(u, stats[name].pattern(to_kd(u, w)), w)
+    return Patterns(digest, pattern_type, arrays, samples)

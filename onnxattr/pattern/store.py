@@ -1,0 +1,69 @@
+"""Learned patterns: one array per layer (keyed by node name, in the layout of the layer's weight), the
+pattern_type they were learned with, and the sha256 of the model they belong to. Saved as .npz with a
+``__meta__`` entry (JSON); read back with allow_pickle=False."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxattr.errors import OutputFileError, PatternError
+from onnxattr.output import atomic_path
+
+FORMAT = "onnxattr.patterns/1"
+META = "__meta__"
+
+
+@dataclass
+class Patterns:
+    model_sha256: str
+    pattern_type: str
+    arrays: dict = field(default_factory=dict)  # node name -> pattern (weight layout)
+    samples: int = 0  # input samples seen by fit
+
+    def __repr__(self) -> str:  # short: it lands in the compiled model's metadata
+        return (f"Patterns({self.pattern_type}, {len(self.arrays)} layers, {self.samples} samples, "
+                f"model sha256 {self.model_sha256[:12]})")
+
+    def save(self, path) -> None:
+        meta = {"format": FORMAT, "model_sha256": self.model_sha256, "pattern_type": self.pattern_type,
+                "samples": self.samples, "layers": list(self.arrays)}
+        if META in self.arrays:
+            raise PatternError(f"a layer is named '{META}'; cannot save")
+        try:
+            with atomic_path(os.fspath(path)) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **{META: np.array(json.dumps(meta))}, **self.arrays)
+        except OSError as e:
+            raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
+
+    def check(self, digest: str, pattern_type: str) -> None:
+        """Refuse patterns of another model or another estimator."""
+        if digest != self.model_sha256:
+            raise PatternError(
+                f"these patterns were learned for another model (sha256 {self.model_sha256[:12]}..., this "
+                f"model is {digest[:12]}...): run fit on this model")
+        if pattern_type != self.pattern_type:
+            raise PatternError(
+                f"these patterns were learned with pattern_type={self.pattern_type}; compile with "
+                f"pattern_type={self.pattern_type} or fit again with pattern_type={pattern_type}")
+
+
+def load_patterns(path) -> Patterns:
+    """Read a file written by Patterns.save (``onnxattr fit``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PatternError(f"{path}: no such pattern file (make one with `onnxattr fit`)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z[META]))
+            if meta.get("format") != FORMAT:
+                raise PatternError(f"{path}: not an onnxattr pattern file (format {meta.get('format')!r})")
+            arrays = {name: z[name] for name in meta["layers"]}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise PatternError(f"{path}: not a readable onnxattr pattern file ({e})") from None
+    return Patterns(meta["model_sha256"], meta["pattern_type"], arrays, int(meta.get("samples", 0)))

@@ -1,0 +1,78 @@
+"""onnxattr.pattern: fit learns the paper's patterns (closed form in numpy on the same data, 1e-5),
+streamed batches give the same result as one array, conv patches are exact im2col, files round-trip."""
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxattr.errors import PatternError, UnsupportedModelError
+from onnxattr.pattern import fit_patterns, load_patterns
+from tests.pattern import nets
+
+RNG = np.random.default_rng(0)
+X_DENSE = (RNG.standard_normal((300, 5)) * [1, 2, 0.5, 1, 3] + 0.3).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu"])
+def test_dense_layer_matches_closed_form(kind):
+    m, w, b = nets.dense()
+    got = fit_patterns(m, X_DENSE, kind, batch_size=64, progress=False).arrays["dense"]
+    y = X_DENSE.astype(np.float64) @ w.T.astype(np.float64) + b
+    want = nets.estimator(X_DENSE, y, w, kind)
+    assert got.shape == w.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    # normalisation of the paper: w_k^T a_k = 1 for every output unit
+    np.testing.assert_allclose(np.einsum("kd,kd->k", w, got), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu"])
+def test_conv_layer_matches_closed_form_on_im2col(kind):
+    m, w, b, at = nets.conv(group=2)
+    x = RNG.standard_normal((9, 4, 7, 6)).astype(np.float32)
+    got = fit_patterns(m, x, kind, batch_size=4, progress=False).arrays["conv"]
+    patches, (ho, wo) = nets.im2col(x.astype(np.float64), w.shape[2:], at["pads"], at["strides"],
+                                    at["dilations"], at["group"])
+    assert patches.shape[0] == 9 * ho * wo
+    kg = w.shape[0] // at["group"]
+    w_kd = w.reshape(w.shape[0], -1).astype(np.float64)
+    for gi in range(at["group"]):
+        rows = slice(gi * kg, (gi + 1) * kg)
+        y = patches[:, gi] @ w_kd[rows].T + b[rows]
+        want = nets.estimator(patches[:, gi], y, w_kd[rows], kind)
+        np.testing.assert_allclose(got[rows].reshape(kg, -1), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_streamed_batches_equal_one_array():
+    m, _ = nets.two_layer()
+    x = RNG.standard_normal((257, 6)).astype(np.float32)
+    whole = fit_patterns(m, x, "relu", batch_size=257, progress=False)
+    sliced = fit_patterns(m, x, "relu", batch_size=10, progress=False)
+    uneven = fit_patterns(m, iter([x[:3], (x[3:100], None), x[100:]]), "relu", progress=False)
+    assert whole.samples == sliced.samples == uneven.samples == 257
+    for name, a in whole.arrays.items():
+        np.testing.assert_allclose(sliced.arrays[name], a, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(uneven.arrays[name], a, rtol=1e-9, atol=1e-12)
+    again = fit_patterns(m, x, "relu", batch_size=10, progress=False)  # deterministic
+    assert all(np.array_equal(again.arrays[k], v) for k, v in sliced.arrays.items())
+
+
+def test_save_load_round_trip(tmp_path):
+    m, _ = nets.two_layer()
+    p = fit_patterns(m, RNG.standard_normal((40, 6)).astype(np.float32), "linear", progress=False)
+    p.save(tmp_path / "p.npz")
+    q = load_patterns(tmp_path / "p.npz")
+    assert (q.model_sha256, q.pattern_type, q.samples) == (p.model_sha256, "linear", 40)
+    assert set(q.arrays) == {"fc1", "fc2"} and all(np.array_equal(q.arrays[k], p.arrays[k]) for k in p.arrays)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(PatternError):
+        load_patterns(tmp_path / "bad.npz")
+    with pytest.raises(PatternError):
+        load_patterns(tmp_path / "missing.npz")
+
+
+def test_unsupported_kernel_layer_is_named():
+    w = np.ones((3, 5), np.float32)
+    node = onnx.helper.make_node("Gemm", ["x", "w"], ["y"], transA=1, transB=1, name="dense_tA")
+    m = nets.model([node], {"w": w}, [5, "N"], ["N", 3])
+    with pytest.raises(UnsupportedModelError, match="dense_tA"):
+        fit_patterns(m, np.zeros((5, 4), np.float32), progress=False)
