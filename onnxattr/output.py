@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -14,6 +15,7 @@ import onnx
 from onnxattr.errors import OutputFileError
 
 TWO_GB = 2**31
+EXTERNAL_MIN_BYTES = 1024  # tensors this small stay inside the .onnx file
 
 
 def refuse_overwriting_input(out_path: str, *inputs) -> None:
@@ -48,21 +50,41 @@ def save_model(model: onnx.ModelProto, path: str, source: str | None = None) -> 
                 with open(tmp, "wb") as f:
                     f.write(model.SerializeToString())
             return
-        data_name = os.path.basename(path) + ".data"
-        data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data_name)
-        refuse_overwriting_input(data_path, source)
-        with atomic_path(data_path) as tmp_data:
-            onnx.external_data_helper.convert_model_to_external_data(
-                model, all_tensors_to_one_file=True, location=os.path.basename(tmp_data), size_threshold=1024)
-            with atomic_path(path) as tmp:
-                onnx.save_model(model, tmp)  # writes the tensors into tmp_data (same folder)
-                for t in onnx.external_data_helper._get_all_tensors(model):
-                    for e in t.external_data:
-                        if e.key == "location":
-                            e.value = data_name
-                onnx.save_model(model, tmp, save_as_external_data=False)
+        _save_external(model, path, source)
     except OSError as e:
         raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def _save_external(model: onnx.ModelProto, path: str, source: str | None) -> None:
+    """Write ``path`` and its tensors in ``path``.data: both go to a temporary folder beside ``path``,
+    are checked there by path, then renamed into place (data first); the folder goes on any error."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise OutputFileError(f"{path}: folder {folder} does not exist")
+    data_name = os.path.basename(path) + ".data"
+    data_path = os.path.join(folder, data_name)
+    refuse_overwriting_input(data_path, source)
+    work = tempfile.mkdtemp(prefix=".onnxattr-", dir=folder)
+    try:
+        onnx.external_data_helper.convert_model_to_external_data(
+            model, all_tensors_to_one_file=True, location=data_name, size_threshold=EXTERNAL_MIN_BYTES)
+        staged = os.path.join(work, os.path.basename(path))
+        onnx.save_model(model, staged)
+        _check_by_path(staged, path)
+        if os.path.exists(os.path.join(work, data_name)):
+            os.replace(os.path.join(work, data_name), data_path)
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_by_path(tmp: str, path: str) -> None:
+    """A model over 2 GB cannot be checked in memory: check the written file, data included."""
+    try:
+        onnx.checker.check_model(tmp, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OutputFileError(f"{path}: the written model fails onnx.checker: {first}") from None
 
 
 def save_array(arr: np.ndarray, path: str, *inputs) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from onnxattr.cli import main
 from onnxattr.errors import EXIT_CODES
-from tests.models import mlp
+from tests.models import mlp, mlp_gradient, mlp_logits
 
 
 @pytest.fixture
@@ -78,3 +78,27 @@ def test_errors_are_one_line_with_exit_code(tmp_path, model_path, args, code, me
     assert "Traceback" not in res.stderr
     assert model_path.read_bytes() == before
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_models_over_2gb_are_written_with_external_data_checked_and_run(tmp_path, monkeypatch):
+    """The 2 GB limit is lowered to a few bytes so the external-data path runs on a small model."""
+    import onnxruntime as ort
+
+    from onnxattr import assemble, output
+
+    monkeypatch.setattr(output, "TWO_GB", 64)
+    monkeypatch.setattr(assemble, "TWO_GB", 64)
+    monkeypatch.setattr(output, "EXTERNAL_MIN_BYTES", 0)
+    src = tmp_path / "mlp.onnx"
+    m, weights = mlp()
+    onnx.save(m, src)
+    out = tmp_path / "big.explain.onnx"
+    assert main(["compile", str(src), "-m", "gradient", "-o", str(out)]) == 0
+    assert (tmp_path / "big.explain.onnx.data").stat().st_size > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxattr-")]  # no temporaries left
+    stored = onnx.load(out, load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in stored.graph.initializer)
+    onnx.checker.check_model(str(out), full_check=True)
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    y, r = ort.InferenceSession(str(out)).run(None, {"x": x})
+    np.testing.assert_allclose(r, mlp_gradient(x, mlp_logits(x, weights).argmax(1), weights), rtol=1e-4, atol=1e-5)
