@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from onnx import shape_inference, version_converter
 
 from onnxattr.errors import InvalidModelError
+from onnxattr.graph import infer_shapes_light
 
 MIN_OPSET = 17
 TARGET_OPSET = 17
@@ -107,7 +108,14 @@ def name_nodes(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+    """Shapes of every intermediate tensor, inferred on a copy without the weights (fast; see
+    graph.light_model), else on the whole model, else what the model declares. Without ``in_place``
+    the result may lack the large initializers: read types and shapes from it, nothing else."""
+    try:
+        return infer_shapes_light(model, in_place)
+    except Exception:  # noqa: BLE001
+        pass
     try:
         return shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - fall back to what the model declares
@@ -118,4 +126,4 @@ def canonicalize(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProt
     model = upgrade_opset(model, label)
     model = fold_and_clean(model)
     name_nodes(model)
-    return infer_shapes(model)
+    return infer_shapes(model, in_place=True)

@@ -17,6 +17,32 @@ from onnx import TensorProto, helper, numpy_helper
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
+class _LazyArrays(dict):
+    """name -> numpy value of an initializer, converted from its TensorProto on first use (most
+    weights are never read at compile time; converting them all cost a copy of the model)."""
+
+    def __init__(self, protos: dict):
+        super().__init__()
+        self._protos = protos
+
+    def get(self, name, default=None):
+        if not dict.__contains__(self, name):
+            proto = self._protos.get(name)
+            if proto is None:
+                return default
+            dict.__setitem__(self, name, numpy_helper.to_array(proto))
+        return dict.__getitem__(self, name)
+
+    def __getitem__(self, name):
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name):
+        return dict.__contains__(self, name) or name in self._protos
+
+
 class GraphBuilder:
     """Collects new nodes (in emission order, hence topologically sorted) and initializers."""
 
@@ -28,9 +54,7 @@ class GraphBuilder:
         self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self.constants: dict[str, np.ndarray] = {
-            t.name: numpy_helper.to_array(t) for t in graph.initializer
-        }
+        self.constants = _LazyArrays({t.name: t for t in graph.initializer})
         self.types: dict[str, int] = {}
         self.shapes: dict[str, list | None] = {}
         for vi in itertools.chain(graph.input, graph.value_info, graph.output):
@@ -52,6 +76,7 @@ class GraphBuilder:
         self._used |= set(self.types)
         self._counter = itertools.count()
         self._const_cache: dict[tuple, str] = {}
+        self.cache: dict = {}  # emitters' compile-time results shared across nodes (e.g. flipped weights)
 
     # ---- names -----------------------------------------------------------------------------
     def fresh(self, hint: str = "t") -> str:
@@ -180,3 +205,54 @@ class GraphBuilder:
         c.__dict__.update(self.__dict__)
         c.nodes = []
         return c
+
+
+# ---- whole-model checks without the weights ------------------------------------------------------
+LIGHT_LIMIT = 4096  # elements: initializers larger than this are left out of structural checks
+
+
+def light_model(model: onnx.ModelProto, limit: int = LIGHT_LIMIT) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` whose large initializers are graph inputs of the same name, type and shape,
+    and the byte size of the tensors left out. Shape inference and onnx.checker need the graph, the
+    types and the small constants (shapes, axes), not the weights; serializing hundreds of megabytes of
+    weights for each of them dominated compile time. Small initializers and all non-float ones stay."""
+    g = model.graph
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    lg = light.graph
+    lg.name = g.name
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    declared = {i.name for i in g.input}
+    left_out = 0
+    for t in g.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n <= limit or t.data_type not in FLOAT_TYPES or t.data_location == TensorProto.EXTERNAL:
+            lg.initializer.append(t)
+            continue
+        left_out += n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        if t.name not in declared:
+            lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light, left_out
+
+
+def infer_shapes_light(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+    """onnx.shape_inference (data_prop=True) run on the light copy of ``model``. Returns that inferred
+    light copy, or, with ``in_place``, ``model`` itself given the value_info and output shapes found."""
+    light, _ = light_model(model)
+    inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    if not in_place:
+        return inferred
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    outputs = {o.name: o for o in inferred.graph.output}
+    for o in model.graph.output:
+        if o.name in outputs:
+            o.CopyFrom(outputs[o.name])
+    return model

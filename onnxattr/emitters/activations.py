@@ -16,9 +16,17 @@ def _where_positive(b, x, then, other):
 
 @register("Relu")
 def relu_vjp(b, node, grads, need):
-    """dx = g * [x > 0]."""
-    x = node.input[0]
-    return [_where_positive(b, x, grads[0], b.scalar(0.0, x))]
+    """dx = g * [x > 0], read as [y > 0] (the same mask): then nothing but the Relu reads x, and
+    onnxruntime can fuse the Relu into the Conv/Gemm before it."""
+    y = node.output[0]
+    return [mask_positive(b, y, grads[0])]
+
+
+def mask_positive(b, y, g):
+    """g * [y > 0] as Mul(g, Cast(Greater)): onnxruntime's Where with a broadcast scalar runs several
+    times slower than these element-wise ops. Equal to Where(y > 0, g, 0) for finite g."""
+    mask = b.op("Cast", [b.op("Greater", [y, b.scalar(0.0, y)])], to=b.types.get(y, 1))
+    return b.op("Mul", [g, mask])
 
 
 @register("LeakyRelu")

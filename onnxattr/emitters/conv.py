@@ -12,6 +12,8 @@ ConvTranspose VJP: Conv of g with the same weight, strides, dilations, group and
 
 import math
 
+import numpy as np
+
 from onnxattr.emitters.registry import register
 from onnxattr.errors import UnsupportedModelError
 
@@ -60,9 +62,13 @@ def window_geometry(b, node, x, kernel):
 def transpose_and_crop(b, g, w, x, y, group, kernel, strides, dil, begin):
     """ConvTranspose(g, w) without pads, then crop/pad to x: the input VJP of a windowed op."""
     nsp = len(kernel)
+    xs, gs = _spatial(b, x, nsp), _spatial(b, y, nsp)
+    flipped = _flipped_conv(b, g, w, x, group, kernel, strides, dil, begin, xs, gs)
+    if flipped is not None:
+        return flipped
     full = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil)
-    xs, gs = b.static_shape(x), b.static_shape(y)
     if xs is not None and gs is not None:
+        xs, gs = [0, 0] + xs, [0, 0] + gs
         end = []
         for i in range(nsp):
             full_len = (gs[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1
@@ -73,6 +79,46 @@ def transpose_and_crop(b, g, w, x, y, group, kernel, strides, dil, begin):
         end = b.op("Add", [b.op("Sub", [spatial(x), spatial(full)]), b.ints(begin)])
         pads = b.op("Concat", [b.ints([0, 0] + [-p for p in begin] + [0, 0]), end], axis=0)
     out = b.op("Pad", [full, pads])
+    b.set_info(out, x)
+    return out
+
+
+def _spatial(b, t, nsp):
+    """The static spatial dims of t (batch and channels may be dynamic), else None."""
+    s = b.shape(t)
+    if s is None or len(s) != nsp + 2 or not all(isinstance(d, int) for d in s[2:]):
+        return None
+    return list(s[2:])
+
+
+def _flipped_conv(b, g, w, x, group, kernel, strides, dil, begin, xs, gs):
+    """The input VJP of a stride-1 windowed op with a constant weight as one Conv of g with the weight
+    transposed (in/out channels, per group) and flipped in space, padded so the result has x's size:
+    dx[i] = sum_k g[i + begin - k d] w[k]. onnxruntime runs Conv faster than ConvTranspose + Pad
+    (NCHWc layout, fusions). None when not applicable (strides, unknown sizes, weight not constant,
+    a pad beyond the kernel's reach)."""
+    wv = b.value(w)
+    if wv is None or xs is None or gs is None or any(s != 1 for s in strides):
+        return None
+    nsp = len(kernel)
+    pads_begin, pads_end = [], []
+    for i in range(nsp):
+        reach = (kernel[i] - 1) * dil[i]
+        end = xs[i] - gs[i] + begin[i]  # the output length gs + (reach - begin) + end - reach is xs
+        if begin[i] > reach or end < 0:
+            return None
+        pads_begin.append(reach - begin[i])
+        pads_end.append(end)
+    key = ("flipped_conv_weight", w, group)
+    wt = b.cache.get(key)
+    if wt is None:
+        co, cig = wv.shape[0], wv.shape[1]
+        v = wv.reshape((group, co // group, cig) + wv.shape[2:])
+        v = np.swapaxes(v, 1, 2).reshape((group * cig, co // group) + wv.shape[2:])
+        v = v[(slice(None), slice(None)) + (slice(None, None, -1),) * nsp]
+        wt = b.cache[key] = b.const(np.ascontiguousarray(v), wv.dtype, "w_flip")
+    out = b.op("Conv", [g, wt], group=group, dilations=dil, pads=pads_begin + pads_end,
+               kernel_shape=list(kernel))
     b.set_info(out, x)
     return out
 

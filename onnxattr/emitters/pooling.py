@@ -34,10 +34,41 @@ def _zero_tensor(b, like):
     return numpy_helper.from_array(np.zeros(1, dtype=dtype))
 
 
+def _tiled_maxpool_vjp(b, node, g):
+    """MaxPool with kernel = strides over 2-D windows that tile x exactly (VGG's 2x2/2): the windows
+    become a block axis by SpaceToDepth, ArgMax finds the first maximum of each (row-major scan, as
+    MaxPool's indices do on ties), g goes there, DepthToSpace puts it back. No Indices output is asked
+    of the forward MaxPool (onnxruntime's kernel with indices is many times slower) and no scatter.
+    None when the geometry does not fit."""
+    at = conv_attrs(node)
+    x = node.input[0]
+    xs = b.shape(x)
+    kernel = at.get("kernel_shape") or []
+    if len(kernel) != 2 or xs is None or len(xs) != 4 or not all(isinstance(d, int) for d in xs[1:]):
+        return None
+    k = kernel[0]
+    strides, pads = at.get("strides") or [1, 1], at.get("pads") or [0]
+    if kernel[1] != k or strides != [k, k] or any(pads) or any(d != 1 for d in at.get("dilations") or [1]) \
+            or at["auto_pad"] not in ("NOTSET", "VALID") or xs[2] % k or xs[3] % k:
+        return None
+    c, ho, wo = xs[1], xs[2] // k, xs[3] // k
+    blocks = b.op("Reshape", [b.op("SpaceToDepth", [x], blocksize=k), b.ints([0, k * k, c, ho, wo])])
+    first = b.op("ArgMax", [blocks], axis=1, keepdims=1)
+    hit = b.op("Equal", [first, b.const(np.arange(k * k, dtype=np.int64).reshape(1, -1, 1, 1, 1), np.int64, "block")])
+    hit = b.op("Cast", [hit], to=b.types.get(x, 1))  # Mul runs much faster than a broadcasting Where
+    placed = b.op("Mul", [hit, b.op("Unsqueeze", [g, b.ints([1])])])
+    out = b.op("DepthToSpace", [b.op("Reshape", [placed, b.ints([0, k * k * c, ho, wo])])], blocksize=k)
+    b.set_info(out, x)
+    return out
+
+
 @register("MaxPool")
 def maxpool_vjp(b, node, grads, need):
     if any(a.name == "storage_order" and a.i != 0 for a in node.attribute):
         raise UnsupportedModelError(f"MaxPool node '{node.name}': storage_order=1 is not supported")
+    tiled = _tiled_maxpool_vjp(b, node, grads[0])  # windows tile x: ceil_mode changes nothing
+    if tiled is not None:
+        return [tiled]
     if len(node.output) < 2 or not node.output[1]:
         if len(node.output) < 2:
             node.output.append(b.fresh("maxpool_indices"))

@@ -26,11 +26,25 @@ ELEMENTWISE = frozenset({
 })
 ADDS = ("Add", "Sum")
 
+# iNNvestigate's is_input_layer looks through Flatten/Permute/Reshape layers only (a kernel layer after a
+# ZeroPadding2D or a BatchNormalization is not an input layer); tf2onnx adds layout Transposes
+INNVESTIGATE_FIRST_THROUGH = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity",
+                                        "Dropout", "Cast"})
+
+# Activations that Keras 2.x writes only as layers of their own (no `activation=` string names them):
+# iNNvestigate's LRP passes relevance through keras Activation layers only and gives every other
+# weightless layer, these included, the plain gradient (a LeakyReLU scales negative-side relevance by alpha)
+INNVESTIGATE_GRADIENT_ACTIVATIONS = frozenset({"LeakyRelu", "PRelu", "ThresholdedRelu"})
+
 STYLES = {
     # SafeDivide (z + 1e-7 [z = 0]); alpha-beta bias split over both terms; w_square without bias
-    "innvestigate": {"stabilizer": "safe", "epsilon": 1e-7, "bias_style": "innvestigate", "square_bias": False},
-    # stabilize (z + 1e-6 sign(z), sign(0) = +1); clamped bias on the x+ term only; w_square squares b
-    "zennit": {"stabilizer": "signed", "epsilon": 1e-6, "bias_style": "zennit", "square_bias": True},
+    "innvestigate": {"stabilizer": "safe", "epsilon": 1e-7, "bias_style": "innvestigate", "square_bias": False,
+                     "first_through": INNVESTIGATE_FIRST_THROUGH,
+                     "gradient_activations": INNVESTIGATE_GRADIENT_ACTIVATIONS},
+    # stabilize (z + 1e-6 sign(z), sign(0) = +1); clamped bias on the x+ term only; w_square squares b;
+    # the first layer is the first Conv/Linear whatever comes before it (padding, a BatchNorm, ...)
+    "zennit": {"stabilizer": "signed", "epsilon": 1e-6, "bias_style": "zennit", "square_bias": True,
+               "first_through": None},
 }
 
 
@@ -84,7 +98,7 @@ class Composite:
         nodes on the path, in topological order."""
         on_path = {n.name for n in nodes}
         units = find_units(b, nodes, on_path, {y})
-        kernel_order, first = _kernel_layers(nodes, units, x)
+        kernel_order, first = _kernel_layers(nodes, units, x, self.style.get("first_through"))
         first_conv = next((n.name for n in nodes if n.name in kernel_order and units[n.name].kind == "conv"), None)
         consumers = {}
         for n in nodes:
@@ -129,7 +143,10 @@ class Composite:
 
     def _activation_rule(self, node, units):
         """An activation right after a kernel layer belongs to it (Keras' Dense(activation=...)): its
-        relevance passes. Others pass too, or, with activation = "gradient", mask dead units."""
+        relevance passes. Others pass too, or, with activation = "gradient", mask dead units. The style's
+        gradient_activations (iNNvestigate: LeakyRelu, PRelu) always take the gradient."""
+        if node.op_type in self.style.get("gradient_activations", ()):
+            return ("gradient", "activation layer")
         if self.activation == "pass":
             return ("pass", "activation")
         if any(u.out == node.input[0] and u.kind != "pool" for u in units.values()):
@@ -167,21 +184,23 @@ def _describe(rule) -> str:
     return rule.name + (f"({', '.join(extra)})" if extra else "")
 
 
-def _kernel_layers(nodes, units, x):
-    """Index of each kernel layer in graph order, and the set of first kernel layers from the input."""
+def _kernel_layers(nodes, units, x, through=None):
+    """Index of each kernel layer (Conv/Gemm/MatMul; not pools, not a standalone BatchNorm, which neither
+    library counts as a kernel layer) in graph order, and the set of first kernel layers from the input:
+    those reached from x through ops in ``through`` only (None: through any op but a kernel layer)."""
     order, idx = {}, 0
     pre = {x}  # tensors reached from x without crossing a kernel layer
     first = set()
     for n in nodes:
         unit = units.get(n.name)
-        is_kernel = unit is not None and n is unit.node and unit.kind != "pool"
+        is_kernel = unit is not None and n is unit.node and unit.kind in ("conv", "dense")
         if is_kernel:
             order[n.name] = idx
             idx += 1
             if unit.x in pre:
                 first.add(n.name)
             continue
-        if any(i in pre for i in n.input):
+        if any(i in pre for i in n.input) and (through is None or n.op_type in through):
             pre.update(n.output)
     return order, first
 

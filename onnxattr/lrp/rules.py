@@ -146,7 +146,7 @@ def _param(b, unit: Unit, which: str, rule: Rule, kind: str):
 def _input(b, unit: Unit, which: str, rule: Rule):
     """Modified input: x, max(x,0), min(x,0), ones, or the low/high bound broadcast to x's shape."""
     x = unit.x
-    if which == "x":
+    if which == "x" or (which == "pos" and unit.nonneg):
         return x
     key = ("in", which, rule.low, rule.high)
     if key not in unit.cache:
@@ -167,8 +167,10 @@ def _input(b, unit: Unit, which: str, rule: Rule):
 
 def _stabilize(b, z, rule: Rule):
     if rule.stabilizer == "signed":
-        sign = b.op("Where", [b.op("GreaterOrEqual", [z, b.scalar(0.0, z)]),
-                              b.scalar(rule.epsilon, z), b.scalar(-rule.epsilon, z)])
+        # eps * sign(z), sign(0) = +1, as 2 eps [z >= 0] - eps (exact: scaling by 2 and eps - 0 are exact);
+        # element-wise Cast/Mul/Add run much faster in onnxruntime than a Where of two scalars
+        nonneg = b.op("Cast", [b.op("GreaterOrEqual", [z, b.scalar(0.0, z)])], to=b.types.get(z, 1))
+        sign = b.op("Add", [b.op("Mul", [nonneg, b.scalar(2 * rule.epsilon, z)]), b.scalar(-rule.epsilon, z)])
         return b.op("Add", [z, sign])
     is_zero = b.op("Cast", [b.op("Equal", [z, b.scalar(0.0, z)])], to=1)
     return b.op("Add", [z, b.op("Mul", [is_zero, b.scalar(rule.epsilon, z)])])
@@ -176,7 +178,25 @@ def _stabilize(b, z, rule: Rule):
 
 def _reuses_forward(unit, term):
     """The term is the unit's own forward: its output tensor already holds z."""
+    if unit.bias is not None and not unit.out_has_bias:
+        return term.inp == "x" and term.par == "w" and term.bias == "none"
     return term.inp == "x" and term.par == "w" and (unit.bias is None or term.bias == "b")
+
+
+def unit_output(b, unit: Unit) -> str:
+    """z = W x + b of the unit (its output tensor, unless the bias is added after a reshape)."""
+    if unit.bias is None or unit.out_has_bias:
+        return unit.out
+    key = ("z", "x", "w", "b", None, None, None)
+    if key not in unit.cache:
+        unit.cache[key] = unit.forward(b, unit.x, unit.w, unit.bias)
+    return unit.cache[key]
+
+
+def _vanishes(unit, term):
+    """The term is exactly zero: the input part min(x, 0) of an x >= 0 with no bias adds nothing to z,
+    and m(x) = 0 multiplies its backward away."""
+    return unit.nonneg and term.inp == "neg" and (term.bias == "none" or unit.bias is None)
 
 
 def apply_rule(b, unit: Unit, rule: Rule, relevance: str) -> str:
@@ -184,7 +204,8 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str) -> str:
     total = None
     for group in rule.groups:
         zs = []
-        for t in group.terms:
+        terms = tuple(t for t in group.terms if not _vanishes(unit, t)) or group.terms[:1]
+        for t in terms:
             key = ("z", t.inp, t.par, t.bias, rule.gamma, rule.low, rule.high)
             if key not in unit.cache:
                 if _reuses_forward(unit, t):
@@ -199,9 +220,10 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str) -> str:
             z = b.op("Add" if sign > 0 else "Sub", [z, zk])
         s = b.op("Div", [relevance, _stabilize(b, z, rule)])
         if group.mask:
-            sel = b.op("Greater" if group.mask == "pos" else "Less", [unit.out, b.scalar(0.0, unit.out)])
-            s = b.op("Where", [sel, s, b.scalar(0.0, unit.out)])
-        for t in group.terms:
+            z_out = unit_output(b, unit)
+            sel = b.op("Greater" if group.mask == "pos" else "Less", [z_out, b.scalar(0.0, z_out)])
+            s = b.op("Where", [sel, s, b.scalar(0.0, z_out)])
+        for t in terms:
             back = unit.vjp(b, s, _param(b, unit, t.par, rule, "w"))
             if t.inp != "ones":
                 back = b.op("Mul", [_input(b, unit, t.inp, rule), back])

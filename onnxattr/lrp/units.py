@@ -37,6 +37,8 @@ class Unit:
     bias: str | None = None
     followers: list = field(default_factory=list)  # fused nodes (relevance passes through them)
     cache: dict = field(default_factory=dict)
+    nonneg: bool = False    # x >= 0 by construction (a Relu output, pooled/reshaped): x+ = x, x- = 0
+    out_has_bias: bool = True  # False when the bias is added after a reshape (Conv1D from tf2onnx)
 
     # ---- the two linear maps ------------------------------------------------------------------
     def forward(self, b, x, w, bias):
@@ -96,12 +98,41 @@ def _gemm_effective(b, node):
     return None, None, w * alpha, (c * beta if c is not None else None)
 
 
+# ops whose output is >= 0 when their first input is (data movement, max and average pooling)
+_KEEPS_SIGN = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape",
+                         "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout"})
+# ops whose output is >= 0 when all their float inputs are
+_KEEPS_SIGN_ALL = frozenset({"Add", "Sum", "Concat", "Max", "Mul"})
+
+
+def nonnegative_tensors(b, nodes) -> set:
+    """Tensors >= 0 by construction (or NaN): Relu outputs and what sign-keeping ops make of them.
+    One pass over ``nodes`` in topological order."""
+    out: set = set()
+    for n in nodes:
+        if n.domain not in ("", "ai.onnx") or not n.output:
+            continue
+        if n.op_type == "Relu":
+            ok = True
+        elif n.op_type in _KEEPS_SIGN:
+            ok = n.input[0] in out
+        elif n.op_type in _KEEPS_SIGN_ALL:
+            floats = [i for i in n.input if i and (b.is_float(i) or i in out)]
+            ok = bool(floats) and all(i in out for i in floats)
+        else:
+            ok = False
+        if ok:
+            out.add(n.output[0])
+    return out
+
+
 def find_units(b, nodes, on_path: set, graph_outputs: set) -> dict:
     """node name -> Unit for every linear node on the path, with fused followers mapped too."""
     consumers: dict[str, list] = {}
     for n in nodes:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+    nonneg = nonnegative_tensors(b, nodes)
     units = {}
     for n in nodes:
         if n.name not in on_path:
@@ -131,6 +162,7 @@ def find_units(b, nodes, on_path: set, graph_outputs: set) -> dict:
         else:
             bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
             unit = Unit(n, n.input[0], n.output[0], "conv", w_name, bias)
+        unit.nonneg = unit.x in nonneg
         _fuse_followers(b, unit, consumers, graph_outputs)
         units[n.name] = unit
         for f in unit.followers:
@@ -170,10 +202,62 @@ def _fuse_followers(b, unit, consumers, graph_outputs):
             b2 = (np.asarray(bv) - mean) * s + beta
             unit.w = b.const(w2.astype(wv.dtype), wv.dtype, "w_bn")
             unit.bias = b.const(np.asarray(b2, wv.dtype).reshape(-1), wv.dtype, "b_bn")
+        elif nxt.op_type in _RESHAPING and unit.bias is None and unit.kind == "conv":
+            _fuse_bias_after_reshape(b, unit, nxt, consumers, graph_outputs)
+            return
         else:
             return
         unit.followers.append(nxt)
         unit.out = nxt.output[0]
+
+
+_RESHAPING = ("Squeeze", "Unsqueeze", "Transpose")
+
+
+def _axis_after(b, node, axis: int, rank: int) -> int | None:
+    """Where axis ``axis`` of the input of a Squeeze/Unsqueeze/Transpose ends up in its output."""
+    attrs = {a.name: list(a.ints) for a in node.attribute}
+    if node.op_type == "Transpose":
+        perm = attrs.get("perm") or list(reversed(range(rank)))
+        return perm.index(axis)
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = b.value(node.input[1])
+        axes = None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+    if axes is None:
+        return None
+    if node.op_type == "Squeeze":
+        axes = [a % rank for a in axes]
+        return None if axis in axes else axis - sum(1 for a in axes if a < axis)
+    out_rank = rank + len(axes)
+    axes = sorted(a % out_rank for a in axes)
+    kept = [i for i in range(out_rank) if i not in axes]
+    return kept[axis]
+
+
+def _fuse_bias_after_reshape(b, unit, shape_node, consumers, graph_outputs):
+    """tf2onnx writes Keras' Conv1D as Conv -> Squeeze -> Add(bias): fuse that bias into the unit. The
+    shape node keeps its gradient emitter, so relevance still arrives at the Conv output, which then
+    lacks the bias (``out_has_bias`` False: rules recompute z with it)."""
+    if shape_node.output[0] in graph_outputs:
+        return
+    add = _single_consumer(consumers, shape_node.output[0])
+    rank = b.rank(unit.out)
+    channels = _out_channels(unit, b.value(unit.w))
+    if add is None or add.op_type != "Add" or rank is None or channels is None:
+        return
+    other = add.input[1] if add.input[0] == shape_node.output[0] else add.input[0]
+    cv = b.value(other)
+    axis = _axis_after(b, shape_node, 1, rank)
+    out_rank = b.rank(shape_node.output[0])
+    if cv is None or axis is None or out_rank is None or cv.ndim > out_rank or cv.size != channels:
+        return
+    shape = [1] * (out_rank - cv.ndim) + list(cv.shape)
+    if any(d != (channels if i == axis else 1) for i, d in enumerate(shape)):
+        return
+    unit.bias = b.const(cv.reshape(-1), cv.dtype, "bias")
+    unit.out_has_bias = False
+    unit.followers.append(add)
 
 
 def _out_channels(unit, wv):

@@ -73,7 +73,8 @@ def run(model_path, method, mode, x, target, input_name, **params):
 def tolerance(entry):
     if entry["method"] == "integrated_gradients":
         return 1e-2
-    eps = entry["params"].get("epsilon")
+    # the z rule is the epsilon rule with epsilon 0: its denominators are as small as they come
+    eps = 0.0 if entry["method"] in ("lrp.z", "lrp.z_IB") else entry["params"].get("epsilon")
     if eps is not None and eps <= 1e-6:
         return 1e-2
     return 1e-3
@@ -92,6 +93,10 @@ def as_user_file(method, tmp_path, add):
 def test_matches_reference(name, key, tmp_path):
     info, arrays = load(name)
     entry = dict(info["entries"][key])
+    if key in info.get("not_comparable", {}):
+        # the generator recorded why this library map cannot be reproduced from the exported graph
+        # (e.g. a Keras layer that becomes two ONNX nodes, a tie convention of another framework)
+        pytest.skip(info["not_comparable"][key])
     if key.endswith("|nocanon"):
         # Zennit without its ResNet canonizer copies relevance into both branches of a residual Add:
         # the same preset with the gradient rule on Add, written as a user rule file
@@ -117,10 +122,14 @@ def test_matches_reference(name, key, tmp_path):
         if "until_layer_idx" in params:
             params["until_layer_idx"] = kernel_index(info, params["until_layer_idx"])
     if entry.get("statistical"):
-        a = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, seed=1, **params)
-        b = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, seed=2, **params)
+        # three of our runs: their mean distance to the reference against their mean distance to each other
+        # (one pair alone fluctuates by +-40% on a 64-element map, so a correct implementation failed ~1 in 20)
+        runs = [run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, seed=s, **params)
+                for s in (1, 2, 3)]
         rms = lambda d: float(np.sqrt(np.mean(d ** 2)))  # noqa: E731
-        assert rms(a - want) <= 1.5 * rms(a - b), (rms(a - want), rms(a - b))
+        to_ref = np.mean([rms(r - want) for r in runs])
+        to_own = np.mean([rms(runs[i] - runs[j]) for i, j in ((0, 1), (0, 2), (1, 2))])
+        assert to_ref <= 1.5 * to_own, (to_ref, to_own)
         return
     got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, **params)
     scale = float(np.abs(want).max())

@@ -151,9 +151,120 @@ def make_resnet(probe):
     return model
 
 
+class Inception(nn.Module):
+    """Stem conv, then three branches joined by torch.cat (zennit has no rule for cat: plain gradient):
+    1x1 conv; 3x3 conv; AvgPool2d(3, 1, 1, count_include_pad=False) + 1x1 conv; then MaxPool, a conv,
+    AdaptiveAvgPool2d(1), Flatten, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.stem_relu = nn.ReLU()
+        self.b1 = nn.Conv2d(6, 4, 1)
+        self.b1_relu = nn.ReLU()
+        self.b2 = nn.Conv2d(6, 4, 3, padding=1)
+        self.b2_relu = nn.ReLU()
+        self.b3_pool = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        self.b3 = nn.Conv2d(6, 4, 1)
+        self.b3_relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv = nn.Conv2d(12, 8, 3, padding=1)
+        self.conv_relu = nn.ReLU()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(8, N_CLASSES)
+
+    def features(self, x):
+        h = self.stem_relu(self.stem(x))
+        h = torch.cat([self.b1_relu(self.b1(h)), self.b2_relu(self.b2(h)), self.b3_relu(self.b3(self.b3_pool(h)))], 1)
+        h = self.conv_relu(self.conv(self.pool(h)))
+        return self.flatten(self.avgpool(h))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def make_inception(probe=None):
+    return Inception()
+
+
+def make_conv1d(probe=None):
+    """Conv1d, MaxPool1d, a strided valid Conv1d, Tanh, Dropout, SiLU (zennit: Pass on Tanh/SiLU)."""
+    return nn.Sequential(
+        nn.Conv1d(4, 6, 5, padding=2), nn.ReLU(),
+        nn.MaxPool1d(2),
+        nn.Conv1d(6, 8, 3, stride=2), nn.Tanh(),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(32, 8), nn.SiLU(),
+        nn.Linear(8, N_CLASSES),
+    )
+
+
+def make_strided(probe=None):
+    """Asymmetric ZeroPad2d, stride-2 convs (one padded), LeakyReLU, AvgPool2d(3, 2, 1, count_include_pad=True),
+    AdaptiveAvgPool2d(1) + Flatten."""
+    return nn.Sequential(
+        nn.ZeroPad2d((0, 1, 1, 0)),
+        nn.Conv2d(3, 6, 3, stride=2), nn.LeakyReLU(0.1),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=True),
+        nn.Conv2d(8, 8, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, N_CLASSES),
+    )
+
+
+def calibrate_bns(model, probe, seed):
+    """BatchNorm statistics like a trained net's (as make_resnet does): running stats of the probe batch, then
+    perturbed; random affine parameters with a few negative gammas."""
+    bns = [mod for mod in model.modules() if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for bn in bns:
+        bn.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(probe)
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in bns:
+            bn.momentum = 0.1
+            c = bn.num_features
+            std = bn.running_var.sqrt()
+            bn.running_mean += 0.2 * std * torch.randn(c, generator=gen)
+            bn.running_var *= 0.6 + 0.8 * torch.rand(c, generator=gen)
+            scale = 0.5 + torch.rand(c, generator=gen)
+            flip = torch.rand(c, generator=gen) < 0.15
+            bn.weight.copy_(torch.where(flip, -scale, scale))
+            bn.bias.copy_(0.2 * torch.randn(c, generator=gen))
+    return model
+
+
+def make_vggbn(probe):
+    """A BatchNorm on the input (nothing to merge into: zennit's Pass), Conv-BN-ReLU blocks, Linear-BN1d-ReLU,
+    Dropout."""
+    model = nn.Sequential(
+        nn.BatchNorm2d(3),
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128, 16), nn.BatchNorm1d(16), nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(16, N_CLASSES),
+    )
+    return calibrate_bns(model, probe, 4321)
+
+
+def make_mlp_nobias(probe=None):
+    return nn.Sequential(nn.Linear(16, 12, bias=False), nn.ReLU(), nn.Linear(12, 8, bias=False), nn.ReLU(),
+                         nn.Linear(8, N_CLASSES, bias=False))
+
+
 def features_and_head(model):
     """(function giving the input of the last Linear, the last Linear)."""
-    if isinstance(model, ResNet):
+    if isinstance(model, (ResNet, Inception)):
         return model.features, model.fc
     return model[:-1], model[-1]
 
@@ -167,6 +278,9 @@ def decorrelate_head(model, probe):
         m = feats.mean(0)
         m = m / m.norm()
         head.weight -= torch.outer(head.weight @ m, m)
+        if head.bias is None:  # bias-free head: only rescale
+            head.weight /= head(feats).std()
+            return
         # centre every class's logit over the probes (so no class wins by its bias), then rescale to O(1)
         head.bias.copy_(-(feats @ head.weight.T).mean(0))
         logits = head(feats)
@@ -497,10 +611,13 @@ def save(name, layout, x, target, logits, maps, notes):
     print(f"  wrote {name}.npz ({os.path.getsize(npz)} bytes, {len(entries)} maps) and {name}.json")
 
 
-def build(name, maker, shape):
-    """Build a model whose argmax differs between the 4 samples of x (deterministic seed search)."""
+def build(name, maker, shape, lo=0.0, hi=1.0):
+    """Build a model whose argmax differs between the 4 samples of x (deterministic seed search). x and the
+    probes are uniform in [lo, hi) (default [0, 1))."""
     x = torch.from_numpy(np.random.default_rng(0).random(shape, dtype=np.float32))
     probe = torch.from_numpy(np.random.default_rng(1).random((256,) + shape[1:], dtype=np.float32))
+    if (lo, hi) != (0.0, 1.0):
+        x, probe = lo + (hi - lo) * x, lo + (hi - lo) * probe
     for seed in range(100):
         torch.manual_seed(seed)
         model = maker(probe).eval()
@@ -515,6 +632,8 @@ def build(name, maker, shape):
 
 def make_target(argmax):
     target = (argmax + np.array([1, 2, 0, 3])) % N_CLASSES  # sample 2 keeps its argmax, others differ
+    if len(set(target.tolist())) < 2:  # these offsets can map all four to one class; then use others
+        target = (argmax + np.array([1, 3, 0, 2])) % N_CLASSES
     assert len(set(target.tolist())) >= 2 and (target != argmax).any()
     return target.astype(np.int64)
 
@@ -528,8 +647,113 @@ FLAT_NOTE = ("Zennit first-layer choice (SpecialFirstLayerMapComposite): the fir
 def main():
     os.makedirs(DATA, exist_ok=True)
     print(versions())
+    # `make_torch.py --models a,b` regenerates only those models (the other files stay as they are)
+    only = set(sys.argv[2].split(",")) if len(sys.argv) > 2 and sys.argv[1] == "--models" else None
 
-    # ---- MLP
+    def want(name):
+        return only is None or name in only
+
+    if want("torch_mlp"):
+        main_mlp()
+    if want("torch_vgg"):
+        main_vgg()
+    if want("torch_resnet"):
+        main_resnet()
+    if want("torch_conv1d"):
+        main_conv1d()
+    if want("torch_strided"):
+        main_strided()
+    if want("torch_inception"):
+        main_inception()
+    if want("torch_vggbn"):
+        main_vggbn()
+    if want("torch_mlp_nobias"):
+        main_mlp_nobias()
+
+
+def plain(m):
+    return {"default": (m, [], "model as is")}
+
+
+def main_conv1d():
+    model, x, argmax, seed = build("torch_conv1d", make_conv1d, (4, 4, 20))
+    target = make_target(argmax)
+    logits = export(model, x, os.path.join(DATA, "torch_conv1d.onnx"))
+    maps = oracle_maps(model, x, argmax, target, plain)
+    save("torch_conv1d", "NCL", x, target, logits, maps, [
+        f"Model seed {seed}: default init; last Linear decorrelated from the mean feature as for torch_mlp.",
+        "Conv1d(4,6,5,pad 2)+ReLU, MaxPool1d(2), Conv1d(6,8,3,stride 2)+Tanh, Flatten, Dropout (eval: identity), "
+        "Linear(32,8)+SiLU, Linear(8,5). zennit.types.Activation includes Tanh and SiLU: Pass rule (relevance "
+        "unchanged); Captum's guided_backprop/deconvnet modify nn.ReLU only (Tanh/SiLU: plain gradient).",
+        FLAT_NOTE + " Here: conv1 gets Flat / ZBox; conv2 ZPlus / AlphaBeta(2,1) / Gamma(0.25); both Linears "
+        "Epsilon(1e-6).",
+    ])
+
+
+def main_strided():
+    model, x, argmax, seed = build("torch_strided", make_strided, (4, 3, 16, 16), -1.0, 1.0)
+    target = make_target(argmax)
+    logits = export(model, x, os.path.join(DATA, "torch_strided.onnx"))
+    maps = oracle_maps(model, x, argmax, target, plain)
+    save("torch_strided", "NCHW", x, target, logits, maps, [
+        f"Model seed {seed}: default init; last Linear decorrelated as for torch_mlp. x uniform in [-1, 1).",
+        "ZeroPad2d((0,1,1,0)) (asymmetric; exported as Pad), Conv2d(3,6,3,stride 2) (17 -> 8, the last row/col "
+        "unused), LeakyReLU(0.1) (zennit: Pass), Conv2d(6,8,3,stride 2,pad 1), ReLU, AvgPool2d(3, stride 2, pad 1, "
+        "count_include_pad=True) (zennit: Norm), Conv2d 1x1, ReLU, AdaptiveAvgPool2d(1) (Norm), Flatten, Linear.",
+        FLAT_NOTE + " Here: the first Conv (after the ZeroPad2d) gets Flat / ZBox(low=0, high=1) (inputs "
+        "outside [low, high] are allowed: the rule is applied as is).",
+    ])
+
+
+def main_inception():
+    model, x, argmax, seed = build("torch_inception", make_inception, (4, 3, 12, 12))
+    target = make_target(argmax)
+    logits = export(model, x, os.path.join(DATA, "torch_inception.onnx"))
+    maps = oracle_maps(model, x, argmax, target, plain)
+    save("torch_inception", "NCHW", x, target, logits, maps, [
+        f"Model seed {seed}: default init; fc decorrelated as for torch_mlp.",
+        "Three branches joined by torch.cat (a function, no module: zennit applies no rule, the gradient of cat "
+        "splits the relevance by channel): b1 1x1 conv; b2 3x3 conv; b3 AvgPool2d(3, 1, 1, "
+        "count_include_pad=False) (Norm rule) then 1x1 conv; then MaxPool2d(2) (gradient), conv, "
+        "AdaptiveAvgPool2d(1) (Norm), Flatten, fc.",
+        FLAT_NOTE + " Here: stem gets Flat / ZBox; b1, b2, b3, conv get ZPlus / AlphaBeta(2,1) / Gamma(0.25).",
+    ])
+
+
+def main_vggbn():
+    model, x, argmax, seed = build("torch_vggbn", make_vggbn, (4, 3, 16, 16))
+    target = make_target(argmax)
+    logits = export(model, x, os.path.join(DATA, "torch_vggbn.onnx"), preserve=True)
+    maps = oracle_maps(model, x, argmax, target, lambda m: {
+        "default": (m, ["SequentialMergeBatchNorm"], "model as is; zennit merges each BatchNorm into the "
+                    "Conv/Linear before it")})
+    save("torch_vggbn", "NCHW", x, target, logits, maps, [
+        f"Model seed {seed}: default init; BatchNorm statistics set as for torch_resnet (probe statistics, "
+        "perturbed; generator seed 4321); last Linear decorrelated as for torch_mlp.",
+        "Exported with TrainingMode.PRESERVE (eval mode): the BatchNormalization nodes stay in the ONNX graph.",
+        "BatchNorm2d(3) on the INPUT (nothing before it to merge into: zennit's base map gives BatchNorm the "
+        "Pass rule, relevance unchanged), Conv-BN-ReLU, MaxPool, Conv(bias=False)-BN-ReLU, MaxPool, Flatten, "
+        "Linear-BatchNorm1d-ReLU, Dropout, Linear. LRP canonizers=[SequentialMergeBatchNorm()] merge every BN "
+        "that follows a Conv/Linear (leaving x/sqrt(1+eps) behind, ~5e-6 relative, no residual to amplify it).",
+        FLAT_NOTE + " Here: the first Conv (input = the input BatchNorm's output) gets Flat / ZBox(0, 1).",
+    ])
+
+
+def main_mlp_nobias():
+    model, x, argmax, seed = build("torch_mlp_nobias", make_mlp_nobias, (4, 16), -1.0, 1.0)
+    target = make_target(argmax)
+    logits = export(model, x, os.path.join(DATA, "torch_mlp_nobias.onnx"))
+    maps = oracle_maps(model, x, argmax, target, plain)
+    conservation(model, x, argmax, [], "torch_mlp_nobias", check=True)
+    save("torch_mlp_nobias", "NC", x, target, logits, maps, [
+        f"Model seed {seed}: Linear layers with bias=False; last Linear decorrelated from the mean feature and "
+        "rescaled (no bias to centre). x uniform in [-1, 1).",
+        FLAT_NOTE + " Here: first Linear gets Flat in the *_flat composites; every Linear gets Epsilon(1e-6) "
+        "otherwise (no Conv).",
+    ])
+
+
+def main_mlp():
     model, x, argmax, seed = build("torch_mlp", make_mlp, (4, 16))
     target = make_target(argmax)
     logits = export(model, x, os.path.join(DATA, "torch_mlp.onnx"))
@@ -546,7 +770,9 @@ def main():
         "so every Linear gets Epsilon(1e-6).",
     ])
 
-    # ---- VGG
+
+
+def main_vgg():
     model, x, argmax, seed = build("torch_vgg", make_vgg, (4, 3, 16, 16))
     target = make_target(argmax)
     logits = export(model, x, os.path.join(DATA, "torch_vgg.onnx"))
@@ -560,7 +786,9 @@ def main():
         "Flatten have no rule (plain gradient); ReLU gets Pass.",
     ])
 
-    # ---- ResNet
+
+
+def main_resnet():
     model, x, argmax, seed = build("torch_resnet", make_resnet, (4, 3, 16, 16))
     target = make_target(argmax)
     logits = export(model, x, os.path.join(DATA, "torch_resnet.onnx"))
