@@ -223,22 +223,40 @@ def light_model(model: onnx.ModelProto, limit: int = LIGHT_LIMIT) -> tuple[onnx.
     light.functions.extend(model.functions)
     lg = light.graph
     lg.name = g.name
-    lg.node.extend(g.node)
     lg.input.extend(g.input)
     lg.output.extend(g.output)
     lg.value_info.extend(g.value_info)
     declared = {i.name for i in g.input}
     left_out = 0
-    for t in g.initializer:
+
+    def large(t):
         n = 1
         for d in t.dims:
             n *= d
         if n <= limit or t.data_type not in FLOAT_TYPES or t.data_location == TensorProto.EXTERNAL:
-            lg.initializer.append(t)
-            continue
+            return False
+        nonlocal left_out
         left_out += n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        if t.name not in declared:
+        if t.name not in declared:  # the weight becomes an input of the (outer) graph, visible everywhere
+            declared.add(t.name)
             lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        return True
+
+    for t in g.initializer:
+        if not large(t):
+            lg.initializer.append(t)
+    for node in g.node:
+        bodies = [a for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+        if not any(len(a.g.initializer) for a in bodies):
+            lg.node.append(node)
+            continue
+        copy = lg.node.add()  # a Loop body with its own weights (sampling.py): those leave it too
+        copy.CopyFrom(node)
+        for a in copy.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                keep = [t for t in a.g.initializer if not large(t)]
+                del a.g.initializer[:]
+                a.g.initializer.extend(keep)
     return light, left_out
 
 

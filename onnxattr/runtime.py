@@ -6,6 +6,8 @@ onnxruntime does not raise when CUDA is asked for and unavailable: it logs and r
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -34,23 +36,44 @@ def providers_for(device: str | None, providers=None) -> list:
     return wanted
 
 
+def _provider_name(p) -> str:
+    return p[0] if isinstance(p, (tuple, list)) else str(p)
+
+
+class ProviderFallbackWarning(RuntimeWarning):
+    """An execution provider that was asked for is not the one running the session."""
+
+
 class Runner:
-    """One onnxruntime session over a compiled model."""
+    """One onnxruntime session over a compiled model, created once and reused for every call.
+
+    ``requested`` are the providers asked for, ``providers`` those the session really uses (onnxruntime
+    drops an unavailable or failing provider without raising); ``fallback`` is a one-line message naming
+    what was dropped (None when everything asked for runs), also issued as a ProviderFallbackWarning.
+    """
 
     def __init__(self, model: onnx.ModelProto, device: str | None = None, providers=None, threads: int = 0):
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=opts, providers=providers_for(device, providers)
-        )
+        self.requested = providers_for(device, providers)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # onnxruntime's own warning; ours below is clearer
+            self.session = ort.InferenceSession(
+                model.SerializeToString(), sess_options=opts, providers=self.requested
+            )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-
-    @property
-    def providers(self) -> list[str]:
-        return self.session.get_providers()
+        self.providers: list[str] = list(self.session.get_providers())
+        dropped = [_provider_name(p) for p in self.requested if _provider_name(p) not in self.providers]
+        self.fallback = None
+        if dropped:
+            self.fallback = (
+                f"asked for {', '.join(dropped)} but onnxruntime runs this model on "
+                f"{', '.join(self.providers)} (available here: {', '.join(ort.get_available_providers())})"
+            )
+            warnings.warn(self.fallback, ProviderFallbackWarning, stacklevel=2)
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         try:

@@ -3,7 +3,7 @@
 Each Loop iteration takes a chunk of c sample indices k, builds c copies of the batch (points of shape
 [c*N, ...], sample-major), runs a copy of the forward graph and its reverse pass on them, and adds the
 per-sample results into an accumulator of x's shape. Memory is bounded by the chunk, not the sample
-count. Weights stay initializers of the main graph, read by the body from the outer scope.
+count. The body holds its own copies of the weights (see _weights_into_body).
 """
 
 from __future__ import annotations
@@ -55,6 +55,48 @@ def copy_nodes(b: GraphBuilder, nodes, rename: dict[str, str]) -> list[onnx.Node
     return copies
 
 
+BODY_WEIGHT_MIN = 2  # elements: scalars are read from the outer scope
+
+
+def _weights_into_body(b: GraphBuilder, body_nodes) -> list:
+    """Initializers of the Loop body for the large float constants its nodes read.
+
+    onnxruntime applies its layout optimizations (NCHWc convolutions, weight prepacking) to a
+    subgraph only for initializers of that subgraph; weights read from the outer scope left the body
+    about twice as slow as the same nodes in the main graph. Constants made for the body alone (flipped
+    and modified weights) move into it; weights the main graph reads too (the forward's) are copied
+    under a new name: the model file grows by those weights once."""
+    outer_reads = {i for n in b.nodes for i in n.input}
+    protos = getattr(b.constants, "_protos", {})
+    ours = {t.name: t for t in b.initializers}
+    renamed, inits, moved = {}, [], set()
+    for node in body_nodes:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+                continue
+            t = ours.get(name) or protos.get(name)
+            if t is None or t.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16) \
+                    or math.prod(t.dims) < BODY_WEIGHT_MIN:
+                continue
+            if name in ours and name not in outer_reads:
+                moved.add(name)
+                del ours[name]
+                inits.append(t)
+                renamed[name] = name
+                continue
+            copy = onnx.TensorProto()
+            copy.CopyFrom(t)
+            copy.name = renamed[name] = b.fresh("body_w")
+            node.input[k] = copy.name
+            inits.append(copy)
+    if moved:  # no longer visible to the main graph: out of its initializers and of the shared caches
+        b.initializers[:] = [t for t in b.initializers if t.name not in moved]
+        for key in [k for k, v in b.cache.items() if v in moved]:
+            del b.cache[key]
+    return inits
+
+
 def sample_loop(
     b: GraphBuilder,
     nodes: list[onnx.NodeProto],
@@ -102,6 +144,7 @@ def sample_loop(
     cond_out = cb.op("Identity", [cond_in])
 
     x_type = b.types.get(x, TensorProto.FLOAT)
+    body_inits = _weights_into_body(b, cb.nodes)
     body = helper.make_graph(
         cb.nodes, b.fresh("sample_body"),
         [helper.make_tensor_value_info(it, TensorProto.INT64, []),
@@ -109,6 +152,7 @@ def sample_loop(
          helper.make_tensor_value_info(acc_in, x_type, None)],
         [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
          helper.make_tensor_value_info(acc_out, x_type, None)],
+        body_inits,
     )
     acc0 = b.zeros_like(x)
     total = b.op("Loop", [b.const(trips, "int64"), "", acc0], body=body)

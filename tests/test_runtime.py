@@ -1,0 +1,49 @@
+"""onnxattr/runtime.py: which execution provider really runs (onnxruntime falls back silently)."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxattr
+from onnxattr.errors import UsageError
+from onnxattr.runtime import ProviderFallbackWarning, Runner
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "digits_cnn.onnx"
+
+
+def test_cpu_runs_where_asked_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = Runner(onnx.load(MODEL), "cpu")
+    assert r.providers == ["CPUExecutionProvider"]
+    assert r.requested == ["CPUExecutionProvider"]
+    assert r.fallback is None
+
+
+def test_an_unavailable_provider_is_reported_with_what_ran_instead():
+    with pytest.warns(ProviderFallbackWarning) as caught:
+        r = Runner(onnx.load(MODEL), providers=["FakeExecutionProvider", "CPUExecutionProvider"])
+    assert r.providers == ["CPUExecutionProvider"]
+    assert "FakeExecutionProvider" in r.fallback and "runs this model on CPUExecutionProvider" in r.fallback
+    assert str(caught[0].message) == r.fallback
+    assert len(caught) == 1  # onnxruntime's own less clear warning is not repeated
+
+
+def test_analyzer_with_a_fallback_still_explains_and_says_where_it_ran():
+    x = np.load(MODEL.parent / "digits_sample.npy")[:2]
+    with pytest.warns(ProviderFallbackWarning):
+        a = onnxattr.create_analyzer("gradient", str(MODEL), providers=["FakeExecutionProvider",
+                                                                        "CPUExecutionProvider"])
+        r = a.analyze(x)
+    assert r.shape == x.shape and np.isfinite(r).all()
+    assert next(iter(a._runners.values())).providers == ["CPUExecutionProvider"]
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available")
+def test_cuda_without_onnxruntime_gpu_is_a_clear_usage_error():
+    with pytest.raises(UsageError, match=r"device 'cuda' asked for.*onnxattr\[gpu\]"):
+        Runner(onnx.load(MODEL), "cuda")
