@@ -163,3 +163,23 @@ def test_traditional_ml_ops_are_refused(name, ops, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("onnxattr: error:") and "\n" not in err and "not differentiable" in err
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["paddle_cnn.onnx", "torch_dynamo_rescnn_raw.onnx", "opset_sweep_9.onnx"])
+def test_every_relevance_method_compiles_on_foreign_exports(name):
+    """Every LRP preset, Deep Taylor, DeepLIFT and excitation backprop on exports of other tools: the
+    graphs check, keep their outputs and give finite maps (value checks live in tests/methods)."""
+    from onnxattr.methods import REGISTRY
+
+    path = path_of(name)
+    original = session(path, exact=True)
+    x_name, x = random_input(original, 2, {}, seed=5)
+    x = np.abs(x)  # z_plus_fast and the bounded rules assume inputs >= 0
+    want = original.run(None, {x_name: x})
+    methods = sorted({m.name for m in REGISTRY.values() if m.family == "lrp"} | {"deep_lift"})
+    assert len(methods) >= 27  # 26 presets in rules/ and deep_lift
+    for method in methods:
+        model = onnxattr.compile(path, method)
+        *outputs, r = session(model, exact=True).run(None, {x_name: x})
+        assert all(same_output(a, b) for a, b in zip(want, outputs)), method
+        assert r.shape == x.shape and np.isfinite(r).all(), method

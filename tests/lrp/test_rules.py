@@ -166,3 +166,25 @@ def test_z_plus_equals_alpha_1_beta_0_ib():
     maps = [ort.InferenceSession(onnxattr.compile(model, name).SerializeToString()).run(["relevance"], {"x": x})[0]
             for name in ("lrp.z_plus", "lrp.alpha_1_beta_0_IB")]
     np.testing.assert_array_equal(maps[0], maps[1])
+
+
+def test_excitation_backprop_is_the_marginal_winning_probability():
+    """Zhang et al. 2016 on x -> W1 -> relu -> W2 (no biases), seeded with probability 1 at the top
+    neuron: P(h_j) = h_j sum_k W2+_jk P_k / sum_j' h_j' W2+_j'k, then the same from h down to x."""
+    from tests.models import mlp
+
+    model, (w1, b1, w2) = mlp(softmax=False)
+    for init in model.graph.initializer:  # drop the bias: the rule ignores it anyway, the net must not
+        if init.name == "b1":
+            init.CopyFrom(numpy_helper.from_array(np.zeros_like(b1), "b1"))
+    x = np.abs(RNG.standard_normal((3, 6))).astype(np.float64)
+    h = np.maximum(x @ w1, 0)
+    top = (h @ w2).argmax(1)
+    p_out = np.eye(w2.shape[1])[top]
+    w1p, w2p = np.maximum(w1, 0), np.maximum(w2, 0)
+    p_h = h * ((p_out / (h @ w2p)) @ w2p.T)
+    p_x = x * ((p_h / safe(x @ w1p)) @ w1p.T)
+    got = ort.InferenceSession(onnxattr.compile(model, "excitation_backprop").SerializeToString()).run(
+        ["relevance"], {"x": x.astype(np.float32)})[0]
+    np.testing.assert_allclose(got, p_x, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-4)  # a probability distribution over the input
