@@ -1,0 +1,374 @@
+"""Side-by-side speed of onnxattr's compiled explanation graphs, onnxruntime's forward, Zennit and Captum.
+
+Run it with an interpreter that has the `bench` extra (torch==2.13.0 CPU, zennit, captum) and onnxattr's
+own dependencies; onnxattr is imported from this checkout:
+
+    python benchmarks/bench.py --models resnet50 --batch 1                 # one group, prints a table
+    python benchmarks/bench.py --models vgg16 --batch 1 --methods sampling
+    python benchmarks/bench.py --report                                    # RESULTS.md from all groups
+
+Each invocation builds the models by hand (benchmarks/nets.py; random weights, fixed seed, eval mode),
+exports them once into a cache folder (torch.onnx.export, dynamo=False, opset 17, dynamic batch),
+compiles every onnxattr method (timing the compile), then times every configuration interleaved:
+one warm-up round, then --repeats rounds in which each configuration runs once; min and median are
+kept, with a 0.2 s pause before each call so that one library's spinning worker threads do not
+slow the next. torch and onnxruntime get the same number of threads (--threads; onnxruntime's
+intra_op_num_threads, torch.set_num_threads). Peak memory is the high-water RSS (VmHWM) of a fresh
+process that imports only what one configuration needs, loads or builds the model and runs it twice.
+Results go to benchmarks/results/<group>.json; --report merges them into benchmarks/RESULTS.md.
+
+Groups: `fast` = forward, gradient and the LRP family; `sampling` = integrated gradients and SmoothGrad
+with 64 samples (each run is ~64 backward passes: give them their own invocation, as every shell command
+here must finish in 10 minutes). The onnxruntime forward is timed in every group, so each ratio comes
+from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+CACHE = Path(os.environ.get("ONNXATTR_BENCH_CACHE", Path.home() / ".cache" / "onnxattr-bench"))
+RESULTS = HERE / "results"
+STEPS = 64
+PAUSE = 0.2  # seconds between timed calls
+
+# configuration -> (library, what it computes, reference configuration(s) for the ratio)
+OURS = {
+    "gradient": {"method": "gradient", "ref": ["zennit.gradient", "captum.saliency"]},
+    "lrp.epsilon": {"method": "lrp.epsilon", "ref": ["zennit.epsilon"]},
+    "lrp.epsilon_plus_flat": {"method": "lrp.epsilon_plus_flat", "ref": ["zennit.epsilon_plus_flat"]},
+    "deep_taylor": {"method": "deep_taylor", "ref": ["zennit.zplus"]},
+    "integrated_gradients": {"method": "integrated_gradients", "params": {"steps": STEPS},
+                             "ref": ["captum.integrated_gradients"]},
+    "smoothgrad": {"method": "smoothgrad", "params": {"augment_by_n": STEPS}, "ref": ["captum.smoothgrad"]},
+}
+GROUPS = {
+    "fast": ["ort.forward", "torch.forward",
+             "onnxattr.gradient", "zennit.gradient", "captum.saliency",
+             "onnxattr.lrp.epsilon", "zennit.epsilon",
+             "onnxattr.lrp.epsilon_plus_flat", "zennit.epsilon_plus_flat",
+             "onnxattr.deep_taylor", "zennit.zplus"],
+    "sampling": ["ort.forward", "onnxattr.integrated_gradients", "captum.integrated_gradients",
+                 "onnxattr.smoothgrad", "captum.smoothgrad"],
+}
+
+
+# ---- models -----------------------------------------------------------------------------------------
+def onnx_path(model: str) -> Path:
+    return CACHE / f"{model}.onnx"
+
+
+def compiled_path(model: str, method: str) -> Path:
+    return CACHE / f"{model}.{method}.onnx"
+
+
+def ensure_exported(model: str) -> Path:
+    path = onnx_path(model)
+    if not path.exists():
+        import nets
+
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        nets.export(nets.build(model), str(tmp))
+        tmp.replace(path)
+    return path
+
+
+def compile_method(model: str, name: str) -> float:
+    """Compile once into the cache; returns the compile time in seconds."""
+    import onnx
+
+    import onnxattr
+
+    spec = OURS[name]
+    t = time.perf_counter()
+    compiled = onnxattr.compile(str(onnx_path(model)), spec["method"], **spec.get("params", {}))
+    seconds = time.perf_counter() - t
+    onnx.save(compiled, str(compiled_path(model, name)))
+    return seconds
+
+
+# ---- runnable configurations ---------------------------------------------------------------------
+def _stub_torchvision():
+    """zennit imports torchvision's ResNet blocks at import time; torchvision cannot be installed next
+    to the pinned torch. Stand-in classes make the import work (we do not use zennit's ResNet canonizer:
+    our ResNet is hand-written)."""
+    import types
+
+    import torch
+
+    if "torchvision" in sys.modules:
+        return
+    tv, models, resnet = (types.ModuleType(n) for n in ("torchvision", "torchvision.models",
+                                                         "torchvision.models.resnet"))
+    resnet.Bottleneck = type("Bottleneck", (torch.nn.Module,), {})
+    resnet.BasicBlock = type("BasicBlock", (torch.nn.Module,), {})
+    tv.models, models.resnet = models, resnet
+    sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+
+
+def make_runner(config: str, model: str, x, threads: int):
+    """A zero-argument function running ``config`` once on input x (numpy); setup is done here."""
+    lib, _, name = config.partition(".")
+    if lib in ("ort", "onnxattr"):
+        from onnxattr.runtime import Runner
+        import onnx
+
+        path = onnx_path(model) if lib == "ort" else compiled_path(model, name)
+        runner = Runner(onnx.load(str(path)), "cpu", threads=threads)
+        feeds = {runner.input_names[0]: x}
+        return lambda: runner.run(feeds)
+
+    import torch
+
+    import nets
+
+    torch.set_num_threads(threads)
+    net = nets.build(model)
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        target = net(xt).argmax(1)  # the references are given the class; onnxattr finds it in-graph
+    if config == "torch.forward":
+        def run():
+            with torch.no_grad():
+                return net(xt)
+        return run
+    if lib == "captum":
+        from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+
+        xg = xt.clone().requires_grad_(True)
+        if name == "saliency":
+            sal = Saliency(net)
+            return lambda: sal.attribute(xg, target=target, abs=False)
+        if name == "integrated_gradients":
+            ig = IntegratedGradients(net)
+            return lambda: ig.attribute(xg, baselines=0.0, target=target, n_steps=STEPS, method="riemann_left",
+                                        internal_batch_size=16 * x.shape[0])
+        if name == "smoothgrad":
+            nt = NoiseTunnel(Saliency(net))
+            return lambda: nt.attribute(xg, nt_type="smoothgrad", nt_samples=STEPS, nt_samples_batch_size=16,
+                                        stdevs=1.0, target=target, abs=False)
+    if lib == "zennit":
+        _stub_torchvision()
+        from zennit.attribution import Gradient
+        from zennit.canonizers import SequentialMergeBatchNorm
+        from zennit.composites import EpsilonPlusFlat, LayerMapComposite, layer_map_base
+        from zennit.rules import Epsilon, ZPlus
+        from zennit.types import Convolution, Linear
+
+        canon = [SequentialMergeBatchNorm()]
+        composite = {
+            "gradient": None,
+            "epsilon": LayerMapComposite(layer_map_base() + [(Convolution, Epsilon()), (Linear, Epsilon())],
+                                         canonizers=canon),
+            "epsilon_plus_flat": EpsilonPlusFlat(canonizers=canon),
+            # Deep Taylor's z+ everywhere, gradient through ReLUs (as onnxattr's deep_taylor)
+            "zplus": LayerMapComposite([(Convolution, ZPlus()), (Linear, ZPlus())], canonizers=canon),
+        }[name]
+        onehot = torch.nn.functional.one_hot(target, 1000).float()
+        seed = (lambda out: onehot) if name == "gradient" else (lambda out: out * onehot)
+        attributor = Gradient(net, composite)
+        attributor.__enter__()  # hooks registered once, outside the timed calls
+        xg = xt.clone().requires_grad_(True)
+        return lambda: attributor(xg, seed)
+    raise KeyError(config)
+
+
+# ---- timing ----------------------------------------------------------------------------------------
+def time_group(model: str, batch: int, configs: list[str], repeats: int, threads: int) -> dict:
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    runners = {}
+    for c in configs:
+        runners[c] = make_runner(c, model, x, threads)
+    times = {c: [] for c in configs}
+    for c, run in runners.items():  # warm-up round
+        run()
+    for _ in range(repeats):
+        for c, run in runners.items():
+            time.sleep(PAUSE)  # let the previous library's spinning worker threads go idle
+            t = time.perf_counter()
+            run()
+            times[c].append(time.perf_counter() - t)
+    return {c: {"min": min(v), "median": float(np.median(v)), "runs": v} for c, v in times.items()}
+
+
+def child_memory(config: str, model: str, batch: int, threads: int) -> None:
+    """In a fresh process: build, run twice, print the peak RSS in MiB."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    run = make_runner(config, model, x, threads)
+    run()
+    run()
+    print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """VmHWM of this process (ru_maxrss would carry the parent's high-water mark over fork+exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory(config: str, model: str, batch: int, threads: int) -> float | None:
+    out = subprocess.run([sys.executable, __file__, "--child-memory", config, "--models", model,
+                          "--batch", str(batch), "--threads", str(threads)],
+                         capture_output=True, text=True, timeout=1800)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    except (IndexError, ValueError, KeyError):
+        print(f"  memory of {config} failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+
+
+# ---- machine ----------------------------------------------------------------------------------------
+def machine() -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+
+    info = {"python": platform.python_version(), "numpy": numpy.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "cores": os.cpu_count(), "platform": platform.platform()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
+        flags = next(ln for ln in text.splitlines() if ln.startswith("flags"))
+        info["simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "fma") if f" {f}" in flags)
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    for mod in ("torch", "zennit", "captum"):
+        try:
+            m = __import__(mod) if mod != "zennit" else None
+            if mod == "zennit":
+                from importlib.metadata import version
+                info[mod] = version("zennit")
+            else:
+                info[mod] = m.__version__
+        except Exception:  # noqa: BLE001
+            pass
+    info["load_before"] = os.getloadavg()[0]
+    return info
+
+
+# ---- report -----------------------------------------------------------------------------------------
+def _fmt_ms(s):
+    return "–" if s is None else (f"{s * 1e3:,.0f}" if s >= 0.1 else f"{s * 1e3:.1f}")
+
+
+def write_report(path: Path) -> str:
+    groups = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    if not groups:
+        raise SystemExit("no results in benchmarks/results/: run a group first")
+    m = groups[0]["machine"]
+    lines = ["# Benchmarks: onnxattr vs. onnxruntime forward, Zennit and Captum (CPU)", "",
+             "Made by `benchmarks/bench.py` (see its docstring and the README section *Benchmarks*). "
+             "Times are wall-clock per call, min and median of the repeats after one warm-up round; "
+             "all configurations of a group ran interleaved in one process. **× fwd** = min time / min "
+             "time of the onnxruntime forward of the same group; **speed-up vs ref** = the reference's min "
+             "time / ours (above 1: onnxattr is faster). Memory: peak RSS of a fresh process that loads "
+             "only what the configuration needs and runs it twice (torch processes include torch itself).",
+             "", "## Machine", "",
+             f"- CPU: {m.get('cpu')} ({m.get('simd', '')}), {m.get('cores')} cores visible; "
+             f"threads used: {groups[0]['threads']} (onnxruntime intra_op_num_threads = torch.set_num_threads)",
+             f"- {m.get('platform')}; Python {m.get('python')}",
+             f"- onnxruntime {m.get('onnxruntime')}, onnx {m.get('onnx')}, numpy {m.get('numpy')}, "
+             f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}",
+             "", "## CPU results", ""]
+    header = ("| model | batch | configuration | min ms | median ms | × fwd | reference | speed-up vs ref "
+              "| peak RSS MiB | compile s |")
+    for g in sorted(groups, key=lambda g: (g["model"], g["batch"], g["group"])):
+        lines += [f"### {g['model']}, batch {g['batch']} ({g['group']}; {g['repeats']} repeats, "
+                  f"load average before {g['machine'].get('load_before', 0):.2f})", "", header,
+                  "|" + "---|" * 10]
+        t = g["times"]
+        fwd = t["ort.forward"]["min"]
+        for c, v in t.items():
+            lib, _, name = c.partition(".")
+            refs = OURS[name]["ref"] if lib == "onnxattr" else []
+            ref_txt = ", ".join(refs) or ""
+            speed = ", ".join(f"{t[r]['min'] / v['min']:.2f}×" for r in refs if r in t)
+            lines.append(
+                f"| {g['model']} | {g['batch']} | {c} | {_fmt_ms(v['min'])} | {_fmt_ms(v['median'])} | "
+                f"{v['min'] / fwd:.2f} | {ref_txt} | {speed} | "
+                f"{g.get('memory', {}).get(c) and round(g['memory'][c]) or '–'} | "
+                f"{g.get('compile', {}).get(name, '') and round(g['compile'][name], 2) if lib == 'onnxattr' else ''} |")
+        lines.append("")
+    notes = RESULTS / "NOTES.md"  # hand-written analysis, kept across regenerations
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+# ---- main -------------------------------------------------------------------------------------------
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="vgg16,resnet50")
+    ap.add_argument("--batch", default="1")
+    ap.add_argument("--methods", default="fast", help="a group (fast, sampling) or comma-separated configs")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--quick", action="store_true", help="3 repeats, no memory runs (a smoke test)")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--report", action="store_true", help="write RESULTS.md from benchmarks/results/*.json")
+    ap.add_argument("--tag", help="name of this group's result file when --methods lists configurations")
+    ap.add_argument("--child-memory", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.report:
+        print(write_report(HERE / "RESULTS.md"))
+        return
+    if a.child_memory:
+        child_memory(a.child_memory, a.models, int(a.batch), a.threads)
+        return
+    configs = GROUPS.get(a.methods) or a.methods.split(",")
+    group = a.methods if a.methods in GROUPS else (a.tag or "custom")
+    if "ort.forward" not in configs:
+        configs = ["ort.forward"] + configs  # every ratio comes from the same run
+    repeats = 3 if a.quick else a.repeats
+    for model in a.models.split(","):
+        ensure_exported(model)
+        info = machine()
+        compile_s = {}
+        for c in configs:
+            lib, _, name = c.partition(".")
+            if lib == "onnxattr":
+                compile_s[name] = compile_method(model, name)
+                print(f"{model}: compiled {name} in {compile_s[name]:.2f} s", flush=True)
+        for batch in (int(b) for b in a.batch.split(",")):
+            times = time_group(model, batch, configs, repeats, a.threads)
+            memory = {}
+            if not (a.quick or a.no_memory):
+                memory = {c: peak_memory(c, model, batch, a.threads) for c in configs}
+            result = {"model": model, "batch": batch, "group": group, "repeats": repeats, "threads": a.threads,
+                      "machine": info, "compile": compile_s, "times": times, "memory": memory,
+                      "load_after": os.getloadavg()[0]}
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / f"{model}-b{batch}-{group}.json").write_text(json.dumps(result, indent=1))
+            fwd = times["ort.forward"]["min"]
+            for c, v in times.items():
+                print(f"{model} b{batch} {c:34s} min {v['min'] * 1e3:9.1f} ms  median {v['median'] * 1e3:9.1f}"
+                      f"  x fwd {v['min'] / fwd:5.2f}  mem {memory.get(c)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
