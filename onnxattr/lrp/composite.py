@@ -98,6 +98,7 @@ class Composite:
         nodes on the path, in topological order."""
         on_path = {n.name for n in nodes}
         units = find_units(b, nodes, on_path, {y})
+        kernel_outputs = {u.out for u in units.values() if u.kind != "pool"}
         kernel_order, first = _kernel_layers(nodes, units, x, self.style.get("first_through"))
         first_conv = next((n.name for n in nodes if n.name in kernel_order and units[n.name].kind == "conv"), None)
         consumers = {}
@@ -120,7 +121,7 @@ class Composite:
                     and sum(1 for i in n.input if b.value(i) is None) >= 2:
                 chosen[n.name] = (self.add, "add")
             elif n.op_type in ELEMENTWISE:
-                chosen[n.name] = self._activation_rule(n, units)
+                chosen[n.name] = self._activation_rule(n, kernel_outputs)
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
         self.assignment = {k: (_describe(v[0]), v[1]) for k, v in chosen.items()}
@@ -141,7 +142,7 @@ class Composite:
 
         return rule_for
 
-    def _activation_rule(self, node, units):
+    def _activation_rule(self, node, kernel_outputs: set):
         """An activation right after a kernel layer belongs to it (Keras' Dense(activation=...)): its
         relevance passes. Others pass too, or, with activation = "gradient", mask dead units. The style's
         gradient_activations (iNNvestigate: LeakyRelu, PRelu) always take the gradient."""
@@ -149,7 +150,7 @@ class Composite:
             return ("gradient", "activation layer")
         if self.activation == "pass":
             return ("pass", "activation")
-        if any(u.out == node.input[0] and u.kind != "pool" for u in units.values()):
+        if node.input[0] in kernel_outputs:
             return ("pass", "activation of a kernel layer")
         return ("gradient", "activation")
 
