@@ -25,12 +25,18 @@ def refuse_overwriting_input(out_path: str, *inputs) -> None:
             raise OutputFileError(f"{out_path}: the output would overwrite the input {p}; choose another -o")
 
 
-@contextlib.contextmanager
-def atomic_path(path: str):
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it."""
+def destination_folder(path: str) -> str:
+    """The existing folder ``path`` will be written into."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(folder):
         raise OutputFileError(f"{path}: folder {folder} does not exist")
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it."""
+    folder = destination_folder(path)
     fd, tmp = tempfile.mkstemp(prefix=".onnxattr-", suffix=os.path.basename(path), dir=folder)
     os.close(fd)
     try:
@@ -58,9 +64,7 @@ def save_model(model: onnx.ModelProto, path: str, source: str | None = None) -> 
 def _save_external(model: onnx.ModelProto, path: str, source: str | None) -> None:
     """Write ``path`` and its tensors in ``path``.data: both go to a temporary folder beside ``path``,
     are checked there by path, then renamed into place (data first); the folder goes on any error."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise OutputFileError(f"{path}: folder {folder} does not exist")
+    folder = destination_folder(path)
     data_name = os.path.basename(path) + ".data"
     data_path = os.path.join(folder, data_name)
     refuse_overwriting_input(data_path, source)

@@ -5,6 +5,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def single_io_model(nodes, inits: dict, x_shape, y_shape, opset=17):
+    """A float model with one input "x", one output "y" and ``inits`` (name -> array) as initializers."""
+    g = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
 def mlp(batch="N", softmax=True, seed=0, opset=17):
     """x[N,6] -> MatMul+Add -> Relu -> MatMul -> (Softmax). Returns (model, weights)."""
     rng = np.random.default_rng(seed)

@@ -1,16 +1,9 @@
 """Small ONNX networks for the LRP tests, built with onnx.helper (no framework)."""
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
-
-def _model(nodes, inits, x_shape, out_shape):
-    g = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
+from tests.models import single_io_model
 
 
 def resnet_like(bias=False, batchnorm=False, seed=0, residual=True, last_pool="AveragePool"):
@@ -46,4 +39,4 @@ def resnet_like(bias=False, batchnorm=False, seed=0, residual=True, last_pool="A
         helper.make_node("MatMul", ["flat", "d1"], ["h"]), helper.make_node("Relu", ["h"], ["rh"]),
         helper.make_node("MatMul", ["rh", "d2"], ["y"]),
     ]
-    return _model(nodes, inits, ["N", 2, 8, 8], ["N", 4])
+    return single_io_model(nodes, inits, ["N", 2, 8, 8], ["N", 4])

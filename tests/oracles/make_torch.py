@@ -650,25 +650,12 @@ def main():
     # `make_torch.py --models a,b` regenerates only those models (the other files stay as they are)
     only = set(sys.argv[2].split(",")) if len(sys.argv) > 2 and sys.argv[1] == "--models" else None
 
-    def want(name):
-        return only is None or name in only
-
-    if want("torch_mlp"):
-        main_mlp()
-    if want("torch_vgg"):
-        main_vgg()
-    if want("torch_resnet"):
-        main_resnet()
-    if want("torch_conv1d"):
-        main_conv1d()
-    if want("torch_strided"):
-        main_strided()
-    if want("torch_inception"):
-        main_inception()
-    if want("torch_vggbn"):
-        main_vggbn()
-    if want("torch_mlp_nobias"):
-        main_mlp_nobias()
+    makers = {"torch_mlp": main_mlp, "torch_vgg": main_vgg, "torch_resnet": main_resnet,
+              "torch_conv1d": main_conv1d, "torch_strided": main_strided, "torch_inception": main_inception,
+              "torch_vggbn": main_vggbn, "torch_mlp_nobias": main_mlp_nobias}
+    for name, make in makers.items():
+        if only is None or name in only:
+            make()
 
 
 def plain(m):

@@ -2,16 +2,9 @@
 estimators, written directly from the formulas (boolean masks per output unit, no shared code)."""
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
-
-def model(nodes, inits, x_shape, y_shape):
-    g = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
+from tests.models import single_io_model
 
 
 def dense(d=5, k=3, seed=0):
@@ -20,7 +13,7 @@ def dense(d=5, k=3, seed=0):
     w = rng.standard_normal((k, d)).astype(np.float32)
     bias = rng.standard_normal(k).astype(np.float32)
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, name="dense")]
-    return model(nodes, {"w": w, "b": bias}, ["N", d], ["N", k]), w, bias
+    return single_io_model(nodes, {"w": w, "b": bias}, ["N", d], ["N", k]), w, bias
 
 
 def two_layer(d=6, h=8, k=4, seed=1):
@@ -32,7 +25,7 @@ def two_layer(d=6, h=8, k=4, seed=1):
              helper.make_node("Relu", ["z1"], ["h"], name="relu"),
              helper.make_node("MatMul", ["h", "w2"], ["z2"], name="fc2"),
              helper.make_node("Add", ["z2", "b2"], ["y"], name="bias2")]
-    return model(nodes, p, ["N", d], ["N", k]), p
+    return single_io_model(nodes, p, ["N", d], ["N", k]), p
 
 
 def conv(seed=2, group=2):
@@ -42,7 +35,7 @@ def conv(seed=2, group=2):
     bias = rng.standard_normal(6).astype(np.float32)
     attrs = dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2], group=group)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", **attrs)]
-    return model(nodes, {"w": w, "b": bias}, ["N", 4, 7, 6], ["N", 6, "H", "W"]), w, bias, attrs
+    return single_io_model(nodes, {"w": w, "b": bias}, ["N", 4, 7, 6], ["N", 6, "H", "W"]), w, bias, attrs
 
 
 def estimator(x, y, w_kd, kind):

@@ -7,6 +7,7 @@ import pytest
 
 from onnxattr.errors import PatternError, UnsupportedModelError
 from onnxattr.pattern import fit_patterns, load_patterns
+from tests.models import single_io_model
 from tests.pattern import nets
 
 RNG = np.random.default_rng(0)
@@ -73,6 +74,6 @@ def test_save_load_round_trip(tmp_path):
 def test_unsupported_kernel_layer_is_named():
     w = np.ones((3, 5), np.float32)
     node = onnx.helper.make_node("Gemm", ["x", "w"], ["y"], transA=1, transB=1, name="dense_tA")
-    m = nets.model([node], {"w": w}, [5, "N"], ["N", 3])
+    m = single_io_model([node], {"w": w}, [5, "N"], ["N", 3])
     with pytest.raises(UnsupportedModelError, match="dense_tA"):
         fit_patterns(m, np.zeros((5, 4), np.float32), progress=False)
