@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
 from onnxattr.methods.base import (
     Method, Param, Target, non_negative, one_of, parse_int, positive_int, register_method,
@@ -46,8 +47,7 @@ def relu_rule(kind):
         positive = b.op("Relu", [grads[0]])
         if kind == "deconv":
             return [positive]
-        x = node.input[0]
-        return [b.op("Where", [b.op("Greater", [x, b.scalar(0.0, x)]), positive, b.scalar(0.0, x)])]
+        return [mask_positive(b, node.output[0], positive)]  # [y > 0] = [x > 0]
 
     def lookup(node):
         return rule if node.op_type == "Relu" else None
