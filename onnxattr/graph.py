@@ -77,6 +77,9 @@ class GraphBuilder:
         self._counter = itertools.count()
         self._const_cache: dict[tuple, str] = {}
         self.cache: dict = {}  # emitters' compile-time results shared across nodes (e.g. flipped weights)
+        # relevance tensor -> forward tensor of its shape such that the relevance is exactly 0 wherever that
+        # tensor is 0 (R = x * c for LRP's x-times rules); rules use it to divide by a cheaper denominator
+        self.zero_where: dict[str, str] = {}
 
     # ---- names -----------------------------------------------------------------------------
     def fresh(self, hint: str = "t") -> str:
@@ -183,9 +186,11 @@ class GraphBuilder:
         """Sum of tensors of one shape (fan-out accumulation)."""
         if len(names) == 1:
             return names[0]
-        if len(names) == 2:
-            return self.op("Add", names)
-        return self.op("Sum", names)
+        out = self.op("Add" if len(names) == 2 else "Sum", names)
+        where = {self.zero_where.get(n) for n in names}
+        if len(where) == 1 and None not in where:
+            self.zero_where[out] = where.pop()
+        return out
 
     def replay(self, node: onnx.NodeProto, replace: dict[str, str]) -> list[str]:
         """Emit a copy of ``node`` with some inputs replaced and fresh outputs; returns them."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from onnxattr.emitters import VJPS
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import Unit, find_units
@@ -25,6 +26,12 @@ ELEMENTWISE = frozenset({
     "HardSwish", "Clip", "Gelu", "Erf", "Identity", "Dropout", "Cast", "Abs", "Exp", "Log", "Sqrt", "Neg",
 })
 ADDS = ("Add", "Sum")
+
+# Data movement whose gradient moves each output element back to one input element holding the same value
+# (MaxPool routes to a window's maximum): relevance that is 0 wherever the output is 0 stays 0 wherever the
+# input is 0
+ZERO_PRESERVING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat",
+                             "Slice", "Pad"})
 
 # iNNvestigate's is_input_layer looks through Flatten/Permute/Reshape layers only (a kernel layer after a
 # ZeroPadding2D or a BatchNormalization is not an input layer); tf2onnx adds layout Transposes
@@ -125,20 +132,19 @@ class Composite:
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
         self.assignment = {k: (_describe(v[0]), v[1]) for k, v in chosen.items()}
+        relu_of = {n.input[0]: n.output[0] for n in nodes if n.op_type == "Relu"}
 
         def rule_for(node):
             entry = chosen.get(node.name)
-            if entry is None:
-                return None
-            rule = entry[0]
+            rule = entry[0] if entry is not None else "gradient"
             if rule == "gradient":
-                return None
+                return _zero_preserving if node.op_type in ZERO_PRESERVING else None
             if rule == "pass":
                 return _pass
             if rule == "z" and node.op_type in ADDS:
-                return _add_split(self.style)
+                return _add_split(self.style, relu_of)
             unit = units[node.name]
-            return _unit_step(unit, rule)
+            return _unit_step(unit, rule, relu_of)
 
         return rule_for
 
@@ -216,21 +222,48 @@ def _pass(b, node, grads, need):
     return out
 
 
-def _add_split(style):
+def _zero_preserving(b, node, grads, need):
+    """The op's own gradient; relevance 0 wherever the output is 0 stays 0 wherever each input is 0."""
+    out = VJPS[node.op_type](b, node, grads, need)
+    if b.zero_where.get(grads[0]) == node.output[0]:
+        for x, r in zip(node.input, out):
+            if r is not None:
+                b.zero_where[r] = x
+    return out
+
+
+def _positive_part(b, relevance, z, relu_of):
+    """Relu(z) when the relevance arriving at z is known to be 0 wherever Relu(z) is (it passed unchanged
+    through that Relu from x-times rules), else None."""
+    where = b.zero_where.get(relevance)
+    return where if where is not None and relu_of.get(z) == where else None
+
+
+def _add_split(style, relu_of):
+    """R_i = x_i * R / stab(sum of the operands): the z rule of a residual Add (no weights)."""
     rule = R.Rule("add", (), stabilizer=style["stabilizer"], epsilon=style["epsilon"])
 
     def step(b, node, grads, need):
         y = node.output[0]
-        s = b.op("Div", [grads[0], R._stabilize(b, y, rule)])
-        return [unbroadcast(b, b.op("Mul", [x, s]), x, y) if n else None for x, n in zip(node.input, need)]
+        s = b.op("Div", [grads[0], R._denominator(b, y, rule, _positive_part(b, grads[0], y, relu_of))])
+        out = []
+        for x, n in zip(node.input, need):
+            r = b.op("Mul", [x, s]) if n else None
+            if r is not None:
+                share = unbroadcast(b, r, x, y)
+                if share == r:
+                    b.zero_where[r] = x
+                r = share
+            out.append(r)
+        return out
 
     return step
 
 
-def _unit_step(unit: Unit, rule):
+def _unit_step(unit: Unit, rule, relu_of):
     def step(b, node, grads, need):
         out = [None] * len(node.input)
-        out[0] = R.apply_rule(b, unit, rule, grads[0])
+        out[0] = R.apply_rule(b, unit, rule, grads[0], _positive_part(b, grads[0], unit.out, relu_of))
         return out
 
     return step

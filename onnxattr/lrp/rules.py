@@ -176,6 +176,22 @@ def _stabilize(b, z, rule: Rule):
     return b.op("Add", [z, b.op("Mul", [is_zero, b.scalar(rule.epsilon, z)])])
 
 
+def _denominator(b, z, rule: Rule, positive: str | None):
+    """stab(z); with ``positive`` = Relu(z) and a relevance known to be 0 wherever Relu(z) = 0 (z <= 0), the
+    same quotient R / stab(z) comes from the Relu output: where z > 0, Relu(z) = z and z >= 0 gives the
+    signed stabilizer's +eps, so stab(z) = Relu(z) + eps (one Add instead of a sign computation); where
+    z <= 0 the relevance is 0 and any non-zero denominator gives 0 (eps > 0 keeps it non-zero). z then has
+    no reader but the Relu, and onnxruntime fuses the Relu into the Conv/Gemm."""
+    if positive is None or rule.epsilon <= 0:
+        return _stabilize(b, z, rule)
+    if rule.stabilizer == "signed":
+        return b.op("Add", [positive, b.scalar(rule.epsilon, positive)])
+    return _stabilize(b, positive, rule)  # safe: Relu(z) + eps [Relu(z) = 0], equal to z + eps [z = 0] for z > 0
+
+
+X_TIMES = frozenset({"x", "pos", "neg"})  # input modifiers m with m(0) = 0: R_in = m(x) * (...) is 0 where x is
+
+
 def _reuses_forward(unit, term):
     """The term is the unit's own forward: its output tensor already holds z."""
     if unit.bias is not None and not unit.out_has_bias:
@@ -199,9 +215,10 @@ def _vanishes(unit, term):
     return unit.nonneg and term.inp == "neg" and (term.bias == "none" or unit.bias is None)
 
 
-def apply_rule(b, unit: Unit, rule: Rule, relevance: str) -> str:
-    """R_in of ``unit`` under ``rule`` for relevance arriving at unit.out."""
-    total = None
+def apply_rule(b, unit: Unit, rule: Rule, relevance: str, positive: str | None = None) -> str:
+    """R_in of ``unit`` under ``rule`` for relevance arriving at unit.out. ``positive``: Relu(unit.out),
+    given when the relevance is known to be 0 wherever that Relu is 0 (see ``_denominator``)."""
+    total, x_times = None, True
     for group in rule.groups:
         zs = []
         terms = tuple(t for t in group.terms if not _vanishes(unit, t)) or group.terms[:1]
@@ -218,12 +235,13 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str) -> str:
         z = zs[0][1] if zs[0][0] > 0 else b.op("Neg", [zs[0][1]])
         for sign, zk in zs[1:]:
             z = b.op("Add" if sign > 0 else "Sub", [z, zk])
-        s = b.op("Div", [relevance, _stabilize(b, z, rule)])
+        s = b.op("Div", [relevance, _denominator(b, z, rule, positive if z == unit.out else None)])
         if group.mask:
             z_out = unit_output(b, unit)
             sel = b.op("Greater" if group.mask == "pos" else "Less", [z_out, b.scalar(0.0, z_out)])
             s = b.op("Where", [sel, s, b.scalar(0.0, z_out)])
         for t in terms:
+            x_times = x_times and t.inp in X_TIMES
             back = unit.vjp(b, s, _param(b, unit, t.par, rule, "w"))
             if t.inp != "ones":
                 back = b.op("Mul", [_input(b, unit, t.inp, rule), back])
@@ -232,4 +250,6 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str) -> str:
                 back = b.op("Mul", [back, b.scalar(coef, unit.x)])
             total = back if total is None else b.op("Add", [total, back])
     b.set_info(total, unit.x)
+    if x_times:
+        b.zero_where[total] = unit.x
     return total

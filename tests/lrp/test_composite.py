@@ -1,0 +1,58 @@
+"""onnxattr/lrp/composite.py: the Relu-output denominator. Relevance that reaches a Relu from x-times rules
+(R = x * c) is 0 wherever the Relu output is 0, so the layer below may divide by Relu(z) + eps instead of
+z + eps sign(z); the map must be the same, and the shortcut must not fire when a rule above is not x-times."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import onnxattr
+from onnxattr.lrp import composite
+from onnxattr.methods.lrp import preset_folder
+from tests.lrp.nets import resnet_like
+
+# normal inputs: about half of the pre-activations are negative, where the two denominators differ
+X = np.random.default_rng(11).standard_normal((2, 2, 8, 8)).astype(np.float32)
+PRESETS = sorted(p.name[:-5] for p in preset_folder().iterdir() if p.name.endswith(".toml"))
+
+
+def relevance(model, method, **kw):
+    compiled = onnxattr.compile(model, method, **kw)
+    return compiled, ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": X})[0]
+
+
+def readers(model, tensor):
+    return [n.op_type for n in model.graph.node if tensor in n.input]
+
+
+@pytest.mark.parametrize("net", [dict(bias=True), dict(bias=True, batchnorm=True), dict(last_pool="MaxPool")])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_relu_denominator_gives_the_same_map(preset, net, monkeypatch):
+    model = resnet_like(**net)
+    _, fast = relevance(model, preset)
+    monkeypatch.setattr(composite, "_positive_part", lambda *a: None)
+    _, plain = relevance(model, preset)
+    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
+
+
+def test_epsilon_leaves_the_pre_activations_to_their_relu():
+    """Every pre-activation under a Relu (after a Conv, a MatMul, the residual Add, and through MaxPool)
+    is read by its Relu alone, so onnxruntime can fuse them; the logits still get the sign stabilizer."""
+    compiled, _ = relevance(resnet_like(bias=True), "lrp.epsilon")
+    for z in ("c1", "c2", "s", "h"):
+        assert readers(compiled, z) == ["Relu"], (z, readers(compiled, z))
+    assert "GreaterOrEqual" in readers(compiled, "y")
+
+
+def test_no_shortcut_below_a_rule_that_is_not_x_times(tmp_path, monkeypatch):
+    """w^2 on the second conv: the relevance reaching the first Relu is not 0 where that Relu is 0, so the
+    first conv's epsilon rule must divide by its own stabilized output."""
+    rules = tmp_path / "mixed.toml"
+    rules.write_text('style = "zennit"\n[layers]\nfirst = { rule = "epsilon", epsilon = 0.01 }\n'
+                     'default = { rule = "w_square" }\npool = { rule = "z" }\n')
+    model = resnet_like(bias=True, residual=False)
+    compiled, fast = relevance(model, str(rules))
+    z1 = next(n.output[0] for n in compiled.graph.node if n.op_type == "Conv" and n.input[0] == "x")
+    assert "GreaterOrEqual" in readers(compiled, z1), readers(compiled, z1)
+    monkeypatch.setattr(composite, "_positive_part", lambda *a: None)
+    np.testing.assert_array_equal(fast, relevance(model, str(rules))[1])
