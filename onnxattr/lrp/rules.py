@@ -184,9 +184,26 @@ def _denominator(b, z, rule: Rule, positive: str | None):
     no reader but the Relu, and onnxruntime fuses the Relu into the Conv/Gemm."""
     if positive is None or rule.epsilon <= 0:
         return _stabilize(b, z, rule)
-    if rule.stabilizer == "signed":
+    if rule.stabilizer == "signed":  # positive >= 0: the sign is +1
         return b.op("Add", [positive, b.scalar(rule.epsilon, positive)])
     return _stabilize(b, positive, rule)  # safe: Relu(z) + eps [Relu(z) = 0], equal to z + eps [z = 0] for z > 0
+
+
+# sign of each modifier's values: +1 (>= 0), -1 (<= 0), 0 (absent), None (either)
+_INPUT_SIGN = {"pos": 1, "neg": -1, "ones": 1}
+_PARAM_SIGN = {"pos": 1, "neg": -1, "square": 1, "ones": 1, "none": 0}
+
+
+def known_nonnegative(unit, terms) -> bool:
+    """Every term's sign * m(x) p(W) and sign * q(b) is >= 0, so z >= 0 in any float arithmetic (a sum of
+    products of non-negative factors never rounds below 0): e.g. x+W+ + x-W- + b+ of alpha-beta's activator."""
+    for t in terms:
+        xs = 1 if (t.inp == "x" and unit.nonneg) else _INPUT_SIGN.get(t.inp)
+        ws = _PARAM_SIGN.get(t.par)
+        bs = 0 if unit.bias is None else _PARAM_SIGN.get(t.bias)
+        if xs is None or ws is None or bs is None or t.sign * xs * ws < 0 or t.sign * bs < 0:
+            return False
+    return True
 
 
 X_TIMES = frozenset({"x", "pos", "neg"})  # input modifiers m with m(0) = 0: R_in = m(x) * (...) is 0 where x is
@@ -235,7 +252,13 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str, positive: str | None =
         z = zs[0][1] if zs[0][0] > 0 else b.op("Neg", [zs[0][1]])
         for sign, zk in zs[1:]:
             z = b.op("Add" if sign > 0 else "Sub", [z, zk])
-        s = b.op("Div", [relevance, _denominator(b, z, rule, positive if z == unit.out else None)])
+        if z == unit.out:
+            denominator = _denominator(b, z, rule, positive)
+        elif rule.stabilizer == "signed" and known_nonnegative(unit, terms):
+            denominator = b.op("Add", [z, b.scalar(rule.epsilon, z)])  # z >= 0: z + eps sign(z) = z + eps
+        else:
+            denominator = _stabilize(b, z, rule)
+        s = b.op("Div", [relevance, denominator])
         if group.mask:
             z_out = unit_output(b, unit)
             sel = b.op("Greater" if group.mask == "pos" else "Less", [z_out, b.scalar(0.0, z_out)])

@@ -6,8 +6,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from onnx import numpy_helper
+
 import onnxattr
-from onnxattr.lrp import composite
+from onnxattr.lrp import composite, rules
 from onnxattr.methods.lrp import preset_folder
 from tests.lrp.nets import resnet_like
 
@@ -31,6 +33,7 @@ def test_relu_denominator_gives_the_same_map(preset, net, monkeypatch):
     model = resnet_like(**net)
     _, fast = relevance(model, preset)
     monkeypatch.setattr(composite, "_positive_part", lambda *a: None)
+    monkeypatch.setattr(rules, "known_nonnegative", lambda *a: False)
     _, plain = relevance(model, preset)
     np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
 
@@ -56,3 +59,15 @@ def test_no_shortcut_below_a_rule_that_is_not_x_times(tmp_path, monkeypatch):
     assert "GreaterOrEqual" in readers(compiled, z1), readers(compiled, z1)
     monkeypatch.setattr(composite, "_positive_part", lambda *a: None)
     np.testing.assert_array_equal(fast, relevance(model, str(rules))[1])
+
+
+def test_non_negative_modified_forward_needs_no_sign():
+    """Zennit's alpha-1-beta-0 on conv layers: z = x+W+ + b+ >= 0, so z + eps sign(z) is z + eps: no sign
+    computation reads the W+ forward."""
+    compiled, _ = relevance(resnet_like(bias=True), "lrp.epsilon_plus_flat")
+    consts = {t.name: numpy_helper.to_array(t) for t in compiled.graph.initializer}
+    plus = [n.output[0] for n in compiled.graph.node if n.op_type == "Conv" and n.input[1] in consts
+            and (consts[n.input[1]] >= 0).all() and n.input[1] not in ("w1", "w2", "w3")]
+    assert plus
+    for z in plus:
+        assert "GreaterOrEqual" not in readers(compiled, z), readers(compiled, z)
