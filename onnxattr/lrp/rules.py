@@ -176,17 +176,31 @@ def _stabilize(b, z, rule: Rule):
     return b.op("Add", [z, b.op("Mul", [is_zero, b.scalar(rule.epsilon, z)])])
 
 
+# HardSigmoid(v, alpha, beta) = clamp(alpha v + beta, 0, 1). With alpha = -2^127, every v > 0 (at least
+# 2^-149) has alpha v <= -2^-22, so for 0 < beta < 2^-22 the result is beta [v = 0] exactly, for v >= 0.
+_ZERO_SLOPE = -(2.0**127)
+_ZERO_FLAG_MAX = 2.0**-22
+
+
+def _nonnegative_stabilize(b, z, rule: Rule):
+    """stab(z) for z known >= 0: signed -> z + eps (the sign is +1); safe -> z + eps [z = 0] with the
+    indicator term as one HardSigmoid (two ops instead of Equal/Cast/Mul/Add) when eps < 2^-22."""
+    if rule.stabilizer == "signed":
+        return b.op("Add", [z, b.scalar(rule.epsilon, z)])
+    if 0 < rule.epsilon < _ZERO_FLAG_MAX:
+        return b.op("Add", [z, b.op("HardSigmoid", [z], alpha=_ZERO_SLOPE, beta=rule.epsilon)])
+    return _stabilize(b, z, rule)
+
+
 def _denominator(b, z, rule: Rule, positive: str | None):
     """stab(z); with ``positive`` = Relu(z) and a relevance known to be 0 wherever Relu(z) = 0 (z <= 0), the
-    same quotient R / stab(z) comes from the Relu output: where z > 0, Relu(z) = z and z >= 0 gives the
-    signed stabilizer's +eps, so stab(z) = Relu(z) + eps (one Add instead of a sign computation); where
-    z <= 0 the relevance is 0 and any non-zero denominator gives 0 (eps > 0 keeps it non-zero). z then has
-    no reader but the Relu, and onnxruntime fuses the Relu into the Conv/Gemm."""
+    same quotient R / stab(z) comes from the Relu output: where z > 0, Relu(z) = z, so stab(Relu(z)) is
+    stab(z) (both stabilizers agree on z > 0); where z <= 0 the relevance is 0 and any non-zero
+    denominator gives 0 (eps > 0 keeps stab(0) = eps non-zero). The Relu output is >= 0, so its
+    stabilizer needs no sign, and z has no reader but the Relu: onnxruntime fuses it into the Conv/Gemm."""
     if positive is None or rule.epsilon <= 0:
         return _stabilize(b, z, rule)
-    if rule.stabilizer == "signed":  # positive >= 0: the sign is +1
-        return b.op("Add", [positive, b.scalar(rule.epsilon, positive)])
-    return _stabilize(b, positive, rule)  # safe: Relu(z) + eps [Relu(z) = 0], equal to z + eps [z = 0] for z > 0
+    return _nonnegative_stabilize(b, positive, rule)
 
 
 # sign of each modifier's values: +1 (>= 0), -1 (<= 0), 0 (absent), None (either)
@@ -254,8 +268,8 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str, positive: str | None =
             z = b.op("Add" if sign > 0 else "Sub", [z, zk])
         if z == unit.out:
             denominator = _denominator(b, z, rule, positive)
-        elif rule.stabilizer == "signed" and known_nonnegative(unit, terms):
-            denominator = b.op("Add", [z, b.scalar(rule.epsilon, z)])  # z >= 0: z + eps sign(z) = z + eps
+        elif known_nonnegative(unit, terms):
+            denominator = _nonnegative_stabilize(b, z, rule)
         else:
             denominator = _stabilize(b, z, rule)
         s = b.op("Div", [relevance, denominator])

@@ -71,3 +71,29 @@ def test_non_negative_modified_forward_needs_no_sign():
     assert plus
     for z in plus:
         assert "GreaterOrEqual" not in readers(compiled, z), readers(compiled, z)
+
+
+def test_safe_stabilizer_of_a_nonnegative_z_is_one_hardsigmoid():
+    """deep_taylor (iNNvestigate's z+ with SafeDivide): z+ >= 0, so z + eps [z = 0] is z + HardSigmoid(z)."""
+    compiled, _ = relevance(resnet_like(bias=True), "deep_taylor")
+    made_by = {o: n.op_type for n in compiled.graph.node for o in n.output}
+    zero_tests = [made_by.get(n.input[0]) for n in compiled.graph.node if n.op_type == "Equal"]
+    assert not {"Conv", "MatMul", "Add"} & set(zero_tests), zero_tests  # the MaxPool VJP's ArgMax test stays
+    assert sum(n.op_type == "HardSigmoid" for n in compiled.graph.node) == 5  # 3 Conv + 2 MatMul layers
+
+
+@pytest.mark.parametrize("eps", [1e-7, 2.0**-23, 1e-30])
+def test_hardsigmoid_zero_flag_is_exact(eps):
+    """The onnxruntime fact the safe stabilizer relies on: clamp(-2^127 v + eps, 0, 1) = eps [v = 0] for
+    every v >= 0, subnormals included, when eps < 2^-22."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("HardSigmoid", ["v"], ["f"], alpha=rules._ZERO_SLOPE, beta=eps)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("v", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("f", TensorProto.FLOAT, [None])])
+    sess = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                .SerializeToString(), providers=["CPUExecutionProvider"])
+    v = np.array([0.0, 2.0**-149, 1e-45, 1e-40, 2.0**-126, 1e-30, 1e-7, 0.5, 1.0, 3e38, np.inf], np.float32)
+    v = np.tile(v, 37)  # long enough for the vectorized kernel
+    expect = np.where(v == 0, np.float32(eps), np.float32(0))
+    np.testing.assert_array_equal(sess.run(None, {"v": v})[0], expect)
