@@ -274,6 +274,14 @@ def _fmt_ms(s):
     return "–" if s is None else (f"{s * 1e3:,.0f}" if s >= 0.1 else f"{s * 1e3:.1f}")
 
 
+def _paired(a: dict, b: dict) -> float:
+    """Median over the rounds of a's time / b's time in the same round: robust to the machine's speed
+    drifting during a group, which moves both."""
+    ratios = sorted(x / y for x, y in zip(a["runs"], b["runs"]))
+    n = len(ratios)
+    return ratios[n // 2] if n % 2 else (ratios[n // 2 - 1] + ratios[n // 2]) / 2
+
+
 def write_report(path: Path) -> str:
     groups = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     if not groups:
@@ -283,8 +291,10 @@ def write_report(path: Path) -> str:
              "Made by `benchmarks/bench.py` (see its docstring and the README section *Benchmarks*). "
              "Times are wall-clock per call, min and median of the repeats after one warm-up round; "
              "all configurations of a group ran interleaved in one process. **× fwd** = min time / min "
-             "time of the onnxruntime forward of the same group; **speed-up vs ref** = the reference's min "
-             "time / ours (above 1: onnxattr is faster). Memory: peak RSS of a fresh process that loads "
+             "time of the onnxruntime forward of the same group; **× fwd, paired** = the median over the "
+             "rounds of the ratio within one round (each round runs every configuration once, so a drift "
+             "of the shared machine's speed moves both sides); **speed-up vs ref** = the reference's min "
+             "time / ours (above 1: onnxattr is faster), **paired** its per-round median. Memory: peak RSS of a fresh process that loads "
              "only what the configuration needs and runs it twice (torch processes include torch itself).",
              "", "## Machine", "",
              f"- CPU: {m.get('cpu')} ({m.get('simd', '')}), {m.get('cores')} cores visible; "
@@ -293,12 +303,12 @@ def write_report(path: Path) -> str:
              f"- onnxruntime {m.get('onnxruntime')}, onnx {m.get('onnx')}, numpy {m.get('numpy')}, "
              f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}",
              "", "## CPU results", ""]
-    header = ("| model | batch | configuration | min ms | median ms | × fwd | reference | speed-up vs ref "
-              "| peak RSS MiB | compile s |")
+    header = ("| model | batch | configuration | min ms | median ms | × fwd | × fwd, paired | reference "
+              "| speed-up vs ref | paired | peak RSS MiB | compile s |")
     for g in sorted(groups, key=lambda g: (g["model"], g["batch"], g["group"])):
         lines += [f"### {g['model']}, batch {g['batch']} ({g['group']}; {g['repeats']} repeats, "
                   f"load average before {g['machine'].get('load_before', 0):.2f})", "", header,
-                  "|" + "---|" * 10]
+                  "|" + "---|" * 12]
         t = g["times"]
         fwd = t["ort.forward"]["min"]
         for c, v in t.items():
@@ -306,9 +316,10 @@ def write_report(path: Path) -> str:
             refs = OURS[name]["ref"] if lib == "onnxattr" else []
             ref_txt = ", ".join(refs) or ""
             speed = ", ".join(f"{t[r]['min'] / v['min']:.2f}×" for r in refs if r in t)
+            paired_speed = ", ".join(f"{_paired(t[r], v):.2f}×" for r in refs if r in t)
             lines.append(
                 f"| {g['model']} | {g['batch']} | {c} | {_fmt_ms(v['min'])} | {_fmt_ms(v['median'])} | "
-                f"{v['min'] / fwd:.2f} | {ref_txt} | {speed} | "
+                f"{v['min'] / fwd:.2f} | {_paired(v, t['ort.forward']):.2f} | {ref_txt} | {speed} | {paired_speed} | "
                 f"{g.get('memory', {}).get(c) and round(g['memory'][c]) or '–'} | "
                 f"{g.get('compile', {}).get(name, '') and round(g['compile'][name], 2) if lib == 'onnxattr' else ''} |")
         lines.append("")

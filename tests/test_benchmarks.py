@@ -1,0 +1,30 @@
+"""benchmarks/: the paired-ratio figure of the report and a smoke run of paired.py (no timings asserted)."""
+
+import sys
+from pathlib import Path
+
+import onnx
+
+import onnxattr
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench  # noqa: E402
+import paired  # noqa: E402
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # per round 2, 4, 2: the median is 2, while min/min would say 2 / 1 and median/median 4 / 1
+    assert bench._paired({"runs": [2.0, 4.0, 6.0]}, {"runs": [1.0, 1.0, 3.0]}) == 2.0
+    assert bench._paired({"runs": [1.0, 3.0]}, {"runs": [1.0, 1.0]}) == 2.0
+
+
+def test_paired_script_runs_on_the_shipped_model(tmp_path, capsys):
+    model = Path(__file__).resolve().parent.parent / "models" / "digits_cnn.onnx"
+    compiled = tmp_path / "digits.gradient.onnx"
+    onnx.save(onnxattr.compile(str(model), "gradient"), str(compiled))
+    paired.main([str(model), str(compiled), "--rounds", "2", "--batch", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(model)) and "x forward paired 1.00" in lines[0]
+    assert lines[1].startswith(str(compiled)) and "x forward paired" in lines[1]
