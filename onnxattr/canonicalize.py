@@ -13,6 +13,7 @@ import copy
 
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 from onnx import shape_inference, version_converter
 
 from onnxattr.errors import InvalidModelError
@@ -93,7 +94,13 @@ def fold_and_clean(model: onnx.ModelProto) -> onnx.ModelProto:
                         consumer.inputs[k] = src
             node.outputs.clear()
     graph.cleanup(remove_unused_graph_inputs=False)
-    graph.fold_constants(size_threshold=FOLD_SIZE_LIMIT, error_ok=True)
+    # graphsurgeon evaluates the constant subgraphs with onnxruntime, whose optimizer logs warnings about
+    # the temporary graph ("UnsqueezeElimination cannot remove node ..."): not the user's business
+    ort.set_default_logger_severity(3)
+    try:
+        graph.fold_constants(size_threshold=FOLD_SIZE_LIMIT, error_ok=True)
+    finally:
+        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings); it has no getter to restore
     graph.cleanup(remove_unused_graph_inputs=False)
     folded = gs.export_onnx(graph, do_type_check=False)
     restore_value_types(model, folded)

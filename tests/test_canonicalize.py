@@ -70,3 +70,10 @@ def test_castlike_with_known_type_becomes_cast_and_folds():
     assert canon.graph.initializer[0].data_type == TensorProto.FLOAT
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     np.testing.assert_array_equal(run(canon, {"x": x})[0], run(model, {"x": x})[0])
+
+
+def test_folding_does_not_leak_onnxruntime_warnings(capfd):
+    """graphsurgeon folds with onnxruntime; its optimizer's warnings about that temporary graph
+    (light_densenet121 gives 'UnsqueezeElimination cannot remove node') must not reach the user's terminal."""
+    canonicalize(onnx.load(os.path.join(LIGHT, "light_densenet121.onnx")))
+    assert "onnxruntime" not in capfd.readouterr().err
