@@ -2,6 +2,7 @@
 
     python benchmarks/compile_scale.py                 # 2,500 .. 20,000 nodes
     python benchmarks/compile_scale.py --nodes 20000 --methods gradient,lrp.epsilon
+    python benchmarks/compile_scale.py --zoo light_resnet50,light_densenet121   # the onnx package's graphs
 
 Each block is MatMul -> Add(bias) -> Relu -> Add(residual): 4 nodes, widths of 8 so that the weights
 are tiny and the time is the compiler's own. A linear compiler keeps the time per node flat as n grows.
@@ -43,14 +44,30 @@ def residual_mlp(n_nodes: int, width: int = 8, seed: int = 0) -> onnx.ModelProto
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", default="2500,5000,10000,20000")
-    ap.add_argument("--methods", default="gradient,lrp.epsilon,integrated_gradients")
+    ap.add_argument("--methods", help="default: gradient,lrp.epsilon,integrated_gradients; with --zoo also "
+                    "lrp.epsilon_plus_flat,deep_taylor")
+    ap.add_argument("--zoo", help="names of the onnx package's light zoo graphs to time instead (min of 3)")
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
     from onnxattr.assemble import compile_model
 
+    if a.zoo:
+        light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+        methods = a.methods or "gradient,lrp.epsilon,lrp.epsilon_plus_flat,deep_taylor,integrated_gradients"
+        for name in a.zoo.split(","):
+            model = onnx.load(str(light / f"{name}.onnx"))
+            for method in methods.split(","):
+                times = []
+                for _ in range(a.repeats):
+                    t = time.perf_counter()
+                    compile_model(model, method)
+                    times.append(time.perf_counter() - t)
+                print(f"{name:20} {method:24} min {min(times):.2f} s", flush=True)
+        return
     print(f"{'nodes':>7} {'method':24} {'compile s':>10} {'us/node':>8} {'out nodes':>9}")
     for n in (int(v) for v in a.nodes.split(",")):
         model = residual_mlp(n)
-        for method in a.methods.split(","):
+        for method in (a.methods or "gradient,lrp.epsilon,integrated_gradients").split(","):
             t = time.perf_counter()
             out = compile_model(model, method)
             s = time.perf_counter() - t
