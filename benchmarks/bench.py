@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -277,9 +278,7 @@ def _fmt_ms(s):
 def _paired(a: dict, b: dict) -> float:
     """Median over the rounds of a's time / b's time in the same round: robust to the machine's speed
     drifting during a group, which moves both."""
-    ratios = sorted(x / y for x, y in zip(a["runs"], b["runs"]))
-    n = len(ratios)
-    return ratios[n // 2] if n % 2 else (ratios[n // 2 - 1] + ratios[n // 2]) / 2
+    return statistics.median(x / y for x, y in zip(a["runs"], b["runs"]))
 
 
 def write_report(path: Path) -> str:

@@ -662,10 +662,16 @@ def plain(m):
     return {"default": (m, [], "model as is")}
 
 
-def main_conv1d():
-    model, x, argmax, seed = build("torch_conv1d", make_conv1d, (4, 4, 20))
+def prepare(name, maker, shape, lo=0.0, hi=1.0, preserve=False):
+    """build, the stored target, and the export to DATA/<name>.onnx: (model, x, argmax, seed, target, logits)."""
+    model, x, argmax, seed = build(name, maker, shape, lo, hi)
     target = make_target(argmax)
-    logits = export(model, x, os.path.join(DATA, "torch_conv1d.onnx"))
+    logits = export(model, x, os.path.join(DATA, f"{name}.onnx"), preserve=preserve)
+    return model, x, argmax, seed, target, logits
+
+
+def main_conv1d():
+    model, x, argmax, seed, target, logits = prepare("torch_conv1d", make_conv1d, (4, 4, 20))
     maps = oracle_maps(model, x, argmax, target, plain)
     save("torch_conv1d", "NCL", x, target, logits, maps, [
         f"Model seed {seed}: default init; last Linear decorrelated from the mean feature as for torch_mlp.",
@@ -678,9 +684,7 @@ def main_conv1d():
 
 
 def main_strided():
-    model, x, argmax, seed = build("torch_strided", make_strided, (4, 3, 16, 16), -1.0, 1.0)
-    target = make_target(argmax)
-    logits = export(model, x, os.path.join(DATA, "torch_strided.onnx"))
+    model, x, argmax, seed, target, logits = prepare("torch_strided", make_strided, (4, 3, 16, 16), -1.0, 1.0)
     maps = oracle_maps(model, x, argmax, target, plain)
     save("torch_strided", "NCHW", x, target, logits, maps, [
         f"Model seed {seed}: default init; last Linear decorrelated as for torch_mlp. x uniform in [-1, 1).",
@@ -693,9 +697,7 @@ def main_strided():
 
 
 def main_inception():
-    model, x, argmax, seed = build("torch_inception", make_inception, (4, 3, 12, 12))
-    target = make_target(argmax)
-    logits = export(model, x, os.path.join(DATA, "torch_inception.onnx"))
+    model, x, argmax, seed, target, logits = prepare("torch_inception", make_inception, (4, 3, 12, 12))
     maps = oracle_maps(model, x, argmax, target, plain)
     save("torch_inception", "NCHW", x, target, logits, maps, [
         f"Model seed {seed}: default init; fc decorrelated as for torch_mlp.",
@@ -708,9 +710,7 @@ def main_inception():
 
 
 def main_vggbn():
-    model, x, argmax, seed = build("torch_vggbn", make_vggbn, (4, 3, 16, 16))
-    target = make_target(argmax)
-    logits = export(model, x, os.path.join(DATA, "torch_vggbn.onnx"), preserve=True)
+    model, x, argmax, seed, target, logits = prepare("torch_vggbn", make_vggbn, (4, 3, 16, 16), preserve=True)
     maps = oracle_maps(model, x, argmax, target, lambda m: {
         "default": (m, ["SequentialMergeBatchNorm"], "model as is; zennit merges each BatchNorm into the "
                     "Conv/Linear before it")})
@@ -727,9 +727,7 @@ def main_vggbn():
 
 
 def main_mlp_nobias():
-    model, x, argmax, seed = build("torch_mlp_nobias", make_mlp_nobias, (4, 16), -1.0, 1.0)
-    target = make_target(argmax)
-    logits = export(model, x, os.path.join(DATA, "torch_mlp_nobias.onnx"))
+    model, x, argmax, seed, target, logits = prepare("torch_mlp_nobias", make_mlp_nobias, (4, 16), -1.0, 1.0)
     maps = oracle_maps(model, x, argmax, target, plain)
     conservation(model, x, argmax, [], "torch_mlp_nobias", check=True)
     save("torch_mlp_nobias", "NC", x, target, logits, maps, [
@@ -741,10 +739,8 @@ def main_mlp_nobias():
 
 
 def main_mlp():
-    model, x, argmax, seed = build("torch_mlp", make_mlp, (4, 16))
-    target = make_target(argmax)
-    logits = export(model, x, os.path.join(DATA, "torch_mlp.onnx"))
-    maps = oracle_maps(model, x, argmax, target, lambda m: {"default": (m, [], "model as is")})
+    model, x, argmax, seed, target, logits = prepare("torch_mlp", make_mlp, (4, 16))
+    maps = oracle_maps(model, x, argmax, target, plain)
     conservation(model, x, argmax, [], "torch_mlp")
     conservation(bias_free_clone(model), x, argmax, [], "torch_mlp bias-free", check=True)
     save("torch_mlp", "NC", x, target, logits, maps, [
@@ -760,10 +756,8 @@ def main_mlp():
 
 
 def main_vgg():
-    model, x, argmax, seed = build("torch_vgg", make_vgg, (4, 3, 16, 16))
-    target = make_target(argmax)
-    logits = export(model, x, os.path.join(DATA, "torch_vgg.onnx"))
-    maps = oracle_maps(model, x, argmax, target, lambda m: {"default": (m, [], "model as is")})
+    model, x, argmax, seed, target, logits = prepare("torch_vgg", make_vgg, (4, 3, 16, 16))
+    maps = oracle_maps(model, x, argmax, target, plain)
     conservation(model, x, argmax, [], "torch_vgg")
     conservation(bias_free_clone(model), x, argmax, [], "torch_vgg bias-free", check=True)
     save("torch_vgg", "NCHW", x, target, logits, maps, [
@@ -776,9 +770,7 @@ def main_vgg():
 
 
 def main_resnet():
-    model, x, argmax, seed = build("torch_resnet", make_resnet, (4, 3, 16, 16))
-    target = make_target(argmax)
-    logits = export(model, x, os.path.join(DATA, "torch_resnet.onnx"))
+    model, x, argmax, seed, target, logits = prepare("torch_resnet", make_resnet, (4, 3, 16, 16))
     logits_bn = export(model, x, os.path.join(DATA, "torch_resnet_bn.onnx"), preserve=True)
     assert np.array_equal(logits, logits_bn)
     maps = oracle_maps(model, x, argmax, target, lambda m: {
