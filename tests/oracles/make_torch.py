@@ -128,27 +128,7 @@ def make_resnet(probe):
     statistics (one train-mode pass with momentum 1), then perturbed; random affine parameters. (With
     arbitrary running stats on uniform-noise inputs most channels die and the pooled features barely vary,
     which makes the logits ill-conditioned in float32.)"""
-    model = ResNet()
-    bns = [mod for mod in model.modules() if isinstance(mod, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(probe)
-    model.eval()
-    gen = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for bn in bns:
-            bn.momentum = 0.1
-            c = bn.num_features
-            std = bn.running_var.sqrt()
-            bn.running_mean += 0.2 * std * torch.randn(c, generator=gen)
-            bn.running_var *= 0.6 + 0.8 * torch.rand(c, generator=gen)
-            scale = 0.5 + torch.rand(c, generator=gen)
-            flip = torch.rand(c, generator=gen) < 0.15  # a few negative gammas
-            bn.weight.copy_(torch.where(flip, -scale, scale))
-            bn.bias.copy_(0.2 * torch.randn(c, generator=gen))
-    return model
+    return calibrate_bns(ResNet(), probe, 1234)
 
 
 class Inception(nn.Module):
