@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnx import shape_inference, version_converter
 
 from onnxattr.errors import InvalidModelError
+from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto
 from onnxattr.graph import infer_shapes_light
 
 MIN_OPSET = 17
@@ -83,6 +84,17 @@ def fold_and_clean(model: onnx.ModelProto) -> onnx.ModelProto:
         clean.CopyFrom(model)
         return clean
     model = castlike_to_cast(model)
+    if can_fold_in_proto(model):
+        try:
+            return fold_in_proto(model, FOLD_SIZE_LIMIT)
+        except FoldError:
+            pass
+    return fold_with_graphsurgeon(model)
+
+
+def fold_with_graphsurgeon(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same with onnx-graphsurgeon, which also folds static shapes (Shape, Size) and handles
+    control flow; slower (an import/export round trip of the whole graph)."""
     graph = gs.import_onnx(model)
     outputs = {t.name for t in graph.outputs}
     for node in graph.nodes:

@@ -1,0 +1,129 @@
+"""onnxattr/fold.py: folding on the proto gives what onnx-graphsurgeon's folder gives, faster."""
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxattr import canonicalize as canon_module
+from onnxattr.canonicalize import FOLD_SIZE_LIMIT, canonicalize, castlike_to_cast, fold_with_graphsurgeon, upgrade_opset
+from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto
+from tests.models import single_io_model
+
+LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+ZOO = sorted(f for f in os.listdir(LIGHT) if f.endswith(".onnx"))
+
+
+def summary(model):
+    nodes = [(n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return nodes, inits, [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+
+
+def run(model, feeds):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_same_graph_as_graphsurgeon(name):
+    """The reference is graphsurgeon's fold + cleanup: the same nodes, the same initializers bit for bit."""
+    model = castlike_to_cast(upgrade_opset(onnx.load(os.path.join(LIGHT, name)), name))
+    if not can_fold_in_proto(model):
+        assert any(n.op_type in ("Shape", "Size") for n in model.graph.node)
+        pytest.skip("has Shape/Size: graphsurgeon's folder runs")
+    ours, ref = summary(fold_in_proto(model, FOLD_SIZE_LIMIT)), summary(fold_with_graphsurgeon(model))
+    assert ours[0] == ref[0]
+    assert ours[1].keys() == ref[1].keys()
+    for key, value in ref[1].items():
+        assert ours[1][key].dtype == value.dtype
+        np.testing.assert_array_equal(ours[1][key], value)
+    assert ours[2:] == ref[2:]
+
+
+def chain_model():
+    """x + Tile(Mul(c, 2), reps) and an Identity, a Dropout and a dead node on the way."""
+    nodes = [helper.make_node("Mul", ["c", "two"], ["c2"]),
+             helper.make_node("Tile", ["c2", "reps"], ["tiled"]),
+             helper.make_node("Identity", ["x"], ["x_id"]),
+             helper.make_node("Dropout", ["x_id"], ["x_d"]),
+             helper.make_node("Neg", ["x"], ["unused"]),
+             helper.make_node("Add", ["x_d", "tiled"], ["y"])]
+    inits = {"c": np.arange(4, dtype=np.float32), "two": np.array(2, np.float32),
+             "reps": np.array([8], np.int64)}
+    return single_io_model(nodes, inits, ["N", 32], ["N", 32])
+
+
+def test_folds_bypasses_and_drops_dead_nodes():
+    model = chain_model()
+    folded = fold_in_proto(model, FOLD_SIZE_LIMIT)
+    assert [n.op_type for n in folded.graph.node] == ["Add"]
+    assert list(folded.graph.node[0].input) == ["x", "tiled"]
+    assert [t.name for t in folded.graph.initializer] == ["tiled"]
+    np.testing.assert_array_equal(numpy_helper.to_array(folded.graph.initializer[0]), np.tile(np.arange(4) * 2, 8))
+    x = np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)
+    np.testing.assert_array_equal(run(folded, {"x": x})[0], run(model, {"x": x})[0])
+    assert len(model.graph.node) == 6  # the input model is not touched
+
+
+def test_tensor_over_the_limit_keeps_its_producer():
+    """Tile's 128-byte output exceeds a 100-byte limit: Tile stays, its 16-byte input is folded."""
+    folded = fold_in_proto(chain_model(), 100)
+    assert [n.op_type for n in folded.graph.node] == ["Tile", "Add"]
+    assert sorted(t.name for t in folded.graph.initializer) == ["c2", "reps"]
+    x = np.ones((1, 32), np.float32)
+    np.testing.assert_array_equal(run(folded, {"x": x})[0], run(chain_model(), {"x": x})[0])
+
+
+def test_dropout_with_a_read_mask_and_random_ops_stay():
+    nodes = [helper.make_node("Dropout", ["x"], ["x_d", "mask"]),
+             helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("RandomUniform", [], ["r"], shape=[1, 3]),
+             helper.make_node("Mul", ["x_d", "m"], ["p"]),
+             helper.make_node("Add", ["p", "r"], ["y"])]
+    model = single_io_model(nodes, {}, ["N", 3], ["N", 3])
+    folded = fold_in_proto(model, FOLD_SIZE_LIMIT)
+    assert [n.op_type for n in folded.graph.node] == ["Dropout", "Cast", "RandomUniform", "Mul", "Add"]
+
+
+def test_identity_that_is_a_graph_output_stays():
+    model = single_io_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["y"])],
+                            {}, ["N", 3], ["N", 3])
+    assert [n.op_type for n in fold_in_proto(model, FOLD_SIZE_LIMIT).graph.node] == ["Relu", "Identity"]
+
+
+def test_initializers_listed_as_inputs_become_constants():
+    model = chain_model()
+    model.graph.input.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [4]))
+    folded = fold_in_proto(model, FOLD_SIZE_LIMIT)
+    assert [i.name for i in folded.graph.input] == ["x"]
+    assert [n.op_type for n in folded.graph.node] == ["Add"]
+
+
+def test_shapes_and_control_flow_go_to_graphsurgeon():
+    shape = single_io_model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])],
+                            {}, [2, 3], [2, 3])
+    assert not can_fold_in_proto(shape)
+    body = helper.make_graph([helper.make_node("Relu", ["x"], ["b"])], "body", [],
+                             [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3])])
+    branch = single_io_model([helper.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=body)],
+                             {"cond": np.array(True)}, [2, 3], [2, 3])
+    assert not can_fold_in_proto(branch)
+    assert can_fold_in_proto(chain_model())
+
+
+def test_evaluation_failure_falls_back_to_graphsurgeon(monkeypatch):
+    def fail(*args):
+        raise FoldError("no")
+
+    monkeypatch.setattr("onnxattr.fold.evaluate", fail)
+    with pytest.raises(FoldError):
+        fold_in_proto(chain_model(), FOLD_SIZE_LIMIT)
+    calls = []
+    real = canon_module.fold_with_graphsurgeon
+    monkeypatch.setattr(canon_module, "fold_with_graphsurgeon", lambda m: calls.append(1) or real(m))
+    canon = canonicalize(chain_model())
+    assert calls == [1]
+    assert [n.op_type for n in canon.graph.node] == ["Add"]
