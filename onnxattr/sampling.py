@@ -58,18 +58,19 @@ def copy_nodes(b: GraphBuilder, nodes, rename: dict[str, str]) -> list[onnx.Node
 BODY_WEIGHT_MIN = 2  # elements: scalars are read from the outer scope
 
 
-def _weights_into_body(b: GraphBuilder, body_nodes) -> list:
-    """Initializers of the Loop body for the large float constants its nodes read.
+def _weights_into_body(b: GraphBuilder, body_nodes, dest) -> None:
+    """Initializers of the Loop body (appended to ``dest``) for the large float constants its nodes read.
 
     onnxruntime applies its layout optimizations (NCHWc convolutions, weight prepacking) to a
     subgraph only for initializers of that subgraph; weights read from the outer scope left the body
     about twice as slow as the same nodes in the main graph. Constants made for the body alone (flipped
     and modified weights) move into it; weights the main graph reads too (the forward's) are copied
-    under a new name: the model file grows by those weights once."""
+    under a new name: the model file grows by those weights once. Each tensor is copied once, straight
+    into ``dest`` (the body's initializer field): a body holds all the weights, so copies cost time."""
     outer_reads = {i for n in b.nodes for i in n.input}
     protos = getattr(b.constants, "_protos", {})
     ours = {t.name: t for t in b.initializers}
-    renamed, inits, moved = {}, [], set()
+    renamed, moved = {}, set()
     for node in body_nodes:
         for k, name in enumerate(node.input):
             if name in renamed:
@@ -82,19 +83,17 @@ def _weights_into_body(b: GraphBuilder, body_nodes) -> list:
             if name in ours and name not in outer_reads:
                 moved.add(name)
                 del ours[name]
-                inits.append(t)
+                dest.append(t)
                 renamed[name] = name
                 continue
-            copy = onnx.TensorProto()
+            copy = dest.add()
             copy.CopyFrom(t)
             copy.name = renamed[name] = b.fresh("body_w")
             node.input[k] = copy.name
-            inits.append(copy)
     if moved:  # no longer visible to the main graph: out of its initializers and of the shared caches
         b.initializers[:] = [t for t in b.initializers if t.name not in moved]
         for key in [k for k, v in b.cache.items() if v in moved]:
             del b.cache[key]
-    return inits
 
 
 def sample_loop(
@@ -144,18 +143,21 @@ def sample_loop(
     cond_out = cb.op("Identity", [cond_in])
 
     x_type = b.types.get(x, TensorProto.FLOAT)
-    body_inits = _weights_into_body(b, cb.nodes)
-    body = helper.make_graph(
-        cb.nodes, b.fresh("sample_body"),
-        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
-         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(acc_in, x_type, None)],
-        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(acc_out, x_type, None)],
-        body_inits,
-    )
-    acc0 = b.zeros_like(x)
-    total = b.op("Loop", [b.const(trips, "int64"), "", acc0], body=body)
+    # the Loop node is assembled in place: make_node/make_graph would copy the body's weights three times
+    total = b.fresh("loop")
+    loop = helper.make_node("Loop", [b.const(trips, "int64"), "", b.zeros_like(x)], [total], name=b.fresh("Loop"))
+    body_attr = loop.attribute.add()
+    body_attr.name, body_attr.type = "body", onnx.AttributeProto.GRAPH
+    body = body_attr.g
+    body.name = b.fresh("sample_body")
+    _weights_into_body(b, cb.nodes, body.initializer)
+    body.node.extend(cb.nodes)
+    body.input.extend([helper.make_tensor_value_info(it, TensorProto.INT64, []),
+                       helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+                       helper.make_tensor_value_info(acc_in, x_type, None)])
+    body.output.extend([helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+                        helper.make_tensor_value_info(acc_out, x_type, None)])
+    b.nodes.append(loop)
     b.set_info(total, x)
     return total
 

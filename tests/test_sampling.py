@@ -1,0 +1,52 @@
+"""onnxattr/sampling.py: the Loop over samples equals the sum of single gradients, and its body holds
+its own copies of the weights (onnxruntime optimizes a subgraph's own initializers only)."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import onnxattr
+from tests.lrp.nets import resnet_like
+
+
+def run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["relevance"], {session.get_inputs()[0].name: x})[0]
+
+
+def loop_body(model):
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    return next(a.g for a in loop.attribute if a.name == "body")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16])
+def test_integrated_gradients_is_the_mean_of_path_gradients(chunk):
+    """IG = x * mean_k grad(k/steps * x) (zero reference, seed on every logit), with gradients from the compiled gradient
+    graph one point at a time; 7 steps in chunks of 1, 3 (a partial last chunk) and 16 (one trip)."""
+    model = resnet_like(bias=True)
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    gradient = onnxattr.compile(model, "gradient", neuron="all")
+    expected = x * np.mean([run(gradient, (k / 7 * x).astype(np.float32)) for k in range(7)], axis=0)
+    ig = onnxattr.compile(model, "integrated_gradients", neuron="all", steps=7, chunk_size=chunk)
+    np.testing.assert_allclose(run(ig, x), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def test_body_holds_its_weights():
+    model = resnet_like(bias=True)
+    ig = onnxattr.compile(model, "integrated_gradients", steps=4)
+    body = loop_body(ig)
+    body_inits = {t.name: numpy_helper.to_array(t) for t in body.initializer}
+    outer = {t.name for t in ig.graph.initializer}
+    large = lambda t: t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= 2  # noqa: E731
+    # every large float constant a body node reads is the body's own
+    for node in body.node:
+        for name in node.input:
+            assert name not in outer or not large(next(t for t in ig.graph.initializer if t.name == name)), name
+    # each of the forward's float weights appears in the body, bit for bit
+    body_values = list(body_inits.values())
+    for t in model.graph.initializer:
+        w = numpy_helper.to_array(t)
+        if large(t):
+            assert any(v.shape == w.shape and np.array_equal(v, w) for v in body_values), t.name
