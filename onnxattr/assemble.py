@@ -13,7 +13,8 @@ from onnx import TensorProto, helper
 from onnxattr.canonicalize import canonicalize
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import InvalidModelError, SelectionError, UsageError
-from onnxattr.graph import GraphBuilder, light_model
+from onnxattr.graph import GraphBuilder
+from onnxattr.light import light_model
 from onnxattr.load import check_input_model, check_input_shapes, load_model
 from onnxattr.methods import Target, get_method
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index

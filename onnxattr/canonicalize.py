@@ -18,7 +18,7 @@ from onnx import shape_inference, version_converter
 
 from onnxattr.errors import InvalidModelError
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto
-from onnxattr.graph import infer_shapes_light
+from onnxattr.light import infer_shapes_light
 
 MIN_OPSET = 17
 TARGET_OPSET = 17
@@ -147,7 +147,7 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     """Shapes of every intermediate tensor, inferred on a copy without the weights (fast; see
-    graph.light_model), else on the whole model, else what the model declares. Without ``in_place``
+    light.light_model), else on the whole model, else what the model declares. Without ``in_place``
     the result may lack the large initializers: read types and shapes from it, nothing else."""
     try:
         return infer_shapes_light(model, in_place)

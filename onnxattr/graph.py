@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+from onnxattr.light import FLOAT_TYPES  # noqa: F401 - re-exported for the emitters
+
 
 
 class _LazyArrays(dict):
@@ -210,72 +211,3 @@ class GraphBuilder:
         c.__dict__.update(self.__dict__)
         c.nodes = []
         return c
-
-
-# ---- whole-model checks without the weights ------------------------------------------------------
-LIGHT_LIMIT = 4096  # elements: initializers larger than this are left out of structural checks
-
-
-def light_model(model: onnx.ModelProto, limit: int = LIGHT_LIMIT) -> tuple[onnx.ModelProto, int]:
-    """A copy of ``model`` whose large initializers are graph inputs of the same name, type and shape,
-    and the byte size of the tensors left out. Shape inference and onnx.checker need the graph, the
-    types and the small constants (shapes, axes), not the weights; serializing hundreds of megabytes of
-    weights for each of them dominated compile time. Small initializers and all non-float ones stay."""
-    g = model.graph
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    lg = light.graph
-    lg.name = g.name
-    lg.input.extend(g.input)
-    lg.output.extend(g.output)
-    lg.value_info.extend(g.value_info)
-    declared = {i.name for i in g.input}
-    left_out = 0
-
-    def large(t):
-        n = 1
-        for d in t.dims:
-            n *= d
-        if n <= limit or t.data_type not in FLOAT_TYPES or t.data_location == TensorProto.EXTERNAL:
-            return False
-        nonlocal left_out
-        left_out += n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        if t.name not in declared:  # the weight becomes an input of the (outer) graph, visible everywhere
-            declared.add(t.name)
-            lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        return True
-
-    for t in g.initializer:
-        if not large(t):
-            lg.initializer.append(t)
-    for node in g.node:
-        bodies = [a for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
-        if not any(len(a.g.initializer) for a in bodies):
-            lg.node.append(node)
-            continue
-        copy = lg.node.add()  # a Loop body with its own weights (sampling.py): those leave it too
-        copy.CopyFrom(node)
-        for a in copy.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                keep = [t for t in a.g.initializer if not large(t)]
-                del a.g.initializer[:]
-                a.g.initializer.extend(keep)
-    return light, left_out
-
-
-def infer_shapes_light(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
-    """onnx.shape_inference (data_prop=True) run on the light copy of ``model``. Returns that inferred
-    light copy, or, with ``in_place``, ``model`` itself given the value_info and output shapes found."""
-    light, _ = light_model(model)
-    inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    if not in_place:
-        return inferred
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-    outputs = {o.name: o for o in inferred.graph.output}
-    for o in model.graph.output:
-        if o.name in outputs:
-            o.CopyFrom(outputs[o.name])
-    return model

@@ -10,9 +10,10 @@ import os
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from onnxattr.errors import InvalidModelError, ModelFileError
+from onnxattr.light import light_model
 
 TWO_GB = 2**31
 _PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1", "FLOAT6E2M3",
@@ -40,17 +41,38 @@ def _check_external_locations(model: onnx.ModelProto, folder: str, path: str) ->
             raise ModelFileError(f"{path}: external data file '{loc}' of tensor '{tensor.name}' is missing")
 
 
+_TEXT_FIELDS: dict = {}
+
+
+def _text_fields(descriptor) -> list[tuple[str, bool, bool]]:
+    """(name, repeated, is_message) of a message type's string and message fields, cached per type.
+    Bytes fields (a tensor's raw_data) are never read: reading one copies the weights into Python."""
+    fields = _TEXT_FIELDS.get(descriptor)
+    if fields is None:
+        fields = []
+        for f in descriptor.fields:
+            if f.type in (f.TYPE_STRING, f.TYPE_MESSAGE):
+                repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED
+                fields.append((f.name, repeated, f.type == f.TYPE_MESSAGE))
+        _TEXT_FIELDS[descriptor] = fields
+    return fields
+
+
 def _non_utf8_field(msg, prefix: str = "") -> str | None:
     """Path of the first text field whose bytes are not UTF-8 (protobuf then hands back bytes, not str)."""
-    for field, value in msg.ListFields():
-        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+    for name, repeated, is_message in _text_fields(msg.DESCRIPTOR):
+        if repeated:
+            values = getattr(msg, name)
+        elif msg.HasField(name):
+            values = (getattr(msg, name),)
+        else:
             continue
-        values = [value] if isinstance(value, (str, bytes, Message)) else value  # else a repeated field
         for v in values:
-            if field.type == field.TYPE_STRING and isinstance(v, bytes):
-                return prefix + field.name
-            if field.type == field.TYPE_MESSAGE:
-                found = _non_utf8_field(v, f"{prefix}{field.name}.")
+            if not is_message:
+                if isinstance(v, bytes):
+                    return prefix + name
+            else:
+                found = _non_utf8_field(v, f"{prefix}{name}.")
                 if found:
                     return found
     return None
@@ -126,22 +148,26 @@ def load_model(model) -> onnx.ModelProto:
 
 
 def check_input_model(model: onnx.ModelProto, label: str) -> None:
-    """onnx.checker on the user's model (by size: protos over 2 GB cannot be checked in memory)."""
-    if model.ByteSize() >= TWO_GB:
+    """onnx.checker on the user's model without its weights (light.light_model; their sizes are
+    _check_tensor_sizes's job), skipped over 2 GB as protobuf cannot serialize more."""
+    light, left_out = light_model(model)
+    if light.ByteSize() + left_out >= TWO_GB:
         return
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(light)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise InvalidModelError(f"{label}: the model fails onnx.checker: {first}") from None
 
 
 def check_input_shapes(model: onnx.ModelProto, label: str) -> None:
-    """Strict shape and type inference on the user's model; raises naming its first inconsistency."""
-    if model.ByteSize() >= TWO_GB:
+    """Strict shape and type inference on the user's model (without its weights); raises naming its
+    first inconsistency."""
+    light, left_out = light_model(model)
+    if light.ByteSize() + left_out >= TWO_GB:
         return
     try:
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = next((ln for ln in lines if ln.startswith("(op_type")), lines[0] if lines else "inference failed")

@@ -75,3 +75,21 @@ def test_checker_failure_is_invalid_model():
     m.graph.node[0].input[1] = "does_not_exist"
     with pytest.raises(InvalidModelError, match="onnx.checker"):
         check_input_model(m, "m.onnx")
+
+
+@pytest.mark.parametrize("token,field", [
+    (b"W1", "graph.node.input"),                  # a repeated string field (first: nodes come first)
+    (b"labels", "graph.initializer.name"),        # a string inside a repeated message
+    (b"mlp", "graph.name"),                       # a singular string
+    (b"axis", "graph.node.attribute.name"),       # two messages deep
+])
+def test_non_utf8_text_is_found_wherever_it_is(tmp_path, token, field):
+    """One byte of one text is damaged in the file; the error names the field path."""
+    m, _ = mlp()
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(2, np.float32), "labels"))
+    data = m.SerializeToString()
+    pos = data.index(token)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(data[:pos] + b"\xbf" + data[pos + 1:])
+    with pytest.raises(ModelFileError, match=f"field {field} is not UTF-8"):
+        load_model(bad)
