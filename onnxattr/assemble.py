@@ -67,8 +67,9 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     # forward nodes (possibly given extra outputs, e.g. MaxPool indices) then the appended ones
     del graph.node[:]
     graph.node.extend(t.nodes)
-    graph.node.extend(b.nodes)
-    used = _inputs_used(list(b.nodes) + list(t.nodes))
+    appended = _live(b.nodes, {o.name for o in graph.output} | {RELEVANCE} | _inputs_used(t.nodes))
+    graph.node.extend(appended)
+    used = _inputs_used(appended + list(t.nodes))
     graph.initializer.extend(init for init in b.initializers if init.name in used)
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
@@ -90,6 +91,18 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InvalidModelError(f"internal error: the compiled model fails onnx.checker: {first}") from None
     return canon
+
+
+def _live(nodes, wanted: set) -> list:
+    """``nodes`` without those whose outputs nothing reads (a rule may leave a product it found a shortcut
+    around); ``wanted``: names read from elsewhere (graph outputs, the forward)."""
+    live, keep = set(wanted), []
+    for n in reversed(nodes):
+        if live.intersection(n.output):
+            keep.append(n)
+            live |= _inputs_used([n])
+    keep.reverse()
+    return keep
 
 
 def _inputs_used(nodes) -> set:

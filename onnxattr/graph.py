@@ -81,6 +81,9 @@ class GraphBuilder:
         # relevance tensor -> forward tensor of its shape such that the relevance is exactly 0 wherever that
         # tensor is 0 (R = x * c for LRP's x-times rules); rules use it to divide by a cheaper denominator
         self.zero_where: dict[str, str] = {}
+        # relevance tensor -> (x, s) when it was emitted as Mul(x, s) with x's shape (a residual z split):
+        # a rule whose denominator is x itself then needs only s and x / stab(x)
+        self.product_of: dict[str, tuple[str, str]] = {}
 
     # ---- names -----------------------------------------------------------------------------
     def fresh(self, hint: str = "t") -> str:

@@ -253,6 +253,7 @@ def _add_split(style, relu_of):
                 share = unbroadcast(b, r, x, y)
                 if share == r:
                     b.zero_where[r] = x
+                    b.product_of[r] = (x, s)
                 r = share
             out.append(r)
         return out

@@ -203,6 +203,23 @@ def _denominator(b, z, rule: Rule, positive: str | None):
     return _nonnegative_stabilize(b, positive, rule)
 
 
+def own_factor(b, relevance: str, z: str) -> str | None:
+    """s when ``relevance`` was emitted as z * s (b.product_of: a residual z split), else None."""
+    x, s = b.product_of.get(relevance, (None, None))
+    return s if x == z else None
+
+
+def _own_ratio(b, z, rule: Rule) -> str:
+    """z / stab(z), for a relevance R = z * s arriving at z (a residual z split): R / stab(z) is then
+    s * z / stab(z), without R and without the sign of z. signed: z / (z + eps sign(z)) = |z| / (|z| + eps)
+    (for z < 0 numerator and denominator are both negated; 0 at z = 0); safe: z / (z + eps [z = 0]) is 1
+    where z != 0 and 0 at z = 0, i.e. Sign(|z|)."""
+    magnitude = b.op("Abs", [z])
+    if rule.stabilizer == "signed":
+        return b.op("Div", [magnitude, b.op("Add", [magnitude, b.scalar(rule.epsilon, z)])])
+    return b.op("Sign", [magnitude])
+
+
 # sign of each modifier's values: +1 (>= 0), -1 (<= 0), 0 (absent), None (either)
 _INPUT_SIGN = {"pos": 1, "neg": -1, "ones": 1}
 _PARAM_SIGN = {"pos": 1, "neg": -1, "square": 1, "ones": 1, "none": 0}
@@ -266,13 +283,17 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str, positive: str | None =
         z = zs[0][1] if zs[0][0] > 0 else b.op("Neg", [zs[0][1]])
         for sign, zk in zs[1:]:
             z = b.op("Add" if sign > 0 else "Sub", [z, zk])
-        if z == unit.out:
-            denominator = _denominator(b, z, rule, positive)
-        elif known_nonnegative(unit, terms):
-            denominator = _nonnegative_stabilize(b, z, rule)
+        factor = own_factor(b, relevance, z) if z == unit.out and positive is None and rule.epsilon > 0 else None
+        if factor is not None:
+            s = b.op("Mul", [factor, _own_ratio(b, z, rule)])
         else:
-            denominator = _stabilize(b, z, rule)
-        s = b.op("Div", [relevance, denominator])
+            if z == unit.out:
+                denominator = _denominator(b, z, rule, positive)
+            elif known_nonnegative(unit, terms):
+                denominator = _nonnegative_stabilize(b, z, rule)
+            else:
+                denominator = _stabilize(b, z, rule)
+            s = b.op("Div", [relevance, denominator])
         if group.mask:
             z_out = unit_output(b, unit)
             sel = b.op("Greater" if group.mask == "pos" else "Less", [z_out, b.scalar(0.0, z_out)])

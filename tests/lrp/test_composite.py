@@ -1,6 +1,7 @@
-"""onnxattr/lrp/composite.py: the Relu-output denominator. Relevance that reaches a Relu from x-times rules
+"""onnxattr/lrp/composite.py (and the shortcuts in rules.py it enables): the Relu-output denominator. Relevance that reaches a Relu from x-times rules
 (R = x * c) is 0 wherever the Relu output is 0, so the layer below may divide by Relu(z) + eps instead of
-z + eps sign(z); the map must be the same, and the shortcut must not fire when a rule above is not x-times."""
+z + eps sign(z); the map must be the same, and the shortcut must not fire when a rule above is not x-times.
+Likewise a residual operand's relevance R = z * s divided by stab(z) is s * z / stab(z)."""
 
 import numpy as np
 import onnxruntime as ort
@@ -34,6 +35,7 @@ def test_relu_denominator_gives_the_same_map(preset, net, monkeypatch):
     _, fast = relevance(model, preset)
     monkeypatch.setattr(composite, "_positive_part", lambda *a: None)
     monkeypatch.setattr(rules, "known_nonnegative", lambda *a: False)
+    monkeypatch.setattr(rules, "own_factor", lambda *a: None)
     _, plain = relevance(model, preset)
     np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
 
@@ -45,6 +47,19 @@ def test_epsilon_leaves_the_pre_activations_to_their_relu():
     for z in ("c1", "c2", "s", "h"):
         assert readers(compiled, z) == ["Relu"], (z, readers(compiled, z))
     assert "GreaterOrEqual" in readers(compiled, "y")
+
+
+@pytest.mark.parametrize("preset,ratio", [("lrp.epsilon", ["Abs", "Add", "Div"]), ("lrp.z", ["Abs", "Sign"])])
+def test_residual_operand_divides_by_its_own_ratio(preset, ratio):
+    """The Add's first operand c3 receives R = c3 * s from the z split; its conv divides R by stab(c3),
+    which is s * c3 / stab(c3): c3 is read by the Add and one Abs, the product c3 * s is never emitted."""
+    compiled, _ = relevance(resnet_like(bias=True), preset)
+    assert sorted(readers(compiled, "c3")) == ["Abs", "Add"], readers(compiled, "c3")
+    made_by = {o: n for n in compiled.graph.node for o in n.output}
+    abs_out = next(n.output[0] for n in compiled.graph.node if n.op_type == "Abs" and n.input[0] == "c3")
+    chain = {n.op_type for n in compiled.graph.node if abs_out in n.input}
+    assert chain <= set(ratio), chain
+    assert not [n for n in made_by.values() if n.op_type == "Mul" and "c3" in n.input]
 
 
 def test_no_shortcut_below_a_rule_that_is_not_x_times(tmp_path, monkeypatch):
