@@ -13,7 +13,7 @@ from onnxattr import viz
 from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_model
 from onnxattr.errors import DataError, OnnxAttrError, UsageError
 from onnxattr.methods import REGISTRY
-from onnxattr.output import refuse_overwriting_input, save_array, save_model
+from onnxattr.output import refuse_overwriting_input, save_array, save_image, save_model
 
 
 def _params(pairs) -> dict:
@@ -145,7 +145,7 @@ def cmd_explain(a) -> int:
         print(f"wrote {a.out}")
     for path, kind in ((a.heatmap, "heatmap"), (a.graymap, "graymap")):
         if path:
-            viz.save_grid(r, path, kind)
+            save_image(viz.grid(r, kind), path, a.model, a.data)
             print(f"wrote {path}")
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 
 import numpy as np
@@ -33,14 +34,27 @@ def destination_folder(path: str) -> str:
     return folder
 
 
+def _new_file_mode(path: str) -> int:
+    """The mode ``path`` keeps (when it exists) or a new file gets (0666 less the umask); mkstemp's
+    temporaries are 0600, which a rename would otherwise hand on to the result."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it."""
+    """Yield a temporary path beside ``path``; on success give it the mode of a normally created file
+    and rename it to ``path``, else delete it."""
     folder = destination_folder(path)
     fd, tmp = tempfile.mkstemp(prefix=".onnxattr-", suffix=os.path.basename(path), dir=folder)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -99,3 +113,19 @@ def save_array(arr: np.ndarray, path: str, *inputs) -> None:
                 np.save(f, arr)
     except OSError as e:
         raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def save_image(rgb: np.ndarray, path: str, *inputs) -> None:
+    """An RGB uint8 array as an image file; the format follows the extension (Pillow's)."""
+    from PIL import Image
+
+    refuse_overwriting_input(path, *inputs)
+    try:
+        with atomic_path(path) as tmp:
+            Image.fromarray(rgb).save(tmp, format=Image.registered_extensions().get(
+                os.path.splitext(path)[1].lower()))
+    except OSError as e:
+        raise OutputFileError(f"{path}: cannot write ({e.strerror or e})") from None
+    except (ValueError, KeyError) as e:
+        known = ", ".join(sorted({".png", ".jpg", ".bmp", ".tif", ".gif", ".webp"}))
+        raise OutputFileError(f"{path}: cannot write an image of this type ({e}); use one of {known}") from None

@@ -56,16 +56,16 @@ def graymap(r: np.ndarray) -> np.ndarray:
     return (np.repeat(t[..., None], 3, axis=-1) * 255).round().astype(np.uint8)
 
 
-def save_grid(maps: np.ndarray, path: str, kind: str = "heatmap", min_size: int = 128) -> None:
-    """One image per sample side by side (nearest-neighbour upscaled so small inputs stay visible)."""
+def grid(maps: np.ndarray, kind: str = "heatmap", min_size: int = 128) -> np.ndarray:
+    """RGB uint8 image: one tile per sample side by side (nearest-neighbour upscaled so small inputs
+    stay visible)."""
     project = heatmap if kind == "heatmap" else graymap
     tiles = [project(m) for m in maps]
     h = max(t.shape[0] for t in tiles)
     factor = max(1, int(np.ceil(min_size / h)))
     tiles = [np.kron(t, np.ones((factor, factor, 1), np.uint8)) for t in tiles]
     gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
-    row = np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1)
-    Image.fromarray(row).save(path)
+    return np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1)
 
 
 def load_image(path: str, shape) -> np.ndarray:
