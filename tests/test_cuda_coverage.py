@@ -1,0 +1,56 @@
+"""Every op type the compiler appends has a float32 kernel in onnxruntime's CUDA provider, so a compiled
+graph does not fall back to the CPU node by node (README, "CUDA coverage"). No GPU is needed: the set
+below is read off onnxruntime's docs/OperatorKernels.md (CUDAExecutionProvider, tensor(float)). An op
+that is not in it makes this test fail: check that document before adding it here, or name the fallback
+in the README."""
+
+import os
+
+import onnx
+import pytest
+
+import onnxattr
+from onnxattr.methods import REGISTRY
+from tests.lrp.nets import resnet_like
+
+CUDA_FLOAT32 = frozenset({
+    "Abs", "Add", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Concat", "ConstantOfShape", "Conv",
+    "ConvTranspose", "DepthToSpace", "Div", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather",
+    "GatherElements", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid",
+    "Identity", "Less", "LessOrEqual", "Loop", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "NonZero", "Not",
+    "Pad", "Pow", "RandomNormalLike", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceSum", "Relu",
+    "Reshape", "ScatterElements", "Shape", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "SpaceToDepth", "Split",
+    "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
+})
+
+LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+METHODS = sorted(name for name, m in REGISTRY.items() if m.family != "pattern")  # pattern needs fitted data
+
+
+def op_types(graph, into):
+    for node in graph.node:
+        into.add(node.op_type)
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                op_types(a.g, into)
+    return into
+
+
+def appended_ops(model, method):
+    compiled = onnxattr.compile(model, method)
+    return op_types(compiled.graph, set()) - op_types(model.graph, set())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_small_nets(method):
+    for net in (resnet_like(bias=True, batchnorm=True), resnet_like(last_pool="MaxPool")):
+        missing = appended_ops(net, method) - CUDA_FLOAT32
+        assert not missing, f"{method} appends ops without a CUDA float32 kernel: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", ["light_inception_v1", "light_squeezenet", "light_shufflenet"])
+def test_zoo_graphs(name):
+    model = onnx.load(os.path.join(LIGHT, f"{name}.onnx"))
+    for method in ("gradient", "lrp.epsilon", "deep_taylor", "integrated_gradients"):
+        missing = appended_ops(model, method) - CUDA_FLOAT32
+        assert not missing, f"{name} {method}: {sorted(missing)}"
