@@ -13,14 +13,13 @@ from onnx import TensorProto, helper
 from onnxattr.canonicalize import canonicalize
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import InvalidModelError, SelectionError, UsageError
-from onnxattr.graph import GraphBuilder
-from onnxattr.light import light_model
+from onnxattr.graph import GraphBuilder, live_nodes, names_read
+from onnxattr.light import checkable_copy
 from onnxattr.load import check_input_model, check_input_shapes, load_model
 from onnxattr.methods import Target, get_method
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
 
 RELEVANCE = "relevance"
-TWO_GB = 2**31
 
 
 def compile_model(model, method: str, neuron: str = "max", input: str | None = None,
@@ -67,9 +66,10 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     # forward nodes (possibly given extra outputs, e.g. MaxPool indices) then the appended ones
     del graph.node[:]
     graph.node.extend(t.nodes)
-    appended = _live(b.nodes, {o.name for o in graph.output} | {RELEVANCE} | _inputs_used(t.nodes))
+    # appended nodes nothing reads go (a rule may leave a product it found a shortcut around)
+    appended = live_nodes(b.nodes, {o.name for o in graph.output} | {RELEVANCE} | names_read(t.nodes))
     graph.node.extend(appended)
-    used = _inputs_used(appended + list(t.nodes))
+    used = names_read(appended + list(t.nodes))
     graph.initializer.extend(init for init in b.initializers if init.name in used)
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
@@ -83,40 +83,14 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
                                    "onnxattr.params": repr(params)})
     # the checker (and its strict shape inference) runs on a copy without the weights: serializing
     # them dominated compile time; our own constants are made from numpy arrays and cannot disagree
-    light, left_out = light_model(canon)
-    if light.ByteSize() + left_out < TWO_GB:
+    light = checkable_copy(canon)
+    if light is not None:
         try:
             onnx.checker.check_model(light, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InvalidModelError(f"internal error: the compiled model fails onnx.checker: {first}") from None
     return canon
-
-
-def _live(nodes, wanted: set) -> list:
-    """``nodes`` without those whose outputs nothing reads (a rule may leave a product it found a shortcut
-    around); ``wanted``: names read from elsewhere (graph outputs, the forward)."""
-    live, keep = set(wanted), []
-    for n in reversed(nodes):
-        if live.intersection(n.output):
-            keep.append(n)
-            live |= _inputs_used([n])
-    keep.reverse()
-    return keep
-
-
-def _inputs_used(nodes) -> set:
-    """Every tensor name read by ``nodes`` or by nodes of their subgraphs (Loop bodies read outer names)."""
-    used = set()
-    for n in nodes:
-        used.update(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                used |= _inputs_used(a.g.node)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    used |= _inputs_used(g.node)
-    return used
 
 
 def _fill_report(report: dict, t: Target, m) -> None:

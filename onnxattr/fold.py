@@ -18,6 +18,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from onnxattr.graph import live_nodes, names_read
+
 NON_DETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                                "Multinomial", "Bernoulli"})
 SHAPE_OPS = frozenset({"Shape", "Size"})
@@ -120,15 +122,11 @@ def evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], wanted: list[s
 
 def remove_dead(graph: onnx.GraphProto) -> None:
     """Drop nodes that no graph output depends on, then initializers nothing reads (graph inputs stay)."""
-    live = {o.name for o in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if live.intersection(node.output):
-            kept.append(node)
-            live.update(node.input)
+    kept = live_nodes(graph.node, {o.name for o in graph.output})
     if len(kept) != len(graph.node):
         del graph.node[:]
-        graph.node.extend(reversed(kept))
+        graph.node.extend(kept)
+    live = names_read(graph.node) | {o.name for o in graph.output}
     inputs = {i.name for i in graph.input}
     unused = [t for t in graph.initializer if t.name not in live and t.name not in inputs]
     for t in unused:

@@ -214,3 +214,28 @@ class GraphBuilder:
         c.__dict__.update(self.__dict__)
         c.nodes = []
         return c
+
+
+def names_read(nodes) -> set:
+    """Every tensor name read by ``nodes`` or by nodes of their subgraphs (Loop bodies read outer names)."""
+    used = set()
+    for n in nodes:
+        used.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                used |= names_read(a.g.node)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    used |= names_read(g.node)
+    return used
+
+
+def live_nodes(nodes, wanted) -> list:
+    """``nodes`` (topologically sorted) without those no name in ``wanted`` depends on, in their order."""
+    live, keep = set(wanted), []
+    for n in reversed(nodes):
+        if live.intersection(n.output):
+            keep.append(n)
+            live |= names_read([n])
+    keep.reverse()
+    return keep

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+TWO_GB = 2**31  # protobuf cannot serialize a message this large
 
 LIGHT_LIMIT = 4096  # elements: initializers larger than this are left out of structural checks
 
@@ -60,6 +61,13 @@ def light_model(model: onnx.ModelProto, limit: int = LIGHT_LIMIT) -> tuple[onnx.
                 del a.g.initializer[:]
                 a.g.initializer.extend(keep)
     return light, left_out
+
+
+def checkable_copy(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """light_model(model) for onnx.checker / strict inference, or None when the whole model is 2 GB or
+    more (onnx's checks of a whole model serialize it, and protobuf cannot)."""
+    light, left_out = light_model(model)
+    return light if light.ByteSize() + left_out < TWO_GB else None
 
 
 def infer_shapes_light(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:

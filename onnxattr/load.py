@@ -13,9 +13,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxattr.errors import InvalidModelError, ModelFileError
-from onnxattr.light import light_model
+from onnxattr.light import checkable_copy
 
-TWO_GB = 2**31
 _PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1", "FLOAT6E2M3",
                                                   "FLOAT6E3M2") if hasattr(onnx.TensorProto, n)}
 
@@ -150,8 +149,8 @@ def load_model(model) -> onnx.ModelProto:
 def check_input_model(model: onnx.ModelProto, label: str) -> None:
     """onnx.checker on the user's model without its weights (light.light_model; their sizes are
     _check_tensor_sizes's job), skipped over 2 GB as protobuf cannot serialize more."""
-    light, left_out = light_model(model)
-    if light.ByteSize() + left_out >= TWO_GB:
+    light = checkable_copy(model)
+    if light is None:
         return
     try:
         onnx.checker.check_model(light)
@@ -163,8 +162,8 @@ def check_input_model(model: onnx.ModelProto, label: str) -> None:
 def check_input_shapes(model: onnx.ModelProto, label: str) -> None:
     """Strict shape and type inference on the user's model (without its weights); raises naming its
     first inconsistency."""
-    light, left_out = light_model(model)
-    if light.ByteSize() + left_out >= TWO_GB:
+    light = checkable_copy(model)
+    if light is None:
         return
     try:
         onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 
 from onnxattr.errors import OutputFileError
+from onnxattr.light import TWO_GB
 
-TWO_GB = 2**31
 EXTERNAL_MIN_BYTES = 1024  # tensors this small stay inside the .onnx file
 
 
