@@ -98,7 +98,8 @@ def fold_with_graphsurgeon(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = gs.import_onnx(model)
     outputs = {t.name for t in graph.outputs}
     for node in graph.nodes:
-        if node.op in ("Identity", "Dropout") and node.outputs[0].name not in outputs:
+        mask_read = node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].outputs
+        if node.op in ("Identity", "Dropout") and node.outputs[0].name not in outputs and not mask_read:
             src = node.inputs[0]
             for consumer in list(node.outputs[0].outputs):
                 for k, t in enumerate(consumer.inputs):

@@ -127,3 +127,19 @@ def test_evaluation_failure_falls_back_to_graphsurgeon(monkeypatch):
     canon = canonicalize(chain_model())
     assert calls == [1]
     assert [n.op_type for n in canon.graph.node] == ["Add"]
+
+
+def test_graphsurgeon_path_keeps_a_dropout_whose_mask_is_read():
+    """The Shape node sends this model to graphsurgeon's folder; dropping the Dropout there would leave
+    its mask without a producer."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Reshape", ["x", "s"], ["xr"]),
+             helper.make_node("Dropout", ["xr"], ["x_d", "mask"]),
+             helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x_d", "m"], ["y"])]
+    model = single_io_model(nodes, {}, [2, 3], [2, 3])
+    assert not can_fold_in_proto(model)
+    canon = canonicalize(model)
+    assert "Dropout" in [n.op_type for n in canon.graph.node]
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run(canon, {"x": x})[0], run(model, {"x": x})[0])
