@@ -127,5 +127,5 @@ def save_image(rgb: np.ndarray, path: str, *inputs) -> None:
     except OSError as e:
         raise OutputFileError(f"{path}: cannot write ({e.strerror or e})") from None
     except (ValueError, KeyError) as e:
-        known = ", ".join(sorted({".png", ".jpg", ".bmp", ".tif", ".gif", ".webp"}))
-        raise OutputFileError(f"{path}: cannot write an image of this type ({e}); use one of {known}") from None
+        raise OutputFileError(f"{path}: cannot write an image of this type ({e}); "
+                              "use one of .bmp, .gif, .jpg, .png, .tif, .webp") from None
