@@ -81,8 +81,9 @@ class GraphBuilder:
         # relevance tensor -> forward tensor of its shape such that the relevance is exactly 0 wherever that
         # tensor is 0 (R = x * c for LRP's x-times rules); rules use it to divide by a cheaper denominator
         self.zero_where: dict[str, str] = {}
-        # relevance tensor -> (x, s) when it was emitted as Mul(x, s) with x's shape (a residual z split):
-        # a rule whose denominator is x itself then needs only s and x / stab(x)
+        # relevance tensor -> (x, s) when it was emitted as Mul(x, s) with x's shape (a residual z split, an
+        # x-times LRP rule): a rule dividing by stab(x) then needs only s and x / stab(x), and relevances
+        # x * s_k arriving at one x are summed as x * (s_1 + s_2)
         self.product_of: dict[str, tuple[str, str]] = {}
 
     # ---- names -----------------------------------------------------------------------------
@@ -187,13 +188,29 @@ class GraphBuilder:
         return self.op(op_type, [x], axes=list(axes), keepdims=keepdims)
 
     def add_all(self, names: list[str]) -> str:
-        """Sum of tensors of one shape (fan-out accumulation)."""
+        """Sum of tensors of one shape (fan-out accumulation). Products x * s_k of one x (LRP's x-times
+        rules at a tensor read twice) are summed as x * (s_1 + ... + s_n): one Mul instead of n."""
         if len(names) == 1:
             return names[0]
+        factored = self.factored_sum(names)
+        if factored is not None:
+            return factored
         out = self.op("Add" if len(names) == 2 else "Sum", names)
         where = {self.zero_where.get(n) for n in names}
         if len(where) == 1 and None not in where:
             self.zero_where[out] = where.pop()
+        return out
+
+    def factored_sum(self, names: list[str]) -> str | None:
+        """x * (s_1 + ... + s_n) when every name is a recorded product x * s_k of one x, else None."""
+        factors = [self.product_of.get(n) for n in names]
+        if None in factors or len({x for x, _ in factors}) != 1:
+            return None
+        x = factors[0][0]
+        total = self.op("Add" if len(names) == 2 else "Sum", [s for _, s in factors])
+        out = self.op("Mul", [x, total])
+        self.product_of[out] = (x, total)
+        self.zero_where[out] = x
         return out
 
     def replay(self, node: onnx.NodeProto, replace: dict[str, str]) -> list[str]:

@@ -245,7 +245,7 @@ def _add_split(style, relu_of):
 
     def step(b, node, grads, need):
         y = node.output[0]
-        s = b.op("Div", [grads[0], R._denominator(b, y, rule, _positive_part(b, grads[0], y, relu_of))])
+        s = R.quotient(b, grads[0], y, rule, _positive_part(b, grads[0], y, relu_of))
         out = []
         for x, n in zip(node.input, need):
             r = b.op("Mul", [x, s]) if n else None

@@ -204,20 +204,46 @@ def _denominator(b, z, rule: Rule, positive: str | None):
 
 
 def own_factor(b, relevance: str, z: str) -> str | None:
-    """s when ``relevance`` was emitted as z * s (b.product_of: a residual z split), else None."""
+    """s when ``relevance`` was emitted as z * s (b.product_of: a residual z split, or an x-times rule
+    above whose input is z), else None."""
     x, s = b.product_of.get(relevance, (None, None))
     return s if x == z else None
 
 
-def _own_ratio(b, z, rule: Rule) -> str:
-    """z / stab(z), for a relevance R = z * s arriving at z (a residual z split): R / stab(z) is then
-    s * z / stab(z), without R and without the sign of z. signed: z / (z + eps sign(z)) = |z| / (|z| + eps)
-    (for z < 0 numerator and denominator are both negated; 0 at z = 0); safe: z / (z + eps [z = 0]) is 1
-    where z != 0 and 0 at z = 0, i.e. Sign(|z|)."""
-    magnitude = b.op("Abs", [z])
+# Scaling by 2^127 lifts every v >= 2^-149 to at least 2^-22 (or inf); a HardSigmoid of slope 2^127 then
+# saturates at 1. Two vectorized ops: onnxruntime's CPU Sign is several times slower than both together.
+_LIFT = 2.0**127
+
+
+def positive_flag(b, v) -> str:
+    """[v > 0] (1 or 0) for v >= 0, subnormals included: HardSigmoid(2^127 v, alpha=2^127, beta=0)."""
+    lifted = b.op("Mul", [v, b.scalar(_LIFT, v)])
+    return b.op("HardSigmoid", [lifted], alpha=_LIFT, beta=0.0)
+
+
+def _ratio(b, a, rule: Rule) -> str:
+    """a / stab(a) for a >= 0: signed a / (a + eps); safe 1 where a > 0 and 0 at a = 0 (the positive flag)."""
     if rule.stabilizer == "signed":
-        return b.op("Div", [magnitude, b.op("Add", [magnitude, b.scalar(rule.epsilon, z)])])
-    return b.op("Sign", [magnitude])
+        return b.op("Div", [a, b.op("Add", [a, b.scalar(rule.epsilon, a)])])
+    return positive_flag(b, a)
+
+
+def quotient(b, relevance: str, z: str, rule: Rule, positive: str | None = None) -> str:
+    """s = R / stab(z) for the relevance R arriving at the forward tensor z (``positive``: Relu(z), see
+    ``_denominator``). When R was emitted as a product a * c of the tensor it divides by, s = c * a / stab(a)
+    with no product R and no sign computation, and a sum of such products (a read twice) costs one Add of
+    the c's:
+    - a = Relu(z), R = 0 wherever a = 0: c * a / stab(a), as in ``_denominator``;
+    - a = z (a residual operand, or a layer read by an x-times rule with no Relu between):
+      z / stab(z) = |z| / stab(|z|) (signed: numerator and denominator change sign together; safe: both
+      are 1 where z != 0 and 0 at z = 0)."""
+    if rule.epsilon > 0:
+        a = z if positive is None else positive
+        factor = own_factor(b, relevance, a)
+        if factor is not None:
+            magnitude = a if positive is not None else b.op("Abs", [z])
+            return b.op("Mul", [factor, _ratio(b, magnitude, rule)])
+    return b.op("Div", [relevance, _denominator(b, z, rule, positive)])
 
 
 # sign of each modifier's values: +1 (>= 0), -1 (<= 0), 0 (absent), None (either)
@@ -283,17 +309,12 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str, positive: str | None =
         z = zs[0][1] if zs[0][0] > 0 else b.op("Neg", [zs[0][1]])
         for sign, zk in zs[1:]:
             z = b.op("Add" if sign > 0 else "Sub", [z, zk])
-        factor = own_factor(b, relevance, z) if z == unit.out and positive is None and rule.epsilon > 0 else None
-        if factor is not None:
-            s = b.op("Mul", [factor, _own_ratio(b, z, rule)])
+        if z == unit.out:
+            s = quotient(b, relevance, z, rule, positive)
+        elif known_nonnegative(unit, terms):
+            s = b.op("Div", [relevance, _nonnegative_stabilize(b, z, rule)])
         else:
-            if z == unit.out:
-                denominator = _denominator(b, z, rule, positive)
-            elif known_nonnegative(unit, terms):
-                denominator = _nonnegative_stabilize(b, z, rule)
-            else:
-                denominator = _stabilize(b, z, rule)
-            s = b.op("Div", [relevance, denominator])
+            s = b.op("Div", [relevance, _stabilize(b, z, rule)])
         if group.mask:
             z_out = unit_output(b, unit)
             sel = b.op("Greater" if group.mask == "pos" else "Less", [z_out, b.scalar(0.0, z_out)])
@@ -301,11 +322,15 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str, positive: str | None =
         for t in terms:
             x_times = x_times and t.inp in X_TIMES
             back = unit.vjp(b, s, _param(b, unit, t.par, rule, "w"))
+            factors = None
             if t.inp != "ones":
-                back = b.op("Mul", [_input(b, unit, t.inp, rule), back])
+                factors = (_input(b, unit, t.inp, rule), back)
+                back = b.op("Mul", list(factors))
             coef = group.coef * t.sign
             if coef != 1.0:
                 back = b.op("Mul", [back, b.scalar(coef, unit.x)])
+            elif total is None and len(rule.groups) == len(terms) == 1 and factors and factors[0] == unit.x:
+                b.product_of[back] = factors  # R_in = x * VJP(s): x's own rule divides by x, see quotient
             total = back if total is None else b.op("Add", [total, back])
     b.set_info(total, unit.x)
     if x_times:

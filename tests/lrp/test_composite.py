@@ -1,7 +1,8 @@
 """onnxattr/lrp/composite.py (and the shortcuts in rules.py it enables): the Relu-output denominator. Relevance that reaches a Relu from x-times rules
 (R = x * c) is 0 wherever the Relu output is 0, so the layer below may divide by Relu(z) + eps instead of
 z + eps sign(z); the map must be the same, and the shortcut must not fire when a rule above is not x-times.
-Likewise a residual operand's relevance R = z * s divided by stab(z) is s * z / stab(z)."""
+Likewise a relevance emitted as a product R = a * c (a residual split, an x-times rule reading a) and divided
+by stab(a) is c * a / stab(a), and a tensor read twice gets a * (c1 + c2)."""
 
 import numpy as np
 import onnxruntime as ort
@@ -10,6 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 import onnxattr
+from onnxattr.graph import GraphBuilder
 from onnxattr.lrp import composite, rules
 from onnxattr.methods.lrp import preset_folder
 from tests.lrp.nets import resnet_like
@@ -36,6 +38,7 @@ def test_relu_denominator_gives_the_same_map(preset, net, monkeypatch):
     monkeypatch.setattr(composite, "_positive_part", lambda *a: None)
     monkeypatch.setattr(rules, "known_nonnegative", lambda *a: False)
     monkeypatch.setattr(rules, "own_factor", lambda *a: None)
+    monkeypatch.setattr(GraphBuilder, "factored_sum", lambda *a: None)
     _, plain = relevance(model, preset)
     np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
 
@@ -49,7 +52,7 @@ def test_epsilon_leaves_the_pre_activations_to_their_relu():
     assert "GreaterOrEqual" in readers(compiled, "y")
 
 
-@pytest.mark.parametrize("preset,ratio", [("lrp.epsilon", ["Abs", "Add", "Div"]), ("lrp.z", ["Abs", "Sign"])])
+@pytest.mark.parametrize("preset,ratio", [("lrp.epsilon", ["Abs", "Add", "Div"]), ("lrp.z", ["Mul", "HardSigmoid"])])
 def test_residual_operand_divides_by_its_own_ratio(preset, ratio):
     """The Add's first operand c3 receives R = c3 * s from the z split; its conv divides R by stab(c3),
     which is s * c3 / stab(c3): c3 is read by the Add and one Abs, the product c3 * s is never emitted."""
@@ -60,6 +63,27 @@ def test_residual_operand_divides_by_its_own_ratio(preset, ratio):
     chain = {n.op_type for n in compiled.graph.node if abs_out in n.input}
     assert chain <= set(ratio), chain
     assert not [n for n in made_by.values() if n.op_type == "Mul" and "c3" in n.input]
+
+
+def test_tensor_read_twice_is_multiplied_once():
+    """p1 is read by the second conv and the residual Add: its relevance p1 * vjp + p1 * s is emitted as
+    p1 * (vjp + s)."""
+    for preset in ("lrp.epsilon", "lrp.z", "deep_taylor"):
+        compiled, _ = relevance(resnet_like(bias=True), preset)
+        assert readers(compiled, "p1").count("Mul") == 1, (preset, readers(compiled, "p1"))
+
+
+@pytest.mark.parametrize("preset,ratio", [("lrp.epsilon", ["Add", "Div"]), ("lrp.z", ["Mul", "HardSigmoid"])])
+def test_relu_output_read_by_an_x_times_rule_gives_its_layer_a_ratio(preset, ratio):
+    """The last MatMul's rule sends R = rh * vjp to rh = Relu(h); the first MatMul needs R / stab(h), which
+    is vjp * rh / stab(rh): rh is read by the ratio alone (and the MatMul), never multiplied by the vjp."""
+    compiled, _ = relevance(resnet_like(bias=True), preset)
+    made_by = {o: n for n in compiled.graph.node for o in n.output}
+    reading = [n for n in compiled.graph.node if "rh" in n.input and n.op_type != "MatMul"]
+    assert sorted(n.op_type for n in reading) == sorted(ratio[:1] + (["Div"] if preset == "lrp.epsilon" else []))
+    last = next(n for n in compiled.graph.node if n.op_type == ratio[-1] and (
+        "rh" in n.input or any(made_by.get(i) in reading for i in n.input)))
+    assert any(n.op_type == "Mul" and last.output[0] in n.input for n in compiled.graph.node)
 
 
 def test_no_shortcut_below_a_rule_that_is_not_x_times(tmp_path, monkeypatch):
@@ -112,3 +136,21 @@ def test_hardsigmoid_zero_flag_is_exact(eps):
     v = np.tile(v, 37)  # long enough for the vectorized kernel
     expect = np.where(v == 0, np.float32(eps), np.float32(0))
     np.testing.assert_array_equal(sess.run(None, {"v": v})[0], expect)
+
+
+def test_positive_flag_is_exact():
+    """[v > 0] for v >= 0 through onnxruntime's Mul and HardSigmoid: 1 for every positive float, the
+    smallest subnormal and inf included, 0 at 0."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("v", TensorProto.FLOAT, [None])], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    b = GraphBuilder(model)
+    flag = rules.positive_flag(b, "v")
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    model.graph.output.append(helper.make_tensor_value_info(flag, TensorProto.FLOAT, [None]))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    v = np.array([0.0, 2.0**-149, 1e-45, 1e-40, 2.0**-126, 1e-30, 1e-7, 0.5, 1.0, 3e38, np.inf], np.float32)
+    v = np.tile(v, 37)
+    np.testing.assert_array_equal(sess.run(None, {"v": v})[0], (v > 0).astype(np.float32))
