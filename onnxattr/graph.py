@@ -44,6 +44,21 @@ class _LazyArrays(dict):
         return dict.__contains__(self, name) or name in self._protos
 
 
+# op type -> index of the input whose element type the (first) output has
+SAME_TYPE_OPS = {
+    **dict.fromkeys((
+        "Abs", "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "ConvTranspose",
+        "DepthToSpace", "Div", "Erf", "Exp", "Expand", "Flatten", "Gather", "GatherElements", "Gemm",
+        "GlobalAveragePool", "GlobalMaxPool", "HardSigmoid", "Identity", "Log", "MatMul", "Max", "MaxPool", "Min",
+        "Mul", "Neg", "Pad", "Pow", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape",
+        "Resize", "ScatterElements", "Sigmoid", "Sign", "Slice", "Softmax", "SpaceToDepth", "Split", "Sqrt",
+        "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze"), 0),
+    "Where": 1,
+}
+BOOL_OPS = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor",
+                      "IsNaN", "IsInf"})
+
+
 class GraphBuilder:
     """Collects new nodes (in emission order, hence topologically sorted) and initializers."""
 
@@ -96,7 +111,9 @@ class GraphBuilder:
 
     # ---- emission --------------------------------------------------------------------------
     def op(self, op_type: str, inputs, n_out: int = 1, domain: str = "", **attrs):
-        """Append one node; returns its output name (or a list of names when n_out > 1)."""
+        """Append one node; returns its output name (or a list of names when n_out > 1). The first
+        output's element type is recorded when it follows from the inputs or attributes (see
+        ``_output_type``), so constants made ``like`` it get its type (float16/float64 graphs)."""
         outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
         node = helper.make_node(
@@ -104,7 +121,25 @@ class GraphBuilder:
             name=self.fresh(op_type), domain=domain or None, **attrs,
         )
         self.nodes.append(node)
+        elem = None if domain else self._output_type(op_type, node.input, attrs)
+        if elem is not None:
+            self.types[outs[0]] = elem
         return outs[0] if n_out == 1 else outs
+
+    def _output_type(self, op_type: str, inputs, attrs) -> int | None:
+        if op_type in SAME_TYPE_OPS:
+            return self.types.get(inputs[SAME_TYPE_OPS[op_type]]) if len(inputs) > SAME_TYPE_OPS[op_type] else None
+        if op_type == "Cast":
+            return attrs.get("to")
+        if op_type in ("RandomNormalLike", "EyeLike"):
+            return attrs.get("dtype", self.types.get(inputs[0]))
+        if op_type == "ConstantOfShape":
+            return attrs["value"].data_type if "value" in attrs else TensorProto.FLOAT
+        if op_type in BOOL_OPS:
+            return TensorProto.BOOL
+        if op_type in ("Shape", "Size", "ArgMax", "ArgMin", "NonZero"):
+            return TensorProto.INT64
+        return None
 
     def const(self, value, dtype=np.float32, hint: str = "c") -> str:
         """An initializer holding ``value``; small constants are shared."""
@@ -126,11 +161,22 @@ class GraphBuilder:
     def ints(self, values) -> str:
         return self.const(np.asarray(values, dtype=np.int64).reshape(-1), np.int64, "i")
 
+    def float_type(self, like: str | None) -> int:
+        """The element type (TensorProto enum) of float tensor ``like``; float32 when unknown."""
+        t = self.types.get(like) if like is not None else None
+        return t if t in FLOAT_TYPES else TensorProto.FLOAT
+
+    def float_dtype(self, like: str | None) -> np.dtype:
+        """The numpy dtype of float tensor ``like``; float32 when unknown."""
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self.float_type(like)))
+
+    def fill_value(self, value: float, like: str | None) -> onnx.TensorProto:
+        """ConstantOfShape's ``value`` attribute: ``value`` in the element type of ``like``."""
+        return numpy_helper.from_array(np.full(1, value, self.float_dtype(like)))
+
     def scalar(self, value, like: str | None = None) -> str:
         """A 0-d float constant in the element type of tensor ``like`` (float32 by default)."""
-        dtype = np.float32
-        if like is not None and self.types.get(like) in FLOAT_TYPES:
-            dtype = helper.tensor_dtype_to_np_dtype(self.types[like])
+        dtype = self.float_dtype(like)
         return self.const(np.asarray(value, dtype=dtype), dtype, "s")
 
     # ---- facts about tensors ---------------------------------------------------------------
@@ -171,13 +217,7 @@ class GraphBuilder:
 
     def zeros_like(self, name: str) -> str:
         """Zeros of the shape and float type of ``name`` (never x*0, which keeps NaNs)."""
-        dtype = np.float32
-        if self.types.get(name) in FLOAT_TYPES:
-            dtype = helper.tensor_dtype_to_np_dtype(self.types[name])
-        out = self.op(
-            "ConstantOfShape", [self.shape_of(name)],
-            value=numpy_helper.from_array(np.zeros(1, dtype=dtype)),
-        )
+        out = self.op("ConstantOfShape", [self.shape_of(name)], value=self.fill_value(0.0, name))
         self.set_info(out, name)
         return out
 

@@ -122,7 +122,7 @@ def sample_loop(
     stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]), cb.const(n, "int64")])
     ks = cb.op("Range", [start, stop, cb.const(1, "int64")])
     count = cb.op("Reshape", [cb.op("Sub", [stop, start]), cb.ints([1])])
-    points = make_points(cb, x, cb.op("Cast", [ks], to=TensorProto.FLOAT), count)
+    points = make_points(cb, x, cb.op("Cast", [ks], to=cb.float_type(x)), count)
     cb.set_info(points, x)
 
     rename = {x: points}

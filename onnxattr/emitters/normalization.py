@@ -56,7 +56,7 @@ def _window_sum(b, t, rank, size, transpose):
     if transpose:
         lo, hi = hi, lo
     u = b.op("Unsqueeze", [t, b.ints([1])])  # [N, 1, C, ...]
-    kernel = b.const(np.ones([1, 1, size] + [1] * (rank - 2), np.float32), hint="lrn_kernel")
+    kernel = b.const(np.ones([1, 1, size] + [1] * (rank - 2)), b.float_dtype(t), hint="lrn_kernel")
     pads = [lo] + [0] * (rank - 2) + [hi] + [0] * (rank - 2)
     return b.op("Squeeze", [b.op("Conv", [u, kernel], pads=pads), b.ints([1])])
 

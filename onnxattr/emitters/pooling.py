@@ -30,8 +30,7 @@ def scatter_add_flat(b, x, flat_index, g):
 
 
 def _zero_tensor(b, like):
-    dtype = helper.tensor_dtype_to_np_dtype(b.types.get(like, 1))
-    return numpy_helper.from_array(np.zeros(1, dtype=dtype))
+    return b.fill_value(0.0, like)
 
 
 def _tiled_maxpool_vjp(b, node, g):
@@ -130,8 +129,8 @@ def avgpool_vjp(b, node, grads, need):
         scaled = b.op("Mul", [g, b.scalar(1.0 / d, x)])
     else:
         inv = np.where(d > 0, 1.0 / np.maximum(d, 1), 0.0)
-        scaled = b.op("Mul", [g, b.const(inv.astype(np.float32))])
-    ones = b.const(np.ones([channels, 1] + list(kernel), np.float32), hint="ones_kernel")
+        scaled = b.op("Mul", [g, b.const(inv, b.float_dtype(x))])
+    ones = b.const(np.ones([channels, 1] + list(kernel)), b.float_dtype(x), hint="ones_kernel")
     return [transpose_and_crop(b, scaled, ones, x, node.output[0], channels, kernel, strides, dil, begin)]
 
 
@@ -143,8 +142,8 @@ def global_avgpool_vjp(b, node, grads, need):
     if xs is not None:
         count = b.scalar(float(np.prod(xs[2:])), x)
     else:
-        count = b.op("Div", [b.op("Cast", [b.op("Size", [x])], to=1),
-                             b.op("Cast", [b.op("Size", [y])], to=1)])
+        count = b.op("Div", [b.op("Cast", [b.op("Size", [x])], to=b.float_type(x)),
+                             b.op("Cast", [b.op("Size", [y])], to=b.float_type(x))])
     out = b.op("Div", [b.op("Expand", [grads[0], b.shape_of(x)]), count])
     return [out]
 

@@ -45,7 +45,8 @@ def _count(b, node):
     xs, ys = b.static_shape(x), b.static_shape(y)
     if xs is not None and ys is not None:
         return b.scalar(float(np.prod(xs)) / float(max(np.prod(ys), 1)), x)
-    return b.op("Div", [b.op("Cast", [b.op("Size", [x])], to=1), b.op("Cast", [b.op("Size", [y])], to=1)])
+    to = b.float_type(x)
+    return b.op("Div", [b.op("Cast", [b.op("Size", [x])], to=to), b.op("Cast", [b.op("Size", [y])], to=to)])
 
 
 @register("ReduceSum")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import numpy_helper
+from onnx import TensorProto
 
 from onnxattr.lrp.units import Unit
 
@@ -134,8 +134,7 @@ def _param(b, unit: Unit, which: str, rule: Rule, kind: str):
         elif which == "square":
             out = b.op("Mul", [name, name])
         elif which == "ones":
-            out = b.op("ConstantOfShape", [b.op("Shape", [name])],
-                       value=numpy_helper.from_array(np.ones(1, np.float32)))
+            out = b.op("ConstantOfShape", [b.op("Shape", [name])], value=b.fill_value(1.0, name))
         else:
             part = pos() if which == "gamma_pos" else neg()
             out = b.op("Add", [name, b.op("Mul", [part, b.scalar(rule.gamma, name)])])
@@ -156,11 +155,10 @@ def _input(b, unit: Unit, which: str, rule: Rule):
             out = b.op("Min", [x, b.scalar(0.0, x)])
         else:
             fill = 1.0 if which == "ones" else 0.0
-            out = b.op("ConstantOfShape", [b.op("Shape", [x])],
-                       value=numpy_helper.from_array(np.asarray([fill], np.float32)))
+            out = b.op("ConstantOfShape", [b.op("Shape", [x])], value=b.fill_value(fill, x))
             if which in ("low", "high"):
                 bound = rule.low if which == "low" else rule.high
-                out = b.op("Add", [out, b.const(np.asarray(bound, np.float32), np.float32, which)])
+                out = b.op("Add", [out, b.const(np.asarray(bound), b.float_dtype(x), which)])
         unit.cache[key] = out
     return unit.cache[key]
 
@@ -172,7 +170,7 @@ def _stabilize(b, z, rule: Rule):
         nonneg = b.op("Cast", [b.op("GreaterOrEqual", [z, b.scalar(0.0, z)])], to=b.types.get(z, 1))
         sign = b.op("Add", [b.op("Mul", [nonneg, b.scalar(2 * rule.epsilon, z)]), b.scalar(-rule.epsilon, z)])
         return b.op("Add", [z, sign])
-    is_zero = b.op("Cast", [b.op("Equal", [z, b.scalar(0.0, z)])], to=1)
+    is_zero = b.op("Cast", [b.op("Equal", [z, b.scalar(0.0, z)])], to=b.float_type(z))
     return b.op("Add", [z, b.op("Mul", [is_zero, b.scalar(rule.epsilon, z)])])
 
 
@@ -184,10 +182,11 @@ _ZERO_FLAG_MAX = 2.0**-22
 
 def _nonnegative_stabilize(b, z, rule: Rule):
     """stab(z) for z known >= 0: signed -> z + eps (the sign is +1); safe -> z + eps [z = 0] with the
-    indicator term as one HardSigmoid (two ops instead of Equal/Cast/Mul/Add) when eps < 2^-22."""
+    indicator term as one HardSigmoid (two ops instead of Equal/Cast/Mul/Add) when eps < 2^-22 and z is
+    float32 (the slope is a float32 number; onnxruntime's CPU HardSigmoid is float32 only)."""
     if rule.stabilizer == "signed":
         return b.op("Add", [z, b.scalar(rule.epsilon, z)])
-    if 0 < rule.epsilon < _ZERO_FLAG_MAX:
+    if 0 < rule.epsilon < _ZERO_FLAG_MAX and b.types.get(z) == TensorProto.FLOAT:
         return b.op("Add", [z, b.op("HardSigmoid", [z], alpha=_ZERO_SLOPE, beta=rule.epsilon)])
     return _stabilize(b, z, rule)
 
@@ -216,7 +215,10 @@ _LIFT = 2.0**127
 
 
 def positive_flag(b, v) -> str:
-    """[v > 0] (1 or 0) for v >= 0, subnormals included: HardSigmoid(2^127 v, alpha=2^127, beta=0)."""
+    """[v > 0] (1 or 0) for v >= 0, subnormals included: HardSigmoid(2^127 v, alpha=2^127, beta=0) for
+    float32 (2^127 overflows float16), else Cast(v > 0)."""
+    if b.types.get(v) != TensorProto.FLOAT:
+        return b.op("Cast", [b.op("Greater", [v, b.scalar(0.0, v)])], to=b.float_type(v))
     lifted = b.op("Mul", [v, b.scalar(_LIFT, v)])
     return b.op("HardSigmoid", [lifted], alpha=_LIFT, beta=0.0)
 

@@ -57,8 +57,8 @@ def rescale_rule(ref: dict):
 
 def build_deep_lift(t: Target, p: dict) -> str:
     b, x = t.b, t.x
-    ref_value = np.asarray(p["reference_inputs"], np.float32)
-    x0 = b.op("Expand", [b.const(ref_value, np.float32, "reference"), b.op("Shape", [x])])
+    dtype = b.float_dtype(x)
+    x0 = b.op("Expand", [b.const(np.asarray(p["reference_inputs"], dtype), dtype, "reference"), b.op("Shape", [x])])
     b.set_info(x0, x)
     on_path, _ = path_nodes(t.nodes, x, t.y, b)
     ref = reference_forward(b, on_path, x, x0)

@@ -89,8 +89,8 @@ def _sample_major(b, x, per_sample, count):
 
 
 def _reference(b, x, ref):
-    arr = np.asarray(ref, dtype=np.float32)
-    return b.const(arr, np.float32, "reference")
+    dtype = b.float_dtype(x)
+    return b.const(np.asarray(ref, dtype=dtype), dtype, "reference")
 
 
 def build_integrated_gradients(t, p):
@@ -100,7 +100,7 @@ def build_integrated_gradients(t, p):
     diff = b.op("Sub", [x, ref])
 
     def points(cb, x_, k, count):
-        alphas = cb.op("Div", [k, cb.scalar(float(steps))])
+        alphas = cb.op("Div", [k, cb.scalar(float(steps), x_)])
         alphas = cb.op("Reshape", [alphas, cb.ints([-1] + [1] * rank)])  # [c, 1, ...]
         on_path = cb.op("Add", [cb.op("Mul", [alphas, cb.op("Unsqueeze", [diff, cb.ints([0])])]), ref])
         return _sample_major(cb, x_, on_path, count)
@@ -116,7 +116,9 @@ def build_smoothgrad(t, p):
 
     def points(cb, x_, k, count):
         tiled = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
-        noise = cb.op("RandomNormalLike", [tiled], dtype=TensorProto.FLOAT, mean=0.0,
+        if p["noise_scale"] == 0:  # onnxruntime aborts the process on RandomNormalLike with scale 0
+            return tiled
+        noise = cb.op("RandomNormalLike", [tiled], dtype=cb.float_type(x_), mean=0.0,
                       scale=float(p["noise_scale"]),
                       seed=float(seed_value) if seed_value is not None else None)
         return cb.op("Add", [tiled, noise])
@@ -133,6 +135,8 @@ def build_input(t, p):
 
 
 def build_random(t, p):
+    if p["stddev"] == 0:  # onnxruntime aborts the process on RandomNormalLike with scale 0
+        return t.b.zeros_like(t.x)
     return t.b.op("RandomNormalLike", [t.x], dtype=TensorProto.FLOAT, mean=0.0, scale=float(p["stddev"]),
                   seed=float(p["seed"]) if p["seed"] is not None else None)
 

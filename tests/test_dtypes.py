@@ -1,0 +1,91 @@
+"""float64 and float16 models: every appended constant, Cast and fill takes the model's float type (a float32
+constant in a float64 graph fails onnx.checker), and the map equals the float32 model's map.
+
+Values come from onnx's reference evaluator (onnxruntime has no float64/float16 CPU Conv) for the
+small residual net, and from onnxruntime for the sampling methods on an MLP (the reference evaluator's
+Loop does not see the body's outer-scope names). Tolerances, relative to the float32 map's largest |value|:
+float64 1e-4 (the float32 map itself is the coarser side: 24-bit significand through ~10 layers, with
+epsilon = 1e-7 stabilizers); float16 1e-2 (11-bit significand, relative rounding 4.9e-4 per op).
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import onnxattr
+from onnxattr.methods import REGISTRY
+from tests.lrp.nets import resnet_like
+from tests.models import mlp
+
+X = np.random.default_rng(11).standard_normal((2, 2, 8, 8))
+TYPES = {"float64": (np.float64, TensorProto.DOUBLE), "float16": (np.float16, TensorProto.FLOAT16)}
+DETERMINISTIC = sorted(name for name, m in REGISTRY.items()
+                       if m.family != "pattern" and name not in ("integrated_gradients", "smoothgrad", "random"))
+# float16 tops out at 65504: relevance divided by an epsilon of 1e-7 where z = 0 overflows for rules whose
+# relevance is not zero there (flat, w^2 and alpha-beta's inhibitor below a non-x-times rule)
+FLOAT16_SAFE = ["deconvnet", "deep_lift", "deep_taylor", "excitation_backprop", "gradient", "guided_backprop",
+                "input_t_gradient", "lrp.epsilon", "lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.z",
+                "lrp.z_plus"]
+
+
+def as_type(model, dtype):
+    """The model with its float32 initializers, input and output in ``dtype`` (no value_info left)."""
+    np_type, elem = TYPES[dtype]
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    for i, init in enumerate(m.graph.initializer):
+        a = numpy_helper.to_array(init)
+        if a.dtype == np.float32:
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(a.astype(np_type), init.name))
+    del m.graph.value_info[:]
+    for v in list(m.graph.input) + list(m.graph.output):
+        v.type.tensor_type.elem_type = elem
+    return m
+
+
+def reference_map(model, method, x):
+    compiled = onnxattr.compile(model, method)
+    out = next(o for o in compiled.graph.output if o.name == "relevance")
+    assert out.type.tensor_type.elem_type == TensorProto.FLOAT  # the contract: relevance is float32
+    return ReferenceEvaluator(compiled).run(["relevance"], {"x": x})[0]
+
+
+@pytest.fixture(scope="module")
+def float32_maps():
+    model = resnet_like(bias=True)
+    return {m: reference_map(model, m, X.astype(np.float32)) for m in DETERMINISTIC}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype,methods,tol", [("float64", DETERMINISTIC, 1e-4), ("float16", FLOAT16_SAFE, 1e-2)])
+def test_map_equals_the_float32_map(dtype, methods, tol, float32_maps):
+    model = as_type(resnet_like(bias=True), dtype)
+    for method in methods:
+        got = reference_map(model, method, X.astype(TYPES[dtype][0]))
+        want = float32_maps[method]
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max(), err_msg=method)
+
+
+@pytest.mark.parametrize("method", sorted(set(DETERMINISTIC) - set(FLOAT16_SAFE)) + ["random"])
+def test_float16_compiles_for_every_method(method):
+    """The rest compile to a checked graph (onnxattr.compile runs onnx.checker with strict inference)."""
+    compiled = onnxattr.compile(as_type(resnet_like(bias=True), "float16"), method)
+    types = {o.name: o.type.tensor_type.elem_type for o in compiled.graph.output}
+    assert types == {"y": TensorProto.FLOAT16, "relevance": TensorProto.FLOAT}
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-5), ("float16", 1e-2)])
+def test_sampling_methods_run_in_onnxruntime(dtype, tol):
+    """integrated_gradients, and smoothgrad without noise (the plain gradient), on an MLP in onnxruntime."""
+    base = mlp()[0]
+    model = as_type(base, dtype)
+    x = np.random.default_rng(1).standard_normal((3, 6))
+    cases = [("integrated_gradients", {}, "integrated_gradients"), ("smoothgrad", {"noise_scale": 0.0}, "gradient")]
+    for method, params, same_as in cases:
+        compiled = onnxattr.compile(model, method, **params)
+        got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x.astype(TYPES[dtype][0])})[0]
+        ref = onnxattr.compile(base, same_as)
+        want = ort.InferenceSession(ref.SerializeToString()).run(["relevance"], {"x": x.astype(np.float32)})[0]
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max(), err_msg=method)
