@@ -262,6 +262,8 @@ class GraphBuilder:
         )
         copy.attribute.extend(node.attribute)
         self.nodes.append(copy)
+        if outs and outs[0] and node.output[0] in self.types:
+            self.types[outs[0]] = self.types[node.output[0]]
         return outs
 
     def child(self) -> "GraphBuilder":
