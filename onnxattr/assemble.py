@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from onnxattr.canonicalize import canonicalize
 from onnxattr.compiler import path_nodes
-from onnxattr.errors import InvalidModelError, SelectionError, UsageError
+from onnxattr.errors import InvalidModelError, SelectionError, UnsupportedModelError, UsageError
 from onnxattr.graph import GraphBuilder, live_nodes, names_read
 from onnxattr.light import checkable_copy
 from onnxattr.load import check_input_model, check_input_shapes, load_model
@@ -37,9 +37,11 @@ def compile_model(model, method: str, neuron: str = "max", input: str | None = N
     x = choose_input(canon, input)
     b = GraphBuilder(canon)
     _, y = choose_output(canon, b, output)
-    if m.family != "baseline" and x != y and not path_nodes(list(canon.graph.node), x, y, b)[0]:
+    on_path = path_nodes(list(canon.graph.node), x, y, b)[0] if x != y else []
+    if m.family != "baseline" and x != y and not on_path:
         raise SelectionError(f"{label}: output '{y}' does not depend on input '{x}' through float tensors, "
                              "so every map would be zero; choose another --output or --input")
+    _check_float_types(b, label, [x] + [o for n in on_path for o in n.output])
     index = neuron_index(b, y, neuron)
     xshape = b.shape(x) or [None]
     target = Target(b, list(canon.graph.node), x, y, neuron, index,
@@ -91,6 +93,16 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InvalidModelError(f"internal error: the compiled model fails onnx.checker: {first}") from None
     return canon
+
+
+def _check_float_types(b: GraphBuilder, label: str, tensors) -> None:
+    """bfloat16 on the explained path is refused by name: ConstantOfShape, which every backward needs,
+    has no bfloat16 before opset 20, and onnxruntime has few bfloat16 kernels."""
+    bf16 = [t for t in tensors if b.types.get(t) == TensorProto.BFLOAT16]
+    if bf16:
+        raise UnsupportedModelError(
+            f"{label}: tensor '{bf16[0]}' on the explained path is bfloat16; float32, float16 and float64 "
+            "models are supported: convert the model (e.g. its weights and inputs to float32) first")
 
 
 def _fill_report(report: dict, t: Target, m) -> None:

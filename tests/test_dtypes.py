@@ -89,3 +89,20 @@ def test_sampling_methods_run_in_onnxruntime(dtype, tol):
         ref = onnxattr.compile(base, same_as)
         want = ort.InferenceSession(ref.SerializeToString()).run(["relevance"], {"x": x.astype(np.float32)})[0]
         np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max(), err_msg=method)
+
+
+def test_bfloat16_is_refused_by_name():
+    """bfloat16 cannot be compiled (no bfloat16 ConstantOfShape before opset 20): a clear error, not an
+    internal one."""
+    from onnx import helper
+
+    from onnxattr.errors import UnsupportedModelError
+
+    model = mlp()[0]
+    for i, init in enumerate(model.graph.initializer):
+        values = numpy_helper.to_array(init).ravel().tolist()
+        model.graph.initializer[i].CopyFrom(helper.make_tensor(init.name, TensorProto.BFLOAT16, init.dims, values))
+    for v in list(model.graph.input) + list(model.graph.output):
+        v.type.tensor_type.elem_type = TensorProto.BFLOAT16
+    with pytest.raises(UnsupportedModelError, match="'x' on the explained path is bfloat16"):
+        onnxattr.compile(model, "gradient")
