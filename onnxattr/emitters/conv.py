@@ -3,7 +3,9 @@
 Conv VJP (recipe checked on onnxruntime): ConvTranspose of g with the Conv weight as it is (same group,
 strides, dilations) and NO pads gives the gradient of the padded input; a Pad with negative begin pads
 crops it to x (its end pad is x_len - full_len + pad_begin, positive when the stride did not divide).
-The ``output_shape`` attribute of ConvTranspose is avoided: onnxruntime ignores pads with it.
+With static shapes the crop is ConvTranspose's own ``pads`` and the uncovered end rows its
+``output_padding`` (zeros; allowed below max(stride, dilation)): one op, no copy. The ``output_shape``
+attribute is avoided: onnxruntime ignores pads with it.
 
 ConvTranspose VJP: Conv of g with the same weight, strides, dilations, group and the ConvTranspose pads.
 
@@ -66,15 +68,18 @@ def transpose_and_crop(b, g, w, x, y, group, kernel, strides, dil, begin):
     flipped = _flipped_conv(b, g, w, x, group, kernel, strides, dil, begin, xs, gs)
     if flipped is not None:
         return flipped
-    full = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil)
     if xs is not None and gs is not None:
-        xs, gs = [0, 0] + xs, [0, 0] + gs
-        end = []
-        for i in range(nsp):
-            full_len = (gs[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1
-            end.append(xs[2 + i] - full_len + begin[i])
+        end = [xs[i] - ((gs[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1) + begin[i] for i in range(nsp)]
+        if all(e < max(strides[i], dil[i]) for i, e in enumerate(end)):
+            # the crop as ConvTranspose pads, rows no window reached as output_padding (zeros): no Pad copy
+            out = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil,
+                       pads=list(begin) + [max(-e, 0) for e in end], output_padding=[max(e, 0) for e in end])
+            b.set_info(out, x)
+            return out
+        full = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil)
         pads = b.ints([0, 0] + [-p for p in begin] + [0, 0] + end)
     else:
+        full = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil)
         spatial = lambda t: b.op("Slice", [b.op("Shape", [t]), b.ints([2]), b.ints([2 + nsp])])  # noqa: E731
         end = b.op("Add", [b.op("Sub", [spatial(x), spatial(full)]), b.ints(begin)])
         pads = b.op("Concat", [b.ints([0, 0] + [-p for p in begin] + [0, 0]), end], axis=0)
