@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxattr.errors import DataError, UsageError
+from onnxattr.errors import DataError, InvalidModelError, UnsupportedModelError, UsageError
 
 DEVICES = {
     "cpu": ["CPUExecutionProvider"],
@@ -60,9 +60,20 @@ class Runner:
         self.requested = providers_for(device, providers)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # onnxruntime's own warning; ours below is clearer
-            self.session = ort.InferenceSession(
-                model.SerializeToString(), sess_options=opts, providers=self.requested
-            )
+            try:
+                self.session = ort.InferenceSession(
+                    model.SerializeToString(), sess_options=opts, providers=self.requested
+                )
+            except ort.capi.onnxruntime_pybind11_state.NotImplemented as e:
+                raise UnsupportedModelError(
+                    f"onnxruntime cannot run the model on {', '.join(map(_provider_name, self.requested))}: "
+                    f"{str(e).splitlines()[0]} (no kernel for that op and element type there; onnxruntime's "
+                    "CPU provider has no float64 Conv, for one: use --device cuda or a float32 model)"
+                ) from None
+            except (ort.capi.onnxruntime_pybind11_state.Fail,
+                    ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
+                raise InvalidModelError(f"onnxruntime cannot load the compiled model: {str(e).splitlines()[0]}") \
+                    from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers: list[str] = list(self.session.get_providers())

@@ -47,3 +47,23 @@ def test_analyzer_with_a_fallback_still_explains_and_says_where_it_ran():
 def test_cuda_without_onnxruntime_gpu_is_a_clear_usage_error():
     with pytest.raises(UsageError, match=r"device 'cuda' asked for.*onnxattr\[gpu\]"):
         Runner(onnx.load(MODEL), "cuda")
+
+
+def test_a_missing_kernel_is_a_named_error_not_a_traceback(tmp_path, capsys):
+    """onnxruntime's CPU provider has no float64 Conv: the CLI says so in one line, exits 5 and writes
+    nothing."""
+    from onnxattr.cli import main
+    from onnxattr.errors import UnsupportedModelError
+    from tests.lrp.nets import resnet_like
+    from tests.test_dtypes import as_type
+
+    model = as_type(resnet_like(bias=True), "float64")
+    with pytest.raises(UnsupportedModelError, match="no float64 Conv"):
+        Runner(onnxattr.compile(model, "gradient"), "cpu")
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((1, 2, 8, 8)))
+    code = main(["explain", str(tmp_path / "m.onnx"), "-m", "gradient", "--data", str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "r.npy")])
+    assert code == 5
+    assert "Could not find an implementation for Conv" in capsys.readouterr().err
+    assert not (tmp_path / "r.npy").exists()
