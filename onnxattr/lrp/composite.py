@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from onnxattr.emitters import VJPS
+from onnxattr.errors import UsageError
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import Unit, find_units
@@ -65,7 +68,10 @@ def make_rule(spec: dict, style: dict):
     if name in ("z", "z_IB"):
         return R.z_rule(bias=name == "z", **stab)
     if name in ("epsilon", "epsilon_IB"):
-        return R.epsilon_rule(epsilon=float(spec.get("epsilon", style["epsilon"])), bias=name == "epsilon")
+        epsilon = float(spec.get("epsilon", style["epsilon"]))
+        if not epsilon > 0:  # iNNvestigate refuses it too; 0 is the z rule without a stabilizer
+            raise UsageError(f"parameter epsilon={epsilon:g}: must be > 0 (use rule z for no stabilizer)")
+        return R.epsilon_rule(epsilon=epsilon, bias=name == "epsilon")
     if name == "w_square":
         return R.w_square_rule(bias=style["square_bias"], **stab)
     if name == "flat":
@@ -73,13 +79,21 @@ def make_rule(spec: dict, style: dict):
     if name in ("alpha_beta", "alpha_beta_IB", "z_plus"):
         alpha = float(spec.get("alpha", 1.0 if name == "z_plus" else 2.0))
         beta = float(spec.get("beta", 0.0 if name == "z_plus" else 1.0))
+        if alpha < 0 or beta < 0 or alpha - beta != 1:  # conservation; both references refuse the rest
+            raise UsageError(f"parameters alpha={alpha:g}, beta={beta:g}: need alpha, beta >= 0 and "
+                             "alpha - beta = 1 (iNNvestigate and Zennit refuse other values)")
         bias = name == "alpha_beta" and bool(spec.get("bias", True))
         return R.alpha_beta_rule(alpha, beta, bias=bias, bias_style=style["bias_style"], **stab)
     if name == "z_plus_fast":
         return R.z_plus_fast_rule(**stab)
     if name == "gamma":
-        return R.gamma_rule(gamma=float(spec.get("gamma", 0.25)), **stab)
+        gamma = float(spec.get("gamma", 0.25))
+        if not gamma >= 0:
+            raise UsageError(f"parameter gamma={gamma:g}: must be >= 0")
+        return R.gamma_rule(gamma=gamma, **stab)
     if name == "zbox":
+        if not np.all(np.asarray(spec["low"]) <= np.asarray(spec["high"])):
+            raise UsageError(f"zbox bounds low={spec['low']}, high={spec['high']}: need low <= high")
         return R.zbox_rule(low=spec["low"], high=spec["high"], **stab)
     raise KeyError(name)
 

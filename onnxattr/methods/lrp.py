@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from onnxattr.compiler import path_nodes, reverse_pass
+from onnxattr.errors import UsageError
 from onnxattr.lrp.composite import STYLES, Composite, make_rule
 from onnxattr.lrp.presets import Preset, PresetParam, load_preset, parse_preset
 from onnxattr.methods.base import Method, Param, Target, non_negative, register_method
@@ -34,7 +35,10 @@ def preset_method(preset: Preset) -> Method:
     """A Method whose graph builder applies ``preset``."""
 
     def build(t: Target, p: dict) -> str:
-        composite = build_composite(preset, p)
+        try:
+            composite = build_composite(preset, p)
+        except UsageError as e:
+            raise UsageError(f"{preset.name}: {e}") from None
         on_path, _ = path_nodes(t.nodes, t.x, t.y, t.b)
         rule_for = composite.lookup(t.b, on_path, t.x, t.y)
         seed = build_seed(t.b, t.y, t.neuron, preset.seed, t.index)

@@ -111,3 +111,17 @@ def test_until_layer_idx_counts_kernel_layers_from_zero():
     kernel = [r for r in rows if r[1] in ("Conv", "MatMul")]
     assert [r[2] for r in kernel] == ["flat", "flat", "alpha_2_beta_1", "epsilon(epsilon=0.1)",
                                       "epsilon(epsilon=0.1)"]
+
+
+@pytest.mark.parametrize("method,params,message", [
+    ("lrp.epsilon", {"epsilon": 0.0}, "lrp.epsilon: parameter epsilon=0: must be > 0"),
+    ("lrp.epsilon", {"epsilon": -1.0}, "must be > 0"),
+    ("lrp.alpha_beta", {"alpha": 1.0, "beta": 1.0}, "alpha - beta = 1"),
+    ("lrp.alpha_beta", {"alpha": 0.5, "beta": -0.5}, "alpha, beta >= 0"),
+    ("lrp.epsilon_gamma_box", {"gamma": -1.0}, "gamma=-1: must be >= 0"),
+])
+def test_rule_parameters_outside_their_range_are_usage_errors(method, params, message):
+    """What iNNvestigate and Zennit refuse (epsilon <= 0, alpha - beta != 1, negative alpha/beta) is
+    refused here, naming the method and the value."""
+    with pytest.raises(UsageError, match=message):
+        onnxattr.compile(resnet_like(bias=True), method, **params)
