@@ -142,7 +142,7 @@ def sample_loop(
     acc_out = cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)])
     cond_out = cb.op("Identity", [cond_in])
 
-    x_type = b.types.get(x, TensorProto.FLOAT)
+    x_type = b.float_type(x)
     # the Loop node is assembled in place: make_node/make_graph would copy the body's weights three times
     total = b.fresh("loop")
     loop = helper.make_node("Loop", [b.const(trips, "int64"), "", b.zeros_like(x)], [total], name=b.fresh("Loop"))

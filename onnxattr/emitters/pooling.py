@@ -10,7 +10,6 @@ dims it must be uniform (no pads, no ceil_mode).
 """
 
 import numpy as np
-from onnx import helper, numpy_helper
 
 from onnxattr.emitters.conv import conv_attrs, transpose_and_crop, window_geometry
 from onnxattr.emitters.registry import register
@@ -22,15 +21,11 @@ def scatter_add_flat(b, x, flat_index, g):
     flat_g = b.op("Reshape", [g, b.ints([-1])])
     idx = b.op("Reshape", [flat_index, b.ints([-1])])
     size = b.op("Reshape", [b.op("Size", [x]), b.ints([1])])
-    zeros = b.op("ConstantOfShape", [size], value=_zero_tensor(b, x))
+    zeros = b.op("ConstantOfShape", [size], value=b.fill_value(0.0, x))
     scattered = b.op("ScatterElements", [zeros, idx, flat_g], axis=0, reduction="add")
     out = b.op("Reshape", [scattered, b.shape_of(x)])
     b.set_info(out, x)
     return out
-
-
-def _zero_tensor(b, like):
-    return b.fill_value(0.0, like)
 
 
 def _tiled_maxpool_vjp(b, node, g):
@@ -154,7 +149,7 @@ def global_maxpool_vjp(b, node, grads, need):
     x = node.input[0]
     flat = b.op("Reshape", [x, b.ints([0, 0, -1])])
     idx = b.op("ArgMax", [flat], axis=2, keepdims=1)
-    zeros = b.op("ConstantOfShape", [b.op("Shape", [flat])], value=_zero_tensor(b, x))
+    zeros = b.op("ConstantOfShape", [b.op("Shape", [flat])], value=b.fill_value(0.0, x))
     g = b.op("Reshape", [grads[0], b.ints([0, 0, 1])])
     scattered = b.op("ScatterElements", [zeros, idx, g], axis=2)
     return [b.op("Reshape", [scattered, b.shape_of(x)])]

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxattr.emitters import VJPS
-from onnxattr.errors import UsageError
 from onnxattr.emitters.broadcast import unbroadcast
+from onnxattr.errors import UsageError
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import Unit, find_units
 

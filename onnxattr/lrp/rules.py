@@ -167,7 +167,7 @@ def _stabilize(b, z, rule: Rule):
     if rule.stabilizer == "signed":
         # eps * sign(z), sign(0) = +1, as 2 eps [z >= 0] - eps (exact: scaling by 2 and eps - 0 are exact);
         # element-wise Cast/Mul/Add run much faster in onnxruntime than a Where of two scalars
-        nonneg = b.op("Cast", [b.op("GreaterOrEqual", [z, b.scalar(0.0, z)])], to=b.types.get(z, 1))
+        nonneg = b.op("Cast", [b.op("GreaterOrEqual", [z, b.scalar(0.0, z)])], to=b.float_type(z))
         sign = b.op("Add", [b.op("Mul", [nonneg, b.scalar(2 * rule.epsilon, z)]), b.scalar(-rule.epsilon, z)])
         return b.op("Add", [z, sign])
     is_zero = b.op("Cast", [b.op("Equal", [z, b.scalar(0.0, z)])], to=b.float_type(z))
