@@ -109,19 +109,23 @@ def build_integrated_gradients(t, p):
     return b.op("Mul", [diff, b.op("Div", [total, b.scalar(float(steps), x)])])
 
 
+def _gaussian(b, like: str, scale: float, seed, dtype: int) -> str | None:
+    """N(0, scale^2) noise of ``like``'s shape, or None at scale 0: onnxruntime aborts the whole process
+    on a RandomNormalLike with scale 0, so none is emitted."""
+    if scale == 0:
+        return None
+    return b.op("RandomNormalLike", [like], dtype=dtype, mean=0.0, scale=float(scale),
+                seed=float(seed) if seed is not None else None)
+
+
 def build_smoothgrad(t, p):
     b, x, n = t.b, t.x, p["augment_by_n"]
     rank = b.rank(x)
-    seed_value = p["seed"]
 
     def points(cb, x_, k, count):
         tiled = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
-        if p["noise_scale"] == 0:  # onnxruntime aborts the process on RandomNormalLike with scale 0
-            return tiled
-        noise = cb.op("RandomNormalLike", [tiled], dtype=cb.float_type(x_), mean=0.0,
-                      scale=float(p["noise_scale"]),
-                      seed=float(seed_value) if seed_value is not None else None)
-        return cb.op("Add", [tiled, noise])
+        noise = _gaussian(cb, tiled, p["noise_scale"], p["seed"], cb.float_type(x_))
+        return tiled if noise is None else cb.op("Add", [tiled, noise])
 
     def post(cb, g, pts):
         return _postprocess(cb, g, p["postprocess"])
@@ -135,10 +139,8 @@ def build_input(t, p):
 
 
 def build_random(t, p):
-    if p["stddev"] == 0:  # onnxruntime aborts the process on RandomNormalLike with scale 0
-        return t.b.zeros_like(t.x)
-    return t.b.op("RandomNormalLike", [t.x], dtype=TensorProto.FLOAT, mean=0.0, scale=float(p["stddev"]),
-                  seed=float(p["seed"]) if p["seed"] is not None else None)
+    noise = _gaussian(t.b, t.x, p["stddev"], p["seed"], TensorProto.FLOAT)
+    return t.b.zeros_like(t.x) if noise is None else noise
 
 
 def _optional_int(s):
