@@ -1,7 +1,6 @@
 """Small ONNX models built in the tests (no framework needed)."""
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 

@@ -42,7 +42,7 @@ def resize_vjp(b, node, grads, need):
         raise UnsupportedModelError(f"Resize node '{node.name}': the axes/keep_aspect_ratio_policy "
                                     "attributes are not supported")
     roi, scales, sizes = _resize_inputs(b, node)
-    xs, ys = b.shape(x), b.shape(node.output[0])
+    xs = b.shape(x)
     rank = len(xs) if xs is not None else len(scales if scales is not None else sizes)
     if scales is not None:
         axes = [a for a in range(rank) if scales[a] != 1.0]

@@ -8,7 +8,6 @@ float32 against float64, with denominators bounded away from zero by the chosen 
 """
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
