@@ -15,7 +15,9 @@ kept, with a 0.2 s pause before each call so that one library's spinning worker 
 slow the next. torch and onnxruntime get the same number of threads (--threads; onnxruntime's
 intra_op_num_threads, torch.set_num_threads). Peak memory is the high-water RSS (VmHWM) of a fresh
 process that imports only what one configuration needs, loads or builds the model and runs it twice.
-Results go to benchmarks/results/<group>.json; --report merges them into benchmarks/RESULTS.md.
+Results go to benchmarks/results/<machine>/<model>-b<batch>-<group>.json (<machine>: the CPU's name and
+widest SIMD, so runs on different hosts are kept apart); --report merges them into benchmarks/RESULTS.md,
+one section per machine.
 
 Groups: `fast` = forward, gradient and the LRP family; `sampling` = integrated gradients and SmoothGrad
 with 64 samples (each run is ~64 backward passes: give them their own invocation, as every shell command
@@ -270,6 +272,14 @@ def machine() -> dict:
     return info
 
 
+def machine_key(info: dict) -> str:
+    """A folder name for the machine: its CPU's name and widest SIMD, e.g. amd-epyc-avx2."""
+    simd = info.get("simd", "").split()
+    widest = next((f for f in ("avx512f", "avx2") if f in simd), "generic")
+    name = "".join(ch if ch.isalnum() else "-" for ch in (info.get("cpu") or "cpu").lower())
+    return "-".join(part for part in name.split("-") + [widest.replace("avx512f", "avx512")] if part)
+
+
 # ---- report -----------------------------------------------------------------------------------------
 def _fmt_ms(s):
     return "–" if s is None else (f"{s * 1e3:,.0f}" if s >= 0.1 else f"{s * 1e3:.1f}")
@@ -282,10 +292,9 @@ def _paired(a: dict, b: dict) -> float:
 
 
 def write_report(path: Path) -> str:
-    groups = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    if not groups:
-        raise SystemExit("no results in benchmarks/results/: run a group first")
-    m = groups[0]["machine"]
+    machines = sorted(d for d in RESULTS.iterdir() if d.is_dir() and any(d.glob("*.json")))
+    if not machines:
+        raise SystemExit("no results in benchmarks/results/<machine>/: run a group first")
     lines = ["# Benchmarks: onnxattr vs. onnxruntime forward, Zennit and Captum (CPU)", "",
              "Made by `benchmarks/bench.py` (see its docstring and the README section *Benchmarks*). "
              "Times are wall-clock per call, min and median of the repeats after one warm-up round; "
@@ -293,15 +302,28 @@ def write_report(path: Path) -> str:
              "time of the onnxruntime forward of the same group; **× fwd, paired** = the median over the "
              "rounds of the ratio within one round (each round runs every configuration once, so a drift "
              "of the shared machine's speed moves both sides); **speed-up vs ref** = the reference's min "
-             "time / ours (above 1: onnxattr is faster), **paired** its per-round median. Memory: peak RSS of a fresh process that loads "
-             "only what the configuration needs and runs it twice (torch processes include torch itself).",
-             "", "## Machine", "",
+             "time / ours (above 1: onnxattr is faster), **paired** its per-round median. Memory: peak RSS "
+             "of a fresh process that loads only what the configuration needs and runs it twice (torch "
+             "processes include torch itself). One section per machine: ratios move with the CPU (a "
+             "faster convolution leaves the element-wise part of a backward pass a larger share).", ""]
+    for d in machines:
+        lines += _machine_section([json.loads(p.read_text()) for p in sorted(d.glob("*.json"))])
+    notes = RESULTS / "NOTES.md"  # hand-written analysis, kept across regenerations
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def _machine_section(groups: list[dict]) -> list[str]:
+    m = groups[0]["machine"]
+    lines = [f"## {m.get('cpu')} ({m.get('simd', '')})", "",
              f"- CPU: {m.get('cpu')} ({m.get('simd', '')}), {m.get('cores')} cores visible; "
              f"threads used: {groups[0]['threads']} (onnxruntime intra_op_num_threads = torch.set_num_threads)",
              f"- {m.get('platform')}; Python {m.get('python')}",
              f"- onnxruntime {m.get('onnxruntime')}, onnx {m.get('onnx')}, numpy {m.get('numpy')}, "
-             f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}",
-             "", "## CPU results", ""]
+             f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}", ""]
     header = ("| model | batch | configuration | min ms | median ms | × fwd | × fwd, paired | reference "
               "| speed-up vs ref | paired | peak RSS MiB | compile s |")
     for g in sorted(groups, key=lambda g: (g["model"], g["batch"], g["group"])):
@@ -322,12 +344,7 @@ def write_report(path: Path) -> str:
                 f"{g.get('memory', {}).get(c) and round(g['memory'][c]) or '–'} | "
                 f"{g.get('compile', {}).get(name, '') and round(g['compile'][name], 2) if lib == 'onnxattr' else ''} |")
         lines.append("")
-    notes = RESULTS / "NOTES.md"  # hand-written analysis, kept across regenerations
-    if notes.exists():
-        lines += ["", notes.read_text().rstrip()]
-    text = "\n".join(lines) + "\n"
-    path.write_text(text)
-    return text
+    return lines
 
 
 # ---- main -------------------------------------------------------------------------------------------
@@ -340,7 +357,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true", help="3 repeats, no memory runs (a smoke test)")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--report", action="store_true", help="write RESULTS.md from benchmarks/results/*.json")
+    ap.add_argument("--report", action="store_true", help="write RESULTS.md from benchmarks/results/*/*.json")
     ap.add_argument("--tag", help="name of this group's result file when --methods lists configurations")
     ap.add_argument("--child-memory", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -372,8 +389,9 @@ def main(argv=None):
             result = {"model": model, "batch": batch, "group": group, "repeats": repeats, "threads": a.threads,
                       "machine": info, "compile": compile_s, "times": times, "memory": memory,
                       "load_after": os.getloadavg()[0]}
-            RESULTS.mkdir(exist_ok=True)
-            (RESULTS / f"{model}-b{batch}-{group}.json").write_text(json.dumps(result, indent=1))
+            folder = RESULTS / machine_key(info)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{model}-b{batch}-{group}.json").write_text(json.dumps(result, indent=1))
             fwd = times["ort.forward"]["min"]
             for c, v in times.items():
                 print(f"{model} b{batch} {c:34s} min {v['min'] * 1e3:9.1f} ms  median {v['median'] * 1e3:9.1f}"
