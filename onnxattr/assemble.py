@@ -73,6 +73,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     graph.node.extend(appended)
     used = names_read(appended + list(t.nodes))
     graph.initializer.extend(init for init in b.initializers if init.name in used)
+    graph.value_info.extend(b.declared_shapes(o for n in appended for o in n.output))
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
     x_shape = [d for d in (b.shape(t.x) or [])]

@@ -253,6 +253,21 @@ class GraphBuilder:
         self.zero_where[out] = x
         return out
 
+    def declared_shapes(self, names, rename: dict | None = None) -> list[onnx.ValueInfoProto]:
+        """value_info for the tensors ``names`` whose type and whole shape are known (symbolic dims
+        included; ``rename`` maps a symbol to another, e.g. the batch inside a sample Loop).
+        onnxruntime's shape inference loses a symbolic batch dim at the seed (its ConstantOfShape and
+        ScatterElements); declared, it lets the blocked layout (emitters/conv.py) prove that the two
+        sides of a backward Mul or Add have one shape. The checker in assemble rejects a declared shape
+        that disagrees with the inferred one."""
+        rename = rename or {}
+        out = []
+        for name in names:
+            shape, elem = self.shapes.get(name), self.types.get(name)
+            if name and shape is not None and elem is not None and all(d is not None for d in shape):
+                out.append(helper.make_tensor_value_info(name, elem, [rename.get(d, d) for d in shape]))
+        return out
+
     def replay(self, node: onnx.NodeProto, replace: dict[str, str]) -> list[str]:
         """Emit a copy of ``node`` with some inputs replaced and fresh outputs; returns them."""
         outs = [self.fresh(node.op_type.lower()) if o else "" for o in node.output]

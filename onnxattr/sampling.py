@@ -96,6 +96,19 @@ def _weights_into_body(b: GraphBuilder, body_nodes, dest) -> None:
             del b.cache[key]
 
 
+SAMPLES = "onnxattr_samples"  # the batch dim inside the Loop body: count * N
+
+
+def _body_shapes(cb: GraphBuilder, x: str, names) -> list:
+    """Declared shapes of the body's points, forward copy and backward (GraphBuilder.declared_shapes),
+    whose tensors carry count * N where the model says N: x's symbolic batch dim is renamed. A static
+    batch cannot be told from other dims of that size, so then nothing is declared."""
+    batch = (cb.shape(x) or [None])[0]
+    if not isinstance(batch, str):
+        return []
+    return cb.declared_shapes(names, {batch: SAMPLES})
+
+
 def sample_loop(
     b: GraphBuilder,
     nodes: list[onnx.NodeProto],
@@ -125,6 +138,7 @@ def sample_loop(
     points = make_points(cb, x, cb.op("Cast", [ks], to=cb.float_type(x)), count)
     cb.set_info(points, x)
 
+    first = len(cb.nodes)
     rename = {x: points}
     body_forward = copy_nodes(cb, forward_subgraph(nodes, x, y), rename)
     y_copy = rename[y]
@@ -136,6 +150,7 @@ def sample_loop(
     grad = reverse_pass(cb, body_forward, points, y_copy, seed, rule_for)
     if grad is None:
         grad = cb.zeros_like(points)
+    declared = _body_shapes(cb, x, [points] + [o for n in cb.nodes[first:] for o in n.output])
     if per_sample is not None:
         grad = per_sample(cb, grad, points)
     stacked = cb.op("Reshape", [grad, cb.op("Concat", [cb.ints([-1]), cb.op("Shape", [x])], axis=0)])
@@ -152,6 +167,7 @@ def sample_loop(
     body.name = b.fresh("sample_body")
     _weights_into_body(b, cb.nodes, body.initializer)
     body.node.extend(cb.nodes)
+    body.value_info.extend(declared)
     body.input.extend([helper.make_tensor_value_info(it, TensorProto.INT64, []),
                        helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
                        helper.make_tensor_value_info(acc_in, x_type, None)])

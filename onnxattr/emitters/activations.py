@@ -6,8 +6,11 @@ Clip passes the gradient where min <= x <= max, HardSigmoid where 0 < alpha*x+be
 
 import math
 
-from onnxattr.emitters.registry import register
+from onnx import TensorProto
+
 from onnxattr.emitters.broadcast import unbroadcast
+from onnxattr.emitters.conv import channel_scale
+from onnxattr.emitters.registry import register
 
 
 def _where_positive(b, x, then, other):
@@ -23,10 +26,25 @@ def relu_vjp(b, node, grads, need):
 
 
 def mask_positive(b, y, g):
-    """g * [y > 0] as Mul(g, Cast(Greater)): onnxruntime's Where with a broadcast scalar runs several
-    times slower than these element-wise ops. Equal to Where(y > 0, g, 0) for finite g."""
-    mask = b.op("Cast", [b.op("Greater", [y, b.scalar(0.0, y)])], to=b.types.get(y, 1))
-    return b.op("Mul", [g, mask])
+    """g * [y > 0], equal to Where(y > 0, g, 0) for finite g (onnxruntime's Where with a broadcast scalar
+    runs several times slower than a Mul by a flag)."""
+    return b.op("Mul", [g, positive_flag(b, y)])
+
+
+# Scaling by 2^127 lifts every v >= 2^-149 to at least 2^-22 (or inf); a HardSigmoid of slope 2^127 then
+# saturates at 1, and every v <= 0 gives 0. onnxruntime's CPU Sign is several times slower than both.
+_LIFT = 2.0**127
+
+
+def positive_flag(b, v) -> str:
+    """[v > 0] (1 or 0; subnormals, inf and -0 included): HardSigmoid(2^127 v, alpha=2^127, beta=0) for
+    float32 (2^127 overflows float16; onnxruntime's CPU HardSigmoid is float32 only), with the lift as
+    conv.channel_scale where it applies (onnxruntime fuses the Conv and HardSigmoid and stays in its
+    blocked layout), else a Mul; other types Cast(v > 0)."""
+    if b.types.get(v) != TensorProto.FLOAT:
+        return b.op("Cast", [b.op("Greater", [v, b.scalar(0.0, v)])], to=b.float_type(v))
+    lifted = channel_scale(b, v, _LIFT) or b.op("Mul", [v, b.scalar(_LIFT, v)])
+    return b.op("HardSigmoid", [lifted], alpha=_LIFT, beta=0.0)
 
 
 @register("LeakyRelu")

@@ -10,14 +10,43 @@ attribute is avoided: onnxruntime ignores pads with it.
 ConvTranspose VJP: Conv of g with the same weight, strides, dilations, group and the ConvTranspose pads.
 
 ``conv_forward``/``conv_input_vjp`` are the linear pieces LRP rules combine with modified weights.
+
+Layout: onnxruntime's CPU provider runs float32 2-D convolutions in a blocked channel layout (NCHWc)
+and keeps Add, Mul and Relu between two such tensors in it (a residual Add even joins the Conv); any
+other op costs a reorder of each blocked tensor it meets, and an element-wise op fed by one unblocked
+tensor unblocks the whole chain after it. ``channel_scale`` is the way in: a per-channel scale written
+as a depthwise 1x1 Conv, put where a backward pass would otherwise leave the layout (the ConvTranspose
+of a strided Conv's VJP, GlobalAveragePool's Expand, the ReLU masks in activations.positive_flag).
 """
 
 import math
 
 import numpy as np
+from onnx import TensorProto
 
 from onnxattr.emitters.registry import register
 from onnxattr.errors import UnsupportedModelError
+
+
+BLOCK = 16  # channels per NCHWc block on AVX-512 (8 on AVX2): tensors with a multiple of 16 suit both
+
+
+def channel_scale(b, t, scale: float) -> str | None:
+    """t * scale as a depthwise 1x1 Conv, for a float32 rank-4 tensor whose channel count is a multiple
+    of BLOCK, else None. Exact when scale is a power of two; onnxruntime's CPU provider runs it in its
+    blocked layout, so the ops after it stay there. Costs one pass over t, as a Mul would."""
+    shape = b.shape(t)
+    if (b.types.get(t) != TensorProto.FLOAT or shape is None or len(shape) != 4
+            or not isinstance(shape[1], int) or shape[1] % BLOCK):
+        return None
+    channels = shape[1]
+    key = ("channel_scale", channels, float(scale))
+    w = b.cache.get(key)
+    if w is None:
+        w = b.cache[key] = b.const(np.full((channels, 1, 1, 1), scale, np.float32), np.float32, "w_scale")
+    out = b.op("Conv", [t, w], group=channels, kernel_shape=[1, 1])
+    b.set_info(out, t)
+    return out
 
 
 def conv_attrs(node):
@@ -62,12 +91,20 @@ def window_geometry(b, node, x, kernel):
 
 
 def transpose_and_crop(b, g, w, x, y, group, kernel, strides, dil, begin):
-    """ConvTranspose(g, w) without pads, then crop/pad to x: the input VJP of a windowed op."""
+    """ConvTranspose(g, w) without pads, then crop/pad to x: the input VJP of a windowed op. A stride-1
+    op with a constant weight gets a flipped Conv instead; a ConvTranspose result is moved into the
+    blocked layout when it can be (``channel_scale`` by 1)."""
     nsp = len(kernel)
     xs, gs = _spatial(b, x, nsp), _spatial(b, y, nsp)
     flipped = _flipped_conv(b, g, w, x, group, kernel, strides, dil, begin, xs, gs)
     if flipped is not None:
         return flipped
+    out = _transposed(b, g, w, x, group, kernel, strides, dil, begin, xs, gs)
+    return channel_scale(b, out, 1.0) or out
+
+
+def _transposed(b, g, w, x, group, kernel, strides, dil, begin, xs, gs):
+    nsp = len(kernel)
     if xs is not None and gs is not None:
         end = [xs[i] - ((gs[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1) + begin[i] for i in range(nsp)]
         if all(e < max(strides[i], dil[i]) for i, e in enumerate(end)):

@@ -11,7 +11,7 @@ dims it must be uniform (no pads, no ceil_mode).
 
 import numpy as np
 
-from onnxattr.emitters.conv import conv_attrs, transpose_and_crop, window_geometry
+from onnxattr.emitters.conv import channel_scale, conv_attrs, transpose_and_crop, window_geometry
 from onnxattr.emitters.registry import register
 from onnxattr.errors import UnsupportedModelError
 
@@ -131,16 +131,24 @@ def avgpool_vjp(b, node, grads, need):
 
 @register("GlobalAveragePool")
 def global_avgpool_vjp(b, node, grads, need):
-    """dx = expand(g) / (number of spatial positions)."""
+    """dx = expand(g) / (number of spatial positions); with a static map, expand(g) * (1 / positions) as
+    conv.channel_scale where it applies (within one rounding of the quotient), which puts the backward
+    pass into onnxruntime's blocked layout at its start."""
     x, y = node.input[0], node.output[0]
-    xs = b.static_shape(x)
-    if xs is not None:
-        count = b.scalar(float(np.prod(xs[2:])), x)
+    shape = b.shape(x)
+    if shape is not None and all(isinstance(d, int) for d in shape[2:]):
+        # broadcast to [1, 1, *spatial]: no Shape of x (a Shape of a blocked tensor costs a reorder)
+        expanded = b.op("Expand", [grads[0], b.ints([1, 1] + list(shape[2:]))])
+        b.set_info(expanded, x)
+        scaled = channel_scale(b, expanded, 1.0 / float(np.prod(shape[2:])))
+        if scaled is not None:
+            return [scaled]
+        count = b.scalar(float(np.prod(shape[2:])), x)
     else:
+        expanded = b.op("Expand", [grads[0], b.op("Shape", [x])])
         count = b.op("Div", [b.op("Cast", [b.op("Size", [x])], to=b.float_type(x)),
                              b.op("Cast", [b.op("Size", [y])], to=b.float_type(x))])
-    out = b.op("Div", [b.op("Expand", [grads[0], b.shape_of(x)]), count])
-    return [out]
+    return [b.op("Div", [expanded, count])]
 
 
 @register("GlobalMaxPool")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
+from onnxattr.emitters.activations import positive_flag
 from onnxattr.lrp.units import Unit
 
 
@@ -207,20 +208,6 @@ def own_factor(b, relevance: str, z: str) -> str | None:
     above whose input is z), else None."""
     x, s = b.product_of.get(relevance, (None, None))
     return s if x == z else None
-
-
-# Scaling by 2^127 lifts every v >= 2^-149 to at least 2^-22 (or inf); a HardSigmoid of slope 2^127 then
-# saturates at 1. Two vectorized ops: onnxruntime's CPU Sign is several times slower than both together.
-_LIFT = 2.0**127
-
-
-def positive_flag(b, v) -> str:
-    """[v > 0] (1 or 0) for v >= 0, subnormals included: HardSigmoid(2^127 v, alpha=2^127, beta=0) for
-    float32 (2^127 overflows float16), else Cast(v > 0)."""
-    if b.types.get(v) != TensorProto.FLOAT:
-        return b.op("Cast", [b.op("Greater", [v, b.scalar(0.0, v)])], to=b.float_type(v))
-    lifted = b.op("Mul", [v, b.scalar(_LIFT, v)])
-    return b.op("HardSigmoid", [lifted], alpha=_LIFT, beta=0.0)
 
 
 def _ratio(b, a, rule: Rule) -> str:

@@ -1,8 +1,12 @@
 """onnxattr/emitters/conv.py: Conv and ConvTranspose VJPs against float64 central differences."""
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from onnx import helper
 
+from onnxattr.emitters.conv import channel_scale
+from onnxattr.graph import GraphBuilder
 from tests.vjp_check import check_vjp
 
 rng = np.random.default_rng(1)
@@ -18,6 +22,8 @@ CONV_CASES = [
     ((2, 3, 7, 8), (5, 3, 2, 2), {"auto_pad": "SAME_LOWER"}),
     ((2, 3, 7, 7), (5, 3, 3, 3), {"auto_pad": "VALID", "strides": [2, 2]}),
     ((2, 3, 11), (4, 3, 3), {"strides": [2], "pads": [1, 2], "dilations": [2]}),  # Conv1D
+    # 16 input channels: the strided VJP's ConvTranspose result passes conv.channel_scale
+    ((1, 16, 7, 7), (8, 16, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
 ]
 
 
@@ -59,3 +65,32 @@ def test_conv_transpose_vjp(xs, ws, attrs):
     # onnx's reference ConvTranspose mishandles group > 1: use the exact linear check on onnxruntime
     check_vjp("ConvTranspose", [("x", x, False), ("w", w, True)], attrs, dynamic=(0,),
               linear_ort=attrs.get("group", 1) > 1)
+
+
+def _run_channel_scale(x, scale):
+    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("t", elem, ["N", *x.shape[1:]])], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    b = GraphBuilder(model)
+    out = channel_scale(b, "t", scale)
+    if out is None:
+        return None
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    model.graph.output.append(helper.make_tensor_value_info(out, elem, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"t": x})[0]
+
+
+def test_channel_scale_multiplies_every_channel():
+    x = rng.standard_normal((2, 32, 5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(_run_channel_scale(x, 1.0), x)
+    np.testing.assert_array_equal(_run_channel_scale(x, 0.25), x * np.float32(0.25))
+    np.testing.assert_allclose(_run_channel_scale(x, 1 / 49), x / np.float32(49), rtol=2e-7)
+
+
+@pytest.mark.parametrize("shape,dtype", [((2, 12, 5, 5), np.float32), ((2, 16, 5), np.float32),
+                                         ((2, 16, 5, 5), np.float64)])
+def test_channel_scale_declines_what_the_blocked_layout_does_not_take(shape, dtype):
+    """Channels not a multiple of 16, not 2-D, not float32: None (the caller writes a Mul)."""
+    assert _run_channel_scale(np.ones(shape, dtype), 2.0) is None

@@ -45,6 +45,12 @@ def test_global_pool_vjp(op, dynamic):
     check_vjp(op, [("x", rng.standard_normal((2, 3, 4, 5)), False)], dynamic=dynamic)
 
 
+@pytest.mark.parametrize("dynamic", [(), (0,)])
+def test_global_avgpool_vjp_as_channel_scale(dynamic):
+    """16 channels and a static map: the 1/positions scale is a depthwise Conv (conv.channel_scale)."""
+    check_vjp("GlobalAveragePool", [("x", rng.standard_normal((2, 16, 3, 5)), False)], dynamic=dynamic)
+
+
 @pytest.mark.parametrize("xs,k", [((2, 3, 6, 8), 2), ((1, 2, 9, 6), 3)])
 @pytest.mark.parametrize("dynamic", [(), (0,)])
 def test_maxpool_vjp_ties_go_to_the_first_maximum(xs, k, dynamic):

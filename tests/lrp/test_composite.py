@@ -118,7 +118,10 @@ def test_safe_stabilizer_of_a_nonnegative_z_is_one_hardsigmoid():
     made_by = {o: n.op_type for n in compiled.graph.node for o in n.output}
     zero_tests = [made_by.get(n.input[0]) for n in compiled.graph.node if n.op_type == "Equal"]
     assert not {"Conv", "MatMul", "Add"} & set(zero_tests), zero_tests  # the MaxPool VJP's ArgMax test stays
-    assert sum(n.op_type == "HardSigmoid" for n in compiled.graph.node) == 5  # 3 Conv + 2 MatMul layers
+    # the zero flags (slope -2^127; a positive slope is a [v > 0] flag): 3 Conv + 2 MatMul layers
+    zero_flags = [n for n in compiled.graph.node if n.op_type == "HardSigmoid"
+                  and next(a.f for a in n.attribute if a.name == "alpha") < 0]
+    assert len(zero_flags) == 5
 
 
 @pytest.mark.parametrize("eps", [1e-7, 2.0**-23, 1e-30])
@@ -136,21 +139,3 @@ def test_hardsigmoid_zero_flag_is_exact(eps):
     v = np.tile(v, 37)  # long enough for the vectorized kernel
     expect = np.where(v == 0, np.float32(eps), np.float32(0))
     np.testing.assert_array_equal(sess.run(None, {"v": v})[0], expect)
-
-
-def test_positive_flag_is_exact():
-    """[v > 0] for v >= 0 through onnxruntime's Mul and HardSigmoid: 1 for every positive float, the
-    smallest subnormal and inf included, 0 at 0."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("v", TensorProto.FLOAT, [None])], [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    b = GraphBuilder(model)
-    flag = rules.positive_flag(b, "v")
-    model.graph.node.extend(b.nodes)
-    model.graph.initializer.extend(b.initializers)
-    model.graph.output.append(helper.make_tensor_value_info(flag, TensorProto.FLOAT, [None]))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    v = np.array([0.0, 2.0**-149, 1e-45, 1e-40, 2.0**-126, 1e-30, 1e-7, 0.5, 1.0, 3e38, np.inf], np.float32)
-    v = np.tile(v, 37)
-    np.testing.assert_array_equal(sess.run(None, {"v": v})[0], (v > 0).astype(np.float32))
