@@ -45,3 +45,25 @@ def mlp_gradient(x, target, weights):
 def mlp_logits(x, weights):
     w1, b1, w2 = weights
     return np.maximum(x @ w1 + b1, 0) @ w2
+
+
+def run_emitted(emit, x):
+    """A model whose one input "t" (x's shape, batch symbolic) goes through ``emit(builder, "t")``, run on
+    onnxruntime's CPU provider: (the emitted output's value, the emitted op types), or (None, []) when
+    ``emit`` returns None."""
+    import onnxruntime as ort
+
+    from onnxattr.graph import GraphBuilder
+
+    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("t", elem, ["N", *x.shape[1:]])], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    b = GraphBuilder(model)
+    out = emit(b, "t")
+    if out is None:
+        return None, []
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    model.graph.output.append(helper.make_tensor_value_info(out, elem, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"t": x})[0], [n.op_type for n in b.nodes]

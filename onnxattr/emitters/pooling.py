@@ -138,12 +138,13 @@ def global_avgpool_vjp(b, node, grads, need):
     shape = b.shape(x)
     if shape is not None and all(isinstance(d, int) for d in shape[2:]):
         # broadcast to [1, 1, *spatial]: no Shape of x (a Shape of a blocked tensor costs a reorder)
+        positions = float(np.prod(shape[2:]))
         expanded = b.op("Expand", [grads[0], b.ints([1, 1] + list(shape[2:]))])
         b.set_info(expanded, x)
-        scaled = channel_scale(b, expanded, 1.0 / float(np.prod(shape[2:])))
+        scaled = channel_scale(b, expanded, 1.0 / positions)
         if scaled is not None:
             return [scaled]
-        count = b.scalar(float(np.prod(shape[2:])), x)
+        count = b.scalar(positions, x)
     else:
         expanded = b.op("Expand", [grads[0], b.op("Shape", [x])])
         count = b.op("Div", [b.op("Cast", [b.op("Size", [x])], to=b.float_type(x)),

@@ -3,12 +3,10 @@
 import math
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from onnx import helper
 
 from onnxattr.emitters.activations import positive_flag
-from onnxattr.graph import GraphBuilder
+from tests.models import run_emitted
 from tests.vjp_check import check_vjp
 
 rng = np.random.default_rng(4)
@@ -61,19 +59,6 @@ FLAG_VALUES = np.array([0.0, -0.0, 2.0**-149, 1e-45, 1e-40, 2.0**-126, 1e-30, 1e
                         -2.0**-149, -1e-30, -1.0, -3e38, -np.inf], np.float32)
 
 
-def _run_positive_flag(v):
-    elem = helper.np_dtype_to_tensor_dtype(v.dtype)
-    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("v", elem, ["N", *v.shape[1:]])], [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    b = GraphBuilder(model)
-    flag = positive_flag(b, "v")
-    model.graph.node.extend(b.nodes)
-    model.graph.initializer.extend(b.initializers)
-    model.graph.output.append(helper.make_tensor_value_info(flag, elem, None))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"v": v})[0], [n.op_type for n in b.nodes]
-
-
 @pytest.mark.parametrize("shape,dtype,ops", [
     ((37 * 17,), np.float32, ["Mul", "HardSigmoid"]),
     ((2, 32, 17, 37), np.float32, ["Conv", "HardSigmoid"]),  # conv.channel_scale: the blocked layout
@@ -84,6 +69,6 @@ def test_positive_flag_is_exact(shape, dtype, ops):
     """[v > 0] through onnxruntime: 1 for every positive float (the smallest subnormal and inf
     included), 0 for zeros of both signs and every negative, on each of the three paths."""
     v = np.resize(FLAG_VALUES, shape).astype(dtype)  # long enough for the vectorized kernels
-    flag, emitted = _run_positive_flag(v)
+    flag, emitted = run_emitted(positive_flag, v)
     assert emitted == ops
     np.testing.assert_array_equal(flag, (v > 0).astype(dtype))

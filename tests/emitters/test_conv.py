@@ -1,12 +1,10 @@
 """onnxattr/emitters/conv.py: Conv and ConvTranspose VJPs against float64 central differences."""
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from onnx import helper
 
 from onnxattr.emitters.conv import channel_scale
-from onnxattr.graph import GraphBuilder
+from tests.models import run_emitted
 from tests.vjp_check import check_vjp
 
 rng = np.random.default_rng(1)
@@ -68,18 +66,7 @@ def test_conv_transpose_vjp(xs, ws, attrs):
 
 
 def _run_channel_scale(x, scale):
-    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
-    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("t", elem, ["N", *x.shape[1:]])], [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    b = GraphBuilder(model)
-    out = channel_scale(b, "t", scale)
-    if out is None:
-        return None
-    model.graph.node.extend(b.nodes)
-    model.graph.initializer.extend(b.initializers)
-    model.graph.output.append(helper.make_tensor_value_info(out, elem, None))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"t": x})[0]
+    return run_emitted(lambda b, t: channel_scale(b, t, scale), x)[0]
 
 
 def test_channel_scale_multiplies_every_channel():
