@@ -259,7 +259,7 @@ class GraphBuilder:
         onnxruntime's shape inference loses a symbolic batch dim at the seed (its ConstantOfShape and
         ScatterElements); declared, it lets the blocked layout (emitters/conv.py) prove that the two
         sides of a backward Mul or Add have one shape. The checker in assemble rejects a declared shape
-        that disagrees with the inferred one."""
+        that disagrees with the inferred one (for models under 2 GB, the ones it can check)."""
         rename = rename or {}
         out = []
         for name in names:
