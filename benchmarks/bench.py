@@ -21,8 +21,9 @@ one section per machine.
 
 Groups: `fast` = forward, gradient and the LRP family; `sampling` = integrated gradients and SmoothGrad
 with 64 samples (each run is ~64 backward passes: give them their own invocation, as every shell command
-here must finish in 10 minutes). The onnxruntime forward is timed in every group, so each ratio comes
-from one run.
+here must finish in 10 minutes); `fast-a` and `fast-b` = `fast` in two halves, for a model and batch
+whose sessions do not all fit in memory at once (VGG16 at batch 8 on a 24 GiB machine). The onnxruntime
+forward is timed in every group, so each ratio comes from one run.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ GROUPS = {
              "onnxattr.lrp.epsilon", "zennit.epsilon",
              "onnxattr.lrp.epsilon_plus_flat", "zennit.epsilon_plus_flat",
              "onnxattr.deep_taylor", "zennit.zplus"],
+    # "fast" split in two, for a model/batch whose sessions do not all fit in memory at once (VGG16, b8)
+    "fast-a": ["ort.forward", "torch.forward",
+               "onnxattr.gradient", "zennit.gradient", "captum.saliency",
+               "onnxattr.lrp.epsilon", "zennit.epsilon"],
+    "fast-b": ["ort.forward", "torch.forward",
+               "onnxattr.lrp.epsilon_plus_flat", "zennit.epsilon_plus_flat",
+               "onnxattr.deep_taylor", "zennit.zplus"],
     "sampling": ["ort.forward", "onnxattr.integrated_gradients", "captum.integrated_gradients",
                  "onnxattr.smoothgrad", "captum.smoothgrad"],
 }
