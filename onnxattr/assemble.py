@@ -71,8 +71,12 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     # appended nodes nothing reads go (a rule may leave a product it found a shortcut around)
     appended = live_nodes(b.nodes, {o.name for o in graph.output} | {RELEVANCE} | names_read(t.nodes))
     graph.node.extend(appended)
+    for k in range(len(t.nodes), len(graph.node)):  # in place: filled before, each node would be copied
+        fill = b.fill_later.get(graph.node[k].name)
+        if fill is not None:
+            fill(graph.node[k])
     used = names_read(appended + list(t.nodes))
-    graph.initializer.extend(init for init in b.initializers if init.name in used)
+    b.write_initializers(graph.initializer, used)
     graph.value_info.extend(b.declared_shapes(o for n in appended for o in n.output))
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))

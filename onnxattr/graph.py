@@ -69,7 +69,11 @@ class GraphBuilder:
         )
         self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        # our constants, name -> array, until write_initializers puts them into a graph (each array's
+        # bytes are copied once, straight into the graph that keeps them; fc6's W+ is 411 MB)
+        self.pending: dict[str, np.ndarray] = {}
+        # node name -> fn(node) to call once that node is in the assembled graph (a Loop body's weights)
+        self.fill_later: dict = {}
         self.constants = _LazyArrays({t.name: t for t in graph.initializer})
         self.types: dict[str, int] = {}
         self.shapes: dict[str, list | None] = {}
@@ -150,13 +154,20 @@ class GraphBuilder:
             if key in self._const_cache:
                 return self._const_cache[key]
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(arr, name))
+        self.pending[name] = arr
         self.constants[name] = arr
         self.shapes[name] = list(arr.shape)
         self.types[name] = helper.np_dtype_to_tensor_dtype(arr.dtype)
         if key is not None:
             self._const_cache[key] = name
         return name
+
+    def write_initializers(self, field, names=None) -> None:
+        """Move our constants (those in ``names``; all by default) into ``field``, a graph's repeated
+        initializer field, as TensorProtos with raw little-endian data. Each is written in place
+        (field.add()), not built and then copied in: protobuf copies a message's bytes on every append."""
+        for name in [n for n in self.pending if names is None or n in names]:
+            write_tensor(field, name, self.pending.pop(name))
 
     def ints(self, values) -> str:
         return self.const(np.asarray(values, dtype=np.int64).reshape(-1), np.int64, "i")
@@ -288,6 +299,19 @@ class GraphBuilder:
         c.__dict__.update(self.__dict__)
         c.nodes = []
         return c
+
+
+def write_tensor(field, name: str, arr: np.ndarray) -> None:
+    """Append ``arr`` to the repeated TensorProto ``field`` as tensor ``name``, built in place (raw
+    little-endian data for numeric and bool arrays; numpy_helper otherwise)."""
+    if arr.dtype.kind not in "fiub":
+        field.append(numpy_helper.from_array(arr, name))
+        return
+    t = field.add()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    t.raw_data = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()
 
 
 def names_read(nodes) -> set:

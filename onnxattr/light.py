@@ -53,14 +53,35 @@ def light_model(model: onnx.ModelProto, limit: int = LIGHT_LIMIT) -> tuple[onnx.
         if not any(len(a.g.initializer) for a in bodies):
             lg.node.append(node)
             continue
-        copy = lg.node.add()  # a Loop body with its own weights (sampling.py): those leave it too
-        copy.CopyFrom(node)
-        for a in copy.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                keep = [t for t in a.g.initializer if not large(t)]
-                del a.g.initializer[:]
-                a.g.initializer.extend(keep)
+        _copy_node(node, lg.node.add(), lambda t: not large(t))  # a Loop body with its own weights
     return light, left_out
+
+
+def _copy_node(node: onnx.NodeProto, copy: onnx.NodeProto, keep) -> None:
+    """Copy ``node`` into ``copy`` with only the initializers ``keep`` accepts in its graph attributes
+    (one level: sampling's Loop body; copying the whole node first would copy every body weight)."""
+    _copy_fields(node, copy, skip="attribute")
+    for a in node.attribute:
+        if a.type != onnx.AttributeProto.GRAPH:
+            copy.attribute.append(a)
+            continue
+        c = copy.attribute.add()
+        _copy_fields(a, c, skip="g")
+        _copy_fields(a.g, c.g, skip="initializer")
+        c.g.initializer.extend(t for t in a.g.initializer if keep(t))
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """dst = src for every set field but ``skip`` (repeated fields extended, messages copied)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):
+            getattr(dst, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 def checkable_copy(model: onnx.ModelProto) -> onnx.ModelProto | None:

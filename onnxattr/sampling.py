@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from onnxattr.compiler import reverse_pass
-from onnxattr.graph import GraphBuilder
+from onnxattr.graph import GraphBuilder, write_tensor
 from onnxattr.select import build_seed
 
 
@@ -58,42 +59,53 @@ def copy_nodes(b: GraphBuilder, nodes, rename: dict[str, str]) -> list[onnx.Node
 BODY_WEIGHT_MIN = 2  # elements: scalars are read from the outer scope
 
 
-def _weights_into_body(b: GraphBuilder, body_nodes, dest) -> None:
-    """Initializers of the Loop body (appended to ``dest``) for the large float constants its nodes read.
+def _body_weights(b: GraphBuilder, body_nodes) -> list:
+    """The Loop body's own initializers, as (name, array or TensorProto), for the large float constants
+    its nodes read (``body_nodes`` are renamed to match).
 
     onnxruntime applies its layout optimizations (NCHWc convolutions, weight prepacking) to a
     subgraph only for initializers of that subgraph; weights read from the outer scope left the body
     about twice as slow as the same nodes in the main graph. Constants made for the body alone (flipped
     and modified weights) move into it; weights the main graph reads too (the forward's) are copied
-    under a new name: the model file grows by those weights once. Each tensor is copied once, straight
-    into ``dest`` (the body's initializer field): a body holds all the weights, so copies cost time."""
+    under a new name: the model file grows by those weights once. Nothing is copied here: the body is
+    filled once the Loop node sits in the assembled graph (GraphBuilder.fill_later), as protobuf copies
+    a node's whole body each time the node is appended somewhere."""
     outer_reads = {i for n in b.nodes for i in n.input}
     protos = getattr(b.constants, "_protos", {})
-    ours = {t.name: t for t in b.initializers}
-    renamed, moved = {}, set()
+    renamed, weights = {}, []
     for node in body_nodes:
         for k, name in enumerate(node.input):
             if name in renamed:
                 node.input[k] = renamed[name]
                 continue
-            t = ours.get(name) or protos.get(name)
-            if t is None or t.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16) \
-                    or math.prod(t.dims) < BODY_WEIGHT_MIN:
+            ours = b.pending.get(name)
+            if ours is not None:
+                dtype, size = helper.np_dtype_to_tensor_dtype(ours.dtype), ours.size
+            elif name in protos:
+                dtype, size = protos[name].data_type, math.prod(protos[name].dims)
+            else:
                 continue
-            if name in ours and name not in outer_reads:
-                moved.add(name)
-                del ours[name]
-                dest.append(t)
+            if dtype not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16) or size < BODY_WEIGHT_MIN:
+                continue
+            if ours is not None and name not in outer_reads:  # no longer the main graph's
+                weights.append((name, b.pending.pop(name)))
                 renamed[name] = name
+                for key in [key for key, v in b.cache.items() if v == name]:
+                    del b.cache[key]
                 continue
-            copy = dest.add()
-            copy.CopyFrom(t)
-            copy.name = renamed[name] = b.fresh("body_w")
-            node.input[k] = copy.name
-    if moved:  # no longer visible to the main graph: out of its initializers and of the shared caches
-        b.initializers[:] = [t for t in b.initializers if t.name not in moved]
-        for key in [k for k, v in b.cache.items() if v in moved]:
-            del b.cache[key]
+            renamed[name] = node.input[k] = b.fresh("body_w")  # read by the main graph too: a copy
+            weights.append((renamed[name], ours if ours is not None else protos[name]))
+    return weights
+
+
+def _write_weights(field, weights) -> None:
+    for name, value in weights:
+        if isinstance(value, np.ndarray):
+            write_tensor(field, name, value)
+        else:
+            t = field.add()
+            t.CopyFrom(value)
+            t.name = name
 
 
 SAMPLES = "onnxattr_samples"  # the batch dim inside the Loop body: count * N
@@ -165,7 +177,7 @@ def sample_loop(
     body_attr.name, body_attr.type = "body", onnx.AttributeProto.GRAPH
     body = body_attr.g
     body.name = b.fresh("sample_body")
-    _weights_into_body(b, cb.nodes, body.initializer)
+    weights = _body_weights(b, cb.nodes)
     body.node.extend(cb.nodes)
     body.value_info.extend(declared)
     body.input.extend([helper.make_tensor_value_info(it, TensorProto.INT64, []),
@@ -174,6 +186,10 @@ def sample_loop(
     body.output.extend([helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
                         helper.make_tensor_value_info(acc_out, x_type, None)])
     b.nodes.append(loop)
+    b.fill_later[loop.name] = lambda node: _write_weights(_body(node).initializer, weights)
     b.set_info(total, x)
     return total
 
+
+def _body(loop: onnx.NodeProto) -> onnx.GraphProto:
+    return next(a.g for a in loop.attribute if a.name == "body")

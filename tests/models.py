@@ -63,7 +63,7 @@ def run_emitted(emit, x):
     if out is None:
         return None, []
     model.graph.node.extend(b.nodes)
-    model.graph.initializer.extend(b.initializers)
+    b.write_initializers(model.graph.initializer)
     model.graph.output.append(helper.make_tensor_value_info(out, elem, None))
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {"t": x})[0], [n.op_type for n in b.nodes]

@@ -69,7 +69,7 @@ def vjp_model(model, wrt, out="y0"):
         b.nodes[-1].output[0] = f"grad_{x}"
     del m.graph.node[:]
     m.graph.node.extend(nodes + b.nodes)
-    m.graph.initializer.extend(b.initializers)
+    b.write_initializers(m.graph.initializer)
     m.graph.input.append(cot)
     for x in wrt:
         m.graph.output.append(helper.make_tensor_value_info(f"grad_{x}", b.types[x], b.shape(x)))

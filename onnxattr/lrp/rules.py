@@ -123,7 +123,7 @@ def _param(b, unit: Unit, which: str, rule: Rule, kind: str):
             "ones": np.ones_like, "gamma_pos": lambda a: a + rule.gamma * np.maximum(a, 0),
             "gamma_neg": lambda a: a + rule.gamma * np.minimum(a, 0),
         }
-        out = b.const(mods[which](v).astype(v.dtype), v.dtype, f"{kind}_{which}")
+        out = b.const(mods[which](v), v.dtype, f"{kind}_{which}")  # const converts only if needed
     else:
         zero = b.scalar(0.0, name)
         pos = lambda: b.op("Max", [name, zero])  # noqa: E731
