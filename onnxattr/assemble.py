@@ -71,7 +71,8 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     # appended nodes nothing reads go (a rule may leave a product it found a shortcut around)
     appended = live_nodes(b.nodes, {o.name for o in graph.output} | {RELEVANCE} | names_read(t.nodes))
     graph.node.extend(appended)
-    for k in range(len(t.nodes), len(graph.node)):  # in place: filled before, each node would be copied
+    # a Loop body's weights go in now, in place: a node appended with them would be copied whole
+    for k in range(len(t.nodes), len(graph.node)):
         fill = b.fill_later.get(graph.node[k].name)
         if fill is not None:
             fill(graph.node[k])
