@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 
@@ -9,6 +11,7 @@ from onnxattr.assemble import RELEVANCE, compile_model
 from onnxattr.errors import DataError, UsageError
 from onnxattr.load import load_model
 from onnxattr.methods import get_method
+from onnxattr.output import refuse_overwriting_input
 from onnxattr.runtime import Runner
 from onnxattr.select import TARGET_INPUT
 
@@ -41,6 +44,8 @@ class Analyzer:
             raise UsageError(f"neuron_selection_mode must be one of {', '.join(MODES)}")
         self.mode = MODES[neuron_selection_mode]
         self.params = self.method.resolve(params)
+        self.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+        self.label = self.source or "model"  # the model's name in messages
         self.model = load_model(model)
         self.input, self.output = input, output
         self.device, self.providers = device, providers
@@ -56,7 +61,7 @@ class Analyzer:
 
         self.params["patterns"] = fit_patterns(
             self.model, data, self.params["pattern_type"], batch_size, self.input, self.output,
-            self.device, self.providers, progress)
+            self.device, self.providers, progress, label=self.label)
         self._runners.clear()
         return self
 
@@ -64,6 +69,7 @@ class Analyzer:
         """Write the fitted patterns (.npz) for ``onnxattr compile --patterns``."""
         if self.params.get("patterns") is None:
             raise UsageError("no patterns to save: call fit(data) first (pattern.* methods only)")
+        refuse_overwriting_input(os.fspath(path), models=[self.source])
         self.params["patterns"].save(path)
 
     def load_patterns(self, path) -> "Analyzer":
@@ -75,7 +81,7 @@ class Analyzer:
     def runner(self, mode: str) -> Runner:
         if mode not in self._runners:
             compiled = compile_model(self.model, self._method_key, neuron=mode, input=self.input,
-                                     output=self.output, **self.params)
+                                     output=self.output, label=self.label, **self.params)
             self._runners[mode] = Runner(compiled, self.device, self.providers)
         return self._runners[mode]
 

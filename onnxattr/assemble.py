@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 
 from onnxattr.canonicalize import canonicalize
 from onnxattr.compiler import path_nodes
-from onnxattr.errors import InvalidModelError, SelectionError, UnsupportedModelError, UsageError
+from onnxattr.errors import (InvalidModelError, SelectionError, UnsupportedModelError, UsageError,
+                             naming_the_model)
 from onnxattr.graph import GraphBuilder, live_nodes, names_read
 from onnxattr.light import checkable_copy
 from onnxattr.load import check_input_model, check_input_shapes, load_model
@@ -23,14 +24,22 @@ RELEVANCE = "relevance"
 
 
 def compile_model(model, method: str, neuron: str = "max", input: str | None = None,
-                  output: str | None = None, report: dict | None = None, **params) -> onnx.ModelProto:
+                  output: str | None = None, report: dict | None = None, label: str | None = None,
+                  **params) -> onnx.ModelProto:
     """Return a new model computing the original outputs and the relevance map of ``method``.
-    ``report``, when given, receives the nodes on the explained path and the rule each one got."""
+    ``report``, when given, receives the nodes on the explained path and the rule each one got;
+    ``label`` names the model in messages (its path by default)."""
     m = get_method(method)
     if neuron not in NEURON_MODES:
         raise UsageError(f"neuron selection must be one of {', '.join(NEURON_MODES)}, not '{neuron}'")
     resolved = m.resolve(params)
-    label = str(model) if not isinstance(model, onnx.ModelProto) else "model"
+    label = label or (str(model) if not isinstance(model, onnx.ModelProto) else "model")
+    with naming_the_model(label):
+        return _compile(model, m, method, resolved, label, neuron, input, output, report)
+
+
+def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, input, output,
+             report) -> onnx.ModelProto:
     proto = load_model(model)
     check_input_model(proto, label)
     canon = canonicalize(proto, label)

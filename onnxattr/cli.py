@@ -95,7 +95,7 @@ def _all_params(a) -> dict:
 
 
 def cmd_compile(a) -> int:
-    refuse_overwriting_input(a.out, a.model)
+    refuse_overwriting_input(a.out, a.rules, a.patterns, models=[a.model])
     model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, **_all_params(a))
     save_model(model, a.out, a.model)
     print(f"wrote {a.out} (outputs: {', '.join(o.name for o in model.graph.output)})")
@@ -121,7 +121,7 @@ def _load_data(path, analyzer) -> np.ndarray:
 def cmd_explain(a) -> int:
     for p in (a.out, a.heatmap, a.graymap):
         if p:
-            refuse_overwriting_input(p, a.model, a.data)
+            refuse_overwriting_input(p, a.data, a.rules, a.patterns, models=[a.model])
     if a.neuron == "index" and a.target is None:
         raise UsageError("--neuron index needs --target (one index, or one per sample: 3,1,4)")
     mode = {"max": "max_activation", "index": "index", "all": "all"}[a.neuron]
@@ -141,11 +141,11 @@ def cmd_explain(a) -> int:
     print(f"relevance {list(r.shape)} via {used}; sum per sample: "
           + ", ".join(f"{v:.4g}" for v in r.reshape(r.shape[0], -1).sum(1)[:8]))
     if a.out:
-        save_array(r, a.out, a.model, a.data)
+        save_array(r, a.out, a.data, a.rules, a.patterns, models=[a.model])
         print(f"wrote {a.out}")
     for path, kind in ((a.heatmap, "heatmap"), (a.graymap, "graymap")):
         if path:
-            save_image(viz.grid(r, kind), path, a.model, a.data)
+            save_image(viz.grid(r, kind), path, a.data, a.rules, a.patterns, models=[a.model])
             print(f"wrote {path}")
     return 0
 
@@ -160,7 +160,7 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_fit(a) -> int:
-    refuse_overwriting_input(a.out, a.model, a.data)
+    refuse_overwriting_input(a.out, a.data, a.rules, a.patterns, models=[a.model])
     if not a.out.endswith(".npz"):
         raise UsageError(f"-o must name a .npz file, got '{a.out}'")
     analyzer = Analyzer(_method(a), a.model, input=a.input, output=a.output, device=a.device,

@@ -4,6 +4,8 @@ Every error here is meant to be printed as one line (``onnxattr: error: ...``) w
 The exit codes are part of the documented contract (README, "Exit codes").
 """
 
+import contextlib
+
 
 class OnnxAttrError(Exception):
     """Base class: a problem with the user's input, reported without a traceback."""
@@ -73,3 +75,15 @@ EXIT_CODES = {
         PatternError,
     )
 }
+
+
+@contextlib.contextmanager
+def naming_the_model(label: str):
+    """Errors about the model raised inside get ``label: `` in front unless they already name it (a
+    message from deep in the compiler names the node, not the file)."""
+    try:
+        yield
+    except (InvalidModelError, UnsupportedModelError, SelectionError, PatternError) as e:
+        if label and label not in str(e):
+            raise type(e)(f"{label}: {e}") from None
+        raise

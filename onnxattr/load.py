@@ -146,6 +146,23 @@ def load_model(model) -> onnx.ModelProto:
     return proto
 
 
+def model_files(path) -> list[str]:
+    """The files reading the model at ``path`` uses: the model file and its external data files (their
+    real paths; nothing for a path that is not a readable ONNX file). Parses the file without its data."""
+    path = os.fspath(path)
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a model: load_model reports that, here nothing more is read
+        return [os.path.realpath(path)] if os.path.isfile(path) else []
+    folder = os.path.dirname(os.path.abspath(path))
+    files = [os.path.realpath(path)]
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            files.append(os.path.realpath(os.path.join(folder, loc)))
+    return list(dict.fromkeys(files))
+
+
 def check_input_model(model: onnx.ModelProto, label: str) -> None:
     """onnx.checker on the user's model without its weights (light.light_model; their sizes are
     _check_tensor_sizes's job), skipped over 2 GB as protobuf cannot serialize more."""

@@ -15,15 +15,26 @@ import onnx
 
 from onnxattr.errors import OutputFileError
 from onnxattr.light import TWO_GB
+from onnxattr.load import model_files
 
 EXTERNAL_MIN_BYTES = 1024  # tensors this small stay inside the .onnx file
 
 
-def refuse_overwriting_input(out_path: str, *inputs) -> None:
+def refuse_overwriting_input(out_path: str, *inputs, models=()) -> None:
+    """Raise if writing ``out_path`` would replace one of the ``inputs`` files or a file of the ONNX
+    models ``models`` (the model file or one of its external data files, load.model_files)."""
     out_real = os.path.realpath(out_path)
-    for p in inputs:
-        if p is not None and os.path.exists(p) and os.path.realpath(p) == out_real:
+    inputs = [p for p in inputs if isinstance(p, (str, os.PathLike))]
+    models = [m for m in models if isinstance(m, (str, os.PathLike))]  # not a ModelProto
+    for p in inputs + models:
+        if os.path.exists(p) and os.path.realpath(p) == out_real:
             raise OutputFileError(f"{out_path}: the output would overwrite the input {p}; choose another -o")
+    if not os.path.exists(out_real):
+        return
+    for m in models:  # only an existing file can be an external data file of an input model
+        if out_real in model_files(m)[1:]:
+            raise OutputFileError(f"{out_path}: the output would overwrite the external data of the input "
+                                  f"{m}; choose another -o")
 
 
 def destination_folder(path: str) -> str:
@@ -45,10 +56,22 @@ def _new_file_mode(path: str) -> int:
         return 0o666 & ~umask
 
 
+def regular_destination(path: str) -> str:
+    """The file ``path`` names, symbolic links followed (a link is written through, not replaced); an
+    existing device, pipe, socket or folder is refused."""
+    real = os.path.realpath(path)
+    if os.path.exists(real) and not os.path.isfile(real):
+        kind = "a folder" if os.path.isdir(real) else "not a regular file (a device, pipe or socket)"
+        raise OutputFileError(f"{path}: is {kind}; name a file to write")
+    return real
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
-    """Yield a temporary path beside ``path``; on success give it the mode of a normally created file
-    and rename it to ``path``, else delete it."""
+    """Yield a temporary path beside ``path`` (the file it names, links followed); on success give it
+    the mode of a normally created file and rename it to that file, else delete it."""
+    destination_folder(path)
+    path = regular_destination(path)
     folder = destination_folder(path)
     fd, tmp = tempfile.mkstemp(prefix=".onnxattr-", suffix=os.path.basename(path), dir=folder)
     os.close(fd)
@@ -63,7 +86,7 @@ def atomic_path(path: str):
 
 
 def save_model(model: onnx.ModelProto, path: str, source: str | None = None) -> None:
-    refuse_overwriting_input(path, source)
+    refuse_overwriting_input(path, models=[source])
     try:
         if model.ByteSize() < TWO_GB:
             with atomic_path(path) as tmp:
@@ -78,10 +101,13 @@ def save_model(model: onnx.ModelProto, path: str, source: str | None = None) -> 
 def _save_external(model: onnx.ModelProto, path: str, source: str | None) -> None:
     """Write ``path`` and its tensors in ``path``.data: both go to a temporary folder beside ``path``,
     are checked there by path, then renamed into place (data first); the folder goes on any error."""
+    destination_folder(path)
+    path = regular_destination(path)
     folder = destination_folder(path)
     data_name = os.path.basename(path) + ".data"
     data_path = os.path.join(folder, data_name)
-    refuse_overwriting_input(data_path, source)
+    refuse_overwriting_input(data_path, models=[source])
+    regular_destination(data_path)
     work = tempfile.mkdtemp(prefix=".onnxattr-", dir=folder)
     try:
         onnx.external_data_helper.convert_model_to_external_data(
@@ -105,8 +131,8 @@ def _check_by_path(tmp: str, path: str) -> None:
         raise OutputFileError(f"{path}: the written model fails onnx.checker: {first}") from None
 
 
-def save_array(arr: np.ndarray, path: str, *inputs) -> None:
-    refuse_overwriting_input(path, *inputs)
+def save_array(arr: np.ndarray, path: str, *inputs, models=()) -> None:
+    refuse_overwriting_input(path, *inputs, models=models)
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
@@ -115,11 +141,11 @@ def save_array(arr: np.ndarray, path: str, *inputs) -> None:
         raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
 
 
-def save_image(rgb: np.ndarray, path: str, *inputs) -> None:
+def save_image(rgb: np.ndarray, path: str, *inputs, models=()) -> None:
     """An RGB uint8 array as an image file; the format follows the extension (Pillow's)."""
     from PIL import Image
 
-    refuse_overwriting_input(path, *inputs)
+    refuse_overwriting_input(path, *inputs, models=models)
     try:
         with atomic_path(path) as tmp:
             Image.fromarray(rgb).save(tmp, format=Image.registered_extensions().get(

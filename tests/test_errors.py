@@ -10,6 +10,8 @@ folders, empty files and external data escaping the model's folder are in tests/
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,6 +28,7 @@ from onnxattr.errors import EXIT_CODES
 from tests.models import mlp
 
 vi = helper.make_tensor_value_info
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_model(nodes, inputs, outputs, inits=()):
@@ -230,6 +233,10 @@ def test_several_float_inputs_and_no_choice(tmp_path, capsys):
     p = save(tmp_path, m, "two.onnx")
     line = fails(capsys, "SelectionError", "compile", p, "-m", "gradient", "-o", tmp_path / "o.onnx")
     assert "several float inputs" in line and "image" in line and "mask" in line and "--input" in line
+    assert line.startswith(f"onnxattr: error: {p}: ")  # the file is named, by compile and by explain
+    np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
+    line = fails(capsys, "SelectionError", "explain", p, "-m", "gradient", "--data", tmp_path / "x.npy")
+    assert line.startswith(f"onnxattr: error: {p}: ") and "several float inputs" in line
     assert main(["compile", str(p), "-m", "gradient", "--input", "mask", "-o", str(tmp_path / "o.onnx")]) == 0
 
 
@@ -322,6 +329,70 @@ def test_output_naming_the_input_another_way_is_refused(tmp_path, model_path, x_
     assert "overwrite the input" in line
     assert (model_path.read_bytes(), x_path.read_bytes()) == before
     assert os.path.islink(tmp_path / "alias.onnx")
+
+
+def test_output_over_a_rules_or_patterns_file_is_refused(tmp_path, model_path, x_path, capsys):
+    rules = tmp_path / "my.toml"
+    rules.write_text((ROOT / "rules" / "lrp.epsilon.toml").read_text())
+    assert main(["fit", str(model_path), "-m", "pattern.net", "--data", str(x_path),
+                 "-o", str(tmp_path / "pat.npz")]) == 0
+    capsys.readouterr()  # fit's progress bar
+    pat = tmp_path / "pat.npz"
+    before = rules.read_bytes(), pat.read_bytes()
+    for args in (["compile", model_path, "--rules", rules, "-o", rules],
+                 ["explain", model_path, "--rules", rules, "--data", x_path, "-o", rules],
+                 ["compile", model_path, "-m", "pattern.net", "--patterns", pat, "-o", pat],
+                 ["explain", model_path, "-m", "pattern.net", "--patterns", pat, "--data", x_path, "-o", pat],
+                 ["explain", model_path, "-m", "pattern.net", "--patterns", pat, "--data", x_path,
+                  "--heatmap", pat]):
+        assert "overwrite the input" in fails(capsys, "OutputFileError", *args)
+    assert (rules.read_bytes(), pat.read_bytes()) == before
+
+
+def test_output_over_the_models_external_data_is_refused(tmp_path, x_path, capsys):
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save(mlp()[0], folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.data", size_threshold=0)
+    data = folder / "m.data"
+    before = data.read_bytes()
+    for args in (["compile", folder / "m.onnx", "-m", "gradient", "-o", data],
+                 ["explain", folder / "m.onnx", "-m", "gradient", "--data", x_path, "-o", data]):
+        line = fails(capsys, "OutputFileError", *args)
+        assert "external data" in line and "m.onnx" in line
+    assert data.read_bytes() == before
+    assert main(["compile", str(folder / "m.onnx"), "-m", "gradient", "-o", str(folder / "o.onnx")]) == 0
+
+
+def test_output_that_is_not_a_regular_file_is_refused(tmp_path, model_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in fails(capsys, "OutputFileError", "compile", model_path, "-m", "gradient",
+                                         "-o", fifo)
+    (tmp_path / "adir").mkdir()
+    assert "is a folder" in fails(capsys, "OutputFileError", "compile", model_path, "-m", "gradient",
+                                  "-o", tmp_path / "adir")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.listdir(tmp_path / "adir") == []
+    assert no_temporaries(tmp_path)
+
+
+def test_output_through_a_symbolic_link_writes_its_target(tmp_path, model_path, capsys):
+    (tmp_path / "results").mkdir()
+    target = tmp_path / "results" / "o.onnx"
+    target.write_bytes(b"previous result")
+    os.symlink(target, tmp_path / "link.onnx")
+    assert main(["compile", str(model_path), "-m", "gradient", "-o", str(tmp_path / "link.onnx")]) == 0
+    assert os.path.islink(tmp_path / "link.onnx")
+    assert [o.name for o in onnx.load(target).graph.output] == ["p", "relevance"]
+    assert no_temporaries(tmp_path) and no_temporaries(tmp_path / "results")
+
+
+def test_saving_patterns_over_the_analyzers_model_is_refused(model_path, x_path):
+    before = model_path.read_bytes()
+    analyzer = onnxattr.create_analyzer("pattern.net", str(model_path)).fit(np.load(x_path), progress=False)
+    with pytest.raises(onnxattr.errors.OutputFileError, match="overwrite the input"):
+        analyzer.save_patterns(model_path)
+    assert model_path.read_bytes() == before
 
 
 def test_output_folder_missing(tmp_path, model_path, capsys):

@@ -15,7 +15,7 @@ from onnx import helper
 from tqdm import tqdm
 
 from onnxattr.canonicalize import canonicalize
-from onnxattr.errors import DataError
+from onnxattr.errors import DataError, naming_the_model
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import check_input_model, load_model
 from onnxattr.pattern.layers import conv_geometry, from_kd, model_digest, pattern_layers, to_kd, weight
@@ -53,22 +53,24 @@ def batches(data, batch_size: int):
 
 def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, input: str | None = None,
                  output: str | None = None, device: str | None = None, providers=None,
-                 progress: bool = True) -> Patterns:
-    """Patterns of every kernel layer between the explained input and output, learned from ``data``."""
+                 progress: bool = True, label: str | None = None) -> Patterns:
+    """Patterns of every kernel layer between the explained input and output, learned from ``data``
+    (``label``: the model's name in messages; its path by default)."""
     from onnxattr.api import _as_input  # the same input checks as analyze()
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     proto = load_model(model)
-    label = str(model) if not isinstance(model, onnx.ModelProto) else "model"
-    check_input_model(proto, label)
-    canon = canonicalize(proto, label)
-    x = choose_input(canon, input)
-    b = GraphBuilder(canon)
-    _, y = choose_output(canon, b, output)
-    nodes = list(canon.graph.node)
-    digest = model_digest(nodes, b)
-    layers = pattern_layers(b, nodes, x, y)
+    label = label or (str(model) if not isinstance(model, onnx.ModelProto) else "model")
+    with naming_the_model(label):
+        check_input_model(proto, label)
+        canon = canonicalize(proto, label)
+        x = choose_input(canon, input)
+        b = GraphBuilder(canon)
+        _, y = choose_output(canon, b, output)
+        nodes = list(canon.graph.node)
+        digest = model_digest(nodes, b)
+        layers = pattern_layers(b, nodes, x, y)
     stats = {name: LayerStats(pattern_type, conv_geometry(b, u)) for name, u in layers.items()}
     fetch = list(dict.fromkeys(t for u in layers.values() for t in (u.x, u.out) if t != x))
     runner = Runner(statistics_model(canon, b, fetch), device, providers)
