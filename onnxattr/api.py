@@ -107,7 +107,10 @@ _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float1
 
 
 def _as_input(X, arg) -> np.ndarray:
-    X = np.asarray(X)
+    try:
+        X = np.asarray(X)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"input data is not an array ({str(e).splitlines()[0]}); give an array [N, ...]") from None
     if X.dtype.kind not in "fiu":
         raise DataError(f"input data has dtype {X.dtype}; a float array is expected")
     dtype = _NP.get(arg.type, np.float32)

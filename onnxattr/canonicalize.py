@@ -30,6 +30,11 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    newest = onnx.defs.onnx_opset_version()
+    if default_opset(model) > newest:
+        raise InvalidModelError(
+            f"{label}: opset {default_opset(model)} is newer than the newest this onnx package knows "
+            f"({newest}); upgrade onnx and onnxruntime, or export the model with an older opset")
     if default_opset(model) >= MIN_OPSET:
         return model
     try:

@@ -132,7 +132,7 @@ def cmd_explain(a) -> int:
     if a.target is not None:
         try:
             selection = np.array([int(t) for t in a.target.split(",")], np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise UsageError(f"--target must be integers separated by commas, got '{a.target}'") from None
         if selection.size == 1:
             selection = selection[0]
@@ -172,8 +172,10 @@ def cmd_fit(a) -> int:
         raise DataError(f"{a.data}: fit reads a .npy array [N, ...]")
     try:
         data = np.load(a.data, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{a.data}: not a readable .npy array ({e})") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{a.data}: not a readable .npy array ({e or 'empty file'})") from None
+    if data.ndim == 0:
+        raise DataError(f"{a.data}: holds a single number; fit reads an array [N, ...] of samples")
     analyzer.fit(data, batch_size=a.batch_size)
     analyzer.save_patterns(a.out)
     print(f"wrote {a.out} ({analyzer.params['patterns']})")

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxattr.errors import InvalidModelError, ModelFileError
+from onnxattr.errors import InvalidModelError, ModelFileError, UsageError
 from onnxattr.light import checkable_copy
 
 _PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1", "FLOAT6E2M3",
@@ -118,6 +118,9 @@ def load_model(model) -> onnx.ModelProto:
         _check_text(copy, "model")
         _check_tensor_sizes(copy, "model")
         return copy
+    if not isinstance(model, (str, os.PathLike)):
+        hint = " (parse bytes with onnx.load_from_string first)" if isinstance(model, (bytes, bytearray)) else ""
+        raise UsageError(f"the model must be a file path or an onnx.ModelProto, got {type(model).__name__}{hint}")
     path = os.fspath(model)
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such file")
@@ -172,8 +175,8 @@ def check_input_model(model: onnx.ModelProto, label: str) -> None:
     try:
         onnx.checker.check_model(light)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
-        raise InvalidModelError(f"{label}: the model fails onnx.checker: {first}") from None
+        text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or "invalid model"
+        raise InvalidModelError(f"{label}: the model fails onnx.checker: {text}") from None
 
 
 def check_input_shapes(model: onnx.ModelProto, label: str) -> None:

@@ -56,7 +56,7 @@ class Runner:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # errors reach the user as exceptions, turned into one line
         self.requested = providers_for(device, providers)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # onnxruntime's own warning; ours below is clearer
@@ -86,11 +86,17 @@ class Runner:
             )
             warnings.warn(self.fallback, ProviderFallbackWarning, stacklevel=2)
 
-    def run(self, feeds: dict) -> list[np.ndarray]:
+    def run(self, feeds: dict, names=None) -> list[np.ndarray]:
+        """The outputs ``names`` (all by default) for ``feeds``; onnxruntime's failures on this input
+        become DataErrors with its first line (and its own log stays quiet)."""
+        options = ort.RunOptions()
+        options.log_severity_level = 4
         try:
-            return self.session.run(None, feeds)
+            return self.session.run(names, feeds, options)
         except ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
             raise DataError(f"onnxruntime rejected the input: {str(e).splitlines()[0]}") from None
+        except ort.capi.onnxruntime_pybind11_state.Fail as e:
+            raise DataError(f"onnxruntime failed on this input: {str(e).splitlines()[0]}") from None
         except ort.capi.onnxruntime_pybind11_state.RuntimeException as e:
             text = str(e)
             if "ScatterElements" in text or "indice" in text:

@@ -57,7 +57,17 @@ def _instead(model: onnx.ModelProto) -> str:
 
 
 def choose_input(model: onnx.ModelProto, name: str | None) -> str:
-    """The graph input to explain; ``name`` may also be an intermediate float tensor."""
+    """The graph input to explain; ``name`` may also be an intermediate float tensor. A graph input
+    declared rank 0 is refused: relevance maps are per sample, along a leading batch dimension."""
+    chosen = _choose_input(model, name)
+    vi = next((i for i in model.graph.input if i.name == chosen), None)
+    if vi is not None and vi.type.tensor_type.HasField("shape") and not vi.type.tensor_type.shape.dim:
+        raise SelectionError(f"input '{chosen}' is a scalar (rank 0); onnxattr explains inputs with a leading "
+                             "batch dimension: export the model with input shape [N, ...]")
+    return chosen
+
+
+def _choose_input(model: onnx.ModelProto, name: str | None) -> str:
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if name is not None:

@@ -26,6 +26,7 @@ from onnxattr.cli import main
 from onnxattr.emitters import VJPS
 from onnxattr.errors import EXIT_CODES
 from tests.models import mlp
+from tests.test_cli import run_cli
 
 vi = helper.make_tensor_value_info
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,16 @@ def test_model_failing_the_checker(tmp_path, capsys):
     p = save(tmp_path, m, "bad.onnx")
     line = fails(capsys, "InvalidModelError", "compile", p, "-m", "gradient", "-o", tmp_path / "o.onnx")
     assert "onnx.checker" in line and "no_such_weight" in line
+    assert "MatMul" in line  # the checker's lines are joined: the node is named too
+
+
+def test_model_with_an_opset_newer_than_onnx_knows(tmp_path, capsys):
+    m, _ = mlp()
+    m.opset_import[0].version = 99
+    p = save(tmp_path, m, "future.onnx")
+    line = fails(capsys, "InvalidModelError", "compile", p, "-m", "gradient", "-o", tmp_path / "o.onnx")
+    assert "future.onnx" in line and "opset 99" in line and "older opset" in line
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_weight_shape_contradicting_the_graph(tmp_path, capsys):
@@ -259,6 +270,14 @@ def test_several_outputs_explain_the_first_float_one():
     assert not np.allclose(default, hidden)
 
 
+def test_scalar_input_is_refused(tmp_path, capsys):
+    m = make_model([helper.make_node("Mul", ["x", "x"], ["y"], name="square")], [vi("x", TensorProto.FLOAT, [])],
+                   [vi("y", TensorProto.FLOAT, [])])
+    p = save(tmp_path, m, "scalar.onnx")
+    line = fails(capsys, "SelectionError", "compile", p, "-m", "gradient", "-o", tmp_path / "o.onnx")
+    assert "scalar.onnx" in line and "'x'" in line and "rank 0" in line and "[N, ...]" in line
+
+
 # ---- exit code 2: usage ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,words", [
@@ -272,6 +291,51 @@ def test_bad_parameter_values(tmp_path, model_path, capsys, args, words):
                  "-o", tmp_path / "o.onnx")
     for w in words:
         assert w in line
+
+
+@pytest.mark.parametrize("method,setting,words", [
+    ("lrp.epsilon", "epsilon=none", ["epsilon", "needs a value"]),
+    ("lrp.epsilon", "epsilon=inf", ["epsilon", "finite"]),
+    ("lrp.epsilon_gamma_box", "gamma=nan", ["gamma", "finite"]),
+    ("integrated_gradients", "reference_inputs=none", ["reference_inputs", "needs a value"]),
+    ("integrated_gradients", "reference_inputs=-inf", ["reference_inputs", "finite"]),
+    ("integrated_gradients", "steps=99999999999999999999", ["steps", "below 2^31"]),
+    ("smoothgrad", "noise_scale=inf", ["noise_scale", "finite"]),
+    ("smoothgrad", "augment_by_n=4294967296", ["augment_by_n", "below 2^31"]),
+])
+def test_parameters_need_finite_values(tmp_path, model_path, capsys, method, setting, words):
+    """None only where a parameter allows it (seed=none is a fresh stream), no inf/nan (an all-NaN map
+    would follow), counts within int32."""
+    line = fails(capsys, "UsageError", "compile", model_path, "-m", method, "--set", setting,
+                 "-o", tmp_path / "o.onnx")
+    for w in words:
+        assert w in line
+    assert main(["compile", str(model_path), "-m", "smoothgrad", "--set", "seed=none", "--set", "augment_by_n=2",
+                 "-o", str(tmp_path / "o.onnx")]) == 0
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda p: onnxattr.compile(None, "gradient"), "UsageError", ["file path or an onnx.ModelProto", "NoneType"]),
+    (lambda p: onnxattr.compile(p.read_bytes(), "gradient"), "UsageError", ["bytes", "load_from_string"]),
+    (lambda p: onnxattr.compile(p, None), "UsageError", ["method must be a name"]),
+    (lambda p: onnxattr.compile(p, "lrp.epsilon", epsilon=[1, 2]), "UsageError", ["epsilon", "must be a number"]),
+    (lambda p: onnxattr.compile(p, "integrated_gradients", reference_inputs=np.zeros((3, 3))), "UsageError",
+     ["reference_inputs", "[3, 3]", "does not broadcast", "[?, 6]"]),
+    (lambda p: onnxattr.compile(p, "deep_lift", reference_inputs=np.zeros(5)), "UsageError",
+     ["reference_inputs", "[5]", "does not broadcast"]),
+    (lambda p: onnxattr.compile(p, "deep_taylor.bounded", low=np.zeros((2, 2)), high=np.ones(3)), "UsageError",
+     ["low (shape (2, 2))", "high (shape (3,))", "broadcast"]),
+    (lambda p: onnxattr.create_analyzer("gradient", p).analyze([[1.0, 2.0], [3.0]]), "DataError",
+     ["not an array"]),
+    (lambda p: onnxattr.create_analyzer("pattern.net", p).fit(None), "DataError", ["fit needs data", "NoneType"]),
+    (lambda p: onnxattr.create_analyzer("pattern.net", p).fit(np.float32(1)), "DataError", ["single number"]),
+])
+def test_python_api_arguments_of_the_wrong_kind(model_path, call, error, words):
+    with pytest.raises(onnxattr.OnnxAttrError) as info:
+        call(model_path)
+    assert type(info.value).__name__ == error
+    text = str(info.value).replace("'", "")
+    assert "\n" not in str(info.value) and all(w.replace("'", "") in text for w in words), str(info.value)
 
 
 def test_bad_choice_parameter_lists_the_choices(tmp_path, model_path, capsys):
@@ -310,6 +374,60 @@ def test_data_whose_dtype_or_shape_does_not_fit(tmp_path, model_path, capsys, ar
     for w in words:
         assert w in line
     assert not (tmp_path / "r.npy").exists()
+
+
+def test_onnxruntime_failing_on_the_data_is_one_line(tmp_path):
+    """A model whose channel count is only known at run time: onnxruntime's own failure becomes one
+    line (exit 7) and its log line stays quiet, for explain and for fit."""
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+             helper.make_node("ReduceMean", ["c"], ["y"], axes=[2, 3], keepdims=0, name="pool")]
+    m = make_model(nodes, [vi("x", TensorProto.FLOAT, ["N", "C", "H", "W"])], [vi("y", TensorProto.FLOAT, ["N", 4])],
+                   [numpy_helper.from_array(w, "W")])
+    p = save(tmp_path, m, "dyn.onnx")
+    np.save(tmp_path / "c5.npy", np.ones((1, 5, 8, 8), np.float32))
+    for args in (["explain", p, "-m", "gradient", "--data", tmp_path / "c5.npy"],
+                 ["fit", p, "-m", "pattern.net", "--data", tmp_path / "c5.npy", "-o", tmp_path / "p.npz"]):
+        res = run_cli(*args)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "fit patterns" not in ln]
+        assert res.returncode == EXIT_CODES["DataError"], res.stderr
+        assert len(lines) == 1 and lines[0].startswith("onnxattr: error: onnxruntime failed on this input"), res.stderr
+        assert "Input channels" in lines[0]
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"", ["empty.npy", "not a readable .npy array"]),
+    (None, ["single number", "[N, ...]"]),
+])
+def test_fit_data_that_is_not_samples(tmp_path, model_path, capsys, content, words):
+    data = tmp_path / "empty.npy"
+    if content is None:
+        np.save(data, np.float32(3))
+    else:
+        data.write_bytes(content)
+    line = fails(capsys, "DataError", "fit", model_path, "-m", "pattern.net", "--data", data,
+                 "-o", tmp_path / "p.npz")
+    for w in words:
+        assert w in line
+    assert not (tmp_path / "p.npz").exists()
+
+
+@pytest.mark.parametrize("name,content", [("empty.npz", b""), ("x.npy", None)])
+def test_a_patterns_file_that_is_not_one(tmp_path, model_path, capsys, name, content):
+    bad = tmp_path / name
+    if content is None:
+        np.save(bad, np.ones(3, np.float32))
+    else:
+        bad.write_bytes(content)
+    line = fails(capsys, "PatternError", "compile", model_path, "-m", "pattern.net", "--patterns", bad,
+                 "-o", tmp_path / "o.onnx")
+    assert name in line and "not a readable onnxattr pattern file" in line
+
+
+def test_target_too_large_for_an_integer(model_path, x_path, capsys):
+    line = fails(capsys, "UsageError", "explain", model_path, "-m", "gradient", "--data", x_path,
+                 "--neuron", "index", "--target", "99999999999999999999999")
+    assert "--target" in line
 
 
 # ---- exit code 8: output --------------------------------------------------------------------------

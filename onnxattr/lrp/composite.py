@@ -58,6 +58,18 @@ STYLES = {
 }
 
 
+def _real(spec: dict, key: str, default: float) -> float:
+    """spec[key] (or ``default``) as a finite float, else a UsageError naming it."""
+    value = spec.get(key, default)
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"parameter {key}={value!r}: must be a number") from None
+    if not np.isfinite(out):
+        raise UsageError(f"parameter {key}={value!r}: must be finite")
+    return out
+
+
 def make_rule(spec: dict, style: dict):
     """A Rule (or the strings 'pass' / 'gradient') from a preset entry such as
     {rule = "epsilon", epsilon = 0.1}."""
@@ -68,7 +80,7 @@ def make_rule(spec: dict, style: dict):
     if name in ("z", "z_IB"):
         return R.z_rule(bias=name == "z", **stab)
     if name in ("epsilon", "epsilon_IB"):
-        epsilon = float(spec.get("epsilon", style["epsilon"]))
+        epsilon = _real(spec, "epsilon", style["epsilon"])
         if not epsilon > 0:  # iNNvestigate refuses it too; 0 is the z rule without a stabilizer
             raise UsageError(f"parameter epsilon={epsilon:g}: must be > 0 (use rule z for no stabilizer)")
         return R.epsilon_rule(epsilon=epsilon, bias=name == "epsilon")
@@ -77,8 +89,8 @@ def make_rule(spec: dict, style: dict):
     if name == "flat":
         return R.flat_rule(**stab)
     if name in ("alpha_beta", "alpha_beta_IB", "z_plus"):
-        alpha = float(spec.get("alpha", 1.0 if name == "z_plus" else 2.0))
-        beta = float(spec.get("beta", 0.0 if name == "z_plus" else 1.0))
+        alpha = _real(spec, "alpha", 1.0 if name == "z_plus" else 2.0)
+        beta = _real(spec, "beta", 0.0 if name == "z_plus" else 1.0)
         if alpha < 0 or beta < 0 or alpha - beta != 1:  # conservation; both references refuse the rest
             raise UsageError(f"parameters alpha={alpha:g}, beta={beta:g}: need alpha, beta >= 0 and "
                              "alpha - beta = 1 (iNNvestigate and Zennit refuse other values)")
@@ -87,12 +99,18 @@ def make_rule(spec: dict, style: dict):
     if name == "z_plus_fast":
         return R.z_plus_fast_rule(**stab)
     if name == "gamma":
-        gamma = float(spec.get("gamma", 0.25))
+        gamma = _real(spec, "gamma", 0.25)
         if not gamma >= 0:
             raise UsageError(f"parameter gamma={gamma:g}: must be >= 0")
         return R.gamma_rule(gamma=gamma, **stab)
     if name == "zbox":
-        if not np.all(np.asarray(spec["low"]) <= np.asarray(spec["high"])):
+        try:
+            ordered = np.all(np.asarray(spec["low"], np.float64) <= np.asarray(spec["high"], np.float64))
+        except (TypeError, ValueError):
+            raise UsageError(f"zbox bounds low (shape {np.shape(spec['low'])}) and high (shape "
+                             f"{np.shape(spec['high'])}): need numbers or arrays of numbers that broadcast to "
+                             "each other and to the input") from None
+        if not ordered:
             raise UsageError(f"zbox bounds low={spec['low']}, high={spec['high']}: need low <= high")
         return R.zbox_rule(low=spec["low"], high=spec["high"], **stab)
     raise KeyError(name)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import onnx
 
 from onnxattr.errors import UsageError
@@ -19,6 +21,7 @@ class Param:
     doc: str
     parse: Callable[[str], Any] = float
     check: Callable[[Any], str | None] | None = None  # returns an error text or None
+    optional: bool = False  # None is a valid value (always so when the default is None)
 
 
 @dataclass
@@ -63,12 +66,28 @@ class Method:
                     value = None if value.lower() in ("none", "null") else p.parse(value)
                 except (TypeError, ValueError):
                     raise UsageError(f"{self.name}: parameter {key}={value!r} is not a valid value") from None
-            if p.check is not None:
+            err = _basic_check(p, value)
+            if err is None and p.check is not None:
                 err = p.check(value)
-                if err:
-                    raise UsageError(f"{self.name}: parameter {key}={value!r}: {err}")
+            if err:
+                raise UsageError(f"{self.name}: parameter {key}={value!r}: {err}")
             out[key] = value
         return out
+
+
+def _basic_check(p: Param, value) -> str | None:
+    """None only where the parameter allows it; numbers (and numeric arrays) finite."""
+    if value is None:
+        return None if p.optional or p.default is None else "needs a value (None is not allowed here)"
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.ndarray, list, tuple, np.number)):
+        return None
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return "must be a number or an array of numbers"
+    if not np.all(np.isfinite(arr)):
+        return "must be finite"
+    return None
 
 
 REGISTRY: dict[str, Method] = {}
@@ -83,6 +102,11 @@ def register_method(method: Method) -> Method:
 
 def get_method(name: str) -> Method:
     """A registered method, or the preset defined by a rule file (a name ending in .toml)."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise UsageError(f"the method must be a name such as 'gradient' (or a .toml rule file), got "
+                         f"{type(name).__name__}; `onnxattr methods` lists them all")
     if name in REGISTRY:
         return REGISTRY[name]
     if name.endswith(".toml"):
@@ -96,8 +120,13 @@ def get_method(name: str) -> Method:
     )
 
 
+INT_LIMIT = 2**31  # counts (steps, samples, chunk sizes) beyond this are typos, and overflow int64 math
+
+
 def positive_int(v):
-    return None if isinstance(v, int) and not isinstance(v, bool) and v > 0 else "must be a positive integer"
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        return "must be a positive integer"
+    return None if v < INT_LIMIT else f"must be a positive integer below 2^31, got {v}"
 
 
 def non_negative(v):
@@ -113,3 +142,20 @@ def one_of(*choices):
 
 def parse_int(s: str) -> int:
     return int(s)
+
+
+def reference_constant(b: GraphBuilder, x: str, value, what: str = "reference_inputs") -> str:
+    """``value`` (a number or an array broadcastable to x's shape) as a constant of x's float type; a
+    shape that cannot broadcast to x is a UsageError naming both shapes (dims unknown at compile time
+    accept anything)."""
+    dtype = b.float_dtype(x)
+    arr = np.asarray(value, dtype=dtype)
+    xs = b.shape(x)
+    if xs is not None:
+        fits = arr.ndim <= len(xs) and all(
+            a == 1 or not isinstance(d, int) or a == d for a, d in zip(arr.shape[::-1], xs[::-1]))
+        if not fits:
+            shown = [d if isinstance(d, int) else "?" for d in xs]
+            raise UsageError(f"parameter {what}: an array of shape {list(arr.shape)} does not broadcast to the "
+                             f"input's shape {shown}")
+    return b.const(arr, dtype, "reference")

@@ -10,11 +10,10 @@ delta"). MaxPool keeps its gradient route (the winner at x), as the rescale rule
 
 from __future__ import annotations
 
-import numpy as np
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
-from onnxattr.methods.base import Method, Param, Target, register_method
+from onnxattr.methods.base import Method, Param, Target, reference_constant, register_method
 from onnxattr.select import build_seed
 
 NONLINEAR = frozenset({
@@ -57,8 +56,7 @@ def rescale_rule(ref: dict):
 
 def build_deep_lift(t: Target, p: dict) -> str:
     b, x = t.b, t.x
-    dtype = b.float_dtype(x)
-    x0 = b.op("Expand", [b.const(np.asarray(p["reference_inputs"], dtype), dtype, "reference"), b.op("Shape", [x])])
+    x0 = b.op("Expand", [reference_constant(b, x, p["reference_inputs"]), b.op("Shape", [x])])
     b.set_info(x0, x)
     on_path, _ = path_nodes(t.nodes, x, t.y, b)
     ref = reference_forward(b, on_path, x, x0)

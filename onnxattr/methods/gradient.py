@@ -11,13 +11,12 @@ smoothgrad:      mean_k post(grad(x + noise_k)), noise ~ N(0, noise_scale^2) (iN
 
 from __future__ import annotations
 
-import numpy as np
 from onnx import TensorProto
 
 from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
 from onnxattr.methods.base import (
-    Method, Param, Target, non_negative, one_of, parse_int, positive_int, register_method,
+    Method, Param, Target, non_negative, one_of, parse_int, positive_int, reference_constant, register_method,
 )
 from onnxattr.sampling import sample_loop
 from onnxattr.select import build_seed
@@ -88,15 +87,12 @@ def _sample_major(b, x, per_sample, count):
     return b.op("Reshape", [per_sample, shape])
 
 
-def _reference(b, x, ref):
-    dtype = b.float_dtype(x)
-    return b.const(np.asarray(ref, dtype=dtype), dtype, "reference")
 
 
 def build_integrated_gradients(t, p):
     b, x, steps = t.b, t.x, p["steps"]
     rank = b.rank(x)
-    ref = _reference(b, x, p["reference_inputs"])
+    ref = reference_constant(b, x, p["reference_inputs"])
     diff = b.op("Sub", [x, ref])
 
     def points(cb, x_, k, count):
@@ -147,7 +143,8 @@ def _optional_int(s):
     return None if s.lower() in ("none", "") else int(s)
 
 
-SEED = Param("seed", 0, "random seed of the noise (None: a new stream each session)", _optional_int)
+SEED = Param("seed", 0, "random seed of the noise (None: a new stream each session)", _optional_int,
+             optional=True)
 
 for _m in (
     Method("gradient", "Gradient of the selected output w.r.t. the input.", build_gradient, (POSTPROCESS,)),

@@ -40,7 +40,11 @@ def batches(data, batch_size: int):
     """(iterator over input batches, number of batches or None): an array is cut into slices of
     ``batch_size`` (a np.load(..., mmap_mode='r') array is read slice by slice); any other iterable
     yields whole batches, or (x, y[, w]) tuples whose first item is the batch."""
+    if data is None or isinstance(data, (str, bytes)) or not (hasattr(data, "__iter__") or hasattr(data, "shape")):
+        raise DataError(f"fit needs data: an array [N, ...] or an iterable of batches, got {type(data).__name__}")
     if hasattr(data, "shape") and hasattr(data, "__getitem__"):
+        if len(data.shape) == 0:
+            raise DataError("fit got a single number; pass an array [N, ...] of samples")
         n = data.shape[0]
         return (data[i:i + batch_size] for i in range(0, n, batch_size)), math.ceil(n / batch_size)
 
@@ -81,7 +85,7 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
         xb = _as_input(batch, arg)
         if xb.shape[0] == 0:
             continue
-        values = dict(zip(fetch, runner.session.run(fetch, {x: xb}) if fetch else []))
+        values = dict(zip(fetch, runner.run({x: xb}, fetch) if fetch else []))
         values[x] = xb
         for name, u in layers.items():
             stats[name].update(values[u.x], values[u.out])

@@ -64,6 +64,6 @@ def load_patterns(path) -> Patterns:
             if meta.get("format") != FORMAT:
                 raise PatternError(f"{path}: not an onnxattr pattern file (format {meta.get('format')!r})")
             arrays = {name: z[name] for name in meta["layers"]}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise PatternError(f"{path}: not a readable onnxattr pattern file ({e})") from None
     return Patterns(meta["model_sha256"], meta["pattern_type"], arrays, int(meta.get("samples", 0)))
