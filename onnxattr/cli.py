@@ -13,7 +13,7 @@ from onnxattr import viz
 from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_model
 from onnxattr.errors import DataError, OnnxAttrError, UsageError
 from onnxattr.methods import REGISTRY
-from onnxattr.output import refuse_overwriting_input, save_array, save_image, save_model
+from onnxattr.output import check_destination, refuse_overwriting_input, save_array, save_image, save_model
 
 
 def _params(pairs) -> dict:
@@ -96,6 +96,7 @@ def _all_params(a) -> dict:
 
 def cmd_compile(a) -> int:
     refuse_overwriting_input(a.out, a.rules, a.patterns, models=[a.model])
+    check_destination(a.out)
     model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, **_all_params(a))
     save_model(model, a.out, a.model)
     print(f"wrote {a.out} (outputs: {', '.join(o.name for o in model.graph.output)})")
@@ -122,6 +123,9 @@ def cmd_explain(a) -> int:
     for p in (a.out, a.heatmap, a.graymap):
         if p:
             refuse_overwriting_input(p, a.data, a.rules, a.patterns, models=[a.model])
+            check_destination(p, image=p != a.out)
+    if a.target is not None and a.neuron != "index":
+        raise UsageError(f"--target picks the neuron for --neuron index, not --neuron {a.neuron}: add --neuron index")
     if a.neuron == "index" and a.target is None:
         raise UsageError("--neuron index needs --target (one index, or one per sample: 3,1,4)")
     mode = {"max": "max_activation", "index": "index", "all": "all"}[a.neuron]
@@ -163,6 +167,7 @@ def cmd_fit(a) -> int:
     refuse_overwriting_input(a.out, a.data, a.rules, a.patterns, models=[a.model])
     if not a.out.endswith(".npz"):
         raise UsageError(f"-o must name a .npz file, got '{a.out}'")
+    check_destination(a.out)
     analyzer = Analyzer(_method(a), a.model, input=a.input, output=a.output, device=a.device,
                         **_all_params(a))
     if analyzer.method.family != "pattern":

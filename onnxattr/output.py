@@ -56,6 +56,19 @@ def _new_file_mode(path: str) -> int:
         return 0o666 & ~umask
 
 
+def check_destination(path: str, image: bool = False) -> None:
+    """Fail now, before a long compile or run, if ``path`` could not be written: a missing folder, a
+    device or folder in its place, or (``image``) an extension Pillow cannot write."""
+    destination_folder(path)
+    regular_destination(path)
+    if image:
+        from PIL import Image
+
+        if os.path.splitext(path)[1].lower() not in Image.registered_extensions():
+            raise OutputFileError(f"{path}: cannot write an image of this type; use one of .bmp, .gif, .jpg, "
+                                  ".png, .tif, .webp")
+
+
 def regular_destination(path: str) -> str:
     """The file ``path`` names, symbolic links followed (a link is written through, not replaced); an
     existing device, pipe, socket or folder is refused."""

@@ -20,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxattr
+import onnxattr.cli
 import onnxattr.load
 import onnxattr.output
 from onnxattr.cli import main
@@ -389,7 +390,7 @@ def test_onnxruntime_failing_on_the_data_is_one_line(tmp_path):
     for args in (["explain", p, "-m", "gradient", "--data", tmp_path / "c5.npy"],
                  ["fit", p, "-m", "pattern.net", "--data", tmp_path / "c5.npy", "-o", tmp_path / "p.npz"]):
         res = run_cli(*args)
-        lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "fit patterns" not in ln]
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]  # no progress bar off a terminal
         assert res.returncode == EXIT_CODES["DataError"], res.stderr
         assert len(lines) == 1 and lines[0].startswith("onnxattr: error: onnxruntime failed on this input"), res.stderr
         assert "Input channels" in lines[0]
@@ -424,6 +425,34 @@ def test_a_patterns_file_that_is_not_one(tmp_path, model_path, capsys, name, con
     assert name in line and "not a readable onnxattr pattern file" in line
 
 
+def test_fit_data_with_nan(tmp_path, model_path, capsys):
+    x = np.ones((3, 6), np.float32)
+    x[2, 1] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    line = fails(capsys, "DataError", "fit", model_path, "-m", "pattern.net", "--data", tmp_path / "nan.npy",
+                 "-o", tmp_path / "p.npz")
+    assert "NaN or inf" in line
+    assert not (tmp_path / "p.npz").exists()
+
+
+def test_target_without_neuron_index(model_path, x_path, capsys):
+    line = fails(capsys, "UsageError", "explain", model_path, "-m", "gradient", "--data", x_path, "--target", "1")
+    assert "--target" in line and "--neuron index" in line
+
+
+@pytest.mark.parametrize("setting,words", [("steps=2.5", ["steps", "expects an integer"]),
+                                           ("seed=1.5", None), ("chunk_size=x", ["chunk_size", "expects an integer"])])
+def test_integer_parameters_say_so(tmp_path, model_path, capsys, setting, words):
+    method = "smoothgrad" if setting.startswith("seed") else "integrated_gradients"
+    line = fails(capsys, "UsageError", "compile", model_path, "-m", method, "--set", setting, "-o", tmp_path / "o.onnx")
+    for w in words or ["seed", "expects an integer or none"]:
+        assert w in line
+    with pytest.raises(onnxattr.errors.UsageError, match="must be an integer or None"):
+        onnxattr.compile(model_path, "smoothgrad", seed=1.5)
+    with pytest.raises(onnxattr.errors.UsageError, match="until_layer_idx=1.5: must be an integer >= 0"):
+        onnxattr.compile(model_path, "lrp.sequential_preset_b_flat_until_idx", until_layer_idx=1.5)
+
+
 def test_target_too_large_for_an_integer(model_path, x_path, capsys):
     line = fails(capsys, "UsageError", "explain", model_path, "-m", "gradient", "--data", x_path,
                  "--neuron", "index", "--target", "99999999999999999999999")
@@ -454,7 +483,6 @@ def test_output_over_a_rules_or_patterns_file_is_refused(tmp_path, model_path, x
     rules.write_text((ROOT / "rules" / "lrp.epsilon.toml").read_text())
     assert main(["fit", str(model_path), "-m", "pattern.net", "--data", str(x_path),
                  "-o", str(tmp_path / "pat.npz")]) == 0
-    capsys.readouterr()  # fit's progress bar
     pat = tmp_path / "pat.npz"
     before = rules.read_bytes(), pat.read_bytes()
     for args in (["compile", model_path, "--rules", rules, "-o", rules],
@@ -511,6 +539,20 @@ def test_saving_patterns_over_the_analyzers_model_is_refused(model_path, x_path)
     with pytest.raises(onnxattr.errors.OutputFileError, match="overwrite the input"):
         analyzer.save_patterns(model_path)
     assert model_path.read_bytes() == before
+
+
+def test_unwritable_outputs_are_refused_before_the_work(tmp_path, model_path, x_path, capsys, monkeypatch):
+    """A missing folder or an image type Pillow cannot write stops explain before it compiles anything."""
+    monkeypatch.setattr(onnxattr.cli, "Analyzer", None)  # reaching it would be a TypeError, not exit 8
+    line = fails(capsys, "OutputFileError", "explain", model_path, "-m", "gradient", "--data", x_path,
+                 "--heatmap", tmp_path / "h.xyz")
+    assert "h.xyz" in line and ".png" in line
+    line = fails(capsys, "OutputFileError", "explain", model_path, "-m", "gradient", "--data", x_path,
+                 "-o", tmp_path / "nowhere" / "r.npy")
+    assert "does not exist" in line
+    monkeypatch.setattr(onnxattr.cli, "compile_model", None)
+    line = fails(capsys, "OutputFileError", "compile", model_path, "-m", "gradient", "-o", tmp_path / "nowhere" / "o.onnx")
+    assert "does not exist" in line
 
 
 def test_output_folder_missing(tmp_path, model_path, capsys):

@@ -65,7 +65,9 @@ class Method:
                 try:
                     value = None if value.lower() in ("none", "null") else p.parse(value)
                 except (TypeError, ValueError):
-                    raise UsageError(f"{self.name}: parameter {key}={value!r} is not a valid value") from None
+                    expects = _EXPECTS.get(getattr(p.parse, "__name__", ""), "")
+                    raise UsageError(f"{self.name}: parameter {key}={value!r} is not a valid value{expects}") \
+                        from None
             err = _basic_check(p, value)
             if err is None and p.check is not None:
                 err = p.check(value)
@@ -73,6 +75,10 @@ class Method:
                 raise UsageError(f"{self.name}: parameter {key}={value!r}: {err}")
             out[key] = value
         return out
+
+
+_EXPECTS = {"float": " (expects a number)", "int": " (expects an integer)", "parse_int": " (expects an integer)",
+            "_optional_int": " (expects an integer or none)"}
 
 
 def _basic_check(p: Param, value) -> str | None:
@@ -131,6 +137,14 @@ def positive_int(v):
 
 def non_negative(v):
     return None if isinstance(v, (int, float)) and v >= 0 else "must be a number >= 0"
+
+
+def non_negative_int(v):
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "must be an integer >= 0"
+
+
+def optional_int(v):
+    return None if v is None or (isinstance(v, int) and not isinstance(v, bool)) else "must be an integer or None"
 
 
 def one_of(*choices):

@@ -16,7 +16,8 @@ from onnx import TensorProto
 from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
 from onnxattr.methods.base import (
-    Method, Param, Target, non_negative, one_of, parse_int, positive_int, reference_constant, register_method,
+    Method, Param, Target, non_negative, one_of, optional_int, parse_int, positive_int, reference_constant,
+    register_method,
 )
 from onnxattr.sampling import sample_loop
 from onnxattr.select import build_seed
@@ -144,7 +145,7 @@ def _optional_int(s):
 
 
 SEED = Param("seed", 0, "random seed of the noise (None: a new stream each session)", _optional_int,
-             optional=True)
+             optional_int, optional=True)
 
 for _m in (
     Method("gradient", "Gradient of the selected output w.r.t. the input.", build_gradient, (POSTPROCESS,)),

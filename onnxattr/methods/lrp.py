@@ -13,13 +13,13 @@ from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.errors import UsageError
 from onnxattr.lrp.composite import STYLES, Composite, make_rule
 from onnxattr.lrp.presets import Preset, PresetParam, load_preset, parse_preset
-from onnxattr.methods.base import Method, Param, Target, non_negative, register_method
+from onnxattr.methods.base import Method, Param, Target, non_negative_int, register_method
 from onnxattr.select import build_seed
 
 
 def _param(p: PresetParam) -> Param:
     if isinstance(p.default, int) and not isinstance(p.default, bool):
-        return Param(p.name, p.default, p.doc, int, non_negative)
+        return Param(p.name, p.default, p.doc, int, non_negative_int)
     return Param(p.name, float(p.default), p.doc, float)
 
 

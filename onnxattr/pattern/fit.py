@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx
 from onnx import helper
 from tqdm import tqdm
@@ -81,10 +82,14 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
     arg = runner.session.get_inputs()[runner.input_names.index(x)]
     it, total = batches(data, batch_size)
     samples = 0
-    for batch in tqdm(it, total=total, desc="fit patterns", unit="batch", disable=not progress):
+    # the bar shows on a terminal only (disable=None), so logs and error output stay clean
+    for batch in tqdm(it, total=total, desc="fit patterns", unit="batch", disable=None if progress else True):
         xb = _as_input(batch, arg)
         if xb.shape[0] == 0:
             continue
+        if not np.isfinite(xb).all():
+            raise DataError(f"fit data holds NaN or inf (in samples {samples} to {samples + xb.shape[0] - 1}); "
+                            "patterns learned from it would be NaN")
         values = dict(zip(fetch, runner.run({x: xb}, fetch) if fetch else []))
         values[x] = xb
         for name, u in layers.items():
