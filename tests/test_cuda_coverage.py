@@ -14,16 +14,17 @@ from onnxattr.methods import REGISTRY
 from tests.lrp.nets import resnet_like
 
 CUDA_FLOAT32 = frozenset({
-    "Abs", "Add", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Concat", "ConstantOfShape", "Conv",
-    "ConvTranspose", "DepthToSpace", "Div", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather",
+    "Abs", "Add", "And", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Concat", "ConstantOfShape", "Conv",
+    "ConvTranspose", "DepthToSpace", "Div", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Gather",
     "GatherElements", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid",
     "Identity", "Less", "LessOrEqual", "Loop", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "NonZero", "Not",
     "Pad", "Pow", "RandomNormalLike", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceSum", "Relu",
-    "Reshape", "ScatterElements", "Shape", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "SpaceToDepth", "Split",
+    "Reshape", "Resize", "ScatterElements", "Shape", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "SpaceToDepth", "Split",
     "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
 })
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+THIRDPARTY = os.path.join(os.path.dirname(__file__), "thirdparty", "data")
 METHODS = sorted(name for name, m in REGISTRY.items() if m.family != "pattern")  # pattern needs fitted data
 
 
@@ -54,3 +55,19 @@ def test_zoo_graphs(name):
     for method in ("gradient", "lrp.epsilon", "deep_taylor", "integrated_gradients"):
         missing = appended_ops(model, method) - CUDA_FLOAT32
         assert not missing, f"{name} {method}: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", ["opset_sweep_9", "opset_sweep_17", "yolov8n"])
+def test_op_sweep_graphs(name):
+    """Graphs exercising most emitters (the opset sweeps: Clip, HardSigmoid, Resize, Upsample, ...),
+    with every method that applies to them."""
+    model = onnx.load(os.path.join(THIRDPARTY, f"{name}.onnx"))
+    compiled = 0
+    for method in METHODS:
+        try:
+            missing = appended_ops(model, method) - CUDA_FLOAT32
+        except onnxattr.OnnxAttrError:
+            continue  # e.g. a method that does not apply to this graph
+        compiled += 1
+        assert not missing, f"{name} {method}: {sorted(missing)}"
+    assert compiled >= len(METHODS) // 2
