@@ -77,6 +77,19 @@ def vjp_model(model, wrt, out="y0"):
     return m
 
 
+def run_vjp(op, inputs, cotangent, attrs=None, wrt=None, opset=17):
+    """The emitted VJP of ``op`` at exactly these inputs and cotangent (float32, onnxruntime): a list
+    of gradients, one per name in ``wrt`` (default: the first input). For conventions at ties and kinks,
+    where central differences say nothing."""
+    wrt = wrt or [inputs[0][0]]
+    model = node_model(op, inputs, attrs, opset=opset)
+    sess = ort.InferenceSession(vjp_model(model, wrt).SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {n: np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
+             for n, a, c in inputs if not c}
+    feeds["cotangent"] = np.asarray(cotangent, np.float32)
+    return sess.run([f"grad_{x}" for x in wrt], feeds)
+
+
 def check_vjp(op, inputs, attrs=None, wrt=None, n_out=1, out_index=0, dynamic=(), seed=0, n_dirs=3,
               rtol=RTOL, atol=ATOL, opset=17, linear_ort=False, numpy_ref=None):
     """Assert the emitted VJP of ``op`` matches float64 central differences; returns the grads.

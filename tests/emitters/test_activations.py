@@ -7,7 +7,7 @@ import pytest
 
 from onnxattr.emitters.activations import positive_flag
 from tests.models import run_emitted
-from tests.vjp_check import check_vjp
+from tests.vjp_check import check_vjp, run_vjp
 
 rng = np.random.default_rng(4)
 
@@ -72,3 +72,19 @@ def test_positive_flag_is_exact(shape, dtype, ops):
     flag, emitted = run_emitted(positive_flag, v)
     assert emitted == ops
     np.testing.assert_array_equal(flag, (v > 0).astype(dtype))
+
+
+@pytest.mark.parametrize("op,attrs,inputs,want", [
+    # PyTorch's conventions at kinks (module docstring): the kink values themselves
+    ("Relu", {}, [], [0, 0, 1]),
+    ("LeakyRelu", {"alpha": 0.1}, [], [0.1, 0.1, 1]),
+    ("PRelu", {}, [("slope", np.array([0.25], np.float32), True)], [0.25, 0.25, 1]),
+    ("Elu", {"alpha": 0.7}, [], [0.7 * math.exp(-1), 0.7, 1]),
+    ("Clip", {}, [("lo", np.array(-1, np.float32), True), ("hi", np.array(0, np.float32), True)], [1, 1, 0]),
+])
+def test_conventions_at_kinks(op, attrs, inputs, want):
+    """x = [-1, 0, 1]: Relu'(0) = 0, LeakyRelu'(0) = PRelu'(0) = slope, Elu'(0) = alpha; Clip to [-1, 0]
+    passes the gradient at both bounds (min <= x <= max) and not above."""
+    x = np.array([-1, 0, 1], np.float32)
+    (got,) = run_vjp(op, [("x", x, False), *inputs], np.ones(3, np.float32), attrs)
+    np.testing.assert_allclose(got, want, rtol=1e-6)

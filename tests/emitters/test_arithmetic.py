@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.vjp_check import check_vjp
+from tests.vjp_check import check_vjp, run_vjp
 
 rng = np.random.default_rng(3)
 r = rng.standard_normal
@@ -42,6 +42,21 @@ def test_pow_vjp():
 @pytest.mark.parametrize("op", ["Max", "Min"])
 def test_max_min_vjp(op):
     check_vjp(op, [("a", r((2, 3)), False), ("b", r((3,)), False)], wrt=["a", "b"])
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_min_ties_share_the_gradient(op):
+    """Operands equal to the result share g evenly (torch.maximum's g/2 on a tie; g/3 for three)."""
+    a = np.array([[1, 2, 5], [0, 4, 4]], np.float32)
+    b = np.array([[1, 3, 5], [0, 4, 1]], np.float32)
+    c = np.array([[1, 0, 9], [0, 4, 4]], np.float32)
+    if op == "Min":
+        a, b, c = -a, -b, -c
+    g = np.array([[6, 6, 6], [3, 3, 3]], np.float32)
+    ga, gb, gc = run_vjp(op, [("a", a, False), ("b", b, False), ("c", c, False)], g, wrt=["a", "b", "c"])
+    np.testing.assert_allclose(ga, [[2, 0, 0], [1, 1, 1.5]], rtol=1e-6)
+    np.testing.assert_allclose(gb, [[2, 6, 0], [1, 1, 0]], rtol=1e-6)
+    np.testing.assert_allclose(gc, [[2, 0, 6], [1, 1, 1.5]], rtol=1e-6)
 
 
 def test_where_vjp():

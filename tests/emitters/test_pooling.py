@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.vjp_check import check_vjp
+from tests.vjp_check import check_vjp, run_vjp
 
 rng = np.random.default_rng(5)
 
@@ -71,4 +71,15 @@ def test_maxpool_vjp_ties_go_to_the_first_maximum(xs, k, dynamic):
         win = x[n, c, i * k:(i + 1) * k, j * k:(j + 1) * k]
         a, bb = np.unravel_index(np.argmax(win), win.shape)  # first maximum, row-major
         want[n, c, i * k + a, j * k + bb] = g[n, c, i, j]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_global_maxpool_ties_go_to_the_first_maximum():
+    """Ties in a plane (ReLU zeros, a repeated maximum): the whole gradient goes to the first maximum of
+    the flattened plane, as torch's max-pool indices and MaxPool's do."""
+    x = np.array([[[[0, 2, 1], [2, 0, 2]], [[0, 0, 0], [0, 0, 0]], [[-1, 3, 3], [3, -2, 0]]]], np.float32)
+    g = np.array([[[[5]], [[7]], [[-2]]]], np.float32)
+    (got,) = run_vjp("GlobalMaxPool", [("x", x, False)], g)
+    want = np.zeros_like(x)
+    want[0, 0, 0, 1], want[0, 1, 0, 0], want[0, 2, 0, 1] = 5, 7, -2
     np.testing.assert_array_equal(got, want)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.vjp_check import check_vjp
+from tests.vjp_check import check_vjp, run_vjp
 
 rng = np.random.default_rng(7)
 r = rng.standard_normal
@@ -27,3 +27,14 @@ def test_reduce_mean_axes_attribute_opset13():
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_softmax(op, axis):
     check_vjp(op, [("x", r((2, 3, 4)), False)], {"axis": axis}, dynamic=(0,))
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+def test_reduce_extreme_ties_share_the_gradient(op):
+    """Ties for the extreme value share g evenly (torch.amax/amin's rule): g/k to each of k winners."""
+    sign = 1 if op == "ReduceMax" else -1
+    x = sign * np.array([[1, 3, 3, 0], [2, 2, 2, 2], [0, 0, 5, 1]], np.float32)
+    g = np.array([[6], [8], [-3]], np.float32)
+    (got,) = run_vjp(op, [("x", x, False), ("a", np.array([1], np.int64), True)], g, {"keepdims": 1}, opset=18)
+    want = np.array([[0, 3, 3, 0], [2, 2, 2, 2], [0, 0, -3, 0]], np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
