@@ -82,8 +82,18 @@ def test_gather_tile_expand_depth_to_space():
     check_vjp("SpaceToDepth", [("x", r((1, 2, 4, 6)), False)], {"blocksize": 2})
 
 
+def test_gather_nd_and_reverse_sequence():
+    """Gather-like ops whose VJP scatters g back through the same indices (repeated indices add up)."""
+    check_vjp("GatherND", [("x", r((3, 4, 2)), False), ("i", np.array([[0, 1], [2, 3], [0, 1]], I64), True)])
+    check_vjp("GatherND", [("x", r((2, 3, 4)), False), ("i", np.array([[[1], [0]], [[2], [2]]], I64), True)],
+              {"batch_dims": 1})
+    check_vjp("ReverseSequence", [("x", r((4, 3, 2)), False), ("l", np.array([4, 2, 1], I64), True)],
+              {"batch_axis": 1, "time_axis": 0})
+
+
 def test_identity_and_cast():
     check_vjp("Identity", [("x", r((2, 3)), False)])
+    check_vjp("Dropout", [("x", r((2, 3)), False)])  # inference: the identity
     check_vjp("Cast", [("x", r((2, 3)), False)], {"to": 11})
 
 
