@@ -81,6 +81,8 @@ def reference(rule, x, m, b, opts):
         return share(pairs, safe(pairs.sum(1)), r)
     if rule == "epsilon":
         return share(pairs, signed(z, opts["epsilon"]), r)
+    if rule == "epsilon_IB":
+        return share(pairs, signed(pairs.sum(1), opts["epsilon"]), r)
     if rule == "w_square":
         sq = np.broadcast_to(m[None] ** 2, pairs.shape)
         return share(sq, safe(sq.sum(1)), r)
@@ -130,6 +132,7 @@ CASES = [  # (method or inline rule file, reference rule, options)
     ('style = "zennit"\n[layers]\ndefault = { rule = "zbox", low = -1.0, high = 2.0 }', "zbox",
      {"low": -1.0, "high": 2.0}),
     ('[layers]\ndefault = { rule = "epsilon", epsilon = 0.5 }', "epsilon", {"epsilon": 0.5}),
+    ('[layers]\ndefault = { rule = "epsilon_IB", epsilon = 0.5 }', "epsilon_IB", {"epsilon": 0.5}),
 ]
 
 
@@ -187,3 +190,19 @@ def test_excitation_backprop_is_the_marginal_winning_probability():
         ["relevance"], {"x": x.astype(np.float32)})[0]
     np.testing.assert_allclose(got, p_x, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-4)  # a probability distribution over the input
+
+
+@pytest.mark.parametrize("preset,rule", [("lrp.epsilon", "epsilon"), ("lrp.epsilon_IB", "epsilon_IB")])
+def test_preset_epsilon_parameter_reaches_the_rule(preset, rule, tmp_path):
+    """--set epsilon=0.5 on the preset gives the map of a rule file with epsilon 0.5, not the default's."""
+    model, *_ = dense_model()
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    (tmp_path / "r.toml").write_text(f'[layers]\ndefault = {{ rule = "{rule}", epsilon = 0.5 }}')
+
+    def run(key, **params):
+        c = onnxattr.compile(model, key, neuron="all", **params)
+        return ort.InferenceSession(c.SerializeToString()).run(["relevance"], {"x": x})[0]
+
+    set_half, file_half, default = run(preset, epsilon=0.5), run(str(tmp_path / "r.toml")), run(preset)
+    np.testing.assert_allclose(set_half, file_half, rtol=1e-6, atol=1e-7)
+    assert np.abs(set_half - default).max() > 1e-3 * np.abs(default).max()
