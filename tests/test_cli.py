@@ -34,6 +34,7 @@ def test_compile_and_explain(tmp_path, model_path, capsys):
                  "--heatmap", str(tmp_path / "h.png"), "--graymap", str(tmp_path / "g.png")]) == 0
     r = np.load(tmp_path / "r.npy")
     assert r.shape == (3, 6) and np.isfinite(r).all() and np.abs(r).max() > 0
+    np.testing.assert_allclose(r, mlp_gradient(x, 2, mlp()[1]), rtol=1e-5, atol=1e-6)  # neuron 2 of each sample
     assert (tmp_path / "h.png").stat().st_size > 0 and (tmp_path / "g.png").stat().st_size > 0
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxattr-")]
 

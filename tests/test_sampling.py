@@ -50,3 +50,34 @@ def test_body_holds_its_weights():
         w = numpy_helper.to_array(t)
         if large(t):
             assert any(v.shape == w.shape and np.array_equal(v, w) for v in body_values), t.name
+
+
+def test_integrated_gradients_with_a_reference():
+    """IG(x; r) = (x - r) * mean_k grad(r + k/steps * (x - r)), for a per-channel reference array."""
+    model = resnet_like(bias=True)
+    x = np.random.default_rng(1).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    ref = np.array([0.5, -0.25], np.float32).reshape(2, 1, 1)
+    gradient = onnxattr.compile(model, "gradient", neuron="all")
+    points = [(ref + k / 5 * (x - ref)).astype(np.float32) for k in range(5)]
+    expected = (x - ref) * np.mean([run(gradient, p) for p in points], axis=0)
+    ig = onnxattr.compile(model, "integrated_gradients", neuron="all", steps=5, reference_inputs=ref, chunk_size=2)
+    got = run(ig, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    zero_ref = run(onnxattr.compile(model, "integrated_gradients", neuron="all", steps=5), x)
+    assert np.abs(got - zero_ref).max() > 1e-2 * np.abs(zero_ref).max()  # the reference matters here
+
+
+@pytest.mark.parametrize("post,fn", [("abs", np.abs), ("square", np.square)])
+def test_smoothgrad_postprocess_applies_to_each_sample(post, fn):
+    """With noise_scale = 0 every sample is the gradient itself: the map is post(gradient); with noise,
+    the mean of post(g_k) is not post(mean g_k), which a post applied after the mean would give."""
+    model = resnet_like(bias=True)
+    x = np.random.default_rng(2).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    grad = run(onnxattr.compile(model, "gradient"), x)
+    noiseless = run(onnxattr.compile(model, "smoothgrad", augment_by_n=3, noise_scale=0.0, postprocess=post), x)
+    np.testing.assert_allclose(noiseless, fn(grad), rtol=1e-5, atol=1e-7 * np.abs(fn(grad)).max())
+    assert (noiseless >= 0).all()
+    plain = run(onnxattr.compile(model, "smoothgrad", augment_by_n=8, noise_scale=1.0, seed=3), x)
+    post_each = run(onnxattr.compile(model, "smoothgrad", augment_by_n=8, noise_scale=1.0, seed=3,
+                                     postprocess=post), x)
+    assert (post_each >= fn(plain) - 1e-6).all() and np.abs(post_each - fn(plain)).max() > 1e-3 * post_each.max()

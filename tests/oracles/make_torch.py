@@ -570,7 +570,7 @@ COMMON_NOTES = [
 ]
 
 
-def save(name, layout, x, target, logits, maps, notes):
+def save(name, layout, x, target, logits, maps, notes, also_valid_for=()):
     arrays = {"x": x.numpy().astype(np.float32), "target": target.astype(np.int64),
               "logits": logits.astype(np.float32)}
     entries = {}
@@ -585,6 +585,8 @@ def save(name, layout, x, target, logits, maps, notes):
     np.savez_compressed(npz, **arrays)
     manifest = {"model": f"{name}.onnx", "library": versions(), "layout": layout, "input_name": "input",
                 "output_name": "logits", "entries": entries, "notes": COMMON_NOTES + notes}
+    if also_valid_for:  # other exports of the same net: tests/methods/test_oracles.py checks them too
+        manifest["also_valid_for"] = list(also_valid_for)
     with open(os.path.join(DATA, f"{name}.json"), "w") as fh:
         json.dump(manifest, fh, indent=1, sort_keys=False)
         fh.write("\n")
@@ -796,7 +798,7 @@ def main_resnet():
         "negative; where that is the 1x1 downsample conv and its merged weights see only zero inputs at "
         "positive weights (z+ = 0, so z = z- < 0), ZPlus computes 0 * R/(0 + 1e-6) and the relevance is lost. "
         "Epsilon everywhere with the same canonizer conserves exactly (checked by the script).",
-    ])
+    ], also_valid_for=["torch_resnet_bn.onnx"])
 
 
 if __name__ == "__main__":
