@@ -2,7 +2,8 @@
 contributions z_jk of input j to output k, R_j = sum_k z_jk / z_k R_k. The compiled graphs compute
 the same numbers through modified forwards and VJPs, a different route.
 
-One linear layer (dense MatMul+Add, or a Conv with bias turned into its explicit matrix), explained in
+One linear layer (dense MatMul+Add, a Gemm with alpha, beta and transB, or a Conv or strided
+ConvTranspose with bias turned into its explicit matrix), explained in
 mode "all" with the logit seed, so R_out = z. Tolerance 1e-4 relative to the map's largest |value|:
 float32 against float64, with denominators bounded away from zero by the chosen inputs.
 """
@@ -52,6 +53,44 @@ def conv_model():
     return m, matrix, bias, (2, 5, 6)
 
 
+def conv_transpose_model():
+    """A strided ConvTranspose with bias (LRP units.py's ConvTranspose kind), and its explicit matrix. Eight
+    input channels: each output sums enough taps that its denominators stay away from 0."""
+    w = RNG.standard_normal((8, 2, 3, 3)).astype(np.float32)  # [C_in, C_out, kh, kw]
+    b = RNG.standard_normal(2).astype(np.float32)
+    attrs = {"strides": [2, 2], "pads": [1, 1, 0, 0]}
+    g = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "W", "B"], ["z"], **attrs)], "convt",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 2, 2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    nobias = helper.make_model(helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "W"], ["z"], **attrs)], "c",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, None)],
+        [helper.make_tensor_value_info("z", TensorProto.DOUBLE, None)],
+        [numpy_helper.from_array(w.astype(np.float64), "W")]), opset_imports=[helper.make_opsetid("", 17)])
+    out = ReferenceEvaluator(nobias).run(None, {"x": np.eye(8 * 2 * 2).reshape(-1, 8, 2, 2)})[0]
+    assert out.shape[1:] == (2, 4, 4)
+    return m, out.reshape(out.shape[0], -1), np.repeat(b.astype(np.float64), 4 * 4), (8, 2, 2)
+
+
+def gemm_model():
+    """Gemm with transB = 1, alpha = 0.5, beta = 2: the rules see W' = alpha W^T and b' = beta c."""
+    w = RNG.standard_normal((4, 5)).astype(np.float32)  # [K, J], read transposed
+    c = RNG.standard_normal(4).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W", "C"], ["z"], transB=1, alpha=0.5, beta=2.0)], "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(c, "C")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return m, 0.5 * w.T.astype(np.float64), 2.0 * c.astype(np.float64), (5,)
+
+
+LAYERS = {"dense": dense_model, "conv": conv_model, "conv_transpose": conv_transpose_model, "gemm": gemm_model}
+
+
 def safe(z, eps=1e-7):
     return z + eps * (z == 0)
 
@@ -64,8 +103,10 @@ DENOMINATORS = []  # every denominator the last reference() used
 
 
 def share(pairs, den, r):
-    """R_j = sum_k pairs_jk / den_k R_k for pairs [N, J, K]."""
-    DENOMINATORS.append(np.where(r != 0, den, np.inf))
+    """R_j = sum_k pairs_jk / den_k R_k for pairs [N, J, K]. Only denominators that matter are recorded
+    for the conditioning check: an output k with R_k = 0, or whose contributions pairs_jk are all exactly 0
+    (no positive weight in its receptive field, for z+), adds exactly 0 whatever its denominator."""
+    DENOMINATORS.append(np.where((r != 0) & (np.abs(pairs).sum(1) > 0), den, np.inf))
     return (pairs / den[:, None, :] * r[:, None, :]).sum(-1)
 
 
@@ -136,10 +177,10 @@ CASES = [  # (method or inline rule file, reference rule, options)
 ]
 
 
-@pytest.mark.parametrize("layer", ["dense", "conv"])
+@pytest.mark.parametrize("layer", list(LAYERS))
 @pytest.mark.parametrize("method,rule,opts", CASES, ids=[c[0][:24].replace("\n", " ") for c in CASES])
 def test_rule_matches_pairwise_reference(layer, method, rule, opts, tmp_path):
-    model, m, b, shape = dense_model() if layer == "dense" else conv_model()
+    model, m, b, shape = LAYERS[layer]()
     if method.startswith("lrp."):
         key = method
     else:
