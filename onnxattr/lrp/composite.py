@@ -136,7 +136,7 @@ class Composite:
         """The rule_for(node) function of the reverse pass explaining y w.r.t. x; ``nodes`` are the
         nodes on the path, in topological order."""
         on_path = {n.name for n in nodes}
-        units = find_units(b, nodes, on_path, {y})
+        units = find_units(b, nodes, on_path, {y}, x)
         kernel_outputs = {u.out for u in units.values() if u.kind != "pool"}
         kernel_order, first = _kernel_layers(nodes, units, x, self.style.get("first_through"))
         first_conv = next((n.name for n in nodes if n.name in kernel_order and units[n.name].kind == "conv"), None)

@@ -139,6 +139,7 @@ def _param(b, unit: Unit, which: str, rule: Rule, kind: str):
         else:
             part = pos() if which == "gamma_pos" else neg()
             out = b.op("Add", [name, b.op("Mul", [part, b.scalar(rule.gamma, name)])])
+        b.set_info(out, name)  # the weight's shape and type, for the VJP emitters
     unit.cache[key] = out
     return out
 

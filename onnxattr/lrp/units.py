@@ -126,12 +126,17 @@ def nonnegative_tensors(b, nodes) -> set:
     return out
 
 
-def find_units(b, nodes, on_path: set, graph_outputs: set) -> dict:
-    """node name -> Unit for every linear node on the path, with fused followers mapped too."""
+def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None) -> dict:
+    """node name -> Unit for every linear node on the path, with fused followers mapped too. A MatMul is
+    a layer when its right operand does not vary with the explained input ``x`` (an initializer, or a
+    weight fed at run time); with both operands varying it is a product of activations, not a layer."""
     consumers: dict[str, list] = {}
+    producer = {}
     for n in nodes:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+        for o in n.output:
+            producer[o] = n.name
     nonneg = nonnegative_tensors(b, nodes)
     units = {}
     for n in nodes:
@@ -147,10 +152,10 @@ def find_units(b, nodes, on_path: set, graph_outputs: set) -> dict:
         if n.op_type not in LINEAR_OPS:
             continue
         w_name = n.input[1]
-        wv = b.value(w_name)
         if n.op_type == "MatMul":
-            if wv is None or b.value(n.input[0]) is not None:
-                continue  # two activations: not a linear layer (AttnLRP territory)
+            varies = w_name == x or producer.get(w_name) in on_path
+            if varies or b.value(n.input[0]) is not None:
+                continue  # two activations (AttnLRP territory), or the weight on the left: not a layer
             unit = Unit(n, n.input[0], n.output[0], "dense", w_name, None)
         elif n.op_type == "Gemm":
             eff = _gemm_effective(b, n)
@@ -181,7 +186,7 @@ def _fuse_followers(b, unit, consumers, graph_outputs):
         if nxt.op_type == "Add" and unit.bias is None and unit.kind != "pool":
             other = nxt.input[1] if nxt.input[0] == unit.out else nxt.input[0]
             cv = b.value(other)
-            channels = _out_channels(unit, wv)
+            channels = _out_channels(unit, b.shape(unit.w) if wv is None else list(wv.shape))
             if cv is None or channels is None or not _is_channel_bias(cv, b.rank(unit.out), unit, channels):
                 return
             unit.bias = b.const(cv.reshape(-1) if n.op_type != "MatMul" else cv.reshape(-1), cv.dtype, "bias")
@@ -243,7 +248,7 @@ def _fuse_bias_after_reshape(b, unit, shape_node, consumers, graph_outputs):
         return
     add = _single_consumer(consumers, shape_node.output[0])
     rank = b.rank(unit.out)
-    channels = _out_channels(unit, b.value(unit.w))
+    channels = _out_channels(unit, b.shape(unit.w))
     if add is None or add.op_type != "Add" or rank is None or channels is None:
         return
     other = add.input[1] if add.input[0] == shape_node.output[0] else add.input[0]
@@ -260,17 +265,18 @@ def _fuse_bias_after_reshape(b, unit, shape_node, consumers, graph_outputs):
     unit.followers.append(add)
 
 
-def _out_channels(unit, wv):
+def _out_channels(unit, wshape):
+    """The output channel count from the weight's shape (None when unknown)."""
     n = unit.node
-    if wv is None:
+    if wshape is None or any(not isinstance(d, int) for d in wshape):
         return None
     if n.op_type == "Conv":
-        return wv.shape[0]
-    if n.op_type == "MatMul" and wv.ndim == 2:
-        return wv.shape[1]
+        return wshape[0]
+    if n.op_type == "MatMul" and len(wshape) == 2:
+        return wshape[1]
     if n.op_type == "Gemm":
         tb = next((a.i for a in n.attribute if a.name == "transB"), 0)
-        return wv.shape[0] if tb else wv.shape[1]
+        return wshape[0] if tb else wshape[1]
     return None
 
 

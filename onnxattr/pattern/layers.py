@@ -22,7 +22,7 @@ from onnxattr.pattern.stats import ConvGeometry
 def pattern_layers(b, nodes, x: str, y: str) -> dict:
     """node name -> Unit for every kernel layer on the path from x to y, in graph order."""
     on_path, _ = path_nodes(nodes, x, y, b)
-    units = find_units(b, on_path, {n.name for n in on_path}, {y})
+    units = find_units(b, on_path, {n.name for n in on_path}, {y}, x)
     layers, refused = {}, []
     for n in on_path:
         unit = units.get(n.name)

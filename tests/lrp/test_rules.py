@@ -247,3 +247,37 @@ def test_preset_epsilon_parameter_reaches_the_rule(preset, rule, tmp_path):
     set_half, file_half, default = run(preset, epsilon=0.5), run(str(tmp_path / "r.toml")), run(preset)
     np.testing.assert_allclose(set_half, file_half, rtol=1e-6, atol=1e-7)
     assert np.abs(set_half - default).max() > 1e-3 * np.abs(default).max()
+
+
+@pytest.mark.parametrize("method,rule,opts", [
+    ("lrp.alpha_2_beta_1", "alpha_beta", {"alpha": 2, "beta": 1}), ("lrp.w_square", "w_square", {}),
+    ("lrp.flat", "flat", {}),
+    ('style = "zennit"\n[layers]\ndefault = { rule = "gamma", gamma = 0.5 }', "gamma", {"gamma": 0.5}),
+], ids=["alpha_2_beta_1", "w_square", "flat", "gamma"])
+def test_rules_on_weights_known_only_at_run_time(method, rule, opts, tmp_path):
+    """W fed as a second graph input (explaining x): W+, W-, W^2, ones and W + gamma W+ are computed in the
+    graph (Max/Min/Mul/ConstantOfShape) instead of at compile time, with the same map."""
+    _, w, b, shape = dense_model()
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["z"])], "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5]),
+         helper.make_tensor_value_info("W", TensorProto.FLOAT, [5, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(b.astype(np.float32), "B")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    key = method
+    if not method.startswith("lrp."):
+        key = str(tmp_path / "rule.toml")
+        (tmp_path / "rule.toml").write_text(method)
+    rng = np.random.default_rng(3)
+    for _ in range(200):  # inputs whose denominators stay away from 0: a fair float32 comparison
+        x = rng.standard_normal((3, 5)).astype(np.float32)
+        DENOMINATORS.clear()
+        want = reference(rule, x, w, b, opts)
+        if min(np.abs(d).min() for d in DENOMINATORS) > 0.05:
+            break
+    else:
+        pytest.fail("no well-conditioned input found")
+    compiled = onnxattr.compile(model, key, neuron="all", input="x")
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x, "W": w.astype(np.float32)})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
