@@ -15,12 +15,13 @@ _SEISMIC = np.array([[0.0, 0.0, 0.3], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.
 
 
 def channel_axis(shape) -> int | None:
-    """The channel axis of one sample's map: 0 for CHW, -1 for HWC, None for other ranks."""
+    """The channel axis of one sample's map: 0 for CHW, -1 for HWC, None for other ranks. A channel
+    count is 1, 3 or 4; when both ends could be one, the smaller is (a 1x4x4 map is one 4x4 channel),
+    and CHW, ONNX's usual layout, wins a tie."""
     if len(shape) != 3:
         return None
-    if shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
-        return 0
-    if shape[-1] in (1, 3, 4):
+    first, last = shape[0] in (1, 3, 4), shape[-1] in (1, 3, 4)
+    if last and (not first or shape[-1] < shape[0]):
         return -1
     return 0
 
