@@ -3,7 +3,9 @@ tf2onnx), Captum and Zennit (PyTorch models exported with torch.onnx), stored by
 tests/oracles/ as small .npz files next to the exported models. Nothing here imports a framework.
 
 Tolerance: max |ours - theirs| <= tol * max |theirs| per map, tol = 1e-3 (float32 in both, different
-op order), 1e-2 for epsilon <= 1e-6 and the z rule (denominators that small amplify rounding).
+op order), 1e-2 for epsilon <= 1e-6 and the z rule (denominators that small amplify rounding), except
+Zennit's maps on the nets whose BatchNorms were folded exactly beforehand (tag "default"): 1e-3 there,
+where all agree to better than 1e-4.
 Integrated gradients agree to ~3e-7 where compared; the map where MaxPool ties near the zero baseline
 flip winners between float32 implementations (keras_branch) is recorded as not comparable.
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
@@ -75,7 +77,9 @@ def run(model_path, method, mode, x, target, input_name, **params):
     return sess.run(["relevance"], feed)[0]
 
 
-def tolerance(entry):
+def tolerance(entry, key=""):
+    if key.endswith("|default") and entry.get("zennit_canonizers") is not None:
+        return 1e-3  # Zennit on BatchNorms folded exactly beforehand: the tag to match tightly
     # the z rule is the epsilon rule with epsilon 0: its denominators are as small as they come
     eps = 0.0 if entry["method"] in ("lrp.z", "lrp.z_IB") else entry["params"].get("epsilon")
     if eps is not None and eps <= 1e-6:
@@ -137,7 +141,7 @@ def test_matches_reference(name, key, model_file, tmp_path):
     got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, **params)
     scale = float(np.abs(want).max())
     err = float(np.abs(got - want).max())
-    assert err <= tolerance(entry) * scale, f"max error {err:.3g} vs map max {scale:.3g}"
+    assert err <= tolerance(entry, key) * scale, f"max error {err:.3g} vs map max {scale:.3g}"
 
 
 def kernel_index(info, keras_index):
