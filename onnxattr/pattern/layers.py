@@ -12,7 +12,7 @@ import hashlib
 
 import numpy as np
 
-from onnxattr.compiler import path_nodes
+from onnxattr.compiler import check_supported, path_nodes
 from onnxattr.emitters.conv import conv_attrs, window_geometry
 from onnxattr.errors import UnsupportedModelError
 from onnxattr.lrp.units import find_units
@@ -22,6 +22,7 @@ from onnxattr.pattern.stats import ConvGeometry
 def pattern_layers(b, nodes, x: str, y: str) -> dict:
     """node name -> Unit for every kernel layer on the path from x to y, in graph order."""
     on_path, _ = path_nodes(nodes, x, y, b)
+    check_supported(on_path)  # fail before the data is read, as compile would after it
     units = find_units(b, on_path, {n.name for n in on_path}, {y}, x)
     layers, refused = {}, []
     for n in on_path:

@@ -101,6 +101,10 @@ def test_unsupported_ops_are_all_listed_with_node_names(tmp_path, capsys):
     for word in ("Sin", "wave1", "wave2", "CumSum", "running_total"):
         assert word in line
     assert "'act'" not in line and not (tmp_path / "o.onnx").exists()
+    np.save(tmp_path / "x.npy", np.ones((3, 4), np.float32))  # fit refuses before reading the data
+    line = fails(capsys, "UnsupportedModelError", "fit", p, "-m", "pattern.net", "--data", tmp_path / "x.npy",
+                 "-o", tmp_path / "p.npz")
+    assert "wave1" in line and "running_total" in line and not (tmp_path / "p.npz").exists()
 
 
 def _if_model():
