@@ -11,10 +11,14 @@ smoothgrad:      mean_k post(grad(x + noise_k)), noise ~ N(0, noise_scale^2) (iN
 
 from __future__ import annotations
 
-from onnx import TensorProto
+import functools
+
+import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
+from onnxattr.errors import UnsupportedModelError
 from onnxattr.methods.base import (
     Method, Param, Target, non_negative, one_of, optional_int, parse_int, positive_int, reference_constant,
     register_method,
@@ -106,11 +110,31 @@ def build_integrated_gradients(t, p):
     return b.op("Mul", [diff, b.op("Div", [total, b.scalar(float(steps), x)])])
 
 
+@functools.lru_cache(maxsize=None)
+def onnxruntime_has_random(opset: int) -> bool:
+    """Whether the installed onnxruntime runs RandomNormalLike in a model of this opset (1.32 has no
+    kernel for the random ops' opset-22 versions: a model of opset 22 or newer fails to load)."""
+    node = helper.make_node("RandomNormalLike", ["x"], ["y"], dtype=TensorProto.FLOAT)
+    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - NotImplemented, or a newer opset it does not know at all
+        return False
+    return True
+
+
 def _gaussian(b, like: str, scale: float, seed, dtype: int) -> str | None:
     """N(0, scale^2) noise of ``like``'s shape, or None at scale 0: onnxruntime aborts the whole process
     on a RandomNormalLike with scale 0, so none is emitted."""
     if scale == 0:
         return None
+    if not onnxruntime_has_random(b.opset):
+        raise UnsupportedModelError(
+            f"the Gaussian noise of smoothgrad and random is a RandomNormalLike node, which onnxruntime "
+            f"{ort.__version__} cannot run in a model of opset {b.opset} (it has no kernel for the random "
+            "ops' opset-22 versions); export the model with opset 21 or lower")
     return b.op("RandomNormalLike", [like], dtype=dtype, mean=0.0, scale=float(scale),
                 seed=float(seed) if seed is not None else None)
 

@@ -1,7 +1,10 @@
 """onnxattr/methods/gradient.py: parameters at their edges."""
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 import onnxattr
 from tests.models import mlp
@@ -24,3 +27,19 @@ def test_smoothgrad_without_noise_is_the_gradient():
 def test_random_with_zero_stddev_is_zero():
     got = relevance("random", stddev=0.0)
     assert got.shape == X.shape and not got.any()
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "random"])
+def test_noise_on_a_model_whose_opset_onnxruntime_has_no_random_kernel_for(method):
+    """onnxruntime 1.32 cannot load RandomNormalLike in a model of opset >= 22: compile says so by name
+    instead of writing a model that fails to load; where it can, the compiled model runs."""
+    from onnxattr.methods.gradient import onnxruntime_has_random
+
+    path = Path(__file__).resolve().parents[1] / "thirdparty" / "data" / "opset_sweep_28.onnx"
+    if onnxruntime_has_random(28):
+        compiled = onnxattr.compile(str(path), method)
+        ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+        return
+    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="opset 28.*opset 21 or lower"):
+        onnxattr.compile(str(path), method)
+    assert onnxruntime_has_random(17)
