@@ -18,6 +18,7 @@ from onnxattr.light import TWO_GB
 from onnxattr.load import model_files
 
 EXTERNAL_MIN_BYTES = 1024  # tensors this small stay inside the .onnx file
+IMAGE_TYPES = ".bmp, .gif, .jpg, .png, .tif, .webp"  # named in errors; Pillow writes more
 
 
 def refuse_overwriting_input(out_path: str, *inputs, models=()) -> None:
@@ -65,8 +66,7 @@ def check_destination(path: str, image: bool = False) -> None:
         from PIL import Image
 
         if os.path.splitext(path)[1].lower() not in Image.registered_extensions():
-            raise OutputFileError(f"{path}: cannot write an image of this type; use one of .bmp, .gif, .jpg, "
-                                  ".png, .tif, .webp")
+            raise OutputFileError(f"{path}: cannot write an image of this type; use one of {IMAGE_TYPES}")
 
 
 def regular_destination(path: str) -> str:
@@ -166,5 +166,5 @@ def save_image(rgb: np.ndarray, path: str, *inputs, models=()) -> None:
     except OSError as e:
         raise OutputFileError(f"{path}: cannot write ({e.strerror or e})") from None
     except (ValueError, KeyError) as e:
-        raise OutputFileError(f"{path}: cannot write an image of this type ({e}); "
-                              "use one of .bmp, .gif, .jpg, .png, .tif, .webp") from None
+        raise OutputFileError(f"{path}: cannot write an image of this type ({e}); use one of {IMAGE_TYPES}") \
+            from None
