@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxattr.canonicalize import canonicalize
+from onnxattr.canonicalize import canonicalize, default_opset
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import (InvalidModelError, SelectionError, UnsupportedModelError, UsageError,
                              naming_the_model)
@@ -18,6 +18,7 @@ from onnxattr.graph import GraphBuilder, live_nodes, names_read
 from onnxattr.light import checkable_copy
 from onnxattr.load import check_input_model, check_input_shapes, load_model
 from onnxattr.methods import Target, get_method
+from onnxattr.methods.gradient import random_opset_limit
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
 
 RELEVANCE = "relevance"
@@ -42,7 +43,8 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
              report) -> onnx.ModelProto:
     proto = load_model(model)
     check_input_model(proto, label)
-    canon = canonicalize(proto, label)
+    limit = random_opset_limit(default_opset(proto)) if m.random else None
+    canon = canonicalize(proto, label, max_opset=limit)
     x = choose_input(canon, input)
     b = GraphBuilder(canon)
     _, y = choose_output(canon, b, output)

@@ -16,9 +16,9 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import shape_inference, version_converter
 
-from onnxattr.errors import InvalidModelError
+from onnxattr.errors import InvalidModelError, UnsupportedModelError
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto
-from onnxattr.light import infer_shapes_light
+from onnxattr.light import checkable_copy, infer_shapes_light
 
 MIN_OPSET = 17
 TARGET_OPSET = 17
@@ -45,6 +45,22 @@ def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         ) from None
     model.ir_version = max(model.ir_version, 8)
     return model
+
+
+def downgrade_opset(model: onnx.ModelProto, label: str, opset: int, why: str) -> onnx.ModelProto:
+    """The model converted down to ``opset`` (onnx.version_converter, then the checker on its weight-less
+    copy), or an UnsupportedModelError saying ``why`` it was needed and why it failed."""
+    try:
+        converted = version_converter.convert_version(model, opset)
+        light = checkable_copy(converted)
+        if light is not None:
+            onnx.checker.check_model(light)
+    except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(f"{label}: {why}, and converting the model from opset {default_opset(model)} "
+                                    f"down to {opset} failed ({first}); export it with opset {opset} or lower") \
+            from None
+    return converted
 
 
 def castlike_to_cast(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -165,7 +181,12 @@ def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelPr
         return model
 
 
-def canonicalize(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
+def canonicalize(model: onnx.ModelProto, label: str = "model",
+                 max_opset: tuple[int, str] | None = None) -> onnx.ModelProto:
+    """``max_opset`` = (opset, why): convert a newer model down to that opset first, for a method whose
+    ops onnxruntime cannot run at the model's own opset."""
+    if max_opset is not None and default_opset(model) > max_opset[0]:
+        model = downgrade_opset(model, label, *max_opset)
     model = upgrade_opset(model, label)
     model = fold_and_clean(model)
     name_nodes(model)

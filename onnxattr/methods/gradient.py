@@ -125,6 +125,18 @@ def onnxruntime_has_random(opset: int) -> bool:
     return True
 
 
+RANDOM_OPSET = 21  # the random ops' versions before opset 22, which every onnxruntime runs
+
+
+def random_opset_limit(opset: int) -> tuple[int, str] | None:
+    """(opset, why) to convert a model of ``opset`` down to before a method emits random ops, or None
+    when onnxruntime runs them at ``opset`` as it is."""
+    if onnxruntime_has_random(opset):
+        return None
+    return RANDOM_OPSET, (f"the Gaussian noise of smoothgrad and random is a RandomNormalLike node, which onnxruntime "
+                          f"{ort.__version__} cannot run at opset {opset}")
+
+
 def _gaussian(b, like: str, scale: float, seed, dtype: int) -> str | None:
     """N(0, scale^2) noise of ``like``'s shape, or None at scale 0: onnxruntime aborts the whole process
     on a RandomNormalLike with scale 0, so none is emitted."""
@@ -185,9 +197,9 @@ for _m in (
     Method("smoothgrad", "SmoothGrad: mean gradient over noisy copies of the input.", build_smoothgrad,
            (Param("augment_by_n", 64, "number of noisy samples", parse_int, positive_int),
             Param("noise_scale", 1.0, "standard deviation of the Gaussian noise", float, non_negative),
-            POSTPROCESS, SEED, CHUNK)),
+            POSTPROCESS, SEED, CHUNK), random=True),
     Method("input", "The input itself (a baseline).", build_input, family="baseline"),
     Method("random", "Gaussian noise of the input's shape (a baseline).", build_random,
-           (Param("stddev", 1.0, "standard deviation", float, non_negative), SEED), family="baseline"),
+           (Param("stddev", 1.0, "standard deviation", float, non_negative), SEED), family="baseline", random=True),
 ):
     register_method(_m)

@@ -31,15 +31,37 @@ def test_random_with_zero_stddev_is_zero():
 
 @pytest.mark.parametrize("method", ["smoothgrad", "random"])
 def test_noise_on_a_model_whose_opset_onnxruntime_has_no_random_kernel_for(method):
-    """onnxruntime 1.32 cannot load RandomNormalLike in a model of opset >= 22: compile says so by name
-    instead of writing a model that fails to load; where it can, the compiled model runs."""
+    """onnxruntime 1.32 cannot load RandomNormalLike in a model of opset >= 22: such a model is converted
+    down to opset 21 first (onnx.version_converter), and its outputs stay bit-identical."""
+    import onnx
+
     from onnxattr.methods.gradient import onnxruntime_has_random
 
     path = Path(__file__).resolve().parents[1] / "thirdparty" / "data" / "opset_sweep_28.onnx"
-    if onnxruntime_has_random(28):
-        compiled = onnxattr.compile(str(path), method)
-        ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
-        return
-    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="opset 28.*opset 21 or lower"):
-        onnxattr.compile(str(path), method)
-    assert onnxruntime_has_random(17)
+    compiled = onnxattr.compile(str(path), method)
+    opset = next(o.version for o in compiled.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset == (28 if onnxruntime_has_random(28) else 21)
+    sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+    arg = sess.get_inputs()[0]
+    x = np.random.default_rng(0).random([d if isinstance(d, int) else 2 for d in arg.shape]).astype(np.float32)
+    *outputs, relevance = sess.run(None, {arg.name: x})
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {arg.name: x})
+    assert all(np.array_equal(a, b) for a, b in zip(original, outputs)) and np.isfinite(relevance).all()
+    assert onnx.load(str(path)).opset_import[0].version == 28  # the input file is untouched
+
+
+def test_noise_on_a_model_that_cannot_be_converted_down_names_why():
+    """RMSNormalization (opset 23) has no earlier version: no conversion, and the error says so."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxattr.methods.gradient import onnxruntime_has_random
+
+    if onnxruntime_has_random(23):
+        pytest.skip("this onnxruntime runs the random ops at opset 23: nothing to convert")
+    g = helper.make_graph([helper.make_node("RMSNormalization", ["x", "s"], ["y"], axis=-1, name="norm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(np.ones(4, np.float32), "s")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="RandomNormalLike.*opset 23.*RMSNormalization"):
+        onnxattr.compile(model, "smoothgrad")
