@@ -3,7 +3,7 @@
 Each Loop iteration takes a chunk of c sample indices k, builds c copies of the batch (points of shape
 [c*N, ...], sample-major), runs a copy of the forward graph and its reverse pass on them, and adds the
 per-sample results into an accumulator of x's shape. Memory is bounded by the chunk, not the sample
-count. The body holds its own copies of the weights (see _weights_into_body).
+count. The body holds its own copies of the weights (see _body_weights).
 """
 
 from __future__ import annotations
