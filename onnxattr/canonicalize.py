@@ -1,7 +1,8 @@
 """Canonicalize: put any exported model into the form the reverse pass expects, outputs unchanged.
 
 Steps: lift opsets older than 17 to 17 (onnx.version_converter; the backward needs opset 16's
-ScatterElements(reduction="add") and opset 13's input-form axes/splits); fold constant subgraphs (weights
+ScatterElements(reduction="add") and opset 13's input-form axes/splits), or, for a method whose ops
+onnxruntime cannot run at the model's opset, convert it down (``max_opset``); fold constant subgraphs (weights
 spelled as Constant/ConstantOfShape become initializers; CastLike with a known target type becomes Cast
 so that constant operands fold too); drop Identity and Dropout; name every node; infer every
 intermediate shape. Tests run the original and the canonical model and compare outputs.
