@@ -58,6 +58,7 @@ def downgrade_opset(model: onnx.ModelProto, label: str, opset: int, why: str) ->
             onnx.checker.check_model(light)
     except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first.split("failed: ", 1)[-1]  # the converter's C++ assertion text, without its file:line
         raise UnsupportedModelError(f"{label}: {why}, and converting the model from opset {default_opset(model)} "
                                     f"down to {opset} failed ({first}); export it with opset {opset} or lower") \
             from None

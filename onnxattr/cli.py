@@ -94,8 +94,15 @@ def _all_params(a) -> dict:
     return out
 
 
+def _input_files(a) -> list:
+    """Every file the command reads besides the model: --data, --rules, --patterns (or --set patterns=)."""
+    sets = _params(getattr(a, "set", None))
+    return [getattr(a, "data", None), a.rules, a.patterns,
+            sets.get("patterns") if isinstance(sets.get("patterns"), str) else None]
+
+
 def cmd_compile(a) -> int:
-    refuse_overwriting_input(a.out, a.rules, a.patterns, models=[a.model])
+    refuse_overwriting_input(a.out, *_input_files(a), models=[a.model])
     check_destination(a.out)
     model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, **_all_params(a))
     save_model(model, a.out, a.model)
@@ -122,7 +129,7 @@ def _load_data(path, analyzer) -> np.ndarray:
 def cmd_explain(a) -> int:
     for p in (a.out, a.heatmap, a.graymap):
         if p:
-            refuse_overwriting_input(p, a.data, a.rules, a.patterns, models=[a.model])
+            refuse_overwriting_input(p, *_input_files(a), models=[a.model])
             check_destination(p, image=p != a.out)
     if a.target is not None and a.neuron != "index":
         raise UsageError(f"--target picks the neuron for --neuron index, not --neuron {a.neuron}: add --neuron index")
@@ -145,11 +152,11 @@ def cmd_explain(a) -> int:
     print(f"relevance {list(r.shape)} via {used}; sum per sample: "
           + ", ".join(f"{v:.4g}" for v in r.reshape(r.shape[0], -1).sum(1)[:8]))
     if a.out:
-        save_array(r, a.out, a.data, a.rules, a.patterns, models=[a.model])
+        save_array(r, a.out, *_input_files(a), models=[a.model])
         print(f"wrote {a.out}")
     for path, kind in ((a.heatmap, "heatmap"), (a.graymap, "graymap")):
         if path:
-            save_image(viz.grid(r, kind), path, a.data, a.rules, a.patterns, models=[a.model])
+            save_image(viz.grid(r, kind), path, *_input_files(a), models=[a.model])
             print(f"wrote {path}")
     return 0
 
@@ -164,7 +171,7 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_fit(a) -> int:
-    refuse_overwriting_input(a.out, a.data, a.rules, a.patterns, models=[a.model])
+    refuse_overwriting_input(a.out, *_input_files(a), models=[a.model])
     if not a.out.endswith(".npz"):
         raise UsageError(f"-o must name a .npz file, got '{a.out}'")
     check_destination(a.out)

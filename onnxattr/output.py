@@ -61,12 +61,27 @@ def check_destination(path: str, image: bool = False) -> None:
     """Fail now, before a long compile or run, if ``path`` could not be written: a missing folder, a
     device or folder in its place, or (``image``) an extension Pillow cannot write."""
     destination_folder(path)
-    regular_destination(path)
-    if image:
-        from PIL import Image
+    real = regular_destination(path)
+    if not os.path.isdir(os.path.dirname(real)):
+        raise OutputFileError(f"{path}: links to {real}, whose folder does not exist")
+    if image and not _writable_image_type(path):
+        raise OutputFileError(f"{path}: cannot write an RGB image of this type; use one of {IMAGE_TYPES}")
 
-        if os.path.splitext(path)[1].lower() not in Image.registered_extensions():
-            raise OutputFileError(f"{path}: cannot write an image of this type; use one of {IMAGE_TYPES}")
+
+def _writable_image_type(path: str) -> bool:
+    """Pillow writes an RGB image in the format of ``path``'s extension (tried on a 1x1 image)."""
+    import io
+
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        return False
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
 
 
 def regular_destination(path: str) -> str:

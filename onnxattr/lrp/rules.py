@@ -144,12 +144,17 @@ def _param(b, unit: Unit, which: str, rule: Rule, kind: str):
     return out
 
 
+def _hashable(bound):
+    """A z-box bound as part of a cache key (bounds may be arrays)."""
+    return (np.shape(bound), np.asarray(bound, np.float64).tobytes()) if np.ndim(bound) else float(bound)
+
+
 def _input(b, unit: Unit, which: str, rule: Rule):
     """Modified input: x, max(x,0), min(x,0), ones, or the low/high bound broadcast to x's shape."""
     x = unit.x
     if which == "x" or (which == "pos" and unit.nonneg):
         return x
-    key = ("in", which, rule.low, rule.high)
+    key = ("in", which, _hashable(rule.low), _hashable(rule.high))
     if key not in unit.cache:
         if which == "pos":
             out = b.op("Relu", [x])
@@ -287,7 +292,7 @@ def apply_rule(b, unit: Unit, rule: Rule, relevance: str, positive: str | None =
         zs = []
         terms = tuple(t for t in group.terms if not _vanishes(unit, t)) or group.terms[:1]
         for t in terms:
-            key = ("z", t.inp, t.par, t.bias, rule.gamma, rule.low, rule.high)
+            key = ("z", t.inp, t.par, t.bias, rule.gamma, _hashable(rule.low), _hashable(rule.high))
             if key not in unit.cache:
                 if _reuses_forward(unit, t):
                     unit.cache[key] = unit.out  # reuse the forward activation

@@ -69,11 +69,14 @@ class Method:
                     expects = _EXPECTS.get(getattr(p.parse, "__name__", ""), "")
                     raise UsageError(f"{self.name}: parameter {key}={value!r} is not a valid value{expects}") \
                         from None
+            if isinstance(value, np.integer):
+                value = int(value)  # numpy's integers count as integers
             err = _basic_check(p, value)
             if err is None and p.check is not None:
                 err = p.check(value)
             if err:
-                raise UsageError(f"{self.name}: parameter {key}={value!r}: {err}")
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                raise UsageError(f"{self.name}: parameter {key}={shown}: {err}")
             out[key] = value
         return out
 
@@ -86,14 +89,20 @@ def _basic_check(p: Param, value) -> str | None:
     """None only where the parameter allows it; numbers (and numeric arrays) finite."""
     if value is None:
         return None if p.optional or p.default is None else "needs a value (None is not allowed here)"
-    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.ndarray, list, tuple, np.number)):
+    if isinstance(value, (bool, np.bool_)):
+        return None if isinstance(p.default, bool) else "must be a number, not a bool"
+    if isinstance(value, str) or not isinstance(value, (int, float, np.ndarray, list, tuple, np.number)):
         return None
     try:
         arr = np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        return "must be finite (and within float32's range)"
     except (TypeError, ValueError):
         return "must be a number or an array of numbers"
     if not np.all(np.isfinite(arr)):
         return "must be finite"
+    if arr.size and np.abs(arr).max() > np.finfo(np.float32).max and isinstance(p.default, float):
+        return "must be finite (and within float32's range)"
     return None
 
 

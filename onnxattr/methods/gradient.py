@@ -125,6 +125,10 @@ def onnxruntime_has_random(opset: int) -> bool:
     return True
 
 
+# onnxruntime reads the seed as a float32 attribute (integers exact up to 2^24) and seeds its generator
+# with it, where 0 and 1 give the same stream: seed k is passed as 1 + (k mod (2^24 - 1)), distinct for
+# every k in [0, 2^24 - 1)
+SEED_STREAMS = 2**24 - 1
 RANDOM_OPSET = 21  # the random ops' versions before opset 22, which every onnxruntime runs
 
 
@@ -148,7 +152,7 @@ def _gaussian(b, like: str, scale: float, seed, dtype: int) -> str | None:
             f"{ort.__version__} cannot run in a model of opset {b.opset} (it has no kernel for the random "
             "ops' opset-22 versions); export the model with opset 21 or lower")
     return b.op("RandomNormalLike", [like], dtype=dtype, mean=0.0, scale=float(scale),
-                seed=float(seed) if seed is not None else None)
+                seed=float(1 + seed % SEED_STREAMS) if seed is not None else None)
 
 
 def build_smoothgrad(t, p):

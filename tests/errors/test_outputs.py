@@ -43,7 +43,9 @@ def test_output_over_a_rules_or_patterns_file_is_refused(tmp_path, model_path, x
                  "-o", str(tmp_path / "pat.npz")]) == 0
     pat = tmp_path / "pat.npz"
     before = rules.read_bytes(), pat.read_bytes()
-    for args in (["compile", model_path, "--rules", rules, "-o", rules],
+    for args in (["compile", model_path, "-m", "pattern.net", "--set", f"patterns={pat}", "-o", pat],
+                 ["explain", model_path, "-m", "pattern.net", "--set", f"patterns={pat}", "--data", x_path, "-o", pat],
+                 ["compile", model_path, "--rules", rules, "-o", rules],
                  ["explain", model_path, "--rules", rules, "--data", x_path, "-o", rules],
                  ["compile", model_path, "-m", "pattern.net", "--patterns", pat, "-o", pat],
                  ["explain", model_path, "-m", "pattern.net", "--patterns", pat, "--data", x_path, "-o", pat],
@@ -111,6 +113,21 @@ def test_unwritable_outputs_are_refused_before_the_work(tmp_path, model_path, x_
     monkeypatch.setattr(onnxattr.cli, "compile_model", None)
     line = fails(capsys, "OutputFileError", "compile", model_path, "-m", "gradient", "-o", tmp_path / "nowhere" / "o.onnx")
     assert "does not exist" in line
+
+
+def test_a_dangling_link_or_an_unwritable_image_type_is_refused_first(tmp_path, model_path, x_path, capsys,
+                                                                      monkeypatch):
+    """-o as a symbolic link into a missing folder, and image types Pillow knows but cannot write RGB to
+    (.psd, .xbm), stop explain before it compiles anything."""
+    monkeypatch.setattr(onnxattr.cli, "Analyzer", None)
+    os.symlink(tmp_path / "nowhere" / "r.npy", tmp_path / "dangling.npy")
+    line = fails(capsys, "OutputFileError", "explain", model_path, "-m", "gradient", "--data", x_path,
+                 "-o", tmp_path / "dangling.npy")
+    assert "dangling.npy" in line and "folder does not exist" in line
+    for ext in (".psd", ".xbm"):
+        line = fails(capsys, "OutputFileError", "explain", model_path, "-m", "gradient", "--data", x_path,
+                     "--heatmap", tmp_path / f"h{ext}")
+        assert ext in line and "cannot write an RGB image" in line
 
 
 def test_output_folder_missing(tmp_path, model_path, capsys):

@@ -35,6 +35,7 @@ def test_bad_parameter_values(tmp_path, model_path, capsys, args, words):
     ("integrated_gradients", "steps=99999999999999999999", ["steps", "below 2^31"]),
     ("smoothgrad", "noise_scale=inf", ["noise_scale", "finite"]),
     ("smoothgrad", "augment_by_n=4294967296", ["augment_by_n", "below 2^31"]),
+    ("lrp.epsilon", "epsilon=1e39", ["epsilon", "float32"]),  # finite in float64, inf in the graph
 ])
 def test_parameters_need_finite_values(tmp_path, model_path, capsys, method, setting, words):
     """None only where a parameter allows it (seed=none is a fresh stream), no inf/nan (an all-NaN map
@@ -52,6 +53,8 @@ def test_parameters_need_finite_values(tmp_path, model_path, capsys, method, set
     (lambda p: onnxattr.compile(p.read_bytes(), "gradient"), "UsageError", ["bytes", "load_from_string"]),
     (lambda p: onnxattr.compile(p, None), "UsageError", ["method must be a name"]),
     (lambda p: onnxattr.compile(p, "lrp.epsilon", epsilon=[1, 2]), "UsageError", ["epsilon", "must be a number"]),
+    (lambda p: onnxattr.compile(p, "lrp.epsilon", epsilon=10**400), "UsageError", ["epsilon=1000", "...", "finite"]),
+    (lambda p: onnxattr.compile(p, "lrp.epsilon", epsilon=True), "UsageError", ["epsilon", "not a bool"]),
     (lambda p: onnxattr.compile(p, "integrated_gradients", reference_inputs=np.zeros((3, 3))), "UsageError",
      ["reference_inputs", "[3, 3]", "does not broadcast", "[?, 6]"]),
     (lambda p: onnxattr.compile(p, "deep_lift", reference_inputs=np.zeros(5)), "UsageError",
@@ -89,3 +92,7 @@ def test_readme_documents_every_exit_code():
     documented = {int(row.split("|")[1]) for row in table.splitlines() if row.startswith("| ") and
                   row.split("|")[1].strip().isdigit()}
     assert set(EXIT_CODES.values()) | {0, 130} <= documented
+
+
+def test_numpy_integers_count_as_integers(model_path):
+    assert onnxattr.compile(model_path, "smoothgrad", augment_by_n=np.int64(3), seed=np.int32(4)) is not None

@@ -65,3 +65,21 @@ def test_noise_on_a_model_that_cannot_be_converted_down_names_why():
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
     with pytest.raises(onnxattr.errors.UnsupportedModelError, match="RandomNormalLike.*opset 23.*RMSNormalization"):
         onnxattr.compile(model, "smoothgrad")
+
+
+def test_every_seed_is_its_own_stream():
+    """onnxruntime reads the seed as a float32 and its generator makes 0 and 1 one stream: seeds are
+    passed as 1 + (k mod (2^24 - 1)), so 0, 1, 2 and -1 differ, and k and k + 2^24 - 1 agree."""
+    maps = {k: relevance("random", seed=k) for k in (0, 1, 2, -1, 2**24 - 1)}
+    for a, b in ((0, 1), (1, 2), (0, 2), (-1, 0), (-1, 1)):
+        assert not np.array_equal(maps[a], maps[b]), (a, b)
+    np.testing.assert_array_equal(maps[0], maps[2**24 - 1])
+
+
+def test_zbox_bounds_as_arrays():
+    """low/high as arrays of the input's shape give the map of the same scalar bounds."""
+    def run(**params):
+        c = onnxattr.compile(mlp()[0], "deep_taylor.bounded", **params)
+        return ort.InferenceSession(c.SerializeToString()).run(["relevance"], {"x": X})[0]
+
+    np.testing.assert_array_equal(run(low=np.full((1, 6), -2.0), high=np.full(6, 3.0)), run(low=-2.0, high=3.0))
