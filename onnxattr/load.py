@@ -139,7 +139,7 @@ def load_model(model) -> onnx.ModelProto:
     if not proto.graph.node or proto.ir_version == 0:
         raise ModelFileError(f"{path}: not an ONNX model (no graph or no IR version)")
     _check_text(proto, path)
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = data_folder(proto, path)
     _check_external_locations(proto, folder, path)
     try:
         onnx.load_external_data_for_model(proto, folder)
@@ -147,6 +147,22 @@ def load_model(model) -> onnx.ModelProto:
         raise ModelFileError(f"{path}: cannot load external data: {e}") from None
     _check_tensor_sizes(proto, path)
     return proto
+
+
+def data_folder(proto: onnx.ModelProto, path: str) -> str:
+    """Where the external data of the model file ``path`` lies: beside the file it names (a symbolic link
+    followed), or else beside the link itself when every data file is there."""
+    real = os.path.dirname(os.path.realpath(path))
+    beside = os.path.dirname(os.path.abspath(path))
+    if real == beside:
+        return real
+    locations = [next((e.value for e in t.external_data if e.key == "location"), "")
+                 for t in onnx.external_data_helper._get_all_tensors(proto)
+                 if t.data_location == onnx.TensorProto.EXTERNAL]
+    if locations and not all(os.path.isfile(os.path.join(real, loc)) for loc in locations) \
+            and all(os.path.isfile(os.path.join(beside, loc)) for loc in locations):
+        return beside
+    return real
 
 
 def model_files(path) -> list[str]:
@@ -157,7 +173,7 @@ def model_files(path) -> list[str]:
         proto = onnx.load(path, load_external_data=False)
     except Exception:  # noqa: BLE001 - not a model: load_model reports that, here nothing more is read
         return [os.path.realpath(path)] if os.path.isfile(path) else []
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = data_folder(proto, path)
     files = [os.path.realpath(path)]
     for tensor in onnx.external_data_helper._get_all_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:

@@ -70,6 +70,24 @@ def test_symlink_out_of_folder_is_refused(tmp_path):
         load_model(tmp_path / "sub" / "m.onnx")
 
 
+def test_a_linked_model_finds_its_external_data(tmp_path):
+    """A symbolic link to a model with external data loads its data from beside the linked file; a link
+    whose own folder holds the data (the model file linked in from elsewhere) loads it from there."""
+    m, (w1, _, _) = mlp()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "work").mkdir()
+    onnx.save_model(m, tmp_path / "store" / "m.onnx", save_as_external_data=True, location="m.data",
+                    size_threshold=0)
+    os.symlink(tmp_path / "store" / "m.onnx", tmp_path / "work" / "link.onnx")
+    loaded = load_model(tmp_path / "work" / "link.onnx")
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(next(t for t in loaded.graph.initializer
+                                                                  if t.name == "W1")), w1)
+    (tmp_path / "other").mkdir()
+    os.replace(tmp_path / "store" / "m.data", tmp_path / "other" / "m.data")
+    os.symlink(tmp_path / "store" / "m.onnx", tmp_path / "other" / "link.onnx")
+    assert len(load_model(tmp_path / "other" / "link.onnx").graph.initializer) == 3
+
+
 def test_checker_failure_is_invalid_model():
     m, _ = mlp()
     m.graph.node[0].input[1] = "does_not_exist"
