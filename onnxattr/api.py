@@ -94,6 +94,10 @@ class Analyzer:
         r = self.runner(mode)
         x_name = next(n for n in r.input_names if n != TARGET_INPUT)
         X = _as_input(X, r.session.get_inputs()[r.input_names.index(x_name)])
+        ref = self.params.get("reference_inputs")
+        if np.ndim(ref) == X.ndim and np.shape(ref)[0] not in (1, X.shape[0]):
+            raise DataError(f"reference_inputs holds {np.shape(ref)[0]} references and the data {X.shape[0]} "
+                            "samples: give one reference, or one per sample")
         feeds = {x_name: X}
         if mode == "index":
             feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)

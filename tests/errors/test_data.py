@@ -118,3 +118,12 @@ def test_target_too_large_for_an_integer(model_path, x_path, capsys):
     line = fails(capsys, "UsageError", "explain", model_path, "-m", "gradient", "--data", x_path,
                  "--neuron", "index", "--target", "99999999999999999999999")
     assert "--target" in line
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "deep_lift"])
+def test_per_sample_references_must_match_the_data(model_path, method):
+    x = np.ones((4, 6), np.float32)
+    analyzer = onnxattr.create_analyzer(method, str(model_path), reference_inputs=np.zeros((3, 6)))
+    with pytest.raises(onnxattr.errors.DataError, match="reference_inputs holds 3 references and the data 4"):
+        analyzer.analyze(x)
+    assert analyzer.analyze(x[:3]).shape == (3, 6)  # one per sample works
