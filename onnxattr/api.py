@@ -55,6 +55,11 @@ class Analyzer:
     def fit(self, data=None, batch_size: int = 32, progress: bool = True, **kwargs) -> "Analyzer":
         """pattern.* methods learn their patterns from ``data`` (an array [N, ...], or an iterable of
         batches); other methods have nothing to learn."""
+        unknown = sorted(set(kwargs) - {"verbose"})  # iNNvestigate's fit passes Keras options; only verbose means something here
+        if unknown:
+            raise UsageError(f"fit() got an unknown argument '{unknown[0]}' (it takes data, batch_size, progress)")
+        if "verbose" in kwargs:
+            progress = bool(kwargs["verbose"])
         if self.method.family != "pattern":
             return self
         from onnxattr.pattern import fit_patterns

@@ -37,6 +37,12 @@ RULE_KEYS = {
 }
 ACTIVATION_RULES = ("pass", "gradient")
 TOP_KEYS = ("method", "doc", "style", "seed", "add", "activation", "params", "layers")
+# the keys each rule reads besides "rule" (any other is a mistake, not an option silently dropped)
+RULE_TAKES = {
+    "epsilon": {"epsilon"}, "epsilon_IB": {"epsilon"}, "alpha_beta": {"alpha", "beta", "bias"},
+    "alpha_beta_IB": {"alpha", "beta"}, "z_plus": set(), "gamma": {"gamma"}, "zbox": {"low", "high"},
+}
+PARAM_KEYS = ("default", "doc")
 
 
 @dataclass
@@ -102,6 +108,11 @@ def parse_preset(text: str, path: str) -> Preset:
     for key in data:
         if key not in TOP_KEYS:
             fail(f"unknown key '{key}' (known: {', '.join(TOP_KEYS)})", key)
+    for key in ("method", "doc"):
+        if key in data and not isinstance(data[key], str):
+            fail(f"{key} must be a string, got {data[key]!r}", key)
+    if "params" in data and not isinstance(data["params"], dict):
+        fail("params must be a table of name = { default = ..., doc = \"...\" }", "params")
     for key, choices in (("style", STYLES), ("seed", SEEDS), ("add", ADD_RULES), ("activation", ACTIVATION_RULES)):
         if key in data and data[key] not in choices:
             fail(f"{key} = {data[key]!r} is not one of {', '.join(choices)}", key)
@@ -111,6 +122,12 @@ def parse_preset(text: str, path: str) -> Preset:
             fail(f"parameter '{name}' needs a table {{ default = ..., doc = \"...\" }}", name, "params")
         if not isinstance(spec["default"], (int, float)) or isinstance(spec["default"], bool):
             fail(f"parameter '{name}': default must be a number", name, "params")
+        extra = sorted(set(spec) - set(PARAM_KEYS))
+        if extra:
+            fail(f"parameter '{name}': unknown key '{extra[0]}' (known: {', '.join(PARAM_KEYS)})", name, "params")
+        if name == "until_layer_idx" and (not isinstance(spec["default"], int) or spec["default"] < 0):
+            fail(f"parameter 'until_layer_idx': default must be an integer >= 0, got {spec['default']!r}",
+                 name, "params")
         params.append(PresetParam(name, spec["default"], str(spec.get("doc", ""))))
     known_params = {p.name for p in params}
     layers = data.get("layers")
@@ -134,6 +151,9 @@ def parse_preset(text: str, path: str) -> Preset:
                 fail(f"'{sel}': {k} must be a {want.__name__}, got {v!r}", sel, "layers")
         if spec["rule"] not in RULE_NAMES:
             fail(f"'{sel}': unknown rule '{spec['rule']}' (known: {', '.join(RULE_NAMES)})", sel, "layers")
+        unused = sorted(set(spec) - {"rule"} - RULE_TAKES.get(spec["rule"], set()))
+        if unused:
+            fail(f"'{sel}': rule {spec['rule']} takes no {unused[0]}", sel, "layers")
         if spec["rule"] == "zbox" and not {"low", "high"} <= set(spec):
             fail(f"'{sel}': rule zbox needs low and high", sel, "layers")
     if "until" in layers and "until_layer_idx" not in known_params:

@@ -23,22 +23,32 @@ def _param(p: PresetParam) -> Param:
     return Param(p.name, float(p.default), p.doc, float)
 
 
-def build_composite(preset: Preset, params: dict) -> Composite:
+def build_composite(preset: Preset, params: dict, name_selectors: bool = False) -> Composite:
+    """The preset's rules for ``params``; ``name_selectors``: a bad rule value names its selector (a
+    user's rule file, where the selector is what the user wrote)."""
     style = STYLES[preset.style]
     layers = preset.resolve_layers(params)
-    selectors = {sel: make_rule(spec, style) for sel, spec in layers.items()}
+    selectors = {}
+    for sel, spec in layers.items():
+        try:
+            selectors[sel] = make_rule(spec, style)
+        except UsageError as e:
+            if not name_selectors:
+                raise
+            raise UsageError(f"'{sel}': {e}") from None
     return Composite(selectors, preset.add, style, until_index=params.get("until_layer_idx"),
                      activation=preset.activation)
 
 
-def preset_method(preset: Preset) -> Method:
-    """A Method whose graph builder applies ``preset``."""
+def preset_method(preset: Preset, label: str | None = None) -> Method:
+    """A Method whose graph builder applies ``preset`` (``label``: its name in messages, the file's path
+    for a user's rule file)."""
 
     def build(t: Target, p: dict) -> str:
         try:
-            composite = build_composite(preset, p)
+            composite = build_composite(preset, p, name_selectors=label is not None)
         except UsageError as e:
-            raise UsageError(f"{preset.name}: {e}") from None
+            raise UsageError(f"{label or preset.name}: {e}") from None
         on_path, _ = path_nodes(t.nodes, t.x, t.y, t.b)
         rule_for = composite.lookup(t.b, on_path, t.x, t.y)
         seed = build_seed(t.b, t.y, t.neuron, preset.seed, t.index)
@@ -50,7 +60,7 @@ def preset_method(preset: Preset) -> Method:
 
 
 def method_from_file(path) -> Method:
-    return preset_method(load_preset(path))
+    return preset_method(load_preset(path), label=str(path))
 
 
 def preset_folder():

@@ -70,6 +70,13 @@ def test_parameters_of_a_user_file(tmp_path):
     ('[layers\ndefault = { rule = "z" }\n', "not valid TOML"),
     ('style = "zennit"\n', ":1: a preset needs a [layers] table"),
     ('seed = "two"\n[layers]\ndefault = { rule = "z" }\n', ":1: seed = 'two' is not one of"),
+    ('params = [1]\n[layers]\ndefault = { rule = "z" }\n', ":1: params must be a table"),
+    ('doc = 5\n[layers]\ndefault = { rule = "z" }\n', ":1: doc must be a string"),
+    ('[layers]\ndefault = { rule = "z", epsilon = 0.1 }\n', ":2: 'default': rule z takes no epsilon"),
+    ('[params]\neps = { default = 1.0, dco = "x" }\n[layers]\ndefault = { rule = "epsilon", epsilon = "$eps" }\n',
+     ":2: parameter 'eps': unknown key 'dco'"),
+    ('[params]\nuntil_layer_idx = { default = 1.5 }\n[layers]\nuntil = { rule = "flat" }\n',
+     ":2: parameter 'until_layer_idx': default must be an integer >= 0"),
 ])
 def test_malformed_rule_file_names_file_line_and_key(tmp_path, capsys, text, where):
     f = tmp_path / "bad.toml"
@@ -125,3 +132,10 @@ def test_rule_parameters_outside_their_range_are_usage_errors(method, params, me
     refused here, naming the method and the value."""
     with pytest.raises(UsageError, match=message):
         onnxattr.compile(resnet_like(bias=True), method, **params)
+
+
+def test_a_rule_value_out_of_range_in_a_file_names_the_file_and_selector(tmp_path):
+    f = tmp_path / "mine.toml"
+    f.write_text('[layers]\ndefault = { rule = "epsilon", epsilon = -1 }\n')
+    with pytest.raises(UsageError, match=r"mine\.toml: 'default': parameter epsilon=-1: must be > 0"):
+        onnxattr.compile(resnet_like(bias=True), str(f))

@@ -77,3 +77,16 @@ def test_unsupported_kernel_layer_is_named():
     m = single_io_model([node], {"w": w}, [5, "N"], ["N", 3])
     with pytest.raises(UnsupportedModelError, match="dense_tA"):
         fit_patterns(m, np.zeros((5, 4), np.float32), progress=False)
+
+
+def test_analyzer_fit_refuses_unknown_arguments():
+    """A typo (batchsize) is an error, not silently ignored; iNNvestigate's verbose is accepted."""
+    import onnxattr
+    from onnxattr.errors import UsageError
+
+    m, _ = nets.two_layer()
+    x = RNG.standard_normal((8, 6)).astype(np.float32)
+    analyzer = onnxattr.create_analyzer("pattern.net", m)
+    with pytest.raises(UsageError, match="unknown argument 'batchsize'"):
+        analyzer.fit(x, batchsize=4)
+    assert analyzer.fit(x, verbose=0).params["patterns"] is not None
