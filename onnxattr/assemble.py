@@ -130,6 +130,8 @@ def _fill_report(report: dict, t: Target, m) -> None:
 
 
 def _default_rule(m, node) -> str:
+    if m.family == "baseline":
+        return "none (baseline: no backward pass)"
     if m.family == "lrp":
         return "gradient"
     if node.op_type == "Relu" and m.name in ("deconvnet", "guided_backprop"):

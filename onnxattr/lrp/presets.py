@@ -166,7 +166,7 @@ def parse_preset(text: str, path: str) -> Preset:
 
 def load_preset(path) -> Preset:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is no TOML
     except (OSError, UnicodeDecodeError) as e:
         raise PresetError(f"{path}: cannot read the rule file ({e.__class__.__name__}: {e})") from None
     return parse_preset(text, str(path))

@@ -56,6 +56,8 @@ class Patterns:
 def load_patterns(path) -> Patterns:
     """Read a file written by Patterns.save (``onnxattr fit``)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise PatternError(f"{path}: is a folder, not a pattern file (make one with `onnxattr fit`)")
     if not os.path.isfile(path):
         raise PatternError(f"{path}: no such pattern file (make one with `onnxattr fit`)")
     try:
@@ -66,4 +68,7 @@ def load_patterns(path) -> Patterns:
             arrays = {name: z[name] for name in meta["layers"]}
     except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise PatternError(f"{path}: not a readable onnxattr pattern file ({e})") from None
+    bad = next((name for name, a in arrays.items() if a.dtype.kind != "f" or not np.isfinite(a).all()), None)
+    if bad is not None:
+        raise PatternError(f"{path}: the pattern of layer '{bad}' is not finite floats; fit again")
     return Patterns(meta["model_sha256"], meta["pattern_type"], arrays, int(meta.get("samples", 0)))

@@ -111,6 +111,8 @@ def test_inspect_shows_the_rule_of_every_node(tmp_path, capsys):
     assert "gradient" in rows[next(n for n, op in ops.items() if op == "MaxPool")]
     assert " z " in rows[next(n for n, op in ops.items() if op == "AveragePool")] + " "
     assert "z  [add]" in rows[next(n for n, op in ops.items() if op == "Add")]
+    assert main(["inspect", str(path), "--method", "random"]) == 0  # a baseline runs no backward pass
+    assert all("none (baseline" in line for line in capsys.readouterr().out.splitlines()[1:])
 
 
 def test_until_layer_idx_counts_kernel_layers_from_zero():
@@ -139,3 +141,9 @@ def test_a_rule_value_out_of_range_in_a_file_names_the_file_and_selector(tmp_pat
     f.write_text('[layers]\ndefault = { rule = "epsilon", epsilon = -1 }\n')
     with pytest.raises(UsageError, match=r"mine\.toml: 'default': parameter epsilon=-1: must be > 0"):
         onnxattr.compile(resnet_like(bias=True), str(f))
+
+
+def test_a_rule_file_with_a_byte_order_mark(tmp_path):
+    f = tmp_path / "bom.toml"
+    f.write_bytes("\ufeff[layers]\ndefault = { rule = \"z\" }\n".encode("utf-8"))
+    assert load_preset(f).layers == {"default": {"rule": "z"}}

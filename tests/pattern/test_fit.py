@@ -90,3 +90,14 @@ def test_analyzer_fit_refuses_unknown_arguments():
     with pytest.raises(UsageError, match="unknown argument 'batchsize'"):
         analyzer.fit(x, batchsize=4)
     assert analyzer.fit(x, verbose=0).params["patterns"] is not None
+
+
+def test_pattern_files_that_are_folders_or_not_finite(tmp_path):
+    m, _ = nets.two_layer()
+    p = fit_patterns(m, RNG.standard_normal((20, 6)).astype(np.float32), "linear", progress=False)
+    with pytest.raises(PatternError, match="is a folder"):
+        load_patterns(tmp_path)
+    p.arrays["fc1"] = np.full_like(p.arrays["fc1"], np.nan)
+    p.save(tmp_path / "nan.npz")
+    with pytest.raises(PatternError, match="layer 'fc1' is not finite"):
+        load_patterns(tmp_path / "nan.npz")
