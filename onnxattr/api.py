@@ -9,7 +9,7 @@ import onnx
 
 from onnxattr.assemble import RELEVANCE, compile_model
 from onnxattr.errors import DataError, UsageError
-from onnxattr.load import load_model
+from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
 from onnxattr.output import refuse_overwriting_input
 from onnxattr.runtime import Runner
@@ -45,7 +45,7 @@ class Analyzer:
         self.mode = MODES[neuron_selection_mode]
         self.params = self.method.resolve(params)
         self.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
-        self.label = self.source or "model"  # the model's name in messages
+        self.label = model_label(model)
         self.model = load_model(model)
         self.input, self.output = input, output
         self.device, self.providers = device, providers

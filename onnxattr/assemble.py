@@ -16,7 +16,7 @@ from onnxattr.errors import (InvalidModelError, SelectionError, UnsupportedModel
                              naming_the_model)
 from onnxattr.graph import GraphBuilder, live_nodes, names_read
 from onnxattr.light import checkable_copy
-from onnxattr.load import check_input_model, check_input_shapes, load_model
+from onnxattr.load import check_input_model, check_input_shapes, load_model, model_label
 from onnxattr.methods import Target, get_method
 from onnxattr.methods.gradient import random_opset_limit
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
@@ -34,7 +34,7 @@ def compile_model(model, method: str, neuron: str = "max", input: str | None = N
     if neuron not in NEURON_MODES:
         raise UsageError(f"neuron selection must be one of {', '.join(NEURON_MODES)}, not '{neuron}'")
     resolved = m.resolve(params)
-    label = label or (str(model) if not isinstance(model, onnx.ModelProto) else "model")
+    label = label or model_label(model)
     with naming_the_model(label):
         return _compile(model, m, method, resolved, label, neuron, input, output, report)
 

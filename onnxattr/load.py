@@ -19,13 +19,16 @@ _PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT
                                                   "FLOAT6E3M2") if hasattr(onnx.TensorProto, n)}
 
 
+def _external_locations(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, str]]:
+    """(tensor, location) for every tensor stored in an external data file, subgraphs included."""
+    return [(t, next((e.value for e in t.external_data if e.key == "location"), ""))
+            for t in onnx.external_data_helper._get_all_tensors(model)
+            if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
 def _check_external_locations(model: onnx.ModelProto, folder: str, path: str) -> None:
     real_folder = os.path.realpath(folder)
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        loc = info.get("location", "")
+    for tensor, loc in _external_locations(model):
         if os.path.isabs(loc) or ".." in loc.replace("\\", "/").split("/"):
             raise ModelFileError(
                 f"{path}: tensor '{tensor.name}' stores its data at '{loc}', outside the model's folder; refused"
@@ -110,6 +113,11 @@ def _check_tensor_sizes(model: onnx.ModelProto, label: str) -> None:
         )
 
 
+def model_label(model) -> str:
+    """A model's name in messages: its path, or "model" for an in-memory ModelProto."""
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else "model"
+
+
 def load_model(model) -> onnx.ModelProto:
     """A ModelProto from a path or a ModelProto (copied, so the caller's object is never changed)."""
     if isinstance(model, onnx.ModelProto):
@@ -156,9 +164,7 @@ def data_folder(proto: onnx.ModelProto, path: str) -> str:
     beside = os.path.dirname(os.path.abspath(path))
     if real == beside:
         return real
-    locations = [next((e.value for e in t.external_data if e.key == "location"), "")
-                 for t in onnx.external_data_helper._get_all_tensors(proto)
-                 if t.data_location == onnx.TensorProto.EXTERNAL]
+    locations = [loc for _, loc in _external_locations(proto)]
     if locations and not all(os.path.isfile(os.path.join(real, loc)) for loc in locations) \
             and all(os.path.isfile(os.path.join(beside, loc)) for loc in locations):
         return beside
@@ -174,11 +180,8 @@ def model_files(path) -> list[str]:
     except Exception:  # noqa: BLE001 - not a model: load_model reports that, here nothing more is read
         return [os.path.realpath(path)] if os.path.isfile(path) else []
     folder = data_folder(proto, path)
-    files = [os.path.realpath(path)]
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            files.append(os.path.realpath(os.path.join(folder, loc)))
+    files = [os.path.realpath(path)] + [os.path.realpath(os.path.join(folder, loc))
+                                        for _, loc in _external_locations(proto)]
     return list(dict.fromkeys(files))
 
 

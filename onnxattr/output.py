@@ -60,10 +60,7 @@ def _new_file_mode(path: str) -> int:
 def check_destination(path: str, image: bool = False) -> None:
     """Fail now, before a long compile or run, if ``path`` could not be written: a missing folder, a
     device or folder in its place, or (``image``) an extension Pillow cannot write."""
-    destination_folder(path)
-    real = regular_destination(path)
-    if not os.path.isdir(os.path.dirname(real)):
-        raise OutputFileError(f"{path}: links to {real}, whose folder does not exist")
+    resolve_destination(path)
     if image and not _writable_image_type(path):
         raise OutputFileError(f"{path}: cannot write an RGB image of this type; use one of {IMAGE_TYPES}")
 
@@ -84,9 +81,18 @@ def _writable_image_type(path: str) -> bool:
     return True
 
 
+def resolve_destination(path: str) -> str:
+    """The file ``path`` names, symbolic links followed (a link is written through, not replaced), in an
+    existing folder; a missing folder, or an existing device, pipe, socket or folder, is refused."""
+    destination_folder(path)
+    real = regular_destination(path)
+    if not os.path.isdir(os.path.dirname(real)):
+        raise OutputFileError(f"{path}: links to {real}, whose folder does not exist")
+    return real
+
+
 def regular_destination(path: str) -> str:
-    """The file ``path`` names, symbolic links followed (a link is written through, not replaced); an
-    existing device, pipe, socket or folder is refused."""
+    """os.path.realpath(path), refused when it is an existing device, pipe, socket or folder."""
     real = os.path.realpath(path)
     if os.path.exists(real) and not os.path.isfile(real):
         kind = "a folder" if os.path.isdir(real) else "not a regular file (a device, pipe or socket)"
@@ -98,9 +104,8 @@ def regular_destination(path: str) -> str:
 def atomic_path(path: str):
     """Yield a temporary path beside ``path`` (the file it names, links followed); on success give it
     the mode of a normally created file and rename it to that file, else delete it."""
-    destination_folder(path)
-    path = regular_destination(path)
-    folder = destination_folder(path)
+    path = resolve_destination(path)
+    folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".onnxattr-", suffix=os.path.basename(path), dir=folder)
     os.close(fd)
     try:
@@ -129,9 +134,8 @@ def save_model(model: onnx.ModelProto, path: str, source: str | None = None) -> 
 def _save_external(model: onnx.ModelProto, path: str, source: str | None) -> None:
     """Write ``path`` and its tensors in ``path``.data: both go to a temporary folder beside ``path``,
     are checked there by path, then renamed into place (data first); the folder goes on any error."""
-    destination_folder(path)
-    path = regular_destination(path)
-    folder = destination_folder(path)
+    path = resolve_destination(path)
+    folder = os.path.dirname(path)
     data_name = os.path.basename(path) + ".data"
     data_path = os.path.join(folder, data_name)
     refuse_overwriting_input(data_path, models=[source])

@@ -57,6 +57,8 @@ class Runner:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 4  # errors reach the user as exceptions, turned into one line
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
         self.requested = providers_for(device, providers)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # onnxruntime's own warning; ours below is clearer
@@ -89,10 +91,8 @@ class Runner:
     def run(self, feeds: dict, names=None) -> list[np.ndarray]:
         """The outputs ``names`` (all by default) for ``feeds``; onnxruntime's failures on this input
         become DataErrors with its first line (and its own log stays quiet)."""
-        options = ort.RunOptions()
-        options.log_severity_level = 4
         try:
-            return self.session.run(names, feeds, options)
+            return self.session.run(names, feeds, self.run_options)
         except ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
             raise DataError(f"onnxruntime rejected the input: {str(e).splitlines()[0]}") from None
         except ort.capi.onnxruntime_pybind11_state.Fail as e:

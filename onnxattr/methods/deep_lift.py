@@ -10,7 +10,6 @@ delta"). MaxPool keeps its gradient route (the winner at x), as the rescale rule
 
 from __future__ import annotations
 
-
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
 from onnxattr.methods.base import Method, Param, Target, reference_constant, register_method

@@ -92,8 +92,6 @@ def _sample_major(b, x, per_sample, count):
     return b.op("Reshape", [per_sample, shape])
 
 
-
-
 def build_integrated_gradients(t, p):
     b, x, steps = t.b, t.x, p["steps"]
     rank = b.rank(x)
@@ -146,11 +144,9 @@ def _gaussian(b, like: str, scale: float, seed, dtype: int) -> str | None:
     on a RandomNormalLike with scale 0, so none is emitted."""
     if scale == 0:
         return None
-    if not onnxruntime_has_random(b.opset):
-        raise UnsupportedModelError(
-            f"the Gaussian noise of smoothgrad and random is a RandomNormalLike node, which onnxruntime "
-            f"{ort.__version__} cannot run in a model of opset {b.opset} (it has no kernel for the random "
-            "ops' opset-22 versions); export the model with opset 21 or lower")
+    limit = random_opset_limit(b.opset)  # compile_model converts such a model down first
+    if limit is not None:
+        raise UnsupportedModelError(f"{limit[1]}; export the model with opset {limit[0]} or lower")
     return b.op("RandomNormalLike", [like], dtype=dtype, mean=0.0, scale=float(scale),
                 seed=float(1 + seed % SEED_STREAMS) if seed is not None else None)
 

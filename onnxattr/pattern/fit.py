@@ -18,7 +18,7 @@ from tqdm import tqdm
 from onnxattr.canonicalize import canonicalize
 from onnxattr.errors import DataError, naming_the_model
 from onnxattr.graph import GraphBuilder
-from onnxattr.load import check_input_model, load_model
+from onnxattr.load import check_input_model, load_model, model_label
 from onnxattr.pattern.layers import conv_geometry, from_kd, model_digest, pattern_layers, to_kd, weight
 from onnxattr.pattern.stats import LayerStats
 from onnxattr.pattern.store import Patterns
@@ -66,7 +66,7 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     proto = load_model(model)
-    label = label or (str(model) if not isinstance(model, onnx.ModelProto) else "model")
+    label = label or model_label(model)
     with naming_the_model(label):
         check_input_model(proto, label)
         canon = canonicalize(proto, label)
