@@ -77,12 +77,12 @@ def vjp_model(model, wrt, out="y0"):
     return m
 
 
-def run_vjp(op, inputs, cotangent, attrs=None, wrt=None, opset=17):
+def run_vjp(op, inputs, cotangent, attrs=None, wrt=None, opset=17, dynamic=()):
     """The emitted VJP of ``op`` at exactly these inputs and cotangent (float32, onnxruntime): a list
     of gradients, one per name in ``wrt`` (default: the first input). For conventions at ties and kinks,
     where central differences say nothing."""
     wrt = wrt or [inputs[0][0]]
-    model = node_model(op, inputs, attrs, opset=opset)
+    model = node_model(op, inputs, attrs, dynamic=dynamic, opset=opset)
     sess = ort.InferenceSession(vjp_model(model, wrt).SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {n: np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
              for n, a, c in inputs if not c}

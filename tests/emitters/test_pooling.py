@@ -56,16 +56,10 @@ def test_global_avgpool_vjp_as_channel_scale(dynamic):
 def test_maxpool_vjp_ties_go_to_the_first_maximum(xs, k, dynamic):
     """Windows that tile the input (kernel = strides): on ties (ReLU zeros, repeated values) the whole
     gradient goes to the first maximum in row-major window order, as MaxPool's Indices say."""
-    import onnxruntime as ort
-
-    from tests.vjp_check import node_model, vjp_model
-
     x = np.floor(rng.standard_normal(xs) * 1.5).clip(0, None).astype(np.float32)  # many ties
-    model = node_model("MaxPool", [("x", x, False)], {"kernel_shape": [k, k], "strides": [k, k]}, 1, dynamic)
-    sess = ort.InferenceSession(vjp_model(model, ["x"], "y0").SerializeToString(),
-                                providers=["CPUExecutionProvider"])
     g = rng.standard_normal((xs[0], xs[1], xs[2] // k, xs[3] // k)).astype(np.float32)
-    got = sess.run(["grad_x"], {"x": x, "cotangent": g})[0]
+    (got,) = run_vjp("MaxPool", [("x", x, False)], g, {"kernel_shape": [k, k], "strides": [k, k]},
+                     dynamic=dynamic)
     want = np.zeros_like(x)
     for n, c, i, j in np.ndindex(*g.shape):
         win = x[n, c, i * k:(i + 1) * k, j * k:(j + 1) * k]
