@@ -1,8 +1,9 @@
 """Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
 
-MaxPool VJP: the node is asked for its Indices output (flat over N*C*spatial, first max wins on ties),
-and g is scattered with ScatterElements(reduction="add") into a flat zero tensor (MaxUnpool is wrong for
-overlapping windows).
+MaxPool VJP: windows that tile x (kernel = strides, no pads) find the first maximum of each window by
+ArgMax over a SpaceToDepth block axis and write g there with one ScatterElements. Otherwise the node is
+asked for its Indices output (flat over N*C*spatial, first max wins on ties), and g is scattered with
+ScatterElements(reduction="add") into a flat zero tensor (MaxUnpool is wrong for overlapping windows).
 AveragePool VJP: y = S(x) / D with S the window sum and D the per-position divisor, so
 dx = S^T(g / D): a depthwise ConvTranspose with a ones kernel, cropped like Conv's VJP. D is computed at
 compile time from the geometry (count_include_pad, ceil_mode overhang excluded); without static spatial
@@ -31,9 +32,10 @@ def scatter_add_flat(b, x, flat_index, g):
 def _tiled_maxpool_vjp(b, node, g):
     """MaxPool with kernel = strides over 2-D windows that tile x exactly (VGG's 2x2/2): the windows
     become a block axis by SpaceToDepth, ArgMax finds the first maximum of each (row-major scan, as
-    MaxPool's indices do on ties), g goes there, DepthToSpace puts it back. No Indices output is asked
-    of the forward MaxPool (onnxruntime's kernel with indices is many times slower) and no scatter.
-    None when the geometry does not fit."""
+    MaxPool's indices do on ties), and g is written there: position = base(window) + offset(argmax)
+    within each (n, c) plane, one ScatterElements along the flattened spatial axis (windows do not
+    overlap, so no position is written twice). No Indices output is asked of the forward MaxPool
+    (onnxruntime's kernel with indices is many times slower). None when the geometry does not fit."""
     at = conv_attrs(node)
     x = node.input[0]
     xs = b.shape(x)
@@ -45,13 +47,19 @@ def _tiled_maxpool_vjp(b, node, g):
     if kernel[1] != k or strides != [k, k] or any(pads) or any(d != 1 for d in at.get("dilations") or [1]) \
             or at["auto_pad"] not in ("NOTSET", "VALID") or xs[2] % k or xs[3] % k:
         return None
-    c, ho, wo = xs[1], xs[2] // k, xs[3] // k
+    c, w, ho, wo = xs[1], xs[3], xs[2] // k, xs[3] // k
     blocks = b.op("Reshape", [b.op("SpaceToDepth", [x], blocksize=k), b.ints([0, k * k, c, ho, wo])])
-    first = b.op("ArgMax", [blocks], axis=1, keepdims=1)
-    hit = b.op("Equal", [first, b.const(np.arange(k * k, dtype=np.int64).reshape(1, -1, 1, 1, 1), np.int64, "block")])
-    hit = b.op("Cast", [hit], to=b.types.get(x, 1))  # Mul runs much faster than a broadcasting Where
-    placed = b.op("Mul", [hit, b.op("Unsqueeze", [g, b.ints([1])])])
-    out = b.op("DepthToSpace", [b.op("Reshape", [placed, b.ints([0, k * k * c, ho, wo])])], blocksize=k)
+    first = b.op("ArgMax", [blocks], axis=1, keepdims=0)  # [N, C, ho, wo], block q = (row q // k, col q % k)
+    q = np.arange(k * k, dtype=np.int64)
+    offset = b.const((q // k) * w + q % k, np.int64, "window_offset")
+    base = b.const((k * w * np.arange(ho, dtype=np.int64)[:, None] + k * np.arange(wo, dtype=np.int64)).reshape(1, 1, -1),
+                   np.int64, "window_base")
+    planes = b.ints([0, c, -1])
+    target = b.op("Add", [b.op("Reshape", [b.op("Gather", [offset, first]), planes]), base])
+    flat_x = b.op("Reshape", [x, planes])
+    zeros = b.op("ConstantOfShape", [b.op("Shape", [flat_x])], value=b.fill_value(0.0, x))
+    placed = b.op("ScatterElements", [zeros, target, b.op("Reshape", [g, planes])], axis=2)
+    out = b.op("Reshape", [placed, b.shape_of(x)])
     b.set_info(out, x)
     return out
 

@@ -1,9 +1,10 @@
-"""onnxattr/emitters/pooling.py: MaxPool (indices + scatter-add), AveragePool, global pools."""
+"""onnxattr/emitters/pooling.py: MaxPool (tiling windows: ArgMax + scatter; else indices + scatter-add),
+AveragePool, global pools."""
 
 import numpy as np
 import pytest
 
-from tests.vjp_check import check_vjp, run_vjp
+from tests.vjp_check import check_vjp, node_model, run_vjp, vjp_model
 
 rng = np.random.default_rng(5)
 
@@ -66,6 +67,19 @@ def test_maxpool_vjp_ties_go_to_the_first_maximum(xs, k, dynamic):
         a, bb = np.unravel_index(np.argmax(win), win.shape)  # first maximum, row-major
         want[n, c, i * k + a, j * k + bb] = g[n, c, i, j]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("attrs,tiled", [({"kernel_shape": [2, 2], "strides": [2, 2]}, True),
+                                          ({"kernel_shape": [3, 3], "strides": [2, 2]}, False)])
+def test_maxpool_vjp_asks_for_indices_only_when_windows_overlap(attrs, tiled):
+    """Tiling windows take the SpaceToDepth/ArgMax path: the forward MaxPool keeps its single output
+    (onnxruntime's kernel with Indices is many times slower) and nothing is scatter-added."""
+    m = vjp_model(node_model("MaxPool", [("x", rng.standard_normal((1, 2, 6, 6)), False)], attrs), ["x"])
+    pool = next(n for n in m.graph.node if n.op_type == "MaxPool")
+    scatters = [n for n in m.graph.node if n.op_type == "ScatterElements"]
+    assert (len(pool.output) == 1) == tiled
+    assert [a.s for n in scatters for a in n.attribute if a.name == "reduction"] == ([] if tiled else [b"add"])
+    assert any(n.op_type == "SpaceToDepth" for n in m.graph.node) == tiled
 
 
 def test_global_maxpool_ties_go_to_the_first_maximum():
