@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -206,13 +207,20 @@ def cmd_methods(a) -> int:
     return 0
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (a provider that fell back, all-zero patterns) as one line, like errors."""
+    print(f"onnxattr: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         commands = {"compile": cmd_compile, "explain": cmd_explain, "inspect": cmd_inspect,
                     "fit": cmd_fit, "methods": cmd_methods}
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning
+            return commands[args.command](args)
     except OnnxAttrError as e:
         print(f"onnxattr: error: {e}", file=sys.stderr)
         return e.exit_code

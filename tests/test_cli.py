@@ -39,6 +39,16 @@ def test_compile_and_explain(tmp_path, model_path, capsys):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxattr-")]
 
 
+def test_warnings_are_one_line_and_keep_exit_code_0(tmp_path, model_path, capsys):
+    """fit on one sample: all-zero patterns are a warning (one line on stderr), not an error."""
+    np.save(tmp_path / "one.npy", np.random.default_rng(0).standard_normal((1, 6)).astype(np.float32))
+    assert main(["fit", str(model_path), "-m", "pattern.net", "--data", str(tmp_path / "one.npy"),
+                 "-o", str(tmp_path / "p.npz")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onnxattr: warning: ") and "all zero" in err[0], err
+    assert (tmp_path / "p.npz").exists()
+
+
 def test_methods_lists_every_method(capsys):
     assert main(["methods"]) == 0
     text = capsys.readouterr().out

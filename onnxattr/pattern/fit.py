@@ -9,6 +9,7 @@ never on the number of samples. Batches are visited in order: the result is dete
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import onnx
@@ -24,6 +25,11 @@ from onnxattr.pattern.stats import LayerStats
 from onnxattr.pattern.store import Patterns
 from onnxattr.runtime import Runner
 from onnxattr.select import choose_input, choose_output
+
+
+class DegeneratePatternWarning(RuntimeWarning):
+    """A layer's patterns are all zero: the data never activated it or gave it no covariance (one
+    sample, constant inputs), so PatternNet/PatternAttribution pass no signal through it."""
 
 
 def statistics_model(canon: onnx.ModelProto, b: GraphBuilder, names) -> onnx.ModelProto:
@@ -97,8 +103,17 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
         samples += xb.shape[0]
     if samples == 0:
         raise DataError("fit got no data: pass an array [N, ...] or an iterable of batches")
-    arrays = {}
+    arrays, zero = {}, []
     for name, u in layers.items():
         w = weight(b, u)
-        arrays[name] = from_kd(u, stats[name].pattern(to_kd(u, w)), w)
+        kd = stats[name].pattern(to_kd(u, w))
+        if not kd.any():
+            zero.append(name)
+        arrays[name] = from_kd(u, kd, w)
+    if zero:
+        warnings.warn(f"{label}: the patterns of {len(zero)} of {len(layers)} layers are all zero "
+                      f"({', '.join(repr(n) for n in zero[:5])}{', ...' if len(zero) > 5 else ''}): on these "
+                      f"{samples} samples the layer was never active ({pattern_type!r} patterns) or its "
+                      "output did not vary, and pattern.net/pattern.attribution maps will be zero there; "
+                      "fit on more, and more varied, data", DegeneratePatternWarning, stacklevel=2)
     return Patterns(digest, pattern_type, arrays, samples)

@@ -1,12 +1,14 @@
 """onnxattr.pattern: fit learns the paper's patterns (closed form in numpy on the same data, 1e-5),
 streamed batches give the same result as one array, conv patches are exact im2col, files round-trip."""
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
 
 from onnxattr.errors import PatternError, UnsupportedModelError
-from onnxattr.pattern import fit_patterns, load_patterns
+from onnxattr.pattern import DegeneratePatternWarning, fit_patterns, load_patterns
 from tests.models import single_io_model
 from tests.pattern import nets
 
@@ -101,3 +103,19 @@ def test_pattern_files_that_are_folders_or_not_finite(tmp_path):
     p.save(tmp_path / "nan.npz")
     with pytest.raises(PatternError, match="layer 'fc1' is not finite"):
         load_patterns(tmp_path / "nan.npz")
+
+
+def test_all_zero_patterns_are_named_in_a_warning():
+    """One sample, or many identical ones, give no covariance: every pattern is zero, and the warning
+    names the layers and the sample count; varied data warns nothing."""
+    m, _ = nets.two_layer()
+    x = RNG.standard_normal((1, 6)).astype(np.float32)
+    with pytest.warns(DegeneratePatternWarning, match=r"2 of 2 layers are all zero \('fc1', 'fc2'\): on these 1 samples"):
+        one = fit_patterns(m, x, "relu", progress=False)
+    assert not any(a.any() for a in one.arrays.values())
+    with pytest.warns(DegeneratePatternWarning, match="on these 50 samples"):
+        fit_patterns(m, np.repeat(x, 50, axis=0), "linear", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        varied = fit_patterns(m, RNG.standard_normal((64, 6)).astype(np.float32), "relu", progress=False)
+    assert all(a.any() for a in varied.arrays.values())
