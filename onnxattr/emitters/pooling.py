@@ -54,11 +54,11 @@ def _tiled_maxpool_vjp(b, node, g):
     offset = b.const((q // k) * w + q % k, np.int64, "window_offset")
     base = b.const((k * w * np.arange(ho, dtype=np.int64)[:, None] + k * np.arange(wo, dtype=np.int64)).reshape(1, 1, -1),
                    np.int64, "window_base")
-    planes = b.ints([0, c, -1])
-    target = b.op("Add", [b.op("Reshape", [b.op("Gather", [offset, first]), planes]), base])
-    flat_x = b.op("Reshape", [x, planes])
+    windows = b.ints([0, c, ho * wo])  # static sizes, not -1: a batch of 0 samples must reshape too
+    target = b.op("Add", [b.op("Reshape", [b.op("Gather", [offset, first]), windows]), base])
+    flat_x = b.op("Reshape", [x, b.ints([0, c, xs[2] * w])])
     zeros = b.op("ConstantOfShape", [b.op("Shape", [flat_x])], value=b.fill_value(0.0, x))
-    placed = b.op("ScatterElements", [zeros, target, b.op("Reshape", [g, planes])], axis=2)
+    placed = b.op("ScatterElements", [zeros, target, b.op("Reshape", [g, windows])], axis=2)
     out = b.op("Reshape", [placed, b.shape_of(x)])
     b.set_info(out, x)
     return out

@@ -82,6 +82,15 @@ def test_maxpool_vjp_asks_for_indices_only_when_windows_overlap(attrs, tiled):
     assert any(n.op_type == "SpaceToDepth" for n in m.graph.node) == tiled
 
 
+def test_maxpool_vjp_of_an_empty_batch():
+    """A dynamic batch of 0 samples gives an empty gradient on both paths (no reshape by -1 of nothing)."""
+    for attrs in ({"kernel_shape": [2, 2], "strides": [2, 2]}, {"kernel_shape": [3, 3], "strides": [2, 2]}):
+        x = np.zeros((0, 3, 6, 8), np.float32)
+        ho, wo = (3, 4) if attrs["kernel_shape"][0] == 2 else (2, 3)
+        (got,) = run_vjp("MaxPool", [("x", x, False)], np.zeros((0, 3, ho, wo), np.float32), attrs, dynamic=(0,))
+        assert got.shape == x.shape
+
+
 def test_global_maxpool_ties_go_to_the_first_maximum():
     """Ties in a plane (ReLU zeros, a repeated maximum): the whole gradient goes to the first maximum of
     the flattened plane, as torch's max-pool indices and MaxPool's do."""
