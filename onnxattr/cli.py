@@ -12,7 +12,7 @@ import numpy as np
 
 from onnxattr import viz
 from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_model
-from onnxattr.errors import DataError, OnnxAttrError, UsageError
+from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
 from onnxattr.output import check_destination, refuse_overwriting_input, save_array, save_image, save_model
 
@@ -207,11 +207,6 @@ def cmd_methods(a) -> int:
     return 0
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings (a provider that fell back, all-zero patterns) as one line, like errors."""
-    print(f"onnxattr: warning: {message}", file=sys.stderr)
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -219,9 +214,19 @@ def main(argv=None) -> int:
         commands = {"compile": cmd_compile, "explain": cmd_explain, "inspect": cmd_inspect,
                     "fit": cmd_fit, "methods": cmd_methods}
         with warnings.catch_warnings():
-            warnings.showwarning = _print_warning
+            show = warnings.showwarning
+
+            def one_line(message, category, *where, **kw):
+                """onnxattr's warnings (a provider that fell back, all-zero patterns) as one line, like
+                errors; other libraries' keep their file and line."""
+                if issubclass(category, OnnxAttrWarning):
+                    print(f"onnxattr: warning: {message}", file=sys.stderr)
+                else:
+                    show(message, category, *where, **kw)
+
+            warnings.showwarning = one_line
             return commands[args.command](args)
-    except OnnxAttrError as e:
+    except (OnnxAttrError, OnnxAttrWarning) as e:  # a warning here: a filter made it an error
         print(f"onnxattr: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -13,6 +13,13 @@ class OnnxAttrError(Exception):
     exit_code = 1
 
 
+class OnnxAttrWarning(RuntimeWarning):
+    """Base class of onnxattr's warnings (the work is done, but look at this); the CLI prints them as
+    one line, and exits with ``exit_code`` when a warnings filter turns one into an error."""
+
+    exit_code = 1
+
+
 class UsageError(OnnxAttrError):
     """Unknown method or parameter, bad parameter value, conflicting options."""
 

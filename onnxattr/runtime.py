@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxattr.errors import DataError, InvalidModelError, UnsupportedModelError, UsageError
+from onnxattr.errors import DataError, InvalidModelError, OnnxAttrWarning, UnsupportedModelError, UsageError
 
 DEVICES = {
     "cpu": ["CPUExecutionProvider"],
@@ -40,8 +40,10 @@ def _provider_name(p) -> str:
     return p[0] if isinstance(p, (tuple, list)) else str(p)
 
 
-class ProviderFallbackWarning(RuntimeWarning):
+class ProviderFallbackWarning(OnnxAttrWarning):
     """An execution provider that was asked for is not the one running the session."""
+
+    exit_code = 5  # as an error: unsupported on the chosen device
 
 
 class Runner:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -39,14 +40,34 @@ def test_compile_and_explain(tmp_path, model_path, capsys):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxattr-")]
 
 
-def test_warnings_are_one_line_and_keep_exit_code_0(tmp_path, model_path, capsys):
-    """fit on one sample: all-zero patterns are a warning (one line on stderr), not an error."""
+def test_warnings_are_one_line_and_keep_exit_code_0(tmp_path, model_path, capsys, monkeypatch):
+    """fit on one sample: all-zero patterns are a warning (one line on stderr), not an error; other
+    libraries' warnings keep their own form; a filter that makes warnings errors gives a one-line error
+    with the problem's exit code (7: data)."""
     np.save(tmp_path / "one.npy", np.random.default_rng(0).standard_normal((1, 6)).astype(np.float32))
-    assert main(["fit", str(model_path), "-m", "pattern.net", "--data", str(tmp_path / "one.npy"),
-                 "-o", str(tmp_path / "p.npz")]) == 0
+    fit = ["fit", str(model_path), "-m", "pattern.net", "--data", str(tmp_path / "one.npy")]
+    assert main(fit + ["-o", str(tmp_path / "p.npz")]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("onnxattr: warning: ") and "all zero" in err[0], err
     assert (tmp_path / "p.npz").exists()
+
+    def methods_warns(a):
+        warnings.warn("from another library", DeprecationWarning)
+        return 0
+    monkeypatch.setitem(main.__globals__, "cmd_methods", methods_warns)
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, *where, **kw: seen.append(category)
+        assert main(["methods"]) == 0
+    assert seen == [DeprecationWarning] and "onnxattr: warning" not in capsys.readouterr().err
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(fit + ["-o", str(tmp_path / "p2.npz")]) == 7
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onnxattr: error: ") and "all zero" in err[0], err
+    assert not (tmp_path / "p2.npz").exists()
 
 
 def test_methods_lists_every_method(capsys):

@@ -17,7 +17,7 @@ from onnx import helper
 from tqdm import tqdm
 
 from onnxattr.canonicalize import canonicalize
-from onnxattr.errors import DataError, naming_the_model
+from onnxattr.errors import DataError, OnnxAttrWarning, naming_the_model
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import check_input_model, load_model, model_label
 from onnxattr.pattern.layers import conv_geometry, from_kd, model_digest, pattern_layers, to_kd, weight
@@ -27,9 +27,11 @@ from onnxattr.runtime import Runner
 from onnxattr.select import choose_input, choose_output
 
 
-class DegeneratePatternWarning(RuntimeWarning):
+class DegeneratePatternWarning(OnnxAttrWarning):
     """A layer's patterns are all zero: the data never activated it or gave it no covariance (one
     sample, constant inputs), so PatternNet/PatternAttribution pass no signal through it."""
+
+    exit_code = 7  # as an error: a problem of the data
 
 
 def statistics_model(canon: onnx.ModelProto, b: GraphBuilder, names) -> onnx.ModelProto:
@@ -98,22 +100,29 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
                             "patterns learned from it would be NaN")
         values = dict(zip(fetch, runner.run({x: xb}, fetch) if fetch else []))
         values[x] = xb
-        for name, u in layers.items():
-            stats[name].update(values[u.x], values[u.out])
+        with np.errstate(all="ignore"):  # a layer that overflows is named below, not by numpy
+            for name, u in layers.items():
+                stats[name].update(values[u.x], values[u.out])
         samples += xb.shape[0]
     if samples == 0:
         raise DataError("fit got no data: pass an array [N, ...] or an iterable of batches")
     arrays, zero = {}, []
     for name, u in layers.items():
         w = weight(b, u)
-        kd = stats[name].pattern(to_kd(u, w))
+        with np.errstate(all="ignore"):
+            kd = stats[name].pattern(to_kd(u, w))
+        if not np.isfinite(kd).all():
+            raise DataError(f"{label}: the patterns of layer '{name}' are not finite: its input or output "
+                            "overflows on this data (float32); scale the data down")
         if not kd.any():
             zero.append(name)
         arrays[name] = from_kd(u, kd, w)
     if zero:
+        seen = "this sample" if samples == 1 else f"these {samples} samples"
+        why = ("the layers were never active or their outputs did not vary" if pattern_type == "relu"
+               else "the layers' outputs did not vary")
         warnings.warn(f"{label}: the patterns of {len(zero)} of {len(layers)} layers are all zero "
-                      f"({', '.join(repr(n) for n in zero[:5])}{', ...' if len(zero) > 5 else ''}): on these "
-                      f"{samples} samples the layer was never active ({pattern_type!r} patterns) or its "
-                      "output did not vary, and pattern.net/pattern.attribution maps will be zero there; "
-                      "fit on more, and more varied, data", DegeneratePatternWarning, stacklevel=2)
+                      f"({', '.join(repr(n) for n in zero[:5])}{', ...' if len(zero) > 5 else ''}): on {seen} "
+                      f"{why}, and pattern.net/pattern.attribution maps will be zero there; fit on more, and "
+                      "more varied, data", DegeneratePatternWarning, stacklevel=2)
     return Patterns(digest, pattern_type, arrays, samples)

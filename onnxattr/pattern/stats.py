@@ -62,6 +62,11 @@ class ConvGeometry:
         return [o.reshape(k_total, cg, *self.kernel) for o in out]
 
 
+# |E[xy] - E[x]E[y]| below this share of |E[xy]| + |E[x]E[y]| is taken for rounding, not covariance:
+# float64 sums round at ~1e-16 relative; 1e-12 is data constant to about one part in a million
+NO_COVARIANCE = 1e-12
+
+
 class LayerStats:
     """The running sums of one linear layer; ``conv`` is a ConvGeometry, or None for a dense layer
     (x [..., D], y [..., K]). Patterns come out as [K, D] with D the flattened patch."""
@@ -112,5 +117,8 @@ class LayerStats:
         ex, exy = self.sum_x / safe_c, self.sum_xy / safe_c
         ey = self.sum_y / self.n
         cov = exy - ex * ey[:, None]
+        # float64 residue of a difference of equal terms (identical samples) is no covariance: left in,
+        # the division by w^T cov (residue too) would blow it up to O(1) patterns
+        cov[np.abs(cov) <= NO_COVARIANCE * (np.abs(exy) + np.abs(ex * ey[:, None]))] = 0.0
         norm = np.einsum("kd,kd->k", np.asarray(w_kd, np.float64), cov)
         return cov / np.where(norm == 0, 1.0, norm)[:, None]

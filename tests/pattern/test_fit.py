@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxattr.errors import PatternError, UnsupportedModelError
+from onnxattr.errors import DataError, PatternError, UnsupportedModelError
 from onnxattr.pattern import DegeneratePatternWarning, fit_patterns, load_patterns
 from tests.models import single_io_model
 from tests.pattern import nets
@@ -106,16 +106,29 @@ def test_pattern_files_that_are_folders_or_not_finite(tmp_path):
 
 
 def test_all_zero_patterns_are_named_in_a_warning():
-    """One sample, or many identical ones, give no covariance: every pattern is zero, and the warning
-    names the layers and the sample count; varied data warns nothing."""
+    """One sample, or many identical ones, give no covariance: every pattern is zero (float64 rounding
+    residue of E[xy] - E[x]E[y] is not blown up by the normalisation), and the warning names the
+    layers and the sample count; varied data warns nothing."""
     m, _ = nets.two_layer()
     x = RNG.standard_normal((1, 6)).astype(np.float32)
-    with pytest.warns(DegeneratePatternWarning, match=r"2 of 2 layers are all zero \('fc1', 'fc2'\): on these 1 samples"):
+    with pytest.warns(DegeneratePatternWarning, match=r"2 of 2 layers are all zero \('fc1', 'fc2'\): on this sample"):
         one = fit_patterns(m, x, "relu", progress=False)
     assert not any(a.any() for a in one.arrays.values())
-    with pytest.warns(DegeneratePatternWarning, match="on these 50 samples"):
-        fit_patterns(m, np.repeat(x, 50, axis=0), "linear", progress=False)
+    for kind in ("linear", "relu"):
+        for copies, batch in ((50, 7), (1000, 64)):
+            with pytest.warns(DegeneratePatternWarning, match=f"on these {copies} samples"):
+                same = fit_patterns(m, np.repeat(x, copies, axis=0), kind, batch_size=batch, progress=False)
+            assert not any(a.any() for a in same.arrays.values()), (kind, copies)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         varied = fit_patterns(m, RNG.standard_normal((64, 6)).astype(np.float32), "relu", progress=False)
     assert all(a.any() for a in varied.arrays.values())
+
+
+def test_patterns_that_overflow_are_refused_naming_the_layer():
+    """Finite data whose layer outputs overflow float32 give no patterns file of NaNs: a DataError."""
+    m, _, _ = nets.dense()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no numpy warnings on the way
+        with pytest.raises(DataError, match="patterns of layer 'dense' are not finite"):
+            fit_patterns(m, np.full((4, 5), 3e38, np.float32), "linear", progress=False)
