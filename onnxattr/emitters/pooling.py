@@ -45,7 +45,7 @@ def _tiled_maxpool_vjp(b, node, g):
     k = kernel[0]
     strides, pads = at.get("strides") or [1, 1], at.get("pads") or [0]
     if kernel[1] != k or strides != [k, k] or any(pads) or any(d != 1 for d in at.get("dilations") or [1]) \
-            or at["auto_pad"] not in ("NOTSET", "VALID") or xs[2] % k or xs[3] % k:
+            or xs[2] % k or xs[3] % k:  # then every auto_pad (SAME_* included) pads nothing
         return None
     c, w, ho, wo = xs[1], xs[3], xs[2] // k, xs[3] // k
     blocks = b.op("Reshape", [b.op("SpaceToDepth", [x], blocksize=k), b.ints([0, k * k, c, ho, wo])])

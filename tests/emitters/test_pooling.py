@@ -14,6 +14,7 @@ POOL_CASES = [
     ((1, 2, 7, 8), {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1]}),
     ((1, 2, 7, 7), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
     ((1, 2, 7, 7), {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    ((2, 3, 6, 9), {"kernel_shape": [3, 3], "strides": [3, 3], "auto_pad": "SAME_UPPER"}),  # tiles: no pads
     ((1, 2, 9), {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}),
 ]
 
@@ -53,13 +54,13 @@ def test_global_avgpool_vjp_as_channel_scale(dynamic):
 
 
 @pytest.mark.parametrize("xs,k", [((2, 3, 6, 8), 2), ((1, 2, 9, 6), 3)])
-@pytest.mark.parametrize("dynamic", [(), (0,)])
-def test_maxpool_vjp_ties_go_to_the_first_maximum(xs, k, dynamic):
+@pytest.mark.parametrize("dynamic,auto_pad", [((), "NOTSET"), ((0,), "NOTSET"), ((), "SAME_LOWER")])
+def test_maxpool_vjp_ties_go_to_the_first_maximum(xs, k, dynamic, auto_pad):
     """Windows that tile the input (kernel = strides): on ties (ReLU zeros, repeated values) the whole
     gradient goes to the first maximum in row-major window order, as MaxPool's Indices say."""
     x = np.floor(rng.standard_normal(xs) * 1.5).clip(0, None).astype(np.float32)  # many ties
     g = rng.standard_normal((xs[0], xs[1], xs[2] // k, xs[3] // k)).astype(np.float32)
-    (got,) = run_vjp("MaxPool", [("x", x, False)], g, {"kernel_shape": [k, k], "strides": [k, k]},
+    (got,) = run_vjp("MaxPool", [("x", x, False)], g, {"kernel_shape": [k, k], "strides": [k, k], "auto_pad": auto_pad},
                      dynamic=dynamic)
     want = np.zeros_like(x)
     for n, c, i, j in np.ndindex(*g.shape):
@@ -70,6 +71,8 @@ def test_maxpool_vjp_ties_go_to_the_first_maximum(xs, k, dynamic):
 
 
 @pytest.mark.parametrize("attrs,tiled", [({"kernel_shape": [2, 2], "strides": [2, 2]}, True),
+                                          ({"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"}, True),
+                                          ({"kernel_shape": [3, 3], "strides": [3, 3], "auto_pad": "SAME_LOWER"}, True),
                                           ({"kernel_shape": [3, 3], "strides": [2, 2]}, False)])
 def test_maxpool_vjp_asks_for_indices_only_when_windows_overlap(attrs, tiled):
     """Tiling windows take the SpaceToDepth/ArgMax path: the forward MaxPool keeps its single output
