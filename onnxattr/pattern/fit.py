@@ -109,14 +109,16 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
     arrays, zero = {}, []
     for name, u in layers.items():
         w = weight(b, u)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):  # non-finite sums or a cast that overflows: named below
             kd = stats[name].pattern(to_kd(u, w))
-        if not np.isfinite(kd).all():
-            raise DataError(f"{label}: the patterns of layer '{name}' are not finite: its input or output "
-                            "overflows on this data (float32); scale the data down")
+            arrays[name] = from_kd(u, kd, w)
+        if not np.isfinite(arrays[name]).all():
+            where = ("its input or output overflows on this data; scale the data down" if not np.isfinite(kd).all()
+                     else f"they exceed the range of the layer's {arrays[name].dtype} weights (patterns do not "
+                          "scale with the data); explain a float32 copy of the model")
+            raise DataError(f"{label}: the patterns of layer '{name}' are not finite: {where}")
         if not kd.any():
             zero.append(name)
-        arrays[name] = from_kd(u, kd, w)
     if zero:
         seen = "this sample" if samples == 1 else f"these {samples} samples"
         why = ("the layers were never active or their outputs did not vary" if pattern_type == "relu"

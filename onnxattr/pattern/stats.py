@@ -5,15 +5,17 @@ For one linear layer y = W x + b, every output unit k sees pairs (x, y_k): x is 
 and y_k its pre-activation output. With a mask m_k (all ones for the linear estimator, [y_k > 0] for the
 positive half of the two-component estimator A_{+-}) the sums kept, in float64, are
 
-    n = #pairs,  Σ y_k,  c_k = Σ m_k,  Σ m_k x,  Σ m_k y_k x
+    n = #pairs,  Σ y'_k,  c_k = Σ m_k,  Σ m_k x,  Σ m_k y'_k x      (y'_k = y_k - t_k)
 
-and the pattern of unit k is
+with t_k the first sample's (mean) y_k, and the pattern of unit k is
 
-    cov_k = Σ m_k y_k x / c_k - (Σ m_k x / c_k) · (Σ y_k / n)      (E_m[x y] - E_m[x] E[y])
+    cov_k = Σ m_k y'_k x / c_k - (Σ m_k x / c_k) · (Σ y'_k / n)    (E_m[x y] - E_m[x] E[y])
     a_k   = cov_k / (w_k^T cov_k)                                  (so that w_k^T a_k = 1)
 
 linear: a = cov[x, y] / (w^T cov[x, y]); relu: a_+ = (E+[xy] - E+[x] E[y]) / w^T(E+[xy] - E+[x] E[y]),
-E[y] over all pairs, as in the paper and iNNvestigate 1.x. A bias shifts y and cancels out of cov.
+E[y] over all pairs, as in the paper and iNNvestigate 1.x. A shift of y cancels out of cov exactly
+(E_m[x t] = E_m[x] t), so a bias does, and t keeps the one-pass difference from cancelling catastrophically
+when y varies little around a large mean; identical samples give y' = 0, so exactly zero patterns.
 Divisions by zero give zero (c_k = 0) or leave the numerator (w^T cov = 0), as iNNvestigate does.
 """
 
@@ -62,11 +64,6 @@ class ConvGeometry:
         return [o.reshape(k_total, cg, *self.kernel) for o in out]
 
 
-# |E[xy] - E[x]E[y]| below this share of |E[xy]| + |E[x]E[y]| is taken for rounding, not covariance:
-# float64 sums round at ~1e-16 relative; 1e-12 is data constant to about one part in a million
-NO_COVARIANCE = 1e-12
-
-
 class LayerStats:
     """The running sums of one linear layer; ``conv`` is a ConvGeometry, or None for a dense layer
     (x [..., D], y [..., K]). Patterns come out as [K, D] with D the flattened patch."""
@@ -76,6 +73,7 @@ class LayerStats:
             raise ValueError(pattern_type)
         self.pattern_type, self.conv = pattern_type, conv
         self.n = 0.0
+        self.shift = None  # t_k: the first sample's (mean) y_k
         self.sum_y = self.count = self.sum_x = self.sum_xy = None
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -93,6 +91,9 @@ class LayerStats:
 
     def _add(self, x, y):
         mask = (y > 0).astype(np.float64) if self.pattern_type == "relu" else np.ones_like(y)
+        if self.shift is None:
+            self.shift = y[0] if self.conv is None else y[0].reshape(y.shape[1], -1).mean(1)
+        y = y - (self.shift if self.conv is None else self.shift.reshape((-1,) + (1,) * (y.ndim - 2)))
         ym = y * mask
         if self.conv is None:
             parts = (y.sum(0), mask.sum(0), mask.T @ x, ym.T @ x)
@@ -117,8 +118,5 @@ class LayerStats:
         ex, exy = self.sum_x / safe_c, self.sum_xy / safe_c
         ey = self.sum_y / self.n
         cov = exy - ex * ey[:, None]
-        # float64 residue of a difference of equal terms (identical samples) is no covariance: left in,
-        # the division by w^T cov (residue too) would blow it up to O(1) patterns
-        cov[np.abs(cov) <= NO_COVARIANCE * (np.abs(exy) + np.abs(ex * ey[:, None]))] = 0.0
         norm = np.einsum("kd,kd->k", np.asarray(w_kd, np.float64), cov)
         return cov / np.where(norm == 0, 1.0, norm)[:, None]

@@ -125,10 +125,42 @@ def test_all_zero_patterns_are_named_in_a_warning():
     assert all(a.any() for a in varied.arrays.values())
 
 
+def test_small_variation_around_a_large_mean_keeps_its_covariance():
+    """x = 1000 (1 + 1e-6 noise): the one-pass E[xy] - E[x]E[y] cancels almost all digits; y is shifted
+    by the first sample's before summing, so the patterns match a two-pass float64 reference (both x
+    and y centred) on the same float32 x and y, to 1e-6 (measured 2e-10; unshifted sums: 2e-4)."""
+    import onnxruntime as ort
+    m, w, _ = nets.dense()
+    x = (1000 * (1 + 1e-6 * RNG.standard_normal((500, 5)))).astype(np.float32)
+    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    cov = ((xd - xd.mean(0))[:, None, :] * (yd - yd.mean(0))[:, :, None]).mean(0)
+    want = cov / np.einsum("kd,kd->k", w.astype(np.float64), cov)[:, None]
+    got = fit_patterns(m, x, "linear", batch_size=500, progress=False).arrays["dense"]
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
 def test_patterns_that_overflow_are_refused_naming_the_layer():
     """Finite data whose layer outputs overflow float32 give no patterns file of NaNs: a DataError."""
     m, _, _ = nets.dense()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no numpy warnings on the way
-        with pytest.raises(DataError, match="patterns of layer 'dense' are not finite"):
+        with pytest.raises(DataError, match="patterns of layer 'dense' are not finite: its input or output overflows"):
             fit_patterns(m, np.full((4, 5), 3e38, np.float32), "linear", progress=False)
+
+
+def test_patterns_beyond_a_float16_layer_range_are_refused():
+    """Patterns do not scale with the data; a float16 layer whose pattern exceeds 65504 (a near-difference
+    filter on strongly correlated inputs) is refused naming the dtype, not saved as inf."""
+    w = np.array([[1.0, 1e-3], [1.0, -0.99e-3]], np.float16)
+    h, f16 = onnx.helper, onnx.TensorProto.FLOAT16
+    m = h.make_model(h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "net",
+                                  [h.make_tensor_value_info("x", f16, ["N", 2])], [h.make_tensor_value_info("y", f16, ["N", 2])],
+                                  [onnx.numpy_helper.from_array(w, "w")]), opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    z = RNG.standard_normal((2000, 1))
+    x = (z + 1e-3 * RNG.standard_normal((2000, 2))).astype(np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="'fc' are not finite: they exceed the range of the layer's float16"):
+            fit_patterns(m, x, "linear", progress=False)
