@@ -125,7 +125,12 @@ def _as_input(X, arg) -> np.ndarray:
     dtype = _NP.get(arg.type, np.float32)
     if np.dtype(dtype).kind == "i" and X.dtype.kind == "f":
         raise DataError(f"input '{arg.name}' expects integers ({arg.type}), got {X.dtype} data")
-    X = X.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # an overflowing cast is reported below, not by numpy
+        cast = X.astype(dtype, copy=False)
+    if cast.dtype.kind == "f" and cast.dtype != X.dtype and (np.isfinite(X) & ~np.isfinite(cast)).any():
+        raise DataError(f"input '{arg.name}' is {np.dtype(dtype).name}, and the data holds values beyond its "
+                        f"range (largest magnitude {float(np.abs(X).max()):.4g}); they would become inf")
+    X = cast
     if len(arg.shape) != X.ndim:
         raise DataError(f"input '{arg.name}' expects rank {len(arg.shape)} {list(arg.shape)}, got shape {list(X.shape)}")
     for want, got in zip(arg.shape, X.shape):

@@ -28,6 +28,7 @@ def test_target_out_of_range_or_of_the_wrong_count(model_path, x_path, capsys, t
     (np.ones((2, 6), np.complex64), ["dtype", "complex64"]),
     (np.ones((2, 6, 1), np.float32), ["rank", "[2, 6, 1]"]),
     (np.ones((0, 6), np.float32), ["[0, 6]", "no values"]),
+    (np.full((2, 6), 1e39), ["float32", "beyond its range", "1e+39"]),  # would become inf in the cast
 ])
 def test_data_whose_dtype_or_shape_does_not_fit(tmp_path, model_path, capsys, array, words):
     np.save(tmp_path / "d.npy", array)
