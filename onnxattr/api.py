@@ -127,9 +127,12 @@ def _as_input(X, arg) -> np.ndarray:
         raise DataError(f"input '{arg.name}' expects integers ({arg.type}), got {X.dtype} data")
     with np.errstate(over="ignore"):  # an overflowing cast is reported below, not by numpy
         cast = X.astype(dtype, copy=False)
-    if cast.dtype.kind == "f" and cast.dtype != X.dtype and (np.isfinite(X) & ~np.isfinite(cast)).any():
+    overflow = np.isfinite(X) & ~np.isfinite(cast) if cast.dtype.kind == "f" and cast.dtype != X.dtype else None
+    if overflow is not None and overflow.any():
+        worst = np.abs(X[overflow].astype(np.longdouble)).max()  # longdouble: no int wrap-around, no inf
         raise DataError(f"input '{arg.name}' is {np.dtype(dtype).name}, and the data holds values beyond its "
-                        f"range (largest magnitude {float(np.abs(X).max()):.4g}); they would become inf")
+                        f"range (largest magnitude {np.format_float_scientific(worst, precision=3, trim='-')}); "
+                        "they would become inf")
     X = cast
     if len(arg.shape) != X.ndim:
         raise DataError(f"input '{arg.name}' expects rank {len(arg.shape)} {list(arg.shape)}, got shape {list(X.shape)}")

@@ -7,7 +7,7 @@ positive half of the two-component estimator A_{+-}) the sums kept, in float64, 
 
     n = #pairs,  Σ y'_k,  c_k = Σ m_k,  Σ m_k x,  Σ m_k y'_k x      (y'_k = y_k - t_k)
 
-with t_k the first sample's (mean) y_k, and the pattern of unit k is
+with t_k the first sample's y_k (for a convolution its mean over positions), and the pattern of unit k is
 
     cov_k = Σ m_k y'_k x / c_k - (Σ m_k x / c_k) · (Σ y'_k / n)    (E_m[x y] - E_m[x] E[y])
     a_k   = cov_k / (w_k^T cov_k)                                  (so that w_k^T a_k = 1)
@@ -90,6 +90,8 @@ class LayerStats:
             self._add(x[i:i + step].astype(np.float64), y[i:i + step].astype(np.float64))
 
     def _add(self, x, y):
+        if y.shape[0] == 0:
+            return
         mask = (y > 0).astype(np.float64) if self.pattern_type == "relu" else np.ones_like(y)
         if self.shift is None:
             self.shift = y[0] if self.conv is None else y[0].reshape(y.shape[1], -1).mean(1)

@@ -28,7 +28,8 @@ def test_target_out_of_range_or_of_the_wrong_count(model_path, x_path, capsys, t
     (np.ones((2, 6), np.complex64), ["dtype", "complex64"]),
     (np.ones((2, 6, 1), np.float32), ["rank", "[2, 6, 1]"]),
     (np.ones((0, 6), np.float32), ["[0, 6]", "no values"]),
-    (np.full((2, 6), 1e39), ["float32", "beyond its range", "1e+39"]),  # would become inf in the cast
+    (np.full((2, 6), 1e39), ["float32", "beyond its range", "magnitude 1e+39)"]),  # would become inf in the cast
+    (np.array([[np.nan, -3e39, 1, 2, 3, 4]] * 2), ["float32", "beyond its range", "magnitude 3e+39)"]),  # NaN is not it
 ])
 def test_data_whose_dtype_or_shape_does_not_fit(tmp_path, model_path, capsys, array, words):
     np.save(tmp_path / "d.npy", array)
