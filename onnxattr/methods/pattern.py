@@ -16,9 +16,12 @@ initializers; BatchNorm and bias followers are fused into their layer, so they p
 
 from __future__ import annotations
 
+import warnings
+
 from onnxattr.compiler import reverse_pass
 from onnxattr.errors import PatternError
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
+from onnxattr.pattern.fit import DegeneratePatternWarning
 from onnxattr.pattern.layers import model_digest, pattern_layers, weight
 from onnxattr.pattern.stats import PATTERN_TYPES
 from onnxattr.pattern.store import Patterns, load_patterns
@@ -63,19 +66,26 @@ def _builder(attribution: bool):
         b = t.b
         patterns.check(model_digest(t.nodes, b), p["pattern_type"])
         layers = pattern_layers(b, t.nodes, t.x, t.y)
-        steps = {}
+        steps, zero = {}, []
         for name, unit in layers.items():
             w = weight(b, unit)
             a = patterns.arrays.get(name)
             if a is None or a.shape != w.shape:
                 raise PatternError(f"the patterns have no {'entry' if a is None else 'matching shape'} "
                                    f"for layer '{name}' {list(w.shape)}: fit them on this model and output")
+            if not a.any():
+                zero.append(name)
             used = (a * w if attribution else a).astype(w.dtype)
             steps[name] = _layer_step(unit, b.const(used, w.dtype, "pattern"))
             t.assignment[name] = (label, unit.kind)
             for f in unit.followers:
                 steps[f.name] = _pass
                 t.assignment[f.name] = ("pass", f"fused into {name}")
+        if zero:
+            warnings.warn(f"the patterns of {len(zero)} of {len(layers)} layers are all zero "
+                          f"({', '.join(repr(n) for n in zero[:5])}{', ...' if len(zero) > 5 else ''}): no "
+                          f"signal passes through them, so {method} maps are zero there; fit the patterns on "
+                          f"more, and more varied, data", DegeneratePatternWarning, stacklevel=2)
         seed = build_seed(b, t.y, t.neuron, "logit", t.index)
         r = reverse_pass(b, t.nodes, t.x, t.y, seed, lambda node: steps.get(node.name))
         return r if r is not None else b.zeros_like(t.x)

@@ -10,6 +10,8 @@ all samples in the A+- estimator, a = cov / (w^T cov), pattern (PatternNet) or p
 (PatternAttribution) in place of the kernel, ReLU gradient mask, output value as the seed.
 """
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,6 +22,7 @@ from onnxattr.canonicalize import canonicalize
 from onnxattr.cli import main
 from onnxattr.errors import EXIT_CODES, PatternError
 from onnxattr.graph import GraphBuilder
+from onnxattr.pattern import DegeneratePatternWarning
 from onnxattr.pattern.layers import pattern_layers, to_kd, weight
 from tests.lrp.nets import resnet_like
 from tests.pattern import nets
@@ -120,3 +123,23 @@ def test_vgg_style_net_with_batchnorm():
     assert [r[2] for r in rows if r[1] == "BatchNormalization"] == ["pass"]
     r = an.analyze(x[:4])
     assert r.shape == (4, 2, 8, 8) and np.isfinite(r).all() and np.abs(r).max() > 0
+
+
+def test_all_zero_patterns_from_a_file_warn_when_compiled(tmp_path, capsys):
+    """Patterns fitted on one sample (all zero) and saved: compiling them warns again, naming the layers,
+    since the map is zero; on the command line as one warning line, exit code 0."""
+    m, _ = nets.two_layer()
+    with pytest.warns(DegeneratePatternWarning):
+        an = onnxattr.create_analyzer("pattern.net", m).fit(X[:1], progress=False)
+    an.save_patterns(tmp_path / "zero.npz")
+    with pytest.warns(DegeneratePatternWarning, match=r"2 of 2 layers are all zero \('fc1', 'fc2'\).*pattern.net"):
+        onnxattr.compile(m, "pattern.net", patterns=str(tmp_path / "zero.npz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # patterns from varied data: no warning
+        onnxattr.create_analyzer("pattern.net", m).fit(X, progress=False).analyze(X[:2])
+    onnx.save(m, tmp_path / "m.onnx")
+    capsys.readouterr()
+    assert main(["compile", str(tmp_path / "m.onnx"), "-m", "pattern.attribution", "--patterns",
+                 str(tmp_path / "zero.npz"), "-o", str(tmp_path / "z.onnx")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onnxattr: warning: ") and "pattern.attribution" in err[0], err
