@@ -5,6 +5,9 @@ The exit codes are part of the documented contract (README, "Exit codes").
 """
 
 import contextlib
+import os
+import sys
+import warnings
 
 
 class OnnxAttrError(Exception):
@@ -18,6 +21,18 @@ class OnnxAttrWarning(RuntimeWarning):
     one line, and exits with ``exit_code`` when a warnings filter turns one into an error."""
 
     exit_code = 1
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str, category: type[OnnxAttrWarning]) -> None:
+    """Warn at the caller's line outside onnxattr (where the user called the API), whatever the depth
+    inside the package, so that the location is theirs and module filters match."""
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is warn's caller
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE + os.sep):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)
 
 
 class UsageError(OnnxAttrError):

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxattr.errors import DataError, InvalidModelError, OnnxAttrWarning, UnsupportedModelError, UsageError
+from onnxattr.errors import DataError, InvalidModelError, OnnxAttrWarning, UnsupportedModelError, UsageError, warn
 
 DEVICES = {
     "cpu": ["CPUExecutionProvider"],
@@ -88,7 +88,7 @@ class Runner:
                 f"asked for {', '.join(dropped)} but onnxruntime runs this model on "
                 f"{', '.join(self.providers)} (available here: {', '.join(ort.get_available_providers())})"
             )
-            warnings.warn(self.fallback, ProviderFallbackWarning, stacklevel=2)
+            warn(self.fallback, ProviderFallbackWarning)
 
     def run(self, feeds: dict, names=None) -> list[np.ndarray]:
         """The outputs ``names`` (all by default) for ``feeds``; onnxruntime's failures on this input

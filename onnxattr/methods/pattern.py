@@ -16,10 +16,8 @@ initializers; BatchNorm and bias followers are fused into their layer, so they p
 
 from __future__ import annotations
 
-import warnings
-
 from onnxattr.compiler import reverse_pass
-from onnxattr.errors import PatternError
+from onnxattr.errors import PatternError, warn
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
 from onnxattr.pattern.fit import DegeneratePatternWarning
 from onnxattr.pattern.layers import model_digest, pattern_layers, weight
@@ -82,10 +80,10 @@ def _builder(attribution: bool):
                 steps[f.name] = _pass
                 t.assignment[f.name] = ("pass", f"fused into {name}")
         if zero:
-            warnings.warn(f"the patterns of {len(zero)} of {len(layers)} layers are all zero "
+            warn(f"the patterns of {len(zero)} of {len(layers)} layers are all zero "
                           f"({', '.join(repr(n) for n in zero[:5])}{', ...' if len(zero) > 5 else ''}): no "
                           f"signal passes through them, so {method} maps are zero there; fit the patterns on "
-                          f"more, and more varied, data", DegeneratePatternWarning, stacklevel=2)
+                          f"more, and more varied, data", DegeneratePatternWarning)
         seed = build_seed(b, t.y, t.neuron, "logit", t.index)
         r = reverse_pass(b, t.nodes, t.x, t.y, seed, lambda node: steps.get(node.name))
         return r if r is not None else b.zeros_like(t.x)

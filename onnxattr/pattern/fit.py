@@ -9,7 +9,6 @@ never on the number of samples. Batches are visited in order: the result is dete
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import onnx
@@ -17,7 +16,7 @@ from onnx import helper
 from tqdm import tqdm
 
 from onnxattr.canonicalize import canonicalize
-from onnxattr.errors import DataError, OnnxAttrWarning, naming_the_model
+from onnxattr.errors import DataError, OnnxAttrWarning, naming_the_model, warn
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import check_input_model, load_model, model_label
 from onnxattr.pattern.layers import conv_geometry, from_kd, model_digest, pattern_layers, to_kd, weight
@@ -123,8 +122,8 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
         seen = "this sample" if samples == 1 else f"these {samples} samples"
         why = ("the layers were never active or their outputs did not vary" if pattern_type == "relu"
                else "the layers' outputs did not vary")
-        warnings.warn(f"{label}: the patterns of {len(zero)} of {len(layers)} layers are all zero "
+        warn(f"{label}: the patterns of {len(zero)} of {len(layers)} layers are all zero "
                       f"({', '.join(repr(n) for n in zero[:5])}{', ...' if len(zero) > 5 else ''}): on {seen} "
                       f"{why}, and pattern.net/pattern.attribution maps will be zero there; fit on more, and "
-                      "more varied, data", DegeneratePatternWarning, stacklevel=2)
+                      "more varied, data", DegeneratePatternWarning)
     return Patterns(digest, pattern_type, arrays, samples)

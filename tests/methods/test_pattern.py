@@ -143,3 +143,12 @@ def test_all_zero_patterns_from_a_file_warn_when_compiled(tmp_path, capsys):
                  str(tmp_path / "zero.npz"), "-o", str(tmp_path / "z.onnx")]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("onnxattr: warning: ") and "pattern.attribution" in err[0], err
+
+
+def test_warnings_point_at_the_callers_line():
+    """onnxattr's warnings are located at the user's call, not inside the package (module filters match)."""
+    m, _ = nets.two_layer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        onnxattr.create_analyzer("pattern.net", m).fit(X[:1], progress=False)
+    assert [w.filename for w in caught if w.category is DegeneratePatternWarning] == [__file__]
