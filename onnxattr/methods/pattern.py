@@ -19,7 +19,7 @@ from __future__ import annotations
 from onnxattr.compiler import reverse_pass
 from onnxattr.errors import PatternError, warn
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
-from onnxattr.pattern.fit import DegeneratePatternWarning
+from onnxattr.pattern.fit import DegeneratePatternWarning, all_zero
 from onnxattr.pattern.layers import model_digest, pattern_layers, weight
 from onnxattr.pattern.stats import PATTERN_TYPES
 from onnxattr.pattern.store import Patterns, load_patterns
@@ -80,10 +80,8 @@ def _builder(attribution: bool):
                 steps[f.name] = _pass
                 t.assignment[f.name] = ("pass", f"fused into {name}")
         if zero:
-            warn(f"the patterns of {len(zero)} of {len(layers)} layers are all zero "
-                          f"({', '.join(repr(n) for n in zero[:5])}{', ...' if len(zero) > 5 else ''}): no "
-                          f"signal passes through them, so {method} maps are zero there; fit the patterns on "
-                          f"more, and more varied, data", DegeneratePatternWarning)
+            warn(f"{all_zero(zero, len(layers))}: no signal passes through them, so {method} maps are zero "
+                 "there; fit the patterns on more, and more varied, data", DegeneratePatternWarning)
         seed = build_seed(b, t.y, t.neuron, "logit", t.index)
         r = reverse_pass(b, t.nodes, t.x, t.y, seed, lambda node: steps.get(node.name))
         return r if r is not None else b.zeros_like(t.x)

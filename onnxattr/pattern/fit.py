@@ -33,6 +33,12 @@ class DegeneratePatternWarning(OnnxAttrWarning):
     exit_code = 7  # as an error: a problem of the data
 
 
+def all_zero(names: list, total: int) -> str:
+    """'the patterns of 2 of 5 layers are all zero ('fc1', 'fc2')', at most five names listed."""
+    listed = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"the patterns of {len(names)} of {total} layers are all zero ({listed})"
+
+
 def statistics_model(canon: onnx.ModelProto, b: GraphBuilder, names) -> onnx.ModelProto:
     """A copy of ``canon`` that also outputs the tensors ``names``."""
     stats = onnx.ModelProto()
@@ -122,8 +128,6 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
         seen = "this sample" if samples == 1 else f"these {samples} samples"
         why = ("the layers were never active or their outputs did not vary" if pattern_type == "relu"
                else "the layers' outputs did not vary")
-        warn(f"{label}: the patterns of {len(zero)} of {len(layers)} layers are all zero "
-                      f"({', '.join(repr(n) for n in zero[:5])}{', ...' if len(zero) > 5 else ''}): on {seen} "
-                      f"{why}, and pattern.net/pattern.attribution maps will be zero there; fit on more, and "
-                      "more varied, data", DegeneratePatternWarning)
+        warn(f"{label}: {all_zero(zero, len(layers))}: on {seen} {why}, and pattern.net/pattern.attribution "
+             "maps will be zero there; fit on more, and more varied, data", DegeneratePatternWarning)
     return Patterns(digest, pattern_type, arrays, samples)

@@ -73,7 +73,7 @@ class LayerStats:
             raise ValueError(pattern_type)
         self.pattern_type, self.conv = pattern_type, conv
         self.n = 0.0
-        self.shift = None  # t_k: the first sample's (mean) y_k
+        self.shift = None  # t_k: the first sample's y_k (a convolution's: its mean over positions)
         self.sum_y = self.count = self.sum_x = self.sum_xy = None
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
