@@ -165,7 +165,8 @@ def sample_loop(
     declared = _body_shapes(cb, x, [points] + [o for n in cb.nodes[first:] for o in n.output])
     if per_sample is not None:
         grad = per_sample(cb, grad, points)
-    stacked = cb.op("Reshape", [grad, cb.op("Concat", [cb.ints([-1]), cb.op("Shape", [x])], axis=0)])
+    # [count, N, ...] by the count, not -1, and a 0 in it is a size (allowzero): a batch of 0 samples
+    stacked = cb.op("Reshape", [grad, cb.op("Concat", [count, cb.op("Shape", [x])], axis=0)], allowzero=1)
     acc_out = cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)])
     cond_out = cb.op("Identity", [cond_in])
 
