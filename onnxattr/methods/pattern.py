@@ -19,10 +19,9 @@ from __future__ import annotations
 from onnxattr.compiler import reverse_pass
 from onnxattr.errors import PatternError, warn
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
-from onnxattr.pattern.fit import DegeneratePatternWarning, all_zero
 from onnxattr.pattern.layers import model_digest, pattern_layers, weight
 from onnxattr.pattern.stats import PATTERN_TYPES
-from onnxattr.pattern.store import Patterns, load_patterns
+from onnxattr.pattern.store import DegeneratePatternWarning, Patterns, all_zero, load_patterns
 from onnxattr.select import build_seed
 
 

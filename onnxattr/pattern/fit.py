@@ -16,27 +16,14 @@ from onnx import helper
 from tqdm import tqdm
 
 from onnxattr.canonicalize import canonicalize
-from onnxattr.errors import DataError, OnnxAttrWarning, naming_the_model, warn
+from onnxattr.errors import DataError, naming_the_model, warn
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import check_input_model, load_model, model_label
 from onnxattr.pattern.layers import conv_geometry, from_kd, model_digest, pattern_layers, to_kd, weight
 from onnxattr.pattern.stats import LayerStats
-from onnxattr.pattern.store import Patterns
+from onnxattr.pattern.store import DegeneratePatternWarning, Patterns, all_zero
 from onnxattr.runtime import Runner
 from onnxattr.select import choose_input, choose_output
-
-
-class DegeneratePatternWarning(OnnxAttrWarning):
-    """A layer's patterns are all zero: the data never activated it or gave it no covariance (one
-    sample, constant inputs), so PatternNet/PatternAttribution pass no signal through it."""
-
-    exit_code = 7  # as an error: a problem of the data
-
-
-def all_zero(names: list, total: int) -> str:
-    """'the patterns of 2 of 5 layers are all zero ('fc1', 'fc2')', at most five names listed."""
-    listed = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
-    return f"the patterns of {len(names)} of {total} layers are all zero ({listed})"
 
 
 def statistics_model(canon: onnx.ModelProto, b: GraphBuilder, names) -> onnx.ModelProto:

@@ -1,6 +1,7 @@
 """Learned patterns: one array per layer (keyed by node name, in the layout of the layer's weight), the
 pattern_type they were learned with, and the sha256 of the model they belong to. Saved as .npz with a
-``__meta__`` entry (JSON); read back with allow_pickle=False."""
+``__meta__`` entry (JSON); read back with allow_pickle=False. Patterns that are all zero for a layer
+are reported (by fit and by the pattern methods) as a DegeneratePatternWarning, defined here."""
 
 from __future__ import annotations
 
@@ -11,11 +12,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxattr.errors import OutputFileError, PatternError
+from onnxattr.errors import OnnxAttrWarning, OutputFileError, PatternError
 from onnxattr.output import atomic_path
 
 FORMAT = "onnxattr.patterns/1"
 META = "__meta__"
+
+
+class DegeneratePatternWarning(OnnxAttrWarning):
+    """A layer's patterns are all zero: the data never activated it or gave it no covariance (one
+    sample, constant inputs), so PatternNet/PatternAttribution pass no signal through it."""
+
+    exit_code = 7  # as an error: a problem of the data
+
+
+def all_zero(names: list, total: int) -> str:
+    """'the patterns of 2 of 5 layers are all zero ('fc1', 'fc2')', at most five names listed."""
+    listed = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"the patterns of {len(names)} of {total} layers are all zero ({listed})"
 
 
 @dataclass
