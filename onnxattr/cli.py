@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import warnings
@@ -57,8 +58,33 @@ def _common(p, neuron=True):
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage mistakes become one-line UsageErrors (exit code 2), like every other error."""
 
+    hint = ""
+
     def error(self, message):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
+        raise UsageError(f"{message}{self.hint} (see `{self.prog} --help`)")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse, but an unknown option is named with the closest option of its command, also when
+        argparse stops first at a required option (``--ot`` for ``--out``)."""
+        argv = sys.argv[1:] if args is None else list(args)
+        command = next((w for w in argv if w in self.commands), None)
+        known = [o for act in self.commands.get(command, self)._actions for o in act.option_strings
+                 if o.startswith("--")]
+        hints = {}
+        for word in argv:
+            name = word.split("=", 1)[0]
+            if name.startswith("--") and not any(k.startswith(name) for k in known):  # argparse takes prefixes
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                if close:
+                    hints[name] = close[0]
+        hint = "; did you mean " + ", ".join(
+            v if len(hints) == 1 else f"{v} for {k}" for k, v in hints.items()) + "?" if hints else ""
+        for p in (self, *self.commands.values()):
+            p.hint = hint
+        ns, extras = self.parse_known_args(argv, namespace)
+        if extras:
+            self.commands.get(command, self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     f.add_argument("-o", "--out", required=True, help="patterns .npz")
     sub.add_parser("methods", help="list methods, their parameters and defaults")
+    parser.commands = dict(sub.choices)
     return parser
 
 

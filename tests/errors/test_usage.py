@@ -96,3 +96,24 @@ def test_readme_documents_every_exit_code():
 
 def test_numpy_integers_count_as_integers(model_path):
     assert onnxattr.compile(model_path, "smoothgrad", augment_by_n=np.int64(3), seed=np.int32(4)) is not None
+
+
+@pytest.mark.parametrize("args,words", [
+    (["compile", "{m}", "--methd", "gradient", "-o", "{o}"], ["unrecognized arguments: --methd gradient",
+                                                             "did you mean --method?", "onnxattr compile --help"]),
+    (["compile", "{m}", "-m", "gradient", "--ot", "{o}"], ["required: -o/--out", "did you mean --out?"]),
+    (["explain", "{m}", "-m", "gradient", "--data", "{o}", "--heatmp={o}", "--graymp", "{o}"],
+     ["did you mean --heatmap for --heatmp, --graymap for --graymp?"]),
+    (["fit", "{m}", "-m", "pattern.net", "--data", "{o}", "-o", "{o}", "--batch-sise", "3"],
+     ["did you mean --batch-size?"]),
+    (["compile", "{m}", "-m", "gradient", "-o", "{o}", "--zzz"], ["unrecognized arguments: --zzz (see"]),
+])
+def test_unknown_options_name_the_closest_option_of_their_command(tmp_path, model_path, capsys, args, words):
+    """argparse's abbreviations stay accepted (--meth is --method); nothing is written."""
+    out = tmp_path / "o.onnx"
+    line = fails(capsys, "UsageError", *[a.format(m=model_path, o=out) for a in args])
+    for w in words:
+        assert w in line, line
+    assert not out.exists()
+    assert "did you mean" not in fails(capsys, "UsageError", "compile", model_path, "--zzz")
+    assert main(["compile", str(model_path), "--meth", "gradient", "-o", str(out)]) == 0
