@@ -66,7 +66,7 @@ class Method:
                 try:
                     value = None if value.lower() in ("none", "null") else p.parse(value)
                 except (TypeError, ValueError):
-                    expects = _EXPECTS.get(getattr(p.parse, "__name__", ""), "")
+                    expects = _EXPECTS.get(p.parse, "")
                     raise UsageError(f"{self.name}: parameter {key}={value!r} is not a valid value{expects}") \
                         from None
             if isinstance(value, np.integer):
@@ -81,8 +81,16 @@ class Method:
         return out
 
 
-_EXPECTS = {"float": " (expects a number)", "int": " (expects an integer)", "parse_int": " (expects an integer)",
-            "_optional_int": " (expects an integer or none)"}
+def parse_int(s: str) -> int:
+    return int(s)
+
+
+def parse_optional_int(s: str) -> int | None:
+    return None if s.lower() in ("none", "") else int(s)
+
+
+_EXPECTS = {float: " (expects a number)", int: " (expects an integer)", parse_int: " (expects an integer)",
+            parse_optional_int: " (expects an integer or none)"}  # by parse function: the hint of a bad value
 
 
 def _basic_check(p: Param, value) -> str | None:
@@ -162,10 +170,6 @@ def one_of(*choices):
         return None if v in choices else f"must be one of {', '.join(map(str, choices))}"
 
     return check
-
-
-def parse_int(s: str) -> int:
-    return int(s)
 
 
 def reference_constant(b: GraphBuilder, x: str, value, what: str = "reference_inputs") -> str:

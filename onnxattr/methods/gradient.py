@@ -20,8 +20,8 @@ from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
 from onnxattr.errors import UnsupportedModelError
 from onnxattr.methods.base import (
-    Method, Param, Target, non_negative, one_of, optional_int, parse_int, positive_int, reference_constant,
-    register_method,
+    Method, Param, Target, non_negative, one_of, optional_int, parse_int, parse_optional_int, positive_int,
+    reference_constant, register_method,
 )
 from onnxattr.sampling import sample_loop
 from onnxattr.select import build_seed
@@ -176,11 +176,7 @@ def build_random(t, p):
     return t.b.zeros_like(t.x) if noise is None else noise
 
 
-def _optional_int(s):
-    return None if s.lower() in ("none", "") else int(s)
-
-
-SEED = Param("seed", 0, "random seed of the noise (None: a new stream each session)", _optional_int,
+SEED = Param("seed", 0, "random seed of the noise (None: a new stream each session)", parse_optional_int,
              optional_int, optional=True)
 
 for _m in (
