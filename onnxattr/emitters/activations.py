@@ -91,16 +91,11 @@ def selu_vjp(b, node, grads, need):
 
 @register("Clip")
 def clip_vjp(b, node, grads, need):
-    """dx = g * [min <= x <= max] (bounds from inputs, or attributes before opset 11)."""
+    """dx = g * [min <= x <= max] (bounds are inputs: canonicalize lifts models to opset 17)."""
     x, g = node.input[0], grads[0]
     mask = None
-    attrs = {a.name: a.f for a in node.attribute}
     lo = node.input[1] if len(node.input) > 1 and node.input[1] else None
     hi = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if lo is None and "min" in attrs:
-        lo = b.scalar(attrs["min"], x)
-    if hi is None and "max" in attrs:
-        hi = b.scalar(attrs["max"], x)
     if lo is not None:
         mask = b.op("GreaterOrEqual", [x, lo])
     if hi is not None:

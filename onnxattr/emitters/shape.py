@@ -137,16 +137,14 @@ def slice_vjp(b, node, grads, need):
 
 @register("Pad")
 def pad_vjp(b, node, grads, need):
-    """constant mode: Pad(g, -pads) crops what was added (and zero-fills what was cropped)."""
+    """constant mode: Pad(g, -pads) crops what was added (and zero-fills what was cropped); pads are an
+    input (canonicalize lifts models to opset 17)."""
     x, g = node.input[0], grads[0]
     mode = _attr(node, "mode", "constant")
     rest = [None] * (len(node.input) - 1)
     if mode != "constant":
         return [index_trick_vjp(b, node, x, g)] + rest
-    pads = node.input[1] if len(node.input) > 1 else None
-    if pads is None:  # opset < 11 stores pads as an attribute
-        neg = b.ints([-p for p in _attr(node, "pads")])
-        return [b.op("Pad", [g, neg])] + rest
+    pads = node.input[1]
     pv = b.value(pads)
     neg = b.ints(-pv) if pv is not None else b.op("Neg", [pads])
     axes = node.input[3] if len(node.input) > 3 and node.input[3] else ""
