@@ -6,6 +6,7 @@ it (``..``, absolute paths) and we additionally refuse symbolic links that point
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -173,16 +174,25 @@ def data_folder(proto: onnx.ModelProto, path: str) -> str:
 
 def model_files(path) -> list[str]:
     """The files reading the model at ``path`` uses: the model file and its external data files (their
-    real paths; nothing for a path that is not a readable ONNX file). Parses the file without its data."""
+    real paths; nothing for a path that is not a readable ONNX file). Parses the file without its data,
+    once per version of the file (a command checks each of its outputs against the model)."""
     path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    return list(_model_files(path, os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _model_files(path, real, inode, size, mtime_ns) -> tuple[str, ...]:
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception:  # noqa: BLE001 - not a model: load_model reports that, here nothing more is read
-        return [os.path.realpath(path)] if os.path.isfile(path) else []
+        return (real,) if os.path.isfile(path) else ()
     folder = data_folder(proto, path)
-    files = [os.path.realpath(path)] + [os.path.realpath(os.path.join(folder, loc))
-                                        for _, loc in _external_locations(proto)]
-    return list(dict.fromkeys(files))
+    files = [real] + [os.path.realpath(os.path.join(folder, loc)) for _, loc in _external_locations(proto)]
+    return tuple(dict.fromkeys(files))
 
 
 def check_input_model(model: onnx.ModelProto, label: str) -> None:

@@ -7,7 +7,8 @@ import onnx
 import pytest
 
 from onnxattr.errors import InvalidModelError, ModelFileError
-from onnxattr.load import check_input_model, load_model
+from onnxattr import load
+from onnxattr.load import check_input_model, load_model, model_files
 from tests.models import mlp
 
 
@@ -111,3 +112,19 @@ def test_non_utf8_text_is_found_wherever_it_is(tmp_path, token, field):
     bad.write_bytes(data[:pos] + b"\xbf" + data[pos + 1:])
     with pytest.raises(ModelFileError, match=f"field {field} is not UTF-8"):
         load_model(bad)
+
+
+def test_model_files_parses_each_version_of_a_model_once(tmp_path, monkeypatch):
+    """A command checks each output against the model's files: one parse per version of the file."""
+    m, _ = mlp()
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path, save_as_external_data=True, location="m.data", size_threshold=0)
+    parses = []
+    real_load = onnx.load
+    monkeypatch.setattr(load.onnx, "load", lambda *a, **k: parses.append(a) or real_load(*a, **k))
+    expected = [os.path.realpath(path), os.path.realpath(tmp_path / "m.data")]
+    assert model_files(path) == expected and model_files(str(path)) == expected and len(parses) == 1
+    onnx.save(mlp()[0], path)  # a new version, weights inside
+    os.utime(path, ns=(1, 1))
+    assert model_files(path) == [os.path.realpath(path)] and len(parses) == 2
+    assert model_files(tmp_path / "none.onnx") == [] and model_files(tmp_path) == []
