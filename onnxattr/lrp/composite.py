@@ -296,7 +296,7 @@ def _add_split(style, relu_of):
 def _unit_step(unit: Unit, rule, relu_of):
     def step(b, node, grads, need):
         out = [None] * len(node.input)
-        out[0] = R.apply_rule(b, unit, rule, grads[0], _positive_part(b, grads[0], unit.out, relu_of))
+        out[1 if unit.left else 0] = R.apply_rule(b, unit, rule, grads[0], _positive_part(b, grads[0], unit.out, relu_of))
         return out
 
     return step

@@ -1,6 +1,7 @@
 """Linear units: the nodes LRP rules act on, with their parameters and their two linear maps.
 
-A unit is a node computing z = W x + b (Conv, ConvTranspose, Gemm, MatMul with a constant operand, a
+A unit is a node computing z = W x + b (Conv, ConvTranspose, Gemm, MatMul with a constant operand
+on either side: x W, or W x for a 2-D W that mixes x's rows, as a graph convolution's A X does; a
 standalone BatchNormalization as a per-channel scale) or a parameter-free linear map (AveragePool,
 GlobalAveragePool). A BatchNormalization right after a Conv/Gemm/MatMul, and a constant bias Add right
 after a bias-free one, are fused into it with the exact fold (W' = W s, b' = (b - mean) s + beta with
@@ -39,6 +40,7 @@ class Unit:
     cache: dict = field(default_factory=dict)
     nonneg: bool = False    # x >= 0 by construction (a Relu output, pooled/reshaped): x+ = x, x- = 0
     out_has_bias: bool = True  # False when the bias is added after a reshape (Conv1D from tf2onnx)
+    left: bool = False      # MatMul(W, x): the constant 2-D weight is the left operand (z = W x)
 
     # ---- the two linear maps ------------------------------------------------------------------
     def forward(self, b, x, w, bias):
@@ -56,6 +58,8 @@ class Unit:
             return b.op("Gemm", [x, w] + ([bias] if bias else []), transB=tb)
         if self.kind == "norm":
             z = b.op("Mul", [x, w])
+        elif self.left:
+            z = b.op("MatMul", [w, x])
         else:
             z = b.op("MatMul", [x, w])
         return b.op("Add", [z, bias]) if bias else z
@@ -75,6 +79,13 @@ class Unit:
             return out
         if self.kind == "norm":
             return b.op("Mul", [g, w])
+        if self.left:  # dx = W^T g (W^T folded at compile time for a constant W)
+            wv = b.value(w)
+            wt = b.op("Transpose", [w], perm=[1, 0]) if wv is None else \
+                b.const(np.ascontiguousarray(wv.T), wv.dtype, "wT")
+            out = b.op("MatMul", [wt, g])
+            b.set_info(out, self.x)
+            return out
         return matmul_input_vjp(b, n, g, w, self.x)
 
 
@@ -153,9 +164,15 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
             continue
         w_name = n.input[1]
         if n.op_type == "MatMul":
-            varies = w_name == x or producer.get(w_name) in on_path
-            if varies or b.value(n.input[0]) is not None:
-                continue  # two activations (AttnLRP territory), or the weight on the left: not a layer
+            varies = [i == x or producer.get(i) in on_path for i in n.input]
+            if varies == [False, True]:  # W x: a layer for a 2-D W (a bias after it stays a separate Add)
+                if b.rank(n.input[0]) == 2 and (b.rank(n.input[1]) or 0) >= 2:
+                    unit = Unit(n, n.input[1], n.output[0], "dense", n.input[0], None, left=True)
+                    unit.nonneg = unit.x in nonneg
+                    units[n.name] = unit
+                continue
+            if varies[1]:
+                continue  # two activations (AttnLRP territory): not a layer
             unit = Unit(n, n.input[0], n.output[0], "dense", w_name, None)
         elif n.op_type == "Gemm":
             eff = _gemm_effective(b, n)

@@ -58,3 +58,40 @@ def test_deep_taylor_conserves_positive_logits_and_zeroes_negative_ones():
         # deep Taylor in iNNvestigate copies relevance into both branches of an Add (gradient), so the
         # sum grows there; it is still positive and finite
         assert np.all(np.isfinite(sums)) and np.all(sums[logit > 0] > 0)
+
+
+def gcn_like():
+    """Two graph-convolution layers A relu(A X W1) W2 (A a constant normalized adjacency, on the left of
+    its MatMul, symmetrically normalized), node mean, dense head; no biases. x: [N, 6 nodes, 4 features]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    adj = (rng.random((6, 6)) < 0.5).astype(np.float32) + np.eye(6, dtype=np.float32)
+    adj = np.maximum(adj, adj.T)
+    d = 1 / np.sqrt(adj.sum(1))
+    adj = (d[:, None] * adj * d[None, :]).astype(np.float32)  # D^-1/2 A D^-1/2: rows do not sum to 1
+    w1, w2, w3 = (rng.standard_normal(s).astype(np.float32) for s in ((4, 8), (8, 8), (8, 3)))
+    nodes = [helper.make_node("MatMul", ["A", "x"], ["ax"]), helper.make_node("MatMul", ["ax", "W1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["a1"]), helper.make_node("MatMul", ["a1", "W2"], ["h2"]),
+             helper.make_node("MatMul", ["A", "h2"], ["ah2"]), helper.make_node("Relu", ["ah2"], ["a2"]),
+             helper.make_node("ReduceMean", ["a2", "axes"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "W3"], ["y"])]
+    for i, n in enumerate(nodes):
+        n.name = f"{n.op_type.lower()}{i}"
+    inits = [numpy_helper.from_array(a, n) for a, n in ((adj, "A"), (w1, "W1"), (w2, "W2"), (w3, "W3"),
+                                                          (np.array([1], np.int64), "axes"))]
+    g = helper.make_graph(nodes, "gcn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("method", ["lrp.z", "lrp.z_IB", "lrp.epsilon_IB"])
+def test_graph_convolutions_conserve_relevance(method):
+    """The adjacency products A X are layers of their own (weight on the left), so the z rule conserves
+    through them; the gradient route they had before (R_x = A^T R, which sums to R's sum only where A's
+    columns sum to 1) does not."""
+    x = np.random.default_rng(4).random((3, 6, 4)).astype(np.float32)
+    y, r = run(gcn_like(), method, x)
+    np.testing.assert_allclose(r.reshape(3, -1).sum(1), y.max(1), rtol=1e-4, atol=1e-5)
+    rows = {row[0]: row[2] for row in onnxattr.api.inspect(gcn_like(), method)}
+    assert rows["matmul0"] == rows["matmul4"] == rows["matmul1"] != "gradient", rows

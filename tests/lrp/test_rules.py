@@ -2,8 +2,8 @@
 contributions z_jk of input j to output k, R_j = sum_k z_jk / z_k R_k. The compiled graphs compute
 the same numbers through modified forwards and VJPs, a different route.
 
-One linear layer (dense MatMul+Add, a Gemm with alpha, beta and transB, or a Conv or strided
-ConvTranspose with bias turned into its explicit matrix), explained in
+One linear layer (dense MatMul+Add, a Gemm with alpha, beta and transB, a MatMul with the weight on
+the left, or a Conv or strided ConvTranspose with bias turned into its explicit matrix), explained in
 mode "all" with the logit seed, so R_out = z. Tolerance 1e-4 relative to the map's largest |value|:
 float32 against float64, with denominators bounded away from zero by the chosen inputs.
 """
@@ -88,7 +88,22 @@ def gemm_model():
     return m, 0.5 * w.T.astype(np.float64), 2.0 * c.astype(np.float64), (5,)
 
 
-LAYERS = {"dense": dense_model, "conv": conv_model, "conv_transpose": conv_transpose_model, "gemm": gemm_model}
+def left_matmul_model():
+    """MatMul(W, x) with the constant on the left (a graph convolution's A X): it mixes x's rows, each of
+    its 3 columns on its own; no bias. Explicit matrix from the basis inputs, as for the conv."""
+    w = RNG.standard_normal((4, 5)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["W", "x"], ["z"])], "left",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 3])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, 3])],
+        [numpy_helper.from_array(w, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    out = np.einsum("mk,jkf->jmf", w.astype(np.float64), np.eye(5 * 3).reshape(-1, 5, 3))
+    return m, out.reshape(out.shape[0], -1), np.zeros(4 * 3), (5, 3)
+
+
+LAYERS = {"dense": dense_model, "conv": conv_model, "conv_transpose": conv_transpose_model, "gemm": gemm_model,
+          "left_matmul": left_matmul_model}
 
 
 def safe(z, eps=1e-7):
@@ -254,16 +269,27 @@ def test_preset_epsilon_parameter_reaches_the_rule(preset, rule, tmp_path):
     ("lrp.flat", "flat", {}),
     ('style = "zennit"\n[layers]\ndefault = { rule = "gamma", gamma = 0.5 }', "gamma", {"gamma": 0.5}),
 ], ids=["alpha_2_beta_1", "w_square", "flat", "gamma"])
-def test_rules_on_weights_known_only_at_run_time(method, rule, opts, tmp_path):
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_rules_on_weights_known_only_at_run_time(method, rule, opts, side, tmp_path):
     """W fed as a second graph input (explaining x): W+, W-, W^2, ones and W + gamma W+ are computed in the
-    graph (Max/Min/Mul/ConstantOfShape) instead of at compile time, with the same map."""
-    _, w, b, shape = dense_model()
+    graph (Max/Min/Mul/ConstantOfShape) instead of at compile time, with the same map. ``left``: W x
+    without bias (a graph convolution's adjacency fed at run time), W^T transposed in the graph."""
+    if side == "right":
+        _, m, b, shape = dense_model()
+        w = m
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["z"])]
+        inits = [numpy_helper.from_array(b.astype(np.float32), "B")]
+        shapes = (["N", 5], [5, 4], ["N", 4])
+    else:
+        _, m, b, shape = left_matmul_model()
+        w = RNG.standard_normal((4, 5)).astype(np.float32).astype(np.float64)
+        m = np.einsum("mk,jkf->jmf", w, np.eye(5 * 3).reshape(-1, 5, 3)).reshape(15, -1)
+        nodes, inits, shapes = [helper.make_node("MatMul", ["W", "x"], ["z"])], [], (["N", 5, 3], [4, 5], ["N", 4, 3])
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["z"])], "dense",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5]),
-         helper.make_tensor_value_info("W", TensorProto.FLOAT, [5, 4])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(b.astype(np.float32), "B")])
+        nodes, "runtime_w",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shapes[0]),
+         helper.make_tensor_value_info("W", TensorProto.FLOAT, shapes[1])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, shapes[2])], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     key = method
     if not method.startswith("lrp."):
@@ -271,9 +297,9 @@ def test_rules_on_weights_known_only_at_run_time(method, rule, opts, tmp_path):
         (tmp_path / "rule.toml").write_text(method)
     rng = np.random.default_rng(3)
     for _ in range(200):  # inputs whose denominators stay away from 0: a fair float32 comparison
-        x = rng.standard_normal((3, 5)).astype(np.float32)
+        x = rng.standard_normal((3,) + shape).astype(np.float32)
         DENOMINATORS.clear()
-        want = reference(rule, x, w, b, opts)
+        want = reference(rule, x, m, b, opts).reshape(x.shape)
         if min(np.abs(d).min() for d in DENOMINATORS) > 0.05:
             break
     else:
