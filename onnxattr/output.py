@@ -29,13 +29,14 @@ def refuse_overwriting_input(out_path: str, *inputs, models=()) -> None:
     models = [m for m in models if isinstance(m, (str, os.PathLike))]  # not a ModelProto
     for p in inputs + models:
         if os.path.exists(p) and os.path.realpath(p) == out_real:
-            raise OutputFileError(f"{out_path}: the output would overwrite the input {p}; choose another -o")
+            raise OutputFileError(f"{out_path}: the output would overwrite the input {p}; choose another "
+                                  "output path")
     if not os.path.exists(out_real):
         return
     for m in models:  # only an existing file can be an external data file of an input model
         if out_real in model_files(m)[1:]:
             raise OutputFileError(f"{out_path}: the output would overwrite the external data of the input "
-                                  f"{m}; choose another -o")
+                                  f"{m}; choose another output path")
 
 
 def destination_folder(path: str) -> str:

@@ -16,7 +16,7 @@ from onnx import helper
 from tqdm import tqdm
 
 from onnxattr.canonicalize import canonicalize
-from onnxattr.errors import DataError, naming_the_model, warn
+from onnxattr.errors import DataError, UsageError, naming_the_model, warn
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import check_input_model, load_model, model_label
 from onnxattr.pattern.layers import conv_geometry, from_kd, model_digest, pattern_layers, to_kd, weight
@@ -63,8 +63,9 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
     (``label``: the model's name in messages; its path by default)."""
     from onnxattr.api import _as_input  # the same input checks as analyze()
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
     proto = load_model(model)
     label = label or model_label(model)
     with naming_the_model(label):

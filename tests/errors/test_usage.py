@@ -117,3 +117,14 @@ def test_unknown_options_name_the_closest_option_of_their_command(tmp_path, mode
     assert not out.exists()
     assert "did you mean" not in fails(capsys, "UsageError", "compile", model_path, "--zzz")
     assert main(["compile", str(model_path), "--meth", "gradient", "-o", str(out)]) == 0
+
+
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_fit_batch_size_must_be_positive_as_a_usage_error(tmp_path, model_path, capsys, size):
+    """A bad option value is usage (2), like --batch-size x, not a problem with the data (7)."""
+    np.save(tmp_path / "x.npy", np.ones((4, 6), np.float32))
+    line = fails(capsys, "UsageError", "fit", model_path, "-m", "pattern.net", "--data", tmp_path / "x.npy",
+                 "--batch-size", size, "-o", tmp_path / "p.npz")
+    assert "batch_size must be a positive integer" in line and not (tmp_path / "p.npz").exists()
+    with pytest.raises(onnxattr.errors.UsageError, match="positive integer"):
+        onnxattr.create_analyzer("pattern.net", model_path).fit(np.ones((4, 6), np.float32), batch_size=True)
