@@ -91,6 +91,22 @@ def test_sampling_methods_run_in_onnxruntime(dtype, tol):
         np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max(), err_msg=method)
 
 
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-5), ("float16", 1e-2)])
+@pytest.mark.parametrize("method,params", [("smoothgrad", {"noise_scale": 0.5, "augment_by_n": 4}),
+                                           ("random", {})])
+def test_noise_is_the_same_in_every_float_type(dtype, tol, method, params):
+    """The same seed draws the same float32 noise in a float16/float64 export, so the maps match."""
+    base = mlp()[0]
+    x = np.random.default_rng(2).standard_normal((3, 6))
+
+    def run(model, x):
+        compiled = onnxattr.compile(model, method, seed=5, **params)
+        return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+
+    got, want = run(as_type(base, dtype), x.astype(TYPES[dtype][0])), run(base, x.astype(np.float32))
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+
+
 def test_bfloat16_is_refused_by_name():
     """bfloat16 cannot be compiled (no bfloat16 ConstantOfShape before opset 20): a clear error, not an
     internal one."""

@@ -157,7 +157,9 @@ def build_smoothgrad(t, p):
 
     def points(cb, x_, k, count):
         tiled = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
-        noise = _gaussian(cb, tiled, p["noise_scale"], p["seed"], cb.float_type(x_))
+        noise = _gaussian(cb, tiled, p["noise_scale"], p["seed"], TensorProto.FLOAT)
+        if noise is not None and cb.float_type(x_) != TensorProto.FLOAT:  # one stream whatever the float type
+            noise = cb.op("Cast", [noise], to=cb.float_type(x_))
         return tiled if noise is None else cb.op("Add", [tiled, noise])
 
     def post(cb, g, pts):
@@ -176,7 +178,8 @@ def build_random(t, p):
     return t.b.zeros_like(t.x) if noise is None else noise
 
 
-SEED = Param("seed", 0, "random seed of the noise (None: a new stream each session)", parse_optional_int,
+SEED = Param("seed", 0, "random seed of the noise (None: onnxruntime's per-process seed; each new "
+             "session in one process starts the same stream)", parse_optional_int,
              optional_int, optional=True)
 
 for _m in (
