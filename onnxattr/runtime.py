@@ -30,8 +30,8 @@ def providers_for(device: str | None, providers=None) -> list:
     if device != "cpu" and wanted[0] not in ort.get_available_providers():
         raise UsageError(
             f"device '{device}' asked for, but this onnxruntime offers only "
-            f"{', '.join(ort.get_available_providers())}; install onnxattr[gpu] (onnxruntime-gpu) instead of "
-            "onnxruntime"
+            f"{', '.join(ort.get_available_providers())}; replace onnxruntime by onnxruntime-gpu (never both: "
+            "pip uninstall -y onnxruntime && pip install onnxruntime-gpu; see the README's GPU section)"
         )
     return wanted
 

@@ -45,7 +45,7 @@ def test_analyzer_with_a_fallback_still_explains_and_says_where_it_ran():
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available")
 def test_cuda_without_onnxruntime_gpu_is_a_clear_usage_error():
-    with pytest.raises(UsageError, match=r"device 'cuda' asked for.*onnxattr\[gpu\]"):
+    with pytest.raises(UsageError, match=r"device 'cuda' asked for.*pip uninstall -y onnxruntime && pip install onnxruntime-gpu"):
         Runner(onnx.load(MODEL), "cuda")
 
 
