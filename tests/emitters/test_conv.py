@@ -53,6 +53,7 @@ CONVT_CASES = [
     ((1, 3, 6), (3, 2, 4), {"strides": [2], "pads": [1, 1]}),
     ((1, 2, 4, 4), (2, 3, 3, 3), {"strides": [2, 2], "output_shape": [9, 9]}),
     ((1, 2, 4, 4), (2, 3, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    ((1, 2, 4, 4), (2, 3, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),  # odd total pad: differs
 ]
 
 
