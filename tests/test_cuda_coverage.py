@@ -60,14 +60,8 @@ def test_zoo_graphs(name):
 @pytest.mark.parametrize("name", ["opset_sweep_9", "opset_sweep_17", "yolov8n"])
 def test_op_sweep_graphs(name):
     """Graphs exercising most emitters (the opset sweeps: Clip, HardSigmoid, Resize, Upsample, ...),
-    with every method that applies to them."""
+    with every method (each compiles on all three; a compile error fails the test)."""
     model = onnx.load(os.path.join(THIRDPARTY, f"{name}.onnx"))
-    compiled = 0
     for method in METHODS:
-        try:
-            missing = appended_ops(model, method) - CUDA_FLOAT32
-        except onnxattr.OnnxAttrError:
-            continue  # e.g. a method that does not apply to this graph
-        compiled += 1
+        missing = appended_ops(model, method) - CUDA_FLOAT32
         assert not missing, f"{name} {method}: {sorted(missing)}"
-    assert compiled >= len(METHODS) // 2
