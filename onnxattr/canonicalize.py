@@ -41,8 +41,10 @@ def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     try:
         model = version_converter.convert_version(model, TARGET_OPSET)
     except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidModelError(
-            f"{label}: cannot upgrade opset {default_opset(model)} to {TARGET_OPSET}: {e}"
+            f"{label}: cannot upgrade opset {default_opset(model)} to {TARGET_OPSET}: "
+            f"{first.split('failed: ', 1)[-1]}"  # the converter's C++ assertion text, without its file:line
         ) from None
     model.ir_version = max(model.ir_version, 8)
     return model

@@ -198,6 +198,14 @@ def _model_files(path, real, inode, size, mtime_ns) -> tuple[str, ...]:
 def check_input_model(model: onnx.ModelProto, label: str) -> None:
     """onnx.checker on the user's model without its weights (light.light_model; their sizes are
     _check_tensor_sizes's job), skipped over 2 GB as protobuf cannot serialize more."""
+    unknown = [(i, n) for i, n in enumerate(model.graph.node)
+               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    if unknown:  # onnx.checker would only print a warning to stdout for the early experimental ops
+        listed = ", ".join(f"{n.op_type} (node {repr(n.name) if n.name else f'#{i}'})" for i, n in unknown[:5])
+        raise InvalidModelError(
+            f"{label}: {listed} {'is' if len(unknown) == 1 else 'are'} not an ONNX op that onnx "
+            f"{onnx.__version__} knows (an experimental op of early ONNX since removed, or a misspelt op); "
+            "replace it with standard ops and export again")
     light = checkable_copy(model)
     if light is None:
         return

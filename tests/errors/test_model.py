@@ -57,6 +57,22 @@ def test_model_failing_the_checker(tmp_path, capsys):
     assert "MatMul" in line  # the checker's lines are joined: the node is named too
 
 
+@pytest.mark.parametrize("op,opset,name", [("ImageScaler", 8, ""), ("Reluu", 17, "act")])
+def test_an_op_onnx_does_not_know_is_named_and_nothing_reaches_stdout(tmp_path, capfd, op, opset, name):
+    """Early exports' experimental ops (ImageScaler, opset 8) pass onnx.checker with a warning printed to
+    stdout, then fail the opset upgrade with a raw assertion text; a misspelt op fails the checker."""
+    attrs = {"scale": 2.0, "bias": [0.0]} if op == "ImageScaler" else {}
+    node = helper.make_node(op, ["x"], ["y"], name=name or None, **attrs)
+    shape = ["N", 1, 4, 4]
+    m = make_model([node], [vi("x", TensorProto.FLOAT, shape)], [vi("y", TensorProto.FLOAT, shape)])
+    m.opset_import[0].version = opset
+    p = save(tmp_path, m, "old.onnx")
+    assert main(["compile", str(p), "-m", "gradient", "-o", str(tmp_path / "o.onnx")]) == 4
+    out, err = capfd.readouterr()  # file-descriptor level: onnx's C++ code prints there
+    assert out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert f"{op} (node {repr(name) if name else '#0'}) is not an ONNX op" in err, err
+
+
 def test_model_with_an_opset_newer_than_onnx_knows(tmp_path, capsys):
     m, _ = mlp()
     m.opset_import[0].version = 99
