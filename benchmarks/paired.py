@@ -40,12 +40,20 @@ def main(argv=None):
     first = sessions[0].get_inputs()[0]
     shape = [d if isinstance(d, int) else (a.batch if i == 0 else 224) for i, d in enumerate(first.shape)]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    feeds = []
+    for p, s in zip(paths, sessions):
+        feed = {s.get_inputs()[0].name: x}
+        for extra in s.get_inputs()[1:]:
+            if extra.name != "target":
+                ap.error(f"{p}: input '{extra.name}' besides the explained one; only a `target` can be fed here")
+            feed["target"] = np.zeros(shape[0], np.int64)  # --neuron index: explain output 0 of each sample
+        feeds.append(feed)
     times = [[] for _ in paths]
     for r in range(a.rounds + 1):  # round 0 warms up
         for i, s in enumerate(sessions):
             time.sleep(0.1)
             t = time.perf_counter()
-            s.run(None, {s.get_inputs()[0].name: x})
+            s.run(None, feeds[i])
             if r:
                 times[i].append(time.perf_counter() - t)
     fwd = times[0]

@@ -21,10 +21,13 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
 
 
 def test_paired_script_runs_on_the_shipped_model(tmp_path, capsys):
+    """Also a --neuron index model, which takes a `target` input (fed with zeros)."""
     model = Path(__file__).resolve().parent.parent / "models" / "digits_cnn.onnx"
-    compiled = tmp_path / "digits.gradient.onnx"
+    compiled, indexed = tmp_path / "digits.gradient.onnx", tmp_path / "digits.index.onnx"
     onnx.save(onnxattr.compile(str(model), "gradient"), str(compiled))
-    paired.main([str(model), str(compiled), "--rounds", "2", "--batch", "2"])
+    onnx.save(onnxattr.compile(str(model), "gradient", neuron="index"), str(indexed))
+    paired.main([str(model), str(compiled), str(indexed), "--rounds", "2", "--batch", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(str(model)) and "x forward paired 1.00" in lines[0]
-    assert lines[1].startswith(str(compiled)) and "x forward paired" in lines[1]
+    assert len(lines) == 3 and lines[0].startswith(str(model)) and "x forward paired 1.00" in lines[0]
+    for line, path in zip(lines[1:], (compiled, indexed)):
+        assert line.startswith(str(path)) and "x forward paired" in line
