@@ -1,11 +1,12 @@
 """Composites: which rule each node of the explained path gets, from a preset (data in rules/*.toml).
 
 Selectors, first match wins, for linear units (Conv/ConvTranspose/Gemm/MatMul-with-constant, a
-standalone BatchNormalization): ``first`` (the first kernel layer met from the input), ``first_conv`` (the first convolution in graph
-order, as Zennit's EpsilonGammaBox picks it), ``until``
-(kernel layers with index <= until_layer_idx, counted in graph order from 0), ``relu_layer`` (a layer
-whose output feeds a Relu), ``conv``, ``dense``, ``norm``, then ``default``; pools get ``pool``
-(else the gradient). Residual Add/Sum of
+standalone BatchNormalization): ``first`` (the first kernel layer met from the input), ``first_conv``
+(the first convolution in graph order, as Zennit's EpsilonGammaBox picks it), ``until`` (kernel layers
+with index <= until_layer_idx, counted in graph order from 0), ``relu_layer`` (a layer whose output
+feeds a Relu), ``conv``, ``dense``, ``norm``, then ``default``; pools get ``pool`` (else the gradient).
+Before any selector, a layer (or pool) whose node name matches a pattern of the preset's [nodes] table
+(exact, or fnmatch's * ? [..]; the first in file order) takes that rule. Residual Add/Sum of
 activations get ``add``: ``z`` (split in proportion to the operands), ``norm`` (the same with Zennit's
 stabilizer) or ``gradient`` (copy into every branch). Element-wise activations and fused followers
 (bias Add, BatchNorm after a linear layer) pass relevance through unchanged; data movement (MaxPool,
@@ -14,6 +15,7 @@ Reshape, Concat, ...) uses the gradient emitters.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,7 +132,10 @@ class Composite:
     style: dict
     until_index: int | None = None
     activation: str = "pass"  # element-wise activations: "pass" relevance, or "gradient" (mask dead units)
+    nodes: tuple = ()  # (node name or glob pattern, rule), in file order: before any selector
     assignment: dict = field(default_factory=dict)  # node name -> description (for `inspect`)
+    unmatched: tuple = ()  # after lookup: the node patterns that match no layer on the path,
+    shadowed: tuple = ()   # and those whose layers all went to an earlier pattern
 
     def lookup(self, b, nodes, x, y):
         """The rule_for(node) function of the reverse pass explaining y w.r.t. x; ``nodes`` are the
@@ -145,11 +150,20 @@ class Composite:
             for i in n.input:
                 consumers.setdefault(i, []).append(n)
         chosen: dict[str, object] = {}
+        used: set = set()
+        matched: set = set()
         for n in nodes:
             unit = units.get(n.name)
             if unit is not None:
                 if n is not unit.node:
                     chosen[n.name] = ("pass", f"fused into {unit.node.name}")
+                    continue
+                matching = [(p, r) for p, r in self.nodes if fnmatch.fnmatchcase(n.name, p)]
+                matched.update(p for p, _ in matching)
+                named = matching[0] if matching else None
+                if named is not None:
+                    used.add(named[0])
+                    chosen[n.name] = (named[1], f"node '{named[0]}'")
                     continue
                 key = self._selector(unit, kernel_order, first, first_conv, consumers)
                 rule = self.selectors.get(key) if key else None
@@ -164,6 +178,8 @@ class Composite:
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
         self.assignment = {k: (_describe(v[0]), v[1]) for k, v in chosen.items()}
+        self.unmatched = tuple(p for p, _ in self.nodes if p not in matched)
+        self.shadowed = tuple(p for p, _ in self.nodes if p in matched and p not in used)
         relu_of = {n.input[0]: n.output[0] for n in nodes if n.op_type == "Relu"}
 
         def rule_for(node):
@@ -296,7 +312,8 @@ def _add_split(style, relu_of):
 def _unit_step(unit: Unit, rule, relu_of):
     def step(b, node, grads, need):
         out = [None] * len(node.input)
-        out[1 if unit.left else 0] = R.apply_rule(b, unit, rule, grads[0], _positive_part(b, grads[0], unit.out, relu_of))
+        positive = _positive_part(b, grads[0], unit.out, relu_of)
+        out[1 if unit.left else 0] = R.apply_rule(b, unit, rule, grads[0], positive)
         return out
 
     return step

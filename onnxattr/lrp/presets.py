@@ -16,6 +16,9 @@ user's own file). A preset says which rule each kind of layer gets; it holds no 
     dense = { rule = "epsilon", epsilon = "$epsilon" }
     conv  = { rule = "alpha_beta", alpha = 1, beta = 0 }
 
+    [nodes]                    # optional: ONNX node name or glob pattern -> rule, before any selector;
+    "/features/0/Conv" = { rule = "flat" }   # the first pattern (in file order) matching a layer wins
+
 Every mistake is reported with the file, the line and the key.
 """
 
@@ -36,7 +39,7 @@ RULE_KEYS = {
     "low": float, "high": float,
 }
 ACTIVATION_RULES = ("pass", "gradient")
-TOP_KEYS = ("method", "doc", "style", "seed", "add", "activation", "params", "layers")
+TOP_KEYS = ("method", "doc", "style", "seed", "add", "activation", "params", "layers", "nodes")
 # the keys each rule reads besides "rule" (any other is a mistake, not an option silently dropped)
 RULE_TAKES = {
     "epsilon": {"epsilon"}, "epsilon_IB": {"epsilon"}, "alpha_beta": {"alpha", "beta", "bias"},
@@ -63,11 +66,12 @@ class Preset:
     layers: dict                        # selector -> {key: value or "$param"}
     params: list = field(default_factory=list)
     path: str = ""
+    nodes: dict = field(default_factory=dict)  # node name or glob pattern -> {key: value or "$param"}
 
-    def resolve_layers(self, values: dict) -> dict:
-        """The [layers] table with every "$param" replaced by its value."""
+    def resolve_layers(self, values: dict, table: str = "layers") -> dict:
+        """The [layers] (or [nodes]) table with every "$param" replaced by its value."""
         out = {}
-        for sel, spec in self.layers.items():
+        for sel, spec in getattr(self, table).items():
             out[sel] = {k: (values[v[1:]] if isinstance(v, str) and v.startswith("$") else v)
                         for k, v in spec.items()}
         return out
@@ -93,6 +97,30 @@ def _line_of(text: str, key: str, table: str | None = None) -> int:
         if pattern.match(lines[i]):
             return i + 1
     return 1
+
+
+def _check_rule(sel, spec, table, known_params, fail):
+    """One entry of [layers] or [nodes]: known keys and types, declared parameters, the rule's own keys."""
+    if not isinstance(spec, dict) or "rule" not in spec:
+        fail(f"'{sel}' needs an inline table with a rule, e.g. {{ rule = \"epsilon\" }}", sel, table)
+    for k, v in spec.items():
+        if k not in RULE_KEYS:
+            fail(f"'{sel}': unknown rule key '{k}' (known: {', '.join(RULE_KEYS)})", sel, table)
+        if isinstance(v, str) and v.startswith("$"):
+            if v[1:] not in known_params:
+                fail(f"'{sel}': {k} refers to undeclared parameter '{v}'", sel, table)
+            continue
+        want = RULE_KEYS[k]
+        ok = isinstance(v, want) if want is not float else isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not ok:
+            fail(f"'{sel}': {k} must be a {want.__name__}, got {v!r}", sel, table)
+    if spec["rule"] not in RULE_NAMES:
+        fail(f"'{sel}': unknown rule '{spec['rule']}' (known: {', '.join(RULE_NAMES)})", sel, table)
+    unused = sorted(set(spec) - {"rule"} - RULE_TAKES.get(spec["rule"], set()))
+    if unused:
+        fail(f"'{sel}': rule {spec['rule']} takes no {unused[0]}", sel, table)
+    if spec["rule"] == "zbox" and not {"low", "high"} <= set(spec):
+        fail(f"'{sel}': rule zbox needs low and high", sel, table)
 
 
 def parse_preset(text: str, path: str) -> Preset:
@@ -136,32 +164,19 @@ def parse_preset(text: str, path: str) -> Preset:
     for sel, spec in layers.items():
         if sel not in SELECTORS:
             fail(f"unknown layer selector '{sel}' (known: {', '.join(SELECTORS)})", sel, "layers")
-        if not isinstance(spec, dict) or "rule" not in spec:
-            fail(f"'{sel}' needs an inline table with a rule, e.g. {{ rule = \"epsilon\" }}", sel, "layers")
-        for k, v in spec.items():
-            if k not in RULE_KEYS:
-                fail(f"'{sel}': unknown rule key '{k}' (known: {', '.join(RULE_KEYS)})", sel, "layers")
-            if isinstance(v, str) and v.startswith("$"):
-                if v[1:] not in known_params:
-                    fail(f"'{sel}': {k} refers to undeclared parameter '{v}'", sel, "layers")
-                continue
-            want = RULE_KEYS[k]
-            ok = isinstance(v, want) if want is not float else isinstance(v, (int, float)) and not isinstance(v, bool)
-            if not ok:
-                fail(f"'{sel}': {k} must be a {want.__name__}, got {v!r}", sel, "layers")
-        if spec["rule"] not in RULE_NAMES:
-            fail(f"'{sel}': unknown rule '{spec['rule']}' (known: {', '.join(RULE_NAMES)})", sel, "layers")
-        unused = sorted(set(spec) - {"rule"} - RULE_TAKES.get(spec["rule"], set()))
-        if unused:
-            fail(f"'{sel}': rule {spec['rule']} takes no {unused[0]}", sel, "layers")
-        if spec["rule"] == "zbox" and not {"low", "high"} <= set(spec):
-            fail(f"'{sel}': rule zbox needs low and high", sel, "layers")
+        _check_rule(sel, spec, "layers", known_params, fail)
+    nodes = data.get("nodes", {})
+    if not isinstance(nodes, dict):
+        fail("nodes must be a table of \"node name or pattern\" = { rule = ... }", "nodes")
+    for pattern, spec in nodes.items():
+        _check_rule(pattern, spec, "nodes", known_params, fail)
     if "until" in layers and "until_layer_idx" not in known_params:
         fail("selector 'until' needs a parameter until_layer_idx in [params]", "until", "layers")
     name = data.get("method") or Path(path).stem
     return Preset(name=name, doc=str(data.get("doc", f"LRP preset from {path}")),
                   style=data.get("style", "innvestigate"), seed=data.get("seed", "logit"),
-                  add=data.get("add", "z"), activation=data.get("activation", "pass"), layers=layers, params=params, path=str(path))
+                  add=data.get("add", "z"), activation=data.get("activation", "pass"), layers=layers,
+                  params=params, path=str(path), nodes=nodes)
 
 
 def load_preset(path) -> Preset:

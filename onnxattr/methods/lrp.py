@@ -10,11 +10,18 @@ from importlib import resources
 from pathlib import Path
 
 from onnxattr.compiler import path_nodes, reverse_pass
-from onnxattr.errors import UsageError
+from onnxattr.errors import OnnxAttrWarning, UsageError, warn
 from onnxattr.lrp.composite import STYLES, Composite, make_rule
 from onnxattr.lrp.presets import Preset, PresetParam, load_preset, parse_preset
 from onnxattr.methods.base import Method, Param, Target, non_negative_int, register_method
 from onnxattr.select import build_seed
+
+
+class UnmatchedNodePatternWarning(OnnxAttrWarning):
+    """A [nodes] pattern of a rule file takes no layer of the model: it matches none (a typo, or a file
+    for another model), or an earlier pattern takes all it matches."""
+
+    exit_code = 2  # usage, when a warnings filter makes it an error
 
 
 def _param(p: PresetParam) -> Param:
@@ -27,17 +34,19 @@ def build_composite(preset: Preset, params: dict, name_selectors: bool = False) 
     """The preset's rules for ``params``; ``name_selectors``: a bad rule value names its selector (a
     user's rule file, where the selector is what the user wrote)."""
     style = STYLES[preset.style]
-    layers = preset.resolve_layers(params)
-    selectors = {}
-    for sel, spec in layers.items():
-        try:
-            selectors[sel] = make_rule(spec, style)
-        except UsageError as e:
-            if not name_selectors:
-                raise
-            raise UsageError(f"'{sel}': {e}") from None
+    rules = {}
+    for table in ("layers", "nodes"):
+        for sel, spec in preset.resolve_layers(params, table).items():
+            try:
+                rules[table, sel] = make_rule(spec, style)
+            except UsageError as e:
+                if not name_selectors:
+                    raise
+                raise UsageError(f"'{sel}': {e}") from None
+    selectors = {sel: rule for (table, sel), rule in rules.items() if table == "layers"}
+    nodes = tuple((sel, rule) for (table, sel), rule in rules.items() if table == "nodes")
     return Composite(selectors, preset.add, style, until_index=params.get("until_layer_idx"),
-                     activation=preset.activation)
+                     activation=preset.activation, nodes=nodes)
 
 
 def preset_method(preset: Preset, label: str | None = None) -> Method:
@@ -51,6 +60,12 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
             raise UsageError(f"{label or preset.name}: {e}") from None
         on_path, _ = path_nodes(t.nodes, t.x, t.y, t.b)
         rule_for = composite.lookup(t.b, on_path, t.x, t.y)
+        for patterns, what in ((composite.unmatched, "no layer on the explained path"),
+                               (composite.shadowed, "only layers an earlier pattern takes")):
+            if patterns:
+                verb = "matches" if len(patterns) == 1 else "match"
+                warn(f"{label or preset.name}: [nodes] {', '.join(repr(p) for p in patterns)} {verb} {what} "
+                     "(`onnxattr inspect` lists the node names and their rules)", UnmatchedNodePatternWarning)
         seed = build_seed(t.b, t.y, t.neuron, preset.seed, t.index)
         r = reverse_pass(t.b, t.nodes, t.x, t.y, seed, rule_for)
         t.assignment.update(composite.assignment)

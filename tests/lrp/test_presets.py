@@ -147,3 +147,41 @@ def test_a_rule_file_with_a_byte_order_mark(tmp_path):
     f = tmp_path / "bom.toml"
     f.write_bytes("\ufeff[layers]\ndefault = { rule = \"z\" }\n".encode("utf-8"))
     assert load_preset(f).layers == {"default": {"rule": "z"}}
+
+
+def test_node_patterns_pick_rules_by_name_before_the_selectors(tmp_path):
+    """[nodes]: an exact name or a glob pattern, the first matching in file order, before [layers]; a map
+    built that way equals the one of a file whose selectors give the same rules (flat on the first Conv,
+    epsilon on both MatMuls)."""
+    model = resnet_like(bias=True)
+    named = tmp_path / "named.toml"
+    named.write_text('[params]\neps = { default = 0.5 }\n'
+                     '[layers]\ndefault = { rule = "z" }\npool = { rule = "z" }\n'
+                     '[nodes]\n"Conv_0" = { rule = "flat" }\n'
+                     '"MatMul_*" = { rule = "epsilon", epsilon = "$eps" }\n'
+                     '"*" = { rule = "w_square" }\n"Conv_3" = { rule = "flat" }\n')
+    with pytest.warns(onnxattr.OnnxAttrWarning, match=r"\[nodes\] 'Conv_3' matches only layers an earlier"):
+        rows = {r[0]: r[2:] for r in onnxattr.api.inspect(model, str(named))}
+    assert rows["Conv_0"] == ("flat", "node 'Conv_0'")
+    assert rows["MatMul_10"] == ("epsilon(epsilon=0.5)", "node 'MatMul_*'")
+    assert rows["Conv_3"] == rows["Conv_5"] == ("w_square", "node '*'")  # "*" comes before "Conv_3"
+    assert rows["AveragePool_8"] == ("w_square", "node '*'") and rows["Add_6"] == ("z", "add")
+    same = tmp_path / "same.toml"
+    same.write_text('[layers]\nfirst = { rule = "flat" }\ndense = { rule = "epsilon", epsilon = 2.0 }\n'
+                    'default = { rule = "w_square" }\npool = { rule = "w_square" }\n')
+    with pytest.warns(onnxattr.OnnxAttrWarning):
+        np.testing.assert_array_equal(relevance(model, str(named), eps=2.0), relevance(model, str(same)))
+
+
+def test_a_node_pattern_matching_no_layer_warns(tmp_path, capsys):
+    f = tmp_path / "typo.toml"
+    f.write_text('[layers]\ndefault = { rule = "z" }\n'
+                 '[nodes]\n"Conv_O" = { rule = "flat" }\n"Mat*" = { rule = "z" }\n')
+    with pytest.warns(onnxattr.OnnxAttrWarning, match=r"\[nodes\] 'Conv_O' matches no layer on the explained"):
+        onnxattr.compile(resnet_like(), str(f))
+    assert main(["compile", str(_save(tmp_path)), "--rules", str(f), "-o", str(tmp_path / "o.onnx")]) == 0
+    assert "onnxattr: warning: " in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[layers]\ndefault = { rule = "z" }\n[nodes]\n"Conv_0" = { rule = "flatt" }\n')
+    with pytest.raises(UsageError, match=r"bad.toml:4: 'Conv_0': unknown rule 'flatt'"):
+        load_preset(bad)
