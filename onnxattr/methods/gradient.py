@@ -3,8 +3,9 @@ deconvnet, guided_backprop, and the baselines input and random.
 
 deconvnet:       at every Relu, R_in = relu(R_out)               (forward mask ignored)
 guided_backprop: at every Relu, R_in = relu(R_out) * [x > 0]
-integrated_gradients: (x - ref) * mean_k grad(ref + k/steps (x - ref)), k = 0..steps-1 (left Riemann
-                 sum, as iNNvestigate and Captum's riemann_left)
+integrated_gradients: (x - ref) * sum_k w_k grad(ref + a_k (x - ref)), k = 0..steps-1, with the
+                 points a_k and weights w_k of ``integration`` (``ig_quadrature``); the default is the left
+                 Riemann sum a_k = k/steps, w_k = 1/steps of iNNvestigate (Captum's riemann_left)
 smoothgrad:      mean_k post(grad(x + noise_k)), noise ~ N(0, noise_scale^2) (iNNvestigate 2.x ignores
                  noise_scale and always uses 1; we honour it, default 1)
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
-from onnxattr.errors import UnsupportedModelError
+from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.methods.base import (
     Method, Param, Target, non_negative, one_of, optional_int, parse_int, parse_optional_int, positive_int,
     reference_constant, register_method,
@@ -92,20 +94,62 @@ def _sample_major(b, x, per_sample, count):
     return b.op("Reshape", [per_sample, shape])
 
 
+INTEGRATION = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+_RIEMANN_OFFSET = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}
+
+
+def ig_quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points a_k in [0, 1] and weights w_k (float64, summing to 1) of the n-point rule for the path
+    integral, Captum's names: riemann_left/right/middle a_k = (k + 0, 1, 1/2) / n, w_k = 1/n;
+    riemann_trapezoid a_k = k / (n - 1), w_k = 1 / (n - 1) halved at both ends (n >= 2);
+    gausslegendre a_k = (1 + t_k) / 2, w_k = v_k / 2 for the Gauss-Legendre nodes t_k and weights v_k
+    on [-1, 1] (exact for polynomial paths up to degree 2n - 1; Captum's default)."""
+    k = np.arange(n, dtype=np.float64)
+    if rule in _RIEMANN_OFFSET:
+        return (k + _RIEMANN_OFFSET[rule]) / n, np.full(n, 1.0 / n)
+    if rule == "riemann_trapezoid":
+        if n < 2:
+            raise UsageError("integration riemann_trapezoid needs steps >= 2 (both ends of the path)")
+        w = np.full(n, 1.0 / (n - 1))
+        w[[0, -1]] /= 2
+        return k / (n - 1), w
+    t, v = np.polynomial.legendre.leggauss(n)
+    return (1 + t) / 2, v / 2
+
+
 def build_integrated_gradients(t, p):
-    b, x, steps = t.b, t.x, p["steps"]
+    b, x, steps, rule = t.b, t.x, p["steps"], p["integration"]
     rank = b.rank(x)
     ref = reference_constant(b, x, p["reference_inputs"])
     diff = b.op("Sub", [x, ref])
+    alphas_k, weights_k = ig_quadrature(rule, steps)
+    uniform = rule in _RIEMANN_OFFSET
+    dtype = b.float_dtype(x)
+    sample = {}
 
     def points(cb, x_, k, count):
-        alphas = cb.op("Div", [k, cb.scalar(float(steps), x_)])
+        if uniform:  # (k + offset) / steps, as the left sum always computed it
+            shifted = k if rule == "riemann_left" else cb.op("Add", [k, cb.scalar(_RIEMANN_OFFSET[rule], x_)])
+            alphas = cb.op("Div", [shifted, cb.scalar(float(steps), x_)])
+        else:
+            sample["k"] = cb.op("Cast", [k], to=TensorProto.INT64)
+            alphas = cb.op("Gather", [cb.const(alphas_k.astype(dtype), dtype, "ig_alphas"), sample["k"]])
         alphas = cb.op("Reshape", [alphas, cb.ints([-1] + [1] * rank)])  # [c, 1, ...]
         on_path = cb.op("Add", [cb.op("Mul", [alphas, cb.op("Unsqueeze", [diff, cb.ints([0])])]), ref])
         return _sample_major(cb, x_, on_path, count)
 
-    total = sample_loop(b, t.nodes, x, t.y, t.index, steps, _chunk(t, p), points)
-    return b.op("Mul", [diff, b.op("Div", [total, b.scalar(float(steps), x)])])
+    def weighted(cb, g, pts):
+        """w_k * grad_k: the [count * N, ...] gradients as [count, N * ...] rows, one weight per row."""
+        w = cb.op("Gather", [cb.const(weights_k.astype(dtype), dtype, "ig_weights"), sample["k"]])
+        rows = cb.op("Reshape", [g, cb.op("Concat", [cb.op("Shape", [sample["k"]]), cb.ints([-1])], axis=0)])
+        scaled = cb.op("Mul", [rows, cb.op("Unsqueeze", [w, cb.ints([1])])])
+        return cb.op("Reshape", [scaled, cb.op("Shape", [g])])
+
+    total = sample_loop(b, t.nodes, x, t.y, t.index, steps, _chunk(t, p), points,
+                        per_sample=None if uniform else weighted)
+    if uniform:
+        total = b.op("Div", [total, b.scalar(float(steps), x)])
+    return b.op("Mul", [diff, total])
 
 
 @functools.lru_cache(maxsize=None)
@@ -192,6 +236,8 @@ for _m in (
            build_integrated_gradients,
            (Param("steps", 64, "number of points on the path", parse_int, positive_int),
             Param("reference_inputs", 0.0, "baseline (a number, or an array via the Python API)"),
+            Param("integration", "riemann_left", "points and weights on the path (Captum's names; its "
+                  "default is gausslegendre)", str, one_of(*INTEGRATION)),
             CHUNK)),
     Method("smoothgrad", "SmoothGrad: mean gradient over noisy copies of the input.", build_smoothgrad,
            (Param("augment_by_n", 64, "number of noisy samples", parse_int, positive_int),

@@ -105,3 +105,32 @@ def test_zbox_bounds_as_arrays():
         return ort.InferenceSession(c.SerializeToString()).run(["relevance"], {"x": X})[0]
 
     np.testing.assert_array_equal(run(low=np.full((1, 6), -2.0), high=np.full(6, 3.0)), run(low=-2.0, high=3.0))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16])
+@pytest.mark.parametrize("integration,factor", [
+    ("riemann_left", 21 / 32), ("riemann_right", 45 / 32), ("riemann_middle", 63 / 64),
+    ("riemann_trapezoid", 1 + 1 / 18), ("gausslegendre", 1.0)])
+def test_integration_rules_against_their_closed_forms(integration, factor, chunk):
+    """y = x^3 element-wise, mode "all", reference 0: IG = x * sum_k w_k 3 (a_k x)^2 = x^3 * sum_k w_k 3 a_k^2,
+    with 4 steps: left (n-1)(2n-1)/(2n^2) = 21/32, right (n+1)(2n+1)/(2n^2) = 45/32, middle 1 - 1/(4n^2),
+    trapezoid 1 + 1/(2(n-1)^2) (its error term h^2/12 (f'(1) - f'(0))), Gauss-Legendre exactly 1 (exact to
+    degree 2n - 1). Chunks of 1, 3 (a partial last trip) and 16 samples."""
+    from onnx import TensorProto, helper
+
+    cube = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Mul", ["sq", "x"], ["y"])]
+    g = helper.make_graph(cube, "cube", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(1).uniform(-2, 2, (3, 5)).astype(np.float32)
+    compiled = onnxattr.compile(model, "integrated_gradients", neuron="all", steps=4, integration=integration,
+                                chunk_size=chunk)
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+    np.testing.assert_allclose(got, x.astype(np.float64) ** 3 * factor, rtol=2e-6, atol=1e-6)
+
+
+def test_trapezoid_needs_two_steps_and_unknown_rules_are_named():
+    with pytest.raises(onnxattr.errors.UsageError, match="steps >= 2"):
+        onnxattr.compile(mlp()[0], "integrated_gradients", steps=1, integration="riemann_trapezoid")
+    with pytest.raises(onnxattr.errors.UsageError, match="gausslegendre"):
+        onnxattr.compile(mlp()[0], "integrated_gradients", integration="simpson")
