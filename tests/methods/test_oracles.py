@@ -8,6 +8,10 @@ Zennit's maps on the nets whose BatchNorms were folded exactly beforehand (tag "
 where all agree to better than 1e-4.
 Integrated gradients agree to ~3e-7 where compared; the map where MaxPool ties near the zero baseline
 flip winners between float32 implementations (keras_branch) is recorded as not comparable.
+A manifest's ``not_comparable`` names maps the generator kept for the record with the reason they cannot be
+reproduced (a Keras layer that becomes two ONNX nodes, a tie convention of another framework, a seed
+convention no rescaling undoes): they are not test cases; test_not_comparable_recorded checks that each
+names a stored map and gives a reason.
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
 with its BatchNormalization nodes kept) are checked against the same maps.
 SmoothGrad draws other noise than the reference: its difference to the reference must look like the
@@ -31,7 +35,8 @@ NOT_OURS = {"alphas", "stabilizer", "rule", "bias"}  # how the generators called
 # iNNvestigate seeds deconvnet and guided backprop with the logit (it keeps the identity head mapping of
 # its reverse analyzers); we seed every gradient method with 1, as Captum does and as iNNvestigate's own
 # Gradient does. Their maps are linear in the seed: divide by the selected logit to compare. In mode
-# "all" it seeds each output with its own logit, which no rescaling of a ones-seeded map reproduces.
+# "all" it seeds each output with its own logit, which no rescaling of a ones-seeded map reproduces: those
+# maps are in the keras manifests' not_comparable (tests/oracles/make_innvestigate.py).
 LOGIT_SEEDED_IN_INNVESTIGATE = {"deconvnet", "guided_backprop"}
 
 
@@ -42,7 +47,8 @@ def entries():
         for model in [info["model"]] + info.get("also_valid_for", []):
             tag = manifest.stem if model == info["model"] else Path(model).stem
             for key in info["entries"]:
-                out.append(pytest.param(manifest.stem, key, model, id=f"{tag}:{key}"))
+                if key not in info.get("not_comparable", {}):
+                    out.append(pytest.param(manifest.stem, key, model, id=f"{tag}:{key}"))
     return out
 
 
@@ -100,10 +106,6 @@ def as_user_file(method, tmp_path, add):
 def test_matches_reference(name, key, model_file, tmp_path):
     info, arrays = load(name)
     entry = dict(info["entries"][key])
-    if key in info.get("not_comparable", {}):
-        # the generator recorded why this library map cannot be reproduced from the exported graph
-        # (e.g. a Keras layer that becomes two ONNX nodes, a tie convention of another framework)
-        pytest.skip(info["not_comparable"][key])
     if key.endswith("|nocanon"):
         # Zennit without its ResNet canonizer copies relevance into both branches of a residual Add:
         # the same preset with the gradient rule on Add, written as a user rule file
@@ -115,8 +117,7 @@ def test_matches_reference(name, key, model_file, tmp_path):
     params = our_params(entry)
     if info.get("library", "").startswith("innvestigate"):
         if entry["method"] in LOGIT_SEEDED_IN_INNVESTIGATE:
-            if entry["mode"] == "all":
-                pytest.skip("iNNvestigate seeds deconvnet/guided_backprop with every logit in mode all")
+            assert entry["mode"] != "all", "mode all is not comparable: the manifest must say so"
             chosen = target if entry["mode"] == "index" else arrays["logits"].argmax(1)
             logit = arrays["logits"][np.arange(len(x)), chosen]
             # relu(R) at every ReLU makes these maps positively homogeneous only: a negative seed
@@ -157,3 +158,12 @@ def onnxattr_input(path):
 
 def test_oracle_data_present():
     assert len(list(DATA.glob("*.json"))) >= 3
+
+
+@pytest.mark.parametrize("name", sorted(m.stem for m in DATA.glob("*.json")))
+def test_not_comparable_recorded(name):
+    """Every not_comparable key names a stored map with its manifest entry and gives a reason."""
+    info, arrays = load(name)
+    for key, reason in info.get("not_comparable", {}).items():
+        assert key in info["entries"] and key in arrays, f"{name}: not_comparable {key} names no stored map"
+        assert isinstance(reason, str) and len(reason) > 20, f"{name}: not_comparable {key} gives no reason"

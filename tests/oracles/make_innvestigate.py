@@ -446,6 +446,18 @@ NOT_COMPARABLE = {
         "~3% of the max" for mode in MODES},
 }
 
+# every model: iNNvestigate seeds deconvnet/guided_backprop with the selected logit (comparable after dividing
+# by it, see tests/methods/test_oracles.py), in mode "all" with each output's own logit
+LOGIT_SEEDED_ALL = {
+    f"{m}|all|default": "iNNvestigate seeds deconvnet/guided_backprop with the logit values (ReverseAnalyzerBase's "
+    "identity head mapping): in mode 'all' each output is seeded with its own logit, which no rescaling of a "
+    "ones-seeded map (ours, Captum's) reproduces; relu(R) at every ReLU also makes these maps only positively "
+    "homogeneous in the seed" for m in ("deconvnet", "guided_backprop")}
+
+
+def not_comparable(name):
+    return {**NOT_COMPARABLE.get(name, {}), **LOGIT_SEEDED_ALL}
+
 
 def stage_analyze(work, name):
     import tensorflow as tf
@@ -524,8 +536,9 @@ def stage_analyze(work, name):
                 "keras_layers": layer_names, "onnx_input": "x", "onnx_output": "logits",
                 "target_rule": "even samples argmax, odd samples runner-up class",
                 "entries": entries, "errors": errors, "notes": NOTES + MODEL_NOTES.get(name, [])}
-    if name in NOT_COMPARABLE:
-        manifest["not_comparable"] = {k: v for k, v in NOT_COMPARABLE[name].items() if k in entries}
+    nc = {k: v for k, v in not_comparable(name).items() if k in entries}
+    if nc:
+        manifest["not_comparable"] = nc
     if name == "keras_cnn":
         manifest["also_valid_for"] = ["keras_cnn_op9.onnx"]
     np.savez_compressed(os.path.join(work, name + ".npz"), **arrays)
