@@ -8,10 +8,14 @@ Zennit's maps on the nets whose BatchNorms were folded exactly beforehand (tag "
 where all agree to better than 1e-4.
 Integrated gradients agree to ~3e-7 where compared; the map where MaxPool ties near the zero baseline
 flip winners between float32 implementations (keras_branch) is recorded as not comparable.
+deep_lift (Captum DeepLift, baseline 0) and excitation_backprop (Zennit's ExcitationBackprop with
+zero_params=['bias'] and iNNvestigate's stabilizer, as ours) sit in the 1e-3 class; they agree to ~3e-6 and
+~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there).
 A manifest's ``not_comparable`` names maps the generator kept for the record with the reason they cannot be
 reproduced (a Keras layer that becomes two ONNX nodes, a tie convention of another framework, a seed
-convention no rescaling undoes): they are not test cases; test_not_comparable_recorded checks that each
-names a stored map and gives a reason.
+convention no rescaling undoes, a step the other library defines otherwise, such as Captum's DeepLift
+maxpool rule): they are not test cases; test_not_comparable_recorded checks that each names a stored map
+and gives a reason.
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
 with its BatchNormalization nodes kept) are checked against the same maps.
 SmoothGrad draws other noise than the reference: its difference to the reference must look like the
@@ -167,3 +171,11 @@ def test_not_comparable_recorded(name):
     for key, reason in info.get("not_comparable", {}).items():
         assert key in info["entries"] and key in arrays, f"{name}: not_comparable {key} names no stored map"
         assert isinstance(reason, str) and len(reason) > 20, f"{name}: not_comparable {key} gives no reason"
+
+
+def test_new_oracles_are_compared():
+    """deep_lift and excitation_backprop are compared on the nets where they are comparable, in every mode."""
+    compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
+    for method in ("deep_lift", "excitation_backprop"):
+        for mode in MODES:
+            assert f"{method}|{mode}|default" in compared, (method, mode)

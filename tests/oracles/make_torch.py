@@ -4,7 +4,8 @@ Run from the repository root with the torch venv (CPU torch 2.13.0, captum, zenn
 
     /work/venv-torch/bin/python tests/oracles/make_torch.py
 
-It writes, for each model NAME in (torch_mlp, torch_vgg, torch_resnet), into tests/oracles/data/:
+It writes, for each model NAME (torch_mlp, torch_vgg, torch_resnet, torch_conv1d, torch_strided,
+torch_inception, torch_vggbn, torch_mlp_nobias), into tests/oracles/data/:
 
     NAME.onnx      torch.onnx.export(dynamo=False, opset 17, dynamic batch axis); input "input", output "logits"
     NAME.npz       keys "x", "target", "logits" and "<method>|<mode>|<tag>" float32 maps shaped like x
@@ -19,12 +20,27 @@ LRP (Zennit composites) is seeded with the selected logit's value (y * onehot, o
 
 Tags: "default"; "abs" (gradient with abs postprocess); for torch_resnet's LRP also "zennit_merge" (zennit's own
 BatchNorm merge, which leaves a small artefact) and "nocanon" (no ResNetCanonizer: the residual add copies
-relevance into both branches). Maps are computed in float64 and stored as float32; each manifest entry records
-fp32_rel_dev, the deviation of the same library call run in float32.
+relevance into both branches); for deep_lift "maxpool_gradient" / "maxpool_gradient_silu_product" (Captum on a
+copy in the form onnxattr sees, see METHOD_NOTES). Maps are computed in float64 and stored as float32; each
+manifest entry records fp32_rel_dev, the deviation of the same library call run in float32. A manifest's
+"not_comparable" names maps kept for the record that the test does not compare, with the reason.
 
-Everything is seeded and runs single-threaded, so a rerun reproduces the files byte for byte (smoothgrad is
-"statistical": its noise comes from torch's RNG and cannot be reproduced by another implementation, only
-approximated). Takes about 30 s on 2 CPU cores.
+deep_lift is Captum's DeepLift (baseline 0); excitation_backprop is Zennit's ExcitationBackprop with
+zero_params=['bias'] and iNNvestigate's stabilizer, as onnxattr defines it (see METHOD_NOTES and NOT_COMPARABLE).
+
+Everything is seeded and runs single-threaded, so a rerun on one machine reproduces the files byte for byte
+(smoothgrad is "statistical": its noise comes from torch's RNG and cannot be reproduced by another
+implementation, only approximated). Takes about 30 s on 2 CPU cores. Across machines it does not: build() runs
+float32 convolutions whose last bits depend on the CPU's kernels, so the rebuilt weights of the nets with
+convolutions differ in their low bits (up to 3e-5 in torch_vgg's last Linear on this project's 2-core AMD EPYC
+machines against the committed files; torch_mlp came out byte-identical). To add maps of some method families without touching what is committed, use
+
+    /work/venv-torch/bin/python tests/oracles/make_torch.py --add deep_lift,excitation_backprop [--models a,b]
+
+which loads the committed weights (pin_committed), checks them against the committed x/target/logits, computes
+only those families' maps and merges them into NAME.npz / NAME.json (every other array kept bit for bit, checked;
+the .onnx files untouched). Families: captum (the gradient methods), zennit (the LRP composites), deep_lift,
+excitation_backprop.
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -301,13 +317,16 @@ def import_zennit():
 zennit = import_zennit()
 import captum  # noqa: E402
 from captum.attr import (  # noqa: E402
-    Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency)
+    DeepLift, Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency)
 from captum.attr._utils.approximation_methods import approximation_parameters  # noqa: E402
 
 IG_STEPS = 64
 SG_SAMPLES = 64
 SG_STD = 1.0
 MODES = ("max", "index", "all")
+# None: make everything. A tuple of FAMILIES (--add): compute only those maps, on the committed models, and
+# merge them into the committed NAME.npz / NAME.json (other arrays kept bit for bit, the .onnx files untouched)
+ADD_ONLY = None
 
 
 class SumOutputs(nn.Module):
@@ -445,6 +464,136 @@ def run_zennit(variants, x, argmax, target):
                                     f"{', ' if kwargs else ''}canonizers={names})) with attr_output = {seed}"})
     return out
 
+# --------------------------------------------------------------------------------------------- DeepLIFT
+class GradientMaxPool1d(nn.MaxPool1d):
+    """nn.MaxPool1d under another type. Captum's DeepLift picks its rule by EXACT type
+    (type(module) in SUPPORTED_NON_LINEAR), so this module gets no hook: its plain gradient (the route to the
+    winner at x), which is what onnxattr's deep_lift does at MaxPool."""
+
+
+class GradientMaxPool2d(nn.MaxPool2d):
+    """See GradientMaxPool1d."""
+
+
+class SiLUProduct(nn.Module):
+    """x * sigmoid(x) with the Sigmoid as a module of its own: the form torch.onnx exports nn.SiLU in
+    (Sigmoid + Mul). Captum's DeepLift then rescales the Sigmoid (nn.Sigmoid is in SUPPORTED_NON_LINEAR) and
+    autograd applies the product rule at the Mul, as onnxattr does on the exported graph; on nn.SiLU itself
+    (not in SUPPORTED_NON_LINEAR) Captum takes the plain gradient of x*sigmoid(x).
+
+    The Sigmoid gets a copy of x: Captum hooks a module's INPUT TENSOR (captum/_utils/common.py
+    _register_backward_hook) and replaces the whole gradient arriving at that tensor by the rescaled one, so
+    with x itself as the Sigmoid's input the Mul's direct share g*sigmoid(x) would be dropped."""
+
+    def __init__(self):
+        super().__init__()
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x):
+        return x * self.sigmoid(x.clone())
+
+
+def deeplift_onnx_form(model):
+    """(copy of `model` with nn.MaxPool1d/2d -> GradientMaxPool1d/2d and nn.SiLU -> SiLUProduct, its tag) or
+    (None, None) when the model has neither. Same forward values; only Captum's rule choice changes."""
+    import copy
+    clone = copy.deepcopy(model)
+    swapped = []
+    for name, mod in list(clone.named_modules()):
+        if type(mod) in (nn.MaxPool1d, nn.MaxPool2d):
+            cls = GradientMaxPool1d if type(mod) is nn.MaxPool1d else GradientMaxPool2d
+            new = cls(mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.return_indices, mod.ceil_mode)
+            swapped.append("maxpool_gradient")
+        elif type(mod) is nn.SiLU:
+            new = SiLUProduct()
+            swapped.append("silu_product")
+        else:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(clone.get_submodule(parent_name) if parent_name else clone, attr, new)
+    if not swapped:
+        return None, None
+    tag = "_".join(t for t in ("maxpool_gradient", "silu_product") if t in swapped)
+    return clone.eval(), tag
+
+
+DEEPLIFT_VARIANTS = {
+    "maxpool_gradient": "every nn.MaxPool* replaced by GradientMaxPool* (same forward; Captum looks rules up by "
+                        "exact type, so MaxPool takes its plain gradient, as in onnxattr)",
+    "maxpool_gradient_silu_product": "every nn.MaxPool* replaced by GradientMaxPool* (plain gradient) and nn.SiLU "
+                                     "by SiLUProduct (x * nn.Sigmoid()(x.clone()), the exported form: Captum rescales "
+                                     "the Sigmoid, autograd takes the product rule)",
+}
+
+
+def run_deeplift(model, x, argmax, target):
+    """Captum DeepLift (rescale rule, baselines 0, multiply_by_inputs=True, eps 1e-10). Tag "default": the model
+    as is (Captum's maxpool rule at nn.MaxPool*, plain gradient at nn.SiLU); on models with a MaxPool or SiLU
+    also the same call on deeplift_onnx_form(model)."""
+    out = {}
+    variants = {"default": (model, "model as is")}
+    onnx_form, tag = deeplift_onnx_form(model)
+    if onnx_form is not None:
+        variants[tag] = (onnx_form, DEEPLIFT_VARIANTS[tag])
+    for tag, (net, desc) in variants.items():
+        for mode in MODES:
+            m = captum_model(net, mode)
+            tgt = captum_target(mode, argmax, target)
+            seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+            # Captum's maxpool rule calls max_unpool, which torch flags as non-deterministic (a scatter); the
+            # MaxPools here have kernel == stride, so every index is written once and the order cannot matter
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            try:
+                rel = DeepLift(m).attribute(x.clone().requires_grad_(), baselines=0.0, target=tgt)
+            finally:
+                torch.use_deterministic_algorithms(True)
+            out[f"deep_lift|{mode}|{tag}"] = (rel, {
+                "method": "deep_lift", "params": {"reference_inputs": 0.0}, "mode": mode, "seed": "one",
+                "statistical": False, "model_variant": desc,
+                "library_call": "captum DeepLift(model).attribute(x, baselines=0.0, target) (rescale rule, "
+                                "multiply_by_inputs=True, eps=1e-10); " + seed_note})
+    return out
+
+
+# --------------------------------------------------------------------------------------------- excitation backprop
+def safe_divide(z):
+    """iNNvestigate's SafeDivide stabilizer, z + 1e-7 [z == 0], which onnxattr's iNNvestigate-style presets
+    (excitation_backprop included) use; passed to zennit as a callable stabilizer."""
+    return z + 1e-7 * (z == 0)
+
+
+def run_excitation(model, canonizer_names, x, argmax, target):
+    """zennit.composites.ExcitationBackprop with zero_params=['bias'] (no bias in the z+ denominators, as in
+    Zhang et al. 2016 and onnxattr) and stabilizer=safe_divide, seeded with 1 at the selected output(s) (a ones
+    vector for 'all')."""
+    out = {}
+    for mode in MODES:
+        canonizers = [getattr(zennit.canonizers, n)() if hasattr(zennit.canonizers, n)
+                      else getattr(zennit.torchvision, n)() for n in canonizer_names]
+        composite = zennit.composites.ExcitationBackprop(stabilizer=safe_divide, zero_params=["bias"],
+                                                         canonizers=canonizers)
+
+        def seed(y, mode=mode):
+            y = y.detach()
+            if mode == "all":
+                return torch.ones_like(y)
+            idx = torch.as_tensor(argmax if mode == "max" else target)
+            return nn.functional.one_hot(idx, y.shape[1]).to(y)
+
+        with zennit.attribution.Gradient(model, composite) as attributor:
+            _, rel = attributor(x.clone(), seed)
+        seed_note = {"max": "onehot(argmax)", "index": "onehot(target)", "all": "ones"}[mode]
+        out[f"excitation_backprop|{mode}|default"] = (rel, {
+            "method": "excitation_backprop", "params": {"stabilizer": "z + 1e-7*[z == 0]", "bias": False},
+            "mode": mode, "seed": "one", "statistical": False, "zennit_canonizers": canonizer_names,
+            "library_call": "zennit.attribution.Gradient(model, zennit.composites.ExcitationBackprop("
+                            f"stabilizer=lambda z: z + 1e-7 * (z == 0), zero_params=['bias'], "
+                            f"canonizers={canonizer_names})) with attr_output = {seed_note}"})
+    return out
+
+
+FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop")
+
 
 def oracle_maps(model, x, argmax, target, variants_fn):
     """All maps computed in float64 (stored as float32), plus each map's float32 deviation: the same library
@@ -456,9 +605,24 @@ def oracle_maps(model, x, argmax, target, variants_fn):
         xd = x.to(dtype)
         with torch.no_grad():
             assert np.array_equal(m(xd).argmax(1).numpy(), argmax), "argmax differs between float32/64"
-        maps = run_captum(m, xd, argmax, target)
-        maps.update(run_zennit(variants_fn(m), xd, argmax, target))
+        families = FAMILIES if ADD_ONLY is None else ADD_ONLY
+        maps = run_captum(m, xd, argmax, target) if "captum" in families else {}
+        variants = variants_fn(m)
+        if "zennit" in families:
+            maps.update(run_zennit(variants, xd, argmax, target))
+        if "deep_lift" in families:
+            maps.update(run_deeplift(m, xd, argmax, target))
+        if "excitation_backprop" in families:
+            eb_model, eb_canon, _ = variants["default"]  # the LRP variant to match tightly (BNs folded exactly)
+            maps.update(run_excitation(eb_model, eb_canon, xd, argmax, target))
         results[dtype] = maps
+    r64 = results[torch.float64]
+    for tag in DEEPLIFT_VARIANTS:  # deeplift_onnx_form copies that change nothing here: not stored
+        keys = [(f"deep_lift|{mode}|{tag}", f"deep_lift|{mode}|default") for mode in MODES]
+        if all(k in r64 for k, _ in keys) and all(torch.equal(r64[k][0], r64[d][0]) for k, d in keys):
+            print(f"  deep_lift|*|{tag} == deep_lift|*|default bit for bit: not stored")
+            for k, _ in keys:
+                del r64[k]
     out = {}
     for key, (m64, entry) in results[torch.float64].items():
         m32 = results[torch.float32][key][0].double()
@@ -469,10 +633,12 @@ def oracle_maps(model, x, argmax, target, variants_fn):
 
 # --------------------------------------------------------------------------------------------- export
 def export(model, x, path, preserve=False):
+    """Export to `path` and check it against torch; in --add mode only check the committed file."""
     extra = {"training": torch.onnx.TrainingMode.PRESERVE} if preserve else {}
-    torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      **extra)
+    if ADD_ONLY is None:
+        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          **extra)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     with torch.no_grad():
         ref = model(x).numpy()
@@ -570,6 +736,95 @@ COMMON_NOTES = [
 ]
 
 
+METHOD_NOTES = [
+    "deep_lift: Captum DeepLift(model).attribute(x, baselines=0.0, target) (rescale rule, multiply_by_inputs=True: "
+    "the map is (x - 0) * multiplier; eps=1e-10: where |x - x0| < 1e-10 the plain gradient), seeded with 1 at the "
+    "selected output(s) ('all': SumOutputs, target=0). Captum picks a rule by the module's EXACT type "
+    "(SUPPORTED_NON_LINEAR): nn.ReLU/ELU/LeakyReLU/Sigmoid/Tanh/Softplus get the rescale rule "
+    "g*(f(x)-f(x0))/(x-x0), nn.MaxPool1d/2d/3d its maxpool rule, every other module (Linear, Conv, BatchNorm, "
+    "AvgPool, nn.SiLU, ...) and functional op (+, cat, *) the plain gradient. onnxattr's deep_lift: the same rescale "
+    "rule (gradient where |x - x0| < 1e-7) at every element-wise nonlinearity node of the ONNX graph, and MaxPool "
+    "keeps its gradient route (the winner at x; onnxattr/methods/deep_lift.py, README). Captum's maxpool rule "
+    "instead gives, per window, (max(y, y0) - y0) * g at x's winner i plus (y - max(y, y0)) * g at the "
+    "reference's winner j, each divided by that input's own delta (x_i - x0_i): the gradient route only where the "
+    "reference's winner is x's winner (or the reference window is flat) and y >= y0.",
+    "deep_lift tags: 'default' is the model as is. On a model with a MaxPool or an nn.SiLU the same call is also "
+    "made on a copy in the form onnxattr sees (deeplift_onnx_form: nn.MaxPool* -> GradientMaxPool*, a subclass "
+    "Captum does not look up, so the plain gradient; nn.SiLU -> x * nn.Sigmoid()(x.clone()), the exported "
+    "Sigmoid + Mul, whose Sigmoid Captum rescales), tagged 'maxpool_gradient' or "
+    "'maxpool_gradient_silu_product'; that copy's maps are stored only where they differ from 'default'. "
+    "(x.clone(): Captum hooks a module's input tensor and replaces the whole gradient arriving there, so a "
+    "Sigmoid fed x itself would drop the Mul's direct share g*sigmoid(x).)",
+    "excitation_backprop: zennit.composites.ExcitationBackprop(stabilizer=lambda z: z + 1e-7*(z == 0), "
+    "zero_params=['bias']) with the 'default' LRP canonizers, seeded with 1 at the selected output(s) (ones for "
+    "'all'). The composite maps zennit.types.Linear (Conv*, nn.Linear) to ZPlus (x+W+ + x-W-, each share over "
+    "their sum) and Sum/AvgPool/AdaptiveAvgPool to Norm; it has no layer_map_base, so ReLU, BatchNorm, MaxPool "
+    "and other activations take the plain gradient (at a ReLU that equals passing: z+ relevance at a ReLU output "
+    "is x*(...), already 0 where the ReLU gives 0). onnxattr's excitation_backprop (rules/excitation_backprop.toml):"
+    " z_plus_fast (x*W+, no bias) on every kernel layer, z rule on pools, proportional split at residual adds, "
+    "element-wise activations pass, seed 1, iNNvestigate's stabilizer z + 1e-7*[z == 0]. Two Zennit defaults "
+    "are set to onnxattr's (and the paper's): zero_params=['bias'] (Zennit's default keeps b+ in the "
+    "denominator; Zhang et al. 2016 have no bias) and the stabilizer (Zennit's default z + 1e-6*sign(z) moved "
+    "the maps by up to 5e-4 of their max on torch_inception/torch_resnet, 3e-5 on torch_mlp/torch_vgg, when "
+    "measured). Where every kernel layer's input is >= 0 (ReLU nets on inputs in [0, 1)) ZPlus's x-W- term "
+    "vanishes and it equals z_plus_fast; the other models are in not_comparable.",
+]
+
+MODEL_METHOD_NOTES = {
+    "torch_vgg": ["deep_lift: here Captum's maxpool rule gives exactly the gradient route (the GradientMaxPool2d "
+                  "copy's maps are bit-identical; checked by the script), so only tag 'default' is stored."],
+    "torch_vggbn": ["deep_lift: here Captum's maxpool rule gives exactly the gradient route (the GradientMaxPool2d "
+                    "copy's maps are bit-identical; checked by the script), so only tag 'default' is stored.",
+                    "excitation_backprop: not comparable (see not_comparable): the input BatchNorm."],
+    "torch_inception": ["deep_lift: tag 'default' (Captum's maxpool rule at the MaxPool2d) differs from the "
+                        "gradient route; 'maxpool_gradient' is the map to compare.",
+                        "excitation_backprop: torch.cat is a plain gradient in both; the AvgPool2d "
+                        "(count_include_pad=False) and AdaptiveAvgPool2d get Norm (= onnxattr's z rule on pools)."],
+    "torch_resnet": ["excitation_backprop: on the 'default' LRP variant (BatchNorms folded exactly, "
+                     "ResNetCanonizer: the residual Sum gets Norm, as onnxattr's proportional add split); the maps "
+                     "hold for torch_resnet_bn.onnx too."],
+    "torch_conv1d": ["deep_lift: Captum's maxpool rule gives the gradient route here too (swapping only nn.SiLU "
+                     "gave the same map as swapping both, when measured); 'default' differs from "
+                     "'maxpool_gradient_silu_product' through the SiLU alone."],
+}
+
+_EB_NC = ("Zennit's ExcitationBackprop uses ZPlus, x+W+ + x-W- (each share over their sum); onnxattr's "
+          "excitation_backprop uses z_plus_fast, x*W+ (as iNNvestigate's z_plus_fast, which assumes x >= 0): they "
+          "differ wherever a kernel layer's input is negative. ")
+NOT_COMPARABLE = {
+    "torch_inception": {
+        f"deep_lift|{mode}|default": "Captum's DeepLift applies its maxpool rule at nn.MaxPool2d (rescaled by the "
+        "reference's window maximum, see the notes); onnxattr's deep_lift keeps MaxPool's gradient route on "
+        f"purpose (README, onnxattr/methods/deep_lift.py): {pct} of the map's max apart when measured. Compare "
+        "'maxpool_gradient'." for mode, pct in (("max", "18%"), ("index", "14%"), ("all", "39%"))},
+    "torch_conv1d": {
+        **{f"deep_lift|{mode}|default": "nn.SiLU is not in Captum's SUPPORTED_NON_LINEAR, so Captum takes its plain "
+           "gradient; the ONNX export spells SiLU as x * Sigmoid(x) and onnxattr rescales the Sigmoid and takes "
+           f"the product rule at the Mul: {pct} of the map's max apart when measured. Compare "
+           "'maxpool_gradient_silu_product' (Captum on that exported form)."
+           for mode, pct in (("max", "0.07%"), ("index", "0.11%"), ("all", "0.10%"))},
+        **{f"excitation_backprop|{mode}|default": _EB_NC + "Here the Linear after Tanh sees negative inputs, and "
+           "Zennit's composite takes the gradient of Tanh and SiLU (no rule for them) where onnxattr passes "
+           "relevance through element-wise activations: ~38x the map's max apart (mode max), still ~1x with "
+           "z_plus in place of z_plus_fast." for mode in MODES}},
+    "torch_mlp_nobias": {
+        f"excitation_backprop|{mode}|default": _EB_NC + "Here x is uniform in [-1, 1) (the first Linear): ~4.7x "
+        "the map's max apart (mode max); a rule file with z_plus in place of z_plus_fast agrees to 1.4e-7."
+        for mode in MODES},
+    "torch_strided": {
+        f"excitation_backprop|{mode}|default": _EB_NC + "Here x is uniform in [-1, 1) and LeakyReLU outputs are "
+        "negative: ~28x the map's max apart (mode max); a rule file with z_plus in place of z_plus_fast agrees "
+        "to 1.5e-7." for mode in MODES},
+    "torch_vggbn": {
+        f"excitation_backprop|{mode}|default": "The BatchNorm2d on the input has nothing to merge into: Zennit's "
+        "ExcitationBackprop gives it no rule (plain gradient, relevance times gamma/sqrt(var + eps)), while "
+        "onnxattr's iNNvestigate-style preset makes such a BatchNorm a layer of its own (z_plus_fast: relevance "
+        "kept where its scale is > 0, dropped where < 0); and its outputs, the first Conv's inputs, are negative "
+        "in places (" + _EB_NC.rstrip() + ") ~21x the map's max apart (mode max); a rule file with z_plus and "
+        "norm = gradient agrees to 1.2e-5." for mode in MODES},
+}
+
+
 def save(name, layout, x, target, logits, maps, notes, also_valid_for=()):
     arrays = {"x": x.numpy().astype(np.float32), "target": target.astype(np.int64),
               "logits": logits.astype(np.float32)}
@@ -581,16 +836,49 @@ def save(name, layout, x, target, logits, maps, notes, also_valid_for=()):
         assert np.abs(arr).max() > 0, f"{name}: {key} is all zero"
         arrays[key] = arr
         entries[key] = entry
+    notes = COMMON_NOTES + notes + METHOD_NOTES + MODEL_METHOD_NOTES.get(name, [])
     npz = os.path.join(DATA, f"{name}.npz")
+    if ADD_ONLY is not None:
+        arrays, entries, notes = merge_committed(name, arrays, entries)
     np.savez_compressed(npz, **arrays)
+    if ADD_ONLY is not None:  # the committed maps must come back bit for bit
+        with np.load(npz) as back:
+            for key, arr in arrays.items():
+                assert back[key].dtype == arr.dtype and np.array_equal(back[key], arr), (name, key)
     manifest = {"model": f"{name}.onnx", "library": versions(), "layout": layout, "input_name": "input",
-                "output_name": "logits", "entries": entries, "notes": COMMON_NOTES + notes}
+                "output_name": "logits", "entries": entries, "notes": notes}
+    missing = set(NOT_COMPARABLE.get(name, {})) - set(entries)
+    assert not missing, f"{name}: not_comparable names maps that were not made: {missing}"
+    if NOT_COMPARABLE.get(name):  # maps kept for the record that the test does not compare (the reason)
+        manifest["not_comparable"] = {k: NOT_COMPARABLE[name][k] for k in entries if k in NOT_COMPARABLE[name]}
     if also_valid_for:  # other exports of the same net: tests/methods/test_oracles.py checks them too
         manifest["also_valid_for"] = list(also_valid_for)
     with open(os.path.join(DATA, f"{name}.json"), "w") as fh:
         json.dump(manifest, fh, indent=1, sort_keys=False)
         fh.write("\n")
     print(f"  wrote {name}.npz ({os.path.getsize(npz)} bytes, {len(entries)} maps) and {name}.json")
+
+
+def merge_committed(name, arrays, entries):
+    """--add mode: the committed NAME.npz/NAME.json with the new maps in place of any earlier maps of the same
+    methods; x, target, logits and every other map are the committed arrays, unchanged. Returns the merged
+    (arrays, entries, notes) in the order a full run writes them (x, target, logits, then keys sorted)."""
+    with np.load(os.path.join(DATA, f"{name}.npz")) as old:
+        old_arrays = {k: old[k] for k in old.files}
+    with open(os.path.join(DATA, f"{name}.json")) as fh:
+        manifest = json.load(fh)
+    assert manifest["library"] == versions(), (manifest["library"], versions())
+    for k in ("x", "target"):
+        assert np.array_equal(old_arrays[k], arrays[k]), (name, k)
+    new_methods = {e["method"] for e in entries.values()}
+    kept = {k: e for k, e in manifest["entries"].items() if e["method"] not in new_methods}
+    merged_entries = dict(sorted({**kept, **entries}.items()))
+    merged = {k: old_arrays[k] for k in ("x", "target", "logits")}
+    for k in merged_entries:
+        merged[k] = arrays[k] if k in entries else old_arrays[k]
+    notes = manifest["notes"] + [n for n in METHOD_NOTES + MODEL_METHOD_NOTES.get(name, [])
+                                 if n not in manifest["notes"]]
+    return merged, merged_entries, notes
 
 
 def build(name, maker, shape, lo=0.0, hi=1.0):
@@ -629,8 +917,17 @@ FLAT_NOTE = ("Zennit first-layer choice (SpecialFirstLayerMapComposite): the fir
 def main():
     os.makedirs(DATA, exist_ok=True)
     print(versions())
-    # `make_torch.py --models a,b` regenerates only those models (the other files stay as they are)
-    only = set(sys.argv[2].split(",")) if len(sys.argv) > 2 and sys.argv[1] == "--models" else None
+    # `make_torch.py --models a,b` regenerates only those models (the other files stay as they are);
+    # `make_torch.py --add deep_lift,excitation_backprop [--models a,b]` adds (or remakes) only those families'
+    # maps in the committed files, on the committed weights (see ADD_ONLY)
+    global ADD_ONLY
+    args = sys.argv[1:]
+    opts = dict(zip(args[::2], args[1::2]))
+    assert len(args) % 2 == 0 and set(opts) <= {"--models", "--add"}, f"usage: {sys.argv[0]} [--models a,b] [--add f,g]"
+    only = set(opts["--models"].split(",")) if "--models" in opts else None
+    if "--add" in opts:
+        ADD_ONLY = tuple(opts["--add"].split(","))
+        assert set(ADD_ONLY) <= set(FAMILIES), f"--add takes some of {FAMILIES}"
 
     makers = {"torch_mlp": main_mlp, "torch_vgg": main_vgg, "torch_resnet": main_resnet,
               "torch_conv1d": main_conv1d, "torch_strided": main_strided, "torch_inception": main_inception,
@@ -647,9 +944,50 @@ def plain(m):
 def prepare(name, maker, shape, lo=0.0, hi=1.0, preserve=False):
     """build, the stored target, and the export to DATA/<name>.onnx: (model, x, argmax, seed, target, logits)."""
     model, x, argmax, seed = build(name, maker, shape, lo, hi)
+    if ADD_ONLY is not None:
+        argmax = pin_committed(name, model, x)
     target = make_target(argmax)
     logits = export(model, x, os.path.join(DATA, f"{name}.onnx"), preserve=preserve)
     return model, x, argmax, seed, target, logits
+
+
+def pin_committed(name, model, x):
+    """--add mode: load the committed model's weights into `model` (built with the same code, so the same
+    architecture) and check x, target and the argmax against the committed NAME.npz; returns the argmax.
+
+    Why: build() runs float32 convolutions (decorrelate_head, calibrate_bns) whose last bits depend on the
+    CPU's kernels, so on another machine the rebuilt weights differ in their low bits from the committed ones.
+    Maps added later must belong to the committed models, and the committed maps must stay as they are."""
+    from onnx import load, numpy_helper
+    # the export that keeps every parameter under its state_dict name (BatchNorms unfolded) when there is one
+    path = os.path.join(DATA, f"{name}_bn.onnx")
+    path = path if os.path.exists(path) else os.path.join(DATA, f"{name}.onnx")
+    inits = [(i.name, numpy_helper.to_array(i)) for i in load(path).graph.initializer]
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    loaded = {k: torch.from_numpy(v.copy()) for k, v in inits if k in state}
+    # unnamed initializers (torch.onnx names a Linear without bias by its MatMul: onnx::MatMul_12 holding W^T)
+    rest_init = [v for k, v in inits if k not in state]
+    rest_keys = [k for k in state if k not in loaded]
+    assert len(rest_init) == len(rest_keys), (name, rest_keys, len(rest_init))
+    for k, v in zip(rest_keys, rest_init):
+        t = torch.from_numpy(v.copy())
+        loaded[k] = t if t.shape == state[k].shape else t.T.contiguous()
+    for k, v in loaded.items():
+        assert v.shape == state[k].shape and v.dtype == state[k].dtype, (name, k, v.shape, state[k].shape)
+    model.load_state_dict(loaded, strict=False)
+    model.eval()
+    stored = np.load(os.path.join(DATA, f"{name}.npz"))
+    assert np.array_equal(stored["x"], x.numpy()), f"{name}: x differs from the committed one"
+    with torch.no_grad():
+        logits = model(x).numpy()
+    tol = 1e-5 * max(1.0, float(np.abs(stored["logits"]).max()))
+    assert np.abs(logits - stored["logits"]).max() <= tol, f"{name}: committed weights do not give the committed logits"
+    argmax = logits.argmax(1)
+    assert np.array_equal(argmax, stored["logits"].argmax(1))
+    assert np.array_equal(make_target(argmax), stored["target"])
+    print(f"  {name}: committed weights loaded from {os.path.basename(path)}, "
+          f"max |logits - committed| = {np.abs(logits - stored['logits']).max():.1e}")
+    return argmax
 
 
 def main_conv1d():
@@ -696,6 +1034,7 @@ def main_vggbn():
     maps = oracle_maps(model, x, argmax, target, lambda m: {
         "default": (m, ["SequentialMergeBatchNorm"], "model as is; zennit merges each BatchNorm into the "
                     "Conv/Linear before it")})
+    assert "deep_lift|max|maxpool_gradient" not in maps, "update the deep_lift note: MaxPool rule differs"
     save("torch_vggbn", "NCHW", x, target, logits, maps, [
         f"Model seed {seed}: default init; BatchNorm statistics set as for torch_resnet (probe statistics, "
         "perturbed; generator seed 4321); last Linear decorrelated as for torch_mlp.",
@@ -742,6 +1081,7 @@ def main_vgg():
     maps = oracle_maps(model, x, argmax, target, plain)
     conservation(model, x, argmax, [], "torch_vgg")
     conservation(bias_free_clone(model), x, argmax, [], "torch_vgg bias-free", check=True)
+    assert "deep_lift|max|maxpool_gradient" not in maps, "update the deep_lift note: MaxPool rule differs"
     save("torch_vgg", "NCHW", x, target, logits, maps, [
         f"Model seed {seed}: default init; last Linear decorrelated from the mean feature as for torch_mlp.",
         FLAT_NOTE + " Here: the first Conv gets Flat (*_flat) or ZBox(low=0, high=1) (epsilon_gamma_box); the "
