@@ -26,7 +26,7 @@ manifest entry records fp32_rel_dev, the deviation of the same library call run 
 "not_comparable" names maps kept for the record that the test does not compare, with the reason.
 
 deep_lift is Captum's DeepLift (baseline 0); excitation_backprop is Zennit's ExcitationBackprop with
-zero_params=['bias'] and iNNvestigate's stabilizer, as onnxattr defines it (see METHOD_NOTES and NOT_COMPARABLE).
+zero_params=['bias'] and iNNvestigate's stabilizer, as onnxattr's preset has them (see METHOD_NOTES).
 
 Everything is seeded and runs single-threaded, so a rerun on one machine reproduces the files byte for byte
 (smoothgrad is "statistical": its noise comes from torch's RNG and cannot be reproduced by another
@@ -761,13 +761,14 @@ METHOD_NOTES = [
     "their sum) and Sum/AvgPool/AdaptiveAvgPool to Norm; it has no layer_map_base, so ReLU, BatchNorm, MaxPool "
     "and other activations take the plain gradient (at a ReLU that equals passing: z+ relevance at a ReLU output "
     "is x*(...), already 0 where the ReLU gives 0). onnxattr's excitation_backprop (rules/excitation_backprop.toml):"
-    " z_plus_fast (x*W+, no bias) on every kernel layer, z rule on pools, proportional split at residual adds, "
+    " z_plus (x+W+ + x-W-, no bias, as Zennit's ZPlus) on every kernel layer, z rule on pools, proportional "
+    "split at residual adds, "
     "element-wise activations pass, seed 1, iNNvestigate's stabilizer z + 1e-7*[z == 0]. Two Zennit defaults "
     "are set to onnxattr's (and the paper's): zero_params=['bias'] (Zennit's default keeps b+ in the "
     "denominator; Zhang et al. 2016 have no bias) and the stabilizer (Zennit's default z + 1e-6*sign(z) moved "
     "the maps by up to 5e-4 of their max on torch_inception/torch_resnet, 3e-5 on torch_mlp/torch_vgg, when "
-    "measured). Where every kernel layer's input is >= 0 (ReLU nets on inputs in [0, 1)) ZPlus's x-W- term "
-    "vanishes and it equals z_plus_fast; the other models are in not_comparable.",
+    "measured). Where every kernel layer's input is >= 0 (ReLU nets on inputs in [0, 1)) the x-W- term "
+    "vanishes and both are the paper's x*W+.",
 ]
 
 MODEL_METHOD_NOTES = {
@@ -775,7 +776,8 @@ MODEL_METHOD_NOTES = {
                   "copy's maps are bit-identical; checked by the script), so only tag 'default' is stored."],
     "torch_vggbn": ["deep_lift: here Captum's maxpool rule gives exactly the gradient route (the GradientMaxPool2d "
                     "copy's maps are bit-identical; checked by the script), so only tag 'default' is stored.",
-                    "excitation_backprop: not comparable (see not_comparable): the input BatchNorm."],
+                    "excitation_backprop: the BatchNorm2d on the input has nothing to merge into: Zennit gives it "
+                    "no rule (plain gradient), and so does onnxattr's preset (norm = gradient)."],
     "torch_inception": ["deep_lift: tag 'default' (Captum's maxpool rule at the MaxPool2d) differs from the "
                         "gradient route; 'maxpool_gradient' is the map to compare.",
                         "excitation_backprop: torch.cat is a plain gradient in both; the AvgPool2d "
@@ -788,9 +790,6 @@ MODEL_METHOD_NOTES = {
                      "'maxpool_gradient_silu_product' through the SiLU alone."],
 }
 
-_EB_NC = ("Zennit's ExcitationBackprop uses ZPlus, x+W+ + x-W- (each share over their sum); onnxattr's "
-          "excitation_backprop uses z_plus_fast, x*W+ (as iNNvestigate's z_plus_fast, which assumes x >= 0): they "
-          "differ wherever a kernel layer's input is negative. ")
 NOT_COMPARABLE = {
     "torch_inception": {
         f"deep_lift|{mode}|default": "Captum's DeepLift applies its maxpool rule at nn.MaxPool2d (rescaled by the "
@@ -803,25 +802,9 @@ NOT_COMPARABLE = {
            f"the product rule at the Mul: {pct} of the map's max apart when measured. Compare "
            "'maxpool_gradient_silu_product' (Captum on that exported form)."
            for mode, pct in (("max", "0.07%"), ("index", "0.11%"), ("all", "0.10%"))},
-        **{f"excitation_backprop|{mode}|default": _EB_NC + "Here the Linear after Tanh sees negative inputs, and "
-           "Zennit's composite takes the gradient of Tanh and SiLU (no rule for them) where onnxattr passes "
-           "relevance through element-wise activations: ~38x the map's max apart (mode max), still ~1x with "
-           "z_plus in place of z_plus_fast." for mode in MODES}},
-    "torch_mlp_nobias": {
-        f"excitation_backprop|{mode}|default": _EB_NC + "Here x is uniform in [-1, 1) (the first Linear): ~4.7x "
-        "the map's max apart (mode max); a rule file with z_plus in place of z_plus_fast agrees to 1.4e-7."
-        for mode in MODES},
-    "torch_strided": {
-        f"excitation_backprop|{mode}|default": _EB_NC + "Here x is uniform in [-1, 1) and LeakyReLU outputs are "
-        "negative: ~28x the map's max apart (mode max); a rule file with z_plus in place of z_plus_fast agrees "
-        "to 1.5e-7." for mode in MODES},
-    "torch_vggbn": {
-        f"excitation_backprop|{mode}|default": "The BatchNorm2d on the input has nothing to merge into: Zennit's "
-        "ExcitationBackprop gives it no rule (plain gradient, relevance times gamma/sqrt(var + eps)), while "
-        "onnxattr's iNNvestigate-style preset makes such a BatchNorm a layer of its own (z_plus_fast: relevance "
-        "kept where its scale is > 0, dropped where < 0); and its outputs, the first Conv's inputs, are negative "
-        "in places (" + _EB_NC.rstrip() + ") ~21x the map's max apart (mode max); a rule file with z_plus and "
-        "norm = gradient agrees to 1.2e-5." for mode in MODES},
+        **{f"excitation_backprop|{mode}|default": "Zennit's ExcitationBackprop composite takes the gradient of "
+           "Tanh and SiLU (no rule for them) where onnxattr passes relevance through element-wise activations: "
+           "~1x the map's max apart (mode max)." for mode in MODES}},
 }
 
 
