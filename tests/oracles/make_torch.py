@@ -40,7 +40,7 @@ machines against the committed files; torch_mlp came out byte-identical). To add
 which loads the committed weights (pin_committed), checks them against the committed x/target/logits, computes
 only those families' maps and merges them into NAME.npz / NAME.json (every other array kept bit for bit, checked;
 the .onnx files untouched). Families: captum (the gradient methods), zennit (the LRP composites), deep_lift,
-excitation_backprop.
+excitation_backprop, ig_quadrature (integrated gradients with Captum's default, gausslegendre).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -555,6 +555,31 @@ def run_deeplift(model, x, argmax, target):
     return out
 
 
+# --------------------------------------------------------------------------------------------- IG quadratures
+# Captum's riemann_trapezoid is not stored: its step sizes are 1/n with halved ends (summing to (n-1)/n) on
+# alphas k/(n-1), so its maps are (n-1)/n times the trapezoid rule's, which onnxattr computes (README)
+IG_QUADRATURES = ("gausslegendre",)
+
+
+def run_ig_quadrature(model, x, argmax, target):
+    """Captum IntegratedGradients with Gauss-Legendre points and weights (Captum's default), baseline 0, 64
+    steps; tagged by the rule, onnxattr's `integration` parameter of the same name."""
+    out = {}
+    for mode in MODES:
+        m = captum_model(model, mode)
+        tgt = captum_target(mode, argmax, target)
+        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        for rule in IG_QUADRATURES:
+            rel = IntegratedGradients(m).attribute(x.clone().requires_grad_(), baselines=0.0, target=tgt,
+                                                   n_steps=IG_STEPS, method=rule)
+            out[f"integrated_gradients|{mode}|{rule}"] = (rel, {
+                "method": "integrated_gradients", "mode": mode, "seed": "one", "statistical": False,
+                "params": {"reference_inputs": 0.0, "steps": IG_STEPS, "integration": rule},
+                "library_call": f"captum IntegratedGradients(model).attribute(x, baselines=0.0, target, "
+                                f"n_steps={IG_STEPS}, method='{rule}'); " + seed_note})
+    return out
+
+
 # --------------------------------------------------------------------------------------------- excitation backprop
 def safe_divide(z):
     """iNNvestigate's SafeDivide stabilizer, z + 1e-7 [z == 0], which onnxattr's iNNvestigate-style presets
@@ -592,7 +617,7 @@ def run_excitation(model, canonizer_names, x, argmax, target):
     return out
 
 
-FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop")
+FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -612,6 +637,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
             maps.update(run_zennit(variants, xd, argmax, target))
         if "deep_lift" in families:
             maps.update(run_deeplift(m, xd, argmax, target))
+        if "ig_quadrature" in families:
+            maps.update(run_ig_quadrature(m, xd, argmax, target))
         if "excitation_backprop" in families:
             eb_model, eb_canon, _ = variants["default"]  # the LRP variant to match tightly (BNs folded exactly)
             maps.update(run_excitation(eb_model, eb_canon, xd, argmax, target))
@@ -853,8 +880,10 @@ def merge_committed(name, arrays, entries):
     assert manifest["library"] == versions(), (manifest["library"], versions())
     for k in ("x", "target"):
         assert np.array_equal(old_arrays[k], arrays[k]), (name, k)
-    new_methods = {e["method"] for e in entries.values()}
-    kept = {k: e for k, e in manifest["entries"].items() if e["method"] not in new_methods}
+    # a family that makes a method's "default" maps owns that method (its earlier maps of any tag go);
+    # one that adds other tags only (ig_quadrature) replaces just its own keys
+    new_methods = {e["method"] for k, e in entries.items() if k.endswith("|default")}
+    kept = {k: e for k, e in manifest["entries"].items() if e["method"] not in new_methods and k not in entries}
     merged_entries = dict(sorted({**kept, **entries}.items()))
     merged = {k: old_arrays[k] for k in ("x", "target", "logits")}
     for k in merged_entries:
