@@ -47,6 +47,9 @@ class Unit:
         n = self.node
         if self.kind == "pool":
             return b.replay(n, {n.input[0]: x})[0]
+        if self.left:
+            z = b.op("MatMul", [w, x])
+            return b.op("Add", [z, bias]) if bias else z
         if n.op_type == "Conv":
             return conv_forward(b, n, x, w, bias)
         if n.op_type == "ConvTranspose":
@@ -58,8 +61,6 @@ class Unit:
             return b.op("Gemm", [x, w] + ([bias] if bias else []), transB=tb)
         if self.kind == "norm":
             z = b.op("Mul", [x, w])
-        elif self.left:
-            z = b.op("MatMul", [w, x])
         else:
             z = b.op("MatMul", [x, w])
         return b.op("Add", [z, bias]) if bias else z
@@ -68,6 +69,13 @@ class Unit:
         n = self.node
         if self.kind == "pool":
             return VJPS[n.op_type](b, n, [g], [True])[0]
+        if self.left:  # dx = W^T g (W^T folded at compile time for a constant W)
+            wv = b.value(w)
+            wt = b.op("Transpose", [w], perm=[1, 0]) if wv is None else \
+                b.const(np.ascontiguousarray(wv.T), wv.dtype, "wT")
+            out = b.op("MatMul", [wt, g])
+            b.set_info(out, self.x)
+            return out
         if n.op_type == "Conv":
             return conv_input_vjp(b, n, g, w, self.x)
         if n.op_type == "ConvTranspose":
@@ -79,13 +87,6 @@ class Unit:
             return out
         if self.kind == "norm":
             return b.op("Mul", [g, w])
-        if self.left:  # dx = W^T g (W^T folded at compile time for a constant W)
-            wv = b.value(w)
-            wt = b.op("Transpose", [w], perm=[1, 0]) if wv is None else \
-                b.const(np.ascontiguousarray(wv.T), wv.dtype, "wT")
-            out = b.op("MatMul", [wt, g])
-            b.set_info(out, self.x)
-            return out
         return matmul_input_vjp(b, n, g, w, self.x)
 
 
@@ -138,9 +139,10 @@ def nonnegative_tensors(b, nodes) -> set:
 
 
 def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None) -> dict:
-    """node name -> Unit for every linear node on the path, with fused followers mapped too. A MatMul is
-    a layer when its right operand does not vary with the explained input ``x`` (an initializer, or a
-    weight fed at run time); with both operands varying it is a product of activations, not a layer."""
+    """node name -> Unit for every linear node on the path, with fused followers mapped too. A node is a
+    layer when one operand (the weight: an initializer, or fed at run time) does not vary with the
+    explained input ``x``; MatMul and Gemm take it on either side. With both operands varying it is a
+    product of activations, not a layer."""
     consumers: dict[str, list] = {}
     producer = {}
     for n in nodes:
@@ -163,16 +165,19 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
         if n.op_type not in LINEAR_OPS:
             continue
         w_name = n.input[1]
+        varies = [i == x or producer.get(i) in on_path for i in n.input[:2]]
+        if varies == [False, True] and n.op_type in ("MatMul", "Gemm"):  # W x: the weight on the left
+            unit = _left_unit(b, n)
+            if unit is not None:
+                unit.nonneg = unit.x in nonneg
+                _fuse_left_bias(b, unit, consumers, graph_outputs)
+                units[n.name] = unit
+                for f in unit.followers:
+                    units[f.name] = unit
+            continue
+        if varies[1]:
+            continue  # the weight varies with x too: a product of activations (AttnLRP territory), not a layer
         if n.op_type == "MatMul":
-            varies = [i == x or producer.get(i) in on_path for i in n.input]
-            if varies == [False, True]:  # W x: a layer for a 2-D W (a bias after it stays a separate Add)
-                if b.rank(n.input[0]) == 2 and (b.rank(n.input[1]) or 0) >= 2:
-                    unit = Unit(n, n.input[1], n.output[0], "dense", n.input[0], None, left=True)
-                    unit.nonneg = unit.x in nonneg
-                    units[n.name] = unit
-                continue
-            if varies[1]:
-                continue  # two activations (AttnLRP territory): not a layer
             unit = Unit(n, n.input[0], n.output[0], "dense", w_name, None)
         elif n.op_type == "Gemm":
             eff = _gemm_effective(b, n)
@@ -192,6 +197,54 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
     return units
 
 
+def _left_unit(b, n) -> Unit | None:
+    """MatMul(W, x) / Gemm(W, x[, C]) with a 2-D W: z = W' x + c, W' = alpha W (transposed for transA),
+    c = beta C (shaped as given: it broadcasts to z). None (the gradient) for shapes or forms this does not
+    cover: x of rank < 2, a batched W, Gemm's transB (x transposed), a scaled W known only at run time."""
+    if b.rank(n.input[0]) != 2 or (b.rank(n.input[1]) or 0) < 2:
+        return None
+    if n.op_type == "MatMul":
+        return Unit(n, n.input[1], n.output[0], "dense", n.input[0], None, left=True)
+    at = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in n.attribute}
+    if at.get("transB", 0):
+        return None
+    alpha, beta, trans = at.get("alpha", 1.0), at.get("beta", 1.0), at.get("transA", 0)
+    w = n.input[0]
+    if alpha != 1.0 or trans:
+        wv = b.value(w)
+        if wv is None:
+            return None
+        wv = alpha * (wv.T if trans else wv)
+        w = b.const(np.ascontiguousarray(wv), wv.dtype, "w")
+    c = n.input[2] if len(n.input) > 2 and n.input[2] else None
+    if c is not None and beta != 1.0:
+        cv = b.value(c)
+        if cv is None:
+            return None
+        c = b.const(beta * cv, cv.dtype, "b")
+    return Unit(n, n.input[1], n.output[0], "dense", w, c, left=True)
+
+
+def _fuse_left_bias(b, unit, consumers, graph_outputs):
+    """A constant Add alone after W x, when it broadcasts to z without changing z's shape and, for a batch
+    axis (z of rank >= 3), is the same for every sample: the unit's bias, as given (a row bias [M, 1] ...)."""
+    if unit.bias is not None or unit.out in graph_outputs:
+        return
+    nxt = _single_consumer(consumers, unit.out)
+    if nxt is None or nxt.op_type != "Add":
+        return
+    other = nxt.input[1] if nxt.input[0] == unit.out else nxt.input[0]
+    cv, zs = b.value(other), b.shape(unit.out)
+    if cv is None or zs is None or cv.ndim > len(zs):
+        return
+    padded = [1] * (len(zs) - cv.ndim) + list(cv.shape)
+    if any(d != 1 and d != z for d, z in zip(padded, zs)) or (len(zs) >= 3 and padded[0] != 1):
+        return
+    unit.bias = b.const(cv, cv.dtype, "bias")
+    unit.followers.append(nxt)
+    unit.out = nxt.output[0]
+
+
 def _fuse_followers(b, unit, consumers, graph_outputs):
     """Fuse a constant bias Add and/or a BatchNormalization that alone consume the unit's output."""
     n = unit.node
@@ -207,7 +260,9 @@ def _fuse_followers(b, unit, consumers, graph_outputs):
             if cv is None or channels is None or not _is_channel_bias(cv, b.rank(unit.out), unit, channels):
                 return
             unit.bias = b.const(cv.reshape(-1) if n.op_type != "MatMul" else cv.reshape(-1), cv.dtype, "bias")
-        elif nxt.op_type == "BatchNormalization" and wv is not None and n.op_type in ("Conv", "Gemm", "MatMul"):
+        elif nxt.op_type == "BatchNormalization" and wv is not None and (
+                n.op_type == "Conv" or (n.op_type in ("Gemm", "MatMul") and b.rank(unit.out) == 2)):
+            # a dense output of rank 3+ has its features last but BatchNorm's channels on axis 1
             params = [b.value(t) for t in nxt.input[1:5]]
             if any(p is None for p in params):
                 return

@@ -102,8 +102,19 @@ def left_matmul_model():
     return m, out.reshape(out.shape[0], -1), np.zeros(4 * 3), (5, 3)
 
 
+def left_matmul_bias_model():
+    """MatMul(W, x) then Add of a per-row bias [4, 1] (fused into the layer, as a right MatMul's bias is)."""
+    m, matrix, _, shape = left_matmul_model()
+    b = RNG.standard_normal((4, 1)).astype(np.float32)
+    g = m.graph
+    g.node[0].output[0] = "h"
+    g.node.append(helper.make_node("Add", ["h", "B"], ["z"]))
+    g.initializer.append(numpy_helper.from_array(b, "B"))
+    return m, matrix, np.repeat(b.astype(np.float64).reshape(-1), 3), shape
+
+
 LAYERS = {"dense": dense_model, "conv": conv_model, "conv_transpose": conv_transpose_model, "gemm": gemm_model,
-          "left_matmul": left_matmul_model}
+          "left_matmul": left_matmul_model, "left_matmul_bias": left_matmul_bias_model}
 
 
 def safe(z, eps=1e-7):
@@ -216,6 +227,33 @@ def test_rule_matches_pairwise_reference(layer, method, rule, opts, tmp_path):
     got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
     scale = np.abs(want).max()
     assert np.abs(got - want).max() <= 1e-4 * scale, (np.abs(got - want).max(), scale)
+
+
+@pytest.mark.parametrize("method", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.w_square", "deep_taylor"])
+def test_gemm_with_the_weight_on_the_left_is_that_matmul_plus_bias(method):
+    """Gemm(A, x, C) with transA, alpha 0.5, beta 2 (torch.addmm's export, 2-D x) is z = 0.5 A^T x + 2 C: the
+    same layer as MatMul(0.5 A^T, x) + Add(2 C), so the same map (that form is checked above)."""
+    a = RNG.standard_normal((5, 4)).astype(np.float32)
+    c = RNG.standard_normal((4, 1)).astype(np.float32)
+    x = np.abs(RNG.standard_normal((5, 3))).astype(np.float32)
+    io = ([helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 3])],
+          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 3])])
+    gemm = helper.make_model(helper.make_graph(
+        [helper.make_node("Gemm", ["A", "x", "C"], ["z"], transA=1, alpha=0.5, beta=2.0)], "g", *io,
+        [numpy_helper.from_array(a, "A"), numpy_helper.from_array(c, "C")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    plain = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["W", "x"], ["h"]), helper.make_node("Add", ["h", "B"], ["z"])], "m", *io,
+        [numpy_helper.from_array(0.5 * a.T, "W"), numpy_helper.from_array(2 * c, "B")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+
+    def run(model):
+        compiled = onnxattr.compile(model, method, neuron="all")
+        return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+
+    want = run(plain)
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(run(gemm), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def test_z_plus_equals_alpha_1_beta_0_ib():

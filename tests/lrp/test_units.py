@@ -80,3 +80,44 @@ def test_standalone_batchnorm_is_a_linear_layer():
     _, r_ib = run(model, "lrp.z_IB", neuron="all")
     np.testing.assert_allclose(r_ib, y, rtol=1e-4, atol=1e-5)
     assert onnxattr.api.inspect(model, "lrp.z")[0][2:] == ("z", "default")
+
+
+@pytest.mark.parametrize("channels,features", [(6, 8), (8, 8)])
+def test_batchnorm_after_a_rank3_matmul_is_not_folded_into_its_features(channels, features):
+    """x [N, C, K] @ W [K, F] -> BatchNormalization (channels on axis 1, C) -> Relu -> Flatten -> head: the
+    BN scales rows, not W's output features, so it cannot fold into W (C != F raised, C == F gave wrong maps).
+    lrp.z against numpy with the BN applied exactly: contributions x_k W_kf s_c over z = s_c (x W) + shift."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, features)).astype(np.float32)
+    gamma, beta = (rng.random(channels) + 0.5).astype(np.float32), rng.standard_normal(channels).astype(np.float32)
+    mean, var = rng.standard_normal(channels).astype(np.float32), (rng.random(channels) + 0.5).astype(np.float32)
+    head = rng.standard_normal((channels * features, 2)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("BatchNormalization", ["h", "g", "b", "m", "v"], ["z"]),
+             helper.make_node("Relu", ["z"], ["a"]), helper.make_node("Flatten", ["a"], ["f"]),
+             helper.make_node("MatMul", ["f", "H"], ["y"])]
+    inits = [numpy_helper.from_array(v, k) for k, v in
+             (("W", w), ("g", gamma), ("b", beta), ("m", mean), ("v", var), ("H", head))]
+    io = ([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 5])],
+          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    g = helper.make_graph(nodes, "bn3", *io, inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, channels, 5)).astype(np.float32)
+    compiled = onnxattr.compile(model, "lrp.z")
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+
+    def safe(v):
+        return v + 1e-7 * (v == 0)
+
+    s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-5)
+    xd, wd = x.astype(np.float64), w.astype(np.float64)
+    z = s[None, :, None] * (xd @ wd) + (beta - mean * s)[None, :, None]
+    a = np.maximum(z, 0)
+    y = a.reshape(2, -1) @ head.astype(np.float64)
+    k = y.argmax(1)
+    r_y = np.zeros_like(y)
+    r_y[np.arange(2), k] = y[np.arange(2), k]
+    r_a = (a.reshape(2, -1) * ((r_y / safe(y)) @ head.T.astype(np.float64))).reshape(a.shape)
+    contributions = s[None, :, None, None] * np.einsum("bck,kf->bckf", xd, wd)
+    want = np.einsum("bckf,bcf->bck", contributions, r_a / safe(z))
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
