@@ -28,8 +28,11 @@ def pattern_layers(b, nodes, x: str, y: str) -> dict:
     for n in on_path:
         unit = units.get(n.name)
         kernel = n.op_type in ("Conv", "ConvTranspose", "Gemm") or (
-            n.op_type == "MatMul" and b.value(n.input[1]) is not None)
+            n.op_type == "MatMul" and (b.value(n.input[1]) is not None or b.value(n.input[0]) is not None))
         if not kernel or (unit is not None and unit.node is not n):
+            continue
+        if unit is not None and unit.left:
+            refused.append(f"{n.op_type} '{n.name}' (weight on the left, W x)")
             continue
         w = b.value(unit.w) if unit is not None and unit.w else None
         ok = (unit is not None and n.op_type != "ConvTranspose" and w is not None
@@ -40,7 +43,7 @@ def pattern_layers(b, nodes, x: str, y: str) -> dict:
             refused.append(f"{n.op_type} '{n.name}'")
     if refused:
         raise UnsupportedModelError(
-            "pattern methods learn a pattern for Conv, Gemm and MatMul layers with a constant weight "
+            "pattern methods learn a pattern for Conv, Gemm and MatMul layers x W with a constant weight "
             "(2-D for Gemm/MatMul, no transA); these layers have none: " + ", ".join(refused[:10]))
     return layers
 

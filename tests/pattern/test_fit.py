@@ -81,6 +81,15 @@ def test_unsupported_kernel_layer_is_named():
         fit_patterns(m, np.zeros((5, 4), np.float32), progress=False)
 
 
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_a_layer_with_its_weight_on_the_left_is_refused_by_name(op):
+    """W x mixes x's rows (a graph convolution): the patterns are learned for x W layers only."""
+    node = onnx.helper.make_node(op, ["w", "x"], ["y"], name="adjacency")
+    m = single_io_model([node], {"w": np.ones((3, 5), np.float32)}, [5, 4], [3, 4])
+    with pytest.raises(UnsupportedModelError, match=r"adjacency' \(weight on the left"):
+        fit_patterns(m, np.zeros((5, 4), np.float32), progress=False)
+
+
 def test_analyzer_fit_refuses_unknown_arguments():
     """A typo (batchsize) is an error, not silently ignored; iNNvestigate's verbose is accepted."""
     import onnxattr
