@@ -6,7 +6,7 @@ standalone BatchNormalization): ``first`` (the first kernel layer met from the i
 with index <= until_layer_idx, counted in graph order from 0), ``relu_layer`` (a layer whose output
 feeds a Relu), ``conv``, ``dense``, ``norm``, then ``default``; pools get ``pool`` (else the gradient).
 Before any selector, a layer (or pool) whose node name matches a pattern of the preset's [nodes] table
-(exact, or fnmatch's * ? [..]; the first in file order) takes that rule. Residual Add/Sum of
+(equal, or fnmatch's * ? [..]; the first in file order) takes that rule. Residual Add/Sum of
 activations get ``add``: ``z`` (split in proportion to the operands), ``norm`` (the same with Zennit's
 stabilizer) or ``gradient`` (copy into every branch). Element-wise activations and fused followers
 (bias Add, BatchNorm after a linear layer) pass relevance through unchanged; data movement (MaxPool,
@@ -134,7 +134,8 @@ class Composite:
     activation: str = "pass"  # element-wise activations: "pass" relevance, or "gradient" (mask dead units)
     nodes: tuple = ()  # (node name or glob pattern, rule), in file order: before any selector
     assignment: dict = field(default_factory=dict)  # node name -> description (for `inspect`)
-    unmatched: tuple = ()  # after lookup: the node patterns that match no layer on the path,
+    unmatched: tuple = ()  # after lookup: the node patterns that match no node on the path,
+    not_layers: tuple = ()  # those that match only nodes that are not layers (an activation, an Add, ...),
     shadowed: tuple = ()   # and those whose layers all went to an earlier pattern
 
     def lookup(self, b, nodes, x, y):
@@ -158,7 +159,7 @@ class Composite:
                 if n is not unit.node:
                     chosen[n.name] = ("pass", f"fused into {unit.node.name}")
                     continue
-                matching = [(p, r) for p, r in self.nodes if fnmatch.fnmatchcase(n.name, p)]
+                matching = [(p, r) for p, r in self.nodes if n.name == p or fnmatch.fnmatchcase(n.name, p)]
                 matched.update(p for p, _ in matching)
                 named = matching[0] if matching else None
                 if named is not None:
@@ -178,7 +179,11 @@ class Composite:
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
         self.assignment = {k: (_describe(v[0]), v[1]) for k, v in chosen.items()}
-        self.unmatched = tuple(p for p, _ in self.nodes if p not in matched)
+        names = [n.name for n in nodes]
+        on_path_match = {p for p, _ in self.nodes if p not in matched
+                         and any(name == p or fnmatch.fnmatchcase(name, p) for name in names)}
+        self.unmatched = tuple(p for p, _ in self.nodes if p not in matched and p not in on_path_match)
+        self.not_layers = tuple(p for p, _ in self.nodes if p in on_path_match)
         self.shadowed = tuple(p for p, _ in self.nodes if p in matched and p not in used)
         relu_of = {n.input[0]: n.output[0] for n in nodes if n.op_type == "Relu"}
 

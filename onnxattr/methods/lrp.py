@@ -60,7 +60,9 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
             raise UsageError(f"{label or preset.name}: {e}") from None
         on_path, _ = path_nodes(t.nodes, t.x, t.y, t.b)
         rule_for = composite.lookup(t.b, on_path, t.x, t.y)
-        for patterns, what in ((composite.unmatched, "no layer on the explained path"),
+        for patterns, what in ((composite.unmatched, "no node on the explained path"),
+                               (composite.not_layers, "only nodes that are not layers (fused into one, an "
+                                "activation, an Add, a MaxPool: they take no layer rule)"),
                                (composite.shadowed, "only layers an earlier pattern takes")):
             if patterns:
                 verb = "matches" if len(patterns) == 1 else "match"

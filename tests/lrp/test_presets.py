@@ -173,12 +173,26 @@ def test_node_patterns_pick_rules_by_name_before_the_selectors(tmp_path):
         np.testing.assert_array_equal(relevance(model, str(named), eps=2.0), relevance(model, str(same)))
 
 
+def test_a_node_name_with_glob_characters_matches_itself(tmp_path):
+    """A name copied from `inspect` such as /features[0]/Conv is a glob that does not match itself."""
+    model = resnet_like(bias=True)
+    model.graph.node[0].name = "/features[0]/Conv*"
+    f = tmp_path / "exact.toml"
+    f.write_text('[layers]\ndefault = { rule = "z" }\n[nodes]\n"/features[0]/Conv*" = { rule = "flat" }\n')
+    rows = {r[0]: r[2:] for r in onnxattr.api.inspect(model, str(f))}
+    assert rows["/features[0]/Conv*"] == ("flat", "node '/features[0]/Conv*'")
+
+
 def test_a_node_pattern_matching_no_layer_warns(tmp_path, capsys):
     f = tmp_path / "typo.toml"
     f.write_text('[layers]\ndefault = { rule = "z" }\n'
                  '[nodes]\n"Conv_O" = { rule = "flat" }\n"Mat*" = { rule = "z" }\n')
-    with pytest.warns(onnxattr.OnnxAttrWarning, match=r"\[nodes\] 'Conv_O' matches no layer on the explained"):
+    with pytest.warns(onnxattr.OnnxAttrWarning, match=r"\[nodes\] 'Conv_O' matches no node on the explained"):
         onnxattr.compile(resnet_like(), str(f))
+    relu = tmp_path / "relu.toml"
+    relu.write_text('[layers]\ndefault = { rule = "z" }\n[nodes]\n"Relu_*" = { rule = "flat" }\n')
+    with pytest.warns(onnxattr.OnnxAttrWarning, match=r"'Relu_\*' matches only nodes that are not layers"):
+        onnxattr.compile(resnet_like(), str(relu))
     assert main(["compile", str(_save(tmp_path)), "--rules", str(f), "-o", str(tmp_path / "o.onnx")]) == 0
     assert "onnxattr: warning: " in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
