@@ -195,13 +195,24 @@ def _model_files(path, real, inode, size, mtime_ns) -> tuple[str, ...]:
     return tuple(dict.fromkeys(files))
 
 
+def _all_nodes(model: onnx.ModelProto):
+    """Every node: the graph's, those of subgraphs (If/Loop/Scan bodies, at any depth) and of model-local
+    functions."""
+    stack = [model.graph.node] + [f.node for f in model.functions]
+    while stack:
+        for n in stack.pop(0):
+            yield n
+            for a in n.attribute:
+                stack.extend([a.g.node] if a.type == onnx.AttributeProto.GRAPH else [g.node for g in a.graphs])
+
+
 def check_input_model(model: onnx.ModelProto, label: str) -> None:
     """onnx.checker on the user's model without its weights (light.light_model; their sizes are
     _check_tensor_sizes's job), skipped over 2 GB as protobuf cannot serialize more."""
-    unknown = [(i, n) for i, n in enumerate(model.graph.node)
-               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    unknown = [n for n in _all_nodes(model) if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
     if unknown:  # onnx.checker would only print a warning to stdout for the early experimental ops
-        listed = ", ".join(f"{n.op_type} (node {repr(n.name) if n.name else f'#{i}'})" for i, n in unknown[:5])
+        listed = ", ".join(f"{n.op_type} ({f'node {n.name!r}' if n.name else 'an unnamed node'})"
+                           for n in unknown[:5])
         raise InvalidModelError(
             f"{label}: {listed} {'is' if len(unknown) == 1 else 'are'} not an ONNX op that onnx "
             f"{onnx.__version__} knows (an experimental op of early ONNX since removed, or a misspelt op); "

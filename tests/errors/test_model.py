@@ -57,20 +57,35 @@ def test_model_failing_the_checker(tmp_path, capsys):
     assert "MatMul" in line  # the checker's lines are joined: the node is named too
 
 
-@pytest.mark.parametrize("op,opset,name", [("ImageScaler", 8, ""), ("Reluu", 17, "act")])
-def test_an_op_onnx_does_not_know_is_named_and_nothing_reaches_stdout(tmp_path, capfd, op, opset, name):
+@pytest.mark.parametrize("op,opset,name,where", [
+    ("ImageScaler", 8, "", "graph"), ("Reluu", 17, "act", "graph"), ("ImageScaler", 9, "is", "if"),
+    ("ImageScaler", 9, "", "function")])
+def test_an_op_onnx_does_not_know_is_named_and_nothing_reaches_stdout(tmp_path, capfd, op, opset, name, where):
     """Early exports' experimental ops (ImageScaler, opset 8) pass onnx.checker with a warning printed to
-    stdout, then fail the opset upgrade with a raw assertion text; a misspelt op fails the checker."""
+    stdout, then fail the opset upgrade with a raw assertion text; a misspelt op fails the checker. Found
+    in an If branch or a model-local function too."""
     attrs = {"scale": 2.0, "bias": [0.0]} if op == "ImageScaler" else {}
     node = helper.make_node(op, ["x"], ["y"], name=name or None, **attrs)
     shape = ["N", 1, 4, 4]
-    m = make_model([node], [vi("x", TensorProto.FLOAT, shape)], [vi("y", TensorProto.FLOAT, shape)])
+    io = [vi("x", TensorProto.FLOAT, shape)], [vi("y", TensorProto.FLOAT, shape)]
+    m = make_model([node], *io)
+    if where == "if":
+        branch = helper.make_graph([node], "branch", [], [vi("y", TensorProto.FLOAT, shape)])
+        relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "other", [],
+                                 [vi("y", TensorProto.FLOAT, shape)])
+        cond = helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.BOOL, [], [True]))
+        m = make_model([cond, helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=relu)], *io)
+    elif where == "function":
+        fn = helper.make_function("local", "scaler", ["x"], ["y"], [node], [helper.make_opsetid("", opset)])
+        m = make_model([helper.make_node("scaler", ["x"], ["y"], domain="local")], *io)
+        m.functions.append(fn)
+        m.opset_import.append(helper.make_opsetid("local", 1))
     m.opset_import[0].version = opset
     p = save(tmp_path, m, "old.onnx")
     assert main(["compile", str(p), "-m", "gradient", "-o", str(tmp_path / "o.onnx")]) == 4
     out, err = capfd.readouterr()  # file-descriptor level: onnx's C++ code prints there
     assert out == "" and len(err.strip().splitlines()) == 1, (out, err)
-    assert f"{op} (node {repr(name) if name else '#0'}) is not an ONNX op" in err, err
+    assert f"{op} ({f'node {name!r}' if name else 'an unnamed node'}) is not an ONNX op" in err, err
 
 
 def test_model_with_an_opset_newer_than_onnx_knows(tmp_path, capsys):
