@@ -181,11 +181,14 @@ def model_files(path) -> list[str]:
         st = os.stat(path)
     except OSError:
         return []
-    return list(_model_files(path, os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns))
+    # keyed by where the path is (a link's folder holds its data files), the file it reaches and the file's
+    # version (a rewrite changes ctime even when it keeps size and mtime)
+    return list(_model_files(os.path.abspath(path), os.path.realpath(path), st.st_ino, st.st_size,
+                             st.st_mtime_ns, st.st_ctime_ns))
 
 
 @functools.lru_cache(maxsize=8)
-def _model_files(path, real, inode, size, mtime_ns) -> tuple[str, ...]:
+def _model_files(path, real, inode, size, mtime_ns, ctime_ns) -> tuple[str, ...]:
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception:  # noqa: BLE001 - not a model: load_model reports that, here nothing more is read

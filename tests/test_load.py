@@ -128,3 +128,18 @@ def test_model_files_parses_each_version_of_a_model_once(tmp_path, monkeypatch):
     os.utime(path, ns=(1, 1))
     assert model_files(path) == [os.path.realpath(path)] and len(parses) == 2
     assert model_files(tmp_path / "none.onnx") == [] and model_files(tmp_path) == []
+
+
+def test_model_files_of_one_link_name_in_two_folders(tmp_path, monkeypatch):
+    """The same relative link name in two folders, each with the data file beside it: after chdir the
+    second folder's data file, not the cached first one."""
+    m, _ = mlp()
+    (tmp_path / "real").mkdir()
+    onnx.save(m, tmp_path / "real" / "m.onnx", save_as_external_data=True, location="w.bin", size_threshold=0)
+    for folder in ("A", "B"):
+        (tmp_path / folder).mkdir()
+        os.symlink(tmp_path / "real" / "m.onnx", tmp_path / folder / "m.onnx")
+        (tmp_path / folder / "w.bin").write_bytes((tmp_path / "real" / "w.bin").read_bytes())
+    for folder in ("A", "B"):
+        monkeypatch.chdir(tmp_path / folder)
+        assert model_files("m.onnx")[1] == os.path.realpath(tmp_path / folder / "w.bin")
