@@ -140,6 +140,7 @@ def test_model_files_of_one_link_name_in_two_folders(tmp_path, monkeypatch):
         (tmp_path / folder).mkdir()
         os.symlink(tmp_path / "real" / "m.onnx", tmp_path / folder / "m.onnx")
         (tmp_path / folder / "w.bin").write_bytes((tmp_path / "real" / "w.bin").read_bytes())
+    (tmp_path / "real" / "w.bin").unlink()  # data beside each link only
     for folder in ("A", "B"):
         monkeypatch.chdir(tmp_path / folder)
         assert model_files("m.onnx")[1] == os.path.realpath(tmp_path / folder / "w.bin")
