@@ -178,6 +178,9 @@ class Composite:
                 chosen[n.name] = self._activation_rule(n, kernel_outputs)
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
+        for name, (rule, _) in chosen.items():
+            if rule == "pass" and name in units and units[name].node.name == name:
+                _check_pass(b, units[name])
         self.assignment = {k: (_describe(v[0]), v[1]) for k, v in chosen.items()}
         names = [n.name for n in nodes]
         on_path_match = {p for p, _ in self.nodes if p not in matched
@@ -263,6 +266,17 @@ def _kernel_layers(nodes, units, x, through=None):
         if any(i in pre for i in n.input) and (through is None or n.op_type in through):
             pre.update(n.output)
     return order, first
+
+
+def _check_pass(b, unit: Unit):
+    """pass hands relevance on unchanged: a UsageError for a layer whose input and output shapes differ."""
+    xs, zs = b.shape(unit.x), b.shape(unit.out)
+    if xs is None or zs is None:
+        return
+    if len(xs) != len(zs) or any(isinstance(p, int) and isinstance(q, int) and p != q for p, q in zip(xs, zs)):
+        raise UsageError(f"rule pass on {unit.node.op_type} '{unit.node.name}': its input {xs} and output {zs} "
+                         "differ in shape, and pass hands relevance on unchanged (it suits layers that keep the "
+                         "shape, such as a BatchNorm)")
 
 
 def _pass(b, node, grads, need):

@@ -59,7 +59,10 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
         except UsageError as e:
             raise UsageError(f"{label or preset.name}: {e}") from None
         on_path, _ = path_nodes(t.nodes, t.x, t.y, t.b)
-        rule_for = composite.lookup(t.b, on_path, t.x, t.y)
+        try:
+            rule_for = composite.lookup(t.b, on_path, t.x, t.y)
+        except UsageError as e:
+            raise UsageError(f"{label or preset.name}: {e}") from None
         for patterns, what in ((composite.unmatched, "no node on the explained path"),
                                (composite.not_layers, "only nodes that are not layers (fused into one, an "
                                 "activation, an Add, a MaxPool: they take no layer rule)"),

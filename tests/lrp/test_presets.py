@@ -173,6 +173,15 @@ def test_node_patterns_pick_rules_by_name_before_the_selectors(tmp_path):
         np.testing.assert_array_equal(relevance(model, str(named), eps=2.0), relevance(model, str(same)))
 
 
+def test_pass_on_a_layer_that_changes_the_shape_is_a_usage_error(tmp_path, capsys):
+    f = tmp_path / "pass.toml"
+    f.write_text('[layers]\ndefault = { rule = "z" }\n[nodes]\n"MatMul_10" = { rule = "pass" }\n')
+    assert main(["compile", str(_save(tmp_path)), "--rules", str(f), "-o", str(tmp_path / "o.onnx")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert str(f) in line and "rule pass on MatMul 'MatMul_10'" in line and "differ in shape" in line, line
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_a_node_name_with_glob_characters_matches_itself(tmp_path):
     """A name copied from `inspect` such as /features[0]/Conv is a glob that does not match itself."""
     model = resnet_like(bias=True)
