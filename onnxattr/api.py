@@ -52,12 +52,15 @@ class Analyzer:
         self._runners: dict[str, Runner] = {}
         self.outputs: list[np.ndarray] | None = None  # the original outputs of the last analyze()
 
-    def fit(self, data=None, batch_size: int = 32, progress: bool = True, **kwargs) -> "Analyzer":
+    def fit(self, data=None, batch_size: int = 32, progress: bool = True, inputs: dict | None = None,
+            **kwargs) -> "Analyzer":
         """pattern.* methods learn their patterns from ``data`` (an array [N, ...], or an iterable of
-        batches); other methods have nothing to learn."""
+        batches; ``inputs``: the model's other graph inputs, as for analyze); other methods have nothing
+        to learn."""
         unknown = sorted(set(kwargs) - {"verbose"})  # iNNvestigate's fit passes Keras options; only verbose means something here
         if unknown:
-            raise UsageError(f"fit() got an unknown argument '{unknown[0]}' (it takes data, batch_size, progress)")
+            raise UsageError(f"fit() got an unknown argument '{unknown[0]}' (it takes data, batch_size, progress, "
+                             "inputs)")
         if "verbose" in kwargs:
             progress = bool(kwargs["verbose"])
         if self.method.family != "pattern":
@@ -66,7 +69,7 @@ class Analyzer:
 
         self.params["patterns"] = fit_patterns(
             self.model, data, self.params["pattern_type"], batch_size, self.input, self.output,
-            self.device, self.providers, progress, label=self.label)
+            self.device, self.providers, progress, label=self.label, inputs=inputs)
         self._runners.clear()
         return self
 
@@ -90,7 +93,9 @@ class Analyzer:
             self._runners[mode] = Runner(compiled, self.device, self.providers)
         return self._runners[mode]
 
-    def analyze(self, X, neuron_selection=None) -> np.ndarray:
+    def analyze(self, X, neuron_selection=None, inputs: dict | None = None) -> np.ndarray:
+        """The relevance map of X; ``inputs``: the model's other graph inputs by name (a graph
+        convolution's adjacency fed at run time, say), the same for every sample."""
         mode = self.mode
         if neuron_selection is not None:
             mode = "index"
@@ -103,7 +108,7 @@ class Analyzer:
         if np.ndim(ref) == X.ndim and np.shape(ref)[0] not in (1, X.shape[0]):
             raise DataError(f"reference_inputs holds {np.shape(ref)[0]} references and the data {X.shape[0]} "
                             "samples: give one reference, or one per sample")
-        feeds = {x_name: X}
+        feeds = {x_name: X, **other_feeds(r, {x_name, TARGET_INPUT}, inputs)}
         if mode == "index":
             feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)
         results = r.run(feeds)
@@ -142,6 +147,23 @@ def _as_input(X, arg) -> np.ndarray:
     if X.size == 0:
         raise DataError(f"input data of shape {list(X.shape)} holds no values; give at least one sample")
     return X
+
+
+def other_feeds(runner: Runner, explained: set, given: dict | None) -> dict:
+    """The model's graph inputs besides ``explained``, from ``given`` (name -> array), checked like the data;
+    a missing or unknown name is a UsageError saying how to give it."""
+    given = dict(given or {})
+    args = {a.name: a for a in runner.session.get_inputs() if a.name not in explained}
+    unknown = sorted(set(given) - set(args))
+    if unknown:
+        raise UsageError(f"{', '.join(map(repr, unknown))}: not an input of the model besides the explained one "
+                         f"(its other inputs: {', '.join(map(repr, args)) or 'none'})")
+    missing = [n for n in args if n not in given]
+    if missing:
+        shown = ", ".join(f"'{n}' {list(args[n].shape)}" for n in missing)
+        raise UsageError(f"the model also needs input {shown} besides the explained one: give it with "
+                         f"inputs={{'{missing[0]}': array}} (Python) or --feed {missing[0]}=FILE.npy (command line)")
+    return {n: _as_input(v, args[n]) for n, v in given.items()}
 
 
 def _targets(selection, batch: int, runner: Runner) -> np.ndarray:

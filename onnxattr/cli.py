@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--graymap", help="write a graymap PNG (absolute relevance)")
     e.add_argument("-o", "--out", help="relevance as .npy")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    e.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
+                   help="another graph input of the model, the same for every sample (repeatable)")
     i = sub.add_parser("inspect", help="show which rule each node on the explained path gets")
     _common(i, neuron=False)
     f = sub.add_parser("fit", help="learn the patterns of pattern.net / pattern.attribution from data")
@@ -108,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", required=True, help="training inputs as .npy [N, ...] (read batch by batch)")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    f.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
+                   help="another graph input of the model, the same for every batch (repeatable)")
     f.add_argument("-o", "--out", required=True, help="patterns .npz")
     sub.add_parser("methods", help="list methods, their parameters and defaults")
     parser.commands = dict(sub.choices)
@@ -122,11 +126,36 @@ def _all_params(a) -> dict:
     return out
 
 
+def _feeds(a) -> dict:
+    """--feed NAME=FILE.npy pairs: name -> path."""
+    out = {}
+    for pair in getattr(a, "feed", None) or []:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--feed expects NAME=FILE.npy, got '{pair}'")
+        out[name] = path
+    return out
+
+
+def _load_feeds(a) -> dict:
+    """The --feed arrays, read like --data (.npy only)."""
+    out = {}
+    for name, path in _feeds(a).items():
+        if not os.path.exists(path):
+            raise DataError(f"{path} (--feed {name}): no such file")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path} (--feed {name}): not a readable .npy array ({e or 'empty file'})") from None
+    return out
+
+
 def _input_files(a) -> list:
-    """Every file the command reads besides the model: --data, --rules, --patterns (or --set patterns=)."""
+    """Every file the command reads besides the model: --data, --rules, --patterns (or --set patterns=),
+    --feed."""
     sets = _params(getattr(a, "set", None))
     return [getattr(a, "data", None), a.rules, a.patterns,
-            sets.get("patterns") if isinstance(sets.get("patterns"), str) else None]
+            sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *_feeds(a).values()]
 
 
 def cmd_compile(a) -> int:
@@ -175,7 +204,7 @@ def cmd_explain(a) -> int:
             raise UsageError(f"--target must be integers separated by commas, got '{a.target}'") from None
         if selection.size == 1:
             selection = selection[0]
-    r = analyzer.analyze(x, neuron_selection=selection)
+    r = analyzer.analyze(x, neuron_selection=selection, inputs=_load_feeds(a))
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
     print(f"relevance {list(r.shape)} via {used}; sum per sample: "
           + ", ".join(f"{v:.4g}" for v in r.reshape(r.shape[0], -1).sum(1)[:8]))
@@ -216,7 +245,7 @@ def cmd_fit(a) -> int:
         raise DataError(f"{a.data}: not a readable .npy array ({e or 'empty file'})") from None
     if data.ndim == 0:
         raise DataError(f"{a.data}: holds a single number; fit reads an array [N, ...] of samples")
-    analyzer.fit(data, batch_size=a.batch_size)
+    analyzer.fit(data, batch_size=a.batch_size, inputs=_load_feeds(a))
     analyzer.save_patterns(a.out)
     print(f"wrote {a.out} ({analyzer.params['patterns']})")
     return 0

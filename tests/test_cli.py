@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+import onnxattr
 from onnxattr.cli import main
 from onnxattr.errors import EXIT_CODES
 from tests.models import mlp, mlp_gradient, mlp_logits
@@ -134,3 +135,45 @@ def test_models_over_2gb_are_written_with_external_data_checked_and_run(tmp_path
     x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
     y, r = ort.InferenceSession(str(out)).run(None, {"x": x})
     np.testing.assert_allclose(r, mlp_gradient(x, mlp_logits(x, weights).argmax(1), weights), rtol=1e-4, atol=1e-5)
+
+
+def test_other_graph_inputs_are_fed_with_feed(tmp_path, capsys):
+    """A graph convolution whose adjacency A is a graph input: explain and fit take it with --feed A=FILE
+    (the API with inputs=); the map is the compiled model's run with A fed; a missing or unknown one is a
+    one-line usage error (exit 2) naming it."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["A", "x"], ["ax"]), helper.make_node("MatMul", ["ax", "W"], ["h"]),
+             helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("ReduceMean", ["a"], ["p"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["p", "H"], ["y"])]
+    g = helper.make_graph(nodes, "gcn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 4]),
+                                         helper.make_tensor_value_info("A", TensorProto.FLOAT, [6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "W"),
+                           numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "H")])
+    model = tmp_path / "gcn.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), model)
+    x = np.abs(rng.standard_normal((5, 6, 4))).astype(np.float32)
+    adj = np.abs(rng.standard_normal((6, 6))).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "A.npy", adj)
+    base = ["explain", str(model), "-m", "lrp.epsilon", "--input", "x", "--data", str(tmp_path / "x.npy")]
+    assert main(base + ["--feed", f"A={tmp_path / 'A.npy'}", "-o", str(tmp_path / "r.npy")]) == 0
+    compiled = onnxattr.compile(str(model), "lrp.epsilon", input="x")
+    want = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x, "A": adj})[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), want)
+    analyzer = onnxattr.create_analyzer("lrp.epsilon", str(model), input="x")
+    np.testing.assert_array_equal(analyzer.analyze(x, inputs={"A": adj}), want)
+    capsys.readouterr()
+    assert main(base) == 2
+    assert "needs input 'A' [6, 6]" in capsys.readouterr().err
+    assert main(base + ["--feed", f"A={tmp_path / 'A.npy'}", "--feed", f"B={tmp_path / 'A.npy'}"]) == 2
+    assert "'B': not an input of the model" in capsys.readouterr().err
+    fit = ["fit", str(model), "-m", "pattern.net", "--input", "x", "--data", str(tmp_path / "x.npy"),
+           "-o", str(tmp_path / "p.npz")]
+    assert main(fit) == 2 and "--feed A=FILE.npy" in capsys.readouterr().err
+    assert main(fit + ["--feed", f"A={tmp_path / 'A.npy'}"]) == 0
+    assert main(base + ["--feed", f"A={tmp_path / 'A.npy'}", "-o", str(tmp_path / "A.npy")]) == 8  # an input

@@ -58,10 +58,11 @@ def batches(data, batch_size: int):
 
 def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, input: str | None = None,
                  output: str | None = None, device: str | None = None, providers=None,
-                 progress: bool = True, label: str | None = None) -> Patterns:
+                 progress: bool = True, label: str | None = None, inputs: dict | None = None) -> Patterns:
     """Patterns of every kernel layer between the explained input and output, learned from ``data``
-    (``label``: the model's name in messages; its path by default)."""
-    from onnxattr.api import _as_input  # the same input checks as analyze()
+    (``label``: the model's name in messages; its path by default; ``inputs``: the model's other graph
+    inputs, the same for every batch)."""
+    from onnxattr.api import _as_input, other_feeds  # the same input checks as analyze()
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -81,6 +82,7 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
     fetch = list(dict.fromkeys(t for u in layers.values() for t in (u.x, u.out) if t != x))
     runner = Runner(statistics_model(canon, b, fetch), device, providers)
     arg = runner.session.get_inputs()[runner.input_names.index(x)]
+    others = other_feeds(runner, {x}, inputs)
     it, total = batches(data, batch_size)
     samples = 0
     # the bar shows on a terminal only (disable=None), so logs and error output stay clean
@@ -91,7 +93,7 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
         if not np.isfinite(xb).all():
             raise DataError(f"fit data holds NaN or inf (in samples {samples} to {samples + xb.shape[0] - 1}); "
                             "patterns learned from it would be NaN")
-        values = dict(zip(fetch, runner.run({x: xb}, fetch) if fetch else []))
+        values = dict(zip(fetch, runner.run({x: xb, **others}, fetch) if fetch else []))
         values[x] = xb
         with np.errstate(all="ignore"):  # a layer that overflows is named below, not by numpy
             for name, u in layers.items():
