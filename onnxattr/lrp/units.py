@@ -178,6 +178,8 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
         if varies[1]:
             continue  # the weight varies with x too: a product of activations (AttnLRP territory), not a layer
         if n.op_type == "MatMul":
+            if (b.rank(w_name) or 2) > 2:
+                continue  # a batched weight (another input with the batch axis): a product, not a layer
             unit = Unit(n, n.input[0], n.output[0], "dense", w_name, None)
         elif n.op_type == "Gemm":
             eff = _gemm_effective(b, n)

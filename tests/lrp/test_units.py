@@ -121,3 +121,26 @@ def test_batchnorm_after_a_rank3_matmul_is_not_folded_into_its_features(channels
     contributions = s[None, :, None, None] * np.einsum("bck,kf->bckf", xd, wd)
     want = np.einsum("bckf,bcf->bck", contributions, r_a / safe(z))
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("method", ["lrp.z", "lrp.epsilon", "deep_taylor"])
+def test_a_matmul_whose_other_operand_carries_the_batch_is_not_a_layer(method):
+    """Explaining a graph convolution A x W w.r.t. its run-time adjacency A [6, 6]: the constant-looking
+    operand x [N, 6, 4] is batched, so MatMul(A, x) is a product (gradient), not a layer with weight x
+    (which made a graph that failed onnx.checker). The map has A's shape."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["A", "x"], ["ax"]), helper.make_node("MatMul", ["ax", "W"], ["h"]),
+             helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("ReduceMean", ["a"], ["p"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["p", "H"], ["y"])]
+    io = ([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 4]),
+           helper.make_tensor_value_info("A", TensorProto.FLOAT, [6, 6])],
+          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), k) for k, s in (("W", (4, 8)),
+                                                                                               ("H", (8, 3)))]
+    model = helper.make_model(helper.make_graph(nodes, "gcn", *io, inits), opset_imports=[helper.make_opsetid("", 13)])
+    compiled = onnxattr.compile(model, method, input="A")
+    feeds = {"x": np.abs(rng.standard_normal((2, 6, 4))).astype(np.float32),
+             "A": np.abs(rng.standard_normal((6, 6))).astype(np.float32)}
+    r = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], feeds)[0]
+    assert r.shape == (6, 6) and np.isfinite(r).all()
