@@ -138,7 +138,8 @@ def test_a_matmul_whose_other_operand_carries_the_batch_is_not_a_layer(method):
           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), k) for k, s in (("W", (4, 8)),
                                                                                                ("H", (8, 3)))]
-    model = helper.make_model(helper.make_graph(nodes, "gcn", *io, inits), opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(helper.make_graph(nodes, "gcn", *io, inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
     compiled = onnxattr.compile(model, method, input="A")
     feeds = {"x": np.abs(rng.standard_normal((2, 6, 4))).astype(np.float32),
              "A": np.abs(rng.standard_normal((6, 6))).astype(np.float32)}
