@@ -61,24 +61,34 @@ class _Parser(argparse.ArgumentParser):
     hint = ""
 
     def error(self, message):
-        raise UsageError(f"{message}{self.hint} (see `{self.prog} --help`)")
+        about_options = message.startswith(("unrecognized arguments", "the following arguments are required"))
+        raise UsageError(f"{message}{self.hint if about_options else ''} (see `{self.prog} --help`)")
 
     def parse_args(self, args=None, namespace=None):
-        """As argparse, but an unknown option is named with the closest option of its command, also when
-        argparse stops first at a required option (``--ot`` for ``--out``)."""
+        """As argparse, but an unknown option is named with the closest option of its command (or the
+        commands it belongs to), also when argparse stops first at a required option (``--ot`` for
+        ``--out``)."""
         argv = sys.argv[1:] if args is None else list(args)
         command = next((w for w in argv if w in self.commands), None)
-        known = [o for act in self.commands.get(command, self)._actions for o in act.option_strings
-                 if o.startswith("--")]
-        hints = {}
+
+        def long_options(parser):
+            return [o for act in parser._actions for o in act.option_strings if o.startswith("--")]
+
+        known = long_options(self.commands.get(command, self))
+        hints = []  # (unknown option, its likely meaning)
         for word in argv:
             name = word.split("=", 1)[0]
-            if name.startswith("--") and not any(k.startswith(name) for k in known):  # argparse takes prefixes
-                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            if name.startswith("--") and name != "--" and not any(k.startswith(name) for k in known):
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)  # argparse takes prefixes
+                owners = [c for c, p in self.commands.items() if c != command and name in long_options(p)]
                 if close:
-                    hints[name] = close[0]
-        hint = "; did you mean " + ", ".join(
-            v if len(hints) == 1 else f"{v} for {k}" for k, v in hints.items()) + "?" if hints else ""
+                    hints.append((name, f"did you mean {close[0]}?"))
+                elif owners and command:
+                    hints.append((name, f"an option of {', '.join(owners)}, not {command}"))
+        if len(hints) == 1 and hints[0][1].startswith("did"):
+            hint = "; " + hints[0][1]
+        else:
+            hint = "".join(f"; {name}: {what}" for name, what in hints)
         for p in (self, *self.commands.values()):
             p.hint = hint
         ns, extras = self.parse_known_args(argv, namespace)

@@ -103,7 +103,11 @@ def test_numpy_integers_count_as_integers(model_path):
                                                              "did you mean --method?", "onnxattr compile --help"]),
     (["compile", "{m}", "-m", "gradient", "--ot", "{o}"], ["required: -o/--out", "did you mean --out?"]),
     (["explain", "{m}", "-m", "gradient", "--data", "{o}", "--heatmp={o}", "--graymp", "{o}"],
-     ["did you mean --heatmap for --heatmp, --graymap for --graymp?"]),
+     ["--heatmp: did you mean --heatmap?; --graymp: did you mean --graymap?"]),
+    (["compile", "{m}", "-m", "gradient", "--data", "{o}", "-o", "{o}"],
+     ["--data: an option of explain, fit, not compile"]),
+    (["compile", "{m}", "-m", "gradient", "--set", "--eps=0.5", "-o", "{o}"],
+     ["--set: expected one argument (see"]),  # no hint on an error that is not about an unknown option
     (["fit", "{m}", "-m", "pattern.net", "--data", "{o}", "-o", "{o}", "--batch-sise", "3"],
      ["did you mean --batch-size?"]),
     (["compile", "{m}", "-m", "gradient", "-o", "{o}", "--zzz"], ["unrecognized arguments: --zzz (see"]),
