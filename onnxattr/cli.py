@@ -177,7 +177,7 @@ def cmd_compile(a) -> int:
     return 0
 
 
-def _load_data(path, analyzer) -> np.ndarray:
+def _load_data(path, analyzer, mode: str) -> np.ndarray:
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     if path.lower().endswith(".npy"):
@@ -186,7 +186,7 @@ def _load_data(path, analyzer) -> np.ndarray:
         except (ValueError, OSError, EOFError) as e:
             raise DataError(f"{path}: not a readable .npy array ({e or 'empty file'})") from None
     try:
-        runner = analyzer.runner("max")
+        runner = analyzer.runner(mode)  # the model the run uses: compiled once, warnings shown once
         shape = runner.session.get_inputs()[0].shape
         return viz.load_image(path, shape)
     except OSError as e:
@@ -205,7 +205,7 @@ def cmd_explain(a) -> int:
     mode = {"max": "max_activation", "index": "index", "all": "all"}[a.neuron]
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=mode, input=a.input, output=a.output,
                         device=a.device, **_all_params(a))
-    x = _load_data(a.data, analyzer)
+    x = _load_data(a.data, analyzer, "index" if a.target is not None else analyzer.mode)
     selection = None
     if a.target is not None:
         try:

@@ -177,3 +177,18 @@ def test_other_graph_inputs_are_fed_with_feed(tmp_path, capsys):
     assert main(fit) == 2 and "--feed A=FILE.npy" in capsys.readouterr().err
     assert main(fit + ["--feed", f"A={tmp_path / 'A.npy'}"]) == 0
     assert main(base + ["--feed", f"A={tmp_path / 'A.npy'}", "-o", str(tmp_path / "A.npy")]) == 8  # an input
+
+
+def test_an_image_explained_by_index_compiles_once(tmp_path, capsys):
+    """The image's size comes from the model the run uses: a warning of the compile shows once (an image
+    with --neuron index compiled a max model first, and warned twice)."""
+    from PIL import Image
+
+    model = os.path.join(os.path.dirname(__file__), "..", "models", "digits_cnn.onnx")
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(tmp_path / "d.png")
+    rules = tmp_path / "r.toml"
+    rules.write_text('[layers]\ndefault = { rule = "z" }\n[nodes]\n"no_such_node" = { rule = "flat" }\n')
+    assert main(["explain", model, "--rules", str(rules), "--data", str(tmp_path / "d.png"), "--neuron", "index",
+                 "--target", "3"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("onnxattr: warning:") == 1, err
