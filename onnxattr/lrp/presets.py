@@ -90,7 +90,7 @@ def _line_of(text: str, key: str, table: str | None = None) -> int:
             if re.match(rf"\s*\[\s*{re.escape(table)}\s*\]", line):
                 start = i + 1
                 break
-    pattern = re.compile(rf"\s*\"?{re.escape(key)}\"?\s*=")
+    pattern = re.compile(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=")  # bare, "quoted" or 'literal'
     for i in range(start, len(lines)):
         if table is not None and i > start and re.match(r"\s*\[", lines[i]):
             break
