@@ -206,6 +206,7 @@ def test_a_node_pattern_matching_no_layer_warns(tmp_path, capsys):
     assert "onnxattr: warning: " in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     for quote in ('"', "'"):  # a TOML literal string ('...') as the key is found on its line too
-        bad.write_text(f'[layers]\ndefault = {{ rule = "z" }}\n[nodes]\n{quote}Conv_0{quote} = {{ rule = "flatt" }}\n')
+        bad.write_text('[layers]\ndefault = { rule = "z" }\n[nodes]\n'
+                       f'{quote}Conv_0{quote} = {{ rule = "flatt" }}\n')
         with pytest.raises(UsageError, match=r"bad.toml:4: 'Conv_0': unknown rule 'flatt'"):
             load_preset(bad)
