@@ -102,7 +102,7 @@ class Analyzer:
         elif mode == "index":
             raise UsageError("neuron_selection_mode='index' needs neuron_selection=int or array")
         r = self.runner(mode)
-        x_name = next(n for n in r.input_names if n != TARGET_INPUT)
+        x_name = explained_input(r)
         X = _as_input(X, r.session.get_inputs()[r.input_names.index(x_name)])
         ref = self.params.get("reference_inputs")
         if np.ndim(ref) == X.ndim and np.shape(ref)[0] not in (1, X.shape[0]):
@@ -177,6 +177,12 @@ def _targets(selection, batch: int, runner: Runner) -> np.ndarray:
     if n_out is not None and (t.min() < 0 or t.max() >= n_out):
         raise DataError(f"neuron_selection {t.tolist()} out of range: the explained output has {n_out} neurons")
     return t
+
+
+def explained_input(runner: Runner) -> str:
+    """The compiled model's explained input (recorded by assemble), not merely its first one."""
+    name = runner.session.get_modelmeta().custom_metadata_map.get("onnxattr.input")
+    return name if name in runner.input_names else next(n for n in runner.input_names if n != TARGET_INPUT)
 
 
 def _flat_outputs(runner: Runner):

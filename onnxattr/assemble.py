@@ -98,6 +98,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     n_neurons = {"onnxattr.outputs": str(int(np.prod(y_dims)))} if all(isinstance(d, int) for d in y_dims) else {}
     helper.set_model_props(canon, {**{p.key: p.value for p in canon.metadata_props}, **n_neurons,
                                    "onnxattr.method": method,
+                                   "onnxattr.input": t.x,
                                    "onnxattr.neuron": neuron,
                                    "onnxattr.params": repr(params)})
     # the checker (and its strict shape inference) runs on a copy without the weights: serializing

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from onnxattr import viz
-from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_model
+from onnxattr.api import Analyzer, compile as compile_model, explained_input, inspect as inspect_model
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
 from onnxattr.output import check_destination, refuse_overwriting_input, save_array, save_image, save_model
@@ -187,7 +187,7 @@ def _load_data(path, analyzer, mode: str) -> np.ndarray:
             raise DataError(f"{path}: not a readable .npy array ({e or 'empty file'})") from None
     try:
         runner = analyzer.runner(mode)  # the model the run uses: compiled once, warnings shown once
-        shape = runner.session.get_inputs()[0].shape
+        shape = runner.session.get_inputs()[runner.input_names.index(explained_input(runner))].shape
         return viz.load_image(path, shape)
     except OSError as e:
         raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None

@@ -137,10 +137,11 @@ def test_models_over_2gb_are_written_with_external_data_checked_and_run(tmp_path
     np.testing.assert_allclose(r, mlp_gradient(x, mlp_logits(x, weights).argmax(1), weights), rtol=1e-4, atol=1e-5)
 
 
-def test_other_graph_inputs_are_fed_with_feed(tmp_path, capsys):
-    """A graph convolution whose adjacency A is a graph input: explain and fit take it with --feed A=FILE
-    (the API with inputs=); the map is the compiled model's run with A fed; a missing or unknown one is a
-    one-line usage error (exit 2) naming it."""
+@pytest.mark.parametrize("a_first", [False, True])
+def test_other_graph_inputs_are_fed_with_feed(tmp_path, capsys, a_first):
+    """A graph convolution whose adjacency A is a graph input (listed before or after x): explain and fit
+    take it with --feed A=FILE (the API with inputs=); the map is the compiled model's run with A fed; a
+    missing or unknown one is a one-line usage error (exit 2) naming it."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -149,8 +150,9 @@ def test_other_graph_inputs_are_fed_with_feed(tmp_path, capsys):
              helper.make_node("Relu", ["h"], ["a"]),
              helper.make_node("ReduceMean", ["a"], ["p"], axes=[1], keepdims=0),
              helper.make_node("MatMul", ["p", "H"], ["y"])]
-    g = helper.make_graph(nodes, "gcn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 4]),
-                                         helper.make_tensor_value_info("A", TensorProto.FLOAT, [6, 6])],
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 4]),
+              helper.make_tensor_value_info("A", TensorProto.FLOAT, [6, 6])]
+    g = helper.make_graph(nodes, "gcn", inputs[::-1] if a_first else inputs,
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
                           [numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "W"),
                            numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "H")])
