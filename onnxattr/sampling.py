@@ -129,14 +129,15 @@ def sample_loop(
     index: str | None,
     n: int,
     chunk: int,
-    make_points: Callable[[GraphBuilder, str, str, str], str],
+    make_points: Callable[[GraphBuilder, str, str, str, str], str],
     seed_scale: str = "one",
     rule_for=None,
     per_sample: Callable[[GraphBuilder, str, str], str] | None = None,
 ) -> str:
     """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape.
 
-    make_points(cb, x, k, count) -> [count*N, ...] given k (float [count]) and count (int64 [1]).
+    make_points(cb, x, k, count, ks) -> [count*N, ...] given k (float [count], x's type), count (int64 [1])
+    and ks (the same k as int64, exact where a float16 k is not).
     """
     chunk = max(1, min(chunk, n))
     trips = math.ceil(n / chunk)
@@ -147,7 +148,7 @@ def sample_loop(
     stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]), cb.const(n, "int64")])
     ks = cb.op("Range", [start, stop, cb.const(1, "int64")])
     count = cb.op("Reshape", [cb.op("Sub", [stop, start]), cb.ints([1])])
-    points = make_points(cb, x, cb.op("Cast", [ks], to=cb.float_type(x)), count)
+    points = make_points(cb, x, cb.op("Cast", [ks], to=cb.float_type(x)), count, ks)
     cb.set_info(points, x)
 
     first = len(cb.nodes)

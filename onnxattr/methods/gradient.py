@@ -96,6 +96,7 @@ def _sample_major(b, x, per_sample, count):
 
 INTEGRATION = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 _RIEMANN_OFFSET = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}
+GAUSS_LEGENDRE_MAX = 2048
 
 
 def ig_quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +114,10 @@ def ig_quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         w = np.full(n, 1.0 / (n - 1))
         w[[0, -1]] /= 2
         return k / (n - 1), w
+    if n > GAUSS_LEGENDRE_MAX:
+        raise UsageError(f"integration gausslegendre takes at most {GAUSS_LEGENDRE_MAX} steps, got {n} (numpy's "
+                         "leggauss needs n x n memory; so many points add nothing on a smooth path): use fewer "
+                         "steps or a riemann_* rule")
     t, v = np.polynomial.legendre.leggauss(n)
     return (1 + t) / 2, v / 2
 
@@ -127,13 +132,13 @@ def build_integrated_gradients(t, p):
     dtype = b.float_dtype(x)
     sample = {}
 
-    def points(cb, x_, k, count):
+    def points(cb, x_, k, count, ks):
         if uniform:  # (k + offset) / steps, as the left sum always computed it
             shifted = k if rule == "riemann_left" else cb.op("Add", [k, cb.scalar(_RIEMANN_OFFSET[rule], x_)])
             alphas = cb.op("Div", [shifted, cb.scalar(float(steps), x_)])
         else:
-            sample["k"] = cb.op("Cast", [k], to=TensorProto.INT64)
-            alphas = cb.op("Gather", [cb.const(alphas_k.astype(dtype), dtype, "ig_alphas"), sample["k"]])
+            sample["k"] = ks
+            alphas = cb.op("Gather", [cb.const(alphas_k.astype(dtype), dtype, "ig_alphas"), ks])
         alphas = cb.op("Reshape", [alphas, cb.ints([-1] + [1] * rank)])  # [c, 1, ...]
         on_path = cb.op("Add", [cb.op("Mul", [alphas, cb.op("Unsqueeze", [diff, cb.ints([0])])]), ref])
         return _sample_major(cb, x_, on_path, count)
@@ -143,7 +148,7 @@ def build_integrated_gradients(t, p):
         w = cb.op("Gather", [cb.const(weights_k.astype(dtype), dtype, "ig_weights"), sample["k"]])
         rows = cb.op("Reshape", [g, cb.op("Concat", [cb.op("Shape", [sample["k"]]), cb.ints([-1])], axis=0)])
         scaled = cb.op("Mul", [rows, cb.op("Unsqueeze", [w, cb.ints([1])])])
-        return cb.op("Reshape", [scaled, cb.op("Shape", [g])])
+        return cb.op("Reshape", [scaled, cb.op("Shape", [g])], allowzero=1)  # a batch of 0 keeps its 0
 
     total = sample_loop(b, t.nodes, x, t.y, t.index, steps, _chunk(t, p), points,
                         per_sample=None if uniform else weighted)
@@ -199,7 +204,7 @@ def build_smoothgrad(t, p):
     b, x, n = t.b, t.x, p["augment_by_n"]
     rank = b.rank(x)
 
-    def points(cb, x_, k, count):
+    def points(cb, x_, k, count, ks):
         tiled = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
         noise = _gaussian(cb, tiled, p["noise_scale"], p["seed"], TensorProto.FLOAT)
         if noise is not None and cb.float_type(x_) != TensorProto.FLOAT:  # one stream whatever the float type
@@ -232,7 +237,8 @@ for _m in (
     Method("deconvnet", "DeconvNet: ReLUs pass only positive relevance backward.", build_deconvnet),
     Method("guided_backprop", "Guided backprop: gradient through ReLUs, positive part only.",
            build_guided_backprop),
-    Method("integrated_gradients", "Integrated gradients, left Riemann sum from the reference.",
+    Method("integrated_gradients", "Integrated gradients from the reference (a left Riemann sum unless "
+           "integration says otherwise).",
            build_integrated_gradients,
            (Param("steps", 64, "number of points on the path", parse_int, positive_int),
             Param("reference_inputs", 0.0, "baseline (a number, or an array via the Python API)"),

@@ -129,8 +129,35 @@ def test_integration_rules_against_their_closed_forms(integration, factor, chunk
     np.testing.assert_allclose(got, x.astype(np.float64) ** 3 * factor, rtol=2e-6, atol=1e-6)
 
 
+def _cube(elem, batch="N"):
+    from onnx import TensorProto, helper
+
+    cube = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Mul", ["sq", "x"], ["y"])]
+    g = helper.make_graph(cube, "cube", [helper.make_tensor_value_info("x", elem, [batch, 5])],
+                          [helper.make_tensor_value_info("y", elem, [batch, 5])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weighted_rules_index_their_tables_exactly_in_float16_and_take_a_batch_of_0():
+    """The point and weight tables are indexed by the int64 step (a float16 step rounds above 2048: step
+    4095 read past the table); a batch of 0 run directly in onnxruntime gives an empty map."""
+    from onnx import TensorProto
+
+    x = np.random.default_rng(2).uniform(0.5, 1.5, (2, 5))
+    compiled = onnxattr.compile(_cube(TensorProto.FLOAT16), "integrated_gradients", neuron="all", steps=4100,
+                                integration="riemann_trapezoid", chunk_size=512)
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x.astype(np.float16)})[0]
+    np.testing.assert_allclose(got, x ** 3, rtol=3e-2)
+    compiled = onnxattr.compile(_cube(TensorProto.FLOAT), "integrated_gradients", neuron="all", steps=8,
+                                integration="gausslegendre", chunk_size=3)
+    empty = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": np.zeros((0, 5), np.float32)})
+    assert empty[0].shape == (0, 5)
+
+
 def test_trapezoid_needs_two_steps_and_unknown_rules_are_named():
     with pytest.raises(onnxattr.errors.UsageError, match="steps >= 2"):
         onnxattr.compile(mlp()[0], "integrated_gradients", steps=1, integration="riemann_trapezoid")
     with pytest.raises(onnxattr.errors.UsageError, match="gausslegendre"):
         onnxattr.compile(mlp()[0], "integrated_gradients", integration="simpson")
+    with pytest.raises(onnxattr.errors.UsageError, match="at most 2048 steps"):  # leggauss is n x n
+        onnxattr.compile(mlp()[0], "integrated_gradients", integration="gausslegendre", steps=100000)
