@@ -24,7 +24,7 @@ from onnxattr.emitters import VJPS
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.errors import UsageError
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.units import Unit, find_units
+from onnxattr.lrp.units import LINEAR_OPS, Unit, find_units
 
 ELEMENTWISE = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid",
@@ -178,6 +178,9 @@ class Composite:
                 chosen[n.name] = self._activation_rule(n, kernel_outputs)
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
+            elif n.op_type in LINEAR_OPS:
+                chosen[n.name] = ("gradient", "not a layer: a product of two tensors that vary with the "
+                                  "input, or a form the rules do not cover")
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
                 _check_pass(b, units[name])
@@ -269,14 +272,18 @@ def _kernel_layers(nodes, units, x, through=None):
 
 
 def _check_pass(b, unit: Unit):
-    """pass hands relevance on unchanged: a UsageError for a layer whose input and output shapes differ."""
-    xs, zs = b.shape(unit.x), b.shape(unit.out)
-    if xs is None or zs is None:
+    """pass hands relevance on unchanged: a UsageError unless the layer keeps the shape, as a BatchNorm
+    always does and any other layer must be shown to (every dim equal, symbolic ones by name)."""
+    if unit.kind == "norm":
         return
-    if len(xs) != len(zs) or any(isinstance(p, int) and isinstance(q, int) and p != q for p, q in zip(xs, zs)):
-        raise UsageError(f"rule pass on {unit.node.op_type} '{unit.node.name}': its input {xs} and output {zs} "
-                         "differ in shape, and pass hands relevance on unchanged (it suits layers that keep the "
-                         "shape, such as a BatchNorm)")
+    xs, zs = b.shape(unit.x), b.shape(unit.out)
+    same = xs is not None and zs is not None and len(xs) == len(zs) and all(
+        p == q and p is not None for p, q in zip(xs, zs))
+    if not same:
+        shapes = "of unknown shape" if xs is None or zs is None else f"{xs} and {zs}"
+        raise UsageError(f"rule pass on {unit.node.op_type} '{unit.node.name}': its input and output, {shapes}, "
+                         "are not known to have one shape, and pass hands relevance on unchanged (it suits layers "
+                         "that keep the shape, such as a BatchNorm)")
 
 
 def _pass(b, node, grads, need):

@@ -165,7 +165,10 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
         if n.op_type not in LINEAR_OPS:
             continue
         w_name = n.input[1]
-        varies = [i == x or producer.get(i) in on_path for i in n.input[:2]]
+        varies = [i == x or producer.get(i) in on_path for i in n.input]
+        if n.op_type == "Gemm" and any(varies[2:]):
+            continue  # C varies with x too (z = W x + x): a sum with an activation, not a layer's bias
+        varies = varies[:2]
         if varies == [False, True] and n.op_type in ("MatMul", "Gemm"):  # W x: the weight on the left
             unit = _left_unit(b, n)
             if unit is not None:

@@ -145,3 +145,16 @@ def test_a_matmul_whose_other_operand_carries_the_batch_is_not_a_layer(method):
              "A": np.abs(rng.standard_normal((6, 6))).astype(np.float32)}
     r = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], feeds)[0]
     assert r.shape == (6, 6) and np.isfinite(r).all()
+
+
+def test_a_gemm_whose_c_varies_with_the_input_is_not_a_layer():
+    """Gemm(x, W, x) (z = x W + x) is a layer plus a residual: C is no constant bias, so the node is not
+    taken for a layer with bias C (that dropped C's share of the relevance), and inspect says why."""
+    w = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "W", "x"], ["z"], name="residual_gemm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    row = onnxattr.api.inspect(model, "lrp.z")[0]
+    assert row[2] == "gradient" and row[3].startswith("not a layer"), row
