@@ -108,7 +108,7 @@ class Analyzer:
         if np.ndim(ref) == X.ndim and np.shape(ref)[0] not in (1, X.shape[0]):
             raise DataError(f"reference_inputs holds {np.shape(ref)[0]} references and the data {X.shape[0]} "
                             "samples: give one reference, or one per sample")
-        feeds = {x_name: X, **other_feeds(r, {x_name, TARGET_INPUT}, inputs)}
+        feeds = {x_name: X, **other_feeds(r, {x_name, TARGET_INPUT} if mode == "index" else {x_name}, inputs)}
         if mode == "index":
             feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)
         results = r.run(feeds)
@@ -152,6 +152,8 @@ def _as_input(X, arg) -> np.ndarray:
 def other_feeds(runner: Runner, explained: set, given: dict | None) -> dict:
     """The model's graph inputs besides ``explained``, from ``given`` (name -> array), checked like the data;
     a missing or unknown name is a UsageError saying how to give it."""
+    if given is not None and not isinstance(given, dict):
+        raise UsageError(f"inputs must be a dict of graph input name -> array, got {type(given).__name__}")
     given = dict(given or {})
     args = {a.name: a for a in runner.session.get_inputs() if a.name not in explained}
     unknown = sorted(set(given) - set(args))
@@ -163,7 +165,30 @@ def other_feeds(runner: Runner, explained: set, given: dict | None) -> dict:
         shown = ", ".join(f"'{n}' {list(args[n].shape)}" for n in missing)
         raise UsageError(f"the model also needs input {shown} besides the explained one: give it with "
                          f"inputs={{'{missing[0]}': array}} (Python) or --feed {missing[0]}=FILE.npy (command line)")
-    return {n: _as_input(v, args[n]) for n, v in given.items()}
+    return {n: _as_feed(v, args[n]) for n, v in given.items()}
+
+
+def _as_feed(value, arg) -> np.ndarray:
+    """A fed graph input: its declared element type (a lossless cast within ints or floats, ints to floats),
+    rank and fixed dims; it may be empty (a cache of length 0, say)."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"input '{arg.name}': not an array ({str(e).splitlines()[0]})") from None
+    want = np.dtype(_FEED_NP[arg.type]) if arg.type in _FEED_NP else None
+    if want is not None and arr.dtype != want:
+        lossless_kind = np.can_cast(arr.dtype, want, casting="same_kind")
+        if not (lossless_kind or (arr.dtype.kind in "iu" and want.kind == "f")):
+            raise DataError(f"input '{arg.name}' is {arg.type}, got {arr.dtype} data")
+        arr = arr.astype(want)
+    if len(arg.shape) != arr.ndim or any(isinstance(w, int) and w != g for w, g in zip(arg.shape, arr.shape)):
+        raise DataError(f"input '{arg.name}' expects shape {list(arg.shape)}, got {list(arr.shape)}")
+    return arr
+
+
+_FEED_NP = {**{f"tensor({t})": t for t in ("float16", "double", "int8", "int16", "int32", "int64", "uint8",
+                                              "uint16", "uint32", "uint64", "bool")},
+            "tensor(float)": "float32"}
 
 
 def _targets(selection, batch: int, runner: Runner) -> np.ndarray:

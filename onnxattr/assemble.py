@@ -46,6 +46,10 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     limit = random_opset_limit(default_opset(proto)) if m.random else None
     canon = canonicalize(proto, label, max_opset=limit)
     x = choose_input(canon, input)
+    if neuron == "index" and any(i.name == TARGET_INPUT for i in canon.graph.input):
+        raise UnsupportedModelError(
+            f"{label}: the model has an input named '{TARGET_INPUT}', the name of the compiled model's neuron "
+            "index input for --neuron index; rename that input, or use --neuron max or all")
     b = GraphBuilder(canon)
     _, y = choose_output(canon, b, output)
     on_path = path_nodes(list(canon.graph.node), x, y, b)[0] if x != y else []

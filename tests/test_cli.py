@@ -194,3 +194,43 @@ def test_an_image_explained_by_index_compiles_once(tmp_path, capsys):
                  "--target", "3"]) == 0
     err = capsys.readouterr().err
     assert err.count("onnxattr: warning:") == 1, err
+
+
+def test_feeds_take_their_own_types_and_may_be_empty(tmp_path):
+    """A fed input keeps its declared type (uint8 and bool are not the data's float) and may hold no values
+    (a cache of length 0); inputs= must be a dict; a model input named target clashes with --neuron index."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["scale"], ["s"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "s"], ["xs"]),
+             helper.make_node("Cast", ["keep"], ["k"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "k"], ["y0"]),
+             helper.make_node("ReduceSum", ["past"], ["ps"], keepdims=0, noop_with_empty_axes=0),
+             helper.make_node("Add", ["y0", "ps"], ["target"]),
+             helper.make_node("Identity", ["target"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5]),
+              helper.make_tensor_value_info("scale", TensorProto.UINT8, [5]),
+              helper.make_tensor_value_info("keep", TensorProto.BOOL, [5]),
+              helper.make_tensor_value_info("past", TensorProto.FLOAT, [0, 5])]
+    g = helper.make_graph(nodes, "feeds", inputs,
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    feeds = {"scale": np.array([1, 2, 3, 4, 250], np.uint8), "keep": np.array([1, 0, 1, 1, 1], bool),
+             "past": np.zeros((0, 5), np.float32)}
+    analyzer = onnxattr.create_analyzer("gradient", model, input="x", neuron_selection_mode="all")
+    got = analyzer.analyze(x, inputs=feeds)
+    compiled = onnxattr.compile(model, "gradient", input="x", neuron="all")
+    want = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x, **feeds})[0]
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(onnxattr.errors.UsageError, match="inputs must be a dict"):
+        analyzer.analyze(x, inputs=[feeds["scale"]])
+    with pytest.raises(onnxattr.errors.DataError, match="input 'keep' is tensor\\(bool\\), got float"):
+        analyzer.analyze(x, inputs={**feeds, "keep": np.ones(5, np.float32)})
+    model.graph.input.append(helper.make_tensor_value_info("target", TensorProto.FLOAT, [5]))
+    model.graph.node[5].output[0] = "t0"
+    model.graph.node.insert(6, helper.make_node("Add", ["t0", "target"], ["target_sum"]))
+    model.graph.node[7].input[0] = "target_sum"
+    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="has an input named 'target'"):
+        onnxattr.compile(model, "gradient", input="x", neuron="index")
