@@ -75,16 +75,23 @@ class _Parser(argparse.ArgumentParser):
             return [o for act in parser._actions for o in act.option_strings if o.startswith("--")]
 
         known = long_options(self.commands.get(command, self))
-        hints = []  # (unknown option, its likely meaning)
+        hints = {}  # unknown option -> its likely meaning
         for word in argv:
             name = word.split("=", 1)[0]
-            if name.startswith("--") and name != "--" and not any(k.startswith(name) for k in known):
-                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)  # argparse takes prefixes
-                owners = [c for c, p in self.commands.items() if c != command and name in long_options(p)]
-                if close:
-                    hints.append((name, f"did you mean {close[0]}?"))
-                elif owners and command:
-                    hints.append((name, f"an option of {', '.join(owners)}, not {command}"))
+            if name.startswith("--") and name != "--" and name not in hints \
+                    and not any(k.startswith(name) for k in known):  # argparse takes prefixes
+                owners = [c for c, p in self.commands.items()
+                          if c != command and any(o.startswith(name) for o in long_options(p))]
+                everywhere = {o for p in self.commands.values() for o in long_options(p)} | set(known)
+                close = difflib.get_close_matches(name, sorted(everywhere), n=1, cutoff=0.6)
+                if owners and command:  # another command's option (or its prefix) before a look-alike
+                    hints[name] = f"an option of {', '.join(owners)}, not {command}"
+                elif close and close[0] in known:
+                    hints[name] = f"did you mean {close[0]}?"
+                elif close and command:
+                    of = ", ".join(c for c, p in self.commands.items() if close[0] in long_options(p))
+                    hints[name] = f"did you mean {close[0]}? (an option of {of}, not {command})"
+        hints = list(hints.items())
         if len(hints) == 1 and hints[0][1].startswith("did"):
             hint = "; " + hints[0][1]
         else:
@@ -143,6 +150,8 @@ def _feeds(a) -> dict:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
             raise UsageError(f"--feed expects NAME=FILE.npy, got '{pair}'")
+        if name in out:
+            raise UsageError(f"--feed {name} is given twice ({out[name]}, {path})")
         out[name] = path
     return out
 

@@ -111,6 +111,9 @@ def test_numpy_integers_count_as_integers(model_path):
     (["fit", "{m}", "-m", "pattern.net", "--data", "{o}", "-o", "{o}", "--batch-sise", "3"],
      ["did you mean --batch-size?"]),
     (["compile", "{m}", "-m", "gradient", "-o", "{o}", "--zzz"], ["unrecognized arguments: --zzz (see"]),
+    (["compile", "{m}", "-m", "gradient", "--fed", "{o}", "--fed", "{o}", "-o", "{o}"],
+     ["; did you mean --feed? (an option of explain, fit, not compile) (see"]),  # once, though given twice
+    (["compile", "{m}", "-m", "gradient", "--targe", "3", "-o", "{o}"], ["--targe: an option of explain, not compile"]),
 ])
 def test_unknown_options_name_the_closest_option_of_their_command(tmp_path, model_path, capsys, args, words):
     """argparse's abbreviations stay accepted (--meth is --method); nothing is written."""
