@@ -27,8 +27,8 @@ def pattern_layers(b, nodes, x: str, y: str) -> dict:
     layers, refused = {}, []
     for n in on_path:
         unit = units.get(n.name)
-        kernel = n.op_type in ("Conv", "ConvTranspose", "Gemm") or (
-            n.op_type == "MatMul" and (b.value(n.input[1]) is not None or b.value(n.input[0]) is not None))
+        # a MatMul is a kernel layer when the LRP units take it for one (a weight, constant or fed)
+        kernel = n.op_type in ("Conv", "ConvTranspose", "Gemm") or (n.op_type == "MatMul" and unit is not None)
         if not kernel or (unit is not None and unit.node is not n):
             continue
         if unit is not None and unit.left:

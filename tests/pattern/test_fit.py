@@ -173,3 +173,17 @@ def test_patterns_beyond_a_float16_layer_range_are_refused():
         warnings.simplefilter("error")
         with pytest.raises(DataError, match="'fc' are not finite: they exceed the range of the layer's float16"):
             fit_patterns(m, x, "linear", progress=False)
+
+
+def test_a_matmul_with_a_weight_fed_at_run_time_is_refused_like_a_gemm():
+    """The pattern is a constant of the compiled model: a weight known only at run time has none (a Gemm was
+    refused, a MatMul silently took the gradient)."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fed")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5]),
+                           helper.make_tensor_value_info("w", TensorProto.FLOAT, [5, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedModelError, match="MatMul 'fed'"):
+        fit_patterns(m, np.zeros((4, 5), np.float32), input="x", progress=False, inputs={"w": np.ones((5, 3))})
