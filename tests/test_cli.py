@@ -175,9 +175,23 @@ def test_other_graph_inputs_are_fed_with_feed(tmp_path, capsys, a_first):
     assert main(base + ["--feed", f"A={tmp_path / 'A.npy'}", "--feed", f"B={tmp_path / 'A.npy'}"]) == 2
     assert "'B': not an input of the model" in capsys.readouterr().err
     fit = ["fit", str(model), "-m", "pattern.net", "--input", "x", "--data", str(tmp_path / "x.npy"),
-           "-o", str(tmp_path / "p.npz")]
-    assert main(fit) == 2 and "--feed A=FILE.npy" in capsys.readouterr().err
-    assert main(fit + ["--feed", f"A={tmp_path / 'A.npy'}"]) == 0
+           "-o", str(tmp_path / "p.npz"), "--feed", f"A={tmp_path / 'A.npy'}"]
+    assert main(fit) == 5 and "weight on the left" in capsys.readouterr().err  # A x has no pattern
+    # fit feeds too: a bias fed at run time after a constant layer
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "c"], ["z"]),
+             helper.make_node("Relu", ["z"], ["a"]), helper.make_node("MatMul", ["a", "H"], ["y"])]
+    g = helper.make_graph(nodes, "fed_bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                                              helper.make_tensor_value_info("c", TensorProto.FLOAT, [8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "W"),
+                           numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "H")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "fed.onnx")
+    np.save(tmp_path / "x2.npy", rng.standard_normal((20, 4)).astype(np.float32))
+    np.save(tmp_path / "c.npy", rng.standard_normal(8).astype(np.float32))
+    fit = ["fit", str(tmp_path / "fed.onnx"), "-m", "pattern.net", "--input", "x",
+           "--data", str(tmp_path / "x2.npy"), "-o", str(tmp_path / "p.npz")]
+    assert main(fit) == 2 and "--feed c=FILE.npy" in capsys.readouterr().err
+    assert main(fit + ["--feed", f"c={tmp_path / 'c.npy'}"]) == 0
     assert main(base + ["--feed", f"A={tmp_path / 'A.npy'}", "-o", str(tmp_path / "A.npy")]) == 8  # an input
 
 
