@@ -205,8 +205,9 @@ def _targets(selection, batch: int, runner: Runner) -> np.ndarray:
 
 
 def explained_input(runner: Runner) -> str:
-    """The compiled model's explained input (recorded by assemble), not merely its first one."""
-    name = runner.session.get_modelmeta().custom_metadata_map.get("onnxattr.input")
+    """The compiled model's input that takes the data (recorded by assemble: the explained input, or the
+    graph input an explained intermediate tensor is computed from), not merely its first one."""
+    name = runner.session.get_modelmeta().custom_metadata_map.get("onnxattr.data")
     return name if name in runner.input_names else next(n for n in runner.input_names if n != TARGET_INPUT)
 
 

@@ -39,6 +39,25 @@ def compile_model(model, method: str, neuron: str = "max", input: str | None = N
         return _compile(model, m, method, resolved, label, neuron, input, output, report)
 
 
+def data_input(model: onnx.ModelProto, x: str) -> str:
+    """The graph input that takes the data: x itself, or for an intermediate x (an embedding) the graph
+    input it is computed from (the first in graph order when several are)."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    if x in inputs:
+        return x
+    producer = {o: n for n in model.graph.node for o in n.output}
+    seen, stack = set(), [x]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in producer:
+            stack.extend(i for i in producer[t].input if i)
+    return next((i for i in inputs if i in seen), x)
+
+
 def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, input, output,
              report) -> onnx.ModelProto:
     proto = load_model(model)
@@ -103,6 +122,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     helper.set_model_props(canon, {**{p.key: p.value for p in canon.metadata_props}, **n_neurons,
                                    "onnxattr.method": method,
                                    "onnxattr.input": t.x,
+                                   "onnxattr.data": data_input(canon, t.x),
                                    "onnxattr.neuron": neuron,
                                    "onnxattr.params": repr(params)})
     # the checker (and its strict shape inference) runs on a copy without the weights: serializing

@@ -248,3 +248,30 @@ def test_feeds_take_their_own_types_and_may_be_empty(tmp_path):
     model.graph.node[7].input[0] = "target_sum"
     with pytest.raises(onnxattr.errors.UnsupportedModelError, match="has an input named 'target'"):
         onnxattr.compile(model, "gradient", input="x", neuron="index")
+
+
+def test_an_explained_intermediate_tensor_takes_its_data_through_the_input_it_comes_from():
+    """--input emb (an embedding of token ids) on a model whose inputs are [mask, ids]: the data (ids) goes
+    to ids, the input emb is computed from, not to the first input."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"]),
+             helper.make_node("Unsqueeze", ["mask", "axis"], ["m3"]), helper.make_node("Mul", ["emb", "m3"], ["em"]),
+             helper.make_node("ReduceMean", ["em", "time"], ["p"], keepdims=0),
+             helper.make_node("MatMul", ["p", "W"], ["y"])]
+    g = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", "T"]),
+                                            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(rng.standard_normal((10, 4)).astype(np.float32), "E"),
+                           numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
+                           numpy_helper.from_array(np.array([2], np.int64), "axis"),
+                           numpy_helper.from_array(np.array([1], np.int64), "time")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    ids, mask = rng.integers(0, 10, (2, 5)), np.ones((2, 5), np.float32)
+    got = onnxattr.create_analyzer("gradient", model, input="emb").analyze(ids, inputs={"mask": mask})
+    compiled = onnxattr.compile(model, "gradient", input="emb")
+    want = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"ids": ids, "mask": mask})[0]
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (2, 5, 4)
