@@ -169,18 +169,28 @@ def other_feeds(runner: Runner, explained: set, given: dict | None) -> dict:
 
 
 def _as_feed(value, arg) -> np.ndarray:
-    """A fed graph input: its declared element type (a lossless cast within ints or floats, ints to floats),
-    rank and fixed dims; it may be empty (a cache of length 0, say)."""
+    """A fed graph input: its declared element type (a cast within ints or floats, or ints to floats, when
+    every value fits), rank and fixed dims; it may be empty (a cache of length 0, say)."""
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as e:
         raise DataError(f"input '{arg.name}': not an array ({str(e).splitlines()[0]})") from None
     want = np.dtype(_FEED_NP[arg.type]) if arg.type in _FEED_NP else None
     if want is not None and arr.dtype != want:
-        lossless_kind = np.can_cast(arr.dtype, want, casting="same_kind")
-        if not (lossless_kind or (arr.dtype.kind in "iu" and want.kind == "f")):
+        same_kind = np.can_cast(arr.dtype, want, casting="same_kind")
+        if not (same_kind or (arr.dtype.kind in "iu" and want.kind in "iuf")):
             raise DataError(f"input '{arg.name}' is {arg.type}, got {arr.dtype} data")
-        arr = arr.astype(want)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = arr.astype(want)
+        if want.kind in "iu" and arr.size:
+            info = np.iinfo(want)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise DataError(f"input '{arg.name}' is {arg.type}, and the data holds values beyond its range "
+                                f"({arr.min()} to {arr.max()})")
+        elif want.kind == "f" and arr.size and (np.isfinite(arr) & ~np.isfinite(cast)).any():
+            raise DataError(f"input '{arg.name}' is {arg.type}, and the data holds values beyond its range "
+                            "(they would become inf)")
+        arr = cast
     if len(arg.shape) != arr.ndim or any(isinstance(w, int) and w != g for w, g in zip(arg.shape, arr.shape)):
         raise DataError(f"input '{arg.name}' expects shape {list(arg.shape)}, got {list(arr.shape)}")
     return arr

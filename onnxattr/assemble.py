@@ -65,10 +65,12 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     limit = random_opset_limit(default_opset(proto)) if m.random else None
     canon = canonicalize(proto, label, max_opset=limit)
     x = choose_input(canon, input)
-    if neuron == "index" and any(i.name == TARGET_INPUT for i in canon.graph.input):
+    names = {i.name for i in canon.graph.input} | {t.name for t in canon.graph.initializer} | {
+        o for n in canon.graph.node for o in n.output}
+    if neuron == "index" and TARGET_INPUT in names:
         raise UnsupportedModelError(
-            f"{label}: the model has an input named '{TARGET_INPUT}', the name of the compiled model's neuron "
-            "index input for --neuron index; rename that input, or use --neuron max or all")
+            f"{label}: the model has a tensor named '{TARGET_INPUT}', the name of the compiled model's neuron "
+            "index input (--neuron index, neuron_selection=); rename it, or explain the largest or all outputs")
     b = GraphBuilder(canon)
     _, y = choose_output(canon, b, output)
     on_path = path_nodes(list(canon.graph.node), x, y, b)[0] if x != y else []

@@ -242,11 +242,16 @@ def test_feeds_take_their_own_types_and_may_be_empty(tmp_path):
         analyzer.analyze(x, inputs=[feeds["scale"]])
     with pytest.raises(onnxattr.errors.DataError, match="input 'keep' is tensor\\(bool\\), got float"):
         analyzer.analyze(x, inputs={**feeds, "keep": np.ones(5, np.float32)})
+    with pytest.raises(onnxattr.errors.DataError,
+                       match="input 'scale' is tensor\\(uint8\\), and the data holds values beyond its range"):
+        analyzer.analyze(x, inputs={**feeds, "scale": np.array([1, 2, 3, 4, 300])})  # 300 wrapped to 44
+    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="has a tensor named 'target'"):
+        onnxattr.compile(model, "gradient", input="x", neuron="index")  # a node output of the model
     model.graph.input.append(helper.make_tensor_value_info("target", TensorProto.FLOAT, [5]))
     model.graph.node[5].output[0] = "t0"
     model.graph.node.insert(6, helper.make_node("Add", ["t0", "target"], ["target_sum"]))
     model.graph.node[7].input[0] = "target_sum"
-    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="has an input named 'target'"):
+    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="has a tensor named 'target'"):
         onnxattr.compile(model, "gradient", input="x", neuron="index")
 
 
@@ -258,7 +263,8 @@ def test_an_explained_intermediate_tensor_takes_its_data_through_the_input_it_co
 
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"]),
-             helper.make_node("Unsqueeze", ["mask", "axis"], ["m3"]), helper.make_node("Mul", ["emb", "m3"], ["em"]),
+             helper.make_node("Unsqueeze", ["mask", "axis"], ["m3"]),
+             helper.make_node("Mul", ["emb", "m3"], ["em"]),
              helper.make_node("ReduceMean", ["em", "time"], ["p"], keepdims=0),
              helper.make_node("MatMul", ["p", "W"], ["y"])]
     g = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", "T"]),

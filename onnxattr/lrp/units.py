@@ -166,8 +166,8 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
             continue
         w_name = n.input[1]
         varies = [i == x or producer.get(i) in on_path for i in n.input]
-        if n.op_type == "Gemm" and any(varies[2:]):
-            continue  # C varies with x too (z = W x + x): a sum with an activation, not a layer's bias
+        if any(varies[2:]):
+            continue  # a bias (Gemm's C, Conv's B) that varies with x: a sum with an activation, not a layer
         varies = varies[:2]
         if varies == [False, True] and n.op_type in ("MatMul", "Gemm"):  # W x: the weight on the left
             unit = _left_unit(b, n)

@@ -27,8 +27,10 @@ def pattern_layers(b, nodes, x: str, y: str) -> dict:
     layers, refused = {}, []
     for n in on_path:
         unit = units.get(n.name)
-        # a MatMul is a kernel layer when the LRP units take it for one (a weight, constant or fed)
-        kernel = n.op_type in ("Conv", "ConvTranspose", "Gemm") or (n.op_type == "MatMul" and unit is not None)
+        # a MatMul is a kernel layer when the LRP units take it for one (a weight, constant or fed) or it has
+        # a constant operand (a batched weight the units leave alone: refused below, not given the gradient)
+        kernel = n.op_type in ("Conv", "ConvTranspose", "Gemm") or (n.op_type == "MatMul" and (
+            unit is not None or any(b.value(i) is not None for i in n.input)))
         if not kernel or (unit is not None and unit.node is not n):
             continue
         if unit is not None and unit.left:

@@ -158,3 +158,12 @@ def test_a_gemm_whose_c_varies_with_the_input_is_not_a_layer():
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     row = onnxattr.api.inspect(model, "lrp.z")[0]
     assert row[2] == "gradient" and row[3].startswith("not a layer"), row
+    w4 = np.ones((2, 2, 1, 1), np.float32)  # Conv(x, W, B) with B computed from x: likewise
+    nodes = [helper.make_node("ReduceSum", ["x"], ["b"], axes=[0, 2, 3], keepdims=0),
+             helper.make_node("Conv", ["x", "W", "b"], ["y"], name="conv")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+                          [numpy_helper.from_array(w4, "W")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
+    row = next(r for r in onnxattr.api.inspect(model, "lrp.z") if r[0] == "conv")
+    assert row[2] == "gradient" and row[3].startswith("not a layer"), row

@@ -175,6 +175,13 @@ def test_patterns_beyond_a_float16_layer_range_are_refused():
             fit_patterns(m, x, "linear", progress=False)
 
 
+def test_a_matmul_with_a_batched_constant_weight_is_refused():
+    node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm3")
+    m = single_io_model([node], {"w": np.ones((1, 4, 5), np.float32)}, ["N", 3, 4], ["N", 3, 5])
+    with pytest.raises(UnsupportedModelError, match="MatMul 'mm3'"):
+        fit_patterns(m, np.zeros((2, 3, 4), np.float32), progress=False)
+
+
 def test_a_matmul_with_a_weight_fed_at_run_time_is_refused_like_a_gemm():
     """The pattern is a constant of the compiled model: a weight known only at run time has none (a Gemm was
     refused, a MatMul silently took the gradient)."""
