@@ -116,8 +116,6 @@ class Analyzer:
         return results[r.output_names.index(RELEVANCE)]
 
 
-_NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-       "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def _as_input(X, arg) -> np.ndarray:
@@ -127,9 +125,12 @@ def _as_input(X, arg) -> np.ndarray:
         raise DataError(f"input data is not an array ({str(e).splitlines()[0]}); give an array [N, ...]") from None
     if X.dtype.kind not in "fiu":
         raise DataError(f"input data has dtype {X.dtype}; a float array is expected")
-    dtype = _NP.get(arg.type, np.float32)
-    if np.dtype(dtype).kind == "i" and X.dtype.kind == "f":
+    dtype = np.dtype(_FEED_NP.get(arg.type, "float32"))
+    if dtype.kind in "iu" and X.dtype.kind == "f":
         raise DataError(f"input '{arg.name}' expects integers ({arg.type}), got {X.dtype} data")
+    if dtype.kind in "iu" and X.size and (X.min() < np.iinfo(dtype).min or X.max() > np.iinfo(dtype).max):
+        raise DataError(f"input '{arg.name}' is {arg.type}, and the data holds values beyond its range "
+                        f"({X.min()} to {X.max()}); they would wrap around")
     with np.errstate(over="ignore"):  # an overflowing cast is reported below, not by numpy
         cast = X.astype(dtype, copy=False)
     overflow = np.isfinite(X) & ~np.isfinite(cast) if cast.dtype.kind == "f" and cast.dtype != X.dtype else None
@@ -176,6 +177,8 @@ def _as_feed(value, arg) -> np.ndarray:
     except (ValueError, TypeError) as e:
         raise DataError(f"input '{arg.name}': not an array ({str(e).splitlines()[0]})") from None
     want = np.dtype(_FEED_NP[arg.type]) if arg.type in _FEED_NP else None
+    if want is not None and arr.size == 0:
+        arr = arr.astype(want)  # an empty list is float64 to numpy; no value to lose
     if want is not None and arr.dtype != want:
         same_kind = np.can_cast(arr.dtype, want, casting="same_kind")
         if not (same_kind or (arr.dtype.kind in "iu" and want.kind in "iuf")):
@@ -190,6 +193,8 @@ def _as_feed(value, arg) -> np.ndarray:
         elif want.kind == "f" and arr.size and (np.isfinite(arr) & ~np.isfinite(cast)).any():
             raise DataError(f"input '{arg.name}' is {arg.type}, and the data holds values beyond its range "
                             "(they would become inf)")
+        elif want.kind == "f" and arr.dtype.kind in "iu" and arr.size and (cast.astype(arr.dtype) != arr).any():
+            raise DataError(f"input '{arg.name}' is {arg.type}, which cannot hold these integers exactly")
         arr = cast
     if len(arg.shape) != arr.ndim or any(isinstance(w, int) and w != g for w, g in zip(arg.shape, arr.shape)):
         raise DataError(f"input '{arg.name}' expects shape {list(arg.shape)}, got {list(arr.shape)}")

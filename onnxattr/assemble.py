@@ -39,9 +39,21 @@ def compile_model(model, method: str, neuron: str = "max", input: str | None = N
         return _compile(model, m, method, resolved, label, neuron, input, output, report)
 
 
+def _all_nodes_of(node):
+    """The node and the nodes of its subgraphs, at any depth."""
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        for a in n.attribute:
+            stack.extend(a.g.node if a.type == onnx.AttributeProto.GRAPH else
+                         [m for g in a.graphs for m in g.node])
+    return out
+
+
 def data_input(model: onnx.ModelProto, x: str) -> str:
     """The graph input that takes the data: x itself, or for an intermediate x (an embedding) the graph
-    input it is computed from (the first in graph order when several are)."""
+    input it is computed from (the first in graph order that is not a bool flag, when several are)."""
     inits = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in inits]
     if x in inputs:
@@ -53,9 +65,11 @@ def data_input(model: onnx.ModelProto, x: str) -> str:
         if t in seen:
             continue
         seen.add(t)
-        if t in producer:
-            stack.extend(i for i in producer[t].input if i)
-    return next((i for i in inputs if i in seen), x)
+        if t in producer:  # what the node reads, in its subgraphs (If branches, Loop bodies) too
+            stack.extend(i for n in _all_nodes_of(producer[t]) for i in n.input if i)
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    found = [i for i in inputs if i in seen]
+    return next((i for i in found if types.get(i) != TensorProto.BOOL), found[0] if found else x)
 
 
 def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, input, output,
@@ -66,11 +80,13 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     canon = canonicalize(proto, label, max_opset=limit)
     x = choose_input(canon, input)
     names = {i.name for i in canon.graph.input} | {t.name for t in canon.graph.initializer} | {
-        o for n in canon.graph.node for o in n.output}
-    if neuron == "index" and TARGET_INPUT in names:
-        raise UnsupportedModelError(
-            f"{label}: the model has a tensor named '{TARGET_INPUT}', the name of the compiled model's neuron "
-            "index input (--neuron index, neuron_selection=); rename it, or explain the largest or all outputs")
+        o for top in canon.graph.node for n in _all_nodes_of(top) for o in n.output}
+    for name, why in ((TARGET_INPUT, "neuron index input (--neuron index, neuron_selection=)"),
+                      (RELEVANCE, "relevance output")):
+        if name in names and (name != TARGET_INPUT or neuron == "index"):
+            raise UnsupportedModelError(
+                f"{label}: the model has a tensor named '{name}', the name of the compiled model's {why}; "
+                "rename it" + (", or explain the largest or all outputs" if name == TARGET_INPUT else ""))
     b = GraphBuilder(canon)
     _, y = choose_output(canon, b, output)
     on_path = path_nodes(list(canon.graph.node), x, y, b)[0] if x != y else []

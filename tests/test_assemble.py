@@ -1,0 +1,74 @@
+"""onnxattr/assemble.py: where the data goes (data_input, metadata onnxattr.data) and the names the compiled
+model adds (target, relevance), which may not clash with the model's own."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxattr
+from onnxattr.assemble import data_input
+from onnxattr.errors import UnsupportedModelError
+
+
+def token_model(inputs_first_flag: bool, in_if: bool, extra_output: str | None = None):
+    """ids (int64) -> Gather(E) -> emb -> mean -> W -> y, with a bool flag input; the Gather sits inside
+    an If on the flag when ``in_if``."""
+    rng = np.random.default_rng(0)
+    vi = helper.make_tensor_value_info
+    gather = helper.make_node("Gather", ["E", "ids"], ["emb" if not in_if else "e_in"])
+    nodes = [gather]
+    if in_if:
+        then = helper.make_graph([gather], "then", [], [vi("e_in", TensorProto.FLOAT, None)])
+        other = helper.make_graph([helper.make_node("Gather", ["E", "ids"], ["e_out"])], "else", [],
+                                  [vi("e_out", TensorProto.FLOAT, None)])
+        nodes = [helper.make_node("If", ["flag"], ["emb"], then_branch=then, else_branch=other)]
+    nodes += [helper.make_node("ReduceMean", ["emb", "time"], ["p"], keepdims=0),
+              helper.make_node("MatMul", ["p", "W"], ["y"])]
+    if extra_output:
+        nodes.append(helper.make_node("Identity", ["p"], [extra_output]))
+    inputs = [vi("ids", TensorProto.INT64, ["N", 5]), vi("flag", TensorProto.BOOL, [])]
+    outputs = [vi("y", TensorProto.FLOAT, ["N", 3])] + ([vi(extra_output, TensorProto.FLOAT, ["N", 4])]
+                                                         if extra_output else [])
+    g = helper.make_graph(nodes, "tok", inputs[::-1] if inputs_first_flag else inputs, outputs,
+                          [numpy_helper.from_array(rng.standard_normal((10, 4)).astype(np.float32), "E"),
+                           numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
+                           numpy_helper.from_array(np.array([1], np.int64), "time")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("flag_first", [False, True])
+@pytest.mark.parametrize("in_if", [False, True])
+def test_an_intermediate_takes_its_data_through_the_input_it_is_computed_from(flag_first, in_if):
+    """Also when it is computed inside an If (the input is read in its branches), and never through a bool
+    flag that it depends on too."""
+    model = token_model(flag_first, in_if)
+    assert data_input(model, "emb") == "ids" and data_input(model, "ids") == "ids"
+    compiled = onnxattr.compile(model, "gradient", input="emb")
+    assert {p.key: p.value for p in compiled.metadata_props}["onnxattr.data"] == "ids"
+    ids = np.random.default_rng(1).integers(0, 10, (2, 5))
+    r = onnxattr.create_analyzer("gradient", model, input="emb").analyze(ids, inputs={"flag": np.array(True)})
+    assert r.shape == (2, 5, 4) and np.isfinite(r).all()
+
+
+@pytest.mark.parametrize("name,neuron", [("target", "index"), ("relevance", "max")])
+def test_a_model_tensor_named_like_what_the_compiled_model_adds_is_refused(name, neuron):
+    model = token_model(False, False, extra_output=name)
+    with pytest.raises(UnsupportedModelError, match=f"has a tensor named '{name}'"):
+        onnxattr.compile(model, "gradient", input="emb", neuron=neuron)
+    if name == "target":
+        onnxattr.compile(model, "gradient", input="emb", neuron="max")  # only --neuron index adds target
+
+
+def test_the_data_for_an_integer_input_keeps_its_type_and_range():
+    """uint8 ids are sent as uint8 (they were sent as float32, which onnxruntime refused); ids beyond
+    the input's integer type are a data error (they wrapped around)."""
+    model = token_model(False, False)
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    model.graph.node.insert(0, helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64))
+    model.graph.node[1].input[1] = "ids64"
+    analyzer = onnxattr.create_analyzer("gradient", model, input="emb")
+    ids = np.random.default_rng(1).integers(0, 10, (2, 5))
+    r = analyzer.analyze(ids.astype(np.uint8), inputs={"flag": np.array(True)})
+    np.testing.assert_array_equal(analyzer.analyze(ids, inputs={"flag": np.array(True)}), r)
+    with pytest.raises(onnxattr.errors.DataError, match="beyond its range"):
+        analyzer.analyze(ids + 256, inputs={"flag": np.array(True)})
