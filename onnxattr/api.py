@@ -116,8 +116,6 @@ class Analyzer:
         return results[r.output_names.index(RELEVANCE)]
 
 
-
-
 def _as_input(X, arg) -> np.ndarray:
     try:
         X = np.asarray(X)
@@ -125,7 +123,7 @@ def _as_input(X, arg) -> np.ndarray:
         raise DataError(f"input data is not an array ({str(e).splitlines()[0]}); give an array [N, ...]") from None
     if X.dtype.kind not in "fiu":
         raise DataError(f"input data has dtype {X.dtype}; a float array is expected")
-    dtype = np.dtype(_FEED_NP.get(arg.type, "float32"))
+    dtype = np.dtype(_NP_TYPES.get(arg.type, "float32"))
     if dtype.kind in "iu" and X.dtype.kind == "f":
         raise DataError(f"input '{arg.name}' expects integers ({arg.type}), got {X.dtype} data")
     if dtype.kind in "iu" and X.size and (X.min() < np.iinfo(dtype).min or X.max() > np.iinfo(dtype).max):
@@ -176,7 +174,7 @@ def _as_feed(value, arg) -> np.ndarray:
         arr = np.asarray(value)
     except (ValueError, TypeError) as e:
         raise DataError(f"input '{arg.name}': not an array ({str(e).splitlines()[0]})") from None
-    want = np.dtype(_FEED_NP[arg.type]) if arg.type in _FEED_NP else None
+    want = np.dtype(_NP_TYPES[arg.type]) if arg.type in _NP_TYPES else None
     if want is not None and arr.size == 0:
         arr = arr.astype(want)  # an empty list is float64 to numpy; no value to lose
     if want is not None and arr.dtype != want:
@@ -201,7 +199,8 @@ def _as_feed(value, arg) -> np.ndarray:
     return arr
 
 
-_FEED_NP = {**{f"tensor({t})": t for t in ("float16", "double", "int8", "int16", "int32", "int64", "uint8",
+# onnxruntime's type names of graph inputs -> numpy dtypes, for the data and the feeds
+_NP_TYPES = {**{f"tensor({t})": t for t in ("float16", "double", "int8", "int16", "int32", "int64", "uint8",
                                               "uint16", "uint32", "uint64", "bool")},
             "tensor(float)": "float32"}
 
