@@ -134,8 +134,14 @@ def build_integrated_gradients(t, p):
 
     def points(cb, x_, k, count, ks):
         if uniform:  # (k + offset) / steps, as the left sum always computed it
-            shifted = k if rule == "riemann_left" else cb.op("Add", [k, cb.scalar(_RIEMANN_OFFSET[rule], x_)])
-            alphas = cb.op("Div", [shifted, cb.scalar(float(steps), x_)])
+            narrow = cb.float_type(x_) not in (TensorProto.FLOAT, TensorProto.DOUBLE)
+            like = None if narrow else x_  # None: float32
+            if narrow:  # float16 counts exactly to 2048 only: the points in float32, then cast
+                k = cb.op("Cast", [ks], to=TensorProto.FLOAT)
+            shifted = k if rule == "riemann_left" else cb.op("Add", [k, cb.scalar(_RIEMANN_OFFSET[rule], like)])
+            alphas = cb.op("Div", [shifted, cb.scalar(float(steps), like)])
+            if narrow:
+                alphas = cb.op("Cast", [alphas], to=cb.float_type(x_))
         else:
             sample["k"] = ks
             alphas = cb.op("Gather", [cb.const(alphas_k.astype(dtype), dtype, "ig_alphas"), ks])

@@ -154,6 +154,22 @@ def test_weighted_rules_index_their_tables_exactly_in_float16_and_take_a_batch_o
     assert empty[0].shape == (0, 5)
 
 
+def test_float16_riemann_points_are_computed_in_float32():
+    """k / steps with k counted in float16 repeats points above step 2048 (8192 steps gave 4097 distinct):
+    the Loop body divides in float32 and casts the points to float16."""
+    from onnx import TensorProto
+
+    compiled = onnxattr.compile(_cube(TensorProto.FLOAT16), "integrated_gradients", neuron="all", steps=8192)
+    loop = next(n for n in compiled.graph.node if n.op_type == "Loop")
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    casts = {n.output[0]: n for n in body.node if n.op_type == "Cast"}
+    div = next(n for n in body.node if n.op_type == "Div")
+    k = casts[div.input[0]]
+    assert next(a.i for a in k.attribute if a.name == "to") == TensorProto.FLOAT
+    to = {name: next(a.i for a in n.attribute if a.name == "to") for name, n in casts.items()}
+    assert any(n.input[0] == div.output[0] and to[name] == TensorProto.FLOAT16 for name, n in casts.items())
+
+
 def test_trapezoid_needs_two_steps_and_unknown_rules_are_named():
     with pytest.raises(onnxattr.errors.UsageError, match="steps >= 2"):
         onnxattr.compile(mlp()[0], "integrated_gradients", steps=1, integration="riemann_trapezoid")
