@@ -38,3 +38,20 @@ def test_closed_form_on_the_mlp():
     want = (x - ref) * ((m * w2.sum(1)) @ w1.T)
     np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
     assert not np.allclose(r, run(model, x, neuron="all")[1])  # the reference matters
+
+
+def test_a_unit_whose_input_equals_its_reference_takes_the_gradient():
+    """z = x1 - x2 with x = [1, 1] and reference 0: dz = 0 at the Sigmoid, where the rescale multiplier
+    dy/dz is 0/0; DeepLIFT takes its limit, the gradient sigmoid'(0) = 1/4, so x1 and x2 get +1/4 and -1/4
+    (their shares cancel, as dy = 0 requires), not 0 each."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Sigmoid", ["z"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+                          [numpy_helper.from_array(np.array([[1.0], [-1.0]], np.float32), "W")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = onnxattr.compile(model, "deep_lift", neuron="all")
+    x = np.ones((1, 2), np.float32)
+    r = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+    np.testing.assert_allclose(r, [[0.25, -0.25]], rtol=1e-6)
