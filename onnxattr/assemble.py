@@ -16,7 +16,7 @@ from onnxattr.errors import (InvalidModelError, SelectionError, UnsupportedModel
                              naming_the_model)
 from onnxattr.graph import GraphBuilder, live_nodes, names_read
 from onnxattr.light import checkable_copy
-from onnxattr.load import check_input_model, check_input_shapes, load_model, model_label
+from onnxattr.load import check_input_model, check_input_shapes, load_model, model_label, nodes_within
 from onnxattr.methods import Target, get_method
 from onnxattr.methods.gradient import random_opset_limit
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
@@ -39,18 +39,6 @@ def compile_model(model, method: str, neuron: str = "max", input: str | None = N
         return _compile(model, m, method, resolved, label, neuron, input, output, report)
 
 
-def _all_nodes_of(node):
-    """The node and the nodes of its subgraphs, at any depth."""
-    out, stack = [], [node]
-    while stack:
-        n = stack.pop()
-        out.append(n)
-        for a in n.attribute:
-            stack.extend(a.g.node if a.type == onnx.AttributeProto.GRAPH else
-                         [m for g in a.graphs for m in g.node])
-    return out
-
-
 def data_input(model: onnx.ModelProto, x: str) -> str:
     """The graph input that takes the data: x itself, or for an intermediate x (an embedding) the graph
     input it is computed from (the first in graph order that is not a bool flag, when several are)."""
@@ -66,7 +54,7 @@ def data_input(model: onnx.ModelProto, x: str) -> str:
             continue
         seen.add(t)
         if t in producer:  # what the node reads, in its subgraphs (If branches, Loop bodies) too
-            stack.extend(i for n in _all_nodes_of(producer[t]) for i in n.input if i)
+            stack.extend(i for n in nodes_within(producer[t]) for i in n.input if i)
     types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     found = [i for i in inputs if i in seen]
     return next((i for i in found if types.get(i) != TensorProto.BOOL), found[0] if found else x)
@@ -80,7 +68,7 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     canon = canonicalize(proto, label, max_opset=limit)
     x = choose_input(canon, input)
     names = {i.name for i in canon.graph.input} | {t.name for t in canon.graph.initializer} | {
-        o for top in canon.graph.node for n in _all_nodes_of(top) for o in n.output}
+        o for top in canon.graph.node for n in nodes_within(top) for o in n.output}
     for name, why in ((TARGET_INPUT, "neuron index input (--neuron index, neuron_selection=)"),
                       (RELEVANCE, "relevance output")):
         if name in names and (name != TARGET_INPUT or neuron == "index"):

@@ -198,15 +198,26 @@ def _model_files(path, real, inode, size, mtime_ns, ctime_ns) -> tuple[str, ...]
     return tuple(dict.fromkeys(files))
 
 
+def _subgraphs(node: onnx.NodeProto) -> list:
+    """The node's subgraphs (If branches, Loop/Scan bodies)."""
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)]
+
+
+def nodes_within(node: onnx.NodeProto):
+    """The node and the nodes of its subgraphs, at any depth."""
+    yield node
+    for g in _subgraphs(node):
+        for n in g.node:
+            yield from nodes_within(n)
+
+
 def _all_nodes(model: onnx.ModelProto):
-    """Every node: the graph's, those of subgraphs (If/Loop/Scan bodies, at any depth) and of model-local
-    functions."""
-    stack = [model.graph.node] + [f.node for f in model.functions]
-    while stack:
-        for n in stack.pop(0):
+    """Every node: the graph's, those of model-local functions, then those of subgraphs (at any depth)."""
+    queue = [model.graph.node] + [f.node for f in model.functions]
+    while queue:
+        for n in queue.pop(0):
             yield n
-            for a in n.attribute:
-                stack.extend([a.g.node] if a.type == onnx.AttributeProto.GRAPH else [g.node for g in a.graphs])
+            queue.extend(g.node for g in _subgraphs(n))
 
 
 def check_input_model(model: onnx.ModelProto, label: str) -> None:
