@@ -129,15 +129,15 @@ def sample_loop(
     index: str | None,
     n: int,
     chunk: int,
-    make_points: Callable[[GraphBuilder, str, str, str, str], str],
+    make_points: Callable[[GraphBuilder, str, str, str], str],
     seed_scale: str = "one",
     rule_for=None,
-    per_sample: Callable[[GraphBuilder, str, str], str] | None = None,
+    per_sample: Callable[[GraphBuilder, str, str, str], str] | None = None,
 ) -> str:
     """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape.
 
-    make_points(cb, x, k, count, ks) -> [count*N, ...] given k (float [count], x's type), count (int64 [1])
-    and ks (the same k as int64, exact where a float16 k is not).
+    make_points(cb, x, ks, count) -> [count*N, ...] given this trip's sample indices ks (int64 [count]) and
+    count (int64 [1]); per_sample(cb, grad, points, ks) -> the gradients [count*N, ...] to sum.
     """
     chunk = max(1, min(chunk, n))
     trips = math.ceil(n / chunk)
@@ -148,7 +148,7 @@ def sample_loop(
     stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]), cb.const(n, "int64")])
     ks = cb.op("Range", [start, stop, cb.const(1, "int64")])
     count = cb.op("Reshape", [cb.op("Sub", [stop, start]), cb.ints([1])])
-    points = make_points(cb, x, cb.op("Cast", [ks], to=cb.float_type(x)), count, ks)
+    points = make_points(cb, x, ks, count)
     cb.set_info(points, x)
 
     first = len(cb.nodes)
@@ -165,7 +165,7 @@ def sample_loop(
         grad = cb.zeros_like(points)
     declared = _body_shapes(cb, x, [points] + [o for n in cb.nodes[first:] for o in n.output])
     if per_sample is not None:
-        grad = per_sample(cb, grad, points)
+        grad = per_sample(cb, grad, points, ks)
     # [count, N, ...] by the count, not -1, and a 0 in it is a size (allowzero): a batch of 0 samples
     stacked = cb.op("Reshape", [grad, cb.op("Concat", [count, cb.op("Shape", [x])], axis=0)], allowzero=1)
     acc_out = cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)])

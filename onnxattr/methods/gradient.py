@@ -130,29 +130,27 @@ def build_integrated_gradients(t, p):
     alphas_k, weights_k = ig_quadrature(rule, steps)
     uniform = rule in _RIEMANN_OFFSET
     dtype = b.float_dtype(x)
-    sample = {}
 
-    def points(cb, x_, k, count, ks):
+    def points(cb, x_, ks, count):
         if uniform:  # (k + offset) / steps, as the left sum always computed it
             narrow = cb.float_type(x_) not in (TensorProto.FLOAT, TensorProto.DOUBLE)
             like = None if narrow else x_  # None: float32
-            if narrow:  # float16 counts exactly to 2048 only: the points in float32, then cast
-                k = cb.op("Cast", [ks], to=TensorProto.FLOAT)
+            # float16 counts exactly to 2048 only: the points in float32, then cast
+            k = cb.op("Cast", [ks], to=TensorProto.FLOAT if narrow else cb.float_type(x_))
             shifted = k if rule == "riemann_left" else cb.op("Add", [k, cb.scalar(_RIEMANN_OFFSET[rule], like)])
             alphas = cb.op("Div", [shifted, cb.scalar(float(steps), like)])
             if narrow:
                 alphas = cb.op("Cast", [alphas], to=cb.float_type(x_))
         else:
-            sample["k"] = ks
             alphas = cb.op("Gather", [cb.const(alphas_k.astype(dtype), dtype, "ig_alphas"), ks])
         alphas = cb.op("Reshape", [alphas, cb.ints([-1] + [1] * rank)])  # [c, 1, ...]
         on_path = cb.op("Add", [cb.op("Mul", [alphas, cb.op("Unsqueeze", [diff, cb.ints([0])])]), ref])
         return _sample_major(cb, x_, on_path, count)
 
-    def weighted(cb, g, pts):
+    def weighted(cb, g, pts, ks):
         """w_k * grad_k: the [count * N, ...] gradients as [count, N * ...] rows, one weight per row."""
-        w = cb.op("Gather", [cb.const(weights_k.astype(dtype), dtype, "ig_weights"), sample["k"]])
-        rows = cb.op("Reshape", [g, cb.op("Concat", [cb.op("Shape", [sample["k"]]), cb.ints([-1])], axis=0)])
+        w = cb.op("Gather", [cb.const(weights_k.astype(dtype), dtype, "ig_weights"), ks])
+        rows = cb.op("Reshape", [g, cb.op("Concat", [cb.op("Shape", [ks]), cb.ints([-1])], axis=0)])
         scaled = cb.op("Mul", [rows, cb.op("Unsqueeze", [w, cb.ints([1])])])
         return cb.op("Reshape", [scaled, cb.op("Shape", [g])], allowzero=1)  # a batch of 0 keeps its 0
 
@@ -210,14 +208,14 @@ def build_smoothgrad(t, p):
     b, x, n = t.b, t.x, p["augment_by_n"]
     rank = b.rank(x)
 
-    def points(cb, x_, k, count, ks):
+    def points(cb, x_, ks, count):
         tiled = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
         noise = _gaussian(cb, tiled, p["noise_scale"], p["seed"], TensorProto.FLOAT)
         if noise is not None and cb.float_type(x_) != TensorProto.FLOAT:  # one stream whatever the float type
             noise = cb.op("Cast", [noise], to=cb.float_type(x_))
         return tiled if noise is None else cb.op("Add", [tiled, noise])
 
-    def post(cb, g, pts):
+    def post(cb, g, pts, ks):
         return _postprocess(cb, g, p["postprocess"])
 
     total = sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, per_sample=post)
