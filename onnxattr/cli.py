@@ -71,25 +71,24 @@ class _Parser(argparse.ArgumentParser):
         argv = sys.argv[1:] if args is None else list(args)
         command = next((w for w in argv if w in self.commands), None)
 
-        def long_options(parser):
-            return [o for act in parser._actions for o in act.option_strings if o.startswith("--")]
-
-        known = long_options(self.commands.get(command, self))
+        options = {c: [o for act in p._actions for o in act.option_strings if o.startswith("--")]
+                   for c, p in [(None, self), *self.commands.items()]}  # long options of each command
+        known = options[command]
+        everywhere = sorted({o for opts in options.values() for o in opts})
         hints = {}  # unknown option -> its likely meaning
         for word in argv:
             name = word.split("=", 1)[0]
             if name.startswith("--") and name != "--" and name not in hints \
                     and not any(k.startswith(name) for k in known):  # argparse takes prefixes
-                owners = [c for c, p in self.commands.items()
-                          if c != command and any(o.startswith(name) for o in long_options(p))]
-                everywhere = {o for p in self.commands.values() for o in long_options(p)} | set(known)
-                close = difflib.get_close_matches(name, sorted(everywhere), n=1, cutoff=0.6)
+                owners = [c for c, opts in options.items()
+                          if c not in (None, command) and any(o.startswith(name) for o in opts)]
+                close = difflib.get_close_matches(name, everywhere, n=1, cutoff=0.6)
                 if owners and command:  # another command's option (or its prefix) before a look-alike
                     hints[name] = f"an option of {', '.join(owners)}, not {command}"
                 elif close and close[0] in known:
                     hints[name] = f"did you mean {close[0]}?"
                 elif close and command:
-                    of = ", ".join(c for c, p in self.commands.items() if close[0] in long_options(p))
+                    of = ", ".join(c for c, opts in options.items() if c is not None and close[0] in opts)
                     hints[name] = f"did you mean {close[0]}? (an option of {of}, not {command})"
         hints = list(hints.items())
         if len(hints) == 1 and hints[0][1].startswith("did"):

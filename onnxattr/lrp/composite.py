@@ -159,7 +159,7 @@ class Composite:
                 if n is not unit.node:
                     chosen[n.name] = ("pass", f"fused into {unit.node.name}")
                     continue
-                matching = [(p, r) for p, r in self.nodes if n.name == p or fnmatch.fnmatchcase(n.name, p)]
+                matching = [(p, r) for p, r in self.nodes if _names(p, n.name)]
                 matched.update(p for p, _ in matching)
                 named = matching[0] if matching else None
                 if named is not None:
@@ -186,8 +186,7 @@ class Composite:
                 _check_pass(b, units[name])
         self.assignment = {k: (_describe(v[0]), v[1]) for k, v in chosen.items()}
         names = [n.name for n in nodes]
-        on_path_match = {p for p, _ in self.nodes if p not in matched
-                         and any(name == p or fnmatch.fnmatchcase(name, p) for name in names)}
+        on_path_match = {p for p, _ in self.nodes if p not in matched and any(_names(p, name) for name in names)}
         self.unmatched = tuple(p for p, _ in self.nodes if p not in matched and p not in on_path_match)
         self.not_layers = tuple(p for p, _ in self.nodes if p in on_path_match)
         self.shadowed = tuple(p for p, _ in self.nodes if p in matched and p not in used)
@@ -269,6 +268,11 @@ def _kernel_layers(nodes, units, x, through=None):
         if any(i in pre for i in n.input) and (through is None or n.op_type in through):
             pre.update(n.output)
     return order, first
+
+
+def _names(pattern: str, name: str) -> bool:
+    """A [nodes] pattern names a node: equal to its name (which may hold glob characters), or matching it."""
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 def _check_pass(b, unit: Unit):

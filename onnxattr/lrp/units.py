@@ -264,7 +264,7 @@ def _fuse_followers(b, unit, consumers, graph_outputs):
             channels = _out_channels(unit, b.shape(unit.w) if wv is None else list(wv.shape))
             if cv is None or channels is None or not _is_channel_bias(cv, b.rank(unit.out), unit, channels):
                 return
-            unit.bias = b.const(cv.reshape(-1) if n.op_type != "MatMul" else cv.reshape(-1), cv.dtype, "bias")
+            unit.bias = b.const(cv.reshape(-1), cv.dtype, "bias")
         elif nxt.op_type == "BatchNormalization" and wv is not None and (
                 n.op_type == "Conv" or (n.op_type in ("Gemm", "MatMul") and b.rank(unit.out) == 2)):
             # a dense output of rank 3+ has its features last but BatchNorm's channels on axis 1
