@@ -126,18 +126,7 @@ def _as_input(X, arg) -> np.ndarray:
     dtype = np.dtype(_NP_TYPES.get(arg.type, "float32"))
     if dtype.kind in "iu" and X.dtype.kind == "f":
         raise DataError(f"input '{arg.name}' expects integers ({arg.type}), got {X.dtype} data")
-    if dtype.kind in "iu" and X.size and (X.min() < np.iinfo(dtype).min or X.max() > np.iinfo(dtype).max):
-        raise DataError(f"input '{arg.name}' is {arg.type}, and the data holds values beyond its range "
-                        f"({X.min()} to {X.max()}); they would wrap around")
-    with np.errstate(over="ignore"):  # an overflowing cast is reported below, not by numpy
-        cast = X.astype(dtype, copy=False)
-    overflow = np.isfinite(X) & ~np.isfinite(cast) if cast.dtype.kind == "f" and cast.dtype != X.dtype else None
-    if overflow is not None and overflow.any():
-        worst = np.abs(X[overflow].astype(np.longdouble)).max()  # longdouble: no int wrap-around, no inf
-        raise DataError(f"input '{arg.name}' is {np.dtype(dtype).name}, and the data holds values beyond its "
-                        f"range (largest magnitude {np.format_float_scientific(worst, precision=3, trim='-')}); "
-                        "they would become inf")
-    X = cast
+    X = _cast_in_range(X, dtype, arg, arg.type if dtype.kind in "iu" else dtype.name)
     if len(arg.shape) != X.ndim:
         raise DataError(f"input '{arg.name}' expects rank {len(arg.shape)} {list(arg.shape)}, got shape {list(X.shape)}")
     for want, got in zip(arg.shape, X.shape):
@@ -146,6 +135,25 @@ def _as_input(X, arg) -> np.ndarray:
     if X.size == 0:
         raise DataError(f"input data of shape {list(X.shape)} holds no values; give at least one sample")
     return X
+
+
+def _cast_in_range(values: np.ndarray, dtype: np.dtype, arg, type_name: str) -> np.ndarray:
+    """``values`` cast to the input's ``dtype``; a DataError when some do not fit: integers beyond its range
+    (they would wrap around), finite values a float type cannot hold (they would become inf)."""
+    if dtype.kind in "iu" and values.dtype.kind in "iu" and values.size and (
+            values.min() < np.iinfo(dtype).min or values.max() > np.iinfo(dtype).max):
+        raise DataError(f"input '{arg.name}' is {type_name}, and the data holds values beyond its range "
+                        f"({values.min()} to {values.max()}); they would wrap around")
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing cast is reported below, not by numpy
+        cast = values.astype(dtype, copy=False)
+    if dtype.kind == "f" and cast.dtype != values.dtype:
+        overflow = np.isfinite(values) & ~np.isfinite(cast)
+        if overflow.any():
+            worst = np.abs(values[overflow].astype(np.longdouble)).max()  # longdouble: no wrap-around, no inf
+            raise DataError(f"input '{arg.name}' is {type_name}, and the data holds values beyond its range "
+                            f"(largest magnitude {np.format_float_scientific(worst, precision=3, trim='-')}); "
+                            "they would become inf")
+    return cast
 
 
 def other_feeds(runner: Runner, explained: set, given: dict | None) -> dict:
@@ -181,17 +189,8 @@ def _as_feed(value, arg) -> np.ndarray:
         same_kind = np.can_cast(arr.dtype, want, casting="same_kind")
         if not (same_kind or (arr.dtype.kind in "iu" and want.kind in "iuf")):
             raise DataError(f"input '{arg.name}' is {arg.type}, got {arr.dtype} data")
-        with np.errstate(over="ignore", invalid="ignore"):
-            cast = arr.astype(want)
-        if want.kind in "iu" and arr.size:
-            info = np.iinfo(want)
-            if arr.min() < info.min or arr.max() > info.max:
-                raise DataError(f"input '{arg.name}' is {arg.type}, and the data holds values beyond its range "
-                                f"({arr.min()} to {arr.max()})")
-        elif want.kind == "f" and arr.size and (np.isfinite(arr) & ~np.isfinite(cast)).any():
-            raise DataError(f"input '{arg.name}' is {arg.type}, and the data holds values beyond its range "
-                            "(they would become inf)")
-        elif want.kind == "f" and arr.dtype.kind in "iu" and arr.size and (cast.astype(arr.dtype) != arr).any():
+        cast = _cast_in_range(arr, want, arg, arg.type)
+        if want.kind == "f" and arr.dtype.kind in "iu" and arr.size and (cast.astype(arr.dtype) != arr).any():
             raise DataError(f"input '{arg.name}' is {arg.type}, which cannot hold these integers exactly")
         arr = cast
     if len(arg.shape) != arr.ndim or any(isinstance(w, int) and w != g for w, g in zip(arg.shape, arr.shape)):
