@@ -76,10 +76,10 @@ def lrn_vjp(b, node, grads, need):
     return [b.op("Add", [direct, cross])]
 
 
-@register("LayerNormalization")
-def layernorm_vjp(b, node, grads, need):
-    x, gamma = node.input[0], node.input[1]
-    g = grads[0]
+def layernorm_stats(b, node):
+    """(axes, xc, rstd) of a LayerNormalization node: the normalized axes, x - mean and
+    rstd = 1 / sqrt(var + eps), recomputed from its input."""
+    x = node.input[0]
     axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
     eps = _f(node, "epsilon", 1e-5)
     rank = b.rank(x)
@@ -88,6 +88,13 @@ def layernorm_vjp(b, node, grads, need):
     xc = b.op("Sub", [x, mean])
     var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), axes)
     rstd = b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, x)])])])
+    return axes, xc, rstd
+
+
+@register("LayerNormalization")
+def layernorm_vjp(b, node, grads, need):
+    gamma, g = node.input[1], grads[0]
+    axes, xc, rstd = layernorm_stats(b, node)
     xhat = b.op("Mul", [xc, rstd])
     gg = b.op("Mul", [g, gamma])
     m1 = b.reduce("ReduceMean", gg, axes)

@@ -1,0 +1,158 @@
+"""AttnLRP (Achtibat et al., ICML 2024): LRP for transformers, written as input times a modified gradient,
+the form of its reference implementation LXT ("efficient" mode). R = x * g, where g is the gradient of
+the selected output with these steps changed:
+
+- identity rule, element-wise activations f (GELU, SiLU's sigmoid gate, Tanh, ...): g_in = g * f(x) / x
+  (0 where x = 0), so relevance passes unchanged: x * g_in = f(x) * g;
+- uniform rule, a product of two activations that do not depend on each other (attention's Q K^T and
+  A V, a gated MLP's gate * up): half the relevance to each operand, g_in = VJP(g / 2);
+- a gate, x * h(x) or x / h(x) with h computed from x alone (SiLU and exported GELU, x * sigmoid(x) and
+  x * (1 + erf(x / sqrt 2)) / 2; RMSNorm's x * rsqrt(mean(x^2)); a spelled-out LayerNorm's division by its
+  std): h is held constant, so all relevance goes to x (the identity rule of the whole activation, and
+  LXT's stop_gradient on a norm's std);
+- LayerNormalization: its std held constant, g_in = (gamma g - mean(gamma g)) / std;
+- everything else keeps its gradient: linear layers then follow the z rule with the bias absorbing its
+  share, a residual Add splits in proportion to its operands, and Softmax gives AttnLRP's
+  R_in = x * (R - s * sum(R)).
+
+Seeded with 1 at the selected output (the selected logit is the relevance there, as LRP starts).
+"""
+
+from __future__ import annotations
+
+from onnxattr.compiler import path_nodes, reverse_pass
+from onnxattr.emitters import VJPS
+from onnxattr.emitters.normalization import layernorm_stats
+from onnxattr.methods.base import Method, Target, register_method
+from onnxattr.select import build_seed
+
+# element-wise activations (their first input varies, the others are constants): the identity rule
+ACTIVATIONS = frozenset({
+    "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid",
+    "HardSwish", "Gelu", "Erf", "Clip", "Mish",
+})
+
+
+def _held_by(producer: dict, live: set, source: str, start: str, gate: str) -> bool:
+    """Every path from ``source`` to ``start`` passes through ``gate`` (start is computed from gate alone)."""
+    stack, seen = [start], {gate}
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        if t == source:
+            return False
+        seen.add(t)
+        node = producer.get(t)
+        if node is None:
+            return False
+        stack.extend(i for i in node.input if i in live)
+    return True
+
+
+def _held_only(on_path, live: set, y: str, kept: dict):
+    """The nodes whose outputs reach y only through operands held constant by a gate (``kept``: gate node
+    name -> the index of the operand that keeps its gradient)."""
+    reached, out = {y}, []
+    for node in reversed(on_path):
+        if not any(o in reached for o in node.output):
+            out.append(node)
+            continue
+        keep = kept.get(node.name)
+        reached.update(i for k, i in enumerate(node.input) if i in live and keep in (None, k))
+    return out
+
+
+def identity_rule(b, node, grads, need):
+    """g_in = g * f(x) / x, 0 where x = 0: x * g_in = f(x) * g, the relevance unchanged."""
+    x, y = node.input[0], node.output[0]
+    ratio = b.op("Where", [b.op("Equal", [x, b.scalar(0.0, x)]), b.scalar(0.0, x), b.op("Div", [y, x])])
+    return [b.op("Mul", [grads[0], ratio])] + [None] * (len(node.input) - 1)
+
+
+def uniform_rule(b, node, grads, need):
+    """Half the relevance to each operand of a product of two activations: VJP(g / 2)."""
+    half = b.op("Mul", [grads[0], b.scalar(0.5, node.output[0])])
+    return VJPS[node.op_type](b, node, [half], need)
+
+
+def gate_rule(keep: int):
+    """x * h or x / h with h = input 1 - keep held constant: only input ``keep`` gets the gradient."""
+
+    def rule(b, node, grads, need):
+        only = [n and i == keep for i, n in enumerate(need)]
+        return VJPS[node.op_type](b, node, grads, only)
+
+    return rule
+
+
+def layernorm_rule(b, node, grads, need):
+    """LayerNormalization with its std held constant: g_in = (gamma g - mean(gamma g)) * rstd."""
+    axes, _, rstd = layernorm_stats(b, node)
+    gg = b.op("Mul", [grads[0], node.input[1]])
+    centred = b.op("Sub", [gg, b.reduce("ReduceMean", gg, axes)])
+    return [b.op("Mul", [centred, rstd])] + [None] * (len(node.input) - 1)
+
+
+def _product_rule(producer, live: set, x: str, node):
+    """(rule, name, why, kept operand) of a Mul or Div of two activations: a gate when one operand is computed
+    from the other alone (a Div only ever holds its divisor), else uniform for a Mul; None for a Div of two
+    independent activations (its gradient)."""
+    ins = node.input
+    for keep in (0, 1) if node.op_type == "Mul" else (0,):
+        held = ins[1 - keep]
+        if _held_by(producer, live, x, held, ins[keep]):
+            return gate_rule(keep), "gate", f"{held} is computed from {ins[keep]} alone: held constant", keep
+    if node.op_type == "Mul":
+        return uniform_rule, "uniform", "product of two activations", None
+    return None
+
+
+def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict):
+    """rule_for(node) of AttnLRP over the nodes on the path; records each changed step in ``assignment``."""
+    producer = {o: n for n in on_path for o in n.output}
+    chosen, kept = {}, {}
+    for node in on_path:
+        op, ins = node.op_type, list(node.input)
+        varying = [i in live for i in ins]
+        if op in ("Mul", "Div") and len(ins) == 2 and all(varying):
+            product = _product_rule(producer, live, x, node)
+            if product is not None:
+                chosen[node.name] = product[:3]
+                if product[3] is not None:
+                    kept[node.name] = product[3]
+        elif op == "MatMul" and all(varying):
+            chosen[node.name] = (uniform_rule, "uniform", "product of two activations")
+        elif op in ACTIVATIONS and varying[0] and not any(varying[1:]):
+            chosen[node.name] = (identity_rule, "identity", "activation")
+        elif op == "LayerNormalization" and varying[0] and not any(varying[1:]):
+            chosen[node.name] = (layernorm_rule, "layernorm", "std held constant")
+    for name, (_, rule, why) in chosen.items():
+        assignment[name] = (rule, why)
+    for node in on_path:
+        if node.op_type == "Softmax" and node.name not in chosen:
+            assignment[node.name] = ("gradient", "AttnLRP's softmax rule, R_in = x (R - s sum(R))")
+    for node in _held_only(on_path, live, y, kept):
+        assignment[node.name] = ("none", "feeds only an operand held constant")
+
+    def rule_for(node):
+        entry = chosen.get(node.name)
+        return entry[0] if entry is not None else None
+
+    return rule_for
+
+
+def build_attn_lrp(t: Target, p: dict) -> str:
+    b, x = t.b, t.x
+    on_path, live = path_nodes(t.nodes, x, t.y, b)
+    rule_for = attn_rules(b, on_path, x, t.y, live, t.assignment)
+    seed = build_seed(b, t.y, t.neuron, "one", t.index)
+    g = reverse_pass(b, t.nodes, x, t.y, seed, rule_for)
+    return b.zeros_like(x) if g is None else b.op("Mul", [x, g])
+
+
+register_method(Method(
+    "attn_lrp", "AttnLRP (LXT's rules for transformers): identity rule on activations, uniform rule on "
+    "products of activations, norms' std held constant; the z rule elsewhere.",
+    build_attn_lrp, family="lrp",
+))

@@ -1,0 +1,142 @@
+"""AttnLRP: closed forms of each rule on small graphs, conservation where the rules conserve, and the rules
+the path gets (LXT's maps on two transformers are in test_oracles, tests/oracles/make_lxt.py)."""
+
+import numpy as np
+import onnxruntime as ort
+from onnx import helper
+
+import onnxattr
+from tests.lrp.nets import resnet_like
+from tests.models import mlp, single_io_model
+
+RNG = np.random.default_rng(0)
+
+
+def run(model, x, method="attn_lrp", **kw):
+    sess = ort.InferenceSession(onnxattr.compile(model, method, **kw).SerializeToString(),
+                               providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})
+
+
+def rules(model):
+    """(op type, rule) of every node on the explained path."""
+    return [(op, rule) for _, op, rule, _ in onnxattr.api.inspect(model, "attn_lrp")]
+
+
+def test_equals_input_times_gradient_without_products_or_smooth_activations():
+    """Relu nets: the identity rule of a Relu is its gradient, and the rest keeps the gradient (z rule)."""
+    x = RNG.standard_normal((3, 2, 8, 8)).astype(np.float32)
+    model = resnet_like(bias=True)
+    np.testing.assert_allclose(run(model, x)[1], run(model, x, "input_t_gradient")[1], rtol=1e-6, atol=1e-7)
+    x2 = RNG.standard_normal((4, 6)).astype(np.float32)
+    m2, _ = mlp(softmax=False)
+    np.testing.assert_allclose(run(m2, x2)[1], run(m2, x2, "input_t_gradient")[1], rtol=1e-6, atol=1e-7)
+
+
+def _bilinear():
+    """y = sum over features of (x W1) * (x W2): a product of two activations of x."""
+    w1, w2 = RNG.standard_normal((2, 5, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("MatMul", ["x", "W2"], ["b"]),
+             helper.make_node("Mul", ["a", "b"], ["p"]),
+             helper.make_node("ReduceSum", ["p", "axes"], ["y"], keepdims=1)]
+    return single_io_model(nodes, {"W1": w1, "W2": w2, "axes": np.array([1])}, ["N", 5], ["N", 1])
+
+
+def test_uniform_rule_halves_a_product():
+    """y is homogeneous of degree 2 in x: x * grad sums to 2y; the uniform rule gives each factor half, so the
+    map is exactly half of input times gradient and sums to y."""
+    model = _bilinear()
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    y, r = run(model, x)
+    np.testing.assert_allclose(r, 0.5 * run(model, x, "input_t_gradient")[1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(r.sum(1), y[:, 0], rtol=1e-5)
+    assert ("Mul", "uniform") in rules(model)
+
+
+def test_uniform_rule_on_an_attention_matmul():
+    """S = (x Wq)(x Wk)^T, y = sum(S): again half of input times gradient."""
+    wq, wk = RNG.standard_normal((2, 6, 6)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "Wq"], ["q"]), helper.make_node("MatMul", ["x", "Wk"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("ReduceSum", ["s", "axes"], ["y"], keepdims=0)]
+    model = single_io_model(nodes, {"Wq": wq, "Wk": wk, "axes": np.array([1, 2])}, ["N", 4, 6], ["N"])
+    x = RNG.standard_normal((2, 4, 6)).astype(np.float32)
+    y, r = run(model, x, neuron="all")
+    np.testing.assert_allclose(r, 0.5 * run(model, x, "input_t_gradient", neuron="all")[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-5)
+
+
+def _activation_net(act_nodes):
+    """x[N,5] -> MatMul W1 -> h -> (act_nodes: h -> f) -> MatMul W2 -> y[N,3]; no biases."""
+    w1 = RNG.standard_normal((5, 7)).astype(np.float32)
+    w2 = RNG.standard_normal((7, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), *act_nodes, helper.make_node("MatMul", ["f", "W2"], ["y"])]
+    inits = {"W1": w1, "W2": w2, "half": np.float32(0.5), "one": np.float32(1.0), "root2": np.float32(np.sqrt(2))}
+    return single_io_model(nodes, inits, ["N", 5], ["N", 3]), w1, w2
+
+
+def test_identity_rule_closed_form():
+    """Tanh between two bias-free layers: R = x * W1 (tanh(h) / h * W2[:, k])."""
+    model, w1, w2 = _activation_net([helper.make_node("Tanh", ["h"], ["f"])])
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    y, r = run(model, x)
+    h = x @ w1
+    k = y.argmax(1)
+    want = x * ((np.tanh(h) / h * w2[:, k].T) @ w1.T)
+    np.testing.assert_allclose(r, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.sum(1), y[np.arange(4), k], rtol=1e-5)  # bias-free: conserved
+
+
+def test_gates_are_held_constant():
+    """SiLU and exported GELU (x times a function of x alone), in either operand order: the whole activation
+    passes relevance, the map sums to the logit of a bias-free net, and the gate's branch gets none."""
+    silu = [helper.make_node("Sigmoid", ["h"], ["s"]), helper.make_node("Mul", ["s", "h"], ["f"])]
+    gelu = [helper.make_node("Div", ["h", "root2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+            helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["h", "e1"], ["m"]),
+            helper.make_node("Mul", ["m", "half"], ["f"])]
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    for act, f in ((silu, lambda h: h / (1 + np.exp(-h))),
+                   (gelu, lambda h: 0.5 * h * (1 + np.vectorize(__import__("math").erf)(h / np.sqrt(2))))):
+        model, w1, w2 = _activation_net(act)
+        y, r = run(model, x)
+        k = y.argmax(1)
+        h = x @ w1
+        want = x * ((f(h) / h * w2[:, k].T) @ w1.T)
+        np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(r.sum(1), y[np.arange(4), k], rtol=1e-4)
+        assert [r for op, r in rules(model) if op == "Mul"][0] == "gate"
+        assert "uniform" not in {r for _, r in rules(model)}
+
+
+def test_layernorm_holds_its_std():
+    """LayerNormalization (beta = 0) between bias-free layers: centring is linear and the std a constant, so
+    relevance is conserved; the map is x * W1 (gamma g - mean(gamma g)) / std with g = W2[:, k]."""
+    w1 = RNG.standard_normal((5, 7)).astype(np.float32)
+    w2 = RNG.standard_normal((7, 3)).astype(np.float32)
+    gamma = RNG.uniform(0.5, 2, 7).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]),
+             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["f"], axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["f", "W2"], ["y"])]
+    model = single_io_model(nodes, {"W1": w1, "W2": w2, "gamma": gamma, "beta": np.zeros(7, np.float32)},
+                            ["N", 5], ["N", 3])
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    y, r = run(model, x)
+    k = y.argmax(1)
+    h = x @ w1
+    std = np.sqrt(h.var(1, keepdims=True) + 1e-5)
+    gg = gamma * w2[:, k].T
+    want = x * (((gg - gg.mean(1, keepdims=True)) / std) @ w1.T)
+    np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r.sum(1), y[np.arange(4), k], rtol=1e-4)
+    assert ("LayerNormalization", "layernorm") in rules(model)
+
+
+def test_zero_pre_activation_gives_a_finite_map():
+    """f(x) / x at x = 0 is taken as 0: a unit whose input is exactly 0 passes nothing and breaks nothing."""
+    model, w1, w2 = _activation_net([helper.make_node("Sigmoid", ["h"], ["f"])])
+    x = np.zeros((2, 5), np.float32)
+    x[1, 0] = 1.0
+    _, r = run(model, x)
+    assert np.all(np.isfinite(r))
+    assert np.all(r[0] == 0)
