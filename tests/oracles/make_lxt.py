@@ -1,0 +1,242 @@
+"""Oracle maps of AttnLRP from LXT (LRP-eXplains-Transformers 2.1, "efficient" mode) on two small transformers.
+
+Run from the repository root with the torch venv (CPU torch 2.13.0, lxt 2.1 installed with --no-deps, onnx,
+onnxruntime):
+
+    /work/venv-torch/bin/pip install --no-deps lxt==2.1
+    /work/venv-torch/bin/python tests/oracles/make_lxt.py
+
+It writes into tests/oracles/data/, for NAME in lxt_vit (a ViT: Conv patch embedding, class token, position
+embedding, pre-LayerNorm blocks with GELU MLPs, a Tanh pooler) and lxt_llama (a LLaMA-style decoder on token
+embeddings: RMSNorm, causal attention, SwiGLU MLP; the logits of the last position):
+
+    NAME.onnx   torch.onnx.export(dynamo=False, opset 17, dynamic batch) of the plain model
+    NAME.npz    "x", "target", "logits" and "attn_lrp|<mode>|default" float32 maps shaped like x
+    NAME.json   the manifest read by tests/methods/test_oracles.py
+
+LXT's rules are applied where LXT's own model patches put them (lxt/efficient/models/bert.py and
+patches.py): identity_rule_implicit on the MLP activation and the pooler's Tanh, divide_gradient(., 2) on
+the attention scores Q K^T and on the context A V, and on a gated MLP's product, and LXT's
+layer_norm_forward / rms_norm_forward (the std held constant). The map is x * x.grad after backward from
+the selected logit with a gradient of 1 (mode "all": ones over every logit), so it sums to about the logit;
+LXT's README seeds with the logit itself, which only scales the map. Computed in float64, stored as float32;
+fp32_rel_dev is the same computation's float32 deviation.
+
+LXT is only called as a library; its package __init__ imports Hugging Face transformers for its model
+patches, which these models do not use, so only its rule modules are loaded.
+"""
+
+import importlib.metadata
+import json
+import math
+import os
+import sys
+import types
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def load_lxt_rules():
+    """lxt.efficient.rules and .patches without lxt/efficient/__init__.py (which imports transformers)."""
+    import lxt
+    pkg = types.ModuleType("lxt.efficient")
+    pkg.__path__ = [os.path.join(os.path.dirname(lxt.__file__), "efficient")]
+    sys.modules["lxt.efficient"] = pkg
+    from lxt.efficient import patches, rules
+    return rules, patches
+
+
+RULES, PATCHES = load_lxt_rules()
+
+
+def halve(t, lxt):
+    return RULES.divide_gradient(t, 2) if lxt else t
+
+
+def activation(fn, t, lxt):
+    return RULES.identity_rule_implicit(fn, t) if lxt else fn(t)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads, bias, causal_len=None):
+        super().__init__()
+        self.heads, self.dh = heads, dim // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim, bias=bias) for _ in range(4))
+        if causal_len is not None:
+            mask = torch.triu(torch.full((causal_len, causal_len), -1e4), diagonal=1)
+            self.register_buffer("mask", mask)
+        else:
+            self.mask = None
+
+    def split(self, t):
+        n, s, _ = t.shape
+        return t.reshape(n, s, self.heads, self.dh).transpose(1, 2)
+
+    def forward(self, x, lxt=False):
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        scores = halve(torch.matmul(q, k.transpose(-1, -2)), lxt) / math.sqrt(self.dh)
+        if self.mask is not None:
+            scores = scores + self.mask
+        ctx = halve(torch.matmul(torch.softmax(scores, dim=-1), v), lxt)
+        n, _, s, _ = ctx.shape
+        return self.o(ctx.transpose(1, 2).reshape(n, s, self.heads * self.dh))
+
+
+def layer_norm(module, x, lxt):
+    return PATCHES.layer_norm_forward(module, x) if lxt else module(x)
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, 4, bias=True)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x, lxt=False):
+        x = x + self.attn(layer_norm(self.ln1, x, lxt), lxt)
+        return x + self.fc2(activation(self.act, self.fc1(layer_norm(self.ln2, x, lxt)), lxt))
+
+
+class ViT(nn.Module):
+    """3x16x16 images, 4x4 patches (16 tokens + a class token), width 32, two blocks, 10 classes."""
+
+    def __init__(self, dim=32):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.5)
+        self.blocks = nn.ModuleList(ViTBlock(dim) for _ in range(2))
+        self.ln = nn.LayerNorm(dim)
+        self.pool = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x, lxt=False):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        for blk in self.blocks:
+            t = blk(t, lxt)
+        pooled = activation(torch.tanh, self.pool(layer_norm(self.ln, t, lxt)[:, 0]), lxt)
+        return self.head(pooled)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(1 + 0.2 * torch.randn(dim))
+        self.variance_epsilon = eps
+
+    def forward(self, x, lxt=False):
+        if lxt:
+            return PATCHES.rms_norm_forward(self, x)
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, dim, seq):
+        super().__init__()
+        self.n1, self.n2 = RMSNorm(dim), RMSNorm(dim)
+        self.attn = Attention(dim, 4, bias=False, causal_len=seq)
+        self.gate, self.up = nn.Linear(dim, 2 * dim, bias=False), nn.Linear(dim, 2 * dim, bias=False)
+        self.down = nn.Linear(2 * dim, dim, bias=False)
+        self.act = nn.SiLU()
+
+    def forward(self, x, lxt=False):
+        x = x + self.attn(self.n1(x, lxt), lxt)
+        h = self.n2(x, lxt)
+        return x + self.down(halve(activation(self.act, self.gate(h), lxt) * self.up(h), lxt))
+
+
+class Llama(nn.Module):
+    """Token embeddings [N, 6, 32] in, two decoder blocks, the next-token logits (20) of the last position."""
+
+    def __init__(self, dim=32, seq=6):
+        super().__init__()
+        self.blocks = nn.ModuleList(LlamaBlock(dim, seq) for _ in range(2))
+        self.norm = RMSNorm(dim)
+        self.head = nn.Linear(dim, 20, bias=False)
+
+    def forward(self, x, lxt=False):
+        for blk in self.blocks:
+            x = blk(x, lxt)
+        return self.head(self.norm(x, lxt)[:, -1])
+
+
+def build(name):
+    torch.manual_seed({"lxt_vit": 11, "lxt_llama": 12}[name])
+    if name == "lxt_vit":
+        model, x = ViT(), torch.randn(3, 3, 16, 16)
+    else:
+        model, x = Llama(), torch.randn(3, 6, 32)
+    return model.eval(), x
+
+
+def relevance(model, x, dtype, mode, target):
+    m = model.to(dtype)
+    xi = x.to(dtype).clone().requires_grad_(True)
+    logits = m(xi, lxt=True)
+    if mode == "all":
+        seed = torch.ones_like(logits)
+    else:
+        seed = torch.zeros_like(logits)
+        seed[torch.arange(len(seed)), target] = 1
+    logits.backward(seed)
+    return (xi * xi.grad).detach().double()
+
+
+def export(model, x, path):
+    torch.onnx.export(model.float(), (x,), path, dynamo=False, opset_version=17, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def make(name):
+    model, x = build(name)
+    with torch.no_grad():
+        plain, ruled = model(x), model(x, lxt=True)
+    assert torch.allclose(plain, ruled, atol=1e-6), "LXT's rules must not change the forward pass"
+    path = os.path.join(OUT, f"{name}.onnx")
+    export(model, x, path)
+    onnx_logits = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert np.allclose(onnx_logits, plain.numpy(), atol=1e-5), "the export must compute the torch model"
+    logits = plain.numpy()
+    target = np.array([1, 7, 3]) if name == "lxt_vit" else np.array([2, 19, 5])
+    arrays = {"x": x.numpy(), "target": target.astype(np.int64), "logits": logits}
+    entries = {}
+    for mode in ("max", "index", "all"):
+        chosen = logits.argmax(1) if mode == "max" else target
+        r64 = relevance(model, x, torch.float64, mode, chosen)
+        r32 = relevance(model, x, torch.float32, mode, chosen)
+        key = f"attn_lrp|{mode}|default"
+        arrays[key] = r64.float().numpy()
+        entries[key] = {
+            "method": "attn_lrp", "params": {}, "mode": mode, "seed": "one", "statistical": False,
+            "library_call": "x * x.grad after logits.backward(onehot or ones) with lxt.efficient.rules "
+                            "(identity_rule_implicit, divide_gradient) and lxt.efficient.patches "
+                            "(layer_norm_forward, rms_norm_forward) where LXT's model patches put them",
+            "fp32_rel_dev": float(f"{float((r32 - r64).abs().max() / r64.abs().max()):.3g}"),
+        }
+    np.savez_compressed(os.path.join(OUT, f"{name}.npz"), **arrays)
+    versions = {p: importlib.metadata.version(p) for p in ("lxt", "torch")}
+    manifest = {
+        "model": f"{name}.onnx", "library": " / ".join(f"{k} {v}" for k, v in versions.items()),
+        "layout": "NCHW" if name == "lxt_vit" else "NTC", "input_name": "input", "output_name": "logits",
+        "entries": entries,
+    }
+    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(name, {k: v["fp32_rel_dev"] for k, v in entries.items()})
+
+
+if __name__ == "__main__":
+    for name in ("lxt_vit", "lxt_llama"):
+        make(name)
