@@ -22,7 +22,9 @@ one section per machine.
 Groups: `fast` = forward, gradient and the LRP family; `sampling` = integrated gradients and SmoothGrad
 with 64 samples (each run is ~64 backward passes: give them their own invocation, as every shell command
 here must finish in 10 minutes); `fast-a` and `fast-b` = `fast` in two halves, for a model and batch
-whose sessions do not all fit in memory at once (VGG16 at batch 8 on a 24 GiB machine). The onnxruntime
+whose sessions do not all fit in memory at once (VGG16 at batch 8 on a 24 GiB machine); `transformer` =
+forward, gradient and attn_lrp against LXT 2.1 on `--models vit_b16` (LXT installed with
+`pip install --no-deps lxt==2.1`; its rules are loaded as tests/oracles/make_lxt.py does). The onnxruntime
 forward is timed in every group, so each ratio comes from one run.
 """
 
@@ -58,6 +60,7 @@ OURS = {
     "integrated_gradients": {"method": "integrated_gradients", "params": {"steps": STEPS},
                              "ref": ["captum.integrated_gradients"]},
     "smoothgrad": {"method": "smoothgrad", "params": {"augment_by_n": STEPS}, "ref": ["captum.smoothgrad"]},
+    "attn_lrp": {"method": "attn_lrp", "ref": ["lxt.attn_lrp"]},
 }
 GROUPS = {
     "fast": ["ort.forward", "torch.forward",
@@ -74,6 +77,9 @@ GROUPS = {
                "onnxattr.deep_taylor", "zennit.zplus"],
     "sampling": ["ort.forward", "onnxattr.integrated_gradients", "captum.integrated_gradients",
                  "onnxattr.smoothgrad", "captum.smoothgrad"],
+    # vit_b16: AttnLRP against LXT 2.1's rules on the same torch model (LXT installed with --no-deps)
+    "transformer": ["ort.forward", "torch.forward", "onnxattr.gradient", "captum.saliency",
+                    "onnxattr.attn_lrp", "lxt.attn_lrp"],
 }
 
 
@@ -172,6 +178,14 @@ def make_runner(config: str, model: str, x, threads: int):
             nt = NoiseTunnel(Saliency(net))
             return lambda: nt.attribute(xg, nt_type="smoothgrad", nt_samples=STEPS, nt_samples_batch_size=16,
                                         stdevs=1.0, target=target, abs=False)
+    if config == "lxt.attn_lrp":  # x * x.grad through LXT's rule functions (tests/oracles/make_lxt.py)
+        onehot = torch.nn.functional.one_hot(target, 1000).float()
+
+        def run():
+            xg = xt.clone().requires_grad_(True)
+            net(xg, lxt=True).backward(onehot)
+            return xg * xg.grad
+        return run
     if lib == "zennit":
         _stub_torchvision()
         from zennit.attribution import Gradient
@@ -266,15 +280,12 @@ def machine() -> dict:
         info["simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "fma") if f" {f}" in flags)
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
-    for mod in ("torch", "zennit", "captum"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod in ("torch", "zennit", "captum", "lxt"):
         try:
-            m = __import__(mod) if mod != "zennit" else None
-            if mod == "zennit":
-                from importlib.metadata import version
-                info[mod] = version("zennit")
-            else:
-                info[mod] = m.__version__
-        except Exception:  # noqa: BLE001
+            info[mod] = version(mod)
+        except PackageNotFoundError:
             pass
     info["load_before"] = os.getloadavg()[0]
     return info
@@ -303,7 +314,7 @@ def write_report(path: Path) -> str:
     machines = sorted(d for d in RESULTS.iterdir() if d.is_dir() and any(d.glob("*.json")))
     if not machines:
         raise SystemExit("no results in benchmarks/results/<machine>/: run a group first")
-    lines = ["# Benchmarks: onnxattr vs. onnxruntime forward, Zennit and Captum (CPU)", "",
+    lines = ["# Benchmarks: onnxattr vs. onnxruntime forward, Zennit, Captum and LXT (CPU)", "",
              "Made by `benchmarks/bench.py` (see its docstring and the README section *Benchmarks*). "
              "Times are wall-clock per call, min and median of the repeats after one warm-up round; "
              "all configurations of a group ran interleaved in one process. **× fwd** = min time / min "
@@ -331,7 +342,8 @@ def _machine_section(groups: list[dict]) -> list[str]:
              f"threads used: {groups[0]['threads']} (onnxruntime intra_op_num_threads = torch.set_num_threads)",
              f"- {m.get('platform')}; Python {m.get('python')}",
              f"- onnxruntime {m.get('onnxruntime')}, onnx {m.get('onnx')}, numpy {m.get('numpy')}, "
-             f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}", ""]
+             f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}"
+             + next((f", lxt {g['machine']['lxt']} ({g['model']})" for g in groups if "lxt" in g["machine"]), ""), ""]
     header = ("| model | batch | configuration | min ms | median ms | × fwd | × fwd, paired | reference "
               "| speed-up vs ref | paired | peak RSS MiB | compile s |")
     for g in sorted(groups, key=lambda g: (g["model"], g["batch"], g["group"])):
@@ -342,10 +354,10 @@ def _machine_section(groups: list[dict]) -> list[str]:
         fwd = t["ort.forward"]["min"]
         for c, v in t.items():
             lib, _, name = c.partition(".")
-            refs = OURS[name]["ref"] if lib == "onnxattr" else []
+            refs = [r for r in OURS[name]["ref"] if r in t] if lib == "onnxattr" else []  # those that ran
             ref_txt = ", ".join(refs) or ""
-            speed = ", ".join(f"{t[r]['min'] / v['min']:.2f}×" for r in refs if r in t)
-            paired_speed = ", ".join(f"{_paired(t[r], v):.2f}×" for r in refs if r in t)
+            speed = ", ".join(f"{t[r]['min'] / v['min']:.2f}×" for r in refs)
+            paired_speed = ", ".join(f"{_paired(t[r], v):.2f}×" for r in refs)
             lines.append(
                 f"| {g['model']} | {g['batch']} | {c} | {_fmt_ms(v['min'])} | {_fmt_ms(v['median'])} | "
                 f"{v['min'] / fwd:.2f} | {_paired(v, t['ort.forward']):.2f} | {ref_txt} | {speed} | {paired_speed} | "

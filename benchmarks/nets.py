@@ -8,6 +8,9 @@ nn.Sequential containers so that Zennit's SequentialMergeBatchNorm canonizer can
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -79,9 +82,19 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+def vit_b16() -> nn.Module:
+    """ViT-B/16's shape (width 768, 12 blocks of 12 heads, MLP 3072, 16x16 patches of 224x224 images), as
+    the AttnLRP oracle's ViT class (tests/oracles/make_lxt.py) writes it, with LXT's rules switchable by
+    forward(x, lxt=True)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "oracles"))
+    from make_lxt import ViT
+
+    return ViT(dim=768, depth=12, heads=12, patch=16, image=224, classes=1000, mlp=4)
+
+
 def build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = {"vgg16": VGG16, "resnet50": ResNet50}[name]()
+    model = {"vgg16": VGG16, "resnet50": ResNet50, "vit_b16": vit_b16}[name]()
     if name == "resnet50":  # give BatchNorm non-trivial statistics, as a trained net has
         with torch.no_grad():
             for m in model.modules():

@@ -38,31 +38,27 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-torch.set_num_threads(1)
-torch.use_deterministic_algorithms(True)
-
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
-def load_lxt_rules():
-    """lxt.efficient.rules and .patches without lxt/efficient/__init__.py (which imports transformers)."""
-    import lxt
-    pkg = types.ModuleType("lxt.efficient")
-    pkg.__path__ = [os.path.join(os.path.dirname(lxt.__file__), "efficient")]
-    sys.modules["lxt.efficient"] = pkg
+def lxt_modules():
+    """lxt.efficient.rules and .patches without lxt/efficient/__init__.py (which imports transformers);
+    loaded on first use, so the plain models (benchmarks/nets.py builds this ViT) need no LXT."""
+    if "lxt.efficient.rules" not in sys.modules:
+        import lxt
+        pkg = types.ModuleType("lxt.efficient")
+        pkg.__path__ = [os.path.join(os.path.dirname(lxt.__file__), "efficient")]
+        sys.modules["lxt.efficient"] = pkg
     from lxt.efficient import patches, rules
     return rules, patches
 
 
-RULES, PATCHES = load_lxt_rules()
-
-
 def halve(t, lxt):
-    return RULES.divide_gradient(t, 2) if lxt else t
+    return lxt_modules()[0].divide_gradient(t, 2) if lxt else t
 
 
 def activation(fn, t, lxt):
-    return RULES.identity_rule_implicit(fn, t) if lxt else fn(t)
+    return lxt_modules()[0].identity_rule_implicit(fn, t) if lxt else fn(t)
 
 
 class Attention(nn.Module):
@@ -91,15 +87,15 @@ class Attention(nn.Module):
 
 
 def layer_norm(module, x, lxt):
-    return PATCHES.layer_norm_forward(module, x) if lxt else module(x)
+    return lxt_modules()[1].layer_norm_forward(module, x) if lxt else module(x)
 
 
 class ViTBlock(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim, heads=4, mlp=2):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, 4, bias=True)
-        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.attn = Attention(dim, heads, bias=True)
+        self.fc1, self.fc2 = nn.Linear(dim, mlp * dim), nn.Linear(mlp * dim, dim)
         self.act = nn.GELU()
 
     def forward(self, x, lxt=False):
@@ -108,17 +104,18 @@ class ViTBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    """3x16x16 images, 4x4 patches (16 tokens + a class token), width 32, two blocks, 10 classes."""
+    """The oracle's: 3x16x16 images, 4x4 patches (16 tokens + a class token), width 32, two blocks, 10
+    classes; ViT(768, 12, 12, 16, 224, 1000, 4) is ViT-B/16's shape (benchmarks/nets.py)."""
 
-    def __init__(self, dim=32):
+    def __init__(self, dim=32, depth=2, heads=4, patch=4, image=16, classes=10, mlp=2):
         super().__init__()
-        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.patch = nn.Conv2d(3, dim, patch, stride=patch)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
-        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.5)
-        self.blocks = nn.ModuleList(ViTBlock(dim) for _ in range(2))
+        self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.5)
+        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp) for _ in range(depth))
         self.ln = nn.LayerNorm(dim)
         self.pool = nn.Linear(dim, dim)
-        self.head = nn.Linear(dim, 10)
+        self.head = nn.Linear(dim, classes)
 
     def forward(self, x, lxt=False):
         t = self.patch(x).flatten(2).transpose(1, 2)
@@ -137,7 +134,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x, lxt=False):
         if lxt:
-            return PATCHES.rms_norm_forward(self, x)
+            return lxt_modules()[1].rms_norm_forward(self, x)
         return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
 
 
@@ -238,5 +235,7 @@ def make(name):
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
     for name in ("lxt_vit", "lxt_llama"):
         make(name)
