@@ -181,6 +181,8 @@ class Composite:
             elif n.op_type in LINEAR_OPS:
                 chosen[n.name] = ("gradient", "not a layer: a product of two tensors that vary with the "
                                   "input, or a form the rules do not cover")
+            elif n.op_type == "Einsum":
+                chosen[n.name] = ("gradient", "not a layer: the rules do not cover Einsum (attn_lrp does)")
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
                 _check_pass(b, units[name])

@@ -4,8 +4,8 @@ the selected output with these steps changed:
 
 - identity rule, element-wise activations f (GELU, SiLU's sigmoid gate, Tanh, ...): g_in = g * f(x) / x
   (0 where x = 0), so relevance passes unchanged: x * g_in = f(x) * g;
-- uniform rule, a product of two activations that do not depend on each other (attention's Q K^T and
-  A V, a gated MLP's gate * up): half the relevance to each operand, g_in = VJP(g / 2);
+- uniform rule, a product of two activations that do not depend on each other (a MatMul, Einsum or Mul:
+  attention's Q K^T and A V, a gated MLP's gate * up): half the relevance to each operand, g_in = VJP(g / 2);
 - a gate, x * h(x) or x / h(x) with h computed from x alone (SiLU and exported GELU, x * sigmoid(x) and
   x * (1 + erf(x / sqrt 2)) / 2; RMSNorm's x * rsqrt(mean(x^2)); a spelled-out LayerNorm's division by its
   std): h is held constant, so all relevance goes to x (the identity rule of the whole activation, and
@@ -121,7 +121,7 @@ def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict):
                 chosen[node.name] = product[:3]
                 if product[3] is not None:
                     kept[node.name] = product[3]
-        elif op == "MatMul" and all(varying):
+        elif op in ("MatMul", "Einsum") and len(ins) == 2 and all(varying):
             chosen[node.name] = (uniform_rule, "uniform", "product of two activations")
         elif op in ACTIVATIONS and varying[0] and not any(varying[1:]):
             chosen[node.name] = (identity_rule, "identity", "activation")

@@ -140,3 +140,19 @@ def test_zero_pre_activation_gives_a_finite_map():
     _, r = run(model, x)
     assert np.all(np.isfinite(r))
     assert np.all(r[0] == 0)
+
+
+def test_uniform_rule_on_an_einsum():
+    """The attention scores written as an Einsum (Keras' MultiHeadAttention, torch.einsum): half of input
+    times gradient again; an Einsum with a constant weight (a projection) keeps its gradient, the z rule."""
+    wq, wk = RNG.standard_normal((2, 6, 6)).astype(np.float32)
+    nodes = [helper.make_node("Einsum", ["x", "Wq"], ["q"], equation="btd,de->bte"),
+             helper.make_node("Einsum", ["x", "Wk"], ["k"], equation="btd,de->bte"),
+             helper.make_node("Einsum", ["q", "k"], ["s"], equation="bqe,bke->bqk"),
+             helper.make_node("ReduceSum", ["s", "axes"], ["y"], keepdims=0)]
+    model = single_io_model(nodes, {"Wq": wq, "Wk": wk, "axes": np.array([1, 2])}, ["N", 4, 6], ["N"])
+    x = RNG.standard_normal((2, 4, 6)).astype(np.float32)
+    y, r = run(model, x, neuron="all")
+    np.testing.assert_allclose(r, 0.5 * run(model, x, "input_t_gradient", neuron="all")[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-5)
+    assert [rule for op, rule in rules(model) if op == "Einsum"] == ["gradient", "gradient", "uniform"]

@@ -1,0 +1,76 @@
+"""Einsum: y = einsum("a,b,...->o", A, B, ...) is linear in each operand, so the VJP of operand k is
+another Einsum of g with the other operands into operand k's subscripts:
+    dA = einsum("o,b,...->a", g, B, ...)
+A letter of a that appears in no other operand and not in o was summed over A alone ("ij->i"): the
+Einsum gives dA without it, and g's value is the same along it, so it is inserted (Unsqueeze) and
+expanded to A's shape. Ellipses become explicit letters (onnx requires every operand's to cover as many
+dims); an ellipsis dim where A has 1 against a larger one was broadcast and is summed back
+(broadcast.unbroadcast). A letter repeated within one operand (a diagonal, "ii->i") is refused by name.
+"""
+
+from __future__ import annotations
+
+import string
+
+from onnxattr.emitters.broadcast import unbroadcast
+from onnxattr.emitters.registry import register
+from onnxattr.errors import UnsupportedModelError
+
+
+def parse_equation(node, ranks: list[int | None]) -> tuple[list[str], str, str]:
+    """(input subscripts, output subscripts, the ellipsis letters) of an Einsum node with every ellipsis
+    written out as letters."""
+    eq = next((a.s.decode() for a in node.attribute if a.name == "equation"), "").replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    terms = lhs.split(",")
+
+    def refuse(why):
+        raise UnsupportedModelError(f"Einsum node '{node.name}' ({eq}): {why}")
+
+    if len(terms) != len(ranks):
+        refuse(f"the equation has {len(terms)} operands, the node {len(ranks)}")
+    width = 0  # onnx's shape inference requires every ellipsis to cover the same number of dims
+    for term, rank in zip(terms, ranks):
+        if "..." in term:
+            if rank is None:
+                refuse("an ellipsis needs the operand's rank")
+            width = rank - len(term.replace("...", ""))
+    fill = "".join([c for c in string.ascii_letters if c not in eq][:width])
+    terms = [t.replace("...", fill) for t in terms]
+    if not arrow:  # implicit output: the ellipsis dims, then the letters used once, in alphabetical order
+        joined = "".join(terms)
+        out = fill + "".join(sorted(c for c in set(joined) if joined.count(c) == 1 and c not in fill))
+    else:
+        out = out.replace("...", fill)
+    for term in terms + [out]:
+        if len(set(term)) != len(term):
+            refuse(f"the subscripts '{term}' repeat a letter (a diagonal or trace), which is not supported")
+    return terms, out, fill
+
+
+def _unit_free(shape, term: str, fill: str) -> bool:
+    """The operand's ellipsis dims are known and none is 1 (so none was broadcast)."""
+    return shape is not None and all(isinstance(d, int) and d != 1 for d, c in zip(shape, term) if c in fill)
+
+
+@register("Einsum")
+def einsum_vjp(b, node, grads, need):
+    g = grads[0]
+    terms, out, fill = parse_equation(node, [b.rank(i) for i in node.input])
+    results = []
+    for k, (x, term) in enumerate(zip(node.input, terms)):
+        if not need[k]:
+            results.append(None)
+            continue
+        others = [(node.input[j], terms[j]) for j in range(len(terms)) if j != k]
+        known = set(out).union(*(t for _, t in others))
+        kept = "".join(c for c in term if c in known)
+        eq = ",".join([out] + [t for _, t in others]) + "->" + kept
+        dx = b.op("Einsum", [g] + [name for name, _ in others], equation=eq)
+        missing = [i for i, c in enumerate(term) if c not in known]
+        if missing:
+            dx = b.op("Expand", [b.op("Unsqueeze", [dx, b.ints(missing)]), b.shape_of(x)])
+        if any(c in fill for c in term) and not _unit_free(b.shape(x), term, fill):
+            dx = unbroadcast(b, dx, x)  # an ellipsis dim of 1 broadcast against the others
+        results.append(dx)
+    return results

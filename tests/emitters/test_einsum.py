@@ -1,0 +1,50 @@
+"""onnxattr/emitters/einsum.py: the Einsum VJP on the equations transformers export (batched matmuls, Keras
+dense projections, attention scores), implicit outputs, ellipses, letters summed over one operand alone,
+and the refusals."""
+
+import numpy as np
+import pytest
+
+import onnxattr
+from onnxattr.errors import UnsupportedModelError
+from tests.vjp_check import check_vjp, node_model
+
+rng = np.random.default_rng(5)
+r = rng.standard_normal
+
+
+@pytest.mark.parametrize("eq,shapes", [
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("bhqd,bhkd->bhqk", [(2, 2, 3, 4), (2, 2, 5, 4)]),   # attention scores Q K^T
+    ("abc,cde->abde", [(2, 3, 4), (4, 2, 3)]),           # Keras MultiHeadAttention's query projection
+    ("...ij,...jk->...ik", [(2, 3, 4), (2, 4, 5)]),
+    ("ij,jk", [(3, 4), (4, 5)]),                         # implicit output: ik
+    ("ij,j->i", [(3, 4), (4,)]),
+    ("i,i->", [(4,), (4,)]),                             # a dot product: a scalar output
+    ("ij->ji", [(3, 4)]),
+    ("bij->bi", [(2, 3, 4)]),                            # j summed over one operand alone
+    ("ij,kl->ijkl", [(2, 3), (3, 2)]),
+    ("bij,bj->bi", [(2, 3, 4), (2, 4)]),
+])
+def test_einsum_vjp(eq, shapes):
+    names = "abc"[:len(shapes)]
+    check_vjp("Einsum", [(n, r(s), False) for n, s in zip(names, shapes)], {"equation": eq}, wrt=list(names))
+
+
+def test_einsum_vjp_with_a_constant_weight_and_dynamic_batch():
+    check_vjp("Einsum", [("a", r((2, 3, 4)), False), ("w", r((4, 5)), True)], {"equation": "btd,de->bte"},
+              wrt=["a"], dynamic=(0,))
+
+
+@pytest.mark.parametrize("eq,shapes", [
+    ("...ij,...jk->...ik", [(2, 3, 4), (1, 4, 5)]),    # an ellipsis dim of 1 broadcast
+    ("...ij,jk->...ik", [(2, 3, 4), (4, 5)]),          # one ellipsis
+])
+def test_einsum_vjp_broadcast_ellipsis(eq, shapes):
+    check_vjp("Einsum", [(n, r(s), False) for n, s in zip("ab", shapes)], {"equation": eq}, wrt=["a", "b"])
+
+
+def test_einsum_diagonal_is_refused():
+    model = node_model("Einsum", [("a", r((3, 3)), False)], {"equation": "ii->i"})
+    with pytest.raises(UnsupportedModelError, match="Einsum node 'node' .ii->i.: the subscripts 'ii' repeat"):
+        onnxattr.compile(model, "gradient", neuron="all")
