@@ -183,7 +183,7 @@ def make_runner(config: str, model: str, x, threads: int):
 
         def run():
             xg = xt.clone().requires_grad_(True)
-            net(xg, lxt=True).backward(onehot)
+            net(xg, lxt="attn").backward(onehot)
             return xg * xg.grad
         return run
     if lib == "zennit":

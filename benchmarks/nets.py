@@ -85,7 +85,7 @@ class ResNet50(nn.Module):
 def vit_b16() -> nn.Module:
     """ViT-B/16's shape (width 768, 12 blocks of 12 heads, MLP 3072, 16x16 patches of 224x224 images), as
     the AttnLRP oracle's ViT class (tests/oracles/make_lxt.py) writes it, with LXT's rules switchable by
-    forward(x, lxt=True)."""
+    forward(x, lxt="attn")."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "oracles"))
     from make_lxt import ViT
 

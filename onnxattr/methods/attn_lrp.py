@@ -16,6 +16,12 @@ the selected output with these steps changed:
   R_in = x * (R - s * sum(R)).
 
 Seeded with 1 at the selected output (the selected logit is the relevance there, as LRP starts).
+
+cp_lrp is CP-LRP (Ali et al., ICML 2022), LXT's other mode: no relevance crosses the softmax. A product
+one of whose operands is a Softmax output (read through reshapes) holds it constant and gives the other
+operand the whole gradient (attention's A V: all relevance to V), and a Mul of an activation's output with
+another activation (a gated MLP's act(gate) * up) holds the activated gate constant; other products keep
+the uniform rule.
 """
 
 from __future__ import annotations
@@ -94,35 +100,66 @@ def layernorm_rule(b, node, grads, need):
     return [b.op("Mul", [centred, rstd])] + [None] * (len(node.input) - 1)
 
 
-def _product_rule(producer, live: set, x: str, node):
-    """(rule, name, why, kept operand) of a Mul or Div of two activations: a gate when one operand is computed
-    from the other alone (a Div only ever holds its divisor), else uniform for a Mul; None for a Div of two
-    independent activations (its gradient)."""
-    ins = node.input
-    for keep in (0, 1) if node.op_type == "Mul" else (0,):
-        held = ins[1 - keep]
-        if _held_by(producer, live, x, held, ins[keep]):
-            return gate_rule(keep), "gate", f"{held} is computed from {ins[keep]} alone: held constant", keep
-    if node.op_type == "Mul":
-        return uniform_rule, "uniform", "product of two activations", None
+# ops that only move or mask values: a tensor read through them keeps its origin (for cp_lrp)
+_MOVES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Cast",
+                    "Expand", "Slice", "Split"})
+
+
+def _origin(producer: dict, live: set, t: str, chosen: dict) -> str | None:
+    """'softmax' or 'activation' when t is a Softmax output, or an activation's (an element-wise one or a
+    gate x * h(x)), read through ops that only move values; else None."""
+    node = producer.get(t)
+    while node is not None and node.op_type in _MOVES:
+        varying = [i for i in node.input if i in live]
+        if len(varying) != 1:
+            return None
+        node = producer.get(varying[0])
+    if node is None:
+        return None
+    if node.op_type == "Softmax":
+        return "softmax"
+    if node.op_type in ACTIVATIONS or node.op_type == "Relu" or chosen.get(node.name, (None, ""))[1] == "gate":
+        return "activation"
     return None
 
 
-def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict):
-    """rule_for(node) of AttnLRP over the nodes on the path; records each changed step in ``assignment``."""
+def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict):
+    """(rule, name, why, kept operand) of a product of two activations (Mul, Div, MatMul, Einsum): a gate when
+    one operand is computed from the other alone (a Div only ever holds its divisor); with ``cp`` an operand
+    that is a softmax's output (any product) or an activation's (a Mul) held constant when the other is not;
+    else uniform, or None for a Div of two independent activations (its gradient)."""
+    ins, op = node.input, node.op_type
+    if op in ("Mul", "Div"):
+        for keep in (0, 1) if op == "Mul" else (0,):
+            held = ins[1 - keep]
+            if _held_by(producer, live, x, held, ins[keep]):
+                return gate_rule(keep), "gate", f"{held} is computed from {ins[keep]} alone: held constant", keep
+    if op == "Div":
+        return None
+    if cp:
+        kinds = [_origin(producer, live, i, chosen) for i in ins]
+        for kind in ("softmax", "activation") if op == "Mul" else ("softmax",):
+            if kinds.count(kind) == 1:
+                keep = 1 - kinds.index(kind)
+                article = "an" if kind == "activation" else "a"
+                return gate_rule(keep), "constant", f"{ins[1 - keep]}, {article} {kind}'s output, held constant", keep
+    return uniform_rule, "uniform", "product of two activations", None
+
+
+def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict, cp: bool = False):
+    """rule_for(node) of AttnLRP (``cp``: CP-LRP) over the nodes on the path; records each changed step in
+    ``assignment``."""
     producer = {o: n for n in on_path for o in n.output}
     chosen, kept = {}, {}
     for node in on_path:
         op, ins = node.op_type, list(node.input)
         varying = [i in live for i in ins]
-        if op in ("Mul", "Div") and len(ins) == 2 and all(varying):
-            product = _product_rule(producer, live, x, node)
+        if op in ("Mul", "Div", "MatMul", "Einsum") and len(ins) == 2 and all(varying):
+            product = _product_rule(producer, live, x, node, cp, chosen)
             if product is not None:
                 chosen[node.name] = product[:3]
                 if product[3] is not None:
                     kept[node.name] = product[3]
-        elif op in ("MatMul", "Einsum") and len(ins) == 2 and all(varying):
-            chosen[node.name] = (uniform_rule, "uniform", "product of two activations")
         elif op in ACTIVATIONS and varying[0] and not any(varying[1:]):
             chosen[node.name] = (identity_rule, "identity", "activation")
         elif op == "LayerNormalization" and varying[0] and not any(varying[1:]):
@@ -142,17 +179,25 @@ def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict):
     return rule_for
 
 
-def build_attn_lrp(t: Target, p: dict) -> str:
-    b, x = t.b, t.x
-    on_path, live = path_nodes(t.nodes, x, t.y, b)
-    rule_for = attn_rules(b, on_path, x, t.y, live, t.assignment)
-    seed = build_seed(b, t.y, t.neuron, "one", t.index)
-    g = reverse_pass(b, t.nodes, x, t.y, seed, rule_for)
-    return b.zeros_like(x) if g is None else b.op("Mul", [x, g])
+def build(cp: bool):
+    def build_method(t: Target, p: dict) -> str:
+        b, x = t.b, t.x
+        on_path, live = path_nodes(t.nodes, x, t.y, b)
+        rule_for = attn_rules(b, on_path, x, t.y, live, t.assignment, cp)
+        seed = build_seed(b, t.y, t.neuron, "one", t.index)
+        g = reverse_pass(b, t.nodes, x, t.y, seed, rule_for)
+        return b.zeros_like(x) if g is None else b.op("Mul", [x, g])
+
+    return build_method
 
 
 register_method(Method(
     "attn_lrp", "AttnLRP (LXT's rules for transformers): identity rule on activations, uniform rule on "
     "products of activations, norms' std held constant; the z rule elsewhere.",
-    build_attn_lrp, family="lrp",
+    build(False), family="lrp",
+))
+register_method(Method(
+    "cp_lrp", "CP-LRP (Ali et al. 2022, as LXT writes it): attn_lrp with the attention weights (softmax "
+    "outputs) and a gated MLP's activated gate held constant.",
+    build(True), family="lrp",
 ))

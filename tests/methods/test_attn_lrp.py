@@ -156,3 +156,52 @@ def test_uniform_rule_on_an_einsum():
     np.testing.assert_allclose(r, 0.5 * run(model, x, "input_t_gradient", neuron="all")[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-5)
     assert [rule for op, rule in rules(model) if op == "Einsum"] == ["gradient", "gradient", "uniform"]
+
+
+def _attention():
+    """y = sum(softmax((x Wq)(x Wk)^T) (x Wv)) over a [N, 4, 6] input; (model, weights)."""
+    wq, wk, wv = RNG.standard_normal((3, 6, 6)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "Wq"], ["q"]), helper.make_node("MatMul", ["x", "Wk"], ["k"]),
+             helper.make_node("MatMul", ["x", "Wv"], ["v"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["a"], axis=-1),
+             helper.make_node("MatMul", ["a", "v"], ["c"]),
+             helper.make_node("ReduceSum", ["c", "axes"], ["y"], keepdims=0)]
+    inits = {"Wq": wq, "Wk": wk, "Wv": wv, "axes": np.array([1, 2])}
+    return single_io_model(nodes, inits, ["N", 4, 6], ["N"]), (wq, wk, wv)
+
+
+def test_cp_lrp_holds_the_attention_weights():
+    """CP-LRP: the softmax output is a constant, V gets the whole gradient: R = x * (A^T 1) Wv^T, which sums to y
+    (bias-free); Q, K and the softmax get nothing. AttnLRP differs (half to A, then the softmax rule)."""
+    model, (wq, wk, wv) = _attention()
+    x = RNG.standard_normal((2, 4, 6)).astype(np.float32)
+    y, r = run(model, x, "cp_lrp", neuron="all")
+    s = (x @ wq) @ (x @ wk).transpose(0, 2, 1)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    want = x * ((a.transpose(0, 2, 1) @ np.ones((2, 4, 6), np.float32)) @ wv.T)
+    np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-4)
+    assert not np.allclose(r, run(model, x, neuron="all")[1], rtol=1e-2)
+    got = {op: rule for _, op, rule, _ in onnxattr.api.inspect(model, "cp_lrp") if op in ("Softmax", "Transpose")}
+    assert got == {"Softmax": "none", "Transpose": "none"}
+
+
+def test_cp_lrp_holds_an_activated_gate():
+    """A gated MLP, SiLU(x W1) * (x W2) summed: CP-LRP holds the activated gate, so R = x * (silu(x W1) W2^T);
+    AttnLRP halves the product instead."""
+    w1, w2 = RNG.standard_normal((2, 5, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Sigmoid", ["h"], ["sg"]),
+             helper.make_node("Mul", ["h", "sg"], ["act"]), helper.make_node("MatMul", ["x", "W2"], ["up"]),
+             helper.make_node("Mul", ["act", "up"], ["p"]),
+             helper.make_node("ReduceSum", ["p", "axes"], ["y"], keepdims=1)]
+    model = single_io_model(nodes, {"W1": w1, "W2": w2, "axes": np.array([1])}, ["N", 5], ["N", 1])
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    y, r = run(model, x, "cp_lrp")
+    h = x @ w1
+    np.testing.assert_allclose(r, x * ((h / (1 + np.exp(-h))) @ w2.T), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r.sum(1), y[:, 0], rtol=1e-4)
+    rows = [(op, rule) for _, op, rule, _ in onnxattr.api.inspect(model, "cp_lrp")]
+    assert ("Mul", "constant") in rows and ("Mul", "uniform") not in rows
+    assert ("Mul", "uniform") in rules(model)  # AttnLRP

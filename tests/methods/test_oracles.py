@@ -1,5 +1,5 @@
 """Every method against the real libraries: maps made by iNNvestigate 2.1.2 (Keras models exported with
-tf2onnx), Captum and Zennit (PyTorch models exported with torch.onnx) and LXT 2.1 (AttnLRP on two small
+tf2onnx), Captum and Zennit (PyTorch models exported with torch.onnx) and LXT 2.1 (AttnLRP and CP-LRP on two small
 transformers), stored by the scripts in tests/oracles/ as small .npz files next to the exported models.
 Nothing here imports a framework.
 
@@ -11,7 +11,7 @@ Integrated gradients agree to ~3e-7 where compared; the map where MaxPool ties n
 flip winners between float32 implementations (keras_branch) is recorded as not comparable.
 deep_lift (Captum DeepLift, baseline 0) and excitation_backprop (Zennit's ExcitationBackprop with
 zero_params=['bias'] and iNNvestigate's stabilizer, as ours) sit in the 1e-3 class; they agree to ~3e-6 and
-~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp agrees with LXT to ~4e-7.
+~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~4e-7.
 A manifest's ``not_comparable`` names maps the generator kept for the record with the reason they cannot be
 reproduced (a Keras layer that becomes two ONNX nodes, a tie convention of another framework, a seed
 convention no rescaling undoes, a step the other library defines otherwise, such as Captum's DeepLift
@@ -175,12 +175,12 @@ def test_not_comparable_recorded(name):
 
 
 def test_new_oracles_are_compared():
-    """deep_lift and excitation_backprop are compared on the nets where they are comparable, and attn_lrp on
-    both transformers, in every mode."""
+    """deep_lift and excitation_backprop are compared on the nets where they are comparable, and attn_lrp and
+    cp_lrp on both transformers, in every mode."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
     for method in ("deep_lift", "excitation_backprop"):
         for mode in MODES:
             assert f"{method}|{mode}|default" in compared, (method, mode)
     for name in ("lxt_vit", "lxt_llama"):
         compared = {p.values[1] for p in entries() if p.values[0] == name}
-        assert compared == {f"attn_lrp|{mode}|default" for mode in MODES}, name
+        assert compared == {f"{m}|{mode}|default" for m in ("attn_lrp", "cp_lrp") for mode in MODES}, name

@@ -1,4 +1,5 @@
-"""Oracle maps of AttnLRP from LXT (LRP-eXplains-Transformers 2.1, "efficient" mode) on two small transformers.
+"""Oracle maps of AttnLRP and CP-LRP from LXT (LRP-eXplains-Transformers 2.1, "efficient" mode) on two small
+transformers.
 
 Run from the repository root with the torch venv (CPU torch 2.13.0, lxt 2.1 installed with --no-deps, onnx,
 onnxruntime):
@@ -11,16 +12,19 @@ embedding, pre-LayerNorm blocks with GELU MLPs, a Tanh pooler) and lxt_llama (a 
 embeddings: RMSNorm, causal attention, SwiGLU MLP; the logits of the last position):
 
     NAME.onnx   torch.onnx.export(dynamo=False, opset 17, dynamic batch) of the plain model
-    NAME.npz    "x", "target", "logits" and "attn_lrp|<mode>|default" float32 maps shaped like x
+    NAME.npz    "x", "target", "logits" and "<method>|<mode>|default" float32 maps shaped like x, for
+                attn_lrp (LXT's AttnLRP) and cp_lrp (LXT's CP-LRP)
     NAME.json   the manifest read by tests/methods/test_oracles.py
 
-LXT's rules are applied where LXT's own model patches put them (lxt/efficient/models/bert.py and
-patches.py): identity_rule_implicit on the MLP activation and the pooler's Tanh, divide_gradient(., 2) on
-the attention scores Q K^T and on the context A V, and on a gated MLP's product, and LXT's
-layer_norm_forward / rms_norm_forward (the std held constant). The map is x * x.grad after backward from
-the selected logit with a gradient of 1 (mode "all": ones over every logit), so it sums to about the logit;
-LXT's README seeds with the logit itself, which only scales the map. Computed in float64, stored as float32;
-fp32_rel_dev is the same computation's float32 deviation.
+LXT's rules are applied where LXT's own model patches put them (lxt/efficient/models/bert.py, llama.py and
+patches.py). Both modes: identity_rule_implicit on the MLP activation and the pooler's Tanh, and LXT's
+layer_norm_forward / rms_norm_forward (the std held constant). AttnLRP (forward(x, lxt="attn")):
+divide_gradient(., 2) on the attention scores Q K^T, on the context A V and on a gated MLP's product.
+CP-LRP (lxt="cp"): stop_gradient on the query and key and on a gated MLP's gate projection, no
+divide_gradient. The map is x * x.grad after backward from the selected logit with a gradient of 1 (mode
+"all": ones over every logit), so it sums to about the logit; LXT's README seeds with the logit itself,
+which only scales the map. Computed in float64, stored as float32; fp32_rel_dev is the same computation's
+float32 deviation.
 
 LXT is only called as a library; its package __init__ imports Hugging Face transformers for its model
 patches, which these models do not use, so only its rule modules are loaded.
@@ -54,7 +58,13 @@ def lxt_modules():
 
 
 def halve(t, lxt):
-    return lxt_modules()[0].divide_gradient(t, 2) if lxt else t
+    """LXT's uniform rule on a product (AttnLRP only: CP-LRP halves nothing)."""
+    return lxt_modules()[0].divide_gradient(t, 2) if lxt == "attn" else t
+
+
+def held(t, lxt):
+    """CP-LRP's stop_gradient (AttnLRP keeps the gradient)."""
+    return lxt_modules()[0].stop_gradient(t) if lxt == "cp" else t
 
 
 def activation(fn, t, lxt):
@@ -77,7 +87,7 @@ class Attention(nn.Module):
         return t.reshape(n, s, self.heads, self.dh).transpose(1, 2)
 
     def forward(self, x, lxt=False):
-        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        q, k, v = held(self.split(self.q(x)), lxt), held(self.split(self.k(x)), lxt), self.split(self.v(x))
         scores = halve(torch.matmul(q, k.transpose(-1, -2)), lxt) / math.sqrt(self.dh)
         if self.mask is not None:
             scores = scores + self.mask
@@ -150,7 +160,7 @@ class LlamaBlock(nn.Module):
     def forward(self, x, lxt=False):
         x = x + self.attn(self.n1(x, lxt), lxt)
         h = self.n2(x, lxt)
-        return x + self.down(halve(activation(self.act, self.gate(h), lxt) * self.up(h), lxt))
+        return x + self.down(halve(activation(self.act, held(self.gate(h), lxt), lxt) * self.up(h), lxt))
 
 
 class Llama(nn.Module):
@@ -177,10 +187,10 @@ def build(name):
     return model.eval(), x
 
 
-def relevance(model, x, dtype, mode, target):
+def relevance(model, x, dtype, mode, target, rules):
     m = model.to(dtype)
     xi = x.to(dtype).clone().requires_grad_(True)
-    logits = m(xi, lxt=True)
+    logits = m(xi, lxt=rules)
     if mode == "all":
         seed = torch.ones_like(logits)
     else:
@@ -195,11 +205,22 @@ def export(model, x, path):
                       output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
+LIBRARY_CALL = {
+    "attn_lrp": "x * x.grad after logits.backward(onehot or ones) with lxt.efficient.rules (identity_rule_implicit, "
+                "divide_gradient) and lxt.efficient.patches (layer_norm_forward, rms_norm_forward) where LXT's "
+                "AttnLRP model patches put them",
+    "cp_lrp": "the same with LXT's CP-LRP patches instead: stop_gradient on the attention's query and key "
+              "(cp_wrap_attention_forward) and on a gated MLP's gate projection (cp_gated_mlp_forward), no "
+              "divide_gradient",
+}
+
+
 def make(name):
     model, x = build(name)
     with torch.no_grad():
-        plain, ruled = model(x), model(x, lxt=True)
-    assert torch.allclose(plain, ruled, atol=1e-6), "LXT's rules must not change the forward pass"
+        plain = model(x)
+        for rules in ("attn", "cp"):
+            assert torch.allclose(plain, model(x, lxt=rules), atol=1e-6), "LXT's rules must not change the forward"
     path = os.path.join(OUT, f"{name}.onnx")
     export(model, x, path)
     onnx_logits = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
@@ -208,19 +229,18 @@ def make(name):
     target = np.array([1, 7, 3]) if name == "lxt_vit" else np.array([2, 19, 5])
     arrays = {"x": x.numpy(), "target": target.astype(np.int64), "logits": logits}
     entries = {}
-    for mode in ("max", "index", "all"):
-        chosen = logits.argmax(1) if mode == "max" else target
-        r64 = relevance(model, x, torch.float64, mode, chosen)
-        r32 = relevance(model, x, torch.float32, mode, chosen)
-        key = f"attn_lrp|{mode}|default"
-        arrays[key] = r64.float().numpy()
-        entries[key] = {
-            "method": "attn_lrp", "params": {}, "mode": mode, "seed": "one", "statistical": False,
-            "library_call": "x * x.grad after logits.backward(onehot or ones) with lxt.efficient.rules "
-                            "(identity_rule_implicit, divide_gradient) and lxt.efficient.patches "
-                            "(layer_norm_forward, rms_norm_forward) where LXT's model patches put them",
-            "fp32_rel_dev": float(f"{float((r32 - r64).abs().max() / r64.abs().max()):.3g}"),
-        }
+    for method, rules in (("attn_lrp", "attn"), ("cp_lrp", "cp")):
+        for mode in ("max", "index", "all"):
+            chosen = logits.argmax(1) if mode == "max" else target
+            r64 = relevance(model, x, torch.float64, mode, chosen, rules)
+            r32 = relevance(model, x, torch.float32, mode, chosen, rules)
+            key = f"{method}|{mode}|default"
+            arrays[key] = r64.float().numpy()
+            entries[key] = {
+                "method": method, "params": {}, "mode": mode, "seed": "one", "statistical": False,
+                "library_call": LIBRARY_CALL[method],
+                "fp32_rel_dev": float(f"{float((r32 - r64).abs().max() / r64.abs().max()):.3g}"),
+            }
     np.savez_compressed(os.path.join(OUT, f"{name}.npz"), **arrays)
     versions = {p: importlib.metadata.version(p) for p in ("lxt", "torch")}
     manifest = {
