@@ -21,7 +21,7 @@ from onnxattr.pattern.stats import ConvGeometry
 
 def pattern_layers(b, nodes, x: str, y: str) -> dict:
     """node name -> Unit for every kernel layer on the path from x to y, in graph order."""
-    on_path, _ = path_nodes(nodes, x, y, b)
+    on_path, live = path_nodes(nodes, x, y, b)
     check_supported(on_path)  # fail before the data is read, as compile would after it
     units = find_units(b, on_path, {n.name for n in on_path}, {y}, x)
     layers, refused = {}, []
@@ -42,7 +42,9 @@ def pattern_layers(b, nodes, x: str, y: str) -> dict:
         if ok:
             layers[n.name] = unit
         else:
-            refused.append(f"{n.op_type} '{n.name}'")
+            varying = [what for i, what in ((1, "weight"), (2, "bias")) if len(n.input) > i and n.input[i] in live]
+            why = f" (its {' and '.join(varying)} varies with the input)" if unit is None and varying else ""
+            refused.append(f"{n.op_type} '{n.name}'{why}")
     if refused:
         raise UnsupportedModelError(
             "pattern methods learn a pattern for Conv, Gemm and MatMul layers x W with a constant weight "

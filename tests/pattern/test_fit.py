@@ -90,6 +90,17 @@ def test_a_layer_with_its_weight_on_the_left_is_refused_by_name(op):
         fit_patterns(m, np.zeros((5, 4), np.float32), progress=False)
 
 
+def test_a_conv_whose_bias_varies_is_refused_with_the_reason():
+    """Conv(x, W, b(x)): not a layer for the rules, and the refusal says it is the bias, not the weight."""
+    nodes = [onnx.helper.make_node("ReduceMean", ["x"], ["m"], axes=[0, 1, 2, 3], keepdims=0),
+             onnx.helper.make_node("Reshape", ["m", "shape"], ["bias"]),
+             onnx.helper.make_node("Conv", ["x", "w", "bias"], ["y"], name="biased", kernel_shape=[1, 1])]
+    inits = {"w": np.ones((1, 1, 1, 1), np.float32), "shape": np.array([1])}
+    m = single_io_model(nodes, inits, [2, 1, 3, 3], [2, 1, 3, 3])
+    with pytest.raises(UnsupportedModelError, match=r"Conv 'biased' \(its bias varies with the input\)"):
+        fit_patterns(m, np.zeros((2, 1, 3, 3), np.float32), progress=False)
+
+
 def test_analyzer_fit_refuses_unknown_arguments():
     """A typo (batchsize) is an error, not silently ignored; iNNvestigate's verbose is accepted."""
     import onnxattr
