@@ -3,6 +3,7 @@ the path gets (LXT's maps on two transformers are in test_oracles, tests/oracles
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from onnx import helper
 
 import onnxattr
@@ -51,20 +52,6 @@ def test_uniform_rule_halves_a_product():
     np.testing.assert_allclose(r, 0.5 * run(model, x, "input_t_gradient")[1], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(r.sum(1), y[:, 0], rtol=1e-5)
     assert ("Mul", "uniform") in rules(model)
-
-
-def test_uniform_rule_on_an_attention_matmul():
-    """S = (x Wq)(x Wk)^T, y = sum(S): again half of input times gradient."""
-    wq, wk = RNG.standard_normal((2, 6, 6)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "Wq"], ["q"]), helper.make_node("MatMul", ["x", "Wk"], ["k"]),
-             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-             helper.make_node("MatMul", ["q", "kt"], ["s"]),
-             helper.make_node("ReduceSum", ["s", "axes"], ["y"], keepdims=0)]
-    model = single_io_model(nodes, {"Wq": wq, "Wk": wk, "axes": np.array([1, 2])}, ["N", 4, 6], ["N"])
-    x = RNG.standard_normal((2, 4, 6)).astype(np.float32)
-    y, r = run(model, x, neuron="all")
-    np.testing.assert_allclose(r, 0.5 * run(model, x, "input_t_gradient", neuron="all")[1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-5)
 
 
 def _activation_net(act_nodes):
@@ -142,20 +129,26 @@ def test_zero_pre_activation_gives_a_finite_map():
     assert np.all(r[0] == 0)
 
 
-def test_uniform_rule_on_an_einsum():
-    """The attention scores written as an Einsum (Keras' MultiHeadAttention, torch.einsum): half of input
-    times gradient again; an Einsum with a constant weight (a projection) keeps its gradient, the z rule."""
+MATMUL_SCORES = [helper.make_node("MatMul", ["x", "Wq"], ["q"]), helper.make_node("MatMul", ["x", "Wk"], ["k"]),
+                 helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+                 helper.make_node("MatMul", ["q", "kt"], ["s"])]
+EINSUM_SCORES = [helper.make_node("Einsum", ["x", "Wq"], ["q"], equation="btd,de->bte"),
+                 helper.make_node("Einsum", ["x", "Wk"], ["k"], equation="btd,de->bte"),
+                 helper.make_node("Einsum", ["q", "k"], ["s"], equation="bqe,bke->bqk")]
+
+
+@pytest.mark.parametrize("scores,op", [(MATMUL_SCORES, "MatMul"), (EINSUM_SCORES, "Einsum")])
+def test_uniform_rule_on_attention_scores(scores, op):
+    """y = sum((x Wq)(x Wk)^T), as MatMuls or as Einsums (Keras' MultiHeadAttention, torch.einsum): half of
+    input times gradient again; the projections (a constant weight) keep their gradient, the z rule."""
     wq, wk = RNG.standard_normal((2, 6, 6)).astype(np.float32)
-    nodes = [helper.make_node("Einsum", ["x", "Wq"], ["q"], equation="btd,de->bte"),
-             helper.make_node("Einsum", ["x", "Wk"], ["k"], equation="btd,de->bte"),
-             helper.make_node("Einsum", ["q", "k"], ["s"], equation="bqe,bke->bqk"),
-             helper.make_node("ReduceSum", ["s", "axes"], ["y"], keepdims=0)]
+    nodes = scores + [helper.make_node("ReduceSum", ["s", "axes"], ["y"], keepdims=0)]
     model = single_io_model(nodes, {"Wq": wq, "Wk": wk, "axes": np.array([1, 2])}, ["N", 4, 6], ["N"])
     x = RNG.standard_normal((2, 4, 6)).astype(np.float32)
     y, r = run(model, x, neuron="all")
     np.testing.assert_allclose(r, 0.5 * run(model, x, "input_t_gradient", neuron="all")[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-5)
-    assert [rule for op, rule in rules(model) if op == "Einsum"] == ["gradient", "gradient", "uniform"]
+    assert [rule for o, rule in rules(model) if o == op] == ["gradient", "gradient", "uniform"]
 
 
 def _attention():
