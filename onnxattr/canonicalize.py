@@ -164,10 +164,19 @@ def restore_value_types(original: onnx.ModelProto, folded: onnx.ModelProto) -> N
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node, and every node after the first of a repeated name, a name of its own:
+    "{op}_{index}", with a suffix where the model already uses that name (onnxruntime refuses two nodes of
+    one name, and the rules are looked up by name)."""
+    nodes = model.graph.node
+    taken = {n.name for n in nodes if n.name}
     seen = set()
-    for i, node in enumerate(model.graph.node):
+    for i, node in enumerate(nodes):
         if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
+            name, k = f"{node.op_type}_{i}", 1
+            while name in taken:
+                name, k = f"{node.op_type}_{i}_{k}", k + 1
+            node.name = name
+            taken.add(name)
         seen.add(node.name)
 
 

@@ -101,6 +101,6 @@ class Runner:
             raise DataError(f"onnxruntime failed on this input: {str(e).splitlines()[0]}") from None
         except ort.capi.onnxruntime_pybind11_state.RuntimeException as e:
             text = str(e)
-            if "ScatterElements" in text or "indice" in text:
+            if "out of data bounds" in text or "indices element" in text:  # a seed's target index, not any scatter
                 raise DataError("a target index is out of range for the explained output") from None
             raise DataError(f"onnxruntime failed: {text.splitlines()[0]}") from None

@@ -77,3 +77,23 @@ def test_folding_does_not_leak_onnxruntime_warnings(capfd):
     (light_densenet121 gives 'UnsqueezeElimination cannot remove node') must not reach the user's terminal."""
     canonicalize(onnx.load(os.path.join(LIGHT, "light_densenet121.onnx")))
     assert "onnxruntime" not in capfd.readouterr().err
+
+
+def test_generated_node_names_do_not_take_a_name_the_model_uses():
+    """A user's node named "MatMul_2" and an unnamed MatMul at index 2, whose generated name would be the same:
+    every name stays unique (onnxruntime refuses two nodes of one name; the rules are looked up by name)."""
+    import onnxattr
+    from onnx import helper
+
+    from tests.models import single_io_model
+
+    w = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="MatMul_2"), helper.make_node("Tanh", ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "W"], ["y"])]
+    model = single_io_model(nodes, {"W": w}, ["N", 4], ["N", 4])
+    names = [n.name for n in canonicalize(model).graph.node]
+    assert len(set(names)) == len(names) and "MatMul_2" in names
+    compiled = onnxattr.compile(model, "gradient")
+    sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.ones((2, 4), np.float32)
+    assert sess.run(["relevance"], {"x": x})[0].shape == (2, 4)

@@ -122,3 +122,26 @@ def test_bfloat16_is_refused_by_name():
         v.type.tensor_type.elem_type = TensorProto.BFLOAT16
     with pytest.raises(UnsupportedModelError, match="'x' on the explained path is bfloat16"):
         onnxattr.compile(model, "gradient")
+
+
+def test_float16_scatters_run_in_onnxruntime():
+    """An overlapping MaxPool (Indices + a scatter-add) and a Gather (the class token's [:, 0]) in a float16
+    model: onnxruntime's CPU ScatterElements has no float16 kernel with reduction add, so the adds run in
+    float32; the map equals the float32 model's."""
+    from onnx import helper
+
+    from tests.models import single_io_model
+
+    w = np.random.default_rng(3).standard_normal((3, 2, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["p", "W"], ["c"]),
+             helper.make_node("Reshape", ["c", "flat"], ["t"]),
+             helper.make_node("Gather", ["t", "first"], ["y"], axis=2)]
+    model = single_io_model(nodes, {"W": w, "flat": np.array([0, 3, -1]), "first": np.array(0)},
+                            ["N", 2, 8, 8], ["N", 3])
+    x = X.astype(np.float32)
+    want = ort.InferenceSession(onnxattr.compile(model, "gradient").SerializeToString()).run(["relevance"], {"x": x})[0]
+    half = onnxattr.compile(as_type(model, "float16"), "gradient")
+    got = ort.InferenceSession(half.SerializeToString()).run(["relevance"], {"x": x.astype(np.float16)})[0]
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, atol=1e-2 * np.abs(want).max())

@@ -11,6 +11,7 @@ dims it must be uniform (no pads, no ceil_mode).
 """
 
 import numpy as np
+from onnx import TensorProto
 
 from onnxattr.emitters.conv import channel_scale, conv_attrs, transpose_and_crop, window_geometry
 from onnxattr.emitters.registry import register
@@ -18,12 +19,18 @@ from onnxattr.errors import UnsupportedModelError
 
 
 def scatter_add_flat(b, x, flat_index, g):
-    """A tensor of x's shape holding g added at the flat positions ``flat_index``."""
+    """A tensor of x's shape holding g added at the flat positions ``flat_index``; a float16 g is added in
+    float32 and cast back (onnxruntime's CPU ScatterElements has no float16 kernel with reduction add)."""
     flat_g = b.op("Reshape", [g, b.ints([-1])])
+    half = b.types.get(x) == TensorProto.FLOAT16
+    if half:
+        flat_g = b.op("Cast", [flat_g], to=TensorProto.FLOAT)
     idx = b.op("Reshape", [flat_index, b.ints([-1])])
     size = b.op("Reshape", [b.op("Size", [x]), b.ints([1])])
-    zeros = b.op("ConstantOfShape", [size], value=b.fill_value(0.0, x))
+    zeros = b.op("ConstantOfShape", [size], value=b.fill_value(0.0, None if half else x))
     scattered = b.op("ScatterElements", [zeros, idx, flat_g], axis=0, reduction="add")
+    if half:
+        scattered = b.op("Cast", [scattered], to=TensorProto.FLOAT16)
     out = b.op("Reshape", [scattered, b.shape_of(x)])
     b.set_info(out, x)
     return out
