@@ -40,11 +40,13 @@ def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBu
     reach = {source}
     for node in nodes:
         if any(i in reach for i in reads[id(node)]):
-            foreign = node.domain not in ("", "ai.onnx")
+            # outputs of non-standard ops (ai.onnx.ml, custom domains such as onnxruntime's com.microsoft
+            # fusions) often have no inferred type, nor have the ops after them: count such outputs as
+            # reachable so the op is reported, never silently skipped
+            untyped = node.domain not in ("", "ai.onnx") or any(
+                i in reach and i not in b.types for i in reads[id(node)])
             for o in node.output:
-                # outputs of non-standard ops (ai.onnx.ml, custom domains) often have no inferred
-                # type: count them as reachable so such an op is reported, never silently skipped
-                if o and (b.is_float(o) or (foreign and o not in b.types)):
+                if o and (b.is_float(o) or (untyped and o not in b.types)):
                     reach.add(o)
     if target not in reach:
         return [], set()
@@ -90,8 +92,12 @@ def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | No
                 "explained (skl2onnx writes MLPClassifier/MLPRegressor that way)"
             )
         supported = ", ".join(sorted(VJPS))
+        fused = any(op.startswith("com.microsoft.") for op in missing)
         raise UnsupportedModelError(
-            f"no backward rule for these ops on the explained path: {listing}. Supported: {supported}"
+            f"no backward rule for these ops on the explained path: {listing}. "
+            + ("The com.microsoft ops are onnxruntime's fusions (its transformer optimizer writes them): explain "
+               "the model as exported, before that optimizer. " if fused else "")
+            + f"Supported: {supported}"
         )
 
 

@@ -138,6 +138,19 @@ def test_unsupported_ops_are_all_listed_with_node_names(tmp_path, capsys):
     assert "wave1" in line and "running_total" in line and not (tmp_path / "p.npz").exists()
 
 
+def test_onnxruntime_fusions_are_named(tmp_path, capsys):
+    """A com.microsoft op (onnxruntime's transformer optimizer) leaves the ops after it without inferred types:
+    it is still found on the path and named, with what to do, not reported as an output that does not
+    depend on the input."""
+    nodes = [helper.make_node("FastGelu", ["x"], ["a"], name="fused_gelu", domain="com.microsoft"),
+             helper.make_node("Relu", ["a"], ["b"], name="act"), helper.make_node("Neg", ["b"], ["y"])]
+    m = make_model(nodes, [vi("x", TensorProto.FLOAT, ["N", 4])], [vi("y", TensorProto.FLOAT, ["N", 4])], [])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    p = save(tmp_path, m, "m.onnx")
+    line = fails(capsys, "UnsupportedModelError", "compile", p, "-m", "attn_lrp", "-o", tmp_path / "o.onnx")
+    assert "com.microsoft.FastGelu" in line and "fused_gelu" in line and "before that optimizer" in line
+
+
 def _if_model():
     """y = Relu(x) if sum(x) > 0 else -x; the branches read x from the outer scope (no If input)."""
     then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],

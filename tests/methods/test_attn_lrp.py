@@ -59,7 +59,8 @@ def _activation_net(act_nodes):
     w1 = RNG.standard_normal((5, 7)).astype(np.float32)
     w2 = RNG.standard_normal((7, 3)).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), *act_nodes, helper.make_node("MatMul", ["f", "W2"], ["y"])]
-    inits = {"W1": w1, "W2": w2, "half": np.float32(0.5), "one": np.float32(1.0), "root2": np.float32(np.sqrt(2))}
+    inits = {"W1": w1, "W2": w2, "half": np.float32(0.5), "one": np.float32(1.0), "root2": np.float32(np.sqrt(2)),
+             "k3": np.float32(0.044715), "c": np.float32(np.sqrt(2 / np.pi))}
     return single_io_model(nodes, inits, ["N", 5], ["N", 3]), w1, w2
 
 
@@ -76,15 +77,24 @@ def test_identity_rule_closed_form():
 
 
 def test_gates_are_held_constant():
-    """SiLU and exported GELU (x times a function of x alone), in either operand order: the whole activation
-    passes relevance, the map sums to the logit of a bias-free net, and the gate's branch gets none."""
+    """SiLU, exported GELU and GPT-2's gelu_new (x, or 0.5 x, times a function of x alone), in either operand
+    order: the whole activation passes relevance, the map sums to the logit of a bias-free net, and the gate's
+    branch gets none."""
     silu = [helper.make_node("Sigmoid", ["h"], ["s"]), helper.make_node("Mul", ["s", "h"], ["f"])]
     gelu = [helper.make_node("Div", ["h", "root2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["h", "e1"], ["m"]),
             helper.make_node("Mul", ["m", "half"], ["f"])]
+    # GPT-2's gelu_new: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), the gate multiplying 0.5 x, not x
+    gelu_new = [helper.make_node("Mul", ["h", "half"], ["hh"]), helper.make_node("Mul", ["h", "h"], ["h2"]),
+                helper.make_node("Mul", ["h2", "h"], ["h3"]), helper.make_node("Mul", ["h3", "k3"], ["c3"]),
+                helper.make_node("Add", ["h", "c3"], ["inner"]), helper.make_node("Mul", ["inner", "c"], ["arg"]),
+                helper.make_node("Tanh", ["arg"], ["th"]), helper.make_node("Add", ["th", "one"], ["t1"]),
+                helper.make_node("Mul", ["hh", "t1"], ["f"])]
     x = RNG.standard_normal((4, 5)).astype(np.float32)
+    c = np.sqrt(2 / np.pi)
     for act, f in ((silu, lambda h: h / (1 + np.exp(-h))),
-                   (gelu, lambda h: 0.5 * h * (1 + np.vectorize(__import__("math").erf)(h / np.sqrt(2))))):
+                   (gelu, lambda h: 0.5 * h * (1 + np.vectorize(__import__("math").erf)(h / np.sqrt(2)))),
+                   (gelu_new, lambda h: 0.5 * h * (1 + np.tanh(c * (h + 0.044715 * h ** 3))))):
         model, w1, w2 = _activation_net(act)
         y, r = run(model, x)
         k = y.argmax(1)
@@ -92,7 +102,7 @@ def test_gates_are_held_constant():
         want = x * ((f(h) / h * w2[:, k].T) @ w1.T)
         np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(r.sum(1), y[np.arange(4), k], rtol=1e-4)
-        assert [r for op, r in rules(model) if op == "Mul"][0] == "gate"
+        assert "gate" in [r for op, r in rules(model) if op == "Mul"]
         assert "uniform" not in {r for _, r in rules(model)}
 
 
@@ -198,3 +208,56 @@ def test_cp_lrp_holds_an_activated_gate():
     rows = [(op, rule) for _, op, rule, _ in onnxattr.api.inspect(model, "cp_lrp")]
     assert ("Mul", "constant") in rows and ("Mul", "uniform") not in rows
     assert ("Mul", "uniform") in rules(model)  # AttnLRP
+
+
+def _pooled(weights_nodes, seed=7):
+    """x[N,4,5] -> h = x W; (weights_nodes: h -> a, [N,4,1] or [N,4,5]); y = sum over positions of a * h, then
+    W2 -> y[N,3]: a product of h with weights computed from h."""
+    rng = np.random.default_rng(seed)
+    w, w2, v = (rng.standard_normal(s).astype(np.float32) for s in ((5, 5), (5, 3), (5, 1)))
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), *weights_nodes, helper.make_node("Mul", ["a", "h"], ["p"]),
+             helper.make_node("ReduceSum", ["p", "one_axis"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "W2"], ["y"])]
+    return single_io_model(nodes, {"W": w, "W2": w2, "V": v, "one_axis": np.array([1])}, ["N", 4, 5], ["N", 3])
+
+
+def test_weights_mixed_from_the_other_operand_are_no_gate():
+    """Attention pooling (a softmax over positions of h V) and an SE-style gate (a sigmoid of h's mean over
+    positions through a weight) mix positions or features: h times such weights is a product of two
+    activations (uniform), not a gate. A softmax written out (Exp, ReduceSum, Div) keeps its gradient, so its
+    map is the Softmax op's."""
+    attention = [helper.make_node("MatMul", ["h", "V"], ["e"]), helper.make_node("Softmax", ["e"], ["a"], axis=1)]
+    se = [helper.make_node("ReduceMean", ["h"], ["m"], axes=[1], keepdims=1),
+          helper.make_node("MatMul", ["m", "W"], ["mw"]), helper.make_node("Sigmoid", ["mw"], ["a"])]
+    manual = [helper.make_node("MatMul", ["h", "V"], ["e"]), helper.make_node("Exp", ["e"], ["ex"]),
+              helper.make_node("ReduceSum", ["ex", "one_axis"], ["den"], keepdims=1),
+              helper.make_node("Div", ["ex", "den"], ["a"])]
+    for weights in (attention, se, manual):
+        assert ("Mul", "uniform") in rules(_pooled(weights))
+        assert "gate" not in {r for _, r in rules(_pooled(weights))}
+    x = RNG.standard_normal((2, 4, 5)).astype(np.float32)
+    op_map, manual_map = run(_pooled(attention), x)[1], run(_pooled(manual), x)[1]
+    assert np.abs(op_map).max() > 0
+    np.testing.assert_allclose(manual_map, op_map, rtol=1e-4, atol=1e-6)
+
+
+def test_a_product_with_another_inputs_activation_is_uniform():
+    """Cross-attention style: (x Wq)(m Wk)^T with m a second float graph input, explained w.r.t. x: the
+    uniform rule still halves it, as LXT does, so the relevance of x and m together is the output's."""
+    from onnx import TensorProto
+
+    wq, wk = RNG.standard_normal((2, 6, 6)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "Wq"], ["q"]), helper.make_node("MatMul", ["m", "Wk"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("ReduceSum", ["s", "axes"], ["y"], keepdims=0)]
+    model = single_io_model(nodes, {"Wq": wq, "Wk": wk, "axes": np.array([1, 2])}, ["N", 4, 6], ["N"])
+    model.graph.input.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 3, 6]))
+    x, m = RNG.standard_normal((2, 4, 6)).astype(np.float32), RNG.standard_normal((2, 3, 6)).astype(np.float32)
+    maps = {}
+    for name in ("x", "m"):
+        compiled = onnxattr.compile(model, "attn_lrp", input=name, neuron="all")
+        sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+        y, maps[name] = sess.run(None, {"x": x, "m": m})
+    total = maps["x"].reshape(2, -1).sum(1) + maps["m"].reshape(2, -1).sum(1)
+    np.testing.assert_allclose(total, y, rtol=1e-5)
+    np.testing.assert_allclose(maps["x"].reshape(2, -1).sum(1), 0.5 * y, rtol=1e-5)
