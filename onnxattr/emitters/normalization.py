@@ -1,11 +1,13 @@
-"""Normalization layers: BatchNormalization (inference), LRN, LayerNormalization.
+"""Normalization layers: BatchNormalization (inference), LRN, LayerNormalization, InstanceNormalization.
 
 BatchNormalization: y = (x - mean) * gamma / sqrt(var + eps) + beta, so dx = g * gamma / sqrt(var + eps)
                     broadcast on the channel axis (the scale is folded at compile time when constant).
 LRN: y = x * s^-beta, s = bias + alpha/size * window_sum(x^2) over channels, so
      dx = g * s^-beta - 2 alpha beta / size * x * window_sum^T(g * x * s^(-beta-1)).
      The channel window sum is a Conv over a unit axis; its transpose swaps the pads.
-LayerNormalization: dx = (g*gamma - mean(g*gamma) - xhat * mean(g*gamma*xhat)) / std over the normalized axes.
+LayerNormalization: dx = (g*gamma - mean(g*gamma) - xhat * mean(g*gamma*xhat)) / std over the normalized axes;
+InstanceNormalization the same over the spatial axes of each (sample, channel), gamma per channel (torch's
+GroupNorm exports as one on a reshaped input).
 """
 
 import numpy as np
@@ -76,25 +78,33 @@ def lrn_vjp(b, node, grads, need):
     return [b.op("Add", [direct, cross])]
 
 
-def layernorm_stats(b, node):
-    """(axes, xc, rstd) of a LayerNormalization node: the normalized axes, x - mean and
-    rstd = 1 / sqrt(var + eps), recomputed from its input."""
-    x = node.input[0]
-    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+def norm_stats(b, node):
+    """(axes, gamma, xc, rstd) of a LayerNormalization or InstanceNormalization node: the normalized axes
+    (from ``axis`` on; the spatial axes), its scale shaped to broadcast against x (an InstanceNorm's per
+    channel), x - mean and rstd = 1 / sqrt(var + eps), recomputed from its input."""
+    x, gamma = node.input[0], node.input[1]
     eps = _f(node, "epsilon", 1e-5)
     rank = b.rank(x)
-    axes = list(range(axis % rank, rank))
+    if node.op_type == "InstanceNormalization":
+        axes = list(range(2, rank))
+        shape = [-1] + [1] * (rank - 2)
+        value = b.value(gamma)
+        gamma = (b.const(value.reshape(shape), value.dtype, "in_scale") if value is not None
+                 else b.op("Reshape", [gamma, b.ints(shape)]))
+    else:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        axes = list(range(axis % rank, rank))
     mean = b.reduce("ReduceMean", x, axes)
     xc = b.op("Sub", [x, mean])
     var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), axes)
     rstd = b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, x)])])])
-    return axes, xc, rstd
+    return axes, gamma, xc, rstd
 
 
-@register("LayerNormalization")
+@register("LayerNormalization", "InstanceNormalization")
 def layernorm_vjp(b, node, grads, need):
-    gamma, g = node.input[1], grads[0]
-    axes, xc, rstd = layernorm_stats(b, node)
+    g = grads[0]
+    axes, gamma, xc, rstd = norm_stats(b, node)
     xhat = b.op("Mul", [xc, rstd])
     gg = b.op("Mul", [g, gamma])
     m1 = b.reduce("ReduceMean", gg, axes)

@@ -1,7 +1,9 @@
-"""Reductions and normalizing maps along an axis: ReduceSum/Mean/Max/Min, Softmax, LogSoftmax.
+"""Reductions and normalizing maps along an axis: ReduceSum/Mean/Max/Min/SumSquare/L2/L1/LogSumExp,
+Softmax, LogSoftmax.
 
 ReduceSum:  dx = expand(g with the reduced axes restored)       ReduceMean: the same / count
 ReduceMax/Min: the expanded g goes to the positions equal to the extreme value, shared among ties.
+ReduceSumSquare: 2 x g    ReduceL2: g x / y (0 at y = 0)    ReduceL1: g sign(x)    ReduceLogSumExp: g exp(x - y)
 Softmax:    dx = y * (g - sum(g * y, axis))                     LogSoftmax: dx = g - exp(y) * sum(g, axis)
 """
 
@@ -70,6 +72,42 @@ def reduce_extreme_vjp(b, node, grads, need):
     ties = b.op("ReduceSum", [mask, b.ints(axes)], keepdims=1) if axes else mask
     share = b.op("Div", [mask, ties])
     return [b.op("Mul", [g, share])] + [None] * (len(node.input) - 1)
+
+
+@register("ReduceSumSquare")
+def reduce_sum_square_vjp(b, node, grads, need):
+    """y = sum(x^2): dx = 2 x g."""
+    x = node.input[0]
+    g, _ = _expand_back(b, node, grads[0])
+    return [b.op("Mul", [g, b.op("Add", [x, x])])] + [None] * (len(node.input) - 1)
+
+
+@register("ReduceL2")
+def reduce_l2_vjp(b, node, grads, need):
+    """y = sqrt(sum(x^2)): dx = g x / y, 0 where y = 0 (torch.norm's subgradient there)."""
+    x = node.input[0]
+    g, _ = _expand_back(b, node, grads[0])
+    y, _ = _expand_back(b, node, node.output[0])
+    zero = b.op("Equal", [y, b.scalar(0.0, x)])
+    safe = b.op("Where", [zero, b.scalar(1.0, x), y])
+    return [b.op("Where", [zero, b.scalar(0.0, x), b.op("Div", [b.op("Mul", [g, x]), safe])])] + \
+        [None] * (len(node.input) - 1)
+
+
+@register("ReduceL1")
+def reduce_l1_vjp(b, node, grads, need):
+    """y = sum(|x|): dx = g sign(x)."""
+    g, _ = _expand_back(b, node, grads[0])
+    return [b.op("Mul", [g, b.op("Sign", [node.input[0]])])] + [None] * (len(node.input) - 1)
+
+
+@register("ReduceLogSumExp")
+def reduce_log_sum_exp_vjp(b, node, grads, need):
+    """y = log(sum(exp(x))): dx = g exp(x - y), the softmax over the reduced axes."""
+    x = node.input[0]
+    g, _ = _expand_back(b, node, grads[0])
+    y, _ = _expand_back(b, node, node.output[0])
+    return [b.op("Mul", [g, b.op("Exp", [b.op("Sub", [x, y])])])] + [None] * (len(node.input) - 1)
 
 
 def _axis(node, default=-1):

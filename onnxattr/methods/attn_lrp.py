@@ -10,7 +10,7 @@ the selected output with these steps changed:
   x * (1 + erf(x / sqrt 2)) / 2; RMSNorm's x * rsqrt(mean(x^2)); a spelled-out LayerNorm's division by its
   std): h is held constant, so all relevance goes to x (the identity rule of the whole activation, and
   LXT's stop_gradient on a norm's std);
-- LayerNormalization: its std held constant, g_in = (gamma g - mean(gamma g)) / std;
+- LayerNormalization (and InstanceNormalization): its std held constant, g_in = (gamma g - mean(gamma g)) / std;
 - everything else keeps its gradient: linear layers then follow the z rule with the bias absorbing its
   share, a residual Add splits in proportion to its operands, and Softmax gives AttnLRP's
   R_in = x * (R - s * sum(R)).
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
-from onnxattr.emitters.normalization import layernorm_stats
+from onnxattr.emitters.normalization import norm_stats
 from onnxattr.methods.base import Method, Target, register_method
 from onnxattr.select import build_seed
 
@@ -138,9 +138,10 @@ def gate_rule(keep: int):
 
 
 def layernorm_rule(b, node, grads, need):
-    """LayerNormalization with its std held constant: g_in = (gamma g - mean(gamma g)) * rstd."""
-    axes, _, rstd = layernorm_stats(b, node)
-    gg = b.op("Mul", [grads[0], node.input[1]])
+    """LayerNormalization (or InstanceNormalization) with its std held constant:
+    g_in = (gamma g - mean(gamma g)) * rstd over the normalized axes."""
+    axes, gamma, _, rstd = norm_stats(b, node)
+    gg = b.op("Mul", [grads[0], gamma])
     centred = b.op("Sub", [gg, b.reduce("ReduceMean", gg, axes)])
     return [b.op("Mul", [centred, rstd])] + [None] * (len(node.input) - 1)
 
@@ -210,7 +211,7 @@ def attn_rules(b, nodes, on_path, y: str, live: set, assignment: dict, cp: bool 
                     kept[node.name] = product[3]
         elif op in ACTIVATIONS and varying[0] and not any(varying[1:]):
             chosen[node.name] = (identity_rule, "identity", "activation")
-        elif op == "LayerNormalization" and varying[0] and not any(varying[1:]):
+        elif op in ("LayerNormalization", "InstanceNormalization") and varying[0] and not any(varying[1:]):
             chosen[node.name] = (layernorm_rule, "layernorm", "std held constant")
     for name, (_, rule, why) in chosen.items():
         assignment[name] = (rule, why)

@@ -1,4 +1,4 @@
-"""onnxattr/emitters/normalization.py: BatchNormalization, LRN, LayerNormalization."""
+"""onnxattr/emitters/normalization.py: BatchNormalization, LRN, LayerNormalization, InstanceNormalization."""
 
 import numpy as np
 import pytest
@@ -37,3 +37,12 @@ def test_lrn(size):
 def test_layernorm():
     check_vjp("LayerNormalization", [("x", r((2, 3, 6)), False), ("g", r(6), True), ("b", r(6), True)],
               {"axis": -1, "epsilon": 1e-5})
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 4)])
+@pytest.mark.parametrize("const_scale", [True, False])
+def test_instancenorm(shape, const_scale):
+    """Normalized over the spatial axes of each (sample, channel); the scale per channel, a constant or
+    fed (then reshaped in the graph)."""
+    check_vjp("InstanceNormalization", [("x", r(shape), False), ("s", r(3), const_scale), ("b", r(3), True)],
+              {"epsilon": 1e-3}, dynamic=(0,))

@@ -19,6 +19,23 @@ def test_reduce(op, axes, keep, dynamic):
     check_vjp(op, ins, {"keepdims": keep}, dynamic=dynamic, opset=18)
 
 
+@pytest.mark.parametrize("op", ["ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp"])
+@pytest.mark.parametrize("axes,keep", [([1], 1), ([1, 2], 0), ([-1], 0), (None, 1)])
+def test_norm_reductions(op, axes, keep):
+    ins = [("x", r((2, 3, 4)), False)]
+    if axes is not None:
+        ins.append(("a", np.array(axes, np.int64), True))
+    check_vjp(op, ins, {"keepdims": keep}, dynamic=(0,), opset=18)
+
+
+def test_reduce_l2_of_zeros_gives_zero():
+    """A zero vector's norm has no gradient; torch.norm's backward gives 0 there, and so do we (no NaN)."""
+    x = np.array([[0, 0, 0], [3, 4, 0]], np.float32)
+    (got,) = run_vjp("ReduceL2", [("x", x, False), ("a", np.array([1], np.int64), True)],
+                     np.array([[1], [5]], np.float32), {"keepdims": 1}, opset=18)
+    np.testing.assert_allclose(got, [[0, 0, 0], [3, 4, 0]], rtol=1e-6)
+
+
 def test_reduce_mean_axes_attribute_opset13():
     check_vjp("ReduceMean", [("x", r((2, 3, 4)), False)], {"axes": [2], "keepdims": 1}, opset=13)
 

@@ -261,3 +261,19 @@ def test_a_product_with_another_inputs_activation_is_uniform():
     total = maps["x"].reshape(2, -1).sum(1) + maps["m"].reshape(2, -1).sum(1)
     np.testing.assert_allclose(total, y, rtol=1e-5)
     np.testing.assert_allclose(maps["x"].reshape(2, -1).sum(1), 0.5 * y, rtol=1e-5)
+
+
+def test_instancenorm_holds_its_std():
+    """InstanceNormalization (torch's GroupNorm export; beta = 0) before a bias-free weighting: its std is held
+    constant like a LayerNorm's, so relevance is conserved, which input times gradient is not."""
+    scale = RNG.uniform(0.5, 2, 3).astype(np.float32)
+    w = RNG.standard_normal((3, 5)).astype(np.float32)
+    nodes = [helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["n"], epsilon=1e-5),
+             helper.make_node("Mul", ["n", "W"], ["p"]), helper.make_node("ReduceSum", ["p", "axes"], ["y"], keepdims=0)]
+    model = single_io_model(nodes, {"scale": scale, "bias": np.zeros(3, np.float32), "W": w,
+                                    "axes": np.array([1, 2])}, ["N", 3, 5], ["N"])
+    x = RNG.standard_normal((2, 3, 5)).astype(np.float32)
+    y, r = run(model, x, neuron="all")
+    np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-4, atol=1e-5)
+    assert ("InstanceNormalization", "layernorm") in rules(model)
+    assert not np.allclose(r, run(model, x, "input_t_gradient", neuron="all")[1], atol=1e-3)
