@@ -93,7 +93,7 @@ class GraphBuilder:
             self.types[t.name] = t.data_type
             self.shapes[t.name] = list(t.dims)
         self._used = {n for node in graph.node for n in itertools.chain(node.input, node.output)}
-        self._used |= set(self.types)
+        self._used |= set(self.types) | {node.name for node in graph.node}  # fresh() names nodes too
         self._counter = itertools.count()
         self._const_cache: dict[tuple, str] = {}
         self.cache: dict = {}  # emitters' compile-time results shared across nodes (e.g. flipped weights)

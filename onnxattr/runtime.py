@@ -93,14 +93,14 @@ class Runner:
     def run(self, feeds: dict, names=None) -> list[np.ndarray]:
         """The outputs ``names`` (all by default) for ``feeds``; onnxruntime's failures on this input
         become DataErrors with its first line (and its own log stays quiet)."""
+        state = ort.capi.onnxruntime_pybind11_state
         try:
             return self.session.run(names, feeds, self.run_options)
-        except ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
-            raise DataError(f"onnxruntime rejected the input: {str(e).splitlines()[0]}") from None
-        except ort.capi.onnxruntime_pybind11_state.Fail as e:
-            raise DataError(f"onnxruntime failed on this input: {str(e).splitlines()[0]}") from None
-        except ort.capi.onnxruntime_pybind11_state.RuntimeException as e:
+        except (state.InvalidArgument, state.Fail, state.RuntimeException) as e:
             text = str(e)
-            if "out of data bounds" in text or "indices element" in text:  # a seed's target index, not any scatter
+            if "out of data bounds" in text and "ScatterElements node. Name:'oa/" in text:
+                # the seed's one-hot (an index given by a model's own Gather is the model's error)
                 raise DataError("a target index is out of range for the explained output") from None
-            raise DataError(f"onnxruntime failed: {text.splitlines()[0]}") from None
+            what = {state.InvalidArgument: "onnxruntime rejected the input", state.Fail: "onnxruntime failed on "
+                    "this input"}.get(type(e), "onnxruntime failed")
+            raise DataError(f"{what}: {text.splitlines()[0]}") from None

@@ -38,3 +38,25 @@ def test_constants_are_written_once_and_only_those_asked_for():
     assert [t.name for t in model.graph.initializer] == [big] and set(b.pending) == {other}
     b.write_initializers(model.graph.initializer)
     assert [t.name for t in model.graph.initializer] == [big, other] and not b.pending
+
+
+def test_emitted_node_names_avoid_the_models_node_names():
+    """A model whose nodes are named as the compiler names its own (oa/<Op>_<k>): the compiled model still has
+    one node per name, which onnxruntime requires."""
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    import onnxattr
+    from tests.models import single_io_model
+
+    nodes, t = [], "x"
+    for k in range(40):
+        for op in ("Mul", "Add", "Reshape", "MatMul", "Transpose", "ConstantOfShape", "ScatterElements", "ArgMax"):
+            nodes.append(helper.make_node("Tanh", [t], [f"t_{op}_{k}"], name=f"oa/{op}_{k}"))
+            t = f"t_{op}_{k}"
+    nodes.append(helper.make_node("MatMul", [t, "W"], ["y"], name="head"))
+    model = single_io_model(nodes, {"W": np.ones((4, 3), np.float32)}, ["N", 4], ["N", 3])
+    compiled = onnxattr.compile(model, "gradient", neuron="index")
+    assert not [n for n, c in Counter(n.name for n in compiled.graph.node).items() if c > 1]
+    ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -67,3 +67,26 @@ def test_a_missing_kernel_is_a_named_error_not_a_traceback(tmp_path, capsys):
     assert code == 5
     assert "Could not find an implementation for Conv" in capsys.readouterr().err
     assert not (tmp_path / "r.npy").exists()
+
+
+def test_a_target_beyond_a_dynamic_output_is_named_and_a_models_own_index_error_is_not():
+    """With a symbolic output size the target cannot be checked before the run: onnxruntime's index error in
+    the seed's one-hot is reported as the target's, whichever exception class it arrives as; an index error in
+    the model's own Gather stays onnxruntime's message."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxattr.errors import DataError
+
+    table = numpy_helper.from_array(np.ones((10, 4), np.float32), "E")
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"]), helper.make_node("Relu", ["emb"], ["h"]),
+             helper.make_node("ReduceSum", ["h"], ["y"], axes=[2], keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T"])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=8)
+    analyzer = onnxattr.create_analyzer("gradient", model, neuron_selection_mode="index", input="emb")
+    ids = np.zeros((2, 3), np.int64)
+    with pytest.raises(DataError, match="target index is out of range"):
+        analyzer.analyze(ids, neuron_selection=[1, 7])
+    with pytest.raises(DataError, match="onnxruntime .*Gather") as err:
+        analyzer.analyze(np.full((2, 3), 12), neuron_selection=[1, 0])
+    assert "target" not in str(err.value)

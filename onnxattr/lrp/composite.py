@@ -22,7 +22,7 @@ import numpy as np
 
 from onnxattr.emitters import VJPS
 from onnxattr.emitters.broadcast import unbroadcast
-from onnxattr.errors import UsageError
+from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import LINEAR_OPS, Unit, find_units
 
@@ -181,8 +181,11 @@ class Composite:
             elif n.op_type in LINEAR_OPS:
                 chosen[n.name] = ("gradient", "not a layer: a product of two tensors that vary with the "
                                   "input, or a form the rules do not cover")
-            elif n.op_type == "Einsum":
-                chosen[n.name] = ("gradient", "not a layer: the rules do not cover Einsum (attn_lrp does)")
+            elif n.op_type == "Einsum":  # its gradient would carry relevance without any rule: refused
+                raise UnsupportedModelError(
+                    f"Einsum node '{n.name}': the LRP rules do not cover Einsum (a layer written as one, such as "
+                    "Keras' EinsumDense, is no layer for them); export it as MatMul/Gemm, or use attn_lrp, "
+                    "cp_lrp or a gradient method, which differentiate it")
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
                 _check_pass(b, units[name])

@@ -44,24 +44,6 @@ MIXING = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "Softma
 SUMS = frozenset({"ReduceSum", "ReduceMean"})
 
 
-def activations_of(b, nodes) -> tuple[set, set]:
-    """(sources, activations): the sources are the float graph inputs and embedding lookups (a Gather from a
-    constant float table); the activations, every float tensor computed from a source. A product of two
-    activations takes the uniform rule even where only one operand comes from the explained input, as LXT
-    splits relevance between an encoder's and a decoder's side whichever is explained; a float mask cast
-    from integer inputs is no activation."""
-    produced = {o for n in nodes for o in n.output}
-    sources = {i for n in nodes for i in n.input
-               if i and i not in produced and b.value(i) is None and b.is_float(i)}
-    sources.update(n.output[0] for n in nodes if n.op_type == "Gather" and b.value(n.input[0]) is not None
-                   and b.is_float(n.input[0]) and b.value(n.input[1]) is None)
-    active = set(sources)
-    for n in nodes:
-        if any(i in active for i in n.input):
-            active.update(o for o in n.output if o and b.is_float(o))
-    return sources, active
-
-
 def _is_square(producer: dict, t: str) -> bool:
     """t is a square (Pow, Mul(a, a)) or an absolute value, read through Casts: its sum is a norm's."""
     node = producer.get(t)
@@ -71,10 +53,13 @@ def _is_square(producer: dict, t: str) -> bool:
                                                                      node.input[0] == node.input[1]))
 
 
-def _held_by(producer: dict, active: set, sources: set, start: str, gate: str) -> bool:
-    """start is computed from gate alone by element-wise ops and norms (sums of squares): every path from a
-    source to start passes through gate, and none crosses a mixing op (MIXING) or a sum of the values
-    themselves (a softmax's denominator, an attention pooling)."""
+GATE_LIMIT = 64  # tensors a gate's branch may hold (tanh-GELU's has 8, RMSNorm's 6): a bound keeps compiles linear
+
+
+def _held_by(producer: dict, live: set, x: str, start: str, gate: str) -> bool:
+    """start is computed from gate alone by element-wise ops and norms (sums of squares): every path from the
+    explained input x to start passes through gate, and none crosses a mixing op (MIXING) or a sum of the
+    values themselves (a softmax's denominator, an attention pooling), within GATE_LIMIT tensors."""
     stack, seen = [start], {gate}
     while stack:
         t = stack.pop()
@@ -82,19 +67,19 @@ def _held_by(producer: dict, active: set, sources: set, start: str, gate: str) -
             continue
         seen.add(t)
         node = producer.get(t)
-        if t in sources or node is None or node.op_type in MIXING or (
+        if t == x or node is None or node.op_type in MIXING or len(seen) > GATE_LIMIT or (
                 node.op_type in SUMS and not _is_square(producer, node.input[0])):
             return False
-        stack.extend(i for i in node.input if i in active)
+        stack.extend(i for i in node.input if i in live)
     return True
 
 
-def _scaled_from(producer: dict, active: set, t: str) -> str:
+def _scaled_from(producer: dict, live: set, t: str) -> str:
     """The tensor that t is a constant multiple of (through Mul or Div by a constant, Neg, Cast): GPT-2's
     0.5 * x * (1 + tanh(...)) multiplies 0.5 x, not x, by the gate."""
     while True:
         node = producer.get(t)
-        varying = [i for i in node.input if i in active] if node is not None else []
+        varying = [i for i in node.input if i in live] if node is not None else []
         if len(varying) != 1 or not (node.op_type in ("Neg", "Cast", "Mul") or (
                 node.op_type == "Div" and varying[0] == node.input[0])):
             return t
@@ -146,20 +131,23 @@ def layernorm_rule(b, node, grads, need):
     return [b.op("Mul", [centred, rstd])] + [None] * (len(node.input) - 1)
 
 
-# ops that only move or mask values: a tensor read through them keeps its origin (for cp_lrp)
-_MOVES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Cast",
-                    "Expand", "Slice", "Split"})
+# ops that move values, or mask or scale them by a factor that does not vary with x (a head mask, a
+# masked_fill after the softmax): a tensor read through them keeps its origin (for cp_lrp)
+_PASSES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Cast",
+                     "Expand", "Slice", "Split", "Where", "Mul", "Div"})
 
 
-def _origin(producer: dict, active: set, t: str, chosen: dict) -> str | None:
+def _origin(producer: dict, live: set, t: str, chosen: dict) -> str | None:
     """'softmax' or 'activation' when t is a Softmax output, or an activation's (an element-wise one or a
-    gate x * h(x)), read through ops that only move values; else None."""
+    gate x * h(x)), read through ops that only move, mask or scale it (_PASSES with one varying input,
+    which is not a Where's condition nor a divisor); else None."""
     node = producer.get(t)
-    while node is not None and node.op_type in _MOVES:
-        varying = [i for i in node.input if i in active]
-        if len(varying) != 1:
+    while node is not None and node.op_type in _PASSES and chosen.get(node.name, (None, ""))[1] != "gate":
+        varying = [k for k, i in enumerate(node.input) if i in live]
+        if len(varying) != 1 or (node.op_type == "Where" and varying[0] == 0) or (
+                node.op_type == "Div" and varying[0] == 1):
             return None
-        node = producer.get(varying[0])
+        node = producer.get(node.input[varying[0]])
     if node is None:
         return None
     if node.op_type == "Softmax":
@@ -169,7 +157,7 @@ def _origin(producer: dict, active: set, t: str, chosen: dict) -> str | None:
     return None
 
 
-def _product_rule(producer, active: set, sources: set, node, cp: bool, chosen: dict):
+def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict):
     """(rule, name, why, kept operand) of a product of two activations (Mul, Div, MatMul, Einsum): a gate when
     one operand is computed from the other alone (a Div only ever holds its divisor); with ``cp`` an operand
     that is a softmax's output (any product) or an activation's (a Mul) held constant when the other is not;
@@ -179,13 +167,13 @@ def _product_rule(producer, active: set, sources: set, node, cp: bool, chosen: d
         for keep in (0, 1) if op == "Mul" else (0,):
             held = ins[1 - keep]
             gate = ins[keep]
-            if _held_by(producer, active, sources, held, gate) or _held_by(
-                    producer, active, sources, held, _scaled_from(producer, active, gate)):
+            if _held_by(producer, live, x, held, gate) or _held_by(
+                    producer, live, x, held, _scaled_from(producer, live, gate)):
                 return gate_rule(keep), "gate", f"{held} is computed from {ins[keep]} alone: held constant", keep
     if op == "Div":
         return None
     if cp:
-        kinds = [_origin(producer, active, i, chosen) for i in ins]
+        kinds = [_origin(producer, live, i, chosen) for i in ins]
         for kind in ("softmax", "activation") if op == "Mul" else ("softmax",):
             if kinds.count(kind) == 1:
                 keep = 1 - kinds.index(kind)
@@ -194,17 +182,18 @@ def _product_rule(producer, active: set, sources: set, node, cp: bool, chosen: d
     return uniform_rule, "uniform", "product of two activations", None
 
 
-def attn_rules(b, nodes, on_path, y: str, live: set, assignment: dict, cp: bool = False):
+def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict, cp: bool = False):
     """rule_for(node) of AttnLRP (``cp``: CP-LRP) over the nodes on the path; records each changed step in
-    ``assignment``."""
-    producer = {o: n for n in nodes for o in n.output}
-    sources, active = activations_of(b, nodes)
+    ``assignment``. Activations are the tensors that vary with the explained input x: a factor that does not
+    (a weight, a mask, a position table, another graph input's activations) is a constant of the explanation,
+    so its product with an activation is linear in x and keeps its gradient."""
+    producer = {o: n for n in on_path for o in n.output}
     chosen, kept = {}, {}
     for node in on_path:
         op, ins = node.op_type, list(node.input)
         varying = [i in live for i in ins]
-        if op in ("Mul", "Div", "MatMul", "Einsum") and len(ins) == 2 and all(i in active for i in ins):
-            product = _product_rule(producer, active, sources, node, cp, chosen)
+        if op in ("Mul", "Div", "MatMul", "Einsum") and len(ins) == 2 and all(varying):
+            product = _product_rule(producer, live, x, node, cp, chosen)
             if product is not None:
                 chosen[node.name] = product[:3]
                 if product[3] is not None:
@@ -232,7 +221,7 @@ def build(cp: bool):
     def build_method(t: Target, p: dict) -> str:
         b, x = t.b, t.x
         on_path, live = path_nodes(t.nodes, x, t.y, b)
-        rule_for = attn_rules(b, t.nodes, on_path, t.y, live, t.assignment, cp)
+        rule_for = attn_rules(b, on_path, x, t.y, live, t.assignment, cp)
         seed = build_seed(b, t.y, t.neuron, "one", t.index)
         g = reverse_pass(b, t.nodes, x, t.y, seed, rule_for)
         return b.zeros_like(x) if g is None else b.op("Mul", [x, g])

@@ -29,7 +29,7 @@ def pattern_layers(b, nodes, x: str, y: str) -> dict:
         unit = units.get(n.name)
         # a MatMul is a kernel layer when the LRP units take it for one (a weight, constant or fed) or it has
         # a constant operand (a batched weight the units leave alone: refused below, not given the gradient)
-        kernel = n.op_type in ("Conv", "ConvTranspose", "Gemm") or (n.op_type == "MatMul" and (
+        kernel = n.op_type in ("Conv", "ConvTranspose", "Gemm") or (n.op_type in ("MatMul", "Einsum") and (
             unit is not None or any(b.value(i) is not None for i in n.input)))
         if not kernel or (unit is not None and unit.node is not n):
             continue

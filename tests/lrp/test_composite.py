@@ -139,3 +139,22 @@ def test_hardsigmoid_zero_flag_is_exact(eps):
     v = np.tile(v, 37)  # long enough for the vectorized kernel
     expect = np.where(v == 0, np.float32(eps), np.float32(0))
     np.testing.assert_array_equal(sess.run(None, {"v": v})[0], expect)
+
+
+def test_einsum_is_refused_by_the_presets():
+    """A layer written as an Einsum (Keras' EinsumDense) has no LRP rule: its gradient would carry relevance
+    with no stabilizer or bias share, silently, so the presets refuse it by name; the gradient methods and
+    attn_lrp differentiate it."""
+    from onnx import helper
+
+    from onnxattr.errors import UnsupportedModelError
+    from tests.models import single_io_model
+
+    w = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+    node = helper.make_node("Einsum", ["x", "W"], ["y"], equation="bd,de->be", name="dense_einsum")
+    model = single_io_model([node], {"W": w}, ["N", 6], ["N", 3])
+    for method in ("lrp.epsilon", "lrp.epsilon_plus_flat", "excitation_backprop", "deep_taylor"):
+        with pytest.raises(UnsupportedModelError, match="Einsum node 'dense_einsum'.*MatMul/Gemm"):
+            onnxattr.compile(model, method)
+    for method in ("gradient", "attn_lrp"):
+        onnxattr.compile(model, method)

@@ -4,7 +4,7 @@ the path gets (LXT's maps on two transformers are in test_oracles, tests/oracles
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 import onnxattr
 from tests.lrp.nets import resnet_like
@@ -191,6 +191,29 @@ def test_cp_lrp_holds_the_attention_weights():
     assert got == {"Softmax": "none", "Transpose": "none"}
 
 
+def test_cp_lrp_reads_through_masks_after_the_softmax():
+    """A head mask (a constant Mul) or a masked_fill (Where) between the softmax and A V still marks A as the
+    softmax's output: held constant, V gets the whole gradient (the map sums to y), Q and K nothing."""
+    model, _ = _attention()
+    nodes = list(model.graph.node)
+    i = next(k for k, n in enumerate(nodes) if n.op_type == "Softmax")
+    nodes[i + 1].input[0] = "masked"
+    for masking, inits in (
+            ([helper.make_node("Mul", ["a", "head_mask"], ["masked"])],
+             {"head_mask": np.array([[1, 0, 1, 1]] * 4, np.float32)}),
+            ([helper.make_node("Where", ["keep", "a", "zero"], ["masked"])],
+             {"keep": np.array([[True, True, False, True]] * 4), "zero": np.float32(0)})):
+        graph = helper.make_graph(nodes[:i + 1] + masking + nodes[i + 1:], "g", model.graph.input, model.graph.output,
+                                  list(model.graph.initializer) + [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        masked = helper.make_model(graph, opset_imports=model.opset_import)
+        masked.ir_version = 8
+        x = RNG.standard_normal((2, 4, 6)).astype(np.float32)
+        y, r = run(masked, x, "cp_lrp", neuron="all")
+        np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-4)
+        got = {op: rule for _, op, rule, _ in onnxattr.api.inspect(masked, "cp_lrp") if op in ("Softmax", "MatMul")}
+        assert got["Softmax"] == "none"
+
+
 def test_cp_lrp_holds_an_activated_gate():
     """A gated MLP, SiLU(x W1) * (x W2) summed: CP-LRP holds the activated gate, so R = x * (silu(x W1) W2^T);
     AttnLRP halves the product instead."""
@@ -241,9 +264,11 @@ def test_weights_mixed_from_the_other_operand_are_no_gate():
     np.testing.assert_allclose(manual_map, op_map, rtol=1e-4, atol=1e-6)
 
 
-def test_a_product_with_another_inputs_activation_is_uniform():
-    """Cross-attention style: (x Wq)(m Wk)^T with m a second float graph input, explained w.r.t. x: the
-    uniform rule still halves it, as LXT does, so the relevance of x and m together is the output's."""
+def test_a_factor_that_does_not_vary_with_x_is_a_constant():
+    """Cross-attention style, (x Wq)(m Wk)^T with m a second float graph input, explained w.r.t. x: m's side is a
+    constant of the explanation (as a mask, a position table or a weight is), so the product is linear in x
+    and keeps its gradient: the map is input times gradient and sums to y. (LXT, which explains every input
+    at once, gives x half of it.)"""
     from onnx import TensorProto
 
     wq, wk = RNG.standard_normal((2, 6, 6)).astype(np.float32)
@@ -254,13 +279,12 @@ def test_a_product_with_another_inputs_activation_is_uniform():
     model.graph.input.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 3, 6]))
     x, m = RNG.standard_normal((2, 4, 6)).astype(np.float32), RNG.standard_normal((2, 3, 6)).astype(np.float32)
     maps = {}
-    for name in ("x", "m"):
-        compiled = onnxattr.compile(model, "attn_lrp", input=name, neuron="all")
+    for method in ("attn_lrp", "input_t_gradient"):
+        compiled = onnxattr.compile(model, method, input="x", neuron="all")
         sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
-        y, maps[name] = sess.run(None, {"x": x, "m": m})
-    total = maps["x"].reshape(2, -1).sum(1) + maps["m"].reshape(2, -1).sum(1)
-    np.testing.assert_allclose(total, y, rtol=1e-5)
-    np.testing.assert_allclose(maps["x"].reshape(2, -1).sum(1), 0.5 * y, rtol=1e-5)
+        y, maps[method] = sess.run(None, {"x": x, "m": m})
+    np.testing.assert_allclose(maps["attn_lrp"], maps["input_t_gradient"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps["attn_lrp"].reshape(2, -1).sum(1), y, rtol=1e-5)
 
 
 def test_instancenorm_holds_its_std():

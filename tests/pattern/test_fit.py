@@ -90,6 +90,15 @@ def test_a_layer_with_its_weight_on_the_left_is_refused_by_name(op):
         fit_patterns(m, np.zeros((5, 4), np.float32), progress=False)
 
 
+def test_an_einsum_layer_is_refused_by_name():
+    """x W written as an Einsum learns no pattern (the layers are Conv, Gemm and MatMul): refused, not given
+    its gradient."""
+    node = onnx.helper.make_node("Einsum", ["x", "w"], ["y"], equation="bd,de->be", name="dense_einsum")
+    m = single_io_model([node], {"w": np.ones((5, 3), np.float32)}, ["N", 5], ["N", 3])
+    with pytest.raises(UnsupportedModelError, match="Einsum 'dense_einsum'"):
+        fit_patterns(m, np.zeros((4, 5), np.float32), progress=False)
+
+
 def test_a_conv_whose_bias_varies_is_refused_with_the_reason():
     """Conv(x, W, b(x)): not a layer for the rules, and the refusal says it is the bias, not the weight."""
     nodes = [onnx.helper.make_node("ReduceMean", ["x"], ["m"], axes=[0, 1, 2, 3], keepdims=0),
