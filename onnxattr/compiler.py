@@ -131,6 +131,11 @@ def reverse_pass(
         rule = rule_for(node) if rule_for else None
         step = rule if rule is not None else VJPS[node.op_type]
         results = step(b, node, grads, need)
+        dropped = [name for name, r, n in zip(node.input, results, need) if n and r is None]
+        if dropped and rule is None:
+            raise UnsupportedModelError(
+                f"{node.op_type} node '{node.name}': no gradient for its input {', '.join(dropped)}, which varies "
+                "with the explained input (only its first input is differentiated)")
         for i, (name, r) in enumerate(zip(node.input, results)):
             if r is not None and need[i]:
                 b.set_info(r, name)

@@ -32,3 +32,17 @@ def test_zero_derivative_ops_stop_the_gradient(stop_op):
     compiled = onnxattr.compile(model, "gradient", neuron="all")
     got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
     np.testing.assert_allclose(got, np.broadcast_to(w.sum(1), x.shape), rtol=1e-6)
+
+
+def test_an_input_whose_gradient_an_emitter_cannot_give_is_refused():
+    """Clip(x, 0, max(x)): the emitter differentiates x only; a bound that varies with the explained input is
+    refused by name instead of being dropped from the gradient."""
+    from onnxattr.errors import UnsupportedModelError
+    from tests.models import single_io_model
+
+    nodes = [helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+             helper.make_node("Mul", ["top", "half"], ["bound"]),
+             helper.make_node("Clip", ["x", "zero", "bound"], ["y"], name="clamp")]
+    model = single_io_model(nodes, {"zero": np.float32(0), "half": np.float32(0.5)}, ["N", 4], ["N", 4])
+    with pytest.raises(UnsupportedModelError, match="Clip node 'clamp': no gradient for its input bound"):
+        onnxattr.compile(model, "gradient", neuron="all")

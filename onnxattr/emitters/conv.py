@@ -196,7 +196,15 @@ def conv_vjp(b, node, grads, need):
             f"Conv node '{node.name}': its weight depends on the explained input; "
             "only constant or input-independent Conv weights are supported"
         )
+    if len(need) > 2 and need[2]:
+        out[2] = bias_vjp(b, node, grads[0])
     return out
+
+
+def bias_vjp(b, node, g):
+    """A (Conv or ConvTranspose) bias that varies with the input: g summed over the batch and spatial axes."""
+    rank = b.rank(node.output[0])
+    return b.op("ReduceSum", [g, b.ints([0] + list(range(2, rank)))], keepdims=0)
 
 
 def _convtranspose_pads(b, node, x, w):
@@ -241,6 +249,9 @@ def conv_transpose_vjp(b, node, grads, need):
             f"ConvTranspose node '{node.name}': weights that depend on the input are not supported"
         )
     out = [None] * len(node.input)
-    out[0] = conv_transpose_input_vjp(b, node, grads[0], w, x)
+    if need[0]:
+        out[0] = conv_transpose_input_vjp(b, node, grads[0], w, x)
+    if len(need) > 2 and need[2]:
+        out[2] = bias_vjp(b, node, grads[0])
     return out
 

@@ -5,7 +5,8 @@ A letter of a that appears in no other operand and not in o was summed over A al
 Einsum gives dA without it, and g's value is the same along it, so it is inserted (Unsqueeze) and
 expanded to A's shape. Ellipses become explicit letters (onnx requires every operand's to cover as many
 dims); an ellipsis dim where A has 1 against a larger one was broadcast and is summed back
-(broadcast.unbroadcast). A letter repeated within one operand (a diagonal, "ii->i") is refused by name.
+(broadcast.unbroadcast). A letter repeated within one operand (a diagonal, "ii->i"), or one of size 1 in one
+operand and larger in another, is refused by name.
 """
 
 from __future__ import annotations
@@ -53,10 +54,26 @@ def _unit_free(shape, term: str, fill: str) -> bool:
     return shape is not None and all(isinstance(d, int) and d != 1 for d, c in zip(shape, term) if c in fill)
 
 
+def _refuse_broadcast_letters(b, node, terms, fill: str):
+    """A letter (not an ellipsis dim) of size 1 in one operand and larger in another is broadcast, which
+    onnxruntime runs but the VJP above does not sum back: refused where the shapes say so."""
+    sizes: dict = {}
+    for x, term in zip(node.input, terms):
+        for c, d in zip(term, b.shape(x) or []):
+            if c not in fill and isinstance(d, int):
+                sizes.setdefault(c, set()).add(d)
+    broadcast = sorted(c for c, ds in sizes.items() if 1 in ds and len(ds) > 1)
+    if broadcast:
+        raise UnsupportedModelError(
+            f"Einsum node '{node.name}': letter {', '.join(broadcast)} has size 1 in one operand and more in "
+            "another (broadcast), which is not supported; expand the operand first or use an ellipsis")
+
+
 @register("Einsum")
 def einsum_vjp(b, node, grads, need):
     g = grads[0]
     terms, out, fill = parse_equation(node, [b.rank(i) for i in node.input])
+    _refuse_broadcast_letters(b, node, terms, fill)
     results = []
     for k, (x, term) in enumerate(zip(node.input, terms)):
         if not need[k]:

@@ -12,6 +12,7 @@ GroupNorm exports as one on a reshaped input).
 
 import numpy as np
 
+from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.emitters.registry import register
 
 
@@ -101,13 +102,30 @@ def norm_stats(b, node):
     return axes, gamma, xc, rstd
 
 
+def _param_grad(b, node, t: str, param: str) -> str:
+    """The gradient t (x's shape) of a scale or bias summed back to that parameter's shape: an
+    InstanceNorm's is per channel, a LayerNorm's broadcasts over the leading axes."""
+    if node.op_type == "InstanceNormalization":
+        rank = b.rank(node.input[0])
+        return b.op("ReduceSum", [t, b.ints([0] + list(range(2, rank)))], keepdims=0)
+    return unbroadcast(b, t, param, node.input[0])
+
+
 @register("LayerNormalization", "InstanceNormalization")
 def layernorm_vjp(b, node, grads, need):
+    """dx as above; a scale or bias that varies with x (a conditional norm) gets sum(g * xhat) and sum(g)."""
     g = grads[0]
     axes, gamma, xc, rstd = norm_stats(b, node)
     xhat = b.op("Mul", [xc, rstd])
-    gg = b.op("Mul", [g, gamma])
-    m1 = b.reduce("ReduceMean", gg, axes)
-    m2 = b.reduce("ReduceMean", b.op("Mul", [gg, xhat]), axes)
-    dx = b.op("Mul", [b.op("Sub", [b.op("Sub", [gg, m1]), b.op("Mul", [xhat, m2])]), rstd])
-    return [dx] + [None] * (len(node.input) - 1)
+    dx = None
+    if need[0]:
+        gg = b.op("Mul", [g, gamma])
+        m1 = b.reduce("ReduceMean", gg, axes)
+        m2 = b.reduce("ReduceMean", b.op("Mul", [gg, xhat]), axes)
+        dx = b.op("Mul", [b.op("Sub", [b.op("Sub", [gg, m1]), b.op("Mul", [xhat, m2])]), rstd])
+    out = [dx] + [None] * (len(node.input) - 1)
+    if len(need) > 1 and need[1]:
+        out[1] = _param_grad(b, node, b.op("Mul", [g, xhat]), node.input[1])
+    if len(need) > 2 and need[2]:
+        out[2] = _param_grad(b, node, g, node.input[2])
+    return out

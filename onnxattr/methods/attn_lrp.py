@@ -39,9 +39,16 @@ ACTIVATIONS = frozenset({
 })
 
 
-# a branch through one of these mixes positions or features with weights or other activations: not a gate
-MIXING = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "Softmax", "LogSoftmax"})
-SUMS = frozenset({"ReduceSum", "ReduceMean"})
+# what a gate's branch may hold: element-wise ops (each output element from the same position of its
+# inputs, or from a reduced tensor broadcast back) and norms. A pool, a ReduceMax, a Slice/Concat shift, a
+# MatMul or a softmax mixes positions or features: a branch through one is an activation of its own.
+GATE_OPS = frozenset({
+    "Sigmoid", "Tanh", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Neg", "Softplus", "Softsign",
+    "HardSigmoid", "HardSwish", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Mish", "Clip",
+    "Cast", "Identity", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Unsqueeze", "Squeeze", "Expand",
+    "ReduceL2", "ReduceSumSquare", "ReduceL1",
+})
+SUMS = frozenset({"ReduceSum", "ReduceMean"})  # norms when they sum squares or absolute values
 
 
 def _is_square(producer: dict, t: str) -> bool:
@@ -57,9 +64,9 @@ GATE_LIMIT = 64  # tensors a gate's branch may hold (tanh-GELU's has 8, RMSNorm'
 
 
 def _held_by(producer: dict, live: set, x: str, start: str, gate: str) -> bool:
-    """start is computed from gate alone by element-wise ops and norms (sums of squares): every path from the
-    explained input x to start passes through gate, and none crosses a mixing op (MIXING) or a sum of the
-    values themselves (a softmax's denominator, an attention pooling), within GATE_LIMIT tensors."""
+    """start is computed from gate alone by element-wise ops and norms: every path from the explained input x
+    to start passes through gate, and every op on the way is in GATE_OPS or is a sum of squares (a norm, not
+    a softmax's denominator or a pooling), within GATE_LIMIT tensors."""
     stack, seen = [start], {gate}
     while stack:
         t = stack.pop()
@@ -67,8 +74,8 @@ def _held_by(producer: dict, live: set, x: str, start: str, gate: str) -> bool:
             continue
         seen.add(t)
         node = producer.get(t)
-        if t == x or node is None or node.op_type in MIXING or len(seen) > GATE_LIMIT or (
-                node.op_type in SUMS and not _is_square(producer, node.input[0])):
+        if t == x or node is None or len(seen) > GATE_LIMIT or not (node.op_type in GATE_OPS or (
+                node.op_type in SUMS and _is_square(producer, node.input[0]))):
             return False
         stack.extend(i for i in node.input if i in live)
     return True

@@ -82,3 +82,12 @@ def test_channel_scale_multiplies_every_channel():
 def test_channel_scale_declines_what_the_blocked_layout_does_not_take(shape, dtype):
     """Channels not a multiple of 16, not 2-D, not float32: None (the caller writes a Mul)."""
     assert _run_channel_scale(np.ones(shape, dtype), 2.0) is None
+
+
+@pytest.mark.parametrize("op,ws", [("Conv", (3, 2, 3, 3)), ("ConvTranspose", (2, 3, 3, 3))])
+def test_a_bias_that_varies_gets_its_gradient(op, ws):
+    """Conv(x, W, b) with b fed (or computed from the input): the bias gradient is g summed over the batch
+    and spatial axes (it was dropped, silently)."""
+    rng = np.random.default_rng(4)
+    check_vjp(op, [("x", rng.standard_normal((2, 2, 5, 5)), False), ("w", rng.standard_normal(ws), True),
+                   ("b", rng.standard_normal(3), False)], {"pads": [1, 1, 1, 1]}, wrt=["x", "b"])

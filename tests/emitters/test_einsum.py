@@ -48,3 +48,11 @@ def test_einsum_diagonal_is_refused():
     model = node_model("Einsum", [("a", r((3, 3)), False)], {"equation": "ii->i"})
     with pytest.raises(UnsupportedModelError, match="Einsum node 'node' .ii->i.: the subscripts 'ii' repeat"):
         onnxattr.compile(model, "gradient", neuron="all")
+
+
+def test_einsum_letter_broadcast_from_one_is_refused():
+    """"bhqd,bhkd->bhqk" with b = 1 against 2: onnxruntime broadcasts b, the VJP would not sum it back."""
+    model = node_model("Einsum", [("a", r((1, 2, 3, 4)), False), ("c", r((2, 2, 5, 4)), True)],
+                       {"equation": "bhqd,bhkd->bhqk"})
+    with pytest.raises(UnsupportedModelError, match="letter b has size 1 in one operand"):
+        onnxattr.compile(model, "gradient", neuron="all")

@@ -46,3 +46,13 @@ def test_instancenorm(shape, const_scale):
     fed (then reshaped in the graph)."""
     check_vjp("InstanceNormalization", [("x", r(shape), False), ("s", r(3), const_scale), ("b", r(3), True)],
               {"epsilon": 1e-3}, dynamic=(0,))
+
+
+@pytest.mark.parametrize("op,shape,param", [("InstanceNormalization", (2, 3, 5), (3,)),
+                                            ("LayerNormalization", (2, 3, 6), (6,)),
+                                            ("LayerNormalization", (2, 3, 6), (3, 6))])
+def test_norm_scale_and_bias_that_vary(op, shape, param):
+    """A conditional norm, whose scale and bias are computed from the input: both get their gradient."""
+    attrs = {"epsilon": 1e-3} if op == "InstanceNormalization" else {"axis": -len(param), "epsilon": 1e-3}
+    check_vjp(op, [("x", r(shape), False), ("s", r(param), False), ("b", r(param), False)], attrs,
+              wrt=["x", "s", "b"])

@@ -241,7 +241,8 @@ def _pooled(weights_nodes, seed=7):
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), *weights_nodes, helper.make_node("Mul", ["a", "h"], ["p"]),
              helper.make_node("ReduceSum", ["p", "one_axis"], ["pooled"], keepdims=0),
              helper.make_node("MatMul", ["pooled", "W2"], ["y"])]
-    return single_io_model(nodes, {"W": w, "W2": w2, "V": v, "one_axis": np.array([1])}, ["N", 4, 5], ["N", 3])
+    inits = {"W": w, "W2": w2, "V": v, "one_axis": np.array([1]), "zero": np.array([0]), "big": np.array([99])}
+    return single_io_model(nodes, inits, ["N", 4, 5], ["N", 3])
 
 
 def test_weights_mixed_from_the_other_operand_are_no_gate():
@@ -255,7 +256,13 @@ def test_weights_mixed_from_the_other_operand_are_no_gate():
     manual = [helper.make_node("MatMul", ["h", "V"], ["e"]), helper.make_node("Exp", ["e"], ["ex"]),
               helper.make_node("ReduceSum", ["ex", "one_axis"], ["den"], keepdims=1),
               helper.make_node("Div", ["ex", "den"], ["a"])]
-    for weights in (attention, se, manual):
+    # parameter-free gates that still mix positions: a max over positions, a global pool, a shift (roll)
+    peak = [helper.make_node("ReduceMax", ["h"], ["m"], axes=[1], keepdims=1), helper.make_node("Sigmoid", ["m"], ["a"])]
+    pool = [helper.make_node("GlobalAveragePool", ["h"], ["m"]), helper.make_node("Sigmoid", ["m"], ["a"])]
+    roll = [helper.make_node("Slice", ["h", "one_axis", "big", "one_axis"], ["tail"]),
+            helper.make_node("Slice", ["h", "zero", "one_axis", "one_axis"], ["head"]),
+            helper.make_node("Concat", ["tail", "head"], ["rolled"], axis=1), helper.make_node("Sigmoid", ["rolled"], ["a"])]
+    for weights in (attention, se, manual, peak, pool, roll):
         assert ("Mul", "uniform") in rules(_pooled(weights))
         assert "gate" not in {r for _, r in rules(_pooled(weights))}
     x = RNG.standard_normal((2, 4, 5)).astype(np.float32)
