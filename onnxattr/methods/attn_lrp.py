@@ -4,12 +4,13 @@ the selected output with these steps changed:
 
 - identity rule, element-wise activations f (GELU, SiLU's sigmoid gate, Tanh, ...): g_in = g * f(x) / x
   (0 where x = 0), so relevance passes unchanged: x * g_in = f(x) * g;
-- uniform rule, a product of two activations that do not depend on each other (a MatMul, Einsum or Mul:
-  attention's Q K^T and A V, a gated MLP's gate * up): half the relevance to each operand, g_in = VJP(g / 2);
-- a gate, x * h(x) or x / h(x) with h computed from x alone (SiLU and exported GELU, x * sigmoid(x) and
-  x * (1 + erf(x / sqrt 2)) / 2; RMSNorm's x * rsqrt(mean(x^2)); a spelled-out LayerNorm's division by its
-  std): h is held constant, so all relevance goes to x (the identity rule of the whole activation, and
-  LXT's stop_gradient on a norm's std);
+- uniform rule, a product (MatMul, Einsum or Mul) of two activations, tensors that vary with the explained
+  input (attention's Q K^T and A V, a gated MLP's gate * up): half the relevance to each operand,
+  g_in = VJP(g / 2); a factor that does not vary (a weight, a mask, a position table) keeps the gradient;
+- a gate, x * h(x) or x / h(x) with h computed from x (or c * x) alone by element-wise ops and norms (SiLU
+  and exported GELU, x * sigmoid(x) and x * (1 + erf(x / sqrt 2)) / 2; RMSNorm's x * rsqrt(mean(x^2)); a
+  spelled-out LayerNorm's division by its std): h is held constant, so all relevance goes to x (the
+  identity rule of the whole activation, and LXT's stop_gradient on a norm's std);
 - LayerNormalization (and InstanceNormalization): its std held constant, g_in = (gamma g - mean(gamma g)) / std;
 - everything else keeps its gradient: linear layers then follow the z rule with the bias absorbing its
   share, a residual Add splits in proportion to its operands, and Softmax gives AttnLRP's
@@ -18,7 +19,8 @@ the selected output with these steps changed:
 Seeded with 1 at the selected output (the selected logit is the relevance there, as LRP starts).
 
 cp_lrp is CP-LRP (Ali et al., ICML 2022), LXT's other mode: no relevance crosses the softmax. A product
-one of whose operands is a Softmax output (read through reshapes) holds it constant and gives the other
+one of whose operands is a Softmax output (read through reshapes, masks and constant scalings) holds it
+constant and gives the other
 operand the whole gradient (attention's A V: all relevance to V), and a Mul of an activation's output with
 another activation (a gated MLP's act(gate) * up) holds the activated gate constant; other products keep
 the uniform rule.
