@@ -66,6 +66,12 @@ def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | No
     """Raise one error naming every op on the path that cannot be differentiated."""
     missing: dict[str, list[str]] = defaultdict(list)
     control = []
+    training = [n.name for n in on_path if n.op_type == "BatchNormalization"
+                and any(a.name == "training_mode" and a.i for a in n.attribute)]
+    if training:  # every VJP and LRP fold uses the running statistics, which such a node ignores
+        raise UnsupportedModelError(
+            f"BatchNormalization {', '.join(repr(n) for n in training[:5])} in training mode (it normalizes with "
+            "the batch's own statistics): export the model in eval mode")
     for node in on_path:
         if node.op_type in CONTROL_FLOW:
             control.append(f"{node.op_type} '{node.name}'")

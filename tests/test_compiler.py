@@ -46,3 +46,18 @@ def test_an_input_whose_gradient_an_emitter_cannot_give_is_refused():
     model = single_io_model(nodes, {"zero": np.float32(0), "half": np.float32(0.5)}, ["N", 4], ["N", 4])
     with pytest.raises(UnsupportedModelError, match="Clip node 'clamp': no gradient for its input bound"):
         onnxattr.compile(model, "gradient", neuron="all")
+
+
+def test_batchnorm_in_training_mode_is_refused():
+    """A BatchNormalization exported in training mode normalizes with the batch's statistics, which no VJP or
+    LRP fold here follows (they use the running ones): refused by name for every method."""
+    from onnxattr.errors import UnsupportedModelError
+    from tests.models import single_io_model
+
+    c = np.ones(2, np.float32)
+    node = helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], training_mode=1, name="bn")
+    model = single_io_model([node], {"g": c, "b": c * 0, "m": c * 0, "v": c}, ["N", 2, 3, 3], ["N", 2, 3, 3],
+                            opset=15)
+    for method in ("gradient", "lrp.epsilon", "attn_lrp"):
+        with pytest.raises(UnsupportedModelError, match="BatchNormalization 'bn' in training mode"):
+            onnxattr.compile(model, method, neuron="all")

@@ -54,15 +54,19 @@ def _unit_free(shape, term: str, fill: str) -> bool:
     return shape is not None and all(isinstance(d, int) and d != 1 for d, c in zip(shape, term) if c in fill)
 
 
-def _refuse_broadcast_letters(b, node, terms, fill: str):
+def _refuse_broadcast_letters(b, node, terms, out: str, fill: str, need):
     """A letter (not an ellipsis dim) of size 1 in one operand and larger in another is broadcast, which
-    onnxruntime runs but the VJP above does not sum back: refused where the shapes say so."""
+    onnxruntime runs. The VJP above gets it right only for the other operands' gradients and while the letter
+    is in the output; an operand that needs its gradient and has the 1, or a broadcast letter summed out, is
+    refused where the shapes say so."""
     sizes: dict = {}
     for x, term in zip(node.input, terms):
         for c, d in zip(term, b.shape(x) or []):
             if c not in fill and isinstance(d, int):
                 sizes.setdefault(c, set()).add(d)
-    broadcast = sorted(c for c, ds in sizes.items() if 1 in ds and len(ds) > 1)
+    ones = {c for x, term, n in zip(node.input, terms, need) if n
+            for c, d in zip(term, b.shape(x) or []) if d == 1}
+    broadcast = sorted(c for c, ds in sizes.items() if 1 in ds and len(ds) > 1 and (c in ones or c not in out))
     if broadcast:
         raise UnsupportedModelError(
             f"Einsum node '{node.name}': letter {', '.join(broadcast)} has size 1 in one operand and more in "
@@ -73,7 +77,7 @@ def _refuse_broadcast_letters(b, node, terms, fill: str):
 def einsum_vjp(b, node, grads, need):
     g = grads[0]
     terms, out, fill = parse_equation(node, [b.rank(i) for i in node.input])
-    _refuse_broadcast_letters(b, node, terms, fill)
+    _refuse_broadcast_letters(b, node, terms, out, fill, need)
     results = []
     for k, (x, term) in enumerate(zip(node.input, terms)):
         if not need[k]:

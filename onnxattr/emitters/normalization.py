@@ -50,6 +50,7 @@ def bn_scale_shift(b, node):
 
 @register("BatchNormalization")
 def batchnorm_vjp(b, node, grads, need):
+    """Inference form (running statistics; compiler.check_supported refuses a node in training mode)."""
     return [b.op("Mul", [grads[0], bn_scale(b, node)])] + [None] * (len(node.input) - 1)
 
 
@@ -102,7 +103,7 @@ def norm_stats(b, node):
     return axes, gamma, xc, rstd
 
 
-def _param_grad(b, node, t: str, param: str) -> str:
+def param_grad(b, node, t: str, param: str) -> str:
     """The gradient t (x's shape) of a scale or bias summed back to that parameter's shape: an
     InstanceNorm's is per channel, a LayerNorm's broadcasts over the leading axes."""
     if node.op_type == "InstanceNormalization":
@@ -125,7 +126,7 @@ def layernorm_vjp(b, node, grads, need):
         dx = b.op("Mul", [b.op("Sub", [b.op("Sub", [gg, m1]), b.op("Mul", [xhat, m2])]), rstd])
     out = [dx] + [None] * (len(node.input) - 1)
     if len(need) > 1 and need[1]:
-        out[1] = _param_grad(b, node, b.op("Mul", [g, xhat]), node.input[1])
+        out[1] = param_grad(b, node, b.op("Mul", [g, xhat]), node.input[1])
     if len(need) > 2 and need[2]:
-        out[2] = _param_grad(b, node, g, node.input[2])
+        out[2] = param_grad(b, node, g, node.input[2])
     return out

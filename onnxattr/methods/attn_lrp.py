@@ -2,7 +2,7 @@
 the form of its reference implementation LXT ("efficient" mode). R = x * g, where g is the gradient of
 the selected output with these steps changed:
 
-- identity rule, element-wise activations f (GELU, SiLU's sigmoid gate, Tanh, ...): g_in = g * f(x) / x
+- identity rule, element-wise activations f (GELU, SiLU's sigmoid gate, Tanh, a power x^p, ...): g_in = g * f(x) / x
   (0 where x = 0), so relevance passes unchanged: x * g_in = f(x) * g;
 - uniform rule, a product (MatMul, Einsum or Mul) of two activations, tensors that vary with the explained
   input (attention's Q K^T and A V, a gated MLP's gate * up): half the relevance to each operand,
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
-from onnxattr.emitters.normalization import norm_stats
+from onnxattr.emitters.normalization import norm_stats, param_grad
 from onnxattr.methods.base import Method, Target, register_method
 from onnxattr.select import build_seed
 
@@ -79,15 +79,27 @@ def _held_by(producer: dict, live: set, x: str, start: str, gate: str) -> bool:
         if t == x or node is None or len(seen) > GATE_LIMIT or not (node.op_type in GATE_OPS or (
                 node.op_type in SUMS and _is_square(producer, node.input[0]))):
             return False
-        stack.extend(i for i in node.input if i in live)
+        stack.extend(i for i in node.input if i in live and not _centring_mean(producer, node, i))
     return True
 
 
+def _centring_mean(producer: dict, node, t: str) -> bool:
+    """t is the mean that node = Sub(a, mean(a)) subtracts from a (a variance's centring, as torch.var
+    exports it): part of the norm, not a sum of the values."""
+    mean = producer.get(t)
+    return (node.op_type == "Sub" and len(node.input) == 2 and t == node.input[1] and mean is not None
+            and mean.op_type in SUMS and mean.input[0] == node.input[0])
+
+
 def _scaled_from(producer: dict, live: set, t: str) -> str:
-    """The tensor that t is a constant multiple of (through Mul or Div by a constant, Neg, Cast): GPT-2's
-    0.5 * x * (1 + tanh(...)) multiplies 0.5 x, not x, by the gate."""
+    """The tensor that t is a constant multiple (through Mul or Div by a constant, Neg, Cast) or the centring
+    (a - mean(a)) of: GPT-2's 0.5 * x * (1 + tanh(...)) multiplies 0.5 x, not x, by the gate, and a LayerNorm
+    spelled with torch.var divides one centring of x by a std computed from another."""
     while True:
         node = producer.get(t)
+        if node is not None and node.op_type == "Sub" and _centring_mean(producer, node, node.input[1]):
+            t = node.input[0]
+            continue
         varying = [i for i in node.input if i in live] if node is not None else []
         if len(varying) != 1 or not (node.op_type in ("Neg", "Cast", "Mul") or (
                 node.op_type == "Div" and varying[0] == node.input[0])):
@@ -133,11 +145,19 @@ def gate_rule(keep: int):
 
 def layernorm_rule(b, node, grads, need):
     """LayerNormalization (or InstanceNormalization) with its std held constant:
-    g_in = (gamma g - mean(gamma g)) * rstd over the normalized axes."""
-    axes, gamma, _, rstd = norm_stats(b, node)
-    gg = b.op("Mul", [grads[0], gamma])
-    centred = b.op("Sub", [gg, b.reduce("ReduceMean", gg, axes)])
-    return [b.op("Mul", [centred, rstd])] + [None] * (len(node.input) - 1)
+    g_in = (gamma g - mean(gamma g)) * rstd over the normalized axes; a scale or bias that varies with the
+    input gets its gradient, sum(g * xhat) and sum(g), as in LXT's layer_norm_forward."""
+    g = grads[0]
+    axes, gamma, xc, rstd = norm_stats(b, node)
+    out = [None] * len(node.input)
+    if need[0]:
+        gg = b.op("Mul", [g, gamma])
+        out[0] = b.op("Mul", [b.op("Sub", [gg, b.reduce("ReduceMean", gg, axes)]), rstd])
+    if len(need) > 1 and need[1]:
+        out[1] = param_grad(b, node, b.op("Mul", [g, b.op("Mul", [xc, rstd])]), node.input[1])
+    if len(need) > 2 and need[2]:
+        out[2] = param_grad(b, node, g, node.input[2])
+    return out
 
 
 # ops that move values, or mask or scale them by a factor that does not vary with x (a head mask, a
@@ -207,9 +227,9 @@ def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict, cp: bool
                 chosen[node.name] = product[:3]
                 if product[3] is not None:
                     kept[node.name] = product[3]
-        elif op in ACTIVATIONS and varying[0] and not any(varying[1:]):
+        elif (op in ACTIVATIONS or op == "Pow") and varying[0] and not any(varying[1:]):
             chosen[node.name] = (identity_rule, "identity", "activation")
-        elif op in ("LayerNormalization", "InstanceNormalization") and varying[0] and not any(varying[1:]):
+        elif op in ("LayerNormalization", "InstanceNormalization") and varying[0]:
             chosen[node.name] = (layernorm_rule, "layernorm", "std held constant")
     for name, (_, rule, why) in chosen.items():
         assignment[name] = (rule, why)

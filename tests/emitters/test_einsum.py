@@ -51,8 +51,11 @@ def test_einsum_diagonal_is_refused():
 
 
 def test_einsum_letter_broadcast_from_one_is_refused():
-    """"bhqd,bhkd->bhqk" with b = 1 against 2: onnxruntime broadcasts b, the VJP would not sum it back."""
+    """"bhqd,bhkd->bhqk" with b = 1 against 2: onnxruntime broadcasts b, the VJP would not sum it back into
+    the size-1 operand's gradient; a weight with the 1 (its gradient not needed) is fine."""
     model = node_model("Einsum", [("a", r((1, 2, 3, 4)), False), ("c", r((2, 2, 5, 4)), True)],
                        {"equation": "bhqd,bhkd->bhqk"})
     with pytest.raises(UnsupportedModelError, match="letter b has size 1 in one operand"):
         onnxattr.compile(model, "gradient", neuron="all")
+    check_vjp("Einsum", [("a", r((2, 4, 5)), False), ("w", r((1, 5, 3)), True)], {"equation": "bij,bjk->bik"},
+              wrt=["a"])

@@ -308,3 +308,42 @@ def test_instancenorm_holds_its_std():
     np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-4, atol=1e-5)
     assert ("InstanceNormalization", "layernorm") in rules(model)
     assert not np.allclose(r, run(model, x, "input_t_gradient", neuron="all")[1], atol=1e-3)
+
+
+def test_a_layernorm_spelled_with_two_centrings_is_a_gate():
+    """torch.var exports its own x - mean(x): the std comes from a second centring of x, still a norm of x,
+    so the division is a gate; with beta = 0 and no bias the map sums to y. A power x^2 used as an activation
+    takes the identity rule, as its Mul(x, x) spelling does (a gate)."""
+    def centring(out):
+        return [helper.make_node("ReduceMean", ["h"], [f"{out}_m"], axes=[1], keepdims=1),
+                helper.make_node("Sub", ["h", f"{out}_m"], [out])]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), *centring("c1"), *centring("c2"),
+             helper.make_node("Mul", ["c2", "c2"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["var"], axes=[1], keepdims=1),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
+             helper.make_node("Div", ["c1", "std"], ["n"]), helper.make_node("Pow", ["n", "two"], ["f"]),
+             helper.make_node("MatMul", ["f", "W2"], ["y"])]
+    w1, w2 = RNG.standard_normal((5, 7)).astype(np.float32), RNG.standard_normal((7, 3)).astype(np.float32)
+    model = single_io_model(nodes, {"W1": w1, "W2": w2, "eps": np.float32(1e-5), "two": np.float32(2)},
+                            ["N", 5], ["N", 3])
+    assert ("Div", "gate") in rules(model) and ("Pow", "identity") in rules(model)
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    y, r = run(model, x)
+    np.testing.assert_allclose(r.sum(1), y[np.arange(4), y.argmax(1)], rtol=1e-4)
+
+
+def test_layernorm_with_a_varying_scale_keeps_its_std_held():
+    """A conditional LayerNorm (scale computed from the input): the std is still held constant for x, and the
+    scale gets sum(g * xhat), as LXT's layer_norm_forward does; the map differs from input times gradient."""
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("ReduceMean", ["x"], ["m"], axes=[0],
+                                                                              keepdims=0),
+             helper.make_node("MatMul", ["m", "Ws"], ["scale"]),
+             helper.make_node("LayerNormalization", ["h", "scale", "beta"], ["f"], axis=-1),
+             helper.make_node("MatMul", ["f", "W2"], ["y"])]
+    inits = {"W1": RNG.standard_normal((5, 7)).astype(np.float32), "Ws": RNG.standard_normal((5, 7)).astype(np.float32),
+             "beta": np.zeros(7, np.float32), "W2": RNG.standard_normal((7, 3)).astype(np.float32)}
+    model = single_io_model(nodes, inits, [4, 5], [4, 3])
+    assert ("LayerNormalization", "layernorm") in rules(model)
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    _, r = run(model, x)
+    assert np.all(np.isfinite(r)) and not np.allclose(r, run(model, x, "input_t_gradient")[1], atol=1e-3)
