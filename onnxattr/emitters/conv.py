@@ -197,14 +197,14 @@ def conv_vjp(b, node, grads, need):
             "only constant or input-independent Conv weights are supported"
         )
     if len(need) > 2 and need[2]:
-        out[2] = bias_vjp(b, node, grads[0])
+        out[2] = channel_sum(b, grads[0], b.rank(node.output[0]))  # a bias that varies with the input
     return out
 
 
-def bias_vjp(b, node, g):
-    """A (Conv or ConvTranspose) bias that varies with the input: g summed over the batch and spatial axes."""
-    rank = b.rank(node.output[0])
-    return b.op("ReduceSum", [g, b.ints([0] + list(range(2, rank)))], keepdims=0)
+def channel_sum(b, t: str, rank: int) -> str:
+    """t [N, C, ...] summed over the batch and spatial axes: the gradient of a per-channel parameter (a Conv
+    or ConvTranspose bias, an InstanceNorm's scale or bias)."""
+    return b.op("ReduceSum", [t, b.ints([0] + list(range(2, rank)))], keepdims=0)
 
 
 def _convtranspose_pads(b, node, x, w):
@@ -252,6 +252,6 @@ def conv_transpose_vjp(b, node, grads, need):
     if need[0]:
         out[0] = conv_transpose_input_vjp(b, node, grads[0], w, x)
     if len(need) > 2 and need[2]:
-        out[2] = bias_vjp(b, node, grads[0])
+        out[2] = channel_sum(b, grads[0], b.rank(node.output[0]))  # a bias that varies with the input
     return out
 

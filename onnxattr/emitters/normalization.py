@@ -13,6 +13,7 @@ GroupNorm exports as one on a reshaped input).
 import numpy as np
 
 from onnxattr.emitters.broadcast import unbroadcast
+from onnxattr.emitters.conv import channel_sum
 from onnxattr.emitters.registry import register
 
 
@@ -103,13 +104,19 @@ def norm_stats(b, node):
     return axes, gamma, xc, rstd
 
 
-def param_grad(b, node, t: str, param: str) -> str:
-    """The gradient t (x's shape) of a scale or bias summed back to that parameter's shape: an
-    InstanceNorm's is per channel, a LayerNorm's broadcasts over the leading axes."""
-    if node.op_type == "InstanceNormalization":
-        rank = b.rank(node.input[0])
-        return b.op("ReduceSum", [t, b.ints([0] + list(range(2, rank)))], keepdims=0)
-    return unbroadcast(b, t, param, node.input[0])
+def affine_grads(b, node, g: str, xhat: str, need) -> list:
+    """[d scale, d bias] of a Layer/InstanceNormalization whose scale or bias varies with the input (a
+    conditional norm; None where not needed): sum(g * xhat) and sum(g), back to the parameter's shape, per
+    channel for an InstanceNorm, over the broadcast leading axes for a LayerNorm."""
+    out = []
+    for k, t in ((1, lambda: b.op("Mul", [g, xhat])), (2, lambda: g)):
+        if len(need) <= k or not need[k]:
+            out.append(None)
+        elif node.op_type == "InstanceNormalization":
+            out.append(channel_sum(b, t(), b.rank(node.input[0])))
+        else:
+            out.append(unbroadcast(b, t(), node.input[k], node.input[0]))
+    return out
 
 
 @register("LayerNormalization", "InstanceNormalization")
@@ -124,9 +131,4 @@ def layernorm_vjp(b, node, grads, need):
         m1 = b.reduce("ReduceMean", gg, axes)
         m2 = b.reduce("ReduceMean", b.op("Mul", [gg, xhat]), axes)
         dx = b.op("Mul", [b.op("Sub", [b.op("Sub", [gg, m1]), b.op("Mul", [xhat, m2])]), rstd])
-    out = [dx] + [None] * (len(node.input) - 1)
-    if len(need) > 1 and need[1]:
-        out[1] = param_grad(b, node, b.op("Mul", [g, xhat]), node.input[1])
-    if len(need) > 2 and need[2]:
-        out[2] = param_grad(b, node, g, node.input[2])
-    return out
+    return [dx] + affine_grads(b, node, g, xhat, need)[:len(node.input) - 1]

@@ -2,8 +2,8 @@
 the form of its reference implementation LXT ("efficient" mode). R = x * g, where g is the gradient of
 the selected output with these steps changed:
 
-- identity rule, element-wise activations f (GELU, SiLU's sigmoid gate, Tanh, a power x^p, ...): g_in = g * f(x) / x
-  (0 where x = 0), so relevance passes unchanged: x * g_in = f(x) * g;
+- identity rule, element-wise activations f (GELU, SiLU's sigmoid gate, Tanh, a power x^p, ...):
+  g_in = g * f(x) / x (0 where x = 0), so relevance passes unchanged: x * g_in = f(x) * g;
 - uniform rule, a product (MatMul, Einsum or Mul) of two activations, tensors that vary with the explained
   input (attention's Q K^T and A V, a gated MLP's gate * up): half the relevance to each operand,
   g_in = VJP(g / 2); a factor that does not vary (a weight, a mask, a position table) keeps the gradient;
@@ -11,7 +11,8 @@ the selected output with these steps changed:
   and exported GELU, x * sigmoid(x) and x * (1 + erf(x / sqrt 2)) / 2; RMSNorm's x * rsqrt(mean(x^2)); a
   spelled-out LayerNorm's division by its std): h is held constant, so all relevance goes to x (the
   identity rule of the whole activation, and LXT's stop_gradient on a norm's std);
-- LayerNormalization (and InstanceNormalization): its std held constant, g_in = (gamma g - mean(gamma g)) / std;
+- LayerNormalization (and InstanceNormalization): its std held constant,
+  g_in = (gamma g - mean(gamma g)) / std;
 - everything else keeps its gradient: linear layers then follow the z rule with the bias absorbing its
   share, a residual Add splits in proportion to its operands, and Softmax gives AttnLRP's
   R_in = x * (R - s * sum(R)).
@@ -20,17 +21,16 @@ Seeded with 1 at the selected output (the selected logit is the relevance there,
 
 cp_lrp is CP-LRP (Ali et al., ICML 2022), LXT's other mode: no relevance crosses the softmax. A product
 one of whose operands is a Softmax output (read through reshapes, masks and constant scalings) holds it
-constant and gives the other
-operand the whole gradient (attention's A V: all relevance to V), and a Mul of an activation's output with
-another activation (a gated MLP's act(gate) * up) holds the activated gate constant; other products keep
-the uniform rule.
+constant and gives the other operand the whole gradient (attention's A V: all relevance to V), and a Mul of
+an activation's output with another activation (a gated MLP's act(gate) * up) holds the activated gate
+constant; other products keep the uniform rule.
 """
 
 from __future__ import annotations
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
-from onnxattr.emitters.normalization import norm_stats, param_grad
+from onnxattr.emitters.normalization import affine_grads, norm_stats
 from onnxattr.methods.base import Method, Target, register_method
 from onnxattr.select import build_seed
 
@@ -149,15 +149,12 @@ def layernorm_rule(b, node, grads, need):
     input gets its gradient, sum(g * xhat) and sum(g), as in LXT's layer_norm_forward."""
     g = grads[0]
     axes, gamma, xc, rstd = norm_stats(b, node)
-    out = [None] * len(node.input)
+    dx = None
     if need[0]:
         gg = b.op("Mul", [g, gamma])
-        out[0] = b.op("Mul", [b.op("Sub", [gg, b.reduce("ReduceMean", gg, axes)]), rstd])
-    if len(need) > 1 and need[1]:
-        out[1] = param_grad(b, node, b.op("Mul", [g, b.op("Mul", [xc, rstd])]), node.input[1])
-    if len(need) > 2 and need[2]:
-        out[2] = param_grad(b, node, g, node.input[2])
-    return out
+        dx = b.op("Mul", [b.op("Sub", [gg, b.reduce("ReduceMean", gg, axes)]), rstd])
+    xhat = b.op("Mul", [xc, rstd]) if len(need) > 1 and need[1] else None
+    return [dx] + affine_grads(b, node, g, xhat, need)[:len(node.input) - 1]
 
 
 # ops that move values, or mask or scale them by a factor that does not vary with x (a head mask, a
@@ -198,7 +195,7 @@ def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict):
             gate = ins[keep]
             if _held_by(producer, live, x, held, gate) or _held_by(
                     producer, live, x, held, _scaled_from(producer, live, gate)):
-                return gate_rule(keep), "gate", f"{held} is computed from {ins[keep]} alone: held constant", keep
+                return gate_rule(keep), "gate", f"{held} is computed from {gate} alone: held constant", keep
     if op == "Div":
         return None
     if cp:
