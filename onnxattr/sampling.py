@@ -3,7 +3,8 @@
 Each Loop iteration takes a chunk of c sample indices k, builds c copies of the batch (points of shape
 [c*N, ...], sample-major), runs a copy of the forward graph and its reverse pass on them, and adds the
 per-sample results into an accumulator of x's shape. Memory is bounded by the chunk, not the sample
-count. The body holds its own copies of the weights (see _body_weights).
+count. The body holds its own copies of the weights (see _body_weights). Graph inputs with x's batch axis
+(an attention mask) enter it as count copies of their rows, and what they feed is computed again there.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from onnxattr.graph import GraphBuilder, write_tensor
 from onnxattr.select import build_seed
 
 
-def forward_subgraph(nodes: list[onnx.NodeProto], x: str, y: str) -> list[onnx.NodeProto]:
-    """Nodes that depend on x and that y depends on, in graph order."""
-    depends = {x}
+def forward_subgraph(nodes: list[onnx.NodeProto], x: str, y: str, sources=()) -> list[onnx.NodeProto]:
+    """Nodes that depend on x or on a name in ``sources`` and that y depends on other than through x's
+    own producer (x is given), in graph order."""
+    depends = {x, *sources}
     for node in nodes:
         if any(i in depends for i in node.input):
             depends.update(o for o in node.output if o)
     needed = {y}
     keep = []
     for node in reversed(nodes):
+        if x in node.output:
+            continue
         if any(o in needed for o in node.output) and any(i in depends for i in node.input):
             keep.append(node)
             needed.update(node.input)
@@ -121,6 +125,34 @@ def _body_shapes(cb: GraphBuilder, x: str, names) -> list:
     return cb.declared_shapes(names, {batch: SAMPLES})
 
 
+def batch_axis_reads(b: GraphBuilder, nodes, x: str) -> list[str]:
+    """The tensors ``nodes`` read from outside themselves, besides x and constants, whose first axis is
+    x's batch axis, declared under the same name: a transformer's attention mask [N, S], token ids when x
+    is their embedding. Tensors without that axis (an adjacency, a shared bias), and every tensor of a
+    model with a static batch, are shared by all samples."""
+    batch = (b.shape(x) or [None])[0]
+    if not isinstance(batch, str):
+        return []
+    made = {o for node in nodes for o in node.output}
+    found = []
+    for node in nodes:
+        for name in node.input:
+            if name and name != x and name not in made and name not in found and b.value(name) is None \
+                    and (b.shape(name) or [None])[0] == batch:
+                found.append(name)
+    return found
+
+
+def repeat_rows(cb: GraphBuilder, name: str, count: str) -> str:
+    """``name`` [N, ...] repeated count times along its first axis: [count*N, ...], sample-major like the
+    points."""
+    rank = cb.rank(name)
+    reps = count if rank == 1 else cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)
+    out = cb.op("Tile", [name, reps])
+    cb.set_info(out, name)
+    return out
+
+
 def sample_loop(
     b: GraphBuilder,
     nodes: list[onnx.NodeProto],
@@ -152,8 +184,12 @@ def sample_loop(
     cb.set_info(points, x)
 
     first = len(cb.nodes)
-    rename = {x: points}
-    body_forward = copy_nodes(cb, forward_subgraph(nodes, x, y), rename)
+    # per-sample tensors enter the body as repeated rows, one copy per point; what the graph's
+    # per-sample inputs feed is computed again inside from theirs, so a mask reshaped with the batch
+    # size the model reads off its input matches the points
+    forward = forward_subgraph(nodes, x, y, batch_axis_reads(b, nodes, x))
+    rename = {x: points, **{name: repeat_rows(cb, name, count) for name in batch_axis_reads(b, forward, x)}}
+    body_forward = copy_nodes(cb, forward, rename)
     y_copy = rename[y]
     cb.nodes.extend(body_forward)
     tiled = None

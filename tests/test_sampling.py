@@ -92,3 +92,68 @@ def test_a_batch_of_0_samples_gives_an_empty_map(method):
     compiled = onnxattr.compile(model, method, steps=3) if method == "integrated_gradients" else \
         onnxattr.compile(model, method, augment_by_n=3)
     assert run(compiled, np.zeros((0, 6), np.float32)).shape == (0, 6)
+
+
+def masked_attention():
+    """x [N, S, D] -> softmax(x x^T + (1 - mask) * -1e4) x, scaled by a shared feed w [D], mean over S, @ W:
+    mask [N, S] is per sample (its first axis has x's name), w is the same for every sample. The mask's
+    bias is flattened and reshaped by x's [N, S]."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["x", "xt"], ["scores"]),
+             helper.make_node("Sub", ["one", "mask"], ["off"]),
+             helper.make_node("Mul", ["off", "big"], ["bias2"]),
+             # flattened outside, reshaped by x's own [N, S] as torch's attention does: only a mask
+             # recomputed from repeated rows inside the Loop fits the points
+             helper.make_node("Reshape", ["bias2", "flat"], ["bias_flat"]),
+             helper.make_node("Shape", ["x"], ["x_shape"], end=2),
+             helper.make_node("Reshape", ["bias_flat", "x_shape"], ["bias_ns"]),
+             helper.make_node("Unsqueeze", ["bias_ns", "axis1"], ["bias"]),
+             helper.make_node("Add", ["scores", "bias"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "x"], ["h"]),
+             helper.make_node("Mul", ["h", "w"], ["hw"]),
+             helper.make_node("ReduceMean", ["hw", "axis1"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "W"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(1, np.float32), "one"),
+             numpy_helper.from_array(np.array(-1e4, np.float32), "big"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")]
+    g = helper.make_graph(nodes, "masked_attention",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 4]),
+                           helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 5]),
+                           helper.make_tensor_value_info("w", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+def test_a_feed_with_the_batch_axis_is_repeated_for_every_point(method):
+    """A per-sample feed (an attention mask [N, S]) goes with its sample's points inside the Loop; a feed
+    without the batch axis (w [D]) is shared. IG equals x times the mean of the gradient graph's maps
+    at k/steps * x with the same feeds; SmoothGrad without noise equals the gradient. Each sample's map
+    equals that sample explained alone, and the mask changes it."""
+    model = masked_attention()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    feeds = {"mask": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 1, 0, 1]], np.float32),
+             "w": np.array([1.0, -0.5, 2.0, 0.25], np.float32)}
+    gradient = ort.InferenceSession(onnxattr.compile(model, "gradient", neuron="all", input="x").SerializeToString())
+    grad_at = lambda p: gradient.run(["relevance"], {"x": p.astype(np.float32), **feeds})[0]  # noqa: E731
+    if method == "integrated_gradients":
+        compiled = onnxattr.compile(model, method, neuron="all", input="x", steps=6, chunk_size=4)
+        expected = x * np.mean([grad_at(k / 6 * x) for k in range(6)], axis=0)
+    else:
+        compiled = onnxattr.compile(model, method, neuron="all", input="x", augment_by_n=5, noise_scale=0.0, chunk_size=2)
+        expected = grad_at(x)
+    session = ort.InferenceSession(compiled.SerializeToString())
+    got = session.run(["relevance"], {"x": x, **feeds})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    for n in range(3):
+        alone = session.run(["relevance"], {"x": x[n:n + 1], "mask": feeds["mask"][n:n + 1], "w": feeds["w"]})[0]
+        np.testing.assert_allclose(got[n:n + 1], alone, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    unmasked = session.run(["relevance"], {"x": x, "mask": np.ones((3, 5), np.float32), "w": feeds["w"]})[0]
+    assert np.abs(unmasked[0] - got[0]).max() > 1e-2 * np.abs(got[0]).max()

@@ -17,6 +17,8 @@ reproduced (a Keras layer that becomes two ONNX nodes, a tie convention of anoth
 convention no rescaling undoes, a step the other library defines otherwise, such as Captum's DeepLift
 maxpool rule): they are not test cases; test_not_comparable_recorded checks that each names a stored map
 and gives a reason.
+A manifest's ``feeds`` are the model's other graph inputs, stored as ``feed:NAME`` (torch_masked_encoder's
+padding mask, one row per sample, which integrated gradients and SmoothGrad give each of a sample's points).
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
 with its BatchNormalization nodes kept) are checked against the same maps.
 SmoothGrad draws other noise than the reference: its difference to the reference must look like the
@@ -79,10 +81,11 @@ def our_params(entry):
     return params
 
 
-def run(model_path, method, mode, x, target, input_name, **params):
-    compiled = onnxattr.compile(str(model_path), method, neuron=mode, **params)
+def run(model_path, method, mode, x, target, input_name, feeds=None, **params):
+    """The compiled map of x; ``feeds``: the model's other graph inputs (a padding mask)."""
+    compiled = onnxattr.compile(str(model_path), method, neuron=mode, input=input_name, **params)
     sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {input_name: x}
+    feed = {input_name: x, **(feeds or {})}
     if mode == "index":
         feed["target"] = target
     return sess.run(["relevance"], feed)[0]
@@ -118,6 +121,7 @@ def test_matches_reference(name, key, model_file, tmp_path):
     model = DATA / model_file
     input_name = info.get("input_name") or onnxattr_input(model)
     x, target = arrays["x"], arrays["target"].astype(np.int64)
+    feeds = {name: arrays[f"feed:{name}"] for name in info.get("feeds", [])}
     want = arrays[key]
     params = our_params(entry)
     if info.get("library", "").startswith("innvestigate"):
@@ -137,14 +141,14 @@ def test_matches_reference(name, key, model_file, tmp_path):
     if entry.get("statistical"):
         # three of our runs: their mean distance to the reference against their mean distance to each other
         # (one pair alone fluctuates by +-40% on a 64-element map, so a correct implementation failed ~1 in 20)
-        runs = [run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, seed=s, **params)
+        runs = [run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, feeds, seed=s, **params)
                 for s in (1, 2, 3)]
         rms = lambda d: float(np.sqrt(np.mean(d ** 2)))  # noqa: E731
         to_ref = np.mean([rms(r - want) for r in runs])
         to_own = np.mean([rms(runs[i] - runs[j]) for i, j in ((0, 1), (0, 2), (1, 2))])
         assert to_ref <= 1.5 * to_own, (to_ref, to_own)
         return
-    got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, **params)
+    got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, feeds, **params)
     scale = float(np.abs(want).max())
     err = float(np.abs(got - want).max())
     assert err <= tolerance(entry, key) * scale, f"max error {err:.3g} vs map max {scale:.3g}"
@@ -175,12 +179,15 @@ def test_not_comparable_recorded(name):
 
 
 def test_new_oracles_are_compared():
-    """deep_lift and excitation_backprop are compared on the nets where they are comparable, and attn_lrp and
-    cp_lrp on both transformers, in every mode."""
+    """deep_lift and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
+    cp_lrp on both transformers, and the gradient family on the masked encoder, in every mode."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
     for method in ("deep_lift", "excitation_backprop"):
         for mode in MODES:
             assert f"{method}|{mode}|default" in compared, (method, mode)
+    compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
+    assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
+                                                        "smoothgrad") for mode in MODES}
     for name in ("lxt_vit", "lxt_llama"):
         compared = {p.values[1] for p in entries() if p.values[0] == name}
         assert compared == {f"{m}|{mode}|default" for m in ("attn_lrp", "cp_lrp") for mode in MODES}, name
