@@ -113,7 +113,16 @@ class Analyzer:
         feeds = {x_name: X, **other_feeds(r, {x_name, TARGET_INPUT} if mode == "index" else {x_name}, inputs)}
         if mode == "index":
             feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)
-        results = r.run(feeds)
+        try:
+            results = r.run(feeds)
+        except DataError as e:
+            shared = [n for n in feeds if n not in (x_name, TARGET_INPUT)]
+            if not shared or "running Loop node. Name:'oa/" not in str(e):
+                raise
+            raise DataError(f"{e} (integrated_gradients and smoothgrad run every sample's points as one batch: "
+                            f"a feed ({', '.join(shared)}) goes with its sample's points only where the model "
+                            f"declares its first axis under the name of {x_name}'s batch axis, else all samples "
+                            "share it; export both with the same dynamic batch axis)") from None
         self.outputs = results[:-1]
         return results[r.output_names.index(RELEVANCE)]
 

@@ -128,8 +128,8 @@ def _body_shapes(cb: GraphBuilder, x: str, names) -> list:
 def batch_axis_reads(b: GraphBuilder, nodes, x: str) -> list[str]:
     """The tensors ``nodes`` read from outside themselves, besides x and constants, whose first axis is
     x's batch axis, declared under the same name: a transformer's attention mask [N, S], token ids when x
-    is their embedding. Tensors without that axis (an adjacency, a shared bias), and every tensor of a
-    model with a static batch, are shared by all samples."""
+    is their embedding. Tensors without that axis (an adjacency, a shared bias) are shared by all samples;
+    a model with a static batch runs one point per sample in each trip, so none is repeated."""
     batch = (b.shape(x) or [None])[0]
     if not isinstance(batch, str):
         return []

@@ -129,3 +129,29 @@ def test_per_sample_references_must_match_the_data(model_path, method):
     with pytest.raises(onnxattr.errors.DataError, match="reference_inputs holds 3 references and the data 4"):
         analyzer.analyze(x)
     assert analyzer.analyze(x[:3]).shape == (3, 6)  # one per sample works
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+def test_a_per_sample_feed_under_another_axis_name_says_why_it_failed(method):
+    """x declared [batch, 4] and mask [n, 4]: nothing says mask has x's batch axis, so the points of both
+    samples share it and onnxruntime fails inside the Loop. The error names the feed and says why. The
+    same model with a static batch of 2 runs one point per Loop trip and takes the mask as it is."""
+    FLOAT = TensorProto.FLOAT
+
+    def model(x_batch, mask_batch):
+        g = helper.make_graph([helper.make_node("Mul", ["x", "mask"], ["xm"]),
+                               helper.make_node("MatMul", ["xm", "W"], ["y"])], "feeds",
+                              [vi("x", FLOAT, [x_batch, 4]), vi("mask", FLOAT, [mask_batch, 4])],
+                              [vi("y", FLOAT, [x_batch, 3])],
+                              [numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "W")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    x, feeds = np.ones((2, 4), np.float32), {"mask": np.array([[1, 1, 0, 0], [1, 1, 1, 1]], np.float32)}
+    with pytest.raises(onnxattr.errors.DataError, match=r"a feed \(mask\) goes with its sample's points only"):
+        onnxattr.create_analyzer(method, model("batch", "n"), input="x").analyze(x, inputs=feeds)
+    want = onnxattr.create_analyzer("gradient", model("batch", "n"), input="x").analyze(x, inputs=feeds)
+    np.testing.assert_array_equal(want, [[2, 5, 0, 0], [2, 5, 8, 11]])  # the mask times W's row sums: y linear
+    for shapes in (("batch", "batch"), (2, 2)):
+        params = {"steps": 3} if method == "integrated_gradients" else {"noise_scale": 0.0, "augment_by_n": 3}
+        got = onnxattr.create_analyzer(method, model(*shapes), input="x", **params).analyze(x, inputs=feeds)
+        np.testing.assert_allclose(got, want if method == "smoothgrad" else x * want, rtol=1e-6)
