@@ -281,3 +281,17 @@ def test_an_explained_intermediate_tensor_takes_its_data_through_the_input_it_co
     want = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"ids": ids, "mask": mask})[0]
     np.testing.assert_array_equal(got, want)
     assert got.shape == (2, 5, 4)
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`onnxattr methods | head -1` after head has gone: the pipe's read end is closed before onnxattr
+    writes, so its first write fails; it stops quietly with 141 (128 + SIGPIPE), as a shell reports such a
+    tool, and nothing on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "onnxattr.cli", "methods"], stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == b"", proc.stderr.decode()
