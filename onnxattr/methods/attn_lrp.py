@@ -31,7 +31,9 @@ from __future__ import annotations
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
 from onnxattr.emitters.normalization import affine_grads, norm_stats
-from onnxattr.methods.base import Method, Target, register_method
+from onnxattr.lrp import rules as R
+from onnxattr.lrp.units import find_units
+from onnxattr.methods.base import Method, Param, Target, non_negative, register_method
 from onnxattr.select import build_seed
 
 # element-wise activations (their first input varies, the others are constants): the identity rule
@@ -243,11 +245,52 @@ def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict, cp: bool
     return rule_for
 
 
+# LXT's bridge from zennit's rules to input times gradient divides by the layer input stabilized so
+INPUT_STABILIZER = R.Rule("input", (), stabilizer="signed", epsilon=1e-10)
+
+
+def gamma_step(unit, rule):
+    """A layer's gamma rule in the input-times-gradient form, as LXT's patched zennit hooks run it:
+    R_out = g * z (z the layer's output, bias included), R_in by the rule, g_in = R_in / stab(x) with
+    stab(x) = x + 1e-10 sign(x)."""
+
+    def step(b, node, grads, need):
+        relevance = b.op("Mul", [grads[0], unit.out])
+        out = [None] * len(node.input)
+        out[1 if unit.left else 0] = R.quotient(b, R.apply_rule(b, unit, rule, relevance), unit.x, INPUT_STABILIZER)
+        return out
+
+    return step
+
+
+def gamma_rules(b, on_path, x: str, y: str, gammas: dict, assignment: dict) -> dict:
+    """node name -> step for the layers (a Conv, or a MatMul/Gemm with a constant weight, and its bias Add)
+    whose kind has a gamma > 0 in ``gammas`` ({"conv": ..., "dense": ...}): Zennit's generalized gamma rule
+    with its stabilizer 1e-6, which LXT puts on a ViT's Conv2d and Linear modules. A layer fused with a
+    BatchNorm or a bias after a reshape keeps its gradient (LXT's modules hold their own bias only)."""
+    if not any(gammas.values()):
+        return {}
+    steps = {}
+    for name, unit in find_units(b, on_path, {n.name for n in on_path}, {y}, x).items():
+        gamma = gammas.get(unit.kind, 0.0)
+        if unit.node.name != name or not gamma or any(f.op_type != "Add" for f in unit.followers):
+            continue
+        steps[name] = gamma_step(unit, R.gamma_rule(gamma, stabilizer="signed", epsilon=1e-6))
+        assignment[name] = (f"gamma({gamma:g})", "layer (Zennit's gamma rule, as LXT applies it)")
+    return steps
+
+
 def build(cp: bool):
     def build_method(t: Target, p: dict) -> str:
         b, x = t.b, t.x
         on_path, live = path_nodes(t.nodes, x, t.y, b)
-        rule_for = attn_rules(b, on_path, x, t.y, live, t.assignment, cp)
+        attn_rule = attn_rules(b, on_path, x, t.y, live, t.assignment, cp)
+        layers = gamma_rules(b, on_path, x, t.y, {"conv": p["conv_gamma"], "dense": p["linear_gamma"]},
+                             t.assignment)
+
+        def rule_for(node):
+            return layers.get(node.name) or attn_rule(node)
+
         seed = build_seed(b, t.y, t.neuron, "one", t.index)
         g = reverse_pass(b, t.nodes, x, t.y, seed, rule_for)
         return b.zeros_like(x) if g is None else b.op("Mul", [x, g])
@@ -255,13 +298,20 @@ def build(cp: bool):
     return build_method
 
 
+GAMMAS = (
+    Param("conv_gamma", 0.0, "gamma rule on Conv layers (LXT's conv_gamma for ViTs; 0: the z rule)", float,
+          non_negative),
+    Param("linear_gamma", 0.0, "gamma rule on MatMul/Gemm layers with a constant weight (LXT's lin_gamma; "
+          "0: the z rule)", float, non_negative),
+)
+
 register_method(Method(
     "attn_lrp", "AttnLRP (LXT's rules for transformers): identity rule on activations, uniform rule on "
-    "products of activations, norms' std held constant; the z rule elsewhere.",
-    build(False), family="lrp",
+    "products of activations, norms' std held constant; the z rule (or gamma) elsewhere.",
+    build(False), GAMMAS, family="lrp",
 ))
 register_method(Method(
     "cp_lrp", "CP-LRP (Ali et al. 2022, as LXT writes it): attn_lrp with the attention weights (softmax "
     "outputs) and a gated MLP's activated gate held constant.",
-    build(True), family="lrp",
+    build(True), GAMMAS, family="lrp",
 ))

@@ -347,3 +347,35 @@ def test_layernorm_with_a_varying_scale_keeps_its_std_held():
     x = RNG.standard_normal((4, 5)).astype(np.float32)
     _, r = run(model, x)
     assert np.all(np.isfinite(r)) and not np.allclose(r, run(model, x, "input_t_gradient")[1], atol=1e-3)
+
+
+def test_gamma_on_layers_is_the_lrp_gamma_rule(tmp_path):
+    """conv_gamma / linear_gamma give the layers Zennit's gamma rule (R_out = g z, g_in = R_in / stab(x)): on
+    a Relu ResNet, where attn_lrp's other steps are LRP's z rules, the map is that of an LRP rule file with
+    gamma on every layer, seeded with the logit as x * g is (Zennit's stabilizer; residual Adds and pools
+    split in proportion, whose stabilizer 1e-6 and the 1e-10 one of the division by x are the only
+    differences)."""
+    rules = tmp_path / "gamma.toml"
+    rules.write_text('style = "zennit"\nseed = "logit"\nadd = "z"\n[layers]\n'
+                     'conv = { rule = "gamma", gamma = 0.3 }\ndense = { rule = "gamma", gamma = 0.05 }\n'
+                     'pool = { rule = "z" }\n')
+    model = resnet_like(bias=True)
+    x = RNG.standard_normal((3, 2, 8, 8)).astype(np.float32)
+    want = run(model, x, str(rules))[1]
+    got = run(model, x, conv_gamma=0.3, linear_gamma=0.05)[1]
+    # float32 in both, in another order, through denominators stabilized by 1e-6 only: 2e-5 of the max seen
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    plain = run(model, x)[1]
+    assert np.abs(got - plain).max() > 0.1 * np.abs(want).max()  # gamma changes the map here
+    only_conv = run(model, x, conv_gamma=0.3)[1]
+    assert np.abs(only_conv - got).max() > 1e-3 * np.abs(want).max()  # the dense layer's gamma matters
+    table = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "attn_lrp", conv_gamma=0.3)}
+    assert "gamma(0.3)" in table.values()
+    assert not any(rule.startswith("gamma") for _, _, rule, _ in onnxattr.api.inspect(model, "attn_lrp"))
+
+
+@pytest.mark.parametrize("value", [-0.1, float("inf"), float("nan"), True])
+def test_gamma_must_be_a_finite_number_at_least_0(value):
+    model = resnet_like(bias=True)
+    with pytest.raises(onnxattr.errors.UsageError, match="parameter linear_gamma=.*: must be"):
+        onnxattr.compile(model, "attn_lrp", linear_gamma=value)

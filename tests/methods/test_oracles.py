@@ -11,7 +11,8 @@ Integrated gradients agree to ~3e-7 where compared; the map where MaxPool ties n
 flip winners between float32 implementations (keras_branch) is recorded as not comparable.
 deep_lift (Captum DeepLift, baseline 0) and excitation_backprop (Zennit's ExcitationBackprop with
 zero_params=['bias'] and iNNvestigate's stabilizer, as ours) sit in the 1e-3 class; they agree to ~3e-6 and
-~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~5e-7.
+~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~5e-7, and
+with LXT plus Zennit's gamma rule on the ViT's layers (tag "gamma") to ~7e-7.
 A manifest's ``not_comparable`` names maps the generator kept for the record with the reason they cannot be
 reproduced (a Keras layer that becomes two ONNX nodes, a tie convention of another framework, a seed
 convention no rescaling undoes, a step the other library defines otherwise, such as Captum's DeepLift
@@ -180,7 +181,8 @@ def test_not_comparable_recorded(name):
 
 def test_new_oracles_are_compared():
     """deep_lift and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
-    cp_lrp on both transformers, and the gradient family on the masked encoder, in every mode."""
+    cp_lrp on both transformers (with LXT's gamma on the ViT), and the gradient family on the masked encoder,
+    in every mode."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
     for method in ("deep_lift", "excitation_backprop"):
         for mode in MODES:
@@ -188,6 +190,7 @@ def test_new_oracles_are_compared():
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
     assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
                                                         "smoothgrad") for mode in MODES}
-    for name in ("lxt_vit", "lxt_llama"):
+    for name, tags in (("lxt_vit", ("default", "gamma")), ("lxt_llama", ("default",))):
         compared = {p.values[1] for p in entries() if p.values[0] == name}
-        assert compared == {f"{m}|{mode}|default" for m in ("attn_lrp", "cp_lrp") for mode in MODES}, name
+        assert compared == {f"{m}|{mode}|{tag}" for m in ("attn_lrp", "cp_lrp") for mode in MODES
+                            for tag in tags}, name

@@ -13,7 +13,9 @@ embeddings: RMSNorm, causal attention, SwiGLU MLP; the logits of the last positi
 
     NAME.onnx   torch.onnx.export(dynamo=False, opset 17, dynamic batch) of the plain model
     NAME.npz    "x", "target", "logits" and "<method>|<mode>|default" float32 maps shaped like x, for
-                attn_lrp (LXT's AttnLRP) and cp_lrp (LXT's CP-LRP)
+                attn_lrp (LXT's AttnLRP) and cp_lrp (LXT's CP-LRP); lxt_vit also "<method>|<mode>|gamma",
+                the same with zennit's Gamma rule on every Conv2d (0.25) and Linear (0.1), as LXT's ViT
+                example adds it (zennit 0.5.1, imported through make_torch.py's torchvision stand-in)
     NAME.json   the manifest read by tests/methods/test_oracles.py
 
 LXT's rules are applied where LXT's own model patches put them (lxt/efficient/models/bert.py, llama.py and
@@ -187,9 +189,33 @@ def build(name):
     return model.eval(), x
 
 
-def relevance(model, x, dtype, mode, target, rules):
+# LXT's gamma for ViTs: zennit's Gamma rule on every Conv2d and Linear, bridged to x * grad by LXT's patch
+CONV_GAMMA, LINEAR_GAMMA = 0.25, 0.1
+
+
+def gamma_composite(conv_gamma, linear_gamma):
+    """zennit's LayerMapComposite of Gamma rules, after lxt.efficient.zennit_patches.monkey_patch_zennit (the
+    hooks then take R_out = grad * output and return R_in / stabilize(input, 1e-10)), as LXT's ViT example
+    sets it up. zennit imports torchvision, which the CPU torch venv cannot hold: make_torch.py's stand-in."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_torch import zennit
+    lxt_modules()
+    from lxt.efficient.zennit_patches import monkey_patch_zennit
+    monkey_patch_zennit()
+    return zennit.composites.LayerMapComposite([(nn.Conv2d, zennit.rules.Gamma(conv_gamma)),
+                                                (nn.Linear, zennit.rules.Gamma(linear_gamma))])
+
+
+def relevance(model, x, dtype, mode, target, rules, gammas=None):
     m = model.to(dtype)
     xi = x.to(dtype).clone().requires_grad_(True)
+    if gammas is not None:
+        with gamma_composite(*gammas).context(m) as hooked:
+            return _backward(hooked, xi, mode, target, rules)
+    return _backward(m, xi, mode, target, rules)
+
+
+def _backward(m, xi, mode, target, rules):
     logits = m(xi, lxt=rules)
     if mode == "all":
         seed = torch.ones_like(logits)
@@ -215,6 +241,10 @@ LIBRARY_CALL = {
 }
 
 
+GAMMA_CALL = ("; with zennit's LayerMapComposite([(nn.Conv2d, Gamma(0.25)), (nn.Linear, Gamma(0.1))]) registered "
+              "after lxt.efficient.zennit_patches.monkey_patch_zennit()")
+
+
 def make(name):
     model, x = build(name)
     with torch.no_grad():
@@ -229,18 +259,22 @@ def make(name):
     target = np.array([1, 7, 3]) if name == "lxt_vit" else np.array([2, 19, 5])
     arrays = {"x": x.numpy(), "target": target.astype(np.int64), "logits": logits}
     entries = {}
-    for method, rules in (("attn_lrp", "attn"), ("cp_lrp", "cp")):
-        for mode in ("max", "index", "all"):
-            chosen = logits.argmax(1) if mode == "max" else target
-            r64 = relevance(model, x, torch.float64, mode, chosen, rules)
-            r32 = relevance(model, x, torch.float32, mode, chosen, rules)
-            key = f"{method}|{mode}|default"
-            arrays[key] = r64.float().numpy()
-            entries[key] = {
-                "method": method, "params": {}, "mode": mode, "seed": "one", "statistical": False,
-                "library_call": LIBRARY_CALL[method],
-                "fp32_rel_dev": float(f"{float((r32 - r64).abs().max() / r64.abs().max()):.3g}"),
-            }
+    variants = [("default", None, {})]
+    if name == "lxt_vit":
+        variants.append(("gamma", (CONV_GAMMA, LINEAR_GAMMA), {"conv_gamma": CONV_GAMMA, "linear_gamma": LINEAR_GAMMA}))
+    for tag, gammas, params in variants:
+        for method, rules in (("attn_lrp", "attn"), ("cp_lrp", "cp")):
+            for mode in ("max", "index", "all"):
+                chosen = logits.argmax(1) if mode == "max" else target
+                r64 = relevance(model, x, torch.float64, mode, chosen, rules, gammas)
+                r32 = relevance(model, x, torch.float32, mode, chosen, rules, gammas)
+                key = f"{method}|{mode}|{tag}"
+                arrays[key] = r64.float().numpy()
+                entries[key] = {
+                    "method": method, "params": params, "mode": mode, "seed": "one", "statistical": False,
+                    "library_call": LIBRARY_CALL[method] + (GAMMA_CALL if gammas else ""),
+                    "fp32_rel_dev": float(f"{float((r32 - r64).abs().max() / r64.abs().max()):.3g}"),
+                }
     np.savez_compressed(os.path.join(OUT, f"{name}.npz"), **arrays)
     versions = {p: importlib.metadata.version(p) for p in ("lxt", "torch")}
     manifest = {
