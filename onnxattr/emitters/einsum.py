@@ -6,7 +6,9 @@ Einsum gives dA without it, and g's value is the same along it, so it is inserte
 expanded to A's shape. Ellipses become explicit letters (onnx requires every operand's to cover as many
 dims); an ellipsis dim where A has 1 against a larger one was broadcast and is summed back
 (broadcast.unbroadcast). A letter repeated within one operand (a diagonal, "ii->i"), or one of size 1 in one
-operand and larger in another, is refused by name.
+operand and larger in another where the gradient would need it summed back, is refused by name when the
+shapes say so; where only run time can tell (dims of other symbolic names), the gradient is summed back over
+the dims that differ then.
 """
 
 from __future__ import annotations
@@ -73,6 +75,24 @@ def _refuse_broadcast_letters(b, node, terms, out: str, fill: str, need):
             "another (broadcast), which is not supported; expand the operand first or use an ellipsis")
 
 
+def _may_broadcast(b, node, terms: list[str], out: str, k: int, fill: str) -> bool:
+    """Operand k may hold a letter of size 1 that is larger elsewhere only at run time: one of its dims that
+    is not a known size other than 1 sits under a letter whose dims in the other operands and the output are
+    not all that same dim (the same symbolic name, or 1)."""
+    mine = b.shape(node.input[k])
+    if mine is None:
+        return True
+    places = [(b.shape(i), t) for j, (i, t) in enumerate(zip(node.input, terms)) if j != k]
+    places.append((b.shape(node.output[0]), out))
+    for c, d in zip(terms[k], mine):
+        if c in fill or (isinstance(d, int) and d != 1):
+            continue
+        for shape, term in places:
+            if c in term and (shape is None or shape[term.index(c)] != d):
+                return True
+    return False
+
+
 @register("Einsum")
 def einsum_vjp(b, node, grads, need):
     g = grads[0]
@@ -91,7 +111,9 @@ def einsum_vjp(b, node, grads, need):
         missing = [i for i, c in enumerate(term) if c not in known]
         if missing:
             dx = b.op("Expand", [b.op("Unsqueeze", [dx, b.ints(missing)]), b.shape_of(x)])
-        if any(c in fill for c in term) and not _unit_free(b.shape(x), term, fill):
+        if _may_broadcast(b, node, terms, out, k, fill):
+            dx = unbroadcast(b, dx, x, runtime=True)  # a letter of size 1 here, only known at run time
+        elif any(c in fill for c in term) and not _unit_free(b.shape(x), term, fill):
             dx = unbroadcast(b, dx, x)  # an ellipsis dim of 1 broadcast against the others
         results.append(dx)
     return results

@@ -59,3 +59,25 @@ def test_einsum_letter_broadcast_from_one_is_refused():
         onnxattr.compile(model, "gradient", neuron="all")
     check_vjp("Einsum", [("a", r((2, 4, 5)), False), ("w", r((1, 5, 3)), True)], {"equation": "bij,bjk->bik"},
               wrt=["a"])
+
+
+def test_einsum_letter_broadcast_known_only_at_run_time():
+    """"bi,bj->bij" with a's b declared "p" and c's "q": at run time a has 1 and c 3, which onnxruntime
+    broadcasts; a's gradient sums over b back to 1 (before, it came out [3, 4]). With equal sizes the same
+    graph gives the plain VJP."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Einsum", ["a", "c"], ["y"], equation="bi,bj->bij")], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["p", 4]),
+                           helper.make_tensor_value_info("c", TensorProto.FLOAT, ["q", 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["q", None, 2])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(onnxattr.compile(model, "gradient", input="a", neuron="all").SerializeToString())
+    for rows in (1, 3):
+        a, c = r((rows, 4)).astype(np.float32), r((3, 2)).astype(np.float32)
+        got = session.run(["relevance"], {"a": a, "c": c})[0]
+        # y[b, i, j] = a[b or 0, i] c[b, j] with a ones seed: dA[., i] = sum over b (if broadcast) and j of c
+        want = np.broadcast_to(c.sum(1, keepdims=True), (3, 4)).sum(0, keepdims=True) if rows == 1 else \
+            np.broadcast_to(c.sum(1, keepdims=True), (3, 4))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
