@@ -18,6 +18,8 @@ reproduced (a Keras layer that becomes two ONNX nodes, a tie convention of anoth
 convention no rescaling undoes, a step the other library defines otherwise, such as Captum's DeepLift
 maxpool rule): they are not test cases; test_not_comparable_recorded checks that each names a stored map
 and gives a reason.
+grad_cam and guided_grad_cam agree with Captum's LayerGradCam (resized by LayerAttribution.interpolate) and
+GuidedGradCam to ~1.3e-6 (torch_strided's float32 floor is 1.8e-6), at the layer onnxattr picks by default.
 A manifest's ``feeds`` are the model's other graph inputs, stored as ``feed:NAME`` (torch_masked_encoder's
 padding mask, one row per sample, which integrated gradients and SmoothGrad give each of a sample's points).
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
@@ -182,11 +184,17 @@ def test_not_comparable_recorded(name):
 def test_new_oracles_are_compared():
     """deep_lift and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
     cp_lrp on both transformers (with LXT's gamma on the ViT), and the gradient family on the masked encoder,
-    in every mode."""
+    in every mode; Grad-CAM and Guided Grad-CAM on every net with feature maps, for one output (the cam of
+    the logits' sum is 0 on these nets: their heads are decorrelated from the mean feature)."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
     for method in ("deep_lift", "excitation_backprop"):
         for mode in MODES:
             assert f"{method}|{mode}|default" in compared, (method, mode)
+    for name in ("torch_vgg", "torch_resnet", "torch_conv1d", "torch_inception", "torch_strided", "torch_vggbn"):
+        compared = {p.values[1] for p in entries() if p.values[0] == name}
+        for mode in ("max", "index"):
+            assert {f"grad_cam|{mode}|default", f"grad_cam|{mode}|norelu", f"guided_grad_cam|{mode}|default"} \
+                <= compared, (name, mode)
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
     assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
                                                         "smoothgrad") for mode in MODES}

@@ -40,7 +40,8 @@ machines against the committed files; torch_mlp came out byte-identical). To add
 which loads the committed weights (pin_committed), checks them against the committed x/target/logits, computes
 only those families' maps and merges them into NAME.npz / NAME.json (every other array kept bit for bit, checked;
 the .onnx files untouched). Families: captum (the gradient methods), zennit (the LRP composites), deep_lift,
-excitation_backprop, ig_quadrature (integrated gradients with Captum's default, gausslegendre).
+excitation_backprop, ig_quadrature (integrated gradients with Captum's default, gausslegendre), cam (Captum's
+LayerGradCam and GuidedGradCam at the last feature map, for onnxattr's grad_cam and guided_grad_cam).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -317,7 +318,8 @@ def import_zennit():
 zennit = import_zennit()
 import captum  # noqa: E402
 from captum.attr import (  # noqa: E402
-    DeepLift, Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency)
+    DeepLift, Deconvolution, GuidedBackprop, GuidedGradCam, InputXGradient, IntegratedGradients, LayerAttribution,
+    LayerGradCam, NoiseTunnel, Saliency)
 from captum.attr._utils.approximation_methods import approximation_parameters  # noqa: E402
 
 IG_STEPS = 64
@@ -580,6 +582,57 @@ def run_ig_quadrature(model, x, argmax, target):
     return out
 
 
+def last_feature_map(model, x):
+    """The module whose output is the last feature map of x's rank with a spatial axis above 1, in the order
+    modules run (forward hooks): onnxattr's default Grad-CAM layer (a ResNet's last block, a VGG's last pool)."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append((mod, o)))
+             for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    found = [mod for mod, o in seen if torch.is_tensor(o) and o.ndim == x.ndim >= 3 and max(o.shape[2:]) > 1]
+    return found[-1] if found else None
+
+
+def run_cam(model, x, argmax, target):
+    """Captum LayerGradCam (relu_attributions=True; tag "norelu": False, the signed cam, non-zero where random
+    weights leave a sample's cam negative everywhere) resized with LayerAttribution.interpolate (bilinear, linear
+    for one spatial axis: the Grad-CAM paper's) and broadcast over x's channels; GuidedGradCam with the same
+    interpolation. The layer: last_feature_map."""
+    layer = last_feature_map(model, x)
+    if layer is None:
+        return {}
+    name = next(n for n, m in model.named_modules() if m is layer)
+    mode_name = {3: "linear", 4: "bilinear"}[x.ndim]
+    out = {}
+    for mode in ("max", "index"):  # the heads are decorrelated from the mean feature: the logits' sum barely
+        m = model                   # varies, and its cam is all 0 after the relu
+        tgt = captum_target(mode, argmax, target)
+        seed_note = "captum target"
+        xi = x.clone().requires_grad_()
+        cam = LayerGradCam(m, layer).attribute(xi, target=tgt, relu_attributions=True)
+        cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=mode_name).expand_as(x)
+        signed = LayerGradCam(m, layer).attribute(xi, target=tgt, relu_attributions=False)
+        signed = LayerAttribution.interpolate(signed, tuple(x.shape[2:]), interpolate_mode=mode_name).expand_as(x)
+        guided = GuidedGradCam(m, layer).attribute(xi, target=tgt, interpolate_mode=mode_name)
+        for method, tag, value, relu, call in (
+                ("grad_cam", "default", cam, True, f"captum LayerGradCam(model, model.{name}).attribute(x, target, "
+                 f"relu_attributions=True), LayerAttribution.interpolate(., x.shape[2:], '{mode_name}'), "
+                 "expanded over x's channels"),
+                ("grad_cam", "norelu", signed, False, f"captum LayerGradCam(model, model.{name}).attribute(x, "
+                 f"target, relu_attributions=False), LayerAttribution.interpolate(., x.shape[2:], '{mode_name}'), "
+                 "expanded over x's channels"),
+                ("guided_grad_cam", "default", guided, True, f"captum GuidedGradCam(model, model.{name}).attribute("
+                 f"x, target, interpolate_mode='{mode_name}')")):
+            params = {"interpolation": "linear"} if relu else {"interpolation": "linear", "relu": False}
+            out[f"{method}|{mode}|{tag}"] = (value.detach(), {
+                "method": method, "mode": mode, "seed": "one", "statistical": False,
+                "params": params, "library_call": call + "; " + seed_note})
+    return out
+
+
 # --------------------------------------------------------------------------------------------- excitation backprop
 def safe_divide(z):
     """iNNvestigate's SafeDivide stabilizer, z + 1e-7 [z == 0], which onnxattr's iNNvestigate-style presets
@@ -617,7 +670,7 @@ def run_excitation(model, canonizer_names, x, argmax, target):
     return out
 
 
-FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature")
+FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -639,6 +692,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
             maps.update(run_deeplift(m, xd, argmax, target))
         if "ig_quadrature" in families:
             maps.update(run_ig_quadrature(m, xd, argmax, target))
+        if "cam" in families:
+            maps.update(run_cam(m, xd, argmax, target))
         if "excitation_backprop" in families:
             eb_model, eb_canon, _ = variants["default"]  # the LRP variant to match tightly (BNs folded exactly)
             maps.update(run_excitation(eb_model, eb_canon, xd, argmax, target))
@@ -764,6 +819,12 @@ COMMON_NOTES = [
 
 
 METHOD_NOTES = [
+    "grad_cam / guided_grad_cam (models with feature maps): Captum LayerGradCam at the module whose output is the "
+    "last feature map of the input's rank with a spatial axis above 1, in the order modules run "
+    "(last_feature_map: onnxattr's default layer), relu_attributions=True, resized by "
+    "LayerAttribution.interpolate with 'bilinear' ('linear' for Conv1d models), as the Grad-CAM paper does, and "
+    "broadcast over the input's channels; GuidedGradCam(model, layer) with the same interpolate_mode (guided "
+    "backprop times the resized cam). Seed 1 at the selected output ('all': SumOutputs, target=0).",
     "deep_lift: Captum DeepLift(model).attribute(x, baselines=0.0, target) (rescale rule, multiply_by_inputs=True: "
     "the map is (x - 0) * multiplier; eps=1e-10: where |x - x0| < 1e-10 the plain gradient), seeded with 1 at the "
     "selected output(s) ('all': SumOutputs, target=0). Captum picks a rule by the module's EXACT type "
