@@ -28,6 +28,8 @@ constant; other products keep the uniform rule.
 
 from __future__ import annotations
 
+import numpy as np
+
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
 from onnxattr.emitters.normalization import affine_grads, norm_stats
@@ -257,7 +259,11 @@ def gamma_step(unit, rule):
     def step(b, node, grads, need):
         relevance = b.op("Mul", [grads[0], unit.out])
         out = [None] * len(node.input)
-        out[1 if unit.left else 0] = R.quotient(b, R.apply_rule(b, unit, rule, relevance), unit.x, INPUT_STABILIZER)
+        # 1e-10 underflows to 0 in float16 (0/0 where x = 0, where R_in is 0): at least the type's smallest step
+        tiny = float(np.finfo(b.float_dtype(unit.x)).smallest_subnormal)
+        stab = INPUT_STABILIZER if tiny <= INPUT_STABILIZER.epsilon else R.Rule("input", (), stabilizer="signed",
+                                                                                  epsilon=tiny)
+        out[1 if unit.left else 0] = R.quotient(b, R.apply_rule(b, unit, rule, relevance), unit.x, stab)
         return out
 
     return step
@@ -266,14 +272,19 @@ def gamma_step(unit, rule):
 def gamma_rules(b, on_path, x: str, y: str, gammas: dict, assignment: dict) -> dict:
     """node name -> step for the layers (a Conv, or a MatMul/Gemm with a constant weight, and its bias Add)
     whose kind has a gamma > 0 in ``gammas`` ({"conv": ..., "dense": ...}): Zennit's generalized gamma rule
-    with its stabilizer 1e-6, which LXT puts on a ViT's Conv2d and Linear modules. A layer fused with a
-    BatchNorm or a bias after a reshape keeps its gradient (LXT's modules hold their own bias only)."""
+    with its stabilizer 1e-6, which LXT puts on a ViT's Conv2d and Linear modules. The layer ends at its own
+    bias (a BatchNorm after it keeps its gradient, as a module of its own does in LXT); a layer with a bias
+    after a reshape keeps its gradient, and so does one whose output feeds only operands cp_lrp holds."""
     if not any(gammas.values()):
         return {}
     steps = {}
-    for name, unit in find_units(b, on_path, {n.name for n in on_path}, {y}, x).items():
+    # LXT's Gamma sits on the Linear/Conv module with its own bias; a BatchNorm after it keeps its gradient:
+    # stop the fusion at each BatchNormalization's input
+    stops = {y} | {n.input[0] for n in on_path if n.op_type == "BatchNormalization"}
+    for name, unit in find_units(b, on_path, {n.name for n in on_path}, stops, x).items():
         gamma = gammas.get(unit.kind, 0.0)
-        if unit.node.name != name or not gamma or any(f.op_type != "Add" for f in unit.followers):
+        if unit.node.name != name or not gamma or any(f.op_type != "Add" for f in unit.followers) or \
+                assignment.get(name, ("",))[0] == "none":  # feeds only an operand cp_lrp holds: no relevance
             continue
         steps[name] = gamma_step(unit, R.gamma_rule(gamma, stabilizer="signed", epsilon=1e-6))
         assignment[name] = (f"gamma({gamma:g})", "layer (Zennit's gamma rule, as LXT applies it)")
@@ -299,8 +310,8 @@ def build(cp: bool):
 
 
 GAMMAS = (
-    Param("conv_gamma", 0.0, "gamma rule on Conv layers (LXT's conv_gamma for ViTs; 0: the z rule)", float,
-          non_negative),
+    Param("conv_gamma", 0.0, "gamma rule on Conv/ConvTranspose layers (LXT's conv_gamma for ViTs; 0: the z "
+          "rule)", float, non_negative),
     Param("linear_gamma", 0.0, "gamma rule on MatMul/Gemm layers with a constant weight (LXT's lin_gamma; "
           "0: the z rule)", float, non_negative),
 )

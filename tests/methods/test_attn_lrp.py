@@ -379,3 +379,68 @@ def test_gamma_must_be_a_finite_number_at_least_0(value):
     model = resnet_like(bias=True)
     with pytest.raises(onnxattr.errors.UsageError, match="parameter linear_gamma=.*: must be"):
         onnxattr.compile(model, "attn_lrp", linear_gamma=value)
+
+
+def _dense_bn(bn: bool):
+    """x [N, 6] -> Gemm -> BatchNormalization (or the same affine map as Mul, Add) -> Relu -> Gemm -> y [N, 3]."""
+    rng = np.random.default_rng(7)
+    f = np.float32
+    scale, shift = rng.uniform(0.5, 2, 5).astype(f), rng.standard_normal(5).astype(f)
+    mean, var = rng.standard_normal(5).astype(f), rng.uniform(0.5, 2, 5).astype(f)
+    inits = {"w1": rng.standard_normal((6, 5)).astype(f), "b1": rng.standard_normal(5).astype(f),
+             "w2": rng.standard_normal((5, 3)).astype(f), "b2": rng.standard_normal(3).astype(f)}
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"])]
+    if bn:
+        inits.update(scale=scale, shift=shift, mean=mean, var=var)
+        nodes.append(helper.make_node("BatchNormalization", ["h", "scale", "shift", "mean", "var"], ["n"],
+                                      epsilon=1e-5))
+    else:
+        s = scale / np.sqrt(var + 1e-5)
+        inits.update(s=s.astype(f), t=(shift - mean * s).astype(f))
+        nodes += [helper.make_node("Mul", ["h", "s"], ["hs"]), helper.make_node("Add", ["hs", "t"], ["n"])]
+    nodes += [helper.make_node("Relu", ["n"], ["r"]), helper.make_node("Gemm", ["r", "w2", "b2"], ["y"])]
+    return single_io_model(nodes, inits, ["N", 6], ["N", 3])
+
+
+def test_gamma_stays_on_the_layer_before_a_batchnorm():
+    """LXT's Gamma sits on a Linear with its own bias and a BatchNorm1d after it keeps its gradient: the map
+    equals that of the same net with the BatchNorm written as Mul and Add (before, the Gemm fused with the
+    BatchNorm lost its gamma: 7% off LXT)."""
+    x = RNG.standard_normal((4, 6)).astype(np.float32)
+    got = run(_dense_bn(True), x, linear_gamma=0.1)[1]
+    want = run(_dense_bn(False), x, linear_gamma=0.1)[1]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert np.abs(got - run(_dense_bn(True), x)[1]).max() > 1e-2 * np.abs(got).max()
+
+
+def test_gamma_in_float16_gives_a_finite_map():
+    """The division by x + 1e-10 sign(x) at each layer's input: 1e-10 is 0 in float16, so a Relu's exact 0
+    gave 0/0 and the whole map NaN; the stabilizer is at least float16's smallest step."""
+    from onnx import numpy_helper
+
+    model = resnet_like(bias=True)
+    m16 = single_io_model(list(model.graph.node), {
+        t.name: (numpy_helper.to_array(t).astype(np.float16) if t.data_type == 1 else numpy_helper.to_array(t))
+        for t in model.graph.initializer}, ["N", 2, 8, 8], ["N", 4])
+    for vi in list(m16.graph.input) + list(m16.graph.output):
+        vi.type.tensor_type.elem_type = 10
+    x = np.random.default_rng(3).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    got = onnxattr.create_analyzer("attn_lrp", m16, conv_gamma=0.25, linear_gamma=0.1).analyze(x.astype(np.float16))
+    want = run(model, x, conv_gamma=0.25, linear_gamma=0.1)[1]
+    assert np.isfinite(got).all()
+    # float16 through the gamma rule's denominators: 0.13% of float32's map in L2 for this x (other inputs
+    # with a denominator near 0 move further, as the LRP gamma rule file does in float16)
+    assert np.linalg.norm(got - want) < 0.01 * np.linalg.norm(want)
+
+
+def test_gamma_leaves_held_layers_marked_none():
+    """cp_lrp holds the attention weights: the q and k projections feed only them and get no relevance; inspect
+    still says so with gamma set."""
+    from pathlib import Path
+
+    model = str(Path(__file__).resolve().parents[1] / "oracles" / "data" / "lxt_llama.onnx")
+    plain = {n: r for n, _, r, _ in onnxattr.api.inspect(model, "cp_lrp")}
+    with_gamma = {n: r for n, _, r, _ in onnxattr.api.inspect(model, "cp_lrp", linear_gamma=0.1)}
+    held = [n for n, r in plain.items() if r == "none"]
+    assert any("MatMul" in n for n in held) and all(with_gamma[n] == "none" for n in held)
+    assert any(r.startswith("gamma") for r in with_gamma.values())
