@@ -13,6 +13,7 @@ from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
 from onnxattr.output import refuse_overwriting_input
 from onnxattr.runtime import Runner
+from onnxattr.sampling import ROWS_CHECK
 from onnxattr.select import TARGET_INPUT
 
 MODES = {"max_activation": "max", "max": "max", "index": "index", "all": "all"}
@@ -107,7 +108,9 @@ class Analyzer:
         x_name = explained_input(r)
         X = _as_input(X, r.session.get_inputs()[r.input_names.index(x_name)])
         ref = self.params.get("reference_inputs")
-        if np.ndim(ref) == X.ndim and np.shape(ref)[0] not in (1, X.shape[0]):
+        # per-sample references have the explained tensor's rank (an embedding's when the data are token ids)
+        x_rank = len(r.session.get_outputs()[r.output_names.index(RELEVANCE)].shape)
+        if np.ndim(ref) == x_rank and np.shape(ref)[0] not in (1, X.shape[0]):
             raise DataError(f"reference_inputs holds {np.shape(ref)[0]} references and the data {X.shape[0]} "
                             "samples: give one reference, or one per sample")
         feeds = {x_name: X, **other_feeds(r, {x_name, TARGET_INPUT} if mode == "index" else {x_name}, inputs)}
@@ -117,6 +120,13 @@ class Analyzer:
             results = r.run(feeds)
         except DataError as e:
             shared = [n for n in feeds if n not in (x_name, TARGET_INPUT)]
+            if f"Name:'oa/{ROWS_CHECK}" in str(e):
+                raise DataError(
+                    f"{self.method.name} runs a chunk of points as one batch, and the explained output did not "
+                    "come out with one row per point: the model mixes the points of its batch (a batch axis that "
+                    f"is not {x_name}'s first" + (f", or a feed ({', '.join(shared)}) not declared under the name "
+                    f"of {x_name}'s batch axis" if shared else "") + "); set chunk_size=1 to run one point per "
+                    "sample at a time") from None
             if not shared or "running Loop node. Name:'oa/" not in str(e):
                 raise
             raise DataError(f"{e} (integrated_gradients and smoothgrad run every sample's points as one batch: "

@@ -16,26 +16,33 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxattr.compiler import reverse_pass
+from onnxattr.compiler import node_reads, reverse_pass
 from onnxattr.graph import GraphBuilder, write_tensor
 from onnxattr.select import build_seed
 
 
-def forward_subgraph(nodes: list[onnx.NodeProto], x: str, y: str, sources=()) -> list[onnx.NodeProto]:
-    """Nodes that depend on x or on a name in ``sources`` and that y depends on other than through x's
-    own producer (x is given), in graph order."""
-    depends = {x, *sources}
+def forward_subgraph(nodes: list[onnx.NodeProto], x: str, y: str, sources=(),
+                     repeatable=lambda name: False) -> list[onnx.NodeProto]:
+    """Nodes that depend on x or on a name in ``sources`` and that y depends on other than through x's own
+    producer (x is given), in graph order; a node whose needed outputs do not depend on x and are
+    ``repeatable`` (taken from outside, a copy per point) is left out with what only it needs."""
+    from_x, depends = {x}, {x, *sources}
     for node in nodes:
-        if any(i in depends for i in node.input):
+        reads = node_reads(node)
+        if any(i in from_x for i in reads):
+            from_x.update(o for o in node.output if o)
+        if any(i in depends for i in reads):
             depends.update(o for o in node.output if o)
     needed = {y}
     keep = []
     for node in reversed(nodes):
-        if x in node.output:
+        outs = [o for o in node.output if o in needed]
+        if x in node.output or not outs or not any(i in depends for i in node_reads(node)):
             continue
-        if any(o in needed for o in node.output) and any(i in depends for i in node.input):
-            keep.append(node)
-            needed.update(node.input)
+        if all(o not in from_x and repeatable(o) for o in outs):
+            continue
+        keep.append(node)
+        needed.update(node_reads(node))
     keep.reverse()
     return keep
 
@@ -56,8 +63,25 @@ def copy_nodes(b: GraphBuilder, nodes, rename: dict[str, str]) -> list[onnx.Node
         copy = helper.make_node(node.op_type, [rename.get(i, i) for i in node.input], outs,
                                 name=b.fresh(node.op_type), domain=node.domain or None)
         copy.attribute.extend(node.attribute)
+        for attr in copy.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                _rename_outer_reads(g, rename)
         copies.append(copy)
     return copies
+
+
+def _rename_outer_reads(g: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Rename, in a subgraph (an If branch, a Loop body) and the subgraphs within it, the tensors it reads
+    from outside itself."""
+    local = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    outer = {k: v for k, v in rename.items() if k not in local}
+    for n in g.node:
+        for k, name in enumerate(n.input):
+            if name in outer:
+                n.input[k] = outer[name]
+        for attr in n.attribute:
+            for inner in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                _rename_outer_reads(inner, outer)
 
 
 BODY_WEIGHT_MIN = 2  # elements: scalars are read from the outer scope
@@ -115,30 +139,47 @@ def _write_weights(field, weights) -> None:
 SAMPLES = "onnxattr_samples"  # the batch dim inside the Loop body: count * N
 
 
-def _body_shapes(cb: GraphBuilder, x: str, names) -> list:
+def _body_shapes(cb: GraphBuilder, x: str, names, batch: set[str]) -> list:
     """Declared shapes of the body's points, forward copy and backward (GraphBuilder.declared_shapes),
-    whose tensors carry count * N where the model says N: x's symbolic batch dim is renamed. A static
-    batch cannot be told from other dims of that size, so then nothing is declared."""
-    batch = (cb.shape(x) or [None])[0]
-    if not isinstance(batch, str):
+    whose tensors carry count * N where the model says N: the symbolic batch dims (``batch``) are renamed.
+    A static batch cannot be told from other dims of that size, so then nothing is declared."""
+    if not isinstance((cb.shape(x) or [None])[0], str):
         return []
-    return cb.declared_shapes(names, {batch: SAMPLES})
+    return cb.declared_shapes(names, {name: SAMPLES for name in batch})
 
 
-def batch_axis_reads(b: GraphBuilder, nodes, x: str) -> list[str]:
-    """The tensors ``nodes`` read from outside themselves, besides x and constants, whose first axis is
-    x's batch axis, declared under the same name: a transformer's attention mask [N, S], token ids when x
-    is their embedding. Tensors without that axis (an adjacency, a shared bias) are shared by all samples;
-    a model with a static batch runs one point per sample in each trip, so none is repeated."""
-    batch = (b.shape(x) or [None])[0]
-    if not isinstance(batch, str):
-        return []
+def batch_names(b: GraphBuilder, nodes, x: str) -> set[str]:
+    """The names under which the model declares the batch axis: x's first axis, and that of each graph
+    input x is computed from (shape inference may name an intermediate x's batch axis afresh, unk__2)."""
+    producer = {o: n for n in nodes for o in n.output}
+    names, stack, seen = set(), [x], set()
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        node = producer.get(t)
+        if node is None:
+            first = (b.shape(t) or [None])[0] if b.value(t) is None else None
+            if isinstance(first, str):
+                names.add(first)
+        else:
+            stack.extend(i for i in node.input if i)
+    return names
+
+
+def batch_axis_reads(b: GraphBuilder, nodes, x: str, names: set[str]) -> list[str]:
+    """The tensors ``nodes`` read from outside themselves (their subgraphs included), besides x and
+    constants, whose first axis is the batch axis (declared under one of ``names``): a transformer's
+    attention mask [N, S], token ids when x is their embedding. Tensors without that axis (an adjacency,
+    a shared bias) are shared by all samples; a model with a static batch runs one point per sample in
+    each trip, so none is repeated."""
     made = {o for node in nodes for o in node.output}
     found = []
     for node in nodes:
-        for name in node.input:
+        for name in node_reads(node):
             if name and name != x and name not in made and name not in found and b.value(name) is None \
-                    and (b.shape(name) or [None])[0] == batch:
+                    and (b.shape(name) or [None])[0] in names:
                 found.append(name)
     return found
 
@@ -151,6 +192,26 @@ def repeat_rows(cb: GraphBuilder, name: str, count: str) -> str:
     out = cb.op("Tile", [name, reps])
     cb.set_info(out, name)
     return out
+
+
+ROWS_CHECK = "rows_per_point"  # the name of the check below, which the API recognises in onnxruntime's errors
+
+
+def _one_row_per_point(cb: GraphBuilder, body_forward: list, y: str, x: str, count: str) -> str:
+    """y reshaped to [count * N, ...] with every dim given: onnxruntime refuses it unless y has one row per
+    point. A model that mixes points (its batch axis is not x's first, a feed declared under another
+    batch name) would otherwise give a wrong map without a word. The Reshape joins the forward copy, so
+    the reverse pass goes through it. A scalar y (a sum over the batch) is left as it is."""
+    if cb.rank(y) in (0, None):
+        return y
+    rows = cb.op("Mul", [count, cb.op("Slice", [cb.op("Shape", [x]), cb.ints([0]), cb.ints([1])])])
+    shape = cb.op("Concat", [rows, cb.op("Slice", [cb.op("Shape", [y]), cb.ints([1]), cb.ints([2**62])])], axis=0)
+    checked = cb.fresh("rows")
+    node = helper.make_node("Reshape", [y, shape], [checked], name=cb.fresh(ROWS_CHECK))
+    cb.nodes.append(node)
+    body_forward.append(node)
+    cb.set_info(checked, y)
+    return checked
 
 
 def sample_loop(
@@ -187,11 +248,13 @@ def sample_loop(
     # per-sample tensors enter the body as repeated rows, one copy per point; what the graph's
     # per-sample inputs feed is computed again inside from theirs, so a mask reshaped with the batch
     # size the model reads off its input matches the points
-    forward = forward_subgraph(nodes, x, y, batch_axis_reads(b, nodes, x))
-    rename = {x: points, **{name: repeat_rows(cb, name, count) for name in batch_axis_reads(b, forward, x)}}
+    names = batch_names(b, nodes, x)
+    repeatable = lambda t: (b.shape(t) or [None])[0] in names  # noqa: E731
+    forward = forward_subgraph(nodes, x, y, batch_axis_reads(b, nodes, x, names), repeatable)
+    rename = {x: points, **{t: repeat_rows(cb, t, count) for t in batch_axis_reads(b, forward, x, names)}}
     body_forward = copy_nodes(cb, forward, rename)
-    y_copy = rename[y]
     cb.nodes.extend(body_forward)
+    y_copy = _one_row_per_point(cb, body_forward, rename[y], x, count)
     tiled = None
     if index is not None:
         tiled = cb.op("Tile", [index, cb.op("Concat", [count, cb.ints([1])], axis=0)])
@@ -199,7 +262,7 @@ def sample_loop(
     grad = reverse_pass(cb, body_forward, points, y_copy, seed, rule_for)
     if grad is None:
         grad = cb.zeros_like(points)
-    declared = _body_shapes(cb, x, [points] + [o for n in cb.nodes[first:] for o in n.output])
+    declared = _body_shapes(cb, x, [points] + [o for n in cb.nodes[first:] for o in n.output], names)
     if per_sample is not None:
         grad = per_sample(cb, grad, points, ks)
     # [count, N, ...] by the count, not -1, and a 0 in it is a size (allowzero): a batch of 0 samples

@@ -157,3 +157,124 @@ def test_a_feed_with_the_batch_axis_is_repeated_for_every_point(method):
         np.testing.assert_allclose(got[n:n + 1], alone, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
     unmasked = session.run(["relevance"], {"x": x, "mask": np.ones((3, 5), np.float32), "w": feeds["w"]})[0]
     assert np.abs(unmasked[0] - got[0]).max() > 1e-2 * np.abs(got[0]).max()
+
+
+def _attention(mask_nodes, inputs, extra_inits=(), x_from=None):
+    """softmax(x x^T + bias) x, mean over S, @ W -> y [N, 3] (S = 5, D = 4), with bias [N?, 1, S] made by
+    ``mask_nodes``; ``x_from``: nodes making x from another input."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(6)
+    nodes = list(x_from or []) + list(mask_nodes) + [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["x", "xt"], ["sc"]),
+        helper.make_node("Add", ["sc", "bias"], ["msc"]), helper.make_node("Softmax", ["msc"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "x"], ["hh"]),
+        helper.make_node("ReduceMean", ["hh", "axis1"], ["pool"], keepdims=0),
+        helper.make_node("MatMul", ["pool", "W"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(1, np.float32), "one"),
+             numpy_helper.from_array(np.array(-1e4, np.float32), "big"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"), *extra_inits]
+    g = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT if k != "bool" else
+                                                                            TensorProto.BOOL, s)
+                                               for n, k, s in inputs],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+MASK = np.array([[1, 1, 0, 0, 0], [1] * 5, [1, 0, 1, 0, 1]], np.float32)
+
+
+def _ig_by_points(model, x, feeds, steps=6, input="x"):
+    gradient = ort.InferenceSession(onnxattr.compile(model, "gradient", neuron="all", input=input).SerializeToString())
+    return x * np.mean([gradient.run(["relevance"], {input: (k / steps * x).astype(np.float32), **feeds})[0]
+                        for k in range(steps)], axis=0)
+
+
+def test_a_mask_read_inside_an_if_branch_goes_with_the_points():
+    """The bias is made from the mask inside an If branch (an outer-scope read): the branch is copied into
+    the Loop with the repeated mask (before, the mask reached it unrepeated and onnxruntime failed)."""
+    from onnx import TensorProto, helper
+
+    vi = helper.make_tensor_value_info
+    then_g = helper.make_graph([helper.make_node("Sub", ["one", "mask"], ["t1"]),
+                                helper.make_node("Mul", ["t1", "big"], ["t2"]),
+                                helper.make_node("Unsqueeze", ["t2", "axis1"], ["tb"])], "then", [],
+                               [vi("tb", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Identity", ["zero3"], ["eb"])], "else", [],
+                               [vi("eb", TensorProto.FLOAT, None)])
+    model = _attention([helper.make_node("If", ["use_mask"], ["bias"], then_branch=then_g, else_branch=else_g)],
+                       [("x", "float", ["batch", 5, 4]), ("mask", "float", ["batch", 5]), ("use_mask", "bool", [])],
+                       [numpy_helper.from_array(np.zeros((1, 1, 1), np.float32), "zero3")])
+    x = np.random.default_rng(8).standard_normal((3, 5, 4)).astype(np.float32)
+    feeds = {"mask": MASK, "use_mask": np.array(True)}
+    got = onnxattr.create_analyzer("integrated_gradients", model, input="x", neuron_selection_mode="all", steps=6,
+                                   chunk_size=4).analyze(x, inputs=feeds)
+    want = _ig_by_points(model, x, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_an_intermediate_x_whose_batch_axis_inference_renamed():
+    """x = Reshape(inp, [-1, S, D]): shape inference names x's first axis afresh, but inp declares it
+    "batch", as the mask does: the mask is still repeated for the points (before, it was not, and the map
+    failed at run time). IG at x equals IG at inp, reshaped (the Reshape is linear)."""
+    from onnx import helper
+
+    model = _attention([helper.make_node("Sub", ["one", "mask"], ["t1"]), helper.make_node("Mul", ["t1", "big"], ["t2"]),
+                        helper.make_node("Unsqueeze", ["t2", "axis1"], ["bias"])],
+                       [("inp", "float", ["batch", 20]), ("mask", "float", ["batch", 5])],
+                       [numpy_helper.from_array(np.array([-1, 5, 4], np.int64), "shp")],
+                       x_from=[helper.make_node("Reshape", ["inp", "shp"], ["x"])])
+    inp = np.random.default_rng(9).standard_normal((3, 20)).astype(np.float32)
+    got = onnxattr.create_analyzer("integrated_gradients", model, input="x", neuron_selection_mode="all", steps=6,
+                                   chunk_size=4).analyze(inp, inputs={"mask": MASK})
+    want = onnxattr.create_analyzer("integrated_gradients", model, input="inp", neuron_selection_mode="all", steps=6,
+                                    chunk_size=4).analyze(inp, inputs={"mask": MASK})
+    np.testing.assert_allclose(got.reshape(3, 20), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    unmasked = onnxattr.create_analyzer("integrated_gradients", model, input="x", neuron_selection_mode="all",
+                                        steps=6).analyze(inp, inputs={"mask": np.ones_like(MASK)})
+    assert np.abs(unmasked - got).max() > 1e-2 * np.abs(got).max()  # the mask matters
+
+
+def test_points_the_model_mixes_are_refused_and_chunk_size_1_explains_them():
+    """x [N, S, D] and mask [M, S] under different names, and the model reshapes by the mask's batch size:
+    the chunk's points would fold into the sequence axis and give a wrong map without a word. The output
+    must come out with one row per point, so the API says so; chunk_size=1 gives the right map."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(10)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("Tanh", ["a"], ["t"]),
+             helper.make_node("Shape", ["mask"], ["msh"], end=1), helper.make_node("Concat", ["msh", "rest"], ["shp"],
+                                                                                  axis=0),
+             helper.make_node("Reshape", ["t", "shp"], ["t2"]),
+             helper.make_node("ReduceMean", ["t2", "axis1"], ["pool"], keepdims=0),
+             helper.make_node("MatMul", ["pool", "W2"], ["y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((3, 3)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((3, 2)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array([-1, 3], np.int64), "rest"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "mixing", [vi("x", TensorProto.FLOAT, ["N", 4, 3]), vi("mask", TensorProto.FLOAT,
+                                                                                        ["M", 4])],
+                          [vi("y", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x, feeds = rng.standard_normal((2, 4, 3)).astype(np.float32), {"mask": np.ones((2, 4), np.float32)}
+    mixed = onnxattr.create_analyzer("integrated_gradients", model, input="x", neuron_selection_mode="all", steps=4,
+                                     chunk_size=2)
+    with pytest.raises(onnxattr.errors.DataError, match="one row per point.*a feed \\(mask\\).*chunk_size=1"):
+        mixed.analyze(x, inputs=feeds)
+    got = onnxattr.create_analyzer("integrated_gradients", model, input="x", neuron_selection_mode="all", steps=4,
+                                   chunk_size=1).analyze(x, inputs=feeds)
+    np.testing.assert_allclose(got, _ig_by_points(model, x, feeds, 4), rtol=1e-5, atol=1e-7)
+
+
+def test_what_does_not_vary_with_x_is_repeated_not_recomputed():
+    """IG at resnet_like's c3: the skip Add reads p1, computed from the graph input before c3. p1 has the
+    batch axis, so the Loop repeats it instead of running the Conv/MaxPool prefix again for every point;
+    the map equals one point per trip."""
+    model = resnet_like(bias=True)
+    x = np.random.default_rng(11).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    chunked = onnxattr.compile(model, "integrated_gradients", input="c3", steps=4, chunk_size=4)
+    assert not any(n.op_type in ("Conv", "MaxPool") for n in loop_body(chunked).node)
+    one = onnxattr.compile(model, "integrated_gradients", input="c3", steps=4, chunk_size=1)
+    np.testing.assert_allclose(run(chunked, x), run(one, x), rtol=1e-5, atol=1e-6 * np.abs(run(one, x)).max())

@@ -70,7 +70,11 @@ def _mm(b, a, c):
 
 
 def _swap_last(b, t):
+    """t with its last two axes swapped; for a t of unknown rank (shape inference gave up upstream) an
+    Einsum "...ij->...ji", which needs none."""
     r = b.rank(t)
+    if r is None:
+        return b.op("Einsum", [t], equation="...ij->...ji")
     perm = list(range(r - 2)) + [r - 1, r - 2]
     out = b.op("Transpose", [t], perm=perm)
     b.shapes[out] = [None] * r

@@ -26,9 +26,16 @@ def _reduced_axes(b, node):
             )
         axes = [int(a) for a in np.asarray(v).reshape(-1)]
     noop = attrs["noop_with_empty_axes"].i if "noop_with_empty_axes" in attrs else 0
+    if not axes and noop:
+        return []
+    if rank is None:
+        if axes and all(a >= 0 for a in axes):
+            return sorted(axes)
+        raise UnsupportedModelError(
+            f"{node.op_type} node '{node.name}': the rank of its input '{node.input[0]}' is unknown (shape "
+            "inference could not tell), and its axes (" + ("all" if not axes else ", ".join(map(str, axes))) +
+            ") need it; give the model's tensors declared shapes, or reduce over non-negative axes")
     if not axes:
-        if noop:
-            return []
         axes = list(range(rank))
     return sorted(a % rank for a in axes)
 

@@ -35,3 +35,30 @@ def test_matmul_vjp_activations(sa, sb):
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5))])
 def test_matmul_vjp_constant_weight(sa, sb):
     check_vjp("MatMul", [("a", r(sa), False), ("b", r(sb), True)], dynamic=(0,))
+
+
+def test_matmul_vjp_with_an_operand_of_unknown_rank():
+    """y = a @ x with a from an If whose branches differ in rank, so shape inference gives a no rank: x's
+    gradient a^T g swaps a's last two axes without knowing its rank (before: a TypeError at compile time)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxattr
+
+    vi = helper.make_tensor_value_info
+    then_g = helper.make_graph([helper.make_node("Identity", ["a_in"], ["ta"])], "then", [],
+                               [vi("ta", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Identity", ["flat"], ["ea"])], "else", [],
+                               [vi("ea", TensorProto.FLOAT, None)])
+    g = helper.make_graph([helper.make_node("If", ["full"], ["a"], then_branch=then_g, else_branch=else_g),
+                           helper.make_node("MatMul", ["a", "x"], ["y"])], "g",
+                          [vi("x", TensorProto.FLOAT, ["N", 3, 4]), vi("a_in", TensorProto.FLOAT, ["N", 5, 3]),
+                           vi("full", TensorProto.BOOL, [])],
+                          [vi("y", TensorProto.FLOAT, ["N", 5, 4])],
+                          [numpy_helper.from_array(np.ones((5, 3), np.float32), "flat")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = onnxattr.compile(model, "gradient", input="x", output="y", neuron="all")
+    a, x = rng.standard_normal((2, 5, 3)).astype(np.float32), rng.standard_normal((2, 3, 4)).astype(np.float32)
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x, "a_in": a,
+                                                                                "full": np.array(True)})[0]
+    np.testing.assert_allclose(got, np.swapaxes(a, 1, 2) @ np.ones((2, 5, 4), np.float32), rtol=1e-5)

@@ -55,3 +55,35 @@ def test_reduce_extreme_ties_share_the_gradient(op):
     (got,) = run_vjp(op, [("x", x, False), ("a", np.array([1], np.int64), True)], g, {"keepdims": 1}, opset=18)
     want = np.array([[0, 3, 3, 0], [2, 2, 2, 2], [0, 0, -3, 0]], np.float32)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_reduce_of_a_tensor_of_unknown_rank(axis):
+    """x + an If's output whose branches differ in rank: shape inference gives the sum no rank. Axes >= 0 need
+    none (the gradient of a mean over 4 is 1/4); a negative axis does, and is refused by node and tensor
+    (before: a bare TypeError)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxattr
+
+    vi = helper.make_tensor_value_info
+    then_g = helper.make_graph([helper.make_node("Identity", ["mask"], ["tb"])], "then", [],
+                               [vi("tb", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Identity", ["zero"], ["eb"])], "else", [],
+                               [vi("eb", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("If", ["flag"], ["bias"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Add", ["x", "bias"], ["s"]),
+             helper.make_node("ReduceMean", ["s", "axes"], ["y"], keepdims=0, name="mean")]
+    g = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, ["N", 4]), vi("mask", TensorProto.FLOAT, ["N", 4]),
+                                       vi("flag", TensorProto.BOOL, [])], [vi("y", TensorProto.FLOAT, ["N"])],
+                          [numpy_helper.from_array(np.array([axis], np.int64), "axes"),
+                           numpy_helper.from_array(np.float32(0), "zero")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    if axis < 0:
+        with pytest.raises(onnxattr.errors.UnsupportedModelError, match="ReduceMean node 'mean': the rank of its "
+                           "input 's' is unknown"):
+            onnxattr.compile(model, "gradient", neuron="all", input="x")
+        return
+    analyzer = onnxattr.create_analyzer("gradient", model, neuron_selection_mode="all", input="x")
+    feeds = {"mask": np.ones((3, 4), np.float32), "flag": np.array(True)}
+    np.testing.assert_allclose(analyzer.analyze(np.ones((3, 4), np.float32), inputs=feeds), np.full((3, 4), 0.25))
