@@ -98,36 +98,18 @@ def masked_attention():
     """x [N, S, D] -> softmax(x x^T + (1 - mask) * -1e4) x, scaled by a shared feed w [D], mean over S, @ W:
     mask [N, S] is per sample (its first axis has x's name), w is the same for every sample. The mask's
     bias is flattened and reshaped by x's [N, S]."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
-    rng = np.random.default_rng(4)
-    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
-             helper.make_node("MatMul", ["x", "xt"], ["scores"]),
-             helper.make_node("Sub", ["one", "mask"], ["off"]),
-             helper.make_node("Mul", ["off", "big"], ["bias2"]),
-             # flattened outside, reshaped by x's own [N, S] as torch's attention does: only a mask
-             # recomputed from repeated rows inside the Loop fits the points
-             helper.make_node("Reshape", ["bias2", "flat"], ["bias_flat"]),
-             helper.make_node("Shape", ["x"], ["x_shape"], end=2),
-             helper.make_node("Reshape", ["bias_flat", "x_shape"], ["bias_ns"]),
-             helper.make_node("Unsqueeze", ["bias_ns", "axis1"], ["bias"]),
-             helper.make_node("Add", ["scores", "bias"], ["masked"]),
-             helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
-             helper.make_node("MatMul", ["p", "x"], ["h"]),
-             helper.make_node("Mul", ["h", "w"], ["hw"]),
-             helper.make_node("ReduceMean", ["hw", "axis1"], ["pooled"], keepdims=0),
-             helper.make_node("MatMul", ["pooled", "W"], ["y"])]
-    inits = [numpy_helper.from_array(np.array(1, np.float32), "one"),
-             numpy_helper.from_array(np.array(-1e4, np.float32), "big"),
-             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-             numpy_helper.from_array(np.array([-1], np.int64), "flat"),
-             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")]
-    g = helper.make_graph(nodes, "masked_attention",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 4]),
-                           helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 5]),
-                           helper.make_tensor_value_info("w", TensorProto.FLOAT, [4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    mask_nodes = [helper.make_node("Sub", ["one", "mask"], ["off"]), helper.make_node("Mul", ["off", "big"], ["bias2"]),
+                  # flattened outside, reshaped by x's own [N, S] as torch's attention does: only a mask
+                  # recomputed from repeated rows inside the Loop fits the points
+                  helper.make_node("Reshape", ["bias2", "flat"], ["bias_flat"]),
+                  helper.make_node("Shape", ["x"], ["x_shape"], end=2),
+                  helper.make_node("Reshape", ["bias_flat", "x_shape"], ["bias_ns"]),
+                  helper.make_node("Unsqueeze", ["bias_ns", "axis1"], ["bias"])]
+    return _attention(mask_nodes, [("x", "float", ["batch", 5, 4]), ("mask", "float", ["batch", 5]),
+                                   ("w", "float", [4])],
+                      [numpy_helper.from_array(np.array([-1], np.int64), "flat")], shared="w")
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
@@ -159,17 +141,19 @@ def test_a_feed_with_the_batch_axis_is_repeated_for_every_point(method):
     assert np.abs(unmasked[0] - got[0]).max() > 1e-2 * np.abs(got[0]).max()
 
 
-def _attention(mask_nodes, inputs, extra_inits=(), x_from=None):
+def _attention(mask_nodes, inputs, extra_inits=(), x_from=None, shared=None):
     """softmax(x x^T + bias) x, mean over S, @ W -> y [N, 3] (S = 5, D = 4), with bias [N?, 1, S] made by
-    ``mask_nodes``; ``x_from``: nodes making x from another input."""
+    ``mask_nodes``; ``x_from``: nodes making x from another input; ``shared``: an input [D] scaling the
+    context before the mean."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(6)
+    scaled = [helper.make_node("Mul", ["hh", shared], ["hs"])] if shared else []
     nodes = list(x_from or []) + list(mask_nodes) + [
         helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["x", "xt"], ["sc"]),
         helper.make_node("Add", ["sc", "bias"], ["msc"]), helper.make_node("Softmax", ["msc"], ["p"], axis=-1),
-        helper.make_node("MatMul", ["p", "x"], ["hh"]),
-        helper.make_node("ReduceMean", ["hh", "axis1"], ["pool"], keepdims=0),
+        helper.make_node("MatMul", ["p", "x"], ["hh"]), *scaled,
+        helper.make_node("ReduceMean", ["hs" if shared else "hh", "axis1"], ["pool"], keepdims=0),
         helper.make_node("MatMul", ["pool", "W"], ["y"])]
     inits = [numpy_helper.from_array(np.array(1, np.float32), "one"),
              numpy_helper.from_array(np.array(-1e4, np.float32), "big"),
