@@ -17,8 +17,8 @@ CUDA_FLOAT32 = frozenset({
     "Abs", "Add", "And", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Concat", "ConstantOfShape", "Conv",
     "ConvTranspose", "DepthToSpace", "Div", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Gather",
     "GatherElements", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid",
-    "Identity", "Less", "LessOrEqual", "Loop", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "NonZero", "Not",
-    "Pad", "Pow", "RandomNormalLike", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceSum", "Relu",
+    "Identity", "Floor", "Less", "LessOrEqual", "Loop", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "NonZero", "Not",
+    "Pad", "Pow", "RandomNormalLike", "RandomUniformLike", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceSum", "Relu",
     "Reshape", "Resize", "ScatterElements", "Shape", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "SpaceToDepth", "Split",
     "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
 })

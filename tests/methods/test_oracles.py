@@ -24,8 +24,9 @@ A manifest's ``feeds`` are the model's other graph inputs, stored as ``feed:NAME
 padding mask, one row per sample, which integrated gradients and SmoothGrad give each of a sample's points).
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
 with its BatchNormalization nodes kept) are checked against the same maps.
-SmoothGrad draws other noise than the reference: its difference to the reference must look like the
-difference between two of our own runs with different seeds (both are 64-sample means).
+SmoothGrad and GradientSHAP draw other noise (and baselines, and points) than the reference: the difference to
+the reference must look like the difference between two of our own runs with different seeds (both are
+64-sample means).
 """
 
 import json
@@ -72,7 +73,9 @@ def load(name):
     return _cache[name]
 
 
-def our_params(entry):
+def our_params(entry, arrays=None):
+    """The entry's parameters that are ours; a value "@KEY" is the stored array KEY (gradient_shap's
+    baselines: the samples of x)."""
     method = get_method(entry["method"])
     known = {p.name for p in method.params}
     params = {}
@@ -80,7 +83,7 @@ def our_params(entry):
         if k in NOT_OURS:
             continue
         assert k in known, f"the oracle used parameter {k} that {entry['method']} does not have"
-        params[k] = v
+        params[k] = arrays[v[1:]] if isinstance(v, str) and v.startswith("@") else v
     return params
 
 
@@ -126,7 +129,7 @@ def test_matches_reference(name, key, model_file, tmp_path):
     x, target = arrays["x"], arrays["target"].astype(np.int64)
     feeds = {name: arrays[f"feed:{name}"] for name in info.get("feeds", [])}
     want = arrays[key]
-    params = our_params(entry)
+    params = our_params(entry, arrays)
     if info.get("library", "").startswith("innvestigate"):
         if entry["method"] in LOGIT_SEEDED_IN_INNVESTIGATE:
             assert entry["mode"] != "all", "mode all is not comparable: the manifest must say so"
@@ -195,6 +198,9 @@ def test_new_oracles_are_compared():
         for mode in ("max", "index"):
             assert {f"grad_cam|{mode}|default", f"grad_cam|{mode}|norelu", f"guided_grad_cam|{mode}|default"} \
                 <= compared, (name, mode)
+    for name in ("torch_mlp", "torch_vgg", "torch_resnet"):
+        compared = {p.values[1] for p in entries() if p.values[0] == name}
+        assert {f"gradient_shap|{mode}|default" for mode in MODES} <= compared, name
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
     assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
                                                         "smoothgrad") for mode in MODES}

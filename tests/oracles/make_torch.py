@@ -41,7 +41,8 @@ which loads the committed weights (pin_committed), checks them against the commi
 only those families' maps and merges them into NAME.npz / NAME.json (every other array kept bit for bit, checked;
 the .onnx files untouched). Families: captum (the gradient methods), zennit (the LRP composites), deep_lift,
 excitation_backprop, ig_quadrature (integrated gradients with Captum's default, gausslegendre), cam (Captum's
-LayerGradCam and GuidedGradCam at the last feature map, for onnxattr's grad_cam and guided_grad_cam).
+LayerGradCam and GuidedGradCam at the last feature map, for onnxattr's grad_cam and guided_grad_cam),
+gradient_shap (Captum's GradientShap with x's samples as the baselines; statistical).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -318,8 +319,8 @@ def import_zennit():
 zennit = import_zennit()
 import captum  # noqa: E402
 from captum.attr import (  # noqa: E402
-    DeepLift, Deconvolution, GuidedBackprop, GuidedGradCam, InputXGradient, IntegratedGradients, LayerAttribution,
-    LayerGradCam, NoiseTunnel, Saliency)
+    DeepLift, Deconvolution, GradientShap, GuidedBackprop, GuidedGradCam, InputXGradient, IntegratedGradients,
+    LayerAttribution, LayerGradCam, NoiseTunnel, Saliency)
 from captum.attr._utils.approximation_methods import approximation_parameters  # noqa: E402
 
 IG_STEPS = 64
@@ -582,6 +583,30 @@ def run_ig_quadrature(model, x, argmax, target):
     return out
 
 
+GS_SAMPLES, GS_STD = 64, 0.1
+
+
+def run_gradient_shap(model, x, argmax, target):
+    """Captum GradientShap with the samples of x as the set of baselines (a background batch, as SHAP's
+    explainers take one), n_samples=64, stdevs=0.1; statistical (torch's and numpy's RNGs, seeded 2025)."""
+    out = {}
+    for mode in MODES:
+        m = captum_model(model, mode)
+        tgt = captum_target(mode, argmax, target)
+        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        torch.manual_seed(2025)
+        np.random.seed(2025)
+        rel = GradientShap(m).attribute(x.clone().requires_grad_(), baselines=x.clone(), n_samples=GS_SAMPLES,
+                                        stdevs=GS_STD, target=tgt)
+        out[f"gradient_shap|{mode}|default"] = (rel.detach(), {
+            "method": "gradient_shap", "mode": mode, "seed": "one", "statistical": True,
+            "params": {"n_samples": GS_SAMPLES, "stdevs": GS_STD, "baselines": "@x"},
+            "library_call": f"captum GradientShap(model).attribute(x, baselines=x, n_samples={GS_SAMPLES}, "
+                            f"stdevs={GS_STD}, target); torch.manual_seed(2025), np.random.seed(2025) before; "
+                            "params 'baselines': '@x' means the stored x; " + seed_note})
+    return out
+
+
 def last_feature_map(model, x):
     """The module whose output is the last feature map of x's rank with a spatial axis above 1, in the order
     modules run (forward hooks): onnxattr's default Grad-CAM layer (a ResNet's last block, a VGG's last pool)."""
@@ -670,7 +695,7 @@ def run_excitation(model, canonizer_names, x, argmax, target):
     return out
 
 
-FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam")
+FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -694,6 +719,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
             maps.update(run_ig_quadrature(m, xd, argmax, target))
         if "cam" in families:
             maps.update(run_cam(m, xd, argmax, target))
+        if "gradient_shap" in families:
+            maps.update(run_gradient_shap(m, xd, argmax, target))
         if "excitation_backprop" in families:
             eb_model, eb_canon, _ = variants["default"]  # the LRP variant to match tightly (BNs folded exactly)
             maps.update(run_excitation(eb_model, eb_canon, xd, argmax, target))

@@ -1,0 +1,88 @@
+"""GradientSHAP (Lundberg & Lee 2017; Captum's GradientShap, "expected gradients"): for each of n draws
+per sample, a baseline r drawn from a set of baselines, a point on the line from r to the (noisy) input
+at a uniform random position alpha, and
+
+    R = mean over draws of (x_k - r_k) * grad(r_k + alpha_k (x_k - r_k)),      x_k = x + N(0, stdevs^2)
+
+an estimate of SHAP values when the baselines sample the data distribution. Run as one in-graph Loop,
+like integrated_gradients and smoothgrad (onnxattr/sampling.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from onnxattr.errors import UsageError
+from onnxattr.methods.base import Method, Param, Target, non_negative, parse_int, positive_int, register_method
+from onnxattr.methods.gradient import CHUNK, SEED, _chunk, _gaussian
+from onnxattr.sampling import sample_loop
+
+
+def baseline_set(b, x: str, value) -> tuple[str, int]:
+    """(a constant [B, ...] of x's float type, B): an array of x's rank is a set of B baselines (Captum's
+    distribution of baselines), anything of lower rank one baseline broadcast to x's features."""
+    rank, dtype = b.rank(x), b.float_dtype(x)
+    arr = np.asarray(value, dtype=dtype)
+    if arr.ndim > rank:
+        raise UsageError(f"parameter baselines: an array of rank {arr.ndim} for an input of rank {rank}")
+    if arr.ndim < rank:
+        arr = arr.reshape((1,) * (rank - arr.ndim) + arr.shape)
+    features = (b.shape(x) or [None] * rank)[1:]
+    if not all(a == 1 or not isinstance(d, int) or a == d for a, d in zip(arr.shape[1:], features)):
+        shown = [d if isinstance(d, int) else "?" for d in features]
+        raise UsageError(f"parameter baselines: baselines of shape {list(arr.shape[1:])} do not broadcast to the "
+                         f"input's features {shown}")
+    if arr.shape[0] == 0:
+        raise UsageError("parameter baselines: the set of baselines is empty")
+    return b.const(arr, dtype, "baselines"), arr.shape[0]
+
+
+def _uniform(cb, like: str, seed, offset: int) -> str:
+    """U[0, 1) of ``like``'s shape in float32 (seeded ``seed + offset``: each draw its own stream)."""
+    return cb.op("RandomUniformLike", [like], dtype=TensorProto.FLOAT, low=0.0, high=1.0,
+                 seed=None if seed is None else float(1 + (seed + offset) % (2**24 - 1)))
+
+
+def build_gradient_shap(t: Target, p: dict) -> str:
+    b, x, n = t.b, t.x, p["n_samples"]
+    rank = b.rank(x)
+    baselines, count_b = baseline_set(b, x, p["baselines"])
+    diffs = {}
+
+    def points(cb, x_, ks, count):
+        tiled = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
+        noise = _gaussian(cb, tiled, p["stdevs"], p["seed"], TensorProto.FLOAT)
+        if noise is not None and cb.float_type(x_) != TensorProto.FLOAT:
+            noise = cb.op("Cast", [noise], to=cb.float_type(x_))
+        noisy = tiled if noise is None else cb.op("Add", [tiled, noise])
+        rows = cb.op("ConstantOfShape", [cb.op("Slice", [cb.op("Shape", [tiled]), cb.ints([0]), cb.ints([1])])],
+                     value=cb.fill_value(0.0, None))  # [count * N] float32
+        if count_b == 1:
+            base = baselines
+        else:
+            pick = cb.op("Floor", [cb.op("Mul", [_uniform(cb, rows, p["seed"], 1), cb.scalar(float(count_b))])])
+            index = cb.op("Min", [cb.op("Cast", [pick], to=TensorProto.INT64), cb.const(count_b - 1, "int64")])
+            base = cb.op("Gather", [baselines, index])
+        alpha = cb.op("Reshape", [_uniform(cb, rows, p["seed"], 2), cb.ints([-1] + [1] * (rank - 1))])
+        if cb.float_type(x_) != TensorProto.FLOAT:
+            alpha = cb.op("Cast", [alpha], to=cb.float_type(x_))
+        diff = cb.op("Sub", [noisy, base])
+        diffs["diff"] = diff
+        return cb.op("Add", [base, cb.op("Mul", [alpha, diff])])
+
+    def times_diff(cb, g, pts, ks):
+        return cb.op("Mul", [g, diffs["diff"]])
+
+    total = sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, per_sample=times_diff)
+    return b.op("Div", [total, b.scalar(float(n), x)])
+
+
+register_method(Method(
+    "gradient_shap", "GradientSHAP (Captum's GradientShap): mean of (x - r) * gradient at a random point "
+    "between a random baseline r and the noisy input.", build_gradient_shap,
+    (Param("n_samples", 5, "draws per sample (Captum's default)", parse_int, positive_int),
+     Param("baselines", 0.0, "the baselines: a number, or (Python API) an array of x's features or a set "
+           "[B, ...] of them to draw from"),
+     Param("stdevs", 0.0, "standard deviation of the Gaussian noise added to the input", float, non_negative),
+     SEED, CHUNK), random=True))
