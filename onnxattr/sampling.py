@@ -226,19 +226,30 @@ def sample_loop(
     seed_scale: str = "one",
     rule_for=None,
     per_sample: Callable[[GraphBuilder, str, str, str], str] | None = None,
+    forward_only: Callable[[GraphBuilder, str, str, str], str] | None = None,
 ) -> str:
-    """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape.
+    """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape. ``n`` is
+    an int, or an int64 scalar tensor known at run time.
 
     make_points(cb, x, ks, count) -> [count*N, ...] given this trip's sample indices ks (int64 [count]) and
     count (int64 [1]); per_sample(cb, grad, points, ks) -> the gradients [count*N, ...] to sum.
+    ``forward_only(cb, selected, ks, count)``, given the selected output of every point ([count*N], the
+    seed's selection of y: index, or the sum for "all"), replaces the backward pass and returns the
+    [count*N, ...] contributions to sum (occlusion's output drops over each window).
     """
-    chunk = max(1, min(chunk, n))
-    trips = math.ceil(n / chunk)
+    if isinstance(n, int):
+        chunk = max(1, min(chunk, n))
+        trips, total_n = b.const(math.ceil(n / chunk), "int64"), None
+    else:  # a count known at run time (int64 scalar): occlusion's windows over a dynamic input
+        chunk = max(1, chunk)
+        total_n = n
+        trips = b.op("Div", [b.op("Add", [n, b.const(chunk - 1, "int64")]), b.const(chunk, "int64")])
     cb = b.child()
     it, cond_in, acc_in = cb.fresh("iter"), cb.fresh("cond"), cb.fresh("acc")
     cb.set_info(acc_in, x)
     start = cb.op("Mul", [it, cb.const(chunk, "int64")])
-    stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]), cb.const(n, "int64")])
+    stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]),
+                         cb.const(n, "int64") if total_n is None else total_n])
     ks = cb.op("Range", [start, stop, cb.const(1, "int64")])
     count = cb.op("Reshape", [cb.op("Sub", [stop, start]), cb.ints([1])])
     points = make_points(cb, x, ks, count)
@@ -259,7 +270,12 @@ def sample_loop(
     if index is not None:
         tiled = cb.op("Tile", [index, cb.op("Concat", [count, cb.ints([1])], axis=0)])
     seed = build_seed(cb, y_copy, "all" if index is None else "index", seed_scale, tiled)
-    grad = reverse_pass(cb, body_forward, points, y_copy, seed, rule_for)
+    if forward_only is not None:
+        picked = cb.op("Mul", [y_copy, seed])
+        selected = cb.op("ReduceSum", [cb.op("Flatten", [picked], axis=1), cb.ints([1])], keepdims=0)
+        grad = forward_only(cb, selected, ks, count)
+    else:
+        grad = reverse_pass(cb, body_forward, points, y_copy, seed, rule_for)
     if grad is None:
         grad = cb.zeros_like(points)
     declared = _body_shapes(cb, x, [points] + [o for n in cb.nodes[first:] for o in n.output], names)
@@ -273,7 +289,7 @@ def sample_loop(
     x_type = b.float_type(x)
     # the Loop node is assembled in place: make_node/make_graph would copy the body's weights three times
     total = b.fresh("loop")
-    loop = helper.make_node("Loop", [b.const(trips, "int64"), "", b.zeros_like(x)], [total], name=b.fresh("Loop"))
+    loop = helper.make_node("Loop", [trips, "", b.zeros_like(x)], [total], name=b.fresh("Loop"))
     body_attr = loop.attribute.add()
     body_attr.name, body_attr.type = "body", onnx.AttributeProto.GRAPH
     body = body_attr.g

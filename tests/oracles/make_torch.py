@@ -42,7 +42,8 @@ only those families' maps and merges them into NAME.npz / NAME.json (every other
 the .onnx files untouched). Families: captum (the gradient methods), zennit (the LRP composites), deep_lift,
 excitation_backprop, ig_quadrature (integrated gradients with Captum's default, gausslegendre), cam (Captum's
 LayerGradCam and GuidedGradCam at the last feature map, for onnxattr's grad_cam and guided_grad_cam),
-gradient_shap (Captum's GradientShap with x's samples as the baselines; statistical).
+gradient_shap (Captum's GradientShap with x's samples as the baselines; statistical), occlusion (Captum's
+Occlusion).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -320,7 +321,7 @@ zennit = import_zennit()
 import captum  # noqa: E402
 from captum.attr import (  # noqa: E402
     DeepLift, Deconvolution, GradientShap, GuidedBackprop, GuidedGradCam, InputXGradient, IntegratedGradients,
-    LayerAttribution, LayerGradCam, NoiseTunnel, Saliency)
+    LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency)
 from captum.attr._utils.approximation_methods import approximation_parameters  # noqa: E402
 
 IG_STEPS = 64
@@ -583,6 +584,29 @@ def run_ig_quadrature(model, x, argmax, target):
     return out
 
 
+def run_occlusion(model, x, argmax, target):
+    """Captum Occlusion, baselines 0.5: the window covers the first feature axis whole and 4 elements of each
+    other (4 of the 16 features of an MLP's input), stride 2 (3 for the MLP), the last window on an axis cut
+    at its end as Captum does."""
+    rank = x.ndim - 1
+    window = (x.shape[1],) + (4,) * (rank - 1) if rank > 1 else (4,)
+    strides = (x.shape[1],) + (2,) * (rank - 1) if rank > 1 else (3,)
+    out = {}
+    for mode in MODES:
+        m = captum_model(model, mode)
+        tgt = captum_target(mode, argmax, target)
+        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        with torch.no_grad():
+            rel = Occlusion(m).attribute(x, sliding_window_shapes=window, strides=strides, baselines=0.5,
+                                         target=tgt)
+        out[f"occlusion|{mode}|default"] = (rel, {
+            "method": "occlusion", "mode": mode, "seed": "one", "statistical": False,
+            "params": {"sliding_window_shapes": list(window), "strides": list(strides), "baselines": 0.5},
+            "library_call": f"captum Occlusion(model).attribute(x, sliding_window_shapes={window}, "
+                            f"strides={strides}, baselines=0.5, target); " + seed_note})
+    return out
+
+
 GS_SAMPLES, GS_STD = 64, 0.1
 
 
@@ -695,7 +719,8 @@ def run_excitation(model, canonizer_names, x, argmax, target):
     return out
 
 
-FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap")
+FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
+            "occlusion")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -721,6 +746,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
             maps.update(run_cam(m, xd, argmax, target))
         if "gradient_shap" in families:
             maps.update(run_gradient_shap(m, xd, argmax, target))
+        if "occlusion" in families:
+            maps.update(run_occlusion(m, xd, argmax, target))
         if "excitation_backprop" in families:
             eb_model, eb_canon, _ = variants["default"]  # the LRP variant to match tightly (BNs folded exactly)
             maps.update(run_excitation(eb_model, eb_canon, xd, argmax, target))

@@ -1,0 +1,157 @@
+"""Occlusion (Zeiler & Fergus 2014), as Captum's Occlusion computes it: a window slides over the input's
+features (every axis after the batch), the window's part of x is replaced by a baseline, and each element
+gets the mean, over the windows covering it, of the drop of the selected output
+
+    R_i = mean over windows w containing i of (y(x) - y(x with w occluded))
+
+(0 where no window reaches: a stride larger than the window skips elements). The occluded copies run in
+chunks inside one ONNX Loop (onnxattr/sampling.py), forward only; the windows are laid out from the input's
+shape at run time, so dynamic spatial axes work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxattr.errors import UsageError
+from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
+from onnxattr.compiler import path_nodes
+from onnxattr.methods.gradient import _chunk
+from onnxattr.sampling import sample_loop
+from onnxattr.select import build_seed
+
+MAX_WINDOWS = 2**20  # positions: beyond this a typo (stride 1 on a large input) would compile for minutes
+
+
+def _parse_ints(s: str):
+    return None if s.lower() in ("none", "") else tuple(int(v) for v in s.replace("x", ",").split(","))
+
+
+def _ints_or_none(v):
+    if v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+        return None
+    if isinstance(v, (tuple, list)) and v and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                  for d in v):
+        return None
+    return "must be a positive integer or a tuple of them, one per feature axis"
+
+
+def window_sizes(features: list, window, stride) -> tuple[list, list]:
+    """(window, stride) per feature axis, each an int or None where it follows a symbolic axis: ``window``
+    None covers the first feature axis whole (the channels of a channels-first input) and 8 elements of
+    the others; an int means that size on every axis; ``stride`` None is the window (no overlap)."""
+    rank = len(features)
+    if window is None:
+        window = [features[0]] + [min(8, d) if isinstance(d, int) else 8 for d in features[1:]]
+        if not isinstance(features[0], int):
+            window[0] = None
+    elif isinstance(window, int):
+        window = [window] * rank
+    window = list(window)
+    stride = list(window) if stride is None else [stride] * rank if isinstance(stride, int) else list(stride)
+    for name, v in (("sliding_window_shapes", window), ("strides", stride)):
+        if len(v) != rank:
+            raise UsageError(f"parameter {name}={list(v)}: give one size per feature axis of the input "
+                             f"(features {list(features)})")
+    if any(isinstance(w, int) and isinstance(d, int) and w > d for w, d in zip(window, features)):
+        raise UsageError(f"parameter sliding_window_shapes={window}: larger than the input's features {features}")
+    stride = [s if s is not None else None for s in stride]
+    if all(isinstance(d, int) for d in features):
+        counts = [-(-(d - w) // s) + 1 for d, w, s in zip(features, window, stride)]
+        if int(np.prod(counts)) > MAX_WINDOWS:
+            raise UsageError(f"occlusion would run {int(np.prod(counts))} windows "
+                             f"({' x '.join(map(str, counts))}); at most {MAX_WINDOWS}: use a larger stride")
+    return window, stride
+
+
+def _axis_value(b, feats: str, d: int, value) -> str:
+    """int64 [1]: ``value`` when it is an int, else feature axis d's size (read at run time)."""
+    if isinstance(value, int):
+        return b.const(np.array([value], np.int64), np.int64, "occ")
+    return b.op("Slice", [feats, b.ints([d]), b.ints([d + 1])])
+
+
+def build_occlusion(t: Target, p: dict) -> str:
+    b, x = t.b, t.x
+    shape = b.shape(x)
+    if shape is None or len(shape) < 2:
+        raise UsageError(f"occlusion slides a window over the features of '{x}', whose rank is "
+                         f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
+    features = [d if isinstance(d, int) else None for d in shape[1:]]
+    rank = len(features)
+    window, stride = window_sizes(features, p["sliding_window_shapes"], p["strides"])
+    dtype = b.float_dtype(x)
+    feats = b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([rank + 1])])
+    size = [_axis_value(b, feats, d, features[d]) for d in range(rank)]
+    # a window may not reach past a symbolic axis: it is cut to the axis (Captum refuses such a window)
+    win = [b.op("Min", [_axis_value(b, feats, d, window[d]), size[d]]) for d in range(rank)]
+    step = [win[d] if stride[d] is None else b.const(np.array([stride[d]], np.int64), np.int64, "occ")
+            for d in range(rank)]
+    one = b.const(np.array([1], np.int64), np.int64, "occ")
+    # as Captum: ceil((size - window) / stride) + 1 positions per axis, the last window cut at the end
+    counts = [b.op("Add", [b.op("Div", [b.op("Sub", [b.op("Add", [b.op("Sub", [size[d], win[d]]), step[d]]), one]),
+                                        step[d]]), one]) for d in range(rank)]
+    place = [one] * rank  # the window index k in mixed radix: k_d = (k // place_d) % counts_d
+    for d in range(rank - 2, -1, -1):
+        place[d] = b.op("Mul", [place[d + 1], counts[d + 1]])
+    n_windows = b.op("Reshape", [b.op("Mul", [place[0], counts[0]]), b.ints([])])
+    baseline = b.const(np.asarray(p["baselines"], dtype), dtype, "occlusion_baseline")
+    clean = b.op("Mul", [t.y, build_seed(b, t.y, t.neuron, "one", t.index)])
+    clean = b.op("ReduceSum", [b.op("Flatten", [clean], axis=1), b.ints([1])], keepdims=0)  # [N]
+    axes_shape = lambda d: [1] * d + [-1] + [1] * (rank - d - 1)  # noqa: E731
+    masks = {}
+
+    def inside(cb, starts, d):
+        """[len(starts), F_d] float: 1 where starts <= position < starts + window."""
+        pos = cb.op("Unsqueeze", [cb.op("Range", [cb.const(0, "int64"), cb.op("Squeeze", [size[d]]),
+                                                  cb.const(1, "int64")]), cb.ints([0])])
+        lo = cb.op("Unsqueeze", [starts, cb.ints([1])])
+        hit = cb.op("And", [cb.op("GreaterOrEqual", [pos, lo]), cb.op("Less", [pos, cb.op("Add", [lo, win[d]])])])
+        return cb.op("Cast", [hit], to=b.float_type(x))
+
+    def points(cb, x_, ks, count):
+        mask = None
+        for d in range(rank):
+            q = cb.op("Div", [ks, place[d]])  # k_d = q mod counts_d, as q - (q // counts_d) counts_d: no Mod
+            k_d = cb.op("Sub", [q, cb.op("Mul", [cb.op("Div", [q, counts[d]]), counts[d]])])  # kernel on CUDA
+            axis = cb.op("Reshape", [inside(cb, cb.op("Mul", [k_d, step[d]]), d), cb.ints([0] + axes_shape(d))])
+            mask = axis if mask is None else cb.op("Mul", [mask, axis])  # [c, *F]
+        mask = cb.op("Unsqueeze", [mask, cb.ints([1])])  # [c, 1, *F]
+        occluded = cb.op("Add", [cb.op("Mul", [cb.op("Unsqueeze", [x_, cb.ints([0])]),
+                                               cb.op("Sub", [cb.scalar(1.0, x_), mask])]),
+                                 cb.op("Mul", [mask, baseline])])  # [c, N, *F]
+        n = cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([0]), cb.ints([1])])
+        rows = cb.op("Concat", [cb.op("Mul", [count, n]), feats], axis=0)
+        masks["rows"] = cb.op("Reshape", [cb.op("Expand", [mask, cb.op("Concat", [count, n, feats], axis=0)]), rows])
+        return cb.op("Reshape", [occluded, rows])
+
+    def drops(cb, selected, ks, count):
+        drop = cb.op("Sub", [cb.op("Tile", [clean, count]), selected])  # [c*N], sample-major like the points
+        return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * rank)]), masks["rows"]])
+
+    for node in path_nodes(t.nodes, x, t.y, b)[0]:
+        t.assignment[node.name] = ("forward", "occlusion runs the forward pass only")
+    total = sample_loop(b, t.nodes, x, t.y, t.index, n_windows, _chunk(t, p), points, forward_only=drops)
+    # how many windows cover each element: a product over the axes of each axis's count
+    cover = None
+    for d in range(rank):
+        starts = b.op("Mul", [b.op("Range", [b.const(0, "int64"), b.op("Squeeze", [counts[d]]), b.const(1, "int64")]),
+                              step[d]])
+        axis = b.op("Reshape", [b.reduce("ReduceSum", inside(b, starts, d), [0]), b.ints(axes_shape(d))])
+        cover = axis if cover is None else b.op("Mul", [cover, axis])
+    zero = b.scalar(0.0, x)
+    inverse = b.op("Where", [b.op("Greater", [cover, zero]), b.op("Div", [b.scalar(1.0, x), b.op("Max", [
+        cover, b.scalar(1.0, x)])]), zero])
+    return b.op("Mul", [total, inverse])
+
+
+register_method(Method(
+    "occlusion", "Occlusion (Captum's): the mean drop of the selected output over the windows covering each "
+    "element, with the window replaced by a baseline.", build_occlusion,
+    (Param("sliding_window_shapes", None, "window size per feature axis ('3,15,15'; an int for all; None: the "
+           "whole first axis and 8 on the others)", _parse_ints, _ints_or_none, optional=True),
+     Param("strides", None, "step per feature axis (an int for all; None: the window)", _parse_ints, _ints_or_none,
+           optional=True),
+     Param("baselines", 0.0, "the value an occluded window takes"),
+     Param("chunk_size", 16, "windows per Loop iteration (bounds memory)", parse_int, positive_int)),
+    ))
