@@ -278,8 +278,10 @@ def cmd_methods(a) -> int:
             continue
         seen.add(m.name)
         print(f"{m.name:32s} {m.doc}")
-        for p in m.params:
-            print(f"    {p.name} = {p.default!r:10}  {p.doc}")
+        settings = [f"{p.name} = {p.default!r}" for p in m.params]
+        width = max(map(len, settings), default=0)
+        for setting, p in zip(settings, m.params):
+            print(f"    {setting:{width}}  {p.doc}")
     return 0
 
 

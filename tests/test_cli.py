@@ -74,9 +74,14 @@ def test_warnings_are_one_line_and_keep_exit_code_0(tmp_path, model_path, capsys
 def test_methods_lists_every_method(capsys):
     assert main(["methods"]) == 0
     text = capsys.readouterr().out
-    for name in ("gradient", "smoothgrad", "integrated_gradients", "guided_backprop", "deconvnet"):
-        assert name in text
+    from onnxattr.methods import REGISTRY
+
+    for name in REGISTRY:
+        assert f"\n{name} " in "\n" + text, name
     assert "augment_by_n = 64" in text
+    # a method's parameter docs start in one column
+    lines = text.split("\nocclusion ")[1].splitlines()[1:5]
+    assert len({len(line) - len(line[line.index("  ", 4):].lstrip()) for line in lines}) == 1, lines
 
 
 def run_cli(*args):
