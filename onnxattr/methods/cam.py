@@ -11,6 +11,7 @@ channel of the relevance. guided_grad_cam is guided backprop's map times that up
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.errors import UsageError
@@ -22,36 +23,106 @@ from onnxattr.select import build_seed
 COLLAPSING = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 
 
-def channels_first_view(b, on_path, x: str) -> tuple[str, list[int] | None]:
-    """(the tensor whose axes 2.. are x's spatial axes, the permutation that took x there or None): x itself,
-    or, for a channels-last input (a Keras model through tf2onnx), the Transpose that moves its last axis to 1."""
+# ops that read their input channels first by definition: the tensor they read fixes the layout
+CHANNELS_FIRST_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization",
+                                "InstanceNormalization", "LRN", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+
+
+def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
+    """({tensor: True where its axes are x's axes moved channels first, False where in x's own layout,
+    absent when unknown}, the permutation taking x to channels first or None when x is channels first).
+    Each Transpose moving the last axis to 1 (or back) flips the layout along the path; x's own layout is
+    read off the first channels-first op (Conv, pools, BatchNorm) whose input has a known layout."""
     rank = b.rank(x)
-    first = [0, rank - 1] + list(range(1, rank - 1)) if rank else None
+    if not rank or rank < 3:
+        return {}, None
+    to_first = [0, rank - 1] + list(range(1, rank - 1))
+    to_last = [0] + list(range(2, rank)) + [1]
+    flip = {x: False}
+    x_last = None
     for node in on_path:
-        if node.op_type == "Transpose" and node.input[0] == x and rank and rank >= 3:
+        known = [flip[i] for i in node.input if i in flip]
+        if not known:
+            continue
+        f = known[0]
+        if x_last is None and node.op_type in CHANNELS_FIRST_OPS and node.input[0] in flip:
+            x_last = flip[node.input[0]]  # its input is channels first: x is channels last iff flipped an odd time
+        if node.op_type == "Transpose":
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            if perm == first:
-                return node.output[0], perm
-    return x, None
+            if perm not in (to_first, to_last):
+                continue  # another permutation: layout unknown from here
+            f = not f
+        for o in node.output:
+            if o and b.rank(o) == rank:
+                flip[o] = f
+    if x_last is None:  # no channels-first op: the old rule, a Transpose to channels first reading x itself
+        x_last = any(n.op_type == "Transpose" and n.input[0] == x and
+                     next((list(a.ints) for a in n.attribute if a.name == "perm"), None) == to_first
+                     for n in on_path)
+    first = {t: f == x_last for t, f in flip.items()}  # flipped from x's layout iff x is channels last
+    return first, (to_first if x_last else None)
 
 
-def feature_maps(b, on_path, live: set, rank: int) -> list[str]:
-    """Tensors on the path of the input's rank laid out channels first: not a Transpose's output (Keras
-    models transpose back to channels last before they flatten) and not known to be 1 on every spatial axis."""
-    found = []
+# ops that keep the spatial size of their one varying input: the walk back from a collapsed map goes through them
+POINTWISE = frozenset({"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu",
+                       "Selu", "Softplus", "Mul", "Add", "Sub", "Div", "BatchNormalization", "Identity", "Dropout",
+                       "Cast"})
+
+
+def collapsed(b, on_path) -> set:
+    """Maps of symbolic spatial size (dynamic H/W exports) that are 1x1 at run time all the same: a Flatten to
+    [N, K] feeding a Gemm/MatMul whose weight has K = C rows reads a [N, C, 1, ...] map (an AvgPool2d(7) on a 7x7
+    map), and so do the ops back to the pool or conv that made it."""
+    producer = {o: n for n in on_path for o in n.output}
+    consumers = {}
+    for n in on_path:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    gone = set()
     for node in on_path:
-        if node.op_type in COLLAPSING or node.op_type == "Transpose":
+        if node.op_type not in ("Flatten", "Reshape") or b.rank(node.output[0]) != 2:
+            continue
+        t, shape = node.input[0], b.shape(node.input[0])
+        out = b.shape(node.output[0])
+        if shape is None or len(shape) < 3 or not isinstance(shape[1], int) or out[0] != shape[0] or \
+                node.op_type == "Flatten" and any(a.name == "axis" and a.i != 1 for a in node.attribute):
+            continue
+        ks = set()
+        for c in consumers.get(node.output[0], []):
+            w = b.shape(c.input[1]) if len(c.input) > 1 else None
+            trans = any(a.name == "transB" and a.i for a in c.attribute)
+            if c.op_type in ("Gemm", "MatMul") and c.input[0] == node.output[0] and w is not None and len(w) == 2:
+                ks.add(w[1] if trans else w[0])
+        if ks != {shape[1]}:
+            continue
+        while t is not None and t not in gone:
+            gone.add(t)
+            n = producer.get(t)
+            if n is None or n.op_type not in POINTWISE or len(
+                    [i for i in n.input if i in producer]) != 1:
+                break
+            t = next(i for i in n.input if i in producer)
+    return gone
+
+
+def feature_maps(b, on_path, live: set, rank: int, first: dict) -> list[str]:
+    """Tensors on the path of the input's rank laid out channels first (the layout is tracked through the
+    Transposes, so a Keras model's transpose back to channels last before it flattens is not one, a Swin's
+    permute to channels first before it pools is) and not known to be 1 on every spatial axis."""
+    found, gone = [], collapsed(b, on_path)
+    for node in on_path:
+        if node.op_type in COLLAPSING:
             continue
         for o in node.output:
             shape = b.shape(o)
             if o in live and b.is_float(o) and shape is not None and len(shape) == rank and \
-                    not all(d == 1 for d in shape[2:]):
+                    first.get(o, node.op_type != "Transpose") and o not in gone and not all(d == 1 for d in shape[2:]):
                 found.append(o)
     return found
 
 
-def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None) -> str:
-    maps = feature_maps(b, on_path, live, rank)
+def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None, first: dict) -> str:
+    maps = feature_maps(b, on_path, live, rank, first)
     if layer is None:
         if not maps:
             raise UsageError(f"no feature map [N, C, spatial...] of rank {rank} lies between input '{x}' and output "
@@ -62,6 +133,9 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
         raise UsageError(f"layer '{layer}' is not a tensor between input '{x}' and output '{y}'{hint}")
     if (b.rank(layer) or 0) < 3:
         raise UsageError(f"layer '{layer}' has rank {b.rank(layer)}; Grad-CAM needs a feature map [N, C, spatial...]")
+    if b.rank(layer) != rank:
+        raise UsageError(f"layer '{layer}' has rank {b.rank(layer)} and input '{x}' rank {rank}: the cam of a "
+                         "feature map [N, C, spatial...] is resized to the input's spatial axes, which needs the same rank")
     return layer
 
 
@@ -70,8 +144,8 @@ def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
     through the nodes before the layer too)."""
     b, x, y = t.b, t.x, t.y
     on_path, live = path_nodes(t.nodes, x, y, b)
-    view, perm = channels_first_view(b, on_path, x)
-    layer = choose_layer(b, on_path, live, x, y, b.rank(view) or 0, p["layer"])
+    first, perm = layouts(b, on_path, x)
+    layer = choose_layer(b, on_path, live, x, y, b.rank(x) or 0, p["layer"], first)
     seed = build_seed(b, y, t.neuron, "one", t.index)
     grad = reverse_pass(b, t.nodes, layer, y, seed)
     rank = b.rank(layer)
@@ -84,15 +158,21 @@ def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
         cam = b.op("Relu", [cam])
     empty = b.const(np.zeros(0, np.float32), np.float32, "empty")
     lead = b.op("Slice", [b.op("Shape", [cam]), b.ints([0]), b.ints([2])])
-    size = b.op("Slice", [b.op("Shape", [view]), b.ints([2]), b.ints([2**62])])
+    spatial_of_x = (perm or list(range(b.rank(x))))[2:]  # x's spatial axes in channels-first order
+    size = b.op("Gather", [b.op("Shape", [x]), b.ints(spatial_of_x)], axis=0)
+    cam_type = b.float_type(layer)
+    if cam_type == onnx.TensorProto.DOUBLE:  # onnxruntime's CPU Resize has no double kernel
+        cam = b.op("Cast", [cam], to=onnx.TensorProto.FLOAT)
     sizes = b.op("Concat", [lead, size], axis=0)
     if p["interpolation"] == "linear":
         up = b.op("Resize", [cam, empty, empty, sizes], mode="linear", coordinate_transformation_mode="half_pixel")
     else:
         up = b.op("Resize", [cam, empty, empty, sizes], mode="nearest", coordinate_transformation_mode="asymmetric",
                   nearest_mode="floor")
+    if cam_type == onnx.TensorProto.DOUBLE:
+        up = b.op("Cast", [up], to=cam_type)
     if perm is not None:
-        up = b.op("Transpose", [up], perm=list(np.argsort(perm)))
+        up = b.op("Transpose", [up], perm=[int(i) for i in np.argsort(perm)])
     producer = {o: n for n in on_path for o in n.output}
     before, stack = set(), [layer]
     while stack:

@@ -10,7 +10,7 @@ from onnx import helper
 import onnxattr
 from onnxattr.errors import UsageError
 from tests.lrp.nets import resnet_like
-from tests.models import mlp
+from tests.models import mlp, single_io_model
 
 RNG = np.random.default_rng(3)
 
@@ -119,3 +119,90 @@ def test_relu_parses_from_the_command_line(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), analyze("grad_cam", path, x, relu=False))
     assert main(["compile", str(path), "--method", "grad_cam", "--set", "relu=maybe", "-o",
                  str(tmp_path / "c.onnx")]) == 2
+
+
+def test_a_channels_last_input_scaled_before_its_transpose():
+    """x [N, 8, 8, 2] * 0.5, then the Transpose to channels first: the layout is followed along the path, not
+    read off x's first consumer (before: the cam was resized to (W, C), 150% off)."""
+    model = resnet_like(bias=True)
+    g = model.graph
+    g.node.insert(0, helper.make_node("Transpose", ["x_half"], ["x"], perm=[0, 3, 1, 2]))
+    g.node.insert(0, helper.make_node("Mul", ["x_nhwc", "half"], ["x_half"]))
+    g.initializer.append(onnx.numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    g.input[0].CopyFrom(helper.make_tensor_value_info("x_nhwc", onnx.TensorProto.FLOAT, ["N", 8, 8, 2]))
+    x = RNG.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    want = analyze("grad_cam", resnet_like(bias=True), 0.5 * x, layer="r3")
+    got = analyze("grad_cam", model, x.transpose(0, 2, 3, 1), layer="r3")
+    np.testing.assert_allclose(got, want.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-7)
+
+
+def _sequence_net(dtype=np.float32, conv=True):
+    """x [N, C=4, L=6] -> Transpose, a per-position MatMul, Transpose back -> Conv1d k3 pad 1 (or, without
+    ``conv``, the per-channel scale of a BatchNorm-like Mul: onnxruntime has no float64 Conv) -> Relu r ->
+    ReduceMean over L -> MatMul -> y [N, 3]. The two transposes of a rank 3 tensor are each other's inverse."""
+    rng = np.random.default_rng(12)
+    inits = {"M": rng.standard_normal((4, 4)), "K": rng.standard_normal((5, 4, 3)),
+             "W": rng.standard_normal((5 if conv else 4, 3)), "S": rng.standard_normal((4, 1)),
+             "axis": np.array([2], np.int64)}
+    inits = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in inits.items()}
+    mix = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["xt", "M"], ["m"]),
+           helper.make_node("Transpose", ["m"], ["h"], perm=[0, 2, 1])]
+    layer = helper.make_node("Conv", ["h", "K"], ["c"], pads=[1, 1]) if conv else \
+        helper.make_node("Mul", ["h", "S"], ["c"])
+    nodes = mix + [layer, helper.make_node("Relu", ["c"], ["r"]),
+                   helper.make_node("ReduceMean", ["r", "axis"], ["p"], keepdims=0),
+                   helper.make_node("MatMul", ["p", "W"], ["y"])]
+    model = single_io_model(nodes, inits, ["N", 4, 6], ["N", 3], opset=18)
+    if dtype == np.float64:
+        for vi in list(model.graph.input) + list(model.graph.output):
+            vi.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    return model
+
+
+def test_a_rank_3_input_read_through_two_transposes_stays_channels_first():
+    """[0, 2, 1] is its own inverse: x goes channels last and back before the Conv1d. The default layer is
+    the Relu after it, and the cam (length 6, as the input) is the same for each of x's 4 channels and
+    varies along L (before: x was taken as channels last and the map was constant along L)."""
+    x = RNG.standard_normal((2, 4, 6)).astype(np.float32)
+    model = _sequence_net()
+    a, g = analyze("input", model, x, input="r"), analyze("gradient", model, x, input="r")
+    cam = np.maximum((g.mean(axis=2, keepdims=True) * a).sum(1), 0)
+    got = analyze("grad_cam", model, x)
+    np.testing.assert_allclose(got, np.broadcast_to(cam[:, None], x.shape), rtol=1e-5, atol=1e-6 * np.abs(cam).max())
+    assert np.abs(np.diff(got, axis=2)).max() > 0
+
+
+def test_a_float64_model_gets_its_cam_resized_in_float32():
+    """onnxruntime's CPU Resize has no double kernel: the cam is resized in float32 (the map is float32)."""
+    x = RNG.standard_normal((2, 4, 6))
+    got = analyze("grad_cam", _sequence_net(np.float64, conv=False), x, layer="r")
+    want = analyze("grad_cam", _sequence_net(conv=False), x.astype(np.float32), layer="r")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_a_layer_of_another_rank_is_refused():
+    with pytest.raises(UsageError, match="layer 'p' has rank 2; Grad-CAM needs a feature map"):
+        onnxattr.compile(_sequence_net(), "grad_cam", layer="p")
+    model = single_io_model([helper.make_node("Reshape", ["x", "s"], ["img"]),
+                             helper.make_node("Conv", ["img", "K"], ["r"]),
+                             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["y"])],
+                            {"s": np.array([0, 1, 4, 4], np.int64), "K": np.ones((2, 1, 3, 3), np.float32),
+                             "W": np.ones((8, 3), np.float32)}, ["N", 16], ["N", 3])
+    with pytest.raises(UsageError, match="layer 'r' has rank 4 and input 'x' rank 2"):
+        onnxattr.compile(model, "grad_cam", layer="r")
+
+
+def test_a_pool_to_1x1_of_symbolic_size_is_not_the_default_layer():
+    """A dynamic H/W export pooling its last map with AveragePool(8) on 8x8: the pool's output has symbolic
+    spatial dims, but its Flatten feeds a MatMul whose weight has C rows, so it is 1x1: the default is the
+    map before it (before: the pool's output, a flat cam)."""
+    rng = np.random.default_rng(13)
+    nodes = [helper.make_node("Conv", ["x", "K"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[8, 8]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["y"])]
+    model = single_io_model(nodes, {"K": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+                                    "W": rng.standard_normal((4, 3)).astype(np.float32)}, ["N", 2, "H", "W"], ["N", 3])
+    rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert [n for n, r in rows.items() if r == "grad_cam layer"] == ["Relu_1"]
+    x = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    assert np.abs(np.diff(analyze("grad_cam", model, x), axis=3)).max() > 0
