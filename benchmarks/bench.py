@@ -24,8 +24,9 @@ with 64 samples (each run is ~64 backward passes: give them their own invocation
 here must finish in 10 minutes); `fast-a` and `fast-b` = `fast` in two halves, for a model and batch
 whose sessions do not all fit in memory at once (VGG16 at batch 8 on a 24 GiB machine); `transformer` =
 forward, gradient and attn_lrp against LXT 2.1 on `--models vit_b16` (LXT installed with
-`pip install --no-deps lxt==2.1`; its rules are loaded as tests/oracles/make_lxt.py does). The onnxruntime
-forward is timed in every group, so each ratio comes from one run.
+`pip install --no-deps lxt==2.1`; its rules are loaded as tests/oracles/make_lxt.py does); `captum-more` =
+Grad-CAM, GradientSHAP (16 draws) and Occlusion (49 windows) against Captum's. The onnxruntime forward is
+timed in every group, so each ratio comes from one run.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ sys.path.insert(0, str(HERE))
 CACHE = Path(os.environ.get("ONNXATTR_BENCH_CACHE", Path.home() / ".cache" / "onnxattr-bench"))
 RESULTS = HERE / "results"
 STEPS = 64
+OCCLUSION_WINDOW, OCCLUSION_STRIDE = (3, 32, 32), (3, 32, 32)  # 7 x 7 = 49 windows on 224 x 224
 PAUSE = 0.2  # seconds between timed calls
 
 # configuration -> (library, what it computes, reference configuration(s) for the ratio)
@@ -61,6 +63,11 @@ OURS = {
                              "ref": ["captum.integrated_gradients"]},
     "smoothgrad": {"method": "smoothgrad", "params": {"augment_by_n": STEPS}, "ref": ["captum.smoothgrad"]},
     "attn_lrp": {"method": "attn_lrp", "ref": ["lxt.attn_lrp"]},
+    "grad_cam": {"method": "grad_cam", "ref": ["captum.grad_cam"]},
+    "gradient_shap": {"method": "gradient_shap", "params": {"n_samples": 16}, "ref": ["captum.gradient_shap"]},
+    "occlusion": {"method": "occlusion", "params": {"sliding_window_shapes": OCCLUSION_WINDOW,
+                                                   "strides": OCCLUSION_STRIDE, "chunk_size": 8},
+                  "ref": ["captum.occlusion"]},
 }
 GROUPS = {
     "fast": ["ort.forward", "torch.forward",
@@ -80,6 +87,10 @@ GROUPS = {
     # vit_b16: AttnLRP against LXT 2.1's rules on the same torch model (LXT installed with --no-deps)
     "transformer": ["ort.forward", "torch.forward", "onnxattr.gradient", "captum.saliency",
                     "onnxattr.attn_lrp", "lxt.attn_lrp"],
+    # Captum's layer and perturbation methods: Grad-CAM at the last feature map (onnxattr's default layer),
+    # GradientSHAP with 16 draws, Occlusion over 49 windows of 3 x 32 x 32
+    "captum-more": ["ort.forward", "onnxattr.grad_cam", "captum.grad_cam", "onnxattr.gradient_shap",
+                    "captum.gradient_shap", "onnxattr.occlusion", "captum.occlusion"],
 }
 
 
@@ -178,6 +189,24 @@ def make_runner(config: str, model: str, x, threads: int):
             nt = NoiseTunnel(Saliency(net))
             return lambda: nt.attribute(xg, nt_type="smoothgrad", nt_samples=STEPS, nt_samples_batch_size=16,
                                         stdevs=1.0, target=target, abs=False)
+        from captum.attr import GradientShap, LayerAttribution, LayerGradCam, Occlusion
+
+        if name == "grad_cam":  # the module whose output is onnxattr's default layer: the last block / pool
+            layer = net.layers[-1] if hasattr(net, "layers") else net.features[-1]
+            cam = LayerGradCam(net, layer)
+            return lambda: LayerAttribution.interpolate(cam.attribute(xg, target=target, relu_attributions=True),
+                                                        tuple(x.shape[2:]), "bilinear")
+        if name == "gradient_shap":
+            gs, baselines = GradientShap(net), torch.zeros((4,) + tuple(x.shape[1:]))
+            return lambda: gs.attribute(xg, baselines=baselines, n_samples=16, target=target)
+        if name == "occlusion":
+            occ = Occlusion(net)
+
+            def run():
+                with torch.no_grad():
+                    return occ.attribute(xt, sliding_window_shapes=OCCLUSION_WINDOW, strides=OCCLUSION_STRIDE,
+                                         baselines=0.0, target=target, perturbations_per_eval=8)
+            return run
     if config == "lxt.attn_lrp":  # x * x.grad through LXT's rule functions (tests/oracles/make_lxt.py)
         onehot = torch.nn.functional.one_hot(target, 1000).float()
 
@@ -372,7 +401,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
-    ap.add_argument("--methods", default="fast", help="a group (fast, sampling) or comma-separated configs")
+    ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more) or "
+                    "comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true", help="3 repeats, no memory runs (a smoke test)")
