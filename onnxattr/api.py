@@ -129,10 +129,10 @@ class Analyzer:
                     "sample at a time") from None
             if not shared or "running Loop node. Name:'oa/" not in str(e):
                 raise
-            raise DataError(f"{e} (integrated_gradients and smoothgrad run every sample's points as one batch: "
-                            f"a feed ({', '.join(shared)}) goes with its sample's points only where the model "
-                            f"declares its first axis under the name of {x_name}'s batch axis, else all samples "
-                            "share it; export both with the same dynamic batch axis)") from None
+            raise DataError(f"{e} ({self.method.name} runs every sample's points as one batch: a feed "
+                            f"({', '.join(shared)}) goes with its sample's points only where the model declares "
+                            f"its first axis under the name of {x_name}'s batch axis, else all samples share it; "
+                            "export both with the same dynamic batch axis, or set chunk_size=1)") from None
         self.outputs = results[:-1]
         return results[r.output_names.index(RELEVANCE)]
 

@@ -227,9 +227,11 @@ def sample_loop(
     rule_for=None,
     per_sample: Callable[[GraphBuilder, str, str, str], str] | None = None,
     forward_only: Callable[[GraphBuilder, str, str, str], str] | None = None,
+    mean_over: int | None = None,
 ) -> str:
-    """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape. ``n`` is
-    an int, or an int64 scalar tensor known at run time.
+    """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape (divided by
+    ``mean_over`` when given). ``n`` is an int, or an int64 scalar tensor known at run time. float16 and
+    bfloat16 models sum (and divide) in float32: thousands of float16 adds lose digits and overflow 65504.
 
     make_points(cb, x, ks, count) -> [count*N, ...] given this trip's sample indices ks (int64 [count]) and
     count (int64 [1]); per_sample(cb, grad, points, ks) -> the gradients [count*N, ...] to sum.
@@ -244,9 +246,12 @@ def sample_loop(
         chunk = max(1, chunk)
         total_n = n
         trips = b.op("Div", [b.op("Add", [n, b.const(chunk - 1, "int64")]), b.const(chunk, "int64")])
+    x_type = b.float_type(x)
+    # float16 / bfloat16: the sum over samples is kept in float32 (many trips of float16 adds lose digits, and
+    # the sum overflows 65504 before a division by n)
+    acc_type = TensorProto.FLOAT if x_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16) else x_type
     cb = b.child()
     it, cond_in, acc_in = cb.fresh("iter"), cb.fresh("cond"), cb.fresh("acc")
-    cb.set_info(acc_in, x)
     start = cb.op("Mul", [it, cb.const(chunk, "int64")])
     stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]),
                          cb.const(n, "int64") if total_n is None else total_n])
@@ -282,14 +287,17 @@ def sample_loop(
     if per_sample is not None:
         grad = per_sample(cb, grad, points, ks)
     # [count, N, ...] by the count, not -1, and a 0 in it is a size (allowzero): a batch of 0 samples
+    if acc_type != x_type:
+        grad = cb.op("Cast", [grad], to=acc_type)
     stacked = cb.op("Reshape", [grad, cb.op("Concat", [count, cb.op("Shape", [x])], axis=0)], allowzero=1)
     acc_out = cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)])
     cond_out = cb.op("Identity", [cond_in])
 
-    x_type = b.float_type(x)
     # the Loop node is assembled in place: make_node/make_graph would copy the body's weights three times
     total = b.fresh("loop")
-    loop = helper.make_node("Loop", [trips, "", b.zeros_like(x)], [total], name=b.fresh("Loop"))
+    zeros = b.zeros_like(x) if acc_type == x_type else b.op(
+        "ConstantOfShape", [b.shape_of(x)], value=helper.make_tensor("v", acc_type, [1], [0.0]))
+    loop = helper.make_node("Loop", [trips, "", zeros], [total], name=b.fresh("Loop"))
     body_attr = loop.attribute.add()
     body_attr.name, body_attr.type = "body", onnx.AttributeProto.GRAPH
     body = body_attr.g
@@ -299,11 +307,16 @@ def sample_loop(
     body.value_info.extend(declared)
     body.input.extend([helper.make_tensor_value_info(it, TensorProto.INT64, []),
                        helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-                       helper.make_tensor_value_info(acc_in, x_type, None)])
+                       helper.make_tensor_value_info(acc_in, acc_type, None)])
     body.output.extend([helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-                        helper.make_tensor_value_info(acc_out, x_type, None)])
+                        helper.make_tensor_value_info(acc_out, acc_type, None)])
     b.nodes.append(loop)
     b.fill_later[loop.name] = lambda node: _write_weights(_body(node).initializer, weights)
+    if mean_over is not None:  # divided while still in the accumulator's type
+        acc_dtype = helper.tensor_dtype_to_np_dtype(acc_type)
+        total = b.op("Div", [total, b.const(np.array(float(mean_over), acc_dtype), acc_dtype, "count")])
+    if acc_type != x_type:
+        total = b.op("Cast", [total], to=x_type)
     b.set_info(total, x)
     return total
 

@@ -155,9 +155,7 @@ def build_integrated_gradients(t, p):
         return cb.op("Reshape", [scaled, cb.op("Shape", [g])], allowzero=1)  # a batch of 0 keeps its 0
 
     total = sample_loop(b, t.nodes, x, t.y, t.index, steps, _chunk(t, p), points,
-                        per_sample=None if uniform else weighted)
-    if uniform:
-        total = b.op("Div", [total, b.scalar(float(steps), x)])
+                        per_sample=None if uniform else weighted, mean_over=steps if uniform else None)
     return b.op("Mul", [diff, total])
 
 
@@ -218,8 +216,7 @@ def build_smoothgrad(t, p):
     def post(cb, g, pts, ks):
         return _postprocess(cb, g, p["postprocess"])
 
-    total = sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, per_sample=post)
-    return b.op("Div", [total, b.scalar(float(n), x)])
+    return sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, per_sample=post, mean_over=n)
 
 
 def build_input(t, p):

@@ -39,9 +39,11 @@ def baseline_set(b, x: str, value) -> tuple[str, int]:
 
 
 def _uniform(cb, like: str, seed, offset: int) -> str:
-    """U[0, 1) of ``like``'s shape in float32 (seeded ``seed + offset``: each draw its own stream)."""
+    """U[0, 1) of ``like``'s shape in float32. onnxruntime's generator (minstd) seeded k starts at about
+    k * 16807 / 2^31, tiny for small k, so the seed is scrambled by a bijection of [0, 2^24 - 1) first: every
+    seed keeps a stream of its own, and the first draw is no longer near 0."""
     return cb.op("RandomUniformLike", [like], dtype=TensorProto.FLOAT, low=0.0, high=1.0,
-                 seed=None if seed is None else float(1 + (seed + offset) % (2**24 - 1)))
+                 seed=None if seed is None else float(1 + ((seed + offset + 12345) * 2654435761) % (2**24 - 1)))
 
 
 def build_gradient_shap(t: Target, p: dict) -> str:
@@ -58,13 +60,19 @@ def build_gradient_shap(t: Target, p: dict) -> str:
         noisy = tiled if noise is None else cb.op("Add", [tiled, noise])
         rows = cb.op("ConstantOfShape", [cb.op("Slice", [cb.op("Shape", [tiled]), cb.ints([0]), cb.ints([1])])],
                      value=cb.fill_value(0.0, None))  # [count * N] float32
+        # the pick and alpha from ONE generator ([rows, 2], interleaved): two RandomUniformLike ops seeded k and
+        # k + 1 give (k c_j, (k + 1) c_j) mod 1 of one sequence c_j in onnxruntime (minstd_rand0): dependent
+        pair = _uniform(cb, cb.op("ConstantOfShape", [cb.op("Concat", [cb.op("Shape", [rows]), cb.ints([2])], axis=0)],
+                              value=cb.fill_value(0.0, None)), p["seed"], 1)
+        u_pick = cb.op("Squeeze", [cb.op("Slice", [pair, cb.ints([0]), cb.ints([1]), cb.ints([1])]), cb.ints([1])])
+        u_alpha = cb.op("Squeeze", [cb.op("Slice", [pair, cb.ints([1]), cb.ints([2]), cb.ints([1])]), cb.ints([1])])
         if count_b == 1:
             base = baselines
         else:
-            pick = cb.op("Floor", [cb.op("Mul", [_uniform(cb, rows, p["seed"], 1), cb.scalar(float(count_b))])])
+            pick = cb.op("Floor", [cb.op("Mul", [u_pick, cb.scalar(float(count_b))])])
             index = cb.op("Min", [cb.op("Cast", [pick], to=TensorProto.INT64), cb.const(count_b - 1, "int64")])
             base = cb.op("Gather", [baselines, index])
-        alpha = cb.op("Reshape", [_uniform(cb, rows, p["seed"], 2), cb.ints([-1] + [1] * (rank - 1))])
+        alpha = cb.op("Reshape", [u_alpha, cb.ints([-1] + [1] * (rank - 1))])
         if cb.float_type(x_) != TensorProto.FLOAT:
             alpha = cb.op("Cast", [alpha], to=cb.float_type(x_))
         diff = cb.op("Sub", [noisy, base])
@@ -74,8 +82,7 @@ def build_gradient_shap(t: Target, p: dict) -> str:
     def times_diff(cb, g, pts, ks):
         return cb.op("Mul", [g, diffs["diff"]])
 
-    total = sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, per_sample=times_diff)
-    return b.op("Div", [total, b.scalar(float(n), x)])
+    return sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, per_sample=times_diff, mean_over=n)
 
 
 register_method(Method(

@@ -11,10 +11,14 @@ shape at run time, so dynamic spatial axes work.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from onnxattr.errors import UsageError
-from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
+from onnxattr.methods.base import (
+    Method, Param, Target, parse_int, positive_int, reference_constant, register_method,
+)
 from onnxattr.compiler import path_nodes
 from onnxattr.methods.gradient import _chunk
 from onnxattr.sampling import sample_loop
@@ -27,7 +31,18 @@ def _parse_ints(s: str):
     return None if s.lower() in ("none", "") else tuple(int(v) for v in s.replace("x", ",").split(","))
 
 
+def _sizes(v):
+    """None, an int, or a tuple of ints from what the API was given (numpy integers and 1-D arrays too)."""
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    arr = np.asarray(v)
+    return tuple(int(d) for d in arr.reshape(-1)) if arr.ndim == 1 and arr.dtype.kind in "iu" else v
+
+
 def _ints_or_none(v):
+    v = _sizes(v)
     if v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0):
         return None
     if isinstance(v, (tuple, list)) and v and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
@@ -79,8 +94,7 @@ def build_occlusion(t: Target, p: dict) -> str:
                          f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
     features = [d if isinstance(d, int) else None for d in shape[1:]]
     rank = len(features)
-    window, stride = window_sizes(features, p["sliding_window_shapes"], p["strides"])
-    dtype = b.float_dtype(x)
+    window, stride = window_sizes(features, _sizes(p["sliding_window_shapes"]), _sizes(p["strides"]))
     feats = b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([rank + 1])])
     size = [_axis_value(b, feats, d, features[d]) for d in range(rank)]
     # a window may not reach past a symbolic axis: it is cut to the axis (Captum refuses such a window)
@@ -95,7 +109,7 @@ def build_occlusion(t: Target, p: dict) -> str:
     for d in range(rank - 2, -1, -1):
         place[d] = b.op("Mul", [place[d + 1], counts[d + 1]])
     n_windows = b.op("Reshape", [b.op("Mul", [place[0], counts[0]]), b.ints([])])
-    baseline = b.const(np.asarray(p["baselines"], dtype), dtype, "occlusion_baseline")
+    baseline = reference_constant(b, x, p["baselines"], "baselines")  # a number, or an array broadcast to x
     clean = b.op("Mul", [t.y, build_seed(b, t.y, t.neuron, "one", t.index)])
     clean = b.op("ReduceSum", [b.op("Flatten", [clean], axis=1), b.ints([1])], keepdims=0)  # [N]
     axes_shape = lambda d: [1] * d + [-1] + [1] * (rank - d - 1)  # noqa: E731
@@ -152,6 +166,7 @@ register_method(Method(
            "whole first axis and 8 on the others)", _parse_ints, _ints_or_none, optional=True),
      Param("strides", None, "step per feature axis (an int for all; None: the window)", _parse_ints, _ints_or_none,
            optional=True),
-     Param("baselines", 0.0, "the value an occluded window takes"),
+     Param("baselines", 0.0, "the value an occluded window takes (a number, or via the Python API an array "
+           "that broadcasts to x)"),
      Param("chunk_size", 16, "windows per Loop iteration (bounds memory)", parse_int, positive_int)),
     ))

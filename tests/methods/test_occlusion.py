@@ -108,3 +108,16 @@ def test_window_sizes_parse_from_the_command_line(tmp_path):
     want = np.concatenate([np.repeat(c[:, :3].sum(1, keepdims=True), 3, 1), np.repeat(c[:, 3:].sum(1, keepdims=True), 3, 1)], 1)
     np.testing.assert_allclose(np.load(tmp_path / "r.npy"), want, rtol=1e-5, atol=1e-6)
     assert main(base + ["--set", "sliding_window_shapes=3,x", "-o", str(tmp_path / "s.npy")]) == 2
+
+
+def test_numpy_window_sizes_and_array_baselines():
+    """Windows as numpy integers or a 1-D array (as a user computes them); a baselines array broadcast to x
+    (one per feature here) is checked against x's shape at compile time."""
+    want = occlusion(sliding_window_shapes=3)
+    np.testing.assert_array_equal(occlusion(sliding_window_shapes=np.int64(3)), want)
+    np.testing.assert_array_equal(occlusion(sliding_window_shapes=np.array([3])), want)
+    b = np.linspace(-1, 1, 6).astype(np.float32)
+    got = occlusion(sliding_window_shapes=1, baselines=b)
+    np.testing.assert_allclose(got, (X - b) * W[:, [0, 2]].T, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UsageError, match=r"parameter baselines: an array of shape \[5\] does not broadcast"):
+        onnxattr.compile(linear(), "occlusion", baselines=np.zeros(5))
