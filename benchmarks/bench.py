@@ -372,7 +372,8 @@ def _machine_section(groups: list[dict]) -> list[str]:
              f"- {m.get('platform')}; Python {m.get('python')}",
              f"- onnxruntime {m.get('onnxruntime')}, onnx {m.get('onnx')}, numpy {m.get('numpy')}, "
              f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}"
-             + next((f", lxt {g['machine']['lxt']} ({g['model']})" for g in groups if "lxt" in g["machine"]), ""), ""]
+             + next((f", lxt {g['machine']['lxt']} ({g['model']})" for g in groups
+                     if "lxt" in g["machine"] and g.get("group") == "transformer"), ""), ""]
     header = ("| model | batch | configuration | min ms | median ms | × fwd | × fwd, paired | reference "
               "| speed-up vs ref | paired | peak RSS MiB | compile s |")
     for g in sorted(groups, key=lambda g: (g["model"], g["batch"], g["group"])):
