@@ -738,16 +738,10 @@ def oracle_maps(model, x, argmax, target, variants_fn):
         variants = variants_fn(m)
         if "zennit" in families:
             maps.update(run_zennit(variants, xd, argmax, target))
-        if "deep_lift" in families:
-            maps.update(run_deeplift(m, xd, argmax, target))
-        if "ig_quadrature" in families:
-            maps.update(run_ig_quadrature(m, xd, argmax, target))
-        if "cam" in families:
-            maps.update(run_cam(m, xd, argmax, target))
-        if "gradient_shap" in families:
-            maps.update(run_gradient_shap(m, xd, argmax, target))
-        if "occlusion" in families:
-            maps.update(run_occlusion(m, xd, argmax, target))
+        for family, run in (("deep_lift", run_deeplift), ("ig_quadrature", run_ig_quadrature), ("cam", run_cam),
+                            ("gradient_shap", run_gradient_shap), ("occlusion", run_occlusion)):
+            if family in families:
+                maps.update(run(m, xd, argmax, target))
         if "excitation_backprop" in families:
             eb_model, eb_canon, _ = variants["default"]  # the LRP variant to match tightly (BNs folded exactly)
             maps.update(run_excitation(eb_model, eb_canon, xd, argmax, target))
