@@ -149,23 +149,26 @@ def _body_shapes(cb: GraphBuilder, x: str, names, batch: set[str]) -> list:
 
 
 def batch_names(b: GraphBuilder, nodes, x: str) -> set[str]:
-    """The names under which the model declares the batch axis: x's first axis, and that of each graph
-    input x is computed from (shape inference may name an intermediate x's batch axis afresh, unk__2)."""
+    """The names under which the model declares the batch axis: x's first axis, and the first axis of each
+    graph input x is computed from (shape inference may name an intermediate x's batch axis afresh,
+    unk__2), except a name that any of them uses on another axis (a position table [S, E] added to
+    embeddings [N, S, E] has S first, and S is no batch)."""
     producer = {o: n for n in nodes for o in n.output}
-    names, stack, seen = set(), [x], set()
+    firsts, others, stack, seen = set(), set(), [x], set()
     while stack:
         t = stack.pop()
         if t in seen:
             continue
         seen.add(t)
         node = producer.get(t)
-        if node is None:
-            first = (b.shape(t) or [None])[0] if b.value(t) is None else None
-            if isinstance(first, str):
-                names.add(first)
-        else:
+        if node is None or t == x:
+            shape = (b.shape(t) or []) if b.value(t) is None else []
+            if shape and isinstance(shape[0], str):
+                firsts.add(shape[0])
+            others.update(d for d in shape[1:] if isinstance(d, str))
+        if node is not None:
             stack.extend(i for i in node.input if i)
-    return names
+    return firsts - others
 
 
 def batch_axis_reads(b: GraphBuilder, nodes, x: str, names: set[str]) -> list[str]:
@@ -197,21 +200,21 @@ def repeat_rows(cb: GraphBuilder, name: str, count: str) -> str:
 ROWS_CHECK = "rows_per_point"  # the name of the check below, which the API recognises in onnxruntime's errors
 
 
-def _one_row_per_point(cb: GraphBuilder, body_forward: list, y: str, x: str, count: str) -> str:
-    """y reshaped to [count * N, ...] with every dim given: onnxruntime refuses it unless y has one row per
-    point. A model that mixes points (its batch axis is not x's first, a feed declared under another
-    batch name) would otherwise give a wrong map without a word. The Reshape joins the forward copy, so
-    the reverse pass goes through it. A scalar y (a sum over the batch) is left as it is."""
+def _one_row_per_point(cb: GraphBuilder, y_copy: str, y: str, count: str) -> str | None:
+    """A bool the Loop's condition takes, true, that onnxruntime can only compute when the copy of y has
+    count times y's rows: the points' rows, reshaped to [count * rows(y)] by a Reshape that fails
+    otherwise. A model that mixes the points of its batch (its batch axis is not x's first, a feed
+    declared under another batch name, a mean over the batch) would give a wrong map without a word. The
+    check feeds the Loop's condition, so no optimizer drops it. None for a scalar y (a sum over the batch,
+    which separates into the points' own gradients)."""
     if cb.rank(y) in (0, None):
-        return y
-    rows = cb.op("Mul", [count, cb.op("Slice", [cb.op("Shape", [x]), cb.ints([0]), cb.ints([1])])])
-    shape = cb.op("Concat", [rows, cb.op("Slice", [cb.op("Shape", [y]), cb.ints([1]), cb.ints([2**62])])], axis=0)
+        return None
+    first = lambda t: cb.op("Slice", [cb.op("Shape", [t]), cb.ints([0]), cb.ints([1])])  # noqa: E731
+    rows = cb.op("ConstantOfShape", [first(y_copy)], value=helper.make_tensor("zero", TensorProto.INT64, [1], [0]))
     checked = cb.fresh("rows")
-    node = helper.make_node("Reshape", [y, shape], [checked], name=cb.fresh(ROWS_CHECK))
-    cb.nodes.append(node)
-    body_forward.append(node)
-    cb.set_info(checked, y)
-    return checked
+    cb.nodes.append(helper.make_node("Reshape", [rows, cb.op("Mul", [count, first(y)])], [checked],
+                                     name=cb.fresh(ROWS_CHECK)))
+    return cb.op("Equal", [cb.op("ReduceSum", [checked], keepdims=0), cb.const(0, "int64")])
 
 
 def sample_loop(
@@ -228,6 +231,7 @@ def sample_loop(
     per_sample: Callable[[GraphBuilder, str, str, str], str] | None = None,
     forward_only: Callable[[GraphBuilder, str, str, str], str] | None = None,
     mean_over: int | None = None,
+    factor: Callable[[GraphBuilder, str], str] | None = None,
 ) -> str:
     """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape (divided by
     ``mean_over`` when given). ``n`` is an int, or an int64 scalar tensor known at run time. float16 and
@@ -235,6 +239,7 @@ def sample_loop(
 
     make_points(cb, x, ks, count) -> [count*N, ...] given this trip's sample indices ks (int64 [count]) and
     count (int64 [1]); per_sample(cb, grad, points, ks) -> the gradients [count*N, ...] to sum.
+    ``factor(b, total)`` returns a tensor the total is multiplied by before any cast back to x's type.
     ``forward_only(cb, selected, ks, count)``, given the selected output of every point ([count*N], the
     seed's selection of y: index, or the sum for "all"), replaces the backward pass and returns the
     [count*N, ...] contributions to sum (occlusion's output drops over each window).
@@ -270,7 +275,8 @@ def sample_loop(
     rename = {x: points, **{t: repeat_rows(cb, t, count) for t in batch_axis_reads(b, forward, x, names)}}
     body_forward = copy_nodes(cb, forward, rename)
     cb.nodes.extend(body_forward)
-    y_copy = _one_row_per_point(cb, body_forward, rename[y], x, count)
+    y_copy = rename[y]
+    rows_ok = _one_row_per_point(cb, y_copy, y, count)
     tiled = None
     if index is not None:
         tiled = cb.op("Tile", [index, cb.op("Concat", [count, cb.ints([1])], axis=0)])
@@ -291,7 +297,7 @@ def sample_loop(
         grad = cb.op("Cast", [grad], to=acc_type)
     stacked = cb.op("Reshape", [grad, cb.op("Concat", [count, cb.op("Shape", [x])], axis=0)], allowzero=1)
     acc_out = cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)])
-    cond_out = cb.op("Identity", [cond_in])
+    cond_out = cb.op("Identity", [cond_in]) if rows_ok is None else cb.op("And", [cond_in, rows_ok])
 
     # the Loop node is assembled in place: make_node/make_graph would copy the body's weights three times
     total = b.fresh("loop")
@@ -315,6 +321,9 @@ def sample_loop(
     if mean_over is not None:  # divided while still in the accumulator's type
         acc_dtype = helper.tensor_dtype_to_np_dtype(acc_type)
         total = b.op("Div", [total, b.const(np.array(float(mean_over), acc_dtype), acc_dtype, "count")])
+    if factor is not None:  # factor(b, total): of the total's type (occlusion's 1 / windows covering)
+        b.types[total] = acc_type
+        total = b.op("Mul", [total, factor(b, total)])
     if acc_type != x_type:
         total = b.op("Cast", [total], to=x_type)
     b.set_info(total, x)

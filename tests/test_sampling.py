@@ -262,3 +262,62 @@ def test_what_does_not_vary_with_x_is_repeated_not_recomputed():
     assert not any(n.op_type in ("Conv", "MaxPool") for n in loop_body(chunked).node)
     one = onnxattr.compile(model, "integrated_gradients", input="c3", steps=4, chunk_size=1)
     np.testing.assert_allclose(run(chunked, x), run(one, x), rtol=1e-5, atol=1e-6 * np.abs(run(one, x)).max())
+
+
+def test_a_symbolic_axis_that_is_not_the_batch_is_never_repeated():
+    """x = a [N, S, E] + p [S, E] (a position table fed at run time), then c [S, S] @ x: S is p's first axis
+    but a's second, so it is no batch name. Before, c was tiled as if per sample and IG, in chunks, came
+    out wrong without a word (off by 8.7); numpy's IG of sum(tanh(c x)) is the reference."""
+    from onnx import TensorProto, helper
+
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph([helper.make_node("Add", ["a", "p"], ["x"]), helper.make_node("MatMul", ["c", "x"], ["z"]),
+                           helper.make_node("Tanh", ["z"], ["t"]),
+                           helper.make_node("ReduceSum", ["t", "axis1"], ["y"], keepdims=0)], "g",
+                          [vi("a", TensorProto.FLOAT, ["N", "S", 4]), vi("p", TensorProto.FLOAT, ["S", 4]),
+                           vi("c", TensorProto.FLOAT, ["S", "S"])], [vi("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(np.array([1], np.int64), "axis1")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(14)
+    a = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    feeds = {"p": rng.standard_normal((3, 4)).astype(np.float32), "c": rng.standard_normal((3, 3)).astype(np.float32)}
+    x = a + feeds["p"]
+    grad = lambda v: feeds["c"].T @ (1 - np.tanh(feeds["c"] @ v) ** 2)  # noqa: E731
+    want = x * np.mean([grad(x * k / 4) for k in range(4)], axis=0)
+    got = onnxattr.create_analyzer("integrated_gradients", model, neuron_selection_mode="all", input="x", steps=4,
+                                   chunk_size=16).analyze(a, inputs=feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_rows_per_point_follow_the_output_not_the_input(pooled):
+    """A token model that flattens its logits (x [N, S, E] -> y [N*S, C]) has S rows per point and mixes
+    none: IG in chunks equals one point per trip (before: refused, chunk_size=1 too). A model that averages
+    over the batch (y [1, C]) mixes them: refused in chunks (before the check fed the Loop's condition,
+    onnxruntime dropped it and the map came out 8x too small), right with chunk_size=1."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(15)
+    tail = [helper.make_node("ReduceMean", ["t", "axis0"], ["y"], keepdims=1)] if pooled else \
+        [helper.make_node("Reshape", ["t", "flat"], ["y"])]
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Tanh", ["h"], ["t"])] + tail,
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None if pooled else ["M", 3])],
+                          [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
+                           numpy_helper.from_array(np.array([-1, 3], np.int64), "flat"),
+                           numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    if pooled:
+        g.output[0].type.tensor_type.shape.dim.add().dim_value = 1
+        for _ in range(2):
+            g.output[0].type.tensor_type.shape.dim.add().dim_param = "?"
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    one = onnxattr.create_analyzer("integrated_gradients", model, neuron_selection_mode="all", steps=8,
+                                   chunk_size=1).analyze(x)
+    chunked = onnxattr.create_analyzer("integrated_gradients", model, neuron_selection_mode="all", steps=8,
+                                       chunk_size=16)
+    if pooled:
+        with pytest.raises(onnxattr.errors.DataError, match="one row per point.*chunk_size=1"):
+            chunked.analyze(x)
+    else:
+        np.testing.assert_allclose(chunked.analyze(x), one, rtol=1e-5, atol=1e-6)

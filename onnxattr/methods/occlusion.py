@@ -145,18 +145,21 @@ def build_occlusion(t: Target, p: dict) -> str:
 
     for node in path_nodes(t.nodes, x, t.y, b)[0]:
         t.assignment[node.name] = ("forward", "occlusion runs the forward pass only")
-    total = sample_loop(b, t.nodes, x, t.y, t.index, n_windows, _chunk(t, p), points, forward_only=drops)
-    # how many windows cover each element: a product over the axes of each axis's count
-    cover = None
-    for d in range(rank):
-        starts = b.op("Mul", [b.op("Range", [b.const(0, "int64"), b.op("Squeeze", [counts[d]]), b.const(1, "int64")]),
-                              step[d]])
-        axis = b.op("Reshape", [b.reduce("ReduceSum", inside(b, starts, d), [0]), b.ints(axes_shape(d))])
-        cover = axis if cover is None else b.op("Mul", [cover, axis])
-    zero = b.scalar(0.0, x)
-    inverse = b.op("Where", [b.op("Greater", [cover, zero]), b.op("Div", [b.scalar(1.0, x), b.op("Max", [
-        cover, b.scalar(1.0, x)])]), zero])
-    return b.op("Mul", [total, inverse])
+    def inverse_cover(b, total):
+        """1 / (how many windows cover each element), 0 where none does, in the total's type (float32 for
+        a float16 model: the sum over windows overflows float16 before this division)."""
+        cover = None
+        for d in range(rank):
+            starts = b.op("Mul", [b.op("Range", [b.const(0, "int64"), b.op("Squeeze", [counts[d]]),
+                                                 b.const(1, "int64")]), step[d]])
+            hits = b.op("Cast", [inside(b, starts, d)], to=b.types[total])
+            axis = b.op("Reshape", [b.reduce("ReduceSum", hits, [0]), b.ints(axes_shape(d))])
+            cover = axis if cover is None else b.op("Mul", [cover, axis])
+        zero, one = b.scalar(0.0, total), b.scalar(1.0, total)
+        return b.op("Where", [b.op("Greater", [cover, zero]), b.op("Div", [one, b.op("Max", [cover, one])]), zero])
+
+    return sample_loop(b, t.nodes, x, t.y, t.index, n_windows, _chunk(t, p), points, forward_only=drops,
+                       factor=inverse_cover)
 
 
 register_method(Method(

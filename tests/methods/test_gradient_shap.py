@@ -72,7 +72,8 @@ def test_baselines_that_do_not_fit_are_refused(baselines, words):
 def _square_sum():
     """y = sum(x * x): the gradient 2x varies along the path, so the draws' alpha matter."""
     return single_io_model([helper.make_node("Mul", ["x", "x"], ["sq"]),
-                            helper.make_node("ReduceSum", ["sq"], ["y"], keepdims=1)], {}, ["N", 1], ["N", 1])
+                            helper.make_node("ReduceSum", ["sq", "axis1"], ["y"], keepdims=1)],
+                           {"axis1": np.array([1], np.int64)}, ["N", 1], ["N", 1], opset=18)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

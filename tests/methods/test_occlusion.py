@@ -121,3 +121,29 @@ def test_numpy_window_sizes_and_array_baselines():
     np.testing.assert_allclose(got, (X - b) * W[:, [0, 2]].T, rtol=1e-5, atol=1e-6)
     with pytest.raises(UsageError, match=r"parameter baselines: an array of shape \[5\] does not broadcast"):
         onnxattr.compile(linear(), "occlusion", baselines=np.zeros(5))
+
+
+def test_a_float16_model_divides_by_the_window_count_before_going_back_to_float16():
+    """y = sum(0.1 x) at x = 1 on 64 x 64, windows 32 x 32 with stride 1: every window drops y by 102.4, so
+    the map is 102.4, while the sum over the 1089 windows covering the centre is 111514, past float16's
+    65504. The Loop's float32 sum must be divided before the cast back to float16. onnxruntime's CPU runs
+    float16 ops in float32 and drops the cast pairs (at every optimization level), so on CPU the map is
+    right either way: the graph itself is checked, and the map."""
+    from onnx import TensorProto, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["h"]), helper.make_node("ReduceSum", ["h", "axes"], ["s"], keepdims=1),
+         helper.make_node("Flatten", ["s"], ["y"], axis=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 1, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 1])],
+        [numpy_helper.from_array(np.array(0.1, np.float16), "w"),
+         numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    params = dict(sliding_window_shapes=(1, 32, 32), strides=1, chunk_size=128)
+    compiled = onnxattr.compile(model, "occlusion", neuron="all", **params)
+    loop = next(n for n in compiled.graph.node if n.op_type == "Loop").output[0]
+    readers = [n for n in compiled.graph.node if loop in n.input]
+    assert readers and not any(n.op_type == "Cast" for n in readers), [n.op_type for n in readers]
+    got = onnxattr.create_analyzer("occlusion", model, neuron_selection_mode="all", **params).analyze(
+        np.ones((1, 1, 64, 64), np.float16))
+    np.testing.assert_allclose(got, 102.4, rtol=2e-3)
