@@ -155,3 +155,40 @@ def test_a_per_sample_feed_under_another_axis_name_says_why_it_failed(method):
         params = {"steps": 3} if method == "integrated_gradients" else {"noise_scale": 0.0, "augment_by_n": 3}
         got = onnxattr.create_analyzer(method, model(*shapes), input="x", **params).analyze(x, inputs=feeds)
         np.testing.assert_allclose(got, want if method == "smoothgrad" else x * want, rtol=1e-6)
+
+
+def test_references_are_checked_against_the_explained_tensor_not_the_data():
+    """IG at a token embedding [N, T, 4] with ids [N, T] as the data: a reference [T, 4] is one shared
+    reference (the embedding's features), not 5 per-sample references for 2 samples; [3, T, 4] is refused."""
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"]),
+             helper.make_node("ReduceMean", ["emb", "time"], ["p"], keepdims=0),
+             helper.make_node("MatMul", ["p", "W"], ["y"])]
+    g = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "E"),
+                           numpy_helper.from_array(np.ones((4, 3), np.float32), "W"),
+                           numpy_helper.from_array(np.array([1], np.int64), "time")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    ids = np.array([[1, 2, 3, 4, 5], [0, 0, 9, 9, 1]])
+    shared = np.full((5, 4), 0.5, np.float32)
+    got = onnxattr.create_analyzer("integrated_gradients", model, input="emb", steps=4,
+                                   reference_inputs=shared).analyze(ids)
+    assert got.shape == (2, 5, 4)
+    with pytest.raises(onnxattr.errors.DataError, match="reference_inputs holds 3 references and the data 2"):
+        onnxattr.create_analyzer("integrated_gradients", model, input="emb", steps=4,
+                                 reference_inputs=np.zeros((3, 5, 4), np.float32)).analyze(ids)
+
+
+@pytest.mark.parametrize("method", ["gradient_shap", "occlusion"])
+def test_the_feed_error_names_the_method_that_runs(method):
+    """A feed [M, 4] under another name than x's [batch, 4]: the error names the method running (not
+    'integrated_gradients and smoothgrad') and suggests chunk_size=1."""
+    FLOAT = TensorProto.FLOAT
+    g = helper.make_graph([helper.make_node("Mul", ["x", "mask"], ["xm"]), helper.make_node("MatMul", ["xm", "W"], ["y"])],
+                          "feeds", [vi("x", FLOAT, ["batch", 4]), vi("mask", FLOAT, ["n", 4])], [vi("y", FLOAT, ["batch", 3])],
+                          [numpy_helper.from_array(np.ones((4, 3), np.float32), "W")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"mask": np.array([[1, 1, 0, 0], [1, 1, 1, 1]], np.float32)}
+    with pytest.raises(onnxattr.errors.DataError, match=f"{method} runs every sample's points.*or set chunk_size=1"):
+        kw = {"sliding_window_shapes": 1} if method == "occlusion" else {}  # 4 windows, one chunk
+        onnxattr.create_analyzer(method, model, input="x", **kw).analyze(np.ones((2, 4), np.float32), inputs=feeds)

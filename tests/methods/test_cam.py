@@ -206,3 +206,23 @@ def test_a_pool_to_1x1_of_symbolic_size_is_not_the_default_layer():
     assert [n for n, r in rows.items() if r == "grad_cam layer"] == ["Relu_1"]
     x = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
     assert np.abs(np.diff(analyze("grad_cam", model, x), axis=3)).max() > 0
+
+
+def test_a_block_computed_channels_last_is_not_the_default_map():
+    """Conv, then a Swin-style block on [N, H, W, C] (Transpose to channels last, a per-position MatMul, Relu),
+    then back to channels first and a global pool: the last channels-first map is the Transpose back, not
+    the channels-last Relu (before: the Relu's [N, H, W, C] was read as [N, C, H, W], 105% off Captum)."""
+    rng = np.random.default_rng(16)
+    nodes = [helper.make_node("Conv", ["x", "K"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["cl"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["cl", "M"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["cf"], perm=[0, 3, 1, 2]),
+             helper.make_node("GlobalAveragePool", ["cf"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "W"], ["y"])]
+    model = single_io_model(nodes, {"K": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+                                    "M": rng.standard_normal((4, 4)).astype(np.float32),
+                                    "W": rng.standard_normal((4, 3)).astype(np.float32)}, ["N", 2, 6, 6], ["N", 3])
+    rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert [n for n, r in rows.items() if r == "grad_cam layer"] == ["Transpose_4"]
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(analyze("grad_cam", model, x), analyze("grad_cam", model, x, layer="cf"))
