@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxattr.compiler import node_reads, reverse_pass
-from onnxattr.graph import GraphBuilder, write_tensor
+from onnxattr.graph import GraphBuilder, live_nodes, names_read, write_tensor
 from onnxattr.select import build_seed
 
 
@@ -153,21 +153,14 @@ def batch_names(b: GraphBuilder, nodes, x: str) -> set[str]:
     graph input x is computed from (shape inference may name an intermediate x's batch axis afresh,
     unk__2), except a name that any of them uses on another axis (a position table [S, E] added to
     embeddings [N, S, E] has S first, and S is no batch)."""
-    producer = {o: n for n in nodes for o in n.output}
-    firsts, others, stack, seen = set(), set(), [x], set()
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        node = producer.get(t)
-        if node is None or t == x:
-            shape = (b.shape(t) or []) if b.value(t) is None else []
-            if shape and isinstance(shape[0], str):
-                firsts.add(shape[0])
-            others.update(d for d in shape[1:] if isinstance(d, str))
-        if node is not None:
-            stack.extend(i for i in node.input if i)
+    ancestors = live_nodes(nodes, [x])
+    made = {o for node in ancestors for o in node.output}
+    inputs = {i for node in ancestors for i in names_read([node]) if i and i not in made and b.value(i) is None}
+    firsts, others = set(), set()
+    for shape in (b.shape(t) or [] for t in inputs | {x}):
+        if shape and isinstance(shape[0], str):
+            firsts.add(shape[0])
+        others.update(d for d in shape[1:] if isinstance(d, str))
     return firsts - others
 
 

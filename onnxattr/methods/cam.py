@@ -15,6 +15,7 @@ import onnx
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.errors import UsageError
+from onnxattr.graph import live_nodes
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
 from onnxattr.methods.gradient import backward, relu_rule
 from onnxattr.select import build_seed
@@ -173,13 +174,7 @@ def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
         up = b.op("Cast", [up], to=cam_type)
     if perm is not None:
         up = b.op("Transpose", [up], perm=[int(i) for i in np.argsort(perm)])
-    producer = {o: n for n in on_path for o in n.output}
-    before, stack = set(), [layer]
-    while stack:
-        node = producer.get(stack.pop())
-        if node is not None and node.name not in before:
-            before.add(node.name)
-            stack.extend(node.input)
+    before = {node.name for node in live_nodes(on_path, [layer])}
     for node in on_path:
         if guided and node.op_type == "Relu":
             t.assignment[node.name] = ("guided_backprop", "guided backprop's part")
