@@ -25,7 +25,7 @@ from onnxattr.methods.base import (
     Method, Param, Target, non_negative, one_of, optional_int, parse_int, parse_optional_int, positive_int,
     reference_constant, register_method,
 )
-from onnxattr.sampling import sample_loop
+from onnxattr.sampling import repeat_rows, sample_loop
 from onnxattr.select import build_seed
 
 
@@ -202,16 +202,21 @@ def _gaussian(b, like: str, scale: float, seed, dtype: int) -> str | None:
                 seed=float(1 + seed % SEED_STREAMS) if seed is not None else None)
 
 
+def noisy_copies(cb, x: str, count: str, scale: float, seed) -> str:
+    """count copies of x's rows ([count*N, ...], sample-major) plus N(0, scale^2) noise, drawn in float32
+    whatever x's float type (one stream for float16, float32 and float64 models)."""
+    tiled = repeat_rows(cb, x, count)
+    noise = _gaussian(cb, tiled, scale, seed, TensorProto.FLOAT)
+    if noise is not None and cb.float_type(x) != TensorProto.FLOAT:
+        noise = cb.op("Cast", [noise], to=cb.float_type(x))
+    return tiled if noise is None else cb.op("Add", [tiled, noise])
+
+
 def build_smoothgrad(t, p):
     b, x, n = t.b, t.x, p["augment_by_n"]
-    rank = b.rank(x)
 
     def points(cb, x_, ks, count):
-        tiled = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
-        noise = _gaussian(cb, tiled, p["noise_scale"], p["seed"], TensorProto.FLOAT)
-        if noise is not None and cb.float_type(x_) != TensorProto.FLOAT:  # one stream whatever the float type
-            noise = cb.op("Cast", [noise], to=cb.float_type(x_))
-        return tiled if noise is None else cb.op("Add", [tiled, noise])
+        return noisy_copies(cb, x_, count, p["noise_scale"], p["seed"])
 
     def post(cb, g, pts, ks):
         return _postprocess(cb, g, p["postprocess"])

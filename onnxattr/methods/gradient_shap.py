@@ -15,7 +15,7 @@ from onnx import TensorProto
 
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import Method, Param, Target, non_negative, parse_int, positive_int, register_method
-from onnxattr.methods.gradient import CHUNK, SEED, _chunk, _gaussian
+from onnxattr.methods.gradient import CHUNK, SEED, _chunk, noisy_copies
 from onnxattr.sampling import sample_loop
 
 
@@ -53,12 +53,8 @@ def build_gradient_shap(t: Target, p: dict) -> str:
     diffs = {}
 
     def points(cb, x_, ks, count):
-        tiled = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
-        noise = _gaussian(cb, tiled, p["stdevs"], p["seed"], TensorProto.FLOAT)
-        if noise is not None and cb.float_type(x_) != TensorProto.FLOAT:
-            noise = cb.op("Cast", [noise], to=cb.float_type(x_))
-        noisy = tiled if noise is None else cb.op("Add", [tiled, noise])
-        rows = cb.op("ConstantOfShape", [cb.op("Slice", [cb.op("Shape", [tiled]), cb.ints([0]), cb.ints([1])])],
+        noisy = noisy_copies(cb, x_, count, p["stdevs"], p["seed"])
+        rows = cb.op("ConstantOfShape", [cb.op("Slice", [cb.op("Shape", [noisy]), cb.ints([0]), cb.ints([1])])],
                      value=cb.fill_value(0.0, None))  # [count * N] float32
         # the pick and alpha from ONE generator ([rows, 2], interleaved): two RandomUniformLike ops seeded k and
         # k + 1 give (k c_j, (k + 1) c_j) mod 1 of one sequence c_j in onnxruntime (minstd_rand0): dependent
