@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from onnxattr.compiler import node_reads, reverse_pass
 from onnxattr.graph import GraphBuilder, live_nodes, names_read, write_tensor
-from onnxattr.select import build_seed
+from onnxattr.select import build_seed, selected_value
 
 
 def forward_subgraph(nodes: list[onnx.NodeProto], x: str, y: str, sources=(),
@@ -275,9 +275,7 @@ def sample_loop(
         tiled = cb.op("Tile", [index, cb.op("Concat", [count, cb.ints([1])], axis=0)])
     seed = build_seed(cb, y_copy, "all" if index is None else "index", seed_scale, tiled)
     if forward_only is not None:
-        picked = cb.op("Mul", [y_copy, seed])
-        selected = cb.op("ReduceSum", [cb.op("Flatten", [picked], axis=1), cb.ints([1])], keepdims=0)
-        grad = forward_only(cb, selected, ks, count)
+        grad = forward_only(cb, selected_value(cb, y_copy, seed), ks, count)
     else:
         grad = reverse_pass(cb, body_forward, points, y_copy, seed, rule_for)
     if grad is None:

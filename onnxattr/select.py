@@ -157,6 +157,12 @@ def build_seed(b: GraphBuilder, y: str, mode: str, scale: str, index: str | None
     return seed
 
 
+def selected_value(b: GraphBuilder, y: str, seed: str) -> str:
+    """[N]: the selected output of each sample, sum(y * seed) over its non-batch axes (the output itself for
+    a one-hot seed, the sum of all outputs for a ones seed)."""
+    return b.op("ReduceSum", [b.op("Flatten", [b.op("Mul", [y, seed])], axis=1), b.ints([1])], keepdims=0)
+
+
 def neuron_index(b: GraphBuilder, y: str, mode: str) -> str | None:
     """int64 [N, 1]: ArgMax of the flattened output (max), the ``target`` input (index), or None."""
     if mode == "max":

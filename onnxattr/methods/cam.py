@@ -29,6 +29,10 @@ CHANNELS_FIRST_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool
                                 "InstanceNormalization", "LRN", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 
 
+def _perm(node) -> list[int] | None:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+
 def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
     """({tensor: True where its axes are x's axes moved channels first, False where in x's own layout,
     absent when unknown}, the permutation taking x to channels first or None when x is channels first).
@@ -49,17 +53,14 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
         if x_last is None and node.op_type in CHANNELS_FIRST_OPS and node.input[0] in flip:
             x_last = flip[node.input[0]]  # its input is channels first: x is channels last iff flipped an odd time
         if node.op_type == "Transpose":
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            if perm not in (to_first, to_last):
+            if _perm(node) not in (to_first, to_last):
                 continue  # another permutation: layout unknown from here
             f = not f
         for o in node.output:
             if o and b.rank(o) == rank:
                 flip[o] = f
     if x_last is None:  # no channels-first op: the old rule, a Transpose to channels first reading x itself
-        x_last = any(n.op_type == "Transpose" and n.input[0] == x and
-                     next((list(a.ints) for a in n.attribute if a.name == "perm"), None) == to_first
-                     for n in on_path)
+        x_last = any(n.op_type == "Transpose" and n.input[0] == x and _perm(n) == to_first for n in on_path)
     first = {t: f == x_last for t, f in flip.items()}  # flipped from x's layout iff x is channels last
     return first, (to_first if x_last else None)
 

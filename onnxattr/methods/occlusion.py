@@ -22,7 +22,7 @@ from onnxattr.methods.base import (
 from onnxattr.compiler import path_nodes
 from onnxattr.methods.gradient import _chunk
 from onnxattr.sampling import sample_loop
-from onnxattr.select import build_seed
+from onnxattr.select import build_seed, selected_value
 
 MAX_WINDOWS = 2**20  # positions: beyond this a typo (stride 1 on a large input) would compile for minutes
 
@@ -70,7 +70,6 @@ def window_sizes(features: list, window, stride) -> tuple[list, list]:
                              f"(features {list(features)})")
     if any(isinstance(w, int) and isinstance(d, int) and w > d for w, d in zip(window, features)):
         raise UsageError(f"parameter sliding_window_shapes={window}: larger than the input's features {features}")
-    stride = [s if s is not None else None for s in stride]
     if all(isinstance(d, int) for d in features):
         counts = [-(-(d - w) // s) + 1 for d, w, s in zip(features, window, stride)]
         if int(np.prod(counts)) > MAX_WINDOWS:
@@ -110,8 +109,7 @@ def build_occlusion(t: Target, p: dict) -> str:
         place[d] = b.op("Mul", [place[d + 1], counts[d + 1]])
     n_windows = b.op("Reshape", [b.op("Mul", [place[0], counts[0]]), b.ints([])])
     baseline = reference_constant(b, x, p["baselines"], "baselines")  # a number, or an array broadcast to x
-    clean = b.op("Mul", [t.y, build_seed(b, t.y, t.neuron, "one", t.index)])
-    clean = b.op("ReduceSum", [b.op("Flatten", [clean], axis=1), b.ints([1])], keepdims=0)  # [N]
+    clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
     axes_shape = lambda d: [1] * d + [-1] + [1] * (rank - d - 1)  # noqa: E731
     masks = {}
 
@@ -145,6 +143,7 @@ def build_occlusion(t: Target, p: dict) -> str:
 
     for node in path_nodes(t.nodes, x, t.y, b)[0]:
         t.assignment[node.name] = ("forward", "occlusion runs the forward pass only")
+
     def inverse_cover(b, total):
         """1 / (how many windows cover each element), 0 where none does, in the total's type (float32 for
         a float16 model: the sum over windows overflows float16 before this division)."""
