@@ -225,10 +225,15 @@ def sample_loop(
     forward_only: Callable[[GraphBuilder, str, str, str], str] | None = None,
     mean_over: int | None = None,
     factor: Callable[[GraphBuilder, str], str] | None = None,
-) -> str:
+    sums: int = 1,
+    wide: bool = False,
+) -> str | list[str]:
     """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape (divided by
     ``mean_over`` when given). ``n`` is an int, or an int64 scalar tensor known at run time. float16 and
     bfloat16 models sum (and divide) in float32: thousands of float16 adds lose digits and overflow 65504.
+    ``wide`` sums (and divides) in float64 whatever x's type, and returns the totals in float64 (VarGrad's
+    E[g^2] - E[g]^2 cancels; the float32 gradients square exactly in float64).
+    With ``sums`` > 1, per_sample returns that many tensors and the Loop sums each: a list of totals.
 
     make_points(cb, x, ks, count) -> [count*N, ...] given this trip's sample indices ks (int64 [count]) and
     count (int64 [1]); per_sample(cb, grad, points, ks) -> the gradients [count*N, ...] to sum.
@@ -248,8 +253,11 @@ def sample_loop(
     # float16 / bfloat16: the sum over samples is kept in float32 (many trips of float16 adds lose digits, and
     # the sum overflows 65504 before a division by n)
     acc_type = TensorProto.FLOAT if x_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16) else x_type
+    if wide:
+        acc_type = TensorProto.DOUBLE
     cb = b.child()
-    it, cond_in, acc_in = cb.fresh("iter"), cb.fresh("cond"), cb.fresh("acc")
+    it, cond_in = cb.fresh("iter"), cb.fresh("cond")
+    acc_ins = [cb.fresh("acc") for _ in range(sums)]
     start = cb.op("Mul", [it, cb.const(chunk, "int64")])
     stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]),
                          cb.const(n, "int64") if total_n is None else total_n])
@@ -283,18 +291,22 @@ def sample_loop(
     declared = _body_shapes(cb, x, [points] + [o for n in cb.nodes[first:] for o in n.output], names)
     if per_sample is not None:
         grad = per_sample(cb, grad, points, ks)
-    # [count, N, ...] by the count, not -1, and a 0 in it is a size (allowzero): a batch of 0 samples
-    if acc_type != x_type:
-        grad = cb.op("Cast", [grad], to=acc_type)
-    stacked = cb.op("Reshape", [grad, cb.op("Concat", [count, cb.op("Shape", [x])], axis=0)], allowzero=1)
-    acc_out = cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)])
+    grads = [grad] if sums == 1 else list(grad)
+    assert len(grads) == sums, "per_sample returns one tensor per sum"
+    acc_outs = []
+    for g, acc_in in zip(grads, acc_ins):
+        # [count, N, ...] by the count, not -1, and a 0 in it is a size (allowzero): a batch of 0 samples
+        if acc_type != x_type and cb.types.get(g) != acc_type:
+            g = cb.op("Cast", [g], to=acc_type)
+        stacked = cb.op("Reshape", [g, cb.op("Concat", [count, cb.op("Shape", [x])], axis=0)], allowzero=1)
+        acc_outs.append(cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)]))
     cond_out = cb.op("Identity", [cond_in]) if rows_ok is None else cb.op("And", [cond_in, rows_ok])
 
     # the Loop node is assembled in place: make_node/make_graph would copy the body's weights three times
-    total = b.fresh("loop")
+    totals = [b.fresh("loop") for _ in range(sums)]
     zeros = b.zeros_like(x) if acc_type == x_type else b.op(
         "ConstantOfShape", [b.shape_of(x)], value=helper.make_tensor("v", acc_type, [1], [0.0]))
-    loop = helper.make_node("Loop", [trips, "", zeros], [total], name=b.fresh("Loop"))
+    loop = helper.make_node("Loop", [trips, ""] + [zeros] * sums, totals, name=b.fresh("Loop"))
     body_attr = loop.attribute.add()
     body_attr.name, body_attr.type = "body", onnx.AttributeProto.GRAPH
     body = body_attr.g
@@ -304,20 +316,29 @@ def sample_loop(
     body.value_info.extend(declared)
     body.input.extend([helper.make_tensor_value_info(it, TensorProto.INT64, []),
                        helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-                       helper.make_tensor_value_info(acc_in, acc_type, None)])
+                       *[helper.make_tensor_value_info(a, acc_type, None) for a in acc_ins]])
     body.output.extend([helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-                        helper.make_tensor_value_info(acc_out, acc_type, None)])
+                        *[helper.make_tensor_value_info(a, acc_type, None) for a in acc_outs]])
     b.nodes.append(loop)
     b.fill_later[loop.name] = lambda node: _write_weights(_body(node).initializer, weights)
+    out = [_finish_total(b, total, x, acc_type, mean_over, factor, cast_back=not wide) for total in totals]
+    return out[0] if sums == 1 else out
+
+
+def _finish_total(b: GraphBuilder, total: str, x: str, acc_type: int, mean_over, factor, cast_back: bool) -> str:
+    """The Loop's total divided by ``mean_over``, times ``factor``, in the accumulator's type; then cast back
+    to x's type unless not ``cast_back``."""
     if mean_over is not None:  # divided while still in the accumulator's type
         acc_dtype = helper.tensor_dtype_to_np_dtype(acc_type)
         total = b.op("Div", [total, b.const(np.array(float(mean_over), acc_dtype), acc_dtype, "count")])
     if factor is not None:  # factor(b, total): of the total's type (occlusion's 1 / windows covering)
         b.types[total] = acc_type
         total = b.op("Mul", [total, factor(b, total)])
-    if acc_type != x_type:
-        total = b.op("Cast", [total], to=x_type)
+    if cast_back and acc_type != b.float_type(x):
+        total = b.op("Cast", [total], to=b.float_type(x))
     b.set_info(total, x)
+    if not cast_back:
+        b.types[total] = acc_type
     return total
 
 

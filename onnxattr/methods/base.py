@@ -153,6 +153,10 @@ def positive_int(v):
     return None if v < INT_LIMIT else f"must be a positive integer below 2^31, got {v}"
 
 
+def positive(v):
+    return None if isinstance(v, (int, float)) and v > 0 else "must be a number > 0"
+
+
 def non_negative(v):
     return None if isinstance(v, (int, float)) and v >= 0 else "must be a number >= 0"
 

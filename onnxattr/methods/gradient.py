@@ -1,5 +1,6 @@
 """The gradient family of iNNvestigate: gradient, input_t_gradient, integrated_gradients, smoothgrad,
-deconvnet, guided_backprop, and the baselines input and random.
+deconvnet, guided_backprop, and the baselines input and random; with Captum's vargrad and Zennit's
+beta_smooth.
 
 deconvnet:       at every Relu, R_in = relu(R_out)               (forward mask ignored)
 guided_backprop: at every Relu, R_in = relu(R_out) * [x > 0]
@@ -7,7 +8,10 @@ integrated_gradients: (x - ref) * sum_k w_k grad(ref + a_k (x - ref)), k = 0..st
                  points a_k and weights w_k of ``integration`` (``ig_quadrature``); the default is the left
                  Riemann sum a_k = k/steps, w_k = 1/steps of iNNvestigate (Captum's riemann_left)
 smoothgrad:      mean_k post(grad(x + noise_k)), noise ~ N(0, noise_scale^2) (iNNvestigate 2.x ignores
-                 noise_scale and always uses 1; we honour it, default 1)
+                 noise_scale and always uses 1; we honour it, default 1); Captum's NoiseTunnel aggregates
+                 (nt_type: the mean, the mean of squares, the variance = vargrad) over another base
+                 (input_t_gradient, guided_backprop, deconvnet) in noise_tunnel
+beta_smooth:     at every Relu, R_in = sigmoid(beta x) * R_out (softplus_beta's derivative; Zennit's BetaSmooth)
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.methods.base import (
-    Method, Param, Target, non_negative, one_of, optional_int, parse_int, parse_optional_int, positive_int,
+    Method, Param, Target, non_negative, positive, one_of, optional_int, parse_int, parse_optional_int, positive_int,
     reference_constant, register_method,
 )
 from onnxattr.sampling import repeat_rows, sample_loop
@@ -61,6 +65,20 @@ def relu_rule(kind):
     return lookup
 
 
+def beta_smooth_rule(beta: float):
+    """A rule replacing the Relu backward by softplus_beta's derivative: R_in = sigmoid(beta * x) * R_out
+    (Zennit's ReLUBetaSmooth)."""
+
+    def rule(b, node, grads, need):
+        x = node.input[0]
+        return [b.op("Mul", [grads[0], b.op("Sigmoid", [b.op("Mul", [x, b.scalar(beta, x)])])])]
+
+    def lookup(node):
+        return rule if node.op_type == "Relu" else None
+
+    return lookup
+
+
 def backward(t: Target, scale="one", rule_for=None) -> str:
     seed = build_seed(t.b, t.y, t.neuron, scale, t.index)
     g = reverse_pass(t.b, t.nodes, t.x, t.y, seed, rule_for)
@@ -81,6 +99,10 @@ def build_deconvnet(t, p):
 
 def build_guided_backprop(t, p):
     return backward(t, rule_for=relu_rule("guided"))
+
+
+def build_beta_smooth(t, p):
+    return backward(t, rule_for=beta_smooth_rule(p["beta_smooth"]))
 
 
 def _chunk(t, p):
@@ -212,16 +234,47 @@ def noisy_copies(cb, x: str, count: str, scale: float, seed) -> str:
     return tiled if noise is None else cb.op("Add", [tiled, noise])
 
 
-def build_smoothgrad(t, p):
-    b, x, n = t.b, t.x, p["augment_by_n"]
+NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
+BASES = ("gradient", "input_t_gradient", "guided_backprop", "deconvnet")
+
+
+def noise_tunnel(t, p, nt_type: str) -> str:
+    """Captum's NoiseTunnel over a gradient method: with a_k = post(base(x + noise_k)), k = 0..n-1,
+    smoothgrad: mean_k a_k;  smoothgrad_sq: mean_k a_k^2;  vargrad: mean_k a_k^2 - (mean_k a_k)^2.
+    VarGrad sums in float64 (the float32 a_k square exactly there), so the difference does not cancel to
+    noise where the variance is small next to the mean; it is clipped at 0 and cast back to x's type."""
+    b, x, n, base = t.b, t.x, p["augment_by_n"], p["base"]
+    rule_for = {"guided_backprop": relu_rule("guided"), "deconvnet": relu_rule("deconv")}.get(base)
 
     def points(cb, x_, ks, count):
         return noisy_copies(cb, x_, count, p["noise_scale"], p["seed"])
 
-    def post(cb, g, pts, ks):
-        return _postprocess(cb, g, p["postprocess"])
+    def attribution(cb, g, pts, ks):
+        a = _postprocess(cb, cb.op("Mul", [pts, g]) if base == "input_t_gradient" else g, p["postprocess"])
+        if nt_type == "smoothgrad":
+            return a
+        if nt_type == "smoothgrad_sq":
+            return cb.op("Mul", [a, a])
+        wide = cb.op("Cast", [a], to=TensorProto.DOUBLE)
+        return [wide, cb.op("Mul", [wide, wide])]
 
-    return sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, per_sample=post, mean_over=n)
+    if nt_type != "vargrad":
+        return sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, rule_for=rule_for,
+                           per_sample=attribution, mean_over=n)
+    mean, mean_sq = sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, rule_for=rule_for,
+                                per_sample=attribution, mean_over=n, sums=2, wide=True)
+    var = b.op("Relu", [b.op("Sub", [mean_sq, b.op("Mul", [mean, mean])])])
+    out = b.op("Cast", [var], to=b.float_type(x))
+    b.set_info(out, x)
+    return out
+
+
+def build_smoothgrad(t, p):
+    return noise_tunnel(t, p, p["nt_type"])
+
+
+def build_vargrad(t, p):
+    return noise_tunnel(t, p, "vargrad")
 
 
 def build_input(t, p):
@@ -233,6 +286,12 @@ def build_random(t, p):
     return t.b.zeros_like(t.x) if noise is None else noise
 
 
+NOISE = (Param("augment_by_n", 64, "number of noisy samples", parse_int, positive_int),
+         Param("noise_scale", 1.0, "standard deviation of the Gaussian noise", float, non_negative))
+NOISE_BASE = Param("base", "gradient", "the attribution of each noisy copy: " + ", ".join(BASES) + " (Captum's "
+                   "Saliency(abs=False), InputXGradient, GuidedBackprop, Deconvolution)", str, one_of(*BASES))
+POSTPROCESS_NOISY = Param("postprocess", None, "None, 'abs' or 'square' applied to each copy's attribution",
+                          _parse_post, one_of(None, "abs", "square"))
 SEED = Param("seed", 0, "random seed of the noise (None: onnxruntime's per-process seed; each new "
              "session in one process starts the same stream)", parse_optional_int,
              optional_int, optional=True)
@@ -243,6 +302,10 @@ for _m in (
     Method("deconvnet", "DeconvNet: ReLUs pass only positive relevance backward.", build_deconvnet),
     Method("guided_backprop", "Guided backprop: gradient through ReLUs, positive part only.",
            build_guided_backprop),
+    Method("beta_smooth", "Gradient with every Relu's derivative replaced by softplus_beta's, sigmoid(beta x) "
+           "(Zennit's BetaSmooth composite; Dombrowski et al. 2019).", build_beta_smooth,
+           (Param("beta_smooth", 10.0, "beta of the softplus whose derivative replaces the Relu's (Zennit's "
+                  "default 10; larger is closer to the gradient)", float, positive),)),
     Method("integrated_gradients", "Integrated gradients from the reference (a left Riemann sum unless "
            "integration says otherwise).",
            build_integrated_gradients,
@@ -251,10 +314,14 @@ for _m in (
             Param("integration", "riemann_left", "points and weights on the path (Captum's names; its "
                   "default is gausslegendre)", str, one_of(*INTEGRATION)),
             CHUNK)),
-    Method("smoothgrad", "SmoothGrad: mean gradient over noisy copies of the input.", build_smoothgrad,
-           (Param("augment_by_n", 64, "number of noisy samples", parse_int, positive_int),
-            Param("noise_scale", 1.0, "standard deviation of the Gaussian noise", float, non_negative),
-            POSTPROCESS, SEED, CHUNK), random=True),
+    Method("smoothgrad", "SmoothGrad: mean gradient over noisy copies of the input (Captum's NoiseTunnel: "
+           "nt_type and base choose what is averaged).", build_smoothgrad,
+           (*NOISE, Param("nt_type", "smoothgrad", "mean of the attributions ('smoothgrad'), of their squares "
+                          "('smoothgrad_sq'), or their variance ('vargrad'), as Captum's NoiseTunnel",
+                          str, one_of(*NT_TYPES)), NOISE_BASE, POSTPROCESS_NOISY, SEED, CHUNK), random=True),
+    Method("vargrad", "VarGrad (Adebayo et al. 2018): variance of the gradient over noisy copies of the input "
+           "(smoothgrad with nt_type='vargrad').", build_vargrad,
+           (*NOISE, NOISE_BASE, POSTPROCESS_NOISY, SEED, CHUNK), random=True),
     Method("input", "The input itself (a baseline).", build_input, family="baseline"),
     Method("random", "Gaussian noise of the input's shape (a baseline).", build_random,
            (Param("stddev", 1.0, "standard deviation", float, non_negative), SEED), family="baseline", random=True),

@@ -177,3 +177,79 @@ def test_trapezoid_needs_two_steps_and_unknown_rules_are_named():
         onnxattr.compile(mlp()[0], "integrated_gradients", integration="simpson")
     with pytest.raises(onnxattr.errors.UsageError, match="at most 2048 steps"):  # leggauss is n x n
         onnxattr.compile(mlp()[0], "integrated_gradients", integration="gausslegendre", steps=100000)
+
+
+def test_beta_smooth_is_the_gradient_with_sigmoid_for_the_relu_derivative():
+    """On the MLP the map is (w2[:, t] * sigmoid(beta (x W1 + b1))) W1^T, closed form (Zennit's ReLUBetaSmooth);
+    a large beta gives the gradient back."""
+    from tests.models import mlp_logits
+
+    model, weights = mlp(softmax=False)
+    w1, b1, w2 = weights
+
+    def run(method, **params):
+        compiled = onnxattr.compile(model, method, **params)
+        return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": X})[0]
+
+    target = mlp_logits(X, weights).argmax(1)
+    for beta in (0.5, 10.0):
+        want = (w2[:, target].T / (1 + np.exp(-beta * (X @ w1 + b1)))) @ w1.T
+        np.testing.assert_allclose(run("beta_smooth", beta_smooth=beta), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run("beta_smooth", beta_smooth=1e6), run("gradient"), rtol=1e-6, atol=1e-7)
+    assert np.abs(run("beta_smooth") - run("gradient")).max() > 1e-2  # beta 10 is not the gradient here
+
+
+@pytest.mark.parametrize("base", ["gradient", "input_t_gradient", "guided_backprop", "deconvnet"])
+def test_noise_tunnel_without_noise_is_its_base(base):
+    """noise_scale 0: every copy is x, so smoothgrad is the base method's map, smoothgrad_sq its square and
+    vargrad 0."""
+    want = relevance(base)
+    common = dict(noise_scale=0.0, augment_by_n=3, base=base)
+    np.testing.assert_allclose(relevance("smoothgrad", **common), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(relevance("smoothgrad", nt_type="smoothgrad_sq", **common), want ** 2,
+                               rtol=1e-5, atol=1e-7)
+    assert np.abs(relevance("vargrad", **common)).max() < 1e-6 * np.abs(want).max() ** 2
+    assert np.abs(want).max() > 0
+
+
+def _square_model(width):
+    """y = x * x, [N, width]: each copy's gradient in mode "all" is 2 (x + noise)."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "square",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run_all(model, x, method, **params):
+    compiled = onnxattr.compile(model, method, neuron="all", **params)
+    return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+
+
+def test_vargrad_is_the_mean_square_minus_the_squared_mean():
+    """With one seed the three aggregates see the same copies: vargrad = smoothgrad_sq - smoothgrad^2 (to
+    float32 rounding of the two maps it is computed from here); on y = x * x it estimates 4 noise_scale^2."""
+    model = _square_model(2000)
+    x = np.random.default_rng(0).standard_normal((2, 2000)).astype(np.float32)
+    kw = dict(augment_by_n=50, noise_scale=0.5, seed=4, chunk_size=16)
+    mean = _run_all(model, x, "smoothgrad", **kw).astype(np.float64)
+    mean_sq = _run_all(model, x, "smoothgrad", nt_type="smoothgrad_sq", **kw).astype(np.float64)
+    var = _run_all(model, x, "vargrad", **kw)
+    np.testing.assert_allclose(var, mean_sq - mean ** 2, rtol=0, atol=4e-7 * mean_sq.max())
+    assert (var >= 0).all() and abs(var.mean() / (4 * 0.25) - 1) < 0.03  # std error of the mean 0.4 %
+    np.testing.assert_array_equal(var, _run_all(model, x, "smoothgrad", nt_type="vargrad", **kw))
+
+
+def test_vargrad_keeps_a_variance_far_below_the_mean_square():
+    """x = 1000, noise_scale 1e-3: the copies' gradients are 2000 +- 0.002, their variance 4e-6 is 1e-12 of
+    the mean square. Summed in float32 (Captum's way, mean(a^2) - mean(a)^2) the difference is rounding noise
+    of about 0.25 either side; summed in float64 it is the variance, within its sampling error (0.2 % here)."""
+    model = _square_model(2000)
+    x = np.full((1, 2000), 1000, np.float32)
+    kw = dict(augment_by_n=400, noise_scale=1e-3, seed=1)
+    var = _run_all(model, x, "vargrad", **kw)
+    assert abs(var.mean() / 4e-6 - 1) < 0.02, var.mean()
+    in_float32 = _run_all(model, x, "smoothgrad", nt_type="smoothgrad_sq", **kw) \
+        - _run_all(model, x, "smoothgrad", **kw) ** 2
+    assert np.abs(in_float32).max() > 1e3 * 4e-6  # what the float64 sums avoid

@@ -187,8 +187,9 @@ def test_not_comparable_recorded(name):
 def test_new_oracles_are_compared():
     """deep_lift and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
     cp_lrp on both transformers (with LXT's gamma on the ViT), and the gradient family on the masked encoder,
-    in every mode; Grad-CAM and Guided Grad-CAM on every net with feature maps, for one output (the cam of
-    the logits' sum is 0 on these nets: their heads are decorrelated from the mean feature)."""
+    in every mode; Captum's NoiseTunnel variants and Zennit's BetaSmooth on all eight torch nets; Grad-CAM
+    and Guided Grad-CAM on every net with feature maps, for one output (the cam of the logits' sum is 0 on
+    these nets: their heads are decorrelated from the mean feature)."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
     for method in ("deep_lift", "excitation_backprop"):
         for mode in MODES:
@@ -201,6 +202,13 @@ def test_new_oracles_are_compared():
     for name in ("torch_mlp", "torch_vgg", "torch_resnet"):
         compared = {p.values[1] for p in entries() if p.values[0] == name}
         assert {f"gradient_shap|{mode}|default" for mode in MODES} <= compared, name
+    noise_tunnel = {"smoothgrad|sq", "smoothgrad|input_t_gradient", "smoothgrad|guided_backprop", "vargrad|default",
+                    "vargrad|abs", "beta_smooth|default", "beta_smooth|beta3"}
+    for name in ("torch_mlp", "torch_vgg", "torch_resnet", "torch_conv1d", "torch_inception", "torch_strided",
+                 "torch_vggbn", "torch_mlp_nobias"):
+        compared = {p.values[1] for p in entries() if p.values[0] == name}
+        assert {f"{m}|{mode}|{tag}" for m, tag in (k.split("|") for k in noise_tunnel) for mode in MODES} \
+            <= compared, name
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
     assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
                                                         "smoothgrad") for mode in MODES}
