@@ -278,7 +278,8 @@ def cmd_methods(a) -> int:
         if m.name in seen:
             continue
         seen.add(m.name)
-        print(f"{m.name:32s} {m.doc}")
+        also = f" (also: {', '.join(m.aliases)})" if m.aliases else ""
+        print(f"{m.name:32s} {m.doc}{also}")
         settings = [f"{p.name} = {p.default!r}" for p in m.params]
         width = max(map(len, settings), default=0)
         for setting, p in zip(settings, m.params):

@@ -297,7 +297,8 @@ SEED = Param("seed", 0, "random seed of the noise (None: onnxruntime's per-proce
              optional_int, optional=True)
 
 for _m in (
-    Method("gradient", "Gradient of the selected output w.r.t. the input.", build_gradient, (POSTPROCESS,)),
+    Method("gradient", "Gradient of the selected output w.r.t. the input.", build_gradient, (POSTPROCESS,),
+           aliases=("gradient.baseline",)),  # iNNvestigate's name for its framework-gradient check
     Method("input_t_gradient", "Input times gradient.", build_input_t_gradient),
     Method("deconvnet", "DeconvNet: ReLUs pass only positive relevance backward.", build_deconvnet),
     Method("guided_backprop", "Guided backprop: gradient through ReLUs, positive part only.",

@@ -253,3 +253,12 @@ def test_vargrad_keeps_a_variance_far_below_the_mean_square():
     in_float32 = _run_all(model, x, "smoothgrad", nt_type="smoothgrad_sq", **kw) \
         - _run_all(model, x, "smoothgrad", **kw) ** 2
     assert np.abs(in_float32).max() > 1e3 * 4e-6  # what the float64 sums avoid
+
+
+def test_gradient_baseline_is_innvestigates_name_for_the_gradient():
+    """iNNvestigate registers its framework-gradient check as 'gradient.baseline'; a script that asks for it
+    gets the gradient, and the model records the name it was asked for."""
+    compiled = onnxattr.compile(mlp()[0], "gradient.baseline", postprocess="abs")
+    assert {p.key: p.value for p in compiled.metadata_props}["onnxattr.method"] == "gradient.baseline"
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": X})[0]
+    np.testing.assert_array_equal(got, relevance("gradient", postprocess="abs"))
