@@ -7,8 +7,10 @@
 """
 
 from onnxattr.api import Analyzer, compile, create_analyzer
+from onnxattr.compare import compare
 from onnxattr.errors import OnnxAttrError, OnnxAttrWarning
 from onnxattr.methods import REGISTRY as METHODS
 
 __version__ = "0.1.0"
-__all__ = ["Analyzer", "compile", "create_analyzer", "OnnxAttrError", "OnnxAttrWarning", "METHODS", "__version__"]
+__all__ = ["Analyzer", "compile", "compare", "create_analyzer", "OnnxAttrError", "OnnxAttrWarning", "METHODS",
+           "__version__"]

@@ -128,6 +128,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     helper.set_model_props(canon, {**{p.key: p.value for p in canon.metadata_props}, **n_neurons,
                                    "onnxattr.method": method,
                                    "onnxattr.input": t.x,
+                                   "onnxattr.output": t.y,
                                    "onnxattr.data": data_input(canon, t.x),
                                    "onnxattr.neuron": neuron,
                                    "onnxattr.params": repr(params)})

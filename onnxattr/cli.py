@@ -1,5 +1,6 @@
-"""Command line: ``onnxattr compile | explain | inspect | fit | methods``. Errors print one line and exit non-zero
-(codes in onnxattr/errors.py); no traceback reaches the user for a problem with their input."""
+"""Command line: ``onnxattr compile | explain | inspect | fit | compare | methods``. Errors print one line
+and exit non-zero (codes in onnxattr/errors.py); no traceback reaches the user for a problem with their
+input."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from onnxattr import viz
 from onnxattr.api import Analyzer, compile as compile_model, explained_input, inspect as inspect_model
+from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
 from onnxattr.output import check_destination, refuse_overwriting_input, save_array, save_image, save_model
@@ -132,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, the same for every batch (repeatable)")
     f.add_argument("-o", "--out", required=True, help="patterns .npz")
+    d = sub.add_parser("compare", help="audit two exports of one model: explain the same data in both, "
+                       "compare outputs and maps per sample")
+    _common(d)
+    d.add_argument("other", help="the second ONNX model (another export of the same network)")
+    d.add_argument("--data", required=True, help="input batch as .npy, or an image file, in the first model's layout")
+    d.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
+    d.add_argument("--perm", help="the data's axes in the second model's order, e.g. 0,2,3,1 (default: found "
+                   "from the declared input shapes)")
+    d.add_argument("--input-b", help="graph input to explain in the second model (default: as for the first)")
+    d.add_argument("--output-b", help="graph output to explain in the second model")
+    d.add_argument("--tolerance", type=float, help="exit with code 1 when a map differs by more than this "
+                   "(max |Ra - Rb| / max |Ra|) or the models choose different neurons")
+    d.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    d.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
+                   help="another graph input, given to both models (repeatable)")
     sub.add_parser("methods", help="list methods, their parameters and defaults")
     parser.commands = dict(sub.choices)
     return parser
@@ -217,15 +234,7 @@ def cmd_explain(a) -> int:
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=mode, input=a.input, output=a.output,
                         device=a.device, **_all_params(a))
     x = _load_data(a.data, analyzer, "index" if a.target is not None else analyzer.mode)
-    selection = None
-    if a.target is not None:
-        try:
-            selection = np.array([int(t) for t in a.target.split(",")], np.int64)
-        except (ValueError, OverflowError):
-            raise UsageError(f"--target must be integers separated by commas, got '{a.target}'") from None
-        if selection.size == 1:
-            selection = selection[0]
-    r = analyzer.analyze(x, neuron_selection=selection, inputs=_load_feeds(a))
+    r = analyzer.analyze(x, neuron_selection=_target(a.target), inputs=_load_feeds(a))
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
     print(f"relevance {list(r.shape)} via {used}; sum per sample: "
           + ", ".join(f"{v:.4g}" for v in r.reshape(r.shape[0], -1).sum(1)[:8]))
@@ -272,6 +281,47 @@ def cmd_fit(a) -> int:
     return 0
 
 
+def _target(text: str | None):
+    """--target 3 or 3,1,4 as an index or an int64 array."""
+    if text is None:
+        return None
+    try:
+        selection = np.array([int(t) for t in text.split(",")], np.int64)
+    except (ValueError, OverflowError):
+        raise UsageError(f"--target must be integers separated by commas, got '{text}'") from None
+    return selection[0] if selection.size == 1 else selection
+
+
+def cmd_compare(a) -> int:
+    if (a.target is not None) != (a.neuron == "index"):
+        raise UsageError("--target goes with --neuron index (and --neuron index needs it)")
+    if a.tolerance is not None and not a.tolerance >= 0:
+        raise UsageError(f"--tolerance must be a number >= 0, got {a.tolerance}")
+    perm = None
+    if a.perm is not None:
+        try:
+            perm = [int(p) for p in a.perm.split(",")]
+        except ValueError:
+            raise UsageError(f"--perm must be axis numbers separated by commas, got '{a.perm}'") from None
+    mode = {"max": "max_activation", "index": "index", "all": "all"}[a.neuron]
+    first, second = (Analyzer(_method(a), model, neuron_selection_mode=mode, input=i, output=o, device=a.device,
+                              **_all_params(a))
+                     for model, i, o in ((a.model, a.input, a.output), (a.other, a.input_b or a.input,
+                                                                         a.output_b or a.output)))
+    x = _load_data(a.data, first, "index" if a.target is not None else first.mode)
+    feeds = _load_feeds(a)
+    result = compare_analyzers(first, second, x, _target(a.target), perm, feeds, feeds)
+    print(f"{first.method.name} on {a.model} (a) and {a.other} (b), neuron {a.neuron}"
+          + ("" if result.perm == tuple(range(x.ndim)) else f", data transposed {list(result.perm)} for b") + ":")
+    print(result.table())
+    if a.tolerance is not None and not result.within(a.tolerance):
+        why = (f"the maps differ by up to {result.worst_relevance_diff:.3g} of map a's largest value"
+               if result.worst_relevance_diff > a.tolerance else "the models choose different neurons")
+        print(f"onnxattr: {why} (--tolerance {a.tolerance:g})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_methods(a) -> int:
     seen = set()
     for name, m in sorted(REGISTRY.items()):
@@ -292,7 +342,7 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         commands = {"compile": cmd_compile, "explain": cmd_explain, "inspect": cmd_inspect,
-                    "fit": cmd_fit, "methods": cmd_methods}
+                    "fit": cmd_fit, "compare": cmd_compare, "methods": cmd_methods}
         with warnings.catch_warnings():
             show = warnings.showwarning
 

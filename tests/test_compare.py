@@ -1,0 +1,144 @@
+"""onnxattr/compare.py: two exports of one network explained side by side."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxattr
+from onnxattr.cli import main
+from onnxattr.compare import _pearson, _top_shared, compare, layout_perm
+from onnxattr.errors import UsageError
+
+DATA = Path(__file__).parent / "oracles" / "data"
+RESNET, RESNET_BN, VGG = DATA / "torch_resnet.onnx", DATA / "torch_resnet_bn.onnx", DATA / "torch_vgg.onnx"
+
+
+def oracle_x(name):
+    with np.load(DATA / f"{name}.npz") as f:
+        return f["x"]
+
+
+def channels_last(path, out):
+    """The model behind a Transpose: it takes [N, H, W, C] data, as a Keras export of the same net would."""
+    m = onnx.load(str(path))
+    old = m.graph.input[0]
+    dims = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]
+    m.graph.node.insert(0, helper.make_node("Transpose", ["x_nhwc"], [old.name], perm=[0, 3, 1, 2]))
+    new = helper.make_tensor_value_info("x_nhwc", TensorProto.FLOAT, [dims[0], *dims[2:], dims[1]])
+    m.graph.input.remove(old)
+    m.graph.input.insert(0, new)
+    onnx.save(m, str(out))
+    return out
+
+
+def scaled_weight(path, out, factor, initializer=-1):
+    """The model with one initializer (the last, by default) scaled: an export that went wrong."""
+    m = onnx.load(str(path))
+    t = m.graph.initializer[initializer]
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name))
+    onnx.save(m, str(out))
+    return out
+
+
+@pytest.mark.parametrize("method", ["gradient", "lrp.epsilon_plus", "integrated_gradients"])
+def test_two_exports_of_one_net_agree(method):
+    """torch_resnet.onnx (BatchNorms folded by the exporter) and torch_resnet_bn.onnx (kept): one network,
+    so the outputs agree to float32 rounding and the maps to 1e-5 of their largest value."""
+    x = oracle_x("torch_resnet")
+    result = compare(RESNET, RESNET_BN, method, x)
+    assert result.perm == (0, 1, 2, 3) and result.choices_agree and len(result.samples) == len(x)
+    assert result.within(1e-5), result.table()
+    assert all(s.correlation > 0.999999 and s.top_shared == 1.0 and s.output_diff < 1e-5 for s in result.samples)
+
+
+def test_a_channels_last_export_is_transposed_for_and_back(tmp_path):
+    """The second model takes NHWC data: the permutation is found from its declared input, and its map comes
+    back in the first model's layout, equal to the first model's own."""
+    x = oracle_x("torch_vgg")
+    nhwc = channels_last(VGG, tmp_path / "vgg_nhwc.onnx")
+    result = compare(VGG, nhwc, "lrp.epsilon_plus_flat", x)
+    assert result.perm == (0, 2, 3, 1)
+    map_a, map_b = result.maps
+    assert map_b.shape == x.shape
+    np.testing.assert_allclose(map_b, map_a, rtol=0, atol=1e-6 * np.abs(map_a).max())
+    want = onnxattr.create_analyzer("lrp.epsilon_plus_flat", str(VGG)).analyze(x)
+    np.testing.assert_array_equal(map_a, want)
+    # given the wrong order, the data do not fit the second model
+    with pytest.raises(onnxattr.errors.DataError, match="expects shape"):
+        compare(VGG, nhwc, "gradient", x, perm=(0, 1, 2, 3))
+
+
+def test_a_wrong_export_is_found(tmp_path):
+    """The first convolution's weights scaled by 1.5 in the second export: outputs and maps differ, and
+    within() says so."""
+    x = oracle_x("torch_vgg")
+    bad = scaled_weight(VGG, tmp_path / "bad.onnx", 1.5, initializer=0)
+    assert len(onnx.load(str(bad)).graph.initializer[0].dims) == 4  # a Conv weight
+    for method in ("gradient", "lrp.epsilon"):
+        result = compare(VGG, bad, method, x, neuron="index", target=np.array([0, 1, 2, 3]))
+        assert not result.within(1e-3) and result.worst_relevance_diff > 1e-2, method
+        assert max(s.output_diff for s in result.samples) > 1e-2
+        assert min(s.correlation for s in result.samples) < 0.9999
+
+
+def test_b_explains_the_first_models_choice(tmp_path):
+    """When the exports choose different neurons, the second is explained at the first one's choice (the maps
+    stay comparable) and the disagreement is reported."""
+    x = oracle_x("torch_vgg")
+    m = onnx.load(str(VGG))
+    bias = m.graph.initializer[-1]
+    values = numpy_helper.to_array(bias).copy()
+    values[0] += 100.0  # neuron 0 wins for every sample in the second export
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(m, str(tmp_path / "biased.onnx"))
+    result = compare(VGG, tmp_path / "biased.onnx", "gradient", x)
+    assert [s.choice_b for s in result.samples] == [0] * len(x)
+    assert not result.choices_agree and not result.within(1.0)
+    # a bias shifts no gradient: at the first model's choices the maps are one
+    assert result.worst_relevance_diff < 1e-6
+    assert "(differ)" in result.table()
+
+
+def test_layout_perm():
+    assert layout_perm((4, 3, 16, 16), ["N", 16, 16, 3]) == (0, 2, 3, 1)
+    assert layout_perm((4, 3, 8, 8), [None, None, None, 3]) == (0, 2, 3, 1)  # H, W keep their order
+    assert layout_perm((4, 3, 8, 8), ["N", 3, 8, 8]) == (0, 1, 2, 3)
+    assert layout_perm((4, 3, 8, 8), ["N", "C", "H", "W"]) == (0, 1, 2, 3)
+    assert layout_perm((2, 5, 7), ["N", 7, 5]) == (0, 2, 1)
+    with pytest.raises(UsageError, match="differ in rank"):
+        layout_perm((4, 3, 8, 8), ["N", 192])
+    with pytest.raises(UsageError, match="in no axis order"):
+        layout_perm((4, 3, 8, 8), ["N", 3, 8, 9])
+
+
+def test_map_similarity_measures():
+    a = np.array([0.0, 1.0, 2.0, 3.0, -10.0, 0.5, 0.2, 0.1, 0.0, 4.0])
+    assert _pearson(a, 2 * a + 1) == pytest.approx(1.0) and _pearson(a, -a) == pytest.approx(-1.0)
+    assert _pearson(np.zeros(4), np.zeros(4)) == 1.0 and _pearson(np.zeros(4), np.ones(4) * [1, 0, 0, 0]) == 0.0
+    assert _top_shared(a, a) == 1.0  # k = 1: the element -10 by magnitude
+    b = a.copy()
+    b[4] = 0.0
+    assert _top_shared(a, b) == 0.0
+
+
+def test_cli_compare_and_its_tolerance(tmp_path, capsys):
+    x = oracle_x("torch_vgg")
+    np.save(tmp_path / "x.npy", x)
+    bad = scaled_weight(VGG, tmp_path / "bad.onnx", 1.5, initializer=0)
+    args = ["compare", str(VGG), str(bad), "-m", "lrp.epsilon", "--data", str(tmp_path / "x.npy"),
+            "--neuron", "index", "--target", "0,1,2,3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lrp.epsilon on ") and "worst" in out and "relevance diff" in out
+    assert main(args + ["--tolerance", "1e-3"]) == 1
+    assert "the maps differ by up to" in capsys.readouterr().err
+    assert main(["compare", str(VGG), str(VGG), "-m", "gradient", "--data", str(tmp_path / "x.npy"),
+                 "--tolerance", "0"]) == 0
+    assert main(args[:-2]) == 2  # --neuron index without --target
+    assert "--target" in capsys.readouterr().err
+    assert main(args + ["--perm", "0,x"]) == 2
+    assert main(args + ["--perm", "1,0,2,3"]) == 2
+    assert "batch first" in capsys.readouterr().err
