@@ -99,7 +99,7 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
 def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, method: str,
              params: dict) -> onnx.ModelProto:
     b = t.b
-    if b.types.get(t.x) != TensorProto.FLOAT:
+    if b.types.get(relevance, b.types.get(t.x)) != TensorProto.FLOAT:  # a method may give float32 itself
         relevance = b.op("Cast", [relevance], to=TensorProto.FLOAT)
     final = b.op("Identity", [relevance])
     b.nodes[-1].output[0] = RELEVANCE
@@ -166,8 +166,6 @@ def _default_rule(m, node) -> str:
         return "none (baseline: no backward pass)"
     if m.family == "lrp":
         return "gradient"
-    if node.op_type == "Relu" and m.name in ("deconvnet", "guided_backprop"):
-        return m.name
     return "gradient"
 
 

@@ -71,6 +71,8 @@ class Method:
                         from None
             if isinstance(value, np.integer):
                 value = int(value)  # numpy's integers count as integers
+            elif isinstance(value, np.floating):
+                value = float(value)  # and its floats as floats (np.float32 is no Python float)
             err = _basic_check(p, value)
             if err is None and p.check is not None:
                 err = p.check(value)

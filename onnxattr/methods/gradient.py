@@ -50,6 +50,16 @@ POSTPROCESS = Param("postprocess", None, "None, 'abs' or 'square' applied to the
 CHUNK = Param("chunk_size", 16, "samples per Loop iteration (bounds memory)", parse_int, positive_int)
 
 
+def record_relu_rule(t: Target, rule: str, why: str) -> None:
+    """Name the rule every Relu gets, for ``inspect``."""
+    for node in t.nodes:
+        if node.op_type == "Relu":
+            t.assignment[node.name] = (rule, why)
+
+
+RELU_RULES = {"deconvnet": "R_in = relu(R_out)", "guided_backprop": "R_in = relu(R_out) [x > 0]"}
+
+
 def relu_rule(kind):
     """A rule replacing the Relu backward: 'deconv' -> relu(g); 'guided' -> relu(g) * [x > 0]."""
 
@@ -71,7 +81,12 @@ def beta_smooth_rule(beta: float):
 
     def rule(b, node, grads, need):
         x = node.input[0]
-        return [b.op("Mul", [grads[0], b.op("Sigmoid", [b.op("Mul", [x, b.scalar(beta, x)])])])]
+        if b.float_type(x) in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            slope = b.op("Sigmoid", [b.op("Mul", [x, b.scalar(beta, x)])])
+        else:  # float16 holds no beta above 65504 (inf * 0 = NaN at x = 0): the slope in float32
+            wide = b.op("Mul", [b.op("Cast", [x], to=TensorProto.FLOAT), b.scalar(beta)])
+            slope = b.op("Cast", [b.op("Sigmoid", [wide])], to=b.float_type(x))
+        return [b.op("Mul", [grads[0], slope])]
 
     def lookup(node):
         return rule if node.op_type == "Relu" else None
@@ -94,14 +109,17 @@ def build_input_t_gradient(t, p):
 
 
 def build_deconvnet(t, p):
+    record_relu_rule(t, "deconvnet", RELU_RULES["deconvnet"])
     return backward(t, rule_for=relu_rule("deconv"))
 
 
 def build_guided_backprop(t, p):
+    record_relu_rule(t, "guided_backprop", RELU_RULES["guided_backprop"])
     return backward(t, rule_for=relu_rule("guided"))
 
 
 def build_beta_smooth(t, p):
+    record_relu_rule(t, f"beta_smooth({p['beta_smooth']:g})", "R_in = sigmoid(beta x) R_out")
     return backward(t, rule_for=beta_smooth_rule(p["beta_smooth"]))
 
 
@@ -241,31 +259,42 @@ BASES = ("gradient", "input_t_gradient", "guided_backprop", "deconvnet")
 def noise_tunnel(t, p, nt_type: str) -> str:
     """Captum's NoiseTunnel over a gradient method: with a_k = post(base(x + noise_k)), k = 0..n-1,
     smoothgrad: mean_k a_k;  smoothgrad_sq: mean_k a_k^2;  vargrad: mean_k a_k^2 - (mean_k a_k)^2.
-    VarGrad sums in float64 (the float32 a_k square exactly there), so the difference does not cancel to
-    noise where the variance is small next to the mean; it is clipped at 0 and cast back to x's type."""
+    Where anything is squared (post 'square', smoothgrad_sq, vargrad) the a_k are squared and summed in
+    float64, and the result comes back in float32 (the relevance output's type): the float32 or float16 a_k
+    square exactly there, VarGrad's difference does not cancel to noise where the variance is small next
+    to the mean, and float16's range (6e-8 to 65504) holds neither the squares nor small variances. The
+    variance is clipped at 0."""
     b, x, n, base = t.b, t.x, p["augment_by_n"], p["base"]
     rule_for = {"guided_backprop": relu_rule("guided"), "deconvnet": relu_rule("deconv")}.get(base)
+    if base in RELU_RULES:
+        record_relu_rule(t, base, RELU_RULES[base])
+    squares = nt_type != "smoothgrad" or p["postprocess"] == "square"
 
     def points(cb, x_, ks, count):
         return noisy_copies(cb, x_, count, p["noise_scale"], p["seed"])
 
     def attribution(cb, g, pts, ks):
-        a = _postprocess(cb, cb.op("Mul", [pts, g]) if base == "input_t_gradient" else g, p["postprocess"])
+        a = cb.op("Mul", [pts, g]) if base == "input_t_gradient" else g
+        if squares:
+            a = cb.op("Cast", [a], to=TensorProto.DOUBLE)
+            cb.types[a] = TensorProto.DOUBLE
+        a = _postprocess(cb, a, p["postprocess"])
         if nt_type == "smoothgrad":
             return a
         if nt_type == "smoothgrad_sq":
             return cb.op("Mul", [a, a])
-        wide = cb.op("Cast", [a], to=TensorProto.DOUBLE)
-        return [wide, cb.op("Mul", [wide, wide])]
+        return [a, cb.op("Mul", [a, a])]
 
-    if nt_type != "vargrad":
-        return sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, rule_for=rule_for,
-                           per_sample=attribution, mean_over=n)
-    mean, mean_sq = sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, rule_for=rule_for,
-                                per_sample=attribution, mean_over=n, sums=2, wide=True)
-    var = b.op("Relu", [b.op("Sub", [mean_sq, b.op("Mul", [mean, mean])])])
-    out = b.op("Cast", [var], to=b.float_type(x))
+    totals = sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, rule_for=rule_for,
+                         per_sample=attribution, mean_over=n, sums=2 if nt_type == "vargrad" else 1, wide=squares)
+    if not squares:
+        return totals
+    if nt_type == "vargrad":
+        mean, mean_sq = totals
+        totals = b.op("Relu", [b.op("Sub", [mean_sq, b.op("Mul", [mean, mean])])])
+    out = b.op("Cast", [totals], to=TensorProto.FLOAT)
     b.set_info(out, x)
+    b.types[out] = TensorProto.FLOAT
     return out
 
 

@@ -136,3 +136,11 @@ def test_fit_batch_size_must_be_positive_as_a_usage_error(tmp_path, model_path, 
     assert "batch_size must be a positive integer" in line and not (tmp_path / "p.npz").exists()
     with pytest.raises(onnxattr.errors.UsageError, match="positive integer"):
         onnxattr.create_analyzer("pattern.net", model_path).fit(np.ones((4, 6), np.float32), batch_size=True)
+
+
+@pytest.mark.parametrize("value", [np.float32(0.5), np.float16(0.5)])
+def test_numpy_floats_count_as_numbers(model_path, value):
+    """np.float32 is no Python float (np.float64 is): it was refused as 'must be a number >= 0'."""
+    assert onnxattr.compile(model_path, "smoothgrad", noise_scale=value, augment_by_n=2) is not None
+    assert onnxattr.compile(model_path, "beta_smooth", beta_smooth=value) is not None
+    assert onnxattr.compile(model_path, "random", stddev=value) is not None

@@ -262,3 +262,68 @@ def test_gradient_baseline_is_innvestigates_name_for_the_gradient():
     assert {p.key: p.value for p in compiled.metadata_props}["onnxattr.method"] == "gradient.baseline"
     got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": X})[0]
     np.testing.assert_array_equal(got, relevance("gradient", postprocess="abs"))
+
+
+def _scaled(dtype, c, square=False, width=400):
+    """y = c x (or c x^2) with x and c of ``dtype``."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Mul", ["x", "x"], ["t"]), helper.make_node("Mul", ["t", "c"], ["y"])] if square \
+        else [helper.make_node("Mul", ["x", "c"], ["y"])]
+    g = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", dtype, ["N", width])],
+                          [helper.make_tensor_value_info("y", dtype, ["N", width])],
+                          [helper.make_tensor("c", dtype, [], [c])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_float16_squares_and_small_variances_keep_their_range():
+    """float16 holds 6e-8 to 65504: squares of a gradient of 300, and VarGrad's variances of 1e-7, fall
+    outside it. They are squared and summed in float64 and returned in float32 (the relevance output's type),
+    so the float16 model's maps equal the float32 model's (they had inf, and a variance in 3 float16 steps)."""
+    from onnx import TensorProto
+
+    def maps(method, c, square, **params):
+        out = []
+        for dtype, np_type in ((TensorProto.FLOAT, np.float32), (TensorProto.FLOAT16, np.float16)):
+            x = np.full((1, 400), 0.5, np_type)
+            compiled = onnxattr.compile(_scaled(dtype, c, square), method, neuron="all", **params)
+            out.append(ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0])
+        return out
+
+    for params in ({"nt_type": "smoothgrad_sq"}, {"postprocess": "square"}):
+        f32, f16 = maps("smoothgrad", 300.0, False, augment_by_n=4, **params)
+        np.testing.assert_array_equal(f32, np.full_like(f32, 90000.0))
+        np.testing.assert_array_equal(f16, f32)
+    f32, f16 = maps("vargrad", 0.003, True, augment_by_n=64, noise_scale=0.05, seed=2)
+    assert len(np.unique(f16)) > 300 and np.abs(f32.mean() / 9e-8 - 1) < 0.05
+    assert np.median(np.abs(f16 - f32) / f32) < 2e-3
+
+
+def test_float16_beta_smooth_takes_any_beta():
+    """beta 1e5 is inf in float16, and inf * 0 is NaN at a Relu input of 0: the slope is computed in
+    float32 for 16-bit models, giving 0.5 there like the float32 model."""
+    from onnx import TensorProto, helper
+
+    out = []
+    for dtype, np_type in ((TensorProto.FLOAT, np.float32), (TensorProto.FLOAT16, np.float16)):
+        g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", dtype, ["N", 4])],
+                              [helper.make_tensor_value_info("y", dtype, ["N", 4])])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        compiled = onnxattr.compile(model, "beta_smooth", neuron="all", beta_smooth=1e5)
+        x = np.array([[0.0, 1.0, -1.0, 1e-3]], np_type)
+        out.append(ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0])
+    np.testing.assert_array_equal(out[0], [[0.5, 1.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(out[1], out[0])
+
+
+@pytest.mark.parametrize("method,params,rule", [
+    ("beta_smooth", {}, "beta_smooth(10)"), ("beta_smooth", {"beta_smooth": 2.5}, "beta_smooth(2.5)"),
+    ("guided_backprop", {}, "guided_backprop"), ("deconvnet", {}, "deconvnet"),
+    ("vargrad", {"base": "guided_backprop"}, "guided_backprop"), ("smoothgrad", {"base": "deconvnet"}, "deconvnet"),
+    ("smoothgrad", {}, "gradient"),
+])
+def test_inspect_names_the_relu_rule(method, params, rule):
+    rows = onnxattr.api.inspect(mlp()[0], method, **params)
+    assert [r[2] for r in rows if r[1] == "Relu"] == [rule]
+    assert {r[2] for r in rows if r[1] != "Relu"} == {"gradient"}
