@@ -131,7 +131,13 @@ def choose_output(model: onnx.ModelProto, b: GraphBuilder, name: str | None) -> 
 
 
 def build_seed(b: GraphBuilder, y: str, mode: str, scale: str, index: str | None) -> str:
-    """Seed tensor of y's shape. ``index``: int64 [N, 1] neuron per sample (modes max/index)."""
+    """Seed tensor of y's shape. ``index``: int64 [N, 1] neuron per sample (modes max/index). A scalar y (a
+    loss, an energy: one number for the whole batch) is its own only neuron, seeded as in mode "all"."""
+    if b.rank(y) == 0:
+        seed = {"one": lambda: b.op("ConstantOfShape", [b.ints([])], value=b.fill_value(1.0, y)),
+                "logit": lambda: b.op("Identity", [y]), "relu_logit": lambda: b.op("Relu", [y])}[scale]()
+        b.set_info(seed, y)
+        return seed
     flat = b.op("Flatten", [y], axis=1)
     if mode == "all":
         if scale == "one":
@@ -164,7 +170,13 @@ def selected_value(b: GraphBuilder, y: str, seed: str) -> str:
 
 
 def neuron_index(b: GraphBuilder, y: str, mode: str) -> str | None:
-    """int64 [N, 1]: ArgMax of the flattened output (max), the ``target`` input (index), or None."""
+    """int64 [N, 1]: ArgMax of the flattened output (max), the ``target`` input (index), or None (mode all,
+    or a scalar output: its own only neuron)."""
+    if b.rank(y) == 0:
+        if mode == "index":
+            raise SelectionError(f"the explained output '{y}' is a single number (rank 0, no batch axis): there "
+                                 "is no neuron to pick per sample; explain it with neuron 'max' or 'all'")
+        return None
     if mode == "max":
         return b.op("ArgMax", [b.op("Flatten", [y], axis=1)], axis=1, keepdims=1)
     if mode == "index":

@@ -121,3 +121,37 @@ def test_output_that_does_not_depend_on_the_input_is_an_error():
     with pytest.raises(SelectionError, match="'y' does not depend on input 'a'"):
         onnxattr.compile(model, "gradient", input="a", output="y")
     assert isinstance(onnxattr.compile(model, "gradient", input="a", output="z"), onnx.ModelProto)
+
+
+def _scalar_output_model():
+    """y = sum(relu(x W)^2) over the whole batch: a rank-0 output (a loss, an energy), no batch axis."""
+    from onnx import numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                           helper.make_node("Mul", ["r", "r"], ["t"]),
+                           helper.make_node("ReduceSum", ["t"], ["y"], keepdims=0)], "energy",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), w
+
+
+def test_a_scalar_output_is_its_own_only_neuron():
+    """A rank-0 output is explained as it is in modes max and all (it failed onnx.checker on a Flatten with
+    axis 1); mode index, with no neuron to pick, and occlusion, with no output per sample, are refused."""
+    model, w = _scalar_output_model()
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    want = 2 * np.maximum(x @ w, 0) @ w.T
+    for method, expected in (("gradient", want), ("input_t_gradient", x * want), ("smoothgrad", want)):
+        for neuron in ("max", "all"):
+            params = {"noise_scale": 0.0, "augment_by_n": 2} if method == "smoothgrad" else {}
+            compiled = onnxattr.compile(model, method, neuron=neuron, **params)
+            got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    compiled = onnxattr.compile(model, "lrp.z", neuron="max")  # seeded with the output's own value
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+    assert np.isfinite(got).all() and got.any()
+    with pytest.raises(onnxattr.errors.SelectionError, match="single number.*'max' or 'all'"):
+        onnxattr.compile(model, "gradient", neuron="index")
+    with pytest.raises(onnxattr.errors.SelectionError, match="occlusion.*single number"):
+        onnxattr.compile(model, "occlusion", neuron="all")

@@ -15,7 +15,7 @@ import numbers
 
 import numpy as np
 
-from onnxattr.errors import UsageError
+from onnxattr.errors import SelectionError, UsageError
 from onnxattr.methods.base import (
     Method, Param, Target, parse_int, positive_int, reference_constant, register_method,
 )
@@ -88,6 +88,9 @@ def _axis_value(b, feats: str, d: int, value) -> str:
 def build_occlusion(t: Target, p: dict) -> str:
     b, x = t.b, t.x
     shape = b.shape(x)
+    if b.rank(t.y) == 0:
+        raise SelectionError(f"occlusion measures each sample's output drop, and the explained output '{t.y}' is "
+                             "a single number for the whole batch (rank 0); explain an output with a batch axis")
     if shape is None or len(shape) < 2:
         raise UsageError(f"occlusion slides a window over the features of '{x}', whose rank is "
                          f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
