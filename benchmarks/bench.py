@@ -25,7 +25,8 @@ here must finish in 10 minutes); `fast-a` and `fast-b` = `fast` in two halves, f
 whose sessions do not all fit in memory at once (VGG16 at batch 8 on a 24 GiB machine); `transformer` =
 forward, gradient and attn_lrp against LXT 2.1 on `--models vit_b16` (LXT installed with
 `pip install --no-deps lxt==2.1`; its rules are loaded as tests/oracles/make_lxt.py does); `captum-more` =
-Grad-CAM, GradientSHAP (16 draws) and Occlusion (49 windows) against Captum's. The onnxruntime forward is
+Grad-CAM, GradientSHAP (16 draws) and Occlusion (49 windows) against Captum's; `noise-tunnel` = VarGrad
+(16 copies) against Captum's NoiseTunnel and beta_smooth against Zennit's BetaSmooth. The onnxruntime forward is
 timed in every group, so each ratio comes from one run.
 """
 
@@ -52,6 +53,7 @@ RESULTS = HERE / "results"
 STEPS = 64
 OCCLUSION_WINDOW, OCCLUSION_STRIDE = (3, 32, 32), (3, 32, 32)  # 7 x 7 = 49 windows on 224 x 224
 PAUSE = 0.2  # seconds between timed calls
+NT_SAMPLES = 16  # VarGrad's noisy copies in the noise-tunnel group
 
 # configuration -> (library, what it computes, reference configuration(s) for the ratio)
 OURS = {
@@ -68,6 +70,8 @@ OURS = {
     "occlusion": {"method": "occlusion", "params": {"sliding_window_shapes": OCCLUSION_WINDOW,
                                                    "strides": OCCLUSION_STRIDE, "chunk_size": 8},
                   "ref": ["captum.occlusion"]},
+    "vargrad": {"method": "vargrad", "params": {"augment_by_n": NT_SAMPLES}, "ref": ["captum.vargrad"]},
+    "beta_smooth": {"method": "beta_smooth", "ref": ["zennit.beta_smooth"]},
 }
 GROUPS = {
     "fast": ["ort.forward", "torch.forward",
@@ -91,6 +95,9 @@ GROUPS = {
     # GradientSHAP with 16 draws, Occlusion over 49 windows of 3 x 32 x 32
     "captum-more": ["ort.forward", "onnxattr.grad_cam", "captum.grad_cam", "onnxattr.gradient_shap",
                     "captum.gradient_shap", "onnxattr.occlusion", "captum.occlusion"],
+    # VarGrad over 16 noisy copies against Captum's NoiseTunnel(Saliency, 'vargrad'); Zennit's BetaSmooth
+    "noise-tunnel": ["ort.forward", "onnxattr.vargrad", "captum.vargrad", "onnxattr.beta_smooth",
+                     "zennit.beta_smooth"],
 }
 
 
@@ -185,9 +192,10 @@ def make_runner(config: str, model: str, x, threads: int):
             ig = IntegratedGradients(net)
             return lambda: ig.attribute(xg, baselines=0.0, target=target, n_steps=STEPS, method="riemann_left",
                                         internal_batch_size=16 * x.shape[0])
-        if name == "smoothgrad":
+        if name in ("smoothgrad", "vargrad"):
             nt = NoiseTunnel(Saliency(net))
-            return lambda: nt.attribute(xg, nt_type="smoothgrad", nt_samples=STEPS, nt_samples_batch_size=16,
+            samples = STEPS if name == "smoothgrad" else NT_SAMPLES
+            return lambda: nt.attribute(xg, nt_type=name, nt_samples=samples, nt_samples_batch_size=16,
                                         stdevs=1.0, target=target, abs=False)
         from captum.attr import GradientShap, LayerAttribution, LayerGradCam, Occlusion
 
@@ -219,7 +227,7 @@ def make_runner(config: str, model: str, x, threads: int):
         _stub_torchvision()
         from zennit.attribution import Gradient
         from zennit.canonizers import SequentialMergeBatchNorm
-        from zennit.composites import EpsilonPlusFlat, LayerMapComposite, layer_map_base
+        from zennit.composites import BetaSmooth, EpsilonPlusFlat, LayerMapComposite, layer_map_base
         from zennit.rules import Epsilon, ZPlus
         from zennit.types import Convolution, Linear
 
@@ -231,9 +239,10 @@ def make_runner(config: str, model: str, x, threads: int):
             "epsilon_plus_flat": EpsilonPlusFlat(canonizers=canon),
             # Deep Taylor's z+ everywhere, gradient through ReLUs (as onnxattr's deep_taylor)
             "zplus": LayerMapComposite([(Convolution, ZPlus()), (Linear, ZPlus())], canonizers=canon),
+            "beta_smooth": BetaSmooth(),
         }[name]
         onehot = torch.nn.functional.one_hot(target, 1000).float()
-        seed = (lambda out: onehot) if name == "gradient" else (lambda out: out * onehot)
+        seed = (lambda out: onehot) if name in ("gradient", "beta_smooth") else (lambda out: out * onehot)
         attributor = Gradient(net, composite)
         attributor.__enter__()  # hooks registered once, outside the timed calls
         xg = xt.clone().requires_grad_(True)
@@ -402,7 +411,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
-    ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more) or "
+    ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more, "
+                    "noise-tunnel) or "
                     "comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())

@@ -1,6 +1,8 @@
 """Method registry: every method name, its parameters and defaults, and its graph builder."""
 
 from onnxattr.methods.base import REGISTRY, Method, Param, Target, get_method
-from onnxattr.methods import attn_lrp, cam, deep_lift, gradient, gradient_shap, lrp, occlusion, pattern  # noqa: F401  (register the method families)
+from onnxattr.methods import (  # noqa: F401  (register the method families)
+    attn_lrp, cam, deep_lift, feature_ablation, gradient, gradient_shap, lrp, occlusion, pattern,
+)
 
 __all__ = ["REGISTRY", "Method", "Param", "Target", "get_method"]

@@ -187,7 +187,8 @@ def test_not_comparable_recorded(name):
 def test_new_oracles_are_compared():
     """deep_lift and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
     cp_lrp on both transformers (with LXT's gamma on the ViT), and the gradient family on the masked encoder,
-    in every mode; Captum's NoiseTunnel variants and Zennit's BetaSmooth on all eight torch nets; Grad-CAM
+    in every mode; Captum's NoiseTunnel variants, FeatureAblation and Zennit's BetaSmooth on all eight torch
+    nets; Grad-CAM
     and Guided Grad-CAM on every net with feature maps, for one output (the cam of the logits' sum is 0 on
     these nets: their heads are decorrelated from the mean feature)."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
@@ -209,6 +210,9 @@ def test_new_oracles_are_compared():
         compared = {p.values[1] for p in entries() if p.values[0] == name}
         assert {f"{m}|{mode}|{tag}" for m, tag in (k.split("|") for k in noise_tunnel) for mode in MODES} \
             <= compared, name
+        assert {f"feature_ablation|{mode}|patches" for mode in MODES} <= compared, name
+        if name.startswith("torch_mlp"):
+            assert {f"feature_ablation|{mode}|default" for mode in MODES} <= compared, name
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
     assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
                                                         "smoothgrad") for mode in MODES}

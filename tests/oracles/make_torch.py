@@ -45,7 +45,8 @@ LayerGradCam and GuidedGradCam at the last feature map, for onnxattr's grad_cam 
 gradient_shap (Captum's GradientShap with x's samples as the baselines; statistical), occlusion (Captum's
 Occlusion), noise_tunnel (Captum's NoiseTunnel with nt_type smoothgrad_sq and vargrad, and over InputXGradient
 and GuidedBackprop: onnxattr's smoothgrad nt_type/base and vargrad; statistical), beta_smooth (Zennit's
-BetaSmooth composite with the Gradient attributor).
+BetaSmooth composite with the Gradient attributor), feature_ablation (Captum's FeatureAblation, every feature
+alone and 4 x 4 patches stored as "mask:patches").
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -668,6 +669,51 @@ def run_noise_tunnel(model, x, argmax, target):
     return out
 
 
+AUX = {}  # arrays a map's params refer to ("@mask:patches"), stored beside the maps of the model being made
+
+
+def patch_mask(shape, size=4):
+    """Group ids of size x size patches over the spatial axes (one group over the channels), [1, 1, *S]; for a
+    flat input [N, F], pairs of features, [1, F] (Captum reads a 1-D mask [F] wrongly: it gave non-zero maps
+    for 2 of the 8 groups when tried)."""
+    if len(shape) == 2:
+        return (np.arange(shape[1], dtype=np.int64) // 2).reshape(1, -1)
+    spatial = shape[2:]
+    blocks = [np.arange(s) // size for s in spatial]
+    per_axis = [(s + size - 1) // size for s in spatial]
+    ids = np.zeros(spatial, np.int64)
+    for d, b in enumerate(blocks):
+        ids = ids * per_axis[d] + b.reshape([-1 if k == d else 1 for k in range(len(spatial))])
+    return ids.reshape((1, 1) + tuple(spatial))
+
+
+def run_feature_ablation(model, x, argmax, target):
+    """Captum FeatureAblation, baselines 0.5: tag 'default' (feature_mask None: every feature alone) on the
+    flat inputs, tag 'patches' (patch_mask: 4 x 4 patches over all channels, pairs of a flat input's features)
+    on every net."""
+    from captum.attr import FeatureAblation
+
+    mask = patch_mask(tuple(x.shape))
+    AUX["mask:patches"] = mask
+    out = {}
+    for mode in MODES:
+        m = captum_model(model, mode)
+        tgt = captum_target(mode, argmax, target)
+        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        tags = [("patches", torch.from_numpy(mask), "@mask:patches")]
+        tags += [("default", None, None)] if x.ndim == 2 else []
+        for tag, fm, stored in tags:
+            with torch.no_grad():
+                rel = FeatureAblation(m).attribute(x, baselines=0.5, target=tgt, feature_mask=fm,
+                                                   perturbations_per_eval=4)
+            params = {"baselines": 0.5, **({"feature_mask": stored} if stored else {})}
+            out[f"feature_ablation|{mode}|{tag}"] = (rel, {
+                "method": "feature_ablation", "mode": mode, "seed": "one", "statistical": False, "params": params,
+                "library_call": f"captum FeatureAblation(model).attribute(x, baselines=0.5, target, feature_mask="
+                                f"{'None' if fm is None else 'the stored ' + stored[1:]}); " + seed_note})
+    return out
+
+
 def run_beta_smooth(model, x, argmax, target):
     """Zennit's BetaSmooth composite (every nn.ReLU's gradient becomes sigmoid(beta x), beta 10 and 3) with the
     Gradient attributor, seeded with 1 at the selected output(s) (a ones vector for 'all')."""
@@ -782,7 +828,7 @@ def run_excitation(model, canonizer_names, x, argmax, target):
 
 
 FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
-            "occlusion", "noise_tunnel", "beta_smooth")
+            "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -802,7 +848,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
             maps.update(run_zennit(variants, xd, argmax, target))
         for family, run in (("deep_lift", run_deeplift), ("ig_quadrature", run_ig_quadrature), ("cam", run_cam),
                             ("gradient_shap", run_gradient_shap), ("occlusion", run_occlusion),
-                            ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth)):
+                            ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth),
+                            ("feature_ablation", run_feature_ablation)):
             if family in families:
                 maps.update(run(m, xd, argmax, target))
         if "excitation_backprop" in families:
@@ -936,6 +983,11 @@ METHOD_NOTES = [
     "vargrad, tag 'abs' over Saliency(abs=True) = postprocess abs), and smoothgrad over InputXGradient (noisy x "
     "times its gradient; base input_t_gradient) and GuidedBackprop (base guided_backprop). Captum sums in the "
     "model's dtype; onnxattr's vargrad sums in float64.",
+    "feature_ablation: Captum FeatureAblation(model).attribute(x, baselines=0.5, target, feature_mask, "
+    "perturbations_per_eval=4): every feature of a group gets the drop of the selected output when the group "
+    "takes 0.5; tag 'default' (mask None: each feature alone) on flat inputs, 'patches' (the stored "
+    "'mask:patches': 4 x 4 spatial patches across all channels, [1, 1, *S], or pairs of a flat input's "
+    "features, [1, F]) on every net.",
     "beta_smooth: zennit.composites.BetaSmooth(beta_smooth) hooks every nn.ReLU module (each ReLU of these models "
     "is one, and each is an ONNX Relu node) and replaces its gradient by sigmoid(beta * input) * grad_out; "
     "onnxattr's beta_smooth does that at every Relu node. Seeded with 1 at the selected output(s).",
@@ -1027,6 +1079,8 @@ def save(name, layout, x, target, logits, maps, notes, also_valid_for=()):
         assert np.abs(arr).max() > 0, f"{name}: {key} is all zero"
         arrays[key] = arr
         entries[key] = entry
+    arrays.update(AUX)  # masks the entries' params name with "@KEY"
+    AUX.clear()
     notes = COMMON_NOTES + notes + METHOD_NOTES + MODEL_METHOD_NOTES.get(name, [])
     npz = os.path.join(DATA, f"{name}.npz")
     if ADD_ONLY is not None:
@@ -1069,6 +1123,9 @@ def merge_committed(name, arrays, entries):
     merged = {k: old_arrays[k] for k in ("x", "target", "logits")}
     for k in merged_entries:
         merged[k] = arrays[k] if k in entries else old_arrays[k]
+    for k in sorted(set(old_arrays) | set(arrays)):  # arrays the params name ("@mask:patches"), not maps
+        if ":" in k and not k.count("|"):
+            merged[k] = arrays.get(k, old_arrays.get(k))
     notes = manifest["notes"] + [n for n in METHOD_NOTES + MODEL_METHOD_NOTES.get(name, [])
                                  if n not in manifest["notes"]]
     return merged, merged_entries, notes

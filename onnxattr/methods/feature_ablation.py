@@ -1,0 +1,137 @@
+"""Feature ablation, as Captum's FeatureAblation computes it: the input's features are split into groups by a
+``feature_mask`` (one group id per feature, shared by every sample; by default every feature is a group of
+its own), each group in turn is replaced by a baseline, and every feature of the group gets the drop of the
+selected output
+
+    R_i = y(x) - y(x with the group of i ablated)
+
+The ablated copies run in chunks inside one ONNX Loop (onnxattr/sampling.py), forward only, as occlusion's
+windows do; the mask is baked into the compiled model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from onnxattr.compiler import path_nodes
+from onnxattr.errors import SelectionError, UsageError
+from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, reference_constant, register_method
+from onnxattr.methods.gradient import _chunk
+from onnxattr.methods.occlusion import MAX_WINDOWS
+from onnxattr.sampling import sample_loop
+from onnxattr.select import build_seed, selected_value
+
+
+def _parse_mask(s: str):
+    return None if s.lower() in ("none", "") else s
+
+
+def _mask_check(v):
+    if v is None or (isinstance(v, str) and v.endswith(".npy")):
+        return None
+    if isinstance(v, str):
+        return "must be an integer array, or (command line) a .npy file holding one"
+    arr = np.asarray(v)
+    if arr.dtype.kind not in "iub" or arr.size == 0:
+        return f"must be a non-empty array of integer group ids, got {arr.dtype} {list(arr.shape)}"
+    return None
+
+
+def group_ids(mask, features: list) -> tuple[np.ndarray, int]:
+    """The mask as int64 group ids 0..G-1 (its distinct values in increasing order) shaped to broadcast
+    against one sample [1, *features], and G. None: every feature its own group (features fixed at compile
+    time; build_feature_ablation numbers them at run time otherwise)."""
+    if mask is None:
+        count = int(np.prod(features))
+        ids = np.arange(count, dtype=np.int64).reshape([1, *features])
+    else:
+        if isinstance(mask, (str, os.PathLike)):
+            try:
+                mask = np.load(mask, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"feature_mask {mask}: not a readable .npy array ({e})") from None
+            err = _mask_check(mask)
+            if err:
+                raise UsageError(f"feature_mask: {err}")
+        mask = np.asarray(mask)
+        if mask.ndim == len(features) + 1:
+            if mask.shape[0] != 1:
+                raise UsageError(f"feature_mask of shape {list(mask.shape)}: one mask serves every sample; give "
+                                 f"it without the batch axis (or with a batch axis of 1)")
+            mask = mask[0]
+        fits = mask.ndim <= len(features) and all(
+            m == 1 or not isinstance(d, int) or m == d for m, d in zip(mask.shape[::-1], features[::-1]))
+        if not fits:
+            raise UsageError(f"feature_mask of shape {list(mask.shape)} does not broadcast to the input's features "
+                             f"{[d if isinstance(d, int) else '?' for d in features]}")
+        values, inverse = np.unique(mask, return_inverse=True)
+        count = len(values)
+        ids = inverse.reshape((1,) * (len(features) + 1 - mask.ndim) + mask.shape).astype(np.int64)
+    if count > MAX_WINDOWS:
+        raise UsageError(f"feature_ablation would run {count} ablations; at most {MAX_WINDOWS}: group the features "
+                         "with a feature_mask")
+    return ids, count
+
+
+def build_feature_ablation(t: Target, p: dict) -> str:
+    b, x = t.b, t.x
+    shape = b.shape(x)
+    if b.rank(t.y) == 0:
+        raise SelectionError(f"feature_ablation measures each sample's output drop, and the explained output "
+                             f"'{t.y}' is a single number for the whole batch (rank 0); explain an output with a "
+                             "batch axis")
+    if shape is None or len(shape) < 2:
+        raise UsageError(f"feature_ablation groups the features of '{x}', whose rank is "
+                         f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
+    features = [d if isinstance(d, int) else None for d in shape[1:]]
+    rank = len(features)
+    if p["feature_mask"] is None and not all(isinstance(d, int) for d in features):
+        # every feature alone, numbered at run time: Range over the features, shaped like one sample
+        feats = b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([rank + 1])])
+        count = b.op("Slice", [feats, b.ints([0]), b.ints([1])])
+        for d in range(1, rank):  # the product of the dims (CUDA has no int64 ReduceProd)
+            count = b.op("Mul", [count, b.op("Slice", [feats, b.ints([d]), b.ints([d + 1])])])
+        count = b.op("Reshape", [count, b.ints([])])
+        groups = b.op("Reshape", [b.op("Range", [b.const(0, "int64"), count, b.const(1, "int64")]),
+                                  b.op("Concat", [b.ints([1]), feats], axis=0)])
+    else:
+        ids, count = group_ids(p["feature_mask"], features)
+        groups = b.const(ids, np.int64, "groups")  # [1, *F'] broadcasting to one sample
+    baseline = reference_constant(b, x, p["baselines"], "baselines")
+    clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
+    rows = {}
+
+    def points(cb, x_, ks, count_):
+        k = cb.op("Reshape", [ks, cb.ints([-1] + [1] * (rank + 1))])  # [c, 1, 1...]
+        hit = cb.op("Cast", [cb.op("Equal", [cb.op("Unsqueeze", [groups, cb.ints([0])]), k])],
+                    to=b.float_type(x))  # [c, 1, *F']
+        ablated = cb.op("Add", [cb.op("Mul", [cb.op("Unsqueeze", [x_, cb.ints([0])]),
+                                              cb.op("Sub", [cb.scalar(1.0, x_), hit])]),
+                                cb.op("Mul", [hit, baseline])])  # [c, N, *F]
+        full = cb.op("Concat", [count_, cb.op("Shape", [x_])], axis=0)
+        flat = cb.op("Concat", [cb.ints([-1]), cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([1]),
+                                                                cb.ints([rank + 1])])], axis=0)
+        rows["hit"] = cb.op("Reshape", [cb.op("Expand", [hit, full]), flat])  # [c*N, *F]
+        return cb.op("Reshape", [cb.op("Expand", [ablated, full]), flat])
+
+    def drops(cb, selected, ks, count_):
+        drop = cb.op("Sub", [cb.op("Tile", [clean, count_]), selected])  # [c*N], sample-major like the points
+        return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * rank)]), rows["hit"]])
+
+    for node in path_nodes(t.nodes, x, t.y, b)[0]:
+        t.assignment[node.name] = ("forward", "feature_ablation runs the forward pass only")
+    return sample_loop(b, t.nodes, x, t.y, t.index, count, _chunk(t, p), points, forward_only=drops)
+
+
+register_method(Method(
+    "feature_ablation", "Feature ablation (Captum's FeatureAblation): each feature gets the drop of the selected "
+    "output when its group (feature_mask) is replaced by a baseline.", build_feature_ablation,
+    (Param("feature_mask", None, "a group id per feature, shared by all samples (an integer array that broadcasts "
+           "to one sample, or on the command line a .npy file; None: every feature alone)", _parse_mask,
+           _mask_check, optional=True),
+     Param("baselines", 0.0, "the value an ablated feature takes (a number, or via the Python API an array that "
+           "broadcasts to x)"),
+     Param("chunk_size", 16, "ablations per Loop iteration (bounds memory)", parse_int, positive_int)),
+))

@@ -1,0 +1,93 @@
+"""onnxattr/methods/feature_ablation.py: Captum's FeatureAblation against a closed form on the MLP, and its
+mask's edges (Captum's own maps on eight nets are in tests/methods/test_oracles.py)."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import onnxattr
+from onnxattr.cli import main
+from onnxattr.errors import SelectionError, UsageError
+from tests.models import mlp, mlp_logits
+
+X = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+MODEL, WEIGHTS = mlp(softmax=False)
+
+
+def run(model=MODEL, x=X, **params):
+    compiled = onnxattr.compile(model, "feature_ablation", **params)
+    return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+
+
+def by_hand(groups, baseline):
+    """Each feature gets y(x) - y(x with its group set to the baseline) at the argmax logit."""
+    logits = mlp_logits(X, WEIGHTS)
+    chosen = logits.argmax(1)
+    out = np.zeros_like(X)
+    for g in np.unique(groups):
+        ablated = np.where(groups == g, baseline, X)
+        drop = logits[np.arange(len(X)), chosen] - mlp_logits(ablated, WEIGHTS)[np.arange(len(X)), chosen]
+        out[:, groups == g] = drop[:, None]
+    return out
+
+
+@pytest.mark.parametrize("mask,chunk", [(None, 16), (None, 4), (np.array([5, 5, -1, -1, 9, 9]), 1),
+                                        (np.array([[0, 0, 0, 1, 1, 1]]), 2)])
+def test_each_feature_gets_its_groups_drop(mask, chunk):
+    """Any integer ids (negative, sparse) name the groups; a mask with a batch axis of 1 is the same mask."""
+    groups = np.arange(6) if mask is None else np.asarray(mask).reshape(-1)
+    baseline = np.linspace(-1, 1, 6).astype(np.float32)
+    got = run(feature_mask=mask, baselines=baseline, chunk_size=chunk)
+    np.testing.assert_allclose(got, by_hand(groups, baseline), rtol=1e-5, atol=1e-5)
+
+
+def test_one_group_is_the_whole_drop():
+    got = run(feature_mask=np.zeros(6, np.int64), baselines=0.0)
+    logits = mlp_logits(X, WEIGHTS)
+    drop = logits.max(1) - mlp_logits(np.zeros_like(X), WEIGHTS)[np.arange(4), logits.argmax(1)]
+    np.testing.assert_allclose(got, np.repeat(drop[:, None], 6, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask,words", [
+    (np.zeros((2, 6), np.int64), "one mask serves every sample"),
+    (np.zeros(5, np.int64), "does not broadcast"),
+    (np.zeros(6, np.float32), "integer group ids"),
+    ("groups.txt", ".npy file"),
+])
+def test_bad_masks_are_usage_errors(mask, words):
+    with pytest.raises(UsageError, match=words):
+        onnxattr.compile(MODEL, "feature_ablation", feature_mask=mask)
+
+
+def test_symbolic_features_are_numbered_at_run_time_and_a_scalar_output_is_refused():
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "sq",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "F"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], np.float32)
+    np.testing.assert_allclose(run(model, x, neuron="all"), x * x)  # each feature alone, at any width
+    got = run(model, x[:1], neuron="all", feature_mask=np.array([0, 1, 1]))  # a mask fixes nothing else
+    np.testing.assert_allclose(got, [[1.0, 13.0, 13.0]])
+    g = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)], "sum",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    with pytest.raises(SelectionError, match="single number"):
+        onnxattr.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), "feature_ablation")
+
+
+def test_the_command_line_takes_the_mask_as_a_npy_file(tmp_path, capsys):
+    import onnx
+
+    onnx.save(MODEL, tmp_path / "mlp.onnx")
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "groups.npy", np.array([0, 0, 1, 1, 2, 2]))
+    assert main(["explain", str(tmp_path / "mlp.onnx"), "-m", "feature_ablation", "--set",
+                 f"feature_mask={tmp_path / 'groups.npy'}", "--set", "baselines=0.25", "--data",
+                 str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), by_hand(np.array([0, 0, 1, 1, 2, 2]), 0.25),
+                               rtol=1e-5, atol=1e-5)
+    assert main(["compile", str(tmp_path / "mlp.onnx"), "-m", "feature_ablation", "--set",
+                 f"feature_mask={tmp_path / 'none.npy'}", "-o", str(tmp_path / "c.onnx")]) == 2
+    assert "not a readable .npy" in capsys.readouterr().err
