@@ -295,8 +295,8 @@ def _target(text: str | None):
 def cmd_compare(a) -> int:
     if (a.target is not None) != (a.neuron == "index"):
         raise UsageError("--target goes with --neuron index (and --neuron index needs it)")
-    if a.tolerance is not None and not a.tolerance >= 0:
-        raise UsageError(f"--tolerance must be a number >= 0, got {a.tolerance}")
+    if a.tolerance is not None and not 0 <= a.tolerance < float("inf"):
+        raise UsageError(f"--tolerance must be a finite number >= 0, got {a.tolerance}")
     perm = None
     if a.perm is not None:
         try:
@@ -310,14 +310,22 @@ def cmd_compare(a) -> int:
                                                                          a.output_b or a.output)))
     x = _load_data(a.data, first, "index" if a.target is not None else first.mode)
     feeds = _load_feeds(a)
-    result = compare_analyzers(first, second, x, _target(a.target), perm, feeds, feeds)
+    # a feed goes to each model that has such an input (to both when neither has: the error names it)
+    names = [{i.name for i in an.model.graph.input} for an in (first, second)]
+    own = [{k: v for k, v in feeds.items() if k in names[i] or k not in names[1 - i]} for i in (0, 1)]
+    result = compare_analyzers(first, second, x, _target(a.target), perm, own[0], own[1])
     print(f"{first.method.name} on {a.model} (a) and {a.other} (b), neuron {a.neuron}"
           + ("" if result.perm == tuple(range(x.ndim)) else f", data transposed {list(result.perm)} for b") + ":")
     print(result.table())
-    if a.tolerance is not None and not result.within(a.tolerance):
-        why = (f"the maps differ by up to {result.worst_relevance_diff:.3g} of map a's largest value"
-               if result.worst_relevance_diff > a.tolerance else "the models choose different neurons")
-        print(f"onnxattr: {why} (--tolerance {a.tolerance:g})", file=sys.stderr)
+    if not result.outputs_compared:
+        print("note: the explained outputs were not compared (not a graph output of both, or of shapes that differ "
+              "beyond the axis order)")
+    if result.other_orders:
+        print(f"note: {result.other_orders} other axis order{'s' if result.other_orders > 1 else ''} of the data "
+              f"also fit b's declared input; {list(result.perm)} moves the fewest axes (--perm chooses another)")
+    problems = result.problems(a.tolerance) if a.tolerance is not None else []
+    if problems:
+        print(f"onnxattr: {'; '.join(problems)} (--tolerance {a.tolerance:g})", file=sys.stderr)
         return 1
     return 0
 

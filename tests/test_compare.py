@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxattr
 from onnxattr.cli import main
 from onnxattr.compare import _pearson, _top_shared, compare, layout_perm
-from onnxattr.errors import UsageError
+from onnxattr.errors import DataError, UsageError
 
 DATA = Path(__file__).parent / "oracles" / "data"
 RESNET, RESNET_BN, VGG = DATA / "torch_resnet.onnx", DATA / "torch_resnet_bn.onnx", DATA / "torch_vgg.onnx"
@@ -108,16 +108,18 @@ def test_layout_perm():
     assert layout_perm((4, 3, 8, 8), ["N", 3, 8, 8]) == (0, 1, 2, 3)
     assert layout_perm((4, 3, 8, 8), ["N", "C", "H", "W"]) == (0, 1, 2, 3)
     assert layout_perm((2, 5, 7), ["N", 7, 5]) == (0, 2, 1)
-    with pytest.raises(UsageError, match="differ in rank"):
+    with pytest.raises(DataError, match="differ in rank"):
         layout_perm((4, 3, 8, 8), ["N", 192])
-    with pytest.raises(UsageError, match="in no axis order"):
+    with pytest.raises(DataError, match="in no axis order"):
         layout_perm((4, 3, 8, 8), ["N", 3, 8, 9])
 
 
 def test_map_similarity_measures():
     a = np.array([0.0, 1.0, 2.0, 3.0, -10.0, 0.5, 0.2, 0.1, 0.0, 4.0])
     assert _pearson(a, 2 * a + 1) == pytest.approx(1.0) and _pearson(a, -a) == pytest.approx(-1.0)
-    assert _pearson(np.zeros(4), np.zeros(4)) == 1.0 and _pearson(np.zeros(4), np.ones(4) * [1, 0, 0, 0]) == 0.0
+    assert _pearson(np.zeros(4), np.zeros(4)) == 1.0 and _pearson(np.ones(4), np.ones(4)) == 1.0
+    # r is undefined where a map is constant (it was 1 for constant 1 against constant 2)
+    assert np.isnan(_pearson(np.ones(4), 2 * np.ones(4))) and np.isnan(_pearson(np.zeros(4), np.eye(4)[0]))
     assert _top_shared(a, a) == 1.0  # k = 1: the element -10 by magnitude
     b = a.copy()
     b[4] = 0.0
@@ -142,3 +144,104 @@ def test_cli_compare_and_its_tolerance(tmp_path, capsys):
     assert main(args + ["--perm", "0,x"]) == 2
     assert main(args + ["--perm", "1,0,2,3"]) == 2
     assert "batch first" in capsys.readouterr().err
+
+
+def _model(nodes, inputs, outputs, inits=()):
+    g = helper.make_graph(nodes, "m", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+W = np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32)
+X4 = np.random.default_rng(6).standard_normal((3, 4)).astype(np.float32)
+DENSE = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [("w", W)])
+
+
+def test_a_map_that_is_not_finite_fails_whatever_its_sample():
+    """NaN in sample 1's map of the second export (0 * log x at x = 0): the worst row shows NaN and within()
+    fails naming the sample (Python's max kept the 0 of sample 0 before)."""
+    b = _model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Log", ["x"], ["l"]),
+                helper.make_node("Mul", ["l", "zero"], ["z"]), helper.make_node("ReduceSum", ["z", "one"], ["s"]),
+                helper.make_node("Add", ["h", "s"], ["y"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+               [("w", W), ("zero", np.zeros(1, np.float32)), ("one", np.ones(1, np.int64))])
+    x = np.abs(X4) + 0.5
+    x[1, 2] = 0.0
+    result = compare(DENSE, b, "gradient", x, neuron="all")
+    assert [s.finite for s in result.samples] == [True, False, True]
+    assert np.isnan(result.worst_relevance_diff) and not result.within(1.0)
+    assert result.problems(1.0) == ["a map is not finite (NaN or inf) for sample 1"]
+    assert result.table().splitlines()[-1].split()[3] == "nan"
+
+
+@pytest.mark.parametrize("neuron", ["max", "all"])
+def test_a_scalar_output_is_compared(neuron):
+    loss = _model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("ReduceSum", ["h"], ["y"],
+                                                                                    keepdims=0)],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], [("w", W)])
+    result = compare(loss, loss, "gradient", X4, neuron=neuron)
+    assert result.within(0) and all(s.output_diff == 0 and s.choice_b is None for s in result.samples)
+    np.testing.assert_allclose(result.maps[1], np.tile(W.sum(1), (3, 1)), rtol=1e-6)
+
+
+def test_outputs_in_another_layout_are_matched_neuron_by_neuron():
+    """A segmentation output [N, K, H, W] in one export and [N, H, W, K] in the other: the first model's
+    choice (a flat index in its layout) is translated for the second, and the outputs compared after
+    transposing back; an output [N, K, 1, 1] against [N, K] is the same neurons."""
+    k = np.random.default_rng(7).standard_normal((5, 2, 1, 1)).astype(np.float32)
+    conv = [helper.make_node("Conv", ["x", "k"], ["y"])]
+    nchw = _model(conv, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 4, 4])], [("k", k)])
+    nhwc = _model([helper.make_node("Transpose", ["xl"], ["x"], perm=[0, 3, 1, 2]), *conv,
+                   helper.make_node("Transpose", ["y"], ["yl"], perm=[0, 2, 3, 1])],
+                  [helper.make_tensor_value_info("xl", TensorProto.FLOAT, ["N", 4, 4, 2])],
+                  [helper.make_tensor_value_info("yl", TensorProto.FLOAT, ["N", 4, 4, 5])], [("k", k)])
+    x = np.random.default_rng(8).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    for neuron, target in (("max", None), ("index", np.array([3, 70]))):
+        result = compare(nchw, nhwc, "gradient", x, neuron=neuron, target=target)
+        assert result.perm == (0, 2, 3, 1) and result.outputs_compared and result.within(1e-6), result.table()
+    assert result.choices_compared is False
+    result = compare(nchw, nhwc, "gradient", x)
+    assert result.choices_compared and result.choices_agree
+    column = _model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                     helper.make_node("Unsqueeze", ["h", "axes"], ["y"])],
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 1, 1])],
+                    [("w", W), ("axes", np.array([2, 3], np.int64))])
+    result = compare(DENSE, column, "gradient", X4)
+    assert result.outputs_compared and result.choices_compared and result.within(0)
+
+
+def test_layout_bound_methods_are_not_compared_across_layouts(tmp_path):
+    nhwc = channels_last(VGG, tmp_path / "vgg_nhwc.onnx")
+    with pytest.raises(UsageError, match="occlusion's windows.*transposed"):
+        compare(VGG, nhwc, "occlusion", oracle_x("torch_vgg"))
+
+
+def test_token_ids_explained_at_their_embedding():
+    """Integer ids [N, S] in, the map [N, S, D] of the embedding they select: nothing to transpose."""
+    emb = np.random.default_rng(9).standard_normal((10, 4)).astype(np.float32)
+    model = _model([helper.make_node("Gather", ["e", "ids"], ["emb"]),
+                    helper.make_node("ReduceSum", ["emb", "one"], ["pooled"], keepdims=0),
+                    helper.make_node("MatMul", ["pooled", "w"], ["y"])],
+                   [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                   [("e", emb), ("one", np.ones(1, np.int64)), ("w", W)])
+    ids = np.random.default_rng(10).integers(0, 10, (2, 5))
+    result = compare(model, model, "input_t_gradient", ids, input_a="emb", input_b="emb")
+    assert result.maps[0].shape == (2, 5, 4) and result.within(0)
+
+
+def test_cli_compare_with_a_feed_and_a_finite_tolerance(tmp_path, capsys):
+    masked = DATA / "torch_masked_encoder.onnx"
+    with np.load(DATA / "torch_masked_encoder.npz") as f:
+        np.save(tmp_path / "x.npy", f["x"])
+        np.save(tmp_path / "mask.npy", f["feed:mask"])
+    args = ["compare", str(masked), str(masked), "-m", "gradient", "--input", "emb", "--data",
+            str(tmp_path / "x.npy"), "--feed", f"mask={tmp_path / 'mask.npy'}"]
+    assert main(args + ["--tolerance", "0"]) == 0
+    assert main(args + ["--tolerance", "inf"]) == 2
+    assert "finite" in capsys.readouterr().err
