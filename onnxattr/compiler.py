@@ -15,22 +15,12 @@ import onnx
 
 from onnxattr.emitters import VJPS, ZERO_GRAD_OPS
 from onnxattr.errors import UnsupportedModelError
-from onnxattr.graph import GraphBuilder
+from onnxattr.graph import GraphBuilder, node_reads
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
 # A rule may take over the backward step of a node: rule(b, node, grads, need) -> list | None.
 RuleLookup = Callable[[onnx.NodeProto], Callable | None]
-
-
-def node_reads(node: onnx.NodeProto) -> list[str]:
-    """The node's inputs plus the outer-scope tensors its subgraphs (If/Loop/Scan bodies) read."""
-    names = list(node.input)
-    for attr in node.attribute:
-        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-            for inner in g.node:
-                names.extend(node_reads(inner))
-    return names
 
 
 def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBuilder):

@@ -314,18 +314,19 @@ def write_tensor(field, name: str, arr: np.ndarray) -> None:
     t.raw_data = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()
 
 
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """The node's inputs plus every name its subgraphs' nodes read (If/Loop/Scan bodies read outer names)."""
+    names = list(node.input)
+    for attr in node.attribute:
+        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+            for inner in g.node:
+                names.extend(node_reads(inner))
+    return names
+
+
 def names_read(nodes) -> set:
-    """Every tensor name read by ``nodes`` or by nodes of their subgraphs (Loop bodies read outer names)."""
-    used = set()
-    for n in nodes:
-        used.update(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                used |= names_read(a.g.node)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    used |= names_read(g.node)
-    return used
+    """Every tensor name read by ``nodes`` or by nodes of their subgraphs (node_reads over a node list)."""
+    return {name for n in nodes for name in node_reads(n)}
 
 
 def live_nodes(nodes, wanted) -> list:

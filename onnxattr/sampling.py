@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxattr.compiler import node_reads, reverse_pass
-from onnxattr.graph import GraphBuilder, live_nodes, names_read, write_tensor
+from onnxattr.compiler import reverse_pass
+from onnxattr.graph import GraphBuilder, live_nodes, names_read, node_reads, write_tensor
 from onnxattr.select import build_seed, selected_value
 
 
