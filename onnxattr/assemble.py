@@ -76,7 +76,7 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
                 f"{label}: the model has a tensor named '{name}', the name of the compiled model's {why}; "
                 "rename it" + (", or explain the largest or all outputs" if name == TARGET_INPUT else ""))
     b = GraphBuilder(canon)
-    _, y = choose_output(canon, b, output)
+    chosen, y = choose_output(canon, b, output)
     on_path = path_nodes(list(canon.graph.node), x, y, b)[0] if x != y else []
     if m.family != "baseline" and x != y and not on_path:
         raise SelectionError(f"{label}: output '{y}' does not depend on input '{x}' through float tensors, "
@@ -90,14 +90,16 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     if report is not None:
         _fill_report(report, target, m)
     try:
-        return assemble(canon, target, relevance, neuron, method, resolved)
+        return assemble(canon, target, relevance, neuron, method, resolved, chosen)
     except InvalidModelError:
         check_input_shapes(proto, label)  # blame the user's model when its own shapes disagree
         raise
 
 
 def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, method: str,
-             params: dict) -> onnx.ModelProto:
+             params: dict, graph_output: str | None = None) -> onnx.ModelProto:
+    """The compiled model; ``graph_output``: the graph output the explained tensor was chosen through (a
+    softmax of it), recorded for readers of its values."""
     b = t.b
     if b.types.get(relevance, b.types.get(t.x)) != TensorProto.FLOAT:  # a method may give float32 itself
         relevance = b.op("Cast", [relevance], to=TensorProto.FLOAT)
@@ -129,6 +131,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
                                    "onnxattr.method": method,
                                    "onnxattr.input": t.x,
                                    "onnxattr.output": t.y,
+                                   "onnxattr.graph_output": graph_output or t.y,
                                    "onnxattr.data": data_input(canon, t.x),
                                    "onnxattr.neuron": neuron,
                                    "onnxattr.params": repr(params)})

@@ -141,16 +141,22 @@ def layout_perm(shape_a, shape_b) -> tuple[int, ...]:
 
 
 def _explained(analyzer: Analyzer, mode: str):
-    """(the explained output's values from the last analyze or None, its declared shape or None): None when
-    the explained tensor is not a graph output."""
+    """(values, declared shape, choosable) of the explained output from the last analyze: the explained
+    tensor itself when it is a graph output, else the graph output it was chosen through (the softmax a
+    classifier ends in), whose per-sample argmax is the explained tensor's when it is [N, K]; (None, None,
+    False) when neither is an output."""
     runner = analyzer.runner(mode)
-    name = runner.session.get_modelmeta().custom_metadata_map.get("onnxattr.output")
+    meta = runner.session.get_modelmeta().custom_metadata_map
     names = list(runner.output_names[:-1])
-    if name not in names:
-        return None, None
+    name = meta.get("onnxattr.output")
+    through = name not in names
+    if through:
+        name = meta.get("onnxattr.graph_output")
+        if name not in names:
+            return None, None, False
     declared = runner.session.get_outputs()[runner.output_names.index(name)].shape
     values = None if analyzer.outputs is None else np.asarray(analyzer.outputs[names.index(name)])
-    return values, declared
+    return values, declared, not through or (values is not None and values.ndim == 2)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -226,7 +232,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     x = np.asarray(x)
     identity = tuple(range(x.ndim))
     map_a = a.analyze(x, neuron_selection=target, inputs=inputs_a)
-    y_a, _ = _explained(a, neuron)
+    y_a, _, choosable = _explained(a, neuron)
     scalar = y_a is not None and y_a.ndim == 0  # a loss: its own only neuron, explained as it is
     mode_b = "index" if target is not None or (neuron == "max" and not scalar) else b.mode
     runner_b = b.runner(mode_b)
@@ -246,12 +252,13 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
 
     choice_a = None
     if neuron == "max" and not scalar:
-        if y_a is None:
+        if y_a is None or not choosable:
             raise UsageError("neuron 'max' compares the maps at the first model's choice, which needs the "
-                             "explained tensor among its outputs; explain a graph output, or use 'index'")
+                             "explained tensor (or a softmax of it over [N, K]) among its outputs; explain a "
+                             "graph output, or use 'index'")
         choice_a = y_a.reshape(len(x), -1).argmax(1)
         target = choice_a
-    _, declared_out = _explained(b, mode_b)
+    _, declared_out, _ = _explained(b, mode_b)
     out_perm, to_b = _index_translation(y_a.shape[1:], declared_out) if y_a is not None and not scalar \
         else (None, lambda f: f)
     try:
@@ -269,7 +276,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     if map_a.shape != map_b.shape:
         raise UsageError(f"the maps differ in shape ({list(map_a.shape)} and {list(map_b.shape)} in the first "
                          "model's layout); give perm")
-    y_b, _ = _explained(b, mode_b)
+    y_b, _, _ = _explained(b, mode_b)
     if y_b is not None and out_perm is not None and y_b.ndim == len(out_perm):
         y_b = np.transpose(y_b, tuple(int(k) for k in np.argsort(out_perm)))
     if y_a is not None and y_b is not None and y_a.shape != y_b.shape and y_a.size == y_b.size \

@@ -245,3 +245,16 @@ def test_cli_compare_with_a_feed_and_a_finite_tolerance(tmp_path, capsys):
     assert main(args + ["--tolerance", "0"]) == 0
     assert main(args + ["--tolerance", "inf"]) == 2
     assert "finite" in capsys.readouterr().err
+
+
+def test_a_classifier_ending_in_softmax_is_compared_at_its_choice():
+    """The logits are explained (the softmax stripped) but only the probabilities are an output: the choice
+    is their argmax (the logits' too, for [N, K]); it failed with 'needs the explained tensor among its
+    outputs' before."""
+    from tests.models import mlp, mlp_logits
+
+    model, weights = mlp()
+    x = np.random.default_rng(11).standard_normal((5, 6)).astype(np.float32)
+    result = compare(model, model, "lrp.epsilon", x)
+    assert result.within(0) and result.outputs_compared
+    assert [s.choice_a for s in result.samples] == mlp_logits(x, weights).argmax(1).tolist()
