@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import onnx
@@ -13,7 +14,8 @@ from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
 from onnxattr.output import refuse_overwriting_input
 from onnxattr.runtime import Runner
-from onnxattr.sampling import ROWS_CHECK
+from onnxattr.methods.occlusion import MAX_WINDOWS
+from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK
 from onnxattr.select import TARGET_INPUT
 
 MODES = {"max_activation": "max", "max": "max", "index": "index", "all": "all"}
@@ -121,6 +123,9 @@ class Analyzer:
             results = r.run(feeds)
         except DataError as e:
             shared = [n for n in feeds if n not in (x_name, TARGET_INPUT)]
+            check = re.search(rf"Name:'oa/{RUN_TIME_CHECK}-(\w+)_", str(e))
+            if check:
+                raise DataError(self._failed_check(check.group(1), X)) from None
             if f"Name:'oa/{ROWS_CHECK}" in str(e):
                 raise DataError(
                     f"{self.method.name} runs a chunk of points as one batch, and the explained output did not "
@@ -136,6 +141,18 @@ class Analyzer:
                             "export both with the same dynamic batch axis, or set chunk_size=1)") from None
         self.outputs = results[:-1]
         return results[r.output_names.index(RELEVANCE)]
+
+
+    def _failed_check(self, what: str, X: np.ndarray) -> str:
+        """What a run-time check of the compiled model (sampling.checked) found wrong with data X."""
+        if what == "feature_mask":
+            mask = np.shape(self.params.get("feature_mask"))
+            return (f"feature_mask of shape {list(mask)} does not fit the data's features {list(X.shape[1:])}: "
+                    "every mask axis of more than 1 must match the data's")
+        passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows"}[what]
+        fix = "group the features with a feature_mask" if what == "ablations" else "use a larger stride or window"
+        return (f"{self.method.name} would run more than {MAX_WINDOWS} {passes} on data of shape "
+                f"{list(X.shape)}: {fix}")
 
 
 def _as_input(X, arg) -> np.ndarray:

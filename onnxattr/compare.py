@@ -16,6 +16,7 @@ import numpy as np
 
 from onnxattr.api import Analyzer, explained_input
 from onnxattr.errors import DataError, UsageError
+from onnxattr.graph import FLOAT_TYPES
 
 TOP_FRACTION = 0.1  # the share of elements, by |relevance|, whose overlap is reported
 SIGNIFICANT = 1e-6  # elements below this fraction of a map's largest |value| are not counted among its top
@@ -196,6 +197,21 @@ def compare(model_a, model_b, method: str, x, neuron: str = "max", target=None, 
     return compare_analyzers(a, b, x, target, perm, inputs_a, inputs_b)
 
 
+def _declared_input(analyzer: Analyzer):
+    """The declared shape (ints, or names/None) of the graph input the analyzer explains, when the model says
+    which one it is (named, or its only float input); None otherwise."""
+    inits = {t.name for t in analyzer.model.graph.initializer}
+    inputs = [i for i in analyzer.model.graph.input if i.name not in inits]
+    if analyzer.input is not None:
+        found = [i for i in inputs if i.name == analyzer.input]
+    else:
+        found = [i for i in inputs if i.type.tensor_type.elem_type in FLOAT_TYPES]
+    if len(found) != 1 or not found[0].type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in found[0].type.tensor_type.shape.dim]
+
+
 def _layout_bound(analyzer: Analyzer) -> str | None:
     """What in the method depends on the input's axis order (so it cannot be shared across layouts)."""
     if analyzer.method.name in LAYOUT_BOUND:
@@ -235,8 +251,10 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     y_a, _, choosable = _explained(a, neuron)
     scalar = y_a is not None and y_a.ndim == 0  # a loss: its own only neuron, explained as it is
     mode_b = "index" if target is not None or (neuron == "max" and not scalar) else b.mode
-    runner_b = b.runner(mode_b)
-    declared = runner_b.session.get_inputs()[runner_b.input_names.index(explained_input(runner_b))].shape
+    declared = _declared_input(b)  # read off the model, so a layout refusal comes before b compiles
+    if declared is None:
+        runner_b = b.runner(mode_b)
+        declared = runner_b.session.get_inputs()[runner_b.input_names.index(explained_input(runner_b))].shape
     others = 0
     if perm is None:
         fits = layout_perms(x.shape, declared)

@@ -190,6 +190,21 @@ def repeat_rows(cb: GraphBuilder, name: str, count: str) -> str:
     return out
 
 
+RUN_TIME_CHECK = "run_time_check"  # the name of checked()'s node, which the API recognises in onnxruntime's errors
+
+
+def checked(b: GraphBuilder, count: str, ok: str, what: str) -> str:
+    """The int64 scalar ``count``, passed through a Reshape that fails at run time unless the bool scalar
+    ``ok`` holds (a shape of -2 is refused): a size known only at run time checked before a Loop trips
+    over it. The node's name carries ``what`` (RUN_TIME_CHECK-what) for the API to say what went wrong."""
+    shape = b.op("Where", [ok, b.ints([1]), b.ints([-2])])
+    out = b.fresh("checked")
+    b.nodes.append(helper.make_node("Reshape", [b.op("Reshape", [count, b.ints([1])]), shape], [out],
+                                    name=b.fresh(f"{RUN_TIME_CHECK}-{what}")))
+    # a Gather, not a Reshape: onnxruntime fuses consecutive Reshapes, which would drop the check
+    return b.op("Gather", [out, b.const(0, "int64")], axis=0)
+
+
 ROWS_CHECK = "rows_per_point"  # the name of the check below, which the API recognises in onnxruntime's errors
 
 

@@ -219,6 +219,9 @@ def test_layout_bound_methods_are_not_compared_across_layouts(tmp_path):
     nhwc = channels_last(VGG, tmp_path / "vgg_nhwc.onnx")
     with pytest.raises(UsageError, match="occlusion's windows.*transposed"):
         compare(VGG, nhwc, "occlusion", oracle_x("torch_vgg"))
+    # a mask that fits only the first layout: the layout refusal, not the second model's shape error
+    with pytest.raises(UsageError, match="feature_ablation's windows.*transposed"):
+        compare(VGG, nhwc, "feature_ablation", oracle_x("torch_vgg"), feature_mask=np.zeros((1, 16, 16), int))
 
 
 def test_token_ids_explained_at_their_embedding():

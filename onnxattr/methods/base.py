@@ -183,7 +183,11 @@ def reference_constant(b: GraphBuilder, x: str, value, what: str = "reference_in
     shape that cannot broadcast to x is a UsageError naming both shapes (dims unknown at compile time
     accept anything)."""
     dtype = b.float_dtype(x)
-    arr = np.asarray(value, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing cast is named below, not by numpy
+        arr = np.asarray(value, dtype=dtype)
+    if not np.isfinite(arr).all():
+        raise UsageError(f"parameter {what}: values beyond the range of the input's type {dtype} (largest "
+                         f"{np.finfo(dtype).max:.6g}); they would become inf")
     xs = b.shape(x)
     if xs is not None:
         fits = arr.ndim <= len(xs) and all(

@@ -20,7 +20,7 @@ from onnxattr.errors import SelectionError, UsageError
 from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, reference_constant, register_method
 from onnxattr.methods.gradient import _chunk
 from onnxattr.methods.occlusion import MAX_WINDOWS
-from onnxattr.sampling import sample_loop
+from onnxattr.sampling import checked, sample_loop
 from onnxattr.select import build_seed, selected_value
 
 
@@ -58,8 +58,9 @@ def group_ids(mask, features: list) -> tuple[np.ndarray, int]:
         mask = np.asarray(mask)
         if mask.ndim == len(features) + 1:
             if mask.shape[0] != 1:
-                raise UsageError(f"feature_mask of shape {list(mask.shape)}: one mask serves every sample; give "
-                                 f"it without the batch axis (or with a batch axis of 1)")
+                raise UsageError(f"feature_mask of shape {list(mask.shape)} has one axis more than the features "
+                                 f"{[d if isinstance(d, int) else '?' for d in features]}: its first is the batch "
+                                 "axis, and one mask serves every sample; give it without that axis (or as 1)")
             mask = mask[0]
         fits = mask.ndim <= len(features) and all(
             m == 1 or not isinstance(d, int) or m == d for m, d in zip(mask.shape[::-1], features[::-1]))
@@ -94,11 +95,23 @@ def build_feature_ablation(t: Target, p: dict) -> str:
         for d in range(1, rank):  # the product of the dims (CUDA has no int64 ReduceProd)
             count = b.op("Mul", [count, b.op("Slice", [feats, b.ints([d]), b.ints([d + 1])])])
         count = b.op("Reshape", [count, b.ints([])])
+        count = checked(b, count, b.op("LessOrEqual", [count, b.const(MAX_WINDOWS, "int64")]), "ablations")
         groups = b.op("Reshape", [b.op("Range", [b.const(0, "int64"), count, b.const(1, "int64")]),
                                   b.op("Concat", [b.ints([1]), feats], axis=0)])
     else:
         ids, count = group_ids(p["feature_mask"], features)
         groups = b.const(ids, np.int64, "groups")  # [1, *F'] broadcasting to one sample
+        # a mask axis of more than 1 meets a feature axis fixed only at run time: they must agree
+        meets = [(d, m) for d, m in zip(range(rank - ids.ndim + 1, rank), ids.shape[1:])
+                 if m != 1 and features[d] is None]
+        if meets:
+            dims = b.op("Shape", [x])
+            ok = None
+            for d, m in meets:
+                same = b.op("Equal", [b.op("Slice", [dims, b.ints([d + 1]), b.ints([d + 2])]),
+                                      b.const(np.array([m], np.int64), np.int64, "mask_dim")])
+                ok = same if ok is None else b.op("And", [ok, same])
+            count = checked(b, b.const(count, "int64"), b.op("Reshape", [ok, b.ints([])]), "feature_mask")
     baseline = reference_constant(b, x, p["baselines"], "baselines")
     clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
     rows = {}

@@ -21,7 +21,7 @@ from onnxattr.methods.base import (
 )
 from onnxattr.compiler import path_nodes
 from onnxattr.methods.gradient import _chunk
-from onnxattr.sampling import sample_loop
+from onnxattr.sampling import checked, sample_loop
 from onnxattr.select import build_seed, selected_value
 
 MAX_WINDOWS = 2**20  # positions: beyond this a typo (stride 1 on a large input) would compile for minutes
@@ -111,6 +111,9 @@ def build_occlusion(t: Target, p: dict) -> str:
     for d in range(rank - 2, -1, -1):
         place[d] = b.op("Mul", [place[d + 1], counts[d + 1]])
     n_windows = b.op("Reshape", [b.op("Mul", [place[0], counts[0]]), b.ints([])])
+    if not all(isinstance(d, int) for d in features):  # compile time checked the fixed sizes (window_sizes)
+        n_windows = checked(b, n_windows, b.op("LessOrEqual", [n_windows, b.const(MAX_WINDOWS, "int64")]),
+                            "windows")
     baseline = reference_constant(b, x, p["baselines"], "baselines")  # a number, or an array broadcast to x
     clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
     axes_shape = lambda d: [1] * d + [-1] + [1] * (rank - d - 1)  # noqa: E731

@@ -91,3 +91,44 @@ def test_the_command_line_takes_the_mask_as_a_npy_file(tmp_path, capsys):
     assert main(["compile", str(tmp_path / "mlp.onnx"), "-m", "feature_ablation", "--set",
                  f"feature_mask={tmp_path / 'none.npy'}", "-o", str(tmp_path / "c.onnx")]) == 2
     assert "not a readable .npy" in capsys.readouterr().err
+
+
+def test_run_time_sizes_are_checked_before_the_loop():
+    """On dynamic spatial axes the mask's sizes and the ablation count are known only at run time: a mask of
+    32 x 32 on 64 x 64 data, and every feature of a 608 x 608 image alone (over 2^20 forward passes), fail
+    before the Loop with a message naming the cause (a raw broadcast error inside the Loop, and a run of
+    1.1 million forward passes, before). onnxruntime fuses consecutive Reshapes: the check must survive its
+    optimizer."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    k = np.ones((2, 3, 1, 1), np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "k"], ["c"]),
+                           helper.make_node("ReduceMean", ["c"], ["y"], axes=[2, 3], keepdims=0)], "fcn",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                          [onnx.numpy_helper.from_array(k, "k")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    mask = np.arange(1024).reshape(1, 32, 32) // 64
+    x = np.random.default_rng(0).random((1, 3, 32, 32)).astype(np.float32)
+    assert onnxattr.create_analyzer("feature_ablation", model, feature_mask=mask).analyze(x).shape == x.shape
+    with pytest.raises(onnxattr.errors.DataError, match=r"feature_mask of shape \[1, 32, 32\] does not fit.*64, 64"):
+        onnxattr.create_analyzer("feature_ablation", model, feature_mask=mask).analyze(np.zeros((1, 3, 64, 64),
+                                                                                             np.float32))
+    with pytest.raises(onnxattr.errors.DataError, match="more than 1048576 feature ablations.*feature_mask"):
+        onnxattr.create_analyzer("feature_ablation", model).analyze(np.zeros((1, 3, 608, 608), np.float32))
+    with pytest.raises(onnxattr.errors.DataError, match="more than 1048576 occlusion windows.*stride"):
+        onnxattr.create_analyzer("occlusion", model, sliding_window_shapes=(3, 1, 1)).analyze(
+            np.zeros((1, 3, 1100, 1000), np.float32))
+
+
+def test_a_baseline_beyond_a_float16_input_is_refused():
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "sq",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    for method in ("feature_ablation", "occlusion"):
+        with pytest.raises(UsageError, match="baselines: values beyond the range.*float16"):
+            onnxattr.compile(model, method, baselines=70000.0)
