@@ -16,10 +16,10 @@ import os
 import numpy as np
 
 from onnxattr.compiler import path_nodes
-from onnxattr.errors import SelectionError, UsageError
+from onnxattr.errors import UsageError
 from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, reference_constant, register_method
 from onnxattr.methods.gradient import _chunk
-from onnxattr.methods.occlusion import MAX_WINDOWS
+from onnxattr.methods.occlusion import MAX_WINDOWS, perturbed_features
 from onnxattr.sampling import checked, sample_loop
 from onnxattr.select import build_seed, selected_value
 
@@ -78,15 +78,7 @@ def group_ids(mask, features: list) -> tuple[np.ndarray, int]:
 
 def build_feature_ablation(t: Target, p: dict) -> str:
     b, x = t.b, t.x
-    shape = b.shape(x)
-    if b.rank(t.y) == 0:
-        raise SelectionError(f"feature_ablation measures each sample's output drop, and the explained output "
-                             f"'{t.y}' is a single number for the whole batch (rank 0); explain an output with a "
-                             "batch axis")
-    if shape is None or len(shape) < 2:
-        raise UsageError(f"feature_ablation groups the features of '{x}', whose rank is "
-                         f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
-    features = [d if isinstance(d, int) else None for d in shape[1:]]
+    features = perturbed_features(t, "feature_ablation", "groups")
     rank = len(features)
     if p["feature_mask"] is None and not all(isinstance(d, int) for d in features):
         # every feature alone, numbered at run time: Range over the features, shaped like one sample

@@ -85,16 +85,23 @@ def _axis_value(b, feats: str, d: int, value) -> str:
     return b.op("Slice", [feats, b.ints([d]), b.ints([d + 1])])
 
 
+def perturbed_features(t: Target, method: str, does: str) -> list:
+    """The explained input's feature dims (ints, None where fixed only at run time) for a method that
+    perturbs them and measures each sample's output drop: a scalar output or an input without feature axes
+    is refused, naming ``method`` and what it ``does`` to the features."""
+    shape = t.b.shape(t.x)
+    if t.b.rank(t.y) == 0:
+        raise SelectionError(f"{method} measures each sample's output drop, and the explained output '{t.y}' is a "
+                             "single number for the whole batch (rank 0); explain an output with a batch axis")
+    if shape is None or len(shape) < 2:
+        raise UsageError(f"{method} {does} the features of '{t.x}', whose rank is "
+                         f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
+    return [d if isinstance(d, int) else None for d in shape[1:]]
+
+
 def build_occlusion(t: Target, p: dict) -> str:
     b, x = t.b, t.x
-    shape = b.shape(x)
-    if b.rank(t.y) == 0:
-        raise SelectionError(f"occlusion measures each sample's output drop, and the explained output '{t.y}' is "
-                             "a single number for the whole batch (rank 0); explain an output with a batch axis")
-    if shape is None or len(shape) < 2:
-        raise UsageError(f"occlusion slides a window over the features of '{x}', whose rank is "
-                         f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
-    features = [d if isinstance(d, int) else None for d in shape[1:]]
+    features = perturbed_features(t, "occlusion", "slides a window over")
     rank = len(features)
     window, stride = window_sizes(features, _sizes(p["sliding_window_shapes"]), _sizes(p["strides"]))
     feats = b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([rank + 1])])
