@@ -142,14 +142,15 @@ class Analyzer:
         self.outputs = results[:-1]
         return results[r.output_names.index(RELEVANCE)]
 
-
     def _failed_check(self, what: str, X: np.ndarray) -> str:
         """What a run-time check of the compiled model (sampling.checked) found wrong with data X."""
         if what == "feature_mask":
-            mask = np.shape(self.params.get("feature_mask"))
+            mask = self.params.get("feature_mask")
+            mask = np.load(mask, mmap_mode="r").shape if isinstance(mask, (str, os.PathLike)) else np.shape(mask)
             return (f"feature_mask of shape {list(mask)} does not fit the data's features {list(X.shape[1:])}: "
                     "every mask axis of more than 1 must match the data's")
-        passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows"}[what]
+        passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows"}.get(
+            what, f"{what} (a size checked at run time)")
         fix = "group the features with a feature_mask" if what == "ablations" else "use a larger stride or window"
         return (f"{self.method.name} would run more than {MAX_WINDOWS} {passes} on data of shape "
                 f"{list(X.shape)}: {fix}")

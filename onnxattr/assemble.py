@@ -98,8 +98,9 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
 
 def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, method: str,
              params: dict, graph_output: str | None = None) -> onnx.ModelProto:
-    """The compiled model; ``graph_output``: the graph output the explained tensor was chosen through (a
-    softmax of it), recorded for readers of its values."""
+    """The compiled model; ``graph_output``: the tensor the explained one was chosen through (the graph
+    output, or the tensor ``--output`` named; a softmax of the explained logits), recorded for readers of
+    its values."""
     b = t.b
     if b.types.get(relevance, b.types.get(t.x)) != TensorProto.FLOAT:  # a method may give float32 itself
         relevance = b.op("Cast", [relevance], to=TensorProto.FLOAT)
@@ -130,8 +131,8 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     helper.set_model_props(canon, {**{p.key: p.value for p in canon.metadata_props}, **n_neurons,
                                    "onnxattr.method": method,
                                    "onnxattr.input": t.x,
-                                   "onnxattr.output": t.y,
-                                   "onnxattr.graph_output": graph_output or t.y,
+                                   "onnxattr.explained": t.y,
+                                   "onnxattr.chosen": graph_output or t.y,
                                    "onnxattr.data": data_input(canon, t.x),
                                    "onnxattr.neuron": neuron,
                                    "onnxattr.params": repr(params)})
@@ -167,8 +168,6 @@ def _fill_report(report: dict, t: Target, m) -> None:
 def _default_rule(m, node) -> str:
     if m.family == "baseline":
         return "none (baseline: no backward pass)"
-    if m.family == "lrp":
-        return "gradient"
     return "gradient"
 
 

@@ -28,7 +28,8 @@ class SampleDiff:
     """One sample. ``output_diff``: max |y_a - y_b| / max |y_a| over the explained output (None when it
     cannot be compared: not a graph output, or of another shape); ``choice_a`` / ``choice_b``: the neuron
     each model picks by itself in mode "max", as a flat index in model a's output layout (None otherwise);
-    ``relevance_diff``: max |R_a - R_b| / max |R_a| (NaN when a map is not finite); ``correlation``:
+    ``relevance_diff``: max |R_a - R_b| / max |R_a| (over max |R_b| where map a is 0, over 1 where both are;
+    NaN when a map is not finite); ``correlation``:
     Pearson's r of the two maps (NaN for two different constant maps); ``top_shared``: the fraction of map
     a's top 10 % of elements by |R| (those above 1e-6 of its largest) that are also in map b's."""
 
@@ -72,10 +73,6 @@ class Comparison:
     def choices_agree(self) -> bool:
         """No sample where both models' own choices are known and differ."""
         return all(s.choice_b is None or s.choice_a == s.choice_b for s in self.samples)
-
-    @property
-    def finite(self) -> bool:
-        return all(s.finite for s in self.samples)
 
     def problems(self, tolerance: float) -> list[str]:
         """Why the comparison fails at ``tolerance``: an empty list when it holds."""
@@ -142,22 +139,22 @@ def layout_perm(shape_a, shape_b) -> tuple[int, ...]:
 
 
 def _explained(analyzer: Analyzer, mode: str):
-    """(values, declared shape, choosable) of the explained output from the last analyze: the explained
-    tensor itself when it is a graph output, else the graph output it was chosen through (the softmax a
-    classifier ends in), whose per-sample argmax is the explained tensor's when it is [N, K]; (None, None,
-    False) when neither is an output."""
+    """(values, declared shape, choosable, through) of the explained output from the last analyze: the
+    explained tensor itself when it is a graph output, else (through) the graph output it was chosen
+    through (the softmax a classifier ends in), whose per-sample argmax is the explained tensor's when it
+    is [N, K]; (None, None, False, False) when neither is an output."""
     runner = analyzer.runner(mode)
     meta = runner.session.get_modelmeta().custom_metadata_map
     names = list(runner.output_names[:-1])
-    name = meta.get("onnxattr.output")
+    name = meta.get("onnxattr.explained")
     through = name not in names
     if through:
-        name = meta.get("onnxattr.graph_output")
+        name = meta.get("onnxattr.chosen")
         if name not in names:
-            return None, None, False
+            return None, None, False, False
     declared = runner.session.get_outputs()[runner.output_names.index(name)].shape
     values = None if analyzer.outputs is None else np.asarray(analyzer.outputs[names.index(name)])
-    return values, declared, not through or (values is not None and values.ndim == 2)
+    return values, declared, not through or (values is not None and values.ndim == 2), through
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -180,6 +177,7 @@ def _top_shared(a: np.ndarray, b: np.ndarray) -> float:
     top_a = np.argpartition(-mag_a, k - 1)[:k]
     top_b = np.argpartition(-mag_b, k - 1)[:k]
     return len(np.intersect1d(top_a, top_b)) / k
+
 
 def compare(model_a, model_b, method: str, x, neuron: str = "max", target=None, perm=None,
             inputs_a: dict | None = None, inputs_b: dict | None = None, input_a: str | None = None,
@@ -248,7 +246,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     x = np.asarray(x)
     identity = tuple(range(x.ndim))
     map_a = a.analyze(x, neuron_selection=target, inputs=inputs_a)
-    y_a, _, choosable = _explained(a, neuron)
+    y_a, _, choosable, through_a = _explained(a, neuron)
     scalar = y_a is not None and y_a.ndim == 0  # a loss: its own only neuron, explained as it is
     mode_b = "index" if target is not None or (neuron == "max" and not scalar) else b.mode
     declared = _declared_input(b)  # read off the model, so a layout refusal comes before b compiles
@@ -276,7 +274,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
                              "graph output, or use 'index'")
         choice_a = y_a.reshape(len(x), -1).argmax(1)
         target = choice_a
-    _, declared_out, _ = _explained(b, mode_b)
+    _, declared_out, _, _ = _explained(b, mode_b)
     out_perm, to_b = _index_translation(y_a.shape[1:], declared_out) if y_a is not None and not scalar \
         else (None, lambda f: f)
     try:
@@ -294,13 +292,14 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     if map_a.shape != map_b.shape:
         raise UsageError(f"the maps differ in shape ({list(map_a.shape)} and {list(map_b.shape)} in the first "
                          "model's layout); give perm")
-    y_b, _, _ = _explained(b, mode_b)
+    y_b, _, _, through_b = _explained(b, mode_b)
     if y_b is not None and out_perm is not None and y_b.ndim == len(out_perm):
         y_b = np.transpose(y_b, tuple(int(k) for k in np.argsort(out_perm)))
     if y_a is not None and y_b is not None and y_a.shape != y_b.shape and y_a.size == y_b.size \
             and [d for d in y_a.shape if d != 1] == [d for d in y_b.shape if d != 1]:
         y_b = y_b.reshape(y_a.shape)  # [N, K, 1, 1] against [N, K]: the same neurons in the same order
-    same_outputs = y_a is not None and y_b is not None and y_a.shape == y_b.shape
+    # probabilities of one export against logits of the other are no output difference
+    same_outputs = y_a is not None and y_b is not None and y_a.shape == y_b.shape and through_a == through_b
     choice_b = y_b.reshape(len(x), -1).argmax(1) if choice_a is not None and same_outputs else None
     result = Comparison(a.method.name, neuron, tuple(int(p) for p in perm), maps=(map_a, map_b),
                         other_orders=others, outputs_compared=same_outputs)

@@ -213,16 +213,16 @@ def _one_row_per_point(cb: GraphBuilder, y_copy: str, y: str, count: str) -> str
     count times y's rows: the points' rows, reshaped to [count * rows(y)] by a Reshape that fails
     otherwise. A model that mixes the points of its batch (its batch axis is not x's first, a feed
     declared under another batch name, a mean over the batch) would give a wrong map without a word. The
-    check feeds the Loop's condition, so no optimizer drops it. None for a scalar y (a sum over the batch,
-    which separates into the points' own gradients)."""
+    check feeds the Loop's condition, so no optimizer drops it. None for a scalar y (sample_loop runs one
+    point per sample at a time there)."""
     if cb.rank(y) in (0, None):
         return None
     first = lambda t: cb.op("Slice", [cb.op("Shape", [t]), cb.ints([0]), cb.ints([1])])  # noqa: E731
     rows = cb.op("ConstantOfShape", [first(y_copy)], value=helper.make_tensor("zero", TensorProto.INT64, [1], [0]))
-    checked = cb.fresh("rows")
-    cb.nodes.append(helper.make_node("Reshape", [rows, cb.op("Mul", [count, first(y)])], [checked],
+    rows_checked = cb.fresh("rows")
+    cb.nodes.append(helper.make_node("Reshape", [rows, cb.op("Mul", [count, first(y)])], [rows_checked],
                                      name=cb.fresh(ROWS_CHECK)))
-    return cb.op("Equal", [cb.op("ReduceSum", [checked], keepdims=0), cb.const(0, "int64")])
+    return cb.op("Equal", [cb.op("ReduceSum", [rows_checked], keepdims=0), cb.const(0, "int64")])
 
 
 def sample_loop(
@@ -257,6 +257,8 @@ def sample_loop(
     seed's selection of y: index, or the sum for "all"), replaces the backward pass and returns the
     [count*N, ...] contributions to sum (occlusion's output drops over each window).
     """
+    if b.rank(y) == 0:  # a loss over the batch (a mean, say): the Loop's batch must be the data's own N
+        chunk = 1
     if isinstance(n, int):
         chunk = max(1, min(chunk, n))
         trips, total_n = b.const(math.ceil(n / chunk), "int64"), None

@@ -155,3 +155,31 @@ def test_a_scalar_output_is_its_own_only_neuron():
         onnxattr.compile(model, "gradient", neuron="index")
     with pytest.raises(onnxattr.errors.SelectionError, match="occlusion.*single number"):
         onnxattr.compile(model, "occlusion", neuron="all")
+
+
+def test_a_batch_mean_loss_is_explained_per_sample_by_the_loop_methods():
+    """y = mean over the batch of tanh(x w): the Loop methods evaluated a chunk of points as one larger
+    batch, and a mean over it shrank each point's gradient by the chunk (0.2 of the gradient at chunk 16).
+    On a scalar output they run one point per sample at a time, whatever chunk_size says."""
+    from onnx import numpy_helper
+
+    w = (0.3 * np.random.default_rng(2).standard_normal((6, 1))).astype(np.float32)  # tanh unsaturated
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+                           helper.make_node("ReduceMean", ["t"], ["y"], keepdims=0)], "mean_loss",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+
+    def run(method, **params):
+        return session(onnxattr.compile(model, method, neuron="all", **params)).run(["relevance"], {"x": x})[0]
+
+    grad = run("gradient")
+    np.testing.assert_allclose(grad, (1 - np.tanh(x @ w) ** 2) @ w.T / 4, rtol=1e-5)
+    for chunk in (1, 3, 16):
+        np.testing.assert_allclose(run("smoothgrad", noise_scale=0.0, augment_by_n=5, chunk_size=chunk), grad,
+                                   rtol=1e-5, atol=1e-7)
+    ig = run("integrated_gradients", steps=64, chunk_size=16)
+    points = [(k / 64) * x for k in range(64)]
+    want = x * np.mean([(1 - np.tanh(p @ w) ** 2) @ w.T / 4 for p in points], axis=0)
+    np.testing.assert_allclose(ig, want, rtol=1e-4, atol=1e-6)

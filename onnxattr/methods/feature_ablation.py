@@ -45,6 +45,9 @@ def group_ids(mask, features: list) -> tuple[np.ndarray, int]:
     time; build_feature_ablation numbers them at run time otherwise)."""
     if mask is None:
         count = int(np.prod(features))
+        if count > MAX_WINDOWS:  # before the ids are made: a huge input would allocate gigabytes first
+            raise UsageError(f"feature_ablation would run {count} ablations; at most {MAX_WINDOWS}: group the "
+                             "features with a feature_mask")
         ids = np.arange(count, dtype=np.int64).reshape([1, *features])
     else:
         if isinstance(mask, (str, os.PathLike)):
@@ -94,7 +97,7 @@ def build_feature_ablation(t: Target, p: dict) -> str:
         ids, count = group_ids(p["feature_mask"], features)
         groups = b.const(ids, np.int64, "groups")  # [1, *F'] broadcasting to one sample
         # a mask axis of more than 1 meets a feature axis fixed only at run time: they must agree
-        meets = [(d, m) for d, m in zip(range(rank - ids.ndim + 1, rank), ids.shape[1:])
+        meets = [(d, m) for d, m in zip(range(rank), ids.shape[1:])
                  if m != 1 and features[d] is None]
         if meets:
             dims = b.op("Shape", [x])

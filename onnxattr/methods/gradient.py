@@ -277,7 +277,6 @@ def noise_tunnel(t, p, nt_type: str) -> str:
         a = cb.op("Mul", [pts, g]) if base == "input_t_gradient" else g
         if squares:
             a = cb.op("Cast", [a], to=TensorProto.DOUBLE)
-            cb.types[a] = TensorProto.DOUBLE
         a = _postprocess(cb, a, p["postprocess"])
         if nt_type == "smoothgrad":
             return a

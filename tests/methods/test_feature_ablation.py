@@ -132,3 +132,17 @@ def test_a_baseline_beyond_a_float16_input_is_refused():
     for method in ("feature_ablation", "occlusion"):
         with pytest.raises(UsageError, match="baselines: values beyond the range.*float16"):
             onnxattr.compile(model, method, baselines=70000.0)
+
+
+def test_a_mask_file_that_does_not_fit_is_named_with_its_shape(tmp_path):
+    """The mask given as a .npy path (the command line's way): the message gave its shape as [] before."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "sq",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "F"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    np.save(tmp_path / "m.npy", np.array([0, 0, 1, 1]))
+    with pytest.raises(onnxattr.errors.DataError, match=r"feature_mask of shape \[4\] does not fit.*\[5\]"):
+        onnxattr.create_analyzer("feature_ablation", model, neuron_selection_mode="all",
+                                 feature_mask=str(tmp_path / "m.npy")).analyze(np.ones((1, 5), np.float32))
