@@ -272,3 +272,12 @@ def test_probabilities_are_not_compared_with_logits():
     result = compare(mlp()[0], mlp(softmax=False)[0], "gradient", x)
     assert not result.outputs_compared and all(s.output_diff is None for s in result.samples)
     assert result.within(0)
+
+
+def test_other_axis_orders_are_noted_only_where_the_declared_shapes_differ(tmp_path):
+    """16 x 16 images fit with H and W swapped too; two exports declaring one shape are one layout (no note),
+    a channels-last one gets the note that another order fits."""
+    x = oracle_x("torch_resnet")
+    assert compare(RESNET, RESNET_BN, "gradient", x).other_orders == 0
+    nhwc = channels_last(VGG, tmp_path / "nhwc.onnx")
+    assert compare(VGG, nhwc, "gradient", oracle_x("torch_vgg")).other_orders == 1
