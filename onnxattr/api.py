@@ -12,9 +12,9 @@ from onnxattr.assemble import RELEVANCE, compile_model
 from onnxattr.errors import DataError, UsageError
 from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
+from onnxattr.methods.base import MAX_PERTURBATIONS
 from onnxattr.output import refuse_overwriting_input
 from onnxattr.runtime import Runner
-from onnxattr.methods.occlusion import MAX_WINDOWS
 from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK
 from onnxattr.select import TARGET_INPUT
 
@@ -152,7 +152,7 @@ class Analyzer:
         passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows"}.get(
             what, f"{what} (a size checked at run time)")
         fix = "group the features with a feature_mask" if what == "ablations" else "use a larger stride or window"
-        return (f"{self.method.name} would run more than {MAX_WINDOWS} {passes} on data of shape "
+        return (f"{self.method.name} would run more than {MAX_PERTURBATIONS} {passes} on data of shape "
                 f"{list(X.shape)}: {fix}")
 
 

@@ -230,7 +230,7 @@ def cmd_explain(a) -> int:
         raise UsageError(f"--target picks the neuron for --neuron index, not --neuron {a.neuron}: add --neuron index")
     if a.neuron == "index" and a.target is None:
         raise UsageError("--neuron index needs --target (one index, or one per sample: 3,1,4)")
-    mode = {"max": "max_activation", "index": "index", "all": "all"}[a.neuron]
+    mode = a.neuron  # the Analyzer takes iNNvestigate's "max_activation" and "max" alike
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=mode, input=a.input, output=a.output,
                         device=a.device, **_all_params(a))
     x = _load_data(a.data, analyzer, "index" if a.target is not None else analyzer.mode)
@@ -303,7 +303,7 @@ def cmd_compare(a) -> int:
             perm = [int(p) for p in a.perm.split(",")]
         except ValueError:
             raise UsageError(f"--perm must be axis numbers separated by commas, got '{a.perm}'") from None
-    mode = {"max": "max_activation", "index": "index", "all": "all"}[a.neuron]
+    mode = a.neuron  # the Analyzer takes iNNvestigate's "max_activation" and "max" alike
     first, second = (Analyzer(_method(a), model, neuron_selection_mode=mode, input=i, output=o, device=a.device,
                               **_all_params(a))
                      for model, i, o in ((a.model, a.input, a.output), (a.other, a.input_b or a.input,

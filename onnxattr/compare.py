@@ -189,7 +189,7 @@ def compare(model_a, model_b, method: str, x, neuron: str = "max", target=None, 
     ``inputs_a`` / ``inputs_b``: each model's other graph inputs (an attention mask)."""
     if neuron not in ("max", "index", "all"):
         raise UsageError(f"neuron must be max, index or all, not '{neuron}'")
-    mode = {"max": "max_activation", "index": "index", "all": "all"}[neuron]
+    mode = neuron  # the Analyzer takes iNNvestigate's "max_activation" and "max" alike
     a, b = (Analyzer(method, m, neuron_selection_mode=mode, input=i, output=o, device=device, providers=providers,
                      **params) for m, i, o in ((model_a, input_a, output_a), (model_b, input_b, output_b)))
     return compare_analyzers(a, b, x, target, perm, inputs_a, inputs_b)

@@ -17,9 +17,10 @@ import numpy as np
 
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import UsageError
-from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, reference_constant, register_method
-from onnxattr.methods.gradient import _chunk
-from onnxattr.methods.occlusion import MAX_WINDOWS, perturbed_features
+from onnxattr.methods.base import (
+    MAX_PERTURBATIONS, Method, Param, Target, chunk_size, parse_int, perturbed_features, positive_int,
+    reference_constant, register_method,
+)
 from onnxattr.sampling import checked, sample_loop
 from onnxattr.select import build_seed, selected_value
 
@@ -44,10 +45,7 @@ def group_ids(mask, features: list) -> tuple[np.ndarray, int]:
     against one sample [1, *features], and G. None: every feature its own group (features fixed at compile
     time; build_feature_ablation numbers them at run time otherwise)."""
     if mask is None:
-        count = int(np.prod(features))
-        if count > MAX_WINDOWS:  # before the ids are made: a huge input would allocate gigabytes first
-            raise UsageError(f"feature_ablation would run {count} ablations; at most {MAX_WINDOWS}: group the "
-                             "features with a feature_mask")
+        count = _at_most_allowed(int(np.prod(features)))  # before the ids: a huge input allocates gigabytes
         ids = np.arange(count, dtype=np.int64).reshape([1, *features])
     else:
         if isinstance(mask, (str, os.PathLike)):
@@ -73,10 +71,14 @@ def group_ids(mask, features: list) -> tuple[np.ndarray, int]:
         values, inverse = np.unique(mask, return_inverse=True)
         count = len(values)
         ids = inverse.reshape((1,) * (len(features) + 1 - mask.ndim) + mask.shape).astype(np.int64)
-    if count > MAX_WINDOWS:
-        raise UsageError(f"feature_ablation would run {count} ablations; at most {MAX_WINDOWS}: group the features "
-                         "with a feature_mask")
-    return ids, count
+    return ids, _at_most_allowed(count)
+
+
+def _at_most_allowed(count: int) -> int:
+    if count > MAX_PERTURBATIONS:
+        raise UsageError(f"feature_ablation would run {count} ablations; at most {MAX_PERTURBATIONS}: group the "
+                         "features with a feature_mask")
+    return count
 
 
 def build_feature_ablation(t: Target, p: dict) -> str:
@@ -90,7 +92,7 @@ def build_feature_ablation(t: Target, p: dict) -> str:
         for d in range(1, rank):  # the product of the dims (CUDA has no int64 ReduceProd)
             count = b.op("Mul", [count, b.op("Slice", [feats, b.ints([d]), b.ints([d + 1])])])
         count = b.op("Reshape", [count, b.ints([])])
-        count = checked(b, count, b.op("LessOrEqual", [count, b.const(MAX_WINDOWS, "int64")]), "ablations")
+        count = checked(b, count, b.op("LessOrEqual", [count, b.const(MAX_PERTURBATIONS, "int64")]), "ablations")
         groups = b.op("Reshape", [b.op("Range", [b.const(0, "int64"), count, b.const(1, "int64")]),
                                   b.op("Concat", [b.ints([1]), feats], axis=0)])
     else:
@@ -130,7 +132,7 @@ def build_feature_ablation(t: Target, p: dict) -> str:
 
     for node in path_nodes(t.nodes, x, t.y, b)[0]:
         t.assignment[node.name] = ("forward", "feature_ablation runs the forward pass only")
-    return sample_loop(b, t.nodes, x, t.y, t.index, count, _chunk(t, p), points, forward_only=drops)
+    return sample_loop(b, t.nodes, x, t.y, t.index, count, chunk_size(t, p), points, forward_only=drops)
 
 
 register_method(Method(

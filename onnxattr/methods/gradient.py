@@ -26,8 +26,8 @@ from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.methods.base import (
-    Method, Param, Target, non_negative, positive, one_of, optional_int, parse_int, parse_optional_int, positive_int,
-    reference_constant, register_method,
+    Method, Param, Target, chunk_size, non_negative, one_of, optional_int, parse_int, parse_optional_int,
+    positive, positive_int, reference_constant, register_method,
 )
 from onnxattr.sampling import repeat_rows, sample_loop
 from onnxattr.select import build_seed
@@ -123,10 +123,6 @@ def build_beta_smooth(t, p):
     return backward(t, rule_for=beta_smooth_rule(p["beta_smooth"]))
 
 
-def _chunk(t, p):
-    return 1 if t.static_batch else p["chunk_size"]
-
-
 def _sample_major(b, x, per_sample, count):
     """[count, 1, ...] values broadcast against x -> [count * N, ...] batch."""
     shape = b.op("Concat", [b.ints([-1]), b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([2**62])])],
@@ -194,7 +190,7 @@ def build_integrated_gradients(t, p):
         scaled = cb.op("Mul", [rows, cb.op("Unsqueeze", [w, cb.ints([1])])])
         return cb.op("Reshape", [scaled, cb.op("Shape", [g])], allowzero=1)  # a batch of 0 keeps its 0
 
-    total = sample_loop(b, t.nodes, x, t.y, t.index, steps, _chunk(t, p), points,
+    total = sample_loop(b, t.nodes, x, t.y, t.index, steps, chunk_size(t, p), points,
                         per_sample=None if uniform else weighted, mean_over=steps if uniform else None)
     return b.op("Mul", [diff, total])
 
@@ -284,7 +280,7 @@ def noise_tunnel(t, p, nt_type: str) -> str:
             return cb.op("Mul", [a, a])
         return [a, cb.op("Mul", [a, a])]
 
-    totals = sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, rule_for=rule_for,
+    totals = sample_loop(b, t.nodes, x, t.y, t.index, n, chunk_size(t, p), points, rule_for=rule_for,
                          per_sample=attribution, mean_over=n, sums=2 if nt_type == "vargrad" else 1, wide=squares)
     if not squares:
         return totals

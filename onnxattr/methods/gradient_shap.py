@@ -14,8 +14,10 @@ import numpy as np
 from onnx import TensorProto
 
 from onnxattr.errors import UsageError
-from onnxattr.methods.base import Method, Param, Target, non_negative, parse_int, positive_int, register_method
-from onnxattr.methods.gradient import CHUNK, SEED, _chunk, noisy_copies
+from onnxattr.methods.base import (
+    Method, Param, Target, chunk_size, non_negative, parse_int, positive_int, register_method,
+)
+from onnxattr.methods.gradient import CHUNK, SEED, noisy_copies
 from onnxattr.sampling import sample_loop
 
 
@@ -78,7 +80,7 @@ def build_gradient_shap(t: Target, p: dict) -> str:
     def times_diff(cb, g, pts, ks):
         return cb.op("Mul", [g, diffs["diff"]])
 
-    return sample_loop(b, t.nodes, x, t.y, t.index, n, _chunk(t, p), points, per_sample=times_diff, mean_over=n)
+    return sample_loop(b, t.nodes, x, t.y, t.index, n, chunk_size(t, p), points, per_sample=times_diff, mean_over=n)
 
 
 register_method(Method(

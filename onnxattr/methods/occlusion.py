@@ -15,16 +15,15 @@ import numbers
 
 import numpy as np
 
-from onnxattr.errors import SelectionError, UsageError
+from onnxattr.errors import UsageError
 from onnxattr.methods.base import (
-    Method, Param, Target, parse_int, positive_int, reference_constant, register_method,
+    MAX_PERTURBATIONS, Method, Param, Target, chunk_size, parse_int, perturbed_features, positive_int,
+    reference_constant, register_method,
 )
 from onnxattr.compiler import path_nodes
-from onnxattr.methods.gradient import _chunk
 from onnxattr.sampling import checked, sample_loop
 from onnxattr.select import build_seed, selected_value
 
-MAX_WINDOWS = 2**20  # positions: beyond this a typo (stride 1 on a large input) would compile for minutes
 
 
 def _parse_ints(s: str):
@@ -72,9 +71,9 @@ def window_sizes(features: list, window, stride) -> tuple[list, list]:
         raise UsageError(f"parameter sliding_window_shapes={window}: larger than the input's features {features}")
     if all(isinstance(d, int) for d in features):
         counts = [-(-(d - w) // s) + 1 for d, w, s in zip(features, window, stride)]
-        if int(np.prod(counts)) > MAX_WINDOWS:
+        if int(np.prod(counts)) > MAX_PERTURBATIONS:
             raise UsageError(f"occlusion would run {int(np.prod(counts))} windows "
-                             f"({' x '.join(map(str, counts))}); at most {MAX_WINDOWS}: use a larger stride")
+                             f"({' x '.join(map(str, counts))}); at most {MAX_PERTURBATIONS}: use a larger stride")
     return window, stride
 
 
@@ -83,20 +82,6 @@ def _axis_value(b, feats: str, d: int, value) -> str:
     if isinstance(value, int):
         return b.const(np.array([value], np.int64), np.int64, "occ")
     return b.op("Slice", [feats, b.ints([d]), b.ints([d + 1])])
-
-
-def perturbed_features(t: Target, method: str, does: str) -> list:
-    """The explained input's feature dims (ints, None where fixed only at run time) for a method that
-    perturbs them and measures each sample's output drop: a scalar output or an input without feature axes
-    is refused, naming ``method`` and what it ``does`` to the features."""
-    shape = t.b.shape(t.x)
-    if t.b.rank(t.y) == 0:
-        raise SelectionError(f"{method} measures each sample's output drop, and the explained output '{t.y}' is a "
-                             "single number for the whole batch (rank 0); explain an output with a batch axis")
-    if shape is None or len(shape) < 2:
-        raise UsageError(f"{method} {does} the features of '{t.x}', whose rank is "
-                         f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
-    return [d if isinstance(d, int) else None for d in shape[1:]]
 
 
 def build_occlusion(t: Target, p: dict) -> str:
@@ -119,7 +104,7 @@ def build_occlusion(t: Target, p: dict) -> str:
         place[d] = b.op("Mul", [place[d + 1], counts[d + 1]])
     n_windows = b.op("Reshape", [b.op("Mul", [place[0], counts[0]]), b.ints([])])
     if not all(isinstance(d, int) for d in features):  # compile time checked the fixed sizes (window_sizes)
-        n_windows = checked(b, n_windows, b.op("LessOrEqual", [n_windows, b.const(MAX_WINDOWS, "int64")]),
+        n_windows = checked(b, n_windows, b.op("LessOrEqual", [n_windows, b.const(MAX_PERTURBATIONS, "int64")]),
                             "windows")
     baseline = reference_constant(b, x, p["baselines"], "baselines")  # a number, or an array broadcast to x
     clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
@@ -170,7 +155,7 @@ def build_occlusion(t: Target, p: dict) -> str:
         zero, one = b.scalar(0.0, total), b.scalar(1.0, total)
         return b.op("Where", [b.op("Greater", [cover, zero]), b.op("Div", [one, b.op("Max", [cover, one])]), zero])
 
-    return sample_loop(b, t.nodes, x, t.y, t.index, n_windows, _chunk(t, p), points, forward_only=drops,
+    return sample_loop(b, t.nodes, x, t.y, t.index, n_windows, chunk_size(t, p), points, forward_only=drops,
                        factor=inverse_cover)
 
 
