@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import sys
 import warnings
@@ -17,7 +18,9 @@ from onnxattr.api import Analyzer, compile as compile_model, explained_input, in
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
-from onnxattr.output import check_destination, refuse_overwriting_input, save_array, save_image, save_model
+from onnxattr.output import (
+    check_destination, refuse_overwriting_input, save_array, save_image, save_model, save_text,
+)
 
 
 def _params(pairs) -> dict:
@@ -148,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(max |Ra - Rb| / max |Ra|) or the models choose different neurons")
     d.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     d.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
-                   help="another graph input, given to both models (repeatable)")
+                   help="another graph input, given to each model that has it (repeatable)")
+    d.add_argument("--json", metavar="FILE.json", help="also write the per-sample numbers as JSON")
     sub.add_parser("methods", help="list methods, their parameters and defaults")
     parser.commands = dict(sub.choices)
     return parser
@@ -293,6 +297,9 @@ def _target(text: str | None):
 
 
 def cmd_compare(a) -> int:
+    if a.json:
+        refuse_overwriting_input(a.json, *_input_files(a), models=[a.model, a.other])
+        check_destination(a.json)
     if (a.target is not None) != (a.neuron == "index"):
         raise UsageError("--target goes with --neuron index (and --neuron index needs it)")
     if a.tolerance is not None and not 0 <= a.tolerance < float("inf"):
@@ -323,6 +330,9 @@ def cmd_compare(a) -> int:
     if result.other_orders:
         print(f"note: {result.other_orders} other axis order{'s' if result.other_orders > 1 else ''} of the data "
               f"also fit b's declared input; {list(result.perm)} moves the fewest axes (--perm chooses another)")
+    if a.json:
+        save_text(json.dumps(result.as_dict(), indent=1) + "\n", a.json, *_input_files(a), models=[a.model, a.other])
+        print(f"wrote {a.json}")
     problems = result.problems(a.tolerance) if a.tolerance is not None else []
     if problems:
         print(f"onnxattr: {'; '.join(problems)} (--tolerance {a.tolerance:g})", file=sys.stderr)

@@ -95,6 +95,14 @@ class Comparison:
         alike."""
         return not self.problems(tolerance)
 
+    def as_dict(self) -> dict:
+        """The report as plain data (JSON-ready: NaN as None): the method, mode and permutation, and per
+        sample the fields of SampleDiff."""
+        clean = lambda v: None if isinstance(v, float) and np.isnan(v) else v  # noqa: E731
+        return {"method": self.method, "neuron": self.neuron, "perm": list(self.perm),
+                "outputs_compared": self.outputs_compared, "other_orders": self.other_orders,
+                "samples": [{k: clean(v) for k, v in vars(s).items()} for s in self.samples]}
+
     def table(self) -> str:
         """One line per sample, then the worst of each column."""
         rows = [("sample", "choice a/b", "output diff", "relevance diff", "correlation",

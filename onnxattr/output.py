@@ -174,6 +174,17 @@ def save_array(arr: np.ndarray, path: str, *inputs, models=()) -> None:
         raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
 
 
+def save_text(text: str, path: str, *inputs, models=()) -> None:
+    """``text`` (UTF-8) to ``path``, atomically, never over an input."""
+    refuse_overwriting_input(path, *inputs, models=models)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+    except OSError as e:
+        raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
+
+
 def save_image(rgb: np.ndarray, path: str, *inputs, models=()) -> None:
     """An RGB uint8 array as an image file; the format follows the extension (Pillow's)."""
     from PIL import Image

@@ -281,3 +281,19 @@ def test_other_axis_orders_are_noted_only_where_the_declared_shapes_differ(tmp_p
     assert compare(RESNET, RESNET_BN, "gradient", x).other_orders == 0
     nhwc = channels_last(VGG, tmp_path / "nhwc.onnx")
     assert compare(VGG, nhwc, "gradient", oracle_x("torch_vgg")).other_orders == 1
+
+
+def test_cli_json_report(tmp_path):
+    import json
+
+    x = oracle_x("torch_vgg")
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "report.json"
+    assert main(["compare", str(VGG), str(VGG), "-m", "gradient", "--data", str(tmp_path / "x.npy"),
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["method"] == "gradient" and report["perm"] == [0, 1, 2, 3] and len(report["samples"]) == 4
+    assert all(s["relevance_diff"] == 0 and s["choice_a"] == s["choice_b"] for s in report["samples"])
+    assert main(["compare", str(VGG), str(VGG), "-m", "gradient", "--data", str(tmp_path / "x.npy"),
+                 "--json", str(tmp_path / "x.npy")]) == 8  # never over an input
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), x)
