@@ -12,7 +12,7 @@ from onnxattr.assemble import RELEVANCE, compile_model
 from onnxattr.errors import DataError, UsageError
 from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
-from onnxattr.methods.base import MAX_PERTURBATIONS
+from onnxattr.methods.perturbation import MAX_PERTURBATIONS
 from onnxattr.output import refuse_overwriting_input
 from onnxattr.runtime import Runner
 from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK

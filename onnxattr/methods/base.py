@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from onnxattr.errors import SelectionError, UsageError
+from onnxattr.errors import UsageError
 from onnxattr.graph import GraphBuilder
 
 
@@ -199,25 +199,8 @@ def reference_constant(b: GraphBuilder, x: str, value, what: str = "reference_in
     return b.const(arr, dtype, "reference")
 
 
-MAX_PERTURBATIONS = 2**20  # forward passes of occlusion / feature_ablation: beyond this a typo (stride 1 on a
-                           # large input, no mask) would run for hours
-
 
 def chunk_size(t: Target, p: dict) -> int:
     """Points per Loop iteration: the ``chunk_size`` parameter, or 1 for a model of static batch (its
     graph cannot take a larger one)."""
     return 1 if t.static_batch else p["chunk_size"]
-
-
-def perturbed_features(t: Target, method: str, does: str) -> list:
-    """The explained input's feature dims (ints, None where fixed only at run time) for a method that
-    perturbs them and measures each sample's output drop: a scalar output or an input without feature axes
-    is refused, naming ``method`` and what it ``does`` to the features."""
-    shape = t.b.shape(t.x)
-    if t.b.rank(t.y) == 0:
-        raise SelectionError(f"{method} measures each sample's output drop, and the explained output '{t.y}' is a "
-                             "single number for the whole batch (rank 0); explain an output with a batch axis")
-    if shape is None or len(shape) < 2:
-        raise UsageError(f"{method} {does} the features of '{t.x}', whose rank is "
-                         f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
-    return [d if isinstance(d, int) else None for d in shape[1:]]

@@ -5,8 +5,8 @@ selected output
 
     R_i = y(x) - y(x with the group of i ablated)
 
-The ablated copies run in chunks inside one ONNX Loop (onnxattr/sampling.py), forward only, as occlusion's
-windows do; the mask is baked into the compiled model.
+The ablated copies run in chunks inside one forward-only ONNX Loop (methods/perturbation.py, as occlusion's
+windows do); the mask is baked into the compiled model.
 """
 
 from __future__ import annotations
@@ -15,14 +15,10 @@ import os
 
 import numpy as np
 
-from onnxattr.compiler import path_nodes
 from onnxattr.errors import UsageError
-from onnxattr.methods.base import (
-    MAX_PERTURBATIONS, Method, Param, Target, chunk_size, parse_int, perturbed_features, positive_int,
-    reference_constant, register_method,
-)
-from onnxattr.sampling import checked, sample_loop
-from onnxattr.select import build_seed, selected_value
+from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
+from onnxattr.methods.perturbation import MAX_PERTURBATIONS, perturbation_loop, perturbed_features
+from onnxattr.sampling import checked
 
 
 def _parse_mask(s: str):
@@ -85,9 +81,9 @@ def build_feature_ablation(t: Target, p: dict) -> str:
     b, x = t.b, t.x
     features = perturbed_features(t, "feature_ablation", "groups")
     rank = len(features)
+    feats = b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([rank + 1])])
     if p["feature_mask"] is None and not all(isinstance(d, int) for d in features):
         # every feature alone, numbered at run time: Range over the features, shaped like one sample
-        feats = b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([rank + 1])])
         count = b.op("Slice", [feats, b.ints([0]), b.ints([1])])
         for d in range(1, rank):  # the product of the dims (CUDA has no int64 ReduceProd)
             count = b.op("Mul", [count, b.op("Slice", [feats, b.ints([d]), b.ints([d + 1])])])
@@ -99,40 +95,21 @@ def build_feature_ablation(t: Target, p: dict) -> str:
         ids, count = group_ids(p["feature_mask"], features)
         groups = b.const(ids, np.int64, "groups")  # [1, *F'] broadcasting to one sample
         # a mask axis of more than 1 meets a feature axis fixed only at run time: they must agree
-        meets = [(d, m) for d, m in zip(range(rank), ids.shape[1:])
-                 if m != 1 and features[d] is None]
+        meets = [(d, m) for d, m in enumerate(ids.shape[1:]) if m != 1 and features[d] is None]
         if meets:
-            dims = b.op("Shape", [x])
             ok = None
             for d, m in meets:
-                same = b.op("Equal", [b.op("Slice", [dims, b.ints([d + 1]), b.ints([d + 2])]),
+                same = b.op("Equal", [b.op("Slice", [feats, b.ints([d]), b.ints([d + 1])]),
                                       b.const(np.array([m], np.int64), np.int64, "mask_dim")])
                 ok = same if ok is None else b.op("And", [ok, same])
             count = checked(b, b.const(count, "int64"), b.op("Reshape", [ok, b.ints([])]), "feature_mask")
-    baseline = reference_constant(b, x, p["baselines"], "baselines")
-    clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
-    rows = {}
 
-    def points(cb, x_, ks, count_):
+    def masks(cb, ks):
         k = cb.op("Reshape", [ks, cb.ints([-1] + [1] * (rank + 1))])  # [c, 1, 1...]
-        hit = cb.op("Cast", [cb.op("Equal", [cb.op("Unsqueeze", [groups, cb.ints([0])]), k])],
-                    to=b.float_type(x))  # [c, 1, *F']
-        ablated = cb.op("Add", [cb.op("Mul", [cb.op("Unsqueeze", [x_, cb.ints([0])]),
-                                              cb.op("Sub", [cb.scalar(1.0, x_), hit])]),
-                                cb.op("Mul", [hit, baseline])])  # [c, N, *F]
-        full = cb.op("Concat", [count_, cb.op("Shape", [x_])], axis=0)
-        flat = cb.op("Concat", [cb.ints([-1]), cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([1]),
-                                                                cb.ints([rank + 1])])], axis=0)
-        rows["hit"] = cb.op("Reshape", [cb.op("Expand", [hit, full]), flat])  # [c*N, *F]
-        return cb.op("Reshape", [cb.op("Expand", [ablated, full]), flat])
+        return cb.op("Cast", [cb.op("Equal", [cb.op("Unsqueeze", [groups, cb.ints([0])]), k])],
+                     to=b.float_type(x))  # [c, 1, *F']
 
-    def drops(cb, selected, ks, count_):
-        drop = cb.op("Sub", [cb.op("Tile", [clean, count_]), selected])  # [c*N], sample-major like the points
-        return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * rank)]), rows["hit"]])
-
-    for node in path_nodes(t.nodes, x, t.y, b)[0]:
-        t.assignment[node.name] = ("forward", "feature_ablation runs the forward pass only")
-    return sample_loop(b, t.nodes, x, t.y, t.index, count, chunk_size(t, p), points, forward_only=drops)
+    return perturbation_loop(t, p, "feature_ablation", count, feats, masks)
 
 
 register_method(Method(

@@ -5,7 +5,7 @@ gets the mean, over the windows covering it, of the drop of the selected output
     R_i = mean over windows w containing i of (y(x) - y(x with w occluded))
 
 (0 where no window reaches: a stride larger than the window skips elements). The occluded copies run in
-chunks inside one ONNX Loop (onnxattr/sampling.py), forward only; the windows are laid out from the input's
+chunks inside one forward-only ONNX Loop (methods/perturbation.py); the windows are laid out from the input's
 shape at run time, so dynamic spatial axes work.
 """
 
@@ -16,13 +16,9 @@ import numbers
 import numpy as np
 
 from onnxattr.errors import UsageError
-from onnxattr.methods.base import (
-    MAX_PERTURBATIONS, Method, Param, Target, chunk_size, parse_int, perturbed_features, positive_int,
-    reference_constant, register_method,
-)
-from onnxattr.compiler import path_nodes
-from onnxattr.sampling import checked, sample_loop
-from onnxattr.select import build_seed, selected_value
+from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
+from onnxattr.methods.perturbation import MAX_PERTURBATIONS, perturbation_loop, perturbed_features
+from onnxattr.sampling import checked
 
 
 
@@ -106,10 +102,7 @@ def build_occlusion(t: Target, p: dict) -> str:
     if not all(isinstance(d, int) for d in features):  # compile time checked the fixed sizes (window_sizes)
         n_windows = checked(b, n_windows, b.op("LessOrEqual", [n_windows, b.const(MAX_PERTURBATIONS, "int64")]),
                             "windows")
-    baseline = reference_constant(b, x, p["baselines"], "baselines")  # a number, or an array broadcast to x
-    clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
     axes_shape = lambda d: [1] * d + [-1] + [1] * (rank - d - 1)  # noqa: E731
-    masks = {}
 
     def inside(cb, starts, d):
         """[len(starts), F_d] float: 1 where starts <= position < starts + window."""
@@ -119,28 +112,14 @@ def build_occlusion(t: Target, p: dict) -> str:
         hit = cb.op("And", [cb.op("GreaterOrEqual", [pos, lo]), cb.op("Less", [pos, cb.op("Add", [lo, win[d]])])])
         return cb.op("Cast", [hit], to=b.float_type(x))
 
-    def points(cb, x_, ks, count):
+    def windows(cb, ks):
         mask = None
         for d in range(rank):
             q = cb.op("Div", [ks, place[d]])  # k_d = q mod counts_d, as q - (q // counts_d) counts_d: no Mod
             k_d = cb.op("Sub", [q, cb.op("Mul", [cb.op("Div", [q, counts[d]]), counts[d]])])  # kernel on CUDA
             axis = cb.op("Reshape", [inside(cb, cb.op("Mul", [k_d, step[d]]), d), cb.ints([0] + axes_shape(d))])
             mask = axis if mask is None else cb.op("Mul", [mask, axis])  # [c, *F]
-        mask = cb.op("Unsqueeze", [mask, cb.ints([1])])  # [c, 1, *F]
-        occluded = cb.op("Add", [cb.op("Mul", [cb.op("Unsqueeze", [x_, cb.ints([0])]),
-                                               cb.op("Sub", [cb.scalar(1.0, x_), mask])]),
-                                 cb.op("Mul", [mask, baseline])])  # [c, N, *F]
-        n = cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([0]), cb.ints([1])])
-        rows = cb.op("Concat", [cb.op("Mul", [count, n]), feats], axis=0)
-        masks["rows"] = cb.op("Reshape", [cb.op("Expand", [mask, cb.op("Concat", [count, n, feats], axis=0)]), rows])
-        return cb.op("Reshape", [occluded, rows])
-
-    def drops(cb, selected, ks, count):
-        drop = cb.op("Sub", [cb.op("Tile", [clean, count]), selected])  # [c*N], sample-major like the points
-        return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * rank)]), masks["rows"]])
-
-    for node in path_nodes(t.nodes, x, t.y, b)[0]:
-        t.assignment[node.name] = ("forward", "occlusion runs the forward pass only")
+        return cb.op("Unsqueeze", [mask, cb.ints([1])])  # [c, 1, *F]
 
     def inverse_cover(b, total):
         """1 / (how many windows cover each element), 0 where none does, in the total's type (float32 for
@@ -155,8 +134,7 @@ def build_occlusion(t: Target, p: dict) -> str:
         zero, one = b.scalar(0.0, total), b.scalar(1.0, total)
         return b.op("Where", [b.op("Greater", [cover, zero]), b.op("Div", [one, b.op("Max", [cover, one])]), zero])
 
-    return sample_loop(b, t.nodes, x, t.y, t.index, n_windows, chunk_size(t, p), points, forward_only=drops,
-                       factor=inverse_cover)
+    return perturbation_loop(t, p, "occlusion", n_windows, feats, windows, factor=inverse_cover)
 
 
 register_method(Method(

@@ -1,0 +1,67 @@
+"""What occlusion and feature ablation share: each perturbation k replaces a part of x (a window, a group of
+features) by a baseline, and every element of that part gets the drop of the selected output
+
+    R_i = sum over perturbations k covering i of (y(x) - y(x with part k at the baseline))
+
+summed over the perturbations in chunks inside one forward-only ONNX Loop (onnxattr/sampling.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from onnxattr.compiler import path_nodes
+from onnxattr.errors import SelectionError, UsageError
+from onnxattr.graph import GraphBuilder
+from onnxattr.methods.base import Target, chunk_size, reference_constant
+from onnxattr.sampling import sample_loop
+from onnxattr.select import build_seed, selected_value
+
+MAX_PERTURBATIONS = 2**20  # forward passes: beyond this a typo (stride 1 on a large input, no mask) runs for hours
+
+
+def perturbed_features(t: Target, method: str, does: str) -> list:
+    """The explained input's feature dims (ints, None where fixed only at run time) for a method that
+    perturbs them and measures each sample's output drop: a scalar output or an input without feature axes
+    is refused, naming ``method`` and what it ``does`` to the features."""
+    shape = t.b.shape(t.x)
+    if t.b.rank(t.y) == 0:
+        raise SelectionError(f"{method} measures each sample's output drop, and the explained output '{t.y}' is a "
+                             "single number for the whole batch (rank 0); explain an output with a batch axis")
+    if shape is None or len(shape) < 2:
+        raise UsageError(f"{method} {does} the features of '{t.x}', whose rank is "
+                         f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
+    return [d if isinstance(d, int) else None for d in shape[1:]]
+
+
+def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
+                      mask_of: Callable[[GraphBuilder, str], str],
+                      factor: Callable[[GraphBuilder, str], str] | None = None) -> str:
+    """Sum over perturbations k = 0..n-1 of (y(x) - y(x_k)) * mask_k, x_k = x (1 - mask_k) + baseline mask_k
+    (``p["baselines"]``). ``mask_of(cb, ks)``: float [c, 1, *F'] masks of this trip's perturbations ks,
+    broadcasting to one sample; ``feats``: int64 [rank], x's feature dims at run time; ``n`` and ``factor``
+    as sample_loop takes them."""
+    b, x = t.b, t.x
+    rank = b.rank(x) - 1
+    baseline = reference_constant(b, x, p["baselines"], "baselines")  # a number, or an array broadcast to x
+    clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
+    masks = {}
+
+    def points(cb, x_, ks, count):
+        mask = mask_of(cb, ks)
+        perturbed = cb.op("Add", [cb.op("Mul", [cb.op("Unsqueeze", [x_, cb.ints([0])]),
+                                                cb.op("Sub", [cb.scalar(1.0, x_), mask])]),
+                                  cb.op("Mul", [mask, baseline])])  # [c, N, *F]
+        n_ = cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([0]), cb.ints([1])])
+        rows = cb.op("Concat", [cb.op("Mul", [count, n_]), feats], axis=0)
+        masks["rows"] = cb.op("Reshape", [cb.op("Expand", [mask, cb.op("Concat", [count, n_, feats], axis=0)]),
+                                          rows])
+        return cb.op("Reshape", [perturbed, rows])
+
+    def drops(cb, selected, ks, count):
+        drop = cb.op("Sub", [cb.op("Tile", [clean, count]), selected])  # [c*N], sample-major like the points
+        return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * rank)]), masks["rows"]])
+
+    for node in path_nodes(t.nodes, x, t.y, b)[0]:
+        t.assignment[node.name] = ("forward", f"{method} runs the forward pass only")
+    return sample_loop(b, t.nodes, x, t.y, t.index, n, chunk_size(t, p), points, forward_only=drops, factor=factor)
