@@ -57,7 +57,9 @@ def record_relu_rule(t: Target, rule: str, why: str) -> None:
             t.assignment[node.name] = (rule, why)
 
 
-RELU_RULES = {"deconvnet": "R_in = relu(R_out)", "guided_backprop": "R_in = relu(R_out) [x > 0]"}
+def at_relus(rule):
+    """A rule lookup (compiler.RuleLookup) giving ``rule`` at every Relu and the gradient elsewhere."""
+    return lambda node: rule if node.op_type == "Relu" else None
 
 
 def relu_rule(kind):
@@ -69,10 +71,19 @@ def relu_rule(kind):
             return [positive]
         return [mask_positive(b, node.output[0], positive)]  # [y > 0] = [x > 0]
 
-    def lookup(node):
-        return rule if node.op_type == "Relu" else None
+    return at_relus(rule)
 
-    return lookup
+
+# the methods that change only the Relu backward: name -> (relu_rule kind, the rule as inspect shows it)
+RELU_METHODS = {"deconvnet": ("deconv", "R_in = relu(R_out)"),
+                "guided_backprop": ("guided", "R_in = relu(R_out) [x > 0]")}
+
+
+def relu_method_rule(t: Target, name: str):
+    """The rule lookup of deconvnet or guided_backprop, recorded on every Relu for ``inspect``."""
+    kind, why = RELU_METHODS[name]
+    record_relu_rule(t, name, why)
+    return relu_rule(kind)
 
 
 def beta_smooth_rule(beta: float):
@@ -88,10 +99,7 @@ def beta_smooth_rule(beta: float):
             slope = b.op("Cast", [b.op("Sigmoid", [wide])], to=b.float_type(x))
         return [b.op("Mul", [grads[0], slope])]
 
-    def lookup(node):
-        return rule if node.op_type == "Relu" else None
-
-    return lookup
+    return at_relus(rule)
 
 
 def backward(t: Target, scale="one", rule_for=None) -> str:
@@ -109,13 +117,11 @@ def build_input_t_gradient(t, p):
 
 
 def build_deconvnet(t, p):
-    record_relu_rule(t, "deconvnet", RELU_RULES["deconvnet"])
-    return backward(t, rule_for=relu_rule("deconv"))
+    return backward(t, rule_for=relu_method_rule(t, "deconvnet"))
 
 
 def build_guided_backprop(t, p):
-    record_relu_rule(t, "guided_backprop", RELU_RULES["guided_backprop"])
-    return backward(t, rule_for=relu_rule("guided"))
+    return backward(t, rule_for=relu_method_rule(t, "guided_backprop"))
 
 
 def build_beta_smooth(t, p):
@@ -261,9 +267,7 @@ def noise_tunnel(t, p, nt_type: str) -> str:
     to the mean, and float16's range (6e-8 to 65504) holds neither the squares nor small variances. The
     variance is clipped at 0."""
     b, x, n, base = t.b, t.x, p["augment_by_n"], p["base"]
-    rule_for = {"guided_backprop": relu_rule("guided"), "deconvnet": relu_rule("deconv")}.get(base)
-    if base in RELU_RULES:
-        record_relu_rule(t, base, RELU_RULES[base])
+    rule_for = relu_method_rule(t, base) if base in RELU_METHODS else None
     squares = nt_type != "smoothgrad" or p["postprocess"] == "square"
 
     def points(cb, x_, ks, count):
