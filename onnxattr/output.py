@@ -120,13 +120,11 @@ def atomic_path(path: str):
 
 
 def save_model(model: onnx.ModelProto, path: str, source: str | None = None) -> None:
+    if model.ByteSize() < TWO_GB:
+        _save_file(path, (), [source], lambda f: f.write(model.SerializeToString()))
+        return
     refuse_overwriting_input(path, models=[source])
     try:
-        if model.ByteSize() < TWO_GB:
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(model.SerializeToString())
-            return
         _save_external(model, path, source)
     except OSError as e:
         raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
@@ -164,25 +162,24 @@ def _check_by_path(tmp: str, path: str) -> None:
         raise OutputFileError(f"{path}: the written model fails onnx.checker: {first}") from None
 
 
-def save_array(arr: np.ndarray, path: str, *inputs, models=()) -> None:
+def _save_file(path: str, inputs, models, write) -> None:
+    """``write(f)`` into ``path`` opened for binary writing, atomically, never over an input."""
     refuse_overwriting_input(path, *inputs, models=models)
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.save(f, arr)
+                write(f)
     except OSError as e:
         raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def save_array(arr: np.ndarray, path: str, *inputs, models=()) -> None:
+    _save_file(path, inputs, models, lambda f: np.save(f, arr))
 
 
 def save_text(text: str, path: str, *inputs, models=()) -> None:
-    """``text`` (UTF-8) to ``path``, atomically, never over an input."""
-    refuse_overwriting_input(path, *inputs, models=models)
-    try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-    except OSError as e:
-        raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
+    """``text`` (UTF-8) to ``path``."""
+    _save_file(path, inputs, models, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_image(rgb: np.ndarray, path: str, *inputs, models=()) -> None:
