@@ -191,37 +191,38 @@ def repeat_rows(cb: GraphBuilder, name: str, count: str) -> str:
 
 
 RUN_TIME_CHECK = "run_time_check"  # the name of checked()'s node, which the API recognises in onnxruntime's errors
+ROWS_CHECK = "rows_per_point"  # the name of the rows check, which the API recognises in onnxruntime's errors
+
+
+def _fails_unless(b: GraphBuilder, ok: str, value: str, name: str) -> str:
+    """``value`` (int64 [1]) passed through a Reshape named ``name`` to the shape [1] when the bool scalar
+    ``ok`` holds and [-2] (refused) when not: onnxruntime stops the run there, and the API reads the name
+    in its error to say what was wrong."""
+    out = b.fresh("checked")
+    shape = b.op("Where", [ok, b.ints([1]), b.ints([-2])])
+    b.nodes.append(helper.make_node("Reshape", [value, shape], [out], name=b.fresh(name)))
+    return out
 
 
 def checked(b: GraphBuilder, count: str, ok: str, what: str) -> str:
-    """The int64 scalar ``count``, passed through a Reshape that fails at run time unless the bool scalar
-    ``ok`` holds (a shape of -2 is refused): a size known only at run time checked before a Loop trips
-    over it. The node's name carries ``what`` (RUN_TIME_CHECK-what) for the API to say what went wrong."""
-    shape = b.op("Where", [ok, b.ints([1]), b.ints([-2])])
-    out = b.fresh("checked")
-    b.nodes.append(helper.make_node("Reshape", [b.op("Reshape", [count, b.ints([1])]), shape], [out],
-                                    name=b.fresh(f"{RUN_TIME_CHECK}-{what}")))
+    """The int64 scalar ``count``, checked before a Loop trips over it: the run fails unless the bool scalar
+    ``ok`` holds, with ``what`` in the failing node's name (RUN_TIME_CHECK-what)."""
+    out = _fails_unless(b, ok, b.op("Reshape", [count, b.ints([1])]), f"{RUN_TIME_CHECK}-{what}")
     # a Gather, not a Reshape: onnxruntime fuses consecutive Reshapes, which would drop the check
     return b.op("Gather", [out, b.const(0, "int64")], axis=0)
 
 
-ROWS_CHECK = "rows_per_point"  # the name of the check below, which the API recognises in onnxruntime's errors
-
-
 def _one_row_per_point(cb: GraphBuilder, y_copy: str, y: str, count: str) -> str | None:
     """A bool the Loop's condition takes, true, that onnxruntime can only compute when the copy of y has
-    count times y's rows: the points' rows, reshaped to [count * rows(y)] by a Reshape that fails
-    otherwise. A model that mixes the points of its batch (its batch axis is not x's first, a feed
-    declared under another batch name, a mean over the batch) would give a wrong map without a word. The
-    check feeds the Loop's condition, so no optimizer drops it. None for a scalar y (sample_loop runs one
-    point per sample at a time there)."""
+    count times y's rows. A model that mixes the points of its batch (its batch axis is not x's first, a
+    feed declared under another batch name, a mean over the batch) would give a wrong map without a word.
+    The check feeds the Loop's condition, so no optimizer drops it. None for a scalar y (sample_loop runs
+    one point per sample at a time there)."""
     if cb.rank(y) in (0, None):
         return None
     first = lambda t: cb.op("Slice", [cb.op("Shape", [t]), cb.ints([0]), cb.ints([1])])  # noqa: E731
-    rows = cb.op("ConstantOfShape", [first(y_copy)], value=helper.make_tensor("zero", TensorProto.INT64, [1], [0]))
-    rows_checked = cb.fresh("rows")
-    cb.nodes.append(helper.make_node("Reshape", [rows, cb.op("Mul", [count, first(y)])], [rows_checked],
-                                     name=cb.fresh(ROWS_CHECK)))
+    ok = cb.op("Reshape", [cb.op("Equal", [first(y_copy), cb.op("Mul", [count, first(y)])]), cb.ints([])])
+    rows_checked = _fails_unless(cb, ok, cb.ints([0]), ROWS_CHECK)
     return cb.op("Equal", [cb.op("ReduceSum", [rows_checked], keepdims=0), cb.const(0, "int64")])
 
 
