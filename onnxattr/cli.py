@@ -234,8 +234,7 @@ def cmd_explain(a) -> int:
         raise UsageError(f"--target picks the neuron for --neuron index, not --neuron {a.neuron}: add --neuron index")
     if a.neuron == "index" and a.target is None:
         raise UsageError("--neuron index needs --target (one index, or one per sample: 3,1,4)")
-    mode = a.neuron  # the Analyzer takes iNNvestigate's "max_activation" and "max" alike
-    analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=mode, input=a.input, output=a.output,
+    analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=a.neuron, input=a.input, output=a.output,
                         device=a.device, **_all_params(a))
     x = _load_data(a.data, analyzer, "index" if a.target is not None else analyzer.mode)
     r = analyzer.analyze(x, neuron_selection=_target(a.target), inputs=_load_feeds(a))
@@ -310,8 +309,7 @@ def cmd_compare(a) -> int:
             perm = [int(p) for p in a.perm.split(",")]
         except ValueError:
             raise UsageError(f"--perm must be axis numbers separated by commas, got '{a.perm}'") from None
-    mode = a.neuron  # the Analyzer takes iNNvestigate's "max_activation" and "max" alike
-    first, second = (Analyzer(_method(a), model, neuron_selection_mode=mode, input=i, output=o, device=a.device,
+    first, second = (Analyzer(_method(a), model, neuron_selection_mode=a.neuron, input=i, output=o, device=a.device,
                               **_all_params(a))
                      for model, i, o in ((a.model, a.input, a.output), (a.other, a.input_b or a.input,
                                                                          a.output_b or a.output)))

@@ -197,8 +197,7 @@ def compare(model_a, model_b, method: str, x, neuron: str = "max", target=None, 
     ``inputs_a`` / ``inputs_b``: each model's other graph inputs (an attention mask)."""
     if neuron not in ("max", "index", "all"):
         raise UsageError(f"neuron must be max, index or all, not '{neuron}'")
-    mode = neuron  # the Analyzer takes iNNvestigate's "max_activation" and "max" alike
-    a, b = (Analyzer(method, m, neuron_selection_mode=mode, input=i, output=o, device=device, providers=providers,
+    a, b = (Analyzer(method, m, neuron_selection_mode=neuron, input=i, output=o, device=device, providers=providers,
                      **params) for m, i, o in ((model_a, input_a, output_a), (model_b, input_b, output_b)))
     return compare_analyzers(a, b, x, target, perm, inputs_a, inputs_b)
 
@@ -224,6 +223,11 @@ def _layout_bound(analyzer: Analyzer) -> str | None:
         return f"{analyzer.method.name}'s windows and groups"
     arrays = [k for k, v in analyzer.params.items() if isinstance(v, (np.ndarray, list, tuple)) and np.ndim(v) > 0]
     return f"the array parameter{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}" if arrays else None
+
+
+def _inverse(perm) -> tuple[int, ...]:
+    """The permutation that undoes ``perm``."""
+    return tuple(int(k) for k in np.argsort(perm))
 
 
 def _index_translation(out_a: tuple, declared_b):
@@ -295,7 +299,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
         raise DataError(f"the second model: {e}" + (f" (the data went in axis order {list(perm)}{hint})"
                                                     if perm != identity or others else "")) from None
     if map_b.ndim == len(perm):
-        map_b = np.transpose(map_b, tuple(int(k) for k in np.argsort(perm)))
+        map_b = np.transpose(map_b, _inverse(perm))
     elif perm != identity:  # a map of another rank than the data (token ids -> embeddings): no way back
         raise UsageError(f"the maps have rank {map_b.ndim}, the data {x.ndim}: the second model's map cannot be "
                          "put back in the first's layout; compare two exports of one layout")
@@ -304,7 +308,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
                          "model's layout); give perm")
     y_b, _, _, through_b = _explained(b, mode_b)
     if y_b is not None and out_perm is not None and y_b.ndim == len(out_perm):
-        y_b = np.transpose(y_b, tuple(int(k) for k in np.argsort(out_perm)))
+        y_b = np.transpose(y_b, _inverse(out_perm))
     if y_a is not None and y_b is not None and y_a.shape != y_b.shape and y_a.size == y_b.size \
             and [d for d in y_a.shape if d != 1] == [d for d in y_b.shape if d != 1]:
         y_b = y_b.reshape(y_a.shape)  # [N, K, 1, 1] against [N, K]: the same neurons in the same order
