@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxattr.api import Analyzer, explained_input
-from onnxattr.errors import DataError, UsageError
-from onnxattr.graph import FLOAT_TYPES
+from onnxattr.errors import DataError, SelectionError, UsageError
+from onnxattr.select import choose_input
 
 TOP_FRACTION = 0.1  # the share of elements, by |relevance|, whose overlap is reported
 SIGNIFICANT = 1e-6  # elements below this fraction of a map's largest |value| are not counted among its top
@@ -203,18 +203,17 @@ def compare(model_a, model_b, method: str, x, neuron: str = "max", target=None, 
 
 
 def _declared_input(analyzer: Analyzer):
-    """The declared shape (ints, or names/None) of the graph input the analyzer explains, when the model says
-    which one it is (named, or its only float input); None otherwise."""
-    inits = {t.name for t in analyzer.model.graph.initializer}
-    inputs = [i for i in analyzer.model.graph.input if i.name not in inits]
-    if analyzer.input is not None:
-        found = [i for i in inputs if i.name == analyzer.input]
-    else:
-        found = [i for i in inputs if i.type.tensor_type.elem_type in FLOAT_TYPES]
-    if len(found) != 1 or not found[0].type.tensor_type.HasField("shape"):
+    """The declared shape (ints, or names/None) of the graph input the analyzer explains, chosen as the
+    compile chooses it (select.choose_input); None when that fails (the compile names why) or the input is
+    an intermediate tensor or has no declared shape."""
+    try:
+        name = choose_input(analyzer.model, analyzer.input)
+    except SelectionError:
         return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in found[0].type.tensor_type.shape.dim]
+    vi = next((i for i in analyzer.model.graph.input if i.name == name), None)
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
 
 
 def _layout_bound(analyzer: Analyzer) -> str | None:
