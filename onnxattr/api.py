@@ -99,7 +99,8 @@ class Analyzer:
     def analyze(self, X, neuron_selection=None, inputs: dict | None = None) -> np.ndarray:
         """The relevance map of X; ``inputs``: the model's other graph inputs by name (an attention mask
         [N, S], a graph convolution's adjacency fed at run time). In the methods that run a Loop over points
-        (integrated_gradients, smoothgrad, vargrad, gradient_shap, occlusion, feature_ablation) an input
+        (integrated_gradients, smoothgrad, vargrad, gradient_shap, occlusion, feature_ablation, shapley_values,
+        shapley_value_sampling) an input
         whose first axis is declared under the name of X's batch axis goes with each sample's points; others
         are shared by all."""
         mode = self.mode
@@ -149,9 +150,12 @@ class Analyzer:
             mask = np.load(mask, mmap_mode="r").shape if isinstance(mask, (str, os.PathLike)) else np.shape(mask)
             return (f"feature_mask of shape {list(mask)} does not fit the data's features {list(X.shape[1:])}: "
                     "every mask axis of more than 1 must match the data's")
-        passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows"}.get(
+        passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows",
+                  "orders": f"forward passes ({self.params.get('n_samples')} orders of every feature alone)"}.get(
             what, f"{what} (a size checked at run time)")
-        fix = "group the features with a feature_mask" if what == "ablations" else "use a larger stride or window"
+        fix = {"ablations": "group the features with a feature_mask", "windows": "use a larger stride or window",
+               "orders": "group the features with a feature_mask, or draw fewer orders"}.get(
+            what, "check the data's shape")
         return (f"{self.method.name} would run more than {MAX_PERTURBATIONS} {passes} on data of shape "
                 f"{list(X.shape)}: {fix}")
 

@@ -29,6 +29,8 @@ DETERMINISTIC = sorted(name for name, m in REGISTRY.items()
 FLOAT16_SAFE = ["deconvnet", "deep_lift", "deep_taylor", "excitation_backprop", "gradient", "guided_backprop",
                 "input_t_gradient", "lrp.epsilon", "lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.z",
                 "lrp.z_plus"]
+# exact Shapley values take at most 20 feature groups (x has 128 features): a group per channel
+PARAMS = {"shapley_values": {"feature_mask": np.arange(2).reshape(2, 1, 1)}}
 
 
 def as_type(model, dtype):
@@ -46,7 +48,7 @@ def as_type(model, dtype):
 
 
 def reference_map(model, method, x):
-    compiled = onnxattr.compile(model, method)
+    compiled = onnxattr.compile(model, method, **PARAMS.get(method, {}))
     out = next(o for o in compiled.graph.output if o.name == "relevance")
     assert out.type.tensor_type.elem_type == TensorProto.FLOAT  # the contract: relevance is float32
     return ReferenceEvaluator(compiled).run(["relevance"], {"x": x})[0]
@@ -71,7 +73,7 @@ def test_map_equals_the_float32_map(dtype, methods, tol, float32_maps):
 @pytest.mark.parametrize("method", sorted(set(DETERMINISTIC) - set(FLOAT16_SAFE)) + ["random"])
 def test_float16_compiles_for_every_method(method):
     """The rest compile to a checked graph (onnxattr.compile runs onnx.checker with strict inference)."""
-    compiled = onnxattr.compile(as_type(resnet_like(bias=True), "float16"), method)
+    compiled = onnxattr.compile(as_type(resnet_like(bias=True), "float16"), method, **PARAMS.get(method, {}))
     types = {o.name: o.type.tensor_type.elem_type for o in compiled.graph.output}
     assert types == {"y": TensorProto.FLOAT16, "relevance": TensorProto.FLOAT}
 

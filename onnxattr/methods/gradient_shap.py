@@ -40,11 +40,11 @@ def baseline_set(b, x: str, value) -> tuple[str, int]:
     return b.const(arr, dtype, "baselines"), arr.shape[0]
 
 
-def _uniform(cb, like: str, seed, offset: int) -> str:
-    """U[0, 1) of ``like``'s shape in float32. onnxruntime's generator (minstd) seeded k starts at about
+def uniform(cb, like: str, seed, offset: int, dtype: int = TensorProto.FLOAT) -> str:
+    """U[0, 1) of ``like``'s shape in ``dtype`` (float32). onnxruntime's generator (minstd) seeded k starts at about
     k * 16807 / 2^31, tiny for small k, so the seed is scrambled by a bijection of [0, 2^24 - 1) first: every
     seed keeps a stream of its own, and the first draw is no longer near 0."""
-    return cb.op("RandomUniformLike", [like], dtype=TensorProto.FLOAT, low=0.0, high=1.0,
+    return cb.op("RandomUniformLike", [like], dtype=dtype, low=0.0, high=1.0,
                  seed=None if seed is None else float(1 + ((seed + offset + 12345) * 2654435761) % (2**24 - 1)))
 
 
@@ -60,7 +60,7 @@ def build_gradient_shap(t: Target, p: dict) -> str:
                      value=cb.fill_value(0.0, None))  # [count * N] float32
         # the pick and alpha from ONE generator ([rows, 2], interleaved): two RandomUniformLike ops seeded k and
         # k + 1 give (k c_j, (k + 1) c_j) mod 1 of one sequence c_j in onnxruntime (minstd_rand0): dependent
-        pair = _uniform(cb, cb.op("ConstantOfShape", [cb.op("Concat", [cb.op("Shape", [rows]), cb.ints([2])], axis=0)],
+        pair = uniform(cb, cb.op("ConstantOfShape", [cb.op("Concat", [cb.op("Shape", [rows]), cb.ints([2])], axis=0)],
                               value=cb.fill_value(0.0, None)), p["seed"], 1)
         u_pick = cb.op("Squeeze", [cb.op("Slice", [pair, cb.ints([0]), cb.ints([1]), cb.ints([1])]), cb.ints([1])])
         u_alpha = cb.op("Squeeze", [cb.op("Slice", [pair, cb.ints([1]), cb.ints([2]), cb.ints([1])]), cb.ints([1])])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from onnx import TensorProto
+
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import SelectionError, UsageError
 from onnxattr.graph import GraphBuilder
@@ -36,11 +38,15 @@ def perturbed_features(t: Target, method: str, does: str) -> list:
 
 def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
                       mask_of: Callable[[GraphBuilder, str], str],
-                      factor: Callable[[GraphBuilder, str], str] | None = None) -> str:
-    """Sum over perturbations k = 0..n-1 of (y(x) - y(x_k)) * mask_k, x_k = x (1 - mask_k) + baseline mask_k
+                      factor: Callable[[GraphBuilder, str], str] | None = None,
+                      weight_of: Callable[[GraphBuilder, str], str] | None = None,
+                      mean_over=None) -> str:
+    """Sum over perturbations k = 0..n-1 of (y(x) - y(x_k)) * weight_k, x_k = x (1 - mask_k) + baseline mask_k
     (``p["baselines"]``). ``mask_of(cb, ks)``: float [c, 1, *F'] masks of this trip's perturbations ks,
-    broadcasting to one sample; ``feats``: int64 [rank], x's feature dims at run time; ``n`` and ``factor``
-    as sample_loop takes them."""
+    broadcasting to one sample; ``feats``: int64 [rank], x's feature dims at run time; ``n``, ``factor`` and
+    ``mean_over`` as sample_loop takes them. The weights are the masks, or ``weight_of(cb, ks)`` (called after
+    mask_of): float64 [c, 1, *F'], and then the products are summed in float64 (Shapley weights of both signs
+    cancel) and the total returned in float32."""
     b, x = t.b, t.x
     rank = b.rank(x) - 1
     baseline = reference_constant(b, x, p["baselines"], "baselines")  # a number, or an array broadcast to x
@@ -49,19 +55,29 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
 
     def points(cb, x_, ks, count):
         mask = mask_of(cb, ks)
+        weight = mask if weight_of is None else weight_of(cb, ks)
         perturbed = cb.op("Add", [cb.op("Mul", [cb.op("Unsqueeze", [x_, cb.ints([0])]),
                                                 cb.op("Sub", [cb.scalar(1.0, x_), mask])]),
                                   cb.op("Mul", [mask, baseline])])  # [c, N, *F]
         n_ = cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([0]), cb.ints([1])])
         rows = cb.op("Concat", [cb.op("Mul", [count, n_]), feats], axis=0)
-        masks["rows"] = cb.op("Reshape", [cb.op("Expand", [mask, cb.op("Concat", [count, n_, feats], axis=0)]),
+        masks["rows"] = cb.op("Reshape", [cb.op("Expand", [weight, cb.op("Concat", [count, n_, feats], axis=0)]),
                                           rows])
         return cb.op("Reshape", [perturbed, rows])
 
     def drops(cb, selected, ks, count):
         drop = cb.op("Sub", [cb.op("Tile", [clean, count]), selected])  # [c*N], sample-major like the points
+        if weight_of is not None:
+            drop = cb.op("Cast", [drop], to=TensorProto.DOUBLE)
         return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * rank)]), masks["rows"]])
 
     for node in path_nodes(t.nodes, x, t.y, b)[0]:
         t.assignment[node.name] = ("forward", f"{method} runs the forward pass only")
-    return sample_loop(b, t.nodes, x, t.y, t.index, n, chunk_size(t, p), points, forward_only=drops, factor=factor)
+    total = sample_loop(b, t.nodes, x, t.y, t.index, n, chunk_size(t, p), points, forward_only=drops, factor=factor,
+                        mean_over=mean_over, wide=weight_of is not None)
+    if weight_of is None:
+        return total
+    out = b.op("Cast", [total], to=TensorProto.FLOAT)  # the relevance's type (assemble): no float16 rounding
+    b.set_info(out, x)
+    b.types[out] = TensorProto.FLOAT
+    return out

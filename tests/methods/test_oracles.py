@@ -24,9 +24,14 @@ A manifest's ``feeds`` are the model's other graph inputs, stored as ``feed:NAME
 padding mask, one row per sample, which integrated gradients and SmoothGrad give each of a sample's points).
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
 with its BatchNormalization nodes kept) are checked against the same maps.
-SmoothGrad and GradientSHAP draw other noise (and baselines, and points) than the reference: the difference to
-the reference must look like the difference between two of our own runs with different seeds (both are
-64-sample means).
+SmoothGrad, GradientSHAP and Shapley value sampling draw other noise (and baselines, points, orders of the
+features) than the reference: the difference to the reference must look like the difference between two of our
+own runs with different seeds (both are means over the same number of draws). Where the manifest holds the
+value estimated (an entry's ``exact``: Shapley value sampling of the exact Shapley values), eight of our runs
+must average to it within twice the expected error of an 8-run mean, and the reference must lie no further from
+it than our runs' mean distance plus four standard deviations (the 24 values of a six-group map make a
+distance between two single runs too noisy to compare). Exact Shapley values (Captum's
+ShapleyValues walks all 720 orders of six groups, onnxattr its 63 coalitions) sit in the 1e-3 class.
 """
 
 import json
@@ -144,6 +149,17 @@ def test_matches_reference(name, key, model_file, tmp_path):
             want = want[keep] / logit.reshape((-1,) + (1,) * (want.ndim - 1))
         if "until_layer_idx" in params:
             params["until_layer_idx"] = kernel_index(info, params["until_layer_idx"])
+    if entry.get("exact"):
+        # an estimate of a value the manifest holds (Shapley value sampling of the exact Shapley values): ours
+        # must scatter around it without bias, and the reference must lie as far from it as our runs do
+        truth = arrays[entry["exact"]]
+        runs = [run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, feeds, seed=s, **params)
+                for s in range(1, 9)]
+        rms = lambda d: float(np.sqrt(np.mean(d ** 2)))  # noqa: E731
+        spread = [rms(r - truth) for r in runs]
+        assert rms(np.mean(runs, 0) - truth) <= 2 * np.mean(spread) / np.sqrt(len(runs)), spread
+        assert rms(want - truth) <= np.mean(spread) + 4 * np.std(spread), (rms(want - truth), spread)
+        return
     if entry.get("statistical"):
         # three of our runs: their mean distance to the reference against their mean distance to each other
         # (one pair alone fluctuates by +-40% on a 64-element map, so a correct implementation failed ~1 in 20)
@@ -187,8 +203,8 @@ def test_not_comparable_recorded(name):
 def test_new_oracles_are_compared():
     """deep_lift and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
     cp_lrp on both transformers (with LXT's gamma on the ViT), and the gradient family on the masked encoder,
-    in every mode; Captum's NoiseTunnel variants, FeatureAblation and Zennit's BetaSmooth on all eight torch
-    nets; Grad-CAM
+    in every mode; Captum's NoiseTunnel variants, FeatureAblation, ShapleyValues, ShapleyValueSampling and
+    Zennit's BetaSmooth on all eight torch nets; Grad-CAM
     and Guided Grad-CAM on every net with feature maps, for one output (the cam of the logits' sum is 0 on
     these nets: their heads are decorrelated from the mean feature)."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
@@ -211,6 +227,8 @@ def test_new_oracles_are_compared():
         assert {f"{m}|{mode}|{tag}" for m, tag in (k.split("|") for k in noise_tunnel) for mode in MODES} \
             <= compared, name
         assert {f"feature_ablation|{mode}|patches" for mode in MODES} <= compared, name
+        assert {f"{m}|{mode}|default" for m in ("shapley_values", "shapley_value_sampling") for mode in MODES} \
+            <= compared, name
         if name.startswith("torch_mlp"):
             assert {f"feature_ablation|{mode}|default" for mode in MODES} <= compared, name
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}

@@ -46,7 +46,8 @@ gradient_shap (Captum's GradientShap with x's samples as the baselines; statisti
 Occlusion), noise_tunnel (Captum's NoiseTunnel with nt_type smoothgrad_sq and vargrad, and over InputXGradient
 and GuidedBackprop: onnxattr's smoothgrad nt_type/base and vargrad; statistical), beta_smooth (Zennit's
 BetaSmooth composite with the Gradient attributor), feature_ablation (Captum's FeatureAblation, every feature
-alone and 4 x 4 patches stored as "mask:patches").
+alone and 4 x 4 patches stored as "mask:patches"), shapley (Captum's ShapleyValues and ShapleyValueSampling over
+six coarse groups stored as "mask:coarse"; the sampling maps statistical).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -714,6 +715,55 @@ def run_feature_ablation(model, x, argmax, target):
     return out
 
 
+SV_SAMPLES = 25  # Captum's default n_samples
+
+
+def coarse_mask(shape, groups=6):
+    """Six groups for Shapley values (Captum's ShapleyValues walks all 6! = 720 orders): [1, 1, H, W] of three
+    bands of rows times two of columns, shared by the channels; [1, 1, L] of six bands; [1, F] of six runs of
+    neighbouring features."""
+    if len(shape) == 2:
+        return (np.arange(shape[1]) * groups // shape[1]).reshape(1, -1).astype(np.int64)
+    if len(shape) == 3:
+        return (np.arange(shape[2]) * groups // shape[2]).reshape(1, 1, -1).astype(np.int64)
+    rows = np.arange(shape[2]) * 3 // shape[2]
+    cols = np.arange(shape[3]) * 2 // shape[3]
+    return (rows[:, None] * 2 + cols[None, :]).reshape((1, 1) + tuple(shape[2:])).astype(np.int64)
+
+
+def run_shapley(model, x, argmax, target):
+    """Captum ShapleyValues (exact: every order of the six groups of coarse_mask) and ShapleyValueSampling
+    (n_samples=25 random orders; statistical, torch.manual_seed(2027) before), baselines 0.5."""
+    from captum.attr import ShapleyValues, ShapleyValueSampling
+
+    mask = coarse_mask(tuple(x.shape))
+    AUX["mask:coarse"] = mask
+    out = {}
+    for mode in MODES:
+        m = captum_model(model, mode)
+        tgt = captum_target(mode, argmax, target)
+        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        fm = torch.from_numpy(mask)
+        with torch.no_grad():
+            exact = ShapleyValues(m).attribute(x, baselines=0.5, target=tgt, feature_mask=fm,
+                                               perturbations_per_eval=1)
+            torch.manual_seed(2027)
+            sampled = ShapleyValueSampling(m).attribute(x, baselines=0.5, target=tgt, feature_mask=fm,
+                                                        n_samples=SV_SAMPLES, perturbations_per_eval=1)
+        params = {"baselines": 0.5, "feature_mask": "@mask:coarse"}
+        out[f"shapley_values|{mode}|default"] = (exact, {
+            "method": "shapley_values", "mode": mode, "seed": "one", "statistical": False, "params": params,
+            "library_call": "captum ShapleyValues(model).attribute(x, baselines=0.5, target, feature_mask=the stored "
+                            "mask:coarse); " + seed_note})
+        out[f"shapley_value_sampling|{mode}|default"] = (sampled, {
+            "method": "shapley_value_sampling", "mode": mode, "seed": "one", "statistical": True,
+            "params": {**params, "n_samples": SV_SAMPLES}, "exact": f"shapley_values|{mode}|default",
+            "library_call": "captum ShapleyValueSampling(model).attribute(x, baselines=0.5, target, feature_mask="
+                            f"the stored mask:coarse, n_samples={SV_SAMPLES}); torch.manual_seed(2027) before; "
+                            + seed_note})
+    return out
+
+
 def run_beta_smooth(model, x, argmax, target):
     """Zennit's BetaSmooth composite (every nn.ReLU's gradient becomes sigmoid(beta x), beta 10 and 3) with the
     Gradient attributor, seeded with 1 at the selected output(s) (a ones vector for 'all')."""
@@ -828,7 +878,7 @@ def run_excitation(model, canonizer_names, x, argmax, target):
 
 
 FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
-            "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation")
+            "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -849,7 +899,7 @@ def oracle_maps(model, x, argmax, target, variants_fn):
         for family, run in (("deep_lift", run_deeplift), ("ig_quadrature", run_ig_quadrature), ("cam", run_cam),
                             ("gradient_shap", run_gradient_shap), ("occlusion", run_occlusion),
                             ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth),
-                            ("feature_ablation", run_feature_ablation)):
+                            ("feature_ablation", run_feature_ablation), ("shapley", run_shapley)):
             if family in families:
                 maps.update(run(m, xd, argmax, target))
         if "excitation_backprop" in families:
@@ -983,6 +1033,12 @@ METHOD_NOTES = [
     "vargrad, tag 'abs' over Saliency(abs=True) = postprocess abs), and smoothgrad over InputXGradient (noisy x "
     "times its gradient; base input_t_gradient) and GuidedBackprop (base guided_backprop). Captum sums in the "
     "model's dtype; onnxattr's vargrad sums in float64.",
+    "shapley_values / shapley_value_sampling: Captum ShapleyValues(model).attribute(x, baselines=0.5, target, "
+    "feature_mask) walks all 6! orders of the six groups of the stored 'mask:coarse' (three bands of rows times two "
+    "of columns shared by the channels, [1, 1, H, W]; six bands [1, 1, L]; six runs of features [1, F]); every "
+    "feature of a group gets the group's mean gain. ShapleyValueSampling: the mean over n_samples=25 random "
+    "orders (torch.manual_seed(2027) before each call), statistical. Captum sums in float32 "
+    "(total_attrib is torch.float) even for the float64 model.",
     "feature_ablation: Captum FeatureAblation(model).attribute(x, baselines=0.5, target, feature_mask, "
     "perturbations_per_eval=4): every feature of a group gets the drop of the selected output when the group "
     "takes 0.5; tag 'default' (mask None: each feature alone) on flat inputs, 'patches' (the stored "
