@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
     e.add_argument("--heatmap", help="write a heatmap PNG (one tile per sample)")
     e.add_argument("--graymap", help="write a graymap PNG (absolute relevance)")
+    e.add_argument("--cmap", default="seismic", choices=list(viz.COLORMAPS), metavar="NAME",
+                   help="the heatmap's colour map: seismic (matplotlib's, iNNvestigate's; the default) or one of "
+                        "Zennit's: " + ", ".join(n for n in viz.COLORMAPS if n != "seismic"))
+    e.add_argument("--level", type=float, default=1.0,
+                   help="the heatmap's contrast (Zennit's level): relevance beyond 1/level of the largest |value| "
+                        "gets the colour map's ends (default 1)")
+    e.add_argument("--overlay", action="store_true",
+                   help="draw the heatmap over the input in grey, each element's colour as opaque as it is "
+                        "relevant (the data must have the relevance's shape: an image, not token ids)")
     e.add_argument("-o", "--out", help="relevance as .npy")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
@@ -230,6 +239,10 @@ def cmd_explain(a) -> int:
         if p:
             refuse_overwriting_input(p, *_input_files(a), models=[a.model])
             check_destination(p, image=p != a.out)
+    if not (np.isfinite(a.level) and a.level > 0):
+        raise UsageError(f"--level must be a number > 0, got {a.level}")
+    if a.overlay and not a.heatmap:
+        raise UsageError("--overlay draws the --heatmap over the input: add --heatmap FILE.png")
     if a.target is not None and a.neuron != "index":
         raise UsageError(f"--target picks the neuron for --neuron index, not --neuron {a.neuron}: add --neuron index")
     if a.neuron == "index" and a.target is None:
@@ -246,7 +259,8 @@ def cmd_explain(a) -> int:
         print(f"wrote {a.out}")
     for path, kind in ((a.heatmap, "heatmap"), (a.graymap, "graymap")):
         if path:
-            save_image(viz.grid(r, kind), path, *_input_files(a), models=[a.model])
+            save_image(viz.grid(r, kind, cmap=a.cmap, level=a.level, images=x if a.overlay else None), path,
+                       *_input_files(a), models=[a.model])
             print(f"wrote {path}")
     return 0
 

@@ -41,6 +41,31 @@ def test_compile_and_explain(tmp_path, model_path, capsys):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxattr-")]
 
 
+def test_heatmap_colour_maps_and_overlay(tmp_path, model_path, capsys):
+    """--cmap / --level pick Zennit's colour map and contrast, --overlay draws over the data; the PNG holds
+    viz.grid's pixels; a bad level, an unknown map or an overlay without a heatmap are usage errors (2)."""
+    from PIL import Image
+
+    from onnxattr import viz
+
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    base = ["explain", str(model_path), "-m", "gradient", "--data", str(tmp_path / "x.npy"),
+            "-o", str(tmp_path / "r.npy")]
+    assert main(base + ["--heatmap", str(tmp_path / "h.png"), "--cmap", "coldnhot", "--level", "2", "--overlay"]) == 0
+    r = np.load(tmp_path / "r.npy")
+    want = viz.grid(r, "heatmap", cmap="coldnhot", level=2.0, images=x)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "h.png").convert("RGB")), want)
+    assert not np.array_equal(want, viz.grid(r, "heatmap", cmap="coldnhot", level=2.0))
+    capsys.readouterr()
+    for extra, words in ((["--heatmap", str(tmp_path / "a.png"), "--level", "0"], "--level must be a number > 0"),
+                         (["--overlay"], "--overlay draws the --heatmap"),
+                         (["--heatmap", str(tmp_path / "b.png"), "--cmap", "jet"], "invalid choice: 'jet'")):
+        assert main(base + extra) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+
+
 def test_warnings_are_one_line_and_keep_exit_code_0(tmp_path, model_path, capsys, monkeypatch):
     """fit on one sample: all-zero patterns are a warning (one line on stderr), not an error; other
     libraries' warnings keep their own form; a filter that makes warnings errors gives a one-line error

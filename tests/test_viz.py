@@ -1,9 +1,12 @@
 """onnxattr/viz.py: heatmaps and graymaps with iNNvestigate's projections, image loading per layout."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
+import onnxattr
 from onnxattr import viz
 
 
@@ -54,3 +57,47 @@ def test_load_image_follows_the_models_layout(tmp_path):
     assert gray.shape == (1, 1, 8, 5) and gray.dtype == np.float32 and 0 <= gray.min() <= gray.max() <= 1
     want = np.asarray(Image.fromarray(rgb).convert("L").resize((5, 8)), np.float32) / 255
     np.testing.assert_array_equal(gray[0, 0], want)
+
+
+ZENNIT = np.load(Path(__file__).resolve().parent / "oracles" / "data" / "zennit_cmaps.npz")
+
+
+@pytest.mark.parametrize("key", sorted(k for k in ZENNIT.files if k.count("|") == 1))
+def test_heatmaps_match_zennits_imgify(key):
+    """zennit.image.imgify(map, symmetric=True, cmap, level) (tests/oracles/make_zennit_cmaps.py): Zennit cuts
+    the normalized value to 8 bits before its 256-entry palette, we map it continuously, so a pixel may differ by
+    one palette step (stored beside each image) and one level of rounding; on average they differ by ~1 level."""
+    name, level = key.split("|")
+    ours = viz.heatmap(ZENNIT["map"], "zennit_seismic" if name == "seismic" else name, float(level)).astype(int)
+    theirs = ZENNIT[key].astype(int)
+    step = int(ZENNIT[f"{key}|step"])
+    assert np.abs(ours - theirs).max() <= step + 1
+    assert np.abs(ours - theirs).mean() <= 2.0
+
+
+def test_another_colour_map_is_far_from_zennits():
+    """The bound above tells the maps apart: bwr and france share their centre and differ at the ends."""
+    ours = viz.heatmap(ZENNIT["map"], "france").astype(int)
+    assert np.abs(ours - ZENNIT["bwr|1.0"].astype(int)).max() > 10 * (int(ZENNIT["bwr|1.0|step"]) + 1)
+
+
+def test_level_saturates_and_unknown_colour_maps_are_named():
+    r = np.array([[1.0, 0.5, -0.25, 0.0]])
+    rgb = viz.heatmap(r, "bwr", level=2.0)
+    assert rgb[0, 0].tolist() == rgb[0, 1].tolist() == [255, 0, 0]  # 0.5 of the max, doubled: the end
+    assert rgb[0, 3].tolist() == [254, 254, 255]  # Zennit's white sits at 0x80 / 0xff, a hair above the centre
+    assert viz.heatmap(r)[0, 3].tolist() == [255, 255, 255]  # matplotlib's seismic: white at the centre
+    with pytest.raises(onnxattr.errors.UsageError, match="unknown colour map 'jet'; known: seismic, gray"):
+        viz.heatmap(r, "jet")
+
+
+def test_overlay_shows_the_image_where_nothing_is_relevant():
+    image = np.zeros((3, 2, 2))
+    image[:, 0, 1] = 1.0  # a white pixel; the others black
+    r = np.zeros((3, 2, 2))
+    r[0, 1, 1] = -2.0  # the only relevant pixel
+    rgb = viz.overlay(r, image, "bwr", alpha=0.5)
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, 1].tolist() == [255, 255, 255]
+    assert rgb[1, 1].tolist() == [0, 0, 128]  # half blue over black
+    with pytest.raises(onnxattr.errors.UsageError, match=r"of the map's shape \[1, 3, 2, 2\].*\[1, 2, 2\]"):
+        viz.grid(r[None], images=np.zeros((1, 2, 2)))
