@@ -99,10 +99,9 @@ class Analyzer:
     def analyze(self, X, neuron_selection=None, inputs: dict | None = None) -> np.ndarray:
         """The relevance map of X; ``inputs``: the model's other graph inputs by name (an attention mask
         [N, S], a graph convolution's adjacency fed at run time). In the methods that run a Loop over points
-        (integrated_gradients, smoothgrad, vargrad, gradient_shap, occlusion, feature_ablation, shapley_values,
-        shapley_value_sampling) an input
-        whose first axis is declared under the name of X's batch axis goes with each sample's points; others
-        are shared by all."""
+        (integrated_gradients, smoothgrad, vargrad, gradient_shap, deep_lift_shap, occlusion, feature_ablation,
+        shapley_values, shapley_value_sampling) an input whose first axis is declared under the name of X's batch
+        axis goes with each sample's points; others are shared by all."""
         mode = self.mode
         if neuron_selection is not None:
             mode = "index"

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, passed as given: an attention mask [N, S], a graph's "
                         "adjacency (repeatable; the Loop methods, integrated_gradients, smoothgrad, vargrad, "
-                        "gradient_shap, occlusion, feature_ablation and the Shapley methods, give each of a sample's points its rows "
+                        "gradient_shap, deep_lift_shap, occlusion, feature_ablation and the Shapley methods, give each of a sample's points its rows "
                         "when the input's first axis is declared as the batch axis, else share it)")
     i = sub.add_parser("inspect", help="show which rule each node on the explained path gets")
     _common(i, neuron=False)

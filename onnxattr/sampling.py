@@ -237,6 +237,7 @@ def sample_loop(
     make_points: Callable[[GraphBuilder, str, str, str], str],
     seed_scale: str = "one",
     rule_for=None,
+    body_rules: Callable | None = None,
     per_sample: Callable[[GraphBuilder, str, str, str], str] | None = None,
     forward_only: Callable[[GraphBuilder, str, str, str], str] | None = None,
     mean_over: int | None = None,
@@ -257,6 +258,8 @@ def sample_loop(
     ``forward_only(cb, selected, ks, count)``, given the selected output of every point ([count*N], the
     seed's selection of y: index, or the sum for "all"), replaces the backward pass and returns the
     [count*N, ...] contributions to sum (occlusion's output drops over each window).
+    ``body_rules(cb, body_forward, points)``, in place of ``rule_for``, makes the reverse pass's rules inside the
+    body from its copy of the forward (DeepLIFT's reference forward, one reference per point).
     """
     if b.rank(y) == 0:  # a loss over the batch (a mean, say): the Loop's batch must be the data's own N
         chunk = 1
@@ -303,7 +306,8 @@ def sample_loop(
     if forward_only is not None:
         grad = forward_only(cb, selected_value(cb, y_copy, seed), ks, count)
     else:
-        grad = reverse_pass(cb, body_forward, points, y_copy, seed, rule_for)
+        rules = body_rules(cb, body_forward, points) if body_rules is not None else rule_for
+        grad = reverse_pass(cb, body_forward, points, y_copy, seed, rules)
     if grad is None:
         grad = cb.zeros_like(points)
     declared = _body_shapes(cb, x, [points] + [o for n in cb.nodes[first:] for o in n.output], names)

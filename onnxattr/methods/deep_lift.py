@@ -6,13 +6,21 @@ their exact VJP; every element-wise nonlinearity f passes g * (f(x) - f(x0)) / (
 to its gradient g * f'(x) where |x - x0| < 1e-7. The map is (x - x0) * multiplier, so on nets made of
 linear ops and such nonlinearities it sums to y(x) - y(x0) for the selected output ("summation to
 delta"). MaxPool keeps its gradient route (the winner at x), as the rescale rule has no pooling form.
+
+DeepLIFT SHAP (Captum's DeepLiftShap, SHAP's DeepExplainer) averages DeepLIFT over a set of B references:
+R = mean_k (x - b_k) * multiplier(x, b_k), which sums to y(x) - mean_k y(b_k). Each chunk of references runs
+in one ONNX Loop trip (onnxattr/sampling.py) as copies of the batch, with the reference forward in the body.
 """
 
 from __future__ import annotations
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
-from onnxattr.methods.base import Method, Param, Target, reference_constant, register_method
+from onnxattr.methods.base import (
+    Method, Param, Target, chunk_size, parse_int, positive_int, reference_constant, register_method,
+)
+from onnxattr.methods.gradient_shap import baseline_set
+from onnxattr.sampling import sample_loop
 from onnxattr.select import build_seed
 
 NONLINEAR = frozenset({
@@ -68,6 +76,45 @@ def build_deep_lift(t: Target, p: dict) -> str:
             t.assignment[n.name] = ("rescale", "nonlinearity")
     return b.op("Mul", [b.op("Sub", [x, x0]), multiplier])
 
+
+def build_deep_lift_shap(t: Target, p: dict) -> str:
+    b, x = t.b, t.x
+    rank = b.rank(x)
+    baselines, count_b = baseline_set(b, x, p["baselines"])  # [B, ...]
+    refs = {}
+
+    def points(cb, x_, ks, count):
+        """count copies of the batch (reference-major, as repeat_rows lays them out); each copy's reference
+        k broadcast over its samples."""
+        copies = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
+        n_ = cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([0]), cb.ints([1])])
+        chosen = cb.op("Unsqueeze", [cb.op("Gather", [baselines, ks]), cb.ints([1])])  # [c, 1, ...]
+        rows = cb.op("Concat", [count, n_, cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([1]), cb.ints([rank])])],
+                     axis=0)
+        refs["rows"] = cb.op("Reshape", [cb.op("Expand", [chosen, rows]), cb.op("Shape", [copies])])
+        cb.set_info(refs["rows"], x_)
+        return copies
+
+    def rules(cb, body_forward, pts):
+        return rescale_rule(reference_forward(cb, body_forward, pts, refs["rows"]))
+
+    def times_delta(cb, multiplier, pts, ks):
+        return cb.op("Mul", [cb.op("Sub", [pts, refs["rows"]]), multiplier])
+
+    for node in path_nodes(t.nodes, x, t.y, b)[0]:
+        if node.op_type in NONLINEAR:
+            t.assignment[node.name] = ("rescale", "nonlinearity, averaged over the baselines")
+    return sample_loop(b, t.nodes, x, t.y, t.index, count_b, chunk_size(t, p), points, body_rules=rules,
+                       per_sample=times_delta, mean_over=count_b)
+
+
+register_method(Method(
+    "deep_lift_shap", "DeepLIFT SHAP (Captum's DeepLiftShap): DeepLIFT's rescale rule averaged over a set of "
+    "baselines; sums to y(x) - mean y(baseline).", build_deep_lift_shap,
+    (Param("baselines", 0.0, "the baselines: a number, or (Python API) an array of x's features or a set [B, ...] "
+           "of them (a background sample of the data, as SHAP's DeepExplainer takes one)"),
+     Param("chunk_size", 16, "baselines per Loop iteration (bounds memory)", parse_int, positive_int)),
+))
 
 register_method(Method(
     "deep_lift", "DeepLIFT (rescale rule) against a reference input; sums to y(x) - y(reference).",

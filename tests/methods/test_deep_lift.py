@@ -1,6 +1,8 @@
-"""DeepLIFT rescale: summation to delta, the closed form on a one-hidden-layer net, and the reference."""
+"""DeepLIFT rescale: summation to delta, the closed form on a one-hidden-layer net, and the reference; DeepLIFT SHAP
+as DeepLIFT averaged over a set of baselines."""
 
 import numpy as np
+import pytest
 import onnxruntime as ort
 
 import onnxattr
@@ -55,3 +57,35 @@ def test_a_unit_whose_input_equals_its_reference_takes_the_gradient():
     x = np.ones((1, 2), np.float32)
     r = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
     np.testing.assert_allclose(r, [[0.25, -0.25]], rtol=1e-6)
+
+
+def test_deep_lift_shap_is_deep_lift_averaged_over_the_baselines():
+    """Each chunk of baselines runs as copies of the batch in a Loop, with the reference forward inside it:
+    the map equals the mean of deep_lift against each baseline, whatever the chunk, and sums to y(x) minus the
+    mean of y(baseline) on a net without MaxPool (Captum's DeepLiftShap on eight nets: test_oracles.py)."""
+    model = resnet_like(bias=True, last_pool="AveragePool")
+    for node in model.graph.node:
+        if node.op_type == "MaxPool":
+            node.op_type = "AveragePool"
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    baselines = rng.standard_normal((5, 2, 8, 8)).astype(np.float32)
+    want = np.mean([run(model, x, reference_inputs=b)[1] for b in baselines], axis=0)
+    for chunk in (1, 2, 16):
+        compiled = onnxattr.compile(model, "deep_lift_shap", baselines=baselines, chunk_size=chunk)
+        y, r = ort.InferenceSession(compiled.SerializeToString()).run(None, {"x": x})
+        np.testing.assert_allclose(r, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    sess = ort.InferenceSession(model.SerializeToString())
+    k = y.argmax(1)
+    y0 = np.mean([sess.run(None, {"x": np.broadcast_to(b, x.shape).copy()})[0][np.arange(2), k] for b in baselines], 0)
+    np.testing.assert_allclose(r.reshape(2, -1).sum(1), y[np.arange(2), k] - y0, rtol=1e-4, atol=1e-4)
+
+
+def test_deep_lift_shap_with_one_baseline_is_deep_lift():
+    model, _ = mlp(softmax=False)
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    want = run(model, x, reference_inputs=0.5)[1]
+    sess = ort.InferenceSession(onnxattr.compile(model, "deep_lift_shap", baselines=0.5).SerializeToString())
+    np.testing.assert_allclose(sess.run(["relevance"], {"x": x})[0], want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(onnxattr.errors.UsageError, match=r"baselines of shape \[5\] do not broadcast"):
+        onnxattr.compile(model, "deep_lift_shap", baselines=np.zeros((2, 5), np.float32))

@@ -9,7 +9,8 @@ Zennit's maps on the nets whose BatchNorms were folded exactly beforehand (tag "
 where all agree to better than 1e-4.
 Integrated gradients agree to ~3e-7 where compared; the map where MaxPool ties near the zero baseline
 flip winners between float32 implementations (keras_branch) is recorded as not comparable.
-deep_lift (Captum DeepLift, baseline 0) and excitation_backprop (Zennit's ExcitationBackprop with
+deep_lift (Captum DeepLift, baseline 0), deep_lift_shap (Captum DeepLiftShap, x's samples as the baselines; ~5e-6)
+and excitation_backprop (Zennit's ExcitationBackprop with
 zero_params=['bias'] and iNNvestigate's stabilizer, as ours) sit in the 1e-3 class; they agree to ~3e-6 and
 ~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~5e-7, and
 with LXT plus Zennit's gamma rule on the ViT's layers (tag "gamma") to ~7e-7.
@@ -201,14 +202,14 @@ def test_not_comparable_recorded(name):
 
 
 def test_new_oracles_are_compared():
-    """deep_lift and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
+    """deep_lift, deep_lift_shap and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
     cp_lrp on both transformers (with LXT's gamma on the ViT), and the gradient family on the masked encoder,
     in every mode; Captum's NoiseTunnel variants, FeatureAblation, ShapleyValues, ShapleyValueSampling and
     Zennit's BetaSmooth on all eight torch nets; Grad-CAM
     and Guided Grad-CAM on every net with feature maps, for one output (the cam of the logits' sum is 0 on
     these nets: their heads are decorrelated from the mean feature)."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
-    for method in ("deep_lift", "excitation_backprop"):
+    for method in ("deep_lift", "deep_lift_shap", "excitation_backprop"):
         for mode in MODES:
             assert f"{method}|{mode}|default" in compared, (method, mode)
     for name in ("torch_vgg", "torch_resnet", "torch_conv1d", "torch_inception", "torch_strided", "torch_vggbn"):

@@ -47,7 +47,8 @@ Occlusion), noise_tunnel (Captum's NoiseTunnel with nt_type smoothgrad_sq and va
 and GuidedBackprop: onnxattr's smoothgrad nt_type/base and vargrad; statistical), beta_smooth (Zennit's
 BetaSmooth composite with the Gradient attributor), feature_ablation (Captum's FeatureAblation, every feature
 alone and 4 x 4 patches stored as "mask:patches"), shapley (Captum's ShapleyValues and ShapleyValueSampling over
-six coarse groups stored as "mask:coarse"; the sampling maps statistical).
+six coarse groups stored as "mask:coarse"; the sampling maps statistical), deep_lift_shap (Captum's DeepLiftShap
+with the samples of x as the baselines, on the model and on its exported form as deep_lift).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -563,6 +564,34 @@ def run_deeplift(model, x, argmax, target):
     return out
 
 
+def run_deeplift_shap(model, x, argmax, target):
+    """Captum DeepLiftShap with the samples of x as the baselines (DeepLIFT's rescale rule against each, averaged),
+    on the model as is and on deeplift_onnx_form(model), as run_deeplift."""
+    from captum.attr import DeepLiftShap
+
+    out = {}
+    variants = {"default": (model, "model as is")}
+    onnx_form, tag = deeplift_onnx_form(model)
+    if onnx_form is not None:
+        variants[tag] = (onnx_form, DEEPLIFT_VARIANTS[tag])
+    for tag, (net, desc) in variants.items():
+        for mode in MODES:
+            m = captum_model(net, mode)
+            tgt = captum_target(mode, argmax, target)
+            seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+            torch.use_deterministic_algorithms(True, warn_only=True)  # max_unpool, as in run_deeplift
+            try:
+                rel = DeepLiftShap(m).attribute(x.clone().requires_grad_(), baselines=x.clone(), target=tgt)
+            finally:
+                torch.use_deterministic_algorithms(True)
+            out[f"deep_lift_shap|{mode}|{tag}"] = (rel.detach(), {
+                "method": "deep_lift_shap", "params": {"baselines": "@x"}, "mode": mode, "seed": "one",
+                "statistical": False, "model_variant": desc,
+                "library_call": "captum DeepLiftShap(model).attribute(x, baselines=x, target) (the four samples "
+                                "as the baselines; params 'baselines': '@x' means the stored x); " + seed_note})
+    return out
+
+
 # --------------------------------------------------------------------------------------------- IG quadratures
 # Captum's riemann_trapezoid is not stored: its step sizes are 1/n with halved ends (summing to (n-1)/n) on
 # alphas k/(n-1), so its maps are (n-1)/n times the trapezoid rule's, which onnxattr computes (README)
@@ -878,7 +907,7 @@ def run_excitation(model, canonizer_names, x, argmax, target):
 
 
 FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
-            "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley")
+            "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley", "deep_lift_shap")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -899,7 +928,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
         for family, run in (("deep_lift", run_deeplift), ("ig_quadrature", run_ig_quadrature), ("cam", run_cam),
                             ("gradient_shap", run_gradient_shap), ("occlusion", run_occlusion),
                             ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth),
-                            ("feature_ablation", run_feature_ablation), ("shapley", run_shapley)):
+                            ("feature_ablation", run_feature_ablation), ("shapley", run_shapley),
+                            ("deep_lift_shap", run_deeplift_shap)):
             if family in families:
                 maps.update(run(m, xd, argmax, target))
         if "excitation_backprop" in families:
@@ -1039,6 +1069,9 @@ METHOD_NOTES = [
     "feature of a group gets the group's mean gain. ShapleyValueSampling: the mean over n_samples=25 random "
     "orders (torch.manual_seed(2027) before each call), statistical. Captum sums in float32 "
     "(total_attrib is torch.float) even for the float64 model.",
+    "deep_lift_shap: Captum DeepLiftShap(model).attribute(x, baselines=x, target): DeepLift (rescale rule, "
+    "multiply_by_inputs) against each of the four samples as a baseline, averaged; the model variants as for "
+    "deep_lift.",
     "feature_ablation: Captum FeatureAblation(model).attribute(x, baselines=0.5, target, feature_mask, "
     "perturbations_per_eval=4): every feature of a group gets the drop of the selected output when the group "
     "takes 0.5; tag 'default' (mask None: each feature alone) on flat inputs, 'patches' (the stored "
@@ -1111,13 +1144,18 @@ NOT_COMPARABLE = {
         f"deep_lift|{mode}|default": "Captum's DeepLift applies its maxpool rule at nn.MaxPool2d (rescaled by the "
         "reference's window maximum, see the notes); onnxattr's deep_lift keeps MaxPool's gradient route on "
         f"purpose (README, onnxattr/methods/deep_lift.py): {pct} of the map's max apart when measured. Compare "
-        "'maxpool_gradient'." for mode, pct in (("max", "18%"), ("index", "14%"), ("all", "39%"))},
+        "'maxpool_gradient'." for mode, pct in (("max", "18%"), ("index", "14%"), ("all", "39%"))} | {
+        f"deep_lift_shap|{mode}|default": "Captum's DeepLiftShap is its DeepLift per baseline: the maxpool rule "
+        "at nn.MaxPool2d, as for deep_lift|*|default. Compare 'maxpool_gradient'." for mode in MODES},
     "torch_conv1d": {
         **{f"deep_lift|{mode}|default": "nn.SiLU is not in Captum's SUPPORTED_NON_LINEAR, so Captum takes its plain "
            "gradient; the ONNX export spells SiLU as x * Sigmoid(x) and onnxattr rescales the Sigmoid and takes "
            f"the product rule at the Mul: {pct} of the map's max apart when measured. Compare "
            "'maxpool_gradient_silu_product' (Captum on that exported form)."
            for mode, pct in (("max", "0.07%"), ("index", "0.11%"), ("all", "0.10%"))},
+        **{f"deep_lift_shap|{mode}|default": "Captum's DeepLiftShap is its DeepLift per baseline: the plain "
+           "gradient at nn.SiLU, as for deep_lift|*|default. Compare 'maxpool_gradient_silu_product'."
+           for mode in MODES},
         **{f"excitation_backprop|{mode}|default": "Zennit's ExcitationBackprop composite takes the gradient of "
            "Tanh and SiLU (no rule for them) where onnxattr passes relevance through element-wise activations: "
            "~1x the map's max apart (mode max)." for mode in MODES}},
