@@ -110,12 +110,14 @@ class Analyzer:
         r = self.runner(mode)
         x_name = explained_input(r)
         X = _as_input(X, r.session.get_inputs()[r.input_names.index(x_name)])
-        ref = self.params.get("reference_inputs")
-        # per-sample references have the explained tensor's rank (an embedding's when the data are token ids)
+        # per-sample references and baselines have the explained tensor's rank (an embedding's when the data are
+        # token ids): one row, or one per sample
         x_rank = len(r.session.get_outputs()[r.output_names.index(RELEVANCE)].shape)
-        if np.ndim(ref) == x_rank and np.shape(ref)[0] not in (1, X.shape[0]):
-            raise DataError(f"reference_inputs holds {np.shape(ref)[0]} references and the data {X.shape[0]} "
-                            "samples: give one reference, or one per sample")
+        for param in (p for p in self.method.params if p.per_sample):
+            ref = self.params.get(param.name)
+            if np.ndim(ref) == x_rank and np.shape(ref)[0] not in (1, X.shape[0]):
+                raise DataError(f"{param.name} holds {np.shape(ref)[0]} references and the data {X.shape[0]} "
+                                "samples: give one reference, or one per sample")
         feeds = {x_name: X, **other_feeds(r, {x_name, TARGET_INPUT} if mode == "index" else {x_name}, inputs)}
         if mode == "index":
             feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)
@@ -125,7 +127,7 @@ class Analyzer:
             shared = [n for n in feeds if n not in (x_name, TARGET_INPUT)]
             check = re.search(rf"Name:'oa/{RUN_TIME_CHECK}-(\w+)_", str(e))
             if check:
-                raise DataError(self._failed_check(check.group(1), X)) from None
+                raise DataError(self._failed_check(check.group(1), X, r)) from None
             if f"Name:'oa/{ROWS_CHECK}" in str(e):
                 raise DataError(
                     f"{self.method.name} runs a chunk of points as one batch, and the explained output did not "
@@ -142,12 +144,15 @@ class Analyzer:
         self.outputs = results[:-1]
         return results[r.output_names.index(RELEVANCE)]
 
-    def _failed_check(self, what: str, X: np.ndarray) -> str:
+    def _failed_check(self, what: str, X: np.ndarray, r: Runner) -> str:
         """What a run-time check of the compiled model (sampling.checked) found wrong with data X."""
         if what == "feature_mask":
             mask = self.params.get("feature_mask")
             mask = np.load(mask, mmap_mode="r").shape if isinstance(mask, (str, os.PathLike)) else np.shape(mask)
-            return (f"feature_mask of shape {list(mask)} does not fit the data's features {list(X.shape[1:])}: "
+            explained = r.session.get_outputs()[r.output_names.index(RELEVANCE)].shape
+            features = list(X.shape[1:]) if len(explained) == X.ndim else \
+                [d if isinstance(d, int) else "?" for d in explained[1:]]  # an embedding of the data's token ids
+            return (f"feature_mask of shape {list(mask)} does not fit the explained features {features}: "
                     "every mask axis of more than 1 must match the data's")
         passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows",
                   "orders": f"forward passes ({self.params.get('n_samples')} orders of every feature alone)"}.get(

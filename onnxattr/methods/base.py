@@ -22,6 +22,7 @@ class Param:
     parse: Callable[[str], Any] = float
     check: Callable[[Any], str | None] | None = None  # returns an error text or None
     optional: bool = False  # None is a valid value (always so when the default is None)
+    per_sample: bool = False  # an array of x's rank holds one row, or one per sample (checked against the data)
 
 
 @dataclass

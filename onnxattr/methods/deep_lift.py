@@ -119,5 +119,6 @@ register_method(Method(
 register_method(Method(
     "deep_lift", "DeepLIFT (rescale rule) against a reference input; sums to y(x) - y(reference).",
     build_deep_lift,
-    (Param("reference_inputs", 0.0, "reference input (a number, or an array via the Python API)"),),
+    (Param("reference_inputs", 0.0, "reference input (a number, or via the Python API an array that broadcasts to "
+           "x: one row, or one per sample)", per_sample=True),),
 ))

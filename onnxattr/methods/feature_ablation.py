@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
 from onnxattr.methods.feature_groups import FEATURE_MASK, feature_groups
-from onnxattr.methods.perturbation import MAX_PERTURBATIONS, perturbation_loop, perturbed_features
+from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
 
 
 def _too_many(count: int) -> str | None:
@@ -41,7 +41,6 @@ register_method(Method(
     "feature_ablation", "Feature ablation (Captum's FeatureAblation): each feature gets the drop of the selected "
     "output when its group (feature_mask) is replaced by a baseline.", build_feature_ablation,
     (FEATURE_MASK,
-     Param("baselines", 0.0, "the value an ablated feature takes (a number, or via the Python API an array that "
-           "broadcasts to x)"),
+     BASELINES,
      Param("chunk_size", 16, "ablations per Loop iteration (bounds memory)", parse_int, positive_int)),
 ))

@@ -20,9 +20,11 @@ def _parse_mask(s: str):
 
 
 def _mask_check(v):
+    if isinstance(v, os.PathLike):
+        v = os.fspath(v)
     if v is None or (isinstance(v, str) and v.endswith(".npy")):
         return None
-    if isinstance(v, str):
+    if isinstance(v, (str, bytes)):
         return "must be an integer array, or (command line) a .npy file holding one"
     arr = np.asarray(v)
     if arr.dtype.kind not in "iub" or arr.size == 0:

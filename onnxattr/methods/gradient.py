@@ -339,7 +339,8 @@ for _m in (
            "integration says otherwise).",
            build_integrated_gradients,
            (Param("steps", 64, "number of points on the path", parse_int, positive_int),
-            Param("reference_inputs", 0.0, "baseline (a number, or an array via the Python API)"),
+            Param("reference_inputs", 0.0, "baseline (a number, or via the Python API an array that broadcasts to x: "
+                  "one row, or one per sample)", per_sample=True),
             Param("integration", "riemann_left", "points and weights on the path (Captum's names; its "
                   "default is gausslegendre)", str, one_of(*INTEGRATION)),
             CHUNK)),

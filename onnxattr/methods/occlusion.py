@@ -17,7 +17,7 @@ import numpy as np
 
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
-from onnxattr.methods.perturbation import MAX_PERTURBATIONS, perturbation_loop, perturbed_features
+from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
 from onnxattr.sampling import checked
 
 
@@ -144,7 +144,6 @@ register_method(Method(
            "whole first axis and 8 on the others)", _parse_ints, _ints_or_none, optional=True),
      Param("strides", None, "step per feature axis (an int for all; None: the window)", _parse_ints, _ints_or_none,
            optional=True),
-     Param("baselines", 0.0, "the value an occluded window takes (a number, or via the Python API an array "
-           "that broadcasts to x)"),
+     BASELINES,
      Param("chunk_size", 16, "windows per Loop iteration (bounds memory)", parse_int, positive_int)),
     ))

@@ -15,10 +15,12 @@ from onnx import TensorProto
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import SelectionError, UsageError
 from onnxattr.graph import GraphBuilder
-from onnxattr.methods.base import Target, chunk_size, reference_constant
+from onnxattr.methods.base import Param, Target, chunk_size, reference_constant
 from onnxattr.sampling import sample_loop
 from onnxattr.select import build_seed, selected_value
 
+BASELINES = Param("baselines", 0.0, "the value a perturbed feature takes (a number, or via the Python API an array "
+                  "that broadcasts to x: one row, or one per sample)", per_sample=True)
 MAX_PERTURBATIONS = 2**20  # forward passes: beyond this a typo (stride 1 on a large input, no mask) runs for hours
 
 

@@ -34,7 +34,7 @@ from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int
 from onnxattr.methods.feature_groups import FEATURE_MASK, feature_groups
 from onnxattr.methods.gradient import SEED
 from onnxattr.methods.gradient_shap import uniform
-from onnxattr.methods.perturbation import MAX_PERTURBATIONS, perturbation_loop, perturbed_features
+from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
 
 MAX_EXACT_GROUPS = int(math.log2(MAX_PERTURBATIONS))  # 2^G - 1 coalitions
 
@@ -133,9 +133,6 @@ def build_shapley_value_sampling(t: Target, p: dict) -> str:
 
     return perturbation_loop(t, p, "shapley_value_sampling", passes, feats, steps, weight_of=weight, mean_over=n)
 
-
-BASELINES = Param("baselines", 0.0, "the value a left-out feature takes (a number, or via the Python API an array "
-                  "that broadcasts to x)")
 
 register_method(Method(
     "shapley_values", "Shapley values (Captum's ShapleyValues): each feature group's mean increase of the selected "
