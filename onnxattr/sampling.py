@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxattr.compiler import reverse_pass
+from onnxattr.compiler import check_supported, path_nodes, reverse_pass
 from onnxattr.graph import GraphBuilder, live_nodes, names_read, node_reads, write_tensor
 from onnxattr.select import build_seed, selected_value
 
@@ -294,6 +294,8 @@ def sample_loop(
     names = batch_names(b, nodes, x)
     repeatable = lambda t: (b.shape(t) or [None])[0] in names  # noqa: E731
     forward = forward_subgraph(nodes, x, y, batch_axis_reads(b, nodes, x, names), repeatable)
+    if forward_only is None:  # errors name the model's nodes, not the body's copies of them
+        check_supported(path_nodes(forward, x, y, b)[0], rule_for)
     rename = {x: points, **{t: repeat_rows(cb, t, count) for t in batch_axis_reads(b, forward, x, names)}}
     body_forward = copy_nodes(cb, forward, rename)
     cb.nodes.extend(body_forward)

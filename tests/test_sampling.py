@@ -321,3 +321,24 @@ def test_rows_per_point_follow_the_output_not_the_input(pooled):
             chunked.analyze(x)
     else:
         np.testing.assert_allclose(chunked.analyze(x), one, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad", "gradient_shap", "deep_lift_shap"])
+def test_an_unsupported_node_is_named_as_the_model_names_it(method):
+    """An If on the explained path: the Loop methods named the body's copy of it ('oa/If_57') before."""
+    from onnx import TensorProto, helper
+
+    then = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    g = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+                           helper.make_node("Greater", ["s", "zero"], ["c"]),
+                           helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other, name="my_if")],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="control flow on the explained path is not "
+                                                                    "supported: If 'my_if'$"):
+        onnxattr.compile(model, method)
