@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     d.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input, given to each model that has it (repeatable)")
+    d.add_argument("--feed-b", action="append", metavar="NAME=FILE.npy",
+                   help="a graph input of the second model only, in place of a --feed of that name (an attention "
+                        "mask in the second export's layout; repeatable)")
     d.add_argument("--json", metavar="FILE.json", help="also write the per-sample numbers as JSON")
     sub.add_parser("methods", help="list methods, their parameters and defaults")
     parser.commands = dict(sub.choices)
@@ -175,29 +178,31 @@ def _all_params(a) -> dict:
     return out
 
 
-def _feeds(a) -> dict:
-    """--feed NAME=FILE.npy pairs: name -> path."""
+def _feeds(a, option: str = "feed") -> dict:
+    """--feed (or --feed-b) NAME=FILE.npy pairs: name -> path."""
     out = {}
-    for pair in getattr(a, "feed", None) or []:
+    flag = "--" + option.replace("_", "-")
+    for pair in getattr(a, option, None) or []:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise UsageError(f"--feed expects NAME=FILE.npy, got '{pair}'")
+            raise UsageError(f"{flag} expects NAME=FILE.npy, got '{pair}'")
         if name in out:
-            raise UsageError(f"--feed {name} is given twice ({out[name]}, {path})")
+            raise UsageError(f"{flag} {name} is given twice ({out[name]}, {path})")
         out[name] = path
     return out
 
 
-def _load_feeds(a) -> dict:
-    """The --feed arrays, read like --data (.npy only)."""
+def _load_feeds(a, option: str = "feed") -> dict:
+    """The --feed (or --feed-b) arrays, read like --data (.npy only)."""
     out = {}
-    for name, path in _feeds(a).items():
+    flag = "--" + option.replace("_", "-")
+    for name, path in _feeds(a, option).items():
         if not os.path.exists(path):
-            raise DataError(f"{path} (--feed {name}): no such file")
+            raise DataError(f"{path} ({flag} {name}): no such file")
         try:
             out[name] = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path} (--feed {name}): not a readable .npy array ({e or 'empty file'})") from None
+            raise DataError(f"{path} ({flag} {name}): not a readable .npy array ({e or 'empty file'})") from None
     return out
 
 
@@ -206,7 +211,8 @@ def _input_files(a) -> list:
     --feed."""
     sets = _params(getattr(a, "set", None))
     return [getattr(a, "data", None), a.rules, a.patterns,
-            sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *_feeds(a).values()]
+            sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *_feeds(a).values(),
+            *_feeds(a, "feed_b").values()]
 
 
 def cmd_compile(a) -> int:
@@ -332,6 +338,7 @@ def cmd_compare(a) -> int:
     # a feed goes to each model that has such an input (to both when neither has: the error names it)
     names = [{i.name for i in an.model.graph.input} for an in (first, second)]
     own = [{k: v for k, v in feeds.items() if k in names[i] or k not in names[1 - i]} for i in (0, 1)]
+    own[1].update(_load_feeds(a, "feed_b"))
     result = compare_analyzers(first, second, x, _target(a.target), perm, own[0], own[1])
     print(f"{first.method.name} on {a.model} (a) and {a.other} (b), neuron {a.neuron}"
           + ("" if result.perm == tuple(range(x.ndim)) else f", data transposed {list(result.perm)} for b") + ":")

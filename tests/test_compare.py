@@ -250,6 +250,26 @@ def test_cli_compare_with_a_feed_and_a_finite_tolerance(tmp_path, capsys):
     assert "finite" in capsys.readouterr().err
 
 
+def test_cli_feed_b_gives_the_second_model_its_own_array(tmp_path, capsys):
+    """The same export with another padding mask in b: the maps differ where the masks do, and --feed-b of the
+    same mask as --feed makes them equal (before --feed-b one name could carry one array only)."""
+    masked = DATA / "torch_masked_encoder.onnx"
+    with np.load(DATA / "torch_masked_encoder.npz") as f:
+        np.save(tmp_path / "x.npy", f["x"])
+        mask = f["feed:mask"]
+    np.save(tmp_path / "mask.npy", mask)
+    other = mask.copy()
+    other[:, -2:] = 0  # two more padded positions
+    np.save(tmp_path / "other.npy", other)
+    args = ["compare", str(masked), str(masked), "-m", "gradient", "--input", "emb", "--data",
+            str(tmp_path / "x.npy"), "--feed", f"mask={tmp_path / 'mask.npy'}", "--tolerance", "1e-6"]
+    assert main(args + ["--feed-b", f"mask={tmp_path / 'mask.npy'}"]) == 0
+    assert main(args + ["--feed-b", f"mask={tmp_path / 'other.npy'}"]) == 1
+    capsys.readouterr()
+    assert main(args + ["--feed-b", "mask"]) == 2
+    assert "--feed-b expects NAME=FILE.npy" in capsys.readouterr().err
+
+
 def test_a_classifier_ending_in_softmax_is_compared_at_its_choice():
     """The logits are explained (the softmax stripped) but only the probabilities are an output: the choice
     is their argmax (the logits' too, for [N, K]); it failed with 'needs the explained tensor among its
