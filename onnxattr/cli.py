@@ -309,9 +309,12 @@ def _target(text: str | None):
     if text is None:
         return None
     try:
-        selection = np.array([int(t) for t in text.split(",")], np.int64)
-    except (ValueError, OverflowError):
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
         raise UsageError(f"--target must be integers separated by commas, got '{text}'") from None
+    if any(not -2**63 <= v < 2**63 for v in values):
+        raise DataError(f"--target {text}: out of range (beyond any output: an int64 index at most 2^63 - 1)")
+    selection = np.array(values, np.int64)
     return selection[0] if selection.size == 1 else selection
 
 

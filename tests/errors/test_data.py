@@ -117,9 +117,11 @@ def test_integer_parameters_say_so(tmp_path, model_path, capsys, setting, words)
 
 
 def test_target_too_large_for_an_integer(model_path, x_path, capsys):
-    line = fails(capsys, "UsageError", "explain", model_path, "-m", "gradient", "--data", x_path,
+    """An integer beyond int64 is out of range like any index past the outputs (exit 7); it was called "not
+    integers" (a usage error) before."""
+    line = fails(capsys, "DataError", "explain", model_path, "-m", "gradient", "--data", x_path,
                  "--neuron", "index", "--target", "99999999999999999999999")
-    assert "--target" in line
+    assert "--target" in line and "out of range" in line
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "deep_lift"])
