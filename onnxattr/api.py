@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import onnx
+from tqdm import tqdm
 
 from onnxattr.assemble import RELEVANCE, compile_model
 from onnxattr.errors import DataError, UsageError
@@ -96,12 +97,17 @@ class Analyzer:
             self._runners[mode] = Runner(compiled, self.device, self.providers)
         return self._runners[mode]
 
-    def analyze(self, X, neuron_selection=None, inputs: dict | None = None) -> np.ndarray:
+    def analyze(self, X, neuron_selection=None, inputs: dict | None = None, batch_size: int | None = None,
+                progress: bool = False) -> np.ndarray:
         """The relevance map of X; ``inputs``: the model's other graph inputs by name (an attention mask
         [N, S], a graph convolution's adjacency fed at run time). In the methods that run a Loop over points
         (integrated_gradients, smoothgrad, vargrad, gradient_shap, deep_lift_shap, occlusion, feature_ablation,
         shapley_values, shapley_value_sampling) an input whose first axis is declared under the name of X's batch
-        axis goes with each sample's points; others are shared by all."""
+        axis goes with each sample's points; others are shared by all. ``batch_size``: run X in slices of that
+        many samples (memory grows with the batch; the maps are the same), with those inputs and per-sample
+        neuron selections sliced alike; ``progress`` shows a bar over the slices."""
+        if batch_size is not None:
+            return self._analyze_in_batches(X, neuron_selection, inputs, batch_size, progress)
         mode = self.mode
         if neuron_selection is not None:
             mode = "index"
@@ -143,6 +149,36 @@ class Analyzer:
                             "export both with the same dynamic batch axis, or set chunk_size=1)") from None
         self.outputs = results[:-1]
         return results[r.output_names.index(RELEVANCE)]
+
+    def _analyze_in_batches(self, X, neuron_selection, inputs, batch_size, progress) -> np.ndarray:
+        """analyze() on slices of ``batch_size`` samples, the maps and outputs concatenated."""
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+        baked = [p.name for p in self.method.params if p.per_sample and np.ndim(self.params.get(p.name)) > 0
+                 and np.shape(self.params[p.name])[0] > 1]
+        if baked:
+            raise UsageError(f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for "
+                             "the whole data; analyze without batch_size, or give one row")
+        r = self.runner("index" if neuron_selection is not None else self.mode)
+        x_arg = r.session.get_inputs()[r.input_names.index(explained_input(r))]
+        X = np.asarray(X)
+        if X.ndim == 0:
+            raise DataError(f"input data is a single number; give an array [N, ...] for '{x_arg.name}'")
+        batch = x_arg.shape[0] if x_arg.shape else None
+        # the other inputs with X's batch axis (declared under its name) are sliced alike; the rest are shared
+        sliced = {a.name for a in r.session.get_inputs() if isinstance(batch, str) and a.shape and a.shape[0] == batch}
+        selection = None if neuron_selection is None else np.asarray(neuron_selection)
+        maps, outputs = [], []
+        starts = range(0, len(X), int(batch_size))
+        for start in tqdm(starts, desc=f"{self.method.name}", unit="batch", disable=None if progress else True):
+            part = slice(start, start + int(batch_size))
+            chosen = None if selection is None else selection if selection.ndim == 0 else selection[part]
+            given = {k: (v[part] if k in sliced else v) for k, v in (inputs or {}).items()}
+            maps.append(self.analyze(X[part], chosen, given))
+            outputs.append(self.outputs)
+        self.outputs = [np.concatenate(parts) if all(np.ndim(p) > 0 for p in parts) else parts[-1]
+                        for parts in zip(*outputs)]
+        return np.concatenate(maps) if maps else self.analyze(X, neuron_selection, inputs)
 
     def _failed_check(self, what: str, X: np.ndarray, r: Runner) -> str:
         """What a run-time check of the compiled model (sampling.checked) found wrong with data X."""

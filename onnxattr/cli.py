@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "relevant (the data must have the relevance's shape: an image, not token ids)")
     e.add_argument("-o", "--out", help="relevance as .npy")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    e.add_argument("--batch-size", type=int, help="run the data in slices of this many samples, with a progress "
+                   "bar (memory grows with the batch; the map is the same)")
     e.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, passed as given: an attention mask [N, S], a graph's "
                         "adjacency (repeatable; the Loop methods, integrated_gradients, smoothgrad, vargrad, "
@@ -249,6 +251,8 @@ def cmd_explain(a) -> int:
         raise UsageError(f"--level must be a number > 0, got {a.level}")
     if a.overlay and not a.heatmap:
         raise UsageError("--overlay draws the --heatmap over the input: add --heatmap FILE.png")
+    if a.batch_size is not None and a.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
     if a.target is not None and a.neuron != "index":
         raise UsageError(f"--target picks the neuron for --neuron index, not --neuron {a.neuron}: add --neuron index")
     if a.neuron == "index" and a.target is None:
@@ -256,7 +260,8 @@ def cmd_explain(a) -> int:
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=a.neuron, input=a.input, output=a.output,
                         device=a.device, **_all_params(a))
     x = _load_data(a.data, analyzer, "index" if a.target is not None else analyzer.mode)
-    r = analyzer.analyze(x, neuron_selection=_target(a.target), inputs=_load_feeds(a))
+    r = analyzer.analyze(x, neuron_selection=_target(a.target), inputs=_load_feeds(a), batch_size=a.batch_size,
+                         progress=True)
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
     print(f"relevance {list(r.shape)} via {used}; sum per sample: "
           + ", ".join(f"{v:.4g}" for v in r.reshape(r.shape[0], -1).sum(1)[:8]))
