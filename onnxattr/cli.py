@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from onnxattr import viz
+from onnxattr.assemble import RELEVANCE
 from onnxattr.api import Analyzer, compile as compile_model, explained_input, inspect as inspect_model
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
@@ -120,10 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
     e.add_argument("--heatmap", help="write a heatmap PNG (one tile per sample)")
     e.add_argument("--graymap", help="write a graymap PNG (absolute relevance)")
-    e.add_argument("--cmap", default="seismic", choices=list(viz.COLORMAPS), metavar="NAME",
+    e.add_argument("--cmap", choices=list(viz.COLORMAPS), metavar="NAME",
                    help="the heatmap's colour map: seismic (matplotlib's, iNNvestigate's; the default) or one of "
                         "Zennit's: " + ", ".join(n for n in viz.COLORMAPS if n != "seismic"))
-    e.add_argument("--level", type=float, default=1.0,
+    e.add_argument("--level", type=float,
                    help="the heatmap's contrast (Zennit's level): relevance beyond 1/level of the largest |value| "
                         "gets the colour map's ends (default 1)")
     e.add_argument("--overlay", action="store_true",
@@ -247,10 +248,12 @@ def cmd_explain(a) -> int:
         if p:
             refuse_overwriting_input(p, *_input_files(a), models=[a.model])
             check_destination(p, image=p != a.out)
-    if not (np.isfinite(a.level) and a.level > 0):
+    if a.level is not None and not (np.isfinite(a.level) and a.level > 0):
         raise UsageError(f"--level must be a number > 0, got {a.level}")
-    if a.overlay and not a.heatmap:
-        raise UsageError("--overlay draws the --heatmap over the input: add --heatmap FILE.png")
+    for given, flag in ((a.overlay, "--overlay"), (a.cmap, "--cmap"), (a.level, "--level")):
+        if given and not a.heatmap:
+            raise UsageError(f"{flag} is an option of the heatmap (--graymap shows |relevance| in grey): add "
+                             "--heatmap FILE.png")
     if a.batch_size is not None and a.batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
     if a.target is not None and a.neuron != "index":
@@ -259,9 +262,21 @@ def cmd_explain(a) -> int:
         raise UsageError("--neuron index needs --target (one index, or one per sample: 3,1,4)")
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=a.neuron, input=a.input, output=a.output,
                         device=a.device, **_all_params(a))
-    x = _load_data(a.data, analyzer, "index" if a.target is not None else analyzer.mode)
+    mode = "index" if a.target is not None else analyzer.mode
+    x = _load_data(a.data, analyzer, mode)
+    if a.overlay:  # the map must sit on the data: refused before the run, not after it
+        runner = analyzer.runner(mode)
+        explained = runner.session.get_outputs()[runner.output_names.index(RELEVANCE)].shape
+        if len(explained) != x.ndim:
+            raise DataError(f"--overlay draws the heatmap over the data, and the data {list(x.shape)} are not what "
+                            f"is explained ({[d if isinstance(d, int) else '?' for d in explained]}: a tensor "
+                            "computed from them, such as an embedding of token ids): leave --overlay out")
     r = analyzer.analyze(x, neuron_selection=_target(a.target), inputs=_load_feeds(a), batch_size=a.batch_size,
                          progress=True)
+    bad = int(np.size(r) - np.isfinite(r).sum())
+    if bad and (a.heatmap or a.graymap):
+        warnings.warn(OnnxAttrWarning(f"the relevance holds {bad} NaN or inf values (the model overflowed, or its "
+                                      "output is not finite); the images draw them as 0"))
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
     print(f"relevance {list(r.shape)} via {used}; sum per sample: "
           + ", ".join(f"{v:.4g}" for v in r.reshape(r.shape[0], -1).sum(1)[:8]))
@@ -270,7 +285,8 @@ def cmd_explain(a) -> int:
         print(f"wrote {a.out}")
     for path, kind in ((a.heatmap, "heatmap"), (a.graymap, "graymap")):
         if path:
-            save_image(viz.grid(r, kind, cmap=a.cmap, level=a.level, images=x if a.overlay else None), path,
+            save_image(viz.grid(r, kind, cmap=a.cmap or "seismic", level=a.level or 1.0,
+                                images=x if a.overlay else None), path,
                        *_input_files(a), models=[a.model])
             print(f"wrote {path}")
     return 0

@@ -86,10 +86,18 @@ def _to_2d(r: np.ndarray, absolute: bool) -> np.ndarray:
     return r
 
 
+def _check_level(level) -> None:
+    if not (isinstance(level, (int, float, np.number)) and np.isfinite(level) and level > 0):
+        raise UsageError(f"level must be a finite number > 0, got {level!r}")
+
+
 def _signed(r: np.ndarray, level: float) -> np.ndarray:
-    """One sample's map projected to 2-D, divided by its largest |value| and times ``level``, in [-1, 1]."""
+    """One sample's map projected to 2-D, divided by its largest finite |value| and times ``level``, in
+    [-1, 1]; a NaN or inf element (a model that overflowed) is drawn as 0, and the rest keep their scale."""
+    _check_level(level)
     m = _to_2d(np.asarray(r, np.float64), absolute=False)
-    scale = np.abs(m).max()
+    m = np.where(np.isfinite(m), m, 0.0)
+    scale = np.abs(m).max() if m.size else 0.0
     return np.clip((m / scale if scale > 0 else m) * level, -1.0, 1.0)
 
 
@@ -104,8 +112,11 @@ def overlay(r: np.ndarray, image: np.ndarray, cmap: str = "seismic", level: floa
     """RGB uint8: the heatmap of one sample over its input ``image`` (the same layout as r) in grey,
     heat * a + grey * (1 - a) with a = ``alpha`` * |relevance| / max: where nothing is relevant the image shows
     through, and the most relevant elements get ``alpha`` of the colour."""
+    if not (isinstance(alpha, (int, float, np.number)) and 0 <= alpha <= 1):
+        raise UsageError(f"alpha must be a number in [0, 1], got {alpha!r}")
     signed = _signed(r, level)
     grey = _to_2d(np.asarray(image, np.float64), absolute=False)
+    grey = np.where(np.isfinite(grey), grey, 0.0)
     lo, hi = grey.min(), grey.max()
     grey = (grey - lo) / (hi - lo) if hi > lo else np.full_like(grey, 0.5)
     if grey.shape != signed.shape:
@@ -117,7 +128,10 @@ def overlay(r: np.ndarray, image: np.ndarray, cmap: str = "seismic", level: floa
 
 
 def graymap(r: np.ndarray) -> np.ndarray:
+    """RGB uint8 grey levels of one sample's |relevance| summed over channels, over its maximum (non-finite
+    elements drawn as 0)."""
     m = _to_2d(np.asarray(r, np.float64), absolute=True)
+    m = np.where(np.isfinite(m), m, 0.0)
     scale = m.max()
     t = m / scale if scale > 0 else m
     return (np.repeat(t[..., None], 3, axis=-1) * 255).round().astype(np.uint8)
@@ -128,7 +142,12 @@ def grid(maps: np.ndarray, kind: str = "heatmap", min_size: int = 128, cmap: str
     """RGB uint8 image: one tile per sample side by side (nearest-neighbour upscaled so small inputs
     stay visible). ``kind`` "heatmap" (with ``cmap`` and ``level``; over the samples' ``images`` in grey when
     given) or "graymap"."""
-    colormap(cmap)  # an unknown name fails before any work
+    colormap(cmap)  # an unknown name, level or kind fails before any work
+    _check_level(level)
+    if kind not in ("heatmap", "graymap"):
+        raise UsageError(f"kind must be 'heatmap' or 'graymap', got {kind!r}")
+    if len(maps) == 0:
+        raise UsageError("no maps to draw (an empty batch)")
     if images is not None and np.shape(images) != np.shape(maps):
         raise UsageError(f"an overlay needs the input of each map, of the map's shape {list(np.shape(maps))}; the "
                          f"data have the shape {list(np.shape(images))}")

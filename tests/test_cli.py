@@ -43,7 +43,8 @@ def test_compile_and_explain(tmp_path, model_path, capsys):
 
 def test_heatmap_colour_maps_and_overlay(tmp_path, model_path, capsys):
     """--cmap / --level pick Zennit's colour map and contrast, --overlay draws over the data; the PNG holds
-    viz.grid's pixels; a bad level, an unknown map or an overlay without a heatmap are usage errors (2)."""
+    viz.grid's pixels; a bad level, an unknown map, or a heatmap option without --heatmap (ignored with --graymap
+    before) are usage errors (2)."""
     from PIL import Image
 
     from onnxattr import viz
@@ -59,7 +60,9 @@ def test_heatmap_colour_maps_and_overlay(tmp_path, model_path, capsys):
     assert not np.array_equal(want, viz.grid(r, "heatmap", cmap="coldnhot", level=2.0))
     capsys.readouterr()
     for extra, words in ((["--heatmap", str(tmp_path / "a.png"), "--level", "0"], "--level must be a number > 0"),
-                         (["--overlay"], "--overlay draws the --heatmap"),
+                         (["--overlay"], "--overlay is an option of the heatmap"),
+                         (["--graymap", str(tmp_path / "a.png"), "--cmap", "hot"], "--cmap is an option of the heatmap"),
+                         (["--graymap", str(tmp_path / "a.png"), "--level", "2"], "--level is an option"),
                          (["--heatmap", str(tmp_path / "b.png"), "--cmap", "jet"], "invalid choice: 'jet'")):
         assert main(base + extra) == 2
         assert words in capsys.readouterr().err
@@ -329,3 +332,29 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     finally:
         os.close(write_end)
     assert proc.returncode == 141 and proc.stderr == b"", proc.stderr.decode()
+
+
+def test_an_overlay_on_data_that_are_not_the_explained_tensor_is_refused_before_the_run(tmp_path, capsys):
+    """Token ids explained as their embedding: refused after the whole run (exit 2, -o written) before."""
+    from tests.methods.test_feature_groups import embedding_model
+
+    onnx.save(embedding_model(), tmp_path / "emb.onnx")
+    np.save(tmp_path / "ids.npy", np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int64))
+    assert main(["explain", str(tmp_path / "emb.onnx"), "-m", "gradient", "--input", "emb", "--data",
+                 str(tmp_path / "ids.npy"), "-o", str(tmp_path / "r.npy"), "--heatmap", str(tmp_path / "h.png"),
+                 "--overlay"]) == 7
+    assert "the data [2, 4] are not what is explained" in capsys.readouterr().err
+    assert not (tmp_path / "r.npy").exists() and not (tmp_path / "h.png").exists()
+
+
+def test_a_map_with_nan_is_drawn_with_a_warning(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Sqrt", ["x"], ["y"])], "sqrt",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "sqrt.onnx")
+    np.save(tmp_path / "x.npy", np.array([[1.0, 4.0, 9.0, -1.0]], np.float32))
+    assert main(["explain", str(tmp_path / "sqrt.onnx"), "-m", "gradient", "--neuron", "all", "--data",
+                 str(tmp_path / "x.npy"), "--heatmap", str(tmp_path / "h.png")]) == 0
+    assert "onnxattr: warning: the relevance holds 1 NaN or inf values" in capsys.readouterr().err

@@ -101,3 +101,28 @@ def test_overlay_shows_the_image_where_nothing_is_relevant():
     assert rgb[1, 1].tolist() == [0, 0, 128]  # half blue over black
     with pytest.raises(onnxattr.errors.UsageError, match=r"of the map's shape \[1, 3, 2, 2\].*\[1, 2, 2\]"):
         viz.grid(r[None], images=np.zeros((1, 2, 2)))
+
+
+def test_a_non_finite_element_keeps_the_scale_of_the_others():
+    """One NaN made the largest |value| NaN, so nothing was scaled: a map of ~1e-3 came out white."""
+    r = np.array([[1e-3, -2e-3, 5e-4, 0.0]])
+    clean = viz.heatmap(r, "bwr")
+    spoiled = r.copy()
+    spoiled[0, 3] = np.nan
+    got = viz.heatmap(spoiled, "bwr")
+    np.testing.assert_array_equal(got[0, :3], clean[0, :3])
+    assert got[0, 3].tolist() == clean[0, 3].tolist()  # drawn as 0
+    assert viz.graymap(np.array([[np.inf, 1.0, 2.0]]))[0].tolist() == [[0] * 3, [128] * 3, [255] * 3]
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda: viz.heatmap(np.ones((2, 2)), level=-1), "level must be a finite number > 0"),
+    (lambda: viz.heatmap(np.ones((2, 2)), level=float("nan")), "level must be a finite number > 0"),
+    (lambda: viz.overlay(np.ones((2, 2)), np.ones((2, 2)), alpha=2), r"alpha must be a number in \[0, 1\]"),
+    (lambda: viz.grid(np.ones((1, 2, 2)), kind="graymapp"), "kind must be 'heatmap' or 'graymap'"),
+    (lambda: viz.grid(np.ones((0, 2, 2))), "no maps to draw"),
+])
+def test_bad_drawing_parameters_are_named(call, words):
+    """level -1 swapped the colours, alpha 2 wrapped around in uint8, an unknown kind drew a heatmap."""
+    with pytest.raises(onnxattr.errors.UsageError, match=words):
+        call()

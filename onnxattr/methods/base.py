@@ -179,16 +179,23 @@ def one_of(*choices):
     return check
 
 
-def reference_constant(b: GraphBuilder, x: str, value, what: str = "reference_inputs") -> str:
-    """``value`` (a number or an array broadcastable to x's shape) as a constant of x's float type; a
-    shape that cannot broadcast to x is a UsageError naming both shapes (dims unknown at compile time
-    accept anything)."""
-    dtype = b.float_dtype(x)
+def in_float_range(value, dtype, what: str) -> np.ndarray:
+    """``value`` as an array of the input's float ``dtype``; values that would become inf there (1e5 for
+    float16) are a UsageError naming the parameter ``what``."""
     with np.errstate(over="ignore", invalid="ignore"):  # an overflowing cast is named below, not by numpy
         arr = np.asarray(value, dtype=dtype)
     if not np.isfinite(arr).all():
         raise UsageError(f"parameter {what}: values beyond the range of the input's type {dtype} (largest "
                          f"{np.finfo(dtype).max:.6g}); they would become inf")
+    return arr
+
+
+def reference_constant(b: GraphBuilder, x: str, value, what: str = "reference_inputs") -> str:
+    """``value`` (a number or an array broadcastable to x's shape) as a constant of x's float type; a
+    shape that cannot broadcast to x is a UsageError naming both shapes (dims unknown at compile time
+    accept anything)."""
+    dtype = b.float_dtype(x)
+    arr = in_float_range(value, dtype, what)
     xs = b.shape(x)
     if xs is not None:
         fits = arr.ndim <= len(xs) and all(

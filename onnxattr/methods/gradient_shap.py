@@ -15,7 +15,7 @@ from onnx import TensorProto
 
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import (
-    Method, Param, Target, chunk_size, non_negative, parse_int, positive_int, register_method,
+    Method, Param, Target, chunk_size, in_float_range, non_negative, parse_int, positive_int, register_method,
 )
 from onnxattr.methods.gradient import CHUNK, SEED, noisy_copies
 from onnxattr.sampling import sample_loop
@@ -25,7 +25,7 @@ def baseline_set(b, x: str, value) -> tuple[str, int]:
     """(a constant [B, ...] of x's float type, B): an array of x's rank is a set of B baselines (Captum's
     distribution of baselines), anything of lower rank one baseline broadcast to x's features."""
     rank, dtype = b.rank(x), b.float_dtype(x)
-    arr = np.asarray(value, dtype=dtype)
+    arr = in_float_range(value, dtype, "baselines")
     if arr.ndim > rank:
         raise UsageError(f"parameter baselines: an array of rank {arr.ndim} for an input of rank {rank}")
     if arr.ndim < rank:

@@ -114,3 +114,17 @@ def test_a_float16_model_sums_its_draws_in_float32():
                                    chunk_size=1).analyze(x, neuron_selection=np.array([0, 1]))
     want = x.astype(np.float32) * W[:, [0, 1]].T
     np.testing.assert_allclose(got, want, rtol=3e-3, atol=3e-3 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("method", ["gradient_shap", "deep_lift_shap"])
+@pytest.mark.parametrize("baselines", [1e5, np.full((3, 4), 7e4)])
+def test_a_baseline_set_beyond_a_float16_input_is_refused(method, baselines):
+    """They became inf in the float16 constant, and the map inf or NaN without a word."""
+    from onnx import TensorProto
+
+    g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "sq",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UsageError, match="baselines: values beyond the range.*float16"):
+        onnxattr.compile(model, method, baselines=baselines)
