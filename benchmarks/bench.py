@@ -26,8 +26,9 @@ whose sessions do not all fit in memory at once (VGG16 at batch 8 on a 24 GiB ma
 forward, gradient and attn_lrp against LXT 2.1 on `--models vit_b16` (LXT installed with
 `pip install --no-deps lxt==2.1`; its rules are loaded as tests/oracles/make_lxt.py does); `captum-more` =
 Grad-CAM, GradientSHAP (16 draws) and Occlusion (49 windows) against Captum's; `noise-tunnel` = VarGrad
-(16 copies) against Captum's NoiseTunnel and beta_smooth against Zennit's BetaSmooth. The onnxruntime forward is
-timed in every group, so each ratio comes from one run.
+(16 copies) against Captum's NoiseTunnel and beta_smooth against Zennit's BetaSmooth; `shapley` = Shapley values
+of 4 blocks, Shapley value sampling over 16 blocks (2 orders) and DeepLIFT SHAP (4 baselines) against Captum's.
+The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 
 from __future__ import annotations
@@ -54,6 +55,22 @@ STEPS = 64
 OCCLUSION_WINDOW, OCCLUSION_STRIDE = (3, 32, 32), (3, 32, 32)  # 7 x 7 = 49 windows on 224 x 224
 PAUSE = 0.2  # seconds between timed calls
 NT_SAMPLES = 16  # VarGrad's noisy copies in the noise-tunnel group
+SV_ORDERS = 2  # Shapley value sampling's random orders of the 16 blocks: 32 forward passes
+DLS_BASELINES = 4  # DeepLIFT SHAP's baselines
+
+
+def blocks(per_side: int):
+    """Group ids [1, 224, 224] of per_side x per_side square blocks, shared by the channels."""
+    import numpy as np
+
+    rows, cols = np.indices((224, 224)) // (224 // per_side)
+    return (rows * per_side + cols)[None].astype(np.int64)
+
+
+def dls_baselines():
+    import numpy as np
+
+    return np.random.default_rng(1).standard_normal((DLS_BASELINES, 3, 224, 224)).astype(np.float32) * 0.1
 
 # configuration -> (library, what it computes, reference configuration(s) for the ratio)
 OURS = {
@@ -72,6 +89,13 @@ OURS = {
                   "ref": ["captum.occlusion"]},
     "vargrad": {"method": "vargrad", "params": {"augment_by_n": NT_SAMPLES}, "ref": ["captum.vargrad"]},
     "beta_smooth": {"method": "beta_smooth", "ref": ["zennit.beta_smooth"]},
+    "shapley_value_sampling": {"method": "shapley_value_sampling", "params": {
+        "feature_mask": lambda: blocks(4), "n_samples": SV_ORDERS, "chunk_size": 8},
+        "ref": ["captum.shapley_value_sampling"]},
+    "shapley_values": {"method": "shapley_values", "params": {"feature_mask": lambda: blocks(2), "chunk_size": 8},
+                       "ref": ["captum.shapley_values"]},
+    "deep_lift_shap": {"method": "deep_lift_shap", "params": {"baselines": dls_baselines, "chunk_size": 4},
+                       "ref": ["captum.deep_lift_shap"]},
 }
 GROUPS = {
     "fast": ["ort.forward", "torch.forward",
@@ -98,6 +122,10 @@ GROUPS = {
     # VarGrad over 16 noisy copies against Captum's NoiseTunnel(Saliency, 'vargrad'); Zennit's BetaSmooth
     "noise-tunnel": ["ort.forward", "onnxattr.vargrad", "captum.vargrad", "onnxattr.beta_smooth",
                      "zennit.beta_smooth"],
+    # Shapley values of 4 blocks (onnxattr: 15 coalitions; Captum: 24 orders x 4 steps), Shapley value sampling
+    # over 16 blocks (2 orders: 32 forward passes each), DeepLIFT SHAP against 4 baselines
+    "shapley": ["ort.forward", "onnxattr.shapley_values", "captum.shapley_values", "onnxattr.shapley_value_sampling",
+                "captum.shapley_value_sampling", "onnxattr.deep_lift_shap", "captum.deep_lift_shap"],
 }
 
 
@@ -130,7 +158,8 @@ def compile_method(model: str, name: str) -> float:
 
     spec = OURS[name]
     t = time.perf_counter()
-    compiled = onnxattr.compile(str(onnx_path(model)), spec["method"], **spec.get("params", {}))
+    params = {k: v() if callable(v) else v for k, v in spec.get("params", {}).items()}  # arrays made here
+    compiled = onnxattr.compile(str(onnx_path(model)), spec["method"], **params)
     seconds = time.perf_counter() - t
     onnx.save(compiled, str(compiled_path(model, name)))
     return seconds
@@ -207,6 +236,24 @@ def make_runner(config: str, model: str, x, threads: int):
         if name == "gradient_shap":
             gs, baselines = GradientShap(net), torch.zeros((4,) + tuple(x.shape[1:]))
             return lambda: gs.attribute(xg, baselines=baselines, n_samples=16, target=target)
+        if name in ("shapley_values", "shapley_value_sampling"):
+            from captum.attr import ShapleyValues, ShapleyValueSampling
+
+            exact = name == "shapley_values"
+            sv = ShapleyValues(net) if exact else ShapleyValueSampling(net)
+            mask = torch.from_numpy(blocks(2 if exact else 4))[None]
+            extra = {} if exact else {"n_samples": SV_ORDERS}
+
+            def run():
+                with torch.no_grad():
+                    return sv.attribute(xt, baselines=0.0, target=target, feature_mask=mask,
+                                        perturbations_per_eval=8, **extra)
+            return run
+        if name == "deep_lift_shap":
+            from captum.attr import DeepLiftShap
+
+            dls, baselines = DeepLiftShap(net), torch.from_numpy(dls_baselines())
+            return lambda: dls.attribute(xg, baselines=baselines, target=target)
         if name == "occlusion":
             occ = Occlusion(net)
 
@@ -316,6 +363,10 @@ def machine() -> dict:
         info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
         flags = next(ln for ln in text.splitlines() if ln.startswith("flags"))
         info["simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "fma") if f" {f}" in flags)
+        # hosts that share a name ("AMD EPYC") differ by generation: recorded beside the results
+        for field in ("cpu family", "model"):
+            info[field.replace(" ", "_")] = next(ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                                                 if ln.split(":")[0].strip() == field)
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     from importlib.metadata import PackageNotFoundError, version
@@ -412,7 +463,7 @@ def main(argv=None):
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
     ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more, "
-                    "noise-tunnel) or "
+                    "noise-tunnel, shapley) or "
                     "comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
