@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--out", required=True, help="compiled model path (never the input)")
     e = sub.add_parser("explain", help="compile, run on data, save the relevance map")
     _common(e)
-    e.add_argument("--data", required=True, help="input batch as .npy, or an image file (png, jpg)")
+    e.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                   help="input batch as .npy, or image files (png, jpg, ...) or a folder of them, one sample each "
+                        "(resized to the model's input size when it is fixed)")
     e.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
     e.add_argument("--heatmap", help="write a heatmap PNG (one tile per sample)")
     e.add_argument("--graymap", help="write a graymap PNG (absolute relevance)")
@@ -213,7 +215,8 @@ def _input_files(a) -> list:
     """Every file the command reads besides the model: --data, --rules, --patterns (or --set patterns=),
     --feed."""
     sets = _params(getattr(a, "set", None))
-    return [getattr(a, "data", None), a.rules, a.patterns,
+    data = getattr(a, "data", None)
+    return [*(data if isinstance(data, list) else [data]), a.rules, a.patterns,
             sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *_feeds(a).values(),
             *_feeds(a, "feed_b").values()]
 
@@ -225,6 +228,36 @@ def cmd_compile(a) -> int:
     save_model(model, a.out, a.model)
     print(f"wrote {a.out} (outputs: {', '.join(o.name for o in model.graph.output)})")
     return 0
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _load_samples(paths: list, analyzer, mode: str) -> np.ndarray:
+    """explain's --data: one .npy batch, or image files and folders of them (their images by name), one
+    sample each, stacked in the order given."""
+    if len(paths) == 1 and not os.path.isdir(paths[0]):
+        return _load_data(paths[0], analyzer, mode)
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
+            if not found:
+                raise DataError(f"{path}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.lower().endswith(".npy"):
+            raise DataError(f"{path}: a .npy batch is the whole --data (give it alone), not one of several files")
+        else:
+            files.append(path)
+    samples = [_load_data(f, analyzer, mode) for f in files]
+    sizes = {s.shape for s in samples}
+    if len(sizes) > 1:
+        first = samples[0].shape
+        other = next(f for f, s in zip(files, samples) if s.shape != first)
+        raise DataError(f"the images differ in size ({files[0]}: {list(first[1:])}, {other}: "
+                        f"{list(samples[files.index(other)].shape[1:])}) and the model's input size is not fixed: "
+                        "resize them alike")
+    return np.concatenate(samples)
 
 
 def _load_data(path, analyzer, mode: str) -> np.ndarray:
@@ -263,7 +296,7 @@ def cmd_explain(a) -> int:
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=a.neuron, input=a.input, output=a.output,
                         device=a.device, **_all_params(a))
     mode = "index" if a.target is not None else analyzer.mode
-    x = _load_data(a.data, analyzer, mode)
+    x = _load_samples(a.data, analyzer, mode)
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
         runner = analyzer.runner(mode)
         explained = runner.session.get_outputs()[runner.output_names.index(RELEVANCE)].shape

@@ -358,3 +358,56 @@ def test_a_map_with_nan_is_drawn_with_a_warning(tmp_path, capsys):
     assert main(["explain", str(tmp_path / "sqrt.onnx"), "-m", "gradient", "--neuron", "all", "--data",
                  str(tmp_path / "x.npy"), "--heatmap", str(tmp_path / "h.png")]) == 0
     assert "onnxattr: warning: the relevance holds 1 NaN or inf values" in capsys.readouterr().err
+
+
+def test_explain_takes_several_images_or_a_folder_of_them(tmp_path, capsys):
+    """One sample per image, in the order given (a folder: its images by name), resized to the model's fixed
+    8 x 8; the map is the same as for the stacked .npy batch."""
+    from PIL import Image
+
+    from onnxattr import viz
+
+    model = os.path.join(os.path.dirname(__file__), "..", "models", "digits_cnn.onnx")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("b.png", "a.png", "c.jpg"):
+        Image.fromarray(rng.integers(0, 255, (12, 10), dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    want_order = [folder / "a.png", folder / "b.png", folder / "c.jpg"]
+    stacked = np.concatenate([viz.load_image(str(p), ["batch", 1, 8, 8]) for p in want_order])
+    np.save(tmp_path / "x.npy", stacked)
+    base = ["explain", model, "-m", "gradient"]
+    assert main(base + ["--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "want.npy")]) == 0
+    assert main(base + ["--data", str(folder), "-o", str(tmp_path / "folder.npy")]) == 0
+    assert main(base + ["--data", *map(str, want_order), "-o", str(tmp_path / "files.npy")]) == 0
+    want = np.load(tmp_path / "want.npy")
+    assert want.shape == (3, 1, 8, 8)
+    np.testing.assert_array_equal(np.load(tmp_path / "folder.npy"), want)
+    np.testing.assert_array_equal(np.load(tmp_path / "files.npy"), want)
+    capsys.readouterr()
+    assert main(base + ["--data", str(folder), str(tmp_path / "x.npy")]) == 7
+    assert "a .npy batch is the whole --data" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(base + ["--data", str(tmp_path / "empty")]) == 7
+    assert "a folder without images" in capsys.readouterr().err
+
+
+def test_images_of_different_sizes_for_a_model_of_any_size_are_refused(tmp_path, capsys):
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    g = helper.make_graph([helper.make_node("Conv", ["x", "k"], ["c"]),
+                           helper.make_node("ReduceMean", ["c"], ["y"], axes=[2, 3], keepdims=0)], "fcn",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                          [numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "k")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fcn.onnx")
+    Image.fromarray(np.zeros((6, 5), np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.zeros((9, 5), np.uint8)).save(tmp_path / "tall.png")
+    assert main(["explain", str(tmp_path / "fcn.onnx"), "-m", "gradient", "--data", str(tmp_path / "small.png"),
+                 str(tmp_path / "tall.png")]) == 7
+    assert "the images differ in size" in capsys.readouterr().err
+    assert main(["explain", str(tmp_path / "fcn.onnx"), "-m", "gradient", "--data", str(tmp_path / "small.png"),
+                 str(tmp_path / "small.png"), "-o", str(tmp_path / "r.npy")]) == 0
+    assert np.load(tmp_path / "r.npy").shape == (2, 1, 6, 5)
