@@ -535,10 +535,10 @@ DEEPLIFT_VARIANTS = {
 }
 
 
-def run_deeplift(model, x, argmax, target):
-    """Captum DeepLift (rescale rule, baselines 0, multiply_by_inputs=True, eps 1e-10). Tag "default": the model
-    as is (Captum's maxpool rule at nn.MaxPool*, plain gradient at nn.SiLU); on models with a MaxPool or SiLU
-    also the same call on deeplift_onnx_form(model)."""
+def deeplift_maps(model, x, argmax, target, method, attribute, params, call):
+    """Maps of a Captum DeepLift attributor, ``attribute(model, target)``, in every mode: tag "default" on the
+    model as is (Captum's maxpool rule at nn.MaxPool*, plain gradient at nn.SiLU), and on models with a MaxPool or
+    SiLU also deeplift_onnx_form(model)'s tag. ``call``: the library call, for the manifest."""
     out = {}
     variants = {"default": (model, "model as is")}
     onnx_form, tag = deeplift_onnx_form(model)
@@ -553,43 +553,33 @@ def run_deeplift(model, x, argmax, target):
             # MaxPools here have kernel == stride, so every index is written once and the order cannot matter
             torch.use_deterministic_algorithms(True, warn_only=True)
             try:
-                rel = DeepLift(m).attribute(x.clone().requires_grad_(), baselines=0.0, target=tgt)
+                rel = attribute(m, tgt)
             finally:
                 torch.use_deterministic_algorithms(True)
-            out[f"deep_lift|{mode}|{tag}"] = (rel, {
-                "method": "deep_lift", "params": {"reference_inputs": 0.0}, "mode": mode, "seed": "one",
-                "statistical": False, "model_variant": desc,
-                "library_call": "captum DeepLift(model).attribute(x, baselines=0.0, target) (rescale rule, "
-                                "multiply_by_inputs=True, eps=1e-10); " + seed_note})
+            out[f"{method}|{mode}|{tag}"] = (rel.detach(), {
+                "method": method, "params": params, "mode": mode, "seed": "one", "statistical": False,
+                "model_variant": desc, "library_call": f"{call}; {seed_note}"})
     return out
+
+
+def run_deeplift(model, x, argmax, target):
+    """Captum DeepLift (rescale rule, baselines 0, multiply_by_inputs=True, eps 1e-10), as deeplift_maps."""
+    return deeplift_maps(model, x, argmax, target, "deep_lift",
+                         lambda m, tgt: DeepLift(m).attribute(x.clone().requires_grad_(), baselines=0.0, target=tgt),
+                         {"reference_inputs": 0.0}, "captum DeepLift(model).attribute(x, baselines=0.0, target) "
+                         "(rescale rule, multiply_by_inputs=True, eps=1e-10)")
 
 
 def run_deeplift_shap(model, x, argmax, target):
     """Captum DeepLiftShap with the samples of x as the baselines (DeepLIFT's rescale rule against each, averaged),
-    on the model as is and on deeplift_onnx_form(model), as run_deeplift."""
+    as deeplift_maps."""
     from captum.attr import DeepLiftShap
 
-    out = {}
-    variants = {"default": (model, "model as is")}
-    onnx_form, tag = deeplift_onnx_form(model)
-    if onnx_form is not None:
-        variants[tag] = (onnx_form, DEEPLIFT_VARIANTS[tag])
-    for tag, (net, desc) in variants.items():
-        for mode in MODES:
-            m = captum_model(net, mode)
-            tgt = captum_target(mode, argmax, target)
-            seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
-            torch.use_deterministic_algorithms(True, warn_only=True)  # max_unpool, as in run_deeplift
-            try:
-                rel = DeepLiftShap(m).attribute(x.clone().requires_grad_(), baselines=x.clone(), target=tgt)
-            finally:
-                torch.use_deterministic_algorithms(True)
-            out[f"deep_lift_shap|{mode}|{tag}"] = (rel.detach(), {
-                "method": "deep_lift_shap", "params": {"baselines": "@x"}, "mode": mode, "seed": "one",
-                "statistical": False, "model_variant": desc,
-                "library_call": "captum DeepLiftShap(model).attribute(x, baselines=x, target) (the four samples "
-                                "as the baselines; params 'baselines': '@x' means the stored x); " + seed_note})
-    return out
+    return deeplift_maps(model, x, argmax, target, "deep_lift_shap",
+                         lambda m, tgt: DeepLiftShap(m).attribute(x.clone().requires_grad_(), baselines=x.clone(),
+                                                                  target=tgt),
+                         {"baselines": "@x"}, "captum DeepLiftShap(model).attribute(x, baselines=x, target) (the "
+                         "four samples as the baselines; params 'baselines': '@x' means the stored x)")
 
 
 # --------------------------------------------------------------------------------------------- IG quadratures

@@ -1,7 +1,7 @@
 """Reference heatmaps from Zennit's image module: every built-in colour map of zennit.image.CMAPS applied by
 zennit.image.imgify(map, symmetric=True, cmap=NAME, level=LEVEL) to one fixed 2-D relevance map.
 
-Run from the repository root with the torch venv (zennit installed; torch itself is not used):
+Run from the repository root with the torch venv (zennit installed; it imports torch):
 
     /work/venv-torch/bin/python tests/oracles/make_zennit_cmaps.py
 
@@ -16,39 +16,16 @@ The code is our own; Zennit (LGPL-3) is only called as a library.
 """
 
 import os
-import sys
-import types
 
 import numpy as np
+import make_torch  # noqa: F401  (imports zennit, with its stand-in for torchvision)
+import zennit.image as image
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 LEVELS = (1.0, 2.5)
 
 
-def import_zennit_image():
-    """zennit's package import pulls in torchvision's ResNet blocks, which cannot be installed beside the CPU
-    torch here: stand-in modules for the import, removed afterwards."""
-    names = ["torchvision", "torchvision.models", "torchvision.models.resnet"]
-    saved = {n: sys.modules.get(n) for n in names}
-    mods = {n: types.ModuleType(n) for n in names}
-    mods["torchvision"].models = mods["torchvision.models"]
-    mods["torchvision.models"].resnet = mods["torchvision.models.resnet"]
-    mods["torchvision.models.resnet"].BasicBlock = type("BasicBlock", (), {})
-    mods["torchvision.models.resnet"].Bottleneck = type("Bottleneck", (), {})
-    sys.modules.update(mods)
-    try:
-        import zennit.image
-    finally:
-        for n in names:
-            if saved[n] is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = saved[n]
-    return zennit.image
-
-
 def main():
-    image = import_zennit_image()
     rng = np.random.default_rng(7)
     relevance = (rng.standard_normal((24, 32)) * np.linspace(0.2, 3, 32)).astype(np.float32)
     relevance[0, :4] = 0.0
