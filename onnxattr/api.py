@@ -104,8 +104,9 @@ class Analyzer:
         (integrated_gradients, smoothgrad, vargrad, gradient_shap, deep_lift_shap, occlusion, feature_ablation,
         shapley_values, shapley_value_sampling) an input whose first axis is declared under the name of X's batch
         axis goes with each sample's points; others are shared by all. ``batch_size``: run X in slices of that
-        many samples (memory grows with the batch; the maps are the same), with those inputs and per-sample
-        neuron selections sliced alike; ``progress`` shows a bar over the slices."""
+        many samples (memory grows with the batch), with those inputs and per-sample neuron selections sliced
+        alike: the same maps for the deterministic methods (the random ones draw new noise for each slice);
+        ``progress`` shows a bar over the slices."""
         if batch_size is not None:
             return self._analyze_in_batches(X, neuron_selection, inputs, batch_size, progress)
         mode = self.mode
@@ -116,14 +117,10 @@ class Analyzer:
         r = self.runner(mode)
         x_name = explained_input(r)
         X = _as_input(X, r.session.get_inputs()[r.input_names.index(x_name)])
-        # per-sample references and baselines have the explained tensor's rank (an embedding's when the data are
-        # token ids): one row, or one per sample
-        x_rank = len(r.session.get_outputs()[r.output_names.index(RELEVANCE)].shape)
-        for param in (p for p in self.method.params if p.per_sample):
-            ref = self.params.get(param.name)
-            if np.ndim(ref) == x_rank and np.shape(ref)[0] not in (1, X.shape[0]):
-                raise DataError(f"{param.name} holds {np.shape(ref)[0]} references and the data {X.shape[0]} "
-                                "samples: give one reference, or one per sample")
+        for name, rows in self._reference_rows(r).items():
+            if rows not in (1, X.shape[0]):
+                raise DataError(f"{name} holds {rows} references and the data {X.shape[0]} samples: give one "
+                                "reference, or one per sample")
         feeds = {x_name: X, **other_feeds(r, {x_name, TARGET_INPUT} if mode == "index" else {x_name}, inputs)}
         if mode == "index":
             feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)
@@ -150,24 +147,41 @@ class Analyzer:
         self.outputs = results[:-1]
         return results[r.output_names.index(RELEVANCE)]
 
+    def _reference_rows(self, r: Runner) -> dict:
+        """The per-sample parameters (references, baselines) given as arrays of the explained tensor's rank (an
+        embedding's when the data are token ids), by name: how many rows each holds."""
+        x_rank = len(r.session.get_outputs()[r.output_names.index(RELEVANCE)].shape)
+        return {p.name: np.shape(self.params.get(p.name))[0] for p in self.method.params
+                if p.per_sample and np.ndim(self.params.get(p.name)) == x_rank}
+
     def _analyze_in_batches(self, X, neuron_selection, inputs, batch_size, progress) -> np.ndarray:
-        """analyze() on slices of ``batch_size`` samples, the maps and outputs concatenated."""
+        """analyze() on slices of ``batch_size`` samples, the maps and outputs concatenated. Inputs and outputs
+        whose first axis is X's batch axis (its declared name, or its fixed size) are sliced and joined; an
+        output without it (a loss over the batch) would change with the slicing, and is refused."""
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
-        baked = [p.name for p in self.method.params if p.per_sample and np.ndim(self.params.get(p.name)) > 0
-                 and np.shape(self.params[p.name])[0] > 1]
+        r = self.runner("index" if neuron_selection is not None else self.mode)
+        baked = [name for name, rows in self._reference_rows(r).items() if rows > 1]
         if baked:
             raise UsageError(f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for "
                              "the whole data; analyze without batch_size, or give one row")
-        r = self.runner("index" if neuron_selection is not None else self.mode)
         x_arg = r.session.get_inputs()[r.input_names.index(explained_input(r))]
+        batch = x_arg.shape[0] if x_arg.shape else None
+        whole = [o.name for o in r.session.get_outputs()
+                 if o.name != RELEVANCE and (not o.shape or o.shape[0] != batch)]
+        if batch is None or whole:
+            raise UsageError(f"batch_size slices the data, and output '{whole[0] if whole else x_arg.name}' has no "
+                             f"batch axis like the data's (a value over the whole batch would change with the "
+                             "slices): analyze without batch_size")
         X = np.asarray(X)
         if X.ndim == 0:
             raise DataError(f"input data is a single number; give an array [N, ...] for '{x_arg.name}'")
-        batch = x_arg.shape[0] if x_arg.shape else None
-        # the other inputs with X's batch axis (declared under its name) are sliced alike; the rest are shared
-        sliced = {a.name for a in r.session.get_inputs() if isinstance(batch, str) and a.shape and a.shape[0] == batch}
         selection = None if neuron_selection is None else np.asarray(neuron_selection)
+        if selection is not None and selection.ndim > 0 and selection.shape != (len(X),):
+            raise DataError(f"neuron_selection has shape {selection.shape}; expected one index per sample "
+                            f"({len(X)})")
+        # the other inputs with X's batch axis (declared under its name, or of its fixed size) are sliced alike
+        sliced = {a.name for a in r.session.get_inputs() if a.shape and a.shape[0] == batch}
         maps, outputs = [], []
         starts = range(0, len(X), int(batch_size))
         for start in tqdm(starts, desc=f"{self.method.name}", unit="batch", disable=None if progress else True):
@@ -176,8 +190,7 @@ class Analyzer:
             given = {k: (v[part] if k in sliced else v) for k, v in (inputs or {}).items()}
             maps.append(self.analyze(X[part], chosen, given))
             outputs.append(self.outputs)
-        self.outputs = [np.concatenate(parts) if all(np.ndim(p) > 0 for p in parts) else parts[-1]
-                        for parts in zip(*outputs)]
+        self.outputs = [np.concatenate(parts) for parts in zip(*outputs)]
         return np.concatenate(maps) if maps else self.analyze(X, neuron_selection, inputs)
 
     def _failed_check(self, what: str, X: np.ndarray, r: Runner) -> str:

@@ -15,7 +15,8 @@ import numpy as np
 
 from onnxattr import viz
 from onnxattr.assemble import RELEVANCE
-from onnxattr.api import Analyzer, compile as compile_model, explained_input, inspect as inspect_model
+from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_model
+from onnxattr.cli_data import feed_paths, load_data, load_feeds, load_samples, parse_target
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--out", help="relevance as .npy")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--batch-size", type=int, help="run the data in slices of this many samples, with a progress "
-                   "bar (memory grows with the batch; the map is the same)")
+                   "bar (memory grows with the batch; the same map, but for the random methods' noise)")
     e.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, passed as given: an attention mask [N, S], a graph's "
                         "adjacency (repeatable; the Loop methods, integrated_gradients, smoothgrad, vargrad, "
@@ -183,42 +184,14 @@ def _all_params(a) -> dict:
     return out
 
 
-def _feeds(a, option: str = "feed") -> dict:
-    """--feed (or --feed-b) NAME=FILE.npy pairs: name -> path."""
-    out = {}
-    flag = "--" + option.replace("_", "-")
-    for pair in getattr(a, option, None) or []:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"{flag} expects NAME=FILE.npy, got '{pair}'")
-        if name in out:
-            raise UsageError(f"{flag} {name} is given twice ({out[name]}, {path})")
-        out[name] = path
-    return out
-
-
-def _load_feeds(a, option: str = "feed") -> dict:
-    """The --feed (or --feed-b) arrays, read like --data (.npy only)."""
-    out = {}
-    flag = "--" + option.replace("_", "-")
-    for name, path in _feeds(a, option).items():
-        if not os.path.exists(path):
-            raise DataError(f"{path} ({flag} {name}): no such file")
-        try:
-            out[name] = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path} ({flag} {name}): not a readable .npy array ({e or 'empty file'})") from None
-    return out
-
-
 def _input_files(a) -> list:
     """Every file the command reads besides the model: --data, --rules, --patterns (or --set patterns=),
     --feed."""
     sets = _params(getattr(a, "set", None))
     data = getattr(a, "data", None)
     return [*(data if isinstance(data, list) else [data]), a.rules, a.patterns,
-            sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *_feeds(a).values(),
-            *_feeds(a, "feed_b").values()]
+            sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *feed_paths(a).values(),
+            *feed_paths(a, "feed_b").values()]
 
 
 def cmd_compile(a) -> int:
@@ -228,52 +201,6 @@ def cmd_compile(a) -> int:
     save_model(model, a.out, a.model)
     print(f"wrote {a.out} (outputs: {', '.join(o.name for o in model.graph.output)})")
     return 0
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def _load_samples(paths: list, analyzer, mode: str) -> np.ndarray:
-    """explain's --data: one .npy batch, or image files and folders of them (their images by name), one
-    sample each, stacked in the order given."""
-    if len(paths) == 1 and not os.path.isdir(paths[0]):
-        return _load_data(paths[0], analyzer, mode)
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
-            if not found:
-                raise DataError(f"{path}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
-            files += found
-        elif path.lower().endswith(".npy"):
-            raise DataError(f"{path}: a .npy batch is the whole --data (give it alone), not one of several files")
-        else:
-            files.append(path)
-    samples = [_load_data(f, analyzer, mode) for f in files]
-    sizes = {s.shape for s in samples}
-    if len(sizes) > 1:
-        first = samples[0].shape
-        other = next(f for f, s in zip(files, samples) if s.shape != first)
-        raise DataError(f"the images differ in size ({files[0]}: {list(first[1:])}, {other}: "
-                        f"{list(samples[files.index(other)].shape[1:])}) and the model's input size is not fixed: "
-                        "resize them alike")
-    return np.concatenate(samples)
-
-
-def _load_data(path, analyzer, mode: str) -> np.ndarray:
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
-    if path.lower().endswith(".npy"):
-        try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path}: not a readable .npy array ({e or 'empty file'})") from None
-    try:
-        runner = analyzer.runner(mode)  # the model the run uses: compiled once, warnings shown once
-        shape = runner.session.get_inputs()[runner.input_names.index(explained_input(runner))].shape
-        return viz.load_image(path, shape)
-    except OSError as e:
-        raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None
 
 
 def cmd_explain(a) -> int:
@@ -296,15 +223,15 @@ def cmd_explain(a) -> int:
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=a.neuron, input=a.input, output=a.output,
                         device=a.device, **_all_params(a))
     mode = "index" if a.target is not None else analyzer.mode
-    x = _load_samples(a.data, analyzer, mode)
+    x = load_samples(a.data, analyzer, mode)
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
         runner = analyzer.runner(mode)
         explained = runner.session.get_outputs()[runner.output_names.index(RELEVANCE)].shape
-        if len(explained) != x.ndim:
+        if len(explained) != x.ndim or any(isinstance(d, int) and d != n for d, n in zip(explained[1:], x.shape[1:])):
             raise DataError(f"--overlay draws the heatmap over the data, and the data {list(x.shape)} are not what "
                             f"is explained ({[d if isinstance(d, int) else '?' for d in explained]}: a tensor "
                             "computed from them, such as an embedding of token ids): leave --overlay out")
-    r = analyzer.analyze(x, neuron_selection=_target(a.target), inputs=_load_feeds(a), batch_size=a.batch_size,
+    r = analyzer.analyze(x, neuron_selection=parse_target(a.target), inputs=load_feeds(a), batch_size=a.batch_size,
                          progress=True)
     bad = int(np.size(r) - np.isfinite(r).sum())
     if bad and (a.heatmap or a.graymap):
@@ -352,24 +279,10 @@ def cmd_fit(a) -> int:
         raise DataError(f"{a.data}: not a readable .npy array ({e or 'empty file'})") from None
     if data.ndim == 0:
         raise DataError(f"{a.data}: holds a single number; fit reads an array [N, ...] of samples")
-    analyzer.fit(data, batch_size=a.batch_size, inputs=_load_feeds(a))
+    analyzer.fit(data, batch_size=a.batch_size, inputs=load_feeds(a))
     analyzer.save_patterns(a.out)
     print(f"wrote {a.out} ({analyzer.params['patterns']})")
     return 0
-
-
-def _target(text: str | None):
-    """--target 3 or 3,1,4 as an index or an int64 array."""
-    if text is None:
-        return None
-    try:
-        values = [int(t) for t in text.split(",")]
-    except ValueError:
-        raise UsageError(f"--target must be integers separated by commas, got '{text}'") from None
-    if any(not -2**63 <= v < 2**63 for v in values):
-        raise DataError(f"--target {text}: out of range (beyond any output: an int64 index at most 2^63 - 1)")
-    selection = np.array(values, np.int64)
-    return selection[0] if selection.size == 1 else selection
 
 
 def cmd_compare(a) -> int:
@@ -390,13 +303,13 @@ def cmd_compare(a) -> int:
                               **_all_params(a))
                      for model, i, o in ((a.model, a.input, a.output), (a.other, a.input_b or a.input,
                                                                          a.output_b or a.output)))
-    x = _load_data(a.data, first, "index" if a.target is not None else first.mode)
-    feeds = _load_feeds(a)
+    x = load_data(a.data, first, "index" if a.target is not None else first.mode)
+    feeds = load_feeds(a)
     # a feed goes to each model that has such an input (to both when neither has: the error names it)
     names = [{i.name for i in an.model.graph.input} for an in (first, second)]
     own = [{k: v for k, v in feeds.items() if k in names[i] or k not in names[1 - i]} for i in (0, 1)]
-    own[1].update(_load_feeds(a, "feed_b"))
-    result = compare_analyzers(first, second, x, _target(a.target), perm, own[0], own[1])
+    own[1].update(load_feeds(a, "feed_b"))
+    result = compare_analyzers(first, second, x, parse_target(a.target), perm, own[0], own[1])
     print(f"{first.method.name} on {a.model} (a) and {a.other} (b), neuron {a.neuron}"
           + ("" if result.perm == tuple(range(x.ndim)) else f", data transposed {list(result.perm)} for b") + ":")
     print(result.table())

@@ -67,3 +67,59 @@ def test_the_command_line_runs_in_batches(tmp_path, capsys):
     capsys.readouterr()
     assert main(args + ["--batch-size", "0"]) == 2
     assert "--batch-size must be a positive integer" in capsys.readouterr().err
+
+
+def _loss_model():
+    """y [N, 2] and the mean of y over the batch as a second output, 'loss' (a value over the whole batch)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(6, 2) / 10, "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"]),
+                           helper.make_node("ReduceMean", ["y"], ["loss"], keepdims=0)], "loss",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2]),
+                           helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_output_over_the_whole_batch_is_refused_with_slices():
+    """A loss over the batch explained in slices was a per-slice loss: twice the map at batch_size=2 (found by a
+    review); a value without the batch axis would be kept for the last slice only."""
+    for output in ("loss", None):
+        analyzer = onnxattr.create_analyzer("gradient", _loss_model(), output=output)
+        analyzer.analyze(X)  # the whole batch at once is fine
+        with pytest.raises(UsageError, match="output 'loss' has no batch axis"):
+            analyzer.analyze(X, batch_size=2)
+
+
+def test_a_selection_of_the_wrong_length_is_named_in_the_datas_terms():
+    model, _ = mlp()
+    with pytest.raises(onnxattr.errors.DataError, match=r"shape \(8,\); expected one index per sample \(7\)"):
+        onnxattr.create_analyzer("gradient", model).analyze(X, neuron_selection=np.zeros(8, np.int64), batch_size=3)
+
+
+def test_one_reference_of_a_samples_features_is_no_per_sample_array():
+    """[6] for x [N, 6] is one reference (it runs without slices), not one row per sample: refused before."""
+    model, _ = mlp()
+    analyzer = onnxattr.create_analyzer("integrated_gradients", model, reference_inputs=np.full(6, 0.5), steps=4)
+    np.testing.assert_allclose(analyzer.analyze(X, batch_size=3), analyzer.analyze(X), rtol=1e-6, atol=1e-7)
+
+
+def test_a_static_batch_model_runs_in_slices_of_its_batch_with_its_feeds():
+    """Batch fixed at 2, six samples: slices of 2, the per-sample feed sliced with them (it was shared, so samples
+    2-5 got samples 0-1's feed, or refused as of the wrong shape)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(6, 2) / 10, "w")
+    g = helper.make_graph([helper.make_node("Mul", ["x", "m"], ["xm"]), helper.make_node("MatMul", ["xm", "w"], ["y"])],
+                          "static", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+                                     helper.make_tensor_value_info("m", TensorProto.FLOAT, [2, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = X[:6]
+    mask = (np.arange(36).reshape(6, 6) % 3 > 0).astype(np.float32)
+    analyzer = onnxattr.create_analyzer("gradient", model, input="x", neuron_selection_mode="all")
+    got = analyzer.analyze(x, inputs={"m": mask}, batch_size=2)
+    want = np.concatenate([analyzer.analyze(x[k:k + 2], inputs={"m": mask[k:k + 2]}) for k in (0, 2, 4)])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, mask * np.arange(12, dtype=np.float32).reshape(6, 2).sum(1) / 10, rtol=1e-6)

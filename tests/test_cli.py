@@ -345,6 +345,14 @@ def test_an_overlay_on_data_that_are_not_the_explained_tensor_is_refused_before_
                  "--overlay"]) == 7
     assert "the data [2, 4] are not what is explained" in capsys.readouterr().err
     assert not (tmp_path / "r.npy").exists() and not (tmp_path / "h.png").exists()
+    # an intermediate of the data's rank ([N, 8] from x [N, 6]): checked by its sizes, not only its rank
+    onnx.save(mlp()[0], tmp_path / "mlp.onnx")
+    np.save(tmp_path / "x.npy", np.ones((2, 6), np.float32))
+    assert main(["explain", str(tmp_path / "mlp.onnx"), "-m", "gradient", "--input", "h2", "--data",
+                 str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.npy"), "--heatmap", str(tmp_path / "h.png"),
+                 "--overlay"]) == 7
+    assert "the data [2, 6] are not what is explained" in capsys.readouterr().err
+    assert not (tmp_path / "r.npy").exists()
 
 
 def test_a_map_with_nan_is_drawn_with_a_warning(tmp_path, capsys):

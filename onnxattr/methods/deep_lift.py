@@ -19,7 +19,7 @@ from onnxattr.emitters import VJPS
 from onnxattr.methods.base import (
     Method, Param, Target, chunk_size, parse_int, positive_int, reference_constant, register_method,
 )
-from onnxattr.methods.gradient_shap import baseline_set
+from onnxattr.methods.gradient_shap import BASELINE_SET, baseline_set
 from onnxattr.sampling import sample_loop
 from onnxattr.select import build_seed
 
@@ -111,8 +111,7 @@ def build_deep_lift_shap(t: Target, p: dict) -> str:
 register_method(Method(
     "deep_lift_shap", "DeepLIFT SHAP (Captum's DeepLiftShap): DeepLIFT's rescale rule averaged over a set of "
     "baselines; sums to y(x) - mean y(baseline).", build_deep_lift_shap,
-    (Param("baselines", 0.0, "the baselines: a number, or (Python API) an array of x's features or a set [B, ...] "
-           "of them (a background sample of the data, as SHAP's DeepExplainer takes one)"),
+    (BASELINE_SET,
      Param("chunk_size", 16, "baselines per Loop iteration (bounds memory)", parse_int, positive_int)),
 ))
 

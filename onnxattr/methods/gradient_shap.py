@@ -10,7 +10,6 @@ like integrated_gradients and smoothgrad (onnxattr/sampling.py).
 
 from __future__ import annotations
 
-import numpy as np
 from onnx import TensorProto
 
 from onnxattr.errors import UsageError
@@ -19,6 +18,10 @@ from onnxattr.methods.base import (
 )
 from onnxattr.methods.gradient import CHUNK, SEED, noisy_copies
 from onnxattr.sampling import sample_loop
+
+
+BASELINE_SET = Param("baselines", 0.0, "the baselines: a number, or (Python API) an array of x's features or a set "
+                     "[B, ...] of them (a background sample of the data, as SHAP's explainers take one)")
 
 
 def baseline_set(b, x: str, value) -> tuple[str, int]:
@@ -87,7 +90,6 @@ register_method(Method(
     "gradient_shap", "GradientSHAP (Captum's GradientShap): mean of (x - r) * gradient at a random point "
     "between a random baseline r and the noisy input.", build_gradient_shap,
     (Param("n_samples", 5, "draws per sample (Captum's default)", parse_int, positive_int),
-     Param("baselines", 0.0, "the baselines: a number, or (Python API) an array of x's features or a set "
-           "[B, ...] of them to draw from"),
+     BASELINE_SET,
      Param("stdevs", 0.0, "standard deviation of the Gaussian noise added to the input", float, non_negative),
      SEED, CHUNK), random=True))

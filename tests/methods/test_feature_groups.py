@@ -50,8 +50,15 @@ def test_a_mask_that_does_not_fit_an_embedding_is_named_in_its_terms(method):
     with pytest.raises(DataError, match=r"feature_mask of shape \[5, 1\] does not fit the explained features "
                                         r"\['\?', 3\]"):
         analyzer.analyze(ids)
-    fits = onnxattr.create_analyzer(method, embedding_model(), input="emb", feature_mask=np.arange(4).reshape(4, 1))
-    assert fits.analyze(ids).shape == (2, 4, 3)
+    by_token = np.arange(4).reshape(4, 1)  # a group per token, over its three embedding features
+    extra = {"seed": 3} if method == "shapley_value_sampling" else {}
+    fits = onnxattr.create_analyzer(method, embedding_model(), input="emb", feature_mask=by_token, **extra)
+    spelled_out = onnxattr.create_analyzer(method, embedding_model(), input="emb",
+                                           feature_mask=np.repeat(by_token, 3, 1), **extra)
+    got = fits.analyze(ids)
+    assert got.shape == (2, 4, 3) and np.abs(got).max() > 0
+    np.testing.assert_allclose(got, spelled_out.analyze(ids), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(got, np.repeat(got[:, :, :1], 3, axis=2))  # a token's features share its value
 
 
 @pytest.mark.parametrize("method", MASK_METHODS + ("occlusion",))
@@ -62,4 +69,11 @@ def test_baselines_hold_one_row_or_one_per_sample(method):
     with pytest.raises(DataError, match="baselines holds 4 references and the data 5 samples"):
         onnxattr.create_analyzer(method, model, baselines=np.zeros((4, 6), np.float32)).analyze(x)
     per_sample = np.linspace(-1, 1, 30, dtype=np.float32).reshape(5, 6)
-    assert onnxattr.create_analyzer(method, model, baselines=per_sample).analyze(x).shape == x.shape
+    extra = {"seed": 4} if method == "shapley_value_sampling" else {}
+    got = onnxattr.create_analyzer(method, model, baselines=per_sample, **extra).analyze(x)
+    for k in range(5):  # each sample against its own row, as when explained alone with that baseline
+        alone = onnxattr.create_analyzer(method, model, baselines=per_sample[k], **extra).analyze(x[k:k + 1])
+        if method != "shapley_value_sampling":  # its random orders differ between batches of 5 and of 1
+            np.testing.assert_allclose(got[k:k + 1], alone, rtol=1e-5, atol=1e-6)
+        else:  # every order adds up to y(x) - y(baseline) (each feature its own group): the sums must agree
+            np.testing.assert_allclose(got[k].sum(), alone[0].sum(), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,100 @@
+"""What the command line reads besides the model: explain's --data (a .npy batch, image files, folders of
+them), --feed / --feed-b arrays, and --target indices."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from onnxattr import viz
+from onnxattr.api import explained_input
+from onnxattr.errors import DataError, UsageError
+
+
+def feed_paths(a, option: str = "feed") -> dict:
+    """--feed (or --feed-b) NAME=FILE.npy pairs: name -> path."""
+    out = {}
+    flag = "--" + option.replace("_", "-")
+    for pair in getattr(a, option, None) or []:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"{flag} expects NAME=FILE.npy, got '{pair}'")
+        if name in out:
+            raise UsageError(f"{flag} {name} is given twice ({out[name]}, {path})")
+        out[name] = path
+    return out
+
+
+def load_feeds(a, option: str = "feed") -> dict:
+    """The --feed (or --feed-b) arrays, read like --data (.npy only)."""
+    out = {}
+    flag = "--" + option.replace("_", "-")
+    for name, path in feed_paths(a, option).items():
+        if not os.path.exists(path):
+            raise DataError(f"{path} ({flag} {name}): no such file")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path} ({flag} {name}): not a readable .npy array ({e or 'empty file'})") from None
+    return out
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def load_samples(paths: list, analyzer, mode: str) -> np.ndarray:
+    """explain's --data: one .npy batch, or image files and folders of them (their images by name), one
+    sample each, stacked in the order given."""
+    if len(paths) == 1 and not os.path.isdir(paths[0]):
+        return load_data(paths[0], analyzer, mode)
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
+            if not found:
+                raise DataError(f"{path}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.lower().endswith(".npy"):
+            raise DataError(f"{path}: a .npy batch is the whole --data (give it alone), not one of several files")
+        else:
+            files.append(path)
+    samples = [load_data(f, analyzer, mode) for f in files]
+    sizes = {s.shape for s in samples}
+    if len(sizes) > 1:
+        first = samples[0].shape
+        other = next(f for f, s in zip(files, samples) if s.shape != first)
+        raise DataError(f"the images differ in size ({files[0]}: {list(first[1:])}, {other}: "
+                        f"{list(samples[files.index(other)].shape[1:])}) and the model's input size is not fixed: "
+                        "resize them alike")
+    return np.concatenate(samples)
+
+
+def load_data(path, analyzer, mode: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if path.lower().endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable .npy array ({e or 'empty file'})") from None
+    try:
+        runner = analyzer.runner(mode)  # the model the run uses: compiled once, warnings shown once
+        shape = runner.session.get_inputs()[runner.input_names.index(explained_input(runner))].shape
+        return viz.load_image(path, shape)
+    except OSError as e:
+        raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None
+
+
+def parse_target(text: str | None):
+    """--target 3 or 3,1,4 as an index or an int64 array."""
+    if text is None:
+        return None
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--target must be integers separated by commas, got '{text}'") from None
+    if any(not -2**63 <= v < 2**63 for v in values):
+        raise DataError(f"--target {text}: out of range (beyond any output: an int64 index at most 2^63 - 1)")
+    selection = np.array(values, np.int64)
+    return selection[0] if selection.size == 1 else selection
