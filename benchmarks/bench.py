@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -51,82 +50,10 @@ sys.path.insert(0, str(HERE))
 
 CACHE = Path(os.environ.get("ONNXATTR_BENCH_CACHE", Path.home() / ".cache" / "onnxattr-bench"))
 RESULTS = HERE / "results"
-STEPS = 64
-OCCLUSION_WINDOW, OCCLUSION_STRIDE = (3, 32, 32), (3, 32, 32)  # 7 x 7 = 49 windows on 224 x 224
-PAUSE = 0.2  # seconds between timed calls
-NT_SAMPLES = 16  # VarGrad's noisy copies in the noise-tunnel group
-SV_ORDERS = 2  # Shapley value sampling's random orders of the 16 blocks: 32 forward passes
-DLS_BASELINES = 4  # DeepLIFT SHAP's baselines
 
-
-def blocks(per_side: int):
-    """Group ids [1, 224, 224] of per_side x per_side square blocks, shared by the channels."""
-    import numpy as np
-
-    rows, cols = np.indices((224, 224)) // (224 // per_side)
-    return (rows * per_side + cols)[None].astype(np.int64)
-
-
-def dls_baselines():
-    import numpy as np
-
-    return np.random.default_rng(1).standard_normal((DLS_BASELINES, 3, 224, 224)).astype(np.float32) * 0.1
-
-# configuration -> (library, what it computes, reference configuration(s) for the ratio)
-OURS = {
-    "gradient": {"method": "gradient", "ref": ["zennit.gradient", "captum.saliency"]},
-    "lrp.epsilon": {"method": "lrp.epsilon", "ref": ["zennit.epsilon"]},
-    "lrp.epsilon_plus_flat": {"method": "lrp.epsilon_plus_flat", "ref": ["zennit.epsilon_plus_flat"]},
-    "deep_taylor": {"method": "deep_taylor", "ref": ["zennit.zplus"]},
-    "integrated_gradients": {"method": "integrated_gradients", "params": {"steps": STEPS},
-                             "ref": ["captum.integrated_gradients"]},
-    "smoothgrad": {"method": "smoothgrad", "params": {"augment_by_n": STEPS}, "ref": ["captum.smoothgrad"]},
-    "attn_lrp": {"method": "attn_lrp", "ref": ["lxt.attn_lrp"]},
-    "grad_cam": {"method": "grad_cam", "ref": ["captum.grad_cam"]},
-    "gradient_shap": {"method": "gradient_shap", "params": {"n_samples": 16}, "ref": ["captum.gradient_shap"]},
-    "occlusion": {"method": "occlusion", "params": {"sliding_window_shapes": OCCLUSION_WINDOW,
-                                                   "strides": OCCLUSION_STRIDE, "chunk_size": 8},
-                  "ref": ["captum.occlusion"]},
-    "vargrad": {"method": "vargrad", "params": {"augment_by_n": NT_SAMPLES}, "ref": ["captum.vargrad"]},
-    "beta_smooth": {"method": "beta_smooth", "ref": ["zennit.beta_smooth"]},
-    "shapley_value_sampling": {"method": "shapley_value_sampling", "params": {
-        "feature_mask": lambda: blocks(4), "n_samples": SV_ORDERS, "chunk_size": 8},
-        "ref": ["captum.shapley_value_sampling"]},
-    "shapley_values": {"method": "shapley_values", "params": {"feature_mask": lambda: blocks(2), "chunk_size": 8},
-                       "ref": ["captum.shapley_values"]},
-    "deep_lift_shap": {"method": "deep_lift_shap", "params": {"baselines": dls_baselines, "chunk_size": 4},
-                       "ref": ["captum.deep_lift_shap"]},
-}
-GROUPS = {
-    "fast": ["ort.forward", "torch.forward",
-             "onnxattr.gradient", "zennit.gradient", "captum.saliency",
-             "onnxattr.lrp.epsilon", "zennit.epsilon",
-             "onnxattr.lrp.epsilon_plus_flat", "zennit.epsilon_plus_flat",
-             "onnxattr.deep_taylor", "zennit.zplus"],
-    # "fast" split in two, for a model/batch whose sessions do not all fit in memory at once (VGG16, b8)
-    "fast-a": ["ort.forward", "torch.forward",
-               "onnxattr.gradient", "zennit.gradient", "captum.saliency",
-               "onnxattr.lrp.epsilon", "zennit.epsilon"],
-    "fast-b": ["ort.forward", "torch.forward",
-               "onnxattr.lrp.epsilon_plus_flat", "zennit.epsilon_plus_flat",
-               "onnxattr.deep_taylor", "zennit.zplus"],
-    "sampling": ["ort.forward", "onnxattr.integrated_gradients", "captum.integrated_gradients",
-                 "onnxattr.smoothgrad", "captum.smoothgrad"],
-    # vit_b16: AttnLRP against LXT 2.1's rules on the same torch model (LXT installed with --no-deps)
-    "transformer": ["ort.forward", "torch.forward", "onnxattr.gradient", "captum.saliency",
-                    "onnxattr.attn_lrp", "lxt.attn_lrp"],
-    # Captum's layer and perturbation methods: Grad-CAM at the last feature map (onnxattr's default layer),
-    # GradientSHAP with 16 draws, Occlusion over 49 windows of 3 x 32 x 32
-    "captum-more": ["ort.forward", "onnxattr.grad_cam", "captum.grad_cam", "onnxattr.gradient_shap",
-                    "captum.gradient_shap", "onnxattr.occlusion", "captum.occlusion"],
-    # VarGrad over 16 noisy copies against Captum's NoiseTunnel(Saliency, 'vargrad'); Zennit's BetaSmooth
-    "noise-tunnel": ["ort.forward", "onnxattr.vargrad", "captum.vargrad", "onnxattr.beta_smooth",
-                     "zennit.beta_smooth"],
-    # Shapley values of 4 blocks (onnxattr: 15 coalitions; Captum: 24 orders x 4 steps), Shapley value sampling
-    # over 16 blocks (2 orders: 32 forward passes each), DeepLIFT SHAP against 4 baselines
-    "shapley": ["ort.forward", "onnxattr.shapley_values", "captum.shapley_values", "onnxattr.shapley_value_sampling",
-                "captum.shapley_value_sampling", "onnxattr.deep_lift_shap", "captum.deep_lift_shap"],
-}
+from configs import GROUPS, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS, PAUSE, STEPS, \
+    SV_ORDERS, blocks, dls_baselines  # noqa: E402  (benchmarks/ is on the path from here on)
+from report import write_report  # noqa: E402
 
 
 # ---- models -----------------------------------------------------------------------------------------
@@ -388,75 +315,6 @@ def machine_key(info: dict) -> str:
     return "-".join(part for part in name.split("-") + [widest.replace("avx512f", "avx512")] if part)
 
 
-# ---- report -----------------------------------------------------------------------------------------
-def _fmt_ms(s):
-    return "–" if s is None else (f"{s * 1e3:,.0f}" if s >= 0.1 else f"{s * 1e3:.1f}")
-
-
-def _paired(a: dict, b: dict) -> float:
-    """Median over the rounds of a's time / b's time in the same round: robust to the machine's speed
-    drifting during a group, which moves both."""
-    return statistics.median(x / y for x, y in zip(a["runs"], b["runs"]))
-
-
-def write_report(path: Path) -> str:
-    machines = sorted(d for d in RESULTS.iterdir() if d.is_dir() and any(d.glob("*.json")))
-    if not machines:
-        raise SystemExit("no results in benchmarks/results/<machine>/: run a group first")
-    lines = ["# Benchmarks: onnxattr vs. onnxruntime forward, Zennit, Captum and LXT (CPU)", "",
-             "Made by `benchmarks/bench.py` (see its docstring and the README section *Benchmarks*). "
-             "Times are wall-clock per call, min and median of the repeats after one warm-up round; "
-             "all configurations of a group ran interleaved in one process. **× fwd** = min time / min "
-             "time of the onnxruntime forward of the same group; **× fwd, paired** = the median over the "
-             "rounds of the ratio within one round (each round runs every configuration once, so a drift "
-             "of the shared machine's speed moves both sides); **speed-up vs ref** = the reference's min "
-             "time / ours (above 1: onnxattr is faster), **paired** its per-round median. Memory: peak RSS "
-             "of a fresh process that loads only what the configuration needs and runs it twice (torch "
-             "processes include torch itself). One section per machine: ratios move with the CPU (a "
-             "faster convolution leaves the element-wise part of a backward pass a larger share).", ""]
-    for d in machines:
-        lines += _machine_section([json.loads(p.read_text()) for p in sorted(d.glob("*.json"))])
-    notes = RESULTS / "NOTES.md"  # hand-written analysis, kept across regenerations
-    if notes.exists():
-        lines += ["", notes.read_text().rstrip()]
-    text = "\n".join(lines) + "\n"
-    path.write_text(text)
-    return text
-
-
-def _machine_section(groups: list[dict]) -> list[str]:
-    m = groups[0]["machine"]
-    lines = [f"## {m.get('cpu')} ({m.get('simd', '')})", "",
-             f"- CPU: {m.get('cpu')} ({m.get('simd', '')}), {m.get('cores')} cores visible; "
-             f"threads used: {groups[0]['threads']} (onnxruntime intra_op_num_threads = torch.set_num_threads)",
-             f"- {m.get('platform')}; Python {m.get('python')}",
-             f"- onnxruntime {m.get('onnxruntime')}, onnx {m.get('onnx')}, numpy {m.get('numpy')}, "
-             f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}"
-             + next((f", lxt {g['machine']['lxt']} ({g['model']})" for g in groups
-                     if "lxt" in g["machine"] and g.get("group") == "transformer"), ""), ""]
-    header = ("| model | batch | configuration | min ms | median ms | × fwd | × fwd, paired | reference "
-              "| speed-up vs ref | paired | peak RSS MiB | compile s |")
-    for g in sorted(groups, key=lambda g: (g["model"], g["batch"], g["group"])):
-        lines += [f"### {g['model']}, batch {g['batch']} ({g['group']}; {g['repeats']} repeats, "
-                  f"load average before {g['machine'].get('load_before', 0):.2f})", "", header,
-                  "|" + "---|" * 12]
-        t = g["times"]
-        fwd = t["ort.forward"]["min"]
-        for c, v in t.items():
-            lib, _, name = c.partition(".")
-            refs = [r for r in OURS[name]["ref"] if r in t] if lib == "onnxattr" else []  # those that ran
-            ref_txt = ", ".join(refs) or ""
-            speed = ", ".join(f"{t[r]['min'] / v['min']:.2f}×" for r in refs)
-            paired_speed = ", ".join(f"{_paired(t[r], v):.2f}×" for r in refs)
-            lines.append(
-                f"| {g['model']} | {g['batch']} | {c} | {_fmt_ms(v['min'])} | {_fmt_ms(v['median'])} | "
-                f"{v['min'] / fwd:.2f} | {_paired(v, t['ort.forward']):.2f} | {ref_txt} | {speed} | {paired_speed} | "
-                f"{g.get('memory', {}).get(c) and round(g['memory'][c]) or '–'} | "
-                f"{g.get('compile', {}).get(name, '') and round(g['compile'][name], 2) if lib == 'onnxattr' else ''} |")
-        lines.append("")
-    return lines
-
-
 # ---- main -------------------------------------------------------------------------------------------
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -474,7 +332,7 @@ def main(argv=None):
     ap.add_argument("--child-memory", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.report:
-        print(write_report(HERE / "RESULTS.md"))
+        print(write_report(HERE / "RESULTS.md", RESULTS))
         return
     if a.child_memory:
         child_memory(a.child_memory, a.models, int(a.batch), a.threads)

@@ -1,0 +1,81 @@
+"""What bench.py times: each onnxattr configuration (method, parameters, the reference configurations its
+speed-up is measured against), the groups run together, and the sizes they use."""
+
+from __future__ import annotations
+
+STEPS = 64
+OCCLUSION_WINDOW, OCCLUSION_STRIDE = (3, 32, 32), (3, 32, 32)  # 7 x 7 = 49 windows on 224 x 224
+PAUSE = 0.2  # seconds between timed calls
+NT_SAMPLES = 16  # VarGrad's noisy copies in the noise-tunnel group
+SV_ORDERS = 2  # Shapley value sampling's random orders of the 16 blocks: 32 forward passes
+DLS_BASELINES = 4  # DeepLIFT SHAP's baselines
+
+
+def blocks(per_side: int):
+    """Group ids [1, 224, 224] of per_side x per_side square blocks, shared by the channels."""
+    import numpy as np
+
+    rows, cols = np.indices((224, 224)) // (224 // per_side)
+    return (rows * per_side + cols)[None].astype(np.int64)
+
+
+def dls_baselines():
+    import numpy as np
+
+    return np.random.default_rng(1).standard_normal((DLS_BASELINES, 3, 224, 224)).astype(np.float32) * 0.1
+
+# configuration -> (library, what it computes, reference configuration(s) for the ratio)
+OURS = {
+    "gradient": {"method": "gradient", "ref": ["zennit.gradient", "captum.saliency"]},
+    "lrp.epsilon": {"method": "lrp.epsilon", "ref": ["zennit.epsilon"]},
+    "lrp.epsilon_plus_flat": {"method": "lrp.epsilon_plus_flat", "ref": ["zennit.epsilon_plus_flat"]},
+    "deep_taylor": {"method": "deep_taylor", "ref": ["zennit.zplus"]},
+    "integrated_gradients": {"method": "integrated_gradients", "params": {"steps": STEPS},
+                             "ref": ["captum.integrated_gradients"]},
+    "smoothgrad": {"method": "smoothgrad", "params": {"augment_by_n": STEPS}, "ref": ["captum.smoothgrad"]},
+    "attn_lrp": {"method": "attn_lrp", "ref": ["lxt.attn_lrp"]},
+    "grad_cam": {"method": "grad_cam", "ref": ["captum.grad_cam"]},
+    "gradient_shap": {"method": "gradient_shap", "params": {"n_samples": 16}, "ref": ["captum.gradient_shap"]},
+    "occlusion": {"method": "occlusion", "params": {"sliding_window_shapes": OCCLUSION_WINDOW,
+                                                   "strides": OCCLUSION_STRIDE, "chunk_size": 8},
+                  "ref": ["captum.occlusion"]},
+    "vargrad": {"method": "vargrad", "params": {"augment_by_n": NT_SAMPLES}, "ref": ["captum.vargrad"]},
+    "beta_smooth": {"method": "beta_smooth", "ref": ["zennit.beta_smooth"]},
+    "shapley_value_sampling": {"method": "shapley_value_sampling", "params": {
+        "feature_mask": lambda: blocks(4), "n_samples": SV_ORDERS, "chunk_size": 8},
+        "ref": ["captum.shapley_value_sampling"]},
+    "shapley_values": {"method": "shapley_values", "params": {"feature_mask": lambda: blocks(2), "chunk_size": 8},
+                       "ref": ["captum.shapley_values"]},
+    "deep_lift_shap": {"method": "deep_lift_shap", "params": {"baselines": dls_baselines, "chunk_size": 4},
+                       "ref": ["captum.deep_lift_shap"]},
+}
+GROUPS = {
+    "fast": ["ort.forward", "torch.forward",
+             "onnxattr.gradient", "zennit.gradient", "captum.saliency",
+             "onnxattr.lrp.epsilon", "zennit.epsilon",
+             "onnxattr.lrp.epsilon_plus_flat", "zennit.epsilon_plus_flat",
+             "onnxattr.deep_taylor", "zennit.zplus"],
+    # "fast" split in two, for a model/batch whose sessions do not all fit in memory at once (VGG16, b8)
+    "fast-a": ["ort.forward", "torch.forward",
+               "onnxattr.gradient", "zennit.gradient", "captum.saliency",
+               "onnxattr.lrp.epsilon", "zennit.epsilon"],
+    "fast-b": ["ort.forward", "torch.forward",
+               "onnxattr.lrp.epsilon_plus_flat", "zennit.epsilon_plus_flat",
+               "onnxattr.deep_taylor", "zennit.zplus"],
+    "sampling": ["ort.forward", "onnxattr.integrated_gradients", "captum.integrated_gradients",
+                 "onnxattr.smoothgrad", "captum.smoothgrad"],
+    # vit_b16: AttnLRP against LXT 2.1's rules on the same torch model (LXT installed with --no-deps)
+    "transformer": ["ort.forward", "torch.forward", "onnxattr.gradient", "captum.saliency",
+                    "onnxattr.attn_lrp", "lxt.attn_lrp"],
+    # Captum's layer and perturbation methods: Grad-CAM at the last feature map (onnxattr's default layer),
+    # GradientSHAP with 16 draws, Occlusion over 49 windows of 3 x 32 x 32
+    "captum-more": ["ort.forward", "onnxattr.grad_cam", "captum.grad_cam", "onnxattr.gradient_shap",
+                    "captum.gradient_shap", "onnxattr.occlusion", "captum.occlusion"],
+    # VarGrad over 16 noisy copies against Captum's NoiseTunnel(Saliency, 'vargrad'); Zennit's BetaSmooth
+    "noise-tunnel": ["ort.forward", "onnxattr.vargrad", "captum.vargrad", "onnxattr.beta_smooth",
+                     "zennit.beta_smooth"],
+    # Shapley values of 4 blocks (onnxattr: 15 coalitions; Captum: 24 orders x 4 steps), Shapley value sampling
+    # over 16 blocks (2 orders: 32 forward passes each), DeepLIFT SHAP against 4 baselines
+    "shapley": ["ort.forward", "onnxattr.shapley_values", "captum.shapley_values", "onnxattr.shapley_value_sampling",
+                "captum.shapley_value_sampling", "onnxattr.deep_lift_shap", "captum.deep_lift_shap"],
+}
