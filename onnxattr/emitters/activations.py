@@ -89,6 +89,16 @@ def selu_vjp(b, node, grads, need):
     return [_where_positive(b, x, pos, neg)]
 
 
+@register("Celu")
+def celu_vjp(b, node, grads, need):
+    """y = max(0, x) + min(0, alpha (exp(x / alpha) - 1)): dx = g if x > 0 else g * (y / alpha + 1)
+    (exp(x / alpha) from y; 1 at x = 0, as PyTorch)."""
+    alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
+    x, y, g = node.input[0], node.output[0], grads[0]
+    neg = b.op("Mul", [g, b.op("Add", [b.op("Div", [y, b.scalar(alpha, x)]), b.scalar(1.0, x)])])
+    return [_where_positive(b, x, g, neg)]
+
+
 @register("Clip")
 def clip_vjp(b, node, grads, need):
     """dx = g * [min <= x <= max] (bounds are inputs: canonicalize lifts models to opset 17)."""
@@ -146,6 +156,16 @@ def hard_swish_vjp(b, node, grads, need):
 def softplus_vjp(b, node, grads, need):
     """y = log(1 + e^x): dx = g * sigmoid(x)."""
     return [b.op("Mul", [grads[0], b.op("Sigmoid", [node.input[0]])])]
+
+
+@register("Mish")
+def mish_vjp(b, node, grads, need):
+    """y = x tanh(softplus(x)): dx = g * (t + x (1 - t^2) sigmoid(x)), t = tanh(softplus(x))."""
+    x, g = node.input[0], grads[0]
+    t = b.op("Tanh", [b.op("Softplus", [x])])
+    slope = b.op("Mul", [b.op("Mul", [x, b.op("Sub", [b.scalar(1.0, x), b.op("Mul", [t, t])])]),
+                         b.op("Sigmoid", [x])])
+    return [b.op("Mul", [g, b.op("Add", [t, slope])])]
 
 
 @register("Softsign")

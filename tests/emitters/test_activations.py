@@ -24,7 +24,7 @@ CASES = [
     ("Selu", {}, [0]), ("Sigmoid", {}, []), ("Tanh", {}, []),
     ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, [-0.4 / 0.3, 0.6 / 0.3]),
     ("HardSwish", {}, [-3, 3]), ("Softplus", {}, []), ("Softsign", {}, []), ("Erf", {}, []),
-    ("Gelu", {}, []), ("Gelu", {"approximate": "tanh"}, []),
+    ("Gelu", {}, []), ("Gelu", {"approximate": "tanh"}, []), ("Celu", {"alpha": 0.8}, [0]), ("Mish", {}, []),
 ]
 
 
@@ -33,13 +33,14 @@ _erf = np.vectorize(math.erf)
 NUMPY_REF = {
     "Erf": lambda f: _erf(f["x"]),
     "Gelu": lambda f: 0.5 * f["x"] * (1 + _erf(f["x"] / math.sqrt(2))),
+    "Mish": lambda f: f["x"] * np.tanh(np.logaddexp(0.0, f["x"])),
 }
 
 
 @pytest.mark.parametrize("op,attrs,kinks", CASES)
 def test_activation_vjp(op, attrs, kinks):
     x = away_from(rng.standard_normal((2, 3, 5)) * 3, kinks)
-    opset = 20 if op == "Gelu" else 17
+    opset = {"Gelu": 20, "Mish": 18}.get(op, 17)
     ref = None if attrs else NUMPY_REF.get(op)
     check_vjp(op, [("x", x, False)], attrs, dynamic=(0,), opset=opset, numpy_ref=ref)
 
@@ -80,10 +81,11 @@ def test_positive_flag_is_exact(shape, dtype, ops):
     ("LeakyRelu", {"alpha": 0.1}, [], [0.1, 0.1, 1]),
     ("PRelu", {}, [("slope", np.array([0.25], np.float32), True)], [0.25, 0.25, 1]),
     ("Elu", {"alpha": 0.7}, [], [0.7 * math.exp(-1), 0.7, 1]),
+    ("Celu", {"alpha": 0.5}, [], [math.exp(-2), 1, 1]),
     ("Clip", {}, [("lo", np.array(-1, np.float32), True), ("hi", np.array(0, np.float32), True)], [1, 1, 0]),
 ])
 def test_conventions_at_kinks(op, attrs, inputs, want):
-    """x = [-1, 0, 1]: Relu'(0) = 0, LeakyRelu'(0) = PRelu'(0) = slope, Elu'(0) = alpha; Clip to [-1, 0]
+    """x = [-1, 0, 1]: Relu'(0) = 0, LeakyRelu'(0) = PRelu'(0) = slope, Elu'(0) = alpha, Celu'(0) = 1; Clip to [-1, 0]
     passes the gradient at both bounds (min <= x <= max) and not above."""
     x = np.array([-1, 0, 1], np.float32)
     (got,) = run_vjp(op, [("x", x, False), *inputs], np.ones(3, np.float32), attrs)

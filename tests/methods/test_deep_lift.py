@@ -89,3 +89,12 @@ def test_deep_lift_shap_with_one_baseline_is_deep_lift():
     np.testing.assert_allclose(sess.run(["relevance"], {"x": x})[0], want, rtol=1e-6, atol=1e-7)
     with pytest.raises(onnxattr.errors.UsageError, match=r"baselines of shape \[5\] do not broadcast"):
         onnxattr.compile(model, "deep_lift_shap", baselines=np.zeros((2, 5), np.float32))
+
+
+def test_every_rescaled_nonlinearity_has_a_gradient_to_fall_back_to():
+    """The rescale rule takes the gradient where x is at its reference: Mish and Celu had none, and deep_lift
+    crashed with KeyError 'Mish'."""
+    from onnxattr.emitters import VJPS
+    from onnxattr.methods.deep_lift import NONLINEAR
+
+    assert NONLINEAR <= set(VJPS), sorted(NONLINEAR - set(VJPS))
