@@ -84,8 +84,9 @@ def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | No
         if all(op.startswith("ai.onnx.ml.") for op in missing):
             raise UnsupportedModelError(
                 f"the explained output is not differentiable: it is computed by traditional-ML "
-                f"operators (ai.onnx.ml), which have no gradient here: {listing}. Only a path of standard ONNX ops can be "
-                "explained (skl2onnx writes MLPClassifier/MLPRegressor that way)"
+                f"operators (ai.onnx.ml), which have no gradient here: {listing}. The methods that run forward "
+                "passes only explain any model: occlusion, feature_ablation, shapley_values, shapley_value_sampling; "
+                "the others need a path of standard ONNX ops (skl2onnx writes MLPClassifier/MLPRegressor that way)"
             )
         supported = ", ".join(sorted(VJPS))
         fused = any(op.startswith("com.microsoft.") for op in missing)

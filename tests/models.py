@@ -67,3 +67,21 @@ def run_emitted(emit, x):
     model.graph.output.append(helper.make_tensor_value_info(out, elem, None))
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {"t": x})[0], [n.op_type for n in b.nodes]
+
+
+def tree_ensemble():
+    """A scikit-learn-style regressor as skl2onnx writes one (ai.onnx.ml TreeEnsembleRegressor, no gradient):
+    x [N, 3] -> y [N, 1] = (1 if x0 > 0.5 else -1) + (2 if x1 > 0 else 0); x2 unused."""
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1,
+        nodes_treeids=[0, 0, 0, 1, 1, 1], nodes_nodeids=[0, 1, 2, 0, 1, 2], nodes_featureids=[0, 0, 0, 1, 1, 1],
+        nodes_modes=["BRANCH_GT", "LEAF", "LEAF"] * 2, nodes_values=[0.5, 0, 0, 0.0, 0, 0],
+        nodes_truenodeids=[1, 0, 0, 1, 0, 0], nodes_falsenodeids=[2, 0, 0, 2, 0, 0],
+        nodes_hitrates=[1.0] * 6, nodes_missing_value_tracks_true=[0] * 6,
+        target_treeids=[0, 0, 1, 1], target_nodeids=[1, 2, 1, 2], target_ids=[0] * 4,
+        target_weights=[1.0, -1.0, 2.0, 0.0])
+    g = helper.make_graph([node], "trees", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    m.ir_version = 8
+    return m

@@ -170,3 +170,19 @@ def test_the_command_line_takes_the_mask_as_a_npy_file(tmp_path):
                  str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.npy")]) == 0
     want = spread(per_order(groups, 0.25).mean(0), groups)
     np.testing.assert_allclose(np.load(tmp_path / "r.npy"), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,params", [("shapley_values", {}), ("shapley_value_sampling", {"n_samples": 3}),
+                                           ("feature_ablation", {}), ("occlusion", {"sliding_window_shapes": 1})])
+def test_the_forward_only_methods_explain_a_tree_ensemble(method, params):
+    """No gradient exists through ai.onnx.ml's trees, but these methods run forward passes only: on two additive
+    trees every method gives each feature its own tree's change from the baseline (0)."""
+    from tests.models import tree_ensemble
+
+    x = np.array([[0.9, 1.0, 5.0], [0.1, -1.0, 5.0], [0.7, -2.0, 0.0]], np.float32)
+    got = onnxattr.create_analyzer(method, tree_ensemble(), neuron_selection_mode="all", **params).analyze(x)
+    first = np.where(x[:, 0] > 0.5, 1.0, -1.0) - (-1.0)  # the baseline 0 takes the first tree's -1
+    second = np.where(x[:, 1] > 0, 2.0, 0.0)
+    np.testing.assert_allclose(got, np.stack([first, second, np.zeros(3)], 1), atol=1e-6)
+    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="traditional-ML.*forward passes only.*shapley_values"):
+        onnxattr.compile(tree_ensemble(), "gradient", neuron="all")
