@@ -182,6 +182,10 @@ class Analyzer:
                             f"({len(X)})")
         # the other inputs with X's batch axis (declared under its name, or of its fixed size) are sliced alike
         sliced = {a.name for a in r.session.get_inputs() if a.shape and a.shape[0] == batch}
+        for name, value in (inputs or {}).items():
+            if name in sliced and np.shape(value)[:1] != (len(X),):
+                raise DataError(f"input '{name}' has {np.shape(value)[0] if np.ndim(value) else 'no'} rows and the "
+                                f"data {len(X)} samples: its first axis is the data's batch axis, one row per sample")
         maps, outputs = [], []
         starts = range(0, len(X), int(batch_size))
         for start in tqdm(starts, desc=f"{self.method.name}", unit="batch", disable=None if progress else True):

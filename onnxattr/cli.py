@@ -16,7 +16,7 @@ import numpy as np
 from onnxattr import viz
 from onnxattr.assemble import RELEVANCE
 from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_model
-from onnxattr.cli_data import feed_paths, load_data, load_feeds, load_samples, parse_target
+from onnxattr.cli_data import data_files, feed_paths, load_data, load_feeds, load_samples, parse_target
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
@@ -188,8 +188,7 @@ def _input_files(a) -> list:
     """Every file the command reads besides the model: --data, --rules, --patterns (or --set patterns=),
     --feed."""
     sets = _params(getattr(a, "set", None))
-    data = getattr(a, "data", None)
-    return [*(data if isinstance(data, list) else [data]), a.rules, a.patterns,
+    return [*data_files(getattr(a, "data", None)), a.rules, a.patterns,
             sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *feed_paths(a).values(),
             *feed_paths(a, "feed_b").values()]
 
@@ -204,6 +203,9 @@ def cmd_compile(a) -> int:
 
 
 def cmd_explain(a) -> int:
+    written = [os.path.realpath(p) for p in (a.out, a.heatmap, a.graymap) if p]
+    if len(set(written)) < len(written):
+        raise UsageError("-o, --heatmap and --graymap name the same file: give each its own")
     for p in (a.out, a.heatmap, a.graymap):
         if p:
             refuse_overwriting_input(p, *_input_files(a), models=[a.model])

@@ -43,6 +43,23 @@ def load_feeds(a, option: str = "feed") -> dict:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+def folder_images(path: str) -> list[str]:
+    """The image files directly in folder ``path``, by name (plain files with an image suffix, not hidden);
+    a folder that cannot be listed is a DataError."""
+    try:
+        names = os.listdir(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot list the folder ({e.strerror or e})") from None
+    return sorted(os.path.join(path, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)
+                  and not f.startswith(".") and os.path.isfile(os.path.join(path, f)))
+
+
+def data_files(paths) -> list:
+    """explain's --data as the files it reads: a folder stands for its images."""
+    paths = paths if isinstance(paths, list) else [paths]
+    return [f for p in paths for f in (folder_images(p) if p and os.path.isdir(p) else [p])]
+
+
 def load_samples(paths: list, analyzer, mode: str) -> np.ndarray:
     """explain's --data: one .npy batch, or image files and folders of them (their images by name), one
     sample each, stacked in the order given."""
@@ -51,7 +68,7 @@ def load_samples(paths: list, analyzer, mode: str) -> np.ndarray:
     files = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
+            found = folder_images(path)
             if not found:
                 raise DataError(f"{path}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
             files += found

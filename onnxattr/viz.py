@@ -164,8 +164,13 @@ def grid(maps: np.ndarray, kind: str = "heatmap", min_size: int = 128, cmap: str
     return np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1)
 
 
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # Pillow's 16/32-bit integer and float grey images
+
+
 def load_image(path: str, shape) -> np.ndarray:
-    """An image file as a float32 batch of one, in [0, 1], laid out for ``shape`` (NCHW or NHWC)."""
+    """An image file as a float32 batch of one, in [0, 1], laid out for ``shape`` (NCHW or NHWC): 8-bit
+    images over 255, 16-bit ones (PNG, TIFF) over 65535, float ones (TIFF) as they are; a grey image repeated
+    over three channels when the model takes RGB (an alpha channel is dropped)."""
     dims = list(shape[1:])
     axis = channel_axis(dims) if len(dims) == 3 else None
     if axis == 0:
@@ -174,12 +179,22 @@ def load_image(path: str, shape) -> np.ndarray:
         h, w, c = dims
     else:
         h, w, c = (dims + [None, None])[:2] + [1]
-    img = Image.open(path).convert("L" if c == 1 else "RGB")
+    img = Image.open(path)
+    wide = img.mode in WIDE_MODES
+    img = (img if img.mode == "F" else img.convert("I")) if wide else img.convert("L" if c == 1 else "RGB")
     if isinstance(h, int) and isinstance(w, int):
         img = img.resize((w, h))
-    a = np.asarray(img, np.float32) / 255.0
+    a = np.asarray(img, np.float64 if wide else np.float32)
+    if wide and img.mode == "I":
+        if a.min() < 0 or a.max() > 65535:
+            raise UsageError(f"{path}: 32-bit integer pixels beyond 16 bits ({a.min():.0f}..{a.max():.0f}); "
+                             "save it with 8 or 16 bits, or as a .npy array")
+        a = a / 65535.0
+    a = a.astype(np.float32) if wide else a / np.float32(255.0)
     if a.ndim == 2:
         a = a[..., None]
+    if wide and c == 3:
+        a = np.repeat(a, 3, axis=-1)
     if axis == 0:
         a = a.transpose(2, 0, 1)
     return a[None]

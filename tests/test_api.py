@@ -123,3 +123,15 @@ def test_a_static_batch_model_runs_in_slices_of_its_batch_with_its_feeds():
     want = np.concatenate([analyzer.analyze(x[k:k + 2], inputs={"m": mask[k:k + 2]}) for k in (0, 2, 4)])
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(got, mask * np.arange(12, dtype=np.float32).reshape(6, 2).sum(1) / 10, rtol=1e-6)
+
+
+def test_a_sliced_feed_must_hold_one_row_per_sample():
+    """Nine mask rows for three samples: ignored past the third with batch_size >= 3 before (a raw broadcast
+    error at 2); the whole run refuses them too."""
+    with np.load(DATA / "torch_masked_encoder.npz") as f:
+        x, mask = f["x"][:3], f["feed:mask"]
+    nine = np.concatenate([mask, mask, mask, mask])[:9]
+    analyzer = onnxattr.create_analyzer("gradient", DATA / "torch_masked_encoder.onnx", input="emb")
+    for size in (1, 2, 3, 10):
+        with pytest.raises(onnxattr.errors.DataError, match="input 'mask' has 9 rows and the data 3 samples"):
+            analyzer.analyze(x, inputs={"mask": nine}, batch_size=size)

@@ -419,3 +419,32 @@ def test_images_of_different_sizes_for_a_model_of_any_size_are_refused(tmp_path,
     assert main(["explain", str(tmp_path / "fcn.onnx"), "-m", "gradient", "--data", str(tmp_path / "small.png"),
                  str(tmp_path / "small.png"), "-o", str(tmp_path / "r.npy")]) == 0
     assert np.load(tmp_path / "r.npy").shape == (2, 1, 6, 5)
+
+
+def test_a_data_folder_is_read_safely(tmp_path, capsys, monkeypatch):
+    """Outputs may not overwrite the images found in a --data folder (exit 8; only the folder's own path was
+    checked), two outputs may not share a file (exit 2), sub-folders named like images and hidden files are not
+    samples, and a folder that cannot be listed is a one-line data error (a traceback before)."""
+    from PIL import Image
+
+    model = os.path.join(os.path.dirname(__file__), "..", "models", "digits_cnn.onnx")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", ".hidden.png"):
+        Image.fromarray(np.full((8, 8), 7, np.uint8)).save(folder / name)
+    (folder / "old.png").mkdir()
+    before = (folder / "a.png").read_bytes()
+    base = ["explain", model, "-m", "gradient", "--data", str(folder)]
+    assert main(base + ["--heatmap", str(folder / "a.png")]) == 8
+    assert (folder / "a.png").read_bytes() == before
+    assert main(base + ["-o", str(tmp_path / "r.png"), "--heatmap", str(tmp_path / "r.png")]) == 2
+    assert "name the same file" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "r.npy")]) == 0
+    assert np.load(tmp_path / "r.npy").shape == (1, 1, 8, 8)  # a.png alone
+    capsys.readouterr()
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr("onnxattr.cli_data.os.listdir", refuse)
+    assert main(base) == 7
+    assert "cannot list the folder (Permission denied)" in capsys.readouterr().err

@@ -126,3 +126,14 @@ def test_bad_drawing_parameters_are_named(call, words):
     """level -1 swapped the colours, alpha 2 wrapped around in uint8, an unknown kind drew a heatmap."""
     with pytest.raises(onnxattr.errors.UsageError, match=words):
         call()
+
+
+def test_16_bit_and_float_images_keep_their_values(tmp_path):
+    """Pillow's 8-bit conversion clipped them: a 16-bit PNG read as all 1, a float TIFF in [0, 1] as all 0."""
+    grey = np.linspace(0, 1, 48).reshape(6, 8)
+    Image.fromarray((grey * 65535).astype(np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(grey.astype(np.float32), "F").save(tmp_path / "f.tif")
+    np.testing.assert_allclose(viz.load_image(str(tmp_path / "g16.png"), ["N", 1, 6, 8])[0, 0], grey, atol=2e-5)  # a step
+    np.testing.assert_allclose(viz.load_image(str(tmp_path / "f.tif"), ["N", 1, 6, 8])[0, 0], grey, atol=1e-7)
+    rgb = viz.load_image(str(tmp_path / "g16.png"), ["N", 6, 8, 3])  # grey repeated for an RGB model
+    np.testing.assert_allclose(rgb[0], np.repeat(grey[..., None], 3, -1), atol=2e-5)
