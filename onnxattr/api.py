@@ -121,6 +121,7 @@ class Analyzer:
             if rows not in (1, X.shape[0]):
                 raise DataError(f"{name} holds {rows} references and the data {X.shape[0]} samples: give one "
                                 "reference, or one per sample")
+        _batch_axis_inputs(r, inputs, X.shape[0])
         feeds = {x_name: X, **other_feeds(r, {x_name, TARGET_INPUT} if mode == "index" else {x_name}, inputs)}
         if mode == "index":
             feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)
@@ -160,6 +161,8 @@ class Analyzer:
         output without it (a loss over the batch) would change with the slicing, and is refused."""
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if np.ndim(X) > 0 and batch_size >= len(X):  # one slice: the whole run
+            return self.analyze(X, neuron_selection, inputs)
         r = self.runner("index" if neuron_selection is not None else self.mode)
         baked = [name for name, rows in self._reference_rows(r).items() if rows > 1]
         if baked:
@@ -176,21 +179,15 @@ class Analyzer:
         X = np.asarray(X)
         if X.ndim == 0:
             raise DataError(f"input data is a single number; give an array [N, ...] for '{x_arg.name}'")
-        selection = None if neuron_selection is None else np.asarray(neuron_selection)
-        if selection is not None and selection.ndim > 0 and selection.shape != (len(X),):
-            raise DataError(f"neuron_selection has shape {selection.shape}; expected one index per sample "
-                            f"({len(X)})")
+        # the selection checked against the whole data (dtype, one per sample, in range), not slice by slice
+        selection = None if neuron_selection is None else _targets(neuron_selection, len(X), r)
         # the other inputs with X's batch axis (declared under its name, or of its fixed size) are sliced alike
-        sliced = {a.name for a in r.session.get_inputs() if a.shape and a.shape[0] == batch}
-        for name, value in (inputs or {}).items():
-            if name in sliced and np.shape(value)[:1] != (len(X),):
-                raise DataError(f"input '{name}' has {np.shape(value)[0] if np.ndim(value) else 'no'} rows and the "
-                                f"data {len(X)} samples: its first axis is the data's batch axis, one row per sample")
+        sliced = _batch_axis_inputs(r, inputs, len(X))
         maps, outputs = [], []
         starts = range(0, len(X), int(batch_size))
         for start in tqdm(starts, desc=f"{self.method.name}", unit="batch", disable=None if progress else True):
             part = slice(start, start + int(batch_size))
-            chosen = None if selection is None else selection if selection.ndim == 0 else selection[part]
+            chosen = None if selection is None else selection[part]
             given = {k: (v[part] if k in sliced else v) for k, v in (inputs or {}).items()}
             maps.append(self.analyze(X[part], chosen, given))
             outputs.append(self.outputs)
@@ -316,6 +313,19 @@ def _targets(selection, batch: int, runner: Runner) -> np.ndarray:
     if n_out is not None and (t.min() < 0 or t.max() >= n_out):
         raise DataError(f"neuron_selection {t.tolist()} out of range: the explained output has {n_out} neurons")
     return t
+
+
+def _batch_axis_inputs(runner: Runner, given: dict | None, samples: int) -> set:
+    """The names of the graph inputs whose first axis is the data's batch axis (declared under its name, or of
+    its fixed size); each one ``given`` must hold one row per sample (DataError)."""
+    x_arg = runner.session.get_inputs()[runner.input_names.index(explained_input(runner))]
+    batch = x_arg.shape[0] if x_arg.shape else None
+    names = {a.name for a in runner.session.get_inputs() if batch is not None and a.shape and a.shape[0] == batch}
+    for name, value in (given or {}).items() if isinstance(given, dict) else ():
+        if name in names and name != x_arg.name and np.shape(value)[:1] != (samples,):
+            raise DataError(f"input '{name}' has {np.shape(value)[0] if np.ndim(value) else 'no'} rows and the data "
+                            f"{samples} samples: its first axis is the data's batch axis, one row per sample")
+    return names
 
 
 def explained_input(runner: Runner) -> str:

@@ -96,6 +96,12 @@ def test_a_selection_of_the_wrong_length_is_named_in_the_datas_terms():
     model, _ = mlp()
     with pytest.raises(onnxattr.errors.DataError, match=r"shape \(8,\); expected one index per sample \(7\)"):
         onnxattr.create_analyzer("gradient", model).analyze(X, neuron_selection=np.zeros(8, np.int64), batch_size=3)
+    # out of range: named with the whole selection (it named the failing slice's two values)
+    with pytest.raises(onnxattr.errors.DataError, match=r"\[0, 1, 2, 0, 1, 7, 2\] out of range"):
+        onnxattr.create_analyzer("gradient", model).analyze(X, neuron_selection=[0, 1, 2, 0, 1, 7, 2], batch_size=3)
+    # one slice is the whole run: per-sample references are fine there
+    per_sample = onnxattr.create_analyzer("integrated_gradients", model, reference_inputs=np.zeros_like(X), steps=4)
+    np.testing.assert_array_equal(per_sample.analyze(X, batch_size=7), per_sample.analyze(X))
 
 
 def test_one_reference_of_a_samples_features_is_no_per_sample_array():
