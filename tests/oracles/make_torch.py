@@ -359,6 +359,12 @@ def captum_model(model, mode):
     return SumOutputs(model).eval() if mode == "all" else model
 
 
+def captum_call(model, mode, argmax, target):
+    """(the model Captum is given, its target, the manifest's note on the seed) for one mode."""
+    note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+    return captum_model(model, mode), captum_target(mode, argmax, target), note
+
+
 def run_captum(model, x, argmax, target):
     """Returns {key: (map, entry)} for the gradient family."""
     out = {}
@@ -367,9 +373,7 @@ def run_captum(model, x, argmax, target):
     assert alphas == [k / IG_STEPS for k in range(IG_STEPS)], "captum riemann_left alphas are not k/n"
     assert step_fn(IG_STEPS) == [1.0 / IG_STEPS] * IG_STEPS
     for mode in MODES:
-        m = captum_model(model, mode)
-        tgt = captum_target(mode, argmax, target)
-        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
 
         def add(method, tag, value, params, call, statistical=False):
             out[f"{method}|{mode}|{tag}"] = (value, {
@@ -546,9 +550,7 @@ def deeplift_maps(model, x, argmax, target, method, attribute, params, call):
         variants[tag] = (onnx_form, DEEPLIFT_VARIANTS[tag])
     for tag, (net, desc) in variants.items():
         for mode in MODES:
-            m = captum_model(net, mode)
-            tgt = captum_target(mode, argmax, target)
-            seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+            m, tgt, seed_note = captum_call(net, mode, argmax, target)
             # Captum's maxpool rule calls max_unpool, which torch flags as non-deterministic (a scatter); the
             # MaxPools here have kernel == stride, so every index is written once and the order cannot matter
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -593,9 +595,7 @@ def run_ig_quadrature(model, x, argmax, target):
     steps; tagged by the rule, onnxattr's `integration` parameter of the same name."""
     out = {}
     for mode in MODES:
-        m = captum_model(model, mode)
-        tgt = captum_target(mode, argmax, target)
-        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
         for rule in IG_QUADRATURES:
             rel = IntegratedGradients(m).attribute(x.clone().requires_grad_(), baselines=0.0, target=tgt,
                                                    n_steps=IG_STEPS, method=rule)
@@ -616,9 +616,7 @@ def run_occlusion(model, x, argmax, target):
     strides = (x.shape[1],) + (2,) * (rank - 1) if rank > 1 else (3,)
     out = {}
     for mode in MODES:
-        m = captum_model(model, mode)
-        tgt = captum_target(mode, argmax, target)
-        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
         with torch.no_grad():
             rel = Occlusion(m).attribute(x, sliding_window_shapes=window, strides=strides, baselines=0.5,
                                          target=tgt)
@@ -638,9 +636,7 @@ def run_gradient_shap(model, x, argmax, target):
     explainers take one), n_samples=64, stdevs=0.1; statistical (torch's and numpy's RNGs, seeded 2025)."""
     out = {}
     for mode in MODES:
-        m = captum_model(model, mode)
-        tgt = captum_target(mode, argmax, target)
-        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
         torch.manual_seed(2025)
         np.random.seed(2025)
         rel = GradientShap(m).attribute(x.clone().requires_grad_(), baselines=x.clone(), n_samples=GS_SAMPLES,
@@ -670,9 +666,7 @@ def run_noise_tunnel(model, x, argmax, target):
     (torch's RNG, seeded 2026 before each call)."""
     out = {}
     for mode in MODES:
-        m = captum_model(model, mode)
-        tgt = captum_target(mode, argmax, target)
-        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
         for method, tag, base, kwargs, nt_type, params in NT_VARIANTS:
             torch.manual_seed(2026)
             base_class = {"Saliency": Saliency, "InputXGradient": InputXGradient, "GuidedBackprop": GuidedBackprop}
@@ -717,9 +711,7 @@ def run_feature_ablation(model, x, argmax, target):
     AUX["mask:patches"] = mask
     out = {}
     for mode in MODES:
-        m = captum_model(model, mode)
-        tgt = captum_target(mode, argmax, target)
-        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
         tags = [("patches", torch.from_numpy(mask), "@mask:patches")]
         tags += [("default", None, None)] if x.ndim == 2 else []
         for tag, fm, stored in tags:
@@ -759,9 +751,7 @@ def run_shapley(model, x, argmax, target):
     AUX["mask:coarse"] = mask
     out = {}
     for mode in MODES:
-        m = captum_model(model, mode)
-        tgt = captum_target(mode, argmax, target)
-        seed_note = "captum target" if mode != "all" else "captum on SumOutputs(model) with target=0 (ones seed)"
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
         fm = torch.from_numpy(mask)
         with torch.no_grad():
             exact = ShapleyValues(m).attribute(x, baselines=0.5, target=tgt, feature_mask=fm,
