@@ -294,6 +294,8 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     try:
         map_b = b.analyze(np.transpose(x, perm), neuron_selection=None if target is None else to_b(target),
                           inputs=inputs_b)
+    except UsageError as e:  # a graph input the second model lacks, or needs
+        raise UsageError(f"the second model: {e}") from None
     except DataError as e:
         hint = "" if perm != identity or not others else "; give perm if it takes another axis order"
         raise DataError(f"the second model: {e}" + (f" (the data went in axis order {list(perm)}{hint})"

@@ -317,3 +317,14 @@ def test_cli_json_report(tmp_path):
     assert main(["compare", str(VGG), str(VGG), "-m", "gradient", "--data", str(tmp_path / "x.npy"),
                  "--json", str(tmp_path / "x.npy")]) == 8  # never over an input
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), x)
+
+
+def test_a_feed_only_the_second_model_lacks_is_named_for_it(tmp_path, capsys):
+    """--feed-b of a name the second model has not (or a missing one): the message did not say which model."""
+    masked = DATA / "torch_masked_encoder.onnx"
+    with np.load(DATA / "torch_masked_encoder.npz") as f:
+        np.save(tmp_path / "x.npy", f["x"])
+        np.save(tmp_path / "mask.npy", f["feed:mask"])
+    args = ["compare", str(masked), str(masked), "-m", "gradient", "--input", "emb", "--data", str(tmp_path / "x.npy")]
+    assert main(args + ["--feed", f"mask={tmp_path / 'mask.npy'}", "--feed-b", f"nosuch={tmp_path / 'mask.npy'}"]) == 2
+    assert "the second model: 'nosuch': not an input of the model" in capsys.readouterr().err
