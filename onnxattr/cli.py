@@ -8,6 +8,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 import sys
 import warnings
 
@@ -69,7 +70,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         about_options = message.startswith(("unrecognized arguments", "the following arguments are required"))
-        raise UsageError(f"{message}{self.hint if about_options else ''} (see `{self.prog} --help`)")
+        hint = self.hint if about_options else ""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:  # a value outside an option's choices (a colour map, a device): the closest one
+            close = difflib.get_close_matches(choice.group(1), re.findall(r"[\w.-]+", choice.group(2)), n=1,
+                                              cutoff=0.7)
+            hint = f"; did you mean {close[0]}?" if close else ""
+        raise UsageError(f"{message}{hint} (see `{self.prog} --help`)")
 
     def parse_args(self, args=None, namespace=None):
         """As argparse, but an unknown option is named with the closest option of its command (or the

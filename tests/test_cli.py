@@ -63,7 +63,8 @@ def test_heatmap_colour_maps_and_overlay(tmp_path, model_path, capsys):
                          (["--overlay"], "--overlay is an option of the heatmap"),
                          (["--graymap", str(tmp_path / "a.png"), "--cmap", "hot"], "--cmap is an option of the heatmap"),
                          (["--graymap", str(tmp_path / "a.png"), "--level", "2"], "--level is an option"),
-                         (["--heatmap", str(tmp_path / "b.png"), "--cmap", "jet"], "invalid choice: 'jet'")):
+                         (["--heatmap", str(tmp_path / "b.png"), "--cmap", "jet"], "invalid choice: 'jet'"),
+                         (["--heatmap", str(tmp_path / "b.png"), "--cmap", "coldnhat"], "did you mean coldnhot?")):
         assert main(base + extra) == 2
         assert words in capsys.readouterr().err
     assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
