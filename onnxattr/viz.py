@@ -74,7 +74,10 @@ def channel_axis(shape) -> int | None:
     return 0
 
 
-def _to_2d(r: np.ndarray, absolute: bool) -> np.ndarray:
+def _to_2d(r, absolute: bool) -> np.ndarray:
+    """One sample's map (or image) as a 2-D float64 array: |values| when ``absolute``, summed over the channel
+    axis and any further leading axes; an element that comes out NaN or inf (a model that overflowed) is 0."""
+    r = np.asarray(r, np.float64)
     r = np.abs(r) if absolute else r
     axis = channel_axis(r.shape)
     if axis is not None:
@@ -83,7 +86,7 @@ def _to_2d(r: np.ndarray, absolute: bool) -> np.ndarray:
         r = r[None, :]
     while r.ndim > 2:
         r = r.sum(axis=0)
-    return r
+    return np.where(np.isfinite(r), r, 0.0)
 
 
 def _check_level(level) -> None:
@@ -92,11 +95,10 @@ def _check_level(level) -> None:
 
 
 def _signed(r: np.ndarray, level: float) -> np.ndarray:
-    """One sample's map projected to 2-D, divided by its largest finite |value| and times ``level``, in
-    [-1, 1]; a NaN or inf element (a model that overflowed) is drawn as 0, and the rest keep their scale."""
+    """One sample's map projected to 2-D (_to_2d: a NaN or inf element is 0, and the rest keep their scale),
+    divided by its largest |value| and times ``level``, in [-1, 1]."""
     _check_level(level)
-    m = _to_2d(np.asarray(r, np.float64), absolute=False)
-    m = np.where(np.isfinite(m), m, 0.0)
+    m = _to_2d(r, absolute=False)
     scale = np.abs(m).max() if m.size else 0.0
     return np.clip((m / scale if scale > 0 else m) * level, -1.0, 1.0)
 
@@ -115,8 +117,7 @@ def overlay(r: np.ndarray, image: np.ndarray, cmap: str = "seismic", level: floa
     if not (isinstance(alpha, (int, float, np.number)) and 0 <= alpha <= 1):
         raise UsageError(f"alpha must be a number in [0, 1], got {alpha!r}")
     signed = _signed(r, level)
-    grey = _to_2d(np.asarray(image, np.float64), absolute=False)
-    grey = np.where(np.isfinite(grey), grey, 0.0)
+    grey = _to_2d(image, absolute=False)
     lo, hi = grey.min(), grey.max()
     grey = (grey - lo) / (hi - lo) if hi > lo else np.full_like(grey, 0.5)
     if grey.shape != signed.shape:
@@ -130,8 +131,7 @@ def overlay(r: np.ndarray, image: np.ndarray, cmap: str = "seismic", level: floa
 def graymap(r: np.ndarray) -> np.ndarray:
     """RGB uint8 grey levels of one sample's |relevance| summed over channels, over its maximum (non-finite
     elements drawn as 0)."""
-    m = _to_2d(np.asarray(r, np.float64), absolute=True)
-    m = np.where(np.isfinite(m), m, 0.0)
+    m = _to_2d(r, absolute=True)
     scale = m.max()
     t = m / scale if scale > 0 else m
     return (np.repeat(t[..., None], 3, axis=-1) * 255).round().astype(np.uint8)

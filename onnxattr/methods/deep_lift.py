@@ -20,7 +20,7 @@ from onnxattr.methods.base import (
     Method, Param, Target, chunk_size, parse_int, positive_int, reference_constant, register_method,
 )
 from onnxattr.methods.gradient_shap import BASELINE_SET, baseline_set
-from onnxattr.sampling import sample_loop
+from onnxattr.sampling import repeat_rows, sample_loop
 from onnxattr.select import build_seed
 
 NONLINEAR = frozenset({
@@ -86,7 +86,7 @@ def build_deep_lift_shap(t: Target, p: dict) -> str:
     def points(cb, x_, ks, count):
         """count copies of the batch (reference-major, as repeat_rows lays them out); each copy's reference
         k broadcast over its samples."""
-        copies = cb.op("Tile", [x_, cb.op("Concat", [count, cb.ints([1] * (rank - 1))], axis=0)])
+        copies = repeat_rows(cb, x_, count)
         n_ = cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([0]), cb.ints([1])])
         chosen = cb.op("Unsqueeze", [cb.op("Gather", [baselines, ks]), cb.ints([1])])  # [c, 1, ...]
         rows = cb.op("Concat", [count, n_, cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([1]), cb.ints([rank])])],
