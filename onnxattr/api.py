@@ -116,7 +116,7 @@ class Analyzer:
             raise UsageError("neuron_selection_mode='index' needs neuron_selection=int or array")
         r = self.runner(mode)
         x_name = explained_input(r)
-        X = _as_input(X, r.session.get_inputs()[r.input_names.index(x_name)])
+        X = _as_input(X, data_input(r))
         for name, rows in self._reference_rows(r).items():
             if rows not in (1, X.shape[0]):
                 raise DataError(f"{name} holds {rows} references and the data {X.shape[0]} samples: give one "
@@ -151,7 +151,7 @@ class Analyzer:
     def _reference_rows(self, r: Runner) -> dict:
         """The per-sample parameters (references, baselines) given as arrays of the explained tensor's rank (an
         embedding's when the data are token ids), by name: how many rows each holds."""
-        x_rank = len(r.session.get_outputs()[r.output_names.index(RELEVANCE)].shape)
+        x_rank = len(explained_shape(r))
         return {p.name: np.shape(self.params.get(p.name))[0] for p in self.method.params
                 if p.per_sample and np.ndim(self.params.get(p.name)) == x_rank}
 
@@ -168,8 +168,7 @@ class Analyzer:
         if baked:
             raise UsageError(f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for "
                              "the whole data; analyze without batch_size, or give one row")
-        x_arg = r.session.get_inputs()[r.input_names.index(explained_input(r))]
-        batch = x_arg.shape[0] if x_arg.shape else None
+        x_arg, batch = _data_batch_axis(r)
         whole = [o.name for o in r.session.get_outputs()
                  if o.name != RELEVANCE and (not o.shape or o.shape[0] != batch)]
         if batch is None or whole:
@@ -192,14 +191,14 @@ class Analyzer:
             maps.append(self.analyze(X[part], chosen, given))
             outputs.append(self.outputs)
         self.outputs = [np.concatenate(parts) for parts in zip(*outputs)]
-        return np.concatenate(maps) if maps else self.analyze(X, neuron_selection, inputs)
+        return np.concatenate(maps)  # X holds more samples than one slice: never empty
 
     def _failed_check(self, what: str, X: np.ndarray, r: Runner) -> str:
         """What a run-time check of the compiled model (sampling.checked) found wrong with data X."""
         if what == "feature_mask":
             mask = self.params.get("feature_mask")
             mask = np.load(mask, mmap_mode="r").shape if isinstance(mask, (str, os.PathLike)) else np.shape(mask)
-            explained = r.session.get_outputs()[r.output_names.index(RELEVANCE)].shape
+            explained = explained_shape(r)
             features = list(X.shape[1:]) if len(explained) == X.ndim else \
                 [d if isinstance(d, int) else "?" for d in explained[1:]]  # an embedding of the data's token ids
             return (f"feature_mask of shape {list(mask)} does not fit the explained features {features}: "
@@ -318,14 +317,30 @@ def _targets(selection, batch: int, runner: Runner) -> np.ndarray:
 def _batch_axis_inputs(runner: Runner, given: dict | None, samples: int) -> set:
     """The names of the graph inputs whose first axis is the data's batch axis (declared under its name, or of
     its fixed size); each one ``given`` must hold one row per sample (DataError)."""
-    x_arg = runner.session.get_inputs()[runner.input_names.index(explained_input(runner))]
-    batch = x_arg.shape[0] if x_arg.shape else None
+    x_arg, batch = _data_batch_axis(runner)
     names = {a.name for a in runner.session.get_inputs() if batch is not None and a.shape and a.shape[0] == batch}
     for name, value in (given or {}).items() if isinstance(given, dict) else ():
         if name in names and name != x_arg.name and np.shape(value)[:1] != (samples,):
             raise DataError(f"input '{name}' has {np.shape(value)[0] if np.ndim(value) else 'no'} rows and the data "
                             f"{samples} samples: its first axis is the data's batch axis, one row per sample")
     return names
+
+
+def data_input(runner: Runner):
+    """The compiled model's graph input that takes the data (onnxruntime's NodeArg: name, type, shape)."""
+    return runner.session.get_inputs()[runner.input_names.index(explained_input(runner))]
+
+
+def _data_batch_axis(runner: Runner):
+    """(data_input, its declared first axis: a name, a fixed size, or None)."""
+    x_arg = data_input(runner)
+    return x_arg, (x_arg.shape[0] if x_arg.shape else None)
+
+
+def explained_shape(runner: Runner) -> list:
+    """The declared shape of the explained tensor (the relevance's): the data's, or an embedding's computed from
+    token ids."""
+    return runner.session.get_outputs()[runner.output_names.index(RELEVANCE)].shape
 
 
 def explained_input(runner: Runner) -> str:

@@ -15,8 +15,7 @@ import warnings
 import numpy as np
 
 from onnxattr import viz
-from onnxattr.assemble import RELEVANCE
-from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_model
+from onnxattr.api import Analyzer, compile as compile_model, explained_shape, inspect as inspect_model
 from onnxattr.cli_data import data_files, feed_paths, load_data, load_feeds, load_samples, parse_target
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
@@ -234,8 +233,7 @@ def cmd_explain(a) -> int:
     mode = "index" if a.target is not None else analyzer.mode
     x = load_samples(a.data, analyzer, mode)
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
-        runner = analyzer.runner(mode)
-        explained = runner.session.get_outputs()[runner.output_names.index(RELEVANCE)].shape
+        explained = explained_shape(analyzer.runner(mode))
         if len(explained) != x.ndim or any(isinstance(d, int) and d != n for d, n in zip(explained[1:], x.shape[1:])):
             raise DataError(f"--overlay draws the heatmap over the data, and the data {list(x.shape)} are not what "
                             f"is explained ({[d if isinstance(d, int) else '?' for d in explained]}: a tensor "

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from onnxattr import viz
-from onnxattr.api import explained_input
+from onnxattr.api import data_input
 from onnxattr.errors import DataError, UsageError
 
 
@@ -97,7 +97,7 @@ def load_data(path, analyzer, mode: str) -> np.ndarray:
             raise DataError(f"{path}: not a readable .npy array ({e or 'empty file'})") from None
     try:
         runner = analyzer.runner(mode)  # the model the run uses: compiled once, warnings shown once
-        shape = runner.session.get_inputs()[runner.input_names.index(explained_input(runner))].shape
+        shape = data_input(runner).shape
         return viz.load_image(path, shape)
     except OSError as e:
         raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None

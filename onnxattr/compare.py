@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxattr.api import Analyzer, explained_input
+from onnxattr.api import Analyzer, data_input
 from onnxattr.errors import DataError, SelectionError, UsageError
 from onnxattr.select import choose_input
 
@@ -264,7 +264,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     declared = _declared_input(b)  # read off the model, so a layout refusal comes before b compiles
     if declared is None:
         runner_b = b.runner(mode_b)
-        declared = runner_b.session.get_inputs()[runner_b.input_names.index(explained_input(runner_b))].shape
+        declared = data_input(runner_b).shape
     others = 0
     if perm is None:
         fits = layout_perms(x.shape, declared)
