@@ -18,7 +18,7 @@ from onnxattr.graph import GraphBuilder, live_nodes, names_read
 from onnxattr.light import checkable_copy
 from onnxattr.load import check_input_model, check_input_shapes, load_model, model_label, nodes_within
 from onnxattr.methods import Target, get_method
-from onnxattr.methods.gradient import random_opset_limit
+from onnxattr.methods.draws import random_opset_limit
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
 
 RELEVANCE = "relevance"

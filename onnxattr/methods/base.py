@@ -47,7 +47,7 @@ class Method:
     params: tuple[Param, ...] = ()
     family: str = "gradient"
     aliases: tuple[str, ...] = field(default_factory=tuple)
-    random: bool = False  # emits random ops (RandomNormalLike): see methods.gradient.random_opset_limit
+    random: bool = False  # emits random ops (RandomNormalLike): see methods.draws.random_opset_limit
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by ``given``; unknown names and bad values raise UsageError."""

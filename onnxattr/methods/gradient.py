@@ -16,19 +16,17 @@ beta_smooth:     at every Relu, R_in = sigmoid(beta x) * R_out (softplus_beta's 
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
-import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
-from onnxattr.errors import UnsupportedModelError, UsageError
+from onnxattr.errors import UsageError
 from onnxattr.methods.base import (
     Method, Param, Target, chunk_size, non_negative, one_of, optional_int, parse_int, parse_optional_int,
     positive, positive_int, reference_constant, register_method,
 )
+from onnxattr.methods.draws import gaussian
 from onnxattr.sampling import repeat_rows, sample_loop
 from onnxattr.select import build_seed
 
@@ -201,54 +199,11 @@ def build_integrated_gradients(t, p):
     return b.op("Mul", [diff, total])
 
 
-@functools.lru_cache(maxsize=None)
-def onnxruntime_has_random(opset: int) -> bool:
-    """Whether the installed onnxruntime runs RandomNormalLike in a model of this opset (1.32 has no
-    kernel for the random ops' opset-22 versions: a model of opset 22 or newer fails to load)."""
-    node = helper.make_node("RandomNormalLike", ["x"], ["y"], dtype=TensorProto.FLOAT)
-    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - NotImplemented, or a newer opset it does not know at all
-        return False
-    return True
-
-
-# onnxruntime reads the seed as a float32 attribute (integers exact up to 2^24) and seeds its generator
-# with it, where 0 and 1 give the same stream: seed k is passed as 1 + (k mod (2^24 - 1)), distinct for
-# every k in [0, 2^24 - 1)
-SEED_STREAMS = 2**24 - 1
-RANDOM_OPSET = 21  # the random ops' versions before opset 22, which every onnxruntime runs
-
-
-def random_opset_limit(opset: int) -> tuple[int, str] | None:
-    """(opset, why) to convert a model of ``opset`` down to before a method emits random ops, or None
-    when onnxruntime runs them at ``opset`` as it is."""
-    if onnxruntime_has_random(opset):
-        return None
-    return RANDOM_OPSET, (f"the Gaussian noise of smoothgrad and random is a RandomNormalLike node, which onnxruntime "
-                          f"{ort.__version__} cannot run at opset {opset}")
-
-
-def _gaussian(b, like: str, scale: float, seed, dtype: int) -> str | None:
-    """N(0, scale^2) noise of ``like``'s shape, or None at scale 0: onnxruntime aborts the whole process
-    on a RandomNormalLike with scale 0, so none is emitted."""
-    if scale == 0:
-        return None
-    limit = random_opset_limit(b.opset)  # compile_model converts such a model down first
-    if limit is not None:
-        raise UnsupportedModelError(f"{limit[1]}; export the model with opset {limit[0]} or lower")
-    return b.op("RandomNormalLike", [like], dtype=dtype, mean=0.0, scale=float(scale),
-                seed=float(1 + seed % SEED_STREAMS) if seed is not None else None)
-
-
 def noisy_copies(cb, x: str, count: str, scale: float, seed) -> str:
     """count copies of x's rows ([count*N, ...], sample-major) plus N(0, scale^2) noise, drawn in float32
     whatever x's float type (one stream for float16, float32 and float64 models)."""
     tiled = repeat_rows(cb, x, count)
-    noise = _gaussian(cb, tiled, scale, seed, TensorProto.FLOAT)
+    noise = gaussian(cb, tiled, scale, seed, TensorProto.FLOAT)
     if noise is not None and cb.float_type(x) != TensorProto.FLOAT:
         noise = cb.op("Cast", [noise], to=cb.float_type(x))
     return tiled if noise is None else cb.op("Add", [tiled, noise])
@@ -310,7 +265,7 @@ def build_input(t, p):
 
 
 def build_random(t, p):
-    noise = _gaussian(t.b, t.x, p["stddev"], p["seed"], TensorProto.FLOAT)
+    noise = gaussian(t.b, t.x, p["stddev"], p["seed"], TensorProto.FLOAT)
     return t.b.zeros_like(t.x) if noise is None else noise
 
 
@@ -320,7 +275,7 @@ NOISE_BASE = Param("base", "gradient", "the attribution of each noisy copy: " + 
                    "Saliency(abs=False), InputXGradient, GuidedBackprop, Deconvolution)", str, one_of(*BASES))
 POSTPROCESS_NOISY = Param("postprocess", None, "None, 'abs' or 'square' applied to each copy's attribution",
                           _parse_post, one_of(None, "abs", "square"))
-SEED = Param("seed", 0, "random seed of the noise (None: onnxruntime's per-process seed; each new "
+SEED = Param("seed", 0, "random seed of the draws (None: onnxruntime's per-process seed; each new "
              "session in one process starts the same stream)", parse_optional_int,
              optional_int, optional=True)
 

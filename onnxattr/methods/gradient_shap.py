@@ -16,6 +16,7 @@ from onnxattr.errors import UsageError
 from onnxattr.methods.base import (
     Method, Param, Target, chunk_size, in_float_range, non_negative, parse_int, positive_int, register_method,
 )
+from onnxattr.methods.draws import uniform
 from onnxattr.methods.gradient import CHUNK, SEED, noisy_copies
 from onnxattr.sampling import sample_loop
 
@@ -41,14 +42,6 @@ def baseline_set(b, x: str, value) -> tuple[str, int]:
     if arr.shape[0] == 0:
         raise UsageError("parameter baselines: the set of baselines is empty")
     return b.const(arr, dtype, "baselines"), arr.shape[0]
-
-
-def uniform(cb, like: str, seed, offset: int, dtype: int = TensorProto.FLOAT) -> str:
-    """U[0, 1) of ``like``'s shape in ``dtype`` (float32). onnxruntime's generator (minstd) seeded k starts at about
-    k * 16807 / 2^31, tiny for small k, so the seed is scrambled by a bijection of [0, 2^24 - 1) first: every
-    seed keeps a stream of its own, and the first draw is no longer near 0."""
-    return cb.op("RandomUniformLike", [like], dtype=dtype, low=0.0, high=1.0,
-                 seed=None if seed is None else float(1 + ((seed + offset + 12345) * 2654435761) % (2**24 - 1)))
 
 
 def build_gradient_shap(t: Target, p: dict) -> str:

@@ -57,7 +57,7 @@ def test_noise_on_a_model_whose_opset_onnxruntime_has_no_random_kernel_for(metho
     down to opset 21 first (onnx.version_converter), and its outputs stay bit-identical."""
     import onnx
 
-    from onnxattr.methods.gradient import onnxruntime_has_random
+    from onnxattr.methods.draws import onnxruntime_has_random
 
     path = Path(__file__).resolve().parents[1] / "thirdparty" / "data" / "opset_sweep_28.onnx"
     compiled = onnxattr.compile(str(path), method)
@@ -76,7 +76,7 @@ def test_noise_on_a_model_that_cannot_be_converted_down_names_why():
     """RMSNormalization (opset 23) has no earlier version: no conversion, and the error says so."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnxattr.methods.gradient import onnxruntime_has_random
+    from onnxattr.methods.draws import onnxruntime_has_random
 
     if onnxruntime_has_random(23):
         pytest.skip("this onnxruntime runs the random ops at opset 23: nothing to convert")
