@@ -27,7 +27,8 @@ forward, gradient and attn_lrp against LXT 2.1 on `--models vit_b16` (LXT instal
 `pip install --no-deps lxt==2.1`; its rules are loaded as tests/oracles/make_lxt.py does); `captum-more` =
 Grad-CAM, GradientSHAP (16 draws) and Occlusion (49 windows) against Captum's; `noise-tunnel` = VarGrad
 (16 copies) against Captum's NoiseTunnel and beta_smooth against Zennit's BetaSmooth; `shapley` = Shapley values
-of 4 blocks, Shapley value sampling over 16 blocks (2 orders) and DeepLIFT SHAP (4 baselines) against Captum's.
+of 4 blocks, Shapley value sampling over 16 blocks (2 orders) and DeepLIFT SHAP (4 baselines) against Captum's;
+`permutation` = feature permutation of 16 blocks against Captum's FeaturePermutation (`--batch 2` or more).
 The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 
@@ -51,8 +52,8 @@ sys.path.insert(0, str(HERE))
 CACHE = Path(os.environ.get("ONNXATTR_BENCH_CACHE", Path.home() / ".cache" / "onnxattr-bench"))
 RESULTS = HERE / "results"
 
-from configs import GROUPS, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS, PAUSE, STEPS, \
-    SV_ORDERS, blocks, dls_baselines  # noqa: E402  (benchmarks/ is on the path from here on)
+from configs import GROUPS, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS, PAUSE, PERMUTATIONS_PER_EVAL, \
+    STEPS, SV_ORDERS, blocks, dls_baselines  # noqa: E402  (benchmarks/ is on the path from here on)
 from report import write_report  # noqa: E402
 
 
@@ -175,6 +176,16 @@ def make_runner(config: str, model: str, x, threads: int):
                 with torch.no_grad():
                     return sv.attribute(xt, baselines=0.0, target=target, feature_mask=mask,
                                         perturbations_per_eval=8, **extra)
+            return run
+        if name == "feature_permutation":
+            from captum.attr import FeaturePermutation
+
+            fp, mask = FeaturePermutation(net), torch.from_numpy(blocks(4))[None]
+
+            def run():
+                with torch.no_grad():
+                    return fp.attribute(xt, target=target, feature_mask=mask,
+                                        perturbations_per_eval=PERMUTATIONS_PER_EVAL)
             return run
         if name == "deep_lift_shap":
             from captum.attr import DeepLiftShap
@@ -321,7 +332,7 @@ def main(argv=None):
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
     ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more, "
-                    "noise-tunnel, shapley) or "
+                    "noise-tunnel, shapley, permutation) or "
                     "comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())

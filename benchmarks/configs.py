@@ -9,6 +9,7 @@ PAUSE = 0.2  # seconds between timed calls
 NT_SAMPLES = 16  # VarGrad's noisy copies in the noise-tunnel group
 SV_ORDERS = 2  # Shapley value sampling's random orders of the 16 blocks: 32 forward passes
 DLS_BASELINES = 4  # DeepLIFT SHAP's baselines
+PERMUTATIONS_PER_EVAL = 4  # feature permutation: groups per forward pass (a batch of 4 x N rows)
 
 
 def blocks(per_side: int):
@@ -48,6 +49,8 @@ OURS = {
                        "ref": ["captum.shapley_values"]},
     "deep_lift_shap": {"method": "deep_lift_shap", "params": {"baselines": dls_baselines, "chunk_size": 4},
                        "ref": ["captum.deep_lift_shap"]},
+    "feature_permutation": {"method": "feature_permutation", "params": {
+        "feature_mask": lambda: blocks(4), "chunk_size": PERMUTATIONS_PER_EVAL}, "ref": ["captum.feature_permutation"]},
 }
 GROUPS = {
     "fast": ["ort.forward", "torch.forward",
@@ -78,4 +81,6 @@ GROUPS = {
     # over 16 blocks (2 orders: 32 forward passes each), DeepLIFT SHAP against 4 baselines
     "shapley": ["ort.forward", "onnxattr.shapley_values", "captum.shapley_values", "onnxattr.shapley_value_sampling",
                 "captum.shapley_value_sampling", "onnxattr.deep_lift_shap", "captum.deep_lift_shap"],
+    # permutation feature importance of 16 blocks (16 forward passes of the batch; needs --batch 2 or more)
+    "permutation": ["ort.forward", "onnxattr.feature_permutation", "captum.feature_permutation"],
 }

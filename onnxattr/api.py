@@ -102,8 +102,8 @@ class Analyzer:
         """The relevance map of X; ``inputs``: the model's other graph inputs by name (an attention mask
         [N, S], a graph convolution's adjacency fed at run time). In the methods that run a Loop over points
         (integrated_gradients, smoothgrad, vargrad, gradient_shap, deep_lift_shap, occlusion, feature_ablation,
-        shapley_values, shapley_value_sampling) an input whose first axis is declared under the name of X's batch
-        axis goes with each sample's points; others are shared by all. ``batch_size``: run X in slices of that
+        shapley_values, shapley_value_sampling, feature_permutation) an input whose first axis is declared under
+        the name of X's batch axis goes with each sample's points; others are shared by all. ``batch_size``: run X in slices of that
         many samples (memory grows with the batch), with those inputs and per-sample neuron selections sliced
         alike: the same maps for the deterministic methods (the random ones draw new noise for each slice);
         ``progress`` shows a bar over the slices."""
@@ -163,6 +163,9 @@ class Analyzer:
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
         if np.ndim(X) > 0 and batch_size >= len(X):  # one slice: the whole run
             return self.analyze(X, neuron_selection, inputs)
+        if self.method.whole_batch:
+            raise UsageError(f"batch_size: {self.method.name} explains each sample against the other samples of its "
+                             "batch, so slices would change the maps: analyze without batch_size")
         r = self.runner("index" if neuron_selection is not None else self.mode)
         baked = [name for name, rows in self._reference_rows(r).items() if rows > 1]
         if baked:
@@ -203,6 +206,9 @@ class Analyzer:
                 [d if isinstance(d, int) else "?" for d in explained[1:]]  # an embedding of the data's token ids
             return (f"feature_mask of shape {list(mask)} does not fit the explained features {features}: "
                     "every mask axis of more than 1 must match the data's")
+        if what == "batch":
+            return (f"{self.method.name} shuffles each feature group between the samples of the batch, and the data "
+                    f"hold {len(X)} sample: give two or more")
         passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows",
                   "orders": f"forward passes ({self.params.get('n_samples')} orders of every feature alone)"}.get(
             what, f"{what} (a size checked at run time)")

@@ -48,6 +48,7 @@ class Method:
     family: str = "gradient"
     aliases: tuple[str, ...] = field(default_factory=tuple)
     random: bool = False  # emits random ops (RandomNormalLike): see methods.draws.random_opset_limit
+    whole_batch: bool = False  # a sample's map depends on the other samples of its batch (feature_permutation)
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by ``given``; unknown names and bad values raise UsageError."""

@@ -1,5 +1,6 @@
-"""Random draws inside the compiled graph: Gaussian noise (smoothgrad, random, gradient_shap's noisy inputs)
-and uniform numbers (gradient_shap's baselines and path points, the Shapley orders). Each is a seeded onnxruntime Random* node: a seed fixes the stream, and
+"""Random draws inside the compiled graph: Gaussian noise (smoothgrad, random, gradient_shap's noisy inputs),
+uniform numbers (gradient_shap's baselines and path points, the Shapley orders) and random permutations of a
+batch's rows (feature_permutation). Each is a seeded onnxruntime Random* node: a seed fixes the stream, and
 inside a Loop body each trip continues the stream (new draws every trip).
 """
 
@@ -7,8 +8,9 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxattr.errors import UnsupportedModelError
 
@@ -17,6 +19,7 @@ from onnxattr.errors import UnsupportedModelError
 # every k in [0, 2^24 - 1)
 SEED_STREAMS = 2**24 - 1
 RANDOM_OPSET = 21  # the random ops' versions before opset 22, which every onnxruntime runs
+PERMUTATION_TRIES = 64  # candidate permutations per draw: all of them the identity with odds (1/N!)^64
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,3 +65,23 @@ def uniform(cb, like: str, seed, offset: int, dtype: int = TensorProto.FLOAT) ->
     return cb.op("RandomUniformLike", [like], dtype=dtype, low=0.0, high=1.0,
                  seed=None if seed is None else float(1 + ((seed + offset + 12345) * 2654435761) % (2**24 - 1)))
 
+
+def non_identity_permutations(cb, count: str, n: str, seed, offset: int) -> str:
+    """int64 [count, n]: ``count`` (int64 [1]) random permutations of 0..n-1 (``n``: int64 [1]), each uniform over
+    every permutation but the identity, as Captum's FeaturePermutation draws them (torch.randperm until one
+    is not the identity). Each row is the argsort of float64 uniforms (a uniform permutation); of
+    PERMUTATION_TRIES such candidates the first that is not the identity is taken (the rejection of a
+    redraw loop, unrolled): the identity comes out only if all of them are it, with odds (1/n!)^64 (5e-20 for
+    n = 2), and for n = 1, the only permutation there is."""
+    tries = cb.ints([PERMUTATION_TRIES])
+    zeros = cb.op("ConstantOfShape", [cb.op("Concat", [count, tries, n], axis=0)],
+                  value=numpy_helper.from_array(np.zeros(1)))
+    draws = uniform(cb, zeros, seed, offset, TensorProto.DOUBLE)  # [count, T, n]
+    orders = cb.op("TopK", [draws, n], n_out=2, axis=2)[1]  # int64 [count, T, n]
+    rows = cb.op("Range", [cb.const(0, "int64"), cb.op("Reshape", [n, cb.ints([])]), cb.const(1, "int64")])
+    moved = cb.reduce("ReduceMax", cb.op("Cast", [cb.op("Not", [cb.op("Equal", [orders, rows])])],
+                                         to=TensorProto.INT64), [2], keepdims=0)  # [count, T]: 1 where a row moves
+    first = cb.op("ArgMax", [moved], axis=1, keepdims=1)  # the first candidate that moves a row (0 if none)
+    pick = cb.op("Expand", [cb.op("Unsqueeze", [first, cb.ints([2])]), cb.op("Concat", [count, cb.ints([1]), n],
+                                                                            axis=0)])
+    return cb.op("Squeeze", [cb.op("GatherElements", [orders, pick], axis=1), cb.ints([1])])

@@ -42,25 +42,28 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
                       mask_of: Callable[[GraphBuilder, str], str],
                       factor: Callable[[GraphBuilder, str], str] | None = None,
                       weight_of: Callable[[GraphBuilder, str], str] | None = None,
-                      mean_over=None) -> str:
+                      mean_over=None,
+                      replacement_of: Callable[[GraphBuilder, str, str, str], str] | None = None) -> str:
     """Sum over perturbations k = 0..n-1 of (y(x) - y(x_k)) * weight_k, x_k = x (1 - mask_k) + baseline mask_k
     (``p["baselines"]``). ``mask_of(cb, ks)``: float [c, 1, *F'] masks of this trip's perturbations ks,
     broadcasting to one sample; ``feats``: int64 [rank], x's feature dims at run time; ``n``, ``factor`` and
     ``mean_over`` as sample_loop takes them. The weights are the masks, or ``weight_of(cb, ks)`` (called after
     mask_of): float64 [c, 1, *F'], and then the products are summed in float64 (Shapley weights of both signs
-    cancel) and the total returned in float32."""
+    cancel) and the total returned in float32. ``replacement_of(cb, x_, ks, count)``: what a perturbed feature
+    takes instead of the baseline, [c, N, *F] (x's rows in another order: feature_permutation)."""
     b, x = t.b, t.x
     rank = b.rank(x) - 1
-    baseline = reference_constant(b, x, p["baselines"], "baselines")  # a number, or an array broadcast to x
+    baseline = None if replacement_of else reference_constant(b, x, p["baselines"], "baselines")  # broadcast to x
     clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
     masks = {}
 
     def points(cb, x_, ks, count):
         mask = mask_of(cb, ks)
         weight = mask if weight_of is None else weight_of(cb, ks)
+        instead = baseline if replacement_of is None else replacement_of(cb, x_, ks, count)
         perturbed = cb.op("Add", [cb.op("Mul", [cb.op("Unsqueeze", [x_, cb.ints([0])]),
                                                 cb.op("Sub", [cb.scalar(1.0, x_), mask])]),
-                                  cb.op("Mul", [mask, baseline])])  # [c, N, *F]
+                                  cb.op("Mul", [mask, instead])])  # [c, N, *F]
         n_ = cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([0]), cb.ints([1])])
         rows = cb.op("Concat", [cb.op("Mul", [count, n_]), feats], axis=0)
         masks["rows"] = cb.op("Reshape", [cb.op("Expand", [weight, cb.op("Concat", [count, n_, feats], axis=0)]),

@@ -48,12 +48,15 @@ and GuidedBackprop: onnxattr's smoothgrad nt_type/base and vargrad; statistical)
 BetaSmooth composite with the Gradient attributor), feature_ablation (Captum's FeatureAblation, every feature
 alone and 4 x 4 patches stored as "mask:patches"), shapley (Captum's ShapleyValues and ShapleyValueSampling over
 six coarse groups stored as "mask:coarse"; the sampling maps statistical), deep_lift_shap (Captum's DeepLiftShap
-with the samples of x as the baselines, on the model and on its exported form as deep_lift).
+with the samples of x as the baselines, on the model and on its exported form as deep_lift), feature_permutation
+(Captum's FeaturePermutation over the coarse groups: on two samples, where it is deterministic, and on four,
+statistical, with its exact expectation stored as "perm_mean:MODE").
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
 
 import importlib.metadata
+import itertools
 import json
 import os
 import sys
@@ -773,6 +776,55 @@ def run_shapley(model, x, argmax, target):
     return out
 
 
+def permutation_mean(model, x, mask, tgt):
+    """The expectation of Captum's FeaturePermutation over its permutations: per group of ``mask``, the mean
+    drop of the selected output over every permutation of x's rows but the identity (torch.randperm redrawn
+    until it moves a row, so each of the n! - 1 is equally likely)."""
+    rows = x.shape[0]
+    perms = [list(p) for p in itertools.permutations(range(rows)) if list(p) != list(range(rows))]
+    index = torch.as_tensor(tgt).reshape(-1, 1) if not isinstance(tgt, int) else torch.full((rows, 1), tgt)
+    select = lambda y: y.gather(1, index).squeeze(1)  # noqa: E731
+    out = torch.zeros_like(x)
+    with torch.no_grad():
+        clean = select(model(x))
+        for g in np.unique(mask):
+            group = torch.from_numpy(mask == g)
+            drop = sum(clean - select(model(torch.where(group, x[p], x))) for p in perms) / len(perms)
+            out = out + drop.reshape((-1,) + (1,) * (x.ndim - 1)) * group.to(x.dtype)
+    return out
+
+
+def run_feature_permutation(model, x, argmax, target):
+    """Captum FeaturePermutation over the six groups of coarse_mask: tag 'pair' on the first two samples, where the
+    only permutation Captum accepts is the swap (deterministic; entry 'rows': 2), and tag 'default' on all four
+    (statistical, torch.manual_seed(2028) before), with its exact expectation over the 23 permutations that move a
+    row stored as 'perm_mean:MODE' (the entry's 'exact')."""
+    from captum.attr import FeaturePermutation
+
+    mask = coarse_mask(tuple(x.shape))
+    AUX["mask:coarse"] = mask
+    out = {}
+    for mode in MODES:
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
+        fm = torch.from_numpy(mask)
+        pair_tgt = tgt if isinstance(tgt, int) else tgt[:2]
+        with torch.no_grad():
+            pair = FeaturePermutation(m).attribute(x[:2], target=pair_tgt, feature_mask=fm)
+            torch.manual_seed(2028)
+            sampled = FeaturePermutation(m).attribute(x, target=tgt, feature_mask=fm)
+        AUX[f"perm_mean:{mode}"] = permutation_mean(m, x, mask, tgt).numpy().astype(np.float32)
+        params = {"feature_mask": "@mask:coarse"}
+        call = "captum FeaturePermutation(model).attribute(x, target, feature_mask=the stored mask:coarse)"
+        out[f"feature_permutation|{mode}|pair"] = (pair, {
+            "method": "feature_permutation", "mode": mode, "seed": "one", "statistical": False, "params": params,
+            "rows": 2, "library_call": call.replace("(x,", "(x[:2],") + "; " + seed_note})
+        out[f"feature_permutation|{mode}|default"] = (sampled, {
+            "method": "feature_permutation", "mode": mode, "seed": "one", "statistical": True, "params": params,
+            "exact": f"perm_mean:{mode}",
+            "library_call": call + "; torch.manual_seed(2028) before; " + seed_note})
+    return out
+
+
 def run_beta_smooth(model, x, argmax, target):
     """Zennit's BetaSmooth composite (every nn.ReLU's gradient becomes sigmoid(beta x), beta 10 and 3) with the
     Gradient attributor, seeded with 1 at the selected output(s) (a ones vector for 'all')."""
@@ -887,7 +939,8 @@ def run_excitation(model, canonizer_names, x, argmax, target):
 
 
 FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
-            "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley", "deep_lift_shap")
+            "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley", "deep_lift_shap",
+            "feature_permutation")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -909,7 +962,7 @@ def oracle_maps(model, x, argmax, target, variants_fn):
                             ("gradient_shap", run_gradient_shap), ("occlusion", run_occlusion),
                             ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth),
                             ("feature_ablation", run_feature_ablation), ("shapley", run_shapley),
-                            ("deep_lift_shap", run_deeplift_shap)):
+                            ("deep_lift_shap", run_deeplift_shap), ("feature_permutation", run_feature_permutation)):
             if family in families:
                 maps.update(run(m, xd, argmax, target))
         if "excitation_backprop" in families:
@@ -1057,6 +1110,13 @@ METHOD_NOTES = [
     "takes 0.5; tag 'default' (mask None: each feature alone) on flat inputs, 'patches' (the stored "
     "'mask:patches': 4 x 4 spatial patches across all channels, [1, 1, *S], or pairs of a flat input's "
     "features, [1, F]) on every net.",
+    "feature_permutation: Captum FeaturePermutation(model).attribute(x, target, feature_mask=the stored "
+    "'mask:coarse'): every feature of a group gets the drop of the selected output when the group is taken from "
+    "the samples of a random permutation of the batch (torch.randperm, redrawn until it moves a row). Tag 'pair': "
+    "the first two samples (entry 'rows': 2), where the swap is the only such permutation (deterministic); tag "
+    "'default': all four samples (one draw per group after torch.manual_seed(2028), statistical), with the "
+    "expectation over the 23 permutations that move a row stored as 'perm_mean:MODE' (computed by "
+    "permutation_mean on the torch model).",
     "beta_smooth: zennit.composites.BetaSmooth(beta_smooth) hooks every nn.ReLU module (each ReLU of these models "
     "is one, and each is an ONNX Relu node) and replaces its gradient by sigmoid(beta * input) * grad_out; "
     "onnxattr's beta_smooth does that at every Relu node. Seeded with 1 at the selected output(s).",
@@ -1148,7 +1208,7 @@ def save(name, layout, x, target, logits, maps, notes, also_valid_for=()):
     entries = {}
     for key, (value, entry) in sorted(maps.items()):
         arr = value.detach().numpy().astype(np.float32)
-        assert arr.shape == tuple(x.shape), (key, arr.shape)
+        assert arr.shape == (entry.get("rows", x.shape[0]),) + tuple(x.shape[1:]), (key, arr.shape)
         assert np.isfinite(arr).all(), f"{name}: {key} is not finite"
         assert np.abs(arr).max() > 0, f"{name}: {key} is all zero"
         arrays[key] = arr
