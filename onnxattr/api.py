@@ -19,6 +19,7 @@ from onnxattr.runtime import Runner
 from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK
 from onnxattr.select import TARGET_INPUT
 
+_UNSLICED = "analyze without batch_size (--batch-size on the command line)"
 MODES = {"max_activation": "max", "max": "max", "index": "index", "all": "all"}
 
 
@@ -165,19 +166,19 @@ class Analyzer:
             return self.analyze(X, neuron_selection, inputs)
         if self.method.whole_batch:
             raise UsageError(f"batch_size: {self.method.name} explains each sample against the other samples of its "
-                             "batch, so slices would change the maps: analyze without batch_size")
+                             f"batch, so slices would change the maps: {_UNSLICED}")
         r = self.runner("index" if neuron_selection is not None else self.mode)
         baked = [name for name, rows in self._reference_rows(r).items() if rows > 1]
         if baked:
             raise UsageError(f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for "
-                             "the whole data; analyze without batch_size, or give one row")
+                             f"the whole data; {_UNSLICED}, or give one row")
         x_arg, batch = _data_batch_axis(r)
         whole = [o.name for o in r.session.get_outputs()
                  if o.name != RELEVANCE and (not o.shape or o.shape[0] != batch)]
         if batch is None or whole:
             raise UsageError(f"batch_size slices the data, and output '{whole[0] if whole else x_arg.name}' has no "
                              f"batch axis like the data's (a value over the whole batch would change with the "
-                             "slices): analyze without batch_size")
+                             f"slices): {_UNSLICED}")
         X = np.asarray(X)
         if X.ndim == 0:
             raise DataError(f"input data is a single number; give an array [N, ...] for '{x_arg.name}'")
