@@ -55,6 +55,7 @@ def group_ids(mask, features: list, too_many) -> tuple[np.ndarray, int]:
         if err:
             raise UsageError(f"feature_mask: {err}")
     mask = np.asarray(mask)
+    given = list(mask.shape)  # as the user gave it, for the messages
     shown = [d if isinstance(d, int) else "?" for d in features]
     if mask.ndim == len(features) + 1:
         if mask.shape[0] != 1:
@@ -65,7 +66,7 @@ def group_ids(mask, features: list, too_many) -> tuple[np.ndarray, int]:
     fits = mask.ndim <= len(features) and all(
         m == 1 or not isinstance(d, int) or m == d for m, d in zip(mask.shape[::-1], features[::-1]))
     if not fits:
-        raise UsageError(f"feature_mask of shape {list(mask.shape)} does not broadcast to the input's features {shown}")
+        raise UsageError(f"feature_mask of shape {given} does not broadcast to the input's features {shown}")
     values, inverse = np.unique(mask, return_inverse=True)
     _refuse(too_many, len(values))
     ids = inverse.reshape((1,) * (len(features) + 1 - mask.ndim) + mask.shape).astype(np.int64)

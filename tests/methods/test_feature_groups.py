@@ -77,3 +77,13 @@ def test_baselines_hold_one_row_or_one_per_sample(method):
             np.testing.assert_allclose(got[k:k + 1], alone, rtol=1e-5, atol=1e-6)
         else:  # every order adds up to y(x) - y(baseline) (each feature its own group): the sums must agree
             np.testing.assert_allclose(got[k].sum(), alone[0].sum(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["feature_ablation", "feature_permutation"])
+def test_a_mask_that_does_not_broadcast_is_named_by_the_shape_given(method):
+    """A mask [1, 5] for six features: the message shows [1, 5], not the [5] left after its batch axis of 1 is
+    dropped (found by the helper audit of feature_permutation)."""
+    from onnxattr.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"feature_mask of shape \[1, 5\] does not broadcast"):
+        onnxattr.compile(mlp(softmax=False)[0], method, feature_mask=np.zeros((1, 5), np.int64))
