@@ -165,7 +165,9 @@ def build_seed(b: GraphBuilder, y: str, mode: str, scale: str, index: str | None
 
 def selected_value(b: GraphBuilder, y: str, seed: str) -> str:
     """[N]: the selected output of each sample, sum(y * seed) over its non-batch axes (the output itself for
-    a one-hot seed, the sum of all outputs for a ones seed)."""
+    a one-hot seed, the sum of all outputs for a ones seed); [1] for a scalar y (a loss): y times its seed."""
+    if b.rank(y) == 0:
+        return b.op("Reshape", [b.op("Mul", [y, seed]), b.ints([1])])
     return b.op("ReduceSum", [b.op("Flatten", [b.op("Mul", [y, seed])], axis=1), b.ints([1])], keepdims=0)
 
 

@@ -138,7 +138,8 @@ def _scalar_output_model():
 
 def test_a_scalar_output_is_its_own_only_neuron():
     """A rank-0 output is explained as it is in modes max and all (it failed onnx.checker on a Flatten with
-    axis 1); mode index, with no neuron to pick, and occlusion, with no output per sample, are refused."""
+    axis 1); mode index, with no neuron to pick, is refused. Occlusion (forward only) gets the drop of the one
+    number when a window is occluded in every sample at once, the same in every row."""
     model, w = _scalar_output_model()
     x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
     want = 2 * np.maximum(x @ w, 0) @ w.T
@@ -153,8 +154,11 @@ def test_a_scalar_output_is_its_own_only_neuron():
     assert np.isfinite(got).all() and got.any()
     with pytest.raises(onnxattr.errors.SelectionError, match="single number.*'max' or 'all'"):
         onnxattr.compile(model, "gradient", neuron="index")
-    with pytest.raises(onnxattr.errors.SelectionError, match="occlusion.*single number"):
-        onnxattr.compile(model, "occlusion", neuron="all")
+    energy = lambda v: float((np.maximum(v @ w, 0) ** 2).sum())  # noqa: E731
+    drops = [energy(x) - energy(np.where(np.arange(6) == f, 0.0, x)) for f in range(6)]
+    compiled = onnxattr.compile(model, "occlusion", neuron="all", sliding_window_shapes=(1,))
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+    np.testing.assert_allclose(got, np.tile(drops, (3, 1)), atol=1e-6 * energy(x))  # float32 differences of sums
 
 
 def test_a_batch_mean_loss_is_explained_per_sample_by_the_loop_methods():

@@ -56,9 +56,9 @@ def build_feature_permutation(t: Target, p: dict) -> str:
     b, x = t.b, t.x
     features = perturbed_features(t, "feature_permutation", "shuffles")
     if b.shape(x)[0] == 1:
-        raise UnsupportedModelError(f"feature_permutation shuffles each feature group between the samples of a batch, and "
-                        f"'{x}' holds one sample (a fixed batch of 1): export the model with a batch axis of "
-                        "two or more (or a dynamic one)")
+        raise UnsupportedModelError(f"feature_permutation shuffles each feature group between the samples of a "
+                                    f"batch, and '{x}' holds one sample (a fixed batch of 1): export the model with "
+                                    "a batch axis of two or more (or a dynamic one)")
     groups, count, feats = feature_groups(t, p, features, _too_many("feature_permutation", "permutations"), 1,
                                           "permutations")
     n = b.op("Slice", [b.op("Shape", [x]), b.ints([0]), b.ints([1])])

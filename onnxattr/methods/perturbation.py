@@ -13,7 +13,7 @@ from typing import Callable
 from onnx import TensorProto
 
 from onnxattr.compiler import path_nodes
-from onnxattr.errors import SelectionError, UsageError
+from onnxattr.errors import UsageError
 from onnxattr.graph import GraphBuilder
 from onnxattr.methods.base import Param, Target, chunk_size, reference_constant
 from onnxattr.sampling import sample_loop
@@ -26,12 +26,9 @@ MAX_PERTURBATIONS = 2**20  # forward passes: beyond this a typo (stride 1 on a l
 
 def perturbed_features(t: Target, method: str, does: str) -> list:
     """The explained input's feature dims (ints, None where fixed only at run time) for a method that
-    perturbs them and measures each sample's output drop: a scalar output or an input without feature axes
-    is refused, naming ``method`` and what it ``does`` to the features."""
+    perturbs them and measures the output's drop: an input without feature axes is refused, naming
+    ``method`` and what it ``does`` to the features."""
     shape = t.b.shape(t.x)
-    if t.b.rank(t.y) == 0:
-        raise SelectionError(f"{method} measures each sample's output drop, and the explained output '{t.y}' is a "
-                             "single number for the whole batch (rank 0); explain an output with a batch axis")
     if shape is None or len(shape) < 2:
         raise UsageError(f"{method} {does} the features of '{t.x}', whose rank is "
                          f"{'unknown' if shape is None else len(shape)}; it needs [N, features...]")
@@ -45,6 +42,9 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
                       mean_over=None,
                       replacement_of: Callable[[GraphBuilder, str, str, str], str] | None = None) -> str:
     """Sum over perturbations k = 0..n-1 of (y(x) - y(x_k)) * weight_k, x_k = x (1 - mask_k) + baseline mask_k
+    (y: each sample's selected output; for an output that is one number for the whole batch, a loss, that
+    number: each perturbation then changes every sample at once, and every row gets the same values, the
+    batch's, where Captum returns that one row)
     (``p["baselines"]``). ``mask_of(cb, ks)``: float [c, 1, *F'] masks of this trip's perturbations ks,
     broadcasting to one sample; ``feats``: int64 [rank], x's feature dims at run time; ``n``, ``factor`` and
     ``mean_over`` as sample_loop takes them. The weights are the masks, or ``weight_of(cb, ks)`` (called after

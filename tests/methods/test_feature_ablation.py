@@ -59,7 +59,7 @@ def test_bad_masks_are_usage_errors(mask, words):
         onnxattr.compile(MODEL, "feature_ablation", feature_mask=mask)
 
 
-def test_symbolic_features_are_numbered_at_run_time_and_a_scalar_output_is_refused():
+def test_symbolic_features_are_numbered_at_run_time_and_a_loss_gets_the_batchs_drops():
     from onnx import TensorProto, helper
 
     g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "sq",
@@ -73,8 +73,13 @@ def test_symbolic_features_are_numbered_at_run_time_and_a_scalar_output_is_refus
     g = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)], "sum",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
-    with pytest.raises(SelectionError, match="single number"):
-        onnxattr.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), "feature_ablation")
+    # y = the sum of all of x, one number for the batch: each ablation changes every sample at once, and every
+    # row gets the batch's drop (Captum returns that one row)
+    loss = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    got = onnxattr.create_analyzer("feature_ablation", loss, feature_mask=np.array([0, 1, 1])).analyze(x)
+    np.testing.assert_allclose(got, np.tile([1.5, 6.0, 6.0], (2, 1)))
+    with pytest.raises(SelectionError, match="no neuron to pick per sample"):
+        onnxattr.compile(loss, "feature_ablation", neuron="index")
 
 
 def test_the_command_line_takes_the_mask_as_a_npy_file(tmp_path, capsys):

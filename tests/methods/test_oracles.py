@@ -13,7 +13,10 @@ deep_lift (Captum DeepLift, baseline 0), deep_lift_shap (Captum DeepLiftShap, x'
 and excitation_backprop (Zennit's ExcitationBackprop with
 zero_params=['bias'] and iNNvestigate's stabilizer, as ours) sit in the 1e-3 class; they agree to ~3e-6 and
 ~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~5e-7, and
-with LXT plus Zennit's gamma rule on the ViT's layers (tag "gamma") to ~7e-7.
+with LXT plus Zennit's gamma rule on the ViT's layers (tag "gamma") to ~7e-7. On two models whose output is a loss
+over the batch (tests/oracles/make_captum_loss.py), Captum's perturbation methods change every sample at once
+and return one row, stored repeated for each sample as onnxattr returns it; a manifest entry's ``rows`` keeps
+the first rows of the data only (feature permutation of a pair, where Captum's swap is forced).
 A manifest's ``not_comparable`` names maps the generator kept for the record with the reason they cannot be
 reproduced (a Keras layer that becomes two ONNX nodes, a tie convention of another framework, a seed
 convention no rescaling undoes, a step the other library defines otherwise, such as Captum's DeepLift
@@ -25,10 +28,11 @@ A manifest's ``feeds`` are the model's other graph inputs, stored as ``feed:NAME
 padding mask, one row per sample, which integrated gradients and SmoothGrad give each of a sample's points).
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
 with its BatchNormalization nodes kept) are checked against the same maps.
-SmoothGrad, GradientSHAP and Shapley value sampling draw other noise (and baselines, points, orders of the
-features) than the reference: the difference to the reference must look like the difference between two of our
-own runs with different seeds (both are means over the same number of draws). Where the manifest holds the
-value estimated (an entry's ``exact``: Shapley value sampling of the exact Shapley values), eight of our runs
+SmoothGrad, GradientSHAP, Shapley value sampling and feature permutation draw other noise (and baselines, points,
+orders of the features, permutations) than the reference: the difference to the reference must look like the
+difference between two of our own runs with different seeds (both are means over the same number of draws).
+Where the manifest holds the value estimated (an entry's ``exact``: Shapley value sampling of the exact Shapley
+values, feature permutation of its expectation over the permutations), eight of our runs
 must average to it within twice the expected error of an 8-run mean, and the reference must lie no further from
 it than our runs' mean distance plus four standard deviations (the 24 values of a six-group map make a
 distance between two single runs too noisy to compare). Exact Shapley values (Captum's
@@ -207,8 +211,8 @@ def test_not_comparable_recorded(name):
 def test_new_oracles_are_compared():
     """deep_lift, deep_lift_shap and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
     cp_lrp on both transformers (with LXT's gamma on the ViT), and the gradient family on the masked encoder,
-    in every mode; Captum's NoiseTunnel variants, FeatureAblation, ShapleyValues, ShapleyValueSampling and
-    Zennit's BetaSmooth on all eight torch nets; Grad-CAM
+    in every mode; Captum's NoiseTunnel variants, FeatureAblation, ShapleyValues, ShapleyValueSampling,
+    FeaturePermutation and Zennit's BetaSmooth on all eight torch nets, and Captum on two losses over the batch; Grad-CAM
     and Guided Grad-CAM on every net with feature maps, for one output (the cam of the logits' sum is 0 on
     these nets: their heads are decorrelated from the mean feature)."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
@@ -233,8 +237,13 @@ def test_new_oracles_are_compared():
         assert {f"feature_ablation|{mode}|patches" for mode in MODES} <= compared, name
         assert {f"{m}|{mode}|default" for m in ("shapley_values", "shapley_value_sampling") for mode in MODES} \
             <= compared, name
+        assert {f"feature_permutation|{mode}|{tag}" for mode in MODES for tag in ("pair", "default")} <= compared, name
         if name.startswith("torch_mlp"):
             assert {f"feature_ablation|{mode}|default" for mode in MODES} <= compared, name
+    for name in ("torch_tabular_loss", "torch_cnn_loss"):  # a loss over the batch: Captum's scalar-output mode
+        compared = {p.values[1] for p in entries() if p.values[0] == name}
+        assert compared == {f"{m}|max|default" for m in ("gradient", "feature_ablation", "occlusion", "shapley_values",
+                                                          "feature_permutation")} | {"feature_permutation|max|pair"}
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
     assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
                                                         "smoothgrad") for mode in MODES}

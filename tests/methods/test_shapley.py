@@ -150,14 +150,21 @@ def _wide_model(features):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_a_scalar_output_is_refused():
+def test_a_loss_over_the_batch_gets_the_batchs_values_in_every_row():
+    """y = the sum of all of x (one number for the batch): each coalition changes every sample at once, and the
+    Shapley value of a group is its features' sum over the batch minus the baseline's (additive); every row holds
+    it (Captum returns that one row)."""
     g = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)], "sum",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], np.float32)
+    want = np.tile(x.sum(0) - 2 * 0.25, (2, 1))
     for method in ("shapley_values", "shapley_value_sampling"):
-        with pytest.raises(SelectionError, match=f"{method} measures each sample's output drop"):
-            onnxattr.compile(model, method)
+        got = onnxattr.create_analyzer(method, model, baselines=0.25).analyze(x)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(SelectionError, match="no neuron to pick per sample"):
+        onnxattr.compile(model, "shapley_values", neuron="index")
 
 
 def test_the_command_line_takes_the_mask_as_a_npy_file(tmp_path):
