@@ -17,6 +17,7 @@ from onnxattr.emitters import (  # noqa: E402,F401
     conv,
     einsum,
     linear,
+    loss,
     normalization,
     pooling,
     reduce,

@@ -240,7 +240,7 @@ def test_new_oracles_are_compared():
         assert {f"feature_permutation|{mode}|{tag}" for mode in MODES for tag in ("pair", "default")} <= compared, name
         if name.startswith("torch_mlp"):
             assert {f"feature_ablation|{mode}|default" for mode in MODES} <= compared, name
-    for name in ("torch_tabular_loss", "torch_cnn_loss"):  # a loss over the batch: Captum's scalar-output mode
+    for name in ("torch_tabular_loss", "torch_cnn_loss", "torch_ce_loss"):  # a loss: Captum's scalar-output mode
         compared = {p.values[1] for p in entries() if p.values[0] == name}
         assert compared == {f"{m}|max|default" for m in ("gradient", "feature_ablation", "occlusion", "shapley_values",
                                                           "feature_permutation")} | {"feature_permutation|max|pair"}

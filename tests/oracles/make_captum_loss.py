@@ -7,8 +7,9 @@ Run from the repository root with the torch venv (CPU torch 2.13.0, captum, onnx
 
     /work/venv-torch/bin/python tests/oracles/make_captum_loss.py
 
-It writes into tests/oracles/data/, for NAME in torch_tabular_loss ([batch, 8] features) and torch_cnn_loss
-([batch, 3, 8, 8] images):
+It writes into tests/oracles/data/, for NAME in torch_tabular_loss ([batch, 8] features), torch_cnn_loss
+([batch, 3, 8, 8] images) and torch_ce_loss (the tabular net under torch's cross_entropy with class weights and
+an ignored label, which the exporter writes as one SoftmaxCrossEntropyLoss node):
 
     NAME.onnx   torch.onnx.export(dynamo=False, opset 17), inputs "x" and "labels" [batch] (int64), both with
                 the dynamic axis "batch"; output "loss", a scalar
@@ -40,6 +41,7 @@ from torch import nn
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 N = 4
+IGNORED = 1  # the label torch_ce_loss's cross entropy ignores (the third sample's)
 
 
 class Loss(nn.Module):
@@ -51,6 +53,19 @@ class Loss(nn.Module):
 
     def forward(self, x, labels):
         return -self.net(x).log_softmax(1).gather(1, labels[:, None]).mean()
+
+
+class CrossEntropy(nn.Module):
+    """torch's cross_entropy with class weights and an ignored label (exported as SoftmaxCrossEntropyLoss): the
+    weighted mean over the samples whose label is not IGNORED."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.register_buffer("weight", torch.tensor([0.5, 1.0, 2.0]))
+
+    def forward(self, x, labels):
+        return nn.functional.cross_entropy(self.net(x), labels, weight=self.weight.to(x.dtype), ignore_index=IGNORED)
 
 
 class AsOneRow(nn.Module):
@@ -145,13 +160,13 @@ def maps(loss, x, labels, groups, occlusion):
     return out
 
 
-def make(name, build):
+def make(name, build, loss_of=Loss):
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     net, x, groups, occlusion = build()
     net.eval()
     labels = torch.tensor([0, 2, 1, 2])
-    loss = Loss(net).eval()
+    loss = loss_of(net).eval()
     path = os.path.join(OUT, f"{name}.onnx")
     torch.onnx.export(loss, (x, labels), path, dynamo=False, opset_version=17, input_names=["x", "labels"],
                       output_names=["loss"], dynamic_axes={"x": {0: "batch"}, "labels": {0: "batch"}})
@@ -160,7 +175,7 @@ def make(name, build):
         value = loss(x, labels)
     onnx_value = session.run(None, {"x": x.numpy(), "labels": labels.numpy()})[0]
     assert onnx_value.shape == () and abs(float(onnx_value) - float(value)) < 1e-5, "the export computes the loss"
-    loss64, x64 = Loss(net.double()).eval(), x.double()
+    loss64, x64 = loss_of(net.double()).eval(), x.double()
     found = maps(loss64, x64, labels, groups, occlusion)
     arrays = {"x": x.numpy(), "feed:labels": labels.numpy(), "target": labels.numpy(),
               "logits": np.array([float(value)], np.float32), "mask:groups": groups,
@@ -190,3 +205,4 @@ def make(name, build):
 if __name__ == "__main__":
     make("torch_tabular_loss", tabular)
     make("torch_cnn_loss", cnn)
+    make("torch_ce_loss", tabular, CrossEntropy)
