@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from onnxattr.assemble import RELEVANCE, compile_model
+from onnxattr.assemble import KEPT, RELEVANCE, compile_model
 from onnxattr.errors import DataError, UsageError
 from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
@@ -24,9 +24,10 @@ MODES = {"max_activation": "max", "max": "max", "index": "index", "all": "all"}
 
 
 def compile(model, method: str, neuron: str = "max", input: str | None = None,
-            output: str | None = None, **params) -> onnx.ModelProto:
-    """A new ONNX model returning the original outputs and ``relevance`` for ``method``."""
-    return compile_model(model, method, neuron=neuron, input=input, output=output, **params)
+            output: str | None = None, keep=(), **params) -> onnx.ModelProto:
+    """A new ONNX model returning the original outputs and ``relevance`` for ``method``; then
+    ``relevance:NAME`` for each tensor NAME in ``keep`` (the relevance that reaches it)."""
+    return compile_model(model, method, neuron=neuron, input=input, output=output, keep=keep, **params)
 
 
 def inspect(model, method: str, input: str | None = None, output: str | None = None,
@@ -42,7 +43,7 @@ class Analyzer:
 
     def __init__(self, method: str, model, neuron_selection_mode: str = "max_activation",
                  input: str | None = None, output: str | None = None, device: str | None = None,
-                 providers=None, **params):
+                 providers=None, keep=(), **params):
         self.method = get_method(method)
         self._method_key = method  # a registered name or a rule file path
         if neuron_selection_mode not in MODES:
@@ -56,6 +57,8 @@ class Analyzer:
         self.device, self.providers = device, providers
         self._runners: dict[str, Runner] = {}
         self.outputs: list[np.ndarray] | None = None  # the original outputs of the last analyze()
+        self.keep = keep
+        self.kept: dict[str, np.ndarray] = {}  # the relevance at each kept tensor in the last analyze()
 
     def fit(self, data=None, batch_size: int = 32, progress: bool = True, inputs: dict | None = None,
             **kwargs) -> "Analyzer":
@@ -94,7 +97,7 @@ class Analyzer:
     def runner(self, mode: str) -> Runner:
         if mode not in self._runners:
             compiled = compile_model(self.model, self._method_key, neuron=mode, input=self.input,
-                                     output=self.output, label=self.label, **self.params)
+                                     output=self.output, label=self.label, keep=self.keep, **self.params)
             self._runners[mode] = Runner(compiled, self.device, self.providers)
         return self._runners[mode]
 
@@ -147,8 +150,10 @@ class Analyzer:
                             f"({', '.join(shared)}) goes with its sample's points only where the model declares "
                             f"its first axis under the name of {x_name}'s batch axis, else all samples share it; "
                             "export both with the same dynamic batch axis, or set chunk_size=1)") from None
-        self.outputs = results[:-1]
-        return results[r.output_names.index(RELEVANCE)]
+        at = r.output_names.index(RELEVANCE)
+        self.outputs = results[:at]
+        self.kept = {n[len(KEPT):]: v for n, v in zip(r.output_names, results) if n.startswith(KEPT)}
+        return results[at]
 
     def _reference_rows(self, r: Runner) -> dict:
         """The per-sample parameters (references, baselines) given as arrays of the explained tensor's rank (an
@@ -187,7 +192,7 @@ class Analyzer:
         selection = None if neuron_selection is None else _targets(neuron_selection, len(X), r)
         # the other inputs with X's batch axis (declared under its name, or of its fixed size) are sliced alike
         sliced = _batch_axis_inputs(r, inputs, len(X))
-        maps, outputs = [], []
+        maps, outputs, kept = [], [], []
         starts = range(0, len(X), int(batch_size))
         for start in tqdm(starts, desc=f"{self.method.name}", unit="batch", disable=None if progress else True):
             part = slice(start, start + int(batch_size))
@@ -195,7 +200,9 @@ class Analyzer:
             given = {k: (v[part] if k in sliced else v) for k, v in (inputs or {}).items()}
             maps.append(self.analyze(X[part], chosen, given))
             outputs.append(self.outputs)
+            kept.append(self.kept)
         self.outputs = [np.concatenate(parts) for parts in zip(*outputs)]
+        self.kept = {name: np.concatenate([k[name] for k in kept]) for name in kept[0]}
         return np.concatenate(maps)  # X holds more samples than one slice: never empty
 
     def _failed_check(self, what: str, X: np.ndarray, r: Runner) -> str:

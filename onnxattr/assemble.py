@@ -1,10 +1,13 @@
 """Compile: load -> canonicalize -> select & seed -> reverse pass -> assemble one checked model.
 
 The compiled model keeps the original inputs (plus int64 ``target`` [batch] in index mode) and the
-original outputs, and adds ``relevance`` (float32, the explained input's shape).
+original outputs, and adds ``relevance`` (float32, the explained input's shape), then ``relevance:T`` for each
+tensor T in ``keep`` (the relevance the reverse pass carries at T: iNNvestigate's reverse_keep_tensors).
 """
 
 from __future__ import annotations
+
+import difflib
 
 import numpy as np
 import onnx
@@ -17,26 +20,28 @@ from onnxattr.errors import (InvalidModelError, SelectionError, UnsupportedModel
 from onnxattr.graph import GraphBuilder, live_nodes, names_read
 from onnxattr.light import checkable_copy
 from onnxattr.load import check_input_model, check_input_shapes, load_model, model_label, nodes_within
-from onnxattr.methods import Target, get_method
+from onnxattr.methods import REGISTRY, Target, get_method
 from onnxattr.methods.draws import random_opset_limit
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
 
 RELEVANCE = "relevance"
+KEPT = "relevance:"  # + a kept tensor's name: the relevance at that tensor
 
 
 def compile_model(model, method: str, neuron: str = "max", input: str | None = None,
                   output: str | None = None, report: dict | None = None, label: str | None = None,
-                  **params) -> onnx.ModelProto:
+                  keep=(), **params) -> onnx.ModelProto:
     """Return a new model computing the original outputs and the relevance map of ``method``.
     ``report``, when given, receives the nodes on the explained path and the rule each one got;
-    ``label`` names the model in messages (its path by default)."""
+    ``label`` names the model in messages (its path by default); ``keep``: tensors whose relevance is
+    returned too (outputs ``relevance:NAME``)."""
     m = get_method(method)
     if neuron not in NEURON_MODES:
         raise UsageError(f"neuron selection must be one of {', '.join(NEURON_MODES)}, not '{neuron}'")
     resolved = m.resolve(params)
     label = label or model_label(model)
     with naming_the_model(label):
-        return _compile(model, m, method, resolved, label, neuron, input, output, report)
+        return _compile(model, m, method, resolved, label, neuron, input, output, report, _keep_list(keep, m))
 
 
 def data_input(model: onnx.ModelProto, x: str) -> str:
@@ -60,8 +65,37 @@ def data_input(model: onnx.ModelProto, x: str) -> str:
     return next((i for i in found if types.get(i) != TensorProto.BOOL), found[0] if found else x)
 
 
+def _keep_list(keep, m) -> list[str]:
+    """``keep`` as a list of tensor names (one name, or several), refused for methods that are not one reverse
+    pass."""
+    names = [keep] if isinstance(keep, str) else list(keep or ())
+    if not all(isinstance(n, str) and n for n in names):
+        raise UsageError(f"keep takes tensor names, got {keep!r}")
+    if names and m.at_layer is None:
+        single = sorted(n for n, mm in REGISTRY.items() if mm.at_layer is not None and mm.family == "gradient")
+        raise UsageError(f"keep: {m.name} does not compute its map in one reverse pass, so it has no relevance at "
+                         f"other tensors; the LRP methods, attn_lrp, pattern.* and {', '.join(single)} do")
+    return list(dict.fromkeys(names))
+
+
+def _kept_outputs(b: GraphBuilder, m, keep: list[str], x: str, y: str, on_path, params: dict) -> dict[str, str]:
+    """{tensor: its relevance} for the kept tensors, from what the reverse pass carried there."""
+    crossed = [x] + [o for n in on_path for o in n.output if b.is_float(o)]
+    out = {}
+    for name in keep:
+        if name not in crossed:
+            close = difflib.get_close_matches(name, crossed, n=3)
+            raise SelectionError(
+                f"keep: no float tensor '{name}' between input '{x}' and output '{y}' (a BatchNormalization folded "
+                "into a Conv leaves the Conv's own output out); "
+                + (f"did you mean {', '.join(close)}?" if close else f"tensors there include {', '.join(crossed[-5:])}"))
+        carried = b.kept.get(name)
+        out[name] = b.zeros_like(name) if carried is None else m.at_layer(b, name, carried, params)
+    return out
+
+
 def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, input, output,
-             report) -> onnx.ModelProto:
+             report, keep: list[str]) -> onnx.ModelProto:
     proto = load_model(model)
     check_input_model(proto, label)
     limit = random_opset_limit(default_opset(proto)) if m.random else None
@@ -86,33 +120,36 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     xshape = b.shape(x) or [None]
     target = Target(b, list(canon.graph.node), x, y, neuron, index,
                     static_batch=isinstance(xshape[0], int))
+    b.keep = frozenset(keep)
     relevance = m.build(target, resolved)
+    kept = _kept_outputs(b, m, keep, x, y, on_path, resolved) if keep else {}
     if report is not None:
         _fill_report(report, target, m)
     try:
-        return assemble(canon, target, relevance, neuron, method, resolved, chosen)
+        return assemble(canon, target, relevance, neuron, method, resolved, chosen, kept)
     except InvalidModelError:
         check_input_shapes(proto, label)  # blame the user's model when its own shapes disagree
         raise
 
 
 def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, method: str,
-             params: dict, graph_output: str | None = None) -> onnx.ModelProto:
+             params: dict, graph_output: str | None = None, kept: dict | None = None) -> onnx.ModelProto:
     """The compiled model; ``graph_output``: the tensor the explained one was chosen through (the graph
     output, or the tensor ``--output`` named; a softmax of the explained logits), recorded for readers of
-    its values."""
+    its values; ``kept``: {tensor: its relevance}, output as relevance:TENSOR after the map."""
     b = t.b
-    if b.types.get(relevance, b.types.get(t.x)) != TensorProto.FLOAT:  # a method may give float32 itself
-        relevance = b.op("Cast", [relevance], to=TensorProto.FLOAT)
-    final = b.op("Identity", [relevance])
-    b.nodes[-1].output[0] = RELEVANCE
-    del final
+    finals = {RELEVANCE: (relevance, t.x), **{KEPT + name: (r, name) for name, r in (kept or {}).items()}}
+    for out_name, (r, like) in finals.items():
+        if b.types.get(r, b.types.get(like)) != TensorProto.FLOAT:  # a method may give float32 itself
+            r = b.op("Cast", [r], to=TensorProto.FLOAT)
+        b.op("Identity", [r])
+        b.nodes[-1].output[0] = out_name
     graph = canon.graph
     # forward nodes (possibly given extra outputs, e.g. MaxPool indices) then the appended ones
     del graph.node[:]
     graph.node.extend(t.nodes)
     # appended nodes nothing reads go (a rule may leave a product it found a shortcut around)
-    appended = live_nodes(b.nodes, {o.name for o in graph.output} | {RELEVANCE} | names_read(t.nodes))
+    appended = live_nodes(b.nodes, {o.name for o in graph.output} | set(finals) | names_read(t.nodes))
     graph.node.extend(appended)
     # a Loop body's weights go in now, in place: a node appended with them would be copied whole
     for k in range(len(t.nodes), len(graph.node)):
@@ -124,8 +161,8 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     graph.value_info.extend(b.declared_shapes(o for n in appended for o in n.output))
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
-    x_shape = [d for d in (b.shape(t.x) or [])]
-    graph.output.append(helper.make_tensor_value_info(RELEVANCE, TensorProto.FLOAT, x_shape or None))
+    for out_name, (_, like) in finals.items():
+        graph.output.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, b.shape(like) or None))
     y_dims = (b.shape(t.y) or [None])[1:]
     n_neurons = {"onnxattr.outputs": str(int(np.prod(y_dims)))} if all(isinstance(d, int) for d in y_dims) else {}
     helper.set_model_props(canon, {**{p.key: p.value for p in canon.metadata_props}, **n_neurons,
@@ -135,7 +172,8 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
                                    "onnxattr.chosen": graph_output or t.y,
                                    "onnxattr.data": data_input(canon, t.x),
                                    "onnxattr.neuron": neuron,
-                                   "onnxattr.params": repr(params)})
+                                   "onnxattr.params": repr(params),
+                                   **({"onnxattr.keep": repr(list(kept))} if kept else {})})
     # the checker (and its strict shape inference) runs on a copy without the weights: serializing
     # them dominated compile time; our own constants are made from numpy arrays and cannot disagree
     light = checkable_copy(canon)

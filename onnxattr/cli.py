@@ -21,7 +21,7 @@ from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
 from onnxattr.output import (
-    check_destination, refuse_overwriting_input, save_array, save_image, save_model, save_text,
+    check_destination, refuse_overwriting_input, save_array, save_arrays, save_image, save_model, save_text,
 )
 
 
@@ -116,12 +116,17 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
+KEEP_HELP = ("the relevance at this tensor of the model too (repeatable; the single-pass methods: the LRP family, "
+             "gradient, ...)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="onnxattr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="write a model that also outputs `relevance`")
     _common(c)
     c.add_argument("-o", "--out", required=True, help="compiled model path (never the input)")
+    c.add_argument("--keep", action="append", metavar="TENSOR", help=KEEP_HELP + " as output relevance:TENSOR")
     e = sub.add_parser("explain", help="compile, run on data, save the relevance map")
     _common(e)
     e.add_argument("--data", required=True, nargs="+", metavar="DATA",
@@ -140,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the heatmap over the input in grey, each element's colour as opaque as it is "
                         "relevant (the data must have the relevance's shape: an image, not token ids)")
     e.add_argument("-o", "--out", help="relevance as .npy")
+    e.add_argument("--keep", action="append", metavar="TENSOR", help=KEEP_HELP + "; its sum per sample is printed")
+    e.add_argument("--keep-out", metavar="FILE.npz", help="the relevance at each --keep tensor, by name")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--batch-size", type=int, help="run the data in slices of this many samples, with a progress "
                    "bar (memory grows with the batch; the same map, but for the random methods' noise)")
@@ -202,20 +209,23 @@ def _input_files(a) -> list:
 def cmd_compile(a) -> int:
     refuse_overwriting_input(a.out, *_input_files(a), models=[a.model])
     check_destination(a.out)
-    model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, **_all_params(a))
+    model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, keep=a.keep or (),
+                          **_all_params(a))
     save_model(model, a.out, a.model)
     print(f"wrote {a.out} (outputs: {', '.join(o.name for o in model.graph.output)})")
     return 0
 
 
 def cmd_explain(a) -> int:
-    written = [os.path.realpath(p) for p in (a.out, a.heatmap, a.graymap) if p]
+    written = [os.path.realpath(p) for p in (a.out, a.heatmap, a.graymap, a.keep_out) if p]
     if len(set(written)) < len(written):
-        raise UsageError("-o, --heatmap and --graymap name the same file: give each its own")
-    for p in (a.out, a.heatmap, a.graymap):
+        raise UsageError("-o, --heatmap, --graymap and --keep-out name the same file: give each its own")
+    if a.keep_out and not a.keep:
+        raise UsageError("--keep-out writes the relevance at the --keep tensors: add --keep TENSOR")
+    for p in (a.out, a.heatmap, a.graymap, a.keep_out):
         if p:
             refuse_overwriting_input(p, *_input_files(a), models=[a.model])
-            check_destination(p, image=p != a.out)
+            check_destination(p, image=p in (a.heatmap, a.graymap))
     if a.level is not None and not (np.isfinite(a.level) and a.level > 0):
         raise UsageError(f"--level must be a number > 0, got {a.level}")
     for given, flag in ((a.overlay, "--overlay"), (a.cmap, "--cmap"), (a.level, "--level")):
@@ -229,7 +239,7 @@ def cmd_explain(a) -> int:
     if a.neuron == "index" and a.target is None:
         raise UsageError("--neuron index needs --target (one index, or one per sample: 3,1,4)")
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=a.neuron, input=a.input, output=a.output,
-                        device=a.device, **_all_params(a))
+                        device=a.device, keep=a.keep or (), **_all_params(a))
     mode = "index" if a.target is not None else analyzer.mode
     x = load_samples(a.data, analyzer, mode)
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
@@ -247,9 +257,15 @@ def cmd_explain(a) -> int:
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
     print(f"relevance {list(r.shape)} via {used}; sum per sample: "
           + ", ".join(f"{v:.4g}" for v in r.reshape(r.shape[0], -1).sum(1)[:8]))
+    for name, kept in analyzer.kept.items():
+        print(f"relevance at {name} {list(kept.shape)}; sum per sample: "
+              + ", ".join(f"{v:.4g}" for v in kept.reshape(max(1, kept.shape[0] if kept.ndim else 1), -1).sum(1)[:8]))
     if a.out:
         save_array(r, a.out, *_input_files(a), models=[a.model])
         print(f"wrote {a.out}")
+    if a.keep_out:
+        save_arrays(analyzer.kept, a.keep_out, *_input_files(a), models=[a.model])
+        print(f"wrote {a.keep_out}")
     for path, kind in ((a.heatmap, "heatmap"), (a.graymap, "graymap")):
         if path:
             save_image(viz.grid(r, kind, cmap=a.cmap or "seismic", level=a.level or 1.0,

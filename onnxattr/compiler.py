@@ -122,6 +122,8 @@ def reverse_pass(
         for g, o in zip(grads, node.output):
             if g is not None:
                 b.set_info(g, o)
+                if o in b.keep:
+                    b.kept[o] = g
         if node.op_type in ZERO_GRAD_OPS:
             continue
         need = [bool(i) and i in live for i in node.input]
@@ -138,4 +140,7 @@ def reverse_pass(
                 b.set_info(r, name)
                 arrived[name].append(r)
     parts = arrived.get(source)
-    return b.add_all(parts) if parts else None
+    arrived_at_source = b.add_all(parts) if parts else None
+    if source in b.keep and arrived_at_source is not None:
+        b.kept[source] = arrived_at_source
+    return arrived_at_source

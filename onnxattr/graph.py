@@ -104,6 +104,10 @@ class GraphBuilder:
         # x-times LRP rule): a rule dividing by stab(x) then needs only s and x / stab(x), and relevances
         # x * s_k arriving at one x are summed as x * (s_1 + s_2)
         self.product_of: dict[str, tuple[str, str]] = {}
+        # tensors whose relevance (the signal the reverse pass carries there) is also an output (keep=), and
+        # what reverse_pass found there: tensor -> the carried signal, summed over the tensor's readers
+        self.keep: frozenset = frozenset()
+        self.kept: dict[str, str] = {}
 
     # ---- names -----------------------------------------------------------------------------
     def fresh(self, hint: str = "t") -> str:
@@ -298,6 +302,7 @@ class GraphBuilder:
         c = GraphBuilder.__new__(GraphBuilder)
         c.__dict__.update(self.__dict__)
         c.nodes = []
+        c.keep, c.kept = frozenset(), {}  # a Loop body's signals are per point, not the map's
         return c
 
 

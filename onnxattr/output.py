@@ -177,6 +177,11 @@ def save_array(arr: np.ndarray, path: str, *inputs, models=()) -> None:
     _save_file(path, inputs, models, lambda f: np.save(f, arr))
 
 
+def save_arrays(arrays: dict, path: str, *inputs, models=()) -> None:
+    """Named arrays as one .npz (numpy's format, names as given)."""
+    _save_file(path, inputs, models, lambda f: np.savez(f, **arrays))
+
+
 def save_text(text: str, path: str, *inputs, models=()) -> None:
     """``text`` (UTF-8) to ``path``."""
     _save_file(path, inputs, models, lambda f: f.write(text.encode("utf-8")))

@@ -141,3 +141,20 @@ def test_a_sliced_feed_must_hold_one_row_per_sample():
     for size in (1, 2, 3, 10):
         with pytest.raises(onnxattr.errors.DataError, match="input 'mask' has 9 rows and the data 3 samples"):
             analyzer.analyze(x, inputs={"mask": nine}, batch_size=size)
+
+
+def test_kept_relevance_comes_with_each_analyze_and_its_slices():
+    """Analyzer(keep=) returns the map as before and puts the relevance at each kept tensor in .kept (the
+    original outputs stay in .outputs); slices concatenate them like the map."""
+    model, _ = mlp()
+    analyzer = onnxattr.create_analyzer("lrp.epsilon", model, keep=["r", "x"])
+    plain = onnxattr.create_analyzer("lrp.epsilon", model).analyze(X)
+    whole = analyzer.analyze(X)
+    np.testing.assert_array_equal(whole, plain)
+    assert list(analyzer.kept) == ["r", "x"] and analyzer.kept["r"].shape == (7, 8)
+    np.testing.assert_array_equal(analyzer.kept["x"], whole)
+    assert len(analyzer.outputs) == 1 and analyzer.outputs[0].shape == (7, 3)
+    kept = dict(analyzer.kept)
+    analyzer.analyze(X, batch_size=3)
+    for name, value in kept.items():
+        np.testing.assert_allclose(analyzer.kept[name], value, rtol=1e-5, atol=1e-6)

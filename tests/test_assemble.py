@@ -72,3 +72,55 @@ def test_the_data_for_an_integer_input_keeps_its_type_and_range():
     np.testing.assert_array_equal(analyzer.analyze(ids, inputs={"flag": np.array(True)}), r)
     with pytest.raises(onnxattr.errors.DataError, match="beyond its range"):
         analyzer.analyze(ids + 256, inputs={"flag": np.array(True)})
+
+
+# keep=: the relevance at hidden tensors, as outputs relevance:NAME after the map
+
+def _kept_run(method, keep, x, **params):
+    import onnxruntime as ort
+
+    from tests.models import mlp
+
+    compiled = onnxattr.compile(mlp(softmax=False)[0], method, keep=keep, **params)
+    sess = ort.InferenceSession(compiled.SerializeToString())
+    names = [o.name for o in sess.get_outputs()]
+    return compiled, dict(zip(names, sess.run(None, {"x": x}))), names
+
+
+def test_kept_tensors_are_outputs_after_the_map_with_their_relevance():
+    """mlp: h = x W1, h2 = h + b1, r = relu(h2), z = r W2. The gradient at r is W2's selected column, at h2 that
+    masked by r > 0, at x the map itself and at z the seed; lrp.z's relevance at r and h2 is the same (the
+    Relu passes it) and sums to the logit (a bias-free layer above conserves it)."""
+    from tests.models import mlp, mlp_logits
+
+    w1, b1, w2 = mlp(softmax=False)[1]
+    x = np.random.default_rng(4).standard_normal((5, 6)).astype(np.float32)
+    logits = mlp_logits(x, (w1, b1, w2))
+    top = logits.argmax(1)
+    compiled, out, names = _kept_run("gradient", ["r", "h2", "x", "z"], x)
+    assert names == ["z", "relevance", "relevance:r", "relevance:h2", "relevance:x", "relevance:z"]
+    np.testing.assert_allclose(out["relevance:r"], w2[:, top].T, rtol=1e-6)
+    np.testing.assert_allclose(out["relevance:h2"], w2[:, top].T * (x @ w1 + b1 > 0), rtol=1e-6)
+    np.testing.assert_array_equal(out["relevance:x"], out["relevance"])
+    np.testing.assert_array_equal(out["relevance:z"], np.eye(3, dtype=np.float32)[top])
+    assert {p.key: p.value for p in compiled.metadata_props}["onnxattr.keep"] == repr(["r", "h2", "x", "z"])
+    _, out, _ = _kept_run("lrp.z", ["r", "h2"], x)
+    np.testing.assert_array_equal(out["relevance:r"], out["relevance:h2"])
+    np.testing.assert_allclose(out["relevance:r"].sum(1), logits[np.arange(5), top], rtol=1e-5)
+    _, out, _ = _kept_run("input_t_gradient", "r", x)  # one name; the tensor times the gradient there
+    np.testing.assert_allclose(out["relevance:r"], np.maximum(x @ w1 + b1, 0) * w2[:, top].T, rtol=1e-5, atol=1e-6)
+
+
+def test_keep_refusals_name_the_problem():
+    from onnxattr.errors import SelectionError, UsageError
+    from tests.models import mlp
+
+    model = mlp(softmax=False)[0]
+    with pytest.raises(SelectionError, match=r"no float tensor 'h3' between input 'x' and output 'z'.*did you mean h\?"):
+        onnxattr.compile(model, "lrp.epsilon", keep=["h3"])
+    with pytest.raises(SelectionError, match="no float tensor 'W1'"):  # a weight: not on the path
+        onnxattr.compile(model, "lrp.epsilon", keep=["W1"])
+    with pytest.raises(UsageError, match="keep: smoothgrad does not compute its map in one reverse pass.*lrp"):
+        onnxattr.compile(model, "smoothgrad", keep=["r"])
+    with pytest.raises(UsageError, match="keep takes tensor names"):
+        onnxattr.compile(model, "gradient", keep=[3])

@@ -449,3 +449,25 @@ def test_a_data_folder_is_read_safely(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("onnxattr.cli_data.os.listdir", refuse)
     assert main(base) == 7
     assert "cannot list the folder (Permission denied)" in capsys.readouterr().err
+
+
+def test_keep_prints_each_tensors_sums_and_writes_them(tmp_path, model_path, capsys):
+    """--keep TENSOR (repeatable) in compile adds relevance:TENSOR outputs; in explain it prints the sum per
+    sample at each tensor (a conservation check) and --keep-out writes them to one .npz by name."""
+    out = tmp_path / "c.onnx"
+    assert main(["compile", str(model_path), "-m", "lrp.z", "--keep", "r", "--keep", "h2", "-o", str(out)]) == 0
+    assert [o.name for o in onnx.load(out).graph.output] == ["p", "relevance", "relevance:r", "relevance:h2"]
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    capsys.readouterr()
+    assert main(["explain", str(model_path), "-m", "lrp.z", "--data", str(tmp_path / "x.npy"), "--keep", "r",
+                 "--keep-out", str(tmp_path / "k.npz")]) == 0
+    printed = capsys.readouterr().out
+    kept = np.load(tmp_path / "k.npz")
+    assert kept.files == ["r"] and kept["r"].shape == (3, 8)
+    logits = mlp_logits(x, mlp()[1])
+    np.testing.assert_allclose(kept["r"].sum(1), logits.max(1), rtol=1e-5)  # lrp.z conserves above the bias
+    assert "relevance at r [3, 8]; sum per sample: " + ", ".join(f"{v:.4g}" for v in kept["r"].sum(1)) in printed
+    assert main(["explain", str(model_path), "-m", "lrp.z", "--data", str(tmp_path / "x.npy"),
+                 "--keep-out", str(tmp_path / "k2.npz")]) == EXIT_CODES["UsageError"]
+    assert "add --keep TENSOR" in capsys.readouterr().err and not (tmp_path / "k2.npz").exists()

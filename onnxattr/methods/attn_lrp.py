@@ -35,7 +35,7 @@ from onnxattr.emitters import VJPS
 from onnxattr.emitters.normalization import affine_grads, norm_stats
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import find_units
-from onnxattr.methods.base import Method, Param, Target, non_negative, register_method
+from onnxattr.methods.base import Method, Param, Target, non_negative, register_method, times_tensor
 from onnxattr.select import build_seed
 
 # element-wise activations (their first input varies, the others are constants): the identity rule
@@ -319,10 +319,10 @@ GAMMAS = (
 register_method(Method(
     "attn_lrp", "AttnLRP (LXT's rules for transformers): identity rule on activations, uniform rule on "
     "products of activations, norms' std held constant; the z rule (or gamma) elsewhere.",
-    build(False), GAMMAS, family="lrp",
+    build(False), GAMMAS, family="lrp", at_layer=times_tensor,
 ))
 register_method(Method(
     "cp_lrp", "CP-LRP (Ali et al. 2022, as LXT writes it): attn_lrp with the attention weights (softmax "
     "outputs) and a gated MLP's activated gate held constant.",
-    build(True), GAMMAS, family="lrp",
+    build(True), GAMMAS, family="lrp", at_layer=times_tensor,
 ))

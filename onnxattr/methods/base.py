@@ -49,6 +49,9 @@ class Method:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     random: bool = False  # emits random ops (RandomNormalLike): see methods.draws.random_opset_limit
     whole_batch: bool = False  # a sample's map depends on the other samples of its batch (feature_permutation)
+    # the method's relevance at a tensor T the reverse pass crossed (keep=), from the signal it carried there:
+    # at_layer(b, T, carried, params); None where the map is not one reverse pass (the Loop methods)
+    at_layer: Callable[[GraphBuilder, str, str, dict], str] | None = None
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by ``given``; unknown names and bad values raise UsageError."""
@@ -213,3 +216,13 @@ def chunk_size(t: Target, p: dict) -> int:
     """Points per Loop iteration: the ``chunk_size`` parameter, or 1 for a model of static batch (its
     graph cannot take a larger one)."""
     return 1 if t.static_batch else p["chunk_size"]
+
+
+def as_carried(b: GraphBuilder, tensor: str, carried: str, params: dict) -> str:
+    """The relevance at a tensor is the signal the reverse pass carries there (LRP, gradients)."""
+    return carried
+
+
+def times_tensor(b: GraphBuilder, tensor: str, carried: str, params: dict) -> str:
+    """The relevance at a tensor is the tensor times the signal carried there (input x gradient, AttnLRP)."""
+    return b.op("Mul", [tensor, carried])

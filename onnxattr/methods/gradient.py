@@ -23,8 +23,8 @@ from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import (
-    Method, Param, Target, chunk_size, non_negative, one_of, optional_int, parse_int, parse_optional_int,
-    positive, positive_int, reference_constant, register_method,
+    Method, Param, Target, as_carried, chunk_size, non_negative, one_of, optional_int, parse_int, parse_optional_int,
+    positive, positive_int, reference_constant, register_method, times_tensor,
 )
 from onnxattr.methods.draws import gaussian
 from onnxattr.sampling import repeat_rows, sample_loop
@@ -281,15 +281,17 @@ SEED = Param("seed", 0, "random seed of the draws (None: onnxruntime's per-proce
 
 for _m in (
     Method("gradient", "Gradient of the selected output w.r.t. the input.", build_gradient, (POSTPROCESS,),
-           aliases=("gradient.baseline",)),  # iNNvestigate's name for its framework-gradient check
-    Method("input_t_gradient", "Input times gradient.", build_input_t_gradient),
-    Method("deconvnet", "DeconvNet: ReLUs pass only positive relevance backward.", build_deconvnet),
+           aliases=("gradient.baseline",),  # iNNvestigate's name for its framework-gradient check
+           at_layer=lambda b, tensor, carried, p: _postprocess(b, carried, p["postprocess"])),
+    Method("input_t_gradient", "Input times gradient.", build_input_t_gradient, at_layer=times_tensor),
+    Method("deconvnet", "DeconvNet: ReLUs pass only positive relevance backward.", build_deconvnet,
+           at_layer=as_carried),
     Method("guided_backprop", "Guided backprop: gradient through ReLUs, positive part only.",
-           build_guided_backprop),
+           build_guided_backprop, at_layer=as_carried),
     Method("beta_smooth", "Gradient with every Relu's derivative replaced by softplus_beta's, sigmoid(beta x) "
            "(Zennit's BetaSmooth composite; Dombrowski et al. 2019).", build_beta_smooth,
            (Param("beta_smooth", 10.0, "beta of the softplus whose derivative replaces the Relu's (Zennit's "
-                  "default 10; larger is closer to the gradient)", float, positive),)),
+                  "default 10; larger is closer to the gradient)", float, positive),), at_layer=as_carried),
     Method("integrated_gradients", "Integrated gradients from the reference (a left Riemann sum unless "
            "integration says otherwise).",
            build_integrated_gradients,

@@ -13,7 +13,7 @@ from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.errors import OnnxAttrWarning, UsageError, warn
 from onnxattr.lrp.composite import STYLES, Composite, make_rule
 from onnxattr.lrp.presets import Preset, PresetParam, load_preset, parse_preset
-from onnxattr.methods.base import Method, Param, Target, non_negative_int, register_method
+from onnxattr.methods.base import Method, Param, Target, as_carried, non_negative_int, register_method
 from onnxattr.select import build_seed
 
 
@@ -76,7 +76,8 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
         t.assignment.update(composite.assignment)
         return r if r is not None else t.b.zeros_like(t.x)
 
-    return Method(preset.name, preset.doc, build, tuple(_param(p) for p in preset.params), family="lrp")
+    return Method(preset.name, preset.doc, build, tuple(_param(p) for p in preset.params), family="lrp",
+                  at_layer=as_carried)
 
 
 def method_from_file(path) -> Method:

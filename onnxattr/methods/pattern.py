@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from onnxattr.compiler import reverse_pass
 from onnxattr.errors import PatternError, warn
-from onnxattr.methods.base import Method, Param, Target, one_of, register_method
+from onnxattr.methods.base import Method, Param, Target, as_carried, one_of, register_method
 from onnxattr.pattern.layers import model_digest, pattern_layers, weight
 from onnxattr.pattern.stats import PATTERN_TYPES
 from onnxattr.pattern.store import DegeneratePatternWarning, Patterns, all_zero, load_patterns
@@ -97,8 +97,8 @@ PARAMS = (
 
 for _m in (
     Method("pattern.net", "PatternNet: backward with learned patterns in place of weights (needs fit).",
-           _builder(False), PARAMS, family="pattern"),
+           _builder(False), PARAMS, family="pattern", at_layer=as_carried),
     Method("pattern.attribution", "PatternAttribution: backward with weights ⊙ patterns (needs fit).",
-           _builder(True), PARAMS, family="pattern"),
+           _builder(True), PARAMS, family="pattern", at_layer=as_carried),
 ):
     register_method(_m)

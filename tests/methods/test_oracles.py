@@ -13,7 +13,9 @@ deep_lift (Captum DeepLift, baseline 0), deep_lift_shap (Captum DeepLiftShap, x'
 and excitation_backprop (Zennit's ExcitationBackprop with
 zero_params=['bias'] and iNNvestigate's stabilizer, as ours) sit in the 1e-3 class; they agree to ~3e-6 and
 ~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~5e-7, and
-with LXT plus Zennit's gamma rule on the ViT's layers (tag "gamma") to ~7e-7. On two models whose output is a loss
+with LXT plus Zennit's gamma rule on the ViT's layers (tag "gamma") to ~7e-7. An entry's ``keep`` names a hidden
+tensor whose relevance is compared (keep=): Zennit's EpsilonPlusFlat relevance retained at a middle ReLU's output
+(tag "layer", all eight torch nets). On two models whose output is a loss
 over the batch (tests/oracles/make_captum_loss.py), Captum's perturbation methods change every sample at once
 and return one row, stored repeated for each sample as onnxattr returns it; a manifest entry's ``rows`` keeps
 the first rows of the data only (feature permutation of a pair, where Captum's swap is forced).
@@ -97,14 +99,16 @@ def our_params(entry, arrays=None):
     return params
 
 
-def run(model_path, method, mode, x, target, input_name, feeds=None, **params):
-    """The compiled map of x; ``feeds``: the model's other graph inputs (a padding mask)."""
-    compiled = onnxattr.compile(str(model_path), method, neuron=mode, input=input_name, **params)
+def run(model_path, method, mode, x, target, input_name, feeds=None, keep=None, **params):
+    """The compiled map of x; ``feeds``: the model's other graph inputs (a padding mask); ``keep``: a tensor
+    whose relevance is returned instead (keep=)."""
+    compiled = onnxattr.compile(str(model_path), method, neuron=mode, input=input_name, keep=[keep] if keep else (),
+                                **params)
     sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = {input_name: x, **(feeds or {})}
     if mode == "index":
         feed["target"] = target
-    return sess.run(["relevance"], feed)[0]
+    return sess.run([f"relevance:{keep}" if keep else "relevance"], feed)[0]
 
 
 def tolerance(entry, key=""):
@@ -178,7 +182,7 @@ def test_matches_reference(name, key, model_file, tmp_path):
         to_own = np.mean([rms(runs[i] - runs[j]) for i, j in ((0, 1), (0, 2), (1, 2))])
         assert to_ref <= 1.5 * to_own, (to_ref, to_own)
         return
-    got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, feeds, **params)
+    got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, feeds, entry.get("keep"), **params)
     scale = float(np.abs(want).max())
     err = float(np.abs(got - want).max())
     assert err <= tolerance(entry, key) * scale, f"max error {err:.3g} vs map max {scale:.3g}"
@@ -238,6 +242,7 @@ def test_new_oracles_are_compared():
         assert {f"{m}|{mode}|default" for m in ("shapley_values", "shapley_value_sampling") for mode in MODES} \
             <= compared, name
         assert {f"feature_permutation|{mode}|{tag}" for mode in MODES for tag in ("pair", "default")} <= compared, name
+        assert {f"lrp.epsilon_plus_flat|{mode}|layer" for mode in MODES} <= compared, name  # relevance at a hidden tensor
         if name.startswith("torch_mlp"):
             assert {f"feature_ablation|{mode}|default" for mode in MODES} <= compared, name
     for name in ("torch_tabular_loss", "torch_cnn_loss", "torch_ce_loss"):  # a loss: Captum's scalar-output mode

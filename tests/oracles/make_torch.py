@@ -464,6 +464,81 @@ def prefold_bn(model):
     return clone.eval()
 
 
+ONNX_FILE = {}  # "path": the export of the model being made (set by prepare), for families that name its tensors
+
+
+def onnx_tensor_of(value):
+    """The name of the float tensor of the exported model (ONNX_FILE["path"]) that holds ``value`` (a module's
+    output at the stored x), a Relu output first: the name onnxattr's keep= takes."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(ONNX_FILE["path"]))
+    outputs = {o.name for o in model.graph.output}
+    floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    relu = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
+    names = [o for o in relu + [o for n in model.graph.node for o in n.output if o not in relu] if o in floats]
+    for name in names:
+        if name not in outputs:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    found = dict(zip([o.name for o in sess.get_outputs()],
+                     sess.run(None, {sess.get_inputs()[0].name: ONNX_FILE["x"]})))
+    want = value.detach().double().numpy()
+    for name in names:
+        got = found.get(name)
+        # within 1e-4 of the largest value (Zennit's SequentialMergeBatchNorm leaves x / sqrt(1 + eps): ~1e-5)
+        if got is not None and got.shape == want.shape and np.abs(got - want).max() <= 1e-4 * np.abs(want).max():
+            return name
+    near = sorted((float(np.abs(found[n] - want).max() / np.abs(want).max()), n) for n in names
+                  if n in found and found[n].shape == want.shape)
+    raise AssertionError(f"no tensor of the export holds the module's output {want.shape}; nearest: {near[:3]}")
+
+
+def run_zennit_layers(variants, x, argmax, target):
+    """Zennit's relevance at a hidden tensor: EpsilonPlusFlat (variant 'default'), the gradient retained at the
+    output of the middle nn.ReLU module called once in the forward pass (under Zennit's rule hooks the gradient
+    between hooked layers is the relevance), for onnxattr's keep= at the export's tensor that holds it."""
+    model, names, _ = variants["default"]
+    cls_name, kwargs, params = LRP_METHODS["lrp.epsilon_plus_flat"]
+
+    def composite():
+        canonizers = [getattr(zennit.canonizers, n)() if hasattr(zennit.canonizers, n)
+                      else getattr(zennit.torchvision, n)() for n in names]
+        return getattr(zennit.composites, cls_name)(canonizers=canonizers, **kwargs)
+
+    calls = []  # which nn.ReLU modules the forward calls, under the canonizers (ResNet's calls one twice)
+    with zennit.attribution.Gradient(model, composite()):
+        handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append(n))
+                   for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+        with torch.no_grad():
+            model(x)
+        for h in handles:
+            h.remove()
+    once = [n for n in dict.fromkeys(calls) if calls.count(n) == 1]
+    chosen = once[len(once) // 2]
+    out = {}
+    for mode in MODES:
+        kept = {}
+
+        def keep(mod, i, o):
+            o.retain_grad()
+            kept["out"] = o
+
+        with zennit.attribution.Gradient(model, composite()) as attributor:
+            handle = model.get_submodule(chosen).register_forward_hook(keep)
+            attributor(x.clone(), lrp_seed(mode, argmax, target))
+            handle.remove()
+        tensor = onnx_tensor_of(kept["out"])
+        seed = {"max": "y*onehot(argmax)", "index": "y*onehot(target)", "all": "y (all logits)"}[mode]
+        out[f"lrp.epsilon_plus_flat|{mode}|layer"] = (kept["out"].grad.detach().clone(), {
+            "method": "lrp.epsilon_plus_flat", "params": params, "mode": mode, "seed": "logit",
+            "statistical": False, "zennit_canonizers": names, "keep": tensor,
+            "library_call": f"zennit.attribution.Gradient(model, zennit.composites.{cls_name}(canonizers={names})) "
+                            f"with attr_output = {seed}; the gradient retained at the output of module "
+                            f"'{chosen}' (export tensor '{tensor}')"})
+    return out
+
+
 def run_zennit(variants, x, argmax, target):
     """variants: {tag: (model, canonizer names, description)}."""
     out = {}
@@ -940,7 +1015,7 @@ def run_excitation(model, canonizer_names, x, argmax, target):
 
 FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
             "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley", "deep_lift_shap",
-            "feature_permutation")
+            "feature_permutation", "zennit_layers")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -958,6 +1033,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
         variants = variants_fn(m)
         if "zennit" in families:
             maps.update(run_zennit(variants, xd, argmax, target))
+        if "zennit_layers" in families:
+            maps.update(run_zennit_layers(variants, xd, argmax, target))
         for family, run in (("deep_lift", run_deeplift), ("ig_quadrature", run_ig_quadrature), ("cam", run_cam),
                             ("gradient_shap", run_gradient_shap), ("occlusion", run_occlusion),
                             ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth),
@@ -1208,7 +1285,8 @@ def save(name, layout, x, target, logits, maps, notes, also_valid_for=()):
     entries = {}
     for key, (value, entry) in sorted(maps.items()):
         arr = value.detach().numpy().astype(np.float32)
-        assert arr.shape == (entry.get("rows", x.shape[0]),) + tuple(x.shape[1:]), (key, arr.shape)
+        if "keep" not in entry:  # a kept tensor's relevance has that tensor's shape
+            assert arr.shape == (entry.get("rows", x.shape[0]),) + tuple(x.shape[1:]), (key, arr.shape)
         assert np.isfinite(arr).all(), f"{name}: {key} is not finite"
         assert np.abs(arr).max() > 0, f"{name}: {key} is all zero"
         arrays[key] = arr
@@ -1336,6 +1414,7 @@ def prepare(name, maker, shape, lo=0.0, hi=1.0, preserve=False):
         argmax = pin_committed(name, model, x)
     target = make_target(argmax)
     logits = export(model, x, os.path.join(DATA, f"{name}.onnx"), preserve=preserve)
+    ONNX_FILE.update(path=os.path.join(DATA, f"{name}.onnx"), x=x.numpy())
     return model, x, argmax, seed, target, logits
 
 
