@@ -72,7 +72,7 @@ def _keep_list(keep, m) -> list[str]:
     if not all(isinstance(n, str) and n for n in names):
         raise UsageError(f"keep takes tensor names, got {keep!r}")
     if names and m.at_layer is None:
-        single = sorted(n for n, mm in REGISTRY.items() if mm.at_layer is not None and mm.family == "gradient")
+        single = sorted({mm.name for mm in REGISTRY.values() if mm.at_layer is not None and mm.family == "gradient"})
         raise UsageError(f"keep: {m.name} does not compute its map in one reverse pass, so it has no relevance at "
                          f"other tensors; the LRP methods, attn_lrp, pattern.* and {', '.join(single)} do")
     return list(dict.fromkeys(names))
