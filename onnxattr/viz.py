@@ -9,10 +9,12 @@ overlay: a heatmap blended over the input image in grey, so the relevance sits o
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image
 
-from onnxattr.errors import UsageError
+from onnxattr.errors import OnnxAttrWarning, UsageError
 
 
 def _zennit(*colours, centre: str | None = None) -> np.ndarray:
@@ -170,7 +172,9 @@ WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # Pillow's 16/32-bit integer 
 def load_image(path: str, shape) -> np.ndarray:
     """An image file as a float32 batch of one, in [0, 1], laid out for ``shape`` (NCHW or NHWC): 8-bit
     images over 255, 16-bit ones (PNG, TIFF) over 65535, float ones (TIFF) as they are; a grey image repeated
-    over three channels when the model takes RGB (an alpha channel is dropped)."""
+    over three channels when the model takes RGB. What is left out is said in a warning: an alpha channel
+    (transparent pixels keep their colour values), and every frame of an animation or multi-page TIFF but the
+    first."""
     dims = list(shape[1:])
     axis = channel_axis(dims) if len(dims) == 3 else None
     if axis == 0:
@@ -179,9 +183,17 @@ def load_image(path: str, shape) -> np.ndarray:
         h, w, c = dims
     else:
         h, w, c = (dims + [None, None])[:2] + [1]
-    img = Image.open(path)
-    wide = img.mode in WIDE_MODES
-    img = (img if img.mode == "F" else img.convert("I")) if wide else img.convert("L" if c == 1 else "RGB")
+    with Image.open(path) as opened:  # closed once converted (a multi-frame file stays open otherwise)
+        dropped = []
+        if opened.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in opened.info:
+            dropped.append("its alpha channel (transparent pixels keep their colour values)")
+        if getattr(opened, "n_frames", 1) > 1:
+            dropped.append(f"{opened.n_frames - 1} frame{'s' if opened.n_frames > 2 else ''} after the first")
+        if dropped:
+            warnings.warn(OnnxAttrWarning(f"{path}: read without {' and '.join(dropped)}"))
+        wide = opened.mode in WIDE_MODES
+        img = (opened.copy() if opened.mode == "F" else opened.convert("I")) if wide else \
+            opened.convert("L" if c == 1 else "RGB")
     if isinstance(h, int) and isinstance(w, int):
         img = img.resize((w, h))
     a = np.asarray(img, np.float64 if wide else np.float32)

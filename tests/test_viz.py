@@ -137,3 +137,26 @@ def test_16_bit_and_float_images_keep_their_values(tmp_path):
     np.testing.assert_allclose(viz.load_image(str(tmp_path / "f.tif"), ["N", 1, 6, 8])[0, 0], grey, atol=1e-7)
     rgb = viz.load_image(str(tmp_path / "g16.png"), ["N", 6, 8, 3])  # grey repeated for an RGB model
     np.testing.assert_allclose(rgb[0], np.repeat(grey[..., None], 3, -1), atol=2e-5)
+
+
+def test_what_an_image_loses_is_said(tmp_path):
+    """An alpha channel and the frames after the first are left out with a warning naming the file; a plain
+    RGB image loads silently."""
+    import warnings
+
+    from onnxattr.errors import OnnxAttrWarning
+    from onnxattr.viz import load_image
+
+    pixels = (np.random.default_rng(0).random((8, 8, 4)) * 255).astype(np.uint8)
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "a.png")
+    frames = [Image.fromarray(pixels[..., k]) for k in range(3)]
+    frames[0].save(tmp_path / "b.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(pixels[..., :3]).save(tmp_path / "c.png")
+    with pytest.warns(OnnxAttrWarning, match=r"a\.png: read without its alpha channel"):
+        got = load_image(str(tmp_path / "a.png"), ["N", 3, 8, 8])
+    np.testing.assert_allclose(got[0], pixels[..., :3].transpose(2, 0, 1) / 255, atol=1e-6)
+    with pytest.warns(OnnxAttrWarning, match=r"b\.gif: read without 2 frames after the first"):
+        load_image(str(tmp_path / "b.gif"), ["N", 1, 8, 8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(str(tmp_path / "c.png"), ["N", 3, 8, 8])
