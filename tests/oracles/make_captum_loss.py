@@ -127,24 +127,19 @@ def maps(loss, x, labels, groups, occlusion):
     add("gradient|max|default", Saliency(AsOneRow(loss)).attribute(xi, abs=False, additional_forward_args=args),
         "gradient", {}, "captum Saliency(loss as [1]).attribute(x, abs=False, additional_forward_args=(labels,))")
     with torch.no_grad():
-        add("feature_ablation|max|default",
-            FeatureAblation(loss).attribute(x, baselines=0.5, feature_mask=fm, additional_forward_args=args,
-                                            perturbations_per_eval=1),
-            "feature_ablation", {"baselines": 0.5, "feature_mask": "@mask:groups"},
-            "captum FeatureAblation(loss).attribute(x, baselines=0.5, feature_mask=the stored mask:groups, "
-            "additional_forward_args=(labels,), perturbations_per_eval=1)")
+        for method, cls in (("feature_ablation", FeatureAblation), ("shapley_values", ShapleyValues)):
+            add(f"{method}|max|default",
+                cls(loss).attribute(x, baselines=0.5, feature_mask=fm, additional_forward_args=args,
+                                    perturbations_per_eval=1),
+                method, {"baselines": 0.5, "feature_mask": "@mask:groups"},
+                f"captum {cls.__name__}(loss).attribute(x, baselines=0.5, feature_mask=the stored mask:groups, "
+                "additional_forward_args=(labels,), perturbations_per_eval=1)")
         add("occlusion|max|default",
             Occlusion(loss).attribute(x, baselines=0.5, additional_forward_args=args, perturbations_per_eval=1,
                                       **occlusion),
             "occlusion", {"baselines": 0.5, **{k: list(v) for k, v in occlusion.items()}},
             f"captum Occlusion(loss).attribute(x, baselines=0.5, {occlusion}, additional_forward_args=(labels,), "
             "perturbations_per_eval=1)")
-        add("shapley_values|max|default",
-            ShapleyValues(loss).attribute(x, baselines=0.5, feature_mask=fm, additional_forward_args=args,
-                                          perturbations_per_eval=1),
-            "shapley_values", {"baselines": 0.5, "feature_mask": "@mask:groups"},
-            "captum ShapleyValues(loss).attribute(x, baselines=0.5, feature_mask=the stored mask:groups, "
-            "additional_forward_args=(labels,), perturbations_per_eval=1)")
         add("feature_permutation|max|pair",
             FeaturePermutation(loss).attribute(x[:2], feature_mask=fm, additional_forward_args=(labels[:2],)),
             "feature_permutation", {"feature_mask": "@mask:groups"},

@@ -820,17 +820,23 @@ def coarse_mask(shape, groups=6):
     return (rows[:, None] * 2 + cols[None, :]).reshape((1, 1) + tuple(shape[2:])).astype(np.int64)
 
 
+def coarse_groups(x):
+    """(coarse_mask of x's shape, the same as a torch tensor), the mask stored as 'mask:coarse' (the entries'
+    feature_mask names it)."""
+    mask = coarse_mask(tuple(x.shape))
+    AUX["mask:coarse"] = mask
+    return mask, torch.from_numpy(mask)
+
+
 def run_shapley(model, x, argmax, target):
     """Captum ShapleyValues (exact: every order of the six groups of coarse_mask) and ShapleyValueSampling
     (n_samples=25 random orders; statistical, torch.manual_seed(2027) before), baselines 0.5."""
     from captum.attr import ShapleyValues, ShapleyValueSampling
 
-    mask = coarse_mask(tuple(x.shape))
-    AUX["mask:coarse"] = mask
+    mask, fm = coarse_groups(x)
     out = {}
     for mode in MODES:
         m, tgt, seed_note = captum_call(model, mode, argmax, target)
-        fm = torch.from_numpy(mask)
         with torch.no_grad():
             exact = ShapleyValues(m).attribute(x, baselines=0.5, target=tgt, feature_mask=fm,
                                                perturbations_per_eval=1)
@@ -876,12 +882,10 @@ def run_feature_permutation(model, x, argmax, target):
     row stored as 'perm_mean:MODE' (the entry's 'exact')."""
     from captum.attr import FeaturePermutation
 
-    mask = coarse_mask(tuple(x.shape))
-    AUX["mask:coarse"] = mask
+    mask, fm = coarse_groups(x)
     out = {}
     for mode in MODES:
         m, tgt, seed_note = captum_call(model, mode, argmax, target)
-        fm = torch.from_numpy(mask)
         pair_tgt = tgt if isinstance(tgt, int) else tgt[:2]
         with torch.no_grad():
             pair = FeaturePermutation(m).attribute(x[:2], target=pair_tgt, feature_mask=fm)
