@@ -78,16 +78,20 @@ def _keep_list(keep, m) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _kept_outputs(b: GraphBuilder, m, keep: list[str], x: str, y: str, on_path, params: dict) -> dict[str, str]:
-    """{tensor: its relevance} for the kept tensors, from what the reverse pass carried there."""
+def _kept_outputs(b: GraphBuilder, m, keep: list[str], x: str, y: str, chosen: str, on_path, tensors: set,
+                  params: dict) -> dict[str, str]:
+    """{tensor: its relevance} for the kept tensors, from what the reverse pass carried there; ``tensors``: every
+    tensor name of the model, for the message when a kept one is not on the path."""
     crossed = [x] + [o for n in on_path for o in n.output if b.is_float(o)]
     out = {}
     for name in keep:
         if name not in crossed:
             close = difflib.get_close_matches(name, crossed, n=3)
+            where = f"tensor '{name}' is not" if name in tensors else f"no tensor '{name}'"
+            after = (f" (the explained tensor is '{y}', the input of the Softmax that gives '{chosen}': relevance "
+                     "stops there)" if name == chosen and chosen != y else "")
             raise SelectionError(
-                f"keep: no float tensor '{name}' between input '{x}' and output '{y}' (a BatchNormalization folded "
-                "into a Conv leaves the Conv's own output out); "
+                f"keep: {where} between input '{x}' and output '{y}'{after}; "
                 + (f"did you mean {', '.join(close)}?" if close else f"tensors there include {', '.join(crossed[-5:])}"))
         carried = b.kept.get(name)
         out[name] = b.zeros_like(name) if carried is None else m.at_layer(b, name, carried, params)
@@ -104,7 +108,8 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     names = {i.name for i in canon.graph.input} | {t.name for t in canon.graph.initializer} | {
         o for top in canon.graph.node for n in nodes_within(top) for o in n.output}
     for name, why in ((TARGET_INPUT, "neuron index input (--neuron index, neuron_selection=)"),
-                      (RELEVANCE, "relevance output")):
+                      (RELEVANCE, "relevance output"),
+                      *((KEPT + k, f"output for the relevance at '{k}' (keep=)") for k in keep)):
         if name in names and (name != TARGET_INPUT or neuron == "index"):
             raise UnsupportedModelError(
                 f"{label}: the model has a tensor named '{name}', the name of the compiled model's {why}; "
@@ -122,7 +127,7 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
                     static_batch=isinstance(xshape[0], int))
     b.keep = frozenset(keep)
     relevance = m.build(target, resolved)
-    kept = _kept_outputs(b, m, keep, x, y, on_path, resolved) if keep else {}
+    kept = _kept_outputs(b, m, keep, x, y, chosen, on_path, names, resolved) if keep else {}
     if report is not None:
         _fill_report(report, target, m)
     try:

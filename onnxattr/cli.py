@@ -222,6 +222,8 @@ def cmd_explain(a) -> int:
         raise UsageError("-o, --heatmap, --graymap and --keep-out name the same file: give each its own")
     if a.keep_out and not a.keep:
         raise UsageError("--keep-out writes the relevance at the --keep tensors: add --keep TENSOR")
+    if a.keep_out and not a.keep_out.endswith(".npz"):
+        raise UsageError(f"--keep-out must name a .npz file (one array per kept tensor), got '{a.keep_out}'")
     for p in (a.out, a.heatmap, a.graymap, a.keep_out):
         if p:
             refuse_overwriting_input(p, *_input_files(a), models=[a.model])

@@ -9,12 +9,10 @@ overlay: a heatmap blended over the input image in grey, so the relevance sits o
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from PIL import Image
 
-from onnxattr.errors import OnnxAttrWarning, UsageError
+from onnxattr.errors import OnnxAttrWarning, UsageError, warn
 
 
 def _zennit(*colours, centre: str | None = None) -> np.ndarray:
@@ -190,7 +188,7 @@ def load_image(path: str, shape) -> np.ndarray:
         if getattr(opened, "n_frames", 1) > 1:
             dropped.append(f"{opened.n_frames - 1} frame{'s' if opened.n_frames > 2 else ''} after the first")
         if dropped:
-            warnings.warn(OnnxAttrWarning(f"{path}: read without {' and '.join(dropped)}"))
+            warn(f"{path}: read without {' and '.join(dropped)}", OnnxAttrWarning)
         wide = opened.mode in WIDE_MODES
         img = (opened.copy() if opened.mode == "F" else opened.convert("I")) if wide else \
             opened.convert("L" if c == 1 else "RGB")

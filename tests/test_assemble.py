@@ -116,10 +116,21 @@ def test_keep_refusals_name_the_problem():
     from tests.models import mlp
 
     model = mlp(softmax=False)[0]
-    with pytest.raises(SelectionError, match=r"no float tensor 'h3' between input 'x' and output 'z'.*did you mean h\?"):
+    with pytest.raises(SelectionError, match=r"no tensor 'h3' between input 'x' and output 'z'.*did you mean h\?"):
         onnxattr.compile(model, "lrp.epsilon", keep=["h3"])
-    with pytest.raises(SelectionError, match="no float tensor 'W1'"):  # a weight: not on the path
+    with pytest.raises(SelectionError, match="tensor 'W1' is not between"):  # a weight: not on the path
         onnxattr.compile(model, "lrp.epsilon", keep=["W1"])
+    # a trailing Softmax is looked through: its output is not explained, and the message says what is
+    with pytest.raises(SelectionError, match="tensor 'p' is not between.*the explained tensor is 'z', the input of "
+                                             "the Softmax that gives 'p'"):
+        onnxattr.compile(mlp()[0], "gradient", keep=["p"])
+    # a model tensor already named like the output keep would add
+    clash = mlp(softmax=False)[0]
+    clash.graph.node[2].output[0] = "relevance:h2"
+    clash.graph.node[3].input[0] = "relevance:h2"
+    with pytest.raises(UnsupportedModelError, match="a tensor named 'relevance:h2', the name of the compiled model's "
+                                                    "output for the relevance at 'h2'"):
+        onnxattr.compile(clash, "gradient", keep=["h2"])
     with pytest.raises(UsageError, match="keep: smoothgrad does not compute its map in one reverse pass.*lrp"):
         onnxattr.compile(model, "smoothgrad", keep=["r"])
     with pytest.raises(UsageError, match="keep takes tensor names"):

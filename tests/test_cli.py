@@ -471,3 +471,6 @@ def test_keep_prints_each_tensors_sums_and_writes_them(tmp_path, model_path, cap
     assert main(["explain", str(model_path), "-m", "lrp.z", "--data", str(tmp_path / "x.npy"),
                  "--keep-out", str(tmp_path / "k2.npz")]) == EXIT_CODES["UsageError"]
     assert "add --keep TENSOR" in capsys.readouterr().err and not (tmp_path / "k2.npz").exists()
+    assert main(["explain", str(model_path), "-m", "lrp.z", "--data", str(tmp_path / "x.npy"), "--keep", "r",
+                 "--keep-out", str(tmp_path / "k.txt")]) == EXIT_CODES["UsageError"]
+    assert "must name a .npz file" in capsys.readouterr().err and not (tmp_path / "k.txt").exists()
