@@ -219,9 +219,11 @@ class Analyzer:
             return (f"{self.method.name} shuffles each feature group between the samples of the batch, and the data "
                     f"hold {len(X)} sample: give two or more")
         passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows",
+                  "permutations": "feature permutations (every feature alone)",
                   "orders": f"forward passes ({self.params.get('n_samples')} orders of every feature alone)"}.get(
             what, f"{what} (a size checked at run time)")
         fix = {"ablations": "group the features with a feature_mask", "windows": "use a larger stride or window",
+               "permutations": "group the features with a feature_mask",
                "orders": "group the features with a feature_mask, or draw fewer orders"}.get(
             what, "check the data's shape")
         return (f"{self.method.name} would run more than {MAX_PERTURBATIONS} {passes} on data of shape "

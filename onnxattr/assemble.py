@@ -78,23 +78,37 @@ def _keep_list(keep, m) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _kept_outputs(b: GraphBuilder, m, keep: list[str], x: str, y: str, chosen: str, on_path, tensors: set,
-                  params: dict) -> dict[str, str]:
-    """{tensor: its relevance} for the kept tensors, from what the reverse pass carried there; ``tensors``: every
-    tensor name of the model, for the message when a kept one is not on the path."""
+def _kept_outputs(b: GraphBuilder, m, keep: dict[str, str], x: str, y: str, chosen: str, on_path, tensors: set,
+                  params: dict) -> dict[str, tuple[str, str]]:
+    """{name: (its relevance, the tensor)} for the kept names ({name: the canonical tensor holding it}), from what the reverse
+    pass carried there; ``tensors``: every tensor name of the model, for the message when one is off the path."""
     crossed = [x] + [o for n in on_path for o in n.output if b.is_float(o)]
     out = {}
-    for name in keep:
-        if name not in crossed:
+    for name, tensor in keep.items():
+        if tensor not in crossed:
             close = difflib.get_close_matches(name, crossed, n=3)
-            where = f"tensor '{name}' is not" if name in tensors else f"no tensor '{name}'"
+            where = f"tensor '{name}' is not" if tensor in tensors else f"no tensor '{name}'"
             after = (f" (the explained tensor is '{y}', the input of the Softmax that gives '{chosen}': relevance "
-                     "stops there)" if name == chosen and chosen != y else "")
+                     "stops there)" if tensor == chosen and chosen != y else "")
             raise SelectionError(
                 f"keep: {where} between input '{x}' and output '{y}'{after}; "
                 + (f"did you mean {', '.join(close)}?" if close else f"tensors there include {', '.join(crossed[-5:])}"))
-        carried = b.kept.get(name)
-        out[name] = b.zeros_like(name) if carried is None else m.at_layer(b, name, carried, params)
+        carried = b.kept.get(tensor)
+        out[name] = (b.zeros_like(tensor) if carried is None else m.at_layer(b, tensor, carried, params), tensor)
+    return out
+
+
+def _pass_through_sources(proto: onnx.ModelProto, keep: list[str], tensors: set) -> dict[str, str]:
+    """{kept name: the tensor that holds its value in the canonical model}: canonicalize drops Identity and
+    Dropout nodes, so a name one of them gave is read at the tensor it passed on."""
+    source = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type in ("Identity", "Dropout") and n.input}
+    out = {}
+    for name in keep:
+        tensor, seen = name, set()
+        while tensor not in tensors and tensor in source and tensor not in seen:
+            seen.add(tensor)
+            tensor = source[tensor]
+        out[name] = tensor
     return out
 
 
@@ -125,9 +139,10 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     xshape = b.shape(x) or [None]
     target = Target(b, list(canon.graph.node), x, y, neuron, index,
                     static_batch=isinstance(xshape[0], int))
-    b.keep = frozenset(keep)
+    sources = _pass_through_sources(proto, keep, names)
+    b.keep = frozenset(sources.values())
     relevance = m.build(target, resolved)
-    kept = _kept_outputs(b, m, keep, x, y, chosen, on_path, names, resolved) if keep else {}
+    kept = _kept_outputs(b, m, sources, x, y, chosen, on_path, names, resolved) if keep else {}
     if report is not None:
         _fill_report(report, target, m)
     try:
@@ -141,9 +156,10 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
              params: dict, graph_output: str | None = None, kept: dict | None = None) -> onnx.ModelProto:
     """The compiled model; ``graph_output``: the tensor the explained one was chosen through (the graph
     output, or the tensor ``--output`` named; a softmax of the explained logits), recorded for readers of
-    its values; ``kept``: {tensor: its relevance}, output as relevance:TENSOR after the map."""
+    its values; ``kept``: {name: (its relevance, the tensor of its shape)}, output as relevance:NAME after the
+    map."""
     b = t.b
-    finals = {RELEVANCE: (relevance, t.x), **{KEPT + name: (r, name) for name, r in (kept or {}).items()}}
+    finals = {RELEVANCE: (relevance, t.x), **{KEPT + name: r_like for name, r_like in (kept or {}).items()}}
     for out_name, (r, like) in finals.items():
         if b.types.get(r, b.types.get(like)) != TensorProto.FLOAT:  # a method may give float32 itself
             r = b.op("Cast", [r], to=TensorProto.FLOAT)

@@ -5,10 +5,8 @@ input."""
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
-import re
 import sys
 import warnings
 
@@ -17,6 +15,7 @@ import numpy as np
 from onnxattr import viz
 from onnxattr.api import Analyzer, compile as compile_model, explained_shape, inspect as inspect_model
 from onnxattr.cli_data import data_files, feed_paths, load_data, load_feeds, load_samples, parse_target
+from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
@@ -62,66 +61,12 @@ def _common(p, neuron=True):
     p.add_argument("--output", help="graph output to explain (default: the first float output)")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage mistakes become one-line UsageErrors (exit code 2), like every other error."""
-
-    hint = ""
-
-    def error(self, message):
-        about_options = message.startswith(("unrecognized arguments", "the following arguments are required"))
-        hint = self.hint if about_options else ""
-        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if choice:  # a value outside an option's choices (a colour map, a device): the closest one
-            close = difflib.get_close_matches(choice.group(1), re.findall(r"[\w.-]+", choice.group(2)), n=1,
-                                              cutoff=0.7)
-            hint = f"; did you mean {close[0]}?" if close else ""
-        raise UsageError(f"{message}{hint} (see `{self.prog} --help`)")
-
-    def parse_args(self, args=None, namespace=None):
-        """As argparse, but an unknown option is named with the closest option of its command (or the
-        commands it belongs to), also when argparse stops first at a required option (``--ot`` for
-        ``--out``)."""
-        argv = sys.argv[1:] if args is None else list(args)
-        command = next((w for w in argv if w in self.commands), None)
-
-        options = {c: [o for act in p._actions for o in act.option_strings if o.startswith("--")]
-                   for c, p in [(None, self), *self.commands.items()]}  # long options of each command
-        known = options[command]
-        everywhere = sorted({o for opts in options.values() for o in opts})
-        hints = {}  # unknown option -> its likely meaning
-        for word in argv:
-            name = word.split("=", 1)[0]
-            if name.startswith("--") and name != "--" and name not in hints \
-                    and not any(k.startswith(name) for k in known):  # argparse takes prefixes
-                owners = [c for c, opts in options.items()
-                          if c not in (None, command) and any(o.startswith(name) for o in opts)]
-                close = difflib.get_close_matches(name, everywhere, n=1, cutoff=0.6)
-                if owners and command:  # another command's option (or its prefix) before a look-alike
-                    hints[name] = f"an option of {', '.join(owners)}, not {command}"
-                elif close and close[0] in known:
-                    hints[name] = f"did you mean {close[0]}?"
-                elif close and command:
-                    of = ", ".join(c for c, opts in options.items() if c is not None and close[0] in opts)
-                    hints[name] = f"did you mean {close[0]}? (an option of {of}, not {command})"
-        hints = list(hints.items())
-        if len(hints) == 1 and hints[0][1].startswith("did"):
-            hint = "; " + hints[0][1]
-        else:
-            hint = "".join(f"; {name}: {what}" for name, what in hints)
-        for p in (self, *self.commands.values()):
-            p.hint = hint
-        ns, extras = self.parse_known_args(argv, namespace)
-        if extras:
-            self.commands.get(command, self).error(f"unrecognized arguments: {' '.join(extras)}")
-        return ns
-
-
 KEEP_HELP = ("the relevance at this tensor of the model too (repeatable; the single-pass methods: the LRP family, "
              "gradient, ...)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="onnxattr", description=__doc__.split("\n")[0])
+    parser = HintingParser(prog="onnxattr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="write a model that also outputs `relevance`")
     _common(c)
@@ -149,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-out", metavar="FILE.npz", help="the relevance at each --keep tensor, by name")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--batch-size", type=int, help="run the data in slices of this many samples, with a progress "
-                   "bar (memory grows with the batch; the same map, but for the random methods' noise)")
+                   "bar (memory grows with the batch; the same map, but for the random methods' noise; feature_permutation "
+                   "refuses slices)")
     e.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, passed as given: an attention mask [N, S], a graph's "
                         "adjacency (repeatable; the Loop methods, integrated_gradients, smoothgrad, vargrad, "
-                        "gradient_shap, deep_lift_shap, occlusion, feature_ablation and the Shapley methods, give each of a sample's points its rows "
-                        "when the input's first axis is declared as the batch axis, else share it)")
+                        "gradient_shap, deep_lift_shap, occlusion, feature_ablation, feature_permutation and the "
+                        "Shapley methods, give each of a sample's points its rows when the input's first axis is "
+                        "declared as the batch axis, else share it)")
     i = sub.add_parser("inspect", help="show which rule each node on the explained path gets")
     _common(i, neuron=False)
     f = sub.add_parser("fit", help="learn the patterns of pattern.net / pattern.attribution from data")

@@ -170,9 +170,9 @@ WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # Pillow's 16/32-bit integer 
 def load_image(path: str, shape) -> np.ndarray:
     """An image file as a float32 batch of one, in [0, 1], laid out for ``shape`` (NCHW or NHWC): 8-bit
     images over 255, 16-bit ones (PNG, TIFF) over 65535, float ones (TIFF) as they are; a grey image repeated
-    over three channels when the model takes RGB. What is left out is said in a warning: an alpha channel
-    (transparent pixels keep their colour values), and every frame of an animation or multi-page TIFF but the
-    first."""
+    over three channels when the model takes RGB. What is left out is said in a warning: an alpha channel that
+    makes some pixel transparent (they keep their colour values), and every frame of an animation or multi-page
+    TIFF but the first."""
     dims = list(shape[1:])
     axis = channel_axis(dims) if len(dims) == 3 else None
     if axis == 0:
@@ -183,7 +183,8 @@ def load_image(path: str, shape) -> np.ndarray:
         h, w, c = (dims + [None, None])[:2] + [1]
     with Image.open(path) as opened:  # closed once converted (a multi-frame file stays open otherwise)
         dropped = []
-        if opened.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in opened.info:
+        alpha = opened.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in opened.info
+        if alpha and opened.convert("RGBA").getchannel("A").getextrema()[0] < 255:  # not every pixel opaque
             dropped.append("its alpha channel (transparent pixels keep their colour values)")
         if getattr(opened, "n_frames", 1) > 1:
             dropped.append(f"{opened.n_frames - 1} frame{'s' if opened.n_frames > 2 else ''} after the first")

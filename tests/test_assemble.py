@@ -135,3 +135,22 @@ def test_keep_refusals_name_the_problem():
         onnxattr.compile(model, "smoothgrad", keep=["r"])
     with pytest.raises(UsageError, match="keep takes tensor names"):
         onnxattr.compile(model, "gradient", keep=[3])
+
+
+def test_a_kept_name_an_identity_gave_is_read_where_its_value_is():
+    """canonicalize drops Identity and Dropout: a name one of them gave (h_id = Identity(h)) is kept at h,
+    under the name asked for."""
+    import onnxruntime as ort
+
+    from tests.models import mlp
+
+    model = mlp(softmax=False)[0]
+    model.graph.node.insert(1, helper.make_node("Identity", ["h"], ["h_id"]))
+    model.graph.node[2].input[0] = "h_id"  # Add(h_id, b1)
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    run = lambda m, keep: dict(zip(  # noqa: E731
+        ["z", "relevance", "kept"],
+        ort.InferenceSession(onnxattr.compile(m, "gradient", keep=keep).SerializeToString()).run(None, {"x": x})))
+    got = run(model, ["h_id"])
+    assert [o.name for o in onnxattr.compile(model, "gradient", keep=["h_id"]).graph.output][-1] == "relevance:h_id"
+    np.testing.assert_array_equal(got["kept"], run(mlp(softmax=False)[0], ["h"])["kept"])

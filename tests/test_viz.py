@@ -141,7 +141,7 @@ def test_16_bit_and_float_images_keep_their_values(tmp_path):
 
 def test_what_an_image_loses_is_said(tmp_path):
     """An alpha channel and the frames after the first are left out with a warning naming the file; a plain
-    RGB image loads silently."""
+    RGB image, and an RGBA one whose pixels are all opaque, load silently."""
     import warnings
 
     from onnxattr.errors import OnnxAttrWarning
@@ -152,6 +152,9 @@ def test_what_an_image_loses_is_said(tmp_path):
     frames = [Image.fromarray(pixels[..., k]) for k in range(3)]
     frames[0].save(tmp_path / "b.gif", save_all=True, append_images=frames[1:])
     Image.fromarray(pixels[..., :3]).save(tmp_path / "c.png")
+    opaque = pixels.copy()
+    opaque[..., 3] = 255
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "d.png")
     with pytest.warns(OnnxAttrWarning, match=r"a\.png: read without its alpha channel"):
         got = load_image(str(tmp_path / "a.png"), ["N", 3, 8, 8])
     np.testing.assert_allclose(got[0], pixels[..., :3].transpose(2, 0, 1) / 255, atol=1e-6)
@@ -160,3 +163,4 @@ def test_what_an_image_loses_is_said(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_image(str(tmp_path / "c.png"), ["N", 3, 8, 8])
+        load_image(str(tmp_path / "d.png"), ["N", 3, 8, 8])

@@ -12,14 +12,11 @@ The targets and weights get no gradient.
 
 from onnx import TensorProto
 
-from onnxattr.emitters.registry import register
+from onnxattr.emitters.reduce import log_softmax_grad
+from onnxattr.emitters.registry import node_attr, register
 
 
-def _attr(node, name, default):
-    a = next((a for a in node.attribute if a.name == name), None)
-    if a is None:
-        return default
-    return a.s.decode() if a.type == a.STRING else a.i
+LOSS_OPS = ("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss")
 
 
 def _nll_input_grad(b, node, x: str, g: str) -> str:
@@ -28,8 +25,8 @@ def _nll_input_grad(b, node, x: str, g: str) -> str:
     reference evaluator divides by N when ignore_index is -1 and there are no weights)."""
     target = b.op("Cast", [node.input[1]], to=TensorProto.INT64)
     weights = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    ignore = _attr(node, "ignore_index", None)
-    reduction = _attr(node, "reduction", "mean")
+    ignore = node_attr(node, "ignore_index", None)
+    reduction = node_attr(node, "reduction", "mean")
     kept = None
     if ignore is not None:
         kept = b.op("Not", [b.op("Equal", [target, b.const(ignore, "int64")])])
@@ -67,8 +64,6 @@ def softmax_cross_entropy_vjp(b, node, grads, need):
         parts.append(_nll_input_grad(b, node, log_prob, grads[0]))
     if len(grads) > 1 and grads[1] is not None:
         parts.append(grads[1])
-    gl = b.add_all(parts)
-    total = b.op("ReduceSum", [gl, b.ints([1])], keepdims=1)
     out = [None] * len(node.input)
-    out[0] = b.op("Sub", [gl, b.op("Mul", [b.op("Exp", [log_prob]), total])])
+    out[0] = log_softmax_grad(b, log_prob, b.add_all(parts), 1)
     return out

@@ -128,8 +128,12 @@ def softmax_vjp(b, node, grads, need):
     return [b.op("Mul", [y, b.op("Sub", [g, s])])]
 
 
+def log_softmax_grad(b, y: str, g: str, axis: int) -> str:
+    """dx = g - exp(y) sum(g, axis) for y = LogSoftmax(x, axis)."""
+    s = b.op("ReduceSum", [g, b.ints([axis])], keepdims=1)
+    return b.op("Sub", [g, b.op("Mul", [b.op("Exp", [y]), s])])
+
+
 @register("LogSoftmax")
 def log_softmax_vjp(b, node, grads, need):
-    y, g = node.output[0], grads[0]
-    s = b.op("ReduceSum", [g, b.ints([_axis(node)])], keepdims=1)
-    return [b.op("Sub", [g, b.op("Mul", [b.op("Exp", [y]), s])])]
+    return [log_softmax_grad(b, node.output[0], grads[0], _axis(node))]

@@ -8,6 +8,14 @@ VJPS: dict[str, Callable] = {}
 ZERO_GRAD_OPS = frozenset({"Floor", "Ceil", "Round", "Sign"})
 
 
+def node_attr(node, name: str, default=None):
+    """The value of ``node``'s attribute ``name`` (ints as a list, a string decoded), or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints) if a.ints else (a.i if a.type == a.INT else a.s.decode() if a.s else a.f)
+    return default
+
+
 def register(*op_types: str):
     """Decorator: ``@register("Relu")`` makes the function the VJP emitter of Relu."""
 

@@ -12,14 +12,7 @@ from onnx import TensorProto
 
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.emitters.pooling import scatter_add_flat
-from onnxattr.emitters.registry import register
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return list(a.ints) if a.ints else (a.i if a.type == a.INT else a.s.decode() if a.s else a.f)
-    return default
+from onnxattr.emitters.registry import node_attr, register
 
 
 def index_trick_vjp(b, node, x, g, dtype=TensorProto.INT64):
@@ -64,7 +57,7 @@ def castlike_vjp(b, node, grads, need):
 
 @register("Transpose")
 def transpose_vjp(b, node, grads, need):
-    perm = _attr(node, "perm") or list(reversed(range(b.rank(node.input[0]))))
+    perm = node_attr(node, "perm") or list(reversed(range(b.rank(node.input[0]))))
     inverse = [0] * len(perm)
     for i, p in enumerate(perm):
         inverse[p] = i
@@ -73,7 +66,7 @@ def transpose_vjp(b, node, grads, need):
 
 @register("Concat")
 def concat_vjp(b, node, grads, need):
-    axis = _attr(node, "axis")
+    axis = node_attr(node, "axis")
     sizes = []
     static = True
     for x in node.input:
@@ -95,7 +88,7 @@ def concat_vjp(b, node, grads, need):
 
 @register("Split")
 def split_vjp(b, node, grads, need):
-    axis = _attr(node, "axis", 0)
+    axis = node_attr(node, "axis", 0)
     pieces = [g if g is not None else b.zeros_like(y) for g, y in zip(grads, node.output)]
     return [b.op("Concat", pieces, axis=axis)] + [None] * (len(node.input) - 1)
 
@@ -140,7 +133,7 @@ def pad_vjp(b, node, grads, need):
     """constant mode: Pad(g, -pads) crops what was added (and zero-fills what was cropped); pads are an
     input (canonicalize lifts models to opset 17)."""
     x, g = node.input[0], grads[0]
-    mode = _attr(node, "mode", "constant")
+    mode = node_attr(node, "mode", "constant")
     rest = [None] * (len(node.input) - 1)
     if mode != "constant":
         return [index_trick_vjp(b, node, x, g)] + rest

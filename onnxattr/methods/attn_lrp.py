@@ -36,6 +36,7 @@ from onnxattr.emitters.normalization import affine_grads, norm_stats
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import find_units
 from onnxattr.methods.base import Method, Param, Target, non_negative, register_method, times_tensor
+from onnxattr.methods.lrp import warn_on_loss
 from onnxattr.select import build_seed
 
 # element-wise activations (their first input varies, the others are constants): the identity rule
@@ -295,6 +296,7 @@ def build(cp: bool):
     def build_method(t: Target, p: dict) -> str:
         b, x = t.b, t.x
         on_path, live = path_nodes(t.nodes, x, t.y, b)
+        warn_on_loss("cp_lrp" if cp else "attn_lrp", on_path)
         attn_rule = attn_rules(b, on_path, x, t.y, live, t.assignment, cp)
         layers = gamma_rules(b, on_path, x, t.y, {"conv": p["conv_gamma"], "dense": p["linear_gamma"]},
                              t.assignment)

@@ -47,7 +47,7 @@ class Method:
     params: tuple[Param, ...] = ()
     family: str = "gradient"
     aliases: tuple[str, ...] = field(default_factory=tuple)
-    random: bool = False  # emits random ops (RandomNormalLike): see methods.draws.random_opset_limit
+    random: bool = False  # emits random ops (RandomNormalLike, RandomUniformLike): see draws.random_opset_limit
     whole_batch: bool = False  # a sample's map depends on the other samples of its batch (feature_permutation)
     # the method's relevance at a tensor T the reverse pass crossed (keep=), from the signal it carried there:
     # at_layer(b, T, carried, params); None where the map is not one reverse pass (the Loop methods)

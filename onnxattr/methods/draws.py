@@ -13,12 +13,16 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxattr.errors import UnsupportedModelError
+from onnxattr.methods.base import Param, optional_int, parse_optional_int
 
 # onnxruntime reads the seed as a float32 attribute (integers exact up to 2^24) and seeds its generator
 # with it, where 0 and 1 give the same stream: seed k is passed as 1 + (k mod (2^24 - 1)), distinct for
 # every k in [0, 2^24 - 1)
 SEED_STREAMS = 2**24 - 1
 RANDOM_OPSET = 21  # the random ops' versions before opset 22, which every onnxruntime runs
+SEED = Param("seed", 0, "random seed of the draws (None: onnxruntime's per-process seed; each new "
+             "session in one process starts the same stream)", parse_optional_int,
+             optional_int, optional=True)
 PERMUTATION_TRIES = 64  # candidate permutations per draw: all of them the identity with odds (1/N!)^64
 
 
@@ -63,7 +67,7 @@ def uniform(cb, like: str, seed, offset: int, dtype: int = TensorProto.FLOAT) ->
     k * 16807 / 2^31, tiny for small k, so the seed is scrambled by a bijection of [0, 2^24 - 1) first: every
     seed keeps a stream of its own, and the first draw is no longer near 0."""
     return cb.op("RandomUniformLike", [like], dtype=dtype, low=0.0, high=1.0,
-                 seed=None if seed is None else float(1 + ((seed + offset + 12345) * 2654435761) % (2**24 - 1)))
+                 seed=None if seed is None else float(1 + ((seed + offset + 12345) * 2654435761) % SEED_STREAMS))
 
 
 def non_identity_permutations(cb, count: str, n: str, seed, offset: int) -> str:

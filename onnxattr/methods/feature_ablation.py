@@ -22,9 +22,8 @@ from __future__ import annotations
 
 from onnxattr.errors import UnsupportedModelError
 from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
-from onnxattr.methods.draws import non_identity_permutations
+from onnxattr.methods.draws import SEED, non_identity_permutations
 from onnxattr.methods.feature_groups import FEATURE_MASK, feature_groups
-from onnxattr.methods.gradient import SEED
 from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
 from onnxattr.sampling import checked
 

@@ -23,10 +23,10 @@ from onnxattr.emitters.activations import mask_positive
 from onnxattr.compiler import reverse_pass
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import (
-    Method, Param, Target, as_carried, chunk_size, non_negative, one_of, optional_int, parse_int, parse_optional_int,
+    Method, Param, Target, as_carried, chunk_size, non_negative, one_of, parse_int,
     positive, positive_int, reference_constant, register_method, times_tensor,
 )
-from onnxattr.methods.draws import gaussian
+from onnxattr.methods.draws import SEED, gaussian
 from onnxattr.sampling import repeat_rows, sample_loop
 from onnxattr.select import build_seed
 
@@ -275,10 +275,6 @@ NOISE_BASE = Param("base", "gradient", "the attribution of each noisy copy: " + 
                    "Saliency(abs=False), InputXGradient, GuidedBackprop, Deconvolution)", str, one_of(*BASES))
 POSTPROCESS_NOISY = Param("postprocess", None, "None, 'abs' or 'square' applied to each copy's attribution",
                           _parse_post, one_of(None, "abs", "square"))
-SEED = Param("seed", 0, "random seed of the draws (None: onnxruntime's per-process seed; each new "
-             "session in one process starts the same stream)", parse_optional_int,
-             optional_int, optional=True)
-
 for _m in (
     Method("gradient", "Gradient of the selected output w.r.t. the input.", build_gradient, (POSTPROCESS,),
            aliases=("gradient.baseline",),  # iNNvestigate's name for its framework-gradient check

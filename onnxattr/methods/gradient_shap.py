@@ -16,8 +16,8 @@ from onnxattr.errors import UsageError
 from onnxattr.methods.base import (
     Method, Param, Target, chunk_size, in_float_range, non_negative, parse_int, positive_int, register_method,
 )
-from onnxattr.methods.draws import uniform
-from onnxattr.methods.gradient import CHUNK, SEED, noisy_copies
+from onnxattr.methods.draws import SEED, uniform
+from onnxattr.methods.gradient import CHUNK, noisy_copies
 from onnxattr.sampling import sample_loop
 
 

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from onnxattr.compiler import path_nodes, reverse_pass
+from onnxattr.emitters.loss import LOSS_OPS
 from onnxattr.errors import OnnxAttrWarning, UsageError, warn
 from onnxattr.lrp.composite import STYLES, Composite, make_rule
 from onnxattr.lrp.presets import Preset, PresetParam, load_preset, parse_preset
@@ -17,14 +18,21 @@ from onnxattr.methods.base import Method, Param, Target, as_carried, non_negativ
 from onnxattr.select import build_seed
 
 
-LOSS_OPS = ("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss")
-
-
 class UnmatchedNodePatternWarning(OnnxAttrWarning):
     """A [nodes] pattern of a rule file takes no layer of the model: it matches none (a typo, or a file
     for another model), or an earlier pattern takes all it matches."""
 
     exit_code = 2  # usage, when a warnings filter makes it an error
+
+
+def warn_on_loss(method: str, on_path) -> None:
+    """An LRP method's path through a loss node (a model exported with its loss) crosses it by the gradient,
+    which conserves nothing: warn, and point to the logits."""
+    losses = [n for n in on_path if n.op_type in LOSS_OPS]
+    if losses:
+        warn(f"{method}: relevance crosses the loss {losses[0].op_type} node '{losses[0].name}' by its gradient, so "
+             "it is not conserved there; for LRP, explain the logits: --output NAME (output=NAME in Python)",
+             OnnxAttrWarning)
 
 
 def _param(p: PresetParam) -> Param:
@@ -74,11 +82,7 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
                 verb = "matches" if len(patterns) == 1 else "match"
                 warn(f"{label or preset.name}: [nodes] {', '.join(repr(p) for p in patterns)} {verb} {what} "
                      "(`onnxattr inspect` lists the node names and their rules)", UnmatchedNodePatternWarning)
-        losses = [n for n in on_path if n.op_type in LOSS_OPS]
-        if losses:
-            warn(f"{label or preset.name}: relevance crosses the loss {losses[0].op_type} node '{losses[0].name}' by "
-                 "its gradient, so it is not conserved there; for LRP, explain the logits: --output NAME "
-                 "(output=NAME in Python)", OnnxAttrWarning)
+        warn_on_loss(label or preset.name, on_path)
         seed = build_seed(t.b, t.y, t.neuron, preset.seed, t.index)
         r = reverse_pass(t.b, t.nodes, t.x, t.y, seed, rule_for)
         t.assignment.update(composite.assignment)

@@ -1,9 +1,11 @@
-"""What occlusion and feature ablation share: each perturbation k replaces a part of x (a window, a group of
-features) by a baseline, and every element of that part gets the drop of the selected output
+"""What occlusion, feature ablation and permutation and the Shapley methods share: each perturbation k replaces
+a part of x (a window, a group of features) by a baseline (or, through ``replacement_of``, by other samples'
+values: feature permutation), and every element of that part gets the drop of the selected output
 
-    R_i = sum over perturbations k covering i of (y(x) - y(x with part k at the baseline))
+    R_i = sum over perturbations k covering i of (y(x) - y(x with part k replaced)) (times a weight: Shapley)
 
-summed over the perturbations in chunks inside one forward-only ONNX Loop (onnxattr/sampling.py).
+summed over the perturbations in chunks inside one forward-only ONNX Loop (onnxattr/sampling.py). An output that
+is one number for the batch (a loss) is perturbed in every sample at once.
 """
 
 from __future__ import annotations

@@ -31,9 +31,8 @@ from onnx import TensorProto, numpy_helper
 
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
-from onnxattr.methods.draws import uniform
+from onnxattr.methods.draws import SEED, uniform
 from onnxattr.methods.feature_groups import FEATURE_MASK, feature_groups
-from onnxattr.methods.gradient import SEED
 from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
 
 MAX_EXACT_GROUPS = int(math.log2(MAX_PERTURBATIONS))  # 2^G - 1 coalitions

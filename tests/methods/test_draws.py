@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxattr.methods.draws import PERMUTATION_TRIES, non_identity_permutations
+from onnxattr.methods.draws import non_identity_permutations
 from tests.models import run_emitted
 
 
@@ -36,7 +36,6 @@ def test_each_permutation_but_the_identity_is_equally_likely():
 def test_two_rows_always_swap_and_one_row_stays():
     np.testing.assert_array_equal(permutations(500, 2, seed=0), np.tile([1, 0], (500, 1)))
     np.testing.assert_array_equal(permutations(3, 1, seed=0), np.zeros((3, 1), np.int64))
-    assert PERMUTATION_TRIES >= 64  # the identity for two rows after all tries: odds 2^-64
 
 
 @pytest.mark.parametrize("n", [3, 9])

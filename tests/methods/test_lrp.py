@@ -17,8 +17,10 @@ def test_lrp_through_a_loss_node_warns_and_names_the_way_out():
     """A model exported with its loss (torch's cross_entropy: SoftmaxCrossEntropyLoss) is explained through the
     loss by its gradient, which conserves nothing: LRP methods warn and point to --output; explaining the
     logits instead is silent."""
-    with pytest.warns(OnnxAttrWarning, match="crosses the loss SoftmaxCrossEntropyLoss node .* --output NAME"):
-        onnxattr.compile(str(LOSS_MODEL), "lrp.epsilon")
+    for method in ("lrp.epsilon", "deep_taylor", "attn_lrp"):
+        with pytest.warns(OnnxAttrWarning, match=f"{method}: relevance crosses the loss SoftmaxCrossEntropyLoss node "
+                                                 ".* --output NAME"):
+            onnxattr.compile(str(LOSS_MODEL), method)
     logits = next(n.input[0] for n in onnx.load(LOSS_MODEL).graph.node if n.op_type == "SoftmaxCrossEntropyLoss")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

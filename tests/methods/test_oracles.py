@@ -15,7 +15,7 @@ zero_params=['bias'] and iNNvestigate's stabilizer, as ours) sit in the 1e-3 cla
 ~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~5e-7, and
 with LXT plus Zennit's gamma rule on the ViT's layers (tag "gamma") to ~7e-7. An entry's ``keep`` names a hidden
 tensor whose relevance is compared (keep=): Zennit's EpsilonPlusFlat relevance retained at a middle ReLU's output
-(tag "layer", all eight torch nets). On two models whose output is a loss
+(tag "layer", all eight torch nets). On three models whose output is a loss
 over the batch (tests/oracles/make_captum_loss.py), Captum's perturbation methods change every sample at once
 and return one row, stored repeated for each sample as onnxattr returns it; a manifest entry's ``rows`` keeps
 the first rows of the data only (feature permutation of a pair, where Captum's swap is forced).
@@ -216,7 +216,7 @@ def test_new_oracles_are_compared():
     """deep_lift, deep_lift_shap and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
     cp_lrp on both transformers (with LXT's gamma on the ViT), and the gradient family on the masked encoder,
     in every mode; Captum's NoiseTunnel variants, FeatureAblation, ShapleyValues, ShapleyValueSampling,
-    FeaturePermutation and Zennit's BetaSmooth on all eight torch nets, and Captum on two losses over the batch; Grad-CAM
+    FeaturePermutation and Zennit's BetaSmooth on all eight torch nets, and Captum on three losses over the batch; Grad-CAM
     and Guided Grad-CAM on every net with feature maps, for one output (the cam of the logits' sum is 0 on
     these nets: their heads are decorrelated from the mean feature)."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}

@@ -29,7 +29,6 @@ The code is our own; Captum (BSD-3) is only called as a library.
 """
 
 import importlib.metadata
-import itertools
 import json
 import os
 
@@ -38,6 +37,8 @@ import onnxruntime as ort
 import torch
 from captum.attr import FeatureAblation, FeaturePermutation, Occlusion, Saliency, ShapleyValues
 from torch import nn
+
+from permutations import permutation_mean  # tests/oracles/permutations.py (this folder is on the path)
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 N = 4
@@ -95,20 +96,6 @@ def cnn():
     rows, cols = np.indices((8, 8)) // 4
     groups = (rows * 2 + cols).reshape(1, 1, 8, 8).astype(np.int64)  # four quadrants, shared by the channels
     return net, x, groups, {"sliding_window_shapes": (3, 4, 4), "strides": (3, 2, 2)}
-
-
-def permutation_mean(loss, x, labels, groups):
-    """The expectation of Captum's FeaturePermutation: per group, the mean change of the loss over every
-    permutation of x's rows but the identity (torch.randperm, redrawn until it moves a row)."""
-    perms = [list(p) for p in itertools.permutations(range(len(x))) if list(p) != list(range(len(x)))]
-    out = torch.zeros_like(x[:1])
-    with torch.no_grad():
-        clean = loss(x, labels)
-        for g in np.unique(groups):
-            member = torch.from_numpy(groups == g)
-            drop = sum(clean - loss(torch.where(member, x[p], x), labels) for p in perms) / len(perms)
-            out = out + drop * member.to(x.dtype)
-    return out
 
 
 def maps(loss, x, labels, groups, occlusion):
@@ -174,7 +161,8 @@ def make(name, build, loss_of=Loss):
     found = maps(loss64, x64, labels, groups, occlusion)
     arrays = {"x": x.numpy(), "feed:labels": labels.numpy(), "target": labels.numpy(),
               "logits": np.array([float(value)], np.float32), "mask:groups": groups,
-              "perm_mean:max": permutation_mean(loss64, x64, labels, groups).expand_as(x64).numpy().astype(np.float32)}
+              "perm_mean:max": permutation_mean(lambda v: loss64(v, labels), x64, groups).expand_as(x64).numpy()
+              .astype(np.float32)}
     entries = {}
     for key, (value, entry) in sorted(found.items()):
         arr = value.numpy().astype(np.float32)

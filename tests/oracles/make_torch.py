@@ -56,7 +56,6 @@ The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libra
 """
 
 import importlib.metadata
-import itertools
 import json
 import os
 import sys
@@ -66,6 +65,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from permutations import permutation_mean  # tests/oracles/permutations.py (this folder is on the path)
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
@@ -857,24 +858,6 @@ def run_shapley(model, x, argmax, target):
     return out
 
 
-def permutation_mean(model, x, mask, tgt):
-    """The expectation of Captum's FeaturePermutation over its permutations: per group of ``mask``, the mean
-    drop of the selected output over every permutation of x's rows but the identity (torch.randperm redrawn
-    until it moves a row, so each of the n! - 1 is equally likely)."""
-    rows = x.shape[0]
-    perms = [list(p) for p in itertools.permutations(range(rows)) if list(p) != list(range(rows))]
-    index = torch.as_tensor(tgt).reshape(-1, 1) if not isinstance(tgt, int) else torch.full((rows, 1), tgt)
-    select = lambda y: y.gather(1, index).squeeze(1)  # noqa: E731
-    out = torch.zeros_like(x)
-    with torch.no_grad():
-        clean = select(model(x))
-        for g in np.unique(mask):
-            group = torch.from_numpy(mask == g)
-            drop = sum(clean - select(model(torch.where(group, x[p], x))) for p in perms) / len(perms)
-            out = out + drop.reshape((-1,) + (1,) * (x.ndim - 1)) * group.to(x.dtype)
-    return out
-
-
 def run_feature_permutation(model, x, argmax, target):
     """Captum FeaturePermutation over the six groups of coarse_mask: tag 'pair' on the first two samples, where the
     only permutation Captum accepts is the swap (deterministic; entry 'rows': 2), and tag 'default' on all four
@@ -891,7 +874,9 @@ def run_feature_permutation(model, x, argmax, target):
             pair = FeaturePermutation(m).attribute(x[:2], target=pair_tgt, feature_mask=fm)
             torch.manual_seed(2028)
             sampled = FeaturePermutation(m).attribute(x, target=tgt, feature_mask=fm)
-        AUX[f"perm_mean:{mode}"] = permutation_mean(m, x, mask, tgt).numpy().astype(np.float32)
+        index = torch.as_tensor(tgt).reshape(-1, 1) if not isinstance(tgt, int) else torch.full((len(x), 1), tgt)
+        selected = lambda v, m=m, index=index: m(v).gather(1, index).squeeze(1)  # noqa: E731
+        AUX[f"perm_mean:{mode}"] = permutation_mean(selected, x, mask).expand_as(x).numpy().astype(np.float32)
         params = {"feature_mask": "@mask:coarse"}
         call = "captum FeaturePermutation(model).attribute(x, target, feature_mask=the stored mask:coarse)"
         out[f"feature_permutation|{mode}|pair"] = (pair, {

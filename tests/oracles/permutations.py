@@ -1,0 +1,25 @@
+"""What the oracle scripts use to check feature permutation exactly: the expectation of Captum's
+FeaturePermutation over its random permutations (make_torch.py on the nets' outputs, make_captum_loss.py on
+losses over the batch)."""
+
+import itertools
+
+import numpy as np
+import torch
+
+
+def permutation_mean(value, x, groups):
+    """Per group g of ``groups`` (integer ids broadcasting to one sample), the mean of value(x) - value(x with g
+    taken from x[p]) over every permutation p of x's rows but the identity (torch.randperm redrawn until it
+    moves a row, so each of the n! - 1 is equally likely), on g's features. ``value`` gives one number per
+    sample ([N]) or one for the batch (a loss); the result broadcasts to x ([N, ...] or [1, ...])."""
+    rows = x.shape[0]
+    perms = [list(p) for p in itertools.permutations(range(rows)) if list(p) != list(range(rows))]
+    out = torch.zeros(())
+    with torch.no_grad():
+        clean = value(x)
+        for g in np.unique(groups):
+            member = torch.from_numpy(groups == g)
+            drop = sum(clean - value(torch.where(member, x[p], x)) for p in perms) / len(perms)
+            out = out + drop.reshape((-1,) + (1,) * (x.ndim - 1)) * member.to(x.dtype)
+    return out
