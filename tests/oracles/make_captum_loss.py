@@ -29,7 +29,6 @@ The code is our own; Captum (BSD-3) is only called as a library.
 """
 
 import importlib.metadata
-import json
 import os
 
 import numpy as np
@@ -38,7 +37,9 @@ import torch
 from captum.attr import FeatureAblation, FeaturePermutation, Occlusion, Saliency, ShapleyValues
 from torch import nn
 
-from permutations import permutation_mean  # tests/oracles/permutations.py (this folder is on the path)
+# this folder is on the path: tests/oracles/manifest.py and permutations.py
+from manifest import write_manifest
+from permutations import permutation_mean
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 N = 4
@@ -179,9 +180,7 @@ def make(name, build, loss_of=Loss):
                   "Captum's perturbation methods return one row for a scalar output; it is stored repeated for "
                   "every sample, as onnxattr returns it."],
     }
-    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.write("\n")
+    write_manifest(OUT, name, manifest)
     print(name, sorted(entries))
 
 

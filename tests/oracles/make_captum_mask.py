@@ -26,7 +26,6 @@ The code is our own; Captum (BSD-3) is only called as a library.
 """
 
 import importlib.metadata
-import json
 import os
 
 import numpy as np
@@ -34,6 +33,8 @@ import onnxruntime as ort
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 from torch import nn
+
+from manifest import write_manifest  # tests/oracles/manifest.py (this folder is on the path)
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 NAME = "torch_masked_encoder"
@@ -144,9 +145,7 @@ def main():
                   "smoothgrad is statistical: Captum's noise comes from torch's RNG (seed 2024), N(0, 0.5) per "
                   "element per copy, mean of the raw gradients."],
     }
-    with open(os.path.join(OUT, f"{NAME}.json"), "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.write("\n")
+    write_manifest(OUT, NAME, manifest)
     print(NAME, {k: v["fp32_rel_dev"] for k, v in entries.items()})
 
 
