@@ -30,11 +30,14 @@ def compile(model, method: str, neuron: str = "max", input: str | None = None,
     return compile_model(model, method, neuron=neuron, input=input, output=output, keep=keep, **params)
 
 
-def inspect(model, method: str, input: str | None = None, output: str | None = None,
-            **params) -> list[tuple[str, str, str, str]]:
-    """(node name, op type, rule, why) for every node on the explained path, input to output."""
+def inspect(model, method: str, input: str | None = None, output: str | None = None, tensors: bool = False,
+            **params) -> list[tuple]:
+    """(node name, op type, rule, why) for every node on the explained path, input to output; with ``tensors``,
+    (node name, op type, its output tensor, rule, why): the names keep=, --input and grad_cam's layer take."""
     report: dict = {}
     compile_model(model, method, neuron="max", input=input, output=output, report=report, **params)
+    if tensors:
+        return [(name, op, report["outputs"][name], rule, why) for name, op, rule, why in report["nodes"]]
     return report["nodes"]
 
 

@@ -80,8 +80,9 @@ def _keep_list(keep, m) -> list[str]:
 
 def _kept_outputs(b: GraphBuilder, m, keep: dict[str, str], x: str, y: str, chosen: str, on_path, tensors: set,
                   params: dict) -> dict[str, tuple[str, str]]:
-    """{name: (its relevance, the tensor)} for the kept names ({name: the canonical tensor holding it}), from what the reverse
-    pass carried there; ``tensors``: every tensor name of the model, for the message when one is off the path."""
+    """{name: (its relevance, the tensor)} for the kept names ({name: the canonical tensor holding it}), from
+    what the reverse pass carried there; ``tensors``: every tensor name of the model, for the message when one is
+    off the path."""
     crossed = [x] + [o for n in on_path for o in n.output if b.is_float(o)]
     out = {}
     for name, tensor in keep.items():
@@ -92,7 +93,8 @@ def _kept_outputs(b: GraphBuilder, m, keep: dict[str, str], x: str, y: str, chos
                      "stops there)" if tensor == chosen and chosen != y else "")
             raise SelectionError(
                 f"keep: {where} between input '{x}' and output '{y}'{after}; "
-                + (f"did you mean {', '.join(close)}?" if close else f"tensors there include {', '.join(crossed[-5:])}"))
+                + (f"did you mean {', '.join(close)}?" if close else f"tensors there include {', '.join(crossed[-5:])}")
+                + " (`onnxattr inspect` lists them)")
         carried = b.kept.get(tensor)
         out[name] = (b.zeros_like(tensor) if carried is None else m.at_layer(b, tensor, carried, params), tensor)
     return out
@@ -221,7 +223,7 @@ def _fill_report(report: dict, t: Target, m) -> None:
     on_path, _ = path_nodes(t.nodes, t.x, t.y, t.b)
     report.update(method=m.name, input=t.x, output=t.y, nodes=[
         (n.name, n.op_type, *t.assignment.get(n.name, (_default_rule(m, n), "")))
-        for n in on_path])
+        for n in on_path], outputs={n.name: n.output[0] for n in on_path})
 
 
 def _default_rule(m, node) -> str:

@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-out", metavar="FILE.npz", help="the relevance at each --keep tensor, by name")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--batch-size", type=int, help="run the data in slices of this many samples, with a progress "
-                   "bar (memory grows with the batch; the same map, but for the random methods' noise; feature_permutation "
-                   "refuses slices)")
+                   "bar (memory grows with the batch; the same map, but for the random methods' noise; "
+                   "feature_permutation refuses slices)")
     e.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, passed as given: an attention mask [N, S], a graph's "
                         "adjacency (repeatable; the Loop methods, integrated_gradients, smoothgrad, vargrad, "
@@ -225,11 +225,12 @@ def cmd_explain(a) -> int:
 
 
 def cmd_inspect(a) -> int:
-    rows = inspect_model(a.model, _method(a), input=a.input, output=a.output, **_all_params(a))
+    rows = inspect_model(a.model, _method(a), input=a.input, output=a.output, tensors=True, **_all_params(a))
     width = max([len(r[0]) for r in rows] + [4])
-    print(f"{'node':{width}}  {'op':20}  rule")
-    for name, op, rule, why in rows:
-        print(f"{name:{width}}  {op:20}  {rule}" + (f"  [{why}]" if why else ""))
+    out_width = max([len(r[2]) for r in rows] + [6])
+    print(f"{'node':{width}}  {'op':20}  {'output':{out_width}}  rule")
+    for name, op, tensor, rule, why in rows:
+        print(f"{name:{width}}  {op:20}  {tensor:{out_width}}  {rule}" + (f"  [{why}]" if why else ""))
     return 0
 
 

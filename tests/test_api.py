@@ -158,3 +158,14 @@ def test_kept_relevance_comes_with_each_analyze_and_its_slices():
     analyzer.analyze(X, batch_size=3)
     for name, value in kept.items():
         np.testing.assert_allclose(analyzer.kept[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_inspect_names_each_nodes_output_tensor():
+    """inspect(tensors=True) adds each node's output: the names keep= (and --input, grad_cam's layer) take."""
+    model, _ = mlp()
+    rows = onnxattr.api.inspect(model, "lrp.epsilon", tensors=True)
+    assert [r[2] for r in rows] == ["h", "h2", "r", "z"]  # x W1, + b1, relu, r W2 (the Softmax is looked through)
+    assert [r[:2] + r[3:] for r in rows] == onnxattr.api.inspect(model, "lrp.epsilon")
+    relevance = onnxattr.create_analyzer("lrp.epsilon", model, keep=[r[2] for r in rows])
+    relevance.analyze(X)
+    assert list(relevance.kept) == [r[2] for r in rows]
