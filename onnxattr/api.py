@@ -221,14 +221,14 @@ class Analyzer:
         if what == "batch":
             return (f"{self.method.name} shuffles each feature group between the samples of the batch, and the data "
                     f"hold {len(X)} sample: give two or more")
-        passes = {"ablations": "feature ablations (every feature alone)", "windows": "occlusion windows",
-                  "permutations": "feature permutations (every feature alone)",
-                  "orders": f"forward passes ({self.params.get('n_samples')} orders of every feature alone)"}.get(
-            what, f"{what} (a size checked at run time)")
-        fix = {"ablations": "group the features with a feature_mask", "windows": "use a larger stride or window",
-               "permutations": "group the features with a feature_mask",
-               "orders": "group the features with a feature_mask, or draw fewer orders"}.get(
-            what, "check the data's shape")
+        grouped = "group the features with a feature_mask"
+        passes, fix = {  # what the check counts, and what makes it fewer
+            "ablations": ("feature ablations (every feature alone)", grouped),
+            "permutations": ("feature permutations (every feature alone)", grouped),
+            "windows": ("occlusion windows", "use a larger stride or window"),
+            "orders": (f"forward passes ({self.params.get('n_samples')} orders of every feature alone)",
+                       grouped + ", or draw fewer orders"),
+        }.get(what, (f"{what} (a size checked at run time)", "check the data's shape"))
         return (f"{self.method.name} would run more than {MAX_PERTURBATIONS} {passes} on data of shape "
                 f"{list(X.shape)}: {fix}")
 

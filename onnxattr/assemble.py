@@ -141,7 +141,7 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     xshape = b.shape(x) or [None]
     target = Target(b, list(canon.graph.node), x, y, neuron, index,
                     static_batch=isinstance(xshape[0], int))
-    sources = _pass_through_sources(proto, keep, names)
+    sources = _pass_through_sources(proto, keep, names) if keep else {}
     b.keep = frozenset(sources.values())
     relevance = m.build(target, resolved)
     kept = _kept_outputs(b, m, sources, x, y, chosen, on_path, names, resolved) if keep else {}

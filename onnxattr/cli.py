@@ -204,11 +204,9 @@ def cmd_explain(a) -> int:
         warnings.warn(OnnxAttrWarning(f"the relevance holds {bad} NaN or inf values (the model overflowed, or its "
                                       "output is not finite); the images draw them as 0"))
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
-    print(f"relevance {list(r.shape)} via {used}; sum per sample: "
-          + ", ".join(f"{v:.4g}" for v in r.reshape(r.shape[0], -1).sum(1)[:8]))
+    print(f"relevance {list(r.shape)} via {used}; sum per sample: {_sums(r)}")
     for name, kept in analyzer.kept.items():
-        print(f"relevance at {name} {list(kept.shape)}; sum per sample: "
-              + ", ".join(f"{v:.4g}" for v in kept.reshape(max(1, kept.shape[0] if kept.ndim else 1), -1).sum(1)[:8]))
+        print(f"relevance at {name} {list(kept.shape)}; sum per sample: {_sums(kept)}")
     if a.out:
         save_array(r, a.out, *_input_files(a), models=[a.model])
         print(f"wrote {a.out}")
@@ -222,6 +220,11 @@ def cmd_explain(a) -> int:
                        *_input_files(a), models=[a.model])
             print(f"wrote {path}")
     return 0
+
+
+def _sums(a: np.ndarray) -> str:
+    """The sums of the first eight samples' values (one number for a rank-0 array)."""
+    return ", ".join(f"{v:.4g}" for v in np.reshape(a, (len(a) if np.ndim(a) else 1, -1)).sum(1)[:8])
 
 
 def cmd_inspect(a) -> int:

@@ -70,6 +70,13 @@ def uniform(cb, like: str, seed, offset: int, dtype: int = TensorProto.FLOAT) ->
                  seed=None if seed is None else float(1 + ((seed + offset + 12345) * 2654435761) % SEED_STREAMS))
 
 
+def random_orders(cb, dims: str, last: str, seed, offset: int) -> str:
+    """int64 of shape ``dims`` (int64 [rank]) whose rows along the last axis (of size ``last``, int64 [1]) are
+    uniformly random permutations of 0..last-1: the argsort of float64 uniforms (ties negligible)."""
+    zeros = cb.op("ConstantOfShape", [dims], value=numpy_helper.from_array(np.zeros(1)))
+    return cb.op("TopK", [uniform(cb, zeros, seed, offset, TensorProto.DOUBLE), last], n_out=2, axis=-1)[1]
+
+
 def non_identity_permutations(cb, count: str, n: str, seed, offset: int) -> str:
     """int64 [count, n]: ``count`` (int64 [1]) random permutations of 0..n-1 (``n``: int64 [1]), each uniform over
     every permutation but the identity, as Captum's FeaturePermutation draws them (torch.randperm until one
@@ -77,11 +84,8 @@ def non_identity_permutations(cb, count: str, n: str, seed, offset: int) -> str:
     PERMUTATION_TRIES such candidates the first that is not the identity is taken (the rejection of a
     redraw loop, unrolled): the identity comes out only if all of them are it, with odds (1/n!)^64 (5e-20 for
     n = 2), and for n = 1, the only permutation there is."""
-    tries = cb.ints([PERMUTATION_TRIES])
-    zeros = cb.op("ConstantOfShape", [cb.op("Concat", [count, tries, n], axis=0)],
-                  value=numpy_helper.from_array(np.zeros(1)))
-    draws = uniform(cb, zeros, seed, offset, TensorProto.DOUBLE)  # [count, T, n]
-    orders = cb.op("TopK", [draws, n], n_out=2, axis=2)[1]  # int64 [count, T, n]
+    orders = random_orders(cb, cb.op("Concat", [count, cb.ints([PERMUTATION_TRIES]), n], axis=0), n, seed,
+                           offset)  # int64 [count, T, n]
     rows = cb.op("Range", [cb.const(0, "int64"), cb.op("Reshape", [n, cb.ints([])]), cb.const(1, "int64")])
     moved = cb.reduce("ReduceMax", cb.op("Cast", [cb.op("Not", [cb.op("Equal", [orders, rows])])],
                                          to=TensorProto.INT64), [2], keepdims=0)  # [count, T]: 1 where a row moves

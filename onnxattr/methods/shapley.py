@@ -27,11 +27,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
-from onnxattr.methods.draws import SEED, uniform
+from onnxattr.methods.draws import SEED, random_orders
 from onnxattr.methods.feature_groups import FEATURE_MASK, feature_groups
 from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
 
@@ -108,11 +108,8 @@ def build_shapley_value_sampling(t: Target, p: dict) -> str:
     groups, count, feats = feature_groups(t, p, features, _sampling_too_many(n), n, "orders")
     g = b.const(np.array([count], np.int64), np.int64, "groups") if isinstance(count, int) else \
         b.op("Reshape", [count, b.ints([1])])
-    # n random orders, as the ranks of the groups: the argsort of uniform draws (float64: ties are
-    # negligible) is a uniformly random permutation, and the rank table of a random order is one too
-    draws = uniform(b, b.op("ConstantOfShape", [b.op("Concat", [b.ints([n]), g], axis=0)],
-                            value=numpy_helper.from_array(np.zeros(1))), p["seed"], 0, TensorProto.DOUBLE)
-    ranks = b.op("TopK", [draws, g], n_out=2, axis=1)[1]  # int64 [n, G]
+    # n random orders, as the ranks of the groups (the rank table of a random order is a random order too)
+    ranks = random_orders(b, b.op("Concat", [b.ints([n]), g], axis=0), g, p["seed"], 0)  # int64 [n, G]
     passes = n * count if isinstance(count, int) else b.op("Mul", [count, b.const(n, "int64")])
     group_count = b.const(count, "int64") if isinstance(count, int) else count
     found = {}
