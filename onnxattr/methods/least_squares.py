@@ -1,0 +1,107 @@
+"""Weighted linear least squares with an intercept, inside the graph, as scikit-learn's LinearRegression fits
+Captum's surrogate models (KernelSHAP). For one design Z [S, G] shared by the batch, sample weights w [S] and
+targets Y [N, S] (one regression per row n):
+
+    beta_n = argmin over beta, c of  sum_s w_s (Y_ns - c - Z_s . beta)^2,
+
+the least-norm beta where the design leaves it undetermined (scikit-learn's lstsq). With the weighted means
+taken out (Zc = Z - (w Z) / sum w) and A = W^1/2 Zc:
+
+    S > 2G:   (A'A) beta_n = A' W^1/2 Y_n                          (the G x G normal equations)
+    S <= 2G:  beta_n = A' u_n,  (A A') u_n = W^1/2 (Y_n - mean_w Y_n)  (the S x S side)
+
+Either symmetric system K u = R is solved in float64: (K + delta I)^-1 by Gauss-Jordan elimination without
+pivoting (K + delta I is positive definite) in an ONNX Loop of D trips, delta = 1e-8 trace(K) / D, then
+REFINEMENTS iterated Tikhonov steps u <- u + (K + delta I)^-1 (R - K u). Each step shrinks the error along an
+eigenvalue lambda of K by delta / (lambda + delta), so u reaches K^+ R, the least-norm solution, wherever lambda
+is well above delta; the directions K does not see receive only rounding, amplified by 1 / delta in every
+step. On the S x S side A' removes those (A A' always has one: the weighted centring), so the G x G side is
+kept for designs of many more coalitions than groups, where A'A is singular only for degenerate designs (there
+the fit is the least-norm one to ~1e-6). A smaller delta does worse: the 10^6 endpoint weights give K a
+condition number of ~1e7 before delta, and the elimination's rounding grows with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from onnxattr.graph import GraphBuilder
+
+RIDGE = 1e-8  # delta / (trace(K) / D)
+REFINEMENTS = 16  # iterated Tikhonov steps after the first solve (D^2 multiply-adds each)
+MAX_SYSTEM = 2048  # D: the elimination costs D^3 multiply-adds (9e9 at 2048, seconds on a CPU)
+
+
+def system_size(samples: int, groups: int) -> int:
+    """D, the order of the system weighted_least_squares solves (module docstring)."""
+    return groups if 2 * groups < samples else samples
+
+
+def _matmul_t(b: GraphBuilder, a: str, c: str) -> str:
+    """a' c."""
+    return b.op("MatMul", [b.op("Transpose", [a], perm=[1, 0]), c])
+
+
+def psd_inverse(b: GraphBuilder, k: str, d: int) -> str:
+    """(K + delta I)^-1 of a symmetric positive semi-definite float64 [d, d] K, delta = RIDGE trace(K) / d (1 for
+    K = 0, which then meets zero right-hand sides only): Gauss-Jordan on
+    [K + delta I | I], one pivot per Loop trip, no row exchanges (every pivot of a positive definite matrix
+    is positive)."""
+    eye = b.const(np.eye(d), np.float64, "eye")
+    trace = b.op("ReduceSum", [b.op("Mul", [k, eye])], keepdims=0)
+    zero = b.op("Cast", [b.op("Equal", [trace, b.const(0.0, np.float64)])], to=TensorProto.DOUBLE)
+    delta = b.op("Add", [b.op("Mul", [trace, b.const(RIDGE / d, np.float64)]), zero])
+    start = b.op("Concat", [b.op("Add", [k, b.op("Mul", [eye, delta])]), eye], axis=1)  # [d, 2d]
+    cb = b.child()
+    it, cond_in, a_in = cb.fresh("iter"), cb.fresh("cond"), cb.fresh("gauss_jordan")
+    at = cb.op("Reshape", [it, cb.ints([1])])
+    row = cb.op("Gather", [a_in, at], axis=0)  # [1, 2d]
+    row = cb.op("Div", [row, cb.op("Gather", [row, at], axis=1)])  # the pivot row scaled to a 1 on the diagonal
+    # every row i loses A[i, k] times it; row k (whose factor is A[k, k] - 1) becomes it
+    unit = cb.op("Cast", [cb.op("Equal", [cb.const(np.arange(d).reshape(d, 1), np.int64, "rows"), it])],
+                 to=TensorProto.DOUBLE)
+    factor = cb.op("Sub", [cb.op("Gather", [a_in, at], axis=1), unit])  # [d, 1]
+    a_out = cb.op("Sub", [a_in, cb.op("Mul", [factor, row])])
+    cond_out = cb.op("Identity", [cond_in])
+    body = helper.make_graph(
+        cb.nodes, b.fresh("gauss_jordan_body"),
+        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
+         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(a_in, TensorProto.DOUBLE, [d, 2 * d])],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(a_out, TensorProto.DOUBLE, [d, 2 * d])])
+    done = b.fresh("gauss_jordan")
+    b.nodes.append(helper.make_node("Loop", [b.const(d, "int64"), "", start], [done], name=b.fresh("Loop"),
+                                    body=body))
+    b.types[done] = TensorProto.DOUBLE
+    return b.op("Slice", [done, b.ints([d]), b.ints([2 * d]), b.ints([1])])
+
+
+def psd_solve(b: GraphBuilder, k: str, r: str, d: int) -> str:
+    """K^+ R for a symmetric positive semi-definite float64 [d, d] K and R [d, m] in its range (module docstring)."""
+    h = psd_inverse(b, k, d)
+    u = b.op("MatMul", [h, r])
+    for _ in range(REFINEMENTS):
+        u = b.op("Add", [u, b.op("MatMul", [h, b.op("Sub", [r, b.op("MatMul", [k, u])])])])
+    return u
+
+
+def weighted_least_squares(b: GraphBuilder, z: str, w: np.ndarray, y: str, groups: int) -> str:
+    """beta [N, G] (float64) of the regressions of Y [N, S] on the design Z [S, G] with weights w [S] and an
+    intercept (module docstring); z and y float64."""
+    s = len(w)
+    w_col = b.const(np.asarray(w, np.float64).reshape(s, 1), np.float64, "sample_w")
+    total = b.const(float(np.sum(w)), np.float64)
+    mean = b.op("Div", [_matmul_t(b, w_col, z), total])  # [1, G]
+    centred = b.op("Sub", [z, mean])  # [S, G]
+    root_w = b.const(np.sqrt(np.asarray(w, np.float64)).reshape(s, 1), np.float64, "sample_root_w")
+    a = b.op("Mul", [centred, root_w])  # [S, G]
+    if system_size(s, groups) == groups:
+        targets = b.op("Mul", [b.op("Transpose", [y], perm=[1, 0]), root_w])  # W^1/2 Y' [S, N]; A'Y's mean is 0
+        u = psd_solve(b, _matmul_t(b, a, a), _matmul_t(b, a, targets), groups)  # [G, N]
+        return b.op("Transpose", [u], perm=[1, 0])
+    y_mean = b.op("Div", [b.op("MatMul", [y, w_col]), total])  # [N, 1]
+    targets = b.op("Mul", [b.op("Transpose", [b.op("Sub", [y, y_mean])], perm=[1, 0]), root_w])  # [S, N]
+    u = psd_solve(b, b.op("MatMul", [a, b.op("Transpose", [a], perm=[1, 0])]), targets, s)  # [S, N]
+    return b.op("Transpose", [_matmul_t(b, a, u)], perm=[1, 0])
