@@ -20,8 +20,8 @@ from onnxattr.select import choose_input
 
 TOP_FRACTION = 0.1  # the share of elements, by |relevance|, whose overlap is reported
 SIGNIFICANT = 1e-6  # elements below this fraction of a map's largest |value| are not counted among its top
-LAYOUT_BOUND = ("occlusion", "feature_ablation", "shapley_values", "shapley_value_sampling")  # windows, groups:
-# they follow the input's axis order
+LAYOUT_BOUND = ("occlusion", "feature_ablation", "feature_permutation", "shapley_values", "shapley_value_sampling",
+                "kernel_shap")  # windows, groups: they follow the input's axis order
 
 
 @dataclass(frozen=True)

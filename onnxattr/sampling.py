@@ -244,6 +244,7 @@ def sample_loop(
     factor: Callable[[GraphBuilder, str], str] | None = None,
     sums: int = 1,
     wide: bool = False,
+    acc_like: str | None = None,
 ) -> str | list[str]:
     """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape (divided by
     ``mean_over`` when given). ``n`` is an int, or an int64 scalar tensor known at run time. float16 and
@@ -251,6 +252,8 @@ def sample_loop(
     ``wide`` sums (and divides) in float64 whatever x's type, and returns the totals in float64 (VarGrad's
     E[g^2] - E[g]^2 cancels; the float32 gradients square exactly in float64).
     With ``sums`` > 1, per_sample returns that many tensors and the Loop sums each: a list of totals.
+    ``acc_like``: a tensor [N, ...] whose shape the totals take instead of x's (kernel_shap's drop per
+    coalition, [N, S]); the contributions are then [count*N, ...] of its trailing shape.
 
     make_points(cb, x, ks, count) -> [count*N, ...] given this trip's sample indices ks (int64 [count]) and
     count (int64 [1]); per_sample(cb, grad, points, ks) -> the gradients [count*N, ...] to sum.
@@ -322,14 +325,15 @@ def sample_loop(
         # [count, N, ...] by the count, not -1, and a 0 in it is a size (allowzero): a batch of 0 samples
         if acc_type != x_type and cb.types.get(g) != acc_type:
             g = cb.op("Cast", [g], to=acc_type)
-        stacked = cb.op("Reshape", [g, cb.op("Concat", [count, cb.op("Shape", [x])], axis=0)], allowzero=1)
+        stacked = cb.op("Reshape", [g, cb.op("Concat", [count, cb.op("Shape", [acc_like or x])], axis=0)],
+                        allowzero=1)
         acc_outs.append(cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)]))
     cond_out = cb.op("Identity", [cond_in]) if rows_ok is None else cb.op("And", [cond_in, rows_ok])
 
     # the Loop node is assembled in place: make_node/make_graph would copy the body's weights three times
     totals = [b.fresh("loop") for _ in range(sums)]
-    zeros = b.zeros_like(x) if acc_type == x_type else b.op(
-        "ConstantOfShape", [b.shape_of(x)], value=helper.make_tensor("v", acc_type, [1], [0.0]))
+    zeros = b.zeros_like(x) if acc_type == x_type and acc_like is None else b.op(
+        "ConstantOfShape", [b.shape_of(acc_like or x)], value=helper.make_tensor("v", acc_type, [1], [0.0]))
     loop = helper.make_node("Loop", [trips, ""] + [zeros] * sums, totals, name=b.fresh("Loop"))
     body_attr = loop.attribute.add()
     body_attr.name, body_attr.type = "body", onnx.AttributeProto.GRAPH
@@ -345,13 +349,15 @@ def sample_loop(
                         *[helper.make_tensor_value_info(a, acc_type, None) for a in acc_outs]])
     b.nodes.append(loop)
     b.fill_later[loop.name] = lambda node: _write_weights(_body(node).initializer, weights)
-    out = [_finish_total(b, total, x, acc_type, mean_over, factor, cast_back=not wide) for total in totals]
+    out = [_finish_total(b, total, x, acc_type, mean_over, factor, cast_back=not wide, like=acc_like)
+           for total in totals]
     return out[0] if sums == 1 else out
 
 
-def _finish_total(b: GraphBuilder, total: str, x: str, acc_type: int, mean_over, factor, cast_back: bool) -> str:
+def _finish_total(b: GraphBuilder, total: str, x: str, acc_type: int, mean_over, factor, cast_back: bool,
+                  like: str | None = None) -> str:
     """The Loop's total divided by ``mean_over``, times ``factor``, in the accumulator's type; then cast back
-    to x's type unless not ``cast_back``."""
+    to x's type unless not ``cast_back``. Its shape is declared as ``like``'s (x's by default)."""
     if mean_over is not None:  # divided while still in the accumulator's type
         acc_dtype = helper.tensor_dtype_to_np_dtype(acc_type)
         total = b.op("Div", [total, b.const(np.array(float(mean_over), acc_dtype), acc_dtype, "count")])
@@ -361,6 +367,10 @@ def _finish_total(b: GraphBuilder, total: str, x: str, acc_type: int, mean_over,
     if cast_back and acc_type != b.float_type(x):
         total = b.op("Cast", [total], to=b.float_type(x))
     b.set_info(total, x)
+    if like is not None:
+        b.shapes.pop(total, None)
+        if like in b.shapes:
+            b.shapes[total] = b.shapes[like]
     if not cast_back:
         b.types[total] = acc_type
     return total

@@ -42,7 +42,8 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
                       factor: Callable[[GraphBuilder, str], str] | None = None,
                       weight_of: Callable[[GraphBuilder, str], str] | None = None,
                       mean_over=None,
-                      replacement_of: Callable[[GraphBuilder, str, str, str], str] | None = None) -> str:
+                      replacement_of: Callable[[GraphBuilder, str, str, str], str] | None = None,
+                      acc_like: str | None = None) -> str:
     """Sum over perturbations k = 0..n-1 of (y(x) - y(x_k)) * weight_k, x_k = x (1 - mask_k) + baseline mask_k
     (y: each sample's selected output; for an output that is one number for the whole batch, a loss, that
     number: each perturbation then changes every sample at once, and every row gets the same values, the
@@ -52,7 +53,9 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
     ``mean_over`` as sample_loop takes them. The weights are the masks, or ``weight_of(cb, ks)`` (called after
     mask_of): float64 [c, 1, *F'], and then the products are summed in float64 (Shapley weights of both signs
     cancel) and the total returned in float32. ``replacement_of(cb, x_, ks, count)``: what a perturbed feature
-    takes instead of the baseline, [c, N, *F] (x's rows in another order: feature_permutation)."""
+    takes instead of the baseline, [c, N, *F] (x's rows in another order: feature_permutation). ``acc_like``:
+    a float tensor [N, *A] whose shape the total takes instead of x's, the weights being [c, 1, *A] (kernel_shap
+    keeps each coalition's drop apart: one-hot weights over [N, S])."""
     b, x = t.b, t.x
     rank = b.rank(x) - 1
     baseline = None if replacement_of else reference_constant(b, x, p["baselines"], "baselines")  # broadcast to x
@@ -68,23 +71,27 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
                                   cb.op("Mul", [mask, instead])])  # [c, N, *F]
         n_ = cb.op("Slice", [cb.op("Shape", [x_]), cb.ints([0]), cb.ints([1])])
         rows = cb.op("Concat", [cb.op("Mul", [count, n_]), feats], axis=0)
-        masks["rows"] = cb.op("Reshape", [cb.op("Expand", [weight, cb.op("Concat", [count, n_, feats], axis=0)]),
-                                          rows])
+        dims = feats if acc_like is None else cb.op("Slice", [cb.op("Shape", [acc_like]), cb.ints([1]),
+                                                              cb.ints([2**62])])
+        masks["rows"] = cb.op("Reshape", [cb.op("Expand", [weight, cb.op("Concat", [count, n_, dims], axis=0)]),
+                                          cb.op("Concat", [cb.op("Mul", [count, n_]), dims], axis=0)])
         return cb.op("Reshape", [perturbed, rows])
 
     def drops(cb, selected, ks, count):
         drop = cb.op("Sub", [cb.op("Tile", [clean, count]), selected])  # [c*N], sample-major like the points
         if weight_of is not None:
             drop = cb.op("Cast", [drop], to=TensorProto.DOUBLE)
-        return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * rank)]), masks["rows"]])
+        return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * (rank if acc_like is None else
+                                                                         len(b.shape(acc_like)) - 1))]),
+                             masks["rows"]])
 
     for node in path_nodes(t.nodes, x, t.y, b)[0]:
         t.assignment[node.name] = ("forward", f"{method} runs the forward pass only")
     total = sample_loop(b, t.nodes, x, t.y, t.index, n, chunk_size(t, p), points, forward_only=drops, factor=factor,
-                        mean_over=mean_over, wide=weight_of is not None)
+                        mean_over=mean_over, wide=weight_of is not None, acc_like=acc_like)
     if weight_of is None:
         return total
     out = b.op("Cast", [total], to=TensorProto.FLOAT)  # the relevance's type (assemble): no float16 rounding
-    b.set_info(out, x)
+    b.set_info(out, acc_like or x)
     b.types[out] = TensorProto.FLOAT
     return out

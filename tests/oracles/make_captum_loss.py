@@ -23,7 +23,9 @@ Maps are computed in float64 and stored as float32. Entries: gradient (Saliency)
 0.5, the groups), occlusion (baselines 0.5), shapley_values (the groups), feature_permutation on the first two
 samples (tag 'pair', entry 'rows': 2: the swap is the only permutation Captum accepts there, so the map is
 deterministic) and on all four (tag 'default', statistical: one draw per group after torch.manual_seed(2029),
-with the exact expectation over the 23 permutations that move a row, computed here from the torch model).
+with the exact expectation over the 23 permutations that move a row, computed here from the torch model), and
+kernel_shap (Captum's KernelShap on 20 coalitions of the groups stored as "coalitions:ks", given to Captum as its
+perturb_func: deterministic).
 
 The code is our own; Captum (BSD-3) is only called as a library.
 """
@@ -34,15 +36,16 @@ import os
 import numpy as np
 import onnxruntime as ort
 import torch
-from captum.attr import FeatureAblation, FeaturePermutation, Occlusion, Saliency, ShapleyValues
+from captum.attr import FeatureAblation, FeaturePermutation, KernelShap, Occlusion, Saliency, ShapleyValues
 from torch import nn
 
 # this folder is on the path: tests/oracles/manifest.py and permutations.py
 from manifest import write_manifest
-from permutations import permutation_mean
+from permutations import kernel_shap_coalitions, permutation_mean
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 N = 4
+AUX = {}  # arrays the entries name besides the maps
 IGNORED = 1  # the label torch_ce_loss's cross entropy ignores (the third sample's)
 
 
@@ -133,6 +136,21 @@ def maps(loss, x, labels, groups, occlusion):
             "feature_permutation", {"feature_mask": "@mask:groups"},
             "captum FeaturePermutation(loss).attribute(x[:2], feature_mask=the stored mask:groups, "
             "additional_forward_args=(labels[:2],))", rows=2)
+        coalitions = kernel_shap_coalitions(int(groups.max()) + 1, 20, np.random.default_rng(2030))
+        AUX["coalitions:ks"] = coalitions
+
+        def stored(original_inp, **kwargs):
+            for row in coalitions:
+                yield torch.from_numpy(row[None])
+
+        given = KernelShap(loss)
+        given.perturb_func = stored
+        add("kernel_shap|max|coalitions",
+            given.attribute(x, baselines=0.5, feature_mask=fm, additional_forward_args=args, n_samples=20),
+            "kernel_shap", {"baselines": 0.5, "feature_mask": "@mask:groups", "coalitions": "@coalitions:ks"},
+            "captum KernelShap(loss) with perturb_func replaced by a generator of the stored coalitions:ks, "
+            ".attribute(x, baselines=0.5, feature_mask=the stored mask:groups, additional_forward_args=(labels,), "
+            "n_samples=20)")
         torch.manual_seed(2029)
         add("feature_permutation|max|default",
             FeaturePermutation(loss).attribute(x, feature_mask=fm, additional_forward_args=args),
@@ -163,7 +181,7 @@ def make(name, build, loss_of=Loss):
     arrays = {"x": x.numpy(), "feed:labels": labels.numpy(), "target": labels.numpy(),
               "logits": np.array([float(value)], np.float32), "mask:groups": groups,
               "perm_mean:max": permutation_mean(lambda v: loss64(v, labels), x64, groups).expand_as(x64).numpy()
-              .astype(np.float32)}
+              .astype(np.float32), **AUX}
     entries = {}
     for key, (value, entry) in sorted(found.items()):
         arr = value.numpy().astype(np.float32)

@@ -50,7 +50,9 @@ alone and 4 x 4 patches stored as "mask:patches"), shapley (Captum's ShapleyValu
 six coarse groups stored as "mask:coarse"; the sampling maps statistical), deep_lift_shap (Captum's DeepLiftShap
 with the samples of x as the baselines, on the model and on its exported form as deep_lift), feature_permutation
 (Captum's FeaturePermutation over the coarse groups: on two samples, where it is deterministic, and on four,
-statistical, with its exact expectation stored as "perm_mean:MODE").
+statistical, with its exact expectation stored as "perm_mean:MODE"), kernel_shap (Captum's KernelShap over the
+coarse groups: on 40 coalitions stored as "coalitions:ks" given as its perturb_func, deterministic, and on its
+own 25 draws, statistical).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -66,7 +68,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from permutations import permutation_mean  # tests/oracles/permutations.py (this folder is on the path)
+from permutations import kernel_shap_coalitions, permutation_mean  # tests/oracles/permutations.py (on the path)
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
@@ -1002,9 +1004,56 @@ def run_excitation(model, canonizer_names, x, argmax, target):
     return out
 
 
+KS_SAMPLES = 40  # coalitions stored for the deterministic KernelSHAP entries (six groups: 64 exist)
+# onnxattr draws one set of coalitions for the batch, so a run's errors are shared by its samples and three runs'
+# spread (the statistical check's default) is too noisy: with three, a copy of Captum's own estimator failed the
+# check 2 % of the time on torch_resnet, with eight never in 3000 trials
+KS_RUNS = 8
+
+
+def run_kernel_shap(model, x, argmax, target):
+    """Captum KernelShap over the six groups of coarse_mask, baselines 0.5: tag 'coalitions' evaluates the 40
+    coalitions stored as 'coalitions:ks' (given to Captum as its perturb_func; deterministic), tag 'default'
+    Captum's own 25 draws (statistical, torch.manual_seed(2029) before). Captum fits in float32 (LimeBase casts
+    the data to float before scikit-learn's LinearRegression)."""
+    from captum.attr import KernelShap
+
+    mask, fm = coarse_groups(x)
+    groups = int(mask.max()) + 1
+    coalitions = kernel_shap_coalitions(groups, KS_SAMPLES, np.random.default_rng(2029))
+    AUX["coalitions:ks"] = coalitions
+
+    def stored(original_inp, **kwargs):
+        for row in coalitions:
+            yield torch.from_numpy(row[None])
+
+    out = {}
+    for mode in MODES:
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
+        given = KernelShap(m)
+        given.perturb_func = stored
+        with torch.no_grad():
+            fixed = given.attribute(x, baselines=0.5, target=tgt, feature_mask=fm, n_samples=KS_SAMPLES)
+            torch.manual_seed(2029)
+            drawn = KernelShap(m).attribute(x, baselines=0.5, target=tgt, feature_mask=fm)
+        params = {"baselines": 0.5, "feature_mask": "@mask:coarse"}
+        out[f"kernel_shap|{mode}|coalitions"] = (fixed, {
+            "method": "kernel_shap", "mode": mode, "seed": "one", "statistical": False,
+            "params": {**params, "coalitions": "@coalitions:ks"},
+            "library_call": "captum KernelShap(model) with perturb_func replaced by a generator of the stored "
+                            f"coalitions:ks, .attribute(x, baselines=0.5, target, feature_mask=the stored "
+                            f"mask:coarse, n_samples={KS_SAMPLES}); " + seed_note})
+        out[f"kernel_shap|{mode}|default"] = (drawn, {
+            "method": "kernel_shap", "mode": mode, "seed": "one", "statistical": True, "params": params,
+            "runs": KS_RUNS,
+            "library_call": "captum KernelShap(model).attribute(x, baselines=0.5, target, feature_mask=the stored "
+                            "mask:coarse) (n_samples=25); torch.manual_seed(2029) before; " + seed_note})
+    return out
+
+
 FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
             "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley", "deep_lift_shap",
-            "feature_permutation", "zennit_layers")
+            "feature_permutation", "zennit_layers", "kernel_shap")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -1028,7 +1077,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
                             ("gradient_shap", run_gradient_shap), ("occlusion", run_occlusion),
                             ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth),
                             ("feature_ablation", run_feature_ablation), ("shapley", run_shapley),
-                            ("deep_lift_shap", run_deeplift_shap), ("feature_permutation", run_feature_permutation)):
+                            ("deep_lift_shap", run_deeplift_shap), ("feature_permutation", run_feature_permutation),
+                            ("kernel_shap", run_kernel_shap)):
             if family in families:
                 maps.update(run(m, xd, argmax, target))
         if "excitation_backprop" in families:
@@ -1183,6 +1233,13 @@ METHOD_NOTES = [
     "'default': all four samples (one draw per group after torch.manual_seed(2028), statistical), with the "
     "expectation over the 23 permutations that move a row stored as 'perm_mean:MODE' (computed by "
     "permutation_mean on the torch model).",
+    "kernel_shap: Captum KernelShap(model).attribute(x, baselines=0.5, target, feature_mask=the stored "
+    "'mask:coarse'): a linear model of the selected output over coalitions of the six groups, fitted by "
+    "scikit-learn's LinearRegression with weight 1e6 on the full and the empty coalition and 1 elsewhere; every "
+    "feature gets its group's coefficient. Tag 'coalitions': the 40 coalitions stored as 'coalitions:ks' (drawn "
+    "with numpy as Captum draws them), given to Captum by replacing its perturb_func (deterministic); tag "
+    "'default': Captum's own 25 draws per sample (torch.manual_seed(2029) before), statistical. Captum hands "
+    "scikit-learn float32 data even for the float64 model.",
     "beta_smooth: zennit.composites.BetaSmooth(beta_smooth) hooks every nn.ReLU module (each ReLU of these models "
     "is one, and each is an ONNX Relu node) and replaces its gradient by sigmoid(beta * input) * grad_out; "
     "onnxattr's beta_smooth does that at every Relu node. Seeded with 1 at the selected output(s).",

@@ -1,6 +1,7 @@
-"""What the oracle scripts use to check feature permutation exactly: the expectation of Captum's
-FeaturePermutation over its random permutations (make_torch.py on the nets' outputs, make_captum_loss.py on
-losses over the batch)."""
+"""Random draws the oracle scripts share: the expectation of Captum's FeaturePermutation over its random
+permutations, to check feature permutation exactly, and coalitions drawn as Captum's KernelShap draws them, to
+give Captum and onnxattr the same ones (make_torch.py on the nets' outputs, make_captum_loss.py on losses over
+the batch)."""
 
 import itertools
 
@@ -23,3 +24,16 @@ def permutation_mean(value, x, groups):
             drop = sum(clean - value(torch.where(member, x[p], x)) for p in perms) / len(perms)
             out = out + drop.reshape((-1,) + (1,) * (x.ndim - 1)) * member.to(x.dtype)
     return out
+
+
+def kernel_shap_coalitions(groups: int, count: int, rng) -> np.ndarray:
+    """Captum's KernelShap draws, made with numpy: the full and the empty coalition, then coalitions of k groups,
+    k from p(k) ~ (G - 1) / (k (G - k)), every k-subset alike."""
+    k = np.arange(1, groups)
+    p = (groups - 1) / (k * (groups - k))
+    rows = [np.ones(groups), np.zeros(groups)]
+    for size in rng.choice(k, size=count - 2, p=p / p.sum()):
+        row = np.zeros(groups)
+        row[rng.permutation(groups)[:size]] = 1
+        rows.append(row)
+    return np.array(rows, np.int64)
