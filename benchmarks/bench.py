@@ -28,7 +28,8 @@ forward, gradient and attn_lrp against LXT 2.1 on `--models vit_b16` (LXT instal
 Grad-CAM, GradientSHAP (16 draws) and Occlusion (49 windows) against Captum's; `noise-tunnel` = VarGrad
 (16 copies) against Captum's NoiseTunnel and beta_smooth against Zennit's BetaSmooth; `shapley` = Shapley values
 of 4 blocks, Shapley value sampling over 16 blocks (2 orders) and DeepLIFT SHAP (4 baselines) against Captum's;
-`permutation` = feature permutation of 16 blocks against Captum's FeaturePermutation (`--batch 2` or more).
+`permutation` = feature permutation of 16 blocks against Captum's FeaturePermutation (`--batch 2` or more);
+`kernel-shap` = KernelSHAP over 16 blocks (32 coalitions) against Captum's KernelShap.
 The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 
@@ -52,8 +53,8 @@ sys.path.insert(0, str(HERE))
 CACHE = Path(os.environ.get("ONNXATTR_BENCH_CACHE", Path.home() / ".cache" / "onnxattr-bench"))
 RESULTS = HERE / "results"
 
-from configs import GROUPS, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS, PAUSE, PERMUTATIONS_PER_EVAL, \
-    STEPS, SV_ORDERS, blocks, dls_baselines  # noqa: E402  (benchmarks/ is on the path from here on)
+from configs import GROUPS, KS_SAMPLES, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS, PAUSE, \
+    PERMUTATIONS_PER_EVAL, STEPS, SV_ORDERS, blocks, dls_baselines  # noqa: E402  (benchmarks/ is on the path)
 from report import write_report  # noqa: E402
 
 
@@ -176,6 +177,16 @@ def make_runner(config: str, model: str, x, threads: int):
                 with torch.no_grad():
                     return sv.attribute(xt, baselines=0.0, target=target, feature_mask=mask,
                                         perturbations_per_eval=8, **extra)
+            return run
+        if name == "kernel_shap":
+            from captum.attr import KernelShap
+
+            ks, mask = KernelShap(net), torch.from_numpy(blocks(4))[None]
+
+            def run():
+                with torch.no_grad():
+                    return ks.attribute(xt, baselines=0.0, target=target, feature_mask=mask, n_samples=KS_SAMPLES,
+                                        perturbations_per_eval=8)
             return run
         if name == "feature_permutation":
             from captum.attr import FeaturePermutation
@@ -332,7 +343,7 @@ def main(argv=None):
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
     ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more, "
-                    "noise-tunnel, shapley, permutation) or "
+                    "noise-tunnel, shapley, permutation, kernel-shap) or "
                     "comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())

@@ -3,7 +3,7 @@ the mean negative log-likelihood of labels given as a second graph input. Captum
 perturb every sample at once and attribute the loss's change (their "single scalar per batch" mode, which needs
 perturbations_per_eval=1 and returns one row); its Saliency gives each sample's gradient of the loss.
 
-Run from the repository root with the torch venv (CPU torch 2.13.0, captum, onnx, onnxruntime):
+Run from the repository root with the torch venv (CPU torch 2.13.0, captum, scikit-learn, onnx, onnxruntime):
 
     /work/venv-torch/bin/python tests/oracles/make_captum_loss.py
 

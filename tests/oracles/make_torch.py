@@ -1,6 +1,7 @@
 """Oracle reference maps from Captum and Zennit on small PyTorch models.
 
-Run from the repository root with the torch venv (CPU torch 2.13.0, captum, zennit, onnx, onnxruntime):
+Run from the repository root with the torch venv (CPU torch 2.13.0, captum, zennit, scikit-learn for Captum's
+KernelShap, onnx, onnxruntime: `pip install -e ".[bench]"` with the CPU wheel index):
 
     /work/venv-torch/bin/python tests/oracles/make_torch.py
 
