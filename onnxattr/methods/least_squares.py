@@ -7,18 +7,19 @@ targets Y [N, S] (one regression per row n):
 the least-norm beta where the design leaves it undetermined (scikit-learn's lstsq). With the weighted means
 taken out (Zc = Z - (w Z) / sum w) and A = W^1/2 Zc:
 
-    S > 2G:   (A'A) beta_n = A' W^1/2 Y_n                          (the G x G normal equations)
-    S <= 2G:  beta_n = A' u_n,  (A A') u_n = W^1/2 (Y_n - mean_w Y_n)  (the S x S side)
+    S > G:   (A'A) beta_n = A' W^1/2 Y_n                          (the G x G normal equations)
+    S <= G:  beta_n = A' u_n,  (A A') u_n = W^1/2 (Y_n - mean_w Y_n)  (the S x S side)
 
 Either symmetric system K u = R is solved in float64: (K + delta I)^-1 by Gauss-Jordan elimination without
-pivoting (K + delta I is positive definite) in an ONNX Loop of D trips, delta = 1e-8 trace(K) / D, then
-REFINEMENTS iterated Tikhonov steps u <- u + (K + delta I)^-1 (R - K u). Each step shrinks the error along an
-eigenvalue lambda of K by delta / (lambda + delta), so u reaches K^+ R, the least-norm solution, wherever lambda
-is well above delta; the directions K does not see receive only rounding, amplified by 1 / delta in every
-step. On the S x S side A' removes those (A A' always has one: the weighted centring), so the G x G side is
-kept for designs of many more coalitions than groups, where A'A is singular only for degenerate designs (there
-the fit is the least-norm one to ~1e-6). A smaller delta does worse: the 10^6 endpoint weights give K a
-condition number of ~1e7 before delta, and the elimination's rounding grows with it.
+pivoting (K + delta I is positive definite) in an ONNX Loop of D / 64 trips (64 pivots each), delta = 1e-8
+trace(K) / D, then REFINEMENTS iterated Tikhonov steps u <- u + (K + delta I)^-1 (R - K u). Each step shrinks
+the error along an eigenvalue lambda of K by delta / (lambda + delta), so u reaches K^+ R, the least-norm
+solution, wherever lambda is well above delta; the directions K does not see receive only rounding, amplified
+by 1 / delta in every step. On the S x S side A' removes those (A A' always has one: the weighted centring),
+and R lies in the range of A A' where the S <= G coalitions are independent; the G x G side serves designs of
+more coalitions than groups, where A'A is singular only for degenerate designs (there the fit is the least-norm
+one to ~1e-6). A smaller delta does worse: the 10^6 endpoint weights give K a condition number of ~1e7 before
+delta, and the elimination's rounding grows with it.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from onnxattr.graph import GraphBuilder
 
 RIDGE = 1e-8  # delta / (trace(K) / D)
 REFINEMENTS = 16  # iterated Tikhonov steps after the first solve (D^2 multiply-adds each)
-MAX_SYSTEM = 2048  # D: D Loop trips over a [D, 2D] matrix (2 cores: 15 ms at 256, 1.3 s at 1024, 11 s at 2048)
+BLOCK = 64  # pivots per Loop trip of the elimination (systems of order above BLOCK)
+MAX_SYSTEM = 4096  # D (2 cores: 9 ms at 256, 0.8 s at 2048, 6 s at 4096; benchmarks/solve_scale.py)
 
 
 def system_size(samples: int, groups: int) -> int:
     """D, the order of the system weighted_least_squares solves (module docstring)."""
-    return groups if 2 * groups < samples else samples
+    return groups if groups < samples else samples
 
 
 def _matmul_t(b: GraphBuilder, a: str, c: str) -> str:
@@ -43,39 +45,64 @@ def _matmul_t(b: GraphBuilder, a: str, c: str) -> str:
     return b.op("MatMul", [b.op("Transpose", [a], perm=[1, 0]), c])
 
 
-def psd_inverse(b: GraphBuilder, k: str, d: int) -> str:
-    """(K + delta I)^-1 of a symmetric positive semi-definite float64 [d, d] K, delta = RIDGE trace(K) / d (1 for
-    K = 0, which then meets zero right-hand sides only): Gauss-Jordan on
-    [K + delta I | I], one pivot per Loop trip, no row exchanges (every pivot of a positive definite matrix
-    is positive)."""
-    eye = b.const(np.eye(d), np.float64, "eye")
-    trace = b.op("ReduceSum", [b.op("Mul", [k, eye])], keepdims=0)
-    zero = b.op("Cast", [b.op("Equal", [trace, b.const(0.0, np.float64)])], to=TensorProto.DOUBLE)
-    delta = b.op("Add", [b.op("Mul", [trace, b.const(RIDGE / d, np.float64)]), zero])
-    start = b.op("Concat", [b.op("Add", [k, b.op("Mul", [eye, delta])]), eye], axis=1)  # [d, 2d]
+def _eliminate(b: GraphBuilder, aug: str, d: int, width: int, block: int) -> str:
+    """Gauss-Jordan elimination of the [d, width] float64 ``aug`` whose first d columns are positive definite, in
+    an ONNX Loop of d / block trips (block divides d), no row exchanges: each trip takes the next ``block``
+    pivots at once, scales their rows by the inverse of their [block, block] pivot block (itself eliminated one
+    pivot per trip, block = 1, where a pivot row is divided by its pivot), subtracts them from the other rows in
+    one rank-``block`` update (Gemm) and writes them in place of the pivot rows. The first d columns end as I."""
     cb = b.child()
     it, cond_in, a_in = cb.fresh("iter"), cb.fresh("cond"), cb.fresh("gauss_jordan")
-    at = cb.op("Reshape", [it, cb.ints([1])])
-    row = cb.op("Gather", [a_in, at], axis=0)  # [1, 2d]
-    row = cb.op("Div", [row, cb.op("Gather", [row, at], axis=1)])  # the pivot row scaled to a 1 on the diagonal
-    # every row i loses A[i, k] times it; row k (whose factor is A[k, k] - 1) becomes it
-    unit = cb.op("Cast", [cb.op("Equal", [cb.const(np.arange(d).reshape(d, 1), np.int64, "rows"), it])],
-                 to=TensorProto.DOUBLE)
-    factor = cb.op("Sub", [cb.op("Gather", [a_in, at], axis=1), unit])  # [d, 1]
-    a_out = cb.op("Gemm", [factor, row, a_in], alpha=-1.0, beta=1.0)  # a - factor row: one rank-1 update pass
+    first = cb.op("Mul", [it, cb.const(block, "int64")])
+    at = cb.op("Range", [first, cb.op("Add", [first, cb.const(block, "int64")]), cb.const(1, "int64")])
+    rows = cb.op("Gather", [a_in, at], axis=0)  # [block, width]
+    pivots = cb.op("Gather", [rows, at], axis=1)  # [block, block]
+    if block == 1:
+        scaled = cb.op("Div", [rows, pivots])
+    else:
+        eye = cb.const(np.eye(block), np.float64, "eye")
+        inverse = cb.op("Slice", [_eliminate(cb, cb.op("Concat", [pivots, eye], axis=1), block, 2 * block, 1),
+                                  cb.ints([block]), cb.ints([2 * block]), cb.ints([1])])
+        scaled = cb.op("MatMul", [inverse, rows])
+    # every row loses A[i, pivots] times the scaled rows (one Gemm); the pivot rows are then replaced by those
+    # (written, not left to the subtraction: A[p] - A[p, pivots] P^-1 A[pivots] cancels to 0 with A's rounding)
+    reduced = cb.op("Gemm", [cb.op("Gather", [a_in, at], axis=1), scaled, a_in], alpha=-1.0, beta=1.0)
+    where = cb.op("Expand", [cb.op("Unsqueeze", [at, cb.ints([1])]), cb.ints([block, width])])
+    a_out = cb.op("ScatterElements", [reduced, where, scaled], axis=0)
     cond_out = cb.op("Identity", [cond_in])
     body = helper.make_graph(
         cb.nodes, b.fresh("gauss_jordan_body"),
         [helper.make_tensor_value_info(it, TensorProto.INT64, []),
          helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(a_in, TensorProto.DOUBLE, [d, 2 * d])],
+         helper.make_tensor_value_info(a_in, TensorProto.DOUBLE, [d, width])],
         [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(a_out, TensorProto.DOUBLE, [d, 2 * d])])
+         helper.make_tensor_value_info(a_out, TensorProto.DOUBLE, [d, width])])
     done = b.fresh("gauss_jordan")
-    b.nodes.append(helper.make_node("Loop", [b.const(d, "int64"), "", start], [done], name=b.fresh("Loop"),
+    b.nodes.append(helper.make_node("Loop", [b.const(d // block, "int64"), "", aug], [done], name=b.fresh("Loop"),
                                     body=body))
     b.types[done] = TensorProto.DOUBLE
-    return b.op("Slice", [done, b.ints([d]), b.ints([2 * d]), b.ints([1])])
+    return done
+
+
+def psd_inverse(b: GraphBuilder, k: str, d: int) -> str:
+    """(K + delta I)^-1 of a symmetric positive semi-definite float64 [d, d] K, delta = RIDGE trace(K) / d (1 for
+    K = 0, which then meets zero right-hand sides only): Gauss-Jordan on [K + delta I | I] (every pivot of a
+    positive definite matrix is positive), BLOCK pivots per Loop trip above BLOCK, K then padded by I to a
+    multiple of BLOCK."""
+    eye = b.const(np.eye(d), np.float64, "eye")
+    trace = b.op("ReduceSum", [b.op("Mul", [k, eye])], keepdims=0)
+    zero = b.op("Cast", [b.op("Equal", [trace, b.const(0.0, np.float64)])], to=TensorProto.DOUBLE)
+    delta = b.op("Add", [b.op("Mul", [trace, b.const(RIDGE / d, np.float64)]), zero])
+    ridged = b.op("Add", [k, b.op("Mul", [eye, delta])])
+    block = BLOCK if d > BLOCK else 1
+    padded = -(-d // block) * block
+    if padded > d:
+        extra = np.diag(np.r_[np.zeros(d), np.ones(padded - d)])
+        ridged = b.op("Add", [b.op("Pad", [ridged, b.ints([0, 0, padded - d, padded - d])]),
+                              b.const(extra, np.float64, "pad_eye")])
+    aug = b.op("Concat", [ridged, b.const(np.eye(padded), np.float64, "eye")], axis=1)  # [D, 2D]
+    done = _eliminate(b, aug, padded, 2 * padded, block)
+    return b.op("Slice", [done, b.ints([0, padded]), b.ints([d, padded + d]), b.ints([0, 1])])
 
 
 def psd_solve(b: GraphBuilder, k: str, r: str, d: int) -> str:

@@ -47,7 +47,8 @@ def design(rng, samples, groups, endpoints=True):
 
 
 @pytest.mark.parametrize("samples,groups,determined", [
-    (40, 8, True), (50, 3, True), (200, 20, True), (10, 30, False), (25, 25, False), (6, 6, False), (2, 5, False)])
+    (40, 8, True), (50, 3, True), (200, 20, True), (10, 30, False), (25, 25, False), (6, 6, False), (2, 5, False),
+    (300, 200, True), (150, 400, False), (700, 128, True)])  # the last three: 64 pivots per Loop trip
 def test_fit_is_the_least_norm_least_squares_solution(samples, groups, determined):
     rng = np.random.default_rng(samples * 100 + groups)
     z, w = design(rng, samples, groups)
