@@ -26,8 +26,8 @@ from onnxattr.methods.least_squares import psd_solve  # noqa: E402
 
 
 def solver_session(order: int, threads: int) -> ort.InferenceSession:
-    graph = helper.make_graph([], "solve", [helper.make_tensor_value_info("k", TensorProto.DOUBLE, [order, order]),
-                                            helper.make_tensor_value_info("r", TensorProto.DOUBLE, [order, 1])], [])
+    graph = helper.make_graph([], "solve", [helper.make_tensor_value_info("k", TensorProto.DOUBLE, [1, order, order]),
+                                            helper.make_tensor_value_info("r", TensorProto.DOUBLE, [1, order, 1])], [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     b = GraphBuilder(model)
     out = psd_solve(b, "k", "r", order)
@@ -49,11 +49,12 @@ def main() -> None:
         session = solver_session(order, a.threads)
         m = np.random.default_rng(0).standard_normal((order, order))
         k, r = m @ m.T + np.eye(order), np.ones((order, 1))
-        u = session.run(None, {"k": k, "r": r})[0]  # warm-up
+        feed = {"k": k[None], "r": r[None]}
+        u = session.run(None, feed)[0][0]  # warm-up
         ours, theirs = [], []
         for _ in range(a.repeats):
             start = time.perf_counter()
-            u = session.run(None, {"k": k, "r": r})[0]
+            u = session.run(None, feed)[0][0]
             ours.append(time.perf_counter() - start)
             start = time.perf_counter()
             np.linalg.solve(k, r)

@@ -18,46 +18,19 @@ each coalition's drop y(x) - y(z) apart ([N, S]); the fit follows in float64.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import Method, Param, Target, parse_int, parse_optional_int, positive_int, register_method
 from onnxattr.methods.draws import SEED, random_orders, uniform
-from onnxattr.methods.feature_groups import FEATURE_MASK, feature_groups
-from onnxattr.methods.least_squares import MAX_SYSTEM, system_size, weighted_least_squares
-from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
+from onnxattr.methods.feature_groups import FEATURE_MASK
+from onnxattr.methods.least_squares import weighted_least_squares
+from onnxattr.methods.perturbation import BASELINES
+from onnxattr.methods.surrogate import COALITIONS, coalition_drops, positive_or_none, spread, surrogate_groups
 
 DEFAULT_SAMPLES = 25  # Captum's
 ENDPOINT_WEIGHT = 1e6  # Captum's KernelShap.inf_weight
-
-
-def _parse_coalitions(s: str):
-    return None if s.lower() in ("none", "") else s
-
-
-def _coalitions_check(v):
-    if isinstance(v, os.PathLike):
-        v = os.fspath(v)
-    if v is None or (isinstance(v, str) and v.endswith(".npy")):
-        return None
-    if isinstance(v, (str, bytes)):
-        return "must be a 0/1 array [S, G], or (command line) a .npy file holding one"
-    arr = np.asarray(v)
-    if arr.ndim != 2 or arr.size == 0 or arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
-        return f"must be a non-empty 0/1 array [S coalitions, G groups], got {arr.dtype} {list(arr.shape)}"
-    return None
-
-
-def _positive_or_none(v):
-    return None if v is None else positive_int(v)
-
-
-COALITIONS = Param("coalitions", None, "the coalitions to evaluate, a 0/1 array [S, G] (1: the group keeps x; "
-                   "on the command line a .npy file), in place of random draws (None: draw n_samples)",
-                   _parse_coalitions, _coalitions_check, optional=True)
 
 
 def shapley_kernel_weights(z: np.ndarray) -> np.ndarray:
@@ -71,22 +44,6 @@ def size_distribution(groups: int) -> np.ndarray:
     k = np.arange(1, groups, dtype=np.float64)
     p = (groups - 1) / (k * (groups - k))
     return p / p.sum()
-
-
-def _given_coalitions(value, groups: int) -> np.ndarray:
-    if isinstance(value, (str, os.PathLike)):
-        try:
-            value = np.load(value, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"coalitions {value}: not a readable .npy array ({e})") from None
-        err = _coalitions_check(value)
-        if err:
-            raise UsageError(f"kernel_shap: coalitions {err}")
-    z = np.asarray(value, np.float64)
-    if z.shape[1] != groups:
-        raise UsageError(f"kernel_shap: coalitions of shape {list(z.shape)} give {z.shape[1]} groups, and the "
-                         f"feature_mask makes {groups}: give one column per feature group")
-    return z
 
 
 def _drawn_coalitions(b, groups: int, n: int, seed) -> str:
@@ -112,67 +69,23 @@ def _drawn_coalitions(b, groups: int, n: int, seed) -> str:
 
 
 def build_kernel_shap(t: Target, p: dict) -> str:
-    b, x = t.b, t.x
-    features = perturbed_features(t, "kernel_shap", "groups")
-    if p["feature_mask"] is None and not all(isinstance(d, int) for d in features):
-        raise UsageError(f"kernel_shap needs the number of feature groups at compile time, and the features of "
-                         f"'{x}' {[d if isinstance(d, int) else '?' for d in features]} are fixed only at run time: "
-                         "give a feature_mask")
-    given = p["coalitions"]
-    n = p["n_samples"]
-
-    def too_many(count: int) -> str | None:
-        passes = DEFAULT_SAMPLES if n is None and given is None else n
-        if passes is not None and passes > MAX_PERTURBATIONS:
-            return f"kernel_shap would run {passes} forward passes; at most {MAX_PERTURBATIONS}"
-        if passes is not None and system_size(passes, count) > MAX_SYSTEM:
-            return (f"kernel_shap fits {count} feature groups to {passes} coalitions, a linear system of order "
-                    f"{system_size(passes, count)}; at most {MAX_SYSTEM}: group the features with a feature_mask, "
-                    "or evaluate fewer coalitions")
-        return None
-
-    groups, count, feats = feature_groups(t, p, features, too_many, 1, "coalitions")
+    b = t.b
+    groups, count, feats, given = surrogate_groups(t, p, "kernel_shap", DEFAULT_SAMPLES)
     if given is not None:
-        z_np = _given_coalitions(given, count)
-        if n is not None and n != len(z_np):
-            raise UsageError(f"kernel_shap: n_samples={n} and {len(z_np)} coalitions given; leave n_samples out")
-        n = len(z_np)
-        err = too_many(count)
-        if err:
-            raise UsageError(err)
-        weights = shapley_kernel_weights(z_np)
-        z = b.const(z_np, np.float64, "kernel_shap_coalitions")
+        n, weights = len(given), shapley_kernel_weights(given)
+        z = b.const(given, np.float64, "kernel_shap_coalitions")
     else:
-        n = DEFAULT_SAMPLES if n is None else n
+        n = DEFAULT_SAMPLES if p["n_samples"] is None else p["n_samples"]
         if count < 2 and n > 2:
             raise UsageError("kernel_shap draws coalitions of 1..G-1 of the G feature groups, and there is one group: "
                              "its value is y(x) - y(baseline) (feature_ablation gives it)")
         weights = np.array([ENDPOINT_WEIGHT] * min(n, 2) + [1.0] * (n - 2))
         z = _drawn_coalitions(b, count, n, p["seed"])
-    if b.value(z) is not None:  # a constant the Loop body reads first would move into the body
-        z = b.op("Identity", [z])  # (sampling._body_weights), and the fit after the Loop reads it too
-    slots = b.const(np.arange(n), np.int64, "kernel_shap_slot")
-
-    def left_out(cb, ks):
-        held = cb.op("Gather", [cb.op("Gather", [z, ks], axis=0), groups], axis=1)  # [c, 1, *F']
-        return cb.op("Cast", [cb.op("Sub", [cb.const(1.0, np.float64), held])], to=b.float_type(x))
-
-    def slot(cb, ks):  # coalition k's drop goes to column k
-        one_hot = cb.op("Cast", [cb.op("Equal", [cb.op("Unsqueeze", [ks, cb.ints([1])]), slots])],
-                        to=TensorProto.DOUBLE)
-        return cb.op("Unsqueeze", [one_hot, cb.ints([1])])  # [c, 1, S]
-
-    drops_of = b.op("ConstantOfShape", [b.op("Concat", [b.op("Slice", [b.op("Shape", [x]), b.ints([0]), b.ints([1])]),
-                                                         b.ints([n])], axis=0)])
-    b.shapes[drops_of] = [b.shape(x)[0], n]
-    drops = perturbation_loop(t, p, "kernel_shap", n, feats, left_out, weight_of=slot, acc_like=drops_of)  # [N, S]
+    drops = coalition_drops(t, p, "kernel_shap", z, groups, feats, n)  # [N, S]
     # the fit of the drops y(x) - y(z) has the opposite slopes of the fit of y(z)
-    phi = b.op("Neg", [weighted_least_squares(b, z, weights, b.op("Cast", [drops], to=TensorProto.DOUBLE), count)])
-    per_feature = b.op("Squeeze", [b.op("Gather", [phi, groups], axis=1), b.ints([1])])  # [N, *F']
-    out = b.op("Cast", [b.op("Expand", [per_feature, b.op("Shape", [x])])], to=TensorProto.FLOAT)
-    b.set_info(out, x)
-    b.types[out] = TensorProto.FLOAT
-    return out
+    w = b.const(weights.reshape(1, -1), np.float64, "sample_w")
+    phi = weighted_least_squares(b, z, w, b.op("Cast", [drops], to=TensorProto.DOUBLE), count, n)
+    return spread(t, b.op("Neg", [phi]), groups)
 
 
 register_method(Method(
@@ -181,7 +94,7 @@ register_method(Method(
     "Shapley kernel; each feature gets its group's coefficient.", build_kernel_shap,
     (FEATURE_MASK, BASELINES,
      Param("n_samples", None, f"coalitions evaluated, the full and the empty one among them (None: Captum's default "
-           f"{DEFAULT_SAMPLES}, or as many as coalitions gives)", parse_optional_int, _positive_or_none, optional=True),
+           f"{DEFAULT_SAMPLES}, or as many as coalitions gives)", parse_optional_int, positive_or_none, optional=True),
      COALITIONS, SEED,
      Param("chunk_size", 16, "forward passes per Loop iteration (bounds memory)", parse_int, positive_int)),
     random=True,

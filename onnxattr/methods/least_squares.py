@@ -1,6 +1,6 @@
 """Weighted linear least squares with an intercept, inside the graph, as scikit-learn's LinearRegression fits
-Captum's surrogate models (KernelSHAP). For one design Z [S, G] shared by the batch, sample weights w [S] and
-targets Y [N, S] (one regression per row n):
+Captum's surrogate models (KernelSHAP, LIME). For one design Z [S, G] shared by the batch, sample weights w
+(one set [S] for all rows, or one per row) and targets Y [N, S] (one regression per row n):
 
     beta_n = argmin over beta, c of  sum_s w_s (Y_ns - c - Z_s . beta)^2,
 
@@ -40,43 +40,44 @@ def system_size(samples: int, groups: int) -> int:
     return groups if groups < samples else samples
 
 
-def _matmul_t(b: GraphBuilder, a: str, c: str) -> str:
-    """a' c."""
-    return b.op("MatMul", [b.op("Transpose", [a], perm=[1, 0]), c])
+def _t(b: GraphBuilder, a: str) -> str:
+    """a' for a batch of matrices [B, m, n]."""
+    return b.op("Transpose", [a], perm=[0, 2, 1])
 
 
 def _eliminate(b: GraphBuilder, aug: str, d: int, width: int, block: int) -> str:
-    """Gauss-Jordan elimination of the [d, width] float64 ``aug`` whose first d columns are positive definite, in
-    an ONNX Loop of d / block trips (block divides d), no row exchanges: each trip takes the next ``block``
-    pivots at once, scales their rows by the inverse of their [block, block] pivot block (itself eliminated one
-    pivot per trip, block = 1, where a pivot row is divided by its pivot), subtracts them from the other rows in
-    one rank-``block`` update (Gemm) and writes them in place of the pivot rows. The first d columns end as I."""
+    """Gauss-Jordan elimination of a batch [B, d, width] of float64 ``aug`` whose first d columns are positive
+    definite, in an ONNX Loop of d / block trips (block divides d), no row exchanges: each trip takes the next
+    ``block`` pivots at once, scales their rows by the inverse of their [block, block] pivot block (itself
+    eliminated one pivot per trip, block = 1, where a pivot row is divided by its pivot), subtracts them from
+    the other rows in one rank-``block`` update and writes them in place of the pivot rows. The first d columns
+    end as I."""
     cb = b.child()
     it, cond_in, a_in = cb.fresh("iter"), cb.fresh("cond"), cb.fresh("gauss_jordan")
     first = cb.op("Mul", [it, cb.const(block, "int64")])
     at = cb.op("Range", [first, cb.op("Add", [first, cb.const(block, "int64")]), cb.const(1, "int64")])
-    rows = cb.op("Gather", [a_in, at], axis=0)  # [block, width]
-    pivots = cb.op("Gather", [rows, at], axis=1)  # [block, block]
+    rows = cb.op("Gather", [a_in, at], axis=1)  # [B, block, width]
+    pivots = cb.op("Gather", [rows, at], axis=2)  # [B, block, block]
     if block == 1:
         scaled = cb.op("Div", [rows, pivots])
     else:
-        eye = cb.const(np.eye(block), np.float64, "eye")
-        inverse = cb.op("Slice", [_eliminate(cb, cb.op("Concat", [pivots, eye], axis=1), block, 2 * block, 1),
-                                  cb.ints([block]), cb.ints([2 * block]), cb.ints([1])])
+        eye = cb.op("Expand", [cb.const(np.eye(block), np.float64, "eye"), cb.op("Shape", [pivots])])
+        inverse = cb.op("Slice", [_eliminate(cb, cb.op("Concat", [pivots, eye], axis=2), block, 2 * block, 1),
+                                  cb.ints([block]), cb.ints([2 * block]), cb.ints([2])])
         scaled = cb.op("MatMul", [inverse, rows])
-    # every row loses A[i, pivots] times the scaled rows (one Gemm); the pivot rows are then replaced by those
-    # (written, not left to the subtraction: A[p] - A[p, pivots] P^-1 A[pivots] cancels to 0 with A's rounding)
-    reduced = cb.op("Gemm", [cb.op("Gather", [a_in, at], axis=1), scaled, a_in], alpha=-1.0, beta=1.0)
-    where = cb.op("Expand", [cb.op("Unsqueeze", [at, cb.ints([1])]), cb.ints([block, width])])
-    a_out = cb.op("ScatterElements", [reduced, where, scaled], axis=0)
+    # every row loses A[i, pivots] times the scaled rows; the pivot rows are then replaced by those (written,
+    # not left to the subtraction: A[p] - A[p, pivots] P^-1 A[pivots] cancels to 0 with A's rounding)
+    reduced = cb.op("Sub", [a_in, cb.op("MatMul", [cb.op("Gather", [a_in, at], axis=2), scaled])])
+    where = cb.op("Expand", [cb.op("Reshape", [at, cb.ints([1, block, 1])]), cb.op("Shape", [scaled])])
+    a_out = cb.op("ScatterElements", [reduced, where, scaled], axis=1)
     cond_out = cb.op("Identity", [cond_in])
     body = helper.make_graph(
         cb.nodes, b.fresh("gauss_jordan_body"),
         [helper.make_tensor_value_info(it, TensorProto.INT64, []),
          helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(a_in, TensorProto.DOUBLE, [d, width])],
+         helper.make_tensor_value_info(a_in, TensorProto.DOUBLE, [None, d, width])],
         [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(a_out, TensorProto.DOUBLE, [d, width])])
+         helper.make_tensor_value_info(a_out, TensorProto.DOUBLE, [None, d, width])])
     done = b.fresh("gauss_jordan")
     b.nodes.append(helper.make_node("Loop", [b.const(d // block, "int64"), "", aug], [done], name=b.fresh("Loop"),
                                     body=body))
@@ -85,12 +86,12 @@ def _eliminate(b: GraphBuilder, aug: str, d: int, width: int, block: int) -> str
 
 
 def psd_inverse(b: GraphBuilder, k: str, d: int) -> str:
-    """(K + delta I)^-1 of a symmetric positive semi-definite float64 [d, d] K, delta = RIDGE trace(K) / d (1 for
-    K = 0, which then meets zero right-hand sides only): Gauss-Jordan on [K + delta I | I] (every pivot of a
-    positive definite matrix is positive), BLOCK pivots per Loop trip above BLOCK, K then padded by I to a
-    multiple of BLOCK."""
+    """(K + delta I)^-1 of a batch [B, d, d] of symmetric positive semi-definite float64 K, delta = RIDGE
+    trace(K) / d (1 for K = 0, which then meets zero right-hand sides only): Gauss-Jordan on [K + delta I | I]
+    (every pivot of a positive definite matrix is positive), BLOCK pivots per Loop trip above BLOCK, K then
+    padded by I to a multiple of BLOCK."""
     eye = b.const(np.eye(d), np.float64, "eye")
-    trace = b.op("ReduceSum", [b.op("Mul", [k, eye])], keepdims=0)
+    trace = b.op("ReduceSum", [b.op("Mul", [k, eye]), b.ints([1, 2])], keepdims=1)  # [B, 1, 1]
     zero = b.op("Cast", [b.op("Equal", [trace, b.const(0.0, np.float64)])], to=TensorProto.DOUBLE)
     delta = b.op("Add", [b.op("Mul", [trace, b.const(RIDGE / d, np.float64)]), zero])
     ridged = b.op("Add", [k, b.op("Mul", [eye, delta])])
@@ -98,15 +99,16 @@ def psd_inverse(b: GraphBuilder, k: str, d: int) -> str:
     padded = -(-d // block) * block
     if padded > d:
         extra = np.diag(np.r_[np.zeros(d), np.ones(padded - d)])
-        ridged = b.op("Add", [b.op("Pad", [ridged, b.ints([0, 0, padded - d, padded - d])]),
+        ridged = b.op("Add", [b.op("Pad", [ridged, b.ints([0, 0, 0, 0, padded - d, padded - d])]),
                               b.const(extra, np.float64, "pad_eye")])
-    aug = b.op("Concat", [ridged, b.const(np.eye(padded), np.float64, "eye")], axis=1)  # [D, 2D]
-    done = _eliminate(b, aug, padded, 2 * padded, block)
-    return b.op("Slice", [done, b.ints([0, padded]), b.ints([d, padded + d]), b.ints([0, 1])])
+    identity = b.op("Expand", [b.const(np.eye(padded), np.float64, "eye"), b.op("Shape", [ridged])])
+    done = _eliminate(b, b.op("Concat", [ridged, identity], axis=2), padded, 2 * padded, block)  # [B, D, 2D]
+    return b.op("Slice", [done, b.ints([0, padded]), b.ints([d, padded + d]), b.ints([1, 2])])
 
 
 def psd_solve(b: GraphBuilder, k: str, r: str, d: int) -> str:
-    """K^+ R for a symmetric positive semi-definite float64 [d, d] K and R [d, m] in its range (module docstring)."""
+    """K^+ R for a batch [B, d, d] of symmetric positive semi-definite float64 K and R [B or N, d, m] in its range
+    (module docstring); B = 1 serves every right-hand side."""
     h = psd_inverse(b, k, d)
     u = b.op("MatMul", [h, r])
     for _ in range(REFINEMENTS):
@@ -114,21 +116,21 @@ def psd_solve(b: GraphBuilder, k: str, r: str, d: int) -> str:
     return u
 
 
-def weighted_least_squares(b: GraphBuilder, z: str, w: np.ndarray, y: str, groups: int) -> str:
-    """beta [N, G] (float64) of the regressions of Y [N, S] on the design Z [S, G] with weights w [S] and an
-    intercept (module docstring); z and y float64."""
-    s = len(w)
-    w_col = b.const(np.asarray(w, np.float64).reshape(s, 1), np.float64, "sample_w")
-    total = b.const(float(np.sum(w)), np.float64)
-    mean = b.op("Div", [_matmul_t(b, w_col, z), total])  # [1, G]
-    centred = b.op("Sub", [z, mean])  # [S, G]
-    root_w = b.const(np.sqrt(np.asarray(w, np.float64)).reshape(s, 1), np.float64, "sample_root_w")
-    a = b.op("Mul", [centred, root_w])  # [S, G]
-    if system_size(s, groups) == groups:
-        targets = b.op("Mul", [b.op("Transpose", [y], perm=[1, 0]), root_w])  # W^1/2 Y' [S, N]; A'Y's mean is 0
-        u = psd_solve(b, _matmul_t(b, a, a), _matmul_t(b, a, targets), groups)  # [G, N]
-        return b.op("Transpose", [u], perm=[1, 0])
-    y_mean = b.op("Div", [b.op("MatMul", [y, w_col]), total])  # [N, 1]
-    targets = b.op("Mul", [b.op("Transpose", [b.op("Sub", [y, y_mean])], perm=[1, 0]), root_w])  # [S, N]
-    u = psd_solve(b, b.op("MatMul", [a, b.op("Transpose", [a], perm=[1, 0])]), targets, s)  # [S, N]
-    return b.op("Transpose", [_matmul_t(b, a, u)], perm=[1, 0])
+def weighted_least_squares(b: GraphBuilder, z: str, w: str, y: str, groups: int, samples: int) -> str:
+    """beta [N, G] (float64) of the regressions of Y [N, S] on the design Z [S, G] with an intercept and the
+    weights w [B, S], one row for every regression (B = 1: one system for all) or one per row of Y (module
+    docstring); all float64."""
+    w3 = b.op("Unsqueeze", [w, b.ints([2])])  # [B, S, 1]
+    total = b.op("ReduceSum", [w3, b.ints([1])], keepdims=1)  # [B, 1, 1]
+    mean = b.op("Div", [b.op("MatMul", [_t(b, w3), z]), total])  # [B, 1, G]
+    root = b.op("Sqrt", [w3])
+    a = b.op("Mul", [b.op("Sub", [z, mean]), root])  # W^1/2 Zc [B, S, G]
+    y3 = b.op("Unsqueeze", [y, b.ints([2])])  # [N, S, 1]
+    if system_size(samples, groups) == groups:  # A'Y's weighted mean is 0: Y need not be centred
+        u = psd_solve(b, b.op("MatMul", [_t(b, a), a]), b.op("MatMul", [_t(b, a), b.op("Mul", [y3, root])]),
+                      groups)  # [N, G, 1]
+    else:
+        y_mean = b.op("Div", [b.op("MatMul", [_t(b, y3), w3]), total])  # [N, 1, 1]
+        targets = b.op("Mul", [b.op("Sub", [y3, y_mean]), root])  # [N, S, 1]
+        u = b.op("MatMul", [_t(b, a), psd_solve(b, b.op("MatMul", [a, _t(b, a)]), targets, samples)])
+    return b.op("Squeeze", [u, b.ints([2])])

@@ -28,7 +28,9 @@ def _session(inputs: dict, build):
 
 
 def fit(z, w, y):
-    return _session({"z": z, "y": y}, lambda b: weighted_least_squares(b, "z", w, "y", z.shape[1]))
+    w = np.asarray(w, np.float64)
+    return _session({"z": z, "y": y, "w": w.reshape(1, -1) if w.ndim == 1 else w},
+                    lambda b: weighted_least_squares(b, "z", "w", "y", z.shape[1], z.shape[0]))
 
 
 def lstsq(z, w, y):
@@ -75,6 +77,19 @@ def test_repeated_coalitions_leave_undetermined_directions_at_zero():
     assert np.abs(got @ null.T).max() <= 1e-6 * np.abs(got).max()
 
 
+@pytest.mark.parametrize("samples,groups", [(40, 8), (12, 30), (300, 150)])
+def test_weights_of_their_own_for_each_row(samples, groups):
+    """w [N, S]: each row of y its own regression (LIME's similarity weights), on either side of the system."""
+    rng = np.random.default_rng(samples + groups)
+    z, _ = design(rng, samples, groups, endpoints=False)
+    w = rng.uniform(0.1, 1.0, (3, samples))
+    y = rng.standard_normal((3, samples))
+    want = np.concatenate([lstsq(z, w[n], y[n:n + 1]) for n in range(3)])
+    got = fit(z, w, y)
+    tol = 1e-9 if groups < samples - 1 else 1e-6
+    assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max())
+
+
 def test_an_exactly_linear_target_is_recovered():
     rng = np.random.default_rng(1)
     z, w = design(rng, 30, 6)
@@ -96,5 +111,5 @@ def test_solve_of_a_positive_definite_system():
     a = rng.standard_normal((12, 12))
     k = a @ a.T + 0.5 * np.eye(12)
     r = rng.standard_normal((12, 3))
-    got = _session({"k": k, "r": r}, lambda b: psd_solve(b, "k", "r", 12))
+    got = _session({"k": k[None], "r": r[None]}, lambda b: psd_solve(b, "k", "r", 12))[0]
     assert np.abs(got - np.linalg.solve(k, r)).max() <= 1e-10 * np.abs(np.linalg.solve(k, r)).max()
