@@ -21,7 +21,7 @@ from onnxattr.select import choose_input
 TOP_FRACTION = 0.1  # the share of elements, by |relevance|, whose overlap is reported
 SIGNIFICANT = 1e-6  # elements below this fraction of a map's largest |value| are not counted among its top
 LAYOUT_BOUND = ("occlusion", "feature_ablation", "feature_permutation", "shapley_values", "shapley_value_sampling",
-                "kernel_shap")  # windows, groups: they follow the input's axis order
+                "kernel_shap", "lime")  # windows, groups: they follow the input's axis order
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | No
                 f"the explained output is not differentiable: it is computed by traditional-ML "
                 f"operators (ai.onnx.ml), which have no gradient here: {listing}. The methods that run forward "
                 "passes only explain any model: occlusion, feature_ablation, feature_permutation, shapley_values, "
-                "shapley_value_sampling, kernel_shap; "
+                "shapley_value_sampling, kernel_shap, lime; "
                 "the others need a path of standard ONNX ops (skl2onnx writes MLPClassifier/MLPRegressor that way)"
             )
         supported = ", ".join(sorted(VJPS))

@@ -27,10 +27,11 @@ CUDA_FLOAT32 = frozenset({
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 THIRDPARTY = os.path.join(os.path.dirname(__file__), "thirdparty", "data")
 METHODS = sorted(name for name, m in REGISTRY.items() if m.family != "pattern")  # pattern needs fitted data
-# exact Shapley values take at most 20 feature groups, KernelSHAP a group count known at compile time: a mask of
-# shape [1] (one group) fits every input, and KernelSHAP then evaluates the full and the empty coalition alone
+# exact Shapley values take at most 20 feature groups, KernelSHAP and LIME a group count known at compile time: a
+# mask of shape [1] (one group) fits every input, and KernelSHAP then evaluates the full and the empty coalition alone
 PARAMS = {"shapley_values": {"feature_mask": np.zeros(1, np.int64)},
-          "kernel_shap": {"feature_mask": np.zeros(1, np.int64), "n_samples": 2}}
+          "kernel_shap": {"feature_mask": np.zeros(1, np.int64), "n_samples": 2},
+          "lime": {"feature_mask": np.zeros(1, np.int64)}}
 
 
 def op_types(graph, into):

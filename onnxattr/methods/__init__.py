@@ -2,8 +2,8 @@
 
 from onnxattr.methods.base import REGISTRY, Method, Param, Target, get_method
 from onnxattr.methods import (  # noqa: F401  (register the method families)
-    attn_lrp, cam, deep_lift, feature_ablation, gradient, gradient_shap, kernel_shap, lrp, occlusion, pattern,
-    shapley,
+    attn_lrp, cam, deep_lift, feature_ablation, gradient, gradient_shap, kernel_shap, lime, lrp, occlusion,
+    pattern, shapley,
 )
 
 __all__ = ["REGISTRY", "Method", "Param", "Target", "get_method"]

@@ -32,6 +32,8 @@ from onnxattr.graph import GraphBuilder
 RIDGE = 1e-8  # delta / (trace(K) / D)
 REFINEMENTS = 16  # iterated Tikhonov steps after the first solve (D^2 multiply-adds each)
 BLOCK = 64  # pivots per Loop trip of the elimination (systems of order above BLOCK)
+LASSO_ITERATIONS = 20000  # FISTA trips at most
+LASSO_TOLERANCE = 1e-13  # stop when no coefficient moves by more than this share of the largest
 MAX_SYSTEM = 4096  # D (2 cores: 9 ms at 256, 0.8 s at 2048, 6 s at 4096; benchmarks/solve_scale.py)
 
 
@@ -91,7 +93,7 @@ def psd_inverse(b: GraphBuilder, k: str, d: int) -> str:
     (every pivot of a positive definite matrix is positive), BLOCK pivots per Loop trip above BLOCK, K then
     padded by I to a multiple of BLOCK."""
     eye = b.const(np.eye(d), np.float64, "eye")
-    trace = b.op("ReduceSum", [b.op("Mul", [k, eye]), b.ints([1, 2])], keepdims=1)  # [B, 1, 1]
+    trace = b.reduce("ReduceSum", b.op("Mul", [k, eye]), [1, 2])  # [B, 1, 1]
     zero = b.op("Cast", [b.op("Equal", [trace, b.const(0.0, np.float64)])], to=TensorProto.DOUBLE)
     delta = b.op("Add", [b.op("Mul", [trace, b.const(RIDGE / d, np.float64)]), zero])
     ridged = b.op("Add", [k, b.op("Mul", [eye, delta])])
@@ -121,7 +123,7 @@ def weighted_least_squares(b: GraphBuilder, z: str, w: str, y: str, groups: int,
     weights w [B, S], one row for every regression (B = 1: one system for all) or one per row of Y (module
     docstring); all float64."""
     w3 = b.op("Unsqueeze", [w, b.ints([2])])  # [B, S, 1]
-    total = b.op("ReduceSum", [w3, b.ints([1])], keepdims=1)  # [B, 1, 1]
+    total = b.reduce("ReduceSum", w3, [1])  # [B, 1, 1]
     mean = b.op("Div", [b.op("MatMul", [_t(b, w3), z]), total])  # [B, 1, G]
     root = b.op("Sqrt", [w3])
     a = b.op("Mul", [b.op("Sub", [z, mean]), root])  # W^1/2 Zc [B, S, G]
@@ -134,3 +136,53 @@ def weighted_least_squares(b: GraphBuilder, z: str, w: str, y: str, groups: int,
         targets = b.op("Mul", [b.op("Sub", [y3, y_mean]), root])  # [N, S, 1]
         u = b.op("MatMul", [_t(b, a), psd_solve(b, b.op("MatMul", [a, _t(b, a)]), targets, samples)])
     return b.op("Squeeze", [u, b.ints([2])])
+
+
+def weighted_lasso(b: GraphBuilder, z: str, w: str, y: str, groups: int, alpha: float) -> str:
+    """beta [N, G] (float64) minimizing (1 / (2 sum_s w_s)) sum_s w_s (Y_ns - c - Z_s . beta)^2 + alpha |beta|_1 with a
+    free intercept c (scikit-learn's Lasso with sample weights), weights w [B, S] as weighted_least_squares takes
+    them. With the weighted means out, M = Zc' W Zc / sum w and r = Zc' W Y / sum w, FISTA (Beck & Teboulle 2009)
+    from 0: beta <- soft(v - (M v - r) / L, alpha / L), v <- beta + m_k (beta - beta_prev), L = max_i sum_j |M_ij|
+    (at least the largest eigenvalue), in an ONNX Loop that stops when no coefficient moved by more than
+    LASSO_TOLERANCE of the largest, or after LASSO_ITERATIONS trips."""
+    w3 = b.op("Unsqueeze", [w, b.ints([2])])  # [B, S, 1]
+    total = b.reduce("ReduceSum", w3, [1])
+    centred = b.op("Sub", [z, b.op("Div", [b.op("MatMul", [_t(b, w3), z]), total])])  # [B, S, G]
+    weighted_t = _t(b, b.op("Div", [b.op("Mul", [centred, w3]), total]))  # Zc' W / sum w [B, G, S]
+    m = b.op("MatMul", [weighted_t, centred])  # [B, G, G]
+    r = b.op("MatMul", [weighted_t, b.op("Unsqueeze", [y, b.ints([2])])])  # [N, G, 1]
+    bound = b.reduce("ReduceMax", b.reduce("ReduceSum", b.op("Abs", [m]), [2]), [1])  # [B, 1, 1]
+    bound = b.op("Add", [bound, b.op("Cast", [b.op("Equal", [bound, b.const(0.0, np.float64)])],
+                                     to=TensorProto.DOUBLE)])  # M = 0: any step
+    step = b.op("Reciprocal", [bound])
+    threshold = b.op("Mul", [step, b.const(float(alpha), np.float64)])
+    t_k, momentum = 1.0, []
+    for _ in range(LASSO_ITERATIONS):
+        t_next = (1.0 + np.sqrt(1.0 + 4.0 * t_k * t_k)) / 2.0
+        momentum.append((t_k - 1.0) / t_next)
+        t_k = t_next
+    moments = b.const(np.array(momentum), np.float64, "fista_momentum")
+    start = b.op("Mul", [r, b.const(0.0, np.float64)])  # zeros [N, G, 1]
+    cb = b.child()
+    it, cond_in, beta_in, v_in = cb.fresh("iter"), cb.fresh("cond"), cb.fresh("beta"), cb.fresh("v")
+    u = cb.op("Sub", [v_in, cb.op("Mul", [cb.op("Sub", [cb.op("MatMul", [m, v_in]), r]), step])])
+    beta = cb.op("Sub", [u, cb.op("Max", [cb.op("Min", [u, threshold]), cb.op("Neg", [threshold])])])  # soft(u)
+    moved = cb.op("Sub", [beta, beta_in])
+    v_out = cb.op("Add", [beta, cb.op("Mul", [cb.op("Gather", [moments, it]), moved])])
+    largest = cb.op("ReduceMax", [cb.op("Abs", [beta])], keepdims=0)
+    cond_out = cb.op("Greater", [cb.op("ReduceMax", [cb.op("Abs", [moved])], keepdims=0),
+                                 cb.op("Mul", [largest, cb.const(LASSO_TOLERANCE, np.float64)])])
+    body = helper.make_graph(
+        cb.nodes, b.fresh("fista_body"),
+        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
+         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(beta_in, TensorProto.DOUBLE, [None, groups, 1]),
+         helper.make_tensor_value_info(v_in, TensorProto.DOUBLE, [None, groups, 1])],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(beta, TensorProto.DOUBLE, [None, groups, 1]),
+         helper.make_tensor_value_info(v_out, TensorProto.DOUBLE, [None, groups, 1])])
+    done = [b.fresh("lasso"), b.fresh("lasso_v")]
+    b.nodes.append(helper.make_node("Loop", [b.const(LASSO_ITERATIONS, "int64"), b.const(True, np.bool_),
+                                             start, start], done, name=b.fresh("Loop"), body=body))
+    b.types[done[0]] = TensorProto.DOUBLE
+    return b.op("Squeeze", [done[0], b.ints([2])])

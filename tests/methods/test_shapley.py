@@ -180,7 +180,9 @@ def test_the_command_line_takes_the_mask_as_a_npy_file(tmp_path):
 
 
 @pytest.mark.parametrize("method,params", [("shapley_values", {}), ("shapley_value_sampling", {"n_samples": 3}),
-                                           ("feature_ablation", {}), ("occlusion", {"sliding_window_shapes": 1})])
+                                           ("feature_ablation", {}), ("occlusion", {"sliding_window_shapes": 1}),
+                                           ("kernel_shap", {"n_samples": 12}),
+                                           ("lime", {"interpretable_model": "linear", "n_samples": 20})])
 def test_the_forward_only_methods_explain_a_tree_ensemble(method, params):
     """No gradient exists through ai.onnx.ml's trees, but these methods run forward passes only: on two additive
     trees every method gives each feature its own tree's change from the baseline (0)."""

@@ -53,7 +53,9 @@ with the samples of x as the baselines, on the model and on its exported form as
 (Captum's FeaturePermutation over the coarse groups: on two samples, where it is deterministic, and on four,
 statistical, with its exact expectation stored as "perm_mean:MODE"), kernel_shap (Captum's KernelShap over the
 coarse groups: on 40 coalitions stored as "coalitions:ks" given as its perturb_func, deterministic, and on its
-own 25 draws, statistical).
+own 25 draws, statistical), lime (Captum's Lime over the coarse groups: with its default Lasso and with
+SkLearnLinearRegression on 40 coalitions stored as "coalitions:lime", deterministic, and on its own 25 draws,
+statistical).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -1052,9 +1054,57 @@ def run_kernel_shap(model, x, argmax, target):
     return out
 
 
+LIME_SAMPLES = 40  # coalitions stored for the deterministic LIME entries
+
+
+def run_lime(model, x, argmax, target):
+    """Captum Lime over the six groups of coarse_mask, baselines 0.5, its default similarity (exp(-d^2 / 2), d the
+    cosine distance): tag 'coalitions' (Captum's default SkLearnLasso(alpha=0.01)) and tag 'linear'
+    (SkLearnLinearRegression) on the 40 coalitions stored as 'coalitions:lime' (each group held with probability
+    1/2, numpy's draws, given to Captum as its perturb_func; deterministic); tag 'default' Captum's own 25 draws
+    (statistical, torch.manual_seed(2031) before)."""
+    from captum._utils.models.linear_model import SkLearnLinearRegression
+    from captum.attr import Lime
+
+    mask, fm = coarse_groups(x)
+    groups = int(mask.max()) + 1
+    coalitions = (np.random.default_rng(2031).random((LIME_SAMPLES, groups)) < 0.5).astype(np.int64)
+    AUX["coalitions:lime"] = coalitions
+
+    def stored(original_inp, **kwargs):
+        for row in coalitions:
+            yield torch.from_numpy(row[None])
+
+    out = {}
+    for mode in MODES:
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
+        params = {"baselines": 0.5, "feature_mask": "@mask:coarse"}
+        for tag, extra, surrogate in (("coalitions", {}, None), ("linear", {"interpretable_model": "linear"},
+                                                                  SkLearnLinearRegression())):
+            lime = Lime(m) if surrogate is None else Lime(m, interpretable_model=surrogate)
+            lime.perturb_func = stored
+            with torch.no_grad():
+                fixed = lime.attribute(x, baselines=0.5, target=tgt, feature_mask=fm, n_samples=LIME_SAMPLES)
+            out[f"lime|{mode}|{tag}"] = (fixed, {
+                "method": "lime", "mode": mode, "seed": "one", "statistical": False,
+                "params": {**params, "coalitions": "@coalitions:lime", **extra},
+                "library_call": f"captum Lime(model{'' if surrogate is None else ', SkLearnLinearRegression()'}) "
+                                "with perturb_func replaced by a generator of the stored coalitions:lime, "
+                                ".attribute(x, baselines=0.5, target, feature_mask=the stored mask:coarse, "
+                                f"n_samples={LIME_SAMPLES}); " + seed_note})
+        with torch.no_grad():
+            torch.manual_seed(2031)
+            drawn = Lime(m).attribute(x, baselines=0.5, target=tgt, feature_mask=fm)
+        out[f"lime|{mode}|default"] = (drawn, {
+            "method": "lime", "mode": mode, "seed": "one", "statistical": True, "params": params, "runs": KS_RUNS,
+            "library_call": "captum Lime(model).attribute(x, baselines=0.5, target, feature_mask=the stored "
+                            "mask:coarse) (n_samples=25); torch.manual_seed(2031) before; " + seed_note})
+    return out
+
+
 FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
             "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley", "deep_lift_shap",
-            "feature_permutation", "zennit_layers", "kernel_shap")
+            "feature_permutation", "zennit_layers", "kernel_shap", "lime")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -1079,7 +1129,7 @@ def oracle_maps(model, x, argmax, target, variants_fn):
                             ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth),
                             ("feature_ablation", run_feature_ablation), ("shapley", run_shapley),
                             ("deep_lift_shap", run_deeplift_shap), ("feature_permutation", run_feature_permutation),
-                            ("kernel_shap", run_kernel_shap)):
+                            ("kernel_shap", run_kernel_shap), ("lime", run_lime)):
             if family in families:
                 maps.update(run(m, xd, argmax, target))
         if "excitation_backprop" in families:
@@ -1241,6 +1291,14 @@ METHOD_NOTES = [
     "with numpy as Captum draws them), given to Captum by replacing its perturb_func (deterministic); tag "
     "'default': Captum's own 25 draws per sample (torch.manual_seed(2029) before), statistical. Captum hands "
     "scikit-learn float32 data even for the float64 model.",
+    "lime: Captum Lime(model).attribute(x, baselines=0.5, target, feature_mask=the stored 'mask:coarse'): a linear "
+    "model of the selected output over coalitions of the six groups, each weighted by exp(-d^2 / 2) with d the "
+    "cosine distance between x and the perturbed input, fitted by scikit-learn's Lasso(alpha=0.01) (tag "
+    "'coalitions') or LinearRegression (tag 'linear'); every feature gets its group's coefficient. Both tags "
+    "evaluate the 40 coalitions stored as 'coalitions:lime' (each group held with probability 1/2, numpy's draws), "
+    "given to Captum by replacing its perturb_func; tag 'default': Captum's own 25 draws per sample "
+    "(torch.manual_seed(2031) before), statistical. Captum hands scikit-learn float32 data, and its Lasso stops at "
+    "tol=1e-4 (coordinate descent), where onnxattr's FISTA runs to convergence.",
     "beta_smooth: zennit.composites.BetaSmooth(beta_smooth) hooks every nn.ReLU module (each ReLU of these models "
     "is one, and each is an ONNX Relu node) and replaces its gradient by sigmoid(beta * input) * grad_out; "
     "onnxattr's beta_smooth does that at every Relu node. Seeded with 1 at the selected output(s).",
