@@ -29,7 +29,8 @@ Grad-CAM, GradientSHAP (16 draws) and Occlusion (49 windows) against Captum's; `
 (16 copies) against Captum's NoiseTunnel and beta_smooth against Zennit's BetaSmooth; `shapley` = Shapley values
 of 4 blocks, Shapley value sampling over 16 blocks (2 orders) and DeepLIFT SHAP (4 baselines) against Captum's;
 `permutation` = feature permutation of 16 blocks against Captum's FeaturePermutation (`--batch 2` or more);
-`kernel-shap` = KernelSHAP over 16 blocks (32 coalitions) against Captum's KernelShap.
+`kernel-shap` = KernelSHAP over 16 blocks (32 coalitions) against Captum's KernelShap; `lime` = LIME (the same
+coalition count, Captum's defaults otherwise: cosine similarity, Lasso) against Captum's Lime.
 The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 
@@ -178,10 +179,10 @@ def make_runner(config: str, model: str, x, threads: int):
                     return sv.attribute(xt, baselines=0.0, target=target, feature_mask=mask,
                                         perturbations_per_eval=8, **extra)
             return run
-        if name == "kernel_shap":
-            from captum.attr import KernelShap
+        if name in ("kernel_shap", "lime"):
+            from captum.attr import KernelShap, Lime
 
-            ks, mask = KernelShap(net), torch.from_numpy(blocks(4))[None]
+            ks, mask = (KernelShap if name == "kernel_shap" else Lime)(net), torch.from_numpy(blocks(4))[None]
 
             def run():
                 with torch.no_grad():
@@ -343,7 +344,7 @@ def main(argv=None):
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
     ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more, "
-                    "noise-tunnel, shapley, permutation, kernel-shap) or "
+                    "noise-tunnel, shapley, permutation, kernel-shap, lime) or "
                     "comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())

@@ -10,7 +10,7 @@ NT_SAMPLES = 16  # VarGrad's noisy copies in the noise-tunnel group
 SV_ORDERS = 2  # Shapley value sampling's random orders of the 16 blocks: 32 forward passes
 DLS_BASELINES = 4  # DeepLIFT SHAP's baselines
 PERMUTATIONS_PER_EVAL = 4  # feature permutation: groups per forward pass (a batch of 4 x N rows)
-KS_SAMPLES = 32  # KernelSHAP's coalitions of the 16 blocks (32 forward passes), 8 per forward pass
+KS_SAMPLES = 32  # KernelSHAP's and LIME's coalitions of the 16 blocks (32 forward passes), 8 per forward pass
 
 
 def blocks(per_side: int):
@@ -52,6 +52,8 @@ OURS = {
                        "ref": ["captum.deep_lift_shap"]},
     "kernel_shap": {"method": "kernel_shap", "params": {"feature_mask": lambda: blocks(4), "n_samples": KS_SAMPLES,
                                                         "chunk_size": 8}, "ref": ["captum.kernel_shap"]},
+    "lime": {"method": "lime", "params": {"feature_mask": lambda: blocks(4), "n_samples": KS_SAMPLES, "chunk_size": 8},
+             "ref": ["captum.lime"]},
     "feature_permutation": {"method": "feature_permutation", "params": {
         "feature_mask": lambda: blocks(4), "chunk_size": PERMUTATIONS_PER_EVAL}, "ref": ["captum.feature_permutation"]},
 }
@@ -88,4 +90,6 @@ GROUPS = {
     "permutation": ["ort.forward", "onnxattr.feature_permutation", "captum.feature_permutation"],
     # KernelSHAP over 16 blocks: 32 coalitions (forward passes) and the linear fit
     "kernel-shap": ["ort.forward", "onnxattr.kernel_shap", "captum.kernel_shap"],
+    # LIME over 16 blocks: 32 coalitions, the similarity weights and the Lasso fit
+    "lime": ["ort.forward", "onnxattr.lime", "captum.lime"],
 }
