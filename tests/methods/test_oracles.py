@@ -258,7 +258,9 @@ def test_new_oracles_are_compared():
         compared = {p.values[1] for p in entries() if p.values[0] == name}
         assert compared == {f"{m}|max|default" for m in ("gradient", "feature_ablation", "occlusion", "shapley_values",
                                                           "feature_permutation")} | {"feature_permutation|max|pair",
-                                                                                     "kernel_shap|max|coalitions"}
+                                                                                     "kernel_shap|max|coalitions",
+                                                                                     "lime|max|coalitions",
+                                                                                     "lime|max|linear"}
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
     assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
                                                         "smoothgrad") for mode in MODES}

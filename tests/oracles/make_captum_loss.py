@@ -25,7 +25,8 @@ samples (tag 'pair', entry 'rows': 2: the swap is the only permutation Captum ac
 deterministic) and on all four (tag 'default', statistical: one draw per group after torch.manual_seed(2029),
 with the exact expectation over the 23 permutations that move a row, computed here from the torch model), and
 kernel_shap (Captum's KernelShap on 20 coalitions of the groups stored as "coalitions:ks", given to Captum as its
-perturb_func: deterministic).
+perturb_func: deterministic) and lime on the same coalitions (Captum's Lasso with alpha 1e-4, tag 'coalitions', and
+SkLearnLinearRegression, tag 'linear'; the similarity taken over the whole batch, as for a scalar output).
 
 The code is our own; Captum (BSD-3) is only called as a library.
 """
@@ -36,7 +37,8 @@ import os
 import numpy as np
 import onnxruntime as ort
 import torch
-from captum.attr import FeatureAblation, FeaturePermutation, KernelShap, Occlusion, Saliency, ShapleyValues
+from captum._utils.models.linear_model import SkLearnLasso, SkLearnLinearRegression
+from captum.attr import FeatureAblation, FeaturePermutation, KernelShap, Lime, Occlusion, Saliency, ShapleyValues
 from torch import nn
 
 # this folder is on the path: tests/oracles/manifest.py and permutations.py
@@ -151,6 +153,17 @@ def maps(loss, x, labels, groups, occlusion):
             "captum KernelShap(loss) with perturb_func replaced by a generator of the stored coalitions:ks, "
             ".attribute(x, baselines=0.5, feature_mask=the stored mask:groups, additional_forward_args=(labels,), "
             "n_samples=20)")
+        # the loss moves by less than the Lasso's default alpha (0.01) would let through: alpha 1e-4
+        for tag, surrogate, extra in (("coalitions", SkLearnLasso(alpha=1e-4), {"alpha": 1e-4}),
+                                      ("linear", SkLearnLinearRegression(), {"interpretable_model": "linear"})):
+            lime = Lime(loss, interpretable_model=surrogate)
+            lime.perturb_func = stored
+            add(f"lime|max|{tag}",
+                lime.attribute(x, baselines=0.5, feature_mask=fm, additional_forward_args=args, n_samples=20),
+                "lime", {"baselines": 0.5, "feature_mask": "@mask:groups", "coalitions": "@coalitions:ks", **extra},
+                f"captum Lime(loss, {type(surrogate).__name__}({'alpha=1e-4' if tag == 'coalitions' else ''})) with "
+                "perturb_func replaced by a generator of the stored coalitions:ks, .attribute(x, baselines=0.5, feature_mask=the "
+                "stored mask:groups, additional_forward_args=(labels,), n_samples=20)")
         torch.manual_seed(2029)
         add("feature_permutation|max|default",
             FeaturePermutation(loss).attribute(x, feature_mask=fm, additional_forward_args=args),
