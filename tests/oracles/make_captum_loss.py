@@ -162,8 +162,8 @@ def maps(loss, x, labels, groups, occlusion):
                 lime.attribute(x, baselines=0.5, feature_mask=fm, additional_forward_args=args, n_samples=20),
                 "lime", {"baselines": 0.5, "feature_mask": "@mask:groups", "coalitions": "@coalitions:ks", **extra},
                 f"captum Lime(loss, {type(surrogate).__name__}({'alpha=1e-4' if tag == 'coalitions' else ''})) with "
-                "perturb_func replaced by a generator of the stored coalitions:ks, .attribute(x, baselines=0.5, feature_mask=the "
-                "stored mask:groups, additional_forward_args=(labels,), n_samples=20)")
+                "perturb_func replaced by a generator of the stored coalitions:ks, .attribute(x, baselines=0.5, "
+                "feature_mask=the stored mask:groups, additional_forward_args=(labels,), n_samples=20)")
         torch.manual_seed(2029)
         add("feature_permutation|max|default",
             FeaturePermutation(loss).attribute(x, feature_mask=fm, additional_forward_args=args),
