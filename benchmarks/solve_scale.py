@@ -1,11 +1,12 @@
-"""The cost of KernelSHAP's in-graph fit (onnxattr/methods/least_squares.psd_solve) against the system's order,
-next to numpy's LAPACK solve of the same system.
+"""The cost and accuracy of KernelSHAP's in-graph fit (onnxattr/methods/least_squares.weighted_least_squares, CGLS
+in float64) on KernelSHAP designs of S coalitions of G groups, against numpy's SVD least squares (lstsq).
 
-    python benchmarks/solve_scale.py                  # orders 256, 1024, 2048, 4096 (the largest kernel_shap allows)
-    python benchmarks/solve_scale.py --orders 64,512 --threads 1
+    python benchmarks/solve_scale.py                          # S x G from 25 x 16 to 2000 x 1000
+    python benchmarks/solve_scale.py --sizes 700x784,100x150 --threads 1
 
-Each system is A A' + I for a Gaussian A (float64), with one right-hand side; the time is the min of
-``--repeats`` runs of a warm session, and the residual max |K u - r| is printed to show the solve is exact.
+Each design is drawn as Captum's KernelShap draws it (the full and the empty coalition with weight 1e6, then
+k ~ (G - 1) / (k (G - k)) groups, every k-subset alike), with one target row; the time is the min of
+``--repeats`` runs of a warm session, the error max |ours - lstsq| / max |lstsq|.
 """
 
 from __future__ import annotations
@@ -22,15 +23,28 @@ from onnx import TensorProto, helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnxattr.graph import GraphBuilder  # noqa: E402
-from onnxattr.methods.least_squares import psd_solve  # noqa: E402
+from onnxattr.methods.least_squares import weighted_least_squares  # noqa: E402
 
 
-def solver_session(order: int, threads: int) -> ort.InferenceSession:
-    graph = helper.make_graph([], "solve", [helper.make_tensor_value_info("k", TensorProto.DOUBLE, [1, order, order]),
-                                            helper.make_tensor_value_info("r", TensorProto.DOUBLE, [1, order, 1])], [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+def design(samples: int, groups: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    k = np.arange(1, groups)
+    p = (groups - 1) / (k * (groups - k))
+    rows = [np.ones(groups), np.zeros(groups)]
+    for size in rng.choice(k, size=samples - 2, p=p / p.sum()):
+        row = np.zeros(groups)
+        row[rng.permutation(groups)[:size]] = 1
+        rows.append(row)
+    z = np.array(rows)
+    return z, np.where((z.sum(1) == 0) | (z.sum(1) == groups), 1e6, 1.0)
+
+
+def fit_session(samples: int, groups: int, threads: int) -> ort.InferenceSession:
+    inputs = [helper.make_tensor_value_info("z", TensorProto.DOUBLE, [samples, groups]),
+              helper.make_tensor_value_info("w", TensorProto.DOUBLE, [1, samples]),
+              helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, samples])]
+    model = helper.make_model(helper.make_graph([], "fit", inputs, []), opset_imports=[helper.make_opsetid("", 17)])
     b = GraphBuilder(model)
-    out = psd_solve(b, "k", "r", order)
+    out = weighted_least_squares(b, "z", "w", "y", groups, samples)
     model.graph.node.extend(b.nodes)
     b.write_initializers(model.graph.initializer)
     model.graph.output.extend([helper.make_tensor_value_info(out, TensorProto.DOUBLE, None)])
@@ -41,26 +55,29 @@ def solver_session(order: int, threads: int) -> ort.InferenceSession:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--orders", default="256,1024,2048,4096")
+    p.add_argument("--sizes", default="25x16,200x50,1000x100,100x150,700x784,2000x1000")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
-    for order in (int(v) for v in a.orders.split(",")):
-        session = solver_session(order, a.threads)
-        m = np.random.default_rng(0).standard_normal((order, order))
-        k, r = m @ m.T + np.eye(order), np.ones((order, 1))
-        feed = {"k": k[None], "r": r[None]}
-        u = session.run(None, feed)[0][0]  # warm-up
-        ours, theirs = [], []
+    rng = np.random.default_rng(0)
+    for size in a.sizes.split(","):
+        samples, groups = (int(v) for v in size.split("x"))
+        z, w = design(samples, groups, rng)
+        y = z @ rng.standard_normal(groups) + 0.3 * np.tanh(z @ rng.standard_normal(groups))
+        session = fit_session(samples, groups, a.threads)
+        feed = {"z": z, "w": w[None], "y": y[None]}
+        session.run(None, feed)  # warm-up
+        times = []
         for _ in range(a.repeats):
             start = time.perf_counter()
-            u = session.run(None, feed)[0][0]
-            ours.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            np.linalg.solve(k, r)
-            theirs.append(time.perf_counter() - start)
-        print(f"order {order:5d}: onnxattr {min(ours):8.3f} s   numpy.linalg.solve {min(theirs):8.4f} s   "
-              f"max |K u - r| {np.abs(k @ u - r).max():.1e}")
+            got = session.run(None, feed)[0][0]
+            times.append(time.perf_counter() - start)
+        zc = z - w @ z / w.sum()
+        start = time.perf_counter()
+        want = np.linalg.lstsq(zc * np.sqrt(w)[:, None], (y - w @ y / w.sum()) * np.sqrt(w), rcond=None)[0]
+        numpy_time = time.perf_counter() - start
+        print(f"S {samples:5d} x G {groups:5d}: onnxattr {min(times):7.3f} s   numpy lstsq {numpy_time:7.3f} s   "
+              f"error {np.abs(got - want).max() / np.abs(want).max():.1e}")
 
 
 if __name__ == "__main__":

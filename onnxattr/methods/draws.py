@@ -23,6 +23,7 @@ RANDOM_OPSET = 21  # the random ops' versions before opset 22, which every onnxr
 SEED = Param("seed", 0, "random seed of the draws (None: onnxruntime's per-process seed; each new "
              "session in one process starts the same stream)", parse_optional_int,
              optional_int, optional=True)
+OFFSET_STRIDE = 5_000_011  # between a seed's streams of different kinds (uniform's offset); far from +-1
 PERMUTATION_TRIES = 64  # candidate permutations per draw: all of them the identity with odds (1/N!)^64
 
 
@@ -65,9 +66,12 @@ def gaussian(b, like: str, scale: float, seed, dtype: int) -> str | None:
 def uniform(cb, like: str, seed, offset: int, dtype: int = TensorProto.FLOAT) -> str:
     """U[0, 1) of ``like``'s shape in ``dtype`` (float32). onnxruntime's generator (minstd) seeded k starts at about
     k * 16807 / 2^31, tiny for small k, so the seed is scrambled by a bijection of [0, 2^24 - 1) first: every
-    seed keeps a stream of its own, and the first draw is no longer near 0."""
+    seed keeps a stream of its own, and the first draw is no longer near 0. A method's draws of another kind take
+    another ``offset``, which moves the scrambled seed by OFFSET_STRIDE (not the seed by 1: seed s's second
+    stream would be seed s + 1's first)."""
+    stream = ((seed + 12345) * 2654435761 + offset * OFFSET_STRIDE) % SEED_STREAMS if seed is not None else None
     return cb.op("RandomUniformLike", [like], dtype=dtype, low=0.0, high=1.0,
-                 seed=None if seed is None else float(1 + ((seed + offset + 12345) * 2654435761) % SEED_STREAMS))
+                 seed=None if stream is None else float(1 + stream))
 
 
 def random_orders(cb, dims: str, last: str, seed, offset: int) -> str:

@@ -8,8 +8,9 @@ Shapley kernel's infinite weight, which makes the fit meet y(x) and y(baseline))
 with k drawn from p(k) ~ (G - 1) / (k (G - k)), k = 1..G-1, every k-subset alike, each with weight 1 (drawn in
 proportion to the Shapley kernel, so weighted alike). One set of coalitions serves the whole batch (Captum
 draws anew per sample: each of our samples' estimates is distributed as Captum's), so the batch shares one
-linear system. ``coalitions`` gives them instead (an [S, G] 0/1 array; weights by the same rule): the map is
-then deterministic. On an additive model the fit is exact (phi_g = y's change when g alone is ablated); with
+design matrix. ``coalitions`` gives them instead (an [S, G] 0/1 array; weights by the same rule): the map is
+then deterministic. On an additive model the fit is exact (phi_g = y's change when g alone is ablated) where the
+coalitions determine it (independent ones, more than the groups; else the least-norm fit, as Captum's); with
 many draws it tends to the Shapley values.
 
 The S forward passes run in chunks inside one forward-only ONNX Loop (methods/perturbation.py), which keeps

@@ -5,21 +5,14 @@ Captum's surrogate models (KernelSHAP, LIME). For one design Z [S, G] shared by 
     beta_n = argmin over beta, c of  sum_s w_s (Y_ns - c - Z_s . beta)^2,
 
 the least-norm beta where the design leaves it undetermined (scikit-learn's lstsq). With the weighted means
-taken out (Zc = Z - (w Z) / sum w) and A = W^1/2 Zc:
+taken out, A = W^1/2 (Z - (w Z) / sum w) and y_n = W^1/2 (Y_n - mean_w Y_n), beta_n is the least-norm minimizer
+of |A beta - y_n|, found in float64 by CGLS from 0 (its iterates stay in the row space of A, so it converges to
+the least-norm solution whether or not the design determines beta, and whether or not y_n lies in A's range).
+CGLS works on A itself, never on A'A, whose condition number the 10^6 endpoint weights of KernelSHAP square
+to 1e10 and more: an elimination of A'A (or A A') with a ridge lost every digit on some drawn designs.
 
-    S > G:   (A'A) beta_n = A' W^1/2 Y_n                          (the G x G normal equations)
-    S <= G:  beta_n = A' u_n,  (A A') u_n = W^1/2 (Y_n - mean_w Y_n)  (the S x S side)
-
-Either symmetric system K u = R is solved in float64: (K + delta I)^-1 by Gauss-Jordan elimination without
-pivoting (K + delta I is positive definite) in an ONNX Loop of D / 64 trips (64 pivots each), delta = 1e-8
-trace(K) / D, then REFINEMENTS iterated Tikhonov steps u <- u + (K + delta I)^-1 (R - K u). Each step shrinks
-the error along an eigenvalue lambda of K by delta / (lambda + delta), so u reaches K^+ R, the least-norm
-solution, wherever lambda is well above delta; the directions K does not see receive only rounding, amplified
-by 1 / delta in every step. On the S x S side A' removes those (A A' always has one: the weighted centring),
-and R lies in the range of A A' where the S <= G coalitions are independent; the G x G side serves designs of
-more coalitions than groups, where A'A is singular only for degenerate designs (there the fit is the least-norm
-one to ~1e-6). A smaller delta does worse: the 10^6 endpoint weights give K a condition number of ~1e7 before
-delta, and the elimination's rounding grows with it.
+The Lasso (LIME's default surrogate) minimizes (1 / (2 sum w)) sum_s w_s (Y_ns - c - Z_s . beta)^2 + alpha |beta|_1
+(scikit-learn's objective with sample weights) by FISTA, to convergence.
 """
 
 from __future__ import annotations
@@ -29,17 +22,20 @@ from onnx import TensorProto, helper
 
 from onnxattr.graph import GraphBuilder
 
-RIDGE = 1e-8  # delta / (trace(K) / D)
-REFINEMENTS = 16  # iterated Tikhonov steps after the first solve (D^2 multiply-adds each)
-BLOCK = 64  # pivots per Loop trip of the elimination (systems of order above BLOCK)
 LASSO_ITERATIONS = 20000  # FISTA trips at most
 LASSO_TOLERANCE = 1e-13  # stop when no coefficient moves by more than this share of the largest
-MAX_SYSTEM = 4096  # D (2 cores: 9 ms at 256, 0.8 s at 2048, 6 s at 4096; benchmarks/solve_scale.py)
+CGLS_TOLERANCE = 1e-15  # stop once |A' r| is below this share of |A' Y| in every row
+MAX_FIT_WORK = 4 * 10**9  # S G min(S, G): about a quarter of the fit's multiply-adds (seconds on 2 cores)
 
 
-def system_size(samples: int, groups: int) -> int:
-    """D, the order of the system weighted_least_squares solves (module docstring)."""
-    return groups if groups < samples else samples
+def cgls_iterations(samples: int, groups: int) -> int:
+    """CGLS trips at most: in exact arithmetic it ends within rank(A) <= min(S, G) trips; in float64 the 10^6
+    endpoint weights cost a few times that (three times on a 102 x 100 design)."""
+    return 8 * min(samples, groups) + 50
+
+
+def fit_work(samples: int, groups: int) -> int:
+    return samples * groups * min(samples, groups)
 
 
 def _t(b: GraphBuilder, a: str) -> str:
@@ -47,95 +43,66 @@ def _t(b: GraphBuilder, a: str) -> str:
     return b.op("Transpose", [a], perm=[0, 2, 1])
 
 
-def _eliminate(b: GraphBuilder, aug: str, d: int, width: int, block: int) -> str:
-    """Gauss-Jordan elimination of a batch [B, d, width] of float64 ``aug`` whose first d columns are positive
-    definite, in an ONNX Loop of d / block trips (block divides d), no row exchanges: each trip takes the next
-    ``block`` pivots at once, scales their rows by the inverse of their [block, block] pivot block (itself
-    eliminated one pivot per trip, block = 1, where a pivot row is divided by its pivot), subtracts them from
-    the other rows in one rank-``block`` update and writes them in place of the pivot rows. The first d columns
-    end as I."""
+def _sum_sq(b: GraphBuilder, v: str) -> str:
+    """|v|^2 per batch entry of v [N, m, 1]: [N, 1, 1]."""
+    return b.reduce("ReduceSum", b.op("Mul", [v, v]), [1, 2])
+
+
+def cgls(b: GraphBuilder, a: str, rhs: str, iterations: int) -> str:
+    """The least-norm minimizer x [N, G, 1] of |A x - rhs| for A [B, S, G] (B = 1: one A for all) and rhs [N, S, 1],
+    float64, by CGLS (Hestenes & Stiefel's conjugate gradients on A'A x = A' rhs, A'A never formed) from x = 0, in
+    an ONNX Loop of at most ``iterations`` trips that stops once |A' r| <= CGLS_TOLERANCE |A' rhs| for every row."""
+    # 0 / 0 where a row has converged exactly: its steps are 0 (a Max, as onnxruntime's optimizer drops an Add of
+    # so small a constant)
+    tiny = b.const(1e-300, np.float64)
+    s0 = b.op("MatMul", [_t(b, a), rhs])  # [N, G, 1]
+    gamma0 = _sum_sq(b, s0)
+    stop = b.op("Mul", [gamma0, b.const(CGLS_TOLERANCE ** 2, np.float64)])
+    x0 = b.op("Mul", [s0, b.const(0.0, np.float64)])
     cb = b.child()
-    it, cond_in, a_in = cb.fresh("iter"), cb.fresh("cond"), cb.fresh("gauss_jordan")
-    first = cb.op("Mul", [it, cb.const(block, "int64")])
-    at = cb.op("Range", [first, cb.op("Add", [first, cb.const(block, "int64")]), cb.const(1, "int64")])
-    rows = cb.op("Gather", [a_in, at], axis=1)  # [B, block, width]
-    pivots = cb.op("Gather", [rows, at], axis=2)  # [B, block, block]
-    if block == 1:
-        scaled = cb.op("Div", [rows, pivots])
-    else:
-        eye = cb.op("Expand", [cb.const(np.eye(block), np.float64, "eye"), cb.op("Shape", [pivots])])
-        inverse = cb.op("Slice", [_eliminate(cb, cb.op("Concat", [pivots, eye], axis=2), block, 2 * block, 1),
-                                  cb.ints([block]), cb.ints([2 * block]), cb.ints([2])])
-        scaled = cb.op("MatMul", [inverse, rows])
-    # every row loses A[i, pivots] times the scaled rows; the pivot rows are then replaced by those (written,
-    # not left to the subtraction: A[p] - A[p, pivots] P^-1 A[pivots] cancels to 0 with A's rounding)
-    reduced = cb.op("Sub", [a_in, cb.op("MatMul", [cb.op("Gather", [a_in, at], axis=2), scaled])])
-    where = cb.op("Expand", [cb.op("Reshape", [at, cb.ints([1, block, 1])]), cb.op("Shape", [scaled])])
-    a_out = cb.op("ScatterElements", [reduced, where, scaled], axis=1)
-    cond_out = cb.op("Identity", [cond_in])
+    it, cond_in = cb.fresh("iter"), cb.fresh("cond")
+    x_in, r_in, p_in, g_in = (cb.fresh(n) for n in ("x", "r", "p", "gamma"))
+    q = cb.op("MatMul", [a, p_in])  # [N, S, 1]
+    step = cb.op("Div", [g_in, cb.op("Max", [_sum_sq(cb, q), tiny])])
+    x_out = cb.op("Add", [x_in, cb.op("Mul", [step, p_in])])
+    r_out = cb.op("Sub", [r_in, cb.op("Mul", [step, q])])
+    s = cb.op("MatMul", [_t(cb, a), r_out])
+    g_out = _sum_sq(cb, s)
+    p_out = cb.op("Add", [s, cb.op("Mul", [cb.op("Div", [g_out, cb.op("Max", [g_in, tiny])]), p_in])])
+    going = cb.op("Cast", [cb.op("Greater", [g_out, stop])], to=TensorProto.DOUBLE)  # rows not yet converged
+    cond_out = cb.op("Greater", [cb.op("ReduceMax", [going], keepdims=0), cb.const(0.0, np.float64)])
+    shapes = {x_in: 0, r_in: 1, p_in: 0, g_in: 2, x_out: 0, r_out: 1, p_out: 0, g_out: 2}
+    dims = ([None, None, 1], [None, None, 1], [None, 1, 1])
+
+    def info(name):
+        return helper.make_tensor_value_info(name, TensorProto.DOUBLE, dims[shapes[name]])
+
     body = helper.make_graph(
-        cb.nodes, b.fresh("gauss_jordan_body"),
+        cb.nodes, b.fresh("cgls_body"),
         [helper.make_tensor_value_info(it, TensorProto.INT64, []),
-         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(a_in, TensorProto.DOUBLE, [None, d, width])],
-        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(a_out, TensorProto.DOUBLE, [None, d, width])])
-    done = b.fresh("gauss_jordan")
-    b.nodes.append(helper.make_node("Loop", [b.const(d // block, "int64"), "", aug], [done], name=b.fresh("Loop"),
-                                    body=body))
-    b.types[done] = TensorProto.DOUBLE
-    return done
-
-
-def psd_inverse(b: GraphBuilder, k: str, d: int) -> str:
-    """(K + delta I)^-1 of a batch [B, d, d] of symmetric positive semi-definite float64 K, delta = RIDGE
-    trace(K) / d (1 for K = 0, which then meets zero right-hand sides only): Gauss-Jordan on [K + delta I | I]
-    (every pivot of a positive definite matrix is positive), BLOCK pivots per Loop trip above BLOCK, K then
-    padded by I to a multiple of BLOCK."""
-    eye = b.const(np.eye(d), np.float64, "eye")
-    trace = b.reduce("ReduceSum", b.op("Mul", [k, eye]), [1, 2])  # [B, 1, 1]
-    zero = b.op("Cast", [b.op("Equal", [trace, b.const(0.0, np.float64)])], to=TensorProto.DOUBLE)
-    delta = b.op("Add", [b.op("Mul", [trace, b.const(RIDGE / d, np.float64)]), zero])
-    ridged = b.op("Add", [k, b.op("Mul", [eye, delta])])
-    block = BLOCK if d > BLOCK else 1
-    padded = -(-d // block) * block
-    if padded > d:
-        extra = np.diag(np.r_[np.zeros(d), np.ones(padded - d)])
-        ridged = b.op("Add", [b.op("Pad", [ridged, b.ints([0, 0, 0, 0, padded - d, padded - d])]),
-                              b.const(extra, np.float64, "pad_eye")])
-    identity = b.op("Expand", [b.const(np.eye(padded), np.float64, "eye"), b.op("Shape", [ridged])])
-    done = _eliminate(b, b.op("Concat", [ridged, identity], axis=2), padded, 2 * padded, block)  # [B, D, 2D]
-    return b.op("Slice", [done, b.ints([0, padded]), b.ints([d, padded + d]), b.ints([1, 2])])
-
-
-def psd_solve(b: GraphBuilder, k: str, r: str, d: int) -> str:
-    """K^+ R for a batch [B, d, d] of symmetric positive semi-definite float64 K and R [B or N, d, m] in its range
-    (module docstring); B = 1 serves every right-hand side."""
-    h = psd_inverse(b, k, d)
-    u = b.op("MatMul", [h, r])
-    for _ in range(REFINEMENTS):
-        u = b.op("Add", [u, b.op("MatMul", [h, b.op("Sub", [r, b.op("MatMul", [k, u])])])])
-    return u
+         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []), *map(info, (x_in, r_in, p_in, g_in))],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), *map(info, (x_out, r_out, p_out, g_out))])
+    done = [b.fresh(n) for n in ("cgls_x", "cgls_r", "cgls_p", "cgls_gamma")]
+    b.nodes.append(helper.make_node("Loop", [b.const(iterations, "int64"), b.const(True, np.bool_), x0, rhs, s0,
+                                             gamma0], done, name=b.fresh("Loop"), body=body))
+    b.types[done[0]] = TensorProto.DOUBLE
+    return done[0]
 
 
 def weighted_least_squares(b: GraphBuilder, z: str, w: str, y: str, groups: int, samples: int) -> str:
     """beta [N, G] (float64) of the regressions of Y [N, S] on the design Z [S, G] with an intercept and the
-    weights w [B, S], one row for every regression (B = 1: one system for all) or one per row of Y (module
-    docstring); all float64."""
+    weights w [B, S], one row for every regression (B = 1: one A for all) or one per row of Y (module docstring);
+    all float64."""
     w3 = b.op("Unsqueeze", [w, b.ints([2])])  # [B, S, 1]
     total = b.reduce("ReduceSum", w3, [1])  # [B, 1, 1]
     mean = b.op("Div", [b.op("MatMul", [_t(b, w3), z]), total])  # [B, 1, G]
     root = b.op("Sqrt", [w3])
     a = b.op("Mul", [b.op("Sub", [z, mean]), root])  # W^1/2 Zc [B, S, G]
     y3 = b.op("Unsqueeze", [y, b.ints([2])])  # [N, S, 1]
-    if system_size(samples, groups) == groups:  # A'Y's weighted mean is 0: Y need not be centred
-        u = psd_solve(b, b.op("MatMul", [_t(b, a), a]), b.op("MatMul", [_t(b, a), b.op("Mul", [y3, root])]),
-                      groups)  # [N, G, 1]
-    else:
-        y_mean = b.op("Div", [b.op("MatMul", [_t(b, y3), w3]), total])  # [N, 1, 1]
-        targets = b.op("Mul", [b.op("Sub", [y3, y_mean]), root])  # [N, S, 1]
-        u = b.op("MatMul", [_t(b, a), psd_solve(b, b.op("MatMul", [a, _t(b, a)]), targets, samples)])
-    return b.op("Squeeze", [u, b.ints([2])])
+    y_mean = b.op("Div", [b.op("MatMul", [_t(b, y3), w3]), total])  # [N, 1, 1]
+    targets = b.op("Mul", [b.op("Sub", [y3, y_mean]), root])  # W^1/2 (Y - mean_w Y) [N, S, 1]
+    x = cgls(b, a, targets, cgls_iterations(samples, groups))
+    return b.op("Squeeze", [x, b.ints([2])])
 
 
 def weighted_lasso(b: GraphBuilder, z: str, w: str, y: str, groups: int, alpha: float) -> str:

@@ -15,7 +15,7 @@ from onnx import TensorProto
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import Param, Target, positive_int
 from onnxattr.methods.feature_groups import feature_groups
-from onnxattr.methods.least_squares import MAX_SYSTEM, system_size
+from onnxattr.methods.least_squares import MAX_FIT_WORK, fit_work
 from onnxattr.methods.perturbation import MAX_PERTURBATIONS, perturbation_loop, perturbed_features
 
 
@@ -48,8 +48,8 @@ COALITIONS = Param("coalitions", None, "the coalitions to evaluate, a 0/1 array 
 def surrogate_groups(t: Target, p: dict, method: str, default_samples: int):
     """(groups, G, feats, given) as feature_groups returns them, with the group count G an int, and the given
     coalitions as float64 [S, G] (None when drawn), refusing what cannot be fitted: a group count known only at
-    run time, more forward passes than MAX_PERTURBATIONS, a linear system of order above MAX_SYSTEM, coalitions
-    that do not match the groups or n_samples."""
+    run time, more forward passes than MAX_PERTURBATIONS, a fit above MAX_FIT_WORK, coalitions that do not match
+    the groups or n_samples."""
     x = t.x
     features = perturbed_features(t, method, "groups")
     if p["feature_mask"] is None and not all(isinstance(d, int) for d in features):
@@ -62,10 +62,10 @@ def surrogate_groups(t: Target, p: dict, method: str, default_samples: int):
         passes = passes or (default_samples if n is None and given is None else n)
         if passes is not None and passes > MAX_PERTURBATIONS:
             return f"{method} would run {passes} forward passes; at most {MAX_PERTURBATIONS}"
-        if passes is not None and system_size(passes, count) > MAX_SYSTEM:
-            return (f"{method} fits {count} feature groups to {passes} coalitions, a linear system of order "
-                    f"{system_size(passes, count)}; at most {MAX_SYSTEM}: group the features with a feature_mask, "
-                    "or evaluate fewer coalitions")
+        if passes is not None and fit_work(passes, count) > MAX_FIT_WORK:
+            return (f"{method} fits {count} feature groups to {passes} coalitions, and S G min(S, G) = "
+                    f"{fit_work(passes, count):.2g} is above {MAX_FIT_WORK:.0e} (a fit of minutes): group the features "
+                    "with a feature_mask, or evaluate fewer coalitions")
         return None
 
     groups, count, feats = feature_groups(t, p, features, too_many, 1, "coalitions")
@@ -81,8 +81,10 @@ def surrogate_groups(t: Target, p: dict, method: str, default_samples: int):
             raise UsageError(f"{method}: coalitions {err}")
     z = np.asarray(given, np.float64)
     if z.shape[1] != count:
-        raise UsageError(f"{method}: coalitions of shape {list(z.shape)} give {z.shape[1]} groups, and the "
-                         f"feature_mask makes {count}: give one column per feature group")
+        made = "the feature_mask makes" if p["feature_mask"] is not None else \
+            "the input has (no feature_mask: every feature its own group)"
+        raise UsageError(f"{method}: coalitions of shape {list(z.shape)} give {z.shape[1]} groups, and {made} "
+                         f"{count}: give one column per feature group")
     if n is not None and n != len(z):
         raise UsageError(f"{method}: n_samples={n} and {len(z)} coalitions given; leave n_samples out")
     err = too_many(count, len(z))

@@ -1,12 +1,13 @@
-"""onnxattr/methods/draws.py: the random permutations feature_permutation draws (the Gaussian and uniform
-draws are checked through smoothgrad, random, gradient_shap and the Shapley sampling, in their tests)."""
+"""onnxattr/methods/draws.py: the random permutations feature_permutation draws, and the separation of a seed's
+uniform streams (the Gaussian and uniform draws' distributions are checked through smoothgrad, random,
+gradient_shap, the Shapley sampling, KernelSHAP and LIME, in their tests)."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from onnxattr.methods.draws import non_identity_permutations
+from onnxattr.methods.draws import non_identity_permutations, uniform
 from tests.models import run_emitted
 
 
@@ -44,3 +45,17 @@ def test_a_seed_is_one_stream(n):
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert len({tuple(r) for r in a}) >= (5 if n == 3 else 45)  # fresh draws: all 5 of 3 rows; 50 of 9 rows differ
+
+
+def uniforms(seed, offset, count=2000):
+    return run_emitted(lambda b, t: uniform(b, t, seed, offset), np.zeros((count, 1), np.float32))[0].ravel()
+
+
+@pytest.mark.parametrize("seed", [0, 7, 1000])
+def test_a_seeds_streams_are_apart_from_the_next_seeds(seed):
+    """A method's second stream (offset 1: KernelSHAP's group orders after its sizes, GradientSHAP's picks) is
+    neither the next seed's first stream nor correlated with it, nor with its own first."""
+    second = uniforms(seed, 1)
+    for other in (uniforms(seed + 1, 0), uniforms(seed, 0), uniforms(seed - 1, 1) if seed else uniforms(seed + 2, 0)):
+        assert not np.array_equal(second, other)
+        assert abs(np.corrcoef(second, other)[0, 1]) <= 4 / np.sqrt(2000)

@@ -169,8 +169,13 @@ def test_too_large_a_system_is_refused():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
                           [numpy_helper.from_array(np.array([1], np.int64), "axes")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(UsageError, match="linear system of order 5000; at most 4096"):
+    with pytest.raises(UsageError, match=r"S G min\(S, G\) = 1.5e\+11 is above 4e\+09"):
         onnxattr.compile(model, "kernel_shap", n_samples=6000)
+
+
+def test_coalitions_without_a_mask_count_the_features():
+    with pytest.raises(UsageError, match=r"no feature_mask: every feature its own group\) 6: give one column"):
+        run(coalitions=np.ones((3, 4)))
 
 
 def test_dynamic_features_need_a_mask():
