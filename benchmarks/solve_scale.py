@@ -20,22 +20,18 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "oracles")]
 
 from onnxattr.graph import GraphBuilder  # noqa: E402
+from onnxattr.methods.kernel_shap import shapley_kernel_weights  # noqa: E402
 from onnxattr.methods.least_squares import weighted_least_squares  # noqa: E402
+from permutations import kernel_shap_coalitions  # noqa: E402  (tests/oracles: Captum's draws, in numpy)
 
 
 def design(samples: int, groups: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    k = np.arange(1, groups)
-    p = (groups - 1) / (k * (groups - k))
-    rows = [np.ones(groups), np.zeros(groups)]
-    for size in rng.choice(k, size=samples - 2, p=p / p.sum()):
-        row = np.zeros(groups)
-        row[rng.permutation(groups)[:size]] = 1
-        rows.append(row)
-    z = np.array(rows)
-    return z, np.where((z.sum(1) == 0) | (z.sum(1) == groups), 1e6, 1.0)
+    z = kernel_shap_coalitions(groups, samples, rng).astype(np.float64)
+    return z, shapley_kernel_weights(z)
 
 
 def fit_session(samples: int, groups: int, threads: int) -> ort.InferenceSession:

@@ -43,7 +43,7 @@ from torch import nn
 
 # this folder is on the path: tests/oracles/manifest.py and permutations.py
 from manifest import write_manifest
-from permutations import kernel_shap_coalitions, permutation_mean
+from permutations import given_as_perturb_func, kernel_shap_coalitions, permutation_mean
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 N = 4
@@ -140,10 +140,7 @@ def maps(loss, x, labels, groups, occlusion):
             "additional_forward_args=(labels[:2],))", rows=2)
         coalitions = kernel_shap_coalitions(int(groups.max()) + 1, 20, np.random.default_rng(2030))
         AUX["coalitions:ks"] = coalitions
-
-        def stored(original_inp, **kwargs):
-            for row in coalitions:
-                yield torch.from_numpy(row[None])
+        stored = given_as_perturb_func(coalitions)
 
         given = KernelShap(loss)
         given.perturb_func = stored

@@ -71,7 +71,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from permutations import kernel_shap_coalitions, permutation_mean  # tests/oracles/permutations.py (on the path)
+from permutations import given_as_perturb_func, kernel_shap_coalitions, permutation_mean  # (on the path)
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
@@ -1025,10 +1025,7 @@ def run_kernel_shap(model, x, argmax, target):
     groups = int(mask.max()) + 1
     coalitions = kernel_shap_coalitions(groups, KS_SAMPLES, np.random.default_rng(2029))
     AUX["coalitions:ks"] = coalitions
-
-    def stored(original_inp, **kwargs):
-        for row in coalitions:
-            yield torch.from_numpy(row[None])
+    stored = given_as_perturb_func(coalitions)
 
     out = {}
     for mode in MODES:
@@ -1070,10 +1067,7 @@ def run_lime(model, x, argmax, target):
     groups = int(mask.max()) + 1
     coalitions = (np.random.default_rng(2031).random((LIME_SAMPLES, groups)) < 0.5).astype(np.int64)
     AUX["coalitions:lime"] = coalitions
-
-    def stored(original_inp, **kwargs):
-        for row in coalitions:
-            yield torch.from_numpy(row[None])
+    stored = given_as_perturb_func(coalitions)
 
     out = {}
     for mode in MODES:

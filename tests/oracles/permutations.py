@@ -1,12 +1,11 @@
 """Random draws the oracle scripts share: the expectation of Captum's FeaturePermutation over its random
-permutations, to check feature permutation exactly, and coalitions drawn as Captum's KernelShap draws them, to
-give Captum and onnxattr the same ones (make_torch.py on the nets' outputs, make_captum_loss.py on losses over
-the batch)."""
+permutations, to check feature permutation exactly, and coalitions drawn as Captum's KernelShap draws them, given
+to Captum as its perturb_func so that Captum and onnxattr evaluate the same ones (make_torch.py on the nets'
+outputs, make_captum_loss.py on losses over the batch; benchmarks/solve_scale.py draws its designs here too)."""
 
 import itertools
 
 import numpy as np
-import torch
 
 
 def permutation_mean(value, x, groups):
@@ -16,6 +15,8 @@ def permutation_mean(value, x, groups):
     sample ([N]) or one for the batch (a loss); the result broadcasts to x ([N, ...] or [1, ...])."""
     rows = x.shape[0]
     perms = [list(p) for p in itertools.permutations(range(rows)) if list(p) != list(range(rows))]
+    import torch
+
     out = torch.zeros(())
     with torch.no_grad():
         clean = value(x)
@@ -37,3 +38,15 @@ def kernel_shap_coalitions(groups: int, count: int, rng) -> np.ndarray:
         row[rng.permutation(groups)[:size]] = 1
         rows.append(row)
     return np.array(rows, np.int64)
+
+
+def given_as_perturb_func(coalitions):
+    """A generator function that Captum's LimeBase takes as its perturb_func: the rows of ``coalitions`` in order,
+    as [1, G] tensors (restarted for every sample)."""
+    import torch
+
+    def stored(original_inp, **kwargs):
+        for row in coalitions:
+            yield torch.from_numpy(row[None])
+
+    return stored
