@@ -39,7 +39,7 @@ def _drawn(b, groups: int, n: int, seed) -> str:
 
 def similarity(t: Target, p: dict, z: str, groups: str, count: int) -> str:
     """float64 [N, S] (or [1, S] for a loss over the batch): exp(-d^2 / (2 kernel_width^2)) between x and x with
-    coalition s applied (module docstring)."""
+    coalition s applied (module docstring), divided by the row's largest."""
     b, x = t.b, t.x
     shape = b.op("Shape", [x])
     rows = b.op("Slice", [shape, b.ints([0]), b.ints([1])])
@@ -70,7 +70,10 @@ def similarity(t: Target, p: dict, z: str, groups: str, count: int) -> str:
         d = b.op("Sub", [b.const(1.0, np.float64), cos])
         squared = b.op("Mul", [d, d])
     scale = b.const(-1.0 / (2.0 * float(p["kernel_width"]) ** 2), np.float64)
-    return b.op("Exp", [b.op("Mul", [squared, scale])])
+    log_w = b.op("Mul", [squared, scale])
+    # the fits depend on the weights' ratios only: each row is divided by its largest weight (in the exponent),
+    # so that far inputs (all weights below 1e-308, or squared away in the fit) keep their ratios
+    return b.op("Exp", [b.op("Sub", [log_w, b.reduce("ReduceMax", log_w, [1])])])
 
 
 def build_lime(t: Target, p: dict) -> str:

@@ -33,13 +33,19 @@ def group_values(relevance, mask=MASK):
     return np.stack([relevance[:, np.argmax(mask == g)] for g in range(mask.max() + 1)], 1)
 
 
-def similarities(x, perturbed, distance="cosine", width=1.0):
-    """Captum's default kernel on flattened inputs (torch's cosine: each norm at least 1e-8)."""
+def log_similarities(x, perturbed, distance="cosine", width=1.0):
+    """The log of Captum's default kernel on flattened inputs (torch's cosine: each norm at least 1e-8)."""
     if distance == "euclidean":
         d = np.linalg.norm(x - perturbed)
     else:
         d = 1 - x @ perturbed / (max(np.linalg.norm(x), 1e-8) * max(np.linalg.norm(perturbed), 1e-8))
-    return np.exp(-d * d / (2 * width * width))
+    return -d * d / (2 * width * width)
+
+
+def similarities(x, points, distance="cosine", width=1.0):
+    """The kernel's weights of the points, divided by the largest (the fits depend on their ratios only)."""
+    logs = np.array([log_similarities(x, p, distance, width) for p in points])
+    return np.exp(logs - logs.max())
 
 
 def lasso_cd(z, y, w, alpha, sweeps=20000):
@@ -68,7 +74,7 @@ def numpy_lime(z, baseline=0.0, model="lasso", alpha=0.01, distance="cosine", wi
     for n in range(len(x)):
         points = np.array([np.where(row[MASK] == 1, x[n], baseline) for row in z], np.float32)
         ys = mlp_logits(points, WEIGHTS)[:, chosen[n]].astype(np.float64)
-        w = np.array([similarities(x[n].astype(np.float64), p.astype(np.float64), distance, width) for p in points])
+        w = similarities(x[n].astype(np.float64), points.astype(np.float64), distance, width)
         if model == "linear":
             zc = z - w @ z / w.sum()
             root = np.sqrt(w)
@@ -86,6 +92,22 @@ def test_given_coalitions_match_numpy(params):
                       params.get("alpha", 0.01), params.get("distance", "cosine"), params.get("kernel_width", 1.0))
     got = run(feature_mask=MASK, coalitions=Z, **params)
     assert np.abs(group_values(got) - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("model", ["linear", "lasso"])
+def test_weights_are_taken_by_their_ratios(model):
+    """A group the coalitions always leave out (group 3, the last feature) adds the same (x_5 - b_5)^2 to every
+    squared euclidean distance: every weight is multiplied by exp(-x_5^2 / 2) and the fits must not change. With
+    x_5 = 45 that factor is below 1e-308 (numpy's exp gives 0 and its fit is undefined); the weights divided by
+    the largest keep their ratios."""
+    z = Z.copy()
+    z[:, 3] = 0
+    near, far = X.copy(), X.copy()
+    near[:, 5], far[:, 5] = 0.5, 45.0
+    want = numpy_lime(z.astype(np.float64), model=model, distance="euclidean", x=near)
+    for x in (near, far):
+        got = run(x=x, feature_mask=MASK, coalitions=z, interpretable_model=model, distance="euclidean")
+        assert np.abs(group_values(got) - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_a_large_alpha_zeroes_every_coefficient():
@@ -125,7 +147,7 @@ def test_loss_over_the_batch_weighs_the_whole_batch():
     assert np.allclose(got, got[:1])
     points = [np.where(row[MASK] == 1, X, 0.0).astype(np.float32) for row in Z]
     ys = np.array([mlp_logits(p, WEIGHTS).mean() for p in points], np.float64)
-    w = np.array([similarities(X.reshape(-1).astype(np.float64), p.reshape(-1).astype(np.float64)) for p in points])
+    w = similarities(X.reshape(-1).astype(np.float64), np.array([p.reshape(-1) for p in points], np.float64))
     zc = Z - w @ Z / w.sum()
     want = np.linalg.lstsq(zc * np.sqrt(w)[:, None], (ys - w @ ys / w.sum()) * np.sqrt(w), rcond=None)[0]
     assert np.abs(group_values(got[:1])[0] - want).max() <= 1e-5 * np.abs(want).max()
