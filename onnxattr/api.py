@@ -221,6 +221,10 @@ class Analyzer:
         if what == "batch":
             return (f"{self.method.name} shuffles each feature group between the samples of the batch, and the data "
                     f"hold {len(X)} sample: give two or more")
+        if what == "fit":
+            return (f"{self.method.name}'s fit of its linear surrogate did not converge on these coalitions (a design "
+                    "with about as many coalitions as feature groups is nearly singular): evaluate more coalitions "
+                    "(n_samples well above the group count), or group the features with a feature_mask")
         grouped = "group the features with a feature_mask"
         passes, fix = {  # what the check counts, and what makes it fewer
             "ablations": ("feature ablations (every feature alone)", grouped),

@@ -63,10 +63,11 @@ def test_fit_is_the_least_norm_least_squares_solution(samples, groups):
     assert np.abs(got - want).max() <= 1e-7 * max(1.0, np.abs(want).max())
 
 
-@pytest.mark.parametrize("groups,samples,seed", [(24, 25, 4), (24, 25, 5), (784, 700, 0), (150, 100, 0)])
+@pytest.mark.parametrize("groups,samples,seed", [(24, 25, 4), (24, 25, 5), (784, 700, 0), (150, 100, 0), (600, 610, 0)])
 def test_drawn_kernel_shap_designs(groups, samples, seed):
     """KernelSHAP's own draws where a ridge-and-elimination solver failed: S = G + 1 with an eigenvalue of A'A 20x
-    below its ridge (0.45 and 0.84 of the map's max off), and S < G with affinely dependent coalitions (1e23)."""
+    below its ridge (0.45 and 0.84 of the map's max off), and S < G with affinely dependent coalitions (1e23); and
+    a near-square design of condition number 1e7 where CGLS needs 6,500 trips (8 G + 50 of them left it 0.75 off)."""
     z = _draws(groups, samples, seed).astype(np.float64)
     w = np.where((z.sum(1) == 0) | (z.sum(1) == groups), 1e6, 1.0)
     rng = np.random.default_rng(seed)
@@ -116,3 +117,19 @@ def test_one_sample_fits_nothing():
     y = np.array([[2.5]])
     got = fit(z, np.array([1e6]), y)
     assert np.array_equal(got, np.zeros((1, 4)))
+
+
+@pytest.mark.parametrize("method,params,cap", [("kernel_shap", {"n_samples": 40}, "cgls_iterations"),
+                                                ("lime", {"n_samples": 40}, "LASSO_ITERATIONS")])
+def test_a_fit_that_does_not_converge_fails_by_name(monkeypatch, method, params, cap):
+    """Out of trips, the fit fails the run with a message that says so and what to do, rather than return a map
+    far from the least-squares one."""
+    import onnxattr
+    from onnxattr.errors import DataError
+    from onnxattr.methods import least_squares
+    from tests.models import mlp
+
+    monkeypatch.setattr(least_squares, cap, (lambda s, g: 2) if cap == "cgls_iterations" else 2)
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    with pytest.raises(DataError, match=f"{method}'s fit of its linear surrogate did not converge"):
+        onnxattr.create_analyzer(method, mlp(softmax=False)[0], **params).analyze(x)
