@@ -15,26 +15,47 @@ from onnxattr.methods.perturbation import MAX_PERTURBATIONS
 from onnxattr.sampling import checked
 
 
-def _parse_mask(s: str):
+def parse_array_or_npy(s: str):
+    """An array parameter on the command line: a .npy path (read at compile time), or none."""
     return None if s.lower() in ("none", "") else s
 
 
-def _mask_check(v):
-    if isinstance(v, os.PathLike):
-        v = os.fspath(v)
-    if v is None or (isinstance(v, str) and v.endswith(".npy")):
-        return None
-    if isinstance(v, (str, bytes)):
-        return "must be an integer array, or (command line) a .npy file holding one"
-    arr = np.asarray(v)
-    if arr.dtype.kind not in "iub" or arr.size == 0:
-        return f"must be a non-empty array of integer group ids, got {arr.dtype} {list(arr.shape)}"
-    return None
+def array_or_npy_check(expects: str, array_error):
+    """A Param check for an array parameter the command line gives as a .npy path: None, a .npy path, or an array
+    that ``array_error(arr)`` accepts (it returns an error text or None)."""
+    def check(v):
+        if isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        if v is None or (isinstance(v, str) and v.endswith(".npy")):
+            return None
+        if isinstance(v, (str, bytes)):
+            return f"must be {expects}, or (command line) a .npy file holding one"
+        return array_error(np.asarray(v))
+    return check
+
+
+def loaded(value, name: str, check, method: str = ""):
+    """An array parameter's value, read from its .npy file when it is a path (checked then by ``check``; errors
+    name ``name`` and, when given, the method)."""
+    if not isinstance(value, (str, os.PathLike)):
+        return value
+    try:
+        value = np.load(value, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{name} {value}: not a readable .npy array ({e})") from None
+    err = check(value)
+    if err:
+        raise UsageError(f"{method + ': ' if method else ''}{name}: {err}")
+    return value
+
+
+_mask_check = array_or_npy_check("an integer array", lambda arr: None if arr.dtype.kind in "iub" and arr.size else
+                                 f"must be a non-empty array of integer group ids, got {arr.dtype} {list(arr.shape)}")
 
 
 FEATURE_MASK = Param("feature_mask", None, "a group id per feature, shared by all samples (an integer array that "
                      "broadcasts to one sample, or on the command line a .npy file; None: every feature alone)",
-                     _parse_mask, _mask_check, optional=True)
+                     parse_array_or_npy, _mask_check, optional=True)
 
 
 def group_ids(mask, features: list, too_many) -> tuple[np.ndarray, int]:
@@ -46,15 +67,7 @@ def group_ids(mask, features: list, too_many) -> tuple[np.ndarray, int]:
         count = int(np.prod(features))
         _refuse(too_many, count)
         return np.arange(count, dtype=np.int64).reshape([1, *features]), count
-    if isinstance(mask, (str, os.PathLike)):
-        try:
-            mask = np.load(mask, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"feature_mask {mask}: not a readable .npy array ({e})") from None
-        err = _mask_check(mask)
-        if err:
-            raise UsageError(f"feature_mask: {err}")
-    mask = np.asarray(mask)
+    mask = np.asarray(loaded(mask, "feature_mask", _mask_check))
     given = list(mask.shape)  # as the user gave it, for the messages
     shown = [d if isinstance(d, int) else "?" for d in features]
     if mask.ndim == len(features) + 1:

@@ -7,33 +7,23 @@ deterministic). One set of coalitions serves the whole batch.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from onnx import TensorProto
 
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import Param, Target, positive_int
-from onnxattr.methods.feature_groups import feature_groups
+from onnxattr.methods.feature_groups import array_or_npy_check, feature_groups, loaded, parse_array_or_npy
 from onnxattr.methods.least_squares import MAX_FIT_WORK, fit_work
 from onnxattr.methods.perturbation import MAX_PERTURBATIONS, perturbation_loop, perturbed_features
 
 
-def _parse_coalitions(s: str):
-    return None if s.lower() in ("none", "") else s
-
-
-def coalitions_check(v):
-    if isinstance(v, os.PathLike):
-        v = os.fspath(v)
-    if v is None or (isinstance(v, str) and v.endswith(".npy")):
-        return None
-    if isinstance(v, (str, bytes)):
-        return "must be a 0/1 array [S, G], or (command line) a .npy file holding one"
-    arr = np.asarray(v)
+def _coalitions_error(arr: np.ndarray) -> str | None:
     if arr.ndim != 2 or arr.size == 0 or arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
         return f"must be a non-empty 0/1 array [S coalitions, G groups], got {arr.dtype} {list(arr.shape)}"
     return None
+
+
+coalitions_check = array_or_npy_check("a 0/1 array [S, G]", _coalitions_error)
 
 
 def positive_or_none(v):
@@ -42,7 +32,7 @@ def positive_or_none(v):
 
 COALITIONS = Param("coalitions", None, "the coalitions to evaluate, a 0/1 array [S, G] (1: the group keeps x; "
                    "on the command line a .npy file), in place of random draws (None: draw n_samples)",
-                   _parse_coalitions, coalitions_check, optional=True)
+                   parse_array_or_npy, coalitions_check, optional=True)
 
 
 def surrogate_groups(t: Target, p: dict, method: str, default_samples: int):
@@ -71,15 +61,7 @@ def surrogate_groups(t: Target, p: dict, method: str, default_samples: int):
     groups, count, feats = feature_groups(t, p, features, too_many, 1, "coalitions")
     if given is None:
         return groups, count, feats, None
-    if isinstance(given, (str, os.PathLike)):
-        try:
-            given = np.load(given, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"coalitions {given}: not a readable .npy array ({e})") from None
-        err = coalitions_check(given)
-        if err:
-            raise UsageError(f"{method}: coalitions {err}")
-    z = np.asarray(given, np.float64)
+    z = np.asarray(loaded(given, "coalitions", coalitions_check, method), np.float64)
     if z.shape[1] != count:
         made = "the feature_mask makes" if p["feature_mask"] is not None else \
             "the input has (no feature_mask: every feature its own group)"
