@@ -222,9 +222,11 @@ class Analyzer:
             return (f"{self.method.name} shuffles each feature group between the samples of the batch, and the data "
                     f"hold {len(X)} sample: give two or more")
         if what == "fit":
-            return (f"{self.method.name}'s fit of its linear surrogate did not converge on these coalitions (a design "
-                    "with about as many coalitions as feature groups is nearly singular): evaluate more coalitions "
-                    "(n_samples well above the group count), or group the features with a feature_mask")
+            return (f"{self.method.name}'s fit of its linear surrogate did not converge on these coalitions: a "
+                    "non-finite value in the data or the model's outputs, weights spanning too many decades (LIME's "
+                    "kernel_width), or a nearly singular design (about as many coalitions as feature groups); check "
+                    "the data and parameters, evaluate more coalitions than groups, or group the features with a "
+                    "feature_mask")
         grouped = "group the features with a feature_mask"
         passes, fix = {  # what the check counts, and what makes it fewer
             "ablations": ("feature ablations (every feature alone)", grouped),

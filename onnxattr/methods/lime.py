@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
+from onnxattr.errors import UsageError
 from onnxattr.methods.base import Method, Param, Target, non_negative, one_of, parse_int, parse_optional_int, \
-    positive, positive_int, reference_constant, register_method
+    positive_int, reference_constant, register_method
 from onnxattr.methods.draws import SEED, uniform
 from onnxattr.methods.feature_groups import FEATURE_MASK
 from onnxattr.methods.least_squares import weighted_lasso, weighted_least_squares
@@ -27,6 +28,13 @@ from onnxattr.methods.perturbation import BASELINES
 from onnxattr.methods.surrogate import COALITIONS, coalition_drops, positive_or_none, spread, surrogate_groups
 
 DEFAULT_SAMPLES = 25  # Captum's Lime.attribute
+MAX_LASSO_GROUPS = 1024  # the Lasso keeps an [N, G, G] float64 matrix and multiplies by it every FISTA trip
+
+
+def _width_check(v):
+    if not isinstance(v, (int, float)) or not 1e-100 <= v <= 1e100:
+        return "must be a number between 1e-100 and 1e100 (the kernel divides by 2 kernel_width^2)"
+    return None
 COSINE_EPS = 1e-8  # torch.nn.CosineSimilarity's
 
 
@@ -79,6 +87,10 @@ def similarity(t: Target, p: dict, z: str, groups: str, count: int) -> str:
 def build_lime(t: Target, p: dict) -> str:
     b = t.b
     groups, count, feats, given = surrogate_groups(t, p, "lime", DEFAULT_SAMPLES)
+    if p["interpretable_model"] == "lasso" and count > MAX_LASSO_GROUPS:
+        raise UsageError(f"lime's Lasso fits {count} feature groups, at most {MAX_LASSO_GROUPS} (it keeps a G x G "
+                         "matrix per sample and multiplies by it on every FISTA step): group the features with a "
+                         "feature_mask (superpixels), or use interpretable_model='linear'")
     if given is not None:
         n = len(given)
         z = b.const(given, np.float64, "lime_coalitions")
@@ -110,7 +122,7 @@ register_method(Method(
      Param("alpha", 0.01, "the Lasso's L1 weight (Captum's default)", float, non_negative),
      Param("distance", "cosine", "distance of the similarity kernel: 'cosine' or 'euclidean' (Captum's "
            "get_exp_kernel_similarity_function)", str, one_of("cosine", "euclidean")),
-     Param("kernel_width", 1.0, "width of the exponential similarity kernel", float, positive),
+     Param("kernel_width", 1.0, "width of the exponential similarity kernel", float, _width_check),
      SEED,
      Param("chunk_size", 16, "forward passes per Loop iteration (bounds memory)", parse_int, positive_int)),
     random=True,

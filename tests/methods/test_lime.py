@@ -157,6 +157,7 @@ def test_loss_over_the_batch_weighs_the_whole_batch():
     (dict(interpretable_model="ridge"), "interpretable_model"),
     (dict(distance="manhattan"), "distance"),
     (dict(kernel_width=0.0), "kernel_width"),
+    (dict(kernel_width=1e-200), "between 1e-100 and 1e100"),
     (dict(coalitions=np.ones((5, 3))), "give one column per feature group"),
 ])
 def test_refusals_name_the_problem(params, message):
@@ -175,3 +176,13 @@ def test_command_line(tmp_path):
     assert rc == 0
     want = numpy_lime(Z.astype(np.float64), model="linear")
     assert np.abs(group_values(np.load(tmp_path / "r.npy")) - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_the_lasso_refuses_more_groups_than_it_can_hold():
+    g = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=1)], "sum",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2000])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UsageError, match="at most 1024.*interpretable_model='linear'"):
+        onnxattr.compile(model, "lime")
+    onnxattr.compile(model, "lime", interpretable_model="linear")  # the least squares need no G x G matrix
