@@ -194,13 +194,15 @@ RUN_TIME_CHECK = "run_time_check"  # the name of checked()'s node, which the API
 ROWS_CHECK = "rows_per_point"  # the name of the rows check, which the API recognises in onnxruntime's errors
 
 
-def _fails_unless(b: GraphBuilder, ok: str, value: str, name: str) -> str:
-    """``value`` (int64 [1]) passed through a Reshape named ``name`` to the shape [1] when the bool scalar
-    ``ok`` holds and [-2] (refused) when not: onnxruntime stops the run there, and the API reads the name
-    in its error to say what was wrong."""
+def _fails_unless(b: GraphBuilder, ok: str, value: str, name: str, shape: str | None = None) -> str:
+    """``value`` (int64 [1], or of the int64 ``shape`` given) passed through a Reshape named ``name`` to that
+    shape when the bool scalar ``ok`` holds and to -2s (refused) when not: onnxruntime stops the run there, and
+    the API reads the name in its error to say what was wrong."""
     out = b.fresh("checked")
-    shape = b.op("Where", [ok, b.ints([1]), b.ints([-2])])
-    b.nodes.append(helper.make_node("Reshape", [value, shape], [out], name=b.fresh(name)))
+    target = b.op("Where", [ok, b.ints([1]) if shape is None else shape, b.ints([-2])])
+    b.nodes.append(helper.make_node("Reshape", [value, target], [out], name=b.fresh(name)))
+    if value in b.types:
+        b.types[out] = b.types[value]
     return out
 
 
@@ -210,6 +212,12 @@ def checked(b: GraphBuilder, count: str, ok: str, what: str) -> str:
     out = _fails_unless(b, ok, b.op("Reshape", [count, b.ints([1])]), f"{RUN_TIME_CHECK}-{what}")
     # a Gather, not a Reshape: onnxruntime fuses consecutive Reshapes, which would drop the check
     return b.op("Gather", [out, b.const(0, "int64")], axis=0)
+
+
+def checked_tensor(b: GraphBuilder, x: str, ok: str, what: str) -> str:
+    """``x`` passed on as it is when the bool scalar ``ok`` holds; else the run fails with ``what`` in the failing
+    node's name (RUN_TIME_CHECK-what), as ``checked``'s do (KernelSHAP's and LIME's fit that did not converge)."""
+    return _fails_unless(b, ok, x, f"{RUN_TIME_CHECK}-{what}", b.op("Shape", [x]))
 
 
 def _one_row_per_point(cb: GraphBuilder, y_copy: str, y: str, count: str) -> str | None:

@@ -21,7 +21,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from onnxattr.graph import GraphBuilder
-from onnxattr.sampling import RUN_TIME_CHECK
+from onnxattr.sampling import checked_tensor
 
 LASSO_ITERATIONS = 100_000  # FISTA trips at most
 LASSO_TOLERANCE = 1e-13  # stop when no coefficient moves by more than this share of the largest
@@ -50,11 +50,37 @@ def _sum_sq(b: GraphBuilder, v: str) -> str:
     return b.reduce("ReduceSum", b.op("Mul", [v, v]), [1, 2])
 
 
+def _centred(b: GraphBuilder, z: str, w: str):
+    """(w [B, S, 1], sum w [B, 1, 1], Z - (w Z) / sum w [B, S, G]) for the design Z [S, G] and weights w [B, S]."""
+    w3 = b.op("Unsqueeze", [w, b.ints([2])])
+    total = b.reduce("ReduceSum", w3, [1])
+    return w3, total, b.op("Sub", [z, b.op("Div", [b.op("MatMul", [_t(b, w3), z]), total])])
+
+
+def _loop(b: GraphBuilder, cb: GraphBuilder, trips: int, it: str, cond_in: str, cond_out: str, carried, name: str):
+    """Append an ONNX Loop of at most ``trips`` trips whose body is ``cb``'s nodes, carrying float64 tensors
+    ``carried`` = (body input, body output, initial value, shape) and stopping when ``cond_out`` is false; returns
+    the carried tensors' final values."""
+    info = lambda n, d: helper.make_tensor_value_info(n, TensorProto.DOUBLE, d)  # noqa: E731
+    body = helper.make_graph(
+        cb.nodes, b.fresh(f"{name}_body"),
+        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
+         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []), *[info(i, d) for i, _, _, d in carried]],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), *[info(o, d) for _, o, _, d in carried]])
+    done = [b.fresh(name) for _ in carried]
+    b.nodes.append(helper.make_node("Loop", [b.const(trips, "int64"), b.const(True, np.bool_),
+                                             *[start for _, _, start, _ in carried]], done, name=b.fresh("Loop"),
+                                    body=body))
+    for out in done:
+        b.types[out] = TensorProto.DOUBLE
+    return done
+
+
 def cgls(b: GraphBuilder, a: str, rhs: str, iterations: int) -> str:
     """The least-norm minimizer x [N, G, 1] of |A x - rhs| for A [B, S, G] (B = 1: one A for all) and rhs [N, S, 1],
     float64, by CGLS (Hestenes & Stiefel's conjugate gradients on A'A x = A' rhs, A'A never formed) from x = 0, in
     an ONNX Loop of at most ``iterations`` trips that stops once |A' r| <= CGLS_TOLERANCE |A' rhs| for every row;
-    a row still above 1e-12 after the last trip fails the run (fit_checked)."""
+    a row still above 1e-12 after the last trip fails the run (sampling.checked_tensor)."""
     # 0 / 0 where a row has converged exactly: its steps are 0 (a Max, as onnxruntime's optimizer drops an Add of
     # so small a constant)
     tiny = b.const(1e-300, np.float64)
@@ -74,38 +100,25 @@ def cgls(b: GraphBuilder, a: str, rhs: str, iterations: int) -> str:
     p_out = cb.op("Add", [s, cb.op("Mul", [cb.op("Div", [g_out, cb.op("Max", [g_in, tiny])]), p_in])])
     going = cb.op("Cast", [cb.op("Greater", [g_out, stop])], to=TensorProto.DOUBLE)  # rows not yet converged
     cond_out = cb.op("Greater", [cb.op("ReduceMax", [going], keepdims=0), cb.const(0.0, np.float64)])
-    shapes = {x_in: 0, r_in: 1, p_in: 0, g_in: 2, x_out: 0, r_out: 1, p_out: 0, g_out: 2}
-    dims = ([None, None, 1], [None, None, 1], [None, 1, 1])
-
-    def info(name):
-        return helper.make_tensor_value_info(name, TensorProto.DOUBLE, dims[shapes[name]])
-
-    body = helper.make_graph(
-        cb.nodes, b.fresh("cgls_body"),
-        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
-         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []), *map(info, (x_in, r_in, p_in, g_in))],
-        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), *map(info, (x_out, r_out, p_out, g_out))])
-    done = [b.fresh(n) for n in ("cgls_x", "cgls_r", "cgls_p", "cgls_gamma")]
-    b.nodes.append(helper.make_node("Loop", [b.const(iterations, "int64"), b.const(True, np.bool_), x0, rhs, s0,
-                                             gamma0], done, name=b.fresh("Loop"), body=body))
-    b.types[done[0]] = TensorProto.DOUBLE
+    column = [None, None, 1]
+    done = _loop(b, cb, iterations, it, cond_in, cond_out,
+                 ((x_in, x_out, x0, column), (r_in, r_out, rhs, column), (p_in, p_out, s0, column),
+                  (g_in, g_out, gamma0, [None, 1, 1])), "cgls")
     # the run fails where a row stopped short of 1e-12 of its |A' y| (the trips ran out; the tolerance is 1e-15)
     slack = b.op("Mul", [gamma0, b.const(1e-24, np.float64)])
     converged = b.op("Not", [b.op("Cast", [b.op("ReduceMax", [b.op("Cast", [b.op("Greater", [done[3], slack])],
                                                                     to=TensorProto.DOUBLE)], keepdims=0)],
                                           to=TensorProto.BOOL)])
-    return fit_checked(b, done[0], converged)
+    return checked_tensor(b, done[0], converged, "fit")
 
 
 def weighted_least_squares(b: GraphBuilder, z: str, w: str, y: str, groups: int, samples: int) -> str:
     """beta [N, G] (float64) of the regressions of Y [N, S] on the design Z [S, G] with an intercept and the
     weights w [B, S], one row for every regression (B = 1: one A for all) or one per row of Y (module docstring);
     all float64."""
-    w3 = b.op("Unsqueeze", [w, b.ints([2])])  # [B, S, 1]
-    total = b.reduce("ReduceSum", w3, [1])  # [B, 1, 1]
-    mean = b.op("Div", [b.op("MatMul", [_t(b, w3), z]), total])  # [B, 1, G]
+    w3, total, centred = _centred(b, z, w)
     root = b.op("Sqrt", [w3])
-    a = b.op("Mul", [b.op("Sub", [z, mean]), root])  # W^1/2 Zc [B, S, G]
+    a = b.op("Mul", [centred, root])  # W^1/2 Zc [B, S, G]
     y3 = b.op("Unsqueeze", [y, b.ints([2])])  # [N, S, 1]
     y_mean = b.op("Div", [b.op("MatMul", [_t(b, y3), w3]), total])  # [N, 1, 1]
     targets = b.op("Mul", [b.op("Sub", [y3, y_mean]), root])  # W^1/2 (Y - mean_w Y) [N, S, 1]
@@ -121,9 +134,7 @@ def weighted_lasso(b: GraphBuilder, z: str, w: str, y: str, groups: int, alpha: 
     (at least the largest eigenvalue), restarting the momentum where it points against the step (O'Donoghue &
     Candes 2015's gradient scheme: 3-10x fewer trips here), in an ONNX Loop that stops when no coefficient moved by
     more than LASSO_TOLERANCE of the largest; a run that does not get there in LASSO_ITERATIONS trips fails."""
-    w3 = b.op("Unsqueeze", [w, b.ints([2])])  # [B, S, 1]
-    total = b.reduce("ReduceSum", w3, [1])
-    centred = b.op("Sub", [z, b.op("Div", [b.op("MatMul", [_t(b, w3), z]), total])])  # [B, S, G]
+    w3, total, centred = _centred(b, z, w)
     weighted_t = _t(b, b.op("Div", [b.op("Mul", [centred, w3]), total]))  # Zc' W / sum w [B, G, S]
     m = b.op("MatMul", [weighted_t, centred])  # [B, G, G]
     r = b.op("MatMul", [weighted_t, b.op("Unsqueeze", [y, b.ints([2])])])  # [N, G, 1]
@@ -152,30 +163,8 @@ def weighted_lasso(b: GraphBuilder, z: str, w: str, y: str, groups: int, alpha: 
                             cb.op("Mul", [cb.op("ReduceMax", [cb.op("Abs", [beta])], keepdims=0),
                                           cb.const(LASSO_TOLERANCE, np.float64)])])
     cond_out = cb.op("Greater", [gap_out, zero])
-    carried = ((beta_in, beta, [None, groups, 1]), (v_in, v_out, [None, groups, 1]), (t_in, t_out, [None, 1, 1]),
-               (gap_in, gap_out, []))
-    body = helper.make_graph(
-        cb.nodes, b.fresh("fista_body"),
-        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
-         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-         *[helper.make_tensor_value_info(i, TensorProto.DOUBLE, d) for i, _, d in carried]],
-        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         *[helper.make_tensor_value_info(o, TensorProto.DOUBLE, d) for _, o, d in carried]])
-    done = [b.fresh(n) for n in ("lasso", "lasso_v", "lasso_t", "lasso_gap")]
-    b.nodes.append(helper.make_node("Loop", [b.const(LASSO_ITERATIONS, "int64"), b.const(True, np.bool_),
-                                             start, start, ones, one], done, name=b.fresh("Loop"), body=body))
-    b.types[done[0]] = TensorProto.DOUBLE
+    done = _loop(b, cb, LASSO_ITERATIONS, it, cond_in, cond_out,
+                 ((beta_in, beta, start, [None, groups, 1]), (v_in, v_out, start, [None, groups, 1]),
+                  (t_in, t_out, ones, [None, 1, 1]), (gap_in, gap_out, one, [])), "fista")
     converged = b.op("LessOrEqual", [done[3], zero])
-    return b.op("Squeeze", [fit_checked(b, done[0], converged), b.ints([2])])
-
-
-def fit_checked(b: GraphBuilder, x: str, ok: str) -> str:
-    """x passed on when the bool scalar ``ok`` holds; else the run fails at a node named for the check "fit"
-    (the API then says that the surrogate's fit did not converge)."""
-    shape = b.op("Shape", [x])
-    refused = b.op("Sub", [b.op("Mul", [shape, b.const(0, "int64")]), b.const(2, "int64")])  # all -2: invalid
-    out = b.fresh("checked")
-    b.nodes.append(helper.make_node("Reshape", [x, b.op("Where", [ok, shape, refused])], [out],
-                                    name=b.fresh(f"{RUN_TIME_CHECK}-fit")))
-    b.types[out] = TensorProto.DOUBLE
-    return out
+    return b.op("Squeeze", [checked_tensor(b, done[0], converged, "fit"), b.ints([2])])

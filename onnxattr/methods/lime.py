@@ -97,8 +97,6 @@ def build_lime(t: Target, p: dict) -> str:
     else:
         n = DEFAULT_SAMPLES if p["n_samples"] is None else p["n_samples"]
         z = _drawn(b, count, n, p["seed"])
-    if b.value(z) is not None:  # read through an Identity before the Loop (surrogate.coalition_drops)
-        z = b.op("Identity", [z])
     weights = similarity(t, p, z, groups, count)
     drops = b.op("Cast", [coalition_drops(t, p, "lime", z, groups, feats, n)], to=TensorProto.DOUBLE)  # [N, S]
     # the fit of the drops y(x) - y(z) has the opposite slopes of the fit of y(z) (the L1 penalty is symmetric)

@@ -58,6 +58,7 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
     keeps each coalition's drop apart: one-hot weights over [N, S])."""
     b, x = t.b, t.x
     rank = b.rank(x) - 1
+    weight_rank = rank if acc_like is None else len(b.shape(acc_like)) - 1  # a weight's axes after [c*N]
     baseline = None if replacement_of else reference_constant(b, x, p["baselines"], "baselines")  # broadcast to x
     clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
     masks = {}
@@ -81,9 +82,7 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
         drop = cb.op("Sub", [cb.op("Tile", [clean, count]), selected])  # [c*N], sample-major like the points
         if weight_of is not None:
             drop = cb.op("Cast", [drop], to=TensorProto.DOUBLE)
-        return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * (rank if acc_like is None else
-                                                                         len(b.shape(acc_like)) - 1))]),
-                             masks["rows"]])
+        return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * weight_rank)]), masks["rows"]])
 
     for node in path_nodes(t.nodes, x, t.y, b)[0]:
         t.assignment[node.name] = ("forward", f"{method} runs the forward pass only")

@@ -16,21 +16,17 @@ from onnxattr.cli import main
 from onnxattr.errors import UsageError
 from onnxattr.graph import GraphBuilder
 from onnxattr.methods.lime import _drawn
+from tests.methods.test_kernel_shap import MASK, group_values
 from tests.models import mlp, mlp_logits
 
 X = np.random.default_rng(6).standard_normal((3, 6)).astype(np.float32)
 MODEL, WEIGHTS = mlp(softmax=False)
-MASK = np.array([0, 0, 1, 2, 2, 3])
 Z = (np.random.default_rng(0).random((30, 4)) < 0.5).astype(np.int64)
 
 
 def run(model=MODEL, x=X, **params):
     compiled = onnxattr.compile(model, "lime", **params)
     return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
-
-
-def group_values(relevance, mask=MASK):
-    return np.stack([relevance[:, np.argmax(mask == g)] for g in range(mask.max() + 1)], 1)
 
 
 def log_similarities(x, perturbed, distance="cosine", width=1.0):
