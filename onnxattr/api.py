@@ -108,7 +108,7 @@ class Analyzer:
                 progress: bool = False) -> np.ndarray:
         """The relevance map of X; ``inputs``: the model's other graph inputs by name (an attention mask
         [N, S], a graph convolution's adjacency fed at run time). In the methods that run a Loop over points
-        (integrated_gradients, smoothgrad, vargrad, gradient_shap, deep_lift_shap, occlusion, feature_ablation,
+        (integrated_gradients, conductance, smoothgrad, vargrad, gradient_shap, deep_lift_shap, occlusion, feature_ablation,
         shapley_values, shapley_value_sampling, kernel_shap, lime, feature_permutation) an input whose first axis is declared under
         the name of X's batch axis goes with each sample's points; others are shared by all. ``batch_size``: run X
         in slices of that many samples (memory grows with the batch), with those inputs and per-sample neuron

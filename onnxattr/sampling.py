@@ -10,6 +10,7 @@ count. The body holds its own copies of the weights (see _body_weights). Graph i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -234,6 +235,15 @@ def _one_row_per_point(cb: GraphBuilder, y_copy: str, y: str, count: str) -> str
     return cb.op("Equal", [cb.op("ReduceSum", [rows_checked], keepdims=0), cb.const(0, "int64")])
 
 
+@dataclass(frozen=True)
+class Trip:
+    """What one trip of the Loop gives a per_sample that carries states (sample_loop's carry_like)."""
+
+    count: str  # int64 [1]: the points of this trip
+    copies: dict  # the model's tensor -> its copy in the body, at the points (x -> the points)
+    carried: list  # the states as the previous trip left them, one per carry_like
+
+
 def sample_loop(
     b: GraphBuilder,
     nodes: list[onnx.NodeProto],
@@ -252,7 +262,8 @@ def sample_loop(
     factor: Callable[[GraphBuilder, str], str] | None = None,
     sums: int = 1,
     wide: bool = False,
-    acc_like: str | None = None,
+    acc_like: str | list | None = None,
+    carry_like: tuple[str, ...] = (),
 ) -> str | list[str]:
     """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape (divided by
     ``mean_over`` when given). ``n`` is an int, or an int64 scalar tensor known at run time. float16 and
@@ -261,7 +272,12 @@ def sample_loop(
     E[g^2] - E[g]^2 cancels; the float32 gradients square exactly in float64).
     With ``sums`` > 1, per_sample returns that many tensors and the Loop sums each: a list of totals.
     ``acc_like``: a tensor [N, ...] whose shape the totals take instead of x's (kernel_shap's drop per
-    coalition, [N, S]); the contributions are then [count*N, ...] of its trailing shape.
+    coalition, [N, S]); the contributions are then [count*N, ...] of its trailing shape. A list gives one
+    per sum (None: x's).
+    ``carry_like``: tensors [N, ...] whose shapes states carried from trip to trip take (zeros before the
+    first); per_sample is then called as per_sample(cb, grad, points, ks, trip) with a Trip and returns
+    (contributions, the carried states for the next trip). The body's reverse pass then also records the
+    signal at the copies of the kept tensors (b.keep) in cb.kept (conductance's gradients at a layer).
 
     make_points(cb, x, ks, count) -> [count*N, ...] given this trip's sample indices ks (int64 [count]) and
     count (int64 [1]); per_sample(cb, grad, points, ks) -> the gradients [count*N, ...] to sum.
@@ -287,9 +303,12 @@ def sample_loop(
     acc_type = TensorProto.FLOAT if x_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16) else x_type
     if wide:
         acc_type = TensorProto.DOUBLE
+    likes = list(acc_like) if isinstance(acc_like, (list, tuple)) else [acc_like] * sums
+    assert len(likes) == sums, "one acc_like per sum"
     cb = b.child()
     it, cond_in = cb.fresh("iter"), cb.fresh("cond")
     acc_ins = [cb.fresh("acc") for _ in range(sums)]
+    carry_ins = [cb.fresh("carry") for _ in carry_like]
     start = cb.op("Mul", [it, cb.const(chunk, "int64")])
     stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]),
                          cb.const(n, "int64") if total_n is None else total_n])
@@ -320,29 +339,40 @@ def sample_loop(
         grad = forward_only(cb, selected_value(cb, y_copy, seed), ks, count)
     else:
         rules = body_rules(cb, body_forward, points) if body_rules is not None else rule_for
+        if carry_like:
+            cb.keep = frozenset(rename[t] for t in b.keep if t in rename)
         grad = reverse_pass(cb, body_forward, points, y_copy, seed, rules)
     if grad is None:
         grad = cb.zeros_like(points)
     declared = _body_shapes(cb, x, [points] + [o for n in cb.nodes[first:] for o in n.output], names)
-    if per_sample is not None:
+    carry_outs = []
+    if carry_like:
+        grad, carry_outs = per_sample(cb, grad, points, ks, Trip(count, rename, carry_ins))
+        assert len(carry_outs) == len(carry_ins), "per_sample returns one state per carried one"
+    elif per_sample is not None:
         grad = per_sample(cb, grad, points, ks)
     grads = [grad] if sums == 1 else list(grad)
     assert len(grads) == sums, "per_sample returns one tensor per sum"
     acc_outs = []
-    for g, acc_in in zip(grads, acc_ins):
+    for g, acc_in, like in zip(grads, acc_ins, likes):
         # [count, N, ...] by the count, not -1, and a 0 in it is a size (allowzero): a batch of 0 samples
         if acc_type != x_type and cb.types.get(g) != acc_type:
             g = cb.op("Cast", [g], to=acc_type)
-        stacked = cb.op("Reshape", [g, cb.op("Concat", [count, cb.op("Shape", [acc_like or x])], axis=0)],
+        stacked = cb.op("Reshape", [g, cb.op("Concat", [count, cb.op("Shape", [like or x])], axis=0)],
                         allowzero=1)
         acc_outs.append(cb.op("Add", [acc_in, cb.op("ReduceSum", [stacked, cb.ints([0])], keepdims=0)]))
     cond_out = cb.op("Identity", [cond_in]) if rows_ok is None else cb.op("And", [cond_in, rows_ok])
 
     # the Loop node is assembled in place: make_node/make_graph would copy the body's weights three times
     totals = [b.fresh("loop") for _ in range(sums)]
-    zeros = b.zeros_like(x) if acc_type == x_type and acc_like is None else b.op(
-        "ConstantOfShape", [b.shape_of(acc_like or x)], value=helper.make_tensor("v", acc_type, [1], [0.0]))
-    loop = helper.make_node("Loop", [trips, ""] + [zeros] * sums, totals, name=b.fresh("Loop"))
+    zeros = {}
+    for like in likes:
+        if like not in zeros:
+            zeros[like] = b.zeros_like(x) if acc_type == x_type and like is None else b.op(
+                "ConstantOfShape", [b.shape_of(like or x)], value=helper.make_tensor("v", acc_type, [1], [0.0]))
+    carried = [b.zeros_like(like) for like in carry_like]
+    loop = helper.make_node("Loop", [trips, ""] + [zeros[like] for like in likes] + carried,
+                            totals + [b.fresh("carried") for _ in carry_like], name=b.fresh("Loop"))
     body_attr = loop.attribute.add()
     body_attr.name, body_attr.type = "body", onnx.AttributeProto.GRAPH
     body = body_attr.g
@@ -352,13 +382,17 @@ def sample_loop(
     body.value_info.extend(declared)
     body.input.extend([helper.make_tensor_value_info(it, TensorProto.INT64, []),
                        helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-                       *[helper.make_tensor_value_info(a, acc_type, None) for a in acc_ins]])
+                       *[helper.make_tensor_value_info(a, acc_type, None) for a in acc_ins],
+                       *[helper.make_tensor_value_info(c, b.float_type(like), None)
+                         for c, like in zip(carry_ins, carry_like)]])
     body.output.extend([helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-                        *[helper.make_tensor_value_info(a, acc_type, None) for a in acc_outs]])
+                        *[helper.make_tensor_value_info(a, acc_type, None) for a in acc_outs],
+                        *[helper.make_tensor_value_info(c, b.float_type(like), None)
+                          for c, like in zip(carry_outs, carry_like)]])
     b.nodes.append(loop)
     b.fill_later[loop.name] = lambda node: _write_weights(_body(node).initializer, weights)
-    out = [_finish_total(b, total, x, acc_type, mean_over, factor, cast_back=not wide, like=acc_like)
-           for total in totals]
+    out = [_finish_total(b, total, x, acc_type, mean_over, factor, cast_back=not wide, like=like)
+           for total, like in zip(totals, likes)]
     return out[0] if sums == 1 else out
 
 

@@ -162,9 +162,15 @@ def ig_quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return (1 + t) / 2, v / 2
 
 
+def path_points(cb, x: str, alphas: str, ref: str, diff: str, count: str) -> str:
+    """The points ref + a_k (x - ref) for this trip's alphas [count]: [count*N, ...], sample-major."""
+    alphas = cb.op("Reshape", [alphas, cb.ints([-1] + [1] * cb.rank(x))])  # [c, 1, ...]
+    on_path = cb.op("Add", [cb.op("Mul", [alphas, cb.op("Unsqueeze", [diff, cb.ints([0])])]), ref])
+    return _sample_major(cb, x, on_path, count)
+
+
 def build_integrated_gradients(t, p):
     b, x, steps, rule = t.b, t.x, p["steps"], p["integration"]
-    rank = b.rank(x)
     ref = reference_constant(b, x, p["reference_inputs"])
     diff = b.op("Sub", [x, ref])
     alphas_k, weights_k = ig_quadrature(rule, steps)
@@ -183,9 +189,7 @@ def build_integrated_gradients(t, p):
                 alphas = cb.op("Cast", [alphas], to=cb.float_type(x_))
         else:
             alphas = cb.op("Gather", [cb.const(alphas_k.astype(dtype), dtype, "ig_alphas"), ks])
-        alphas = cb.op("Reshape", [alphas, cb.ints([-1] + [1] * rank)])  # [c, 1, ...]
-        on_path = cb.op("Add", [cb.op("Mul", [alphas, cb.op("Unsqueeze", [diff, cb.ints([0])])]), ref])
-        return _sample_major(cb, x_, on_path, count)
+        return path_points(cb, x_, alphas, ref, diff, count)
 
     def weighted(cb, g, pts, ks):
         """w_k * grad_k: the [count * N, ...] gradients as [count, N * ...] rows, one weight per row."""

@@ -55,7 +55,8 @@ statistical, with its exact expectation stored as "perm_mean:MODE"), kernel_shap
 coarse groups: on 40 coalitions stored as "coalitions:ks" given as its perturb_func, deterministic, and on its
 own 25 draws, statistical), lime (Captum's Lime over the coarse groups: with its default Lasso and with
 SkLearnLinearRegression on 40 coalitions stored as "coalitions:lime", deterministic, and on its own 25 draws,
-statistical).
+statistical), conductance (Captum's LayerConductance, baselines 0 and 20 steps, gausslegendre and riemann_trapezoid,
+at the middle nn.ReLU module called once, for keep=, and at an nn.Identity before the model, the map).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -970,6 +971,75 @@ def run_cam(model, x, argmax, target):
     return out
 
 
+# --------------------------------------------------------------------------------------------- conductance
+CONDUCTANCE_STEPS = 20
+
+
+class InputLayer(nn.Module):
+    """The model behind an nn.Identity whose output is x: Captum's LayerConductance at it is the input's map."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inp, self.model = nn.Identity(), model
+
+    def forward(self, x):
+        return self.model(self.inp(x))
+
+
+def middle_relu(model, x):
+    """(name, module) of the middle nn.ReLU module among those the forward calls once."""
+    calls = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append(n))
+               for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    once = [n for n in dict.fromkeys(calls) if calls.count(n) == 1]
+    name = once[len(once) // 2]
+    return name, model.get_submodule(name)
+
+
+def run_conductance(model, x, argmax, target):
+    """Captum's LayerConductance (baselines 0, n_steps 20) at the middle ReLU module called once, for onnxattr's
+    conductance with keep= at the export's tensor that holds its output, with Captum's default method
+    (gausslegendre) and riemann_trapezoid; and at an nn.Identity before the model (InputLayer), onnxattr's map."""
+    from captum.attr import LayerConductance
+
+    name, layer = middle_relu(model, x)
+    tensor = onnx_tensor_of(_module_output(model, layer, x))
+    out = {}
+    for mode in MODES:
+        m, tgt, seed_note = captum_call(model, mode, argmax, target)
+        wrapped = InputLayer(m).eval()
+        for rule in ("gausslegendre", "riemann_trapezoid"):
+            params = {"steps": CONDUCTANCE_STEPS, "integration": rule, "reference_inputs": 0.0}
+            call = f"n_steps={CONDUCTANCE_STEPS}, method='{rule}'); " + seed_note
+            at_layer = LayerConductance(m, layer).attribute(x.clone(), baselines=0.0, target=tgt,
+                                                            n_steps=CONDUCTANCE_STEPS, method=rule)
+            out[f"conductance|{mode}|layer_{rule}"] = (at_layer.detach(), {
+                "method": "conductance", "params": params, "mode": mode, "seed": "one", "statistical": False,
+                "keep": tensor, "library_call": f"captum LayerConductance(model, model.{name}).attribute(x, "
+                f"baselines=0.0, target, " + call + f" (export tensor '{tensor}')"})
+            at_input = LayerConductance(wrapped, wrapped.inp).attribute(x.clone(), baselines=0.0, target=tgt,
+                                                                        n_steps=CONDUCTANCE_STEPS, method=rule)
+            out[f"conductance|{mode}|{rule}"] = (at_input.detach(), {
+                "method": "conductance", "params": params, "mode": mode, "seed": "one", "statistical": False,
+                "library_call": "captum LayerConductance(InputLayer(model), its nn.Identity before the model)"
+                f".attribute(x, baselines=0.0, target, " + call})
+    return out
+
+
+def _module_output(model, layer, x):
+    """layer's output in model(x)."""
+    seen = []
+    handle = layer.register_forward_hook(lambda mod, i, o: seen.append(o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen[0]
+
+
 # --------------------------------------------------------------------------------------------- excitation backprop
 def safe_divide(z):
     """iNNvestigate's SafeDivide stabilizer, z + 1e-7 [z == 0], which onnxattr's iNNvestigate-style presets
@@ -1098,7 +1168,7 @@ def run_lime(model, x, argmax, target):
 
 FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
             "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley", "deep_lift_shap",
-            "feature_permutation", "zennit_layers", "kernel_shap", "lime")
+            "feature_permutation", "zennit_layers", "kernel_shap", "lime", "conductance")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -1123,7 +1193,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
                             ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth),
                             ("feature_ablation", run_feature_ablation), ("shapley", run_shapley),
                             ("deep_lift_shap", run_deeplift_shap), ("feature_permutation", run_feature_permutation),
-                            ("kernel_shap", run_kernel_shap), ("lime", run_lime)):
+                            ("kernel_shap", run_kernel_shap), ("lime", run_lime),
+                            ("conductance", run_conductance)):
             if family in families:
                 maps.update(run(m, xd, argmax, target))
         if "excitation_backprop" in families:
