@@ -30,7 +30,9 @@ Grad-CAM, GradientSHAP (16 draws) and Occlusion (49 windows) against Captum's; `
 of 4 blocks, Shapley value sampling over 16 blocks (2 orders) and DeepLIFT SHAP (4 baselines) against Captum's;
 `permutation` = feature permutation of 16 blocks against Captum's FeaturePermutation (`--batch 2` or more);
 `kernel-shap` = KernelSHAP over 16 blocks (32 coalitions) against Captum's KernelShap; `lime` = LIME (the same
-coalition count, Captum's defaults otherwise: cosine similarity, Lasso) against Captum's Lime.
+coalition count, Captum's defaults otherwise: cosine similarity, Lasso) against Captum's Lime; `conductance` =
+conductance over 33 points (32 steps, Gauss-Legendre), at the input and kept at a ResNet50 block's output in one
+run, against Captum's LayerConductance at that block (`--models resnet50`).
 The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 
@@ -54,8 +56,10 @@ sys.path.insert(0, str(HERE))
 CACHE = Path(os.environ.get("ONNXATTR_BENCH_CACHE", Path.home() / ".cache" / "onnxattr-bench"))
 RESULTS = HERE / "results"
 
-from configs import GROUPS, KS_SAMPLES, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS, PAUSE, \
-    PERMUTATIONS_PER_EVAL, STEPS, SV_ORDERS, blocks, dls_baselines  # noqa: E402  (benchmarks/ is on the path)
+from configs import (  # noqa: E402  (benchmarks/ is on the path)
+    CONDUCTANCE_BLOCK, CONDUCTANCE_STEPS, GROUPS, KS_SAMPLES, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS,
+    PAUSE, PERMUTATIONS_PER_EVAL, STEPS, SV_ORDERS, blocks, dls_baselines,
+)
 from report import write_report  # noqa: E402
 
 
@@ -89,7 +93,7 @@ def compile_method(model: str, name: str) -> float:
     spec = OURS[name]
     t = time.perf_counter()
     params = {k: v() if callable(v) else v for k, v in spec.get("params", {}).items()}  # arrays made here
-    compiled = onnxattr.compile(str(onnx_path(model)), spec["method"], **params)
+    compiled = onnxattr.compile(str(onnx_path(model)), spec["method"], keep=spec.get("keep", ()), **params)
     seconds = time.perf_counter() - t
     onnx.save(compiled, str(compiled_path(model, name)))
     return seconds
@@ -199,6 +203,12 @@ def make_runner(config: str, model: str, x, threads: int):
                     return fp.attribute(xt, target=target, feature_mask=mask,
                                         perturbations_per_eval=PERMUTATIONS_PER_EVAL)
             return run
+        if name == "layer_conductance":  # the block whose output onnxattr keeps (configs.CONDUCTANCE_TENSOR)
+            from captum.attr import LayerConductance
+
+            lc = LayerConductance(net, net.layers[CONDUCTANCE_BLOCK])
+            return lambda: lc.attribute(xg, baselines=0.0, target=target, n_steps=CONDUCTANCE_STEPS,
+                                        internal_batch_size=16 * x.shape[0])
         if name == "deep_lift_shap":
             from captum.attr import DeepLiftShap
 

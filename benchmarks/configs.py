@@ -11,6 +11,9 @@ SV_ORDERS = 2  # Shapley value sampling's random orders of the 16 blocks: 32 for
 DLS_BASELINES = 4  # DeepLIFT SHAP's baselines
 PERMUTATIONS_PER_EVAL = 4  # feature permutation: groups per forward pass (a batch of 4 x N rows)
 KS_SAMPLES = 32  # KernelSHAP's and LIME's coalitions of the 16 blocks (32 forward passes), 8 per forward pass
+CONDUCTANCE_STEPS = 32  # conductance's intervals (33 gradient passes), at the input and at one block's output
+CONDUCTANCE_BLOCK = 12  # ResNet50's last block of its third stage (output 1024 x 14 x 14)
+CONDUCTANCE_TENSOR = f"/layers/layers.{CONDUCTANCE_BLOCK}/relu/Relu_output_0"  # that block's output in the export
 
 
 def blocks(per_side: int):
@@ -54,6 +57,8 @@ OURS = {
                                                         "chunk_size": 8}, "ref": ["captum.kernel_shap"]},
     "lime": {"method": "lime", "params": {"feature_mask": lambda: blocks(4), "n_samples": KS_SAMPLES, "chunk_size": 8},
              "ref": ["captum.lime"]},
+    "conductance": {"method": "conductance", "params": {"steps": CONDUCTANCE_STEPS}, "keep": [CONDUCTANCE_TENSOR],
+                    "ref": ["captum.layer_conductance"]},
     "feature_permutation": {"method": "feature_permutation", "params": {
         "feature_mask": lambda: blocks(4), "chunk_size": PERMUTATIONS_PER_EVAL}, "ref": ["captum.feature_permutation"]},
 }
@@ -92,4 +97,7 @@ GROUPS = {
     "kernel-shap": ["ort.forward", "onnxattr.kernel_shap", "captum.kernel_shap"],
     # LIME over 16 blocks: 32 coalitions, the similarity weights and the Lasso fit
     "lime": ["ort.forward", "onnxattr.lime", "captum.lime"],
+    # conductance over 33 points of the path, at the input and at a ResNet50 block's output in one run, against
+    # Captum's LayerConductance at that block (ResNet50 only)
+    "conductance": ["ort.forward", "onnxattr.conductance", "captum.layer_conductance"],
 }

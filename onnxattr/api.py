@@ -108,7 +108,7 @@ class Analyzer:
                 progress: bool = False) -> np.ndarray:
         """The relevance map of X; ``inputs``: the model's other graph inputs by name (an attention mask
         [N, S], a graph convolution's adjacency fed at run time). In the methods that run a Loop over points
-        (integrated_gradients, conductance, smoothgrad, vargrad, gradient_shap, deep_lift_shap, occlusion, feature_ablation,
+        (integrated_gradients, conductance, neuron_conductance, smoothgrad, vargrad, gradient_shap, deep_lift_shap, occlusion, feature_ablation,
         shapley_values, shapley_value_sampling, kernel_shap, lime, feature_permutation) an input whose first axis is declared under
         the name of X's batch axis goes with each sample's points; others are shared by all. ``batch_size``: run X
         in slices of that many samples (memory grows with the batch), with those inputs and per-sample neuron
@@ -227,6 +227,12 @@ class Analyzer:
                     "kernel_width), or a nearly singular design (about as many coalitions as feature groups); check "
                     "the data and parameters, evaluate more coalitions than groups, or group the features with a "
                     "feature_mask")
+        if what == "kept_rows":
+            return (f"{self.method.name} runs a chunk of points as one batch, and a kept tensor did not hold them "
+                    f"in its first axis (its batch axis is another): set chunk_size=1, or keep another tensor")
+        if what == "neuron_index":
+            return (f"neuron_index {self.params.get('neuron_index')} lies outside layer '{self.params.get('layer')}' "
+                    "on this data: give an index inside the layer's shape (`onnxattr inspect` lists the tensors)")
         grouped = "group the features with a feature_mask"
         passes, fix = {  # what the check counts, and what makes it fewer
             "ablations": ("feature ablations (every feature alone)", grouped),

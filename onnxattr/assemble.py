@@ -185,7 +185,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
     for out_name, (_, like) in finals.items():
-        graph.output.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, b.shape(like) or None))
+        graph.output.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, b.shape(like)))  # [] a scalar
     y_dims = (b.shape(t.y) or [None])[1:]
     n_neurons = {"onnxattr.outputs": str(int(np.prod(y_dims)))} if all(isinstance(d, int) for d in y_dims) else {}
     helper.set_model_props(canon, {**{p.key: p.value for p in canon.metadata_props}, **n_neurons,

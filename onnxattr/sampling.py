@@ -264,6 +264,7 @@ def sample_loop(
     wide: bool = False,
     acc_like: str | list | None = None,
     carry_like: tuple[str, ...] = (),
+    backward: Callable | None = None,
 ) -> str | list[str]:
     """Sum over samples k = 0..n-1 of per_sample(backward(make_points(k))): a tensor of x's shape (divided by
     ``mean_over`` when given). ``n`` is an int, or an int64 scalar tensor known at run time. float16 and
@@ -285,6 +286,9 @@ def sample_loop(
     ``forward_only(cb, selected, ks, count)``, given the selected output of every point ([count*N], the
     seed's selection of y: index, or the sum for "all"), replaces the backward pass and returns the
     [count*N, ...] contributions to sum (occlusion's output drops over each window).
+    ``backward(cb, body_forward, points, y_copy, seed, copies)`` replaces the body's reverse pass and returns the
+    gradient at the points (neuron conductance's two passes through one tensor); ``copies``: the model's tensor ->
+    its copy in the body.
     ``body_rules(cb, body_forward, points)``, in place of ``rule_for``, makes the reverse pass's rules inside the
     body from its copy of the forward (DeepLIFT's reference forward, one reference per point).
     """
@@ -337,6 +341,8 @@ def sample_loop(
     seed = build_seed(cb, y_copy, "all" if index is None else "index", seed_scale, tiled)
     if forward_only is not None:
         grad = forward_only(cb, selected_value(cb, y_copy, seed), ks, count)
+    elif backward is not None:
+        grad = backward(cb, body_forward, points, y_copy, seed, rename)
     else:
         rules = body_rules(cb, body_forward, points) if body_rules is not None else rule_for
         if carry_like:
@@ -356,7 +362,8 @@ def sample_loop(
     acc_outs = []
     for g, acc_in, like in zip(grads, acc_ins, likes):
         # [count, N, ...] by the count, not -1, and a 0 in it is a size (allowzero): a batch of 0 samples
-        if acc_type != x_type and cb.types.get(g) != acc_type:
+        # a float16 model's contributions, or a tensor of another float type than x's (conductance's kept ones)
+        if cb.types.get(g, x_type) != acc_type:
             g = cb.op("Cast", [g], to=acc_type)
         stacked = cb.op("Reshape", [g, cb.op("Concat", [count, cb.op("Shape", [like or x])], axis=0)],
                         allowzero=1)

@@ -2,6 +2,7 @@
 model adds (target, relevance), which may not clash with the model's own."""
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -154,3 +155,18 @@ def test_a_kept_name_an_identity_gave_is_read_where_its_value_is():
     got = run(model, ["h_id"])
     assert [o.name for o in onnxattr.compile(model, "gradient", keep=["h_id"]).graph.output][-1] == "relevance:h_id"
     np.testing.assert_array_equal(got["kept"], run(mlp(softmax=False)[0], ["h"])["kept"])
+
+
+def test_keep_at_a_scalar_explained_output_is_a_scalar_output():
+    """A loss (rank 0) kept: its relevance output is declared with shape [] (an output without a shape fails the
+    checker); the gradient carried there is the seed, 1."""
+    from tests.models import single_io_model
+
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("ReduceMean", ["z"], ["y"], keepdims=0)]
+    model = single_io_model(nodes, {"W": np.ones((3, 2), np.float32)}, ["N", 3], [])
+    compiled = onnxattr.compile(model, "gradient", keep=["y"])
+    out = {o.name: o for o in compiled.graph.output}["relevance:y"]
+    assert out.type.tensor_type.HasField("shape") and len(out.type.tensor_type.shape.dim) == 0
+    sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+    kept = sess.run(["relevance:y"], {"x": np.ones((4, 3), np.float32)})[0]
+    assert kept.shape == () and kept == 1.0

@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 import onnxattr
+from onnxattr.api import inspect
 from onnxattr.methods import REGISTRY
 from tests.lrp.nets import resnet_like
 
@@ -43,8 +44,18 @@ def op_types(graph, into):
     return into
 
 
+def a_neuron(model) -> dict:
+    """neuron_conductance's parameters for ``model``: unit 0 of a tensor halfway along the explained path."""
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in onnx.shape_inference.infer_shapes(model).graph.value_info if v.type.tensor_type.HasField("shape")}
+    on_path = [row[2] for row in inspect(model, "gradient", tensors=True) if ranks.get(row[2], 0) >= 2]
+    layer = on_path[len(on_path) // 2]
+    return {"layer": layer, "neuron_index": [0] * (ranks[layer] - 1)}
+
+
 def appended_ops(model, method):
-    compiled = onnxattr.compile(model, method, **PARAMS.get(method, {}))
+    params = a_neuron(model) if method == "neuron_conductance" else PARAMS.get(method, {})
+    compiled = onnxattr.compile(model, method, **params)
     return op_types(compiled.graph, set()) - op_types(model.graph, set())
 
 

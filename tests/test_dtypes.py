@@ -30,7 +30,8 @@ FLOAT16_SAFE = ["deconvnet", "deep_lift", "deep_taylor", "excitation_backprop", 
                 "input_t_gradient", "lrp.epsilon", "lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.z",
                 "lrp.z_plus"]
 # exact Shapley values take at most 20 feature groups (x has 128 features): a group per channel
-PARAMS = {"shapley_values": {"feature_mask": np.arange(2).reshape(2, 1, 1)}}
+PARAMS = {"shapley_values": {"feature_mask": np.arange(2).reshape(2, 1, 1)},
+          "neuron_conductance": {"layer": "r2", "neuron_index": [0, 1, 1]}}  # resnet_like's middle Relu
 
 
 def as_type(model, dtype):

@@ -12,28 +12,49 @@ their own. With riemann_trapezoid (a_k = k / n) the differences telescope, so at
 its elements approaches y(x) - y(ref) as integrated gradients' does. One Loop over the n + 1 points (the
 last one's gradient is not used, as in Captum) carries the previous point's gradient and value at each
 tensor from trip to trip.
+
+Neuron conductance (Captum's NeuronConductance) attributes one unit j of a tensor h to the input: integrated
+gradients' sum with the gradient at each point taken through h_j alone,
+
+    (x - ref) * sum_k w_k (dy/dh_j)(x_k) * (dh_j/dx)(x_k)
+
+(points a_k and weights w_k of ``integration``'s steps-point rule, as integrated_gradients'): one reverse pass
+from y to h, the gradient there masked to j, and one from h to x. Paths from x to y around h add nothing.
 """
 
 from __future__ import annotations
 
-from onnxattr.compiler import path_nodes
+import difflib
+
+from onnx import TensorProto
+
+from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.errors import UsageError
+from onnxattr.graph import names_read
 from onnxattr.methods.base import (
     Method, Param, Target, as_carried, chunk_size, one_of, parse_int, positive_int, reference_constant,
     register_method,
 )
-from onnxattr.methods.gradient import CHUNK, GAUSS_LEGENDRE_MAX, INTEGRATION, ig_quadrature, path_points
-from onnxattr.sampling import Trip, sample_loop
+from onnxattr.methods.gradient import (
+    CHUNK, GAUSS_LEGENDRE_MAX, INTEGRATION, build_integrated_gradients, ig_quadrature, path_points,
+)
+from onnxattr.sampling import Trip, batch_names, checked_tensor, sample_loop
 
 
-def conductance_trip(cb, tensors: list[str], grad: str, trip: Trip):
+def conductance_trip(cb, tensors: list[str], grad: str, trip: Trip, unsure=frozenset()):
     """For each tensor h: its gradient g and value v at this trip's points ([count*N, ...] each) become
     [count, N, ...]; each point k pairs with the one before it (the first with the previous trip's last,
-    carried; zeros before the first trip), contributing g_{k-1} (v_k - v_{k-1})."""
+    carried; zeros before the first trip), contributing g_{k-1} (v_k - v_{k-1}). A tensor in ``unsure`` (its first
+    axis not known at compile time to be the batch axis) is checked at run time to hold the points there."""
     contributions, states = [], []
     for i, h in enumerate(tensors):
         value = trip.copies[h]
         g = grad if i == 0 else cb.kept.get(value)
+        if i and h in unsure:  # its first axis holds count x N rows, the points stacked as x's are, or the run fails
+            first = lambda t: cb.op("Slice", [cb.op("Shape", [t]), cb.ints([0]), cb.ints([1])])  # noqa: E731
+            rows = cb.op("Reshape", [cb.op("Equal", [first(value), cb.op("Mul", [trip.count, first(h)])]),
+                                     cb.ints([])])
+            value = checked_tensor(cb, value, rows, "kept_rows")
         if g is None:  # the selected output does not depend on h at any point
             g = cb.zeros_like(value)
         prev_g, prev_v = trip.carried[2 * i], trip.carried[2 * i + 1]
@@ -43,6 +64,7 @@ def conductance_trip(cb, tensors: list[str], grad: str, trip: Trip):
                                    cb.op("Slice", [t, cb.ints([0]), cb.ints([-1]), cb.ints([0])])], axis=0)
                   for prev, t in ((prev_g, gs), (prev_v, vs))]
         contributions.append(cb.op("Mul", [before[0], cb.op("Sub", [vs, before[1]])]))
+        cb.types[contributions[-1]] = cb.float_type(h)  # sample_loop casts it to its sum's type
         last = cb.ints([-1])
         states += [cb.op("Squeeze", [cb.op("Gather", [t, last], axis=0), cb.ints([0])]) for t in (gs, vs)]
     return contributions, states
@@ -59,22 +81,112 @@ def build_conductance(t: Target, p: dict) -> str:
     dtype = b.float_dtype(x)
     on_path = path_nodes(t.nodes, x, t.y, b)[1]  # a kept name off it is refused by name after the build
     tensors = [x] + sorted(h for h in b.keep if h != x and h in on_path)
+    # the chunk's points are stacked along x's batch axis, and read back from each tensor's first axis: a tensor
+    # whose first axis is known not to be the batch (sequence-first attention blocks, [S, N, E]) takes one point
+    # per trip; one whose first axis is unknown (or named by shape inference, unk__3) is checked at run time
+    batch = batch_names(b, t.nodes, x)
+    made = {o for node in t.nodes for o in node.output}
+    declared = {d for i in names_read(t.nodes) - made | {x} for d in b.shape(i) or [] if isinstance(d, str)}
+    firsts = {h: (b.shape(h) or [None])[0] for h in tensors[1:]}
+    chunk = chunk_size(t, p)
+    if any(d not in batch and (isinstance(d, int) or d in declared) for d in firsts.values()):
+        chunk = 1
+    unsure = frozenset(h for h, d in firsts.items() if d not in batch and not isinstance(d, int) and d not in declared)
 
     def points(cb, x_, ks, count):
         alphas = cb.op("Gather", [cb.const(alphas_k.astype(dtype), dtype, "conductance_alphas"), ks])
         return path_points(cb, x_, alphas, ref, diff, count)
 
     def per_trip(cb, grad, pts, ks, trip):
-        contributions, states = conductance_trip(cb, tensors, grad, trip)
+        contributions, states = conductance_trip(cb, tensors, grad, trip, unsure)
         return (contributions if len(tensors) > 1 else contributions[0]), states
 
-    totals = sample_loop(b, t.nodes, x, t.y, t.index, steps + 1, chunk_size(t, p), points,
+    totals = sample_loop(b, t.nodes, x, t.y, t.index, steps + 1, chunk, points,
                          per_sample=per_trip, sums=len(tensors), acc_like=tensors,
                          carry_like=tuple(h for h in tensors for _ in range(2)))
     totals = totals if isinstance(totals, list) else [totals]
-    for h, total in zip(tensors[1:], totals[1:]):
+    for h, total in zip(tensors, totals):  # x too: keep= may name the input, or a tensor passing it on
         b.kept[h] = total
     return totals[0]
+
+
+def parse_index(s: str) -> tuple:
+    return tuple(int(v) for v in s.strip("()[] ").split(",") if v.strip())
+
+
+def _index_check(v) -> str | None:
+    v = (v,) if isinstance(v, int) else v
+    if v is None or (isinstance(v, (tuple, list)) and v and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)):
+        return None
+    return "must be non-negative integers, one per axis of the layer after the batch axis (e.g. 3,0,1)"
+
+
+def _tensor_name(v) -> str | None:
+    return None if v is None or isinstance(v, str) else "must be a tensor name"
+
+
+def neuron_mask(b, layer: str, index: tuple) -> str:
+    """1 at unit ``index`` of one sample of ``layer``, 0 elsewhere: [1, ...], from layer's shape at run time (a
+    product of one-hot rows, one per axis); where an axis's size is unknown at compile time the run fails unless
+    the unit lies inside the layer."""
+    shape, rank, mask = b.op("Shape", [layer]), len(index) + 1, None
+    for axis, i in enumerate(index, start=1):
+        size = b.op("Reshape", [b.op("Slice", [shape, b.ints([axis]), b.ints([axis + 1])]), b.ints([])])
+        units = b.op("Range", [b.const(0, "int64"), size, b.const(1, "int64")])
+        hot = b.op("Cast", [b.op("Equal", [units, b.const(i, "int64")])], to=b.float_type(layer))
+        hot = b.op("Reshape", [hot, b.ints([1] * axis + [-1] + [1] * (rank - 1 - axis))])
+        mask = hot if mask is None else b.op("Mul", [mask, hot])
+    if not all(isinstance(d, int) for d in (b.shape(layer) or [None])[1:]):
+        inside = b.op("Cast", [b.reduce("ReduceMax", mask, list(range(rank)), keepdims=0)], to=TensorProto.BOOL)
+        mask = checked_tensor(b, mask, inside, "neuron_index")
+    return mask
+
+
+def build_neuron_conductance(t: Target, p: dict) -> str:
+    b, x, y, layer, index = t.b, t.x, t.y, p["layer"], p["neuron_index"]
+    if layer is None or index is None:
+        raise UsageError("neuron_conductance needs layer=TENSOR (the tensor holding the neuron; `onnxattr inspect` "
+                         "lists them) and neuron_index=I,J,... (its index in one sample of that tensor)")
+    index = (index,) if isinstance(index, int) else tuple(index)
+    on_path = path_nodes(t.nodes, x, y, b)[1]
+    if layer not in on_path:
+        close = difflib.get_close_matches(layer, sorted(on_path), n=3)
+        raise UsageError(f"neuron_conductance: layer '{layer}' is not a tensor between input '{x}' and output '{y}'"
+                         + (f"; did you mean {', '.join(close)}?" if close else ""))
+    shape = b.shape(layer)
+    if shape is not None and len(shape) != len(index) + 1:
+        raise UsageError(f"neuron_conductance: neuron_index {index} has {len(index)} entries and layer '{layer}' "
+                         f"{len(shape) - 1} axes after its batch axis {shape}: give one index per axis")
+    outside = [(i, d) for i, d in zip(index, (shape or [None])[1:]) if isinstance(d, int) and i >= d]
+    if outside:
+        raise UsageError(f"neuron_conductance: neuron_index {index} lies outside layer '{layer}' of shape {shape}")
+    mask = neuron_mask(b, layer, index)
+
+    def through_the_neuron(cb, forward, points, y_copy, seed, copies):
+        """dy/dh_j * dh_j/dx at the points: to h's copy, masked to the neuron, then on to the points."""
+        at_layer = copies[layer]
+        g = reverse_pass(cb, forward, at_layer, y_copy, seed)
+        return None if g is None else reverse_pass(cb, forward, points, at_layer, cb.op("Mul", [g, mask]))
+
+    return build_integrated_gradients(t, p, backward=through_the_neuron)
+
+
+register_method(Method(
+    "neuron_conductance",
+    "Neuron conductance (Captum's NeuronConductance): integrated gradients with each point's gradient taken "
+    "through one unit of a hidden tensor only.",
+    build_neuron_conductance,
+    (Param("layer", None, "the tensor holding the neuron: an ONNX tensor name", str, _tensor_name, optional=True),
+     Param("neuron_index", None, "the neuron's index in one sample of layer, one entry per axis after the batch axis "
+           "(e.g. 5 for [N, F], 3,0,1 for [N, C, H, W])", parse_index, _index_check, optional=True),
+     Param("steps", 50, "number of points on the path (Captum's n_steps)", parse_int, positive_int),
+     Param("reference_inputs", 0.0, "baseline (a number, or via the Python API an array that broadcasts to x: "
+           "one row, or one per sample)", per_sample=True),
+     Param("integration", "riemann_trapezoid", "points and weights on the path (Captum's method and its "
+           "default for NeuronConductance)", str, one_of(*INTEGRATION)),
+     CHUNK),
+))
 
 
 register_method(Method(

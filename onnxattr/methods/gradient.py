@@ -169,7 +169,9 @@ def path_points(cb, x: str, alphas: str, ref: str, diff: str, count: str) -> str
     return _sample_major(cb, x, on_path, count)
 
 
-def build_integrated_gradients(t, p):
+def build_integrated_gradients(t, p, backward=None):
+    """(x - ref) * sum_k w_k grad_k; ``backward``: sample_loop's, in place of the reverse pass to x (neuron
+    conductance's)."""
     b, x, steps, rule = t.b, t.x, p["steps"], p["integration"]
     ref = reference_constant(b, x, p["reference_inputs"])
     diff = b.op("Sub", [x, ref])
@@ -199,7 +201,8 @@ def build_integrated_gradients(t, p):
         return cb.op("Reshape", [scaled, cb.op("Shape", [g])], allowzero=1)  # a batch of 0 keeps its 0
 
     total = sample_loop(b, t.nodes, x, t.y, t.index, steps, chunk_size(t, p), points,
-                        per_sample=None if uniform else weighted, mean_over=steps if uniform else None)
+                        per_sample=None if uniform else weighted, mean_over=steps if uniform else None,
+                        backward=backward)
     return b.op("Mul", [diff, total])
 
 

@@ -6,7 +6,7 @@ import pytest
 from onnx import helper
 
 import onnxattr
-from onnxattr.errors import UsageError
+from onnxattr.errors import DataError, UsageError
 from onnxattr.methods.gradient import INTEGRATION, ig_quadrature
 from tests.models import mlp, single_io_model
 
@@ -112,3 +112,163 @@ def test_gauss_legendre_point_count_and_other_loop_methods_keep_refusal():
         onnxattr.compile(tanh_mlp(), "conductance", steps=2048)
     with pytest.raises(UsageError, match="conductance"):  # the refusal names the methods that take keep=
         onnxattr.compile(tanh_mlp(), "smoothgrad", keep=["h"])
+
+
+# ---------------------------------------------------------------------------------------------- neuron conductance
+def numpy_neuron_conductance(x, seed, unit, rule, steps):
+    """(x - 0) * sum_k w_k (dy/dh_j)(x_k) (dh_j/dx)(x_k) for unit j of tanh_mlp's h, reference 0."""
+    alphas, weights = ig_quadrature(rule, steps)
+    total = 0.0
+    for a, w in zip(alphas, weights):
+        _, h, _ = forward(a * x)
+        through = (seed @ W2.T)[:, unit] * (1 - h[:, unit] ** 2)  # dy/dh_j, times dh_j/dz_j
+        total = total + w * through[:, None] * W1[:, unit][None]
+    return x * total
+
+
+@pytest.mark.parametrize("rule", INTEGRATION)
+@pytest.mark.parametrize("neuron", ["max", "all"])
+def test_neuron_conductance_equals_numpy(rule, neuron):
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    compiled = onnxattr.compile(tanh_mlp(), "neuron_conductance", neuron=neuron, layer="h", neuron_index=[4],
+                                steps=9, integration=rule, chunk_size=4)
+    sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(["relevance"], {"x": x})[0]
+    y = forward(x.astype(np.float64))[2]
+    seed = np.ones_like(y) if neuron == "all" else np.eye(4)[y.argmax(1)]
+    want = numpy_neuron_conductance(x.astype(np.float64), seed, 4, rule, 9)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def residual_model():
+    """y = (relu(x W) + x) V: a path from x to y around h = relu(x W)."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Relu", ["a"], ["h"]),
+             helper.make_node("Add", ["h", "x"], ["s"]), helper.make_node("MatMul", ["s", "V"], ["y"])]
+    inits = {"W": rng.standard_normal((4, 4)).astype(np.float32), "V": rng.standard_normal((4, 3)).astype(np.float32)}
+    return single_io_model(nodes, inits, ["N", 4], ["N", 3]), inits
+
+
+def test_neuron_conductance_takes_only_paths_through_the_neuron():
+    """The skip around h adds nothing: the map is x * mean_k V[j, c] [a_j(x_k) > 0] W[:, j], zero where the unit is
+    off along the whole path."""
+    model, w = residual_model()
+    x = np.array([[1.0, -0.5, 0.25, 2.0], [-1.0, 0.5, -0.25, -2.0]], np.float32)
+    compiled = onnxattr.compile(model, "neuron_conductance", neuron="all", layer="h", neuron_index=1, steps=4,
+                                integration="riemann_right")
+    got = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["relevance"], {"x": x})[0]
+    on = (x @ w["W"][:, 1] > 0).astype(np.float64)  # a_1 is linear along the path: on at every point or at none
+    want = x * (on * w["V"][1].sum())[:, None] * w["W"][:, 1][None]
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    assert on.tolist() in ([1.0, 0.0], [0.0, 1.0]) and np.all(got[on == 0] == 0)
+
+
+def test_neuron_conductance_names_what_is_missing_or_wrong():
+    with pytest.raises(UsageError, match="needs layer=TENSOR"):
+        onnxattr.compile(tanh_mlp(), "neuron_conductance", neuron_index=[1])
+    with pytest.raises(UsageError, match="did you mean h"):
+        onnxattr.compile(tanh_mlp(), "neuron_conductance", layer="hh", neuron_index=[1])
+    with pytest.raises(UsageError, match="one index per axis"):
+        onnxattr.compile(tanh_mlp(), "neuron_conductance", layer="h", neuron_index=[1, 0])
+    with pytest.raises(UsageError, match="lies outside layer 'h'"):
+        onnxattr.compile(tanh_mlp(), "neuron_conductance", layer="h", neuron_index=[7])
+    with pytest.raises(UsageError, match="non-negative integers"):
+        onnxattr.compile(tanh_mlp(), "neuron_conductance", layer="h", neuron_index=[-1])
+
+
+def test_neuron_outside_a_layer_of_unknown_size_fails_the_run_by_name():
+    """h's size is only known at run time here (x's features are symbolic): the run fails, and the API says why."""
+    nodes = [helper.make_node("Tanh", ["x"], ["h"]), helper.make_node("ReduceSum", ["h", "axes"], ["y"], keepdims=1)]
+    model = single_io_model(nodes, {"axes": np.array([1], np.int64)}, ["N", "F"], ["N", 1])
+    analyzer = onnxattr.create_analyzer("neuron_conductance", model, layer="h", neuron_index=[6], steps=2)
+    with pytest.raises(DataError, match=r"neuron_index \[6\] lies outside layer 'h'"):
+        analyzer.analyze(np.ones((2, 5), np.float32))
+    inside = analyzer.analyze(np.ones((2, 8), np.float32))
+    assert np.count_nonzero(inside) == 2 and np.all(inside[:, 6] > 0)
+
+
+# ---------------------------------------------------------------------------------------------- kept tensors
+def sequence_first(shape_input=False):
+    """x[N,3,4] -> Transpose -> a[3,N,4] (sequence first, as torch's MultiheadAttention by default) -> Tanh (t) ->
+    sum over the sequence -> MatMul -> y[N,2]; with ``shape_input`` a Reshape by a graph input "shp" between a and
+    Tanh, so that t's shape is unknown when compiling."""
+    rng = np.random.default_rng(5)
+    w = {"W": rng.standard_normal((4, 4)).astype(np.float32), "V": rng.standard_normal((4, 2)).astype(np.float32),
+         "ax": np.array([0], np.int64)}
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]), helper.make_node("MatMul", ["xt", "W"], ["a"]),
+             helper.make_node("Reshape", ["a", "shp"], ["r"]) if shape_input else helper.make_node("Identity", ["a"], ["r"]),
+             helper.make_node("Tanh", ["r"], ["t"]), helper.make_node("ReduceSum", ["t", "ax"], ["p"], keepdims=0),
+             helper.make_node("MatMul", ["p", "V"], ["y"])]
+    model = single_io_model(nodes, w, ["N", 3, 4], ["N", 2])
+    if shape_input:
+        model.graph.input.append(helper.make_tensor_value_info("shp", 7, [3]))
+    return model, w
+
+
+def numpy_sequence_first(x, w, steps):
+    """Conductance at a and t of sequence_first, gausslegendre, reference 0."""
+    alphas, _ = ig_quadrature("gausslegendre", steps + 1)
+    fa = lambda p: np.transpose(p, (1, 0, 2)) @ w["W"].astype(np.float64)  # noqa: E731
+    y = np.tanh(fa(x)).sum(0) @ w["V"]
+    g_t = np.broadcast_to((np.eye(2)[y.argmax(1)] @ w["V"].T)[None], (3, len(x), 4))
+    out = {"a": 0.0, "t": 0.0}
+    for a0, a1 in zip(alphas[:-1], alphas[1:]):
+        z0, z1 = fa(a0 * x), fa(a1 * x)
+        out["t"] = out["t"] + g_t * (np.tanh(z1) - np.tanh(z0))
+        out["a"] = out["a"] + g_t * (1 - np.tanh(z0) ** 2) * (z1 - z0)
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 7])
+def test_a_kept_tensor_whose_batch_axis_is_not_its_first(chunk):
+    """The points are stacked along x's batch axis, which is a's second: a takes one point per trip."""
+    model, w = sequence_first()
+    x = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    compiled = onnxattr.compile(model, "conductance", keep=["a", "t"], steps=6, chunk_size=chunk)
+    got = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["relevance:a", "relevance:t"], {"x": x})
+    want = numpy_sequence_first(x.astype(np.float64), w, 6)
+    for g, name in zip(got, ("a", "t")):
+        assert np.abs(g - want[name]).max() <= 2e-6 * np.abs(want[name]).max(), name
+
+
+def test_a_kept_tensor_of_unknown_shape_is_checked_at_run_time():
+    model, w = sequence_first(shape_input=True)
+    x = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    feeds = {"shp": np.array([3, -1, 4], np.int64)}
+    analyzer = onnxattr.create_analyzer("conductance", model, keep=["t"], steps=6, chunk_size=4)
+    with pytest.raises(DataError, match="a kept tensor did not hold them in its first axis"):
+        analyzer.analyze(x, inputs=feeds)
+    one = onnxattr.create_analyzer("conductance", model, keep=["t"], steps=6, chunk_size=1)
+    one.analyze(x, inputs=feeds)
+    want = numpy_sequence_first(x.astype(np.float64), w, 6)["t"]
+    assert np.abs(one.kept["t"] - want).max() <= 2e-6 * np.abs(want).max()
+
+
+def test_keep_naming_the_input_or_a_name_passing_it_on_is_the_map():
+    nodes = [helper.make_node("Identity", ["x"], ["xi"])] + list(tanh_mlp().graph.node)
+    nodes[1].input[0] = "xi"
+    inits = {k: v.astype(np.float32) for k, v in (("W1", W1), ("B1", B1), ("W2", W2), ("B2", B2))}
+    model = single_io_model(nodes, inits, ["N", 5], ["N", 4])
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    got = run(model, x, keep=("x", "xi"), steps=5)
+    assert np.abs(got["x"]).max() > 0
+    assert np.array_equal(got["x"], got["xi"]) and np.array_equal(got["x"], run(model, x, keep=("xi",), steps=5)["xi"])
+    assert np.abs(got["xi"] - run(model, x, keep=(), steps=5)["x"]).max() == 0
+
+
+def test_a_kept_tensor_of_another_float_type():
+    """h computed in float64 inside a float32 model: its conductance is summed in float32, equal to numpy's."""
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("Add", ["a", "B1"], ["z"]),
+             helper.make_node("Cast", ["z"], ["z64"], to=11), helper.make_node("Tanh", ["z64"], ["h"]),
+             helper.make_node("Cast", ["h"], ["h32"], to=1), helper.make_node("MatMul", ["h32", "W2"], ["o"]),
+             helper.make_node("Add", ["o", "B2"], ["y"])]
+    inits = {k: v.astype(np.float32) for k, v in (("W1", W1), ("B1", B1), ("W2", W2), ("B2", B2))}
+    model = single_io_model(nodes, inits, ["N", 5], ["N", 4])
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    got = run(model, x, keep=("h",), steps=10, integration="riemann_trapezoid", chunk_size=3)
+    y = forward(x.astype(np.float64))[2]
+    want = numpy_conductance(x.astype(np.float64), 0.0, np.eye(4)[y.argmax(1)], "riemann_trapezoid", 10)
+    for name in ("x", "h"):
+        assert np.abs(got[name] - want[name]).max() <= 2e-6 * np.abs(want[name]).max(), name

@@ -47,7 +47,8 @@ LIME likewise (tags "coalitions": Captum's default Lasso, which stops at tol=1e-
 convergence, agreeing to 2.3e-5; "linear": LinearRegression, to 1.8e-6; "default": statistical, eight runs).
 conductance: Captum's LayerConductance at an nn.Identity before the model (tags "gausslegendre",
 "riemann_trapezoid": the map) and at a middle ReLU (tags "layer_*", keep=), in the 1e-3 class; they agree to
-7.3e-7 of the map's max (torch_strided's float32 floor there is 1.4e-6).
+7.3e-7 of the map's max (torch_strided's float32 floor there is 1.4e-6). neuron_conductance: Captum's
+NeuronConductance of one unit of that ReLU's output, to 3.6e-7.
 """
 
 import json
@@ -226,7 +227,7 @@ def test_new_oracles_are_compared():
     """deep_lift, deep_lift_shap and excitation_backprop are compared on the nets where they are comparable, attn_lrp and
     cp_lrp on both transformers (with LXT's gamma on the ViT), and the gradient family on the masked encoder,
     in every mode; Captum's NoiseTunnel variants, FeatureAblation, ShapleyValues, ShapleyValueSampling,
-    FeaturePermutation, KernelShap, Lime, LayerConductance and Zennit's BetaSmooth on all eight torch nets, and Captum on three losses over the batch; Grad-CAM
+    FeaturePermutation, KernelShap, Lime, LayerConductance, NeuronConductance and Zennit's BetaSmooth on all eight torch nets, and Captum on three losses over the batch; Grad-CAM
     and Guided Grad-CAM on every net with feature maps, for one output (the cam of the logits' sum is 0 on
     these nets: their heads are decorrelated from the mean feature)."""
     compared = {p.values[1] for p in entries() if p.values[0] in ("torch_mlp", "torch_vgg", "torch_resnet")}
@@ -257,6 +258,8 @@ def test_new_oracles_are_compared():
         assert {f"lrp.epsilon_plus_flat|{mode}|layer" for mode in MODES} <= compared, name  # relevance at a hidden tensor
         assert {f"conductance|{mode}|{where}{rule}" for mode in MODES for where in ("", "layer_")
                 for rule in ("gausslegendre", "riemann_trapezoid")} <= compared, name
+        assert {f"neuron_conductance|{mode}|{rule}" for mode in MODES for rule in ("gausslegendre", "riemann_left")} \
+            <= compared, name
         if name.startswith("torch_mlp"):
             assert {f"feature_ablation|{mode}|default" for mode in MODES} <= compared, name
     for name in ("torch_tabular_loss", "torch_cnn_loss", "torch_ce_loss"):  # a loss: Captum's scalar-output mode

@@ -56,7 +56,9 @@ coarse groups: on 40 coalitions stored as "coalitions:ks" given as its perturb_f
 own 25 draws, statistical), lime (Captum's Lime over the coarse groups: with its default Lasso and with
 SkLearnLinearRegression on 40 coalitions stored as "coalitions:lime", deterministic, and on its own 25 draws,
 statistical), conductance (Captum's LayerConductance, baselines 0 and 20 steps, gausslegendre and riemann_trapezoid,
-at the middle nn.ReLU module called once, for keep=, and at an nn.Identity before the model, the map).
+at the middle nn.ReLU module called once, for keep=, and at an nn.Identity before the model, the map; and
+NeuronConductance of that module's unit that conducts most, for neuron_conductance, with gausslegendre and
+riemann_left: Captum's riemann_trapezoid weights sum to (n-1)/n, see IG_QUADRATURES).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -1004,10 +1006,12 @@ def run_conductance(model, x, argmax, target):
     """Captum's LayerConductance (baselines 0, n_steps 20) at the middle ReLU module called once, for onnxattr's
     conductance with keep= at the export's tensor that holds its output, with Captum's default method
     (gausslegendre) and riemann_trapezoid; and at an nn.Identity before the model (InputLayer), onnxattr's map."""
-    from captum.attr import LayerConductance
+    from captum.attr import LayerConductance, NeuronConductance
 
     name, layer = middle_relu(model, x)
-    tensor = onnx_tensor_of(_module_output(model, layer, x))
+    value = _module_output(model, layer, x)
+    tensor = onnx_tensor_of(value)
+    unit = conducting_unit(model, layer, x, argmax)
     out = {}
     for mode in MODES:
         m, tgt, seed_note = captum_call(model, mode, argmax, target)
@@ -1027,7 +1031,41 @@ def run_conductance(model, x, argmax, target):
                 "method": "conductance", "params": params, "mode": mode, "seed": "one", "statistical": False,
                 "library_call": "captum LayerConductance(InputLayer(model), its nn.Identity before the model)"
                 f".attribute(x, baselines=0.0, target, " + call})
+        # NeuronConductance weighs the points as IntegratedGradients does: Captum's riemann_trapezoid weights sum to
+        # (n-1)/n (see IG_QUADRATURES), so its default is not stored; riemann_left's weights are the same as ours
+        for rule in ("gausslegendre", "riemann_left"):
+            params = {"steps": CONDUCTANCE_STEPS, "integration": rule, "reference_inputs": 0.0}
+            neuron = NeuronConductance(m, layer).attribute(x.clone(), unit, baselines=0.0, target=tgt,
+                                                            n_steps=CONDUCTANCE_STEPS, method=rule)
+            out[f"neuron_conductance|{mode}|{rule}"] = (neuron.detach(), {
+                "method": "neuron_conductance", "mode": mode, "seed": "one", "statistical": False,
+                "params": {**params, "layer": tensor, "neuron_index": list(unit)},
+                "library_call": f"captum NeuronConductance(model, model.{name}).attribute(x, neuron_selector={unit}, "
+                f"baselines=0.0, target, n_steps={CONDUCTANCE_STEPS}, method='{rule}'); {seed_note} (export tensor "
+                f"'{tensor}')"})
     return out
+
+
+def conducting_unit(model, layer, x, argmax):
+    """NeuronConductance's unit: the one of layer's output whose |gradient x activation|, averaged over the samples,
+    is largest for both the logits' sum and the argmax logits (a unit that, say, never wins a MaxPool is skipped)."""
+    kept = {}
+
+    def hook(mod, i, o):
+        o.retain_grad()
+        kept["o"] = o
+
+    scores = []
+    for pick in ("all", "max"):
+        handle = layer.register_forward_hook(hook)
+        y = model(x.clone())
+        handle.remove()
+        (y.sum() if pick == "all" else y[torch.arange(len(y)), torch.as_tensor(argmax)].sum()).backward()
+        o = kept["o"]
+        scores.append((o.grad * o).abs().mean(0).detach())
+        model.zero_grad()
+    score = torch.minimum(*scores)
+    return tuple(int(i) for i in np.unravel_index(int(score.argmax()), tuple(score.shape)))
 
 
 def _module_output(model, layer, x):
