@@ -228,8 +228,10 @@ class Analyzer:
                     "the data and parameters, evaluate more coalitions than groups, or group the features with a "
                     "feature_mask")
         if what == "kept_rows":
-            return (f"{self.method.name} runs a chunk of points as one batch, and a kept tensor did not hold them "
-                    f"in its first axis (its batch axis is another): set chunk_size=1, or keep another tensor")
+            return (f"{self.method.name} runs a chunk of points as one batch along the data's first axis, and a "
+                    "tensor it reads at each point (a kept tensor, neuron_conductance's layer) did not hold them in its "
+                    "first axis (its batch axis is another): keep another tensor or set chunk_size=1 (conductance), "
+                    "or choose a layer [N, ...] (neuron_conductance)")
         if what == "neuron_index":
             return (f"neuron_index {self.params.get('neuron_index')} lies outside layer '{self.params.get('layer')}' "
                     "on this data: give an index inside the layer's shape (`onnxattr inspect` lists the tensors)")

@@ -41,6 +41,36 @@ from onnxattr.methods.gradient import (
 from onnxattr.sampling import Trip, batch_names, checked_tensor, sample_loop
 
 
+def first_axes(t: Target, tensors) -> dict:
+    """{tensor: 'batch', 'other' or 'unknown'}: whether its first axis is known to be the batch axis (declared
+    under the name of x's, or of x's size in a model of static batch), known to be another (a sequence-first
+    attention block's [S, N, E], S a declared name or a number), or not known when compiling (no shape, or a
+    name shape inference made up, unk__3). A Loop stacks its points along x's batch axis."""
+    b, x = t.b, t.x
+    batch = batch_names(b, t.nodes, x)
+    made = {o for node in t.nodes for o in node.output}
+    declared = {d for i in names_read(t.nodes) - made | {x} for d in b.shape(i) or [] if isinstance(d, str)}
+    x_first = (b.shape(x) or [None])[0]
+    out = {}
+    for h in tensors:
+        d = (b.shape(h) or [None])[0]
+        if d in batch or (t.static_batch and d == x_first):
+            out[h] = "batch"
+        else:
+            out[h] = "other" if isinstance(d, int) or d in declared else "unknown"
+    return out
+
+
+def first_size(cb, name: str) -> str:
+    return cb.op("Slice", [cb.op("Shape", [name]), cb.ints([0]), cb.ints([1])])
+
+
+def rows_checked(cb, value: str, rows: str) -> str:
+    """``value`` passed on when its first axis has ``rows`` (int64 [1]) entries; else the run fails by name."""
+    ok = cb.op("Reshape", [cb.op("Equal", [first_size(cb, value), rows]), cb.ints([])])
+    return checked_tensor(cb, value, ok, "kept_rows")
+
+
 def conductance_trip(cb, tensors: list[str], grad: str, trip: Trip, unsure=frozenset()):
     """For each tensor h: its gradient g and value v at this trip's points ([count*N, ...] each) become
     [count, N, ...]; each point k pairs with the one before it (the first with the previous trip's last,
@@ -51,10 +81,7 @@ def conductance_trip(cb, tensors: list[str], grad: str, trip: Trip, unsure=froze
         value = trip.copies[h]
         g = grad if i == 0 else cb.kept.get(value)
         if i and h in unsure:  # its first axis holds count x N rows, the points stacked as x's are, or the run fails
-            first = lambda t: cb.op("Slice", [cb.op("Shape", [t]), cb.ints([0]), cb.ints([1])])  # noqa: E731
-            rows = cb.op("Reshape", [cb.op("Equal", [first(value), cb.op("Mul", [trip.count, first(h)])]),
-                                     cb.ints([])])
-            value = checked_tensor(cb, value, rows, "kept_rows")
+            value = rows_checked(cb, value, cb.op("Mul", [trip.count, first_size(cb, h)]))
         if g is None:  # the selected output does not depend on h at any point
             g = cb.zeros_like(value)
         prev_g, prev_v = trip.carried[2 * i], trip.carried[2 * i + 1]
@@ -82,16 +109,11 @@ def build_conductance(t: Target, p: dict) -> str:
     on_path = path_nodes(t.nodes, x, t.y, b)[1]  # a kept name off it is refused by name after the build
     tensors = [x] + sorted(h for h in b.keep if h != x and h in on_path)
     # the chunk's points are stacked along x's batch axis, and read back from each tensor's first axis: a tensor
-    # whose first axis is known not to be the batch (sequence-first attention blocks, [S, N, E]) takes one point
-    # per trip; one whose first axis is unknown (or named by shape inference, unk__3) is checked at run time
-    batch = batch_names(b, t.nodes, x)
-    made = {o for node in t.nodes for o in node.output}
-    declared = {d for i in names_read(t.nodes) - made | {x} for d in b.shape(i) or [] if isinstance(d, str)}
-    firsts = {h: (b.shape(h) or [None])[0] for h in tensors[1:]}
-    chunk = chunk_size(t, p)
-    if any(d not in batch and (isinstance(d, int) or d in declared) for d in firsts.values()):
-        chunk = 1
-    unsure = frozenset(h for h, d in firsts.items() if d not in batch and not isinstance(d, int) and d not in declared)
+    # whose first axis is another (sequence-first attention blocks, [S, N, E]) takes one point per trip; one whose
+    # first axis is unknown is checked at run time
+    axes = first_axes(t, tensors[1:])
+    chunk = 1 if "other" in axes.values() else chunk_size(t, p)
+    unsure = frozenset(h for h, kind in axes.items() if kind == "unknown")
 
     def points(cb, x_, ks, count):
         alphas = cb.op("Gather", [cb.const(alphas_k.astype(dtype), dtype, "conductance_alphas"), ks])
@@ -161,13 +183,22 @@ def build_neuron_conductance(t: Target, p: dict) -> str:
     outside = [(i, d) for i, d in zip(index, (shape or [None])[1:]) if isinstance(d, int) and i >= d]
     if outside:
         raise UsageError(f"neuron_conductance: neuron_index {index} lies outside layer '{layer}' of shape {shape}")
+    kind = first_axes(t, [layer])[layer]
+    if kind == "other":
+        raise UsageError(f"neuron_conductance: layer '{layer}' of shape {shape} does not have the batch axis first (a "
+                         "sequence-first block?), so neuron_index cannot name a unit of one sample: choose a tensor "
+                         "[N, ...]")
     mask = neuron_mask(b, layer, index)
 
     def through_the_neuron(cb, forward, points, y_copy, seed, copies):
         """dy/dh_j * dh_j/dx at the points: to h's copy, masked to the neuron, then on to the points."""
         at_layer = copies[layer]
         g = reverse_pass(cb, forward, at_layer, y_copy, seed)
-        return None if g is None else reverse_pass(cb, forward, points, at_layer, cb.op("Mul", [g, mask]))
+        if g is None:
+            return None
+        if kind == "unknown":  # the points must lie along its first axis, as along x's, for the mask to fit
+            g = rows_checked(cb, g, first_size(cb, points))
+        return reverse_pass(cb, forward, points, at_layer, cb.op("Mul", [g, mask]))
 
     return build_integrated_gradients(t, p, backward=through_the_neuron)
 

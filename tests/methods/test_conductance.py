@@ -238,7 +238,7 @@ def test_a_kept_tensor_of_unknown_shape_is_checked_at_run_time():
     x = RNG.standard_normal((2, 3, 4)).astype(np.float32)
     feeds = {"shp": np.array([3, -1, 4], np.int64)}
     analyzer = onnxattr.create_analyzer("conductance", model, keep=["t"], steps=6, chunk_size=4)
-    with pytest.raises(DataError, match="a kept tensor did not hold them in its first axis"):
+    with pytest.raises(DataError, match="did not hold them in its first axis"):
         analyzer.analyze(x, inputs=feeds)
     one = onnxattr.create_analyzer("conductance", model, keep=["t"], steps=6, chunk_size=1)
     one.analyze(x, inputs=feeds)
@@ -272,3 +272,13 @@ def test_a_kept_tensor_of_another_float_type():
     want = numpy_conductance(x.astype(np.float64), 0.0, np.eye(4)[y.argmax(1)], "riemann_trapezoid", 10)
     for name in ("x", "h"):
         assert np.abs(got[name] - want[name]).max() <= 2e-6 * np.abs(want[name]).max(), name
+
+
+def test_neuron_conductance_needs_a_layer_with_the_batch_axis_first():
+    model, _ = sequence_first()
+    with pytest.raises(UsageError, match="does not have the batch axis first"):
+        onnxattr.compile(model, "neuron_conductance", layer="a", neuron_index=[0, 1])
+    model, _ = sequence_first(shape_input=True)  # t's shape unknown when compiling: checked at run time
+    analyzer = onnxattr.create_analyzer("neuron_conductance", model, layer="t", neuron_index=[0, 1], steps=3)
+    with pytest.raises(DataError, match="choose a layer"):
+        analyzer.analyze(RNG.standard_normal((2, 3, 4)).astype(np.float32), inputs={"shp": np.array([3, -1, 4])})
