@@ -140,7 +140,7 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     index = neuron_index(b, y, neuron)
     xshape = b.shape(x) or [None]
     target = Target(b, list(canon.graph.node), x, y, neuron, index,
-                    static_batch=isinstance(xshape[0], int))
+                    static_batch=isinstance(xshape[0], int), data=data_input(canon, x))
     sources = _pass_through_sources(proto, keep, names) if keep else {}
     b.keep = frozenset(sources.values())
     relevance = m.build(target, resolved)

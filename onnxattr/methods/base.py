@@ -37,6 +37,7 @@ class Target:
     index: str | None  # int64 [N, 1] chosen neuron per sample (None in mode "all")
     static_batch: bool = False
     assignment: dict = field(default_factory=dict)  # node name -> (rule, why), for `inspect`
+    data: str | None = None  # the graph input taking the data: x, or the input an intermediate x is computed from
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.errors import UsageError
 from onnxattr.graph import names_read
 from onnxattr.methods.base import (
-    Method, Param, Target, as_carried, chunk_size, one_of, parse_int, positive_int, reference_constant,
-    register_method,
+    Method, Param, Target, as_carried, chunk_size, one_of, parse_int, positive_int, register_method,
 )
 from onnxattr.methods.gradient import (
     CHUNK, GAUSS_LEGENDRE_MAX, INTEGRATION, build_integrated_gradients, ig_quadrature, path_points,
 )
+from onnxattr.methods.reference import REFERENCE_DATA, path_reference
 from onnxattr.sampling import Trip, batch_names, checked_tensor, sample_loop
 
 
@@ -99,7 +99,7 @@ def conductance_trip(cb, tensors: list[str], grad: str, trip: Trip, unsure=froze
 
 def build_conductance(t: Target, p: dict) -> str:
     b, x, steps = t.b, t.x, p["steps"]
-    ref = reference_constant(b, x, p["reference_inputs"])
+    ref = path_reference(t, p)
     diff = b.op("Sub", [x, ref])
     if p["integration"] == "gausslegendre" and steps + 1 > GAUSS_LEGENDRE_MAX:
         raise UsageError(f"conductance: integration gausslegendre takes at most {GAUSS_LEGENDRE_MAX - 1} steps "
@@ -214,6 +214,7 @@ register_method(Method(
      Param("steps", 50, "number of points on the path (Captum's n_steps)", parse_int, positive_int),
      Param("reference_inputs", 0.0, "baseline (a number, or via the Python API an array that broadcasts to x: "
            "one row, or one per sample)", per_sample=True),
+     REFERENCE_DATA,
      Param("integration", "riemann_trapezoid", "points and weights on the path (Captum's method and its "
            "default for NeuronConductance)", str, one_of(*INTEGRATION)),
      CHUNK),
@@ -228,6 +229,7 @@ register_method(Method(
     (Param("steps", 50, "intervals on the path (steps + 1 points; Captum's n_steps)", parse_int, positive_int),
      Param("reference_inputs", 0.0, "baseline (a number, or via the Python API an array that broadcasts to x: "
            "one row, or one per sample)", per_sample=True),
+     REFERENCE_DATA,
      Param("integration", "gausslegendre", "the points on the path: those of this (steps+1)-point rule "
            "(Captum's method; riemann_trapezoid: k / steps, whose differences add up to h(x) - h(ref))",
            str, one_of(*INTEGRATION)),

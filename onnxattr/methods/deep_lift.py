@@ -17,9 +17,10 @@ from __future__ import annotations
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
 from onnxattr.methods.base import (
-    Method, Param, Target, chunk_size, parse_int, positive_int, reference_constant, register_method,
+    Method, Param, Target, chunk_size, parse_int, positive_int, register_method,
 )
 from onnxattr.methods.gradient_shap import BASELINE_SET, baseline_set
+from onnxattr.methods.reference import REFERENCE_DATA, path_reference
 from onnxattr.sampling import repeat_rows, sample_loop
 from onnxattr.select import build_seed
 
@@ -63,7 +64,7 @@ def rescale_rule(ref: dict):
 
 def build_deep_lift(t: Target, p: dict) -> str:
     b, x = t.b, t.x
-    x0 = b.op("Expand", [reference_constant(b, x, p["reference_inputs"]), b.op("Shape", [x])])
+    x0 = b.op("Expand", [path_reference(t, p), b.op("Shape", [x])])
     b.set_info(x0, x)
     on_path, _ = path_nodes(t.nodes, x, t.y, b)
     ref = reference_forward(b, on_path, x, x0)
@@ -119,5 +120,5 @@ register_method(Method(
     "deep_lift", "DeepLIFT (rescale rule) against a reference input; sums to y(x) - y(reference).",
     build_deep_lift,
     (Param("reference_inputs", 0.0, "reference input (a number, or via the Python API an array that broadcasts to "
-           "x: one row, or one per sample)", per_sample=True),),
+           "x: one row, or one per sample)", per_sample=True), REFERENCE_DATA),
 ))

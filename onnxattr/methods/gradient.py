@@ -24,9 +24,10 @@ from onnxattr.compiler import reverse_pass
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import (
     Method, Param, Target, as_carried, chunk_size, non_negative, one_of, parse_int,
-    positive, positive_int, reference_constant, register_method, times_tensor,
+    positive, positive_int, register_method, times_tensor,
 )
 from onnxattr.methods.draws import SEED, gaussian
+from onnxattr.methods.reference import REFERENCE_DATA, path_reference
 from onnxattr.sampling import repeat_rows, sample_loop
 from onnxattr.select import build_seed
 
@@ -173,7 +174,7 @@ def build_integrated_gradients(t, p, backward=None):
     """(x - ref) * sum_k w_k grad_k; ``backward``: sample_loop's, in place of the reverse pass to x (neuron
     conductance's)."""
     b, x, steps, rule = t.b, t.x, p["steps"], p["integration"]
-    ref = reference_constant(b, x, p["reference_inputs"])
+    ref = path_reference(t, p)
     diff = b.op("Sub", [x, ref])
     alphas_k, weights_k = ig_quadrature(rule, steps)
     uniform = rule in _RIEMANN_OFFSET
@@ -301,6 +302,7 @@ for _m in (
            (Param("steps", 64, "number of points on the path", parse_int, positive_int),
             Param("reference_inputs", 0.0, "baseline (a number, or via the Python API an array that broadcasts to x: "
                   "one row, or one per sample)", per_sample=True),
+            REFERENCE_DATA,
             Param("integration", "riemann_left", "points and weights on the path (Captum's names; its "
                   "default is gausslegendre)", str, one_of(*INTEGRATION)),
             CHUNK)),

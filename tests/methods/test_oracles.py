@@ -48,7 +48,10 @@ convergence, agreeing to 2.3e-5; "linear": LinearRegression, to 1.8e-6; "default
 conductance: Captum's LayerConductance at an nn.Identity before the model (tags "gausslegendre",
 "riemann_trapezoid": the map) and at a middle ReLU (tags "layer_*", keep=), in the 1e-3 class; they agree to
 7.3e-7 of the map's max (torch_strided's float32 floor there is 1.4e-6). neuron_conductance: Captum's
-NeuronConductance of one unit of that ReLU's output, to 3.6e-7.
+NeuronConductance of one unit of that ReLU's output, to 3.6e-7. On a model fed token ids
+(tests/oracles/make_captum_tokens.py), Captum's LayerIntegratedGradients at the embedding with baselines given as
+token ids: onnxattr's integrated_gradients explained at the embedding (the manifest's ``explain_at``) with
+``reference_data``.
 """
 
 import json
@@ -109,11 +112,12 @@ def our_params(entry, arrays=None):
     return params
 
 
-def run(model_path, method, mode, x, target, input_name, feeds=None, keep=None, **params):
+def run(model_path, method, mode, x, target, input_name, feeds=None, keep=None, at=None, **params):
     """The compiled map of x; ``feeds``: the model's other graph inputs (a padding mask); ``keep``: a tensor
-    whose relevance is returned instead (keep=)."""
-    compiled = onnxattr.compile(str(model_path), method, neuron=mode, input=input_name, keep=[keep] if keep else (),
-                                **params)
+    whose relevance is returned instead (keep=); ``at``: an intermediate tensor explained (--input), x then being
+    the data of the graph input ``input_name`` it is computed from (token ids)."""
+    compiled = onnxattr.compile(str(model_path), method, neuron=mode, input=at or input_name,
+                                keep=[keep] if keep else (), **params)
     sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = {input_name: x, **(feeds or {})}
     if mode == "index":
@@ -193,7 +197,8 @@ def test_matches_reference(name, key, model_file, tmp_path):
         to_own = np.mean([rms(runs[i] - runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))])
         assert to_ref <= 1.5 * to_own, (to_ref, to_own)
         return
-    got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, feeds, entry.get("keep"), **params)
+    got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, feeds, entry.get("keep"),
+              info.get("explain_at"), **params)
     scale = float(np.abs(want).max())
     err = float(np.abs(got - want).max())
     assert err <= tolerance(entry, key) * scale, f"max error {err:.3g} vs map max {scale:.3g}"
@@ -269,6 +274,9 @@ def test_new_oracles_are_compared():
                                                                                      "kernel_shap|max|coalitions",
                                                                                      "lime|max|coalitions",
                                                                                      "lime|max|linear"}
+    compared = {p.values[1] for p in entries() if p.values[0] == "torch_tokens"}  # at the embedding of token ids
+    assert compared == {f"integrated_gradients|{mode}|{rule}" for mode in MODES
+                        for rule in ("gausslegendre", "riemann_left")}
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
     assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
                                                         "smoothgrad") for mode in MODES}
