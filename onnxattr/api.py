@@ -234,7 +234,8 @@ class Analyzer:
                     "or choose a layer [N, ...] (neuron_conductance)")
         if what == "neuron_index":
             return (f"neuron_index {self.params.get('neuron_index')} lies outside layer '{self.params.get('layer')}' "
-                    "on this data: give an index inside the layer's shape (`onnxattr inspect` lists the tensors)")
+                    "on this data, or has not one entry per axis after its batch axis: give an index inside the "
+                    "layer's shape")
         grouped = "group the features with a feature_mask"
         passes, fix = {  # what the check counts, and what makes it fewer
             "ablations": ("feature ablations (every feature alone)", grouped),

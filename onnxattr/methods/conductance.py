@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 
+import numpy as np
 from onnx import TensorProto
 
 from onnxattr.compiler import path_nodes, reverse_pass
@@ -136,12 +137,27 @@ def parse_index(s: str) -> tuple:
     return tuple(int(v) for v in s.strip("()[] ").split(",") if v.strip())
 
 
-def _index_check(v) -> str | None:
-    v = (v,) if isinstance(v, int) else v
-    if v is None or (isinstance(v, (tuple, list)) and v and all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)):
+INDEX_LIMIT = 2 ** 62  # an int64 constant holds it
+
+
+def as_index(v) -> tuple | None:
+    """neuron_index as a tuple of Python ints (an int, or a sequence or 1-D array of them, numpy's included; () for a
+    layer [N]), or None when it is not one."""
+    is_int = lambda i: isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))  # noqa: E731
+    if is_int(v):
+        v = (v,)
+    if isinstance(v, np.ndarray):
+        v = tuple(v.tolist()) if v.ndim == 1 else None
+    if not isinstance(v, (tuple, list)) or not all(is_int(i) for i in v):
         return None
-    return "must be non-negative integers, one per axis of the layer after the batch axis (e.g. 3,0,1)"
+    return tuple(int(i) for i in v)
+
+
+def _index_check(v) -> str | None:
+    index = as_index(v)
+    if v is None or (index is not None and all(0 <= i < INDEX_LIMIT for i in index)):
+        return None
+    return "must be non-negative integers, one per axis of the layer after the batch axis (e.g. 3,0,1; () for [N])"
 
 
 def _tensor_name(v) -> str | None:
@@ -150,16 +166,22 @@ def _tensor_name(v) -> str | None:
 
 def neuron_mask(b, layer: str, index: tuple) -> str:
     """1 at unit ``index`` of one sample of ``layer``, 0 elsewhere: [1, ...], from layer's shape at run time (a
-    product of one-hot rows, one per axis); where an axis's size is unknown at compile time the run fails unless
-    the unit lies inside the layer."""
+    product of one-hot rows, one per axis). Where the layer's rank is unknown at compile time the run fails unless it
+    has one axis per entry of ``index`` after the batch axis; where an axis's size is, unless the unit lies inside."""
     shape, rank, mask = b.op("Shape", [layer]), len(index) + 1, None
+    known = b.shape(layer)
+    if known is None:  # its rank: checked before any axis is read
+        ok = b.op("Equal", [b.op("Size", [shape]), b.const(rank, "int64")])
+        shape = checked_tensor(b, shape, ok, "neuron_index")
     for axis, i in enumerate(index, start=1):
         size = b.op("Reshape", [b.op("Slice", [shape, b.ints([axis]), b.ints([axis + 1])]), b.ints([])])
         units = b.op("Range", [b.const(0, "int64"), size, b.const(1, "int64")])
         hot = b.op("Cast", [b.op("Equal", [units, b.const(i, "int64")])], to=b.float_type(layer))
         hot = b.op("Reshape", [hot, b.ints([1] * axis + [-1] + [1] * (rank - 1 - axis))])
         mask = hot if mask is None else b.op("Mul", [mask, hot])
-    if not all(isinstance(d, int) for d in (b.shape(layer) or [None])[1:]):
+    if mask is None:  # a layer [N]: its one value per sample is the neuron
+        return b.const(np.ones(1, b.float_dtype(layer)), b.float_dtype(layer), "neuron_mask")
+    if known is None or not all(isinstance(d, int) for d in known[1:]):
         inside = b.op("Cast", [b.reduce("ReduceMax", mask, list(range(rank)), keepdims=0)], to=TensorProto.BOOL)
         mask = checked_tensor(b, mask, inside, "neuron_index")
     return mask
@@ -168,9 +190,10 @@ def neuron_mask(b, layer: str, index: tuple) -> str:
 def build_neuron_conductance(t: Target, p: dict) -> str:
     b, x, y, layer, index = t.b, t.x, t.y, p["layer"], p["neuron_index"]
     if layer is None or index is None:
-        raise UsageError("neuron_conductance needs layer=TENSOR (the tensor holding the neuron; `onnxattr inspect` "
-                         "lists them) and neuron_index=I,J,... (its index in one sample of that tensor)")
-    index = (index,) if isinstance(index, int) else tuple(index)
+        raise UsageError("neuron_conductance needs layer=TENSOR (the tensor holding the neuron; `onnxattr inspect "
+                         "MODEL --method gradient` lists them) and neuron_index=I,J,... (its index in one sample of "
+                         "that tensor)")
+    index = as_index(index)
     on_path = path_nodes(t.nodes, x, y, b)[1]
     if layer not in on_path:
         close = difflib.get_close_matches(layer, sorted(on_path), n=3)

@@ -282,3 +282,41 @@ def test_neuron_conductance_needs_a_layer_with_the_batch_axis_first():
     analyzer = onnxattr.create_analyzer("neuron_conductance", model, layer="t", neuron_index=[0, 1], steps=3)
     with pytest.raises(DataError, match="choose a layer"):
         analyzer.analyze(RNG.standard_normal((2, 3, 4)).astype(np.float32), inputs={"shp": np.array([3, -1, 4])})
+
+
+def test_neuron_index_forms_and_a_layer_of_one_value_per_sample():
+    """numpy's integers and arrays are indices; a layer [N] takes () (its value is the neuron); indices too large
+    for an int64 are refused by name."""
+    x = RNG.standard_normal((2, 5)).astype(np.float32)
+    maps = [run(tanh_mlp(), x, "neuron_conductance", keep=(), layer="h", neuron_index=i, steps=4)["x"]
+            for i in (4, [4], (np.int64(4),), np.array([4]))]
+    assert all(np.array_equal(maps[0], m) for m in maps[1:]) and np.abs(maps[0]).max() > 0
+    with pytest.raises(UsageError, match="non-negative integers"):
+        onnxattr.compile(tanh_mlp(), "neuron_conductance", layer="h", neuron_index=[2 ** 63])
+    nodes = [helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("ReduceSum", ["t", "axes"], ["h"], keepdims=0),
+             helper.make_node("Unsqueeze", ["h", "axes"], ["y"])]
+    model = single_io_model(nodes, {"axes": np.array([1], np.int64)}, ["N", 5], ["N", 1])
+    compiled = onnxattr.compile(model, "neuron_conductance", neuron="all", layer="h", neuron_index=(), steps=8,
+                                integration="riemann_trapezoid")
+    got = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["relevance"], {"x": x})[0]
+    want = run(model, x, "integrated_gradients", neuron="all", keep=(), steps=8, integration="riemann_trapezoid")["x"]
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()  # y is h: through h is every path
+
+
+def test_a_layer_of_unknown_rank_is_checked_at_run_time():
+    """h = Reshape(t, shp) with shp a graph input: neither its rank nor its sizes are known when compiling. An
+    index of the wrong length, or outside, fails the run by name instead of broadcasting over several units."""
+    nodes = [helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("Reshape", ["t", "shp"], ["h"]),
+             helper.make_node("ReduceSum", ["h", "axes"], ["y"], keepdims=0)]
+    model = single_io_model(nodes, {"axes": np.array([1, 2], np.int64)}, ["N", 16], ["N"])
+    model.graph.input.append(helper.make_tensor_value_info("shp", 7, ["R"]))  # its length unknown too
+    x = RNG.standard_normal((2, 16)).astype(np.float32)
+    feeds = {"shp": np.array([-1, 4, 4], np.int64)}
+    for index in ([2], [0, 9], [1, 2, 0]):
+        analyzer = onnxattr.create_analyzer("neuron_conductance", model, layer="h", neuron_index=index, steps=2)
+        with pytest.raises(DataError, match="lies outside layer 'h' on this data, or has not one entry per axis"):
+            analyzer.analyze(x, inputs=feeds)
+    inside = onnxattr.create_analyzer("neuron_conductance", model, layer="h", neuron_index=[2, 1], steps=2)
+    got = inside.analyze(x, inputs=feeds)
+    assert np.count_nonzero(got) == 2 and np.all(got[:, 9] != 0)  # unit (2, 1) of [4, 4] is feature 9
