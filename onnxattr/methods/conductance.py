@@ -38,7 +38,7 @@ from onnxattr.methods.base import (
 from onnxattr.methods.gradient import (
     CHUNK, GAUSS_LEGENDRE_MAX, INTEGRATION, build_integrated_gradients, ig_quadrature, path_points,
 )
-from onnxattr.methods.reference import REFERENCE_DATA, path_reference
+from onnxattr.methods.reference import REFERENCE_DATA, REFERENCE_INPUTS, path_reference
 from onnxattr.sampling import Trip, batch_names, checked_tensor, sample_loop
 
 
@@ -235,9 +235,7 @@ register_method(Method(
      Param("neuron_index", None, "the neuron's index in one sample of layer, one entry per axis after the batch axis "
            "(e.g. 5 for [N, F], 3,0,1 for [N, C, H, W])", parse_index, _index_check, optional=True),
      Param("steps", 50, "number of points on the path (Captum's n_steps)", parse_int, positive_int),
-     Param("reference_inputs", 0.0, "baseline (a number, or via the Python API an array that broadcasts to x: "
-           "one row, or one per sample)", per_sample=True),
-     REFERENCE_DATA,
+     REFERENCE_INPUTS, REFERENCE_DATA,
      Param("integration", "riemann_trapezoid", "points and weights on the path (Captum's method and its "
            "default for NeuronConductance)", str, one_of(*INTEGRATION)),
      CHUNK),
@@ -250,9 +248,7 @@ register_method(Method(
     "times the change of a tensor to the next point, summed; at the input the map, at keep= tensors theirs.",
     build_conductance,
     (Param("steps", 50, "intervals on the path (steps + 1 points; Captum's n_steps)", parse_int, positive_int),
-     Param("reference_inputs", 0.0, "baseline (a number, or via the Python API an array that broadcasts to x: "
-           "one row, or one per sample)", per_sample=True),
-     REFERENCE_DATA,
+     REFERENCE_INPUTS, REFERENCE_DATA,
      Param("integration", "gausslegendre", "the points on the path: those of this (steps+1)-point rule "
            "(Captum's method; riemann_trapezoid: k / steps, whose differences add up to h(x) - h(ref))",
            str, one_of(*INTEGRATION)),

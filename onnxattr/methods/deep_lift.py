@@ -20,7 +20,7 @@ from onnxattr.methods.base import (
     Method, Param, Target, chunk_size, parse_int, positive_int, register_method,
 )
 from onnxattr.methods.gradient_shap import BASELINE_SET, baseline_set
-from onnxattr.methods.reference import REFERENCE_DATA, path_reference
+from onnxattr.methods.reference import REFERENCE_DATA, REFERENCE_INPUTS, path_reference
 from onnxattr.sampling import repeat_rows, sample_loop
 from onnxattr.select import build_seed
 
@@ -119,6 +119,5 @@ register_method(Method(
 register_method(Method(
     "deep_lift", "DeepLIFT (rescale rule) against a reference input; sums to y(x) - y(reference).",
     build_deep_lift,
-    (Param("reference_inputs", 0.0, "reference input (a number, or via the Python API an array that broadcasts to "
-           "x: one row, or one per sample)", per_sample=True), REFERENCE_DATA),
+    (REFERENCE_INPUTS, REFERENCE_DATA),
 ))

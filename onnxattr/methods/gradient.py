@@ -27,7 +27,7 @@ from onnxattr.methods.base import (
     positive, positive_int, register_method, times_tensor,
 )
 from onnxattr.methods.draws import SEED, gaussian
-from onnxattr.methods.reference import REFERENCE_DATA, path_reference
+from onnxattr.methods.reference import REFERENCE_DATA, REFERENCE_INPUTS, path_reference
 from onnxattr.sampling import repeat_rows, sample_loop
 from onnxattr.select import build_seed
 
@@ -300,9 +300,7 @@ for _m in (
            "integration says otherwise).",
            build_integrated_gradients,
            (Param("steps", 64, "number of points on the path", parse_int, positive_int),
-            Param("reference_inputs", 0.0, "baseline (a number, or via the Python API an array that broadcasts to x: "
-                  "one row, or one per sample)", per_sample=True),
-            REFERENCE_DATA,
+            REFERENCE_INPUTS, REFERENCE_DATA,
             Param("integration", "riemann_left", "points and weights on the path (Captum's names; its "
                   "default is gausslegendre)", str, one_of(*INTEGRATION)),
             CHUNK)),

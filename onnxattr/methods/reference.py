@@ -21,6 +21,8 @@ def _array_error(arr: np.ndarray) -> str | None:
     return None if arr.ndim >= 1 and arr.size and arr.dtype.kind in "biuf" else "must be a non-empty numeric array"
 
 
+REFERENCE_INPUTS = Param("reference_inputs", 0.0, "the reference (baseline): a number, or via the Python API an array "
+                         "that broadcasts to x: one row, or one per sample", per_sample=True)
 REFERENCE_DATA = Param(
     "reference_data", None, "the reference as data (in the space of the graph input that takes the data), when "
     "--input names an intermediate tensor: that tensor's value on it is the reference (Captum's layer methods' "

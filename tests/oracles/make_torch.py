@@ -63,6 +63,7 @@ riemann_left: Captum's riemann_trapezoid weights sum to (n-1)/n, see IG_QUADRATU
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -515,16 +516,8 @@ def run_zennit_layers(variants, x, argmax, target):
                       else getattr(zennit.torchvision, n)() for n in names]
         return getattr(zennit.composites, cls_name)(canonizers=canonizers, **kwargs)
 
-    calls = []  # which nn.ReLU modules the forward calls, under the canonizers (ResNet's calls one twice)
-    with zennit.attribution.Gradient(model, composite()):
-        handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append(n))
-                   for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
-        with torch.no_grad():
-            model(x)
-        for h in handles:
-            h.remove()
-    once = [n for n in dict.fromkeys(calls) if calls.count(n) == 1]
-    chosen = once[len(once) // 2]
+    # the nn.ReLU modules the forward calls under the canonizers (ResNet's calls one twice)
+    chosen, _ = middle_relu(model, x, zennit.attribution.Gradient(model, composite()))
     out = {}
     for mode in MODES:
         kept = {}
@@ -988,15 +981,17 @@ class InputLayer(nn.Module):
         return self.model(self.inp(x))
 
 
-def middle_relu(model, x):
-    """(name, module) of the middle nn.ReLU module among those the forward calls once."""
+def middle_relu(model, x, context=None):
+    """(name, module) of the middle nn.ReLU module among those the forward calls once (within ``context``, a Zennit
+    attributor whose canonizers change the calls)."""
     calls = []
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append(n))
-               for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
+    with context or contextlib.nullcontext():
+        handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append(n))
+                   for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+        with torch.no_grad():
+            model(x)
+        for h in handles:
+            h.remove()
     once = [n for n in dict.fromkeys(calls) if calls.count(n) == 1]
     name = once[len(once) // 2]
     return name, model.get_submodule(name)
