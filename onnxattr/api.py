@@ -160,10 +160,17 @@ class Analyzer:
 
     def _reference_rows(self, r: Runner) -> dict:
         """The per-sample parameters (references, baselines) given as arrays of the explained tensor's rank (an
-        embedding's when the data are token ids), by name: how many rows each holds."""
-        x_rank = len(explained_shape(r))
-        return {p.name: np.shape(self.params.get(p.name))[0] for p in self.method.params
-                if p.per_sample and np.ndim(self.params.get(p.name)) == x_rank}
+        embedding's when the data are token ids), or, for reference_data, of the data's (a .npy path read for its
+        shape), by name: how many rows each holds."""
+        ranks = {"reference_data": len(data_input(r).shape or [])}
+        out = {}
+        for p in self.method.params:
+            value = self.params.get(p.name)
+            if isinstance(value, (str, os.PathLike)) and os.fspath(value).endswith(".npy") and os.path.exists(value):
+                value = np.load(value, mmap_mode="r", allow_pickle=False)
+            if p.per_sample and np.ndim(value) == ranks.get(p.name, len(explained_shape(r))):
+                out[p.name] = np.shape(value)[0]
+        return out
 
     def _analyze_in_batches(self, X, neuron_selection, inputs, batch_size, progress) -> np.ndarray:
         """analyze() on slices of ``batch_size`` samples, the maps and outputs concatenated. Inputs and outputs
@@ -227,6 +234,9 @@ class Analyzer:
                     "kernel_width), or a nearly singular design (about as many coalitions as feature groups); check "
                     "the data and parameters, evaluate more coalitions than groups, or group the features with a "
                     "feature_mask")
+        if what == "reference_data":
+            return (f"reference_data does not fit the data of shape {list(X.shape)}: one row, or one per sample, of "
+                    "the data's other sizes (token ids of the same length)")
         if what == "kept_rows":
             return (f"{self.method.name} runs a chunk of points as one batch along the data's first axis, and a "
                     "tensor it reads at each point (a kept tensor, neuron_conductance's layer) did not hold them in its "

@@ -9,12 +9,12 @@ value there is the reference. In the graph: a copy of those nodes reading the co
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import Param, Target, reference_constant
 from onnxattr.methods.feature_groups import array_or_npy_check, loaded, parse_array_or_npy
-from onnxattr.sampling import copy_nodes, forward_subgraph
+from onnxattr.sampling import checked_tensor, copy_nodes, forward_subgraph
 
 
 def _array_error(arr: np.ndarray) -> str | None:
@@ -54,13 +54,34 @@ def path_reference(t: Target, p: dict) -> str:
         shown = [d if isinstance(d, int) else "?" for d in shape]
         raise UsageError(f"reference_data of shape {list(arr.shape)} does not fit the data input '{data}' {shown}: "
                          "one row, or one per sample, of the data's shape")
-    if np.dtype(dtype).kind in "iu" and not np.array_equal(arr, np.round(arr)):
-        raise UsageError(f"reference_data: the data input '{data}' takes integers (token ids?), and the array "
-                         "holds fractions")
+    if np.dtype(dtype).kind in "iu":
+        if not np.array_equal(arr, np.round(arr)):
+            raise UsageError(f"reference_data: the data input '{data}' takes integers (token ids?), and the array "
+                             "holds fractions")
+        limits = np.iinfo(dtype)
+        if arr.min() < limits.min or arr.max() > limits.max:
+            raise UsageError(f"reference_data: values from {arr.min()} to {arr.max()} do not fit the data input "
+                             f"'{data}' ({np.dtype(dtype).name})")
+    if shape is not None and isinstance(shape[0], int) and len(arr) == 1:  # a model of static batch: its rows
+        arr = np.repeat(arr, shape[0], axis=0)
     rename = {data: b.const(arr.astype(dtype), dtype, "reference_data")}
     copies = copy_nodes(b, forward_subgraph(t.nodes, data, x), rename)
     b.nodes.extend(copies)
     for node in copies:  # a row of reference data gives one row where the model's shapes say N
         for o in node.output:
             b.shapes.pop(o, None)
-    return rename[x]
+    return fitting(b, rename[x], x)
+
+
+def fitting(b, ref: str, x: str) -> str:
+    """The reference at x, checked at run time to broadcast to x as a reference should: one row or one per sample,
+    and x's other sizes (token ids of another length than the data's would give a map of the reference's shape)."""
+    ref_shape, x_shape = b.op("Shape", [ref]), b.op("Shape", [x])
+    first = lambda s: b.op("Slice", [s, b.ints([0]), b.ints([1])])  # noqa: E731
+    rows = b.op("Or", [b.op("Equal", [first(ref_shape), b.ints([1])]),
+                       b.op("Equal", [first(ref_shape), first(x_shape)])])
+    rest = lambda s: b.op("Slice", [s, b.ints([1]), b.ints([2 ** 62])])  # noqa: E731
+    same = b.op("Equal", [b.op("ReduceSum", [b.op("Cast", [b.op("Not", [b.op("Equal", [rest(ref_shape), rest(x_shape)])])],
+                                                  to=TensorProto.INT64)], keepdims=1), b.ints([0])])
+    ok = b.op("Reshape", [b.op("And", [rows, same]), b.ints([])])
+    return checked_tensor(b, ref, ok, "reference_data")

@@ -71,3 +71,40 @@ def test_reference_data_refusals_name_the_problem():
         relevance("integrated_gradients", None, reference_data=np.zeros((1, 4), np.int64))
     with pytest.raises(UsageError, match="holds fractions"):
         relevance("integrated_gradients", None, reference_data=np.full((1, 5), 0.5))
+
+
+def test_reference_data_rows_and_lengths_are_checked_against_the_data():
+    """The API counts its rows as reference_inputs'; ids of another length than the data's fail the run by name
+    (DeepLIFT would otherwise return a map of the reference's shape)."""
+    ids = RNG.integers(1, 10, (2, 5))
+    with pytest.raises(onnxattr.errors.DataError, match="reference_data holds 3 references and the data 2 samples"):
+        onnxattr.create_analyzer("deep_lift", token_model(), input="emb",
+                                 reference_data=np.zeros((3, 5), np.int64)).analyze(ids)
+    with pytest.raises(UsageError, match="reference_data holds one row per sample"):
+        onnxattr.create_analyzer("integrated_gradients", token_model(), input="emb", steps=2,
+                                 reference_data=np.zeros((2, 5), np.int64)).analyze(ids, batch_size=1)
+    dynamic = token_model()
+    dynamic.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "S"
+    dynamic.graph.initializer[1].CopyFrom(numpy_helper.from_array(POS[0], "pos"))  # one bias for any length
+    for method in ("deep_lift", "integrated_gradients"):
+        analyzer = onnxattr.create_analyzer(method, dynamic, input="emb", reference_data=np.zeros((1, 5), np.int64))
+        with pytest.raises(onnxattr.errors.DataError, match=r"reference_data does not fit the data of shape \[2, 3\]"):
+            analyzer.analyze(ids[:, :3])
+        assert analyzer.analyze(ids).shape == (2, 5, 4)
+
+
+def test_reference_data_on_a_static_batch_and_integer_range():
+    """A model of static batch gets a one-row reference repeated to its rows; ids beyond the input's integer type are
+    refused, not wrapped."""
+    model = token_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    ids = RNG.integers(1, 10, (2, 5))
+    got = onnxattr.create_analyzer("integrated_gradients", model, input="emb", steps=4,
+                                   reference_data=np.zeros((1, 5), np.int64)).analyze(ids)
+    want = onnxattr.create_analyzer("integrated_gradients", model, input="emb", steps=4,
+                                    reference_inputs=TABLE[np.zeros((1, 5), int)] + POS).analyze(ids)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    narrow = token_model()
+    narrow.graph.input[0].type.tensor_type.elem_type = TensorProto.INT32
+    with pytest.raises(UsageError, match="do not fit the data input 'ids' \\(int32\\)"):
+        onnxattr.compile(narrow, "integrated_gradients", input="emb", reference_data=np.full((1, 5), 2 ** 32 + 3))
