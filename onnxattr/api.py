@@ -162,13 +162,13 @@ class Analyzer:
         """The per-sample parameters (references, baselines) given as arrays of the explained tensor's rank (an
         embedding's when the data are token ids), or, for reference_data, of the data's (a .npy path read for its
         shape), by name: how many rows each holds."""
-        ranks = {"reference_data": len(data_input(r).shape or [])}
+        x_rank, data_rank = len(explained_shape(r)), len(data_input(r).shape or [])
         out = {}
-        for p in self.method.params:
+        for p in (p for p in self.method.params if p.per_sample):
             value = self.params.get(p.name)
             if isinstance(value, (str, os.PathLike)) and os.fspath(value).endswith(".npy") and os.path.exists(value):
                 value = np.load(value, mmap_mode="r", allow_pickle=False)
-            if p.per_sample and np.ndim(value) == ranks.get(p.name, len(explained_shape(r))):
+            if np.ndim(value) == (data_rank if p.name == "reference_data" else x_rank):
                 out[p.name] = np.shape(value)[0]
         return out
 

@@ -221,6 +221,11 @@ def checked_tensor(b: GraphBuilder, x: str, ok: str, what: str) -> str:
     return _fails_unless(b, ok, x, f"{RUN_TIME_CHECK}-{what}", b.op("Shape", [x]))
 
 
+def first_size(b: GraphBuilder, name: str) -> str:
+    """int64 [1]: the size of ``name``'s first axis at run time (its rows)."""
+    return b.op("Slice", [b.op("Shape", [name]), b.ints([0]), b.ints([1])])
+
+
 def _one_row_per_point(cb: GraphBuilder, y_copy: str, y: str, count: str) -> str | None:
     """A bool the Loop's condition takes, true, that onnxruntime can only compute when the copy of y has
     count times y's rows. A model that mixes the points of its batch (its batch axis is not x's first, a
@@ -229,8 +234,8 @@ def _one_row_per_point(cb: GraphBuilder, y_copy: str, y: str, count: str) -> str
     one point per sample at a time there)."""
     if cb.rank(y) in (0, None):
         return None
-    first = lambda t: cb.op("Slice", [cb.op("Shape", [t]), cb.ints([0]), cb.ints([1])])  # noqa: E731
-    ok = cb.op("Reshape", [cb.op("Equal", [first(y_copy), cb.op("Mul", [count, first(y)])]), cb.ints([])])
+    ok = cb.op("Reshape", [cb.op("Equal", [first_size(cb, y_copy), cb.op("Mul", [count, first_size(cb, y)])]),
+                           cb.ints([])])
     rows_checked = _fails_unless(cb, ok, cb.ints([0]), ROWS_CHECK)
     return cb.op("Equal", [cb.op("ReduceSum", [rows_checked], keepdims=0), cb.const(0, "int64")])
 

@@ -39,7 +39,7 @@ from onnxattr.methods.gradient import (
     CHUNK, GAUSS_LEGENDRE_MAX, INTEGRATION, build_integrated_gradients, ig_quadrature, path_points,
 )
 from onnxattr.methods.reference import REFERENCE_DATA, REFERENCE_INPUTS, path_reference
-from onnxattr.sampling import Trip, batch_names, checked_tensor, sample_loop
+from onnxattr.sampling import Trip, batch_names, checked_tensor, first_size, sample_loop
 
 
 def first_axes(t: Target, tensors) -> dict:
@@ -60,10 +60,6 @@ def first_axes(t: Target, tensors) -> dict:
         else:
             out[h] = "other" if isinstance(d, int) or d in declared else "unknown"
     return out
-
-
-def first_size(cb, name: str) -> str:
-    return cb.op("Slice", [cb.op("Shape", [name]), cb.ints([0]), cb.ints([1])])
 
 
 def rows_checked(cb, value: str, rows: str) -> str:
@@ -100,12 +96,12 @@ def conductance_trip(cb, tensors: list[str], grad: str, trip: Trip, unsure=froze
 
 def build_conductance(t: Target, p: dict) -> str:
     b, x, steps = t.b, t.x, p["steps"]
-    ref = path_reference(t, p)
-    diff = b.op("Sub", [x, ref])
     if p["integration"] == "gausslegendre" and steps + 1 > GAUSS_LEGENDRE_MAX:
         raise UsageError(f"conductance: integration gausslegendre takes at most {GAUSS_LEGENDRE_MAX - 1} steps "
                          f"({GAUSS_LEGENDRE_MAX} points), got {steps}: use fewer steps or a riemann_* rule")
     alphas_k, _ = ig_quadrature(p["integration"], steps + 1)
+    ref = path_reference(t, p)
+    diff = b.op("Sub", [x, ref])
     dtype = b.float_dtype(x)
     on_path = path_nodes(t.nodes, x, t.y, b)[1]  # a kept name off it is refused by name after the build
     tensors = [x] + sorted(h for h in b.keep if h != x and h in on_path)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from onnxattr.errors import UsageError
 from onnxattr.methods.base import Param, Target, reference_constant
 from onnxattr.methods.feature_groups import array_or_npy_check, loaded, parse_array_or_npy
-from onnxattr.sampling import checked_tensor, copy_nodes, forward_subgraph
+from onnxattr.sampling import checked_tensor, copy_nodes, first_size, forward_subgraph
 
 
 def _array_error(arr: np.ndarray) -> str | None:
@@ -76,12 +76,10 @@ def path_reference(t: Target, p: dict) -> str:
 def fitting(b, ref: str, x: str) -> str:
     """The reference at x, checked at run time to broadcast to x as a reference should: one row or one per sample,
     and x's other sizes (token ids of another length than the data's would give a map of the reference's shape)."""
-    ref_shape, x_shape = b.op("Shape", [ref]), b.op("Shape", [x])
-    first = lambda s: b.op("Slice", [s, b.ints([0]), b.ints([1])])  # noqa: E731
-    rows = b.op("Or", [b.op("Equal", [first(ref_shape), b.ints([1])]),
-                       b.op("Equal", [first(ref_shape), first(x_shape)])])
-    rest = lambda s: b.op("Slice", [s, b.ints([1]), b.ints([2 ** 62])])  # noqa: E731
-    same = b.op("Equal", [b.op("ReduceSum", [b.op("Cast", [b.op("Not", [b.op("Equal", [rest(ref_shape), rest(x_shape)])])],
-                                                  to=TensorProto.INT64)], keepdims=1), b.ints([0])])
+    ref_rows = first_size(b, ref)
+    rows = b.op("Or", [b.op("Equal", [ref_rows, b.ints([1])]), b.op("Equal", [ref_rows, first_size(b, x)])])
+    rest = lambda t: b.op("Slice", [b.op("Shape", [t]), b.ints([1]), b.ints([2 ** 62])])  # noqa: E731
+    differing = b.op("Cast", [b.op("Not", [b.op("Equal", [rest(ref), rest(x)])])], to=TensorProto.INT64)
+    same = b.op("Equal", [b.op("ReduceSum", [differing], keepdims=1), b.ints([0])])  # x of rank 1: nothing differs
     ok = b.op("Reshape", [b.op("And", [rows, same]), b.ints([])])
     return checked_tensor(b, ref, ok, "reference_data")
