@@ -32,7 +32,8 @@ of 4 blocks, Shapley value sampling over 16 blocks (2 orders) and DeepLIFT SHAP 
 `kernel-shap` = KernelSHAP over 16 blocks (32 coalitions) against Captum's KernelShap; `lime` = LIME (the same
 coalition count, Captum's defaults otherwise: cosine similarity, Lasso) against Captum's Lime; `conductance` =
 conductance over 33 points (32 steps, Gauss-Legendre), at the input and kept at a ResNet50 block's output in one
-run, against Captum's LayerConductance at that block (`--models resnet50`).
+run, against Captum's LayerConductance at that block (`--models resnet50`); `metrics` = sensitivity_max, infidelity and
+one region-perturbation curve of the gradient map against Captum's metrics (benchmarks/metrics_bench.py).
 The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 
@@ -61,6 +62,7 @@ from configs import (  # noqa: E402  (benchmarks/ is on the path)
     PAUSE, PERMUTATIONS_PER_EVAL, STEPS, SV_ORDERS, blocks, dls_baselines,
 )
 from report import write_report  # noqa: E402
+import metrics_bench  # noqa: E402
 
 
 # ---- models -----------------------------------------------------------------------------------------
@@ -121,6 +123,8 @@ def _stub_torchvision():
 def make_runner(config: str, model: str, x, threads: int):
     """A zero-argument function running ``config`` once on input x (numpy); setup is done here."""
     lib, _, name = config.partition(".")
+    if lib == "onnxattr" and name in metrics_bench.CONFIGS:
+        return metrics_bench.ours(name, str(onnx_path(model)), x, threads)
     if lib in ("ort", "onnxattr"):
         from onnxattr.runtime import Runner
         import onnx
@@ -144,6 +148,8 @@ def make_runner(config: str, model: str, x, threads: int):
             with torch.no_grad():
                 return net(xt)
         return run
+    if lib == "captum" and name in metrics_bench.CONFIGS:
+        return metrics_bench.captum(name, net, xt, target)
     if lib == "captum":
         from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
@@ -354,7 +360,7 @@ def main(argv=None):
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
     ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more, "
-                    "noise-tunnel, shapley, permutation, kernel-shap, lime) or "
+                    "noise-tunnel, shapley, permutation, kernel-shap, lime, conductance, metrics) or "
                     "comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -381,7 +387,7 @@ def main(argv=None):
         compile_s = {}
         for c in configs:
             lib, _, name = c.partition(".")
-            if lib == "onnxattr":
+            if lib == "onnxattr" and name not in metrics_bench.CONFIGS:  # the metrics compile in their setup
                 compile_s[name] = compile_method(model, name)
                 print(f"{model}: compiled {name} in {compile_s[name]:.2f} s", flush=True)
         for batch in (int(b) for b in a.batch.split(",")):

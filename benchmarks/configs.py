@@ -59,6 +59,10 @@ OURS = {
              "ref": ["captum.lime"]},
     "conductance": {"method": "conductance", "params": {"steps": CONDUCTANCE_STEPS}, "keep": [CONDUCTANCE_TENSOR],
                     "ref": ["captum.layer_conductance"]},
+    # evaluation metrics of the gradient map (benchmarks/metrics_bench.py), not compiled methods
+    "sensitivity_max": {"method": None, "ref": ["captum.sensitivity_max"]},
+    "infidelity": {"method": None, "ref": ["captum.infidelity"]},
+    "region_perturbation": {"method": None, "ref": []},
     "feature_permutation": {"method": "feature_permutation", "params": {
         "feature_mask": lambda: blocks(4), "chunk_size": PERMUTATIONS_PER_EVAL}, "ref": ["captum.feature_permutation"]},
 }
@@ -100,4 +104,7 @@ GROUPS = {
     # conductance over 33 points of the path, at the input and at a ResNet50 block's output in one run, against
     # Captum's LayerConductance at that block (ResNet50 only)
     "conductance": ["ort.forward", "onnxattr.conductance", "captum.layer_conductance"],
+    # Captum's metrics of the gradient map (10 draws each) and one 16-step region-perturbation curve
+    "metrics": ["ort.forward", "onnxattr.sensitivity_max", "captum.sensitivity_max", "onnxattr.infidelity",
+                "captum.infidelity", "onnxattr.region_perturbation"],
 }

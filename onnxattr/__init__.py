@@ -4,13 +4,15 @@
     explained = onnxattr.compile("model.onnx", "lrp.epsilon")        # an onnx.ModelProto
     analyzer = onnxattr.create_analyzer("gradient", "model.onnx")
     relevance = analyzer.analyze(x, neuron_selection=3)
+    scores = onnxattr.evaluate("model.onnx", ["lrp.epsilon", "random"], x)  # region perturbation, AOPC
 """
 
 from onnxattr.api import Analyzer, compile, create_analyzer
 from onnxattr.compare import compare
 from onnxattr.errors import OnnxAttrError, OnnxAttrWarning
+from onnxattr.evaluate import evaluate, perturbation_curve
 from onnxattr.methods import REGISTRY as METHODS
 
 __version__ = "0.1.0"
-__all__ = ["Analyzer", "compile", "compare", "create_analyzer", "OnnxAttrError", "OnnxAttrWarning", "METHODS",
-           "__version__"]
+__all__ = ["Analyzer", "compile", "compare", "create_analyzer", "evaluate", "perturbation_curve", "OnnxAttrError",
+           "OnnxAttrWarning", "METHODS", "__version__"]

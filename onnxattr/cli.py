@@ -1,4 +1,4 @@
-"""Command line: ``onnxattr compile | explain | inspect | fit | compare | methods``. Errors print one line
+"""Command line: ``onnxattr compile | explain | inspect | fit | compare | evaluate | methods``. Errors print one line
 and exit non-zero (codes in onnxattr/errors.py); no traceback reaches the user for a problem with their
 input."""
 
@@ -14,7 +14,10 @@ import numpy as np
 
 from onnxattr import viz
 from onnxattr.api import Analyzer, compile as compile_model, explained_shape, inspect as inspect_model
-from onnxattr.cli_data import data_files, feed_paths, load_data, load_feeds, load_samples, parse_target
+from onnxattr import cli_evaluate
+from onnxattr.cli_data import (
+    analyzer_input_shape, data_files, feed_paths, load_data, load_feeds, load_samples, parse_sets, parse_target,
+)
 from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
@@ -22,16 +25,6 @@ from onnxattr.methods import REGISTRY
 from onnxattr.output import (
     check_destination, refuse_overwriting_input, save_array, save_arrays, save_image, save_model, save_text,
 )
-
-
-def _params(pairs) -> dict:
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UsageError(f"--set expects KEY=VALUE, got '{pair}'")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
 
 
 def _method(a) -> str:
@@ -131,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a graph input of the second model only, in place of a --feed of that name (an attention "
                         "mask in the second export's layout; repeatable)")
     d.add_argument("--json", metavar="FILE.json", help="also write the per-sample numbers as JSON")
+    cli_evaluate.add_parser(sub)
     sub.add_parser("methods", help="list methods, their parameters and defaults")
     parser.commands = dict(sub.choices)
     return parser
@@ -138,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _all_params(a) -> dict:
     """--set pairs, plus --patterns FILE as the ``patterns`` parameter."""
-    out = _params(a.set)
+    out = parse_sets(a.set)
     if getattr(a, "patterns", None):
         out["patterns"] = a.patterns
     return out
@@ -147,7 +141,7 @@ def _all_params(a) -> dict:
 def _input_files(a) -> list:
     """Every file the command reads besides the model: --data, --rules, --patterns (or --set patterns=),
     --feed."""
-    sets = _params(getattr(a, "set", None))
+    sets = parse_sets(getattr(a, "set", None))
     return [*data_files(getattr(a, "data", None)), a.rules, a.patterns,
             sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *feed_paths(a).values(),
             *feed_paths(a, "feed_b").values()]
@@ -190,7 +184,7 @@ def cmd_explain(a) -> int:
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=a.neuron, input=a.input, output=a.output,
                         device=a.device, keep=a.keep or (), **_all_params(a))
     mode = "index" if a.target is not None else analyzer.mode
-    x = load_samples(a.data, analyzer, mode)
+    x = load_samples(a.data, analyzer_input_shape(analyzer, mode))
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
         explained = explained_shape(analyzer.runner(mode))
         if len(explained) != x.ndim or any(isinstance(d, int) and d != n for d, n in zip(explained[1:], x.shape[1:])):
@@ -279,7 +273,7 @@ def cmd_compare(a) -> int:
                               **_all_params(a))
                      for model, i, o in ((a.model, a.input, a.output), (a.other, a.input_b or a.input,
                                                                          a.output_b or a.output)))
-    x = load_data(a.data, first, "index" if a.target is not None else first.mode)
+    x = load_data(a.data, analyzer_input_shape(first, "index" if a.target is not None else first.mode))
     feeds = load_feeds(a)
     # a feed goes to each model that has such an input (to both when neither has: the error names it)
     names = [{i.name for i in an.model.graph.input} for an in (first, second)]
@@ -325,7 +319,8 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         commands = {"compile": cmd_compile, "explain": cmd_explain, "inspect": cmd_inspect,
-                    "fit": cmd_fit, "compare": cmd_compare, "methods": cmd_methods}
+                    "fit": cmd_fit, "compare": cmd_compare, "evaluate": cli_evaluate.cmd_evaluate,
+                    "methods": cmd_methods}
         with warnings.catch_warnings():
             show = warnings.showwarning
 

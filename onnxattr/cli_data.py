@@ -12,6 +12,17 @@ from onnxattr.api import data_input
 from onnxattr.errors import DataError, UsageError
 
 
+def parse_sets(pairs) -> dict:
+    """--set KEY=VALUE pairs as a dict (values as strings; each method parses its own)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UsageError(f"--set expects KEY=VALUE, got '{pair}'")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
 def feed_paths(a, option: str = "feed") -> dict:
     """--feed (or --feed-b) NAME=FILE.npy pairs: name -> path."""
     out = {}
@@ -60,11 +71,18 @@ def data_files(paths) -> list:
     return [f for p in paths for f in (folder_images(p) if p and os.path.isdir(p) else [p])]
 
 
-def load_samples(paths: list, analyzer, mode: str) -> np.ndarray:
+def analyzer_input_shape(analyzer, mode: str):
+    """A zero-argument function giving the declared shape of the data input of ``analyzer``'s model for neuron
+    ``mode`` (compiled only when called: when the data are images to be resized to it)."""
+    return lambda: data_input(analyzer.runner(mode)).shape  # the model the run uses: warnings shown once
+
+
+def load_samples(paths: list, input_shape) -> np.ndarray:
     """explain's --data: one .npy batch, or image files and folders of them (their images by name), one
-    sample each, stacked in the order given."""
+    sample each, stacked in the order given; ``input_shape()``: the model's declared input shape, which images
+    are resized to where it is fixed."""
     if len(paths) == 1 and not os.path.isdir(paths[0]):
-        return load_data(paths[0], analyzer, mode)
+        return load_data(paths[0], input_shape)
     files = []
     for path in paths:
         if os.path.isdir(path):
@@ -76,7 +94,7 @@ def load_samples(paths: list, analyzer, mode: str) -> np.ndarray:
             raise DataError(f"{path}: a .npy batch is the whole --data (give it alone), not one of several files")
         else:
             files.append(path)
-    samples = [load_data(f, analyzer, mode) for f in files]
+    samples = [load_data(f, input_shape) for f in files]
     sizes = {s.shape for s in samples}
     if len(sizes) > 1:
         first = samples[0].shape
@@ -87,7 +105,8 @@ def load_samples(paths: list, analyzer, mode: str) -> np.ndarray:
     return np.concatenate(samples)
 
 
-def load_data(path, analyzer, mode: str) -> np.ndarray:
+def load_data(path, input_shape) -> np.ndarray:
+    """One .npy batch, or one image (a batch of one, resized to ``input_shape()`` where it is fixed)."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     if path.lower().endswith(".npy"):
@@ -96,9 +115,7 @@ def load_data(path, analyzer, mode: str) -> np.ndarray:
         except (ValueError, OSError, EOFError) as e:
             raise DataError(f"{path}: not a readable .npy array ({e or 'empty file'})") from None
     try:
-        runner = analyzer.runner(mode)  # the model the run uses: compiled once, warnings shown once
-        shape = data_input(runner).shape
-        return viz.load_image(path, shape)
+        return viz.load_image(path, input_shape())
     except OSError as e:
         raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None
 

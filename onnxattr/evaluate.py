@@ -1,0 +1,287 @@
+"""How faithful is a relevance map? Region perturbation (pixel flipping; Samek et al. 2017, "Evaluating the
+visualization of what a deep neural network has learned"; iNNvestigate's tools.PerturbationAnalysis): replace the
+input's regions in the order the map ranks them and follow the explained output. With s_k the selected neuron's
+score after k steps (k = 0: the data as given) over L steps,
+
+    AOPC = 1/(L+1) · Σ_{k=0..L} (s_0 − s_k)
+
+per sample. Most relevant first (MoRF), a faithful map makes the score fall fast (AOPC large); least relevant
+first (LeRF) it should hold (AOPC small); ABPC = AOPC(MoRF) − AOPC(LeRF) is the area between the two curves.
+The model runs on onnxruntime, one forward pass per step over the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxattr.api import Analyzer
+from onnxattr.errors import DataError, UsageError
+from onnxattr.methods import get_method
+from onnxattr.metrics import InfidelitySettings, SensitivitySettings, infidelity_of, sensitivity_of
+from onnxattr.regions import (
+    Layout, RegionPerturber, check_pad_mode, check_perturbation, layout, region_ranks, region_scores,
+)
+from onnxattr.scoring import Scorer, choose_targets
+
+ORDERS = ("morf", "lerf")
+METRICS = ("aopc", "infidelity", "sensitivity")
+ROWS_PER_RUN = 32  # perturbed samples per forward pass, several steps together
+
+
+@dataclass
+class PerturbationCurve:
+    """One order's curve: ``scores[k, n]`` is sample n's selected output after ``regions[k]`` of its
+    ``total_regions`` regions (of ``region_shape`` each) were replaced (``regions[0]`` = 0: the data as given)."""
+
+    order: str
+    regions: np.ndarray
+    scores: np.ndarray
+    total_regions: int
+    region_shape: tuple = ()
+
+    @property
+    def aopc(self) -> np.ndarray:
+        """[N]: the mean drop of the score over the curve's points, the first (no drop) included."""
+        return (self.scores[0] - self.scores).mean(axis=0)
+
+
+@dataclass
+class CurveSettings:
+    """How regions are formed, ranked and replaced, and how many steps the curve takes (see
+    perturbation_curve)."""
+
+    steps: int = 100
+    regions_per_step: int = 1
+    region: object = None
+    channel_axis: object = "auto"
+    perturbation: object = "mean"
+    reduce: str = "mean"
+    aggregate: str = "mean"
+    pad_mode: str = "reflect"
+    value_range: object = None
+    seed: int | None = 0
+
+    def check(self) -> None:
+        for name in ("steps", "regions_per_step"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise UsageError(f"{name} must be a positive integer, got {v!r}")
+        check_perturbation(self.perturbation)
+        check_pad_mode(self.pad_mode)
+        if self.value_range is not None:
+            try:
+                lo, hi = (float(v) for v in self.value_range)
+            except (TypeError, ValueError):
+                raise UsageError(f"value_range must be two numbers (lo, hi), got {self.value_range!r}") from None
+            if not lo <= hi:
+                raise UsageError(f"value_range must have lo <= hi, got {self.value_range!r}")
+
+
+def curve(scorer: Scorer, x: np.ndarray, relevance, targets, order: str, settings: CurveSettings,
+          inputs: dict | None = None, first: np.ndarray | None = None) -> PerturbationCurve:
+    """The curve of one map and one order (x already cast; ``first``: the scores of x, when known)."""
+    relevance = np.asarray(relevance)
+    if relevance.shape != x.shape:
+        raise DataError(f"the relevance has shape {list(relevance.shape)} and the data {list(x.shape)}: region "
+                        "perturbation replaces the regions the map ranks, so the map must have the data's shape "
+                        "(a map of an embedding computed from token ids does not)")
+    lay: Layout = layout(x.shape[1:], settings.channel_axis, settings.region)
+    scores = region_scores(relevance, lay, settings.reduce, settings.aggregate, settings.pad_mode)
+    ranks = region_ranks(scores, order)
+    total = int(np.prod(scores.shape[1:]))
+    counts = [0] + [min(k * settings.regions_per_step, total) for k in range(1, settings.steps + 1)]
+    counts = sorted(set(counts))  # the curve stops once every region is replaced
+    perturber = RegionPerturber(x, ranks, lay, settings.perturbation, settings.pad_mode, settings.value_range,
+                                settings.seed)
+    n = len(x)
+    # steps stacked into one run (a larger batch runs faster per row) where nothing else has one row per sample
+    per_run = 1 if inputs or scorer.fixed_batch else max(1, ROWS_PER_RUN // n)
+    tiled = None if targets is None else np.tile(targets, per_run)
+    out = []
+    todo = counts if first is None else counts[1:]
+    if first is not None:
+        out.append(first)
+    for start in range(0, len(todo), per_run):
+        part = todo[start:start + per_run]
+        batch = np.concatenate([perturber.upto(c) for c in part])
+        scores = scorer.scores(batch, None if tiled is None else tiled[:len(batch)], inputs)
+        out.extend(scores.reshape(len(part), n))
+    return PerturbationCurve(order, np.asarray(counts, np.int64), np.stack(out), total, lay.region)
+
+
+def perturbation_curve(model, x, relevance, neuron: str = "max", target=None, order: str = "morf",
+                       input: str | None = None, output: str | None = None, inputs: dict | None = None,
+                       device: str | None = None, providers=None, **settings) -> PerturbationCurve:
+    """Replace x's regions in the order ``relevance`` (x's shape) ranks them and score the model after each
+    step. Settings: ``steps`` (100) of ``regions_per_step`` (1) regions each, stopping once all are replaced;
+    ``region``: its size per spatial axis (9 on an image's two, else 1); ``channel_axis`` of one sample ("auto":
+    CHW or HWC images; None: every axis spatial); ``perturbation``: "mean" (each region's channel mean), "zeros",
+    "invert", "gaussian" (N(0, 0.3²)) or a number; ``reduce`` over channels and ``aggregate`` over a region:
+    "mean" (iNNvestigate's defaults), "sum" or "max"; ``pad_mode`` (numpy.pad's, "reflect") fills regions past
+    the border; ``value_range`` (lo, hi) clips what is put in; ``seed`` for "gaussian". ``neuron``/``target``
+    choose the scored neuron as analyze does; ``order``: "morf" or "lerf"."""
+    s = CurveSettings(**settings)
+    s.check()
+    scorer = Scorer(model, input, output, device, providers)
+    x = scorer.cast(x)
+    first_outputs = scorer.outputs(x, inputs)
+    targets = choose_targets(first_outputs, neuron, target)
+    return curve(scorer, x, relevance, targets, order, s, inputs)
+
+
+@dataclass
+class Evaluation:
+    """Per map, for one batch and one neuron per sample (``targets``; None: neuron 'all'): perturbation curves
+    per order, and the infidelity and sensitivity_max per sample where they ran."""
+
+    targets: np.ndarray | None
+    curves: dict = field(default_factory=dict)  # map name -> order -> PerturbationCurve
+    infidelity: dict = field(default_factory=dict)  # map name -> [N]
+    sensitivity: dict = field(default_factory=dict)  # method name -> [N] (a given map has none)
+    names: list = field(default_factory=list)
+
+    def aopc(self, name: str, order: str) -> np.ndarray:
+        return self.curves[name][order].aopc
+
+    def abpc(self, name: str) -> np.ndarray | None:
+        """[N]: AOPC(MoRF) − AOPC(LeRF), when both orders ran."""
+        c = self.curves.get(name, {})
+        return c["morf"].aopc - c["lerf"].aopc if "morf" in c and "lerf" in c else None
+
+    def columns(self) -> list[tuple[str, callable]]:
+        """(heading, name -> [N] or None) for every metric that ran."""
+        cols = []
+        orders = [o for o in ORDERS if any(o in c for c in self.curves.values())]
+        for o in orders:
+            cols.append((f"AOPC {o.upper()}", lambda n, o=o: self.curves[n][o].aopc if o in self.curves.get(n, {})
+                         else None))
+        if len(orders) == 2:
+            cols.append(("ABPC", self.abpc))
+        if self.infidelity:
+            cols.append(("infidelity", self.infidelity.get))
+        if self.sensitivity:
+            cols.append(("sensitivity max", self.sensitivity.get))
+        return cols
+
+    def table(self) -> str:
+        """One line per map: the mean over samples of each metric, ± its standard error."""
+        cols = self.columns()
+        width = max([len(n) for n in self.names] + [6])
+        lines = [f"{'method':{width}}  " + "  ".join(f"{h:>17}" for h, _ in cols)]
+        for name in self.names:
+            lines.append(f"{name:{width}}  " + "  ".join(f"{_mean_se(get(name)):>17}" for _, get in cols))
+        return "\n".join(lines)
+
+    def per_sample(self) -> dict:
+        """name -> {metric: [N] as a list}: aopc_morf, aopc_lerf, abpc, infidelity, sensitivity_max."""
+        out = {}
+        for name in self.names:
+            row = {f"aopc_{o}": c.aopc.tolist() for o, c in self.curves.get(name, {}).items()}
+            for key, value in (("abpc", self.abpc(name)), ("infidelity", self.infidelity.get(name)),
+                               ("sensitivity_max", self.sensitivity.get(name))):
+                if value is not None:
+                    row[key] = np.asarray(value).tolist()
+            out[name] = row
+        return out
+
+    def arrays(self) -> dict:
+        """name|order -> scores [steps+1, N], name|order|regions -> regions replaced, name|infidelity and
+        name|sensitivity_max -> [N], and the targets."""
+        out = {}
+        for name, by_order in self.curves.items():
+            for order, c in by_order.items():
+                out[f"{name}|{order}"] = c.scores
+                out[f"{name}|{order}|regions"] = c.regions
+        for name, v in self.infidelity.items():
+            out[f"{name}|infidelity"] = v
+        for name, v in self.sensitivity.items():
+            out[f"{name}|sensitivity_max"] = v
+        if self.targets is not None:
+            out["targets"] = self.targets
+        return out
+
+
+def _mean_se(v) -> str:
+    if v is None:
+        return "-"
+    v = np.asarray(v, np.float64)
+    if len(v) < 2:
+        return f"{v.mean():.4g}"
+    return f"{v.mean():.4g} ± {v.std(ddof=1) / np.sqrt(len(v)):.2g}"
+
+
+def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: str = "max", target=None,
+             metrics=("aopc",), orders=ORDERS, input: str | None = None, output: str | None = None,
+             inputs: dict | None = None, params: dict | None = None, batch_size: int | None = None,
+             device: str | None = None, providers=None, progress=None, infidelity: dict | None = None,
+             sensitivity: dict | None = None, **settings) -> Evaluation:
+    """Score each method's map of x (and each given map, ``relevance``: name -> array of x's shape, e.g. from
+    another library), all at the same neuron per sample (chosen on the data as given), by each of ``metrics``:
+    "aopc" (perturbation curves in each of ``orders``; ``settings`` as perturbation_curve's), "infidelity"
+    (``infidelity``: metrics.infidelity's settings) and "sensitivity" (sensitivity_max; methods only;
+    ``sensitivity``: its settings). ``params``: method parameters, each given to the methods that have it (a name
+    no method has is an error); ``batch_size`` as analyze's; ``progress``: a callable(str) told of each map."""
+    if x is None:
+        raise UsageError("evaluate needs the data x")
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    relevance = dict(relevance or {})
+    if not methods and not relevance:
+        raise UsageError("nothing to evaluate: give methods or relevance maps")
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not metrics or any(m not in METRICS for m in metrics) or len(set(metrics)) < len(metrics):
+        raise UsageError(f"metrics must be some of {', '.join(METRICS)}, got {metrics!r}")
+    orders = [orders] if isinstance(orders, str) else list(orders)
+    if not orders or any(o not in ORDERS for o in orders) or len(set(orders)) < len(orders):
+        raise UsageError(f"orders must be one or both of {', '.join(ORDERS)}, got {orders!r}")
+    names = methods + list(relevance)
+    if len(set(names)) < len(names):
+        raise UsageError(f"a map name is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    s = CurveSettings(**settings)
+    s.check()
+    inf = InfidelitySettings(**(infidelity or {}))
+    inf.check()
+    sens = SensitivitySettings(**(sensitivity or {}))
+    sens.check()
+    per_method = _split_params(methods, params or {})
+    scorer = Scorer(model, input, output, device, providers)
+    x = scorer.cast(x)
+    first_outputs = scorer.outputs(x, inputs)
+    targets = choose_targets(first_outputs, neuron, target)
+    first = first_outputs.astype(np.float64).sum(1) if targets is None else \
+        first_outputs.astype(np.float64)[np.arange(len(x)), targets]
+    result = Evaluation(targets, names=names)
+    slices = scorer.slices(len(x), batch_size)  # a model of fixed batch size explains the data in such slices
+    for name in names:
+        if progress:
+            progress(name)
+        analyzer = None
+        if name in relevance:
+            r = relevance[name]
+        else:
+            analyzer = Analyzer(name, model, neuron_selection_mode="all" if targets is None else "index",
+                                input=scorer.x, output=output, device=device, providers=providers,
+                                **per_method[name])
+            r = analyzer.analyze(x, neuron_selection=targets, inputs=inputs, batch_size=slices)
+        if "aopc" in metrics:
+            result.curves[name] = {o: curve(scorer, x, r, targets, o, s, inputs, first) for o in orders}
+        if "infidelity" in metrics:
+            result.infidelity[name] = infidelity_of(scorer, x, r, targets, first, inf, inputs)
+        if "sensitivity" in metrics and analyzer is not None:
+            result.sensitivity[name] = sensitivity_of(analyzer, x, targets, sens, inputs, slices, base=r)
+    return result
+
+
+def _split_params(methods: list, params: dict) -> dict:
+    """method -> the ``params`` it has; a parameter no method has is a UsageError."""
+    out = {}
+    used = set()
+    for name in methods:
+        known = {p.name for p in get_method(name).params}
+        out[name] = {k: v for k, v in params.items() if k in known}
+        used |= set(out[name])
+    unused = sorted(set(params) - used)
+    if unused:
+        raise UsageError(f"no method given has a parameter '{unused[0]}' (methods: {', '.join(methods) or 'none'})")
+    return out

@@ -1,0 +1,214 @@
+"""Captum's explanation metrics on onnxruntime: infidelity (Yeh et al. 2019, "On the (In)fidelity and Sensitivity
+of Explanations") and sensitivity_max, per sample.
+
+    infidelity   = 1/S Σ_j (Σ_i R_i I_ij − (f(x) − f(x − ξ_j)))²,   I_j = ξ_j / (x − b) or ξ_j
+    sensitivity  = max_j ‖Φ(x + δ_j) − Φ(x)‖ / ‖Φ(x)‖,               δ_j ~ U(−radius, radius)
+
+with f the selected neuron's score, R the map of x, Φ a method's map and S draws per sample. Lower is better for
+both. Draws come from numpy's seeded generator, or are given (``draws``), one row per sample and draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxattr.api import Analyzer
+from onnxattr.errors import DataError, UsageError
+from onnxattr.scoring import Scorer, choose_targets
+
+INFIDELITY_PERTURBATIONS = ("noise", "subset")
+ROWS_PER_RUN = 64  # perturbed samples per forward pass
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _finite(name: str, value, low: float = 0.0, strict: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) \
+            or value < low or (strict and value == low):
+        raise UsageError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+    return float(value)
+
+
+def _draw_count(n_perturb_samples, draws) -> int:
+    """The draws per sample: ``n_perturb_samples`` (10 when None), or as many as ``draws`` holds."""
+    if n_perturb_samples is not None:
+        _positive_int("n_perturb_samples", n_perturb_samples)
+    if draws is None:
+        return 10 if n_perturb_samples is None else int(n_perturb_samples)
+    count = np.shape(draws)[1] if np.ndim(draws) >= 2 else 0
+    if n_perturb_samples is not None and count != n_perturb_samples:
+        raise DataError(f"draws holds {count} draws per sample and n_perturb_samples is {n_perturb_samples}")
+    return count
+
+
+def _draws(draws, n: int, samples: int, shape: tuple, name: str) -> np.ndarray | None:
+    if draws is None:
+        return None
+    d = np.asarray(draws, np.float64)
+    if d.shape != (n, samples, *shape) or not samples:
+        raise DataError(f"{name} has shape {list(d.shape)}; expected one per sample and draw "
+                        f"[{n}, S, {', '.join(map(str, shape))}]")
+    if not np.isfinite(d).all():
+        raise DataError(f"{name} holds NaN or inf")
+    return d
+
+
+def _scores_of_rows(scorer: Scorer, rows: np.ndarray, targets, inputs) -> np.ndarray:
+    """Scores of [N, S, *sample] perturbed rows, sample n's draws scored at targets[n]."""
+    n, s = rows.shape[:2]
+    flat = rows.reshape(n * s, *rows.shape[2:]).astype(scorer.cast(rows[:1, 0]).dtype, copy=False)
+    tiled = None if targets is None else np.repeat(targets, s)
+    if inputs or scorer.fixed_batch:  # other inputs have one row per sample: score draw by draw
+        out = np.stack([scorer.scores(np.ascontiguousarray(rows[:, j]).astype(flat.dtype), targets, inputs)
+                        for j in range(s)], axis=1)
+        return out
+    parts = [scorer.scores(flat[i:i + ROWS_PER_RUN], None if tiled is None else tiled[i:i + ROWS_PER_RUN])
+             for i in range(0, len(flat), ROWS_PER_RUN)]
+    return np.concatenate(parts).reshape(n, s)
+
+
+@dataclass
+class InfidelitySettings:
+    """How infidelity perturbs x (see ``infidelity``)."""
+
+    n_perturb_samples: int | None = None
+    perturbation: str = "noise"
+    noise_scale: float = 0.1
+    fraction: float = 0.5
+    baselines: object = 0.0
+    multiply_by_inputs: bool = True
+    normalize: bool = False
+    draws: object = None
+    seed: int | None = 0
+
+    def check(self) -> None:
+        if self.perturbation not in INFIDELITY_PERTURBATIONS:
+            raise UsageError(f"perturbation must be one of {', '.join(INFIDELITY_PERTURBATIONS)}, got "
+                             f"{self.perturbation!r}")
+        _draw_count(self.n_perturb_samples, self.draws)
+        if self.perturbation == "noise":
+            _finite("noise_scale", self.noise_scale)
+        else:
+            _finite("fraction", self.fraction)
+            if self.fraction > 1:
+                raise UsageError(f"fraction must be at most 1, got {self.fraction!r}")
+        if not np.ndim(self.baselines):
+            _finite("baselines", self.baselines, low=-np.inf)
+
+
+def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndarray, st: InfidelitySettings,
+                  inputs: dict | None = None) -> np.ndarray:
+    """infidelity's value for x (cast), its selected neurons and their scores ``f0`` [N] (float64)."""
+    relevance = np.asarray(relevance, np.float64)
+    if relevance.shape != x.shape:
+        raise DataError(f"the relevance has shape {list(relevance.shape)} and the data {list(x.shape)}: infidelity "
+                        "reads the map against the input's perturbation, element by element")
+    s = _draw_count(st.n_perturb_samples, st.draws)
+    n, shape = len(x), x.shape[1:]
+    xd = x.astype(np.float64)[:, None]
+    try:
+        base = np.broadcast_to(np.asarray(st.baselines, np.float64), x.shape)[:, None]
+    except ValueError:
+        raise DataError(f"baselines of shape {list(np.shape(st.baselines))} do not broadcast to the data "
+                        f"{list(x.shape)}") from None
+    given = _draws(st.draws, n, s, shape, "draws")
+    rng = np.random.default_rng(st.seed)
+    if st.perturbation == "noise":
+        xi = given if given is not None else rng.normal(0.0, st.noise_scale, (n, s, *shape))
+    else:
+        mask = given if given is not None else (rng.random((n, s, *shape)) < st.fraction).astype(np.float64)
+        xi = mask * (xd - base)
+    perturbed = (xd - xi).astype(x.dtype)
+    moved = xd - perturbed.astype(np.float64)  # what the model really sees moved
+    if st.multiply_by_inputs:
+        denom = xd - base
+        moved = moved / np.where(denom == 0, 1.0, denom)  # Captum's safe_div: 0/0 read as 0/1
+    a = (moved * relevance[:, None]).reshape(n, s, -1).sum(-1)
+    d = f0[:, None] - _scores_of_rows(scorer, perturbed, targets, inputs)
+    if not st.normalize:
+        return ((a - d) ** 2).mean(1)
+    aa, ad, dd = (a * a).sum(1), (a * d).sum(1), (d * d).sum(1)
+    beta = ad / np.where(aa == 0, 1.0, aa)
+    return (beta * beta * aa - 2 * beta * ad + dd) / s
+
+
+def infidelity(model, x, relevance, neuron: str = "max", target=None, input: str | None = None,
+               output: str | None = None, inputs: dict | None = None, device: str | None = None, providers=None,
+               **settings) -> np.ndarray:
+    """[N]: Captum's infidelity of the map ``relevance`` (x's shape). Each of ``n_perturb_samples`` (10) draws moves
+    x to x − ξ: ``perturbation`` "noise" ξ ~ N(0, ``noise_scale``²) (0.1), or "subset" ξ = M ⊙ (x − ``baselines``)
+    with each element in M with probability ``fraction`` (½) (``draws``: the ξ, or the 0/1 masks M, [N, S,
+    *sample]; else from ``seed``). The map is read against I = ξ / (x − baselines) (0/0 read as ξ / 1, as Captum's
+    safe_div) with ``multiply_by_inputs`` (True: maps that include the input's factor, such as input_t_gradient,
+    integrated_gradients, LRP), else against I = ξ (gradient, saliency). ``normalize`` first scales the map by the
+    least-squares β = Σ a d / Σ a², as Captum's."""
+    st = InfidelitySettings(**settings)
+    st.check()
+    scorer = Scorer(model, input, output, device, providers)
+    x = scorer.cast(x)
+    first = scorer.outputs(x, inputs).astype(np.float64)
+    targets = choose_targets(first, neuron, target)
+    f0 = first.sum(1) if targets is None else first[np.arange(len(x)), targets]
+    return infidelity_of(scorer, x, relevance, targets, f0, st, inputs)
+
+
+@dataclass
+class SensitivitySettings:
+    """How sensitivity_max moves x (see ``sensitivity_max``)."""
+
+    n_perturb_samples: int | None = None
+    radius: float = 0.02
+    draws: object = None
+    seed: int | None = 0
+
+    def check(self) -> None:
+        _draw_count(self.n_perturb_samples, self.draws)
+        _finite("radius", self.radius)
+
+
+def sensitivity_of(analyzer: Analyzer, x: np.ndarray, targets, st: SensitivitySettings, inputs: dict | None = None,
+                   slices: int | None = None, base: np.ndarray | None = None) -> np.ndarray:
+    """sensitivity_max's value for x (cast) explained by ``analyzer`` at ``targets`` (``base``: the map of x,
+    when known)."""
+    s = _draw_count(st.n_perturb_samples, st.draws)
+    n, shape = len(x), x.shape[1:]
+    delta = _draws(st.draws, n, s, shape, "draws")
+    if delta is None:
+        delta = np.random.default_rng(st.seed).uniform(-st.radius, st.radius, (n, s, *shape))
+    if base is None:
+        base = analyzer.analyze(x, neuron_selection=targets, inputs=inputs, batch_size=slices)
+    base = np.asarray(base, np.float64)
+    if base.shape[0] != n:
+        raise DataError(f"{analyzer.method.name} returned {base.shape[0]} maps for {n} samples")
+    norm = np.sqrt((base.reshape(n, -1) ** 2).sum(1))
+    norm = np.where(norm == 0, 1.0, norm)
+    worst = np.zeros(n)
+    for j in range(s):  # one explained batch per draw: a sample's other inputs keep their rows
+        moved = (x.astype(np.float64) + delta[:, j]).astype(x.dtype)
+        r = analyzer.analyze(moved, neuron_selection=targets, inputs=inputs, batch_size=slices).astype(np.float64)
+        worst = np.maximum(worst, np.sqrt(((r - base).reshape(n, -1) ** 2).sum(1)) / norm)
+    return worst
+
+
+def sensitivity_max(model, method: str, x, neuron: str = "max", target=None, input: str | None = None,
+                    output: str | None = None, inputs: dict | None = None, batch_size: int | None = None,
+                    device: str | None = None, providers=None, n_perturb_samples: int | None = None,
+                    radius: float = 0.02, draws=None, seed: int | None = 0, **params) -> np.ndarray:
+    """[N]: Captum's sensitivity_max of ``method`` (with its ``params``): the largest change of the map, relative
+    to the map's Frobenius norm (1 where that is 0), over ``n_perturb_samples`` (10) copies of x moved by
+    U(−``radius``, ``radius``) noise (``draws``: that noise, [N, S, *sample]; else from ``seed``), each explained
+    at the neuron chosen on x."""
+    st = SensitivitySettings(n_perturb_samples, radius, draws, seed)
+    st.check()
+    scorer = Scorer(model, input, output, device, providers)
+    x = scorer.cast(x)
+    targets = choose_targets(scorer.outputs(x, inputs), neuron, target)
+    analyzer = Analyzer(method, model, neuron_selection_mode="all" if targets is None else "index", input=scorer.x,
+                        output=output, device=device, providers=providers, **params)
+    return sensitivity_of(analyzer, x, targets, st, inputs, scorer.slices(len(x), batch_size))

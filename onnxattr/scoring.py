@@ -1,0 +1,111 @@
+"""The explained output of a model, scored per sample for the evaluation metrics (evaluate.py, metrics.py): the
+tensor the compile explains (a graph output, or the logits before a trailing softmax), on onnxruntime, at one
+neuron per sample chosen as analyze chooses it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxattr.api import _as_input
+from onnxattr.errors import DataError, SelectionError, UsageError
+from onnxattr.graph import GraphBuilder
+from onnxattr.load import load_model, model_label
+from onnxattr.runtime import Runner
+from onnxattr.select import choose_input, choose_output
+
+
+class Scorer:
+    """The model's explained output for a batch: the tensor the compile explains (the graph output, or the
+    logits before a trailing softmax; ``output`` names another), on onnxruntime."""
+
+    def __init__(self, model, input: str | None = None, output: str | None = None, device: str | None = None,
+                 providers=None):
+        proto = load_model(model)
+        label = model_label(model)
+        x = choose_input(proto, input)
+        if x not in {i.name for i in proto.graph.input}:
+            raise SelectionError(f"{label}: '{x}' is computed inside the model; region perturbation replaces parts "
+                                 "of a graph input (explain and perturb the data the model takes)")
+        b = GraphBuilder(proto)
+        _, y = choose_output(proto, b, output)
+        scoring = onnx.ModelProto()
+        scoring.CopyFrom(proto)
+        known = {o.name: o for o in proto.graph.output}
+        del scoring.graph.output[:]
+        scoring.graph.output.append(known[y] if y in known else
+                                    onnx.helper.make_tensor_value_info(y, b.float_type(y), None))
+        self.x, self.y, self.label = x, y, label
+        self.runner = Runner(scoring, device, providers)
+        self.x_arg = next(a for a in self.runner.session.get_inputs() if a.name == x)
+        first = self.x_arg.shape[0] if self.x_arg.shape else None
+        self.fixed_batch = first if isinstance(first, int) else None
+
+    def slices(self, n: int, batch_size: int | None) -> int | None:
+        """analyze's batch_size for n samples: the one given, else the model's fixed batch size where n differs."""
+        if batch_size is None and self.fixed_batch and n != self.fixed_batch:
+            return self.fixed_batch
+        return batch_size
+
+    def cast(self, x) -> np.ndarray:
+        """The data as the input takes it (its element type; shape checked against the declared one, but for
+        the batch axis of a model of fixed batch size, which runs the data in slices of that size)."""
+        if self.fixed_batch and np.ndim(x) and len(x) != self.fixed_batch:
+            checked = _as_input(x[:self.fixed_batch], self.x_arg)
+            if len(x) % self.fixed_batch:
+                raise DataError(f"{self.label} takes batches of {self.fixed_batch}, and the data holds {len(x)} "
+                                "samples")
+            return np.asarray(x).astype(checked.dtype, copy=False)
+        return _as_input(x, self.x_arg)
+
+    def outputs(self, x: np.ndarray, inputs: dict | None = None) -> np.ndarray:
+        """The explained tensor for the batch x (run in slices of a fixed batch size the model declares)."""
+        n = len(x)
+        step = self.fixed_batch or n
+        if n % step:
+            raise DataError(f"{self.label} takes batches of {step}, and the data holds {n} samples")
+        parts = []
+        for start in range(0, n, step):
+            feeds = {self.x: x[start:start + step]}
+            for name, value in (inputs or {}).items():
+                value = np.asarray(value)
+                feeds[name] = value[start:start + step] if step != n and value.ndim and len(value) == n else value
+            parts.append(np.asarray(self.runner.run(feeds, [self.y])[0]))
+        y = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if y.ndim == 0 or len(y) != n:
+            raise UsageError(f"{self.label}: the explained output '{self.y}' has shape {list(y.shape)} for {n} "
+                             "samples, not one row per sample (a loss over the batch?); region perturbation "
+                             "follows each sample's own score: explain a per-sample output with --output")
+        return y.reshape(n, -1)
+
+    def scores(self, x: np.ndarray, targets: np.ndarray | None, inputs: dict | None = None) -> np.ndarray:
+        """[N] float64: each sample's neuron ``targets[n]`` (their sum when targets is None: neuron 'all')."""
+        y = self.outputs(x, inputs).astype(np.float64)
+        return y.sum(axis=1) if targets is None else y[np.arange(len(y)), targets]
+
+
+def choose_targets(first: np.ndarray, neuron: str, target) -> np.ndarray | None:
+    """One neuron per sample from the unperturbed outputs [N, K]: the largest ('max'), the given one
+    ('index'), or None for 'all' (their sum)."""
+    n, k = first.shape
+    if neuron == "max":
+        if target is not None:
+            raise UsageError("a target picks the neuron for neuron 'index' (and 'max' chooses its own)")
+        return first.argmax(axis=1)
+    if neuron == "all":
+        if target is not None:
+            raise UsageError("a target picks the neuron for neuron 'index', not 'all'")
+        return None
+    if neuron != "index":
+        raise UsageError(f"neuron must be max, index or all, not {neuron!r}")
+    if target is None:
+        raise UsageError("neuron 'index' needs a target (one index, or one per sample)")
+    t = np.asarray(target)
+    if t.dtype.kind not in "iu" or t.ndim > 1:
+        raise UsageError(f"target must be an integer or one integer per sample, got {target!r}")
+    t = np.broadcast_to(t.astype(np.int64), (n,)).copy() if t.ndim == 0 else t.astype(np.int64)
+    if t.shape != (n,):
+        raise DataError(f"target holds {len(t)} indices and the data {n} samples")
+    if t.min() < 0 or t.max() >= k:
+        raise DataError(f"target {t.tolist()} out of range: the explained output has {k} neurons")
+    return t

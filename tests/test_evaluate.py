@@ -1,0 +1,227 @@
+"""onnxattr/evaluate.py and `onnxattr evaluate`: perturbation curves equal iNNvestigate's PerturbationAnalysis
+(tests/oracles/make_innvestigate_perturbation.py), and a linear model's curve its closed form."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxattr
+from onnxattr.cli import main
+from onnxattr.errors import EXIT_CODES, DataError, SelectionError, UsageError
+from onnxattr.evaluate import evaluate, perturbation_curve
+from tests.models import mlp, mlp_logits
+
+DATA = Path(__file__).parent / "oracles" / "data"
+ORACLE = DATA / "keras_perturb.onnx"
+
+
+def linear(batch="N", features=6, classes=3, seed=0):
+    """y = x @ W, x [N, F] -> y [N, K]: each feature adds x_i·W[i, k] to logit k."""
+    w = np.random.default_rng(seed).standard_normal((features, classes)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "linear",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, classes])],
+                          [numpy_helper.from_array(w, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, w
+
+
+@pytest.mark.parametrize("config", ["r5_zeros", "r4_mean", "r3_invert", "r3_mean"])
+def test_curves_equal_innvestigates_perturbation_analysis(config):
+    """iNNvestigate scored each step with a Keras loss of -logit[target] averaged over the batch, so its
+    scores are minus the mean of ours; its most-relevant-first run on -R is our least-relevant-first on R. The
+    perturbed inputs agree to float32 rounding (test_regions), so the logits to 1e-6 (they are O(1))."""
+    d = np.load(DATA / "keras_perturb.npz")
+    c = json.loads(str(d["manifest"]))["configs"][config]
+    kw = dict(region=tuple(c["region_shape"]), perturbation=c["perturbation"], steps=c["steps"])
+    morf = perturbation_curve(ORACLE, d["x"], d["analysis"], order="morf", **kw)
+    lerf = perturbation_curve(ORACLE, d["x"], d["analysis"], order="lerf", **kw)
+    np.testing.assert_array_equal(morf.regions, np.arange(c["steps"] + 1))
+    np.testing.assert_allclose(morf.scores.mean(1), -d[f"{config}|scores"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(lerf.scores.mean(1), -d[f"{config}|negated|scores"], rtol=0, atol=1e-6)
+    assert np.ptp(morf.scores.mean(1)) > 1e-3  # the curve moves: the check compares something
+
+
+def test_a_linear_models_curve_is_its_closed_form():
+    """y_k = Σ_i x_i W[i, k]; replacing feature i by 0 removes x_i W[i, k]. With the map x ⊙ W[:, k] (what
+    input_t_gradient returns), most relevant first takes off the largest contributions one by one."""
+    m, w = linear()
+    x = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
+    y = x.astype(np.float64) @ w
+    t = y.argmax(1)
+    contrib = x * w[:, t].T
+    c = perturbation_curve(m, x, contrib, perturbation="zeros", steps=10)
+    assert c.total_regions == 6 and c.regions.tolist() == [0, 1, 2, 3, 4, 5, 6]  # stops when all are replaced
+    for n in range(4):
+        ordered = np.sort(contrib[n].astype(np.float64))[::-1]
+        expected = y[n, t[n]] - np.concatenate([[0.0], np.cumsum(ordered)])
+        np.testing.assert_allclose(c.scores[:, n], expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(c.aopc[n], np.mean(expected[0] - expected), rtol=1e-5, atol=1e-5)
+    ev = evaluate(m, ["input_t_gradient"], x, relevance={"given": contrib}, perturbation="zeros", steps=10)
+    np.testing.assert_allclose(ev.curves["input_t_gradient"]["morf"].scores, c.scores, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(ev.targets, t)
+    # a faithful map beats its negation: MoRF falls, LeRF rises, so ABPC > 0, and < 0 for the negation
+    ev = evaluate(m, [], x, relevance={"x*w": contrib, "-x*w": -contrib}, perturbation="zeros")
+    assert (ev.abpc("x*w") > 0).all() and (ev.abpc("-x*w") < 0).all()
+    np.testing.assert_allclose(ev.abpc("x*w"), -ev.abpc("-x*w"), rtol=1e-6)
+
+
+def test_regions_per_step_and_steps_set_the_counts():
+    m, _ = linear(features=10)
+    x = np.ones((2, 10), np.float32)
+    r = np.arange(20, dtype=np.float32).reshape(2, 10)
+    assert perturbation_curve(m, x, r, steps=3, regions_per_step=3).regions.tolist() == [0, 3, 6, 9]
+    assert perturbation_curve(m, x, r, steps=5, regions_per_step=3).regions.tolist() == [0, 3, 6, 9, 10]
+    assert perturbation_curve(m, x, r, steps=2, region=4).regions.tolist() == [0, 1, 2]
+    assert perturbation_curve(m, x, r, steps=9, region=4).total_regions == 3  # 10 padded to 12
+
+
+def test_neuron_index_all_and_the_logits_behind_a_softmax():
+    m, weights = mlp()  # ends in a Softmax: the logits z are scored, as they are explained
+    x = np.random.default_rng(2).standard_normal((3, 6)).astype(np.float32)
+    logits = mlp_logits(x, weights)
+    r = np.ones_like(x)
+    c = perturbation_curve(m, x, r, neuron="index", target=[2, 0, 1], steps=1, perturbation="zeros")
+    np.testing.assert_allclose(c.scores[0], logits[np.arange(3), [2, 0, 1]], rtol=1e-5)
+    c = perturbation_curve(m, x, r, neuron="all", steps=1)
+    np.testing.assert_allclose(c.scores[0], logits.sum(1), rtol=1e-5, atol=1e-5)
+    c = perturbation_curve(m, x, r, steps=1)
+    np.testing.assert_allclose(c.scores[0], logits.max(1), rtol=1e-5)
+    ev = evaluate(m, ["gradient"], x, neuron="index", target=1, steps=2)
+    assert ev.targets.tolist() == [1, 1, 1]
+
+
+def test_a_model_of_fixed_batch_runs_sample_by_sample():
+    m, w = linear(batch=1)
+    x = np.random.default_rng(3).standard_normal((3, 6)).astype(np.float32)
+    c = perturbation_curve(m, x, x, steps=2, perturbation="zeros")
+    np.testing.assert_allclose(c.scores[0], (x @ w).max(1), rtol=1e-5)
+    ev = evaluate(m, ["gradient"], x, steps=2)
+    assert ev.curves["gradient"]["morf"].scores.shape == (3, 3)
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda m, x: perturbation_curve(m, x, x[:, :3]), DataError, "the data's shape"),
+    (lambda m, x: perturbation_curve(m, x, x, steps=0), UsageError, "steps must be a positive integer"),
+    (lambda m, x: perturbation_curve(m, x, x, perturbation="blur"), UsageError, "perturbation must be one of"),
+    (lambda m, x: perturbation_curve(m, x, x, perturbation=float("nan")), UsageError, "finite number"),
+    (lambda m, x: perturbation_curve(m, x, x, pad_mode="mirror"), UsageError, "pad_mode must be one of"),
+    (lambda m, x: perturbation_curve(m, x, x, value_range=(1, 0)), UsageError, "lo <= hi"),
+    (lambda m, x: perturbation_curve(m, x, x, neuron="index"), UsageError, "needs a target"),
+    (lambda m, x: perturbation_curve(m, x, x, neuron="index", target=3), DataError, "out of range"),
+    (lambda m, x: perturbation_curve(m, x, x, target=1), UsageError, "neuron 'index'"),
+    (lambda m, x: evaluate(m, ["gradient"], x, params={"stepz": 3}), UsageError, "no method given has"),
+    (lambda m, x: evaluate(m, ["gradient"], x, relevance={"gradient": x}), UsageError, "given twice"),
+    (lambda m, x: evaluate(m, [], x), UsageError, "nothing to evaluate"),
+    (lambda m, x: evaluate(m, ["gradient"], x, orders=["morf", "best"]), UsageError, "orders must be"),
+])
+def test_bad_calls_name_the_problem(call, error, words):
+    m, _ = linear()
+    x = np.ones((2, 6), np.float32)
+    with pytest.raises(error, match=words):
+        call(m, x)
+
+
+def test_parameters_go_to_the_methods_that_have_them():
+    m, _ = linear()
+    x = np.random.default_rng(4).standard_normal((2, 6)).astype(np.float32)
+    ev = evaluate(m, ["integrated_gradients", "gradient"], x, params={"steps": 4}, steps=3)
+    assert set(ev.curves) == {"integrated_gradients", "gradient"}
+
+
+def test_an_intermediate_input_and_a_loss_are_refused():
+    m, _ = mlp()
+    m.graph.value_info.append(helper.make_tensor_value_info("h2", TensorProto.FLOAT, ["N", 8]))
+    x = np.ones((2, 6), np.float32)
+    with pytest.raises(SelectionError, match="computed inside the model"):
+        perturbation_curve(m, np.ones((2, 8), np.float32), np.ones((2, 8)), input="h2")
+    loss = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)], "loss",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    lm = helper.make_model(loss, opset_imports=[helper.make_opsetid("", 11)])
+    lm.ir_version = 8
+    with pytest.raises(UsageError, match="not one row per sample"):
+        perturbation_curve(lm, x, x)
+
+
+def test_evaluate_runs_captums_metrics_as_their_own_functions_do():
+    """evaluate's infidelity and sensitivity columns are metrics.infidelity / sensitivity_max of the same map at the
+    same neurons (the same seeds: the same draws)."""
+    from onnxattr.metrics import infidelity, sensitivity_max
+
+    m, _ = linear()
+    x = np.random.default_rng(6).uniform(0.5, 1.5, (3, 6)).astype(np.float32)
+    ev = evaluate(m, ["gradient", "input_t_gradient"], x, relevance={"ones": np.ones_like(x)},
+                  metrics=["infidelity", "sensitivity"], infidelity={"noise_scale": 0.2, "n_perturb_samples": 4},
+                  sensitivity={"radius": 0.1})
+    assert ev.curves == {} and set(ev.infidelity) == {"gradient", "input_t_gradient", "ones"}
+    assert set(ev.sensitivity) == {"gradient", "input_t_gradient"}  # a given map cannot be re-explained
+    for name, r in (("gradient", None), ("ones", np.ones_like(x))):
+        r = r if r is not None else onnxattr.create_analyzer("gradient", m, neuron_selection_mode="index").analyze(
+            x, neuron_selection=ev.targets)
+        np.testing.assert_allclose(ev.infidelity[name], infidelity(m, x, r, noise_scale=0.2, n_perturb_samples=4),
+                                   rtol=1e-12)
+    np.testing.assert_allclose(ev.sensitivity["input_t_gradient"],
+                               sensitivity_max(m, "input_t_gradient", x, radius=0.1), rtol=1e-12)
+    assert ev.infidelity["input_t_gradient"].max() < 1e-9  # exact for a linear model, read per unit of x
+    text = ev.table()
+    assert "infidelity" in text and "sensitivity max" in text and "AOPC" not in text
+    assert ev.per_sample()["ones"].keys() == {"infidelity"}
+    with pytest.raises(UsageError, match="metrics must be"):
+        evaluate(m, ["gradient"], x, metrics=["aopc", "fidelity"])
+
+
+def test_cli_evaluate_writes_curves_and_json(tmp_path, capsys):
+    m, w = linear()
+    mp, xp, rp = tmp_path / "lin.onnx", tmp_path / "x.npy", tmp_path / "r.npy"
+    onnx.save(m, mp)
+    x = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
+    np.save(xp, x)
+    np.save(rp, -x)
+    out, js = tmp_path / "curves.npz", tmp_path / "aopc.json"
+    assert main(["evaluate", str(mp), "-m", "input_t_gradient", "-m", "random", "--relevance", f"neg={rp}",
+                 "--data", str(xp), "--perturbation", "0", "--steps", "4", "-o", str(out), "--json", str(js)]) == 0
+    text = capsys.readouterr().out
+    assert "AOPC MORF" in text and "input_t_gradient" in text and "neg" in text
+    curves = np.load(out)
+    assert curves["input_t_gradient|morf"].shape == (5, 3) and curves["neg|lerf|regions"].tolist() == [0, 1, 2, 3, 4]
+    body = json.loads(js.read_text())
+    assert set(body) == {"input_t_gradient", "random", "neg"} and len(body["neg"]["abpc"]) == 3
+    assert body["input_t_gradient"]["abpc"][0] > 0
+    out2, js2 = tmp_path / "all.npz", tmp_path / "all.json"
+    assert main(["evaluate", str(mp), "-m", "gradient", "--relevance", f"neg={rp}", "--data", str(xp),
+                 "--metric", "aopc", "--metric", "infidelity", "--metric", "sensitivity", "--by-inputs", "no",
+                 "--draws", "3", "--steps", "2", "-o", str(out2), "--json", str(js2)]) == 0
+    text = capsys.readouterr().out
+    assert "Infidelity: 3 draws" in text and "Sensitivity max" in text
+    body = json.loads(js2.read_text())
+    assert set(body["gradient"]) == {"aopc_morf", "aopc_lerf", "abpc", "infidelity", "sensitivity_max"}
+    assert set(body["neg"]) == {"aopc_morf", "aopc_lerf", "abpc", "infidelity"}
+    assert max(body["gradient"]["infidelity"]) < 1e-9  # the gradient of a linear model, read per unit of change
+    assert np.load(out2)["gradient|sensitivity_max"].shape == (3,)
+
+
+@pytest.mark.parametrize("extra, code, words", [
+    (["--perturbation", "blur"], 2, "--perturbation must be one of"),
+    (["--region", "2,x"], 2, "--region must be integers"),
+    (["--order", "best"], 2, "--order must be"),
+    (["--value-range", "0"], 2, "--value-range must be two numbers"),
+    (["--relevance", "r=missing.npy"], EXIT_CODES["DataError"], "no such file"),
+    (["--target", "1"], 2, "--target goes with --neuron index"),
+    (["-o", "X"], EXIT_CODES["OutputFileError"], "would overwrite"),
+])
+def test_cli_evaluate_errors(tmp_path, capsys, extra, code, words):
+    m, _ = linear()
+    mp, xp = tmp_path / "lin.onnx", tmp_path / "x.npy"
+    onnx.save(m, mp)
+    np.save(xp, np.ones((2, 6), np.float32))
+    extra = [str(xp) if e == "X" else e for e in extra]
+    before = xp.read_bytes()
+    assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), *extra]) == code
+    assert words in capsys.readouterr().err
+    assert xp.read_bytes() == before
