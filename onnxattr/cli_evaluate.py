@@ -48,9 +48,9 @@ def add_parser(sub) -> None:
                    "image's two spatial axes, else 1)")
     v.add_argument("--channel-axis", default="auto", help="one sample's channel axis, which a region spans "
                    "whole: auto (CHW or HWC images), none, or an axis number (-1: the last)")
-    v.add_argument("--perturbation", default="mean", help=f"what a region becomes: {', '.join(PERTURBATIONS)} "
-                   "(N(0, 0.3^2) noise, iNNvestigate's) or a number (default mean: each channel's mean over the "
-                   "region)")
+    v.add_argument("--perturbation", help=f"what a region becomes: {', '.join(PERTURBATIONS)} "
+                   "(N(0, 0.3^2) noise, iNNvestigate's) or a number (default: mean, each channel's mean over the "
+                   "region, for regions of several elements; zeros for single elements)")
     v.add_argument("--reduce", default="mean", choices=list(REDUCTIONS),
                    help="how the map is reduced over channels (default mean, as iNNvestigate)")
     v.add_argument("--aggregate", default="mean", choices=list(REDUCTIONS),
@@ -58,14 +58,16 @@ def add_parser(sub) -> None:
     v.add_argument("--pad-mode", default="reflect", help="numpy.pad mode that fills regions past the border "
                    "(default reflect, as iNNvestigate)")
     v.add_argument("--value-range", metavar="LO,HI", help="clip the values put into the input to this range")
-    v.add_argument("--seed", type=int, default=0, help="seed of the gaussian perturbation")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random draws: the gaussian perturbation, "
+                   "infidelity's and sensitivity's perturbations (default 0)")
     v.add_argument("--draws", type=int, help="infidelity's and sensitivity's perturbations per sample (default 10)")
     v.add_argument("--infidelity-perturbation", default="noise", choices=["noise", "subset"],
                    help="infidelity moves x to x - noise (N(0, noise-scale^2)), or takes a random subset of the "
                         "elements (each with probability --subset-fraction) to --baseline")
     v.add_argument("--noise-scale", type=float, default=0.1, help="infidelity's noise (default 0.1)")
     v.add_argument("--subset-fraction", type=float, default=0.5, help="infidelity's subset share (default 0.5)")
-    v.add_argument("--baseline", type=float, default=0.0, help="infidelity's subset value (default 0)")
+    v.add_argument("--baseline", type=float, default=0.0, help="infidelity's reference: the value a subset takes, "
+                   "and what --by-inputs divides by (x - baseline); default 0")
     v.add_argument("--by-inputs", default="yes", choices=["yes", "no"],
                    help="infidelity reads the maps against the perturbation divided by x - baseline (yes: maps "
                         "that include the input's factor: input_t_gradient, integrated_gradients, LRP), or against "
@@ -74,7 +76,7 @@ def add_parser(sub) -> None:
                    "least-squares factor (Captum's normalize)")
     v.add_argument("--radius", type=float, default=0.02, help="sensitivity's noise: U(-radius, radius) "
                    "(default 0.02)")
-    v.add_argument("--batch-size", type=int, help="explain the data in slices of this many samples")
+    v.add_argument("--batch-size", type=int, help="explain and score the data in slices of this many samples")
     v.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     v.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, passed as given (an attention mask; repeatable)")
@@ -108,7 +110,7 @@ def _ints(text: str | None, flag: str):
 
 def _settings(a) -> dict:
     perturbation = a.perturbation
-    if perturbation not in PERTURBATIONS:
+    if perturbation is not None and perturbation not in PERTURBATIONS:
         try:
             perturbation = float(perturbation)
         except ValueError:
@@ -142,7 +144,7 @@ def _explain_metrics(a, result, metrics) -> list[str]:
         size = "x".join(map(str, first.region_shape))
         out.append(f"AOPC: {len(first.regions) - 1} steps, each replacing {a.regions_per_step} region"
                    f"{'s' if a.regions_per_step > 1 else ''} of {size} (of {first.total_regions} per sample) by "
-                   f"{a.perturbation}; the mean drop of the explained output (higher is better most relevant first, "
+                   f"{first.perturbation}; the mean drop of the explained output (higher is better most relevant first, "
                    "lower least relevant first); ABPC: their difference.")
     if "infidelity" in metrics:
         how = f"N(0, {a.noise_scale:g}²) noise" if a.infidelity_perturbation == "noise" else \

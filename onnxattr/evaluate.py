@@ -23,7 +23,7 @@ from onnxattr.metrics import InfidelitySettings, SensitivitySettings, infidelity
 from onnxattr.regions import (
     Layout, RegionPerturber, check_pad_mode, check_perturbation, layout, region_ranks, region_scores,
 )
-from onnxattr.scoring import Scorer, choose_targets
+from onnxattr.scoring import Scorer, check_relevance, check_seed, choose_targets
 
 ORDERS = ("morf", "lerf")
 METRICS = ("aopc", "infidelity", "sensitivity")
@@ -40,6 +40,7 @@ class PerturbationCurve:
     scores: np.ndarray
     total_regions: int
     region_shape: tuple = ()
+    perturbation: object = None  # what a replaced region became
 
     @property
     def aopc(self) -> np.ndarray:
@@ -56,7 +57,7 @@ class CurveSettings:
     regions_per_step: int = 1
     region: object = None
     channel_axis: object = "auto"
-    perturbation: object = "mean"
+    perturbation: object = None  # "mean" for regions of several elements, "zeros" for single ones
     reduce: str = "mean"
     aggregate: str = "mean"
     pad_mode: str = "reflect"
@@ -68,8 +69,10 @@ class CurveSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise UsageError(f"{name} must be a positive integer, got {v!r}")
-        check_perturbation(self.perturbation)
+        if self.perturbation is not None:
+            check_perturbation(self.perturbation)
         check_pad_mode(self.pad_mode)
+        check_seed(self.seed)
         if self.value_range is not None:
             try:
                 lo, hi = (float(v) for v in self.value_range)
@@ -78,26 +81,44 @@ class CurveSettings:
             if not lo <= hi:
                 raise UsageError(f"value_range must have lo <= hi, got {self.value_range!r}")
 
+    def layout(self, x_shape) -> Layout:
+        """The regions of samples of ``x_shape`` [N, ...]."""
+        return layout(tuple(x_shape[1:]), self.channel_axis, self.region)
+
+    def perturbation_for(self, lay: Layout, dtype) -> object:
+        """The perturbation: the one set, else "mean" (regions of several elements) or "zeros" (single elements,
+        whose own mean is themselves); a number must fit the data's float type."""
+        single = int(np.prod(lay.region)) == 1
+        p = self.perturbation if self.perturbation is not None else ("zeros" if single else "mean")
+        if p == "mean" and single:
+            raise UsageError("perturbation 'mean' puts each region's own mean in its place, and regions of one "
+                             "element would not change: give a larger region, or perturb with zeros or a number")
+        dtype = np.dtype(dtype)
+        if dtype.kind == "f":
+            top = float(np.finfo(dtype).max)
+            for what, v in (("perturbation", p), *(("value_range", b) for b in (self.value_range or ()))):
+                if not isinstance(v, str) and abs(float(v)) > top:
+                    raise DataError(f"{what} {float(v):g} is beyond what the model's input type {dtype.name} holds "
+                                    f"(at most {top:g})")
+        return p
+
 
 def curve(scorer: Scorer, x: np.ndarray, relevance, targets, order: str, settings: CurveSettings,
           inputs: dict | None = None, first: np.ndarray | None = None) -> PerturbationCurve:
-    """The curve of one map and one order (x already cast; ``first``: the scores of x, when known)."""
-    relevance = np.asarray(relevance)
-    if relevance.shape != x.shape:
-        raise DataError(f"the relevance has shape {list(relevance.shape)} and the data {list(x.shape)}: region "
-                        "perturbation replaces the regions the map ranks, so the map must have the data's shape "
-                        "(a map of an embedding computed from token ids does not)")
-    lay: Layout = layout(x.shape[1:], settings.channel_axis, settings.region)
+    """The curve of one map and one order (x already cast, ``inputs`` as scorer.feeds returns them; ``first``: the
+    scores of x, when known)."""
+    relevance = check_relevance(relevance, x.shape)
+    lay: Layout = settings.layout(x.shape)
+    perturbation = settings.perturbation_for(lay, x.dtype)
     scores = region_scores(relevance, lay, settings.reduce, settings.aggregate, settings.pad_mode)
     ranks = region_ranks(scores, order)
     total = int(np.prod(scores.shape[1:]))
-    counts = [0] + [min(k * settings.regions_per_step, total) for k in range(1, settings.steps + 1)]
-    counts = sorted(set(counts))  # the curve stops once every region is replaced
-    perturber = RegionPerturber(x, ranks, lay, settings.perturbation, settings.pad_mode, settings.value_range,
-                                settings.seed)
+    steps = min(settings.steps, -(-total // settings.regions_per_step))  # the curve stops once all are replaced
+    counts = [min(k * settings.regions_per_step, total) for k in range(steps + 1)]
+    perturber = RegionPerturber(x, ranks, lay, perturbation, settings.pad_mode, settings.value_range, settings.seed)
     n = len(x)
     # steps stacked into one run (a larger batch runs faster per row) where nothing else has one row per sample
-    per_run = 1 if inputs or scorer.fixed_batch else max(1, ROWS_PER_RUN // n)
+    per_run = 1 if inputs or scorer.fixed_batch else max(1, (scorer.batch_size or ROWS_PER_RUN) // n)
     tiled = None if targets is None else np.tile(targets, per_run)
     out = []
     todo = counts if first is None else counts[1:]
@@ -108,24 +129,30 @@ def curve(scorer: Scorer, x: np.ndarray, relevance, targets, order: str, setting
         batch = np.concatenate([perturber.upto(c) for c in part])
         scores = scorer.scores(batch, None if tiled is None else tiled[:len(batch)], inputs)
         out.extend(scores.reshape(len(part), n))
-    return PerturbationCurve(order, np.asarray(counts, np.int64), np.stack(out), total, lay.region)
+    return PerturbationCurve(order, np.asarray(counts, np.int64), np.stack(out), total, lay.region, perturbation)
 
 
 def perturbation_curve(model, x, relevance, neuron: str = "max", target=None, order: str = "morf",
                        input: str | None = None, output: str | None = None, inputs: dict | None = None,
-                       device: str | None = None, providers=None, **settings) -> PerturbationCurve:
+                       batch_size: int | None = None, device: str | None = None, providers=None,
+                       **settings) -> PerturbationCurve:
     """Replace x's regions in the order ``relevance`` (x's shape) ranks them and score the model after each
     step. Settings: ``steps`` (100) of ``regions_per_step`` (1) regions each, stopping once all are replaced;
     ``region``: its size per spatial axis (9 on an image's two, else 1); ``channel_axis`` of one sample ("auto":
-    CHW or HWC images; None: every axis spatial); ``perturbation``: "mean" (each region's channel mean), "zeros",
-    "invert", "gaussian" (N(0, 0.3²)) or a number; ``reduce`` over channels and ``aggregate`` over a region:
+    CHW or HWC images; None: every axis spatial); ``perturbation``: "mean" (each region's channel mean; the default
+    for regions of several elements), "zeros" (the default for single elements), "invert", "gaussian" (N(0, 0.3²))
+    or a number; ``reduce`` over channels and ``aggregate`` over a region:
     "mean" (iNNvestigate's defaults), "sum" or "max"; ``pad_mode`` (numpy.pad's, "reflect") fills regions past
     the border; ``value_range`` (lo, hi) clips what is put in; ``seed`` for "gaussian". ``neuron``/``target``
-    choose the scored neuron as analyze does; ``order``: "morf" or "lerf"."""
+    choose the scored neuron as analyze does; ``order``: "morf" or "lerf"; ``inputs``: the model's other graph
+    inputs; ``batch_size``: rows per forward pass."""
     s = CurveSettings(**settings)
     s.check()
-    scorer = Scorer(model, input, output, device, providers)
+    scorer = Scorer(model, input, output, device, providers, batch_size)
     x = scorer.cast(x)
+    inputs = scorer.feeds(inputs)
+    check_relevance(relevance, x.shape)
+    s.perturbation_for(s.layout(x.shape), x.dtype)
     first_outputs = scorer.outputs(x, inputs)
     targets = choose_targets(first_outputs, neuron, target)
     return curve(scorer, x, relevance, targets, order, s, inputs)
@@ -175,15 +202,17 @@ class Evaluation:
         return "\n".join(lines)
 
     def per_sample(self) -> dict:
-        """name -> {metric: [N] as a list}: aopc_morf, aopc_lerf, abpc, infidelity, sensitivity_max."""
+        """name -> {metric: [N] as a list}: aopc_morf, aopc_lerf, abpc, infidelity, sensitivity_max (a value that
+        is not finite, from a map that overflowed, as None: JSON has no NaN)."""
         out = {}
         for name in self.names:
-            row = {f"aopc_{o}": c.aopc.tolist() for o, c in self.curves.get(name, {}).items()}
+            row = {f"aopc_{o}": c.aopc for o, c in self.curves.get(name, {}).items()}
             for key, value in (("abpc", self.abpc(name)), ("infidelity", self.infidelity.get(name)),
                                ("sensitivity_max", self.sensitivity.get(name))):
                 if value is not None:
-                    row[key] = np.asarray(value).tolist()
-            out[name] = row
+                    row[key] = value
+            out[name] = {k: [float(v) if np.isfinite(v) else None for v in np.asarray(vs, np.float64)]
+                         for k, vs in row.items()}
         return out
 
     def arrays(self) -> dict:
@@ -238,6 +267,9 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
     names = methods + list(relevance)
     if len(set(names)) < len(names):
         raise UsageError(f"a map name is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    if metrics == ["sensitivity"] and not methods:
+        raise UsageError("sensitivity re-explains moved copies of the data, so it needs methods; given maps "
+                         "(relevance=, --relevance) take aopc or infidelity")
     s = CurveSettings(**settings)
     s.check()
     inf = InfidelitySettings(**(infidelity or {}))
@@ -245,8 +277,12 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
     sens = SensitivitySettings(**(sensitivity or {}))
     sens.check()
     per_method = _split_params(methods, params or {})
-    scorer = Scorer(model, input, output, device, providers)
+    scorer = Scorer(model, input, output, device, providers, batch_size)
     x = scorer.cast(x)
+    inputs = scorer.feeds(inputs)
+    relevance = {name: check_relevance(r, x.shape, f"the map '{name}'") for name, r in relevance.items()}
+    if "aopc" in metrics:  # refused now, not after the methods before it have run
+        s.perturbation_for(s.layout(x.shape), x.dtype)
     first_outputs = scorer.outputs(x, inputs)
     targets = choose_targets(first_outputs, neuron, target)
     first = first_outputs.astype(np.float64).sum(1) if targets is None else \

@@ -16,7 +16,7 @@ import numpy as np
 
 from onnxattr.api import Analyzer
 from onnxattr.errors import DataError, UsageError
-from onnxattr.scoring import Scorer, choose_targets
+from onnxattr.scoring import Scorer, check_relevance, check_seed, choose_targets
 
 INFIDELITY_PERTURBATIONS = ("noise", "subset")
 ROWS_PER_RUN = 64  # perturbed samples per forward pass
@@ -59,20 +59,6 @@ def _draws(draws, n: int, samples: int, shape: tuple, name: str) -> np.ndarray |
     return d
 
 
-def _scores_of_rows(scorer: Scorer, rows: np.ndarray, targets, inputs) -> np.ndarray:
-    """Scores of [N, S, *sample] perturbed rows, sample n's draws scored at targets[n]."""
-    n, s = rows.shape[:2]
-    flat = rows.reshape(n * s, *rows.shape[2:]).astype(scorer.cast(rows[:1, 0]).dtype, copy=False)
-    tiled = None if targets is None else np.repeat(targets, s)
-    if inputs or scorer.fixed_batch:  # other inputs have one row per sample: score draw by draw
-        out = np.stack([scorer.scores(np.ascontiguousarray(rows[:, j]).astype(flat.dtype), targets, inputs)
-                        for j in range(s)], axis=1)
-        return out
-    parts = [scorer.scores(flat[i:i + ROWS_PER_RUN], None if tiled is None else tiled[i:i + ROWS_PER_RUN])
-             for i in range(0, len(flat), ROWS_PER_RUN)]
-    return np.concatenate(parts).reshape(n, s)
-
-
 @dataclass
 class InfidelitySettings:
     """How infidelity perturbs x (see ``infidelity``)."""
@@ -100,37 +86,48 @@ class InfidelitySettings:
                 raise UsageError(f"fraction must be at most 1, got {self.fraction!r}")
         if not np.ndim(self.baselines):
             _finite("baselines", self.baselines, low=-np.inf)
+        check_seed(self.seed)
 
 
 def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndarray, st: InfidelitySettings,
                   inputs: dict | None = None) -> np.ndarray:
-    """infidelity's value for x (cast), its selected neurons and their scores ``f0`` [N] (float64)."""
-    relevance = np.asarray(relevance, np.float64)
-    if relevance.shape != x.shape:
-        raise DataError(f"the relevance has shape {list(relevance.shape)} and the data {list(x.shape)}: infidelity "
-                        "reads the map against the input's perturbation, element by element")
+    """infidelity's value for x (cast; ``inputs`` as scorer.feeds returns them), its selected neurons and their
+    scores ``f0`` [N] (float64). Draws go in groups of at most ROWS_PER_RUN perturbed rows (memory stays a few
+    copies of that many samples, whatever the draw count)."""
+    relevance = check_relevance(relevance, x.shape)
     s = _draw_count(st.n_perturb_samples, st.draws)
     n, shape = len(x), x.shape[1:]
-    xd = x.astype(np.float64)[:, None]
+    xd = x.astype(np.float64)
     try:
-        base = np.broadcast_to(np.asarray(st.baselines, np.float64), x.shape)[:, None]
+        base = np.broadcast_to(np.asarray(st.baselines, np.float64), x.shape)
     except ValueError:
         raise DataError(f"baselines of shape {list(np.shape(st.baselines))} do not broadcast to the data "
                         f"{list(x.shape)}") from None
     given = _draws(st.draws, n, s, shape, "draws")
     rng = np.random.default_rng(st.seed)
-    if st.perturbation == "noise":
-        xi = given if given is not None else rng.normal(0.0, st.noise_scale, (n, s, *shape))
-    else:
-        mask = given if given is not None else (rng.random((n, s, *shape)) < st.fraction).astype(np.float64)
-        xi = mask * (xd - base)
-    perturbed = (xd - xi).astype(x.dtype)
-    moved = xd - perturbed.astype(np.float64)  # what the model really sees moved
-    if st.multiply_by_inputs:
-        denom = xd - base
-        moved = moved / np.where(denom == 0, 1.0, denom)  # Captum's safe_div: 0/0 read as 0/1
-    a = (moved * relevance[:, None]).reshape(n, s, -1).sum(-1)
-    d = f0[:, None] - _scores_of_rows(scorer, perturbed, targets, inputs)
+    per_run = 1 if inputs or scorer.fixed_batch else max(1, (scorer.batch_size or ROWS_PER_RUN) // n)
+    a, d = np.empty((n, s)), np.empty((n, s))
+    for start in range(0, s, per_run):
+        js = range(start, min(start + per_run, s))
+        rows = []
+        for j in js:
+            if given is not None:
+                draw = given[:, j]
+            elif st.perturbation == "noise":
+                draw = rng.normal(0.0, st.noise_scale, x.shape)
+            else:
+                draw = (rng.random(x.shape) < st.fraction).astype(np.float64)
+            xi = draw if st.perturbation == "noise" else draw * (xd - base)
+            perturbed = (xd - xi).astype(x.dtype)
+            moved = xd - perturbed.astype(np.float64)  # what the model really sees moved
+            if st.multiply_by_inputs:
+                denom = xd - base
+                moved = moved / np.where(denom == 0, 1.0, denom)  # Captum's safe_div: 0/0 read as 0/1
+            rows.append(perturbed)
+            a[:, j] = (moved * relevance).reshape(n, -1).sum(1)
+        tiled = None if targets is None else np.tile(targets, len(rows))
+        scored = scorer.scores(np.concatenate(rows), tiled, inputs).reshape(len(rows), n)
+        d[:, js.start:js.stop] = f0[:, None] - scored.T
     if not st.normalize:
         return ((a - d) ** 2).mean(1)
     aa, ad, dd = (a * a).sum(1), (a * d).sum(1), (d * d).sum(1)
@@ -139,8 +136,8 @@ def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndar
 
 
 def infidelity(model, x, relevance, neuron: str = "max", target=None, input: str | None = None,
-               output: str | None = None, inputs: dict | None = None, device: str | None = None, providers=None,
-               **settings) -> np.ndarray:
+               output: str | None = None, inputs: dict | None = None, batch_size: int | None = None,
+               device: str | None = None, providers=None, **settings) -> np.ndarray:
     """[N]: Captum's infidelity of the map ``relevance`` (x's shape). Each of ``n_perturb_samples`` (10) draws moves
     x to x − ξ: ``perturbation`` "noise" ξ ~ N(0, ``noise_scale``²) (0.1), or "subset" ξ = M ⊙ (x − ``baselines``)
     with each element in M with probability ``fraction`` (½) (``draws``: the ξ, or the 0/1 masks M, [N, S,
@@ -150,8 +147,10 @@ def infidelity(model, x, relevance, neuron: str = "max", target=None, input: str
     least-squares β = Σ a d / Σ a², as Captum's."""
     st = InfidelitySettings(**settings)
     st.check()
-    scorer = Scorer(model, input, output, device, providers)
+    scorer = Scorer(model, input, output, device, providers, batch_size)
     x = scorer.cast(x)
+    inputs = scorer.feeds(inputs)
+    check_relevance(relevance, x.shape)
     first = scorer.outputs(x, inputs).astype(np.float64)
     targets = choose_targets(first, neuron, target)
     f0 = first.sum(1) if targets is None else first[np.arange(len(x)), targets]
@@ -170,6 +169,7 @@ class SensitivitySettings:
     def check(self) -> None:
         _draw_count(self.n_perturb_samples, self.draws)
         _finite("radius", self.radius)
+        check_seed(self.seed)
 
 
 def sensitivity_of(analyzer: Analyzer, x: np.ndarray, targets, st: SensitivitySettings, inputs: dict | None = None,
@@ -206,8 +206,9 @@ def sensitivity_max(model, method: str, x, neuron: str = "max", target=None, inp
     at the neuron chosen on x."""
     st = SensitivitySettings(n_perturb_samples, radius, draws, seed)
     st.check()
-    scorer = Scorer(model, input, output, device, providers)
+    scorer = Scorer(model, input, output, device, providers, batch_size)
     x = scorer.cast(x)
+    inputs = scorer.feeds(inputs)
     targets = choose_targets(scorer.outputs(x, inputs), neuron, target)
     analyzer = Analyzer(method, model, neuron_selection_mode="all" if targets is None else "index", input=scorer.x,
                         output=output, device=device, providers=providers, **params)

@@ -44,7 +44,7 @@ class Layout:
 def layout(sample_shape, channel_axis="auto", region=None) -> Layout:
     """The layout of samples of ``sample_shape``: ``channel_axis`` "auto" (an image's channel axis, as the
     heatmaps read it: CHW or HWC for three axes, none otherwise), None or an axis of one sample (negative counts
-    from the end); ``region``: one size per spatial axis, or one for all (default 9 on images' two spatial axes,
+    from the end); ``region``: one size per spatial axis, or one for all (default 9 on an image's two spatial axes,
     else 1)."""
     rank = len(sample_shape)
     if rank == 0:
@@ -65,8 +65,8 @@ def layout(sample_shape, channel_axis="auto", region=None) -> Layout:
     if spatial == 0:
         raise UsageError(f"samples of shape {list(sample_shape)} have no axis left for regions besides the channel "
                          "axis; give channel_axis=None")
-    if region is None:
-        region = (9,) * spatial if spatial == 2 else (1,) * spatial
+    if region is None:  # 9 x 9 on an image (a channel axis and two spatial ones), single elements otherwise
+        region = (9,) * spatial if spatial == 2 and channel is not None else (1,) * spatial
     sizes = tuple(np.atleast_1d(np.asarray(region)).tolist())
     if len(sizes) == 1:
         sizes = sizes * spatial

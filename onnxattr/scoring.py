@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxattr.api import _as_input
+from onnxattr.api import _as_input, other_feeds
 from onnxattr.errors import DataError, SelectionError, UsageError
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import load_model, model_label
@@ -20,7 +20,7 @@ class Scorer:
     logits before a trailing softmax; ``output`` names another), on onnxruntime."""
 
     def __init__(self, model, input: str | None = None, output: str | None = None, device: str | None = None,
-                 providers=None):
+                 providers=None, batch_size: int | None = None):
         proto = load_model(model)
         label = model_label(model)
         x = choose_input(proto, input)
@@ -40,6 +40,18 @@ class Scorer:
         self.x_arg = next(a for a in self.runner.session.get_inputs() if a.name == x)
         first = self.x_arg.shape[0] if self.x_arg.shape else None
         self.fixed_batch = first if isinstance(first, int) else None
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
+            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size  # rows per run (a fixed batch size the model declares comes first)
+        # the other inputs whose first axis is the data's batch axis (declared under its name or fixed size)
+        self.per_sample = {a.name for a in self.runner.session.get_inputs()
+                           if a.name != x and first is not None and a.shape and a.shape[0] == first}
+
+    def feeds(self, inputs: dict | None) -> dict:
+        """The model's other graph inputs, checked and cast as analyze checks them (a missing, unknown or
+        explained one is a UsageError)."""
+        return other_feeds(self.runner, {self.x}, inputs)
 
     def slices(self, n: int, batch_size: int | None) -> int | None:
         """analyze's batch_size for n samples: the one given, else the model's fixed batch size where n differs."""
@@ -59,17 +71,18 @@ class Scorer:
         return _as_input(x, self.x_arg)
 
     def outputs(self, x: np.ndarray, inputs: dict | None = None) -> np.ndarray:
-        """The explained tensor for the batch x (run in slices of a fixed batch size the model declares)."""
+        """The explained tensor for the batch x (``inputs`` as ``feeds`` returns them), run in slices of the fixed
+        batch size the model declares, or of ``batch_size`` rows; a feed with one row per sample is sliced alike."""
         n = len(x)
-        step = self.fixed_batch or n
-        if n % step:
+        step = self.fixed_batch or min(self.batch_size or n, n)
+        if self.fixed_batch and n % step:
             raise DataError(f"{self.label} takes batches of {step}, and the data holds {n} samples")
         parts = []
         for start in range(0, n, step):
             feeds = {self.x: x[start:start + step]}
             for name, value in (inputs or {}).items():
                 value = np.asarray(value)
-                feeds[name] = value[start:start + step] if step != n and value.ndim and len(value) == n else value
+                feeds[name] = value[start:start + step] if step != n and name in self.per_sample else value
             parts.append(np.asarray(self.runner.run(feeds, [self.y])[0]))
         y = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if y.ndim == 0 or len(y) != n:
@@ -82,6 +95,26 @@ class Scorer:
         """[N] float64: each sample's neuron ``targets[n]`` (their sum when targets is None: neuron 'all')."""
         y = self.outputs(x, inputs).astype(np.float64)
         return y.sum(axis=1) if targets is None else y[np.arange(len(y)), targets]
+
+
+def check_relevance(relevance, x_shape, name: str = "the relevance") -> np.ndarray:
+    """A map as float64, refused (DataError) unless it is a real-valued array of the data's shape."""
+    try:
+        r = np.asarray(relevance)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{name} is not an array ({str(e).splitlines()[0]})") from None
+    if r.dtype.kind not in "fiub":
+        raise DataError(f"{name} has dtype {r.dtype}; a map of real numbers is expected")
+    if r.shape != tuple(x_shape):
+        raise DataError(f"{name} has shape {list(r.shape)} and the data {list(x_shape)}: the metrics read the map "
+                        "element by element against the data (a map of an embedding computed from token ids does "
+                        "not fit)")
+    return r.astype(np.float64)
+
+
+def check_seed(seed) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise UsageError(f"seed must be None or an integer >= 0, got {seed!r}")
 
 
 def choose_targets(first: np.ndarray, neuron: str, target) -> np.ndarray | None:

@@ -106,7 +106,7 @@ def test_a_model_of_fixed_batch_runs_sample_by_sample():
 
 
 @pytest.mark.parametrize("call, error, words", [
-    (lambda m, x: perturbation_curve(m, x, x[:, :3]), DataError, "the data's shape"),
+    (lambda m, x: perturbation_curve(m, x, x[:, :3]), DataError, r"shape \[2, 3\] and the data \[2, 6\]"),
     (lambda m, x: perturbation_curve(m, x, x, steps=0), UsageError, "steps must be a positive integer"),
     (lambda m, x: perturbation_curve(m, x, x, perturbation="blur"), UsageError, "perturbation must be one of"),
     (lambda m, x: perturbation_curve(m, x, x, perturbation=float("nan")), UsageError, "finite number"),
@@ -214,14 +214,112 @@ def test_cli_evaluate_writes_curves_and_json(tmp_path, capsys):
     (["--relevance", "r=missing.npy"], EXIT_CODES["DataError"], "no such file"),
     (["--target", "1"], 2, "--target goes with --neuron index"),
     (["-o", "X"], EXIT_CODES["OutputFileError"], "would overwrite"),
+    (["--seed", "-1"], 2, "seed must be"),
+    (["--feed", "x=X"], 2, "not an input of the model besides the explained one"),
+    (["--perturbation", "mean"], 2, "regions of one element would not change"),
 ])
 def test_cli_evaluate_errors(tmp_path, capsys, extra, code, words):
     m, _ = linear()
     mp, xp = tmp_path / "lin.onnx", tmp_path / "x.npy"
     onnx.save(m, mp)
     np.save(xp, np.ones((2, 6), np.float32))
-    extra = [str(xp) if e == "X" else e for e in extra]
+    extra = [e.replace("X", str(xp)) if e in ("X", "x=X") else e for e in extra]
     before = xp.read_bytes()
     assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), *extra]) == code
     assert words in capsys.readouterr().err
     assert xp.read_bytes() == before
+
+
+def masked(features=6, classes=3):
+    """y = (x ⊙ mask) @ W: a second graph input, one row per sample (declared under the batch axis's name)."""
+    w = np.random.default_rng(7).standard_normal((features, classes)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Mul", ["x", "mask"], ["xm"]), helper.make_node("MatMul", ["xm", "W"], ["y"])],
+                          "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features]),
+                                     helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", features])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])],
+                          [numpy_helper.from_array(w, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, w
+
+
+def test_other_inputs_are_checked_cast_and_follow_their_samples():
+    """helper audit 51: feeds went to onnxruntime unchecked (a feed named like the data replaced the perturbed input;
+    a missing one was a raw traceback; a float64 mask was refused where explain casts it)."""
+    m, w = masked()
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    mask = (rng.random((4, 6)) < 0.7).astype(np.float64)  # float64: cast to the input's float32
+    contrib = x * mask * w[:, (x * mask @ w).argmax(1)].T
+    for batch_size in (None, 3):  # 3: the mask is sliced with the samples
+        c = perturbation_curve(m, x, contrib, input="x", inputs={"mask": mask}, steps=6,
+                               batch_size=batch_size)
+        y = (x * mask).astype(np.float64) @ w
+        t = y.argmax(1)
+        for n in range(4):
+            ordered = np.sort(contrib[n].astype(np.float64))[::-1]
+            np.testing.assert_allclose(c.scores[:, n], y[n, t[n]] - np.concatenate([[0.0], np.cumsum(ordered)]),
+                                       rtol=1e-5, atol=1e-5)
+    ev = evaluate(m, ["gradient"], x, input="x", inputs={"mask": mask}, metrics=["aopc", "infidelity", "sensitivity"], steps=2,
+                  infidelity={"n_perturb_samples": 2}, sensitivity={"n_perturb_samples": 2})
+    assert ev.infidelity["gradient"].shape == (4,)
+    with pytest.raises(UsageError, match="also needs input 'mask'"):
+        perturbation_curve(m, x, contrib, input="x")
+    with pytest.raises(UsageError, match="not an input of the model besides the explained one"):
+        perturbation_curve(m, x, contrib, input="x", inputs={"mask": mask, "x": x})
+
+
+def test_single_elements_are_zeroed_by_default_and_mean_is_refused_there():
+    """helper audit 51: on tabular data the default (mean over regions of one element) changed nothing, so every
+    map scored AOPC 0."""
+    m, w = linear()
+    x = np.random.default_rng(9).standard_normal((3, 6)).astype(np.float32)
+    c = perturbation_curve(m, x, x, steps=6)
+    assert c.perturbation == "zeros" and np.abs(c.aopc).max() > 0
+    with pytest.raises(UsageError, match="regions of one element would not change"):
+        perturbation_curve(m, x, x, perturbation="mean")
+    assert perturbation_curve(m, x, x, perturbation="mean", region=2, steps=1).perturbation == "mean"
+
+
+def test_two_axes_without_channels_take_single_elements():
+    """A [L, D] sample is no image: regions of one element unless given (the README's rule)."""
+    from onnxattr.regions import layout
+
+    assert layout((5, 7)).region == (1, 1) and layout((3, 5, 7)).region == (9, 9)
+
+
+def test_a_fixed_batch_above_one_and_huge_step_counts():
+    m, w = linear(batch=2)
+    x = np.random.default_rng(10).standard_normal((4, 6)).astype(np.float32)
+    from onnxattr.metrics import infidelity
+
+    assert infidelity(m, x, x, n_perturb_samples=3).shape == (4,)
+    c = perturbation_curve(m, x, x, steps=10**12)  # the curve stops at the 6 regions, without building 10^12 counts
+    assert c.regions.tolist() == list(range(7))
+
+
+def test_json_has_no_nan_and_bad_values_are_refused(tmp_path):
+    m, _ = linear()
+    x = np.ones((2, 6), np.float32)
+    ev = evaluate(m, [], x, relevance={"nan": np.full_like(x, np.nan)}, metrics=["infidelity"])
+    assert ev.per_sample()["nan"]["infidelity"] == [None, None]
+    json.dumps(ev.per_sample(), allow_nan=False)
+    with pytest.raises(DataError, match="dtype <U1"):
+        evaluate(m, [], x, relevance={"s": np.full(x.shape, "a")})
+    with pytest.raises(UsageError, match="seed must be"):
+        perturbation_curve(m, x, x, seed=-1)
+    with pytest.raises(UsageError, match="sensitivity re-explains"):
+        evaluate(m, [], x, relevance={"r": x}, metrics=["sensitivity"])
+
+
+def test_a_number_beyond_float16_is_refused():
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "half",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 2])],
+                          [numpy_helper.from_array(np.ones((4, 2), np.float16), "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = np.ones((2, 4), np.float16)
+    assert perturbation_curve(m, x, x, perturbation=2.0, steps=2).scores.shape == (3, 2)
+    with pytest.raises(DataError, match="beyond what the model's input type float16 holds"):
+        perturbation_curve(m, x, x, perturbation=1e6)
