@@ -68,10 +68,11 @@ def add_parser(sub) -> None:
     v.add_argument("--subset-fraction", type=float, default=0.5, help="infidelity's subset share (default 0.5)")
     v.add_argument("--baseline", type=float, default=0.0, help="infidelity's reference: the value a subset takes, "
                    "and what --by-inputs divides by (x - baseline); default 0")
-    v.add_argument("--by-inputs", default="yes", choices=["yes", "no"],
+    v.add_argument("--by-inputs", default="auto", choices=["auto", "yes", "no"],
                    help="infidelity reads the maps against the perturbation divided by x - baseline (yes: maps "
                         "that include the input's factor: input_t_gradient, integrated_gradients, LRP), or against "
-                        "the perturbation itself (no: gradient, saliency)")
+                        "the perturbation itself (no: gradient, saliency); auto (the default) chooses per method, "
+                        "and yes for --relevance maps")
     v.add_argument("--normalize", action="store_true", help="infidelity first scales each map by its "
                    "least-squares factor (Captum's normalize)")
     v.add_argument("--radius", type=float, default=0.02, help="sensitivity's noise: U(-radius, radius) "
@@ -149,8 +150,9 @@ def _explain_metrics(a, result, metrics) -> list[str]:
     if "infidelity" in metrics:
         how = f"N(0, {a.noise_scale:g}²) noise" if a.infidelity_perturbation == "noise" else \
             f"random subsets ({a.subset_fraction:g}) set to {a.baseline:g}"
-        out.append(f"Infidelity: {a.draws or 10} draws of {how}, maps read "
-                   f"{'per unit of x - baseline' if a.by_inputs == 'yes' else 'per unit of input change'}"
+        reading = {"yes": "per unit of x - baseline", "no": "per unit of input change",
+                   "auto": "per unit of x - baseline, or of input change for local maps (the gradient family)"}
+        out.append(f"Infidelity: {a.draws or 10} draws of {how}, maps read {reading[a.by_inputs]}"
                    f"{', normalized' if a.normalize else ''} (lower is better).")
     if "sensitivity" in metrics:
         out.append(f"Sensitivity max: the largest relative change of the map over {a.draws or 10} copies moved by "
@@ -190,7 +192,7 @@ def cmd_evaluate(a) -> int:
     x = load_samples(a.data, lambda: scorer.x_arg.shape)
     metrics = a.metric or ["aopc"]
     infidelity = dict(n_perturb_samples=a.draws, perturbation=a.infidelity_perturbation, noise_scale=a.noise_scale,
-                      fraction=a.subset_fraction, baselines=a.baseline, multiply_by_inputs=a.by_inputs == "yes",
+                      fraction=a.subset_fraction, baselines=a.baseline, multiply_by_inputs={"auto": None, "yes": True, "no": False}[a.by_inputs],
                       normalize=a.normalize, seed=a.seed)
     sensitivity = dict(n_perturb_samples=a.draws, radius=a.radius, seed=a.seed)
     result = evaluate(a.model, a.method or [], x, relevance=relevance, neuron=a.neuron, target=parse_target(a.target),

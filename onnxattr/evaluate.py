@@ -303,7 +303,8 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
         if "aopc" in metrics:
             result.curves[name] = {o: curve(scorer, x, r, targets, o, s, inputs, first) for o in orders}
         if "infidelity" in metrics:
-            result.infidelity[name] = infidelity_of(scorer, x, r, targets, first, inf, inputs)
+            result.infidelity[name] = infidelity_of(scorer, x, r, targets, first, inf, inputs,
+                                                    None if name in relevance else name, per_method.get(name))
         if "sensitivity" in metrics and analyzer is not None:
             result.sensitivity[name] = sensitivity_of(analyzer, x, targets, sens, inputs, slices, base=r)
     return result

@@ -68,7 +68,7 @@ class InfidelitySettings:
     noise_scale: float = 0.1
     fraction: float = 0.5
     baselines: object = 0.0
-    multiply_by_inputs: bool = True
+    multiply_by_inputs: bool | None = None  # None: by the method (includes_input), True for a given map
     normalize: bool = False
     draws: object = None
     seed: int | None = 0
@@ -89,10 +89,24 @@ class InfidelitySettings:
         check_seed(self.seed)
 
 
+LOCAL_METHODS = {"gradient", "beta_smooth", "deconvnet", "guided_backprop", "grad_cam", "guided_grad_cam",
+                 "pattern.net"}  # maps without the input's factor: read per unit of input change
+
+
+def includes_input(method: str | None, params: dict | None = None) -> bool:
+    """Whether a method's maps carry the input's factor (x ⊙ ∂y/∂x, integrated gradients, LRP, the perturbation
+    methods: their sums approach output differences), so infidelity reads them per unit of x − baseline; the
+    gradient family, Grad-CAM and PatternNet's signal are local. smoothgrad and vargrad follow their ``base``; an
+    unknown method (a given map) is taken as including it, as Captum's infidelity_perturb_func_decorator does."""
+    if method in ("smoothgrad", "vargrad"):
+        return (params or {}).get("base") == "input_t_gradient"
+    return method not in LOCAL_METHODS
+
+
 def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndarray, st: InfidelitySettings,
-                  inputs: dict | None = None) -> np.ndarray:
+                  inputs: dict | None = None, method: str | None = None, params: dict | None = None) -> np.ndarray:
     """infidelity's value for x (cast; ``inputs`` as scorer.feeds returns them), its selected neurons and their
-    scores ``f0`` [N] (float64). Draws go in groups of at most ROWS_PER_RUN perturbed rows (memory stays a few
+    scores ``f0`` [N] (float64); ``method`` (with ``params``) made the map, when known (multiply_by_inputs None). Draws go in groups of at most ROWS_PER_RUN perturbed rows (memory stays a few
     copies of that many samples, whatever the draw count)."""
     relevance = check_relevance(relevance, x.shape)
     s = _draw_count(st.n_perturb_samples, st.draws)
@@ -106,6 +120,7 @@ def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndar
     given = _draws(st.draws, n, s, shape, "draws")
     rng = np.random.default_rng(st.seed)
     per_run = 1 if inputs or scorer.fixed_batch else max(1, (scorer.batch_size or ROWS_PER_RUN) // n)
+    by_inputs = st.multiply_by_inputs if st.multiply_by_inputs is not None else includes_input(method, params)
     a, d = np.empty((n, s)), np.empty((n, s))
     for start in range(0, s, per_run):
         js = range(start, min(start + per_run, s))
@@ -120,7 +135,7 @@ def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndar
             xi = draw if st.perturbation == "noise" else draw * (xd - base)
             perturbed = (xd - xi).astype(x.dtype)
             moved = xd - perturbed.astype(np.float64)  # what the model really sees moved
-            if st.multiply_by_inputs:
+            if by_inputs:
                 denom = xd - base
                 moved = moved / np.where(denom == 0, 1.0, denom)  # Captum's safe_div: 0/0 read as 0/1
             rows.append(perturbed)
@@ -142,7 +157,7 @@ def infidelity(model, x, relevance, neuron: str = "max", target=None, input: str
     x to x − ξ: ``perturbation`` "noise" ξ ~ N(0, ``noise_scale``²) (0.1), or "subset" ξ = M ⊙ (x − ``baselines``)
     with each element in M with probability ``fraction`` (½) (``draws``: the ξ, or the 0/1 masks M, [N, S,
     *sample]; else from ``seed``). The map is read against I = ξ / (x − baselines) (0/0 read as ξ / 1, as Captum's
-    safe_div) with ``multiply_by_inputs`` (True: maps that include the input's factor, such as input_t_gradient,
+    safe_div) with ``multiply_by_inputs`` (None or True: maps that include the input's factor, such as input_t_gradient,
     integrated_gradients, LRP), else against I = ξ (gradient, saliency). ``normalize`` first scales the map by the
     least-squares β = Σ a d / Σ a², as Captum's."""
     st = InfidelitySettings(**settings)

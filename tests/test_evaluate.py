@@ -161,14 +161,17 @@ def test_evaluate_runs_captums_metrics_as_their_own_functions_do():
                   sensitivity={"radius": 0.1})
     assert ev.curves == {} and set(ev.infidelity) == {"gradient", "input_t_gradient", "ones"}
     assert set(ev.sensitivity) == {"gradient", "input_t_gradient"}  # a given map cannot be re-explained
-    for name, r in (("gradient", None), ("ones", np.ones_like(x))):
+    # the gradient is read per unit of input change, a given map (like Captum's decorator) per unit of x
+    for name, r, by_inputs in (("gradient", None, False), ("ones", np.ones_like(x), True)):
         r = r if r is not None else onnxattr.create_analyzer("gradient", m, neuron_selection_mode="index").analyze(
             x, neuron_selection=ev.targets)
-        np.testing.assert_allclose(ev.infidelity[name], infidelity(m, x, r, noise_scale=0.2, n_perturb_samples=4),
-                                   rtol=1e-12)
+        np.testing.assert_allclose(ev.infidelity[name], infidelity(m, x, r, noise_scale=0.2, n_perturb_samples=4,
+                                                                   multiply_by_inputs=by_inputs), rtol=1e-12)
     np.testing.assert_allclose(ev.sensitivity["input_t_gradient"],
                                sensitivity_max(m, "input_t_gradient", x, radius=0.1), rtol=1e-12)
     assert ev.infidelity["input_t_gradient"].max() < 1e-9  # exact for a linear model, read per unit of x
+    assert ev.infidelity["gradient"].max() < 1e-9  # and its gradient, read per unit of change
+    assert ev.infidelity["ones"].min() > 1e-6
     text = ev.table()
     assert "infidelity" in text and "sensitivity max" in text and "AOPC" not in text
     assert ev.per_sample()["ones"].keys() == {"infidelity"}

@@ -73,6 +73,14 @@ def test_a_linear_models_exact_map_has_no_infidelity():
     np.testing.assert_array_equal(sensitivity_max(m, "gradient", x, n_perturb_samples=3), 0.0)
 
 
+def test_which_maps_carry_the_input_factor():
+    from onnxattr.metrics import includes_input
+
+    assert not includes_input("gradient") and not includes_input("guided_backprop") and not includes_input("grad_cam")
+    assert includes_input("input_t_gradient") and includes_input("lrp.epsilon") and includes_input(None)
+    assert not includes_input("smoothgrad", {"base": "gradient"}) and includes_input("vargrad", {"base": "input_t_gradient"})
+
+
 def test_draws_follow_the_seed():
     m, w = linear()
     x = np.ones((2, 6), np.float32)
