@@ -23,11 +23,10 @@ def parse_sets(pairs) -> dict:
     return out
 
 
-def feed_paths(a, option: str = "feed") -> dict:
-    """--feed (or --feed-b) NAME=FILE.npy pairs: name -> path."""
+def name_paths(pairs, flag: str) -> dict:
+    """NAME=FILE.npy pairs (of option ``flag``): name -> path; a malformed or repeated name is a UsageError."""
     out = {}
-    flag = "--" + option.replace("_", "-")
-    for pair in getattr(a, option, None) or []:
+    for pair in pairs or []:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
             raise UsageError(f"{flag} expects NAME=FILE.npy, got '{pair}'")
@@ -35,6 +34,11 @@ def feed_paths(a, option: str = "feed") -> dict:
             raise UsageError(f"{flag} {name} is given twice ({out[name]}, {path})")
         out[name] = path
     return out
+
+
+def feed_paths(a, option: str = "feed") -> dict:
+    """--feed (or --feed-b) NAME=FILE.npy pairs: name -> path."""
+    return name_paths(getattr(a, option, None), "--" + option.replace("_", "-"))
 
 
 def load_feeds(a, option: str = "feed") -> dict:

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from onnxattr.cli_data import data_files, feed_paths, load_feeds, load_samples, parse_sets, parse_target
+from onnxattr.cli_data import data_files, feed_paths, load_feeds, load_samples, name_paths, parse_sets, parse_target
 from onnxattr.errors import DataError, UsageError
 from onnxattr.evaluate import METRICS, ORDERS, evaluate
 from onnxattr.scoring import Scorer
@@ -87,18 +87,6 @@ def add_parser(sub) -> None:
     v.add_argument("--json", metavar="FILE.json", help="every metric per map and sample as JSON")
 
 
-def _pairs(values, flag: str) -> dict:
-    out = {}
-    for pair in values or []:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"{flag} expects NAME=FILE.npy, got '{pair}'")
-        if name in out:
-            raise UsageError(f"{flag} {name} is given twice")
-        out[name] = path
-    return out
-
-
 def _ints(text: str | None, flag: str):
     if text is None:
         return None
@@ -161,7 +149,7 @@ def _explain_metrics(a, result, metrics) -> list[str]:
 
 
 def cmd_evaluate(a) -> int:
-    maps = _pairs(a.relevance, "--relevance")
+    maps = name_paths(a.relevance, "--relevance")
     written = [p for p in (a.out, a.json) if p]
     reads = [*data_files(a.data), *maps.values(), *feed_paths(a).values()]
     for p in written:

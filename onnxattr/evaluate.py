@@ -7,7 +7,9 @@ score after k steps (k = 0: the data as given) over L steps,
 
 per sample. Most relevant first (MoRF), a faithful map makes the score fall fast (AOPC large); least relevant
 first (LeRF) it should hold (AOPC small); ABPC = AOPC(MoRF) − AOPC(LeRF) is the area between the two curves.
-The model runs on onnxruntime, one forward pass per step over the batch.
+The model runs on onnxruntime, one forward pass per step over the batch (several steps stacked into one run).
+``evaluate`` scores several methods' maps and given ones at the same neurons, by these curves and by Captum's
+infidelity and sensitivity_max (metrics.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from onnxattr.metrics import InfidelitySettings, SensitivitySettings, infidelity
 from onnxattr.regions import (
     Layout, RegionPerturber, check_pad_mode, check_perturbation, layout, region_ranks, region_scores,
 )
-from onnxattr.scoring import Scorer, check_relevance, check_seed, choose_targets
+from onnxattr.scoring import Scorer, check_relevance, check_seed, scored_batch
 
 ORDERS = ("morf", "lerf")
 METRICS = ("aopc", "infidelity", "sensitivity")
@@ -148,14 +150,8 @@ def perturbation_curve(model, x, relevance, neuron: str = "max", target=None, or
     inputs; ``batch_size``: rows per forward pass."""
     s = CurveSettings(**settings)
     s.check()
-    scorer = Scorer(model, input, output, device, providers, batch_size)
-    x = scorer.cast(x)
-    inputs = scorer.feeds(inputs)
-    check_relevance(relevance, x.shape)
-    s.perturbation_for(s.layout(x.shape), x.dtype)
-    first_outputs = scorer.outputs(x, inputs)
-    targets = choose_targets(first_outputs, neuron, target)
-    return curve(scorer, x, relevance, targets, order, s, inputs)
+    b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
+    return curve(b.scorer, b.x, relevance, b.targets, order, s, b.inputs, b.first)
 
 
 @dataclass
@@ -277,16 +273,11 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
     sens = SensitivitySettings(**(sensitivity or {}))
     sens.check()
     per_method = _split_params(methods, params or {})
-    scorer = Scorer(model, input, output, device, providers, batch_size)
-    x = scorer.cast(x)
-    inputs = scorer.feeds(inputs)
+    b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
+    scorer, x, inputs, targets, first = b.scorer, b.x, b.inputs, b.targets, b.first
     relevance = {name: check_relevance(r, x.shape, f"the map '{name}'") for name, r in relevance.items()}
     if "aopc" in metrics:  # refused now, not after the methods before it have run
         s.perturbation_for(s.layout(x.shape), x.dtype)
-    first_outputs = scorer.outputs(x, inputs)
-    targets = choose_targets(first_outputs, neuron, target)
-    first = first_outputs.astype(np.float64).sum(1) if targets is None else \
-        first_outputs.astype(np.float64)[np.arange(len(x)), targets]
     result = Evaluation(targets, names=names)
     slices = scorer.slices(len(x), batch_size)  # a model of fixed batch size explains the data in such slices
     for name in names:

@@ -16,7 +16,7 @@ import numpy as np
 
 from onnxattr.api import Analyzer
 from onnxattr.errors import DataError, UsageError
-from onnxattr.scoring import Scorer, check_relevance, check_seed, choose_targets
+from onnxattr.scoring import Scorer, check_relevance, check_seed, scored_batch
 
 INFIDELITY_PERTURBATIONS = ("noise", "subset")
 ROWS_PER_RUN = 64  # perturbed samples per forward pass
@@ -162,14 +162,8 @@ def infidelity(model, x, relevance, neuron: str = "max", target=None, input: str
     least-squares β = Σ a d / Σ a², as Captum's."""
     st = InfidelitySettings(**settings)
     st.check()
-    scorer = Scorer(model, input, output, device, providers, batch_size)
-    x = scorer.cast(x)
-    inputs = scorer.feeds(inputs)
-    check_relevance(relevance, x.shape)
-    first = scorer.outputs(x, inputs).astype(np.float64)
-    targets = choose_targets(first, neuron, target)
-    f0 = first.sum(1) if targets is None else first[np.arange(len(x)), targets]
-    return infidelity_of(scorer, x, relevance, targets, f0, st, inputs)
+    b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
+    return infidelity_of(b.scorer, b.x, relevance, b.targets, b.first, st, b.inputs)
 
 
 @dataclass
@@ -221,10 +215,7 @@ def sensitivity_max(model, method: str, x, neuron: str = "max", target=None, inp
     at the neuron chosen on x."""
     st = SensitivitySettings(n_perturb_samples, radius, draws, seed)
     st.check()
-    scorer = Scorer(model, input, output, device, providers, batch_size)
-    x = scorer.cast(x)
-    inputs = scorer.feeds(inputs)
-    targets = choose_targets(scorer.outputs(x, inputs), neuron, target)
-    analyzer = Analyzer(method, model, neuron_selection_mode="all" if targets is None else "index", input=scorer.x,
-                        output=output, device=device, providers=providers, **params)
-    return sensitivity_of(analyzer, x, targets, st, inputs, scorer.slices(len(x), batch_size))
+    b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
+    analyzer = Analyzer(method, model, neuron_selection_mode="all" if b.targets is None else "index",
+                        input=b.scorer.x, output=output, device=device, providers=providers, **params)
+    return sensitivity_of(analyzer, b.x, b.targets, st, b.inputs, b.scorer.slices(len(b.x), batch_size))

@@ -4,6 +4,8 @@ neuron per sample chosen as analyze chooses it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
@@ -95,6 +97,31 @@ class Scorer:
         """[N] float64: each sample's neuron ``targets[n]`` (their sum when targets is None: neuron 'all')."""
         y = self.outputs(x, inputs).astype(np.float64)
         return y.sum(axis=1) if targets is None else y[np.arange(len(y)), targets]
+
+
+@dataclass
+class ScoredBatch:
+    """A batch made ready for the metrics: the data cast, the other inputs checked, each sample's neuron
+    (``targets``; None: neuron 'all', their sum) and its score ``first`` [N] (float64) on the data as given."""
+
+    scorer: Scorer
+    x: np.ndarray
+    inputs: dict
+    targets: np.ndarray | None
+    first: np.ndarray
+
+
+def scored_batch(model, x, neuron: str = "max", target=None, input: str | None = None, output: str | None = None,
+                 inputs: dict | None = None, batch_size: int | None = None, device: str | None = None,
+                 providers=None) -> ScoredBatch:
+    """Score x once (the model's explained output) and choose each sample's neuron, as analyze would."""
+    scorer = Scorer(model, input, output, device, providers, batch_size)
+    x = scorer.cast(x)
+    inputs = scorer.feeds(inputs)
+    outputs = scorer.outputs(x, inputs).astype(np.float64)
+    targets = choose_targets(outputs, neuron, target)
+    first = outputs.sum(1) if targets is None else outputs[np.arange(len(x)), targets]
+    return ScoredBatch(scorer, x, inputs, targets, first)
 
 
 def check_relevance(relevance, x_shape, name: str = "the relevance") -> np.ndarray:
