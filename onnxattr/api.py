@@ -48,7 +48,7 @@ class Analyzer:
                  input: str | None = None, output: str | None = None, device: str | None = None,
                  providers=None, keep=(), **params):
         self.method = get_method(method)
-        self._method_key = method  # a registered name or a rule file path
+        self._method_key = os.fspath(method) if isinstance(method, os.PathLike) else method  # a name or a rule file
         if neuron_selection_mode not in MODES:
             raise UsageError(f"neuron_selection_mode must be one of {', '.join(MODES)}")
         self.mode = MODES[neuron_selection_mode]
@@ -59,6 +59,7 @@ class Analyzer:
         self.input, self.output = input, output
         self.device, self.providers = device, providers
         self._runners: dict[str, Runner] = {}
+        self._compiled: dict[str, onnx.ModelProto] = {}
         self.outputs: list[np.ndarray] | None = None  # the original outputs of the last analyze()
         self.keep = keep
         self.kept: dict[str, np.ndarray] = {}  # the relevance at each kept tensor in the last analyze()
@@ -102,7 +103,14 @@ class Analyzer:
             compiled = compile_model(self.model, self._method_key, neuron=mode, input=self.input,
                                      output=self.output, label=self.label, keep=self.keep, **self.params)
             self._runners[mode] = Runner(compiled, self.device, self.providers)
+            self._compiled[mode] = compiled
         return self._runners[mode]
+
+    def restart(self) -> None:
+        """New onnxruntime sessions over the same compiled models: the random methods' draws start again from
+        their seed (a session continues its stream from call to call)."""
+        for mode in self._runners:
+            self._runners[mode] = Runner(self._compiled[mode], self.device, self.providers)
 
     def analyze(self, X, neuron_selection=None, inputs: dict | None = None, batch_size: int | None = None,
                 progress: bool = False) -> np.ndarray:

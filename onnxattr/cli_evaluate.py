@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
                         "(repeatable)")
     v.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="method parameter, given to each --method that has it (repeatable)")
+    v.add_argument("--patterns", metavar="FILE.npz", help="patterns from `onnxattr fit`, for pattern.net and "
+                   "pattern.attribution")
     v.add_argument("--data", required=True, nargs="+", metavar="DATA",
                    help="input batch as .npy, or image files or a folder of them, as for explain")
     v.add_argument("--neuron", default="max", choices=["max", "index", "all"],
@@ -151,7 +153,11 @@ def _explain_metrics(a, result, metrics) -> list[str]:
 def cmd_evaluate(a) -> int:
     maps = name_paths(a.relevance, "--relevance")
     written = [p for p in (a.out, a.json) if p]
-    reads = [*data_files(a.data), *maps.values(), *feed_paths(a).values()]
+    # every file the run reads: data, maps, feeds, rule files given as methods, files named by --set (patterns,
+    # feature masks, coalitions)
+    reads = [*data_files(a.data), *maps.values(), *feed_paths(a).values(),
+             *(m for m in a.method or [] if m.endswith(".toml")),
+             *(v for v in parse_sets(a.set).values() if os.path.isfile(v)), *([a.patterns] if a.patterns else [])]
     for p in written:
         refuse_overwriting_input(p, *reads, models=[a.model])
         check_destination(p)
@@ -185,7 +191,7 @@ def cmd_evaluate(a) -> int:
     sensitivity = dict(n_perturb_samples=a.draws, radius=a.radius, seed=a.seed)
     result = evaluate(a.model, a.method or [], x, relevance=relevance, neuron=a.neuron, target=parse_target(a.target),
                       metrics=metrics, orders=orders, input=a.input, output=a.output, inputs=load_feeds(a),
-                      params=parse_sets(a.set), batch_size=a.batch_size, device=a.device,
+                      params={**parse_sets(a.set), **({"patterns": a.patterns} if a.patterns else {})}, batch_size=a.batch_size, device=a.device,
                       progress=lambda name: print(f"evaluating {name} ...", flush=True), infidelity=infidelity,
                       sensitivity=sensitivity, **settings)
     print("\n".join(_explain_metrics(a, result, metrics)))

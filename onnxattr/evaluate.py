@@ -25,7 +25,7 @@ from onnxattr.metrics import InfidelitySettings, SensitivitySettings, infidelity
 from onnxattr.regions import (
     Layout, RegionPerturber, check_pad_mode, check_perturbation, layout, region_ranks, region_scores,
 )
-from onnxattr.scoring import Scorer, check_relevance, check_seed, scored_batch
+from onnxattr.scoring import Scorer, check_relevance, check_seed, scored_batch, settings_of
 
 ORDERS = ("morf", "lerf")
 METRICS = ("aopc", "infidelity", "sensitivity")
@@ -86,6 +86,16 @@ class CurveSettings:
     def layout(self, x_shape) -> Layout:
         """The regions of samples of ``x_shape`` [N, ...]."""
         return layout(tuple(x_shape[1:]), self.channel_axis, self.region)
+
+    def check_for(self, x_shape, dtype) -> None:
+        """What depends on the data: its regions (more than one per sample) and the perturbation's value."""
+        lay = self.layout(x_shape)
+        r = np.zeros((1, *x_shape[1:]))
+        total = region_scores(r, lay, self.reduce, self.aggregate, self.pad_mode)[0].size
+        if total == 1:
+            raise UsageError(f"samples of shape {list(x_shape[1:])} hold a single region of {list(lay.region)}, so "
+                             "every map would score alike: give a smaller region")
+        self.perturbation_for(lay, dtype)
 
     def perturbation_for(self, lay: Layout, dtype) -> object:
         """The perturbation: the one set, else "mean" (regions of several elements) or "zeros" (single elements,
@@ -148,9 +158,9 @@ def perturbation_curve(model, x, relevance, neuron: str = "max", target=None, or
     the border; ``value_range`` (lo, hi) clips what is put in; ``seed`` for "gaussian". ``neuron``/``target``
     choose the scored neuron as analyze does; ``order``: "morf" or "lerf"; ``inputs``: the model's other graph
     inputs; ``batch_size``: rows per forward pass."""
-    s = CurveSettings(**settings)
-    s.check()
+    s = settings_of(CurveSettings, settings, "perturbation_curve")
     b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
+    s.check_for(b.x.shape, b.x.dtype)
     return curve(b.scorer, b.x, relevance, b.targets, order, s, b.inputs, b.first)
 
 
@@ -260,36 +270,40 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
     orders = [orders] if isinstance(orders, str) else list(orders)
     if not orders or any(o not in ORDERS for o in orders) or len(set(orders)) < len(orders):
         raise UsageError(f"orders must be one or both of {', '.join(ORDERS)}, got {orders!r}")
+    if not all(isinstance(k, str) for k in relevance):
+        raise UsageError("relevance must map names (strings) to arrays")
     names = methods + list(relevance)
     if len(set(names)) < len(names):
         raise UsageError(f"a map name is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
     if metrics == ["sensitivity"] and not methods:
         raise UsageError("sensitivity re-explains moved copies of the data, so it needs methods; given maps "
                          "(relevance=, --relevance) take aopc or infidelity")
-    s = CurveSettings(**settings)
-    s.check()
-    inf = InfidelitySettings(**(infidelity or {}))
-    inf.check()
-    sens = SensitivitySettings(**(sensitivity or {}))
-    sens.check()
+    s = settings_of(CurveSettings, settings, "evaluate")
+    inf = settings_of(InfidelitySettings, infidelity, "infidelity")
+    sens = settings_of(SensitivitySettings, sensitivity, "sensitivity")
     per_method = _split_params(methods, params or {})
     b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
     scorer, x, inputs, targets, first = b.scorer, b.x, b.inputs, b.targets, b.first
+    # everything that can be refused is refused now, not after the methods before it have run
     relevance = {name: check_relevance(r, x.shape, f"the map '{name}'") for name, r in relevance.items()}
-    if "aopc" in metrics:  # refused now, not after the methods before it have run
-        s.perturbation_for(s.layout(x.shape), x.dtype)
+    if "aopc" in metrics:
+        s.check_for(x.shape, x.dtype)
+    if "infidelity" in metrics:
+        inf.check_for(x.shape)
+    if "sensitivity" in metrics:
+        sens.check_for(x.shape)
+    mode = "all" if targets is None else "index"
+    analyzers = {name: Analyzer(name, model, neuron_selection_mode=mode, input=scorer.x, output=output, device=device,
+                                providers=providers, **per_method[name]) for name in methods}
     result = Evaluation(targets, names=names)
     slices = scorer.slices(len(x), batch_size)  # a model of fixed batch size explains the data in such slices
     for name in names:
         if progress:
             progress(name)
-        analyzer = None
-        if name in relevance:
+        analyzer = analyzers.get(name)
+        if analyzer is None:
             r = relevance[name]
         else:
-            analyzer = Analyzer(name, model, neuron_selection_mode="all" if targets is None else "index",
-                                input=scorer.x, output=output, device=device, providers=providers,
-                                **per_method[name])
             r = analyzer.analyze(x, neuron_selection=targets, inputs=inputs, batch_size=slices)
         if "aopc" in metrics:
             result.curves[name] = {o: curve(scorer, x, r, targets, o, s, inputs, first) for o in orders}

@@ -16,7 +16,8 @@ import numpy as np
 
 from onnxattr.api import Analyzer
 from onnxattr.errors import DataError, UsageError
-from onnxattr.scoring import Scorer, check_relevance, check_seed, scored_batch
+from onnxattr.methods import REGISTRY
+from onnxattr.scoring import Scorer, check_relevance, check_seed, scored_batch, settings_of
 
 INFIDELITY_PERTURBATIONS = ("noise", "subset")
 ROWS_PER_RUN = 64  # perturbed samples per forward pass
@@ -88,6 +89,15 @@ class InfidelitySettings:
             _finite("baselines", self.baselines, low=-np.inf)
         check_seed(self.seed)
 
+    def check_for(self, x_shape) -> None:
+        """What depends on the data: the baselines broadcast to it, given draws have its shape."""
+        try:
+            np.broadcast_to(np.asarray(self.baselines, np.float64), tuple(x_shape))
+        except ValueError:
+            raise DataError(f"baselines of shape {list(np.shape(self.baselines))} do not broadcast to the data "
+                            f"{list(x_shape)}") from None
+        _draws(self.draws, x_shape[0], _draw_count(self.n_perturb_samples, self.draws), tuple(x_shape[1:]), "draws")
+
 
 LOCAL_METHODS = {"gradient", "beta_smooth", "deconvnet", "guided_backprop", "grad_cam", "guided_grad_cam",
                  "pattern.net"}  # maps without the input's factor: read per unit of input change
@@ -98,6 +108,8 @@ def includes_input(method: str | None, params: dict | None = None) -> bool:
     methods: their sums approach output differences), so infidelity reads them per unit of x − baseline; the
     gradient family, Grad-CAM and PatternNet's signal are local. smoothgrad and vargrad follow their ``base``; an
     unknown method (a given map) is taken as including it, as Captum's infidelity_perturb_func_decorator does."""
+    if method in REGISTRY:
+        method = REGISTRY[method].name  # an alias (gradient.baseline) as its method
     if method in ("smoothgrad", "vargrad"):
         return (params or {}).get("base") == "input_t_gradient"
     return method not in LOCAL_METHODS
@@ -160,9 +172,9 @@ def infidelity(model, x, relevance, neuron: str = "max", target=None, input: str
     safe_div) with ``multiply_by_inputs`` (None or True: maps that include the input's factor, such as input_t_gradient,
     integrated_gradients, LRP), else against I = ξ (gradient, saliency). ``normalize`` first scales the map by the
     least-squares β = Σ a d / Σ a², as Captum's."""
-    st = InfidelitySettings(**settings)
-    st.check()
+    st = settings_of(InfidelitySettings, settings, "infidelity")
     b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
+    st.check_for(b.x.shape)
     return infidelity_of(b.scorer, b.x, relevance, b.targets, b.first, st, b.inputs)
 
 
@@ -180,16 +192,21 @@ class SensitivitySettings:
         _finite("radius", self.radius)
         check_seed(self.seed)
 
+    def check_for(self, x_shape) -> None:
+        """Given draws have the data's shape."""
+        _draws(self.draws, x_shape[0], _draw_count(self.n_perturb_samples, self.draws), tuple(x_shape[1:]), "draws")
+
 
 def sensitivity_of(analyzer: Analyzer, x: np.ndarray, targets, st: SensitivitySettings, inputs: dict | None = None,
                    slices: int | None = None, base: np.ndarray | None = None) -> np.ndarray:
-    """sensitivity_max's value for x (cast) explained by ``analyzer`` at ``targets`` (``base``: the map of x,
-    when known)."""
+    """sensitivity_max's value for x (cast) explained by ``analyzer`` at ``targets`` (``base``: the map of x from
+    the analyzer's first call, when known). A method that draws random numbers explains every copy from a new
+    session, so that each starts from the same draws as the map of x did: the change measured is the map's, not
+    the noise's."""
     s = _draw_count(st.n_perturb_samples, st.draws)
     n, shape = len(x), x.shape[1:]
-    delta = _draws(st.draws, n, s, shape, "draws")
-    if delta is None:
-        delta = np.random.default_rng(st.seed).uniform(-st.radius, st.radius, (n, s, *shape))
+    given = _draws(st.draws, n, s, shape, "draws")
+    rng = np.random.default_rng(st.seed)
     if base is None:
         base = analyzer.analyze(x, neuron_selection=targets, inputs=inputs, batch_size=slices)
     base = np.asarray(base, np.float64)
@@ -199,7 +216,10 @@ def sensitivity_of(analyzer: Analyzer, x: np.ndarray, targets, st: SensitivitySe
     norm = np.where(norm == 0, 1.0, norm)
     worst = np.zeros(n)
     for j in range(s):  # one explained batch per draw: a sample's other inputs keep their rows
-        moved = (x.astype(np.float64) + delta[:, j]).astype(x.dtype)
+        delta = given[:, j] if given is not None else rng.uniform(-st.radius, st.radius, x.shape)
+        moved = (x.astype(np.float64) + delta).astype(x.dtype)
+        if analyzer.method.random:
+            analyzer.restart()
         r = analyzer.analyze(moved, neuron_selection=targets, inputs=inputs, batch_size=slices).astype(np.float64)
         worst = np.maximum(worst, np.sqrt(((r - base).reshape(n, -1) ** 2).sum(1)) / norm)
     return worst
@@ -216,6 +236,7 @@ def sensitivity_max(model, method: str, x, neuron: str = "max", target=None, inp
     st = SensitivitySettings(n_perturb_samples, radius, draws, seed)
     st.check()
     b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
+    st.check_for(b.x.shape)
     analyzer = Analyzer(method, model, neuron_selection_mode="all" if b.targets is None else "index",
                         input=b.scorer.x, output=output, device=device, providers=providers, **params)
     return sensitivity_of(analyzer, b.x, b.targets, st, b.inputs, b.scorer.slices(len(b.x), batch_size))

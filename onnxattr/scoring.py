@@ -50,10 +50,16 @@ class Scorer:
         self.per_sample = {a.name for a in self.runner.session.get_inputs()
                            if a.name != x and first is not None and a.shape and a.shape[0] == first}
 
-    def feeds(self, inputs: dict | None) -> dict:
+    def feeds(self, inputs: dict | None, n: int | None = None) -> dict:
         """The model's other graph inputs, checked and cast as analyze checks them (a missing, unknown or
-        explained one is a UsageError)."""
-        return other_feeds(self.runner, {self.x}, inputs)
+        explained one is a UsageError); with a fixed batch size and ``n`` samples, a feed of one row per sample is
+        checked on its first slice (it runs in such slices)."""
+        fixed = self.fixed_batch
+        if not (fixed and n and n != fixed and isinstance(inputs, dict)):
+            return other_feeds(self.runner, {self.x}, inputs)
+        rows = {k for k, v in inputs.items() if k in self.per_sample and np.ndim(v) and len(v) == n}
+        checked = other_feeds(self.runner, {self.x}, {k: (v[:fixed] if k in rows else v) for k, v in inputs.items()})
+        return {k: (np.asarray(inputs[k]).astype(v.dtype, copy=False) if k in rows else v) for k, v in checked.items()}
 
     def slices(self, n: int, batch_size: int | None) -> int | None:
         """analyze's batch_size for n samples: the one given, else the model's fixed batch size where n differs."""
@@ -117,7 +123,7 @@ def scored_batch(model, x, neuron: str = "max", target=None, input: str | None =
     """Score x once (the model's explained output) and choose each sample's neuron, as analyze would."""
     scorer = Scorer(model, input, output, device, providers, batch_size)
     x = scorer.cast(x)
-    inputs = scorer.feeds(inputs)
+    inputs = scorer.feeds(inputs, len(x))
     outputs = scorer.outputs(x, inputs).astype(np.float64)
     targets = choose_targets(outputs, neuron, target)
     first = outputs.sum(1) if targets is None else outputs[np.arange(len(x)), targets]
@@ -169,3 +175,14 @@ def choose_targets(first: np.ndarray, neuron: str, target) -> np.ndarray | None:
     if t.min() < 0 or t.max() >= k:
         raise DataError(f"target {t.tolist()} out of range: the explained output has {k} neurons")
     return t
+
+
+def settings_of(kind, given: dict | None, what: str):
+    """A settings dataclass from keyword arguments, checked; an unknown name is a UsageError naming the known."""
+    known = list(kind.__dataclass_fields__)
+    unknown = sorted(set(given or {}) - set(known))
+    if unknown:
+        raise UsageError(f"{what} has no setting '{unknown[0]}'; its settings: {', '.join(known)}")
+    settings = kind(**(given or {}))
+    settings.check()
+    return settings

@@ -326,3 +326,82 @@ def test_a_number_beyond_float16_is_refused():
     assert perturbation_curve(m, x, x, perturbation=2.0, steps=2).scores.shape == (3, 2)
     with pytest.raises(DataError, match="beyond what the model's input type float16 holds"):
         perturbation_curve(m, x, x, perturbation=1e6)
+
+
+def test_seeded_methods_are_re_explained_from_the_same_draws():
+    """helper audit 52: one session continues its random stream, so sensitivity measured smoothgrad's own noise
+    (0.3-0.7 with copies not moved at all); each copy now starts from the seed again."""
+    from onnxattr.metrics import sensitivity_max
+
+    m, _ = linear()
+    x = np.random.default_rng(11).standard_normal((2, 6)).astype(np.float32)
+    still = np.zeros((2, 2, 6))
+    for method, params in (("smoothgrad", {"augment_by_n": 4, "base": "input_t_gradient"}), ("random", {})):
+        np.testing.assert_array_equal(sensitivity_max(m, method, x, draws=still, **params), 0.0)
+
+
+def test_a_fixed_batch_model_takes_per_sample_feeds_for_more_samples():
+    m, w = masked()
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    m.graph.input[1].type.tensor_type.shape.dim[0].dim_value = 2
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
+    rng = np.random.default_rng(12)
+    x, mask = rng.standard_normal((4, 6)).astype(np.float32), (rng.random((4, 6)) < 0.5).astype(np.float32)
+    ev = evaluate(m, ["gradient"], x, input="x", inputs={"mask": mask}, metrics=["aopc", "infidelity"], steps=2)
+    np.testing.assert_allclose(ev.curves["gradient"]["morf"].scores[0], ((x * mask) @ w).max(1), rtol=1e-5)
+
+
+def test_every_refusal_comes_before_the_first_method_runs():
+    m, _ = linear()
+    x = np.ones((2, 6), np.float32)
+    ran = []
+    for kwargs, error, words in (
+            (dict(params={"augment_by_n": -1}), UsageError, "augment_by_n"),
+            (dict(metrics=["infidelity"], infidelity={"baselines": np.zeros(5)}), DataError, "do not broadcast"),
+            (dict(metrics=["sensitivity"], sensitivity={"draws": np.zeros((2, 1, 5))}), DataError, "draws has shape"),
+            (dict(region=6), UsageError, "single region"),
+            (dict(infidelity={"noise": 1}), UsageError, "infidelity has no setting 'noise'"),
+            (dict(stepz=3), UsageError, "evaluate has no setting 'stepz'")):
+        with pytest.raises(error, match=words):
+            evaluate(m, ["gradient", "smoothgrad"], x, progress=ran.append, **kwargs)
+        assert ran == []
+    with pytest.raises(UsageError, match="names"):
+        evaluate(m, [], x, relevance={0: x})
+
+
+def test_an_alias_is_read_as_its_method():
+    from onnxattr.metrics import includes_input
+
+    assert not includes_input("gradient.baseline")
+
+
+def test_cli_evaluate_never_overwrites_a_file_named_by_set_or_a_rule_file(tmp_path, capsys):
+    m, _ = linear()
+    mp, xp, mask = tmp_path / "lin.onnx", tmp_path / "x.npy", tmp_path / "fm.npy"
+    onnx.save(m, mp)
+    np.save(xp, np.ones((2, 6), np.float32))
+    np.save(mask, np.arange(6)[None])
+    before = mask.read_bytes()
+    assert main(["evaluate", str(mp), "-m", "feature_ablation", "--set", f"feature_mask={mask}", "--data", str(xp),
+                 "--json", str(mask)]) == EXIT_CODES["OutputFileError"]
+    assert "would overwrite" in capsys.readouterr().err and mask.read_bytes() == before
+    rules = tmp_path / "r.toml"
+    rules.write_text('[layers]\ndefault = { rule = "epsilon" }\n')
+    assert main(["evaluate", str(mp), "-m", str(rules), "--data", str(xp), "-o", str(rules)]) == \
+        EXIT_CODES["OutputFileError"]
+    assert rules.read_text().startswith("[layers]")
+
+
+def test_cli_evaluate_takes_fitted_patterns_and_never_overwrites_them(tmp_path, capsys):
+    m, _ = mlp()
+    mp, xp, pp = tmp_path / "mlp.onnx", tmp_path / "x.npy", tmp_path / "p.npz"
+    onnx.save(m, mp)
+    np.save(xp, np.random.default_rng(13).standard_normal((16, 6)).astype(np.float32))
+    assert main(["fit", str(mp), "-m", "pattern.attribution", "--data", str(xp), "-o", str(pp)]) == 0
+    before = pp.read_bytes()
+    assert main(["evaluate", str(mp), "-m", "pattern.attribution", "-m", "gradient", "--patterns", str(pp),
+                 "--data", str(xp), "--steps", "3"]) == 0
+    assert "pattern.attribution" in capsys.readouterr().out
+    assert main(["evaluate", str(mp), "-m", "pattern.attribution", "--patterns", str(pp), "--data", str(xp),
+                 "-o", str(pp)]) == EXIT_CODES["OutputFileError"]
+    assert pp.read_bytes() == before
