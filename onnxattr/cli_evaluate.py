@@ -38,6 +38,8 @@ def add_parser(sub) -> None:
     v.add_argument("--input", help="graph input to explain and perturb (default: the only float input)")
     v.add_argument("--output", help="graph output to explain and score (default: the first float output; the "
                    "logits before a trailing softmax)")
+    v.add_argument("--labels", metavar="Y.npy", help="class labels, one integer per sample: the curves also "
+                   "follow the model's accuracy (iNNvestigate's PerturbationAnalysis with an accuracy metric)")
     v.add_argument("--metric", action="append", choices=list(METRICS),
                    help="aopc (region perturbation, the default), infidelity (Captum's) or sensitivity (Captum's "
                         "sensitivity_max; methods only); repeatable")
@@ -127,6 +129,15 @@ def _settings(a) -> dict:
                 pad_mode=a.pad_mode, value_range=value_range, seed=a.seed)
 
 
+def _load_npy(path: str, what: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise DataError(f"{path} ({what}): no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path} ({what}): not a readable .npy array ({e or 'empty file'})") from None
+
+
 def _explain_metrics(a, result, metrics) -> list[str]:
     """One sentence per metric: what was done and which way is better."""
     out = []
@@ -136,7 +147,9 @@ def _explain_metrics(a, result, metrics) -> list[str]:
         out.append(f"AOPC: {len(first.regions) - 1} steps, each replacing {a.regions_per_step} region"
                    f"{'s' if a.regions_per_step > 1 else ''} of {size} (of {first.total_regions} per sample) by "
                    f"{first.perturbation}; the mean drop of the explained output (higher is better most relevant first, "
-                   "lower least relevant first); ABPC: their difference.")
+                   "lower least relevant first); ABPC: their difference."
+                   + (" Accuracy: the share of the steps at which a sample is still classified as labelled."
+                      if a.labels else ""))
     if "infidelity" in metrics:
         how = f"N(0, {a.noise_scale:g}²) noise" if a.infidelity_perturbation == "noise" else \
             f"random subsets ({a.subset_fraction:g}) set to {a.baseline:g}"
@@ -157,7 +170,8 @@ def cmd_evaluate(a) -> int:
     # feature masks, coalitions)
     reads = [*data_files(a.data), *maps.values(), *feed_paths(a).values(),
              *(m for m in a.method or [] if m.endswith(".toml")),
-             *(v for v in parse_sets(a.set).values() if os.path.isfile(v)), *([a.patterns] if a.patterns else [])]
+             *(v for v in parse_sets(a.set).values() if os.path.isfile(v)), *([a.patterns] if a.patterns else []),
+             *([a.labels] if a.labels else [])]
     for p in written:
         refuse_overwriting_input(p, *reads, models=[a.model])
         check_destination(p)
@@ -173,15 +187,8 @@ def cmd_evaluate(a) -> int:
     if not orders or any(o not in ORDERS for o in orders):
         raise UsageError(f"--order must be morf, lerf or morf,lerf, got '{a.order}'")
     settings = _settings(a)
-    relevance = {}
-    for name, path in maps.items():
-        if not os.path.exists(path):
-            raise DataError(f"{path} (--relevance {name}): no such file")
-        try:
-            relevance[name] = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path} (--relevance {name}): not a readable .npy array ({e or 'empty file'})") \
-                from None
+    relevance = {name: _load_npy(path, f"--relevance {name}") for name, path in maps.items()}
+    labels = _load_npy(a.labels, "--labels") if a.labels else None
     scorer = Scorer(a.model, a.input, a.output, a.device)
     x = load_samples(a.data, lambda: scorer.x_arg.shape)
     metrics = a.metric or ["aopc"]
@@ -193,7 +200,7 @@ def cmd_evaluate(a) -> int:
                       metrics=metrics, orders=orders, input=a.input, output=a.output, inputs=load_feeds(a),
                       params={**parse_sets(a.set), **({"patterns": a.patterns} if a.patterns else {})}, batch_size=a.batch_size, device=a.device,
                       progress=lambda name: print(f"evaluating {name} ...", flush=True), infidelity=infidelity,
-                      sensitivity=sensitivity, **settings)
+                      sensitivity=sensitivity, labels=labels, **settings)
     print("\n".join(_explain_metrics(a, result, metrics)))
     print(f"Mean ± standard error over {len(x)} samples:")
     print(result.table())

@@ -25,7 +25,7 @@ from onnxattr.metrics import InfidelitySettings, SensitivitySettings, infidelity
 from onnxattr.regions import (
     Layout, RegionPerturber, check_pad_mode, check_perturbation, layout, region_ranks, region_scores,
 )
-from onnxattr.scoring import Scorer, check_relevance, check_seed, scored_batch, settings_of
+from onnxattr.scoring import Scorer, check_labels, check_relevance, check_seed, scored_batch, settings_of
 
 ORDERS = ("morf", "lerf")
 METRICS = ("aopc", "infidelity", "sensitivity")
@@ -43,11 +43,18 @@ class PerturbationCurve:
     total_regions: int
     region_shape: tuple = ()
     perturbation: object = None  # what a replaced region became
+    correct: np.ndarray | None = None  # [L+1, N] bool: the model's choice equals the sample's label (labels given)
 
     @property
     def aopc(self) -> np.ndarray:
         """[N]: the mean drop of the score over the curve's points, the first (no drop) included."""
         return (self.scores[0] - self.scores).mean(axis=0)
+
+    @property
+    def accuracy(self) -> np.ndarray | None:
+        """[L+1]: the share of samples the model still classifies as labelled after each step (iNNvestigate's
+        PerturbationAnalysis with an accuracy metric); None without labels."""
+        return None if self.correct is None else self.correct.mean(axis=1)
 
 
 @dataclass
@@ -116,9 +123,9 @@ class CurveSettings:
 
 
 def curve(scorer: Scorer, x: np.ndarray, relevance, targets, order: str, settings: CurveSettings,
-          inputs: dict | None = None, first: np.ndarray | None = None) -> PerturbationCurve:
+          inputs: dict | None = None, first: tuple | None = None, labels: np.ndarray | None = None) -> PerturbationCurve:
     """The curve of one map and one order (x already cast, ``inputs`` as scorer.feeds returns them; ``first``: the
-    scores of x, when known)."""
+    scores and choices of x, when known; ``labels``: class labels [N], to follow the model's accuracy too)."""
     relevance = check_relevance(relevance, x.shape)
     lay: Layout = settings.layout(x.shape)
     perturbation = settings.perturbation_for(lay, x.dtype)
@@ -132,21 +139,25 @@ def curve(scorer: Scorer, x: np.ndarray, relevance, targets, order: str, setting
     # steps stacked into one run (a larger batch runs faster per row) where nothing else has one row per sample
     per_run = 1 if inputs or scorer.fixed_batch else max(1, (scorer.batch_size or ROWS_PER_RUN) // n)
     tiled = None if targets is None else np.tile(targets, per_run)
-    out = []
+    out, choices = [], []
     todo = counts if first is None else counts[1:]
     if first is not None:
-        out.append(first)
+        out.append(first[0])
+        choices.append(first[1])
     for start in range(0, len(todo), per_run):
         part = todo[start:start + per_run]
         batch = np.concatenate([perturber.upto(c) for c in part])
-        scores = scorer.scores(batch, None if tiled is None else tiled[:len(batch)], inputs)
+        scores, chosen = scorer.scores_and_choices(batch, None if tiled is None else tiled[:len(batch)], inputs)
         out.extend(scores.reshape(len(part), n))
-    return PerturbationCurve(order, np.asarray(counts, np.int64), np.stack(out), total, lay.region, perturbation)
+        choices.extend(chosen.reshape(len(part), n))
+    correct = None if labels is None else np.stack(choices) == labels[None]
+    return PerturbationCurve(order, np.asarray(counts, np.int64), np.stack(out), total, lay.region, perturbation,
+                             correct)
 
 
 def perturbation_curve(model, x, relevance, neuron: str = "max", target=None, order: str = "morf",
                        input: str | None = None, output: str | None = None, inputs: dict | None = None,
-                       batch_size: int | None = None, device: str | None = None, providers=None,
+                       batch_size: int | None = None, device: str | None = None, providers=None, labels=None,
                        **settings) -> PerturbationCurve:
     """Replace x's regions in the order ``relevance`` (x's shape) ranks them and score the model after each
     step. Settings: ``steps`` (100) of ``regions_per_step`` (1) regions each, stopping once all are replaced;
@@ -157,11 +168,12 @@ def perturbation_curve(model, x, relevance, neuron: str = "max", target=None, or
     "mean" (iNNvestigate's defaults), "sum" or "max"; ``pad_mode`` (numpy.pad's, "reflect") fills regions past
     the border; ``value_range`` (lo, hi) clips what is put in; ``seed`` for "gaussian". ``neuron``/``target``
     choose the scored neuron as analyze does; ``order``: "morf" or "lerf"; ``inputs``: the model's other graph
-    inputs; ``batch_size``: rows per forward pass."""
+    inputs; ``batch_size``: rows per forward pass; ``labels``: class labels [N], to follow the accuracy too."""
     s = settings_of(CurveSettings, settings, "perturbation_curve")
     b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
     s.check_for(b.x.shape, b.x.dtype)
-    return curve(b.scorer, b.x, relevance, b.targets, order, s, b.inputs, b.first)
+    labels = check_labels(labels, len(b.x), b.outputs)
+    return curve(b.scorer, b.x, relevance, b.targets, order, s, b.inputs, (b.first, b.choices), labels)
 
 
 @dataclass
@@ -192,11 +204,19 @@ class Evaluation:
                          else None))
         if len(orders) == 2:
             cols.append(("ABPC", self.abpc))
+        for o in orders:
+            if any(c[o].correct is not None for c in self.curves.values() if o in c):
+                cols.append((f"accuracy {o.upper()}", lambda n, o=o: self._accuracy(n, o)))
         if self.infidelity:
             cols.append(("infidelity", self.infidelity.get))
         if self.sensitivity:
             cols.append(("sensitivity max", self.sensitivity.get))
         return cols
+
+    def _accuracy(self, name: str, order: str) -> np.ndarray | None:
+        """[N]: the share of the curve's points at which sample n is still classified as labelled."""
+        c = self.curves.get(name, {}).get(order)
+        return None if c is None or c.correct is None else c.correct.mean(axis=0)
 
     def table(self) -> str:
         """One line per map: the mean over samples of each metric, ± its standard error."""
@@ -213,6 +233,8 @@ class Evaluation:
         out = {}
         for name in self.names:
             row = {f"aopc_{o}": c.aopc for o, c in self.curves.get(name, {}).items()}
+            row.update({f"accuracy_{o}": self._accuracy(name, o) for o, c in self.curves.get(name, {}).items()
+                        if c.correct is not None})
             for key, value in (("abpc", self.abpc(name)), ("infidelity", self.infidelity.get(name)),
                                ("sensitivity_max", self.sensitivity.get(name))):
                 if value is not None:
@@ -229,6 +251,8 @@ class Evaluation:
             for order, c in by_order.items():
                 out[f"{name}|{order}"] = c.scores
                 out[f"{name}|{order}|regions"] = c.regions
+                if c.correct is not None:
+                    out[f"{name}|{order}|correct"] = c.correct
         for name, v in self.infidelity.items():
             out[f"{name}|infidelity"] = v
         for name, v in self.sensitivity.items():
@@ -251,12 +275,13 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
              metrics=("aopc",), orders=ORDERS, input: str | None = None, output: str | None = None,
              inputs: dict | None = None, params: dict | None = None, batch_size: int | None = None,
              device: str | None = None, providers=None, progress=None, infidelity: dict | None = None,
-             sensitivity: dict | None = None, **settings) -> Evaluation:
+             sensitivity: dict | None = None, labels=None, **settings) -> Evaluation:
     """Score each method's map of x (and each given map, ``relevance``: name -> array of x's shape, e.g. from
     another library), all at the same neuron per sample (chosen on the data as given), by each of ``metrics``:
     "aopc" (perturbation curves in each of ``orders``; ``settings`` as perturbation_curve's), "infidelity"
     (``infidelity``: metrics.infidelity's settings) and "sensitivity" (sensitivity_max; methods only;
-    ``sensitivity``: its settings). ``params``: method parameters, each given to the methods that have it (a name
+    ``sensitivity``: its settings; ``labels``: class labels [N], with which the curves also follow the accuracy).
+    ``params``: method parameters, each given to the methods that have it (a name
     no method has is an error); ``batch_size`` as analyze's; ``progress``: a callable(str) told of each map."""
     if x is None:
         raise UsageError("evaluate needs the data x")
@@ -286,6 +311,9 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
     scorer, x, inputs, targets, first = b.scorer, b.x, b.inputs, b.targets, b.first
     # everything that can be refused is refused now, not after the methods before it have run
     relevance = {name: check_relevance(r, x.shape, f"the map '{name}'") for name, r in relevance.items()}
+    labels = check_labels(labels, len(x), b.outputs)
+    if labels is not None and "aopc" not in metrics:
+        raise UsageError("labels give the accuracy along the perturbation curves: add the aopc metric")
     if "aopc" in metrics:
         s.check_for(x.shape, x.dtype)
     if "infidelity" in metrics:
@@ -306,7 +334,8 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
         else:
             r = analyzer.analyze(x, neuron_selection=targets, inputs=inputs, batch_size=slices)
         if "aopc" in metrics:
-            result.curves[name] = {o: curve(scorer, x, r, targets, o, s, inputs, first) for o in orders}
+            result.curves[name] = {o: curve(scorer, x, r, targets, o, s, inputs, (first, b.choices), labels)
+                                   for o in orders}
         if "infidelity" in metrics:
             result.infidelity[name] = infidelity_of(scorer, x, r, targets, first, inf, inputs,
                                                     None if name in relevance else name, per_method.get(name))

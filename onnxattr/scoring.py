@@ -101,8 +101,12 @@ class Scorer:
 
     def scores(self, x: np.ndarray, targets: np.ndarray | None, inputs: dict | None = None) -> np.ndarray:
         """[N] float64: each sample's neuron ``targets[n]`` (their sum when targets is None: neuron 'all')."""
+        return self.scores_and_choices(x, targets, inputs)[0]
+
+    def scores_and_choices(self, x: np.ndarray, targets: np.ndarray | None, inputs: dict | None = None):
+        """(scores [N] as ``scores`` gives them, each sample's largest output neuron [N]: the model's choice)."""
         y = self.outputs(x, inputs).astype(np.float64)
-        return y.sum(axis=1) if targets is None else y[np.arange(len(y)), targets]
+        return (y.sum(axis=1) if targets is None else y[np.arange(len(y)), targets]), y.argmax(axis=1)
 
 
 @dataclass
@@ -115,6 +119,8 @@ class ScoredBatch:
     inputs: dict
     targets: np.ndarray | None
     first: np.ndarray
+    choices: np.ndarray  # each sample's largest output on the data as given
+    outputs: int  # neurons per sample
 
 
 def scored_batch(model, x, neuron: str = "max", target=None, input: str | None = None, output: str | None = None,
@@ -127,7 +133,19 @@ def scored_batch(model, x, neuron: str = "max", target=None, input: str | None =
     outputs = scorer.outputs(x, inputs).astype(np.float64)
     targets = choose_targets(outputs, neuron, target)
     first = outputs.sum(1) if targets is None else outputs[np.arange(len(x)), targets]
-    return ScoredBatch(scorer, x, inputs, targets, first)
+    return ScoredBatch(scorer, x, inputs, targets, first, outputs.argmax(1), outputs.shape[1])
+
+
+def check_labels(labels, n: int, outputs: int) -> np.ndarray | None:
+    """Class labels [N] (integers below the output's neuron count) as int64; None stays None."""
+    if labels is None:
+        return None
+    t = np.asarray(labels)
+    if t.dtype.kind not in "iu" or t.shape != (n,):
+        raise DataError(f"labels must be one integer per sample ({n}), got {t.dtype} of shape {list(t.shape)}")
+    if n and (t.min() < 0 or t.max() >= outputs):
+        raise DataError(f"labels run from {t.min()} to {t.max()}, and the explained output has {outputs} neurons")
+    return t.astype(np.int64)
 
 
 def check_relevance(relevance, x_shape, name: str = "the relevance") -> np.ndarray:

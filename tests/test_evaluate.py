@@ -33,17 +33,20 @@ def linear(batch="N", features=6, classes=3, seed=0):
 
 @pytest.mark.parametrize("config", ["r5_zeros", "r4_mean", "r3_invert", "r3_mean"])
 def test_curves_equal_innvestigates_perturbation_analysis(config):
-    """iNNvestigate scored each step with a Keras loss of -logit[target] averaged over the batch, so its
-    scores are minus the mean of ours; its most-relevant-first run on -R is our least-relevant-first on R. The
-    perturbed inputs agree to float32 rounding (test_regions), so the logits to 1e-6 (they are O(1))."""
+    """iNNvestigate scored each step with a Keras loss of -logit[label] averaged over the batch, so its loss is
+    minus the mean of our scores at neuron index = the labels, and with Keras's accuracy, which is our accuracy
+    along the curve; its most-relevant-first run on -R is our least-relevant-first on R. The perturbed inputs agree
+    to float32 rounding (test_regions), so the logits to 1e-6 (they are O(1))."""
     d = np.load(DATA / "keras_perturb.npz")
     c = json.loads(str(d["manifest"]))["configs"][config]
-    kw = dict(region=tuple(c["region_shape"]), perturbation=c["perturbation"], steps=c["steps"])
+    kw = dict(region=tuple(c["region_shape"]), perturbation=c["perturbation"], steps=c["steps"], neuron="index",
+              target=d["labels"], labels=d["labels"])
     morf = perturbation_curve(ORACLE, d["x"], d["analysis"], order="morf", **kw)
     lerf = perturbation_curve(ORACLE, d["x"], d["analysis"], order="lerf", **kw)
     np.testing.assert_array_equal(morf.regions, np.arange(c["steps"] + 1))
-    np.testing.assert_allclose(morf.scores.mean(1), -d[f"{config}|scores"], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(lerf.scores.mean(1), -d[f"{config}|negated|scores"], rtol=0, atol=1e-6)
+    for ours, theirs in ((morf, d[f"{config}|scores"]), (lerf, d[f"{config}|negated|scores"])):
+        np.testing.assert_allclose(ours.scores.mean(1), -theirs[:, 0], rtol=0, atol=1e-6)  # the loss
+        np.testing.assert_allclose(ours.accuracy, theirs[:, 1], rtol=0, atol=1e-6)  # Keras's accuracy
     assert np.ptp(morf.scores.mean(1)) > 1e-3  # the curve moves: the check compares something
 
 
@@ -405,3 +408,39 @@ def test_cli_evaluate_takes_fitted_patterns_and_never_overwrites_them(tmp_path, 
     assert main(["evaluate", str(mp), "-m", "pattern.attribution", "--patterns", str(pp), "--data", str(xp),
                  "-o", str(pp)]) == EXIT_CODES["OutputFileError"]
     assert pp.read_bytes() == before
+
+
+def test_labels_follow_the_accuracy_along_the_curves(tmp_path, capsys):
+    m, w = linear()
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1])
+    ev = evaluate(m, ["input_t_gradient"], x, labels=labels, steps=6, perturbation="zeros")
+    c = ev.curves["input_t_gradient"]["morf"]
+    # by hand: zero the features in the map's order and compare the argmax with the labels
+    t = ev.targets
+    contrib = x * w[:, t].T
+    for k, count in enumerate(c.regions):
+        xk = x.copy()
+        for n in range(5):
+            xk[n, np.argsort(-contrib[n], kind="stable")[:count]] = 0
+        np.testing.assert_array_equal(c.correct[k], (xk @ w).argmax(1) == labels)
+    np.testing.assert_allclose(c.accuracy, c.correct.mean(1))
+    assert "accuracy MORF" in ev.table() and "accuracy_lerf" in ev.per_sample()["input_t_gradient"]
+    assert ev.arrays()["input_t_gradient|morf|correct"].shape == (7, 5)
+    for bad, words in ((np.array([0, 1]), "one integer per sample"), (np.array([0, 1, 2, 3, 4]), "3 neurons"),
+                       (np.zeros(5), "one integer per sample")):
+        with pytest.raises(DataError, match=words):
+            evaluate(m, ["gradient"], x, labels=bad)
+    with pytest.raises(UsageError, match="add the aopc metric"):
+        evaluate(m, ["gradient"], x, labels=labels, metrics=["infidelity"])
+    mp, xp, yp, js = tmp_path / "lin.onnx", tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "m.json"
+    onnx.save(m, mp)
+    np.save(xp, x)
+    np.save(yp, labels)
+    assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), "--labels", str(yp), "--steps", "3",
+                 "--json", str(js)]) == 0
+    assert "Accuracy: the share" in capsys.readouterr().out
+    assert len(json.loads(js.read_text())["gradient"]["accuracy_morf"]) == 5
+    assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), "--labels", str(yp),
+                 "-o", str(yp)]) == EXIT_CODES["OutputFileError"]

@@ -8,12 +8,14 @@ How to run (from the repository root, in the TF venv that make_innvestigate.py d
 What it produces, in tests/oracles/data/:
     keras_perturb.onnx   a small Keras CNN (NHWC 10x10x3 -> 5 logits, random weights, seed 0), tf2onnx, opset 13
     keras_perturb.npz    "x" [6,10,10,3] in [0, 1], "analysis" [6,10,10,3] (a fixed random map: no ties, so
-                         the region order is unique), "target" [6] (each sample's largest logit), and per
+                         the region order is unique), "target" [6] (each sample's largest logit), "labels" [6]
+                         (the targets, but the first two samples' moved to the next class), and per
                          configuration C (see CONFIGS):
                            "C|perturbed" [K, 6,10,10,3]: Perturbation.perturbate_on_batch with 1..K regions
-                           "C|scores" [K+1]: PerturbationAnalysis.compute_perturbation_analysis with the Keras
-                               model compiled with the loss -logit[target] (so each score is minus the mean
-                               over samples of the target logit), steps=K, regions_per_step=1
+                           "C|scores" [K+1, 2]: PerturbationAnalysis.compute_perturbation_analysis with the
+                               Keras model compiled with the loss -logit[label] and metrics=["accuracy"] (so each
+                               row is minus the mean over samples of the labels' logits, and the share of samples
+                               whose largest logit is their label), steps=K, regions_per_step=1
                          "C|negated|scores": the same with the analysis negated (most relevant first of -R is
                          least relevant first of R)
                          "manifest": a JSON string, the configurations and the library versions
@@ -73,12 +75,14 @@ def main():
     logits = model(x, training=False).numpy()
     target = logits.argmax(1)
     assert len(set(target.tolist())) >= 2, logits
-    onehot = np.eye(CLASSES, dtype=np.float32)[target]
+    labels = target.copy()
+    labels[:2] = (labels[:2] + 1) % CLASSES  # two samples the model gets wrong from the start
+    onehot = np.eye(CLASSES, dtype=np.float32)[labels]
 
-    def minus_target_logit(y_true, y_pred):
+    def minus_label_logit(y_true, y_pred):
         return -tf.reduce_sum(y_true * y_pred, axis=-1)
 
-    model.compile(loss=minus_target_logit)
+    model.compile(loss=minus_label_logit, metrics=["accuracy"])
 
     class FixedAnalysis:
         """An analyzer that returns the fixed map (the generator yields the whole batch at once)."""
@@ -90,7 +94,7 @@ def main():
             assert len(X) == len(self.a)
             return self.a
 
-    out = {"x": x, "analysis": analysis, "target": target.astype(np.int64)}
+    out = {"x": x, "analysis": analysis, "target": target.astype(np.int64), "labels": labels.astype(np.int64)}
     for cname, (region, function, steps) in CONFIGS.items():
         p = Perturbation(function, region_shape=region)
         perturbed = []
@@ -103,8 +107,9 @@ def main():
             pa = PerturbationAnalysis(FixedAnalysis(a), model, gen, Perturbation(function, region_shape=region),
                                       steps=steps, regions_per_step=1)
             out[f"{cname}{suffix}|scores"] = np.asarray(pa.compute_perturbation_analysis(), np.float64)
-        # the first score is the unperturbed batch: minus the mean target logit
-        assert abs(out[f"{cname}|scores"][0] + logits[np.arange(N), target].mean()) < 1e-5
+        # the first row is the unperturbed batch: minus the mean logit of the labels, and 4 of 6 right
+        assert abs(out[f"{cname}|scores"][0, 0] + logits[np.arange(N), labels].mean()) < 1e-5
+        assert abs(out[f"{cname}|scores"][0, 1] - 4 / 6) < 1e-6
 
     work = tempfile.mkdtemp()
     path = os.path.join(work, NAME + ".onnx")
