@@ -12,7 +12,7 @@ from onnxattr.cli_data import data_files, feed_paths, load_feeds, load_samples, 
 from onnxattr.errors import DataError, UsageError
 from onnxattr.evaluate import METRICS, ORDERS, evaluate
 from onnxattr.scoring import Scorer
-from onnxattr.output import check_destination, refuse_overwriting_input, save_arrays, save_text
+from onnxattr.output import check_destination, refuse_overwriting_input, save_arrays, save_image, save_text
 from onnxattr.regions import PERTURBATIONS, REDUCTIONS
 
 
@@ -89,6 +89,8 @@ def add_parser(sub) -> None:
                    "NAME|ORDER|regions -> regions replaced before each score, NAME|infidelity, "
                    "NAME|sensitivity_max, targets")
     v.add_argument("--json", metavar="FILE.json", help="every metric per map and sample as JSON")
+    v.add_argument("--plot", metavar="FILE.png", help="the curves as a chart: the mean score against the share of "
+                   "regions replaced, one panel per order, one line per map")
 
 
 def _ints(text: str | None, flag: str):
@@ -165,20 +167,22 @@ def _explain_metrics(a, result, metrics) -> list[str]:
 
 def cmd_evaluate(a) -> int:
     maps = name_paths(a.relevance, "--relevance")
-    written = [p for p in (a.out, a.json) if p]
+    written = [p for p in (a.out, a.json, a.plot) if p]
     # every file the run reads: data, maps, feeds, rule files given as methods, files named by --set (patterns,
     # feature masks, coalitions)
     reads = [*data_files(a.data), *maps.values(), *feed_paths(a).values(),
              *(m for m in a.method or [] if m.endswith(".toml")),
              *(v for v in parse_sets(a.set).values() if os.path.isfile(v)), *([a.patterns] if a.patterns else []),
              *([a.labels] if a.labels else [])]
+    if len({os.path.realpath(p) for p in written}) < len(written):
+        raise UsageError("-o, --json and --plot name the same file: give each its own")
     for p in written:
         refuse_overwriting_input(p, *reads, models=[a.model])
-        check_destination(p)
+        check_destination(p, image=p == a.plot)
     if a.out and not a.out.endswith(".npz"):
         raise UsageError(f"-o must name a .npz file (the curves by name), got '{a.out}'")
-    if a.json and os.path.realpath(a.json) == os.path.realpath(a.out or ""):
-        raise UsageError("-o and --json name the same file: give each its own")
+    if a.plot and a.metric and "aopc" not in a.metric:
+        raise UsageError("--plot draws the perturbation curves: add --metric aopc")
     if (a.target is not None) != (a.neuron == "index"):
         raise UsageError("--target goes with --neuron index (and --neuron index needs it)")
     if a.batch_size is not None and a.batch_size < 1:
@@ -207,6 +211,12 @@ def cmd_evaluate(a) -> int:
     if a.out:
         save_arrays(result.arrays(), a.out, *reads, models=[a.model])
         print(f"wrote {a.out}")
+    if a.plot:
+        from onnxattr.plot import curves_chart
+
+        label = "mean score" if a.neuron != "all" else "mean sum of outputs"
+        save_image(curves_chart(result, label), a.plot, *reads, models=[a.model])
+        print(f"wrote {a.plot}")
     if a.json:
         save_text(json.dumps(result.per_sample(), indent=1) + "\n", a.json, *reads, models=[a.model])
         print(f"wrote {a.json}")

@@ -444,3 +444,23 @@ def test_labels_follow_the_accuracy_along_the_curves(tmp_path, capsys):
     assert len(json.loads(js.read_text())["gradient"]["accuracy_morf"]) == 5
     assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), "--labels", str(yp),
                  "-o", str(yp)]) == EXIT_CODES["OutputFileError"]
+
+
+def test_cli_evaluate_draws_the_curves(tmp_path, capsys):
+    from PIL import Image
+
+    m, _ = linear()
+    mp, xp, png = tmp_path / "lin.onnx", tmp_path / "x.npy", tmp_path / "curves.png"
+    onnx.save(m, mp)
+    np.save(xp, np.random.default_rng(15).standard_normal((3, 6)).astype(np.float32))
+    assert main(["evaluate", str(mp), "-m", "gradient", "-m", "random", "--data", str(xp), "--plot", str(png)]) == 0
+    with Image.open(png) as img:
+        assert img.size[0] > img.size[1] > 100  # two panels side by side
+    assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), "--plot", str(png), "--json",
+                 str(png)]) == 2
+    assert "name the same file" in capsys.readouterr().err
+    assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), "--metric", "infidelity", "--plot",
+                 str(tmp_path / "c.png")]) == 2
+    assert "add --metric aopc" in capsys.readouterr().err
+    assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), "--plot", str(tmp_path / "c.xyz")]) == \
+        EXIT_CODES["OutputFileError"]
