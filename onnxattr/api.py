@@ -10,7 +10,7 @@ import onnx
 from tqdm import tqdm
 
 from onnxattr.assemble import KEPT, RELEVANCE, compile_model
-from onnxattr.errors import DataError, UsageError
+from onnxattr.errors import DataError, UsageError, check_positive_int
 from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
 from onnxattr.methods.perturbation import MAX_PERTURBATIONS
@@ -184,8 +184,7 @@ class Analyzer:
         """analyze() on slices of ``batch_size`` samples, the maps and outputs concatenated. Inputs and outputs
         whose first axis is X's batch axis (its declared name, or its fixed size) are sliced and joined; an
         output without it (a loss over the batch) would change with the slicing, and is refused."""
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         if np.ndim(X) > 0 and batch_size >= len(X):  # one slice: the whole run
             return self.analyze(X, neuron_selection, inputs)
         if self.method.whole_batch:

@@ -41,18 +41,22 @@ def feed_paths(a, option: str = "feed") -> dict:
     return name_paths(getattr(a, option, None), "--" + option.replace("_", "-"))
 
 
+def load_npy(path: str, what: str | None = None) -> np.ndarray:
+    """A .npy array (no pickles); a missing or unreadable file is a DataError naming it (and ``what`` option
+    gave it)."""
+    where = path if what is None else f"{path} ({what})"
+    if not os.path.exists(path):
+        raise DataError(f"{where}: no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{where}: not a readable .npy array ({e or 'empty file'})") from None
+
+
 def load_feeds(a, option: str = "feed") -> dict:
     """The --feed (or --feed-b) arrays, read like --data (.npy only)."""
-    out = {}
     flag = "--" + option.replace("_", "-")
-    for name, path in feed_paths(a, option).items():
-        if not os.path.exists(path):
-            raise DataError(f"{path} ({flag} {name}): no such file")
-        try:
-            out[name] = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path} ({flag} {name}): not a readable .npy array ({e or 'empty file'})") from None
-    return out
+    return {name: load_npy(path, f"{flag} {name}") for name, path in feed_paths(a, option).items()}
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -114,10 +118,7 @@ def load_data(path, input_shape) -> np.ndarray:
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     if path.lower().endswith(".npy"):
-        try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path}: not a readable .npy array ({e or 'empty file'})") from None
+        return load_npy(path)
     try:
         return viz.load_image(path, input_shape())
     except OSError as e:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 
-from onnxattr.cli_data import data_files, feed_paths, load_feeds, load_samples, name_paths, parse_sets, parse_target
-from onnxattr.errors import DataError, UsageError
+from onnxattr.cli_data import (
+    data_files, feed_paths, load_feeds, load_npy, load_samples, name_paths, parse_sets, parse_target,
+)
+from onnxattr.errors import UsageError
 from onnxattr.evaluate import METRICS, ORDERS, evaluate
 from onnxattr.scoring import Scorer
 from onnxattr.output import check_destination, refuse_overwriting_input, save_arrays, save_image, save_text
@@ -131,15 +132,6 @@ def _settings(a) -> dict:
                 pad_mode=a.pad_mode, value_range=value_range, seed=a.seed)
 
 
-def _load_npy(path: str, what: str) -> np.ndarray:
-    if not os.path.exists(path):
-        raise DataError(f"{path} ({what}): no such file")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path} ({what}): not a readable .npy array ({e or 'empty file'})") from None
-
-
 def _explain_metrics(a, result, metrics) -> list[str]:
     """One sentence per metric: what was done and which way is better."""
     out = []
@@ -148,8 +140,8 @@ def _explain_metrics(a, result, metrics) -> list[str]:
         size = "x".join(map(str, first.region_shape))
         out.append(f"AOPC: {len(first.regions) - 1} steps, each replacing {a.regions_per_step} region"
                    f"{'s' if a.regions_per_step > 1 else ''} of {size} (of {first.total_regions} per sample) by "
-                   f"{first.perturbation}; the mean drop of the explained output (higher is better most relevant first, "
-                   "lower least relevant first); ABPC: their difference."
+                   f"{first.perturbation}; the mean drop of the explained output (higher is better most relevant "
+                   "first, lower least relevant first); ABPC: their difference."
                    + (" Accuracy: the share of the steps at which a sample is still classified as labelled."
                       if a.labels else ""))
     if "infidelity" in metrics:
@@ -191,18 +183,20 @@ def cmd_evaluate(a) -> int:
     if not orders or any(o not in ORDERS for o in orders):
         raise UsageError(f"--order must be morf, lerf or morf,lerf, got '{a.order}'")
     settings = _settings(a)
-    relevance = {name: _load_npy(path, f"--relevance {name}") for name, path in maps.items()}
-    labels = _load_npy(a.labels, "--labels") if a.labels else None
-    scorer = Scorer(a.model, a.input, a.output, a.device)
-    x = load_samples(a.data, lambda: scorer.x_arg.shape)
+    relevance = {name: load_npy(path, f"--relevance {name}") for name, path in maps.items()}
+    labels = load_npy(a.labels, "--labels") if a.labels else None
+    # images are resized to the model's input size: a session only for that (evaluate makes its own)
+    x = load_samples(a.data, lambda: Scorer(a.model, a.input, a.output, a.device).x_arg.shape)
     metrics = a.metric or ["aopc"]
+    by_inputs = {"auto": None, "yes": True, "no": False}[a.by_inputs]
     infidelity = dict(n_perturb_samples=a.draws, perturbation=a.infidelity_perturbation, noise_scale=a.noise_scale,
-                      fraction=a.subset_fraction, baselines=a.baseline, multiply_by_inputs={"auto": None, "yes": True, "no": False}[a.by_inputs],
+                      fraction=a.subset_fraction, baselines=a.baseline, multiply_by_inputs=by_inputs,
                       normalize=a.normalize, seed=a.seed)
     sensitivity = dict(n_perturb_samples=a.draws, radius=a.radius, seed=a.seed)
+    params = {**parse_sets(a.set), **({"patterns": a.patterns} if a.patterns else {})}
     result = evaluate(a.model, a.method or [], x, relevance=relevance, neuron=a.neuron, target=parse_target(a.target),
                       metrics=metrics, orders=orders, input=a.input, output=a.output, inputs=load_feeds(a),
-                      params={**parse_sets(a.set), **({"patterns": a.patterns} if a.patterns else {})}, batch_size=a.batch_size, device=a.device,
+                      params=params, batch_size=a.batch_size, device=a.device,
                       progress=lambda name: print(f"evaluating {name} ...", flush=True), infidelity=infidelity,
                       sensitivity=sensitivity, labels=labels, **settings)
     print("\n".join(_explain_metrics(a, result, metrics)))

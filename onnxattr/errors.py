@@ -9,6 +9,8 @@ import os
 import sys
 import warnings
 
+import numpy as np
+
 
 class OnnxAttrError(Exception):
     """Base class: a problem with the user's input, reported without a traceback."""
@@ -39,6 +41,13 @@ class UsageError(OnnxAttrError):
     """Unknown method or parameter, bad parameter value, conflicting options."""
 
     exit_code = 2
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` as an int when it is a positive integer (numpy's too, not a bool), else a UsageError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class ModelFileError(OnnxAttrError):

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxattr.api import Analyzer
-from onnxattr.errors import DataError, UsageError
+from onnxattr.errors import DataError, UsageError, check_positive_int
 from onnxattr.methods import get_method
 from onnxattr.metrics import InfidelitySettings, SensitivitySettings, infidelity_of, sensitivity_of
 from onnxattr.regions import (
-    Layout, RegionPerturber, check_pad_mode, check_perturbation, layout, region_ranks, region_scores,
+    Layout, RegionPerturber, check_pad_mode, check_perturbation, check_reductions, layout, region_ranks,
+    region_scores,
 )
 from onnxattr.scoring import Scorer, check_labels, check_relevance, check_seed, scored_batch, settings_of
 
@@ -75,12 +76,11 @@ class CurveSettings:
 
     def check(self) -> None:
         for name in ("steps", "regions_per_step"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise UsageError(f"{name} must be a positive integer, got {v!r}")
+            check_positive_int(name, getattr(self, name))
         if self.perturbation is not None:
             check_perturbation(self.perturbation)
         check_pad_mode(self.pad_mode)
+        check_reductions(self.reduce, self.aggregate)
         check_seed(self.seed)
         if self.value_range is not None:
             try:
@@ -97,9 +97,7 @@ class CurveSettings:
     def check_for(self, x_shape, dtype) -> None:
         """What depends on the data: its regions (more than one per sample) and the perturbation's value."""
         lay = self.layout(x_shape)
-        r = np.zeros((1, *x_shape[1:]))
-        total = region_scores(r, lay, self.reduce, self.aggregate, self.pad_mode)[0].size
-        if total == 1:
+        if lay.count(x_shape[1:]) == 1:
             raise UsageError(f"samples of shape {list(x_shape[1:])} hold a single region of {list(lay.region)}, so "
                              "every map would score alike: give a smaller region")
         self.perturbation_for(lay, dtype)
@@ -123,7 +121,8 @@ class CurveSettings:
 
 
 def curve(scorer: Scorer, x: np.ndarray, relevance, targets, order: str, settings: CurveSettings,
-          inputs: dict | None = None, first: tuple | None = None, labels: np.ndarray | None = None) -> PerturbationCurve:
+          inputs: dict | None = None, first: tuple | None = None,
+          labels: np.ndarray | None = None) -> PerturbationCurve:
     """The curve of one map and one order (x already cast, ``inputs`` as scorer.feeds returns them; ``first``: the
     scores and choices of x, when known; ``labels``: class labels [N], to follow the model's accuracy too)."""
     relevance = check_relevance(relevance, x.shape)
@@ -131,25 +130,20 @@ def curve(scorer: Scorer, x: np.ndarray, relevance, targets, order: str, setting
     perturbation = settings.perturbation_for(lay, x.dtype)
     scores = region_scores(relevance, lay, settings.reduce, settings.aggregate, settings.pad_mode)
     ranks = region_ranks(scores, order)
-    total = int(np.prod(scores.shape[1:]))
+    total = lay.count(x.shape[1:])
     steps = min(settings.steps, -(-total // settings.regions_per_step))  # the curve stops once all are replaced
     counts = [min(k * settings.regions_per_step, total) for k in range(steps + 1)]
     perturber = RegionPerturber(x, ranks, lay, perturbation, settings.pad_mode, settings.value_range, settings.seed)
-    n = len(x)
-    # steps stacked into one run (a larger batch runs faster per row) where nothing else has one row per sample
-    per_run = 1 if inputs or scorer.fixed_batch else max(1, (scorer.batch_size or ROWS_PER_RUN) // n)
-    tiled = None if targets is None else np.tile(targets, per_run)
+    per_run = scorer.batches_per_run(len(x), inputs, ROWS_PER_RUN)  # a larger batch runs faster per row
     out, choices = [], []
     todo = counts if first is None else counts[1:]
     if first is not None:
         out.append(first[0])
         choices.append(first[1])
     for start in range(0, len(todo), per_run):
-        part = todo[start:start + per_run]
-        batch = np.concatenate([perturber.upto(c) for c in part])
-        scores, chosen = scorer.scores_and_choices(batch, None if tiled is None else tiled[:len(batch)], inputs)
-        out.extend(scores.reshape(len(part), n))
-        choices.extend(chosen.reshape(len(part), n))
+        scores, chosen = scorer.stacked([perturber.upto(c) for c in todo[start:start + per_run]], targets, inputs)
+        out.extend(scores)
+        choices.extend(chosen)
     correct = None if labels is None else np.stack(choices) == labels[None]
     return PerturbationCurve(order, np.asarray(counts, np.int64), np.stack(out), total, lay.region, perturbation,
                              correct)

@@ -15,18 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxattr.api import Analyzer
-from onnxattr.errors import DataError, UsageError
+from onnxattr.errors import DataError, UsageError, check_positive_int
 from onnxattr.methods import REGISTRY
 from onnxattr.scoring import Scorer, check_relevance, check_seed, scored_batch, settings_of
 
 INFIDELITY_PERTURBATIONS = ("noise", "subset")
 ROWS_PER_RUN = 64  # perturbed samples per forward pass
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _finite(name: str, value, low: float = 0.0, strict: bool = True) -> float:
@@ -39,7 +33,7 @@ def _finite(name: str, value, low: float = 0.0, strict: bool = True) -> float:
 def _draw_count(n_perturb_samples, draws) -> int:
     """The draws per sample: ``n_perturb_samples`` (10 when None), or as many as ``draws`` holds."""
     if n_perturb_samples is not None:
-        _positive_int("n_perturb_samples", n_perturb_samples)
+        check_positive_int("n_perturb_samples", n_perturb_samples)
     if draws is None:
         return 10 if n_perturb_samples is None else int(n_perturb_samples)
     count = np.shape(draws)[1] if np.ndim(draws) >= 2 else 0
@@ -89,13 +83,17 @@ class InfidelitySettings:
             _finite("baselines", self.baselines, low=-np.inf)
         check_seed(self.seed)
 
-    def check_for(self, x_shape) -> None:
-        """What depends on the data: the baselines broadcast to it, given draws have its shape."""
+    def baselines_for(self, x_shape) -> np.ndarray:
+        """The baselines broadcast to the data (float64), or a DataError."""
         try:
-            np.broadcast_to(np.asarray(self.baselines, np.float64), tuple(x_shape))
+            return np.broadcast_to(np.asarray(self.baselines, np.float64), tuple(x_shape))
         except ValueError:
             raise DataError(f"baselines of shape {list(np.shape(self.baselines))} do not broadcast to the data "
                             f"{list(x_shape)}") from None
+
+    def check_for(self, x_shape) -> None:
+        """What depends on the data: the baselines broadcast to it, given draws have its shape."""
+        self.baselines_for(x_shape)
         _draws(self.draws, x_shape[0], _draw_count(self.n_perturb_samples, self.draws), tuple(x_shape[1:]), "draws")
 
 
@@ -118,21 +116,21 @@ def includes_input(method: str | None, params: dict | None = None) -> bool:
 def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndarray, st: InfidelitySettings,
                   inputs: dict | None = None, method: str | None = None, params: dict | None = None) -> np.ndarray:
     """infidelity's value for x (cast; ``inputs`` as scorer.feeds returns them), its selected neurons and their
-    scores ``f0`` [N] (float64); ``method`` (with ``params``) made the map, when known (multiply_by_inputs None). Draws go in groups of at most ROWS_PER_RUN perturbed rows (memory stays a few
-    copies of that many samples, whatever the draw count)."""
+    scores ``f0`` [N] (float64); ``method`` (with ``params``) made the map, when known (multiply_by_inputs None).
+    Draws go in groups of at most ROWS_PER_RUN perturbed rows (memory stays a few copies of that many samples,
+    whatever the draw count)."""
     relevance = check_relevance(relevance, x.shape)
     s = _draw_count(st.n_perturb_samples, st.draws)
     n, shape = len(x), x.shape[1:]
     xd = x.astype(np.float64)
-    try:
-        base = np.broadcast_to(np.asarray(st.baselines, np.float64), x.shape)
-    except ValueError:
-        raise DataError(f"baselines of shape {list(np.shape(st.baselines))} do not broadcast to the data "
-                        f"{list(x.shape)}") from None
+    base = st.baselines_for(x.shape)
     given = _draws(st.draws, n, s, shape, "draws")
     rng = np.random.default_rng(st.seed)
-    per_run = 1 if inputs or scorer.fixed_batch else max(1, (scorer.batch_size or ROWS_PER_RUN) // n)
+    per_run = scorer.batches_per_run(n, inputs, ROWS_PER_RUN)
     by_inputs = st.multiply_by_inputs if st.multiply_by_inputs is not None else includes_input(method, params)
+    if by_inputs:
+        denom = xd - base
+        denom = np.where(denom == 0, 1.0, denom)  # Captum's safe_div: 0/0 read as 0/1
     a, d = np.empty((n, s)), np.empty((n, s))
     for start in range(0, s, per_run):
         js = range(start, min(start + per_run, s))
@@ -148,13 +146,10 @@ def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndar
             perturbed = (xd - xi).astype(x.dtype)
             moved = xd - perturbed.astype(np.float64)  # what the model really sees moved
             if by_inputs:
-                denom = xd - base
-                moved = moved / np.where(denom == 0, 1.0, denom)  # Captum's safe_div: 0/0 read as 0/1
+                moved = moved / denom
             rows.append(perturbed)
             a[:, j] = (moved * relevance).reshape(n, -1).sum(1)
-        tiled = None if targets is None else np.tile(targets, len(rows))
-        scored = scorer.scores(np.concatenate(rows), tiled, inputs).reshape(len(rows), n)
-        d[:, js.start:js.stop] = f0[:, None] - scored.T
+        d[:, js.start:js.stop] = f0[:, None] - scorer.stacked(rows, targets, inputs)[0].T
     if not st.normalize:
         return ((a - d) ** 2).mean(1)
     aa, ad, dd = (a * a).sum(1), (a * d).sum(1), (d * d).sum(1)
@@ -165,13 +160,13 @@ def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndar
 def infidelity(model, x, relevance, neuron: str = "max", target=None, input: str | None = None,
                output: str | None = None, inputs: dict | None = None, batch_size: int | None = None,
                device: str | None = None, providers=None, **settings) -> np.ndarray:
-    """[N]: Captum's infidelity of the map ``relevance`` (x's shape). Each of ``n_perturb_samples`` (10) draws moves
-    x to x − ξ: ``perturbation`` "noise" ξ ~ N(0, ``noise_scale``²) (0.1), or "subset" ξ = M ⊙ (x − ``baselines``)
-    with each element in M with probability ``fraction`` (½) (``draws``: the ξ, or the 0/1 masks M, [N, S,
-    *sample]; else from ``seed``). The map is read against I = ξ / (x − baselines) (0/0 read as ξ / 1, as Captum's
-    safe_div) with ``multiply_by_inputs`` (None or True: maps that include the input's factor, such as input_t_gradient,
-    integrated_gradients, LRP), else against I = ξ (gradient, saliency). ``normalize`` first scales the map by the
-    least-squares β = Σ a d / Σ a², as Captum's."""
+    """[N]: Captum's infidelity of the map ``relevance`` (x's shape). Each of ``n_perturb_samples`` (10) draws
+    moves x to x − ξ: ``perturbation`` "noise" ξ ~ N(0, ``noise_scale``²) (0.1), or "subset" ξ = M ⊙ (x −
+    ``baselines``) with each element in M with probability ``fraction`` (½) (``draws``: the ξ, or the 0/1 masks M,
+    [N, S, *sample]; else from ``seed``). The map is read against I = ξ / (x − baselines) (0/0 read as ξ / 1, as
+    Captum's safe_div) with ``multiply_by_inputs`` (None or True: maps that include the input's factor, such as
+    input_t_gradient, integrated_gradients, LRP), else against I = ξ (gradient, saliency). ``normalize`` first
+    scales the map by the least-squares β = Σ a d / Σ a², as Captum's."""
     st = settings_of(InfidelitySettings, settings, "infidelity")
     b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
     st.check_for(b.x.shape)
@@ -215,9 +210,10 @@ def sensitivity_of(analyzer: Analyzer, x: np.ndarray, targets, st: SensitivitySe
     norm = np.sqrt((base.reshape(n, -1) ** 2).sum(1))
     norm = np.where(norm == 0, 1.0, norm)
     worst = np.zeros(n)
+    xd = x.astype(np.float64)
     for j in range(s):  # one explained batch per draw: a sample's other inputs keep their rows
         delta = given[:, j] if given is not None else rng.uniform(-st.radius, st.radius, x.shape)
-        moved = (x.astype(np.float64) + delta).astype(x.dtype)
+        moved = (xd + delta).astype(x.dtype)
         if analyzer.method.random:
             analyzer.restart()
         r = analyzer.analyze(moved, neuron_selection=targets, inputs=inputs, batch_size=slices).astype(np.float64)

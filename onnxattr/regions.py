@@ -28,6 +28,15 @@ class Layout:
     channel: int | None
     region: tuple[int, ...]
 
+    def count(self, sample_shape) -> int:
+        """Regions per sample of ``sample_shape``: each spatial axis padded to whole regions."""
+        spatial = [s for i, s in enumerate(sample_shape) if i != self.channel]
+        return int(np.prod([-(-s // r) for s, r in zip(spatial, self.region)]))
+
+    def within(self) -> tuple[int, ...]:
+        """The axes inside a region of a blocks() view [N, C, A1, r1, ..., Ak, rk]: r1, ..., rk."""
+        return tuple(3 + 2 * i for i in range(len(self.region)))
+
     def to_internal(self, a: np.ndarray) -> np.ndarray:
         """[N, *sample] -> [N, C, *spatial]."""
         if self.channel is None:
@@ -112,14 +121,11 @@ def region_scores(relevance: np.ndarray, lay: Layout, reduce: str = "mean", aggr
                   pad_mode: str = "reflect") -> np.ndarray:
     """[N, A1, ..., Ak]: each region's score, the ``aggregate`` over its elements of the ``reduce`` over
     channels of the relevance (padded as the input is)."""
-    for name, value in (("reduce", reduce), ("aggregate", aggregate)):
-        if value not in REDUCTIONS:
-            raise UsageError(f"{name} must be one of {', '.join(REDUCTIONS)}, got {value!r}")
+    check_reductions(reduce, aggregate)
     r = lay.to_internal(np.asarray(relevance, np.float64))
     r = REDUCTIONS[reduce](r, axis=1, keepdims=True)
     grid = blocks(pad(r, lay.region, pad_mode), lay.region)
-    k = len(lay.region)
-    return REDUCTIONS[aggregate](grid, axis=tuple(3 + 2 * i for i in range(k)))[:, 0]
+    return REDUCTIONS[aggregate](grid, axis=lay.within())[:, 0]
 
 
 def region_ranks(scores: np.ndarray, order: str = "morf") -> np.ndarray:
@@ -135,6 +141,12 @@ def region_ranks(scores: np.ndarray, order: str = "morf") -> np.ndarray:
     ranks = np.empty_like(order_idx)
     np.put_along_axis(ranks, order_idx, np.arange(flat.shape[1])[None], axis=1)
     return ranks.reshape(scores.shape)
+
+
+def check_reductions(reduce: str, aggregate: str) -> None:
+    for name, value in (("reduce", reduce), ("aggregate", aggregate)):
+        if value not in REDUCTIONS:
+            raise UsageError(f"{name} must be one of {', '.join(REDUCTIONS)}, got {value!r}")
 
 
 def check_pad_mode(mode: str) -> None:
@@ -171,12 +183,11 @@ class RegionPerturber:
         padded = np.ascontiguousarray(pad(inner, lay.region, pad_mode), dtype=np.float64)
         self.current = padded.copy()  # C-contiguous, so blocks() is a view that writes through
         grid = blocks(padded, lay.region)
-        k = len(lay.region)
         if isinstance(perturbation, str):
             if perturbation == "zeros":
                 new = np.zeros_like(grid)
             elif perturbation == "mean":
-                new = np.broadcast_to(grid.mean(axis=tuple(3 + 2 * i for i in range(k)), keepdims=True), grid.shape)
+                new = np.broadcast_to(grid.mean(axis=lay.within(), keepdims=True), grid.shape)
             elif perturbation == "invert":
                 new = -grid
             else:

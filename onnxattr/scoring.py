@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from onnxattr.api import _as_input, other_feeds
-from onnxattr.errors import DataError, SelectionError, UsageError
+from onnxattr.errors import DataError, SelectionError, UsageError, check_positive_int
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import load_model, model_label
 from onnxattr.runtime import Runner
@@ -42,10 +42,8 @@ class Scorer:
         self.x_arg = next(a for a in self.runner.session.get_inputs() if a.name == x)
         first = self.x_arg.shape[0] if self.x_arg.shape else None
         self.fixed_batch = first if isinstance(first, int) else None
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                       or batch_size < 1):
-            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.batch_size = batch_size  # rows per run (a fixed batch size the model declares comes first)
+        # rows per run (a fixed batch size the model declares comes first)
+        self.batch_size = batch_size if batch_size is None else check_positive_int("batch_size", batch_size)
         # the other inputs whose first axis is the data's batch axis (declared under its name or fixed size)
         self.per_sample = {a.name for a in self.runner.session.get_inputs()
                            if a.name != x and first is not None and a.shape and a.shape[0] == first}
@@ -102,6 +100,19 @@ class Scorer:
     def scores(self, x: np.ndarray, targets: np.ndarray | None, inputs: dict | None = None) -> np.ndarray:
         """[N] float64: each sample's neuron ``targets[n]`` (their sum when targets is None: neuron 'all')."""
         return self.scores_and_choices(x, targets, inputs)[0]
+
+    def batches_per_run(self, n: int, inputs: dict | None, rows: int) -> int:
+        """How many perturbed copies of an n-sample batch go into one run: as many as fit in ``rows`` (or
+        ``batch_size``) rows, but one where another input has one row per sample or the batch size is fixed."""
+        return 1 if inputs or self.fixed_batch else max(1, (self.batch_size or rows) // n)
+
+    def stacked(self, batches: list, targets: np.ndarray | None, inputs: dict | None = None):
+        """(scores, choices), each [len(batches), N]: several perturbed copies of one batch scored in one run, each
+        copy's sample n at ``targets[n]``."""
+        k, n = len(batches), len(batches[0])
+        tiled = None if targets is None else np.tile(targets, k)
+        scores, choices = self.scores_and_choices(np.concatenate(batches), tiled, inputs)
+        return scores.reshape(k, n), choices.reshape(k, n)
 
     def scores_and_choices(self, x: np.ndarray, targets: np.ndarray | None, inputs: dict | None = None):
         """(scores [N] as ``scores`` gives them, each sample's largest output neuron [N]: the model's choice)."""

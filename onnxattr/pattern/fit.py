@@ -16,7 +16,7 @@ from onnx import helper
 from tqdm import tqdm
 
 from onnxattr.canonicalize import canonicalize
-from onnxattr.errors import DataError, UsageError, naming_the_model, warn
+from onnxattr.errors import DataError, check_positive_int, naming_the_model, warn
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import check_input_model, load_model, model_label
 from onnxattr.pattern.layers import conv_geometry, from_kd, model_digest, pattern_layers, to_kd, weight
@@ -64,9 +64,7 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
     inputs, the same for every batch)."""
     from onnxattr.api import _as_input, other_feeds  # the same input checks as analyze()
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     proto = load_model(model)
     label = label or model_label(model)
     with naming_the_model(label):
