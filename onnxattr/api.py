@@ -10,7 +10,9 @@ import onnx
 from tqdm import tqdm
 
 from onnxattr.assemble import KEPT, RELEVANCE, compile_model
+from onnxattr.condition import CONDITION, conditioned_shapes, mask_of
 from onnxattr.errors import DataError, UsageError, check_positive_int
+from onnxattr.feeds import as_input, other_feeds
 from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
 from onnxattr.methods.perturbation import MAX_PERTURBATIONS
@@ -58,8 +60,8 @@ class Analyzer:
         self.model = load_model(model)
         self.input, self.output = input, output
         self.device, self.providers = device, providers
-        self._runners: dict[str, Runner] = {}
-        self._compiled: dict[str, onnx.ModelProto] = {}
+        self._runners: dict[tuple, Runner] = {}  # by (neuron mode, conditioned tensors)
+        self._compiled: dict[tuple, onnx.ModelProto] = {}
         self.outputs: list[np.ndarray] | None = None  # the original outputs of the last analyze()
         self.keep = keep
         self.kept: dict[str, np.ndarray] = {}  # the relevance at each kept tensor in the last analyze()
@@ -98,13 +100,16 @@ class Analyzer:
         self._runners.clear()
         return self
 
-    def runner(self, mode: str) -> Runner:
-        if mode not in self._runners:
+    def runner(self, mode: str, condition: tuple = ()) -> Runner:
+        """The session of neuron mode ``mode`` (conditioned on the tensors ``condition``), compiled on first use."""
+        key = (mode, tuple(condition))
+        if key not in self._runners:
             compiled = compile_model(self.model, self._method_key, neuron=mode, input=self.input,
-                                     output=self.output, label=self.label, keep=self.keep, **self.params)
-            self._runners[mode] = Runner(compiled, self.device, self.providers)
-            self._compiled[mode] = compiled
-        return self._runners[mode]
+                                     output=self.output, label=self.label, keep=self.keep, condition=key[1],
+                                     **self.params)
+            self._runners[key] = Runner(compiled, self.device, self.providers)
+            self._compiled[key] = compiled
+        return self._runners[key]
 
     def restart(self) -> None:
         """New onnxruntime sessions over the same compiled models: the random methods' draws start again from
@@ -113,7 +118,7 @@ class Analyzer:
             self._runners[mode] = Runner(self._compiled[mode], self.device, self.providers)
 
     def analyze(self, X, neuron_selection=None, inputs: dict | None = None, batch_size: int | None = None,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, condition: dict | None = None, condition_axis: int = 1) -> np.ndarray:
         """The relevance map of X; ``inputs``: the model's other graph inputs by name (an attention mask
         [N, S], a graph convolution's adjacency fed at run time). In the methods that run a Loop over points
         (integrated_gradients, conductance, neuron_conductance, smoothgrad, vargrad, gradient_shap, deep_lift_shap, occlusion, feature_ablation,
@@ -122,29 +127,38 @@ class Analyzer:
         in slices of that many samples (memory grows with the batch), with those inputs and per-sample neuron
         selections sliced alike: the same maps for the deterministic methods (the random ones draw new noise for
         each slice; feature_permutation, whose maps depend on the whole batch, refuses); ``progress`` shows a bar
-        over the slices."""
+        over the slices. ``condition``: {tensor: channels or mask} conditions the map on those tensors (Concept
+        Relevance Propagation): only relevance through them reaches the input, masked to the channels (numbers
+        along ``condition_axis``; one list for all samples or one per sample) or by the mask (a float array that
+        broadcasts to the tensor); see onnxattr.condition."""
         if batch_size is not None:
-            return self._analyze_in_batches(X, neuron_selection, inputs, batch_size, progress)
+            return self._analyze_in_batches(X, neuron_selection, inputs, batch_size, progress, condition,
+                                            condition_axis)
         mode = self.mode
         if neuron_selection is not None:
             mode = "index"
         elif mode == "index":
             raise UsageError("neuron_selection_mode='index' needs neuron_selection=int or array")
-        r = self.runner(mode)
+        if condition is not None and not isinstance(condition, dict):
+            raise UsageError(f"condition must be a dict of tensor name -> channels or mask, got "
+                             f"{type(condition).__name__}")
+        r = self.runner(mode, tuple(condition or ()))
         x_name = explained_input(r)
-        X = _as_input(X, data_input(r))
+        X = as_input(X, data_input(r))
+        masks = self._masks(r, condition, condition_axis, X.shape[0])
         for name, rows in self._reference_rows(r).items():
             if rows not in (1, X.shape[0]):
                 raise DataError(f"{name} holds {rows} references and the data {X.shape[0]} samples: give one "
                                 "reference, or one per sample")
         _batch_axis_inputs(r, inputs, X.shape[0])
-        feeds = {x_name: X, **other_feeds(r, {x_name, TARGET_INPUT} if mode == "index" else {x_name}, inputs)}
+        feeds = {x_name: X, **masks,
+                 **other_feeds(r, {x_name, *masks} | ({TARGET_INPUT} if mode == "index" else set()), inputs)}
         if mode == "index":
             feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)
         try:
             results = r.run(feeds)
         except DataError as e:
-            shared = [n for n in feeds if n not in (x_name, TARGET_INPUT)]
+            shared = [n for n in feeds if n not in (x_name, TARGET_INPUT, *masks)]
             check = re.search(rf"Name:'oa/{RUN_TIME_CHECK}-(\w+)_", str(e))
             if check:
                 raise DataError(self._failed_check(check.group(1), X, r)) from None
@@ -180,17 +194,21 @@ class Analyzer:
                 out[p.name] = np.shape(value)[0]
         return out
 
-    def _analyze_in_batches(self, X, neuron_selection, inputs, batch_size, progress) -> np.ndarray:
+    def _analyze_in_batches(self, X, neuron_selection, inputs, batch_size, progress, condition=None,
+                            condition_axis=1) -> np.ndarray:
         """analyze() on slices of ``batch_size`` samples, the maps and outputs concatenated. Inputs and outputs
         whose first axis is X's batch axis (its declared name, or its fixed size) are sliced and joined; an
         output without it (a loss over the batch) would change with the slicing, and is refused."""
         check_positive_int("batch_size", batch_size)
         if np.ndim(X) > 0 and batch_size >= len(X):  # one slice: the whole run
-            return self.analyze(X, neuron_selection, inputs)
+            return self.analyze(X, neuron_selection, inputs, condition=condition, condition_axis=condition_axis)
         if self.method.whole_batch:
             raise UsageError(f"batch_size: {self.method.name} explains each sample against the other samples of its "
                              f"batch, so slices would change the maps: {_UNSLICED}")
-        r = self.runner("index" if neuron_selection is not None else self.mode)
+        if condition is not None and not isinstance(condition, dict):
+            raise UsageError(f"condition must be a dict of tensor name -> channels or mask, got "
+                             f"{type(condition).__name__}")
+        r = self.runner("index" if neuron_selection is not None else self.mode, tuple(condition or ()))
         baked = [name for name, rows in self._reference_rows(r).items() if rows > 1]
         if baked:
             raise UsageError(f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for "
@@ -209,18 +227,27 @@ class Analyzer:
         selection = None if neuron_selection is None else _targets(neuron_selection, len(X), r)
         # the other inputs with X's batch axis (declared under its name, or of its fixed size) are sliced alike
         sliced = _batch_axis_inputs(r, inputs, len(X))
+        masks = self._masks(r, condition, condition_axis, len(X))  # checked against the whole data; rows sliced
         maps, outputs, kept = [], [], []
         starts = range(0, len(X), int(batch_size))
         for start in tqdm(starts, desc=f"{self.method.name}", unit="batch", disable=None if progress else True):
             part = slice(start, start + int(batch_size))
             chosen = None if selection is None else selection[part]
             given = {k: (v[part] if k in sliced else v) for k, v in (inputs or {}).items()}
-            maps.append(self.analyze(X[part], chosen, given))
+            rows = {name[len(CONDITION):]: (m[part] if len(m) == len(X) else m) for name, m in masks.items()}
+            maps.append(self.analyze(X[part], chosen, given, condition=rows or None))
             outputs.append(self.outputs)
             kept.append(self.kept)
         self.outputs = [np.concatenate(parts) for parts in zip(*outputs)]
         self.kept = {name: np.concatenate([k[name] for k in kept]) for name in kept[0]}
         return np.concatenate(maps)  # X holds more samples than one slice: never empty
+
+    @staticmethod
+    def _masks(r: Runner, condition: dict | None, axis: int, samples: int) -> dict:
+        """{input condition:NAME: its mask} for the conditioned tensors of runner ``r``, from ``condition``."""
+        shapes = conditioned_shapes(r.session.get_modelmeta().custom_metadata_map)
+        return {CONDITION + name: mask_of(name, spec, shapes.get(name), samples, axis)
+                for name, spec in (condition or {}).items()}
 
     def _failed_check(self, what: str, X: np.ndarray, r: Runner) -> str:
         """What a run-time check of the compiled model (sampling.checked) found wrong with data X."""
@@ -263,94 +290,6 @@ class Analyzer:
         }.get(what, (f"{what} (a size checked at run time)", "check the data's shape"))
         return (f"{self.method.name} would run more than {MAX_PERTURBATIONS} {passes} on data of shape "
                 f"{list(X.shape)}: {fix}")
-
-
-def _as_input(X, arg) -> np.ndarray:
-    try:
-        X = np.asarray(X)
-    except (ValueError, TypeError) as e:
-        raise DataError(f"input data is not an array ({str(e).splitlines()[0]}); give an array [N, ...]") from None
-    if X.dtype.kind not in "fiu":
-        raise DataError(f"input data has dtype {X.dtype}; a float array is expected")
-    dtype = np.dtype(_NP_TYPES.get(arg.type, "float32"))
-    if dtype.kind in "iu" and X.dtype.kind == "f":
-        raise DataError(f"input '{arg.name}' expects integers ({arg.type}), got {X.dtype} data")
-    X = _cast_in_range(X, dtype, arg, arg.type if dtype.kind in "iu" else dtype.name)
-    if len(arg.shape) != X.ndim:
-        raise DataError(f"input '{arg.name}' expects rank {len(arg.shape)} {list(arg.shape)}, got shape {list(X.shape)}")
-    for want, got in zip(arg.shape, X.shape):
-        if isinstance(want, int) and want != got:
-            raise DataError(f"input '{arg.name}' expects shape {list(arg.shape)}, got {list(X.shape)}")
-    if X.size == 0:
-        raise DataError(f"input data of shape {list(X.shape)} holds no values; give at least one sample")
-    return X
-
-
-def _cast_in_range(values: np.ndarray, dtype: np.dtype, arg, type_name: str) -> np.ndarray:
-    """``values`` cast to the input's ``dtype``; a DataError when some do not fit: integers beyond its range
-    (they would wrap around), finite values a float type cannot hold (they would become inf)."""
-    if dtype.kind in "iu" and values.dtype.kind in "iu" and values.size and (
-            values.min() < np.iinfo(dtype).min or values.max() > np.iinfo(dtype).max):
-        raise DataError(f"input '{arg.name}' is {type_name}, and the data holds values beyond its range "
-                        f"({values.min()} to {values.max()}); they would wrap around")
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing cast is reported below, not by numpy
-        cast = values.astype(dtype, copy=False)
-    if dtype.kind == "f" and cast.dtype != values.dtype:
-        overflow = np.isfinite(values) & ~np.isfinite(cast)
-        if overflow.any():
-            worst = np.abs(values[overflow].astype(np.longdouble)).max()  # longdouble: no wrap-around, no inf
-            raise DataError(f"input '{arg.name}' is {type_name}, and the data holds values beyond its range "
-                            f"(largest magnitude {np.format_float_scientific(worst, precision=3, trim='-')}); "
-                            "they would become inf")
-    return cast
-
-
-def other_feeds(runner: Runner, explained: set, given: dict | None) -> dict:
-    """The model's graph inputs besides ``explained``, from ``given`` (name -> array), checked like the data;
-    a missing or unknown name is a UsageError saying how to give it."""
-    if given is not None and not isinstance(given, dict):
-        raise UsageError(f"inputs must be a dict of graph input name -> array, got {type(given).__name__}")
-    given = dict(given or {})
-    args = {a.name: a for a in runner.session.get_inputs() if a.name not in explained}
-    unknown = sorted(set(given) - set(args))
-    if unknown:
-        raise UsageError(f"{', '.join(map(repr, unknown))}: not an input of the model besides the explained one "
-                         f"(its other inputs: {', '.join(map(repr, args)) or 'none'})")
-    missing = [n for n in args if n not in given]
-    if missing:
-        shown = ", ".join(f"'{n}' {list(args[n].shape)}" for n in missing)
-        raise UsageError(f"the model also needs input {shown} besides the explained one: give it with "
-                         f"inputs={{'{missing[0]}': array}} (Python) or --feed {missing[0]}=FILE.npy (command line)")
-    return {n: _as_feed(v, args[n]) for n, v in given.items()}
-
-
-def _as_feed(value, arg) -> np.ndarray:
-    """A fed graph input: its declared element type (a cast within ints or floats, or ints to floats, when
-    every value fits), rank and fixed dims; it may be empty (a cache of length 0, say)."""
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as e:
-        raise DataError(f"input '{arg.name}': not an array ({str(e).splitlines()[0]})") from None
-    want = np.dtype(_NP_TYPES[arg.type]) if arg.type in _NP_TYPES else None
-    if want is not None and arr.size == 0:
-        arr = arr.astype(want)  # an empty list is float64 to numpy; no value to lose
-    if want is not None and arr.dtype != want:
-        same_kind = np.can_cast(arr.dtype, want, casting="same_kind")
-        if not (same_kind or (arr.dtype.kind in "iu" and want.kind in "iuf")):
-            raise DataError(f"input '{arg.name}' is {arg.type}, got {arr.dtype} data")
-        cast = _cast_in_range(arr, want, arg, arg.type)
-        if want.kind == "f" and arr.dtype.kind in "iu" and arr.size and (cast.astype(arr.dtype) != arr).any():
-            raise DataError(f"input '{arg.name}' is {arg.type}, which cannot hold these integers exactly")
-        arr = cast
-    if len(arg.shape) != arr.ndim or any(isinstance(w, int) and w != g for w, g in zip(arg.shape, arr.shape)):
-        raise DataError(f"input '{arg.name}' expects shape {list(arg.shape)}, got {list(arr.shape)}")
-    return arr
-
-
-# onnxruntime's type names of graph inputs -> numpy dtypes, for the data and the feeds
-_NP_TYPES = {**{f"tensor({t})": t for t in ("float16", "double", "int8", "int16", "int32", "int64", "uint8",
-                                              "uint16", "uint32", "uint64", "bool")},
-            "tensor(float)": "float32"}
 
 
 def _targets(selection, batch: int, runner: Runner) -> np.ndarray:

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 from onnxattr.canonicalize import canonicalize, default_opset
 from onnxattr.compiler import path_nodes
+from onnxattr.condition import CONDITION, check_chain, condition_list, metadata
 from onnxattr.errors import (InvalidModelError, SelectionError, UnsupportedModelError, UsageError,
                              naming_the_model)
 from onnxattr.graph import GraphBuilder, live_nodes, names_read
@@ -30,18 +31,20 @@ KEPT = "relevance:"  # + a kept tensor's name: the relevance at that tensor
 
 def compile_model(model, method: str, neuron: str = "max", input: str | None = None,
                   output: str | None = None, report: dict | None = None, label: str | None = None,
-                  keep=(), **params) -> onnx.ModelProto:
+                  keep=(), condition=(), **params) -> onnx.ModelProto:
     """Return a new model computing the original outputs and the relevance map of ``method``.
     ``report``, when given, receives the nodes on the explained path and the rule each one got;
     ``label`` names the model in messages (its path by default); ``keep``: tensors whose relevance is
-    returned too (outputs ``relevance:NAME``)."""
+    returned too (outputs ``relevance:NAME``); ``condition``: tensors whose relevance is masked by an input
+    ``condition:NAME`` (onnxattr.condition)."""
     m = get_method(method)
     if neuron not in NEURON_MODES:
         raise UsageError(f"neuron selection must be one of {', '.join(NEURON_MODES)}, not '{neuron}'")
     resolved = m.resolve(params)
     label = label or model_label(model)
     with naming_the_model(label):
-        return _compile(model, m, method, resolved, label, neuron, input, output, report, _keep_list(keep, m))
+        return _compile(model, m, method, resolved, label, neuron, input, output, report, _keep_list(keep, m),
+                        condition_list(condition, m))
 
 
 def data_input(model: onnx.ModelProto, x: str) -> str:
@@ -83,21 +86,29 @@ def _kept_outputs(b: GraphBuilder, m, keep: dict[str, str], x: str, y: str, chos
     """{name: (its relevance, the tensor)} for the kept names ({name: the canonical tensor holding it}), from
     what the reverse pass carried there; ``tensors``: every tensor name of the model, for the message when one is
     off the path."""
-    crossed = [x] + [o for n in on_path for o in n.output if b.is_float(o)]
     out = {}
     for name, tensor in keep.items():
-        if tensor not in crossed:
-            close = difflib.get_close_matches(name, crossed, n=3)
-            where = f"tensor '{name}' is not" if tensor in tensors else f"no tensor '{name}'"
-            after = (f" (the explained tensor is '{y}', the input of the Softmax that gives '{chosen}': relevance "
-                     "stops there)" if tensor == chosen and chosen != y else "")
-            raise SelectionError(
-                f"keep: {where} between input '{x}' and output '{y}'{after}; "
-                + (f"did you mean {', '.join(close)}?" if close else f"tensors there include {', '.join(crossed[-5:])}")
-                + " (`onnxattr inspect` lists them)")
+        _check_crossed("keep", b, name, tensor, x, y, chosen, on_path, tensors)
         carried = b.kept.get(tensor)
         out[name] = (b.zeros_like(tensor) if carried is None else m.at_layer(b, tensor, carried, params), tensor)
     return out
+
+
+def _check_crossed(option: str, b: GraphBuilder, name: str, tensor: str, x: str, y: str, chosen: str, on_path,
+                   tensors: set) -> None:
+    """A SelectionError naming the closest tensors unless the reverse pass crosses ``tensor`` (``name``, as the
+    user gave it, for the message)."""
+    crossed = [x] + [o for n in on_path for o in n.output if b.is_float(o)]
+    if tensor in crossed:
+        return
+    close = difflib.get_close_matches(name, crossed, n=3)
+    where = f"tensor '{name}' is not" if tensor in tensors else f"no tensor '{name}'"
+    after = (f" (the explained tensor is '{y}', the input of the Softmax that gives '{chosen}': relevance "
+             "stops there)" if tensor == chosen and chosen != y else "")
+    raise SelectionError(
+        f"{option}: {where} between input '{x}' and output '{y}'{after}; "
+        + (f"did you mean {', '.join(close)}?" if close else f"tensors there include {', '.join(crossed[-5:])}")
+        + " (`onnxattr inspect` lists them)")
 
 
 def _pass_through_sources(proto: onnx.ModelProto, keep: list[str], tensors: set) -> dict[str, str]:
@@ -115,7 +126,7 @@ def _pass_through_sources(proto: onnx.ModelProto, keep: list[str], tensors: set)
 
 
 def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, input, output,
-             report, keep: list[str]) -> onnx.ModelProto:
+             report, keep: list[str], condition: list[str]) -> onnx.ModelProto:
     proto = load_model(model)
     check_input_model(proto, label)
     limit = random_opset_limit(default_opset(proto)) if m.random else None
@@ -125,7 +136,8 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
         o for top in canon.graph.node for n in nodes_within(top) for o in n.output}
     for name, why in ((TARGET_INPUT, "neuron index input (--neuron index, neuron_selection=)"),
                       (RELEVANCE, "relevance output"),
-                      *((KEPT + k, f"output for the relevance at '{k}' (keep=)") for k in keep)):
+                      *((KEPT + k, f"output for the relevance at '{k}' (keep=)") for k in keep),
+                      *((CONDITION + k, f"input for the mask at '{k}' (condition=)") for k in condition)):
         if name in names and (name != TARGET_INPUT or neuron == "index"):
             raise UnsupportedModelError(
                 f"{label}: the model has a tensor named '{name}', the name of the compiled model's {why}; "
@@ -143,23 +155,32 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
                     static_batch=isinstance(xshape[0], int), data=data_input(canon, x))
     sources = _pass_through_sources(proto, keep, names) if keep else {}
     b.keep = frozenset(sources.values())
+    masked = _pass_through_sources(proto, condition, names) if condition else {}
+    for name, tensor in masked.items():
+        _check_crossed("condition", b, name, tensor, x, y, chosen, on_path, names)
+    check_chain(b, on_path, x, masked)
+    b.conditions = {tensor: CONDITION + name for name, tensor in masked.items()}
     relevance = m.build(target, resolved)
+    if set(b.conditions) - b.conditioned:
+        raise InvalidModelError(f"internal error: {method} did not reach conditioned tensor(s) "
+                                f"{sorted(set(b.conditions) - b.conditioned)}")
     kept = _kept_outputs(b, m, sources, x, y, chosen, on_path, names, resolved) if keep else {}
     if report is not None:
         _fill_report(report, target, m)
     try:
-        return assemble(canon, target, relevance, neuron, method, resolved, chosen, kept)
+        return assemble(canon, target, relevance, neuron, method, resolved, chosen, kept, masked)
     except InvalidModelError:
         check_input_shapes(proto, label)  # blame the user's model when its own shapes disagree
         raise
 
 
 def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, method: str,
-             params: dict, graph_output: str | None = None, kept: dict | None = None) -> onnx.ModelProto:
+             params: dict, graph_output: str | None = None, kept: dict | None = None,
+             masked: dict | None = None) -> onnx.ModelProto:
     """The compiled model; ``graph_output``: the tensor the explained one was chosen through (the graph
     output, or the tensor ``--output`` named; a softmax of the explained logits), recorded for readers of
     its values; ``kept``: {name: (its relevance, the tensor of its shape)}, output as relevance:NAME after the
-    map."""
+    map; ``masked``: {name: the conditioned tensor}, whose masks are inputs condition:NAME after the others."""
     b = t.b
     finals = {RELEVANCE: (relevance, t.x), **{KEPT + name: r_like for name, r_like in (kept or {}).items()}}
     for out_name, (r, like) in finals.items():
@@ -184,6 +205,10 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     graph.value_info.extend(b.declared_shapes(o for n in appended for o in n.output))
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
+    for name, tensor in (masked or {}).items():  # any sizes that broadcast to the tensor's: [N, C, 1, 1] for channels
+        rank = b.shape(tensor)
+        graph.input.append(helper.make_tensor_value_info(CONDITION + name, TensorProto.FLOAT,
+                                                         None if rank is None else [None] * len(rank)))
     for out_name, (_, like) in finals.items():
         graph.output.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, b.shape(like)))  # [] a scalar
     y_dims = (b.shape(t.y) or [None])[1:]
@@ -196,7 +221,8 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
                                    "onnxattr.data": data_input(canon, t.x),
                                    "onnxattr.neuron": neuron,
                                    "onnxattr.params": repr(params),
-                                   **({"onnxattr.keep": repr(list(kept))} if kept else {})})
+                                   **({"onnxattr.keep": repr(list(kept))} if kept else {}),
+                                   **(metadata(b, masked) if masked else {})})
     # the checker (and its strict shape inference) runs on a copy without the weights: serializing
     # them dominated compile time; our own constants are made from numpy arrays and cannot disagree
     light = checkable_copy(canon)

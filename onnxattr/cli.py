@@ -16,7 +16,8 @@ from onnxattr import viz
 from onnxattr.api import Analyzer, compile as compile_model, explained_shape, inspect as inspect_model
 from onnxattr import cli_evaluate
 from onnxattr.cli_data import (
-    analyzer_input_shape, data_files, feed_paths, load_data, load_feeds, load_samples, parse_sets, parse_target,
+    analyzer_input_shape, condition_specs, data_files, feed_paths, load_conditions, load_data, load_feeds, load_samples,
+    parse_sets, parse_target,
 )
 from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(c)
     c.add_argument("-o", "--out", required=True, help="compiled model path (never the input)")
     c.add_argument("--keep", action="append", metavar="TENSOR", help=KEEP_HELP + " as output relevance:TENSOR")
+    c.add_argument("--condition", action="append", metavar="TENSOR", dest="condition_names",
+                   help="condition the map on this tensor (Concept Relevance Propagation; repeatable, one behind the "
+                        "other): the compiled model takes input condition:TENSOR, a mask broadcasting to the tensor "
+                        "([N, C, 1, 1] for channels), and only relevance through the tensor, masked, reaches the input")
     e = sub.add_parser("explain", help="compile, run on data, save the relevance map")
     _common(e)
     e.add_argument("--data", required=True, nargs="+", metavar="DATA",
@@ -85,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--out", help="relevance as .npy")
     e.add_argument("--keep", action="append", metavar="TENSOR", help=KEEP_HELP + "; its sum per sample is printed")
     e.add_argument("--keep-out", metavar="FILE.npz", help="the relevance at each --keep tensor, by name")
+    e.add_argument("--condition", action="append", metavar="TENSOR=CHANNELS",
+                   help="the map of these channels of the tensor only (Concept Relevance Propagation): relevance "
+                        "through the tensor, masked to channels 3 or 3,7 (numbers along --condition-axis), or by "
+                        "MASK.npy (floats: a mask broadcasting to the tensor; integers: channel numbers, one row per "
+                        "sample); repeatable for tensors one behind the other")
+    e.add_argument("--condition-axis", type=int, default=1, metavar="AXIS",
+                   help="the channel axis of the --condition tensors (default 1; -1 for channels last)")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--batch-size", type=int, help="run the data in slices of this many samples, with a progress "
                    "bar (memory grows with the batch; the same map, but for the random methods' noise; "
@@ -144,14 +156,15 @@ def _input_files(a) -> list:
     sets = parse_sets(getattr(a, "set", None))
     return [*data_files(getattr(a, "data", None)), a.rules, a.patterns,
             sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *feed_paths(a).values(),
-            *feed_paths(a, "feed_b").values()]
+            *feed_paths(a, "feed_b").values(),
+            *(s for s in condition_specs(a).values() if isinstance(s, str))]
 
 
 def cmd_compile(a) -> int:
     refuse_overwriting_input(a.out, *_input_files(a), models=[a.model])
     check_destination(a.out)
     model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, keep=a.keep or (),
-                          **_all_params(a))
+                          condition=a.condition_names or (), **_all_params(a))
     save_model(model, a.out, a.model)
     print(f"wrote {a.out} (outputs: {', '.join(o.name for o in model.graph.output)})")
     return 0
@@ -184,15 +197,17 @@ def cmd_explain(a) -> int:
     analyzer = Analyzer(_method(a), a.model, neuron_selection_mode=a.neuron, input=a.input, output=a.output,
                         device=a.device, keep=a.keep or (), **_all_params(a))
     mode = "index" if a.target is not None else analyzer.mode
-    x = load_samples(a.data, analyzer_input_shape(analyzer, mode))
+    conditions = load_conditions(a)
+    masked = tuple(conditions or ())
+    x = load_samples(a.data, analyzer_input_shape(analyzer, mode, masked))
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
-        explained = explained_shape(analyzer.runner(mode))
+        explained = explained_shape(analyzer.runner(mode, masked))
         if len(explained) != x.ndim or any(isinstance(d, int) and d != n for d, n in zip(explained[1:], x.shape[1:])):
             raise DataError(f"--overlay draws the heatmap over the data, and the data {list(x.shape)} are not what "
                             f"is explained ({[d if isinstance(d, int) else '?' for d in explained]}: a tensor "
                             "computed from them, such as an embedding of token ids): leave --overlay out")
     r = analyzer.analyze(x, neuron_selection=parse_target(a.target), inputs=load_feeds(a), batch_size=a.batch_size,
-                         progress=True)
+                         progress=True, condition=conditions, condition_axis=a.condition_axis)
     bad = int(np.size(r) - np.isfinite(r).sum())
     if bad and (a.heatmap or a.graymap):
         warnings.warn(OnnxAttrWarning(f"the relevance holds {bad} NaN or inf values (the model overflowed, or its "

@@ -36,6 +36,34 @@ def name_paths(pairs, flag: str) -> dict:
     return out
 
 
+def condition_specs(a) -> dict:
+    """--condition TENSOR=CHANNELS pairs: tensor -> the channel numbers (3 or 3,7: every sample keeps them) or
+    a .npy path (integers: channel numbers, one row per sample; floats or bools: the mask itself)."""
+    out = {}
+    for pair in getattr(a, "condition", None) or []:
+        name, sep, spec = pair.rpartition("=")
+        if not sep or not name or not spec.strip():
+            raise UsageError(f"--condition expects TENSOR=CHANNELS (3 or 3,7) or TENSOR=MASK.npy, got '{pair}'")
+        if name in out:
+            raise UsageError(f"--condition {name} is given twice")
+        spec = spec.strip()
+        if not spec.endswith(".npy"):
+            try:
+                spec = [int(c) for c in spec.split(",")]
+            except ValueError:
+                raise UsageError(f"--condition {name}={spec}: expects channel numbers (3 or 3,7) or a .npy "
+                                 "file") from None
+        out[name] = spec
+    return out
+
+
+def load_conditions(a) -> dict | None:
+    """The --condition specs with their .npy files read: the ``condition`` of Analyzer.analyze."""
+    specs = condition_specs(a)
+    return {name: load_npy(spec, f"--condition {name}") if isinstance(spec, str) else spec
+            for name, spec in specs.items()} or None
+
+
 def feed_paths(a, option: str = "feed") -> dict:
     """--feed (or --feed-b) NAME=FILE.npy pairs: name -> path."""
     return name_paths(getattr(a, option, None), "--" + option.replace("_", "-"))
@@ -79,10 +107,11 @@ def data_files(paths) -> list:
     return [f for p in paths for f in (folder_images(p) if p and os.path.isdir(p) else [p])]
 
 
-def analyzer_input_shape(analyzer, mode: str):
+def analyzer_input_shape(analyzer, mode: str, condition: tuple = ()):
     """A zero-argument function giving the declared shape of the data input of ``analyzer``'s model for neuron
-    ``mode`` (compiled only when called: when the data are images to be resized to it)."""
-    return lambda: data_input(analyzer.runner(mode)).shape  # the model the run uses: warnings shown once
+    ``mode`` and conditioned tensors ``condition`` (compiled only when called: when the data are images to be
+    resized to it)."""
+    return lambda: data_input(analyzer.runner(mode, condition)).shape  # the model the run uses: warnings shown once
 
 
 def load_samples(paths: list, input_shape) -> np.ndarray:

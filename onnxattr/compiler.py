@@ -118,13 +118,18 @@ def reverse_pass(
         for o in node.output:
             parts = arrived.pop(o, None)
             grads.append(b.add_all(parts) if parts else None)
-        if all(g is None for g in grads):
-            continue
         for g, o in zip(grads, node.output):
             if g is not None:
                 b.set_info(g, o)
                 if o in b.keep:
                     b.kept[o] = g
+        if any(o in b.conditions for o in node.output):
+            # a conditioned tensor: its relevance is masked, and what reached other tensors so far went around it
+            # (a parallel branch, the node's other outputs) and is dropped: the map is what passes through it
+            grads = [condition(b, g, o) if o in b.conditions else None for g, o in zip(grads, node.output)]
+            arrived.clear()
+        if all(g is None for g in grads):
+            continue
         if node.op_type in ZERO_GRAD_OPS:
             continue
         need = [bool(i) and i in live for i in node.input]
@@ -144,4 +149,29 @@ def reverse_pass(
     arrived_at_source = b.add_all(parts) if parts else None
     if source in b.keep and arrived_at_source is not None:
         b.kept[source] = arrived_at_source
+    if source in b.conditions:
+        arrived_at_source = condition(b, arrived_at_source, source)
     return arrived_at_source
+
+
+def condition(b: GraphBuilder, relevance: str | None, tensor: str) -> str | None:
+    """R * m: the relevance at a conditioned ``tensor`` times its mask m (the graph input b.conditions names,
+    broadcasting to the tensor: Concept Relevance Propagation's channel masks, or any mask). The facts the LRP
+    rules read stay true: R * m is 0 wherever R was, and a product x * s stays one, x * (s * m)."""
+    b.conditioned.add(tensor)
+    if relevance is None:
+        return None
+    mask = b.conditions[tensor]
+    if b.types.get(relevance) not in (None, onnx.TensorProto.FLOAT):
+        mask = b.op("Cast", [mask], to=b.types[relevance])
+    x, s = b.product_of.get(relevance, (None, None))
+    if x is not None:
+        s = b.op("Mul", [s, mask])
+        out = b.op("Mul", [x, s])
+        b.product_of[out] = (x, s)
+    else:
+        out = b.op("Mul", [relevance, mask])
+    if relevance in b.zero_where:
+        b.zero_where[out] = b.zero_where[relevance]
+    b.set_info(out, relevance)
+    return out

@@ -108,6 +108,9 @@ class GraphBuilder:
         # what reverse_pass found there: tensor -> the carried signal, summed over the tensor's readers
         self.keep: frozenset = frozenset()
         self.kept: dict[str, str] = {}
+        # conditioned tensors (condition=): tensor -> the graph input holding its mask, and those reached
+        self.conditions: dict[str, str] = {}
+        self.conditioned: set = set()
 
     # ---- names -----------------------------------------------------------------------------
     def fresh(self, hint: str = "t") -> str:
@@ -303,6 +306,7 @@ class GraphBuilder:
         c.__dict__.update(self.__dict__)
         c.nodes = []
         c.keep, c.kept = frozenset(), {}  # a Loop body's signals are per point, not the map's
+        c.conditions, c.conditioned = {}, set()
         return c
 
 

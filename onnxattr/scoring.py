@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxattr.api import _as_input, other_feeds
+from onnxattr.feeds import as_input, other_feeds
 from onnxattr.errors import DataError, SelectionError, UsageError, check_positive_int
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import load_model, model_label
@@ -69,12 +69,12 @@ class Scorer:
         """The data as the input takes it (its element type; shape checked against the declared one, but for
         the batch axis of a model of fixed batch size, which runs the data in slices of that size)."""
         if self.fixed_batch and np.ndim(x) and len(x) != self.fixed_batch:
-            checked = _as_input(x[:self.fixed_batch], self.x_arg)
+            checked = as_input(x[:self.fixed_batch], self.x_arg)
             if len(x) % self.fixed_batch:
                 raise DataError(f"{self.label} takes batches of {self.fixed_batch}, and the data holds {len(x)} "
                                 "samples")
             return np.asarray(x).astype(checked.dtype, copy=False)
-        return _as_input(x, self.x_arg)
+        return as_input(x, self.x_arg)
 
     def outputs(self, x: np.ndarray, inputs: dict | None = None) -> np.ndarray:
         """The explained tensor for the batch x (``inputs`` as ``feeds`` returns them), run in slices of the fixed

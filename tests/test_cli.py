@@ -474,3 +474,55 @@ def test_keep_prints_each_tensors_sums_and_writes_them(tmp_path, model_path, cap
     assert main(["explain", str(model_path), "-m", "lrp.z", "--data", str(tmp_path / "x.npy"), "--keep", "r",
                  "--keep-out", str(tmp_path / "k.txt")]) == EXIT_CODES["UsageError"]
     assert "must name a .npz file" in capsys.readouterr().err and not (tmp_path / "k.txt").exists()
+
+
+def test_condition_explains_the_channels_of_a_hidden_tensor(tmp_path, model_path, capsys):
+    """--condition r=2,5: the gradient through units 2 and 5 of the hidden Relu only (closed form: the others
+    masked out of the chain rule); the same from a float mask file and from per-sample channel numbers."""
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    w1, b1, w2 = mlp()[1]
+    on = (x @ w1 + b1) > 0
+    keep = np.zeros(8, np.float32)
+    keep[[2, 5]] = 1
+    want = (w2[:, 1] * on * keep) @ w1.T
+    args = ["explain", str(model_path), "--method", "gradient", "--data", str(tmp_path / "x.npy"), "--neuron", "index",
+            "--target", "1", "-o", str(tmp_path / "r.npy")]
+    assert main(args + ["--condition", "r=2,5"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), want, rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "mask.npy", np.tile(keep, (3, 1)))
+    assert main(args + ["--condition", f"r={tmp_path / 'mask.npy'}"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), want, rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "channels.npy", np.array([[2, 5], [5, 2], [2, 5]]))
+    assert main(args + ["--condition", f"r={tmp_path / 'channels.npy'}"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), want, rtol=1e-5, atol=1e-6)
+    out = tmp_path / "c.onnx"
+    assert main(["compile", str(model_path), "--method", "lrp.epsilon", "--condition", "r", "-o", str(out)]) == 0
+    assert [i.name for i in onnx.load(out).graph.input] == ["x", "condition:r"]
+
+
+@pytest.mark.parametrize("extra,code,message", [
+    (["--condition", "r"], 2, "expects TENSOR=CHANNELS"),
+    (["--condition", "r=two"], 2, "expects channel numbers"),
+    (["--condition", "r=1", "--condition", "r=2"], 2, "given twice"),
+    (["--condition", "r=8"], 7, "channel 8 is outside axis 1 of 8 channels"),
+    (["--condition", "r=1", "--condition-axis", "2"], 2, "condition_axis 2"),
+    (["--condition", "r=1", "--method", "integrated_gradients"], 2, "one reverse pass"),
+    (["--condition", "nope=1"], 6, "no tensor 'nope'"),
+    (["--condition", "r=missing.npy"], 7, "no such file"),
+])
+def test_condition_errors(tmp_path, model_path, capsys, extra, code, message):
+    np.save(tmp_path / "x.npy", np.ones((2, 6), np.float32))
+    args = ["explain", str(model_path), "--method", "gradient", "--data", str(tmp_path / "x.npy")]
+    assert main(args + extra) == code
+    assert message in capsys.readouterr().err
+
+
+def test_condition_mask_file_is_never_overwritten(tmp_path, model_path, capsys):
+    np.save(tmp_path / "x.npy", np.ones((2, 6), np.float32))
+    mask = tmp_path / "mask.npy"
+    np.save(mask, np.ones((1, 8), np.float32))
+    before = mask.read_bytes()
+    assert main(["explain", str(model_path), "--method", "gradient", "--data", str(tmp_path / "x.npy"),
+                 "--condition", f"r={mask}", "-o", str(mask)]) == EXIT_CODES["OutputFileError"]
+    assert mask.read_bytes() == before

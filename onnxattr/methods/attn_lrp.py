@@ -321,10 +321,10 @@ GAMMAS = (
 register_method(Method(
     "attn_lrp", "AttnLRP (LXT's rules for transformers): identity rule on activations, uniform rule on "
     "products of activations, norms' std held constant; the z rule (or gamma) elsewhere.",
-    build(False), GAMMAS, family="lrp", at_layer=times_tensor,
+    build(False), GAMMAS, family="lrp", at_layer=times_tensor, conditional=True,
 ))
 register_method(Method(
     "cp_lrp", "CP-LRP (Ali et al. 2022, as LXT writes it): attn_lrp with the attention weights (softmax "
     "outputs) and a gated MLP's activated gate held constant.",
-    build(True), GAMMAS, family="lrp", at_layer=times_tensor,
+    build(True), GAMMAS, family="lrp", at_layer=times_tensor, conditional=True,
 ))

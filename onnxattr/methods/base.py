@@ -53,6 +53,8 @@ class Method:
     # the method's relevance at a tensor T the reverse pass crossed (keep=), from the signal it carried there:
     # at_layer(b, T, carried, params); None where the map is not one reverse pass (the Loop methods)
     at_layer: Callable[[GraphBuilder, str, str, dict], str] | None = None
+    # the map is one reverse pass outside any Loop, so it can be conditioned on hidden tensors (condition=)
+    conditional: bool = False
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by ``given``; unknown names and bad values raise UsageError."""

@@ -89,7 +89,7 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
         return r if r is not None else t.b.zeros_like(t.x)
 
     return Method(preset.name, preset.doc, build, tuple(_param(p) for p in preset.params), family="lrp",
-                  at_layer=as_carried)
+                  at_layer=as_carried, conditional=True)
 
 
 def method_from_file(path) -> Method:

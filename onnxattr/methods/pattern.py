@@ -97,8 +97,8 @@ PARAMS = (
 
 for _m in (
     Method("pattern.net", "PatternNet: backward with learned patterns in place of weights (needs fit).",
-           _builder(False), PARAMS, family="pattern", at_layer=as_carried),
+           _builder(False), PARAMS, family="pattern", at_layer=as_carried, conditional=True),
     Method("pattern.attribution", "PatternAttribution: backward with weights ⊙ patterns (needs fit).",
-           _builder(True), PARAMS, family="pattern", at_layer=as_carried),
+           _builder(True), PARAMS, family="pattern", at_layer=as_carried, conditional=True),
 ):
     register_method(_m)

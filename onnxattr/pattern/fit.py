@@ -62,7 +62,7 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
     """Patterns of every kernel layer between the explained input and output, learned from ``data``
     (``label``: the model's name in messages; its path by default; ``inputs``: the model's other graph
     inputs, the same for every batch)."""
-    from onnxattr.api import _as_input, other_feeds  # the same input checks as analyze()
+    from onnxattr.feeds import as_input, other_feeds  # the same input checks as analyze()
 
     batch_size = check_positive_int("batch_size", batch_size)
     proto = load_model(model)
@@ -85,7 +85,7 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
     samples = 0
     # the bar shows on a terminal only (disable=None), so logs and error output stay clean
     for batch in tqdm(it, total=total, desc="fit patterns", unit="batch", disable=None if progress else True):
-        xb = _as_input(batch, arg)
+        xb = as_input(batch, arg)
         if xb.shape[0] == 0:
             continue
         if not np.isfinite(xb).all():

@@ -15,7 +15,11 @@ zero_params=['bias'] and iNNvestigate's stabilizer, as ours) sit in the 1e-3 cla
 ~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~5e-7, and
 with LXT plus Zennit's gamma rule on the ViT's layers (tag "gamma") to ~7e-7. An entry's ``keep`` names a hidden
 tensor whose relevance is compared (keep=): Zennit's EpsilonPlusFlat relevance retained at a middle ReLU's output
-(tag "layer", all eight torch nets). On three models whose output is a loss
+(tag "layer", all eight torch nets). An entry's ``condition`` ({tensor, channels: one list per sample}) is
+zennit-crp's CondAttribution with EpsilonPlusFlat at that middle ReLU (tag "crp", all eight nets; the relevance
+that went around the tensor dropped, its exclude_parallel), compared through the API's condition=; they agree to
+float32 rounding (1.6e-5 of the map's max on torch_vggbn, Zennit's BatchNorm merge; 1.1e-5 on the ResNet in
+mode all, whose float32 floor there is 8.8e-5; 5e-7 elsewhere). On three models whose output is a loss
 over the batch (tests/oracles/make_captum_loss.py), Captum's perturbation methods change every sample at once
 and return one row, stored repeated for each sample as onnxattr returns it; a manifest entry's ``rows`` keeps
 the first rows of the data only (feature permutation of a pair, where Captum's swap is forced).
@@ -197,8 +201,15 @@ def test_matches_reference(name, key, model_file, tmp_path):
         to_own = np.mean([rms(runs[i] - runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))])
         assert to_ref <= 1.5 * to_own, (to_ref, to_own)
         return
-    got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, feeds, entry.get("keep"),
-              info.get("explain_at"), **params)
+    if entry.get("condition"):  # zennit-crp: the map conditioned on channels of a hidden tensor, via the API
+        given = entry["condition"]
+        analyzer = onnxattr.create_analyzer(entry["method"], str(model), neuron_selection_mode=entry["mode"],
+                                            input=input_name, **params)
+        got = analyzer.analyze(x, neuron_selection=target if entry["mode"] == "index" else None,
+                               condition={given["tensor"]: given["channels"]})
+    else:
+        got = run(model, entry["method"], MODES[entry["mode"]], x, target, input_name, feeds, entry.get("keep"),
+                  info.get("explain_at"), **params)
     scale = float(np.abs(want).max())
     err = float(np.abs(got - want).max())
     assert err <= tolerance(entry, key) * scale, f"max error {err:.3g} vs map max {scale:.3g}"
@@ -261,6 +272,7 @@ def test_new_oracles_are_compared():
         assert {f"kernel_shap|{mode}|{tag}" for mode in MODES for tag in ("coalitions", "default")} <= compared, name
         assert {f"lime|{mode}|{tag}" for mode in MODES for tag in ("coalitions", "linear", "default")} <= compared, name
         assert {f"lrp.epsilon_plus_flat|{mode}|layer" for mode in MODES} <= compared, name  # relevance at a hidden tensor
+        assert {f"lrp.epsilon_plus_flat|{mode}|crp" for mode in MODES} <= compared, name  # conditioned on its channels
         assert {f"conductance|{mode}|{where}{rule}" for mode in MODES for where in ("", "layer_")
                 for rule in ("gausslegendre", "riemann_trapezoid")} <= compared, name
         assert {f"neuron_conductance|{mode}|{rule}" for mode in MODES for rule in ("gausslegendre", "riemann_left")} \

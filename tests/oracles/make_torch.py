@@ -58,7 +58,10 @@ SkLearnLinearRegression on 40 coalitions stored as "coalitions:lime", determinis
 statistical), conductance (Captum's LayerConductance, baselines 0 and 20 steps, gausslegendre and riemann_trapezoid,
 at the middle nn.ReLU module called once, for keep=, and at an nn.Identity before the model, the map; and
 NeuronConductance of that module's unit that conducts most, for neuron_conductance, with gausslegendre and
-riemann_left: Captum's riemann_trapezoid weights sum to (n-1)/n, see IG_QUADRATURES).
+riemann_left: Captum's riemann_trapezoid weights sum to (n-1)/n, see IG_QUADRATURES), crp (zennit-crp's
+CondAttribution, Concept Relevance Propagation, with EpsilonPlusFlat: conditioned on two channels per sample of
+that middle ReLU, for onnxattr's condition=; install it with `pip install --no-deps zennit-crp==0.6.0`: its
+metadata pins zennit<=0.4.6, but its CondAttribution runs on zennit 0.5.1, and the bench extra cannot hold both).
 
 The code is our own; Zennit (LGPL-3) and Captum (BSD-3) are only called as libraries.
 """
@@ -538,6 +541,55 @@ def run_zennit_layers(variants, x, argmax, target):
             "library_call": f"zennit.attribution.Gradient(model, zennit.composites.{cls_name}(canonizers={names})) "
                             f"with attr_output = {seed}; the gradient retained at the output of module "
                             f"'{chosen}' (export tensor '{tensor}')"})
+    return out
+
+
+def crp_channels(channels, samples):
+    """The channels sample i is conditioned on: two of them, a different pair per sample (one on a single channel)."""
+    return [sorted({i % channels, (3 * i + 1) % channels}) for i in range(samples)]
+
+
+def run_crp(variants, x, argmax, target):
+    """zennit-crp's CondAttribution (Concept Relevance Propagation) with EpsilonPlusFlat: the relevance at the
+    middle nn.ReLU module called once is masked per sample to two of its channels (ChannelConcept, axis 1) and
+    only what passes through that module reaches the input (exclude_parallel, its default); the map is data.grad
+    (CRP's heatmap sums it over the channels), for onnxattr's condition= at the export's tensor of that output."""
+    from crp.attribution import CondAttribution
+
+    model, names, _ = variants["default"]
+    cls_name, kwargs, params = LRP_METHODS["lrp.epsilon_plus_flat"]
+
+    def composite():
+        canonizers = [getattr(zennit.canonizers, n)() if hasattr(zennit.canonizers, n)
+                      else getattr(zennit.torchvision, n)() for n in names]
+        return getattr(zennit.composites, cls_name)(canonizers=canonizers, **kwargs)
+
+    chosen, _ = middle_relu(model, x, zennit.attribution.Gradient(model, composite()))
+    value = {}
+    handle = model.get_submodule(chosen).register_forward_hook(lambda mod, i, o: value.update(out=o))
+    with zennit.attribution.Gradient(model, composite()):
+        with torch.no_grad():
+            model(x)
+    handle.remove()
+    tensor = onnx_tensor_of(value["out"])
+    channels = crp_channels(value["out"].shape[1], len(x))
+    out = {}
+    for mode in MODES:
+        picked = {"max": argmax, "index": target}.get(mode)
+        conditions = [{chosen: c, **({} if picked is None else {"y": [int(picked[i])]})} for i, c in enumerate(channels)]
+        data = x.clone().requires_grad_(True)
+        CondAttribution(model, no_param_grad=False)(
+            data, conditions, composite(), init_rel=(lambda y: y) if mode == "all" else None)
+        seed = {"max": "y*onehot(argmax)", "index": "y*onehot(target)", "all": "y (all logits)"}[mode]
+        out[f"lrp.epsilon_plus_flat|{mode}|crp"] = (data.grad.detach().clone(), {
+            "method": "lrp.epsilon_plus_flat", "params": params, "mode": mode, "seed": "logit",
+            "statistical": False, "zennit_canonizers": names, "condition": {"tensor": tensor, "channels": channels},
+            "library_call": f"crp.attribution.CondAttribution(model)(x, conditions=[{{'{chosen}': the sample's "
+                            f"channels{'' if mode == 'all' else ', y: [its class]'}}} per sample], "
+                            f"zennit.composites.{cls_name}(canonizers={names})"
+                            f"{', init_rel=lambda y: y' if mode == 'all' else ''}) (exclude_parallel=True), "
+                            f"seed {seed}; the map is data.grad (the heatmap before CRP sums its channels); "
+                            f"conditioned on module '{chosen}' (export tensor '{tensor}')"})
     return out
 
 
@@ -1201,7 +1253,7 @@ def run_lime(model, x, argmax, target):
 
 FAMILIES = ("captum", "zennit", "deep_lift", "excitation_backprop", "ig_quadrature", "cam", "gradient_shap",
             "occlusion", "noise_tunnel", "beta_smooth", "feature_ablation", "shapley", "deep_lift_shap",
-            "feature_permutation", "zennit_layers", "kernel_shap", "lime", "conductance")
+            "feature_permutation", "zennit_layers", "kernel_shap", "lime", "conductance", "crp")
 
 
 def oracle_maps(model, x, argmax, target, variants_fn):
@@ -1221,6 +1273,8 @@ def oracle_maps(model, x, argmax, target, variants_fn):
             maps.update(run_zennit(variants, xd, argmax, target))
         if "zennit_layers" in families:
             maps.update(run_zennit_layers(variants, xd, argmax, target))
+        if "crp" in families:
+            maps.update(run_crp(variants, xd, argmax, target))
         for family, run in (("deep_lift", run_deeplift), ("ig_quadrature", run_ig_quadrature), ("cam", run_cam),
                             ("gradient_shap", run_gradient_shap), ("occlusion", run_occlusion),
                             ("noise_tunnel", run_noise_tunnel), ("beta_smooth", run_beta_smooth),
