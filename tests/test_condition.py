@@ -189,3 +189,23 @@ def test_analyze_refuses_a_condition_that_is_not_a_dict():
     a = onnxattr.create_analyzer("gradient", resnet_like())
     with pytest.raises(UsageError, match="condition must be a dict"):
         a.analyze(X, condition=["r2"])
+
+
+def test_kept_tensors_above_and_below_a_conditioned_one():
+    """keep= at the conditioned tensor returns its whole relevance (the concepts' relevances, before the mask);
+    at a tensor below it, the relevance of the concept there (zennit-crp's attribution graph: r2's channels
+    within channel c of r3), which adds up over c to r2's relevance within the whole of r3."""
+    a = onnxattr.create_analyzer("lrp.epsilon_plus_flat", resnet_like(bias=True), keep=["r3", "r2"])
+    a.analyze(X)
+    whole = dict(a.kept)
+    a.analyze(X, condition={"r3": np.ones((1, 1, 1, 1), np.float32)})
+    np.testing.assert_array_equal(a.kept["r3"], whole["r3"])
+    through_r3 = a.kept["r2"]
+    parts = []
+    for c in range(4):
+        a.analyze(X, condition={"r3": c})
+        np.testing.assert_array_equal(a.kept["r3"], whole["r3"])  # unmasked at the conditioned tensor
+        parts.append(a.kept["r2"])
+    assert np.abs(parts[0] - through_r3).max() > 1e-3 * np.abs(through_r3).max()
+    np.testing.assert_allclose(sum(parts), through_r3, atol=2e-6 * np.abs(through_r3).max())
+    np.testing.assert_allclose(through_r3, whole["r2"], atol=1e-7)  # all of r2's relevance crosses r3
