@@ -33,7 +33,10 @@ of 4 blocks, Shapley value sampling over 16 blocks (2 orders) and DeepLIFT SHAP 
 coalition count, Captum's defaults otherwise: cosine similarity, Lasso) against Captum's Lime; `conductance` =
 conductance over 33 points (32 steps, Gauss-Legendre), at the input and kept at a ResNet50 block's output in one
 run, against Captum's LayerConductance at that block (`--models resnet50`); `metrics` = sensitivity_max, infidelity and
-one region-perturbation curve of the gradient map against Captum's metrics (benchmarks/metrics_bench.py).
+one region-perturbation curve of the gradient map against Captum's metrics (benchmarks/metrics_bench.py); `crp` =
+8 maps of one image conditioned on one channel each of a ResNet50 block's output (EpsilonPlusFlat, Concept Relevance
+Propagation: the image repeated, a mask per row) against zennit-crp's CondAttribution with those 8 conditions
+(installed with `pip install --no-deps zennit-crp==0.6.0`), beside one plain EpsilonPlusFlat map of each library.
 The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 
@@ -58,7 +61,7 @@ CACHE = Path(os.environ.get("ONNXATTR_BENCH_CACHE", Path.home() / ".cache" / "on
 RESULTS = HERE / "results"
 
 from configs import (  # noqa: E402  (benchmarks/ is on the path)
-    CONDUCTANCE_BLOCK, CONDUCTANCE_STEPS, GROUPS, KS_SAMPLES, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS,
+    CONDUCTANCE_BLOCK, CONDUCTANCE_STEPS, CRP_CONCEPTS, GROUPS, KS_SAMPLES, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS,
     PAUSE, PERMUTATIONS_PER_EVAL, STEPS, SV_ORDERS, blocks, dls_baselines,
 )
 from report import write_report  # noqa: E402
@@ -95,7 +98,8 @@ def compile_method(model: str, name: str) -> float:
     spec = OURS[name]
     t = time.perf_counter()
     params = {k: v() if callable(v) else v for k, v in spec.get("params", {}).items()}  # arrays made here
-    compiled = onnxattr.compile(str(onnx_path(model)), spec["method"], keep=spec.get("keep", ()), **params)
+    compiled = onnxattr.compile(str(onnx_path(model)), spec["method"], keep=spec.get("keep", ()),
+                                condition=spec.get("condition", ()), **params)
     seconds = time.perf_counter() - t
     onnx.save(compiled, str(compiled_path(model, name)))
     return seconds
@@ -132,6 +136,18 @@ def make_runner(config: str, model: str, x, threads: int):
         path = onnx_path(model) if lib == "ort" else compiled_path(model, name)
         runner = Runner(onnx.load(str(path)), "cpu", threads=threads)
         feeds = {runner.input_names[0]: x}
+        if lib == "onnxattr" and OURS.get(name, {}).get("condition"):  # one image, a one-hot channel mask per row
+            import numpy as np
+
+            from onnxattr.condition import CONDITION, conditioned_shapes
+
+            if len(x) != 1:
+                raise SystemExit("the crp group explains the concepts of one image: --batch 1")
+            feeds = {runner.input_names[0]: np.repeat(x, CRP_CONCEPTS, 0)}
+            for tensor, shape in conditioned_shapes(runner.session.get_modelmeta().custom_metadata_map).items():
+                mask = np.zeros((CRP_CONCEPTS, shape[1], 1, 1), np.float32)
+                mask[np.arange(CRP_CONCEPTS), np.arange(CRP_CONCEPTS)] = 1.0
+                feeds[CONDITION + tensor] = mask
         return lambda: runner.run(feeds)
 
     import torch
@@ -253,9 +269,17 @@ def make_runner(config: str, model: str, x, threads: int):
             # Deep Taylor's z+ everywhere, gradient through ReLUs (as onnxattr's deep_taylor)
             "zplus": LayerMapComposite([(Convolution, ZPlus()), (Linear, ZPlus())], canonizers=canon),
             "beta_smooth": BetaSmooth(),
+            "crp": None,
         }[name]
         onehot = torch.nn.functional.one_hot(target, 1000).float()
         seed = (lambda out: onehot) if name in ("gradient", "beta_smooth") else (lambda out: out * onehot)
+        if name == "crp":  # zennit-crp: 8 conditions on one image, which it repeats (exclude_parallel)
+            from crp.attribution import CondAttribution
+
+            attribution, layer = CondAttribution(net), f"layers.{CONDUCTANCE_BLOCK}"
+            conditions = [{"y": [int(target[0])], layer: [c]} for c in range(CRP_CONCEPTS)]
+            xg = xt.clone().requires_grad_(True)
+            return lambda: attribution(xg, conditions, EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()]))
         attributor = Gradient(net, composite)
         attributor.__enter__()  # hooks registered once, outside the timed calls
         xg = xt.clone().requires_grad_(True)
@@ -360,7 +384,7 @@ def main(argv=None):
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
     ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more, "
-                    "noise-tunnel, shapley, permutation, kernel-shap, lime, conductance, metrics) or "
+                    "noise-tunnel, shapley, permutation, kernel-shap, lime, conductance, metrics, crp) or "
                     "comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())

@@ -14,6 +14,7 @@ KS_SAMPLES = 32  # KernelSHAP's and LIME's coalitions of the 16 blocks (32 forwa
 CONDUCTANCE_STEPS = 32  # conductance's intervals (33 gradient passes), at the input and at one block's output
 CONDUCTANCE_BLOCK = 12  # ResNet50's last block of its third stage (output 1024 x 14 x 14)
 CONDUCTANCE_TENSOR = f"/layers/layers.{CONDUCTANCE_BLOCK}/relu/Relu_output_0"  # that block's output in the export
+CRP_CONCEPTS = 8  # conditioned maps of one image: its first 8 channels at that block's output, one per row
 
 
 def blocks(per_side: int):
@@ -59,6 +60,9 @@ OURS = {
              "ref": ["captum.lime"]},
     "conductance": {"method": "conductance", "params": {"steps": CONDUCTANCE_STEPS}, "keep": [CONDUCTANCE_TENSOR],
                     "ref": ["captum.layer_conductance"]},
+    # Concept Relevance Propagation: EpsilonPlusFlat conditioned on one channel of CONDUCTANCE_TENSOR per row, the
+    # image repeated CRP_CONCEPTS times (one model, a mask per row) against zennit-crp's CondAttribution
+    "crp": {"method": "lrp.epsilon_plus_flat", "condition": [CONDUCTANCE_TENSOR], "ref": ["zennit.crp"]},
     # evaluation metrics of the gradient map (benchmarks/metrics_bench.py), not compiled methods
     "sensitivity_max": {"method": None, "ref": ["captum.sensitivity_max"]},
     "infidelity": {"method": None, "ref": ["captum.infidelity"]},
@@ -104,6 +108,8 @@ GROUPS = {
     # conductance over 33 points of the path, at the input and at a ResNet50 block's output in one run, against
     # Captum's LayerConductance at that block (ResNet50 only)
     "conductance": ["ort.forward", "onnxattr.conductance", "captum.layer_conductance"],
+    # 8 conditioned maps of one image (CRP) at a ResNet50 block's output, against zennit-crp (ResNet50, batch 1)
+    "crp": ["ort.forward", "onnxattr.lrp.epsilon_plus_flat", "zennit.epsilon_plus_flat", "onnxattr.crp", "zennit.crp"],
     # Captum's metrics of the gradient map (10 draws each) and one 16-step region-perturbation curve
     "metrics": ["ort.forward", "onnxattr.sensitivity_max", "captum.sensitivity_max", "onnxattr.infidelity",
                 "captum.infidelity", "onnxattr.region_perturbation"],
