@@ -446,11 +446,16 @@ def lrp_seed(mode, argmax, target):
     return fn
 
 
-def zennit_map(model, x, method, canonizer_names, mode, argmax, target):
+def zennit_composite(method, canonizer_names):
+    """A new Zennit composite of LRP_METHODS[method] with the named canonizers."""
     cls_name, kwargs, _ = LRP_METHODS[method]
     canonizers = [getattr(zennit.canonizers, n)() if hasattr(zennit.canonizers, n)
                   else getattr(zennit.torchvision, n)() for n in canonizer_names]
-    composite = getattr(zennit.composites, cls_name)(canonizers=canonizers, **kwargs)
+    return getattr(zennit.composites, cls_name)(canonizers=canonizers, **kwargs)
+
+
+def zennit_map(model, x, method, canonizer_names, mode, argmax, target):
+    composite = zennit_composite(method, canonizer_names)
     with zennit.attribution.Gradient(model, composite) as attributor:
         _, rel = attributor(x.clone(), lrp_seed(mode, argmax, target))
     return rel
@@ -512,12 +517,10 @@ def run_zennit_layers(variants, x, argmax, target):
     output of the middle nn.ReLU module called once in the forward pass (under Zennit's rule hooks the gradient
     between hooked layers is the relevance), for onnxattr's keep= at the export's tensor that holds it."""
     model, names, _ = variants["default"]
-    cls_name, kwargs, params = LRP_METHODS["lrp.epsilon_plus_flat"]
+    cls_name, _, params = LRP_METHODS["lrp.epsilon_plus_flat"]
 
     def composite():
-        canonizers = [getattr(zennit.canonizers, n)() if hasattr(zennit.canonizers, n)
-                      else getattr(zennit.torchvision, n)() for n in names]
-        return getattr(zennit.composites, cls_name)(canonizers=canonizers, **kwargs)
+        return zennit_composite("lrp.epsilon_plus_flat", names)
 
     # the nn.ReLU modules the forward calls under the canonizers (ResNet's calls one twice)
     chosen, _ = middle_relu(model, x, zennit.attribution.Gradient(model, composite()))
@@ -557,12 +560,10 @@ def run_crp(variants, x, argmax, target):
     from crp.attribution import CondAttribution
 
     model, names, _ = variants["default"]
-    cls_name, kwargs, params = LRP_METHODS["lrp.epsilon_plus_flat"]
+    cls_name, _, params = LRP_METHODS["lrp.epsilon_plus_flat"]
 
     def composite():
-        canonizers = [getattr(zennit.canonizers, n)() if hasattr(zennit.canonizers, n)
-                      else getattr(zennit.torchvision, n)() for n in names]
-        return getattr(zennit.composites, cls_name)(canonizers=canonizers, **kwargs)
+        return zennit_composite("lrp.epsilon_plus_flat", names)
 
     chosen, _ = middle_relu(model, x, zennit.attribution.Gradient(model, composite()))
     value = {}
