@@ -158,6 +158,11 @@ class Analyzer:
         try:
             results = r.run(feeds)
         except DataError as e:
+            unchecked = _unchecked_masks(r, masks)
+            if unchecked:
+                raise DataError(f"{e} (the mask of condition {', '.join(map(repr, unchecked))} has sizes the tensor's "
+                                "shape, known only at run time, could not be checked against: each must be 1 or the "
+                                "tensor's size)") from None
             shared = [n for n in feeds if n not in (x_name, TARGET_INPUT, *masks)]
             check = re.search(rf"Name:'oa/{RUN_TIME_CHECK}-(\w+)_", str(e))
             if check:
@@ -290,6 +295,17 @@ class Analyzer:
         }.get(what, (f"{what} (a size checked at run time)", "check the data's shape"))
         return (f"{self.method.name} would run more than {MAX_PERTURBATIONS} {passes} on data of shape "
                 f"{list(X.shape)}: {fix}")
+
+
+def _unchecked_masks(runner: Runner, masks: dict) -> list[str]:
+    """The conditioned tensors whose mask has a size other than 1 on an axis of unknown size when compiled."""
+    shapes = conditioned_shapes(runner.session.get_modelmeta().custom_metadata_map)
+    out = []
+    for feed, mask in masks.items():
+        shape = shapes.get(feed[len(CONDITION):])
+        if shape is None or any(d is None and m != 1 for d, m in zip(shape[1:], mask.shape[1:])):
+            out.append(feed[len(CONDITION):])
+    return out
 
 
 def _targets(selection, batch: int, runner: Runner) -> np.ndarray:

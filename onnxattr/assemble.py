@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from onnxattr.canonicalize import canonicalize, default_opset
 from onnxattr.compiler import path_nodes
-from onnxattr.condition import CONDITION, check_chain, condition_list, metadata
+from onnxattr.condition import CONDITION, beside, check_chain, check_on_path, condition_list, metadata
 from onnxattr.errors import (InvalidModelError, SelectionError, UnsupportedModelError, UsageError,
                              naming_the_model)
 from onnxattr.graph import GraphBuilder, live_nodes, names_read
@@ -158,6 +158,7 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     masked = _pass_through_sources(proto, condition, names) if condition else {}
     for name, tensor in masked.items():
         _check_crossed("condition", b, name, tensor, x, y, chosen, on_path, names)
+    check_on_path(b, on_path, x, y, masked)
     check_chain(b, on_path, x, masked)
     b.conditions = {tensor: CONDITION + name for name, tensor in masked.items()}
     relevance = m.build(target, resolved)
@@ -165,6 +166,8 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
         raise InvalidModelError(f"internal error: {method} did not reach conditioned tensor(s) "
                                 f"{sorted(set(b.conditions) - b.conditioned)}")
     kept = _kept_outputs(b, m, sources, x, y, chosen, on_path, names, resolved) if keep else {}
+    for name in beside(b, on_path, sources, masked) if masked else ():  # no relevance passes there
+        kept[name] = (b.zeros_like(kept[name][1]), kept[name][1])
     if report is not None:
         _fill_report(report, target, m)
     try:

@@ -16,7 +16,8 @@ from onnxattr import viz
 from onnxattr.api import Analyzer, compile as compile_model, explained_shape, inspect as inspect_model
 from onnxattr import cli_evaluate
 from onnxattr.cli_data import (
-    analyzer_input_shape, condition_specs, data_files, feed_paths, load_conditions, load_data, load_feeds, load_samples,
+    IMAGE_SUFFIXES, analyzer_input_shape, condition_specs, data_files, feed_paths, load_conditions, load_data, load_feeds,
+    load_samples,
     parse_sets, parse_target,
 )
 from onnxattr.cli_parser import HintingParser
@@ -94,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the map of these channels of the tensor only (Concept Relevance Propagation): relevance "
                         "through the tensor, masked to channels 3 or 3,7 (numbers along --condition-axis), or by "
                         "MASK.npy (floats: a mask broadcasting to the tensor; integers: channel numbers, one row per "
-                        "sample); repeatable for tensors one behind the other")
-    e.add_argument("--condition-axis", type=int, default=1, metavar="AXIS",
+                        "sample, or one number per sample as a vector [N]); repeatable for tensors one behind the "
+                        "other")
+    e.add_argument("--condition-axis", type=int, metavar="AXIS",
                    help="the channel axis of the --condition tensors (default 1; -1 for channels last)")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--batch-size", type=int, help="run the data in slices of this many samples, with a progress "
@@ -163,6 +165,8 @@ def _input_files(a) -> list:
 def cmd_compile(a) -> int:
     refuse_overwriting_input(a.out, *_input_files(a), models=[a.model])
     check_destination(a.out)
+    if not a.out.endswith(".onnx"):
+        raise UsageError(f"-o writes the compiled ONNX model: name a .onnx file, got '{a.out}'")
     model = compile_model(a.model, _method(a), neuron=a.neuron, input=a.input, output=a.output, keep=a.keep or (),
                           condition=a.condition_names or (), **_all_params(a))
     save_model(model, a.out, a.model)
@@ -182,6 +186,10 @@ def cmd_explain(a) -> int:
         if p:
             refuse_overwriting_input(p, *_input_files(a), models=[a.model])
             check_destination(p, image=p in (a.heatmap, a.graymap))
+    if a.out and not a.out.endswith(".npy"):
+        raise UsageError(f"-o writes the relevance as a .npy array, got '{a.out}'"
+                         + (": for an image use --heatmap or --graymap" if a.out.lower().endswith(IMAGE_SUFFIXES) else
+                            ": name a .npy file"))
     if a.level is not None and not (np.isfinite(a.level) and a.level > 0):
         raise UsageError(f"--level must be a number > 0, got {a.level}")
     for given, flag in ((a.overlay, "--overlay"), (a.cmap, "--cmap"), (a.level, "--level")):
@@ -207,7 +215,8 @@ def cmd_explain(a) -> int:
                             f"is explained ({[d if isinstance(d, int) else '?' for d in explained]}: a tensor "
                             "computed from them, such as an embedding of token ids): leave --overlay out")
     r = analyzer.analyze(x, neuron_selection=parse_target(a.target), inputs=load_feeds(a), batch_size=a.batch_size,
-                         progress=True, condition=conditions, condition_axis=a.condition_axis)
+                         progress=True, condition=conditions,
+                         condition_axis=1 if a.condition_axis is None else a.condition_axis)
     bad = int(np.size(r) - np.isfinite(r).sum())
     if bad and (a.heatmap or a.graymap):
         warnings.warn(OnnxAttrWarning(f"the relevance holds {bad} NaN or inf values (the model overflowed, or its "

@@ -41,13 +41,13 @@ def condition_specs(a) -> dict:
     a .npy path (integers: channel numbers, one row per sample; floats or bools: the mask itself)."""
     out = {}
     for pair in getattr(a, "condition", None) or []:
-        name, sep, spec = pair.rpartition("=")
+        name, sep, spec = pair.partition("=")  # (a path may hold '=', a tensor name hardly ever does)
         if not sep or not name or not spec.strip():
             raise UsageError(f"--condition expects TENSOR=CHANNELS (3 or 3,7) or TENSOR=MASK.npy, got '{pair}'")
         if name in out:
             raise UsageError(f"--condition {name} is given twice")
         spec = spec.strip()
-        if not spec.endswith(".npy"):
+        if not spec.lower().endswith(".npy"):
             try:
                 spec = [int(c) for c in spec.split(",")]
             except ValueError:
@@ -58,10 +58,19 @@ def condition_specs(a) -> dict:
 
 
 def load_conditions(a) -> dict | None:
-    """The --condition specs with their .npy files read: the ``condition`` of Analyzer.analyze."""
-    specs = condition_specs(a)
-    return {name: load_npy(spec, f"--condition {name}") if isinstance(spec, str) else spec
-            for name, spec in specs.items()} or None
+    """The --condition specs with their .npy files read: the ``condition`` of Analyzer.analyze. A file of
+    integers holds one row of channel numbers per sample; one number per sample may come as a vector [N]."""
+    out = {}
+    for name, spec in condition_specs(a).items():
+        if isinstance(spec, str):
+            spec = load_npy(spec, f"--condition {name}")
+            if spec.dtype.kind in "iu" and spec.ndim == 1:
+                spec = spec[:, None]  # (in Python a flat list is one set for all samples; a file holds rows)
+        out[name] = spec
+    if getattr(a, "condition_axis", None) is not None and not out:
+        raise UsageError("--condition-axis is the channel axis of the --condition tensors: add --condition "
+                         "TENSOR=CHANNELS")
+    return out or None
 
 
 def feed_paths(a, option: str = "feed") -> dict:

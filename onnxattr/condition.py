@@ -56,6 +56,30 @@ def check_chain(b, nodes, x: str, tensors: dict[str, str]) -> None:
                 "lie one behind the other, or explain each branch in its own run")
 
 
+def check_on_path(b, nodes, x: str, y: str, tensors: dict[str, str]) -> None:
+    """Each conditioned tensor leads to the explained output y (an on-path node's other output, such as a Split's
+    part that y does not read, would drop every relevance)."""
+    live = path_nodes(nodes, x, y, b)[1] | {x, y}
+    for name, tensor in tensors.items():
+        if tensor not in live:
+            raise SelectionError(f"condition: output '{y}' does not depend on tensor '{name}' (an output of a node on "
+                                 "the path that the explained output does not read), so no relevance reaches it and "
+                                 "the map would be 0: condition a tensor the explained output is computed from")
+
+
+def beside(b, nodes, kept: dict[str, str], tensors: dict[str, str]) -> set:
+    """The kept tensors ({name: tensor}) that are neither computed from nor used to compute some conditioned tensor:
+    on a branch beside it, where no relevance passes through it (zennit-crp records none there either); the others
+    keep what the reverse pass carried (the whole relevance at and above a conditioned tensor, within the concept
+    below it)."""
+    out = set()
+    for name, k in kept.items():
+        for t in tensors.values():
+            if k != t and not path_nodes(nodes, t, k, b)[0] and not path_nodes(nodes, k, t, b)[0]:
+                out.add(name)
+    return out
+
+
 def metadata(b, tensors: dict[str, str]) -> dict:
     """The model property recording each conditioned tensor's shape (None for a size known at run time only)."""
     shapes = {name: (None if b.shape(t) is None else [d if isinstance(d, int) else None for d in b.shape(t)])
@@ -119,8 +143,10 @@ def _channel_lists(what: str, spec, samples: int) -> list[list[int]]:
         return [shared]
     rows = [channels(v) for v in spec] if isinstance(spec, (list, tuple)) else [None]
     if None in rows:
+        shown = (f"an array of dtype {spec.dtype} and shape {list(spec.shape)}" if isinstance(spec, np.ndarray)
+                 else " ".join(repr(spec).split())[:80])
         raise UsageError(f"{what}: give channel numbers (an int, a list of ints, or one such list per sample) or a "
-                         f"float mask array, got {spec!r}"[:300])
+                         f"float mask array, got {shown}")
     if len(rows) != samples:
         raise DataError(f"{what} gives {len(rows)} lists of channels and the data {samples} samples: give one list "
                         "per sample, or one list of ints for all")
@@ -128,8 +154,10 @@ def _channel_lists(what: str, spec, samples: int) -> list[list[int]]:
 
 
 def _given_mask(what: str, mask: np.ndarray, shape, samples: int) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        mask = mask.astype(np.float32)
     if not np.all(np.isfinite(mask)):
-        raise DataError(f"{what}: the mask holds NaN or inf")
+        raise DataError(f"{what}: the mask holds NaN or inf, or values beyond float32's range")
     if shape is not None:
         ok = mask.ndim == len(shape) and mask.shape[0] in (1, samples) and all(
             m == 1 or d is None or m == d for m, d in zip(mask.shape[1:], shape[1:]))
@@ -137,4 +165,4 @@ def _given_mask(what: str, mask: np.ndarray, shape, samples: int) -> np.ndarray:
             want = [samples] + ["?" if d is None else d for d in shape[1:]]
             raise DataError(f"{what}: a mask of shape {list(mask.shape)} does not broadcast to the tensor {want}: "
                             "give its rank, 1 or the tensor's size on each axis, and one row or one per sample")
-    return mask.astype(np.float32)
+    return mask

@@ -526,3 +526,43 @@ def test_condition_mask_file_is_never_overwritten(tmp_path, model_path, capsys):
     assert main(["explain", str(model_path), "--method", "gradient", "--data", str(tmp_path / "x.npy"),
                  "--condition", f"r={mask}", "-o", str(mask)]) == EXIT_CODES["OutputFileError"]
     assert mask.read_bytes() == before
+
+
+@pytest.mark.parametrize("command,out,message", [
+    ("explain", "r.png", "for an image use --heatmap or --graymap"),
+    ("explain", "r.npz", "name a .npy file"),
+    ("compile", "m.npy", "name a .onnx file"),
+])
+def test_output_suffix_must_fit_what_is_written(tmp_path, model_path, capsys, command, out, message):
+    np.save(tmp_path / "x.npy", np.ones((2, 6), np.float32))
+    data = ["--data", str(tmp_path / "x.npy")] if command == "explain" else []
+    assert main([command, str(model_path), "--method", "gradient", *data, "-o", str(tmp_path / out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / out).exists()
+
+
+def test_condition_files_one_channel_per_sample_and_odd_names(tmp_path, model_path, capsys):
+    """A vector of integers [N] in a file is one channel per sample (a file holds rows); a path with '=' and an
+    upper-case .NPY are files; --condition-axis needs --condition."""
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    args = ["explain", str(model_path), "--method", "gradient", "--data", str(tmp_path / "x.npy"), "--neuron", "index",
+            "--target", "1", "-o", str(tmp_path / "r.npy")]
+    assert main(args + ["--condition", "r=2,5"]) == 0
+    pair = np.load(tmp_path / "r.npy")
+    rows = []
+    for c in (2, 5, 7):
+        assert main(args + ["--condition", f"r={c}"]) == 0
+        rows.append(np.load(tmp_path / "r.npy"))
+    odd = tmp_path / "a=b"
+    odd.mkdir()
+    np.save(odd / "top.npy", np.array([2, 5, 7]))
+    assert main(args + ["--condition", f"r={odd / 'top.npy'}"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), np.stack([rows[k][k] for k in range(3)]), atol=1e-6)
+    np.save(tmp_path / "pair_mask.npy", np.eye(8, dtype=np.float32)[[2, 5]].sum(0, keepdims=True))
+    (tmp_path / "pair_mask.npy").rename(tmp_path / "PAIR.NPY")
+    assert main(args + ["--condition", f"r={tmp_path / 'PAIR.NPY'}"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), pair, atol=1e-6)
+    capsys.readouterr()
+    assert main(args + ["--condition-axis", "1"]) == 2
+    assert "add --condition" in capsys.readouterr().err

@@ -209,3 +209,57 @@ def test_kept_tensors_above_and_below_a_conditioned_one():
     assert np.abs(parts[0] - through_r3).max() > 1e-3 * np.abs(through_r3).max()
     np.testing.assert_allclose(sum(parts), through_r3, atol=2e-6 * np.abs(through_r3).max())
     np.testing.assert_allclose(through_r3, whole["r2"], atol=1e-7)  # all of r2's relevance crosses r3
+
+
+@pytest.mark.parametrize("order", ["branch_first", "shortcut_first"])
+def test_kept_tensor_beside_a_conditioned_one_gets_nothing(order):
+    """A shortcut beside the conditioned branch carries none of the concept's relevance, whatever the node order
+    (zennit-crp records none there); the branch below the conditioned tensor does."""
+    rng = np.random.default_rng(1)
+    inits = {"w1": rng.standard_normal((3, 2, 3, 3)).astype(np.float32),
+             "w2": rng.standard_normal((3, 2, 1, 1)).astype(np.float32),
+             "d": rng.standard_normal((192, 4)).astype(np.float32), "shape": np.array([0, -1], np.int64)}
+    branch = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"])]
+    shortcut = [helper.make_node("Conv", ["x", "w2"], ["dn"])]
+    tail = [helper.make_node("Add", ["r", "dn"], ["s"]), helper.make_node("Reshape", ["s", "shape"], ["f"]),
+            helper.make_node("MatMul", ["f", "d"], ["y"])]
+    nodes = (branch + shortcut if order == "branch_first" else shortcut + branch) + tail
+    a = onnxattr.create_analyzer("lrp.epsilon", single_io_model(nodes, inits, ["N", 2, 8, 8], ["N", 4]),
+                                 keep=["dn", "s", "x"])
+    x = rng.uniform(-1, 1, (3, 2, 8, 8)).astype(np.float32)
+    a.analyze(x)
+    whole = dict(a.kept)
+    got = a.analyze(x, condition={"r": [0, 1]})
+    assert not a.kept["dn"].any() and np.abs(whole["dn"]).max() > 0
+    np.testing.assert_array_equal(a.kept["s"], whole["s"])  # above: the whole relevance
+    np.testing.assert_array_equal(a.kept["x"], got)  # below: the concept's
+
+
+def test_condition_on_an_output_the_explained_one_does_not_read_is_refused():
+    nodes = [helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2),
+             helper.make_node("Relu", ["a"], ["y"])]
+    model = single_io_model(nodes, {}, ["N", 4], ["N", 2], opset=18)
+    with pytest.raises(SelectionError, match="does not depend on tensor 'b'"):
+        onnxattr.compile(model, "gradient", condition=["b"])
+
+
+def test_mask_beyond_float32_refused():
+    with pytest.raises(DataError, match="beyond float32's range"):
+        mask_of("t", np.full((1, 3), 1e40), [None, 3], 2)
+
+
+def test_complex_mask_refused_in_one_line():
+    with pytest.raises(UsageError) as e:
+        mask_of("t", np.ones((1, 3), np.complex64), [None, 3], 2)
+    assert "dtype complex64 and shape [1, 3]" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_mask_of_a_size_known_only_at_run_time_is_named_when_it_does_not_fit():
+    nodes = [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Sigmoid", ["h"], ["y"])]
+    a = onnxattr.create_analyzer("gradient", single_io_model(nodes, {}, ["N", "C"], ["N", "C"]))
+    x = np.ones((2, 3), np.float32)
+    assert a.analyze(x, condition={"h": np.ones((1, 3), np.float32)}).shape == (2, 3)
+    with pytest.raises(DataError, match="the mask of condition 'h' has sizes"):
+        a.analyze(x, condition={"h": np.ones((1, 5), np.float32)})
+    with pytest.raises(DataError, match="known only at run time"):
+        a.analyze(x, condition={"h": [0]})
