@@ -5,14 +5,16 @@
     analyzer = onnxattr.create_analyzer("gradient", "model.onnx")
     relevance = analyzer.analyze(x, neuron_selection=3)
     scores = onnxattr.evaluate("model.onnx", ["lrp.epsilon", "random"], x)  # region perturbation, AOPC
+    found = onnxattr.concepts("model.onnx", "lrp.epsilon", "layer_tensor", X)  # a layer's channels over a dataset
 """
 
-from onnxattr.api import Analyzer, compile, create_analyzer
+from onnxattr.api import Analyzer, compile, create_analyzer, inspect
 from onnxattr.compare import compare
+from onnxattr.concepts import concepts
 from onnxattr.errors import OnnxAttrError, OnnxAttrWarning
 from onnxattr.evaluate import evaluate, perturbation_curve
 from onnxattr.methods import REGISTRY as METHODS
 
 __version__ = "0.1.0"
-__all__ = ["Analyzer", "compile", "compare", "create_analyzer", "evaluate", "perturbation_curve", "OnnxAttrError",
-           "OnnxAttrWarning", "METHODS", "__version__"]
+__all__ = ["Analyzer", "compile", "compare", "concepts", "create_analyzer", "evaluate", "inspect", "perturbation_curve",
+           "OnnxAttrError", "OnnxAttrWarning", "METHODS", "__version__"]

@@ -1,5 +1,5 @@
-"""Command line: ``onnxattr compile | explain | inspect | fit | compare | evaluate | methods``. Errors print one line
-and exit non-zero (codes in onnxattr/errors.py); no traceback reaches the user for a problem with their
+"""Command line: ``onnxattr compile | explain | inspect | fit | compare | evaluate | concepts | methods``. Errors
+print one line and exit non-zero (codes in onnxattr/errors.py); no traceback reaches the user for a problem with their
 input."""
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import numpy as np
 
 from onnxattr import viz
 from onnxattr.api import Analyzer, compile as compile_model, explained_shape, inspect as inspect_model
-from onnxattr import cli_evaluate
+from onnxattr import cli_concepts, cli_evaluate
 from onnxattr.cli_data import (
-    IMAGE_SUFFIXES, analyzer_input_shape, condition_specs, data_files, feed_paths, load_conditions, load_data, load_feeds,
-    load_samples,
-    parse_sets, parse_target,
+    IMAGE_SUFFIXES, analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
+    load_data, load_feeds, load_samples, parse_sets, parse_target,
 )
 from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
@@ -139,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "mask in the second export's layout; repeatable)")
     d.add_argument("--json", metavar="FILE.json", help="also write the per-sample numbers as JSON")
     cli_evaluate.add_parser(sub)
+    cli_concepts.add_parser(sub)
     sub.add_parser("methods", help="list methods, their parameters and defaults")
     parser.commands = dict(sub.choices)
     return parser
@@ -175,17 +175,12 @@ def cmd_compile(a) -> int:
 
 
 def cmd_explain(a) -> int:
-    written = [os.path.realpath(p) for p in (a.out, a.heatmap, a.graymap, a.keep_out) if p]
-    if len(set(written)) < len(written):
-        raise UsageError("-o, --heatmap, --graymap and --keep-out name the same file: give each its own")
     if a.keep_out and not a.keep:
         raise UsageError("--keep-out writes the relevance at the --keep tensors: add --keep TENSOR")
     if a.keep_out and not a.keep_out.endswith(".npz"):
         raise UsageError(f"--keep-out must name a .npz file (one array per kept tensor), got '{a.keep_out}'")
-    for p in (a.out, a.heatmap, a.graymap, a.keep_out):
-        if p:
-            refuse_overwriting_input(p, *_input_files(a), models=[a.model])
-            check_destination(p, image=p in (a.heatmap, a.graymap))
+    check_outputs({"-o": a.out, "--heatmap": a.heatmap, "--graymap": a.graymap, "--keep-out": a.keep_out},
+                  _input_files(a), a.model, images=("--heatmap", "--graymap"))
     if a.out and not a.out.endswith(".npy"):
         raise UsageError(f"-o writes the relevance as a .npy array, got '{a.out}'"
                          + (": for an image use --heatmap or --graymap" if a.out.lower().endswith(IMAGE_SUFFIXES) else
@@ -344,6 +339,7 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         commands = {"compile": cmd_compile, "explain": cmd_explain, "inspect": cmd_inspect,
                     "fit": cmd_fit, "compare": cmd_compare, "evaluate": cli_evaluate.cmd_evaluate,
+                    "concepts": cli_concepts.cmd_concepts,
                     "methods": cmd_methods}
         with warnings.catch_warnings():
             show = warnings.showwarning

@@ -10,6 +10,7 @@ import numpy as np
 from onnxattr import viz
 from onnxattr.api import data_input
 from onnxattr.errors import DataError, UsageError
+from onnxattr.output import check_destination, refuse_overwriting_input
 
 
 def parse_sets(pairs) -> dict:
@@ -71,6 +72,17 @@ def load_conditions(a) -> dict | None:
         raise UsageError("--condition-axis is the channel axis of the --condition tensors: add --condition "
                          "TENSOR=CHANNELS")
     return out or None
+
+
+def check_outputs(outputs: dict, reads: list, model: str, images=()) -> None:
+    """The outputs ({flag: path}, unset ones None) name distinct files, none of them read by the run (``reads``,
+    the model), each in a writable place (``images``: the flags that write images, whose type must be writable)."""
+    written = {flag: path for flag, path in outputs.items() if path}
+    if len({os.path.realpath(p) for p in written.values()}) < len(written):
+        raise UsageError(f"{', '.join(written)} name the same file: give each its own")
+    for flag, path in written.items():
+        refuse_overwriting_input(path, *reads, models=[model])
+        check_destination(path, image=flag in images)
 
 
 def feed_paths(a, option: str = "feed") -> dict:

@@ -8,12 +8,12 @@ import os
 
 
 from onnxattr.cli_data import (
-    data_files, feed_paths, load_feeds, load_npy, load_samples, name_paths, parse_sets, parse_target,
+    check_outputs, data_files, feed_paths, load_feeds, load_npy, load_samples, name_paths, parse_sets, parse_target,
 )
 from onnxattr.errors import UsageError
 from onnxattr.evaluate import METRICS, ORDERS, evaluate
 from onnxattr.scoring import Scorer
-from onnxattr.output import check_destination, refuse_overwriting_input, save_arrays, save_image, save_text
+from onnxattr.output import save_arrays, save_image, save_text
 from onnxattr.regions import PERTURBATIONS, REDUCTIONS
 
 
@@ -159,18 +159,13 @@ def _explain_metrics(a, result, metrics) -> list[str]:
 
 def cmd_evaluate(a) -> int:
     maps = name_paths(a.relevance, "--relevance")
-    written = [p for p in (a.out, a.json, a.plot) if p]
     # every file the run reads: data, maps, feeds, rule files given as methods, files named by --set (patterns,
     # feature masks, coalitions)
     reads = [*data_files(a.data), *maps.values(), *feed_paths(a).values(),
              *(m for m in a.method or [] if m.endswith(".toml")),
              *(v for v in parse_sets(a.set).values() if os.path.isfile(v)), *([a.patterns] if a.patterns else []),
              *([a.labels] if a.labels else [])]
-    if len({os.path.realpath(p) for p in written}) < len(written):
-        raise UsageError("-o, --json and --plot name the same file: give each its own")
-    for p in written:
-        refuse_overwriting_input(p, *reads, models=[a.model])
-        check_destination(p, image=p == a.plot)
+    check_outputs({"-o": a.out, "--json": a.json, "--plot": a.plot}, reads, a.model, images=("--plot",))
     if a.out and not a.out.endswith(".npz"):
         raise UsageError(f"-o must name a .npz file (the curves by name), got '{a.out}'")
     if a.plot and a.metric and "aopc" not in a.metric:

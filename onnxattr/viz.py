@@ -164,6 +164,15 @@ def grid(maps: np.ndarray, kind: str = "heatmap", min_size: int = 128, cmap: str
     return np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1)
 
 
+def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """RGB uint8 images (grid rows) one below the other, 4 white pixels apart, padded white to the widest."""
+    width = max(r.shape[1] for r in rows)
+    padded = [np.concatenate([r, np.full((r.shape[0], width - r.shape[1], 3), 255, np.uint8)], axis=1)
+              for r in rows]
+    gap = np.full((4, width, 3), 255, np.uint8)
+    return np.concatenate(sum(([r, gap] for r in padded), [])[:-1], axis=0)
+
+
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # Pillow's 16/32-bit integer and float grey images
 
 

@@ -164,3 +164,12 @@ def test_what_an_image_loses_is_said(tmp_path):
         warnings.simplefilter("error")
         load_image(str(tmp_path / "c.png"), ["N", 3, 8, 8])
         load_image(str(tmp_path / "d.png"), ["N", 3, 8, 8])
+
+
+def test_stack_rows_pads_to_the_widest_row():
+    from onnxattr.viz import stack_rows
+
+    a, b = np.zeros((2, 5, 3), np.uint8), np.zeros((3, 2, 3), np.uint8)
+    out = stack_rows([a, b])
+    assert out.shape == (2 + 4 + 3, 5, 3) and out.dtype == np.uint8
+    assert (out[2:6] == 255).all() and (out[6:, 2:] == 255).all() and not out[6:, :2].any()

@@ -105,14 +105,14 @@ def test_numpy_integers_count_as_integers(model_path):
     (["explain", "{m}", "-m", "gradient", "--data", "{o}", "--heatmp={o}", "--graymp", "{o}"],
      ["--heatmp: did you mean --heatmap?; --graymp: did you mean --graymap?"]),
     (["compile", "{m}", "-m", "gradient", "--data", "{o}", "-o", "{o}"],
-     ["--data: an option of explain, fit, compare, evaluate, not compile"]),
+     ["--data: an option of explain, fit, compare, evaluate, concepts, not compile"]),
     (["compile", "{m}", "-m", "gradient", "--set", "--eps=0.5", "-o", "{o}"],
      ["--set: expected one argument (see"]),  # no hint on an error that is not about an unknown option
     (["fit", "{m}", "-m", "pattern.net", "--data", "{o}", "-o", "{o}", "--batch-sise", "3"],
      ["did you mean --batch-size?"]),
     (["compile", "{m}", "-m", "gradient", "-o", "{o}", "--zzz"], ["unrecognized arguments: --zzz (see"]),
     (["compile", "{m}", "-m", "gradient", "--fed", "{o}", "--fed", "{o}", "-o", "{o}"],
-     ["; did you mean --feed? (an option of explain, fit, compare, evaluate, not compile) (see"]),  # once, though given twice
+     ["; did you mean --feed? (an option of explain, fit, compare, evaluate, concepts, not compile) (see"]),  # once, though given twice
     (["compile", "{m}", "-m", "gradient", "--targe", "3", "-o", "{o}"],
      ["--targe: an option of explain, compare, evaluate, not compile"]),
 ])

@@ -512,18 +512,25 @@ def onnx_tensor_of(value):
     raise AssertionError(f"no tensor of the export holds the module's output {want.shape}; nearest: {near[:3]}")
 
 
-def run_zennit_layers(variants, x, argmax, target):
-    """Zennit's relevance at a hidden tensor: EpsilonPlusFlat (variant 'default'), the gradient retained at the
-    output of the middle nn.ReLU module called once in the forward pass (under Zennit's rule hooks the gradient
-    between hooked layers is the relevance), for onnxattr's keep= at the export's tensor that holds it."""
+def at_middle_relu(variants, x):
+    """EpsilonPlusFlat on variant 'default' at its middle nn.ReLU module called once (under the canonizers: ResNet's
+    calls one twice): (model, canonizer names, composite class name, params, a composite factory, the module's
+    name)."""
     model, names, _ = variants["default"]
     cls_name, _, params = LRP_METHODS["lrp.epsilon_plus_flat"]
 
     def composite():
         return zennit_composite("lrp.epsilon_plus_flat", names)
 
-    # the nn.ReLU modules the forward calls under the canonizers (ResNet's calls one twice)
     chosen, _ = middle_relu(model, x, zennit.attribution.Gradient(model, composite()))
+    return model, names, cls_name, params, composite, chosen
+
+
+def run_zennit_layers(variants, x, argmax, target):
+    """Zennit's relevance at a hidden tensor: EpsilonPlusFlat (variant 'default'), the gradient retained at the
+    output of the middle nn.ReLU module called once in the forward pass (under Zennit's rule hooks the gradient
+    between hooked layers is the relevance), for onnxattr's keep= at the export's tensor that holds it."""
+    model, names, cls_name, params, composite, chosen = at_middle_relu(variants, x)
     out = {}
     for mode in MODES:
         kept = {}
@@ -559,13 +566,7 @@ def run_crp(variants, x, argmax, target):
     (CRP's heatmap sums it over the channels), for onnxattr's condition= at the export's tensor of that output."""
     from crp.attribution import CondAttribution
 
-    model, names, _ = variants["default"]
-    cls_name, _, params = LRP_METHODS["lrp.epsilon_plus_flat"]
-
-    def composite():
-        return zennit_composite("lrp.epsilon_plus_flat", names)
-
-    chosen, _ = middle_relu(model, x, zennit.attribution.Gradient(model, composite()))
+    model, names, cls_name, params, composite, chosen = at_middle_relu(variants, x)
     value = {}
     handle = model.get_submodule(chosen).register_forward_hook(lambda mod, i, o: value.update(out=o))
     with zennit.attribution.Gradient(model, composite()):

@@ -1,0 +1,93 @@
+"""``onnxattr concepts``: the channels of a layer over a dataset, ranked by their relevance for the outputs, with
+each channel's most relevant and most activating samples and its conditioned reference maps (Concept Relevance
+Propagation's relevance maximization; onnxattr/concepts.py)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from onnxattr import viz
+from onnxattr.api import Analyzer, data_input
+from onnxattr.cli_data import check_outputs, data_files, feed_paths, load_feeds, load_npy, load_samples, parse_sets
+from onnxattr.concepts import concepts
+from onnxattr.errors import UsageError
+from onnxattr.output import save_arrays, save_image
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser("concepts", help="a layer's channels over a dataset: their relevance, their most relevant "
+                       "samples and conditioned reference maps (CRP)")
+    c.add_argument("model", help="ONNX model file")
+    c.add_argument("--method", "-m", required=True, metavar="M",
+                   help="a method that forms its map in one reverse pass (the LRP family, gradient, ...), or a "
+                        ".toml rule file")
+    c.add_argument("--layer", required=True, metavar="TENSOR", help="the tensor whose channels are the concepts "
+                   "(`onnxattr inspect` lists the tensor names)")
+    c.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                   help="the dataset: a .npy array [N, ...], or image files or a folder of them")
+    c.add_argument("--labels", metavar="Y.npy", help="one class per sample: each sample is explained at its label "
+                   "(as zennit-crp explains its dataset's targets); default: at its largest output")
+    c.add_argument("--top", type=int, default=8, help="samples kept per channel (default 8)")
+    c.add_argument("--show", type=int, default=5, help="channels listed, largest mean relevance share first "
+                   "(default 5)")
+    c.add_argument("--channel", action="append", type=int, metavar="C",
+                   help="a channel whose reference maps are made (repeatable; default with --references: the "
+                        "channels listed)")
+    c.add_argument("--condition-axis", type=int, default=1, metavar="AXIS",
+                   help="the layer's channel axis (default 1; -1 for channels last)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    c.add_argument("--patterns", metavar="FILE.npz", help="patterns from `onnxattr fit` (pattern.* methods)")
+    c.add_argument("--input", help="graph input to explain (default: the only float input)")
+    c.add_argument("--output", help="graph output to explain (default: the first float output; the logits before "
+                   "a trailing softmax)")
+    c.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
+    c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    c.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
+                   help="another graph input of the model, one row per sample (repeatable)")
+    c.add_argument("-o", "--out", metavar="FILE.npz", help="relevance and activation [N, C] (sums per channel) and "
+                   "their shares, top_relevance and top_activation [C, top] (sample indices), reference:C [top, ...]")
+    c.add_argument("--references", metavar="FILE.png", help="one row per channel: the heatmaps of its most "
+                   "relevant samples, each conditioned on the channel")
+
+
+def cmd_concepts(a) -> int:
+    reads = [*data_files(a.data), *feed_paths(a).values(), *([a.labels] if a.labels else []),
+             *([a.method] if a.method.endswith(".toml") else []), *([a.patterns] if a.patterns else []),
+             *(v for v in parse_sets(a.set).values() if os.path.isfile(v))]
+    check_outputs({"-o": a.out, "--references": a.references}, reads, a.model, images=("--references",))
+    if a.out and not a.out.endswith(".npz"):
+        raise UsageError(f"-o must name a .npz file (the statistics by name), got '{a.out}'")
+    if a.channel and not (a.references or a.out):
+        raise UsageError("--channel chooses the channels whose reference maps are made: add --references FILE.png "
+                         "or -o FILE.npz")
+    for flag, value in (("--top", a.top), ("--show", a.show), ("--batch-size", a.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    params = {**parse_sets(a.set), **({"patterns": a.patterns} if a.patterns else {})}
+    labels = load_npy(a.labels, "--labels") if a.labels else None
+    x = load_samples(a.data, lambda: data_input(
+        Analyzer(a.method, a.model, input=a.input, output=a.output, **params).runner("max")).shape)
+    common = dict(labels=labels, top=a.top, axis=a.condition_axis, batch_size=a.batch_size, inputs=load_feeds(a),
+                  device=a.device, input=a.input, output=a.output, progress=True, **params)
+    result = concepts(a.model, a.method, a.layer, x, **common)
+    mean_share = result.relevance_share.mean(axis=0)
+    listed = [int(c) for c in np.argsort(-mean_share, kind="stable")[:a.show]]
+    at = "its label" if labels is not None else "its largest output"
+    print(f"concepts of {a.layer}: {result.relevance.shape[1]} channels over {len(x)} samples, each explained at "
+          f"{at}; the {len(listed)} with the largest mean relevance share:")
+    print(f"{'channel':>8} {'relevance share':>16} {'activation share':>17}  most relevant samples | most activating")
+    for c in listed:
+        print(f"{c:>8} {mean_share[c]:>16.4f} {result.activation_share[:, c].mean():>17.4f}  "
+              f"{','.join(map(str, result.top_relevance[c]))} | {','.join(map(str, result.top_activation[c]))}")
+    chosen = list(dict.fromkeys(a.channel or (listed if a.references else [])))
+    result.add_references(chosen)
+    if a.out:
+        save_arrays(result.arrays(), a.out, *reads, models=[a.model])
+        print(f"wrote {a.out}")
+    if a.references:
+        rows = [viz.grid(result.references[c]) for c in chosen]
+        save_image(viz.stack_rows(rows), a.references, *reads, models=[a.model])
+        print(f"wrote {a.references} (rows: channels {', '.join(map(str, chosen))})")
+    return 0

@@ -1,0 +1,75 @@
+"""onnxattr/cli_concepts.py: `onnxattr concepts` on the shipped digits CNN; its statistics are the API's
+(onnxattr.concepts, checked against zennit-crp in tests/test_concepts.py)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnxattr.cli import main
+from onnxattr.concepts import concepts
+from onnxattr.errors import EXIT_CODES
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL, DATA = str(ROOT / "models" / "digits_cnn.onnx"), str(ROOT / "models" / "digits_sample.npy")
+LAYER = "/3/Relu_output_0"
+
+
+def test_lists_channels_writes_statistics_and_reference_rows(tmp_path, capsys):
+    labels = tmp_path / "y.npy"
+    np.save(labels, np.arange(8) % 10)
+    out, refs = tmp_path / "k.npz", tmp_path / "refs.png"
+    assert main(["concepts", MODEL, "--method", "lrp.epsilon_plus_flat", "--layer", LAYER, "--data", DATA,
+                 "--labels", str(labels), "--top", "3", "--show", "4", "--batch-size", "3", "-o", str(out),
+                 "--references", str(refs)]) == 0
+    text = capsys.readouterr().out
+    want = concepts(MODEL, "lrp.epsilon_plus_flat", LAYER, np.load(DATA), labels=np.arange(8) % 10, top=3)
+    listed = [int(c) for c in np.argsort(-want.relevance_share.mean(0), kind="stable")[:4]]
+    rows = [line.split() for line in text.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == listed
+    assert rows[0][3] == ",".join(map(str, want.top_relevance[listed[0]]))
+    assert "each explained at its label" in text
+    got = np.load(out)
+    np.testing.assert_allclose(got["relevance"], want.relevance, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(got["top_activation"], want.top_activation)
+    assert sorted(k for k in got.files if k.startswith("reference:")) == sorted(f"reference:{c}" for c in listed)
+    image = np.asarray(Image.open(refs))
+    tile = 128  # an 8 x 8 map upscaled to the grid's minimum tile size, 4 white pixels between tiles
+    assert image.shape[:2] == (4 * tile + 3 * 4, 3 * tile + 2 * 4)  # 4 channels' rows of 3 samples each
+
+
+def test_chosen_channels(tmp_path, capsys):
+    out = tmp_path / "k.npz"
+    assert main(["concepts", MODEL, "-m", "gradient", "--layer", LAYER, "--data", DATA, "--channel", "3",
+                 "--channel", "0", "-o", str(out)]) == 0
+    assert sorted(k for k in np.load(out).files if k.startswith("reference:")) == ["reference:0", "reference:3"]
+
+
+@pytest.mark.parametrize("extra,code,message", [
+    (["-o", "k.npy"], 2, "-o must name a .npz file"),
+    (["--channel", "1"], 2, "--channel chooses the channels"),
+    (["--top", "0"], 2, "--top must be a positive integer"),
+    (["--channel", "16", "-o", "k.npz"], 7, "channel 16 is not one of the 16 channels"),
+    (["--layer", "nope"], 6, "no tensor 'nope'"),
+    (["-m", "occlusion"], 2, "keep: occlusion"),
+    (["-o", "same.npz", "--references", "same.npz"], 2, "name the same file"),
+])
+def test_errors(tmp_path, capsys, monkeypatch, extra, code, message):
+    monkeypatch.chdir(tmp_path)
+    args = ["concepts", MODEL, "-m", "lrp.epsilon", "--layer", LAYER, "--data", DATA]
+    for flag in ("-m", "--layer"):
+        if flag in extra:
+            i = args.index(flag)
+            del args[i:i + 2]
+    assert main(args + extra) == code
+    assert message in capsys.readouterr().err
+
+
+def test_never_overwrites_the_labels(tmp_path, capsys):
+    labels = tmp_path / "y.npy"
+    np.save(labels, np.zeros(8, np.int64))
+    before = labels.read_bytes()
+    assert main(["concepts", MODEL, "-m", "lrp.epsilon", "--layer", LAYER, "--data", DATA, "--labels", str(labels),
+                 "--references", str(labels)]) == EXIT_CODES["OutputFileError"]
+    assert labels.read_bytes() == before
