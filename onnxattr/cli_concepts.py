@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     c.add_argument("--channel", action="append", type=int, metavar="C",
                    help="a channel whose reference maps are made (repeatable; default with --references: the "
                         "channels listed)")
+    c.add_argument("--receptive-field", action="store_true",
+                   help="condition each reference map on the channel's most relevant unit in that sample only (the "
+                        "evidence in its receptive field, zennit-crp's mask_rf), not on the whole channel")
     c.add_argument("--condition-axis", type=int, default=1, metavar="AXIS",
                    help="the layer's channel axis (default 1; -1 for channels last)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
@@ -47,7 +50,8 @@ def add_parser(sub) -> None:
     c.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, one row per sample (repeatable)")
     c.add_argument("-o", "--out", metavar="FILE.npz", help="relevance and activation [N, C] (sums per channel) and "
-                   "their shares, top_relevance and top_activation [C, top] (sample indices), reference:C [top, ...]")
+                   "their shares, top_relevance and top_activation [C, top] (sample indices), reference:C [top, ...] "
+                   "and with --receptive-field field:C [top] (each reference's unit: its flat index in the channel)")
     c.add_argument("--references", metavar="FILE.png", help="one row per channel: the heatmaps of its most "
                    "relevant samples, each conditioned on the channel")
 
@@ -70,7 +74,8 @@ def cmd_concepts(a) -> int:
     x = load_samples(a.data, lambda: data_input(
         Analyzer(a.method, a.model, input=a.input, output=a.output, **params).runner("max")).shape)
     common = dict(labels=labels, top=a.top, axis=a.condition_axis, batch_size=a.batch_size, inputs=load_feeds(a),
-                  device=a.device, input=a.input, output=a.output, progress=True, **params)
+                  device=a.device, input=a.input, output=a.output, progress=True, receptive_field=a.receptive_field,
+                  **params)
     result = concepts(a.model, a.method, a.layer, x, **common)
     mean_share = result.relevance_share.mean(axis=0)
     listed = [int(c) for c in np.argsort(-mean_share, kind="stable")[:a.show]]

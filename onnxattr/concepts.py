@@ -8,7 +8,8 @@ For a hidden tensor T and samples x_1..x_N, each explained at its own neuron (it
 - per channel, the samples with the largest shares: relevance maximization (the samples where the concept matters
   most for the output) and activation maximization (where it fires most), k each, largest first;
 - the reference maps of chosen channels: each top sample's map conditioned on that channel (condition=), where in
-  the input the concept found its evidence.
+  the input the concept found its evidence; or, as zennit-crp's receptive-field references (mask_rf), on the
+  channel's most relevant unit in that sample alone, the evidence within that unit's receptive field.
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ class Concepts:
     activation: np.ndarray  # [N, C] float64
     top: int
     references: dict = field(default_factory=dict)  # channel -> conditioned maps of its top samples [k, ...]
+    # with receptive_field: channel -> each top sample's most relevant unit in the channel (flat index over the
+    # channel's other axes), the one the reference map is conditioned on
+    fields: dict = field(default_factory=dict)
+    receptive_field: bool = False
     # what add_references runs on: (analyzer, data, labels, other inputs, channel axis)
     source: tuple | None = field(default=None, repr=False)
 
     def add_references(self, channels) -> "Concepts":
         """Make the reference maps of ``channels``: each one's ``top`` samples by relevance, explained as before
-        and conditioned on that channel."""
+        and conditioned on that channel, or with ``receptive_field`` on its most relevant unit in that sample
+        (zennit-crp's mask_rf: the map of the unit's receptive field)."""
         analyzer, data, labels, inputs, axis = self.source
         n_channels = self.relevance.shape[1]
         for c in channels:
@@ -55,9 +61,17 @@ class Concepts:
                 continue
             rows = self.top_relevance[c]
             given = {k: v[rows] for k, v in (inputs or {}).items()}
-            self.references[c] = analyzer.analyze(
-                data[rows], neuron_selection=None if labels is None else labels[rows], inputs=given,
-                condition={self.layer: [c]}, condition_axis=axis)
+            chosen = None if labels is None else labels[rows]
+            mask = [c]
+            if self.receptive_field:
+                analyzer.analyze(data[rows], neuron_selection=chosen, inputs=given)
+                at = np.moveaxis(analyzer.kept[self.layer], axis, 1)  # [k, C, ...] relevance at the layer
+                self.fields[c] = at[:, c].reshape(len(rows), -1).argmax(axis=1)
+                one = np.zeros((len(rows), at.shape[1], at[0, 0].size), np.float32)
+                one[np.arange(len(rows)), c, self.fields[c]] = 1.0
+                mask = np.moveaxis(one.reshape(at.shape), 1, axis)
+            self.references[c] = analyzer.analyze(data[rows], neuron_selection=chosen, inputs=given,
+                                                  condition={self.layer: mask}, condition_axis=axis)
         return self
 
     @property
@@ -84,6 +98,7 @@ class Concepts:
                "activation_share": self.activation_share, "top_relevance": self.top_relevance,
                "top_activation": self.top_activation}
         out.update({f"reference:{c}": maps for c, maps in self.references.items()})
+        out.update({f"field:{c}": units for c, units in self.fields.items()})
         return out
 
 
@@ -106,11 +121,13 @@ def per_channel(t: np.ndarray, axis: int) -> np.ndarray:
 
 def concepts(model, method: str, layer: str, data, labels=None, top: int = 8, channels=(), axis: int = 1,
              batch_size: int = 32, inputs: dict | None = None, device: str | None = None, providers=None,
-             input: str | None = None, output: str | None = None, progress: bool = False, **params) -> Concepts:
+             input: str | None = None, output: str | None = None, progress: bool = False,
+             receptive_field: bool = False, **params) -> Concepts:
     """The concepts of ``layer`` over ``data`` [N, ...], each sample explained at its largest output, or at its
     label (``labels``: one integer per sample, as zennit-crp's FeatureVisualization explains its dataset's
     targets); ``channels``: those whose reference maps are made (their ``top`` samples by relevance, each
-    conditioned on the channel); ``axis``: the channel axis of the layer. ``inputs``: the model's other graph
+    conditioned on the channel, or with ``receptive_field`` on its most relevant unit there); ``axis``: the channel
+    axis of the layer. ``inputs``: the model's other graph
     inputs, one row per sample. Runs in slices of ``batch_size`` samples."""
     check_positive_int("top", top)
     check_positive_int("batch_size", batch_size)
@@ -138,7 +155,7 @@ def concepts(model, method: str, layer: str, data, labels=None, top: int = 8, ch
         relevance.append(per_channel(kept, axis))
         activation.append(per_channel(activations.run(data[part], given), axis))
     result = Concepts(layer, np.concatenate(relevance), np.concatenate(activation), top,
-                      source=(analyzer, data, labels, inputs, axis))
+                      receptive_field=bool(receptive_field), source=(analyzer, data, labels, inputs, axis))
     return result.add_references(channels)
 
 

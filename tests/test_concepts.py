@@ -127,3 +127,22 @@ def test_refuses(kwargs, error, match):
 def test_no_samples_refused():
     with pytest.raises(DataError, match="no samples"):
         concepts(resnet_like(), "lrp.epsilon", "r2", X[:0])
+
+
+def test_receptive_field_references_are_conditioned_on_the_most_relevant_unit():
+    """zennit-crp's mask_rf: each top sample's map conditioned on the channel's unit where its relevance there is
+    largest (a one-hot mask over the whole layer), not on the channel."""
+    model = resnet_like(bias=True)
+    got = concepts(model, "lrp.epsilon_plus_flat", "r2", X, top=3, channels=[1], receptive_field=True)
+    rows = got.top_relevance[1]
+    a = onnxattr.create_analyzer("lrp.epsilon_plus_flat", model, keep=["r2"])
+    a.analyze(X[rows])
+    at = a.kept["r2"][:, 1].reshape(3, -1)
+    np.testing.assert_array_equal(got.fields[1], at.argmax(1))
+    mask = np.zeros((3, 4, 16), np.float32)
+    mask[np.arange(3), 1, at.argmax(1)] = 1
+    want = a.analyze(X[rows], condition={"r2": mask.reshape(3, 4, 4, 4)})
+    np.testing.assert_allclose(got.references[1], want, atol=1e-7)
+    whole = a.analyze(X[rows], condition={"r2": [1]})
+    assert np.abs(whole - want).max() > 1e-3 * np.abs(whole).max()
+    assert set(got.arrays()) >= {"reference:1", "field:1"}
