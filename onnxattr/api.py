@@ -111,6 +111,16 @@ class Analyzer:
             self._compiled[key] = compiled
         return self._runners[key]
 
+    def compiled(self, mode: str, condition: tuple = ()) -> onnx.ModelProto:
+        """The compiled model that runner(mode, condition) runs."""
+        self.runner(mode, condition)
+        return self._compiled[(mode, tuple(condition))]
+
+    def keeping(self, keep) -> "Analyzer":
+        """A new Analyzer with these settings (method, model, neuron mode, parameters, device) keeping ``keep``."""
+        return Analyzer(self._method_key, self.model, neuron_selection_mode=self.mode, input=self.input,
+                        output=self.output, device=self.device, providers=self.providers, keep=keep, **self.params)
+
     def restart(self) -> None:
         """New onnxruntime sessions over the same compiled models: the random methods' draws start again from
         their seed (a session continues its stream from call to call)."""

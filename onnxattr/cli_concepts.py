@@ -11,7 +11,7 @@ import numpy as np
 from onnxattr import viz
 from onnxattr.api import Analyzer, data_input
 from onnxattr.cli_data import check_outputs, data_files, feed_paths, load_feeds, load_npy, load_samples, parse_sets
-from onnxattr.concepts import concepts
+from onnxattr.concepts import concepts, shares
 from onnxattr.errors import UsageError
 from onnxattr.output import save_arrays, save_image
 
@@ -38,8 +38,11 @@ def add_parser(sub) -> None:
     c.add_argument("--receptive-field", action="store_true",
                    help="condition each reference map on the channel's most relevant unit in that sample only (the "
                         "evidence in its receptive field, zennit-crp's mask_rf), not on the whole channel")
+    c.add_argument("--below", metavar="TENSOR", help="a tensor below the layer: for each listed channel, the "
+                   "channels of TENSOR its relevance comes from in its most relevant samples (zennit-crp's attribution "
+                   "graph), largest mean share first")
     c.add_argument("--condition-axis", type=int, default=1, metavar="AXIS",
-                   help="the layer's channel axis (default 1; -1 for channels last)")
+                   help="the channel axis of --layer and --below (default 1; -1 for channels last)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
     c.add_argument("--patterns", metavar="FILE.npz", help="patterns from `onnxattr fit` (pattern.* methods)")
     c.add_argument("--input", help="graph input to explain (default: the only float input)")
@@ -51,7 +54,8 @@ def add_parser(sub) -> None:
                    help="another graph input of the model, one row per sample (repeatable)")
     c.add_argument("-o", "--out", metavar="FILE.npz", help="relevance and activation [N, C] (sums per channel) and "
                    "their shares, top_relevance and top_activation [C, top] (sample indices), reference:C [top, ...] "
-                   "and with --receptive-field field:C [top] (each reference's unit: its flat index in the channel)")
+                   "with --receptive-field field:C [top] (each reference's unit: its flat index in the channel), and with "
+                   "--below below:C [top, C'] (the lower tensor's channels' relevance within channel C)")
     c.add_argument("--references", metavar="FILE.png", help="one row per channel: the heatmaps of its most "
                    "relevant samples, each conditioned on the channel")
 
@@ -86,10 +90,20 @@ def cmd_concepts(a) -> int:
     for c in listed:
         print(f"{c:>8} {mean_share[c]:>16.4f} {result.activation_share[:, c].mean():>17.4f}  "
               f"{','.join(map(str, result.top_relevance[c]))} | {','.join(map(str, result.top_activation[c]))}")
+    parts = {}
+    if a.below:
+        print(f"each channel's relevance in its {a.top} most relevant samples comes from these channels of {a.below} "
+              "(mean share):")
+        for c in listed:
+            parts[c] = result.below(c, a.below, a.condition_axis)
+            share = shares(parts[c]).mean(axis=0)
+            order = np.argsort(-share, kind="stable")[:3]
+            print(f"{c:>8}  " + ", ".join(f"{int(k)} ({share[k]:.3f})" for k in order))
     chosen = list(dict.fromkeys(a.channel or (listed if a.references else [])))
     result.add_references(chosen)
     if a.out:
-        save_arrays(result.arrays(), a.out, *reads, models=[a.model])
+        save_arrays({**result.arrays(), **{f"below:{c}": v for c, v in parts.items()}}, a.out, *reads,
+                    models=[a.model])
         print(f"wrote {a.out}")
     if a.references:
         rows = [viz.grid(result.references[c]) for c in chosen]

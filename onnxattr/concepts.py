@@ -21,7 +21,8 @@ import onnx
 from tqdm import tqdm
 
 from onnxattr.api import Analyzer, explained_input
-from onnxattr.errors import DataError, UsageError, check_positive_int
+from onnxattr.compiler import path_nodes
+from onnxattr.errors import DataError, SelectionError, UsageError, check_positive_int
 from onnxattr.feeds import as_input, other_feeds
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import load_model
@@ -45,17 +46,14 @@ class Concepts:
     receptive_field: bool = False
     # what add_references runs on: (analyzer, data, labels, other inputs, channel axis)
     source: tuple | None = field(default=None, repr=False)
+    _deeper: dict = field(default_factory=dict, repr=False)  # lower tensor -> an analyzer keeping it too
 
     def add_references(self, channels) -> "Concepts":
         """Make the reference maps of ``channels``: each one's ``top`` samples by relevance, explained as before
         and conditioned on that channel, or with ``receptive_field`` on its most relevant unit in that sample
         (zennit-crp's mask_rf: the map of the unit's receptive field)."""
         analyzer, data, labels, inputs, axis = self.source
-        n_channels = self.relevance.shape[1]
-        for c in channels:
-            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n_channels:
-                raise DataError(f"channel {c!r} is not one of the {n_channels} channels of '{self.layer}' (0 to "
-                                f"{n_channels - 1})")
+        self._check_channels(channels)
         for c in dict.fromkeys(int(c) for c in channels):
             if c in self.references:
                 continue
@@ -73,6 +71,32 @@ class Concepts:
             self.references[c] = analyzer.analyze(data[rows], neuron_selection=chosen, inputs=given,
                                                   condition={self.layer: mask}, condition_axis=axis)
         return self
+
+    def below(self, channel: int, lower: str, axis: int = 1) -> np.ndarray:
+        """[k, C'] the relevance of each channel of tensor ``lower`` (below the layer; ``axis``: its channel axis)
+        within concept ``channel``, for the channel's top samples: their maps conditioned on the channel, with the
+        relevance kept at ``lower`` summed per channel (zennit-crp's attribution graph: which lower concepts the
+        concept is made of). Rows sum, for conserving rules, to the concept's relevance in each sample."""
+        analyzer, data, labels, inputs, layer_axis = self.source
+        self._check_channels([channel])
+        if lower not in self._deeper:
+            deeper = analyzer.keeping([self.layer, lower])
+            _check_below(deeper.compiled(deeper.mode), self.layer, lower)
+            self._deeper[lower] = deeper
+        rows = self.top_relevance[channel]
+        self._deeper[lower].analyze(data[rows], neuron_selection=None if labels is None else labels[rows],
+                                    inputs={k: v[rows] for k, v in (inputs or {}).items()},
+                                    condition={self.layer: [int(channel)]}, condition_axis=layer_axis)
+        at = self._deeper[lower].kept[lower]
+        _check_axis(axis, at.ndim, lower)
+        return per_channel(at, axis)
+
+    def _check_channels(self, channels) -> None:
+        n_channels = self.relevance.shape[1]
+        for c in channels:
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n_channels:
+                raise DataError(f"channel {c!r} is not one of the {n_channels} channels of '{self.layer}' (0 to "
+                                f"{n_channels - 1})")
 
     @property
     def relevance_share(self) -> np.ndarray:
@@ -162,6 +186,17 @@ def concepts(model, method: str, layer: str, data, labels=None, top: int = 8, ch
 def _check_axis(axis: int, rank: int, layer: str) -> None:
     if not (1 <= axis < rank or -rank < axis <= -1):
         raise UsageError(f"axis {axis} is not an axis after the batch axis of '{layer}' (rank {rank})")
+
+
+def _check_below(compiled: onnx.ModelProto, layer: str, lower: str) -> None:
+    """A SelectionError unless ``layer`` is computed from ``lower`` in the compiled model (tensors above or beside
+    the layer get the whole relevance or none, not the concept's share)."""
+    b = GraphBuilder(compiled)
+    nodes = list(compiled.graph.node)
+    produced = {o for n in nodes for o in n.output} | {i.name for i in compiled.graph.input}
+    if layer in produced and lower in produced and not path_nodes(nodes, lower, layer, b)[0]:
+        raise SelectionError(f"'{layer}' is not computed from '{lower}': the concepts of a layer are made of those "
+                             "of a tensor below it (one its value is computed from)")
 
 
 class _ActivationRunner:

@@ -73,3 +73,16 @@ def test_never_overwrites_the_labels(tmp_path, capsys):
     assert main(["concepts", MODEL, "-m", "lrp.epsilon", "--layer", LAYER, "--data", DATA, "--labels", str(labels),
                  "--references", str(labels)]) == EXIT_CODES["OutputFileError"]
     assert labels.read_bytes() == before
+
+
+def test_below_lists_the_lower_concepts_and_saves_them(tmp_path, capsys):
+    out = tmp_path / "k.npz"
+    assert main(["concepts", MODEL, "-m", "lrp.epsilon_plus_flat", "--layer", LAYER, "--data", DATA, "--show", "2",
+                 "--top", "3", "--below", "/1/Relu_output_0", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    want = concepts(MODEL, "lrp.epsilon_plus_flat", LAYER, np.load(DATA), top=3)
+    listed = [int(c) for c in np.argsort(-want.relevance_share.mean(0), kind="stable")[:2]]
+    got = np.load(out)
+    for c in listed:
+        np.testing.assert_allclose(got[f"below:{c}"], want.below(c, "/1/Relu_output_0"), rtol=1e-6, atol=1e-9)
+    assert "comes from these channels of /1/Relu_output_0" in text

@@ -146,3 +146,25 @@ def test_receptive_field_references_are_conditioned_on_the_most_relevant_unit():
     whole = a.analyze(X[rows], condition={"r2": [1]})
     assert np.abs(whole - want).max() > 1e-3 * np.abs(whole).max()
     assert set(got.arrays()) >= {"reference:1", "field:1"}
+
+
+def test_below_is_the_lower_tensors_relevance_within_the_concept():
+    """Bias-free net, epsilon 1e-7: all of channel c's relevance at r3 reaches p1 (below the block, the skip
+    included), so p1's channel sums add up to it; r2, inside the block, gets the share through the convolution
+    branch only: the relevance kept at r2 in the map conditioned on channel c of r3."""
+    model = resnet_like()
+    got = concepts(model, "lrp.epsilon", "r3", X, top=3, epsilon=1e-7)
+    a = onnxattr.create_analyzer("lrp.epsilon", model, keep=["r3", "r2"], epsilon=1e-7)
+    for c in range(4):
+        rows = got.top_relevance[c]
+        a.analyze(X[rows])
+        at_r3 = a.kept["r3"][:, c].sum(axis=(1, 2))
+        np.testing.assert_allclose(got.below(c, "p1").sum(axis=1), at_r3, rtol=1e-4, atol=1e-6 * np.abs(at_r3).max())
+        inside = got.below(c, "r2")
+        a.analyze(X[rows], condition={"r3": [c]})
+        want = a.kept["r2"].astype(np.float64).sum(axis=(2, 3))
+        np.testing.assert_allclose(inside, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    with pytest.raises(SelectionError, match="'r3' is not computed from 'h'"):
+        got.below(0, "h")
+    with pytest.raises(DataError, match="channel 9"):
+        got.below(9, "r2")
