@@ -160,11 +160,11 @@ class Analyzer:
             if rows not in (1, X.shape[0]):
                 raise DataError(f"{name} holds {rows} references and the data {X.shape[0]} samples: give one "
                                 "reference, or one per sample")
-        _batch_axis_inputs(r, inputs, X.shape[0])
+        batch_axis_inputs(r, inputs, X.shape[0])
         feeds = {x_name: X, **masks,
                  **other_feeds(r, {x_name, *masks} | ({TARGET_INPUT} if mode == "index" else set()), inputs)}
         if mode == "index":
-            feeds[TARGET_INPUT] = _targets(neuron_selection, X.shape[0], r)
+            feeds[TARGET_INPUT] = checked_targets(neuron_selection, X.shape[0], r)
         try:
             results = r.run(feeds)
         except DataError as e:
@@ -239,9 +239,9 @@ class Analyzer:
         if X.ndim == 0:
             raise DataError(f"input data is a single number; give an array [N, ...] for '{x_arg.name}'")
         # the selection checked against the whole data (dtype, one per sample, in range), not slice by slice
-        selection = None if neuron_selection is None else _targets(neuron_selection, len(X), r)
+        selection = None if neuron_selection is None else checked_targets(neuron_selection, len(X), r)
         # the other inputs with X's batch axis (declared under its name, or of its fixed size) are sliced alike
-        sliced = _batch_axis_inputs(r, inputs, len(X))
+        sliced = batch_axis_inputs(r, inputs, len(X))
         masks = self._masks(r, condition, condition_axis, len(X))  # checked against the whole data; rows sliced
         maps, outputs, kept = [], [], []
         starts = range(0, len(X), int(batch_size))
@@ -318,7 +318,7 @@ def _unchecked_masks(runner: Runner, masks: dict) -> list[str]:
     return out
 
 
-def _targets(selection, batch: int, runner: Runner) -> np.ndarray:
+def checked_targets(selection, batch: int, runner: Runner) -> np.ndarray:
     t = np.asarray(selection)
     if t.dtype.kind not in "iu":
         raise DataError(f"neuron_selection must be integers, got {t.dtype}")
@@ -331,7 +331,7 @@ def _targets(selection, batch: int, runner: Runner) -> np.ndarray:
     return t
 
 
-def _batch_axis_inputs(runner: Runner, given: dict | None, samples: int) -> set:
+def batch_axis_inputs(runner: Runner, given: dict | None, samples: int) -> set:
     """The names of the graph inputs whose first axis is the data's batch axis (declared under its name, or of
     its fixed size); each one ``given`` must hold one row per sample (DataError)."""
     x_arg, batch = _data_batch_axis(runner)

@@ -13,6 +13,7 @@ from onnxattr.api import Analyzer, data_input
 from onnxattr.cli_data import check_outputs, data_files, feed_paths, load_feeds, load_npy, load_samples, parse_sets
 from onnxattr.concepts import concepts, shares
 from onnxattr.errors import UsageError
+from onnxattr.methods import get_method
 from onnxattr.output import save_arrays, save_image
 
 
@@ -35,6 +36,10 @@ def add_parser(sub) -> None:
     c.add_argument("--channel", action="append", type=int, metavar="C",
                    help="a channel whose reference maps are made (repeatable; default with --references: the "
                         "channels listed)")
+    c.add_argument("--reference-start", default="layer", choices=["layer", "output"],
+                   help="reference maps start at the layer, from the channel's activation (zennit-crp's references: "
+                        "what in the input makes the concept fire; the default), or at the explained output (CRP's "
+                        "conditional heatmap: where the concept's evidence for the prediction or label lies)")
     c.add_argument("--receptive-field", action="store_true",
                    help="condition each reference map on the channel's most relevant unit in that sample only (the "
                         "evidence in its receptive field, zennit-crp's mask_rf), not on the whole channel")
@@ -55,7 +60,8 @@ def add_parser(sub) -> None:
     c.add_argument("-o", "--out", metavar="FILE.npz", help="relevance and activation [N, C] (sums per channel) and "
                    "their shares, top_relevance and top_activation [C, top] (sample indices), reference:C [top, ...] "
                    "with --receptive-field field:C [top] (each reference's unit: its flat index in the channel), and with "
-                   "--below below:C [top, C'] (the lower tensor's channels' relevance within channel C)")
+                   "--below below:C [top, C'] (the lower tensor's channels' relevance within channel C); for images, files "
+                   "(each sample's file, in the order of the indices)")
     c.add_argument("--references", metavar="FILE.png", help="one row per channel: the heatmaps of its most "
                    "relevant samples, each conditioned on the channel")
 
@@ -79,8 +85,15 @@ def cmd_concepts(a) -> int:
         Analyzer(a.method, a.model, input=a.input, output=a.output, **params).runner("max")).shape)
     common = dict(labels=labels, top=a.top, axis=a.condition_axis, batch_size=a.batch_size, inputs=load_feeds(a),
                   device=a.device, input=a.input, output=a.output, progress=True, receptive_field=a.receptive_field,
-                  **params)
+                  start=a.reference_start, **params)
+    if a.references or a.channel or a.below:  # conditioned maps: refused before the dataset runs, not after
+        method = get_method(a.method)
+        if not method.conditional:
+            raise UsageError(f"reference maps and --below condition maps on a channel, and {method.name} cannot be "
+                             "conditioned (it is not one reverse pass): use an LRP method or the gradient family")
     result = concepts(a.model, a.method, a.layer, x, **common)
+    if a.channel:  # before the table is printed
+        result.check_channels(a.channel)
     mean_share = result.relevance_share.mean(axis=0)
     listed = [int(c) for c in np.argsort(-mean_share, kind="stable")[:a.show]]
     at = "its label" if labels is not None else "its largest output"
@@ -102,8 +115,9 @@ def cmd_concepts(a) -> int:
     chosen = list(dict.fromkeys(a.channel or (listed if a.references else [])))
     result.add_references(chosen)
     if a.out:
-        save_arrays({**result.arrays(), **{f"below:{c}": v for c, v in parts.items()}}, a.out, *reads,
-                    models=[a.model])
+        images = data_files(a.data) if not (len(a.data) == 1 and a.data[0].lower().endswith(".npy")) else []
+        save_arrays({**result.arrays(), **{f"below:{c}": v for c, v in parts.items()},
+                     **({"files": np.array(images)} if images else {})}, a.out, *reads, models=[a.model])
         print(f"wrote {a.out}")
     if a.references:
         rows = [viz.grid(result.references[c]) for c in chosen]

@@ -54,6 +54,7 @@ def test_chosen_channels(tmp_path, capsys):
     (["--layer", "nope"], 6, "no tensor 'nope'"),
     (["-m", "occlusion"], 2, "keep: occlusion"),
     (["-o", "same.npz", "--references", "same.npz"], 2, "name the same file"),
+    (["-m", "conductance", "--references", "r.png"], 2, "conductance cannot be conditioned"),
 ])
 def test_errors(tmp_path, capsys, monkeypatch, extra, code, message):
     monkeypatch.chdir(tmp_path)
@@ -63,7 +64,9 @@ def test_errors(tmp_path, capsys, monkeypatch, extra, code, message):
             i = args.index(flag)
             del args[i:i + 2]
     assert main(args + extra) == code
-    assert message in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert "most relevant samples" not in captured.out  # refused before the table, not after the run
 
 
 def test_never_overwrites_the_labels(tmp_path, capsys):
@@ -86,3 +89,23 @@ def test_below_lists_the_lower_concepts_and_saves_them(tmp_path, capsys):
     for c in listed:
         np.testing.assert_allclose(got[f"below:{c}"], want.below(c, "/1/Relu_output_0"), rtol=1e-6, atol=1e-9)
     assert "comes from these channels of /1/Relu_output_0" in text
+
+
+def test_reference_start_output_is_the_conditioned_map_of_the_prediction(tmp_path, capsys):
+    out = tmp_path / "k.npz"
+    assert main(["concepts", MODEL, "-m", "lrp.epsilon", "--layer", LAYER, "--data", DATA, "--top", "2",
+                 "--channel", "4", "--reference-start", "output", "-o", str(out)]) == 0
+    want = concepts(MODEL, "lrp.epsilon", LAYER, np.load(DATA), top=2, channels=[4], start="output")
+    np.testing.assert_allclose(np.load(out)["reference:4"], want.references[4], atol=1e-7)
+
+
+def test_images_are_named_in_the_statistics(tmp_path, capsys):
+    x = np.load(DATA)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray((x[i, 0] / x.max() * 255).astype(np.uint8)).save(folder / f"d{i}.png")
+    out = tmp_path / "k.npz"
+    assert main(["concepts", MODEL, "-m", "lrp.epsilon", "--layer", LAYER, "--data", str(folder), "--top", "2",
+                 "-o", str(out)]) == 0
+    assert [Path(f).name for f in np.load(out)["files"]] == ["d0.png", "d1.png", "d2.png"]

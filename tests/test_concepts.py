@@ -41,6 +41,20 @@ def gradient_add_rules(tmp_path_factory):
 
 
 @pytest.mark.parametrize("layer", ["/conv1/Conv_output_0", "/block_relu/Relu_output_0"])
+@pytest.mark.parametrize("receptive_field", [False, True])
+def test_references_match_zennit_crp(oracle, gradient_add_rules, layer, receptive_field):
+    """zennit-crp's reference heatmaps (started at the layer from its activation, conditioned on the channel or on
+    its most relevant unit; summed over the input's channels) of channels 0 and 3 on their 3 most relevant samples:
+    the same samples, and the maps to float32 rounding (2e-7 of the map's max; 1e-5 allowed)."""
+    got = concepts(str(DATA / "crp_cnn.onnx"), gradient_add_rules, layer, oracle["x"], labels=oracle["labels"],
+                   top=3, channels=[0, 3], receptive_field=receptive_field, batch_size=10)
+    for c in (0, 3):
+        np.testing.assert_array_equal(got.top_relevance[c], oracle[f"rel_idx:{layer}"][:3, c])
+        want = oracle[f"{'ref_rf' if receptive_field else 'ref'}:{layer}:{c}"]
+        np.testing.assert_allclose(got.references[c].sum(axis=1), want, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("layer", ["/conv1/Conv_output_0", "/block_relu/Relu_output_0"])
 def test_matches_zennit_crp_feature_visualization(oracle, gradient_add_rules, layer):
     assert layer in oracle["tensors"]
     n = len(oracle["x"])
@@ -85,13 +99,20 @@ def test_labels_pick_the_explained_output_and_slices_do_not_matter():
 
 
 def test_references_are_the_top_samples_maps_conditioned_on_the_channel():
+    """start "layer": the layer explained from its own value, masked to the channel; start "output": the map of
+    the explained output conditioned on the channel."""
     model = resnet_like(bias=True)
     got = concepts(model, "lrp.epsilon_plus_flat", "r2", X, top=3, channels=[2, 0, 2])
+    out = concepts(model, "lrp.epsilon_plus_flat", "r2", X, top=3, channels=[2], start="output")
     assert list(got.references) == [2, 0]
+    from_layer = onnxattr.create_analyzer("lrp.epsilon_plus_flat", model, output="r2", neuron_selection_mode="all")
     a = onnxattr.create_analyzer("lrp.epsilon_plus_flat", model)
     for c, maps in got.references.items():
         rows = got.top_relevance[c]
-        np.testing.assert_allclose(maps, a.analyze(X[rows], condition={"r2": [c]}), atol=1e-7)
+        np.testing.assert_allclose(maps, from_layer.analyze(X[rows], condition={"r2": [c]}), atol=1e-7)
+    rows = got.top_relevance[2]
+    np.testing.assert_allclose(out.references[2], a.analyze(X[rows], condition={"r2": [2]}), atol=1e-7)
+    assert np.abs(out.references[2] - got.references[2]).max() > 1e-3 * np.abs(got.references[2]).max()
     arrays = got.arrays()
     assert {"relevance", "activation", "relevance_share", "activation_share", "top_relevance", "top_activation",
             "reference:2", "reference:0"} == set(arrays)
@@ -133,7 +154,8 @@ def test_receptive_field_references_are_conditioned_on_the_most_relevant_unit():
     """zennit-crp's mask_rf: each top sample's map conditioned on the channel's unit where its relevance there is
     largest (a one-hot mask over the whole layer), not on the channel."""
     model = resnet_like(bias=True)
-    got = concepts(model, "lrp.epsilon_plus_flat", "r2", X, top=3, channels=[1], receptive_field=True)
+    got = concepts(model, "lrp.epsilon_plus_flat", "r2", X, top=3, channels=[1], receptive_field=True,
+                   start="output")
     rows = got.top_relevance[1]
     a = onnxattr.create_analyzer("lrp.epsilon_plus_flat", model, keep=["r2"])
     a.analyze(X[rows])
@@ -168,3 +190,72 @@ def test_below_is_the_lower_tensors_relevance_within_the_concept():
         got.below(0, "h")
     with pytest.raises(DataError, match="channel 9"):
         got.below(9, "r2")
+
+
+def _shared_table_model():
+    """x [N, 6] and a table s [K, 8] shared by every sample: y = Relu(x W) + mean_k(s), a layer r = Relu(x W)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(2).standard_normal((6, 8)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("ReduceMean", ["s"], ["m"], axes=[0], keepdims=1),
+             helper.make_node("Add", ["r", "m"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
+                                       helper.make_tensor_value_info("s", TensorProto.FLOAT, ["K", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                          [numpy_helper.from_array(w, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_inputs_shared_by_the_samples_are_not_sliced():
+    """A table [K, 8] read by every sample stays whole in every slice (helper audit 54: it was cut per slice)."""
+    rng = np.random.default_rng(3)
+    x, table = rng.standard_normal((10, 6)).astype(np.float32), rng.standard_normal((10, 8)).astype(np.float32)
+    model = _shared_table_model()
+    got = concepts(model, "gradient", "r", x, inputs={"s": table}, batch_size=4, top=2, channels=[1], input="x")
+    whole = concepts(model, "gradient", "r", x, inputs={"s": table}, batch_size=32, top=2, input="x")
+    np.testing.assert_allclose(got.relevance, whole.relevance, rtol=1e-6)
+    np.testing.assert_allclose(got.activation, np.maximum(x @ _shared_w(model), 0), rtol=1e-5, atol=1e-6)
+
+
+def _shared_w(model):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(model.graph.initializer[0])
+
+
+def test_float16_model_and_a_fixed_batch_model():
+    """The layer's activation in the model's own float type (it was declared float32: helper audit 54); a model
+    of batch 4 runs 7 samples and 3 references in padded slices of 4."""
+    from tests.test_dtypes import as_type
+
+    f16 = concepts(as_type(resnet_like(bias=True), "float16"), "lrp.epsilon", "r2", X, top=2)
+    f32 = concepts(resnet_like(bias=True), "lrp.epsilon", "r2", X, top=2)
+    np.testing.assert_allclose(f16.activation, f32.activation, rtol=2e-2, atol=2e-2 * np.abs(f32.activation).max())
+    fixed = resnet_like(bias=True)
+    for vi in (fixed.graph.input[0], fixed.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = 4
+    got = concepts(fixed, "lrp.epsilon", "r2", X, top=3, channels=[1], batch_size=32)
+    np.testing.assert_allclose(got.relevance, f32.relevance, rtol=1e-5, atol=1e-6)
+    want = concepts(resnet_like(bias=True), "lrp.epsilon", "r2", X, top=3, channels=[1])
+    np.testing.assert_allclose(got.references[1], want.references[1], atol=1e-6)
+
+
+def test_non_finite_samples_and_early_checks_are_named():
+    bad = X.copy()
+    bad[2, 0, 0, 0] = np.nan
+    with pytest.raises(DataError, match="sample 2 gives NaN or inf"):
+        concepts(resnet_like(), "lrp.epsilon", "r2", bad)
+    with pytest.raises(DataError, match="labels: .*out of range"):
+        concepts(resnet_like(), "lrp.epsilon", "r2", X, labels=[0, 1, 2, 3, 4, 5, 6])
+    with pytest.raises(DataError, match="labels: the labels must be integers"):
+        concepts(resnet_like(), "lrp.epsilon", "r2", X, labels=np.zeros(7))
+    with pytest.raises(UsageError, match="conductance cannot be conditioned"):
+        concepts(resnet_like(), "conductance", "r2", X, channels=[0])
+    with pytest.raises(UsageError, match="at its largest output, or at its label"):
+        concepts(resnet_like(), "lrp.epsilon", "r2", X, neuron_selection_mode="all")
+    with pytest.raises(UsageError, match="start must be one of layer, output"):
+        concepts(resnet_like(), "lrp.epsilon", "r2", X, start="input")
+    assert list(concepts(resnet_like(), "lrp.epsilon", "r2", X, top=2, channels=3).references) == [3]

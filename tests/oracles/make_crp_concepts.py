@@ -12,7 +12,12 @@ It writes into tests/oracles/data/:
                           export's tensor name of a module's output) zennit-crp's relevance maximization and
                           activation maximization with its defaults (max_target "sum", abs_norm True), every sample
                           ranked: "rel_idx:L" / "rel_val:L" [24, C] (sample indices, largest first, and their
-                          shares) and "act_idx:L" / "act_val:L"; "tensors" lists the layers, "modules" the modules.
+                          shares) and "act_idx:L" / "act_val:L"; "tensors" lists the layers, "modules" the modules;
+                          "ref:L:C" [3, 12, 12] the reference heatmaps of channels C = 0, 3 on their 3 most relevant
+                          samples (FeatureVisualization._attribution_on_reference, which get_max_reference calls:
+                          started at the layer from its activation, conditioned on the channel, summed over the
+                          input's channels) and "ref_rf:L:C" the same conditioned on each sample's most relevant
+                          unit of the channel (rf=True, ChannelConcept.mask_rf).
 
 FeatureVisualization explains each sample at its target with EpsilonPlusFlat (exclude_parallel=False: the
 relevance at a module's output is all that reaches it) and records the relevance and the activation at the modules'
@@ -77,6 +82,7 @@ class Net(nn.Module):
 
 
 MODULES = ("conv1", "block_relu")
+REFERENCE_CHANNELS, REFERENCES = (0, 3), 3
 
 
 class Samples(torch.utils.data.Dataset):
@@ -140,8 +146,17 @@ def main():
             for m in MODULES:
                 (idx_file,) = glob.glob(os.path.join(folder, sub, f"{m}_*data.npy"))
                 (val_file,) = glob.glob(os.path.join(folder, sub, f"{m}_*rel.npy"))
+                (rf_file,) = glob.glob(os.path.join(folder, sub, f"{m}_*rf.npy"))
                 out[f"{kind}_idx:{tensors[m]}"] = np.load(idx_file).astype(np.int64)
                 out[f"{kind}_val:{tensors[m]}"] = np.load(val_file).astype(np.float64)
+                if kind == "rel":  # the reference heatmaps of channels 0 and 3: their top 3 samples by relevance
+                    idx, rf = np.load(idx_file).astype(np.int64), np.load(rf_file).astype(np.int64)
+                    for c in REFERENCE_CHANNELS:
+                        data = x.double()[idx[:REFERENCES, c]]
+                        out[f"ref:{tensors[m]}:{c}"] = fv._attribution_on_reference(
+                            data, c, m, EpsilonPlusFlat()).numpy()
+                        out[f"ref_rf:{tensors[m]}:{c}"] = fv._attribution_on_reference(
+                            data, c, m, EpsilonPlusFlat(), rf=True, neuron_ids=list(rf[:REFERENCES, c])).numpy()
     np.savez_compressed(os.path.join(DATA, "crp_concepts.npz"), **out)
     print({k: v.shape for k, v in out.items()})
 
