@@ -116,10 +116,12 @@ class Analyzer:
         self.runner(mode, condition)
         return self._compiled[(mode, tuple(condition))]
 
-    def keeping(self, keep) -> "Analyzer":
-        """A new Analyzer with these settings (method, model, neuron mode, parameters, device) keeping ``keep``."""
-        return Analyzer(self._method_key, self.model, neuron_selection_mode=self.mode, input=self.input,
-                        output=self.output, device=self.device, providers=self.providers, keep=keep, **self.params)
+    def like(self, **changes) -> "Analyzer":
+        """A new Analyzer with these settings (method, model, neuron mode, input, output, device, keep,
+        parameters) but ``changes``, e.g. like(keep=[...]) or like(output=TENSOR, neuron_selection_mode="all")."""
+        settings = dict(neuron_selection_mode=self.mode, input=self.input, output=self.output, device=self.device,
+                        providers=self.providers, keep=self.keep, **self.params)
+        return Analyzer(self._method_key, self.model, **{**settings, **changes})
 
     def restart(self) -> None:
         """New onnxruntime sessions over the same compiled models: the random methods' draws start again from

@@ -98,7 +98,7 @@ class Concepts:
         each sample."""
         (channel,) = self.check_channels([channel])
         if lower not in self._deeper:
-            deeper = self.rows.analyzer.keeping([self.layer, lower])
+            deeper = self.rows.analyzer.like(keep=[self.layer, lower])
             _check_below(deeper.compiled(deeper.mode), self.layer, lower)
             self._deeper[lower] = deeper
         _, kept = self.rows.explain(self._deeper[lower], self.top_relevance[channel], {self.layer: [channel]})
@@ -268,9 +268,7 @@ class _Rows:
         """The analyzer explaining the layer itself, seeded with its own value (zennit-crp's references start
         there: start_layer, init_rel its activation)."""
         if self._from_layer is None:
-            a = self.analyzer
-            self._from_layer = Analyzer(a._method_key, a.model, neuron_selection_mode="all", input=a.input,
-                                        output=self.layer, device=a.device, providers=a.providers, **a.params)
+            self._from_layer = self.analyzer.like(output=self.layer, neuron_selection_mode="all", keep=())
         return self._from_layer
 
 

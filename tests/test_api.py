@@ -169,3 +169,14 @@ def test_inspect_names_each_nodes_output_tensor():
     relevance = onnxattr.create_analyzer("lrp.epsilon", model, keep=[r[2] for r in rows])
     relevance.analyze(X)
     assert list(relevance.kept) == [r[2] for r in rows]
+
+
+def test_like_copies_the_settings_but_the_changes():
+    from tests.lrp.nets import resnet_like
+
+    a = onnxattr.create_analyzer("lrp.epsilon", resnet_like(), neuron_selection_mode="index", epsilon=0.5)
+    b = a.like(keep=["r2"])
+    assert (b.mode, b.params["epsilon"], b.keep, a.keep) == ("index", 0.5, ["r2"], ())
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(b.analyze(x, neuron_selection=1), a.analyze(x, neuron_selection=1))
+    assert b.kept["r2"].shape == (2, 4, 4, 4)
