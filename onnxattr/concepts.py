@@ -178,11 +178,11 @@ def concepts(model, method: str, layer: str, data, labels=None, top: int = 8, ch
     relevance, activation = [], []
     parts = range(0, len(rows.data), rows.size)
     for begin in tqdm(parts, desc=f"concepts of {layer}", unit="batch", disable=None if progress else True):
-        _, kept = rows.explain(analyzer, np.arange(begin, min(begin + rows.size, len(rows.data))))
+        part = np.arange(begin, min(begin + rows.size, len(rows.data)))
+        _, kept = rows.explain(analyzer, part)
         _check_axis(axis, kept[layer].ndim, layer)
         relevance.append(per_channel(kept[layer], axis))
-        activation.append(per_channel(rows.activation(np.arange(begin, min(begin + rows.size, len(rows.data)))),
-                                      axis))
+        activation.append(per_channel(rows.activation(part), axis))
     relevance, activation = np.concatenate(relevance), np.concatenate(activation)
     bad = np.flatnonzero(~(np.isfinite(relevance).all(1) & np.isfinite(activation).all(1)))
     if bad.size:
