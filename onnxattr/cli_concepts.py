@@ -58,10 +58,10 @@ def add_parser(sub) -> None:
     c.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, one row per sample (repeatable)")
     c.add_argument("-o", "--out", metavar="FILE.npz", help="relevance and activation [N, C] (sums per channel) and "
-                   "their shares, top_relevance and top_activation [C, top] (sample indices), reference:C [top, ...] "
-                   "with --receptive-field field:C [top] (each reference's unit: its flat index in the channel), and with "
-                   "--below below:C [top, C'] (the lower tensor's channels' relevance within channel C); for images, files "
-                   "(each sample's file, in the order of the indices)")
+                   "their shares, top_relevance and top_activation [C, top] (sample indices), reference:C [top, ...], "
+                   "with --receptive-field field:C [top] (each reference's unit: its flat index in the channel), "
+                   "with --below below:C [top, C'] (the lower tensor's channels' relevance within channel C), and "
+                   "for images files (each sample's file, in the order of the indices)")
     c.add_argument("--references", metavar="FILE.png", help="one row per channel: the heatmaps of its most "
                    "relevant samples, each conditioned on the channel")
 
@@ -105,8 +105,8 @@ def cmd_concepts(a) -> int:
               f"{','.join(map(str, result.top_relevance[c]))} | {','.join(map(str, result.top_activation[c]))}")
     parts = {}
     if a.below:
-        print(f"each channel's relevance in its {a.top} most relevant samples comes from these channels of {a.below} "
-              "(mean share):")
+        print(f"each channel's relevance in its {min(a.top, len(x))} most relevant samples comes from these channels "
+              f"of {a.below} (mean share):")
         for c in listed:
             parts[c] = result.below(c, a.below, a.condition_axis)
             share = shares(parts[c]).mean(axis=0)
