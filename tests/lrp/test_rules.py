@@ -203,6 +203,20 @@ CASES = [  # (method or inline rule file, reference rule, options)
 ]
 
 
+
+def well_conditioned(rng, shape, rule, m, b, opts, non_negative=False):
+    """(x [3, *shape], the reference map of ``rule`` there) for the first draw whose denominators all stay 0.05
+    away from 0: a fair float32 comparison."""
+    for _ in range(200):
+        x = rng.standard_normal((3,) + shape).astype(np.float32)
+        if non_negative:
+            x = np.abs(x)
+        DENOMINATORS.clear()
+        want = reference(rule, x, m, b, opts).reshape(x.shape)
+        if min(np.abs(d).min() for d in DENOMINATORS) > 0.05:
+            return x, want
+    pytest.fail("no well-conditioned input found")
+
 @pytest.mark.parametrize("layer", list(LAYERS))
 @pytest.mark.parametrize("method,rule,opts", CASES, ids=[c[0][:24].replace("\n", " ") for c in CASES])
 def test_rule_matches_pairwise_reference(layer, method, rule, opts, tmp_path):
@@ -212,17 +226,8 @@ def test_rule_matches_pairwise_reference(layer, method, rule, opts, tmp_path):
     else:
         key = str(tmp_path / "rule.toml")
         (tmp_path / "rule.toml").write_text(method)
-    rng = np.random.default_rng(len(CASES))
-    for _ in range(200):  # inputs whose denominators stay away from 0: a fair float32 comparison
-        x = rng.standard_normal((3,) + shape).astype(np.float32)
-        if rule == "z_plus_fast":
-            x = np.abs(x)
-        DENOMINATORS.clear()
-        want = reference(rule, x, m, b, opts).reshape(x.shape)
-        if min(np.abs(d).min() for d in DENOMINATORS) > 0.05:
-            break
-    else:
-        pytest.fail("no well-conditioned input found")
+    x, want = well_conditioned(np.random.default_rng(len(CASES)), shape, rule, m, b, opts,
+                               non_negative=rule == "z_plus_fast")
     compiled = onnxattr.compile(model, key, neuron="all")
     got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
     scale = np.abs(want).max()
@@ -333,15 +338,7 @@ def test_rules_on_weights_known_only_at_run_time(method, rule, opts, side, tmp_p
     if not method.startswith("lrp."):
         key = str(tmp_path / "rule.toml")
         (tmp_path / "rule.toml").write_text(method)
-    rng = np.random.default_rng(3)
-    for _ in range(200):  # inputs whose denominators stay away from 0: a fair float32 comparison
-        x = rng.standard_normal((3,) + shape).astype(np.float32)
-        DENOMINATORS.clear()
-        want = reference(rule, x, m, b, opts).reshape(x.shape)
-        if min(np.abs(d).min() for d in DENOMINATORS) > 0.05:
-            break
-    else:
-        pytest.fail("no well-conditioned input found")
+    x, want = well_conditioned(np.random.default_rng(3), shape, rule, m, b, opts)
     compiled = onnxattr.compile(model, key, neuron="all", input="x")
     got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x, "W": w.astype(np.float32)})[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
