@@ -203,7 +203,6 @@ CASES = [  # (method or inline rule file, reference rule, options)
 ]
 
 
-
 def well_conditioned(rng, shape, rule, m, b, opts, non_negative=False):
     """(x [3, *shape], the reference map of ``rule`` there) for the first draw whose denominators all stay 0.05
     away from 0: a fair float32 comparison."""
