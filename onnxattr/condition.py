@@ -19,6 +19,7 @@ import numpy as np
 
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import DataError, SelectionError, UsageError
+from onnxattr.methods import REGISTRY
 
 CONDITION = "condition:"  # + a conditioned tensor's name: the graph input of its mask
 META = "onnxattr.condition"  # {name: the tensor's shape when compiled}, JSON
@@ -30,8 +31,6 @@ def condition_list(condition, method) -> list[str]:
     if not all(isinstance(n, str) and n for n in names):
         raise UsageError(f"condition takes tensor names, got {condition!r}")
     if names and not method.conditional:
-        from onnxattr.methods import REGISTRY
-
         able = sorted({m.name for m in REGISTRY.values() if m.conditional and m.family != "lrp"})
         raise UsageError(f"condition: {method.name} does not compute its map in one reverse pass, so it cannot be "
                          f"conditioned on a tensor; the LRP methods, attn_lrp, cp_lrp and {', '.join(able)} can")
