@@ -151,10 +151,7 @@ class Analyzer:
             mode = "index"
         elif mode == "index":
             raise UsageError("neuron_selection_mode='index' needs neuron_selection=int or array")
-        if condition is not None and not isinstance(condition, dict):
-            raise UsageError(f"condition must be a dict of tensor name -> channels or mask, got "
-                             f"{type(condition).__name__}")
-        r = self.runner(mode, tuple(condition or ()))
+        r = self.runner(mode, _conditioned(condition))
         x_name = explained_input(r)
         X = as_input(X, data_input(r))
         masks = self._masks(r, condition, condition_axis, X.shape[0])
@@ -222,10 +219,7 @@ class Analyzer:
         if self.method.whole_batch:
             raise UsageError(f"batch_size: {self.method.name} explains each sample against the other samples of its "
                              f"batch, so slices would change the maps: {_UNSLICED}")
-        if condition is not None and not isinstance(condition, dict):
-            raise UsageError(f"condition must be a dict of tensor name -> channels or mask, got "
-                             f"{type(condition).__name__}")
-        r = self.runner("index" if neuron_selection is not None else self.mode, tuple(condition or ()))
+        r = self.runner("index" if neuron_selection is not None else self.mode, _conditioned(condition))
         baked = [name for name, rows in self._reference_rows(r).items() if rows > 1]
         if baked:
             raise UsageError(f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for "
@@ -307,6 +301,13 @@ class Analyzer:
         }.get(what, (f"{what} (a size checked at run time)", "check the data's shape"))
         return (f"{self.method.name} would run more than {MAX_PERTURBATIONS} {passes} on data of shape "
                 f"{list(X.shape)}: {fix}")
+
+
+def _conditioned(condition) -> tuple:
+    """The tensor names of analyze's ``condition`` (a dict, or None)."""
+    if condition is not None and not isinstance(condition, dict):
+        raise UsageError(f"condition must be a dict of tensor name -> channels or mask, got {type(condition).__name__}")
+    return tuple(condition or ())
 
 
 def _unchecked_masks(runner: Runner, masks: dict) -> list[str]:

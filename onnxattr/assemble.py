@@ -144,7 +144,7 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
                 "rename it" + (", or explain the largest or all outputs" if name == TARGET_INPUT else ""))
     b = GraphBuilder(canon)
     chosen, y = choose_output(canon, b, output)
-    on_path = path_nodes(list(canon.graph.node), x, y, b)[0] if x != y else []
+    on_path, live = path_nodes(list(canon.graph.node), x, y, b) if x != y else ([], set())
     if m.family != "baseline" and x != y and not on_path:
         raise SelectionError(f"{label}: output '{y}' does not depend on input '{x}' through float tensors, "
                              "so every map would be zero; choose another --output or --input")
@@ -158,7 +158,7 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     masked = _pass_through_sources(proto, condition, names) if condition else {}
     for name, tensor in masked.items():
         _check_crossed("condition", b, name, tensor, x, y, chosen, on_path, names)
-    check_on_path(b, on_path, x, y, masked)
+    check_on_path(live | {x, y}, y, masked)
     check_chain(b, on_path, x, masked)
     b.conditions = {tensor: CONDITION + name for name, tensor in masked.items()}
     relevance = m.build(target, resolved)

@@ -46,6 +46,10 @@ class Concepts:
     # channel's other axes), the one its reference map is conditioned on
     fields: dict = field(default_factory=dict)
     receptive_field: bool = False
+    # each sample's most relevant unit in each channel [N, C] (flat index), and one sample's layer shape with the
+    # channel axis first: recorded in the statistics pass, for the receptive-field references (zennit-crp's rf)
+    units: np.ndarray | None = field(default=None, repr=False)
+    unit_shape: tuple = ()
     start: str = "layer"  # where reference maps start: "layer" (zennit-crp's references) or "output"
     rows: "_Rows | None" = field(default=None, repr=False)  # what the references and below() run on
     _deeper: dict = field(default_factory=dict, repr=False)  # lower tensor -> an analyzer keeping it too
@@ -79,12 +83,10 @@ class Concepts:
             rows = self.top_relevance[c]
             mask = [c]
             if self.receptive_field:
-                _, kept = self.rows.explain(self.rows.analyzer, rows)
-                at = np.moveaxis(kept[self.layer], self.rows.axis, 1)  # [k, C, ...] relevance at the layer
-                self.fields[c] = at[:, c].reshape(len(rows), -1).argmax(axis=1)
-                one = np.zeros((len(rows), at.shape[1], at[0, 0].size), np.float32)
+                self.fields[c] = self.units[rows, c]
+                one = np.zeros((len(rows), self.unit_shape[0], int(np.prod(self.unit_shape[1:]))), np.float32)
                 one[np.arange(len(rows)), c, self.fields[c]] = 1.0
-                mask = np.moveaxis(one.reshape(at.shape), 1, self.rows.axis)
+                mask = np.moveaxis(one.reshape((len(rows),) + self.unit_shape), 1, self.rows.axis)
             at_layer = self.start == "layer"
             self.references[c], _ = self.rows.explain(self.rows.from_layer() if at_layer else self.rows.analyzer, rows,
                                                       {self.layer: mask}, labelled=not at_layer)
@@ -175,13 +177,15 @@ def concepts(model, method: str, layer: str, data, labels=None, top: int = 8, ch
         raise UsageError(f"reference maps are conditioned on a channel, and {analyzer.method.name} cannot be "
                          "conditioned (it is not one reverse pass): use an LRP method or the gradient family")
     rows = _Rows(analyzer, layer, data, labels, inputs, axis, batch_size)
-    relevance, activation = [], []
+    relevance, activation, units = [], [], []
     parts = range(0, len(rows.data), rows.size)
     for begin in tqdm(parts, desc=f"concepts of {layer}", unit="batch", disable=None if progress else True):
         part = np.arange(begin, min(begin + rows.size, len(rows.data)))
         _, kept = rows.explain(analyzer, part)
         _check_axis(axis, kept[layer].ndim, layer)
-        relevance.append(per_channel(kept[layer], axis))
+        at = np.moveaxis(kept[layer], axis, 1)  # [n, C, ...]
+        relevance.append(per_channel(at, 1))
+        units.append(at.reshape(at.shape[0], at.shape[1], -1).argmax(axis=2))
         activation.append(per_channel(rows.activation(part), axis))
     relevance, activation = np.concatenate(relevance), np.concatenate(activation)
     bad = np.flatnonzero(~(np.isfinite(relevance).all(1) & np.isfinite(activation).all(1)))
@@ -190,7 +194,7 @@ def concepts(model, method: str, layer: str, data, labels=None, top: int = 8, ch
                         f"{', ...' if bad.size > 5 else ''} give{'' if bad.size > 1 else 's'} NaN or inf relevance or "
                         f"activation at '{layer}' (the data hold NaN or inf, or the model overflows on them)")
     result = Concepts(layer, relevance, activation, top, receptive_field=bool(receptive_field), start=start,
-                      rows=rows)
+                      units=np.concatenate(units), unit_shape=at.shape[1:], rows=rows)
     return result.add_references(wanted)
 
 

@@ -55,10 +55,9 @@ def check_chain(b, nodes, x: str, tensors: dict[str, str]) -> None:
                 "lie one behind the other, or explain each branch in its own run")
 
 
-def check_on_path(b, nodes, x: str, y: str, tensors: dict[str, str]) -> None:
-    """Each conditioned tensor leads to the explained output y (an on-path node's other output, such as a Split's
-    part that y does not read, would drop every relevance)."""
-    live = path_nodes(nodes, x, y, b)[1] | {x, y}
+def check_on_path(live: set, y: str, tensors: dict[str, str]) -> None:
+    """Each conditioned tensor is one of the tensors ``live`` on the paths to the explained output y (an on-path
+    node's other output, such as a Split's part that y does not read, would drop every relevance)."""
     for name, tensor in tensors.items():
         if tensor not in live:
             raise SelectionError(f"condition: output '{y}' does not depend on tensor '{name}' (an output of a node on "

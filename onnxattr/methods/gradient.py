@@ -287,7 +287,8 @@ for _m in (
     Method("gradient", "Gradient of the selected output w.r.t. the input.", build_gradient, (POSTPROCESS,),
            aliases=("gradient.baseline",),  # iNNvestigate's name for its framework-gradient check
            at_layer=lambda b, tensor, carried, p: _postprocess(b, carried, p["postprocess"]), conditional=True),
-    Method("input_t_gradient", "Input times gradient.", build_input_t_gradient, at_layer=times_tensor, conditional=True),
+    Method("input_t_gradient", "Input times gradient.", build_input_t_gradient, at_layer=times_tensor,
+           conditional=True),
     Method("deconvnet", "DeconvNet: ReLUs pass only positive relevance backward.", build_deconvnet,
            at_layer=as_carried, conditional=True),
     Method("guided_backprop", "Guided backprop: gradient through ReLUs, positive part only.",
@@ -295,7 +296,8 @@ for _m in (
     Method("beta_smooth", "Gradient with every Relu's derivative replaced by softplus_beta's, sigmoid(beta x) "
            "(Zennit's BetaSmooth composite; Dombrowski et al. 2019).", build_beta_smooth,
            (Param("beta_smooth", 10.0, "beta of the softplus whose derivative replaces the Relu's (Zennit's "
-                  "default 10; larger is closer to the gradient)", float, positive),), at_layer=as_carried, conditional=True),
+                  "default 10; larger is closer to the gradient)", float, positive),), at_layer=as_carried,
+           conditional=True),
     Method("integrated_gradients", "Integrated gradients from the reference (a left Riemann sum unless "
            "integration says otherwise).",
            build_integrated_gradients,
