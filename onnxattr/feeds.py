@@ -9,11 +9,17 @@ from onnxattr.errors import DataError, UsageError
 from onnxattr.runtime import Runner
 
 
-def as_input(X, arg) -> np.ndarray:
+def as_array(value, what: str, hint: str = "") -> np.ndarray:
+    """np.asarray(value), or a DataError saying that ``what`` is not an array (ragged lists, objects), then
+    ``hint``."""
     try:
-        X = np.asarray(X)
+        return np.asarray(value)
     except (ValueError, TypeError) as e:
-        raise DataError(f"input data is not an array ({str(e).splitlines()[0]}); give an array [N, ...]") from None
+        raise DataError(f"{what} is not an array ({str(e).splitlines()[0]}){hint}") from None
+
+
+def as_input(X, arg) -> np.ndarray:
+    X = as_array(X, "input data", "; give an array [N, ...]")
     if X.dtype.kind not in "fiu":
         raise DataError(f"input data has dtype {X.dtype}; a float array is expected")
     dtype = np.dtype(NP_TYPES.get(arg.type, "float32"))
@@ -71,10 +77,7 @@ def other_feeds(runner: Runner, explained: set, given: dict | None) -> dict:
 def as_feed(value, arg) -> np.ndarray:
     """A fed graph input: its declared element type (a cast within ints or floats, or ints to floats, when
     every value fits), rank and fixed dims; it may be empty (a cache of length 0, say)."""
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as e:
-        raise DataError(f"input '{arg.name}': not an array ({str(e).splitlines()[0]})") from None
+    arr = as_array(value, f"input '{arg.name}'")
     want = np.dtype(NP_TYPES[arg.type]) if arg.type in NP_TYPES else None
     if want is not None and arr.size == 0:
         arr = arr.astype(want)  # an empty list is float64 to numpy; no value to lose

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxattr.feeds import as_input, other_feeds
+from onnxattr.feeds import as_array, as_input, other_feeds
 from onnxattr.errors import DataError, SelectionError, UsageError, check_positive_int
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import load_model, model_label
@@ -161,10 +161,7 @@ def check_labels(labels, n: int, outputs: int) -> np.ndarray | None:
 
 def check_relevance(relevance, x_shape, name: str = "the relevance") -> np.ndarray:
     """A map as float64, refused (DataError) unless it is a real-valued array of the data's shape."""
-    try:
-        r = np.asarray(relevance)
-    except (ValueError, TypeError) as e:
-        raise DataError(f"{name} is not an array ({str(e).splitlines()[0]})") from None
+    r = as_array(relevance, name)
     if r.dtype.kind not in "fiub":
         raise DataError(f"{name} has dtype {r.dtype}; a map of real numbers is expected")
     if r.shape != tuple(x_shape):
