@@ -4,7 +4,8 @@ Steps: lift opsets older than 17 to 17 (onnx.version_converter; the backward nee
 ScatterElements(reduction="add") and opset 13's input-form axes/splits), or, for a method whose ops
 onnxruntime cannot run at the model's opset, convert it down (``max_opset``); fold constant subgraphs (weights
 spelled as Constant/ConstantOfShape become initializers; CastLike with a known target type becomes Cast
-so that constant operands fold too); drop Identity and Dropout; name every node; infer every
+so that constant operands fold too); drop Identity and Dropout; unroll LSTM, GRU and RNN nodes of a fixed
+sequence length (recurrent.py); name every node; infer every
 intermediate shape. Tests run the original and the canonical model and compare outputs.
 """
 
@@ -18,8 +19,9 @@ import onnxruntime as ort
 from onnx import shape_inference, version_converter
 
 from onnxattr.errors import InvalidModelError, UnsupportedModelError
-from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto
+from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto, remove_dead
 from onnxattr.light import checkable_copy, infer_shapes_light
+from onnxattr.recurrent import RECURRENT_OPS, unroll_recurrent
 
 MIN_OPSET = 17
 TARGET_OPSET = 17
@@ -202,5 +204,19 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
         model = downgrade_opset(model, label, *max_opset)
     model = upgrade_opset(model, label)
     model = fold_and_clean(model)
+    if any(n.op_type in RECURRENT_OPS for n in model.graph.node):
+        unroll_recurrent(model, tensor_shapes(infer_shapes(model)))
+        remove_dead(model.graph)  # a zero initial state's ConstantOfShape(Shape(x)) chain
     name_nodes(model)
     return infer_shapes(model, in_place=True)
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict:
+    """name -> [int, or a symbol/None per unknown axis] of every typed tensor of a shape-inferred model."""
+    out = {}
+    g = model.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    return out

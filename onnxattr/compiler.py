@@ -16,6 +16,7 @@ import onnx
 from onnxattr.emitters import VJPS, ZERO_GRAD_OPS
 from onnxattr.errors import UnsupportedModelError
 from onnxattr.graph import GraphBuilder, node_reads
+from onnxattr.recurrent import RECURRENT_OPS, sequence_length, why_not_unrolled
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
@@ -52,8 +53,17 @@ def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBu
     return on_path, reach & back
 
 
-def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | None = None) -> None:
+def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | None = None,
+                    b: GraphBuilder | None = None) -> None:
     """Raise one error naming every op on the path that cannot be differentiated."""
+    on_path = list(on_path)
+    recurrent = [n for n in on_path if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")]
+    if recurrent:  # canonicalize unrolls the ones it can (recurrent.py); say why these were not
+        why = [f"{n.op_type} '{n.name}': " + ((why_not_unrolled(n, sequence_length(b.shapes, n), b.value)
+                                                if b is not None else None) or "not unrolled") for n in recurrent[:5]]
+        raise UnsupportedModelError(
+            "recurrent nodes on the explained path are differentiated by unrolling them over their steps, and "
+            f"these could not be: {'; '.join(why)}")
     missing: dict[str, list[str]] = defaultdict(list)
     control = []
     training = [n.name for n in on_path if n.op_type == "BatchNormalization"
@@ -110,7 +120,7 @@ def reverse_pass(
     """Emit the backward of ``nodes`` from ``seed`` at ``target`` to ``source``; returns the name of
     the tensor arriving at ``source`` (None if nothing reaches it)."""
     on_path, live = path_nodes(nodes, source, target, b)
-    check_supported(on_path, rule_for)
+    check_supported(on_path, rule_for, b)
     arrived: dict[str, list[str]] = defaultdict(list)
     arrived[target].append(seed)
     for node in reversed(on_path):

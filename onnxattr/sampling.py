@@ -334,7 +334,7 @@ def sample_loop(
     repeatable = lambda t: (b.shape(t) or [None])[0] in names  # noqa: E731
     forward = forward_subgraph(nodes, x, y, batch_axis_reads(b, nodes, x, names), repeatable)
     if forward_only is None:  # errors name the model's nodes, not the body's copies of them
-        check_supported(path_nodes(forward, x, y, b)[0], rule_for)
+        check_supported(path_nodes(forward, x, y, b)[0], rule_for, b)
     rename = {x: points, **{t: repeat_rows(cb, t, count) for t in batch_axis_reads(b, forward, x, names)}}
     body_forward = copy_nodes(cb, forward, rename)
     cb.nodes.extend(body_forward)

@@ -25,6 +25,7 @@ from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import LINEAR_OPS, Unit, find_units
+from onnxattr.recurrent import is_cell_sum
 
 ELEMENTWISE = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid",
@@ -171,6 +172,8 @@ class Composite:
                 if rule is None:
                     rule = "gradient"
                 chosen[n.name] = (rule, key or "-")
+            elif n.op_type in ADDS and is_cell_sum(n.name):
+                chosen[n.name] = ("cell_sum", "a recurrent cell's sum c_t: a layer of identity weights")
             elif n.op_type in ADDS and sum(1 for i in n.input if b.is_float(i)) >= 2 \
                     and sum(1 for i in n.input if b.value(i) is None) >= 2:
                 chosen[n.name] = (self.add, "add")
@@ -206,10 +209,21 @@ class Composite:
                 return _pass
             if rule == "z" and node.op_type in ADDS:
                 return _add_split(self.style, relu_of)
+            if rule == "cell_sum":
+                return _add_split(self._cell_sum_style(), relu_of)
             unit = units[node.name]
             return _unit_step(unit, rule, relu_of)
 
         return rule_for
+
+    def _cell_sum_style(self) -> dict:
+        """An LSTM cell's sum c_t = c_{t-1} f + g i is a layer of identity weights (Arras et al. 2017): its split
+        R_k = a_k R / stab(c_t) takes the dense layers' stabilizer where they have the epsilon rule
+        (c_t + epsilon sign(c_t)), else the style's, as a sum of activations."""
+        dense = self.selectors.get("dense", self.selectors.get("default"))
+        if isinstance(dense, R.Rule) and dense.stabilizer == "signed":
+            return {**self.style, "stabilizer": "signed", "epsilon": dense.epsilon}
+        return self.style
 
     def _activation_rule(self, node, kernel_outputs: set):
         """An activation right after a kernel layer belongs to it (Keras' Dense(activation=...)): its

@@ -107,10 +107,11 @@ def collapsed(b, on_path) -> set:
     return gone
 
 
-def feature_maps(b, on_path, live: set, rank: int, first: dict) -> list[str]:
+def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> list[str]:
     """Tensors on the path of the input's rank laid out channels first (the layout is tracked through the
     Transposes, so a Keras model's transpose back to channels last before it flattens is not one, a Swin's
-    permute to channels first before it pools is) and not known to be 1 on every spatial axis."""
+    permute to channels first before it pools is), with the input's batch size ``batch`` first where both are
+    known (not a sequence-first tensor [T, N, C] of a recurrent layer), and not known to be 1 on every spatial axis."""
     found, gone = [], collapsed(b, on_path)
     for node in on_path:
         if node.op_type in COLLAPSING:
@@ -118,13 +119,14 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict) -> list[str]:
         for o in node.output:
             shape = b.shape(o)
             if o in live and b.is_float(o) and shape is not None and len(shape) == rank and \
-                    first.get(o, node.op_type != "Transpose") and o not in gone and not all(d == 1 for d in shape[2:]):
+                    first.get(o, node.op_type != "Transpose") and o not in gone and \
+                    (batch is None or shape[0] is None or shape[0] == batch) and not all(d == 1 for d in shape[2:]):
                 found.append(o)
     return found
 
 
 def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None, first: dict) -> str:
-    maps = feature_maps(b, on_path, live, rank, first)
+    maps = feature_maps(b, on_path, live, rank, first, (b.shape(x) or [None])[0])
     if layer is None:
         if not maps:
             raise UsageError(f"no feature map [N, C, spatial...] of rank {rank} lies between input '{x}' and output "
@@ -135,6 +137,10 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
         raise UsageError(f"layer '{layer}' is not a tensor between input '{x}' and output '{y}'{hint}")
     if (b.rank(layer) or 0) < 3:
         raise UsageError(f"layer '{layer}' has rank {b.rank(layer)}; Grad-CAM needs a feature map [N, C, spatial...]")
+    batch, first_axis = (b.shape(x) or [None])[0], (b.shape(layer) or [None])[0]
+    if batch is not None and first_axis is not None and first_axis != batch:
+        raise UsageError(f"layer '{layer}' has {first_axis} on its first axis where input '{x}' has its batch "
+                         f"({batch}); Grad-CAM needs a feature map [N, C, spatial...] with the batch first")
     if b.rank(layer) != rank:
         raise UsageError(f"layer '{layer}' has rank {b.rank(layer)} and input '{x}' rank {rank}: the cam of a "
                          "feature map [N, C, spatial...] is resized to the input's spatial axes, which needs the same rank")

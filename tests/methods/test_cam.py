@@ -2,6 +2,8 @@
 layer, the resizing, channels-last inputs, Guided Grad-CAM as the product, and the refusals (Captum's maps
 on six PyTorch nets are in test_oracles, tests/oracles/make_torch.py)."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -226,3 +228,15 @@ def test_a_block_computed_channels_last_is_not_the_default_map():
     assert [n for n, r in rows.items() if r == "grad_cam layer"] == ["Transpose_4"]
     x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(analyze("grad_cam", model, x), analyze("grad_cam", model, x, layer="cf"))
+
+
+def test_a_sequence_first_tensor_is_no_feature_map():
+    """A recurrent layer exported from torch reads its batch-first input [N, T, C] transposed to [T, N, C]; those
+    tensors (and the unrolled steps' [1, N, C]) have the input's rank but not the batch first: not chosen by
+    default, and refused by name (before, onnxruntime failed the run in an Expand)."""
+    path = Path(__file__).resolve().parents[1] / "oracles" / "data" / "torch_lstm.onnx"
+    with pytest.raises(UsageError, match="no feature map"):
+        onnxattr.compile(path, "grad_cam")
+    with pytest.raises(UsageError, match=r"layer '/rnn/LSTM/split_2' has 1 on its first axis where input 'x' has "
+                                         r"its batch \(batch\)"):
+        onnxattr.compile(path, "grad_cam", layer="/rnn/LSTM/split_2")
