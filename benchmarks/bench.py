@@ -36,7 +36,9 @@ run, against Captum's LayerConductance at that block (`--models resnet50`); `met
 one region-perturbation curve of the gradient map against Captum's metrics (benchmarks/metrics_bench.py); `crp` =
 8 maps of one image conditioned on one channel each of a ResNet50 block's output (EpsilonPlusFlat, Concept Relevance
 Propagation: the image repeated, a mask per row) against zennit-crp's CondAttribution with those 8 conditions
-(installed with `pip install --no-deps zennit-crp==0.6.0`), beside one plain EpsilonPlusFlat map of each library.
+(installed with `pip install --no-deps zennit-crp==0.6.0`), beside one plain EpsilonPlusFlat map of each library;
+`recurrent` = on `--models lstm` (two bidirectional LSTM layers over 100 steps, which onnxattr unrolls), the
+gradient, lrp.epsilon and IG-64 against Captum's Saliency and IntegratedGradients.
 The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 
@@ -62,7 +64,7 @@ RESULTS = HERE / "results"
 
 from configs import (  # noqa: E402  (benchmarks/ is on the path)
     CONDUCTANCE_BLOCK, CONDUCTANCE_STEPS, CRP_CONCEPTS, GROUPS, KS_SAMPLES, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS,
-    PAUSE, PERMUTATIONS_PER_EVAL, STEPS, SV_ORDERS, blocks, dls_baselines,
+    PAUSE, PERMUTATIONS_PER_EVAL, STEPS, SV_ORDERS, blocks, dls_baselines, input_shape,
 )
 from report import write_report  # noqa: E402
 import metrics_bench  # noqa: E402
@@ -84,7 +86,7 @@ def ensure_exported(model: str) -> Path:
 
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        nets.export(nets.build(model), str(tmp))
+        nets.export(nets.build(model), str(tmp), input_shape(model))
         tmp.replace(path)
     return path
 
@@ -291,7 +293,7 @@ def make_runner(config: str, model: str, x, threads: int):
 def time_group(model: str, batch: int, configs: list[str], repeats: int, threads: int) -> dict:
     import numpy as np
 
-    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((batch,) + input_shape(model)).astype(np.float32)
     runners = {}
     for c in configs:
         runners[c] = make_runner(c, model, x, threads)
@@ -311,7 +313,7 @@ def child_memory(config: str, model: str, batch: int, threads: int) -> None:
     """In a fresh process: build, run twice, print the peak RSS in MiB."""
     import numpy as np
 
-    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((batch,) + input_shape(model)).astype(np.float32)
     run = make_runner(config, model, x, threads)
     run()
     run()
@@ -384,7 +386,7 @@ def main(argv=None):
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
     ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more, "
-                    "noise-tunnel, shapley, permutation, kernel-shap, lime, conductance, metrics, crp) or "
+                    "noise-tunnel, shapley, permutation, kernel-shap, lime, conductance, metrics, crp, recurrent) or "
                     "comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())

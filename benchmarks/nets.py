@@ -92,9 +92,22 @@ def vit_b16() -> nn.Module:
     return ViT(dim=768, depth=12, heads=12, patch=16, image=224, classes=1000, mlp=4)
 
 
+class SequenceLSTM(nn.Module):
+    """A sequence classifier: two bidirectional LSTM layers (64 features in, 128 hidden units per direction), the
+    last step's output, a Linear head of 10 classes; input [N, 100, 64] (configs.RECURRENT_SHAPE), batch first."""
+
+    def __init__(self, features: int = 64, hidden: int = 128, classes: int = 10):
+        super().__init__()
+        self.rnn = nn.LSTM(features, hidden, num_layers=2, bidirectional=True, batch_first=True)
+        self.fc = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
 def build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = {"vgg16": VGG16, "resnet50": ResNet50, "vit_b16": vit_b16}[name]()
+    model = {"vgg16": VGG16, "resnet50": ResNet50, "vit_b16": vit_b16, "lstm": SequenceLSTM}[name]()
     if name == "resnet50":  # give BatchNorm non-trivial statistics, as a trained net has
         with torch.no_grad():
             for m in model.modules():
@@ -106,7 +119,9 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def export(model: nn.Module, path: str, size: int = 224) -> None:
-    x = torch.randn(1, 3, size, size)
+def export(model: nn.Module, path: str, shape: tuple = (3, 224, 224)) -> None:
+    """torch.onnx.export with a dynamic batch; ``shape``: one sample's (a recurrent net's sequence length stays
+    fixed, so that onnxattr can unroll it)."""
+    x = torch.randn(1, *shape)
     torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
                       output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})

@@ -249,21 +249,30 @@ def _concat(e: _Emitter, parts: list[str], axis: int, out: str) -> None:
 
 
 def _lstm_step(e, d, pre, c, P, act, clipped, input_forget, hidden):
-    """One LSTM step from the pre-activations of the gates i, o, f, c; returns h_t, c_t."""
-    pi, po, pf, pc = e.op("Split", [pre, e.const(np.full(4, hidden, np.int64), "split", np.int64, key="split4")], n_out=4,
-                          axis=1)
-    if P is not None and c is not None:
-        pi = e.op("Add", [pi, e.op("Mul", [c, e.const(P[:hidden], "P", key=("Pi", d))])])
-        pf = e.op("Add", [pf, e.op("Mul", [c, e.const(P[2 * hidden:], "P", key=("Pf", d))])])
-    i = e.activation(act[0], clipped(pi))
-    f = e.op("Sub", [e.const(1.0, key="one"), i]) if input_forget else e.activation(act[0], clipped(pf))
-    cand = e.activation(act[1], clipped(pc))
+    """One LSTM step from the pre-activations of the gates i, o, f, c; returns h_t, c_t. Without peepholes the
+    gates i, o, f (adjacent, one activation) take one activation node and one Split."""
+    split = e.const(np.full(3, hidden, np.int64), "split", np.int64, key="split3")
+    if P is None:
+        ifo, pc = e.op("Split", [clipped(pre), e.const(np.array([3 * hidden, hidden], np.int64), "split", np.int64,
+                                                           key="split31")], n_out=2, axis=1)
+        i, o, f = e.op("Split", [e.activation(act[0], ifo), split], n_out=3, axis=1)
+        cand = e.activation(act[1], pc)
+    else:
+        pi, po, pf, pc = e.op("Split", [pre, e.const(np.full(4, hidden, np.int64), "split", np.int64, key="split4")],
+                              n_out=4, axis=1)
+        if c is not None:
+            pi = e.op("Add", [pi, e.op("Mul", [c, e.const(P[:hidden], "P", key=("Pi", d))])])
+            pf = e.op("Add", [pf, e.op("Mul", [c, e.const(P[2 * hidden:], "P", key=("Pf", d))])])
+        i, f = e.activation(act[0], clipped(pi)), e.activation(act[0], clipped(pf))
+        cand = e.activation(act[1], clipped(pc))
+    if input_forget:
+        f = e.op("Sub", [e.const(1.0, key="one"), i])
     # c_t = Sum(c_{t-1} f, g i), a Sum of one term at a zero state: the cell's sum, which LRP treats as a layer
     c_new = e.op("Sum", ([] if c is None else [e.op("Mul", [c, f])]) + [e.op("Mul", [cand, i])],
                  node_hint=CELL_SUM)
     if P is not None:
         po = e.op("Add", [po, e.op("Mul", [c_new, e.const(P[hidden:2 * hidden], "P", key=("Po", d))])])
-    o = e.activation(act[0], clipped(po))
+        o = e.activation(act[0], clipped(po))
     return e.op("Mul", [e.activation(act[2], c_new), o]), c_new
 
 
@@ -273,8 +282,8 @@ def _gru_step(e, d, x_t, h, R, Rb_h, act, clipped, hidden, linear_before_reset):
                    n_out=2, axis=1)
     rzr = e.const(R[:2 * hidden].T, "R", key=("Rzr", d))
     pre = e.add(xzr, None if h is None else e.op("MatMul", [h, rzr]))
-    pz, pr = e.op("Split", [pre, e.const(np.full(2, hidden, np.int64), "split", np.int64, key="split2")], n_out=2, axis=1)
-    z, r = e.activation(act[0], clipped(pz)), e.activation(act[0], clipped(pr))
+    z, r = e.op("Split", [e.activation(act[0], clipped(pre)), e.const(np.full(2, hidden, np.int64), "split", np.int64,
+                                                                      key="split2")], n_out=2, axis=1)
     Rh = e.const(R[2 * hidden:].T, "R", key=("Rh", d))
     if linear_before_reset:
         rb = e.const(Rb_h, "b", key=("Rbh", d))

@@ -1,6 +1,7 @@
 """Data movement: Reshape-likes, Transpose, Concat, Split, Slice, Pad, Gather, Tile, Expand, Cast(Like), ...
 
-Reshape/Flatten/Squeeze/Unsqueeze: dx = reshape(g, shape(x)). Transpose: inverse permutation.
+Reshape/Flatten: dx = reshape(g, shape(x)); Squeeze/Unsqueeze with known axes: the other one on the same axes
+(no Shape node where the batch is dynamic). Transpose: inverse permutation.
 Concat: split g at the operands' sizes; Split: concat the output gradients (zeros where none).
 Slice with unit steps and Pad(constant): Pad g with the complementary (negated) pads.
 Every other pure movement (Gather*, Tile, strided Slice, reflect/edge Pad, DepthToSpace, ...) uses the
@@ -30,7 +31,11 @@ def index_trick_vjp(b, node, x, g, dtype=TensorProto.INT64):
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape_vjp(b, node, grads, need):
-    out = b.op("Reshape", [grads[0], b.shape_of(node.input[0])])
+    axes = b.value(node.input[1]) if node.op_type in ("Squeeze", "Unsqueeze") and len(node.input) > 1 else None
+    if axes is not None and b.static_shape(node.input[0]) is None:  # Unsqueeze undoes Squeeze and back
+        out = b.op("Unsqueeze" if node.op_type == "Squeeze" else "Squeeze", [grads[0], node.input[1]])
+    else:
+        out = b.op("Reshape", [grads[0], b.shape_of(node.input[0])])
     return [out] + [None] * (len(node.input) - 1)
 
 
