@@ -23,6 +23,7 @@ from onnxattr.light import checkable_copy
 from onnxattr.load import check_input_model, check_input_shapes, load_model, model_label, nodes_within
 from onnxattr.methods import REGISTRY, Target, get_method
 from onnxattr.methods.draws import random_opset_limit
+from onnxattr.recurrent import sequence_first_reader
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
 
 RELEVANCE = "relevance"
@@ -132,6 +133,12 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     limit = random_opset_limit(default_opset(proto)) if m.random else None
     canon = canonicalize(proto, label, max_opset=limit)
     x = choose_input(canon, input)
+    reader = sequence_first_reader(proto, x)
+    if reader is not None:
+        raise UnsupportedModelError(
+            f"{label}: input '{x}' is sequence-first ([T, N, ...]): {reader.op_type} '{reader.name}' reads it with "
+            "layout 0, as torch writes nn.LSTM/GRU/RNN without batch_first. onnxattr takes the batch on the first "
+            f"axis of the explained input: export with batch_first=True, or transpose {x} to [N, T, ...] in the model")
     names = {i.name for i in canon.graph.input} | {t.name for t in canon.graph.initializer} | {
         o for top in canon.graph.node for n in nodes_within(top) for o in n.output}
     for name, why in ((TARGET_INPUT, "neuron index input (--neuron index, neuron_selection=)"),

@@ -1,18 +1,21 @@
 """Canonicalize, recurrent ops: LSTM, GRU and RNN unrolled over a fixed sequence length into the standard ops
-the reverse pass differentiates (MatMul, Add, Mul, Split, the activations), with the same outputs.
+the reverse pass differentiates (Gemm, MatMul, Add, Mul, Split, the activations), with the same outputs.
+ONNX's gate orders: LSTM i, o, f, c; GRU z, r, h.
 
-LSTM and RNN: each step is one linear layer, the gates' pre-activations [x_t, h_{t-1}]·[W R]ᵀ + b (a Gemm over a
-Concat; LRP rules then see the cell's one layer and stabilize its whole z, as Arras et al. do), then the gates
-(ONNX's gate orders: LSTM i, o, f, c; GRU z, r, h). GRU: x·Wᵀ + b is one MatMul over every step, and each step
-adds its h_{t-1} terms (the candidate's are gated by r, so they are a layer of their own). LSTM: c_t = c_{t-1} ⊙ f + g(c~) ⊙ i, h_t = h(c_t) ⊙ o, with
-peepholes P added to the i and f gates (c_{t-1}) and the o gate (c_t); the sum c_t is a Sum node named
-with CELL_SUM, which the LRP rules treat as a layer of identity weights with the dense layers' stabilizer, as
-Arras et al. do (lrp/composite.py). GRU: h_t = h~ ⊙ (1 − z) + h_{t-1} ⊙ z,
-h~ = g(x W_h + (h_{t-1} ⊙ r) R_hᵀ + b) or, with linear_before_reset, g(x W_h + (h_{t-1} R_hᵀ + Rb_h) ⊙ r + Wb_h).
-RNN: h_t = f(x_t W + h_{t-1} R + b). Every product of a signal and a gate is written Mul(signal, gate): the LRP
-rules pass a product's relevance to its first operand, so the gates take none and the signal all of it, the
-"signal-take-all" rule of LRP for LSTMs (Arras et al. 2017). A zero initial state (absent, or zeros of the
-input's batch size as torch writes it) leaves out the first step's recurrent terms.
+- LSTM and RNN: each step is one linear layer, the gates' pre-activations [x_t, h_{t-1}]·[W R]ᵀ + b (a Gemm
+  over a Concat), so the LRP rules see the cell's one layer and stabilize its whole z, as Arras et al. do.
+- LSTM: c_t = c_{t-1}·f + g(c~)·i and h_t = h(c_t)·o, peepholes P added to the i and f gates (of c_{t-1}) and
+  the o gate (of c_t). The sum c_t is a Sum node named with CELL_SUM, which the LRP rules treat as a layer of
+  identity weights with the dense layers' stabilizer, as Arras et al. do (lrp/composite.py).
+- GRU: x·Wᵀ + b is one MatMul over every step; h_t = h~·(1 − z) + h_{t-1}·z with
+  h~ = g(x W_h + (h_{t-1}·r) R_hᵀ + b), or with linear_before_reset g(x W_h + (h_{t-1} R_hᵀ + Rb_h)·r + Wb_h). At a zero state the first step's
+  Rb_h·r has no signal but the constant, so LRP passes its share to r (no reference implementation says else).
+- RNN: h_t = f(x_t W + h_{t-1} R + b).
+
+Every product of a signal and a gate is written Mul(signal, gate): the LRP rules pass a product's relevance to
+its first operand, so the gates take none and the signal all of it, the "signal-take-all" rule of LRP for LSTMs
+(Arras et al. 2017). A zero initial state (absent, or zeros of the input's batch size as torch writes it) leaves
+out the first step's recurrent terms.
 
 A node is left as it is (and a gradient method then names it) when its sequence length is not fixed, its
 weights are computed at run time, it has per-sample sequence lengths, or an activation has no backward here.
@@ -32,8 +35,8 @@ ACTIVATIONS = {
     "sigmoid": ("Sigmoid", 0, None, None), "tanh": ("Tanh", 0, None, None), "relu": ("Relu", 0, None, None),
     "softsign": ("Softsign", 0, None, None), "softplus": ("Softplus", 0, None, None),
     "leakyrelu": ("LeakyRelu", 1, 0.01, None), "elu": ("Elu", 1, 1.0, None),
-    "hardsigmoid": ("HardSigmoid", 2, 0.2, 0.5), "affine": ("Affine", 2, 1.0, 0.0),
-    "scaledtanh": ("ScaledTanh", 2, 1.0, 1.0),
+    "hardsigmoid": ("HardSigmoid", 2, 0.2, 0.5), "affine": ("Affine", 2, 0.0, 0.0),  # no longer ONNX ops:
+    "scaledtanh": ("ScaledTanh", 2, 0.0, 0.0),  # onnxruntime's defaults for them are 0
 }
 CELL_SUM = "/cell_sum_"  # in the name of an LSTM cell's sum c_t: the LRP rules treat it as a layer (lrp/composite.py)
 UNROLL_LIMIT = 4096  # steps per node: a longer sequence would give a graph too large to compile quickly
@@ -81,9 +84,11 @@ class _Emitter:
     def activation(self, spec: tuple, x: str) -> str:
         op, _, alpha, beta = spec
         if op == "Affine":  # alpha x + beta
-            return self.op("Add", [self.op("Mul", [x, self.const(alpha)]), self.const(beta)])
+            return self.op("Add", [self.op("Mul", [x, self.const(alpha, key=("alpha", alpha))]),
+                                   self.const(beta, key=("beta", beta))])
         if op == "ScaledTanh":  # alpha tanh(beta x)
-            return self.op("Mul", [self.op("Tanh", [self.op("Mul", [x, self.const(beta)])]), self.const(alpha)])
+            return self.op("Mul", [self.op("Tanh", [self.op("Mul", [x, self.const(beta, key=("beta", beta))])]),
+                                   self.const(alpha, key=("alpha", alpha))])
         attrs = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
         return self.op(op, [x], **attrs)
 
@@ -140,10 +145,42 @@ def why_not_unrolled(node: onnx.NodeProto, steps, value) -> str | None:
         return "it takes per-sample sequence lengths (sequence_lens)"
     attrs = _attrs(node)
     dirs = 2 if _decode(attrs.get("direction", b"forward")) == "bidirectional" else 1
+    names = [_decode(a) for a in attrs.get("activations", [])]
+    if names and len(names) != len(DEFAULT_ACTIVATIONS[node.op_type]) * dirs:
+        return (f"it lists {len(names)} activations {names} where {'a bidirectional' if dirs == 2 else 'a one-way'} "
+                f"{node.op_type} takes {len(DEFAULT_ACTIVATIONS[node.op_type]) * dirs}")
     if _activation_specs(node.op_type, attrs, dirs) is None:
-        names = [_decode(a) for a in attrs.get("activations", [])]
         return (f"its activations {names} are not all supported (supported: "
                 f"{', '.join(sorted(v[0] for v in ACTIVATIONS.values()))})")
+    return None
+
+
+# ops whose output keeps the first axis of the tensor followed back (element-wise ops, an embedding's Gather of ids)
+_AXIS_KEEPING = frozenset({"Identity", "Dropout", "Cast", "Add", "Sub", "Mul", "Div", "Neg", "Relu", "LeakyRelu",
+                           "Tanh", "Sigmoid", "Gelu", "Erf", "LayerNormalization", "Where", "Clip"})
+
+
+def sequence_first_reader(model: onnx.ModelProto, x: str) -> onnx.NodeProto | None:
+    """A recurrent node of layout 0 (input [T, N, C], as torch writes nn.LSTM without batch_first) whose input is
+    ``x`` itself, or computed from x by ops that keep x's first axis first: x is then sequence-first."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type not in RECURRENT_OPS or _attrs(node).get("layout", 0) != 0:
+            continue
+        stack, seen = [node.input[0]], set()
+        while stack:
+            t = stack.pop()
+            if t == x:
+                return node
+            if t in seen or t not in producers:
+                continue
+            seen.add(t)
+            p = producers[t]
+            if p.op_type in _AXIS_KEEPING:
+                stack.extend(i for i in p.input if i)
+            elif p.op_type == "Gather":  # an embedding: the ids' axes come first (axis 0); else the data's first
+                axis = _attrs(p).get("axis", 0)
+                stack.append(p.input[1] if axis == 0 else p.input[0])
     return None
 
 

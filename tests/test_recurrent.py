@@ -107,6 +107,20 @@ def test_unrolled_outputs_equal_the_node(op, kw):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # float32 rounding over T steps
 
 
+def test_activation_count_and_defaults():
+    """A bidirectional node listing one direction's activations is named for its count; Affine and ScaledTanh, no
+    longer ONNX ops, default alpha and beta to 0 as onnxruntime does (their output is then 0 and b respectively)."""
+    from onnxattr.recurrent import why_not_unrolled
+    model, _ = recurrent_model("GRU", direction="bidirectional", activations=["Sigmoid", "Tanh"])
+    assert "it lists 2 activations ['Sigmoid', 'Tanh'] where a bidirectional GRU takes 4" in why_not_unrolled(
+        model.graph.node[0], 4, {t.name: t for t in model.graph.initializer}.get)
+    for act in ("Affine", "ScaledTanh"):
+        for extra in ({}, {"activation_alpha": [0.5]}):
+            model, feeds = recurrent_model("RNN", activations=[act], **extra)
+            for want, got in zip(reference(model, feeds), run(canonicalize(model), feeds)):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_activation_parameters_reach_the_unrolled_ops():
     """The default LeakyRelu slope (0.01) and a given one (0.3) give different outputs, each equal to the node's."""
     outs = []
@@ -158,10 +172,11 @@ def test_gradient_through_the_unrolled_node(op, kw, out):
             assert abs(analytic - numeric) <= RTOL * scale + ATOL, (name, analytic, numeric)
 
 
-def classifier(op, bias=True, seq=None, zero_state=False, **kw):
+def classifier(op, bias=True, seq=None, zero_state=False, seq_first=False, **kw):
     """x [N, T, I] -> Transpose -> the node -> its last state Y_h [D, N, H] -> logits [N, 3] (Gemm, with or without
     bias), as torch exports a batch-first recurrent layer; ``zero_state``: the initial state as torch writes it,
-    zeros of x's batch size by ConstantOfShape."""
+    zeros of x's batch size by ConstantOfShape; ``seq_first``: x [T, N, I] read by the node as it is, scaled first
+    (torch without batch_first)."""
     model, feeds = recurrent_model(op, seq=seq, **kw)
     g = model.graph
     if not bias:
@@ -177,9 +192,13 @@ def classifier(op, bias=True, seq=None, zero_state=False, **kw):
     rnn.input[0] = "xt"
     dims = g.input[0].type.tensor_type.shape.dim
     declared = [d.dim_value or d.dim_param for d in dims]
-    g.input[0].CopyFrom(helper.make_tensor_value_info("x", F32, [declared[1], declared[0], declared[2]]))
-    feeds["x"] = np.ascontiguousarray(feeds["x"].transpose(1, 0, 2))
-    g.node.insert(0, helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]))
+    if seq_first:
+        g.initializer.append(numpy_helper.from_array(np.float32(2.0), "two"))
+        g.node.insert(0, helper.make_node("Mul", ["x", "two"], ["xt"]))
+    else:
+        g.input[0].CopyFrom(helper.make_tensor_value_info("x", F32, [declared[1], declared[0], declared[2]]))
+        feeds["x"] = np.ascontiguousarray(feeds["x"].transpose(1, 0, 2))
+        g.node.insert(0, helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]))
     if zero_state:
         g.node.insert(1, helper.make_node("Shape", ["x"], ["n"], start=0, end=1))
         g.node.insert(2, helper.make_node("Concat", ["D", "n", "H"], ["hs"], axis=0))
@@ -229,6 +248,30 @@ def test_dynamic_sequence_length_is_named_and_forward_methods_still_run():
     assert any(n.op_type == "LSTM" for n in canon.graph.node)  # kept: occlusion needs no gradient
     assert np.isfinite(onnxattr.create_analyzer("occlusion", model, sliding_window_shapes=(1, 3))
                        .analyze(feeds["x"])).all()
+
+
+@pytest.mark.parametrize("method", ["gradient", "occlusion"])
+def test_a_sequence_first_input_is_refused_by_name(method):
+    """torch's nn.LSTM without batch_first reads x as [T, N, I]: onnxattr's batch is the first axis, so such an input
+    is refused for every method (per-sample targets, batch slicing and the perturbation methods would take T for N)."""
+    model, _ = classifier("LSTM", seq_first=True)
+    with pytest.raises(UnsupportedModelError, match=r"input 'x' is sequence-first \(\[T, N, \.\.\.\]\): LSTM 'rnn' "
+                                                    r"reads it with layout 0.*batch_first=True"):
+        onnxattr.compile(model, method)
+
+
+def test_an_embedding_read_sequence_first_is_refused():
+    """Token ids [T, N] through an embedding's Gather into a layout-0 LSTM: the ids are sequence-first too."""
+    model, _ = classifier("LSTM", seq_first=True)
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(np.random.default_rng(0).standard_normal((9, 3)).astype(np.float32),
+                                                 "table"))
+    g.node.insert(0, helper.make_node("Gather", ["table", "ids"], ["x"], axis=0))
+    g.input[0].CopyFrom(helper.make_tensor_value_info("ids", TensorProto.INT64, [4, "N"]))
+    with pytest.raises(UnsupportedModelError, match="input 'x' is sequence-first"):
+        onnxattr.compile(model, "gradient", input="x")
+    from onnxattr.recurrent import sequence_first_reader
+    assert sequence_first_reader(model, "ids").name == "rnn"
 
 
 def test_per_sample_sequence_lengths_are_named():

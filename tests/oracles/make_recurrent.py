@@ -71,7 +71,8 @@ class LastStep(nn.Module):
 def nets():
     torch.manual_seed(3)
     return {
-        "torch_lstm": LastStep(nn.LSTM(I, 6, num_layers=2, bidirectional=True, batch_first=True), nn.Linear(12, CLASSES)),
+        "torch_lstm": LastStep(nn.LSTM(I, 6, num_layers=2, bidirectional=True, batch_first=True),
+                               nn.Linear(12, CLASSES)),
         "torch_gru": LastStep(nn.GRU(I, 6, batch_first=True), nn.Linear(6, CLASSES), use_state=True),
         "torch_rnn": LastStep(nn.RNN(I, 6, num_layers=2, batch_first=True), nn.Linear(6, CLASSES), relu=True),
         "arras_lstm": LastStep(nn.LSTM(I, 5, bidirectional=True, batch_first=True),
