@@ -74,6 +74,12 @@ class _Emitter:
             self.cached[key] = name
         return name
 
+    def once(self, key, make):
+        """The output of make(), made once per key (a node both directions read)."""
+        if key not in self.cached:
+            self.cached[key] = make()
+        return self.cached[key]
+
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, out: list[str] | None = None,
            node_hint: str | None = None, **attrs):
         outs = out or [self.name(op_type.lower()) for _ in range(n_out)]
@@ -206,6 +212,12 @@ def unroll_node(node: onnx.NodeProto, steps: int, consts: dict, producers: dict,
     per = len(DEFAULT_ACTIVATIONS[op_type])
     e = _Emitter(prefix, W.dtype)
     seq_axis, state_axis = (1, 1) if layout else (0, 0)
+    # the steps are read from x; a Transpose swapping the first two axes in front of the node (torch's batch_first
+    # export) is read through, so that no transpose per step appears (onnxruntime pushes one through the Split)
+    source, in_axis = ins[0], seq_axis
+    before = producers.get(ins[0])
+    if before is not None and before.op_type == "Transpose" and list(_attrs(before).get("perm", [])) == [1, 0, 2]:
+        source, in_axis = before.input[0], 1 - seq_axis
     h0 = None if _is_zero(ins[5], producers, consts) else ins[5]
     c0 = None if op_type != "LSTM" or _is_zero(ins[6], producers, consts) else ins[6]
 
@@ -213,6 +225,15 @@ def unroll_node(node: onnx.NodeProto, steps: int, consts: dict, producers: dict,
         if name is None:
             return None
         return e.op("Gather", [name, e.const(np.int64(d), "dir", np.int64)], axis=state_axis)
+
+    split_cache: dict = {}
+
+    def split_steps(t):  # [x_1, ..., x_T] along the input's sequence axis, each kept 1 there
+        if t not in split_cache:
+            parts = e.op("Split", [t, e.const(np.ones(steps, np.int64), "split", np.int64, key="split_steps")],
+                         n_out=steps, axis=in_axis) if steps > 1 else [t]
+            split_cache[t] = parts if isinstance(parts, list) else [parts]
+        return split_cache[t]
 
     def clipped(x):
         return x if clip is None else e.op("Clip", [x, e.const(-clip, key="-clip"), e.const(clip, key="clip")])
@@ -224,18 +245,17 @@ def unroll_node(node: onnx.NodeProto, steps: int, consts: dict, producers: dict,
         if op_type == "GRU" and attrs.get("linear_before_reset", 0):
             bias[2 * hidden:] = B[d, 2 * hidden:3 * hidden]  # Rb_h goes inside the reset gate's product
         if op_type == "GRU":  # x W + b of every step at once; the steps add their h R terms
-            seq = e.op("Add", [e.op("MatMul", [ins[0], e.const(W[d].T, "W")]), e.const(bias, "b")])
+            seq = e.op("Add", [e.op("MatMul", [source, e.const(W[d].T, "W")]), e.const(bias, "b")])
         else:
-            seq = ins[0]
-        parts = e.op("Split", [seq, e.const(np.ones(steps, np.int64), "split", np.int64)], n_out=steps,
-                     axis=seq_axis) if steps > 1 else [seq]
-        parts = parts if isinstance(parts, list) else [parts]
-        axes = e.const(np.array([seq_axis], np.int64), "axes", np.int64)
+            seq = source
+        parts = split_steps(seq)  # LSTM, RNN: x's steps, the same for both directions
+        axes = e.const(np.array([in_axis], np.int64), "axes", np.int64, key="in_axis")
         h, c = state(h0, d), state(c0, d)
         reverse = direction == "reverse" or d == 1
         hs, cs = [None] * steps, [None] * steps
         for t in (reversed(range(steps)) if reverse else range(steps)):
-            x_t = e.op("Squeeze", [parts[t], axes])
+            x_t = e.op("Squeeze", [parts[t], axes]) if op_type == "GRU" else \
+                e.once(("x_t", t), lambda: e.op("Squeeze", [parts[t], axes]))  # shared by both directions
             if op_type == "GRU":
                 h = _gru_step(e, d, x_t, h, R[d], B[d, 5 * hidden:], act, clipped, hidden,
                               attrs.get("linear_before_reset", 0))

@@ -110,10 +110,12 @@ def collapsed(b, on_path) -> set:
 def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> list[str]:
     """Tensors on the path of the input's rank laid out channels first (the layout is tracked through the
     Transposes, so a Keras model's transpose back to channels last before it flattens is not one, a Swin's
-    permute to channels first before it pools is), with the input's batch size ``batch`` first where both are
-    known (not a sequence-first tensor [T, N, C] of a recurrent layer), and not known to be 1 on every spatial axis."""
+    permute to channels first before it pools is), from the first convolution, pool or norm of the path on (not
+    a recurrent net's steps [N, 1, C]), with the input's batch size ``batch`` first where both are known (not a
+    sequence-first tensor [T, N, C]), and not known to be 1 on every spatial axis."""
     found, gone = [], collapsed(b, on_path)
-    for node in on_path:
+    start = next((k for k, n in enumerate(on_path) if n.op_type in CHANNELS_FIRST_OPS), len(on_path))
+    for node in on_path[start:]:  # from the first convolution (or pool, norm) on: a recurrent net's steps are none
         if node.op_type in COLLAPSING:
             continue
         for o in node.output:

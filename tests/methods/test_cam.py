@@ -231,12 +231,13 @@ def test_a_block_computed_channels_last_is_not_the_default_map():
 
 
 def test_a_sequence_first_tensor_is_no_feature_map():
-    """A recurrent layer exported from torch reads its batch-first input [N, T, C] transposed to [T, N, C]; those
-    tensors (and the unrolled steps' [1, N, C]) have the input's rank but not the batch first: not chosen by
-    default, and refused by name (before, onnxruntime failed the run in an Expand)."""
+    """A recurrent net (torch's two-layer LSTM, unrolled): its steps [N, 1, C] have the input's rank but are no
+    feature map (no convolution, pool or norm comes before them), and the second layer's steps, read from the
+    sequence-first [T, N, C] between the layers, do not have the batch first: refused by name when named
+    (before, onnxruntime failed the run in an Expand)."""
     path = Path(__file__).resolve().parents[1] / "oracles" / "data" / "torch_lstm.onnx"
     with pytest.raises(UsageError, match="no feature map"):
         onnxattr.compile(path, "grad_cam")
-    with pytest.raises(UsageError, match=r"layer '/rnn/LSTM/split_2' has 1 on its first axis where input 'x' has "
+    with pytest.raises(UsageError, match=r"layer '/rnn/LSTM_1/split_2' has 1 on its first axis where input 'x' has "
                                          r"its batch \(batch\)"):
-        onnxattr.compile(path, "grad_cam", layer="/rnn/LSTM/split_2")
+        onnxattr.compile(path, "grad_cam", layer="/rnn/LSTM_1/split_2")
