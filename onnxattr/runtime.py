@@ -67,6 +67,7 @@ class Runner:
         opts.log_severity_level = 4  # errors reach the user as exceptions, turned into one line
         if len(model.graph.node) > MEM_PATTERN_NODE_LIMIT:
             opts.enable_mem_pattern = False
+        self.options = opts
         self.run_options = ort.RunOptions()
         self.run_options.log_severity_level = 4
         self.requested = providers_for(device, providers)

@@ -24,6 +24,20 @@ def test_cpu_runs_where_asked_without_a_warning():
     assert r.fallback is None
 
 
+def test_a_graph_over_the_node_limit_runs_without_the_memory_pattern(monkeypatch):
+    """onnxruntime's memory-pattern planning on the first run grows faster than the graph (a long unrolled LSTM:
+    58 s); graphs over MEM_PATTERN_NODE_LIMIT nodes go without it, others keep it (faster later runs)."""
+    import onnxattr.runtime as runtime
+
+    model = onnx.load(MODEL)
+    assert Runner(model, "cpu").options.enable_mem_pattern
+    monkeypatch.setattr(runtime, "MEM_PATTERN_NODE_LIMIT", len(model.graph.node) - 1)
+    r = Runner(model, "cpu")
+    assert not r.options.enable_mem_pattern
+    x = np.zeros([d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim], np.float32)
+    assert np.isfinite(r.run({r.input_names[0]: x})[0]).all()
+
+
 def test_an_unavailable_provider_is_reported_with_what_ran_instead():
     with pytest.warns(ProviderFallbackWarning) as caught:
         r = Runner(onnx.load(MODEL), providers=["FakeExecutionProvider", "CPUExecutionProvider"])
