@@ -11,12 +11,13 @@ from tqdm import tqdm
 
 from onnxattr.assemble import KEPT, RELEVANCE, compile_model
 from onnxattr.condition import CONDITION, conditioned_shapes, mask_of
-from onnxattr.errors import DataError, UsageError, check_positive_int
+from onnxattr.errors import DataError, UnsupportedModelError, UsageError, check_positive_int
 from onnxattr.feeds import as_input, other_feeds
 from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
 from onnxattr.methods.perturbation import MAX_PERTURBATIONS
 from onnxattr.output import refuse_overwriting_input
+from onnxattr.recurrent import NOT_FIXED, with_data_sizes
 from onnxattr.runtime import Runner
 from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK
 from onnxattr.select import TARGET_INPUT
@@ -62,6 +63,7 @@ class Analyzer:
         self.device, self.providers = device, providers
         self._runners: dict[tuple, Runner] = {}  # by (neuron mode, conditioned tensors)
         self._compiled: dict[tuple, onnx.ModelProto] = {}
+        self._per_size: set = set()  # keys whose model is compiled per data size (a symbolic sequence length)
         self.outputs: list[np.ndarray] | None = None  # the original outputs of the last analyze()
         self.keep = keep
         self.kept: dict[str, np.ndarray] = {}  # the relevance at each kept tensor in the last analyze()
@@ -100,16 +102,37 @@ class Analyzer:
         self._runners.clear()
         return self
 
-    def runner(self, mode: str, condition: tuple = ()) -> Runner:
-        """The session of neuron mode ``mode`` (conditioned on the tensors ``condition``), compiled on first use."""
+    def runner(self, mode: str, condition: tuple = (), shape: tuple | None = None) -> Runner:
+        """The session of neuron mode ``mode`` (conditioned on the tensors ``condition``), compiled on first use.
+        A model whose recurrent nodes have a symbolic sequence length is compiled for the data's ``shape`` (one
+        session per length; recurrent.with_data_sizes), where one is given."""
         key = (mode, tuple(condition))
+        if key in self._per_size and shape is not None:
+            return self._sized_runner(key, shape)
         if key not in self._runners:
-            compiled = compile_model(self.model, self._method_key, neuron=mode, input=self.input,
-                                     output=self.output, label=self.label, keep=self.keep, condition=key[1],
-                                     **self.params)
-            self._runners[key] = Runner(compiled, self.device, self.providers)
-            self._compiled[key] = compiled
+            try:
+                self._compile(key, self.model)
+            except UnsupportedModelError as e:
+                if shape is None or NOT_FIXED not in str(e) or with_data_sizes(self.model, shape) is None:
+                    raise
+                self._per_size.add(key)
+                return self._sized_runner(key, shape)
         return self._runners[key]
+
+    def _compile(self, key: tuple, model) -> None:
+        compiled = compile_model(model, self._method_key, neuron=key[0], input=self.input, output=self.output,
+                                 label=self.label, keep=self.keep, condition=key[1], **self.params)
+        self._runners[key] = Runner(compiled, self.device, self.providers)
+        self._compiled[key] = compiled
+
+    def _sized_runner(self, key: tuple, shape: tuple) -> Runner:
+        fixed = with_data_sizes(self.model, shape)
+        if fixed is None:
+            raise UsageError(f"{self.label}: the data's shape {tuple(shape)} does not fit the model's input")
+        sized = key + (fixed[1],)
+        if sized not in self._runners:
+            self._compile(sized, fixed[0])
+        return self._runners[sized]
 
     def compiled(self, mode: str, condition: tuple = ()) -> onnx.ModelProto:
         """The compiled model that runner(mode, condition) runs."""
@@ -151,7 +174,7 @@ class Analyzer:
             mode = "index"
         elif mode == "index":
             raise UsageError("neuron_selection_mode='index' needs neuron_selection=int or array")
-        r = self.runner(mode, _conditioned(condition))
+        r = self.runner(mode, _conditioned(condition), shape=_shape_of(X))
         x_name = explained_input(r)
         X = as_input(X, data_input(r))
         masks = self._masks(r, condition, condition_axis, X.shape[0])
@@ -219,7 +242,8 @@ class Analyzer:
         if self.method.whole_batch:
             raise UsageError(f"batch_size: {self.method.name} explains each sample against the other samples of its "
                              f"batch, so slices would change the maps: {_UNSLICED}")
-        r = self.runner("index" if neuron_selection is not None else self.mode, _conditioned(condition))
+        r = self.runner("index" if neuron_selection is not None else self.mode, _conditioned(condition),
+                        shape=_shape_of(X))
         baked = [name for name, rows in self._reference_rows(r).items() if rows > 1]
         if baked:
             raise UsageError(f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for "
@@ -301,6 +325,14 @@ class Analyzer:
         }.get(what, (f"{what} (a size checked at run time)", "check the data's shape"))
         return (f"{self.method.name} would run more than {MAX_PERTURBATIONS} {passes} on data of shape "
                 f"{list(X.shape)}: {fix}")
+
+
+def _shape_of(X) -> tuple | None:
+    """The data's shape, None where it has none (a ragged list: as_input names that problem after compiling)."""
+    try:
+        return np.shape(X)
+    except ValueError:
+        return None
 
 
 def _conditioned(condition) -> tuple:

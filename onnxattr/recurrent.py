@@ -140,7 +140,8 @@ def why_not_unrolled(node: onnx.NodeProto, steps, value) -> str | None:
     ``value(name)``: a constant's array, or None for a tensor computed at run time."""
     ins = list(node.input) + [""] * (8 - len(node.input))
     if not isinstance(steps, int):
-        return "its sequence length is not fixed (export the model with a fixed sequence length)"
+        return (f"{NOT_FIXED} (export the model with a fixed sequence length; `onnxattr explain` and the Python "
+                "Analyzer fix it from the data)")
     if steps > UNROLL_LIMIT:
         return f"its sequence length {steps} is above {UNROLL_LIMIT}"
     weights = [ins[1], ins[2], ins[3]] + ([ins[7]] if node.op_type == "LSTM" else [])
@@ -389,3 +390,29 @@ def unroll_recurrent(model: onnx.ModelProto, shapes: dict) -> onnx.ModelProto:
     g.node.extend(new_nodes)
     g.initializer.extend(inits)
     return model
+
+
+NOT_FIXED = "its sequence length is not fixed"  # in why_not_unrolled's reason (the Analyzer retries on it)
+
+
+def with_data_sizes(model: onnx.ModelProto, shape: tuple) -> tuple[onnx.ModelProto, tuple] | None:
+    """A copy of ``model`` whose graph inputs have the symbolic sizes of the data's input fixed to the data's
+    ``shape`` (all but its batch axis, in every input that names them), and those sizes; None if nothing is fixed.
+    The data's input is the first graph input of the data's rank. A model exported with a symbolic sequence length
+    then has a fixed one, so its recurrent nodes unroll."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    data = next((i for i in inputs if len(i.type.tensor_type.shape.dim) == len(shape)), None)
+    if data is None:
+        return None
+    sizes = {d.dim_param: int(n) for d, n in zip(list(data.type.tensor_type.shape.dim)[1:], shape[1:])
+             if d.dim_param and not d.HasField("dim_value")}
+    if not sizes:
+        return None
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for i in fixed.graph.input:
+        for d in i.type.tensor_type.shape.dim:
+            if d.dim_param in sizes:
+                d.dim_value = sizes[d.dim_param]  # clears dim_param (a oneof)
+    return fixed, tuple(sorted(sizes.items()))

@@ -280,3 +280,21 @@ def test_per_sample_sequence_lengths_are_named():
     next(n for n in model.graph.node if n.op_type == "GRU").input[4] = "lens"
     with pytest.raises(UnsupportedModelError, match="GRU 'rnn': it takes per-sample sequence lengths"):
         onnxattr.compile(model, "gradient")
+
+
+def test_a_symbolic_sequence_length_is_fixed_from_the_data_by_the_analyzer():
+    """compile refuses a symbolic sequence length; the Analyzer, which sees the data, compiles once per length it
+    is given (the input's symbolic size fixed to the data's) and gives the map of the model exported at that length."""
+    from onnxattr.recurrent import with_data_sizes
+    model, feeds = classifier("LSTM", seq="T", direction="bidirectional")
+    fixed, _ = classifier("LSTM", direction="bidirectional")
+    analyzer = onnxattr.create_analyzer("gradient", model)
+    np.testing.assert_allclose(analyzer.analyze(feeds["x"]),
+                               onnxattr.create_analyzer("gradient", fixed).analyze(feeds["x"]), rtol=1e-6, atol=1e-7)
+    longer = np.random.default_rng(2).standard_normal((2, 6, 3)).astype(np.float32)
+    r = analyzer.analyze(longer)
+    assert r.shape == longer.shape and np.abs(r).max() > 0
+    assert sorted(k[-1] for k in analyzer._runners) == [(("T", 4),), (("T", 6),)]  # one session per length
+    with pytest.raises(UnsupportedModelError, match="sequence length is not fixed"):
+        analyzer.compiled("max")  # no data: as compile
+    assert with_data_sizes(fixed, feeds["x"].shape) is None  # nothing symbolic to fix
