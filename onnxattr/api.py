@@ -17,7 +17,7 @@ from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
 from onnxattr.methods.perturbation import MAX_PERTURBATIONS
 from onnxattr.output import refuse_overwriting_input
-from onnxattr.recurrent import NOT_FIXED, with_data_sizes
+from onnxattr.recurrent import NOT_FIXED, data_sizes, with_sizes
 from onnxattr.runtime import Runner
 from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK
 from onnxattr.select import TARGET_INPUT
@@ -105,7 +105,7 @@ class Analyzer:
     def runner(self, mode: str, condition: tuple = (), shape: tuple | None = None) -> Runner:
         """The session of neuron mode ``mode`` (conditioned on the tensors ``condition``), compiled on first use.
         A model whose recurrent nodes have a symbolic sequence length is compiled for the data's ``shape`` (one
-        session per length; recurrent.with_data_sizes), where one is given."""
+        session per length; recurrent.data_sizes), where one is given."""
         key = (mode, tuple(condition))
         if key in self._per_size and shape is not None:
             return self._sized_runner(key, shape)
@@ -113,7 +113,7 @@ class Analyzer:
             try:
                 self._compile(key, self.model)
             except UnsupportedModelError as e:
-                if shape is None or NOT_FIXED not in str(e) or with_data_sizes(self.model, shape) is None:
+                if shape is None or NOT_FIXED not in str(e) or data_sizes(self.model, shape) is None:
                     raise
                 self._per_size.add(key)
                 return self._sized_runner(key, shape)
@@ -126,12 +126,12 @@ class Analyzer:
         self._compiled[key] = compiled
 
     def _sized_runner(self, key: tuple, shape: tuple) -> Runner:
-        fixed = with_data_sizes(self.model, shape)
-        if fixed is None:
+        sizes = data_sizes(self.model, shape)
+        if sizes is None:
             raise UsageError(f"{self.label}: the data's shape {tuple(shape)} does not fit the model's input")
-        sized = key + (fixed[1],)
-        if sized not in self._runners:
-            self._compile(sized, fixed[0])
+        sized = key + (sizes,)
+        if sized not in self._runners:  # the model copied with those sizes only to compile it
+            self._compile(sized, with_sizes(self.model, sizes))
         return self._runners[sized]
 
     def compiled(self, mode: str, condition: tuple = ()) -> onnx.ModelProto:

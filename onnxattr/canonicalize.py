@@ -20,7 +20,7 @@ from onnx import shape_inference, version_converter
 
 from onnxattr.errors import InvalidModelError, UnsupportedModelError
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto, remove_dead
-from onnxattr.light import checkable_copy, infer_shapes_light
+from onnxattr.light import checkable_copy, declared_dims, infer_shapes_light
 from onnxattr.recurrent import RECURRENT_OPS, unroll_recurrent
 
 MIN_OPSET = 17
@@ -213,10 +213,6 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
 
 def tensor_shapes(model: onnx.ModelProto) -> dict:
     """name -> [int, or a symbol/None per unknown axis] of every typed tensor of a shape-inferred model."""
-    out = {}
     g = model.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        tt = vi.type.tensor_type
-        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-    return out
+    return {vi.name: declared_dims(vi) for vi in list(g.input) + list(g.value_info) + list(g.output)
+            if vi.type.HasField("tensor_type")}

@@ -16,6 +16,7 @@ import numpy as np
 
 from onnxattr.api import Analyzer, data_input
 from onnxattr.errors import DataError, SelectionError, UsageError
+from onnxattr.light import declared_dims
 from onnxattr.select import choose_input
 
 TOP_FRACTION = 0.1  # the share of elements, by |relevance|, whose overlap is reported
@@ -212,9 +213,7 @@ def _declared_input(analyzer: Analyzer):
     except SelectionError:
         return None
     vi = next((i for i in analyzer.model.graph.input if i.name == name), None)
-    if vi is None or not vi.type.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
+    return None if vi is None else declared_dims(vi)
 
 
 def _layout_bound(analyzer: Analyzer) -> str | None:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxattr.light import FLOAT_TYPES  # noqa: F401 - re-exported for the emitters
+from onnxattr.light import FLOAT_TYPES, declared_dims  # noqa: F401 - FLOAT_TYPES re-exported for the emitters
 
 
 
@@ -82,13 +82,7 @@ class GraphBuilder:
             if not vi.type.HasField("tensor_type"):
                 continue
             self.types[vi.name] = tt.elem_type
-            if tt.HasField("shape"):
-                self.shapes[vi.name] = [
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in tt.shape.dim
-                ]
-            else:
-                self.shapes[vi.name] = None
+            self.shapes[vi.name] = declared_dims(vi)
         for t in graph.initializer:
             self.types[t.name] = t.data_type
             self.shapes[t.name] = list(t.dims)

@@ -16,6 +16,14 @@ TWO_GB = 2**31  # protobuf cannot serialize a message this large
 LIGHT_LIMIT = 4096  # elements: initializers larger than this are left out of structural checks
 
 
+def declared_dims(vi: onnx.ValueInfoProto) -> list | None:
+    """A value's declared shape: an int, a symbol or None per axis; None when no shape is declared."""
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
 def light_model(model: onnx.ModelProto, limit: int = LIGHT_LIMIT) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` whose large initializers are graph inputs of the same name, type and shape,
     and the byte size of the tensors left out. Small initializers and all non-float ones stay."""

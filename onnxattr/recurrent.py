@@ -239,7 +239,7 @@ def unroll_node(node: onnx.NodeProto, steps: int, consts: dict, producers: dict,
     def clipped(x):
         return x if clip is None else e.op("Clip", [x, e.const(-clip, key="-clip"), e.const(clip, key="clip")])
 
-    hs_all, cs_all, last_h, last_c = [], [], [], []
+    hs_all, last_h, last_c = [], [], []
     for d in range(dirs):
         act = specs[d * per:(d + 1) * per]
         bias = B[d, :gates * hidden] + B[d, gates * hidden:]
@@ -253,14 +253,12 @@ def unroll_node(node: onnx.NodeProto, steps: int, consts: dict, producers: dict,
         axes = e.const(np.array([in_axis], np.int64), "axes", np.int64, key="in_axis")
         h, c = state(h0, d), state(c0, d)
         reverse = direction == "reverse" or d == 1
-        hs, cs = [None] * steps, [None] * steps
+        hs = [None] * steps
         for t in (reversed(range(steps)) if reverse else range(steps)):
-            x_t = e.op("Squeeze", [parts[t], axes]) if op_type == "GRU" else \
-                e.once(("x_t", t), lambda: e.op("Squeeze", [parts[t], axes]))  # shared by both directions
+            x_t = e.once(("x_t", parts[t]), lambda: e.op("Squeeze", [parts[t], axes]))  # LSTM, RNN: one per step
             if op_type == "GRU":
-                h = _gru_step(e, d, x_t, h, R[d], B[d, 5 * hidden:], act, clipped, hidden,
-                              attrs.get("linear_before_reset", 0))
-                hs[t] = h
+                hs[t] = h = _gru_step(e, d, x_t, h, R[d], B[d, 5 * hidden:], act, clipped, hidden,
+                                      attrs.get("linear_before_reset", 0))
                 continue
             # LSTM, RNN: one linear layer [x_t, h_{t-1}] [W R]^T + b per step, as LRP sees the cell
             if h is None:
@@ -275,9 +273,8 @@ def unroll_node(node: onnx.NodeProto, steps: int, consts: dict, producers: dict,
                                   attrs.get("input_forget", 0), hidden)
             else:
                 h = e.activation(act[0], clipped(pre))
-            hs[t], cs[t] = h, c
+            hs[t] = h
         hs_all.append(hs)
-        cs_all.append(cs)
         last_h.append(h)
         last_c.append(c)
     outs = list(node.output) + [""] * (3 - len(node.output))
@@ -368,8 +365,6 @@ def unroll_recurrent(model: onnx.ModelProto, shapes: dict) -> onnx.ModelProto:
     place); ``shapes``: tensor name -> list of ints or None per axis."""
     g = model.graph
     wanted = {i for n in g.node if n.op_type in RECURRENT_OPS for i in n.input[1:]}
-    if not wanted and not any(n.op_type in RECURRENT_OPS for n in g.node):
-        return model
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.name in wanted}
     producers = {o: n for n in g.node for o in n.output}
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
@@ -395,11 +390,9 @@ def unroll_recurrent(model: onnx.ModelProto, shapes: dict) -> onnx.ModelProto:
 NOT_FIXED = "its sequence length is not fixed"  # in why_not_unrolled's reason (the Analyzer retries on it)
 
 
-def with_data_sizes(model: onnx.ModelProto, shape: tuple) -> tuple[onnx.ModelProto, tuple] | None:
-    """A copy of ``model`` whose graph inputs have the symbolic sizes of the data's input fixed to the data's
-    ``shape`` (all but its batch axis, in every input that names them), and those sizes; None if nothing is fixed.
-    The data's input is the first graph input of the data's rank. A model exported with a symbolic sequence length
-    then has a fixed one, so its recurrent nodes unroll."""
+def data_sizes(model: onnx.ModelProto, shape: tuple) -> tuple | None:
+    """The symbolic sizes of the data's input as the data's ``shape`` gives them (all but its batch axis), as sorted
+    (name, size) pairs; None if it names none. The data's input is the first graph input of the data's rank."""
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
     data = next((i for i in inputs if len(i.type.tensor_type.shape.dim) == len(shape)), None)
@@ -407,12 +400,16 @@ def with_data_sizes(model: onnx.ModelProto, shape: tuple) -> tuple[onnx.ModelPro
         return None
     sizes = {d.dim_param: int(n) for d, n in zip(list(data.type.tensor_type.shape.dim)[1:], shape[1:])
              if d.dim_param and not d.HasField("dim_value")}
-    if not sizes:
-        return None
-    fixed = onnx.ModelProto()
+    return tuple(sorted(sizes.items())) or None
+
+
+def with_sizes(model: onnx.ModelProto, sizes: tuple) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph inputs have those symbolic sizes fixed (in every input that names them). A
+    model exported with a symbolic sequence length then has a fixed one, so its recurrent nodes unroll."""
+    fixed, by_name = onnx.ModelProto(), dict(sizes)
     fixed.CopyFrom(model)
     for i in fixed.graph.input:
         for d in i.type.tensor_type.shape.dim:
-            if d.dim_param in sizes:
-                d.dim_value = sizes[d.dim_param]  # clears dim_param (a oneof)
-    return fixed, tuple(sorted(sizes.items()))
+            if d.dim_param in by_name:
+                d.dim_value = by_name[d.dim_param]  # clears dim_param (a oneof)
+    return fixed

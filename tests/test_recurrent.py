@@ -285,7 +285,7 @@ def test_per_sample_sequence_lengths_are_named():
 def test_a_symbolic_sequence_length_is_fixed_from_the_data_by_the_analyzer():
     """compile refuses a symbolic sequence length; the Analyzer, which sees the data, compiles once per length it
     is given (the input's symbolic size fixed to the data's) and gives the map of the model exported at that length."""
-    from onnxattr.recurrent import with_data_sizes
+    from onnxattr.recurrent import data_sizes
     model, feeds = classifier("LSTM", seq="T", direction="bidirectional")
     fixed, _ = classifier("LSTM", direction="bidirectional")
     analyzer = onnxattr.create_analyzer("gradient", model)
@@ -297,4 +297,4 @@ def test_a_symbolic_sequence_length_is_fixed_from_the_data_by_the_analyzer():
     assert sorted(k[-1] for k in analyzer._runners) == [(("T", 4),), (("T", 6),)]  # one session per length
     with pytest.raises(UnsupportedModelError, match="sequence length is not fixed"):
         analyzer.compiled("max")  # no data: as compile
-    assert with_data_sizes(fixed, feeds["x"].shape) is None  # nothing symbolic to fix
+    assert data_sizes(fixed, feeds["x"].shape) is None  # nothing symbolic to fix

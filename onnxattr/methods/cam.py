@@ -128,7 +128,8 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
 
 
 def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None, first: dict) -> str:
-    maps = feature_maps(b, on_path, live, rank, first, (b.shape(x) or [None])[0])
+    batch = (b.shape(x) or [None])[0]
+    maps = feature_maps(b, on_path, live, rank, first, batch)
     if layer is None:
         if not maps:
             raise UsageError(f"no feature map [N, C, spatial...] of rank {rank} lies between input '{x}' and output "
@@ -139,7 +140,7 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
         raise UsageError(f"layer '{layer}' is not a tensor between input '{x}' and output '{y}'{hint}")
     if (b.rank(layer) or 0) < 3:
         raise UsageError(f"layer '{layer}' has rank {b.rank(layer)}; Grad-CAM needs a feature map [N, C, spatial...]")
-    batch, first_axis = (b.shape(x) or [None])[0], (b.shape(layer) or [None])[0]
+    first_axis = (b.shape(layer) or [None])[0]
     if batch is not None and first_axis is not None and first_axis != batch:
         raise UsageError(f"layer '{layer}' has {first_axis} on its first axis where input '{x}' has its batch "
                          f"({batch}); Grad-CAM needs a feature map [N, C, spatial...] with the batch first")
