@@ -23,7 +23,7 @@ from onnxattr.light import checkable_copy
 from onnxattr.load import check_input_model, check_input_shapes, load_model, model_label, nodes_within
 from onnxattr.methods import REGISTRY, Target, get_method
 from onnxattr.methods.draws import random_opset_limit
-from onnxattr.recurrent import sequence_first_reader
+from onnxattr.recurrent import fused_pays, sequence_first_reader
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
 
 RELEVANCE = "relevance"
@@ -131,7 +131,8 @@ def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, inp
     proto = load_model(model)
     check_input_model(proto, label)
     limit = random_opset_limit(default_opset(proto)) if m.random else None
-    canon = canonicalize(proto, label, max_opset=limit)
+    canon = canonicalize(proto, label, max_opset=limit,
+                         fused_recurrent=m.fused_recurrent and fused_pays(proto))
     x = choose_input(canon, input)
     reader = sequence_first_reader(proto, x)
     if reader is not None:

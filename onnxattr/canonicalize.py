@@ -197,15 +197,16 @@ def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelPr
 
 
 def canonicalize(model: onnx.ModelProto, label: str = "model",
-                 max_opset: tuple[int, str] | None = None) -> onnx.ModelProto:
+                 max_opset: tuple[int, str] | None = None, fused_recurrent: bool = False) -> onnx.ModelProto:
     """``max_opset`` = (opset, why): convert a newer model down to that opset first, for a method whose
-    ops onnxruntime cannot run at the model's own opset."""
+    ops onnxruntime cannot run at the model's own opset. ``fused_recurrent``: leave the recurrent nodes that the
+    exact-gradient methods differentiate as they are (recurrent.why_not_fused) instead of unrolling them."""
     if max_opset is not None and default_opset(model) > max_opset[0]:
         model = downgrade_opset(model, label, *max_opset)
     model = upgrade_opset(model, label)
     model = fold_and_clean(model)
     if any(n.op_type in RECURRENT_OPS for n in model.graph.node):
-        unroll_recurrent(model, tensor_shapes(infer_shapes(model)))
+        unroll_recurrent(model, tensor_shapes(infer_shapes(model)), fused_recurrent)
         remove_dead(model.graph)  # a zero initial state's ConstantOfShape(Shape(x)) chain
     name_nodes(model)
     return infer_shapes(model, in_place=True)

@@ -16,7 +16,7 @@ import onnx
 from onnxattr.emitters import VJPS, ZERO_GRAD_OPS
 from onnxattr.errors import UnsupportedModelError
 from onnxattr.graph import GraphBuilder, node_reads
-from onnxattr.recurrent import RECURRENT_OPS, sequence_length, why_not_unrolled
+from onnxattr.recurrent import RECURRENT_OPS, sequence_length, why_not_fused, why_not_unrolled
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
@@ -57,7 +57,8 @@ def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | No
                     b: GraphBuilder | None = None) -> None:
     """Raise one error naming every op on the path that cannot be differentiated."""
     on_path = list(on_path)
-    recurrent = [n for n in on_path if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")]
+    recurrent = [n for n in on_path if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx") and not (
+        b is not None and why_not_fused(n, sequence_length(b.shapes, n), b.value) is None)]  # emitters/recurrent.py
     if recurrent:  # canonicalize unrolls the ones it can (recurrent.py); say why these were not
         why = [f"{n.op_type} '{n.name}': " + ((why_not_unrolled(n, sequence_length(b.shapes, n), b.value)
                                                 if b is not None else None) or "not unrolled") for n in recurrent[:5]]

@@ -162,6 +162,47 @@ def why_not_unrolled(node: onnx.NodeProto, steps, value) -> str | None:
     return None
 
 
+# per op with a fused backward (emitters/recurrent.py): the activations it differentiates
+FUSED_ACTIVATIONS = {"LSTM": (("Sigmoid", "Tanh", "Tanh"),)}
+FUSED_BATCH_LIMIT = 4  # a fixed batch above this is unrolled: there the unrolled backward is faster (benchmarks/)
+
+
+def fused_pays(model: onnx.ModelProto) -> bool:
+    """Whether the fused backward is the faster one: the model's data inputs take a dynamic batch or a fixed one of
+    at most FUSED_BATCH_LIMIT (its batched recomputation grows with the batch, the unrolled steps' op count does not;
+    benchmarks/results/NOTES.md)."""
+    weights = {t.name for t in model.graph.initializer}
+    batches = [i.type.tensor_type.shape.dim[0] for i in model.graph.input
+               if i.name not in weights and i.type.tensor_type.shape.dim]
+    return not batches or any(not d.HasField("dim_value") or d.dim_value <= FUSED_BATCH_LIMIT for d in batches)
+
+
+def why_not_fused(node: onnx.NodeProto, steps, value) -> str | None:
+    """None if the exact-gradient methods differentiate the node as it is (emitters/recurrent.py: onnxruntime's
+    kernel runs the forward, the backward is a few ops per step), else why the node is unrolled instead. Arguments
+    as for why_not_unrolled."""
+    why = why_not_unrolled(node, steps, value)
+    if why is not None:
+        return why
+    if node.op_type not in FUSED_ACTIVATIONS:
+        return f"no fused backward for {node.op_type}"
+    attrs = _attrs(node)
+    ins = list(node.input) + [""] * (8 - len(node.input))
+    dirs = 2 if _decode(attrs.get("direction", b"forward")) == "bidirectional" else 1
+    specs = _activation_specs(node.op_type, attrs, dirs)
+    per = len(DEFAULT_ACTIVATIONS[node.op_type])
+    if attrs.get("layout", 0):
+        return "layout 1"
+    if attrs.get("clip") is not None:
+        return "clipped pre-activations"
+    if node.op_type == "LSTM" and (attrs.get("input_forget", 0) or (ins[7] and np.any(value(ins[7])))):
+        return "coupled gates or peepholes"
+    if any(tuple(s[0] for s in specs[d * per:(d + 1) * per]) not in FUSED_ACTIVATIONS[node.op_type]
+           for d in range(dirs)):
+        return "activations other than the defaults"
+    return None
+
+
 # ops whose output keeps the first axis of the tensor followed back (element-wise ops, an embedding's Gather of ids)
 _AXIS_KEEPING = frozenset({"Identity", "Dropout", "Cast", "Add", "Sub", "Mul", "Div", "Neg", "Relu", "LeakyRelu",
                            "Tanh", "Sigmoid", "Gelu", "Erf", "LayerNormalization", "Where", "Clip"})
@@ -360,9 +401,10 @@ def sequence_length(shapes: dict, node: onnx.NodeProto):
     return shape[1 if layout else 0]
 
 
-def unroll_recurrent(model: onnx.ModelProto, shapes: dict) -> onnx.ModelProto:
+def unroll_recurrent(model: onnx.ModelProto, shapes: dict, fused: bool = False) -> onnx.ModelProto:
     """``model`` with every LSTM, GRU and RNN node that can be unrolled replaced by its unrolled form (in
-    place); ``shapes``: tensor name -> list of ints or None per axis."""
+    place); ``shapes``: tensor name -> list of ints or None per axis. ``fused``: keep the nodes the exact-gradient
+    methods differentiate as they are (why_not_fused), each with its output Y named, which their backward reads."""
     g = model.graph
     wanted = {i for n in g.node if n.op_type in RECURRENT_OPS for i in n.input[1:]}
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.name in wanted}
@@ -374,6 +416,16 @@ def unroll_recurrent(model: onnx.ModelProto, shapes: dict) -> onnx.ModelProto:
         steps = sequence_length(shapes, node) if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx") \
             else None
         if node.op_type not in RECURRENT_OPS or why_not_unrolled(node, steps, consts.get) is not None:
+            new_nodes.append(node)
+            continue
+        if fused and why_not_fused(node, steps, consts.get) is None:
+            for k in (5, 6):  # a state known to be zero is left out: the kernel takes zeros, the backward skips it
+                if k < len(node.input) and node.input[k] and _is_zero(node.input[k], producers, consts):
+                    node.input[k] = ""
+            if not node.output[0]:
+                names = used | {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
+                node.output[0] = next(n for k in range(len(names) + 1)
+                                      if (n := f"{node.name or node.op_type}/Y" + (f"_{k}" if k else "")) not in names)
             new_nodes.append(node)
             continue
         prefix = node.name or next(p for k in range(len(taken) + 1)

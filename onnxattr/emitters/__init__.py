@@ -20,6 +20,7 @@ from onnxattr.emitters import (  # noqa: E402,F401
     loss,
     normalization,
     pooling,
+    recurrent,
     reduce,
     resize,
     shape,

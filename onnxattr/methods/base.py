@@ -55,6 +55,9 @@ class Method:
     at_layer: Callable[[GraphBuilder, str, str, dict], str] | None = None
     # the map is one reverse pass outside any Loop, so it can be conditioned on hidden tensors (condition=)
     conditional: bool = False
+    # the map is one pass of exact gradients (no rule replaces a node's backward), so the recurrent nodes that have a
+    # fused backward stay as they are (canonicalize's fused_recurrent); the others need them unrolled
+    fused_recurrent: bool = False
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by ``given``; unknown names and bad values raise UsageError."""

@@ -286,9 +286,10 @@ POSTPROCESS_NOISY = Param("postprocess", None, "None, 'abs' or 'square' applied 
 for _m in (
     Method("gradient", "Gradient of the selected output w.r.t. the input.", build_gradient, (POSTPROCESS,),
            aliases=("gradient.baseline",),  # iNNvestigate's name for its framework-gradient check
+           fused_recurrent=True,
            at_layer=lambda b, tensor, carried, p: _postprocess(b, carried, p["postprocess"]), conditional=True),
     Method("input_t_gradient", "Input times gradient.", build_input_t_gradient, at_layer=times_tensor,
-           conditional=True),
+           conditional=True, fused_recurrent=True),
     Method("deconvnet", "DeconvNet: ReLUs pass only positive relevance backward.", build_deconvnet,
            at_layer=as_carried, conditional=True),
     Method("guided_backprop", "Guided backprop: gradient through ReLUs, positive part only.",

@@ -1,0 +1,134 @@
+"""onnxattr/emitters/recurrent.py: the LSTM's fused backward (onnxruntime's kernel runs the forward) against float64
+central differences of the unrolled node (tests/test_recurrent.py checks the unrolled node's outputs against the
+kernel), for the input and both initial states, each output, every direction; and which methods and batches use it."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxattr
+from onnxattr.canonicalize import canonicalize
+from onnxattr.recurrent import FUSED_BATCH_LIMIT, why_not_fused
+from tests.test_recurrent import classifier, recurrent_model, run
+from tests.vjp_check import ATOL, RTOL, vjp_model
+
+CASES = [
+    {}, {"direction": "reverse"}, {"direction": "bidirectional"},
+    {"h0": True, "c0": True}, {"direction": "reverse", "h0": True},
+    {"direction": "bidirectional", "h0": True, "c0": True, "T": 5, "N": 3},
+    {"T": 1}, {"T": 1, "h0": True, "c0": True, "direction": "bidirectional"},
+]
+
+
+def _id(kw):
+    return "-".join(f"{k}={v}" for k, v in kw.items()) or "default"
+
+
+def _kept(model) -> bool:
+    return any(n.op_type == "LSTM" for n in model.graph.node)
+
+
+@pytest.mark.parametrize("out", ["Y", "Yh", "Yc"])
+@pytest.mark.parametrize("kw", CASES, ids=[_id(k) for k in CASES])
+def test_fused_lstm_vjp_against_central_differences(kw, out):
+    """<VJP(v), u> of the fused float32 backward against (F(x + hu) - F(x - hu)) / 2h of the unrolled float64 node,
+    F = sum(v * out), for x, h0 and c0 along 3 random directions u; tolerance as tests/vjp_check.py (float32 rounding of
+    the backward dominates)."""
+    model, feeds = recurrent_model("LSTM", **kw)
+    fused = canonicalize(model, fused_recurrent=True)
+    assert _kept(fused)
+    wrt = [name for name in ("x", "h0", "c0") if name in feeds]
+    vm = vjp_model(fused, wrt, out)
+    rng = np.random.default_rng(1)
+    y = run(fused, feeds)[[o.name for o in fused.graph.output].index(out)]
+    v = rng.standard_normal(y.shape).astype(np.float32)
+    sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
+    grads = dict(zip(wrt, sess.run([f"grad_{x}" for x in wrt], {**feeds, "cotangent": v})))
+    model64, feeds64 = recurrent_model("LSTM", dtype=np.float64, **kw)
+    canon64 = canonicalize(model64)
+    assert not _kept(canon64)
+    index = [o.name for o in canon64.graph.output].index(out)
+
+    def F(name, value):
+        return float(np.sum(v.astype(np.float64) * run(canon64, {**feeds64, name: value})[index]))
+
+    h = 1e-5
+    for name in wrt:
+        for _ in range(3):
+            u = rng.standard_normal(feeds64[name].shape)
+            numeric = (F(name, feeds64[name] + h * u) - F(name, feeds64[name] - h * u)) / (2 * h)
+            analytic = float(np.sum(grads[name].astype(np.float64) * u))
+            scale = abs(numeric) + float(np.sum(np.abs(grads[name] * u)))
+            assert abs(analytic - numeric) <= RTOL * scale + ATOL, (name, analytic, numeric)
+
+
+def _map(model, feeds, method="gradient"):
+    compiled = onnxattr.compile(model, method)
+    return compiled, run(compiled, feeds)[-1]
+
+
+@pytest.mark.parametrize("method", ["gradient", "input_t_gradient"])
+def test_compiled_gradient_keeps_the_node_and_equals_the_unrolled_map(method):
+    """A torch-style classifier (batch-first Transpose, zero initial state from the batch size, only Y_h read, so the
+    node's Y has no name): the compiled gradient keeps the LSTM node, names its Y, and gives the map of the same
+    model unrolled first (canonicalize unrolls by default)."""
+    model, feeds = classifier("LSTM", zero_state=True, direction="bidirectional", T=6)
+    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    lstm.output[0] = ""  # Y: unread by the classifier
+    fused, got = _map(model, feeds, method)
+    kept = [n for n in fused.graph.node if n.op_type == "LSTM"]
+    assert len(kept) == 1 and kept[0].output[0], "the fused backward reads the node's Y"
+    unrolled = canonicalize(model)
+    assert not _kept(unrolled)
+    plain, want = _map(unrolled, feeds, method)
+    assert not _kept(plain)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
+    assert np.abs(want).max() > 0
+
+
+@pytest.mark.parametrize("method", ["lrp.epsilon", "integrated_gradients", "guided_backprop", "smoothgrad"])
+def test_rules_and_sampled_batches_unroll(method):
+    """The LRP rules and the ReLU rules need the steps; the sampling methods run large batches (a chunk of points
+    per sample), where the unrolled backward is the faster one."""
+    model, feeds = classifier("LSTM", T=3)
+    compiled, relevance = _map(model, feeds, method)
+    assert not _kept(compiled)
+    assert np.isfinite(relevance).all()
+
+
+def test_a_fixed_batch_above_the_limit_unrolls():
+    model, feeds = classifier("LSTM", T=3, N=FUSED_BATCH_LIMIT + 1)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == FUSED_BATCH_LIMIT + 1
+    assert not _kept(onnxattr.compile(model, "gradient"))
+    small, _ = classifier("LSTM", T=3, N=FUSED_BATCH_LIMIT)
+    assert _kept(onnxattr.compile(small, "gradient"))
+
+
+@pytest.mark.parametrize("kw,why", [
+    ({"peep": True}, "peepholes"), ({"input_forget": 1}, "coupled gates"), ({"clip": 0.5}, "clipped"),
+    ({"layout": 1}, "layout 1"), ({"activations": ["Sigmoid", "Tanh", "Softsign"]}, "activations"),
+])
+def test_nodes_without_a_fused_backward_unroll_for_the_gradient(kw, why):
+    """Each variant the fused backward does not cover is named by why_not_fused, and the gradient unrolls it."""
+    model, feeds = recurrent_model("LSTM", **kw)
+    node = model.graph.node[0]
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert why in why_not_fused(node, 4, consts.get)
+    assert not _kept(canonicalize(model, fused_recurrent=True))
+
+
+def test_gru_and_rnn_unroll():
+    for op in ("GRU", "RNN"):
+        model, _ = recurrent_model(op)
+        consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        assert why_not_fused(model.graph.node[0], 4, consts.get) == f"no fused backward for {op}"
+        assert not any(n.op_type == op for n in canonicalize(model, fused_recurrent=True).graph.node)
+
+
+def test_unfused_node_kept_by_the_gradient_is_named():
+    """A node neither form covers (a symbolic sequence length) still gets compile's named refusal."""
+    model, _ = classifier("LSTM", seq="T")
+    with pytest.raises(onnxattr.OnnxAttrError, match="sequence length is not fixed"):
+        onnxattr.compile(model, "gradient")
