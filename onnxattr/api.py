@@ -17,7 +17,7 @@ from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
 from onnxattr.methods.perturbation import MAX_PERTURBATIONS
 from onnxattr.output import refuse_overwriting_input
-from onnxattr.recurrent import NOT_FIXED, data_sizes, with_sizes
+from onnxattr.recurrent_nodes import NOT_FIXED, data_sizes, with_sizes
 from onnxattr.runtime import Runner
 from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK
 from onnxattr.select import TARGET_INPUT
@@ -105,7 +105,7 @@ class Analyzer:
     def runner(self, mode: str, condition: tuple = (), shape: tuple | None = None) -> Runner:
         """The session of neuron mode ``mode`` (conditioned on the tensors ``condition``), compiled on first use.
         A model whose recurrent nodes have a symbolic sequence length is compiled for the data's ``shape`` (one
-        session per length; recurrent.data_sizes), where one is given."""
+        session per length; recurrent_nodes.data_sizes), where one is given."""
         key = (mode, tuple(condition))
         if key in self._per_size and shape is not None:
             return self._sized_runner(key, shape)

@@ -23,7 +23,7 @@ from onnxattr.light import checkable_copy
 from onnxattr.load import check_input_model, check_input_shapes, load_model, model_label, nodes_within
 from onnxattr.methods import REGISTRY, Target, get_method
 from onnxattr.methods.draws import random_opset_limit
-from onnxattr.recurrent import fused_pays, sequence_first_reader
+from onnxattr.recurrent_nodes import fused_pays, sequence_first_reader
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
 
 RELEVANCE = "relevance"

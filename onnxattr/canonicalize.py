@@ -21,7 +21,8 @@ from onnx import shape_inference, version_converter
 from onnxattr.errors import InvalidModelError, UnsupportedModelError
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto, remove_dead
 from onnxattr.light import checkable_copy, declared_dims, infer_shapes_light
-from onnxattr.recurrent import RECURRENT_OPS, unroll_recurrent
+from onnxattr.recurrent import unroll_recurrent
+from onnxattr.recurrent_nodes import RECURRENT_OPS
 
 MIN_OPSET = 17
 TARGET_OPSET = 17
@@ -200,7 +201,7 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
                  max_opset: tuple[int, str] | None = None, fused_recurrent: bool = False) -> onnx.ModelProto:
     """``max_opset`` = (opset, why): convert a newer model down to that opset first, for a method whose
     ops onnxruntime cannot run at the model's own opset. ``fused_recurrent``: leave the recurrent nodes that the
-    exact-gradient methods differentiate as they are (recurrent.why_not_fused) instead of unrolling them."""
+    exact-gradient methods differentiate as they are (recurrent_nodes.why_not_fused) instead of unrolling them."""
     if max_opset is not None and default_opset(model) > max_opset[0]:
         model = downgrade_opset(model, label, *max_opset)
     model = upgrade_opset(model, label)

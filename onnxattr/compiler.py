@@ -16,7 +16,7 @@ import onnx
 from onnxattr.emitters import VJPS, ZERO_GRAD_OPS
 from onnxattr.errors import UnsupportedModelError
 from onnxattr.graph import GraphBuilder, node_reads
-from onnxattr.recurrent import RECURRENT_OPS, sequence_length, why_not_fused, why_not_unrolled
+from onnxattr.recurrent_nodes import RECURRENT_OPS, sequence_length, why_not_fused, why_not_unrolled
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 

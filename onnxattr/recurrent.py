@@ -8,8 +8,9 @@ ONNX's gate orders: LSTM i, o, f, c; GRU z, r, h.
   the o gate (of c_t). The sum c_t is a Sum node named with CELL_SUM, which the LRP rules treat as a layer of
   identity weights with the dense layers' stabilizer, as Arras et al. do (lrp/composite.py).
 - GRU: x·Wᵀ + b is one MatMul over every step; h_t = h~·(1 − z) + h_{t-1}·z with
-  h~ = g(x W_h + (h_{t-1}·r) R_hᵀ + b), or with linear_before_reset g(x W_h + (h_{t-1} R_hᵀ + Rb_h)·r + Wb_h). At a zero state the first step's
-  Rb_h·r has no signal but the constant, so LRP passes its share to r (no reference implementation says else).
+  h~ = g(x W_h + (h_{t-1}·r) R_hᵀ + b), or with linear_before_reset g(x W_h + (h_{t-1} R_hᵀ + Rb_h)·r + Wb_h).
+  At a zero state the first step's Rb_h·r has no signal but the constant, so LRP passes its share to r (no
+  reference implementation says else).
 - RNN: h_t = f(x_t W + h_{t-1} R + b).
 
 Every product of a signal and a gate is written Mul(signal, gate): the LRP rules pass a product's relevance to
@@ -18,7 +19,9 @@ its first operand, so the gates take none and the signal all of it, the "signal-
 out the first step's recurrent terms.
 
 A node is left as it is (and a gradient method then names it) when its sequence length is not fixed, its
-weights are computed at run time, it has per-sample sequence lengths, or an activation has no backward here.
+weights are computed at run time, it has per-sample sequence lengths, or an activation has no backward here
+(recurrent_nodes.why_not_unrolled). With ``fused``, the LSTM nodes that emitters/recurrent.py differentiates as
+they are stay too (recurrent_nodes.why_not_fused).
 """
 
 from __future__ import annotations
@@ -27,27 +30,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
-# activation -> (ONNX op, number of alpha/beta values it reads, default alpha, default beta), as onnxruntime
-ACTIVATIONS = {
-    "sigmoid": ("Sigmoid", 0, None, None), "tanh": ("Tanh", 0, None, None), "relu": ("Relu", 0, None, None),
-    "softsign": ("Softsign", 0, None, None), "softplus": ("Softplus", 0, None, None),
-    "leakyrelu": ("LeakyRelu", 1, 0.01, None), "elu": ("Elu", 1, 1.0, None),
-    "hardsigmoid": ("HardSigmoid", 2, 0.2, 0.5), "affine": ("Affine", 2, 0.0, 0.0),  # no longer ONNX ops:
-    "scaledtanh": ("ScaledTanh", 2, 0.0, 0.0),  # onnxruntime's defaults for them are 0
-}
+from onnxattr.recurrent_nodes import (
+    DEFAULT_ACTIVATIONS, GATES, RECURRENT_OPS, activation_specs, decode, node_attrs, sequence_length, why_not_fused,
+    why_not_unrolled,
+)
+
 CELL_SUM = "/cell_sum_"  # in the name of an LSTM cell's sum c_t: the LRP rules treat it as a layer (lrp/composite.py)
-UNROLL_LIMIT = 4096  # steps per node: a longer sequence would give a graph too large to compile quickly
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _decode(v):
-    return v.decode() if isinstance(v, bytes) else v
 
 
 class _Emitter:
@@ -102,26 +90,6 @@ class _Emitter:
         return b if a is None else a if b is None else self.op("Add", [a, b])
 
 
-def _activation_specs(op_type: str, attrs: dict, dirs: int) -> list[tuple] | None:
-    """One (op, n, alpha, beta) per activation per direction, alphas and betas consumed in order as
-    onnxruntime reads them; None if one is not supported."""
-    names = [_decode(a) for a in attrs.get("activations", [])] or list(DEFAULT_ACTIVATIONS[op_type]) * dirs
-    alphas, betas = list(attrs.get("activation_alpha", [])), list(attrs.get("activation_beta", []))
-    specs = []
-    for name in names:
-        known = ACTIVATIONS.get(name.lower())
-        if known is None:
-            return None
-        op, n, alpha, beta = known
-        if n >= 1 and alphas:
-            alpha = alphas.pop(0)
-        if n >= 2 and betas:
-            beta = betas.pop(0)
-        specs.append((op, n, alpha, beta))
-    per = len(DEFAULT_ACTIVATIONS[op_type])
-    return specs if len(specs) == per * dirs else None
-
-
 def _is_zero(name: str, producers: dict, consts: dict) -> bool:
     """A state that is zero whatever the input: absent, an all-zero constant, or ConstantOfShape of 0."""
     if not name:
@@ -131,105 +99,8 @@ def _is_zero(name: str, producers: dict, consts: dict) -> bool:
     node = producers.get(name)
     if node is None or node.op_type != "ConstantOfShape":
         return False
-    value = _attrs(node).get("value")
+    value = node_attrs(node).get("value")
     return value is None or not np.any(numpy_helper.to_array(value))
-
-
-def why_not_unrolled(node: onnx.NodeProto, steps, value) -> str | None:
-    """None if the node can be unrolled, else why not. ``steps``: its static sequence length or None;
-    ``value(name)``: a constant's array, or None for a tensor computed at run time."""
-    ins = list(node.input) + [""] * (8 - len(node.input))
-    if not isinstance(steps, int):
-        return (f"{NOT_FIXED} (export the model with a fixed sequence length; `onnxattr explain` and the Python "
-                "Analyzer fix it from the data)")
-    if steps > UNROLL_LIMIT:
-        return f"its sequence length {steps} is above {UNROLL_LIMIT}"
-    weights = [ins[1], ins[2], ins[3]] + ([ins[7]] if node.op_type == "LSTM" else [])
-    if any(w and value(w) is None for w in weights):
-        return "its weights are computed at run time"
-    lengths = value(ins[4]) if ins[4] else None
-    if ins[4] and not (lengths is not None and np.all(lengths == steps)):
-        return "it takes per-sample sequence lengths (sequence_lens)"
-    attrs = _attrs(node)
-    dirs = 2 if _decode(attrs.get("direction", b"forward")) == "bidirectional" else 1
-    names = [_decode(a) for a in attrs.get("activations", [])]
-    if names and len(names) != len(DEFAULT_ACTIVATIONS[node.op_type]) * dirs:
-        return (f"it lists {len(names)} activations {names} where {'a bidirectional' if dirs == 2 else 'a one-way'} "
-                f"{node.op_type} takes {len(DEFAULT_ACTIVATIONS[node.op_type]) * dirs}")
-    if _activation_specs(node.op_type, attrs, dirs) is None:
-        return (f"its activations {names} are not all supported (supported: "
-                f"{', '.join(sorted(v[0] for v in ACTIVATIONS.values()))})")
-    return None
-
-
-# per op with a fused backward (emitters/recurrent.py): the activations it differentiates
-FUSED_ACTIVATIONS = {"LSTM": (("Sigmoid", "Tanh", "Tanh"),)}
-FUSED_BATCH_LIMIT = 4  # a fixed batch above this is unrolled: there the unrolled backward is faster (benchmarks/)
-
-
-def fused_pays(model: onnx.ModelProto) -> bool:
-    """Whether the fused backward is the faster one: the model's data inputs take a dynamic batch or a fixed one of
-    at most FUSED_BATCH_LIMIT (its batched recomputation grows with the batch, the unrolled steps' op count does not;
-    benchmarks/results/NOTES.md)."""
-    weights = {t.name for t in model.graph.initializer}
-    batches = [i.type.tensor_type.shape.dim[0] for i in model.graph.input
-               if i.name not in weights and i.type.tensor_type.shape.dim]
-    return not batches or any(not d.HasField("dim_value") or d.dim_value <= FUSED_BATCH_LIMIT for d in batches)
-
-
-def why_not_fused(node: onnx.NodeProto, steps, value) -> str | None:
-    """None if the exact-gradient methods differentiate the node as it is (emitters/recurrent.py: onnxruntime's
-    kernel runs the forward, the backward is a few ops per step), else why the node is unrolled instead. Arguments
-    as for why_not_unrolled."""
-    why = why_not_unrolled(node, steps, value)
-    if why is not None:
-        return why
-    if node.op_type not in FUSED_ACTIVATIONS:
-        return f"no fused backward for {node.op_type}"
-    attrs = _attrs(node)
-    ins = list(node.input) + [""] * (8 - len(node.input))
-    dirs = 2 if _decode(attrs.get("direction", b"forward")) == "bidirectional" else 1
-    specs = _activation_specs(node.op_type, attrs, dirs)
-    per = len(DEFAULT_ACTIVATIONS[node.op_type])
-    if attrs.get("layout", 0):
-        return "layout 1"
-    if attrs.get("clip") is not None:
-        return "clipped pre-activations"
-    if node.op_type == "LSTM" and (attrs.get("input_forget", 0) or (ins[7] and np.any(value(ins[7])))):
-        return "coupled gates or peepholes"
-    if any(tuple(s[0] for s in specs[d * per:(d + 1) * per]) not in FUSED_ACTIVATIONS[node.op_type]
-           for d in range(dirs)):
-        return "activations other than the defaults"
-    return None
-
-
-# ops whose output keeps the first axis of the tensor followed back (element-wise ops, an embedding's Gather of ids)
-_AXIS_KEEPING = frozenset({"Identity", "Dropout", "Cast", "Add", "Sub", "Mul", "Div", "Neg", "Relu", "LeakyRelu",
-                           "Tanh", "Sigmoid", "Gelu", "Erf", "LayerNormalization", "Where", "Clip"})
-
-
-def sequence_first_reader(model: onnx.ModelProto, x: str) -> onnx.NodeProto | None:
-    """A recurrent node of layout 0 (input [T, N, C], as torch writes nn.LSTM without batch_first) whose input is
-    ``x`` itself, or computed from x by ops that keep x's first axis first: x is then sequence-first."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    for node in model.graph.node:
-        if node.op_type not in RECURRENT_OPS or _attrs(node).get("layout", 0) != 0:
-            continue
-        stack, seen = [node.input[0]], set()
-        while stack:
-            t = stack.pop()
-            if t == x:
-                return node
-            if t in seen or t not in producers:
-                continue
-            seen.add(t)
-            p = producers[t]
-            if p.op_type in _AXIS_KEEPING:
-                stack.extend(i for i in p.input if i)
-            elif p.op_type == "Gather":  # an embedding: the ids' axes come first (axis 0); else the data's first
-                axis = _attrs(p).get("axis", 0)
-                stack.append(p.input[1] if axis == 0 else p.input[0])
-    return None
 
 
 def is_cell_sum(name: str) -> bool:
@@ -240,17 +111,17 @@ def unroll_node(node: onnx.NodeProto, steps: int, consts: dict, producers: dict,
                 prefix: str) -> _Emitter:
     """The unrolled form of one LSTM, GRU or RNN node whose sequence length is ``steps``; its nodes are named
     ``prefix``/...."""
-    op_type, attrs = node.op_type, _attrs(node)
+    op_type, attrs = node.op_type, node_attrs(node)
     ins = list(node.input) + [""] * (8 - len(node.input))
     W, R = consts[ins[1]], consts[ins[2]]
     gates, hidden = GATES[op_type], R.shape[-1]
     B = consts[ins[3]] if ins[3] else np.zeros((W.shape[0], 2 * gates * hidden), W.dtype)
     P = consts[ins[7]] if op_type == "LSTM" and ins[7] else None
-    direction = _decode(attrs.get("direction", b"forward"))
+    direction = decode(attrs.get("direction", b"forward"))
     dirs = 2 if direction == "bidirectional" else 1
     layout = attrs.get("layout", 0)
     clip = attrs.get("clip")
-    specs = _activation_specs(op_type, attrs, dirs)
+    specs = activation_specs(op_type, attrs, dirs)
     per = len(DEFAULT_ACTIVATIONS[op_type])
     e = _Emitter(prefix, W.dtype)
     seq_axis, state_axis = (1, 1) if layout else (0, 0)
@@ -258,7 +129,7 @@ def unroll_node(node: onnx.NodeProto, steps: int, consts: dict, producers: dict,
     # export) is read through, so that no transpose per step appears (onnxruntime pushes one through the Split)
     source, in_axis = ins[0], seq_axis
     before = producers.get(ins[0])
-    if before is not None and before.op_type == "Transpose" and list(_attrs(before).get("perm", [])) == [1, 0, 2]:
+    if before is not None and before.op_type == "Transpose" and list(node_attrs(before).get("perm", [])) == [1, 0, 2]:
         source, in_axis = before.input[0], 1 - seq_axis
     h0 = None if _is_zero(ins[5], producers, consts) else ins[5]
     c0 = None if op_type != "LSTM" or _is_zero(ins[6], producers, consts) else ins[6]
@@ -392,15 +263,6 @@ def _gru_step(e, d, x_t, h, R, Rb_h, act, clipped, hidden, linear_before_reset):
     return out if h is None else e.op("Add", [out, e.op("Mul", [h, z])])
 
 
-def sequence_length(shapes: dict, node: onnx.NodeProto):
-    """The static length of the node's sequence axis, or None."""
-    shape = shapes.get(node.input[0])
-    if shape is None or len(shape) != 3:
-        return None
-    layout = _attrs(node).get("layout", 0)
-    return shape[1 if layout else 0]
-
-
 def unroll_recurrent(model: onnx.ModelProto, shapes: dict, fused: bool = False) -> onnx.ModelProto:
     """``model`` with every LSTM, GRU and RNN node that can be unrolled replaced by its unrolled form (in
     place); ``shapes``: tensor name -> list of ints or None per axis. ``fused``: keep the nodes the exact-gradient
@@ -437,31 +299,3 @@ def unroll_recurrent(model: onnx.ModelProto, shapes: dict, fused: bool = False) 
     g.node.extend(new_nodes)
     g.initializer.extend(inits)
     return model
-
-
-NOT_FIXED = "its sequence length is not fixed"  # in why_not_unrolled's reason (the Analyzer retries on it)
-
-
-def data_sizes(model: onnx.ModelProto, shape: tuple) -> tuple | None:
-    """The symbolic sizes of the data's input as the data's ``shape`` gives them (all but its batch axis), as sorted
-    (name, size) pairs; None if it names none. The data's input is the first graph input of the data's rank."""
-    weights = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in weights]
-    data = next((i for i in inputs if len(i.type.tensor_type.shape.dim) == len(shape)), None)
-    if data is None:
-        return None
-    sizes = {d.dim_param: int(n) for d, n in zip(list(data.type.tensor_type.shape.dim)[1:], shape[1:])
-             if d.dim_param and not d.HasField("dim_value")}
-    return tuple(sorted(sizes.items())) or None
-
-
-def with_sizes(model: onnx.ModelProto, sizes: tuple) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph inputs have those symbolic sizes fixed (in every input that names them). A
-    model exported with a symbolic sequence length then has a fixed one, so its recurrent nodes unroll."""
-    fixed, by_name = onnx.ModelProto(), dict(sizes)
-    fixed.CopyFrom(model)
-    for i in fixed.graph.input:
-        for d in i.type.tensor_type.shape.dim:
-            if d.dim_param in by_name:
-                d.dim_value = by_name[d.dim_param]  # clears dim_param (a oneof)
-    return fixed

@@ -110,7 +110,7 @@ def test_unrolled_outputs_equal_the_node(op, kw):
 def test_activation_count_and_defaults():
     """A bidirectional node listing one direction's activations is named for its count; Affine and ScaledTanh, no
     longer ONNX ops, default alpha and beta to 0 as onnxruntime does (their output is then 0 and b respectively)."""
-    from onnxattr.recurrent import why_not_unrolled
+    from onnxattr.recurrent_nodes import why_not_unrolled
     model, _ = recurrent_model("GRU", direction="bidirectional", activations=["Sigmoid", "Tanh"])
     assert "it lists 2 activations ['Sigmoid', 'Tanh'] where a bidirectional GRU takes 4" in why_not_unrolled(
         model.graph.node[0], 4, {t.name: t for t in model.graph.initializer}.get)
@@ -270,7 +270,7 @@ def test_an_embedding_read_sequence_first_is_refused():
     g.input[0].CopyFrom(helper.make_tensor_value_info("ids", TensorProto.INT64, [4, "N"]))
     with pytest.raises(UnsupportedModelError, match="input 'x' is sequence-first"):
         onnxattr.compile(model, "gradient", input="x")
-    from onnxattr.recurrent import sequence_first_reader
+    from onnxattr.recurrent_nodes import sequence_first_reader
     assert sequence_first_reader(model, "ids").name == "rnn"
 
 
@@ -285,7 +285,7 @@ def test_per_sample_sequence_lengths_are_named():
 def test_a_symbolic_sequence_length_is_fixed_from_the_data_by_the_analyzer():
     """compile refuses a symbolic sequence length; the Analyzer, which sees the data, compiles once per length it
     is given (the input's symbolic size fixed to the data's) and gives the map of the model exported at that length."""
-    from onnxattr.recurrent import data_sizes
+    from onnxattr.recurrent_nodes import data_sizes
     model, feeds = classifier("LSTM", seq="T", direction="bidirectional")
     fixed, _ = classifier("LSTM", direction="bidirectional")
     analyzer = onnxattr.create_analyzer("gradient", model)

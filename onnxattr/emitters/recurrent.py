@@ -1,12 +1,13 @@
 """LSTM differentiated as it is: onnxruntime's kernel runs the forward, and the backward recomputes what it needs
 from the node's output Y (every h_t) in batched ops, then runs the recurrence backward in eight ops per step instead
-of the unrolled graph's thirty-odd. The one-pass gradient methods use it (canonicalize(fused_recurrent=True), for
-the nodes recurrent.why_not_fused accepts, at batches recurrent.fused_pays allows); the rules need the unrolled steps.
+of the unrolled graph's thirty-odd. The one-pass gradient methods use it (canonicalize(fused_recurrent=True)) for the
+nodes recurrent_nodes.why_not_fused accepts, at the batches recurrent_nodes.fused_pays allows; the rules need the
+unrolled steps.
 
 Per direction, layout 0 (x [T, N, I], Y [T, D, N, H]); gates i, o, f, c; t - 1 the previous step in the direction's
-order. Forward: a_t = x_t Wᵀ + h_{t-1} Rᵀ + b (two MatMuls over all steps, from x and Y), i, o, f = σ(a), g = tanh(a_c),
-c_t = f c_{t-1} + i g (one Mul and one Add per step), h_t = o tanh(c_t). Backward, with dh_t = dY_t + δ_{t+1} R and
-dc_t = dc_{t+1} f_{t+1} + dh_t o (1 − tanh² c_t):
+order. Forward: a_t = x_t Wᵀ + h_{t-1} Rᵀ + b (two MatMuls over all steps, from x and Y), i, o, f = σ(a),
+g = tanh(a_c), c_t = f c_{t-1} + i g (one Mul and one Add per step), h_t = o tanh(c_t). Backward, with
+dh_t = dY_t + δ_{t+1} R and dc_t = dc_{t+1} f_{t+1} + dh_t o (1 − tanh² c_t):
     δ_t = [dc_t g σ'_i, dh_t tanh(c_t) σ'_o, dc_t c_{t-1} σ'_f, dc_t i (1 − g²)],   dx_t = δ_t W (one MatMul).
 dY_h and dY_c enter at the direction's last step; the initial states' gradients are what the recurrence leaves after
 its first step.
@@ -18,7 +19,7 @@ import numpy as np
 
 from onnxattr.emitters.registry import register
 from onnxattr.errors import UnsupportedModelError
-from onnxattr.recurrent import GATES, _attrs, _decode, why_not_fused
+from onnxattr.recurrent_nodes import GATES, decode, node_attrs, why_not_fused
 
 
 class _Cell:
@@ -38,7 +39,7 @@ class _Cell:
         self.T, self.H, self.D = steps, self.R.shape[-1], self.W.shape[0]
         gates = GATES[node.op_type]
         self.B = np.asarray(b.value(ins[3])) if ins[3] else np.zeros((self.D, 2 * gates * self.H), self.dtype)
-        self.direction = _decode(_attrs(node).get("direction", b"forward"))
+        self.direction = decode(node_attrs(node).get("direction", b"forward"))
 
     def reverse(self, d: int) -> bool:
         return self.direction == "reverse" or d == 1
@@ -174,7 +175,8 @@ def lstm_vjp(b, node, grads, need):
         zero = b.zeros_like(Bi)
         A = _stacked(b, [b.op("Mul", [K, Bi]), Ao, zero if Bf is None else b.op("Mul", [K, Bf]),
                          b.op("Mul", [K, Bg])])  # δ_t / dh_t, with dc_t's dh_t term
-        A_s, B_s = cell.steps(A), cell.steps(_stacked(b, [Bi, zero, zero if Bf is None else Bf, Bg]))  # δ_t / dc_{t+1} f
+        Bs = _stacked(b, [Bi, zero, zero if Bf is None else Bf, Bg])  # δ_t / (dc_{t+1} f_{t+1})
+        A_s, B_s = cell.steps(A), cell.steps(Bs)
         K_s, f_s = cell.steps(_step_form(b, K)), cell.steps(_step_form(b, f))
         dY_s = None if dYs[d] is None else cell.steps(_step_form(b, dYs[d]))
         want_h0, want_c0 = bool(ins[5]) and need[5], bool(ins[6]) and need[6]

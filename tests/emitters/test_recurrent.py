@@ -9,7 +9,7 @@ import pytest
 
 import onnxattr
 from onnxattr.canonicalize import canonicalize
-from onnxattr.recurrent import FUSED_BATCH_LIMIT, why_not_fused
+from onnxattr.recurrent_nodes import FUSED_BATCH_LIMIT, why_not_fused
 from tests.test_recurrent import classifier, recurrent_model, run
 from tests.vjp_check import ATOL, RTOL, vjp_model
 
