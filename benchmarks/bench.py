@@ -37,8 +37,8 @@ one region-perturbation curve of the gradient map against Captum's metrics (benc
 8 maps of one image conditioned on one channel each of a ResNet50 block's output (EpsilonPlusFlat, Concept Relevance
 Propagation: the image repeated, a mask per row) against zennit-crp's CondAttribution with those 8 conditions
 (installed with `pip install --no-deps zennit-crp==0.6.0`), beside one plain EpsilonPlusFlat map of each library;
-`recurrent` = on `--models lstm` (two bidirectional LSTM layers over 100 steps, which onnxattr unrolls), the
-gradient, lrp.epsilon and IG-64 against Captum's Saliency and IntegratedGradients.
+`recurrent` = on `--models lstm` or `gru` (two bidirectional LSTM or GRU layers over 100 steps), the gradient,
+lrp.epsilon and IG-64 against Captum's Saliency and IntegratedGradients.
 The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 

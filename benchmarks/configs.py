@@ -14,13 +14,13 @@ KS_SAMPLES = 32  # KernelSHAP's and LIME's coalitions of the 16 blocks (32 forwa
 CONDUCTANCE_STEPS = 32  # conductance's intervals (33 gradient passes), at the input and at one block's output
 CONDUCTANCE_BLOCK = 12  # ResNet50's last block of its third stage (output 1024 x 14 x 14)
 CONDUCTANCE_TENSOR = f"/layers/layers.{CONDUCTANCE_BLOCK}/relu/Relu_output_0"  # that block's output in the export
-RECURRENT_SHAPE = (100, 64)  # the lstm model's input per sample: 100 steps of 64 features
+RECURRENT_SHAPE = (100, 64)  # the lstm and gru models' input per sample: 100 steps of 64 features
 CRP_CONCEPTS = 8  # conditioned maps of one image: its first 8 channels at that block's output, one per row
 
 
 def input_shape(model: str) -> tuple:
     """One sample's input shape: images for the CNNs and the ViT, a sequence for the recurrent net."""
-    return RECURRENT_SHAPE if model == "lstm" else (3, 224, 224)
+    return RECURRENT_SHAPE if model in ("lstm", "gru") else (3, 224, 224)
 
 
 def blocks(per_side: int):
@@ -116,8 +116,9 @@ GROUPS = {
     "conductance": ["ort.forward", "onnxattr.conductance", "captum.layer_conductance"],
     # 8 conditioned maps of one image (CRP) at a ResNet50 block's output, against zennit-crp (ResNet50, batch 1)
     "crp": ["ort.forward", "onnxattr.lrp.epsilon_plus_flat", "zennit.epsilon_plus_flat", "onnxattr.crp", "zennit.crp"],
-    # a recurrent net (--models lstm: two bidirectional LSTM layers, unrolled by onnxattr when compiled): the gradient,
-    # LRP-epsilon (Arras et al.'s LSTM rules; no library reference runs it on a torch LSTM) and IG-64 against Captum
+    # a recurrent net (--models lstm or gru: two bidirectional LSTM or GRU layers): the gradient (the fused backward up
+    # to a small batch), LRP-epsilon (unrolled; Arras et al.'s LSTM rules, which no library runs on a torch LSTM) and
+    # IG-64 (unrolled) against Captum
     "recurrent": ["ort.forward", "torch.forward", "onnxattr.gradient", "captum.saliency", "onnxattr.lrp.epsilon",
                   "onnxattr.integrated_gradients", "captum.integrated_gradients"],
     # Captum's metrics of the gradient map (10 draws each) and one 16-step region-perturbation curve

@@ -105,9 +105,18 @@ class SequenceLSTM(nn.Module):
         return self.fc(self.rnn(x)[0][:, -1])
 
 
+class SequenceGRU(SequenceLSTM):
+    """SequenceLSTM with two bidirectional GRU layers (torch's GRU: linear_before_reset) in place of the LSTM's."""
+
+    def __init__(self, features: int = 64, hidden: int = 128, classes: int = 10):
+        super().__init__(features, hidden, classes)
+        self.rnn = nn.GRU(features, hidden, num_layers=2, bidirectional=True, batch_first=True)
+
+
 def build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = {"vgg16": VGG16, "resnet50": ResNet50, "vit_b16": vit_b16, "lstm": SequenceLSTM}[name]()
+    model = {"vgg16": VGG16, "resnet50": ResNet50, "vit_b16": vit_b16, "lstm": SequenceLSTM,
+             "gru": SequenceGRU}[name]()
     if name == "resnet50":  # give BatchNorm non-trivial statistics, as a trained net has
         with torch.no_grad():
             for m in model.modules():

@@ -19,11 +19,12 @@ from onnxattr.condition import CONDITION, beside, check_chain, check_on_path, co
 from onnxattr.errors import (InvalidModelError, SelectionError, UnsupportedModelError, UsageError,
                              naming_the_model)
 from onnxattr.graph import GraphBuilder, live_nodes, names_read
-from onnxattr.light import checkable_copy
+from onnxattr.batch_switch import switch_by_batch
+from onnxattr.light import checkable_copy, declared_dims
 from onnxattr.load import check_input_model, check_input_shapes, load_model, model_label, nodes_within
 from onnxattr.methods import REGISTRY, Target, get_method
 from onnxattr.methods.draws import random_opset_limit
-from onnxattr.recurrent_nodes import fused_pays, sequence_first_reader
+from onnxattr.recurrent_nodes import RECURRENT_OPS, fused_batch_limit, sequence_first_reader
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
 
 RELEVANCE = "relevance"
@@ -44,8 +45,38 @@ def compile_model(model, method: str, neuron: str = "max", input: str | None = N
     resolved = m.resolve(params)
     label = label or model_label(model)
     with naming_the_model(label):
-        return _compile(model, m, method, resolved, label, neuron, input, output, report, _keep_list(keep, m),
-                        condition_list(condition, m))
+        args = (m, method, resolved, label, neuron, input, output)
+        keep, condition = _keep_list(keep, m), condition_list(condition, m)
+        proto = load_model(model)
+        if m.fused_recurrent and any(n.op_type in RECURRENT_OPS for n in proto.graph.node):
+            return _compile_recurrent(proto, args, report, keep, condition)
+        return _compile(proto, *args, report, keep, condition)
+
+
+def _compile_recurrent(proto, args: tuple, report, keep: list[str], condition: list[str]) -> onnx.ModelProto:
+    """A method of exact gradients on a recurrent net: the recurrent nodes with a fused backward are left as they are
+    (emitters/recurrent.py) at batches up to recurrent_nodes.fused_batch_limit and unrolled above; a dynamic batch gets
+    both forms, switched by the batch at run time (batch_switch.py)."""
+    spare = onnx.ModelProto()
+    spare.CopyFrom(proto)  # canonicalize may change the model it is given
+    fused = _compile(proto, *args, report, keep, condition, fused=True)
+    limit = fused_batch_limit(fused)
+    if limit is None:  # nothing was left fused
+        return fused
+    data = {p.key: p.value for p in fused.metadata_props}["onnxattr.data"]
+    batch = next((declared_dims(i)[0] for i in fused.graph.input if i.name == data), None)
+    if isinstance(batch, int) and batch <= limit:
+        return fused
+    unrolled = _compile(spare, *args, None, keep, condition, fused=False)
+    if isinstance(batch, int):
+        return unrolled
+    switched = switch_by_batch(fused, unrolled, data, limit)
+    if switched is None:  # forms with subgraphs of their own: the unrolled one serves every batch
+        return unrolled
+    light = checkable_copy(switched)
+    if light is not None:
+        onnx.checker.check_model(light, full_check=True)
+    return switched
 
 
 def data_input(model: onnx.ModelProto, x: str) -> str:
@@ -126,13 +157,13 @@ def _pass_through_sources(proto: onnx.ModelProto, keep: list[str], tensors: set)
     return out
 
 
-def _compile(model, m, method: str, resolved: dict, label: str, neuron: str, input, output,
-             report, keep: list[str], condition: list[str]) -> onnx.ModelProto:
-    proto = load_model(model)
+def _compile(proto, m, method: str, resolved: dict, label: str, neuron: str, input, output,
+             report, keep: list[str], condition: list[str], fused: bool = False) -> onnx.ModelProto:
+    """``proto``: the loaded model (load_model's copy); ``fused``: leave the recurrent nodes with a fused backward as
+    they are (canonicalize's fused_recurrent)."""
     check_input_model(proto, label)
     limit = random_opset_limit(default_opset(proto)) if m.random else None
-    canon = canonicalize(proto, label, max_opset=limit,
-                         fused_recurrent=m.fused_recurrent and fused_pays(proto))
+    canon = canonicalize(proto, label, max_opset=limit, fused_recurrent=fused)
     x = choose_input(canon, input)
     reader = sequence_first_reader(proto, x)
     if reader is not None:

@@ -20,8 +20,8 @@ out the first step's recurrent terms.
 
 A node is left as it is (and a gradient method then names it) when its sequence length is not fixed, its
 weights are computed at run time, it has per-sample sequence lengths, or an activation has no backward here
-(recurrent_nodes.why_not_unrolled). With ``fused``, the LSTM nodes that emitters/recurrent.py differentiates as
-they are stay too (recurrent_nodes.why_not_fused).
+(recurrent_nodes.why_not_unrolled). With ``fused``, the LSTM and GRU nodes that emitters/recurrent.py differentiates
+as they are stay too (recurrent_nodes.why_not_fused).
 """
 
 from __future__ import annotations

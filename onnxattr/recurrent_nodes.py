@@ -78,18 +78,16 @@ def why_not_unrolled(node: onnx.NodeProto, steps, value) -> str | None:
 
 
 # per op with a fused backward (emitters/recurrent.py): the activations it differentiates
-FUSED_ACTIVATIONS = {"LSTM": (("Sigmoid", "Tanh", "Tanh"),)}
-FUSED_BATCH_LIMIT = 4  # a fixed batch above this is unrolled: there the unrolled backward is faster (benchmarks/)
+FUSED_ACTIVATIONS = {"LSTM": (("Sigmoid", "Tanh", "Tanh"),), "GRU": (("Sigmoid", "Tanh"),)}
+# per op, the largest batch at which the fused backward is the faster (benchmarks/results/NOTES.md: its batched
+# recomputation grows with the batch, the unrolled steps' cost is mostly onnxruntime's per-node overhead)
+FUSED_BATCH_LIMIT = {"LSTM": 4, "GRU": 8}
 
 
-def fused_pays(model: onnx.ModelProto) -> bool:
-    """Whether the fused backward is the faster one: the model's data inputs take a dynamic batch or a fixed one of
-    at most FUSED_BATCH_LIMIT (its batched recomputation grows with the batch, the unrolled steps' op count does not;
-    benchmarks/results/NOTES.md)."""
-    weights = {t.name for t in model.graph.initializer}
-    batches = [i.type.tensor_type.shape.dim[0] for i in model.graph.input
-               if i.name not in weights and i.type.tensor_type.shape.dim]
-    return not batches or any(not d.HasField("dim_value") or d.dim_value <= FUSED_BATCH_LIMIT for d in batches)
+def fused_batch_limit(model: onnx.ModelProto) -> int | None:
+    """The largest batch at which every recurrent node left fused in ``model`` pays; None when none is."""
+    ops = {n.op_type for n in model.graph.node if n.op_type in FUSED_BATCH_LIMIT and n.domain in ("", "ai.onnx")}
+    return min((FUSED_BATCH_LIMIT[op] for op in ops), default=None)
 
 
 def why_not_fused(node: onnx.NodeProto, steps, value) -> str | None:
@@ -112,6 +110,8 @@ def why_not_fused(node: onnx.NodeProto, steps, value) -> str | None:
         return "clipped pre-activations"
     if node.op_type == "LSTM" and (attrs.get("input_forget", 0) or (ins[7] and np.any(value(ins[7])))):
         return "coupled gates or peepholes"
+    if node.op_type == "GRU" and not attrs.get("linear_before_reset", 0):
+        return "linear_before_reset 0"
     if any(tuple(s[0] for s in specs[d * per:(d + 1) * per]) not in FUSED_ACTIVATIONS[node.op_type]
            for d in range(dirs)):
         return "activations other than the defaults"

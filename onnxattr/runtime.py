@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxattr.errors import DataError, InvalidModelError, OnnxAttrWarning, UnsupportedModelError, UsageError, warn
+from onnxattr.load import nodes_within
 
 DEVICES = {
     "cpu": ["CPUExecutionProvider"],
@@ -65,7 +66,7 @@ class Runner:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 4  # errors reach the user as exceptions, turned into one line
-        if len(model.graph.node) > MEM_PATTERN_NODE_LIMIT:
+        if sum(1 for top in model.graph.node for _ in nodes_within(top)) > MEM_PATTERN_NODE_LIMIT:  # If branches too
             opts.enable_mem_pattern = False
         self.options = opts
         self.run_options = ort.RunOptions()

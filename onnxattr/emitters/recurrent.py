@@ -1,16 +1,17 @@
-"""LSTM differentiated as it is: onnxruntime's kernel runs the forward, and the backward recomputes what it needs
-from the node's output Y (every h_t) in batched ops, then runs the recurrence backward in eight ops per step instead
-of the unrolled graph's thirty-odd. The one-pass gradient methods use it (canonicalize(fused_recurrent=True)) for the
-nodes recurrent_nodes.why_not_fused accepts, at the batches recurrent_nodes.fused_pays allows; the rules need the
-unrolled steps.
+"""LSTM and GRU differentiated as they are: onnxruntime's kernel runs the forward, and the backward recomputes what it
+needs from the node's output Y (every h_t) in batched ops, then runs the recurrence backward in a few ops per step
+(LSTM eight, GRU six) instead of the unrolled graph's thirty-odd. The one-pass gradient methods use it
+(canonicalize(fused_recurrent=True)) for the nodes recurrent_nodes.why_not_fused accepts, at batches up to
+recurrent_nodes.FUSED_BATCH_LIMIT (a dynamic batch gets this form and the unrolled one, batch_switch.py); the rules
+need the unrolled steps.
 
-Per direction, layout 0 (x [T, N, I], Y [T, D, N, H]); gates i, o, f, c; t - 1 the previous step in the direction's
-order. Forward: a_t = x_t Wᵀ + h_{t-1} Rᵀ + b (two MatMuls over all steps, from x and Y), i, o, f = σ(a),
+LSTM, per direction, layout 0 (x [T, N, I], Y [T, D, N, H]); gates i, o, f, c; t - 1 the previous step in the
+direction's order. Forward: a_t = x_t Wᵀ + h_{t-1} Rᵀ + b (two MatMuls over all steps, from x and Y), i, o, f = σ(a),
 g = tanh(a_c), c_t = f c_{t-1} + i g (one Mul and one Add per step), h_t = o tanh(c_t). Backward, with
 dh_t = dY_t + δ_{t+1} R and dc_t = dc_{t+1} f_{t+1} + dh_t o (1 − tanh² c_t):
     δ_t = [dc_t g σ'_i, dh_t tanh(c_t) σ'_o, dc_t c_{t-1} σ'_f, dc_t i (1 − g²)],   dx_t = δ_t W (one MatMul).
 dY_h and dY_c enter at the direction's last step; the initial states' gradients are what the recurrence leaves after
-its first step.
+its first step. The GRU's formulas are gru_vjp's.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class _Cell:
         gates = GATES[node.op_type]
         self.B = np.asarray(b.value(ins[3])) if ins[3] else np.zeros((self.D, 2 * gates * self.H), self.dtype)
         self.direction = decode(node_attrs(node).get("direction", b"forward"))
+        self._split = b.ints([1] * steps)
 
     def reverse(self, d: int) -> bool:
         return self.direction == "reverse" or d == 1
@@ -63,7 +65,7 @@ class _Cell:
         """t split into its T steps along ``axis`` (each keeps the axis, of size 1)."""
         if self.T == 1:
             return [t]
-        return self.b.op("Split", [t, self.b.ints([1] * self.T)], n_out=self.T, axis=axis)
+        return self.b.op("Split", [t, self._split], n_out=self.T, axis=axis)
 
     def previous(self, Yd: str, h0: str | None, d: int) -> str | None:
         """h_{t-1} for every step [T, N, H] in the direction's order, or None when every one is zero (T = 1 without
@@ -204,3 +206,64 @@ def lstm_vjp(b, node, grads, need):
     if len(out) > 6 and need[6]:
         out[6] = cell.state_gradient(dc0, ins[6])
     return out
+
+
+@register("GRU")
+def gru_vjp(b, node, grads, need):
+    """GRU with linear_before_reset (gates z, r, h): z, r = σ(x W_zrᵀ + h_{t-1} R_zrᵀ + b), q = h_{t-1} R_hᵀ + Rb_h,
+    n = tanh(x W_hᵀ + Wb_h + r q), h_t = (1 − z) n + z h_{t-1}: all from x and Y in batched ops. Backward, with
+    dh_t = dY_t + dh_{t+1}' and u = (1 − z)(1 − n²): δ_t = dh_t [(h_{t-1} − n) σ'_z, u q σ'_r, u] (dx_t = δ_t W) and
+    dh_{t-1}' = dh_t z + dh_t [(h_{t-1} − n) σ'_z, u q σ'_r, u r] R: six ops per step."""
+    cell = _Cell(b, node)
+    T, H, ins = cell.T, cell.H, cell.ins
+    one = cell.one()
+    dY, dYh = (list(grads) + [None] * 2)[:2]
+    Ys, dYs, dYhs = cell.per_direction(node.output[0], 1), cell.per_direction(dY, 1), cell.per_direction(dYh, 0)
+    h0s = cell.per_direction(ins[5] or None, 0)
+    deltas, dh0 = [], []
+    want_h0 = bool(ins[5]) and need[5]
+    for d in range(cell.D):
+        W, R, B = cell.W[d], cell.R[d], cell.B[d]
+        order = list(reversed(range(T))) if cell.reverse(d) else list(range(T))
+        xb = np.concatenate([B[:2 * H] + B[3 * H:5 * H], B[2 * H:3 * H]])  # Wb_zr + Rb_zr, Wb_h
+        xw = b.op("Add", [b.op("MatMul", [ins[0], cell.const(W.T, "W")]), cell.const(xb, "b")])
+        prev = cell.previous(Ys[d], h0s[d], d)
+        x_zr, x_h = b.op("Split", [xw, b.ints([2 * H, H])], n_out=2, axis=-1)
+        Rb_h = cell.const(B[5 * H:], "b")
+        if prev is None:  # T = 1 from a zero state
+            zr, q = b.op("Sigmoid", [x_zr]), Rb_h
+        else:
+            h_zr, h_h = b.op("Split", [b.op("MatMul", [prev, cell.const(R.T, "R")]), b.ints([2 * H, H])],
+                             n_out=2, axis=-1)
+            zr, q = b.op("Sigmoid", [b.op("Add", [x_zr, h_zr])]), b.op("Add", [h_h, Rb_h])
+        z, r = b.op("Split", [zr, b.ints([H, H])], n_out=2, axis=-1)
+        n = b.op("Tanh", [b.op("Add", [x_h, b.op("Mul", [r, q])])])
+        dzr = b.op("Mul", [zr, b.op("Sub", [one, zr])])  # σ' of z, r
+        dz, dr = b.op("Split", [dzr, b.ints([H, H])], n_out=2, axis=-1)
+        u = b.op("Mul", [b.op("Sub", [one, z]), b.op("Sub", [one, b.op("Mul", [n, n])])])
+        Gz = b.op("Mul", [b.op("Neg", [n]) if prev is None else b.op("Sub", [prev, n]), dz])
+        Gr = b.op("Mul", [b.op("Mul", [u, q]), dr])
+        Gx = _stacked(b, [Gz, Gr, u])  # δ_t / dh_t
+        dY_s = None if dYs[d] is None else cell.steps(_step_form(b, dYs[d]))
+        dh = None if dYhs[d] is None else b.op("Reshape", [dYhs[d], b.ints([1, -1, 1, H])])
+        if T > 1 or want_h0:
+            Gh_s = cell.steps(_stacked(b, [Gz, Gr, b.op("Mul", [u, r])]))
+            z_s = cell.steps(_step_form(b, z))
+            R_flat = cell.const(R, "R")
+        dhs = [None] * T
+        for k, t in enumerate(reversed(order)):
+            dhs[t] = dh = _sum(b, [dY_s[t] if dY_s else None, dh])
+            if dh is None or (k == T - 1 and not want_h0):
+                continue
+            rec = b.op("MatMul", [b.op("Reshape", [b.op("Mul", [dh, Gh_s[t]]), b.ints([1, -1, 1, 3 * H])]), R_flat])
+            dh = b.op("Add", [rec, b.op("Mul", [dh, z_s[t]])])
+        dh_all = cell.stack_steps(dhs)
+        deltas.append(None if dh_all is None else b.op("Mul", [dh_all, Gx]))
+        dh0.append(dh if want_h0 else None)
+    out = [None] * len(node.input)
+    if need[0]:
+        out[0] = cell.inputs_gradient(deltas, 3)
+    if len(out) > 5 and need[5]:
+        out[5] = cell.state_gradient(dh0, ins[5])
+    return out
+

@@ -13,31 +13,35 @@ from onnxattr.recurrent_nodes import FUSED_BATCH_LIMIT, why_not_fused
 from tests.test_recurrent import classifier, recurrent_model, run
 from tests.vjp_check import ATOL, RTOL, vjp_model
 
-CASES = [
+LSTM_CASES = [
     {}, {"direction": "reverse"}, {"direction": "bidirectional"},
     {"h0": True, "c0": True}, {"direction": "reverse", "h0": True},
     {"direction": "bidirectional", "h0": True, "c0": True, "T": 5, "N": 3},
     {"T": 1}, {"T": 1, "h0": True, "c0": True, "direction": "bidirectional"},
 ]
+GRU_CASES = [dict(kw, linear_before_reset=1) for kw in (
+    {}, {"direction": "reverse", "h0": True}, {"direction": "bidirectional", "h0": True, "T": 5, "N": 3},
+    {"T": 1}, {"T": 1, "h0": True})]
+CASES = [("LSTM", kw, out) for kw in LSTM_CASES for out in ("Y", "Yh", "Yc")] + [
+    ("GRU", kw, out) for kw in GRU_CASES for out in ("Y", "Yh")]
 
 
 def _id(kw):
     return "-".join(f"{k}={v}" for k, v in kw.items()) or "default"
 
 
-def _kept(model) -> bool:
-    return any(n.op_type == "LSTM" for n in model.graph.node)
+def _kept(model, op="LSTM") -> bool:
+    return any(n.op_type == op for n in model.graph.node)
 
 
-@pytest.mark.parametrize("out", ["Y", "Yh", "Yc"])
-@pytest.mark.parametrize("kw", CASES, ids=[_id(k) for k in CASES])
-def test_fused_lstm_vjp_against_central_differences(kw, out):
+@pytest.mark.parametrize("op,kw,out", CASES, ids=[f"{op}-{_id(kw)}-{out}" for op, kw, out in CASES])
+def test_fused_vjp_against_central_differences(op, kw, out):
     """<VJP(v), u> of the fused float32 backward against (F(x + hu) - F(x - hu)) / 2h of the unrolled float64 node,
     F = sum(v * out), for x, h0 and c0 along 3 random directions u; tolerance as tests/vjp_check.py (float32 rounding of
     the backward dominates)."""
-    model, feeds = recurrent_model("LSTM", **kw)
+    model, feeds = recurrent_model(op, **kw)
     fused = canonicalize(model, fused_recurrent=True)
-    assert _kept(fused)
+    assert _kept(fused, op)
     wrt = [name for name in ("x", "h0", "c0") if name in feeds]
     vm = vjp_model(fused, wrt, out)
     rng = np.random.default_rng(1)
@@ -45,9 +49,9 @@ def test_fused_lstm_vjp_against_central_differences(kw, out):
     v = rng.standard_normal(y.shape).astype(np.float32)
     sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
     grads = dict(zip(wrt, sess.run([f"grad_{x}" for x in wrt], {**feeds, "cotangent": v})))
-    model64, feeds64 = recurrent_model("LSTM", dtype=np.float64, **kw)
+    model64, feeds64 = recurrent_model(op, dtype=np.float64, **kw)
     canon64 = canonicalize(model64)
-    assert not _kept(canon64)
+    assert not _kept(canon64, op)
     index = [o.name for o in canon64.graph.output].index(out)
 
     def F(name, value):
@@ -68,21 +72,22 @@ def _map(model, feeds, method="gradient"):
     return compiled, run(compiled, feeds)[-1]
 
 
+@pytest.mark.parametrize("op,kw", [("LSTM", {}), ("GRU", {"linear_before_reset": 1})])
 @pytest.mark.parametrize("method", ["gradient", "input_t_gradient"])
-def test_compiled_gradient_keeps_the_node_and_equals_the_unrolled_map(method):
+def test_compiled_gradient_keeps_the_node_and_equals_the_unrolled_map(method, op, kw):
     """A torch-style classifier (batch-first Transpose, zero initial state from the batch size, only Y_h read, so the
-    node's Y has no name): the compiled gradient keeps the LSTM node, names its Y, and gives the map of the same
-    model unrolled first (canonicalize unrolls by default)."""
-    model, feeds = classifier("LSTM", zero_state=True, direction="bidirectional", T=6)
-    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
-    lstm.output[0] = ""  # Y: unread by the classifier
+    node's Y has no name): the compiled gradient keeps the node, names its Y, and gives the map of the same model
+    unrolled first (canonicalize unrolls by default)."""
+    model, feeds = classifier(op, zero_state=True, direction="bidirectional", T=6, **kw)
+    node = next(n for n in model.graph.node if n.op_type == op)
+    node.output[0] = ""  # Y: unread by the classifier
     fused, got = _map(model, feeds, method)
-    kept = [n for n in fused.graph.node if n.op_type == "LSTM"]
+    kept = [n for n in fused.graph.node if n.op_type == op]
     assert len(kept) == 1 and kept[0].output[0], "the fused backward reads the node's Y"
     unrolled = canonicalize(model)
-    assert not _kept(unrolled)
+    assert not _kept(unrolled, op)
     plain, want = _map(unrolled, feeds, method)
-    assert not _kept(plain)
+    assert not _kept(plain, op)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
     assert np.abs(want).max() > 0
 
@@ -97,13 +102,36 @@ def test_rules_and_sampled_batches_unroll(method):
     assert np.isfinite(relevance).all()
 
 
-def test_a_fixed_batch_above_the_limit_unrolls():
-    model, feeds = classifier("LSTM", T=3, N=FUSED_BATCH_LIMIT + 1)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_value == FUSED_BATCH_LIMIT + 1
-    assert not _kept(onnxattr.compile(model, "gradient"))
-    small, _ = classifier("LSTM", T=3, N=FUSED_BATCH_LIMIT)
-    assert _kept(onnxattr.compile(small, "gradient"))
+@pytest.mark.parametrize("op,kw", [("LSTM", {}), ("GRU", {"linear_before_reset": 1})])
+def test_a_fixed_batch_above_the_limit_unrolls(op, kw):
+    limit = FUSED_BATCH_LIMIT[op]
+    model, feeds = classifier(op, T=3, N=limit + 1, **kw)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == limit + 1
+    compiled = onnxattr.compile(model, "gradient")
+    assert not _kept(compiled, op) and not _kept(compiled, "If")
+    small, _ = classifier(op, T=3, N=limit, **kw)
+    assert _kept(onnxattr.compile(small, "gradient"), op)
+
+
+@pytest.mark.parametrize("op,kw", [("LSTM", {}), ("GRU", {"linear_before_reset": 1})])
+def test_a_dynamic_batch_gets_both_forms_switched_by_the_batch(op, kw):
+    """Fused up to the op's limit, unrolled above (batch_switch.py): the map at every batch is the unrolled one's."""
+    model, _ = classifier(op, zero_state=True, direction="bidirectional", T=5, **kw)
+    for io in (model.graph.input[0], model.graph.output[0]):
+        io.type.tensor_type.shape.dim[0].dim_param = "N"
+    compiled = onnxattr.compile(model, "gradient")
+    assert [n.op_type for n in compiled.graph.node] == ["Shape", "LessOrEqual", "If"]
+    switch = compiled.graph.node[2]
+    branches = {a.name: a.g for a in switch.attribute}
+    assert any(n.op_type == op for n in branches["then_branch"].node)
+    assert not any(n.op_type == op for n in branches["else_branch"].node)
+    plain = onnxattr.compile(canonicalize(model), "gradient")
+    limit = FUSED_BATCH_LIMIT[op]
+    for n in (1, limit, limit + 1, 2 * limit + 3):
+        x = np.random.default_rng(n).standard_normal((n, 5, 3)).astype(np.float32)
+        got, want = run(compiled, {"x": x}), run(plain, {"x": x})
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[-1], want[-1], rtol=1e-4, atol=1e-6 * float(np.abs(want[-1]).max()))
 
 
 @pytest.mark.parametrize("kw,why", [
@@ -119,12 +147,17 @@ def test_nodes_without_a_fused_backward_unroll_for_the_gradient(kw, why):
     assert not _kept(canonicalize(model, fused_recurrent=True))
 
 
-def test_gru_and_rnn_unroll():
-    for op in ("GRU", "RNN"):
-        model, _ = recurrent_model(op)
-        consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-        assert why_not_fused(model.graph.node[0], 4, consts.get) == f"no fused backward for {op}"
-        assert not any(n.op_type == op for n in canonicalize(model, fused_recurrent=True).graph.node)
+@pytest.mark.parametrize("op,kw,why", [
+    ("GRU", {}, "linear_before_reset 0"), ("GRU", {"linear_before_reset": 1, "clip": 0.5}, "clipped"),
+    ("RNN", {}, "no fused backward for RNN"),
+])
+def test_gru_and_rnn_without_a_fused_backward_unroll(op, kw, why):
+    """onnxruntime's RNN kernel is slower than the unrolled steps at batch 8 (benchmarks/results/NOTES.md), so RNNs
+    always unroll."""
+    model, _ = recurrent_model(op, **kw)
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert why in why_not_fused(model.graph.node[0], 4, consts.get)
+    assert not _kept(canonicalize(model, fused_recurrent=True), op)
 
 
 def test_unfused_node_kept_by_the_gradient_is_named():
