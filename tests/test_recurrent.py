@@ -155,15 +155,22 @@ def test_gradient_through_the_unrolled_node(op, kw, out):
     v = rng.standard_normal(y.shape).astype(np.float32)
     sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
     grads = dict(zip(wrt, sess.run([f"grad_{x}" for x in wrt], {**feeds, "cotangent": v})))
+    check_against_central_differences(op, kw, out, v, grads, rng)
+
+
+def check_against_central_differences(op, kw, out, v, grads, rng):
+    """<grads[x], u> against (F(x + hu) - F(x - hu)) / 2h along 3 random u per x, F = sum(v * out) of the unrolled
+    float64 node (the same weights and feeds as the float32 model; tolerance as tests/vjp_check.py)."""
     model64, feeds64 = recurrent_model(op, dtype=np.float64, **kw)
     canon64 = canonicalize(model64)
+    assert not any(n.op_type == op for n in canon64.graph.node)
     index = [o.name for o in canon64.graph.output].index(out)
 
     def F(name, value):
         return float(np.sum(v.astype(np.float64) * run(canon64, {**feeds64, name: value})[index]))
 
     h = 1e-5
-    for name in wrt:
+    for name in grads:
         for _ in range(3):
             u = rng.standard_normal(feeds64[name].shape)
             numeric = (F(name, feeds64[name] + h * u) - F(name, feeds64[name] - h * u)) / (2 * h)

@@ -101,6 +101,17 @@ class _Cell:
             values = [zero if v is None else v for v in values]
         return values[0] if len(values) == 1 else b.op("Concat", values, axis=0)
 
+    def results(self, need: list, deltas: list, gates: int, states: dict) -> list:
+        """The emitter's answer: x's gradient from the deltas, and each needed initial state's ({input index: its
+        per-direction gradients})."""
+        out = [None] * len(self.node.input)
+        if need[0]:
+            out[0] = self.inputs_gradient(deltas, gates)
+        for k, per_dir in states.items():
+            if k < len(out) and need[k]:
+                out[k] = self.state_gradient(per_dir, self.ins[k])
+        return out
+
     def state_gradient(self, per_dir: list[str | None], shape_like: str) -> str | None:
         """[D, N, H] from each direction's [1, N, 1, H] (zeros where None), or None if none arrived."""
         b = self.b
@@ -198,14 +209,7 @@ def lstm_vjp(b, node, grads, need):
         deltas.append(cell.stack_steps(steps))
         dh0.append(dh if want_h0 else None)
         dc0.append(dc if want_c0 else None)
-    out = [None] * len(node.input)
-    if need[0]:
-        out[0] = cell.inputs_gradient(deltas, 4)
-    if len(out) > 5 and need[5]:
-        out[5] = cell.state_gradient(dh0, ins[5])
-    if len(out) > 6 and need[6]:
-        out[6] = cell.state_gradient(dc0, ins[6])
-    return out
+    return cell.results(need, deltas, 4, {5: dh0, 6: dc0})
 
 
 @register("GRU")
@@ -260,10 +264,5 @@ def gru_vjp(b, node, grads, need):
         dh_all = cell.stack_steps(dhs)
         deltas.append(None if dh_all is None else b.op("Mul", [dh_all, Gx]))
         dh0.append(dh if want_h0 else None)
-    out = [None] * len(node.input)
-    if need[0]:
-        out[0] = cell.inputs_gradient(deltas, 3)
-    if len(out) > 5 and need[5]:
-        out[5] = cell.state_gradient(dh0, ins[5])
-    return out
+    return cell.results(need, deltas, 3, {5: dh0})
 

@@ -10,8 +10,8 @@ import pytest
 import onnxattr
 from onnxattr.canonicalize import canonicalize
 from onnxattr.recurrent_nodes import FUSED_BATCH_LIMIT, why_not_fused
-from tests.test_recurrent import classifier, recurrent_model, run
-from tests.vjp_check import ATOL, RTOL, vjp_model
+from tests.test_recurrent import check_against_central_differences, classifier, recurrent_model, run
+from tests.vjp_check import vjp_model
 
 LSTM_CASES = [
     {}, {"direction": "reverse"}, {"direction": "bidirectional"},
@@ -49,22 +49,7 @@ def test_fused_vjp_against_central_differences(op, kw, out):
     v = rng.standard_normal(y.shape).astype(np.float32)
     sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
     grads = dict(zip(wrt, sess.run([f"grad_{x}" for x in wrt], {**feeds, "cotangent": v})))
-    model64, feeds64 = recurrent_model(op, dtype=np.float64, **kw)
-    canon64 = canonicalize(model64)
-    assert not _kept(canon64, op)
-    index = [o.name for o in canon64.graph.output].index(out)
-
-    def F(name, value):
-        return float(np.sum(v.astype(np.float64) * run(canon64, {**feeds64, name: value})[index]))
-
-    h = 1e-5
-    for name in wrt:
-        for _ in range(3):
-            u = rng.standard_normal(feeds64[name].shape)
-            numeric = (F(name, feeds64[name] + h * u) - F(name, feeds64[name] - h * u)) / (2 * h)
-            analytic = float(np.sum(grads[name].astype(np.float64) * u))
-            scale = abs(numeric) + float(np.sum(np.abs(grads[name] * u)))
-            assert abs(analytic - numeric) <= RTOL * scale + ATOL, (name, analytic, numeric)
+    check_against_central_differences(op, kw, out, v, grads, rng)
 
 
 def _map(model, feeds, method="gradient"):
