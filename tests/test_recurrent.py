@@ -148,6 +148,13 @@ def test_gradient_through_the_unrolled_node(op, kw, out):
     graph, F = sum(v * out), for the input and the initial states; tolerance as tests/vjp_check.py."""
     model, feeds = recurrent_model(op, **kw)
     canon = canonicalize(model)
+    check_against_central_differences(op, kw, out, canon, feeds)
+
+
+def check_against_central_differences(op, kw, out, canon, feeds):
+    """<VJP(v), u> of ``canon``'s emitted backward (float32, for x and the initial states) against
+    (F(x + hu) - F(x - hu)) / 2h along 3 random u per input, F = sum(v * out) of the unrolled float64 node (the same
+    weights and feeds as the float32 model; tolerance as tests/vjp_check.py)."""
     wrt = [name for name in ("x", "h0", "c0") if name in feeds]
     vm = vjp_model(canon, wrt, out)
     rng = np.random.default_rng(1)
@@ -155,12 +162,6 @@ def test_gradient_through_the_unrolled_node(op, kw, out):
     v = rng.standard_normal(y.shape).astype(np.float32)
     sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
     grads = dict(zip(wrt, sess.run([f"grad_{x}" for x in wrt], {**feeds, "cotangent": v})))
-    check_against_central_differences(op, kw, out, v, grads, rng)
-
-
-def check_against_central_differences(op, kw, out, v, grads, rng):
-    """<grads[x], u> against (F(x + hu) - F(x - hu)) / 2h along 3 random u per x, F = sum(v * out) of the unrolled
-    float64 node (the same weights and feeds as the float32 model; tolerance as tests/vjp_check.py)."""
     model64, feeds64 = recurrent_model(op, dtype=np.float64, **kw)
     canon64 = canonicalize(model64)
     assert not any(n.op_type == op for n in canon64.graph.node)
