@@ -310,11 +310,12 @@ def _check_pass(b, unit: Unit):
 
 
 def _pass(b, node, grads, need):
-    """Relevance passes unchanged to the operand on the path (the first one that needs it)."""
+    """Relevance passes unchanged to the operand on the path (the first one that needs it), summed over the axes
+    along which that operand was broadcast (a per-sample scale times a feature map gets the map's total)."""
     out = [None] * len(node.input)
     for i, n in enumerate(need):
         if n:
-            out[i] = grads[0]
+            out[i] = unbroadcast(b, grads[0], node.input[i], node.output[0])
             break
     return out
 

@@ -158,3 +158,25 @@ def test_einsum_is_refused_by_the_presets():
             onnxattr.compile(model, method)
     for method in ("gradient", "attn_lrp"):
         onnxattr.compile(model, method)
+
+
+@pytest.mark.parametrize("method", ["lrp.epsilon", "lrp.z_plus", "deep_taylor"])
+def test_pass_sums_relevance_over_a_broadcast_operand(method):
+    """A per-sample scale s [N, 1] (computed from x) times features h [N, 7], scale first: pass gives s the
+    relevance of the whole product, summed over the broadcast axis (it used to hand on the [N, 7] tensor, which
+    onnxruntime refused for s's declared [N, 1]; Keras' GroupNormalization through tf2onnx has this form)."""
+    from onnx import helper
+
+    from tests.models import single_io_model
+
+    rng = np.random.default_rng(1)
+    w1, w2 = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal((7, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("ReduceMean", ["a"], ["s"], axes=[1], keepdims=1),
+             helper.make_node("Mul", ["s", "a"], ["p"]), helper.make_node("MatMul", ["p", "W2"], ["y"])]
+    model = single_io_model(nodes, {"W1": w1, "W2": w2}, ["N", 5], ["N", 3])
+    x = np.abs(rng.standard_normal((4, 5))).astype(np.float32)
+    sess = ort.InferenceSession(onnxattr.compile(model, method).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    y, r = sess.run(None, {"x": x})
+    assert r.shape == x.shape and np.isfinite(r).all() and np.abs(r).max() > 0
