@@ -99,11 +99,34 @@ def checkable_copy(model: onnx.ModelProto) -> onnx.ModelProto | None:
     return light if light.ByteSize() + left_out < TWO_GB else None
 
 
+# ops whose output has their first input's type and shape, where onnx's inference leaves it untyped (onnx 1.23
+# infers nothing for GroupNormalization-21), and with it every tensor after it
+SAME_AS_INPUT = frozenset({"GroupNormalization"})
+
+
+def typed_like_input(inferred: onnx.ModelProto) -> bool:
+    """Declare the output of each SAME_AS_INPUT node that inference left untyped as its input is; True if any."""
+    g = inferred.graph
+    known = {v.name: v for v in list(g.input) + list(g.value_info) + list(g.output) if v.type.tensor_type.elem_type}
+    added = False
+    for node in g.node:
+        if node.op_type in SAME_AS_INPUT and node.domain in ("", "ai.onnx") and node.input[0] in known \
+                and node.output[0] not in known:
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(known[node.input[0]])
+            vi.name = node.output[0]
+            g.value_info.append(vi)
+            known[vi.name], added = vi, True
+    return added
+
+
 def infer_shapes_light(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     """onnx.shape_inference (data_prop=True) run on the light copy of ``model``. Returns that inferred
     light copy, or, with ``in_place``, ``model`` itself given the value_info and output shapes found."""
     light, _ = light_model(model)
     inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    if typed_like_input(inferred):  # and what follows such an op
+        inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
     if not in_place:
         return inferred
     del model.graph.value_info[:]

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 
 import onnxattr
-from onnxattr.light import checkable_copy, light_model
+from onnxattr.light import checkable_copy, infer_shapes_light, light_model
 from tests.lrp.nets import resnet_like
 
 
@@ -44,3 +44,22 @@ def test_loop_body_weights_become_outer_inputs():
 def test_checkable_copy_of_a_compiled_model_passes_the_checker():
     model = onnxattr.compile(resnet_like(bias=True), "smoothgrad", augment_by_n=3)
     onnx.checker.check_model(checkable_copy(model), full_check=True)
+
+
+def test_group_normalization_output_is_typed_and_followed():
+    """onnx's inference leaves GroupNormalization-21's output untyped, and every tensor after it: the explained
+    path would end there ("does not depend on the input"). typed_like_input declares it as its input is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("GroupNormalization", ["x", "s", "b"], ["t"], num_groups=2),
+             helper.make_node("Relu", ["t"], ["u"]), helper.make_node("Flatten", ["u"], ["y"])]
+    ones = np.ones(4, np.float32)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 36])],
+                              [numpy_helper.from_array(ones, "s"), numpy_helper.from_array(ones, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    inferred = infer_shapes_light(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    assert types["t"] == types["u"] == TensorProto.FLOAT
+    assert [o.name for o in onnxattr.compile(model, "gradient").graph.output] == ["y", "relevance"]

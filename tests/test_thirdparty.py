@@ -28,6 +28,8 @@ SWEEP = (9, 11, 13, 15, 17, 28)
 MODELS = {
     "torch_dynamo_rescnn.onnx": {},             # make_torch_dynamo.py: exporter optimizer folded BN
     "torch_dynamo_rescnn_raw.onnx": {},         # optimize=False: BatchNormalization, CastLike, Expand
+    "torch_dynamo_modern.onnx": {},             # opset 23: GroupNormalization, RMSNormalization, Resize axes
+    "keras_transformer.onnx": {},               # make_keras.py: tf2onnx, LayerNorm as a BatchNormalization
     "paddle_cnn.onnx": {},                      # make_paddle.py: paddle.onnx.export, opset 13
     "skl_mlp_classifier.onnx": {},              # make_sklearn.py: label + ZipMap (sequence of maps)
     "skl_mlp_classifier_nozipmap.onnx": {},
@@ -137,6 +139,37 @@ def test_torch_dynamo_outputs_match_torch_and_raw_export():
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-6)
 
 
+def test_torch_dynamo_modern_matches_torch_autograd():
+    """Opset 23 as torch's dynamo exporter writes it (GroupNormalization-21, RMSNormalization-23, Resize with
+    axes, LayerNormalization on a channels-last view): the map equals torch's own gradient (committed), for the
+    largest logit and for logit 2. Tolerance 1e-4 of the largest entry: float32 through two normalizations
+    whose statistics torch and onnxruntime sum in different orders."""
+    ref = np.load(path_of("torch_dynamo_modern.npz"))
+    x = ref["x"]
+    for neuron, feeds, g in (("max", {}, ref["g_max"]), ("index", {"target": np.full(len(x), 2, np.int64)}, ref["g_2"])):
+        logits, r = session(compiled("torch_dynamo_modern.onnx", "gradient", neuron)).run(None, {"image": x, **feeds})
+        np.testing.assert_allclose(logits, ref["y"], rtol=1e-4, atol=1e-5)
+        scale = np.abs(g).max()
+        assert scale > 0
+        np.testing.assert_allclose(r, g, rtol=0, atol=1e-4 * scale, err_msg=neuron)
+
+
+def test_keras_transformer_matches_tensorflow_gradient():
+    """tf2onnx's Keras LayerNormalization is a BatchNormalization fed the input's own mean and variance: the map
+    differentiates them and equals TensorFlow's gradient (committed), for the largest logit and for logit 2.
+    Tolerance 1e-4 of the largest entry (float32, two frameworks' reduction orders)."""
+    ref = np.load(path_of("keras_transformer.npz"))
+    x = ref["x"]
+    for neuron, feeds, g in (("max", {}, ref["g_max"]), ("index", {"target": np.full(len(x), 2, np.int64)}, ref["g_2"])):
+        logits, r = session(compiled("keras_transformer.onnx", "gradient", neuron)).run(None, {"x": x, **feeds})
+        np.testing.assert_allclose(logits, ref["y"], rtol=1e-4, atol=1e-5)
+        scale = np.abs(g).max()
+        assert scale > 0
+        np.testing.assert_allclose(r, g, rtol=0, atol=1e-4 * scale, err_msg=neuron)
+    attn = session(compiled("keras_transformer.onnx", "attn_lrp")).run(None, {"x": x})[1]
+    assert np.isfinite(attn).all() and not np.allclose(attn, x * ref["g_max"], atol=1e-3 * np.abs(attn).max())
+
+
 def test_skl_classifier_zipmap_explains_the_logits():
     """skl2onnx's probabilities come through ZipMap (or Identity with zipmap=False): both look through
     the Softmax to the logits and give one map."""
@@ -165,7 +198,8 @@ def test_traditional_ml_ops_are_refused(name, ops, tmp_path, capsys):
     assert not (tmp_path / "out.onnx").exists()
 
 
-@pytest.mark.parametrize("name", ["paddle_cnn.onnx", "torch_dynamo_rescnn_raw.onnx", "opset_sweep_9.onnx"])
+@pytest.mark.parametrize("name", ["paddle_cnn.onnx", "torch_dynamo_rescnn_raw.onnx", "opset_sweep_9.onnx",
+                                  "keras_transformer.onnx", "torch_dynamo_modern.onnx"])
 def test_every_relevance_method_compiles_on_foreign_exports(name):
     """Every LRP preset, Deep Taylor, DeepLIFT and excitation backprop on exports of other tools: the
     graphs check, keep their outputs and give finite maps (value checks live in tests/methods)."""

@@ -20,6 +20,7 @@ from onnx.reference import ReferenceEvaluator
 
 from onnxattr.compiler import reverse_pass
 from onnxattr.graph import GraphBuilder
+from onnxattr.light import typed_like_input
 
 RTOL, ATOL, H = 2e-5, 1e-5, 1e-5
 
@@ -46,6 +47,7 @@ def node_model(op, inputs, attrs=None, n_out=1, dynamic=(), dtype=np.float32, op
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    typed_like_input(model)  # what onnx leaves untyped (GroupNormalization), as the compiler's inference does
     for o in model.graph.output:  # give outputs their inferred types
         for vi in model.graph.value_info:
             if vi.name == o.name:

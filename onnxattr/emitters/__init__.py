@@ -24,6 +24,7 @@ from onnxattr.emitters import (  # noqa: E402,F401
     reduce,
     resize,
     shape,
+    trigonometric,
 )
 
 __all__ = ["VJPS", "ZERO_GRAD_OPS", "register"]

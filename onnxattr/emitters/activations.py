@@ -207,3 +207,32 @@ def gelu_vjp(b, node, grads, need):
         pdf = b.op("Mul", [b.op("Exp", [b.op("Mul", [b.op("Mul", [x, x]), s(-0.5)])]), s(1 / math.sqrt(2 * math.pi))])
         d = b.op("Add", [cdf, b.op("Mul", [x, pdf])])
     return [b.op("Mul", [g, d])]
+
+
+@register("ThresholdedRelu")
+def thresholded_relu_vjp(b, node, grads, need):
+    """y = x if x > alpha else 0: dx = g * [x > alpha]."""
+    x = node.input[0]
+    alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
+    flag = b.op("Cast", [b.op("Greater", [x, b.scalar(alpha, x)])], to=b.float_type(x))
+    return [b.op("Mul", [grads[0], flag])]
+
+
+@register("Shrink")
+def shrink_vjp(b, node, grads, need):
+    """y = x - bias if x > lambd, x + bias if x < -lambd, else 0: dx = g * [|x| > lambd]."""
+    x = node.input[0]
+    lambd = next((a.f for a in node.attribute if a.name == "lambd"), 0.5)
+    flag = b.op("Cast", [b.op("Greater", [b.op("Abs", [x]), b.scalar(lambd, x)])], to=b.float_type(x))
+    return [b.op("Mul", [grads[0], flag])]
+
+
+@register("Swish")
+def swish_vjp(b, node, grads, need):
+    """y = x * sigmoid(alpha x) (opset 24): dx = g * (s + alpha x s (1 - s)), s = sigmoid(alpha x)."""
+    x = node.input[0]
+    alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
+    ax = b.op("Mul", [x, b.scalar(alpha, x)])
+    sig = b.op("Sigmoid", [ax])
+    slope = b.op("Mul", [b.op("Mul", [ax, sig]), b.op("Sub", [b.scalar(1.0, x), sig])])
+    return [b.op("Mul", [grads[0], b.op("Add", [sig, slope])])]

@@ -1,4 +1,4 @@
-"""Element-wise arithmetic with broadcasting: Add, Sub, Mul, Div, Sum, Neg, Pow, Sqrt, Exp, Log, ...
+"""Element-wise arithmetic with broadcasting: Add, Sub, Mul, Div, Sum, Neg, Pow, Sqrt, Exp, Log, Mod, ...
 
 For z = f(a, b) with broadcasting, dL/da = unbroadcast(g * df/da, a).
 """
@@ -12,6 +12,14 @@ def add_vjp(b, node, grads, need):
     """z = a + b (+ ...): every operand gets g, summed back to its shape."""
     g, y = grads[0], node.output[0]
     return [unbroadcast(b, g, x, y) if n else None for x, n in zip(node.input, need)]
+
+
+@register("Mean")
+def mean_vjp(b, node, grads, need):
+    """z = (a + b + ...) / n: every operand gets g / n, summed back to its shape."""
+    g, y = grads[0], node.output[0]
+    share = b.op("Div", [g, b.scalar(float(len(node.input)), y)])
+    return [unbroadcast(b, share, x, y) if n else None for x, n in zip(node.input, need)]
 
 
 @register("Sub")
@@ -124,3 +132,17 @@ def where_vjp(b, node, grads, need):
     ga = unbroadcast(b, b.op("Where", [cond, g, zero]), a, y) if need[1] else None
     gb = unbroadcast(b, b.op("Where", [cond, zero, g]), c, y) if need[2] else None
     return [None, ga, gb]
+
+
+@register("Mod")
+def mod_vjp(b, node, grads, need):
+    """y = fmod(a, b) = a - b * trunc(a / b) (fmod=1, the float form): da = g, db = -g * trunc(a / b), the
+    integer trunc(a / b) read back as Round((a - y) / b)."""
+    g, y = grads[0], node.output[0]
+    a, c = node.input
+    ga = unbroadcast(b, g, a, y) if need[0] else None
+    gb = None
+    if need[1]:
+        quotient = b.op("Round", [b.op("Div", [b.op("Sub", [a, y]), c])])
+        gb = unbroadcast(b, b.op("Neg", [b.op("Mul", [g, quotient])]), c, y)
+    return [ga, gb]

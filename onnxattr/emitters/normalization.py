@@ -1,4 +1,5 @@
-"""Normalization layers: BatchNormalization (inference), LRN, LayerNormalization, InstanceNormalization.
+"""Normalization layers: BatchNormalization (inference; its statistics may vary with x), LRN, LayerNormalization, InstanceNormalization,
+GroupNormalization, RMSNormalization.
 
 BatchNormalization: y = (x - mean) * gamma / sqrt(var + eps) + beta, so dx = g * gamma / sqrt(var + eps)
                     broadcast on the channel axis (the scale is folded at compile time when constant).
@@ -7,14 +8,20 @@ LRN: y = x * s^-beta, s = bias + alpha/size * window_sum(x^2) over channels, so
      The channel window sum is a Conv over a unit axis; its transpose swaps the pads.
 LayerNormalization: dx = (g*gamma - mean(g*gamma) - xhat * mean(g*gamma*xhat)) / std over the normalized axes;
 InstanceNormalization the same over the spatial axes of each (sample, channel), gamma per channel (torch's
-GroupNorm exports as one on a reshaped input).
+GroupNorm exports as one on a reshaped input); GroupNormalization the same over each (sample, group) of x viewed
+as [N, G, C/G * spatial], gamma per channel (opset 21).
+LpNormalization: y = x / n, n = ||x||_p along ``axis`` (p = 1 or 2): dx = (g - d * sum(g * y)) / n with d = sign(x)
+(p = 1) or y (p = 2), the derivative of n.
+RMSNormalization (opset 23): y = x * rstd * gamma, rstd = 1 / sqrt(mean(x^2) + eps) over the axes from ``axis``
+on, xhat = x * rstd: dx = (g*gamma - xhat * mean(g*gamma*xhat)) * rstd.
 """
 
 import numpy as np
 
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.emitters.conv import channel_sum
-from onnxattr.emitters.registry import register
+from onnxattr.emitters.registry import node_attr, register
+from onnxattr.errors import UnsupportedModelError
 
 
 def _f(node, name, default):
@@ -51,8 +58,32 @@ def bn_scale_shift(b, node):
 
 @register("BatchNormalization")
 def batchnorm_vjp(b, node, grads, need):
-    """Inference form (running statistics; compiler.check_supported refuses a node in training mode)."""
-    return [b.op("Mul", [grads[0], bn_scale(b, node)])] + [None] * (len(node.input) - 1)
+    """Inference form (compiler.check_supported refuses a node in training mode). Statistics or parameters fed
+    from the input (tf2onnx writes Keras' LayerNormalization as a BatchNormalization of a reshaped x with its
+    own mean and variance) get, with s = 1 / sqrt(var + eps) and per-channel sums over batch and space:
+    d gamma = sum(g (x - mean) s), d beta = sum(g), d mean = -sum(g) gamma s,
+    d var = -sum(g (x - mean)) gamma s^3 / 2."""
+    g = grads[0]
+    out = [b.op("Mul", [g, bn_scale(b, node)]) if need[0] else None] + [None] * (len(node.input) - 1)
+    if not any(need[1:5]):
+        return out
+    x, gamma, _, mean, var = node.input[:5]
+    rank = b.rank(x)
+    per_channel = b.ints([-1] + [1] * (rank - 2))
+    s = b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [var, b.scalar(_f(node, "epsilon", 1e-5), x)])])])
+    centred = b.op("Sub", [x, b.op("Reshape", [mean, per_channel])])
+    g_centred = channel_sum(b, b.op("Mul", [g, centred]), rank)  # [C]
+    g_sum = channel_sum(b, g, rank) if need[2] or need[3] else None
+    if need[1]:
+        out[1] = b.op("Mul", [g_centred, s])
+    if need[2]:
+        out[2] = g_sum
+    if need[3]:
+        out[3] = b.op("Neg", [b.op("Mul", [g_sum, b.op("Mul", [gamma, s])])])
+    if need[4]:
+        s3 = b.op("Mul", [s, b.op("Mul", [s, s])])
+        out[4] = b.op("Mul", [b.op("Mul", [g_centred, b.op("Mul", [gamma, s3])]), b.scalar(-0.5, x)])
+    return out
 
 
 def _window_sum(b, t, rank, size, transpose):
@@ -125,10 +156,89 @@ def layernorm_vjp(b, node, grads, need):
     g = grads[0]
     axes, gamma, xc, rstd = norm_stats(b, node)
     xhat = b.op("Mul", [xc, rstd])
-    dx = None
-    if need[0]:
-        gg = b.op("Mul", [g, gamma])
-        m1 = b.reduce("ReduceMean", gg, axes)
-        m2 = b.reduce("ReduceMean", b.op("Mul", [gg, xhat]), axes)
-        dx = b.op("Mul", [b.op("Sub", [b.op("Sub", [gg, m1]), b.op("Mul", [xhat, m2])]), rstd])
+    dx = _normalized_vjp(b, b.op("Mul", [g, gamma]), xhat, rstd, axes) if need[0] else None
     return [dx] + affine_grads(b, node, g, xhat, need)[:len(node.input) - 1]
+
+
+def _normalized_vjp(b, gg, xhat, rstd, axes, centered=True):
+    """dx of xhat = (x - mean) * rstd (or x * rstd, not ``centered``) given gg = dL/dxhat:
+    (gg - mean(gg) - xhat * mean(gg * xhat)) * rstd, the means over ``axes``."""
+    m2 = b.reduce("ReduceMean", b.op("Mul", [gg, xhat]), axes)
+    centered_gg = b.op("Sub", [gg, b.reduce("ReduceMean", gg, axes)]) if centered else gg
+    return b.op("Mul", [b.op("Sub", [centered_gg, b.op("Mul", [xhat, m2])]), rstd])
+
+
+def refuse_varying_affine(node, need):
+    if any(need[1:]):
+        raise UnsupportedModelError(f"{node.op_type} '{node.name}': a scale or bias computed from the explained "
+                                    "input is not supported (only constant ones)")
+
+
+def group_stats(b, node):
+    """(rows, xc, rstd, gamma) of a GroupNormalization-21 node: the [0, G, -1] shape that views x as one row per
+    (sample, group), x - mean and rstd = 1 / sqrt(var + eps) per row (recomputed from its input), and its scale
+    shaped [C, 1, ...] to broadcast against x."""
+    x, gamma = node.input[0], node.input[1]
+    rank = b.rank(x)
+    if b.opset < 21 or rank is None:
+        raise UnsupportedModelError(f"GroupNormalization '{node.name}': " + (
+            "only opset 21's form (scale and bias per channel) is supported" if b.opset < 21 else
+            "the input's rank must be known"))
+    rows = b.ints([0, node_attr(node, "num_groups"), -1])
+    xr = b.op("Reshape", [x, rows])
+    xc = b.op("Sub", [xr, b.reduce("ReduceMean", xr, [2])])
+    var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), [2])
+    rstd = b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [var, b.scalar(_f(node, "epsilon", 1e-5), x)])])])
+    return rows, xc, rstd, b.op("Reshape", [gamma, b.ints([-1] + [1] * (rank - 2))])
+
+
+@register("GroupNormalization")
+def groupnorm_vjp(b, node, grads, need):
+    """x viewed as [N, G, C/G * spatial] and normalized per row, gamma per channel (opset 21; opset 18's per-group
+    scale is deprecated, and onnx.checker refuses it at load)."""
+    refuse_varying_affine(node, need)
+    rows, xc, rstd, gamma = group_stats(b, node)
+    gg = b.op("Reshape", [b.op("Mul", [grads[0], gamma]), rows])
+    dx = _normalized_vjp(b, gg, b.op("Mul", [xc, rstd]), rstd, [2])
+    return [b.op("Reshape", [dx, b.op("Shape", [node.input[0]])])] + [None] * (len(node.input) - 1)
+
+
+def rms_stats(b, node):
+    """(axes, rstd) of an RMSNormalization node: the normalized axes (from ``axis`` on) and
+    rstd = 1 / sqrt(mean(x^2) + eps) over them, recomputed from its input."""
+    x = node.input[0]
+    rank = b.rank(x)
+    if rank is None:
+        raise UnsupportedModelError(f"RMSNormalization '{node.name}': the input's rank must be known")
+    axes = list(range(node_attr(node, "axis", -1) % rank, rank))
+    ms = b.reduce("ReduceMean", b.op("Mul", [x, x]), axes)
+    return axes, b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [ms, b.scalar(_f(node, "epsilon", 1e-5), x)])])])
+
+
+def rms_scale_grad(b, node, g, xhat, need):
+    """The gradient of an RMSNormalization's scale where it varies with the input: sum(g * xhat), xhat = x * rstd."""
+    if len(need) < 2 or not need[1]:
+        return None
+    return unbroadcast(b, b.op("Mul", [g, xhat]), node.input[1], node.input[0])
+
+
+@register("RMSNormalization")
+def rmsnorm_vjp(b, node, grads, need):
+    """dx = (g*gamma - xhat * mean(g*gamma*xhat)) * rstd; a scale varying with x gets sum(g * xhat)."""
+    g = grads[0]
+    axes, rstd = rms_stats(b, node)
+    xhat = b.op("Mul", [node.input[0], rstd])
+    dx = _normalized_vjp(b, b.op("Mul", [g, node.input[1]]), xhat, rstd, axes, centered=False) if need[0] else None
+    return [dx, rms_scale_grad(b, node, g, xhat, need)]
+
+
+@register("LpNormalization")
+def lp_normalization_vjp(b, node, grads, need):
+    x, y, g = node.input[0], node.output[0], grads[0]
+    axis, p = node_attr(node, "axis", -1), node_attr(node, "p", 2)
+    if p not in (1, 2):
+        raise UnsupportedModelError(f"LpNormalization '{node.name}': p = {p} (only 1 and 2 are defined)")
+    norm = b.reduce("ReduceL1" if p == 1 else "ReduceL2", x, [axis])
+    along = b.op("Sign", [x]) if p == 1 else y
+    projected = b.op("Mul", [along, b.reduce("ReduceSum", b.op("Mul", [g, y]), [axis])])
+    return [b.op("Div", [b.op("Sub", [g, projected]), norm])]

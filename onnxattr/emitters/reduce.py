@@ -1,10 +1,15 @@
-"""Reductions and normalizing maps along an axis: ReduceSum/Mean/Max/Min/SumSquare/L2/L1/LogSumExp,
-Softmax, LogSoftmax.
+"""Reductions and normalizing maps along an axis: ReduceSum/Mean/Max/Min/SumSquare/L2/L1/LogSumExp/Prod,
+Softmax, LogSoftmax, CumSum, TopK.
 
 ReduceSum:  dx = expand(g with the reduced axes restored)       ReduceMean: the same / count
 ReduceMax/Min: the expanded g goes to the positions equal to the extreme value, shared among ties.
 ReduceSumSquare: 2 x g    ReduceL2: g x / y (0 at y = 0)    ReduceL1: g sign(x)    ReduceLogSumExp: g exp(x - y)
+ReduceLogSum: g exp(-y)
+ReduceProd: dx = g * (product of the other elements): y / x without zeros; at the only zero the product of the
+            rest; 0 where two or more are zero
 Softmax:    dx = y * (g - sum(g * y, axis))                     LogSoftmax: dx = g - exp(y) * sum(g, axis)
+CumSum:     dx = the cumulative sum of g in the other direction (same exclusive)
+TopK:       dx = g scattered to the positions in Indices, 0 elsewhere
 """
 
 import numpy as np
@@ -108,6 +113,14 @@ def reduce_l1_vjp(b, node, grads, need):
     return [b.op("Mul", [g, b.op("Sign", [node.input[0]])])] + [None] * (len(node.input) - 1)
 
 
+@register("ReduceLogSum")
+def reduce_log_sum_vjp(b, node, grads, need):
+    """y = log(sum(x)): dx = g / sum(x) = g exp(-y)."""
+    g, _ = _expand_back(b, node, grads[0])
+    y, _ = _expand_back(b, node, node.output[0])
+    return [b.op("Mul", [g, b.op("Exp", [b.op("Neg", [y])])])] + [None] * (len(node.input) - 1)
+
+
 @register("ReduceLogSumExp")
 def reduce_log_sum_exp_vjp(b, node, grads, need):
     """y = log(sum(exp(x))): dx = g exp(x - y), the softmax over the reduced axes."""
@@ -115,6 +128,38 @@ def reduce_log_sum_exp_vjp(b, node, grads, need):
     g, _ = _expand_back(b, node, grads[0])
     y, _ = _expand_back(b, node, node.output[0])
     return [b.op("Mul", [g, b.op("Exp", [b.op("Sub", [x, y])])])] + [None] * (len(node.input) - 1)
+
+
+@register("ReduceProd")
+def reduce_prod_vjp(b, node, grads, need):
+    x = node.input[0]
+    g, axes = _expand_back(b, node, grads[0])
+    rest = [None] * (len(node.input) - 1)
+    if not axes:  # noop_with_empty_axes: y = x
+        return [g] + rest
+    zero = b.op("Equal", [x, b.scalar(0.0, x)])
+    nonzero = b.op("Where", [zero, b.scalar(1.0, x), x])
+    product = b.reduce("ReduceProd", nonzero, axes)  # of the non-zero elements, keepdims
+    zeros = b.reduce("ReduceSum", b.op("Cast", [zero], to=b.float_type(x)), axes)
+    one_zero = b.op("Cast", [b.op("Equal", [zeros, b.scalar(1.0, x)])], to=b.float_type(x))
+    no_zero = b.op("Cast", [b.op("Equal", [zeros, b.scalar(0.0, x)])], to=b.float_type(x))
+    others = b.op("Where", [zero, b.op("Mul", [product, one_zero]),
+                            b.op("Mul", [b.op("Div", [product, nonzero]), no_zero])])
+    return [b.op("Mul", [g, others])] + rest
+
+
+@register("CumSum")
+def cumsum_vjp(b, node, grads, need):
+    reverse = next((a.i for a in node.attribute if a.name == "reverse"), 0)
+    exclusive = next((a.i for a in node.attribute if a.name == "exclusive"), 0)
+    return [b.op("CumSum", [grads[0], node.input[1]], exclusive=exclusive, reverse=1 - reverse), None]
+
+
+@register("TopK")
+def topk_vjp(b, node, grads, need):
+    x, indices = node.input[0], node.output[1]
+    dx = b.op("ScatterElements", [b.zeros_like(x), indices, grads[0]], axis=_axis(node))
+    return [dx, None]
 
 
 def _axis(node, default=-1):

@@ -5,7 +5,7 @@ from typing import Callable
 VJPS: dict[str, Callable] = {}
 
 # Ops whose derivative is zero almost everywhere: relevance stops there, no error.
-ZERO_GRAD_OPS = frozenset({"Floor", "Ceil", "Round", "Sign"})
+ZERO_GRAD_OPS = frozenset({"Floor", "Ceil", "Round", "Sign", "Hardmax"})
 
 
 def node_attr(node, name: str, default=None):

@@ -4,12 +4,13 @@ Resize is linear and separable: along each resized axis a, y = P_a^T x with P_a 
 built in-graph by resizing an identity: an EyeLike placed so axis 0 enumerates the source position and
 axis a is resized with the node's own attributes and this axis' scale (or size). Then
 dx = P_a @ g along each axis (a MatMul on the last or second-to-last axis, a Transpose otherwise).
-Reshape-and-sum is wrong for half the nearest modes; this is exact for every mode.
+Reshape-and-sum is wrong for half the nearest modes; this is exact for every mode. An ``axes`` attribute
+(opset 18; torch's dynamo exporter writes it) is spelled out to full-rank scales, sizes and roi first.
 """
 
 import numpy as np
 
-from onnxattr.emitters.registry import register
+from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
 
@@ -35,19 +36,41 @@ def _resize_inputs(b, node):
     return roi, scales, sizes
 
 
+def _full_rank(node, rank, roi, scales, sizes):
+    """roi, scales, sizes over every axis for a node with an ``axes`` attribute (unlisted axes: roi [0, 1], scale
+    1, size -1: not resized)."""
+    axes = [a % rank for a in node_attr(node, "axes")]
+    if roi is not None and roi.size:
+        full = np.concatenate([np.zeros(rank), np.ones(rank)])
+        full[axes], full[[rank + a for a in axes]] = roi[:len(axes)], roi[len(axes):]
+        roi = full
+    if scales is not None:
+        scales, listed = np.ones(rank, np.float32), scales
+        scales[axes] = listed
+    if sizes is not None:
+        sizes, listed = np.full(rank, -1, np.int64), sizes
+        sizes[axes] = listed
+    return roi, scales, sizes
+
+
 @register("Resize")
 def resize_vjp(b, node, grads, need):
     x, g = node.input[0], grads[0]
-    if any(a.name in ("axes", "keep_aspect_ratio_policy") for a in node.attribute):
-        raise UnsupportedModelError(f"Resize node '{node.name}': the axes/keep_aspect_ratio_policy "
-                                    "attributes are not supported")
+    if node_attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise UnsupportedModelError(f"Resize node '{node.name}': keep_aspect_ratio_policy "
+                                    f"'{node_attr(node, 'keep_aspect_ratio_policy')}' is not supported (only "
+                                    "'stretch', the default)")
     roi, scales, sizes = _resize_inputs(b, node)
     xs = b.shape(x)
+    if node_attr(node, "axes") is not None:
+        if xs is None:
+            raise UnsupportedModelError(f"Resize node '{node.name}': an axes attribute needs the input's rank")
+        roi, scales, sizes = _full_rank(node, len(xs), roi, scales, sizes)
     rank = len(xs) if xs is not None else len(scales if scales is not None else sizes)
     if scales is not None:
         axes = [a for a in range(rank) if scales[a] != 1.0]
     else:
-        axes = [a for a in range(rank) if xs is None or sizes[a] != xs[a]]
+        axes = [a for a in range(rank) if sizes[a] >= 0 and (xs is None or sizes[a] != xs[a])]
     if 0 in axes:
         raise UnsupportedModelError(f"Resize node '{node.name}': resizing the batch axis is not supported")
     dx = g
@@ -73,7 +96,7 @@ def _axis_vjp(b, node, x, g, a, rank, roi, scales, sizes):
         out_len = b.ints([int(sizes[a])])
         sz = b.op("Concat", [length] + [out_len if i == a else b.ints([1]) for i in range(1, rank)], axis=0)
         resized = b.op("Resize", [placed, roi_name, "", sz])
-    b.nodes[-1].attribute.extend(node.attribute)
+    b.nodes[-1].attribute.extend(a for a in node.attribute if a.name not in ("axes", "keep_aspect_ratio_policy"))
     p = b.op("Reshape", [resized, b.op("Concat", [length, b.ints([-1])], axis=0)])  # [L_in, L_out]
     if a == rank - 1:
         return b.op("MatMul", [g, b.op("Transpose", [p], perm=[1, 0])])

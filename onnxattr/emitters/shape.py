@@ -4,8 +4,10 @@ Reshape/Flatten: dx = reshape(g, shape(x)); Squeeze/Unsqueeze with known axes: t
 (no Shape node where the batch is dynamic). Transpose: inverse permutation.
 Concat: split g at the operands' sizes; Split: concat the output gradients (zeros where none).
 Slice with unit steps and Pad(constant): Pad g with the complementary (negated) pads.
-Every other pure movement (Gather*, Tile, strided Slice, reflect/edge Pad, DepthToSpace, ...) uses the
+Every other pure movement (Gather*, Tile, strided Slice, reflect/edge Pad, DepthToSpace, Compress, ...) uses the
 index trick: run the op on a tensor holding each element's flat position, then scatter-add g there.
+Trilu: the same triangle of g. ScatterElements/ScatterND: data gets g with the overwritten positions zeroed (all
+of g for reduction="add"), updates gets g gathered at the indices.
 """
 
 import numpy as np
@@ -14,6 +16,7 @@ from onnx import TensorProto
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.emitters.pooling import scatter_add_flat
 from onnxattr.emitters.registry import node_attr, register
+from onnxattr.errors import UnsupportedModelError
 
 
 def index_trick_vjp(b, node, x, g, dtype=TensorProto.INT64):
@@ -155,8 +158,33 @@ def expand_vjp(b, node, grads, need):
     return [unbroadcast(b, grads[0], node.input[0], node.output[0]), None]
 
 
-@register("Gather", "GatherElements", "GatherND", "Tile", "DepthToSpace", "SpaceToDepth", "ReverseSequence")
+@register("Gather", "GatherElements", "GatherND", "Tile", "DepthToSpace", "SpaceToDepth", "ReverseSequence", "Compress")
 def movement_vjp(b, node, grads, need):
     x = node.input[0]
     dtype = TensorProto.DOUBLE if node.op_type in ("DepthToSpace", "SpaceToDepth") else TensorProto.INT64
     return [index_trick_vjp(b, node, x, grads[0], dtype)] + [None] * (len(node.input) - 1)
+
+
+@register("Trilu")
+def trilu_vjp(b, node, grads, need):
+    upper = node_attr(node, "upper", 1)
+    return [b.op("Trilu", [grads[0]] + list(node.input[1:2]), upper=upper)] + [None] * (len(node.input) - 1)
+
+
+@register("ScatterElements", "ScatterND")
+def scatter_vjp(b, node, grads, need):
+    """data: g where not overwritten (reduction none) or g (add); updates: g gathered at the indices."""
+    reduction = node_attr(node, "reduction", "none")
+    if reduction not in ("none", "add"):
+        raise UnsupportedModelError(f"{node.op_type} node '{node.name}': reduction '{reduction}' is not supported "
+                                    "(only 'none' and 'add')")
+    data, indices, updates = node.input
+    g = grads[0]
+    elements = node.op_type == "ScatterElements"
+    axis = {"axis": node_attr(node, "axis", 0)} if elements else {}
+    gd = gu = None
+    if need[0]:
+        gd = g if reduction == "add" else b.op(node.op_type, [g, indices, b.zeros_like(updates)], **axis)
+    if need[2]:
+        gu = b.op("GatherElements" if elements else "GatherND", [g, indices], **axis)
+    return [gd, None, gu]

@@ -25,6 +25,8 @@ CASES = [
     ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, [-0.4 / 0.3, 0.6 / 0.3]),
     ("HardSwish", {}, [-3, 3]), ("Softplus", {}, []), ("Softsign", {}, []), ("Erf", {}, []),
     ("Gelu", {}, []), ("Gelu", {"approximate": "tanh"}, []), ("Celu", {"alpha": 0.8}, [0]), ("Mish", {}, []),
+    ("ThresholdedRelu", {"alpha": 0.5}, [0.5]), ("Shrink", {"lambd": 0.4, "bias": 0.2}, [-0.4, 0.4]),
+    ("Shrink", {}, [-0.5, 0.5]), ("Swish", {"alpha": 1.5}, []),
 ]
 
 
@@ -40,7 +42,7 @@ NUMPY_REF = {
 @pytest.mark.parametrize("op,attrs,kinks", CASES)
 def test_activation_vjp(op, attrs, kinks):
     x = away_from(rng.standard_normal((2, 3, 5)) * 3, kinks)
-    opset = {"Gelu": 20, "Mish": 18}.get(op, 17)
+    opset = {"Gelu": 20, "Mish": 18, "Swish": 24}.get(op, 17)
     ref = None if attrs else NUMPY_REF.get(op)
     check_vjp(op, [("x", x, False)], attrs, dynamic=(0,), opset=opset, numpy_ref=ref)
 
@@ -83,10 +85,13 @@ def test_positive_flag_is_exact(shape, dtype, ops):
     ("Elu", {"alpha": 0.7}, [], [0.7 * math.exp(-1), 0.7, 1]),
     ("Celu", {"alpha": 0.5}, [], [math.exp(-2), 1, 1]),
     ("Clip", {}, [("lo", np.array(-1, np.float32), True), ("hi", np.array(0, np.float32), True)], [1, 1, 0]),
+    ("ThresholdedRelu", {"alpha": 0.0}, [], [0, 0, 1]),
+    ("Shrink", {"lambd": 1.0}, [], [0, 0, 0]),
 ])
 def test_conventions_at_kinks(op, attrs, inputs, want):
     """x = [-1, 0, 1]: Relu'(0) = 0, LeakyRelu'(0) = PRelu'(0) = slope, Elu'(0) = alpha, Celu'(0) = 1; Clip to [-1, 0]
-    passes the gradient at both bounds (min <= x <= max) and not above."""
+    passes the gradient at both bounds (min <= x <= max) and not above; ThresholdedRelu and Shrink (torch's
+    Hardshrink) pass nothing at their threshold."""
     x = np.array([-1, 0, 1], np.float32)
     (got,) = run_vjp(op, [("x", x, False), *inputs], np.ones(3, np.float32), attrs)
     np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -26,6 +26,11 @@ def test_sum_vjp():
               wrt=["a", "b", "c"])
 
 
+def test_mean_vjp():
+    check_vjp("Mean", [("a", r((2, 3)), False), ("b", r((3,)), False), ("c", r((2, 1)), False)],
+              wrt=["a", "b", "c"])
+
+
 @pytest.mark.parametrize("op", ["Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Abs"])
 def test_unary_vjp(op):
     x = r((2, 5))
@@ -62,3 +67,17 @@ def test_max_min_ties_share_the_gradient(op):
 def test_where_vjp():
     cond = rng.random((2, 3)) > 0.5
     check_vjp("Where", [("c", cond, True), ("a", r((2, 3)), False), ("b", r((3,)), False)], wrt=["a", "b"])
+
+
+@pytest.mark.parametrize("sa,sb", SHAPES[:3])
+def test_mod_vjp(sa, sb):
+    """fmod (torch.fmod, the float form): a / b kept away from integers, where fmod jumps."""
+    b = r(sb)
+    b = np.sign(b) * (np.abs(b) + 0.5)
+    q = r(np.broadcast_shapes(sa, sb)) * 4
+    q = np.trunc(q) + np.where(q < 0, -1, 1) * rng.uniform(0.2, 0.8, q.shape)  # fractional part in [0.2, 0.8]
+    a = (q * b)[tuple(slice(0, n) for n in sa)] if sa == q.shape else None
+    if a is None:  # a broadcast: one a, the quotients of its broadcast copies all away from integers
+        a = np.full(sa, 0.5)
+        b = a / (np.trunc(r(sb) * 3) + 0.5)
+    check_vjp("Mod", [("a", a, False), ("b", b, False)], {"fmod": 1}, wrt=["a", "b"])

@@ -1,4 +1,5 @@
-"""onnxattr/emitters/normalization.py: BatchNormalization, LRN, LayerNormalization, InstanceNormalization."""
+"""onnxattr/emitters/normalization.py: BatchNormalization, LRN, LayerNormalization, InstanceNormalization,
+GroupNormalization, RMSNormalization, LpNormalization."""
 
 import numpy as np
 import pytest
@@ -15,6 +16,16 @@ def test_batchnorm(dynamic):
     check_vjp("BatchNormalization",
               [("x", r((2, c, 4, 5)), False), ("g", r(c), True), ("b", r(c), True), ("m", r(c), True),
                ("v", rng.random(c) + 0.5, True)], {"epsilon": 1e-3}, dynamic=dynamic)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 3, 6)])
+def test_batchnorm_statistics_that_vary(shape):
+    """tf2onnx writes Keras' LayerNormalization as a BatchNormalization whose mean and variance are computed from
+    the input: every operand gets its gradient."""
+    c = shape[1]
+    check_vjp("BatchNormalization",
+              [("x", r(shape), False), ("g", r(c), False), ("b", r(c), False), ("m", r(c), False),
+               ("v", rng.random(c) + 0.5, False)], {"epsilon": 1e-3}, wrt=["x", "g", "b", "m", "v"])
 
 
 def lrn_numpy(x, size, alpha, beta, bias):
@@ -56,3 +67,55 @@ def test_norm_scale_and_bias_that_vary(op, shape, param):
     attrs = {"epsilon": 1e-3} if op == "InstanceNormalization" else {"axis": -len(param), "epsilon": 1e-3}
     check_vjp(op, [("x", r(shape), False), ("s", r(param), False), ("b", r(param), False)], attrs,
               wrt=["x", "s", "b"])
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 6, 3, 4), 3), ((2, 4, 5), 2), ((2, 4, 3, 3), 4), ((3, 6), 1)])
+def test_groupnorm(shape, groups):
+    """Normalized over each (sample, group), scale and bias per channel (opset 21; torch's dynamo exporter writes
+    it from opset 21 on)."""
+    scale, bias = r(shape[1]), r(shape[1])
+    check_vjp("GroupNormalization", [("x", r(shape), False), ("s", scale, True), ("b", bias, True)],
+              {"num_groups": groups, "epsilon": 1e-3}, dynamic=(0,), opset=21,
+              numpy_ref=lambda f: groupnorm_numpy(f["x"], scale, bias, groups, 1e-3))
+
+
+def groupnorm_numpy(x, scale, bias, groups, eps):
+    """GroupNormalization-21 in float64 (onnx's reference computes the statistics in float32, its stash_type)."""
+    rows = x.reshape(x.shape[0], groups, -1)
+    xhat = ((rows - rows.mean(2, keepdims=True)) / np.sqrt(rows.var(2, keepdims=True) + eps)).reshape(x.shape)
+    per_channel = (-1,) + (1,) * (x.ndim - 2)
+    return xhat * scale.reshape(per_channel) + bias.reshape(per_channel)
+
+
+def test_groupnorm_opset_18_refused():
+    """Opset 18's per-group scale (deprecated; onnx.checker refuses it when a model is loaded)."""
+    with pytest.raises(Exception, match="only opset 21's form"):
+        check_vjp("GroupNormalization", [("x", r((2, 4, 3)), False), ("s", r(2), True), ("b", r(2), True)],
+                  {"num_groups": 2}, opset=18)
+
+
+def test_groupnorm_varying_scale_refused():
+    with pytest.raises(Exception, match="GroupNormalization 'node': a scale or bias computed from the explained"):
+        check_vjp("GroupNormalization", [("x", r((2, 4, 3)), False), ("s", r(4), False), ("b", r(4), True)],
+                  {"num_groups": 2}, wrt=["x", "s"], opset=21)
+
+
+@pytest.mark.parametrize("shape,axis,param", [((2, 3, 6), -1, (6,)), ((2, 3, 4, 4), 1, (3, 4, 4)),
+                                              ((2, 3, 4), 1, (1, 4))])
+def test_rmsnorm(shape, axis, param):
+    check_vjp("RMSNormalization", [("x", r(shape), False), ("s", r(param), True)], {"axis": axis, "epsilon": 1e-3},
+              dynamic=(0,), opset=23)
+
+
+def test_rmsnorm_scale_that_varies():
+    check_vjp("RMSNormalization", [("x", r((2, 3, 6)), False), ("s", r(6), False)], {"epsilon": 1e-3},
+              wrt=["x", "s"], opset=23)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_lp_normalization(p, axis):
+    """Against numpy: onnx's reference LpNormalization divides by the plain sum for p = 1 (onnxruntime by the sum
+    of absolute values, as the operator's definition says)."""
+    check_vjp("LpNormalization", [("x", r((2, 3, 4)), False)], {"p": p, "axis": axis}, dynamic=(0,),
+              numpy_ref=lambda f: f["x"] / np.linalg.norm(f["x"], ord=p, axis=axis, keepdims=True))

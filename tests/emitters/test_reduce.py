@@ -1,4 +1,4 @@
-"""onnxattr/emitters/reduce.py: reductions, Softmax, LogSoftmax."""
+"""onnxattr/emitters/reduce.py: reductions, Softmax, LogSoftmax, CumSum, TopK."""
 
 import numpy as np
 import pytest
@@ -26,6 +26,14 @@ def test_norm_reductions(op, axes, keep):
     if axes is not None:
         ins.append(("a", np.array(axes, np.int64), True))
     check_vjp(op, ins, {"keepdims": keep}, dynamic=(0,), opset=18)
+
+
+@pytest.mark.parametrize("axes,keep", [([1], 1), ([1, 2], 0), (None, 1)])
+def test_reduce_log_sum(axes, keep):
+    ins = [("x", np.abs(r((2, 3, 4))) + 0.5, False)]
+    if axes is not None:
+        ins.append(("a", np.array(axes, np.int64), True))
+    check_vjp("ReduceLogSum", ins, {"keepdims": keep}, dynamic=(0,), opset=18)
 
 
 def test_reduce_l2_of_zeros_gives_zero():
@@ -87,3 +95,36 @@ def test_reduce_of_a_tensor_of_unknown_rank(axis):
     analyzer = onnxattr.create_analyzer("gradient", model, neuron_selection_mode="all", input="x")
     feeds = {"mask": np.ones((3, 4), np.float32), "flag": np.array(True)}
     np.testing.assert_allclose(analyzer.analyze(np.ones((3, 4), np.float32), inputs=feeds), np.full((3, 4), 0.25))
+
+
+@pytest.mark.parametrize("axes,keep", [([1], 1), ([0, 2], 0), ([-1], 0), (None, 1)])
+def test_reduce_prod(axes, keep):
+    ins = [("x", np.sign(r((2, 3, 4))) * rng.uniform(0.5, 1.5, (2, 3, 4)), False)]
+    if axes is not None:
+        ins.append(("a", np.array(axes, np.int64), True))
+    check_vjp("ReduceProd", ins, {"keepdims": keep}, dynamic=(0,), opset=18)
+
+
+def test_reduce_prod_with_zeros():
+    """The product of the other elements, also where x holds zeros (torch.prod's backward): the only zero of a
+    row gets the product of the rest, everything else in a row with a zero gets 0."""
+    x = np.array([[0, 2, 3], [0, 0, 4], [1, 2, 3]], np.float32)
+    (got,) = run_vjp("ReduceProd", [("x", x, False), ("a", np.array([1], np.int64), True)],
+                     np.array([[1], [1], [2]], np.float32), {"keepdims": 1}, opset=18)
+    np.testing.assert_array_equal(got, [[6, 0, 0], [0, 0, 0], [12, 6, 4]])
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("axis,dtype", [(1, np.int64), (-1, np.int32)])
+def test_cumsum(exclusive, reverse, axis, dtype):
+    check_vjp("CumSum", [("x", r((2, 3, 4)), False), ("a", np.array(axis, dtype), True)],
+              {"exclusive": exclusive, "reverse": reverse}, dynamic=(0,))
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("largest", [1, 0])
+def test_topk(axis, largest):
+    """Values only (Indices is an integer output); distinct values, so no ties."""
+    check_vjp("TopK", [("x", r((2, 5, 6)), False), ("k", np.array([3], np.int64), True)],
+              {"axis": axis, "largest": largest}, n_out=2, dynamic=(0,))

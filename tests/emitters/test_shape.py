@@ -104,3 +104,38 @@ def test_castlike():
     # the second input only lends its type: no gradient flows to it
     check_vjp("CastLike", [("x", r((2, 3)), False), ("t", r((1,)), False)], wrt=["x"])
     check_vjp("CastLike", [("x", r((2, 3)), False), ("t", r((1,)), True)])
+
+
+def test_compress():
+    check_vjp("Compress", [("x", r((2, 5, 3)), False), ("c", np.array([1, 0, 1, 1, 0], bool), True)], {"axis": 1},
+              dynamic=(0,))
+    check_vjp("Compress", [("x", r((3, 4)), False), ("c", np.array([0, 1, 1, 0, 1], bool), True)])  # flattened
+
+
+@pytest.mark.parametrize("upper", [0, 1])
+@pytest.mark.parametrize("k", [None, -1, 2])
+def test_trilu(upper, k):
+    ins = [("x", r((2, 4, 5)), False)] + ([("k", np.array(k, I64), True)] if k is not None else [])
+    check_vjp("Trilu", ins, {"upper": upper}, dynamic=(0,))
+
+
+@pytest.mark.parametrize("reduction", ["none", "add"])
+def test_scatter_elements(reduction):
+    """Distinct indices for 'none' (repeated ones leave the winner to the runtime); 'add' may repeat them."""
+    i = np.array([[1, 0, 3], [2, 2, 0]], I64) if reduction == "add" else np.array([[1, 0, 3], [2, 3, 0]], I64)
+    check_vjp("ScatterElements", [("d", r((2, 4)), False), ("i", i, True), ("u", r((2, 3)), False)],
+              {"axis": 1, "reduction": reduction}, wrt=["d", "u"], opset=18)
+
+
+@pytest.mark.parametrize("reduction", ["none", "add"])
+def test_scatter_nd(reduction):
+    """torch's x[:, idx] = v and index_put exports: rows of data replaced by (or added to) updates."""
+    i = np.array([[1], [3]], I64)
+    check_vjp("ScatterND", [("d", r((4, 3)), False), ("i", i, True), ("u", r((2, 3)), False)],
+              {"reduction": reduction}, wrt=["d", "u"], opset=18)
+
+
+def test_scatter_max_refused():
+    with pytest.raises(Exception, match="ScatterND node 'node': reduction 'max' is not supported"):
+        check_vjp("ScatterND", [("d", r((4, 3)), False), ("i", np.array([[1]], I64), True), ("u", r((1, 3)), False)],
+                  {"reduction": "max"}, wrt=["d", "u"], opset=18)

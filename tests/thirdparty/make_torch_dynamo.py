@@ -6,13 +6,17 @@ Run from the repository root, in a venv with torch 2.13 (CPU) and onnxscript, e.
 
 Writes tests/thirdparty/data/torch_dynamo_rescnn.onnx (exporter's optimizer on: BatchNorm folded),
 torch_dynamo_rescnn_raw.onnx (optimize=False: BatchNormalization kept), both with random weights, seed 0, eval mode, dynamic batch)
-and torch_dynamo_rescnn.npz (an input and torch's outputs for it).
+and torch_dynamo_rescnn.npz (an input and torch's outputs for it); and torch_dynamo_modern.onnx, opset 23: the ops
+the exporter writes for newer layers (GroupNormalization, RMSNormalization, Resize with an axes attribute, a
+channels-last LayerNormalization, SiLU, GELU), with torch_dynamo_modern.npz (an input, torch's output and torch's
+gradient of the largest logit and of logit 2).
 """
 
 import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -44,6 +48,52 @@ class ResCNN(nn.Module):
         return self.fc(torch.flatten(h, 1))
 
 
+class Modern(nn.Module):
+    """Conv-GroupNorm-SiLU, a ConvNeXt-style block (depthwise 7x7, channels-last LayerNorm, GELU), bilinear
+    upsampling, RMSNorm on the pooled features."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.ln = nn.LayerNorm(8)
+        self.pw = nn.Linear(8, 16)
+        self.rms = nn.RMSNorm(16)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        h = F.silu(self.gn(self.stem(x)))
+        h = h + self.dw(h)
+        h = self.pw(self.ln(h.permute(0, 2, 3, 1)))  # channels last
+        h = F.gelu(h).permute(0, 3, 1, 2)
+        h = F.interpolate(h, scale_factor=2, mode="bilinear")
+        return self.fc(self.rms(h.mean((2, 3))))
+
+
+def export_modern():
+    torch.manual_seed(0)
+    model = Modern().eval()
+    with torch.no_grad():  # affine parameters away from their initial 1 and 0
+        for m in (model.gn, model.ln, model.rms):
+            m.weight.uniform_(0.5, 1.5)
+            if getattr(m, "bias", None) is not None:
+                m.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(2, 3, 16, 16)
+    path = os.path.join(HERE, "torch_dynamo_modern.onnx")
+    program = torch.onnx.export(model, (x,), dynamo=True, input_names=["image"], output_names=["logits"],
+                                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), opset_version=23)
+    program.save(path, external_data=False)
+    print(path, os.path.getsize(path))
+    grads = {}
+    for key, pick in (("g_max", lambda y: y.argmax(1)), ("g_2", lambda y: torch.full((len(y),), 2))):
+        xg = x.clone().requires_grad_(True)
+        y = model(xg)
+        y.gather(1, pick(y)[:, None]).sum().backward()
+        grads[key] = xg.grad.numpy()
+    np.savez(os.path.join(HERE, "torch_dynamo_modern.npz"), x=x.numpy(), y=y.detach().numpy(), **grads)
+
+
 def main():
     torch.manual_seed(0)
     model = ResCNN()
@@ -68,6 +118,7 @@ def main():
     with torch.no_grad():
         y = model(x).numpy()
     np.savez(os.path.join(HERE, "torch_dynamo_rescnn.npz"), x=x.numpy(), y=y)
+    export_modern()
 
 
 if __name__ == "__main__":
