@@ -11,8 +11,9 @@ the selected output with these steps changed:
   and exported GELU, x * sigmoid(x) and x * (1 + erf(x / sqrt 2)) / 2; RMSNorm's x * rsqrt(mean(x^2)); a
   spelled-out LayerNorm's division by its std): h is held constant, so all relevance goes to x (the
   identity rule of the whole activation, and LXT's stop_gradient on a norm's std);
-- LayerNormalization (and InstanceNormalization): its std held constant,
-  g_in = (gamma g - mean(gamma g)) / std;
+- LayerNormalization (and InstanceNormalization, GroupNormalization per group): its std held constant,
+  g_in = (gamma g - mean(gamma g)) / std; RMSNormalization its rms held constant, g_in = gamma g / rms; a
+  BatchNormalization fed its own statistics (tf2onnx's Keras LayerNormalization) its variance held constant;
 - everything else keeps its gradient: linear layers then follow the z rule with the bias absorbing its
   share, a residual Add splits in proportion to its operands, and Softmax gives AttnLRP's
   R_in = x * (R - s * sum(R)).
@@ -32,7 +33,8 @@ import numpy as np
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
-from onnxattr.emitters.normalization import affine_grads, norm_stats
+from onnxattr.emitters.normalization import (affine_grads, group_stats, norm_stats, refuse_varying_affine,
+                                             rms_scale_grad, rms_stats)
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import find_units
 from onnxattr.methods.base import Method, Param, Target, non_negative, register_method, times_tensor
@@ -162,6 +164,32 @@ def layernorm_rule(b, node, grads, need):
     return [dx] + affine_grads(b, node, g, xhat, need)[:len(node.input) - 1]
 
 
+def groupnorm_rule(b, node, grads, need):
+    """GroupNormalization with each group's std held constant: g_in = (gamma g - mean(gamma g)) * rstd per
+    (sample, group)."""
+    refuse_varying_affine(node, need)
+    rows, _, rstd, gamma = group_stats(b, node)
+    gg = b.op("Reshape", [b.op("Mul", [grads[0], gamma]), rows])
+    dx = b.op("Mul", [b.op("Sub", [gg, b.reduce("ReduceMean", gg, [2])]), rstd])
+    return [b.op("Reshape", [dx, b.op("Shape", [node.input[0]])])] + [None] * (len(node.input) - 1)
+
+
+def batchnorm_variance_rule(b, node, grads, need):
+    """A BatchNormalization whose statistics are computed from the input (tf2onnx's Keras LayerNormalization):
+    the variance held constant, the mean and the rest differentiated, so it is layernorm_rule."""
+    return VJPS["BatchNormalization"](b, node, grads, list(need[:4]) + [False] * (len(need) - 4))
+
+
+def rmsnorm_rule(b, node, grads, need):
+    """RMSNormalization with its rms held constant (LXT's rms_norm_forward): g_in = gamma g * rstd; a scale
+    that varies with the input gets sum(g * xhat)."""
+    g = grads[0]
+    _, rstd = rms_stats(b, node)
+    dx = b.op("Mul", [b.op("Mul", [g, node.input[1]]), rstd]) if need[0] else None
+    xhat = b.op("Mul", [node.input[0], rstd]) if len(need) > 1 and need[1] else None
+    return [dx, rms_scale_grad(b, node, g, xhat, need)]
+
+
 # ops that move values, or mask or scale them by a factor that does not vary with x (a head mask, a
 # masked_fill after the softmax): a tensor read through them keeps its origin (for cp_lrp)
 _PASSES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Cast",
@@ -233,6 +261,12 @@ def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict, cp: bool
             chosen[node.name] = (identity_rule, "identity", "activation")
         elif op in ("LayerNormalization", "InstanceNormalization") and varying[0]:
             chosen[node.name] = (layernorm_rule, "layernorm", "std held constant")
+        elif op == "BatchNormalization" and varying[0] and len(ins) > 4 and varying[4]:
+            chosen[node.name] = (batchnorm_variance_rule, "layernorm", "variance held constant")
+        elif op == "GroupNormalization" and varying[0]:
+            chosen[node.name] = (groupnorm_rule, "groupnorm", "std held constant")
+        elif op == "RMSNormalization" and varying[0]:
+            chosen[node.name] = (rmsnorm_rule, "rmsnorm", "rms held constant")
     for name, (_, rule, why) in chosen.items():
         assignment[name] = (rule, why)
     for node in on_path:

@@ -294,6 +294,41 @@ def test_a_factor_that_does_not_vary_with_x_is_a_constant():
     np.testing.assert_allclose(maps["attn_lrp"].reshape(2, -1).sum(1), y, rtol=1e-5)
 
 
+def test_keras_layernorm_as_batchnorm_holds_its_variance():
+    """tf2onnx writes Keras' LayerNormalization as a BatchNormalization of x viewed [1, N, features] whose mean
+    and variance are computed from x: its variance is held constant, which gives LayerNormalization's rule
+    (the map of test_layernorm_holds_its_std)."""
+    w1 = RNG.standard_normal((5, 7)).astype(np.float32)
+    w2 = RNG.standard_normal((7, 3)).astype(np.float32)
+    gamma = RNG.uniform(0.5, 2, 7).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["mean"], axes=[1], keepdims=0),
+             helper.make_node("Sub", ["h", "mean_col"], ["hc"]),
+             helper.make_node("Unsqueeze", ["mean", "one"], ["mean_col"]),
+             helper.make_node("Mul", ["hc", "hc"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["var"], axes=[1], keepdims=0),
+             helper.make_node("Reshape", ["h", "rows"], ["h3"]),
+             helper.make_node("BatchNormalization", ["h3", "ones", "zeros", "mean", "var"], ["n3"], epsilon=1e-5),
+             helper.make_node("Reshape", ["n3", "back"], ["n"]),
+             helper.make_node("Mul", ["n", "gamma"], ["f"]),
+             helper.make_node("MatMul", ["f", "W2"], ["y"])]
+    nodes.insert(3, nodes.pop(2))  # Unsqueeze before the Sub that reads it
+    model = single_io_model(nodes, {"W1": w1, "W2": w2, "gamma": gamma, "ones": np.ones(4, np.float32),
+                                    "zeros": np.zeros(4, np.float32), "one": np.array([1]),
+                                    "rows": np.array([1, 4, 7]), "back": np.array([4, 7])}, [4, 5], [4, 3])
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    y, r = run(model, x)
+    k = y.argmax(1)
+    h = x @ w1
+    std = np.sqrt(h.var(1, keepdims=True) + 1e-5)
+    gg = gamma * w2[:, k].T
+    want = x * (((gg - gg.mean(1, keepdims=True)) / std) @ w1.T)
+    np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
+    assert ("BatchNormalization", "layernorm") in rules(model)
+    exact = run(model, x, "input_t_gradient")[1]  # the variance differentiated: another map
+    assert not np.allclose(r, exact, atol=1e-3)
+
+
 def test_instancenorm_holds_its_std():
     """InstanceNormalization (torch's GroupNorm export; beta = 0) before a bias-free weighting: its std is held
     constant like a LayerNorm's, so relevance is conserved, which input times gradient is not."""
@@ -308,6 +343,49 @@ def test_instancenorm_holds_its_std():
     np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-4, atol=1e-5)
     assert ("InstanceNormalization", "layernorm") in rules(model)
     assert not np.allclose(r, run(model, x, "input_t_gradient", neuron="all")[1], atol=1e-3)
+
+
+def test_groupnorm_holds_its_std():
+    """GroupNormalization-21 (torch's dynamo export from opset 21; beta = 0) before a bias-free weighting: each
+    group's std held constant, relevance is conserved; the map is x * (gamma g - mean(gamma g)) / std per group."""
+    scale = RNG.uniform(0.5, 2, 4).astype(np.float32)
+    w = RNG.standard_normal((4, 5)).astype(np.float32)
+    nodes = [helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["n"], num_groups=2, epsilon=1e-5),
+             helper.make_node("Mul", ["n", "W"], ["p"]), helper.make_node("ReduceSum", ["p", "axes"], ["y"], keepdims=0)]
+    model = single_io_model(nodes, {"scale": scale, "bias": np.zeros(4, np.float32), "W": w,
+                                    "axes": np.array([1, 2])}, ["N", 4, 5], ["N"], opset=21)
+    model.ir_version = 10
+    x = RNG.standard_normal((2, 4, 5)).astype(np.float32)
+    y, r = run(model, x, neuron="all")
+    rows = x.reshape(2, 2, 10)
+    std = np.sqrt(rows.var(2, keepdims=True) + 1e-5)
+    gg = (scale[:, None] * w)[None].repeat(2, 0).reshape(2, 2, 10)
+    want = x * ((gg - gg.mean(2, keepdims=True)) / std).reshape(x.shape)
+    np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r.reshape(2, -1).sum(1), y, rtol=1e-4, atol=1e-5)
+    assert ("GroupNormalization", "groupnorm") in rules(model)
+
+
+def test_rmsnorm_holds_its_rms():
+    """RMSNormalization-23 between bias-free layers (LXT's rms_norm_forward): the rms held constant, so the map
+    is x * W1 (gamma g / rms) with g = W2[:, k], and relevance is conserved."""
+    w1 = RNG.standard_normal((5, 7)).astype(np.float32)
+    w2 = RNG.standard_normal((7, 3)).astype(np.float32)
+    gamma = RNG.uniform(0.5, 2, 7).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]),
+             helper.make_node("RMSNormalization", ["h", "gamma"], ["f"], epsilon=1e-5),
+             helper.make_node("MatMul", ["f", "W2"], ["y"])]
+    model = single_io_model(nodes, {"W1": w1, "W2": w2, "gamma": gamma}, ["N", 5], ["N", 3], opset=23)
+    model.ir_version = 10
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    y, r = run(model, x)
+    k = y.argmax(1)
+    h = x @ w1
+    rms = np.sqrt((h * h).mean(1, keepdims=True) + 1e-5)
+    want = x * (((gamma * w2[:, k].T) / rms) @ w1.T)
+    np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r.sum(1), y[np.arange(4), k], rtol=1e-4)
+    assert ("RMSNormalization", "rmsnorm") in rules(model)
 
 
 def test_a_layernorm_spelled_with_two_centrings_is_a_gate():
