@@ -30,6 +30,7 @@ MODELS = {
     "torch_dynamo_rescnn_raw.onnx": {},         # optimize=False: BatchNormalization, CastLike, Expand
     "torch_dynamo_modern.onnx": {},             # opset 23: GroupNormalization, RMSNormalization, Resize axes
     "keras_transformer.onnx": {},               # make_keras.py: tf2onnx, LayerNorm as a BatchNormalization
+    "torch_stn.onnx": {},                       # make_torch_stn.py: opset 20, AffineGrid + GridSample
     "paddle_cnn.onnx": {},                      # make_paddle.py: paddle.onnx.export, opset 13
     "skl_mlp_classifier.onnx": {},              # make_sklearn.py: label + ZipMap (sequence of maps)
     "skl_mlp_classifier_nozipmap.onnx": {},
@@ -139,35 +140,40 @@ def test_torch_dynamo_outputs_match_torch_and_raw_export():
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-6)
 
 
-def test_torch_dynamo_modern_matches_torch_autograd():
-    """Opset 23 as torch's dynamo exporter writes it (GroupNormalization-21, RMSNormalization-23, Resize with
-    axes, LayerNormalization on a channels-last view): the map equals torch's own gradient (committed), for the
-    largest logit and for logit 2. Tolerance 1e-4 of the largest entry: float32 through two normalizations
-    whose statistics torch and onnxruntime sum in different orders."""
-    ref = np.load(path_of("torch_dynamo_modern.npz"))
+def assert_framework_gradient(name: str, input_name: str, ref, neurons=("max", "index")):
+    """The compiled gradient of ``name`` gives the framework's own output and gradient (committed in ``ref``:
+    g_max for the largest logit, g_2 for logit 2) to 1e-4 of the gradient's largest entry (float32 in both,
+    summed in different orders)."""
     x = ref["x"]
-    for neuron, feeds, g in (("max", {}, ref["g_max"]), ("index", {"target": np.full(len(x), 2, np.int64)}, ref["g_2"])):
-        logits, r = session(compiled("torch_dynamo_modern.onnx", "gradient", neuron)).run(None, {"image": x, **feeds})
+    for neuron in neurons:
+        feeds, g = ({}, ref["g_max"]) if neuron == "max" else ({"target": np.full(len(x), 2, np.int64)}, ref["g_2"])
+        logits, r = session(compiled(name, "gradient", neuron)).run(None, {input_name: x, **feeds})
         np.testing.assert_allclose(logits, ref["y"], rtol=1e-4, atol=1e-5)
         scale = np.abs(g).max()
         assert scale > 0
         np.testing.assert_allclose(r, g, rtol=0, atol=1e-4 * scale, err_msg=neuron)
+
+
+def test_torch_dynamo_modern_matches_torch_autograd():
+    """Opset 23 as torch's dynamo exporter writes it (GroupNormalization-21, RMSNormalization-23, Resize with
+    axes, LayerNormalization on a channels-last view): the map is torch's own gradient, for the largest logit
+    and for logit 2."""
+    assert_framework_gradient("torch_dynamo_modern.onnx", "image", np.load(path_of("torch_dynamo_modern.npz")))
 
 
 def test_keras_transformer_matches_tensorflow_gradient():
     """tf2onnx's Keras LayerNormalization is a BatchNormalization fed the input's own mean and variance: the map
-    differentiates them and equals TensorFlow's gradient (committed), for the largest logit and for logit 2.
-    Tolerance 1e-4 of the largest entry (float32, two frameworks' reduction orders)."""
+    differentiates them and is TensorFlow's gradient, for the largest logit and for logit 2."""
     ref = np.load(path_of("keras_transformer.npz"))
-    x = ref["x"]
-    for neuron, feeds, g in (("max", {}, ref["g_max"]), ("index", {"target": np.full(len(x), 2, np.int64)}, ref["g_2"])):
-        logits, r = session(compiled("keras_transformer.onnx", "gradient", neuron)).run(None, {"x": x, **feeds})
-        np.testing.assert_allclose(logits, ref["y"], rtol=1e-4, atol=1e-5)
-        scale = np.abs(g).max()
-        assert scale > 0
-        np.testing.assert_allclose(r, g, rtol=0, atol=1e-4 * scale, err_msg=neuron)
-    attn = session(compiled("keras_transformer.onnx", "attn_lrp")).run(None, {"x": x})[1]
-    assert np.isfinite(attn).all() and not np.allclose(attn, x * ref["g_max"], atol=1e-3 * np.abs(attn).max())
+    assert_framework_gradient("keras_transformer.onnx", "x", ref)
+    attn = session(compiled("keras_transformer.onnx", "attn_lrp")).run(None, {"x": ref["x"]})[1]
+    assert np.isfinite(attn).all() and not np.allclose(attn, ref["x"] * ref["g_max"], atol=1e-3 * np.abs(attn).max())
+
+
+def test_spatial_transformer_matches_torch_autograd():
+    """AffineGrid and GridSample (border padding) with theta computed from the input: the map differentiates
+    through the sampled values and through the grid, and is torch's gradient."""
+    assert_framework_gradient("torch_stn.onnx", "image", np.load(path_of("torch_stn.npz")), neurons=("max",))
 
 
 def test_skl_classifier_zipmap_explains_the_logits():

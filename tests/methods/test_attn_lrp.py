@@ -106,6 +106,15 @@ def test_gates_are_held_constant():
         assert "uniform" not in {r for _, r in rules(model)}
 
 
+def held_std_map(x, w1, w2, gamma, k):
+    """x * W1 (gamma g - mean(gamma g)) / std with g = W2[:, k] and std that of x W1: the map of W2 after a
+    LayerNorm (beta 0) held at its std, after W1."""
+    h = x @ w1
+    std = np.sqrt(h.var(1, keepdims=True) + 1e-5)
+    gg = gamma * w2[:, k].T
+    return x * (((gg - gg.mean(1, keepdims=True)) / std) @ w1.T)
+
+
 def test_layernorm_holds_its_std():
     """LayerNormalization (beta = 0) between bias-free layers: centring is linear and the std a constant, so
     relevance is conserved; the map is x * W1 (gamma g - mean(gamma g)) / std with g = W2[:, k]."""
@@ -120,11 +129,7 @@ def test_layernorm_holds_its_std():
     x = RNG.standard_normal((4, 5)).astype(np.float32)
     y, r = run(model, x)
     k = y.argmax(1)
-    h = x @ w1
-    std = np.sqrt(h.var(1, keepdims=True) + 1e-5)
-    gg = gamma * w2[:, k].T
-    want = x * (((gg - gg.mean(1, keepdims=True)) / std) @ w1.T)
-    np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r, held_std_map(x, w1, w2, gamma, k), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(r.sum(1), y[np.arange(4), k], rtol=1e-4)
     assert ("LayerNormalization", "layernorm") in rules(model)
 
@@ -296,8 +301,7 @@ def test_a_factor_that_does_not_vary_with_x_is_a_constant():
 
 def test_keras_layernorm_as_batchnorm_holds_its_variance():
     """tf2onnx writes Keras' LayerNormalization as a BatchNormalization of x viewed [1, N, features] whose mean
-    and variance are computed from x: its variance is held constant, which gives LayerNormalization's rule
-    (the map of test_layernorm_holds_its_std)."""
+    and variance are computed from x: its variance is held constant, which gives LayerNormalization's rule."""
     w1 = RNG.standard_normal((5, 7)).astype(np.float32)
     w2 = RNG.standard_normal((7, 3)).astype(np.float32)
     gamma = RNG.uniform(0.5, 2, 7).astype(np.float32)
@@ -318,12 +322,7 @@ def test_keras_layernorm_as_batchnorm_holds_its_variance():
                                     "rows": np.array([1, 4, 7]), "back": np.array([4, 7])}, [4, 5], [4, 3])
     x = RNG.standard_normal((4, 5)).astype(np.float32)
     y, r = run(model, x)
-    k = y.argmax(1)
-    h = x @ w1
-    std = np.sqrt(h.var(1, keepdims=True) + 1e-5)
-    gg = gamma * w2[:, k].T
-    want = x * (((gg - gg.mean(1, keepdims=True)) / std) @ w1.T)
-    np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r, held_std_map(x, w1, w2, gamma, y.argmax(1)), rtol=1e-4, atol=1e-5)
     assert ("BatchNormalization", "layernorm") in rules(model)
     exact = run(model, x, "input_t_gradient")[1]  # the variance differentiated: another map
     assert not np.allclose(r, exact, atol=1e-3)

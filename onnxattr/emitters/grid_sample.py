@@ -1,0 +1,149 @@
+"""GridSample (rank 4) and AffineGrid, the sampling of a spatial transformer.
+
+GridSample: y[n, c, i, j] samples x[n, c] at the grid's point (grid[n, i, j, 0] along the width,
+grid[n, i, j, 1] along the height, in [-1, 1]).
+
+The point's pixel coordinates are ix = (gx + 1)(W - 1) / 2 (align_corners) or ((gx + 1) W - 1) / 2, clipped to
+[0, W - 1] for padding_mode border. Linear mode: with x0 = floor(ix), x1 = x0 + 1, wx1 = ix - x0, wx0 = 1 - wx1 (and
+the same along the height), y = sum over the four corners of wx * wy * x[corner], a corner outside x counting 0.
+So dx is g * wx * wy scattered (added) to the four corners, and
+d ix = sum_c g * (wy0 (x[y0, x1] - x[y0, x0]) + wy1 (x[y1, x1] - x[y1, x0])) times d ix / d gx (0 where border
+clips), d iy likewise. Nearest mode: g goes to the rounded point, the grid gets 0. Reflection padding and cubic
+mode are refused.
+
+AffineGrid: grid[n, p] = theta[n] @ (base[p], 1) with base[p] the normalized coordinates of output point p, so
+d theta[n] = sum over p of g[n, p] (base[p], 1)^T, one MatMul; (base, 1) comes from AffineGrid itself applied to
+the identity transform.
+"""
+
+import numpy as np
+
+from onnxattr.emitters.registry import node_attr, register
+from onnxattr.errors import UnsupportedModelError
+
+_LINEAR = ("linear", "bilinear")
+_NEAREST = "nearest"
+
+
+def _float_dim(b, x, axis, like):
+    """Dimension ``axis`` of x as a float scalar (a constant when static)."""
+    shape = b.shape(x)
+    if shape is not None and isinstance(shape[axis], int):
+        return b.scalar(float(shape[axis]), like)
+    dim = b.op("Gather", [b.op("Shape", [x]), b.const(axis, np.int64)])
+    return b.op("Cast", [dim], to=b.float_type(like))
+
+
+class _Axis:
+    """One sampled axis: the grid coordinate's pixel coordinate, its clip mask (border), and d ix / d g."""
+
+    def __init__(self, b, node, x, grid, k, axis):
+        self.b = b
+        g = b.op("Gather", [grid, b.const(k, np.int64)], axis=3)  # [N, Ho, Wo]
+        self.size = _float_dim(b, x, axis, grid)
+        one = b.scalar(1.0, grid)
+        self.last = b.op("Sub", [self.size, one])
+        align = node_attr(node, "align_corners", 0)
+        self.slope = b.op("Mul", [self.last if align else self.size, b.scalar(0.5, grid)])
+        pos = b.op("Mul", [b.op("Add", [g, one]), self.slope])  # (g + 1) (L - 1) / 2 or (g + 1) L / 2
+        if not align:
+            pos = b.op("Sub", [pos, b.scalar(0.5, grid)])
+        self.clip_mask = None
+        if node_attr(node, "padding_mode", "zeros") == "border":
+            zero = b.scalar(0.0, grid)
+            inside = b.op("And", [b.op("GreaterOrEqual", [pos, zero]), b.op("LessOrEqual", [pos, self.last])])
+            self.clip_mask = b.op("Cast", [inside], to=b.float_type(grid))
+            pos = b.op("Min", [b.op("Max", [pos, zero]), self.last])
+        self.pos = pos
+
+    def corners(self):
+        """[(coordinate, weight)] of the two neighbours along this axis."""
+        b = self.b
+        low = b.op("Floor", [self.pos])
+        w_high = b.op("Sub", [self.pos, low])
+        w_low = b.op("Sub", [b.scalar(1.0, self.pos), w_high])
+        return [(low, w_low), (b.op("Add", [low, b.scalar(1.0, self.pos)]), w_high)]
+
+    def valid(self, c):
+        b = self.b
+        return b.op("And", [b.op("GreaterOrEqual", [c, b.scalar(0.0, c)]), b.op("LessOrEqual", [c, self.last])])
+
+    def clipped(self, c):
+        return self.b.op("Min", [self.b.op("Max", [c, self.b.scalar(0.0, c)]), self.last])
+
+
+@register("GridSample")
+def grid_sample_vjp(b, node, grads, need):
+    x, grid = node.input[0], node.input[1]
+    mode = node_attr(node, "mode", "bilinear")
+    padding = node_attr(node, "padding_mode", "zeros")
+    if b.rank(x) != 4 or mode not in _LINEAR + (_NEAREST,) or padding not in ("zeros", "border"):
+        raise UnsupportedModelError(
+            f"GridSample node '{node.name}': mode '{mode}', padding_mode '{padding}' on a rank-{b.rank(x)} input is "
+            "not supported (rank 4; modes linear/bilinear and nearest; padding zeros and border)")
+    width, height = _Axis(b, node, x, grid, 0, 3), _Axis(b, node, x, grid, 1, 2)
+    if mode == _NEAREST:
+        wc, hc = [(b.op("Round", [width.pos]), None)], [(b.op("Round", [height.pos]), None)]
+    else:
+        wc, hc = width.corners(), height.corners()
+    points = [(cx, wx, cy, wy) for cy, wy in hc for cx, wx in wc]  # (x0, y0), (x1, y0), (x0, y1), (x1, y1)
+    ftype = b.float_type(grid)
+    n_c = b.op("Slice", [b.op("Shape", [x]), b.ints([0]), b.ints([2])])  # [N, C]
+    flat = b.op("Concat", [n_c, b.ints([-1])], axis=0)  # x and g viewed [N, C, -1]
+    per_point = b.op("Concat", [b.op("Slice", [b.op("Shape", [grid]), b.ints([0]), b.ints([1])]),
+                                b.ints([1, -1])], axis=0)  # the grid's points viewed [N, 1, Ho * Wo]
+    g_flat = b.op("Reshape", [grads[0], flat])
+    index, valid, weight = [], [], []
+    for cx, wx, cy, wy in points:
+        inside = b.op("Reshape", [b.op("Cast", [b.op("And", [width.valid(cx), height.valid(cy)])], to=ftype),
+                                  per_point])
+        at = b.op("Add", [b.op("Mul", [height.clipped(cy), width.size]), width.clipped(cx)])
+        at = b.op("Reshape", [b.op("Cast", [at], to=7), per_point])  # int64
+        index.append(b.op("Expand", [at, b.op("Shape", [g_flat])]))
+        valid.append(inside)
+        weight.append(inside if wx is None else b.op("Mul", [b.op("Reshape", [b.op("Mul", [wx, wy]), per_point]),
+                                                            inside]))
+    dx = dgrid = None
+    if need[0]:
+        updates = b.op("Concat", [b.op("Mul", [g_flat, w]) for w in weight], axis=2)
+        base = b.op("Reshape", [b.zeros_like(x), flat])
+        summed = b.op("ScatterElements", [base, b.op("Concat", index, axis=2), updates], axis=2, reduction="add")
+        dx = b.op("Reshape", [summed, b.op("Shape", [x])])
+    if need[1] and mode == _NEAREST:
+        dgrid = b.zeros_like(grid)
+    elif need[1]:
+        x_flat = b.op("Reshape", [x, flat])
+        v = [b.op("Mul", [b.op("GatherElements", [x_flat, i], axis=2), ok]) for i, ok in zip(index, valid)]
+        w = lambda t: b.op("Reshape", [t, per_point])  # noqa: E731
+        (_, wx0), (_, wx1), (_, wy0), (_, wy1) = wc + hc
+        slopes = ((width, b.op("Add", [b.op("Mul", [w(wy0), b.op("Sub", [v[1], v[0]])]),
+                                       b.op("Mul", [w(wy1), b.op("Sub", [v[3], v[2]])])])),
+                  (height, b.op("Add", [b.op("Mul", [w(wx0), b.op("Sub", [v[2], v[0]])]),
+                                        b.op("Mul", [w(wx1), b.op("Sub", [v[3], v[1]])])])))
+        parts = []
+        for axis, d in slopes:
+            s = b.op("ReduceSum", [b.op("Mul", [g_flat, d]), b.ints([1])], keepdims=0)  # over channels
+            s = b.op("Mul", [b.op("Reshape", [s, b.op("Shape", [axis.pos])]), axis.slope])
+            if axis.clip_mask is not None:
+                s = b.op("Mul", [s, axis.clip_mask])
+            parts.append(b.op("Unsqueeze", [s, b.ints([3])]))
+        dgrid = b.op("Concat", parts, axis=3)
+    return [dx, dgrid]
+
+
+@register("AffineGrid")
+def affine_grid_vjp(b, node, grads, need):
+    theta, size = node.input[0], node.input[1]
+    k = b.shape(theta)[1] if b.shape(theta) is not None and isinstance(b.shape(theta)[1], int) else None
+    if k is None:
+        raise UnsupportedModelError(f"AffineGrid node '{node.name}': theta's shape [N, k, k + 1] must be known")
+    identity = b.const(np.eye(k, k + 1)[None], b.float_dtype(theta), "affine_identity")
+    one_sample = b.op("Concat", [b.ints([1]), b.op("Slice", [size, b.ints([1]), b.ints([k + 2])])], axis=0)
+    base = b.op("AffineGrid", [identity, one_sample], align_corners=node_attr(node, "align_corners", 0))
+    base = b.op("Reshape", [base, b.ints([-1, k])])  # [points, k]: (x, y[, z]) per output point
+    ones = b.op("ConstantOfShape", [b.op("Slice", [b.op("Shape", [base]), b.ints([0]), b.ints([1])])],
+                value=b.fill_value(1.0, theta))
+    homogeneous = b.op("Concat", [base, b.op("Unsqueeze", [ones, b.ints([1])])], axis=1)  # [points, k + 1]
+    g = b.op("Reshape", [grads[0], b.op("Concat", [b.op("Slice", [b.op("Shape", [theta]), b.ints([0]), b.ints([1])]),
+                                                   b.ints([-1, k])], axis=0)])  # [N, points, k]
+    return [b.op("MatMul", [b.op("Transpose", [g], perm=[0, 2, 1]), homogeneous]), None]
