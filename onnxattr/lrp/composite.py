@@ -27,9 +27,11 @@ from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import LINEAR_OPS, Unit, find_units
 from onnxattr.recurrent import is_cell_sum
 
+# Zennit's Activation types (CELU, SiLU as Swish, Hard/Softshrink as Shrink, Threshold as ThresholdedRelu; not Mish)
 ELEMENTWISE = frozenset({
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid",
-    "HardSwish", "Clip", "Gelu", "Erf", "Identity", "Dropout", "Cast", "Abs", "Exp", "Log", "Sqrt", "Neg",
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid",
+    "HardSwish", "Swish", "Shrink", "ThresholdedRelu", "Clip", "Gelu", "Erf", "Identity", "Dropout", "Cast", "Abs",
+    "Exp", "Log", "Sqrt", "Neg",
 })
 ADDS = ("Add", "Sum")
 
@@ -314,8 +316,8 @@ def _pass(b, node, grads, need):
     along which that operand was broadcast (a per-sample scale times a feature map gets the map's total)."""
     out = [None] * len(node.input)
     for i, n in enumerate(need):
-        if n:
-            out[i] = unbroadcast(b, grads[0], node.input[i], node.output[0])
+        if n:  # a one-input op (an activation) keeps the shape: no check, no ops
+            out[i] = unbroadcast(b, grads[0], node.input[i], node.output[0]) if len(node.input) > 1 else grads[0]
             break
     return out
 

@@ -44,7 +44,7 @@ from onnxattr.select import build_seed
 # element-wise activations (their first input varies, the others are constants): the identity rule
 ACTIVATIONS = frozenset({
     "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid",
-    "HardSwish", "Gelu", "Erf", "Clip", "Mish",
+    "HardSwish", "Swish", "Shrink", "ThresholdedRelu", "Gelu", "Erf", "Clip", "Mish",
 })
 
 

@@ -180,3 +180,24 @@ def test_pass_sums_relevance_over_a_broadcast_operand(method):
                                 providers=["CPUExecutionProvider"])
     y, r = sess.run(None, {"x": x})
     assert r.shape == x.shape and np.isfinite(r).all() and np.abs(r).max() > 0
+
+
+@pytest.mark.parametrize("act,opset,rule", [("Relu", 17, "pass"), ("Celu", 17, "pass"), ("Swish", 24, "pass"),
+                                            ("Shrink", 17, "pass"), ("ThresholdedRelu", 17, "pass"),
+                                            ("Mish", 18, "gradient")])
+def test_activations_pass_as_zennit_passes_its_activation_types(act, opset, rule):
+    """Zennit's composites give its Activation types (CELU, SiLU, Hard/Softshrink, Threshold among them; Mish is
+    not one) the Pass rule; an activation after a kernel layer passes here, others keep their gradient."""
+    from onnx import helper
+
+    from tests.models import single_io_model
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node(act, ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "W2"], ["y"])]
+    model = single_io_model(nodes, {"W1": rng.standard_normal((5, 7)).astype(np.float32),
+                                    "W2": rng.standard_normal((7, 3)).astype(np.float32)}, ["N", 5], ["N", 3],
+                            opset=opset)
+    model.ir_version = 10
+    rules_of = {op: r for _, op, r, _ in onnxattr.api.inspect(model, "lrp.epsilon_plus_flat")}
+    assert rules_of[act] == rule
