@@ -69,6 +69,9 @@ def batchnorm_vjp(b, node, grads, need):
         return out
     x, gamma, _, mean, var = node.input[:5]
     rank = b.rank(x)
+    if rank is None:
+        raise UnsupportedModelError(f"BatchNormalization '{node.name}': statistics computed from the input need the "
+                                    "input's rank known (shape inference could not tell)")
     per_channel = b.ints([-1] + [1] * (rank - 2))
     s = b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [var, b.scalar(_f(node, "epsilon", 1e-5), x)])])])
     centred = b.op("Sub", [x, b.op("Reshape", [mean, per_channel])])

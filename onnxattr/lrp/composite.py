@@ -186,11 +186,13 @@ class Composite:
             elif n.op_type in LINEAR_OPS:
                 chosen[n.name] = ("gradient", "not a layer: a product of two tensors that vary with the "
                                   "input, or a form the rules do not cover")
+            elif n.op_type == "Einsum" and len(n.input) == 2:  # both operands vary (x and W ones are units)
+                chosen[n.name] = ("gradient", "not a layer: a product of two tensors that vary with the input")
             elif n.op_type == "Einsum":  # its gradient would carry relevance without any rule: refused
                 raise UnsupportedModelError(
-                    f"Einsum node '{n.name}': the LRP rules do not cover Einsum (a layer written as one, such as "
-                    "Keras' EinsumDense, is no layer for them); export it as MatMul/Gemm, or use attn_lrp, "
-                    "cp_lrp or a gradient method, which differentiate it")
+                    f"Einsum node '{n.name}': the LRP rules cover an Einsum of two operands (x and a weight: a "
+                    f"layer; two activations: their gradient), not of {len(n.input)}; export it as MatMul/Gemm, "
+                    "or use attn_lrp, cp_lrp or a gradient method, which differentiate it")
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
                 _check_pass(b, units[name])
@@ -365,7 +367,7 @@ def _unit_step(unit: Unit, rule, relu_of):
     def step(b, node, grads, need):
         out = [None] * len(node.input)
         positive = _positive_part(b, grads[0], unit.out, relu_of)
-        out[1 if unit.left else 0] = R.apply_rule(b, unit, rule, grads[0], positive)
+        out[list(node.input).index(unit.x)] = R.apply_rule(b, unit, rule, grads[0], positive)
         return out
 
     return step

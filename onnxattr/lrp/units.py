@@ -1,9 +1,9 @@
 """Linear units: the nodes LRP rules act on, with their parameters and their two linear maps.
 
 A unit is a node computing z = W x + b (Conv, ConvTranspose, Gemm, MatMul with a constant operand
-on either side: x W, or W x for a 2-D W that mixes x's rows, as a graph convolution's A X does; a
-standalone BatchNormalization as a per-channel scale) or a parameter-free linear map (AveragePool,
-GlobalAveragePool). A BatchNormalization right after a Conv/Gemm/MatMul, and a constant bias Add right
+on either side: x W, or W x for a 2-D W that mixes x's rows, as a graph convolution's A X does; an Einsum
+of x and a weight, as Keras' EinsumDense writes a layer; a standalone BatchNormalization as a per-channel
+scale) or a parameter-free linear map (AveragePool, GlobalAveragePool). A BatchNormalization right after a Conv/Gemm/MatMul, and a constant bias Add right
 after a bias-free one, are fused into it with the exact fold (W' = W s, b' = (b - mean) s + beta with
 s = gamma / sqrt(var + eps)); the fused followers pass relevance through unchanged and the unit reads
 relevance at the last follower's output. The forward graph itself is never changed, so the compiled
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from onnx import helper
 
 from onnxattr.emitters import VJPS
 from onnxattr.emitters.conv import conv_forward, conv_input_vjp, conv_transpose_input_vjp
@@ -42,6 +43,10 @@ class Unit:
     out_has_bias: bool = True  # False when the bias is added after a reshape (Conv1D from tf2onnx)
     left: bool = False      # MatMul(W, x): the constant 2-D weight is the left operand (z = W x)
 
+    def _einsum_operands(self, x, w):
+        """An Einsum unit's node inputs with x and w in place of its own operands."""
+        return [x if i == self.x else w for i in self.node.input]
+
     # ---- the two linear maps ------------------------------------------------------------------
     def forward(self, b, x, w, bias):
         n = self.node
@@ -49,6 +54,9 @@ class Unit:
             return b.replay(n, {n.input[0]: x})[0]
         if self.left:
             z = b.op("MatMul", [w, x])
+            return b.op("Add", [z, bias]) if bias else z
+        if n.op_type == "Einsum":
+            z = b.replay(n, dict(zip(n.input, self._einsum_operands(x, w))))[0]
             return b.op("Add", [z, bias]) if bias else z
         if n.op_type == "Conv":
             return conv_forward(b, n, x, w, bias)
@@ -74,6 +82,12 @@ class Unit:
             wt = b.op("Transpose", [w], perm=[1, 0]) if wv is None else \
                 b.const(np.ascontiguousarray(wv.T), wv.dtype, "wT")
             out = b.op("MatMul", [wt, g])
+            b.set_info(out, self.x)
+            return out
+        if n.op_type == "Einsum":  # the emitter's VJP of x, read off a copy of the node whose weight is w
+            proxy = helper.make_node("Einsum", self._einsum_operands(self.x, w), list(n.output), name=n.name)
+            proxy.attribute.extend(n.attribute)
+            out = VJPS["Einsum"](b, proxy, [g], [i == self.x for i in n.input])[list(n.input).index(self.x)]
             b.set_info(out, self.x)
             return out
         if n.op_type == "Conv":
@@ -162,6 +176,15 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
             scale, shift = bn_scale_shift(b, n)
             units[n.name] = Unit(n, n.input[0], n.output[0], "norm", scale, shift)
             continue
+        if n.op_type == "Einsum":
+            unit = _einsum_unit(n, [i == x or producer.get(i) in on_path for i in n.input])
+            if unit is not None:
+                unit.nonneg = unit.x in nonneg
+                _fuse_left_bias(b, unit, consumers, graph_outputs)
+                units[n.name] = unit
+                for f in unit.followers:
+                    units[f.name] = unit
+            continue
         if n.op_type not in LINEAR_OPS:
             continue
         w_name = n.input[1]
@@ -200,6 +223,15 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
         for f in unit.followers:
             units[f.name] = unit
     return units
+
+
+def _einsum_unit(n, varies: list[bool]) -> Unit | None:
+    """Einsum of x and a weight that does not vary with x (either order): a dense layer. None for a product of
+    two activations (AttnLRP's territory) or any other operand count."""
+    if len(n.input) != 2 or varies.count(True) != 1 or n.input[0] == n.input[1]:
+        return None
+    k = varies.index(True)
+    return Unit(n, n.input[k], n.output[0], "dense", n.input[1 - k], None)
 
 
 def _left_unit(b, n) -> Unit | None:

@@ -298,7 +298,7 @@ def gamma_step(unit, rule):
         tiny = float(np.finfo(b.float_dtype(unit.x)).smallest_subnormal)
         stab = INPUT_STABILIZER if tiny <= INPUT_STABILIZER.epsilon else R.Rule("input", (), stabilizer="signed",
                                                                                   epsilon=tiny)
-        out[1 if unit.left else 0] = R.quotient(b, R.apply_rule(b, unit, rule, relevance), unit.x, stab)
+        out[list(node.input).index(unit.x)] = R.quotient(b, R.apply_rule(b, unit, rule, relevance), unit.x, stab)
         return out
 
     return step
@@ -317,7 +317,7 @@ def gamma_rules(b, on_path, x: str, y: str, gammas: dict, assignment: dict) -> d
     # stop the fusion at each BatchNormalization's input
     stops = {y} | {n.input[0] for n in on_path if n.op_type == "BatchNormalization"}
     for name, unit in find_units(b, on_path, {n.name for n in on_path}, stops, x).items():
-        gamma = gammas.get(unit.kind, 0.0)
+        gamma = gammas.get(unit.kind, 0.0) if unit.node.op_type != "Einsum" else 0.0  # LXT: Linear modules only
         if unit.node.name != name or not gamma or any(f.op_type != "Add" for f in unit.followers) or \
                 assignment.get(name, ("",))[0] == "none":  # feeds only an operand cp_lrp holds: no relevance
             continue

@@ -37,7 +37,7 @@ def pattern_layers(b, nodes, x: str, y: str) -> dict:
             refused.append(f"{n.op_type} '{n.name}' (weight on the left, W x)")
             continue
         w = b.value(unit.w) if unit is not None and unit.w else None
-        ok = (unit is not None and n.op_type != "ConvTranspose" and w is not None
+        ok = (unit is not None and n.op_type not in ("ConvTranspose", "Einsum") and w is not None
               and (n.op_type == "Conv" or w.ndim == 2))
         if ok:
             layers[n.name] = unit

@@ -141,23 +141,39 @@ def test_hardsigmoid_zero_flag_is_exact(eps):
     np.testing.assert_array_equal(sess.run(None, {"v": v})[0], expect)
 
 
-def test_einsum_is_refused_by_the_presets():
-    """A layer written as an Einsum (Keras' EinsumDense) has no LRP rule: its gradient would carry relevance
-    with no stabilizer or bias share, silently, so the presets refuse it by name; the gradient methods and
-    attn_lrp differentiate it."""
+def test_einsum_of_three_operands_is_refused_by_the_presets():
+    """An Einsum of x and two weights has no LRP rule (an Einsum of x and one weight is a layer,
+    tests/lrp/test_units.py; of two activations, their gradient): its gradient would carry relevance with no
+    stabilizer or bias share, silently, so the presets refuse it by name; the gradient methods and attn_lrp
+    differentiate it."""
     from onnx import helper
 
     from onnxattr.errors import UnsupportedModelError
     from tests.models import single_io_model
 
-    w = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
-    node = helper.make_node("Einsum", ["x", "W"], ["y"], equation="bd,de->be", name="dense_einsum")
-    model = single_io_model([node], {"W": w}, ["N", 6], ["N", 3])
+    rng = np.random.default_rng(0)
+    w, v = rng.standard_normal((6, 3)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)
+    node = helper.make_node("Einsum", ["x", "W", "V"], ["y"], equation="bd,de,ef->bf", name="two_weights")
+    model = single_io_model([node], {"W": w, "V": v}, ["N", 6], ["N", 2])
     for method in ("lrp.epsilon", "lrp.epsilon_plus_flat", "excitation_backprop", "deep_taylor"):
-        with pytest.raises(UnsupportedModelError, match="Einsum node 'dense_einsum'.*MatMul/Gemm"):
+        with pytest.raises(UnsupportedModelError, match="Einsum node 'two_weights'.*not of 3.*MatMul/Gemm"):
             onnxattr.compile(model, method)
     for method in ("gradient", "attn_lrp"):
         onnxattr.compile(model, method)
+
+
+def test_einsum_of_two_activations_takes_the_gradient():
+    """x (x W)^T-like products written as Einsum get the gradient, as a MatMul of two activations does."""
+    from onnx import helper
+
+    from tests.models import single_io_model
+
+    w = np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Einsum", ["x", "h"], ["y"], equation="bd,bd->b", name="pair")]
+    model = single_io_model(nodes, {"W": w}, ["N", 6], ["N"])
+    rules_of = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "lrp.epsilon")}
+    assert rules_of["pair"] == "gradient"
 
 
 @pytest.mark.parametrize("method", ["lrp.epsilon", "lrp.z_plus", "deep_taylor"])

@@ -167,3 +167,41 @@ def test_a_gemm_whose_c_varies_with_the_input_is_not_a_layer():
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
     row = next(r for r in onnxattr.api.inspect(model, "lrp.z") if r[0] == "conv")
     assert row[2] == "gradient" and row[3].startswith("not a layer"), row
+
+
+def _dense_pair(equation, w1_first):
+    """The same two-layer net written with MatMul layers and with Einsum layers (Keras' EinsumDense): x [N, 3, 5]
+    -> W1 [5, 7] (+ bias) -> Relu -> W2 [7, 4]; the Einsum form with the weight first or second."""
+    rng = np.random.default_rng(5)
+    w1, w2 = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal((7, 4)).astype(np.float32)
+    bias = rng.standard_normal(7).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (w2, "W2"), (bias, "B"))]
+    io = ([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5])],
+          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])])
+    models = []
+    for einsum in (False, True):
+        if einsum:
+            first = helper.make_node("Einsum", ["W1", "x"] if w1_first else ["x", "W1"], ["h"], equation=equation)
+            second = helper.make_node("Einsum", ["a", "W2"], ["y"], equation="bsf,fo->bso")
+        else:
+            first, second = helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("MatMul", ["a", "W2"], ["y"])
+        nodes = [first, helper.make_node("Add", ["h", "B"], ["hb"]), helper.make_node("Relu", ["hb"], ["a"]), second]
+        models.append(helper.make_model(helper.make_graph(nodes, "g", *io, inits),
+                                        opset_imports=[helper.make_opsetid("", 17)]))
+    return models
+
+
+@pytest.mark.parametrize("method", ["lrp.epsilon", "lrp.z_plus", "lrp.alpha_2_beta_1", "lrp.w_square", "lrp.flat",
+                                    "deep_taylor", "lrp.epsilon_plus_flat", "lrp.sequential_preset_a"])
+@pytest.mark.parametrize("equation,w1_first", [("bsi,io->bso", False), ("io,bsi->bso", True)])
+def test_einsum_with_a_constant_operand_is_a_dense_layer(method, equation, w1_first):
+    """An Einsum of x and a constant weight (either order, bias Add after it) is a layer: the map of the MatMul
+    form, rule for rule (the Einsum's VJP and forward are the emitter's, with the modified weights)."""
+    x = np.abs(np.random.default_rng(6).standard_normal((2, 3, 5))).astype(np.float32)
+    maps = []
+    for model in _dense_pair(equation, w1_first):
+        sess = ort.InferenceSession(onnxattr.compile(model, method).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        maps.append(sess.run(["relevance"], {"x": x})[0])
+    assert np.abs(maps[0]).max() > 0
+    np.testing.assert_allclose(maps[1], maps[0], rtol=1e-5, atol=1e-6 * np.abs(maps[0]).max())

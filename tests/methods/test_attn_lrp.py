@@ -521,3 +521,13 @@ def test_gamma_leaves_held_layers_marked_none():
     held = [n for n, r in plain.items() if r == "none"]
     assert any("MatMul" in n for n in held) and all(with_gamma[n] == "none" for n in held)
     assert any(r.startswith("gamma") for r in with_gamma.values())
+
+
+def test_linear_gamma_leaves_einsum_layers_alone():
+    """LXT puts lin_gamma on nn.Linear modules, which export as MatMul/Gemm; an Einsum with a weight (a layer for
+    the LRP presets) keeps its gradient here."""
+    from tests.lrp.test_units import _dense_pair
+
+    matmul, einsum = _dense_pair("bsi,io->bso", False)
+    assert [r[2] for r in onnxattr.api.inspect(matmul, "attn_lrp", linear_gamma=0.1)][0] == "gamma(0.1)"
+    assert [r[2] for r in onnxattr.api.inspect(einsum, "attn_lrp", linear_gamma=0.1)][0] == "gradient"
