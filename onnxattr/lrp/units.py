@@ -179,11 +179,7 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
         if n.op_type == "Einsum":
             unit = _einsum_unit(n, [i == x or producer.get(i) in on_path for i in n.input])
             if unit is not None:
-                unit.nonneg = unit.x in nonneg
-                _fuse_left_bias(b, unit, consumers, graph_outputs)
-                units[n.name] = unit
-                for f in unit.followers:
-                    units[f.name] = unit
+                _record_with_bias_add(b, unit, units, nonneg, consumers, graph_outputs)
             continue
         if n.op_type not in LINEAR_OPS:
             continue
@@ -195,11 +191,7 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
         if varies == [False, True] and n.op_type in ("MatMul", "Gemm"):  # W x: the weight on the left
             unit = _left_unit(b, n)
             if unit is not None:
-                unit.nonneg = unit.x in nonneg
-                _fuse_left_bias(b, unit, consumers, graph_outputs)
-                units[n.name] = unit
-                for f in unit.followers:
-                    units[f.name] = unit
+                _record_with_bias_add(b, unit, units, nonneg, consumers, graph_outputs)
             continue
         if varies[1]:
             continue  # the weight varies with x too: a product of activations (AttnLRP territory), not a layer
@@ -223,6 +215,15 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
         for f in unit.followers:
             units[f.name] = unit
     return units
+
+
+def _record_with_bias_add(b, unit, units, nonneg, consumers, graph_outputs):
+    """Record a unit whose bias can only be an Add after it (W x, an Einsum), with that Add fused in."""
+    unit.nonneg = unit.x in nonneg
+    _fuse_left_bias(b, unit, consumers, graph_outputs)
+    units[unit.node.name] = unit
+    for f in unit.followers:
+        units[f.name] = unit
 
 
 def _einsum_unit(n, varies: list[bool]) -> Unit | None:
