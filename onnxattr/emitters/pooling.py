@@ -1,4 +1,4 @@
-"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
+"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LpPool, GlobalLpPool.
 
 MaxPool VJP: windows that tile x (kernel = strides, no pads) find the first maximum of each window by
 ArgMax over a SpaceToDepth block axis and write g there with one ScatterElements. Otherwise the node is
@@ -8,13 +8,15 @@ AveragePool VJP: y = S(x) / D with S the window sum and D the per-position divis
 dx = S^T(g / D): a depthwise ConvTranspose with a ones kernel, cropped like Conv's VJP. D is computed at
 compile time from the geometry (count_include_pad, ceil_mode overhang excluded); without static spatial
 dims it must be uniform (no pads, no ceil_mode).
+LpPool VJP: y = S(|x|^p)^(1/p), so dx = sign(x) |x|^(p-1) S^T(g y^(1-p)) (0 where y = 0), S^T as above and, for
+GlobalLpPool, a broadcast.
 """
 
 import numpy as np
 from onnx import TensorProto
 
 from onnxattr.emitters.conv import channel_scale, conv_attrs, transpose_and_crop, window_geometry
-from onnxattr.emitters.registry import register
+from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
 
@@ -177,3 +179,27 @@ def global_maxpool_vjp(b, node, grads, need):
     g = b.op("Reshape", [grads[0], b.ints([0, 0, 1])])
     scattered = b.op("ScatterElements", [zeros, idx, g], axis=2)
     return [b.op("Reshape", [scattered, b.shape_of(x)])]
+
+
+@register("LpPool", "GlobalLpPool")
+def lp_pool_vjp(b, node, grads, need):
+    x, y, g = node.input[0], node.output[0], grads[0]
+    p = node_attr(node, "p", 2)
+    zero = b.scalar(0.0, x)
+    scale = b.op("Where", [b.op("Greater", [y, zero]), b.op("Pow", [y, b.scalar(1.0 - p, x)]), zero])
+    back = b.op("Mul", [g, scale])
+    if node.op_type == "LpPool":
+        kernel = conv_attrs(node)["kernel_shape"]
+        strides, dil, begin = window_geometry(b, node, x, kernel)
+        xs = b.shape(x)
+        if not xs or not isinstance(xs[1], int):
+            raise UnsupportedModelError(f"LpPool node '{node.name}': the channel count must be static")
+        ones = b.const(np.ones([xs[1], 1] + list(kernel)), b.float_dtype(x), hint="ones_kernel")
+        back = transpose_and_crop(b, back, ones, x, y, xs[1], kernel, strides, dil, begin)
+    if p == 1:
+        local = b.op("Sign", [x])
+    elif p == 2:
+        local = x
+    else:
+        local = b.op("Mul", [b.op("Sign", [x]), b.op("Pow", [b.op("Abs", [x]), b.scalar(float(p - 1), x)])])
+    return [b.op("Mul", [back, local])]

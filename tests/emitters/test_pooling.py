@@ -103,3 +103,34 @@ def test_global_maxpool_ties_go_to_the_first_maximum():
     want = np.zeros_like(x)
     want[0, 0, 0, 1], want[0, 1, 0, 0], want[0, 2, 0, 1] = 5, 7, -2
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+@pytest.mark.parametrize("attrs", [{"kernel_shape": [2, 2]}, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+                                   {"kernel_shape": [2, 3], "strides": [1, 2]}])
+def test_lp_pool(p, attrs):
+    """y = (window sum of |x|^p)^(1/p); x kept away from 0, where |x|^p has a kink for p = 1."""
+    x = rng.standard_normal((2, 3, 6, 7))
+    x = np.where(np.abs(x) < 0.1, 0.1 * np.sign(x) + x, x)
+    check_vjp("LpPool", [("x", x, False)], {**attrs, "p": p}, dynamic=(0,), opset=18,
+              numpy_ref=lambda f: lp_pool_numpy(f["x"], p, **attrs))
+
+
+def lp_pool_numpy(x, p, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0)):
+    """LpPool in float64 from its definition (zero padding adds nothing to the sum)."""
+    xp = np.pad(np.abs(x) ** p, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
+    (kh, kw), (sh, sw) = kernel_shape, strides
+    oh, ow = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
+    out = np.zeros(x.shape[:2] + (oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].sum((2, 3))
+    return out ** (1.0 / p)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_global_lp_pool(p):
+    x = rng.standard_normal((2, 3, 4, 5))
+    x = np.where(np.abs(x) < 0.1, 0.1 * np.sign(x) + x, x)
+    check_vjp("GlobalLpPool", [("x", x, False)], {"p": p}, dynamic=(0,),
+              numpy_ref=lambda f: (np.abs(f["x"]) ** p).sum((2, 3), keepdims=True) ** (1.0 / p))
