@@ -1,5 +1,5 @@
-"""Normalization layers: BatchNormalization (inference; its statistics may vary with x), LRN, LayerNormalization, InstanceNormalization,
-GroupNormalization, RMSNormalization.
+"""Normalization layers: BatchNormalization (inference; its statistics may vary with x), LRN, LayerNormalization,
+InstanceNormalization, GroupNormalization, RMSNormalization, LpNormalization.
 
 BatchNormalization: y = (x - mean) * gamma / sqrt(var + eps) + beta, so dx = g * gamma / sqrt(var + eps)
                     broadcast on the channel axis (the scale is folded at compile time when constant).
@@ -215,7 +215,8 @@ def rms_stats(b, node):
         raise UnsupportedModelError(f"RMSNormalization '{node.name}': the input's rank must be known")
     axes = list(range(node_attr(node, "axis", -1) % rank, rank))
     ms = b.reduce("ReduceMean", b.op("Mul", [x, x]), axes)
-    return axes, b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [ms, b.scalar(_f(node, "epsilon", 1e-5), x)])])])
+    eps = b.scalar(_f(node, "epsilon", 1e-5), x)
+    return axes, b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [ms, eps])])])
 
 
 def rms_scale_grad(b, node, g, xhat, need):

@@ -1,13 +1,13 @@
 """Linear units: the nodes LRP rules act on, with their parameters and their two linear maps.
 
-A unit is a node computing z = W x + b (Conv, ConvTranspose, Gemm, MatMul with a constant operand
-on either side: x W, or W x for a 2-D W that mixes x's rows, as a graph convolution's A X does; an Einsum
-of x and a weight, as Keras' EinsumDense writes a layer; a standalone BatchNormalization as a per-channel
-scale) or a parameter-free linear map (AveragePool, GlobalAveragePool). A BatchNormalization right after a Conv/Gemm/MatMul, and a constant bias Add right
-after a bias-free one, are fused into it with the exact fold (W' = W s, b' = (b - mean) s + beta with
-s = gamma / sqrt(var + eps)); the fused followers pass relevance through unchanged and the unit reads
-relevance at the last follower's output. The forward graph itself is never changed, so the compiled
-model's original outputs stay bit-identical.
+A unit is a node computing z = W x + b (Conv, ConvTranspose, Gemm, MatMul with a constant operand on either side:
+x W, or W x for a 2-D W that mixes x's rows, as a graph convolution's A X does; an Einsum of x and a weight, as
+Keras' EinsumDense writes a layer; a standalone BatchNormalization as a per-channel scale) or a parameter-free
+linear map (AveragePool, GlobalAveragePool). A BatchNormalization right after a Conv/Gemm/MatMul, and a constant
+bias Add right after a bias-free one, are fused into it with the exact fold (W' = W s, b' = (b - mean) s + beta
+with s = gamma / sqrt(var + eps)); the fused followers pass relevance through unchanged and the unit reads
+relevance at the last follower's output. The forward graph itself is never changed, so the compiled model's
+original outputs stay bit-identical.
 
 ``forward(b, x, w, bias)`` applies the unit's map to other operands; ``vjp(b, g, w)`` is its input VJP
 with weight w. Both come from the op family's emitter module: no second implementation of a backward.

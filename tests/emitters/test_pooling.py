@@ -106,7 +106,8 @@ def test_global_maxpool_ties_go_to_the_first_maximum():
 
 
 @pytest.mark.parametrize("p", [1, 2, 3])
-@pytest.mark.parametrize("attrs", [{"kernel_shape": [2, 2]}, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+@pytest.mark.parametrize("attrs", [{"kernel_shape": [2, 2]},
+                                   {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
                                    {"kernel_shape": [2, 3], "strides": [1, 2]}])
 def test_lp_pool(p, attrs):
     """y = (window sum of |x|^p)^(1/p); x kept away from 0, where |x|^p has a kink for p = 1."""

@@ -37,7 +37,8 @@ def test_resize_3d():
               linear_ort=True)
 
 
-@pytest.mark.parametrize("attrs", [{"mode": "linear"}, {"mode": "linear", "coordinate_transformation_mode": "align_corners"},
+@pytest.mark.parametrize("attrs", [{"mode": "linear"},
+                                   {"mode": "linear", "coordinate_transformation_mode": "align_corners"},
                                    {"mode": "nearest", "antialias": 0}, {"mode": "cubic", "antialias": 1}])
 def test_resize_axes_scales(attrs):
     # opset 18's axes attribute (torch's dynamo exporter writes axes=[2, 3] and two scales)

@@ -184,7 +184,8 @@ def _dense_pair(equation, w1_first):
             first = helper.make_node("Einsum", ["W1", "x"] if w1_first else ["x", "W1"], ["h"], equation=equation)
             second = helper.make_node("Einsum", ["a", "W2"], ["y"], equation="bsf,fo->bso")
         else:
-            first, second = helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("MatMul", ["a", "W2"], ["y"])
+            first = helper.make_node("MatMul", ["x", "W1"], ["h"])
+            second = helper.make_node("MatMul", ["a", "W2"], ["y"])
         nodes = [first, helper.make_node("Add", ["h", "B"], ["hb"]), helper.make_node("Relu", ["hb"], ["a"]), second]
         models.append(helper.make_model(helper.make_graph(nodes, "g", *io, inits),
                                         opset_imports=[helper.make_opsetid("", 17)]))
