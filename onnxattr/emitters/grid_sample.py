@@ -50,10 +50,8 @@ class _Axis:
             pos = b.op("Sub", [pos, b.scalar(0.5, grid)])
         self.clip_mask = None
         if node_attr(node, "padding_mode", "zeros") == "border":
-            zero = b.scalar(0.0, grid)
-            inside = b.op("And", [b.op("GreaterOrEqual", [pos, zero]), b.op("LessOrEqual", [pos, self.last])])
-            self.clip_mask = b.op("Cast", [inside], to=b.float_type(grid))
-            pos = b.op("Min", [b.op("Max", [pos, zero]), self.last])
+            self.clip_mask = b.op("Cast", [self.valid(pos)], to=b.float_type(grid))
+            pos = self.clipped(pos)
         self.pos = pos
 
     def corners(self):
@@ -65,6 +63,7 @@ class _Axis:
         return [(low, w_low), (b.op("Add", [low, b.scalar(1.0, self.pos)]), w_high)]
 
     def valid(self, c):
+        """0 <= c <= L - 1 (bool)."""
         b = self.b
         return b.op("And", [b.op("GreaterOrEqual", [c, b.scalar(0.0, c)]), b.op("LessOrEqual", [c, self.last])])
 

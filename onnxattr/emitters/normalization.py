@@ -28,6 +28,12 @@ def _f(node, name, default):
     return next((a.f for a in node.attribute if a.name == name), default)
 
 
+def _inverse_std(b, node, var, like):
+    """1 / sqrt(var + eps), eps the node's ``epsilon`` (1e-5 by default)."""
+    eps = b.scalar(_f(node, "epsilon", 1e-5), like)
+    return b.op("Div", [b.scalar(1.0, like), b.op("Sqrt", [b.op("Add", [var, eps])])])
+
+
 def bn_scale(b, node):
     """gamma / sqrt(var + eps), reshaped to broadcast over [N, C, ...] (constant when possible)."""
     x, gamma, _, _, var = node.input[:5]
@@ -73,7 +79,7 @@ def batchnorm_vjp(b, node, grads, need):
         raise UnsupportedModelError(f"BatchNormalization '{node.name}': statistics computed from the input need the "
                                     "input's rank known (shape inference could not tell)")
     per_channel = b.ints([-1] + [1] * (rank - 2))
-    s = b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [var, b.scalar(_f(node, "epsilon", 1e-5), x)])])])
+    s = _inverse_std(b, node, var, x)
     centred = b.op("Sub", [x, b.op("Reshape", [mean, per_channel])])
     g_centred = channel_sum(b, b.op("Mul", [g, centred]), rank)  # [C]
     g_sum = channel_sum(b, g, rank) if need[2] or need[3] else None
@@ -120,7 +126,6 @@ def norm_stats(b, node):
     (from ``axis`` on; the spatial axes), its scale shaped to broadcast against x (an InstanceNorm's per
     channel), x - mean and rstd = 1 / sqrt(var + eps), recomputed from its input."""
     x, gamma = node.input[0], node.input[1]
-    eps = _f(node, "epsilon", 1e-5)
     rank = b.rank(x)
     if node.op_type == "InstanceNormalization":
         axes = list(range(2, rank))
@@ -134,8 +139,7 @@ def norm_stats(b, node):
     mean = b.reduce("ReduceMean", x, axes)
     xc = b.op("Sub", [x, mean])
     var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), axes)
-    rstd = b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, x)])])])
-    return axes, gamma, xc, rstd
+    return axes, gamma, xc, _inverse_std(b, node, var, x)
 
 
 def affine_grads(b, node, g: str, xhat: str, need) -> list:
@@ -159,25 +163,28 @@ def layernorm_vjp(b, node, grads, need):
     g = grads[0]
     axes, gamma, xc, rstd = norm_stats(b, node)
     xhat = b.op("Mul", [xc, rstd])
-    dx = _normalized_vjp(b, b.op("Mul", [g, gamma]), xhat, rstd, axes) if need[0] else None
+    dx = normalized_grad(b, b.op("Mul", [g, gamma]), xhat, rstd, axes) if need[0] else None
     return [dx] + affine_grads(b, node, g, xhat, need)[:len(node.input) - 1]
 
 
-def _normalized_vjp(b, gg, xhat, rstd, axes, centered=True):
+def normalized_grad(b, gg, xhat, rstd, axes, centered=True, std_held=False):
     """dx of xhat = (x - mean) * rstd (or x * rstd, not ``centered``) given gg = dL/dxhat:
-    (gg - mean(gg) - xhat * mean(gg * xhat)) * rstd, the means over ``axes``."""
-    m2 = b.reduce("ReduceMean", b.op("Mul", [gg, xhat]), axes)
+    (gg - mean(gg) - xhat * mean(gg * xhat)) * rstd, the means over ``axes``; with ``std_held`` (AttnLRP, as
+    LXT stops the std's gradient) the last term, the std's own dependence on x, is dropped (xhat unused)."""
     centered_gg = b.op("Sub", [gg, b.reduce("ReduceMean", gg, axes)]) if centered else gg
+    if std_held:
+        return b.op("Mul", [centered_gg, rstd])
+    m2 = b.reduce("ReduceMean", b.op("Mul", [gg, xhat]), axes)
     return b.op("Mul", [b.op("Sub", [centered_gg, b.op("Mul", [xhat, m2])]), rstd])
 
 
-def refuse_varying_affine(node, need):
+def _refuse_varying_affine(node, need):
     if any(need[1:]):
         raise UnsupportedModelError(f"{node.op_type} '{node.name}': a scale or bias computed from the explained "
                                     "input is not supported (only constant ones)")
 
 
-def group_stats(b, node):
+def _group_stats(b, node):
     """(rows, xc, rstd, gamma) of a GroupNormalization-21 node: the [0, G, -1] shape that views x as one row per
     (sample, group), x - mean and rstd = 1 / sqrt(var + eps) per row (recomputed from its input), and its scale
     shaped [C, 1, ...] to broadcast against x."""
@@ -191,19 +198,25 @@ def group_stats(b, node):
     xr = b.op("Reshape", [x, rows])
     xc = b.op("Sub", [xr, b.reduce("ReduceMean", xr, [2])])
     var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), [2])
-    rstd = b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [var, b.scalar(_f(node, "epsilon", 1e-5), x)])])])
-    return rows, xc, rstd, b.op("Reshape", [gamma, b.ints([-1] + [1] * (rank - 2))])
+    return rows, xc, _inverse_std(b, node, var, x), b.op("Reshape", [gamma, b.ints([-1] + [1] * (rank - 2))])
+
+
+def group_norm_grad(b, node, g, need, std_held=False):
+    """[dx, None, None] of a GroupNormalization-21 node (``normalized_grad`` per (sample, group) row; its scale
+    and bias must not vary with the input)."""
+    _refuse_varying_affine(node, need)
+    rows, xc, rstd, gamma = _group_stats(b, node)
+    gg = b.op("Reshape", [b.op("Mul", [g, gamma]), rows])
+    xhat = None if std_held else b.op("Mul", [xc, rstd])
+    dx = normalized_grad(b, gg, xhat, rstd, [2], std_held=std_held)
+    return [b.op("Reshape", [dx, b.op("Shape", [node.input[0]])])] + [None] * (len(node.input) - 1)
 
 
 @register("GroupNormalization")
 def groupnorm_vjp(b, node, grads, need):
     """x viewed as [N, G, C/G * spatial] and normalized per row, gamma per channel (opset 21; opset 18's per-group
     scale is deprecated, and onnx.checker refuses it at load)."""
-    refuse_varying_affine(node, need)
-    rows, xc, rstd, gamma = group_stats(b, node)
-    gg = b.op("Reshape", [b.op("Mul", [grads[0], gamma]), rows])
-    dx = _normalized_vjp(b, gg, b.op("Mul", [xc, rstd]), rstd, [2])
-    return [b.op("Reshape", [dx, b.op("Shape", [node.input[0]])])] + [None] * (len(node.input) - 1)
+    return group_norm_grad(b, node, grads[0], need)
 
 
 def rms_stats(b, node):
@@ -214,9 +227,7 @@ def rms_stats(b, node):
     if rank is None:
         raise UnsupportedModelError(f"RMSNormalization '{node.name}': the input's rank must be known")
     axes = list(range(node_attr(node, "axis", -1) % rank, rank))
-    ms = b.reduce("ReduceMean", b.op("Mul", [x, x]), axes)
-    eps = b.scalar(_f(node, "epsilon", 1e-5), x)
-    return axes, b.op("Div", [b.scalar(1.0, x), b.op("Sqrt", [b.op("Add", [ms, eps])])])
+    return axes, _inverse_std(b, node, b.reduce("ReduceMean", b.op("Mul", [x, x]), axes), x)
 
 
 def rms_scale_grad(b, node, g, xhat, need):
@@ -232,7 +243,7 @@ def rmsnorm_vjp(b, node, grads, need):
     g = grads[0]
     axes, rstd = rms_stats(b, node)
     xhat = b.op("Mul", [node.input[0], rstd])
-    dx = _normalized_vjp(b, b.op("Mul", [g, node.input[1]]), xhat, rstd, axes, centered=False) if need[0] else None
+    dx = normalized_grad(b, b.op("Mul", [g, node.input[1]]), xhat, rstd, axes, centered=False) if need[0] else None
     return [dx, rms_scale_grad(b, node, g, xhat, need)]
 
 

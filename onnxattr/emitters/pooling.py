@@ -133,17 +133,23 @@ def avgpool_vjp(b, node, grads, need):
             f"AveragePool node '{node.name}': padding or ceil_mode with dynamic spatial dims "
             "is not supported (export with a fixed input size)"
         )
-    xs = b.shape(x)
-    channels = xs[1] if xs else None
-    if not isinstance(channels, int):
-        raise UnsupportedModelError(f"AveragePool node '{node.name}': the channel count must be static")
     if np.isscalar(d):
         scaled = b.op("Mul", [g, b.scalar(1.0 / d, x)])
     else:
         inv = np.where(d > 0, 1.0 / np.maximum(d, 1), 0.0)
         scaled = b.op("Mul", [g, b.const(inv, b.float_dtype(x))])
+    return [_window_sum_transpose(b, node, scaled, kernel, strides, dil, begin)]
+
+
+def _window_sum_transpose(b, node, t, kernel, strides, dil, begin):
+    """S^T(t) for the window sum S of a pooling node: a depthwise ConvTranspose with a ones kernel, cropped to x."""
+    x = node.input[0]
+    xs = b.shape(x)
+    channels = xs[1] if xs else None
+    if not isinstance(channels, int):
+        raise UnsupportedModelError(f"{node.op_type} node '{node.name}': the channel count must be static")
     ones = b.const(np.ones([channels, 1] + list(kernel)), b.float_dtype(x), hint="ones_kernel")
-    return [transpose_and_crop(b, scaled, ones, x, node.output[0], channels, kernel, strides, dil, begin)]
+    return transpose_and_crop(b, t, ones, x, node.output[0], channels, kernel, strides, dil, begin)
 
 
 @register("GlobalAveragePool")
@@ -190,12 +196,7 @@ def lp_pool_vjp(b, node, grads, need):
     back = b.op("Mul", [g, scale])
     if node.op_type == "LpPool":
         kernel = conv_attrs(node)["kernel_shape"]
-        strides, dil, begin = window_geometry(b, node, x, kernel)
-        xs = b.shape(x)
-        if not xs or not isinstance(xs[1], int):
-            raise UnsupportedModelError(f"LpPool node '{node.name}': the channel count must be static")
-        ones = b.const(np.ones([xs[1], 1] + list(kernel)), b.float_dtype(x), hint="ones_kernel")
-        back = transpose_and_crop(b, back, ones, x, y, xs[1], kernel, strides, dil, begin)
+        back = _window_sum_transpose(b, node, back, kernel, *window_geometry(b, node, x, kernel))
     if p == 1:
         local = b.op("Sign", [x])
     elif p == 2:

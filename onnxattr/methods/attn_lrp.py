@@ -33,7 +33,7 @@ import numpy as np
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
-from onnxattr.emitters.normalization import (affine_grads, group_stats, norm_stats, refuse_varying_affine,
+from onnxattr.emitters.normalization import (affine_grads, group_norm_grad, norm_stats, normalized_grad,
                                              rms_scale_grad, rms_stats)
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.units import find_units
@@ -156,10 +156,7 @@ def layernorm_rule(b, node, grads, need):
     input gets its gradient, sum(g * xhat) and sum(g), as in LXT's layer_norm_forward."""
     g = grads[0]
     axes, gamma, xc, rstd = norm_stats(b, node)
-    dx = None
-    if need[0]:
-        gg = b.op("Mul", [g, gamma])
-        dx = b.op("Mul", [b.op("Sub", [gg, b.reduce("ReduceMean", gg, axes)]), rstd])
+    dx = normalized_grad(b, b.op("Mul", [g, gamma]), None, rstd, axes, std_held=True) if need[0] else None
     xhat = b.op("Mul", [xc, rstd]) if len(need) > 1 and need[1] else None
     return [dx] + affine_grads(b, node, g, xhat, need)[:len(node.input) - 1]
 
@@ -167,11 +164,7 @@ def layernorm_rule(b, node, grads, need):
 def groupnorm_rule(b, node, grads, need):
     """GroupNormalization with each group's std held constant: g_in = (gamma g - mean(gamma g)) * rstd per
     (sample, group)."""
-    refuse_varying_affine(node, need)
-    rows, _, rstd, gamma = group_stats(b, node)
-    gg = b.op("Reshape", [b.op("Mul", [grads[0], gamma]), rows])
-    dx = b.op("Mul", [b.op("Sub", [gg, b.reduce("ReduceMean", gg, [2])]), rstd])
-    return [b.op("Reshape", [dx, b.op("Shape", [node.input[0]])])] + [None] * (len(node.input) - 1)
+    return group_norm_grad(b, node, grads[0], need, std_held=True)
 
 
 def batchnorm_variance_rule(b, node, grads, need):
@@ -184,8 +177,9 @@ def rmsnorm_rule(b, node, grads, need):
     """RMSNormalization with its rms held constant (LXT's rms_norm_forward): g_in = gamma g * rstd; a scale
     that varies with the input gets sum(g * xhat)."""
     g = grads[0]
-    _, rstd = rms_stats(b, node)
-    dx = b.op("Mul", [b.op("Mul", [g, node.input[1]]), rstd]) if need[0] else None
+    axes, rstd = rms_stats(b, node)
+    gg = b.op("Mul", [g, node.input[1]])
+    dx = normalized_grad(b, gg, None, rstd, axes, centered=False, std_held=True) if need[0] else None
     xhat = b.op("Mul", [node.input[0], rstd]) if len(need) > 1 and need[1] else None
     return [dx, rms_scale_grad(b, node, g, xhat, need)]
 
