@@ -126,8 +126,21 @@ def _stub_torchvision():
     sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
 
 
-def make_runner(config: str, model: str, x, threads: int):
-    """A zero-argument function running ``config`` once on input x (numpy); setup is done here."""
+def make_runner(config: str, model: str, x, threads: int, device: str = "cpu"):
+    """A zero-argument function running ``config`` once on input x (numpy) on ``device``; setup is done here.
+    On CUDA the input goes from host memory and the outputs come back to it in every call (numpy in, numpy
+    out, as the Python API runs); torch's calls end with a synchronization, so each time is the whole call."""
+    torch_runner = _torch_runner(config, model, x, threads, device)
+    if torch_runner is not None:
+        if device == "cpu":
+            return torch_runner
+        import torch
+
+        def synchronized():
+            out = torch_runner()
+            torch.cuda.synchronize()
+            return out
+        return synchronized
     lib, _, name = config.partition(".")
     if lib == "onnxattr" and name in metrics_bench.CONFIGS:
         return metrics_bench.ours(name, str(onnx_path(model)), x, threads)
@@ -136,7 +149,9 @@ def make_runner(config: str, model: str, x, threads: int):
         import onnx
 
         path = onnx_path(model) if lib == "ort" else compiled_path(model, name)
-        runner = Runner(onnx.load(str(path)), "cpu", threads=threads)
+        runner = Runner(onnx.load(str(path)), device, threads=threads)
+        if runner.fallback:
+            raise SystemExit(f"{config}: {runner.fallback}")
         feeds = {runner.input_names[0]: x}
         if lib == "onnxattr" and OURS.get(name, {}).get("condition"):  # one image, a one-hot channel mask per row
             import numpy as np
@@ -151,14 +166,22 @@ def make_runner(config: str, model: str, x, threads: int):
                 mask[np.arange(CRP_CONCEPTS), np.arange(CRP_CONCEPTS)] = 1.0
                 feeds[CONDITION + tensor] = mask
         return lambda: runner.run(feeds)
+    raise KeyError(config)
 
+
+def _torch_runner(config: str, model: str, x, threads: int, device: str):
+    """The torch side of make_runner (the model, Zennit, Captum, LXT on ``device``); None for onnxattr and
+    onnxruntime's configurations."""
+    lib, _, name = config.partition(".")
+    if lib in ("ort", "onnxattr"):
+        return None
     import torch
 
     import nets
 
     torch.set_num_threads(threads)
-    net = nets.build(model)
-    xt = torch.from_numpy(x)
+    net = nets.build(model).to(device)
+    xt = torch.from_numpy(x).to(device)
     with torch.no_grad():
         target = net(xt).argmax(1)  # the references are given the class; onnxattr finds it in-graph
     if config == "torch.forward":
@@ -192,14 +215,14 @@ def make_runner(config: str, model: str, x, threads: int):
             return lambda: LayerAttribution.interpolate(cam.attribute(xg, target=target, relu_attributions=True),
                                                         tuple(x.shape[2:]), "bilinear")
         if name == "gradient_shap":
-            gs, baselines = GradientShap(net), torch.zeros((4,) + tuple(x.shape[1:]))
+            gs, baselines = GradientShap(net), torch.zeros((4,) + tuple(x.shape[1:]), device=device)
             return lambda: gs.attribute(xg, baselines=baselines, n_samples=16, target=target)
         if name in ("shapley_values", "shapley_value_sampling"):
             from captum.attr import ShapleyValues, ShapleyValueSampling
 
             exact = name == "shapley_values"
             sv = ShapleyValues(net) if exact else ShapleyValueSampling(net)
-            mask = torch.from_numpy(blocks(2 if exact else 4))[None]
+            mask = torch.from_numpy(blocks(2 if exact else 4))[None].to(device)
             extra = {} if exact else {"n_samples": SV_ORDERS}
 
             def run():
@@ -210,7 +233,7 @@ def make_runner(config: str, model: str, x, threads: int):
         if name in ("kernel_shap", "lime"):
             from captum.attr import KernelShap, Lime
 
-            ks, mask = (KernelShap if name == "kernel_shap" else Lime)(net), torch.from_numpy(blocks(4))[None]
+            ks, mask = (KernelShap if name == "kernel_shap" else Lime)(net), torch.from_numpy(blocks(4))[None].to(device)
 
             def run():
                 with torch.no_grad():
@@ -220,7 +243,7 @@ def make_runner(config: str, model: str, x, threads: int):
         if name == "feature_permutation":
             from captum.attr import FeaturePermutation
 
-            fp, mask = FeaturePermutation(net), torch.from_numpy(blocks(4))[None]
+            fp, mask = FeaturePermutation(net), torch.from_numpy(blocks(4))[None].to(device)
 
             def run():
                 with torch.no_grad():
@@ -236,7 +259,7 @@ def make_runner(config: str, model: str, x, threads: int):
         if name == "deep_lift_shap":
             from captum.attr import DeepLiftShap
 
-            dls, baselines = DeepLiftShap(net), torch.from_numpy(dls_baselines())
+            dls, baselines = DeepLiftShap(net), torch.from_numpy(dls_baselines()).to(device)
             return lambda: dls.attribute(xg, baselines=baselines, target=target)
         if name == "occlusion":
             occ = Occlusion(net)
@@ -290,13 +313,13 @@ def make_runner(config: str, model: str, x, threads: int):
 
 
 # ---- timing ----------------------------------------------------------------------------------------
-def time_group(model: str, batch: int, configs: list[str], repeats: int, threads: int) -> dict:
+def time_group(model: str, batch: int, configs: list[str], repeats: int, threads: int, device: str = "cpu") -> dict:
     import numpy as np
 
     x = np.random.default_rng(0).standard_normal((batch,) + input_shape(model)).astype(np.float32)
     runners = {}
     for c in configs:
-        runners[c] = make_runner(c, model, x, threads)
+        runners[c] = make_runner(c, model, x, threads, device)
     times = {c: [] for c in configs}
     for c, run in runners.items():  # warm-up round
         run()
@@ -343,7 +366,7 @@ def peak_memory(config: str, model: str, batch: int, threads: int) -> float | No
 
 
 # ---- machine ----------------------------------------------------------------------------------------
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     import numpy
     import onnx
     import onnxruntime
@@ -368,12 +391,33 @@ def machine() -> dict:
             info[mod] = version(mod)
         except PackageNotFoundError:
             pass
+    if device == "cuda":  # the GPU's name and driver, and whether TF32 may round float32 products
+        import onnxruntime
+
+        info["device"] = "cuda"
+        info["onnxruntime_build"] = ", ".join(onnxruntime.get_available_providers())
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=60).stdout.strip().splitlines()[0]
+            info["gpu"], info["driver"], info["gpu_memory"] = (f.strip() for f in smi.split(","))
+        except (OSError, IndexError, ValueError, subprocess.SubprocessError):
+            info["gpu"] = "unknown GPU"
+        try:
+            import torch
+
+            info["torch_cuda"] = torch.version.cuda
+            info["torch_tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
+        except ImportError:
+            pass
     info["load_before"] = os.getloadavg()[0]
     return info
 
 
 def machine_key(info: dict) -> str:
-    """A folder name for the machine: its CPU's name and widest SIMD, e.g. amd-epyc-avx2."""
+    """A folder name for the machine: its CPU's name and widest SIMD, e.g. amd-epyc-avx2; the GPU's name for
+    CUDA runs, e.g. nvidia-h200-cuda."""
+    if info.get("device") == "cuda":
+        return "-".join(p for p in "".join(ch if ch.isalnum() else "-" for ch in info["gpu"].lower()).split("-") + ["cuda"] if p)
     simd = info.get("simd", "").split()
     widest = next((f for f in ("avx512f", "avx2") if f in simd), "generic")
     name = "".join(ch if ch.isalnum() else "-" for ch in (info.get("cpu") or "cpu").lower())
@@ -394,6 +438,8 @@ def main(argv=None):
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--report", action="store_true", help="write RESULTS.md from benchmarks/results/*/*.json")
     ap.add_argument("--tag", help="name of this group's result file when --methods lists configurations")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where onnxruntime and torch run "
+                    "(cuda: onnxruntime-gpu's CUDA provider and torch on the GPU; no peak-memory runs)")
     ap.add_argument("--child-memory", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.report:
@@ -409,7 +455,7 @@ def main(argv=None):
     repeats = 3 if a.quick else a.repeats
     for model in a.models.split(","):
         ensure_exported(model)
-        info = machine()
+        info = machine(a.device)
         compile_s = {}
         for c in configs:
             lib, _, name = c.partition(".")
@@ -417,9 +463,9 @@ def main(argv=None):
                 compile_s[name] = compile_method(model, name)
                 print(f"{model}: compiled {name} in {compile_s[name]:.2f} s", flush=True)
         for batch in (int(b) for b in a.batch.split(",")):
-            times = time_group(model, batch, configs, repeats, a.threads)
+            times = time_group(model, batch, configs, repeats, a.threads, a.device)
             memory = {}
-            if not (a.quick or a.no_memory):
+            if not (a.quick or a.no_memory or a.device == "cuda"):
                 memory = {c: peak_memory(c, model, batch, a.threads) for c in configs}
             result = {"model": model, "batch": batch, "group": group, "repeats": repeats, "threads": a.threads,
                       "machine": info, "compile": compile_s, "times": times, "memory": memory,

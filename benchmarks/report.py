@@ -11,7 +11,7 @@ from configs import OURS
 
 
 def _fmt_ms(s):
-    return "–" if s is None else (f"{s * 1e3:,.0f}" if s >= 0.1 else f"{s * 1e3:.1f}")
+    return "–" if s is None else (f"{s * 1e3:,.0f}" if s >= 0.1 else f"{s * 1e3:.1f}" if s >= 0.01 else f"{s * 1e3:.2f}")
 
 
 def _paired(a: dict, b: dict) -> float:
@@ -26,7 +26,10 @@ def write_report(path: Path, results: Path) -> str:
     machines = sorted(d for d in results.iterdir() if d.is_dir() and any(d.glob("*.json")))
     if not machines:
         raise SystemExit("no results in benchmarks/results/<machine>/: run a group first")
-    lines = ["# Benchmarks: onnxattr vs. onnxruntime forward, Zennit, Captum and LXT (CPU)", "",
+    groups = {d: [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] for d in machines}
+    cuda = any(g[0]["machine"].get("device") == "cuda" for g in groups.values())
+    lines = [f"# Benchmarks: onnxattr vs. onnxruntime forward, Zennit, Captum and LXT ({'CPU and CUDA' if cuda else 'CPU'})",
+             "",
              "Made by `benchmarks/bench.py` (see its docstring and the README section *Benchmarks*). "
              "Times are wall-clock per call, min and median of the repeats after one warm-up round; "
              "all configurations of a group ran interleaved in one process. **× fwd** = min time / min "
@@ -38,7 +41,7 @@ def write_report(path: Path, results: Path) -> str:
              "processes include torch itself). One section per machine: ratios move with the CPU (a "
              "faster convolution leaves the element-wise part of a backward pass a larger share).", ""]
     for d in machines:
-        lines += _machine_section([json.loads(p.read_text()) for p in sorted(d.glob("*.json"))])
+        lines += _machine_section(groups[d])
     notes = results / "NOTES.md"  # hand-written analysis, kept across regenerations
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
@@ -49,14 +52,32 @@ def write_report(path: Path, results: Path) -> str:
 
 def _machine_section(groups: list[dict]) -> list[str]:
     m = groups[0]["machine"]
-    lines = [f"## {m.get('cpu')} ({m.get('simd', '')})", "",
-             f"- CPU: {m.get('cpu')} ({m.get('simd', '')}), {m.get('cores')} cores visible; "
-             f"threads used: {groups[0]['threads']} (onnxruntime intra_op_num_threads = torch.set_num_threads)",
-             f"- {m.get('platform')}; Python {m.get('python')}",
-             f"- onnxruntime {m.get('onnxruntime')}, onnx {m.get('onnx')}, numpy {m.get('numpy')}, "
-             f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}"
-             + next((f", lxt {g['machine']['lxt']} ({g['model']})" for g in groups
-                     if "lxt" in g["machine"] and g.get("group") == "transformer"), ""), ""]
+    if m.get("device") == "cuda":
+        tf32 = m.get("torch_tf32", {})
+        lines = [f"## {m.get('gpu')} (CUDA)", "",
+                 f"- GPU: {m.get('gpu')}, {m.get('gpu_memory')}, driver {m.get('driver')}; onnxruntime's CUDA "
+                 f"provider (onnxruntime-gpu, default options; providers built in: {m.get('onnxruntime_build')}); "
+                 f"torch on CUDA {m.get('torch_cuda')} (TF32 in cuDNN convolutions: {tf32.get('cudnn')}, in "
+                 f"matmul: {tf32.get('matmul')}, torch's defaults)",
+                 "- every call takes its input from host memory and returns its outputs there (numpy for onnxruntime; "
+                 "torch's calls end with torch.cuda.synchronize()); no peak-memory runs on the GPU"]
+        return lines + _host_lines(m, groups) + _tables(groups)
+    return [f"## {m.get('cpu')} ({m.get('simd', '')})", ""] + _host_lines(m, groups) + _tables(groups)
+
+
+def _host_lines(m: dict, groups: list[dict]) -> list[str]:
+    """The host, the threads and the library versions of a machine's section."""
+    return [f"- CPU: {m.get('cpu')} ({m.get('simd', '')}), {m.get('cores')} cores visible; "
+            f"threads used: {groups[0]['threads']} (onnxruntime intra_op_num_threads = torch.set_num_threads)",
+            f"- {m.get('platform')}; Python {m.get('python')}",
+            f"- onnxruntime {m.get('onnxruntime')}, onnx {m.get('onnx')}, numpy {m.get('numpy')}, "
+            f"torch {m.get('torch')}, zennit {m.get('zennit')}, captum {m.get('captum')}"
+            + next((f", lxt {g['machine']['lxt']} ({g['model']})" for g in groups
+                    if "lxt" in g["machine"] and g.get("group") == "transformer"), ""), ""]
+
+
+def _tables(groups: list[dict]) -> list[str]:
+    lines = []
     header = ("| model | batch | configuration | min ms | median ms | × fwd | × fwd, paired | reference "
               "| speed-up vs ref | paired | peak RSS MiB | compile s |")
     for g in sorted(groups, key=lambda g: (g["model"], g["batch"], g["group"])):

@@ -6,6 +6,9 @@ onnxruntime does not raise when CUDA is asked for and unavailable: it logs and r
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -61,10 +64,14 @@ class Runner:
     what was dropped (None when everything asked for runs), also issued as a ProviderFallbackWarning.
     """
 
-    def __init__(self, model: onnx.ModelProto, device: str | None = None, providers=None, threads: int = 0):
+    def __init__(self, model: onnx.ModelProto, device: str | None = None, providers=None, threads: int = 0,
+                 profile_prefix: str | None = None):
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if profile_prefix:  # onnxruntime's per-node profile (node_placement reads it)
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
         opts.log_severity_level = 4  # errors reach the user as exceptions, turned into one line
         if sum(1 for top in model.graph.node for _ in nodes_within(top)) > MEM_PATTERN_NODE_LIMIT:  # If branches too
             opts.enable_mem_pattern = False
@@ -114,3 +121,24 @@ class Runner:
             what = {state.InvalidArgument: "onnxruntime rejected the input", state.Fail: "onnxruntime failed on "
                     "this input"}.get(type(e), "onnxruntime failed")
             raise DataError(f"{what}: {text.splitlines()[0]}") from None
+
+
+def node_placement(model: onnx.ModelProto, feeds: dict, device: str | None = None, providers=None) -> list[dict]:
+    """Where each node of ``model`` ran in one run on ``feeds``: one dict per node (inside a Loop's body once)
+    with its name, op type, execution provider and output element types, read off onnxruntime's profile
+    (onnxruntime places nodes when it makes a session and reports the placement nowhere else). A CUDA session
+    runs shape arithmetic (Shape, and the int64 nodes fed by it) on the CPU by design; a float node there is a
+    fallback, and the copies around it (Memcpy nodes) cost time."""
+    with tempfile.TemporaryDirectory() as folder:
+        runner = Runner(model, device, providers, profile_prefix=os.path.join(folder, "placement"))
+        runner.run(feeds)
+        with open(runner.session.end_profiling()) as f:
+            events = json.load(f)
+    placed = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            args = e.get("args", {})
+            name = e["name"][: -len("_kernel_time")]
+            placed.setdefault(name, {"node": name, "op": args.get("op_name"), "provider": args.get("provider"),
+                                     "outputs": [t for o in args.get("output_type_shape", []) for t in o]})
+    return list(placed.values())

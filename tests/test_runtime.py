@@ -104,3 +104,15 @@ def test_a_target_beyond_a_dynamic_output_is_named_and_a_models_own_index_error_
     with pytest.raises(DataError, match="onnxruntime .*Gather") as err:
         analyzer.analyze(np.full((2, 3), 12), neuron_selection=[1, 0])
     assert "target" not in str(err.value)
+
+
+def test_node_placement_reads_every_node_and_its_provider_off_the_profile():
+    model = onnxattr.compile(str(MODEL), "gradient")
+    x = np.load(MODEL.parent / "digits_sample.npy")[:2].astype(np.float32)
+    placed = onnxattr.runtime.node_placement(model, {model.graph.input[0].name: x}, "cpu")
+    # the nodes of the optimized graph (onnxruntime folds, fuses and adds layout nodes), each once
+    assert len(placed) == len({p["node"] for p in placed}) >= len(model.graph.node) // 2
+    assert {p["provider"] for p in placed} == {"CPUExecutionProvider"}
+    convs = [p for p in placed if p["op"] in ("Conv", "FusedConv")]
+    assert convs and all(p["outputs"] == ["float"] for p in convs)
+    assert sum(n.op_type == "Conv" for n in model.graph.node) == len(convs)  # forward and backward Convs, each once
