@@ -20,6 +20,7 @@ import pytest
 import onnxattr
 from onnxattr.cli import main
 from onnxattr.errors import EXIT_CODES, UnsupportedModelError
+from onnxattr.methods import REGISTRY
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "thirdparty", "data")
 SWEEP = (9, 11, 13, 15, 17, 28)
@@ -29,6 +30,7 @@ MODELS = {
     "torch_dynamo_rescnn.onnx": {},             # make_torch_dynamo.py: exporter optimizer folded BN
     "torch_dynamo_rescnn_raw.onnx": {},         # optimize=False: BatchNormalization, CastLike, Expand
     "torch_dynamo_modern.onnx": {},             # opset 23: GroupNormalization, RMSNormalization, Resize axes
+    "torch_dynamo_attention_op18.onnx": {},     # scaled_dot_product_attention spelled out (MatMul, Softmax, Trilu)
     "keras_transformer.onnx": {},               # make_keras.py: tf2onnx, LayerNorm as a BatchNormalization
     "torch_stn.onnx": {},                       # make_torch_stn.py: opset 20, AffineGrid + GridSample
     "paddle_cnn.onnx": {},                      # make_paddle.py: paddle.onnx.export, opset 13
@@ -159,6 +161,49 @@ def test_torch_dynamo_modern_matches_torch_autograd():
     axes, LayerNormalization on a channels-last view): the map is torch's own gradient, for the largest logit
     and for logit 2."""
     assert_framework_gradient("torch_dynamo_modern.onnx", "image", np.load(path_of("torch_dynamo_modern.npz")))
+
+
+def test_torch_attention_matches_torch_autograd_at_both_opsets():
+    """One causal self-attention block exported at opset 18 (the exporter spells scaled_dot_product_attention out:
+    MatMul, Softmax, a Trilu mask) and at opset 23 (one Attention node, which canonicalize expands into its ONNX
+    definition): both maps are torch's gradient."""
+    ref = np.load(path_of("torch_dynamo_attention.npz"))
+    for opset in (18, 23):
+        assert_framework_gradient(f"torch_dynamo_attention_op{opset}.onnx", "x", ref)
+
+
+# the methods that run on the attention block as they are (Grad-CAM and neuron conductance need a layer named)
+ATTENTION_METHODS = sorted(n for n, m in REGISTRY.items() if m.family != "pattern"
+                           and n not in ("grad_cam", "guided_grad_cam", "neuron_conductance"))
+
+
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
+def test_two_exports_of_one_attention_block_give_one_map(method):
+    """Auditing two exports of the same model against each other: every method's map on the opset-23 export (Attention
+    expanded) equals its map on the opset-18 export (attention spelled out by the exporter), to 1e-4 of the map's
+    largest value (the two forwards round differently; LRP's epsilon divisions amplify that most, ~1e-5)."""
+    x = np.load(path_of("torch_dynamo_attention.npz"))["x"]
+    groups = {"feature_mask": np.arange(8).reshape(1, 1, 8)} if method in ("kernel_shap", "lime", "shapley_values") \
+        else {}
+    maps = [onnxattr.create_analyzer(method, path_of(f"torch_dynamo_attention_op{opset}.onnx"), **groups).analyze(x)
+            for opset in (18, 23)]
+    np.testing.assert_allclose(maps[1], maps[0], rtol=0, atol=1e-4 * max(np.abs(maps[0]).max(), 1e-30))
+
+
+@pytest.mark.parametrize("method", sorted(name for name, m in REGISTRY.items() if m.random))
+def test_random_draws_on_torch_dynamo_modern(method):
+    """Opset 23 with RMSNormalization, which has no older version: the random ops need opset 21 (onnxruntime has
+    no kernel for their opset-22 versions), so RMSNormalization is expanded into its ONNX definition and the model
+    converted down; its outputs stay within float rounding of the original's and the map is finite."""
+    model = onnx.load(path_of("torch_dynamo_modern.onnx"))
+    # a group per channel: LIME's Lasso zeroes every one of 768 single-pixel groups on this tiny net
+    params = {"feature_mask": np.arange(3).reshape(1, 3, 1, 1)} if method in ("kernel_shap", "lime") else {}
+    sess = session(onnxattr.compile(model, method, **params))
+    x = np.load(path_of("torch_dynamo_modern.npz"))["x"]
+    logits, relevance = sess.run(None, {"image": x})
+    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    np.testing.assert_allclose(logits, original[0], rtol=1e-5, atol=1e-6)
+    assert relevance.shape == x.shape and np.isfinite(relevance).all() and np.abs(relevance).max() > 0
 
 
 def test_keras_transformer_matches_tensorflow_gradient():

@@ -87,7 +87,7 @@ def concat_vjp(b, node, grads, need):
         split = b.ints(sizes)
     else:
         split = b.op("Concat", [
-            b.op("Gather", [b.op("Shape", [x]), b.ints([axis % b.rank(x)])]) for x in node.input
+            b.op("Gather", [b.op("Shape", [x]), b.ints([axis])]) for x in node.input  # Gather takes axis < 0
         ], axis=0)
     parts = b.op("Split", [grads[0], split], n_out=len(node.input), axis=axis)
     parts = parts if isinstance(parts, list) else [parts]

@@ -73,19 +73,20 @@ def test_noise_on_a_model_whose_opset_onnxruntime_has_no_random_kernel_for(metho
 
 
 def test_noise_on_a_model_that_cannot_be_converted_down_names_why():
-    """RMSNormalization (opset 23) has no earlier version: no conversion, and the error says so."""
+    """TensorScatter (opset 24) has no earlier version and no ONNX function body to expand
+    (canonicalize.expand_newer_ops): no conversion, and the error says why."""
     from onnx import TensorProto, helper, numpy_helper
 
     from onnxattr.methods.draws import onnxruntime_has_random
 
-    if onnxruntime_has_random(23):
-        pytest.skip("this onnxruntime runs the random ops at opset 23: nothing to convert")
-    g = helper.make_graph([helper.make_node("RMSNormalization", ["x", "s"], ["y"], axis=-1, name="norm")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-                          [numpy_helper.from_array(np.ones(4, np.float32), "s")])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
-    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="RandomNormalLike.*opset 23.*RMSNormalization"):
+    if onnxruntime_has_random(24):
+        pytest.skip("this onnxruntime runs the random ops at opset 24: nothing to convert")
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["c"]), helper.make_node("TensorScatter", ["c", "u"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])],
+                          [numpy_helper.from_array(np.ones((1, 1, 8), np.float32), "u")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 24)], ir_version=11)
+    with pytest.raises(onnxattr.errors.UnsupportedModelError, match="RandomNormalLike.*opset 24.*TensorScatter"):
         onnxattr.compile(model, "smoothgrad")
 
 

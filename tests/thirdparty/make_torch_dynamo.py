@@ -9,7 +9,9 @@ torch_dynamo_rescnn_raw.onnx (optimize=False: BatchNormalization kept), both wit
 and torch_dynamo_rescnn.npz (an input and torch's outputs for it); and torch_dynamo_modern.onnx, opset 23: the ops
 the exporter writes for newer layers (GroupNormalization, RMSNormalization, Resize with an axes attribute, a
 channels-last LayerNormalization, SiLU, GELU), with torch_dynamo_modern.npz (an input, torch's output and torch's
-gradient of the largest logit and of logit 2).
+gradient of the largest logit and of logit 2); and torch_dynamo_attention_op18.onnx / _op23.onnx, one causal
+self-attention block exported at both opsets (23 writes scaled_dot_product_attention as one Attention node), with
+torch_dynamo_attention.npz.
 """
 
 import os
@@ -71,6 +73,53 @@ class Modern(nn.Module):
         return self.fc(self.rms(h.mean((2, 3))))
 
 
+class Attention(nn.Module):
+    """A pre-norm causal self-attention block (two heads, F.scaled_dot_product_attention) with a residual, mean-pooled
+    into a linear classifier: x [N, 5, 8] -> logits [N, 3]."""
+
+    def __init__(self, width=8, heads=2, classes=3):
+        super().__init__()
+        self.heads = heads
+        self.ln = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        n, t, c = x.shape
+        q, k, v = (h.reshape(n, t, self.heads, c // self.heads).transpose(1, 2)
+                   for h in self.qkv(self.ln(x)).split(c, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(n, t, c)
+        return self.fc((x + self.out(a)).mean(1))
+
+
+def export_attention():
+    """The Attention block at opset 23 (scaled_dot_product_attention becomes one Attention node) and at opset 18
+    (the exporter spells it out: MatMul, Softmax, a Trilu mask), with torch's output and gradients."""
+    torch.manual_seed(0)
+    model = Attention().eval()
+    x = torch.randn(2, 5, 8)
+    for opset in (18, 23):
+        path = os.path.join(HERE, f"torch_dynamo_attention_op{opset}.onnx")
+        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["x"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                                    opset_version=opset)
+        program.save(path, external_data=False)
+        print(path, os.path.getsize(path))
+    np.savez(os.path.join(HERE, "torch_dynamo_attention.npz"), **reference(model, x))
+
+
+def reference(model, x) -> dict:
+    """x, the model's output y for it, and the gradients of its largest logit (g_max) and of logit 2 (g_2)."""
+    grads = {}
+    for key, pick in (("g_max", lambda y: y.argmax(1)), ("g_2", lambda y: torch.full((len(y),), 2))):
+        xg = x.clone().requires_grad_(True)
+        y = model(xg)
+        y.gather(1, pick(y)[:, None]).sum().backward()
+        grads[key] = xg.grad.numpy()
+    return {"x": x.numpy(), "y": y.detach().numpy(), **grads}
+
+
 def export_modern():
     torch.manual_seed(0)
     model = Modern().eval()
@@ -85,13 +134,7 @@ def export_modern():
                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), opset_version=23)
     program.save(path, external_data=False)
     print(path, os.path.getsize(path))
-    grads = {}
-    for key, pick in (("g_max", lambda y: y.argmax(1)), ("g_2", lambda y: torch.full((len(y),), 2))):
-        xg = x.clone().requires_grad_(True)
-        y = model(xg)
-        y.gather(1, pick(y)[:, None]).sum().backward()
-        grads[key] = xg.grad.numpy()
-    np.savez(os.path.join(HERE, "torch_dynamo_modern.npz"), x=x.numpy(), y=y.detach().numpy(), **grads)
+    np.savez(os.path.join(HERE, "torch_dynamo_modern.npz"), **reference(model, x))
 
 
 def main():
@@ -119,6 +162,7 @@ def main():
         y = model(x).numpy()
     np.savez(os.path.join(HERE, "torch_dynamo_rescnn.npz"), x=x.numpy(), y=y)
     export_modern()
+    export_attention()
 
 
 if __name__ == "__main__":
