@@ -15,27 +15,22 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import onnx
-import onnx.inliner
-import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
-from onnx import shape_inference, version_converter
+from onnx import version_converter
 
 from onnxattr.errors import InvalidModelError, UnsupportedModelError
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto, remove_dead
-from onnxattr.light import checkable_copy, declared_dims, infer_shapes_light, light_model
+from onnxattr.expand import expand_defined_ops, expand_newer_ops
+from onnxattr.light import checkable_copy, declared_dims, infer_shapes
+from onnxattr.load import default_opset
 from onnxattr.recurrent import unroll_recurrent
 from onnxattr.recurrent_nodes import RECURRENT_OPS
 
 MIN_OPSET = 17
 TARGET_OPSET = 17
 FOLD_SIZE_LIMIT = 64 * 2**20  # bytes: never materialise a folded tensor larger than this
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -56,127 +51,6 @@ def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         ) from None
     model.ir_version = max(model.ir_version, 8)
     return model
-
-
-EXPANDED = "onnxattr.expanded"  # the domain of the model-local functions that expand_ops inlines
-# standard ops that ONNX defines as functions of ops the reverse pass differentiates, and no emitter handles whole:
-# each node of them is replaced by its definition (torch's dynamo exporter writes scaled_dot_product_attention as
-# Attention from opset 23). The forward then runs the defining nodes: the same values up to float rounding.
-EXPANDED_OPS = frozenset({"Attention", "RotaryEmbedding", "MeanVarianceNormalization", "CenterCropPad"})
-
-
-def _without_version_at(node: onnx.NodeProto, opset: int) -> bool:
-    """Whether ``node`` is a standard op that first appeared after ``opset``."""
-    if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type):
-        return False
-    try:
-        onnx.defs.get_schema(node.op_type, opset)  # its newest version at or below opset
-    except onnx.defs.SchemaError:
-        return True
-    return False
-
-
-def expand_newer_ops(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """The model with each main-graph node whose op has no version at or below ``opset`` (RMSNormalization-23,
-    Swish-24) expanded (expand_ops), so that the version converter can take the model down."""
-    return expand_ops(model, lambda node: _without_version_at(node, opset))
-
-
-def expand_defined_ops(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with each main-graph node of EXPANDED_OPS expanded (expand_ops)."""
-    return expand_ops(model, lambda node: node.op_type in EXPANDED_OPS and node.domain in ("", "ai.onnx"))
-
-
-def expand_ops(model: onnx.ModelProto, pick) -> onnx.ModelProto:
-    """The model with each main-graph node that ``pick`` accepts replaced by its op's function body as ONNX
-    defines it (for RMSNormalization: X / sqrt(mean(X^2) + epsilon) * scale); the model itself when there is
-    none. The bodies become model-local functions of the weight-less copy (light_model), which onnx.inliner
-    inlines; its nodes then replace the model's. A node whose op has no body (or none for its input types)
-    stays. The values equal the op's up to float rounding (the kernel and the expanded nodes may sum in
-    another order)."""
-    if not any(pick(n) for n in model.graph.node):
-        return model
-    model_opset = default_opset(model)
-    light, _ = light_model(model)
-    types = {vi.name: vi.type for vi in list(infer_shapes(light).graph.value_info) + list(light.graph.input)}
-    for t in light.graph.initializer:
-        types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
-    for k, node in enumerate(n for n in light.graph.node if pick(n)):
-        body = _function_body(node, model_opset, types)
-        if body is not None:  # else the version converter names the op that stopped it
-            body.domain, body.name = EXPANDED, f"{node.op_type}_{k}"
-            node.domain, node.op_type = EXPANDED, body.name
-            light.functions.append(body)
-    if not light.functions:
-        return model
-    light.opset_import.append(onnx.helper.make_opsetid(EXPANDED, 1))
-    # the inliner converts a body of an older opset to the model's, which needs every tensor's type
-    listed = {vi.name for vi in list(light.graph.input) + list(light.graph.value_info) + list(light.graph.output)}
-    light.graph.value_info.extend(onnx.helper.make_value_info(n, t) for n, t in types.items() if n not in listed)
-    inlined = onnx.inliner.inline_local_functions(light, convert_version=True)
-    expanded = onnx.ModelProto()
-    expanded.CopyFrom(model)
-    del expanded.graph.node[:]
-    expanded.graph.node.extend(inlined.graph.node)
-    _plain_shapes(expanded)
-    _constant_ranks(expanded, types)
-    return expanded
-
-
-def _plain_shapes(model: onnx.ModelProto) -> None:
-    """Shape(x, start, end) becomes Slice(Shape(x), start, end): the same values, in the form that onnx-graphsurgeon's
-    shape folding reads right (it takes a Shape node for the whole shape, whatever its start and end)."""
-    nodes = []
-    for node in model.graph.node:
-        bounds = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
-        if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or not bounds:
-            nodes.append(node)
-            continue
-        out, whole = node.output[0], f"{node.output[0]}/whole"
-        begin, end = f"{out}/start", f"{out}/end"
-        model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([bounds.get("start", 0)]), begin),
-                                        onnx.numpy_helper.from_array(np.array([bounds.get("end", 2**62)]), end)])
-        nodes += [onnx.helper.make_node("Shape", [node.input[0]], [whole]),
-                  onnx.helper.make_node("Slice", [whole, begin, end], [out])]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-
-
-def _function_body(node: onnx.NodeProto, opset: int, types: dict) -> onnx.FunctionProto | None:
-    """ONNX's definition of ``node``'s op as a function, as of the newest opset at or below ``opset`` that defines
-    one (context-dependent bodies are made for the node's attributes and input ``types``); None if there is none."""
-    schema = onnx.defs.get_schema(node.op_type, opset)
-    given = {a.name for a in node.attribute}
-    for name, attr in schema.attributes.items():  # the body reads defaults through the node (MVN's axes)
-        if name not in given and attr.default_value.type != onnx.AttributeProto.UNDEFINED:
-            node.attribute.append(attr.default_value)
-    dependent = max((v for v in schema.context_dependent_function_opset_versions if v <= opset), default=0)
-    plain = max((v for v in schema.function_opset_versions if v <= opset), default=0)
-    inputs = [(types[i] if i in types else onnx.TypeProto()).SerializeToString() for i in node.input]
-    try:
-        if dependent:
-            return onnx.FunctionProto.FromString(schema.get_context_dependent_function_with_opset_version(
-                dependent, node.SerializeToString(), inputs))
-        if plain:
-            return onnx.FunctionProto.FromString(schema.get_function_with_opset_version(plain))
-    except Exception:  # noqa: BLE001 - no body for these input types
-        pass
-    return None
-
-
-def _constant_ranks(model: onnx.ModelProto, types: dict) -> None:
-    """Size(Shape(x)) becomes a Constant holding x's rank where x's rank is known (the function bodies compute
-    their reduction axes from it), so that those axes fold into constants."""
-    shape_of = {n.output[0]: n.input[0] for n in model.graph.node
-                if n.op_type == "Shape" and n.domain in ("", "ai.onnx") and not n.attribute}
-    for node in model.graph.node:
-        x = shape_of.get(node.input[0]) if node.op_type == "Size" and node.input else None
-        t = types.get(x)
-        if t is not None and t.HasField("tensor_type") and t.tensor_type.HasField("shape"):
-            rank = onnx.numpy_helper.from_array(np.array(len(t.tensor_type.shape.dim), np.int64))
-            node.op_type = "Constant"
-            del node.input[:]
-            node.attribute.append(onnx.helper.make_attribute("value", rank))
 
 
 def downgrade_opset(model: onnx.ModelProto, label: str, opset: int, why: str) -> onnx.ModelProto:
@@ -308,20 +182,6 @@ def name_nodes(model: onnx.ModelProto) -> None:
             node.name = name
             taken.add(name)
         seen.add(node.name)
-
-
-def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
-    """Shapes of every intermediate tensor, inferred on a copy without the weights (fast; see
-    light.light_model), else on the whole model, else what the model declares. Without ``in_place``
-    the result may lack the large initializers: read types and shapes from it, nothing else."""
-    try:
-        return infer_shapes_light(model, in_place)
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        return shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - fall back to what the model declares
-        return model
 
 
 def canonicalize(model: onnx.ModelProto, label: str = "model",

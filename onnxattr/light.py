@@ -136,3 +136,17 @@ def infer_shapes_light(model: onnx.ModelProto, in_place: bool = False) -> onnx.M
         if o.name in outputs:
             o.CopyFrom(outputs[o.name])
     return model
+
+
+def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+    """Shapes of every intermediate tensor, inferred on a copy without the weights (fast; see
+    light.light_model), else on the whole model, else what the model declares. Without ``in_place``
+    the result may lack the large initializers: read types and shapes from it, nothing else."""
+    try:
+        return infer_shapes_light(model, in_place)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - fall back to what the model declares
+        return model

@@ -253,3 +253,8 @@ def check_input_shapes(model: onnx.ModelProto, label: str) -> None:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = next((ln for ln in lines if ln.startswith("(op_type")), lines[0] if lines else "inference failed")
         raise InvalidModelError(f"{label}: the model's shapes or types are inconsistent: {detail}") from None
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's version of the standard (ai.onnx) opset; 0 when it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

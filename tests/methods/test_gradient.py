@@ -74,7 +74,7 @@ def test_noise_on_a_model_whose_opset_onnxruntime_has_no_random_kernel_for(metho
 
 def test_noise_on_a_model_that_cannot_be_converted_down_names_why():
     """TensorScatter (opset 24) has no earlier version and no ONNX function body to expand
-    (canonicalize.expand_newer_ops): no conversion, and the error says why."""
+    (expand.expand_newer_ops): no conversion, and the error says why."""
     from onnx import TensorProto, helper, numpy_helper
 
     from onnxattr.methods.draws import onnxruntime_has_random

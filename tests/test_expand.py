@@ -1,0 +1,153 @@
+"""onnxattr/expand.py: ops replaced by their ONNX definitions compute the op's values, and the reverse pass
+differentiates them exactly."""
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxattr
+from onnxattr.canonicalize import canonicalize, default_opset
+from onnxattr.expand import EXPANDED_OPS, expand_newer_ops
+from tests.models import mlp
+from tests.test_canonicalize import run
+
+
+def _newer_ops_model(opset: int, axis: int = -1):
+    """x [N, 3, 4] -> Swish(alpha 0.5) -> RMSNormalization(axis, epsilon 1e-3, scale) -> y, at ``opset``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale = np.linspace(0.5, 2, 12 if axis == 1 else 4).reshape((3, 4) if axis == 1 else (4,)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Swish", ["x"], ["h"], alpha=0.5, name="swish"),
+         helper.make_node("RMSNormalization", ["h", "s"], ["y"], axis=axis, epsilon=1e-3, name="norm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])], [numpy_helper.from_array(scale, "s")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=11), scale
+
+
+@pytest.mark.parametrize("opset,axis", [(24, -1), (24, 1), (23, -1)])
+def test_ops_without_an_older_version_expand_into_their_onnx_definition(opset, axis):
+    """Swish-24 and RMSNormalization-23 (what a random-draw method's conversion to opset 21 cannot convert) become
+    the nodes of their ONNX function bodies: the values of x * sigmoid(0.5 x) / sqrt(mean(h^2) + 1e-3) * scale, with
+    the RMS axes (computed from the rank in the body) folded; the body of opset 23 inlined into an opset-24 model
+    too."""
+    model, scale = _newer_ops_model(opset, axis)
+    if opset == 23:
+        model.graph.node[0].CopyFrom(onnx.helper.make_node("Sigmoid", ["x"], ["h"]))  # Swish is opset 24
+    expanded = expand_newer_ops(model, 21)
+    ops = [n.op_type for n in expanded.graph.node]
+    assert "RMSNormalization" not in ops and "Swish" not in ops and not expanded.functions
+    assert [o.domain for o in expanded.opset_import] == [""] and default_opset(expanded) == opset
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    h = x / (1 + np.exp(-0.5 * x)) if opset == 24 else 1 / (1 + np.exp(-x))
+    axes = (1, 2) if axis == 1 else (2,)
+    want = h / np.sqrt((h**2).mean(axes, keepdims=True) + 1e-3) * scale
+    np.testing.assert_allclose(run(expanded, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+    canon = canonicalize(model, max_opset=(21, "test"))
+    assert default_opset(canon) == 21 and not any(n.op_type in ("Range", "Size") for n in canon.graph.node)
+    np.testing.assert_allclose(run(canon, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_newer_ops_is_not_expanded():
+    model = mlp()[0]
+    assert expand_newer_ops(model, 17) is model
+
+
+def test_the_map_through_an_expanded_op_is_the_ops_own():
+    """The gradient through RMSNormalization's expanded nodes (ReduceMean, Sqrt, Div) equals the gradient through
+    the op's own emitter (emitters/normalization.py), on the opset-23 export of torch's dynamo exporter."""
+
+    path = os.path.join(os.path.dirname(__file__), "thirdparty", "data", "torch_dynamo_modern.onnx")
+    model = onnx.load(path)
+    converted = canonicalize(model, max_opset=(21, "test"))
+    assert "RMSNormalization" not in {n.op_type for n in converted.graph.node}
+    x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    own = run(onnxattr.compile(model, "gradient"), {"image": x})
+    expanded = run(onnxattr.compile(converted, "gradient"), {"image": x})
+    np.testing.assert_allclose(expanded[0], own[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(expanded[-1], own[-1], rtol=1e-4, atol=1e-5 * np.abs(own[-1]).max())
+
+
+def _defined_op_cases():
+    """(op, opset, inputs [(name, array)], attributes) for each op of EXPANDED_OPS."""
+    rng = np.random.default_rng(0)
+    f = lambda *shape: rng.standard_normal(shape)  # noqa: E731
+    return {
+        "attention_causal": ("Attention", 23, [("q", f(1, 2, 4, 3)), ("k", f(1, 2, 5, 3)), ("v", f(1, 2, 5, 3))],
+                             {"is_causal": 1}),
+        "attention_3d_gqa_mask": ("Attention", 23, [("q", f(1, 4, 8)), ("k", f(1, 5, 4)), ("v", f(1, 5, 4)),
+                                                    ("mask", f(4, 5))], {"q_num_heads": 2, "kv_num_heads": 1}),
+        "rotary_embedding": ("RotaryEmbedding", 23, [("x", f(1, 2, 4, 6)), ("cos", f(8, 3)), ("sin", f(8, 3)),
+                                                     ("pos", np.array([[0, 2, 4, 7]], np.int64))], {}),
+        "mean_variance_normalization": ("MeanVarianceNormalization", 13, [("x", f(1, 3, 4, 4))], {}),
+        "center_crop_pad": ("CenterCropPad", 18, [("x", f(1, 3, 4, 7)), ("shape", np.array([6, 5], np.int64))],
+                            {"axes": [2, 3]}),
+    }
+
+
+def _projected_model(op, opset, inputs, attrs, out_shape, dtype):
+    """s [1, 1] = sum(v * op(inputs)) for a fixed random v: its gradient is the op's VJP of v."""
+    from onnx import helper, numpy_helper
+
+    t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    v = np.random.default_rng(1).standard_normal(out_shape).astype(dtype)
+    g = helper.make_graph(
+        [helper.make_node(op, [n for n, _ in inputs], ["y"], name="op", **attrs),
+         helper.make_node("Mul", ["y", "projection"], ["p"]), helper.make_node("ReduceSum", ["p"], ["r"], keepdims=0),
+         helper.make_node("Reshape", ["r", "one"], ["s"])], "g",
+        [helper.make_tensor_value_info(n, t if a.dtype.kind == "f" else onnx.TensorProto.INT64, list(a.shape))
+         for n, a in inputs], [helper.make_tensor_value_info("s", t, [1, 1])],
+        [numpy_helper.from_array(v, "projection"), numpy_helper.from_array(np.array([1, 1], np.int64), "one")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=11)
+
+
+def _numpy_mvn(x):
+    return (x - x.mean((0, 2, 3), keepdims=True)) / np.sqrt(((x - x.mean((0, 2, 3), keepdims=True)) ** 2).mean(
+        (0, 2, 3), keepdims=True) + 1e-9)
+
+
+@pytest.mark.parametrize("case", sorted(_defined_op_cases()))
+def test_ops_onnx_defines_as_functions_are_expanded_and_differentiated(case):
+    """Attention (torch's dynamo exporter writes scaled_dot_product_attention as Attention from opset 23),
+    RotaryEmbedding, MeanVarianceNormalization and CenterCropPad have no emitter: canonicalize expands
+    them into their ONNX definitions. The canonical forward equals onnx's reference implementation of the op
+    (numpy for MVN, which it lacks), and the compiled gradient for every float input equals float64 central
+    differences of that reference, along random directions (tests/vjp_check.py's tolerance)."""
+    from onnx.reference import ReferenceEvaluator
+
+
+    op, opset, inputs, attrs = _defined_op_cases()[case]
+    assert op in EXPANDED_OPS
+    feeds32 = {n: a.astype(np.float32) if a.dtype.kind == "f" else a for n, a in inputs}
+    node = onnx.helper.make_node(op, [n for n, _ in inputs], ["y"], **attrs)
+    shape = ReferenceEvaluator(node).run(None, dict(inputs))[0].shape if op != "MeanVarianceNormalization" else \
+        inputs[0][1].shape
+    model = _projected_model(op, opset, inputs, attrs, shape, np.float32)
+    canon = canonicalize(model)
+    assert op not in {n.op_type for n in canon.graph.node}
+    if op == "MeanVarianceNormalization":
+        reference = lambda feeds: [np.sum(_numpy_mvn(feeds["x"]) * _v(model)).reshape(1, 1)]  # noqa: E731
+    else:
+        evaluator = ReferenceEvaluator(_projected_model(op, opset, inputs, attrs, shape, np.float64))
+        reference = lambda feeds: evaluator.run(None, feeds)  # noqa: E731
+    feeds64 = {n: a.astype(np.float64) if a.dtype.kind == "f" else a for n, a in inputs}
+    np.testing.assert_allclose(run(canon, feeds32)[0], reference(feeds64)[0], rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(2)
+    for name, a in inputs:
+        if a.dtype.kind != "f":
+            continue
+        grad = run(onnxattr.compile(model, "gradient", input=name), feeds32)[-1].astype(np.float64)
+        for _ in range(3):
+            u = rng.standard_normal(a.shape)
+            h = 1e-5
+            up, down = dict(feeds64), dict(feeds64)
+            up[name], down[name] = a + h * u, a - h * u
+            numeric = (reference(up)[0].item() - reference(down)[0].item()) / (2 * h)
+            assert abs((grad * u).sum() - numeric) <= 2e-5 * (abs(numeric) + np.abs(grad * u).sum()) + 1e-5, name
+
+
+def _v(model):
+    return onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "projection")).astype(
+        np.float64)
