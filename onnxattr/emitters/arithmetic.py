@@ -62,9 +62,13 @@ def neg_vjp(b, node, grads, need):
 
 @register("Sqrt")
 def sqrt_vjp(b, node, grads, need):
-    """y = sqrt(x): dx = g / (2 y)."""
-    two_y = b.op("Mul", [node.output[0], b.scalar(2.0, node.output[0])])
-    return [b.op("Div", [grads[0], two_y])]
+    """y = sqrt(x): dx = g / (2 y), and 0 where y = 0, where the derivative is infinite: the convention of
+    ReduceL2's VJP and torch's norm, cdist and std backward, which keeps maps through a norm or a standard
+    deviation of zero finite (g / 0 would give inf, and NaN after a zero from a ReLU or a Clip)."""
+    y = node.output[0]
+    zero = b.op("Equal", [y, b.scalar(0.0, y)])
+    two_y = b.op("Mul", [b.op("Where", [zero, b.scalar(1.0, y), y]), b.scalar(2.0, y)])
+    return [b.op("Where", [zero, b.scalar(0.0, y), b.op("Div", [grads[0], two_y])])]
 
 
 @register("Exp")

@@ -36,7 +36,9 @@ def index_trick_vjp(b, node, x, g, dtype=TensorProto.INT64):
 def reshape_vjp(b, node, grads, need):
     axes = b.value(node.input[1]) if node.op_type in ("Squeeze", "Unsqueeze") and len(node.input) > 1 else None
     if axes is not None and b.static_shape(node.input[0]) is None:  # Unsqueeze undoes Squeeze and back
-        out = b.op("Unsqueeze" if node.op_type == "Squeeze" else "Squeeze", [grads[0], node.input[1]])
+        # as a vector: torch's dynamo exporter gives Unsqueeze a scalar axis, which onnxruntime's Squeeze refuses
+        axes = b.ints([int(a) for a in np.atleast_1d(axes)])
+        out = b.op("Unsqueeze" if node.op_type == "Squeeze" else "Squeeze", [grads[0], axes])
     else:
         out = b.op("Reshape", [grads[0], b.shape_of(node.input[0])])
     return [out] + [None] * (len(node.input) - 1)

@@ -39,6 +39,15 @@ def test_unary_vjp(op):
     check_vjp(op, [("x", x, False)])
 
 
+def test_sqrt_takes_zero_where_its_derivative_is_infinite():
+    """At sqrt(0) the VJP is 0, as ReduceL2's and torch's norm backward (a ReLU's zero times inf would be NaN);
+    elsewhere g / (2 sqrt(x))."""
+    x = np.array([[0.0, 4.0, 0.0, 0.25]], np.float32)
+    g = np.array([[3.0, 2.0, 0.0, 1.0]], np.float32)
+    (dx,) = run_vjp("Sqrt", [("x", x, False)], g)
+    np.testing.assert_allclose(dx, [[0.0, 0.5, 0.0, 1.0]], rtol=1e-6)
+
+
 def test_pow_vjp():
     check_vjp("Pow", [("a", np.abs(r((2, 3))) + 0.5, False), ("p", np.array([2.0, 3.0, 0.5]), False)],
               wrt=["a", "p"])

@@ -16,6 +16,8 @@ def test_reshape_family(dynamic):
     check_vjp("Reshape", [("x", x, False), ("s", np.array([0, -1], I64), True)], dynamic=dynamic)
     check_vjp("Flatten", [("x", x, False)], {"axis": 2}, dynamic=dynamic)
     check_vjp("Unsqueeze", [("x", x, False), ("a", np.array([1, -1], I64), True)], dynamic=dynamic)
+    # a scalar axis, as torch's dynamo exporter writes for repeat_interleave (scaled_dot_product_attention's GQA)
+    check_vjp("Unsqueeze", [("x", x, False), ("a", np.array(2, I64), True)], dynamic=dynamic)
     check_vjp("Squeeze", [("x", r((2, 1, 4)), False), ("a", np.array([1], I64), True)], dynamic=dynamic)
     check_vjp("Squeeze", [("x", r((2, 1, 4, 1)), False), ("a", np.array([-1, 1], I64), True)], dynamic=dynamic)
     if not dynamic:  # no axes: every 1 (with a dynamic axis its output shape is unknown to the checker)

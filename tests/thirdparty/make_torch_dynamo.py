@@ -74,28 +74,30 @@ class Modern(nn.Module):
 
 
 class Attention(nn.Module):
-    """A pre-norm causal self-attention block (two heads, F.scaled_dot_product_attention) with a residual, mean-pooled
-    into a linear classifier: x [N, 5, 8] -> logits [N, 3]."""
+    """A pre-norm causal self-attention block with grouped-query attention (two query heads share one key/value
+    head: F.scaled_dot_product_attention(enable_gqa=True)) and a residual, mean-pooled into a linear classifier:
+    x [N, 5, 8] -> logits [N, 3]."""
 
-    def __init__(self, width=8, heads=2, classes=3):
+    def __init__(self, width=8, head=4, classes=3):
         super().__init__()
-        self.heads = heads
+        self.head = head
         self.ln = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
+        self.qkv = nn.Linear(width, width + 2 * head)  # two query heads, one key and one value head
         self.out = nn.Linear(width, width)
         self.fc = nn.Linear(width, classes)
 
     def forward(self, x):
         n, t, c = x.shape
-        q, k, v = (h.reshape(n, t, self.heads, c // self.heads).transpose(1, 2)
-                   for h in self.qkv(self.ln(x)).split(c, dim=-1))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(n, t, c)
+        q, k, v = (h.reshape(n, t, -1, self.head).transpose(1, 2)
+                   for h in self.qkv(self.ln(x)).split([c, self.head, self.head], dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2).reshape(n, t, c)
         return self.fc((x + self.out(a)).mean(1))
 
 
 def export_attention():
     """The Attention block at opset 23 (scaled_dot_product_attention becomes one Attention node) and at opset 18
-    (the exporter spells it out: MatMul, Softmax, a Trilu mask), with torch's output and gradients."""
+    (the exporter spells it out: MatMul, Softmax, a Trilu mask, the key/value head repeated through an Unsqueeze of a
+    scalar axis), with torch's output and gradients."""
     torch.manual_seed(0)
     model = Attention().eval()
     x = torch.randn(2, 5, 8)
