@@ -75,7 +75,20 @@ def expand_ops(model: onnx.ModelProto, pick) -> onnx.ModelProto:
     expanded.graph.node.extend(inlined.graph.node)
     _plain_shapes(expanded)
     _constant_ranks(expanded, types)
+    _name_unnamed(expanded)
     return expanded
+
+
+def _name_unnamed(model: onnx.ModelProto) -> None:
+    """A name for each node the inliner (or _plain_shapes) left unnamed: onnx-graphsurgeon tells nodes apart by their
+    fields, so two unnamed Identity nodes of two bodies reading one mask were one node to it when it folded."""
+    taken = {n.name for n in model.graph.node}
+    for k, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{EXPANDED}/{node.op_type}_{k}"
+            while node.name in taken:
+                node.name += "_"
+            taken.add(node.name)
 
 
 def _plain_shapes(model: onnx.ModelProto) -> None:

@@ -151,3 +151,23 @@ def test_ops_onnx_defines_as_functions_are_expanded_and_differentiated(case):
 def _v(model):
     return onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "projection")).astype(
         np.float64)
+
+
+def test_two_expanded_nodes_reading_one_mask_fold():
+    """Two Attention nodes with one additive mask (a decoder's blocks): their bodies' unnamed Identity nodes of the
+    mask were one node to onnx-graphsurgeon's folding, which then failed; the inlined nodes are named now."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    mask = np.triu(np.full((4, 4), -1e4, np.float32), 1)
+    nodes = [helper.make_node("Attention", ["x", "x", "x", "mask"], ["a"]),
+             helper.make_node("Attention", ["a", "a", "a", "mask"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 3])],
+                          [numpy_helper.from_array(mask, "mask")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=11)
+    canon = canonicalize(model)
+    assert "Attention" not in {n.op_type for n in canon.graph.node} and all(n.name for n in canon.graph.node)
+    x = rng.standard_normal((2, 2, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(run(canon, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+

@@ -5,13 +5,16 @@ Run from the repository root with the torch venv (CPU torch 2.13.0, lxt 2.1 inst
 onnxruntime):
 
     /work/venv-torch/bin/pip install --no-deps lxt==2.1
-    /work/venv-torch/bin/python tests/oracles/make_lxt.py
+    /work/venv-torch/bin/python tests/oracles/make_lxt.py [NAME ...]
 
 It writes into tests/oracles/data/, for NAME in lxt_vit (a ViT: Conv patch embedding, class token, position
 embedding, pre-LayerNorm blocks with GELU MLPs, a Tanh pooler) and lxt_llama (a LLaMA-style decoder on token
 embeddings: RMSNorm, causal attention, SwiGLU MLP; the logits of the last position):
 
-    NAME.onnx   torch.onnx.export(dynamo=False, opset 17, dynamic batch) of the plain model
+    NAME.onnx   torch.onnx.export(dynamo=False, opset 17, dynamic batch) of the plain model; lxt_llama_sdpa is
+                lxt_llama (the same weights, input and maps) with its plain attention written as
+                F.scaled_dot_product_attention and exported by the dynamo exporter at opset 23: one Attention
+                node per block, which onnxattr expands into its ONNX definition
     NAME.npz    "x", "target", "logits" and "<method>|<mode>|default" float32 maps shaped like x, for
                 attn_lrp (LXT's AttnLRP) and cp_lrp (LXT's CP-LRP); lxt_vit also "<method>|<mode>|gamma",
                 the same with zennit's Gamma rule on every Conv2d (0.25) and Linear (0.1), as LXT's ViT
@@ -42,6 +45,7 @@ import types
 import numpy as np
 import onnxruntime as ort
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -83,6 +87,7 @@ class Attention(nn.Module):
             self.register_buffer("mask", mask)
         else:
             self.mask = None
+        self.sdpa = False  # the plain forward through F.scaled_dot_product_attention (lxt_llama_sdpa)
 
     def split(self, t):
         n, s, _ = t.shape
@@ -90,6 +95,10 @@ class Attention(nn.Module):
 
     def forward(self, x, lxt=False):
         q, k, v = held(self.split(self.q(x)), lxt), held(self.split(self.k(x)), lxt), self.split(self.v(x))
+        if self.sdpa and not lxt:  # the same softmax(q k^T / sqrt(dh) + mask) v, as one op
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+            n, _, s, _ = ctx.shape
+            return self.o(ctx.transpose(1, 2).reshape(n, s, self.heads * self.dh))
         scores = halve(torch.matmul(q, k.transpose(-1, -2)), lxt) / math.sqrt(self.dh)
         if self.mask is not None:
             scores = scores + self.mask
@@ -181,11 +190,14 @@ class Llama(nn.Module):
 
 
 def build(name):
-    torch.manual_seed({"lxt_vit": 11, "lxt_llama": 12}[name])
+    torch.manual_seed({"lxt_vit": 11, "lxt_llama": 12, "lxt_llama_sdpa": 12}[name])
     if name == "lxt_vit":
         model, x = ViT(), torch.randn(3, 3, 16, 16)
     else:
         model, x = Llama(), torch.randn(3, 6, 32)
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.sdpa = name == "lxt_llama_sdpa"
     return model.eval(), x
 
 
@@ -227,6 +239,14 @@ def _backward(m, xi, mode, target, rules):
 
 
 def export(model, x, path):
+    """The legacy exporter at opset 17; for lxt_llama_sdpa torch's dynamo exporter at opset 23, which writes
+    scaled_dot_product_attention as one Attention node."""
+    if path.endswith("_sdpa.onnx"):
+        program = torch.onnx.export(model.float(), (x,), dynamo=True, opset_version=23, input_names=["input"],
+                                    output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+        program.save(path, external_data=False)
+        return
     torch.onnx.export(model.float(), (x,), path, dynamo=False, opset_version=17, input_names=["input"],
                       output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
@@ -291,5 +311,5 @@ def make(name):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    for name in ("lxt_vit", "lxt_llama"):
+    for name in sys.argv[1:] or ("lxt_vit", "lxt_llama", "lxt_llama_sdpa"):
         make(name)
