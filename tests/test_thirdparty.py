@@ -142,13 +142,14 @@ def test_torch_dynamo_outputs_match_torch_and_raw_export():
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-6)
 
 
-def assert_framework_gradient(name: str, input_name: str, ref, neurons=("max", "index")):
+def assert_framework_gradient(name: str, input_name: str, ref, neurons=("max", "index"), other=None):
     """The compiled gradient of ``name`` gives the framework's own output and gradient (committed in ``ref``:
     g_max for the largest logit, g_2 for logit 2) to 1e-4 of the gradient's largest entry (float32 in both,
-    summed in different orders)."""
+    summed in different orders); ``other``: the model's other inputs."""
     x = ref["x"]
     for neuron in neurons:
         feeds, g = ({}, ref["g_max"]) if neuron == "max" else ({"target": np.full(len(x), 2, np.int64)}, ref["g_2"])
+        feeds.update(other or {})
         logits, r = session(compiled(name, "gradient", neuron)).run(None, {input_name: x, **feeds})
         np.testing.assert_allclose(logits, ref["y"], rtol=1e-4, atol=1e-5)
         scale = np.abs(g).max()
@@ -190,6 +191,20 @@ def test_two_exports_of_one_attention_block_give_one_map(method):
     np.testing.assert_allclose(maps[1], maps[0], rtol=0, atol=1e-4 * max(np.abs(maps[0]).max(), 1e-30))
 
 
+def test_hf_llama_matches_torch_autograd():
+    """A Hugging Face LLaMA classifier (make_hf.py) at opset 23 on its token embeddings, one sample padded: its
+    RMSNorm (RMSNormalization-23), rotary embedding, grouped-query Attention nodes with a causal and padding mask
+    computed from the mask input, SwiGLU MLP and last-position pick give torch's gradient, for the largest logit
+    and for logit 2; AttnLRP, CP-LRP, integrated gradients and SmoothGrad (the model converted down to opset 21, its
+    RMSNormalization expanded) give finite maps."""
+    ref = np.load(path_of("hf_llama.npz"))
+    assert_framework_gradient("hf_llama_op23.onnx", "embeds", ref, other={"mask": ref["mask"]})
+    for method in ("attn_lrp", "cp_lrp", "integrated_gradients", "smoothgrad"):
+        analyzer = onnxattr.create_analyzer(method, path_of("hf_llama_op23.onnx"))
+        r = analyzer.analyze(ref["x"], inputs={"mask": ref["mask"]})
+        assert r.shape == ref["x"].shape and np.isfinite(r).all() and np.abs(r).max() > 0, method
+
+
 @pytest.mark.parametrize("method", sorted(name for name, m in REGISTRY.items() if m.random))
 def test_random_draws_on_torch_dynamo_modern(method):
     """Opset 23 with RMSNormalization, which has no older version: the random ops need opset 21 (onnxruntime has
@@ -201,7 +216,8 @@ def test_random_draws_on_torch_dynamo_modern(method):
     sess = session(onnxattr.compile(model, method, **params))
     x = np.load(path_of("torch_dynamo_modern.npz"))["x"]
     logits, relevance = sess.run(None, {"image": x})
-    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x})
     np.testing.assert_allclose(logits, original[0], rtol=1e-5, atol=1e-6)
     assert relevance.shape == x.shape and np.isfinite(relevance).all() and np.abs(relevance).max() > 0
 

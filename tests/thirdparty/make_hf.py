@@ -1,0 +1,65 @@
+"""Export a tiny Hugging Face LLaMA sequence classifier (random weights, built from its config: nothing is
+downloaded) with PyTorch's dynamo exporter at opset 23, on its token embeddings and an attention mask.
+
+Run from the repository root, in a venv with torch 2.13 (CPU), onnxscript and transformers, without torchvision
+(transformers imports it when it is there, and a torchvision built for another torch fails), e.g.:
+
+    /work/venv-torch/bin/pip install transformers && /work/venv-torch/bin/pip uninstall -y torchvision
+    /work/venv-torch/bin/python tests/thirdparty/make_hf.py
+
+Writes tests/thirdparty/data/hf_llama_op23.onnx (inputs "embeds" [N, 6, 16] float and "mask" [N, 6] int64,
+output the 3 logits; dynamic batch) and hf_llama.npz: an input with one padded sample, torch's output and
+torch's gradient of the largest logit and of logit 2 with respect to the embeddings. What it exercises: the
+library's RMSNorm (exported as RMSNormalization), its rotary embedding (hand-written ops), grouped-query
+attention (two query heads, one key/value head) through scaled_dot_product_attention, which opset 23 writes as
+one Attention node, with a causal and padding mask computed from the mask input at run time, a SwiGLU MLP, and
+the classifier's pick of
+the last position (given embeddings rather than token ids, the library cannot find the padding: the padded
+sample's map covers its padded positions too, in torch as here).
+"""
+
+import os
+
+import numpy as np
+import torch
+import transformers
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+class OnEmbeddings(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeds, mask):
+        return self.model(inputs_embeds=embeds, attention_mask=mask).logits
+
+
+def main():
+    config = transformers.LlamaConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                      num_key_value_heads=1, intermediate_size=32, vocab_size=50,
+                                      max_position_embeddings=16, num_labels=3, pad_token_id=0)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = OnEmbeddings(transformers.LlamaForSequenceClassification(config).eval())
+    embeds = torch.randn(2, 6, 16)
+    mask = torch.ones(2, 6, dtype=torch.int64)
+    mask[0, 4:] = 0  # the first sample is padded after four tokens
+    path = os.path.join(HERE, "hf_llama_op23.onnx")
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(model, (embeds, mask), dynamo=True, opset_version=23, input_names=["embeds", "mask"],
+                                output_names=["logits"], dynamic_shapes=({0: batch}, {0: batch}))
+    program.save(path, external_data=False)
+    print(path, os.path.getsize(path))
+    grads = {}
+    for key, pick in (("g_max", lambda y: y.argmax(1)), ("g_2", lambda y: torch.full((len(y),), 2))):
+        x = embeds.clone().requires_grad_(True)
+        y = model(x, mask)
+        y.gather(1, pick(y)[:, None]).sum().backward()
+        grads[key] = x.grad.numpy()
+    np.savez(os.path.join(HERE, "hf_llama.npz"), x=embeds.numpy(), mask=mask.numpy(), y=y.detach().numpy(), **grads)
+
+
+if __name__ == "__main__":
+    main()
