@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto
 
 from onnxattr.errors import SelectionError
+from onnxattr.expand import EXPANDED
 from onnxattr.graph import FLOAT_TYPES, GraphBuilder
 
 NEURON_MODES = ("max", "index", "all")
@@ -42,7 +43,8 @@ def float_entry_points(model: onnx.ModelProto, limit: int = 5) -> list[str]:
         if any(i in derived for i in node.input):
             for o in node.output:
                 if types.get(o) in FLOAT_TYPES:
-                    found.append((node.op_type != "Gather", len(found), f"{o} ({node.op_type} '{node.name}')"))
+                    if not node.name.startswith(EXPANDED + "/"):  # a mask inside an expanded op's body is no entry
+                        found.append((node.op_type != "Gather", len(found), f"{o} ({node.op_type} '{node.name}')"))
                 elif o:
                     derived.add(o)
     return [text for _, _, text in sorted(found)[:limit]]

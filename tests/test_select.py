@@ -96,6 +96,24 @@ def test_no_float_input_and_several_inputs():
         onnxattr.compile(m2, "gradient", input="nope")
 
 
+def test_token_ids_suggest_the_embedding_not_an_expanded_attentions_mask():
+    """Token ids and a boolean mask into an Attention node (opset 23): the mask becomes a float bias inside the
+    Attention's expanded body, which is no place to explain from; the embedding lookup is suggested alone."""
+    from onnx import numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((10, 1, 4, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["g"], name="lookup"),
+             helper.make_node("Squeeze", ["g", "one"], ["embedding"]),
+             helper.make_node("Attention", ["embedding", "embedding", "embedding", "mask"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"]),
+                                       helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 4, 3])],
+                          [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([1]), "one")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=11)
+    with pytest.raises(SelectionError, match=r"e\.g\. g \(Gather 'lookup'\)$"):
+        onnxattr.compile(model, "gradient")
+
+
 def test_explain_an_intermediate_tensor():
     m, w = mlp()
     r = onnxattr.create_analyzer("gradient", m, output="h2", neuron_selection_mode="index").analyze(
