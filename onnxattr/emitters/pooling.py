@@ -1,4 +1,4 @@
-"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LpPool, GlobalLpPool.
+"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LpPool, GlobalLpPool, MaxUnpool.
 
 MaxPool VJP: windows that tile x (kernel = strides, no pads) find the first maximum of each window by
 ArgMax over a SpaceToDepth block axis and write g there with one ScatterElements. Otherwise the node is
@@ -10,6 +10,8 @@ compile time from the geometry (count_include_pad, ceil_mode overhang excluded);
 dims it must be uniform (no pads, no ceil_mode).
 LpPool VJP: y = S(|x|^p)^(1/p), so dx = sign(x) |x|^(p-1) S^T(g y^(1-p)) (0 where y = 0), S^T as above and, for
 GlobalLpPool, a broadcast.
+MaxUnpool VJP: y is zero but for y.flat[I] = x (I: flat indices into y, as MaxPool's Indices give them), so
+dx = g.flat[I], one Gather.
 """
 
 import numpy as np
@@ -204,3 +206,10 @@ def lp_pool_vjp(b, node, grads, need):
     else:
         local = b.op("Mul", [b.op("Sign", [x]), b.op("Pow", [b.op("Abs", [x]), b.scalar(float(p - 1), x)])])
     return [b.op("Mul", [back, local])]
+
+
+@register("MaxUnpool")
+def max_unpool_vjp(b, node, grads, need):
+    """dx = g.flat[I]: each input element's gradient is read where it was written."""
+    flat = b.op("Reshape", [grads[0], b.ints([-1])])
+    return [b.op("Gather", [flat, node.input[1]], axis=0)] + [None] * (len(node.input) - 1)

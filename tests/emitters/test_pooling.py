@@ -135,3 +135,26 @@ def test_global_lp_pool(p):
     x = np.where(np.abs(x) < 0.1, 0.1 * np.sign(x) + x, x)
     check_vjp("GlobalLpPool", [("x", x, False)], {"p": p}, dynamic=(0,),
               numpy_ref=lambda f: (np.abs(f["x"]) ** p).sum((2, 3), keepdims=True) ** (1.0 / p))
+
+
+def max_pool_indices(shape, kernel=2):
+    """MaxPool's Indices for a random tensor of ``shape`` (N, C, H, W), windows kernel x kernel tiling it: flat
+    indices over N*C*H*W, one per window, as MaxUnpool reads them."""
+    x = rng.standard_normal(shape)
+    n, c, h, w = shape
+    idx = np.zeros((n, c, h // kernel, w // kernel), np.int64)
+    for i in range(h // kernel):
+        for j in range(w // kernel):
+            win = x[:, :, i * kernel:(i + 1) * kernel, j * kernel:(j + 1) * kernel].reshape(n, c, -1)
+            di, dj = np.divmod(win.argmax(2), kernel)
+            plane = (np.arange(n)[:, None] * c + np.arange(c)) * h * w
+            idx[:, :, i, j] = plane + (i * kernel + di) * w + j * kernel + dj
+    return idx
+
+
+@pytest.mark.parametrize("dynamic", [(), (0,)])
+def test_max_unpool(dynamic):
+    """MaxUnpool (torch's max_unpool2d, SegNet's decoder) writes x at MaxPool's indices: dx = g at those indices."""
+    idx = max_pool_indices((2, 3, 4, 6))
+    check_vjp("MaxUnpool", [("x", rng.standard_normal((2, 3, 2, 3)), False), ("i", idx, True)],
+              {"kernel_shape": [2, 2], "strides": [2, 2]}, dynamic=dynamic)
