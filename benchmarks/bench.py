@@ -233,7 +233,8 @@ def _torch_runner(config: str, model: str, x, threads: int, device: str):
         if name in ("kernel_shap", "lime"):
             from captum.attr import KernelShap, Lime
 
-            ks, mask = (KernelShap if name == "kernel_shap" else Lime)(net), torch.from_numpy(blocks(4))[None].to(device)
+            ks = (KernelShap if name == "kernel_shap" else Lime)(net)
+            mask = torch.from_numpy(blocks(4))[None].to(device)
 
             def run():
                 with torch.no_grad():
@@ -392,13 +393,11 @@ def machine(device: str = "cpu") -> dict:
         except PackageNotFoundError:
             pass
     if device == "cuda":  # the GPU's name and driver, and whether TF32 may round float32 products
-        import onnxruntime
-
         info["device"] = "cuda"
         info["onnxruntime_build"] = ", ".join(onnxruntime.get_available_providers())
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=60).stdout.strip().splitlines()[0]
+            query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+            smi = subprocess.run(query, capture_output=True, text=True, timeout=60).stdout.strip().splitlines()[0]
             info["gpu"], info["driver"], info["gpu_memory"] = (f.strip() for f in smi.split(","))
         except (OSError, IndexError, ValueError, subprocess.SubprocessError):
             info["gpu"] = "unknown GPU"
@@ -406,7 +405,8 @@ def machine(device: str = "cpu") -> dict:
             import torch
 
             info["torch_cuda"] = torch.version.cuda
-            info["torch_tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
+            info["torch_tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32,
+                                  "matmul": torch.backends.cuda.matmul.allow_tf32}
         except ImportError:
             pass
     info["load_before"] = os.getloadavg()[0]
@@ -417,11 +417,13 @@ def machine_key(info: dict) -> str:
     """A folder name for the machine: its CPU's name and widest SIMD, e.g. amd-epyc-avx2; the GPU's name for
     CUDA runs, e.g. nvidia-h200-cuda."""
     if info.get("device") == "cuda":
-        return "-".join(p for p in "".join(ch if ch.isalnum() else "-" for ch in info["gpu"].lower()).split("-") + ["cuda"] if p)
-    simd = info.get("simd", "").split()
-    widest = next((f for f in ("avx512f", "avx2") if f in simd), "generic")
-    name = "".join(ch if ch.isalnum() else "-" for ch in (info.get("cpu") or "cpu").lower())
-    return "-".join(part for part in name.split("-") + [widest.replace("avx512f", "avx512")] if part)
+        name, tail = info["gpu"], "cuda"
+    else:
+        simd = info.get("simd", "").split()
+        widest = next((f for f in ("avx512f", "avx2") if f in simd), "generic")
+        name, tail = info.get("cpu") or "cpu", widest.replace("avx512f", "avx512")
+    words = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).split("-")
+    return "-".join(part for part in words + [tail] if part)
 
 
 # ---- main -------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from configs import OURS
 
 
 def _fmt_ms(s):
-    return "–" if s is None else (f"{s * 1e3:,.0f}" if s >= 0.1 else f"{s * 1e3:.1f}" if s >= 0.01 else f"{s * 1e3:.2f}")
+    if s is None:
+        return "–"
+    return f"{s * 1e3:,.0f}" if s >= 0.1 else f"{s * 1e3:.1f}" if s >= 0.01 else f"{s * 1e3:.2f}"
 
 
 def _paired(a: dict, b: dict) -> float:
@@ -28,8 +30,8 @@ def write_report(path: Path, results: Path) -> str:
         raise SystemExit("no results in benchmarks/results/<machine>/: run a group first")
     groups = {d: [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] for d in machines}
     cuda = any(g[0]["machine"].get("device") == "cuda" for g in groups.values())
-    lines = [f"# Benchmarks: onnxattr vs. onnxruntime forward, Zennit, Captum and LXT ({'CPU and CUDA' if cuda else 'CPU'})",
-             "",
+    devices = "CPU and CUDA" if cuda else "CPU"
+    lines = [f"# Benchmarks: onnxattr vs. onnxruntime forward, Zennit, Captum and LXT ({devices})", "",
              "Made by `benchmarks/bench.py` (see its docstring and the README section *Benchmarks*). "
              "Times are wall-clock per call, min and median of the repeats after one warm-up round; "
              "all configurations of a group ran interleaved in one process. **× fwd** = min time / min "

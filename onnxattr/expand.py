@@ -102,8 +102,9 @@ def _plain_shapes(model: onnx.ModelProto) -> None:
             continue
         out, whole = node.output[0], f"{node.output[0]}/whole"
         begin, end = f"{out}/start", f"{out}/end"
-        model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([bounds.get("start", 0)]), begin),
-                                        onnx.numpy_helper.from_array(np.array([bounds.get("end", 2**62)]), end)])
+        model.graph.initializer.extend(
+            [onnx.numpy_helper.from_array(np.array([bounds.get("start", 0)], np.int64), begin),
+             onnx.numpy_helper.from_array(np.array([bounds.get("end", 2**62)], np.int64), end)])
         nodes += [onnx.helper.make_node("Shape", [node.input[0]], [whole]),
                   onnx.helper.make_node("Slice", [whole, begin, end], [out])]
     del model.graph.node[:]

@@ -60,15 +60,20 @@ def neg_vjp(b, node, grads, need):
     return [b.op("Neg", [grads[0]])]
 
 
+def divide_or_zero(b, num: str, den: str) -> str:
+    """num / den, and 0 where den = 0 (divided by 1 there, so no inf or NaN is formed): the VJPs of Sqrt and
+    ReduceL2 at 0, where the derivative is infinite."""
+    zero = b.op("Equal", [den, b.scalar(0.0, den)])
+    return b.op("Where", [zero, b.scalar(0.0, den), b.op("Div", [num, b.op("Where", [zero, b.scalar(1.0, den), den])])])
+
+
 @register("Sqrt")
 def sqrt_vjp(b, node, grads, need):
     """y = sqrt(x): dx = g / (2 y), and 0 where y = 0, where the derivative is infinite: the convention of
     ReduceL2's VJP and torch's norm, cdist and std backward, which keeps maps through a norm or a standard
     deviation of zero finite (g / 0 would give inf, and NaN after a zero from a ReLU or a Clip)."""
     y = node.output[0]
-    zero = b.op("Equal", [y, b.scalar(0.0, y)])
-    two_y = b.op("Mul", [b.op("Where", [zero, b.scalar(1.0, y), y]), b.scalar(2.0, y)])
-    return [b.op("Where", [zero, b.scalar(0.0, y), b.op("Div", [grads[0], two_y])])]
+    return [divide_or_zero(b, grads[0], b.op("Mul", [y, b.scalar(2.0, y)]))]
 
 
 @register("Exp")

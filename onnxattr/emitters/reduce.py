@@ -14,6 +14,7 @@ TopK:       dx = g scattered to the positions in Indices, 0 elsewhere
 
 import numpy as np
 
+from onnxattr.emitters.arithmetic import divide_or_zero
 from onnxattr.emitters.registry import register
 from onnxattr.errors import UnsupportedModelError
 
@@ -100,10 +101,7 @@ def reduce_l2_vjp(b, node, grads, need):
     x = node.input[0]
     g, _ = _expand_back(b, node, grads[0])
     y, _ = _expand_back(b, node, node.output[0])
-    zero = b.op("Equal", [y, b.scalar(0.0, x)])
-    safe = b.op("Where", [zero, b.scalar(1.0, x), y])
-    return [b.op("Where", [zero, b.scalar(0.0, x), b.op("Div", [b.op("Mul", [g, x]), safe])])] + \
-        [None] * (len(node.input) - 1)
+    return [divide_or_zero(b, b.op("Mul", [g, x]), y)] + [None] * (len(node.input) - 1)
 
 
 @register("ReduceL1")

@@ -81,8 +81,8 @@ def test_noise_on_a_model_that_cannot_be_converted_down_names_why():
 
     if onnxruntime_has_random(24):
         pytest.skip("this onnxruntime runs the random ops at opset 24: nothing to convert")
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["c"]), helper.make_node("TensorScatter", ["c", "u"], ["y"])],
-                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+    nodes = [helper.make_node("Relu", ["x"], ["c"]), helper.make_node("TensorScatter", ["c", "u"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])],
                           [numpy_helper.from_array(np.ones((1, 1, 8), np.float32), "u")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 24)], ir_version=11)

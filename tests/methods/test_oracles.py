@@ -12,8 +12,8 @@ flip winners between float32 implementations (keras_branch) is recorded as not c
 deep_lift (Captum DeepLift, baseline 0), deep_lift_shap (Captum DeepLiftShap, x's samples as the baselines; ~5e-6)
 and excitation_backprop (Zennit's ExcitationBackprop with
 zero_params=['bias'] and iNNvestigate's stabilizer, as ours) sit in the 1e-3 class; they agree to ~3e-6 and
-~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~5e-7 (also on lxt_llama_sdpa, the
-decoder's opset-23 export with Attention nodes), and
+~1e-5 (the ResNet's float32 floor, fp32_rel_dev, is 8e-5 there). attn_lrp and cp_lrp agree with LXT to ~5e-7
+(also on lxt_llama_sdpa, the decoder's opset-23 export with Attention nodes), and
 with LXT plus Zennit's gamma rule on the ViT's layers (tag "gamma") to ~7e-7. An entry's ``keep`` names a hidden
 tensor whose relevance is compared (keep=): Zennit's EpsilonPlusFlat relevance retained at a middle ReLU's output
 (tag "layer", all eight torch nets). An entry's ``condition`` ({tensor, channels: one list per sample}) is
@@ -293,7 +293,8 @@ def test_new_oracles_are_compared():
     compared = {p.values[1] for p in entries() if p.values[0] == "torch_masked_encoder"}
     assert compared == {f"{m}|{mode}|default" for m in ("gradient", "input_t_gradient", "integrated_gradients",
                                                         "smoothgrad") for mode in MODES}
-    for name, tags in (("lxt_vit", ("default", "gamma")), ("lxt_llama", ("default",)), ("lxt_llama_sdpa", ("default",))):
+    for name, tags in (("lxt_vit", ("default", "gamma")), ("lxt_llama", ("default",)),
+                       ("lxt_llama_sdpa", ("default",))):
         compared = {p.values[1] for p in entries() if p.values[0] == name}
         assert compared == {f"{m}|{mode}|{tag}" for m in ("attn_lrp", "cp_lrp") for mode in MODES
                             for tag in tags}, name
