@@ -32,6 +32,8 @@ MODELS = {
     "torch_dynamo_modern.onnx": {},             # opset 23: GroupNormalization, RMSNormalization, Resize axes
     "torch_dynamo_attention_op18.onnx": {},     # scaled_dot_product_attention spelled out (MatMul, Softmax, Trilu)
     "keras_transformer.onnx": {},               # make_keras.py: tf2onnx, LayerNorm as a BatchNormalization
+    "torch_dynamo_spectrogram_op18.onnx": {},   # a waveform classifier: rfft, irfft (DFT) and STFT inside
+    "torch_dynamo_spectrogram_op20.onnx": {},   # the same at opset 20 (DFT's axis an input)
     "torch_stn.onnx": {},                       # make_torch_stn.py: opset 20, AffineGrid + GridSample
     "paddle_cnn.onnx": {},                      # make_paddle.py: paddle.onnx.export, opset 13
     "skl_mlp_classifier.onnx": {},              # make_sklearn.py: label + ZipMap (sequence of maps)
@@ -171,6 +173,16 @@ def test_torch_attention_matches_torch_autograd_at_both_opsets():
     ref = np.load(path_of("torch_dynamo_attention.npz"))
     for opset in (18, 23):
         assert_framework_gradient(f"torch_dynamo_attention_op{opset}.onnx", "x", ref)
+
+
+
+def test_torch_spectrogram_matches_torch_autograd_at_both_opsets():
+    """A waveform classifier with its front end inside (rfft, a gain per bin, irfft; torch.stft with a Hann window
+    and reflect padding; a filterbank and log power), exported at opsets 18 and 20 as DFT and STFT nodes: both
+    maps are torch's gradient with respect to the waveform."""
+    ref = np.load(path_of("torch_dynamo_spectrogram.npz"))
+    for opset in (18, 20):
+        assert_framework_gradient(f"torch_dynamo_spectrogram_op{opset}.onnx", "wave", ref)
 
 
 # the methods that run on the attention block as they are (Grad-CAM and neuron conductance need a layer named)

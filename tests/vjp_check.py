@@ -26,9 +26,12 @@ RTOL, ATOL, H = 2e-5, 1e-5, 1e-5
 
 
 def node_model(op, inputs, attrs=None, n_out=1, dynamic=(), dtype=np.float32, opset=17, domain=""):
-    """A one-node model. inputs: list of (name, array, as_initializer)."""
+    """A one-node model. inputs: list of (name, array, as_initializer); ("", None, None) leaves an optional
+    input out."""
     g_inputs, inits = [], []
     for name, arr, const in inputs:
+        if not name:
+            continue
         arr = np.asarray(arr)
         if arr.dtype.kind == "f":
             arr = arr.astype(dtype)
@@ -89,7 +92,7 @@ def run_vjp(op, inputs, cotangent, attrs=None, wrt=None, opset=17, dynamic=()):
     model = node_model(op, inputs, attrs, dynamic=dynamic, opset=opset)
     sess = ort.InferenceSession(vjp_model(model, wrt).SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {n: np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
-             for n, a, c in inputs if not c}
+             for n, a, c in inputs if n and not c}
     feeds["cotangent"] = np.asarray(cotangent, np.float32)
     return sess.run([f"grad_{x}" for x in wrt], feeds)
 
@@ -113,7 +116,7 @@ def check_vjp(op, inputs, attrs=None, wrt=None, n_out=1, out_index=0, dynamic=()
     vm = vjp_model(model, wrt, out)
     sess = ort.InferenceSession(vm.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feeds = {n: np.asarray(a).astype(np.float32) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
-             for n, a, c in inputs if not c}
+             for n, a, c in inputs if n and not c}
     model64 = node_model(op, inputs, attrs, n_out, dynamic, dtype=np.float64, opset=opset)
     if linear_ort:
         fwd = ort.InferenceSession(node_model(op, inputs, attrs, n_out, dynamic, opset=opset).SerializeToString(),
@@ -135,7 +138,7 @@ def check_vjp(op, inputs, attrs=None, wrt=None, n_out=1, out_index=0, dynamic=()
         ref = ReferenceEvaluator(model64)
     h = 1.0 if linear_ort else H
     base = {n: np.asarray(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
-            for n, a, c in inputs if not c}
+            for n, a, c in inputs if n and not c}
     consts = {n: np.asarray(a, np.float64) for n, a, c in inputs if c}
     y = ref.run([out], base)[0]
     cot_type = next(i for i in sess.get_inputs() if i.name == "cotangent").type

@@ -16,6 +16,7 @@ from onnxattr.emitters import (  # noqa: E402,F401
     arithmetic,
     conv,
     einsum,
+    fourier,
     grid_sample,
     linear,
     loss,

@@ -11,7 +11,10 @@ the exporter writes for newer layers (GroupNormalization, RMSNormalization, Resi
 channels-last LayerNormalization, SiLU, GELU), with torch_dynamo_modern.npz (an input, torch's output and torch's
 gradient of the largest logit and of logit 2); and torch_dynamo_attention_op18.onnx / _op23.onnx, one causal
 self-attention block exported at both opsets (23 writes scaled_dot_product_attention as one Attention node), with
-torch_dynamo_attention.npz.
+torch_dynamo_attention.npz; and torch_dynamo_spectrogram_op18.onnx / _op20.onnx, a waveform classifier with its
+front end inside (a spectral gain through rfft and irfft, torch.stft with a Hann window and reflect padding, a
+triangular filterbank, log power), written as DFT and STFT nodes (DFT takes its axis as an input from opset 20),
+with torch_dynamo_spectrogram.npz.
 """
 
 import os
@@ -111,6 +114,48 @@ def export_attention():
     np.savez(os.path.join(HERE, "torch_dynamo_attention.npz"), **reference(model, x))
 
 
+class Spectrogram(nn.Module):
+    """Waveform [N, 512] -> spectral gain (rfft, times a learned gain per bin, irfft) -> |stft|^2 (n_fft 64, hop 16,
+    Hann window, centred with reflect padding) -> 12 triangular bands -> log -> Conv1d, ReLU, mean over time ->
+    Linear."""
+
+    def __init__(self, classes=6):
+        super().__init__()
+        self.gain = nn.Parameter(torch.rand(257) + 0.5)
+        self.register_buffer("window", torch.hann_window(64))
+        edges = torch.linspace(0, 32, 14)
+        bins = torch.arange(33.0)
+        rise = (bins[None] - edges[:-2, None]) / (edges[1:-1, None] - edges[:-2, None])
+        fall = (edges[2:, None] - bins[None]) / (edges[2:, None] - edges[1:-1, None])
+        self.register_buffer("bands", torch.clamp(torch.minimum(rise, fall), min=0.0))  # [12, 33]
+        self.conv = nn.Conv1d(12, 16, 3, padding=1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, wave):
+        filtered = torch.fft.irfft(torch.fft.rfft(wave) * self.gain, n=wave.shape[-1])
+        spec = torch.stft(filtered, n_fft=64, hop_length=16, window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True)
+        power = spec.real ** 2 + spec.imag ** 2  # [N, 33, frames]
+        logmel = torch.log(self.bands @ power + 1e-3)
+        h = torch.relu(self.conv(logmel)).mean(-1)
+        return self.fc(h)
+
+
+def export_spectrogram():
+    """The Spectrogram classifier at opsets 18 and 20, with torch's output and gradients."""
+    torch.manual_seed(0)
+    model = Spectrogram().eval()
+    x = torch.randn(2, 512)
+    for opset in (18, 20):
+        path = os.path.join(HERE, f"torch_dynamo_spectrogram_op{opset}.onnx")
+        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["wave"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                                    opset_version=opset)
+        program.save(path, external_data=False)
+        print(path, os.path.getsize(path))
+    np.savez(os.path.join(HERE, "torch_dynamo_spectrogram.npz"), **reference(model, x))
+
+
 def reference(model, x) -> dict:
     """x, the model's output y for it, and the gradients of its largest logit (g_max) and of logit 2 (g_2)."""
     grads = {}
@@ -165,6 +210,7 @@ def main():
     np.savez(os.path.join(HERE, "torch_dynamo_rescnn.npz"), x=x.numpy(), y=y)
     export_modern()
     export_attention()
+    export_spectrogram()
 
 
 if __name__ == "__main__":
