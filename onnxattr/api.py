@@ -186,7 +186,7 @@ class Analyzer:
         feeds = {x_name: X, **masks,
                  **other_feeds(r, {x_name, *masks} | ({TARGET_INPUT} if mode == "index" else set()), inputs)}
         if mode == "index":
-            feeds[TARGET_INPUT] = checked_targets(neuron_selection, X.shape[0], r)
+            feeds[TARGET_INPUT] = checked_targets(neuron_selection, target_rows(r, X.shape[0]), r)
         try:
             results = r.run(feeds)
         except DataError as e:
@@ -351,6 +351,14 @@ def _unchecked_masks(runner: Runner, masks: dict) -> list[str]:
         if shape is None or any(d is None and m != 1 for d, m in zip(shape[1:], mask.shape[1:])):
             out.append(feed[len(CONDITION):])
     return out
+
+
+def target_rows(runner: Runner, samples: int) -> int:
+    """How many indices the target input takes: one per sample, or the fixed row count the compiler declared for
+    it (an output whose rows are not the data's samples, as a graph net's readout)."""
+    arg = next((a for a in runner.session.get_inputs() if a.name == TARGET_INPUT), None)
+    rows = arg.shape[0] if arg is not None and arg.shape else None
+    return rows if isinstance(rows, int) and rows != _data_batch_axis(runner)[1] else samples
 
 
 def checked_targets(selection, batch: int, runner: Runner) -> np.ndarray:

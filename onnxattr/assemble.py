@@ -246,7 +246,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     b.write_initializers(graph.initializer, used)
     graph.value_info.extend(b.declared_shapes(o for n in appended for o in n.output))
     if neuron == "index":
-        graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_batch_dim(canon, t.x)]))
+        graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_target_dim(b, canon, t)]))
     for name, tensor in (masked or {}).items():  # any sizes that broadcast to the tensor's: [N, C, 1, 1] for channels
         rank = b.shape(tensor)
         graph.input.append(helper.make_tensor_value_info(CONDITION + name, TensorProto.FLOAT,
@@ -298,6 +298,17 @@ def _default_rule(m, node) -> str:
     if m.family == "baseline":
         return "none (baseline: no backward pass)"
     return "gradient"
+
+
+def _target_dim(b, model, t):
+    """The target input's length: one index per row of the explained output. That is the input's batch axis, but
+    where the output's first axis has a fixed size of its own (a graph net's readout [1, C] over node features
+    [nodes, F]), that size."""
+    y_shape = b.shape(t.y)
+    x_dim = _batch_dim(model, t.x)
+    if y_shape and isinstance(y_shape[0], int) and y_shape[0] > 0 and y_shape[0] != x_dim:
+        return y_shape[0]
+    return x_dim
 
 
 def _batch_dim(model, x):

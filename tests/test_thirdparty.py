@@ -150,7 +150,8 @@ def assert_framework_gradient(name: str, input_name: str, ref, neurons=("max", "
     summed in different orders); ``other``: the model's other inputs."""
     x = ref["x"]
     for neuron in neurons:
-        feeds, g = ({}, ref["g_max"]) if neuron == "max" else ({"target": np.full(len(x), 2, np.int64)}, ref["g_2"])
+        target = np.full(len(ref["y"]), 2, np.int64)  # one per output row (a graph net's: one, for 6 node rows)
+        feeds, g = ({}, ref["g_max"]) if neuron == "max" else ({"target": target}, ref["g_2"])
         feeds.update(other or {})
         logits, r = session(compiled(name, "gradient", neuron)).run(None, {input_name: x, **feeds})
         np.testing.assert_allclose(logits, ref["y"], rtol=1e-4, atol=1e-5)
@@ -183,6 +184,25 @@ def test_torch_spectrogram_matches_torch_autograd_at_both_opsets():
     ref = np.load(path_of("torch_dynamo_spectrogram.npz"))
     for opset in (18, 20):
         assert_framework_gradient(f"torch_dynamo_spectrogram_op{opset}.onnx", "wave", ref)
+
+
+
+def test_torch_gnn_matches_torch_autograd():
+    """Message passing as torch_geometric-style code writes it (scatter_reduce amax: ScatterElements with reduction
+    max; index_add: ScatterND with reduction add), on a fixed graph whose node axis is no batch axis: the map over
+    the node features is torch's gradient of the graph's logit."""
+    ref = np.load(path_of("torch_dynamo_gnn.npz"))
+    assert_framework_gradient("torch_dynamo_gnn.onnx", "nodes", ref)
+    # the Python API: one target for the graph's one output row, though the data has 6 rows
+    path = path_of("torch_dynamo_gnn.onnx")
+    gradient = onnxattr.create_analyzer("gradient", path, neuron_selection_mode="index")
+    np.testing.assert_allclose(gradient.analyze(ref["x"], neuron_selection=2), ref["g_2"], rtol=0,
+                               atol=1e-4 * np.abs(ref["g_2"]).max())
+    # integrated gradients must not take the node rows for samples of its own (a point per row would mix them)
+    plain = onnxattr.create_analyzer("gradient", path)
+    riemann = ref["x"] * np.mean([plain.analyze(k / 8 * ref["x"]) for k in range(8)], 0)
+    ig = onnxattr.create_analyzer("integrated_gradients", path, steps=8).analyze(ref["x"])
+    np.testing.assert_allclose(ig, riemann, rtol=0, atol=1e-5 * np.abs(riemann).max())
 
 
 # the methods that run on the attention block as they are (Grad-CAM and neuron conductance need a layer named)

@@ -7,7 +7,8 @@ Slice with unit steps and Pad(constant): Pad g with the complementary (negated) 
 Every other pure movement (Gather*, Tile, strided Slice, reflect/edge Pad, DepthToSpace, Compress, ...) uses the
 index trick: run the op on a tensor holding each element's flat position, then scatter-add g there.
 Trilu: the same triangle of g. ScatterElements/ScatterND: data gets g with the overwritten positions zeroed (all
-of g for reduction="add"), updates gets g gathered at the indices.
+of g for reduction="add"), updates gets g gathered at the indices; for max and min, the values equal to the result
+share g evenly (torch's convention for ties).
 """
 
 import numpy as np
@@ -175,18 +176,37 @@ def trilu_vjp(b, node, grads, need):
 
 @register("ScatterElements", "ScatterND")
 def scatter_vjp(b, node, grads, need):
-    """data: g where not overwritten (reduction none) or g (add); updates: g gathered at the indices."""
+    """data: g where not overwritten (reduction none) or g (add); updates: g gathered at the indices. max/min: g
+    goes to the values equal to the result, shared evenly among ties (torch's scatter_reduce amax/amin)."""
     reduction = node_attr(node, "reduction", "none")
-    if reduction not in ("none", "add"):
+    if reduction not in ("none", "add", "max", "min"):
         raise UnsupportedModelError(f"{node.op_type} node '{node.name}': reduction '{reduction}' is not supported "
-                                    "(only 'none' and 'add')")
+                                    "(only 'none', 'add', 'max' and 'min')")
     data, indices, updates = node.input
     g = grads[0]
     elements = node.op_type == "ScatterElements"
     axis = {"axis": node_attr(node, "axis", 0)} if elements else {}
+    gather = "GatherElements" if elements else "GatherND"
+    if reduction in ("max", "min"):
+        return _scatter_extreme_vjp(b, node, g, need, gather, axis)
     gd = gu = None
     if need[0]:
         gd = g if reduction == "add" else b.op(node.op_type, [g, indices, b.zeros_like(updates)], **axis)
     if need[2]:
-        gu = b.op("GatherElements" if elements else "GatherND", [g, indices], **axis)
+        gu = b.op(gather, [g, indices], **axis)
+    return [gd, None, gu]
+
+
+def _scatter_extreme_vjp(b, node, g, need, gather, axis):
+    """y = max (min) of data and the updates sent to each position. The winners (values equal to y) share g:
+    count = [data = y] + scatter-add of [update = y at its index]; dx = [x = y] * g / count."""
+    data, indices, updates = node.input
+    y = node.output[0]
+    ftype = b.float_type(g)
+    data_wins = b.op("Cast", [b.op("Equal", [data, y])], to=ftype)
+    update_wins = b.op("Cast", [b.op("Equal", [updates, b.op(gather, [y, indices], **axis)])], to=ftype)
+    count = b.op(node.op_type, [data_wins, indices, update_wins], reduction="add", **axis)
+    share = b.op("Div", [g, b.op("Max", [count, b.scalar(1.0, g)])])  # count >= 1 wherever y came from somewhere
+    gd = b.op("Mul", [data_wins, share]) if need[0] else None
+    gu = b.op("Mul", [update_wins, b.op(gather, [share, indices], **axis)]) if need[2] else None
     return [gd, None, gu]

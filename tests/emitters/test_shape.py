@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.vjp_check import check_vjp
+from tests.vjp_check import check_vjp, run_vjp
 
 rng = np.random.default_rng(6)
 r = rng.standard_normal
@@ -121,23 +121,37 @@ def test_trilu(upper, k):
     check_vjp("Trilu", ins, {"upper": upper}, dynamic=(0,))
 
 
-@pytest.mark.parametrize("reduction", ["none", "add"])
+@pytest.mark.parametrize("reduction", ["none", "add", "max", "min"])
 def test_scatter_elements(reduction):
-    """Distinct indices for 'none' (repeated ones leave the winner to the runtime); 'add' may repeat them."""
-    i = np.array([[1, 0, 3], [2, 2, 0]], I64) if reduction == "add" else np.array([[1, 0, 3], [2, 3, 0]], I64)
+    """Distinct indices for 'none' (repeated ones leave the winner to the runtime); the reductions may repeat them
+    (max and min: position 2 of row 1 gets two updates and its data, position 1 of row 1 none)."""
+    i = np.array([[1, 0, 3], [2, 2, 0]], I64) if reduction != "none" else np.array([[1, 0, 3], [2, 3, 0]], I64)
     check_vjp("ScatterElements", [("d", r((2, 4)), False), ("i", i, True), ("u", r((2, 3)), False)],
               {"axis": 1, "reduction": reduction}, wrt=["d", "u"], opset=18)
 
 
-@pytest.mark.parametrize("reduction", ["none", "add"])
+@pytest.mark.parametrize("reduction", ["none", "add", "max", "min"])
 def test_scatter_nd(reduction):
-    """torch's x[:, idx] = v and index_put exports: rows of data replaced by (or added to) updates."""
-    i = np.array([[1], [3]], I64)
-    check_vjp("ScatterND", [("d", r((4, 3)), False), ("i", i, True), ("u", r((2, 3)), False)],
+    """torch's x[:, idx] = v and index_put exports: rows of data replaced by (or added to, or compared with) updates;
+    the reductions get row 3 twice."""
+    i = np.array([[1], [3]], I64) if reduction == "none" else np.array([[1], [3], [3]], I64)
+    check_vjp("ScatterND", [("d", r((4, 3)), False), ("i", i, True), ("u", r((len(i), 3)), False)],
               {"reduction": reduction}, wrt=["d", "u"], opset=18)
 
 
-def test_scatter_max_refused():
-    with pytest.raises(Exception, match="ScatterND node 'node': reduction 'max' is not supported"):
+def test_scatter_max_ties_share_evenly():
+    """Where data and two updates tie for the maximum, each gets a third of g (torch's scatter_reduce amax
+    backward); where an update alone wins, it gets all of g and the data nothing."""
+    d = np.array([[2.0, 0.0, 0.0]])
+    i = np.array([[0, 0, 2]], I64)
+    u = np.array([[2.0, 2.0, 5.0]])
+    gd, gu = run_vjp("ScatterElements", [("d", d, False), ("i", i, True), ("u", u, False)], np.array([[3.0, 1.0, 6.0]]),
+                     {"axis": 1, "reduction": "max"}, wrt=["d", "u"], opset=18)
+    np.testing.assert_allclose(gd, [[1.0, 1.0, 0.0]])
+    np.testing.assert_allclose(gu, [[1.0, 1.0, 6.0]])
+
+
+def test_scatter_mul_refused():
+    with pytest.raises(Exception, match="ScatterND node 'node': reduction 'mul' is not supported"):
         check_vjp("ScatterND", [("d", r((4, 3)), False), ("i", np.array([[1]], I64), True), ("u", r((1, 3)), False)],
-                  {"reduction": "max"}, wrt=["d", "u"], opset=18)
+                  {"reduction": "mul"}, wrt=["d", "u"], opset=18)

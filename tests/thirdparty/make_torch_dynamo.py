@@ -14,7 +14,9 @@ self-attention block exported at both opsets (23 writes scaled_dot_product_atten
 torch_dynamo_attention.npz; and torch_dynamo_spectrogram_op18.onnx / _op20.onnx, a waveform classifier with its
 front end inside (a spectral gain through rfft and irfft, torch.stft with a Hann window and reflect padding, a
 triangular filterbank, log power), written as DFT and STFT nodes (DFT takes its axis as an input from opset 20),
-with torch_dynamo_spectrogram.npz.
+with torch_dynamo_spectrogram.npz; and torch_dynamo_gnn.onnx, two message-passing layers on a fixed 6-node graph
+(scatter_reduce amax and index_add: ScatterElements with reduction max, ScatterND with add), with
+torch_dynamo_gnn.npz.
 """
 
 import os
@@ -156,6 +158,41 @@ def export_spectrogram():
     np.savez(os.path.join(HERE, "torch_dynamo_spectrogram.npz"), **reference(model, x))
 
 
+class GraphNet(nn.Module):
+    """Node features [6, 4] of a fixed directed graph (10 edges): messages lin2(relu(lin1(x))) along the edges,
+    aggregated per target node by max (scatter_reduce amax, include_self=False), sum (index_add) and mean (the sum
+    over the in-degree), then a graph readout (mean over nodes) -> [1, classes]. torch writes scatter_reduce's
+    'mean' with include_self=False as a plain overwrite (reduction none) in its dynamo export, so the mean is spelled
+    out here."""
+
+    def __init__(self, classes=3):
+        super().__init__()
+        self.lin1, self.lin2, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(24, classes)
+        self.register_buffer("src", torch.tensor([0, 1, 2, 3, 4, 0, 2, 5, 1, 3]))
+        self.register_buffer("dst", torch.tensor([1, 0, 3, 2, 0, 5, 4, 2, 4, 5]))
+
+    def forward(self, x):
+        msg = self.lin2(torch.relu(self.lin1(x)))[self.src]
+        index = self.dst[:, None].expand(-1, msg.shape[1])
+        top = torch.zeros(6, 8).scatter_reduce(0, index, msg, "amax", include_self=False)
+        total = torch.zeros(6, 8).index_add(0, self.dst, msg)
+        degree = torch.zeros(6).index_add(0, self.dst, torch.ones(len(self.dst))).clamp(min=1)
+        z = torch.cat([top, total, total / degree[:, None]], 1)
+        return self.out(torch.relu(z)).mean(0, keepdim=True)
+
+
+def export_gnn():
+    torch.manual_seed(0)
+    model = GraphNet().eval()
+    x = torch.randn(6, 4)
+    path = os.path.join(HERE, "torch_dynamo_gnn.onnx")
+    program = torch.onnx.export(model, (x,), dynamo=True, input_names=["nodes"], output_names=["logits"],
+                                opset_version=18)
+    program.save(path, external_data=False)
+    print(path, os.path.getsize(path))
+    np.savez(os.path.join(HERE, "torch_dynamo_gnn.npz"), **reference(model, x))
+
+
 def reference(model, x) -> dict:
     """x, the model's output y for it, and the gradients of its largest logit (g_max) and of logit 2 (g_2)."""
     grads = {}
@@ -211,6 +248,7 @@ def main():
     export_modern()
     export_attention()
     export_spectrogram()
+    export_gnn()
 
 
 if __name__ == "__main__":
