@@ -6,10 +6,11 @@ grid[n, i, j, 1] along the height, in [-1, 1]).
 The point's pixel coordinates are ix = (gx + 1)(W - 1) / 2 (align_corners) or ((gx + 1) W - 1) / 2, clipped to
 [0, W - 1] for padding_mode border. Linear mode: with x0 = floor(ix), x1 = x0 + 1, wx1 = ix - x0, wx0 = 1 - wx1 (and
 the same along the height), y = sum over the four corners of wx * wy * x[corner], a corner outside x counting 0.
+padding_mode reflection first mirrors ix at the ends of [0, W - 1] (align_corners) or [-0.5, W - 0.5] until it
+lies inside, then clips it to [0, W - 1]; d ix / d gx then changes sign with each mirror.
 So dx is g * wx * wy scattered (added) to the four corners, and
 d ix = sum_c g * (wy0 (x[y0, x1] - x[y0, x0]) + wy1 (x[y1, x1] - x[y1, x0])) times d ix / d gx (0 where border
-clips), d iy likewise. Nearest mode: g goes to the rounded point, the grid gets 0. Reflection padding and cubic
-mode are refused.
+clips), d iy likewise. Nearest mode: g goes to the rounded point, the grid gets 0. Cubic mode is refused.
 
 AffineGrid: grid[n, p] = theta[n] @ (base[p], 1) with base[p] the normalized coordinates of output point p, so
 d theta[n] = sum over p of g[n, p] (base[p], 1)^T, one MatMul; (base, 1) comes from AffineGrid itself applied to
@@ -49,10 +50,36 @@ class _Axis:
         if not align:
             pos = b.op("Sub", [pos, b.scalar(0.5, grid)])
         self.clip_mask = None
-        if node_attr(node, "padding_mode", "zeros") == "border":
+        padding = node_attr(node, "padding_mode", "zeros")
+        if padding == "reflection":
+            pos, self.clip_mask = self.reflected(pos, align)
+        elif padding == "border":
             self.clip_mask = b.op("Cast", [self.valid(pos)], to=b.float_type(grid))
             pos = self.clipped(pos)
         self.pos = pos
+
+    def reflected(self, pos, align):
+        """pos mirrored at the ends of [0, L - 1] (align_corners) or [-0.5, L - 0.5] until inside, then clipped to
+        [0, L - 1]; and d reflected / d pos, +1 or -1 (0 where clipped, and 0 for a single pixel with
+        align_corners, where every point maps to 0)."""
+        b = self.b
+        low = b.scalar(0.0 if align else -0.5, pos)
+        span = self.last if align else self.size
+        offset = b.op("Sub", [pos, low])
+        distance = b.op("Abs", [offset])
+        some = b.op("Greater", [span, b.scalar(0.0, pos)])
+        safe_span = b.op("Where", [some, span, b.scalar(1.0, pos)])
+        flips = b.op("Floor", [b.op("Div", [distance, safe_span])])
+        extra = b.op("Sub", [distance, b.op("Mul", [flips, safe_span])])
+        half = b.op("Floor", [b.op("Mul", [flips, b.scalar(0.5, pos)])])
+        odd = b.op("Sub", [flips, b.op("Add", [half, half])])  # 0 or 1
+        direction = b.op("Sub", [b.scalar(1.0, pos), b.op("Add", [odd, odd])])  # +1 or -1
+        inside = b.op("Add", [b.op("Add", [b.op("Mul", [odd, span]), b.op("Mul", [direction, extra])]), low])
+        inside = b.op("Where", [some, inside, b.scalar(0.0, pos)])
+        ftype = b.float_type(pos)
+        slope = b.op("Mul", [b.op("Mul", [direction, b.op("Sign", [offset])]),
+                             b.op("Cast", [b.op("And", [some, self.valid(inside)])], to=ftype)])
+        return self.clipped(inside), slope
 
     def corners(self):
         """[(coordinate, weight)] of the two neighbours along this axis."""
@@ -76,10 +103,10 @@ def grid_sample_vjp(b, node, grads, need):
     x, grid = node.input[0], node.input[1]
     mode = node_attr(node, "mode", "bilinear")
     padding = node_attr(node, "padding_mode", "zeros")
-    if b.rank(x) != 4 or mode not in _LINEAR + (_NEAREST,) or padding not in ("zeros", "border"):
+    if b.rank(x) != 4 or mode not in _LINEAR + (_NEAREST,) or padding not in ("zeros", "border", "reflection"):
         raise UnsupportedModelError(
             f"GridSample node '{node.name}': mode '{mode}', padding_mode '{padding}' on a rank-{b.rank(x)} input is "
-            "not supported (rank 4; modes linear/bilinear and nearest; padding zeros and border)")
+            "not supported (rank 4; modes linear/bilinear and nearest; padding zeros, border and reflection)")
     width, height = _Axis(b, node, x, grid, 0, 3), _Axis(b, node, x, grid, 1, 2)
     if mode == _NEAREST:
         wc, hc = [(b.op("Round", [width.pos]), None)], [(b.op("Round", [height.pos]), None)]

@@ -22,6 +22,15 @@ def grid_points(shape, size=(4, 5), align=0, spread=1.2):
     return g
 
 
+def reflect(p, low, high):
+    """p mirrored at low and high until it lies between them."""
+    if high == low:
+        return 0.0
+    while p < low or p > high:
+        p = 2 * low - p if p < low else 2 * high - p
+    return p
+
+
 def grid_sample_numpy(x, grid, padding, align):
     """Bilinear GridSample in float64, written from the operator's definition (onnx's reference evaluator agrees
     with onnxruntime on the values but not, by 0.3 %, on their slope along the grid)."""
@@ -33,7 +42,9 @@ def grid_sample_numpy(x, grid, padding, align):
                 pos = []
                 for g, length in ((grid[b, i, j, 0], w), (grid[b, i, j, 1], h)):
                     p = (g + 1) * (length - 1) / 2 if align else ((g + 1) * length - 1) / 2
-                    pos.append(min(max(p, 0.0), length - 1.0) if padding == "border" else p)
+                    if padding == "reflection":
+                        p = reflect(p, 0.0 if align else -0.5, length - 1.0 if align else length - 0.5)
+                    pos.append(min(max(p, 0.0), length - 1.0) if padding in ("border", "reflection") else p)
                 (px, py), total = pos, np.zeros(c)
                 x0, y0 = int(np.floor(px)), int(np.floor(py))
                 for xi, wx in ((x0, 1 - (px - x0)), (x0 + 1, px - x0)):
@@ -45,7 +56,7 @@ def grid_sample_numpy(x, grid, padding, align):
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
-@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("align", [0, 1])
 def test_grid_sample_input(mode, padding, align):
     x = rng.standard_normal((2, 3, 4, 5))
@@ -54,13 +65,15 @@ def test_grid_sample_input(mode, padding, align):
               {"mode": mode, "padding_mode": padding, "align_corners": align}, dynamic=(0,), linear_ort=True)
 
 
-@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("align", [0, 1])
-def test_grid_sample_grid(padding, align):
-    """Points inside and outside the image (spread 1.2): border clips, zeros pads. Opset 20 names the mode
+@pytest.mark.parametrize("spread", [1.2, 3.5])
+def test_grid_sample_grid(padding, align, spread):
+    """Points inside and outside the image (spread 1.2; 3.5 mirrors some several times): border clips, zeros pads,
+    reflection mirrors. Opset 20 names the mode
     'linear' (opset 16's 'bilinear'). First the numpy reference is checked against onnxruntime's values."""
     x = rng.standard_normal((2, 3, 4, 5))
-    grid = grid_points((2, 3, 6, 2), align=align)
+    grid = grid_points((2, 3, 6, 2), align=align, spread=spread)
     attrs = {"mode": "linear", "padding_mode": padding, "align_corners": align}
     sess = ort.InferenceSession(node_model("GridSample", [("x", x, False), ("grid", grid, False)], attrs,
                                            opset=20).SerializeToString(), providers=["CPUExecutionProvider"])
@@ -78,10 +91,10 @@ def test_grid_sample_nearest_grid_gets_zero():
     assert not grads["grid"].any()
 
 
-def test_grid_sample_reflection_refused():
-    with pytest.raises(Exception, match="GridSample node 'node': mode 'bilinear', padding_mode 'reflection'"):
+def test_grid_sample_cubic_refused():
+    with pytest.raises(Exception, match="GridSample node 'node': mode 'bicubic', padding_mode 'zeros'.*reflection"):
         check_vjp("GridSample", [("x", rng.standard_normal((1, 2, 4, 5)), False),
-                                 ("grid", grid_points((1, 2, 3, 2)), True)], {"padding_mode": "reflection"})
+                                 ("grid", grid_points((1, 2, 3, 2)), True)], {"mode": "bicubic"})
 
 
 @pytest.mark.parametrize("align", [0, 1])
