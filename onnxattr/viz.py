@@ -137,10 +137,13 @@ def graymap(r: np.ndarray) -> np.ndarray:
     return (np.repeat(t[..., None], 3, axis=-1) * 255).round().astype(np.uint8)
 
 
+MAX_TILE_WIDTH = 4096  # pixels a tile is upscaled to at most along its width (wider maps keep their own width)
+
+
 def grid(maps: np.ndarray, kind: str = "heatmap", min_size: int = 128, cmap: str = "seismic", level: float = 1.0,
          images: np.ndarray | None = None) -> np.ndarray:
     """RGB uint8 image: one tile per sample side by side (nearest-neighbour upscaled so small inputs
-    stay visible). ``kind`` "heatmap" (with ``cmap`` and ``level``; over the samples' ``images`` in grey when
+    stay visible: at least ``min_size`` pixels high, and no wider than MAX_TILE_WIDTH unless the map is). ``kind`` "heatmap" (with ``cmap`` and ``level``; over the samples' ``images`` in grey when
     given) or "graymap"."""
     colormap(cmap)  # an unknown name, level or kind fails before any work
     _check_level(level)
@@ -157,9 +160,12 @@ def grid(maps: np.ndarray, kind: str = "heatmap", min_size: int = 128, cmap: str
         tiles = [overlay(m, image, cmap, level) for m, image in zip(maps, images)]
     else:
         tiles = [heatmap(m, cmap, level) for m in maps]
-    h = max(t.shape[0] for t in tiles)
-    factor = max(1, int(np.ceil(min_size / h)))
-    tiles = [np.kron(t, np.ones((factor, factor, 1), np.uint8)) for t in tiles]
+    h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    rows = max(1, int(np.ceil(min_size / h)))
+    # square pixels unless that makes a tile wider than MAX_TILE_WIDTH: a 1-D map (a waveform, a row of features)
+    # is one row high, and a token-by-embedding map a few, which would otherwise be upscaled min_size times
+    cols = rows if w * rows <= MAX_TILE_WIDTH else max(1, MAX_TILE_WIDTH // w)
+    tiles = [np.kron(t, np.ones((rows, cols, 1), np.uint8)) for t in tiles]
     gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
     return np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1)
 

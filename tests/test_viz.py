@@ -46,6 +46,15 @@ def test_grid_puts_upscaled_tiles_side_by_side():
     assert (img[:, :8] == [128, 0, 0]).all() and (img[:, 8:12] == 255).all() and (img[:, 12:] == [0, 0, 76]).all()
 
 
+def test_grid_of_one_dimensional_maps_stays_narrow():
+    """A waveform's map [512] is one row: it is stretched to min_size rows but only as wide as MAX_TILE_WIDTH
+    allows (square pixels would make a 65,536-pixel-wide tile); a map wider than that keeps its width."""
+    img = viz.grid(np.random.default_rng(0).standard_normal((2, 512)), "heatmap")
+    assert img.shape == (128, 2 * viz.MAX_TILE_WIDTH + 4, 3)
+    assert viz.grid(np.ones((1, 16000)), "graymap").shape == (128, 16000, 3)
+    assert viz.grid(np.ones((1, 16)), "graymap").shape == (128, 16 * 128, 3)  # narrow enough: square pixels
+
+
 def test_load_image_follows_the_models_layout(tmp_path):
     rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 3
     Image.fromarray(rgb).save(tmp_path / "i.png")
