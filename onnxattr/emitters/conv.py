@@ -24,7 +24,7 @@ import math
 import numpy as np
 from onnx import TensorProto
 
-from onnxattr.emitters.registry import register
+from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
 
@@ -255,3 +255,25 @@ def conv_transpose_vjp(b, node, grads, need):
         out[2] = channel_sum(b, grads[0], b.rank(node.output[0]))  # a bias that varies with the input
     return out
 
+
+
+@register("Col2Im")
+def col2im_vjp(b, node, grads, need):
+    """Col2Im sums the columns [N, C * prod(block), L] into an image [N, C, *image] (torch's F.fold); its VJP cuts
+    the blocks back out (F.unfold): a Conv of g with group C whose C * prod(block) kernels are one-hot at each
+    block offset, with Col2Im's strides, dilations and pads, flattened to [N, C * prod(block), L]."""
+    x, block = node.input[0], b.value(node.input[2])
+    channels = (b.shape(x) or [None, None])[1]
+    if block is None or not isinstance(channels, int):
+        raise UnsupportedModelError(f"Col2Im node '{node.name}': the backward needs a constant block_shape and a "
+                                    "known column count (C * prod(block_shape))")
+    block = [int(k) for k in np.asarray(block).reshape(-1)]
+    size = int(np.prod(block))
+    groups = channels // size
+    kernel = np.eye(size).reshape([size, 1] + block)  # kernel k is one at block offset k
+    weight = b.const(np.tile(kernel, (groups,) + (1,) * (kernel.ndim - 1)).astype(b.float_dtype(x)),
+                     b.float_dtype(x), "w_col2im")
+    attrs = {k: list(v) for k, v in ((a, node_attr(node, a)) for a in ("strides", "dilations", "pads")) if v}
+    blocks = b.op("Conv", [grads[0], weight], group=groups, kernel_shape=block, **attrs)
+    flat = b.op("Reshape", [blocks, b.ints([0, channels, -1])])
+    return [flat, None, None]

@@ -91,3 +91,15 @@ def test_a_bias_that_varies_gets_its_gradient(op, ws):
     rng = np.random.default_rng(4)
     check_vjp(op, [("x", rng.standard_normal((2, 2, 5, 5)), False), ("w", rng.standard_normal(ws), True),
                    ("b", rng.standard_normal(3), False)], {"pads": [1, 1, 1, 1]}, wrt=["x", "b"])
+
+
+@pytest.mark.parametrize("attrs", [{}, {"strides": [2, 1]}, {"dilations": [1, 2], "pads": [1, 0, 1, 1]},
+                                   {"strides": [2, 2], "pads": [0, 1, 1, 0], "dilations": [2, 1]}])
+def test_col2im(attrs):
+    """torch's F.fold: columns [N, C * 2 * 3, L] summed into a [5, 6] image; L from the geometry."""
+    strides, dil, pads = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1]), attrs.get("pads", [0] * 4)
+    image, block = [5, 6], [2, 3]
+    blocks = [(image[k] + pads[k] + pads[k + 2] - dil[k] * (block[k] - 1) - 1) // strides[k] + 1 for k in (0, 1)]
+    x = np.random.default_rng(5).standard_normal((2, 2 * 6, blocks[0] * blocks[1]))
+    check_vjp("Col2Im", [("x", x, False), ("image", np.array(image, np.int64), True),
+                         ("block", np.array(block, np.int64), True)], attrs, opset=18, dynamic=(0,))
