@@ -73,8 +73,9 @@ def _float_of(b, dim, like):
     return b.op("Cast", [b.op("Squeeze", [dim, b.ints([0])])], to=b.float_type(like))
 
 
-# a DFT's VJP as a MatMul with its float64 matrix: onnxruntime's DFT of a length that is not a power of two is off by
-# about N * 1e-7 of the spectrum's max (4e-5 at N = 400), so up to this many matrix entries (16 MB in float32)
+# a DFT's VJP as a MatMul with its float64 matrix up to this many entries (16 MB in float32): onnxruntime's DFT of a
+# length that is not a power of two is off by about N * 1e-7 of the spectrum's max (4e-5 at N = 400), and its CUDA
+# provider has no DFT kernel; longer transforms take DFT nodes
 MATRIX_LIMIT = 1 << 22
 
 
@@ -131,8 +132,7 @@ def dft_vjp(b, node, grads, need):
             f"DFT node '{node.name}' (one-sided inverse): supported with a constant length L and L // 2 + 1 "
             f"input bins (got {n_in} bins, L {length}); onnxruntime's result differs from the definition otherwise")
     g = grads[0]
-    if (isinstance(n_in, int) and isinstance(length, int) and length & (length - 1)
-            and n_in * length * 4 <= MATRIX_LIMIT):
+    if isinstance(n_in, int) and isinstance(length, int) and n_in * length * 4 <= MATRIX_LIMIT:
         return [_matrix_vjp(b, x, g, axis, rank, dft_matrix(n_in, parts, length, inverse, onesided))] \
             + [None] * (len(node.input) - 1)
     if onesided and inverse:

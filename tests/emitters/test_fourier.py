@@ -64,8 +64,8 @@ def test_dft_onesided_inverse(opset, bins, length):
 
 @pytest.mark.parametrize("inverse,onesided,parts,bins", [(0, 1, 1, 400), (1, 1, 2, 201), (0, 0, 2, 300)])
 def test_dft_long_length_not_a_power_of_two(inverse, onesided, parts, bins):
-    """Lengths that are not a power of two take the float64 matrix: onnxruntime's own DFT of such a length is off by
-    about N * 1e-7 of the max (4e-5 at 400). Element by element against the exact VJP, A^T v, with A's columns
+    """Transforms of these lengths take the float64 matrix: onnxruntime's own DFT of a length that is not a power of
+    two is off by about N * 1e-7 of the max (4e-5 at 400). Element by element against the exact VJP, A^T v, with A's columns
     numpy's float64 FFT of the unit vectors; 1e-5 of the largest entry (float32 sums of a few hundred terms)."""
     transform = {(0, 1): np.fft.rfft, (1, 1): np.fft.irfft, (0, 0): np.fft.fft}[(inverse, onesided)]
 
@@ -79,6 +79,14 @@ def test_dft_long_length_not_a_power_of_two(inverse, onesided, parts, bins):
     (got,) = run_vjp("DFT", [("x", x, False)], v, {"inverse": inverse, "onesided": onesided, "axis": 1})
     want = (v.reshape(2, -1) @ a).reshape(x.shape)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("inverse,onesided,parts,bins", [(1, 1, 2, 1025), (0, 1, 1, 2048), (0, 0, 2, 2048)])
+def test_dft_too_long_for_the_matrix(inverse, onesided, parts, bins):
+    """Transforms whose matrix would pass MATRIX_LIMIT take DFT nodes (lengths that are powers of two, where
+    onnxruntime's FFT is as accurate as the matrix)."""
+    x = rng.standard_normal((1, bins, parts))
+    check_vjp("DFT", [("x", x, False)], {"inverse": inverse, "onesided": onesided, "axis": 1}, linear_ort=True)
 
 
 def test_dft_onesided_inverse_cut_spectrum_is_refused():
