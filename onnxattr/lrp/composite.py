@@ -33,7 +33,7 @@ ELEMENTWISE = frozenset({
     "HardSwish", "Swish", "Shrink", "ThresholdedRelu", "Clip", "Gelu", "Erf", "Identity", "Dropout", "Cast", "Abs",
     "Exp", "Log", "Sqrt", "Neg",
 })
-ADDS = ("Add", "Sum")
+ADDS = ("Add", "Sum", "Mean")  # Mean: a layer of weights 1/n
 
 # Data movement whose gradient moves each output element back to one input element holding the same value
 # (MaxPool routes to a window's maximum): relevance that is 0 wherever the output is 0 stays 0 wherever the
@@ -342,12 +342,15 @@ def _positive_part(b, relevance, z, relu_of):
 
 
 def _add_split(style, relu_of):
-    """R_i = x_i * R / stab(sum of the operands): the z rule of a residual Add (no weights)."""
+    """R_i = x_i * R / stab(sum of the operands): the z rule of a residual Add (no weights); of a Mean of n operands,
+    a layer of weights 1/n, R_i = (x_i / n) R / stab(mean)."""
     rule = R.Rule("add", (), stabilizer=style["stabilizer"], epsilon=style["epsilon"])
 
     def step(b, node, grads, need):
         y = node.output[0]
         s = R.quotient(b, grads[0], y, rule, _positive_part(b, grads[0], y, relu_of))
+        if node.op_type == "Mean":
+            s = b.op("Mul", [s, b.scalar(1.0 / len(node.input), s)])
         out = []
         for x, n in zip(node.input, need):
             r = b.op("Mul", [x, s]) if n else None

@@ -128,7 +128,7 @@ def _gemm_effective(b, node):
 _KEEPS_SIGN = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape",
                          "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout"})
 # ops whose output is >= 0 when all their float inputs are
-_KEEPS_SIGN_ALL = frozenset({"Add", "Sum", "Concat", "Max", "Mul"})
+_KEEPS_SIGN_ALL = frozenset({"Add", "Sum", "Mean", "Concat", "Max", "Mul"})
 
 
 def nonnegative_tensors(b, nodes) -> set:

@@ -217,3 +217,22 @@ def test_activations_pass_as_zennit_passes_its_activation_types(act, opset, rule
     model.ir_version = 10
     rules_of = {op: r for _, op, r, _ in onnxattr.api.inspect(model, "lrp.epsilon_plus_flat")}
     assert rules_of[act] == rule
+
+
+@pytest.mark.parametrize("method", ["lrp.z", "lrp.epsilon", "lrp.epsilon_plus_flat", "lrp.alpha_2_beta_1"])
+def test_mean_of_activations_splits_like_their_sum(method):
+    """A Mean of n activations is a layer of weights 1/n: R_i = (x_i / n) R / stab(mean). The residual join of
+    resnet_like written as Mean, with the next layer's weights doubled, computes the same logits, and every rule
+    gives the same map as on the Add (a plain gradient through the Mean would halve each branch's share
+    instead of splitting by contribution)."""
+    summed = resnet_like(bias=True)
+    averaged = resnet_like(bias=True)
+    join = next(n for n in averaged.graph.node if n.op_type == "Add")
+    join.op_type = "Mean"
+    d1 = next(t for t in averaged.graph.initializer if t.name == "d1")
+    d1.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(d1) * 2, "d1"))
+    x = np.random.default_rng(4).random((3, 2, 8, 8)).astype(np.float32)
+    (y1, r1), (y2, r2) = [ort.InferenceSession(onnxattr.compile(m, method).SerializeToString()).run(None, {"x": x})
+                          for m in (summed, averaged)]
+    np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r2, r1, rtol=0, atol=1e-5 * np.abs(r1).max())
