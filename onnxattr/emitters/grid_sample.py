@@ -10,7 +10,10 @@ padding_mode reflection first mirrors ix at the ends of [0, W - 1] (align_corner
 lies inside, then clips it to [0, W - 1]; d ix / d gx then changes sign with each mirror.
 So dx is g * wx * wy scattered (added) to the four corners, and
 d ix = sum_c g * (wy0 (x[y0, x1] - x[y0, x0]) + wy1 (x[y1, x1] - x[y1, x0])) times d ix / d gx (0 where border
-clips), d iy likewise. Nearest mode: g goes to the rounded point, the grid gets 0. Cubic mode is refused.
+clips), d iy likewise. Nearest mode: g goes to the rounded point, the grid gets 0. Cubic mode: 16 taps
+floor(ix) - 1 .. floor(ix) + 2 (and along the height) weighted by the cubic convolution kernel (A = -0.75) at their
+distance; the point itself is not padded, each tap is (clipped for border, mirrored for reflection, 0 outside
+for zeros), as in torch and onnxruntime (onnx's reference clips the point for border).
 
 AffineGrid: grid[n, p] = theta[n] @ (base[p], 1) with base[p] the normalized coordinates of output point p, so
 d theta[n] = sum over p of g[n, p] (base[p], 1)^T, one MatMul; (base, 1) comes from AffineGrid itself applied to
@@ -23,6 +26,7 @@ from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
 _LINEAR = ("linear", "bilinear")
+_CUBIC = ("cubic", "bicubic")
 _NEAREST = "nearest"
 
 
@@ -38,7 +42,7 @@ def _float_dim(b, x, axis, like):
 class _Axis:
     """One sampled axis: the grid coordinate's pixel coordinate, its clip mask (border), and d ix / d g."""
 
-    def __init__(self, b, node, x, grid, k, axis):
+    def __init__(self, b, node, x, grid, k, axis, pad_source=True):
         self.b = b
         g = b.op("Gather", [grid, b.const(k, np.int64)], axis=3)  # [N, Ho, Wo]
         self.size = _float_dim(b, x, axis, grid)
@@ -50,7 +54,8 @@ class _Axis:
         if not align:
             pos = b.op("Sub", [pos, b.scalar(0.5, grid)])
         self.clip_mask = None
-        padding = node_attr(node, "padding_mode", "zeros")
+        self.padding, self.align = node_attr(node, "padding_mode", "zeros"), align
+        padding = self.padding if pad_source else "zeros"  # cubic pads each tap, not the point
         if padding == "reflection":
             pos, self.clip_mask = self.reflected(pos, align)
         elif padding == "border":
@@ -89,6 +94,22 @@ class _Axis:
         w_low = b.op("Sub", [b.scalar(1.0, self.pos), w_high])
         return [(low, w_low), (b.op("Add", [low, b.scalar(1.0, self.pos)]), w_high)]
 
+    def taps(self):
+        """[(coordinate, weight, d weight / d pos)] of the cubic mode's four taps floor(pos) - 1 .. floor(pos) + 2,
+        each coordinate clipped (border) or mirrored (reflection) on its own, as torch and onnxruntime do."""
+        b = self.b
+        low = b.op("Floor", [self.pos])
+        t = b.op("Sub", [self.pos, low])
+        out = []
+        for k, (w, dw) in zip((-1, 0, 1, 2), _cubic_weights(b, t)):
+            c = b.op("Add", [low, b.scalar(float(k), t)])
+            if self.padding == "border":
+                c = self.clipped(c)
+            elif self.padding == "reflection":
+                c = self.reflected(c, self.align)[0]
+            out.append((c, w, dw))
+        return out
+
     def valid(self, c):
         """0 <= c <= L - 1 (bool)."""
         b = self.b
@@ -98,18 +119,50 @@ class _Axis:
         return self.b.op("Min", [self.b.op("Max", [c, self.b.scalar(0.0, c)]), self.last])
 
 
+CUBIC_A = -0.75  # the cubic convolution kernel's parameter in torch, onnxruntime and ONNX
+
+
+def _poly(b, s, coefficients):
+    """sum_k coefficients[k] s^k by Horner's rule (coefficients from the highest power down)."""
+    out = b.scalar(coefficients[0], s)
+    for c in coefficients[1:]:
+        out = b.op("Add", [b.op("Mul", [out, s]), b.scalar(c, s)])
+    return out
+
+
+def _cubic_weights(b, t):
+    """[(w, dw / dt)] of the taps at distances t + 1, t, 1 - t, 2 - t: the kernel is (A + 2)|s|^3 - (A + 3)|s|^2 + 1
+    for |s| <= 1 and A|s|^3 - 5A|s|^2 + 8A|s| - 4A for 1 < |s| < 2."""
+    a = CUBIC_A
+    near, d_near = [a + 2, -(a + 3), 0.0, 1.0], [3 * (a + 2), -2 * (a + 3), 0.0]
+    far, d_far = [a, -5 * a, 8 * a, -4 * a], [3 * a, -10 * a, 8 * a]
+    one = b.scalar(1.0, t)
+    out = []
+    for s, sign, (p, dp) in ((b.op("Add", [t, one]), 1.0, (far, d_far)), (t, 1.0, (near, d_near)),
+                             (b.op("Sub", [one, t]), -1.0, (near, d_near)),
+                             (b.op("Sub", [b.scalar(2.0, t), t]), -1.0, (far, d_far))):
+        out.append((_poly(b, s, p), _poly(b, s, [sign * c for c in dp])))
+    return out
+
+
 @register("GridSample")
 def grid_sample_vjp(b, node, grads, need):
     x, grid = node.input[0], node.input[1]
     mode = node_attr(node, "mode", "bilinear")
     padding = node_attr(node, "padding_mode", "zeros")
-    if b.rank(x) != 4 or mode not in _LINEAR + (_NEAREST,) or padding not in ("zeros", "border", "reflection"):
+    if b.rank(x) != 4 or mode not in _LINEAR + _CUBIC + (_NEAREST,) or padding not in ("zeros", "border",
+                                                                                          "reflection"):
         raise UnsupportedModelError(
             f"GridSample node '{node.name}': mode '{mode}', padding_mode '{padding}' on a rank-{b.rank(x)} input is "
-            "not supported (rank 4; modes linear/bilinear and nearest; padding zeros, border and reflection)")
-    width, height = _Axis(b, node, x, grid, 0, 3), _Axis(b, node, x, grid, 1, 2)
+            "not supported (rank 4; modes linear/bilinear, cubic/bicubic and nearest; padding zeros, border and "
+            "reflection)")
+    cubic = mode in _CUBIC
+    width, height = _Axis(b, node, x, grid, 0, 3, not cubic), _Axis(b, node, x, grid, 1, 2, not cubic)
     if mode == _NEAREST:
         wc, hc = [(b.op("Round", [width.pos]), None)], [(b.op("Round", [height.pos]), None)]
+    elif cubic:
+        wt, ht = width.taps(), height.taps()
+        wc, hc = [(c, w) for c, w, _ in wt], [(c, w) for c, w, _ in ht]
     else:
         wc, hc = width.corners(), height.corners()
     points = [(cx, wx, cy, wy) for cy, wy in hc for cx, wx in wc]  # (x0, y0), (x1, y0), (x0, y1), (x1, y1)
@@ -141,6 +194,8 @@ def grid_sample_vjp(b, node, grads, need):
         x_flat = b.op("Reshape", [x, flat])
         v = [b.op("Mul", [b.op("GatherElements", [x_flat, i], axis=2), ok]) for i, ok in zip(index, valid)]
         w = lambda t: b.op("Reshape", [t, per_point])  # noqa: E731
+        if cubic:
+            return [dx, _cubic_grid_vjp(b, g_flat, v, wt, ht, width, height, w)]
         (_, wx0), (_, wx1), (_, wy0), (_, wy1) = wc + hc
         slopes = ((width, b.op("Add", [b.op("Mul", [w(wy0), b.op("Sub", [v[1], v[0]])]),
                                        b.op("Mul", [w(wy1), b.op("Sub", [v[3], v[2]])])])),
@@ -155,6 +210,23 @@ def grid_sample_vjp(b, node, grads, need):
             parts.append(b.op("Unsqueeze", [s, b.ints([3])]))
         dgrid = b.op("Concat", parts, axis=3)
     return [dx, dgrid]
+
+
+def _cubic_grid_vjp(b, g_flat, v, wt, ht, width, height, w):
+    """d y / d ix = sum over the 16 taps of dwx * wy * x[tap] (d iy: wx * dwy), summed with g over the channels,
+    times d ix / d gx; v[p] holds tap p's values, row-major over (height tap, width tap)."""
+    parts = []
+    for axis, weight_of in ((width, lambda i, j: b.op("Mul", [wt[j][2], ht[i][1]])),
+                            (height, lambda i, j: b.op("Mul", [wt[j][1], ht[i][2]]))):
+        total = None
+        for i in range(4):
+            for j in range(4):
+                term = b.op("Mul", [w(weight_of(i, j)), v[4 * i + j]])
+                total = term if total is None else b.op("Add", [total, term])
+        s = b.op("ReduceSum", [b.op("Mul", [g_flat, total]), b.ints([1])], keepdims=0)  # over channels
+        s = b.op("Mul", [b.op("Reshape", [s, b.op("Shape", [axis.pos])]), axis.slope])
+        parts.append(b.op("Unsqueeze", [s, b.ints([3])]))
+    return b.op("Concat", parts, axis=3)
 
 
 @register("AffineGrid")

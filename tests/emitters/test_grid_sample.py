@@ -55,6 +55,57 @@ def grid_sample_numpy(x, grid, padding, align):
     return out
 
 
+def cubic_kernel(s, a=-0.75):
+    s = abs(s)
+    return ((a + 2) * s - (a + 3)) * s * s + 1 if s <= 1 else ((a * s - 5 * a) * s + 8 * a) * s - 4 * a if s < 2 else 0.0
+
+
+def grid_sample_cubic_numpy(x, grid, padding, align):
+    """Bicubic GridSample in float64 as torch defines it (onnxruntime agrees; onnx's reference clips the point for
+    border): the point is not padded; each of its 16 taps is clipped (border), mirrored then clipped (reflection) or
+    0 outside (zeros)."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c) + grid.shape[1:3])
+
+    def tap(i, length):
+        if padding == "reflection":
+            i = reflect(float(i), 0.0 if align else -0.5, length - 1.0 if align else length - 0.5)
+        if padding in ("border", "reflection"):
+            i = min(max(i, 0.0), length - 1.0)
+        return int(round(i)) if 0 <= i <= length - 1 else None
+
+    for b in range(n):
+        for i in range(grid.shape[1]):
+            for j in range(grid.shape[2]):
+                pos = [(g + 1) * (length - 1) / 2 if align else ((g + 1) * length - 1) / 2
+                       for g, length in ((grid[b, i, j, 0], w), (grid[b, i, j, 1], h))]
+                x0, y0 = int(np.floor(pos[0])), int(np.floor(pos[1]))
+                total = np.zeros(c)
+                for xi in range(x0 - 1, x0 + 3):
+                    for yi in range(y0 - 1, y0 + 3):
+                        tx, ty = tap(xi, w), tap(yi, h)
+                        if tx is not None and ty is not None:
+                            total = total + cubic_kernel(pos[0] - xi) * cubic_kernel(pos[1] - yi) * x[b, :, ty, tx]
+                out[b, :, i, j] = total
+    return out
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align", [0, 1])
+def test_grid_sample_cubic(padding, align):
+    """Cubic mode (opset 20's name; opset 16's is bicubic), points inside and well outside the image: onnxruntime's
+    forward equals the numpy definition first, then both VJPs equal its float64 central differences."""
+    x = rng.standard_normal((2, 3, 4, 5))
+    grid = grid_points((2, 3, 6, 2), align=align, spread=2.5)
+    attrs = {"mode": "cubic", "padding_mode": padding, "align_corners": align}
+    sess = ort.InferenceSession(node_model("GridSample", [("x", x, False), ("grid", grid, False)], attrs,
+                                           opset=20).SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x.astype(np.float32), "grid": grid.astype(np.float32)})[0]
+    np.testing.assert_allclose(y, grid_sample_cubic_numpy(x, grid, padding, align), rtol=1e-5, atol=1e-5)
+    check_vjp("GridSample", [("x", x, False), ("grid", grid, False)], attrs, wrt=["x", "grid"], opset=20,
+              numpy_ref=lambda f: grid_sample_cubic_numpy(f["x"], f["grid"], padding, align))
+
+
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("align", [0, 1])
@@ -91,10 +142,17 @@ def test_grid_sample_nearest_grid_gets_zero():
     assert not grads["grid"].any()
 
 
-def test_grid_sample_cubic_refused():
-    with pytest.raises(Exception, match="GridSample node 'node': mode 'bicubic', padding_mode 'zeros'.*reflection"):
-        check_vjp("GridSample", [("x", rng.standard_normal((1, 2, 4, 5)), False),
-                                 ("grid", grid_points((1, 2, 3, 2)), True)], {"mode": "bicubic"})
+def test_grid_sample_bicubic_at_opset_16():
+    """Opset 16 names the mode bicubic; the x VJP is linear in x (checked on onnxruntime's own forward)."""
+    check_vjp("GridSample", [("x", rng.standard_normal((1, 2, 4, 5)), False),
+                             ("grid", grid_points((1, 2, 3, 2)), True)], {"mode": "bicubic"}, opset=16,
+              linear_ort=True)
+
+
+def test_grid_sample_of_rank_5_refused():
+    with pytest.raises(Exception, match="GridSample node 'node': mode 'linear', padding_mode 'zeros' on a rank-5"):
+        check_vjp("GridSample", [("x", rng.standard_normal((1, 2, 3, 4, 5)), False),
+                                 ("grid", rng.uniform(-1, 1, (1, 2, 3, 2, 3)), True)], {"mode": "linear"}, opset=20)
 
 
 @pytest.mark.parametrize("align", [0, 1])
