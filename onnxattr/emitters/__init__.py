@@ -25,6 +25,7 @@ from onnxattr.emitters import (  # noqa: E402,F401
     recurrent,
     reduce,
     resize,
+    roi_align,
     shape,
     trigonometric,
 )
