@@ -227,6 +227,14 @@ class GraphBuilder:
             return self.ints(s)
         return self.op("Shape", [name])
 
+    def float_dim(self, name: str, axis: int, like: str) -> str:
+        """Dimension ``axis`` of ``name`` as a 0-d float in the type of ``like`` (a constant when static)."""
+        shape = self.shapes.get(name)
+        if shape is not None and isinstance(shape[axis], int):
+            return self.scalar(float(shape[axis]), like)
+        dim = self.op("Gather", [self.op("Shape", [name]), self.const(axis, np.int64)])
+        return self.op("Cast", [dim], to=self.float_type(like))
+
     def zeros_like(self, name: str) -> str:
         """Zeros of the shape and float type of ``name`` (never x*0, which keeps NaNs)."""
         out = self.op("ConstantOfShape", [self.shape_of(name)], value=self.fill_value(0.0, name))

@@ -1,7 +1,9 @@
 """DFT and STFT: both are linear in the signal, so the VJP is the transposed map.
 
 DFT along an axis of length L (``dft_length``; the input is cut or zero-padded to it), with F_kn = e^(-2 pi i kn / L)
-and the last axis holding (real, imaginary) or a real value alone:
+and the last axis holding (real, imaginary) or a real value alone. With static sizes and a matrix of at most
+MATRIX_LIMIT entries, dx = g A, one MatMul with the transform's float64 matrix A (``dft_matrix``). Otherwise DFT
+nodes compute the transposed map:
 - forward, y = F x: dx = F^H g = L * IDFT(g);
 - inverse, y = F^H x / L: dx = F g / L = DFT(g) / L;
 - one-sided forward (RFFT of a real x, bins 0..L/2): g zero-padded to L bins, then L * IDFT, real part;
@@ -59,11 +61,12 @@ def _fit_length(b, t, axis, rank, length):
     return b.op("Slice", [b.op("Pad", [t, pads]), b.ints([0]), _as_tensor(b, length), b.ints([axis])])
 
 
-def _dft(b, t, axis, inverse, onesided=0, length=None):
-    """A DFT node along ``axis`` in the model's opset (axis an attribute before opset 20, an input from 20)."""
+def _dft(b, t, axis, inverse, onesided=0):
+    """A DFT node along ``axis`` of t's own length, in the model's opset (axis an attribute before opset 20, an
+    input from 20)."""
     if b.opset >= 20:
-        return b.op("DFT", [t, length or "", b.const(axis, np.int64)], inverse=inverse, onesided=onesided)
-    return b.op("DFT", [t] + ([length] if length else []), axis=axis, inverse=inverse, onesided=onesided)
+        return b.op("DFT", [t, "", b.const(axis, np.int64)], inverse=inverse, onesided=onesided)
+    return b.op("DFT", [t], axis=axis, inverse=inverse, onesided=onesided)
 
 
 def _float_of(b, dim, like):

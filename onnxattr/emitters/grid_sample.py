@@ -30,22 +30,13 @@ _CUBIC = ("cubic", "bicubic")
 _NEAREST = "nearest"
 
 
-def _float_dim(b, x, axis, like):
-    """Dimension ``axis`` of x as a float scalar (a constant when static)."""
-    shape = b.shape(x)
-    if shape is not None and isinstance(shape[axis], int):
-        return b.scalar(float(shape[axis]), like)
-    dim = b.op("Gather", [b.op("Shape", [x]), b.const(axis, np.int64)])
-    return b.op("Cast", [dim], to=b.float_type(like))
-
-
 class _Axis:
     """One sampled axis: the grid coordinate's pixel coordinate, its clip mask (border), and d ix / d g."""
 
     def __init__(self, b, node, x, grid, k, axis, pad_source=True):
         self.b = b
         g = b.op("Gather", [grid, b.const(k, np.int64)], axis=3)  # [N, Ho, Wo]
-        self.size = _float_dim(b, x, axis, grid)
+        self.size = b.float_dim(x, axis, grid)
         one = b.scalar(1.0, grid)
         self.last = b.op("Sub", [self.size, one])
         align = node_attr(node, "align_corners", 0)

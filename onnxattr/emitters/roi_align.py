@@ -55,10 +55,8 @@ def roi_align_vjp(b, node, grads, need):
             "known C; the adaptive count of sampling_ratio 0 varies with each box)")
     oh, ow = node_attr(node, "output_height", 1), node_attr(node, "output_width", 1)
     ftype = b.float_type(rois)
-    dims = b.op("Cast", [b.op("Shape", [x])], to=ftype)
-    size_of = lambda k: b.op("Gather", [dims, b.const(k, np.int64)])  # noqa: E731  (0-d)
-    height = _Axis(b, node, rois, size_of(2), oh, samples, 1)
-    width = _Axis(b, node, rois, size_of(3), ow, samples, 0)
+    height = _Axis(b, node, rois, b.float_dim(x, 2, rois), oh, samples, 1)
+    width = _Axis(b, node, rois, b.float_dim(x, 3, rois), ow, samples, 0)
     channels = shape[1]
     # each point's share of g: g [R, C, oh, ow] repeated s x s times, / s^2 -> [R, C, oh * s, ow * s]
     g = b.op("Mul", [grads[0], b.scalar(1.0 / samples ** 2, grads[0])])
