@@ -237,7 +237,11 @@ class GraphBuilder:
 
     def zeros_like(self, name: str) -> str:
         """Zeros of the shape and float type of ``name`` (never x*0, which keeps NaNs)."""
-        out = self.op("ConstantOfShape", [self.shape_of(name)], value=self.fill_value(0.0, name))
+        return self.full_like(name, 0.0)
+
+    def full_like(self, name: str, value: float) -> str:
+        """``value`` everywhere, in the shape and float type of ``name``."""
+        out = self.op("ConstantOfShape", [self.shape_of(name)], value=self.fill_value(value, name))
         self.set_info(out, name)
         return out
 

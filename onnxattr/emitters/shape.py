@@ -8,7 +8,7 @@ Every other pure movement (Gather*, Tile, strided Slice, reflect/edge Pad, Depth
 index trick: run the op on a tensor holding each element's flat position, then scatter-add g there.
 Trilu: the same triangle of g. ScatterElements/ScatterND: data gets g with the overwritten positions zeroed (all
 of g for reduction="add"), updates gets g gathered at the indices; for max and min, the values equal to the result
-share g evenly (torch's convention for ties).
+share g evenly (torch's convention for ties); for mul, each factor gets g times the product of the others.
 """
 
 import numpy as np
@@ -177,11 +177,12 @@ def trilu_vjp(b, node, grads, need):
 @register("ScatterElements", "ScatterND")
 def scatter_vjp(b, node, grads, need):
     """data: g where not overwritten (reduction none) or g (add); updates: g gathered at the indices. max/min: g
-    goes to the values equal to the result, shared evenly among ties (torch's scatter_reduce amax/amin)."""
+    goes to the values equal to the result, shared evenly among ties (torch's scatter_reduce amax/amin). mul: each
+    factor gets g times the product of the other factors at its position."""
     reduction = node_attr(node, "reduction", "none")
-    if reduction not in ("none", "add", "max", "min"):
+    if reduction not in ("none", "add", "max", "min", "mul"):
         raise UnsupportedModelError(f"{node.op_type} node '{node.name}': reduction '{reduction}' is not supported "
-                                    "(only 'none', 'add', 'max' and 'min')")
+                                    "(only 'none', 'add', 'max', 'min' and 'mul')")
     data, indices, updates = node.input
     g = grads[0]
     elements = node.op_type == "ScatterElements"
@@ -189,6 +190,8 @@ def scatter_vjp(b, node, grads, need):
     gather = "GatherElements" if elements else "GatherND"
     if reduction in ("max", "min"):
         return _scatter_extreme_vjp(b, node, g, need, gather, axis)
+    if reduction == "mul":
+        return _scatter_product_vjp(b, node, g, need, gather, axis)
     gd = gu = None
     if need[0]:
         gd = g if reduction == "add" else b.op(node.op_type, [g, indices, b.zeros_like(updates)], **axis)
@@ -209,4 +212,25 @@ def _scatter_extreme_vjp(b, node, g, need, gather, axis):
     share = b.op("Div", [g, b.op("Max", [count, b.scalar(1.0, g)])])  # count >= 1 wherever y came from somewhere
     gd = b.op("Mul", [data_wins, share]) if need[0] else None
     gu = b.op("Mul", [update_wins, b.op(gather, [share, indices], **axis)]) if need[2] else None
+    return [gd, None, gu]
+
+
+def _scatter_product_vjp(b, node, g, need, gather, axis):
+    """y[p] = data[p] * prod of the updates u_i sent to p. dy/ddata = prod u (the scatter of u into ones);
+    dy/du_i = data[p] * prod of the other updates: data[p] * P[p] / u_i, with P the product of p's nonzero updates,
+    where no other update at p is 0, else 0 (a zero u_i divides nothing out: torch's scatter_reduce prod rule)."""
+    data, indices, updates = node.input
+    ftype = b.float_type(g)
+    gd = gu = None
+    if need[0]:
+        gd = b.op("Mul", [g, b.op(node.op_type, [b.full_like(data, 1.0), indices, updates], reduction="mul", **axis)])
+    if need[2]:
+        is_zero = b.op("Equal", [updates, b.scalar(0.0, updates)])
+        nonzero = b.op("Where", [is_zero, b.scalar(1.0, updates), updates])
+        zero_count = b.op(node.op_type, [b.zeros_like(data), indices, b.op("Cast", [is_zero], to=ftype)],
+                          reduction="add", **axis)
+        product = b.op(node.op_type, [data, indices, nonzero], reduction="mul", **axis)  # data * P
+        others_zero = b.op("Sub", [b.op(gather, [zero_count, indices], **axis), b.op("Cast", [is_zero], to=ftype)])
+        rest = b.op("Div", [b.op(gather, [b.op("Mul", [g, product]), indices], **axis), nonzero])
+        gu = b.op("Where", [b.op("Greater", [others_zero, b.scalar(0.5, updates)]), b.scalar(0.0, updates), rest])
     return [gd, None, gu]

@@ -121,7 +121,7 @@ def test_trilu(upper, k):
     check_vjp("Trilu", ins, {"upper": upper}, dynamic=(0,))
 
 
-@pytest.mark.parametrize("reduction", ["none", "add", "max", "min"])
+@pytest.mark.parametrize("reduction", ["none", "add", "max", "min", "mul"])
 def test_scatter_elements(reduction):
     """Distinct indices for 'none' (repeated ones leave the winner to the runtime); the reductions may repeat them
     (max and min: position 2 of row 1 gets two updates and its data, position 1 of row 1 none)."""
@@ -130,7 +130,7 @@ def test_scatter_elements(reduction):
               {"axis": 1, "reduction": reduction}, wrt=["d", "u"], opset=18)
 
 
-@pytest.mark.parametrize("reduction", ["none", "add", "max", "min"])
+@pytest.mark.parametrize("reduction", ["none", "add", "max", "min", "mul"])
 def test_scatter_nd(reduction):
     """torch's x[:, idx] = v and index_put exports: rows of data replaced by (or added to, or compared with) updates;
     the reductions get row 3 twice."""
@@ -151,7 +151,27 @@ def test_scatter_max_ties_share_evenly():
     np.testing.assert_allclose(gu, [[1.0, 1.0, 6.0]])
 
 
-def test_scatter_mul_refused():
-    with pytest.raises(Exception, match="ScatterND node 'node': reduction 'mul' is not supported"):
+@pytest.mark.parametrize("op", ["ScatterElements", "ScatterND"])
+def test_scatter_mul_zero_factors(op):
+    """torch's scatter_reduce prod backward: a factor gets g times the product of the others at its position, so
+    where one update is 0 only that update gets a gradient, and where two are 0 none does (and data gets 0)."""
+    d = np.array([[2.0, 3.0, 5.0, 7.0]])
+    u = np.array([[0.0, 4.0, 0.0, 0.0, 6.0]])  # position 0: 0 and 4; position 2: 0 and 0; position 3: 6
+    g = np.array([[1.0, 10.0, 100.0, 1000.0]])
+    if op == "ScatterElements":
+        i, attrs = np.array([[0, 0, 2, 2, 3]], I64), {"axis": 1, "reduction": "mul"}
+        ins = [("d", d, False), ("i", i, True), ("u", u, False)]
+    else:  # the same as rows of the transposed tensors
+        i, attrs = np.array([[0], [0], [2], [2], [3]], I64), {"reduction": "mul"}
+        ins, g = [("d", d.T, False), ("i", i, True), ("u", u.T, False)], g.T
+    gd, gu = run_vjp(op, ins, g, attrs, wrt=["d", "u"], opset=18)
+    if op == "ScatterND":
+        gd, gu = gd.T, gu.T
+    np.testing.assert_allclose(gd, [[0.0, 10.0, 0.0, 1000.0 * 6.0]])
+    np.testing.assert_allclose(gu, [[2.0 * 4.0, 0.0, 0.0, 0.0, 1000.0 * 7.0]])
+
+
+def test_scatter_unknown_reduction_refused():
+    with pytest.raises(Exception, match="ScatterND node 'node': reduction 'mean' is not supported"):
         check_vjp("ScatterND", [("d", r((4, 3)), False), ("i", np.array([[1]], I64), True), ("u", r((1, 3)), False)],
-                  {"reduction": "mul"}, wrt=["d", "u"], opset=18)
+                  {"reduction": "mean"}, wrt=["d", "u"], opset=18)
