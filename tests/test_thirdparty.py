@@ -35,6 +35,7 @@ MODELS = {
     "torch_dynamo_spectrogram_op18.onnx": {},   # a waveform classifier: rfft, irfft (DFT) and STFT inside
     "torch_dynamo_spectrogram_op20.onnx": {},   # the same at opset 20 (DFT's axis an input)
     "torch_stn.onnx": {},                       # make_torch_stn.py: opset 20, AffineGrid + GridSample
+    "torchvision_dcn.onnx": {},                 # make_torchvision.py: opset 19, DeformConv (DCNv2)
     "paddle_cnn.onnx": {},                      # make_paddle.py: paddle.onnx.export, opset 13
     "skl_mlp_classifier.onnx": {},              # make_sklearn.py: label + ZipMap (sequence of maps)
     "skl_mlp_classifier_nozipmap.onnx": {},
@@ -68,8 +69,8 @@ def random_input(sess: ort.InferenceSession, batch: int, dims: dict, seed: int =
 
 
 @functools.lru_cache(maxsize=None)
-def compiled(name: str, method: str, neuron: str = "max") -> onnx.ModelProto:
-    return onnxattr.compile(path_of(name), method, neuron=neuron)
+def compiled(name: str, method: str, neuron: str = "max", input: str | None = None) -> onnx.ModelProto:
+    return onnxattr.compile(path_of(name), method, neuron=neuron, input=input)
 
 
 def same_output(a, b) -> bool:
@@ -153,7 +154,8 @@ def assert_framework_gradient(name: str, input_name: str, ref, neurons=("max", "
         target = np.full(len(ref["y"]), 2, np.int64)  # one per output row (a graph net's: one, for 6 node rows)
         feeds, g = ({}, ref["g_max"]) if neuron == "max" else ({"target": target}, ref["g_2"])
         feeds.update(other or {})
-        logits, r = session(compiled(name, "gradient", neuron)).run(None, {input_name: x, **feeds})
+        explained = input_name if other else None  # a second float input (boxes): name the explained one
+        logits, r = session(compiled(name, "gradient", neuron, explained)).run(None, {input_name: x, **feeds})
         np.testing.assert_allclose(logits, ref["y"], rtol=1e-4, atol=1e-5)
         scale = np.abs(g).max()
         assert scale > 0
@@ -267,6 +269,26 @@ def test_spatial_transformer_matches_torch_autograd():
     """AffineGrid and GridSample (border padding) with theta computed from the input: the map differentiates
     through the sampled values and through the grid, and is torch's gradient."""
     assert_framework_gradient("torch_stn.onnx", "image", np.load(path_of("torch_stn.npz")), neurons=("max",))
+
+
+def test_torchvision_deformable_convolution_matches_torch_autograd():
+    """torchvision's deform_conv2d with a mask (DCNv2), its offsets and mask computed from the input by a
+    convolution, as the dynamo exporter writes it (DeformConv-19): the map differentiates through the sampled
+    values, the offsets and the mask, and is torch's gradient; LRP passes DeformConv by its gradient."""
+    ref = np.load(path_of("torchvision_dcn.npz"))
+    assert_framework_gradient("torchvision_dcn.onnx", "image", ref)
+    for method in ("lrp.epsilon", "deep_taylor", "integrated_gradients"):
+        r = onnxattr.create_analyzer(method, path_of("torchvision_dcn.onnx")).analyze(ref["x"])
+        assert r.shape == ref["x"].shape and np.isfinite(r).all() and np.abs(r).max() > 0, method
+
+
+@pytest.mark.parametrize("name", ["torchvision_box_head_ts.onnx", "torchvision_box_head_dynamo.onnx"])
+def test_torchvision_box_head_matches_torch_autograd(name):
+    """A box head: features pooled by torchvision's roi_align at the boxes of a second input, aligned (RoiAlign
+    half_pixel) and not (output_half_pixel), exported by both of torch's exporters: the map over the image is
+    torch's gradient of each box's logit, summed over the boxes (5 boxes over 2 images)."""
+    ref = np.load(path_of("torchvision_box_head.npz"))
+    assert_framework_gradient(name, "image", ref, other={"boxes": ref["boxes"]})
 
 
 def test_skl_classifier_zipmap_explains_the_logits():

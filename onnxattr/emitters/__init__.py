@@ -15,6 +15,7 @@ from onnxattr.emitters import (  # noqa: E402,F401
     activations,
     arithmetic,
     conv,
+    deform_conv,
     einsum,
     fourier,
     grid_sample,
