@@ -186,7 +186,7 @@ class Analyzer:
         feeds = {x_name: X, **masks,
                  **other_feeds(r, {x_name, *masks} | ({TARGET_INPUT} if mode == "index" else set()), inputs)}
         if mode == "index":
-            feeds[TARGET_INPUT] = checked_targets(neuron_selection, target_rows(r, X.shape[0]), r)
+            feeds[TARGET_INPUT] = checked_targets(neuron_selection, target_rows(r, X.shape[0], feeds), r)
         try:
             results = r.run(feeds)
         except DataError as e:
@@ -353,12 +353,20 @@ def _unchecked_masks(runner: Runner, masks: dict) -> list[str]:
     return out
 
 
-def target_rows(runner: Runner, samples: int) -> int:
+def target_rows(runner: Runner, samples: int, feeds: dict | None = None) -> int:
     """How many indices the target input takes: one per sample, or the fixed row count the compiler declared for
-    it (an output whose rows are not the data's samples, as a graph net's readout)."""
-    arg = next((a for a in runner.session.get_inputs() if a.name == TARGET_INPUT), None)
+    it (an output whose rows are not the data's samples, as a graph net's readout), or the rows of the fed input
+    whose first axis it was declared under (a box head's boxes)."""
+    inputs = runner.session.get_inputs()
+    arg = next((a for a in inputs if a.name == TARGET_INPUT), None)
     rows = arg.shape[0] if arg is not None and arg.shape else None
-    return rows if isinstance(rows, int) and rows != _data_batch_axis(runner)[1] else samples
+    if rows == _data_batch_axis(runner)[1]:
+        return samples
+    if isinstance(rows, int):
+        return rows
+    other = next((a.name for a in inputs if a.name != TARGET_INPUT and a.shape and a.shape[0] == rows
+                  and a.name in (feeds or {})), None)
+    return len(feeds[other]) if isinstance(rows, str) and other is not None else samples
 
 
 def checked_targets(selection, batch: int, runner: Runner) -> np.ndarray:

@@ -191,7 +191,8 @@ def _compile(proto, m, method: str, resolved: dict, label: str, neuron: str, inp
     index = neuron_index(b, y, neuron)
     xshape = b.shape(x) or [None]
     target = Target(b, list(canon.graph.node), x, y, neuron, index,
-                    static_batch=isinstance(xshape[0], int), data=data_input(canon, x))
+                    static_batch=isinstance(xshape[0], int), data=data_input(canon, x),
+                    rows_input=rows_input(canon, b, x, y))
     sources = _pass_through_sources(proto, keep, names) if keep else {}
     b.keep = frozenset(sources.values())
     masked = _pass_through_sources(proto, condition, names) if condition else {}
@@ -303,12 +304,30 @@ def _default_rule(m, node) -> str:
 def _target_dim(b, model, t):
     """The target input's length: one index per row of the explained output. That is the input's batch axis, but
     where the output's first axis has a fixed size of its own (a graph net's readout [1, C] over node features
-    [nodes, F]), that size."""
+    [nodes, F]), that size, and where it is another input's first axis (a box head's logits [R, C] for boxes
+    [R, 5]), that axis' name."""
     y_shape = b.shape(t.y)
     x_dim = _batch_dim(model, t.x)
     if y_shape and isinstance(y_shape[0], int) and y_shape[0] > 0 and y_shape[0] != x_dim:
         return y_shape[0]
+    if t.rows_input is not None:
+        return y_shape[0]
     return x_dim
+
+
+def rows_input(model, b, x: str, y: str) -> str | None:
+    """The graph input, other than the data's, whose first axis the explained output's rows are declared under,
+    where that is not the data's batch axis (boxes [R, 5] for a box head's logits [R, C] over images [N, ...]):
+    the rows are then not the samples, and the sampling methods run one point at a time."""
+    first = (b.shape(y) or [None])[0]
+    data = data_input(model, x)
+    if not isinstance(first, str) or first == _batch_dim(model, data):
+        return None
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name not in (x, data) and dims and dims[0].dim_param == first:
+            return vi.name
+    return None
 
 
 def _batch_dim(model, x):

@@ -291,6 +291,41 @@ def test_torchvision_box_head_matches_torch_autograd(name):
     assert_framework_gradient(name, "image", ref, other={"boxes": ref["boxes"]})
 
 
+@pytest.mark.parametrize("name", ["torchvision_box_head_ts.onnx", "torchvision_box_head_dynamo.onnx"])
+def test_torchvision_box_head_rows_are_the_boxes(name):
+    """The logits have one row per box, and the boxes index the images of the batch: a target per box (declared
+    under the boxes' axis, 'rois', in the TorchScript export); integrated gradients runs one point of the whole
+    batch per trip (a chunk of copies would leave the copies without boxes) and equals the Riemann sum of gradient
+    maps at each box's class; feature ablation perturbs every image at once and attributes the drop of the boxes'
+    summed logits, computed here by plain forward passes."""
+    ref = np.load(path_of("torchvision_box_head.npz"))
+    x, boxes = ref["x"], {"boxes": ref["boxes"]}
+    path = path_of(name)
+    compiled_index = onnxattr.compile(path, "gradient", neuron="index", input="image")
+    target = next(i for i in compiled_index.graph.input if i.name == "target").type.tensor_type.shape.dim[0]
+    assert (target.dim_param or target.dim_value) == ("rois" if name.endswith("_ts.onnx") else 5)
+    classes = ref["y"].argmax(1)
+    plain = onnxattr.create_analyzer("gradient", path, input="image", neuron_selection_mode="index")
+    np.testing.assert_allclose(plain.analyze(x, inputs=boxes, neuron_selection=2), ref["g_2"], rtol=0,
+                               atol=1e-4 * np.abs(ref["g_2"]).max())
+    riemann = x * np.mean([plain.analyze(k / 8 * x, inputs=boxes, neuron_selection=classes) for k in range(8)], 0)
+    ig = onnxattr.create_analyzer("integrated_gradients", path, input="image", steps=8).analyze(x, inputs=boxes)
+    np.testing.assert_allclose(ig, riemann, rtol=0, atol=1e-5 * np.abs(riemann).max())
+
+    groups = (np.arange(12)[:, None] // 6 * 2 + np.arange(12)[None, :] // 6).reshape(1, 1, 12, 12)  # 4 quadrants
+    ablation = onnxattr.create_analyzer("feature_ablation", path, input="image", feature_mask=groups)
+    forward = session(path)
+
+    def total(image):  # the boxes' logits of each box's class at x, summed
+        logits = forward.run(None, {"image": image.astype(np.float32), **boxes})[0]
+        return float(logits[np.arange(len(classes)), classes].sum())
+
+    want = np.zeros_like(x)
+    for g in range(4):
+        want += np.where(groups == g, total(x) - total(np.where(groups == g, 0.0, x)), 0.0)
+    np.testing.assert_allclose(ablation.analyze(x, inputs=boxes), want, rtol=1e-4, atol=1e-5)
+
+
 def test_skl_classifier_zipmap_explains_the_logits():
     """skl2onnx's probabilities come through ZipMap (or Identity with zipmap=False): both look through
     the Softmax to the logits and give one map."""

@@ -36,6 +36,7 @@ class Target:
     neuron: str
     index: str | None  # int64 [N, 1] chosen neuron per sample (None in mode "all")
     static_batch: bool = False
+    rows_input: str | None = None  # another graph input whose first axis holds the output's rows (a box head's boxes)
     assignment: dict = field(default_factory=dict)  # node name -> (rule, why), for `inspect`
     data: str | None = None  # the graph input taking the data: x, or the input an intermediate x is computed from
 
@@ -220,8 +221,9 @@ def reference_constant(b: GraphBuilder, x: str, value, what: str = "reference_in
 
 def chunk_size(t: Target, p: dict) -> int:
     """Points per Loop iteration: the ``chunk_size`` parameter, or 1 for a model of static batch (its
-    graph cannot take a larger one)."""
-    return 1 if t.static_batch else p["chunk_size"]
+    graph cannot take a larger one) and for one whose output rows follow another input (boxes index the images
+    of the data's batch, not of a chunk of copies)."""
+    return 1 if t.static_batch or t.rows_input is not None else p["chunk_size"]
 
 
 def as_carried(b: GraphBuilder, tensor: str, carried: str, params: dict) -> str:

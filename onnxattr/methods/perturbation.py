@@ -5,7 +5,9 @@ values: feature permutation), and every element of that part gets the drop of th
     R_i = sum over perturbations k covering i of (y(x) - y(x with part k replaced)) (times a weight: Shapley)
 
 summed over the perturbations in chunks inside one forward-only ONNX Loop (onnxattr/sampling.py). An output that
-is one number for the batch (a loss) is perturbed in every sample at once.
+is one number for the batch (a loss) is perturbed in every sample at once; so is one whose rows are not the
+samples (a box head's logits, one row per box of another input; a graph's readout over node rows), whose rows'
+selected outputs are summed into that one number, as the gradient methods sum them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def perturbed_features(t: Target, method: str, does: str) -> list:
     return [d if isinstance(d, int) else None for d in shape[1:]]
 
 
+def rows_are_not_samples(t: Target) -> bool:
+    """Whether the explained output's rows are something other than x's samples: another input's rows, or a fixed
+    count other than x's fixed one (such models run one point per trip: chunk_size)."""
+    y_rows, x_rows = (t.b.shape(t.y) or [None])[0], (t.b.shape(t.x) or [None])[0]
+    fixed_apart = isinstance(y_rows, int) and isinstance(x_rows, int) and y_rows != x_rows
+    return t.rows_input is not None or fixed_apart
+
+
 def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
                       mask_of: Callable[[GraphBuilder, str], str],
                       factor: Callable[[GraphBuilder, str], str] | None = None,
@@ -61,6 +71,7 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
     weight_rank = rank if acc_like is None else len(b.shape(acc_like)) - 1  # a weight's axes after [c*N]
     baseline = None if replacement_of else reference_constant(b, x, p["baselines"], "baselines")  # broadcast to x
     clean = selected_value(b, t.y, build_seed(b, t.y, t.neuron, "one", t.index))  # [N]
+    rows_apart = rows_are_not_samples(t)
     masks = {}
 
     def points(cb, x_, ks, count):
@@ -79,7 +90,10 @@ def perturbation_loop(t: Target, p: dict, method: str, n, feats: str,
         return cb.op("Reshape", [perturbed, rows])
 
     def drops(cb, selected, ks, count):
-        drop = cb.op("Sub", [cb.op("Tile", [clean, count]), selected])  # [c*N], sample-major like the points
+        if rows_apart:  # one trip per point (chunk_size): the drop of the rows' sum
+            drop = cb.op("Sub", [cb.op("ReduceSum", [clean], keepdims=1), cb.op("ReduceSum", [selected], keepdims=1)])
+        else:
+            drop = cb.op("Sub", [cb.op("Tile", [clean, count]), selected])  # [c*N], sample-major like the points
         if weight_of is not None:
             drop = cb.op("Cast", [drop], to=TensorProto.DOUBLE)
         return cb.op("Mul", [cb.op("Reshape", [drop, cb.ints([-1] + [1] * weight_rank)]), masks["rows"]])
