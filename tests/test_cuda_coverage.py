@@ -53,9 +53,9 @@ def a_neuron(model) -> dict:
     return {"layer": layer, "neuron_index": [0] * (ranks[layer] - 1)}
 
 
-def appended_ops(model, method):
+def appended_ops(model, method, **options):
     params = a_neuron(model) if method == "neuron_conductance" else PARAMS.get(method, {})
-    compiled = onnxattr.compile(model, method, **params)
+    compiled = onnxattr.compile(model, method, **params, **options)
     return op_types(compiled.graph, set()) - op_types(model.graph, set())
 
 
@@ -98,3 +98,11 @@ def test_signal_and_graph_nets(name):
         assert not missing, f"{name} {method}: {sorted(missing)}"
     compiled = onnxattr.compile(model, "gradient")
     assert sum(n.op_type == "DFT" for n in compiled.graph.node) == dft_nodes
+
+
+def test_box_head():
+    """RoiAlign's backward, fixed and adaptive sample counts (Floor, Range, Less, ScatterElements)."""
+    model = onnx.load(os.path.join(THIRDPARTY, "torchvision_box_head_ts.onnx"))
+    for method in ("gradient", "integrated_gradients", "lrp.epsilon", "occlusion"):
+        missing = appended_ops(model, method, input="image") - CUDA_FLOAT32
+        assert not missing, f"box head {method}: {sorted(missing)}"

@@ -1,6 +1,6 @@
 """onnxattr/emitters/roi_align.py: RoiAlign's VJP for its input against float64 central differences of onnx's
 reference RoiAlign: boxes inside, across and beyond the border, both coordinate modes, a spatial scale, boxes of
-both images of the batch."""
+both images of the batch, fixed and adaptive sample counts."""
 
 import numpy as np
 import pytest
@@ -25,8 +25,29 @@ def test_roi_align(mode, samples, pooled):
                "output_width": pooled[1], "spatial_scale": 0.5}, opset=16, dynamic=(0,))
 
 
-@pytest.mark.parametrize("attrs,why", [({"sampling_ratio": 0}, "sampling_ratio 0"),
-                                       ({"sampling_ratio": 2, "mode": "max"}, "mode 'max'")])
+@pytest.mark.parametrize("mode", ["half_pixel", "output_half_pixel"])
+@pytest.mark.parametrize("pooled", [(2, 2), (3, 1)])
+def test_roi_align_adaptive(mode, pooled):
+    """sampling_ratio 0 (torchvision's default, -1, exports as 0): ceil(bin) points per bin, a count of each box
+    and axis known at run time (1 to 3 here); a box with x2 a little below x1 takes no points in half_pixel mode (its
+    output and gradient are 0; further below, onnxruntime's forward fails) and is 1 wide in output_half_pixel mode."""
+    x = rng.standard_normal((2, 3, 6, 7))
+    rois = np.concatenate([ROIS, [[9.0, 2.0, 8.5, 8.0]]])
+    check_vjp("RoiAlign", [("x", x, False), ("rois", rois, True), ("batch", np.append(BATCH, 0), True)],
+              {"coordinate_transformation_mode": mode, "sampling_ratio": 0, "output_height": pooled[0],
+               "output_width": pooled[1], "spatial_scale": 0.5}, opset=16, dynamic=(0,))
+
+
+@pytest.mark.parametrize("samples", [0, 2])
+def test_roi_align_without_boxes(samples):
+    """No boxes at all (a detector that found nothing; the box count is declared dynamic, as exporters write it): the
+    gradient is 0 and the run does not fail."""
+    check_vjp("RoiAlign", [("x", rng.standard_normal((2, 3, 6, 7)), False), ("rois", np.zeros((0, 4)), False),
+                           ("batch", np.zeros(0, np.int64), False)],
+              {"sampling_ratio": samples, "output_height": 2, "output_width": 2}, opset=16, wrt=["x"], dynamic=(0,))
+
+
+@pytest.mark.parametrize("attrs,why", [({"sampling_ratio": 2, "mode": "max"}, "mode 'max'")])
 def test_roi_align_refused(attrs, why):
     with pytest.raises(UnsupportedModelError, match=f"RoiAlign node 'node': .*{why}"):
         check_vjp("RoiAlign", [("x", rng.standard_normal((2, 3, 6, 7)), False), ("rois", ROIS, True),

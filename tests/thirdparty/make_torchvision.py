@@ -12,8 +12,9 @@ they run on the CPU):
 Writes to tests/thirdparty/data (random weights, seed 0, eval mode):
 - torchvision_box_head_ts.onnx (the TorchScript exporter, opset 16) and torchvision_box_head_dynamo.onnx (the dynamo
   exporter, opset 18): a convolution's features pooled at the boxes of a second input [R, 5] (the image index,
-  then x1, y1, x2, y2 in input pixels) by two RoiAlign nodes, aligned=True (half_pixel) and aligned=False
-  (output_half_pixel), spatial_scale 0.5, sampling_ratio 2, then a linear head: logits [R, 4];
+  then x1, y1, x2, y2 in input pixels) by two RoiAlign nodes, aligned=True (half_pixel) with sampling_ratio 2 and
+  aligned=False (output_half_pixel) with torchvision's default -1 (sampling_ratio 0: ceil(bin size) points per
+  bin and box), spatial_scale 0.5, then a linear head: logits [R, 4];
 - torchvision_box_head.npz: an input x, the boxes, torch's logits and torch's gradient with respect to x of each
   box's largest logit (g_max) and of logit 2 (g_2), summed over the boxes;
 - torchvision_dcn.onnx (the dynamo exporter, opset 19: DeformConv) and torchvision_dcn.npz (x, the logits, g_max
@@ -39,7 +40,7 @@ class BoxHead(nn.Module):
     def forward(self, x, boxes):
         f = torch.relu(self.conv(x))
         a = roi_align(f, boxes, (3, 3), spatial_scale=0.5, sampling_ratio=2, aligned=True)
-        b = roi_align(f, boxes, (3, 3), spatial_scale=0.5, sampling_ratio=2, aligned=False)
+        b = roi_align(f, boxes, (3, 3), spatial_scale=0.5, aligned=False)  # sampling_ratio -1: adaptive
         return self.head(torch.cat([a, b], 1).flatten(1))
 
 
