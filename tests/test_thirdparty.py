@@ -274,7 +274,7 @@ def test_spatial_transformer_matches_torch_autograd():
 def test_torchvision_deformable_convolution_matches_torch_autograd():
     """torchvision's deform_conv2d with a mask (DCNv2), its offsets and mask computed from the input by a
     convolution, as the dynamo exporter writes it (DeformConv-19): the map differentiates through the sampled
-    values, the offsets and the mask, and is torch's gradient; LRP passes DeformConv by its gradient."""
+    values, the offsets and the mask, and is torch's gradient; LRP takes DeformConv for a layer."""
     ref = np.load(path_of("torchvision_dcn.npz"))
     assert_framework_gradient("torchvision_dcn.onnx", "image", ref)
     for method in ("lrp.epsilon", "deep_taylor", "integrated_gradients"):
@@ -355,7 +355,7 @@ def test_traditional_ml_ops_are_refused(name, ops, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["paddle_cnn.onnx", "torch_dynamo_rescnn_raw.onnx", "opset_sweep_9.onnx",
-                                  "keras_transformer.onnx", "torch_dynamo_modern.onnx"])
+                                  "keras_transformer.onnx", "torch_dynamo_modern.onnx", "torchvision_dcn.onnx"])
 def test_every_relevance_method_compiles_on_foreign_exports(name):
     """Every LRP preset, Deep Taylor, DeepLIFT and excitation backprop on exports of other tools: the
     graphs check, keep their outputs and give finite maps (value checks live in tests/methods)."""

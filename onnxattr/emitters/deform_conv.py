@@ -6,7 +6,8 @@ outside x counting 0, times mask[n, a, i, j, oh, ow] (1 when absent); y = W * co
 those columns cols[n, c, k, oh, ow]. Backward, with cg = W^T g (one 1 x 1 ConvTranspose):
 dx = cg * mask * w_corner scattered to the four corners; d offset_y = sum over the group's channels of
 cg * mask * sum_b wx_b (x[y1, x_b] - x[y0, x_b]) (offset_x likewise); d mask = sum over its channels of cg * cols;
-dW = g cols^T summed over the batch; dB = g summed over the batch and positions.
+dW = g cols^T summed over the batch; dB = g summed over the batch and positions. ``deform_conv_input_vjp`` gives dx
+for another weight (LRP's W+ and W^2 on the columns, lrp/units.py).
 """
 
 import numpy as np
@@ -47,15 +48,23 @@ def _spec(b, node):
 
 @register("DeformConv")
 def deform_conv_vjp(b, node, grads, need):
+    return _vjp(b, node, grads[0], need, node.input[1])
+
+
+def deform_conv_input_vjp(b, node, g, w):
+    """dx with weight ``w`` in place of the node's (LRP's modified weights); the offsets and mask as they are."""
+    return _vjp(b, node, g, [True], w)[0]
+
+
+def _vjp(b, node, g, need, w):
     inputs = list(node.input) + [""] * (5 - len(node.input))
-    x, w, offset, bias, mask = inputs
+    x, _, offset, bias, mask = inputs
     need = list(need) + [False] * (5 - len(need))
     channels, (out_channels, group_channels, kh, kw) = _spec(b, node)
     group, offset_group = node_attr(node, "group", 1), node_attr(node, "offset_group", 1)
     strides, dilations = node_attr(node, "strides", [1, 1]), node_attr(node, "dilations", [1, 1])
     pads = node_attr(node, "pads", [0, 0, 0, 0])
     taps, og = kh * kw, offset_group
-    g = grads[0]
     ftype = b.float_type(g)
     dtype = b.float_dtype(g)
 

@@ -206,3 +206,60 @@ def test_einsum_with_a_constant_operand_is_a_dense_layer(method, equation, w1_fi
         maps.append(sess.run(["relevance"], {"x": x})[0])
     assert np.abs(maps[0]).max() > 0
     np.testing.assert_allclose(maps[1], maps[0], rtol=1e-5, atol=1e-6 * np.abs(maps[0]).max())
+
+
+def _conv_or_deform(deform: bool, seed=3):
+    """x [2, 3, 8, 8] -> 3x3 conv (bias) -> Relu -> 3x3 stride-2 conv + BatchNorm -> Relu -> Gemm. With ``deform``
+    the two convolutions are DeformConv nodes whose offsets (and, for the second, mask) a Conv computes from the
+    input, with zero weights: offsets 0 and a mask sigmoid(30) = 1 in float32, so both nets compute the same
+    function and every LRP rule must give the same map on both."""
+    rng = np.random.default_rng(seed)
+    init = {"w1": rng.standard_normal((4, 3, 3, 3)) * 0.5, "b1": rng.standard_normal(4) * 0.1,
+            "w2": rng.standard_normal((5, 4, 3, 3)) * 0.4, "gamma": rng.uniform(0.5, 1.5, 5),
+            "beta": rng.standard_normal(5) * 0.1, "mean": rng.standard_normal(5) * 0.1, "var": rng.uniform(0.5, 2, 5),
+            "wd": rng.standard_normal((5 * 4 * 4, 3)) * 0.2, "bd": rng.standard_normal(3) * 0.1,
+            "zo1": np.zeros((18, 3, 3, 3)), "zo2": np.zeros((27, 4, 3, 3)), "bo2": np.r_[np.zeros(18), np.full(9, 30.0)]}
+    nodes = []
+    if deform:
+        nodes += [helper.make_node("Conv", ["x", "zo1"], ["off1"], name="offsets1", pads=[1] * 4),
+                  helper.make_node("DeformConv", ["x", "w1", "off1", "b1"], ["z1"], name="conv1", pads=[1] * 4,
+                                   kernel_shape=[3, 3])]
+    else:
+        nodes.append(helper.make_node("Conv", ["x", "w1", "b1"], ["z1"], name="conv1", pads=[1] * 4))
+    nodes.append(helper.make_node("Relu", ["z1"], ["a1"], name="relu1"))
+    if deform:
+        nodes += [helper.make_node("Conv", ["a1", "zo2", "bo2"], ["om2"], name="offsets2", pads=[1] * 4,
+                                   strides=[2, 2]),
+                  helper.make_node("Split", ["om2", "split"], ["off2", "m2_logit"], name="split", axis=1),
+                  helper.make_node("Sigmoid", ["m2_logit"], ["m2"], name="mask2"),
+                  helper.make_node("DeformConv", ["a1", "w2", "off2", "", "m2"], ["z2"], name="conv2",
+                                   pads=[1] * 4, strides=[2, 2], kernel_shape=[3, 3])]
+        init["split"] = np.array([18, 9], np.int64)
+    else:
+        nodes.append(helper.make_node("Conv", ["a1", "w2"], ["z2"], name="conv2", pads=[1] * 4, strides=[2, 2]))
+    nodes += [helper.make_node("BatchNormalization", ["z2", "gamma", "beta", "mean", "var"], ["n2"], name="bn2"),
+              helper.make_node("Relu", ["n2"], ["a2"], name="relu2"),
+              helper.make_node("Flatten", ["a2"], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "wd", "bd"], ["y"], name="dense")]
+    inits = [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k) for k, v in init.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+# every preset whose layer choice does not count kernel layers in graph order (the offsets' Conv nodes count there)
+ORDER_FREE = ["lrp.z", "lrp.z_IB", "lrp.epsilon", "lrp.w_square", "lrp.flat", "lrp.alpha_2_beta_1", "lrp.alpha_1_beta_0",
+              "lrp.z_plus", "lrp.z_plus_fast", "lrp.epsilon_plus", "lrp.epsilon_plus_flat", "lrp.epsilon_alpha2_beta1",
+              "deep_taylor", "deep_taylor.bounded", "excitation_backprop", "lrp.sequential_preset_a"]
+
+
+@pytest.mark.parametrize("method", ORDER_FREE)
+def test_deform_conv_is_a_layer(method):
+    """A DeformConv is an LRP layer over its sampled columns: with zero offsets and a unit mask its maps equal the
+    Conv net's under every rule (and its BatchNorm is folded into it), so the rules see W and the sampling as
+    the convolution; the offsets' and mask's Conv nodes get no relevance (else the maps would differ)."""
+    x = np.abs(np.random.default_rng(4).standard_normal((2, 3, 8, 8))).astype(np.float32)  # z_plus_fast: x >= 0
+    maps = [ort.InferenceSession(onnxattr.compile(_conv_or_deform(d), method).SerializeToString()).run(
+        None, {"x": x})[1] for d in (False, True)]
+    np.testing.assert_allclose(maps[1], maps[0], rtol=0, atol=2e-5 * np.abs(maps[0]).max())
+    assert np.abs(maps[0]).max() > 0
