@@ -186,7 +186,7 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
         if n.op_type == "Einsum":
             unit = _einsum_unit(n, [i == x or producer.get(i) in on_path for i in n.input])
             if unit is not None:
-                _record_with_bias_add(b, unit, units, nonneg, consumers, graph_outputs)
+                _record(b, unit, units, nonneg, consumers, graph_outputs, fuse_left_bias)
             continue
         if n.op_type == "DeformConv":
             varies = [i == x or producer.get(i) in on_path for i in n.input]
@@ -206,7 +206,7 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
         if varies == [False, True] and n.op_type in ("MatMul", "Gemm"):  # W x: the weight on the left
             unit = _left_unit(b, n)
             if unit is not None:
-                _record_with_bias_add(b, unit, units, nonneg, consumers, graph_outputs)
+                _record(b, unit, units, nonneg, consumers, graph_outputs, fuse_left_bias)
             continue
         if varies[1]:
             continue  # the weight varies with x too: a product of activations (AttnLRP territory), not a layer
@@ -228,19 +228,11 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
     return units
 
 
-def _record(b, unit, units, nonneg, consumers, graph_outputs):
-    """Record a unit, with its bias Add and BatchNorm followers fused in."""
+def _record(b, unit, units, nonneg, consumers, graph_outputs, fuse=fuse_followers):
+    """Record a unit with its followers fused in: a bias Add and BatchNorm (``fuse_followers``), or for a unit whose
+    bias can only be an Add after it (W x, an Einsum) that Add (``fuse_left_bias``)."""
     unit.nonneg = unit.x in nonneg
-    fuse_followers(b, unit, consumers, graph_outputs)
-    units[unit.node.name] = unit
-    for f in unit.followers:
-        units[f.name] = unit
-
-
-def _record_with_bias_add(b, unit, units, nonneg, consumers, graph_outputs):
-    """Record a unit whose bias can only be an Add after it (W x, an Einsum), with that Add fused in."""
-    unit.nonneg = unit.x in nonneg
-    fuse_left_bias(b, unit, consumers, graph_outputs)
+    fuse(b, unit, consumers, graph_outputs)
     units[unit.node.name] = unit
     for f in unit.followers:
         units[f.name] = unit
