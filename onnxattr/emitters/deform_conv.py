@@ -17,8 +17,8 @@ from onnxattr.errors import UnsupportedModelError
 
 
 class _Axis:
-    """One axis of the sample points [N, G, 1, K * L]: its two rows (clipped into x, int64) with their bilinear
-    weights, and whether each row lies in x."""
+    """One axis of the sample points [N, G, kh, kw, OH, OW]: its two rows (clipped into x, int64) with their
+    bilinear weights, and whether each row lies in x."""
 
     def __init__(self, b, x, coord, base, taps, size_axis):
         size = b.float_dim(x, size_axis, coord)
@@ -74,9 +74,9 @@ def _vjp(b, node, g, need, w):
     shape_off = b.op("Shape", [offset])
     oh, ow = (b.op("Gather", [shape_off, b.const(k, np.int64)]) for k in (2, 3))  # 0-d, for Range
     out_hw = b.op("Slice", [shape_off, b.ints([2]), b.ints([4])])
-    # sample positions [N, G, kh, kw, OH, OW] -> [N, G, 1, K * L]
+    # per axis: the offsets [N, G, kh, kw, OH, OW], the output points' base and the taps' steps
     split = b.op("Reshape", [offset, b.ints([0, og, kh, kw, 2, -1])])  # [N, G, kh, kw, 2, L]
-    flat_positions = []
+    parts = []
     for k, (n_out, stride, pad, dil, n_tap) in enumerate([(oh, strides[0], pads[0], dilations[0], kh),
                                                           (ow, strides[1], pads[1], dilations[1], kw)]):
         base = b.op("Sub", [b.op("Mul", [plane(n_out), b.scalar(float(stride), g)]), b.scalar(float(pad), g)])
@@ -85,9 +85,9 @@ def _vjp(b, node, g, need, w):
         tap_shape = [1, 1, kh, 1, 1, 1] if k == 0 else [1, 1, 1, kw, 1, 1]
         tap = b.const((np.arange(n_tap) * dil).reshape(tap_shape), dtype)
         base = b.op("Unsqueeze", [base, b.ints([0, 1, 2, 3, 5] if k == 0 else [0, 1, 2, 3, 4])])
-        flat_positions.append((coord, base, tap))
-    rows = _Axis(b, x, *flat_positions[0], 2)
-    cols_axis = _Axis(b, x, *flat_positions[1], 3)
+        parts.append((coord, base, tap))
+    rows = _Axis(b, x, *parts[0], 2)
+    cols_axis = _Axis(b, x, *parts[1], 3)
 
     def flat(t):  # [N, G, kh, kw, OH, OW] -> [N, G, 1, K * L]
         return b.op("Reshape", [t, b.ints([0, og, 1, -1])])
@@ -96,7 +96,7 @@ def _vjp(b, node, g, need, w):
     width_i = b.op("Gather", [shape_x, b.const(3, np.int64)])
     per_group = channels // og
     xg = b.op("Reshape", [x, b.ints([0, og, per_group, -1])])  # [N, G, Cg, H W]
-    corners = []  # (flat index expanded to [N, G, Cg, P], weight [N, G, 1, P], value or None)
+    corners = []  # (flat index expanded to [N, G, Cg, P], weight [N, G, 1, P], inside 0/1 [N, G, 1, P]); P = K L
     for a in (0, 1):
         for c in (0, 1):
             inside = b.op("Cast", [b.op("And", [rows.inside[a], cols_axis.inside[c]])], to=ftype)
