@@ -142,9 +142,9 @@ MAX_TILE_WIDTH = 4096  # pixels a tile is upscaled to at most along its width (w
 
 def grid(maps: np.ndarray, kind: str = "heatmap", min_size: int = 128, cmap: str = "seismic", level: float = 1.0,
          images: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 image: one tile per sample side by side (nearest-neighbour upscaled so small inputs
-    stay visible: at least ``min_size`` pixels high, and no wider than MAX_TILE_WIDTH unless the map is). ``kind`` "heatmap" (with ``cmap`` and ``level``; over the samples' ``images`` in grey when
-    given) or "graymap"."""
+    """RGB uint8 image: one tile per sample side by side (nearest-neighbour upscaled so small inputs stay
+    visible: at least ``min_size`` pixels high, and no wider than MAX_TILE_WIDTH unless the map is). ``kind``
+    "heatmap" (with ``cmap`` and ``level``; over the samples' ``images`` in grey when given) or "graymap"."""
     colormap(cmap)  # an unknown name, level or kind fails before any work
     _check_level(level)
     if kind not in ("heatmap", "graymap"):

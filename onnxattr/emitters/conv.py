@@ -256,7 +256,6 @@ def conv_transpose_vjp(b, node, grads, need):
     return out
 
 
-
 @register("Col2Im")
 def col2im_vjp(b, node, grads, need):
     """Col2Im sums the columns [N, C * prod(block), L] into an image [N, C, *image] (torch's F.fold); its VJP cuts

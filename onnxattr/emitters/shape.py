@@ -227,10 +227,10 @@ def _scatter_product_vjp(b, node, g, need, gather, axis):
     if need[2]:
         is_zero = b.op("Equal", [updates, b.scalar(0.0, updates)])
         nonzero = b.op("Where", [is_zero, b.scalar(1.0, updates), updates])
-        zero_count = b.op(node.op_type, [b.zeros_like(data), indices, b.op("Cast", [is_zero], to=ftype)],
-                          reduction="add", **axis)
+        zeros = b.op("Cast", [is_zero], to=ftype)
+        zero_count = b.op(node.op_type, [b.zeros_like(data), indices, zeros], reduction="add", **axis)
         product = b.op(node.op_type, [data, indices, nonzero], reduction="mul", **axis)  # data * P
-        others_zero = b.op("Sub", [b.op(gather, [zero_count, indices], **axis), b.op("Cast", [is_zero], to=ftype)])
+        others_zero = b.op("Sub", [b.op(gather, [zero_count, indices], **axis), zeros])
         rest = b.op("Div", [b.op(gather, [b.op("Mul", [g, product]), indices], **axis), nonzero])
         gu = b.op("Where", [b.op("Greater", [others_zero, b.scalar(0.5, updates)]), b.scalar(0.0, updates), rest])
     return [gd, None, gu]

@@ -65,8 +65,9 @@ def test_dft_onesided_inverse(opset, bins, length):
 @pytest.mark.parametrize("inverse,onesided,parts,bins", [(0, 1, 1, 400), (1, 1, 2, 201), (0, 0, 2, 300)])
 def test_dft_long_length_not_a_power_of_two(inverse, onesided, parts, bins):
     """Transforms of these lengths take the float64 matrix: onnxruntime's own DFT of a length that is not a power of
-    two is off by about N * 1e-7 of the max (4e-5 at 400). Element by element against the exact VJP, A^T v, with A's columns
-    numpy's float64 FFT of the unit vectors; 1e-5 of the largest entry (float32 sums of a few hundred terms)."""
+    two is off by about N * 1e-7 of the max (4e-5 at 400). Element by element against the exact VJP, A^T v, with
+    A's columns numpy's float64 FFT of the unit vectors; 1e-5 of the largest entry (float32 sums of a few hundred
+    terms)."""
     transform = {(0, 1): np.fft.rfft, (1, 1): np.fft.irfft, (0, 0): np.fft.fft}[(inverse, onesided)]
 
     def numpy_dft(x):

@@ -57,7 +57,9 @@ def grid_sample_numpy(x, grid, padding, align):
 
 def cubic_kernel(s, a=-0.75):
     s = abs(s)
-    return ((a + 2) * s - (a + 3)) * s * s + 1 if s <= 1 else ((a * s - 5 * a) * s + 8 * a) * s - 4 * a if s < 2 else 0.0
+    if s <= 1:
+        return ((a + 2) * s - (a + 3)) * s * s + 1
+    return ((a * s - 5 * a) * s + 8 * a) * s - 4 * a if s < 2 else 0.0
 
 
 def grid_sample_cubic_numpy(x, grid, padding, align):

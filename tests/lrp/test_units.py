@@ -218,7 +218,8 @@ def _conv_or_deform(deform: bool, seed=3):
             "w2": rng.standard_normal((5, 4, 3, 3)) * 0.4, "gamma": rng.uniform(0.5, 1.5, 5),
             "beta": rng.standard_normal(5) * 0.1, "mean": rng.standard_normal(5) * 0.1, "var": rng.uniform(0.5, 2, 5),
             "wd": rng.standard_normal((5 * 4 * 4, 3)) * 0.2, "bd": rng.standard_normal(3) * 0.1,
-            "zo1": np.zeros((18, 3, 3, 3)), "zo2": np.zeros((27, 4, 3, 3)), "bo2": np.r_[np.zeros(18), np.full(9, 30.0)]}
+            "zo1": np.zeros((18, 3, 3, 3)), "zo2": np.zeros((27, 4, 3, 3)),
+            "bo2": np.r_[np.zeros(18), np.full(9, 30.0)]}
     nodes = []
     if deform:
         nodes += [helper.make_node("Conv", ["x", "zo1"], ["off1"], name="offsets1", pads=[1] * 4),
@@ -248,9 +249,10 @@ def _conv_or_deform(deform: bool, seed=3):
 
 
 # every preset whose layer choice does not count kernel layers in graph order (the offsets' Conv nodes count there)
-ORDER_FREE = ["lrp.z", "lrp.z_IB", "lrp.epsilon", "lrp.w_square", "lrp.flat", "lrp.alpha_2_beta_1", "lrp.alpha_1_beta_0",
-              "lrp.z_plus", "lrp.z_plus_fast", "lrp.epsilon_plus", "lrp.epsilon_plus_flat", "lrp.epsilon_alpha2_beta1",
-              "deep_taylor", "deep_taylor.bounded", "excitation_backprop", "lrp.sequential_preset_a"]
+ORDER_FREE = ["lrp.z", "lrp.z_IB", "lrp.epsilon", "lrp.w_square", "lrp.flat", "lrp.alpha_2_beta_1",
+              "lrp.alpha_1_beta_0", "lrp.z_plus", "lrp.z_plus_fast", "lrp.epsilon_plus", "lrp.epsilon_plus_flat",
+              "lrp.epsilon_alpha2_beta1", "deep_taylor", "deep_taylor.bounded", "excitation_backprop",
+              "lrp.sequential_preset_a"]
 
 
 @pytest.mark.parametrize("method", ORDER_FREE)
