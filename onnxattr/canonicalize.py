@@ -124,7 +124,9 @@ def fold_and_clean(model: onnx.ModelProto) -> onnx.ModelProto:
 def fold_with_graphsurgeon(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same with onnx-graphsurgeon, which also folds static shapes (Shape, Size) and handles
     control flow; slower (an import/export round trip of the whole graph)."""
-    graph = gs.import_onnx(model)
+    # a copy: folding an If of a known condition, graphsurgeon renames the branch's initializers and the outer
+    # ones it reads in the proto it imported, and the caller's model would then read names it no longer has
+    graph = gs.import_onnx(copy.deepcopy(model))
     outputs = {t.name for t in graph.outputs}
     for node in graph.nodes:
         mask_read = node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].outputs

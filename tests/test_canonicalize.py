@@ -98,3 +98,32 @@ def test_generated_node_names_do_not_take_a_name_the_model_uses():
     x = np.ones((2, 4), np.float32)
     assert sess.run(["relevance"], {"x": x})[0].shape == (2, 4)
 
+
+
+def test_a_model_with_subgraphs_is_not_changed_by_canonicalize():
+    """graphsurgeon, folding an If of a known condition, renamed the branch's initializers and the outer ones
+    it reads in the proto it had imported: the caller's model then read names it no longer had."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name, scale):
+        nodes = [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("Mul", ["xs", "k"], [name])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 3])],
+                                 [numpy_helper.from_array(np.array(scale, np.float32), "s")])
+
+    g = helper.make_graph([helper.make_node("Shape", ["x"], ["shape"]),
+                           helper.make_node("Gather", ["shape", "one"], ["width"]),
+                           helper.make_node("Greater", ["width", "one"], ["c"]),  # 3 > 1
+                           helper.make_node("If", ["c"], ["y"], then_branch=branch("t", 2),
+                                            else_branch=branch("e", 5))],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(np.array(3, np.float32), "k"),
+                           numpy_helper.from_array(np.array(1, np.int64), "one")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    canonical = canonicalize(model)
+    assert model.SerializeToString() == before
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for m in (model, canonical):
+        got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(got, x * 6)
