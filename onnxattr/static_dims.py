@@ -1,0 +1,176 @@
+"""Canonicalize: fold the parts of shapes that are known when compiling.
+
+Shape(h) of an h with a symbolic batch axis is not a constant, but Shape(h)[0] may be, and constant folding
+(fold.py, graphsurgeon) stops at the Shape, or at a Cast after it. Here the shape tensors that exporters compute
+between a Shape and its use carry one entry per element, an int or None where unknown, through Shape, Size,
+Cast, Slice, Gather, Squeeze, Unsqueeze, Concat, Identity and integer Add/Sub/Mul; a tensor whose entries all
+become known is replaced by an initializer. tf2onnx's while loops read their step count this way, from the shape
+of the sequence (control_flow.py needs it constant).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxattr.light import declared_dims, infer_shapes
+
+MAX_ELEMENTS = 64  # shape tensors are short; larger constants are not followed
+
+
+class _Dims:
+    """A small 0-d or 1-d tensor of which some entries are known: a list of int/None, and whether it is 0-d."""
+
+    def __init__(self, entries: list, scalar: bool, dtype: int):
+        self.entries, self.scalar, self.dtype = entries, scalar, dtype
+
+    @property
+    def known(self) -> bool:
+        return all(e is not None for e in self.entries)
+
+    def array(self) -> np.ndarray:
+        values = np.array(self.entries, helper.tensor_dtype_to_np_dtype(self.dtype))
+        return values.reshape(()) if self.scalar else values
+
+
+def _int_values(init: onnx.TensorProto) -> _Dims | None:
+    if init.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) or len(init.dims) > 1:
+        return None
+    values = numpy_helper.to_array(init)
+    if values.size > MAX_ELEMENTS:
+        return None
+    return _Dims([int(v) for v in values.reshape(-1)], values.ndim == 0, init.data_type)
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    a = next((a for a in node.attribute if a.name == name), None)
+    return default if a is None else helper.get_attribute_value(a)
+
+
+def _shape(node, dims, shapes):
+    shape = shapes.get(node.input[0])
+    if shape is None:
+        return None
+    entries = [d if isinstance(d, int) else None for d in shape]
+    rank = len(entries)
+    start, end = _attr(node, "start", 0), _attr(node, "end", rank)
+    return _Dims(entries[slice(start, end)], False, onnx.TensorProto.INT64)
+
+
+def _size(node, dims, shapes):
+    shape = shapes.get(node.input[0])
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return _Dims([int(np.prod(shape))], True, onnx.TensorProto.INT64)
+
+
+def _cast(node, dims, shapes):
+    to = _attr(node, "to")
+    x = dims.get(node.input[0])
+    if x is None or to not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+        return None
+    return _Dims(list(x.entries), x.scalar, to)
+
+
+def _constant_list(dims, name):
+    v = dims.get(name)
+    return v.entries if v is not None and v.known and not v.scalar else None
+
+
+def _slice(node, dims, shapes):
+    x = dims.get(node.input[0])
+    args = [_constant_list(dims, i) if i else None for i in list(node.input[1:]) + [""] * (5 - len(node.input))]
+    starts, ends, axes, steps = args[0], args[1], args[2], args[3]
+    if x is None or x.scalar or starts is None or ends is None or len(starts) != 1:
+        return None
+    if (node.input[3:4] and node.input[3] and axes not in ([0], [-1])) or (
+            node.input[4:5] and node.input[4] and steps is None):
+        return None
+    step = steps[0] if steps else 1
+    return _Dims(x.entries[slice(starts[0], ends[0], step)], False, x.dtype)
+
+
+def _gather(node, dims, shapes):
+    x, index = dims.get(node.input[0]), dims.get(node.input[1])
+    if x is None or x.scalar or index is None or not index.known or _attr(node, "axis", 0) not in (0, -1):
+        return None
+    n = len(x.entries)
+    if not all(-n <= i < n for i in index.entries):
+        return None
+    return _Dims([x.entries[i] for i in index.entries], index.scalar, x.dtype)
+
+
+def _squeeze(node, dims, shapes):
+    x = dims.get(node.input[0])
+    return _Dims(list(x.entries), True, x.dtype) if x is not None and not x.scalar and len(x.entries) == 1 else None
+
+
+def _unsqueeze(node, dims, shapes):
+    x = dims.get(node.input[0])
+    return _Dims(list(x.entries), False, x.dtype) if x is not None and x.scalar else None
+
+
+def _concat(node, dims, shapes):
+    parts = [dims.get(i) for i in node.input]
+    if any(p is None or p.scalar for p in parts):
+        return None
+    return _Dims([e for p in parts for e in p.entries], False, parts[0].dtype)
+
+
+def _identity(node, dims, shapes):
+    return dims.get(node.input[0])
+
+
+def _arithmetic(node, dims, shapes):
+    a, b = dims.get(node.input[0]), dims.get(node.input[1])
+    if a is None or b is None:
+        return None
+    n = max(len(a.entries), len(b.entries))
+    if {len(a.entries), len(b.entries)} - {1, n}:
+        return None
+    op = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v}[node.op_type]
+    ea, eb = a.entries * (n // len(a.entries)), b.entries * (n // len(b.entries))
+    entries = [None if u is None or v is None else op(u, v) for u, v in zip(ea, eb)]
+    return _Dims(entries, a.scalar and b.scalar, a.dtype)
+
+
+RULES = {"Shape": _shape, "Size": _size, "Cast": _cast, "Slice": _slice, "Gather": _gather, "Squeeze": _squeeze,
+         "Unsqueeze": _unsqueeze, "Concat": _concat, "Identity": _identity, "Add": _arithmetic, "Sub": _arithmetic,
+         "Mul": _arithmetic}
+
+
+def fold_static_dims(model: onnx.ModelProto) -> bool:
+    """Replace, in place, every node output of the main graph whose value the rules above know in full by an
+    initializer; returns whether any was. The nodes left unread are for constant folding to drop."""
+    graph = model.graph
+    inputs, outputs = {i.name for i in graph.input}, {o.name for o in graph.output}
+    dims: dict[str, _Dims] = {}
+    for init in graph.initializer:
+        if init.name not in inputs and (d := _int_values(init)) is not None:
+            dims[init.name] = d
+    shapes = None
+    folded: list[tuple[int, np.ndarray]] = []
+    for k, node in enumerate(graph.node):
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") and len(node.output) == 1 else None
+        if rule is None:
+            continue
+        if node.op_type in ("Shape", "Size") and shapes is None:
+            typed = infer_shapes(model).graph
+            shapes = {vi.name: declared_dims(vi) for vi in list(typed.input) + list(typed.value_info)
+                      + list(typed.output) if vi.type.HasField("tensor_type")}
+        value = rule(node, dims, shapes or {})
+        if value is None or len(value.entries) > MAX_ELEMENTS:
+            continue
+        dims[node.output[0]] = value
+        constant_inputs = all(i in dims and dims[i].known for i in node.input if i)  # constant folding's job
+        if value.known and node.output[0] not in outputs and not constant_inputs:
+            folded.append((k, value.array()))
+    if not folded:
+        return False
+    replaced = {k for k, _ in folded}
+    nodes = [n for k, n in enumerate(graph.node) if k not in replaced]
+    graph.initializer.extend(numpy_helper.from_array(v, graph.node[k].output[0]) for k, v in folded)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return True

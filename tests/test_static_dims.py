@@ -1,0 +1,81 @@
+"""onnxattr/static_dims.py: the known entries of shape tensors are followed from Shape to their use, and a tensor
+known in full becomes an initializer; anything that depends on a symbolic size stays computed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxattr.static_dims import fold_static_dims
+
+
+def shape_model(nodes, outputs, inits=()):
+    """x [N, 7, 3] (N symbolic) -> the shape arithmetic in ``nodes``; ``outputs``: int64 results to return."""
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 3])],
+                          [helper.make_tensor_value_info(o, TensorProto.INT64, None) for o in outputs],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def run(model, batch=2):
+    x = np.zeros((batch, 7, 3), np.float32)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def folded_names(model):
+    return {t.name for t in model.graph.initializer}
+
+
+INITS = [("one", np.array([1], np.int64)), ("two", np.array([2], np.int64)), ("zero", np.array(0, np.int64)),
+         ("neg", np.array([-1], np.int64)), ("idx", np.array([2, 1], np.int64))]
+
+
+def test_known_entries_fold_and_the_symbolic_ones_stay():
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Cast", ["shape"], ["shape32"], to=TensorProto.INT32),  # tf2onnx casts before slicing
+             helper.make_node("Slice", ["shape32", "one", "two"], ["steps32"]),
+             helper.make_node("Cast", ["steps32"], ["steps1"], to=TensorProto.INT64),
+             helper.make_node("Squeeze", ["steps1"], ["steps"]),
+             helper.make_node("Gather", ["shape", "idx"], ["tail"]),                   # [3, 7]
+             helper.make_node("Mul", ["tail", "two"], ["tail2"]),                      # [6, 14]
+             helper.make_node("Concat", ["tail2", "neg"], ["new_shape"], axis=0),      # [6, 14, -1]
+             helper.make_node("Gather", ["shape", "zero"], ["batch"]),                  # N: symbolic
+             helper.make_node("Unsqueeze", ["batch", "zero1"], ["batch1"]),
+             helper.make_node("Concat", ["batch1", "tail"], ["with_batch"], axis=0),   # [N, 3, 7]
+             helper.make_node("Sub", ["with_batch", "one"], ["minus"]),               # [N - 1, 2, 6]
+             helper.make_node("Size", ["x"], ["size"]),                               # 21 N
+             helper.make_node("Shape", ["x"], ["last"], start=-1),                    # [3]
+             helper.make_node("Add", ["last", "one"], ["last1"])]
+    outputs = ["steps", "new_shape", "with_batch", "minus", "size", "last1"]
+    model = shape_model(nodes, outputs, INITS + [("zero1", np.array([0], np.int64))])
+    want = run(model)
+    assert fold_static_dims(model)
+    folded = folded_names(model)
+    assert {"steps32", "tail", "last"} <= folded  # a known node fed by a partly known one
+    assert not {"batch", "batch1", "with_batch", "minus", "size"} & folded
+    assert "new_shape" not in folded and "steps" not in folded  # graph outputs stay, computed from what folded
+    for a, b in zip(run(model), want):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(run(model, batch=5)[2], [5, 3, 7])
+
+
+def test_a_slice_backwards_and_past_the_end():
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "big", "zero1", "zero1", "neg"], ["reversed"]),  # [3, 7]
+             helper.make_node("Slice", ["shape", "one", "big"], ["rest"]),                       # [7, 3]
+             helper.make_node("Add", ["reversed", "rest"], ["sums"])]
+    model = shape_model(nodes, ["sums"], INITS + [("zero1", np.array([0], np.int64)),
+                                                  ("big", np.array([100], np.int64))])
+    assert fold_static_dims(model)
+    assert {"reversed", "rest"} <= folded_names(model)
+    np.testing.assert_array_equal(run(model)[0], [10, 10])
+
+
+def test_nothing_known_changes_nothing():
+    model = shape_model([helper.make_node("Shape", ["x"], ["shape"], end=1)], ["shape"])
+    before = model.SerializeToString()
+    assert not fold_static_dims(model)
+    assert model.SerializeToString() == before
