@@ -6,7 +6,8 @@ onnxruntime cannot run at the model's opset, convert it down (``max_opset``; ops
 expanded into their ONNX definitions first); expand the ops of EXPANDED_OPS (Attention, ...) into their
 definitions, whose ops the reverse pass differentiates; fold constant subgraphs (weights
 spelled as Constant/ConstantOfShape become initializers; CastLike with a known target type becomes Cast
-so that constant operands fold too); drop Identity and Dropout; unroll LSTM, GRU and RNN nodes of a fixed
+so that constant operands fold too); drop Identity and Dropout; unroll Loops of a trip count known when compiling
+and inline Ifs of a known condition (control_flow.py); unroll LSTM, GRU and RNN nodes of a fixed
 sequence length (recurrent.py); name every node; infer every
 intermediate shape. Tests run the original and the canonical model and compare outputs.
 """
@@ -20,17 +21,20 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import version_converter
 
+from onnxattr.control_flow import has_control_flow, unroll_control_flow
 from onnxattr.errors import InvalidModelError, UnsupportedModelError
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto, remove_dead
 from onnxattr.expand import expand_defined_ops, expand_newer_ops
 from onnxattr.light import checkable_copy, declared_dims, infer_shapes
 from onnxattr.load import default_opset
 from onnxattr.recurrent import unroll_recurrent
+from onnxattr.static_dims import fold_static_dims
 from onnxattr.recurrent_nodes import RECURRENT_OPS
 
 MIN_OPSET = 17
 TARGET_OPSET = 17
 FOLD_SIZE_LIMIT = 64 * 2**20  # bytes: never materialise a folded tensor larger than this
+CONTROL_FLOW_PASSES = 8
 
 
 def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -196,6 +200,14 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
     model = upgrade_opset(model, label)
     model = expand_defined_ops(model)
     model = fold_and_clean(model)
+    for _ in range(CONTROL_FLOW_PASSES):  # each pass unrolls one level of nesting; folding then fixes the next's
+        if not has_control_flow(model):
+            break
+        if fold_static_dims(model):  # a Loop's step count read from a shape with a symbolic batch axis
+            model = fold_and_clean(model)
+        if not unroll_control_flow(model):
+            break
+        model = fold_and_clean(infer_shapes(model))  # known shapes let the next Loop's steps (Shape(h)) fold
     if any(n.op_type in RECURRENT_OPS for n in model.graph.node):
         unroll_recurrent(model, tensor_shapes(infer_shapes(model)), fused_recurrent)
         remove_dead(model.graph)  # a zero initial state's ConstantOfShape(Shape(x)) chain

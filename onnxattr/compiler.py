@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 
 import onnx
 
+from onnxattr.control_flow import why_control_flow_kept
 from onnxattr.emitters import VJPS, ZERO_GRAD_OPS
 from onnxattr.errors import UnsupportedModelError
 from onnxattr.graph import GraphBuilder, node_reads
@@ -75,7 +76,7 @@ def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | No
             "the batch's own statistics): export the model in eval mode")
     for node in on_path:
         if node.op_type in CONTROL_FLOW:
-            control.append(f"{node.op_type} '{node.name}'")
+            control.append((f"{node.op_type} '{node.name}'", why_control_flow_kept(node)))
             continue
         if node.domain not in ("", "ai.onnx") or (
             node.op_type not in VJPS and node.op_type not in ZERO_GRAD_OPS
@@ -83,10 +84,12 @@ def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | No
         ):
             key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
             missing[key].append(node.name or "(unnamed)")
-    if control:
-        raise UnsupportedModelError(
-            "control flow on the explained path is not supported: " + ", ".join(control[:10])
-        )
+    if control:  # grouped by canonicalize's reason for leaving them (control_flow.py)
+        groups: dict = defaultdict(list)
+        for label, why in control[:10]:
+            groups[why].append(label)
+        raise UnsupportedModelError("control flow on the explained path is not supported: " + "; ".join(
+            ", ".join(labels) + (f" ({why})" if why else "") for why, labels in groups.items()))
     if missing:
         listing = "; ".join(
             f"{op} ({len(names)}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"

@@ -340,5 +340,6 @@ def test_an_unsupported_node_is_named_as_the_model_names_it(method):
                           [numpy_helper.from_array(np.array(0, np.float32), "zero")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(onnxattr.errors.UnsupportedModelError, match="control flow on the explained path is not "
-                                                                    "supported: If 'my_if'$"):
+                                                                    "supported: If 'my_if' \\(its condition is "
+                                                                    "computed at run time\\)$"):
         onnxattr.compile(model, method)

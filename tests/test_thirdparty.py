@@ -32,6 +32,8 @@ MODELS = {
     "torch_dynamo_modern.onnx": {},             # opset 23: GroupNormalization, RMSNormalization, Resize axes
     "torch_dynamo_attention_op18.onnx": {},     # scaled_dot_product_attention spelled out (MatMul, Softmax, Trilu)
     "keras_transformer.onnx": {},               # make_keras.py: tf2onnx, LayerNorm as a BatchNormalization
+    "keras_rnn.onnx": {},                       # make_keras_rnn.py: SimpleRNN, GRU(reset_after=False) as Loops
+    "keras_rnn_masked.onnx": {},                # Masking: a Where on the mask inside the Loop
     "torch_dynamo_spectrogram_op18.onnx": {},   # a waveform classifier: rfft, irfft (DFT) and STFT inside
     "torch_dynamo_spectrogram_op20.onnx": {},   # the same at opset 20 (DFT's axis an input)
     "torch_stn.onnx": {},                       # make_torch_stn.py: opset 20, AffineGrid + GridSample
@@ -53,11 +55,14 @@ def path_of(name: str) -> str:
 
 def session(model, exact: bool = False) -> ort.InferenceSession:
     """exact: no onnxruntime graph optimizations, whose fusions (Conv+BatchNorm, ...) depend on which
-    operands are initializers and so may round the canonical graph differently by an ulp."""
+    operands are initializers and so may round the canonical graph differently by an ulp; and no prepacked
+    weights, which MatMul uses only for initializers (a Loop carries tf2onnx's RNN weights, its unrolled copy
+    reads them as initializers: the same products, summed in another order)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if exact:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.add_session_config_entry("session.disable_prepacking", "1")
     data = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
@@ -265,6 +270,27 @@ def test_keras_transformer_matches_tensorflow_gradient():
     assert np.isfinite(attn).all() and not np.allclose(attn, ref["x"] * ref["g_max"], atol=1e-3 * np.abs(attn).max())
 
 
+def test_keras_recurrent_loops_match_tensorflow_gradient():
+    """tf2onnx writes SimpleRNN and GRU(reset_after=False) as Loops stopped by time < steps (a bidirectional
+    SimpleRNN, a GRU after it; a SimpleRNN behind Masking, whose Where keeps the state at padded steps):
+    unrolled, the map is TensorFlow's gradient."""
+    for name in ("keras_rnn", "keras_rnn_masked"):
+        assert_framework_gradient(f"{name}.onnx", "x", np.load(path_of(f"{name}.npz")))
+
+
+def test_keras_recurrent_loop_of_symbolic_length_is_explained_at_the_data_length():
+    """The same net exported with its sequence length unknown: compile refuses it by name, the Analyzer compiles
+    it at the data's length (the retry that ONNX's own recurrent nodes get) and gives TensorFlow's gradient."""
+    ref = np.load(path_of("keras_rnn.npz"))
+    with pytest.raises(UnsupportedModelError, match="its sequence length is not fixed: its first condition is read "
+                                                    "from an input's symbolic size"):
+        onnxattr.compile(path_of("keras_rnn_dynamic.onnx"), "gradient")
+    analyzer = onnxattr.Analyzer("gradient", path_of("keras_rnn_dynamic.onnx"))
+    r = analyzer.analyze(ref["x"])
+    np.testing.assert_allclose(r, ref["g_max"], rtol=0, atol=1e-4 * np.abs(ref["g_max"]).max())
+    assert analyzer.analyze(ref["x"][:, :4]).shape == (3, 4, 3)
+
+
 def test_spatial_transformer_matches_torch_autograd():
     """AffineGrid and GridSample (border padding) with theta computed from the input: the map differentiates
     through the sampled values and through the grid, and is torch's gradient."""
@@ -355,7 +381,8 @@ def test_traditional_ml_ops_are_refused(name, ops, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["paddle_cnn.onnx", "torch_dynamo_rescnn_raw.onnx", "opset_sweep_9.onnx",
-                                  "keras_transformer.onnx", "torch_dynamo_modern.onnx", "torchvision_dcn.onnx"])
+                                  "keras_transformer.onnx", "torch_dynamo_modern.onnx", "torchvision_dcn.onnx",
+                                  "keras_rnn.onnx"])
 def test_every_relevance_method_compiles_on_foreign_exports(name):
     """Every LRP preset, Deep Taylor, DeepLIFT and excitation backprop on exports of other tools: the
     graphs check, keep their outputs and give finite maps (value checks live in tests/methods)."""
