@@ -85,12 +85,12 @@ def test_op_sweep_graphs(name):
 
 
 @pytest.mark.parametrize("name", ["torch_dynamo_spectrogram_op18", "torch_dynamo_spectrogram_op20", "torch_dynamo_gnn",
-                                  "torchvision_dcn"])
+                                  "torchvision_dcn", "keras_rnn"])
 def test_signal_and_graph_nets(name):
     """The DFT and STFT backward (MatMul with the transform's matrix, ConvTranspose), the scatter max and add
-    backward (Equal, GatherElements, GatherND, ScatterElements) and DeformConv's (Floor, GatherElements,
-    ScatterElements, ConvTranspose): onnxruntime's CUDA provider has no DFT kernel, so transforms short enough for
-    the matrix take none."""
+    backward (Equal, GatherElements, GatherND, ScatterElements), DeformConv's (Floor, GatherElements,
+    ScatterElements, ConvTranspose) and tf2onnx's Keras RNN Loops, unrolled (Gather, Unsqueeze, Concat):
+    onnxruntime's CUDA provider has no DFT kernel, so transforms short enough for the matrix take none."""
     model = onnx.load(os.path.join(THIRDPARTY, f"{name}.onnx"))
     dft_nodes = sum(n.op_type == "DFT" for n in model.graph.node)  # the model's own: a set difference misses more
     for method in ("gradient", "integrated_gradients", "lrp.epsilon", "deep_lift"):
