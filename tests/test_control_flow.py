@@ -317,3 +317,24 @@ def test_lrp_of_the_loop_is_that_of_onnxs_rnn_node_without_biases():
                                            providers=["CPUExecutionProvider"])
             maps.append(session.run(["relevance"], {"x": X, "target": target})[0])
         np.testing.assert_allclose(maps[0], maps[1], rtol=0, atol=1e-5 * np.abs(maps[1]).max(), err_msg=method)
+
+
+def test_an_if_on_the_iteration_number_inside_a_loop():
+    """for i in 0..3: v = tanh(v) · 2 if i == 0 else v + tanh(v): the If is inlined once the Loop's copies read a
+    constant i."""
+    then_g = helper.make_graph([helper.make_node("Mul", ["t", "two_f"], ["a"])], "then", [], [vi("a", D, ["N", 3])])
+    else_g = helper.make_graph([helper.make_node("Add", ["v_in", "t"], ["b"])], "else", [], [vi("b", D, ["N", 3])])
+    body = helper.make_graph(
+        [helper.make_node("Tanh", ["v_in"], ["t"]), helper.make_node("Equal", ["i", "zero_i"], ["first"]),
+         helper.make_node("If", ["first"], ["v_out"], then_branch=then_g, else_branch=else_g),
+         helper.make_node("Identity", ["c_in"], ["c_out"])],
+        "body", [vi("i", I64, []), vi("c_in", BOOL, []), vi("v_in", D, ["N", 3])],
+        [vi("c_out", BOOL, []), vi("v_out", D, ["N", 3])])
+    model = model_of([helper.make_node("Loop", ["four", "", "x"], ["v"], body=body, name="steps"),
+                      helper.make_node("MatMul", ["v", "P"], ["y"])],
+                     [const(np.array(4, np.int64), "four"), const(np.array(0, np.int64), "zero_i"),
+                      const(np.array(2.0), "two_f"), const(RNG.standard_normal((3, 2)), "P")], x_shape=("N", 3))
+    x = np.random.default_rng(6).standard_normal((2, 3))
+    canon = assert_unrolled_like(model, x)
+    assert sum(n.op_type == "Mul" for n in canon.graph.node) == 1
+    assert_gradient(model, x)
