@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from onnxattr.graph import live_nodes, names_read
+from onnxattr.graph import live_nodes, names_read, outer_reads, rename_reads
 from onnxattr.recurrent_nodes import NOT_FIXED
 
 CONTROL_OPS = frozenset({"If", "Loop"})
@@ -66,39 +66,6 @@ class _Constants:
         return self.arrays[name]
 
 
-def outer_reads(node: onnx.NodeProto) -> list[str]:
-    """The names ``node`` reads from its scope: its inputs, and what its subgraphs read but do not define."""
-    names = [i for i in node.input if i]
-    for attr in node.attribute:
-        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-            local = {i.name for i in g.input} | {t.name for t in g.initializer}
-            for inner in g.node:
-                names.extend(i for i in outer_reads(inner) if i not in local)
-                local.update(inner.output)
-            names.extend(o.name for o in g.output if o.name not in local)
-    return names
-
-
-def _rename_subgraph(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
-    """Rename, in place, the outer-scope names that ``graph`` (and the subgraphs in it) read."""
-    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        _rename_node(node, {k: v for k, v in rename.items() if k not in local})
-        local.update(node.output)
-    for out in graph.output:
-        if out.name not in local and out.name in rename:
-            out.name = rename[out.name]
-
-
-def _rename_node(node: onnx.NodeProto, rename: dict[str, str]) -> None:
-    for k, name in enumerate(node.input):
-        if name in rename:
-            node.input[k] = rename[name]
-    for attr in node.attribute:
-        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-            _rename_subgraph(g, rename)
-
-
 class _Copier:
     """Copies of a subgraph's nodes into the main graph, with the subgraph's own names under ``prefix``."""
 
@@ -121,7 +88,7 @@ class _Copier:
         new = onnx.NodeProto()
         new.CopyFrom(node)
         new.name = f"{self.prefix}{tag}{node.name}" if node.name else self.name(f"{tag}{node.op_type}")
-        _rename_node(new, rename)
+        rename_reads(new, rename)
         for k, o in enumerate(node.output):
             if o:
                 rename[o] = new.output[k] = f"{self.prefix}{tag}{o}"

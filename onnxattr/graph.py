@@ -339,6 +339,36 @@ def node_reads(node: onnx.NodeProto) -> list[str]:
     return names
 
 
+def outer_reads(node: onnx.NodeProto) -> list[str]:
+    """The names ``node`` reads from its scope: its inputs, and what its subgraphs read but do not define."""
+    names = [i for i in node.input if i]
+    for attr in node.attribute:
+        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for inner in g.node:
+                names.extend(i for i in outer_reads(inner) if i not in local)
+                local.update(inner.output)
+            names.extend(o.name for o in g.output if o.name not in local)
+    return names
+
+
+def rename_reads(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+    """Rename, in place, what ``node`` reads from its scope (outer_reads): its inputs, and the names its subgraphs
+    (If branches, Loop bodies) read but do not define, their outputs too."""
+    for k, name in enumerate(node.input):
+        if name in rename:
+            node.input[k] = rename[name]
+    for attr in node.attribute:
+        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for inner in g.node:
+                rename_reads(inner, {k: v for k, v in rename.items() if k not in local})
+                local.update(inner.output)
+            for out in g.output:
+                if out.name not in local and out.name in rename:
+                    out.name = rename[out.name]
+
+
 def names_read(nodes) -> set:
     """Every tensor name read by ``nodes`` or by nodes of their subgraphs (node_reads over a node list)."""
     return {name for n in nodes for name in node_reads(n)}

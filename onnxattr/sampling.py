@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxattr.compiler import check_supported, path_nodes, reverse_pass
-from onnxattr.graph import GraphBuilder, live_nodes, names_read, node_reads, write_tensor
+from onnxattr.graph import GraphBuilder, live_nodes, names_read, node_reads, rename_reads, write_tensor
 from onnxattr.select import build_seed, selected_value
 
 
@@ -61,28 +61,12 @@ def copy_nodes(b: GraphBuilder, nodes, rename: dict[str, str]) -> list[onnx.Node
             rename[o] = new
             b.set_info(new, o)
             outs.append(new)
-        copy = helper.make_node(node.op_type, [rename.get(i, i) for i in node.input], outs,
-                                name=b.fresh(node.op_type), domain=node.domain or None)
+        copy = helper.make_node(node.op_type, list(node.input), outs, name=b.fresh(node.op_type),
+                                domain=node.domain or None)
         copy.attribute.extend(node.attribute)
-        for attr in copy.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                _rename_outer_reads(g, rename)
+        rename_reads(copy, rename)
         copies.append(copy)
     return copies
-
-
-def _rename_outer_reads(g: onnx.GraphProto, rename: dict[str, str]) -> None:
-    """Rename, in a subgraph (an If branch, a Loop body) and the subgraphs within it, the tensors it reads
-    from outside itself."""
-    local = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-    outer = {k: v for k, v in rename.items() if k not in local}
-    for n in g.node:
-        for k, name in enumerate(n.input):
-            if name in outer:
-                n.input[k] = outer[name]
-        for attr in n.attribute:
-            for inner in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                _rename_outer_reads(inner, outer)
 
 
 BODY_WEIGHT_MIN = 2  # elements: scalars are read from the outer scope

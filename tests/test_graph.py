@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxattr.graph import GraphBuilder, write_tensor
+from onnxattr.graph import GraphBuilder, outer_reads, rename_reads, write_tensor
 
 
 @pytest.mark.parametrize("value", [
@@ -60,3 +60,26 @@ def test_emitted_node_names_avoid_the_models_node_names():
     compiled = onnxattr.compile(model, "gradient", neuron="index")
     assert not [n for n, c in Counter(n.name for n in compiled.graph.node).items() if c > 1]
     ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_outer_reads_and_their_renaming_see_through_nested_subgraphs():
+    """A Loop whose body reads outer 'w' and 'x', defines 'x' inside an If branch's scope only, and returns outer
+    'u' as an output: the outer names are found and renamed; the names the subgraphs define are not."""
+    from onnx import TensorProto
+
+    inner = helper.make_graph([helper.make_node("Neg", ["w"], ["x"]), helper.make_node("Add", ["x", "v"], ["r"])],
+                              "branch", [], [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)])
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["v_in", "w"], ["v"]),
+         helper.make_node("If", ["c_in"], ["v_out"], then_branch=inner, else_branch=inner)],
+        "body", [helper.make_tensor_value_info(n, t, None) for n, t in
+                 (("i", TensorProto.INT64), ("c_in", TensorProto.BOOL), ("v_in", TensorProto.FLOAT))],
+        [helper.make_tensor_value_info(n, t, None) for n, t in
+         (("c_in", TensorProto.BOOL), ("v_out", TensorProto.FLOAT), ("u", TensorProto.FLOAT))])
+    loop = helper.make_node("Loop", ["n", "", "x"], ["y", "us"], body=body)
+    assert sorted(set(outer_reads(loop))) == ["n", "u", "w", "x"]
+    rename_reads(loop, {"w": "W", "x": "X", "u": "U", "v": "V", "r": "R"})
+    assert sorted(set(outer_reads(loop))) == ["U", "W", "X", "n"]
+    branch = loop.attribute[0].g.node[1].attribute[0].g
+    assert [list(n.input) for n in branch.node] == [["W"], ["x", "v"]]  # 'x' and 'v' are defined inside
+    assert loop.attribute[0].g.output[2].name == "U"
