@@ -1,6 +1,7 @@
 """Canonicalize, control flow: a Loop that runs a number of times known when compiling is unrolled into copies
-of its body, one per trip, and an If whose condition is known takes the place of the branch it runs. The reverse
-pass then differentiates the body's ops as any others, and the LRP rules see its layers.
+of its body, one per trip, a Scan over scan inputs of a static length likewise, and an If whose condition is known
+takes the place of the branch it runs. The reverse pass then differentiates the body's ops as any others, and the
+LRP rules see its layers.
 
 This is how tf2onnx writes Keras' ``SimpleRNN`` and ``GRU(reset_after=False)``: a Loop with no trip count,
 stopped by a condition on a counter (time < steps), carrying the state, the weights and the steps, with the state
@@ -26,9 +27,10 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnxattr.graph import live_nodes, names_read, outer_reads, rename_reads
+from onnxattr.light import declared_dims, infer_shapes
 from onnxattr.recurrent_nodes import NOT_FIXED
 
-CONTROL_OPS = frozenset({"If", "Loop"})
+CONTROL_OPS = frozenset({"If", "Loop", "Scan"})
 NOT_UNROLLED = "onnxattr: not unrolled: "
 MAX_TRIPS = 10_000  # the control slice runs at most this many trips (and one more, to tell a longer loop)
 MAX_UNROLLED_NODES = 200_000  # trips × the body's per-trip nodes
@@ -262,6 +264,65 @@ def _unroll_loop(node: onnx.NodeProto, trips: int, read: set, prefix: str, nodes
     return None
 
 
+def _unroll_scan(node: onnx.NodeProto, shapes: dict, prefix: str, nodes: list, inits: list) -> str | None:
+    """The Scan's body once per slice of its scan inputs, in its place; or why not. Trip t reads slice t (T − 1 − t
+    for a reversed input) of every scan input and writes slice t (T − 1 − t reversed) of every scan output."""
+    body = _graph_attr(node, "body")
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    n_scan_in = attrs["num_scan_inputs"]
+    n_state = len(node.input) - n_scan_in
+    n_scan_out = len(body.output) - n_state
+    scan_inputs = list(node.input[n_state:])
+    in_axes = list(attrs.get("scan_input_axes", [0] * n_scan_in))
+    in_reversed = list(attrs.get("scan_input_directions", [0] * n_scan_in))
+    out_axes = list(attrs.get("scan_output_axes", [0] * n_scan_out))
+    out_reversed = list(attrs.get("scan_output_directions", [0] * n_scan_out))
+    lengths = set()
+    for x, axis in zip(scan_inputs, in_axes):
+        shape = shapes.get(x)
+        if shape is None:
+            return f"the length of its scan input {x!r} is not known"
+        lengths.add(shape[axis])
+    steps = lengths.pop() if len(lengths) == 1 else None
+    if not isinstance(steps, int):
+        return (f"{NOT_FIXED}: its scan inputs' length is a symbolic size (export the model with fixed sizes; "
+                "`onnxattr explain` and the Python Analyzer fix them from the data)")
+    if steps * len(body.node) > MAX_UNROLLED_NODES:
+        return f"unrolled, its {steps} trips would take {steps * len(body.node)} nodes (at most {MAX_UNROLLED_NODES})"
+    if steps == 0:
+        return "its scan inputs are empty"
+    copier = _Copier(prefix, nodes, inits)
+    shared = {t.name: copier.const(numpy_helper.to_array(t), "init") for t in body.initializer}
+    state = list(node.input[:n_state])
+    slices: list[list[str]] = [[] for _ in range(n_scan_out)]
+    for t in range(steps):
+        rename = dict(shared)
+        rename.update({body.input[j].name: state[j] for j in range(n_state)})
+        for j, (x, axis, back) in enumerate(zip(scan_inputs, in_axes, in_reversed)):
+            row = copier.name(f"{t}/slice")
+            index = copier.const(np.array(steps - 1 - t if back else t, np.int64), "index")
+            nodes.append(helper.make_node("Gather", [x, index], [row], axis=axis, name=copier.name("Gather")))
+            rename[body.input[n_state + j].name] = row
+        for inner in body.node:
+            copier.copy(inner, rename, f"{t}/")
+        outs = [rename.get(o.name, o.name) for o in body.output]
+        state = outs[:n_state]
+        for k in range(n_scan_out):
+            slices[k].append(outs[n_state + k])
+    for value, o in zip(state, node.output):
+        if o:
+            copier.identity(value, o)
+    for k, o in enumerate(node.output[n_state:]):
+        if o:
+            axis = copier.const(np.array([out_axes[k]], np.int64), "axis")
+            rows = []
+            for v in (reversed(slices[k]) if out_reversed[k] else slices[k]):
+                rows.append(copier.name("row"))
+                nodes.append(helper.make_node("Unsqueeze", [v, axis], [rows[-1]], name=copier.name("Unsqueeze")))
+            nodes.append(helper.make_node("Concat", rows, [o], axis=out_axes[k], name=copier.name("Concat")))
+    return None
+
+
 def unroll_control_flow(model: onnx.ModelProto) -> bool:
     """One pass over the main graph (in place): every If with a constant condition and every Loop with a known
     trip count replaced; returns whether anything changed. Run after constant folding, and again after folding
@@ -275,6 +336,7 @@ def unroll_control_flow(model: onnx.ModelProto) -> bool:
     changed = False
     names = read | producers.keys() | {t.name for t in graph.initializer}
     used: set[str] = set()
+    shapes = None
     for node in graph.node:
         why = None
         if node.op_type in CONTROL_OPS and node.domain in ("", "ai.onnx"):  # the copies' names start with prefix/
@@ -287,6 +349,12 @@ def unroll_control_flow(model: onnx.ModelProto) -> bool:
         elif node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
             trips = _trip_count(node, constants, producers, model.opset_import)
             why = trips if isinstance(trips, str) else _unroll_loop(node, trips, read, prefix + "/", nodes, inits)
+        elif node.op_type == "Scan" and node.domain in ("", "ai.onnx"):
+            if shapes is None:
+                typed = infer_shapes(model).graph
+                shapes = {vi.name: declared_dims(vi) for vi in list(typed.input) + list(typed.value_info)
+                          if vi.type.HasField("tensor_type")}
+            why = _unroll_scan(node, shapes, prefix + "/", nodes, inits)
         else:
             nodes.append(node)
             continue

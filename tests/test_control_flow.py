@@ -338,3 +338,43 @@ def test_an_if_on_the_iteration_number_inside_a_loop():
     canon = assert_unrolled_like(model, x)
     assert sum(n.op_type == "Mul" for n in canon.graph.node) == 1
     assert_gradient(model, x)
+
+
+def scan_model(x_shape=("N", STEPS, FEATURES)):
+    """A Scan over x's axis 1, forwards and (a second scan input) backwards: h = tanh(x_t W + x_{T-1-t} W2 + h R);
+    its outputs h_T, every h on axis 1 in order, and every h on axis 0 in reverse order, weighted by a ramp."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_t", "W"], ["xw"]), helper.make_node("MatMul", ["x_back", "W2"], ["xw2"]),
+         helper.make_node("MatMul", ["h_in", "R"], ["hr"]), helper.make_node("Sum", ["xw", "xw2", "hr"], ["z"]),
+         helper.make_node("Tanh", ["z"], ["h_out"]), helper.make_node("Identity", ["h_out"], ["h_copy"]),
+         helper.make_node("Identity", ["h_out"], ["h_copy2"])],  # onnxruntime's Scan misreads one name output twice
+        "body", [vi("h_in", D, ["N", HIDDEN]), vi("x_t", D, ["N", FEATURES]), vi("x_back", D, ["N", FEATURES])],
+        [vi("h_out", D, ["N", HIDDEN]), vi("h_copy", D, ["N", HIDDEN]), vi("h_copy2", D, ["N", HIDDEN])])
+    nodes = [helper.make_node("Shape", ["x"], ["xshape"]), helper.make_node("Gather", ["xshape", "zero1"], ["n1"]),
+             helper.make_node("Concat", ["n1", "hidden1"], ["hshape"], axis=0),
+             helper.make_node("ConstantOfShape", ["hshape"], ["h0"], value=helper.make_tensor("", D, [1], [0.0])),
+             helper.make_node("Scan", ["h0", "x", "x"], ["h_n", "hs", "hs_back"], body=body, num_scan_inputs=2,
+                              scan_input_axes=[1, -2], scan_input_directions=[0, 1], scan_output_axes=[1, 0],
+                              scan_output_directions=[0, 1], name="scan"),
+             helper.make_node("MatMul", ["h_n", "V"], ["last"]),
+             helper.make_node("ReduceMean", ["hs"], ["mean"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["mean", "U"], ["every"]),
+             helper.make_node("Mul", ["hs_back", "ramp"], ["weighted"]),
+             helper.make_node("ReduceSum", ["weighted", "zero1"], ["back"], keepdims=0),
+             helper.make_node("MatMul", ["back", "U"], ["backwards"]),
+             helper.make_node("Sum", ["last", "every", "backwards"], ["y"])]
+    inits = [const(np.array([0], np.int64), "zero1"), const(np.array([HIDDEN], np.int64), "hidden1"), const(W, "W"),
+             const(W[::-1] * 0.5, "W2"), const(R, "R"), const(V, "V"), const(U, "U"),
+             const(np.linspace(1, 2, STEPS).reshape(STEPS, 1, 1), "ramp")]
+    return model_of(nodes, inits, x_shape)
+
+
+def test_scan_forwards_and_backwards_on_any_axis_is_unrolled():
+    canon = assert_unrolled_like(scan_model(), X)
+    assert sum(n.op_type == "Tanh" for n in canon.graph.node) == STEPS
+    assert_gradient(scan_model(), X)
+
+
+def test_scan_of_a_symbolic_length_is_refused_as_not_fixed():
+    with pytest.raises(UnsupportedModelError, match=f"Scan 'scan' \\({NOT_FIXED}: its scan inputs' length"):
+        onnxattr.compile(scan_model(x_shape=("N", "T", FEATURES)), "gradient")
