@@ -46,6 +46,18 @@ def _reduced_axes(b, node):
     return sorted(a % rank for a in axes)
 
 
+def is_global_average(b, node) -> bool:
+    """A ReduceMean over every spatial axis of [N, C, spatial...]: global average pooling, as torch's dynamo exporter
+    writes nn.AdaptiveAvgPool2d(1) (the TorchScript exporter writes GlobalAveragePool)."""
+    rank = b.rank(node.input[0])
+    if node.op_type != "ReduceMean" or rank is None or rank < 3:
+        return False
+    try:
+        return _reduced_axes(b, node) == list(range(2, rank))
+    except UnsupportedModelError:  # axes computed at run time
+        return False
+
+
 def _expand_back(b, node, g):
     """g of the reduced shape brought back to x's shape."""
     keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)

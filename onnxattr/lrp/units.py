@@ -4,7 +4,8 @@ A unit is a node computing z = W x + b (Conv, ConvTranspose, DeformConv (linear 
 get no relevance, as an LSTM's gates get none), Gemm, MatMul with a constant operand on either side:
 x W, or W x for a 2-D W that mixes x's rows, as a graph convolution's A X does; an Einsum of x and a weight, as
 Keras' EinsumDense writes a layer; a standalone BatchNormalization as a per-channel scale) or a parameter-free
-linear map (AveragePool, GlobalAveragePool). A BatchNormalization right after a Conv/Gemm/MatMul, and a constant
+linear map (AveragePool, GlobalAveragePool, and a ReduceMean over every spatial axis, as torch's dynamo exporter
+writes a global average pool). A BatchNormalization right after a Conv/Gemm/MatMul, and a constant
 bias Add right after a bias-free one, are fused into it with the exact fold (W' = W s, b' = (b - mean) s + beta
 with s = gamma / sqrt(var + eps)); the fused followers pass relevance through unchanged and the unit reads
 relevance at the last follower's output. The forward graph itself is never changed, so the compiled model's
@@ -26,6 +27,7 @@ from onnxattr.emitters.conv import conv_forward, conv_input_vjp, conv_transpose_
 from onnxattr.emitters.deform_conv import deform_conv_input_vjp
 from onnxattr.emitters.linear import matmul_input_vjp
 from onnxattr.emitters.normalization import bn_scale_shift
+from onnxattr.emitters.reduce import is_global_average
 from onnxattr.lrp.fusion import fuse_followers, fuse_left_bias
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -132,8 +134,8 @@ def _gemm_effective(b, node):
 
 
 # ops whose output is >= 0 when their first input is (data movement, max and average pooling)
-_KEEPS_SIGN = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape",
-                         "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout"})
+_KEEPS_SIGN = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "Flatten",
+                         "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout"})
 # ops whose output is >= 0 when all their float inputs are
 _KEEPS_SIGN_ALL = frozenset({"Add", "Sum", "Mean", "Concat", "Max", "Mul"})
 
@@ -176,7 +178,7 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
     for n in nodes:
         if n.name not in on_path:
             continue
-        if n.op_type in POOL_OPS:
+        if n.op_type in POOL_OPS or is_global_average(b, n):
             units[n.name] = Unit(n, n.input[0], n.output[0], "pool")
             continue
         if n.op_type == "BatchNormalization" and n.name not in units:

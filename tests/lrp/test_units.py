@@ -265,3 +265,36 @@ def test_deform_conv_is_a_layer(method):
         None, {"x": x})[1] for d in (False, True)]
     np.testing.assert_allclose(maps[1], maps[0], rtol=0, atol=2e-5 * np.abs(maps[0]).max())
     assert np.abs(maps[0]).max() > 0
+
+
+def _pooled_net(global_pool: bool, opset=18):
+    """x [N, 2, 6, 6] -> Conv -> Relu -> Conv -> Relu -> global average -> Gemm: the pool as GlobalAveragePool and
+    Flatten (the TorchScript exporter's nn.AdaptiveAvgPool2d(1)) or ReduceMean over axes 2, 3 and Reshape (the
+    dynamo exporter's)."""
+    rng = np.random.default_rng(7)
+    w1, w2 = rng.standard_normal((4, 2, 3, 3)).astype(np.float32), rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    fc = rng.standard_normal((3, 5)).astype(np.float32)
+    pool = [helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["f"])] \
+        if global_pool else [helper.make_node("ReduceMean", ["r2", "spatial"], ["p"], keepdims=1),
+                             helper.make_node("Reshape", ["p", "flat"], ["f"])]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]), *pool, helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    inits = [("w1", w1), ("w2", w2), ("fc", fc)] + ([] if global_pool else [
+        ("spatial", np.array([2, 3], np.int64)), ("flat", np.array([0, -1], np.int64))])
+    g = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(a, n) for n, a in inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("method", ["lrp.epsilon", "lrp.epsilon_plus_flat", "lrp.alpha_1_beta_0", "deep_taylor"])
+def test_a_reduce_mean_over_the_spatial_axes_is_a_global_average_pool(method):
+    """The two exports of one torch model give one map: before, the ReduceMean passed relevance on by its gradient
+    (R/n to every position), where the pool's z rule gives each position its share of the mean."""
+    x = np.abs(np.random.default_rng(8).standard_normal((2, 2, 6, 6))).astype(np.float32)
+    pooled, reduced = (ort.InferenceSession(onnxattr.compile(_pooled_net(flag), method).SerializeToString()).run(
+        ["relevance"], {"x": x})[0] for flag in (True, False))
+    assert np.abs(pooled).max() > 0
+    np.testing.assert_allclose(reduced, pooled, rtol=0, atol=1e-5 * np.abs(pooled).max())
