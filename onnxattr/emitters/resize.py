@@ -5,7 +5,9 @@ built in-graph by resizing an identity: an EyeLike placed so axis 0 enumerates t
 axis a is resized with the node's own attributes and this axis' scale (or size). Then
 dx = P_a @ g along each axis (a MatMul on the last or second-to-last axis, a Transpose otherwise).
 Reshape-and-sum is wrong for half the nearest modes; this is exact for every mode. An ``axes`` attribute
-(opset 18; torch's dynamo exporter writes it) is spelled out to full-rank scales, sizes and roi first.
+(opset 18; torch's dynamo exporter writes it) is spelled out to full-rank scales, sizes and roi first. Sizes
+computed at run time (a segmentation head's interpolate(size=x.shape[-2:]) under a symbolic batch axis) are read off
+the output: its inferred length where known, else its length at run time; the batch axis is taken as kept.
 """
 
 import numpy as np
@@ -15,23 +17,28 @@ from onnxattr.errors import UnsupportedModelError
 
 
 def _resize_inputs(b, node):
-    """(roi, scales, sizes) as compile-time arrays (None when absent)."""
+    """(roi, scales, sizes) as compile-time arrays (None when absent). Sizes computed at run time (a segmentation
+    head's interpolate(size=x.shape[-2:]) under a symbolic batch) come back as the string "output": the resized
+    lengths are then the output's, read off its inferred shape or at run time."""
     names = list(node.input) + [""] * (4 - len(node.input))
     vals = []
-    for name in names[1:4]:
+    for k, name in enumerate(names[1:4]):
         if not name:
             vals.append(None)
             continue
         v = b.value(name)
+        if v is None and k == 2 and b.rank(node.input[0]) is not None:
+            vals.append("output")
+            continue
         if v is None:
             raise UnsupportedModelError(
-                f"Resize node '{node.name}': scales/sizes computed at run time are not supported"
+                f"Resize node '{node.name}': {'roi' if k == 0 else 'scales'} computed at run time are not supported"
             )
         vals.append(np.asarray(v))
     roi, scales, sizes = vals
     if scales is not None and scales.size == 0:
         scales = None
-    if sizes is not None and sizes.size == 0:
+    if isinstance(sizes, np.ndarray) and sizes.size == 0:
         sizes = None
     return roi, scales, sizes
 
@@ -47,7 +54,7 @@ def _full_rank(node, rank, roi, scales, sizes):
     if scales is not None:
         scales, listed = np.ones(rank, np.float32), scales
         scales[axes] = listed
-    if sizes is not None:
+    if isinstance(sizes, np.ndarray):
         sizes, listed = np.full(rank, -1, np.int64), sizes
         sizes[axes] = listed
     return roi, scales, sizes
@@ -69,6 +76,13 @@ def resize_vjp(b, node, grads, need):
     rank = len(xs) if xs is not None else len(scales if scales is not None else sizes)
     if scales is not None:
         axes = [a for a in range(rank) if scales[a] != 1.0]
+    elif isinstance(sizes, str):  # every axis but one the input and output share a length on (the batch)
+        ys = b.shape(node.output[0]) or [None] * rank
+        listed = [a % rank for a in node_attr(node, "axes")] if node_attr(node, "axes") is not None else range(rank)
+        axes = [a for a in listed if xs[a] is None or xs[a] != ys[a]]  # an axis of one length: left as it is
+        sizes = [ys[a] if isinstance(ys[a], int) else None for a in range(rank)]
+        if 0 in axes and not isinstance(sizes[0], int):
+            axes.remove(0)  # a batch axis resized at run time: rare enough to take the batch as kept
     else:
         axes = [a for a in range(rank) if sizes[a] >= 0 and (xs is None or sizes[a] != xs[a])]
     if 0 in axes:
@@ -93,7 +107,8 @@ def _axis_vjp(b, node, x, g, a, rank, roi, scales, sizes):
         s[a] = scales[a]
         resized = b.op("Resize", [placed, roi_name, b.const(s, np.float32)])
     else:
-        out_len = b.ints([int(sizes[a])])
+        out_len = b.ints([int(sizes[a])]) if sizes[a] is not None else b.op(
+            "Gather", [b.op("Shape", [node.output[0]]), b.ints([a])])  # sizes computed at run time
         sz = b.op("Concat", [length] + [out_len if i == a else b.ints([1]) for i in range(1, rank)], axis=0)
         resized = b.op("Resize", [placed, roi_name, "", sz])
     b.nodes[-1].attribute.extend(a for a in node.attribute if a.name not in ("axes", "keep_aspect_ratio_policy"))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tests.vjp_check import check_vjp
+from onnxattr.light import infer_shapes
+from tests.vjp_check import check_vjp, run_vjp, vjp_model
 
 rng = np.random.default_rng(9)
 
@@ -29,6 +30,48 @@ def test_resize_sizes():
     check_vjp("Resize", [("x", rng.standard_normal((1, 2, 4, 5)), False), ("roi", np.zeros(0, np.float32), True),
                          ("s", np.zeros(0, np.float32), True), ("z", np.array([1, 2, 7, 3], np.int64), True)],
               {"mode": "linear"}, linear_ort=True)
+
+
+def _sized_by_shape(attrs, tail, opset, from_input):
+    """x [N, 3, 4, 5] resized to sizes computed from shapes, as torchvision's segmentation heads do: Shape(x)[:2]
+    followed by the constant ``tail`` (the output's inferred shape then knows it) or by Shape(ref)[2:] of a second
+    input ``ref`` of symbolic size (the lengths are then known at run time only); with opset 18's ``axes``, the
+    tail alone."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    axes = [2, 3] if opset >= 18 else None
+    head = [] if axes else [helper.make_node("Shape", ["x"], ["head"], end=2)]
+    tail_nodes = [helper.make_node("Shape", ["ref"], ["tail"], start=2)] if from_input else []
+    nodes = head + tail_nodes + [
+        helper.make_node("Concat", ([] if axes else ["head"]) + ["tail"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["y0"], **attrs, **({"axes": axes} if axes else {}))]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5])] + (
+        [helper.make_tensor_value_info("ref", TensorProto.FLOAT, ["N", 1, "H", "W"])] if from_input else [])
+    g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y0", TensorProto.FLOAT, None)],
+                          [] if from_input else [numpy_helper.from_array(np.array(tail, np.int64), "tail")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return infer_shapes(model)
+
+
+@pytest.mark.parametrize("attrs", MODES)
+@pytest.mark.parametrize("opset", [17, 18])
+@pytest.mark.parametrize("from_input", [False, True])
+def test_resize_sizes_computed_at_run_time(attrs, opset, from_input):
+    """The VJP with sizes computed from shapes equals the one with the same sizes as a constant (checked above)."""
+    import onnxruntime as ort
+
+    tail = [7, 3]
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    v = rng.standard_normal((2, 3, *tail)).astype(np.float32)
+    model = _sized_by_shape(attrs, tail, opset, from_input)
+    feeds = {"x": x, "cotangent": v} | ({"ref": np.zeros((2, 1, *tail), np.float32)} if from_input else {})
+    got = ort.InferenceSession(vjp_model(model, ["x"]).SerializeToString()).run(["grad_x"], feeds)[0]
+    want = run_vjp("Resize", [("x", x, False), ("roi", np.zeros(0, np.float32), True),
+                              ("s", np.zeros(0, np.float32), True), ("z", np.array([2, 3, *tail], np.int64), True)],
+                   v, attrs)[0]
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
 
 
 def test_resize_3d():
