@@ -201,11 +201,9 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
     model = expand_defined_ops(model)
     model = fold_and_clean(model)
     for _ in range(CONTROL_FLOW_PASSES):  # each pass unrolls one level of nesting; folding then fixes the next's
-        if not has_control_flow(model):
-            break
-        if fold_static_dims(model):  # a Loop's step count read from a shape with a symbolic batch axis
+        if fold_static_dims(model):  # shape entries known despite a symbolic batch axis (a Loop's step count)
             model = fold_and_clean(model)
-        if not unroll_control_flow(model):
+        if not has_control_flow(model) or not unroll_control_flow(model):
             break
         model = fold_and_clean(infer_shapes(model))  # known shapes let the next Loop's steps (Shape(h)) fold
     if any(n.op_type in RECURRENT_OPS for n in model.graph.node):

@@ -3,9 +3,11 @@
 Shape(h) of an h with a symbolic batch axis is not a constant, but Shape(h)[0] may be, and constant folding
 (fold.py, graphsurgeon) stops at the Shape, or at a Cast after it. Here the shape tensors that exporters compute
 between a Shape and its use carry one entry per element, an int or None where unknown, through Shape, Size,
-Cast, Slice, Gather, Squeeze, Unsqueeze, Concat, Identity and integer Add/Sub/Mul; a tensor whose entries all
-become known is replaced by an initializer. tf2onnx's while loops read their step count this way, from the shape
-of the sequence (control_flow.py needs it constant).
+Cast, Slice, Gather, Squeeze, Unsqueeze, Concat, Identity and integer Add/Sub/Mul/Div (truncating, as ONNX's);
+a tensor whose entries all become known is replaced by an initializer. tf2onnx's while loops read their step count
+this way, from the shape of the sequence (control_flow.py needs it constant), and the TorchScript exporter's
+reshapes their target shapes (a ShuffleNet's channel shuffle, view(N, groups, C // groups, H, W)): with the known
+entries folded, shape inference then knows the shapes after them.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def _arithmetic(node, dims, shapes):
     n = max(len(a.entries), len(b.entries))
     if {len(a.entries), len(b.entries)} - {1, n}:
         return None
-    op = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v}[node.op_type]
+    op = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v,
+          "Div": lambda u, v: abs(u) // abs(v) * (1 if (u < 0) == (v < 0) else -1) if v else None}[node.op_type]
     ea, eb = a.entries * (n // len(a.entries)), b.entries * (n // len(b.entries))
     entries = [None if u is None or v is None else op(u, v) for u, v in zip(ea, eb)]
     return _Dims(entries, a.scalar and b.scalar, a.dtype)
@@ -137,12 +140,22 @@ def _arithmetic(node, dims, shapes):
 
 RULES = {"Shape": _shape, "Size": _size, "Cast": _cast, "Slice": _slice, "Gather": _gather, "Squeeze": _squeeze,
          "Unsqueeze": _unsqueeze, "Concat": _concat, "Identity": _identity, "Add": _arithmetic, "Sub": _arithmetic,
-         "Mul": _arithmetic}
+         "Mul": _arithmetic, "Div": _arithmetic}
 
 
-def fold_static_dims(model: onnx.ModelProto) -> bool:
+def fold_static_dims(model: onnx.ModelProto, rounds: int = 64) -> bool:
     """Replace, in place, every node output of the main graph whose value the rules above know in full by an
-    initializer; returns whether any was. The nodes left unread are for constant folding to drop."""
+    initializer; returns whether any was. The nodes left unread are for constant folding to drop. Each round infers
+    shapes anew: a shape folded in one round (a reshape's target) makes the shapes after it known for the next."""
+    changed = False
+    for _ in range(rounds):
+        if not _fold_round(model):
+            break
+        changed = True
+    return changed
+
+
+def _fold_round(model: onnx.ModelProto) -> bool:
     graph = model.graph
     inputs, outputs = {i.name for i in graph.input}, {o.name for o in graph.output}
     dims: dict[str, _Dims] = {}
@@ -163,8 +176,7 @@ def fold_static_dims(model: onnx.ModelProto) -> bool:
         if value is None or len(value.entries) > MAX_ELEMENTS:
             continue
         dims[node.output[0]] = value
-        constant_inputs = all(i in dims and dims[i].known for i in node.input if i)  # constant folding's job
-        if value.known and node.output[0] not in outputs and not constant_inputs:
+        if value.known and node.output[0] not in outputs:  # also a Cast of what an earlier round folded
             folded.append((k, value.array()))
     if not folded:
         return False

@@ -79,3 +79,51 @@ def test_nothing_known_changes_nothing():
     before = model.SerializeToString()
     assert not fold_static_dims(model)
     assert model.SerializeToString() == before
+
+
+def _channel_shuffle(t, k, groups=2):
+    """TorchScript's channel_shuffle(t, groups) of a [N, C, H, W] tensor: view(N, groups, C // groups, H, W),
+    transpose(1, 2), view(N, C, H, W), every size read from Shape(t)."""
+    p = f"s{k}_"
+    nodes = [helper.make_node("Shape", [t], [p + "shape"])]
+    for axis in range(4):
+        nodes.append(helper.make_node("Gather", [p + "shape", f"i{axis}"], [p + f"d{axis}"]))
+        nodes.append(helper.make_node("Unsqueeze", [p + f"d{axis}", "zero1"], [p + f"u{axis}"]))
+    nodes += [helper.make_node("Div", [p + "d1", "groups"], [p + "per"]),
+              helper.make_node("Cast", [p + "per"], [p + "per_i"], to=TensorProto.INT64),
+              helper.make_node("Unsqueeze", [p + "per_i", "zero1"], [p + "per1"]),
+              helper.make_node("Concat", [p + "u0", "groups1", p + "per1", p + "u2", p + "u3"], [p + "split"], axis=0),
+              helper.make_node("Reshape", [t, p + "split"], [p + "grouped"]),
+              helper.make_node("Transpose", [p + "grouped"], [p + "swapped"], perm=[0, 2, 1, 3, 4]),
+              helper.make_node("Concat", [p + "u0", p + "u1", p + "u2", p + "u3"], [p + "back"], axis=0),
+              helper.make_node("Reshape", [p + "swapped", p + "back"], [f"t{k + 1}"])]
+    return nodes
+
+
+def test_shapes_after_a_folded_reshape_are_known_to_the_next_round():
+    """A ShuffleNet block as the TorchScript exporter writes it: a channel shuffle, a chunk (a Slice whose end is
+    computed from Shape), a channel shuffle of that: the second's sizes are read from the Slice's output, whose
+    shape inference knows only once the Slice's end is folded; each round infers shapes anew."""
+    from onnxattr.light import declared_dims, infer_shapes
+
+    chunk = [helper.make_node("Shape", ["t1"], ["c_shape"]),  # TorchScript's t1.chunk(2, dim=1)[0]
+             helper.make_node("Gather", ["c_shape", "one1"], ["c_channels"]),
+             helper.make_node("Add", ["c_channels", "one1"], ["c_plus"]),
+             helper.make_node("Div", ["c_plus", "groups1"], ["c_half"]),
+             helper.make_node("Slice", ["t1", "zero1", "c_half", "one1"], ["h"])]
+    g = helper.make_graph(_channel_shuffle("t0", 0) + chunk + _channel_shuffle("h", 1), "g",
+                          [helper.make_tensor_value_info("t0", TensorProto.FLOAT, ["N", 8, 3, 5])],
+                          [helper.make_tensor_value_info("t2", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
+                           [("zero1", [0]), ("one1", [1]), ("groups", 2), ("groups1", [2])]
+                           + [(f"i{a}", a) for a in range(4)]])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.arange(2 * 8 * 3 * 5, dtype=np.float32).reshape(2, 8, 3, 5)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"t0": x})[0]
+    assert fold_static_dims(model)
+    typed = infer_shapes(model).graph
+    shapes = {vi.name: declared_dims(vi) for vi in list(typed.value_info) + list(typed.output)}
+    assert shapes["s1_grouped"] == ["N", 2, 2, 3, 5] and shapes["t2"] == ["N", 4, 3, 5]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"t0": x})[0], want)

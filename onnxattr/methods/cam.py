@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from onnxattr.compiler import path_nodes, reverse_pass
+from onnxattr.emitters.reduce import is_global_average
 from onnxattr.errors import UsageError
 from onnxattr.graph import live_nodes
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
@@ -112,11 +113,16 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
     Transposes, so a Keras model's transpose back to channels last before it flattens is not one, a Swin's
     permute to channels first before it pools is), from the first convolution, pool or norm of the path on (not
     a recurrent net's steps [N, 1, C]), with the input's batch size ``batch`` first where both are known (not a
-    sequence-first tensor [T, N, C]), and not known to be 1 on every spatial axis."""
+    sequence-first tensor [T, N, C]), and not known to be 1 on every spatial axis. Nothing computed from a global
+    pool's output alone is one (a ConvNeXt's LayerNorm over the pooled [N, 1, 1, C], an ASPP's pooled branch
+    upsampled), whatever its shape: the spatial axes have collapsed there."""
     found, gone = [], collapsed(b, on_path)
+    pooled: set = set()
     start = next((k for k, n in enumerate(on_path) if n.op_type in CHANNELS_FIRST_OPS), len(on_path))
     for node in on_path[start:]:  # from the first convolution (or pool, norm) on: a recurrent net's steps are none
-        if node.op_type in COLLAPSING:
+        floats = [i for i in node.input if i in live]
+        if node.op_type in COLLAPSING or is_global_average(b, node) or (floats and all(i in pooled for i in floats)):
+            pooled.update(node.output)
             continue
         for o in node.output:
             shape = b.shape(o)

@@ -230,6 +230,27 @@ def test_a_block_computed_channels_last_is_not_the_default_map():
     np.testing.assert_array_equal(analyze("grad_cam", model, x), analyze("grad_cam", model, x, layer="cf"))
 
 
+def test_nothing_computed_from_a_global_pool_alone_is_the_default_map():
+    """A ConvNeXt head as torch's dynamo exporter writes it: the global pool a ReduceMean over H, W, then a view to
+    [N, 1, 1, C] (an as_strided the layout tracking cannot follow) and a LayerNormalization over C: those [N, 1, 1, C]
+    tensors are no feature maps (before: the LayerNorm's output was the default layer, and the two exports of a
+    ConvNeXt gave different cams)."""
+    rng = np.random.default_rng(17)
+    nodes = [helper.make_node("Conv", ["x", "K"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["p"], axes=[2, 3], keepdims=1),
+             helper.make_node("Reshape", ["p", "to_last"], ["pl"]),
+             helper.make_node("LayerNormalization", ["pl", "gamma", "beta"], ["ln"], axis=-1),
+             helper.make_node("Reshape", ["ln", "flat"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["y"])]
+    model = single_io_model(nodes, {"K": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+                                    "to_last": np.array([0, 1, 1, 4], np.int64), "flat": np.array([0, 4], np.int64),
+                                    "gamma": np.ones(4, np.float32), "beta": np.zeros(4, np.float32),
+                                    "W": rng.standard_normal((4, 3)).astype(np.float32)}, ["N", 2, 6, 6], ["N", 3])
+    rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert [n for n, r in rows.items() if r == "grad_cam layer"] == ["Relu_1"]
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(analyze("grad_cam", model, x), analyze("grad_cam", model, x, layer="r"))
+
+
 def test_a_sequence_first_tensor_is_no_feature_map():
     """A recurrent net (torch's two-layer LSTM, unrolled): its steps [N, 1, C] have the input's rank but are no
     feature map (no convolution, pool or norm comes before them), and the second layer's steps, read from the
