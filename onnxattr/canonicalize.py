@@ -25,7 +25,7 @@ from onnxattr.control_flow import has_control_flow, unroll_control_flow
 from onnxattr.errors import InvalidModelError, UnsupportedModelError
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto, remove_dead
 from onnxattr.expand import expand_defined_ops, expand_newer_ops
-from onnxattr.light import checkable_copy, declared_dims, infer_shapes
+from onnxattr.light import checkable_copy, infer_shapes, tensor_shapes
 from onnxattr.load import default_opset
 from onnxattr.recurrent import unroll_recurrent
 from onnxattr.static_dims import fold_static_dims
@@ -211,10 +211,3 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
         remove_dead(model.graph)  # a zero initial state's ConstantOfShape(Shape(x)) chain
     name_nodes(model)
     return infer_shapes(model, in_place=True)
-
-
-def tensor_shapes(model: onnx.ModelProto) -> dict:
-    """name -> [int, or a symbol/None per unknown axis] of every typed tensor of a shape-inferred model."""
-    g = model.graph
-    return {vi.name: declared_dims(vi) for vi in list(g.input) + list(g.value_info) + list(g.output)
-            if vi.type.HasField("tensor_type")}

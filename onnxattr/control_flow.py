@@ -27,15 +27,14 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnxattr.graph import live_nodes, names_read, outer_reads, rename_reads
-from onnxattr.light import declared_dims, infer_shapes
+from onnxattr.fold import NON_DETERMINISTIC
+from onnxattr.light import infer_shapes, tensor_shapes
 from onnxattr.recurrent_nodes import NOT_FIXED
 
 CONTROL_OPS = frozenset({"If", "Loop", "Scan"})
 NOT_UNROLLED = "onnxattr: not unrolled: "
 MAX_TRIPS = 10_000  # the control slice runs at most this many trips (and one more, to tell a longer loop)
 MAX_UNROLLED_NODES = 200_000  # trips × the body's per-trip nodes
-RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                        "Bernoulli"})
 
 
 def has_control_flow(model: onnx.ModelProto) -> bool:
@@ -43,7 +42,7 @@ def has_control_flow(model: onnx.ModelProto) -> bool:
 
 
 def why_control_flow_kept(node: onnx.NodeProto) -> str | None:
-    """The reason canonicalize left this If or Loop in place (None if it did not look at it)."""
+    """The reason canonicalize left this If, Loop or Scan in place (None if it did not look at it)."""
     return node.doc_string[len(NOT_UNROLLED):] if node.doc_string.startswith(NOT_UNROLLED) else None
 
 
@@ -141,7 +140,7 @@ def _sizes_only(name: str, producers: dict, constants: _Constants) -> bool:
             continue
         seen.add(t)
         node = producers.get(t)
-        if node is None or node.op_type in RANDOM_OPS:
+        if node is None or node.op_type in NON_DETERMINISTIC:
             return False
         if node.op_type not in ("Shape", "Size"):
             todo.extend(outer_reads(node))
@@ -178,7 +177,7 @@ def _trip_count(node: onnx.NodeProto, constants: _Constants, producers: dict, op
         node.input[2 + j] for j in sorted(carried) if node.input[2 + j] not in constants]
     if data:
         return _run_time(data[0], "its stop condition", producers, constants)
-    if any(n.op_type in RANDOM_OPS for n in nodes):
+    if any(n.op_type in NON_DETERMINISTIC for n in nodes):
         return "its stop condition draws random numbers"
     cap = MAX_TRIPS + 1 if limit is None else min(limit, MAX_TRIPS + 1)
     order = sorted(carried)
@@ -223,7 +222,7 @@ def _unroll_loop(node: onnx.NodeProto, trips: int, read: set, prefix: str, nodes
     per_trip = []
     varying = set(trip_values)
     for inner in body.node:  # body nodes that read a trip's values run every trip; the others once
-        if inner.op_type in RANDOM_OPS or varying.intersection(outer_reads(inner)):
+        if inner.op_type in NON_DETERMINISTIC or varying.intersection(outer_reads(inner)):
             per_trip.append(inner)
             varying.update(inner.output)
     if trips * len(per_trip) > MAX_UNROLLED_NODES:
@@ -351,9 +350,7 @@ def unroll_control_flow(model: onnx.ModelProto) -> bool:
             why = trips if isinstance(trips, str) else _unroll_loop(node, trips, read, prefix + "/", nodes, inits)
         elif node.op_type == "Scan" and node.domain in ("", "ai.onnx"):
             if shapes is None:
-                typed = infer_shapes(model).graph
-                shapes = {vi.name: declared_dims(vi) for vi in list(typed.input) + list(typed.value_info)
-                          if vi.type.HasField("tensor_type")}
+                shapes = tensor_shapes(infer_shapes(model))
             why = _unroll_scan(node, shapes, prefix + "/", nodes, inits)
         else:
             nodes.append(node)

@@ -150,3 +150,10 @@ def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelPr
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - fall back to what the model declares
         return model
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict:
+    """name -> [int, or a symbol/None per unknown axis] of every typed tensor of a shape-inferred model."""
+    g = model.graph
+    return {vi.name: declared_dims(vi) for vi in list(g.input) + list(g.value_info) + list(g.output)
+            if vi.type.HasField("tensor_type")}

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxattr.light import declared_dims, infer_shapes
+from onnxattr.light import infer_shapes, tensor_shapes
 
 MAX_ELEMENTS = 64  # shape tensors are short; larger constants are not followed
 
@@ -169,9 +169,7 @@ def _fold_round(model: onnx.ModelProto) -> bool:
         if rule is None:
             continue
         if node.op_type in ("Shape", "Size") and shapes is None:
-            typed = infer_shapes(model).graph
-            shapes = {vi.name: declared_dims(vi) for vi in list(typed.input) + list(typed.value_info)
-                      + list(typed.output) if vi.type.HasField("tensor_type")}
+            shapes = tensor_shapes(infer_shapes(model))
         value = rule(node, dims, shapes or {})
         if value is None or len(value.entries) > MAX_ELEMENTS:
             continue
