@@ -122,7 +122,14 @@ def fold_and_clean(model: onnx.ModelProto) -> onnx.ModelProto:
             return fold_in_proto(model, FOLD_SIZE_LIMIT)
         except FoldError:
             pass
-    return fold_with_graphsurgeon(model)
+    try:
+        return fold_with_graphsurgeon(model)
+    except Exception:  # noqa: BLE001 - graphsurgeon fails on a constant sequence (SequenceEmpty feeding a Loop:
+        pass  # it asks the list for its nbytes); fold what fold.py can, which leaves sequences alone
+    try:
+        return fold_in_proto(model, FOLD_SIZE_LIMIT)
+    except FoldError:  # nothing folded; initializers still leave the inputs, Identity and Dropout the graph
+        return fold_in_proto(model, limit=0, evaluate_nothing=True)
 
 
 def fold_with_graphsurgeon(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -205,7 +212,8 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
             model = fold_and_clean(model)
         if not has_control_flow(model) or not unroll_control_flow(model):
             break
-        model = fold_and_clean(infer_shapes(model))  # known shapes let the next Loop's steps (Shape(h)) fold
+        # known shapes let the next Loop's steps (Shape(h)) fold; in place: the light copy lacks the large weights
+        model = fold_and_clean(infer_shapes(model, in_place=True))
     if any(n.op_type in RECURRENT_OPS for n in model.graph.node):
         unroll_recurrent(model, tensor_shapes(infer_shapes(model)), fused_recurrent)
         remove_dead(model.graph)  # a zero initial state's ConstantOfShape(Shape(x)) chain

@@ -161,7 +161,7 @@ def _trip_count(node: onnx.NodeProto, constants: _Constants, producers: dict, op
     cond_in = node.input[1] if len(node.input) > 1 else ""
     if trips_in and trips_in not in constants:
         return _run_time(trips_in, "its trip count", producers, constants)
-    limit = max(int(constants[trips_in]), 0) if trips_in else None
+    limit = max(int(constants[trips_in].reshape(-1)[0]), 0) if trips_in else None  # a scalar, or [1] (TorchScript)
     if not cond_in:
         return limit if limit is not None else "it has neither a trip count nor a condition"
     if cond_in not in constants:

@@ -20,6 +20,9 @@ from onnx import numpy_helper
 
 from onnxattr.graph import live_nodes, names_read
 
+# ops whose output is a sequence, not a tensor: no initializer can hold it
+SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
+                          "SequenceMap"})
 NON_DETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                                "Multinomial", "Bernoulli"})
 SHAPE_OPS = frozenset({"Shape", "Size"})
@@ -86,13 +89,13 @@ def _too_large(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto], 
 
 def constant_nodes(graph: onnx.GraphProto, limit: int) -> list[int]:
     """Indices of the nodes that compute from constants (initializers) only (deterministic, default domain, no
-    subgraph, not a graph output, not a ConstantOfShape known to exceed ``limit``)."""
+    subgraph, not a sequence, not a graph output, not a ConstantOfShape known to exceed ``limit``)."""
     initializers = {t.name: t for t in graph.initializer}
     constant = set(initializers)
     outputs = {o.name for o in graph.output}
     found = []
     for k, node in enumerate(graph.node):
-        if (node.domain in DEFAULT_DOMAINS and node.op_type not in NON_DETERMINISTIC
+        if (node.domain in DEFAULT_DOMAINS and node.op_type not in NON_DETERMINISTIC | SEQUENCE_OPS
                 and not has_subgraph(node) and not outputs.intersection(node.output)
                 and all(not i or i in constant for i in node.input)
                 and not _too_large(node, initializers, limit)):
@@ -133,15 +136,16 @@ def remove_dead(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(t)
 
 
-def fold_in_proto(model: onnx.ModelProto, limit: int) -> onnx.ModelProto:
+def fold_in_proto(model: onnx.ModelProto, limit: int, evaluate_nothing: bool = False) -> onnx.ModelProto:
     """A folded copy of ``model`` (see the module docstring). Raises FoldError if onnxruntime cannot
-    evaluate the constant part."""
+    evaluate the constant part. ``evaluate_nothing``: only drop initializers from the inputs, pass-throughs and dead
+    nodes (for a model whose constant part onnxruntime cannot evaluate)."""
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     graph = model_copy.graph
     drop_initializer_inputs(graph)
     bypass_passthroughs(graph)
-    folded = constant_nodes(graph, limit)
+    folded = [] if evaluate_nothing else constant_nodes(graph, limit)
     if folded:
         in_folded = set(folded)
         produced = {o for k in folded for o in graph.node[k].output if o}

@@ -127,3 +127,23 @@ def test_a_model_with_subgraphs_is_not_changed_by_canonicalize():
     for m in (model, canonical):
         got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         np.testing.assert_array_equal(got, x * 6)
+
+
+def test_a_constant_sequence_does_not_crash_folding():
+    """SequenceEmpty feeding a SequenceInsert of data (torchvision's MViT as the TorchScript exporter writes it):
+    graphsurgeon's folder asked the empty sequence, a list, for its nbytes and crashed; fold.py leaves sequences
+    alone, and the model keeps its outputs."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("SequenceEmpty", [], ["seq0"], dtype=TensorProto.FLOAT),
+             helper.make_node("Identity", ["x"], ["x1"]),
+             helper.make_node("SequenceInsert", ["seq0", "x1"], ["seq1"]),
+             helper.make_node("ConcatFromSequence", ["seq1"], ["y"], axis=0)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    canonical = canonicalize(model)
+    assert [n.op_type for n in canonical.graph.node] == ["SequenceEmpty", "SequenceInsert", "ConcatFromSequence"]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    got = ort.InferenceSession(canonical.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(got[0], x)

@@ -378,3 +378,20 @@ def test_scan_forwards_and_backwards_on_any_axis_is_unrolled():
 def test_scan_of_a_symbolic_length_is_refused_as_not_fixed():
     with pytest.raises(UnsupportedModelError, match=f"Scan 'scan' \\({NOT_FIXED}: its scan inputs' length"):
         onnxattr.compile(scan_model(x_shape=("N", "T", FEATURES)), "gradient")
+
+
+def test_the_canonical_model_keeps_its_large_weights_as_initializers():
+    """After unrolling, shapes are inferred on the model itself: inferring them on the weight-less copy (whose large
+    initializers are graph inputs) made a large weight a second float input, and compile then refused the model."""
+    body = helper.make_graph([helper.make_node("Add", ["v_in", "v_in"], ["v_out"]),
+                              helper.make_node("Identity", ["c_in"], ["c_out"])], "body",
+                             [vi("i", I64, []), vi("c_in", BOOL, []), vi("v_in", D, ["N", 64])],
+                             [vi("c_out", BOOL, []), vi("v_out", D, ["N", 64])])
+    model = model_of([helper.make_node("Loop", ["two", "", "x"], ["v"], body=body, name="twice"),
+                      helper.make_node("MatMul", ["v", "P"], ["y"])],
+                     [const(np.array(2, np.int64), "two"), const(RNG.standard_normal((64, 100)), "P")],
+                     x_shape=("N", 64), y_shape=("N", 100))
+    x = np.random.default_rng(7).standard_normal((2, 64))
+    canon = assert_unrolled_like(model, x)
+    assert [i.name for i in canon.graph.input] == ["x"]
+    assert_gradient(model, x)
