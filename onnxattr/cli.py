@@ -213,9 +213,11 @@ def cmd_explain(a) -> int:
                          progress=True, condition=conditions,
                          condition_axis=1 if a.condition_axis is None else a.condition_axis)
     bad = int(np.size(r) - np.isfinite(r).sum())
-    if bad and (a.heatmap or a.graymap):
-        warnings.warn(OnnxAttrWarning(f"the relevance holds {bad} NaN or inf values (the model overflowed, or its "
-                                      "output is not finite); the images draw them as 0"))
+    if bad:  # written as computed, but never silently
+        warnings.warn(OnnxAttrWarning(
+            f"the relevance holds {bad} NaN or inf values (the model overflowed, its output is not finite, or an "
+            "LRP rule's relevance outgrew float range: a larger epsilon, or a rule that bounds it, such as "
+            "lrp.alpha_2_beta_1, helps there)" + ("; the images draw them as 0" if a.heatmap or a.graymap else "")))
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
     print(f"relevance {list(r.shape)} via {used}; sum per sample: {_sums(r)}")
     for name, kept in analyzer.kept.items():

@@ -366,7 +366,14 @@ def test_a_map_with_nan_is_drawn_with_a_warning(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.array([[1.0, 4.0, 9.0, -1.0]], np.float32))
     assert main(["explain", str(tmp_path / "sqrt.onnx"), "-m", "gradient", "--neuron", "all", "--data",
                  str(tmp_path / "x.npy"), "--heatmap", str(tmp_path / "h.png")]) == 0
-    assert "onnxattr: warning: the relevance holds 1 NaN or inf values" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "onnxattr: warning: the relevance holds 1 NaN or inf values" in err and "draw them as 0" in err
+    # without images too: an LRP map that overflowed (Swin-V2's epsilon rule) was written without a word
+    assert main(["explain", str(tmp_path / "sqrt.onnx"), "-m", "gradient", "--neuron", "all", "--data",
+                 str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.npy")]) == 0
+    err = capsys.readouterr().err
+    assert "onnxattr: warning: the relevance holds 1 NaN or inf values" in err and "draw them" not in err
+    assert np.isnan(np.load(tmp_path / "r.npy")).sum() == 1
 
 
 def test_explain_takes_several_images_or_a_folder_of_them(tmp_path, capsys):
