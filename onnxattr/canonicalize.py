@@ -124,11 +124,11 @@ def fold_and_clean(model: onnx.ModelProto) -> onnx.ModelProto:
             pass
     try:
         return fold_with_graphsurgeon(model)
-    except Exception:  # noqa: BLE001 - graphsurgeon fails on a constant sequence (SequenceEmpty feeding a Loop:
-        pass  # it asks the list for its nbytes); fold what fold.py can, which leaves sequences alone
+    except Exception:  # noqa: BLE001 - graphsurgeon crashes on a constant sequence that something not folded reads
+        pass  # (it asks the list for its nbytes); fold.py leaves sequences alone
     try:
         return fold_in_proto(model, FOLD_SIZE_LIMIT)
-    except FoldError:  # nothing folded; initializers still leave the inputs, Identity and Dropout the graph
+    except FoldError:  # fold nothing, but still take the initializers out of the inputs and drop Identity, Dropout
         return fold_in_proto(model, limit=0, evaluate_nothing=True)
 
 
