@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 from onnxattr.graph import live_nodes, names_read, outer_reads, rename_reads
 from onnxattr.fold import NON_DETERMINISTIC
 from onnxattr.light import infer_shapes, tensor_shapes
-from onnxattr.recurrent_nodes import NOT_FIXED
+from onnxattr.recurrent_nodes import NOT_FIXED, node_attrs
 
 CONTROL_OPS = frozenset({"If", "Loop", "Scan"})
 NOT_UNROLLED = "onnxattr: not unrolled: "
@@ -98,6 +98,21 @@ class _Copier:
     def identity(self, src: str, dst: str) -> None:
         self.nodes.append(helper.make_node("Identity", [src], [dst], name=self.name("output")))
 
+    def outputs(self, values: list[str], names) -> None:
+        """The node's outputs ``names`` (those not left out) given the copies' ``values``."""
+        for value, o in zip(values, names):
+            if o:
+                self.identity(value, o)
+
+    def stack(self, values: list[str], axis: int, out: str) -> None:
+        """``out`` = the trips' ``values`` stacked on a new ``axis`` (a scan output)."""
+        axes = self.const(np.array([axis], np.int64), "axis")
+        rows = []
+        for v in values:
+            rows.append(self.name("row"))
+            self.nodes.append(helper.make_node("Unsqueeze", [v, axes], [rows[-1]], name=self.name("Unsqueeze")))
+        self.nodes.append(helper.make_node("Concat", rows, [out], axis=axis, name=self.name("Concat")))
+
 
 def _inline_if(node: onnx.NodeProto, constants: _Constants, prefix: str, nodes: list, inits: list) -> str | None:
     """The branch the If runs, in its place; or why not."""
@@ -110,9 +125,7 @@ def _inline_if(node: onnx.NodeProto, constants: _Constants, prefix: str, nodes: 
         rename[t.name] = copier.const(numpy_helper.to_array(t), "init")
     for inner in branch.node:
         copier.copy(inner, rename, "")
-    for out, o in zip(branch.output, node.output):
-        if o:
-            copier.identity(rename.get(out.name, out.name), o)
+    copier.outputs([rename.get(out.name, out.name) for out in branch.output], node.output)
     return None
 
 
@@ -147,11 +160,19 @@ def _sizes_only(name: str, producers: dict, constants: _Constants) -> bool:
     return True
 
 
+FIX_SIZES = "(export the model with fixed sizes; `onnxattr explain` and the Python Analyzer fix them from the data)"
+
+
 def _run_time(name: str, what: str, producers: dict, constants: _Constants) -> str:
     if _sizes_only(name, producers, constants):
-        return (f"{NOT_FIXED}: {what} is read from an input's symbolic size (export the model with fixed sizes; "
-                "`onnxattr explain` and the Python Analyzer fix them from the data)")
+        return f"{NOT_FIXED}: {what} is read from an input's symbolic size {FIX_SIZES}"
     return f"{what} reads {name!r}, which is computed from the data at run time"
+
+
+def _too_large(trips: int, per_trip: int) -> str | None:
+    if trips * per_trip > MAX_UNROLLED_NODES:
+        return f"unrolled, its {trips} trips would take {trips * per_trip} nodes (at most {MAX_UNROLLED_NODES})"
+    return None
 
 
 def _trip_count(node: onnx.NodeProto, constants: _Constants, producers: dict, opsets) -> int | str:
@@ -225,8 +246,8 @@ def _unroll_loop(node: onnx.NodeProto, trips: int, read: set, prefix: str, nodes
         if inner.op_type in NON_DETERMINISTIC or varying.intersection(outer_reads(inner)):
             per_trip.append(inner)
             varying.update(inner.output)
-    if trips * len(per_trip) > MAX_UNROLLED_NODES:
-        return f"unrolled, its {trips} trips would take {trips * len(per_trip)} nodes (at most {MAX_UNROLLED_NODES})"
+    if why := _too_large(trips, len(per_trip)):
+        return why
     copier = _Copier(prefix, nodes, inits)
     shared: dict[str, str] = {carried_in[j]: node.input[2 + j] for j in passed}
     for t in body.initializer:
@@ -249,17 +270,10 @@ def _unroll_loop(node: onnx.NodeProto, trips: int, read: set, prefix: str, nodes
                  for j in range(n_carried)]
         for s in range(n_scan):
             scans[s].append(rename.get(body.output[1 + n_carried + s].name, body.output[1 + n_carried + s].name))
-    for value, o in zip(state, node.output):
-        if o:
-            copier.identity(value, o)
-    axis0 = copier.const(np.array([0], np.int64), "axis") if n_scan else None
+    copier.outputs(state, node.output)
     for values, o in zip(scans, node.output[n_carried:]):
         if o and values:
-            rows = []
-            for v in values:
-                rows.append(copier.name("row"))
-                nodes.append(helper.make_node("Unsqueeze", [v, axis0], [rows[-1]], name=copier.name("Unsqueeze")))
-            nodes.append(helper.make_node("Concat", rows, [o], axis=0, name=copier.name("Concat")))
+            copier.stack(values, 0, o)
     return None
 
 
@@ -267,7 +281,7 @@ def _unroll_scan(node: onnx.NodeProto, shapes: dict, prefix: str, nodes: list, i
     """The Scan's body once per slice of its scan inputs, in its place; or why not. Trip t reads slice t (T − 1 − t
     for a reversed input) of every scan input and writes slice t (T − 1 − t reversed) of every scan output."""
     body = _graph_attr(node, "body")
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attrs(node)
     n_scan_in = attrs["num_scan_inputs"]
     n_state = len(node.input) - n_scan_in
     n_scan_out = len(body.output) - n_state
@@ -284,10 +298,9 @@ def _unroll_scan(node: onnx.NodeProto, shapes: dict, prefix: str, nodes: list, i
         lengths.add(shape[axis])
     steps = lengths.pop() if len(lengths) == 1 else None
     if not isinstance(steps, int):
-        return (f"{NOT_FIXED}: its scan inputs' length is a symbolic size (export the model with fixed sizes; "
-                "`onnxattr explain` and the Python Analyzer fix them from the data)")
-    if steps * len(body.node) > MAX_UNROLLED_NODES:
-        return f"unrolled, its {steps} trips would take {steps * len(body.node)} nodes (at most {MAX_UNROLLED_NODES})"
+        return f"{NOT_FIXED}: its scan inputs' length is a symbolic size {FIX_SIZES}"
+    if why := _too_large(steps, len(body.node)):
+        return why
     if steps == 0:
         return "its scan inputs are empty"
     copier = _Copier(prefix, nodes, inits)
@@ -308,17 +321,10 @@ def _unroll_scan(node: onnx.NodeProto, shapes: dict, prefix: str, nodes: list, i
         state = outs[:n_state]
         for k in range(n_scan_out):
             slices[k].append(outs[n_state + k])
-    for value, o in zip(state, node.output):
-        if o:
-            copier.identity(value, o)
+    copier.outputs(state, node.output)
     for k, o in enumerate(node.output[n_state:]):
         if o:
-            axis = copier.const(np.array([out_axes[k]], np.int64), "axis")
-            rows = []
-            for v in (reversed(slices[k]) if out_reversed[k] else slices[k]):
-                rows.append(copier.name("row"))
-                nodes.append(helper.make_node("Unsqueeze", [v, axis], [rows[-1]], name=copier.name("Unsqueeze")))
-            nodes.append(helper.make_node("Concat", rows, [o], axis=out_axes[k], name=copier.name("Concat")))
+            copier.stack(slices[k][::-1] if out_reversed[k] else slices[k], out_axes[k], o)
     return None
 
 
@@ -337,24 +343,22 @@ def unroll_control_flow(model: onnx.ModelProto) -> bool:
     used: set[str] = set()
     shapes = None
     for node in graph.node:
-        why = None
-        if node.op_type in CONTROL_OPS and node.domain in ("", "ai.onnx"):  # the copies' names start with prefix/
-            prefix, k = node.name or node.op_type, 1
-            while prefix in used or any(n.startswith(prefix + "/") for n in names):
-                prefix, k = f"{node.name or node.op_type}_{k}", k + 1
-            used.add(prefix)
-        if node.op_type == "If" and node.domain in ("", "ai.onnx"):
+        if node.op_type not in CONTROL_OPS or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        prefix, k = node.name or node.op_type, 1  # the copies' names start with prefix/
+        while prefix in used or any(n.startswith(prefix + "/") for n in names):
+            prefix, k = f"{node.name or node.op_type}_{k}", k + 1
+        used.add(prefix)
+        if node.op_type == "If":
             why = _inline_if(node, constants, prefix + "/", nodes, inits)
-        elif node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
+        elif node.op_type == "Loop":
             trips = _trip_count(node, constants, producers, model.opset_import)
             why = trips if isinstance(trips, str) else _unroll_loop(node, trips, read, prefix + "/", nodes, inits)
-        elif node.op_type == "Scan" and node.domain in ("", "ai.onnx"):
+        else:
             if shapes is None:
                 shapes = tensor_shapes(infer_shapes(model))
             why = _unroll_scan(node, shapes, prefix + "/", nodes, inits)
-        else:
-            nodes.append(node)
-            continue
         if why is None:
             changed = True
         else:

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxattr.light import infer_shapes, tensor_shapes
+from onnxattr.recurrent_nodes import node_attrs
 
 MAX_ELEMENTS = 64  # shape tensors are short; larger constants are not followed
 
@@ -45,18 +46,14 @@ def _int_values(init: onnx.TensorProto) -> _Dims | None:
     return _Dims([int(v) for v in values.reshape(-1)], values.ndim == 0, init.data_type)
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    a = next((a for a in node.attribute if a.name == name), None)
-    return default if a is None else helper.get_attribute_value(a)
-
-
 def _shape(node, dims, shapes):
     shape = shapes.get(node.input[0])
     if shape is None:
         return None
     entries = [d if isinstance(d, int) else None for d in shape]
     rank = len(entries)
-    start, end = _attr(node, "start", 0), _attr(node, "end", rank)
+    attrs = node_attrs(node)
+    start, end = attrs.get("start", 0), attrs.get("end", rank)
     return _Dims(entries[slice(start, end)], False, onnx.TensorProto.INT64)
 
 
@@ -68,7 +65,7 @@ def _size(node, dims, shapes):
 
 
 def _cast(node, dims, shapes):
-    to = _attr(node, "to")
+    to = node_attrs(node).get("to")
     x = dims.get(node.input[0])
     if x is None or to not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
         return None
@@ -95,7 +92,7 @@ def _slice(node, dims, shapes):
 
 def _gather(node, dims, shapes):
     x, index = dims.get(node.input[0]), dims.get(node.input[1])
-    if x is None or x.scalar or index is None or not index.known or _attr(node, "axis", 0) not in (0, -1):
+    if x is None or x.scalar or index is None or not index.known or node_attrs(node).get("axis", 0) not in (0, -1):
         return None
     n = len(x.entries)
     if not all(-n <= i < n for i in index.entries):
