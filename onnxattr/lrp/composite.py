@@ -153,6 +153,9 @@ class Composite:
         for n in nodes:
             for i in n.input:
                 consumers.setdefault(i, []).append(n)
+        # an Add is a residual sum when two operands vary with x; one computed from x's shape alone (Swin's
+        # shifted-window mask in a TorchScript export) is a bias, as it is where the exporter folded it
+        varying = {x} | {o for n in nodes for o in n.output}
         chosen: dict[str, object] = {}
         used: set = set()
         matched: set = set()
@@ -176,8 +179,7 @@ class Composite:
                 chosen[n.name] = (rule, key or "-")
             elif n.op_type in ADDS and is_cell_sum(n.name):
                 chosen[n.name] = ("cell_sum", "a recurrent cell's sum c_t: a layer of identity weights")
-            elif n.op_type in ADDS and sum(1 for i in n.input if b.is_float(i)) >= 2 \
-                    and sum(1 for i in n.input if b.value(i) is None) >= 2:
+            elif n.op_type in ADDS and sum(1 for i in n.input if i in varying) >= 2:
                 chosen[n.name] = (self.add, "add")
             elif n.op_type in ELEMENTWISE:
                 chosen[n.name] = self._activation_rule(n, kernel_outputs)

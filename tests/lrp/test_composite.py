@@ -236,3 +236,34 @@ def test_mean_of_activations_splits_like_their_sum(method):
                           for m in (summed, averaged)]
     np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r2, r1, rtol=0, atol=1e-5 * np.abs(r1).max())
+
+
+@pytest.mark.parametrize("method", ["lrp.z", "lrp.epsilon", "lrp.epsilon_plus_flat", "lrp.alpha_2_beta_1"])
+def test_add_of_a_tensor_computed_from_the_input_shape_alone_is_a_bias(method):
+    """Swin's shifted-window mask: a TorchScript export computes it from Shape(x) (ConstantOfShape, then
+    arithmetic), the dynamo export folds it to a constant. Either way it does not vary with x, so the Add is a
+    bias Add (relevance passes), not a residual sum whose z split hands relevance to the mask; both forms give
+    one map."""
+    from onnx import TensorProto, helper
+
+    from tests.models import single_io_model
+
+    rng = np.random.default_rng(5)
+    w1, w2 = rng.standard_normal((6, 6)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
+    mask = np.array([0, -100, 0, 3, -100, 0], np.float32)
+    head = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["a"])]
+    tail = [helper.make_node("Add", ["a", "m"], ["s"], name="mask_add"), helper.make_node("MatMul", ["s", "W2"], ["y"])]
+    from_shape = [helper.make_node("Shape", ["a"], ["shape"]),
+                  helper.make_node("ConstantOfShape", ["shape"], ["ones"],
+                                   value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+                  helper.make_node("Mul", ["ones", "M"], ["m"])]
+    computed = single_io_model(head + from_shape + tail, {"W1": w1, "W2": w2, "M": mask}, ["N", 6], ["N", 3])
+    constant = single_io_model(head + tail, {"W1": w1, "W2": w2, "m": mask}, ["N", 6], ["N", 3])
+    rules_of = {name: rule for name, _, rule, _ in onnxattr.api.inspect(computed, method)}
+    assert rules_of["mask_add"] == "pass"
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    (y1, r1), (y2, r2) = [ort.InferenceSession(onnxattr.compile(m, method).SerializeToString()).run(None, {"x": x})
+                          for m in (constant, computed)]
+    np.testing.assert_array_equal(y2, y1)
+    assert np.abs(r1).max() > 0
+    np.testing.assert_allclose(r2, r1, rtol=0, atol=1e-6 * np.abs(r1).max())
