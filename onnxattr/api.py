@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from onnxattr.assemble import KEPT, RELEVANCE, compile_model
 from onnxattr.condition import CONDITION, conditioned_shapes, mask_of
-from onnxattr.errors import DataError, UnsupportedModelError, UsageError, check_positive_int
+from onnxattr.errors import (DataError, OnnxAttrWarning, UnsupportedModelError, UsageError, check_positive_int,
+                             warn)
 from onnxattr.feeds import as_input, other_feeds
 from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
@@ -24,6 +25,12 @@ from onnxattr.select import TARGET_INPUT
 
 _UNSLICED = "analyze without batch_size (--batch-size on the command line)"
 MODES = {"max_activation": "max", "max": "max", "index": "index", "all": "all"}
+
+
+class NonFiniteRelevanceWarning(OnnxAttrWarning):
+    """A relevance map holds NaN or inf (returned as computed)."""
+
+    exit_code = 7
 
 
 def compile(model, method: str, neuron: str = "max", input: str | None = None,
@@ -165,10 +172,22 @@ class Analyzer:
         over the slices. ``condition``: {tensor: channels or mask} conditions the map on those tensors (Concept
         Relevance Propagation): only relevance through them reaches the input, masked to the channels (numbers
         along ``condition_axis``; one list for all samples or one per sample) or by the mask (a float array that
-        broadcasts to the tensor); see onnxattr.condition."""
+        broadcasts to the tensor); see onnxattr.condition. A map holding NaN or inf is returned as computed,
+        with a NonFiniteRelevanceWarning."""
         if batch_size is not None:
-            return self._analyze_in_batches(X, neuron_selection, inputs, batch_size, progress, condition,
-                                            condition_axis)
+            r = self._analyze_in_batches(X, neuron_selection, inputs, batch_size, progress, condition,
+                                         condition_axis)
+        else:
+            r = self._analyze(X, neuron_selection, inputs, condition, condition_axis)
+        bad = int(np.size(r) - np.count_nonzero(np.isfinite(r)))
+        if bad:
+            warn(f"the relevance holds {bad} NaN or inf values (the model overflowed, its output is not finite, or "
+                 "an LRP rule's relevance outgrew float range: a larger epsilon, or a rule that bounds it, such as "
+                 "lrp.alpha_2_beta_1, helps there)", NonFiniteRelevanceWarning)
+        return r
+
+    def _analyze(self, X, neuron_selection, inputs, condition, condition_axis) -> np.ndarray:
+        """analyze() of one batch."""
         mode = self.mode
         if neuron_selection is not None:
             mode = "index"
@@ -238,7 +257,7 @@ class Analyzer:
         output without it (a loss over the batch) would change with the slicing, and is refused."""
         check_positive_int("batch_size", batch_size)
         if np.ndim(X) > 0 and batch_size >= len(X):  # one slice: the whole run
-            return self.analyze(X, neuron_selection, inputs, condition=condition, condition_axis=condition_axis)
+            return self._analyze(X, neuron_selection, inputs, condition, condition_axis)
         if self.method.whole_batch:
             raise UsageError(f"batch_size: {self.method.name} explains each sample against the other samples of its "
                              f"batch, so slices would change the maps: {_UNSLICED}")
@@ -270,7 +289,7 @@ class Analyzer:
             chosen = None if selection is None else selection[part]
             given = {k: (v[part] if k in sliced else v) for k, v in (inputs or {}).items()}
             rows = {name[len(CONDITION):]: (m[part] if len(m) == len(X) else m) for name, m in masks.items()}
-            maps.append(self.analyze(X[part], chosen, given, condition=rows or None))
+            maps.append(self._analyze(X[part], chosen, given, rows or None, condition_axis))
             outputs.append(self.outputs)
             kept.append(self.kept)
         self.outputs = [np.concatenate(parts) for parts in zip(*outputs)]

@@ -180,3 +180,39 @@ def test_like_copies_the_settings_but_the_changes():
     x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(b.analyze(x, neuron_selection=1), a.analyze(x, neuron_selection=1))
     assert b.kept["r2"].shape == (2, 4, 4, 4)
+
+
+def test_a_map_with_nan_warns_once_from_analyze(tmp_path, capsys):
+    """A map holding NaN or inf is returned as computed with one NonFiniteRelevanceWarning counting them, also over
+    slices (one warning for the whole data, not one per slice); turned into an error it exits with code 7."""
+    import warnings
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxattr.api import NonFiniteRelevanceWarning
+
+    g = helper.make_graph([helper.make_node("Sqrt", ["x"], ["y"])], "sqrt",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.array([[1.0, 4.0, 9.0, -1.0], [1.0, -4.0, 9.0, 16.0], [1.0, 1.0, 1.0, 1.0]], np.float32)
+    analyzer = onnxattr.create_analyzer("gradient", model, neuron_selection_mode="all")
+    for batch_size in (None, 1):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            r = analyzer.analyze(x, batch_size=batch_size)
+        assert np.isnan(r).sum() == 2 and np.isfinite(r[2]).all()
+        assert [w.category for w in seen] == [NonFiniteRelevanceWarning]
+        assert "holds 2 NaN or inf values" in str(seen[0].message) and seen[0].filename == __file__
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        analyzer.analyze(x[2:])
+    assert seen == []
+    onnx.save(model, tmp_path / "sqrt.onnx")
+    np.save(tmp_path / "x.npy", x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["explain", str(tmp_path / "sqrt.onnx"), "-m", "gradient", "--neuron", "all", "--data",
+                     str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.npy")]) == 7
+    assert "onnxattr: error: the relevance holds 2 NaN or inf values" in capsys.readouterr().err
