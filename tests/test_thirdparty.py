@@ -38,6 +38,7 @@ MODELS = {
     "torch_dynamo_spectrogram_op20.onnx": {},   # the same at opset 20 (DFT's axis an input)
     "torch_stn.onnx": {},                       # make_torch_stn.py: opset 20, AffineGrid + GridSample
     "torchvision_dcn.onnx": {},                 # make_torchvision.py: opset 19, DeformConv (DCNv2)
+    "torchvision_vit_ts.onnx": {},              # a VisionTransformer, TorchScript export
     "paddle_cnn.onnx": {},                      # make_paddle.py: paddle.onnx.export, opset 13
     "skl_mlp_classifier.onnx": {},              # make_sklearn.py: label + ZipMap (sequence of maps)
     "skl_mlp_classifier_nozipmap.onnx": {},
@@ -306,6 +307,25 @@ def test_torchvision_deformable_convolution_matches_torch_autograd():
     for method in ("lrp.epsilon", "deep_taylor", "integrated_gradients"):
         r = onnxattr.create_analyzer(method, path_of("torchvision_dcn.onnx")).analyze(ref["x"])
         assert r.shape == ref["x"].shape and np.isfinite(r).all() and np.abs(r).max() > 0, method
+
+
+@pytest.mark.parametrize("name", ["torchvision_vit_ts.onnx", "torchvision_vit_dynamo.onnx"])
+def test_torchvision_vit_grad_cam_is_torchs(name):
+    """A torchvision VisionTransformer from both exporters: Grad-CAM's default layer is the last block's ln_1 token
+    map, read as the 8x8 patch grid, and the cam is the one torch computes there (pytorch-grad-cam's recipe, in
+    make_torchvision.py) to 1e-5 of its max (float32 gradients summed in other orders); the gradient is torch's."""
+    ref = np.load(path_of("torchvision_vit.npz"))
+    assert_framework_gradient(name, "image", ref)
+    rules = onnxattr.inspect(path_of(name), "grad_cam", tensors=True)
+    layer = [row for row in rules if row[3] == "grad_cam layer"]
+    assert len(layer) == 1 and layer[0][1] == "LayerNormalization", layer
+    last_ln_1 = {"torchvision_vit_ts.onnx": "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0",
+                 "torchvision_vit_dynamo.onnx": "layer_norm_2"}  # the dynamo export counts the LayerNorms: 0, 1, 2
+    assert layer[0][2] == last_ln_1[name], layer
+    cam = onnxattr.create_analyzer("grad_cam", path_of(name)).analyze(ref["x"])
+    want = np.broadcast_to(ref["cam"], ref["x"].shape)
+    assert (want > 0).any() and (want == 0).any()
+    np.testing.assert_allclose(cam, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("name", ["torchvision_box_head_ts.onnx", "torchvision_box_head_dynamo.onnx"])

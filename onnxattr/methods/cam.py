@@ -5,7 +5,8 @@ the output of a ResNet's last block or a VGG's last pool):
     alpha_c = mean over S of dy/dA_c        cam = relu(sum_c alpha_c A_c)        [N, 1, *S]
 
 then resized to the input's spatial size (bilinear, as the paper does, or nearest) and the same in every
-channel of the relevance. guided_grad_cam is guided backprop's map times that upsampled cam.
+channel of the relevance. guided_grad_cam is guided backprop's map times that upsampled cam. A vision
+transformer's token map [N, k + h*w, C] is read as the grid [N, C, h, w] (onnxattr.methods.tokens).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from onnxattr.errors import UsageError
 from onnxattr.graph import live_nodes
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
 from onnxattr.methods.gradient import backward, relu_rule
+from onnxattr.methods.tokens import as_grid, default_token_map, patch_grid, token_maps
 from onnxattr.select import build_seed
 
 # ops whose output has every spatial axis of size 1: the spatial axes have collapsed there
@@ -38,7 +40,8 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
     """({tensor: True where its axes are x's axes moved channels first, False where in x's own layout,
     absent when unknown}, the permutation taking x to channels first or None when x is channels first).
     Each Transpose moving the last axis to 1 (or back) flips the layout along the path; x's own layout is
-    read off the first channels-first op (Conv, pools, BatchNorm) whose input has a known layout."""
+    read off the first channels-first op (Conv, pools, BatchNorm) whose input has a known layout; such an op
+    writes channels first even where its input's layout was lost (after a non-local block's reshapes)."""
     rank = b.rank(x)
     if not rank or rank < 3:
         return {}, None
@@ -49,6 +52,8 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
     for node in on_path:
         known = [flip[i] for i in node.input if i in flip]
         if not known:
+            if node.op_type in CHANNELS_FIRST_OPS and x_last is not None:  # channels first whatever it reads
+                flip.update({o: x_last for o in node.output if o and b.rank(o) == rank})
             continue
         f = known[0]
         if x_last is None and node.op_type in CHANNELS_FIRST_OPS and node.input[0] in flip:
@@ -133,14 +138,30 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
     return found
 
 
-def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None, first: dict) -> str:
+def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None,
+                 first: dict) -> tuple[str, tuple | None]:
+    """The feature map, and (its number of leading tokens, the patch grid) when it is a ViT's token map
+    (onnxattr.methods.tokens), else None. By default a token map after the patch embedding's flatten, else the
+    last feature map."""
     batch = (b.shape(x) or [None])[0]
     maps = feature_maps(b, on_path, live, rank, first, batch)
+    flatten = patch_grid(b, on_path, first) if rank == 4 else None
+    grid = flatten[0] if flatten is not None else None
+    tokens = token_maps(b, on_path, live, *flatten, batch) if flatten is not None else {}
+    if layer is None and tokens:
+        chosen = default_token_map(on_path, live, tokens)
+        place = {o: k for k, n in enumerate(on_path) for o in n.output}
+        later = [m for m in maps if place[m] > place[chosen] and first.get(m) is True]
+        if not later:  # not a CNN that reads tokens on the way (a non-local block) and goes on convolving
+            return chosen, (tokens[chosen], grid)
+        return later[-1], None
+    if layer in tokens:
+        return layer, (tokens[layer], grid)
     if layer is None:
         if not maps:
             raise UsageError(f"no feature map [N, C, spatial...] of rank {rank} lies between input '{x}' and output "
                              f"'{y}' for Grad-CAM; name one with layer=TENSOR (`onnxattr inspect` lists the nodes)")
-        return maps[-1]
+        return maps[-1], None
     if layer not in live or layer == x:
         hint = f" (feature maps on the path: {', '.join(maps[-5:])})" if maps else ""
         raise UsageError(f"layer '{layer}' is not a tensor between input '{x}' and output '{y}'{hint}")
@@ -152,8 +173,10 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
                          f"({batch}); Grad-CAM needs a feature map [N, C, spatial...] with the batch first")
     if b.rank(layer) != rank:
         raise UsageError(f"layer '{layer}' has rank {b.rank(layer)} and input '{x}' rank {rank}: the cam of a "
-                         "feature map [N, C, spatial...] is resized to the input's spatial axes, which needs the same rank")
-    return layer
+                         "feature map [N, C, spatial...] is resized to the input's spatial axes, which needs the same rank"
+                         + ("" if rank != 4 or (b.rank(layer) or 0) != 3 else "; a ViT's token map [N, tokens, C] "
+                            "counts as one after a flatten of a feature map [N, C, h, w] into h*w tokens"))
+    return layer, None
 
 
 def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
@@ -162,15 +185,17 @@ def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
     b, x, y = t.b, t.x, t.y
     on_path, live = path_nodes(t.nodes, x, y, b)
     first, perm = layouts(b, on_path, x)
-    layer = choose_layer(b, on_path, live, x, y, b.rank(x) or 0, p["layer"], first)
+    layer, tokens = choose_layer(b, on_path, live, x, y, b.rank(x) or 0, p["layer"], first)
     seed = build_seed(b, y, t.neuron, "one", t.index)
     grad = reverse_pass(b, t.nodes, layer, y, seed)
-    rank = b.rank(layer)
-    spatial = list(range(2, rank))
     if grad is None:
         grad = b.zeros_like(layer)
+    activation = layer
+    if tokens is not None:  # a ViT's token map: its patches as the grid [N, C, rows, cols]
+        activation, grad = (as_grid(b, a, *tokens) for a in (layer, grad))
+    spatial = list(range(2, b.rank(x)))
     alpha = b.reduce("ReduceMean", grad, spatial)
-    cam = b.reduce("ReduceSum", b.op("Mul", [alpha, layer]), [1])
+    cam = b.reduce("ReduceSum", b.op("Mul", [alpha, activation]), [1])
     if p["relu"]:
         cam = b.op("Relu", [cam])
     empty = b.const(np.zeros(0, np.float32), np.float32, "empty")
@@ -232,7 +257,8 @@ def _tensor_name(v):
 
 CAM_PARAMS = (
     Param("layer", None, "the feature map: an ONNX tensor name (None: the last one before the spatial axes "
-          "collapse)", _optional_name, _tensor_name, optional=True),
+          "collapse; a vision transformer's: the tokens its last attention reads)", _optional_name, _tensor_name,
+          optional=True),
     Param("relu", True, "keep only the positive part of the cam, as Grad-CAM does (Captum's relu_attributions)",
           parse_bool, _is_bool),
     Param("interpolation", "linear", "resizing the cam to the input: 'linear' (the paper's bilinear) or 'nearest'",

@@ -1,5 +1,6 @@
-"""Export two nets built on torchvision's detection ops: a box head (torchvision.ops.roi_align) and a modulated
-deformable convolution (torchvision.ops.deform_conv2d, DCNv2: offsets and a sigmoid mask computed from the input).
+"""Export two nets built on torchvision's detection ops, a box head (torchvision.ops.roi_align) and a modulated
+deformable convolution (torchvision.ops.deform_conv2d, DCNv2: offsets and a sigmoid mask computed from the input),
+and a small torchvision VisionTransformer with Grad-CAM computed in torch at its last block's ln_1.
 
 torchvision's operators do not load beside the CPU torch 2.13 wheel ('operator torchvision::nms does not exist'),
 so this runs in a venv of its own (torch 2.14.1 and torchvision 0.29.1, which pip takes from this machine's disk;
@@ -7,7 +8,7 @@ they run on the CPU):
 
     python -m venv /work/venv-tv && /work/venv-tv/bin/pip install torch==2.14.1 torchvision==0.29.1 onnx \
         onnxruntime onnxscript numpy
-    /work/venv-tv/bin/python tests/thirdparty/make_torchvision.py
+    /work/venv-tv/bin/python tests/thirdparty/make_torchvision.py [box_head] [dcn] [vit]   (default: all three)
 
 Writes to tests/thirdparty/data (random weights, seed 0, eval mode):
 - torchvision_box_head_ts.onnx (the TorchScript exporter, opset 16) and torchvision_box_head_dynamo.onnx (the dynamo
@@ -18,14 +19,22 @@ Writes to tests/thirdparty/data (random weights, seed 0, eval mode):
 - torchvision_box_head.npz: an input x, the boxes, torch's logits and torch's gradient with respect to x of each
   box's largest logit (g_max) and of logit 2 (g_2), summed over the boxes;
 - torchvision_dcn.onnx (the dynamo exporter, opset 19: DeformConv) and torchvision_dcn.npz (x, the logits, g_max
-  and g_2 as above, one row per image).
+  and g_2 as above, one row per image);
+- torchvision_vit_ts.onnx (TorchScript, opset 17) and torchvision_vit_dynamo.onnx (dynamo, opset 18): a
+  VisionTransformer on 32x32 images in 4x4 patches (an 8x8 grid and a class token), two blocks of width 32, two
+  heads; torchvision_vit.npz: x, the logits, g_max and g_2, and cam, Grad-CAM of each image's largest logit at
+  encoder.layers[-1].ln_1 (read by a forward hook, as pytorch-grad-cam takes blocks[-1].norm1): the class token
+  dropped, the 64 patch tokens read as [N, 32, 8, 8], relu(sum_c mean(dy/dA_c) A_c), bilinear to 32x32
+  (align_corners=False) [N, 1, 32, 32].
 """
 
 import os
+import sys
 
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models import VisionTransformer
 from torchvision.ops import deform_conv2d, roi_align
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -74,7 +83,22 @@ def gradients(model, *inputs):
     return out
 
 
-def main():
+def vit_grad_cam(model, x):
+    """Grad-CAM at the last block's ln_1, computed in torch, upsampled to x's size: [N, 1, H, W]."""
+    seen = {}
+    hook = model.encoder.layers[-1].ln_1.register_forward_hook(lambda mod, args, out: seen.update(a=out))
+    y = model(x)
+    hook.remove()
+    a = seen["a"]
+    g, = torch.autograd.grad(y.gather(1, y.argmax(1)[:, None]).sum(), a)
+    n, tokens, width = a.shape
+    side = int(round((tokens - 1) ** 0.5))
+    grid_a, grid_g = (t[:, 1:].transpose(1, 2).reshape(n, width, side, side) for t in (a, g))
+    cam = torch.relu((grid_g.mean((2, 3), keepdim=True) * grid_a).sum(1, keepdim=True))
+    return nn.functional.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False).detach().numpy()
+
+
+def box_head():
     torch.manual_seed(0)
     head = BoxHead().eval()
     x = torch.randn(2, 3, 12, 12)
@@ -89,16 +113,43 @@ def main():
     np.savez(os.path.join(HERE, "torchvision_box_head.npz"), x=x.numpy(), boxes=boxes.numpy(),
              **gradients(head, x, boxes))
 
+
+def dcn():
+    torch.manual_seed(0)
+    BoxHead()  # the weights drawn before the DCN's when one function made both
+    torch.randn(2, 3, 12, 12)
     dcn = DCN().eval()
     x = torch.randn(2, 4, 9, 9)
     program = torch.onnx.export(dcn, (x,), dynamo=True, opset_version=19, input_names=["image"],
                                 output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},))
     program.save(os.path.join(HERE, "torchvision_dcn.onnx"), external_data=False)
     np.savez(os.path.join(HERE, "torchvision_dcn.npz"), x=x.numpy(), **gradients(dcn, x))
+
+
+def vit():
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=5)
+    nn.init.normal_(model.heads.head.weight, std=0.2)  # torchvision zero-inits the head: every logit would be 0
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    names = {"input_names": ["image"], "output_names": ["logits"]}
+    torch.onnx.export(model, (x,), os.path.join(HERE, "torchvision_vit_ts.onnx"), dynamo=False, opset_version=17,
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, **names)
+    program = torch.onnx.export(model, (x,), dynamo=True, opset_version=18,
+                                dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},), **names)
+    program.save(os.path.join(HERE, "torchvision_vit_dynamo.onnx"), external_data=False)
+    np.savez(os.path.join(HERE, "torchvision_vit.npz"), x=x.numpy(), cam=vit_grad_cam(model, x),
+             **gradients(model, x))
+
+
+def main(nets):
+    for net in nets:
+        {"box_head": box_head, "dcn": dcn, "vit": vit}[net]()
     for name in sorted(os.listdir(HERE)):
         if name.startswith("torchvision_"):
             print(name, os.path.getsize(os.path.join(HERE, name)))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["box_head", "dcn", "vit"])
