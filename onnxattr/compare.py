@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxattr.api import Analyzer, data_input
+from onnxattr.api import Analyzer, data_input, non_finite_told_by_caller
 from onnxattr.errors import DataError, SelectionError, UsageError
 from onnxattr.light import declared_dims
 from onnxattr.select import choose_input
@@ -256,7 +256,8 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
         raise UsageError("a target picks the neuron for neuron selection 'index' (and that needs one)")
     x = np.asarray(x)
     identity = tuple(range(x.ndim))
-    map_a = a.analyze(x, neuron_selection=target, inputs=inputs_a)
+    with non_finite_told_by_caller():  # the table says so
+        map_a = a.analyze(x, neuron_selection=target, inputs=inputs_a)
     y_a, _, choosable, through_a = _explained(a, neuron)
     scalar = y_a is not None and y_a.ndim == 0  # a loss: its own only neuron, explained as it is
     mode_b = "index" if target is not None or (neuron == "max" and not scalar) else b.mode
@@ -291,8 +292,9 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     out_perm, to_b = _index_translation(y_a.shape[1:], declared_out) if y_a is not None and not scalar \
         else (None, lambda f: f)
     try:
-        map_b = b.analyze(np.transpose(x, perm), neuron_selection=None if target is None else to_b(target),
-                          inputs=inputs_b)
+        with non_finite_told_by_caller():
+            map_b = b.analyze(np.transpose(x, perm), neuron_selection=None if target is None else to_b(target),
+                              inputs=inputs_b)
     except UsageError as e:  # a graph input the second model lacks, or needs
         raise UsageError(f"the second model: {e}") from None
     except DataError as e:

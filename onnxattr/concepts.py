@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from onnxattr.api import Analyzer, batch_axis_inputs, checked_targets, data_input, explained_input
+from onnxattr.api import (Analyzer, batch_axis_inputs, checked_targets, data_input, explained_input,
+                          non_finite_told_by_caller)
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import DataError, SelectionError, UsageError, check_positive_int
 from onnxattr.feeds import as_input, other_feeds
@@ -251,8 +252,9 @@ class _Rows:
                 name: (_padded(np.asarray(m)[part], len(run)) if isinstance(m, np.ndarray) else m)
                 for name, m in condition.items()}
             select = self.labels[run] if labelled and self.labels is not None else None
-            maps.append(analyzer.analyze(self.data[run], neuron_selection=select, inputs=self._given(run),
-                                         condition=cond, condition_axis=self.axis)[:len(part)])
+            with non_finite_told_by_caller():  # the samples are named where they are used
+                maps.append(analyzer.analyze(self.data[run], neuron_selection=select, inputs=self._given(run),
+                                             condition=cond, condition_axis=self.axis)[:len(part)])
             kept.append({k: v[:len(part)] for k, v in analyzer.kept.items()})
         return np.concatenate(maps), {k: np.concatenate([d[k] for d in kept]) for k in kept[0]}
 
