@@ -35,6 +35,7 @@ MIN_OPSET = 17
 TARGET_OPSET = 17
 FOLD_SIZE_LIMIT = 64 * 2**20  # bytes: never materialise a folded tensor larger than this
 CONTROL_FLOW_PASSES = 8
+STATIC_DIMS_PASSES = 8  # fold_static_dims then fold_and_clean, until neither finds more (a Swin-T needs 4)
 
 
 def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -208,7 +209,11 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
     model = expand_defined_ops(model)
     model = fold_and_clean(model)
     for _ in range(CONTROL_FLOW_PASSES):  # each pass unrolls one level of nesting; folding then fixes the next's
-        if fold_static_dims(model):  # shape entries known despite a symbolic batch axis (a Loop's step count)
+        # shape entries known despite a symbolic batch axis (a Loop's step count), and again after folding: the
+        # constants it makes (a TorchScript Swin's window padding, computed with Mod) make more shapes known
+        for _ in range(STATIC_DIMS_PASSES):
+            if not fold_static_dims(model):
+                break
             model = fold_and_clean(model)
         if not has_control_flow(model) or not unroll_control_flow(model):
             break

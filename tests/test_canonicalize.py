@@ -147,3 +147,41 @@ def test_a_constant_sequence_does_not_crash_folding():
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     got = ort.InferenceSession(canonical.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_array_equal(got[0], x)
+
+
+def test_shapes_known_only_after_folding_are_folded_in_turn():
+    """A TorchScript Swin pads its windows by (w - L % w) % w, computed from Shape(x) with Mod (which constant
+    folding evaluates, static_dims does not), then reshapes by Shape(padded)[1] / w: the reshape's target is
+    known only after folding made the padding a constant, and static_dims ran again (the Casts after each Shape,
+    as the exporter writes them, stop graphsurgeon's own shape folding). Its shape is then known, and the outputs
+    are the original's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = helper.make_node
+    consts = {"one": np.array(1, np.int64), "w": np.array(3, np.int64), "axis0": np.array([0], np.int64),
+              "zeros4": np.zeros(4, np.int64), "zero1": np.zeros(1, np.int64), "tail": np.array([3, 4], np.int64),
+              "bi": np.array([0], np.int64), "axis2": np.array([2], np.int64)}
+    nodes = [n("Shape", ["x"], ["s0"]), n("Cast", ["s0"], ["s"], to=TensorProto.INT64),
+             n("Gather", ["s", "one"], ["length"], axis=0),
+             n("Mod", ["length", "w"], ["rest"]), n("Sub", ["w", "rest"], ["short"]), n("Mod", ["short", "w"], ["pad"]),
+             n("Unsqueeze", ["pad", "axis0"], ["pad1"]), n("Concat", ["zeros4", "pad1", "zero1"], ["pads"], axis=0),
+             n("Pad", ["x", "pads"], ["padded"]), n("Shape", ["padded"], ["ps0"]),
+             n("Cast", ["ps0"], ["ps"], to=TensorProto.INT64),
+             n("Gather", ["ps", "one"], ["plen"], axis=0), n("Div", ["plen", "w"], ["windows"]),
+             n("Unsqueeze", ["windows", "axis0"], ["windows1"]), n("Gather", ["ps", "bi"], ["batch"], axis=0),
+             n("Concat", ["batch", "windows1", "tail"], ["target"], axis=0),
+             n("Reshape", ["padded", "target"], ["grid"], name="windows"), n("ReduceSum", ["grid", "axis2"], ["y"], keepdims=0)]
+    g = helper.make_graph(nodes, "swin_pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4])],
+                          [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    canon = canonicalize(model)
+    shapes = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in canon.graph.value_info}
+    reshape = next(node for node in canon.graph.node if node.op_type == "Reshape")
+    assert shapes[reshape.output[0]][1:] == [2, 3, 4]
+    x = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = ort.InferenceSession(canon.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
