@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from onnxattr.graph import live_nodes, names_read
+from onnxattr.graph import live_nodes, names_read, outer_reads, rename_reads
 
 # ops whose output is a sequence, not a tensor: no initializer can hold it
 SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
@@ -56,13 +56,12 @@ def drop_initializer_inputs(graph: onnx.GraphProto) -> None:
 def bypass_passthroughs(graph: onnx.GraphProto) -> None:
     """Identity(x) and Dropout(x) (mask unread) are removed; their readers read x. Graph outputs stay."""
     outputs = {o.name for o in graph.output}
-    read = {i for n in graph.node for i in n.input} | outputs
+    read = {i for n in graph.node for i in outer_reads(n)} | outputs
     rename: dict[str, str] = {}
     keep = []
     for node in graph.node:
-        for k, name in enumerate(node.input):
-            if name in rename:
-                node.input[k] = rename[name]
+        if rename:
+            rename_reads(node, rename)  # a Loop body's outer reads too
         passthrough = node.domain in DEFAULT_DOMAINS and (
             node.op_type == "Identity"
             or (node.op_type == "Dropout" and (len(node.output) < 2 or node.output[1] not in read)))
@@ -149,7 +148,8 @@ def fold_in_proto(model: onnx.ModelProto, limit: int, evaluate_nothing: bool = F
     if folded:
         in_folded = set(folded)
         produced = {o for k in folded for o in graph.node[k].output if o}
-        read_outside = {i for k, n in enumerate(graph.node) if k not in in_folded for i in n.input}
+        # what a Loop or If reads inside its bodies counts: a Constant only a Loop body reads is wanted
+        read_outside = {i for k, n in enumerate(graph.node) if k not in in_folded for i in outer_reads(n)}
         wanted = produced & read_outside
         values: dict[str, np.ndarray] = {}
         while True:  # one round unless a tensor is too large: then its producers stay and their inputs are wanted

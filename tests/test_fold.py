@@ -143,3 +143,36 @@ def test_graphsurgeon_path_keeps_a_dropout_whose_mask_is_read():
     assert "Dropout" in [n.op_type for n in canon.graph.node]
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     np.testing.assert_array_equal(run(canon, {"x": x})[0], run(model, {"x": x})[0])
+
+
+def test_what_a_loop_body_reads_is_kept_and_renamed():
+    """fold.py runs on control flow too when graphsurgeon crashes (a constant sequence): a Constant only a Loop body
+    reads must become an initializer, not be dropped as unread, and an Identity's output a body reads must be renamed
+    inside the body (a TorchScript MViT's Loops read their split sizes that way; the unrolled model then read names
+    nothing defined)."""
+    n = helper.make_node
+    body = helper.make_graph(
+        [n("Gather", ["sizes", "i"], ["size"], axis=0), n("Cast", ["size"], ["size_f"], to=TensorProto.FLOAT),
+         n("Mul", ["acc", "size_f"], ["scaled"]), n("Add", ["scaled", "offset"], ["acc_out"]),
+         n("Identity", ["cond"], ["cond_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, ["N", 3])])
+    nodes = [n("Constant", [], ["sizes"], value=numpy_helper.from_array(np.array([2, 3, 4], np.int64))),
+             n("Constant", [], ["half"], value=numpy_helper.from_array(np.array(0.5, np.float32))),
+             n("Mul", ["half", "two"], ["one_f"]), n("Identity", ["one_f"], ["offset"]),
+             n("Loop", ["trips", "", "x"], ["y"], body=body)]
+    model = single_io_model(nodes, {"two": np.array(2.0, np.float32), "trips": np.array(3, np.int64)},
+                            ["N", 3], ["N", 3])
+    folded = fold_in_proto(model, FOLD_SIZE_LIMIT)
+    defined = {t.name for t in folded.graph.initializer} | {o for node in folded.graph.node for o in node.output}
+    loop = next(node for node in folded.graph.node if node.op_type == "Loop")
+    body_reads = {i for inner in loop.attribute[0].g.node for i in inner.input}
+    assert {"sizes"} <= defined and "offset" not in body_reads and "Identity" not in [
+        node.op_type for node in folded.graph.node]
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})[0], want,
+                               rtol=1e-6)
