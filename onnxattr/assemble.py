@@ -143,6 +143,16 @@ def _check_crossed(option: str, b: GraphBuilder, name: str, tensor: str, x: str,
         + " (`onnxattr inspect` lists them)")
 
 
+def _sequence_route(nodes, x: str, y: str) -> list[str]:
+    """The sequence ops (SequenceAt, ConcatFromSequence, ...) on a route of any tensor type from x to y, named."""
+    reach = {x}
+    for n in nodes:
+        if reach.intersection(names_read([n])):
+            reach.update(o for o in n.output if o)
+    route = live_nodes([n for n in nodes if reach.intersection(n.output)], {y})
+    return [f"{n.op_type} '{n.name}'" for n in route if "Sequence" in n.op_type][:3]
+
+
 def _pass_through_sources(proto: onnx.ModelProto, keep: list[str], tensors: set) -> dict[str, str]:
     """{kept name: the tensor that holds its value in the canonical model}: canonicalize drops Identity and
     Dropout nodes, so a name one of them gave is read at the tensor it passed on."""
@@ -185,6 +195,13 @@ def _compile(proto, m, method: str, resolved: dict, label: str, neuron: str, inp
     chosen, y = choose_output(canon, b, output)
     on_path, live = path_nodes(list(canon.graph.node), x, y, b) if x != y else ([], set())
     if m.family != "baseline" and x != y and not on_path:
+        lists = _sequence_route(canon.graph.node, x, y)
+        if lists:
+            raise UnsupportedModelError(
+                f"{label}: output '{y}' depends on input '{x}' only through ONNX sequences ({', '.join(lists)}); "
+                "onnxattr turns a sequence into its tensors where its positions are known when compiling, and "
+                "here one is computed at run time: export the list as tensors (torch.split to a fixed count, "
+                "Concat instead of a list)")
         raise SelectionError(f"{label}: output '{y}' does not depend on input '{x}' through float tensors, "
                              "so every map would be zero; choose another --output or --input")
     _check_float_types(b, label, [x] + [o for n in on_path for o in n.output])

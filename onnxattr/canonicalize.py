@@ -28,6 +28,7 @@ from onnxattr.expand import expand_defined_ops, expand_newer_ops
 from onnxattr.light import checkable_copy, infer_shapes, tensor_shapes
 from onnxattr.load import default_opset
 from onnxattr.recurrent import unroll_recurrent
+from onnxattr.sequences import resolve_sequences
 from onnxattr.static_dims import fold_static_dims
 from onnxattr.recurrent_nodes import RECURRENT_OPS
 
@@ -209,6 +210,8 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
     model = expand_defined_ops(model)
     model = fold_and_clean(model)
     for _ in range(CONTROL_FLOW_PASSES):  # each pass unrolls one level of nesting; folding then fixes the next's
+        if resolve_sequences(model):  # lists of tensors (an unrolled torch.split) read at constant positions
+            model = fold_and_clean(model)
         # shape entries known despite a symbolic batch axis (a Loop's step count), and again after folding: the
         # constants it makes (a TorchScript Swin's window padding, computed with Mod) make more shapes known
         for _ in range(STATIC_DIMS_PASSES):

@@ -229,6 +229,12 @@ def _trip_count(node: onnx.NodeProto, constants: _Constants, producers: dict, op
     return trips
 
 
+def _declared_rank(value: onnx.ValueInfoProto) -> int:
+    """The rank a graph input declares: 1 for a shape [1], 0 for a scalar or no shape."""
+    t = value.type.tensor_type
+    return len(t.shape.dim) if t.HasField("shape") else 0
+
+
 def _unroll_loop(node: onnx.NodeProto, trips: int, read: set, prefix: str, nodes: list, inits: list) -> str | None:
     """``trips`` copies of the Loop's body in its place; or why not."""
     body = _graph_attr(node, "body")
@@ -256,12 +262,15 @@ def _unroll_loop(node: onnx.NodeProto, trips: int, read: set, prefix: str, nodes
     for inner in body.node:
         if id(inner) not in every_trip:
             copier.copy(inner, shared, "")
-    true = copier.const(np.array(True), "cond")
+    # of the body's declared rank, as onnxruntime feeds them: TorchScript declares the iteration number [1], and
+    # Gather(sizes, i) is then a 1-D slice bound (a scalar one onnxruntime's Slice refuses)
+    shape_of = {k: [1] * _declared_rank(body.input[k]) for k in (0, 1)}
+    true = copier.const(np.full(shape_of[1], True), "cond")
     state = [node.input[2 + j] for j in range(n_carried)]
     scans: list[list[str]] = [[] for _ in range(n_scan)]
     for k in range(trips):
         rename = dict(shared)
-        rename[body.input[0].name] = copier.const(np.array(k, np.int64), "iteration")
+        rename[body.input[0].name] = copier.const(np.full(shape_of[0], k, np.int64), "iteration")
         rename[body.input[1].name] = true
         rename.update({carried_in[j]: state[j] for j in range(n_carried) if j not in passed})
         for inner in per_trip:

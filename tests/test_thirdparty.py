@@ -39,6 +39,7 @@ MODELS = {
     "torch_stn.onnx": {},                       # make_torch_stn.py: opset 20, AffineGrid + GridSample
     "torchvision_dcn.onnx": {},                 # make_torchvision.py: opset 19, DeformConv (DCNv2)
     "torchvision_vit_ts.onnx": {},              # a VisionTransformer, TorchScript export
+    "torchvision_mvit_ts.onnx": {},             # a video MViT-v2: lists as Loops filling ONNX sequences
     "paddle_cnn.onnx": {},                      # make_paddle.py: paddle.onnx.export, opset 13
     "skl_mlp_classifier.onnx": {},              # make_sklearn.py: label + ZipMap (sequence of maps)
     "skl_mlp_classifier_nozipmap.onnx": {},
@@ -307,6 +308,17 @@ def test_torchvision_deformable_convolution_matches_torch_autograd():
     for method in ("lrp.epsilon", "deep_taylor", "integrated_gradients"):
         r = onnxattr.create_analyzer(method, path_of("torchvision_dcn.onnx")).analyze(ref["x"])
         assert r.shape == ref["x"].shape and np.isfinite(r).all() and np.abs(r).max() > 0, method
+
+
+def test_torchvision_mvit_through_its_lists_matches_torch_autograd():
+    """The TorchScript export of a video MViT-v2 passes q, k and v through Python lists: Loops that fill ONNX
+    sequences, read by SequenceAt. Unrolled and resolved into tensors (sequences.py), the map is torch's gradient
+    (it was refused before: no float path through the sequences)."""
+    from onnxattr.canonicalize import canonicalize
+
+    assert_framework_gradient("torchvision_mvit_ts.onnx", "clip", np.load(path_of("torchvision_mvit.npz")))
+    canon = canonicalize(onnx.load(path_of("torchvision_mvit_ts.onnx")))
+    assert not [n.op_type for n in canon.graph.node if "Sequence" in n.op_type or n.op_type == "Loop"]
 
 
 @pytest.mark.parametrize("name", ["torchvision_vit_ts.onnx", "torchvision_vit_dynamo.onnx"])

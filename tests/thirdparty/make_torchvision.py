@@ -1,6 +1,7 @@
 """Export two nets built on torchvision's detection ops, a box head (torchvision.ops.roi_align) and a modulated
 deformable convolution (torchvision.ops.deform_conv2d, DCNv2: offsets and a sigmoid mask computed from the input),
-and a small torchvision VisionTransformer with Grad-CAM computed in torch at its last block's ln_1.
+a small torchvision VisionTransformer with Grad-CAM computed in torch at its last block's ln_1, and a small video
+MViT-v2, whose TorchScript export splits q, k and v into lists (ONNX sequences filled by Loops).
 
 torchvision's operators do not load beside the CPU torch 2.13 wheel ('operator torchvision::nms does not exist'),
 so this runs in a venv of its own (torch 2.14.1 and torchvision 0.29.1, which pip takes from this machine's disk;
@@ -8,7 +9,7 @@ they run on the CPU):
 
     python -m venv /work/venv-tv && /work/venv-tv/bin/pip install torch==2.14.1 torchvision==0.29.1 onnx \
         onnxruntime onnxscript numpy
-    /work/venv-tv/bin/python tests/thirdparty/make_torchvision.py [box_head] [dcn] [vit]   (default: all three)
+    /work/venv-tv/bin/python tests/thirdparty/make_torchvision.py [box_head] [dcn] [vit] [mvit]   (default: all)
 
 Writes to tests/thirdparty/data (random weights, seed 0, eval mode):
 - torchvision_box_head_ts.onnx (the TorchScript exporter, opset 16) and torchvision_box_head_dynamo.onnx (the dynamo
@@ -25,7 +26,11 @@ Writes to tests/thirdparty/data (random weights, seed 0, eval mode):
   heads; torchvision_vit.npz: x, the logits, g_max and g_2, and cam, Grad-CAM of each image's largest logit at
   encoder.layers[-1].ln_1 (read by a forward hook, as pytorch-grad-cam takes blocks[-1].norm1): the class token
   dropped, the 64 patch tokens read as [N, 32, 8, 8], relu(sum_c mean(dy/dA_c) A_c), bilinear to 32x32
-  (align_corners=False) [N, 1, 32, 32].
+  (align_corners=False) [N, 1, 32, 32];
+- torchvision_mvit_ts.onnx (TorchScript, opset 17): torchvision's video MViT (v2 blocks: pooled attention with
+  relative positions, residual pooling) of two blocks (8 then 16 channels) on clips [N, 3, 4, 16, 16]; its q, k and v
+  pass through Python lists, which the exporter writes as Loops that fill ONNX sequences, read by SequenceAt;
+  torchvision_mvit.npz: x, the logits, g_max and g_2.
 """
 
 import os
@@ -35,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.models import VisionTransformer
+from torchvision.models.video.mvit import MSBlockConfig, MViT
 from torchvision.ops import deform_conv2d, roi_align
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -143,13 +149,29 @@ def vit():
              **gradients(model, x))
 
 
+def mvit():
+    torch.manual_seed(0)
+    blocks = [MSBlockConfig(num_heads=1, input_channels=8, output_channels=8, kernel_q=[3, 3, 3], kernel_kv=[3, 3, 3],
+                            stride_q=[1, 1, 1], stride_kv=[1, 2, 2]),
+              MSBlockConfig(num_heads=2, input_channels=8, output_channels=16, kernel_q=[3, 3, 3],
+                            kernel_kv=[3, 3, 3], stride_q=[1, 2, 2], stride_kv=[1, 1, 1])]
+    model = MViT(spatial_size=(16, 16), temporal_size=4, block_setting=blocks, residual_pool=True,
+                 residual_with_cls_embed=False, rel_pos_embed=True, proj_after_attn=True, dropout=0.0,
+                 num_classes=5).eval()
+    x = torch.randn(2, 3, 4, 16, 16)
+    torch.onnx.export(model, (x,), os.path.join(HERE, "torchvision_mvit_ts.onnx"), dynamo=False, opset_version=17,
+                      input_names=["clip"], output_names=["logits"],
+                      dynamic_axes={"clip": {0: "batch"}, "logits": {0: "batch"}})
+    np.savez(os.path.join(HERE, "torchvision_mvit.npz"), x=x.numpy(), **gradients(model, x))
+
+
 def main(nets):
     for net in nets:
-        {"box_head": box_head, "dcn": dcn, "vit": vit}[net]()
+        {"box_head": box_head, "dcn": dcn, "vit": vit, "mvit": mvit}[net]()
     for name in sorted(os.listdir(HERE)):
         if name.startswith("torchvision_"):
             print(name, os.path.getsize(os.path.join(HERE, name)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["box_head", "dcn", "vit"])
+    main(sys.argv[1:] or ["box_head", "dcn", "vit", "mvit"])
