@@ -15,18 +15,19 @@ from tests.models import single_io_model
 C = 6
 
 
-def tiny_vit(flatten="channels_first", class_token=True, seed=0):
-    """x [N, 3, 8, 8] -> patches -> tokens t1 [N, k + 4, 6] -> n1 = LayerNorm -> attention -> + -> LayerNorm -> MLP
-    -> + -> LayerNorm -> class token (or the mean of the tokens) -> y [N, 4]."""
+def tiny_vit(flatten="channels_first", prefix=1, seed=0):
+    """x [N, 3, 8, 8] -> patches -> tokens t1 [N, prefix + 4, 6] (class, and a DeiT's distillation token) -> n1 =
+    LayerNorm -> attention -> + -> LayerNorm -> MLP -> + -> LayerNorm -> the first token (or, with no prefix, the mean
+    of the tokens) -> y [N, 4]."""
     rng = np.random.default_rng(seed)
     w = {name: rng.standard_normal(shape).astype(np.float32) * scale for name, shape, scale in [
-        ("Wp", (C, 3, 4, 4), 0.3), ("cls", (1, 1, C), 1.0), ("pos", (1, 5 if class_token else 4, C), 0.5),
+        ("Wp", (C, 3, 4, 4), 0.3), ("cls", (1, max(prefix, 1), C), 1.0), ("pos", (1, prefix + 4, C), 0.5),
         ("Wq", (C, C), 0.5), ("Wk", (C, C), 0.5), ("Wv", (C, C), 0.5), ("Wo", (C, C), 0.5), ("W1", (C, 12), 0.5),
         ("W2", (12, C), 0.5), ("Wh", (C, 4), 0.5), ("g", (C,), 1.0), ("beta", (C,), 0.1)]}
     w["g"] = 1 + 0.2 * w["g"]
     w["grid"] = np.array([0, C, 4], np.int64)
     w["tokens"] = np.array([0, 4, C], np.int64)
-    w["one_c"] = np.array([1, C], np.int64)
+    w["one_c"] = np.array([prefix, C], np.int64)
     w["lo"], w["hi"] = np.array([0], np.int64), np.array([1], np.int64)
     w["first"] = np.array(0, np.int64)
     n = helper.make_node
@@ -35,7 +36,7 @@ def tiny_vit(flatten="channels_first", class_token=True, seed=0):
         nodes += [n("Reshape", ["e", "grid"], ["ef"]), n("Transpose", ["ef"], ["p"], perm=[0, 2, 1])]
     else:  # channels last, then flattened: [N, 2, 2, 6] -> [N, 4, 6]
         nodes += [n("Transpose", ["e"], ["el"], perm=[0, 2, 3, 1]), n("Reshape", ["el", "tokens"], ["p"])]
-    if class_token:
+    if prefix:
         nodes += [n("Shape", ["x"], ["xs"]), n("Slice", ["xs", "lo", "hi"], ["batch"]),
                   n("Concat", ["batch", "one_c"], ["cls_shape"], axis=0), n("Expand", ["cls", "cls_shape"], ["c"]),
                   n("Concat", ["c", "p"], ["t0"], axis=1)]
@@ -49,7 +50,7 @@ def tiny_vit(flatten="channels_first", class_token=True, seed=0):
               n("Add", ["t1", "o2"], ["r1"]), n("LayerNormalization", ["r1", "g", "beta"], ["n2"], axis=-1),
               n("MatMul", ["n2", "W1"], ["m1"]), n("Relu", ["m1"], ["m2"]), n("MatMul", ["m2", "W2"], ["m3"]),
               n("Add", ["r1", "m3"], ["r2"]), n("LayerNormalization", ["r2", "g", "beta"], ["n3"], axis=-1)]
-    if class_token:
+    if prefix:
         nodes += [n("Gather", ["n3", "first"], ["h"], axis=1)]
     else:
         nodes += [n("ReduceMean", ["n3"], ["h"], axes=[1], keepdims=0)]
@@ -66,14 +67,14 @@ def closed_form(model, x, tensor, prefix):
 
 
 @pytest.mark.parametrize("flatten", ["channels_first", "channels_last"])
-@pytest.mark.parametrize("class_token", [True, False])
-def test_the_default_is_the_norm_before_the_attention(flatten, class_token):
+@pytest.mark.parametrize("prefix", [0, 1, 2])
+def test_the_default_is_the_norm_before_the_attention(flatten, prefix):
     """Only the tokens that reach the attention reach the class token: the default layer is norm1's output, as
     pytorch-grad-cam's ViT example takes blocks[-1].norm1; inspect names it."""
-    model = tiny_vit(flatten, class_token)
+    model = tiny_vit(flatten, prefix)
     x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
     got = analyze("grad_cam", model, x)
-    want = closed_form(model, x, "n1", 1 if class_token else 0)
+    want = closed_form(model, x, "n1", prefix)
     assert np.abs(want).max() > 0 and (want == 0).any()  # the relu cut something, and left something
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
