@@ -216,11 +216,14 @@ def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
     if perm is not None:
         up = b.op("Transpose", [up], perm=[int(i) for i in np.argsort(perm)])
     before = {node.name for node in live_nodes(on_path, [layer])}
+    what = "the feature map" if tokens is None else (
+        f"a token map, read as the {tokens[1].rows}x{tokens[1].cols} patch grid"
+        + (f" after {tokens[0]} leading token{'s' if tokens[0] > 1 else ''}" if tokens[0] else ""))
     for node in on_path:
         if guided and node.op_type == "Relu":
             t.assignment[node.name] = ("guided_backprop", "guided backprop's part")
         if layer in node.output:
-            t.assignment[node.name] = ("grad_cam layer", "its output is the feature map" + (
+            t.assignment[node.name] = ("grad_cam layer", f"its output is {what}" + (
                 "; guided backprop's part too" if guided and node.op_type == "Relu" else ""))
         elif node.name in before and not guided:
             t.assignment[node.name] = ("none", f"before the Grad-CAM layer '{layer}'")

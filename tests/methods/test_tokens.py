@@ -77,8 +77,10 @@ def test_the_default_is_the_norm_before_the_attention(flatten, prefix):
     want = closed_form(model, x, "n1", prefix)
     assert np.abs(want).max() > 0 and (want == 0).any()  # the relu cut something, and left something
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
-    rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
-    assert rules["norm1"] == "grad_cam layer"
+    rows = {name: (rule, why) for name, _, rule, why in onnxattr.api.inspect(model, "grad_cam")}
+    grid = "a token map, read as the 2x2 patch grid" + {0: "", 1: " after 1 leading token",
+                                                         2: " after 2 leading tokens"}[prefix]
+    assert rows["norm1"] == ("grad_cam layer", f"its output is {grid}")
 
 
 @pytest.mark.parametrize("tensor", ["t1", "v", "r1"])
