@@ -7,10 +7,15 @@ Cast, Slice, Gather, Squeeze, Unsqueeze, Concat, Identity and integer Add/Sub/Mu
 a tensor whose entries all become known is replaced by an initializer. tf2onnx's while loops read their step count
 this way, from the shape of the sequence (control_flow.py needs it constant), and the TorchScript exporter's
 reshapes their target shapes (a ShuffleNet's channel shuffle, view(N, groups, C // groups, H, W)): with the known
-entries folded, shape inference then knows the shapes after them.
+entries folded, shape inference then knows the shapes after them. An unknown entry remembers which dimension it
+is (a tensor's axis, and its symbolic name): a Reshape whose target is known but for entries that repeat its own
+input's dimension at the same place (x.flatten(2), x.view(x.size(0), -1) under a symbolic batch) gets the constant
+target with 0 there, which ONNX's Reshape reads as "copy that dimension".
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -22,15 +27,23 @@ from onnxattr.recurrent_nodes import node_attrs
 MAX_ELEMENTS = 64  # shape tensors are short; larger constants are not followed
 
 
+class _Dim(NamedTuple):
+    """An entry not known when compiling: axis ``axis`` of tensor ``tensor``, of symbolic name ``name`` (or None)."""
+
+    tensor: str
+    axis: int
+    name: str | None
+
+
 class _Dims:
-    """A small 0-d or 1-d tensor of which some entries are known: a list of int/None, and whether it is 0-d."""
+    """A small 0-d or 1-d tensor of which some entries are known: a list of int/_Dim/None, and whether it is 0-d."""
 
     def __init__(self, entries: list, scalar: bool, dtype: int):
         self.entries, self.scalar, self.dtype = entries, scalar, dtype
 
     @property
     def known(self) -> bool:
-        return all(e is not None for e in self.entries)
+        return all(isinstance(e, int) for e in self.entries)
 
     def array(self) -> np.ndarray:
         values = np.array(self.entries, helper.tensor_dtype_to_np_dtype(self.dtype))
@@ -50,7 +63,8 @@ def _shape(node, dims, shapes):
     shape = shapes.get(node.input[0])
     if shape is None:
         return None
-    entries = [d if isinstance(d, int) else None for d in shape]
+    entries = [d if isinstance(d, int) else _Dim(node.input[0], k, d if isinstance(d, str) else None)
+               for k, d in enumerate(shape)]
     rank = len(entries)
     attrs = node_attrs(node)
     start, end = attrs.get("start", 0), attrs.get("end", rank)
@@ -131,7 +145,7 @@ def _arithmetic(node, dims, shapes):
     op = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v,
           "Div": lambda u, v: abs(u) // abs(v) * (1 if (u < 0) == (v < 0) else -1) if v else None}[node.op_type]
     ea, eb = a.entries * (n // len(a.entries)), b.entries * (n // len(b.entries))
-    entries = [None if u is None or v is None else op(u, v) for u, v in zip(ea, eb)]
+    entries = [op(u, v) if isinstance(u, int) and isinstance(v, int) else None for u, v in zip(ea, eb)]
     return _Dims(entries, a.scalar and b.scalar, a.dtype)
 
 
@@ -173,7 +187,8 @@ def _fold_round(model: onnx.ModelProto) -> bool:
         dims[node.output[0]] = value
         if value.known and node.output[0] not in outputs:  # also a Cast of what an earlier round folded
             folded.append((k, value.array()))
-    if not folded:
+    copied = _copied_dims(graph, dims, shapes or {})
+    if not folded and not copied:
         return False
     replaced = {k for k, _ in folded}
     nodes = [n for k, n in enumerate(graph.node) if k not in replaced]
@@ -181,3 +196,30 @@ def _fold_round(model: onnx.ModelProto) -> bool:
     del graph.node[:]
     graph.node.extend(nodes)
     return True
+
+
+def _copied_dims(graph: onnx.GraphProto, dims: dict, shapes: dict) -> bool:
+    """Point each Reshape whose target is known but for entries equal to its input's dimension at the same place
+    (the same tensor's axis, or the same symbolic name) to a constant target with 0 there; in place."""
+    changed = False
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or node_attrs(node).get("allowzero", 0):
+            continue
+        target = dims.get(node.input[1])
+        shape = shapes.get(node.input[0])
+        if target is None or target.known or target.scalar or shape is None:
+            continue
+        entries = []
+        for k, e in enumerate(target.entries):
+            same = isinstance(e, _Dim) and k < len(shape) and (
+                (e.tensor == node.input[0] and e.axis == k) or (e.name is not None and shape[k] == e.name))
+            entries.append(0 if same else e)
+        if not all(isinstance(e, int) for e in entries):
+            continue
+        name = f"{node.input[1]}/copied"
+        while any(t.name == name for t in graph.initializer):
+            name += "_"
+        graph.initializer.append(numpy_helper.from_array(np.array(entries, np.int64), name))
+        node.input[1] = name
+        changed = True
+    return changed

@@ -127,3 +127,36 @@ def test_shapes_after_a_folded_reshape_are_known_to_the_next_round():
     assert shapes["s1_grouped"] == ["N", 2, 2, 3, 5] and shapes["t2"] == ["N", 4, 3, 5]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(None, {"t0": x})[0], want)
+
+
+def test_a_reshape_that_repeats_its_input_dims_gets_a_constant_target():
+    """x.flatten(2) and x.view(x.size(0), h, w, c) under a symbolic batch, as the TorchScript exporter writes them
+    (the target computed from Shape): the entries that repeat the Reshape's own input dimension at the same place,
+    the same tensor's axis or the same symbolic name, become 0 (copy), so the target is a constant and the shapes
+    after it are known; the outputs are the same for every batch size."""
+    from onnxattr.canonicalize import canonicalize
+
+    n = helper.make_node
+    nodes = [n("Shape", ["x"], ["s"]), n("Slice", ["s", "zero1", "two"], ["n_c"]),     # [N, 7]
+             n("Concat", ["n_c", "neg"], ["flat"], axis=0), n("Reshape", ["x", "flat"], ["f"]),   # [N, 7, 3]
+             n("Transpose", ["f"], ["t"], perm=[0, 2, 1]),                          # [N, 3, 7]
+             n("Gather", ["s", "zero"], ["batch"]), n("Unsqueeze", ["batch", "zero1"], ["batch1"]),
+             n("Concat", ["batch1", "three_seven"], ["target"], axis=0),            # [N (of x), 3, 7, 1]
+             n("Reshape", ["t", "target"], ["y"])]
+    inits = [("zero1", np.array([0], np.int64)), ("two", np.array([2], np.int64)), ("neg", np.array([-1], np.int64)),
+             ("zero", np.array(0, np.int64)), ("three_seven", np.array([3, 7, 1], np.int64))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, k) for k, v in inits])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    canon = canonicalize(model)
+    shapes = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in (*canon.graph.value_info, *canon.graph.output)}
+    assert shapes["f"] == ["N", 7, 3] and shapes["y"] == ["N", 3, 7, 1]
+    assert "Shape" not in [node.op_type for node in canon.graph.node]
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 7, 3)).astype(np.float32)
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        got = ort.InferenceSession(canon.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        np.testing.assert_array_equal(got[0], want[0])
