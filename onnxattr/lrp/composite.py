@@ -34,6 +34,7 @@ ELEMENTWISE = frozenset({
     "Exp", "Log", "Sqrt", "Neg",
 })
 ADDS = ("Add", "Sum", "Mean")  # Mean: a layer of weights 1/n
+LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 
 # Data movement whose gradient moves each output element back to one input element holding the same value
 # (MaxPool routes to a window's maximum): relevance that is 0 wherever the output is 0 stays 0 wherever the
@@ -147,6 +148,9 @@ class Composite:
         on_path = {n.name for n in nodes}
         units = find_units(b, nodes, on_path, {y}, x)
         kernel_outputs = {u.out for u in units.values() if u.kind != "pool"}
+        for n in nodes:  # a layer's output moved by layout ops (a transformer's tokens reshaped) is still its output
+            if n.op_type in LAYOUT_OPS and n.input and n.input[0] in kernel_outputs:
+                kernel_outputs.add(n.output[0])
         kernel_order, first = _kernel_layers(nodes, units, x, self.style.get("first_through"))
         first_conv = next((n.name for n in nodes if n.name in kernel_order and units[n.name].kind == "conv"), None)
         consumers = {}

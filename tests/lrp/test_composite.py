@@ -267,3 +267,45 @@ def test_add_of_a_tensor_computed_from_the_input_shape_alone_is_a_bias(method):
     np.testing.assert_array_equal(y2, y1)
     assert np.abs(r1).max() > 0
     np.testing.assert_allclose(r2, r1, rtol=0, atol=1e-6 * np.abs(r1).max())
+
+
+@pytest.mark.parametrize("method", ["deep_taylor", "lrp.z_plus", "lrp.alpha_1_beta_0"])
+def test_an_activation_after_a_reshape_of_a_layer_still_belongs_to_it(method):
+    """A transformer's MLP activation read through the layout ops that move its tokens (Reshape, Transpose) is the
+    layer's own activation, as it is when read directly: the two orders compute the same function and give one map
+    (the dynamo export of a SegFormer put its Gelu after them, and deep_taylor took the Gelu's gradient there)."""
+    from onnx import helper
+
+    from tests.models import single_io_model
+
+    rng = np.random.default_rng(6)
+    w1, w2 = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    n = helper.make_node
+    move = [n("Reshape", ["{}", "split"], ["r"]), n("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+            n("Reshape", ["t", "flat"], ["{}_moved"])]
+
+    def model(act_first):
+        first = [n("MatMul", ["x", "W1"], ["h"])]
+        if act_first:
+            body = [n("Tanh", ["h"], ["a"], name="act")] + [
+                n(m.op_type, [i.format("a") for i in m.input], [o.format("a") for o in m.output],
+                  **{a.name: helper.get_attribute_value(a) for a in m.attribute}) for m in move]
+            last = "a_moved"
+        else:
+            body = [n(m.op_type, [i.format("h") for i in m.input], [o.format("h") for o in m.output],
+                      **{a.name: helper.get_attribute_value(a) for a in m.attribute}) for m in move] + [
+                n("Tanh", ["h_moved"], ["a"], name="act")]
+            last = "a"
+        return single_io_model(first + body + [n("MatMul", [last, "W2"], ["y"])],
+                               {"W1": w1, "W2": w2, "split": np.array([0, 2, 4], np.int64),
+                                "flat": np.array([0, 8], np.int64)}, ["N", 6], ["N", 3])
+
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    maps = []
+    for act_first in (True, False):
+        m = model(act_first)
+        rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(m, method)}
+        assert rules["act"] == "pass", (act_first, rules["act"])
+        maps.append(ort.InferenceSession(onnxattr.compile(m, method).SerializeToString()).run(None, {"x": x})[1])
+    assert np.abs(maps[0]).max() > 0
+    np.testing.assert_allclose(maps[1], maps[0], rtol=0, atol=1e-6 * np.abs(maps[0]).max())
