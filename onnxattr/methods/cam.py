@@ -114,9 +114,10 @@ def collapsed(b, on_path) -> set:
 
 
 def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> list[str]:
-    """Tensors on the path of the input's rank laid out channels first (the layout is tracked through the
-    Transposes, so a Keras model's transpose back to channels last before it flattens is not one, a Swin's
-    permute to channels first before it pools is), from the first convolution, pool or norm of the path on (not
+    """Tensors on the path of the input's rank known to be laid out channels first (the layout is tracked through
+    the Transposes, so a Keras model's transpose back to channels last before it flattens is not one, a Swin's
+    permute to channels first before it pools is; an attention's heads reshaped back to [N, T, C], of a layout lost
+    on the way, are none), from the first convolution, pool or norm of the path on (not
     a recurrent net's steps [N, 1, C]), with the input's batch size ``batch`` first where both are known (not a
     sequence-first tensor [T, N, C]), and not known to be 1 on every spatial axis. Nothing computed from a global
     pool's output alone is one (a ConvNeXt's LayerNorm over the pooled [N, 1, 1, C], an ASPP's pooled branch
@@ -132,7 +133,7 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
         for o in node.output:
             shape = b.shape(o)
             if o in live and b.is_float(o) and shape is not None and len(shape) == rank and \
-                    first.get(o, node.op_type != "Transpose") and o not in gone and \
+                    first.get(o) is True and o not in gone and \
                     (batch is None or shape[0] is None or shape[0] == batch) and not all(d == 1 for d in shape[2:]):
                 found.append(o)
     return found

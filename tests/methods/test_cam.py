@@ -262,3 +262,26 @@ def test_a_sequence_first_tensor_is_no_feature_map():
     with pytest.raises(UsageError, match=r"layer '/rnn/LSTM_1/split_2' has 1 on its first axis where input 'x' has "
                                          r"its batch \(batch\)"):
         onnxattr.compile(path, "grad_cam", layer="/rnn/LSTM_1/split_2")
+
+
+def test_a_sequence_model_takes_its_conv_features_not_the_attention_after_them():
+    """A Whisper-like encoder: a 1-D convolution's features [N, 6, 16], moved to tokens [N, 16, 6], attention whose
+    heads are reshaped back to [N, 16, 6], a mean over the tokens. The tensors after the heads' reshapes have lost
+    their layout and are no feature maps (they were taken as [N, C, L] before); the default is the conv's
+    activation, which both torch exporters then agree on."""
+    rng = np.random.default_rng(8)
+    n = helper.make_node
+    w = {"K": rng.standard_normal((6, 4, 3)).astype(np.float32) * 0.5, "Wq": rng.standard_normal((6, 6)).astype(
+        np.float32), "Wh": rng.standard_normal((6, 3)).astype(np.float32),
+        "heads": np.array([0, 16, 2, 3], np.int64), "back": np.array([0, 16, 6], np.int64),
+        "tokens": np.array([1], np.int64)}
+    nodes = [n("Conv", ["x", "K"], ["c"], pads=[1, 1]), n("Relu", ["c"], ["a"], name="conv_act"),
+             n("Transpose", ["a"], ["t"], perm=[0, 2, 1]), n("MatMul", ["t", "Wq"], ["q"]),
+             n("Reshape", ["q", "heads"], ["qh"]), n("Transpose", ["qh"], ["qt"], perm=[0, 2, 1, 3]),
+             n("Transpose", ["qt"], ["kt"], perm=[0, 1, 3, 2]), n("MatMul", ["qt", "kt"], ["s"]),
+             n("Softmax", ["s"], ["p"], axis=-1), n("MatMul", ["p", "qt"], ["o"]),
+             n("Transpose", ["o"], ["ob"], perm=[0, 2, 1, 3]), n("Reshape", ["ob", "back"], ["merged"]),
+             n("ReduceMean", ["merged", "tokens"], ["pooled"], keepdims=0), n("MatMul", ["pooled", "Wh"], ["y"])]
+    model = single_io_model(nodes, w, ["N", 4, 16], ["N", 3], opset=18)
+    rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert rules["conv_act"] == "grad_cam layer"
