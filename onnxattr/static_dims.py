@@ -3,14 +3,16 @@
 Shape(h) of an h with a symbolic batch axis is not a constant, but Shape(h)[0] may be, and constant folding
 (fold.py, graphsurgeon) stops at the Shape, or at a Cast after it. Here the shape tensors that exporters compute
 between a Shape and its use carry one entry per element, an int or None where unknown, through Shape, Size,
-Cast, Slice, Gather, Squeeze, Unsqueeze, Concat, Identity and integer Add/Sub/Mul/Div (truncating, as ONNX's);
+Cast, Slice, Gather, Squeeze, Unsqueeze, Concat, Identity, integer Add/Sub/Mul/Div (truncating, as ONNX's),
+Equal and Where (a dimension is never negative: Equal(N, -1) is false) and a Reshape to one axis;
 a tensor whose entries all become known is replaced by an initializer. tf2onnx's while loops read their step count
 this way, from the shape of the sequence (control_flow.py needs it constant), and the TorchScript exporter's
 reshapes their target shapes (a ShuffleNet's channel shuffle, view(N, groups, C // groups, H, W)): with the known
 entries folded, shape inference then knows the shapes after them. An unknown entry remembers which dimension it
 is (a tensor's axis, and its symbolic name): a Reshape whose target is known but for entries that repeat its own
 input's dimension at the same place (x.flatten(2), x.view(x.size(0), -1) under a symbolic batch) gets the constant
-target with 0 there, which ONNX's Reshape reads as "copy that dimension".
+target with 0 there, which ONNX's Reshape reads as "copy that dimension"; an Expand's target made that way gets
+spelled as Concat(Shape(t, start=axis, end=axis + 1), constants), which shape inference follows.
 """
 
 from __future__ import annotations
@@ -149,9 +151,48 @@ def _arithmetic(node, dims, shapes):
     return _Dims(entries, a.scalar and b.scalar, a.dtype)
 
 
+def _equal(node, dims, shapes):
+    """A dimension is never negative: Equal(dim, -1), how TorchScript writes expand(n, -1, -1), is false."""
+    a, b = dims.get(node.input[0]), dims.get(node.input[1])
+    if a is None or b is None or len(a.entries) != len(b.entries) and 1 not in (len(a.entries), len(b.entries)):
+        return None
+    n = max(len(a.entries), len(b.entries))
+    ea, eb = a.entries * (n // len(a.entries)), b.entries * (n // len(b.entries))
+
+    def eq(u, v):
+        if isinstance(u, int) and isinstance(v, int):
+            return int(u == v)
+        if isinstance(u, _Dim) and isinstance(v, int) and v < 0 or isinstance(v, _Dim) and isinstance(u, int) and u < 0:
+            return 0
+        return None
+
+    return _Dims([eq(u, v) for u, v in zip(ea, eb)], a.scalar and b.scalar, onnx.TensorProto.BOOL)
+
+
+def _where(node, dims, shapes):
+    cond, a, b = (dims.get(i) for i in node.input)
+    if cond is None or a is None or b is None or not all(isinstance(c, int) for c in cond.entries):
+        return None
+    n = max(len(cond.entries), len(a.entries), len(b.entries))
+    if {len(cond.entries), len(a.entries), len(b.entries)} - {1, n}:
+        return None
+    stretch = lambda d: d.entries * (n // len(d.entries))  # noqa: E731
+    return _Dims([u if c else v for c, u, v in zip(stretch(cond), stretch(a), stretch(b))],
+                 cond.scalar and a.scalar and b.scalar, a.dtype)
+
+
+def _reshape(node, dims, shapes):
+    """A shape tensor reshaped to one axis ([-1] or [n]): the same entries."""
+    x, target = dims.get(node.input[0]), dims.get(node.input[1])
+    if x is None or target is None or not target.known or len(target.entries) != 1 or \
+            target.entries[0] not in (-1, len(x.entries)):
+        return None
+    return _Dims(list(x.entries), False, x.dtype)
+
+
 RULES = {"Shape": _shape, "Size": _size, "Cast": _cast, "Slice": _slice, "Gather": _gather, "Squeeze": _squeeze,
          "Unsqueeze": _unsqueeze, "Concat": _concat, "Identity": _identity, "Add": _arithmetic, "Sub": _arithmetic,
-         "Mul": _arithmetic, "Div": _arithmetic}
+         "Mul": _arithmetic, "Div": _arithmetic, "Equal": _equal, "Where": _where, "Reshape": _reshape}
 
 
 def fold_static_dims(model: onnx.ModelProto, rounds: int = 64) -> bool:
@@ -187,15 +228,15 @@ def _fold_round(model: onnx.ModelProto) -> bool:
         dims[node.output[0]] = value
         if value.known and node.output[0] not in outputs:  # also a Cast of what an earlier round folded
             folded.append((k, value.array()))
+    if folded:  # first, while the indices are the graph's
+        replaced = {k for k, _ in folded}
+        nodes = [n for k, n in enumerate(graph.node) if k not in replaced]
+        graph.initializer.extend(numpy_helper.from_array(v, graph.node[k].output[0]) for k, v in folded)
+        del graph.node[:]
+        graph.node.extend(nodes)
     copied = _copied_dims(graph, dims, shapes or {})
-    if not folded and not copied:
-        return False
-    replaced = {k for k, _ in folded}
-    nodes = [n for k, n in enumerate(graph.node) if k not in replaced]
-    graph.initializer.extend(numpy_helper.from_array(v, graph.node[k].output[0]) for k, v in folded)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return True
+    spelled = _spell_expand_targets(graph, dims)  # inserts nodes
+    return bool(folded) or copied or spelled
 
 
 def _copied_dims(graph: onnx.GraphProto, dims: dict, shapes: dict) -> bool:
@@ -223,3 +264,51 @@ def _copied_dims(graph: onnx.GraphProto, dims: dict, shapes: dict) -> bool:
         node.input[1] = name
         changed = True
     return changed
+
+
+SPELLED = "oa_dims/"  # the names of the nodes _spell_expand_targets writes
+
+
+def _spell_expand_targets(graph: onnx.GraphProto, dims: dict) -> bool:
+    """An Expand whose target is known but for whole dimensions of other tensors (TorchScript's cls.expand(n, -1, -1)
+    computes it through Equal and Where, which shape inference does not follow) gets that target spelled as Concat of
+    Shape(tensor, start=axis, end=axis + 1) and constants, which it follows: the Expand's output shape is then
+    known. In place; returns whether any was."""
+    producer = {o: n for n in graph.node for o in n.output}
+    nodes, spelled = [], {}
+    for node in graph.node:
+        if node.op_type == "Expand" and len(node.input) > 1 and node.input[1] in spelled:  # a second reader
+            node.input[1] = spelled[node.input[1]]
+            nodes.append(node)
+            continue
+        target = dims.get(node.input[1]) if node.op_type == "Expand" and len(node.input) > 1 else None
+        maker = producer.get(node.input[1]) if target is not None else None
+        if target is None or target.known or target.scalar or (maker is not None and maker.name.startswith(SPELLED)) \
+                or not all(isinstance(e, (int, _Dim)) for e in target.entries):
+            nodes.append(node)
+            continue
+        parts, run = [], []
+        base = f"{SPELLED}{node.input[1]}"
+        for k, e in enumerate(target.entries):
+            if isinstance(e, _Dim):
+                if run:
+                    parts.append(helper.make_node("Constant", [], [f"{base}/c{k}"], name=f"{base}/c{k}",
+                                                  value=numpy_helper.from_array(np.array(run, np.int64))))
+                    run = []
+                parts.append(helper.make_node("Shape", [e.tensor], [f"{base}/d{k}"], name=f"{base}/d{k}",
+                                              start=e.axis, end=e.axis + 1))
+            else:
+                run.append(e)
+        if run:
+            parts.append(helper.make_node("Constant", [], [f"{base}/c_end"], name=f"{base}/c_end",
+                                          value=numpy_helper.from_array(np.array(run, np.int64))))
+        parts.append(helper.make_node("Concat", [p.output[0] for p in parts], [f"{base}/target"],
+                                      name=f"{base}/target", axis=0))
+        nodes.extend(parts)
+        spelled[node.input[1]] = parts[-1].output[0]
+        node.input[1] = parts[-1].output[0]
+        nodes.append(node)
+    if spelled:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return bool(spelled)

@@ -160,3 +160,39 @@ def test_a_reshape_that_repeats_its_input_dims_gets_a_constant_target():
         want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
         got = ort.InferenceSession(canon.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
         np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_an_expand_to_the_batch_written_through_equal_and_where_gets_a_known_shape():
+    """TorchScript's cls.expand(n, -1, -1): the target is Where(Equal(s, -1), 1, s) with s = [N, -1, -1] read from
+    Shape(x). A dimension is never -1, so the entries are [N, 1, 1]; the target is spelled as Shape(x, 0, 1) and a
+    constant, which shape inference follows: the Expand's output, and the tokens Concat after it, have known shapes
+    (a BEiT's token count was unknown without a position embedding to broadcast against)."""
+    from onnxattr.canonicalize import canonicalize
+
+    n = helper.make_node
+    nodes = [n("Shape", ["x"], ["s"]), n("Gather", ["s", "zero"], ["batch"]), n("Unsqueeze", ["batch", "zero1"], ["b1"]),
+             n("Concat", ["b1", "neg", "neg"], ["nmm"], axis=0), n("Reshape", ["nmm", "neg"], ["flat"]),
+             n("Equal", ["flat", "negs"], ["is_neg"]), n("Where", ["is_neg", "ones", "flat"], ["target"]),
+             n("Expand", ["cls", "target"], ["c"]),
+             # known in the same round, after the Expand: folding it must not be thrown off by the nodes inserted
+             n("Cast", ["s"], ["s64"], to=TensorProto.INT64),  # stops graphsurgeon's own shape folding
+             n("Slice", ["s64", "one1", "three1"], ["tail"]), n("Concat", ["neg", "tail"], ["same"], axis=0),
+             n("Reshape", ["x", "same"], ["x2"]), n("Concat", ["c", "x2"], ["y"], axis=1)]
+    inits = [("zero", np.array(0, np.int64)), ("zero1", np.array([0], np.int64)), ("neg", np.array([-1], np.int64)),
+             ("negs", np.array([-1, -1, -1], np.int64)), ("ones", np.array([1, 1, 1], np.int64)),
+             ("cls", np.arange(3, dtype=np.float32).reshape(1, 1, 3)), ("one1", np.array([1], np.int64)),
+             ("three1", np.array([3], np.int64))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, k) for k, v in inits])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    canon = canonicalize(model)
+    shapes = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in (*canon.graph.value_info, *canon.graph.output)}
+    assert shapes["c"] == ["N", 1, 3] and shapes["y"] == ["N", 8, 3]
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 7, 3)).astype(np.float32)
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        got = ort.InferenceSession(canon.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        np.testing.assert_array_equal(got[0], want[0])
