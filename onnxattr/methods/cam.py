@@ -67,6 +67,17 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
                 flip[o] = f
     if x_last is None:  # no channels-first op: the old rule, a Transpose to channels first reading x itself
         x_last = any(n.op_type == "Transpose" and n.input[0] == x and _perm(n) == to_first for n in on_path)
+    else:  # what a channels-first op reads is channels first, and so is what led to it through ops that keep the
+        # layout (a MobileViT's patches folded back by Reshapes, then resized, then convolved)
+        for node in reversed(on_path):
+            reads_channels_first = node.op_type in CHANNELS_FIRST_OPS or is_global_average(b, node)
+            if reads_channels_first and node.input[0] not in flip and b.rank(node.input[0]) == rank:
+                flip[node.input[0]] = x_last
+            elif node.op_type not in ("Transpose", "Reshape", "Flatten") and any(o in flip for o in node.output):
+                f = next(flip[o] for o in node.output if o in flip)
+                for i in node.input:
+                    if i and i not in flip and b.rank(i) == rank and b.is_float(i):
+                        flip[i] = f
     first = {t: f == x_last for t, f in flip.items()}  # flipped from x's layout iff x is channels last
     return first, (to_first if x_last else None)
 
@@ -152,7 +163,9 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
     if layer is None and tokens:
         chosen = default_token_map(on_path, live, tokens)
         place = {o: k for k, n in enumerate(on_path) for o in n.output}
-        later = [m for m in maps if place[m] > place[chosen] and first.get(m) is True]
+        conv = next((k for k, n in enumerate(on_path) if k > place[chosen] and n.op_type in CHANNELS_FIRST_OPS
+                     and n.op_type not in COLLAPSING), None)
+        later = [m for m in maps if conv is not None and place[m] >= conv]
         if not later:  # not a CNN that reads tokens on the way (a non-local block) and goes on convolving
             return chosen, (tokens[chosen], grid)
         return later[-1], None

@@ -285,3 +285,21 @@ def test_a_sequence_model_takes_its_conv_features_not_the_attention_after_them()
     model = single_io_model(nodes, w, ["N", 4, 16], ["N", 3], opset=18)
     rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
     assert rules["conv_act"] == "grad_cam layer"
+
+
+def test_a_map_folded_back_by_reshapes_before_a_pool_is_the_default():
+    """A MobileViT folds its patches back to [N, C, H, W] by Reshapes, whose layout the forward walk loses; a pool
+    (or a convolution) reads channels first, so what it reads is channels first, back through ops that keep the
+    layout: the folded map is the last feature map."""
+    rng = np.random.default_rng(9)
+    n = helper.make_node
+    w = {"K": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "Wh": rng.standard_normal((4, 3)).astype(
+        np.float32), "patches": np.array([0, 4, 4, 16], np.int64), "back": np.array([0, 4, 8, 8], np.int64)}
+    nodes = [n("Conv", ["x", "K"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["a"]),
+             n("Reshape", ["a", "patches"], ["p"]), n("Transpose", ["p"], ["pt"], perm=[0, 1, 3, 2]),
+             n("Sigmoid", ["pt"], ["ps"]), n("Transpose", ["ps"], ["pb"], perm=[0, 1, 3, 2]),
+             n("Reshape", ["pb", "back"], ["folded"]), n("Relu", ["folded"], ["mixed"], name="fold_back"),
+             n("GlobalAveragePool", ["mixed"], ["g"]), n("Flatten", ["g"], ["h"]), n("MatMul", ["h", "Wh"], ["y"])]
+    model = single_io_model(nodes, w, ["N", 3, 8, 8], ["N", 3])
+    rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert rules["fold_back"] == "grad_cam layer"

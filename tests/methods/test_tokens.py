@@ -15,10 +15,11 @@ from tests.models import single_io_model
 C = 6
 
 
-def tiny_vit(flatten="channels_first", prefix=1, seed=0):
+def tiny_vit(flatten="channels_first", prefix=1, seed=0, pool2d=False):
     """x [N, 3, 8, 8] -> patches -> tokens t1 [N, prefix + 4, 6] (class, and a DeiT's distillation token) -> n1 =
     LayerNorm -> attention -> + -> LayerNorm -> MLP -> + -> LayerNorm -> the first token (or, with no prefix, the mean
-    of the tokens) -> y [N, 4]."""
+    of the tokens; ``pool2d``: that mean as torch's dynamo exporter writes AdaptiveAvgPool1d, a ReduceMean of
+    [N, C, 1, T]) -> y [N, 4]."""
     rng = np.random.default_rng(seed)
     w = {name: rng.standard_normal(shape).astype(np.float32) * scale for name, shape, scale in [
         ("Wp", (C, 3, 4, 4), 0.3), ("cls", (1, max(prefix, 1), C), 1.0), ("pos", (1, prefix + 4, C), 0.5),
@@ -50,7 +51,11 @@ def tiny_vit(flatten="channels_first", prefix=1, seed=0):
               n("Add", ["t1", "o2"], ["r1"]), n("LayerNormalization", ["r1", "g", "beta"], ["n2"], axis=-1),
               n("MatMul", ["n2", "W1"], ["m1"]), n("Relu", ["m1"], ["m2"]), n("MatMul", ["m2", "W2"], ["m3"]),
               n("Add", ["r1", "m3"], ["r2"]), n("LayerNormalization", ["r2", "g", "beta"], ["n3"], axis=-1)]
-    if prefix:
+    if pool2d:
+        w["axis2"], w["flat2"] = np.array([2], np.int64), np.array([0, C], np.int64)
+        nodes += [n("Transpose", ["n3"], ["n3t"], perm=[0, 2, 1]), n("Unsqueeze", ["n3t", "axis2"], ["n4"]),
+                  n("ReduceMean", ["n4"], ["pooled"], axes=[2, 3]), n("Reshape", ["pooled", "flat2"], ["h"])]
+    elif prefix:
         nodes += [n("Gather", ["n3", "first"], ["h"], axis=1)]
     else:
         nodes += [n("ReduceMean", ["n3"], ["h"], axes=[1], keepdims=0)]
@@ -136,3 +141,15 @@ def test_a_cnn_that_reads_tokens_on_the_way_keeps_its_last_feature_map():
     want = np.broadcast_to(cam[:, None], x.shape)  # 8 x 8 already: resizing keeps it
     np.testing.assert_allclose(analyze("grad_cam", model, x, layer="t"), want, rtol=1e-5,
                                atol=1e-6 * np.abs(want).max())
+
+
+def test_a_mean_over_the_tokens_written_as_a_2d_pool_keeps_the_token_map():
+    """torch's dynamo exporter writes a Swin's AdaptiveAvgPool1d over the tokens as Unsqueeze to [N, C, 1, T] and a
+    ReduceMean over its last two axes: that [N, C, 1, T] is no feature map of the image (no convolution follows the
+    tokens), and the default stays the token map before the last attention."""
+    model = tiny_vit(prefix=0, pool2d=True)
+    rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert rows["norm1"] == "grad_cam layer"
+    x = np.random.default_rng(6).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = closed_form(model, x, "n1", 0)
+    np.testing.assert_allclose(analyze("grad_cam", model, x), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
