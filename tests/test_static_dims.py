@@ -129,13 +129,32 @@ def test_shapes_after_a_folded_reshape_are_known_to_the_next_round():
     np.testing.assert_array_equal(session.run(None, {"t0": x})[0], want)
 
 
+def canonical_like(nodes, inits):
+    """A float model x [N, 7, 3] -> y of ``nodes``, canonicalized: the canonical model gives the original's output at
+    batch 1 and 3. Returns it and its inferred shapes by name."""
+    from onnxattr.canonicalize import canonicalize
+
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, k) for k, v in inits])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    canon = canonicalize(model)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 7, 3)).astype(np.float32)
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        got = ort.InferenceSession(canon.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        np.testing.assert_array_equal(got[0], want[0])
+    shapes = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in (*canon.graph.value_info, *canon.graph.output)}
+    return canon, shapes
+
+
 def test_a_reshape_that_repeats_its_input_dims_gets_a_constant_target():
     """x.flatten(2) and x.view(x.size(0), h, w, c) under a symbolic batch, as the TorchScript exporter writes them
     (the target computed from Shape): the entries that repeat the Reshape's own input dimension at the same place,
     the same tensor's axis or the same symbolic name, become 0 (copy), so the target is a constant and the shapes
     after it are known; the outputs are the same for every batch size."""
-    from onnxattr.canonicalize import canonicalize
-
     n = helper.make_node
     nodes = [n("Shape", ["x"], ["s"]), n("Slice", ["s", "zero1", "two"], ["n_c"]),     # [N, 7]
              n("Concat", ["n_c", "neg"], ["flat"], axis=0), n("Reshape", ["x", "flat"], ["f"]),   # [N, 7, 3]
@@ -145,21 +164,9 @@ def test_a_reshape_that_repeats_its_input_dims_gets_a_constant_target():
              n("Reshape", ["t", "target"], ["y"])]
     inits = [("zero1", np.array([0], np.int64)), ("two", np.array([2], np.int64)), ("neg", np.array([-1], np.int64)),
              ("zero", np.array(0, np.int64)), ("three_seven", np.array([3, 7, 1], np.int64))]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 3])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(v, k) for k, v in inits])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    canon = canonicalize(model)
-    shapes = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in (*canon.graph.value_info, *canon.graph.output)}
+    canon, shapes = canonical_like(nodes, inits)
     assert shapes["f"] == ["N", 7, 3] and shapes["y"] == ["N", 3, 7, 1]
     assert "Shape" not in [node.op_type for node in canon.graph.node]
-    for batch in (1, 3):
-        x = np.random.default_rng(batch).standard_normal((batch, 7, 3)).astype(np.float32)
-        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-        got = ort.InferenceSession(canon.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-        np.testing.assert_array_equal(got[0], want[0])
 
 
 def test_an_expand_to_the_batch_written_through_equal_and_where_gets_a_known_shape():
@@ -167,8 +174,6 @@ def test_an_expand_to_the_batch_written_through_equal_and_where_gets_a_known_sha
     Shape(x). A dimension is never -1, so the entries are [N, 1, 1]; the target is spelled as Shape(x, 0, 1) and a
     constant, which shape inference follows: the Expand's output, and the tokens Concat after it, have known shapes
     (a BEiT's token count was unknown without a position embedding to broadcast against)."""
-    from onnxattr.canonicalize import canonicalize
-
     n = helper.make_node
     nodes = [n("Shape", ["x"], ["s"]), n("Gather", ["s", "zero"], ["batch"]), n("Unsqueeze", ["batch", "zero1"], ["b1"]),
              n("Concat", ["b1", "neg", "neg"], ["nmm"], axis=0), n("Reshape", ["nmm", "neg"], ["flat"]),
@@ -182,17 +187,5 @@ def test_an_expand_to_the_batch_written_through_equal_and_where_gets_a_known_sha
              ("negs", np.array([-1, -1, -1], np.int64)), ("ones", np.array([1, 1, 1], np.int64)),
              ("cls", np.arange(3, dtype=np.float32).reshape(1, 1, 3)), ("one1", np.array([1], np.int64)),
              ("three1", np.array([3], np.int64))]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 3])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(v, k) for k, v in inits])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    canon = canonicalize(model)
-    shapes = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in (*canon.graph.value_info, *canon.graph.output)}
+    _, shapes = canonical_like(nodes, inits)
     assert shapes["c"] == ["N", 1, 3] and shapes["y"] == ["N", 8, 3]
-    for batch in (1, 3):
-        x = np.random.default_rng(batch).standard_normal((batch, 7, 3)).astype(np.float32)
-        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-        got = ort.InferenceSession(canon.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-        np.testing.assert_array_equal(got[0], want[0])
