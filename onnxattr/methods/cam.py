@@ -196,8 +196,9 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
 def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
     """The upsampled cam, expanded to x's shape (``guided``: for guided_grad_cam, whose guided backprop runs
     through the nodes before the layer too)."""
-    b, x, y = t.b, t.x, t.y
-    on_path, live = path_nodes(t.nodes, x, y, b)
+    b, y = t.b, t.y
+    on_path, live = path_nodes(t.nodes, t.x, y, b)
+    x = signal_channels(b, on_path, t.x) or t.x  # a 1-D signal [N, L]: its [N, 1, L] view, read by the convolutions
     first, perm = layouts(b, on_path, x)
     layer, tokens = choose_layer(b, on_path, live, x, y, b.rank(x) or 0, p["layer"], first)
     seed = build_seed(b, y, t.neuron, "one", t.index)
@@ -241,9 +242,25 @@ def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
                 "; guided backprop's part too" if guided and node.op_type == "Relu" else ""))
         elif node.name in before and not guided:
             t.assignment[node.name] = ("none", f"before the Grad-CAM layer '{layer}'")
-    out = b.op("Expand", [up, b.op("Shape", [x])])
-    b.set_info(out, x)
+    if x != t.x:
+        out = b.op("Reshape", [up, b.op("Shape", [t.x])])  # [N, 1, L] -> [N, L]
+    else:
+        out = b.op("Expand", [up, b.op("Shape", [x])])
+    b.set_info(out, t.x)
     return out
+
+
+def signal_channels(b, on_path, x: str) -> str | None:
+    """For a 1-D signal x [N, L] (raw audio), the [N, 1, L] that an Unsqueeze or Reshape on the path makes of it for
+    the convolutions (wav2vec2's feature encoder): its feature maps [N, C, T] have that view's rank. None otherwise."""
+    if b.rank(x) != 2:
+        return None
+    for node in on_path:
+        if node.op_type in ("Unsqueeze", "Reshape") and node.input[0] == x:
+            shape = b.shape(node.output[0])
+            if shape is not None and len(shape) == 3 and shape[1] == 1:
+                return node.output[0]
+    return None
 
 
 def build_guided_grad_cam(t: Target, p: dict) -> str:

@@ -303,3 +303,33 @@ def test_a_map_folded_back_by_reshapes_before_a_pool_is_the_default():
     model = single_io_model(nodes, w, ["N", 3, 8, 8], ["N", 3])
     rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
     assert rules["fold_back"] == "grad_cam layer"
+
+
+def test_a_one_dimensional_signal_gets_the_cam_of_its_conv_features():
+    """Raw audio x [N, L] that an Unsqueeze makes [N, 1, L] for 1-D convolutions (wav2vec2's feature encoder): the
+    default layer is the last conv map [N, C, T], and the cam relu(sum_c mean_t(dy/dA_c) A_c) is resized linearly
+    (half-pixel centres) to L, one value per sample of the signal. A and dy/dA come from onnxattr's input and
+    gradient methods explaining that map. (Before, grad_cam refused: no feature map of the input's rank 2.)"""
+    rng = np.random.default_rng(10)
+    n = helper.make_node
+    w = {"K1": rng.standard_normal((4, 1, 4)).astype(np.float32), "K2": rng.standard_normal((4, 4, 3)).astype(
+        np.float32), "Wh": rng.standard_normal((4, 3)).astype(np.float32), "one": np.array([1], np.int64)}
+    nodes = [n("Unsqueeze", ["x", "one"], ["x1"]), n("Conv", ["x1", "K1"], ["c1"], strides=[2]),
+             n("Relu", ["c1"], ["a1"]), n("Conv", ["a1", "K2"], ["c2"], strides=[2]),
+             n("Relu", ["c2"], ["a2"], name="last_map"), n("GlobalAveragePool", ["a2"], ["g"]),
+             n("Flatten", ["g"], ["h"]), n("MatMul", ["h", "Wh"], ["y"])]
+    model = single_io_model(nodes, w, ["N", 32], ["N", 3])
+    rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert rules["last_map"] == "grad_cam layer"
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    a = analyze("input", model, x, input="a2")
+    g = analyze("gradient", model, x, input="a2")
+    cam = np.maximum((g.mean(axis=2, keepdims=True) * a).sum(1), 0)  # [N, T]
+    t = cam.shape[1]
+    pos = np.clip((np.arange(32) + 0.5) * t / 32 - 0.5, 0, t - 1)
+    lo = np.floor(pos).astype(int)
+    hi, frac = np.minimum(lo + 1, t - 1), pos - np.floor(pos)
+    want = cam[:, lo] * (1 - frac) + cam[:, hi] * frac
+    got = analyze("grad_cam", model, x)
+    assert got.shape == x.shape and np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
