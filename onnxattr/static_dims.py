@@ -137,28 +137,30 @@ def _identity(node, dims, shapes):
     return dims.get(node.input[0])
 
 
+def _elementwise(node, dims, entry, dtype: int | None = None):
+    """Entry by entry, ``entry`` of the inputs' entries, 1-element inputs broadcast against the others; None unless
+    every input is followed and their lengths broadcast. ``dtype``: the output's, else the last input's."""
+    values = [dims.get(i) for i in node.input]
+    if any(v is None for v in values):
+        return None
+    n = max(len(v.entries) for v in values)
+    if {len(v.entries) for v in values} - {1, n}:
+        return None
+    columns = zip(*(v.entries * (n // len(v.entries)) for v in values))
+    return _Dims([entry(*c) for c in columns], all(v.scalar for v in values), dtype or values[-1].dtype)
+
+
+_ARITHMETIC = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v,
+               "Div": lambda u, v: abs(u) // abs(v) * (1 if (u < 0) == (v < 0) else -1) if v else None}
+
+
 def _arithmetic(node, dims, shapes):
-    a, b = dims.get(node.input[0]), dims.get(node.input[1])
-    if a is None or b is None:
-        return None
-    n = max(len(a.entries), len(b.entries))
-    if {len(a.entries), len(b.entries)} - {1, n}:
-        return None
-    op = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v,
-          "Div": lambda u, v: abs(u) // abs(v) * (1 if (u < 0) == (v < 0) else -1) if v else None}[node.op_type]
-    ea, eb = a.entries * (n // len(a.entries)), b.entries * (n // len(b.entries))
-    entries = [op(u, v) if isinstance(u, int) and isinstance(v, int) else None for u, v in zip(ea, eb)]
-    return _Dims(entries, a.scalar and b.scalar, a.dtype)
+    op = _ARITHMETIC[node.op_type]
+    return _elementwise(node, dims, lambda u, v: op(u, v) if isinstance(u, int) and isinstance(v, int) else None)
 
 
 def _equal(node, dims, shapes):
     """A dimension is never negative: Equal(dim, -1), how TorchScript writes expand(n, -1, -1), is false."""
-    a, b = dims.get(node.input[0]), dims.get(node.input[1])
-    if a is None or b is None or len(a.entries) != len(b.entries) and 1 not in (len(a.entries), len(b.entries)):
-        return None
-    n = max(len(a.entries), len(b.entries))
-    ea, eb = a.entries * (n // len(a.entries)), b.entries * (n // len(b.entries))
-
     def eq(u, v):
         if isinstance(u, int) and isinstance(v, int):
             return int(u == v)
@@ -166,19 +168,14 @@ def _equal(node, dims, shapes):
             return 0
         return None
 
-    return _Dims([eq(u, v) for u, v in zip(ea, eb)], a.scalar and b.scalar, onnx.TensorProto.BOOL)
+    return _elementwise(node, dims, eq, onnx.TensorProto.BOOL)
 
 
 def _where(node, dims, shapes):
-    cond, a, b = (dims.get(i) for i in node.input)
-    if cond is None or a is None or b is None or not all(isinstance(c, int) for c in cond.entries):
+    cond = dims.get(node.input[0])
+    if cond is None or not all(isinstance(c, int) for c in cond.entries):
         return None
-    n = max(len(cond.entries), len(a.entries), len(b.entries))
-    if {len(cond.entries), len(a.entries), len(b.entries)} - {1, n}:
-        return None
-    stretch = lambda d: d.entries * (n // len(d.entries))  # noqa: E731
-    return _Dims([u if c else v for c, u, v in zip(stretch(cond), stretch(a), stretch(b))],
-                 cond.scalar and a.scalar and b.scalar, a.dtype)
+    return _elementwise(node, dims, lambda c, u, v: u if c else v)
 
 
 def _reshape(node, dims, shapes):
