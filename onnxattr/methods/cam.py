@@ -41,7 +41,9 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
     absent when unknown}, the permutation taking x to channels first or None when x is channels first).
     Each Transpose moving the last axis to 1 (or back) flips the layout along the path; x's own layout is
     read off the first channels-first op (Conv, pools, BatchNorm) whose input has a known layout; such an op
-    writes channels first even where its input's layout was lost (after a non-local block's reshapes)."""
+    writes channels first even where its input's layout was lost (after a non-local block's reshapes). Then, walking
+    back, what a channels-first op or a global average reads is channels first, and so are the same-rank inputs of
+    the ops before it other than Transpose, Reshape and Flatten."""
     rank = b.rank(x)
     if not rank or rank < 3:
         return {}, None
@@ -67,8 +69,7 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
                 flip[o] = f
     if x_last is None:  # no channels-first op: the old rule, a Transpose to channels first reading x itself
         x_last = any(n.op_type == "Transpose" and n.input[0] == x and _perm(n) == to_first for n in on_path)
-    else:  # what a channels-first op reads is channels first, and so is what led to it through ops that keep the
-        # layout (a MobileViT's patches folded back by Reshapes, then resized, then convolved)
+    else:  # a MobileViT's patches folded back by Reshapes, then resized, then convolved
         for node in reversed(on_path):
             reads_channels_first = node.op_type in CHANNELS_FIRST_OPS or is_global_average(b, node)
             if reads_channels_first and node.input[0] not in flip and b.rank(node.input[0]) == rank:
