@@ -3,9 +3,11 @@
 Conv VJP (recipe checked on onnxruntime): ConvTranspose of g with the Conv weight as it is (same group,
 strides, dilations) and NO pads gives the gradient of the padded input; a Pad with negative begin pads
 crops it to x (its end pad is x_len - full_len + pad_begin, positive when the stride did not divide).
-With static shapes the crop is ConvTranspose's own ``pads`` and the uncovered end rows its
-``output_padding`` (zeros; allowed below max(stride, dilation)): one op, no copy. The ``output_shape``
-attribute is avoided: onnxruntime ignores pads with it.
+With static shapes the crop is ConvTranspose's own ``pads``, symmetric (begin at both ends), and
+``output_padding`` = begin + end gives back what the end crop takes beyond the rows it should (zeros where no
+window reached; onnxruntime takes it in [0, stride)): one op, no copy. onnxruntime's CUDA provider drops a
+ConvTranspose with asymmetric pads to the CPU; other cases pad or crop after an unpadded ConvTranspose. The
+``output_shape`` attribute is avoided: onnxruntime ignores pads with it.
 
 ConvTranspose VJP: Conv of g with the same weight, strides, dilations, group and the ConvTranspose pads.
 
@@ -107,10 +109,13 @@ def _transposed(b, g, w, x, group, kernel, strides, dil, begin, xs, gs):
     nsp = len(kernel)
     if xs is not None and gs is not None:
         end = [xs[i] - ((gs[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1) + begin[i] for i in range(nsp)]
-        if all(e < max(strides[i], dil[i]) for i, e in enumerate(end)):
-            # the crop as ConvTranspose pads, rows no window reached as output_padding (zeros): no Pad copy
+        extra = [begin[i] + e for i, e in enumerate(end)]  # output_padding that makes the end pad equal begin
+        if all(0 <= extra[i] < strides[i] for i in range(nsp)):  # onnxruntime: output_padding below the stride
+            # the crop as ConvTranspose pads, rows no window reached as output_padding (zeros): no Pad copy.
+            # The pads are symmetric (the end crop is begin; output_padding adds back the rows it takes beyond
+            # -end): onnxruntime's CUDA provider runs no ConvTranspose with asymmetric pads, it drops them to the CPU
             out = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil,
-                       pads=list(begin) + [max(-e, 0) for e in end], output_padding=[max(e, 0) for e in end])
+                       pads=list(begin) * 2, output_padding=extra)
             b.set_info(out, x)
             return out
         full = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil)

@@ -5,7 +5,7 @@ import pytest
 
 from onnxattr.emitters.conv import channel_scale
 from tests.models import run_emitted
-from tests.vjp_check import check_vjp
+from tests.vjp_check import check_vjp, node_model, vjp_model
 
 rng = np.random.default_rng(1)
 
@@ -22,6 +22,12 @@ CONV_CASES = [
     ((2, 3, 11), (4, 3, 3), {"strides": [2], "pads": [1, 2], "dilations": [2]}),  # Conv1D
     # 16 input channels: the strided VJP's ConvTranspose result passes conv.channel_scale
     ((1, 16, 7, 7), (8, 16, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    # ResNet's strided convs on even sizes: the stem (7x7, pads 3) and a 3x3 with pads 1 crop more at the begin
+    # than at the end; the 1x1 shortcut leaves a row no window reads
+    ((1, 3, 16, 16), (4, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
+    ((1, 4, 8, 8), (4, 4, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 4, 8, 8), (6, 4, 1, 1), {"strides": [2, 2]}),
+    ((2, 2, 8), (2, 1, 1), {"dilations": [2], "group": 2, "pads": [2, 1]}),  # output_padding 1 >= stride: padded after
 ]
 
 
@@ -35,6 +41,23 @@ def test_conv_vjp(xs, ws, attrs, dynamic):
     w = rng.standard_normal(ws)
     bias = rng.standard_normal(ws[0])
     check_vjp("Conv", [("x", x, False), ("w", w, True), ("b", bias, True)], attrs, dynamic=dynamic)
+
+
+@pytest.mark.parametrize("xs,ws,attrs", CONV_CASES)
+def test_conv_vjp_emits_convtranspose_with_symmetric_pads(xs, ws, attrs):
+    """onnxruntime's CUDA provider drops a ConvTranspose with asymmetric pads (or auto_pad SAME) to the CPU, so
+    the VJP's ConvTranspose pads equally at both ends; what that cannot express is a Pad after it."""
+    model = node_model("Conv", [("x", rng.standard_normal(xs), False), ("w", rng.standard_normal(ws), True)], attrs)
+    vm = vjp_model(model, ["x"], "y0")
+    transposed = [n for n in vm.graph.node if n.op_type == "ConvTranspose"]
+    for n in transposed:
+        at = {a.name: a for a in n.attribute}
+        pads = list(at["pads"].ints) if "pads" in at else []
+        half = len(pads) // 2
+        assert pads[:half] == pads[half:], f"{attrs}: asymmetric ConvTranspose pads {pads}"
+        assert at.get("auto_pad") is None or at["auto_pad"].s in (b"NOTSET", b"VALID")
+    if any(s > 1 for s in attrs.get("strides", [1])):
+        assert transposed, "a strided Conv's VJP is a ConvTranspose"
 
 
 def test_conv_same_dynamic_is_a_clear_error():
