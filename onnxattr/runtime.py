@@ -126,19 +126,45 @@ class Runner:
 def node_placement(model: onnx.ModelProto, feeds: dict, device: str | None = None, providers=None) -> list[dict]:
     """Where each node of ``model`` ran in one run on ``feeds``: one dict per node (inside a Loop's body once)
     with its name, op type, execution provider and output element types, read off onnxruntime's profile
-    (onnxruntime places nodes when it makes a session and reports the placement nowhere else). A CUDA session
-    runs shape arithmetic (Shape, and the int64 nodes fed by it) on the CPU by design; a float node there is a
-    fallback, and the copies around it (Memcpy nodes) cost time."""
+    (onnxruntime places nodes when it makes a session and reports the placement nowhere else).
+
+    A node that ran elsewhere than the first provider asked for also gets ``fallback``: True when that provider
+    cannot run it (no kernel for its op type in this onnxruntime; for CUDA also a ConvTranspose with asymmetric
+    pads or auto_pad SAME, which cuDNN cannot pad), False when onnxruntime chose the CPU for it: a CUDA session
+    keeps shape arithmetic (Shape and what it feeds) and every node whose inputs are all already on the CPU
+    there, by design. Copies (Memcpy nodes) join the two sides."""
+    requested = providers_for(device, providers)
     with tempfile.TemporaryDirectory() as folder:
         runner = Runner(model, device, providers, profile_prefix=os.path.join(folder, "placement"))
         runner.run(feeds)
         with open(runner.session.end_profiling()) as f:
             events = json.load(f)
+    first = _provider_name(requested[0])
+    listing = getattr(ort.capi._pybind_state, "get_all_opkernel_def", None)  # absent from minimal builds
+    kernels = None if listing is None else {k.op_name for k in listing() if k.provider == first}
+    by_name = {n.name: n for top in model.graph.node for n in nodes_within(top)}
     placed = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             args = e.get("args", {})
             name = e["name"][: -len("_kernel_time")]
-            placed.setdefault(name, {"node": name, "op": args.get("op_name"), "provider": args.get("provider"),
-                                     "outputs": [t for o in args.get("output_type_shape", []) for t in o]})
+            entry = placed.setdefault(name, {"node": name, "op": args.get("op_name"), "provider": args.get("provider"),
+                                             "outputs": [t for o in args.get("output_type_shape", []) for t in o]})
+            if (entry["provider"] != first and kernels is not None and "fallback" not in entry
+                    and not entry["op"].startswith("Memcpy")):
+                node = by_name.get(name)
+                entry["fallback"] = entry["op"] not in kernels or (
+                    first == "CUDAExecutionProvider" and node is not None and not _cudnn_pads(node))
     return list(placed.values())
+
+
+def _cudnn_pads(node: onnx.NodeProto) -> bool:
+    """False for a ConvTranspose that onnxruntime's CUDA provider leaves to the CPU (cuDNN pads symmetrically:
+    asymmetric pads, or auto_pad SAME that may need them)."""
+    if node.op_type != "ConvTranspose":
+        return True
+    at = {a.name: a for a in node.attribute}
+    if "auto_pad" in at and at["auto_pad"].s in (b"SAME_UPPER", b"SAME_LOWER"):
+        return False
+    pads = list(at["pads"].ints) if "pads" in at else []
+    return pads[: len(pads) // 2] == pads[len(pads) // 2:]

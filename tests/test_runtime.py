@@ -116,3 +116,15 @@ def test_node_placement_reads_every_node_and_its_provider_off_the_profile():
     convs = [p for p in placed if p["op"] in ("Conv", "FusedConv")]
     assert convs and all(p["outputs"] == ["float"] for p in convs)
     assert sum(n.op_type == "Conv" for n in model.graph.node) == len(convs)  # forward and backward Convs, each once
+    assert not any("fallback" in p for p in placed)  # only nodes off the first provider asked for get one
+
+
+@pytest.mark.parametrize("attrs,runs_on_cuda", [
+    ({}, True), ({"pads": [1, 0, 1, 0]}, True), ({"pads": [1, 1, 0, 0]}, False), ({"pads": [3, 3, 2, 2]}, False),
+    ({"auto_pad": "SAME_UPPER"}, False), ({"auto_pad": "VALID"}, True)])
+def test_node_placement_knows_the_convtranspose_pads_cuda_refuses(attrs, runs_on_cuda):
+    """onnxruntime's CUDA provider drops a ConvTranspose with asymmetric pads (or auto_pad SAME) to the CPU
+    (CUDAExecutionProvider::GetCapability: cuDNN pads symmetrically); node_placement calls that a fallback."""
+    node = onnx.helper.make_node("ConvTranspose", ["x", "w"], ["y"], **attrs)
+    assert onnxattr.runtime._cudnn_pads(node) is runs_on_cuda
+    assert onnxattr.runtime._cudnn_pads(onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 1, 0]))

@@ -16,8 +16,8 @@ distance; the point itself is not padded, each tap is (clipped for border, mirro
 for zeros), as in torch and onnxruntime (onnx's reference clips the point for border).
 
 AffineGrid: grid[n, p] = theta[n] @ (base[p], 1) with base[p] the normalized coordinates of output point p, so
-d theta[n] = sum over p of g[n, p] (base[p], 1)^T, one MatMul; (base, 1) comes from AffineGrid itself applied to
-the identity transform.
+d theta[n] = sum over p of g[n, p] (base[p], 1)^T, one MatMul; (base, 1) is a constant when the grid's sizes are
+known, else AffineGrid itself applied to the identity transform (onnxruntime's CUDA provider has no AffineGrid).
 """
 
 import numpy as np
@@ -220,19 +220,36 @@ def _cubic_grid_vjp(b, g_flat, v, wt, ht, width, height, w):
     return b.op("Concat", parts, axis=3)
 
 
+def homogeneous_base(lengths, align_corners) -> np.ndarray:
+    """(base[p], 1) for the output points p of an AffineGrid with spatial ``lengths`` ([H, W] or [D, H, W]), in
+    row-major order: [points, k + 1] with columns x (along the width), y[, z], 1. A length L spans [-1, 1] at its
+    end points (align_corners; lengths above 1), else at its cell centres (2i + 1) / L - 1."""
+    axes = [np.linspace(-1.0, 1.0, n) if align_corners else (2.0 * np.arange(n) + 1.0) / n - 1.0 for n in lengths]
+    mesh = np.meshgrid(*axes, indexing="ij")  # one array per axis, in the order of lengths
+    columns = [m.reshape(-1) for m in reversed(mesh)] + [np.ones(mesh[0].size)]
+    return np.stack(columns, axis=1)
+
+
 @register("AffineGrid")
 def affine_grid_vjp(b, node, grads, need):
     theta, size = node.input[0], node.input[1]
     k = b.shape(theta)[1] if b.shape(theta) is not None and isinstance(b.shape(theta)[1], int) else None
     if k is None:
         raise UnsupportedModelError(f"AffineGrid node '{node.name}': theta's shape [N, k, k + 1] must be known")
-    identity = b.const(np.eye(k, k + 1)[None], b.float_dtype(theta), "affine_identity")
-    one_sample = b.op("Concat", [b.ints([1]), b.op("Slice", [size, b.ints([1]), b.ints([k + 2])])], axis=0)
-    base = b.op("AffineGrid", [identity, one_sample], align_corners=node_attr(node, "align_corners", 0))
-    base = b.op("Reshape", [base, b.ints([-1, k])])  # [points, k]: (x, y[, z]) per output point
-    ones = b.op("ConstantOfShape", [b.op("Slice", [b.op("Shape", [base]), b.ints([0]), b.ints([1])])],
-                value=b.fill_value(1.0, theta))
-    homogeneous = b.op("Concat", [base, b.op("Unsqueeze", [ones, b.ints([1])])], axis=1)  # [points, k + 1]
+    align = node_attr(node, "align_corners", 0)
+    grid_shape = b.shape(node.output[0])
+    lengths = grid_shape[1:1 + k] if grid_shape is not None and len(grid_shape) == k + 2 else None
+    # a length 1 under align_corners is 0 in torch, -1 in onnx's reference, 1 in onnxruntime: AffineGrid decides
+    if lengths is not None and all(isinstance(d, int) and (d > 1 or not align) for d in lengths):
+        homogeneous = b.const(homogeneous_base(lengths, align), b.float_dtype(theta), "affine_base")
+    else:  # sizes known at run time only: AffineGrid of the identity (onnxruntime's CUDA provider has no kernel)
+        identity = b.const(np.eye(k, k + 1)[None], b.float_dtype(theta), "affine_identity")
+        one_sample = b.op("Concat", [b.ints([1]), b.op("Slice", [size, b.ints([1]), b.ints([k + 2])])], axis=0)
+        base = b.op("AffineGrid", [identity, one_sample], align_corners=align)
+        base = b.op("Reshape", [base, b.ints([-1, k])])  # [points, k]: (x, y[, z]) per output point
+        ones = b.op("ConstantOfShape", [b.op("Slice", [b.op("Shape", [base]), b.ints([0]), b.ints([1])])],
+                    value=b.fill_value(1.0, theta))
+        homogeneous = b.op("Concat", [base, b.op("Unsqueeze", [ones, b.ints([1])])], axis=1)  # [points, k + 1]
     g = b.op("Reshape", [grads[0], b.op("Concat", [b.op("Slice", [b.op("Shape", [theta]), b.ints([0]), b.ints([1])]),
                                                    b.ints([-1, k])], axis=0)])  # [N, points, k]
     return [b.op("MatMul", [b.op("Transpose", [g], perm=[0, 2, 1]), homogeneous]), None]

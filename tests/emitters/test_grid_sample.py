@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.vjp_check import check_vjp, node_model
+from tests.vjp_check import check_vjp, node_model, vjp_model
 
 rng = np.random.default_rng(14)
 
@@ -158,11 +158,16 @@ def test_grid_sample_of_rank_5_refused():
 
 
 @pytest.mark.parametrize("align", [0, 1])
-@pytest.mark.parametrize("size", [[2, 3, 4, 5], [2, 1, 3, 4, 2]])
+@pytest.mark.parametrize("size", [[2, 3, 4, 5], [2, 1, 3, 4, 2], [2, 3, 1, 5]])
 def test_affine_grid(align, size):
     """torch.nn.functional.affine_grid at opset 20 (the legacy exporter's spatial transformer): a linear map of
-    theta, so checked on onnxruntime; 2-D and 3-D."""
+    theta, so checked on onnxruntime; 2-D and 3-D. The base grid is a constant (no AffineGrid appended:
+    onnxruntime's CUDA provider has none), except for a length 1 under align_corners, whose base onnxruntime
+    puts at 1 (torch at 0, onnx's reference at -1): AffineGrid of the identity makes it there."""
     k = len(size) - 2
     theta = rng.standard_normal((2, k, k + 1))
-    check_vjp("AffineGrid", [("theta", theta, False), ("size", np.array(size, np.int64), True)],
-              {"align_corners": align}, dynamic=(0,), opset=20, linear_ort=True)
+    inputs = [("theta", theta, False), ("size", np.array(size, np.int64), True)]
+    check_vjp("AffineGrid", inputs, {"align_corners": align}, dynamic=(0,), opset=20, linear_ort=True)
+    appended = [n.op_type for n in vjp_model(node_model("AffineGrid", inputs, {"align_corners": align},
+                                                        dynamic=(0,), opset=20), ["theta"], "y0").graph.node]
+    assert appended.count("AffineGrid") == (2 if align and 1 in size[2:] else 1)
