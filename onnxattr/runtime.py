@@ -128,34 +128,62 @@ def node_placement(model: onnx.ModelProto, feeds: dict, device: str | None = Non
     with its name, op type, execution provider and output element types, read off onnxruntime's profile
     (onnxruntime places nodes when it makes a session and reports the placement nowhere else).
 
-    A node that ran elsewhere than the first provider asked for also gets ``fallback``: True when that provider
-    cannot run it (no kernel for its op type in this onnxruntime; for CUDA also a ConvTranspose with asymmetric
-    pads or auto_pad SAME, which cuDNN cannot pad), False when onnxruntime chose the CPU for it: a CUDA session
-    keeps shape arithmetic (Shape and what it feeds) and every node whose inputs are all already on the CPU
-    there, by design. Copies (Memcpy nodes) join the two sides."""
+    A node that ran elsewhere than the first provider asked for also gets ``fallback`` (mark_fallbacks): True
+    when that provider could not run it (an input was on the device, so only a missing kernel keeps the node
+    off it; for CUDA also a ConvTranspose with asymmetric pads or auto_pad SAME, which cuDNN cannot pad), False
+    when onnxruntime chose the CPU: a CUDA session keeps shape arithmetic (Shape and what it feeds) and every
+    node whose inputs are all on the CPU already there, by design. Copies (Memcpy nodes) join the two sides."""
     requested = providers_for(device, providers)
     with tempfile.TemporaryDirectory() as folder:
         runner = Runner(model, device, providers, profile_prefix=os.path.join(folder, "placement"))
         runner.run(feeds)
         with open(runner.session.end_profiling()) as f:
             events = json.load(f)
-    first = _provider_name(requested[0])
-    listing = getattr(ort.capi._pybind_state, "get_all_opkernel_def", None)  # absent from minimal builds
-    kernels = None if listing is None else {k.op_name for k in listing() if k.provider == first}
-    by_name = {n.name: n for top in model.graph.node for n in nodes_within(top)}
     placed = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             args = e.get("args", {})
             name = e["name"][: -len("_kernel_time")]
-            entry = placed.setdefault(name, {"node": name, "op": args.get("op_name"), "provider": args.get("provider"),
-                                             "outputs": [t for o in args.get("output_type_shape", []) for t in o]})
-            if (entry["provider"] != first and kernels is not None and "fallback" not in entry
-                    and not entry["op"].startswith("Memcpy")):
-                node = by_name.get(name)
-                entry["fallback"] = entry["op"] not in kernels or (
-                    first == "CUDAExecutionProvider" and node is not None and not _cudnn_pads(node))
-    return list(placed.values())
+            placed.setdefault(name, {"node": name, "op": args.get("op_name"), "provider": args.get("provider"),
+                                     "outputs": [t for o in args.get("output_type_shape", []) for t in o],
+                                     "input_shapes": [s for i in args.get("input_type_shape", []) for s in i.values()]})
+    return mark_fallbacks(model, list(placed.values()), _provider_name(requested[0]))
+
+
+SMALL_INITIALIZER = 100  # elements: onnxruntime counts such a constant as being on the CPU (fallback_cpu_capability.cc)
+
+
+def mark_fallbacks(model: onnx.ModelProto, placed: list[dict], first: str) -> list[dict]:
+    """Give each node of ``placed`` that ran elsewhere than ``first`` a ``fallback`` flag, by onnxruntime's own
+    rule for keeping a node on the CPU (GetCpuPreferredNodes): every input already there (a graph input, the
+    output of Shape or Size or of a node that ran there, a constant of at most 100 elements) means onnxruntime
+    chose the CPU (False); an input on the device means the device could not run the node (True), as does a
+    ConvTranspose cuDNN cannot pad. A node onnxruntime renamed past recognition gets no flag."""
+    by_name = {n.name: n for top in model.graph.node for n in nodes_within(top)}
+    producer = {o: n for n in by_name.values() for o in n.output}
+    graph_inputs = {i.name for i in model.graph.input}
+    where = {p["node"]: p["provider"] for p in placed}
+    for p in placed:
+        if p["provider"] == first or (p["op"] or "").startswith("Memcpy"):
+            continue
+        node = by_name.get(p["node"]) or by_name.get(p["node"].rsplit("/", 1)[0])  # a fusion's name/Suffix
+        if node is None:
+            continue
+        if first == "CUDAExecutionProvider" and not _cudnn_pads(node):
+            p["fallback"] = True
+            continue
+        shapes = p.get("input_shapes", [])
+        on_cpu = []
+        for k, name in enumerate(node.input):
+            src = producer.get(name)
+            if not name or name in graph_inputs or (src is not None and src.op_type in ("Shape", "Size")):
+                on_cpu.append(True)
+            elif src is not None and src.name in where:
+                on_cpu.append(where[src.name] != first)
+            else:  # a constant (or a node folded into one): on the CPU when small
+                on_cpu.append(k < len(shapes) and int(np.prod(shapes[k], dtype=np.int64)) <= SMALL_INITIALIZER)
+        p["fallback"] = not all(on_cpu)
+    return placed
 
 
 def _cudnn_pads(node: onnx.NodeProto) -> bool:

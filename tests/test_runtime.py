@@ -128,3 +128,29 @@ def test_node_placement_knows_the_convtranspose_pads_cuda_refuses(attrs, runs_on
     node = onnx.helper.make_node("ConvTranspose", ["x", "w"], ["y"], **attrs)
     assert onnxattr.runtime._cudnn_pads(node) is runs_on_cuda
     assert onnxattr.runtime._cudnn_pads(onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 1, 0]))
+
+
+def test_mark_fallbacks_follows_onnxruntimes_rule_for_cpu_nodes():
+    """A node off CUDA whose inputs were all on the CPU (a graph input, Shape's output, a small constant, a CPU
+    node's output) is onnxruntime's choice; one with an input on the GPU, or a ConvTranspose cuDNN cannot pad,
+    is a fallback; a fused node's name/Suffix is read as its first node's."""
+    h = onnx.helper
+    nodes = [h.make_node("Relu", ["x"], ["r"], name="relu"), h.make_node("Shape", ["r"], ["s"], name="shape"),
+             h.make_node("Cast", ["s"], ["c"], name="cast", to=1), h.make_node("Div", ["c", "k"], ["d"], name="div"),
+             h.make_node("Mul", ["r", "d"], ["m"], name="mul"),
+             h.make_node("ConvTranspose", ["m", "w"], ["y"], name="convt", pads=[1, 1, 0, 0])]
+    inits = [onnx.numpy_helper.from_array(np.ones(1, np.float32), "k"),
+             onnx.numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 5, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    model = h.make_model(graph)
+    cuda, cpu = "CUDAExecutionProvider", "CPUExecutionProvider"
+    placed = [{"node": "relu", "op": "Relu", "provider": cuda}, {"node": "shape", "op": "Shape", "provider": cuda},
+              {"node": "cast/SomeFusion", "op": "Cast", "provider": cpu},
+              {"node": "div", "op": "Div", "provider": cpu, "input_shapes": [[4], [1]]},
+              {"node": "mul", "op": "Mul", "provider": cpu, "input_shapes": [[1, 4, 5, 5], [4]]},
+              {"node": "convt", "op": "ConvTranspose", "provider": cpu},
+              {"node": "Memcpy", "op": "MemcpyToHost", "provider": cuda}]
+    marked = {p["node"]: p.get("fallback") for p in onnxattr.runtime.mark_fallbacks(model, placed, cuda)}
+    assert marked == {"relu": None, "shape": None, "cast/SomeFusion": False, "div": False, "mul": True,
+                      "convt": True, "Memcpy": None}
