@@ -246,6 +246,20 @@ def test_hf_llama_matches_torch_autograd():
         assert r.shape == ref["x"].shape and np.isfinite(r).all() and np.abs(r).max() > 0, method
 
 
+def test_hf_efficientnet_matches_torch_autograd():
+    """A Hugging Face EfficientNet (make_hf.py efficientnet; TorchScript export) pools its last map with
+    AvgPool2d(hidden_dim): a 160 x 160 window over a 1 x 1 map. The VJP's ones kernel keeps the one tap that lands
+    inside the map (the full one took 15.6 GiB for B0's 1280 at compile time), and the gradient of logit 0 is
+    torch's, through its ZeroPad2d Pad nodes and SiLU/squeeze-excitation blocks."""
+    ref = np.load(path_of("hf_efficientnet.npz"))
+    analyzer = onnxattr.create_analyzer("gradient", path_of("hf_efficientnet_ts.onnx"), neuron_selection_mode="index")
+    g = analyzer.analyze(ref["x"], neuron_selection=0)
+    np.testing.assert_allclose(g, ref["g_0"], rtol=0, atol=1e-4 * np.abs(ref["g_0"]).max())
+    model = onnx.load(path_of("hf_efficientnet_ts.onnx"))
+    weights = lambda m: sum(int(np.prod(t.dims)) for t in m.graph.initializer)  # noqa: E731
+    assert weights(onnxattr.compile(model, "gradient")) < 2 * weights(model)  # not 160^3 ones
+
+
 @pytest.mark.parametrize("method", sorted(name for name, m in REGISTRY.items() if m.random))
 def test_random_draws_on_torch_dynamo_modern(method):
     """Opset 23 with RMSNormalization, which has no older version: the random ops need opset 21 (onnxruntime has

@@ -150,8 +150,18 @@ def _window_sum_transpose(b, node, t, kernel, strides, dil, begin):
     channels = xs[1] if xs else None
     if not isinstance(channels, int):
         raise UnsupportedModelError(f"{node.op_type} node '{node.name}': the channel count must be static")
+    kernel = reaching_kernel(kernel, xs[2:], dil, begin)
     ones = b.const(np.ones([channels, 1] + list(kernel)), b.float_dtype(x), hint="ones_kernel")
     return transpose_and_crop(b, t, ones, x, node.output[0], channels, kernel, strides, dil, begin)
+
+
+def reaching_kernel(kernel, lengths, dil, begin):
+    """The kernel cut to the taps that can land inside x: tap j of the window at output o reads position
+    o s - begin + j d, inside x only while j d <= L - 1 + begin. The taps cut read only padding, whatever the
+    window, so the window sums are the same; a window far larger than x (HF EfficientNet's AvgPool2d(1280,
+    ceil_mode=True) over a 2 x 2 map) then costs a 2 x 2 kernel, not a 1280 x 1280 one."""
+    return [min(k, (L - 1 + p) // d + 1) if isinstance(L, int) else k
+            for k, L, d, p in zip(kernel, lengths, dil, begin)]
 
 
 @register("GlobalAveragePool")

@@ -36,6 +36,36 @@ def test_avgpool_vjp(xs, attrs, cip):
               dynamic=(0,))
 
 
+# (attributes over a 3 x 4 map, the kernel the VJP keeps)
+HUGE_WINDOWS = [({"kernel_shape": [64, 64], "strides": [64, 64], "ceil_mode": 1}, [3, 4]),
+                ({"kernel_shape": [5, 6], "strides": [2, 3], "pads": [1, 2, 1, 0], "ceil_mode": 1}, [4, 6])]
+
+
+def small_kernels(op, inputs, attrs, opset=17):
+    """The shapes of the VJP's depthwise ones kernels (initializers [3, 1, kh, kw])."""
+    model = vjp_model(node_model(op, inputs, attrs, dynamic=(0,), opset=opset), ["x"])
+    return [list(t.dims) for t in model.graph.initializer if len(t.dims) == 4 and t.dims[0] == 3]
+
+
+@pytest.mark.parametrize("attrs,kept", HUGE_WINDOWS)
+def test_avgpool_window_larger_than_the_input(attrs, kept):
+    """HF EfficientNet pools its last map with AvgPool2d(hidden_dim, ceil_mode=True), a window far larger than
+    the map: the VJP's ones kernel holds only the taps that can land inside x (a 64 x 64 window over a 3 x 4
+    map gives a 3 x 4 kernel) and the gradient is the same (on onnxruntime: onnx's reference divides by zero)."""
+    inputs = [("x", rng.standard_normal((2, 3, 3, 4)), False)]
+    check_vjp("AveragePool", inputs, attrs, dynamic=(0,), linear_ort=True)
+    assert [k[2:] for k in small_kernels("AveragePool", inputs, attrs)] == [kept]
+
+
+def test_lppool_window_larger_than_the_input():
+    """The same cut for LpPool (opset 18 has ceil_mode): one window over all of x, y = sqrt(sum x^2)."""
+    attrs = {**HUGE_WINDOWS[0][0], "p": 2}
+    inputs = [("x", rng.uniform(0.5, 1.5, (2, 3, 3, 4)), False)]
+    check_vjp("LpPool", inputs, attrs, dynamic=(0,), opset=18,
+              numpy_ref=lambda v: np.sqrt((v["x"] ** 2).sum(axis=(2, 3), keepdims=True)))
+    assert [k[2:] for k in small_kernels("LpPool", inputs, attrs, opset=18)] == [[3, 4]]
+
+
 def test_avgpool_dynamic_spatial_without_pads():
     check_vjp("AveragePool", [("x", rng.standard_normal((2, 3, 6, 6)), False)],
               {"kernel_shape": [2, 2], "strides": [2, 2]}, dynamic=(0, 2, 3))

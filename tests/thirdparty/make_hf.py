@@ -1,11 +1,12 @@
-"""Export a tiny Hugging Face LLaMA sequence classifier (random weights, built from its config: nothing is
-downloaded) with PyTorch's dynamo exporter at opset 23, on its token embeddings and an attention mask.
+"""Export tiny Hugging Face models (random weights, built from their configs: nothing is downloaded): a LLaMA
+sequence classifier with PyTorch's dynamo exporter at opset 23, on its token embeddings and an attention mask
+(``llama``, the default), and an EfficientNet image classifier with the TorchScript exporter (``efficientnet``).
 
 Run from the repository root, in a venv with torch 2.13 (CPU), onnxscript and transformers, without torchvision
 (transformers imports it when it is there, and a torchvision built for another torch fails), e.g.:
 
     /work/venv-torch/bin/pip install transformers && /work/venv-torch/bin/pip uninstall -y torchvision
-    /work/venv-torch/bin/python tests/thirdparty/make_hf.py
+    /work/venv-torch/bin/python tests/thirdparty/make_hf.py [llama] [efficientnet]
 
 Writes tests/thirdparty/data/hf_llama_op23.onnx (inputs "embeds" [N, 6, 16] float and "mask" [N, 6] int64,
 output the 3 logits; dynamic batch) and hf_llama.npz: an input with one padded sample, torch's output and
@@ -36,7 +37,7 @@ class OnEmbeddings(torch.nn.Module):
         return self.model(inputs_embeds=embeds, attention_mask=mask).logits
 
 
-def main():
+def llama():
     config = transformers.LlamaConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                       num_key_value_heads=1, intermediate_size=32, vocab_size=50,
                                       max_position_embeddings=16, num_labels=3, pad_token_id=0)
@@ -61,5 +62,42 @@ def main():
     np.savez(os.path.join(HERE, "hf_llama.npz"), x=embeds.numpy(), mask=mask.numpy(), y=y.detach().numpy(), **grads)
 
 
+class OnPixels(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(pixel_values=x).logits
+
+
+def efficientnet():
+    config = transformers.EfficientNetConfig(image_size=32, width_coefficient=0.125, depth_coefficient=0.25,
+                                             hidden_dim=160, num_labels=4)
+    torch.manual_seed(0)
+    model = transformers.EfficientNetForImageClassification(config).eval()
+    with torch.no_grad():  # weights of unit scale: the library zeroes parts of its own initialisation
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                torch.nn.init.normal_(p, std=(2.0 / p[0].numel()) ** 0.5)
+            elif name.endswith("weight"):
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.1)
+    model = OnPixels(model).eval()
+    x = torch.randn(2, 3, 32, 32)
+    path = os.path.join(HERE, "hf_efficientnet_ts.onnx")
+    torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
+    print(path, os.path.getsize(path))
+    xg = x.clone().requires_grad_(True)
+    y = model(xg)
+    y[:, 0].sum().backward()
+    np.savez(os.path.join(HERE, "hf_efficientnet.npz"), x=x.numpy(), y=y.detach().numpy(), g_0=xg.grad.numpy())
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    for net in sys.argv[1:] or ["llama"]:
+        {"llama": llama, "efficientnet": efficientnet}[net]()
