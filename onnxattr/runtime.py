@@ -169,7 +169,7 @@ def mark_fallbacks(model: onnx.ModelProto, placed: list[dict], first: str) -> li
         node = by_name.get(p["node"]) or by_name.get(p["node"].rsplit("/", 1)[0])  # a fusion's name/Suffix
         if node is None:
             continue
-        if first == "CUDAExecutionProvider" and not _cudnn_pads(node):
+        if first == "CUDAExecutionProvider" and not cudnn_can_pad(node):
             p["fallback"] = True
             continue
         shapes = p.get("input_shapes", [])
@@ -186,7 +186,7 @@ def mark_fallbacks(model: onnx.ModelProto, placed: list[dict], first: str) -> li
     return placed
 
 
-def _cudnn_pads(node: onnx.NodeProto) -> bool:
+def cudnn_can_pad(node: onnx.NodeProto) -> bool:
     """False for a ConvTranspose that onnxruntime's CUDA provider leaves to the CPU (cuDNN pads symmetrically:
     asymmetric pads, or auto_pad SAME that may need them)."""
     if node.op_type != "ConvTranspose":

@@ -126,8 +126,8 @@ def test_node_placement_knows_the_convtranspose_pads_cuda_refuses(attrs, runs_on
     """onnxruntime's CUDA provider drops a ConvTranspose with asymmetric pads (or auto_pad SAME) to the CPU
     (CUDAExecutionProvider::GetCapability: cuDNN pads symmetrically); node_placement calls that a fallback."""
     node = onnx.helper.make_node("ConvTranspose", ["x", "w"], ["y"], **attrs)
-    assert onnxattr.runtime._cudnn_pads(node) is runs_on_cuda
-    assert onnxattr.runtime._cudnn_pads(onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 1, 0]))
+    assert onnxattr.runtime.cudnn_can_pad(node) is runs_on_cuda
+    assert onnxattr.runtime.cudnn_can_pad(onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 1, 0]))
 
 
 def test_mark_fallbacks_follows_onnxruntimes_rule_for_cpu_nodes():
