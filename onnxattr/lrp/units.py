@@ -4,10 +4,11 @@ A unit is a node computing z = W x + b (Conv, ConvTranspose, DeformConv (linear 
 get no relevance, as an LSTM's gates get none), Gemm, MatMul with a constant operand on either side:
 x W, or W x for a 2-D W that mixes x's rows, as a graph convolution's A X does; an Einsum of x and a weight, as
 Keras' EinsumDense writes a layer; a standalone BatchNormalization as a per-channel scale) or a parameter-free
-linear map (AveragePool, GlobalAveragePool, and a ReduceMean over every spatial axis, as torch's dynamo exporter
-writes a global average pool). A BatchNormalization right after a Conv/Gemm/MatMul, and a constant
-bias Add right after a bias-free one, are fused into it with the exact fold (W' = W s, b' = (b - mean) s + beta
-with s = gamma / sqrt(var + eps)); the fused followers pass relevance through unchanged and the unit reads
+linear map (AveragePool, GlobalAveragePool, a ReduceMean over every spatial axis, as torch's dynamo exporter
+writes a global average pool, and a ReduceSum or ReduceMean that makes the explained output). A
+BatchNormalization right after a Conv/Gemm/MatMul, and a constant bias Add right after a bias-free one, are
+fused into it with the exact fold (W' = W s, b' = (b - mean) s + beta with s = gamma / sqrt(var + eps)); the
+fused followers pass relevance through unchanged and the unit reads
 relevance at the last follower's output. The forward graph itself is never changed, so the compiled model's
 original outputs stay bit-identical.
 
@@ -178,7 +179,7 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
     for n in nodes:
         if n.name not in on_path:
             continue
-        if n.op_type in POOL_OPS or is_global_average(b, n):
+        if n.op_type in POOL_OPS or is_global_average(b, n) or _reduces_into_output(n, consumers, graph_outputs):
             units[n.name] = Unit(n, n.input[0], n.output[0], "pool")
             continue
         if n.op_type == "BatchNormalization" and n.name not in units:
@@ -228,6 +229,25 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
             unit = Unit(n, n.input[0], n.output[0], "conv", w_name, bias)
         _record(b, unit, units, nonneg, consumers, graph_outputs)
     return units
+
+
+_RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def _reduces_into_output(n, consumers, graph_outputs) -> bool:
+    """A ReduceSum or ReduceMean whose result is the explained output, through reshapes alone: the model's last
+    step sums or averages a map (a depth model's mean depth, a regression's total). A linear map of x, so a pool
+    unit: R_i = x_i R / y (z rule), what seeding the map itself with its share of the output gives. Under the
+    gradient each x_i would get R (a sum: n times the output in all) or R / n, whatever it contributed."""
+    if n.op_type not in ("ReduceSum", "ReduceMean"):
+        return False
+    t = n.output[0]
+    while t not in graph_outputs:
+        after = consumers.get(t, [])
+        if len(after) != 1 or after[0].op_type not in _RESHAPES:
+            return False
+        t = after[0].output[0]
+    return True
 
 
 def _record(b, unit, units, nonneg, consumers, graph_outputs, fuse=fuse_followers):

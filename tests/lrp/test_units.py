@@ -298,3 +298,25 @@ def test_a_reduce_mean_over_the_spatial_axes_is_a_global_average_pool(method):
         ["relevance"], {"x": x})[0] for flag in (True, False))
     assert np.abs(pooled).max() > 0
     np.testing.assert_allclose(reduced, pooled, rtol=0, atol=1e-5 * np.abs(pooled).max())
+
+
+@pytest.mark.parametrize("reduce", ["ReduceMean", "ReduceSum"])
+@pytest.mark.parametrize("method", ["lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0"])
+def test_a_reduction_that_makes_the_explained_output_is_a_pool(reduce, method):
+    """A depth model's mean depth, a regression's total: y = mean (or sum) of a Conv's map m, through a Flatten
+    and a Reshape. Each position gets its share of y, R_i = m_i y / sum(m) (lrp.z; the Conv then hands it on
+    as z = x w: R_x = 2 x / n). Under the gradient every position got y / n (a mean) or y (a sum: n times y in
+    all), whatever it contributed."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Flatten", ["c"], ["f"], axis=1),
+             helper.make_node(reduce, ["f", "axes"], ["r"], keepdims=1),
+             helper.make_node("Reshape", ["r", "shape"], ["y"])]
+    inits = [numpy_helper.from_array(np.full((1, 1, 1, 1), 2, np.float32), "w"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes"),
+             numpy_helper.from_array(np.array([-1, 1], np.int64), "shape")]
+    g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.array([[[[1.0, 2.0], [3.0, 4.0]]], [[[0.5, 1.5], [2.5, 3.5]]]], np.float32)
+    r = ort.InferenceSession(onnxattr.compile(model, method).SerializeToString()).run(["relevance"], {"x": x})[0]
+    want = 2 * x / (4 if reduce == "ReduceMean" else 1)
+    np.testing.assert_allclose(r, want, rtol=1e-5)  # lrp.epsilon's 1e-6 and alpha-beta on positive x: the same
