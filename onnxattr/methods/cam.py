@@ -133,7 +133,9 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
     a recurrent net's steps [N, 1, C]), with the input's batch size ``batch`` first where both are known (not a
     sequence-first tensor [T, N, C]), and not known to be 1 on every spatial axis. Nothing computed from a global
     pool's output alone is one (a ConvNeXt's LayerNorm over the pooled [N, 1, 1, C], an ASPP's pooled branch
-    upsampled), whatever its shape: the spatial axes have collapsed there."""
+    upsampled), whatever its shape: the spatial axes have collapsed there; nor is a Pad's output, its input's
+    features with a border of constants (a TorchScript export's ZeroPad2d, which the dynamo exporter folds into
+    the next convolution)."""
     found, gone = [], collapsed(b, on_path)
     pooled: set = set()
     start = next((k for k, n in enumerate(on_path) if n.op_type in CHANNELS_FIRST_OPS), len(on_path))
@@ -141,6 +143,8 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
         floats = [i for i in node.input if i in live]
         if node.op_type in COLLAPSING or is_global_average(b, node) or (floats and all(i in pooled for i in floats)):
             pooled.update(node.output)
+            continue
+        if node.op_type == "Pad":  # its input's features and a border of constants: the input is the map
             continue
         for o in node.output:
             shape = b.shape(o)

@@ -333,3 +333,29 @@ def test_a_one_dimensional_signal_gets_the_cam_of_its_conv_features():
     got = analyze("grad_cam", model, x)
     assert got.shape == x.shape and np.abs(want).max() > 0
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("pad_node", [True, False])
+def test_a_padded_map_is_not_the_default_layer(pad_node):
+    """A TorchScript MobileNet zero-pads its 1 x 1 map to 3 x 3 with a Pad node before a depthwise conv; the
+    dynamo exporter folds the padding into the conv. The padded map is its input's features and a border of
+    zeros, so neither export takes it: both take the 2 x 2 map before it (HF MobileNetV1 and V2: cams 1.8e-6 and
+    7.4e-7 apart; the TorchScript one took the Pad's output before)."""
+    rng = np.random.default_rng(3)
+    w = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),  # 4 x 4 -> 2 x 2
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]),  # 2 x 2 -> 1 x 1
+             helper.make_node("Relu", ["c2"], ["r2"])]
+    if pad_node:
+        nodes += [helper.make_node("Pad", ["r2", "pads"], ["p2"]),
+                  helper.make_node("Conv", ["p2", "w3"], ["c3"], group=8)]
+    else:
+        nodes += [helper.make_node("Conv", ["r2", "w3"], ["c3"], group=8, pads=[1, 1, 1, 1])]
+    nodes += [helper.make_node("Relu", ["c3"], ["r3"]), helper.make_node("GlobalAveragePool", ["r3"], ["gp"]),
+              helper.make_node("Flatten", ["gp"], ["f"]), helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    inits = {"w1": w(8, 3, 3, 3), "w2": w(8, 8, 3, 3), "w3": w(8, 1, 3, 3), "wf": w(5, 8),
+             "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}
+    model = single_io_model(nodes, inits, ["N", 3, 4, 4], ["N", 5])
+    layers = [r[2] for r in onnxattr.inspect(model, "grad_cam", tensors=True) if r[3] == "grad_cam layer"]
+    assert layers == ["r1"]
