@@ -135,7 +135,8 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
     pool's output alone is one (a ConvNeXt's LayerNorm over the pooled [N, 1, 1, C], an ASPP's pooled branch
     upsampled), whatever its shape: the spatial axes have collapsed there; nor is a Pad's output, its input's
     features with a border of constants (a TorchScript export's ZeroPad2d, which the dynamo exporter folds into
-    the next convolution)."""
+    the next convolution), nor a sequence unsqueezed to one row [N, C, 1, L] (the dynamo exporter's
+    AdaptiveAvgPool1d)."""
     found, gone = [], collapsed(b, on_path)
     pooled: set = set()
     start = next((k for k, n in enumerate(on_path) if n.op_type in CHANNELS_FIRST_OPS), len(on_path))
@@ -146,6 +147,8 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
             continue
         if node.op_type == "Pad":  # its input's features and a border of constants: the input is the map
             continue
+        if node.op_type == "Unsqueeze" and _adds_spatial_axis(b, node, rank):  # a sequence viewed as a 1 x L image
+            continue
         for o in node.output:
             shape = b.shape(o)
             if o in live and b.is_float(o) and shape is not None and len(shape) == rank and \
@@ -153,6 +156,16 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
                     (batch is None or shape[0] is None or shape[0] == batch) and not all(d == 1 for d in shape[2:]):
                 found.append(o)
     return found
+
+
+def _adds_spatial_axis(b, node, rank: int) -> bool:
+    """An Unsqueeze that inserts an axis after the channels: [N, C, L] -> [N, C, 1, L] (the dynamo exporter's
+    AdaptiveAvgPool1d over tokens) is a sequence, not a grid."""
+    axes = b.value(node.input[1]) if len(node.input) > 1 else next(
+        (list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None:
+        return False
+    return any(2 <= (int(a) + rank if int(a) < 0 else int(a)) for a in list(axes))
 
 
 def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None,
