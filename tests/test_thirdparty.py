@@ -446,3 +446,16 @@ def test_every_relevance_method_compiles_on_foreign_exports(name):
         *outputs, r = session(model, exact=True).run(None, {x_name: x})
         assert all(same_output(a, b) for a, b in zip(want, outputs)), method
         assert r.shape == x.shape and np.isfinite(r).all(), method
+
+
+def test_hf_glpn_grad_cam_takes_the_depth_head_map():
+    """A Hugging Face GLPN depth model (make_hf.py glpn; TorchScript export) explained by its mean depth: onnx's
+    shape inference names the batch axis afresh (unk__0) after the first patch embedding's Reshape, and Grad-CAM
+    took such a name for another axis than the batch, so it passed over the head's maps for a decoder gate (the
+    dynamo export, whose shapes keep N, took the head's map: both do now, 9.4e-8 apart in the sweep)."""
+    path = path_of("hf_glpn_ts.onnx")
+    layers = [r[2] for r in onnxattr.inspect(path, "grad_cam", tensors=True) if r[3] == "grad_cam layer"]
+    assert layers == ["/model/head/Mul_output_0"]
+    cam = onnxattr.create_analyzer("grad_cam", path).analyze(np.random.default_rng(0).standard_normal(
+        (2, 3, 32, 32)).astype(np.float32))
+    assert cam.shape == (2, 3, 32, 32) and np.isfinite(cam).all() and np.abs(cam).max() > 0

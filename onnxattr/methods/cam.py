@@ -131,7 +131,8 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
     permute to channels first before it pools is; an attention's heads reshaped back to [N, T, C], of a layout lost
     on the way, are none), from the first convolution, pool or norm of the path on (not
     a recurrent net's steps [N, 1, C]), with the input's batch size ``batch`` first where both are known (not a
-    sequence-first tensor [T, N, C]), and not known to be 1 on every spatial axis. Nothing computed from a global
+    sequence-first tensor [T, N, C]; a name shape inference made up, unk__0, is no size known), and not known to
+    be 1 on every spatial axis. Nothing computed from a global
     pool's output alone is one (a ConvNeXt's LayerNorm over the pooled [N, 1, 1, C], an ASPP's pooled branch
     upsampled), whatever its shape: the spatial axes have collapsed there; nor is a Pad's output, its input's
     features with a border of constants (a TorchScript export's ZeroPad2d, which the dynamo exporter folds into
@@ -153,9 +154,15 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
             shape = b.shape(o)
             if o in live and b.is_float(o) and shape is not None and len(shape) == rank and \
                     first.get(o) is True and o not in gone and \
-                    (batch is None or shape[0] is None or shape[0] == batch) and not all(d == 1 for d in shape[2:]):
+                    (batch is None or _unknown(shape[0]) or shape[0] == batch) and not all(d == 1 for d in shape[2:]):
                 found.append(o)
     return found
+
+
+def _unknown(dim) -> bool:
+    """No size known when compiling: none, or a name that onnx's shape inference made up (unk__7, after a Resize
+    whose scales are computed at run time, as in a TorchScript DPT's head), which says nothing against the batch."""
+    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
 
 
 def _adds_spatial_axis(b, node, rank: int) -> bool:

@@ -6,7 +6,7 @@ Run from the repository root, in a venv with torch 2.13 (CPU), onnxscript and tr
 (transformers imports it when it is there, and a torchvision built for another torch fails), e.g.:
 
     /work/venv-torch/bin/pip install transformers && /work/venv-torch/bin/pip uninstall -y torchvision
-    /work/venv-torch/bin/python tests/thirdparty/make_hf.py [llama] [efficientnet]
+    /work/venv-torch/bin/python tests/thirdparty/make_hf.py [llama] [efficientnet] [glpn]
 
 Writes tests/thirdparty/data/hf_llama_op23.onnx (inputs "embeds" [N, 6, 16] float and "mask" [N, 6] int64,
 output the 3 logits; dynamic batch) and hf_llama.npz: an input with one padded sample, torch's output and
@@ -96,8 +96,29 @@ def efficientnet():
     np.savez(os.path.join(HERE, "hf_efficientnet.npz"), x=x.numpy(), y=y.detach().numpy(), g_0=xg.grad.numpy())
 
 
+class MeanDepth(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(pixel_values=x).predicted_depth.mean(dim=(-2, -1)).unsqueeze(-1)
+
+
+def glpn():
+    config = transformers.GLPNConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                                     patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                                     decoder_hidden_size=16)
+    torch.manual_seed(0)
+    model = MeanDepth(transformers.GLPNForDepthEstimation(config).eval()).eval()
+    path = os.path.join(HERE, "hf_glpn_ts.onnx")
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), path, dynamo=False, opset_version=17, input_names=["x"],
+                      output_names=["depth"], dynamic_axes={"x": {0: "N"}, "depth": {0: "N"}})
+    print(path, os.path.getsize(path))
+
+
 if __name__ == "__main__":
     import sys
 
     for net in sys.argv[1:] or ["llama"]:
-        {"llama": llama, "efficientnet": efficientnet}[net]()
+        {"llama": llama, "efficientnet": efficientnet, "glpn": glpn}[net]()
