@@ -129,15 +129,14 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
     """Tensors on the path of the input's rank known to be laid out channels first (the layout is tracked through
     the Transposes, so a Keras model's transpose back to channels last before it flattens is not one, a Swin's
     permute to channels first before it pools is; an attention's heads reshaped back to [N, T, C], of a layout lost
-    on the way, are none), from the first convolution, pool or norm of the path on (not
-    a recurrent net's steps [N, 1, C]), with the input's batch size ``batch`` first where both are known (not a
-    sequence-first tensor [T, N, C]; a name shape inference made up, unk__0, is no size known), and not known to
-    be 1 on every spatial axis. Nothing computed from a global
-    pool's output alone is one (a ConvNeXt's LayerNorm over the pooled [N, 1, 1, C], an ASPP's pooled branch
-    upsampled), whatever its shape: the spatial axes have collapsed there; nor is a Pad's output, its input's
-    features with a border of constants (a TorchScript export's ZeroPad2d, which the dynamo exporter folds into
-    the next convolution), nor a sequence unsqueezed to one row [N, C, 1, L] (the dynamo exporter's
-    AdaptiveAvgPool1d)."""
+    on the way, are none), from the first convolution, pool or norm of the path on (not a recurrent net's steps
+    [N, 1, C]), with the input's batch size ``batch`` first where both are known (not a sequence-first tensor
+    [T, N, C]; a name shape inference made up, unk__0, is no size known), and not known to be 1 on every spatial
+    axis. Nothing computed from a global pool's output alone is one (a ConvNeXt's LayerNorm over the pooled
+    [N, 1, 1, C], an ASPP's pooled branch upsampled), whatever its shape: the spatial axes have collapsed there;
+    nor is a Pad's output, its input's features with a border of constants (a TorchScript export's ZeroPad2d,
+    which the dynamo exporter folds into the next convolution), nor a sequence unsqueezed to one row
+    [N, C, 1, L] (the dynamo exporter's AdaptiveAvgPool1d)."""
     found, gone = [], collapsed(b, on_path)
     pooled: set = set()
     start = next((k for k, n in enumerate(on_path) if n.op_type in CHANNELS_FIRST_OPS), len(on_path))
@@ -160,8 +159,8 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
 
 
 def _unknown(dim) -> bool:
-    """No size known when compiling: none, or a name that onnx's shape inference made up (unk__7, after a Resize
-    whose scales are computed at run time, as in a TorchScript DPT's head), which says nothing against the batch."""
+    """No size known when compiling: none, or a name that onnx's shape inference made up (unk__7, as a TorchScript
+    GLPN's or DPT's maps carry after a Reshape to a computed shape), which says nothing against the batch."""
     return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
 
 
