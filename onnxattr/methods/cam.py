@@ -166,12 +166,10 @@ def _unknown(dim) -> bool:
 
 def _adds_spatial_axis(b, node, rank: int) -> bool:
     """An Unsqueeze that inserts an axis after the channels: [N, C, L] -> [N, C, 1, L] (the dynamo exporter's
-    AdaptiveAvgPool1d over tokens) is a sequence, not a grid."""
-    axes = b.value(node.input[1]) if len(node.input) > 1 else next(
-        (list(a.ints) for a in node.attribute if a.name == "axes"), None)
-    if axes is None:
-        return False
-    return any(2 <= (int(a) + rank if int(a) < 0 else int(a)) for a in list(axes))
+    AdaptiveAvgPool1d over tokens) is a sequence, not a grid. Its axes are an input (canonical models are at opset
+    17 or later), a scalar where the dynamo exporter writes one."""
+    axes = b.value(node.input[1]) if len(node.input) > 1 else None
+    return axes is not None and any(int(a) % rank >= 2 for a in np.atleast_1d(axes))
 
 
 def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None,

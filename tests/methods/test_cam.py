@@ -361,10 +361,12 @@ def test_a_padded_map_is_not_the_default_layer(pad_node):
     assert layers == ["r1"]
 
 
-def test_a_sequence_unsqueezed_to_one_row_is_not_a_feature_map():
+@pytest.mark.parametrize("axis", [np.array([2], np.int64), np.array(2, np.int64)])
+def test_a_sequence_unsqueezed_to_one_row_is_not_a_feature_map(axis):
     """torch's dynamo exporter writes an AdaptiveAvgPool1d over a sequence [N, C, L] as Unsqueeze to [N, C, 1, L]
     and a mean over the last two axes: that is no 1 x L image (an HF FocalNet's dynamo export took it, and its cam
-    was stripes; the TorchScript export took a 4 x 4 map, as both do now, 1e-7 apart). The map is the conv's."""
+    was stripes; the TorchScript export took a 4 x 4 map, as both do now, 1e-7 apart). The map is the conv's; the
+    axis may be a scalar, as the dynamo exporter writes Unsqueeze's."""
     rng = np.random.default_rng(5)
     n = helper.make_node
     nodes = [n("Conv", ["x", "K"], ["c"], strides=[2, 2]), n("Relu", ["c"], ["a"], name="conv_map"),
@@ -372,7 +374,7 @@ def test_a_sequence_unsqueezed_to_one_row_is_not_a_feature_map():
              n("Unsqueeze", ["gated", "axis"], ["row"]), n("ReduceMean", ["row", "axes"], ["m"], keepdims=0),
              n("MatMul", ["m", "Wh"], ["y"])]
     w = {"K": rng.standard_normal((8, 3, 2, 2)).astype(np.float32), "seq": np.array([0, 8, 16], np.int64),
-         "axis": np.array([2], np.int64), "axes": np.array([2, 3], np.int64),
+         "axis": axis, "axes": np.array([2, 3], np.int64),
          "Wh": rng.standard_normal((8, 5)).astype(np.float32)}
     model = single_io_model(nodes, w, ["N", 3, 8, 8], ["N", 5], opset=18)
     rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
