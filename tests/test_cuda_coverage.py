@@ -12,6 +12,7 @@ import pytest
 
 import onnxattr
 from onnxattr.api import inspect
+from onnxattr.load import nodes_within
 from onnxattr.methods import REGISTRY
 from onnxattr.runtime import cudnn_can_pad
 from tests.lrp.nets import resnet_like
@@ -68,12 +69,7 @@ def appended_ops(model, method, **options):
 
 def appended_nodes(graph):
     """The nodes the compiler appended (named oa/...), inside subgraphs too."""
-    for node in graph.node:
-        if node.name.startswith("oa/"):
-            yield node
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from appended_nodes(a.g)
+    return (n for top in graph.node for n in nodes_within(top) if n.name.startswith("oa/"))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -24,7 +24,7 @@ from onnxattr.emitters import VJPS
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.units import LINEAR_OPS, Unit, find_units
+from onnxattr.lrp.units import LAYOUT_OPS, LINEAR_OPS, Unit, find_units
 from onnxattr.recurrent import is_cell_sum
 
 # Zennit's Activation types (CELU, SiLU as Swish, Hard/Softshrink as Shrink, Threshold as ThresholdedRelu; not Mish)
@@ -34,7 +34,6 @@ ELEMENTWISE = frozenset({
     "Exp", "Log", "Sqrt", "Neg",
 })
 ADDS = ("Add", "Sum", "Mean")  # Mean: a layer of weights 1/n
-LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 
 # Data movement whose gradient moves each output element back to one input element holding the same value
 # (MaxPool routes to a window's maximum): relevance that is 0 wherever the output is 0 stays 0 wherever the

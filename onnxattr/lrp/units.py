@@ -231,7 +231,8 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
     return units
 
 
-_RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+LAYOUT_OPS = RESHAPES | {"Transpose"}  # ops that move elements without changing them
 
 
 def _reduces_into_output(n, consumers, graph_outputs) -> bool:
@@ -244,7 +245,7 @@ def _reduces_into_output(n, consumers, graph_outputs) -> bool:
     t = n.output[0]
     while t not in graph_outputs:
         after = consumers.get(t, [])
-        if len(after) != 1 or after[0].op_type not in _RESHAPES:
+        if len(after) != 1 or after[0].op_type not in RESHAPES:
             return False
         t = after[0].output[0]
     return True
