@@ -46,14 +46,16 @@ def _reduced_axes(b, node):
     return sorted(a % rank for a in axes)
 
 
-def is_global_average(b, node) -> bool:
+def is_global_average(b, node, channels_last: bool = False) -> bool:
     """A ReduceMean over every spatial axis of [N, C, spatial...]: global average pooling, as torch's dynamo exporter
-    writes nn.AdaptiveAvgPool2d(1) (the TorchScript exporter writes GlobalAveragePool)."""
+    writes nn.AdaptiveAvgPool2d(1) (the TorchScript exporter writes GlobalAveragePool). ``channels_last``: over
+    every axis of [N, spatial..., C] but the first and last, two spatial axes or more (a timm Swin's head; a mean
+    over axis 1 of [N, T, C] is a sequence's)."""
     rank = b.rank(node.input[0])
-    if node.op_type != "ReduceMean" or rank is None or rank < 3:
+    if node.op_type != "ReduceMean" or rank is None or rank < (4 if channels_last else 3):
         return False
     try:
-        return _reduced_axes(b, node) == list(range(2, rank))
+        return _reduced_axes(b, node) == (list(range(1, rank - 1)) if channels_last else list(range(2, rank)))
     except UnsupportedModelError:  # axes computed at run time
         return False
 

@@ -20,7 +20,7 @@ from onnxattr.errors import UsageError
 from onnxattr.graph import live_nodes
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
 from onnxattr.methods.gradient import backward, relu_rule
-from onnxattr.methods.tokens import as_grid, default_token_map, patch_grid, token_maps
+from onnxattr.methods.tokens import as_grid, default_token_map, last_attention, patch_grid, token_maps
 from onnxattr.select import build_seed
 
 # ops whose output has every spatial axis of size 1: the spatial axes have collapsed there
@@ -37,13 +37,14 @@ def _perm(node) -> list[int] | None:
 
 
 def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
-    """({tensor: True where its axes are x's axes moved channels first, False where in x's own layout,
-    absent when unknown}, the permutation taking x to channels first or None when x is channels first).
+    """({tensor: True where its axes are laid out channels first, False where channels last, absent when
+    unknown}, the permutation taking x to channels first or None when x is channels first).
     Each Transpose moving the last axis to 1 (or back) flips the layout along the path; x's own layout is
     read off the first channels-first op (Conv, pools, BatchNorm) whose input has a known layout; such an op
     writes channels first even where its input's layout was lost (after a non-local block's reshapes). Then, walking
-    back, what a channels-first op or a global average reads is channels first, and so are the same-rank inputs of
-    the ops before it other than Transpose, Reshape and Flatten."""
+    back, what a channels-first op or a global average reads is channels first, what a global average over the
+    axes between the first and the last reads is channels last (a timm Swin's head), and so are the same-rank
+    inputs of the ops before it other than Transpose, Reshape and Flatten."""
     rank = b.rank(x)
     if not rank or rank < 3:
         return {}, None
@@ -72,8 +73,10 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
     else:  # a MobileViT's patches folded back by Reshapes, then resized, then convolved
         for node in reversed(on_path):
             reads_channels_first = node.op_type in CHANNELS_FIRST_OPS or is_global_average(b, node)
-            if reads_channels_first and node.input[0] not in flip and b.rank(node.input[0]) == rank:
-                flip[node.input[0]] = x_last
+            reads_channels_last = is_global_average(b, node, channels_last=True)  # a timm Swin's [N, h, w, C]
+            if (reads_channels_first or reads_channels_last) and node.input[0] not in flip and \
+                    b.rank(node.input[0]) == rank:
+                flip[node.input[0]] = x_last if reads_channels_first else not x_last
             elif node.op_type not in ("Transpose", "Reshape", "Flatten") and any(o in flip for o in node.output):
                 f = next(flip[o] for o in node.output if o in flip)
                 for i in node.input:
@@ -126,10 +129,12 @@ def collapsed(b, on_path) -> set:
 
 
 def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> list[str]:
-    """Tensors on the path of the input's rank known to be laid out channels first (the layout is tracked through
-    the Transposes, so a Keras model's transpose back to channels last before it flattens is not one, a Swin's
-    permute to channels first before it pools is; an attention's heads reshaped back to [N, T, C], of a layout lost
-    on the way, are none), from the first convolution, pool or norm of the path on (not a recurrent net's steps
+    """Tensors on the path of the input's rank of a known layout: channels first, or channels last with two spatial
+    axes or more (a timm Swin's [N, h, w, C] stages; [N, T, C] are tokens) unless a Transpose's copy of a
+    channels-first map, which is the map. The layout is tracked through the Transposes, so a Keras model's
+    transpose back to channels last before it flattens is a copy, a torchvision Swin's permute to channels first
+    before it pools is a map; an attention's heads reshaped back to [N, T, C], of a layout lost on the way, are
+    none. They come from the first convolution, pool or norm of the path on (not a recurrent net's steps
     [N, 1, C]), with the input's batch size ``batch`` first where both are known (not a sequence-first tensor
     [T, N, C]; a name shape inference made up, unk__0, is no size known), and not known to be 1 on every spatial
     axis. Nothing computed from a global pool's output alone is one (a ConvNeXt's LayerNorm over the pooled
@@ -142,7 +147,8 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
     start = next((k for k, n in enumerate(on_path) if n.op_type in CHANNELS_FIRST_OPS), len(on_path))
     for node in on_path[start:]:  # from the first convolution (or pool, norm) on: a recurrent net's steps are none
         floats = [i for i in node.input if i in live]
-        if node.op_type in COLLAPSING or is_global_average(b, node) or (floats and all(i in pooled for i in floats)):
+        if node.op_type in COLLAPSING or is_global_average(b, node) or is_global_average(b, node, channels_last=True) \
+                or (floats and all(i in pooled for i in floats)):
             pooled.update(node.output)
             continue
         if node.op_type == "Pad":  # its input's features and a border of constants: the input is the map
@@ -150,10 +156,13 @@ def feature_maps(b, on_path, live: set, rank: int, first: dict, batch=None) -> l
         if node.op_type == "Unsqueeze" and _adds_spatial_axis(b, node, rank):  # a sequence viewed as a 1 x L image
             continue
         for o in node.output:
-            shape = b.shape(o)
+            shape, layout = b.shape(o), first.get(o)
+            if layout is False and (node.op_type == "Transpose" or rank < 4):
+                continue  # a channels-first map's copy (that map is the one), or a sequence's tokens [N, T, C]
+            spatial = (shape[2:] if layout else shape[1:-1]) if shape is not None else None
             if o in live and b.is_float(o) and shape is not None and len(shape) == rank and \
-                    first.get(o) is True and o not in gone and \
-                    (batch is None or _unknown(shape[0]) or shape[0] == batch) and not all(d == 1 for d in shape[2:]):
+                    layout is not None and o not in gone and \
+                    (batch is None or _unknown(shape[0]) or shape[0] == batch) and not all(d == 1 for d in spatial):
                 found.append(o)
     return found
 
@@ -172,6 +181,20 @@ def _adds_spatial_axis(b, node, rank: int) -> bool:
     return axes is not None and any(int(a) % rank >= 2 for a in np.atleast_1d(axes))
 
 
+def through_attention(on_path, live: set) -> set:
+    """The tensors that the last attention (tokens.last_attention) reads or that are computed from its result; all
+    of the path's when there is none. A map that is neither (a CoaT's convolutional position encoding of the last
+    block's values, added beside the attention) cannot reach a class token read after it: its Grad-CAM is 0."""
+    mixing = last_attention(on_path, live)
+    if mixing is None:
+        return {o for n in on_path for o in n.output}
+    reached = set(mixing.output)
+    for node in on_path:
+        if any(i in reached for i in node.input):
+            reached.update(node.output)
+    return reached | {o for n in live_nodes(on_path, list(mixing.input)) for o in n.output}
+
+
 def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None,
                  first: dict) -> tuple[str, tuple | None]:
     """The feature map, and (its number of leading tokens, the patch grid) when it is a ViT's token map
@@ -187,7 +210,9 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
         place = {o: k for k, n in enumerate(on_path) for o in n.output}
         conv = next((k for k, n in enumerate(on_path) if k > place[chosen] and n.op_type in CHANNELS_FIRST_OPS
                      and n.op_type not in COLLAPSING), None)
-        later = [m for m in maps if conv is not None and place[m] >= conv]
+        through = through_attention(on_path, live)
+        later = [m for m in maps if m in through and place[m] > place[chosen] and
+                 (first.get(m) is False or conv is not None and place[m] >= conv)]
         if not later:  # not a CNN that reads tokens on the way (a non-local block) and goes on convolving
             return chosen, (tokens[chosen], grid)
         return later[-1], None
@@ -230,6 +255,9 @@ def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
     activation = layer
     if tokens is not None:  # a ViT's token map: its patches as the grid [N, C, rows, cols]
         activation, grad = (as_grid(b, a, *tokens) for a in (layer, grad))
+    elif first.get(layer) is False:  # [N, spatial..., C] -> [N, C, spatial...]
+        rank = b.rank(layer)
+        activation, grad = (b.op("Transpose", [a], perm=[0, rank - 1, *range(1, rank - 1)]) for a in (layer, grad))
     spatial = list(range(2, b.rank(x)))
     alpha = b.reduce("ReduceMean", grad, spatial)
     cam = b.reduce("ReduceSum", b.op("Mul", [alpha, activation]), [1])
@@ -253,7 +281,7 @@ def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
     if perm is not None:
         up = b.op("Transpose", [up], perm=[int(i) for i in np.argsort(perm)])
     before = {node.name for node in live_nodes(on_path, [layer])}
-    what = "the feature map" if tokens is None else (
+    what = ("the feature map" + (", channels last" if first.get(layer) is False else "")) if tokens is None else (
         f"a token map, read as the {tokens[1].rows}x{tokens[1].cols} patch grid"
         + (f" after {tokens[0]} leading token{'s' if tokens[0] > 1 else ''}" if tokens[0] else ""))
     for node in on_path:

@@ -64,12 +64,18 @@ def token_maps(b, on_path, live: set, grid: Grid, flatten: int, batch) -> dict[s
     return found
 
 
+def last_attention(on_path, live: set):
+    """The last attention's product on the path: a MatMul or Einsum of two tensors that both vary with the input
+    (None when there is none)."""
+    return next((n for n in reversed(on_path) if n.op_type in ("MatMul", "Einsum") and len(n.input) == 2
+                 and all(i in live for i in n.input)), None)
+
+
 def default_token_map(on_path, live: set, maps: dict) -> str:
-    """The last LayerNorm output among the token maps that the last attention (a MatMul or Einsum of two tensors
-    that both vary with the input) reads; else the last token map it reads; else the last token map."""
-    mixing = [n for n in on_path if n.op_type in ("MatMul", "Einsum") and len(n.input) == 2
-              and all(i in live for i in n.input)]
-    read = {o for n in live_nodes(on_path, list(mixing[-1].input)) for o in n.output} if mixing else set()
+    """The last LayerNorm output among the token maps that the last attention reads; else the last token map it
+    reads; else the last token map."""
+    mixing = last_attention(on_path, live)
+    read = {o for n in live_nodes(on_path, list(mixing.input)) for o in n.output} if mixing else set()
     norms = {o for n in on_path if n.op_type == "LayerNormalization" for o in n.output[:1]}
     before = [t for t in maps if t in read]
     return ([t for t in before if t in norms] or before or list(maps))[-1]

@@ -230,6 +230,53 @@ def test_a_block_computed_channels_last_is_not_the_default_map():
     np.testing.assert_array_equal(analyze("grad_cam", model, x), analyze("grad_cam", model, x, layer="cf"))
 
 
+def swin_like(attention: bool):
+    """x [N, 3, 8, 8] -> a 2x2/2 patch conv [N, 6, 4, 4] -> channels last [N, 4, 4, 6] (a timm Swin's stages) ->
+    ``attention``: the 16 tokens attend to each other and go back to [N, 4, 4, 6] beside a residual; else 2x2
+    windows (a Reshape to rank 6, a Transpose, a Reshape back, which lose the layout) and a per-position MatMul ->
+    LayerNorm over C ("final_norm") -> ReduceMean over axes 1, 2 (the head's global pool) -> y [N, 3]."""
+    rng = np.random.default_rng(21)
+    n = helper.make_node
+    w = {"Wp": rng.standard_normal((6, 3, 2, 2)).astype(np.float32) * 0.5, "g": np.ones(6, np.float32),
+         "beta": np.zeros(6, np.float32), "M": rng.standard_normal((6, 6)).astype(np.float32) * 0.5,
+         "Wh": rng.standard_normal((6, 3)).astype(np.float32), "grid": np.array([0, 4, 4, 6], np.int64)}
+    nodes = [n("Conv", ["x", "Wp"], ["e"], strides=[2, 2]), n("Transpose", ["e"], ["el"], perm=[0, 2, 3, 1])]
+    if attention:
+        w["tokens"] = np.array([0, 16, 6], np.int64)
+        nodes += [n("Reshape", ["el", "tokens"], ["t"]), n("LayerNormalization", ["t", "g", "beta"], ["n1"], axis=-1),
+                  n("MatMul", ["n1", "M"], ["q"]), n("Transpose", ["n1"], ["kt"], perm=[0, 2, 1]),
+                  n("MatMul", ["q", "kt"], ["s"]), n("Softmax", ["s"], ["a"], axis=-1),
+                  n("MatMul", ["a", "n1"], ["o"]), n("Reshape", ["o", "grid"], ["ob"]), n("Add", ["el", "ob"], ["r"])]
+    else:
+        w["windows"] = np.array([0, 2, 2, 2, 2, 6], np.int64)
+        nodes += [n("Reshape", ["el", "windows"], ["w6"]), n("Transpose", ["w6"], ["wt"], perm=[0, 1, 3, 2, 4, 5]),
+                  n("Reshape", ["wt", "grid"], ["wb"]), n("MatMul", ["wb", "M"], ["r"])]
+    nodes += [n("LayerNormalization", ["r", "g", "beta"], ["ln"], axis=-1, name="final_norm"),
+              n("ReduceMean", ["ln"], ["h"], axes=[1, 2], keepdims=0), n("MatMul", ["h", "Wh"], ["y"])]
+    return single_io_model(nodes, w, ["N", 3, 8, 8], ["N", 3])
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_a_channels_last_map_pooled_over_its_spatial_axes_is_the_default(attention):
+    """A timm Swin keeps its stages channels last, [N, h, w, C], and its head averages over axes 1 and 2: what that
+    mean reads is a channels-last map, whose layout the window reshapes lost on the way. It is the default layer,
+    read as [N, C, h, w] (before: the TorchScript export took the patch conv's output, the dynamo export a token map
+    of the first stage)."""
+    model = swin_like(attention)
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    rows = {name: (rule, why) for name, _, rule, why in onnxattr.api.inspect(model, "grad_cam")}
+    assert [n for n, (r, _) in rows.items() if r == "grad_cam layer"] == ["final_norm"]
+    assert rows["final_norm"][1] == "its output is the feature map, channels last"
+    a = analyze("input", model, x, input="ln")
+    g = analyze("gradient", model, x, input="ln")
+    cam = np.maximum((g.mean(axis=(1, 2), keepdims=True) * a).sum(3), 0)
+    want = np.broadcast_to(bilinear_half_pixel(cam, 8)[:, None], x.shape)
+    assert np.abs(want).max() > 0 and (want == 0).any()
+    got = analyze("grad_cam", model, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_array_equal(got, analyze("grad_cam", model, x, layer="ln"))
+
+
 def test_nothing_computed_from_a_global_pool_alone_is_the_default_map():
     """A ConvNeXt head as torch's dynamo exporter writes it: the global pool a ReduceMean over H, W, then a view to
     [N, 1, 1, C] (an as_strided the layout tracking cannot follow) and a LayerNormalization over C: those [N, 1, 1, C]

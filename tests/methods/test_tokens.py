@@ -143,6 +143,47 @@ def test_a_cnn_that_reads_tokens_on_the_way_keeps_its_last_feature_map():
                                atol=1e-6 * np.abs(want).max())
 
 
+def test_a_convolution_beside_the_last_attention_is_not_the_default():
+    """A CoaT block: a depthwise convolution of the value tokens (its position encoding, CRPE) added to the
+    attention's output beside it, then the class token read by the head. That convolution's map reaches the class
+    token through no attention, so its gradient and cam are 0; the default stays the tokens the attention reads
+    (before: the convolution's map, and the cam was 0 everywhere)."""
+    rng = np.random.default_rng(6)
+    w = {name: rng.standard_normal(shape).astype(np.float32) * scale for name, shape, scale in [
+        ("Wp", (C, 3, 4, 4), 0.3), ("cls", (1, 1, C), 1.0), ("Wq", (C, C), 0.5), ("Wk", (C, C), 0.5),
+        ("Wv", (C, C), 0.5), ("Wd", (C, 1, 3, 3), 0.5), ("Wo", (C, C), 0.5), ("Wh", (C, 4), 0.5)]}
+    w.update({"g": np.ones(C, np.float32), "beta": np.zeros(C, np.float32), "grid": np.array([0, C, 4], np.int64),
+              "square": np.array([0, C, 2, 2], np.int64), "one_c": np.array([1, C], np.int64),
+              "lo": np.array([0], np.int64), "hi": np.array([1], np.int64), "p_lo": np.array([1], np.int64),
+              "p_hi": np.array([5], np.int64), "cls_row": np.array([0, 1, 0, 0, 0, 0], np.int64),
+              "first": np.array(0, np.int64)})
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "Wp"], ["e"], strides=[4, 4]), n("Reshape", ["e", "grid"], ["ef"]),
+             n("Transpose", ["ef"], ["p"], perm=[0, 2, 1]), n("Shape", ["x"], ["xs"]),
+             n("Slice", ["xs", "lo", "hi"], ["batch"]), n("Concat", ["batch", "one_c"], ["cls_shape"], axis=0),
+             n("Expand", ["cls", "cls_shape"], ["c"]), n("Concat", ["c", "p"], ["t1"], axis=1),
+             n("LayerNormalization", ["t1", "g", "beta"], ["n1"], axis=-1, name="norm1"),
+             n("MatMul", ["n1", "Wq"], ["q"]), n("MatMul", ["n1", "Wk"], ["k"]), n("MatMul", ["n1", "Wv"], ["v"]),
+             n("Transpose", ["k"], ["kt"], perm=[0, 2, 1]), n("MatMul", ["q", "kt"], ["s"]),
+             n("Softmax", ["s"], ["a"], axis=-1), n("MatMul", ["a", "v"], ["o"]),
+             n("Slice", ["v", "p_lo", "p_hi", "hi"], ["vp"]), n("Transpose", ["vp"], ["vt"], perm=[0, 2, 1]),
+             n("Reshape", ["vt", "square"], ["vg"]), n("Conv", ["vg", "Wd"], ["cv"], group=C, pads=[1, 1, 1, 1],
+                                                       name="crpe"),
+             n("Reshape", ["cv", "grid"], ["cf"]), n("Transpose", ["cf"], ["ct"], perm=[0, 2, 1]),
+             n("Pad", ["ct", "cls_row"], ["cpad"]), n("Add", ["o", "cpad"], ["o_sum"]),
+             n("MatMul", ["o_sum", "Wo"], ["o2"]), n("Add", ["t1", "o2"], ["r1"]),
+             n("LayerNormalization", ["r1", "g", "beta"], ["n3"], axis=-1), n("Gather", ["n3", "first"], ["h"], axis=1),
+             n("MatMul", ["h", "Wh"], ["y"])]
+    model = single_io_model(nodes, w, ["N", 3, 8, 8], ["N", 4])
+    rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert [name for name, rule in rows.items() if rule == "grad_cam layer"] == ["norm1"]
+    x = np.random.default_rng(7).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert np.abs(analyze("gradient", model, x, input="cv")).max() == 0  # the convolution's map reaches nothing
+    want = closed_form(model, x, "n1", 1)
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(analyze("grad_cam", model, x), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
 def test_a_mean_over_the_tokens_written_as_a_2d_pool_keeps_the_token_map():
     """torch's dynamo exporter writes a Swin's AdaptiveAvgPool1d over the tokens as Unsqueeze to [N, C, 1, T] and a
     ReduceMean over its last two axes: that [N, C, 1, T] is no feature map of the image (no convolution follows the
