@@ -40,18 +40,45 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
     """({tensor: True where its axes are laid out channels first, False where channels last, absent when
     unknown}, the permutation taking x to channels first or None when x is channels first).
     Each Transpose moving the last axis to 1 (or back) flips the layout along the path; x's own layout is
-    read off the first channels-first op (Conv, pools, BatchNorm) whose input has a known layout; such an op
-    writes channels first even where its input's layout was lost (after a non-local block's reshapes). Then, walking
-    back, what a channels-first op or a global average reads is channels first, what a global average over the
-    axes between the first and the last reads is channels last (a timm Swin's head), and so are the same-rank
-    inputs of the ops before it other than Transpose, Reshape and Flatten."""
+    read off the first channels-first op (Conv, pools, BatchNorm) whose input has a known layout, else off a
+    Transpose to channels first reading x (channels first without one). A channels-first op writes channels first
+    even where its input's layout was lost (after a non-local block's reshapes, or a SpaceToDepth stem written as
+    reshapes before the first convolution). Then, walking back, what a channels-first op or a global average reads
+    is channels first, what a global average over the axes between the first and the last reads is channels last
+    (a timm Swin's head), and so are the same-rank inputs of the ops before it other than Transpose, Reshape and
+    Flatten."""
     rank = b.rank(x)
     if not rank or rank < 3:
         return {}, None
     to_first = [0, rank - 1] + list(range(1, rank - 1))
-    to_last = [0] + list(range(2, rank)) + [1]
     flip = {x: False}
-    x_last = None
+    x_last = _walk_forward(b, on_path, rank, flip, None)
+    if x_last is None:  # no channels-first op reads a known layout: a Transpose to channels first reading x
+        x_last = any(n.op_type == "Transpose" and n.input[0] == x and _perm(n) == to_first for n in on_path)
+        if not any(n.op_type in CHANNELS_FIRST_OPS for n in on_path):
+            return {t: f == x_last for t, f in flip.items()}, (to_first if x_last else None)
+        _walk_forward(b, on_path, rank, flip, x_last)  # a TResNet's stem: its convolutions write channels first
+    for node in reversed(on_path):  # a MobileViT's patches folded back by Reshapes, then resized, then convolved
+        reads_channels_first = node.op_type in CHANNELS_FIRST_OPS or is_global_average(b, node)
+        reads_channels_last = is_global_average(b, node, channels_last=True)  # a timm Swin's [N, h, w, C]
+        if (reads_channels_first or reads_channels_last) and node.input[0] not in flip and \
+                b.rank(node.input[0]) == rank:
+            flip[node.input[0]] = x_last if reads_channels_first else not x_last
+        elif node.op_type not in ("Transpose", "Reshape", "Flatten") and any(o in flip for o in node.output):
+            f = next(flip[o] for o in node.output if o in flip)
+            for i in node.input:
+                if i and i not in flip and b.rank(i) == rank and b.is_float(i):
+                    flip[i] = f
+    first = {t: f == x_last for t, f in flip.items()}  # flipped from x's layout iff x is channels last
+    return first, (to_first if x_last else None)
+
+
+def _walk_forward(b, on_path, rank: int, flip: dict, x_last: bool | None) -> bool | None:
+    """Fills ``flip`` ({tensor: flipped from x's layout}) along the path; returns x_last, read off the first
+    channels-first op whose input's layout is known when ``x_last`` is None (None if there is none). A
+    channels-first op whose input's layout is unknown writes channels first once x_last is known."""
+    to_first = [0, rank - 1] + list(range(1, rank - 1))
+    to_last = [0] + list(range(2, rank)) + [1]
     for node in on_path:
         known = [flip[i] for i in node.input if i in flip]
         if not known:
@@ -68,22 +95,7 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
         for o in node.output:
             if o and b.rank(o) == rank:
                 flip[o] = f
-    if x_last is None:  # no channels-first op: the old rule, a Transpose to channels first reading x itself
-        x_last = any(n.op_type == "Transpose" and n.input[0] == x and _perm(n) == to_first for n in on_path)
-    else:  # a MobileViT's patches folded back by Reshapes, then resized, then convolved
-        for node in reversed(on_path):
-            reads_channels_first = node.op_type in CHANNELS_FIRST_OPS or is_global_average(b, node)
-            reads_channels_last = is_global_average(b, node, channels_last=True)  # a timm Swin's [N, h, w, C]
-            if (reads_channels_first or reads_channels_last) and node.input[0] not in flip and \
-                    b.rank(node.input[0]) == rank:
-                flip[node.input[0]] = x_last if reads_channels_first else not x_last
-            elif node.op_type not in ("Transpose", "Reshape", "Flatten") and any(o in flip for o in node.output):
-                f = next(flip[o] for o in node.output if o in flip)
-                for i in node.input:
-                    if i and i not in flip and b.rank(i) == rank and b.is_float(i):
-                        flip[i] = f
-    first = {t: f == x_last for t, f in flip.items()}  # flipped from x's layout iff x is channels last
-    return first, (to_first if x_last else None)
+    return x_last
 
 
 # ops that keep the spatial size of their one varying input: the walk back from a collapsed map goes through them
@@ -229,7 +241,7 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
     if (b.rank(layer) or 0) < 3:
         raise UsageError(f"layer '{layer}' has rank {b.rank(layer)}; Grad-CAM needs a feature map [N, C, spatial...]")
     first_axis = (b.shape(layer) or [None])[0]
-    if batch is not None and first_axis is not None and first_axis != batch:
+    if batch is not None and not _unknown(first_axis) and first_axis != batch:
         raise UsageError(f"layer '{layer}' has {first_axis} on its first axis where input '{x}' has its batch "
                          f"({batch}); Grad-CAM needs a feature map [N, C, spatial...] with the batch first")
     if b.rank(layer) != rank:

@@ -277,6 +277,34 @@ def test_a_channels_last_map_pooled_over_its_spatial_axes_is_the_default(attenti
     np.testing.assert_array_equal(got, analyze("grad_cam", model, x, layer="ln"))
 
 
+def test_a_space_to_depth_stem_written_as_reshapes_keeps_the_maps_after_it():
+    """A TResNet's stem: SpaceToDepth(4) as Reshape to rank 6 (a -1 batch: shape inference names it unk__),
+    Transpose, Reshape, so no convolution reads a known layout. The convolutions after it still write channels
+    first, and x is channels first (no Transpose reads it): the last Relu is the default layer, and naming it is
+    no longer refused for its made-up first axis (before: "no feature map", and "has unk__1 on its first axis")."""
+    rng = np.random.default_rng(22)
+    n = helper.make_node
+    w = {"W1": rng.standard_normal((8, 48, 1, 1)).astype(np.float32), "W2": rng.standard_normal((8, 8, 1, 1)).astype(
+        np.float32), "G": rng.standard_normal((8, 3)).astype(np.float32),
+         "s6": np.array([-1, 3, 2, 4, 2, 4], np.int64), "s4": np.array([-1, 48, 2, 2], np.int64)}
+    nodes = [n("Reshape", ["x", "s6"], ["r6"]), n("Transpose", ["r6"], ["t6"], perm=[0, 3, 5, 1, 2, 4]),
+             n("Reshape", ["t6", "s4"], ["s2d"]), n("Conv", ["s2d", "W1"], ["c1"]), n("Relu", ["c1"], ["a1"]),
+             n("Conv", ["a1", "W2"], ["c2"]), n("Relu", ["c2"], ["a2"], name="last_map"),
+             n("GlobalAveragePool", ["a2"], ["p"]), n("Flatten", ["p"], ["f"]), n("MatMul", ["f", "G"], ["y"])]
+    model = single_io_model(nodes, w, ["N", 3, 8, 8], ["N", 3])
+    rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert [name for name, rule in rows.items() if rule == "grad_cam layer"] == ["last_map"]
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    a = analyze("input", model, x, input="a2")
+    g = analyze("gradient", model, x, input="a2")
+    cam = np.maximum((g.mean(axis=(2, 3), keepdims=True) * a).sum(1), 0)
+    want = np.broadcast_to(bilinear_half_pixel(cam, 8)[:, None], x.shape)
+    assert np.abs(want).max() > 0
+    got = analyze("grad_cam", model, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_array_equal(got, analyze("grad_cam", model, x, layer="a2"))
+
+
 def test_nothing_computed_from_a_global_pool_alone_is_the_default_map():
     """A ConvNeXt head as torch's dynamo exporter writes it: the global pool a ReduceMean over H, W, then a view to
     [N, 1, 1, C] (an as_strided the layout tracking cannot follow) and a LayerNormalization over C: those [N, 1, 1, C]
