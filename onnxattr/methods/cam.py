@@ -193,18 +193,19 @@ def _adds_spatial_axis(b, node, rank: int) -> bool:
     return axes is not None and any(int(a) % rank >= 2 for a in np.atleast_1d(axes))
 
 
-def through_attention(on_path, live: set) -> set:
-    """The tensors that the last attention (tokens.last_attention) reads or that are computed from its result; all
-    of the path's when there is none. A map that is neither (a CoaT's convolutional position encoding of the last
-    block's values, added beside the attention) cannot reach a class token read after it: its Grad-CAM is 0."""
+def around_attention(on_path, live: set) -> tuple[set, set]:
+    """(the tensors computed from the last attention's result, the tensors that it reads) (tokens.last_attention);
+    (all of the path's, none) when there is no attention. A map that is neither (a CoaT's convolutional position
+    encoding of the last block's values, added beside the attention) cannot reach a class token read after it:
+    its Grad-CAM is 0."""
     mixing = last_attention(on_path, live)
     if mixing is None:
-        return {o for n in on_path for o in n.output}
+        return {o for n in on_path for o in n.output}, set()
     reached = set(mixing.output)
     for node in on_path:
         if any(i in reached for i in node.input):
             reached.update(node.output)
-    return reached | {o for n in live_nodes(on_path, list(mixing.input)) for o in n.output}
+    return reached, {o for n in live_nodes(on_path, list(mixing.input)) for o in n.output}
 
 
 def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None,
@@ -222,11 +223,11 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
         place = {o: k for k, n in enumerate(on_path) for o in n.output}
         conv = next((k for k, n in enumerate(on_path) if k > place[chosen] and n.op_type in CHANNELS_FIRST_OPS
                      and n.op_type not in COLLAPSING), None)
-        through = through_attention(on_path, live)
-        later = [m for m in maps if m in through and place[m] > place[chosen] and
-                 (first.get(m) is False or conv is not None and place[m] >= conv)]
-        if not later:  # not a CNN that reads tokens on the way (a non-local block) and goes on convolving
-            return chosen, (tokens[chosen], grid)
+        after, read = around_attention(on_path, live)
+        later = [m for m in maps if place[m] > place[chosen] and (m in after or m in read and (
+            first.get(m) is False or conv is not None and place[m] >= conv))]
+        if not later:  # a ViT; else a map computed from the last attention (a non-local block in a CNN, a timm
+            return chosen, (tokens[chosen], grid)  # SwinV2-CR's last stage), or one it reads that a convolution follows
         return later[-1], None
     if layer in tokens:
         return layer, (tokens[layer], grid)

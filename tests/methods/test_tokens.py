@@ -184,6 +184,35 @@ def test_a_convolution_beside_the_last_attention_is_not_the_default():
     np.testing.assert_allclose(analyze("grad_cam", model, x), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
+def test_a_map_computed_from_the_last_attention_is_the_default():
+    """A timm SwinV2-CR's last stage: the attention's tokens reshaped back to [N, 2, 2, C] (a layout the reshapes
+    lose), transposed to channels first and averaged over H, W by the head. That map comes from the last attention
+    (no convolution after the tokens), so it is the default layer (before: the first stage's token map)."""
+    rng = np.random.default_rng(9)
+    w = {"Wp": rng.standard_normal((C, 3, 4, 4)).astype(np.float32) * 0.3, "g": np.ones(C, np.float32),
+         "beta": np.zeros(C, np.float32), "Wq": rng.standard_normal((C, C)).astype(np.float32) * 0.5,
+         "Wh": rng.standard_normal((C, 4)).astype(np.float32), "grid": np.array([0, C, 4], np.int64),
+         "square": np.array([-1, 2, 2, C], np.int64)}
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "Wp"], ["e"], strides=[4, 4]), n("Reshape", ["e", "grid"], ["ef"]),
+             n("Transpose", ["ef"], ["t"], perm=[0, 2, 1]),
+             n("LayerNormalization", ["t", "g", "beta"], ["n1"], axis=-1, name="norm1"),
+             n("MatMul", ["n1", "Wq"], ["q"]), n("Transpose", ["n1"], ["kt"], perm=[0, 2, 1]),
+             n("MatMul", ["q", "kt"], ["s"]), n("Softmax", ["s"], ["a"], axis=-1), n("MatMul", ["a", "n1"], ["o"]),
+             n("Reshape", ["o", "square"], ["o4"]), n("Transpose", ["o4"], ["cf"], perm=[0, 3, 1, 2], name="to_nchw"),
+             n("ReduceMean", ["cf"], ["h"], axes=[2, 3], keepdims=0), n("MatMul", ["h", "Wh"], ["y"])]
+    model = single_io_model(nodes, w, ["N", 3, 8, 8], ["N", 4])
+    rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert [name for name, rule in rows.items() if rule == "grad_cam layer"] == ["to_nchw"]
+    x = np.random.default_rng(10).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    a = analyze("input", model, x, input="cf")
+    g = analyze("gradient", model, x, input="cf")
+    cam = np.maximum((g.mean(axis=(2, 3), keepdims=True) * a).sum(1), 0)
+    want = np.broadcast_to(bilinear_half_pixel(cam, 8)[:, None], x.shape)
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(analyze("grad_cam", model, x), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
 def test_a_mean_over_the_tokens_written_as_a_2d_pool_keeps_the_token_map():
     """torch's dynamo exporter writes a Swin's AdaptiveAvgPool1d over the tokens as Unsqueeze to [N, C, 1, T] and a
     ReduceMean over its last two axes: that [N, C, 1, T] is no feature map of the image (no convolution follows the
