@@ -17,7 +17,7 @@ import onnx
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters.reduce import is_global_average
 from onnxattr.errors import UsageError
-from onnxattr.graph import live_nodes
+from onnxattr.graph import live_nodes, node_reads
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
 from onnxattr.methods.gradient import backward, relu_rule
 from onnxattr.methods.tokens import as_grid, default_token_map, last_attention, patch_grid, token_maps
@@ -208,6 +208,24 @@ def around_attention(on_path, live: set) -> tuple[set, set]:
     return reached, {o for n in live_nodes(on_path, list(mixing.input)) for o in n.output}
 
 
+CUT_TRIES = 64  # maps tried from the last back: a bound keeps the search linear in the graph
+
+
+def last_cut(on_path, x: str, y: str, maps: list[str]) -> str:
+    """The last of ``maps`` that every path from x to y passes through: not a map inside one branch of an
+    Inception block whose other branches go round it (Inception-v3 at 96 px, where the block after collapses
+    the maps to 1x1), but the block's input. The last map when none of the last CUT_TRIES is one."""
+    reads = [(node, node_reads(node)) for node in on_path]
+    for m in reversed(maps[-CUT_TRIES:]):
+        reach = {x}
+        for node, ins in reads:
+            if any(i in reach for i in ins):
+                reach.update(o for o in node.output if o != m)
+        if y not in reach:
+            return m
+    return maps[-1]
+
+
 def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None,
                  first: dict) -> tuple[str, tuple | None]:
     """The feature map, and (its number of leading tokens, the patch grid) when it is a ViT's token map
@@ -235,7 +253,7 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
         if not maps:
             raise UsageError(f"no feature map [N, C, spatial...] of rank {rank} lies between input '{x}' and output "
                              f"'{y}' for Grad-CAM; name one with layer=TENSOR (`onnxattr inspect` lists the nodes)")
-        return maps[-1], None
+        return last_cut(on_path, x, y, maps), None
     if layer not in live or layer == x:
         hint = f" (feature maps on the path: {', '.join(maps[-5:])})" if maps else ""
         raise UsageError(f"layer '{layer}' is not a tensor between input '{x}' and output '{y}'{hint}")

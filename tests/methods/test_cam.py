@@ -305,6 +305,29 @@ def test_a_space_to_depth_stem_written_as_reshapes_keeps_the_maps_after_it():
     np.testing.assert_array_equal(got, analyze("grad_cam", model, x, layer="a2"))
 
 
+def test_the_default_is_a_map_every_path_passes_through():
+    """An Inception block whose branches collapse the map to 1x1 (Inception-v3 at 96 px): the last map of more than
+    1x1 is one branch's, b1, which the other branch (a MaxPool of A) goes round; the default is A, the block's input,
+    which every path from x to y passes through (before: b1, whose cam misses the other branch)."""
+    rng = np.random.default_rng(23)
+    n = helper.make_node
+    w = {"W0": rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "W1": rng.standard_normal((4, 4, 3, 3)).astype(
+        np.float32), "W2": rng.standard_normal((4, 4, 4, 4)).astype(np.float32),
+         "G": rng.standard_normal((8, 5)).astype(np.float32)}
+    nodes = [n("Conv", ["x", "W0"], ["c0"]), n("Relu", ["c0"], ["A"], name="block_input"),
+             n("Conv", ["A", "W1"], ["c1"], pads=[1, 1, 1, 1]), n("Relu", ["c1"], ["b1"]),
+             n("Conv", ["b1", "W2"], ["b1o"], strides=[4, 4]), n("MaxPool", ["A"], ["b2o"], kernel_shape=[4, 4],
+                                                                  strides=[4, 4]),
+             n("Concat", ["b1o", "b2o"], ["cat"], axis=1), n("GlobalAveragePool", ["cat"], ["p"]),
+             n("Flatten", ["p"], ["f"]), n("MatMul", ["f", "G"], ["y"])]
+    model = single_io_model(nodes, w, ["N", 3, 4, 4], ["N", 5])
+    rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert [name for name, rule in rows.items() if rule == "grad_cam layer"] == ["block_input"]
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(analyze("grad_cam", model, x), analyze("grad_cam", model, x, layer="A"))
+    assert not np.array_equal(analyze("grad_cam", model, x), analyze("grad_cam", model, x, layer="b1"))
+
+
 def test_nothing_computed_from_a_global_pool_alone_is_the_default_map():
     """A ConvNeXt head as torch's dynamo exporter writes it: the global pool a ReduceMean over H, W, then a view to
     [N, 1, 1, C] (an as_strided the layout tracking cannot follow) and a LayerNormalization over C: those [N, 1, 1, C]
