@@ -208,22 +208,32 @@ def around_attention(on_path, live: set) -> tuple[set, set]:
     return reached, {o for n in live_nodes(on_path, list(mixing.input)) for o in n.output}
 
 
-CUT_TRIES = 64  # maps tried from the last back: a bound keeps the search linear in the graph
+def cuts(on_path, live: set, x: str) -> set:
+    """The tensors that every path from x to the output passes through. In the path's topological order, a path
+    leaves the nodes up to k by a tensor made there and read after; when the tensor a node makes is the only one
+    left open after it, every path passes through it, and otherwise one that is open goes round it."""
+    reads = [[i for i in node_reads(node) if i in live] for node in on_path]
+    last_read = {}
+    for k, ins in enumerate(reads):
+        for i in ins:
+            last_read[i] = k
+    open_ = {x} if x in last_read else set()
+    found = set()
+    for k, node in enumerate(on_path):
+        open_ = {t for t in open_ if last_read[t] > k}
+        made = [o for o in node.output if o in live and last_read.get(o, -1) > k]
+        open_.update(made)
+        if len(open_) == 1 and made:
+            found.add(made[0])
+    return found
 
 
-def last_cut(on_path, x: str, y: str, maps: list[str]) -> str:
-    """The last of ``maps`` that every path from x to y passes through: not a map inside one branch of an
-    Inception block whose other branches go round it (Inception-v3 at 96 px, where the block after collapses
-    the maps to 1x1), but the block's input. The last map when none of the last CUT_TRIES is one."""
-    reads = [(node, node_reads(node)) for node in on_path]
-    for m in reversed(maps[-CUT_TRIES:]):
-        reach = {x}
-        for node, ins in reads:
-            if any(i in reach for i in ins):
-                reach.update(o for o in node.output if o != m)
-        if y not in reach:
-            return m
-    return maps[-1]
+def last_cut(on_path, live: set, x: str, maps: list[str]) -> str:
+    """The last of ``maps`` that every path from x to the output passes through: not a map inside one branch of an
+    Inception block whose other branches go round it (Inception-v3 at 96 px, where the block after collapses the
+    maps to 1x1), but the block's input; the last map when none is one."""
+    through = cuts(on_path, live, x)
+    return next((m for m in reversed(maps) if m in through), maps[-1])
 
 
 def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | None,
@@ -253,7 +263,7 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
         if not maps:
             raise UsageError(f"no feature map [N, C, spatial...] of rank {rank} lies between input '{x}' and output "
                              f"'{y}' for Grad-CAM; name one with layer=TENSOR (`onnxattr inspect` lists the nodes)")
-        return last_cut(on_path, x, y, maps), None
+        return last_cut(on_path, live, x, maps), None
     if layer not in live or layer == x:
         hint = f" (feature maps on the path: {', '.join(maps[-5:])})" if maps else ""
         raise UsageError(f"layer '{layer}' is not a tensor between input '{x}' and output '{y}'{hint}")

@@ -328,6 +328,30 @@ def test_the_default_is_a_map_every_path_passes_through():
     assert not np.array_equal(analyze("grad_cam", model, x), analyze("grad_cam", model, x, layer="b1"))
 
 
+def test_a_long_branch_beside_the_features_is_not_the_default():
+    """A wav2vec2-like positional convolution: 36 convolutions (72 maps) in a branch beside the features f, added to
+    them only once both are tokens. However many maps the branch holds, the default is f, which every path passes
+    through (a search bounded to the last 64 maps took the branch's last one in a TorchScript Data2VecAudio, whose
+    dynamo export, with fewer tensors, took f)."""
+    rng = np.random.default_rng(24)
+    n = helper.make_node
+    w = {"W0": rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "G": rng.standard_normal((4, 3)).astype(
+        np.float32), "tokens": np.array([0, 4, 64], np.int64), "axis": np.array([2], np.int64)}
+    nodes = [n("Conv", ["x", "W0"], ["c0"], pads=[1, 1, 1, 1]), n("Relu", ["c0"], ["f"], name="features")]
+    prev = "f"
+    for k in range(36):
+        w[f"B{k}"] = (rng.standard_normal((4, 4, 1, 1)) * 0.5).astype(np.float32)
+        nodes += [n("Conv", [prev, f"B{k}"], [f"bc{k}"]), n("Relu", [f"bc{k}"], [f"br{k}"])]
+        prev = f"br{k}"
+    nodes += [n("Reshape", ["f", "tokens"], ["ft"]), n("Reshape", [prev, "tokens"], ["bt"]), n("Add", ["ft", "bt"], ["s"]),
+              n("ReduceMean", ["s", "axis"], ["m"], keepdims=0), n("MatMul", ["m", "G"], ["y"])]
+    model = single_io_model(nodes, w, ["N", 2, 8, 8], ["N", 3], opset=18)
+    rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
+    assert [name for name, rule in rows.items() if rule == "grad_cam layer"] == ["features"]
+    x = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(analyze("grad_cam", model, x), analyze("grad_cam", model, x, layer="f"))
+
+
 def test_nothing_computed_from_a_global_pool_alone_is_the_default_map():
     """A ConvNeXt head as torch's dynamo exporter writes it: the global pool a ReduceMean over H, W, then a view to
     [N, 1, 1, C] (an as_strided the layout tracking cannot follow) and a LayerNormalization over C: those [N, 1, 1, C]
