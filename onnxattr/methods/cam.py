@@ -20,7 +20,7 @@ from onnxattr.errors import UsageError
 from onnxattr.graph import live_nodes, node_reads
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
 from onnxattr.methods.gradient import backward, relu_rule
-from onnxattr.methods.tokens import as_grid, default_token_map, last_attention, patch_grid, token_maps
+from onnxattr.methods.tokens import around_attention, as_grid, default_token_map, patch_grid, token_maps
 from onnxattr.select import build_seed
 
 # ops whose output has every spatial axis of size 1: the spatial axes have collapsed there
@@ -193,21 +193,6 @@ def _adds_spatial_axis(b, node, rank: int) -> bool:
     return axes is not None and any(int(a) % rank >= 2 for a in np.atleast_1d(axes))
 
 
-def around_attention(on_path, live: set) -> tuple[set, set]:
-    """(the tensors computed from the last attention's result, the tensors that it reads) (tokens.last_attention);
-    (all of the path's, none) when there is no attention. A map that is neither (a CoaT's convolutional position
-    encoding of the last block's values, added beside the attention) cannot reach a class token read after it:
-    its Grad-CAM is 0."""
-    mixing = last_attention(on_path, live)
-    if mixing is None:
-        return {o for n in on_path for o in n.output}, set()
-    reached = set(mixing.output)
-    for node in on_path:
-        if any(i in reached for i in node.input):
-            reached.update(node.output)
-    return reached, {o for n in live_nodes(on_path, list(mixing.input)) for o in n.output}
-
-
 def cuts(on_path, live: set, x: str) -> set:
     """The tensors that every path from x to the output passes through. In the path's topological order, a path
     leaves the nodes up to k by a tensor made there and read after; when the tensor a node makes is the only one
@@ -240,18 +225,20 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
                  first: dict) -> tuple[str, tuple | None]:
     """The feature map, and (its number of leading tokens, the patch grid) when it is a ViT's token map
     (onnxattr.methods.tokens), else None. By default a token map after the patch embedding's flatten, else the
-    last feature map."""
+    last feature map that every path passes through (last_cut)."""
     batch = (b.shape(x) or [None])[0]
     maps = feature_maps(b, on_path, live, rank, first, batch)
     flatten = patch_grid(b, on_path, first) if rank == 4 else None
     grid = flatten[0] if flatten is not None else None
     tokens = token_maps(b, on_path, live, *flatten, batch) if flatten is not None else {}
     if layer is None and tokens:
-        chosen = default_token_map(on_path, live, tokens)
+        after, read = around_attention(on_path, live)
+        chosen = default_token_map(on_path, read, tokens)
         place = {o: k for k, n in enumerate(on_path) for o in n.output}
         conv = next((k for k, n in enumerate(on_path) if k > place[chosen] and n.op_type in CHANNELS_FIRST_OPS
                      and n.op_type not in COLLAPSING), None)
-        after, read = around_attention(on_path, live)
+        # a map neither computed from the last attention nor read by it (a CoaT's convolutional position encoding
+        # of the last block's values, added beside the attention) reaches no class token: its Grad-CAM is 0
         later = [m for m in maps if place[m] > place[chosen] and (m in after or m in read and (
             first.get(m) is False or conv is not None and place[m] >= conv))]
         if not later:  # a ViT; else a map computed from the last attention (a non-local block in a CNN, a timm

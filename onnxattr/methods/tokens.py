@@ -64,18 +64,24 @@ def token_maps(b, on_path, live: set, grid: Grid, flatten: int, batch) -> dict[s
     return found
 
 
-def last_attention(on_path, live: set):
-    """The last attention's product on the path: a MatMul or Einsum of two tensors that both vary with the input
-    (None when there is none)."""
-    return next((n for n in reversed(on_path) if n.op_type in ("MatMul", "Einsum") and len(n.input) == 2
-                 and all(i in live for i in n.input)), None)
+def around_attention(on_path, live: set) -> tuple[set, set]:
+    """(the tensors computed from the last attention's result, the tensors that it reads), the last attention being
+    the last MatMul or Einsum of two tensors that both vary with the input; (all of the path's, none) when there is
+    none. Only what the last attention reads reaches a class token read after it."""
+    mixing = next((n for n in reversed(on_path) if n.op_type in ("MatMul", "Einsum") and len(n.input) == 2
+                   and all(i in live for i in n.input)), None)
+    if mixing is None:
+        return {o for n in on_path for o in n.output}, set()
+    reached = set(mixing.output)
+    for node in on_path:
+        if any(i in reached for i in node.input):
+            reached.update(node.output)
+    return reached, {o for n in live_nodes(on_path, list(mixing.input)) for o in n.output}
 
 
-def default_token_map(on_path, live: set, maps: dict) -> str:
-    """The last LayerNorm output among the token maps that the last attention reads; else the last token map it
-    reads; else the last token map."""
-    mixing = last_attention(on_path, live)
-    read = {o for n in live_nodes(on_path, list(mixing.input)) for o in n.output} if mixing else set()
+def default_token_map(on_path, read: set, maps: dict) -> str:
+    """The last LayerNorm output among the token maps that the last attention reads (``read``, around_attention's);
+    else the last token map it reads; else the last token map."""
     norms = {o for n in on_path if n.op_type == "LayerNormalization" for o in n.output[:1]}
     before = [t for t in maps if t in read]
     return ([t for t in before if t in norms] or before or list(maps))[-1]
