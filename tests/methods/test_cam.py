@@ -36,18 +36,31 @@ def bilinear_half_pixel(a: np.ndarray, size: int) -> np.ndarray:
     return a
 
 
+def cam_of(a, g, x, relu=True):
+    """Grad-CAM by hand from a layer's activation and gradient [N, C, h, w]: relu(sum_c mean_hw(dy/dA_c) A_c),
+    bilinear to x's size, the same in every channel of x."""
+    cam = (g.mean(axis=(2, 3), keepdims=True) * a).sum(1)
+    if relu:
+        cam = np.maximum(cam, 0)
+    return np.broadcast_to(bilinear_half_pixel(cam, x.shape[-1])[:, None], x.shape)
+
+
+def cam_at(model, x, tensor, channels_last=False, relu=True):
+    """cam_of the tensor's activation and gradient, from onnxattr's input and gradient methods explaining it
+    (``channels_last``: it is [N, h, w, C])."""
+    a, g = (analyze(method, model, x, input=tensor) for method in ("input", "gradient"))
+    if channels_last:
+        a, g = (t.transpose(0, 3, 1, 2) for t in (a, g))
+    return cam_of(a, g, x, relu)
+
+
 @pytest.mark.parametrize("relu", [True, False])
 def test_grad_cam_closed_form(relu):
     """At layer r3 [N, 4, 4, 4]: relu(sum_c mean_hw(dy/dA_c) A_c), bilinear to 8x8, in both input channels.
     A and dy/dA come from onnxattr's input and gradient methods explaining r3 itself."""
     model = resnet_like(bias=True)
     x = RNG.standard_normal((3, 2, 8, 8)).astype(np.float32)
-    a = analyze("input", model, x, input="r3")
-    g = analyze("gradient", model, x, input="r3")
-    cam = (g.mean(axis=(2, 3), keepdims=True) * a).sum(1)
-    if relu:
-        cam = np.maximum(cam, 0)
-    want = np.broadcast_to(bilinear_half_pixel(cam, 8)[:, None], x.shape)
+    want = cam_at(model, x, "r3", relu=relu)
     got = analyze("grad_cam", model, x, layer="r3", relu=relu)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     assert (got < 0).any() != relu and np.abs(got).max() > 0
@@ -267,10 +280,7 @@ def test_a_channels_last_map_pooled_over_its_spatial_axes_is_the_default(attenti
     rows = {name: (rule, why) for name, _, rule, why in onnxattr.api.inspect(model, "grad_cam")}
     assert [n for n, (r, _) in rows.items() if r == "grad_cam layer"] == ["final_norm"]
     assert rows["final_norm"][1] == "its output is the feature map, channels last"
-    a = analyze("input", model, x, input="ln")
-    g = analyze("gradient", model, x, input="ln")
-    cam = np.maximum((g.mean(axis=(1, 2), keepdims=True) * a).sum(3), 0)
-    want = np.broadcast_to(bilinear_half_pixel(cam, 8)[:, None], x.shape)
+    want = cam_at(model, x, "ln", channels_last=True)
     assert np.abs(want).max() > 0 and (want == 0).any()
     got = analyze("grad_cam", model, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
@@ -295,10 +305,7 @@ def test_a_space_to_depth_stem_written_as_reshapes_keeps_the_maps_after_it():
     rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
     assert [name for name, rule in rows.items() if rule == "grad_cam layer"] == ["last_map"]
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
-    a = analyze("input", model, x, input="a2")
-    g = analyze("gradient", model, x, input="a2")
-    cam = np.maximum((g.mean(axis=(2, 3), keepdims=True) * a).sum(1), 0)
-    want = np.broadcast_to(bilinear_half_pixel(cam, 8)[:, None], x.shape)
+    want = cam_at(model, x, "a2")
     assert np.abs(want).max() > 0
     got = analyze("grad_cam", model, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())

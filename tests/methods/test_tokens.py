@@ -9,7 +9,7 @@ import pytest
 from onnx import helper
 
 import onnxattr
-from tests.methods.test_cam import analyze, bilinear_half_pixel
+from tests.methods.test_cam import analyze, cam_at, cam_of
 from tests.models import single_io_model
 
 C = 6
@@ -67,8 +67,7 @@ def closed_form(model, x, tensor, prefix):
     a = analyze("input", model, x, input=tensor)[:, prefix:]
     g = analyze("gradient", model, x, input=tensor)[:, prefix:]
     a, g = (t.transpose(0, 2, 1).reshape(len(x), C, 2, 2) for t in (a, g))
-    cam = np.maximum((g.mean(axis=(2, 3), keepdims=True) * a).sum(1), 0)
-    return np.broadcast_to(bilinear_half_pixel(cam, 8)[:, None], x.shape)
+    return cam_of(a, g, x)
 
 
 @pytest.mark.parametrize("flatten", ["channels_first", "channels_last"])
@@ -105,10 +104,7 @@ def test_the_patch_embedding_stays_a_feature_map():
     """The conv's own output [N, 6, 2, 2] is still a feature map one can name."""
     model = tiny_vit()
     x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    a = analyze("input", model, x, input="e")
-    g = analyze("gradient", model, x, input="e")
-    cam = np.maximum((g.mean(axis=(2, 3), keepdims=True) * a).sum(1), 0)
-    want = np.broadcast_to(bilinear_half_pixel(cam, 8)[:, None], x.shape)
+    want = cam_at(model, x, "e")
     np.testing.assert_allclose(analyze("grad_cam", model, x, layer="e"), want, rtol=1e-5,
                                atol=1e-6 * np.abs(want).max())
 
@@ -205,10 +201,7 @@ def test_a_map_computed_from_the_last_attention_is_the_default():
     rows = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
     assert [name for name, rule in rows.items() if rule == "grad_cam layer"] == ["to_nchw"]
     x = np.random.default_rng(10).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    a = analyze("input", model, x, input="cf")
-    g = analyze("gradient", model, x, input="cf")
-    cam = np.maximum((g.mean(axis=(2, 3), keepdims=True) * a).sum(1), 0)
-    want = np.broadcast_to(bilinear_half_pixel(cam, 8)[:, None], x.shape)
+    want = cam_at(model, x, "cf")
     assert np.abs(want).max() > 0
     np.testing.assert_allclose(analyze("grad_cam", model, x), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
