@@ -19,7 +19,7 @@ from onnxattr.emitters.reduce import is_global_average
 from onnxattr.errors import UsageError
 from onnxattr.graph import live_nodes, node_reads
 from onnxattr.methods.base import Method, Param, Target, one_of, register_method
-from onnxattr.methods.gradient import backward, relu_rule
+from onnxattr.methods.gradient import backward, rectifier_test, relu_rule
 from onnxattr.methods.tokens import around_attention, as_grid, default_token_map, patch_grid, token_maps
 from onnxattr.select import build_seed
 
@@ -268,9 +268,9 @@ def choose_layer(b, on_path, live: set, x: str, y: str, rank: int, layer: str | 
     return layer, None
 
 
-def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
-    """The upsampled cam, expanded to x's shape (``guided``: for guided_grad_cam, whose guided backprop runs
-    through the nodes before the layer too)."""
+def grad_cam(t: Target, p: dict, guided=None) -> str:
+    """The upsampled cam, expanded to x's shape (``guided``: for guided_grad_cam, the test of the rectifiers
+    whose guided backprop runs through the nodes before the layer too)."""
     b, y = t.b, t.y
     on_path, live = path_nodes(t.nodes, t.x, y, b)
     x = signal_channels(b, on_path, t.x) or t.x  # a 1-D signal [N, L]: its [N, 1, L] view, read by the convolutions
@@ -313,12 +313,12 @@ def grad_cam(t: Target, p: dict, guided: bool = False) -> str:
         f"a token map, read as the {tokens[1].rows}x{tokens[1].cols} patch grid"
         + (f" after {tokens[0]} leading token{'s' if tokens[0] > 1 else ''}" if tokens[0] else ""))
     for node in on_path:
-        if guided and node.op_type == "Relu":
+        if guided is not None and guided(node):
             t.assignment[node.name] = ("guided_backprop", "guided backprop's part")
         if layer in node.output:
             t.assignment[node.name] = ("grad_cam layer", f"its output is {what}" + (
-                "; guided backprop's part too" if guided and node.op_type == "Relu" else ""))
-        elif node.name in before and not guided:
+                "; guided backprop's part too" if guided is not None and guided(node) else ""))
+        elif node.name in before and guided is None:
             t.assignment[node.name] = ("none", f"before the Grad-CAM layer '{layer}'")
     if x != t.x:
         out = b.op("Reshape", [up, b.op("Shape", [t.x])])  # [N, 1, L] -> [N, L]
@@ -342,8 +342,9 @@ def signal_channels(b, on_path, x: str) -> str | None:
 
 
 def build_guided_grad_cam(t: Target, p: dict) -> str:
-    guided = backward(t, rule_for=relu_rule("guided"))
-    return t.b.op("Mul", [guided, grad_cam(t, p, guided=True)])
+    rectifies = rectifier_test(t)
+    guided = backward(t, rule_for=relu_rule("guided", rectifies))
+    return t.b.op("Mul", [guided, grad_cam(t, p, guided=rectifies)])
 
 
 def parse_bool(s: str) -> bool:

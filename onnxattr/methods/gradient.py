@@ -2,8 +2,10 @@
 deconvnet, guided_backprop, and the baselines input and random; with Captum's vargrad and Zennit's
 beta_smooth.
 
-deconvnet:       at every Relu, R_in = relu(R_out)               (forward mask ignored)
-guided_backprop: at every Relu, R_in = relu(R_out) * [x > 0]
+deconvnet:       at every rectifier, R_in = relu(R_out)          (forward mask ignored)
+guided_backprop: at every rectifier, R_in = relu(R_out) * [x > 0], times a ReLU6's own [x <= 6]
+                 (rectifiers: Relu, and Clip from 0 such as ReLU6, which Zennit's and Captum's hooks on
+                 nn.ReLU leave to the gradient)
 integrated_gradients: (x - ref) * sum_k w_k grad(ref + a_k (x - ref)), k = 0..steps-1, with the
                  points a_k and weights w_k of ``integration`` (``ig_quadrature``); the default is the left
                  Riemann sum a_k = k/steps, w_k = 1/steps of iNNvestigate (Captum's riemann_left)
@@ -19,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from onnxattr.emitters.activations import mask_positive
-from onnxattr.compiler import reverse_pass
-from onnxattr.errors import UsageError
+from onnxattr.emitters.activations import clip_vjp, mask_positive
+from onnxattr.compiler import path_nodes, reverse_pass
+from onnxattr.errors import OnnxAttrWarning, UsageError, warn
 from onnxattr.methods.base import (
     Method, Param, Target, as_carried, chunk_size, non_negative, one_of, parse_int,
     positive, positive_int, register_method, times_tensor,
@@ -61,28 +63,64 @@ def at_relus(rule):
     return lambda node: rule if node.op_type == "Relu" else None
 
 
-def relu_rule(kind):
-    """A rule replacing the Relu backward: 'deconv' -> relu(g); 'guided' -> relu(g) * [x > 0]."""
+def rectifier_test(t: Target):
+    """A test of whether a node rectifies: every Relu, and every Clip whose lower bound is a constant 0
+    (ReLU6 and other capped ReLUs; a Clip of any other bound is no rectifier). It looks at the bound's
+    name, which a Loop body's copy of the node keeps."""
+    zero_bounds = set()
+    for node in t.nodes:
+        if node.op_type == "Clip" and len(node.input) > 1 and node.input[1]:
+            low = t.b.value(node.input[1])
+            if low is not None and np.size(low) == 1 and float(np.asarray(low).reshape(())) == 0.0:
+                zero_bounds.add(node.input[1])
+
+    def rectifies(node) -> bool:
+        return node.op_type == "Relu" or (node.op_type == "Clip" and node.domain in ("", "ai.onnx")
+                                          and len(node.input) > 1 and node.input[1] in zero_bounds)
+
+    return rectifies
+
+
+def relu_rule(kind, rectifies):
+    """A rule replacing a rectifier's backward: 'deconv' -> relu(g); 'guided' -> relu(g) * [x > 0], times
+    a Clip's own gradient mask (its upper bound). ``rectifies`` (rectifier_test) picks the nodes."""
 
     def rule(b, node, grads, need):
         positive = b.op("Relu", [grads[0]])
         if kind == "deconv":
-            return [positive]
-        return [mask_positive(b, node.output[0], positive)]  # [y > 0] = [x > 0]
+            return [positive] + [None] * (len(node.input) - 1)
+        masked = mask_positive(b, node.output[0], positive)  # [y > 0] = [x > 0]
+        if node.op_type == "Clip":
+            return clip_vjp(b, node, [masked], need)
+        return [masked]
 
-    return at_relus(rule)
+    return lambda node: rule if rectifies(node) else None
 
 
-# the methods that change only the Relu backward: name -> (relu_rule kind, the rule as inspect shows it)
+# the methods that change only the rectifiers' backward: name -> (relu_rule kind, the rule as inspect shows it)
 RELU_METHODS = {"deconvnet": ("deconv", "R_in = relu(R_out)"),
                 "guided_backprop": ("guided", "R_in = relu(R_out) [x > 0]")}
+# pointwise nonlinearities that are no rectifier, named when a path has only these
+OTHER_ACTIVATIONS = frozenset({"Sigmoid", "Tanh", "Erf", "Gelu", "HardSigmoid", "HardSwish", "Swish", "Mish",
+                               "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Clip"})
 
 
 def relu_method_rule(t: Target, name: str):
-    """The rule lookup of deconvnet or guided_backprop, recorded on every Relu for ``inspect``."""
+    """The rule lookup of deconvnet or guided_backprop, recorded on every rectifier for ``inspect``; a path
+    from x to y through no rectifier gets a warning: the map is then the plain gradient."""
     kind, why = RELU_METHODS[name]
-    record_relu_rule(t, name, why)
-    return relu_rule(kind)
+    rectifies = rectifier_test(t)
+    for node in t.nodes:
+        if rectifies(node):
+            t.assignment[node.name] = (name, why)
+    on_path = path_nodes(t.nodes, t.x, t.y, t.b)[0]
+    if on_path and not any(rectifies(node) for node in on_path):
+        others = sorted({n.op_type for n in on_path if n.op_type in OTHER_ACTIVATIONS})
+        which = f" (its activations: {', '.join(others)})" if others else ""
+        warn(f"{name}: no rectifier (Relu, or a Clip from 0 such as ReLU6) lies between '{t.x}' and '{t.y}'"
+             f"{which}, so the map is the plain gradient (iNNvestigate refuses such a model; Zennit and Captum "
+             "return its gradient)", OnnxAttrWarning)
+    return relu_rule(kind, rectifies)
 
 
 def beta_smooth_rule(beta: float):
@@ -290,9 +328,9 @@ for _m in (
            at_layer=lambda b, tensor, carried, p: _postprocess(b, carried, p["postprocess"]), conditional=True),
     Method("input_t_gradient", "Input times gradient.", build_input_t_gradient, at_layer=times_tensor,
            conditional=True, fused_recurrent=True),
-    Method("deconvnet", "DeconvNet: ReLUs pass only positive relevance backward.", build_deconvnet,
-           at_layer=as_carried, conditional=True),
-    Method("guided_backprop", "Guided backprop: gradient through ReLUs, positive part only.",
+    Method("deconvnet", "DeconvNet: rectifiers (Relu, ReLU6) pass only positive relevance backward.",
+           build_deconvnet, at_layer=as_carried, conditional=True),
+    Method("guided_backprop", "Guided backprop: gradient through rectifiers (Relu, ReLU6), positive part only.",
            build_guided_backprop, at_layer=as_carried, conditional=True),
     Method("beta_smooth", "Gradient with every Relu's derivative replaced by softplus_beta's, sigmoid(beta x) "
            "(Zennit's BetaSmooth composite; Dombrowski et al. 2019).", build_beta_smooth,

@@ -328,3 +328,59 @@ def test_inspect_names_the_relu_rule(method, params, rule):
     rows = onnxattr.api.inspect(mlp()[0], method, **params)
     assert [r[2] for r in rows if r[1] == "Relu"] == [rule]
     assert {r[2] for r in rows if r[1] != "Relu"} == {"gradient"}
+
+
+def _capped_relu_model(low, high=6.0, activation="Clip"):
+    """x [N, 5] -> MatMul W1 -> Clip(low, high) (a ReLU6 at low 0) or another activation -> MatMul W2 -> y [N, 1]."""
+    from onnx import helper
+
+    from tests.models import single_io_model
+
+    rng = np.random.default_rng(7)
+    w1 = (3 * rng.standard_normal((5, 12))).astype(np.float32)
+    w2 = rng.standard_normal((12, 1)).astype(np.float32)
+    inits = {"w1": w1, "w2": w2, "lo": np.float32(low), "hi": np.float32(high)}
+    act = (helper.make_node("Clip", ["h", "lo", "hi"], ["a"], name="capped") if activation == "Clip"
+           else helper.make_node(activation, ["h"], ["a"], name="capped"))
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), act, helper.make_node("MatMul", ["a", "w2"], ["y"])]
+    return single_io_model(nodes, inits, ["N", 5], ["N", 1]), w1, w2
+
+
+def test_a_relu6_is_a_rectifier_for_guided_backprop_and_deconvnet():
+    """A Clip from 0 (torch's ReLU6, Keras' ReLU(max_value=6): MobileNets) rectifies: deconvnet passes
+    relu(R) and guided backprop relu(R) [0 < h <= 6] (the Clip's own mask at 6), in closed form, also as the
+    base of a noise tunnel (its Loop body's copy of the Clip). Before, only Relu nodes counted, and both
+    maps were the plain gradient g [0 <= h <= 6]."""
+    model, w1, w2 = _capped_relu_model(0.0)
+    x = np.random.default_rng(8).standard_normal((6, 5)).astype(np.float32)
+    h = x @ w1
+    assert (h < 0).any() and (h > 6).any() and ((h > 0) & (h <= 6)).any()
+    g = np.broadcast_to(w2[:, 0], h.shape)
+    want = {"gradient": (g * ((h >= 0) & (h <= 6))) @ w1.T,
+            "deconvnet": np.maximum(g, 0) @ w1.T,
+            "guided_backprop": (np.maximum(g, 0) * ((h > 0) & (h <= 6))) @ w1.T}
+    for method, expected in want.items():
+        np.testing.assert_allclose(_run_all(model, x, method), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(want["guided_backprop"] - want["gradient"]).max() > 1e-2
+    np.testing.assert_allclose(_run_all(model, x, "smoothgrad", noise_scale=0.0, augment_by_n=2,
+                                        base="guided_backprop"), want["guided_backprop"], rtol=1e-5, atol=1e-5)
+    rows = onnxattr.api.inspect(model, "guided_backprop")
+    assert [r[2] for r in rows if r[1] == "Clip"] == ["guided_backprop"]
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])
+def test_no_rectifier_on_the_path_warns_that_the_map_is_the_gradient(method):
+    """A Clip from -1 (a hardtanh) and a swish-like Sigmoid are no rectifiers: the map is the gradient, and
+    a warning says so and names the activations; a model with a Relu gets no warning."""
+    from onnxattr.errors import OnnxAttrWarning
+
+    x = np.random.default_rng(9).standard_normal((4, 5)).astype(np.float32)
+    for model, name in ((_capped_relu_model(-1.0, 1.0)[0], "Clip"), (_capped_relu_model(0, activation="Sigmoid")[0],
+                                                                      "Sigmoid")):
+        with pytest.warns(OnnxAttrWarning, match=f"no rectifier .* activations: {name}.*plain gradient"):
+            got = _run_all(model, x, method)
+        np.testing.assert_array_equal(got, _run_all(model, x, "gradient"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OnnxAttrWarning)
+        relevance(method)
