@@ -36,7 +36,7 @@ from onnxattr.emitters import VJPS
 from onnxattr.emitters.normalization import (affine_grads, group_norm_grad, norm_stats, normalized_grad,
                                              rms_scale_grad, rms_stats)
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.units import find_units
+from onnxattr.lrp.units import LAYOUT_OPS, find_units
 from onnxattr.methods.base import Method, Param, Target, non_negative, register_method, times_tensor
 from onnxattr.methods.lrp import warn_on_loss
 from onnxattr.select import build_seed
@@ -90,12 +90,20 @@ def _held_by(producer: dict, live: set, x: str, start: str, gate: str) -> bool:
     return True
 
 
+def _mean_of(producer: dict, t: str) -> str | None:
+    """The tensor a whose ReduceMean t is, read through reshapes (tf2onnx reshapes a channel mean of an
+    NCHW map before subtracting it), else None."""
+    node = producer.get(t)
+    while node is not None and node.op_type in LAYOUT_OPS and node.input:
+        node = producer.get(node.input[0])
+    return node.input[0] if node is not None and node.op_type == "ReduceMean" else None
+
+
 def _centring_mean(producer: dict, node, t: str) -> bool:
     """t is the mean that node = Sub(a, mean(a)) subtracts from a (a variance's centring, as torch.var
     exports it): part of the norm, not a sum of the values."""
-    mean = producer.get(t)
-    return (node.op_type == "Sub" and len(node.input) == 2 and t == node.input[1] and mean is not None
-            and mean.op_type in SUMS and mean.input[0] == node.input[0])
+    return (node.op_type == "Sub" and len(node.input) == 2 and t == node.input[1]
+            and _mean_of(producer, t) == node.input[0])
 
 
 def _scaled_from(producer: dict, live: set, t: str) -> str:
@@ -223,6 +231,11 @@ def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict):
             if _held_by(producer, live, x, held, gate) or _held_by(
                     producer, live, x, held, _scaled_from(producer, live, gate)):
                 return gate_rule(keep), "gate", f"{held} is computed from {gate} alone: held constant", keep
+            source = _mean_of(producer, gate) if op == "Mul" else None
+            if source is not None and _held_by(producer, live, x, held, source):
+                # a LayerNorm written x s - mean(x) s (tf2onnx's Keras LayerNormalization on an NHWC map):
+                # the scale s = gamma / std(x) is held in both products, as in (x - mean(x)) s
+                return gate_rule(keep), "gate", f"{held} is computed from {source} alone: held constant", keep
     if op == "Div":
         return None
     if cp:

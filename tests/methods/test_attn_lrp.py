@@ -409,6 +409,35 @@ def test_a_layernorm_spelled_with_two_centrings_is_a_gate():
     np.testing.assert_allclose(r.sum(1), y[np.arange(4), y.argmax(1)], rtol=1e-4)
 
 
+def test_a_layernorm_spelled_as_keras_batchnorm_math_holds_its_std():
+    """tf2onnx writes Keras' LayerNormalization of an NHWC map as x s + (-(mean(x) s)), s = gamma / sqrt(var + eps),
+    the mean reshaped before its centring: s is held in both products, which is the LayerNormalization op's rule,
+    so the map is held_std_map's. Before, neither product was a gate (the reshape hid the centring, and mean(x) s
+    is no product of x), both took the uniform rule, and a Keras ConvNeXt's map summed to -0.1 of its logit."""
+    w1 = RNG.standard_normal((5, 7)).astype(np.float32)
+    w2 = RNG.standard_normal((7, 3)).astype(np.float32)
+    gamma = RNG.uniform(0.5, 2, 7).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["mean"], axes=[1], keepdims=1),
+             helper.make_node("Reshape", ["mean", "shape"], ["mean_r"]),
+             helper.make_node("Sub", ["h", "mean_r"], ["d"]), helper.make_node("Mul", ["d", "d"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["var"], axes=[1], keepdims=1),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
+             helper.make_node("Reciprocal", ["std"], ["rstd"]), helper.make_node("Mul", ["rstd", "gamma"], ["s"]),
+             helper.make_node("Mul", ["mean", "s"], ["ms"]), helper.make_node("Neg", ["ms"], ["shift"]),
+             helper.make_node("Mul", ["h", "s"], ["hs"]), helper.make_node("Add", ["hs", "shift"], ["f"]),
+             helper.make_node("MatMul", ["f", "W2"], ["y"])]
+    model = single_io_model(nodes, {"W1": w1, "W2": w2, "gamma": gamma, "eps": np.float32(1e-5),
+                                    "shape": np.array([-1, 1], np.int64)}, ["N", 5], ["N", 3])
+    assert [r for op, r in rules(model) if op == "Mul"].count("gate") == 2
+    assert "uniform" not in {r for _, r in rules(model)}
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    y, r = run(model, x)
+    k = y.argmax(1)
+    np.testing.assert_allclose(r, held_std_map(x, w1, w2, gamma, k), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r.sum(1), y[np.arange(4), k], rtol=1e-4)
+
+
 def test_layernorm_with_a_varying_scale_keeps_its_std_held():
     """A conditional LayerNorm (scale computed from the input): the std is still held constant for x, and the
     scale gets sum(g * xhat), as LXT's layer_norm_forward does; the map differs from input times gradient."""
