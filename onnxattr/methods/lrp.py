@@ -35,6 +35,24 @@ def warn_on_loss(method: str, on_path) -> None:
              OnnxAttrWarning)
 
 
+# normalizations over axes whose output does not change when a constant is added along them: their
+# gradient sums to 0 over those axes, so relevance passed by it sums to 0
+CENTRING_NORMS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization"})
+
+
+def warn_on_centring_norms(method: str, on_path, rule_for) -> None:
+    """A LayerNorm (or Instance/GroupNorm) on the path passes relevance by its gradient, whose sum over the
+    normalized axes is 0 (the norm ignores a shift along them): the map no longer sums to the logit. Warn,
+    and point to attn_lrp, which holds the std constant."""
+    norms = [n for n in on_path if n.op_type in CENTRING_NORMS and n.domain in ("", "ai.onnx")
+             and rule_for(n) is None]
+    if norms:
+        more = f" and {len(norms) - 1} more" if len(norms) > 1 else ""
+        warn(f"{method}: relevance crosses the {norms[0].op_type} node '{norms[0].name}'{more} by its gradient, "
+             "which sums to 0 over the normalized axes, so the map does not sum to the explained output; "
+             "attn_lrp holds a norm's std constant and conserves relevance there", OnnxAttrWarning)
+
+
 def _param(p: PresetParam) -> Param:
     if isinstance(p.default, int) and not isinstance(p.default, bool):
         return Param(p.name, p.default, p.doc, int, non_negative_int)
@@ -83,6 +101,7 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
                 warn(f"{label or preset.name}: [nodes] {', '.join(repr(p) for p in patterns)} {verb} {what} "
                      "(`onnxattr inspect` lists the node names and their rules)", UnmatchedNodePatternWarning)
         warn_on_loss(label or preset.name, on_path)
+        warn_on_centring_norms(label or preset.name, on_path, rule_for)
         seed = build_seed(t.b, t.y, t.neuron, preset.seed, t.index)
         r = reverse_pass(t.b, t.nodes, t.x, t.y, seed, rule_for)
         t.assignment.update(composite.assignment)

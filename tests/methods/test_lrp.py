@@ -13,6 +13,44 @@ from onnxattr.errors import OnnxAttrWarning
 LOSS_MODEL = Path(__file__).resolve().parents[1] / "oracles" / "data" / "torch_ce_loss.onnx"
 
 
+def test_lrp_through_a_layernorm_warns_that_its_gradient_sums_to_zero():
+    """The LRP presets give a LayerNormalization its gradient, as Zennit does; the norm ignores a shift along
+    its axis, so that gradient sums to 0 there and the map sums to 0, not to the logit: they warn and point to
+    attn_lrp, which conserves the logit on the same model (bias-free, beta 0); a net without a norm is silent."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper
+
+    from tests.models import mlp, single_io_model
+
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal((7, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]),
+             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["f"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["f", "W2"], ["y"])]
+    model = single_io_model(nodes, {"W1": w1, "W2": w2, "gamma": rng.uniform(0.5, 2, 7).astype(np.float32),
+                                    "beta": np.zeros(7, np.float32)}, ["N", 5], ["N", 3])
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    sums = {}
+    for method in ("lrp.epsilon", "deep_taylor", "attn_lrp"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled = onnxattr.compile(model, method)
+        said = [str(w.message) for w in caught if issubclass(w.category, OnnxAttrWarning)]
+        y, r = ort.InferenceSession(compiled.SerializeToString()).run(None, {"x": x})
+        sums[method] = r.sum(1) / y.max(1)
+        if method == "attn_lrp":
+            assert said == []
+        else:
+            assert len(said) == 1 and said[0].startswith(f"{method}: relevance crosses the LayerNormalization "
+                                                         "node 'ln' by its gradient, which sums to 0")
+    np.testing.assert_allclose(sums["lrp.epsilon"], 0, atol=1e-5)
+    np.testing.assert_allclose(sums["attn_lrp"], 1, rtol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onnxattr.compile(mlp(softmax=False)[0], "lrp.epsilon")
+
+
 def test_lrp_through_a_loss_node_warns_and_names_the_way_out():
     """A model exported with its loss (torch's cross_entropy: SoftmaxCrossEntropyLoss) is explained through the
     loss by its gradient, which conserves nothing: LRP methods warn and point to --output; explaining the
