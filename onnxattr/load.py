@@ -227,10 +227,16 @@ def check_input_model(model: onnx.ModelProto, label: str) -> None:
     if unknown:  # onnx.checker would only print a warning to stdout for the early experimental ops
         listed = ", ".join(f"{n.op_type} ({f'node {n.name!r}' if n.name else 'an unnamed node'})"
                            for n in unknown[:5])
+        if model.producer_name == "tf2onnx":  # TensorFlow ops it could not convert stay in the graph as they were
+            why = ("a TensorFlow op that tf2onnx left unconverted (its log lists it under 'Unsupported ops'; "
+                   "tf2onnx 1.17 leaves a Keras Conv2D with groups > 1 as PartitionedCall); rewrite that layer "
+                   "with ops tf2onnx converts, such as one Conv2D per group on a channel slice, and convert again")
+        else:
+            why = "an experimental op of early ONNX since removed, or a misspelt op; replace it with standard ops " \
+                  "and export again"
         raise InvalidModelError(
             f"{label}: {listed} {'is' if len(unknown) == 1 else 'are'} not an ONNX op that onnx "
-            f"{onnx.__version__} knows (an experimental op of early ONNX since removed, or a misspelt op); "
-            "replace it with standard ops and export again")
+            f"{onnx.__version__} knows: {why}")
     light = checkable_copy(model)
     if light is None:
         return

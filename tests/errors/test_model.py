@@ -88,6 +88,21 @@ def test_an_op_onnx_does_not_know_is_named_and_nothing_reaches_stdout(tmp_path, 
     assert f"{op} ({f'node {name!r}' if name else 'an unnamed node'}) is not an ONNX op" in err, err
 
 
+def test_a_tensorflow_op_tf2onnx_left_is_named_with_the_way_out(tmp_path, capsys):
+    """tf2onnx 1.17 leaves a Keras Conv2D with groups > 1 as the TensorFlow op PartitionedCall (found by a sweep
+    of Keras applications: RegNet, ConvNeXt); in a tf2onnx model such an op is named as TensorFlow's, with the
+    rewrite that converts (one Conv2D per group, checked with tf2onnx 1.17), not as an early ONNX op."""
+    shape = ["N", 4]
+    m = make_model([helper.make_node("PartitionedCall", ["x"], ["y"], name="model/conv2d/PartitionedCall")],
+                   [vi("x", TensorProto.FLOAT, shape)], [vi("y", TensorProto.FLOAT, shape)])
+    m.producer_name = "tf2onnx"
+    p = save(tmp_path, m, "grouped.onnx")
+    line = fails(capsys, "InvalidModelError", "compile", p, "-m", "gradient", "-o", tmp_path / "o.onnx")
+    assert "PartitionedCall (node 'model/conv2d/PartitionedCall') is not an ONNX op" in line
+    assert "a TensorFlow op that tf2onnx left unconverted" in line and "one Conv2D per group" in line
+    assert "early ONNX" not in line
+
+
 def test_model_with_an_opset_newer_than_onnx_knows(tmp_path, capsys):
     m, _ = mlp()
     m.opset_import[0].version = 99
