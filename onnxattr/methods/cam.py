@@ -36,6 +36,11 @@ def _perm(node) -> list[int] | None:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
 
 
+def to_channels_first(rank: int) -> list[int]:
+    """The permutation [N, spatial..., C] -> [N, C, spatial...]."""
+    return [0, rank - 1, *range(1, rank - 1)]
+
+
 def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
     """({tensor: True where its axes are laid out channels first, False where channels last, absent when
     unknown}, the permutation taking x to channels first or None when x is channels first).
@@ -50,7 +55,7 @@ def layouts(b, on_path, x: str) -> tuple[dict, list[int] | None]:
     rank = b.rank(x)
     if not rank or rank < 3:
         return {}, None
-    to_first = [0, rank - 1] + list(range(1, rank - 1))
+    to_first = to_channels_first(rank)
     flip = {x: False}
     x_last = _walk_forward(b, on_path, rank, flip, None)
     if x_last is None:  # no channels-first op reads a known layout: a Transpose to channels first reading x
@@ -77,7 +82,7 @@ def _walk_forward(b, on_path, rank: int, flip: dict, x_last: bool | None) -> boo
     """Fills ``flip`` ({tensor: flipped from x's layout}) along the path; returns x_last, read off the first
     channels-first op whose input's layout is known when ``x_last`` is None (None if there is none). A
     channels-first op whose input's layout is unknown writes channels first once x_last is known."""
-    to_first = [0, rank - 1] + list(range(1, rank - 1))
+    to_first = to_channels_first(rank)
     to_last = [0] + list(range(2, rank)) + [1]
     for node in on_path:
         known = [flip[i] for i in node.input if i in flip]
@@ -285,7 +290,7 @@ def grad_cam(t: Target, p: dict, guided=None) -> str:
         activation, grad = (as_grid(b, a, *tokens) for a in (layer, grad))
     elif first.get(layer) is False:  # [N, spatial..., C] -> [N, C, spatial...]
         rank = b.rank(layer)
-        activation, grad = (b.op("Transpose", [a], perm=[0, rank - 1, *range(1, rank - 1)]) for a in (layer, grad))
+        activation, grad = (b.op("Transpose", [a], perm=to_channels_first(rank)) for a in (layer, grad))
     spatial = list(range(2, b.rank(x)))
     alpha = b.reduce("ReduceMean", grad, spatial)
     cam = b.reduce("ReduceSum", b.op("Mul", [alpha, activation]), [1])

@@ -51,16 +51,21 @@ POSTPROCESS = Param("postprocess", None, "None, 'abs' or 'square' applied to the
 CHUNK = Param("chunk_size", 16, "samples per Loop iteration (bounds memory)", parse_int, positive_int)
 
 
-def record_relu_rule(t: Target, rule: str, why: str) -> None:
-    """Name the rule every Relu gets, for ``inspect``."""
+def is_relu(node) -> bool:
+    return node.op_type == "Relu"
+
+
+def record_rule(t: Target, picks, rule: str, why: str) -> None:
+    """Name the rule every node that ``picks`` gets, for ``inspect``."""
     for node in t.nodes:
-        if node.op_type == "Relu":
+        if picks(node):
             t.assignment[node.name] = (rule, why)
 
 
-def at_relus(rule):
-    """A rule lookup (compiler.RuleLookup) giving ``rule`` at every Relu and the gradient elsewhere."""
-    return lambda node: rule if node.op_type == "Relu" else None
+def at_nodes(picks, rule):
+    """A rule lookup (compiler.RuleLookup) giving ``rule`` at every node that ``picks`` and the gradient
+    elsewhere."""
+    return lambda node: rule if picks(node) else None
 
 
 def rectifier_test(t: Target):
@@ -94,7 +99,7 @@ def relu_rule(kind, rectifies):
             return clip_vjp(b, node, [masked], need)
         return [masked]
 
-    return lambda node: rule if rectifies(node) else None
+    return at_nodes(rectifies, rule)
 
 
 # the methods that change only the rectifiers' backward: name -> (relu_rule kind, the rule as inspect shows it)
@@ -110,9 +115,7 @@ def relu_method_rule(t: Target, name: str):
     from x to y through no rectifier gets a warning: the map is then the plain gradient."""
     kind, why = RELU_METHODS[name]
     rectifies = rectifier_test(t)
-    for node in t.nodes:
-        if rectifies(node):
-            t.assignment[node.name] = (name, why)
+    record_rule(t, rectifies, name, why)
     on_path = path_nodes(t.nodes, t.x, t.y, t.b)[0]
     if on_path and not any(rectifies(node) for node in on_path):
         others = sorted({n.op_type for n in on_path if n.op_type in OTHER_ACTIVATIONS})
@@ -136,7 +139,7 @@ def beta_smooth_rule(beta: float):
             slope = b.op("Cast", [b.op("Sigmoid", [wide])], to=b.float_type(x))
         return [b.op("Mul", [grads[0], slope])]
 
-    return at_relus(rule)
+    return at_nodes(is_relu, rule)
 
 
 def backward(t: Target, scale="one", rule_for=None) -> str:
@@ -162,7 +165,7 @@ def build_guided_backprop(t, p):
 
 
 def build_beta_smooth(t, p):
-    record_relu_rule(t, f"beta_smooth({p['beta_smooth']:g})", "R_in = sigmoid(beta x) R_out")
+    record_rule(t, is_relu, f"beta_smooth({p['beta_smooth']:g})", "R_in = sigmoid(beta x) R_out")
     return backward(t, rule_for=beta_smooth_rule(p["beta_smooth"]))
 
 
