@@ -13,9 +13,9 @@ ONNX's gate orders: LSTM i, o, f, c; GRU z, r, h.
   reference implementation says else).
 - RNN: h_t = f(x_t W + h_{t-1} R + b).
 
-Every product of a signal and a gate is written Mul(signal, gate): the LRP rules pass a product's relevance to
-its first operand, so the gates take none and the signal all of it, the "signal-take-all" rule of LRP for LSTMs
-(Arras et al. 2017). A zero initial state (absent, or zeros of the input's batch size as torch writes it) leaves
+Every product of a signal and a gate is written Mul(signal, gate) and named with SIGNAL_GATE: the LRP rules
+pass its relevance to the signal, so the gates take none, the "signal-take-all" rule of LRP for LSTMs (Arras et al.
+2017). A zero initial state (absent, or zeros of the input's batch size as torch writes it) leaves
 out the first step's recurrent terms.
 
 A node is left as it is (and a gradient method then names it) when its sequence length is not fixed, its
@@ -36,6 +36,7 @@ from onnxattr.recurrent_nodes import (
 )
 
 CELL_SUM = "/cell_sum_"  # in the name of an LSTM cell's sum c_t: the LRP rules treat it as a layer (lrp/composite.py)
+SIGNAL_GATE = "/signal_gate_"  # in the name of a cell's Mul(signal, gate): the LRP rules give the signal all
 
 
 class _Emitter:
@@ -86,6 +87,10 @@ class _Emitter:
         attrs = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
         return self.op(op, [x], **attrs)
 
+    def gate(self, signal: str, gate: str) -> str:
+        """signal * gate, named with SIGNAL_GATE."""
+        return self.op("Mul", [signal, gate], node_hint=SIGNAL_GATE)
+
     def add(self, a: str | None, b: str | None) -> str | None:
         return b if a is None else a if b is None else self.op("Add", [a, b])
 
@@ -105,6 +110,10 @@ def _is_zero(name: str, producers: dict, consts: dict) -> bool:
 
 def is_cell_sum(name: str) -> bool:
     return CELL_SUM in name
+
+
+def is_signal_gate(name: str) -> bool:
+    return SIGNAL_GATE in name
 
 
 def unroll_node(node: onnx.NodeProto, steps: int, consts: dict, producers: dict, used: set,
@@ -235,12 +244,12 @@ def _lstm_step(e, d, pre, c, P, act, clipped, input_forget, hidden):
     if input_forget:
         f = e.op("Sub", [e.const(1.0, key="one"), i])
     # c_t = Sum(c_{t-1} f, g i), a Sum of one term at a zero state: the cell's sum, which LRP treats as a layer
-    c_new = e.op("Sum", ([] if c is None else [e.op("Mul", [c, f])]) + [e.op("Mul", [cand, i])],
+    c_new = e.op("Sum", ([] if c is None else [e.gate(c, f)]) + [e.gate(cand, i)],
                  node_hint=CELL_SUM)
     if P is not None:
         po = e.op("Add", [po, e.op("Mul", [c_new, e.const(P[hidden:2 * hidden], "P", key=("Po", d))])])
         o = e.activation(act[0], clipped(po))
-    return e.op("Mul", [e.activation(act[2], c_new), o]), c_new
+    return e.gate(e.activation(act[2], c_new), o), c_new
 
 
 def _gru_step(e, d, x_t, h, R, Rb_h, act, clipped, hidden, linear_before_reset):
@@ -255,12 +264,12 @@ def _gru_step(e, d, x_t, h, R, Rb_h, act, clipped, hidden, linear_before_reset):
     if linear_before_reset:
         rb = e.const(Rb_h, "b", key=("Rbh", d))
         lin = rb if h is None else e.op("Add", [e.op("MatMul", [h, Rh]), rb])
-        cand = e.activation(act[1], clipped(e.op("Add", [xh, e.op("Mul", [lin, r])])))
+        cand = e.activation(act[1], clipped(e.op("Add", [xh, e.gate(lin, r)])))
     else:
         cand = e.activation(act[1], clipped(xh if h is None else e.op(
-            "Add", [xh, e.op("MatMul", [e.op("Mul", [h, r]), Rh])])))
-    out = e.op("Mul", [cand, e.op("Sub", [e.const(1.0, key="one"), z])])
-    return out if h is None else e.op("Add", [out, e.op("Mul", [h, z])])
+            "Add", [xh, e.op("MatMul", [e.gate(h, r), Rh])])))
+    out = e.gate(cand, e.op("Sub", [e.const(1.0, key="one"), z]))
+    return out if h is None else e.op("Add", [out, e.gate(h, z)])
 
 
 def unroll_recurrent(model: onnx.ModelProto, shapes: dict, fused: bool = False) -> onnx.ModelProto:

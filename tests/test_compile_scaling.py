@@ -62,7 +62,7 @@ def product_chain(k: int) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("method", ["attn_lrp", "cp_lrp"])
 def test_attn_lrp_gate_search_stays_linear(method):
-    """Each product's search for a gate is bounded (attn_lrp.GATE_LIMIT): it walked back to the input, 240 s for
+    """Each product's search for a gate is bounded (lrp/gates.py, GATE_LIMIT): it walked back to the input, 240 s for
     20,000 nodes."""
     small, large = product_chain(150), product_chain(600)  # ~600 and ~2,400 nodes
     calls(small, method)

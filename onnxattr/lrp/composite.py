@@ -9,8 +9,12 @@ Before any selector, a layer (or pool) whose node name matches a pattern of the 
 (equal, or fnmatch's * ? [..]; the first in file order) takes that rule. Residual Add/Sum of
 activations get ``add``: ``z`` (split in proportion to the operands), ``norm`` (the same with Zennit's
 stabilizer) or ``gradient`` (copy into every branch). Element-wise activations and fused followers
-(bias Add, BatchNorm after a linear layer) pass relevance through unchanged; data movement (MaxPool,
-Reshape, Concat, ...) uses the gradient emitters.
+(bias Add, BatchNorm after a linear layer), and a Mul, Div, Sub or Add with one operand that varies, pass
+relevance through unchanged; so does x * h(x) with h element-wise from x alone, an activation written out
+(SiLU, GELU), to x, and a recurrent cell's signal * gate to the signal. Any other Mul, Div or Sub of two
+activations takes its gradient, as in Zennit and iNNvestigate (a squeeze-excitation's gate, attention's
+products), and so do the ops of a norm written out (x / std(x) * gamma, its centring x - mean(x)), whose
+map is then the norm op's. Data movement (MaxPool, Reshape, Concat, ...) uses the gradient emitters.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxattr.emitters import VJPS
-from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
+from onnxattr.lrp.gates import centring_means, gate_branch, mean_chain
+from onnxattr.lrp.steps import add_split, pass_on, pass_to, unit_step, zero_preserving
 from onnxattr.lrp.units import LAYOUT_OPS, LINEAR_OPS, Unit, find_units
-from onnxattr.recurrent import is_cell_sum
+from onnxattr.recurrent import is_cell_sum, is_signal_gate
+
+PASS_TO = ("pass to operand 0", "pass to operand 1")  # the rules of an activation written out, x * h(x)
 
 # Zennit's Activation types (CELU, SiLU as Swish, Hard/Softshrink as Shrink, Threshold as ThresholdedRelu; not Mish)
 ELEMENTWISE = frozenset({
@@ -159,7 +165,9 @@ class Composite:
         # an Add is a residual sum when two operands vary with x; one computed from x's shape alone (Swin's
         # shifted-window mask in a TorchScript export) is a bias, as it is where the exporter folded it
         varying = {x} | {o for n in nodes for o in n.output}
+        producer = {o: n for n in nodes for o in n.output}
         chosen: dict[str, object] = {}
+        normed: list = []  # the products of a norm written out: x / norm(x), x * rsqrt(mean(x^2))
         used: set = set()
         matched: set = set()
         for n in nodes:
@@ -186,6 +194,14 @@ class Composite:
                 chosen[n.name] = (self.add, "add")
             elif n.op_type in ELEMENTWISE:
                 chosen[n.name] = self._activation_rule(n, kernel_outputs)
+            elif n.op_type == "Mul" and is_signal_gate(n.name) and n.input[0] in varying:
+                chosen[n.name] = (PASS_TO[0], "a recurrent cell's signal * gate: the signal takes all (Arras et al.)")
+            elif n.op_type in ("Sub", "Mul", "Div") and sum(1 for i in n.input if i in varying) >= 2:
+                chosen[n.name], inside = self._product_rule(n, producer, varying, x, kernel_outputs)
+                for m in inside:  # a norm written out: the ops computing it take their gradient too
+                    chosen[m.name] = ("gradient", f"computes the norm that {n.name} holds: a norm written out")
+                if inside:
+                    normed.append(n)
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
             elif n.op_type in LINEAR_OPS:
@@ -198,6 +214,14 @@ class Composite:
                     f"Einsum node '{n.name}': the LRP rules cover an Einsum of two operands (x and a weight: a "
                     f"layer; two activations: their gradient), not of {len(n.input)}; export it as MatMul/Gemm, "
                     "or use attn_lrp, cp_lrp or a gradient method, which differentiate it")
+        for n in normed:  # its scale gamma is part of the norm, as in the LayerNormalization op
+            scale = _norm_scale(n, consumers, varying)
+            if scale is not None:
+                chosen[scale.name] = ("gradient", f"the scale of the norm that {n.name} applies")
+        for n in nodes:  # a - mean(a): the mean is part of the centring, not a pool of a's values
+            for mean in centring_means(producer, n):
+                for m in mean_chain(producer, mean):
+                    chosen[m.name] = ("gradient", f"the mean that {n.name} subtracts: a centring")
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
                 _check_pass(b, units[name])
@@ -213,15 +237,17 @@ class Composite:
             entry = chosen.get(node.name)
             rule = entry[0] if entry is not None else "gradient"
             if rule == "gradient":
-                return _zero_preserving if node.op_type in ZERO_PRESERVING else None
+                return zero_preserving if node.op_type in ZERO_PRESERVING else None
             if rule == "pass":
-                return _pass
+                return pass_on
+            if rule in PASS_TO:
+                return pass_to(PASS_TO.index(rule))
             if rule == "z" and node.op_type in ADDS:
-                return _add_split(self.style, relu_of)
+                return add_split(self.style, relu_of)
             if rule == "cell_sum":
-                return _add_split(self._cell_sum_style(), relu_of)
+                return add_split(self._cell_sum_style(), relu_of)
             unit = units[node.name]
-            return _unit_step(unit, rule, relu_of)
+            return unit_step(unit, rule, relu_of)
 
         return rule_for
 
@@ -245,6 +271,26 @@ class Composite:
         if node.input[0] in kernel_outputs:
             return ("pass", "activation of a kernel layer")
         return ("gradient", "activation")
+
+    def _product_rule(self, node, producer: dict, varying: set, x: str, kernel_outputs: set):
+        """(rule entry, nodes inside) of a Mul, Div or Sub of two activations. x * h(x) (or x / h(x)) with h
+        element-wise from x alone is an activation written out (SiLU, GELU, Mish as torch exports them): the
+        activation rule, relevance passing to x. Any other takes its gradient, as Zennit and iNNvestigate give
+        an op without a rule, whichever operand comes first (a squeeze-excitation's gate * x); where h is a
+        norm of x (a LayerNorm, RMSNorm or L2 norm written out) so do the nodes that compute h, which then
+        gives the norm op's map."""
+        found = gate_branch(producer, varying, x, node, norms=False)
+        if found is not None:
+            keep, held = found[0], node.input[1 - found[0]]
+            if self.activation == "pass" or node.input[keep] in kernel_outputs:
+                return (PASS_TO[keep], f"activation written out: {held} is computed from {node.input[keep]} "
+                        "alone"), []
+            return ("gradient", f"activation written out ({held} is computed from {node.input[keep]} alone)"), []
+        found = gate_branch(producer, varying, x, node, norms=True)
+        if found is not None:
+            return ("gradient", f"a norm written out: {node.input[1 - found[0]]} is a norm of "
+                    f"{node.input[found[0]]}"), found[1]
+        return ("gradient", "a product, quotient or difference of two activations: its gradient"), []
 
     def _selector(self, unit: Unit, order, first, first_conv, consumers):
         if unit.kind == "pool":
@@ -298,6 +344,22 @@ def _kernel_layers(nodes, units, x, through=None):
     return order, first
 
 
+def _norm_scale(node, consumers: dict, varying: set):
+    """The Mul by a constant (gamma) that the normalized output of ``node`` goes to, through Casts, as its only
+    reader (x / std(x) * gamma, RMSNorm's gamma * x * rsqrt(...)), else None."""
+    t = node.output[0]
+    while True:
+        readers = consumers.get(t, [])
+        if len(readers) != 1:
+            return None
+        reader = readers[0]
+        if reader.op_type == "Cast":
+            t = reader.output[0]
+            continue
+        others = [i for i in reader.input if i != t]
+        return reader if reader.op_type == "Mul" and len(others) == 1 and others[0] not in varying else None
+
+
 def _names(pattern: str, name: str) -> bool:
     """A [nodes] pattern names a node: equal to its name (which may hold glob characters), or matching it."""
     return name == pattern or fnmatch.fnmatchcase(name, pattern)
@@ -316,66 +378,3 @@ def _check_pass(b, unit: Unit):
         raise UsageError(f"rule pass on {unit.node.op_type} '{unit.node.name}': its input and output, {shapes}, "
                          "are not known to have one shape, and pass hands relevance on unchanged (it suits layers "
                          "that keep the shape, such as a BatchNorm)")
-
-
-def _pass(b, node, grads, need):
-    """Relevance passes unchanged to the operand on the path (the first one that needs it), summed over the axes
-    along which that operand was broadcast (a per-sample scale times a feature map gets the map's total)."""
-    out = [None] * len(node.input)
-    for i, n in enumerate(need):
-        if n:  # a one-input op (an activation) keeps the shape: no check, no ops
-            out[i] = unbroadcast(b, grads[0], node.input[i], node.output[0]) if len(node.input) > 1 else grads[0]
-            break
-    return out
-
-
-def _zero_preserving(b, node, grads, need):
-    """The op's own gradient; relevance 0 wherever the output is 0 stays 0 wherever each input is 0."""
-    out = VJPS[node.op_type](b, node, grads, need)
-    if b.zero_where.get(grads[0]) == node.output[0]:
-        for x, r in zip(node.input, out):
-            if r is not None:
-                b.zero_where[r] = x
-    return out
-
-
-def _positive_part(b, relevance, z, relu_of):
-    """Relu(z) when the relevance arriving at z is known to be 0 wherever Relu(z) is (it passed unchanged
-    through that Relu from x-times rules), else None."""
-    where = b.zero_where.get(relevance)
-    return where if where is not None and relu_of.get(z) == where else None
-
-
-def _add_split(style, relu_of):
-    """R_i = x_i * R / stab(sum of the operands): the z rule of a residual Add (no weights); of a Mean of n operands,
-    a layer of weights 1/n, R_i = (x_i / n) R / stab(mean)."""
-    rule = R.Rule("add", (), stabilizer=style["stabilizer"], epsilon=style["epsilon"])
-
-    def step(b, node, grads, need):
-        y = node.output[0]
-        s = R.quotient(b, grads[0], y, rule, _positive_part(b, grads[0], y, relu_of))
-        if node.op_type == "Mean":
-            s = b.op("Mul", [s, b.scalar(1.0 / len(node.input), s)])
-        out = []
-        for x, n in zip(node.input, need):
-            r = b.op("Mul", [x, s]) if n else None
-            if r is not None:
-                share = unbroadcast(b, r, x, y)
-                if share == r:
-                    b.zero_where[r] = x
-                    b.product_of[r] = (x, s)
-                r = share
-            out.append(r)
-        return out
-
-    return step
-
-
-def _unit_step(unit: Unit, rule, relu_of):
-    def step(b, node, grads, need):
-        out = [None] * len(node.input)
-        positive = _positive_part(b, grads[0], unit.out, relu_of)
-        out[list(node.input).index(unit.x)] = R.apply_rule(b, unit, rule, grads[0], positive)
-        return out
-
-    return step

@@ -36,7 +36,8 @@ from onnxattr.emitters import VJPS
 from onnxattr.emitters.normalization import (affine_grads, group_norm_grad, norm_stats, normalized_grad,
                                              rms_scale_grad, rms_stats)
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.units import LAYOUT_OPS, find_units
+from onnxattr.lrp.gates import held_by, mean_of, scaled_from
+from onnxattr.lrp.units import find_units
 from onnxattr.methods.base import Method, Param, Target, non_negative, register_method, times_tensor
 from onnxattr.methods.lrp import warn_on_loss
 from onnxattr.select import build_seed
@@ -46,80 +47,6 @@ ACTIVATIONS = frozenset({
     "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid",
     "HardSwish", "Swish", "Shrink", "ThresholdedRelu", "Gelu", "Erf", "Clip", "Mish",
 })
-
-
-# what a gate's branch may hold: element-wise ops (each output element from the same position of its
-# inputs, or from a reduced tensor broadcast back) and norms. A pool, a ReduceMax, a Slice/Concat shift, a
-# MatMul or a softmax mixes positions or features: a branch through one is an activation of its own.
-GATE_OPS = frozenset({
-    "Sigmoid", "Tanh", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Neg", "Softplus", "Softsign",
-    "HardSigmoid", "HardSwish", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Mish", "Clip",
-    "Cast", "Identity", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Unsqueeze", "Squeeze", "Expand",
-    "ReduceL2", "ReduceSumSquare", "ReduceL1",
-})
-SUMS = frozenset({"ReduceSum", "ReduceMean"})  # norms when they sum squares or absolute values
-
-
-def _is_square(producer: dict, t: str) -> bool:
-    """t is a square (Pow, Mul(a, a)) or an absolute value, read through Casts: its sum is a norm's."""
-    node = producer.get(t)
-    while node is not None and node.op_type == "Cast":
-        node = producer.get(node.input[0])
-    return node is not None and (node.op_type in ("Pow", "Abs") or (node.op_type == "Mul" and
-                                                                     node.input[0] == node.input[1]))
-
-
-GATE_LIMIT = 64  # tensors a gate's branch may hold (tanh-GELU's has 8, RMSNorm's 6): a bound keeps compiles linear
-
-
-def _held_by(producer: dict, live: set, x: str, start: str, gate: str) -> bool:
-    """start is computed from gate alone by element-wise ops and norms: every path from the explained input x
-    to start passes through gate, and every op on the way is in GATE_OPS or is a sum of squares (a norm, not
-    a softmax's denominator or a pooling), within GATE_LIMIT tensors."""
-    stack, seen = [start], {gate}
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        node = producer.get(t)
-        if t == x or node is None or len(seen) > GATE_LIMIT or not (node.op_type in GATE_OPS or (
-                node.op_type in SUMS and _is_square(producer, node.input[0]))):
-            return False
-        stack.extend(i for i in node.input if i in live and not _centring_mean(producer, node, i))
-    return True
-
-
-def _mean_of(producer: dict, t: str) -> str | None:
-    """The tensor a whose ReduceMean t is, read through reshapes (tf2onnx reshapes a channel mean of an
-    NCHW map before subtracting it), else None."""
-    node = producer.get(t)
-    while node is not None and node.op_type in LAYOUT_OPS and node.input:
-        node = producer.get(node.input[0])
-    return node.input[0] if node is not None and node.op_type == "ReduceMean" else None
-
-
-def _centring_mean(producer: dict, node, t: str) -> bool:
-    """t is the mean that node = Sub(a, mean(a)) subtracts from a (a variance's centring, as torch.var
-    exports it): part of the norm, not a sum of the values."""
-    return (node.op_type == "Sub" and len(node.input) == 2 and t == node.input[1]
-            and _mean_of(producer, t) == node.input[0])
-
-
-def _scaled_from(producer: dict, live: set, t: str) -> str:
-    """The tensor that t is a constant multiple (through Mul or Div by a constant, Neg, Cast) or the centring
-    (a - mean(a)) of: GPT-2's 0.5 * x * (1 + tanh(...)) multiplies 0.5 x, not x, by the gate, and a LayerNorm
-    spelled with torch.var divides one centring of x by a std computed from another."""
-    while True:
-        node = producer.get(t)
-        if node is not None and node.op_type == "Sub" and _centring_mean(producer, node, node.input[1]):
-            t = node.input[0]
-            continue
-        varying = [i for i in node.input if i in live] if node is not None else []
-        if len(varying) != 1 or not (node.op_type in ("Neg", "Cast", "Mul") or (
-                node.op_type == "Div" and varying[0] == node.input[0])):
-            return t
-        t = varying[0]
 
 
 def _held_only(on_path, live: set, y: str, kept: dict):
@@ -228,11 +155,11 @@ def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict):
         for keep in (0, 1) if op == "Mul" else (0,):
             held = ins[1 - keep]
             gate = ins[keep]
-            if _held_by(producer, live, x, held, gate) or _held_by(
-                    producer, live, x, held, _scaled_from(producer, live, gate)):
+            if held_by(producer, live, x, held, gate) or held_by(
+                    producer, live, x, held, scaled_from(producer, live, gate)):
                 return gate_rule(keep), "gate", f"{held} is computed from {gate} alone: held constant", keep
-            source = _mean_of(producer, gate) if op == "Mul" else None
-            if source is not None and _held_by(producer, live, x, held, source):
+            source = mean_of(producer, gate) if op == "Mul" else None
+            if source is not None and held_by(producer, live, x, held, source):
                 # a LayerNorm written x s - mean(x) s (tf2onnx's Keras LayerNormalization on an NHWC map):
                 # the scale s = gamma / std(x) is held in both products, as in (x - mean(x)) s
                 return gate_rule(keep), "gate", f"{held} is computed from {source} alone: held constant", keep

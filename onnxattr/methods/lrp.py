@@ -13,6 +13,7 @@ from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters.loss import LOSS_OPS
 from onnxattr.errors import OnnxAttrWarning, UsageError, warn
 from onnxattr.lrp.composite import STYLES, Composite, make_rule
+from onnxattr.lrp.gates import centring_means
 from onnxattr.lrp.presets import Preset, PresetParam, load_preset, parse_preset
 from onnxattr.methods.base import Method, Param, Target, as_carried, non_negative_int, register_method
 from onnxattr.select import build_seed
@@ -41,14 +42,17 @@ CENTRING_NORMS = frozenset({"LayerNormalization", "InstanceNormalization", "Grou
 
 
 def warn_on_centring_norms(method: str, on_path, rule_for) -> None:
-    """A LayerNorm (or Instance/GroupNorm) on the path passes relevance by its gradient, whose sum over the
-    normalized axes is 0 (the norm ignores a shift along them): the map no longer sums to the logit. Warn,
-    and point to attn_lrp, which holds the std constant."""
-    norms = [n for n in on_path if n.op_type in CENTRING_NORMS and n.domain in ("", "ai.onnx")
-             and rule_for(n) is None]
+    """A LayerNorm (or Instance/GroupNorm, or a centring a - mean(a) where a LayerNorm is written out) on the
+    path passes relevance by its gradient, whose sum over the normalized axes is 0 (the norm ignores a shift
+    along them): the map no longer sums to the logit. Warn, and point to attn_lrp, which holds the std
+    constant."""
+    producer = {o: n for n in on_path for o in n.output}
+    norms = [n for n in on_path if rule_for(n) is None and (
+        (n.op_type in CENTRING_NORMS and n.domain in ("", "ai.onnx")) or centring_means(producer, n))]
     if norms:
         more = f" and {len(norms) - 1} more" if len(norms) > 1 else ""
-        warn(f"{method}: relevance crosses the {norms[0].op_type} node '{norms[0].name}'{more} by its gradient, "
+        what = norms[0].op_type if norms[0].op_type in CENTRING_NORMS else "centring Sub (a LayerNorm written out)"
+        warn(f"{method}: relevance crosses the {what} node '{norms[0].name}'{more} by its gradient, "
              "which sums to 0 over the normalized axes, so the map does not sum to the explained output; "
              "attn_lrp holds a norm's std constant and conserves relevance there", OnnxAttrWarning)
 

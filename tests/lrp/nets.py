@@ -40,3 +40,59 @@ def resnet_like(bias=False, batchnorm=False, seed=0, residual=True, last_pool="A
         helper.make_node("MatMul", ["rh", "d2"], ["y"]),
     ]
     return single_io_model(nodes, inits, ["N", 2, 8, 8], ["N", 4])
+
+
+def _head(rng, nodes, inits, mid, n_in=5, n_mid=7):
+    """x [N, n_in] -> MatMul W1 -> h -> (nodes: h to ``mid``) -> MatMul W2 -> y [N, 3]."""
+    inits.update(W1=rng.standard_normal((n_in, n_mid)).astype(np.float32),
+                 W2=rng.standard_normal((n_mid, 3)).astype(np.float32))
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1")] + nodes + [
+        helper.make_node("MatMul", [mid, "W2"], ["y"], name="fc2")]
+    return single_io_model(nodes, inits, ["N", n_in], ["N", 3])
+
+
+def layernorm_net(form: str, seed=0):
+    """x -> MatMul -> LayerNorm over 7 features (gamma, beta random) -> MatMul, the norm as the op ("op"), as
+    torch's opset < 17 export writes it out ("torch": (h - mean) / sqrt(var + eps) * gamma + beta), or as tf2onnx
+    writes Keras' ("tf": h s - mean(h) s + beta, s = gamma / sqrt(var + eps), the mean reshaped between)."""
+    rng = np.random.default_rng(seed)
+    inits = {"gamma": rng.uniform(0.5, 1.5, 7).astype(np.float32), "beta": rng.normal(0, 0.2, 7).astype(np.float32),
+             "two": np.array(2, np.float32), "eps": np.array(1e-5, np.float32),
+             "shape": np.array([-1, 1], np.int64)}
+    mk = helper.make_node
+    if form == "op":
+        nodes = [mk("LayerNormalization", ["h", "gamma", "beta"], ["f"], axis=-1, epsilon=1e-5, name="ln")]
+    elif form == "torch":
+        nodes = [mk("ReduceMean", ["h"], ["m"], axes=[-1], name="mean"), mk("Sub", ["h", "m"], ["d"], name="centre"),
+                 mk("Pow", ["d", "two"], ["d2"], name="square"), mk("ReduceMean", ["d2"], ["v"], axes=[-1], name="var"),
+                 mk("Add", ["v", "eps"], ["ve"], name="add_eps"), mk("Sqrt", ["ve"], ["sd"], name="std"),
+                 mk("Div", ["d", "sd"], ["n"], name="normalize"), mk("Mul", ["n", "gamma"], ["g"], name="scale"),
+                 mk("Add", ["g", "beta"], ["f"], name="shift")]
+    else:
+        nodes = [mk("ReduceMean", ["h"], ["m0"], axes=[-1], name="mean"), mk("Reshape", ["m0", "shape"], ["m"]),
+                 mk("Sub", ["h", "m"], ["d"], name="centre_var"), mk("Mul", ["d", "d"], ["d2"], name="square"),
+                 mk("ReduceMean", ["d2"], ["v"], axes=[-1], name="var"), mk("Add", ["v", "eps"], ["ve"]),
+                 mk("Sqrt", ["ve"], ["sd"], name="std"), mk("Div", ["gamma", "sd"], ["s"], name="scale"),
+                 mk("Mul", ["h", "s"], ["hs"]), mk("Mul", ["m", "s"], ["ms"]), mk("Sub", ["hs", "ms"], ["c"], name="centre"),
+                 mk("Add", ["c", "beta"], ["f"])]
+    return _head(rng, nodes, inits, "f")
+
+
+def gated_net(gate_first: bool, seed=0):
+    """x -> MatMul -> h -> Relu -> a; a squeeze-excitation-like gate g = Sigmoid(mean(a) W3 + b3) (mean over the
+    features, as a global pool); Mul(g, a) (``gate_first``, torchvision's order) or Mul(a, g) -> MatMul."""
+    rng = np.random.default_rng(seed)
+    inits = {"W3": rng.standard_normal((1, 7)).astype(np.float32), "b3": rng.normal(0, 0.5, 7).astype(np.float32)}
+    mk = helper.make_node
+    nodes = [mk("Relu", ["h"], ["a"]), mk("ReduceMean", ["a"], ["p"], axes=[-1], name="pool"),
+             mk("MatMul", ["p", "W3"], ["q"], name="fc3"), mk("Add", ["q", "b3"], ["qb"]), mk("Sigmoid", ["qb"], ["g"]),
+             mk("Mul", ["g", "a"] if gate_first else ["a", "g"], ["f"], name="gate")]
+    return _head(rng, nodes, inits, "f")
+
+
+def swish_net(x_first: bool, seed=0):
+    """x -> MatMul -> h -> h * Sigmoid(h) (SiLU as torch exports it; ``x_first``: Mul(h, s), else Mul(s, h)) -> MatMul."""
+    rng = np.random.default_rng(seed)
+    mk = helper.make_node
+    nodes = [mk("Sigmoid", ["h"], ["s"]), mk("Mul", ["h", "s"] if x_first else ["s", "h"], ["f"], name="silu")]
+    return _head(rng, nodes, {}, "f")

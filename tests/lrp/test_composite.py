@@ -12,9 +12,9 @@ from onnx import numpy_helper
 
 import onnxattr
 from onnxattr.graph import GraphBuilder
-from onnxattr.lrp import composite, rules
+from onnxattr.lrp import rules, steps
 from onnxattr.methods.lrp import preset_folder
-from tests.lrp.nets import resnet_like
+from tests.lrp.nets import gated_net, layernorm_net, resnet_like, swish_net
 
 # normal inputs: about half of the pre-activations are negative, where the two denominators differ
 X = np.random.default_rng(11).standard_normal((2, 2, 8, 8)).astype(np.float32)
@@ -35,7 +35,7 @@ def readers(model, tensor):
 def test_relu_denominator_gives_the_same_map(preset, net, monkeypatch):
     model = resnet_like(**net)
     _, fast = relevance(model, preset)
-    monkeypatch.setattr(composite, "_positive_part", lambda *a: None)
+    monkeypatch.setattr(steps, "positive_part", lambda *a: None)
     monkeypatch.setattr(rules, "known_nonnegative", lambda *a: False)
     monkeypatch.setattr(rules, "own_factor", lambda *a: None)
     monkeypatch.setattr(GraphBuilder, "factored_sum", lambda *a: None)
@@ -96,7 +96,7 @@ def test_no_shortcut_below_a_rule_that_is_not_x_times(tmp_path, monkeypatch):
     compiled, fast = relevance(model, str(rules))
     z1 = next(n.output[0] for n in compiled.graph.node if n.op_type == "Conv" and n.input[0] == "x")
     assert "GreaterOrEqual" in readers(compiled, z1), readers(compiled, z1)
-    monkeypatch.setattr(composite, "_positive_part", lambda *a: None)
+    monkeypatch.setattr(steps, "positive_part", lambda *a: None)
     np.testing.assert_array_equal(fast, relevance(model, str(rules))[1])
 
 
@@ -309,3 +309,51 @@ def test_an_activation_after_a_reshape_of_a_layer_still_belongs_to_it(method):
         maps.append(ort.InferenceSession(onnxattr.compile(m, method).SerializeToString()).run(None, {"x": x})[1])
     assert np.abs(maps[0]).max() > 0
     np.testing.assert_allclose(maps[1], maps[0], rtol=0, atol=1e-6 * np.abs(maps[0]).max())
+
+
+def _map(model, method, x):
+    compiled = onnxattr.compile(model, method)
+    return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+
+
+X_FLAT = np.random.default_rng(12).standard_normal((4, 5)).astype(np.float32)
+
+
+@pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_product_of_two_activations_does_not_depend_on_operand_order(preset):
+    """A squeeze-excitation's gate * a takes its gradient, as Zennit and iNNvestigate give a product without a
+    rule, whichever operand is first (before, relevance went to the first: all of it into the gate's branch
+    in torchvision's order; tests/oracles/data/torch_gated checks the maps against Zennit)."""
+    first, second = _map(gated_net(True), preset, X_FLAT), _map(gated_net(False), preset, X_FLAT)
+    np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-6 * np.abs(first).max())
+    rules = {row[0]: row[2] for row in onnxattr.inspect(gated_net(True), preset)}
+    assert rules["gate"] == "gradient"
+
+
+@pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_layernorm_written_out_gives_the_op_map(preset):
+    """torch's opset < 17 export and tf2onnx's Keras export write a LayerNorm out; its ops, gamma and centring
+    mean included, take their gradient, so the map is the LayerNormalization op's (before, the written-out
+    forms passed relevance to the first operand of each product: another map for each export)."""
+    want = _map(layernorm_net("op"), preset, X_FLAT)
+    # atol 1e-6 too: a flat first layer gives each input its row's total, which is 0 here up to rounding
+    for form in ("torch", "tf"):
+        got = _map(layernorm_net(form), preset, X_FLAT)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=max(1e-5 * np.abs(want).max(), 1e-6), err_msg=form)
+
+
+@pytest.mark.parametrize("x_first", [True, False])
+def test_silu_written_out_passes_relevance_in_either_order(x_first):
+    """h * Sigmoid(h) is SiLU as torch exports it: an activation, whose relevance passes unchanged to h (Zennit's
+    Pass on nn.SiLU), in either operand order. lrp.z on a bias-free MLP, against numpy."""
+    w1, w2 = (numpy_helper.to_array(t) for t in swish_net(x_first).graph.initializer)
+    h = X_FLAT @ w1
+    f = h / (1 + np.exp(-h))
+    y = f @ w2
+    seed = np.where(np.arange(3) == y.argmax(1)[:, None], y, 0)
+    r_f = f * ((seed / y) @ w2.T)
+    want = X_FLAT * ((r_f / h) @ w1.T)
+    got = _map(swish_net(x_first), "lrp.z", X_FLAT)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

@@ -64,3 +64,17 @@ def test_lrp_through_a_loss_node_warns_and_names_the_way_out():
         warnings.simplefilter("error")
         onnxattr.compile(str(LOSS_MODEL), "lrp.epsilon", output=logits)
         onnxattr.compile(str(LOSS_MODEL), "gradient")  # the gradient of a loss is what it is
+
+
+@pytest.mark.parametrize("form,first", [("torch", "centre"), ("tf", "centre_var")])
+def test_lrp_through_a_layernorm_written_out_warns_as_through_the_op(form, first):
+    """A LayerNorm written out (torch's opset < 17 export, tf2onnx's Keras export) gives the op's map, which sums
+    to 0 over the features: the presets warn there too, naming the centring; attn_lrp is silent."""
+    from tests.lrp.nets import layernorm_net
+
+    with pytest.warns(OnnxAttrWarning, match=f"lrp.epsilon: relevance crosses the centring Sub \\(a LayerNorm "
+                                             f"written out\\) node '{first}'.* by its gradient, which sums to 0"):
+        onnxattr.compile(layernorm_net(form), "lrp.epsilon")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onnxattr.compile(layernorm_net(form), "attn_lrp")

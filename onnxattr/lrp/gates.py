@@ -1,0 +1,134 @@
+"""Structure of products of two activations: which operand is a gate computed from the other, and which
+subtraction is a norm's centring. Shared by the LRP presets (lrp/composite.py) and AttnLRP
+(methods/attn_lrp.py); graph reading only, nothing is emitted here.
+
+A gate: start = h(gate) with h made of element-wise ops (and, where ``norms``, of norms: sums of squares
+or absolute values) alone, so that x * h(x) is an activation of x written out (SiLU, exported GELU,
+RMSNorm's x * rsqrt(mean x^2), a LayerNorm's division by its std).
+"""
+
+from __future__ import annotations
+
+from onnxattr.lrp.units import LAYOUT_OPS
+
+# what a gate's branch may hold: element-wise ops (each output element from the same position of its
+# inputs, or from a reduced tensor broadcast back). A pool, a ReduceMax, a Slice/Concat shift, a MatMul or
+# a softmax mixes positions or features: a branch through one is an activation of its own.
+ELEMENTWISE_GATE_OPS = frozenset({
+    "Sigmoid", "Tanh", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Neg", "Softplus", "Softsign",
+    "HardSigmoid", "HardSwish", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Mish", "Clip",
+    "Cast", "Identity", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Unsqueeze", "Squeeze", "Expand",
+})
+NORM_OPS = frozenset({"ReduceL2", "ReduceSumSquare", "ReduceL1"})
+SUMS = frozenset({"ReduceSum", "ReduceMean"})  # norms when they sum squares or absolute values
+
+GATE_LIMIT = 64  # tensors a gate's branch may hold (tanh-GELU's has 8, RMSNorm's 6): a bound keeps compiles linear
+
+
+def is_square(producer: dict, t: str) -> bool:
+    """t is a square (Pow, Mul(a, a)) or an absolute value, read through Casts: its sum is a norm's."""
+    node = producer.get(t)
+    while node is not None and node.op_type == "Cast":
+        node = producer.get(node.input[0])
+    return node is not None and (node.op_type in ("Pow", "Abs") or (node.op_type == "Mul" and
+                                                                     node.input[0] == node.input[1]))
+
+
+def held_branch(producer: dict, live: set, x: str, start: str, gate: str, norms: bool = True) -> list | None:
+    """The nodes that compute start from gate alone, or None if start is not so computed: every path from the
+    explained input x to start passes through gate, and every op on the way is element-wise (or, where
+    ``norms``, a norm: a sum of squares, not a softmax's denominator or a pooling, whose centring
+    a - mean(a) is part of it), within GATE_LIMIT tensors."""
+    stack, seen, branch = [start], {gate}, []
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        node = producer.get(t)
+        if t == x or node is None or len(seen) > GATE_LIMIT:
+            return None
+        op = node.op_type
+        if not (op in ELEMENTWISE_GATE_OPS or (norms and (
+                op in NORM_OPS or (op in SUMS and is_square(producer, node.input[0]))))):
+            return None
+        branch.append(node)
+        stack.extend(i for i in node.input if i in live and not (norms and centring_mean(producer, node, i)))
+    return branch
+
+
+def held_by(producer: dict, live: set, x: str, start: str, gate: str, norms: bool = True) -> bool:
+    """start is computed from gate alone (held_branch)."""
+    return held_branch(producer, live, x, start, gate, norms) is not None
+
+
+def mean_chain(producer: dict, t: str) -> list | None:
+    """The nodes from a ReduceMean to t through reshapes (the ReduceMean first), if t is a mean so read."""
+    chain, node = [], producer.get(t)
+    while node is not None and node.op_type in LAYOUT_OPS and node.input:
+        chain.append(node)
+        node = producer.get(node.input[0])
+    return [node] + chain[::-1] if node is not None and node.op_type == "ReduceMean" else None
+
+
+def mean_of(producer: dict, t: str) -> str | None:
+    """The tensor a whose ReduceMean t is, read through reshapes (tf2onnx reshapes a channel mean of an
+    NCHW map before subtracting it), else None."""
+    chain = mean_chain(producer, t)
+    return chain[0].input[0] if chain else None
+
+
+def centring_mean(producer: dict, node, t: str) -> bool:
+    """t is the mean that node = Sub(a, mean(a)) subtracts from a (a variance's centring, as torch.var
+    exports it): part of the norm, not a sum of the values."""
+    return (node.op_type == "Sub" and len(node.input) == 2 and t == node.input[1]
+            and mean_of(producer, t) == node.input[0])
+
+
+def centring_means(producer: dict, node) -> list:
+    """The means that node subtracts from the tensor they are the mean of: [m] for a - m with m = mean(a) (a
+    LayerNorm written out, torch's opset < 17 export), or for a s - m s with a common factor s (tf2onnx's
+    Keras LayerNormalization); [] when node is no such centring."""
+    if node.op_type != "Sub" or len(node.input) != 2:
+        return []
+    if centring_mean(producer, node, node.input[1]):
+        return [node.input[1]]
+    left, right = (producer.get(i) for i in node.input)
+    if left is None or right is None or left.op_type != "Mul" or right.op_type != "Mul":
+        return []
+    for k in (0, 1):
+        for j in (0, 1):
+            if left.input[1 - k] == right.input[1 - j] and mean_of(producer, right.input[j]) == left.input[k]:
+                return [right.input[j]]
+    return []
+
+
+def scaled_from(producer: dict, live: set, t: str) -> str:
+    """The tensor that t is a constant multiple (through Mul or Div by a constant, Neg, Cast) or the centring
+    (a - mean(a)) of: GPT-2's 0.5 * x * (1 + tanh(...)) multiplies 0.5 x, not x, by the gate, and a LayerNorm
+    spelled with torch.var divides one centring of x by a std computed from another."""
+    while True:
+        node = producer.get(t)
+        if node is not None and node.op_type == "Sub" and centring_mean(producer, node, node.input[1]):
+            t = node.input[0]
+            continue
+        varying = [i for i in node.input if i in live] if node is not None else []
+        if len(varying) != 1 or not (node.op_type in ("Neg", "Cast", "Mul") or (
+                node.op_type == "Div" and varying[0] == node.input[0])):
+            return t
+        t = varying[0]
+
+
+def gate_branch(producer: dict, live: set, x: str, node, norms: bool = True):
+    """(keep, branch) for node = Mul(a, b) or Div(a, b), both varying with x, when operand ``keep`` is the
+    gate that the other is computed from alone by the nodes ``branch`` (a Div only ever holds its divisor);
+    else None."""
+    if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+        return None
+    for keep in (0, 1) if node.op_type == "Mul" else (0,):
+        held, gate = node.input[1 - keep], node.input[keep]
+        for source in dict.fromkeys((gate, scaled_from(producer, live, gate))):
+            branch = held_branch(producer, live, x, held, source, norms)
+            if branch is not None:
+                return keep, branch
+    return None

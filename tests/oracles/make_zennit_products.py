@@ -1,0 +1,136 @@
+"""Oracle maps from Zennit on a net whose exports differ in how they write products of activations and norms.
+
+Run from the repository root with the torch venv (CPU torch 2.13.0, zennit, onnx, onnxruntime):
+
+    /work/venv-torch/bin/python tests/oracles/make_zennit_products.py
+
+The net (torch_gated): Conv 3->8 + ReLU; a squeeze-excitation block as torchvision writes it (AdaptiveAvgPool2d,
+1x1 Conv, ReLU, 1x1 Conv, nn.Sigmoid, then ``scale * input``: the gate is the Mul's first operand); a strided
+Conv + nn.SiLU; Linear + LayerNorm (random gamma, beta) + nn.GELU; Linear to 5 logits. Zennit gives its
+activation modules (ReLU, Sigmoid, SiLU, GELU) the Pass rule, the AdaptiveAvgPool2d the Norm rule, the Convs and
+Linears their composite's rules, and everything else, the LayerNorm and the functional ``*``, its gradient.
+
+One function, four exports (torch.onnx.export, dynamo=False, dynamic batch axis), all checked against the same maps:
+
+    torch_gated.onnx             opset 17: a LayerNormalization node; the SE product Mul(gate, x)
+    torch_gated_op14.onnx        opset 14: the LayerNorm written out (ReduceMean, Sub, Pow, Sqrt, Div, Mul, Add)
+    torch_gated_xfirst.onnx      opset 17, the SE written ``input * scale``: Mul(x, gate)
+    torch_gated_xfirst_op14.onnx both
+
+SiLU is written Sigmoid + Mul and GELU Div, Erf, Add, Mul, Mul in all four. A map that depends on which operand of
+a product comes first, or on whether the LayerNorm is one node, fails against at least one of them.
+
+torch_gated.npz holds "x" (uniform in [0, 1)), "target", "logits" and "<method>|max|default" for the Zennit composites
+of tests/oracles/torch_zennit.py (LRP_METHODS), computed in float64 and stored as float32; torch_gated.json is the
+manifest read by tests/methods/test_oracles.py.
+
+The code is our own; Zennit (LGPL-3) is only called as a library.
+"""
+
+import importlib.metadata
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_zennit import LRP_METHODS, zennit_map  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+NAME = "torch_gated"
+
+
+class GatedNet(nn.Module):
+    def __init__(self, gate_first: bool = True):
+        super().__init__()
+        self.gate_first = gate_first
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)  # registered first: Zennit's first layer
+        self.relu1 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(8, 4, 1)
+        self.relu2 = nn.ReLU()
+        self.fc2 = nn.Conv2d(4, 8, 1)
+        self.sigmoid = nn.Sigmoid()
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.silu = nn.SiLU()
+        self.lin1 = nn.Linear(8 * 4 * 4, 16)
+        self.norm = nn.LayerNorm(16)
+        self.gelu = nn.GELU()
+        self.lin2 = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.relu1(self.conv1(x))
+        scale = self.sigmoid(self.fc2(self.relu2(self.fc1(self.pool(h)))))
+        h = scale * h if self.gate_first else h * scale
+        h = self.silu(self.conv2(h))
+        h = self.gelu(self.norm(self.lin1(h.flatten(1))))
+        return self.lin2(h)
+
+
+def build() -> GatedNet:
+    torch.manual_seed(0)
+    model = GatedNet()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.normal_(0, 0.2)
+    return model.eval()
+
+
+def export(model, x, path, opset):
+    torch.onnx.export(model, x, str(path), opset_version=opset, dynamo=False, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def main():
+    torch.set_num_threads(1)
+    model = build()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    swapped = GatedNet(gate_first=False)
+    swapped.load_state_dict(model.state_dict())
+    swapped.eval()
+    files = {(True, 17): f"{NAME}.onnx", (True, 14): f"{NAME}_op14.onnx", (False, 17): f"{NAME}_xfirst.onnx",
+             (False, 14): f"{NAME}_xfirst_op14.onnx"}
+    for (gate_first, opset), name in files.items():
+        export(model if gate_first else swapped, x, DATA / name, opset)
+    with torch.no_grad():
+        logits = model(x)
+    argmax = logits.argmax(1)
+    arrays = {"x": x.numpy(), "target": argmax.numpy().astype(np.int64), "logits": logits.numpy()}
+    entries = {}
+    for method, (composite, _, params) in LRP_METHODS.items():
+        m64 = zennit_map(model.double(), x.double(), method, [], "max", argmax, argmax).detach().numpy()
+        m32 = zennit_map(model.float(), x.clone(), method, [], "max", argmax, argmax).detach().numpy()
+        other = zennit_map(swapped.double(), x.double(), method, [], "max", argmax, argmax).detach().numpy()
+        swapped.float()
+        assert np.array_equal(m64, other), "the operand order of a product changed Zennit's map"
+        arrays[f"{method}|max|default"] = m64.astype(np.float32)
+        entries[f"{method}|max|default"] = {
+            "method": method, "params": params, "mode": "max", "seed": "logit", "statistical": False,
+            "library_call": f"zennit.attribution.Gradient(model, zennit.composites.{composite}(canonizers=[])) "
+                            "with attr_output = y*onehot(argmax)",
+            "fp32_rel_dev": float(f"{np.abs(m32 - m64).max() / np.abs(m64).max():.3g}"),
+        }
+    np.savez_compressed(DATA / f"{NAME}.npz", **arrays)
+    versions = f"zennit {importlib.metadata.version('zennit')} / torch {torch.__version__}"
+    manifest = {
+        "model": files[True, 17], "also_valid_for": [files[k] for k in ((True, 14), (False, 17), (False, 14))],
+        "library": versions, "layout": "NCHW", "input_name": "input", "output_name": "logits",
+        "entries": entries,
+        "notes": [
+            "Maps in float64 (model.double()), stored as float32; seed y*onehot(argmax) as attr_output.",
+            "Zennit: activation modules (ReLU, Sigmoid, SiLU, GELU) Pass, AdaptiveAvgPool2d Norm; the LayerNorm and "
+            "the SE's functional product take their gradient. onnxattr: an activation written out as x * h(x) "
+            "(SiLU, GELU) passes relevance to x; any other product of two activations, a LayerNorm written out "
+            "(with its gamma) and its centring take the gradient; so all four exports give Zennit's map.",
+        ],
+    }
+    (DATA / f"{NAME}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    print("wrote", ", ".join(files.values()), f"{NAME}.npz", f"{NAME}.json", "in", os.path.relpath(DATA))
+
+
+if __name__ == "__main__":
+    main()
