@@ -357,3 +357,20 @@ def test_silu_written_out_passes_relevance_in_either_order(x_first):
     want = X_FLAT * ((r_f / h) @ w1.T)
     got = _map(swish_net(x_first), "lrp.z", X_FLAT)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
+@pytest.mark.parametrize("preset", ["lrp.z", "lrp.epsilon_plus", "deep_taylor"])
+def test_square_written_as_a_product_gives_the_pow_map(preset):
+    """h * h is h ** 2 as torch writes x * x: both take their gradient (before, Mul(h, h) passed relevance as
+    an activation written out, and Pow took its gradient)."""
+    from onnx import helper
+
+    from tests.lrp.nets import _head
+
+    maps = []
+    for node, extra in ((helper.make_node("Mul", ["h", "h"], ["f"]), {}),
+                        (helper.make_node("Pow", ["h", "two"], ["f"]), {"two": np.array(2, np.float32)})):
+        maps.append(_map(_head(np.random.default_rng(3), [node], dict(extra), "f"), preset, X_FLAT))
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6 * np.abs(maps[1]).max())
+    assert np.abs(maps[1]).max() > 0
