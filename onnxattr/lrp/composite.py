@@ -26,12 +26,13 @@ import numpy as np
 
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.gates import centring_means, gate_branch, mean_chain
+from onnxattr.lrp.gates import centring_parts, gate_branch
 from onnxattr.lrp.steps import add_split, pass_on, pass_to, unit_step, zero_preserving
 from onnxattr.lrp.units import LAYOUT_OPS, LINEAR_OPS, Unit, find_units
 from onnxattr.recurrent import is_cell_sum, is_signal_gate
 
 PASS_TO = ("pass to operand 0", "pass to operand 1")  # the rules of an activation written out, x * h(x)
+PRODUCT_GRADIENT = "a product, quotient or difference of two activations: its gradient"
 
 # Zennit's Activation types (CELU, SiLU as Swish, Hard/Softshrink as Shrink, Threshold as ThresholdedRelu; not Mish)
 ELEMENTWISE = frozenset({
@@ -146,6 +147,7 @@ class Composite:
     unmatched: tuple = ()  # after lookup: the node patterns that match no node on the path,
     not_layers: tuple = ()  # those that match only nodes that are not layers (an activation, an Add, ...),
     shadowed: tuple = ()   # and those whose layers all went to an earlier pattern
+    products: tuple = ()   # after lookup: the Mul/Div nodes of two activations that take their gradient
 
     def lookup(self, b, nodes, x, y):
         """The rule_for(node) function of the reverse pass explaining y w.r.t. x; ``nodes`` are the
@@ -194,6 +196,9 @@ class Composite:
                 chosen[n.name] = (self.add, "add")
             elif n.op_type in ELEMENTWISE:
                 chosen[n.name] = self._activation_rule(n, kernel_outputs)
+            elif n.op_type == "BatchNormalization" and any(i in varying for i in n.input[1:5]):
+                chosen[n.name] = ("gradient", "normalizes by its input's own statistics: a norm, no layer")
+                normed.append(n)
             elif n.op_type == "Mul" and is_signal_gate(n.name) and n.input[0] in varying:
                 chosen[n.name] = (PASS_TO[0], "a recurrent cell's signal * gate: the signal takes all (Arras et al.)")
             elif n.op_type in ("Sub", "Mul", "Div") and sum(1 for i in n.input if i in varying) >= 2:
@@ -218,10 +223,12 @@ class Composite:
             scale = _norm_scale(n, consumers, varying)
             if scale is not None:
                 chosen[scale.name] = ("gradient", f"the scale of the norm that {n.name} applies")
-        for n in nodes:  # a - mean(a): the mean is part of the centring, not a pool of a's values
-            for mean in centring_means(producer, n):
-                for m in mean_chain(producer, mean):
-                    chosen[m.name] = ("gradient", f"the mean that {n.name} subtracts: a centring")
+        for n in nodes:  # a - mean(a): a centring, whose mean is part of it, not a pool of a's values
+            parts = centring_parts(producer, varying, n)
+            if parts is not None:
+                chosen[n.name] = ("gradient", "subtracts a mean: a centring (a norm written out)")
+                for m in parts:
+                    chosen[m.name] = ("gradient", f"part of the centring {n.name}")
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
                 _check_pass(b, units[name])
@@ -230,6 +237,8 @@ class Composite:
         on_path_match = {p for p, _ in self.nodes if p not in matched and any(_names(p, name) for name in names)}
         self.unmatched = tuple(p for p, _ in self.nodes if p not in matched and p not in on_path_match)
         self.not_layers = tuple(p for p, _ in self.nodes if p in on_path_match)
+        self.products = tuple(n for n in nodes if n.op_type in ("Mul", "Div") and chosen.get(n.name, (None, ""))[1]
+                              == PRODUCT_GRADIENT)
         self.shadowed = tuple(p for p, _ in self.nodes if p in matched and p not in used)
         relu_of = {n.input[0]: n.output[0] for n in nodes if n.op_type == "Relu"}
 
@@ -292,7 +301,7 @@ class Composite:
         if found is not None:
             return ("gradient", f"a norm written out: {node.input[1 - found[0]]} is a norm of "
                     f"{node.input[found[0]]}"), found[1]
-        return ("gradient", "a product, quotient or difference of two activations: its gradient"), []
+        return ("gradient", PRODUCT_GRADIENT), []
 
     def _selector(self, unit: Unit, order, first, first_conv, consumers):
         if unit.kind == "pool":
@@ -347,15 +356,16 @@ def _kernel_layers(nodes, units, x, through=None):
 
 
 def _norm_scale(node, consumers: dict, varying: set):
-    """The Mul by a constant (gamma) that the normalized output of ``node`` goes to, through Casts, as its only
-    reader (x / std(x) * gamma, RMSNorm's gamma * x * rsqrt(...)), else None."""
+    """The Mul by a constant (gamma) that the normalized output of ``node`` goes to, through Casts and reshapes,
+    as its only reader (x / std(x) * gamma, RMSNorm's gamma * x * rsqrt(...), tf2onnx's BatchNormalization of a
+    reshaped x with its own statistics, then gamma), else None."""
     t = node.output[0]
     while True:
         readers = consumers.get(t, [])
         if len(readers) != 1:
             return None
         reader = readers[0]
-        if reader.op_type == "Cast":
+        if reader.op_type == "Cast" or reader.op_type in LAYOUT_OPS:
             t = reader.output[0]
             continue
         others = [i for i in reader.input if i != t]

@@ -85,22 +85,46 @@ def centring_mean(producer: dict, node, t: str) -> bool:
             and mean_of(producer, t) == node.input[0])
 
 
-def centring_means(producer: dict, node) -> list:
-    """The means that node subtracts from the tensor they are the mean of: [m] for a - m with m = mean(a) (a
-    LayerNorm written out, torch's opset < 17 export), or for a s - m s with a common factor s (tf2onnx's
-    Keras LayerNormalization); [] when node is no such centring."""
-    if node.op_type != "Sub" or len(node.input) != 2:
-        return []
-    if centring_mean(producer, node, node.input[1]):
-        return [node.input[1]]
-    left, right = (producer.get(i) for i in node.input)
-    if left is None or right is None or left.op_type != "Mul" or right.op_type != "Mul":
-        return []
-    for k in (0, 1):
-        for j in (0, 1):
-            if left.input[1 - k] == right.input[1 - j] and mean_of(producer, right.input[j]) == left.input[k]:
-                return [right.input[j]]
-    return []
+def _through_shift(producer: dict, live: set, t: str) -> tuple:
+    """(u, sign, nodes): t = sign * u + c read back through Neg and through Add/Sub of a constant (tf2onnx
+    writes a LayerNorm's beta - mean * s, or Neg(mean * s) where beta is 0), and the nodes passed."""
+    passed, sign = [], 1
+    while True:
+        node = producer.get(t)
+        if node is None or not (node.op_type == "Neg" or (node.op_type in ("Add", "Sub") and len(node.input) == 2)):
+            return t, sign, passed
+        varying = [k for k, i in enumerate(node.input) if i in live]
+        if len(varying) != 1:
+            return t, sign, passed
+        if node.op_type == "Neg" or (node.op_type == "Sub" and varying[0] == 1):
+            sign = -sign
+        passed.append(node)
+        t = node.input[varying[0]]
+
+
+def centring_parts(producer: dict, live: set, node) -> list | None:
+    """If node subtracts a tensor's mean from it, the other nodes of that centring (the mean's ReduceMean and
+    reshapes, the Neg or shift on the way), else None. The forms: a - m with m = mean(a) (a LayerNorm written
+    out, torch's opset < 17 export), and a s - m s, a s + Neg(m s), a s + (beta - m s) with a common factor s
+    (tf2onnx's Keras LayerNormalization)."""
+    if node.op_type not in ("Sub", "Add") or len(node.input) != 2 or not all(i in live for i in node.input):
+        return None
+    if node.op_type == "Sub" and centring_mean(producer, node, node.input[1]):
+        return mean_chain(producer, node.input[1])
+    terms = [_through_shift(producer, live, i) for i in node.input]
+    if node.op_type == "Sub":
+        terms[1] = (terms[1][0], -terms[1][1], terms[1][2])
+    if terms[0][1] == terms[1][1]:
+        return None  # a s + m s: no centring
+    for (p, _, p_passed), (q, _, q_passed) in (terms, terms[::-1]):
+        left, right = producer.get(p), producer.get(q)
+        if left is None or right is None or left.op_type != "Mul" or right.op_type != "Mul":
+            continue
+        for k in (0, 1):
+            for j in (0, 1):
+                if left.input[1 - k] == right.input[1 - j] and mean_of(producer, right.input[j]) == left.input[k]:
+                    return mean_chain(producer, right.input[j]) + p_passed + q_passed
+    return None
 
 
 def scaled_from(producer: dict, live: set, t: str) -> str:

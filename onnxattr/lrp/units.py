@@ -183,6 +183,8 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
             units[n.name] = Unit(n, n.input[0], n.output[0], "pool")
             continue
         if n.op_type == "BatchNormalization" and n.name not in units:
+            if any(producer.get(i) in on_path or i == x for i in n.input[1:5]):
+                continue  # statistics from the input (tf2onnx's Keras LayerNormalization): a norm, no layer
             scale, shift = bn_scale_shift(b, n)
             units[n.name] = Unit(n, n.input[0], n.output[0], "norm", scale, shift)
             continue

@@ -51,15 +51,25 @@ def _head(rng, nodes, inits, mid, n_in=5, n_mid=7):
     return single_io_model(nodes, inits, ["N", n_in], ["N", 3])
 
 
-def layernorm_net(form: str, seed=0):
-    """x -> MatMul -> LayerNorm over 7 features (gamma, beta random) -> MatMul, the norm as the op ("op"), as
-    torch's opset < 17 export writes it out ("torch": (h - mean) / sqrt(var + eps) * gamma + beta), or as tf2onnx
-    writes Keras' ("tf": h s - mean(h) s + beta, s = gamma / sqrt(var + eps), the mean reshaped between)."""
+def layernorm_net(form: str, seed=0, zero_beta=False):
+    """x -> MatMul -> LayerNorm over 7 features (gamma, beta random; beta 0 with ``zero_beta``) -> MatMul, the norm
+    as the op ("op"), as torch's opset < 17 export writes it out ("torch": (h - mean) / sqrt(var + eps) * gamma +
+    beta), or in the forms of tf2onnx's Keras LayerNormalization, with s = gamma / sqrt(var + eps) and the mean
+    reshaped between: "tf" h s - mean(h) s + beta, "tf_beta" h s + (beta - mean(h) s), "tf_neg" h s + Neg(mean(h)
+    s) (beta 0), and "tf_bn", a BatchNormalization of h reshaped to [1, N, 7] with its own statistics (Keras' fused
+    form, for 4 samples), then gamma and beta."""
     rng = np.random.default_rng(seed)
     inits = {"gamma": rng.uniform(0.5, 1.5, 7).astype(np.float32), "beta": rng.normal(0, 0.2, 7).astype(np.float32),
              "two": np.array(2, np.float32), "eps": np.array(1e-5, np.float32),
              "shape": np.array([-1, 1], np.int64)}
+    if zero_beta or form == "tf_neg":
+        inits["beta"][:] = 0
     mk = helper.make_node
+    stats = [mk("ReduceMean", ["h"], ["m0"], axes=[-1], name="mean"), mk("Reshape", ["m0", "shape"], ["m"]),
+             mk("Sub", ["h", "m"], ["d"], name="centre_var"), mk("Mul", ["d", "d"], ["d2"], name="square"),
+             mk("ReduceMean", ["d2"], ["v"], axes=[-1], name="var"), mk("Add", ["v", "eps"], ["ve"]),
+             mk("Sqrt", ["ve"], ["sd"], name="std"), mk("Div", ["gamma", "sd"], ["s"], name="scale"),
+             mk("Mul", ["h", "s"], ["hs"]), mk("Mul", ["m", "s"], ["ms"])]
     if form == "op":
         nodes = [mk("LayerNormalization", ["h", "gamma", "beta"], ["f"], axis=-1, epsilon=1e-5, name="ln")]
     elif form == "torch":
@@ -68,13 +78,24 @@ def layernorm_net(form: str, seed=0):
                  mk("Add", ["v", "eps"], ["ve"], name="add_eps"), mk("Sqrt", ["ve"], ["sd"], name="std"),
                  mk("Div", ["d", "sd"], ["n"], name="normalize"), mk("Mul", ["n", "gamma"], ["g"], name="scale"),
                  mk("Add", ["g", "beta"], ["f"], name="shift")]
+    elif form == "tf":
+        nodes = stats + [mk("Sub", ["hs", "ms"], ["c"], name="centre"), mk("Add", ["c", "beta"], ["f"])]
+    elif form == "tf_beta":
+        nodes = stats + [mk("Sub", ["beta", "ms"], ["bm"], name="shift"), mk("Add", ["hs", "bm"], ["f"], name="centre")]
+    elif form == "tf_neg":
+        nodes = stats + [mk("Neg", ["ms"], ["nm"], name="negate"), mk("Add", ["hs", "nm"], ["f"], name="centre")]
     else:
-        nodes = [mk("ReduceMean", ["h"], ["m0"], axes=[-1], name="mean"), mk("Reshape", ["m0", "shape"], ["m"]),
-                 mk("Sub", ["h", "m"], ["d"], name="centre_var"), mk("Mul", ["d", "d"], ["d2"], name="square"),
-                 mk("ReduceMean", ["d2"], ["v"], axes=[-1], name="var"), mk("Add", ["v", "eps"], ["ve"]),
-                 mk("Sqrt", ["ve"], ["sd"], name="std"), mk("Div", ["gamma", "sd"], ["s"], name="scale"),
-                 mk("Mul", ["h", "s"], ["hs"]), mk("Mul", ["m", "s"], ["ms"]), mk("Sub", ["hs", "ms"], ["c"], name="centre"),
-                 mk("Add", ["c", "beta"], ["f"])]
+        inits.update(ones=np.ones(4, np.float32), zeros=np.zeros(4, np.float32), to_bn=np.array([1, 4, 7], np.int64),
+                     back=np.array([4, 7], np.int64))
+        nodes = [mk("ReduceMean", ["h"], ["m"], axes=[-1], keepdims=0, name="mean"),
+                 mk("Unsqueeze", ["m", "axis1"], ["mu"]), mk("Sub", ["h", "mu"], ["d"], name="centre_var"),
+                 mk("Mul", ["d", "d"], ["d2"], name="square"),
+                 mk("ReduceMean", ["d2"], ["v"], axes=[-1], keepdims=0, name="var"),
+                 mk("Reshape", ["h", "to_bn"], ["hr"]),
+                 mk("BatchNormalization", ["hr", "ones", "zeros", "m", "v"], ["nr"], epsilon=1e-5, name="bn"),
+                 mk("Reshape", ["nr", "back"], ["n"]), mk("Mul", ["n", "gamma"], ["g"], name="gamma"),
+                 mk("Add", ["g", "beta"], ["f"])]
+        inits["axis1"] = np.array([1], np.int64)
     return _head(rng, nodes, inits, "f")
 
 

@@ -334,12 +334,14 @@ def test_product_of_two_activations_does_not_depend_on_operand_order(preset):
 @pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
 @pytest.mark.parametrize("preset", PRESETS)
 def test_layernorm_written_out_gives_the_op_map(preset):
-    """torch's opset < 17 export and tf2onnx's Keras export write a LayerNorm out; its ops, gamma and centring
-    mean included, take their gradient, so the map is the LayerNormalization op's (before, the written-out
-    forms passed relevance to the first operand of each product: another map for each export)."""
-    want = _map(layernorm_net("op"), preset, X_FLAT)
+    """torch's opset < 17 export and tf2onnx's Keras export write a LayerNorm out (tf2onnx in four ways, one a
+    BatchNormalization of the input's own statistics); its ops, gamma and centring mean included, take their
+    gradient, so the map is the LayerNormalization op's (before, the written-out forms passed relevance to the
+    first operand of each product, tf2onnx's final Add took the residual split and its BatchNormalization was
+    taken for a layer: another map for each export)."""
     # atol 1e-6 too: a flat first layer gives each input its row's total, which is 0 here up to rounding
-    for form in ("torch", "tf"):
+    for form in ("torch", "tf", "tf_beta", "tf_neg", "tf_bn"):
+        want = _map(layernorm_net("op", zero_beta=form == "tf_neg"), preset, X_FLAT)
         got = _map(layernorm_net(form), preset, X_FLAT)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=max(1e-5 * np.abs(want).max(), 1e-6), err_msg=form)
 

@@ -37,12 +37,14 @@ def test_layernorm_written_out_divides_by_a_norm_not_an_element_wise_gate():
     assert keep == 0 and {n.name for n in branch} == {"std", "add_eps", "var", "square"}
 
 
-def test_centring_is_found_in_both_spellings_and_nowhere_else():
-    for form, centres in (("torch", {"centre"}), ("tf", {"centre", "centre_var"})):
-        producer, _, named = parts(layernorm_net(form))
-        found = {name for name, n in named.items() if gates.centring_means(producer, n)}
-        assert found == centres, (form, found)
-        mean = gates.centring_means(producer, named["centre"])[0]
-        assert [n.name for n in gates.mean_chain(producer, mean)][0] == "mean"
-    producer, _, named = parts(gated_net(True))
-    assert not any(gates.centring_means(producer, n) for n in named.values())
+@pytest.mark.parametrize("form,extra", [("torch", []), ("tf", []), ("tf_beta", ["shift"]), ("tf_neg", ["negate"])])
+def test_centring_is_found_in_every_spelling_and_nowhere_else(form, extra):
+    """The centrings of a LayerNorm written out, with the nodes that belong to them: the mean's ReduceMean (and
+    its Reshape), and on tf2onnx's way the shift beta - m s or the Neg; the variance's own centring too."""
+    producer, live, named = parts(layernorm_net(form))
+    found = {name for name, n in named.items() if gates.centring_parts(producer, live, n) is not None}
+    assert found == ({"centre"} if form == "torch" else {"centre", "centre_var"}), found
+    inside = gates.centring_parts(producer, live, named["centre"])
+    assert inside[0].name == "mean" and [n.name for n in inside[1:] if n.op_type != "Reshape"] == extra, inside
+    producer, live, named = parts(gated_net(True))
+    assert not any(gates.centring_parts(producer, live, n) is not None for n in named.values())

@@ -66,7 +66,8 @@ def test_lrp_through_a_loss_node_warns_and_names_the_way_out():
         onnxattr.compile(str(LOSS_MODEL), "gradient")  # the gradient of a loss is what it is
 
 
-@pytest.mark.parametrize("form,first", [("torch", "centre"), ("tf", "centre_var")])
+@pytest.mark.parametrize("form,first", [("torch", "centre"), ("tf", "centre_var"), ("tf_beta", "centre_var"),
+                                        ("tf_neg", "centre_var"), ("tf_bn", "centre_var")])
 def test_lrp_through_a_layernorm_written_out_warns_as_through_the_op(form, first):
     """A LayerNorm written out (torch's opset < 17 export, tf2onnx's Keras export) gives the op's map, which sums
     to 0 over the features: the presets warn there too, naming the centring; attn_lrp is silent."""
@@ -78,3 +79,18 @@ def test_lrp_through_a_layernorm_written_out_warns_as_through_the_op(form, first
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         onnxattr.compile(layernorm_net(form), "attn_lrp")
+
+
+def test_lrp_through_a_product_of_two_activations_warns():
+    """A squeeze-excitation's gate * input takes its gradient in the presets (Zennit's and iNNvestigate's answer),
+    which conserves nothing: they warn, naming the node; attn_lrp, which splits the product, and a SiLU written
+    out (an activation: relevance passes to x) are silent."""
+    from tests.lrp.nets import gated_net, swish_net
+
+    with pytest.warns(OnnxAttrWarning, match="lrp.epsilon: relevance crosses the Mul node 'gate', a product of two "
+                                             "activations .* by its gradient"):
+        onnxattr.compile(gated_net(True), "lrp.epsilon")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onnxattr.compile(gated_net(True), "attn_lrp")
+        onnxattr.compile(swish_net(False), "lrp.epsilon")
