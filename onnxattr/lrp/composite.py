@@ -26,7 +26,7 @@ import numpy as np
 
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.gates import centring_parts, gate_branch
+from onnxattr.lrp.gates import centring_parts, gate_branch, statistics_parts
 from onnxattr.lrp.steps import add_split, pass_on, pass_to, unit_step, zero_preserving
 from onnxattr.lrp.units import LAYOUT_OPS, LINEAR_OPS, Unit, find_units
 from onnxattr.recurrent import is_cell_sum, is_signal_gate
@@ -199,6 +199,8 @@ class Composite:
             elif n.op_type == "BatchNormalization" and any(i in varying for i in n.input[1:5]):
                 chosen[n.name] = ("gradient", "normalizes by its input's own statistics: a norm, no layer")
                 normed.append(n)
+                for m in statistics_parts(producer, varying, x, n):
+                    chosen[m.name] = ("gradient", f"computes the statistics of the norm {n.name}")
             elif n.op_type == "Mul" and is_signal_gate(n.name) and n.input[0] in varying:
                 chosen[n.name] = (PASS_TO[0], "a recurrent cell's signal * gate: the signal takes all (Arras et al.)")
             elif n.op_type in ("Sub", "Mul", "Div") and sum(1 for i in n.input if i in varying) >= 2:

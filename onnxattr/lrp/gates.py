@@ -127,6 +127,17 @@ def centring_parts(producer: dict, live: set, node) -> list | None:
     return None
 
 
+def statistics_parts(producer: dict, live: set, x: str, node) -> list:
+    """The nodes that compute a BatchNormalization's mean and variance from its own input (tf2onnx's fused form of
+    Keras' LayerNormalization: ReduceMean, Squeeze; Sub, ReduceSumSquare, Div)."""
+    parts = []
+    chain = mean_chain(producer, node.input[3]) if len(node.input) > 4 else None
+    if chain is not None and chain[0].input[0] == node.input[0]:
+        parts += chain
+    branch = held_branch(producer, live, x, node.input[4], node.input[0]) if len(node.input) > 4 else None
+    return parts + (branch or [])
+
+
 def scaled_from(producer: dict, live: set, t: str) -> str:
     """The tensor that t is a constant multiple (through Mul or Div by a constant, Neg, Cast) or the centring
     (a - mean(a)) of: GPT-2's 0.5 * x * (1 + tanh(...)) multiplies 0.5 x, not x, by the gate, and a LayerNorm

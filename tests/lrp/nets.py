@@ -57,7 +57,8 @@ def layernorm_net(form: str, seed=0, zero_beta=False):
     beta), or in the forms of tf2onnx's Keras LayerNormalization, with s = gamma / sqrt(var + eps) and the mean
     reshaped between: "tf" h s - mean(h) s + beta, "tf_beta" h s + (beta - mean(h) s), "tf_neg" h s + Neg(mean(h)
     s) (beta 0), and "tf_bn", a BatchNormalization of h reshaped to [1, N, 7] with its own statistics (Keras' fused
-    form, for 4 samples), then gamma and beta."""
+    form at its default epsilon, for 4 samples: the variance a ReduceSumSquare of the centring over the count), then
+    gamma and beta."""
     rng = np.random.default_rng(seed)
     inits = {"gamma": rng.uniform(0.5, 1.5, 7).astype(np.float32), "beta": rng.normal(0, 0.2, 7).astype(np.float32),
              "two": np.array(2, np.float32), "eps": np.array(1e-5, np.float32),
@@ -86,16 +87,16 @@ def layernorm_net(form: str, seed=0, zero_beta=False):
         nodes = stats + [mk("Neg", ["ms"], ["nm"], name="negate"), mk("Add", ["hs", "nm"], ["f"], name="centre")]
     else:
         inits.update(ones=np.ones(4, np.float32), zeros=np.zeros(4, np.float32), to_bn=np.array([1, 4, 7], np.int64),
-                     back=np.array([4, 7], np.int64))
-        nodes = [mk("ReduceMean", ["h"], ["m"], axes=[-1], keepdims=0, name="mean"),
-                 mk("Unsqueeze", ["m", "axis1"], ["mu"]), mk("Sub", ["h", "mu"], ["d"], name="centre_var"),
-                 mk("Mul", ["d", "d"], ["d2"], name="square"),
-                 mk("ReduceMean", ["d2"], ["v"], axes=[-1], keepdims=0, name="var"),
-                 mk("Reshape", ["h", "to_bn"], ["hr"]),
+                     back=np.array([4, 7], np.int64), count=np.array(7, np.float32))
+        nodes = [mk("Reshape", ["h", "to_bn"], ["hr"]),
+                 mk("ReduceMean", ["hr"], ["mk"], axes=[0, 2], name="mean"),
+                 mk("Sub", ["hr", "mk"], ["d"], name="centre_var"),
+                 mk("ReduceSumSquare", ["d"], ["ss"], axes=[0, 2], keepdims=0, name="square_sum"),
+                 mk("Squeeze", ["mk", "axes02"], ["m"]), mk("Div", ["ss", "count"], ["v"], name="var"),
                  mk("BatchNormalization", ["hr", "ones", "zeros", "m", "v"], ["nr"], epsilon=1e-5, name="bn"),
                  mk("Reshape", ["nr", "back"], ["n"]), mk("Mul", ["n", "gamma"], ["g"], name="gamma"),
                  mk("Add", ["g", "beta"], ["f"])]
-        inits["axis1"] = np.array([1], np.int64)
+        inits["axes02"] = np.array([0, 2], np.int64)
     return _head(rng, nodes, inits, "f")
 
 
