@@ -104,7 +104,7 @@ def _through_shift(producer: dict, live: set, t: str) -> tuple:
 
 def centring_parts(producer: dict, live: set, node) -> list | None:
     """If node subtracts a tensor's mean from it, the other nodes of that centring (the mean's ReduceMean and
-    reshapes, the Neg or shift on the way), else None. The forms: a - m with m = mean(a) (a LayerNorm written
+    reshapes, the Neg or shift on the way, the products a s and m s), else None. The forms: a - m with m = mean(a) (a LayerNorm written
     out, torch's opset < 17 export), and a s - m s, a s + Neg(m s), a s + (beta - m s) with a common factor s
     (tf2onnx's Keras LayerNormalization)."""
     if node.op_type not in ("Sub", "Add") or len(node.input) != 2 or not all(i in live for i in node.input):
@@ -123,7 +123,7 @@ def centring_parts(producer: dict, live: set, node) -> list | None:
         for k in (0, 1):
             for j in (0, 1):
                 if left.input[1 - k] == right.input[1 - j] and mean_of(producer, right.input[j]) == left.input[k]:
-                    return mean_chain(producer, right.input[j]) + p_passed + q_passed
+                    return mean_chain(producer, right.input[j]) + p_passed + q_passed + [left, right]
     return None
 
 
