@@ -290,7 +290,7 @@ class Composite:
         an op without a rule, whichever operand comes first (a squeeze-excitation's gate * x); where h is a
         norm of x (a LayerNorm, RMSNorm or L2 norm written out) so do the nodes that compute h, which then
         gives the norm op's map."""
-        if node.input[0] == node.input[1]:  # x * x is no activation written out but a square, as Pow(x, 2) is
+        if node.op_type == "Mul" and node.input[0] == node.input[1]:  # a square, as Pow(x, 2) is: no activation
             return ("gradient", "a square x * x: its gradient, as Pow's"), []
         found = gate_branch(producer, varying, x, node, norms=False)
         if found is not None:

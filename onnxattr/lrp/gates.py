@@ -1,6 +1,6 @@
-"""Structure of products of two activations: which operand is a gate computed from the other, and which
-subtraction is a norm's centring. Shared by the LRP presets (lrp/composite.py) and AttnLRP
-(methods/attn_lrp.py); graph reading only, nothing is emitted here.
+"""Structure of products of two activations: which operand is a gate computed from the other, which
+subtraction is a norm's centring, and which nodes compute a norm's statistics from its input. Shared by the
+LRP presets (lrp/composite.py) and AttnLRP (methods/attn_lrp.py); graph reading only, nothing is emitted here.
 
 A gate: start = h(gate) with h made of element-wise ops (and, where ``norms``, of norms: sums of squares
 or absolute values) alone, so that x * h(x) is an activation of x written out (SiLU, exported GELU,
@@ -104,9 +104,9 @@ def _through_shift(producer: dict, live: set, t: str) -> tuple:
 
 def centring_parts(producer: dict, live: set, node) -> list | None:
     """If node subtracts a tensor's mean from it, the other nodes of that centring (the mean's ReduceMean and
-    reshapes, the Neg or shift on the way, the products a s and m s), else None. The forms: a - m with m = mean(a) (a LayerNorm written
-    out, torch's opset < 17 export), and a s - m s, a s + Neg(m s), a s + (beta - m s) with a common factor s
-    (tf2onnx's Keras LayerNormalization)."""
+    reshapes, the Neg or shift on the way, the products a s and m s), else None. The forms: a - m with
+    m = mean(a) (a LayerNorm written out, torch's opset < 17 export), and a s - m s, a s + Neg(m s) and
+    a s + (beta - m s) with a common factor s (tf2onnx's Keras LayerNormalization)."""
     if node.op_type not in ("Sub", "Add") or len(node.input) != 2 or not all(i in live for i in node.input):
         return None
     if node.op_type == "Sub" and centring_mean(producer, node, node.input[1]):

@@ -43,9 +43,9 @@ CENTRING_NORMS = frozenset({"LayerNormalization", "InstanceNormalization", "Grou
 
 def warn_on_centring_norms(method: str, on_path, rule_for, x: str) -> None:
     """A LayerNorm (or Instance/GroupNorm, a BatchNormalization of its input's own statistics, or a centring
-    a - mean(a) where a LayerNorm is written out) on the path passes relevance by its gradient, whose sum over the normalized axes is 0 (the norm ignores a shift
-    along them): the map no longer sums to the logit. Warn, and point to attn_lrp, which holds the std
-    constant."""
+    a - mean(a) where a LayerNorm is written out) on the path passes relevance by its gradient, whose sum over
+    the normalized axes is 0 (the norm ignores a shift along them): the map no longer sums to the logit. Warn,
+    and point to attn_lrp, which holds the std constant."""
     producer = {o: n for n in on_path for o in n.output}
     live = set(producer) | {x}
     norms = [n for n in on_path if rule_for(n) is None and n.domain in ("", "ai.onnx") and (

@@ -113,7 +113,8 @@ def gated_net(gate_first: bool, seed=0):
 
 
 def swish_net(x_first: bool, seed=0):
-    """x -> MatMul -> h -> h * Sigmoid(h) (SiLU as torch exports it; ``x_first``: Mul(h, s), else Mul(s, h)) -> MatMul."""
+    """x -> MatMul -> h -> h * Sigmoid(h) (SiLU as torch exports it; ``x_first``: Mul(h, s), else Mul(s, h))
+    -> MatMul."""
     rng = np.random.default_rng(seed)
     mk = helper.make_node
     nodes = [mk("Sigmoid", ["h"], ["s"]), mk("Mul", ["h", "s"] if x_first else ["s", "h"], ["f"], name="silu")]
