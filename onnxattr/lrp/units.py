@@ -5,7 +5,8 @@ get no relevance, as an LSTM's gates get none), Gemm, MatMul with a constant ope
 x W, or W x for a 2-D W that mixes x's rows, as a graph convolution's A X does; an Einsum of x and a weight, as
 Keras' EinsumDense writes a layer; a standalone BatchNormalization as a per-channel scale) or a parameter-free
 linear map (AveragePool, GlobalAveragePool, a ReduceMean over every spatial axis, as torch's dynamo exporter
-writes a global average pool, and a ReduceSum or ReduceMean that makes the explained output). A
+writes a global average pool of [N, C, ...] and tf2onnx one of [N, ..., C] where Keras' layout stays, and a
+ReduceSum or ReduceMean that makes the explained output). A
 BatchNormalization right after a Conv/Gemm/MatMul, and a constant bias Add right after a bias-free one, are
 fused into it with the exact fold (W' = W s, b' = (b - mean) s + beta with s = gamma / sqrt(var + eps)); the
 fused followers pass relevance through unchanged and the unit reads
@@ -179,7 +180,8 @@ def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None)
     for n in nodes:
         if n.name not in on_path:
             continue
-        if n.op_type in POOL_OPS or is_global_average(b, n) or _reduces_into_output(n, consumers, graph_outputs):
+        if n.op_type in POOL_OPS or is_global_average(b, n) or is_global_average(b, n, channels_last=True) or \
+                _reduces_into_output(n, consumers, graph_outputs):
             units[n.name] = Unit(n, n.input[0], n.output[0], "pool")
             continue
         if n.op_type == "BatchNormalization" and n.name not in units:

@@ -320,3 +320,29 @@ def test_a_reduction_that_makes_the_explained_output_is_a_pool(reduce, method):
     r = ort.InferenceSession(onnxattr.compile(model, method).SerializeToString()).run(["relevance"], {"x": x})[0]
     want = 2 * x / (4 if reduce == "ReduceMean" else 1)
     np.testing.assert_allclose(r, want, rtol=1e-5)  # lrp.epsilon's 1e-6 and alpha-beta on positive x: the same
+
+
+@pytest.mark.parametrize("preset", ["lrp.z", "lrp.epsilon_plus", "lrp.alpha_2_beta_1"])
+def test_channels_last_global_mean_is_the_average_pool(preset):
+    """tf2onnx writes Keras' GlobalAveragePooling2D as GlobalAveragePool where it can move the layout back to
+    channels first, and as a ReduceMean over axes 1, 2 of [N, H, W, C] where it cannot (a Keras net with a
+    channels-last LayerNorm): both are the pool, with the pool's rule, and give one map (before, the ReduceMean
+    took its gradient)."""
+    from tests.models import single_io_model
+
+    rng = np.random.default_rng(5)
+    inits = {"W": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+             "D": rng.standard_normal((4, 3)).astype(np.float32), "flat": np.array([-1, 4], np.int64)}
+    mk = helper.make_node
+    head = [mk("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), mk("Relu", ["c"], ["r"])]
+    tail = [mk("Reshape", ["p", "flat"], ["q"]), mk("MatMul", ["q", "D"], ["y"])]
+    nchw = head + [mk("GlobalAveragePool", ["r"], ["p"])] + tail
+    nhwc = head + [mk("Transpose", ["r"], ["t"], perm=[0, 2, 3, 1]),
+                   mk("ReduceMean", ["t"], ["p"], axes=[1, 2], keepdims=1)] + tail
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    maps = []
+    for nodes in (nchw, nhwc):
+        model = single_io_model(nodes, inits, ["N", 2, 6, 6], ["N", 3])
+        compiled = onnxattr.compile(model, preset)
+        maps.append(ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0])
+    np.testing.assert_allclose(maps[1], maps[0], rtol=1e-5, atol=1e-6 * np.abs(maps[0]).max())
