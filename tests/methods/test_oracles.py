@@ -35,7 +35,8 @@ A manifest's ``feeds`` are the model's other graph inputs, stored as ``feed:NAME
 padding mask, one row per sample, which integrated gradients and SmoothGrad give each of a sample's points).
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
 with its BatchNormalization nodes kept; torch_gated's LayerNorm written out at opset 14 and its squeeze-excitation
-product in the other operand order, tests/oracles/make_zennit_products.py) are checked against the same maps.
+product in the other operand order, tests/oracles/make_zennit_products.py; keras_se's Multiply([x, gate]) beside
+Multiply([gate, x])) are checked against the same maps.
 SmoothGrad, GradientSHAP, Shapley value sampling and feature permutation draw other noise (and baselines, points,
 orders of the features, permutations) than the reference: the difference to the reference must look like the
 difference between two of our own runs with different seeds (both are means over the same number of draws).

@@ -113,6 +113,13 @@ MODEL_NOTES = {
         "iNNvestigate treats a SeparableConv2D as ONE kernel layer (its rules modify depthwise and pointwise "
         "kernels separately, e.g. W+ = (dw+, pw+)); tf2onnx writes it as two Convs (grouped, then 1x1).",
     ],
+    "keras_se": [
+        "keras_se: a squeeze-excitation block, Conv2D + relu, then GlobalAveragePooling2D, Dense + relu, Dense + "
+        "sigmoid, Reshape, and Multiply([gate, map]) (torchvision's order; keras_se_xfirst.onnx is the same model "
+        "with Multiply([map, gate]), as Keras' EfficientNet writes it). iNNvestigate has no rule for Multiply and "
+        "takes its gradient, whichever operand is first; onnxattr's presets give a Mul of two activations its "
+        "gradient too. Analyzers that accept only ReLU activations (deep_taylor) refuse the sigmoid (errors).",
+    ],
     "keras_bn": [
         "keras_bn: Conv2D -> BatchNormalization -> Activation('relu') twice (BN statistics from 8 epochs of "
         "training); tf2onnx folds each BN into its Conv. Only the gradient family is recorded: every LRP preset "

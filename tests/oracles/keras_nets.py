@@ -7,10 +7,10 @@ import os
 import numpy as np
 
 MODELS = ["keras_mlp", "keras_cnn", "keras_resnet",
-          "keras_strided", "keras_conv1d", "keras_branch", "keras_sepconv", "keras_bn"]
+          "keras_strided", "keras_conv1d", "keras_branch", "keras_sepconv", "keras_bn", "keras_se"]
 SHAPES = {"keras_mlp": (16,), "keras_cnn": (12, 12, 3), "keras_resnet": (12, 12, 3),
           "keras_strided": (12, 12, 3), "keras_conv1d": (20, 4), "keras_branch": (10, 10, 3),
-          "keras_sepconv": (10, 10, 3), "keras_bn": (12, 12, 3)}
+          "keras_sepconv": (10, 10, 3), "keras_bn": (12, 12, 3), "keras_se": (10, 10, 3)}
 # input range other than [0, 1] (x = lo + (hi - lo) * U(0, 1))
 RANGES = {"keras_strided": (-1.0, 1.0), "keras_sepconv": (-0.5, 2.0)}
 # models whose last Dense has a softmax: iNNvestigate explains model_wo_softmax (the logits)
@@ -50,7 +50,9 @@ def targets_for(logits):
     return t
 
 
-def build_model(name):
+def build_model(name, gate_first=True):
+    """The Keras model ``name``; keras_se's Multiply takes [gate, x] (``gate_first``, as torchvision orders its
+    squeeze-excitation) or [x, gate] (as Keras' EfficientNet does), the same weights either way."""
     import tensorflow as tf
     from tensorflow import keras
     from tensorflow.keras import layers as L
@@ -119,6 +121,16 @@ def build_model(name):
         h = L.BatchNormalization(name="bn2")(h)
         h = L.Activation("relu", name="relu2")(h)
         h = L.GlobalAveragePooling2D(name="gap")(h)
+    elif name == "keras_se":
+        # a squeeze-excitation block: Conv + relu, then the gate sigmoid(Dense(relu(Dense(GAP)))) times the map
+        h = L.Conv2D(6, 3, activation="relu", padding="same", name="conv1")(inp)
+        g = L.GlobalAveragePooling2D(name="se_squeeze")(h)
+        g = L.Dense(3, activation="relu", name="se_reduce")(g)
+        g = L.Dense(6, activation="sigmoid", name="se_expand")(g)
+        g = L.Reshape((1, 1, 6), name="se_reshape")(g)
+        h = L.Multiply(name="se_excite")([g, h] if gate_first else [h, g])
+        h = L.Conv2D(8, 3, activation="relu", padding="valid", name="conv2")(h)
+        h = L.Flatten(name="flatten")(h)
     else:
         raise ValueError(name)
     out = L.Dense(N_CLASSES, activation="softmax" if name in SOFTMAX else None, name="logits")(h)
@@ -180,10 +192,14 @@ def stage_build(work, models=None):
         np.save(os.path.join(work, name + "_logits.npy"), logits)
 
         spec = (tf.TensorSpec((None,) + shape, tf.float32, name="x"),)
-        exports = [(name, 13)] + ([("keras_cnn_op9", 9)] if name == "keras_cnn" else [])
-        for fname, opset in exports:
+        exports = [(name, 13, model)] + ([("keras_cnn_op9", 9, model)] if name == "keras_cnn" else [])
+        if name == "keras_se":  # the Multiply's operands the other way round, the same weights
+            swapped = build_model(name, gate_first=False)
+            swapped.set_weights(model.get_weights())
+            exports.append(("keras_se_xfirst", 13, swapped))
+        for fname, opset, net in exports:
             path = os.path.join(work, fname + ".onnx")
-            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+            proto, _ = tf2onnx.convert.from_keras(net, input_signature=spec, opset=opset)
             proto.producer_version = tf2onnx.__version__  # drop the git hash suffix
             for vi in (proto.graph.input[0], proto.graph.output[0]):
                 vi.type.tensor_type.shape.dim[0].dim_param = "N"  # tf2onnx names it unk__<counter>

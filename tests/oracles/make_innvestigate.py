@@ -10,6 +10,7 @@ How to run (from the repository root, in the separate TF venv; ~5-10 minutes on 
 What it produces, in tests/oracles/data/:
     keras_mlp.onnx, keras_cnn.onnx, keras_resnet.onnx   tf2onnx exports, opset 13, dynamic batch
     keras_cnn_op9.onnx                                   the same CNN at opset 9 (maps = keras_cnn's)
+    keras_se_xfirst.onnx                                 keras_se with Multiply([x, gate]) (maps = keras_se's)
     <model>.npz    keys "x" [4,...] float32 in [0,1], "target" int64 [4], "logits" float32 [4,5],
                    and one float32 map of x's shape per entry "<method>|<mode>|<tag>"
     <model>.json   manifest: entries (method, iNNvestigate kwargs, mode, statistical), errors, notes
@@ -47,6 +48,8 @@ from keras_nets import (
     CONSERVING, GRADIENT_ONLY, LIBRARY, MODELS, MODES, SEED, SOFTMAX, _tf_setup, inputs_for, stage_build, targets_for)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# other exports of a model, checked against its maps: keras_cnn at opset 9, keras_se with Multiply([x, gate])
+ALSO_VALID_FOR = {"keras_cnn": ["keras_cnn_op9.onnx"], "keras_se": ["keras_se_xfirst.onnx"]}
 DATA = os.path.join(HERE, "data")
 
 
@@ -198,8 +201,8 @@ def stage_analyze(work, name):
     nc = {k: v for k, v in not_comparable(name).items() if k in entries}
     if nc:
         manifest["not_comparable"] = nc
-    if name == "keras_cnn":
-        manifest["also_valid_for"] = ["keras_cnn_op9.onnx"]
+    if name in ALSO_VALID_FOR:
+        manifest["also_valid_for"] = ALSO_VALID_FOR[name]
     np.savez_compressed(os.path.join(work, name + ".npz"), **arrays)
     with open(os.path.join(work, name + ".json"), "w") as f:
         json.dump(manifest, f, indent=1)
