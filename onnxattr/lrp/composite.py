@@ -148,6 +148,7 @@ class Composite:
     not_layers: tuple = ()  # those that match only nodes that are not layers (an activation, an Add, ...),
     shadowed: tuple = ()   # and those whose layers all went to an earlier pattern
     products: tuple = ()   # after lookup: the Mul/Div nodes of two activations that take their gradient
+    centrings: tuple = ()  # and the centrings of norms written out, or fed their input's statistics, by gradient
 
     def lookup(self, b, nodes, x, y):
         """The rule_for(node) function of the reverse pass explaining y w.r.t. x; ``nodes`` are the
@@ -170,6 +171,7 @@ class Composite:
         producer = {o: n for n in nodes for o in n.output}
         chosen: dict[str, object] = {}
         normed: list = []  # the products of a norm written out: x / norm(x), x * rsqrt(mean(x^2))
+        centring: set = set()  # names of the centrings a - mean(a) and the norms fed their input's statistics
         used: set = set()
         matched: set = set()
         for n in nodes:
@@ -199,6 +201,7 @@ class Composite:
             elif n.op_type == "BatchNormalization" and any(i in varying for i in n.input[1:5]):
                 chosen[n.name] = ("gradient", "normalizes by its input's own statistics: a norm, no layer")
                 normed.append(n)
+                centring.add(n.name)
                 for m in statistics_parts(producer, varying, x, n):
                     chosen[m.name] = ("gradient", f"computes the statistics of the norm {n.name}")
             elif n.op_type == "Mul" and is_signal_gate(n.name) and n.input[0] in varying:
@@ -229,6 +232,7 @@ class Composite:
             parts = centring_parts(producer, varying, n)
             if parts is not None:
                 chosen[n.name] = ("gradient", "subtracts a mean: a centring (a norm written out)")
+                centring.add(n.name)
                 for m in parts:
                     chosen[m.name] = ("gradient", f"part of the centring {n.name}")
         for name, (rule, _) in chosen.items():
@@ -241,6 +245,7 @@ class Composite:
         self.not_layers = tuple(p for p, _ in self.nodes if p in on_path_match)
         self.products = tuple(n for n in nodes if n.op_type in ("Mul", "Div") and chosen.get(n.name, (None, ""))[1]
                               == PRODUCT_GRADIENT)
+        self.centrings = tuple(n for n in nodes if n.name in centring)
         self.shadowed = tuple(p for p, _ in self.nodes if p in matched and p not in used)
         relu_of = {n.input[0]: n.output[0] for n in nodes if n.op_type == "Relu"}
 

@@ -36,7 +36,7 @@ from onnxattr.emitters import VJPS
 from onnxattr.emitters.normalization import (affine_grads, group_norm_grad, norm_stats, normalized_grad,
                                              rms_scale_grad, rms_stats)
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.gates import held_by, mean_of, scaled_from
+from onnxattr.lrp.gates import gate_branch, held_by, mean_of
 from onnxattr.lrp.units import find_units
 from onnxattr.methods.base import Method, Param, Target, non_negative, register_method, times_tensor
 from onnxattr.methods.lrp import warn_on_loss
@@ -151,18 +151,16 @@ def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict):
     that is a softmax's output (any product) or an activation's (a Mul) held constant when the other is not;
     else uniform, or None for a Div of two independent activations (its gradient)."""
     ins, op = node.input, node.op_type
-    if op in ("Mul", "Div"):
-        for keep in (0, 1) if op == "Mul" else (0,):
-            held = ins[1 - keep]
-            gate = ins[keep]
-            if held_by(producer, live, x, held, gate) or held_by(
-                    producer, live, x, held, scaled_from(producer, live, gate)):
-                return gate_rule(keep), "gate", f"{held} is computed from {gate} alone: held constant", keep
-            source = mean_of(producer, gate) if op == "Mul" else None
-            if source is not None and held_by(producer, live, x, held, source):
-                # a LayerNorm written x s - mean(x) s (tf2onnx's Keras LayerNormalization on an NHWC map):
-                # the scale s = gamma / std(x) is held in both products, as in (x - mean(x)) s
-                return gate_rule(keep), "gate", f"{held} is computed from {source} alone: held constant", keep
+    found = gate_branch(producer, live, x, node) if op in ("Mul", "Div") else None
+    if found is not None:
+        keep = found[0]
+        return gate_rule(keep), "gate", f"{ins[1 - keep]} is computed from {ins[keep]} alone: held constant", keep
+    for keep in (0, 1) if op == "Mul" else ():
+        held, source = ins[1 - keep], mean_of(producer, ins[keep])
+        if source is not None and held_by(producer, live, x, held, source):
+            # a LayerNorm written x s - mean(x) s (tf2onnx's Keras LayerNormalization on an NHWC map):
+            # the scale s = gamma / std(x) is held in both products, as in (x - mean(x)) s
+            return gate_rule(keep), "gate", f"{held} is computed from {source} alone: held constant", keep
     if op == "Div":
         return None
     if cp:

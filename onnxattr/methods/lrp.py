@@ -13,7 +13,6 @@ from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters.loss import LOSS_OPS
 from onnxattr.errors import OnnxAttrWarning, UsageError, warn
 from onnxattr.lrp.composite import STYLES, Composite, make_rule
-from onnxattr.lrp.gates import centring_parts
 from onnxattr.lrp.presets import Preset, PresetParam, load_preset, parse_preset
 from onnxattr.methods.base import Method, Param, Target, as_carried, non_negative_int, register_method
 from onnxattr.select import build_seed
@@ -41,16 +40,13 @@ def warn_on_loss(method: str, on_path) -> None:
 CENTRING_NORMS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization"})
 
 
-def warn_on_centring_norms(method: str, on_path, rule_for, x: str) -> None:
-    """A LayerNorm (or Instance/GroupNorm, a BatchNormalization of its input's own statistics, or a centring
-    a - mean(a) where a LayerNorm is written out) on the path passes relevance by its gradient, whose sum over
-    the normalized axes is 0 (the norm ignores a shift along them): the map no longer sums to the logit. Warn,
-    and point to attn_lrp, which holds the std constant."""
-    producer = {o: n for n in on_path for o in n.output}
-    live = set(producer) | {x}
-    norms = [n for n in on_path if rule_for(n) is None and n.domain in ("", "ai.onnx") and (
-        n.op_type in CENTRING_NORMS or (n.op_type == "BatchNormalization" and n.input[3] in live)
-        or centring_parts(producer, live, n) is not None)]
+def warn_on_centring_norms(method: str, on_path, centrings) -> None:
+    """A LayerNorm (or Instance/GroupNorm, or what the composite found among ``centrings``: a BatchNormalization
+    of its input's own statistics, a centring a - mean(a) where a LayerNorm is written out) on the path passes
+    relevance by its gradient, whose sum over the normalized axes is 0 (the norm ignores a shift along them):
+    the map no longer sums to the logit. Warn, and point to attn_lrp, which holds the std constant."""
+    found = {n.name for n in centrings}
+    norms = [n for n in on_path if n.name in found or (n.op_type in CENTRING_NORMS and n.domain in ("", "ai.onnx"))]
     if norms:
         more = f" and {len(norms) - 1} more" if len(norms) > 1 else ""
         what = norms[0].op_type if norms[0].op_type in CENTRING_NORMS else (
@@ -120,7 +116,7 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
                 warn(f"{label or preset.name}: [nodes] {', '.join(repr(p) for p in patterns)} {verb} {what} "
                      "(`onnxattr inspect` lists the node names and their rules)", UnmatchedNodePatternWarning)
         warn_on_loss(label or preset.name, on_path)
-        warn_on_centring_norms(label or preset.name, on_path, rule_for, t.x)
+        warn_on_centring_norms(label or preset.name, on_path, composite.centrings)
         warn_on_products(label or preset.name, composite.products)
         seed = build_seed(t.b, t.y, t.neuron, preset.seed, t.index)
         r = reverse_pass(t.b, t.nodes, t.x, t.y, seed, rule_for)
