@@ -5,8 +5,8 @@ standalone BatchNormalization): ``first`` (the first kernel layer met from the i
 (the first convolution in graph order, as Zennit's EpsilonGammaBox picks it), ``until`` (kernel layers
 with index <= until_layer_idx, counted in graph order from 0), ``relu_layer`` (a layer whose output
 feeds a Relu), ``conv``, ``dense``, ``norm``, then ``default``; pools get ``pool`` (else the gradient).
-Before any selector, a layer (or pool) whose node name matches a pattern of the preset's [nodes] table
-(equal, or fnmatch's * ? [..]; the first in file order) takes that rule. Residual Add/Sum of
+A node whose name matches a pattern of the preset's [nodes] table (equal, or fnmatch's * ? [..]; the first in
+file order whose rule the node's kind takes, lrp/named.py) takes that rule instead of its kind's. Residual Add/Sum of
 activations get ``add``: ``z`` (split in proportion to the operands), ``norm`` (the same with Zennit's
 stabilizer) or ``gradient`` (copy into every branch). Element-wise activations and fused followers
 (bias Add, BatchNorm after a linear layer), and a Mul, Div, Sub or Add with one operand that varies, pass
@@ -19,7 +19,6 @@ map is then the norm op's. Data movement (MaxPool, Reshape, Concat, ...) uses th
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,11 +26,11 @@ import numpy as np
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.gates import centring_parts, gate_branch, statistics_parts
+from onnxattr.lrp.named import PASS_TO, pick
 from onnxattr.lrp.steps import add_split, pass_on, pass_to, unit_step, zero_preserving
 from onnxattr.lrp.units import LAYOUT_OPS, LINEAR_OPS, Unit, find_units
 from onnxattr.recurrent import is_cell_sum, is_signal_gate
 
-PASS_TO = ("pass to operand 0", "pass to operand 1")  # the rules of an activation written out, x * h(x)
 PRODUCT_GRADIENT = "a product, quotient or difference of two activations: its gradient"
 
 # Zennit's Activation types (CELU, SiLU as Swish, Hard/Softshrink as Shrink, Threshold as ThresholdedRelu; not Mish)
@@ -87,6 +86,11 @@ def make_rule(spec: dict, style: dict):
     {rule = "epsilon", epsilon = 0.1}."""
     name = spec["rule"]
     stab = {"stabilizer": style["stabilizer"], "epsilon": style["epsilon"]}
+    if name == "pass" and "operand" in spec:
+        if spec["operand"] not in (0, 1) or isinstance(spec["operand"], bool):
+            raise UsageError(f"parameter operand={spec['operand']!r}: must be 0 or 1 (the operand of a binary op "
+                             "that takes all relevance)")
+        return PASS_TO[int(spec["operand"])]
     if name in ("pass", "gradient"):
         return name
     if name in ("z", "z_IB"):
@@ -142,11 +146,11 @@ class Composite:
     style: dict
     until_index: int | None = None
     activation: str = "pass"  # element-wise activations: "pass" relevance, or "gradient" (mask dead units)
-    nodes: tuple = ()  # (node name or glob pattern, rule), in file order: before any selector
+    nodes: tuple = ()  # (node name or glob pattern, rule), in file order: before the rule of a node's kind
     assignment: dict = field(default_factory=dict)  # node name -> description (for `inspect`)
     unmatched: tuple = ()  # after lookup: the node patterns that match no node on the path,
-    not_layers: tuple = ()  # those that match only nodes that are not layers (an activation, an Add, ...),
-    shadowed: tuple = ()   # and those whose layers all went to an earlier pattern
+    untaken: tuple = ()    # those that match only nodes that do not take their rule (lrp/named.py),
+    shadowed: tuple = ()   # and those whose takers all went to an earlier pattern
     products: tuple = ()   # after lookup: the Mul/Div nodes of two activations that take their gradient
     centrings: tuple = ()  # and the centrings of norms written out, or fed their input's statistics, by gradient
 
@@ -172,21 +176,14 @@ class Composite:
         chosen: dict[str, object] = {}
         normed: list = []  # the products of a norm written out: x / norm(x), x * rsqrt(mean(x^2))
         centring: set = set()  # names of the centrings a - mean(a) and the norms fed their input's statistics
-        used: set = set()
-        matched: set = set()
+        kinds: dict[str, str] = {}  # node name -> its kind, for the [nodes] table (lrp/named.py)
         for n in nodes:
             unit = units.get(n.name)
             if unit is not None:
                 if n is not unit.node:
                     chosen[n.name] = ("pass", f"fused into {unit.node.name}")
                     continue
-                matching = [(p, r) for p, r in self.nodes if _names(p, n.name)]
-                matched.update(p for p, _ in matching)
-                named = matching[0] if matching else None
-                if named is not None:
-                    used.add(named[0])
-                    chosen[n.name] = (named[1], f"node '{named[0]}'")
-                    continue
+                kinds[n.name] = "layer"
                 key = self._selector(unit, kernel_order, first, first_conv, consumers)
                 rule = self.selectors.get(key) if key else None
                 if rule is None:
@@ -196,8 +193,10 @@ class Composite:
                 chosen[n.name] = ("cell_sum", "a recurrent cell's sum c_t: a layer of identity weights")
             elif n.op_type in ADDS and sum(1 for i in n.input if i in varying) >= 2:
                 chosen[n.name] = (self.add, "add")
+                kinds[n.name] = "add"
             elif n.op_type in ELEMENTWISE:
                 chosen[n.name] = self._activation_rule(n, kernel_outputs)
+                kinds[n.name] = "activation"
             elif n.op_type == "BatchNormalization" and any(i in varying for i in n.input[1:5]):
                 chosen[n.name] = ("gradient", "normalizes by its input's own statistics: a norm, no layer")
                 normed.append(n)
@@ -206,14 +205,17 @@ class Composite:
                     chosen[m.name] = ("gradient", f"computes the statistics of the norm {n.name}")
             elif n.op_type == "Mul" and is_signal_gate(n.name) and n.input[0] in varying:
                 chosen[n.name] = (PASS_TO[0], "a recurrent cell's signal * gate: the signal takes all (Arras et al.)")
+                kinds[n.name] = "product"
             elif n.op_type in ("Sub", "Mul", "Div") and sum(1 for i in n.input if i in varying) >= 2:
                 chosen[n.name], inside = self._product_rule(n, producer, varying, x, kernel_outputs)
+                kinds[n.name] = "product"
                 for m in inside:  # a norm written out: the ops computing it take their gradient too
                     chosen[m.name] = ("gradient", f"computes the norm that {n.name} holds: a norm written out")
                 if inside:
                     normed.append(n)
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
+                kinds[n.name] = "elementwise"
             elif n.op_type in LINEAR_OPS:
                 chosen[n.name] = ("gradient", "not a layer: a product of two tensors that vary with the "
                                   "input, or a form the rules do not cover")
@@ -235,18 +237,14 @@ class Composite:
                 centring.add(n.name)
                 for m in parts:
                     chosen[m.name] = ("gradient", f"part of the centring {n.name}")
+        self.unmatched, self.untaken, self.shadowed = pick(self.nodes, nodes, kinds, chosen)
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
                 _check_pass(b, units[name])
         self.assignment = {k: (_describe(v[0]), v[1]) for k, v in chosen.items()}
-        names = [n.name for n in nodes]
-        on_path_match = {p for p, _ in self.nodes if p not in matched and any(_names(p, name) for name in names)}
-        self.unmatched = tuple(p for p, _ in self.nodes if p not in matched and p not in on_path_match)
-        self.not_layers = tuple(p for p, _ in self.nodes if p in on_path_match)
         self.products = tuple(n for n in nodes if n.op_type in ("Mul", "Div") and chosen.get(n.name, (None, ""))[1]
                               == PRODUCT_GRADIENT)
-        self.centrings = tuple(n for n in nodes if n.name in centring)
-        self.shadowed = tuple(p for p, _ in self.nodes if p in matched and p not in used)
+        self.centrings = tuple(n for n in nodes if n.name in centring and chosen[n.name][0] == "gradient")
         relu_of = {n.input[0]: n.output[0] for n in nodes if n.op_type == "Relu"}
 
         def rule_for(node):
@@ -260,6 +258,8 @@ class Composite:
                 return pass_to(PASS_TO.index(rule))
             if rule == "z" and node.op_type in ADDS:
                 return add_split(self.style, relu_of)
+            if isinstance(rule, R.Rule) and kinds.get(node.name) == "add":  # a [nodes] z or epsilon on a residual
+                return add_split({**self.style, "stabilizer": rule.stabilizer, "epsilon": rule.epsilon}, relu_of)
             if rule == "cell_sum":
                 return add_split(self._cell_sum_style(), relu_of)
             unit = units[node.name]
@@ -377,11 +377,6 @@ def _norm_scale(node, consumers: dict, varying: set):
             continue
         others = [i for i in reader.input if i != t]
         return reader if reader.op_type == "Mul" and len(others) == 1 and others[0] not in varying else None
-
-
-def _names(pattern: str, name: str) -> bool:
-    """A [nodes] pattern names a node: equal to its name (which may hold glob characters), or matching it."""
-    return name == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 def _check_pass(b, unit: Unit):

@@ -16,8 +16,9 @@ user's own file). A preset says which rule each kind of layer gets; it holds no 
     dense = { rule = "epsilon", epsilon = "$epsilon" }
     conv  = { rule = "alpha_beta", alpha = 1, beta = 0 }
 
-    [nodes]                    # optional: ONNX node name or glob pattern -> rule, before any selector;
-    "/features/0/Conv" = { rule = "flat" }   # the first pattern (in file order) matching a layer wins
+    [nodes]                    # optional: ONNX node name or glob pattern -> rule, before the rule of the node's
+    "/features/0/Conv" = { rule = "flat" }   # kind; the first pattern (in file order) whose rule it takes wins
+    "/features/*/Mul" = { rule = "pass", operand = 1 }   # a product's relevance all to operand 1 (lrp/named.py)
 
 Every mistake is reported with the file, the line and the key.
 """
@@ -36,7 +37,7 @@ SEEDS = ("logit", "relu_logit", "one")
 ADD_RULES = ("z", "gradient")
 RULE_KEYS = {
     "rule": str, "epsilon": float, "alpha": float, "beta": float, "bias": bool, "gamma": float,
-    "low": float, "high": float,
+    "low": float, "high": float, "operand": int,
 }
 ACTIVATION_RULES = ("pass", "gradient")
 TOP_KEYS = ("method", "doc", "style", "seed", "add", "activation", "params", "layers", "nodes")
@@ -44,6 +45,7 @@ TOP_KEYS = ("method", "doc", "style", "seed", "add", "activation", "params", "la
 RULE_TAKES = {
     "epsilon": {"epsilon"}, "epsilon_IB": {"epsilon"}, "alpha_beta": {"alpha", "beta", "bias"},
     "alpha_beta_IB": {"alpha", "beta"}, "z_plus": set(), "gamma": {"gamma"}, "zbox": {"low", "high"},
+    "pass": {"operand"},
 }
 PARAM_KEYS = ("default", "doc")
 
@@ -111,7 +113,7 @@ def _check_rule(sel, spec, table, known_params, fail):
                 fail(f"'{sel}': {k} refers to undeclared parameter '{v}'", sel, table)
             continue
         want = RULE_KEYS[k]
-        ok = isinstance(v, want) if want is not float else isinstance(v, (int, float)) and not isinstance(v, bool)
+        ok = isinstance(v, (int, float) if want is float else want) and not (isinstance(v, bool) and want is not bool)
         if not ok:
             fail(f"'{sel}': {k} must be a {want.__name__}, got {v!r}", sel, table)
     if spec["rule"] not in RULE_NAMES:
@@ -121,6 +123,9 @@ def _check_rule(sel, spec, table, known_params, fail):
         fail(f"'{sel}': rule {spec['rule']} takes no {unused[0]}", sel, table)
     if spec["rule"] == "zbox" and not {"low", "high"} <= set(spec):
         fail(f"'{sel}': rule zbox needs low and high", sel, table)
+    if "operand" in spec and table != "nodes":
+        fail(f"'{sel}': operand picks an operand of an Add or a product of two activations, which only [nodes] "
+             "entries name", sel, table)
 
 
 def parse_preset(text: str, path: str) -> Preset:

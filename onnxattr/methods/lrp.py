@@ -59,13 +59,16 @@ def warn_on_centring_norms(method: str, on_path, centrings) -> None:
 
 def warn_on_products(method: str, products) -> None:
     """A Mul or Div of two activations (a squeeze-excitation's gate times its input) takes its gradient, as in
-    Zennit and iNNvestigate, which conserves no relevance: warn, and point to attn_lrp, which splits it."""
+    Zennit and iNNvestigate, which conserves no relevance: warn, and point to the rule that holds the gate (a
+    rule file's [nodes] entry) and to attn_lrp, which splits the product."""
     if products:
         more = f" and {len(products) - 1} more" if len(products) > 1 else ""
-        warn(f"{method}: relevance crosses the {products[0].op_type} node '{products[0].name}'{more}, a product of two "
+        first = products[0]
+        warn(f"{method}: relevance crosses the {first.op_type} node '{first.name}'{more}, a product of two "
              "activations (such as a squeeze-excitation's gate times its input), by its gradient, as Zennit and "
-             "iNNvestigate do, so the map does not sum to the explained output; attn_lrp splits such a product "
-             "between its operands and conserves relevance there", OnnxAttrWarning)
+             "iNNvestigate do, so the map does not sum to the explained output; a rule file's [nodes] entry "
+             f"\"{first.name}\" = {{ rule = \"pass\", operand = K }} holds the other operand constant and gives operand "
+             "K all its relevance, and attn_lrp splits such a product between its operands", OnnxAttrWarning)
 
 
 def _param(p: PresetParam) -> Param:
@@ -108,9 +111,11 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
         except UsageError as e:
             raise UsageError(f"{label or preset.name}: {e}") from None
         for patterns, what in ((composite.unmatched, "no node on the explained path"),
-                               (composite.not_layers, "only nodes that are not layers (fused into one, an "
-                                "activation, an Add, a MaxPool: they take no layer rule)"),
-                               (composite.shadowed, "only layers an earlier pattern takes")):
+                               (composite.untaken, "only nodes that do not take its rule (layer rules take "
+                                "layers; pass and gradient also activations and element-wise ops; z, epsilon and "
+                                "pass with an operand Adds of activations; gradient and pass with an operand "
+                                "products of two; nodes fused into a layer and data movement take none)"),
+                               (composite.shadowed, "only nodes an earlier pattern takes")):
             if patterns:
                 verb = "matches" if len(patterns) == 1 else "match"
                 warn(f"{label or preset.name}: [nodes] {', '.join(repr(p) for p in patterns)} {verb} {what} "

@@ -160,7 +160,7 @@ def test_node_patterns_pick_rules_by_name_before_the_selectors(tmp_path):
                      '[nodes]\n"Conv_0" = { rule = "flat" }\n'
                      '"MatMul_*" = { rule = "epsilon", epsilon = "$eps" }\n'
                      '"*" = { rule = "w_square" }\n"Conv_3" = { rule = "flat" }\n')
-    with pytest.warns(onnxattr.OnnxAttrWarning, match=r"\[nodes\] 'Conv_3' matches only layers an earlier"):
+    with pytest.warns(onnxattr.OnnxAttrWarning, match=r"\[nodes\] 'Conv_3' matches only nodes an earlier"):
         rows = {r[0]: r[2:] for r in onnxattr.api.inspect(model, str(named))}
     assert rows["Conv_0"] == ("flat", "node 'Conv_0'")
     assert rows["MatMul_10"] == ("epsilon(epsilon=0.5)", "node 'MatMul_*'")
@@ -209,7 +209,7 @@ def test_a_node_pattern_matching_no_layer_warns(tmp_path, capsys):
         onnxattr.compile(resnet_like(), str(f))
     relu = tmp_path / "relu.toml"
     relu.write_text('[layers]\ndefault = { rule = "z" }\n[nodes]\n"Relu_*" = { rule = "flat" }\n')
-    with pytest.warns(onnxattr.OnnxAttrWarning, match=r"'Relu_\*' matches only nodes that are not layers"):
+    with pytest.warns(onnxattr.OnnxAttrWarning, match=r"'Relu_\*' matches only nodes that do not take its rule"):
         onnxattr.compile(resnet_like(), str(relu))
     assert main(["compile", str(_save(tmp_path)), "--rules", str(f), "-o", str(tmp_path / "o.onnx")]) == 0
     assert "onnxattr: warning: " in capsys.readouterr().err

@@ -93,7 +93,8 @@ def test_lrp_through_a_product_of_two_activations_warns():
     from tests.lrp.nets import gated_net, swish_net
 
     with pytest.warns(OnnxAttrWarning, match="lrp.epsilon: relevance crosses the Mul node 'gate', a product of two "
-                                             "activations .* by its gradient"):
+                                             "activations .* by its gradient.*\"gate\" = { rule = \"pass\", "
+                                             "operand = K }"):
         onnxattr.compile(gated_net(True), "lrp.epsilon")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
