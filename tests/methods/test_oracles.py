@@ -31,6 +31,8 @@ maxpool rule): they are not test cases; test_not_comparable_recorded checks that
 and gives a reason.
 grad_cam and guided_grad_cam agree with Captum's LayerGradCam (resized by LayerAttribution.interpolate) and
 GuidedGradCam to ~1.3e-6 (torch_strided's float32 floor is 1.8e-6), at the layer onnxattr picks by default.
+An entry's ``nodes`` are added to its preset as a [nodes] table, a user's rule file (torch_scaled: the gradient on the
+input normalization's Div, a LayerScale's Mul and a residual Add, where Zennit takes it; to 1.9e-5 of the map's max, 0.8-1.0 off without them).
 A manifest's ``feeds`` are the model's other graph inputs, stored as ``feed:NAME`` (torch_masked_encoder's
 padding mask, one row per sample, which integrated gradients and SmoothGrad give each of a sample's points).
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
@@ -151,6 +153,17 @@ def as_user_file(method, tmp_path, add):
     return str(path)
 
 
+def with_nodes(method, nodes, tmp_path):
+    """The shipped preset plus a [nodes] table of ``nodes`` (pattern -> rule spec), as a user's rule file."""
+    text = (preset_folder() / f"{method}.toml").read_text()
+    assert "[nodes]" not in text
+    lines = [f'{json.dumps(p)} = {{ {", ".join(f"{k} = {json.dumps(v)}" for k, v in spec.items())} }}'
+             for p, spec in nodes.items()]
+    path = tmp_path / f"{method}.nodes.toml"
+    path.write_text(text + "\n[nodes]\n" + "\n".join(lines) + "\n")
+    return str(path)
+
+
 @pytest.mark.parametrize("name,key,model_file", entries())
 def test_matches_reference(name, key, model_file, tmp_path):
     info, arrays = load(name)
@@ -159,6 +172,8 @@ def test_matches_reference(name, key, model_file, tmp_path):
         # Zennit without its ResNet canonizer copies relevance into both branches of a residual Add:
         # the same preset with the gradient rule on Add, written as a user rule file
         entry["method"] = as_user_file(entry["method"], tmp_path, "gradient")
+    if entry.get("nodes"):  # the preset with these [nodes] entries (torch_scaled: Zennit's gradient on three ops)
+        entry["method"] = with_nodes(entry["method"], entry["nodes"], tmp_path)
     model = DATA / model_file
     input_name = info.get("input_name") or onnxattr_input(model)
     x, target = arrays["x"], arrays["target"].astype(np.int64)
