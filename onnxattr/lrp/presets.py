@@ -20,6 +20,10 @@ user's own file). A preset says which rule each kind of layer gets; it holds no 
     "/features/0/Conv" = { rule = "flat" }   # kind; the first pattern (in file order) whose rule it takes wins
     "/features/*/Mul" = { rule = "pass", operand = 1 }   # a product's relevance all to operand 1 (lrp/named.py)
 
+A user's file may start from a shipped preset, ``base = "lrp.epsilon_plus"``: it then takes the base's keys,
+parameters and [layers] entries, and its own keys, parameters and [layers] entries replace or extend them (so a
+file of only ``base`` and a [nodes] table changes a few nodes of a shipped method).
+
 Every mistake is reported with the file, the line and the key.
 """
 
@@ -40,7 +44,7 @@ RULE_KEYS = {
     "low": float, "high": float, "operand": int,
 }
 ACTIVATION_RULES = ("pass", "gradient")
-TOP_KEYS = ("method", "doc", "style", "seed", "add", "activation", "params", "layers", "nodes")
+TOP_KEYS = ("method", "doc", "base", "style", "seed", "add", "activation", "params", "layers", "nodes")
 # the keys each rule reads besides "rule" (any other is a mistake, not an option silently dropped)
 RULE_TAKES = {
     "epsilon": {"epsilon"}, "epsilon_IB": {"epsilon"}, "alpha_beta": {"alpha", "beta", "bias"},
@@ -128,8 +132,9 @@ def _check_rule(sel, spec, table, known_params, fail):
              "entries name", sel, table)
 
 
-def parse_preset(text: str, path: str) -> Preset:
-    """Parse and validate a preset; raise PresetError naming file, line and key."""
+def parse_preset(text: str, path: str, bases: dict | None = None) -> Preset:
+    """Parse and validate a preset; raise PresetError naming file, line and key. ``bases``: the presets a
+    ``base`` key may name (name -> Preset)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -141,9 +146,14 @@ def parse_preset(text: str, path: str) -> Preset:
     for key in data:
         if key not in TOP_KEYS:
             fail(f"unknown key '{key}' (known: {', '.join(TOP_KEYS)})", key)
-    for key in ("method", "doc"):
+    for key in ("method", "doc", "base"):
         if key in data and not isinstance(data[key], str):
             fail(f"{key} must be a string, got {data[key]!r}", key)
+    base = None
+    if "base" in data:
+        base = (bases or {}).get(data["base"])
+        if base is None:
+            fail(f"base = {data['base']!r} is not a shipped preset (known: {', '.join(sorted(bases or ()))})", "base")
     if "params" in data and not isinstance(data["params"], dict):
         fail("params must be a table of name = { default = ..., doc = \"...\" }", "params")
     for key, choices in (("style", STYLES), ("seed", SEEDS), ("add", ADD_RULES), ("activation", ACTIVATION_RULES)):
@@ -162,14 +172,19 @@ def parse_preset(text: str, path: str) -> Preset:
             fail(f"parameter 'until_layer_idx': default must be an integer >= 0, got {spec['default']!r}",
                  name, "params")
         params.append(PresetParam(name, spec["default"], str(spec.get("doc", ""))))
+    if base is not None:  # the base's parameters, those of the same name replaced by the file's
+        own = {p.name for p in params}
+        params = [p for p in base.params if p.name not in own] + params
     known_params = {p.name for p in params}
-    layers = data.get("layers")
-    if not isinstance(layers, dict) or not layers:
-        fail("a preset needs a [layers] table mapping selectors to rules", "layers")
+    layers = data.get("layers", {} if base is not None else None)
+    if not isinstance(layers, dict) or not (layers or base is not None):
+        fail("a preset needs a [layers] table mapping selectors to rules (or a base preset)", "layers")
     for sel, spec in layers.items():
         if sel not in SELECTORS:
             fail(f"unknown layer selector '{sel}' (known: {', '.join(SELECTORS)})", sel, "layers")
         _check_rule(sel, spec, "layers", known_params, fail)
+    if base is not None:
+        layers = {**base.layers, **layers}
     nodes = data.get("nodes", {})
     if not isinstance(nodes, dict):
         fail("nodes must be a table of \"node name or pattern\" = { rule = ... }", "nodes")
@@ -178,15 +193,19 @@ def parse_preset(text: str, path: str) -> Preset:
     if "until" in layers and "until_layer_idx" not in known_params:
         fail("selector 'until' needs a parameter until_layer_idx in [params]", "until", "layers")
     name = data.get("method") or Path(path).stem
-    return Preset(name=name, doc=str(data.get("doc", f"LRP preset from {path}")),
-                  style=data.get("style", "innvestigate"), seed=data.get("seed", "logit"),
-                  add=data.get("add", "z"), activation=data.get("activation", "pass"), layers=layers,
-                  params=params, path=str(path), nodes=nodes)
+    defaults = {"doc": f"LRP preset from {path}", "style": "innvestigate", "seed": "logit", "add": "z",
+                "activation": "pass"}
+    if base is not None:
+        defaults = {"doc": f"{base.name} with the changes of {path}", "style": base.style, "seed": base.seed,
+                    "add": base.add, "activation": base.activation}
+    top = {key: data.get(key, value) for key, value in defaults.items()}
+    return Preset(name=name, doc=str(top["doc"]), style=top["style"], seed=top["seed"], add=top["add"],
+                  activation=top["activation"], layers=layers, params=params, path=str(path), nodes=nodes)
 
 
-def load_preset(path) -> Preset:
+def load_preset(path, bases: dict | None = None) -> Preset:
     try:
         text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is no TOML
     except (OSError, UnicodeDecodeError) as e:
         raise PresetError(f"{path}: cannot read the rule file ({e.__class__.__name__}: {e})") from None
-    return parse_preset(text, str(path))
+    return parse_preset(text, str(path), bases)

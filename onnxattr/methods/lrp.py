@@ -132,8 +132,11 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
                   at_layer=as_carried, conditional=True)
 
 
+SHIPPED: dict = {}  # name -> Preset: the methods of rules/*.toml, which a user's file may name as its base
+
+
 def method_from_file(path) -> Method:
-    return preset_method(load_preset(path), label=str(path))
+    return preset_method(load_preset(path, SHIPPED), label=str(path))
 
 
 def preset_folder():
@@ -149,7 +152,9 @@ def _register_shipped():
     folder = preset_folder()
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
-            register_method(preset_method(parse_preset(entry.read_text(encoding="utf-8"), entry.name)))
+            preset = parse_preset(entry.read_text(encoding="utf-8"), entry.name)
+            SHIPPED[preset.name] = preset
+            register_method(preset_method(preset))
 
 
 _register_shipped()

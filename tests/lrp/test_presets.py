@@ -37,6 +37,42 @@ def test_user_rule_file_equals_the_preset_it_restates(tmp_path):
     np.testing.assert_array_equal(relevance(model, str(f)), relevance(model, "lrp.z"))
 
 
+@pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
+def test_a_file_of_only_a_base_is_that_preset(tmp_path):
+    """base = "NAME" takes the shipped preset's keys, parameters and layer rules: the same map for every preset
+    (the maps of different presets differ, so this can fail)."""
+    model = resnet_like(bias=True, batchnorm=True)
+    names = sorted(p.name[:-5] for p in preset_folder().iterdir() if p.name.endswith(".toml"))
+    maps = {}
+    for name in names:
+        f = tmp_path / f"{name}.toml"
+        f.write_text(f'base = "{name}"\n')
+        maps[name] = relevance(model, name)
+        np.testing.assert_array_equal(relevance(model, str(f)), maps[name], err_msg=name)
+    assert len({m.tobytes() for m in maps.values()}) > len(names) // 2
+
+
+def test_a_base_with_changes(tmp_path):
+    """A file's own layer entries, parameters and keys replace the base's; the base's parameters stay settable."""
+    model = resnet_like(bias=True)
+    f = tmp_path / "mine.toml"
+    f.write_text('base = "lrp.epsilon_plus"\nadd = "gradient"\n[params]\ngamma = { default = 0.5 }\n'
+                 '[layers]\nconv = { rule = "gamma", gamma = "$gamma" }\n')
+    rows = {r[0]: r[2:] for r in onnxattr.inspect(model, str(f))}
+    assert rows["Conv_3"] == ("gamma(gamma=0.5)", "conv") and rows["MatMul_10"] == ("epsilon(epsilon=1e-06)", "dense")
+    assert rows["Add_6"] == ("gradient", "add")
+    full = tmp_path / "full.toml"
+    full.write_text('style = "zennit"\nadd = "gradient"\n[layers]\nconv = { rule = "gamma", gamma = 0.25 }\n'
+                    'dense = { rule = "epsilon", epsilon = 0.1 }\nnorm = { rule = "pass" }\n'
+                    'default = { rule = "epsilon", epsilon = 0.1 }\npool = { rule = "z" }\n')
+    np.testing.assert_array_equal(relevance(model, str(f), epsilon=0.1, gamma=0.25), relevance(model, str(full)))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('# a typo\nbase = "lrp.epsilonplus"\n')
+    with pytest.raises(UsageError, match=r"bad\.toml:2: base = 'lrp\.epsilonplus' is not a shipped preset "
+                                         r"\(known: deep_taylor, .*lrp\.epsilon_plus,"):
+        onnxattr.compile(model, str(bad))
+
+
 def test_user_rule_file_changes_only_what_it_declares(tmp_path):
     """flat on the first layer of a bias-free net: the map changes, but flat conserves relevance like
     the z rule it replaces, so the total stays the logit; flat everywhere is lrp.flat."""
