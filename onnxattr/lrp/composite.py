@@ -10,7 +10,7 @@ file order whose rule the node's kind takes, lrp/named.py) takes that rule inste
 activations get ``add``: ``z`` (split in proportion to the operands), ``norm`` (the same with Zennit's
 stabilizer) or ``gradient`` (copy into every branch). Element-wise activations and fused followers
 (bias Add, BatchNorm after a linear layer), and a Mul, Div, Sub or Add with one operand that varies, pass
-relevance through unchanged; so does x * h(x) with h element-wise from x alone, an activation written out
+relevance through unchanged (but c / x takes its gradient, as Reciprocal(x) does); so does x * h(x) with h element-wise from x alone, an activation written out
 (SiLU, GELU), to x, and a recurrent cell's signal * gate to the signal. Any other Mul, Div or Sub of two
 activations takes its gradient, as in Zennit and iNNvestigate (a squeeze-excitation's gate, attention's
 products), and so do the ops of a norm written out (x / std(x) * gamma, its centring x - mean(x)), whose
@@ -213,6 +213,9 @@ class Composite:
                     chosen[m.name] = ("gradient", f"computes the norm that {n.name} holds: a norm written out")
                 if inside:
                     normed.append(n)
+            elif n.op_type == "Div" and n.input[1] in varying:  # c / x, no scaling of x: Reciprocal's gradient
+                chosen[n.name] = ("gradient", "c / x: its gradient, as Reciprocal's")
+                kinds[n.name] = "elementwise"
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
                 kinds[n.name] = "elementwise"

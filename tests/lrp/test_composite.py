@@ -376,3 +376,24 @@ def test_square_written_as_a_product_gives_the_pow_map(preset):
         maps.append(_map(_head(np.random.default_rng(3), [node], dict(extra), "f"), preset, X_FLAT))
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6 * np.abs(maps[1]).max())
     assert np.abs(maps[1]).max() > 0
+
+
+@pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
+@pytest.mark.parametrize("preset", ["lrp.z", "lrp.epsilon_plus", "deep_taylor", "lrp.alpha_2_beta_1"])
+def test_one_over_x_written_as_div_gives_the_reciprocal_map(preset):
+    """1 / h as Div(1, h) and as Reciprocal(h) take their gradient alike (before, the Div passed relevance as a scaling
+    of h would, and Reciprocal took its gradient). With c / h the logit seed is c times that of 1 / h and so is the
+    gradient, and the rules are linear in the relevance: c^2 times the map."""
+    from onnx import helper
+
+    from tests.lrp.nets import _head
+
+    def net(node, c):
+        return _head(np.random.default_rng(4), [node], {"c": np.array(c, np.float32)}, "f")
+
+    one = _map(net(helper.make_node("Div", ["c", "h"], ["f"]), 1.0), preset, X_FLAT)
+    reciprocal = _map(net(helper.make_node("Reciprocal", ["h"], ["f"]), 1.0), preset, X_FLAT)
+    np.testing.assert_allclose(one, reciprocal, rtol=1e-5, atol=1e-6 * np.abs(reciprocal).max())
+    three = _map(net(helper.make_node("Div", ["c", "h"], ["f"]), 3.0), preset, X_FLAT)
+    np.testing.assert_allclose(three, 9 * one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
+    assert np.abs(one).max() > 0
