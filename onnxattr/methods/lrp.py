@@ -57,18 +57,33 @@ def warn_on_centring_norms(method: str, on_path, centrings) -> None:
              "attn_lrp holds a norm's std constant and conserves relevance there", OnnxAttrWarning)
 
 
-def warn_on_products(method: str, products) -> None:
+def _broadcast_over(small, large) -> bool:
+    """Whether a tensor of shape ``small`` is broadcast over one of shape ``large`` in an element-wise op: the same
+    rank, each dim 1 or equal, and at least one 1 where the other is not (a gate [N, C, 1, 1] over a map)."""
+    if small is None or large is None or len(small) != len(large):
+        return False
+    return all(d == 1 or d == e for d, e in zip(small, large)) and any(d == 1 and e != 1 for d, e in zip(small, large))
+
+
+def warn_on_products(method: str, products, shape=lambda name: None, shipped: bool = False) -> None:
     """A Mul or Div of two activations (a squeeze-excitation's gate times its input) takes its gradient, as in
     Zennit and iNNvestigate, which conserves no relevance: warn, and point to the rule that holds the gate (a
-    rule file's [nodes] entry) and to attn_lrp, which splits the product."""
+    rule file's [nodes] entry, naming the operand that the other is broadcast over, as a gate is) and to
+    attn_lrp, which splits the product."""
     if products:
         more = f" and {len(products) - 1} more" if len(products) > 1 else ""
         first = products[0]
+        shapes = [shape(i) for i in first.input[:2]]
+        signal = next((k for k in (0, 1) if _broadcast_over(shapes[1 - k], shapes[k])), None)
+        which = (f"operand = {signal} }} holds operand {1 - signal} (broadcast over operand {signal}, as a gate is) "
+                 f"constant and gives operand {signal} all the relevance" if signal is not None else
+                 "operand = K } holds the other operand constant and gives operand K all the relevance")
+        where = f"a rule file of base = \"{method}\" and [nodes]" if shipped else "a [nodes] entry"
         warn(f"{method}: relevance crosses the {first.op_type} node '{first.name}'{more}, a product of two "
              "activations (such as a squeeze-excitation's gate times its input), by its gradient, as Zennit and "
-             "iNNvestigate do, so the map does not sum to the explained output; a rule file's [nodes] entry "
-             f"\"{first.name}\" = {{ rule = \"pass\", operand = K }} holds the other operand constant and gives operand "
-             "K all its relevance, and attn_lrp splits such a product between its operands", OnnxAttrWarning)
+             f"iNNvestigate do, so the map does not sum to the explained output; {where} "
+             f"\"{first.name}\" = {{ rule = \"pass\", {which}; attn_lrp splits such a product between its "
+             "operands", OnnxAttrWarning)
 
 
 def _param(p: PresetParam) -> Param:
@@ -122,7 +137,7 @@ def preset_method(preset: Preset, label: str | None = None) -> Method:
                      "(`onnxattr inspect` lists the node names and their rules)", UnmatchedNodePatternWarning)
         warn_on_loss(label or preset.name, on_path)
         warn_on_centring_norms(label or preset.name, on_path, composite.centrings)
-        warn_on_products(label or preset.name, composite.products)
+        warn_on_products(label or preset.name, composite.products, t.b.shape, shipped=label is None)
         seed = build_seed(t.b, t.y, t.neuron, preset.seed, t.index)
         r = reverse_pass(t.b, t.nodes, t.x, t.y, seed, rule_for)
         t.assignment.update(composite.assignment)
