@@ -1,6 +1,7 @@
 """Small ONNX models built in the tests (no framework needed)."""
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -85,3 +86,35 @@ def tree_ensemble():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
     m.ir_version = 8
     return m
+
+
+def freeze(model, tensor: str, value):
+    """``model`` with ``tensor`` replaced by the constant ``value`` and the nodes that only computed it removed (a
+    squeeze-excitation's gate frozen at its value for one batch)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output) and tensor not in node.output:
+            keep.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    graph.initializer.append(numpy_helper.from_array(np.asarray(value), tensor))
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return out
+
+
+def tensor_values(model, tensor: str, feeds: dict):
+    """The value of an intermediate ``tensor`` of ``model`` for ``feeds``, by onnxruntime."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    return ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run([tensor], feeds)[0]

@@ -5,27 +5,26 @@ standalone BatchNormalization): ``first`` (the first kernel layer met from the i
 (the first convolution in graph order, as Zennit's EpsilonGammaBox picks it), ``until`` (kernel layers
 with index <= until_layer_idx, counted in graph order from 0), ``relu_layer`` (a layer whose output
 feeds a Relu), ``conv``, ``dense``, ``norm``, then ``default``; pools get ``pool`` (else the gradient).
-A node whose name matches a pattern of the preset's [nodes] table (equal, or fnmatch's * ? [..]; the first in
-file order whose rule the node's kind takes, lrp/named.py) takes that rule instead of its kind's. Residual Add/Sum of
-activations get ``add``: ``z`` (split in proportion to the operands), ``norm`` (the same with Zennit's
-stabilizer) or ``gradient`` (copy into every branch). Element-wise activations and fused followers
-(bias Add, BatchNorm after a linear layer), and a Mul, Div, Sub or Add with one operand that varies, pass
-relevance through unchanged (but c / x takes its gradient, as Reciprocal(x) does); so does x * h(x) with h element-wise from x alone, an activation written out
-(SiLU, GELU), to x, and a recurrent cell's signal * gate to the signal. Any other Mul, Div or Sub of two
-activations takes its gradient, as in Zennit and iNNvestigate (a squeeze-excitation's gate, attention's
-products), and so do the ops of a norm written out (x / std(x) * gamma, its centring x - mean(x)), whose
-map is then the norm op's. Data movement (MaxPool, Reshape, Concat, ...) uses the gradient emitters.
+Residual Add/Sum of activations get ``add``: ``z`` (split in proportion to the operands) or ``gradient``
+(copy into every branch). Element-wise activations and fused followers (bias Add, BatchNorm after a linear
+layer), and a Mul, Div, Sub or Add with one operand that varies, pass relevance through unchanged (but c / x
+takes its gradient, as Reciprocal(x) does); so does x * h(x) with h element-wise from x alone, an activation
+written out (SiLU, GELU), to x, and a recurrent cell's signal * gate to the signal. Any other Mul, Div or Sub
+of two activations takes its gradient, as in Zennit and iNNvestigate (a squeeze-excitation's gate,
+attention's products; with gates = "hold" a Mul by a gate broadcast over the other operand passes to that
+operand), and so do the ops of a norm written out (x / std(x) * gamma, its centring x - mean(x)), whose map
+is then the norm op's. Data movement (MaxPool, Reshape, Concat, ...) uses the gradient emitters.
+A node whose name matches a pattern of the preset's [nodes] table (equal, or fnmatch's * ? [..]; the first
+in file order whose rule the node's kind takes, lrp/named.py) takes that rule instead of its kind's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.gates import centring_parts, gate_branch, statistics_parts
+from onnxattr.lrp.gates import broadcast_gate, centring_parts, gate_branch, statistics_parts
 from onnxattr.lrp.named import PASS_TO, pick
 from onnxattr.lrp.steps import add_split, pass_on, pass_to, unit_step, zero_preserving
 from onnxattr.lrp.units import LAYOUT_OPS, LINEAR_OPS, Unit, find_units
@@ -47,93 +46,6 @@ ADDS = ("Add", "Sum", "Mean")  # Mean: a layer of weights 1/n
 ZERO_PRESERVING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat",
                              "Slice", "Pad"})
 
-# iNNvestigate's is_input_layer looks through Flatten/Permute/Reshape layers only (a kernel layer after a
-# ZeroPadding2D or a BatchNormalization is not an input layer); tf2onnx adds layout Transposes
-INNVESTIGATE_FIRST_THROUGH = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity",
-                                        "Dropout", "Cast"})
-
-# Activations that Keras 2.x writes only as layers of their own (no `activation=` string names them):
-# iNNvestigate's LRP passes relevance through keras Activation layers only and gives every other
-# weightless layer, these included, the plain gradient (a LeakyReLU scales negative-side relevance by alpha)
-INNVESTIGATE_GRADIENT_ACTIVATIONS = frozenset({"LeakyRelu", "PRelu", "ThresholdedRelu"})
-
-STYLES = {
-    # SafeDivide (z + 1e-7 [z = 0]); alpha-beta bias split over both terms; w_square without bias
-    "innvestigate": {"stabilizer": "safe", "epsilon": 1e-7, "bias_style": "innvestigate", "square_bias": False,
-                     "first_through": INNVESTIGATE_FIRST_THROUGH,
-                     "gradient_activations": INNVESTIGATE_GRADIENT_ACTIVATIONS},
-    # stabilize (z + 1e-6 sign(z), sign(0) = +1); clamped bias on the x+ term only; w_square squares b;
-    # the first layer is the first Conv/Linear whatever comes before it (padding, a BatchNorm, ...)
-    "zennit": {"stabilizer": "signed", "epsilon": 1e-6, "bias_style": "zennit", "square_bias": True,
-               "first_through": None},
-}
-
-
-def _real(spec: dict, key: str, default: float) -> float:
-    """spec[key] (or ``default``) as a finite float, else a UsageError naming it."""
-    value = spec.get(key, default)
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"parameter {key}={value!r}: must be a number") from None
-    if not np.isfinite(out):
-        raise UsageError(f"parameter {key}={value!r}: must be finite")
-    return out
-
-
-def make_rule(spec: dict, style: dict):
-    """A Rule (or the strings 'pass' / 'gradient') from a preset entry such as
-    {rule = "epsilon", epsilon = 0.1}."""
-    name = spec["rule"]
-    stab = {"stabilizer": style["stabilizer"], "epsilon": style["epsilon"]}
-    if name == "pass" and "operand" in spec:
-        if spec["operand"] not in (0, 1) or isinstance(spec["operand"], bool):
-            raise UsageError(f"parameter operand={spec['operand']!r}: must be 0 or 1 (the operand of a binary op "
-                             "that takes all relevance)")
-        return PASS_TO[int(spec["operand"])]
-    if name in ("pass", "gradient"):
-        return name
-    if name in ("z", "z_IB"):
-        return R.z_rule(bias=name == "z", **stab)
-    if name in ("epsilon", "epsilon_IB"):
-        epsilon = _real(spec, "epsilon", style["epsilon"])
-        if not epsilon > 0:  # iNNvestigate refuses it too; 0 is the z rule without a stabilizer
-            raise UsageError(f"parameter epsilon={epsilon:g}: must be > 0 (use rule z for no stabilizer)")
-        return R.epsilon_rule(epsilon=epsilon, bias=name == "epsilon")
-    if name == "w_square":
-        return R.w_square_rule(bias=style["square_bias"], **stab)
-    if name == "flat":
-        return R.flat_rule(**stab)
-    if name in ("alpha_beta", "alpha_beta_IB", "z_plus"):
-        alpha = _real(spec, "alpha", 1.0 if name == "z_plus" else 2.0)
-        beta = _real(spec, "beta", 0.0 if name == "z_plus" else 1.0)
-        if alpha < 0 or beta < 0 or alpha - beta != 1:  # conservation; both references refuse the rest
-            raise UsageError(f"parameters alpha={alpha:g}, beta={beta:g}: need alpha, beta >= 0 and "
-                             "alpha - beta = 1 (iNNvestigate and Zennit refuse other values)")
-        bias = name == "alpha_beta" and bool(spec.get("bias", True))
-        return R.alpha_beta_rule(alpha, beta, bias=bias, bias_style=style["bias_style"], **stab)
-    if name == "z_plus_fast":
-        return R.z_plus_fast_rule(**stab)
-    if name == "gamma":
-        gamma = _real(spec, "gamma", 0.25)
-        if not gamma >= 0:
-            raise UsageError(f"parameter gamma={gamma:g}: must be >= 0")
-        return R.gamma_rule(gamma=gamma, **stab)
-    if name == "zbox":
-        try:
-            ordered = np.all(np.asarray(spec["low"], np.float64) <= np.asarray(spec["high"], np.float64))
-        except (TypeError, ValueError):
-            raise UsageError(f"zbox bounds low (shape {np.shape(spec['low'])}) and high (shape "
-                             f"{np.shape(spec['high'])}): need numbers or arrays of numbers that broadcast to "
-                             "each other and to the input") from None
-        if not ordered:
-            raise UsageError(f"zbox bounds low={spec['low']}, high={spec['high']}: need low <= high")
-        return R.zbox_rule(low=spec["low"], high=spec["high"], **stab)
-    raise KeyError(name)
-
-
-RULE_NAMES = ("z", "z_IB", "epsilon", "epsilon_IB", "w_square", "flat", "alpha_beta", "alpha_beta_IB",
-              "z_plus", "z_plus_fast", "gamma", "zbox", "pass", "gradient")
 SELECTORS = ("first", "first_conv", "until", "relu_layer", "conv", "dense", "norm", "default", "pool")
 
 
@@ -146,6 +58,7 @@ class Composite:
     style: dict
     until_index: int | None = None
     activation: str = "pass"  # element-wise activations: "pass" relevance, or "gradient" (mask dead units)
+    gates: str = "gradient"  # a Mul by a gate broadcast over the other operand: "gradient", or "hold" (pass to it)
     nodes: tuple = ()  # (node name or glob pattern, rule), in file order: before the rule of a node's kind
     assignment: dict = field(default_factory=dict)  # node name -> description (for `inspect`)
     unmatched: tuple = ()  # after lookup: the node patterns that match no node on the path,
@@ -208,6 +121,9 @@ class Composite:
                 kinds[n.name] = "product"
             elif n.op_type in ("Sub", "Mul", "Div") and sum(1 for i in n.input if i in varying) >= 2:
                 chosen[n.name], inside = self._product_rule(n, producer, varying, x, kernel_outputs)
+                signal = broadcast_gate(b.shape, n) if self.gates == "hold" else None
+                if chosen[n.name][1] == PRODUCT_GRADIENT and signal is not None:
+                    chosen[n.name] = (PASS_TO[signal], f"a gate broadcast over operand {signal}: held (gates = hold)")
                 kinds[n.name] = "product"
                 for m in inside:  # a norm written out: the ops computing it take their gradient too
                     chosen[m.name] = ("gradient", f"computes the norm that {n.name} holds: a norm written out")

@@ -167,3 +167,22 @@ def gate_branch(producer: dict, live: set, x: str, node, norms: bool = True):
             if branch is not None:
                 return keep, branch
     return None
+
+
+def broadcast_over(small, large) -> bool:
+    """Whether a tensor of shape ``small`` is broadcast over one of shape ``large`` in an element-wise op: the same
+    rank, each dim 1 or equal, and at least one 1 where the other is not (a gate [N, C, 1, 1] over a map)."""
+    if small is None or large is None or len(small) != len(large):
+        return False
+    return all(d == 1 or d == e for d, e in zip(small, large)) and any(d == 1 and e != 1 for d, e in zip(small, large))
+
+
+def broadcast_gate(shape, node) -> int | None:
+    """For a Mul of two activations whose one operand is broadcast over the other (a squeeze-excitation's gate
+    [N, C, 1, 1] times its input, a spatial gate [N, 1, H, W]): the index of the other, the signal; else None.
+    ``shape``: tensor name -> its shape or None."""
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    shapes = [shape(i) for i in node.input]
+    return next((k for k in (0, 1) if broadcast_over(shapes[1 - k], shapes[k])), None)
+

@@ -8,6 +8,8 @@ user's own file). A preset says which rule each kind of layer gets; it holds no 
     add = "z"                  # residual Add/Sum of activations: z | gradient
     activation = "pass"        # element-wise activations: pass | gradient (the latter except right
                                # after a kernel layer, whose own activation always passes)
+    gates = "gradient"         # a Mul of an activation by a gate broadcast over it (a squeeze-excitation):
+                               # gradient (Zennit's, iNNvestigate's) | hold (the gate constant, all to the other)
 
     [params]                   # method parameters, referenced below as "$name"
     epsilon = { default = 0.1, doc = "epsilon of the dense layers" }
@@ -35,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxattr.errors import UsageError
-from onnxattr.lrp.composite import RULE_NAMES, SELECTORS, STYLES
+from onnxattr.lrp.composite import SELECTORS
+from onnxattr.lrp.specs import RULE_NAMES, STYLES
 
 SEEDS = ("logit", "relu_logit", "one")
 ADD_RULES = ("z", "gradient")
@@ -44,7 +47,8 @@ RULE_KEYS = {
     "low": float, "high": float, "operand": int,
 }
 ACTIVATION_RULES = ("pass", "gradient")
-TOP_KEYS = ("method", "doc", "base", "style", "seed", "add", "activation", "params", "layers", "nodes")
+GATE_RULES = ("gradient", "hold")
+TOP_KEYS = ("method", "doc", "base", "style", "seed", "add", "activation", "gates", "params", "layers", "nodes")
 # the keys each rule reads besides "rule" (any other is a mistake, not an option silently dropped)
 RULE_TAKES = {
     "epsilon": {"epsilon"}, "epsilon_IB": {"epsilon"}, "alpha_beta": {"alpha", "beta", "bias"},
@@ -70,6 +74,7 @@ class Preset:
     add: str
     activation: str
     layers: dict                        # selector -> {key: value or "$param"}
+    gates: str = "gradient"
     params: list = field(default_factory=list)
     path: str = ""
     nodes: dict = field(default_factory=dict)  # node name or glob pattern -> {key: value or "$param"}
@@ -156,7 +161,8 @@ def parse_preset(text: str, path: str, bases: dict | None = None) -> Preset:
             fail(f"base = {data['base']!r} is not a shipped preset (known: {', '.join(sorted(bases or ()))})", "base")
     if "params" in data and not isinstance(data["params"], dict):
         fail("params must be a table of name = { default = ..., doc = \"...\" }", "params")
-    for key, choices in (("style", STYLES), ("seed", SEEDS), ("add", ADD_RULES), ("activation", ACTIVATION_RULES)):
+    for key, choices in (("style", STYLES), ("seed", SEEDS), ("add", ADD_RULES), ("activation", ACTIVATION_RULES),
+                         ("gates", GATE_RULES)):
         if key in data and data[key] not in choices:
             fail(f"{key} = {data[key]!r} is not one of {', '.join(choices)}", key)
     params = []
@@ -194,13 +200,14 @@ def parse_preset(text: str, path: str, bases: dict | None = None) -> Preset:
         fail("selector 'until' needs a parameter until_layer_idx in [params]", "until", "layers")
     name = data.get("method") or Path(path).stem
     defaults = {"doc": f"LRP preset from {path}", "style": "innvestigate", "seed": "logit", "add": "z",
-                "activation": "pass"}
+                "activation": "pass", "gates": "gradient"}
     if base is not None:
         defaults = {"doc": f"{base.name} with the changes of {path}", "style": base.style, "seed": base.seed,
-                    "add": base.add, "activation": base.activation}
+                    "add": base.add, "activation": base.activation, "gates": base.gates}
     top = {key: data.get(key, value) for key, value in defaults.items()}
     return Preset(name=name, doc=str(top["doc"]), style=top["style"], seed=top["seed"], add=top["add"],
-                  activation=top["activation"], layers=layers, params=params, path=str(path), nodes=nodes)
+                  activation=top["activation"], layers=layers, params=params, path=str(path), nodes=nodes,
+                  gates=top["gates"])
 
 
 def load_preset(path, bases: dict | None = None) -> Preset:

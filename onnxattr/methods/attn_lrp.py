@@ -36,7 +36,7 @@ from onnxattr.emitters import VJPS
 from onnxattr.emitters.normalization import (affine_grads, group_norm_grad, norm_stats, normalized_grad,
                                              rms_scale_grad, rms_stats)
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.gates import gate_branch, held_by, mean_of
+from onnxattr.lrp.gates import broadcast_gate, gate_branch, held_by, mean_of
 from onnxattr.lrp.units import find_units
 from onnxattr.methods.base import Method, Param, Target, non_negative, register_method, times_tensor
 from onnxattr.methods.lrp import warn_on_loss
@@ -145,11 +145,12 @@ def _origin(producer: dict, live: set, t: str, chosen: dict) -> str | None:
     return None
 
 
-def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict):
+def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict, shape=None):
     """(rule, name, why, kept operand) of a product of two activations (Mul, Div, MatMul, Einsum): a gate when
-    one operand is computed from the other alone (a Div only ever holds its divisor); with ``cp`` an operand
-    that is a softmax's output (any product) or an activation's (a Mul) held constant when the other is not;
-    else uniform, or None for a Div of two independent activations (its gradient)."""
+    one operand is computed from the other alone (a Div only ever holds its divisor); with ``shape`` (hold_gates)
+    a Mul's operand broadcast over the other (a squeeze-excitation's gate) held; with ``cp`` an operand that is
+    a softmax's output (any product) or an activation's (a Mul) held constant when the other is not; else
+    uniform, or None for a Div of two independent activations (its gradient)."""
     ins, op = node.input, node.op_type
     found = gate_branch(producer, live, x, node) if op in ("Mul", "Div") else None
     if found is not None:
@@ -163,6 +164,9 @@ def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict):
             return gate_rule(keep), "gate", f"{held} is computed from {source} alone: held constant", keep
     if op == "Div":
         return None
+    signal = broadcast_gate(shape, node) if shape is not None else None
+    if signal is not None:
+        return gate_rule(signal), "gate", f"{ins[1 - signal]} is broadcast over {ins[signal]}: held constant", signal
     if cp:
         kinds = [_origin(producer, live, i, chosen) for i in ins]
         for kind in ("softmax", "activation") if op == "Mul" else ("softmax",):
@@ -173,8 +177,9 @@ def _product_rule(producer, live: set, x: str, node, cp: bool, chosen: dict):
     return uniform_rule, "uniform", "product of two activations", None
 
 
-def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict, cp: bool = False):
-    """rule_for(node) of AttnLRP (``cp``: CP-LRP) over the nodes on the path; records each changed step in
+def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict, cp: bool = False, hold_gates: bool = False):
+    """rule_for(node) of AttnLRP (``cp``: CP-LRP; ``hold_gates``: a Mul's operand broadcast over the other held
+    constant, the other taking all) over the nodes on the path; records each changed step in
     ``assignment``. Activations are the tensors that vary with the explained input x: a factor that does not
     (a weight, a mask, a position table, another graph input's activations) is a constant of the explanation,
     so its product with an activation is linear in x and keeps its gradient."""
@@ -184,7 +189,7 @@ def attn_rules(b, on_path, x: str, y: str, live: set, assignment: dict, cp: bool
         op, ins = node.op_type, list(node.input)
         varying = [i in live for i in ins]
         if op in ("Mul", "Div", "MatMul", "Einsum") and len(ins) == 2 and all(varying):
-            product = _product_rule(producer, live, x, node, cp, chosen)
+            product = _product_rule(producer, live, x, node, cp, chosen, b.shape if hold_gates else None)
             if product is not None:
                 chosen[node.name] = product[:3]
                 if product[3] is not None:
@@ -263,7 +268,7 @@ def build(cp: bool):
         b, x = t.b, t.x
         on_path, live = path_nodes(t.nodes, x, t.y, b)
         warn_on_loss("cp_lrp" if cp else "attn_lrp", on_path)
-        attn_rule = attn_rules(b, on_path, x, t.y, live, t.assignment, cp)
+        attn_rule = attn_rules(b, on_path, x, t.y, live, t.assignment, cp, bool(p["hold_gates"]))
         layers = gamma_rules(b, on_path, x, t.y, {"conv": p["conv_gamma"], "dense": p["linear_gamma"]},
                              t.assignment)
 
@@ -277,20 +282,27 @@ def build(cp: bool):
     return build_method
 
 
-GAMMAS = (
+def zero_or_one(v):
+    return None if v in (0, 1) and not isinstance(v, bool) else "must be 0 or 1"
+
+
+PARAMS = (
     Param("conv_gamma", 0.0, "gamma rule on Conv/ConvTranspose layers (LXT's conv_gamma for ViTs; 0: the z "
           "rule)", float, non_negative),
     Param("linear_gamma", 0.0, "gamma rule on MatMul/Gemm layers with a constant weight (LXT's lin_gamma; "
           "0: the z rule)", float, non_negative),
+    Param("hold_gates", 0, "1: a Mul whose one operand is broadcast over the other (a squeeze-excitation's gate "
+          "[N, C, 1, 1]) holds that operand constant and gives the other all the relevance (not in LXT; 0: the "
+          "uniform rule)", int, zero_or_one),
 )
 
 register_method(Method(
     "attn_lrp", "AttnLRP (LXT's rules for transformers): identity rule on activations, uniform rule on "
     "products of activations, norms' std held constant; the z rule (or gamma) elsewhere.",
-    build(False), GAMMAS, family="lrp", at_layer=times_tensor, conditional=True,
+    build(False), PARAMS, family="lrp", at_layer=times_tensor, conditional=True,
 ))
 register_method(Method(
     "cp_lrp", "CP-LRP (Ali et al. 2022, as LXT writes it): attn_lrp with the attention weights (softmax "
     "outputs) and a gated MLP's activated gate held constant.",
-    build(True), GAMMAS, family="lrp", at_layer=times_tensor, conditional=True,
+    build(True), PARAMS, family="lrp", at_layer=times_tensor, conditional=True,
 ))

@@ -12,8 +12,10 @@ from pathlib import Path
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters.loss import LOSS_OPS
 from onnxattr.errors import OnnxAttrWarning, UsageError, warn
-from onnxattr.lrp.composite import STYLES, Composite, make_rule
+from onnxattr.lrp.composite import Composite
+from onnxattr.lrp.gates import broadcast_gate
 from onnxattr.lrp.presets import Preset, PresetParam, load_preset, parse_preset
+from onnxattr.lrp.specs import STYLES, make_rule
 from onnxattr.methods.base import Method, Param, Target, as_carried, non_negative_int, register_method
 from onnxattr.select import build_seed
 
@@ -57,14 +59,6 @@ def warn_on_centring_norms(method: str, on_path, centrings) -> None:
              "attn_lrp holds a norm's std constant and conserves relevance there", OnnxAttrWarning)
 
 
-def _broadcast_over(small, large) -> bool:
-    """Whether a tensor of shape ``small`` is broadcast over one of shape ``large`` in an element-wise op: the same
-    rank, each dim 1 or equal, and at least one 1 where the other is not (a gate [N, C, 1, 1] over a map)."""
-    if small is None or large is None or len(small) != len(large):
-        return False
-    return all(d == 1 or d == e for d, e in zip(small, large)) and any(d == 1 and e != 1 for d, e in zip(small, large))
-
-
 def warn_on_products(method: str, products, shape=lambda name: None, shipped: bool = False) -> None:
     """A Mul or Div of two activations (a squeeze-excitation's gate times its input) takes its gradient, as in
     Zennit and iNNvestigate, which conserves no relevance: warn, and point to the rule that holds the gate (a
@@ -73,17 +67,20 @@ def warn_on_products(method: str, products, shape=lambda name: None, shipped: bo
     if products:
         more = f" and {len(products) - 1} more" if len(products) > 1 else ""
         first = products[0]
-        shapes = [shape(i) for i in first.input[:2]]
-        signal = next((k for k in (0, 1) if _broadcast_over(shapes[1 - k], shapes[k])), None)
-        which = (f"operand = {signal} }} holds operand {1 - signal} (broadcast over operand {signal}, as a gate is) "
-                 f"constant and gives operand {signal} all the relevance" if signal is not None else
-                 "operand = K } holds the other operand constant and gives operand K all the relevance")
-        where = f"a rule file of base = \"{method}\" and [nodes]" if shipped else "a [nodes] entry"
+        signal = broadcast_gate(shape, first)
+        where = f"a rule file of base = \"{method}\" and " if shipped else ""
+        entry = f"\"{first.name}\" = {{ rule = \"pass\", operand = {'K' if signal is None else signal} }}"
+        if signal is None:
+            hold = (f"{where}[nodes] {entry} holds the other operand constant and gives operand K all the "
+                    "relevance")
+        else:
+            hold = (f"{where}gates = \"hold\" holds such a gate (here operand {1 - signal}, broadcast over operand "
+                    f"{signal}) constant and gives the other operand all the relevance, as [nodes] {entry} does "
+                    "for this node")
         warn(f"{method}: relevance crosses the {first.op_type} node '{first.name}'{more}, a product of two "
              "activations (such as a squeeze-excitation's gate times its input), by its gradient, as Zennit and "
-             f"iNNvestigate do, so the map does not sum to the explained output; {where} "
-             f"\"{first.name}\" = {{ rule = \"pass\", {which}; attn_lrp splits such a product between its "
-             "operands", OnnxAttrWarning)
+             f"iNNvestigate do, so the map does not sum to the explained output; {hold}; attn_lrp splits such a "
+             "product between its operands (with hold_gates=1 it holds such gates)", OnnxAttrWarning)
 
 
 def _param(p: PresetParam) -> Param:
@@ -108,7 +105,7 @@ def build_composite(preset: Preset, params: dict, name_selectors: bool = False) 
     selectors = {sel: rule for (table, sel), rule in rules.items() if table == "layers"}
     nodes = tuple((sel, rule) for (table, sel), rule in rules.items() if table == "nodes")
     return Composite(selectors, preset.add, style, until_index=params.get("until_layer_idx"),
-                     activation=preset.activation, nodes=nodes)
+                     activation=preset.activation, nodes=nodes, gates=preset.gates)
 
 
 def preset_method(preset: Preset, label: str | None = None) -> Method:

@@ -73,6 +73,13 @@ def test_a_base_with_changes(tmp_path):
         onnxattr.compile(model, str(bad))
 
 
+def test_a_gates_value_that_is_not_known_names_its_line(tmp_path):
+    f = tmp_path / "gates.toml"
+    f.write_text('base = "lrp.epsilon"\ngates = "held"\n')
+    with pytest.raises(UsageError, match=r"gates\.toml:2: gates = 'held' is not one of gradient, hold"):
+        load_preset(f, {"lrp.epsilon": load_preset(preset_folder() / "lrp.epsilon.toml")})
+
+
 def test_user_rule_file_changes_only_what_it_declares(tmp_path):
     """flat on the first layer of a bias-free net: the map changes, but flat conserves relevance like
     the z rule it replaces, so the total stays the logit; flat everywhere is lrp.flat."""

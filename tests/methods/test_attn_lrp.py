@@ -560,3 +560,33 @@ def test_linear_gamma_leaves_einsum_layers_alone():
     matmul, einsum = _dense_pair("bsi,io->bso", False)
     assert [r[2] for r in onnxattr.api.inspect(matmul, "attn_lrp", linear_gamma=0.1)][0] == "gamma(0.1)"
     assert [r[2] for r in onnxattr.api.inspect(einsum, "attn_lrp", linear_gamma=0.1)][0] == "gradient"
+
+
+@pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
+@pytest.mark.parametrize("export", ["torch_gated.onnx", "torch_gated_xfirst.onnx"])
+@pytest.mark.parametrize("method", ["attn_lrp", "cp_lrp"])
+def test_hold_gates_gives_the_map_of_the_net_with_the_gate_frozen(export, method):
+    """hold_gates=1 holds a squeeze-excitation's gate, broadcast [N, 8, 1, 1] over its input, where the uniform rule
+    halves the relevance into the gate's branch: the map of the export with the gate replaced by its value for this
+    batch, in either operand order; the gate's branch then gets no relevance."""
+    from pathlib import Path
+
+    import onnx
+
+    from tests.models import freeze, tensor_values
+
+    data = Path(__file__).resolve().parents[1] / "oracles" / "data"
+    model = onnx.load(data / export)
+    x = np.load(data / "torch_gated.npz")["x"]
+    gate = "/sigmoid/Sigmoid_output_0"
+    frozen = freeze(model, gate, tensor_values(model, gate, {"input": x}))
+
+    def run(m, **kw):
+        compiled = onnxattr.compile(m, method, **kw)
+        return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"input": x})[0]
+
+    want = run(frozen)
+    np.testing.assert_allclose(run(model, hold_gates=1), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert np.abs(run(model) - want).max() > 1e-2 * np.abs(want).max()  # both operands are activations: uniform
+    rules = {row[0]: row[2] for row in onnxattr.inspect(model, method, hold_gates=1)}
+    assert rules["/Mul"] == "gate" and rules["/fc2/Conv"] == "none"

@@ -88,21 +88,23 @@ def test_lrp_through_a_layernorm_written_out_warns_as_through_the_op(form, first
 
 @pytest.mark.parametrize("model, signal", [("torch_gated.onnx", 1), ("torch_gated_xfirst.onnx", 0)])
 def test_the_product_warning_names_the_entry_that_holds_the_gate(tmp_path, model, signal):
-    """A squeeze-excitation's gate [N, C, 1, 1] is broadcast over its input: the warning names the input's operand,
-    and the rule file it spells out (the preset as base, that [nodes] entry) compiles without the warning."""
+    """A squeeze-excitation's gate [N, C, 1, 1] is broadcast over its input: the warning names gates = "hold" and the
+    [nodes] entry with the input's operand, and each rule file it spells out (the preset as base) compiles without
+    the warning."""
     path = Path(__file__).resolve().parents[1] / "oracles" / "data" / model
     with pytest.warns(OnnxAttrWarning, match="a product of two activations") as seen:
         onnxattr.compile(str(path), "lrp.epsilon_plus")
     text = next(str(w.message) for w in seen if "a product of two" in str(w.message))
-    entry = re.search(r'a rule file of base = "lrp.epsilon_plus" and \[nodes\] (".*?" = \{ rule = "pass", '
-                      r'operand = (\d) \})', text)
+    assert 'a rule file of base = "lrp.epsilon_plus" and gates = "hold" holds such a gate' in text, text
+    entry = re.search(r'\[nodes\] (".*?" = \{ rule = "pass", operand = (\d) \})', text)
     assert entry is not None and entry.group(2) == str(signal), text
-    f = tmp_path / "held.toml"
-    f.write_text(f'base = "lrp.epsilon_plus"\n[nodes]\n{entry.group(1)}\n')
-    with warnings.catch_warnings(record=True) as again:
-        warnings.simplefilter("always")
-        onnxattr.compile(str(path), str(f))
-    assert not [w for w in again if "product of two" in str(w.message)]
+    for i, extra in enumerate(('gates = "hold"\n', f"[nodes]\n{entry.group(1)}\n")):
+        f = tmp_path / f"held{i}.toml"
+        f.write_text(f'base = "lrp.epsilon_plus"\n{extra}')
+        with warnings.catch_warnings(record=True) as again:
+            warnings.simplefilter("always")
+            onnxattr.compile(str(path), str(f))
+        assert not [w for w in again if "product of two" in str(w.message)], extra
 
 
 def test_lrp_through_a_product_of_two_activations_warns():
