@@ -171,10 +171,13 @@ def gate_branch(producer: dict, live: set, x: str, node, norms: bool = True):
 
 def broadcast_over(small, large) -> bool:
     """Whether a tensor of shape ``small`` is broadcast over one of shape ``large`` in an element-wise op: the same
-    rank, each dim 1 or equal, and at least one 1 where the other is not (a gate [N, C, 1, 1] over a map)."""
+    rank, each dim 1 or equal (two symbolic dims count as equal: shape inference may name one batch twice), and at
+    least one 1 where the other is not (a gate [N, C, 1, 1] over a map)."""
     if small is None or large is None or len(small) != len(large):
         return False
-    return all(d == 1 or d == e for d, e in zip(small, large)) and any(d == 1 and e != 1 for d, e in zip(small, large))
+    symbolic = lambda d: not isinstance(d, int)  # noqa: E731  (a dim_param name, or None)
+    return all(d == 1 or d == e or (symbolic(d) and symbolic(e)) for d, e in zip(small, large)) and \
+        any(d == 1 and e != 1 for d, e in zip(small, large))
 
 
 def broadcast_gate(shape, node) -> int | None:

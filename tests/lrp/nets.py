@@ -1,9 +1,14 @@
 """Small ONNX networks for the LRP tests, built with onnx.helper (no framework)."""
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 from onnx import helper
 
-from tests.models import single_io_model
+from tests.models import freeze, single_io_model, tensor_values
+
+ORACLES = Path(__file__).resolve().parents[1] / "oracles" / "data"
 
 
 def resnet_like(bias=False, batchnorm=False, seed=0, residual=True, last_pool="AveragePool"):
@@ -119,3 +124,25 @@ def swish_net(x_first: bool, seed=0):
     mk = helper.make_node
     nodes = [mk("Sigmoid", ["h"], ["s"]), mk("Mul", ["h", "s"] if x_first else ["s", "h"], ["f"], name="silu")]
     return _head(rng, nodes, {}, "f")
+
+
+# exports of a squeeze-excitation block among the oracles: (their data, the gate's tensor, the input's name, the
+# signal's operand in the SE Mul); tf2onnx's gate is [unk__0, 1, 1, C] over [N, H, W, C]
+SE_EXPORTS = {
+    "torch_gated.onnx": ("torch_gated", "/sigmoid/Sigmoid_output_0", "input", 1),
+    "torch_gated_xfirst.onnx": ("torch_gated", "/sigmoid/Sigmoid_output_0", "input", 0),
+    "keras_se.onnx": ("keras_se", "keras_se/se_reshape/Reshape:0", "x", 1),
+    "keras_se_xfirst.onnx": ("keras_se", "keras_se/se_reshape/Reshape:0", "x", 0),
+}
+
+
+def se_export(export: str):
+    """(model, the model with its SE gate frozen at its value for x, x, the input's name, the signal's operand, the
+    SE Mul's name) for one of SE_EXPORTS."""
+    data, gate, name, signal = SE_EXPORTS[export]
+    model = onnx.load(ORACLES / export)
+    x = np.load(ORACLES / f"{data}.npz")["x"]
+    frozen = freeze(model, gate, tensor_values(model, gate, {name: x}))
+    se_mul = next(n.name for n in model.graph.node if n.op_type == "Mul" and gate in n.input)
+    return model, frozen, x, name, signal, se_mul
+

@@ -4,10 +4,7 @@ z + eps sign(z); the map must be the same, and the shortcut must not fire when a
 Likewise a relevance emitted as a product R = a * c (a residual split, an x-times rule reading a) and divided
 by stab(a) is c * a / stab(a), and a tensor read twice gets a * (c1 + c2)."""
 
-from pathlib import Path
-
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
@@ -17,8 +14,7 @@ import onnxattr
 from onnxattr.graph import GraphBuilder
 from onnxattr.lrp import rules, steps
 from onnxattr.methods.lrp import preset_folder
-from tests.lrp.nets import gated_net, layernorm_net, resnet_like, swish_net
-from tests.models import freeze, tensor_values
+from tests.lrp.nets import SE_EXPORTS, gated_net, layernorm_net, resnet_like, se_export, swish_net
 
 # normal inputs: about half of the pre-activations are negative, where the two denominators differ
 X = np.random.default_rng(11).standard_normal((2, 2, 8, 8)).astype(np.float32)
@@ -403,30 +399,25 @@ def test_one_over_x_written_as_div_gives_the_reciprocal_map(preset):
     assert np.abs(one).max() > 0
 
 
-GATED = Path(__file__).resolve().parents[1] / "oracles" / "data"
-
-
 @pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
-@pytest.mark.parametrize("export", ["torch_gated.onnx", "torch_gated_xfirst.onnx"])
+@pytest.mark.parametrize("export", sorted(SE_EXPORTS))
 @pytest.mark.parametrize("preset", ["lrp.epsilon_plus", "lrp.epsilon", "deep_taylor", "lrp.epsilon_gamma_box"])
 def test_gates_hold_gives_the_map_of_the_net_with_the_gate_frozen(tmp_path, export, preset):
-    """gates = "hold" holds a squeeze-excitation's gate, broadcast [N, 8, 1, 1] over its input: the map of the same
-    export with the gate replaced by its value for this batch (a Mul by a constant, whose relevance passes), in
-    either operand order; the shipped preset (the gate's gradient) gives another map."""
-    model = onnx.load(GATED / export)
-    x = np.load(GATED / "torch_gated.npz")["x"]
-    gate = "/sigmoid/Sigmoid_output_0"
-    frozen = freeze(model, gate, tensor_values(model, gate, {"input": x}))
+    """gates = "hold" holds a squeeze-excitation's gate, broadcast over its input (torch's [N, 8, 1, 1], tf2onnx's
+    channels-last [N, 1, 1, 6] whose batch shape inference names apart): the map of the same export with the gate
+    replaced by its value for this batch (a Mul by a constant, whose relevance passes), in either operand order;
+    the shipped preset (the gate's gradient) gives another map."""
+    model, frozen, x, name, signal, se_mul = se_export(export)
     f = tmp_path / "hold.toml"
     f.write_text(f'base = "{preset}"\ngates = "hold"\n')
     kw = {"low": 0.0, "high": 1.0} if "box" in preset else {}
 
     def run(m, method):
         compiled = onnxattr.compile(m, method, **kw)
-        return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"input": x})[0]
+        return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {name: x})[0]
 
     want = run(frozen, preset)
     np.testing.assert_allclose(run(model, str(f)), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     assert np.abs(run(model, preset) - want).max() > 1e-2 * np.abs(want).max()
     rules = {row[0]: row[2] for row in onnxattr.inspect(model, str(f), **kw)}
-    assert rules["/Mul"] == "pass to operand %d" % (1 if export == "torch_gated.onnx" else 0)
+    assert rules[se_mul] == f"pass to operand {signal}"

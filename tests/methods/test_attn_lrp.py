@@ -7,7 +7,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import onnxattr
-from tests.lrp.nets import resnet_like
+from tests.lrp.nets import SE_EXPORTS, resnet_like, se_export
 from tests.models import mlp, single_io_model
 
 RNG = np.random.default_rng(0)
@@ -563,30 +563,22 @@ def test_linear_gamma_leaves_einsum_layers_alone():
 
 
 @pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
-@pytest.mark.parametrize("export", ["torch_gated.onnx", "torch_gated_xfirst.onnx"])
+@pytest.mark.parametrize("export", sorted(SE_EXPORTS))
 @pytest.mark.parametrize("method", ["attn_lrp", "cp_lrp"])
 def test_hold_gates_gives_the_map_of_the_net_with_the_gate_frozen(export, method):
-    """hold_gates=1 holds a squeeze-excitation's gate, broadcast [N, 8, 1, 1] over its input, where the uniform rule
-    halves the relevance into the gate's branch: the map of the export with the gate replaced by its value for this
-    batch, in either operand order; the gate's branch then gets no relevance."""
-    from pathlib import Path
-
-    import onnx
-
-    from tests.models import freeze, tensor_values
-
-    data = Path(__file__).resolve().parents[1] / "oracles" / "data"
-    model = onnx.load(data / export)
-    x = np.load(data / "torch_gated.npz")["x"]
-    gate = "/sigmoid/Sigmoid_output_0"
-    frozen = freeze(model, gate, tensor_values(model, gate, {"input": x}))
+    """hold_gates=1 holds a squeeze-excitation's gate, broadcast over its input, where the uniform rule halves the
+    relevance into the gate's branch: the map of the export with the gate replaced by its value for this batch, in
+    either operand order, torch's and tf2onnx's; the gate's branch then gets no relevance."""
+    model, frozen, x, name, signal, se_mul = se_export(export)
 
     def run(m, **kw):
         compiled = onnxattr.compile(m, method, **kw)
-        return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"input": x})[0]
+        return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {name: x})[0]
 
     want = run(frozen)
     np.testing.assert_allclose(run(model, hold_gates=1), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     assert np.abs(run(model) - want).max() > 1e-2 * np.abs(want).max()  # both operands are activations: uniform
     rules = {row[0]: row[2] for row in onnxattr.inspect(model, method, hold_gates=1)}
-    assert rules["/Mul"] == "gate" and rules["/fc2/Conv"] == "none"
+    assert rules[se_mul] == "gate"
+    fc = "/fc2/Conv" if export.startswith("torch") else "keras_se/se_expand/MatMul"
+    assert rules[fc] == "none"
