@@ -8,8 +8,9 @@ feeds a Relu), ``conv``, ``dense``, ``norm``, then ``default``; pools get ``pool
 Residual Add/Sum of activations get ``add``: ``z`` (split in proportion to the operands) or ``gradient``
 (copy into every branch). Element-wise activations and fused followers (bias Add, BatchNorm after a linear
 layer), and a Mul, Div, Sub or Add with one operand that varies, pass relevance through unchanged (but c / x
-takes its gradient, as Reciprocal(x) does); so does x * h(x) with h element-wise from x alone, an activation
-written out (SiLU, GELU), to x, and a recurrent cell's signal * gate to the signal. Any other Mul, Div or Sub
+takes its gradient, as Reciprocal(x) does, and with scales = "gradient" so does a Mul or Div by a constant); so
+does x * h(x) with h element-wise from x alone, an activation written out (SiLU, GELU), to x, and a recurrent
+cell's signal * gate to the signal. Any other Mul, Div or Sub
 of two activations takes its gradient, as in Zennit and iNNvestigate (a squeeze-excitation's gate,
 attention's products; with gates = "hold" a Mul by a gate broadcast over the other operand passes to that
 operand), and so do the ops of a norm written out (x / std(x) * gamma, its centring x - mean(x)), whose map
@@ -24,13 +25,15 @@ from dataclasses import dataclass, field
 
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
-from onnxattr.lrp.gates import broadcast_gate, centring_parts, gate_branch, statistics_parts
+from onnxattr.lrp.gates import broadcast_gate, centring_parts, gate_branch, scaled_from, statistics_parts
 from onnxattr.lrp.named import PASS_TO, pick
 from onnxattr.lrp.steps import add_split, pass_on, pass_to, unit_step, zero_preserving
 from onnxattr.lrp.units import LAYOUT_OPS, LINEAR_OPS, Unit, find_units
 from onnxattr.recurrent import is_cell_sum, is_signal_gate
 
 PRODUCT_GRADIENT = "a product, quotient or difference of two activations: its gradient"
+SCALE_GRADIENT = "a scaling by a constant: its gradient (scales = gradient)"
+WRITTEN_OUT = "activation written out"  # the start of the why of x * h(x)
 
 # Zennit's Activation types (CELU, SiLU as Swish, Hard/Softshrink as Shrink, Threshold as ThresholdedRelu; not Mish)
 ELEMENTWISE = frozenset({
@@ -59,6 +62,7 @@ class Composite:
     until_index: int | None = None
     activation: str = "pass"  # element-wise activations: "pass" relevance, or "gradient" (mask dead units)
     gates: str = "gradient"  # a Mul by a gate broadcast over the other operand: "gradient", or "hold" (pass to it)
+    scales: str = "pass"  # a Mul or Div by a constant: "pass" (the z rule of a diagonal layer) or "gradient"
     nodes: tuple = ()  # (node name or glob pattern, rule), in file order: before the rule of a node's kind
     assignment: dict = field(default_factory=dict)  # node name -> description (for `inspect`)
     unmatched: tuple = ()  # after lookup: the node patterns that match no node on the path,
@@ -132,6 +136,9 @@ class Composite:
             elif n.op_type == "Div" and n.input[1] in varying:  # c / x, no scaling of x: Reciprocal's gradient
                 chosen[n.name] = ("gradient", "c / x: its gradient, as Reciprocal's")
                 kinds[n.name] = "elementwise"
+            elif n.op_type in ("Mul", "Div") and self.scales == "gradient":
+                chosen[n.name] = ("gradient", SCALE_GRADIENT)
+                kinds[n.name] = "elementwise"
             elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
                 chosen[n.name] = ("pass", "elementwise")
                 kinds[n.name] = "elementwise"
@@ -156,6 +163,7 @@ class Composite:
                 centring.add(n.name)
                 for m in parts:
                     chosen[m.name] = ("gradient", f"part of the centring {n.name}")
+        _keep_activation_scalings(nodes, chosen, producer, consumers)
         self.unmatched, self.untaken, self.shadowed = pick(self.nodes, nodes, kinds, chosen)
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
@@ -219,10 +227,10 @@ class Composite:
         found = gate_branch(producer, varying, x, node, norms=False)
         if found is not None:
             keep, held = found[0], node.input[1 - found[0]]
-            if self.activation == "pass" or node.input[keep] in kernel_outputs:
-                return (PASS_TO[keep], f"activation written out: {held} is computed from {node.input[keep]} "
-                        "alone"), []
-            return ("gradient", f"activation written out ({held} is computed from {node.input[keep]} alone)"), []
+            # the activation of a kernel layer passes, also where a constant first scales that layer's output
+            if self.activation == "pass" or scaled_from(producer, varying, node.input[keep]) in kernel_outputs:
+                return (PASS_TO[keep], f"{WRITTEN_OUT}: {held} is computed from {node.input[keep]} alone"), []
+            return ("gradient", f"{WRITTEN_OUT} ({held} is computed from {node.input[keep]} alone)"), []
         found = gate_branch(producer, varying, x, node, norms=True)
         if found is not None:
             return ("gradient", f"a norm written out: {node.input[1 - found[0]]} is a norm of "
@@ -279,6 +287,22 @@ def _kernel_layers(nodes, units, x, through=None):
         if any(i in pre for i in n.input) and (through is None or n.op_type in through):
             pre.update(n.output)
     return order, first
+
+
+def _keep_activation_scalings(nodes, chosen: dict, producer: dict, consumers: dict) -> None:
+    """With scales = gradient: a scaling by a constant next to an activation written out x * h(x) that passes is part
+    of it and passes too (GELU's 0.5 * (x * (1 + erf(x / sqrt 2))), or (0.5 x) * (1 + tanh(...))); next to one that
+    takes its gradient (activation = gradient) it keeps its gradient, which makes the activation's derivative."""
+    def written_out(node) -> bool:
+        entry = chosen.get(node.name, ("", "")) if node is not None else ("", "")
+        return entry[0] in PASS_TO and entry[1].startswith(WRITTEN_OUT)
+
+    for n in nodes:
+        if chosen.get(n.name, ("", ""))[1] != SCALE_GRADIENT:
+            continue
+        if written_out(producer.get(n.input[0])) or written_out(producer.get(n.input[1])) or any(
+                written_out(c) for c in consumers.get(n.output[0], [])):
+            chosen[n.name] = ("pass", "a scaling next to an activation written out: passes with it")
 
 
 def _norm_scale(node, consumers: dict, varying: set):

@@ -10,6 +10,8 @@ user's own file). A preset says which rule each kind of layer gets; it holds no 
                                # after a kernel layer, whose own activation always passes)
     gates = "gradient"         # a Mul of an activation by a gate broadcast over it (a squeeze-excitation):
                                # gradient (Zennit's, iNNvestigate's) | hold (the gate constant, all to the other)
+    scales = "pass"            # a Mul or Div by a constant (an input normalization, a LayerScale): pass (the z
+                               # rule of a diagonal layer) | gradient (Zennit's, iNNvestigate's)
 
     [params]                   # method parameters, referenced below as "$name"
     epsilon = { default = 0.1, doc = "epsilon of the dense layers" }
@@ -40,15 +42,17 @@ from onnxattr.errors import UsageError
 from onnxattr.lrp.composite import SELECTORS
 from onnxattr.lrp.specs import RULE_NAMES, STYLES
 
-SEEDS = ("logit", "relu_logit", "one")
-ADD_RULES = ("z", "gradient")
 RULE_KEYS = {
     "rule": str, "epsilon": float, "alpha": float, "beta": float, "bias": bool, "gamma": float,
     "low": float, "high": float, "operand": int,
 }
-ACTIVATION_RULES = ("pass", "gradient")
-GATE_RULES = ("gradient", "hold")
-TOP_KEYS = ("method", "doc", "base", "style", "seed", "add", "activation", "gates", "params", "layers", "nodes")
+# the top-level keys that pick one of a few values: key -> (the values, the default)
+CHOICES = {
+    "style": (tuple(STYLES), "innvestigate"), "seed": (("logit", "relu_logit", "one"), "logit"),
+    "add": (("z", "gradient"), "z"), "activation": (("pass", "gradient"), "pass"),
+    "gates": (("gradient", "hold"), "gradient"), "scales": (("pass", "gradient"), "pass"),
+}
+TOP_KEYS = ("method", "doc", "base", *CHOICES, "params", "layers", "nodes")
 # the keys each rule reads besides "rule" (any other is a mistake, not an option silently dropped)
 RULE_TAKES = {
     "epsilon": {"epsilon"}, "epsilon_IB": {"epsilon"}, "alpha_beta": {"alpha", "beta", "bias"},
@@ -75,6 +79,7 @@ class Preset:
     activation: str
     layers: dict                        # selector -> {key: value or "$param"}
     gates: str = "gradient"
+    scales: str = "pass"
     params: list = field(default_factory=list)
     path: str = ""
     nodes: dict = field(default_factory=dict)  # node name or glob pattern -> {key: value or "$param"}
@@ -161,8 +166,7 @@ def parse_preset(text: str, path: str, bases: dict | None = None) -> Preset:
             fail(f"base = {data['base']!r} is not a shipped preset (known: {', '.join(sorted(bases or ()))})", "base")
     if "params" in data and not isinstance(data["params"], dict):
         fail("params must be a table of name = { default = ..., doc = \"...\" }", "params")
-    for key, choices in (("style", STYLES), ("seed", SEEDS), ("add", ADD_RULES), ("activation", ACTIVATION_RULES),
-                         ("gates", GATE_RULES)):
+    for key, (choices, _) in CHOICES.items():
         if key in data and data[key] not in choices:
             fail(f"{key} = {data[key]!r} is not one of {', '.join(choices)}", key)
     params = []
@@ -199,15 +203,13 @@ def parse_preset(text: str, path: str, bases: dict | None = None) -> Preset:
     if "until" in layers and "until_layer_idx" not in known_params:
         fail("selector 'until' needs a parameter until_layer_idx in [params]", "until", "layers")
     name = data.get("method") or Path(path).stem
-    defaults = {"doc": f"LRP preset from {path}", "style": "innvestigate", "seed": "logit", "add": "z",
-                "activation": "pass", "gates": "gradient"}
-    if base is not None:
-        defaults = {"doc": f"{base.name} with the changes of {path}", "style": base.style, "seed": base.seed,
-                    "add": base.add, "activation": base.activation, "gates": base.gates}
-    top = {key: data.get(key, value) for key, value in defaults.items()}
-    return Preset(name=name, doc=str(top["doc"]), style=top["style"], seed=top["seed"], add=top["add"],
-                  activation=top["activation"], layers=layers, params=params, path=str(path), nodes=nodes,
-                  gates=top["gates"])
+    if base is None:
+        top = {key: data.get(key, default) for key, (_, default) in CHOICES.items()}
+        doc = data.get("doc", f"LRP preset from {path}")
+    else:
+        top = {key: data.get(key, getattr(base, key)) for key in CHOICES}
+        doc = data.get("doc", f"{base.name} with the changes of {path}")
+    return Preset(name=name, doc=str(doc), layers=layers, params=params, path=str(path), nodes=nodes, **top)
 
 
 def load_preset(path, bases: dict | None = None) -> Preset:

@@ -105,7 +105,7 @@ def build_composite(preset: Preset, params: dict, name_selectors: bool = False) 
     selectors = {sel: rule for (table, sel), rule in rules.items() if table == "layers"}
     nodes = tuple((sel, rule) for (table, sel), rule in rules.items() if table == "nodes")
     return Composite(selectors, preset.add, style, until_index=params.get("until_layer_idx"),
-                     activation=preset.activation, nodes=nodes, gates=preset.gates)
+                     activation=preset.activation, nodes=nodes, gates=preset.gates, scales=preset.scales)
 
 
 def preset_method(preset: Preset, label: str | None = None) -> Method:

@@ -421,3 +421,47 @@ def test_gates_hold_gives_the_map_of_the_net_with_the_gate_frozen(tmp_path, expo
     assert np.abs(run(model, preset) - want).max() > 1e-2 * np.abs(want).max()
     rules = {row[0]: row[2] for row in onnxattr.inspect(model, str(f), **kw)}
     assert rules[se_mul] == f"pass to operand {signal}"
+
+
+def _tanh_gelu_net(form: str):
+    """x -> MatMul -> h -> GELU's tanh form, 0.5 h (1 + tanh(0.798 (h + 0.0447 h^3))), -> MatMul: written out with
+    the 0.5 on h first ("scale_first", HF's gelu_new) or on the product ("scale_last"), or the opset-20 Gelu op."""
+    from onnx import helper
+
+    from tests.lrp.nets import _head
+
+    mk = helper.make_node
+    if form == "op":
+        model = _head(np.random.default_rng(6), [mk("Gelu", ["h"], ["f"], approximate="tanh")], {}, "f")
+        model.opset_import[0].version = 20
+        return model
+    nodes = [mk("Pow", ["h", "three"], ["h3"]), mk("Mul", ["h3", "c2"], ["h3c"]), mk("Add", ["h", "h3c"], ["u"]),
+             mk("Mul", ["u", "c1"], ["v"]), mk("Tanh", ["v"], ["t"]), mk("Add", ["t", "one"], ["a"])]
+    if form == "scale_first":
+        nodes += [mk("Mul", ["h", "half"], ["hh"]), mk("Mul", ["hh", "a"], ["f"])]
+    else:
+        nodes += [mk("Mul", ["h", "a"], ["p"]), mk("Mul", ["p", "half"], ["f"])]
+    consts = {"half": 0.5, "three": 3.0, "c2": 0.044715, "c1": 0.7978845608, "one": 1.0}
+    return _head(np.random.default_rng(6), nodes, {k: np.array(v, np.float32) for k, v in consts.items()}, "f")
+
+
+@pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
+@pytest.mark.parametrize("preset", ["lrp.epsilon_plus", "lrp.z", "deep_taylor"])
+def test_scales_gradient_multiplies_by_a_scaling_but_leaves_an_activation_whole(tmp_path, preset):
+    """scales = "gradient" gives a Mul by a constant its gradient (c times the map where the relevance passes, the
+    rules being linear in it), as Zennit does; the 0.5 of a GELU written out stays part of the activation, which
+    passes whole as the Gelu op does, in both places HF and torch put the 0.5 and with either scales (before,
+    deep_taylor took the gradient of HF's form, whose product reads 0.5 h rather than the layer's output h)."""
+    from tests.lrp.test_named import _scaled_net
+
+    f = tmp_path / "scales.toml"
+    f.write_text(f'base = "{preset}"\nscales = "gradient"\n')
+    scaled = _scaled_net(3.0)
+    passing = _map(scaled, preset, X_FLAT)
+    np.testing.assert_allclose(_map(scaled, str(f), X_FLAT), 3.0 * passing, rtol=1e-5, atol=1e-6 * np.abs(passing).max())
+    for method in (preset, str(f)):
+        want = _map(_tanh_gelu_net("op"), method, X_FLAT)
+        assert np.abs(want).max() > 0
+        for form in ("scale_first", "scale_last"):
+            np.testing.assert_allclose(_map(_tanh_gelu_net(form), method, X_FLAT), want, rtol=1e-5,
+                                       atol=1e-6 * np.abs(want).max(), err_msg=f"{method} {form}")

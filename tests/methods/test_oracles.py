@@ -31,9 +31,10 @@ maxpool rule): they are not test cases; test_not_comparable_recorded checks that
 and gives a reason.
 grad_cam and guided_grad_cam agree with Captum's LayerGradCam (resized by LayerAttribution.interpolate) and
 GuidedGradCam to ~1.3e-6 (torch_strided's float32 floor is 1.8e-6), at the layer onnxattr picks by default.
-An entry's ``nodes`` are a [nodes] table on its preset, a user's rule file with the preset as its base (torch_scaled:
-the gradient on the input normalization's Div, a LayerScale's Mul and a residual Add, where Zennit takes it; they
-agree to 1.9e-5 of the map's max, and are 0.8-1.0 apart without the table).
+An entry's ``nodes`` (a [nodes] table) and ``keys`` (top-level keys) change its preset, in a user's rule file with the
+preset as its base (torch_scaled: the gradient on the input normalization's Div, a LayerScale's Mul and a residual
+Add, where Zennit takes it, by name or by scales = gradient and add = gradient; they agree to 1.9e-5 of the map's
+max, and are 0.8-1.0 apart without the changes).
 A manifest's ``feeds`` are the model's other graph inputs, stored as ``feed:NAME`` (torch_masked_encoder's
 padding mask, one row per sample, which integrated gradients and SmoothGrad give each of a sample's points).
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
@@ -154,12 +155,15 @@ def as_user_file(method, tmp_path, add):
     return str(path)
 
 
-def with_nodes(method, nodes, tmp_path):
-    """A user's rule file: the shipped preset as its base, plus a [nodes] table of ``nodes`` (pattern -> rule spec)."""
-    lines = [f'{json.dumps(p)} = {{ {", ".join(f"{k} = {json.dumps(v)}" for k, v in spec.items())} }}'
-             for p, spec in nodes.items()]
-    path = tmp_path / f"{method}.nodes.toml"
-    path.write_text(f'base = "{method}"\n[nodes]\n' + "\n".join(lines) + "\n")
+def with_changes(method, tmp_path, nodes=None, keys=None):
+    """A user's rule file: the shipped preset as its base, with top-level ``keys`` (key -> value) and a [nodes]
+    table of ``nodes`` (pattern -> rule spec)."""
+    text = f'base = "{method}"\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in (keys or {}).items())
+    if nodes:
+        text += "[nodes]\n" + "".join(f'{json.dumps(p)} = {{ {", ".join(f"{k} = {json.dumps(v)}" for k, v in spec.items())} }}\n'
+                                      for p, spec in nodes.items())
+    path = tmp_path / f"{method}.changed.toml"
+    path.write_text(text)
     return str(path)
 
 
@@ -171,8 +175,8 @@ def test_matches_reference(name, key, model_file, tmp_path):
         # Zennit without its ResNet canonizer copies relevance into both branches of a residual Add:
         # the same preset with the gradient rule on Add, written as a user rule file
         entry["method"] = as_user_file(entry["method"], tmp_path, "gradient")
-    if entry.get("nodes"):  # the preset with these [nodes] entries (torch_scaled: Zennit's gradient on three ops)
-        entry["method"] = with_nodes(entry["method"], entry["nodes"], tmp_path)
+    if entry.get("nodes") or entry.get("keys"):  # the preset with these [nodes] entries or keys (torch_scaled)
+        entry["method"] = with_changes(entry["method"], tmp_path, entry.get("nodes"), entry.get("keys"))
     model = DATA / model_file
     input_name = info.get("input_name") or onnxattr_input(model)
     x, target = arrays["x"], arrays["target"].astype(np.int64)

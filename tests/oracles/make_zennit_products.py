@@ -27,8 +27,9 @@ of tests/oracles/torch_zennit.py (LRP_METHODS), computed in float64 and stored a
 manifest read by tests/methods/test_oracles.py.
 
 torch_scaled (ScaledNet below): an input normalization, a LayerScale and a residual Add, ops whose gradient Zennit
-takes and which the shipped presets pass or split; its entries ("<method>|max|named") carry the [nodes] entries
-(SCALED_NODES) that, added to the preset as a user's rule file, give Zennit's map.
+takes and which the shipped presets pass or split; its entries carry the [nodes] entries (SCALED_NODES,
+"<method>|max|named") or the top-level keys (SCALED_KEYS, "<method>|max|keys") that, added to the preset as a
+user's rule file, give Zennit's map.
 
 The code is our own; Zennit (LGPL-3) is only called as a library.
 """
@@ -79,6 +80,8 @@ class ScaledNet(nn.Module):
 # pass relevance through a Mul or Div by a constant and split a residual Add in proportion, where Zennit takes the
 # gradient of every functional op (the normalization's Div by std, the LayerScale's Mul, the Add)
 SCALED_NODES = {"/Div": {"rule": "gradient"}, "/Mul": {"rule": "gradient"}, "/Add": {"rule": "gradient"}}
+# the same without node names: every scaling by a constant and every residual Add take their gradient
+SCALED_KEYS = {"scales": "gradient", "add": "gradient"}
 
 
 class GatedNet(nn.Module):
@@ -122,10 +125,10 @@ def export(model, x, path, opset):
                       output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def zennit_entries(model, x, argmax, arrays, tag="default", swapped=None, nodes=None):
+def zennit_entries(model, x, argmax, arrays, tag="default", swapped=None, nodes=None, keys=None):
     """The manifest entries "<method>|max|<tag>" of LRP_METHODS on ``model`` (float64, stored as float32), each
     map put in ``arrays``; ``swapped``: the same net with a product's operands swapped, whose map must be equal;
-    ``nodes``: the [nodes] entries that, added to the preset, give Zennit's map."""
+    ``nodes`` and ``keys``: the [nodes] entries and top-level keys that, added to the preset, give Zennit's map."""
     entries = {}
     for method, (composite, _, params) in LRP_METHODS.items():
         m64 = zennit_map(model.double(), x.double(), method, [], "max", argmax, argmax).detach().numpy()
@@ -144,6 +147,8 @@ def zennit_entries(model, x, argmax, arrays, tag="default", swapped=None, nodes=
         }
         if nodes:
             entries[key]["nodes"] = nodes
+        if keys:
+            entries[key]["keys"] = keys
     return entries
 
 
@@ -170,11 +175,13 @@ def make_scaled():
     argmax = logits.argmax(1)
     arrays = {"x": x.numpy(), "target": argmax.numpy().astype(np.int64), "logits": logits.numpy()}
     entries = zennit_entries(model, x, argmax, arrays, tag="named", nodes=SCALED_NODES)
+    entries.update(zennit_entries(model, x, argmax, arrays, tag="keys", keys=SCALED_KEYS))
     write_manifest("torch_scaled", "torch_scaled.onnx", arrays, entries, [
         "Zennit takes the gradient of the functional ops: the input normalization's division by std, the "
         "LayerScale's product, the residual sum. The shipped presets pass relevance through a Mul or Div by a "
         "constant and split a residual Add in proportion to its operands; each entry's nodes, added to its "
-        "preset as a [nodes] table (a user's rule file), give those three nodes their gradient.",
+        "preset as a [nodes] table (a user's rule file), give those three nodes their gradient, and so do the "
+        "keys scales = gradient and add = gradient of the entries tagged keys.",
     ])
     print("wrote torch_scaled.onnx, torch_scaled.npz, torch_scaled.json in", os.path.relpath(DATA))
 
