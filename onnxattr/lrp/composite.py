@@ -10,11 +10,10 @@ Residual Add/Sum of activations get ``add``: ``z`` (split in proportion to the o
 layer), and a Mul, Div, Sub or Add with one operand that varies, pass relevance through unchanged (but c / x
 takes its gradient, as Reciprocal(x) does, and with scales = "gradient" so does a Mul or Div by a constant); so
 does x * h(x) with h element-wise from x alone, an activation written out (SiLU, GELU), to x, and a recurrent
-cell's signal * gate to the signal. Any other Mul, Div or Sub
-of two activations takes its gradient, as in Zennit and iNNvestigate (a squeeze-excitation's gate,
-attention's products; with gates = "hold" a Mul by a gate broadcast over the other operand passes to that
-operand), and so do the ops of a norm written out (x / std(x) * gamma, its centring x - mean(x)), whose map
-is then the norm op's. Data movement (MaxPool, Reshape, Concat, ...) uses the gradient emitters.
+cell's signal * gate to the signal. Any other Mul, Div or Sub of two activations takes its gradient, as in
+Zennit and iNNvestigate (a squeeze-excitation's gate, attention's products; with gates = "hold" a Mul by a gate
+broadcast over the other operand passes to that operand), and so do the ops of a norm written out
+(x / std(x) * gamma, its centring x - mean(x)), whose map is then the norm op's. Data movement (MaxPool, Reshape, Concat, ...) uses the gradient emitters.
 A node whose name matches a pattern of the preset's [nodes] table (equal, or fnmatch's * ? [..]; the first
 in file order whose rule the node's kind takes, lrp/named.py) takes that rule instead of its kind's.
 """
