@@ -128,9 +128,11 @@ class Composite:
                 if chosen[n.name][1] == PRODUCT_GRADIENT and signal is not None:
                     chosen[n.name] = (PASS_TO[signal], f"a gate broadcast over operand {signal}: held (gates = hold)")
                 kinds[n.name] = "product"
-                for m in inside:  # a norm written out: the ops computing it take their gradient too
-                    chosen[m.name] = ("gradient", f"computes the norm that {n.name} holds: a norm written out")
-                if inside:
+                written = chosen[n.name][1].startswith(WRITTEN_OUT)
+                for m in inside:  # a norm (or an activation differentiated) written out: its ops take their gradient
+                    chosen[m.name] = ("gradient", f"part of the activation written out {n.name}: its derivative"
+                                      if written else f"computes the norm that {n.name} holds: a norm written out")
+                if inside and not written:
                     normed.append(n)
             elif n.op_type == "Div" and n.input[1] in varying:  # c / x, no scaling of x: Reciprocal's gradient
                 chosen[n.name] = ("gradient", "c / x: its gradient, as Reciprocal's")
@@ -162,7 +164,7 @@ class Composite:
                 centring.add(n.name)
                 for m in parts:
                     chosen[m.name] = ("gradient", f"part of the centring {n.name}")
-        _keep_activation_scalings(nodes, chosen, producer, consumers)
+        _scalings_follow_activations(nodes, chosen, producer, consumers)
         self.unmatched, self.untaken, self.shadowed = pick(self.nodes, nodes, kinds, chosen)
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
@@ -229,7 +231,7 @@ class Composite:
             # the activation of a kernel layer passes, also where a constant first scales that layer's output
             if self.activation == "pass" or scaled_from(producer, varying, node.input[keep]) in kernel_outputs:
                 return (PASS_TO[keep], f"{WRITTEN_OUT}: {held} is computed from {node.input[keep]} alone"), []
-            return ("gradient", f"{WRITTEN_OUT} ({held} is computed from {node.input[keep]} alone)"), []
+            return ("gradient", f"{WRITTEN_OUT} ({held} is computed from {node.input[keep]} alone)"), found[1]
         found = gate_branch(producer, varying, x, node, norms=True)
         if found is not None:
             return ("gradient", f"a norm written out: {node.input[1 - found[0]]} is a norm of "
@@ -288,20 +290,22 @@ def _kernel_layers(nodes, units, x, through=None):
     return order, first
 
 
-def _keep_activation_scalings(nodes, chosen: dict, producer: dict, consumers: dict) -> None:
-    """With scales = gradient: a scaling by a constant next to an activation written out x * h(x) that passes is part
-    of it and passes too (GELU's 0.5 * (x * (1 + erf(x / sqrt 2))), or (0.5 x) * (1 + tanh(...))); next to one that
-    takes its gradient (activation = gradient) it keeps its gradient, which makes the activation's derivative."""
-    def written_out(node) -> bool:
+def _scalings_follow_activations(nodes, chosen: dict, producer: dict, consumers: dict) -> None:
+    """A Mul or Div by a constant next to an activation written out x * h(x) is part of it (GELU's
+    0.5 * (x * (1 + erf(x / sqrt 2))), or (0.5 x) * (1 + tanh(...))): it passes where the activation passes and
+    takes its gradient where the activation does (activation = gradient), which then is the op form's derivative."""
+    def written_out(node):
         entry = chosen.get(node.name, ("", "")) if node is not None else ("", "")
-        return entry[0] in PASS_TO and entry[1].startswith(WRITTEN_OUT)
+        return entry[0] if entry[1].startswith(WRITTEN_OUT) else None
 
     for n in nodes:
-        if chosen.get(n.name, ("", ""))[1] != SCALE_GRADIENT:
-            continue
-        if written_out(producer.get(n.input[0])) or written_out(producer.get(n.input[1])) or any(
-                written_out(c) for c in consumers.get(n.output[0], [])):
-            chosen[n.name] = ("pass", "a scaling next to an activation written out: passes with it")
+        if n.op_type not in ("Mul", "Div") or chosen.get(n.name, ("", ""))[1] not in ("elementwise", SCALE_GRADIENT):
+            continue  # (both mark a Mul or Div with one operand that varies)
+        near = [written_out(producer.get(i)) for i in n.input] + [written_out(c) for c in consumers.get(n.output[0], [])]
+        rule = next((r for r in near if r is not None), None)
+        if rule is not None:
+            chosen[n.name] = ("pass" if rule in PASS_TO else "gradient",
+                              "a scaling next to an activation written out: as the activation")
 
 
 def _norm_scale(node, consumers: dict, varying: set):

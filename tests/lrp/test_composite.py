@@ -423,26 +423,35 @@ def test_gates_hold_gives_the_map_of_the_net_with_the_gate_frozen(tmp_path, expo
     assert rules[se_mul] == f"pass to operand {signal}"
 
 
-def _tanh_gelu_net(form: str):
+def _tanh_gelu_net(form: str, after_relu: bool = False):
     """x -> MatMul -> h -> GELU's tanh form, 0.5 h (1 + tanh(0.798 (h + 0.0447 h^3))), -> MatMul: written out with
-    the 0.5 on h first ("scale_first", HF's gelu_new) or on the product ("scale_last"), or the opset-20 Gelu op."""
+    the 0.5 on h first ("scale_first", HF's gelu_new) or on the product ("scale_last"), or the opset-20 Gelu op;
+    ``after_relu``: of Relu(h) instead, so that it is no kernel layer's own activation."""
     from onnx import helper
 
     from tests.lrp.nets import _head
 
     mk = helper.make_node
+    relu = [mk("Relu", ["h0"], ["h"])] if after_relu else []
     if form == "op":
-        model = _head(np.random.default_rng(6), [mk("Gelu", ["h"], ["f"], approximate="tanh")], {}, "f")
+        model = _head(np.random.default_rng(6), relu + [mk("Gelu", ["h"], ["f"], approximate="tanh")], {}, "f")
         model.opset_import[0].version = 20
-        return model
-    nodes = [mk("Pow", ["h", "three"], ["h3"]), mk("Mul", ["h3", "c2"], ["h3c"]), mk("Add", ["h", "h3c"], ["u"]),
+        return _renamed_head(model) if after_relu else model
+    nodes = relu + [mk("Pow", ["h", "three"], ["h3"]), mk("Mul", ["h3", "c2"], ["h3c"]), mk("Add", ["h", "h3c"], ["u"]),
              mk("Mul", ["u", "c1"], ["v"]), mk("Tanh", ["v"], ["t"]), mk("Add", ["t", "one"], ["a"])]
     if form == "scale_first":
         nodes += [mk("Mul", ["h", "half"], ["hh"]), mk("Mul", ["hh", "a"], ["f"])]
     else:
         nodes += [mk("Mul", ["h", "a"], ["p"]), mk("Mul", ["p", "half"], ["f"])]
     consts = {"half": 0.5, "three": 3.0, "c2": 0.044715, "c1": 0.7978845608, "one": 1.0}
-    return _head(np.random.default_rng(6), nodes, {k: np.array(v, np.float32) for k, v in consts.items()}, "f")
+    model = _head(np.random.default_rng(6), nodes, {k: np.array(v, np.float32) for k, v in consts.items()}, "f")
+    return _renamed_head(model) if after_relu else model
+
+
+def _renamed_head(model):
+    """_head's first MatMul writes h; with a Relu in front of the GELU it must write h0."""
+    model.graph.node[0].output[0] = "h0"
+    return model
 
 
 @pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
@@ -465,3 +474,20 @@ def test_scales_gradient_multiplies_by_a_scaling_but_leaves_an_activation_whole(
         for form in ("scale_first", "scale_last"):
             np.testing.assert_allclose(_map(_tanh_gelu_net(form), method, X_FLAT), want, rtol=1e-5,
                                        atol=1e-6 * np.abs(want).max(), err_msg=f"{method} {form}")
+
+
+@pytest.mark.filterwarnings("ignore::onnxattr.errors.OnnxAttrWarning")
+@pytest.mark.parametrize("scales", ["pass", "gradient"])
+def test_an_activation_written_out_that_takes_its_gradient_is_the_op_derivative(tmp_path, scales):
+    """deep_taylor differentiates an activation that is no kernel layer's own (activation = "gradient"): GELU
+    written out after a Relu then takes the derivative the Gelu op takes, every op of it (its constant scalings, the
+    Add inside tanh's argument) by its gradient, in both placements of the 0.5 and with either scales (before, with
+    the default scales the constant scalings passed relevance, and the map was another)."""
+    f = tmp_path / "dt.toml"
+    f.write_text(f'base = "deep_taylor"\nscales = "{scales}"\n')
+    want = _map(_tanh_gelu_net("op", after_relu=True), str(f), X_FLAT)
+    assert np.abs(want).max() > 0
+    for form in ("scale_first", "scale_last"):
+        np.testing.assert_allclose(_map(_tanh_gelu_net(form, after_relu=True), str(f), X_FLAT), want, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max(), err_msg=form)
+
