@@ -13,7 +13,8 @@ does x * h(x) with h element-wise from x alone, an activation written out (SiLU,
 cell's signal * gate to the signal. Any other Mul, Div or Sub of two activations takes its gradient, as in
 Zennit and iNNvestigate (a squeeze-excitation's gate, attention's products; with gates = "hold" a Mul by a gate
 broadcast over the other operand passes to that operand), and so do the ops of a norm written out
-(x / std(x) * gamma, its centring x - mean(x)), whose map is then the norm op's. Data movement (MaxPool, Reshape, Concat, ...) uses the gradient emitters.
+(x / std(x) * gamma, its centring x - mean(x)), whose map is then the norm op's. Data movement (MaxPool,
+Reshape, Concat, ...) uses the gradient emitters.
 A node whose name matches a pattern of the preset's [nodes] table (equal, or fnmatch's * ? [..]; the first
 in file order whose rule the node's kind takes, lrp/named.py) takes that rule instead of its kind's.
 """
@@ -31,8 +32,6 @@ from onnxattr.lrp.units import LAYOUT_OPS, LINEAR_OPS, Unit, find_units
 from onnxattr.recurrent import is_cell_sum, is_signal_gate
 
 PRODUCT_GRADIENT = "a product, quotient or difference of two activations: its gradient"
-SCALE_GRADIENT = "a scaling by a constant: its gradient (scales = gradient)"
-WRITTEN_OUT = "activation written out"  # the start of the why of x * h(x)
 
 # Zennit's Activation types (CELU, SiLU as Swish, Hard/Softshrink as Shrink, Threshold as ThresholdedRelu; not Mish)
 ELEMENTWISE = frozenset({
@@ -93,6 +92,8 @@ class Composite:
         normed: list = []  # the products of a norm written out: x / norm(x), x * rsqrt(mean(x^2))
         centring: set = set()  # names of the centrings a - mean(a) and the norms fed their input's statistics
         kinds: dict[str, str] = {}  # node name -> its kind, for the [nodes] table (lrp/named.py)
+        written: set = set()  # names of the activations written out, x * h(x)
+        scalings: list = []  # (node, its entry) of each Mul and Div by a constant
         for n in nodes:
             unit = units.get(n.name)
             if unit is not None:
@@ -123,24 +124,25 @@ class Composite:
                 chosen[n.name] = (PASS_TO[0], "a recurrent cell's signal * gate: the signal takes all (Arras et al.)")
                 kinds[n.name] = "product"
             elif n.op_type in ("Sub", "Mul", "Div") and sum(1 for i in n.input if i in varying) >= 2:
-                chosen[n.name], inside = self._product_rule(n, producer, varying, x, kernel_outputs)
-                signal = broadcast_gate(b.shape, n) if self.gates == "hold" else None
-                if chosen[n.name][1] == PRODUCT_GRADIENT and signal is not None:
-                    chosen[n.name] = (PASS_TO[signal], f"a gate broadcast over operand {signal}: held (gates = hold)")
+                chosen[n.name], inside, what = self._product_rule(n, producer, varying, x, kernel_outputs, b.shape)
                 kinds[n.name] = "product"
-                written = chosen[n.name][1].startswith(WRITTEN_OUT)
+                if what == "activation":
+                    written.add(n.name)
                 for m in inside:  # a norm (or an activation differentiated) written out: its ops take their gradient
                     chosen[m.name] = ("gradient", f"part of the activation written out {n.name}: its derivative"
-                                      if written else f"computes the norm that {n.name} holds: a norm written out")
-                if inside and not written:
+                                      if what == "activation" else f"computes the norm that {n.name} holds: a norm "
+                                      "written out")
+                if what == "norm":
                     normed.append(n)
             elif n.op_type == "Div" and n.input[1] in varying:  # c / x, no scaling of x: Reciprocal's gradient
                 chosen[n.name] = ("gradient", "c / x: its gradient, as Reciprocal's")
                 kinds[n.name] = "elementwise"
-            elif n.op_type in ("Mul", "Div") and self.scales == "gradient":
-                chosen[n.name] = ("gradient", SCALE_GRADIENT)
+            elif n.op_type in ("Mul", "Div"):
+                chosen[n.name] = ("gradient", "a scaling by a constant: its gradient (scales = gradient)") \
+                    if self.scales == "gradient" else ("pass", "elementwise")
                 kinds[n.name] = "elementwise"
-            elif n.op_type in ADDS + ("Sub", "Mul", "Div"):
+                scalings.append((n, chosen[n.name]))
+            elif n.op_type in ADDS + ("Sub",):
                 chosen[n.name] = ("pass", "elementwise")
                 kinds[n.name] = "elementwise"
             elif n.op_type in LINEAR_OPS:
@@ -164,7 +166,7 @@ class Composite:
                 centring.add(n.name)
                 for m in parts:
                     chosen[m.name] = ("gradient", f"part of the centring {n.name}")
-        _scalings_follow_activations(nodes, chosen, producer, consumers)
+        _scalings_follow_activations(scalings, written, chosen, producer, consumers)
         self.unmatched, self.untaken, self.shadowed = pick(self.nodes, nodes, kinds, chosen)
         for name, (rule, _) in chosen.items():
             if rule == "pass" and name in units and units[name].node.name == name:
@@ -216,27 +218,33 @@ class Composite:
             return ("pass", "activation of a kernel layer")
         return ("gradient", "activation")
 
-    def _product_rule(self, node, producer: dict, varying: set, x: str, kernel_outputs: set):
-        """(rule entry, nodes inside) of a Mul, Div or Sub of two activations. x * h(x) (or x / h(x)) with h
+    def _product_rule(self, node, producer: dict, varying: set, x: str, kernel_outputs: set, shape):
+        """(rule entry, nodes inside, what: "activation", "norm" or None) of a Mul, Div or Sub of two activations. x * h(x) (or x / h(x)) with h
         element-wise from x alone is an activation written out (SiLU, GELU, Mish as torch exports them): the
         activation rule, relevance passing to x. Any other takes its gradient, as Zennit and iNNvestigate give
         an op without a rule, whichever operand comes first (a squeeze-excitation's gate * x); where h is a
         norm of x (a LayerNorm, RMSNorm or L2 norm written out) so do the nodes that compute h, which then
-        gives the norm op's map."""
+        gives the norm op's map. With gates = "hold" a Mul by a gate broadcast over the other operand (``shape``:
+        tensor name -> shape) passes to that operand."""
         if node.op_type == "Mul" and node.input[0] == node.input[1]:  # a square, as Pow(x, 2) is: no activation
-            return ("gradient", "a square x * x: its gradient, as Pow's"), []
+            return ("gradient", "a square x * x: its gradient, as Pow's"), [], None
         found = gate_branch(producer, varying, x, node, norms=False)
         if found is not None:
             keep, held = found[0], node.input[1 - found[0]]
             # the activation of a kernel layer passes, also where a constant first scales that layer's output
             if self.activation == "pass" or scaled_from(producer, varying, node.input[keep]) in kernel_outputs:
-                return (PASS_TO[keep], f"{WRITTEN_OUT}: {held} is computed from {node.input[keep]} alone"), []
-            return ("gradient", f"{WRITTEN_OUT} ({held} is computed from {node.input[keep]} alone)"), found[1]
+                return (PASS_TO[keep], f"activation written out: {held} is computed from {node.input[keep]} "
+                        "alone"), [], "activation"
+            return ("gradient", f"activation written out ({held} is computed from {node.input[keep]} alone)"), \
+                found[1], "activation"
         found = gate_branch(producer, varying, x, node, norms=True)
         if found is not None:
             return ("gradient", f"a norm written out: {node.input[1 - found[0]]} is a norm of "
-                    f"{node.input[found[0]]}"), found[1]
-        return ("gradient", PRODUCT_GRADIENT), []
+                    f"{node.input[found[0]]}"), found[1], "norm"
+        signal = broadcast_gate(shape, node) if self.gates == "hold" else None
+        if signal is not None:
+            return (PASS_TO[signal], f"a gate broadcast over operand {signal}: held (gates = hold)"), [], None
+        return ("gradient", PRODUCT_GRADIENT), [], None
 
     def _selector(self, unit: Unit, order, first, first_conv, consumers):
         if unit.kind == "pool":
@@ -290,21 +298,19 @@ def _kernel_layers(nodes, units, x, through=None):
     return order, first
 
 
-def _scalings_follow_activations(nodes, chosen: dict, producer: dict, consumers: dict) -> None:
-    """A Mul or Div by a constant next to an activation written out x * h(x) is part of it (GELU's
-    0.5 * (x * (1 + erf(x / sqrt 2))), or (0.5 x) * (1 + tanh(...))): it passes where the activation passes and
-    takes its gradient where the activation does (activation = gradient), which then is the op form's derivative."""
-    def written_out(node):
-        entry = chosen.get(node.name, ("", "")) if node is not None else ("", "")
-        return entry[0] if entry[1].startswith(WRITTEN_OUT) else None
-
-    for n in nodes:
-        if n.op_type not in ("Mul", "Div") or chosen.get(n.name, ("", ""))[1] not in ("elementwise", SCALE_GRADIENT):
-            continue  # (both mark a Mul or Div with one operand that varies)
-        near = [written_out(producer.get(i)) for i in n.input] + [written_out(c) for c in consumers.get(n.output[0], [])]
-        rule = next((r for r in near if r is not None), None)
-        if rule is not None:
-            chosen[n.name] = ("pass" if rule in PASS_TO else "gradient",
+def _scalings_follow_activations(scalings, written: set, chosen: dict, producer: dict, consumers: dict) -> None:
+    """A Mul or Div by a constant (``scalings``: (node, the entry it got as a scaling)) next to an activation written
+    out x * h(x) (named in ``written``) is part of it (GELU's 0.5 * (x * (1 + erf(x / sqrt 2))), or
+    (0.5 x) * (1 + tanh(...))): it passes where the activation passes and takes its gradient where the activation
+    does (activation = gradient), which then is the op form's derivative. One that a norm written out took as its
+    own (its gamma) stays the norm's."""
+    for n, entry in scalings:
+        if chosen[n.name] is not entry:
+            continue
+        near = [producer.get(i) for i in n.input] + consumers.get(n.output[0], [])
+        activation = next((m for m in near if m is not None and m.name in written), None)
+        if activation is not None:
+            chosen[n.name] = ("pass" if chosen[activation.name][0] in PASS_TO else "gradient",
                               "a scaling next to an activation written out: as the activation")
 
 
