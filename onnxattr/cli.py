@@ -17,7 +17,7 @@ from onnxattr.api import Analyzer, compile as compile_model, explained_shape, in
 from onnxattr import cli_concepts, cli_evaluate
 from onnxattr.cli_data import (
     IMAGE_SUFFIXES, analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
-    load_data, load_feeds, load_samples, parse_sets, parse_target,
+    add_pixel_options, load_data, load_feeds, load_samples, parse_sets, parse_target, preprocess_of,
 )
 from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.add_argument("--data", required=True, nargs="+", metavar="DATA",
                    help="input batch as .npy, or image files (png, jpg, ...) or a folder of them, one sample each "
-                        "(resized to the model's input size when it is fixed)")
+                        "(resized to the model's input size when it is fixed, then --preprocess)")
+    add_pixel_options(e)
     e.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
     e.add_argument("--heatmap", help="write a heatmap PNG (one tile per sample)")
     e.add_argument("--graymap", help="write a graymap PNG (absolute relevance)")
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d)
     d.add_argument("other", help="the second ONNX model (another export of the same network)")
     d.add_argument("--data", required=True, help="input batch as .npy, or an image file, in the first model's layout")
+    add_pixel_options(d)
     d.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
     d.add_argument("--perm", help="the data's axes in the second model's order, e.g. 0,2,3,1 (default: found "
                    "from the declared input shapes)")
@@ -202,7 +204,7 @@ def cmd_explain(a) -> int:
     mode = "index" if a.target is not None else analyzer.mode
     conditions = load_conditions(a)
     masked = tuple(conditions or ())
-    x = load_samples(a.data, analyzer_input_shape(analyzer, mode, masked))
+    x = load_samples(a.data, analyzer_input_shape(analyzer, mode, masked), preprocess_of(a))
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
         explained = explained_shape(analyzer.runner(mode, masked))
         if len(explained) != x.ndim or any(isinstance(d, int) and d != n for d, n in zip(explained[1:], x.shape[1:])):
@@ -290,7 +292,8 @@ def cmd_compare(a) -> int:
                               **_all_params(a))
                      for model, i, o in ((a.model, a.input, a.output), (a.other, a.input_b or a.input,
                                                                          a.output_b or a.output)))
-    x = load_data(a.data, analyzer_input_shape(first, "index" if a.target is not None else first.mode))
+    x = load_data(a.data, analyzer_input_shape(first, "index" if a.target is not None else first.mode),
+                  preprocess_of(a))
     feeds = load_feeds(a)
     # a feed goes to each model that has such an input (to both when neither has: the error names it)
     names = [{i.name for i in an.model.graph.input} for an in (first, second)]

@@ -10,7 +10,10 @@ import numpy as np
 
 from onnxattr import viz
 from onnxattr.api import Analyzer, data_input
-from onnxattr.cli_data import check_outputs, data_files, feed_paths, load_feeds, load_npy, load_samples, parse_sets
+from onnxattr.cli_data import (
+    add_pixel_options, check_outputs, data_files, feed_paths, load_feeds, load_npy, load_samples, parse_sets,
+    preprocess_of,
+)
 from onnxattr.concepts import concepts, shares
 from onnxattr.errors import UsageError
 from onnxattr.methods import get_method
@@ -28,6 +31,7 @@ def add_parser(sub) -> None:
                    "(`onnxattr inspect` lists the tensor names)")
     c.add_argument("--data", required=True, nargs="+", metavar="DATA",
                    help="the dataset: a .npy array [N, ...], or image files or a folder of them")
+    add_pixel_options(c)
     c.add_argument("--labels", metavar="Y.npy", help="one class per sample: each sample is explained at its label "
                    "(as zennit-crp explains its dataset's targets); default: at its largest output")
     c.add_argument("--top", type=int, default=8, help="samples kept per channel (default 8)")
@@ -82,7 +86,7 @@ def cmd_concepts(a) -> int:
     params = {**parse_sets(a.set), **({"patterns": a.patterns} if a.patterns else {})}
     labels = load_npy(a.labels, "--labels") if a.labels else None
     x = load_samples(a.data, lambda: data_input(
-        Analyzer(a.method, a.model, input=a.input, output=a.output, **params).runner("max")).shape)
+        Analyzer(a.method, a.model, input=a.input, output=a.output, **params).runner("max")).shape, preprocess_of(a))
     common = dict(labels=labels, top=a.top, axis=a.condition_axis, batch_size=a.batch_size, inputs=load_feeds(a),
                   device=a.device, input=a.input, output=a.output, progress=True, receptive_field=a.receptive_field,
                   start=a.reference_start, **params)

@@ -11,6 +11,7 @@ from onnxattr import viz
 from onnxattr.api import data_input
 from onnxattr.errors import DataError, UsageError
 from onnxattr.output import check_destination, refuse_overwriting_input
+from onnxattr.pixels import PRESETS, parse_preprocess
 
 
 def parse_sets(pairs) -> dict:
@@ -135,12 +136,36 @@ def analyzer_input_shape(analyzer, mode: str, condition: tuple = ()):
     return lambda: data_input(analyzer.runner(mode, condition)).shape  # the model the run uses: warnings shown once
 
 
-def load_samples(paths: list, input_shape) -> np.ndarray:
+def add_pixel_options(parser) -> None:
+    """--preprocess, --mean, --std and --crop: how image files given as --data become the model's input."""
+    parser.add_argument("--preprocess", choices=list(PRESETS), metavar="MODE",
+                        help="how image files become the model's input (a .npy batch is taken as it is): none, "
+                             "pixels in [0, 1] (the default); torch, (p - ImageNet mean) / std on [0, 1] "
+                             "(torchvision's Normalize); tf, [-1, 1]; caffe, BGR in 0..255 less the ImageNet mean "
+                             "(Keras' preprocess_input modes)")
+    parser.add_argument("--mean", metavar="M[,M,...]", help="per-channel mean subtracted from image pixels (one "
+                        "value, or one per channel; in the --preprocess mode's scale and channel order), replacing "
+                        "its own: --mean 0.5 --std 0.5 maps [0, 1] to [-1, 1]")
+    parser.add_argument("--std", metavar="S[,S,...]", help="per-channel std the image pixels are divided by, after "
+                        "--mean")
+    parser.add_argument("--crop", type=float, metavar="FRACTION",
+                        help="resize each image, keeping its aspect, so that its shorter side is the model's size / "
+                             "FRACTION, and cut the model's size from its centre: 0.875 is torchvision's Resize(256) "
+                             "and CenterCrop(224), timm's crop_pct (default: stretch the image to the model's size, "
+                             "as Keras' load_img)")
+
+
+def preprocess_of(a):
+    """The Preprocess that --preprocess, --mean, --std and --crop ask for, or None (pixels in [0, 1], stretched)."""
+    return parse_preprocess(a.preprocess, a.mean, a.std, a.crop)
+
+
+def load_samples(paths: list, input_shape, preprocess=None) -> np.ndarray:
     """explain's --data: one .npy batch, or image files and folders of them (their images by name), one
     sample each, stacked in the order given; ``input_shape()``: the model's declared input shape, which images
-    are resized to where it is fixed."""
+    are resized to where it is fixed; ``preprocess`` (pixels.Preprocess): what images go through."""
     if len(paths) == 1 and not os.path.isdir(paths[0]):
-        return load_data(paths[0], input_shape)
+        return load_data(paths[0], input_shape, preprocess)
     files = []
     for path in paths:
         if os.path.isdir(path):
@@ -152,7 +177,7 @@ def load_samples(paths: list, input_shape) -> np.ndarray:
             raise DataError(f"{path}: a .npy batch is the whole --data (give it alone), not one of several files")
         else:
             files.append(path)
-    samples = [load_data(f, input_shape) for f in files]
+    samples = [load_data(f, input_shape, preprocess) for f in files]
     sizes = {s.shape for s in samples}
     if len(sizes) > 1:
         first = samples[0].shape
@@ -163,14 +188,18 @@ def load_samples(paths: list, input_shape) -> np.ndarray:
     return np.concatenate(samples)
 
 
-def load_data(path, input_shape) -> np.ndarray:
-    """One .npy batch, or one image (a batch of one, resized to ``input_shape()`` where it is fixed)."""
+def load_data(path, input_shape, preprocess=None) -> np.ndarray:
+    """One .npy batch, or one image (a batch of one, resized to ``input_shape()`` where it is fixed, then
+    ``preprocess``ed)."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     if path.lower().endswith(".npy"):
+        if preprocess is not None:
+            raise UsageError(f"{path}: --preprocess, --mean, --std and --crop apply to image files; a .npy batch "
+                             "is the model's input as it is (preprocess it before saving, or leave them out)")
         return load_npy(path)
     try:
-        return viz.load_image(path, input_shape())
+        return viz.load_image(path, input_shape(), preprocess)
     except OSError as e:
         raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None
 

@@ -8,7 +8,8 @@ import os
 
 
 from onnxattr.cli_data import (
-    check_outputs, data_files, feed_paths, load_feeds, load_npy, load_samples, name_paths, parse_sets, parse_target,
+    add_pixel_options, check_outputs, data_files, feed_paths, load_feeds, load_npy, load_samples, name_paths,
+    parse_sets, parse_target, preprocess_of,
 )
 from onnxattr.errors import UsageError
 from onnxattr.evaluate import METRICS, ORDERS, evaluate
@@ -32,6 +33,7 @@ def add_parser(sub) -> None:
                    "pattern.attribution")
     v.add_argument("--data", required=True, nargs="+", metavar="DATA",
                    help="input batch as .npy, or image files or a folder of them, as for explain")
+    add_pixel_options(v)
     v.add_argument("--neuron", default="max", choices=["max", "index", "all"],
                    help="the neuron scored (and explained): each sample's largest on the data as given, one per "
                         "sample (--target), or their sum")
@@ -181,7 +183,7 @@ def cmd_evaluate(a) -> int:
     relevance = {name: load_npy(path, f"--relevance {name}") for name, path in maps.items()}
     labels = load_npy(a.labels, "--labels") if a.labels else None
     # images are resized to the model's input size: a session only for that (evaluate makes its own)
-    x = load_samples(a.data, lambda: Scorer(a.model, a.input, a.output, a.device).x_arg.shape)
+    x = load_samples(a.data, lambda: Scorer(a.model, a.input, a.output, a.device).x_arg.shape, preprocess_of(a))
     metrics = a.metric or ["aopc"]
     by_inputs = {"auto": None, "yes": True, "no": False}[a.by_inputs]
     infidelity = dict(n_perturb_samples=a.draws, perturbation=a.infidelity_perturbation, noise_scale=a.noise_scale,

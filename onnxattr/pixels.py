@@ -1,0 +1,123 @@
+"""Image pixels as a model's input: the scaling and per-channel normalization an image model was trained with.
+
+An image file is read into [0, 1] (viz.load_image); a Preprocess then gives x = (p * scale - mean) / std per
+channel, with the channels first reversed for BGR models. The presets are those of Keras' preprocess_input
+(imagenet_utils, its modes "torch", "tf" and "caffe"), which also cover torchvision's ImageNet Normalize:
+
+    none   p in [0, 1]                                               (the default: the pixels as they are)
+    torch  (p - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)       torchvision's Normalize, timm's default
+    tf     (p - 0.5) / 0.5, so x in [-1, 1]                          Inception, MobileNet, EfficientNetV2 (Keras)
+    caffe  BGR, 255 p - (103.939, 116.779, 123.68), no division      VGG16, ResNet50 (Keras)
+
+mean and std given on the command line replace the preset's, in its scale and channel order. An image is
+stretched to the model's input size (Keras' load_img), or with ``crop`` f resized, keeping its aspect, so that its
+shorter side is the model's size / f, and the model's size cut from its centre: torchvision's Resize(256) and
+CenterCrop(224) is f = 0.875, timm's crop_pct.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from onnxattr.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """x = (p * scale - mean) / std per channel (channels reversed first when ``bgr``), p the pixel in [0, 1];
+    mean and std hold one value for every channel, or one per channel in the model's order."""
+
+    name: str = "none"
+    scale: float = 1.0
+    mean: tuple = (0.0,)
+    std: tuple = (1.0,)
+    bgr: bool = False
+    crop: float | None = None  # the share of the resized image's shorter side kept (None: stretched to the size)
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and not self.bgr and all(m == 0 for m in self.mean) and \
+            all(s == 1 for s in self.std) and self.crop is None
+
+    def resize(self, img, h: int, w: int):
+        """The PIL image ``img`` at the model's size h x w: stretched (Pillow's default filter), or with ``crop``
+        f resized bilinearly so that it covers (h / f, w / f) with its aspect kept, the shorter side
+        floor(side * scale) and the longer int(that * long / short) as torchvision's Resize computes them, and
+        cut to h x w from the centre (offsets rounded as torchvision's CenterCrop rounds them)."""
+        if self.crop is None:
+            return img.resize((w, h))
+        width, height = img.size
+        scale = max(h / height, w / width) / self.crop
+        short, long = sorted((width, height))
+        new_short = math.floor(short * scale + 1e-6)  # 224 / 0.875 is 256, not 255.99...
+        new_long = int(new_short * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        new_w, new_h = max(new_w, w), max(new_h, h)
+        img = img.resize((new_w, new_h), Image.BILINEAR)
+        top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
+        return img.crop((left, top, left + w, top + h))
+
+    def apply(self, pixels: np.ndarray, source: str = "the image") -> np.ndarray:
+        """``pixels`` [H, W, C] in [0, 1] as the model's input, float32 (computed in float64, so that 255 p
+        gives back the 8-bit value exactly)."""
+        channels = pixels.shape[-1]
+        for what, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                wanted = "one value" if channels == 1 else f"one value, or {channels}"
+                raise UsageError(f"{source}: the {self.name} preprocessing has {len(values)} {what} values, and "
+                                 f"the model takes {channels} channel{'s' if channels > 1 else ''}: give {wanted} "
+                                 f"(--{what})")
+        if self.bgr and channels != 3:
+            raise UsageError(f"{source}: the {self.name} preprocessing reverses RGB to BGR, and the model takes "
+                             f"{channels} channel{'s' if channels > 1 else ''}, not 3")
+        x = np.asarray(pixels, np.float64)
+        if self.bgr:
+            x = x[..., ::-1]
+        x = (x * self.scale - np.asarray(self.mean, np.float64)) / np.asarray(self.std, np.float64)
+        return x.astype(np.float32)
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PRESETS = {
+    "none": Preprocess(),
+    "torch": Preprocess("torch", mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    "tf": Preprocess("tf", mean=(0.5,), std=(0.5,)),
+    "caffe": Preprocess("caffe", scale=255.0, mean=(103.939, 116.779, 123.68), bgr=True),
+}
+
+
+def _numbers(text: str, flag: str) -> tuple:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} expects numbers separated by commas (one, or one per channel), "
+                         f"got '{text}'") from None
+    if not all(np.isfinite(values)):
+        raise UsageError(f"{flag} expects finite numbers, got '{text}'")
+    return values
+
+
+def parse_preprocess(name: str | None = None, mean: str | None = None, std: str | None = None,
+                     crop: float | None = None) -> Preprocess | None:
+    """The Preprocess of a preset ``name`` (default "none") with the comma lists ``mean`` and ``std`` in place of
+    its own, and the centre ``crop`` fraction; None when that leaves the pixels as they are."""
+    if name is not None and name not in PRESETS:
+        raise UsageError(f"--preprocess {name}: not one of {', '.join(PRESETS)}")
+    chosen = PRESETS[name or "none"]
+    if mean is not None or std is not None:
+        chosen = replace(chosen, name="custom" if chosen.name == "none" else f"{chosen.name} (with --mean/--std)")
+    if mean is not None:
+        chosen = replace(chosen, mean=_numbers(mean, "--mean"))
+    if std is not None:
+        chosen = replace(chosen, std=_numbers(std, "--std"))
+        if any(s <= 0 for s in chosen.std):
+            raise UsageError(f"--std expects numbers > 0, got '{std}'")
+    if crop is not None:
+        if not (isinstance(crop, (int, float)) and 0 < crop <= 1):
+            raise UsageError(f"--crop expects a fraction in (0, 1] (0.875: torchvision's 256 -> 224), got {crop!r}")
+        chosen = replace(chosen, crop=float(crop))
+    return None if chosen.identity else chosen
