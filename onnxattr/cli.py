@@ -17,7 +17,8 @@ from onnxattr.api import Analyzer, compile as compile_model, explained_shape, in
 from onnxattr import cli_concepts, cli_evaluate
 from onnxattr.cli_data import (
     IMAGE_SUFFIXES, analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
-    add_pixel_options, load_data, load_feeds, load_samples, parse_sets, parse_target, preprocess_of,
+    add_pixel_options, check_image_folder, is_folder_output, load_data, load_feeds, load_samples, parse_sets,
+    parse_target, preprocess_of, sample_image_paths,
 )
 from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
@@ -77,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(resized to the model's input size when it is fixed, then --preprocess)")
     add_pixel_options(e)
     e.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
-    e.add_argument("--heatmap", help="write a heatmap PNG (one tile per sample)")
-    e.add_argument("--graymap", help="write a graymap PNG (absolute relevance)")
+    e.add_argument("--heatmap", help="write a heatmap PNG (one tile per sample), or into a folder (an existing one, "
+                   "or a path ending in /) one PNG per sample, named after its image (a .npy batch: its name and the "
+                   "sample's number)")
+    e.add_argument("--graymap", help="write a graymap PNG (absolute relevance), or one per sample into a folder, "
+                   "as --heatmap")
     e.add_argument("--cmap", choices=list(viz.COLORMAPS), metavar="NAME",
                    help="the heatmap's colour map: seismic (matplotlib's, iNNvestigate's; the default) or one of "
                         "Zennit's: " + ", ".join(n for n in viz.COLORMAPS if n != "seismic"))
@@ -181,8 +185,16 @@ def cmd_explain(a) -> int:
         raise UsageError("--keep-out writes the relevance at the --keep tensors: add --keep TENSOR")
     if a.keep_out and not a.keep_out.endswith(".npz"):
         raise UsageError(f"--keep-out must name a .npz file (one array per kept tensor), got '{a.keep_out}'")
-    check_outputs({"-o": a.out, "--heatmap": a.heatmap, "--graymap": a.graymap, "--keep-out": a.keep_out},
-                  _input_files(a), a.model, images=("--heatmap", "--graymap"))
+    images = {"--heatmap": a.heatmap, "--graymap": a.graymap}
+    folders = {flag: path for flag, path in images.items() if is_folder_output(path)}
+    files = {flag: path for flag, path in images.items() if flag not in folders}
+    check_outputs({"-o": a.out, **files, "--keep-out": a.keep_out}, _input_files(a), a.model,
+                  images=("--heatmap", "--graymap"))
+    for flag, path in folders.items():
+        check_image_folder(path, flag)
+    if len(folders) == 2 and os.path.realpath(a.heatmap) == os.path.realpath(a.graymap):
+        raise UsageError("--heatmap and --graymap name the same folder, where their files would take the same "
+                         "names: give each its own")
     if a.out and not a.out.endswith(".npy"):
         raise UsageError(f"-o writes the relevance as a .npy array, got '{a.out}'"
                          + (": for an image use --heatmap or --graymap" if a.out.lower().endswith(IMAGE_SUFFIXES) else
@@ -205,6 +217,10 @@ def cmd_explain(a) -> int:
     conditions = load_conditions(a)
     masked = tuple(conditions or ())
     x = load_samples(a.data, analyzer_input_shape(analyzer, mode, masked), preprocess_of(a))
+    per_sample = {flag: sample_image_paths(path, data_files(a.data), len(x)) for flag, path in folders.items()}
+    for paths in per_sample.values():  # refused before the run, not after it
+        for path in paths:
+            refuse_overwriting_input(path, *_input_files(a), models=[a.model])
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
         explained = explained_shape(analyzer.runner(mode, masked))
         if len(explained) != x.ndim or any(isinstance(d, int) and d != n for d, n in zip(explained[1:], x.shape[1:])):
@@ -226,12 +242,21 @@ def cmd_explain(a) -> int:
     if a.keep_out:
         save_arrays(analyzer.kept, a.keep_out, *_input_files(a), models=[a.model])
         print(f"wrote {a.keep_out}")
-    for path, kind in ((a.heatmap, "heatmap"), (a.graymap, "graymap")):
-        if path:
-            save_image(viz.grid(r, kind, cmap=a.cmap or "seismic", level=a.level or 1.0,
-                                images=x if a.overlay else None), path,
-                       *_input_files(a), models=[a.model])
+    for flag, kind in (("--heatmap", "heatmap"), ("--graymap", "graymap")):
+        path = images[flag]
+        if not path:
+            continue
+        draw = dict(cmap=a.cmap or "seismic", level=a.level or 1.0)
+        if flag not in per_sample:
+            save_image(viz.grid(r, kind, images=x if a.overlay else None, **draw), path, *_input_files(a),
+                       models=[a.model])
             print(f"wrote {path}")
+            continue
+        os.makedirs(path, exist_ok=True)
+        for i, file in enumerate(per_sample[flag]):
+            save_image(viz.grid(r[i:i + 1], kind, images=x[i:i + 1] if a.overlay else None, **draw), file,
+                       *_input_files(a), models=[a.model])
+        print(f"wrote {len(r)} {kind}s into {path}")
     return 0
 
 

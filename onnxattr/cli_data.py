@@ -9,7 +9,7 @@ import numpy as np
 
 from onnxattr import viz
 from onnxattr.api import data_input
-from onnxattr.errors import DataError, UsageError
+from onnxattr.errors import DataError, OutputFileError, UsageError
 from onnxattr.output import check_destination, refuse_overwriting_input
 from onnxattr.pixels import PRESETS, parse_preprocess
 
@@ -84,6 +84,36 @@ def check_outputs(outputs: dict, reads: list, model: str, images=()) -> None:
     for flag, path in written.items():
         refuse_overwriting_input(path, *reads, models=[model])
         check_destination(path, image=flag in images)
+
+
+def is_folder_output(path) -> bool:
+    """An image output that names a folder (an existing one, or a path ending in a separator): one file a sample."""
+    return bool(path) and (os.path.isdir(path) or path.endswith(("/", os.sep)))
+
+
+def check_image_folder(path: str, flag: str) -> None:
+    """A folder output can be made or written into: not a file, and its parent exists."""
+    bare = path.rstrip("/" + os.sep) or path
+    if os.path.exists(bare) and not os.path.isdir(bare):
+        raise OutputFileError(f"{flag} {path}: names a folder (it ends in '/') but is a file")
+    parent = os.path.dirname(os.path.abspath(bare)) or "."
+    if not os.path.isdir(path) and not os.path.isdir(parent):
+        raise OutputFileError(f"{flag} {path}: its folder {parent} does not exist")
+
+
+def sample_image_paths(folder: str, data: list, count: int) -> list[str]:
+    """One PNG path in ``folder`` for each of ``count`` samples read from ``data`` (explain's --data files): an
+    image's own name (numbered in front where two images share one), or a .npy batch's name and the sample's
+    number."""
+    width = len(str(count - 1))
+    if len(data) == count and not (count == 1 and data[0].lower().endswith(".npy")):
+        stems = [os.path.splitext(os.path.basename(f))[0] for f in data]
+        if len(set(stems)) < len(stems):
+            stems = [f"{i:0{width}d}_{stem}" for i, stem in enumerate(stems)]
+    else:
+        base = os.path.splitext(os.path.basename(data[0]))[0] if data else "sample"
+        stems = [f"{base}_{i:0{width}d}" for i in range(count)]
+    return [os.path.join(folder, stem + ".png") for stem in stems]
 
 
 def feed_paths(a, option: str = "feed") -> dict:

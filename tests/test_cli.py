@@ -409,6 +409,50 @@ def test_explain_takes_several_images_or_a_folder_of_them(tmp_path, capsys):
     assert "a folder without images" in capsys.readouterr().err
 
 
+def test_heatmaps_into_a_folder_one_per_sample(tmp_path, capsys):
+    """--heatmap / --graymap naming a folder (existing, or ending in /) write one PNG per sample, named after its
+    image (numbered in front where two images share a name; a .npy batch: its name and the sample's number), each
+    the one-sample grid; a name that would replace an input is refused before the run (8), as are the same folder
+    for both (2), a file where a folder is named and a missing parent folder (8)."""
+    from PIL import Image
+
+    from onnxattr import viz
+
+    model = os.path.join(os.path.dirname(__file__), "..", "models", "digits_cnn.onnx")
+    rng = np.random.default_rng(4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    files = [tmp_path / "a" / "cat.png", tmp_path / "b" / "cat.jpg", tmp_path / "a" / "dog.png"]
+    for f in files:
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(f)
+    base = ["explain", model, "-m", "gradient", "--data", *map(str, files), "-o", str(tmp_path / "r.npy")]
+    assert main(base + ["--heatmap", str(tmp_path / "heat") + "/", "--overlay", "--graymap", str(tmp_path / "a")]) == 0
+    assert "wrote 3 heatmaps into" in capsys.readouterr().out
+    r = np.load(tmp_path / "r.npy")
+    x = np.concatenate([viz.load_image(str(f), ["N", 1, 8, 8]) for f in files])
+    assert sorted(os.listdir(tmp_path / "heat")) == ["0_cat.png", "1_cat.png", "2_dog.png"]
+    for i, name in enumerate(["0_cat.png", "1_cat.png", "2_dog.png"]):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "heat" / name)),
+                                      viz.grid(r[i:i + 1], "heatmap", images=x[i:i + 1]))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / name)), viz.grid(r[i:i + 1], "graymap"))
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "batch").mkdir()
+    assert main(["explain", model, "-m", "gradient", "--data", str(tmp_path / "x.npy"), "--heatmap",
+                 str(tmp_path / "batch")]) == 0
+    assert sorted(os.listdir(tmp_path / "batch")) == ["x_0.png", "x_1.png", "x_2.png"]
+    capsys.readouterr()
+    single = ["explain", model, "-m", "gradient", "--data", str(files[2])]
+    assert main(single + ["--heatmap", str(tmp_path / "a")]) == 8  # a/dog.png is the input
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert main(single + ["--heatmap", str(tmp_path / "h") + "/", "--graymap", str(tmp_path / "h") + "/"]) == 2
+    assert "name the same folder" in capsys.readouterr().err
+    assert main(single + ["--heatmap", str(tmp_path / "r.npy") + "/"]) == 8
+    assert "names a folder (it ends in '/') but is a file" in capsys.readouterr().err
+    assert main(single + ["--heatmap", str(tmp_path / "no" / "such") + "/"]) == 8
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
+
+
 def test_images_of_different_sizes_for_a_model_of_any_size_are_refused(tmp_path, capsys):
     from onnx import TensorProto, helper, numpy_helper
     from PIL import Image
