@@ -181,6 +181,7 @@ def cmd_compile(a) -> int:
 
 
 def cmd_explain(a) -> int:
+    pixels = preprocess_of(a)  # a mistake in these options is reported before any work
     if a.keep_out and not a.keep:
         raise UsageError("--keep-out writes the relevance at the --keep tensors: add --keep TENSOR")
     if a.keep_out and not a.keep_out.endswith(".npz"):
@@ -216,7 +217,7 @@ def cmd_explain(a) -> int:
     mode = "index" if a.target is not None else analyzer.mode
     conditions = load_conditions(a)
     masked = tuple(conditions or ())
-    x = load_samples(a.data, analyzer_input_shape(analyzer, mode, masked), preprocess_of(a))
+    x = load_samples(a.data, analyzer_input_shape(analyzer, mode, masked), pixels)
     per_sample = {flag: sample_image_paths(path, data_files(a.data), len(x)) for flag, path in folders.items()}
     for paths in per_sample.values():  # refused before the run, not after it
         for path in paths:
@@ -300,6 +301,7 @@ def cmd_fit(a) -> int:
 
 
 def cmd_compare(a) -> int:
+    pixels = preprocess_of(a)
     if a.json:
         refuse_overwriting_input(a.json, *_input_files(a), models=[a.model, a.other])
         check_destination(a.json)
@@ -317,8 +319,7 @@ def cmd_compare(a) -> int:
                               **_all_params(a))
                      for model, i, o in ((a.model, a.input, a.output), (a.other, a.input_b or a.input,
                                                                          a.output_b or a.output)))
-    x = load_data(a.data, analyzer_input_shape(first, "index" if a.target is not None else first.mode),
-                  preprocess_of(a))
+    x = load_data(a.data, analyzer_input_shape(first, "index" if a.target is not None else first.mode), pixels)
     feeds = load_feeds(a)
     # a feed goes to each model that has such an input (to both when neither has: the error names it)
     names = [{i.name for i in an.model.graph.input} for an in (first, second)]

@@ -71,6 +71,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_concepts(a) -> int:
+    pixels = preprocess_of(a)
     reads = [*data_files(a.data), *feed_paths(a).values(), *([a.labels] if a.labels else []),
              *([a.method] if a.method.endswith(".toml") else []), *([a.patterns] if a.patterns else []),
              *(v for v in parse_sets(a.set).values() if os.path.isfile(v))]
@@ -86,7 +87,7 @@ def cmd_concepts(a) -> int:
     params = {**parse_sets(a.set), **({"patterns": a.patterns} if a.patterns else {})}
     labels = load_npy(a.labels, "--labels") if a.labels else None
     x = load_samples(a.data, lambda: data_input(
-        Analyzer(a.method, a.model, input=a.input, output=a.output, **params).runner("max")).shape, preprocess_of(a))
+        Analyzer(a.method, a.model, input=a.input, output=a.output, **params).runner("max")).shape, pixels)
     common = dict(labels=labels, top=a.top, axis=a.condition_axis, batch_size=a.batch_size, inputs=load_feeds(a),
                   device=a.device, input=a.input, output=a.output, progress=True, receptive_field=a.receptive_field,
                   start=a.reference_start, **params)

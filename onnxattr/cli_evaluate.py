@@ -160,6 +160,7 @@ def _explain_metrics(a, result, metrics) -> list[str]:
 
 
 def cmd_evaluate(a) -> int:
+    pixels = preprocess_of(a)
     maps = name_paths(a.relevance, "--relevance")
     # every file the run reads: data, maps, feeds, rule files given as methods, files named by --set (patterns,
     # feature masks, coalitions)
@@ -183,7 +184,7 @@ def cmd_evaluate(a) -> int:
     relevance = {name: load_npy(path, f"--relevance {name}") for name, path in maps.items()}
     labels = load_npy(a.labels, "--labels") if a.labels else None
     # images are resized to the model's input size: a session only for that (evaluate makes its own)
-    x = load_samples(a.data, lambda: Scorer(a.model, a.input, a.output, a.device).x_arg.shape, preprocess_of(a))
+    x = load_samples(a.data, lambda: Scorer(a.model, a.input, a.output, a.device).x_arg.shape, pixels)
     metrics = a.metric or ["aopc"]
     by_inputs = {"auto": None, "yes": True, "no": False}[a.by_inputs]
     infidelity = dict(n_perturb_samples=a.draws, perturbation=a.infidelity_perturbation, noise_scale=a.noise_scale,

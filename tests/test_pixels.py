@@ -130,6 +130,10 @@ def test_commands_preprocess_images(tmp_path, capsys):
     assert not (tmp_path / "n.npy").exists()
     assert main(base + ["--data", str(tmp_path / "i.png"), "--mean", "0.1,0.2", "-o", str(tmp_path / "m.npy")]) == 2
     assert "2 mean values, and the model takes 3 channels" in capsys.readouterr().err
+    for command in (base, ["compare", str(model), str(model), "-m", "gradient"], ["evaluate", str(model), "-m",
+                    "gradient"], ["concepts", str(model), "-m", "lrp.epsilon", "--layer", "r"]):
+        assert main(command + ["--data", str(tmp_path / "i.png"), "--std", "-1"]) == 2  # before any model is read
+        assert "--std expects numbers > 0" in capsys.readouterr().err
 
     # compare: the image through torch preprocessing in both models is the array's comparison
     out = {}
