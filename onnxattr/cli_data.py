@@ -7,11 +7,10 @@ import os
 
 import numpy as np
 
-from onnxattr import viz
 from onnxattr.api import data_input
 from onnxattr.errors import DataError, OutputFileError, UsageError
 from onnxattr.output import check_destination, refuse_overwriting_input
-from onnxattr.pixels import PRESETS, parse_preprocess
+from onnxattr.pixels import PRESETS, load_image, parse_preprocess
 
 
 def parse_sets(pairs) -> dict:
@@ -229,7 +228,7 @@ def load_data(path, input_shape, preprocess=None) -> np.ndarray:
                              "is the model's input as it is (preprocess it before saving, or leave them out)")
         return load_npy(path)
     try:
-        return viz.load_image(path, input_shape(), preprocess)
+        return load_image(path, input_shape(), preprocess)
     except OSError as e:
         raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None
 

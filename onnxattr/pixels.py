@@ -1,6 +1,6 @@
 """Image pixels as a model's input: the scaling and per-channel normalization an image model was trained with.
 
-An image file is read into [0, 1] (viz.load_image); a Preprocess then gives x = (p * scale - mean) / std per
+An image file is read into [0, 1] (load_image); a Preprocess then gives x = (p * scale - mean) / std per
 channel, with the channels first reversed for BGR models. The presets are those of Keras' preprocess_input
 (imagenet_utils, its modes "torch", "tf" and "caffe"), which also cover torchvision's ImageNet Normalize:
 
@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from onnxattr.errors import UsageError
+from onnxattr.errors import OnnxAttrWarning, UsageError, warn
+from onnxattr.viz import channel_axis
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,56 @@ def parse_preprocess(name: str | None = None, mean: str | None = None, std: str 
             raise UsageError(f"--crop expects a fraction in (0, 1] (0.875: torchvision's 256 -> 224), got {crop!r}")
         chosen = replace(chosen, crop=float(crop))
     return None if chosen.identity else chosen
+
+
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # Pillow's 16/32-bit integer and float grey images
+
+
+def load_image(path: str, shape, preprocess: Preprocess | None = None) -> np.ndarray:
+    """An image file as a float32 batch of one, in [0, 1], laid out for ``shape`` (NCHW or NHWC): 8-bit
+    images over 255, 16-bit ones (PNG, TIFF) over 65535, float ones (TIFF) as they are; a grey image repeated
+    over three channels when the model takes RGB; then ``preprocess`` (a pixels.Preprocess: the model's scaling
+    and normalization) where given. What is left out is said in a warning: an alpha channel that
+    makes some pixel transparent (they keep their colour values), and every frame of an animation or multi-page
+    TIFF but the first."""
+    dims = list(shape[1:])
+    axis = channel_axis(dims) if len(dims) == 3 else None
+    if axis == 0:
+        c, h, w = dims
+    elif axis == -1:
+        h, w, c = dims
+    else:
+        h, w, c = (dims + [None, None])[:2] + [1]
+    with Image.open(path) as opened:  # closed once converted (a multi-frame file stays open otherwise)
+        dropped = []
+        alpha = opened.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in opened.info
+        if alpha and opened.convert("RGBA").getchannel("A").getextrema()[0] < 255:  # not every pixel opaque
+            dropped.append("its alpha channel (transparent pixels keep their colour values)")
+        if getattr(opened, "n_frames", 1) > 1:
+            dropped.append(f"{opened.n_frames - 1} frame{'s' if opened.n_frames > 2 else ''} after the first")
+        if dropped:
+            warn(f"{path}: read without {' and '.join(dropped)}", OnnxAttrWarning)
+        wide = opened.mode in WIDE_MODES
+        img = (opened.copy() if opened.mode == "F" else opened.convert("I")) if wide else \
+            opened.convert("L" if c == 1 else "RGB")
+    if isinstance(h, int) and isinstance(w, int):
+        img = img.resize((w, h)) if preprocess is None else preprocess.resize(img, h, w)
+    elif preprocess is not None and preprocess.crop is not None:
+        raise UsageError(f"{path}: --crop cuts the model's input size from the image, and the model's input "
+                         f"{list(shape)} has no fixed height and width")
+    a = np.asarray(img, np.float64 if wide or preprocess is not None else np.float32)
+    if wide and img.mode == "I":
+        if a.min() < 0 or a.max() > 65535:
+            raise UsageError(f"{path}: 32-bit integer pixels beyond 16 bits ({a.min():.0f}..{a.max():.0f}); "
+                             "save it with 8 or 16 bits, or as a .npy array")
+        a = a / 65535.0
+    if not wide:
+        a = a / (255.0 if preprocess is not None else np.float32(255.0))
+    if a.ndim == 2:
+        a = a[..., None]
+    if wide and c == 3:
+        a = np.repeat(a, 3, axis=-1)
+    a = a.astype(np.float32) if preprocess is None else preprocess.apply(a, path)
+    if axis == 0:
+        a = a.transpose(2, 0, 1)
+    return a[None]

@@ -381,7 +381,7 @@ def test_explain_takes_several_images_or_a_folder_of_them(tmp_path, capsys):
     8 x 8; the map is the same as for the stacked .npy batch."""
     from PIL import Image
 
-    from onnxattr import viz
+    from onnxattr.pixels import load_image
 
     model = os.path.join(os.path.dirname(__file__), "..", "models", "digits_cnn.onnx")
     folder = tmp_path / "imgs"
@@ -391,7 +391,7 @@ def test_explain_takes_several_images_or_a_folder_of_them(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 255, (12, 10), dtype=np.uint8)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     want_order = [folder / "a.png", folder / "b.png", folder / "c.jpg"]
-    stacked = np.concatenate([viz.load_image(str(p), ["batch", 1, 8, 8]) for p in want_order])
+    stacked = np.concatenate([load_image(str(p), ["batch", 1, 8, 8]) for p in want_order])
     np.save(tmp_path / "x.npy", stacked)
     base = ["explain", model, "-m", "gradient"]
     assert main(base + ["--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "want.npy")]) == 0
@@ -417,6 +417,7 @@ def test_heatmaps_into_a_folder_one_per_sample(tmp_path, capsys):
     from PIL import Image
 
     from onnxattr import viz
+    from onnxattr.pixels import load_image
 
     model = os.path.join(os.path.dirname(__file__), "..", "models", "digits_cnn.onnx")
     rng = np.random.default_rng(4)
@@ -429,7 +430,7 @@ def test_heatmaps_into_a_folder_one_per_sample(tmp_path, capsys):
     assert main(base + ["--heatmap", str(tmp_path / "heat") + "/", "--overlay", "--graymap", str(tmp_path / "a")]) == 0
     assert "wrote 3 heatmaps into" in capsys.readouterr().out
     r = np.load(tmp_path / "r.npy")
-    x = np.concatenate([viz.load_image(str(f), ["N", 1, 8, 8]) for f in files])
+    x = np.concatenate([load_image(str(f), ["N", 1, 8, 8]) for f in files])
     assert sorted(os.listdir(tmp_path / "heat")) == ["0_cat.png", "1_cat.png", "2_dog.png"]
     for i, name in enumerate(["0_cat.png", "1_cat.png", "2_dog.png"]):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "heat" / name)),

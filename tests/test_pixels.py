@@ -1,6 +1,6 @@
-"""onnxattr/pixels.py: image pixels as a model's input, against Keras' preprocess_input (the oracle made by
-tests/oracles/make_preprocess.py), and the --preprocess, --mean and --std options of the commands that read
-images."""
+"""onnxattr/pixels.py: image files read per layout (8 and 16 bits, float, alpha, frames) and made the model's input,
+against Keras' preprocess_input and torchvision's transforms (the oracles of tests/oracles/make_preprocess.py), and
+the --preprocess, --mean, --std and --crop options of the commands that read images."""
 
 import json
 import os
@@ -12,13 +12,62 @@ from onnx import helper
 from PIL import Image
 
 import onnxattr
-from onnxattr import viz
 from onnxattr.cli import main
 from onnxattr.errors import UsageError
-from onnxattr.pixels import IMAGENET_MEAN, IMAGENET_STD, PRESETS, parse_preprocess
+from onnxattr.pixels import IMAGENET_MEAN, IMAGENET_STD, PRESETS, load_image, parse_preprocess
 from tests.models import single_io_model
 
 ORACLE = os.path.join(os.path.dirname(__file__), "oracles", "data", "keras_preprocess.npz")
+
+
+def test_load_image_follows_the_models_layout(tmp_path):
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 3
+    Image.fromarray(rgb).save(tmp_path / "i.png")
+    chw = load_image(str(tmp_path / "i.png"), ["N", 3, 4, 6])
+    np.testing.assert_array_equal(chw, rgb.transpose(2, 0, 1)[None] / np.float32(255))
+    hwc = load_image(str(tmp_path / "i.png"), ["N", 4, 6, 3])
+    np.testing.assert_array_equal(hwc, rgb[None] / np.float32(255))
+    gray = load_image(str(tmp_path / "i.png"), ["N", 1, 8, 5])  # grey, resized to the model's 8x5
+    assert gray.shape == (1, 1, 8, 5) and gray.dtype == np.float32 and 0 <= gray.min() <= gray.max() <= 1
+    want = np.asarray(Image.fromarray(rgb).convert("L").resize((5, 8)), np.float32) / 255
+    np.testing.assert_array_equal(gray[0, 0], want)
+
+
+def test_16_bit_and_float_images_keep_their_values(tmp_path):
+    """Pillow's 8-bit conversion clipped them: a 16-bit PNG read as all 1, a float TIFF in [0, 1] as all 0."""
+    grey = np.linspace(0, 1, 48).reshape(6, 8)
+    Image.fromarray((grey * 65535).astype(np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(grey.astype(np.float32), "F").save(tmp_path / "f.tif")
+    np.testing.assert_allclose(load_image(str(tmp_path / "g16.png"), ["N", 1, 6, 8])[0, 0], grey, atol=2e-5)  # a step
+    np.testing.assert_allclose(load_image(str(tmp_path / "f.tif"), ["N", 1, 6, 8])[0, 0], grey, atol=1e-7)
+    rgb = load_image(str(tmp_path / "g16.png"), ["N", 6, 8, 3])  # grey repeated for an RGB model
+    np.testing.assert_allclose(rgb[0], np.repeat(grey[..., None], 3, -1), atol=2e-5)
+
+
+def test_what_an_image_loses_is_said(tmp_path):
+    """An alpha channel and the frames after the first are left out with a warning naming the file; a plain
+    RGB image, and an RGBA one whose pixels are all opaque, load silently."""
+    import warnings
+
+    from onnxattr.errors import OnnxAttrWarning
+
+    pixels = (np.random.default_rng(0).random((8, 8, 4)) * 255).astype(np.uint8)
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "a.png")
+    frames = [Image.fromarray(pixels[..., k]) for k in range(3)]
+    frames[0].save(tmp_path / "b.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(pixels[..., :3]).save(tmp_path / "c.png")
+    opaque = pixels.copy()
+    opaque[..., 3] = 255
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "d.png")
+    with pytest.warns(OnnxAttrWarning, match=r"a\.png: read without its alpha channel"):
+        got = load_image(str(tmp_path / "a.png"), ["N", 3, 8, 8])
+    np.testing.assert_allclose(got[0], pixels[..., :3].transpose(2, 0, 1) / 255, atol=1e-6)
+    with pytest.warns(OnnxAttrWarning, match=r"b\.gif: read without 2 frames after the first"):
+        load_image(str(tmp_path / "b.gif"), ["N", 1, 8, 8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(str(tmp_path / "c.png"), ["N", 3, 8, 8])
+        load_image(str(tmp_path / "d.png"), ["N", 3, 8, 8])
 
 
 @pytest.mark.parametrize("mode", ["caffe", "tf", "torch"])
@@ -32,11 +81,11 @@ def test_presets_equal_keras_preprocess_input(tmp_path, mode, layout):
     Image.fromarray(d["image"]).save(tmp_path / "i.png")
     want = d[f"{mode}|{layout}"]
     shape = ["N", 6, 9, 3] if layout == "channels_last" else ["N", 3, 6, 9]
-    got = viz.load_image(str(tmp_path / "i.png"), shape, PRESETS[mode])
+    got = load_image(str(tmp_path / "i.png"), shape, PRESETS[mode])
     assert got.dtype == np.float32 and got.shape == want.shape
     largest = {"caffe": 255.0, "tf": 2.0, "torch": 1 / 0.224}[mode]
     np.testing.assert_allclose(got, want, rtol=0, atol=2 * np.spacing(np.float32(largest)))
-    plain = viz.load_image(str(tmp_path / "i.png"), shape)
+    plain = load_image(str(tmp_path / "i.png"), shape)
     assert np.abs(plain - want).max() > 0.5
 
 
@@ -49,9 +98,9 @@ def test_crop_equals_torchvision_resize_and_center_crop(tmp_path, image):
     d = np.load(os.path.join(os.path.dirname(ORACLE), "torchvision_crop.npz"))
     Image.fromarray(d[image]).save(tmp_path / "i.png")
     for f in json.loads(str(d["manifest"]))["fractions"]:
-        got = viz.load_image(str(tmp_path / "i.png"), ["N", 3, 16, 16], parse_preprocess("torch", crop=f))
+        got = load_image(str(tmp_path / "i.png"), ["N", 3, 16, 16], parse_preprocess("torch", crop=f))
         np.testing.assert_allclose(got[0], d[f"{image}|{f}"], rtol=0, atol=2 * np.spacing(np.float32(1 / 0.224)))
-    stretched = viz.load_image(str(tmp_path / "i.png"), ["N", 3, 16, 16], PRESETS["torch"])
+    stretched = load_image(str(tmp_path / "i.png"), ["N", 3, 16, 16], PRESETS["torch"])
     assert np.abs(stretched[0] - d[f"{image}|1.0"]).max() > 0.1
 
 
@@ -60,11 +109,11 @@ def test_crop_covers_a_model_of_another_aspect(tmp_path):
     rows kept; a model without a fixed size cannot be cropped to (usage error)."""
     pixels = np.repeat(np.arange(40, dtype=np.uint8)[:, None] * 6, 40, axis=1)  # each row one grey level
     Image.fromarray(pixels).save(tmp_path / "rows.png")
-    got = viz.load_image(str(tmp_path / "rows.png"), ["N", 1, 20, 10], parse_preprocess(crop=1.0))
+    got = load_image(str(tmp_path / "rows.png"), ["N", 1, 20, 10], parse_preprocess(crop=1.0))
     want = np.asarray(Image.fromarray(pixels).resize((20, 20), Image.BILINEAR).crop((5, 0, 15, 20)), np.float32) / 255
     np.testing.assert_allclose(got[0, 0], want, rtol=1e-6)
     with pytest.raises(UsageError, match="has no fixed height and width"):
-        viz.load_image(str(tmp_path / "rows.png"), ["N", 1, "H", "W"], parse_preprocess(crop=0.875))
+        load_image(str(tmp_path / "rows.png"), ["N", 1, "H", "W"], parse_preprocess(crop=0.875))
 
 
 def test_parse_preprocess():
@@ -91,12 +140,12 @@ def test_channel_counts_are_checked(tmp_path):
     Image.fromarray(np.full((4, 4), 128, np.uint8)).save(tmp_path / "g.png")
     with pytest.raises(UsageError, match="torch preprocessing has 3 mean values, and the model takes 1 channel: "
                                          "give one value"):
-        viz.load_image(str(tmp_path / "g.png"), ["N", 1, 4, 4], PRESETS["torch"])
+        load_image(str(tmp_path / "g.png"), ["N", 1, 4, 4], PRESETS["torch"])
     with pytest.raises(UsageError, match="reverses RGB to BGR, and the model takes 1 channel, not 3"):
-        viz.load_image(str(tmp_path / "g.png"), ["N", 1, 4, 4], parse_preprocess("caffe", mean="100"))
+        load_image(str(tmp_path / "g.png"), ["N", 1, 4, 4], parse_preprocess("caffe", mean="100"))
     with pytest.raises(UsageError, match="2 std values, and the model takes 3 channels: give one value, or 3"):
-        viz.load_image(str(tmp_path / "g.png"), ["N", 3, 4, 4], parse_preprocess(None, std="1,2"))
-    grey = viz.load_image(str(tmp_path / "g.png"), ["N", 3, 4, 4], PRESETS["caffe"])  # grey repeated to RGB first
+        load_image(str(tmp_path / "g.png"), ["N", 3, 4, 4], parse_preprocess(None, std="1,2"))
+    grey = load_image(str(tmp_path / "g.png"), ["N", 3, 4, 4], PRESETS["caffe"])  # grey repeated to RGB first
     np.testing.assert_allclose(grey[0, :, 0, 0], 128 - np.array([103.939, 116.779, 123.68]), rtol=1e-6)
 
 

@@ -1,10 +1,9 @@
-"""onnxattr/viz.py: heatmaps and graymaps with iNNvestigate's projections, image loading per layout."""
+"""onnxattr/viz.py: heatmaps and graymaps with iNNvestigate's projections, colour maps, overlays, grids."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import onnxattr
 from onnxattr import viz
@@ -53,19 +52,6 @@ def test_grid_of_one_dimensional_maps_stays_narrow():
     assert img.shape == (128, 2 * viz.MAX_TILE_WIDTH + 4, 3)
     assert viz.grid(np.ones((1, 16000)), "graymap").shape == (128, 16000, 3)
     assert viz.grid(np.ones((1, 16)), "graymap").shape == (128, 16 * 128, 3)  # narrow enough: square pixels
-
-
-def test_load_image_follows_the_models_layout(tmp_path):
-    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 3
-    Image.fromarray(rgb).save(tmp_path / "i.png")
-    chw = viz.load_image(str(tmp_path / "i.png"), ["N", 3, 4, 6])
-    np.testing.assert_array_equal(chw, rgb.transpose(2, 0, 1)[None] / np.float32(255))
-    hwc = viz.load_image(str(tmp_path / "i.png"), ["N", 4, 6, 3])
-    np.testing.assert_array_equal(hwc, rgb[None] / np.float32(255))
-    gray = viz.load_image(str(tmp_path / "i.png"), ["N", 1, 8, 5])  # grey, resized to the model's 8x5
-    assert gray.shape == (1, 1, 8, 5) and gray.dtype == np.float32 and 0 <= gray.min() <= gray.max() <= 1
-    want = np.asarray(Image.fromarray(rgb).convert("L").resize((5, 8)), np.float32) / 255
-    np.testing.assert_array_equal(gray[0, 0], want)
 
 
 ZENNIT = np.load(Path(__file__).resolve().parent / "oracles" / "data" / "zennit_cmaps.npz")
@@ -135,44 +121,6 @@ def test_bad_drawing_parameters_are_named(call, words):
     """level -1 swapped the colours, alpha 2 wrapped around in uint8, an unknown kind drew a heatmap."""
     with pytest.raises(onnxattr.errors.UsageError, match=words):
         call()
-
-
-def test_16_bit_and_float_images_keep_their_values(tmp_path):
-    """Pillow's 8-bit conversion clipped them: a 16-bit PNG read as all 1, a float TIFF in [0, 1] as all 0."""
-    grey = np.linspace(0, 1, 48).reshape(6, 8)
-    Image.fromarray((grey * 65535).astype(np.uint16)).save(tmp_path / "g16.png")
-    Image.fromarray(grey.astype(np.float32), "F").save(tmp_path / "f.tif")
-    np.testing.assert_allclose(viz.load_image(str(tmp_path / "g16.png"), ["N", 1, 6, 8])[0, 0], grey, atol=2e-5)  # a step
-    np.testing.assert_allclose(viz.load_image(str(tmp_path / "f.tif"), ["N", 1, 6, 8])[0, 0], grey, atol=1e-7)
-    rgb = viz.load_image(str(tmp_path / "g16.png"), ["N", 6, 8, 3])  # grey repeated for an RGB model
-    np.testing.assert_allclose(rgb[0], np.repeat(grey[..., None], 3, -1), atol=2e-5)
-
-
-def test_what_an_image_loses_is_said(tmp_path):
-    """An alpha channel and the frames after the first are left out with a warning naming the file; a plain
-    RGB image, and an RGBA one whose pixels are all opaque, load silently."""
-    import warnings
-
-    from onnxattr.errors import OnnxAttrWarning
-    from onnxattr.viz import load_image
-
-    pixels = (np.random.default_rng(0).random((8, 8, 4)) * 255).astype(np.uint8)
-    Image.fromarray(pixels, "RGBA").save(tmp_path / "a.png")
-    frames = [Image.fromarray(pixels[..., k]) for k in range(3)]
-    frames[0].save(tmp_path / "b.gif", save_all=True, append_images=frames[1:])
-    Image.fromarray(pixels[..., :3]).save(tmp_path / "c.png")
-    opaque = pixels.copy()
-    opaque[..., 3] = 255
-    Image.fromarray(opaque, "RGBA").save(tmp_path / "d.png")
-    with pytest.warns(OnnxAttrWarning, match=r"a\.png: read without its alpha channel"):
-        got = load_image(str(tmp_path / "a.png"), ["N", 3, 8, 8])
-    np.testing.assert_allclose(got[0], pixels[..., :3].transpose(2, 0, 1) / 255, atol=1e-6)
-    with pytest.warns(OnnxAttrWarning, match=r"b\.gif: read without 2 frames after the first"):
-        load_image(str(tmp_path / "b.gif"), ["N", 1, 8, 8])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        load_image(str(tmp_path / "c.png"), ["N", 3, 8, 8])
-        load_image(str(tmp_path / "d.png"), ["N", 3, 8, 8])
 
 
 def test_stack_rows_pads_to_the_widest_row():
