@@ -458,3 +458,22 @@ def _flat_outputs(runner: Runner):
 def create_analyzer(method: str, model, **kwargs) -> Analyzer:
     """iNNvestigate-style: ``create_analyzer("gradient", "model.onnx").analyze(x)``."""
     return Analyzer(method, model, **kwargs)
+
+
+def explained_output(analyzer: Analyzer, mode: str):
+    """(values, declared shape, choosable, through, name) of the explained output from the last analyze: the
+    explained tensor itself when it is a graph output, else (through) the graph output it was chosen
+    through (the softmax a classifier ends in), whose per-sample argmax is the explained tensor's when it
+    is [N, K]; (None, None, False, False, None) when neither is an output."""
+    runner = analyzer.runner(mode)
+    meta = runner.session.get_modelmeta().custom_metadata_map
+    names = list(runner.output_names[:runner.output_names.index(RELEVANCE)])  # the model's own outputs
+    name = meta.get("onnxattr.explained")
+    through = name not in names
+    if through:
+        name = meta.get("onnxattr.chosen")
+        if name not in names:
+            return None, None, False, False, None
+    declared = runner.session.get_outputs()[runner.output_names.index(name)].shape
+    values = None if analyzer.outputs is None else np.asarray(analyzer.outputs[names.index(name)])
+    return values, declared, not through or (values is not None and values.ndim == 2), through, name

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from onnxattr import viz
-from onnxattr.api import Analyzer, compile as compile_model, explained_shape, inspect as inspect_model
+from onnxattr.api import Analyzer, compile as compile_model, explained_output, explained_shape, inspect as inspect_model
 from onnxattr import cli_concepts, cli_evaluate
 from onnxattr.cli_data import (
     IMAGE_SUFFIXES, analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
@@ -235,6 +235,9 @@ def cmd_explain(a) -> int:
         warnings.warn(OnnxAttrWarning("the images draw the relevance's NaN or inf values as 0"))
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
     print(f"relevance {list(r.shape)} via {used}; sum per sample: {_sums(r)}")
+    neurons = _explained_neurons(analyzer, mode, parse_target(a.target)) if not masked else ""
+    if neurons:
+        print(f"explained per sample: {neurons}")
     for name, kept in analyzer.kept.items():
         print(f"relevance at {name} {list(kept.shape)}; sum per sample: {_sums(kept)}")
     if a.out:
@@ -259,6 +262,19 @@ def cmd_explain(a) -> int:
                        *_input_files(a), models=[a.model])
         print(f"wrote {len(r)} {kind}s into {path}")
     return 0
+
+
+def _explained_neurons(analyzer: Analyzer, mode: str, target) -> str:
+    """The first eight samples' explained neurons as 'y[k] = value' of the explained output (or the softmax it was
+    chosen through), its index flattened per sample; '' for neuron mode all or where no graph output shows it."""
+    if mode == "all" or (mode, ()) not in analyzer._runners:
+        return ""
+    values, _, choosable, _, name = explained_output(analyzer, mode)
+    if values is None or not choosable or values.ndim == 0:
+        return ""
+    flat = values.reshape(len(values), -1)
+    picks = flat.argmax(1) if mode == "max" else np.broadcast_to(np.asarray(target).reshape(-1), (len(flat),))
+    return ", ".join(f"{name}[{k}] = {flat[i, k]:.4g}" for i, k in enumerate(picks[:8]))
 
 
 def _sums(a: np.ndarray) -> str:

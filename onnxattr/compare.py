@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxattr.api import Analyzer, data_input, non_finite_told_by_caller
+from onnxattr.api import Analyzer, data_input, explained_output, non_finite_told_by_caller
 from onnxattr.errors import DataError, SelectionError, UsageError
 from onnxattr.light import declared_dims
 from onnxattr.select import choose_input
@@ -148,25 +148,6 @@ def layout_perm(shape_a, shape_b) -> tuple[int, ...]:
     return layout_perms(shape_a, shape_b)[0]
 
 
-def _explained(analyzer: Analyzer, mode: str):
-    """(values, declared shape, choosable, through) of the explained output from the last analyze: the
-    explained tensor itself when it is a graph output, else (through) the graph output it was chosen
-    through (the softmax a classifier ends in), whose per-sample argmax is the explained tensor's when it
-    is [N, K]; (None, None, False, False) when neither is an output."""
-    runner = analyzer.runner(mode)
-    meta = runner.session.get_modelmeta().custom_metadata_map
-    names = list(runner.output_names[:-1])
-    name = meta.get("onnxattr.explained")
-    through = name not in names
-    if through:
-        name = meta.get("onnxattr.chosen")
-        if name not in names:
-            return None, None, False, False
-    declared = runner.session.get_outputs()[runner.output_names.index(name)].shape
-    values = None if analyzer.outputs is None else np.asarray(analyzer.outputs[names.index(name)])
-    return values, declared, not through or (values is not None and values.ndim == 2), through
-
-
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson's r; 1 for two equal constant maps, NaN for two different ones (r is undefined there)."""
     da, db = a - a.mean(), b - b.mean()
@@ -258,7 +239,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     identity = tuple(range(x.ndim))
     with non_finite_told_by_caller():  # the table says so
         map_a = a.analyze(x, neuron_selection=target, inputs=inputs_a)
-    y_a, _, choosable, through_a = _explained(a, neuron)
+    y_a, _, choosable, through_a, _ = explained_output(a, neuron)
     scalar = y_a is not None and y_a.ndim == 0  # a loss: its own only neuron, explained as it is
     mode_b = "index" if target is not None or (neuron == "max" and not scalar) else b.mode
     declared = _declared_input(b)  # read off the model, so a layout refusal comes before b compiles
@@ -288,7 +269,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
                              "graph output, or use 'index'")
         choice_a = y_a.reshape(len(x), -1).argmax(1)
         target = choice_a
-    _, declared_out, _, _ = _explained(b, mode_b)
+    _, declared_out, _, _, _ = explained_output(b, mode_b)
     out_perm, to_b = _index_translation(y_a.shape[1:], declared_out) if y_a is not None and not scalar \
         else (None, lambda f: f)
     try:
@@ -309,7 +290,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     if map_a.shape != map_b.shape:
         raise UsageError(f"the maps differ in shape ({list(map_a.shape)} and {list(map_b.shape)} in the first "
                          "model's layout); give perm")
-    y_b, _, _, through_b = _explained(b, mode_b)
+    y_b, _, _, through_b, _ = explained_output(b, mode_b)
     if y_b is not None and out_perm is not None and y_b.ndim == len(out_perm):
         y_b = np.transpose(y_b, _inverse(out_perm))
     if y_a is not None and y_b is not None and y_a.shape != y_b.shape and y_a.size == y_b.size \

@@ -41,6 +41,34 @@ def test_compile_and_explain(tmp_path, model_path, capsys):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxattr-")]
 
 
+def test_explain_names_the_explained_neurons(tmp_path, model_path, capsys):
+    """explain prints each sample's explained neuron and its value, of the explained output or the softmax it was
+    chosen through (the mlp's p): the largest for --neuron max, the given ones for --neuron index; nothing for all."""
+    x = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    logits = mlp_logits(x, mlp()[1])
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    base = ["explain", str(model_path), "-m", "gradient", "--data", str(tmp_path / "x.npy")]
+
+    def printed():
+        line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("explained per sample: "))
+        entries = line[len("explained per sample: "):].split(", ")
+        assert all(e.startswith("p[") for e in entries)
+        return [int(e[2:e.index("]")]) for e in entries], [float(e.split("= ")[1]) for e in entries]
+
+    assert main(base) == 0
+    picks, values = printed()
+    assert picks == logits.argmax(1).tolist()
+    np.testing.assert_allclose(values, p.max(1), rtol=1e-3)  # 4 digits printed
+    assert main(base + ["--neuron", "index", "--target", "2,0,1"]) == 0
+    picks, values = printed()
+    assert picks == [2, 0, 1]
+    np.testing.assert_allclose(values, p[[0, 1, 2], [2, 0, 1]], rtol=1e-3)
+    assert main(base + ["--neuron", "all"]) == 0
+    assert "explained per sample" not in capsys.readouterr().out
+
+
 def test_heatmap_colour_maps_and_overlay(tmp_path, model_path, capsys):
     """--cmap / --level pick Zennit's colour map and contrast, --overlay draws over the data; the PNG holds
     viz.grid's pixels; a bad level, an unknown map, or a heatmap option without --heatmap (ignored with --graymap
