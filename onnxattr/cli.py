@@ -17,8 +17,8 @@ from onnxattr.api import Analyzer, compile as compile_model, explained_output, e
 from onnxattr import cli_concepts, cli_evaluate
 from onnxattr.cli_data import (
     IMAGE_SUFFIXES, analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
-    add_pixel_options, check_image_folder, is_folder_output, load_data, load_feeds, load_samples, parse_sets,
-    parse_target, preprocess_of, sample_image_paths,
+    add_pixel_options, check_image_folder, is_folder_output, load_classes, load_data, load_feeds, load_samples,
+    parse_sets, parse_target, preprocess_of, sample_image_paths,
 )
 from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(resized to the model's input size when it is fixed, then --preprocess)")
     add_pixel_options(e)
     e.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
+    e.add_argument("--classes", metavar="FILE.txt", help="the output's class names, one per line (line k names "
+                   "neuron k), printed beside each sample's explained neuron")
     e.add_argument("--heatmap", help="write a heatmap PNG (one tile per sample), or into a folder (an existing one, "
                    "or a path ending in /) one PNG per sample, named after its image (a .npy batch: its name and the "
                    "sample's number)")
@@ -160,12 +162,12 @@ def _all_params(a) -> dict:
 
 def _input_files(a) -> list:
     """Every file the command reads besides the model: --data, --rules, --patterns (or --set patterns=),
-    --feed."""
+    --feed, --classes."""
     sets = parse_sets(getattr(a, "set", None))
     return [*data_files(getattr(a, "data", None)), a.rules, a.patterns,
             sets.get("patterns") if isinstance(sets.get("patterns"), str) else None, *feed_paths(a).values(),
             *feed_paths(a, "feed_b").values(),
-            *(s for s in condition_specs(a).values() if isinstance(s, str))]
+            *(s for s in condition_specs(a).values() if isinstance(s, str)), getattr(a, "classes", None)]
 
 
 def cmd_compile(a) -> int:
@@ -182,6 +184,7 @@ def cmd_compile(a) -> int:
 
 def cmd_explain(a) -> int:
     pixels = preprocess_of(a)  # a mistake in these options is reported before any work
+    classes = load_classes(a.classes) if a.classes else None
     if a.keep_out and not a.keep:
         raise UsageError("--keep-out writes the relevance at the --keep tensors: add --keep TENSOR")
     if a.keep_out and not a.keep_out.endswith(".npz"):
@@ -235,7 +238,7 @@ def cmd_explain(a) -> int:
         warnings.warn(OnnxAttrWarning("the images draw the relevance's NaN or inf values as 0"))
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
     print(f"relevance {list(r.shape)} via {used}; sum per sample: {_sums(r)}")
-    neurons = _explained_neurons(analyzer, mode, parse_target(a.target)) if not masked else ""
+    neurons = _explained_neurons(analyzer, mode, parse_target(a.target), classes) if not masked else ""
     if neurons:
         print(f"explained per sample: {neurons}")
     for name, kept in analyzer.kept.items():
@@ -264,9 +267,10 @@ def cmd_explain(a) -> int:
     return 0
 
 
-def _explained_neurons(analyzer: Analyzer, mode: str, target) -> str:
+def _explained_neurons(analyzer: Analyzer, mode: str, target, classes=None) -> str:
     """The first eight samples' explained neurons as 'y[k] = value' of the explained output (or the softmax it was
-    chosen through), its index flattened per sample; '' for neuron mode all or where no graph output shows it."""
+    chosen through), its index flattened per sample, with its name from ``classes`` (a list) where given; '' for
+    neuron mode all or where no graph output shows it."""
     if mode == "all" or (mode, ()) not in analyzer._runners:
         return ""
     values, _, choosable, _, name = explained_output(analyzer, mode)
@@ -274,7 +278,12 @@ def _explained_neurons(analyzer: Analyzer, mode: str, target) -> str:
         return ""
     flat = values.reshape(len(values), -1)
     picks = flat.argmax(1) if mode == "max" else np.broadcast_to(np.asarray(target).reshape(-1), (len(flat),))
-    return ", ".join(f"{name}[{k}] = {flat[i, k]:.4g}" for i, k in enumerate(picks[:8]))
+    if classes is not None and len(classes) != flat.shape[1]:
+        warnings.warn(OnnxAttrWarning(f"--classes names {len(classes)} classes and the output {name} has "
+                                      f"{flat.shape[1]} per sample: the names are left out"))
+        classes = None
+    return ", ".join(f"{name}[{k}]{f' {classes[k]!r}' if classes else ''} = {flat[i, k]:.4g}"
+                     for i, k in enumerate(picks[:8]))
 
 
 def _sums(a: np.ndarray) -> str:

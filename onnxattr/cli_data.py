@@ -233,6 +233,20 @@ def load_data(path, input_shape, preprocess=None) -> np.ndarray:
         raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None
 
 
+def load_classes(path: str) -> list[str]:
+    """--classes: a text file of class names, one per line (blank lines at the end ignored)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file (--classes)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f.read().rstrip("\n").split("\n")]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable UTF-8 text file of class names, one per line ({e})") from None
+    if not any(names):
+        raise DataError(f"{path}: holds no class names (--classes takes one per line)")
+    return names
+
+
 def parse_target(text: str | None):
     """--target 3 or 3,1,4 as an index or an int64 array."""
     if text is None:

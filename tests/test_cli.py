@@ -67,6 +67,19 @@ def test_explain_names_the_explained_neurons(tmp_path, model_path, capsys):
     np.testing.assert_allclose(values, p[[0, 1, 2], [2, 0, 1]], rtol=1e-3)
     assert main(base + ["--neuron", "all"]) == 0
     assert "explained per sample" not in capsys.readouterr().out
+    (tmp_path / "classes.txt").write_text("cat\ndog\nbird\n")
+    assert main(base + ["--neuron", "index", "--target", "2,0,1", "--classes", str(tmp_path / "classes.txt")]) == 0
+    assert "explained per sample: p[2] 'bird' = " in capsys.readouterr().out
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    assert main(base + ["--classes", str(tmp_path / "two.txt")]) == 0
+    out = capsys.readouterr()
+    assert "warning: --classes names 2 classes and the output p has 3 per sample" in out.err
+    assert "'" not in out.out.split("explained per sample: ")[1].splitlines()[0]
+    assert main(base + ["--classes", str(tmp_path / "none.txt")]) == 7
+    assert "none.txt: no such file (--classes)" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("\n")
+    assert main(base + ["--classes", str(tmp_path / "empty.txt"), "-o", str(tmp_path / "r.npy")]) == 7
+    assert "holds no class names" in capsys.readouterr().err and not (tmp_path / "r.npy").exists()
 
 
 def test_heatmap_colour_maps_and_overlay(tmp_path, model_path, capsys):
