@@ -249,19 +249,20 @@ def cmd_explain(a) -> int:
     if a.keep_out:
         save_arrays(analyzer.kept, a.keep_out, *_input_files(a), models=[a.model])
         print(f"wrote {a.keep_out}")
+    seen = x if pixels is None else pixels.undo(x)  # an overlay draws over the image's pixels, not the model's input
     for flag, kind in (("--heatmap", "heatmap"), ("--graymap", "graymap")):
         path = images[flag]
         if not path:
             continue
         draw = dict(cmap=a.cmap or "seismic", level=a.level or 1.0)
         if flag not in per_sample:
-            save_image(viz.grid(r, kind, images=x if a.overlay else None, **draw), path, *_input_files(a),
+            save_image(viz.grid(r, kind, images=seen if a.overlay else None, **draw), path, *_input_files(a),
                        models=[a.model])
             print(f"wrote {path}")
             continue
         os.makedirs(path, exist_ok=True)
         for i, file in enumerate(per_sample[flag]):
-            save_image(viz.grid(r[i:i + 1], kind, images=x[i:i + 1] if a.overlay else None, **draw), file,
+            save_image(viz.grid(r[i:i + 1], kind, images=seen[i:i + 1] if a.overlay else None, **draw), file,
                        *_input_files(a), models=[a.model])
         print(f"wrote {len(r)} {kind}s into {path}")
     return 0

@@ -44,6 +44,18 @@ class Preprocess:
         return self.scale == 1.0 and not self.bgr and all(m == 0 for m in self.mean) and \
             all(s == 1 for s in self.std) and self.crop is None
 
+    def undo(self, x: np.ndarray) -> np.ndarray:
+        """The pixels in [0, 1] that ``apply`` made the batch ``x`` from (laid out as load_image lays it out:
+        channels after the batch axis, or last), to float rounding: what an overlay draws."""
+        axis = channel_axis(x.shape[1:])
+        if axis is None:
+            return x
+        last = np.moveaxis(np.asarray(x, np.float64), 1 if axis == 0 else -1, -1)
+        p = (last * np.asarray(self.std, np.float64) + np.asarray(self.mean, np.float64)) / self.scale
+        if self.bgr:
+            p = p[..., ::-1]
+        return np.moveaxis(p, -1, 1 if axis == 0 else -1).astype(np.float32)
+
     def resize(self, img, h: int, w: int):
         """The PIL image ``img`` at the model's size h x w: stretched (Pillow's default filter), or with ``crop``
         f resized bilinearly so that it covers (h / f, w / f) with its aspect kept, the shorter side

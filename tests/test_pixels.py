@@ -12,6 +12,7 @@ from onnx import helper
 from PIL import Image
 
 import onnxattr
+from onnxattr import viz
 from onnxattr.cli import main
 from onnxattr.errors import UsageError
 from onnxattr.pixels import IMAGENET_MEAN, IMAGENET_STD, PRESETS, load_image, parse_preprocess
@@ -116,6 +117,16 @@ def test_crop_covers_a_model_of_another_aspect(tmp_path):
         load_image(str(tmp_path / "rows.png"), ["N", 1, "H", "W"], parse_preprocess(crop=0.875))
 
 
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch"])
+@pytest.mark.parametrize("shape", [["N", 6, 9, 3], ["N", 3, 6, 9]])
+def test_undo_gives_back_the_pixels(tmp_path, mode, shape):
+    """undo inverts apply (what --overlay draws over): the image as read, to float32 rounding."""
+    Image.fromarray(np.load(ORACLE)["image"]).save(tmp_path / "i.png")
+    plain = load_image(str(tmp_path / "i.png"), shape)
+    x = load_image(str(tmp_path / "i.png"), shape, PRESETS[mode])
+    np.testing.assert_allclose(PRESETS[mode].undo(x), plain, rtol=0, atol=1e-6)
+
+
 def test_parse_preprocess():
     assert parse_preprocess() is None and parse_preprocess("none") is None
     assert parse_preprocess(None, "0", "1") is None  # leaves the pixels as they are
@@ -152,7 +163,8 @@ def test_channel_counts_are_checked(tmp_path):
 def _rgb_model():
     """x [N, 3, 6, 9] -> Conv 3x3 (3 -> 2) -> Relu -> GlobalAveragePool -> Flatten -> y [N, 2]."""
     rng = np.random.default_rng(1)
-    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])]
     inits = {"W": rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "B": np.array([0.1, -0.2], np.float32)}
     return single_io_model(nodes, inits, ["N", 3, 6, 9], ["N", 2])
@@ -177,6 +189,17 @@ def test_commands_preprocess_images(tmp_path, capsys):
     assert main(base + ["--data", str(tmp_path / "x.npy"), "--preprocess", "torch", "-o", str(tmp_path / "n.npy")]) == 2
     assert "apply to image files; a .npy batch is the model's input as it is" in capsys.readouterr().err
     assert not (tmp_path / "n.npy").exists()
+    # --overlay draws over the image's pixels, not over the normalized input
+    assert main(base + ["--data", str(tmp_path / "i.png"), "--preprocess", "torch", "--mean", "0.1,0.5,0.9",
+                        "--std", "0.1,0.3,1", "-o", str(tmp_path / "c.npy"), "--heatmap", str(tmp_path / "h.png"),
+                        "--overlay"]) == 0
+    plain = load_image(str(tmp_path / "i.png"), ["N", 3, 6, 9])
+    drawn = np.asarray(Image.open(tmp_path / "h.png").convert("RGB"))
+    r = np.load(tmp_path / "c.npy")
+    np.testing.assert_array_equal(drawn, viz.grid(r, "heatmap", images=plain))
+    normalized = load_image(str(tmp_path / "i.png"), ["N", 3, 6, 9],
+                            parse_preprocess("torch", "0.1,0.5,0.9", "0.1,0.3,1"))
+    assert not np.array_equal(drawn, viz.grid(r, "heatmap", images=normalized))
     assert main(base + ["--data", str(tmp_path / "i.png"), "--mean", "0.1,0.2", "-o", str(tmp_path / "m.npy")]) == 2
     assert "2 mean values, and the model takes 3 channels" in capsys.readouterr().err
     for command in (base, ["compare", str(model), str(model), "-m", "gradient"], ["evaluate", str(model), "-m",
