@@ -189,10 +189,11 @@ def cmd_explain(a) -> int:
         raise UsageError("--keep-out writes the relevance at the --keep tensors: add --keep TENSOR")
     if a.keep_out and not a.keep_out.endswith(".npz"):
         raise UsageError(f"--keep-out must name a .npz file (one array per kept tensor), got '{a.keep_out}'")
+    reads = _input_files(a)  # listed once: a folder of images is read from disk to list them
     images = {"--heatmap": a.heatmap, "--graymap": a.graymap}
     folders = {flag: path for flag, path in images.items() if is_folder_output(path)}
     files = {flag: path for flag, path in images.items() if flag not in folders}
-    check_outputs({"-o": a.out, **files, "--keep-out": a.keep_out}, _input_files(a), a.model,
+    check_outputs({"-o": a.out, **files, "--keep-out": a.keep_out}, reads, a.model,
                   images=("--heatmap", "--graymap"))
     for flag, path in folders.items():
         check_image_folder(path, flag)
@@ -224,7 +225,7 @@ def cmd_explain(a) -> int:
     per_sample = {flag: sample_image_paths(path, data_files(a.data), len(x)) for flag, path in folders.items()}
     for paths in per_sample.values():  # refused before the run, not after it
         for path in paths:
-            refuse_overwriting_input(path, *_input_files(a), models=[a.model])
+            refuse_overwriting_input(path, *reads, models=[a.model])
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
         explained = explained_shape(analyzer.runner(mode, masked))
         if len(explained) != x.ndim or any(isinstance(d, int) and d != n for d, n in zip(explained[1:], x.shape[1:])):
@@ -244,10 +245,10 @@ def cmd_explain(a) -> int:
     for name, kept in analyzer.kept.items():
         print(f"relevance at {name} {list(kept.shape)}; sum per sample: {_sums(kept)}")
     if a.out:
-        save_array(r, a.out, *_input_files(a), models=[a.model])
+        save_array(r, a.out, *reads, models=[a.model])
         print(f"wrote {a.out}")
     if a.keep_out:
-        save_arrays(analyzer.kept, a.keep_out, *_input_files(a), models=[a.model])
+        save_arrays(analyzer.kept, a.keep_out, *reads, models=[a.model])
         print(f"wrote {a.keep_out}")
     seen = x if pixels is None else pixels.undo(x)  # an overlay draws over the image's pixels, not the model's input
     for flag, kind in (("--heatmap", "heatmap"), ("--graymap", "graymap")):
@@ -256,14 +257,14 @@ def cmd_explain(a) -> int:
             continue
         draw = dict(cmap=a.cmap or "seismic", level=a.level or 1.0)
         if flag not in per_sample:
-            save_image(viz.grid(r, kind, images=seen if a.overlay else None, **draw), path, *_input_files(a),
+            save_image(viz.grid(r, kind, images=seen if a.overlay else None, **draw), path, *reads,
                        models=[a.model])
             print(f"wrote {path}")
             continue
         os.makedirs(path, exist_ok=True)
         for i, file in enumerate(per_sample[flag]):
             save_image(viz.grid(r[i:i + 1], kind, images=seen[i:i + 1] if a.overlay else None, **draw), file,
-                       *_input_files(a), models=[a.model])
+                       *reads, models=[a.model])
         print(f"wrote {len(r)} {kind}s into {path}")
     return 0
 

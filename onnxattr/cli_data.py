@@ -105,7 +105,7 @@ def sample_image_paths(folder: str, data: list, count: int) -> list[str]:
     image's own name (numbered in front where two images share one), or a .npy batch's name and the sample's
     number."""
     width = len(str(count - 1))
-    if len(data) == count and not (count == 1 and data[0].lower().endswith(".npy")):
+    if data and not data[0].lower().endswith(".npy"):  # images, one sample each (load_samples takes no mix)
         stems = [os.path.splitext(os.path.basename(f))[0] for f in data]
         if len(set(stems)) < len(stems):
             stems = [f"{i:0{width}d}_{stem}" for i, stem in enumerate(stems)]

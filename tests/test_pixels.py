@@ -207,18 +207,19 @@ def test_commands_preprocess_images(tmp_path, capsys):
         assert main(command + ["--data", str(tmp_path / "i.png"), "--std", "-1"]) == 2  # before any model is read
         assert "--std expects numbers > 0" in capsys.readouterr().err
 
+    # the image through torch's preprocessing and its array as .npy
+    sources = (("png", ["--data", str(tmp_path / "i.png"), "--preprocess", "torch"]),
+               ("npy", ["--data", str(tmp_path / "x.npy")]))
     # compare: the image through torch preprocessing in both models is the array's comparison
     out = {}
-    for name, data in (("png", ["--data", str(tmp_path / "i.png"), "--preprocess", "torch"]),
-                       ("npy", ["--data", str(tmp_path / "x.npy")])):
+    for name, data in sources:
         assert main(["compare", str(model), str(model), "-m", "gradient", *data,
                      "--json", str(tmp_path / f"{name}.json")]) == 0
         out[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert out["png"] == out["npy"]
 
     # evaluate: the curves of the preprocessed image are those of the array
-    for name, data in (("png", ["--data", str(tmp_path / "i.png"), "--preprocess", "torch"]),
-                       ("npy", ["--data", str(tmp_path / "x.npy")])):
+    for name, data in sources:
         assert main(["evaluate", str(model), "-m", "gradient", *data, "--steps", "3", "--region", "3,3",
                      "-o", str(tmp_path / f"{name}.npz")]) == 0
     curves = [np.load(tmp_path / f"{name}.npz") for name in ("png", "npy")]
@@ -227,8 +228,7 @@ def test_commands_preprocess_images(tmp_path, capsys):
         np.testing.assert_array_equal(curves[0][key], curves[1][key])
 
     # concepts: the channels' relevance over the preprocessed image is that over the array
-    for name, data in (("png", ["--data", str(tmp_path / "i.png"), "--preprocess", "torch"]),
-                       ("npy", ["--data", str(tmp_path / "x.npy")])):
+    for name, data in sources:
         assert main(["concepts", str(model), "-m", "lrp.epsilon", "--layer", "r", *data,
                      "-o", str(tmp_path / f"c_{name}.npz")]) == 0
     found = [np.load(tmp_path / f"c_{name}.npz") for name in ("png", "npy")]
