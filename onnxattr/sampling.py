@@ -2,9 +2,10 @@
 
 Each Loop iteration takes a chunk of c sample indices k, builds c copies of the batch (points of shape
 [c*N, ...], sample-major), runs a copy of the forward graph and its reverse pass on them, and adds the
-per-sample results into an accumulator of x's shape. Memory is bounded by the chunk, not the sample
-count. The body holds its own copies of the weights (see _body_weights). Graph inputs with x's batch axis
-(an attention mask) enter it as count copies of their rows, and what they feed is computed again there.
+per-sample results into an accumulator of x's shape. c is chunk_size // N, at least one, so memory is bounded
+by the chunk's rows, not by the sample count or the batch. The body holds its own copies of the weights (see
+_body_weights). Graph inputs with x's batch axis (an attention mask) enter it as count copies of their rows, and
+what they feed is computed again there.
 """
 
 from __future__ import annotations
@@ -165,6 +166,20 @@ def batch_axis_reads(b: GraphBuilder, nodes, x: str, names: set[str]) -> list[st
     return found
 
 
+def points_per_trip(b: GraphBuilder, x: str, chunk: int) -> int | str:
+    """How many points a Loop trip runs: ``chunk`` rows' worth, floor(chunk / N) points for a batch x of N samples
+    (at least one), so a trip's [points*N, ...] stays near ``chunk`` rows whatever the batch (a batch of 64 with
+    16 points a trip ran 1,024 rows at once). An int where N is fixed, else an int64 scalar computed at run time."""
+    if chunk <= 1:
+        return 1
+    rows = (b.shape(x) or [None])[0]
+    if isinstance(rows, int):
+        return max(1, chunk // max(rows, 1))
+    rows = b.op("Gather", [b.op("Shape", [x]), b.const(0, "int64")])
+    return b.op("Max", [b.op("Div", [b.const(chunk, "int64"), b.op("Max", [rows, b.const(1, "int64")])]),
+                        b.const(1, "int64")])
+
+
 def repeat_rows(cb: GraphBuilder, name: str, count: str) -> str:
     """``name`` [N, ...] repeated count times along its first axis: [count*N, ...], sample-major like the
     points."""
@@ -283,13 +298,13 @@ def sample_loop(
     """
     if b.rank(y) == 0:  # a loss over the batch (a mean, say): the Loop's batch must be the data's own N
         chunk = 1
-    if isinstance(n, int):
-        chunk = max(1, min(chunk, n))
-        trips, total_n = b.const(math.ceil(n / chunk), "int64"), None
-    else:  # a count known at run time (int64 scalar): occlusion's windows over a dynamic input
-        chunk = max(1, chunk)
-        total_n = n
-        trips = b.op("Div", [b.op("Add", [n, b.const(chunk - 1, "int64")]), b.const(chunk, "int64")])
+    per = points_per_trip(b, x, max(1, chunk if not isinstance(n, int) else min(chunk, n)))
+    if isinstance(n, int) and isinstance(per, int):
+        trips, total_n = b.const(math.ceil(n / per), "int64"), None
+    else:  # a count known at run time (int64 scalar): occlusion's windows over a dynamic input, or the batch's
+        total_n = n if not isinstance(n, int) else b.const(n, "int64")
+        step = b.const(per, "int64") if isinstance(per, int) else per
+        trips = b.op("Div", [b.op("Add", [total_n, b.op("Sub", [step, b.const(1, "int64")])]), step])
     x_type = b.float_type(x)
     # float16 / bfloat16: the sum over samples is kept in float32 (many trips of float16 adds lose digits, and
     # the sum overflows 65504 before a division by n)
@@ -302,9 +317,9 @@ def sample_loop(
     it, cond_in = cb.fresh("iter"), cb.fresh("cond")
     acc_ins = [cb.fresh("acc") for _ in range(sums)]
     carry_ins = [cb.fresh("carry") for _ in carry_like]
-    start = cb.op("Mul", [it, cb.const(chunk, "int64")])
-    stop = cb.op("Min", [cb.op("Add", [start, cb.const(chunk, "int64")]),
-                         cb.const(n, "int64") if total_n is None else total_n])
+    step = cb.const(per, "int64") if isinstance(per, int) else per
+    start = cb.op("Mul", [it, step])
+    stop = cb.op("Min", [cb.op("Add", [start, step]), cb.const(n, "int64") if total_n is None else total_n])
     ks = cb.op("Range", [start, stop, cb.const(1, "int64")])
     count = cb.op("Reshape", [cb.op("Sub", [stop, start]), cb.ints([1])])
     points = make_points(cb, x, ks, count)

@@ -22,16 +22,42 @@ def loop_body(model):
     return next(a.g for a in loop.attribute if a.name == "body")
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 16])
+@pytest.mark.parametrize("chunk", [1, 6, 16])
 def test_integrated_gradients_is_the_mean_of_path_gradients(chunk):
     """IG = x * mean_k grad(k/steps * x) (zero reference, seed on every logit), with gradients from the compiled gradient
-    graph one point at a time; 7 steps in chunks of 1, 3 (a partial last chunk) and 16 (one trip)."""
+    graph one point at a time; 7 steps of a batch of 2 in chunks of 1 row (one point a trip), 6 rows (3 points: a
+    partial last trip) and 16 rows (8 points: one trip)."""
     model = resnet_like(bias=True)
     x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
     gradient = onnxattr.compile(model, "gradient", neuron="all")
     expected = x * np.mean([run(gradient, (k / 7 * x).astype(np.float32)) for k in range(7)], axis=0)
     ig = onnxattr.compile(model, "integrated_gradients", neuron="all", steps=7, chunk_size=chunk)
     np.testing.assert_allclose(run(ig, x), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def test_points_per_trip_count_rows():
+    """A trip runs chunk // N points for a batch of N, at least one: an int where N is fixed, else computed at run
+    time (a batch of 0 samples divides by nothing)."""
+    from onnx import TensorProto, helper
+
+    from onnxattr.graph import GraphBuilder
+    from onnxattr.sampling import points_per_trip
+
+    for rows, chunk, points in ((1, 16, 16), (4, 16, 4), (5, 16, 3), (32, 16, 1), (4, 1, 1)):
+        fixed = helper.make_model(helper.make_graph(
+            [], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 3])], []))
+        assert points_per_trip(GraphBuilder(fixed), "x", chunk) == points
+    model = helper.make_model(helper.make_graph(
+        [], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])], []),
+        opset_imports=[helper.make_opsetid("", 17)])
+    b = GraphBuilder(model)
+    per = points_per_trip(b, "x", 16)
+    model.graph.node.extend(b.nodes)
+    b.write_initializers(model.graph.initializer)
+    model.graph.output.append(helper.make_tensor_value_info(per, TensorProto.INT64, []))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for rows, points in ((1, 16), (4, 4), (5, 3), (16, 1), (40, 1), (0, 16)):
+        assert session.run(None, {"x": np.zeros((rows, 3), np.float32)})[0] == points
 
 
 def test_body_holds_its_weights():
@@ -223,7 +249,8 @@ def test_an_intermediate_x_whose_batch_axis_inference_renamed():
 def test_points_the_model_mixes_are_refused_and_chunk_size_1_explains_them():
     """x [N, S, D] and mask [M, S] under different names, and the model reshapes by the mask's batch size:
     the chunk's points would fold into the sequence axis and give a wrong map without a word. The output
-    must come out with one row per point, so the API says so; chunk_size=1 gives the right map."""
+    must come out with one row per point, so the API says so; chunk_size=1 gives the right map. chunk_size counts
+    rows: at N = 2, chunk_size=4 runs two points a trip, and chunk_size=2 one point (the right map too)."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(10)
@@ -244,12 +271,13 @@ def test_points_the_model_mixes_are_refused_and_chunk_size_1_explains_them():
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     x, feeds = rng.standard_normal((2, 4, 3)).astype(np.float32), {"mask": np.ones((2, 4), np.float32)}
     mixed = onnxattr.create_analyzer("integrated_gradients", model, input="x", neuron_selection_mode="all", steps=4,
-                                     chunk_size=2)
+                                     chunk_size=4)
     with pytest.raises(onnxattr.errors.DataError, match="one row per point.*a feed \\(mask\\).*chunk_size=1"):
         mixed.analyze(x, inputs=feeds)
-    got = onnxattr.create_analyzer("integrated_gradients", model, input="x", neuron_selection_mode="all", steps=4,
-                                   chunk_size=1).analyze(x, inputs=feeds)
-    np.testing.assert_allclose(got, _ig_by_points(model, x, feeds, 4), rtol=1e-5, atol=1e-7)
+    for rows in (1, 2):
+        got = onnxattr.create_analyzer("integrated_gradients", model, input="x", neuron_selection_mode="all", steps=4,
+                                       chunk_size=rows).analyze(x, inputs=feeds)
+        np.testing.assert_allclose(got, _ig_by_points(model, x, feeds, 4), rtol=1e-5, atol=1e-7)
 
 
 def test_what_does_not_vary_with_x_is_repeated_not_recomputed():

@@ -218,9 +218,15 @@ def reference_constant(b: GraphBuilder, x: str, value, what: str = "reference_in
     return b.const(arr, dtype, "reference")
 
 
+def chunk_param(points: str) -> Param:
+    """The Loop methods' ``chunk_size``: rows a Loop trip runs, the ``points`` (samples, windows, coalitions)
+    times the batch's N, so chunk_size // N points a trip, at least one (sampling.points_per_trip)."""
+    return Param("chunk_size", 16, f"rows per Loop iteration (bounds memory): chunk_size // N {points} a trip for a "
+                 "batch of N, at least one", parse_int, positive_int)
+
 
 def chunk_size(t: Target, p: dict) -> int:
-    """Points per Loop iteration: the ``chunk_size`` parameter, or 1 for a model of static batch (its
+    """Rows per Loop iteration: the ``chunk_size`` parameter, or 1 for a model of static batch (its
     graph cannot take a larger one) and for one whose output rows follow another input (boxes index the images
     of the data's batch, not of a chunk of copies)."""
     return 1 if t.static_batch or t.rows_input is not None else p["chunk_size"]

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.emitters import VJPS
-from onnxattr.methods.base import (
-    Method, Param, Target, chunk_size, parse_int, positive_int, register_method,
-)
+from onnxattr.methods.base import Method, Target, chunk_param, chunk_size, register_method
 from onnxattr.methods.gradient_shap import BASELINE_SET, baseline_set
 from onnxattr.methods.reference import REFERENCE_DATA, REFERENCE_INPUTS, path_reference
 from onnxattr.sampling import repeat_rows, sample_loop
@@ -113,7 +111,7 @@ register_method(Method(
     "deep_lift_shap", "DeepLIFT SHAP (Captum's DeepLiftShap): DeepLIFT's rescale rule averaged over a set of "
     "baselines; sums to y(x) - mean y(baseline).", build_deep_lift_shap,
     (BASELINE_SET,
-     Param("chunk_size", 16, "baselines per Loop iteration (bounds memory)", parse_int, positive_int)),
+     chunk_param("baselines")),
 ))
 
 register_method(Method(

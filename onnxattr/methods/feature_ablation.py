@@ -21,7 +21,7 @@ depends on the other samples of its batch.
 from __future__ import annotations
 
 from onnxattr.errors import UnsupportedModelError
-from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
+from onnxattr.methods.base import Method, Target, chunk_param, register_method
 from onnxattr.methods.draws import SEED, non_identity_permutations
 from onnxattr.methods.feature_groups import FEATURE_MASK, feature_groups
 from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
@@ -77,7 +77,7 @@ register_method(Method(
     "output when its group (feature_mask) is replaced by a baseline.", build_feature_ablation,
     (FEATURE_MASK,
      BASELINES,
-     Param("chunk_size", 16, "ablations per Loop iteration (bounds memory)", parse_int, positive_int)),
+     chunk_param("ablations")),
 ))
 
 register_method(Method(
@@ -86,6 +86,6 @@ register_method(Method(
     "(a batch of two or more).", build_feature_permutation,
     (FEATURE_MASK,
      SEED,
-     Param("chunk_size", 16, "permutations per Loop iteration (bounds memory)", parse_int, positive_int)),
+     chunk_param("permutations")),
     random=True, whole_batch=True,
 ))

@@ -25,8 +25,8 @@ from onnxattr.emitters.activations import clip_vjp, mask_positive
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.errors import OnnxAttrWarning, UsageError, warn
 from onnxattr.methods.base import (
-    Method, Param, Target, as_carried, chunk_size, non_negative, one_of, parse_int,
-    positive, positive_int, register_method, times_tensor,
+    Method, Param, Target, as_carried, chunk_param, chunk_size, non_negative, one_of, parse_int, positive,
+    positive_int, register_method, times_tensor,
 )
 from onnxattr.methods.draws import SEED, gaussian
 from onnxattr.methods.reference import REFERENCE_DATA, REFERENCE_INPUTS, path_reference
@@ -48,7 +48,7 @@ def _parse_post(s: str):
 
 POSTPROCESS = Param("postprocess", None, "None, 'abs' or 'square' applied to the gradient",
                     _parse_post, one_of(None, "abs", "square"))
-CHUNK = Param("chunk_size", 16, "samples per Loop iteration (bounds memory)", parse_int, positive_int)
+CHUNK = chunk_param("samples")
 
 
 def is_relu(node) -> bool:

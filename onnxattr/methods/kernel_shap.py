@@ -23,7 +23,7 @@ import numpy as np
 from onnx import TensorProto, numpy_helper
 
 from onnxattr.errors import UsageError
-from onnxattr.methods.base import Method, Param, Target, parse_int, parse_optional_int, positive_int, register_method
+from onnxattr.methods.base import Method, Param, Target, chunk_param, parse_optional_int, register_method
 from onnxattr.methods.draws import SEED, random_orders, uniform
 from onnxattr.methods.feature_groups import FEATURE_MASK
 from onnxattr.methods.least_squares import weighted_least_squares
@@ -97,6 +97,6 @@ register_method(Method(
      Param("n_samples", None, f"coalitions evaluated, the full and the empty one among them (None: Captum's default "
            f"{DEFAULT_SAMPLES}, or as many as coalitions gives)", parse_optional_int, positive_or_none, optional=True),
      COALITIONS, SEED,
-     Param("chunk_size", 16, "forward passes per Loop iteration (bounds memory)", parse_int, positive_int)),
+     chunk_param("forward passes")),
     random=True,
 ))

@@ -19,8 +19,9 @@ import numpy as np
 from onnx import TensorProto, numpy_helper
 
 from onnxattr.errors import UsageError
-from onnxattr.methods.base import Method, Param, Target, non_negative, one_of, parse_int, parse_optional_int, \
-    positive_int, reference_constant, register_method
+from onnxattr.methods.base import (
+    Method, Param, Target, chunk_param, non_negative, one_of, parse_optional_int, reference_constant, register_method,
+)
 from onnxattr.methods.draws import SEED, uniform
 from onnxattr.methods.feature_groups import FEATURE_MASK
 from onnxattr.methods.least_squares import weighted_lasso, weighted_least_squares
@@ -122,6 +123,6 @@ register_method(Method(
            "get_exp_kernel_similarity_function)", str, one_of("cosine", "euclidean")),
      Param("kernel_width", 1.0, "width of the exponential similarity kernel", float, _width_check),
      SEED,
-     Param("chunk_size", 16, "forward passes per Loop iteration (bounds memory)", parse_int, positive_int)),
+     chunk_param("forward passes")),
     random=True,
 ))

@@ -16,7 +16,7 @@ import numbers
 import numpy as np
 
 from onnxattr.errors import UsageError
-from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
+from onnxattr.methods.base import Method, Param, Target, chunk_param, register_method
 from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
 from onnxattr.sampling import checked
 
@@ -145,5 +145,5 @@ register_method(Method(
      Param("strides", None, "step per feature axis (an int for all; None: the window)", _parse_ints, _ints_or_none,
            optional=True),
      BASELINES,
-     Param("chunk_size", 16, "windows per Loop iteration (bounds memory)", parse_int, positive_int)),
+     chunk_param("windows")),
     ))

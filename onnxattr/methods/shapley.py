@@ -30,7 +30,7 @@ import numpy as np
 from onnx import TensorProto
 
 from onnxattr.errors import UsageError
-from onnxattr.methods.base import Method, Param, Target, parse_int, positive_int, register_method
+from onnxattr.methods.base import Method, Param, Target, chunk_param, parse_int, positive_int, register_method
 from onnxattr.methods.draws import SEED, random_orders
 from onnxattr.methods.feature_groups import FEATURE_MASK, feature_groups
 from onnxattr.methods.perturbation import BASELINES, MAX_PERTURBATIONS, perturbation_loop, perturbed_features
@@ -135,7 +135,7 @@ register_method(Method(
     "output when it joins the others, over all orders; left-out groups take a baseline (exact: 2^G - 1 forward "
     "passes, G <= 20 groups).", build_shapley_values,
     (FEATURE_MASK, BASELINES,
-     Param("chunk_size", 16, "coalitions per Loop iteration (bounds memory)", parse_int, positive_int)),
+     chunk_param("coalitions")),
 ))
 
 register_method(Method(
@@ -145,6 +145,6 @@ register_method(Method(
     (FEATURE_MASK, BASELINES,
      Param("n_samples", 25, "random orders of the groups (Captum's default)", parse_int, positive_int),
      SEED,
-     Param("chunk_size", 16, "forward passes per Loop iteration (bounds memory)", parse_int, positive_int)),
+     chunk_param("forward passes")),
     random=True,
 ))
