@@ -26,6 +26,9 @@ from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK
 from onnxattr.select import TARGET_INPUT
 
 _UNSLICED = "analyze without batch_size (--batch-size on the command line)"
+# batch_size="auto": slices of about this many explained values (16 images of 3 x 224 x 224), where slicing
+# changes nothing but the random methods' noise; the relevance graph keeps some hundred times as much
+AUTO_VALUES = 16 * 3 * 224 * 224
 MODES = {"max_activation": "max", "max": "max", "index": "index", "all": "all"}
 
 
@@ -170,7 +173,7 @@ class Analyzer:
         for mode in self._runners:
             self._runners[mode] = Runner(self._compiled[mode], self.device, self.providers)
 
-    def analyze(self, X, neuron_selection=None, inputs: dict | None = None, batch_size: int | None = None,
+    def analyze(self, X, neuron_selection=None, inputs: dict | None = None, batch_size: int | str | None = None,
                 progress: bool = False, condition: dict | None = None, condition_axis: int = 1) -> np.ndarray:
         """The relevance map of X; ``inputs``: the model's other graph inputs by name (an attention mask
         [N, S], a graph convolution's adjacency fed at run time). In the methods that run a Loop over points
@@ -179,12 +182,16 @@ class Analyzer:
         the name of X's batch axis goes with each sample's points; others are shared by all. ``batch_size``: run X
         in slices of that many samples (memory grows with the batch), with those inputs and per-sample neuron
         selections sliced alike: the same maps for the deterministic methods (the random ones draw new noise for
-        each slice; feature_permutation, whose maps depend on the whole batch, refuses); ``progress`` shows a bar
-        over the slices. ``condition``: {tensor: channels or mask} conditions the map on those tensors (Concept
+        each slice; feature_permutation, whose maps depend on the whole batch, refuses); "auto": slices of about
+        AUTO_VALUES explained values (16 images of 3 x 224 x 224) where the data hold more and slicing is allowed,
+        slices of the model's batch where it is fixed, else one run; ``progress`` shows a bar over the slices.
+        ``condition``: {tensor: channels or mask} conditions the map on those tensors (Concept
         Relevance Propagation): only relevance through them reaches the input, masked to the channels (numbers
         along ``condition_axis``; one list for all samples or one per sample) or by the mask (a float array that
         broadcasts to the tensor); see onnxattr.condition. A map holding NaN or inf is returned as computed,
         with a NonFiniteRelevanceWarning."""
+        if batch_size == "auto":
+            batch_size = self._auto_batch(X, neuron_selection, condition)
         if batch_size is not None:
             r = self._analyze_in_batches(X, neuron_selection, inputs, batch_size, progress, condition,
                                          condition_axis)
@@ -270,22 +277,11 @@ class Analyzer:
         check_positive_int("batch_size", batch_size)
         if np.ndim(X) > 0 and batch_size >= len(X):  # one slice: the whole run
             return self._analyze(X, neuron_selection, inputs, condition, condition_axis)
-        if self.method.whole_batch:
-            raise UsageError(f"batch_size: {self.method.name} explains each sample against the other samples of its "
-                             f"batch, so slices would change the maps: {_UNSLICED}")
-        r = self.runner("index" if neuron_selection is not None else self.mode, _conditioned(condition),
-                        shape=_shape_of(X))
-        baked = [name for name, rows in self._reference_rows(r).items() if rows > 1]
-        if baked:
-            raise UsageError(f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for "
-                             f"the whole data; {_UNSLICED}, or give one row")
-        x_arg, batch = _data_batch_axis(r)
-        whole = [o.name for o in r.session.get_outputs()
-                 if o.name != RELEVANCE and (not o.shape or o.shape[0] != batch)]
-        if batch is None or whole:
-            raise UsageError(f"batch_size slices the data, and output '{whole[0] if whole else x_arg.name}' has no "
-                             f"batch axis like the data's (a value over the whole batch would change with the "
-                             f"slices): {_UNSLICED}")
+        r = self._batch_runner(X, neuron_selection, condition)
+        refused = self._slices_refused(r)
+        if refused:
+            raise UsageError(refused)
+        x_arg, _ = _data_batch_axis(r)
         X = np.asarray(X)
         if X.ndim == 0:
             raise DataError(f"input data is a single number; give an array [N, ...] for '{x_arg.name}'")
@@ -307,6 +303,45 @@ class Analyzer:
         self.outputs = [np.concatenate(parts) for parts in zip(*outputs)]
         self.kept = {name: np.concatenate([k[name] for k in kept]) for name in kept[0]}
         return np.concatenate(maps)  # X holds more samples than one slice: never empty
+
+    def _batch_runner(self, X, neuron_selection, condition) -> Runner | None:
+        """The runner that explains X (None for a method that refuses slices, before compiling)."""
+        if self.method.whole_batch:
+            return None
+        return self.runner("index" if neuron_selection is not None else self.mode, _conditioned(condition),
+                           shape=_shape_of(X))
+
+    def _slices_refused(self, r: Runner | None) -> str:
+        """Why the data cannot run in slices on runner ``r`` (None: the method's maps need the whole batch), or ''."""
+        if r is None:
+            return (f"batch_size: {self.method.name} explains each sample against the other samples of its batch, so "
+                    f"slices would change the maps: {_UNSLICED}")
+        baked = [name for name, rows in self._reference_rows(r).items() if rows > 1]
+        if baked:
+            return (f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for the whole "
+                    f"data; {_UNSLICED}, or give one row")
+        x_arg, batch = _data_batch_axis(r)
+        whole = [o.name for o in r.session.get_outputs()
+                 if o.name != RELEVANCE and (not o.shape or o.shape[0] != batch)]
+        if batch is None or whole:
+            return (f"batch_size slices the data, and output '{whole[0] if whole else x_arg.name}' has no batch axis "
+                    f"like the data's (a value over the whole batch would change with the slices): {_UNSLICED}")
+        return ""
+
+    def _auto_batch(self, X, neuron_selection, condition) -> int | None:
+        """batch_size="auto": slices of AUTO_VALUES explained values (at least one sample) where the data hold more
+        and slicing is allowed, of the model's batch where it is fixed, else None (one run)."""
+        shape = _shape_of(X)
+        if not shape:
+            return None
+        r = self._batch_runner(X, neuron_selection, condition)
+        if r is None or self._slices_refused(r):
+            return None
+        fixed = _data_batch_axis(r)[1]
+        if isinstance(fixed, int):  # a model exported with a fixed batch takes slices of that batch
+            return fixed if fixed != shape[0] else None
+        size = max(1, AUTO_VALUES // max(1, _values_per_sample(r, shape)))
+        return size if size < shape[0] else None
 
     @staticmethod
     def _masks(r: Runner, condition: dict | None, axis: int, samples: int) -> dict:
@@ -364,6 +399,16 @@ def _shape_of(X) -> tuple | None:
         return np.shape(X)
     except ValueError:
         return None
+
+
+def _values_per_sample(runner: Runner, shape: tuple) -> int:
+    """The explained tensor's values per sample for data of ``shape``: its declared sizes, a size it names after
+    the data input's axes taken from the data; the data's own where a size stays unknown."""
+    named = dict(zip(data_input(runner).shape or (), shape))
+    sizes = [d if isinstance(d, int) else named.get(d) for d in explained_shape(runner)[1:]]
+    if any(not isinstance(d, int) for d in sizes):
+        sizes = shape[1:]
+    return int(np.prod(sizes, dtype=np.int64))
 
 
 def _conditioned(condition) -> tuple:

@@ -29,6 +29,11 @@ from onnxattr.output import (
 )
 
 
+def batch_size(text: str) -> int | str:
+    """explain's --batch-size: a number of samples, or auto."""
+    return text if text == "auto" else int(text)
+
+
 def _method(a) -> str:
     """--method NAME, or --rules FILE (a preset file is a method of its own)."""
     if a.rules and a.method:
@@ -106,9 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--condition-axis", type=int, metavar="AXIS",
                    help="the channel axis of the --condition tensors (default 1; -1 for channels last)")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    e.add_argument("--batch-size", type=int, help="run the data in slices of this many samples, with a progress "
-                   "bar (memory grows with the batch; the same map, but for the random methods' noise; "
-                   "feature_permutation refuses slices)")
+    e.add_argument("--batch-size", type=batch_size, default="auto", metavar="N|auto",
+                   help="run the data in slices of this many samples, with a progress bar (memory grows with the "
+                        "batch; the same map, but for the random methods' noise; feature_permutation refuses "
+                        "slices); default auto: slices of 16 images of 3x224x224 (that many values) where the data "
+                        "hold more, and one run where slices would change the map")
     e.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, passed as given: an attention mask [N, S], a graph's "
                         "adjacency (repeatable; the Loop methods, integrated_gradients, smoothgrad, vargrad, "
@@ -210,8 +217,8 @@ def cmd_explain(a) -> int:
         if given and not a.heatmap:
             raise UsageError(f"{flag} is an option of the heatmap (--graymap shows |relevance| in grey): add "
                              "--heatmap FILE.png")
-    if a.batch_size is not None and a.batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
+    if a.batch_size != "auto" and a.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer or auto, got {a.batch_size}")
     if a.target is not None and a.neuron != "index":
         raise UsageError(f"--target picks the neuron for --neuron index, not --neuron {a.neuron}: add --neuron index")
     if a.neuron == "index" and a.target is None:

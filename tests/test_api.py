@@ -55,6 +55,75 @@ def test_bad_batch_sizes_and_per_sample_references_are_refused():
         analyzer.analyze(X[:0], batch_size=2)
 
 
+def _slice_sizes(monkeypatch, analyzer) -> list:
+    """The sample counts of the runs analyze makes, recorded as they happen."""
+    sizes, run = [], analyzer._analyze
+
+    def counted(X, *args):
+        sizes.append(len(X))
+        return run(X, *args)
+    monkeypatch.setattr(analyzer, "_analyze", counted)
+    return sizes
+
+
+def test_auto_slices_by_the_explained_values(monkeypatch):
+    """batch_size="auto": slices of AUTO_VALUES explained values where the data hold more (6 values a sample: 13 make
+    slices of 2), one run where they do not; the maps are the whole run's."""
+    model, _ = mlp()
+    analyzer = onnxattr.create_analyzer("gradient", model)
+    whole = analyzer.analyze(X)
+    sizes = _slice_sizes(monkeypatch, analyzer)
+    np.testing.assert_array_equal(analyzer.analyze(X, batch_size="auto"), whole)  # 16 images' values: one run
+    assert sizes == [7]
+    monkeypatch.setattr(onnxattr.api, "AUTO_VALUES", 13)
+    sizes.clear()
+    np.testing.assert_allclose(analyzer.analyze(X, batch_size="auto"), whole, rtol=1e-6, atol=1e-7)
+    assert sizes == [2, 2, 2, 1]
+
+
+def test_auto_counts_the_embeddings_values_not_the_token_ids(monkeypatch):
+    """Token ids [N, 6] explained at their embedding [N, 6, 8]: 48 values a sample, the sequence length read off the
+    data (6 ids a sample would make one run of 4 here)."""
+    with np.load(DATA / "torch_tokens.npz") as f:
+        ids = f["x"]
+    analyzer = onnxattr.create_analyzer("gradient", DATA / "torch_tokens.onnx", input="/emb/Gather_output_0")
+    whole = analyzer.analyze(ids)
+    monkeypatch.setattr(onnxattr.api, "AUTO_VALUES", 96)
+    sizes = _slice_sizes(monkeypatch, analyzer)
+    np.testing.assert_allclose(analyzer.analyze(ids, batch_size="auto"), whole, rtol=1e-6, atol=1e-7)
+    assert sizes == [2, 2]
+
+
+def test_auto_runs_once_where_slices_would_change_the_map(monkeypatch):
+    """Where batch_size=2 is refused (a method that compares the samples, per-sample references, an output over the
+    whole batch), "auto" runs the data at once, as without batch_size."""
+    model, _ = mlp()
+    monkeypatch.setattr(onnxattr.api, "AUTO_VALUES", 6)
+    for analyzer in (onnxattr.create_analyzer("feature_permutation", model),
+                     onnxattr.create_analyzer("integrated_gradients", model, reference_inputs=np.zeros_like(X),
+                                              steps=4),
+                     onnxattr.create_analyzer("gradient", _loss_model(), output="loss")):
+        with pytest.raises(UsageError, match="batch"):
+            analyzer.analyze(X, batch_size=2)
+        analyzer.restart()  # the random draws from their seed again
+        whole = analyzer.analyze(X)
+        analyzer.restart()
+        sizes = _slice_sizes(monkeypatch, analyzer)
+        np.testing.assert_array_equal(analyzer.analyze(X, batch_size="auto"), whole)
+        assert sizes == [7]
+
+
+def test_auto_takes_a_fixed_batch_in_slices_of_it():
+    """A model exported with batch 2 explains six samples in three runs under "auto" (one run is refused)."""
+    model = _static_model()
+    analyzer = onnxattr.create_analyzer("gradient", model, input="x", neuron_selection_mode="all")
+    mask = np.ones((6, 6), np.float32)
+    with pytest.raises(onnxattr.errors.DataError):
+        analyzer.analyze(X[:6], inputs={"m": mask})
+    np.testing.assert_array_equal(analyzer.analyze(X[:6], inputs={"m": mask}, batch_size="auto"),
+                                  analyzer.analyze(X[:6], inputs={"m": mask}, batch_size=2))
+
+
 def test_the_command_line_runs_in_batches(tmp_path, capsys):
     import onnx
 
@@ -67,6 +136,22 @@ def test_the_command_line_runs_in_batches(tmp_path, capsys):
     capsys.readouterr()
     assert main(args + ["--batch-size", "0"]) == 2
     assert "--batch-size must be a positive integer" in capsys.readouterr().err
+
+
+def test_the_command_line_slices_by_default(tmp_path, monkeypatch):
+    """explain's --batch-size is auto unless given: slices of AUTO_VALUES explained values (here 12: two samples)."""
+    import onnx
+
+    onnx.save(mlp()[0], tmp_path / "mlp.onnx")
+    np.save(tmp_path / "x.npy", X)
+    monkeypatch.setattr(onnxattr.api, "AUTO_VALUES", 12)
+    sizes, run = [], onnxattr.api.Analyzer._analyze
+    monkeypatch.setattr(onnxattr.api.Analyzer, "_analyze", lambda self, X, *a: sizes.append(len(X)) or run(self, X, *a))
+    args = ["explain", str(tmp_path / "mlp.onnx"), "-m", "gradient", "--data", str(tmp_path / "x.npy")]
+    for given, want in (([], [2, 2, 2, 1]), (["--batch-size", "auto"], [2, 2, 2, 1]), (["--batch-size", "7"], [7])):
+        sizes.clear()
+        assert main(args + given) == 0
+        assert sizes == want, given
 
 
 def _loss_model():
@@ -111,9 +196,8 @@ def test_one_reference_of_a_samples_features_is_no_per_sample_array():
     np.testing.assert_allclose(analyzer.analyze(X, batch_size=3), analyzer.analyze(X), rtol=1e-6, atol=1e-7)
 
 
-def test_a_static_batch_model_runs_in_slices_of_its_batch_with_its_feeds():
-    """Batch fixed at 2, six samples: slices of 2, the per-sample feed sliced with them (it was shared, so samples
-    2-5 got samples 0-1's feed, or refused as of the wrong shape)."""
+def _static_model():
+    """y = (x * m) w with x and m [2, 6]: a batch fixed at 2."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(6, 2) / 10, "w")
@@ -121,7 +205,13 @@ def test_a_static_batch_model_runs_in_slices_of_its_batch_with_its_feeds():
                           "static", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
                                      helper.make_tensor_value_info("m", TensorProto.FLOAT, [2, 6])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], [w])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_static_batch_model_runs_in_slices_of_its_batch_with_its_feeds():
+    """Batch fixed at 2, six samples: slices of 2, the per-sample feed sliced with them (it was shared, so samples
+    2-5 got samples 0-1's feed, or refused as of the wrong shape)."""
+    model = _static_model()
     x = X[:6]
     mask = (np.arange(36).reshape(6, 6) % 3 > 0).astype(np.float32)
     analyzer = onnxattr.create_analyzer("gradient", model, input="x", neuron_selection_mode="all")
