@@ -30,8 +30,21 @@ from onnxattr.output import (
 
 
 def batch_size(text: str) -> int | str:
-    """explain's --batch-size: a number of samples, or auto."""
+    """--batch-size: a number of samples, or auto."""
     return text if text == "auto" else int(text)
+
+
+def _batch_size_option(parser) -> None:
+    parser.add_argument("--batch-size", type=batch_size, default="auto", metavar="N|auto",
+                        help="run the data in slices of this many samples, with a progress bar (memory grows with "
+                             "the batch; the same map, but for the random methods' noise; feature_permutation "
+                             "refuses slices); default auto: slices of 16 images of 3x224x224 (that many values) "
+                             "where the data hold more, and one run where slices would change the map")
+
+
+def _check_batch_size(a) -> None:
+    if a.batch_size != "auto" and a.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer or auto, got {a.batch_size}")
 
 
 def _method(a) -> str:
@@ -111,11 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--condition-axis", type=int, metavar="AXIS",
                    help="the channel axis of the --condition tensors (default 1; -1 for channels last)")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    e.add_argument("--batch-size", type=batch_size, default="auto", metavar="N|auto",
-                   help="run the data in slices of this many samples, with a progress bar (memory grows with the "
-                        "batch; the same map, but for the random methods' noise; feature_permutation refuses "
-                        "slices); default auto: slices of 16 images of 3x224x224 (that many values) where the data "
-                        "hold more, and one run where slices would change the map")
+    _batch_size_option(e)
     e.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, passed as given: an attention mask [N, S], a graph's "
                         "adjacency (repeatable; the Loop methods, integrated_gradients, smoothgrad, vargrad, "
@@ -146,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tolerance", type=float, help="exit with code 1 when a map differs by more than this "
                    "(max |Ra - Rb| / max |Ra|) or the models choose different neurons")
     d.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _batch_size_option(d)
     d.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input, given to each model that has it (repeatable)")
     d.add_argument("--feed-b", action="append", metavar="NAME=FILE.npy",
@@ -217,8 +227,7 @@ def cmd_explain(a) -> int:
         if given and not a.heatmap:
             raise UsageError(f"{flag} is an option of the heatmap (--graymap shows |relevance| in grey): add "
                              "--heatmap FILE.png")
-    if a.batch_size != "auto" and a.batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer or auto, got {a.batch_size}")
+    _check_batch_size(a)
     if a.target is not None and a.neuron != "index":
         raise UsageError(f"--target picks the neuron for --neuron index, not --neuron {a.neuron}: add --neuron index")
     if a.neuron == "index" and a.target is None:
@@ -343,6 +352,7 @@ def cmd_compare(a) -> int:
         raise UsageError("--target goes with --neuron index (and --neuron index needs it)")
     if a.tolerance is not None and not 0 <= a.tolerance < float("inf"):
         raise UsageError(f"--tolerance must be a finite number >= 0, got {a.tolerance}")
+    _check_batch_size(a)
     perm = None
     if a.perm is not None:
         try:
@@ -359,7 +369,8 @@ def cmd_compare(a) -> int:
     names = [{i.name for i in an.model.graph.input} for an in (first, second)]
     own = [{k: v for k, v in feeds.items() if k in names[i] or k not in names[1 - i]} for i in (0, 1)]
     own[1].update(load_feeds(a, "feed_b"))
-    result = compare_analyzers(first, second, x, parse_target(a.target), perm, own[0], own[1])
+    result = compare_analyzers(first, second, x, parse_target(a.target), perm, own[0], own[1],
+                               batch_size=a.batch_size, progress=True)
     print(f"{first.method.name} on {a.model} (a) and {a.other} (b), neuron {a.neuron}"
           + ("" if result.perm == tuple(range(x.ndim)) else f", data transposed {list(result.perm)} for b") + ":")
     print(result.table())

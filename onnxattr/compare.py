@@ -173,16 +173,18 @@ def _top_shared(a: np.ndarray, b: np.ndarray) -> float:
 def compare(model_a, model_b, method: str, x, neuron: str = "max", target=None, perm=None,
             inputs_a: dict | None = None, inputs_b: dict | None = None, input_a: str | None = None,
             input_b: str | None = None, output_a: str | None = None, output_b: str | None = None,
-            device: str | None = None, providers=None, **params) -> Comparison:
+            device: str | None = None, providers=None, batch_size: int | str | None = "auto",
+            **params) -> Comparison:
     """Explain ``x`` (in model a's layout) with ``method`` in both models and compare per sample.
     ``neuron``: "max" (model b explains model a's choice), "index" (``target``: one per sample or one for
     all) or "all"; ``perm``: the axes of x in model b's order (found from the declared shapes when None);
-    ``inputs_a`` / ``inputs_b``: each model's other graph inputs (an attention mask)."""
+    ``inputs_a`` / ``inputs_b``: each model's other graph inputs (an attention mask); ``batch_size``: analyze's,
+    for both models (by default "auto": slices of 16 images' values)."""
     if neuron not in ("max", "index", "all"):
         raise UsageError(f"neuron must be max, index or all, not '{neuron}'")
     a, b = (Analyzer(method, m, neuron_selection_mode=neuron, input=i, output=o, device=device, providers=providers,
                      **params) for m, i, o in ((model_a, input_a, output_a), (model_b, input_b, output_b)))
-    return compare_analyzers(a, b, x, target, perm, inputs_a, inputs_b)
+    return compare_analyzers(a, b, x, target, perm, inputs_a, inputs_b, batch_size)
 
 
 def _declared_input(analyzer: Analyzer):
@@ -230,15 +232,17 @@ def _index_translation(out_a: tuple, declared_b):
 
 
 def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, inputs_a: dict | None = None,
-                      inputs_b: dict | None = None) -> Comparison:
-    """compare() with the two analyzers made (one method, one neuron mode)."""
+                      inputs_b: dict | None = None, batch_size: int | str | None = "auto",
+                      progress: bool = False) -> Comparison:
+    """compare() with the two analyzers made (one method, one neuron mode); ``progress``: a bar over each model's
+    slices."""
     neuron = a.mode
     if (target is not None) != (neuron == "index"):
         raise UsageError("a target picks the neuron for neuron selection 'index' (and that needs one)")
     x = np.asarray(x)
     identity = tuple(range(x.ndim))
     with non_finite_told_by_caller():  # the table says so
-        map_a = a.analyze(x, neuron_selection=target, inputs=inputs_a)
+        map_a = a.analyze(x, neuron_selection=target, inputs=inputs_a, batch_size=batch_size, progress=progress)
     y_a, _, choosable, through_a, _ = explained_output(a, neuron)
     scalar = y_a is not None and y_a.ndim == 0  # a loss: its own only neuron, explained as it is
     mode_b = "index" if target is not None or (neuron == "max" and not scalar) else b.mode
@@ -275,7 +279,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     try:
         with non_finite_told_by_caller():
             map_b = b.analyze(np.transpose(x, perm), neuron_selection=None if target is None else to_b(target),
-                              inputs=inputs_b)
+                              inputs=inputs_b, batch_size=batch_size, progress=progress)
     except UsageError as e:  # a graph input the second model lacks, or needs
         raise UsageError(f"the second model: {e}") from None
     except DataError as e:

@@ -276,7 +276,8 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
     (``infidelity``: metrics.infidelity's settings) and "sensitivity" (sensitivity_max; methods only;
     ``sensitivity``: its settings; ``labels``: class labels [N], with which the curves also follow the accuracy).
     ``params``: method parameters, each given to the methods that have it (a name
-    no method has is an error); ``batch_size`` as analyze's; ``progress``: a callable(str) told of each map."""
+    no method has is an error); ``batch_size`` as analyze's (None: "auto", slices of 16 images' values where they
+    change no map); ``progress``: a callable(str) told of each map."""
     if x is None:
         raise UsageError("evaluate needs the data x")
     methods = [methods] if isinstance(methods, str) else list(methods)
@@ -318,7 +319,7 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
     analyzers = {name: Analyzer(name, model, neuron_selection_mode=mode, input=scorer.x, output=output, device=device,
                                 providers=providers, **per_method[name]) for name in methods}
     result = Evaluation(targets, names=names)
-    slices = scorer.slices(len(x), batch_size)  # a model of fixed batch size explains the data in such slices
+    slices = scorer.slices(len(x), batch_size)  # "auto" unless given: a fixed batch size is run in its slices
     for name in names:
         if progress:
             progress(name)

@@ -193,7 +193,7 @@ class SensitivitySettings:
 
 
 def sensitivity_of(analyzer: Analyzer, x: np.ndarray, targets, st: SensitivitySettings, inputs: dict | None = None,
-                   slices: int | None = None, base: np.ndarray | None = None) -> np.ndarray:
+                   slices: int | str | None = None, base: np.ndarray | None = None) -> np.ndarray:
     """sensitivity_max's value for x (cast) explained by ``analyzer`` at ``targets`` (``base``: the map of x from
     the analyzer's first call, when known). A method that draws random numbers explains every copy from a new
     session, so that each starts from the same draws as the map of x did: the change measured is the map's, not

@@ -59,11 +59,10 @@ class Scorer:
         checked = other_feeds(self.runner, {self.x}, {k: (v[:fixed] if k in rows else v) for k, v in inputs.items()})
         return {k: (np.asarray(inputs[k]).astype(v.dtype, copy=False) if k in rows else v) for k, v in checked.items()}
 
-    def slices(self, n: int, batch_size: int | None) -> int | None:
-        """analyze's batch_size for n samples: the one given, else the model's fixed batch size where n differs."""
-        if batch_size is None and self.fixed_batch and n != self.fixed_batch:
-            return self.fixed_batch
-        return batch_size
+    def slices(self, n: int, batch_size: int | None) -> int | str:
+        """analyze's batch_size for n samples: the one given, else "auto" (slices of 16 images' values where
+        slicing changes no map; the model's fixed batch size where n differs)."""
+        return "auto" if batch_size is None else batch_size
 
     def cast(self, x) -> np.ndarray:
         """The data as the input takes it (its element type; shape checked against the declared one, but for

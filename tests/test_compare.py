@@ -126,6 +126,23 @@ def test_map_similarity_measures():
     assert _top_shared(a, b) == 0.0
 
 
+def test_both_models_run_in_slices_by_default(tmp_path, monkeypatch):
+    """compare's batch_size is "auto": both models explain the data in the same slices (here of 2 samples, the
+    second in its own layout, at the first model's choices), and the comparison is the whole run's."""
+    x = oracle_x("torch_vgg")
+    nhwc = channels_last(VGG, tmp_path / "vgg_nhwc.onnx")
+    whole = compare(VGG, nhwc, "gradient", x, batch_size=None)
+    monkeypatch.setattr(onnxattr.api, "AUTO_VALUES", 2 * int(np.prod(x.shape[1:])))
+    sizes, run = [], onnxattr.api.Analyzer._analyze
+    monkeypatch.setattr(onnxattr.api.Analyzer, "_analyze", lambda self, X, *a: sizes.append(X.shape) or run(self, X, *a))
+    sliced = compare(VGG, nhwc, "gradient", x)
+    n, (c, h, w) = len(x), x.shape[1:]
+    assert n == 4 and sizes == [(2, c, h, w)] * 2 + [(2, h, w, c)] * 2
+    assert [s.choice_b for s in sliced.samples] == [s.choice_b for s in whole.samples]
+    for got, want in zip(sliced.maps, whole.maps):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
+
+
 def test_cli_compare_and_its_tolerance(tmp_path, capsys):
     x = oracle_x("torch_vgg")
     np.save(tmp_path / "x.npy", x)

@@ -108,6 +108,23 @@ def test_a_model_of_fixed_batch_runs_sample_by_sample():
     assert ev.curves["gradient"]["morf"].scores.shape == (3, 3)
 
 
+def test_the_maps_are_explained_in_auto_slices(monkeypatch):
+    """evaluate's maps come from analyze's "auto" slices unless batch_size is given (here 2 samples' values a
+    slice, sensitivity's moved copies too), with the whole run's curves and sensitivity."""
+    m, _ = linear()
+    x = np.random.default_rng(4).standard_normal((5, 6)).astype(np.float32)
+    args = dict(steps=2, metrics=("aopc", "sensitivity"), sensitivity={"n_perturb_samples": 2})
+    whole = evaluate(m, ["gradient"], x, **args)
+    monkeypatch.setattr(onnxattr.api, "AUTO_VALUES", 12)
+    sizes, run = [], onnxattr.api.Analyzer._analyze
+    monkeypatch.setattr(onnxattr.api.Analyzer, "_analyze", lambda self, X, *a: sizes.append(len(X)) or run(self, X, *a))
+    sliced = evaluate(m, ["gradient"], x, **args)
+    assert sizes == [2, 2, 1] * 3  # the map, then the two moved copies
+    np.testing.assert_allclose(sliced.curves["gradient"]["morf"].scores, whole.curves["gradient"]["morf"].scores,
+                               rtol=1e-6)
+    np.testing.assert_allclose(sliced.sensitivity["gradient"], whole.sensitivity["gradient"], rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("call, error, words", [
     (lambda m, x: perturbation_curve(m, x, x[:, :3]), DataError, r"shape \[2, 3\] and the data \[2, 6\]"),
     (lambda m, x: perturbation_curve(m, x, x, steps=0), UsageError, "steps must be a positive integer"),
