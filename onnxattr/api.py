@@ -199,10 +199,13 @@ class Analyzer:
             r = self._analyze(X, neuron_selection, inputs, condition, condition_axis)
         bad = int(np.size(r) - np.count_nonzero(np.isfinite(r)))
         if bad:
-            warn(f"the relevance holds {bad} NaN or inf values (the model overflowed, its output is not finite, or "
-                 "an LRP rule's relevance outgrew float range: in a transformer, attn_lrp or cp_lrp, which take "
-                 "LayerNorm and attention apart as LXT does, stay finite; elsewhere a larger epsilon, or a rule that "
-                 "bounds it, such as lrp.alpha_2_beta_1, helps)", NonFiniteRelevanceWarning)
+            hint = self.method.non_finite(self.params) if self.method.non_finite else ""
+            warn(f"the relevance holds {bad} NaN or inf values ("
+                 + (f"{hint}; or the model overflowed, or its output is not finite)" if hint else
+                    "the model overflowed, its output is not finite, or an LRP rule's relevance outgrew float range: "
+                    "in a transformer, attn_lrp or cp_lrp, which take LayerNorm and attention apart as LXT does, stay "
+                    "finite; elsewhere a larger epsilon, or a rule that bounds it, such as lrp.alpha_2_beta_1, "
+                    "helps)"), NonFiniteRelevanceWarning)
         return r
 
     def _analyze(self, X, neuron_selection, inputs, condition, condition_axis) -> np.ndarray:

@@ -59,6 +59,8 @@ class Method:
     # the map is one pass of exact gradients (no rule replaces a node's backward), so the recurrent nodes that have a
     # fused backward stay as they are (canonicalize's fused_recurrent); the others need them unrolled
     fused_recurrent: bool = False
+    # what may make this method's map not finite, given its resolved parameters ("" where nothing in particular)
+    non_finite: Callable[[dict], str] | None = None
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by ``given``; unknown names and bad values raise UsageError."""

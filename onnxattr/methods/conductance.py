@@ -36,7 +36,7 @@ from onnxattr.methods.base import (
     Method, Param, Target, as_carried, chunk_size, one_of, parse_int, positive_int, register_method,
 )
 from onnxattr.methods.gradient import (
-    CHUNK, GAUSS_LEGENDRE_MAX, INTEGRATION, build_integrated_gradients, ig_quadrature, path_points,
+    CHUNK, GAUSS_LEGENDRE_MAX, INTEGRATION, at_the_reference, build_integrated_gradients, ig_quadrature, path_points,
 )
 from onnxattr.methods.reference import REFERENCE_DATA, REFERENCE_INPUTS, path_reference
 from onnxattr.sampling import Trip, batch_names, checked_tensor, first_size, sample_loop
@@ -235,6 +235,7 @@ register_method(Method(
      Param("integration", "riemann_trapezoid", "points and weights on the path (Captum's method and its "
            "default for NeuronConductance)", str, one_of(*INTEGRATION)),
      CHUNK),
+    non_finite=at_the_reference,
 ))
 
 
@@ -249,5 +250,5 @@ register_method(Method(
            "(Captum's method; riemann_trapezoid: k / steps, whose differences add up to h(x) - h(ref))",
            str, one_of(*INTEGRATION)),
      CHUNK),
-    at_layer=as_carried,
+    at_layer=as_carried, non_finite=at_the_reference,
 ))

@@ -181,6 +181,16 @@ _RIEMANN_OFFSET = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 
 GAUSS_LEGENDRE_MAX = 2048
 
 
+def at_the_reference(p: dict) -> str:
+    """Why a path method's map may not be finite: a rule that takes the gradient at the reference itself (alpha = 0),
+    where a model that normalizes its input (x / |x|, a norm of zeros) may have none."""
+    if p["integration"] not in ("riemann_left", "riemann_trapezoid"):
+        return ""
+    return (f"integration {p['integration']} takes the gradient at the reference itself (alpha = 0), which a model "
+            "that normalizes its input (x / |x|, a norm of zeros) may not have: integration=riemann_middle or "
+            "gausslegendre leaves that point out")
+
+
 def ig_quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Points a_k in [0, 1] and weights w_k (float64, summing to 1) of the n-point rule for the path
     integral, Captum's names: riemann_left/right/middle a_k = (k + 0, 1, 1/2) / n, w_k = 1/n;
@@ -347,7 +357,7 @@ for _m in (
             REFERENCE_INPUTS, REFERENCE_DATA,
             Param("integration", "riemann_left", "points and weights on the path (Captum's names; its "
                   "default is gausslegendre)", str, one_of(*INTEGRATION)),
-            CHUNK)),
+            CHUNK), non_finite=at_the_reference),
     Method("smoothgrad", "SmoothGrad: mean gradient over noisy copies of the input (Captum's NoiseTunnel: "
            "nt_type and base choose what is averaged).", build_smoothgrad,
            (*NOISE, Param("nt_type", "smoothgrad", "mean of the attributions ('smoothgrad'), of their squares "

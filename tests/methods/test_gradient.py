@@ -384,3 +384,40 @@ def test_no_rectifier_on_the_path_warns_that_the_map_is_the_gradient(method):
     with warnings.catch_warnings():
         warnings.simplefilter("error", OnnxAttrWarning)
         relevance(method)
+
+
+def test_a_map_not_finite_at_the_reference_names_the_integration_that_leaves_it_out():
+    """y = (x / |x|) w has no finite gradient at x = 0: integrated gradients from the zero reference with a rule that
+    takes alpha = 0 (riemann_left, the default) is NaN, and the warning says so and what leaves that point out; the
+    midpoints are finite. The gradient's NaN keeps the general hint."""
+    import warnings
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxattr.api import NonFiniteRelevanceWarning
+
+    w = np.array([[1.0], [2.0], [-1.0]], np.float32)
+    nodes = [helper.make_node("ReduceL2", ["x", "axis"], ["n"], keepdims=1), helper.make_node("Div", ["x", "n"], ["u"]),
+             helper.make_node("MatMul", ["u", "w"], ["y"])]
+    g = helper.make_graph(nodes, "unit", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1], np.int64), "axis")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.array([[1.0, -2.0, 0.5]], np.float32)
+    for method, params in (("integrated_gradients", {}), ("conductance", {"integration": "riemann_trapezoid"})):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            r = onnxattr.create_analyzer(method, model, steps=8, **params).analyze(x)
+        assert not np.isfinite(r).all()
+        (warning,) = [s for s in seen if s.category is NonFiniteRelevanceWarning]
+        assert "alpha = 0" in str(warning.message) and "riemann_middle or gausslegendre" in str(warning.message)
+        assert "LRP" not in str(warning.message)
+    ok = onnxattr.create_analyzer("integrated_gradients", model, steps=8, integration="riemann_middle").analyze(x)
+    # y is scale-free, so the gradient at alpha x is grad(x) / alpha: IG = x grad(x) sum_k w_k / alpha_k
+    grad = onnxattr.create_analyzer("gradient", model).analyze(x)
+    np.testing.assert_allclose(ok, x * grad * sum(1 / (k + 0.5) for k in range(8)), rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        onnxattr.create_analyzer("gradient", model).analyze(np.zeros_like(x))
+    (warning,) = [s for s in seen if s.category is NonFiniteRelevanceWarning]
+    assert "alpha = 0" not in str(warning.message) and "LRP" in str(warning.message)
