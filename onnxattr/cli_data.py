@@ -10,7 +10,7 @@ import numpy as np
 from onnxattr.api import data_input
 from onnxattr.errors import DataError, OutputFileError, UsageError
 from onnxattr.output import check_destination, refuse_overwriting_input
-from onnxattr.pixels import PRESETS, load_image, parse_preprocess
+from onnxattr.pixels import FILTERS, PRESETS, load_image, parse_preprocess
 
 
 def parse_sets(pairs) -> dict:
@@ -166,7 +166,8 @@ def analyzer_input_shape(analyzer, mode: str, condition: tuple = ()):
 
 
 def add_pixel_options(parser) -> None:
-    """--preprocess, --mean, --std and --crop: how image files given as --data become the model's input."""
+    """--preprocess, --mean, --std, --crop and --interpolation: how image files given as --data become the model's
+    input."""
     parser.add_argument("--preprocess", choices=list(PRESETS), metavar="MODE",
                         help="how image files become the model's input (a .npy batch is taken as it is): none, "
                              "pixels in [0, 1] (the default); torch, (p - ImageNet mean) / std on [0, 1] "
@@ -182,11 +183,16 @@ def add_pixel_options(parser) -> None:
                              "FRACTION, and cut the model's size from its centre: 0.875 is torchvision's Resize(256) "
                              "and CenterCrop(224), timm's crop_pct (default: stretch the image to the model's size, "
                              "as Keras' load_img)")
+    parser.add_argument("--interpolation", choices=list(FILTERS), metavar="FILTER",
+                        help="the filter images are resized with: nearest, bilinear, bicubic, lanczos, box or hamming "
+                             "(Keras' names; nearest is Keras' load_img default; default bicubic when stretched, "
+                             "Pillow's, and bilinear with --crop, torchvision's)")
 
 
 def preprocess_of(a):
-    """The Preprocess that --preprocess, --mean, --std and --crop ask for, or None (pixels in [0, 1], stretched)."""
-    return parse_preprocess(a.preprocess, a.mean, a.std, a.crop)
+    """The Preprocess that --preprocess, --mean, --std, --crop and --interpolation ask for, or None (pixels in
+    [0, 1], stretched)."""
+    return parse_preprocess(a.preprocess, a.mean, a.std, a.crop, a.interpolation)
 
 
 def load_samples(paths: list, input_shape, preprocess=None) -> np.ndarray:
@@ -224,8 +230,9 @@ def load_data(path, input_shape, preprocess=None) -> np.ndarray:
         raise DataError(f"{path}: no such file")
     if path.lower().endswith(".npy"):
         if preprocess is not None:
-            raise UsageError(f"{path}: --preprocess, --mean, --std and --crop apply to image files; a .npy batch "
-                             "is the model's input as it is (preprocess it before saving, or leave them out)")
+            raise UsageError(f"{path}: --preprocess, --mean, --std, --crop and --interpolation apply to image files; "
+                             "a .npy batch is the model's input as it is (preprocess it before saving, or leave them "
+                             "out)")
         return load_npy(path)
     try:
         return load_image(path, input_shape(), preprocess)

@@ -38,11 +38,12 @@ class Preprocess:
     std: tuple = (1.0,)
     bgr: bool = False
     crop: float | None = None  # the share of the resized image's shorter side kept (None: stretched to the size)
+    interpolation: str | None = None  # a FILTERS name (None: Pillow's bicubic when stretched, bilinear with crop)
 
     @property
     def identity(self) -> bool:
         return self.scale == 1.0 and not self.bgr and all(m == 0 for m in self.mean) and \
-            all(s == 1 for s in self.std) and self.crop is None
+            all(s == 1 for s in self.std) and self.crop is None and self.interpolation is None
 
     def undo(self, x: np.ndarray) -> np.ndarray:
         """The pixels in [0, 1] that ``apply`` made the batch ``x`` from (laid out as load_image lays it out:
@@ -60,9 +61,10 @@ class Preprocess:
         """The PIL image ``img`` at the model's size h x w: stretched (Pillow's default filter), or with ``crop``
         f resized bilinearly so that it covers (h / f, w / f) with its aspect kept, the shorter side
         floor(side * scale) and the longer int(that * long / short) as torchvision's Resize computes them, and
-        cut to h x w from the centre (offsets rounded as torchvision's CenterCrop rounds them)."""
+        cut to h x w from the centre (offsets rounded as torchvision's CenterCrop rounds them). ``interpolation``
+        names another filter for either."""
         if self.crop is None:
-            return img.resize((w, h))
+            return img.resize((w, h)) if self.interpolation is None else img.resize((w, h), FILTERS[self.interpolation])
         width, height = img.size
         scale = max(h / height, w / width) / self.crop
         short, long = sorted((width, height))
@@ -70,7 +72,7 @@ class Preprocess:
         new_long = int(new_short * long / short)
         new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
         new_w, new_h = max(new_w, w), max(new_h, h)
-        img = img.resize((new_w, new_h), Image.BILINEAR)
+        img = img.resize((new_w, new_h), FILTERS[self.interpolation or "bilinear"])
         top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
         return img.crop((left, top, left + w, top + h))
 
@@ -94,6 +96,9 @@ class Preprocess:
         return x.astype(np.float32)
 
 
+# resize filters by Keras' names for them (load_img's interpolation), which are Pillow's
+FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS,
+           "box": Image.BOX, "hamming": Image.HAMMING}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PRESETS = {
     "none": Preprocess(),
@@ -115,9 +120,10 @@ def _numbers(text: str, flag: str) -> tuple:
 
 
 def parse_preprocess(name: str | None = None, mean: str | None = None, std: str | None = None,
-                     crop: float | None = None) -> Preprocess | None:
+                     crop: float | None = None, interpolation: str | None = None) -> Preprocess | None:
     """The Preprocess of a preset ``name`` (default "none") with the comma lists ``mean`` and ``std`` in place of
-    its own, and the centre ``crop`` fraction; None when that leaves the pixels as they are."""
+    its own, the centre ``crop`` fraction and the resize filter ``interpolation``; None when that leaves the pixels
+    as they are."""
     if name is not None and name not in PRESETS:
         raise UsageError(f"--preprocess {name}: not one of {', '.join(PRESETS)}")
     chosen = PRESETS[name or "none"]
@@ -133,6 +139,10 @@ def parse_preprocess(name: str | None = None, mean: str | None = None, std: str 
         if not (isinstance(crop, (int, float)) and 0 < crop <= 1):
             raise UsageError(f"--crop expects a fraction in (0, 1] (0.875: torchvision's 256 -> 224), got {crop!r}")
         chosen = replace(chosen, crop=float(crop))
+    if interpolation is not None:
+        if interpolation not in FILTERS:
+            raise UsageError(f"--interpolation {interpolation}: not one of {', '.join(FILTERS)}")
+        chosen = replace(chosen, interpolation=interpolation)
     return None if chosen.identity else chosen
 
 

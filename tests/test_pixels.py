@@ -1,6 +1,6 @@
 """onnxattr/pixels.py: image files read per layout (8 and 16 bits, float, alpha, frames) and made the model's input,
 against Keras' preprocess_input and torchvision's transforms (the oracles of tests/oracles/make_preprocess.py), and
-the --preprocess, --mean, --std and --crop options of the commands that read images."""
+the --preprocess, --mean, --std, --crop and --interpolation options of the commands that read images."""
 
 import json
 import os
@@ -105,6 +105,31 @@ def test_crop_equals_torchvision_resize_and_center_crop(tmp_path, image):
     assert np.abs(stretched[0] - d[f"{image}|1.0"]).max() > 0.1
 
 
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic"])
+def test_interpolation_equals_keras_load_img(tmp_path, interpolation):
+    """--interpolation I stretches an image as Keras' load_img(target_size, interpolation=I) does (a 23 x 37 image to
+    16 x 16; both resize with Pillow, the oracle's 13.0 here too): the same 8-bit pixels. Without it the stretch is
+    bicubic, Pillow's default, which differs from Keras' default nearest."""
+    d = np.load(ORACLE)
+    Image.fromarray(d["stretch_image"]).save(tmp_path / "s.png")
+    got = load_image(str(tmp_path / "s.png"), ["N", 16, 16, 3], parse_preprocess(interpolation=interpolation))
+    np.testing.assert_allclose(got[0] * 255, d[f"stretch|{interpolation}"], rtol=0, atol=1e-4)
+    plain = load_image(str(tmp_path / "s.png"), ["N", 16, 16, 3])
+    np.testing.assert_array_equal(plain, load_image(str(tmp_path / "s.png"), ["N", 16, 16, 3],
+                                                    parse_preprocess(interpolation="bicubic")))
+    assert np.abs(plain[0] * 255 - d["stretch|nearest"]).max() > 10
+
+
+def test_interpolation_with_crop_replaces_its_bilinear_filter(tmp_path):
+    pixels = np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "i.png")
+    got = load_image(str(tmp_path / "i.png"), ["N", 3, 16, 16], parse_preprocess(crop=1.0, interpolation="nearest"))
+    want = np.asarray(Image.fromarray(pixels).resize((21, 16), Image.NEAREST).crop((2, 0, 18, 16)), np.float32) / 255
+    np.testing.assert_allclose(got[0].transpose(1, 2, 0), want, rtol=1e-6)
+    bilinear = load_image(str(tmp_path / "i.png"), ["N", 3, 16, 16], parse_preprocess(crop=1.0))
+    assert np.abs(bilinear - got).max() > 0.05
+
+
 def test_crop_covers_a_model_of_another_aspect(tmp_path):
     """A 20 x 10 model and a square image: the image is resized to cover 20 x 10 (20 x 20) and its middle
     rows kept; a model without a fixed size cannot be cropped to (usage error)."""
@@ -142,7 +167,8 @@ def test_parse_preprocess():
                           ((None, None, "0.2,0"), "--std expects numbers > 0"),
                           ((None, "nan"), "--mean expects finite numbers"),
                           ((None, None, None, 0.0), r"--crop expects a fraction in \(0, 1\]"),
-                          ((None, None, None, 1.5), "--crop expects a fraction")]:
+                          ((None, None, None, 1.5), "--crop expects a fraction"),
+                          ((None, None, None, None, "cubic"), "--interpolation cubic: not one of nearest, bilinear")]:
         with pytest.raises(UsageError, match=message):
             parse_preprocess(*args)
 
@@ -202,6 +228,16 @@ def test_commands_preprocess_images(tmp_path, capsys):
     assert not np.array_equal(drawn, viz.grid(r, "heatmap", images=normalized))
     assert main(base + ["--data", str(tmp_path / "i.png"), "--mean", "0.1,0.2", "-o", str(tmp_path / "m.npy")]) == 2
     assert "2 mean values, and the model takes 3 channels" in capsys.readouterr().err
+    # --interpolation: a larger image stretched with Keras' default filter
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (13, 20, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    shown = ["explain", str(model), "-m", "input", "--data", str(tmp_path / "big.png")]  # the map is the input
+    assert main(shown + ["--interpolation", "nearest", "-o", str(tmp_path / "near.npy")]) == 0
+    assert main(shown + ["-o", str(tmp_path / "cubic.npy")]) == 0
+    near = load_image(str(tmp_path / "big.png"), ["N", 3, 6, 9], parse_preprocess(interpolation="nearest"))
+    np.testing.assert_array_equal(np.load(tmp_path / "near.npy"), near)
+    assert np.abs(np.load(tmp_path / "cubic.npy") - near).max() > 0.05
+    assert main(base + ["--data", str(tmp_path / "x.npy"), "--interpolation", "nearest"]) == 2
+    assert "--interpolation apply to image files" in capsys.readouterr().err
     for command in (base, ["compare", str(model), str(model), "-m", "gradient"], ["evaluate", str(model), "-m",
                     "gradient"], ["concepts", str(model), "-m", "lrp.epsilon", "--layer", "r"]):
         assert main(command + ["--data", str(tmp_path / "i.png"), "--std", "-1"]) == 2  # before any model is read

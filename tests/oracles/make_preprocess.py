@@ -16,6 +16,10 @@ What it produces, in tests/oracles/data/:
                                                 preprocess_input(mode=M)
                              "M|channels_first" [1, 3, 6, 9]: the same array transposed first, preprocess_input
                                                 with data_format="channels_first"
+                           "stretch_image" [23, 37, 3] uint8 RGB pixels (random, seed 2), and for each resize
+                           filter I in STRETCH_FILTERS:
+                             "stretch|I" [16, 16, 3]: load_img(target_size=(16, 16), interpolation=I) of that
+                                         PNG, img_to_array (0..255): Keras' stretch, what --interpolation I gives
                            "manifest": a JSON string, the library versions
     torchvision_crop.npz   for each image I (CROP_IMAGES: random uint8 RGB, landscape, portrait, square), "I"
                            its pixels and for each crop fraction F in CROP_FRACTIONS:
@@ -39,6 +43,7 @@ DATA = os.path.join(HERE, "data")
 MODES = ("caffe", "tf", "torch")
 CROP_SIZE, CROP_FRACTIONS = 16, (0.875, 0.5, 1.0)
 CROP_IMAGES = {"landscape": (23, 37), "portrait": (41, 19), "square": (30, 30)}  # (height, width)
+STRETCH_SIZE, STRETCH_FILTERS = 16, ("nearest", "bilinear", "bicubic")
 
 
 def torchvision_crop() -> None:
@@ -77,6 +82,13 @@ def keras_preprocess() -> None:
         path = os.path.join(tmp, "image.png")
         Image.fromarray(image).save(path)
         pixels = tf.keras.utils.img_to_array(tf.keras.utils.load_img(path))  # float32, 0..255, [H, W, 3]
+        stretch = np.random.default_rng(2).integers(0, 256, size=(23, 37, 3), dtype=np.uint8)
+        out["stretch_image"] = stretch
+        stretch_path = os.path.join(tmp, "stretch.png")
+        Image.fromarray(stretch).save(stretch_path)
+        for name in STRETCH_FILTERS:
+            img = tf.keras.utils.load_img(stretch_path, target_size=(STRETCH_SIZE, STRETCH_SIZE), interpolation=name)
+            out[f"stretch|{name}"] = tf.keras.utils.img_to_array(img)
     assert np.array_equal(pixels, image.astype(np.float32))
     for mode in MODES:
         last = preprocess_input(pixels[None].copy(), data_format="channels_last", mode=mode)
@@ -84,7 +96,8 @@ def keras_preprocess() -> None:
         out[f"{mode}|channels_last"] = np.asarray(last, np.float32)
         out[f"{mode}|channels_first"] = np.asarray(first, np.float32)
     out["manifest"] = np.array(json.dumps({"tensorflow": tf.__version__, "pillow": PIL.__version__,
-                                           "modes": list(MODES)}))
+                                           "modes": list(MODES), "stretch_size": STRETCH_SIZE,
+                                           "stretch_filters": list(STRETCH_FILTERS)}))
     np.savez_compressed(os.path.join(DATA, "keras_preprocess.npz"), **out)
     print("wrote", os.path.join(DATA, "keras_preprocess.npz"))
 
