@@ -221,7 +221,7 @@ def reference_constant(b: GraphBuilder, x: str, value, what: str = "reference_in
 
 
 def chunk_param(points: str) -> Param:
-    """The Loop methods' ``chunk_size``: rows a Loop trip runs, the ``points`` (samples, windows, coalitions)
+    """The Loop methods' ``chunk_size``: rows a Loop trip runs, the ``points`` (path points, windows, coalitions)
     times the batch's N, so chunk_size // N points a trip, at least one (sampling.points_per_trip)."""
     return Param("chunk_size", 16, f"rows per Loop iteration (bounds memory): chunk_size // N {points} a trip for a "
                  "batch of N, at least one", parse_int, positive_int)

@@ -48,7 +48,7 @@ def _parse_post(s: str):
 
 POSTPROCESS = Param("postprocess", None, "None, 'abs' or 'square' applied to the gradient",
                     _parse_post, one_of(None, "abs", "square"))
-CHUNK = chunk_param("samples")
+CHUNK = chunk_param("points")
 
 
 def is_relu(node) -> bool:
