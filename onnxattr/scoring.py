@@ -17,6 +17,11 @@ from onnxattr.runtime import Runner
 from onnxattr.select import choose_input, choose_output
 
 
+# rows per forward pass unless batch_size is given: 64 images of 3 x 224 x 224 worth of input values, at most
+# MAX_ROWS rows (token ids are few values for what the model computes from them)
+SCORE_VALUES, MAX_ROWS = 64 * 3 * 224 * 224, 1024
+
+
 class Scorer:
     """The model's explained output for a batch: the tensor the compile explains (the graph output, or the
     logits before a trailing softmax; ``output`` names another), on onnxruntime."""
@@ -77,9 +82,11 @@ class Scorer:
 
     def outputs(self, x: np.ndarray, inputs: dict | None = None) -> np.ndarray:
         """The explained tensor for the batch x (``inputs`` as ``feeds`` returns them), run in slices of the fixed
-        batch size the model declares, or of ``batch_size`` rows; a feed with one row per sample is sliced alike."""
+        batch size the model declares, or of ``batch_size`` rows (default: SCORE_VALUES input values, at most
+        MAX_ROWS rows); a feed with one row per sample is sliced alike."""
         n = len(x)
-        step = self.fixed_batch or min(self.batch_size or n, n)
+        rows = self.batch_size or min(MAX_ROWS, max(1, SCORE_VALUES // max(1, int(np.prod(x.shape[1:])))))
+        step = self.fixed_batch or max(1, min(rows, n))
         if self.fixed_batch and n % step:
             raise DataError(f"{self.label} takes batches of {step}, and the data holds {n} samples")
         parts = []

@@ -108,6 +108,30 @@ def test_a_model_of_fixed_batch_runs_sample_by_sample():
     assert ev.curves["gradient"]["morf"].scores.shape == (3, 3)
 
 
+def test_forward_passes_run_in_slices_of_the_input_values(monkeypatch):
+    """Unless batch_size is given, the scorer runs SCORE_VALUES input values a pass (here 12: two samples of six),
+    at most MAX_ROWS rows; the outputs, and evaluate's curves, are the whole run's."""
+    from onnxattr import scoring
+
+    m, w = linear()
+    x = np.random.default_rng(5).standard_normal((5, 6)).astype(np.float32)
+    whole = evaluate(m, ["gradient"], x, steps=3)
+    monkeypatch.setattr(scoring, "SCORE_VALUES", 12)
+    scorer = scoring.Scorer(m)
+    rows, run = [], scorer.runner.run
+    monkeypatch.setattr(scorer.runner, "run", lambda feeds, *a: rows.append(len(feeds["x"])) or run(feeds, *a))
+    np.testing.assert_allclose(scorer.outputs(x), x @ w, rtol=1e-5, atol=1e-6)
+    assert rows == [2, 2, 1]
+    monkeypatch.setattr(scoring, "MAX_ROWS", 1)
+    rows.clear()
+    scorer.outputs(x)
+    assert rows == [1] * 5
+    monkeypatch.setattr(scoring, "MAX_ROWS", 1024)
+    sliced = evaluate(m, ["gradient"], x, steps=3)
+    np.testing.assert_allclose(sliced.curves["gradient"]["morf"].scores, whole.curves["gradient"]["morf"].scores,
+                               rtol=1e-6)
+
+
 def test_the_maps_are_explained_in_auto_slices(monkeypatch):
     """evaluate's maps come from analyze's "auto" slices unless batch_size is given (here 2 samples' values a
     slice, sensitivity's moved copies too), with the whole run's curves and sensitivity."""
