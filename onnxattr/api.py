@@ -190,7 +190,9 @@ class Analyzer:
         along ``condition_axis``; one list for all samples or one per sample) or by the mask (a float array that
         broadcasts to the tensor); see onnxattr.condition. A map holding NaN or inf is returned as computed,
         with a NonFiniteRelevanceWarning."""
-        if batch_size == "auto":
+        if isinstance(batch_size, str):
+            if batch_size != "auto":
+                raise UsageError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
             batch_size = self._auto_batch(X, neuron_selection, condition)
         if batch_size is not None:
             r = self._analyze_in_batches(X, neuron_selection, inputs, batch_size, progress, condition,

@@ -45,7 +45,7 @@ def test_a_feed_with_the_batch_axis_is_sliced_with_the_data():
 def test_bad_batch_sizes_and_per_sample_references_are_refused():
     model, _ = mlp()
     analyzer = onnxattr.create_analyzer("gradient", model)
-    for size in (0, -1, 2.5, True):
+    for size in (0, -1, 2.5, True, "Auto", "8"):
         with pytest.raises(UsageError, match="batch_size must be a positive integer"):
             analyzer.analyze(X, batch_size=size)
     per_sample = onnxattr.create_analyzer("integrated_gradients", model, reference_inputs=np.zeros_like(X), steps=4)
