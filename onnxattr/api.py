@@ -340,7 +340,7 @@ class Analyzer:
         if not shape:
             return None
         r = self._batch_runner(X, neuron_selection, condition)
-        if r is None or self._slices_refused(r):
+        if self._slices_refused(r):
             return None
         fixed = _data_batch_axis(r)[1]
         if isinstance(fixed, int):  # a model exported with a fixed batch takes slices of that batch

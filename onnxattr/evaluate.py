@@ -319,7 +319,7 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
     analyzers = {name: Analyzer(name, model, neuron_selection_mode=mode, input=scorer.x, output=output, device=device,
                                 providers=providers, **per_method[name]) for name in methods}
     result = Evaluation(targets, names=names)
-    slices = scorer.slices(len(x), batch_size)  # "auto" unless given: a fixed batch size is run in its slices
+    slices = scorer.slices(batch_size)  # "auto" unless given: a fixed batch size is run in its slices
     for name in names:
         if progress:
             progress(name)

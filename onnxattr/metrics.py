@@ -235,4 +235,4 @@ def sensitivity_max(model, method: str, x, neuron: str = "max", target=None, inp
     st.check_for(b.x.shape)
     analyzer = Analyzer(method, model, neuron_selection_mode="all" if b.targets is None else "index",
                         input=b.scorer.x, output=output, device=device, providers=providers, **params)
-    return sensitivity_of(analyzer, b.x, b.targets, st, b.inputs, b.scorer.slices(len(b.x), batch_size))
+    return sensitivity_of(analyzer, b.x, b.targets, st, b.inputs, b.scorer.slices(batch_size))

@@ -10,9 +10,10 @@ channel, with the channels first reversed for BGR models. The presets are those 
     caffe  BGR, 255 p - (103.939, 116.779, 123.68), no division      VGG16, ResNet50 (Keras)
 
 mean and std given on the command line replace the preset's, in its scale and channel order. An image is
-stretched to the model's input size (Keras' load_img), or with ``crop`` f resized, keeping its aspect, so that its
-shorter side is the model's size / f, and the model's size cut from its centre: torchvision's Resize(256) and
-CenterCrop(224) is f = 0.875, timm's crop_pct.
+stretched to the model's input size (as Keras' load_img does, but with Pillow's bicubic filter where Keras' default
+is nearest), or with ``crop`` f resized bilinearly, keeping its aspect, so that its shorter side is the model's
+size / f, and the model's size cut from its centre: torchvision's Resize(256) and CenterCrop(224) is f = 0.875,
+timm's crop_pct. ``interpolation`` names another resize filter for either (FILTERS: Keras' names).
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def load_image(path: str, shape, preprocess: Preprocess | None = None) -> np.nda
         img = (opened.copy() if opened.mode == "F" else opened.convert("I")) if wide else \
             opened.convert("L" if c == 1 else "RGB")
     if isinstance(h, int) and isinstance(w, int):
-        img = img.resize((w, h)) if preprocess is None else preprocess.resize(img, h, w)
+        img = (preprocess or PRESETS["none"]).resize(img, h, w)
     elif preprocess is not None and preprocess.crop is not None:
         raise UsageError(f"{path}: --crop cuts the model's input size from the image, and the model's input "
                          f"{list(shape)} has no fixed height and width")

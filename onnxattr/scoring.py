@@ -64,9 +64,9 @@ class Scorer:
         checked = other_feeds(self.runner, {self.x}, {k: (v[:fixed] if k in rows else v) for k, v in inputs.items()})
         return {k: (np.asarray(inputs[k]).astype(v.dtype, copy=False) if k in rows else v) for k, v in checked.items()}
 
-    def slices(self, n: int, batch_size: int | None) -> int | str:
-        """analyze's batch_size for n samples: the one given, else "auto" (slices of 16 images' values where
-        slicing changes no map; the model's fixed batch size where n differs)."""
+    def slices(self, batch_size: int | None) -> int | str:
+        """analyze's batch_size: the one given, else "auto" (slices of 16 images' values where slicing changes no
+        map; the model's fixed batch size where the data's count differs)."""
         return "auto" if batch_size is None else batch_size
 
     def cast(self, x) -> np.ndarray:
