@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -30,6 +31,16 @@ _UNSLICED = "analyze without batch_size (--batch-size on the command line)"
 # changes nothing but the random methods' noise; the relevance graph keeps some hundred times as much
 AUTO_VALUES = 16 * 3 * 224 * 224
 MODES = {"max_activation": "max", "max": "max", "index": "index", "all": "all"}
+
+
+class Slice(NamedTuple):
+    """A slice of analyze_slices: the data's ``rows`` (a slice of the first axis), their ``relevance``, the
+    model's ``outputs`` on them and the ``kept`` tensors' relevance (by name)."""
+
+    rows: slice
+    relevance: np.ndarray
+    outputs: list
+    kept: dict
 
 
 class NonFiniteRelevanceWarning(OnnxAttrWarning):
@@ -190,16 +201,35 @@ class Analyzer:
         along ``condition_axis``; one list for all samples or one per sample) or by the mask (a float array that
         broadcasts to the tensor); see onnxattr.condition. A map holding NaN or inf is returned as computed,
         with a NonFiniteRelevanceWarning."""
+        pieces = list(self.analyze_slices(X, neuron_selection, inputs, batch_size, progress, condition,
+                                          condition_axis))
+        if len(pieces) == 1:
+            return pieces[0].relevance  # (outputs and kept already that run's)
+        self.outputs = [np.concatenate(parts) for parts in zip(*(p.outputs for p in pieces))]
+        self.kept = {name: np.concatenate([p.kept[name] for p in pieces]) for name in pieces[0].kept}
+        return np.concatenate([p.relevance for p in pieces])
+
+    def analyze_slices(self, X, neuron_selection=None, inputs: dict | None = None,
+                       batch_size: int | str | None = "auto", progress: bool = False, condition: dict | None = None,
+                       condition_axis: int = 1):
+        """analyze() a slice at a time, for data larger than memory: yields a Slice (rows of X, relevance, the
+        model's outputs, the kept tensors' relevance) per slice, in order, as it is computed; ``self.outputs`` and
+        ``self.kept`` are the slice's. X is an array [N, ...] or anything with a ``shape`` whose ``X[a:b]`` is an
+        array (``np.load(path, mmap_mode="r")``, a reader of image files): one slice of it is read at a time.
+        ``batch_size`` and the rest as for analyze (its default here "auto"; None: one slice of all X). The
+        warning of a map holding NaN or inf comes once, after the last slice."""
         if isinstance(batch_size, str):
             if batch_size != "auto":
                 raise UsageError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
             batch_size = self._auto_batch(X, neuron_selection, condition)
-        if batch_size is not None:
-            r = self._analyze_in_batches(X, neuron_selection, inputs, batch_size, progress, condition,
-                                         condition_axis)
+        if batch_size is None:
+            pieces = [self._slice(X, slice(None), neuron_selection, inputs, condition, condition_axis)]
         else:
-            r = self._analyze(X, neuron_selection, inputs, condition, condition_axis)
-        bad = int(np.size(r) - np.count_nonzero(np.isfinite(r)))
+            pieces = self._slices(X, neuron_selection, inputs, batch_size, progress, condition, condition_axis)
+        bad = 0
+        for piece in pieces:
+            bad += int(np.size(piece.relevance) - np.count_nonzero(np.isfinite(piece.relevance)))
+            yield piece
         if bad:
             hint = self.method.non_finite(self.params) if self.method.non_finite else ""
             warn(f"the relevance holds {bad} NaN or inf values ("
@@ -208,7 +238,14 @@ class Analyzer:
                     "in a transformer, attn_lrp or cp_lrp, which take LayerNorm and attention apart as LXT does, stay "
                     "finite; elsewhere a larger epsilon, or a rule that bounds it, such as lrp.alpha_2_beta_1, "
                     "helps)"), NonFiniteRelevanceWarning)
-        return r
+
+    def _slice(self, X, rows: slice, neuron_selection, inputs, condition, condition_axis) -> "Slice":
+        """One run of analyze() on X (rows ``rows`` of the whole data), as a Slice."""
+        relevance = self._analyze(X, neuron_selection, inputs, condition, condition_axis)
+        if rows.stop is None:  # the whole data
+            shape = _shape_of(X)
+            rows = slice(0, shape[0]) if shape else slice(None)
+        return Slice(rows, relevance, self.outputs, self.kept)
 
     def _analyze(self, X, neuron_selection, inputs, condition, condition_axis) -> np.ndarray:
         """analyze() of one batch."""
@@ -274,40 +311,37 @@ class Analyzer:
                 out[p.name] = np.shape(value)[0]
         return out
 
-    def _analyze_in_batches(self, X, neuron_selection, inputs, batch_size, progress, condition=None,
-                            condition_axis=1) -> np.ndarray:
-        """analyze() on slices of ``batch_size`` samples, the maps and outputs concatenated. Inputs and outputs
-        whose first axis is X's batch axis (its declared name, or its fixed size) are sliced and joined; an
-        output without it (a loss over the batch) would change with the slicing, and is refused."""
+    def _slices(self, X, neuron_selection, inputs, batch_size, progress, condition=None, condition_axis=1):
+        """analyze() on slices of ``batch_size`` samples, one Slice each. Inputs and outputs whose first axis is X's
+        batch axis (its declared name, or its fixed size) are sliced; an output without it (a loss over the batch)
+        would change with the slicing, and is refused."""
         check_positive_int("batch_size", batch_size)
-        if np.ndim(X) > 0 and batch_size >= len(X):  # one slice: the whole run
-            return self._analyze(X, neuron_selection, inputs, condition, condition_axis)
+        shape = _shape_of(X)
+        if shape and batch_size >= shape[0]:  # one slice: the whole run
+            yield self._slice(X, slice(None), neuron_selection, inputs, condition, condition_axis)
+            return
         r = self._batch_runner(X, neuron_selection, condition)
         refused = self._slices_refused(r)
         if refused:
             raise UsageError(refused)
         x_arg, _ = _data_batch_axis(r)
-        X = np.asarray(X)
-        if X.ndim == 0:
+        if not (hasattr(X, "shape") and hasattr(X, "__getitem__")):  # (a reader of files keeps its slices lazy)
+            X = np.asarray(X)
+        if not np.shape(X):
             raise DataError(f"input data is a single number; give an array [N, ...] for '{x_arg.name}'")
+        n = np.shape(X)[0]
         # the selection checked against the whole data (dtype, one per sample, in range), not slice by slice
-        selection = None if neuron_selection is None else checked_targets(neuron_selection, len(X), r)
+        selection = None if neuron_selection is None else checked_targets(neuron_selection, n, r)
         # the other inputs with X's batch axis (declared under its name, or of its fixed size) are sliced alike
-        sliced = batch_axis_inputs(r, inputs, len(X))
-        masks = self._masks(r, condition, condition_axis, len(X))  # checked against the whole data; rows sliced
-        maps, outputs, kept = [], [], []
-        starts = range(0, len(X), int(batch_size))
+        sliced = batch_axis_inputs(r, inputs, n)
+        masks = self._masks(r, condition, condition_axis, n)  # checked against the whole data; rows sliced
+        starts = range(0, n, int(batch_size))
         for start in tqdm(starts, desc=f"{self.method.name}", unit="batch", disable=None if progress else True):
-            part = slice(start, start + int(batch_size))
+            part = slice(start, min(start + int(batch_size), n))
             chosen = None if selection is None else selection[part]
             given = {k: (v[part] if k in sliced else v) for k, v in (inputs or {}).items()}
-            rows = {name[len(CONDITION):]: (m[part] if len(m) == len(X) else m) for name, m in masks.items()}
-            maps.append(self._analyze(X[part], chosen, given, rows or None, condition_axis))
-            outputs.append(self.outputs)
-            kept.append(self.kept)
-        self.outputs = [np.concatenate(parts) for parts in zip(*outputs)]
-        self.kept = {name: np.concatenate([k[name] for k in kept]) for name in kept[0]}
-        return np.concatenate(maps)  # X holds more samples than one slice: never empty
+            rows = {name[len(CONDITION):]: (m[part] if len(m) == n else m) for name, m in masks.items()}
+            yield self._slice(X[part], part, chosen, given, rows or None, condition_axis)
 
     def _batch_runner(self, X, neuron_selection, condition) -> Runner | None:
         """The runner that explains X (None for a method that refuses slices, before compiling)."""
@@ -510,8 +544,9 @@ def create_analyzer(method: str, model, **kwargs) -> Analyzer:
     return Analyzer(method, model, **kwargs)
 
 
-def explained_output(analyzer: Analyzer, mode: str):
-    """(values, declared shape, choosable, through, name) of the explained output from the last analyze: the
+def explained_output(analyzer: Analyzer, mode: str, outputs: list | None = None):
+    """(values, declared shape, choosable, through, name) of the explained output in ``outputs`` (the model's
+    outputs as analyze leaves them in Analyzer.outputs; default: the last analyze's): the
     explained tensor itself when it is a graph output, else (through) the graph output it was chosen
     through (the softmax a classifier ends in), whose per-sample argmax is the explained tensor's when it
     is [N, K]; (None, None, False, False, None) when neither is an output."""
@@ -525,5 +560,6 @@ def explained_output(analyzer: Analyzer, mode: str):
         if name not in names:
             return None, None, False, False, None
     declared = runner.session.get_outputs()[runner.output_names.index(name)].shape
-    values = None if analyzer.outputs is None else np.asarray(analyzer.outputs[names.index(name)])
+    outputs = analyzer.outputs if outputs is None else outputs
+    values = None if outputs is None else np.asarray(outputs[names.index(name)])
     return values, declared, not through or (values is not None and values.ndim == 2), through, name

@@ -13,8 +13,9 @@ import warnings
 import numpy as np
 
 from onnxattr import viz
-from onnxattr.api import Analyzer, compile as compile_model, explained_output, explained_shape, inspect as inspect_model
+from onnxattr.api import Analyzer, compile as compile_model, explained_shape, inspect as inspect_model
 from onnxattr import cli_concepts, cli_evaluate
+from onnxattr.cli_explain import explain_and_write, explained_neurons, per_sample_sums, sums_text
 from onnxattr.cli_data import (
     IMAGE_SUFFIXES, analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
     add_pixel_options, check_image_folder, is_folder_output, load_classes, load_data, load_feeds, load_samples,
@@ -24,9 +25,7 @@ from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
-from onnxattr.output import (
-    check_destination, refuse_overwriting_input, save_array, save_arrays, save_image, save_model, save_text,
-)
+from onnxattr.output import check_destination, refuse_overwriting_input, save_model, save_text
 
 
 def batch_size(text: str) -> int | str:
@@ -237,7 +236,7 @@ def cmd_explain(a) -> int:
     mode = "index" if a.target is not None else analyzer.mode
     conditions = load_conditions(a)
     masked = tuple(conditions or ())
-    x = load_samples(a.data, analyzer_input_shape(analyzer, mode, masked), pixels)
+    x = load_samples(a.data, analyzer_input_shape(analyzer, mode, masked), pixels, lazy=True)
     per_sample = {flag: sample_image_paths(path, data_files(a.data), len(x)) for flag, path in folders.items()}
     for paths in per_sample.values():  # refused before the run, not after it
         for path in paths:
@@ -248,65 +247,27 @@ def cmd_explain(a) -> int:
             raise DataError(f"--overlay draws the heatmap over the data, and the data {list(x.shape)} are not what "
                             f"is explained ({[d if isinstance(d, int) else '?' for d in explained]}: a tensor "
                             "computed from them, such as an embedding of token ids): leave --overlay out")
-    r = analyzer.analyze(x, neuron_selection=parse_target(a.target), inputs=load_feeds(a), batch_size=a.batch_size,
-                         progress=True, condition=conditions,
-                         condition_axis=1 if a.condition_axis is None else a.condition_axis)
-    if (a.heatmap or a.graymap) and not np.isfinite(r).all():  # analyze warned, counting them
-        warnings.warn(OnnxAttrWarning("the images draw the relevance's NaN or inf values as 0"))
+    run = dict(neuron_selection=parse_target(a.target), inputs=load_feeds(a), batch_size=a.batch_size, progress=True,
+               condition=conditions, condition_axis=1 if a.condition_axis is None else a.condition_axis)
+    draw = dict(cmap=a.cmap or "seismic", level=a.level or 1.0, overlay=a.overlay)
+    undo = (lambda rows: rows) if pixels is None else pixels.undo  # an overlay draws over the image's pixels
+    shown = explain_and_write(analyzer, x, run, a.out, a.keep_out, images, per_sample, draw, undo,
+                              {"inputs": reads, "models": [a.model]})
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
-    print(f"relevance {list(r.shape)} via {used}; sum per sample: {_sums(r)}")
-    neurons = _explained_neurons(analyzer, mode, parse_target(a.target), classes) if not masked else ""
+    print(f"relevance {shown['shape']} via {used}; sum per sample: {sums_text(shown['sums'])}")
+    neurons = "" if masked else explained_neurons(analyzer, mode, parse_target(a.target), shown["outputs"], classes)
     if neurons:
         print(f"explained per sample: {neurons}")
-    for name, kept in analyzer.kept.items():
-        print(f"relevance at {name} {list(kept.shape)}; sum per sample: {_sums(kept)}")
-    if a.out:
-        save_array(r, a.out, *reads, models=[a.model])
-        print(f"wrote {a.out}")
-    if a.keep_out:
-        save_arrays(analyzer.kept, a.keep_out, *reads, models=[a.model])
-        print(f"wrote {a.keep_out}")
-    seen = x if pixels is None else pixels.undo(x)  # an overlay draws over the image's pixels, not the model's input
-    for flag, kind in (("--heatmap", "heatmap"), ("--graymap", "graymap")):
-        path = images[flag]
-        if not path:
-            continue
-        draw = dict(cmap=a.cmap or "seismic", level=a.level or 1.0)
-        if flag not in per_sample:
-            save_image(viz.grid(r, kind, images=seen if a.overlay else None, **draw), path, *reads,
-                       models=[a.model])
+    for name, kept in shown["kept"].items():
+        print(f"relevance at {name} {list(kept.shape)}; sum per sample: {sums_text(per_sample_sums(kept))}")
+    for path in (a.out, a.keep_out):
+        if path:
             print(f"wrote {path}")
-            continue
-        os.makedirs(path, exist_ok=True)
-        for i, file in enumerate(per_sample[flag]):
-            save_image(viz.grid(r[i:i + 1], kind, images=seen[i:i + 1] if a.overlay else None, **draw), file,
-                       *reads, models=[a.model])
-        print(f"wrote {len(r)} {kind}s into {path}")
+    for flag, path in images.items():
+        if path:
+            kind = flag.lstrip("-")
+            print(f"wrote {shown['shape'][0]} {kind}s into {path}" if flag in per_sample else f"wrote {path}")
     return 0
-
-
-def _explained_neurons(analyzer: Analyzer, mode: str, target, classes=None) -> str:
-    """The first eight samples' explained neurons as 'y[k] = value' of the explained output (or the softmax it was
-    chosen through), its index flattened per sample, with its name from ``classes`` (a list) where given; '' for
-    neuron mode all or where no graph output shows it."""
-    if mode == "all" or (mode, ()) not in analyzer._runners:
-        return ""
-    values, _, choosable, _, name = explained_output(analyzer, mode)
-    if values is None or not choosable or values.ndim == 0:
-        return ""
-    flat = values.reshape(len(values), -1)
-    picks = flat.argmax(1) if mode == "max" else np.broadcast_to(np.asarray(target).reshape(-1), (len(flat),))
-    if classes is not None and len(classes) != flat.shape[1]:
-        warnings.warn(OnnxAttrWarning(f"--classes names {len(classes)} classes and the output {name} has "
-                                      f"{flat.shape[1]} per sample: the names are left out"))
-        classes = None
-    return ", ".join(f"{name}[{k}]{f' {classes[k]!r}' if classes else ''} = {flat[i, k]:.4g}"
-                     for i, k in enumerate(picks[:8]))
-
-
-def _sums(a: np.ndarray) -> str:
-    """The sums of the first eight samples' values (one number for a rank-0 array)."""
-    return ", ".join(f"{v:.4g}" for v in np.reshape(a, (len(a) if np.ndim(a) else 1, -1)).sum(1)[:8])
 
 
 def cmd_inspect(a) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 
 from onnxattr.api import data_input
 from onnxattr.errors import DataError, OutputFileError, UsageError
@@ -120,14 +121,14 @@ def feed_paths(a, option: str = "feed") -> dict:
     return name_paths(getattr(a, option, None), "--" + option.replace("_", "-"))
 
 
-def load_npy(path: str, what: str | None = None) -> np.ndarray:
-    """A .npy array (no pickles); a missing or unreadable file is a DataError naming it (and ``what`` option
-    gave it)."""
+def load_npy(path: str, what: str | None = None, mmap: bool = False) -> np.ndarray:
+    """A .npy array (no pickles; ``mmap``: memory-mapped, read where it is used); a missing or unreadable file
+    is a DataError naming it (and ``what`` option gave it)."""
     where = path if what is None else f"{path} ({what})"
     if not os.path.exists(path):
         raise DataError(f"{where}: no such file")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{where}: not a readable .npy array ({e or 'empty file'})") from None
 
@@ -195,12 +196,14 @@ def preprocess_of(a):
     return parse_preprocess(a.preprocess, a.mean, a.std, a.crop, a.interpolation)
 
 
-def load_samples(paths: list, input_shape, preprocess=None) -> np.ndarray:
+def load_samples(paths: list, input_shape, preprocess=None, lazy: bool = False):
     """explain's --data: one .npy batch, or image files and folders of them (their images by name), one
     sample each, stacked in the order given; ``input_shape()``: the model's declared input shape, which images
-    are resized to where it is fixed; ``preprocess`` (pixels.Preprocess): what images go through."""
+    are resized to where it is fixed; ``preprocess`` (pixels.Preprocess): what images go through. ``lazy``: a
+    .npy batch memory-mapped and several images as ImageFiles, each read when its slice is (an array-like with a
+    shape whose slices are arrays)."""
     if len(paths) == 1 and not os.path.isdir(paths[0]):
-        return load_data(paths[0], input_shape, preprocess)
+        return load_data(paths[0], input_shape, preprocess, lazy)
     files = []
     for path in paths:
         if os.path.isdir(path):
@@ -212,20 +215,75 @@ def load_samples(paths: list, input_shape, preprocess=None) -> np.ndarray:
             raise DataError(f"{path}: a .npy batch is the whole --data (give it alone), not one of several files")
         else:
             files.append(path)
-    samples = [load_data(f, input_shape, preprocess) for f in files]
-    sizes = {s.shape for s in samples}
-    if len(sizes) > 1:
-        first = samples[0].shape
-        other = next(f for f, s in zip(files, samples) if s.shape != first)
-        raise DataError(f"the images differ in size ({files[0]}: {list(first[1:])}, {other}: "
-                        f"{list(samples[files.index(other)].shape[1:])}) and the model's input size is not fixed: "
-                        "resize them alike")
-    return np.concatenate(samples)
+    images = ImageFiles(files, input_shape, preprocess)
+    return images if lazy else np.asarray(images)
 
 
-def load_data(path, input_shape, preprocess=None) -> np.ndarray:
-    """One .npy batch, or one image (a batch of one, resized to ``input_shape()`` where it is fixed, then
-    ``preprocess``ed)."""
+class ImageFiles:
+    """Image files as a batch [N, ...] read a slice at a time: ``x[a:b]`` reads and stacks those files, and
+    np.asarray(x) all of them. Every file's header is read when it is made, and the first image (and the first
+    of another size in pixels): a file Pillow cannot read, or images that come out in different sizes (a model
+    whose input size is not fixed), fail then, before any run."""
+
+    def __init__(self, files: list, input_shape, preprocess=None):
+        self.files, self._input_shape, self._preprocess = list(files), input_shape, preprocess
+        sizes = [_image_size(f) for f in self.files]
+        self._read = {0: load_data(self.files[0], input_shape, preprocess)}  # read once, used by the first slice
+        first = self._read[0]
+        self.shape = (len(self.files), *first.shape[1:])
+        self.dtype = first.dtype
+        self._last = (None, None)  # the last slice read
+        other = next((i for i, size in enumerate(sizes) if size != sizes[0]), None)
+        if other is not None:  # images of other sizes: the same shape once resized to a fixed input size
+            self._read[other] = self._checked(other, load_data(self.files[other], input_shape, preprocess))
+
+    ndim = property(lambda self: len(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        if not isinstance(rows, slice):
+            raise TypeError(f"ImageFiles reads slices of its files (x[a:b]), not {type(rows).__name__}")
+        picked = range(*rows.indices(len(self)))
+        if self._last[0] == picked:  # (read again to draw an overlay)
+            return self._last[1]
+        samples = [self._read.pop(i, None) for i in picked]
+        samples = [s if s is not None else self._checked(i, load_data(self.files[i], self._input_shape,
+                                                                      self._preprocess))
+                   for i, s in zip(picked, samples)]
+        self._last = (picked, np.concatenate(samples) if samples else np.empty((0, *self.shape[1:]), self.dtype))
+        return self._last[1]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def _checked(self, i: int, sample: np.ndarray) -> np.ndarray:
+        """Image ``i``'s sample, refused where its shape is not the first image's."""
+        if sample.shape[1:] != self.shape[1:]:
+            raise DataError(f"the images differ in size ({self.files[0]}: {list(self.shape[1:])}, {self.files[i]}: "
+                            f"{list(sample.shape[1:])}) and the model's input size is not fixed: resize them alike")
+        return sample
+
+
+def _image_size(path: str) -> tuple:
+    """An image file's size in pixels, from its header (a file Pillow cannot identify is a DataError)."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        with Image.open(path) as opened:
+            return opened.size
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: str, e: OSError) -> DataError:
+    return DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})")
+
+
+def load_data(path, input_shape, preprocess=None, lazy: bool = False) -> np.ndarray:
+    """One .npy batch (``lazy``: memory-mapped), or one image (a batch of one, resized to ``input_shape()``
+    where it is fixed, then ``preprocess``ed)."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     if path.lower().endswith(".npy"):
@@ -233,11 +291,11 @@ def load_data(path, input_shape, preprocess=None) -> np.ndarray:
             raise UsageError(f"{path}: --preprocess, --mean, --std, --crop and --interpolation apply to image files; "
                              "a .npy batch is the model's input as it is (preprocess it before saving, or leave them "
                              "out)")
-        return load_npy(path)
+        return load_npy(path, mmap=lazy)
     try:
         return load_image(path, input_shape(), preprocess)
     except OSError as e:
-        raise DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})") from None
+        raise _unreadable(path, e) from None
 
 
 def load_classes(path: str) -> list[str]:

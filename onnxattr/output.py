@@ -177,6 +177,49 @@ def save_array(arr: np.ndarray, path: str, *inputs, models=()) -> None:
     _save_file(path, inputs, models, lambda f: np.save(f, arr))
 
 
+@contextlib.contextmanager
+def array_rows(path: str, shape: tuple, dtype, *inputs, models=()):
+    """A .npy array of ``shape`` and ``dtype`` written a slice of rows at a time: yields ``write(rows)``, which
+    appends rows in order to a temporary beside ``path``; renamed into place when the block ends with every row
+    written, deleted on any error (nothing half-written, never over an input)."""
+    refuse_overwriting_input(path, *inputs, models=models)
+    dtype = np.dtype(dtype)
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0, *shape[1:]), dtype))
+    header["shape"] = tuple(int(d) for d in shape)
+    written = 0
+
+    def write(rows: np.ndarray) -> None:
+        nonlocal written
+        rows = np.ascontiguousarray(rows, dtype)
+        if rows.shape[1:] != tuple(shape[1:]) or written + len(rows) > shape[0]:
+            raise ValueError(f"{path}: rows of shape {list(rows.shape)} do not continue an array {list(shape)} "
+                             f"after {written} rows")
+        try:
+            f.write(rows.data)
+        except OSError as e:
+            raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
+        written += len(rows)
+
+    stack = contextlib.ExitStack()
+    try:
+        f = stack.enter_context(open(stack.enter_context(atomic_path(path)), "wb"))
+        np.lib.format.write_array_header_1_0(f, header)
+    except OSError as e:
+        stack.close()
+        raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
+    block_done = False
+    try:
+        with stack:  # closes the file, then renames it into place (or deletes it on an error)
+            yield write
+            if written != shape[0]:
+                raise ValueError(f"{path}: {written} of the array's {shape[0]} rows were written")
+            block_done = True
+    except OSError as e:
+        if not block_done:  # the block's own error
+            raise
+        raise OutputFileError(f"{path}: cannot write ({e.strerror})") from None
+
+
 def save_arrays(arrays: dict, path: str, *inputs, models=()) -> None:
     """Named arrays as one .npz (numpy's format, names as given)."""
     _save_file(path, inputs, models, lambda f: np.savez(f, **arrays))

@@ -1,5 +1,6 @@
 """onnxattr/api.py: Analyzer.analyze in slices (batch_size) gives the maps and outputs of one whole run."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +307,61 @@ def test_a_map_with_nan_warns_once_from_analyze(tmp_path, capsys):
         assert main(["explain", str(tmp_path / "sqrt.onnx"), "-m", "gradient", "--neuron", "all", "--data",
                      str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.npy")]) == 7
     assert "onnxattr: error: the relevance holds 2 NaN or inf values" in capsys.readouterr().err
+
+
+class Reader:
+    """Data read a slice at a time (as a reader of files): records the rows of each read; np.asarray fails."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.reads = x, x.shape, []
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, rows):
+        self.reads.append(range(*rows.indices(len(self.x))))
+        return self.x[rows]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the data were read whole")
+
+
+def test_analyze_slices_yields_each_slice_as_it_is_computed(tmp_path):
+    """analyze_slices yields the slices in order: their rows, maps, outputs and kept tensors are those of the
+    whole run; data with a shape whose slices are arrays (a reader, a memory-mapped .npy) are read a slice at a
+    time, never whole; batch_size=None is one slice of all rows."""
+    model, _ = mlp()
+    analyzer = onnxattr.create_analyzer("lrp.z", model, keep=["h2"])
+    whole, outputs, kept = analyzer.analyze(X), analyzer.outputs, analyzer.kept["h2"]
+    reader = Reader(X)
+    pieces = list(analyzer.analyze_slices(reader, batch_size=3))
+    assert [p.rows for p in pieces] == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert reader.reads == [range(0, 3), range(3, 6), range(6, 7)]
+    for p in pieces:
+        np.testing.assert_allclose(p.relevance, whole[p.rows], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(p.outputs[0], outputs[0][p.rows], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(p.kept["h2"], kept[p.rows], rtol=1e-5, atol=1e-6)
+    assert analyzer.outputs is pieces[-1].outputs
+    np.save(tmp_path / "x.npy", X)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.testing.assert_allclose(np.concatenate([p.relevance for p in analyzer.analyze_slices(mapped, batch_size=2)]),
+                               whole, rtol=1e-5, atol=1e-6)
+    (one,) = analyzer.analyze_slices(X, batch_size=None)
+    assert one.rows == slice(0, 7)
+    np.testing.assert_array_equal(one.relevance, whole)
+
+
+def test_analyze_slices_warns_of_nan_once_after_the_last_slice():
+    """A NaN in two slices' maps is one warning, counting both, given when the last slice has been taken."""
+    model, _ = mlp()
+    x = X.copy()
+    x[[0, 5], 0] = np.nan
+    pieces = onnxattr.create_analyzer("gradient", model).analyze_slices(x, batch_size=3)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        next(pieces), next(pieces), next(pieces)
+        assert not seen
+        assert next(pieces, None) is None
+    (w,) = seen
+    assert isinstance(w.message, onnxattr.api.NonFiniteRelevanceWarning)
+    assert "the relevance holds 12 NaN or inf values" in str(w.message)

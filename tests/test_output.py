@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from onnxattr.errors import OutputFileError
-from onnxattr.output import save_array, save_image, save_model
+from onnxattr.output import array_rows, save_array, save_image, save_model
 from tests.models import mlp
 
 RGB = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
@@ -25,9 +25,16 @@ def umask_022():
     os.umask(old)
 
 
+def write_rows(path, parts, shape):
+    with array_rows(str(path), shape, np.float32) as write:
+        for part in parts:
+            write(part)
+
+
 @pytest.mark.parametrize("write,name", [
     (lambda p: save_model(mlp()[0], str(p)), "m.onnx"),
     (lambda p: save_array(np.ones(3), str(p)), "r.npy"),
+    (lambda p: write_rows(p, [np.ones((2, 3))], (2, 3)), "rows.npy"),
     (lambda p: save_image(RGB, str(p)), "h.png"),
 ])
 def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path, umask_022, write, name):
@@ -59,3 +66,28 @@ def test_image_over_an_input_is_refused(tmp_path):
     with pytest.raises(OutputFileError, match="overwrite the input"):
         save_image(RGB, str(src), str(src))
     assert src.read_bytes() == before
+
+
+def test_array_rows_writes_the_array_a_slice_at_a_time(tmp_path):
+    """Rows appended in slices make the file np.save would (cast to the dtype given); the file appears only once
+    every row is in, and an error in the block, too few or misfitting rows leave no file and no temporary."""
+    a = np.random.default_rng(0).standard_normal((7, 2, 3))
+    write_rows(tmp_path / "r.npy", [a[:3], a[3:6], a[6:]], a.shape)
+    np.save(tmp_path / "want.npy", a.astype(np.float32))
+    assert (tmp_path / "r.npy").read_bytes() == (tmp_path / "want.npy").read_bytes()
+    with pytest.raises(RuntimeError, match="stopped"):
+        with array_rows(str(tmp_path / "s.npy"), a.shape, np.float32) as write:
+            write(a[:3])
+            assert not (tmp_path / "s.npy").exists()
+            raise RuntimeError("stopped")
+    with pytest.raises(ValueError, match="3 of the array's 7 rows were written"):
+        write_rows(tmp_path / "s.npy", [a[:3]], a.shape)
+    with pytest.raises(ValueError, match="do not continue an array"):
+        write_rows(tmp_path / "s.npy", [a[:3, :1]], a.shape)
+    with pytest.raises(ValueError, match="do not continue an array"):
+        write_rows(tmp_path / "s.npy", [a, a[:1]], a.shape)
+    assert sorted(os.listdir(tmp_path)) == ["r.npy", "want.npy"]
+    with pytest.raises(OutputFileError, match="the output would overwrite the input"):
+        array_rows(str(tmp_path / "r.npy"), a.shape, np.float32, str(tmp_path / "r.npy")).__enter__()
+    with pytest.raises(OutputFileError, match="does not exist"):
+        array_rows(str(tmp_path / "no" / "r.npy"), a.shape, np.float32).__enter__()
