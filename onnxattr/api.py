@@ -23,6 +23,8 @@ from onnxattr.methods.perturbation import MAX_PERTURBATIONS
 from onnxattr.output import refuse_overwriting_input
 from onnxattr.recurrent_nodes import NOT_FIXED, data_sizes, with_sizes
 from onnxattr.runtime import Runner
+from onnxattr.runner_io import (batch_axis_inputs, checked_targets, data_batch_axis, data_input, explained_input,
+                                explained_shape, target_rows)
 from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK
 from onnxattr.select import TARGET_INPUT
 
@@ -324,7 +326,7 @@ class Analyzer:
         refused = self._slices_refused(r)
         if refused:
             raise UsageError(refused)
-        x_arg, _ = _data_batch_axis(r)
+        x_arg, _ = data_batch_axis(r)
         if not (hasattr(X, "shape") and hasattr(X, "__getitem__")):  # (a reader of files keeps its slices lazy)
             X = np.asarray(X)
         if not np.shape(X):
@@ -359,7 +361,7 @@ class Analyzer:
         if baked:
             return (f"batch_size: {', '.join(baked)} holds one row per sample, compiled into the model for the whole "
                     f"data; {_UNSLICED}, or give one row")
-        x_arg, batch = _data_batch_axis(r)
+        x_arg, batch = data_batch_axis(r)
         whole = [o.name for o in r.session.get_outputs()
                  if o.name != RELEVANCE and (not o.shape or o.shape[0] != batch)]
         if batch is None or whole:
@@ -376,7 +378,7 @@ class Analyzer:
         r = self._batch_runner(X, neuron_selection, condition)
         if self._slices_refused(r):
             return None
-        fixed = _data_batch_axis(r)[1]
+        fixed = data_batch_axis(r)[1]
         if isinstance(fixed, int):  # a model exported with a fixed batch takes slices of that batch
             return fixed if fixed != shape[0] else None
         size = max(1, AUTO_VALUES // max(1, _values_per_sample(r, shape)))
@@ -466,77 +468,6 @@ def _unchecked_masks(runner: Runner, masks: dict) -> list[str]:
         if shape is None or any(d is None and m != 1 for d, m in zip(shape[1:], mask.shape[1:])):
             out.append(feed[len(CONDITION):])
     return out
-
-
-def target_rows(runner: Runner, samples: int, feeds: dict | None = None) -> int:
-    """How many indices the target input takes: one per sample, or the fixed row count the compiler declared for
-    it (an output whose rows are not the data's samples, as a graph net's readout), or the rows of the fed input
-    whose first axis it was declared under (a box head's boxes)."""
-    inputs = runner.session.get_inputs()
-    arg = next((a for a in inputs if a.name == TARGET_INPUT), None)
-    rows = arg.shape[0] if arg is not None and arg.shape else None
-    if rows == _data_batch_axis(runner)[1]:
-        return samples
-    if isinstance(rows, int):
-        return rows
-    other = next((a.name for a in inputs if a.name != TARGET_INPUT and a.shape and a.shape[0] == rows
-                  and a.name in (feeds or {})), None)
-    return len(feeds[other]) if isinstance(rows, str) and other is not None else samples
-
-
-def checked_targets(selection, batch: int, runner: Runner) -> np.ndarray:
-    t = np.asarray(selection)
-    if t.dtype.kind not in "iu":
-        raise DataError(f"neuron_selection must be integers, got {t.dtype}")
-    t = np.broadcast_to(t.astype(np.int64), (batch,)).copy() if t.ndim == 0 else t.astype(np.int64)
-    if t.shape != (batch,):
-        raise DataError(f"neuron_selection has shape {t.shape}; expected one index per sample ({batch})")
-    n_out = _flat_outputs(runner)
-    if n_out is not None and (t.min() < 0 or t.max() >= n_out):
-        raise DataError(f"neuron_selection {t.tolist()} out of range: the explained output has {n_out} neurons")
-    return t
-
-
-def batch_axis_inputs(runner: Runner, given: dict | None, samples: int) -> set:
-    """The names of the graph inputs whose first axis is the data's batch axis (declared under its name, or of
-    its fixed size); each one ``given`` must hold one row per sample (DataError)."""
-    x_arg, batch = _data_batch_axis(runner)
-    names = {a.name for a in runner.session.get_inputs() if batch is not None and a.shape and a.shape[0] == batch}
-    for name, value in (given or {}).items() if isinstance(given, dict) else ():
-        if name in names and name != x_arg.name and np.shape(value)[:1] != (samples,):
-            raise DataError(f"input '{name}' has {np.shape(value)[0] if np.ndim(value) else 'no'} rows and the data "
-                            f"{samples} samples: its first axis is the data's batch axis, one row per sample")
-    return names
-
-
-def data_input(runner: Runner):
-    """The compiled model's graph input that takes the data (onnxruntime's NodeArg: name, type, shape)."""
-    return runner.session.get_inputs()[runner.input_names.index(explained_input(runner))]
-
-
-def _data_batch_axis(runner: Runner):
-    """(data_input, its declared first axis: a name, a fixed size, or None)."""
-    x_arg = data_input(runner)
-    return x_arg, (x_arg.shape[0] if x_arg.shape else None)
-
-
-def explained_shape(runner: Runner) -> list:
-    """The declared shape of the explained tensor (the relevance's): the data's, or an embedding's computed from
-    token ids."""
-    return runner.session.get_outputs()[runner.output_names.index(RELEVANCE)].shape
-
-
-def explained_input(runner: Runner) -> str:
-    """The compiled model's input that takes the data (recorded by assemble: the explained input, or the
-    graph input an explained intermediate tensor is computed from), not merely its first one."""
-    name = runner.session.get_modelmeta().custom_metadata_map.get("onnxattr.data")
-    return name if name in runner.input_names else next(n for n in runner.input_names if n != TARGET_INPUT)
-
-
-def _flat_outputs(runner: Runner):
-    meta = runner.session.get_modelmeta().custom_metadata_map
-    n = meta.get("onnxattr.outputs")
-    return int(n) if n else None
 
 
 def create_analyzer(method: str, model, **kwargs) -> Analyzer:

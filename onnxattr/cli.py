@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from onnxattr import viz
-from onnxattr.api import Analyzer, compile as compile_model, explained_shape, inspect as inspect_model
+from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_model
 from onnxattr import cli_concepts, cli_evaluate
 from onnxattr.cli_explain import explain_and_write, explained_neurons, per_sample_sums, sums_text
 from onnxattr.cli_data import (
@@ -26,6 +26,7 @@ from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
 from onnxattr.output import check_destination, refuse_overwriting_input, save_model, save_text
+from onnxattr.runner_io import explained_shape
 
 
 def batch_size(text: str) -> int | str:

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from onnxattr import viz
-from onnxattr.api import Analyzer, data_input
+from onnxattr.api import Analyzer
 from onnxattr.cli_data import (
     add_pixel_options, check_outputs, data_files, feed_paths, load_feeds, load_npy, load_samples, parse_sets,
     preprocess_of,
@@ -18,6 +18,7 @@ from onnxattr.concepts import concepts, shares
 from onnxattr.errors import UsageError
 from onnxattr.methods import get_method
 from onnxattr.output import save_arrays, save_image
+from onnxattr.runner_io import data_input
 
 
 def add_parser(sub) -> None:

@@ -8,10 +8,10 @@ import os
 import numpy as np
 from PIL import Image
 
-from onnxattr.api import data_input
 from onnxattr.errors import DataError, OutputFileError, UsageError
 from onnxattr.output import check_destination, refuse_overwriting_input
 from onnxattr.pixels import FILTERS, PRESETS, load_image, parse_preprocess
+from onnxattr.runner_io import data_input
 
 
 def parse_sets(pairs) -> dict:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxattr.api import Analyzer, data_input, explained_output, non_finite_told_by_caller
+from onnxattr.api import Analyzer, explained_output, non_finite_told_by_caller
 from onnxattr.errors import DataError, SelectionError, UsageError
 from onnxattr.light import declared_dims
+from onnxattr.runner_io import data_input
 from onnxattr.select import choose_input
 
 TOP_FRACTION = 0.1  # the share of elements, by |relevance|, whose overlap is reported

@@ -22,13 +22,13 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from onnxattr.api import (Analyzer, batch_axis_inputs, checked_targets, data_input, explained_input,
-                          non_finite_told_by_caller)
+from onnxattr.api import Analyzer, non_finite_told_by_caller
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import DataError, SelectionError, UsageError, check_positive_int
 from onnxattr.feeds import as_input, other_feeds
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import load_model
+from onnxattr.runner_io import batch_axis_inputs, checked_targets, data_input, explained_input
 from onnxattr.runtime import Runner
 
 NORM_EPS = 1e-10  # zennit-crp's abs_norm denominator term
