@@ -16,7 +16,7 @@ from onnxattr.assemble import KEPT, RELEVANCE, compile_model
 from onnxattr.condition import CONDITION, conditioned_shapes, mask_of
 from onnxattr.errors import (DataError, OnnxAttrWarning, UnsupportedModelError, UsageError, check_positive_int,
                              warn)
-from onnxattr.feeds import as_input, other_feeds
+from onnxattr.feeds import as_input, other_feeds, read_by_rows
 from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
 from onnxattr.methods.perturbation import MAX_PERTURBATIONS
@@ -327,8 +327,7 @@ class Analyzer:
         if refused:
             raise UsageError(refused)
         x_arg, _ = data_batch_axis(r)
-        if not (hasattr(X, "shape") and hasattr(X, "__getitem__")):  # (a reader of files keeps its slices lazy)
-            X = np.asarray(X)
+        X = read_by_rows(X)
         if not np.shape(X):
             raise DataError(f"input data is a single number; give an array [N, ...] for '{x_arg.name}'")
         n = np.shape(X)[0]

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.add_argument("--data", required=True, nargs="+", metavar="DATA",
                    help="input batch as .npy, or image files (png, jpg, ...) or a folder of them, one sample each "
-                        "(resized to the model's input size when it is fixed, then --preprocess)")
+                        "(resized to the model's input size when it is fixed, then --preprocess); read a slice "
+                        "(--batch-size) at a time")
     add_pixel_options(e)
     e.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
     e.add_argument("--classes", metavar="FILE.txt", help="the output's class names, one per line (line k names "

@@ -87,8 +87,9 @@ def cmd_concepts(a) -> int:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     params = {**parse_sets(a.set), **({"patterns": a.patterns} if a.patterns else {})}
     labels = load_npy(a.labels, "--labels") if a.labels else None
-    x = load_samples(a.data, lambda: data_input(
-        Analyzer(a.method, a.model, input=a.input, output=a.output, **params).runner("max")).shape, pixels)
+    x = load_samples(a.data, lambda: data_input(  # read a slice at a time (a folder: each image when it is run)
+        Analyzer(a.method, a.model, input=a.input, output=a.output, **params).runner("max")).shape, pixels,
+        lazy=True)
     common = dict(labels=labels, top=a.top, axis=a.condition_axis, batch_size=a.batch_size, inputs=load_feeds(a),
                   device=a.device, input=a.input, output=a.output, progress=True, receptive_field=a.receptive_field,
                   start=a.reference_start, **params)

@@ -3,6 +3,7 @@ them), --feed / --feed-b arrays, and --target indices."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -215,15 +216,15 @@ def load_samples(paths: list, input_shape, preprocess=None, lazy: bool = False):
             raise DataError(f"{path}: a .npy batch is the whole --data (give it alone), not one of several files")
         else:
             files.append(path)
-    images = ImageFiles(files, input_shape, preprocess)
+    images = ImageFiles(files, functools.cache(input_shape), preprocess)  # (the shape may take a compile: once)
     return images if lazy else np.asarray(images)
 
 
 class ImageFiles:
-    """Image files as a batch [N, ...] read a slice at a time: ``x[a:b]`` reads and stacks those files, and
-    np.asarray(x) all of them. Every file's header is read when it is made, and the first image (and the first
-    of another size in pixels): a file Pillow cannot read, or images that come out in different sizes (a model
-    whose input size is not fixed), fail then, before any run."""
+    """Image files as a batch [N, ...] read a slice at a time: ``x[a:b]`` (or ``x[[i, j]]``) reads and stacks
+    those files, and np.asarray(x) all of them. Every file's header is read when it is made, and the first image
+    (and the first of another size in pixels): a file Pillow cannot read, or images that come out in different
+    sizes (a model whose input size is not fixed), fail then, before any run."""
 
     def __init__(self, files: list, input_shape, preprocess=None):
         self.files, self._input_shape, self._preprocess = list(files), input_shape, preprocess
@@ -243,10 +244,14 @@ class ImageFiles:
         return self.shape[0]
 
     def __getitem__(self, rows):
-        if not isinstance(rows, slice):
-            raise TypeError(f"ImageFiles reads slices of its files (x[a:b]), not {type(rows).__name__}")
-        picked = range(*rows.indices(len(self)))
-        if self._last[0] == picked:  # (read again to draw an overlay)
+        if isinstance(rows, slice):
+            picked = tuple(range(*rows.indices(len(self))))
+        else:
+            index = np.asarray(rows)
+            if index.ndim != 1 or index.dtype.kind not in "iu":
+                raise TypeError(f"ImageFiles reads a slice or a list of sample numbers, not {rows!r}")
+            picked = tuple(int(i) for i in np.arange(len(self))[index])  # (an index beyond the files: IndexError)
+        if self._last[0] == picked:  # (read again: an overlay, concepts' activations)
             return self._last[1]
         samples = [self._read.pop(i, None) for i in picked]
         samples = [s if s is not None else self._checked(i, load_data(self.files[i], self._input_shape,

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from onnxattr.api import Analyzer, non_finite_told_by_caller
 from onnxattr.compiler import path_nodes
 from onnxattr.errors import DataError, SelectionError, UsageError, check_positive_int
-from onnxattr.feeds import as_input, other_feeds
+from onnxattr.feeds import as_input, other_feeds, read_by_rows
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import load_model
 from onnxattr.runner_io import batch_axis_inputs, checked_targets, data_input, explained_input
@@ -207,7 +207,7 @@ class _Rows:
     def __init__(self, analyzer: Analyzer, layer: str, data, labels, inputs, axis: int, batch_size: int):
         runner = analyzer.runner(analyzer.mode)
         self.analyzer, self.layer, self.axis = analyzer, layer, axis
-        self.data = np.asarray(data)
+        self.data = read_by_rows(data)  # (a reader of image files reads the rows run)
         if self.data.ndim == 0 or len(self.data) == 0:
             raise DataError(f"the data hold no samples (shape {list(self.data.shape)}): give an array [N, ...]")
         if labels is not None:

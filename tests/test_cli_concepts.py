@@ -109,3 +109,33 @@ def test_images_are_named_in_the_statistics(tmp_path, capsys):
     assert main(["concepts", MODEL, "-m", "lrp.epsilon", "--layer", LAYER, "--data", str(folder), "--top", "2",
                  "-o", str(out)]) == 0
     assert [Path(f).name for f in np.load(out)["files"]] == ["d0.png", "d1.png", "d2.png"]
+
+
+def test_a_folder_is_read_a_slice_at_a_time(tmp_path, capsys, monkeypatch):
+    """concepts over a folder reads its images as it runs them (--batch-size 2 of 5 images; the reference maps'
+    samples by number), never all at once, and gives the statistics and references of the same data as a .npy."""
+    from onnxattr.cli_data import ImageFiles
+    from onnxattr.pixels import load_image
+
+    x = np.load(DATA)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray((x[i, 0] / x.max() * 255).astype(np.uint8)).save(folder / f"d{i}.png")
+    np.save(tmp_path / "x.npy", np.concatenate([load_image(str(folder / f"d{i}.png"), ["N", 1, 8, 8])
+                                                for i in range(5)]))
+    args = ["concepts", MODEL, "-m", "lrp.epsilon", "--layer", LAYER, "--top", "2", "--batch-size", "2", "--channel",
+            "1", "--channel", "4"]
+    assert main(args + ["--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "want.npz")]) == 0
+    reads, getitem = [], ImageFiles.__getitem__
+    monkeypatch.setattr(ImageFiles, "__getitem__", lambda self, rows: reads.append(rows) or getitem(self, rows))
+
+    def whole_read(*args, **kwargs):
+        raise AssertionError("the folder was read whole")
+    monkeypatch.setattr(ImageFiles, "__array__", whole_read)
+    assert main(args + ["--data", str(folder), "-o", str(tmp_path / "got.npz")]) == 0
+    assert max(len(range(*r.indices(5))) if isinstance(r, slice) else len(r) for r in reads) == 2
+    want, got = np.load(tmp_path / "want.npz"), np.load(tmp_path / "got.npz")
+    assert sorted(got.files) == sorted(want.files + ["files"])
+    for name in want.files:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-9, err_msg=name)
