@@ -25,7 +25,7 @@ from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
 from onnxattr.methods import REGISTRY
-from onnxattr.output import check_destination, refuse_overwriting_input, save_model, save_text
+from onnxattr.output import ReadFiles, check_destination, refuse_overwriting_input, save_model, save_text
 from onnxattr.runner_io import explained_shape
 
 
@@ -240,9 +240,10 @@ def cmd_explain(a) -> int:
     masked = tuple(conditions or ())
     x = load_samples(a.data, analyzer_input_shape(analyzer, mode, masked), pixels, lazy=True)
     per_sample = {flag: sample_image_paths(path, data_files(a.data), len(x)) for flag, path in folders.items()}
+    read = ReadFiles(reads, [a.model])  # found once for the many files of a folder of maps
     for paths in per_sample.values():  # refused before the run, not after it
         for path in paths:
-            refuse_overwriting_input(path, *reads, models=[a.model])
+            read.refuse(path)
     if a.overlay:  # the map must sit on the data: refused before the run, not after it
         explained = explained_shape(analyzer.runner(mode, masked))
         if len(explained) != x.ndim or any(isinstance(d, int) and d != n for d, n in zip(explained[1:], x.shape[1:])):
@@ -253,8 +254,7 @@ def cmd_explain(a) -> int:
                condition=conditions, condition_axis=1 if a.condition_axis is None else a.condition_axis)
     draw = dict(cmap=a.cmap or "seismic", level=a.level or 1.0, overlay=a.overlay)
     undo = (lambda rows: rows) if pixels is None else pixels.undo  # an overlay draws over the image's pixels
-    shown = explain_and_write(analyzer, x, run, a.out, a.keep_out, images, per_sample, draw, undo,
-                              {"inputs": reads, "models": [a.model]})
+    shown = explain_and_write(analyzer, x, run, a.out, a.keep_out, images, per_sample, draw, undo, read)
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
     print(f"relevance {shown['shape']} via {used}; sum per sample: {sums_text(shown['sums'])}")
     neurons = "" if masked else explained_neurons(analyzer, mode, parse_target(a.target), shown["outputs"], classes)

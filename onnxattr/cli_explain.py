@@ -14,19 +14,17 @@ import numpy as np
 from onnxattr import viz
 from onnxattr.api import Analyzer, explained_output
 from onnxattr.errors import OnnxAttrWarning
-from onnxattr.output import array_rows, save_arrays, save_image
+from onnxattr.output import ReadFiles, array_rows, save_arrays, save_image
 
 SHOWN = 8  # samples whose sums and explained neurons are printed
 
 
 def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_out: str | None, images: dict,
-                      per_sample: dict, draw: dict, undo, written: dict) -> dict:
+                      per_sample: dict, draw: dict, undo, read: ReadFiles) -> dict:
     """Run ``analyzer.analyze_slices(x, **run)`` and write each slice: ``out`` (a .npy of every map), ``images``
     ({flag: path} of --heatmap and --graymap; a folder where ``per_sample`` gives its files), drawn with ``draw``
-    (cmap, level, overlay) over ``undo(x rows)`` when it overlays. ``written``: the inputs and models no output
-    may replace. Returns what is printed: the maps' shape, the first samples' sums and outputs, the kept tensors
+    (cmap, level, overlay) over ``undo(x rows)`` when it overlays. ``read``: the files no output may replace. Returns what is printed: the maps' shape, the first samples' sums and outputs, the kept tensors
     (whole), and whether a map held NaN or inf."""
-    reads, models = written["inputs"], written["models"]
     whole = {flag: [] for flag, path in images.items() if path and flag not in per_sample}  # maps of one image
     seen_whole: list = []
     shown = {"sums": [], "outputs": [], "kept": [], "rows": 0, "finite": True, "shape": None}
@@ -38,8 +36,7 @@ def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_ou
                 one_run = piece.rows == slice(0, len(x)) or piece.rows.stop is None
                 shown["shape"] = list(r.shape) if one_run else [len(x), *r.shape[1:]]
                 if out:
-                    write_rows = files.enter_context(array_rows(out, tuple(shown["shape"]), r.dtype, *reads,
-                                                                models=models))
+                    write_rows = files.enter_context(array_rows(out, tuple(shown["shape"]), r.dtype, read))
             if write_rows is not None:
                 write_rows(r)
             shown["finite"] = shown["finite"] and bool(np.isfinite(r).all())
@@ -56,17 +53,16 @@ def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_ou
             for flag, paths in per_sample.items():
                 os.makedirs(images[flag], exist_ok=True)
                 for i, file in zip(range(len(r)), paths[piece.rows]):
-                    save_image(tile(r[i:i + 1], flag, draw, None if seen is None else seen[i:i + 1]), file,
-                               *reads, models=models)
+                    save_image(tile(r[i:i + 1], flag, draw, None if seen is None else seen[i:i + 1]), file, read)
     if not shown["finite"] and any(images.values()):  # analyze_slices warned, counting them
         warnings.warn(OnnxAttrWarning("the images draw the relevance's NaN or inf values as 0"))
     for flag, maps in whole.items():
         save_image(tile(np.concatenate(maps), flag, draw, np.concatenate(seen_whole) if seen_whole else None),
-                   images[flag], *reads, models=models)
+                   images[flag], read)
     kept = shown["kept"]
     shown["kept"] = {name: np.concatenate([k[name] for k in kept]) for name in kept[0]} if len(kept) > 1 else kept[0]
     if keep_out:
-        save_arrays(shown["kept"], keep_out, *reads, models=models)
+        save_arrays(shown["kept"], keep_out, read)
     outputs = shown["outputs"]
     shown["outputs"] = outputs[0] if len(outputs) == 1 else [np.concatenate(o)[:SHOWN] for o in zip(*outputs)]
     shown["sums"] = np.concatenate(shown["sums"])

@@ -91,3 +91,40 @@ def test_array_rows_writes_the_array_a_slice_at_a_time(tmp_path):
         array_rows(str(tmp_path / "r.npy"), a.shape, np.float32, str(tmp_path / "r.npy")).__enter__()
     with pytest.raises(OutputFileError, match="does not exist"):
         array_rows(str(tmp_path / "no" / "r.npy"), a.shape, np.float32).__enter__()
+
+
+def test_png_is_written_at_zlib_level_1(tmp_path, monkeypatch):
+    """PNGs are written with compress_level=PNG_LEVEL (1: four times faster than Pillow's default on heatmaps, and
+    smaller); other formats get no PNG option; the pixels come back as written."""
+    from onnxattr import output
+
+    levels = []
+    save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda self, fp, format=None, **kw: levels.append(
+        (format, kw.get("compress_level"))) or save(self, fp, format=format, **kw))
+    save_image(RGB, str(tmp_path / "h.png"))
+    save_image(RGB, str(tmp_path / "h.bmp"))
+    assert levels == [("PNG", output.PNG_LEVEL), ("BMP", None)] and output.PNG_LEVEL == 1
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "h.png")), RGB)
+
+
+def test_read_files_finds_the_inputs_once_for_many_outputs(tmp_path, monkeypatch):
+    """A heatmap per sample of a folder of N images was checked against every image: N x N real paths (2.3 s of
+    a 256-image run). ReadFiles finds the inputs' real paths once; each output then costs one, and an output over
+    an input (also through a link) is still refused, naming the input as given."""
+    from onnxattr import output
+
+    inputs = []
+    for i in range(50):
+        (tmp_path / f"{i}.png").write_bytes(b"x")
+        inputs.append(str(tmp_path / f"{i}.png"))
+    os.symlink(tmp_path / "7.png", tmp_path / "link.png")
+    calls, real = [], os.path.realpath
+    monkeypatch.setattr(output.os.path, "realpath", lambda p, **kw: calls.append(p) or real(p, **kw))
+    read = output.ReadFiles(inputs, models=[])
+    for i in range(50):
+        read.refuse(str(tmp_path / f"out{i}.png"))
+    assert len(calls) == 100
+    for name in ("7.png", "link.png"):
+        with pytest.raises(OutputFileError, match=f"would overwrite the input {tmp_path / '7.png'}"):
+            output.refuse_overwriting_input(str(tmp_path / name), read)
