@@ -256,11 +256,11 @@ def cmd_explain(a) -> int:
     undo = (lambda rows: rows) if pixels is None else pixels.undo  # an overlay draws over the image's pixels
     shown = explain_and_write(analyzer, x, run, a.out, a.keep_out, images, per_sample, draw, undo, read)
     used = ", ".join(next(iter(analyzer._runners.values())).providers)
-    print(f"relevance {shown['shape']} via {used}; sum per sample: {sums_text(shown['sums'])}")
-    neurons = "" if masked else explained_neurons(analyzer, mode, parse_target(a.target), shown["outputs"], classes)
+    print(f"relevance {shown.shape} via {used}; sum per sample: {sums_text(shown.sums)}")
+    neurons = "" if masked else explained_neurons(analyzer, mode, parse_target(a.target), shown.outputs, classes)
     if neurons:
         print(f"explained per sample: {neurons}")
-    for name, kept in shown["kept"].items():
+    for name, kept in shown.kept.items():
         print(f"relevance at {name} {list(kept.shape)}; sum per sample: {sums_text(per_sample_sums(kept))}")
     for path in (a.out, a.keep_out):
         if path:
@@ -268,7 +268,7 @@ def cmd_explain(a) -> int:
     for flag, path in images.items():
         if path:
             kind = flag.lstrip("-")
-            print(f"wrote {shown['shape'][0]} {kind}s into {path}" if flag in per_sample else f"wrote {path}")
+            print(f"wrote {shown.shape[0]} {kind}s into {path}" if flag in per_sample else f"wrote {path}")
     return 0
 
 

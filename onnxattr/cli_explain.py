@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,32 +20,43 @@ from onnxattr.output import ReadFiles, array_rows, save_arrays, save_image
 SHOWN = 8  # samples whose sums and explained neurons are printed
 
 
+@dataclass
+class Summary:
+    """What explain prints after the run: the maps' ``shape``, the first samples' ``sums`` and ``outputs`` (the
+    model's), the relevance at the ``kept`` tensors (every sample), and whether every map was ``finite``."""
+
+    shape: list
+    sums: np.ndarray
+    outputs: list
+    kept: dict
+    finite: bool
+
+
 def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_out: str | None, images: dict,
-                      per_sample: dict, draw: dict, undo, read: ReadFiles) -> dict:
+                      per_sample: dict, draw: dict, undo, read: ReadFiles) -> Summary:
     """Run ``analyzer.analyze_slices(x, **run)`` and write each slice: ``out`` (a .npy of every map), ``images``
     ({flag: path} of --heatmap and --graymap; a folder where ``per_sample`` gives its files), drawn with ``draw``
-    (cmap, level, overlay) over ``undo(x rows)`` when it overlays. ``read``: the files no output may replace. Returns what is printed: the maps' shape, the first samples' sums and outputs, the kept tensors
-    (whole), and whether a map held NaN or inf."""
+    (cmap, level, overlay) over ``undo(x rows)`` when it overlays; ``read``: the files no output may replace."""
     whole = {flag: [] for flag, path in images.items() if path and flag not in per_sample}  # maps of one image
-    seen_whole: list = []
-    shown = {"sums": [], "outputs": [], "kept": [], "rows": 0, "finite": True, "shape": None}
+    seen_whole, sums, outputs, kept_parts = [], [], [], []
+    shape, finite, rows_shown = None, True, 0
     with contextlib.ExitStack() as files:
         write_rows = None
         for piece in analyzer.analyze_slices(x, **run):
             r = piece.relevance
-            if shown["shape"] is None:  # the first slice gives the maps' sizes; a slice of the data, their count
+            if shape is None:  # the first slice gives the maps' sizes; a slice of the data, their count
                 one_run = piece.rows == slice(0, len(x)) or piece.rows.stop is None
-                shown["shape"] = list(r.shape) if one_run else [len(x), *r.shape[1:]]
+                shape = list(r.shape) if one_run else [len(x), *r.shape[1:]]
                 if out:
-                    write_rows = files.enter_context(array_rows(out, tuple(shown["shape"]), r.dtype, read))
+                    write_rows = files.enter_context(array_rows(out, tuple(shape), r.dtype, read))
             if write_rows is not None:
                 write_rows(r)
-            shown["finite"] = shown["finite"] and bool(np.isfinite(r).all())
-            if shown["rows"] < SHOWN:
-                shown["sums"].append(per_sample_sums(r)[:SHOWN - shown["rows"]])
-                shown["outputs"].append(piece.outputs)
-                shown["rows"] += len(r) if np.ndim(r) else 1
-            shown["kept"].append(piece.kept)
+            finite = finite and bool(np.isfinite(r).all())
+            if rows_shown < SHOWN:
+                sums.append(per_sample_sums(r)[:SHOWN - rows_shown])
+                outputs.append(piece.outputs)
+                rows_shown += len(r) if np.ndim(r) else 1
+            kept_parts.append(piece.kept)
             seen = undo(x[piece.rows]) if draw["overlay"] else None
             for flag in whole:
                 whole[flag].append(r)
@@ -54,19 +66,17 @@ def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_ou
                 os.makedirs(images[flag], exist_ok=True)
                 for i, file in zip(range(len(r)), paths[piece.rows]):
                     save_image(tile(r[i:i + 1], flag, draw, None if seen is None else seen[i:i + 1]), file, read)
-    if not shown["finite"] and any(images.values()):  # analyze_slices warned, counting them
+    if not finite and any(images.values()):  # analyze_slices warned, counting them
         warnings.warn(OnnxAttrWarning("the images draw the relevance's NaN or inf values as 0"))
     for flag, maps in whole.items():
         save_image(tile(np.concatenate(maps), flag, draw, np.concatenate(seen_whole) if seen_whole else None),
                    images[flag], read)
-    kept = shown["kept"]
-    shown["kept"] = {name: np.concatenate([k[name] for k in kept]) for name in kept[0]} if len(kept) > 1 else kept[0]
+    kept = kept_parts[0] if len(kept_parts) == 1 else {
+        name: np.concatenate([k[name] for k in kept_parts]) for name in kept_parts[0]}
     if keep_out:
-        save_arrays(shown["kept"], keep_out, read)
-    outputs = shown["outputs"]
-    shown["outputs"] = outputs[0] if len(outputs) == 1 else [np.concatenate(o)[:SHOWN] for o in zip(*outputs)]
-    shown["sums"] = np.concatenate(shown["sums"])
-    return shown
+        save_arrays(kept, keep_out, read)
+    outputs = outputs[0] if len(outputs) == 1 else [np.concatenate(o)[:SHOWN] for o in zip(*outputs)]
+    return Summary(shape, np.concatenate(sums), outputs, kept, finite)
 
 
 def tile(maps: np.ndarray, flag: str, draw: dict, seen) -> np.ndarray:
