@@ -18,7 +18,7 @@ from onnxattr import cli_concepts, cli_evaluate
 from onnxattr.cli_explain import explain_and_write, explained_neurons, per_sample_sums, sums_text
 from onnxattr.cli_data import (
     IMAGE_SUFFIXES, analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
-    add_pixel_options, check_image_folder, is_folder_output, load_classes, load_data, load_feeds, load_samples,
+    add_pixel_options, check_image_folder, is_folder_output, load_classes, load_feeds, load_samples,
     parse_sets, parse_target, preprocess_of, sample_image_paths,
 )
 from onnxattr.cli_parser import HintingParser
@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "compare outputs and maps per sample")
     _common(d)
     d.add_argument("other", help="the second ONNX model (another export of the same network)")
-    d.add_argument("--data", required=True, help="input batch as .npy, or an image file, in the first model's layout")
+    d.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                   help="input batch as .npy in the first model's layout, or image files or a folder of them, one "
+                        "sample each (numbered in the table in the order given, a folder's by name)")
     add_pixel_options(d)
     d.add_argument("--target", help="neuron index per sample for --neuron index: 3 or 3,1,4")
     d.add_argument("--perm", help="the data's axes in the second model's order, e.g. 0,2,3,1 (default: found "
@@ -326,7 +328,7 @@ def cmd_compare(a) -> int:
                               **_all_params(a))
                      for model, i, o in ((a.model, a.input, a.output), (a.other, a.input_b or a.input,
                                                                          a.output_b or a.output)))
-    x = load_data(a.data, analyzer_input_shape(first, "index" if a.target is not None else first.mode), pixels)
+    x = load_samples(a.data, analyzer_input_shape(first, "index" if a.target is not None else first.mode), pixels)
     feeds = load_feeds(a)
     # a feed goes to each model that has such an input (to both when neither has: the error names it)
     names = [{i.name for i in an.model.graph.input} for an in (first, second)]

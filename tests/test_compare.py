@@ -345,3 +345,30 @@ def test_a_feed_only_the_second_model_lacks_is_named_for_it(tmp_path, capsys):
     args = ["compare", str(masked), str(masked), "-m", "gradient", "--input", "emb", "--data", str(tmp_path / "x.npy")]
     assert main(args + ["--feed", f"mask={tmp_path / 'mask.npy'}", "--feed-b", f"nosuch={tmp_path / 'mask.npy'}"]) == 2
     assert "the second model: 'nosuch': not an input of the model" in capsys.readouterr().err
+
+
+def test_cli_compare_takes_image_files_and_folders(tmp_path):
+    """compare --data, like explain's: image files or a folder of them (by name), one sample each, resized to the
+    first model's input; the report is the stacked .npy's."""
+    import json
+
+    from PIL import Image
+
+    from onnxattr.pixels import load_image
+
+    digits = Path(__file__).resolve().parents[1] / "models" / "digits_cnn.onnx"
+    other = scaled_weight(digits, tmp_path / "other.onnx", 1.5, initializer=0)
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(9)
+    for name in ("b.png", "a.png", "c.png"):
+        Image.fromarray(rng.integers(0, 255, (10, 12), dtype=np.uint8)).save(tmp_path / "imgs" / name)
+    files = [str(tmp_path / "imgs" / n) for n in ("a.png", "b.png", "c.png")]
+    np.save(tmp_path / "x.npy", np.concatenate([load_image(f, ["N", 1, 8, 8]) for f in files]))
+    reports = []
+    for data in ([str(tmp_path / "x.npy")], [str(tmp_path / "imgs")], files):
+        out = tmp_path / f"r{len(reports)}.json"
+        assert main(["compare", str(digits), str(other), "-m", "lrp.epsilon", "--data", *data, "--json",
+                     str(out)]) == 0
+        reports.append(json.loads(out.read_text()))
+    assert len(reports[0]["samples"]) == 3 and reports[0]["samples"][0]["relevance_diff"] > 0
+    assert reports[1] == reports[0] and reports[2] == reports[0]
