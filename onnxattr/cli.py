@@ -18,7 +18,7 @@ from onnxattr import cli_concepts, cli_evaluate
 from onnxattr.cli_explain import explain_and_write, explained_neurons, per_sample_sums, sums_text
 from onnxattr.cli_data import (
     IMAGE_SUFFIXES, analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
-    add_pixel_options, check_image_folder, is_folder_output, load_classes, load_feeds, load_samples,
+    add_pixel_options, check_image_folder, graph_input_shape, is_folder_output, load_classes, load_feeds, load_samples,
     parse_sets, parse_target, preprocess_of, sample_image_paths,
 )
 from onnxattr.cli_parser import HintingParser
@@ -136,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(i, neuron=False)
     f = sub.add_parser("fit", help="learn the patterns of pattern.net / pattern.attribution from data")
     _common(f, neuron=False)
-    f.add_argument("--data", required=True, help="training inputs as .npy [N, ...] (read batch by batch)")
+    f.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                   help="training inputs as .npy [N, ...], or image files or a folder of them, one sample each "
+                        "(resized to the model's input size when it is fixed, then --preprocess); read batch by "
+                        "batch")
+    add_pixel_options(f)
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     f.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
@@ -294,14 +298,9 @@ def cmd_fit(a) -> int:
     if analyzer.method.family != "pattern":
         raise UsageError(f"method '{analyzer.method.name}' learns nothing; fit is for pattern.net and "
                          "pattern.attribution")
-    if not os.path.exists(a.data) or not a.data.lower().endswith(".npy"):
-        raise DataError(f"{a.data}: fit reads a .npy array [N, ...]")
-    try:
-        data = np.load(a.data, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{a.data}: not a readable .npy array ({e or 'empty file'})") from None
+    data = load_samples(a.data, lambda: graph_input_shape(analyzer.model, a.input), preprocess_of(a), lazy=True)
     if data.ndim == 0:
-        raise DataError(f"{a.data}: holds a single number; fit reads an array [N, ...] of samples")
+        raise DataError(f"{a.data[0]}: holds a single number; fit reads an array [N, ...] of samples")
     analyzer.fit(data, batch_size=a.batch_size, inputs=load_feeds(a))
     analyzer.save_patterns(a.out)
     print(f"wrote {a.out} ({analyzer.params['patterns']})")

@@ -10,9 +10,11 @@ import numpy as np
 from PIL import Image
 
 from onnxattr.errors import DataError, OutputFileError, UsageError
+from onnxattr.light import declared_dims
 from onnxattr.output import check_destination, refuse_overwriting_input
 from onnxattr.pixels import FILTERS, PRESETS, load_image, parse_preprocess
 from onnxattr.runner_io import data_input
+from onnxattr.select import choose_input
 
 
 def parse_sets(pairs) -> dict:
@@ -165,6 +167,22 @@ def analyzer_input_shape(analyzer, mode: str, condition: tuple = ()):
     ``mode`` and conditioned tensors ``condition`` (compiled only when called: when the data are images to be
     resized to it)."""
     return lambda: data_input(analyzer.runner(mode, condition)).shape  # the model the run uses: warnings shown once
+
+
+def graph_input_shape(model, name: str | None) -> list:
+    """The declared shape of the graph input ``name`` of ``model`` (an onnx.ModelProto; None: the input explained
+    by default), which images given as data are resized to; a UsageError where ``name`` is not a graph input (an
+    intermediate tensor takes its values as a .npy batch) or its rank is not declared."""
+    inputs = {i.name: i for i in model.graph.input}
+    if name is not None and name not in inputs:
+        raise UsageError(f"image files are read as a graph input of the model, and --input {name} is not one: give "
+                         "its values as a .npy batch")
+    chosen = choose_input(model, name)
+    dims = declared_dims(inputs[chosen])
+    if dims is None:
+        raise UsageError(f"image files are resized to the model's input, and '{chosen}' declares no shape: give the "
+                         "data as a .npy batch")
+    return dims
 
 
 def add_pixel_options(parser) -> None:

@@ -152,3 +152,37 @@ def test_warnings_point_at_the_callers_line():
         warnings.simplefilter("always")
         onnxattr.create_analyzer("pattern.net", m).fit(X[:1], progress=False)
     assert [w.filename for w in caught if w.category is DegeneratePatternWarning] == [__file__]
+
+
+def test_cli_fit_reads_images_a_batch_at_a_time(tmp_path, monkeypatch, capsys):
+    """fit --data takes image files or a folder (with the pixel options), read batch by batch, never whole: the
+    patterns are the stacked .npy's. An intermediate --input takes no images."""
+    from PIL import Image
+
+    from onnxattr.cli_data import ImageFiles
+    from onnxattr.pixels import load_image
+
+    rng = np.random.default_rng(11)
+    (tmp_path / "imgs").mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (9, 11), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    files = sorted(str(p) for p in (tmp_path / "imgs").iterdir())
+    np.save(tmp_path / "x.npy", np.concatenate([load_image(f, ["N", 1, 8, 8]) for f in files]))
+    base = ["fit", "models/digits_cnn.onnx", "-m", "pattern.attribution", "--batch-size", "4"]
+    assert main(base + ["--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "want.npz")]) == 0
+
+    def whole_read(*args, **kwargs):
+        raise AssertionError("the folder was read whole")
+    monkeypatch.setattr(ImageFiles, "__array__", whole_read)
+    assert main(base + ["--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "got.npz")]) == 0
+    want, got = np.load(tmp_path / "want.npz"), np.load(tmp_path / "got.npz")
+    assert sorted(got.files) == sorted(want.files) and len(want.files) > 1
+    for name in want.files:
+        if want[name].dtype.kind == "f":
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert main(base + ["--input", "/1/Relu_output_0", "--data", str(tmp_path / "imgs"), "-o",
+                        str(tmp_path / "no.npz")]) == 2
+    assert "--input /1/Relu_output_0 is not one: give its values as a .npy batch" in capsys.readouterr().err
+    assert not (tmp_path / "no.npz").exists()
