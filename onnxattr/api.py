@@ -173,6 +173,12 @@ class Analyzer:
         self.runner(mode, condition)
         return self._compiled[(mode, tuple(condition))]
 
+    @property
+    def input_shape(self) -> list:
+        """The declared shape of the input that takes the data (an int, a name or None per axis), as compiled for
+        the neuron mode: the shape onnxattr.read_images resizes images to."""
+        return data_input(self.runner(self.mode)).shape
+
     def like(self, **changes) -> "Analyzer":
         """A new Analyzer with these settings (method, model, neuron mode, input, output, device, keep,
         parameters) but ``changes``, e.g. like(keep=[...]) or like(output=TENSOR, neuron_selection_mode="all")."""

@@ -17,13 +17,14 @@ from onnxattr.api import Analyzer, compile as compile_model, inspect as inspect_
 from onnxattr import cli_concepts, cli_evaluate
 from onnxattr.cli_explain import explain_and_write, explained_neurons, per_sample_sums, sums_text
 from onnxattr.cli_data import (
-    IMAGE_SUFFIXES, analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
+    analyzer_input_shape, check_outputs, condition_specs, data_files, feed_paths, load_conditions,
     add_pixel_options, check_image_folder, graph_input_shape, is_folder_output, load_classes, load_feeds, load_samples,
     parse_sets, parse_target, preprocess_of, sample_image_paths,
 )
 from onnxattr.cli_parser import HintingParser
 from onnxattr.compare import compare_analyzers
 from onnxattr.errors import DataError, OnnxAttrError, OnnxAttrWarning, UsageError
+from onnxattr.image_files import IMAGE_SUFFIXES
 from onnxattr.methods import REGISTRY
 from onnxattr.output import ReadFiles, check_destination, refuse_overwriting_input, save_model, save_text
 from onnxattr.runner_io import explained_shape

@@ -3,16 +3,15 @@ them), --feed / --feed-b arrays, and --target indices."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
-from PIL import Image
 
 from onnxattr.errors import DataError, OutputFileError, UsageError
+from onnxattr.image_files import folder_images, read_image, read_images
 from onnxattr.light import declared_dims
 from onnxattr.output import check_destination, refuse_overwriting_input
-from onnxattr.pixels import FILTERS, PRESETS, load_image, parse_preprocess
+from onnxattr.pixels import FILTERS, PRESETS, parse_preprocess
 from onnxattr.runner_io import data_input
 from onnxattr.select import choose_input
 
@@ -142,20 +141,6 @@ def load_feeds(a, option: str = "feed") -> dict:
     return {name: load_npy(path, f"{flag} {name}") for name, path in feed_paths(a, option).items()}
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def folder_images(path: str) -> list[str]:
-    """The image files directly in folder ``path``, by name (plain files with an image suffix, not hidden);
-    a folder that cannot be listed is a DataError."""
-    try:
-        names = os.listdir(path)
-    except OSError as e:
-        raise DataError(f"{path}: cannot list the folder ({e.strerror or e})") from None
-    return sorted(os.path.join(path, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)
-                  and not f.startswith(".") and os.path.isfile(os.path.join(path, f)))
-
-
 def data_files(paths) -> list:
     """explain's --data as the files it reads: a folder stands for its images."""
     paths = paths if isinstance(paths, list) else [paths]
@@ -219,89 +204,15 @@ def load_samples(paths: list, input_shape, preprocess=None, lazy: bool = False):
     """explain's --data: one .npy batch, or image files and folders of them (their images by name), one
     sample each, stacked in the order given; ``input_shape()``: the model's declared input shape, which images
     are resized to where it is fixed; ``preprocess`` (pixels.Preprocess): what images go through. ``lazy``: a
-    .npy batch memory-mapped and several images as ImageFiles, each read when its slice is (an array-like with a
-    shape whose slices are arrays)."""
+    .npy batch memory-mapped and several images as image_files.ImageFiles, each read when its slice is (an
+    array-like with a shape whose slices are arrays)."""
     if len(paths) == 1 and not os.path.isdir(paths[0]):
         return load_data(paths[0], input_shape, preprocess, lazy)
-    files = []
     for path in paths:
-        if os.path.isdir(path):
-            found = folder_images(path)
-            if not found:
-                raise DataError(f"{path}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
-            files += found
-        elif path.lower().endswith(".npy"):
+        if path.lower().endswith(".npy") and not os.path.isdir(path):
             raise DataError(f"{path}: a .npy batch is the whole --data (give it alone), not one of several files")
-        else:
-            files.append(path)
-    images = ImageFiles(files, functools.cache(input_shape), preprocess)  # (the shape may take a compile: once)
+    images = read_images(paths, input_shape(), preprocess)
     return images if lazy else np.asarray(images)
-
-
-class ImageFiles:
-    """Image files as a batch [N, ...] read a slice at a time: ``x[a:b]`` (or ``x[[i, j]]``) reads and stacks
-    those files, and np.asarray(x) all of them. Every file's header is read when it is made, and the first image
-    (and the first of another size in pixels): a file Pillow cannot read, or images that come out in different
-    sizes (a model whose input size is not fixed), fail then, before any run."""
-
-    def __init__(self, files: list, input_shape, preprocess=None):
-        self.files, self._input_shape, self._preprocess = list(files), input_shape, preprocess
-        sizes = [_image_size(f) for f in self.files]
-        self._read = {0: load_data(self.files[0], input_shape, preprocess)}  # read once, used by the first slice
-        first = self._read[0]
-        self.shape = (len(self.files), *first.shape[1:])
-        self.dtype = first.dtype
-        self._last = (None, None)  # the last slice read
-        other = next((i for i, size in enumerate(sizes) if size != sizes[0]), None)
-        if other is not None:  # images of other sizes: the same shape once resized to a fixed input size
-            self._read[other] = self._checked(other, load_data(self.files[other], input_shape, preprocess))
-
-    ndim = property(lambda self: len(self.shape))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows):
-        if isinstance(rows, slice):
-            picked = tuple(range(*rows.indices(len(self))))
-        else:
-            index = np.asarray(rows)
-            if index.ndim != 1 or index.dtype.kind not in "iu":
-                raise TypeError(f"ImageFiles reads a slice or a list of sample numbers, not {rows!r}")
-            picked = tuple(int(i) for i in np.arange(len(self))[index])  # (an index beyond the files: IndexError)
-        if self._last[0] == picked:  # (read again: an overlay, concepts' activations)
-            return self._last[1]
-        samples = [self._read.pop(i, None) for i in picked]
-        samples = [s if s is not None else self._checked(i, load_data(self.files[i], self._input_shape,
-                                                                      self._preprocess))
-                   for i, s in zip(picked, samples)]
-        self._last = (picked, np.concatenate(samples) if samples else np.empty((0, *self.shape[1:]), self.dtype))
-        return self._last[1]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return self[:] if dtype is None else self[:].astype(dtype)
-
-    def _checked(self, i: int, sample: np.ndarray) -> np.ndarray:
-        """Image ``i``'s sample, refused where its shape is not the first image's."""
-        if sample.shape[1:] != self.shape[1:]:
-            raise DataError(f"the images differ in size ({self.files[0]}: {list(self.shape[1:])}, {self.files[i]}: "
-                            f"{list(sample.shape[1:])}) and the model's input size is not fixed: resize them alike")
-        return sample
-
-
-def _image_size(path: str) -> tuple:
-    """An image file's size in pixels, from its header (a file Pillow cannot identify is a DataError)."""
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
-    try:
-        with Image.open(path) as opened:
-            return opened.size
-    except OSError as e:
-        raise _unreadable(path, e) from None
-
-
-def _unreadable(path: str, e: OSError) -> DataError:
-    return DataError(f"{path}: not a .npy file nor an image Pillow can read ({e})")
 
 
 def load_data(path, input_shape, preprocess=None, lazy: bool = False) -> np.ndarray:
@@ -315,10 +226,7 @@ def load_data(path, input_shape, preprocess=None, lazy: bool = False) -> np.ndar
                              "a .npy batch is the model's input as it is (preprocess it before saving, or leave them "
                              "out)")
         return load_npy(path, mmap=lazy)
-    try:
-        return load_image(path, input_shape(), preprocess)
-    except OSError as e:
-        raise _unreadable(path, e) from None
+    return read_image(path, input_shape(), preprocess)
 
 
 def load_classes(path: str) -> list[str]:

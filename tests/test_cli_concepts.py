@@ -114,7 +114,7 @@ def test_images_are_named_in_the_statistics(tmp_path, capsys):
 def test_a_folder_is_read_a_slice_at_a_time(tmp_path, capsys, monkeypatch):
     """concepts over a folder reads its images as it runs them (--batch-size 2 of 5 images; the reference maps'
     samples by number), never all at once, and gives the statistics and references of the same data as a .npy."""
-    from onnxattr.cli_data import ImageFiles
+    from onnxattr.image_files import ImageFiles
     from onnxattr.pixels import load_image
 
     x = np.load(DATA)

@@ -159,7 +159,7 @@ def test_cli_fit_reads_images_a_batch_at_a_time(tmp_path, monkeypatch, capsys):
     patterns are the stacked .npy's. An intermediate --input takes no images."""
     from PIL import Image
 
-    from onnxattr.cli_data import ImageFiles
+    from onnxattr.image_files import ImageFiles
     from onnxattr.pixels import load_image
 
     rng = np.random.default_rng(11)
