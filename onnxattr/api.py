@@ -334,9 +334,10 @@ class Analyzer:
             raise UsageError(refused)
         x_arg, _ = data_batch_axis(r)
         X = read_by_rows(X)
-        if not np.shape(X):
+        shape = np.shape(X)
+        if not shape:
             raise DataError(f"input data is a single number; give an array [N, ...] for '{x_arg.name}'")
-        n = np.shape(X)[0]
+        n = shape[0]
         # the selection checked against the whole data (dtype, one per sample, in range), not slice by slice
         selection = None if neuron_selection is None else checked_targets(neuron_selection, n, r)
         # the other inputs with X's batch axis (declared under its name, or of its fixed size) are sliced alike

@@ -9,11 +9,10 @@ import numpy as np
 
 from onnxattr.errors import DataError, OutputFileError, UsageError
 from onnxattr.image_files import folder_images, read_image, read_images
-from onnxattr.light import declared_dims
 from onnxattr.output import check_destination, refuse_overwriting_input
 from onnxattr.pixels import FILTERS, PRESETS, parse_preprocess
 from onnxattr.runner_io import data_input
-from onnxattr.select import choose_input
+from onnxattr.select import choose_input, declared_input_shape
 
 
 def parse_sets(pairs) -> dict:
@@ -158,15 +157,13 @@ def graph_input_shape(model, name: str | None) -> list:
     """The declared shape of the graph input ``name`` of ``model`` (an onnx.ModelProto; None: the input explained
     by default), which images given as data are resized to; a UsageError where ``name`` is not a graph input (an
     intermediate tensor takes its values as a .npy batch) or its rank is not declared."""
-    inputs = {i.name: i for i in model.graph.input}
-    if name is not None and name not in inputs:
+    if name is not None and name not in {i.name for i in model.graph.input}:
         raise UsageError(f"image files are read as a graph input of the model, and --input {name} is not one: give "
                          "its values as a .npy batch")
-    chosen = choose_input(model, name)
-    dims = declared_dims(inputs[chosen])
+    dims = declared_input_shape(model, name)
     if dims is None:
-        raise UsageError(f"image files are resized to the model's input, and '{chosen}' declares no shape: give the "
-                         "data as a .npy batch")
+        raise UsageError(f"image files are resized to the model's input, and '{choose_input(model, name)}' declares "
+                         "no shape: give the data as a .npy batch")
     return dims
 
 

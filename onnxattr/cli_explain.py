@@ -49,6 +49,8 @@ def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_ou
                 shape = list(r.shape) if one_run else [len(x), *r.shape[1:]]
                 if out:
                     write_rows = files.enter_context(array_rows(out, tuple(shape), r.dtype, read))
+                for flag in per_sample:  # (made once a slice has run: a run that fails first leaves none)
+                    os.makedirs(images[flag], exist_ok=True)
             if write_rows is not None:
                 write_rows(r)
             finite = finite and bool(np.isfinite(r).all())
@@ -63,7 +65,6 @@ def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_ou
             if whole and seen is not None:
                 seen_whole.append(seen)
             for flag, paths in per_sample.items():
-                os.makedirs(images[flag], exist_ok=True)
                 for i, file in zip(range(len(r)), paths[piece.rows]):
                     save_image(tile(r[i:i + 1], flag, draw, None if seen is None else seen[i:i + 1]), file, read)
     if not finite and any(images.values()):  # analyze_slices warned, counting them

@@ -16,9 +16,8 @@ import numpy as np
 
 from onnxattr.api import Analyzer, explained_output, non_finite_told_by_caller
 from onnxattr.errors import DataError, SelectionError, UsageError
-from onnxattr.light import declared_dims
 from onnxattr.runner_io import data_input
-from onnxattr.select import choose_input
+from onnxattr.select import declared_input_shape
 
 TOP_FRACTION = 0.1  # the share of elements, by |relevance|, whose overlap is reported
 SIGNIFICANT = 1e-6  # elements below this fraction of a map's largest |value| are not counted among its top
@@ -193,11 +192,9 @@ def _declared_input(analyzer: Analyzer):
     compile chooses it (select.choose_input); None when that fails (the compile names why) or the input is
     an intermediate tensor or has no declared shape."""
     try:
-        name = choose_input(analyzer.model, analyzer.input)
+        return declared_input_shape(analyzer.model, analyzer.input)
     except SelectionError:
         return None
-    vi = next((i for i in analyzer.model.graph.input if i.name == name), None)
-    return None if vi is None else declared_dims(vi)
 
 
 def _layout_bound(analyzer: Analyzer) -> str | None:

@@ -18,10 +18,15 @@ def as_array(value, what: str, hint: str = "") -> np.ndarray:
         raise DataError(f"{what} is not an array ({str(e).splitlines()[0]}){hint}") from None
 
 
+def sliceable(X) -> bool:
+    """Whether X is data whose rows are read where they are used: it has a shape and X[rows] gives an array (an
+    array, a memory-mapped .npy, a reader of image files)."""
+    return hasattr(X, "shape") and hasattr(X, "__getitem__")
+
+
 def read_by_rows(X):
-    """X as data whose rows are read where they are used: as it is when it has a shape and X[rows] gives an array
-    (a memory-mapped .npy, a reader of image files), else np.asarray(X)."""
-    return X if hasattr(X, "shape") and hasattr(X, "__getitem__") else np.asarray(X)
+    """X as it is where it is sliceable, else np.asarray(X)."""
+    return X if sliceable(X) else np.asarray(X)
 
 
 def as_input(X, arg) -> np.ndarray:

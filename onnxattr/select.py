@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto
 
 from onnxattr.errors import SelectionError
+from onnxattr.light import declared_dims
 from onnxattr.expand import EXPANDED
 from onnxattr.graph import FLOAT_TYPES, GraphBuilder
 
@@ -67,6 +68,14 @@ def choose_input(model: onnx.ModelProto, name: str | None) -> str:
         raise SelectionError(f"input '{chosen}' is a scalar (rank 0); onnxattr explains inputs with a leading "
                              "batch dimension: export the model with input shape [N, ...]")
     return chosen
+
+
+def declared_input_shape(model: onnx.ModelProto, name: str | None) -> list | None:
+    """The declared shape (ints, or names/None) of the graph input choose_input picks for ``name``; None where
+    that is an intermediate tensor or declares no shape."""
+    chosen = choose_input(model, name)
+    vi = next((i for i in model.graph.input if i.name == chosen), None)
+    return None if vi is None else declared_dims(vi)
 
 
 def _choose_input(model: onnx.ModelProto, name: str | None) -> str:

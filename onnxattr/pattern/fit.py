@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from onnxattr.canonicalize import canonicalize
 from onnxattr.errors import DataError, check_positive_int, naming_the_model, warn
+from onnxattr.feeds import sliceable
 from onnxattr.graph import GraphBuilder
 from onnxattr.load import check_input_model, load_model, model_label
 from onnxattr.pattern.layers import conv_geometry, from_kd, model_digest, pattern_layers, to_kd, weight
@@ -43,7 +44,7 @@ def batches(data, batch_size: int):
     yields whole batches, or (x, y[, w]) tuples whose first item is the batch."""
     if data is None or isinstance(data, (str, bytes)) or not (hasattr(data, "__iter__") or hasattr(data, "shape")):
         raise DataError(f"fit needs data: an array [N, ...] or an iterable of batches, got {type(data).__name__}")
-    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
+    if sliceable(data):
         if len(data.shape) == 0:
             raise DataError("fit got a single number; pass an array [N, ...] of samples")
         n = data.shape[0]
