@@ -182,10 +182,11 @@ def cmd_evaluate(a) -> int:
     if not orders or any(o not in ORDERS for o in orders):
         raise UsageError(f"--order must be morf, lerf or morf,lerf, got '{a.order}'")
     settings = _settings(a)
-    relevance = {name: load_npy(path, f"--relevance {name}") for name, path in maps.items()}
+    relevance = {name: load_npy(path, f"--relevance {name}", mmap=True) for name, path in maps.items()}
     labels = load_npy(a.labels, "--labels") if a.labels else None
-    # images are resized to the model's input size: a session only for that (evaluate makes its own)
-    x = load_samples(a.data, lambda: Scorer(a.model, a.input, a.output, a.device).x_arg.shape, pixels)
+    # images are resized to the model's input size: a session only for that (evaluate makes its own); the data and
+    # the maps are read a slice at a time
+    x = load_samples(a.data, lambda: Scorer(a.model, a.input, a.output, a.device).x_arg.shape, pixels, lazy=True)
     metrics = a.metric or ["aopc"]
     by_inputs = {"auto": None, "yes": True, "no": False}[a.by_inputs]
     infidelity = dict(n_perturb_samples=a.draws, perturbation=a.infidelity_perturbation, noise_scale=a.noise_scale,
@@ -199,7 +200,7 @@ def cmd_evaluate(a) -> int:
                       progress=lambda name: print(f"evaluating {name} ...", flush=True), infidelity=infidelity,
                       sensitivity=sensitivity, labels=labels, **settings)
     print("\n".join(_explain_metrics(a, result, metrics)))
-    print(f"Mean ± standard error over {len(x)} samples:")
+    print(f"Mean ± standard error over {x.shape[0]} samples:")
     print(result.table())
     if a.out:
         save_arrays(result.arrays(), a.out, *reads, models=[a.model])

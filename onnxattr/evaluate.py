@@ -14,7 +14,7 @@ infidelity and sensitivity_max (metrics.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,7 +26,11 @@ from onnxattr.regions import (
     Layout, RegionPerturber, check_pad_mode, check_perturbation, check_reductions, layout, region_ranks,
     region_scores,
 )
-from onnxattr.scoring import Scorer, check_labels, check_relevance, check_seed, scored_batch, settings_of
+from onnxattr.feeds import read_by_rows
+from onnxattr.scoring import (
+    ScoredBatch, Scorer, check_labels, check_relevance, check_seed, check_target, map_of_data, scored, scored_batch,
+    settings_of,
+)
 
 ORDERS = ("morf", "lerf")
 METRICS = ("aopc", "infidelity", "sensitivity")
@@ -56,6 +60,14 @@ class PerturbationCurve:
         """[L+1]: the share of samples the model still classifies as labelled after each step (iNNvestigate's
         PerturbationAnalysis with an accuracy metric); None without labels."""
         return None if self.correct is None else self.correct.mean(axis=1)
+
+    @staticmethod
+    def joined(parts: list) -> "PerturbationCurve":
+        """One curve of consecutive slices' curves (the same steps), their samples in order."""
+        if len(parts) == 1:
+            return parts[0]
+        correct = None if parts[0].correct is None else np.concatenate([p.correct for p in parts], axis=1)
+        return replace(parts[0], scores=np.concatenate([p.scores for p in parts], axis=1), correct=correct)
 
 
 @dataclass
@@ -122,9 +134,10 @@ class CurveSettings:
 
 def curve(scorer: Scorer, x: np.ndarray, relevance, targets, order: str, settings: CurveSettings,
           inputs: dict | None = None, first: tuple | None = None,
-          labels: np.ndarray | None = None) -> PerturbationCurve:
+          labels: np.ndarray | None = None, first_row: int = 0) -> PerturbationCurve:
     """The curve of one map and one order (x already cast, ``inputs`` as scorer.feeds returns them; ``first``: the
-    scores and choices of x, when known; ``labels``: class labels [N], to follow the model's accuracy too)."""
+    scores and choices of x, when known; ``labels``: class labels [N], to follow the model's accuracy too;
+    ``first_row``: x's first row in the data, which seeds the gaussian perturbation's draws)."""
     relevance = check_relevance(relevance, x.shape)
     lay: Layout = settings.layout(x.shape)
     perturbation = settings.perturbation_for(lay, x.dtype)
@@ -133,7 +146,8 @@ def curve(scorer: Scorer, x: np.ndarray, relevance, targets, order: str, setting
     total = lay.count(x.shape[1:])
     steps = min(settings.steps, -(-total // settings.regions_per_step))  # the curve stops once all are replaced
     counts = [min(k * settings.regions_per_step, total) for k in range(steps + 1)]
-    perturber = RegionPerturber(x, ranks, lay, perturbation, settings.pad_mode, settings.value_range, settings.seed)
+    perturber = RegionPerturber(x, ranks, lay, perturbation, settings.pad_mode, settings.value_range, settings.seed,
+                                first_row)
     per_run = scorer.batches_per_run(len(x), inputs, ROWS_PER_RUN)  # a larger batch runs faster per row
     out, choices = [], []
     todo = counts if first is None else counts[1:]
@@ -180,6 +194,23 @@ class Evaluation:
     infidelity: dict = field(default_factory=dict)  # map name -> [N]
     sensitivity: dict = field(default_factory=dict)  # method name -> [N] (a given map has none)
     names: list = field(default_factory=list)
+
+    @classmethod
+    def joined(cls, parts: list, names: list) -> "Evaluation":
+        """One evaluation of consecutive slices' evaluations, their samples in order."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+
+        def rows(key, name):
+            return np.concatenate([getattr(p, key)[name] for p in parts])
+
+        out = cls(None if first.targets is None else np.concatenate([p.targets for p in parts]), names=names)
+        out.curves = {name: {o: PerturbationCurve.joined([p.curves[name][o] for p in parts]) for o in by_order}
+                      for name, by_order in first.curves.items()}
+        out.infidelity = {name: rows("infidelity", name) for name in first.infidelity}
+        out.sensitivity = {name: rows("sensitivity", name) for name in first.sensitivity}
+        return out
 
     def aopc(self, name: str, order: str) -> np.ndarray:
         return self.curves[name][order].aopc
@@ -277,7 +308,10 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
     ``sensitivity``: its settings; ``labels``: class labels [N], with which the curves also follow the accuracy).
     ``params``: method parameters, each given to the methods that have it (a name
     no method has is an error); ``batch_size`` as analyze's (None: "auto", slices of 16 images' values where they
-    change no map); ``progress``: a callable(str) told of each map."""
+    change no map); ``progress``: a callable(str) told of each map (and slice). x (and a given map) may be data read
+    by rows (a memory-mapped .npy, onnxattr.read_images): it is evaluated a slice at a time, ``batch_size`` samples
+    or 64 images of 3 x 224 x 224 worth of values (Scorer.slice_rows), and the slices' results are joined in order;
+    each sample's random draws are seeded by its row (draws.py), so slicing moves none of them."""
     if x is None:
         raise UsageError("evaluate needs the data x")
     methods = [methods] if isinstance(methods, str) else list(methods)
@@ -299,44 +333,109 @@ def evaluate(model, methods=(), x=None, relevance: dict | None = None, neuron: s
         raise UsageError("sensitivity re-explains moved copies of the data, so it needs methods; given maps "
                          "(relevance=, --relevance) take aopc or infidelity")
     s = settings_of(CurveSettings, settings, "evaluate")
-    inf = settings_of(InfidelitySettings, infidelity, "infidelity")
-    sens = settings_of(SensitivitySettings, sensitivity, "sensitivity")
+    inf = _draws_by_rows(settings_of(InfidelitySettings, infidelity, "infidelity"))
+    sens = _draws_by_rows(settings_of(SensitivitySettings, sensitivity, "sensitivity"))
     per_method = _split_params(methods, params or {})
-    b = scored_batch(model, x, neuron, target, input, output, inputs, batch_size, device, providers)
-    scorer, x, inputs, targets, first = b.scorer, b.x, b.inputs, b.targets, b.first
+    scorer = Scorer(model, input, output, device, providers, batch_size)
+    x = read_by_rows(x)
+    if not x.shape:
+        scorer.cast(x)  # refuses it
+    n = x.shape[0]
+    if not n:
+        raise DataError("the data holds no samples")
+    scorer.check_count(n)
+    inputs = scorer.feeds(inputs, n)
+    rows = scorer.slice_rows(x.shape[1:])
     # everything that can be refused is refused now, not after the methods before it have run
-    relevance = {name: check_relevance(r, x.shape, f"the map '{name}'") for name, r in relevance.items()}
-    labels = check_labels(labels, len(x), b.outputs)
+    relevance = {name: map_of_data(r, x.shape, f"the map '{name}'") for name, r in relevance.items()}
+    head, head_feeds = scorer.cast(x[:rows]), scorer.feed_rows(inputs, n, 0, rows)
+    y = scorer.outputs(head, head_feeds)
+    if neuron == "index":  # checked for every sample before any runs
+        target = check_target(target, n, y.shape[1])
+    first = scored(scorer, head, neuron, _target_rows(target, 0, rows), head_feeds, y)
+    labels = check_labels(labels, n, first.outputs)
     if labels is not None and "aopc" not in metrics:
         raise UsageError("labels give the accuracy along the perturbation curves: add the aopc metric")
     if "aopc" in metrics:
-        s.check_for(x.shape, x.dtype)
+        s.check_for(x.shape, first.x.dtype)
     if "infidelity" in metrics:
         inf.check_for(x.shape)
     if "sensitivity" in metrics:
         sens.check_for(x.shape)
-    mode = "all" if targets is None else "index"
+    mode = "all" if first.targets is None else "index"
     analyzers = {name: Analyzer(name, model, neuron_selection_mode=mode, input=scorer.x, output=output, device=device,
                                 providers=providers, **per_method[name]) for name in methods}
-    result = Evaluation(targets, names=names)
-    slices = scorer.slices(batch_size)  # "auto" unless given: a fixed batch size is run in its slices
-    for name in names:
-        if progress:
-            progress(name)
-        analyzer = analyzers.get(name)
-        if analyzer is None:
-            r = relevance[name]
-        else:
-            r = analyzer.analyze(x, neuron_selection=targets, inputs=inputs, batch_size=slices)
-        if "aopc" in metrics:
-            result.curves[name] = {o: curve(scorer, x, r, targets, o, s, inputs, (first, b.choices), labels)
-                                   for o in orders}
-        if "infidelity" in metrics:
-            result.infidelity[name] = infidelity_of(scorer, x, r, targets, first, inf, inputs,
-                                                    None if name in relevance else name, per_method.get(name))
-        if "sensitivity" in metrics and analyzer is not None:
-            result.sensitivity[name] = sensitivity_of(analyzer, x, targets, sens, inputs, slices, base=r)
-    return result
+    run = _Run(names, analyzers, relevance, metrics, orders, s, inf, sens, labels, scorer.slices(batch_size),
+               per_method, progress, n)
+    parts = [run.evaluate(first, 0)]
+    for start in range(rows, n, rows):
+        parts.append(run.evaluate(_scored_rows(scorer, x, start, start + rows, neuron, target, inputs), start))
+    return Evaluation.joined(parts, names)
+
+
+def _draws_by_rows(settings):
+    """The settings with given draws as data read by rows (a list as an array)."""
+    return settings if settings.draws is None else replace(settings, draws=read_by_rows(settings.draws))
+
+
+def _scored_rows(scorer: Scorer, x, start: int, stop: int, neuron: str, target, inputs: dict) -> ScoredBatch:
+    """Samples start..stop of x, read, cast and scored (``target``: as check_target gives it, or None)."""
+    feeds = scorer.feed_rows(inputs, x.shape[0], start, stop)
+    return scored(scorer, scorer.cast(x[start:stop]), neuron, _target_rows(target, start, stop), feeds)
+
+
+def _target_rows(target, start: int, stop: int):
+    """The targets of samples start..stop: a checked one per sample sliced, anything else as it is."""
+    return target[start:stop] if isinstance(target, np.ndarray) and target.ndim == 1 else target
+
+
+@dataclass
+class _Run:
+    """What each slice of an evaluation shares: the maps (methods' analyzers, given maps), the metrics and their
+    settings, and the whole data's labels and sample count."""
+
+    names: list
+    analyzers: dict
+    relevance: dict
+    metrics: list
+    orders: list
+    curve: CurveSettings
+    infidelity: InfidelitySettings
+    sensitivity: SensitivitySettings
+    labels: np.ndarray | None
+    slices: object
+    params: dict
+    progress: object
+    count: int
+
+    def evaluate(self, b: ScoredBatch, start: int) -> Evaluation:
+        """Every map and metric on samples start.. of the data (b: them, scored)."""
+        stop = start + len(b.x)
+        labels = None if self.labels is None else self.labels[start:stop]
+        inf, sens = (st if st.draws is None else replace(st, draws=st.draws[start:stop])
+                     for st in (self.infidelity, self.sensitivity))
+        result = Evaluation(b.targets, names=self.names)
+        for name in self.names:
+            if self.progress:
+                self.progress(name if len(b.x) == self.count else f"{name}, samples {start + 1}-{stop} of {self.count}")
+            analyzer = self.analyzers.get(name)
+            if analyzer is None:
+                r = np.asarray(self.relevance[name][start:stop], np.float64)
+            else:
+                if start and analyzer.method.random and "sensitivity" in self.metrics:
+                    analyzer.restart()  # the map and its moved copies' maps start from the same draws
+                r = analyzer.analyze(b.x, neuron_selection=b.targets, inputs=b.inputs, batch_size=self.slices)
+            if "aopc" in self.metrics:
+                result.curves[name] = {o: curve(b.scorer, b.x, r, b.targets, o, self.curve, b.inputs,
+                                                (b.first, b.choices), labels, start) for o in self.orders}
+            if "infidelity" in self.metrics:
+                result.infidelity[name] = infidelity_of(b.scorer, b.x, r, b.targets, b.first, inf, b.inputs,
+                                                        None if analyzer is None else name, self.params.get(name),
+                                                        start)
+            if "sensitivity" in self.metrics and analyzer is not None:
+                result.sensitivity[name] = sensitivity_of(analyzer, b.x, b.targets, sens, b.inputs, self.slices,
+                                                          base=r, first_row=start)
+        return result
 
 
 def _split_params(methods: list, params: dict) -> dict:

@@ -5,7 +5,8 @@ of Explanations") and sensitivity_max, per sample.
     sensitivity  = max_j ‖Φ(x + δ_j) − Φ(x)‖ / ‖Φ(x)‖,               δ_j ~ U(−radius, radius)
 
 with f the selected neuron's score, R the map of x, Φ a method's map and S draws per sample. Lower is better for
-both. Draws come from numpy's seeded generator, or are given (``draws``), one row per sample and draw.
+both. Draws come from numpy's generator, one seeded per sample (draws.py), or are given (``draws``), one row per
+sample and draw.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxattr.api import Analyzer
+from onnxattr.draws import INFIDELITY, SENSITIVITY, per_sample, sample_generators
 from onnxattr.errors import DataError, UsageError, check_positive_int
 from onnxattr.methods import REGISTRY
 from onnxattr.scoring import Scorer, check_relevance, check_seed, scored_batch, settings_of
@@ -114,9 +116,11 @@ def includes_input(method: str | None, params: dict | None = None) -> bool:
 
 
 def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndarray, st: InfidelitySettings,
-                  inputs: dict | None = None, method: str | None = None, params: dict | None = None) -> np.ndarray:
-    """infidelity's value for x (cast; ``inputs`` as scorer.feeds returns them), its selected neurons and their
-    scores ``f0`` [N] (float64); ``method`` (with ``params``) made the map, when known (multiply_by_inputs None).
+                  inputs: dict | None = None, method: str | None = None, params: dict | None = None,
+                  first_row: int = 0) -> np.ndarray:
+    """infidelity's value for x (cast; ``inputs`` as scorer.feeds returns them; rows ``first_row``.. of the data,
+    whose numbers seed each sample's draws), its selected neurons and their scores ``f0`` [N] (float64);
+    ``method`` (with ``params``) made the map, when known (multiply_by_inputs None).
     Draws go in groups of at most ROWS_PER_RUN perturbed rows (memory stays a few copies of that many samples,
     whatever the draw count)."""
     relevance = check_relevance(relevance, x.shape)
@@ -125,7 +129,7 @@ def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndar
     xd = x.astype(np.float64)
     base = st.baselines_for(x.shape)
     given = _draws(st.draws, n, s, shape, "draws")
-    rng = np.random.default_rng(st.seed)
+    rngs = sample_generators(st.seed, INFIDELITY, first_row, n) if given is None else []
     per_run = scorer.batches_per_run(n, inputs, ROWS_PER_RUN)
     by_inputs = st.multiply_by_inputs if st.multiply_by_inputs is not None else includes_input(method, params)
     if by_inputs:
@@ -139,9 +143,9 @@ def infidelity_of(scorer: Scorer, x: np.ndarray, relevance, targets, f0: np.ndar
             if given is not None:
                 draw = given[:, j]
             elif st.perturbation == "noise":
-                draw = rng.normal(0.0, st.noise_scale, x.shape)
+                draw = per_sample(rngs, lambda g: g.normal(0.0, st.noise_scale, shape))
             else:
-                draw = (rng.random(x.shape) < st.fraction).astype(np.float64)
+                draw = per_sample(rngs, lambda g: g.random(shape) < st.fraction)
             xi = draw if st.perturbation == "noise" else draw * (xd - base)
             perturbed = (xd - xi).astype(x.dtype)
             moved = xd - perturbed.astype(np.float64)  # what the model really sees moved
@@ -193,15 +197,17 @@ class SensitivitySettings:
 
 
 def sensitivity_of(analyzer: Analyzer, x: np.ndarray, targets, st: SensitivitySettings, inputs: dict | None = None,
-                   slices: int | str | None = None, base: np.ndarray | None = None) -> np.ndarray:
-    """sensitivity_max's value for x (cast) explained by ``analyzer`` at ``targets`` (``base``: the map of x from
-    the analyzer's first call, when known). A method that draws random numbers explains every copy from a new
+                   slices: int | str | None = None, base: np.ndarray | None = None,
+                   first_row: int = 0) -> np.ndarray:
+    """sensitivity_max's value for x (cast; rows ``first_row``.. of the data, whose numbers seed each sample's
+    draws) explained by ``analyzer`` at ``targets`` (``base``: the map of x from the analyzer's first call, or
+    after a restart, when known). A method that draws random numbers explains every copy from a new
     session, so that each starts from the same draws as the map of x did: the change measured is the map's, not
     the noise's."""
     s = _draw_count(st.n_perturb_samples, st.draws)
     n, shape = len(x), x.shape[1:]
     given = _draws(st.draws, n, s, shape, "draws")
-    rng = np.random.default_rng(st.seed)
+    rngs = sample_generators(st.seed, SENSITIVITY, first_row, n) if given is None else []
     if base is None:
         base = analyzer.analyze(x, neuron_selection=targets, inputs=inputs, batch_size=slices)
     base = np.asarray(base, np.float64)
@@ -212,7 +218,8 @@ def sensitivity_of(analyzer: Analyzer, x: np.ndarray, targets, st: SensitivitySe
     worst = np.zeros(n)
     xd = x.astype(np.float64)
     for j in range(s):  # one explained batch per draw: a sample's other inputs keep their rows
-        delta = given[:, j] if given is not None else rng.uniform(-st.radius, st.radius, x.shape)
+        delta = given[:, j] if given is not None else per_sample(rngs, lambda g: g.uniform(-st.radius, st.radius,
+                                                                                           shape))
         moved = (xd + delta).astype(x.dtype)
         if analyzer.method.random:
             analyzer.restart()

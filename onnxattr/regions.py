@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxattr.draws import GAUSSIAN, per_sample, sample_generators
 from onnxattr.errors import UsageError
 from onnxattr.viz import channel_axis as image_channel_axis
 
@@ -169,12 +170,13 @@ class RegionPerturber:
     """Replaces a batch's regions in rank order, a few more at each call, as iNNvestigate's Perturbation does
     with a growing ``num_perturbed_regions``: every element of a chosen region, in every channel, takes the
     ``perturbation``: 0 (``zeros``), the region's mean in that channel (``mean``), its negation (``invert``),
-    N(0, 0.3²) noise (``gaussian``, from ``seed``) or a number; ``value_range`` (lo, hi) clips the values put
+    N(0, 0.3²) noise (``gaussian``: each sample's from its own generator, of ``seed`` and its row ``first_row`` +
+    n in the data, see draws.py) or a number; ``value_range`` (lo, hi) clips the values put
     in. The input is padded to whole regions (``pad_mode``) and cropped back, so a border region's mean also
     counts the padding."""
 
     def __init__(self, x: np.ndarray, ranks: np.ndarray, lay: Layout, perturbation="mean", pad_mode: str = "reflect",
-                 value_range=None, seed: int | None = 0):
+                 value_range=None, seed: int | None = 0, first_row: int = 0):
         check_perturbation(perturbation)
         self.lay, self.ranks = lay, ranks
         self.dtype = x.dtype
@@ -191,7 +193,8 @@ class RegionPerturber:
             elif perturbation == "invert":
                 new = -grid
             else:
-                new = np.random.default_rng(seed).normal(0.0, GAUSSIAN_SCALE, grid.shape)
+                new = per_sample(sample_generators(seed, GAUSSIAN, first_row, len(grid)),
+                                 lambda g: g.normal(0.0, GAUSSIAN_SCALE, grid.shape[1:]))
         else:
             new = np.full(grid.shape, float(perturbation))
         if value_range is not None:

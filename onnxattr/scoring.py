@@ -74,21 +74,22 @@ class Scorer:
         the batch axis of a model of fixed batch size, which runs the data in slices of that size)."""
         if self.fixed_batch and np.ndim(x) and len(x) != self.fixed_batch:
             checked = as_input(x[:self.fixed_batch], self.x_arg)
-            if len(x) % self.fixed_batch:
-                raise DataError(f"{self.label} takes batches of {self.fixed_batch}, and the data holds {len(x)} "
-                                "samples")
+            self.check_count(len(x))
             return np.asarray(x).astype(checked.dtype, copy=False)
         return as_input(x, self.x_arg)
+
+    def check_count(self, n: int) -> None:
+        """A model of fixed batch size runs the data in slices of that size: n must fill them (else a DataError)."""
+        if self.fixed_batch and n % self.fixed_batch:
+            raise DataError(f"{self.label} takes batches of {self.fixed_batch}, and the data holds {n} samples")
 
     def outputs(self, x: np.ndarray, inputs: dict | None = None) -> np.ndarray:
         """The explained tensor for the batch x (``inputs`` as ``feeds`` returns them), run in slices of the fixed
         batch size the model declares, or of ``batch_size`` rows (default: SCORE_VALUES input values, at most
         MAX_ROWS rows); a feed with one row per sample is sliced alike."""
         n = len(x)
-        rows = self.batch_size or min(MAX_ROWS, max(1, SCORE_VALUES // max(1, int(np.prod(x.shape[1:])))))
-        step = self.fixed_batch or max(1, min(rows, n))
-        if self.fixed_batch and n % step:
-            raise DataError(f"{self.label} takes batches of {step}, and the data holds {n} samples")
+        step = self.fixed_batch or max(1, min(self._rows(x.shape[1:]), n))
+        self.check_count(n)
         parts = []
         for start in range(0, n, step):
             feeds = {self.x: x[start:start + step]}
@@ -102,6 +103,22 @@ class Scorer:
                              "samples, not one row per sample (a loss over the batch?); region perturbation "
                              "follows each sample's own score: explain a per-sample output with --output")
         return y.reshape(n, -1)
+
+    def _rows(self, sample_shape) -> int:
+        """Rows per run: batch_size, else SCORE_VALUES input values, at most MAX_ROWS rows."""
+        return self.batch_size or min(MAX_ROWS, max(1, SCORE_VALUES // max(1, int(np.prod(sample_shape)))))
+
+    def slice_rows(self, sample_shape) -> int:
+        """Samples per slice where a dataset is evaluated a slice at a time: rows per run as ``outputs`` takes them,
+        a whole multiple of the batch size the model fixes."""
+        rows = self._rows(sample_shape)
+        return self.fixed_batch * max(1, rows // self.fixed_batch) if self.fixed_batch else rows
+
+    def feed_rows(self, inputs: dict | None, n: int, start: int, stop: int) -> dict:
+        """The other inputs (as ``feeds`` returns them, for n samples) of samples start..stop: a feed with one row
+        per sample sliced, the others whole."""
+        return {k: (v[start:stop] if k in self.per_sample and np.ndim(v) and len(v) == n else v)
+                for k, v in (inputs or {}).items()}
 
     def scores(self, x: np.ndarray, targets: np.ndarray | None, inputs: dict | None = None) -> np.ndarray:
         """[N] float64: each sample's neuron ``targets[n]`` (their sum when targets is None: neuron 'all')."""
@@ -146,8 +163,14 @@ def scored_batch(model, x, neuron: str = "max", target=None, input: str | None =
     """Score x once (the model's explained output) and choose each sample's neuron, as analyze would."""
     scorer = Scorer(model, input, output, device, providers, batch_size)
     x = scorer.cast(x)
-    inputs = scorer.feeds(inputs, len(x))
-    outputs = scorer.outputs(x, inputs).astype(np.float64)
+    return scored(scorer, x, neuron, target, scorer.feeds(inputs, len(x)))
+
+
+def scored(scorer: Scorer, x: np.ndarray, neuron: str, target, inputs: dict,
+           outputs: np.ndarray | None = None) -> ScoredBatch:
+    """x (cast; ``inputs`` as scorer.feeds returns them) scored once (``outputs``: scorer.outputs of x, where known),
+    each sample's neuron chosen."""
+    outputs = (scorer.outputs(x, inputs) if outputs is None else outputs).astype(np.float64)
     targets = choose_targets(outputs, neuron, target)
     first = outputs.sum(1) if targets is None else outputs[np.arange(len(x)), targets]
     return ScoredBatch(scorer, x, inputs, targets, first, outputs.argmax(1), outputs.shape[1])
@@ -167,6 +190,11 @@ def check_labels(labels, n: int, outputs: int) -> np.ndarray | None:
 
 def check_relevance(relevance, x_shape, name: str = "the relevance") -> np.ndarray:
     """A map as float64, refused (DataError) unless it is a real-valued array of the data's shape."""
+    return map_of_data(relevance, x_shape, name).astype(np.float64)
+
+
+def map_of_data(relevance, x_shape, name: str = "the relevance") -> np.ndarray:
+    """A map, checked as check_relevance checks it, as it is (a memory-mapped array stays on disk)."""
     r = as_array(relevance, name)
     if r.dtype.kind not in "fiub":
         raise DataError(f"{name} has dtype {r.dtype}; a map of real numbers is expected")
@@ -174,7 +202,7 @@ def check_relevance(relevance, x_shape, name: str = "the relevance") -> np.ndarr
         raise DataError(f"{name} has shape {list(r.shape)} and the data {list(x_shape)}: the metrics read the map "
                         "element by element against the data (a map of an embedding computed from token ids does "
                         "not fit)")
-    return r.astype(np.float64)
+    return r
 
 
 def check_seed(seed) -> None:
@@ -196,6 +224,11 @@ def choose_targets(first: np.ndarray, neuron: str, target) -> np.ndarray | None:
         return None
     if neuron != "index":
         raise UsageError(f"neuron must be max, index or all, not {neuron!r}")
+    return check_target(target, n, k)
+
+
+def check_target(target, n: int, k: int) -> np.ndarray:
+    """neuron 'index''s target as int64 [n]: one index for every sample, or one per sample, each below ``k``."""
     if target is None:
         raise UsageError("neuron 'index' needs a target (one index, or one per sample)")
     t = np.asarray(target)
@@ -204,8 +237,9 @@ def choose_targets(first: np.ndarray, neuron: str, target) -> np.ndarray | None:
     t = np.broadcast_to(t.astype(np.int64), (n,)).copy() if t.ndim == 0 else t.astype(np.int64)
     if t.shape != (n,):
         raise DataError(f"target holds {len(t)} indices and the data {n} samples")
-    if t.min() < 0 or t.max() >= k:
-        raise DataError(f"target {t.tolist()} out of range: the explained output has {k} neurons")
+    if n and (t.min() < 0 or t.max() >= k):
+        raise DataError(f"target {t.tolist() if n <= 16 else f'{t.min()}..{t.max()}'} out of range: the explained "
+                        f"output has {k} neurons")
     return t
 
 

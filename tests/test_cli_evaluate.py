@@ -7,9 +7,12 @@ import numpy as np
 import onnx
 import pytest
 
+import onnxattr.image_files
 from onnxattr.cli import main
 from onnxattr.errors import EXIT_CODES
+from onnxattr.image_files import ImageFiles
 from tests.models import mlp
+from tests.test_cli_explain import DIGITS, folder  # noqa: F401 (a fixture: five images for the digits model)
 from tests.test_evaluate import linear
 
 
@@ -117,3 +120,36 @@ def test_cli_evaluate_draws_the_curves(tmp_path, capsys):
     assert "add --metric aopc" in capsys.readouterr().err
     assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), "--plot", str(tmp_path / "c.xyz")]) == \
         EXIT_CODES["OutputFileError"]
+
+
+def test_cli_evaluate_reads_a_folder_a_slice_at_a_time(tmp_path, folder, monkeypatch, capsys):  # noqa: F811
+    """--batch-size 2 over five images: each image is decoded once, two at a time, never all of them, and the
+    given map is memory-mapped; the table and the JSON are those of the stacked .npy."""
+    np.save(tmp_path / "given.npy", np.random.default_rng(3).standard_normal((5, 1, 8, 8)).astype(np.float32))
+    common = [DIGITS, "-m", "gradient", "-m", "lrp.epsilon", "--relevance", f"given={tmp_path / 'given.npy'}",
+              "--metric", "aopc", "--metric", "infidelity", "--steps", "3", "--region", "3", "--batch-size", "2"]
+    assert main(["evaluate", *common, "--data", str(tmp_path / "x.npy"), "--json", str(tmp_path / "want.json")]) == 0
+    want_printed = capsys.readouterr().out.splitlines()
+    decoded, read = [], onnxattr.image_files.read_image
+    monkeypatch.setattr(onnxattr.image_files, "read_image", lambda path, *a: decoded.append(path) or read(path, *a))
+    slices, getitem = [], ImageFiles.__getitem__
+    monkeypatch.setattr(ImageFiles, "__getitem__", lambda self, rows: slices.append(rows) or getitem(self, rows))
+
+    def whole_read(*args, **kwargs):
+        raise AssertionError("the folder was read whole")
+    monkeypatch.setattr(ImageFiles, "__array__", whole_read)
+    loaded = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loaded(*a, **k) if k.get("mmap_mode") == "r" or
+                        not str(a[0]).endswith("given.npy") else whole_read())
+    assert main(["evaluate", *common, "--data", str(folder), "--json", str(tmp_path / "got.json")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(decoded) == sorted(str(p) for p in folder.iterdir()) and len(decoded) == 5
+    assert [rows.indices(5) for rows in slices] == [(0, 2, 1), (2, 4, 1), (4, 5, 1)]
+    assert [line for line in printed if not line.startswith("wrote")] == \
+        [line for line in want_printed if not line.startswith("wrote")]
+    assert "evaluating given, samples 5-5 of 5 ..." in printed
+    got, want = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("got", "want"))
+    assert got.keys() == want.keys() == {"gradient", "lrp.epsilon", "given"}
+    for name in want:
+        for metric in want[name]:
+            np.testing.assert_allclose(got[name][metric], want[name][metric], rtol=1e-6, atol=1e-9)

@@ -399,3 +399,91 @@ def test_labels_follow_the_accuracy_along_the_curves(tmp_path, capsys):
     assert len(json.loads(js.read_text())["gradient"]["accuracy_morf"]) == 5
     assert main(["evaluate", str(mp), "-m", "gradient", "--data", str(xp), "--labels", str(yp),
                  "-o", str(yp)]) == EXIT_CODES["OutputFileError"]
+
+
+def _evaluation_arrays(ev):
+    return {**ev.arrays(), **{f"{name}|{k}": np.asarray(v, np.float64) for name, row in ev.per_sample().items()
+                              for k, v in row.items()}}
+
+
+@pytest.mark.parametrize("model", ["linear", "masked"])
+def test_a_dataset_evaluated_a_slice_at_a_time_equals_one_run(model, tmp_path):
+    """Every metric of every map (methods, a given map read from a memory-mapped .npy), per-sample targets and
+    labels, gaussian perturbations and seeded draws: slices of 3 samples (3, 3, 1) give what one run gives. Each
+    sample's draws come from its own row's generator, so a slice boundary moves none of them."""
+    m, w = linear() if model == "linear" else masked()
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((7, 6)).astype(np.float32)
+    inputs = {} if model == "linear" else {"mask": (rng.random((7, 6)) < 0.7).astype(np.float32)}
+    np.save(tmp_path / "given.npy", rng.standard_normal((7, 6)))
+    given = np.load(tmp_path / "given.npy", mmap_mode="r")
+    target, labels = rng.integers(0, 3, 7), rng.integers(0, 3, 7)
+    told = []
+    kwargs = dict(relevance={"given": given}, neuron="index", target=target, labels=labels, inputs=inputs, input="x",
+                  metrics=["aopc", "infidelity", "sensitivity"], channel_axis=None, perturbation="gaussian", steps=4,
+                  seed=5, infidelity={"n_perturb_samples": 3}, sensitivity={"n_perturb_samples": 2, "seed": 6})
+    one = evaluate(m, ["gradient", "lrp.epsilon"], x, **kwargs)
+    sliced = evaluate(m, ["gradient", "lrp.epsilon"], x, batch_size=3, progress=told.append, **kwargs)
+    want, got = _evaluation_arrays(one), _evaluation_arrays(sliced)
+    assert sorted(got) == sorted(want) and "given|sensitivity_max" not in got
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-9, err_msg=key)
+    assert told[:3] == ["gradient, samples 1-3 of 7", "lrp.epsilon, samples 1-3 of 7", "given, samples 1-3 of 7"]
+    assert told[-1] == "given, samples 7-7 of 7" and len(told) == 9
+    # the seed reaches each metric: another gives other draws
+    other = _evaluation_arrays(evaluate(m, ["gradient", "lrp.epsilon"], x, batch_size=3, **{**kwargs, "seed": 8}))
+    assert not np.allclose(other["gradient|morf"], want["gradient|morf"])
+
+
+def test_a_reader_is_read_a_slice_at_a_time_never_whole():
+    """Data with a shape whose slices are arrays (a reader of image files, a memory-mapped .npy) is read one slice
+    of batch_size samples at a time (each once), as explain reads it; the evaluation is the array's."""
+    m, _ = linear()
+    x = np.random.default_rng(22).standard_normal((5, 6)).astype(np.float32)
+    read = []
+
+    class Rows:
+        shape, dtype = x.shape, x.dtype
+
+        def __getitem__(self, rows):
+            read.append(rows)
+            return x[rows]
+
+        def __array__(self, *args, **kwargs):
+            raise AssertionError("the data was read whole")
+
+    kwargs = dict(metrics=["aopc", "infidelity"], steps=3, batch_size=2)
+    ev = evaluate(m, ["gradient"], Rows(), **kwargs)
+    assert [rows.indices(5) for rows in read] == [(0, 2, 1), (2, 4, 1), (4, 5, 1)]
+    want = _evaluation_arrays(evaluate(m, ["gradient"], x, **kwargs))
+    got = _evaluation_arrays(ev)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_a_seeded_method_starts_each_slice_from_its_draws():
+    """smoothgrad explains with its own noise: each slice's map of x and its moved copies' maps start from the same
+    draws, so copies not moved at all change no map, in the later slices too."""
+    m, _ = linear()
+    x = np.random.default_rng(23).standard_normal((3, 6)).astype(np.float32)
+    ev = evaluate(m, ["smoothgrad"], x, metrics=["sensitivity"], batch_size=1,
+                  params={"augment_by_n": 4, "base": "input_t_gradient"},
+                  sensitivity={"draws": np.zeros((3, 2, 6))})
+    np.testing.assert_array_equal(ev.sensitivity["smoothgrad"], 0.0)
+
+
+def test_refusals_name_the_whole_data_before_any_slice_runs():
+    """A target, labels or draws that do not fit the data are refused with the data's sample count, before the
+    first method runs, though the data is evaluated in slices of 2."""
+    m, _ = linear()
+    x = np.ones((5, 6), np.float32)
+    with pytest.raises(DataError, match="target holds 4 indices and the data 5 samples"):
+        evaluate(m, ["gradient"], x, neuron="index", target=[0, 1, 2, 0], batch_size=2)
+    with pytest.raises(DataError, match="out of range"):
+        evaluate(m, ["gradient"], x, neuron="index", target=[0, 1, 2, 0, 3], batch_size=2)
+    with pytest.raises(DataError, match="one integer per sample \\(5\\)"):
+        evaluate(m, ["gradient"], x, labels=np.zeros(4, int), batch_size=2)
+    with pytest.raises(DataError, match="draws has shape"):
+        evaluate(m, ["gradient"], x, metrics=["infidelity"], batch_size=2, infidelity={"draws": np.zeros((4, 2, 6))})
+    with pytest.raises(DataError, match="no samples"):
+        evaluate(m, ["gradient"], np.ones((0, 6), np.float32))
