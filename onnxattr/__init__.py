@@ -13,8 +13,9 @@
 from onnxattr.api import Analyzer, compile, create_analyzer, inspect
 from onnxattr.compare import compare
 from onnxattr.concepts import concepts
+from onnxattr.curves import perturbation_curve
 from onnxattr.errors import OnnxAttrError, OnnxAttrWarning
-from onnxattr.evaluate import evaluate, perturbation_curve
+from onnxattr.evaluate import evaluate
 from onnxattr.image_files import read_images
 from onnxattr.methods import REGISTRY as METHODS
 

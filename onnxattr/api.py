@@ -358,6 +358,11 @@ class Analyzer:
         return self.runner("index" if neuron_selection is not None else self.mode, _conditioned(condition),
                            shape=_shape_of(X))
 
+    def slices_refused(self, X) -> str:
+        """Why data of X's shape cannot be explained in slices (the method's maps need the whole batch, a per-sample
+        parameter is compiled in for the whole data, an output has no batch axis), or ''."""
+        return self._slices_refused(self._batch_runner(X, None, None))
+
     def _slices_refused(self, r: Runner | None) -> str:
         """Why the data cannot run in slices on runner ``r`` (None: the method's maps need the whole batch), or ''."""
         if r is None:

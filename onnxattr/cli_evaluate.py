@@ -12,7 +12,8 @@ from onnxattr.cli_data import (
     parse_sets, parse_target, preprocess_of,
 )
 from onnxattr.errors import UsageError
-from onnxattr.evaluate import METRICS, ORDERS, evaluate
+from onnxattr.curves import ORDERS
+from onnxattr.evaluate import METRICS, evaluate
 from onnxattr.scoring import Scorer
 from onnxattr.output import save_arrays, save_image, save_text
 from onnxattr.regions import PERTURBATIONS, REDUCTIONS

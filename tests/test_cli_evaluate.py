@@ -7,12 +7,10 @@ import numpy as np
 import onnx
 import pytest
 
-import onnxattr.image_files
 from onnxattr.cli import main
 from onnxattr.errors import EXIT_CODES
-from onnxattr.image_files import ImageFiles
 from tests.models import mlp
-from tests.test_cli_explain import DIGITS, folder  # noqa: F401 (a fixture: five images for the digits model)
+from tests.test_cli_explain import DIGITS, folder, watch_image_reads  # noqa: F401 (folder: a fixture)
 from tests.test_evaluate import linear
 
 
@@ -130,17 +128,13 @@ def test_cli_evaluate_reads_a_folder_a_slice_at_a_time(tmp_path, folder, monkeyp
               "--metric", "aopc", "--metric", "infidelity", "--steps", "3", "--region", "3", "--batch-size", "2"]
     assert main(["evaluate", *common, "--data", str(tmp_path / "x.npy"), "--json", str(tmp_path / "want.json")]) == 0
     want_printed = capsys.readouterr().out.splitlines()
-    decoded, read = [], onnxattr.image_files.read_image
-    monkeypatch.setattr(onnxattr.image_files, "read_image", lambda path, *a: decoded.append(path) or read(path, *a))
-    slices, getitem = [], ImageFiles.__getitem__
-    monkeypatch.setattr(ImageFiles, "__getitem__", lambda self, rows: slices.append(rows) or getitem(self, rows))
-
-    def whole_read(*args, **kwargs):
-        raise AssertionError("the folder was read whole")
-    monkeypatch.setattr(ImageFiles, "__array__", whole_read)
+    decoded, slices = watch_image_reads(monkeypatch)
     loaded = np.load
-    monkeypatch.setattr(np, "load", lambda *a, **k: loaded(*a, **k) if k.get("mmap_mode") == "r" or
-                        not str(a[0]).endswith("given.npy") else whole_read())
+
+    def load(path, *args, **kwargs):
+        assert kwargs.get("mmap_mode") == "r" or not str(path).endswith("given.npy"), "the map was read whole"
+        return loaded(path, *args, **kwargs)
+    monkeypatch.setattr(np, "load", load)
     assert main(["evaluate", *common, "--data", str(folder), "--json", str(tmp_path / "got.json")]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert sorted(decoded) == sorted(str(p) for p in folder.iterdir()) and len(decoded) == 5

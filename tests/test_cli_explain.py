@@ -33,14 +33,8 @@ def folder(tmp_path):
     return tmp_path / "imgs"
 
 
-def test_a_folder_is_read_explained_and_written_a_slice_at_a_time(tmp_path, folder, monkeypatch, capsys):
-    """--batch-size 2 over five images: each image is decoded once, two at a time (the overlay takes the slice
-    again, kept), never all of them; the -o array,
-    the one-per-sample heatmaps (over the images), the single graymap and the printed lines are those of the
-    stacked .npy explained in one run."""
-    whole = ["explain", DIGITS, "-m", "lrp.epsilon", "--data", str(tmp_path / "x.npy"), "--batch-size", "5"]
-    assert main(whole + ["-o", str(tmp_path / "want.npy"), "--graymap", str(tmp_path / "want.png")]) == 0
-    want_printed = capsys.readouterr().out.splitlines()
+def watch_image_reads(monkeypatch) -> tuple[list, list]:
+    """(the image files decoded, the slices of ImageFiles taken), as they come; reading a folder whole fails."""
     decoded, read = [], onnxattr.image_files.read_image
     monkeypatch.setattr(onnxattr.image_files, "read_image", lambda path, *a: decoded.append(path) or read(path, *a))
     slices, getitem = [], ImageFiles.__getitem__
@@ -49,6 +43,18 @@ def test_a_folder_is_read_explained_and_written_a_slice_at_a_time(tmp_path, fold
     def whole_read(*args, **kwargs):
         raise AssertionError("the folder was read whole")
     monkeypatch.setattr(ImageFiles, "__array__", whole_read)
+    return decoded, slices
+
+
+def test_a_folder_is_read_explained_and_written_a_slice_at_a_time(tmp_path, folder, monkeypatch, capsys):
+    """--batch-size 2 over five images: each image is decoded once, two at a time (the overlay takes the slice
+    again, kept), never all of them; the -o array,
+    the one-per-sample heatmaps (over the images), the single graymap and the printed lines are those of the
+    stacked .npy explained in one run."""
+    whole = ["explain", DIGITS, "-m", "lrp.epsilon", "--data", str(tmp_path / "x.npy"), "--batch-size", "5"]
+    assert main(whole + ["-o", str(tmp_path / "want.npy"), "--graymap", str(tmp_path / "want.png")]) == 0
+    want_printed = capsys.readouterr().out.splitlines()
+    decoded, slices = watch_image_reads(monkeypatch)
     sliced = ["explain", DIGITS, "-m", "lrp.epsilon", "--data", str(folder), "--batch-size", "2"]
     assert main(sliced + ["-o", str(tmp_path / "r.npy"), "--graymap", str(tmp_path / "g.png"),
                           "--heatmap", str(tmp_path / "maps") + "/", "--overlay"]) == 0

@@ -1,8 +1,7 @@
-"""onnxattr/evaluate.py: perturbation curves equal iNNvestigate's PerturbationAnalysis
-(tests/oracles/make_innvestigate_perturbation.py), and a linear model's curve its closed form."""
+"""onnxattr/evaluate.py: several maps scored at the same neurons, by curves (a linear model's closed form), by
+Captum's metrics as their own functions give them, over other inputs, fixed batches and slices of the data."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,12 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxattr
 from onnxattr.cli import main
+from onnxattr.curves import perturbation_curve
 from onnxattr.errors import EXIT_CODES, DataError, SelectionError, UsageError
-from onnxattr.evaluate import evaluate, perturbation_curve
+from onnxattr.evaluate import evaluate
 from tests.models import mlp, mlp_logits
 
-DATA = Path(__file__).parent / "oracles" / "data"
-ORACLE = DATA / "keras_perturb.onnx"
 
 
 def linear(batch="N", features=6, classes=3, seed=0):
@@ -29,25 +27,6 @@ def linear(batch="N", features=6, classes=3, seed=0):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m, w
-
-
-@pytest.mark.parametrize("config", ["r5_zeros", "r4_mean", "r3_invert", "r3_mean"])
-def test_curves_equal_innvestigates_perturbation_analysis(config):
-    """iNNvestigate scored each step with a Keras loss of -logit[label] averaged over the batch, so its loss is
-    minus the mean of our scores at neuron index = the labels, and with Keras's accuracy, which is our accuracy
-    along the curve; its most-relevant-first run on -R is our least-relevant-first on R. The perturbed inputs agree
-    to float32 rounding (test_regions), so the logits to 1e-6 (they are O(1))."""
-    d = np.load(DATA / "keras_perturb.npz")
-    c = json.loads(str(d["manifest"]))["configs"][config]
-    kw = dict(region=tuple(c["region_shape"]), perturbation=c["perturbation"], steps=c["steps"], neuron="index",
-              target=d["labels"], labels=d["labels"])
-    morf = perturbation_curve(ORACLE, d["x"], d["analysis"], order="morf", **kw)
-    lerf = perturbation_curve(ORACLE, d["x"], d["analysis"], order="lerf", **kw)
-    np.testing.assert_array_equal(morf.regions, np.arange(c["steps"] + 1))
-    for ours, theirs in ((morf, d[f"{config}|scores"]), (lerf, d[f"{config}|negated|scores"])):
-        np.testing.assert_allclose(ours.scores.mean(1), -theirs[:, 0], rtol=0, atol=1e-6)  # the loss
-        np.testing.assert_allclose(ours.accuracy, theirs[:, 1], rtol=0, atol=1e-6)  # Keras's accuracy
-    assert np.ptp(morf.scores.mean(1)) > 1e-3  # the curve moves: the check compares something
 
 
 def test_a_linear_models_curve_is_its_closed_form():
@@ -72,16 +51,6 @@ def test_a_linear_models_curve_is_its_closed_form():
     ev = evaluate(m, [], x, relevance={"x*w": contrib, "-x*w": -contrib}, perturbation="zeros")
     assert (ev.abpc("x*w") > 0).all() and (ev.abpc("-x*w") < 0).all()
     np.testing.assert_allclose(ev.abpc("x*w"), -ev.abpc("-x*w"), rtol=1e-6)
-
-
-def test_regions_per_step_and_steps_set_the_counts():
-    m, _ = linear(features=10)
-    x = np.ones((2, 10), np.float32)
-    r = np.arange(20, dtype=np.float32).reshape(2, 10)
-    assert perturbation_curve(m, x, r, steps=3, regions_per_step=3).regions.tolist() == [0, 3, 6, 9]
-    assert perturbation_curve(m, x, r, steps=5, regions_per_step=3).regions.tolist() == [0, 3, 6, 9, 10]
-    assert perturbation_curve(m, x, r, steps=2, region=4).regions.tolist() == [0, 1, 2]
-    assert perturbation_curve(m, x, r, steps=9, region=4).total_regions == 3  # 10 padded to 12
 
 
 def test_neuron_index_all_and_the_logits_behind_a_softmax():
@@ -487,3 +456,36 @@ def test_refusals_name_the_whole_data_before_any_slice_runs():
         evaluate(m, ["gradient"], x, metrics=["infidelity"], batch_size=2, infidelity={"draws": np.zeros((4, 2, 6))})
     with pytest.raises(DataError, match="no samples"):
         evaluate(m, ["gradient"], np.ones((0, 6), np.float32))
+    with pytest.raises(DataError, match="input data is not an array"):
+        evaluate(m, ["gradient"], [[1.0, 2.0], [3.0]])
+
+
+def test_a_method_whose_maps_need_the_whole_batch_keeps_the_data_whole(monkeypatch):
+    """feature_permutation explains each sample against the others of its batch: where the data would be sliced
+    ("auto", here two samples' values a slice) it runs whole, read in one slice, with the one run's maps; a
+    batch_size that would slice it is refused before anything runs."""
+    from onnxattr import scoring
+
+    m, _ = linear()
+    x = np.random.default_rng(24).standard_normal((5, 6)).astype(np.float32)
+    want = _evaluation_arrays(evaluate(m, ["feature_permutation", "gradient"], x, steps=3))
+    monkeypatch.setattr(scoring, "SCORE_VALUES", 12)
+    read = []
+
+    class Rows:
+        shape, dtype = x.shape, x.dtype
+
+        def __getitem__(self, rows):
+            read.append(rows.indices(5))
+            return x[rows]
+
+    got = _evaluation_arrays(evaluate(m, ["feature_permutation", "gradient"], Rows(), steps=3))
+    assert read == [(0, 5, 1)]
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=key)
+    assert len(_evaluation_arrays(evaluate(m, ["gradient"], Rows(), steps=3))["targets"]) == 5
+    assert read[1:] == [(0, 2, 1), (2, 4, 1), (4, 5, 1)]  # without it, slices of two
+    told = []
+    with pytest.raises(UsageError, match="feature_permutation explains each sample against the other samples"):
+        evaluate(m, ["gradient", "feature_permutation"], x, batch_size=2, progress=told.append)
+    assert told == []
