@@ -328,16 +328,18 @@ def cmd_compare(a) -> int:
                               **_all_params(a))
                      for model, i, o in ((a.model, a.input, a.output), (a.other, a.input_b or a.input,
                                                                          a.output_b or a.output)))
-    x = load_samples(a.data, analyzer_input_shape(first, "index" if a.target is not None else first.mode), pixels)
+    # read a slice at a time, and only the per-sample report kept: a dataset of any size
+    x = load_samples(a.data, analyzer_input_shape(first, "index" if a.target is not None else first.mode), pixels,
+                     lazy=True)
     feeds = load_feeds(a)
     # a feed goes to each model that has such an input (to both when neither has: the error names it)
     names = [{i.name for i in an.model.graph.input} for an in (first, second)]
     own = [{k: v for k, v in feeds.items() if k in names[i] or k not in names[1 - i]} for i in (0, 1)]
     own[1].update(load_feeds(a, "feed_b"))
     result = compare_analyzers(first, second, x, parse_target(a.target), perm, own[0], own[1],
-                               batch_size=a.batch_size, progress=True)
+                               batch_size=a.batch_size, progress=True, keep_maps=False)
     print(f"{first.method.name} on {a.model} (a) and {a.other} (b), neuron {a.neuron}"
-          + ("" if result.perm == tuple(range(x.ndim)) else f", data transposed {list(result.perm)} for b") + ":")
+          + ("" if result.perm == tuple(range(len(x.shape))) else f", data transposed {list(result.perm)} for b") + ":")
     print(result.table())
     if not result.outputs_compared:
         print("note: the explained outputs were not compared (not a graph output of both, or of shapes that differ "

@@ -16,7 +16,8 @@ import numpy as np
 
 from onnxattr.api import Analyzer, explained_output, non_finite_told_by_caller
 from onnxattr.errors import DataError, SelectionError, UsageError
-from onnxattr.runner_io import data_input
+from onnxattr.feeds import sliceable
+from onnxattr.runner_io import batch_axis_inputs, data_input
 from onnxattr.select import declared_input_shape
 
 TOP_FRACTION = 0.1  # the share of elements, by |relevance|, whose overlap is reported
@@ -174,17 +175,19 @@ def compare(model_a, model_b, method: str, x, neuron: str = "max", target=None, 
             inputs_a: dict | None = None, inputs_b: dict | None = None, input_a: str | None = None,
             input_b: str | None = None, output_a: str | None = None, output_b: str | None = None,
             device: str | None = None, providers=None, batch_size: int | str | None = "auto",
-            **params) -> Comparison:
+            keep_maps: bool = True, **params) -> Comparison:
     """Explain ``x`` (in model a's layout) with ``method`` in both models and compare per sample.
     ``neuron``: "max" (model b explains model a's choice), "index" (``target``: one per sample or one for
     all) or "all"; ``perm``: the axes of x in model b's order (found from the declared shapes when None);
     ``inputs_a`` / ``inputs_b``: each model's other graph inputs (an attention mask); ``batch_size``: analyze's,
-    for both models (by default "auto": slices of 16 images' values)."""
+    for both models (by default "auto": slices of 16 images' values), which are compared a slice at a time (x may be
+    read by rows: a memory-mapped .npy, onnxattr.read_images); ``keep_maps``: keep both maps for ``.maps`` (False:
+    the per-sample report only)."""
     if neuron not in ("max", "index", "all"):
         raise UsageError(f"neuron must be max, index or all, not '{neuron}'")
     a, b = (Analyzer(method, m, neuron_selection_mode=neuron, input=i, output=o, device=device, providers=providers,
                      **params) for m, i, o in ((model_a, input_a, output_a), (model_b, input_b, output_b)))
-    return compare_analyzers(a, b, x, target, perm, inputs_a, inputs_b, batch_size)
+    return compare_analyzers(a, b, x, target, perm, inputs_a, inputs_b, batch_size, keep_maps=keep_maps)
 
 
 def _declared_input(analyzer: Analyzer):
@@ -231,23 +234,92 @@ def _index_translation(out_a: tuple, declared_b):
 
 def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, inputs_a: dict | None = None,
                       inputs_b: dict | None = None, batch_size: int | str | None = "auto",
-                      progress: bool = False) -> Comparison:
-    """compare() with the two analyzers made (one method, one neuron mode); ``progress``: a bar over each model's
-    slices."""
+                      progress: bool = False, keep_maps: bool = True) -> Comparison:
+    """compare() with the two analyzers made (one method, one neuron mode); ``progress``: a bar over the slices.
+    The data (an array, or read by rows: a memory-mapped .npy, onnxattr.read_images) is compared a slice at a time
+    (``batch_size`` as analyze's): model a explains a slice, model b the same slice at a's choices, and the slice's
+    samples are compared; ``keep_maps``: keep both maps whole for ``.maps`` (False: only the per-sample report,
+    whatever the data's size)."""
     neuron = a.mode
     if (target is not None) != (neuron == "index"):
         raise UsageError("a target picks the neuron for neuron selection 'index' (and that needs one)")
-    x = np.asarray(x)
-    identity = tuple(range(x.ndim))
+    x = _LastSlice(x) if sliceable(x) and not isinstance(x, np.ndarray) else np.asarray(x)
+    plan, result, maps = None, None, ([], [])
     with non_finite_told_by_caller():  # the table says so
-        map_a = a.analyze(x, neuron_selection=target, inputs=inputs_a, batch_size=batch_size, progress=progress)
-    y_a, _, choosable, through_a, _ = explained_output(a, neuron)
+        for piece in a.analyze_slices(x, neuron_selection=target, inputs=inputs_a, batch_size=batch_size,
+                                      progress=progress):
+            y_a, _, choosable, through_a, _ = explained_output(a, neuron, piece.outputs)
+            if plan is None:
+                plan = _plan(a, b, x, y_a, choosable, target, perm, inputs_b)
+                result = Comparison(a.method.name, neuron, plan.perm, other_orders=plan.others)
+            rows = piece.rows
+            map_b, y_b, through_b, choice_a = _second_model(b, plan, x[rows], rows, y_a, target, inputs_b)
+            map_a = piece.relevance
+            if map_a.shape != map_b.shape:
+                raise UsageError(f"the maps differ in shape ({list(map_a.shape)} and {list(map_b.shape)} in the first "
+                                 "model's layout); give perm")
+            if y_b is not None and y_a is not None and y_a.shape != y_b.shape and y_a.size == y_b.size \
+                    and [d for d in y_a.shape if d != 1] == [d for d in y_b.shape if d != 1]:
+                y_b = y_b.reshape(y_a.shape)  # [N, K, 1, 1] against [N, K]: the same neurons in the same order
+            # probabilities of one export against logits of the other are no output difference
+            same_outputs = y_a is not None and y_b is not None and y_a.shape == y_b.shape and through_a == through_b
+            result.outputs_compared = same_outputs and (result.outputs_compared or not result.samples)
+            choice_b = y_b.reshape(len(map_a), -1).argmax(1) if choice_a is not None and same_outputs else None
+            result.samples.extend(_sample_diffs(map_a, map_b, y_a if same_outputs else None, y_b, plan.scalar,
+                                                choice_a, choice_b))
+            if keep_maps:
+                maps[0].append(map_a)
+                maps[1].append(map_b)
+    if keep_maps:
+        result.maps = tuple(m[0] if len(m) == 1 else np.concatenate(m) for m in maps)
+    return result
+
+
+class _LastSlice:
+    """Data read by rows, whose last slice is kept: model a reads it, then model b takes the same rows."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype = data, tuple(data.shape), getattr(data, "dtype", None)
+        self._rows, self._values = None, None
+
+    def __getitem__(self, rows):
+        key = rows.indices(self.shape[0]) if isinstance(rows, slice) else None
+        if key is None or key != self._rows:
+            self._rows, self._values = key, self.data[rows]
+        return self._values
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        values = self[0:self.shape[0]]
+        return values if dtype is None else values.astype(dtype)
+
+
+@dataclass
+class _Plan:
+    """What the first slice settles for all: model b's neuron mode, the data's axis order for b (and how many other
+    orders fit), the output's translation to b's layout, b's inputs with one row per sample."""
+
+    mode_b: str
+    perm: tuple
+    others: int
+    scalar: bool
+    out_perm: tuple | None
+    to_b: object
+    rows_b: set
+
+
+def _plan(a: Analyzer, b: Analyzer, x, y_a, choosable: bool, target, perm, inputs_b) -> _Plan:
+    """The plan, from the data's shape and model a's explained output on the first slice (``y_a``; ``choosable``:
+    its per-sample argmax is the explained tensor's); refusals come before model b compiles."""
+    neuron = a.mode
+    identity = tuple(range(len(x.shape)))
     scalar = y_a is not None and y_a.ndim == 0  # a loss: its own only neuron, explained as it is
     mode_b = "index" if target is not None or (neuron == "max" and not scalar) else b.mode
     declared = _declared_input(b)  # read off the model, so a layout refusal comes before b compiles
     if declared is None:
-        runner_b = b.runner(mode_b)
-        declared = data_input(runner_b).shape
+        declared = data_input(b.runner(mode_b)).shape
     others = 0
     if perm is None:
         fits = layout_perms(x.shape, declared)
@@ -257,62 +329,70 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
     else:
         perm = tuple(int(p) for p in perm)
         if sorted(perm) != list(identity) or perm[0] != 0:
-            raise UsageError(f"perm {list(perm)} is not an order of the data's {x.ndim} axes with the batch first")
+            raise UsageError(f"perm {list(perm)} is not an order of the data's {len(identity)} axes with the batch "
+                             "first")
     bound = _layout_bound(a) if perm != identity else None
     if bound:
         raise UsageError(f"{bound} follow the first model's axis order, and the second takes the data transposed "
                          f"{list(perm)}; compare a method without them, or two exports of one layout")
-
-    choice_a = None
-    if neuron == "max" and not scalar:
-        if y_a is None or not choosable:
-            raise UsageError("neuron 'max' compares the maps at the first model's choice, which needs the "
-                             "explained tensor (or a softmax of it over [N, K]) among its outputs; explain a "
-                             "graph output, or use 'index'")
-        choice_a = y_a.reshape(len(x), -1).argmax(1)
-        target = choice_a
+    if neuron == "max" and not scalar and (y_a is None or not choosable):
+        raise UsageError("neuron 'max' compares the maps at the first model's choice, which needs the explained "
+                         "tensor (or a softmax of it over [N, K]) among its outputs; explain a graph output, or use "
+                         "'index'")
     _, declared_out, _, _, _ = explained_output(b, mode_b)
     out_perm, to_b = _index_translation(y_a.shape[1:], declared_out) if y_a is not None and not scalar \
         else (None, lambda f: f)
     try:
-        with non_finite_told_by_caller():
-            map_b = b.analyze(np.transpose(x, perm), neuron_selection=None if target is None else to_b(target),
-                              inputs=inputs_b, batch_size=batch_size, progress=progress)
+        rows_b = batch_axis_inputs(b.runner(mode_b), inputs_b, x.shape[0]) if inputs_b else set()
+    except (UsageError, DataError) as e:
+        raise type(e)(f"the second model: {e}") from None
+    return _Plan(mode_b, tuple(int(p) for p in perm), others, scalar, out_perm, to_b, rows_b)
+
+
+def _second_model(b: Analyzer, plan: _Plan, xs, rows: slice, y_a, target, inputs_b):
+    """(map_b and y_b in model a's layout, whether y_b was read through a softmax, model a's choices or None) for
+    the samples ``rows`` (xs: their data, in model a's layout)."""
+    identity = tuple(range(xs.ndim))
+    perm = plan.perm
+    choice_a = None
+    if plan.mode_b == "index" and target is None:  # neuron "max": b explains a's choices (checked by _plan)
+        choice_a = chosen = y_a.reshape(len(xs), -1).argmax(1)
+    else:
+        chosen = target[rows] if np.ndim(target) == 1 else target
+    feeds = {k: (v[rows] if k in plan.rows_b else v) for k, v in (inputs_b or {}).items()}
+    try:
+        map_b = b.analyze(np.transpose(xs, perm), neuron_selection=None if chosen is None else plan.to_b(chosen),
+                          inputs=feeds, batch_size=None)
     except UsageError as e:  # a graph input the second model lacks, or needs
         raise UsageError(f"the second model: {e}") from None
     except DataError as e:
-        hint = "" if perm != identity or not others else "; give perm if it takes another axis order"
+        hint = "" if perm != identity or not plan.others else "; give perm if it takes another axis order"
         raise DataError(f"the second model: {e}" + (f" (the data went in axis order {list(perm)}{hint})"
-                                                    if perm != identity or others else "")) from None
+                                                    if perm != identity or plan.others else "")) from None
     if map_b.ndim == len(perm):
         map_b = np.transpose(map_b, _inverse(perm))
     elif perm != identity:  # a map of another rank than the data (token ids -> embeddings): no way back
-        raise UsageError(f"the maps have rank {map_b.ndim}, the data {x.ndim}: the second model's map cannot be "
+        raise UsageError(f"the maps have rank {map_b.ndim}, the data {xs.ndim}: the second model's map cannot be "
                          "put back in the first's layout; compare two exports of one layout")
-    if map_a.shape != map_b.shape:
-        raise UsageError(f"the maps differ in shape ({list(map_a.shape)} and {list(map_b.shape)} in the first "
-                         "model's layout); give perm")
-    y_b, _, _, through_b, _ = explained_output(b, mode_b)
-    if y_b is not None and out_perm is not None and y_b.ndim == len(out_perm):
-        y_b = np.transpose(y_b, _inverse(out_perm))
-    if y_a is not None and y_b is not None and y_a.shape != y_b.shape and y_a.size == y_b.size \
-            and [d for d in y_a.shape if d != 1] == [d for d in y_b.shape if d != 1]:
-        y_b = y_b.reshape(y_a.shape)  # [N, K, 1, 1] against [N, K]: the same neurons in the same order
-    # probabilities of one export against logits of the other are no output difference
-    same_outputs = y_a is not None and y_b is not None and y_a.shape == y_b.shape and through_a == through_b
-    choice_b = y_b.reshape(len(x), -1).argmax(1) if choice_a is not None and same_outputs else None
-    result = Comparison(a.method.name, neuron, tuple(int(p) for p in perm), maps=(map_a, map_b),
-                        other_orders=others, outputs_compared=same_outputs)
-    for i in range(len(x)):
+    y_b, _, _, through_b, _ = explained_output(b, plan.mode_b)
+    if y_b is not None and plan.out_perm is not None and y_b.ndim == len(plan.out_perm):
+        y_b = np.transpose(y_b, _inverse(plan.out_perm))
+    return map_b, y_b, through_b, choice_a
+
+
+def _sample_diffs(map_a, map_b, y_a, y_b, scalar: bool, choice_a, choice_b) -> list:
+    """One SampleDiff per sample of two maps in one layout (``y_a``: None where the outputs are not compared)."""
+    out = []
+    for i in range(len(map_a)):
         ra, rb = map_a[i].astype(np.float64).ravel(), map_b[i].astype(np.float64).ravel()
         finite = bool(np.isfinite(ra).all() and np.isfinite(rb).all())
         scale = np.abs(ra).max() or np.abs(rb).max() or 1.0
         out_diff = None
-        if same_outputs:
+        if y_a is not None:
             ya, yb = (y_a, y_b) if scalar else (y_a[i], y_b[i])
             ya, yb = np.asarray(ya, np.float64), np.asarray(yb, np.float64)
             out_diff = float(np.abs(ya - yb).max() / (np.abs(ya).max() or 1.0))
-        result.samples.append(SampleDiff(
+        out.append(SampleDiff(
             output_diff=out_diff,
             choice_a=None if choice_a is None else int(choice_a[i]),
             choice_b=None if choice_b is None else int(choice_b[i]),
@@ -320,4 +400,4 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
             correlation=_pearson(ra, rb) if finite else float("nan"),
             top_shared=_top_shared(ra, rb) if finite else float("nan"),
             finite=finite))
-    return result
+    return out

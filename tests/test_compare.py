@@ -11,6 +11,7 @@ import onnxattr
 from onnxattr.cli import main
 from onnxattr.compare import _pearson, _top_shared, compare, layout_perm
 from onnxattr.errors import DataError, UsageError
+from tests.test_cli_explain import folder, watch_image_reads  # noqa: F401 (folder: a fixture)
 
 DATA = Path(__file__).parent / "oracles" / "data"
 RESNET, RESNET_BN, VGG = DATA / "torch_resnet.onnx", DATA / "torch_resnet_bn.onnx", DATA / "torch_vgg.onnx"
@@ -128,7 +129,8 @@ def test_map_similarity_measures():
 
 def test_both_models_run_in_slices_by_default(tmp_path, monkeypatch):
     """compare's batch_size is "auto": both models explain the data in the same slices (here of 2 samples, the
-    second in its own layout, at the first model's choices), and the comparison is the whole run's."""
+    second in its own layout, at the first model's choices), slice by slice, and the comparison is the whole
+    run's."""
     x = oracle_x("torch_vgg")
     nhwc = channels_last(VGG, tmp_path / "vgg_nhwc.onnx")
     whole = compare(VGG, nhwc, "gradient", x, batch_size=None)
@@ -137,7 +139,7 @@ def test_both_models_run_in_slices_by_default(tmp_path, monkeypatch):
     monkeypatch.setattr(onnxattr.api.Analyzer, "_analyze", lambda self, X, *a: sizes.append(X.shape) or run(self, X, *a))
     sliced = compare(VGG, nhwc, "gradient", x)
     n, (c, h, w) = len(x), x.shape[1:]
-    assert n == 4 and sizes == [(2, c, h, w)] * 2 + [(2, h, w, c)] * 2
+    assert n == 4 and sizes == [(2, c, h, w), (2, h, w, c)] * 2
     assert [s.choice_b for s in sliced.samples] == [s.choice_b for s in whole.samples]
     for got, want in zip(sliced.maps, whole.maps):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
@@ -372,3 +374,58 @@ def test_cli_compare_takes_image_files_and_folders(tmp_path):
         reports.append(json.loads(out.read_text()))
     assert len(reports[0]["samples"]) == 3 and reports[0]["samples"][0]["relevance_diff"] > 0
     assert reports[1] == reports[0] and reports[2] == reports[0]
+
+
+def test_data_read_by_rows_is_compared_a_slice_at_a_time(tmp_path):
+    """Data with a shape whose slices are arrays (a reader of image files) is read one slice at a time, each once
+    for both models (the second in its own layout), never whole; the report is the array's, and without keep_maps
+    no map is kept."""
+    x = oracle_x("torch_vgg")
+    nhwc = channels_last(VGG, tmp_path / "vgg_nhwc.onnx")
+    read = []
+
+    class Rows:
+        shape, dtype = x.shape, x.dtype
+
+        def __getitem__(self, rows):
+            read.append(rows.indices(len(x)))
+            return x[rows]
+
+        def __array__(self, *args, **kwargs):
+            raise AssertionError("the data was read whole")
+
+    want = compare(VGG, nhwc, "lrp.epsilon", x, batch_size=2)
+    got = compare(VGG, nhwc, "lrp.epsilon", Rows(), batch_size=3, keep_maps=False)
+    assert read == [(0, 3, 1), (3, 4, 1)] and got.maps is None
+    assert_samples_match(got.as_dict()["samples"], want.as_dict()["samples"], 1e-5)
+    assert [s.choice_b for s in got.samples] == [s.choice_b for s in want.samples] and len(got.samples) == 4
+
+
+def test_cli_compare_reads_a_folder_a_slice_at_a_time(tmp_path, folder, monkeypatch):  # noqa: F811
+    """--batch-size 2 over five images: each image is decoded once, two at a time, never all of them; the JSON
+    report is the stacked .npy's."""
+    import json
+
+    digits = Path(__file__).resolve().parents[1] / "models" / "digits_cnn.onnx"
+    other = scaled_weight(digits, tmp_path / "other.onnx", 1.5, initializer=0)
+    args = ["compare", str(digits), str(other), "-m", "lrp.epsilon", "--batch-size", "2", "--json"]
+    assert main(args + [str(tmp_path / "want.json"), "--data", str(tmp_path / "x.npy")]) == 0
+    decoded, slices = watch_image_reads(monkeypatch)
+    assert main(args + [str(tmp_path / "got.json"), "--data", str(folder)]) == 0
+    assert sorted(decoded) == sorted(str(p) for p in folder.iterdir()) and len(decoded) == 5
+    assert [rows.indices(5) for rows in slices] == [(0, 2, 1), (2, 4, 1), (4, 5, 1)]
+    got, want = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("got", "want"))
+    assert_samples_match(got["samples"], want["samples"], 1e-6)
+    assert len(got["samples"]) == 5
+
+
+def assert_samples_match(got: list, want: list, rtol: float) -> None:
+    """Two reports' samples: the same fields, choices and finiteness, the measures to ``rtol``."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for key in w:
+            if isinstance(w[key], float):
+                np.testing.assert_allclose(g[key], w[key], rtol=rtol, atol=1e-9, err_msg=key)
+            else:
+                assert g[key] == w[key], key
