@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import warnings
 from typing import NamedTuple
 
@@ -19,13 +18,12 @@ from onnxattr.errors import (DataError, OnnxAttrWarning, UnsupportedModelError, 
 from onnxattr.feeds import as_input, other_feeds, read_by_rows
 from onnxattr.load import load_model, model_label
 from onnxattr.methods import get_method
-from onnxattr.methods.perturbation import MAX_PERTURBATIONS
 from onnxattr.output import refuse_overwriting_input
 from onnxattr.recurrent_nodes import NOT_FIXED, data_sizes, with_sizes
+from onnxattr.run_errors import run_error
 from onnxattr.runtime import Runner
 from onnxattr.runner_io import (batch_axis_inputs, checked_targets, data_batch_axis, data_input, explained_input,
                                 explained_shape, target_rows)
-from onnxattr.sampling import ROWS_CHECK, RUN_TIME_CHECK
 from onnxattr.select import TARGET_INPUT
 
 _UNSLICED = "analyze without batch_size (--batch-size on the command line)"
@@ -278,28 +276,10 @@ class Analyzer:
         try:
             results = r.run(feeds)
         except DataError as e:
-            unchecked = _unchecked_masks(r, masks)
-            if unchecked:
-                raise DataError(f"{e} (the mask of condition {', '.join(map(repr, unchecked))} has sizes the tensor's "
-                                "shape, known only at run time, could not be checked against: each must be 1 or the "
-                                "tensor's size)") from None
-            shared = [n for n in feeds if n not in (x_name, TARGET_INPUT, *masks)]
-            check = re.search(rf"Name:'oa/{RUN_TIME_CHECK}-(\w+)_", str(e))
-            if check:
-                raise DataError(self._failed_check(check.group(1), X, r)) from None
-            if f"Name:'oa/{ROWS_CHECK}" in str(e):
-                raise DataError(
-                    f"{self.method.name} runs a chunk of points as one batch, and the explained output did not "
-                    "come out with one row per point: the model mixes the points of its batch (a batch axis that "
-                    f"is not {x_name}'s first" + (f", or a feed ({', '.join(shared)}) not declared under the name "
-                    f"of {x_name}'s batch axis" if shared else "") + "); set chunk_size=1 to run one point per "
-                    "sample at a time") from None
-            if not shared or "running Loop node. Name:'oa/" not in str(e):
+            told = run_error(e, self.method.name, self.params, X, r, feeds, masks)
+            if told is None:
                 raise
-            raise DataError(f"{e} ({self.method.name} runs every sample's points as one batch: a feed "
-                            f"({', '.join(shared)}) goes with its sample's points only where the model declares "
-                            f"its first axis under the name of {x_name}'s batch axis, else all samples share it; "
-                            "export both with the same dynamic batch axis, or set chunk_size=1)") from None
+            raise told from None
         at = r.output_names.index(RELEVANCE)
         self.outputs = results[:at]
         self.kept = {n[len(KEPT):]: v for n, v in zip(r.output_names, results) if n.startswith(KEPT)}
@@ -402,48 +382,6 @@ class Analyzer:
         return {CONDITION + name: mask_of(name, spec, shapes.get(name), samples, axis)
                 for name, spec in (condition or {}).items()}
 
-    def _failed_check(self, what: str, X: np.ndarray, r: Runner) -> str:
-        """What a run-time check of the compiled model (sampling.checked) found wrong with data X."""
-        if what == "feature_mask":
-            mask = self.params.get("feature_mask")
-            mask = np.load(mask, mmap_mode="r").shape if isinstance(mask, (str, os.PathLike)) else np.shape(mask)
-            explained = explained_shape(r)
-            features = list(X.shape[1:]) if len(explained) == X.ndim else \
-                [d if isinstance(d, int) else "?" for d in explained[1:]]  # an embedding of the data's token ids
-            return (f"feature_mask of shape {list(mask)} does not fit the explained features {features}: "
-                    "every mask axis of more than 1 must match the data's")
-        if what == "batch":
-            return (f"{self.method.name} shuffles each feature group between the samples of the batch, and the data "
-                    f"hold {len(X)} sample: give two or more")
-        if what == "fit":
-            return (f"{self.method.name}'s fit of its linear surrogate did not converge on these coalitions: a "
-                    "non-finite value in the data or the model's outputs, weights spanning too many decades (LIME's "
-                    "kernel_width), or a nearly singular design (about as many coalitions as feature groups); check "
-                    "the data and parameters, evaluate more coalitions than groups, or group the features with a "
-                    "feature_mask")
-        if what == "reference_data":
-            return (f"reference_data does not fit the data of shape {list(X.shape)}: one row, or one per sample, of "
-                    "the data's other sizes (token ids of the same length)")
-        if what == "kept_rows":
-            return (f"{self.method.name} runs a chunk of points as one batch along the data's first axis, and a "
-                    "tensor it reads at each point (a kept tensor, neuron_conductance's layer) did not hold them in its "
-                    "first axis (its batch axis is another): keep another tensor or set chunk_size=1 (conductance), "
-                    "or choose a layer [N, ...] (neuron_conductance)")
-        if what == "neuron_index":
-            return (f"neuron_index {self.params.get('neuron_index')} lies outside layer '{self.params.get('layer')}' "
-                    "on this data, or has not one entry per axis after its batch axis: give an index inside the "
-                    "layer's shape")
-        grouped = "group the features with a feature_mask"
-        passes, fix = {  # what the check counts, and what makes it fewer
-            "ablations": ("feature ablations (every feature alone)", grouped),
-            "permutations": ("feature permutations (every feature alone)", grouped),
-            "windows": ("occlusion windows", "use a larger stride or window"),
-            "orders": (f"forward passes ({self.params.get('n_samples')} orders of every feature alone)",
-                       grouped + ", or draw fewer orders"),
-        }.get(what, (f"{what} (a size checked at run time)", "check the data's shape"))
-        return (f"{self.method.name} would run more than {MAX_PERTURBATIONS} {passes} on data of shape "
-                f"{list(X.shape)}: {fix}")
-
 
 def _shape_of(X) -> tuple | None:
     """The data's shape, None where it has none (a ragged list: as_input names that problem after compiling)."""
@@ -468,17 +406,6 @@ def _conditioned(condition) -> tuple:
     if condition is not None and not isinstance(condition, dict):
         raise UsageError(f"condition must be a dict of tensor name -> channels or mask, got {type(condition).__name__}")
     return tuple(condition or ())
-
-
-def _unchecked_masks(runner: Runner, masks: dict) -> list[str]:
-    """The conditioned tensors whose mask has a size other than 1 on an axis of unknown size when compiled."""
-    shapes = conditioned_shapes(runner.session.get_modelmeta().custom_metadata_map)
-    out = []
-    for feed, mask in masks.items():
-        shape = shapes.get(feed[len(CONDITION):])
-        if shape is None or any(d is None and m != 1 for d, m in zip(shape[1:], mask.shape[1:])):
-            out.append(feed[len(CONDITION):])
-    return out
 
 
 def create_analyzer(method: str, model, **kwargs) -> Analyzer:
