@@ -59,13 +59,13 @@ class Preprocess:
         return np.moveaxis(p, -1, 1 if axis == 0 else -1).astype(np.float32)
 
     def resize(self, img, h: int, w: int):
-        """The PIL image ``img`` at the model's size h x w: stretched (Pillow's default filter), or with ``crop``
+        """The PIL image ``img`` at the model's size h x w: stretched (bicubic, Pillow's default), or with ``crop``
         f resized bilinearly so that it covers (h / f, w / f) with its aspect kept, the shorter side
         floor(side * scale) and the longer int(that * long / short) as torchvision's Resize computes them, and
         cut to h x w from the centre (offsets rounded as torchvision's CenterCrop rounds them). ``interpolation``
         names another filter for either."""
         if self.crop is None:
-            return img.resize((w, h)) if self.interpolation is None else img.resize((w, h), FILTERS[self.interpolation])
+            return img.resize((w, h), FILTERS[self.interpolation or "bicubic"])
         width, height = img.size
         scale = max(h / height, w / width) / self.crop
         short, long = sorted((width, height))
