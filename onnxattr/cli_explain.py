@@ -6,7 +6,6 @@ the kept tensors (for --keep-out), and the first eight samples' outputs and sums
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -15,7 +14,7 @@ import numpy as np
 from onnxattr import viz
 from onnxattr.api import Analyzer, explained_output
 from onnxattr.errors import OnnxAttrWarning
-from onnxattr.output import ReadFiles, array_rows, save_arrays, save_image
+from onnxattr.output import ReadFiles, array_rows, save_arrays, save_image, staged_folder
 
 SHOWN = 8  # samples whose sums and explained neurons are printed
 
@@ -49,8 +48,9 @@ def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_ou
                 shape = list(r.shape) if one_run else [len(x), *r.shape[1:]]
                 if out:
                     write_rows = files.enter_context(array_rows(out, tuple(shape), r.dtype, read))
-                for flag in per_sample:  # (made once a slice has run: a run that fails first leaves none)
-                    os.makedirs(images[flag], exist_ok=True)
+                # each folder's maps move in once every slice is drawn (made once a slice has run: a run that
+                # fails first leaves none, one that fails later leaves the folder as it was)
+                stages = {flag: files.enter_context(staged_folder(images[flag])) for flag in per_sample}
             if write_rows is not None:
                 write_rows(r)
             finite = finite and bool(np.isfinite(r).all())
@@ -66,7 +66,8 @@ def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_ou
                 seen_whole.append(seen)
             for flag, paths in per_sample.items():
                 for i, file in zip(range(len(r)), paths[piece.rows]):
-                    save_image(tile(r[i:i + 1], flag, draw, None if seen is None else seen[i:i + 1]), file, read)
+                    save_image(tile(r[i:i + 1], flag, draw, None if seen is None else seen[i:i + 1]),
+                               stages[flag](file), read)
     if not finite and any(images.values()):  # analyze_slices warned, counting them
         warnings.warn(OnnxAttrWarning("the images draw the relevance's NaN or inf values as 0"))
     for flag, maps in whole.items():

@@ -196,6 +196,36 @@ def save_array(arr: np.ndarray, path: str, *inputs, models=()) -> None:
 
 
 @contextlib.contextmanager
+def staged_folder(folder: str):
+    """Files for ``folder`` written first into a hidden folder inside it, then moved into place, each by a rename,
+    once the block ends without an error; on an error none is moved (what the folder held stays as it was), the
+    hidden folder goes, and so does ``folder`` where the block made it and it is empty. Yields ``stage(path)``: where
+    the file ``path`` (in ``folder``) is written meanwhile."""
+    made = not os.path.isdir(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        hidden = tempfile.mkdtemp(prefix=".onnxattr-", dir=folder)
+    except OSError as e:
+        raise OutputFileError(f"{folder}: cannot write ({e.strerror or e})") from None
+    staged = {}
+
+    def stage(path: str) -> str:
+        staged[path] = os.path.join(hidden, os.path.basename(path))
+        return staged[path]
+    try:
+        yield stage
+        for path, tmp in staged.items():
+            os.replace(tmp, resolve_destination(path))
+    except BaseException:
+        shutil.rmtree(hidden, ignore_errors=True)
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def array_rows(path: str, shape: tuple, dtype, *inputs, models=()):
     """A .npy array of ``shape`` and ``dtype`` written a slice of rows at a time: yields ``write(rows)``, which
     appends rows in order to a temporary beside ``path``; renamed into place when the block ends with every row

@@ -94,7 +94,8 @@ def test_per_sample_targets_kept_tensors_and_sums_come_out_as_in_one_run(tmp_pat
 
 
 def test_a_run_that_fails_midway_writes_no_array(tmp_path, monkeypatch, capsys):
-    """An error in the second slice: exit 7 with its message, no -o file and no temporary left."""
+    """An error in the second slice: exit 7 with its message, no -o file and no temporary left; a --heatmap folder
+    is left as it was (not made, or holding what it held: no map of the failed run)."""
     onnx.save(mlp()[0], tmp_path / "mlp.onnx")
     np.save(tmp_path / "x.npy", np.ones((6, 6), np.float32))
     calls, run = [], onnxattr.api.Analyzer._analyze
@@ -109,6 +110,27 @@ def test_a_run_that_fails_midway_writes_no_array(tmp_path, monkeypatch, capsys):
                  "--batch-size", "2", "-o", str(tmp_path / "r.npy")]) == 7
     assert "the second slice failed" in capsys.readouterr().err
     assert calls == [2, 2] and sorted(os.listdir(tmp_path)) == ["mlp.onnx", "x.npy"]
+    # a heatmap folder: a new one is not left behind, and one that holds an earlier run's maps keeps them all
+    calls.clear()
+    heatmap = ["--heatmap", str(tmp_path / "maps") + "/", "--batch-size", "2"]
+    assert main(["explain", str(tmp_path / "mlp.onnx"), "-m", "gradient", "--data", str(tmp_path / "x.npy"),
+                 *heatmap]) == 7
+    assert sorted(os.listdir(tmp_path)) == ["mlp.onnx", "x.npy"]
+    monkeypatch.setattr(onnxattr.api.Analyzer, "_analyze", run)
+    assert main(["explain", str(tmp_path / "mlp.onnx"), "-m", "input", "--data",
+                 str(tmp_path / "x.npy"), *heatmap]) == 0
+    before = {name: (tmp_path / "maps" / name).read_bytes() for name in os.listdir(tmp_path / "maps")}
+    assert sorted(before) == [f"x_{i}.png" for i in range(6)]
+    monkeypatch.setattr(onnxattr.api.Analyzer, "_analyze", run)
+    assert main(["explain", str(tmp_path / "mlp.onnx"), "-m", "gradient", "--data", str(tmp_path / "x.npy"),
+                 "--heatmap", str(tmp_path / "gradient") + "/"]) == 0
+    # the failed run's first maps would differ from those there
+    assert (tmp_path / "gradient" / "x_0.png").read_bytes() != before["x_0.png"]
+    monkeypatch.setattr(onnxattr.api.Analyzer, "_analyze", second_fails)
+    calls.clear()
+    assert main(["explain", str(tmp_path / "mlp.onnx"), "-m", "gradient", "--data", str(tmp_path / "x.npy"),
+                 *heatmap]) == 7
+    assert {name: (tmp_path / "maps" / name).read_bytes() for name in os.listdir(tmp_path / "maps")} == before
 
 
 def test_an_unreadable_image_fails_before_the_run(tmp_path, folder, monkeypatch, capsys):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from onnxattr.errors import OutputFileError
-from onnxattr.output import array_rows, save_array, save_image, save_model
+from onnxattr.output import array_rows, save_array, save_image, save_model, staged_folder
 from tests.models import mlp
 
 RGB = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
@@ -128,3 +128,29 @@ def test_read_files_finds_the_inputs_once_for_many_outputs(tmp_path, monkeypatch
     for name in ("7.png", "link.png"):
         with pytest.raises(OutputFileError, match=f"would overwrite the input {tmp_path / '7.png'}"):
             output.refuse_overwriting_input(str(tmp_path / name), read)
+
+
+def test_a_staged_folder_takes_its_files_only_when_all_are_written(tmp_path):
+    """staged_folder: the files appear, by renames, once the block ends; an error leaves the folder as it was (a
+    new one is not left behind), and no hidden folder stays either way."""
+    maps = tmp_path / "maps"
+    with pytest.raises(RuntimeError):
+        with staged_folder(str(maps)) as stage:
+            open(stage(str(maps / "a.png")), "w").write("new a")
+            raise RuntimeError("the run failed")
+    assert not maps.exists()
+    maps.mkdir()
+    (maps / "a.png").write_text("old a")
+    (maps / "keep.txt").write_text("kept")
+    with pytest.raises(RuntimeError):
+        with staged_folder(str(maps)) as stage:
+            open(stage(str(maps / "a.png")), "w").write("new a")
+            assert sorted(os.listdir(maps))[-2:] == ["a.png", "keep.txt"] and (maps / "a.png").read_text() == "old a"
+            raise RuntimeError("the run failed")
+    assert sorted(os.listdir(maps)) == ["a.png", "keep.txt"] and (maps / "a.png").read_text() == "old a"
+    with staged_folder(str(maps)) as stage:
+        for name in ("a.png", "b.png"):
+            open(stage(str(maps / name)), "w").write(f"new {name}")
+        assert (maps / "a.png").read_text() == "old a" and not (maps / "b.png").exists()
+    assert sorted(os.listdir(maps)) == ["a.png", "b.png", "keep.txt"]
+    assert (maps / "a.png").read_text() == "new a.png" and (maps / "b.png").read_text() == "new b.png"
