@@ -85,8 +85,8 @@ def add_parser(sub) -> None:
                    "least-squares factor (Captum's normalize)")
     v.add_argument("--radius", type=float, default=0.02, help="sensitivity's noise: U(-radius, radius) "
                    "(default 0.02)")
-    v.add_argument("--batch-size", type=int, help="explain and score the data in slices of this many samples "
-                   "(default: the maps in explain's auto slices, 16 images' values each)")
+    v.add_argument("--batch-size", type=int, help="read, explain and score the data in slices of this many "
+                   "samples (default: slices of 64 images' values, their maps in explain's auto slices of 16)")
     v.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     v.add_argument("--feed", action="append", metavar="NAME=FILE.npy",
                    help="another graph input of the model, passed as given (an attention mask; repeatable)")
