@@ -75,6 +75,8 @@ def _common(p, neuron=True):
     p.add_argument("--output", help="graph output to explain (default: the first float output)")
 
 
+TABLE_ROWS = 32  # compare's table: the first samples shown, then the worst of all
+
 KEEP_HELP = ("the relevance at this tensor of the model too (repeatable; the single-pass methods: the LRP family, "
              "gradient, ...)")
 
@@ -340,7 +342,10 @@ def cmd_compare(a) -> int:
                                batch_size=a.batch_size, progress=True, keep_maps=False)
     print(f"{first.method.name} on {a.model} (a) and {a.other} (b), neuron {a.neuron}"
           + ("" if result.perm == tuple(range(len(x.shape))) else f", data transposed {list(result.perm)} for b") + ":")
-    print(result.table())
+    print(result.table(TABLE_ROWS))
+    if len(result.samples) > TABLE_ROWS and not a.json:
+        print(f"note: the table shows the first {TABLE_ROWS} of {len(result.samples)} samples, and the worst of all; "
+              "--json writes every one")
     if not result.outputs_compared:
         print("note: the explained outputs were not compared (not a graph output of both, or of shapes that differ "
               "beyond the axis order)")

@@ -106,18 +106,22 @@ class Comparison:
                 "outputs_compared": self.outputs_compared, "other_orders": self.other_orders,
                 "samples": [{k: clean(v) for k, v in vars(s).items()} for s in self.samples]}
 
-    def table(self) -> str:
-        """One line per sample, then the worst of each column."""
+    def table(self, shown: int | None = None) -> str:
+        """One line per sample (the first ``shown`` of them, and a line counting the rest), then the worst of each
+        column over every sample."""
         rows = [("sample", "choice a/b", "output diff", "relevance diff", "correlation",
                  f"top {TOP_FRACTION:.0%} shared")]
         fmt = lambda v: "-" if v is None else f"{v:.2e}"  # noqa: E731
         share = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
         corr = lambda v: "-" if v is None else f"{v:.6f}"  # noqa: E731
-        for i, s in enumerate(self.samples):
+        for i, s in enumerate(self.samples[:shown]):
             choice = "-" if s.choice_b is None else f"{s.choice_a}/{s.choice_b}" + (
                 "" if s.choice_a == s.choice_b else " (differ)")
             rows.append((str(i), choice, fmt(s.output_diff), fmt(s.relevance_diff), corr(s.correlation),
                          share(s.top_shared)))
+        hidden = len(self.samples) - len(rows) + 1
+        if hidden > 0:
+            rows.append((f"({hidden} more)", "", "", "", "", ""))
         choices = "-" if not self.choices_compared else "alike" if self.choices_agree else "differ"
         rows.append(("worst", choices, fmt(_worst([s.output_diff for s in self.samples], max)),
                      fmt(self.worst_relevance_diff), corr(_worst([s.correlation for s in self.samples], min)),

@@ -429,3 +429,22 @@ def assert_samples_match(got: list, want: list, rtol: float) -> None:
                 np.testing.assert_allclose(g[key], w[key], rtol=rtol, atol=1e-9, err_msg=key)
             else:
                 assert g[key] == w[key], key
+
+
+def test_the_table_shows_its_first_samples_and_the_worst_of_all(tmp_path, monkeypatch, capsys):
+    """table(shown): the first samples, a line counting the rest, and the worst over every sample (the same line as
+    the whole table's); the command line shows TABLE_ROWS of them and says where every one is written."""
+    import onnxattr.cli
+
+    x = oracle_x("torch_vgg")
+    result = compare(VGG, scaled_weight(VGG, tmp_path / "bad.onnx", 1.5, initializer=0), "lrp.epsilon", x)
+    whole, cut = ([line.split() for line in t.splitlines()] for t in (result.table(), result.table(2)))
+    assert len(whole) == 6 and cut[:3] == whole[:3] and cut[3] == ["(2", "more)"] and cut[4] == whole[5]
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setattr(onnxattr.cli, "TABLE_ROWS", 3)
+    args = ["compare", str(VGG), str(tmp_path / "bad.onnx"), "-m", "lrp.epsilon", "--data", str(tmp_path / "x.npy")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(1 more)" in out and "note: the table shows the first 3 of 4 samples, and the worst of all; --json" in out
+    assert main(args + ["--json", str(tmp_path / "r.json")]) == 0
+    assert "(1 more)" in (out := capsys.readouterr().out) and "note: the table" not in out
