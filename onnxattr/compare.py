@@ -45,6 +45,15 @@ class SampleDiff:
     finite: bool = True
 
 
+def _worst_at(values, pick) -> int | None:
+    """The sample whose value _worst picks (the first NaN, where there is one); None where no sample has one."""
+    known = [(i, v) for i, v in enumerate(values) if v is not None]
+    if not known:
+        return None
+    nan = next((i for i, v in known if np.isnan(v)), None)
+    return nan if nan is not None else pick(known, key=lambda item: item[1])[0]
+
+
 def _worst(values, pick):
     """pick (max or min) of the values that are not None; NaN when one of them is NaN, None when none is
     left (Python's max and min keep or drop a NaN depending on where it stands)."""
@@ -108,7 +117,7 @@ class Comparison:
 
     def table(self, shown: int | None = None) -> str:
         """One line per sample (the first ``shown`` of them, and a line counting the rest), then the worst of each
-        column over every sample."""
+        column over every sample (and, where samples are left out, which sample that is)."""
         rows = [("sample", "choice a/b", "output diff", "relevance diff", "correlation",
                  f"top {TOP_FRACTION:.0%} shared")]
         fmt = lambda v: "-" if v is None else f"{v:.2e}"  # noqa: E731
@@ -126,6 +135,12 @@ class Comparison:
         rows.append(("worst", choices, fmt(_worst([s.output_diff for s in self.samples], max)),
                      fmt(self.worst_relevance_diff), corr(_worst([s.correlation for s in self.samples], min)),
                      share(_worst([s.top_shared for s in self.samples], min))))
+        if hidden > 0:  # the worst rows may be among those left out: name them
+            differ = next((i for i, s in enumerate(self.samples) if s.choice_a != s.choice_b), None) \
+                if self.choices_compared else None
+            at = [differ, *(_worst_at([getattr(s, k) for s in self.samples], pick) for k, pick in (
+                ("output_diff", max), ("relevance_diff", max), ("correlation", min), ("top_shared", min)))]
+            rows.append(("at sample", *("-" if i is None else str(i) for i in at)))
         widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 

@@ -440,6 +440,13 @@ def test_the_table_shows_its_first_samples_and_the_worst_of_all(tmp_path, monkey
     result = compare(VGG, scaled_weight(VGG, tmp_path / "bad.onnx", 1.5, initializer=0), "lrp.epsilon", x)
     whole, cut = ([line.split() for line in t.splitlines()] for t in (result.table(), result.table(2)))
     assert len(whole) == 6 and cut[:3] == whole[:3] and cut[3] == ["(2", "more)"] and cut[4] == whole[5]
+    # which sample each worst value is: the first whose choices differ, the largest diffs, the lowest agreements
+    s = result.samples
+    differ = [i for i in range(4) if s[i].choice_a != s[i].choice_b]
+    want = [str(differ[0]) if differ else "-", *(str(int(f(np.array([getattr(x, k) for x in s])))) for k, f in (
+        ("output_diff", np.argmax), ("relevance_diff", np.argmax), ("correlation", np.argmin),
+        ("top_shared", np.argmin)))]
+    assert cut[5] == ["at", "sample", *want] and len(cut) == 6
     np.save(tmp_path / "x.npy", x)
     monkeypatch.setattr(onnxattr.cli, "TABLE_ROWS", 3)
     args = ["compare", str(VGG), str(tmp_path / "bad.onnx"), "-m", "lrp.epsilon", "--data", str(tmp_path / "x.npy")]
