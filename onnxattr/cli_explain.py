@@ -22,13 +22,12 @@ SHOWN = 8  # samples whose sums and explained neurons are printed
 @dataclass
 class Summary:
     """What explain prints after the run: the maps' ``shape``, the first samples' ``sums`` and ``outputs`` (the
-    model's), the relevance at the ``kept`` tensors (every sample), and whether every map was ``finite``."""
+    model's) and the relevance at the ``kept`` tensors (every sample)."""
 
     shape: list
     sums: np.ndarray
     outputs: list
     kept: dict
-    finite: bool
 
 
 def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_out: str | None, images: dict,
@@ -78,7 +77,7 @@ def explain_and_write(analyzer: Analyzer, x, run: dict, out: str | None, keep_ou
     if keep_out:
         save_arrays(kept, keep_out, read)
     outputs = outputs[0] if len(outputs) == 1 else [np.concatenate(o)[:SHOWN] for o in zip(*outputs)]
-    return Summary(shape, np.concatenate(sums), outputs, kept, finite)
+    return Summary(shape, np.concatenate(sums), outputs, kept)
 
 
 def tile(maps: np.ndarray, flag: str, draw: dict, seen) -> np.ndarray:

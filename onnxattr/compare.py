@@ -46,7 +46,8 @@ class SampleDiff:
 
 
 def _worst_at(values, pick) -> int | None:
-    """The sample whose value _worst picks (the first NaN, where there is one); None where no sample has one."""
+    """The sample of the worst of ``values``: pick (max or min) of those that are not None, the first NaN where
+    one is NaN (Python's max and min keep or drop a NaN depending on where it stands); None when none is left."""
     known = [(i, v) for i, v in enumerate(values) if v is not None]
     if not known:
         return None
@@ -55,12 +56,10 @@ def _worst_at(values, pick) -> int | None:
 
 
 def _worst(values, pick):
-    """pick (max or min) of the values that are not None; NaN when one of them is NaN, None when none is
-    left (Python's max and min keep or drop a NaN depending on where it stands)."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return float("nan") if any(np.isnan(v) for v in values) else pick(values)
+    """The worst of ``values`` (see _worst_at): NaN when one of them is NaN, None when none is left."""
+    values = list(values)
+    at = _worst_at(values, pick)
+    return None if at is None else values[at]
 
 
 @dataclass
@@ -123,24 +122,23 @@ class Comparison:
         fmt = lambda v: "-" if v is None else f"{v:.2e}"  # noqa: E731
         share = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
         corr = lambda v: "-" if v is None else f"{v:.6f}"  # noqa: E731
+        columns = (("output_diff", max, fmt), ("relevance_diff", max, fmt), ("correlation", min, corr),
+                   ("top_shared", min, share))  # the field, which end is worst, how it is written
         for i, s in enumerate(self.samples[:shown]):
             choice = "-" if s.choice_b is None else f"{s.choice_a}/{s.choice_b}" + (
                 "" if s.choice_a == s.choice_b else " (differ)")
-            rows.append((str(i), choice, fmt(s.output_diff), fmt(s.relevance_diff), corr(s.correlation),
-                         share(s.top_shared)))
+            rows.append((str(i), choice, *(f(getattr(s, k)) for k, _, f in columns)))
         hidden = len(self.samples) - len(rows) + 1
         if hidden > 0:
             rows.append((f"({hidden} more)", "", "", "", "", ""))
         choices = "-" if not self.choices_compared else "alike" if self.choices_agree else "differ"
-        rows.append(("worst", choices, fmt(_worst([s.output_diff for s in self.samples], max)),
-                     fmt(self.worst_relevance_diff), corr(_worst([s.correlation for s in self.samples], min)),
-                     share(_worst([s.top_shared for s in self.samples], min))))
+        at = [_worst_at([getattr(s, k) for s in self.samples], pick) for k, pick, _ in columns]
+        rows.append(("worst", choices, *(f(None if i is None else getattr(self.samples[i], k))
+                                         for (k, _, f), i in zip(columns, at))))
         if hidden > 0:  # the worst rows may be among those left out: name them
             differ = next((i for i, s in enumerate(self.samples) if s.choice_a != s.choice_b), None) \
                 if self.choices_compared else None
-            at = [differ, *(_worst_at([getattr(s, k) for s in self.samples], pick) for k, pick in (
-                ("output_diff", max), ("relevance_diff", max), ("correlation", min), ("top_shared", min)))]
-            rows.append(("at sample", *("-" if i is None else str(i) for i in at)))
+            rows.append(("at sample", *("-" if i is None else str(i) for i in [differ, *at])))
         widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -282,7 +280,7 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
                 y_b = y_b.reshape(y_a.shape)  # [N, K, 1, 1] against [N, K]: the same neurons in the same order
             # probabilities of one export against logits of the other are no output difference
             same_outputs = y_a is not None and y_b is not None and y_a.shape == y_b.shape and through_a == through_b
-            result.outputs_compared = same_outputs and (result.outputs_compared or not result.samples)
+            result.outputs_compared = result.outputs_compared and same_outputs  # (True until a slice says not)
             choice_b = y_b.reshape(len(map_a), -1).argmax(1) if choice_a is not None and same_outputs else None
             result.samples.extend(_sample_diffs(map_a, map_b, y_a if same_outputs else None, y_b, plan.scalar,
                                                 choice_a, choice_b))
