@@ -103,17 +103,19 @@ def abs_vjp(b, node, grads, need):
 
 @register("Pow")
 def pow_vjp(b, node, grads, need):
-    """y = a^p: da = g * p * a^(p-1); dp = g * y * log(a)."""
+    """y = a^p: da = g * p * a^(p-1); dp = g * y * log(a). An exponent of another type than a (an integer, or
+    another float type: Pow allows both) is cast to a's type, and dp cast back to p's."""
     g, y = grads[0], node.output[0]
     a, p = node.input
     ga = gp = None
+    own = b.types.get(p) == b.types.get(a)
     if need[0]:
-        p_minus_1 = b.op("Sub", [p, b.scalar(1.0, p)])
-        d = b.op("Mul", [p, b.op("Pow", [a, p_minus_1])])
+        pa = p if own else b.op("Cast", [p], to=b.float_type(a))
+        d = b.op("Mul", [pa, b.op("Pow", [a, b.op("Sub", [pa, b.scalar(1.0, a)])])])
         ga = unbroadcast(b, b.op("Mul", [g, d]), a, y)
     if need[1]:
-        d = b.op("Mul", [y, b.op("Log", [a])])
-        gp = unbroadcast(b, b.op("Mul", [g, d]), p, y)
+        d = b.op("Mul", [g, b.op("Mul", [y, b.op("Log", [a])])])
+        gp = unbroadcast(b, d if own else b.op("Cast", [d], to=b.types[p]), p, y)
     return [ga, gp]
 
 

@@ -230,17 +230,27 @@ def _convtranspose_pads(b, node, x, w):
     begin, end = [], []
     for i in range(nsp):
         total = strides[i] * (xs[2 + i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 - ys[2 + i]
-        if at["auto_pad"] == "SAME_LOWER":
-            begin.append(total - total // 2)
-        else:
+        if total < 0:  # an output_shape past the full output: zeros at the end (onnxruntime)
+            begin.append(0)
+        elif at["auto_pad"] == "SAME_UPPER":
             begin.append(total // 2)
+        else:  # SAME_LOWER, and output_shape alone (the spec's "else" branch; onnxruntime agrees)
+            begin.append(total - total // 2)
         end.append(total - begin[-1])
     return at, strides, dil, begin + end
 
 
 def conv_transpose_input_vjp(b, node, g, w, x):
-    """dL/dx of y = ConvTranspose(x, w): Conv(g, w) with the same pads, strides, dilations, group."""
+    """dL/dx of y = ConvTranspose(x, w): Conv(g, w) with the same pads, strides, dilations, group; where
+    output_shape adds zeros past the full output (a negative end pad), g is cut there first."""
     at, strides, dil, pads = _convtranspose_pads(b, node, x, w)
+    nsp = len(pads) // 2
+    extra = [-p for p in pads[nsp:]]
+    if any(e > 0 for e in extra):
+        ys = b.shape(node.output[0])
+        g = b.op("Slice", [g, b.ints([0] * nsp), b.ints([d - max(e, 0) for d, e in zip(ys[2:], extra)]),
+                           b.ints(list(range(2, 2 + nsp)))])
+        pads = pads[:nsp] + [max(p, 0) for p in pads[nsp:]]
     out = b.op("Conv", [g, w], group=at["group"], strides=strides, dilations=dil, pads=pads)
     b.set_info(out, x)
     return out

@@ -1,9 +1,12 @@
 """onnxattr/emitters/arithmetic.py: element-wise arithmetic with broadcasting."""
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
-from tests.vjp_check import check_vjp, run_vjp
+from tests.vjp_check import check_vjp, run_vjp, vjp_model
 
 rng = np.random.default_rng(3)
 r = rng.standard_normal
@@ -51,6 +54,32 @@ def test_sqrt_takes_zero_where_its_derivative_is_infinite():
 def test_pow_vjp():
     check_vjp("Pow", [("a", np.abs(r((2, 3))) + 0.5, False), ("p", np.array([2.0, 3.0, 0.5]), False)],
               wrt=["a", "p"])
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("const", [False, True])
+def test_pow_with_an_integer_exponent(dtype, const):
+    """Pow(float, int), as onnx's test_pow_types_float32_int32 writes it: the exponent is cast for the
+    derivative (the compiled graph failed onnx's checker)."""
+    check_vjp("Pow", [("a", r((2, 3)), False), ("p", np.array([2, 3, 1], dtype), const)])
+
+
+def test_pow_with_an_exponent_of_another_float_type():
+    """Pow(float32, float64): da in float32, dp in float64, each checked against its closed form."""
+    node = helper.make_node("Pow", ["a", "p"], ["y0"], name="node")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+                                            helper.make_tensor_value_info("p", TensorProto.DOUBLE, [3])],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [2, 3])])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    a = (np.abs(r((2, 3))) + 0.5).astype(np.float32)
+    p = np.array([2.0, 3.0, 0.5])
+    g = r((2, 3)).astype(np.float32)
+    sess = ort.InferenceSession(vjp_model(model, ["a", "p"]).SerializeToString(), providers=["CPUExecutionProvider"])
+    da, dp = sess.run(["grad_a", "grad_p"], {"a": a, "p": p, "cotangent": g})
+    assert da.dtype == np.float32 and dp.dtype == np.float64
+    a64 = a.astype(np.float64)
+    np.testing.assert_allclose(da, g * p * a64 ** (p - 1), rtol=1e-6)
+    np.testing.assert_allclose(dp, (g * a64 ** p * np.log(a64)).sum(0), rtol=1e-6)
 
 
 @pytest.mark.parametrize("op", ["Max", "Min"])
