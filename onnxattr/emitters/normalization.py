@@ -11,7 +11,7 @@ InstanceNormalization the same over the spatial axes of each (sample, channel), 
 GroupNorm exports as one on a reshaped input); GroupNormalization the same over each (sample, group) of x viewed
 as [N, G, C/G * spatial], gamma per channel (opset 21).
 LpNormalization: y = x / n, n = ||x||_p along ``axis`` (p = 1 or 2): dx = (g - d * sum(g * y)) / n with d = sign(x)
-(p = 1) or y (p = 2), the derivative of n.
+(p = 1) or y (p = 2), the derivative of n; 0 for a zero vector, where onnxruntime's y is the constant 0.
 RMSNormalization (opset 23): y = x * rstd * gamma, rstd = 1 / sqrt(mean(x^2) + eps) over the axes from ``axis``
 on, xhat = x * rstd: dx = (g*gamma - xhat * mean(g*gamma*xhat)) * rstd.
 """
@@ -256,4 +256,6 @@ def lp_normalization_vjp(b, node, grads, need):
     norm = b.reduce("ReduceL1" if p == 1 else "ReduceL2", x, [axis])
     along = b.op("Sign", [x]) if p == 1 else y
     projected = b.op("Mul", [along, b.reduce("ReduceSum", b.op("Mul", [g, y]), [axis])])
-    return [b.op("Div", [b.op("Sub", [g, projected]), norm])]
+    dx = b.op("Div", [b.op("Sub", [g, projected]), norm])
+    # a zero vector: onnxruntime writes y = 0 there, a constant, so dx = 0 (not g / 0)
+    return [b.op("Where", [b.op("Equal", [norm, b.scalar(0.0, x)]), b.scalar(0.0, x), dx])]

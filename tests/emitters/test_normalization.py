@@ -4,7 +4,7 @@ GroupNormalization, RMSNormalization, LpNormalization."""
 import numpy as np
 import pytest
 
-from tests.vjp_check import check_vjp
+from tests.vjp_check import check_vjp, run_vjp
 
 rng = np.random.default_rng(8)
 r = rng.standard_normal
@@ -119,3 +119,21 @@ def test_lp_normalization(p, axis):
     of absolute values, as the operator's definition says)."""
     check_vjp("LpNormalization", [("x", r((2, 3, 4)), False)], {"p": p, "axis": axis}, dynamic=(0,),
               numpy_ref=lambda f: f["x"] / np.linalg.norm(f["x"], ord=p, axis=axis, keepdims=True))
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_lp_normalization_of_a_zero_vector(p):
+    """onnxruntime normalizes a zero vector to 0 (onnx's test_l2normalization_axis_0 holds one): its gradient is 0
+    there, not g / 0 (inf or NaN, which made the whole map NaN), and the other vectors keep theirs."""
+    x = r((2, 3, 4)).astype(np.float32)
+    x[1, :, 2] = 0.0
+    g = r((2, 3, 4)).astype(np.float32)
+    (dx,) = run_vjp("LpNormalization", [("x", x, False)], g, {"p": p, "axis": 1})
+    assert np.all(dx[1, :, 2] == 0)
+    n = np.linalg.norm(x, ord=p, axis=1, keepdims=True)
+    d = np.sign(x) if p == 1 else x / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = (g - d * np.sum(g * x / n, axis=1, keepdims=True)) / n
+    keep = np.ones(x.shape, bool)
+    keep[1, :, 2] = False
+    np.testing.assert_allclose(dx[keep], expected[keep], rtol=1e-5, atol=1e-6)
