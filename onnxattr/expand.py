@@ -38,8 +38,70 @@ def expand_newer_ops(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 
 def expand_defined_ops(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with each main-graph node of EXPANDED_OPS expanded (expand_ops)."""
-    return expand_ops(model, lambda node: node.op_type in EXPANDED_OPS and node.domain in ("", "ai.onnx"))
+    """The model with each main-graph node of EXPANDED_OPS expanded (expand_ops), its softmax rows that a mask hides
+    whole made finite (finite_hidden_rows)."""
+    expanded = expand_ops(model, lambda node: node.op_type in EXPANDED_OPS and node.domain in ("", "ai.onnx"))
+    if expanded is not model:
+        finite_hidden_rows(expanded)
+    return expanded
+
+
+def finite_hidden_rows(model: onnx.ModelProto) -> None:
+    """Attention's body (opset 23 on) takes the softmax of scores + mask bias, NaN in a row the mask hides whole (all
+    -inf), and puts 0 there: Where(ReduceMax(bias over the last axis) == -inf, 0, softmax). The forward is right, but
+    the softmax's VJP multiplies those rows' zero gradient by NaN, and the NaN spreads over the map. Where a Where
+    replaces a softmax over the last axis (through Casts whose values only it reads) at a condition made by Equal from a
+    ReduceMax over that axis (the same in a whole row), the softmax's input gets 0 in those rows too. Their softmax is
+    dropped all the same, now finite: the outputs are unchanged, and the gradient there is 0."""
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    readers: dict = {}
+    for n in nodes:
+        for i in n.input[:1] if n.op_type == "CastLike" else n.input:  # (CastLike reads its second input's type)
+            readers[i] = readers.get(i, 0) + 1
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in nodes:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name in ("value", "value_ints", "value_int"):
+            value = onnx.helper.get_attribute_value(n.attribute[0])
+            consts[n.output[0]] = onnx.numpy_helper.to_array(value) if n.attribute[0].name == "value" else value
+    for where in [n for n in nodes if n.op_type == "Where" and n.domain in ("", "ai.onnx")]:
+        chain, t = [], producer.get(where.input[2])
+        while t is not None and t.op_type == "Cast" and readers.get(t.output[0]) == 1:
+            chain.insert(0, t)
+            t = producer.get(t.input[0])
+        if t is None or t.op_type != "Softmax" or readers.get(t.output[0]) != 1 \
+                or any(a.name == "axis" and a.i != -1 for a in t.attribute) \
+                or not _whole_rows(producer.get(where.input[0]), producer, consts):
+            continue
+        zero = f"{t.name or t.output[0]}/zero_where_hidden"
+        safe = f"{t.input[0]}/finite_where_hidden"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), np.float32), zero + "/f"))
+        made = [onnx.helper.make_node("CastLike", [zero + "/f", t.input[0]], [zero], name=zero),
+                onnx.helper.make_node("Where", [where.input[0], zero, t.input[0]], [safe], name=safe)]
+        t.input[0] = safe
+        moved = [t] + chain  # after the condition: just before the Where, their only reader
+        nodes = [n for n in nodes if all(n is not m for m in moved)]
+        at = next(k for k, n in enumerate(nodes) if n is where)
+        nodes[at:at] = made + moved
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _whole_rows(cond: onnx.NodeProto | None, producer: dict, consts: dict) -> bool:
+    """Whether ``cond`` is Equal(ReduceMax(b) over the last axis, kept, ...): one value per row of the last axis."""
+    if cond is None or cond.op_type != "Equal":
+        return False
+    for i in cond.input:
+        m = producer.get(i)
+        if m is None or m.op_type != "ReduceMax" or any(a.name == "keepdims" and a.i == 0 for a in m.attribute):
+            continue
+        axes = next((list(a.ints) for a in m.attribute if a.name == "axes"), None)
+        if axes is None and len(m.input) > 1:
+            axes = consts.get(m.input[1])
+            axes = None if axes is None else [int(v) for v in np.asarray(axes).reshape(-1)]
+        if axes == [-1]:
+            return True
+    return False
 
 
 def expand_ops(model: onnx.ModelProto, pick) -> onnx.ModelProto:

@@ -171,3 +171,47 @@ def test_two_expanded_nodes_reading_one_mask_fold():
     x = rng.standard_normal((2, 2, 4, 3)).astype(np.float32)
     np.testing.assert_allclose(run(canon, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("opset", [23, 24])
+def test_an_attention_row_its_mask_hides_whole_has_a_finite_gradient(opset):
+    """A query row whose boolean mask hides every key (left padding under a causal mask): Attention's body takes a
+    softmax of -inf's there (NaN) and puts 0 in its place. The outputs were right, but the softmax's VJP multiplied
+    that row's zero gradient by NaN, and the map of q, k and v was NaN (onnx's
+    test_attention_23_boolmask_fullymasked_row_nan_robustness). Now the gradient is finite, and equals float64
+    central differences of onnx's reference Attention along random directions, as above."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(4)
+    mask = np.tril(np.ones((4, 5), bool), 1)
+    mask[2] = False  # row 2 sees no key
+    inputs = {"q": rng.standard_normal((1, 2, 4, 3)), "k": rng.standard_normal((1, 2, 5, 3)),
+              "v": rng.standard_normal((1, 2, 5, 3))}
+    v = rng.standard_normal((1, 2, 4, 3))
+
+    def model(dtype):
+        t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        g = helper.make_graph(
+            [helper.make_node("Attention", ["q", "k", "v", "mask"], ["y"]),
+             helper.make_node("Mul", ["y", "projection"], ["p"]),
+             helper.make_node("ReduceSum", ["p"], ["r"], keepdims=0), helper.make_node("Reshape", ["r", "one"], ["s"])],
+            "g",
+            [helper.make_tensor_value_info(n, t, list(a.shape)) for n, a in inputs.items()],
+            [helper.make_tensor_value_info("s", t, [1, 1])],
+            [numpy_helper.from_array(mask, "mask"), numpy_helper.from_array(v.astype(dtype), "projection"),
+             numpy_helper.from_array(np.array([1, 1], np.int64), "one")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=11)
+
+    reference = ReferenceEvaluator(model(np.float64))
+    feeds32 = {n: a.astype(np.float32) for n, a in inputs.items()}
+    np.testing.assert_allclose(run(canonicalize(model(np.float32)), feeds32)[0], reference.run(None, inputs)[0],
+                               rtol=1e-5)
+    for name, a in inputs.items():
+        grad = run(onnxattr.compile(model(np.float32), "gradient", input=name), feeds32)[-1].astype(np.float64)
+        assert np.isfinite(grad).all(), name
+        for _ in range(3):
+            u, h = rng.standard_normal(a.shape), 1e-5
+            numeric = (reference.run(None, {**inputs, name: a + h * u})[0].item()
+                       - reference.run(None, {**inputs, name: a - h * u})[0].item()) / (2 * h)
+            assert abs((grad * u).sum() - numeric) <= 2e-5 * (abs(numeric) + np.abs(grad * u).sum()) + 1e-5, name
