@@ -25,7 +25,7 @@ from onnxattr.control_flow import has_control_flow, unroll_control_flow
 from onnxattr.errors import InvalidModelError, UnsupportedModelError
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto, remove_dead
 from onnxattr.expand import expand_defined_ops, expand_newer_ops
-from onnxattr.light import checkable_copy, infer_shapes, tensor_shapes
+from onnxattr.light import checkable_copy, declared_dims, infer_shapes, tensor_shapes
 from onnxattr.load import default_opset
 from onnxattr.recurrent import unroll_recurrent
 from onnxattr.sequences import resolve_sequences
@@ -47,6 +47,7 @@ def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
             f"({newest}); upgrade onnx and onnxruntime, or export the model with an older opset")
     if default_opset(model) >= MIN_OPSET:
         return model
+    before = model
     try:
         model = version_converter.convert_version(model, TARGET_OPSET)
     except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
@@ -55,8 +56,23 @@ def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
             f"{label}: cannot upgrade opset {default_opset(model)} to {TARGET_OPSET}: "
             f"{first.split('failed: ', 1)[-1]}"  # the converter's C++ assertion text, without its file:line
         ) from None
+    _same_interface(before, model, label)
     model.ir_version = max(model.ir_version, 8)
     return model
+
+
+def _same_interface(before: onnx.ModelProto, after: onnx.ModelProto, label: str) -> None:
+    """An UnsupportedModelError where the version converter changed a graph input's or output's shape: it drops
+    Scan-8's batch axis, so the compiled model would not take the original's inputs."""
+    shapes = {vi.name: declared_dims(vi) for vi in list(before.graph.input) + list(before.graph.output)}
+    for vi in list(after.graph.input) + list(after.graph.output):
+        old, new = shapes.get(vi.name), declared_dims(vi)
+        if old is not None and new is not None and len(old) != len(new):
+            ops = sorted({n.op_type for n in before.graph.node} & {"Scan"})
+            raise UnsupportedModelError(
+                f"{label}: upgrading opset {default_opset(before)} to {TARGET_OPSET} changes '{vi.name}' from "
+                f"{old} to {new}" + (f" ({ops[0]}-8 has a batch axis that later versions drop)" if ops else "")
+                + f", so the compiled model would not take the model's own data: export it with opset {TARGET_OPSET} or newer")
 
 
 def downgrade_opset(model: onnx.ModelProto, label: str, opset: int, why: str) -> onnx.ModelProto:

@@ -185,3 +185,27 @@ def test_shapes_known_only_after_folding_are_folded_in_turn():
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     got = ort.InferenceSession(canon.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_an_upgrade_that_changes_the_inputs_is_refused():
+    """onnx's version converter takes Scan-8 to Scan-9 by dropping its batch axis from the graph's inputs and outputs
+    (onnx's test_scan_sum: 'initial' [1, 2] became [2]), so the compiled model refused the model's own data at run
+    time; now compiling says so, with the input, both shapes and the opset to export with."""
+    from onnx import TensorProto, helper
+
+    from onnxattr.errors import UnsupportedModelError
+
+    body = helper.make_graph(
+        [helper.make_node("Add", ["sum_in", "next"], ["sum_out"]),
+         helper.make_node("Identity", ["sum_out"], ["scan_out"])], "body",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("sum_in", "next")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("sum_out", "scan_out")])
+    scan = helper.make_node("Scan", ["", "initial", "x"], ["y", "z"], num_scan_inputs=1, body=body)
+    graph = helper.make_graph([scan], "g", [helper.make_tensor_value_info("initial", TensorProto.FLOAT, [1, 2]),
+                                            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)], ir_version=4)
+    with pytest.raises(UnsupportedModelError, match=r"opset 8 to 17 changes 'initial' from \[1, 2\] to \[2\] "
+                                                    r"\(Scan-8 .*export it with opset 17 or newer"):
+        canonicalize(model)
