@@ -1,0 +1,165 @@
+"""onnx's own test cases for single ops (onnx.backend.test.case.node: about 1,900 models with their data, written by
+the ONNX authors for every op version and attribute), run through the whole compiler.
+
+For each case whose first float input and first float output onnxruntime can run, the model's output y is
+projected on a fixed random v, s = sum(v * y), and ``gradient`` is compiled for that input. Then either the
+compiler refuses with an OnnxAttrError that names the op (or the input), or the compiled gradient equals central
+differences of s computed by onnxruntime running the case's own model, along three random directions u:
+
+    |<grad, d+> + <grad, d-> - (s(x + d+) - s(x - d-))| / 2  <=  1e-2 * scale,
+
+with d+ = fl(x + h u) - x and d- = x - fl(x - h u) (the steps the float input actually takes, so that a large x,
+onnx's softmax_large_number, is measured right), h = 3e-3, scale = |s(x + d+) - s(x)|/h + |s(x) - s(x - d-)|/h +
+sum|grad * u|. onnxruntime's float32 forward carries 1e-7 relative noise, which h turns into ~1e-4 of the scale;
+the largest error over all cases is under 5e-3 (MaxPool over random windows, where a step flips a near-tie);
+1e-2 keeps that margin and fails a derivative off by a few percent. A direction along which the two one-sided
+quotients disagree with the gradient by more than 2e-3 of the scale crosses a kink or a jump (a ReLU at 0, a tie
+in a max, Floor) and says nothing: it is skipped, and a case with no other direction is skipped as such.
+Before the check the float input moves by up to ±0.05 (seeded), off the examples' kinks, where that keeps the
+output's shape and its finite entries.
+
+Of the 806 cases run (onnx 1.23), 617 compile, over 112 op types, and are checked this way (13 of them skipped at a
+kink), and 189 are refused by name (ops with no backward rule, axes or scales fed at run time, sequence-first
+recurrent inputs). The sweep found the Pow, ConvTranspose output_shape,
+LpNormalization, Attention and Scan-8 defects fixed in a536ca6..e0ca69d, which the emitters' own tests did not
+reach; this test fails on each but the zero vector of LpNormalization, which the move above takes off zero (its own
+test in tests/emitters/test_normalization.py keeps it).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxattr
+from onnxattr.errors import OnnxAttrError, SelectionError
+
+FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE}
+H, KINK, RTOL = 3e-3, 2e-3, 1e-2
+CONVERTED = {"Upsample": "Resize"}  # the opset upgrade makes an Upsample a Resize, which the refusal names
+
+
+def _cases() -> dict:
+    with warnings.catch_warnings():  # the case generators' own numpy overflow warnings
+        warnings.simplefilter("ignore")
+        from onnx.backend.test.case import node
+        found = node.collect_testcases(None)
+    return {c.name: c for c in found if len(c.model.graph.node) == 1 and c.data_sets
+            and c.model.graph.node[0].domain in ("", "ai.onnx") and _floats(c.model.graph.input)
+            and _floats(c.model.graph.output)}
+
+
+def _floats(values) -> list:
+    """The names of the float tensors among graph inputs or outputs ``values``."""
+    return [v.name for v in values if v.type.tensor_type.elem_type in FLOATS]
+
+
+CASES = _cases()
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _projected(model: onnx.ModelProto, y: str, v: np.ndarray) -> onnx.ModelProto:
+    """The case's model with one output s [1, 1] = sum(v * y), as Reshape(y, [1, -1]) @ v [K, 1]: ops of every opset
+    from 5 on, whatever y's rank (constants as Constant nodes: before IR 4 an initializer is also a graph input)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    g.node.extend([helper.make_node("Constant", [], ["test/v"], value=numpy_helper.from_array(v.reshape(-1, 1))),
+                   helper.make_node("Constant", [], ["test/row"],
+                                    value=numpy_helper.from_array(np.array([1, -1], np.int64))),
+                   helper.make_node("Reshape", [y, "test/row"], ["test/y"]),
+                   helper.make_node("MatMul", ["test/y", "test/v"], ["test/s"])])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("test/s", helper.np_dtype_to_tensor_dtype(v.dtype), [1, 1]))
+    return out
+
+
+def _runnable(case):
+    """(model, feeds, x, y, forward session) of a case the sweep can check, or the reason it cannot."""
+    m = case.model
+    if min(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) < 5:
+        return "opset before 5"
+    names = [i.name for i in m.graph.input]
+    floats, outs = _floats(m.graph.input), _floats(m.graph.output)
+    feeds = {n: np.asarray(a) for n, a in zip(names, case.data_sets[0][0])}  # (0-d values come as numpy scalars)
+    x, y = floats[0], outs[0]
+    if not isinstance(feeds.get(x), np.ndarray) or feeds[x].size == 0:
+        return "the float input is empty or not given"
+    try:
+        forward = _session(m)
+        y0 = forward.run([y], feeds)[0]
+    except Exception:  # noqa: BLE001 - an op or version onnxruntime does not run
+        return "onnxruntime does not run it"
+    moved = (feeds[x] + np.random.default_rng(0).uniform(-0.05, 0.05, feeds[x].shape)).astype(feeds[x].dtype)
+    try:
+        y1 = forward.run([y], {**feeds, x: moved})[0]
+        if y1.shape == y0.shape and np.array_equal(np.isfinite(y1), np.isfinite(y0)):
+            feeds[x], y0 = moved, y1
+    except Exception:  # noqa: BLE001 - the moved input is out of the op's domain: keep the case's own
+        pass
+    if y0.size == 0:
+        return "the output is empty"
+    return m, feeds, x, y, forward, y0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradient_of_onnx_node_case(name):
+    found = _runnable(CASES[name])
+    if isinstance(found, str):
+        pytest.skip(found)
+    model, feeds, x, y, forward, y0 = found
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal(y0.shape).astype(y0.dtype)
+    op = model.graph.node[0].op_type
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            compiled = onnxattr.compile(_projected(model, y, v), "gradient", input=x)
+        except OnnxAttrError as e:
+            named = {op, CONVERTED.get(op)}
+            assert any(n and n in str(e) for n in named) or isinstance(e, SelectionError) and x in str(e), str(e)
+            return
+    session = _session(compiled)
+    given = {i.name for i in session.get_inputs()}
+    grad = session.run(["relevance"], {k: a for k, a in feeds.items() if k in given})[0].astype(np.float64)
+    assert grad.shape == feeds[x].shape
+    x0, dtype = feeds[x].astype(np.float64), feeds[x].dtype
+    h = H if dtype == np.float32 else 1e-6
+
+    def s(value):
+        return float(np.sum(v.astype(np.float64) * forward.run([y], {**feeds, x: value.astype(dtype)})[0]))
+
+    s0, checked = s(x0), 0
+    for _ in range(3):
+        u = rng.standard_normal(x0.shape)
+        up, down = (x0 + h * u).astype(dtype).astype(np.float64), (x0 - h * u).astype(dtype).astype(np.float64)
+        s_up, s_down = s(up), s(down)
+        plus, minus = (s_up - s0) / h, (s0 - s_down) / h
+        if not np.isfinite([plus, minus]).all():
+            continue
+        grad_up, grad_down = float(np.sum(grad * (up - x0))) / h, float(np.sum(grad * (x0 - down))) / h
+        scale = abs(plus) + abs(minus) + float(np.sum(np.abs(grad * u)))
+        if abs((plus - grad_up) - (minus - grad_down)) > KINK * scale + 1e-4:
+            continue  # a kink or a jump within h along u
+        error = abs(grad_up + grad_down - plus - minus) / 2
+        assert error <= RTOL * scale + 1e-5, (
+            f"{op} ({name}): <grad, u> {(grad_up + grad_down) / 2:.6g}, difference quotient {(plus + minus) / 2:.6g}")
+        checked += 1
+    if not checked:
+        pytest.skip("every direction tried crosses a kink or a jump")
+
+
+def test_the_sweep_reaches_most_ops():
+    """The sweep is not vacuous: the cases onnxruntime runs span well over a hundred op types."""
+    ops = {CASES[n].model.graph.node[0].op_type for n in CASES if not isinstance(_runnable(CASES[n]), str)}
+    assert len(ops) >= 120, sorted(ops)
