@@ -3,6 +3,8 @@
 For z = f(a, b) with broadcasting, dL/da = unbroadcast(g * df/da, a).
 """
 
+import numpy as np
+
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.emitters.registry import register
 
@@ -103,18 +105,24 @@ def abs_vjp(b, node, grads, need):
 
 @register("Pow")
 def pow_vjp(b, node, grads, need):
-    """y = a^p: da = g * p * a^(p-1); dp = g * y * log(a). An exponent of another type than a (an integer, or
-    another float type: Pow allows both) is cast to a's type, and dp cast back to p's."""
+    """y = a^p: da = g * p * a^(p-1), 0 where p = 0 (not 0 * 0^-1); dp = g * y * log(a), 0 where a = 0 and
+    p >= 0 (not 0 * log 0), as torch's pow_backward. An exponent of another type than a (an integer, or another float
+    type: Pow allows both) is cast to a's type, and dp cast back to p's."""
     g, y = grads[0], node.output[0]
     a, p = node.input
     ga = gp = None
     own = b.types.get(p) == b.types.get(a)
+    pa = p if own else b.op("Cast", [p], to=b.float_type(a))
+    zero = b.scalar(0.0, a)
     if need[0]:
-        pa = p if own else b.op("Cast", [p], to=b.float_type(a))
         d = b.op("Mul", [pa, b.op("Pow", [a, b.op("Sub", [pa, b.scalar(1.0, a)])])])
+        constant = b.value(p)
+        if constant is None or not np.all(np.asarray(constant) != 0):  # (a constant p != 0: as written)
+            d = b.op("Where", [b.op("Equal", [pa, zero]), zero, d])
         ga = unbroadcast(b, b.op("Mul", [g, d]), a, y)
     if need[1]:
-        d = b.op("Mul", [g, b.op("Mul", [y, b.op("Log", [a])])])
+        base_zero = b.op("And", [b.op("Equal", [a, zero]), b.op("GreaterOrEqual", [pa, zero])])
+        d = b.op("Mul", [g, b.op("Where", [base_zero, zero, b.op("Mul", [y, b.op("Log", [a])])])])
         gp = unbroadcast(b, d if own else b.op("Cast", [d], to=b.types[p]), p, y)
     return [ga, gp]
 

@@ -56,6 +56,20 @@ def test_pow_vjp():
               wrt=["a", "p"])
 
 
+def test_pow_at_a_zero_base_and_a_zero_exponent():
+    """As torch's pow_backward: dp = 0 where a = 0 and p >= 0 (0^p does not move with p; it was 0 * log 0 = NaN,
+    onnx's test_pow), da = 0 where p = 0 (a^0 = 1; it was 0 * 0^-1 = NaN); elsewhere the closed forms."""
+    a = np.array([[0.0, 0.0, 2.0, 0.5]], np.float32)
+    p = np.array([[0.5, 0.0, 0.0, 3.0]], np.float32)
+    g = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    da, dp = run_vjp("Pow", [("a", a, False), ("p", p, False)], g, wrt=["a", "p"])
+    np.testing.assert_array_equal(da[0, 1:3], [0.0, 0.0])
+    assert da[0, 0] == np.inf  # the true slope of sqrt at 0
+    np.testing.assert_allclose(da[0, 3], 4.0 * 3.0 * 0.25, rtol=1e-6)
+    np.testing.assert_array_equal(dp[0, :2], [0.0, 0.0])
+    np.testing.assert_allclose(dp[0, 2:], g[0, 2:] * a[0, 2:] ** p[0, 2:] * np.log(a[0, 2:]), rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("const", [False, True])
 def test_pow_with_an_integer_exponent(dtype, const):
