@@ -13,11 +13,14 @@ from onnxattr.lrp.units import Unit
 
 def pass_on(b, node, grads, need):
     """Relevance passes unchanged to the operand on the path (the first one that needs it), summed over the axes
-    along which that operand was broadcast (a per-sample scale times a feature map gets the map's total)."""
+    along which that operand was broadcast (a per-sample scale times a feature map gets the map's total); through a
+    Cast it takes the operand's float type back (a float16 model's softmax computed in float32)."""
     out = [None] * len(node.input)
     for i, n in enumerate(need):
         if n:  # a one-input op (an activation) keeps the shape: no check, no ops
             out[i] = unbroadcast(b, grads[0], node.input[i], node.output[0]) if len(node.input) > 1 else grads[0]
+            if b.is_float(node.input[i]) and b.types.get(node.input[i]) != b.types.get(node.output[0]):
+                out[i] = b.op("Cast", [out[i]], to=b.types[node.input[i]])
             break
     return out
 
