@@ -123,16 +123,23 @@ def build_occlusion(t: Target, p: dict) -> str:
 
     def inverse_cover(b, total):
         """1 / (how many windows cover each element), 0 where none does, in the total's type (float32 for
-        a float16 model: the sum over windows overflows float16 before this division)."""
+        a float16 model: the sum over windows overflows float16 before this division). Along axis d the windows
+        k s (k = 0..counts-1, stride s, width w) covering position i are those with i - w < k s <= i: from
+        ceil(max(i - w + 1, 0) / s) to min(floor(i / s), counts - 1), a count per position (not a windows x
+        positions table: 48 GB for a 220,000-sample signal and windows of 1)."""
         cover = None
+        zero64 = b.const(np.array([0], np.int64), np.int64, "occ")
         for d in range(rank):
-            starts = b.op("Mul", [b.op("Range", [b.const(0, "int64"), b.op("Squeeze", [counts[d]]),
-                                                 b.const(1, "int64")]), step[d]])
-            hits = b.op("Cast", [inside(b, starts, d)], to=b.types[total])
-            axis = b.op("Reshape", [b.reduce("ReduceSum", hits, [0]), b.ints(axes_shape(d))])
+            pos = b.op("Range", [b.const(0, "int64"), b.op("Squeeze", [size[d]]), b.const(1, "int64")])
+            first = b.op("Div", [b.op("Add", [b.op("Max", [b.op("Add", [b.op("Sub", [pos, win[d]]), one]), zero64]),
+                                              b.op("Sub", [step[d], one])]), step[d]])
+            last = b.op("Min", [b.op("Div", [pos, step[d]]), b.op("Sub", [counts[d], one])])
+            hits = b.op("Max", [b.op("Add", [b.op("Sub", [last, first]), one]), zero64])
+            axis = b.op("Reshape", [b.op("Cast", [hits], to=b.types[total]), b.ints(axes_shape(d))])
             cover = axis if cover is None else b.op("Mul", [cover, axis])
-        zero, one = b.scalar(0.0, total), b.scalar(1.0, total)
-        return b.op("Where", [b.op("Greater", [cover, zero]), b.op("Div", [one, b.op("Max", [cover, one])]), zero])
+        zero_t, one_t = b.scalar(0.0, total), b.scalar(1.0, total)
+        return b.op("Where", [b.op("Greater", [cover, zero_t]), b.op("Div", [one_t, b.op("Max", [cover, one_t])]),
+                              zero_t])
 
     return perturbation_loop(t, p, "occlusion", n_windows, feats, windows, factor=inverse_cover)
 

@@ -147,3 +147,25 @@ def test_a_float16_model_divides_by_the_window_count_before_going_back_to_float1
     got = onnxattr.create_analyzer("occlusion", model, neuron_selection_mode="all", **params).analyze(
         np.ones((1, 1, 64, 64), np.float16))
     np.testing.assert_allclose(got, 102.4, rtol=2e-3)
+
+
+@pytest.mark.parametrize("length,window,stride", [(13, 1, 1), (13, 4, 3), (13, 3, 5), (13, 5, 2), (13, 13, 1),
+                                                  (16, 6, 4)])
+def test_the_cover_count_matches_a_window_by_window_count(length, window, stride):
+    """Each element's mean is over the windows covering it, counted per position in closed form (the count was a
+    windows x positions table, 48 GB for a 220,000-sample signal and windows of 1): against numpy's loop over
+    Captum's windows (ceil((L - w) / s) + 1 of them, the last cut at the end) on a linear model."""
+    rng = np.random.default_rng(length + window + stride)
+    w = rng.standard_normal((length, 2)).astype(np.float32)
+    x = rng.standard_normal((3, length)).astype(np.float32)
+    model = single_io_model([helper.make_node("MatMul", ["x", "W"], ["y"])], {"W": w}, ["N", length], ["N", 2])
+    got = onnxattr.create_analyzer("occlusion", model, neuron_selection_mode="index", sliding_window_shapes=window,
+                                   strides=stride).analyze(x, neuron_selection=np.array([1, 0, 1]))
+    total, cover = np.zeros_like(x, np.float64), np.zeros(length)
+    for start in range(0, -(-(length - window) // stride) * stride + 1, stride):
+        inside = np.zeros(length, bool)
+        inside[start:start + window] = True
+        total += (x * w[:, [1, 0, 1]].T * inside).sum(1, keepdims=True) * inside
+        cover += inside
+    want = np.where(cover > 0, total / np.maximum(cover, 1), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
