@@ -72,7 +72,8 @@ def _same_interface(before: onnx.ModelProto, after: onnx.ModelProto, label: str)
             raise UnsupportedModelError(
                 f"{label}: upgrading opset {default_opset(before)} to {TARGET_OPSET} changes '{vi.name}' from "
                 f"{old} to {new}" + (f" ({ops[0]}-8 has a batch axis that later versions drop)" if ops else "")
-                + f", so the compiled model would not take the model's own data: export it with opset {TARGET_OPSET} or newer")
+                + f", so the compiled model would not take the model's own data: export it with opset {TARGET_OPSET} "
+                "or newer")
 
 
 def downgrade_opset(model: onnx.ModelProto, label: str, opset: int, why: str) -> onnx.ModelProto:
