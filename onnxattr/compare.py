@@ -275,9 +275,6 @@ def compare_analyzers(a: Analyzer, b: Analyzer, x, target=None, perm=None, input
             if map_a.shape != map_b.shape:
                 raise UsageError(f"the maps differ in shape ({list(map_a.shape)} and {list(map_b.shape)} in the first "
                                  "model's layout); give perm")
-            if y_b is not None and y_a is not None and y_a.shape != y_b.shape and y_a.size == y_b.size \
-                    and [d for d in y_a.shape if d != 1] == [d for d in y_b.shape if d != 1]:
-                y_b = y_b.reshape(y_a.shape)  # [N, K, 1, 1] against [N, K]: the same neurons in the same order
             # probabilities of one export against logits of the other are no output difference
             same_outputs = y_a is not None and y_b is not None and y_a.shape == y_b.shape and through_a == through_b
             result.outputs_compared = result.outputs_compared and same_outputs  # (True until a slice says not)
@@ -367,8 +364,8 @@ def _plan(a: Analyzer, b: Analyzer, x, y_a, choosable: bool, target, perm, input
 
 
 def _second_model(b: Analyzer, plan: _Plan, xs, rows: slice, y_a, target, inputs_b):
-    """(map_b and y_b in model a's layout, whether y_b was read through a softmax, model a's choices or None) for
-    the samples ``rows`` (xs: their data, in model a's layout)."""
+    """(map_b and y_b in model a's layout and shape, whether y_b was read through a softmax, model a's choices or
+    None) for the samples ``rows`` (xs: their data, in model a's layout)."""
     identity = tuple(range(xs.ndim))
     perm = plan.perm
     choice_a = None
@@ -394,6 +391,9 @@ def _second_model(b: Analyzer, plan: _Plan, xs, rows: slice, y_a, target, inputs
     y_b, _, _, through_b, _ = explained_output(b, plan.mode_b)
     if y_b is not None and plan.out_perm is not None and y_b.ndim == len(plan.out_perm):
         y_b = np.transpose(y_b, _inverse(plan.out_perm))
+    if y_b is not None and y_a is not None and y_a.shape != y_b.shape and y_a.size == y_b.size \
+            and [d for d in y_a.shape if d != 1] == [d for d in y_b.shape if d != 1]:
+        y_b = y_b.reshape(y_a.shape)  # [N, K, 1, 1] against [N, K]: the same neurons in the same order
     return map_b, y_b, through_b, choice_a
 
 
