@@ -2,7 +2,8 @@
 
 MaxPool VJP: windows that tile x (kernel = strides, no pads) find the first maximum of each window by
 ArgMax over a SpaceToDepth block axis and write g there with one ScatterElements. Otherwise the node is
-asked for its Indices output (flat over N*C*spatial, first max wins on ties), and g is scattered with
+asked for its Indices output (flat over N*C*spatial, first max wins on ties; under storage_order=1, whose
+Indices count column-major, a row-major twin of the node gives them), and g is scattered with
 ScatterElements(reduction="add") into a flat zero tensor (MaxUnpool is wrong for overlapping windows).
 AveragePool VJP: y = S(x) / D with S the window sum and D the per-position divisor, so
 dx = S^T(g / D): a depthwise ConvTranspose with a ones kernel, cropped like Conv's VJP. D is computed at
@@ -15,7 +16,7 @@ dx = g.flat[I], one Gather.
 """
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from onnxattr.emitters.conv import channel_scale, conv_attrs, transpose_and_crop, window_geometry
 from onnxattr.emitters.registry import node_attr, register
@@ -77,11 +78,15 @@ def _tiled_maxpool_vjp(b, node, g):
 
 @register("MaxPool")
 def maxpool_vjp(b, node, grads, need):
-    if any(a.name == "storage_order" and a.i != 0 for a in node.attribute):
-        raise UnsupportedModelError(f"MaxPool node '{node.name}': storage_order=1 is not supported")
     tiled = _tiled_maxpool_vjp(b, node, grads[0])  # windows tile x: ceil_mode changes nothing
     if tiled is not None:
         return [tiled]
+    if node_attr(node, "storage_order", 0):  # column-major Indices, which the model may read: a row-major twin
+        twin = helper.make_node("MaxPool", [node.input[0]], [b.fresh("maxpool"), b.fresh("maxpool_indices")],
+                                name=b.fresh("MaxPool"))
+        twin.attribute.extend(a for a in node.attribute if a.name != "storage_order")
+        b.nodes.append(twin)
+        return [scatter_add_flat(b, node.input[0], twin.output[1], grads[0])]
     if len(node.output) < 2 or not node.output[1]:
         if len(node.output) < 2:
             node.output.append(b.fresh("maxpool_indices"))

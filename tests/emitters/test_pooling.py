@@ -2,6 +2,7 @@
 AveragePool, global pools."""
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from tests.vjp_check import check_vjp, node_model, run_vjp, vjp_model
@@ -188,3 +189,21 @@ def test_max_unpool(dynamic):
     idx = max_pool_indices((2, 3, 4, 6))
     check_vjp("MaxUnpool", [("x", rng.standard_normal((2, 3, 2, 3)), False), ("i", idx, True)],
               {"kernel_shape": [2, 2], "strides": [2, 2]}, dynamic=dynamic)
+
+
+@pytest.mark.parametrize("with_indices", [False, True])
+def test_maxpool_column_major_indices(with_indices):
+    """storage_order=1 numbers the Indices output column-major. The VJP reads row-major indices from a twin of the
+    node, so overlapping windows (which the tiled path does not take) get the gradient, and an Indices output the
+    model itself returns keeps its column-major numbering."""
+    x = rng.standard_normal((2, 3, 7, 6))
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "storage_order": 1}
+    check_vjp("MaxPool", [("x", x, False)], attrs, n_out=2 if with_indices else 1)
+    if with_indices:
+        model = vjp_model(node_model("MaxPool", [("x", x, False)], attrs, n_out=2), ["x"])
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        plain = ort.InferenceSession(node_model("MaxPool", [("x", x, False)], attrs, n_out=2).SerializeToString(),
+                                     providers=["CPUExecutionProvider"])
+        feeds = {"x": x.astype(np.float32)}
+        y1 = sess.run(["y1"], {**feeds, "cotangent": np.zeros((2, 3, 3, 2), np.float32)})[0]
+        np.testing.assert_array_equal(y1, plain.run(["y1"], feeds)[0])
