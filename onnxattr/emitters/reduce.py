@@ -1,5 +1,5 @@
 """Reductions and normalizing maps along an axis: ReduceSum/Mean/Max/Min/SumSquare/L2/L1/LogSumExp/Prod,
-Softmax, LogSoftmax, CumSum, TopK.
+Softmax, LogSoftmax, CumSum, CumProd, TopK.
 
 ReduceSum:  dx = expand(g with the reduced axes restored)       ReduceMean: the same / count
 ReduceMax/Min: the expanded g goes to the positions equal to the extreme value, shared among ties.
@@ -9,6 +9,9 @@ ReduceProd: dx = g * (product of the other elements): y / x without zeros; at th
             rest; 0 where two or more are zero
 Softmax:    dx = y * (g - sum(g * y, axis))                     LogSoftmax: dx = g - exp(y) * sum(g, axis)
 CumSum:     dx = the cumulative sum of g in the other direction (same exclusive)
+CumProd:    dx_i = sum over the j whose product holds x_i of g_j prod_{k != i} x_k; with S = CumSum in the other
+            direction (same exclusive): S(g y) / x before the scan's first zero, S(g y') at that zero (y' the
+            products with that zero made 1), 0 after it (every product there holds the zero)
 TopK:       dx = g scattered to the positions in Indices, 0 elsewhere
 """
 
@@ -165,6 +168,27 @@ def cumsum_vjp(b, node, grads, need):
     reverse = next((a.i for a in node.attribute if a.name == "reverse"), 0)
     exclusive = next((a.i for a in node.attribute if a.name == "exclusive"), 0)
     return [b.op("CumSum", [grads[0], node.input[1]], exclusive=exclusive, reverse=1 - reverse), None]
+
+
+@register("CumProd")
+def cumprod_vjp(b, node, grads, need):
+    x, axis, y, g = node.input[0], node.input[1], node.output[0], grads[0]
+    reverse = next((a.i for a in node.attribute if a.name == "reverse"), 0)
+    exclusive = next((a.i for a in node.attribute if a.name == "exclusive"), 0)
+
+    def back_sum(t):
+        return b.op("CumSum", [t, axis], exclusive=exclusive, reverse=1 - reverse)
+
+    zero = b.op("Equal", [x, b.scalar(0.0, x)])
+    seen = b.op("CumSum", [b.op("Cast", [zero], to=b.float_type(x)), axis], reverse=reverse)  # zeros so far
+    before = b.op("Equal", [seen, b.scalar(0.0, x)])
+    first = b.op("And", [zero, b.op("Equal", [seen, b.scalar(1.0, x)])])
+    one = b.scalar(1.0, x)
+    at_first = back_sum(b.op("Mul", [g, b.op("CumProd", [b.op("Where", [first, one, x]), axis],
+                                             exclusive=exclusive, reverse=reverse)]))
+    elsewhere = b.op("Div", [back_sum(b.op("Mul", [g, y])), b.op("Where", [before, x, one])])
+    dx = b.op("Where", [before, elsewhere, b.op("Where", [first, at_first, b.scalar(0.0, x)])])
+    return [dx, None]
 
 
 @register("TopK")

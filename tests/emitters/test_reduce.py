@@ -1,4 +1,4 @@
-"""onnxattr/emitters/reduce.py: reductions, Softmax, LogSoftmax, CumSum, TopK."""
+"""onnxattr/emitters/reduce.py: reductions, Softmax, LogSoftmax, CumSum, CumProd, TopK."""
 
 import numpy as np
 import pytest
@@ -120,6 +120,42 @@ def test_reduce_prod_with_zeros():
 def test_cumsum(exclusive, reverse, axis, dtype):
     check_vjp("CumSum", [("x", r((2, 3, 4)), False), ("a", np.array(axis, dtype), True)],
               {"exclusive": exclusive, "reverse": reverse}, dynamic=(0,))
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_cumprod(exclusive, reverse, axis):
+    x = np.sign(r((2, 3, 4))) * rng.uniform(0.5, 1.5, (2, 3, 4))
+    check_vjp("CumProd", [("x", x, False), ("a", np.array(axis, np.int64), True)],
+              {"exclusive": exclusive, "reverse": reverse}, dynamic=(0,), opset=26)
+
+
+def _cumprod(x, exclusive, reverse):
+    """numpy's cumulative product along the last axis, with CumProd's exclusive and reverse."""
+    x = x[..., ::-1] if reverse else x
+    if exclusive:
+        x = np.concatenate([np.ones_like(x[..., :1]), x[..., :-1]], axis=-1)
+    y = np.cumprod(x, axis=-1)
+    return y[..., ::-1] if reverse else y
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_cumprod_with_zeros(exclusive, reverse):
+    """Rows with no zero, one zero, two zeros, and zeros at either end. Each product is linear in each x_i, so
+    s(x + e_i) - s(x) (float64) is the exact derivative, at a zero too: the VJP (which divides by x only before
+    the scan's first zero) must equal it."""
+    x = np.array([[1.5, -2, 0.5, 3, -1], [2, 0, 3, -1, 2], [0, 2, 0, 1.5, 2], [2, 1, 3, -2, 0], [0, 0, 0, 2, 1]])
+    g = r(x.shape)
+
+    def s(value):
+        return float(np.sum(g * _cumprod(value, exclusive, reverse)))
+
+    exact = np.array([[s(x + np.eye(x.size)[k].reshape(x.shape)) - s(x) for k in range(x.size)]]).reshape(x.shape)
+    (got,) = run_vjp("CumProd", [("x", x, False), ("a", np.array(1, np.int64), True)], g,
+                     {"exclusive": exclusive, "reverse": reverse}, opset=26)
+    np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("axis", [-1, 1])
