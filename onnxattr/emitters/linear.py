@@ -1,15 +1,18 @@
-"""Gemm and MatMul: y = alpha * A' B' + beta * C and batched/broadcast matrix products.
+"""Gemm, MatMul and Det: y = alpha * A' B' + beta * C, batched/broadcast matrix products, determinants.
 
 Gemm:   dA' = alpha * g B'^T,  dB' = alpha * A'^T g,  dC = unbroadcast(beta * g)
         (A' = A^T when transA, likewise B'); each is one Gemm with flipped trans flags.
 MatMul: dA = unbroadcast(g B^T), dB = unbroadcast(A^T g); 1-D operands are lifted to matrices
         first (numpy rules). A constant 2-D B is transposed at compile time.
+Det:    dA = g C, C the cofactors: C_ij = (-1)^(i+j) det(A without row i and column j), the n^2 minors gathered
+        and batched through Det (exact for a singular A too, unlike det(A) A^-T); dA = g for n = 1.
 """
 
 import numpy as np
 
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.emitters.registry import register
+from onnxattr.errors import UnsupportedModelError
 
 
 def _gemm_attrs(node):
@@ -137,3 +140,24 @@ def matmul_vjp(b, node, grads, need):
         else:
             out[1] = unbroadcast(b, _mm(b, _swap_last(b, a), g), w)
     return out
+
+
+@register("Det")
+def det_vjp(b, node, grads, need):
+    a, g = node.input[0], grads[0]
+    shape = b.shape(a)
+    if shape is None or not isinstance(shape[-1], int):
+        raise UnsupportedModelError(f"Det node '{node.name}': the matrix size of '{a}' must be static")
+    n, rank = shape[-1], len(shape)
+    per_matrix = b.op("Unsqueeze", [g, b.ints([-2, -1])])  # [..., 1, 1]
+    if n == 1:
+        return [b.op("Expand", [per_matrix, b.shape_of(a)])]
+    keep = np.array([[k for k in range(n) if k != i] for i in range(n)], np.int64)  # [n, n - 1]
+    others = b.const(keep, np.int64, "minor_index")
+    rows = b.op("Gather", [a, others], axis=rank - 2)  # [..., i, r, col]
+    minors = b.op("Gather", [rows, others], axis=rank)  # [..., i, r, j, c]
+    batch = list(range(rank - 2))
+    minors = b.op("Transpose", [minors], perm=batch + [rank - 2, rank, rank - 1, rank + 1])  # [..., i, j, r, c]
+    sign = b.const((-1.0) ** np.add.outer(np.arange(n), np.arange(n)), b.float_dtype(a), "cofactor_sign")
+    cofactors = b.op("Mul", [b.op("Det", [minors]), sign])
+    return [b.op("Mul", [per_matrix, cofactors])]

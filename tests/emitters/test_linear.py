@@ -1,9 +1,9 @@
-"""onnxattr/emitters/linear.py: Gemm and MatMul VJPs (constant and activation operands, broadcasting)."""
+"""onnxattr/emitters/linear.py: Gemm and MatMul VJPs (constant and activation operands, broadcasting), Det."""
 
 import numpy as np
 import pytest
 
-from tests.vjp_check import check_vjp
+from tests.vjp_check import check_vjp, run_vjp
 
 rng = np.random.default_rng(2)
 r = rng.standard_normal
@@ -62,3 +62,28 @@ def test_matmul_vjp_with_an_operand_of_unknown_rank():
     got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x, "a_in": a,
                                                                                 "full": np.array(True)})[0]
     np.testing.assert_allclose(got, np.swapaxes(a, 1, 2) @ np.ones((2, 5, 4), np.float32), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (2, 3, 3), (2, 1, 2, 2), (3, 1, 1)])
+def test_det(shape):
+    check_vjp("Det", [("a", r(shape), False)], dynamic=(0,) if len(shape) > 2 else ())
+
+
+def test_det_of_singular_matrices():
+    """det(A) is linear in each entry, so det(A + E_ij) - det(A) is its exact derivative, the cofactor C_ij. At
+    singular matrices (rank n - 1: cofactors nonzero; rank n - 2: all zero) the VJP must still give g C, where
+    det(A) A^-T does not exist."""
+    u, v = r((4, 1)), r((1, 4))
+    rank_one = u @ v
+    a = np.stack([rank_one + r((4, 1)) @ r((1, 4)) + r((4, 1)) @ r((1, 4)), rank_one, np.eye(4)])
+    g = np.array([1.5, -2.0, 0.5])
+    exact = np.zeros_like(a)
+    for m in range(3):
+        for i in range(4):
+            for j in range(4):
+                step = np.zeros((4, 4))
+                step[i, j] = 1
+                exact[m, i, j] = g[m] * (np.linalg.det(a[m] + step) - np.linalg.det(a[m]))
+    (got,) = run_vjp("Det", [("a", a, False)], g)
+    assert np.abs(exact[0]).max() > 0.1 and np.abs(exact[1]).max() < 1e-12
+    np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-4)
