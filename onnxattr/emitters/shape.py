@@ -9,6 +9,8 @@ index trick: run the op on a tensor holding each element's flat position, then s
 Trilu: the same triangle of g. ScatterElements/ScatterND: data gets g with the overwritten positions zeroed (all
 of g for reduction="add"), updates gets g gathered at the indices; for max and min, the values equal to the result
 share g evenly (torch's convention for ties); for mul, each factor gets g times the product of the others.
+TensorScatter (a KV cache's update): past_cache gets g with the written rows zeroed (the op itself, writing zeros);
+update gets g's rows at write_indices[n] + s (modulo the cache's length when circular), one GatherElements.
 """
 
 import numpy as np
@@ -234,3 +236,30 @@ def _scatter_product_vjp(b, node, g, need, gather, axis):
         rest = b.op("Div", [b.op(gather, [b.op("Mul", [g, product]), indices], **axis), nonzero])
         gu = b.op("Where", [b.op("Greater", [others_zero, b.scalar(0.5, updates)]), b.scalar(0.0, updates), rest])
     return [gd, None, gu]
+
+
+@register("TensorScatter")
+def tensor_scatter_vjp(b, node, grads, need):
+    past, update = node.input[0], node.input[1]
+    written = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    g = grads[0]
+    rank = b.rank(past)
+    if rank is None:
+        raise UnsupportedModelError(f"TensorScatter node '{node.name}': the rank of '{past}' is unknown")
+    axis = node_attr(node, "axis", -2) % rank
+    circular = node_attr(node, "mode", "linear") == "circular"
+    gp = gu = None
+    if need[0]:
+        gp = b.op("TensorScatter", [g, b.zeros_like(update)] + ([written] if written else []),
+                  axis=axis, mode="circular" if circular else "linear")
+    if need[1]:
+        length = b.op("Gather", [b.op("Shape", [update]), b.const(axis, np.int64)])
+        rows = b.op("Range", [b.const(0, np.int64), length, b.const(1, np.int64)])  # [S]
+        if written:
+            rows = b.op("Add", [b.op("Unsqueeze", [written, b.ints([1])]), rows])  # [N, S]
+        if circular:
+            rows = b.op("Mod", [rows, b.op("Gather", [b.op("Shape", [past]), b.const(axis, np.int64)])])
+        spread = [k for k in range(rank) if k != axis and (k != 0 or not written)]
+        index = b.op("Expand", [b.op("Unsqueeze", [rows, b.ints(spread)]), b.op("Shape", [update])])
+        gu = b.op("GatherElements", [g, index], axis=axis)
+    return [gp, gu, None]

@@ -175,3 +175,16 @@ def test_scatter_unknown_reduction_refused():
     with pytest.raises(Exception, match="ScatterND node 'node': reduction 'mean' is not supported"):
         check_vjp("ScatterND", [("d", r((4, 3)), False), ("i", np.array([[1]], I64), True), ("u", r((1, 3)), False)],
                   {"reduction": "mean"}, wrt=["d", "u"], opset=18)
+
+
+@pytest.mark.parametrize("attrs,shapes,written", [
+    ({}, ((2, 3, 6, 4), (2, 3, 2, 4)), [1, 4]),  # a KV cache: [N, heads, max length, head size]
+    ({"mode": "circular"}, ((2, 3, 5, 4), (2, 3, 3, 4)), [4, 1]),  # the first sample's rows wrap around
+    ({"axis": 1}, ((2, 5, 3), (2, 2, 3)), None),  # no write_indices: rows 0, 1
+    ({"axis": 2, "mode": "circular"}, ((3, 2, 4), (3, 2, 4)), [2, 0, 3]),  # the update fills the cache
+])
+def test_tensor_scatter(attrs, shapes, written):
+    inputs = [("past", r(shapes[0]), False), ("update", r(shapes[1]), False)]
+    if written is not None:
+        inputs.append(("write_indices", np.array(written, I64), False))
+    check_vjp("TensorScatter", inputs, attrs, wrt=["past", "update"], opset=24)
