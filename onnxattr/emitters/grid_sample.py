@@ -1,7 +1,9 @@
-"""GridSample (rank 4) and AffineGrid, the sampling of a spatial transformer.
+"""GridSample and AffineGrid, the sampling of a spatial transformer.
 
 GridSample: y[n, c, i, j] samples x[n, c] at the grid's point (grid[n, i, j, 0] along the width,
-grid[n, i, j, 1] along the height, in [-1, 1]).
+grid[n, i, j, 1] along the height, in [-1, 1]); a volume's grid[n, d, i, j, 2] goes along the depth. The
+formulas below, written for an image, hold per axis: a point's taps are the products of each axis's taps (4 or 8
+corners, 16 cubic taps), weighted by the product of the axes' weights, and d y / d ix takes d wx in place of wx.
 
 The point's pixel coordinates are ix = (gx + 1)(W - 1) / 2 (align_corners) or ((gx + 1) W - 1) / 2, clipped to
 [0, W - 1] for padding_mode border. Linear mode: with x0 = floor(ix), x1 = x0 + 1, wx1 = ix - x0, wx0 = 1 - wx1 (and
@@ -20,7 +22,10 @@ d theta[n] = sum over p of g[n, p] (base[p], 1)^T, one MatMul; (base, 1) is a co
 known, else AffineGrid itself applied to the identity transform (onnxruntime's CUDA provider has no AffineGrid).
 """
 
+import itertools
+
 import numpy as np
+from onnx import TensorProto
 
 from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
@@ -35,7 +40,7 @@ class _Axis:
 
     def __init__(self, b, node, x, grid, k, axis, pad_source=True):
         self.b = b
-        g = b.op("Gather", [grid, b.const(k, np.int64)], axis=3)  # [N, Ho, Wo]
+        g = b.op("Gather", [grid, b.const(k, np.int64)], axis=b.rank(x) - 1)  # [N, Ho, Wo] (or [N, Do, Ho, Wo])
         self.size = b.float_dim(x, axis, grid)
         one = b.scalar(1.0, grid)
         self.last = b.op("Sub", [self.size, one])
@@ -78,12 +83,13 @@ class _Axis:
         return self.clipped(inside), slope
 
     def corners(self):
-        """[(coordinate, weight)] of the two neighbours along this axis."""
+        """[(coordinate, weight, d weight / d pos)] of the two neighbours along this axis."""
         b = self.b
         low = b.op("Floor", [self.pos])
         w_high = b.op("Sub", [self.pos, low])
         w_low = b.op("Sub", [b.scalar(1.0, self.pos), w_high])
-        return [(low, w_low), (b.op("Add", [low, b.scalar(1.0, self.pos)]), w_high)]
+        return [(low, w_low, b.scalar(-1.0, self.pos)),
+                (b.op("Add", [low, b.scalar(1.0, self.pos)]), w_high, b.scalar(1.0, self.pos))]
 
     def taps(self):
         """[(coordinate, weight, d weight / d pos)] of the cubic mode's four taps floor(pos) - 1 .. floor(pos) + 2,
@@ -141,38 +147,44 @@ def grid_sample_vjp(b, node, grads, need):
     x, grid = node.input[0], node.input[1]
     mode = node_attr(node, "mode", "bilinear")
     padding = node_attr(node, "padding_mode", "zeros")
-    if b.rank(x) != 4 or mode not in _LINEAR + _CUBIC + (_NEAREST,) or padding not in ("zeros", "border",
-                                                                                          "reflection"):
+    rank = b.rank(x)
+    if rank is None or rank < 3 or mode not in _LINEAR + _CUBIC + (_NEAREST,) or padding not in (
+            "zeros", "border", "reflection"):
         raise UnsupportedModelError(
-            f"GridSample node '{node.name}': mode '{mode}', padding_mode '{padding}' on a rank-{b.rank(x)} input is "
-            "not supported (rank 4; modes linear/bilinear, cubic/bicubic and nearest; padding zeros, border and "
-            "reflection)")
-    cubic = mode in _CUBIC
-    width, height = _Axis(b, node, x, grid, 0, 3, not cubic), _Axis(b, node, x, grid, 1, 2, not cubic)
+            f"GridSample node '{node.name}': mode '{mode}', padding_mode '{padding}' on a rank-{rank} input is not "
+            "supported (a known rank of 3 or more; modes linear/bilinear, cubic/bicubic and nearest; padding zeros, "
+            "border and reflection)")
+    cubic, spatial = mode in _CUBIC, rank - 2
+    # axes[k] samples x's axis rank - 1 - k with the grid's component k (x along the width, y, z)
+    axes = [_Axis(b, node, x, grid, k, rank - 1 - k, not cubic) for k in range(spatial)]
     if mode == _NEAREST:
-        wc, hc = [(b.op("Round", [width.pos]), None)], [(b.op("Round", [height.pos]), None)]
-    elif cubic:
-        wt, ht = width.taps(), height.taps()
-        wc, hc = [(c, w) for c, w, _ in wt], [(c, w) for c, w, _ in ht]
+        taps = [[(b.op("Round", [a.pos]), None, None)] for a in axes]
     else:
-        wc, hc = width.corners(), height.corners()
-    points = [(cx, wx, cy, wy) for cy, wy in hc for cx, wx in wc]  # (x0, y0), (x1, y0), (x0, y1), (x1, y1)
+        taps = [a.taps() if cubic else a.corners() for a in axes]
+    points = [combo[::-1] for combo in itertools.product(*reversed(taps))]  # row-major: the width's tap fastest
     ftype = b.float_type(grid)
     n_c = b.op("Slice", [b.op("Shape", [x]), b.ints([0]), b.ints([2])])  # [N, C]
     flat = b.op("Concat", [n_c, b.ints([-1])], axis=0)  # x and g viewed [N, C, -1]
     per_point = b.op("Concat", [b.op("Slice", [b.op("Shape", [grid]), b.ints([0]), b.ints([1])]),
-                                b.ints([1, -1])], axis=0)  # the grid's points viewed [N, 1, Ho * Wo]
+                                b.ints([1, -1])], axis=0)  # the grid's points viewed [N, 1, points]
     g_flat = b.op("Reshape", [grads[0], flat])
+    x_dims = b.op("Shape", [x])
     index, valid, weight = [], [], []
-    for cx, wx, cy, wy in points:
-        inside = b.op("Reshape", [b.op("Cast", [b.op("And", [width.valid(cx), height.valid(cy)])], to=ftype),
-                                  per_point])
-        at = b.op("Add", [b.op("Mul", [height.clipped(cy), width.size]), width.clipped(cx)])
-        at = b.op("Reshape", [b.op("Cast", [at], to=7), per_point])  # int64
-        index.append(b.op("Expand", [at, b.op("Shape", [g_flat])]))
+    for point in points:
+        inside, at = None, None
+        for k in reversed(range(spatial)):  # the flat offset, outermost axis first, in int64
+            c, a = point[k][0], axes[k]
+            ok = a.valid(c)
+            inside = ok if inside is None else b.op("And", [inside, ok])
+            c = b.op("Cast", [a.clipped(c)], to=TensorProto.INT64)
+            if at is not None:
+                at = b.op("Mul", [at, b.op("Gather", [x_dims, b.const(rank - 1 - k, np.int64)])])
+            at = c if at is None else b.op("Add", [at, c])
+        inside = b.op("Reshape", [b.op("Cast", [inside], to=ftype), per_point])
+        index.append(b.op("Expand", [b.op("Reshape", [at, per_point]), b.op("Shape", [g_flat])]))
         valid.append(inside)
-        weight.append(inside if wx is None else b.op("Mul", [b.op("Reshape", [b.op("Mul", [wx, wy]), per_point]),
-                                                            inside]))
+        w = _product(b, [t[1] for t in point])
+        weight.append(inside if w is None else b.op("Mul", [b.op("Reshape", [w, per_point]), inside]))
     dx = dgrid = None
     if need[0]:
         updates = b.op("Concat", [b.op("Mul", [g_flat, w]) for w in weight], axis=2)
@@ -184,40 +196,29 @@ def grid_sample_vjp(b, node, grads, need):
     elif need[1]:
         x_flat = b.op("Reshape", [x, flat])
         v = [b.op("Mul", [b.op("GatherElements", [x_flat, i], axis=2), ok]) for i, ok in zip(index, valid)]
-        w = lambda t: b.op("Reshape", [t, per_point])  # noqa: E731
-        if cubic:
-            return [dx, _cubic_grid_vjp(b, g_flat, v, wt, ht, width, height, w)]
-        (_, wx0), (_, wx1), (_, wy0), (_, wy1) = wc + hc
-        slopes = ((width, b.op("Add", [b.op("Mul", [w(wy0), b.op("Sub", [v[1], v[0]])]),
-                                       b.op("Mul", [w(wy1), b.op("Sub", [v[3], v[2]])])])),
-                  (height, b.op("Add", [b.op("Mul", [w(wx0), b.op("Sub", [v[2], v[0]])]),
-                                        b.op("Mul", [w(wx1), b.op("Sub", [v[3], v[1]])])])))
         parts = []
-        for axis, d in slopes:
-            s = b.op("ReduceSum", [b.op("Mul", [g_flat, d]), b.ints([1])], keepdims=0)  # over channels
+        for k, axis in enumerate(axes):  # d y / d pos_k = sum over points of d w_k * (the other weights) * x[point]
+            total = None
+            for point, value in zip(points, v):
+                factor = _product(b, [t[2] if j == k else t[1] for j, t in enumerate(point)])
+                term = b.op("Mul", [b.op("Reshape", [factor, per_point]), value])
+                total = term if total is None else b.op("Add", [total, term])
+            s = b.op("ReduceSum", [b.op("Mul", [g_flat, total]), b.ints([1])], keepdims=0)  # over channels
             s = b.op("Mul", [b.op("Reshape", [s, b.op("Shape", [axis.pos])]), axis.slope])
             if axis.clip_mask is not None:
                 s = b.op("Mul", [s, axis.clip_mask])
-            parts.append(b.op("Unsqueeze", [s, b.ints([3])]))
-        dgrid = b.op("Concat", parts, axis=3)
+            parts.append(b.op("Unsqueeze", [s, b.ints([spatial + 1])]))
+        dgrid = b.op("Concat", parts, axis=spatial + 1)
     return [dx, dgrid]
 
 
-def _cubic_grid_vjp(b, g_flat, v, wt, ht, width, height, w):
-    """d y / d ix = sum over the 16 taps of dwx * wy * x[tap] (d iy: wx * dwy), summed with g over the channels,
-    times d ix / d gx; v[p] holds tap p's values, row-major over (height tap, width tap)."""
-    parts = []
-    for axis, weight_of in ((width, lambda i, j: b.op("Mul", [wt[j][2], ht[i][1]])),
-                            (height, lambda i, j: b.op("Mul", [wt[j][1], ht[i][2]]))):
-        total = None
-        for i in range(4):
-            for j in range(4):
-                term = b.op("Mul", [w(weight_of(i, j)), v[4 * i + j]])
-                total = term if total is None else b.op("Add", [total, term])
-        s = b.op("ReduceSum", [b.op("Mul", [g_flat, total]), b.ints([1])], keepdims=0)  # over channels
-        s = b.op("Mul", [b.op("Reshape", [s, b.op("Shape", [axis.pos])]), axis.slope])
-        parts.append(b.op("Unsqueeze", [s, b.ints([3])]))
-    return b.op("Concat", parts, axis=3)
+def _product(b, factors):
+    """The product of the factors that are not None (None if all are)."""
+    out = None
+    for f in factors:
+        if f is not None:
+            out = f if out is None else b.op("Mul", [out, f])
+    return out
 
 
 def homogeneous_base(lengths, align_corners) -> np.ndarray:

@@ -1,6 +1,8 @@
-"""onnxattr/emitters/grid_sample.py: GridSample's VJP for the input (a linear map: checked exactly on onnxruntime)
-and for the grid (float64 central differences of a numpy GridSample, points kept away from pixel centres, where
-the bilinear weights have kinks)."""
+"""onnxattr/emitters/grid_sample.py: GridSample's VJP, images and volumes, for the input (a linear map: checked
+exactly on onnxruntime) and for the grid (float64 central differences of a numpy GridSample, points kept away from
+pixel centres, where the bilinear weights have kinks)."""
+
+import itertools
 
 import numpy as np
 import onnxruntime as ort
@@ -151,10 +153,64 @@ def test_grid_sample_bicubic_at_opset_16():
               linear_ort=True)
 
 
-def test_grid_sample_of_rank_5_refused():
-    with pytest.raises(Exception, match="GridSample node 'node': mode 'linear', padding_mode 'zeros' on a rank-5"):
-        check_vjp("GridSample", [("x", rng.standard_normal((1, 2, 3, 4, 5)), False),
-                                 ("grid", rng.uniform(-1, 1, (1, 2, 3, 2, 3)), True)], {"mode": "linear"}, opset=20)
+def volume_points(shape, size, align, spread):
+    """grid_points for a volume: [N, Do, Ho, Wo, 3] over x's (D, H, W) = size, each pixel coordinate at least 0.1
+    from an integer."""
+    g = rng.uniform(-spread, spread, shape)
+    for k, length in enumerate(reversed(size)):
+        pos = (g[..., k] + 1) * (length - 1) / 2 if align else ((g[..., k] + 1) * length - 1) / 2
+        pos = np.floor(pos) + np.clip(pos - np.floor(pos), 0.1, 0.9)
+        g[..., k] = pos * 2 / (length - 1) - 1 if align else (2 * pos + 1) / length - 1
+    return g
+
+
+def grid_sample_volume_numpy(x, grid, padding, align):
+    """Trilinear GridSample in float64 from the operator's definition: grid[..., 0] along the width, 1 the height,
+    2 the depth; the 8 corners weighted by the products of their linear weights, 0 outside for zeros."""
+    n, c = x.shape[:2]
+    sizes = x.shape[:1:-1]  # (W, H, D), in the grid's component order
+    out = np.zeros((n, c) + grid.shape[1:4])
+    for b in range(n):
+        for at in np.ndindex(*grid.shape[1:4]):
+            pos = []
+            for g, length in zip(grid[(b,) + at], sizes):
+                p = (g + 1) * (length - 1) / 2 if align else ((g + 1) * length - 1) / 2
+                if padding == "reflection":
+                    p = reflect(p, 0.0 if align else -0.5, length - 1.0 if align else length - 0.5)
+                pos.append(min(max(p, 0.0), length - 1.0) if padding in ("border", "reflection") else p)
+            total = np.zeros(c)
+            for corner in itertools.product((0, 1), repeat=3):
+                index = [int(np.floor(p)) + o for p, o in zip(pos, corner)]
+                weight = np.prod([1 - abs(p - i) for p, i in zip(pos, index)])
+                if all(0 <= i < length for i, length in zip(index, sizes)):
+                    total = total + weight * x[b, :, index[2], index[1], index[0]]
+            out[(b, slice(None)) + at] = total
+    return out
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+def test_grid_sample_volume_input(mode, padding):
+    """A volume [N, C, D, H, W] (opset 20): the VJP for x, a linear map, on onnxruntime's own forward."""
+    x = rng.standard_normal((2, 3, 3, 4, 5))
+    check_vjp("GridSample", [("x", x, False), ("grid", volume_points((2, 2, 3, 4, 3), (3, 4, 5), 0, 1.2), True)],
+              {"mode": mode, "padding_mode": padding}, dynamic=(0,), opset=20, linear_ort=True)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align", [0, 1])
+def test_grid_sample_volume_grid(padding, align):
+    """Trilinear sampling of a volume, points inside and outside (spread 2.5): the numpy definition first equals
+    onnxruntime's forward, then both VJPs equal its float64 central differences."""
+    x = rng.standard_normal((2, 3, 3, 4, 5))
+    grid = volume_points((2, 2, 3, 2, 3), (3, 4, 5), align, 2.5)
+    attrs = {"mode": "linear", "padding_mode": padding, "align_corners": align}
+    sess = ort.InferenceSession(node_model("GridSample", [("x", x, False), ("grid", grid, False)], attrs,
+                                           opset=20).SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x.astype(np.float32), "grid": grid.astype(np.float32)})[0]
+    np.testing.assert_allclose(y, grid_sample_volume_numpy(x, grid, padding, align), rtol=1e-5, atol=1e-5)
+    check_vjp("GridSample", [("x", x, False), ("grid", grid, False)], attrs, wrt=["x", "grid"], opset=20,
+              numpy_ref=lambda f: grid_sample_volume_numpy(f["x"], f["grid"], padding, align))
 
 
 @pytest.mark.parametrize("align", [0, 1])
