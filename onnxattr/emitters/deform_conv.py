@@ -3,7 +3,7 @@
 Tap k = (i, j) of output point (oh, ow) in offset group a reads x at py = oh s_h - pad_top + i d_h + offset_y and
 px = ow s_w - pad_left + j d_w + offset_x (offset[n, a, i, j, (y, x), oh, ow]) by bilinear interpolation, a corner
 outside x counting 0, times mask[n, a, i, j, oh, ow] (1 when absent); y = W * cols + B, a 1 x 1 convolution of
-those columns cols[n, c, k, oh, ow]. Backward, with cg = W^T g (one 1 x 1 ConvTranspose):
+those columns cols[n, c, k, oh, ow]. Backward, with cg = W^T g (one MatMul per group, batched):
 dx = cg * mask * w_corner scattered to the four corners; d offset_y = sum over the group's channels of
 cg * mask * sum_b wx_b (x[y1, x_b] - x[y0, x_b]) (offset_x likewise); d mask = sum over its channels of cg * cols;
 dW = g cols^T summed over the batch; dB = g summed over the batch and positions. ``deform_conv_input_vjp`` gives dx
@@ -116,13 +116,20 @@ def _vjp(b, node, g, need, w):
     cols = None
     if need_cols:
         cols = b.add_all([b.op("Mul", [value(i), corners[i][1]]) for i in range(4)])  # [N, G, Cg, P]
-    # cg = W^T g: a 1 x 1 ConvTranspose with W as [oC, Cw K, 1, 1] -> [N, C K, OH, OW] -> [N, G, Cg, P]
+    # cg = W^T g per group: [grp, Cw K, oCg] @ [N, grp, oCg, L] -> [N, grp, Cw K, L] -> [N, G, Cg, P] (a MatMul, which
+    # onnxruntime's CPU provider runs in float64 too, unlike ConvTranspose)
     w_value = b.value(w)
-    w11 = (b.const(w_value.reshape(len(w_value), -1, 1, 1), w_value.dtype) if w_value is not None
-           else b.op("Reshape", [w, b.ints([-1, group_channels * taps, 1, 1])]))
-    out = [None] * 5
+    wt = (b.const(w_value.reshape(group, -1, group_channels * taps).transpose(0, 2, 1), w_value.dtype)
+          if w_value is not None else
+          b.op("Transpose", [b.op("Reshape", [w, b.ints([group, -1, group_channels * taps])])], perm=[0, 2, 1]))
+    if isinstance(out_channels, int):
+        per_group_out = b.ints([out_channels // group])
+    else:
+        per_group_out = b.op("Div", [b.op("Slice", [b.op("Shape", [w]), b.ints([0]), b.ints([1])]), b.ints([group])])
+    gg = b.op("Reshape", [g, b.op("Concat", [b.ints([0, group]), per_group_out, b.ints([-1])], axis=0)])
+    out = [None] * 5  # gg: g as [N, grp, oCg, L], L = OH OW
     if need[0] or need[2] or (mask and need[4]):
-        cg = b.op("Reshape", [b.op("ConvTranspose", [g, w11], group=group), b.ints([0, og, per_group, -1])])
+        cg = b.op("Reshape", [b.op("MatMul", [wt, gg]), b.ints([0, og, per_group, -1])])
         if mask and need[4]:
             dm = b.op("ReduceSum", [b.op("Mul", [cg, cols]), b.ints([2])], keepdims=1)
             out[4] = b.op("Reshape", [dm, b.op("Shape", [mask])])
@@ -145,12 +152,6 @@ def _vjp(b, node, g, need, w):
     if need[1]:
         cm = b.op("Mul", [cols, m]) if m else cols
         cm = b.op("Reshape", [cm, b.ints([0, group, group_channels * taps, -1])])  # [N, grp, Cw K, L]
-        if isinstance(out_channels, int):
-            per_group_out = b.ints([out_channels // group])
-        else:
-            per_group_out = b.op("Div", [b.op("Slice", [b.op("Shape", [w]), b.ints([0]), b.ints([1])]),
-                                         b.ints([group])])
-        gg = b.op("Reshape", [g, b.op("Concat", [b.ints([0, group]), per_group_out, b.ints([-1])], axis=0)])
         dw = b.op("MatMul", [gg, b.op("Transpose", [cm], perm=[0, 1, 3, 2])])  # [N, grp, oCg, Cw K]
         dw = b.op("ReduceSum", [dw, b.ints([0])], keepdims=0)
         out[1] = b.op("Reshape", [dw, b.ints([-1, group_channels, kh, kw])])

@@ -11,7 +11,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 from onnxattr.errors import UnsupportedModelError
-from tests.vjp_check import check_vjp, node_model
+from tests.vjp_check import check_vjp, node_model, vjp_model
 
 rng = np.random.default_rng(29)
 
@@ -109,3 +109,26 @@ def test_deform_conv_3d_refused():
            ("off", rng.standard_normal((1, 6, 3)), False)]
     with pytest.raises(UnsupportedModelError, match="DeformConv node 'node': only 2-D DeformConv"):
         check_vjp("DeformConv", ins, {"kernel_shape": [3]}, opset=19)
+
+
+@pytest.mark.parametrize("constant_weight", [False, True])
+def test_deform_conv_float64(constant_weight):
+    """A float64 DeformConv's VJP runs on onnxruntime's CPU provider (its W^T g was a 1 x 1 ConvTranspose, which that
+    provider has no float64 kernel for) and equals the definition's float64 central differences to 1e-6 of the
+    scale (float64 rounding through h = 1e-6 is ~1e-10)."""
+    ins, attrs = _inputs(*CASES[1], True, True)
+    ins[1] = ("w", ins[1][1], constant_weight)
+    ref = _definition(ins, attrs)
+    wrt = ["x", "off", "m"] + ([] if constant_weight else ["w"])
+    model = vjp_model(node_model("DeformConv", ins, attrs, dtype=np.float64, opset=19), wrt)
+    given = {name: a for name, a, _ in ins if name}
+    v = rng.standard_normal(ref(given).shape)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {name: a for name, a, const in ins if name and not const}
+    grads = session.run([f"grad_{n}" for n in wrt], {**feeds, "cotangent": v})
+    for name, grad in zip(wrt, grads):
+        assert grad.dtype == np.float64
+        u = rng.standard_normal(given[name].shape)
+        s = [float(np.sum(v * ref({**given, name: given[name] + step * u}))) for step in (1e-6, -1e-6)]
+        numeric, analytic = (s[0] - s[1]) / 2e-6, float(np.sum(grad * u))
+        assert abs(analytic - numeric) <= 1e-6 * (abs(numeric) + float(np.sum(np.abs(grad * u)))), name
