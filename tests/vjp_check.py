@@ -27,7 +27,8 @@ RTOL, ATOL, H = 2e-5, 1e-5, 1e-5
 
 def node_model(op, inputs, attrs=None, n_out=1, dynamic=(), dtype=np.float32, opset=17, domain=""):
     """A one-node model. inputs: list of (name, array, as_initializer); ("", None, None) leaves an optional
-    input out."""
+    input out. dynamic: the axes each graph input declares symbolic (axis 0 as the batch "N", shared; the others
+    named by input and axis), or a dict {input name: axes} for some inputs only."""
     g_inputs, inits = [], []
     for name, arr, const in inputs:
         if not name:
@@ -38,7 +39,8 @@ def node_model(op, inputs, attrs=None, n_out=1, dynamic=(), dtype=np.float32, op
         if const:
             inits.append(numpy_helper.from_array(arr, name))
         else:
-            shape = [("N" if i in dynamic else d) for i, d in enumerate(arr.shape)]
+            axes = dynamic.get(name, ()) if isinstance(dynamic, dict) else dynamic
+            shape = [(("N" if i == 0 else f"{name}_{i}") if i in axes else d) for i, d in enumerate(arr.shape)]
             g_inputs.append(helper.make_tensor_value_info(
                 name, helper.np_dtype_to_tensor_dtype(arr.dtype), shape))
     outs = [f"y{i}" for i in range(n_out)]

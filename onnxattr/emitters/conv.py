@@ -11,6 +11,9 @@ ConvTranspose with asymmetric pads to the CPU; other cases pad or crop after an 
 
 ConvTranspose VJP: Conv of g with the same weight, strides, dilations, group and the ConvTranspose pads.
 
+A weight computed from the input (dynamic filters) gets dW from ``conv_weight_vjp``: a Conv of the input with g, batch
+and channels swapped (for ConvTranspose, of g with the input: it is Conv's adjoint).
+
 ``conv_forward``/``conv_input_vjp`` are the linear pieces LRP rules combine with modified weights.
 
 Layout: onnxruntime's CPU provider runs float32 2-D convolutions in a blocked channel layout (NCHWc)
@@ -196,14 +199,59 @@ def conv_vjp(b, node, grads, need):
     out = [None] * len(node.input)
     if need[0]:
         out[0] = conv_input_vjp(b, node, grads[0], w, x)
-    if len(need) > 1 and need[1]:
-        raise UnsupportedModelError(
-            f"Conv node '{node.name}': its weight depends on the explained input; "
-            "only constant or input-independent Conv weights are supported"
-        )
+    if len(need) > 1 and need[1]:  # a weight computed from the input (dynamic filters, CondInst's mask head)
+        at, kernel = conv_attrs(node), _kernel(b, node, w)
+        strides, dil, begin = window_geometry(b, node, x, kernel)
+        if at["auto_pad"] == "NOTSET":
+            end = (at.get("pads") or [0] * (2 * len(kernel)))[len(kernel):]
+        else:  # SAME_*: the end pad is at most the kernel's reach, and taps past it are never read
+            end = [(k - 1) * d for k, d in zip(kernel, dil)]
+        out[1] = conv_weight_vjp(b, x, grads[0], at["group"], kernel, strides, dil, list(begin) + end)
     if len(need) > 2 and need[2]:
         out[2] = channel_sum(b, grads[0], b.rank(node.output[0]))  # a bias that varies with the input
     return out
+
+
+def _kernel(b, node, w) -> list:
+    """The node's kernel size: its kernel_shape, else the weight's static spatial dims."""
+    kernel = conv_attrs(node).get("kernel_shape")
+    shape = b.shape(w)
+    if not kernel and shape is not None and all(isinstance(d, int) for d in shape[2:]):
+        kernel = list(shape[2:])
+    if not kernel:
+        raise UnsupportedModelError(f"{node.op_type} node '{node.name}': a weight computed from the input needs a "
+                                    "known kernel size (kernel_shape, or the weight's static spatial dims)")
+    return kernel
+
+
+def conv_weight_vjp(b, image, g, group, kernel, strides, dil, pads):
+    """dW of y = Conv(image, W): dW[o, i, k] = sum over n and output positions p of g[n, o, p] *
+    image_padded[n, G(o) Cg + i, p s + k d]. That is itself a convolution with batch and channels swapped: the image
+    as [Cg, G N, *S] convolved (group G, strides d, dilations s, the same pads) with g as a weight [G Og, N, *So],
+    giving [Cg, O, *K'] with K' >= k; transposed to [O, Cg, *K'] and cut to the kernel."""
+    nsp = len(kernel)
+    spatial = list(range(2, 2 + nsp))
+    if group == 1:
+        swapped = b.op("Transpose", [image], perm=[1, 0] + spatial)  # [C, N, *S]
+        filters = b.op("Transpose", [g], perm=[1, 0] + spatial)  # [O, N, *So]
+    else:
+        swapped = _groups_first(b, image, group, nsp, [2, 1, 0])  # [Cg, G N, *S]
+        filters = _groups_first(b, g, group, nsp, [1, 2, 0])  # [G Og, N, *So]
+    full = b.op("Conv", [swapped, filters], group=group, strides=list(dil), dilations=list(strides), pads=list(pads))
+    dw = b.op("Transpose", [full], perm=[1, 0] + spatial)
+    return b.op("Slice", [dw, b.ints([0] * nsp), b.ints(list(kernel)), b.ints(spatial)])
+
+
+def _groups_first(b, t, group, nsp, order):
+    """t [N, G C', *S] viewed [N, G, C', *S], its first three axes permuted by ``order`` and two merged: order
+    [2, 1, 0] gives [C', G N, *S] (the last two of the three merged), [1, 2, 0] gives [G C', N, *S] (the first two)."""
+    space = b.op("Slice", [b.op("Shape", [t]), b.ints([2]), b.ints([2 + nsp])])
+    split = b.op("Reshape", [t, b.op("Concat", [b.ints([0, group, -1]), space], axis=0)])
+    moved = b.op("Transpose", [split], perm=order + list(range(3, 3 + nsp)))
+    if order == [2, 1, 0]:
+        return b.op("Reshape", [moved, b.op("Concat", [b.ints([0, -1]), space], axis=0)])
+    kept = b.op("Slice", [b.op("Shape", [moved]), b.ints([2]), b.ints([3 + nsp])])  # N, *S
+    return b.op("Reshape", [moved, b.op("Concat", [b.ints([-1]), kept], axis=0)])
 
 
 def channel_sum(b, t: str, rank: int) -> str:
@@ -259,13 +307,18 @@ def conv_transpose_input_vjp(b, node, g, w, x):
 @register("ConvTranspose")
 def conv_transpose_vjp(b, node, grads, need):
     x, w = node.input[0], node.input[1]
-    if len(need) > 1 and need[1]:
-        raise UnsupportedModelError(
-            f"ConvTranspose node '{node.name}': weights that depend on the input are not supported"
-        )
     out = [None] * len(node.input)
     if need[0]:
         out[0] = conv_transpose_input_vjp(b, node, grads[0], w, x)
+    if len(need) > 1 and need[1]:  # the adjoint of Conv(g, W): W's gradient is Conv's with image g and gradient x
+        at, strides, dil, pads = _convtranspose_pads(b, node, x, w)
+        g, nsp = grads[0], len(pads) // 2
+        if any(p < 0 for p in pads[nsp:]):  # output_shape past the full output: those rows read no tap
+            ys = b.shape(node.output[0])
+            g = b.op("Slice", [g, b.ints([0] * nsp), b.ints([d + min(p, 0) for d, p in zip(ys[2:], pads[nsp:])]),
+                               b.ints(list(range(2, 2 + nsp)))])
+            pads = pads[:nsp] + [max(p, 0) for p in pads[nsp:]]
+        out[1] = conv_weight_vjp(b, g, x, at["group"], _kernel(b, node, w), strides, dil, pads)
     if len(need) > 2 and need[2]:
         out[2] = channel_sum(b, grads[0], b.rank(node.output[0]))  # a bias that varies with the input
     return out

@@ -129,3 +129,36 @@ def test_col2im(attrs):
     x = np.random.default_rng(5).standard_normal((2, 2 * 6, blocks[0] * blocks[1]))
     check_vjp("Col2Im", [("x", x, False), ("image", np.array(image, np.int64), True),
                          ("block", np.array(block, np.int64), True)], attrs, opset=18, dynamic=(0,))
+
+
+@pytest.mark.parametrize("xs,ws,attrs", CONV_CASES)
+@pytest.mark.parametrize("dynamic", [(0,), (0, 2, 3)])
+def test_conv_weight_computed_from_the_input(xs, ws, attrs, dynamic):
+    """A weight fed at run time, as dynamic filters and CondInst's mask head compute it from the input: its gradient
+    (a Conv of x with g, batch and channels swapped) for every geometry above, grouped and depthwise included, with
+    x's batch (and spatial) dims symbolic."""
+    if "auto_pad" in attrs and attrs["auto_pad"] != "VALID" and len(dynamic) > 1:
+        pytest.skip("auto_pad SAME needs static spatial dims")
+    dynamic = tuple(d for d in dynamic if d < len(xs))
+    check_vjp("Conv", [("x", rng.standard_normal(xs), False), ("w", rng.standard_normal(ws), False)], attrs,
+              wrt=["x", "w"], dynamic={"x": dynamic})
+
+
+def test_conv_weight_of_unknown_kernel_size():
+    """A weight whose spatial dims are symbolic takes its kernel from kernel_shape; without it, a clear refusal."""
+    x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
+    inputs = [("x", x, False), ("w", w, False)]
+    check_vjp("Conv", inputs, {"kernel_shape": [3, 3], "strides": [2, 2]}, wrt=["w"], dynamic={"w": (0, 2, 3)})
+    from onnxattr.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="Conv node 'node': a weight computed from the input needs a known"
+                                                    " kernel size"):
+        check_vjp("Conv", inputs, {"strides": [2, 2]}, wrt=["w"], dynamic={"w": (0, 2, 3)})
+
+
+@pytest.mark.parametrize("xs,ws,attrs", CONVT_CASES)
+def test_conv_transpose_weight_computed_from_the_input(xs, ws, attrs):
+    """ConvTranspose is Conv's adjoint, so its weight's gradient is Conv's with the roles of g and x swapped; checked
+    exactly on onnxruntime's forward (linear in the weight), output_shape cuts and extensions included."""
+    check_vjp("ConvTranspose", [("x", rng.standard_normal(xs), False), ("w", rng.standard_normal(ws), False)], attrs,
+              wrt=["w"], dynamic=(0,), linear_ort=True)
