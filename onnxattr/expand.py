@@ -16,8 +16,11 @@ from onnxattr.load import default_opset
 EXPANDED = "onnxattr.expanded"  # the domain of the model-local functions that expand_ops inlines
 # standard ops that ONNX defines as functions of ops the reverse pass differentiates, and no emitter handles whole:
 # each node of them is replaced by its definition (torch's dynamo exporter writes scaled_dot_product_attention as
-# Attention from opset 23). The forward then runs the defining nodes: the same values up to float rounding.
-EXPANDED_OPS = frozenset({"Attention", "RotaryEmbedding", "MeanVarianceNormalization", "CenterCropPad"})
+# Attention from opset 23; LinearAttention and CausalConvWithState, opset 27, are Gated DeltaNet's and Mamba's). The
+# forward then runs the defining nodes: the same values up to float rounding. The nodes of a body are named after the
+# node they replace ("onnxattr.expanded/LinearAttention:mixer/Scan_25"), which messages then show.
+EXPANDED_OPS = frozenset({"Attention", "RotaryEmbedding", "MeanVarianceNormalization", "CenterCropPad", "LinearAttention",
+                          "CausalConvWithState"})
 
 
 def _without_version_at(node: onnx.NodeProto, opset: int) -> bool:
@@ -122,6 +125,9 @@ def expand_ops(model: onnx.ModelProto, pick) -> onnx.ModelProto:
         body = _function_body(node, model_opset, types)
         if body is not None:  # else the version converter names the op that stopped it
             body.domain, body.name = EXPANDED, f"{node.op_type}_{k}"
+            outer = f"{EXPANDED}/{node.op_type}" + (f":{node.name}" if node.name else "")
+            for j, inner in enumerate(body.node):  # named after the node they replace, which messages then show
+                inner.name = f"{outer}/{inner.op_type}_{j}"
             node.domain, node.op_type = EXPANDED, body.name
             light.functions.append(body)
     if not light.functions:

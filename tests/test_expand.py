@@ -84,7 +84,23 @@ def _defined_op_cases():
         "mean_variance_normalization": ("MeanVarianceNormalization", 13, [("x", f(1, 3, 4, 4))], {}),
         "center_crop_pad": ("CenterCropPad", 18, [("x", f(1, 3, 4, 7)), ("shape", np.array([6, 5], np.int64))],
                             {"axes": [2, 3]}),
+        # Gated DeltaNet's recurrence over 3 steps, two query heads on one key head, from a past state
+        "linear_attention_gated_delta": ("LinearAttention", 27, [
+            ("q", f(1, 3, 8)), ("k", f(1, 3, 4) * 0.5), ("v", f(1, 3, 4)), ("past", f(1, 1, 4, 4)),
+            ("decay", -np.abs(f(1, 3, 4))), ("beta", rng.uniform(0.2, 0.8, (1, 3, 1)))],
+            {"q_num_heads": 2, "kv_num_heads": 1}),
+        "linear_attention_linear": ("LinearAttention", 27, [("q", f(2, 3, 6)), ("k", f(2, 3, 6)), ("v", f(2, 3, 4))],
+                                    {"q_num_heads": 2, "kv_num_heads": 2, "update_rule": "linear"}),
+        # Mamba's and Gated DeltaNet's depthwise causal convolution, with a carried state and SiLU
+        "causal_conv_with_state": ("CausalConvWithState", 27, [
+            ("x", f(2, 3, 5)), ("weight", f(3, 1, 3)), ("bias", f(3)), ("past", f(2, 3, 2))], {"activation": "silu"}),
     }
+
+
+
+def _outputs(op, opset):
+    """y and the further outputs the op must have (LinearAttention's and CausalConvWithState's present_state)."""
+    return ["y"] + [f"y{k}" for k in range(1, onnx.defs.get_schema(op, opset).min_output)]
 
 
 def _projected_model(op, opset, inputs, attrs, out_shape, dtype):
@@ -94,13 +110,55 @@ def _projected_model(op, opset, inputs, attrs, out_shape, dtype):
     t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     v = np.random.default_rng(1).standard_normal(out_shape).astype(dtype)
     g = helper.make_graph(
-        [helper.make_node(op, [n for n, _ in inputs], ["y"], name="op", **attrs),
+        [helper.make_node(op, [n for n, _ in inputs], _outputs(op, opset), name="op", **attrs),
          helper.make_node("Mul", ["y", "projection"], ["p"]), helper.make_node("ReduceSum", ["p"], ["r"], keepdims=0),
          helper.make_node("Reshape", ["r", "one"], ["s"])], "g",
         [helper.make_tensor_value_info(n, t if a.dtype.kind == "f" else onnx.TensorProto.INT64, list(a.shape))
          for n, a in inputs], [helper.make_tensor_value_info("s", t, [1, 1])],
         [numpy_helper.from_array(v, "projection"), numpy_helper.from_array(np.array([1, 1], np.int64), "one")])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=11)
+
+
+def _numpy_linear_attention(feeds, q_num_heads, kv_num_heads, update_rule="gated_delta"):
+    """LinearAttention's output in float64 from its definition: per step t, S = exp(g_t) S (gated: a decay per key
+    row), S += beta_t k_t (v_t - S^T k_t)^T (delta; else k_t v_t^T), o_t = q_t^T S / sqrt(d_k), each query head
+    reading key head h // (q_num_heads / kv_num_heads)."""
+    q, k, v = feeds["q"], feeds["k"], feeds["v"]
+    n, steps, _ = q.shape
+    dk, dv = k.shape[2] // kv_num_heads, v.shape[2] // kv_num_heads
+    qh, kh = q.reshape(n, steps, q_num_heads, dk), k.reshape(n, steps, kv_num_heads, dk)
+    vh = v.reshape(n, steps, kv_num_heads, dv)
+    state = feeds["past"].copy() if "past" in feeds else np.zeros((n, kv_num_heads, dk, dv))
+    out = []
+    for t in range(steps):
+        if "gated" in update_rule:
+            state = np.exp(feeds["decay"].reshape(n, steps, kv_num_heads, -1)[:, t])[..., None] * state
+        if "delta" in update_rule:
+            error = vh[:, t] - np.einsum("nhkv,nhk->nhv", state, kh[:, t])
+            rate = feeds["beta"].reshape(n, steps, kv_num_heads)[:, t][..., None, None]
+            state = state + rate * np.einsum("nhk,nhv->nhkv", kh[:, t], error)
+        else:
+            state = state + np.einsum("nhk,nhv->nhkv", kh[:, t], vh[:, t])
+        shared = np.repeat(state, q_num_heads // kv_num_heads, axis=1)
+        out.append(np.einsum("nhk,nhkv->nhv", qh[:, t], shared) / np.sqrt(dk))
+    return np.stack(out, 1).reshape(n, steps, q_num_heads * dv)
+
+
+def _numpy_causal_conv(feeds, activation="none"):
+    """CausalConvWithState's output in float64: the past state and x joined along time, each channel convolved
+    with its own kernel over the last k positions, plus the bias, then SiLU."""
+    x, w = feeds["x"], feeds["weight"]
+    k = w.shape[2]
+    joined = np.concatenate([feeds["past"], x], axis=2)
+    z = sum(joined[:, :, j:j + x.shape[2]] * w[None, :, 0, j, None] for j in range(k)) + feeds["bias"][None, :, None]
+    return z / (1 + np.exp(-z)) if activation == "silu" else z
+
+
+# ops whose onnx reference rounds through float32 (1e-7 of the output, 1e-2 in difference quotients at h = 1e-5):
+# a numpy definition, checked against that reference's values first, gives the central differences
+NUMPY_REFERENCE = {"linear_attention_gated_delta": lambda f: _numpy_linear_attention(f, 2, 1),
+                   "linear_attention_linear": lambda f: _numpy_linear_attention(f, 2, 2, "linear"),
+                   "causal_conv_with_state": lambda f: _numpy_causal_conv(f, "silu")}
 
 
 def _numpy_mvn(x):
@@ -111,8 +169,8 @@ def _numpy_mvn(x):
 @pytest.mark.parametrize("case", sorted(_defined_op_cases()))
 def test_ops_onnx_defines_as_functions_are_expanded_and_differentiated(case):
     """Attention (torch's dynamo exporter writes scaled_dot_product_attention as Attention from opset 23),
-    RotaryEmbedding, MeanVarianceNormalization and CenterCropPad have no emitter: canonicalize expands
-    them into their ONNX definitions. The canonical forward equals onnx's reference implementation of the op
+    RotaryEmbedding, MeanVarianceNormalization, CenterCropPad, LinearAttention (its recurrence a Scan, unrolled) and
+    CausalConvWithState have no emitter: canonicalize expands them into their ONNX definitions. The canonical forward equals onnx's reference implementation of the op
     (numpy for MVN, which it lacks), and the compiled gradient for every float input equals float64 central
     differences of that reference, along random directions (tests/vjp_check.py's tolerance)."""
     from onnx.reference import ReferenceEvaluator
@@ -121,18 +179,22 @@ def test_ops_onnx_defines_as_functions_are_expanded_and_differentiated(case):
     op, opset, inputs, attrs = _defined_op_cases()[case]
     assert op in EXPANDED_OPS
     feeds32 = {n: a.astype(np.float32) if a.dtype.kind == "f" else a for n, a in inputs}
-    node = onnx.helper.make_node(op, [n for n, _ in inputs], ["y"], **attrs)
+    node = onnx.helper.make_node(op, [n for n, _ in inputs], _outputs(op, opset), **attrs)
     shape = ReferenceEvaluator(node).run(None, dict(inputs))[0].shape if op != "MeanVarianceNormalization" else \
         inputs[0][1].shape
     model = _projected_model(op, opset, inputs, attrs, shape, np.float32)
     canon = canonicalize(model)
     assert op not in {n.op_type for n in canon.graph.node}
+    feeds64 = {n: a.astype(np.float64) if a.dtype.kind == "f" else a for n, a in inputs}
     if op == "MeanVarianceNormalization":
         reference = lambda feeds: [np.sum(_numpy_mvn(feeds["x"]) * _v(model)).reshape(1, 1)]  # noqa: E731
+    elif case in NUMPY_REFERENCE:
+        definition = NUMPY_REFERENCE[case]
+        np.testing.assert_allclose(definition(feeds64), ReferenceEvaluator(node).run(None, feeds64)[0], atol=1e-6)
+        reference = lambda feeds: [np.sum(definition(feeds) * _v(model)).reshape(1, 1)]  # noqa: E731
     else:
         evaluator = ReferenceEvaluator(_projected_model(op, opset, inputs, attrs, shape, np.float64))
         reference = lambda feeds: evaluator.run(None, feeds)  # noqa: E731
-    feeds64 = {n: a.astype(np.float64) if a.dtype.kind == "f" else a for n, a in inputs}
     np.testing.assert_allclose(run(canon, feeds32)[0], reference(feeds64)[0], rtol=1e-5, atol=1e-5)
     rng = np.random.default_rng(2)
     for name, a in inputs:
