@@ -176,6 +176,34 @@ def test_einsum_of_two_activations_takes_the_gradient():
     assert rules_of["pair"] == "gradient"
 
 
+@pytest.mark.parametrize("preset", ["lrp.epsilon", "lrp.alpha_2_beta_1", "deep_taylor"])
+def test_conv_with_a_weight_computed_from_the_input_takes_the_gradient(preset):
+    """A dynamic filter (a Conv whose weight a Gemm computes from the pooled input, one sample) is a product of two
+    tensors that vary with the input, as a MatMul of two activations: it takes its gradient, so relevance also reaches
+    x through the weight (the map differs from the one of the same net with that weight frozen at its value)."""
+    from onnx import helper
+
+    from tests.models import single_io_model
+
+    rng = np.random.default_rng(3)
+    inits = {"W": rng.standard_normal((2, 3 * 2 * 3 * 3)).astype(np.float32), "shape": np.array([3, 2, 3, 3]),
+             "axes": np.array([2, 3])}
+    head = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="dynamic"),
+            helper.make_node("Relu", ["c"], ["r"]), helper.make_node("ReduceMean", ["r", "axes"], ["y"], keepdims=0)]
+    filters = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+               helper.make_node("Gemm", ["f", "W"], ["k"]), helper.make_node("Reshape", ["k", "shape"], ["w"])]
+    model = single_io_model(filters + head, inits, [1, 2, 8, 8], [1, 3], opset=18)
+    rules_of = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, preset)}
+    assert rules_of["dynamic"] == "gradient"
+    x = X[:1]
+    frozen_w = (np.mean(x, axis=(2, 3)) @ inits["W"]).reshape(3, 2, 3, 3)
+    frozen = single_io_model(head, {"w": frozen_w, "axes": inits["axes"]}, [1, 2, 8, 8], [1, 3], opset=18)
+    dynamic, fixed = (ort.InferenceSession(onnxattr.compile(m, preset).SerializeToString()).run(
+        ["relevance"], {"x": x})[0] for m in (model, frozen))
+    assert np.isfinite(dynamic).all()
+    assert np.abs(dynamic - fixed).max() > 1e-3 * np.abs(fixed).max()
+
+
 @pytest.mark.parametrize("method", ["lrp.epsilon", "lrp.z_plus", "deep_taylor"])
 def test_pass_sums_relevance_over_a_broadcast_operand(method):
     """A per-sample scale s [N, 1] (computed from x) times features h [N, 7], scale first: pass gives s the
