@@ -94,6 +94,17 @@ def grid_sample_cubic_numpy(x, grid, padding, align):
     return out
 
 
+def check_against_definition(x, grid, attrs, definition):
+    """onnxruntime's GridSample (opset 20) equals the numpy ``definition`` at (x, grid) first; then both VJPs equal
+    the definition's float64 central differences."""
+    sess = ort.InferenceSession(node_model("GridSample", [("x", x, False), ("grid", grid, False)], attrs,
+                                           opset=20).SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x.astype(np.float32), "grid": grid.astype(np.float32)})[0]
+    np.testing.assert_allclose(y, definition(x, grid), rtol=1e-5, atol=1e-5)
+    check_vjp("GridSample", [("x", x, False), ("grid", grid, False)], attrs, wrt=["x", "grid"], opset=20,
+              numpy_ref=lambda f: definition(f["x"], f["grid"]))
+
+
 @pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("align", [0, 1])
 def test_grid_sample_cubic(padding, align):
@@ -102,12 +113,7 @@ def test_grid_sample_cubic(padding, align):
     x = rng.standard_normal((2, 3, 4, 5))
     grid = grid_points((2, 3, 6, 2), align=align, spread=2.5)
     attrs = {"mode": "cubic", "padding_mode": padding, "align_corners": align}
-    sess = ort.InferenceSession(node_model("GridSample", [("x", x, False), ("grid", grid, False)], attrs,
-                                           opset=20).SerializeToString(), providers=["CPUExecutionProvider"])
-    y = sess.run(None, {"x": x.astype(np.float32), "grid": grid.astype(np.float32)})[0]
-    np.testing.assert_allclose(y, grid_sample_cubic_numpy(x, grid, padding, align), rtol=1e-5, atol=1e-5)
-    check_vjp("GridSample", [("x", x, False), ("grid", grid, False)], attrs, wrt=["x", "grid"], opset=20,
-              numpy_ref=lambda f: grid_sample_cubic_numpy(f["x"], f["grid"], padding, align))
+    check_against_definition(x, grid, attrs, lambda x, grid: grid_sample_cubic_numpy(x, grid, padding, align))
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
@@ -130,13 +136,7 @@ def test_grid_sample_grid(padding, align, spread):
     x = rng.standard_normal((2, 3, 4, 5))
     grid = grid_points((2, 3, 6, 2), align=align, spread=spread)
     attrs = {"mode": "linear", "padding_mode": padding, "align_corners": align}
-    sess = ort.InferenceSession(node_model("GridSample", [("x", x, False), ("grid", grid, False)], attrs,
-                                           opset=20).SerializeToString(), providers=["CPUExecutionProvider"])
-    y = sess.run(None, {"x": x.astype(np.float32), "grid": grid.astype(np.float32)})[0]
-    np.testing.assert_allclose(y, grid_sample_numpy(x, grid, padding, align), rtol=1e-5, atol=1e-5)
-    check_vjp("GridSample", [("x", x, False), ("grid", grid, False)],
-              {"mode": "linear", "padding_mode": padding, "align_corners": align}, wrt=["x", "grid"], opset=20,
-              numpy_ref=lambda f: grid_sample_numpy(f["x"], f["grid"], padding, align))
+    check_against_definition(x, grid, attrs, lambda x, grid: grid_sample_numpy(x, grid, padding, align))
 
 
 def test_grid_sample_nearest_grid_gets_zero():
@@ -205,12 +205,7 @@ def test_grid_sample_volume_grid(padding, align):
     x = rng.standard_normal((2, 3, 3, 4, 5))
     grid = volume_points((2, 2, 3, 2, 3), (3, 4, 5), align, 2.5)
     attrs = {"mode": "linear", "padding_mode": padding, "align_corners": align}
-    sess = ort.InferenceSession(node_model("GridSample", [("x", x, False), ("grid", grid, False)], attrs,
-                                           opset=20).SerializeToString(), providers=["CPUExecutionProvider"])
-    y = sess.run(None, {"x": x.astype(np.float32), "grid": grid.astype(np.float32)})[0]
-    np.testing.assert_allclose(y, grid_sample_volume_numpy(x, grid, padding, align), rtol=1e-5, atol=1e-5)
-    check_vjp("GridSample", [("x", x, False), ("grid", grid, False)], attrs, wrt=["x", "grid"], opset=20,
-              numpy_ref=lambda f: grid_sample_volume_numpy(f["x"], f["grid"], padding, align))
+    check_against_definition(x, grid, attrs, lambda x, grid: grid_sample_volume_numpy(x, grid, padding, align))
 
 
 @pytest.mark.parametrize("align", [0, 1])
