@@ -195,10 +195,34 @@ def _function_body(node: onnx.NodeProto, opset: int, types: dict) -> onnx.Functi
             return onnx.FunctionProto.FromString(schema.get_context_dependent_function_with_opset_version(
                 dependent, node.SerializeToString(), inputs))
         if plain:
-            return onnx.FunctionProto.FromString(schema.get_function_with_opset_version(plain))
+            body = onnx.FunctionProto.FromString(schema.get_function_with_opset_version(plain))
+            first = types.get(node.input[0]) if node.input else None
+            if first is not None and first.HasField("tensor_type"):
+                _retype_constants(body, first.tensor_type.elem_type)
+            return body
     except Exception:  # noqa: BLE001 - no body for these input types
         pass
     return None
+
+
+def _retype_constants(body: onnx.FunctionProto, elem_type: int) -> None:
+    """A fixed body's float32 Constants (MeanVarianceNormalization's exponent 2 and epsilon) made of the input's
+    float type, float16 or float64: as written they only type-check with a float32 input."""
+    if elem_type not in (onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+        return
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    for node in body.node:
+        if node.op_type != "Constant" or len(node.attribute) != 1:
+            continue
+        a = node.attribute[0]
+        if a.name in ("value_float", "value_floats"):
+            value = np.asarray(onnx.helper.get_attribute_value(a), np.float32)
+        elif a.name == "value" and a.t.data_type == onnx.TensorProto.FLOAT:
+            value = onnx.numpy_helper.to_array(a.t)
+        else:
+            continue
+        del node.attribute[:]
+        node.attribute.append(onnx.helper.make_attribute("value", onnx.numpy_helper.from_array(value.astype(dtype))))
 
 
 def _constant_ranks(model: onnx.ModelProto, types: dict) -> None:

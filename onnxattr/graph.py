@@ -52,8 +52,12 @@ SAME_TYPE_OPS = {
         "GlobalAveragePool", "GlobalMaxPool", "HardSigmoid", "Identity", "Log", "MatMul", "Max", "MaxPool", "Min",
         "Mul", "Neg", "Pad", "Pow", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape",
         "Resize", "ScatterElements", "Sigmoid", "Sign", "Slice", "Softmax", "SpaceToDepth", "Split", "Sqrt",
-        "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze"), 0),
+        "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze",
+        "AffineGrid", "Ceil", "Col2Im", "Cos", "CumProd", "CumSum", "Det", "Einsum", "Floor", "GatherND",
+        "GridSample", "LogSoftmax", "Mod", "ReduceL1", "ReduceL2", "ReduceMin", "ReduceProd", "ReduceSumSquare",
+        "Round", "ScatterND", "Sin", "TensorScatter", "TopK", "Trilu"), 0),
     "Where": 1,
+    "CastLike": 1,
 }
 BOOL_OPS = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor",
                       "IsNaN", "IsInf"})
@@ -244,6 +248,15 @@ class GraphBuilder:
         out = self.op("ConstantOfShape", [self.shape_of(name)], value=self.fill_value(value, name))
         self.set_info(out, name)
         return out
+
+    def identity(self, side: str, like: str) -> str:
+        """The identity matrix [n, n] in the float type of ``like``, n held by the int64 tensor ``side`` [1] (known at
+        run time; onnxruntime's CPU EyeLike has no float16 kernel, so float16 is made as float32 and cast)."""
+        square = self.op("ConstantOfShape", [self.op("Concat", [side, side], axis=0)])
+        ftype = self.float_type(like)
+        if ftype == TensorProto.FLOAT16:
+            return self.op("Cast", [self.op("EyeLike", [square], dtype=TensorProto.FLOAT)], to=ftype)
+        return self.op("EyeLike", [square], dtype=ftype)
 
     def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 1) -> str:
         """Reduce* with axes as an input (ReduceSum from opset 13, the others from 18) or attribute."""

@@ -12,6 +12,7 @@ for another weight (LRP's W+ and W^2 on the columns, lrp/units.py).
 
 import numpy as np
 
+from onnxattr.emitters.pooling import scatter_add
 from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
@@ -137,7 +138,7 @@ def _vjp(b, node, g, need, w):
         if need[0]:
             index = b.op("Concat", [corners[i][0] for i in range(4)], axis=3)
             updates = b.op("Concat", [b.op("Mul", [cgm, corners[i][1]]) for i in range(4)], axis=3)
-            summed = b.op("ScatterElements", [b.zeros_like(xg), index, updates], axis=3, reduction="add")
+            summed = scatter_add(b, b.zeros_like(xg), index, updates, axis=3)
             out[0] = b.op("Reshape", [summed, shape_x])
         if need[2]:
             def slope(pairs, weights):  # sum_b w_b (v[1, b] - v[0, b]) over the other axis' two rows

@@ -27,6 +27,7 @@ import itertools
 import numpy as np
 from onnx import TensorProto
 
+from onnxattr.emitters.pooling import scatter_add
 from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
@@ -189,7 +190,7 @@ def grid_sample_vjp(b, node, grads, need):
     if need[0]:
         updates = b.op("Concat", [b.op("Mul", [g_flat, w]) for w in weight], axis=2)
         base = b.op("Reshape", [b.zeros_like(x), flat])
-        summed = b.op("ScatterElements", [base, b.op("Concat", index, axis=2), updates], axis=2, reduction="add")
+        summed = scatter_add(b, base, b.op("Concat", index, axis=2), updates, axis=2)
         dx = b.op("Reshape", [summed, b.op("Shape", [x])])
     if need[1] and mode == _NEAREST:
         dgrid = b.zeros_like(grid)
@@ -243,10 +244,14 @@ def affine_grid_vjp(b, node, grads, need):
     # a length 1 under align_corners is 0 in torch, -1 in onnx's reference, 1 in onnxruntime: AffineGrid decides
     if lengths is not None and all(isinstance(d, int) and (d > 1 or not align) for d in lengths):
         homogeneous = b.const(homogeneous_base(lengths, align), b.float_dtype(theta), "affine_base")
-    else:  # sizes known at run time only: AffineGrid of the identity (onnxruntime's CUDA provider has no kernel)
-        identity = b.const(np.eye(k, k + 1)[None], b.float_dtype(theta), "affine_identity")
+    else:  # sizes known at run time only: AffineGrid of the identity (onnxruntime's CUDA provider has no kernel;
+        # its CPU provider runs float16 through the op's function body, which fails on these sizes: float32, cast)
+        half = b.float_type(theta) == TensorProto.FLOAT16
+        identity = b.const(np.eye(k, k + 1)[None], np.float32 if half else b.float_dtype(theta), "affine_identity")
         one_sample = b.op("Concat", [b.ints([1]), b.op("Slice", [size, b.ints([1]), b.ints([k + 2])])], axis=0)
         base = b.op("AffineGrid", [identity, one_sample], align_corners=align)
+        if half:
+            base = b.op("Cast", [base], to=TensorProto.FLOAT16)
         base = b.op("Reshape", [base, b.ints([-1, k])])  # [points, k]: (x, y[, z]) per output point
         ones = b.op("ConstantOfShape", [b.op("Slice", [b.op("Shape", [base]), b.ints([0]), b.ints([1])])],
                     value=b.fill_value(1.0, theta))

@@ -23,19 +23,23 @@ from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
 
+def scatter_add(b, data, indices, updates, op_type="ScatterElements", **attrs):
+    """``op_type`` (ScatterElements or ScatterND) with reduction add; float16 operands are added in float32 and the
+    sum cast back (onnxruntime's CPU provider has no float16 kernel with reduction add)."""
+    if b.types.get(data) != TensorProto.FLOAT16 and b.types.get(updates) != TensorProto.FLOAT16:
+        return b.op(op_type, [data, indices, updates], reduction="add", **attrs)
+    wide = [b.op("Cast", [t], to=TensorProto.FLOAT) for t in (data, updates)]
+    return b.op("Cast", [b.op(op_type, [wide[0], indices, wide[1]], reduction="add", **attrs)],
+                to=TensorProto.FLOAT16)
+
+
 def scatter_add_flat(b, x, flat_index, g):
-    """A tensor of x's shape holding g added at the flat positions ``flat_index``; a float16 g is added in
-    float32 and cast back (onnxruntime's CPU ScatterElements has no float16 kernel with reduction add)."""
+    """A tensor of x's shape holding g added at the flat positions ``flat_index`` (scatter_add)."""
     flat_g = b.op("Reshape", [g, b.ints([-1])])
-    half = b.types.get(x) == TensorProto.FLOAT16
-    if half:
-        flat_g = b.op("Cast", [flat_g], to=TensorProto.FLOAT)
     idx = b.op("Reshape", [flat_index, b.ints([-1])])
     size = b.op("Reshape", [b.op("Size", [x]), b.ints([1])])
-    zeros = b.op("ConstantOfShape", [size], value=b.fill_value(0.0, None if half else x))
-    scattered = b.op("ScatterElements", [zeros, idx, flat_g], axis=0, reduction="add")
-    if half:
-        scattered = b.op("Cast", [scattered], to=TensorProto.FLOAT16)
+    zeros = b.op("ConstantOfShape", [size], value=b.fill_value(0.0, x))
+    scattered = scatter_add(b, zeros, idx, flat_g, axis=0)
     out = b.op("Reshape", [scattered, b.shape_of(x)])
     b.set_info(out, x)
     return out

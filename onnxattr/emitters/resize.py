@@ -95,8 +95,7 @@ def resize_vjp(b, node, grads, need):
 
 def _axis_vjp(b, node, x, g, a, rank, roi, scales, sizes):
     length = b.op("Gather", [b.op("Shape", [x]), b.ints([a])])  # [1]
-    square = b.op("Concat", [length, length], axis=0)
-    eye = b.op("EyeLike", [b.op("ConstantOfShape", [square])], dtype=b.float_type(x))  # identity [L, L]
+    eye = b.identity(length, x)  # [L, L]
     placed_shape = b.op("Concat", [length] + [
         length if i == a else b.ints([1]) for i in range(1, rank)
     ], axis=0)

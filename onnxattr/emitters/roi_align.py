@@ -12,6 +12,7 @@ get no gradient, as in torchvision's roi_align.
 
 import numpy as np
 
+from onnxattr.emitters.pooling import scatter_add
 from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
@@ -127,6 +128,5 @@ def roi_align_vjp(b, node, grads, need):
             updates.append(b.op("Reshape", [b.op("Mul", [g, b.op("Unsqueeze", [weight, b.ints([1])])]),
                                             b.ints([-1])]))
     flat = b.op("Reshape", [b.zeros_like(x), b.ints([-1])])
-    summed = b.op("ScatterElements", [flat, b.op("Concat", index, axis=0), b.op("Concat", updates, axis=0)],
-                  axis=0, reduction="add")
+    summed = scatter_add(b, flat, b.op("Concat", index, axis=0), b.op("Concat", updates, axis=0), axis=0)
     return [b.op("Reshape", [summed, b.op("Shape", [x])]), None, None]

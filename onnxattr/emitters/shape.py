@@ -17,7 +17,7 @@ import numpy as np
 from onnx import TensorProto
 
 from onnxattr.emitters.broadcast import unbroadcast
-from onnxattr.emitters.pooling import scatter_add_flat
+from onnxattr.emitters.pooling import scatter_add, scatter_add_flat
 from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
@@ -210,7 +210,7 @@ def _scatter_extreme_vjp(b, node, g, need, gather, axis):
     ftype = b.float_type(g)
     data_wins = b.op("Cast", [b.op("Equal", [data, y])], to=ftype)
     update_wins = b.op("Cast", [b.op("Equal", [updates, b.op(gather, [y, indices], **axis)])], to=ftype)
-    count = b.op(node.op_type, [data_wins, indices, update_wins], reduction="add", **axis)
+    count = scatter_add(b, data_wins, indices, update_wins, node.op_type, **axis)
     share = b.op("Div", [g, b.op("Max", [count, b.scalar(1.0, g)])])  # count >= 1 wherever y came from somewhere
     gd = b.op("Mul", [data_wins, share]) if need[0] else None
     gu = b.op("Mul", [update_wins, b.op(gather, [share, indices], **axis)]) if need[2] else None
@@ -230,7 +230,7 @@ def _scatter_product_vjp(b, node, g, need, gather, axis):
         is_zero = b.op("Equal", [updates, b.scalar(0.0, updates)])
         nonzero = b.op("Where", [is_zero, b.scalar(1.0, updates), updates])
         zeros = b.op("Cast", [is_zero], to=ftype)
-        zero_count = b.op(node.op_type, [b.zeros_like(data), indices, zeros], reduction="add", **axis)
+        zero_count = scatter_add(b, b.zeros_like(data), indices, zeros, node.op_type, **axis)
         product = b.op(node.op_type, [data, indices, nonzero], reduction="mul", **axis)  # data * P
         others_zero = b.op("Sub", [b.op(gather, [zero_count, indices], **axis), zeros])
         rest = b.op("Div", [b.op(gather, [b.op("Mul", [g, product]), indices], **axis), nonzero])
