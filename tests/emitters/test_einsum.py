@@ -44,10 +44,27 @@ def test_einsum_vjp_broadcast_ellipsis(eq, shapes):
     check_vjp("Einsum", [(n, r(s), False) for n, s in zip("ab", shapes)], {"equation": eq}, wrt=["a", "b"])
 
 
-def test_einsum_diagonal_is_refused():
-    model = node_model("Einsum", [("a", r((3, 3)), False)], {"equation": "ii->i"})
-    with pytest.raises(UnsupportedModelError, match="Einsum node 'node' .ii->i.: the subscripts 'ii' repeat"):
-        onnxattr.compile(model, "gradient", neuron="all")
+@pytest.mark.parametrize("eq,shapes,dynamic", [
+    ("ii->i", [(4, 4)], ()),                              # torch.diagonal
+    ("ii", [(4, 4)], ()),                                 # a trace (implicit output: none)
+    ("bii->b", [(2, 3, 3)], (0,)),                        # batched traces
+    ("...ii->...i", [(2, 3, 3)], (0,)),                   # onnx's test_einsum_batch_diagonal
+    ("bii,bij->bj", [(2, 3, 3), (2, 3, 4)], (0,)),        # a diagonal read by a product
+    ("iij,jk->ik", [(3, 3, 4), (4, 2)], ()),
+    ("ijij->ij", [(2, 3, 2, 3)], ()),                     # two letters repeated
+    ("bii->bi", [(2, 3, 3)], {"a": (0, 1, 2)}),           # sizes known at run time only: EyeLike
+])
+def test_einsum_repeated_letter(eq, shapes, dynamic):
+    """A letter repeated within an operand (a diagonal or trace) is differentiated as the same sum written with a
+    new letter and an identity operand: the gradient puts g on the diagonal."""
+    names = "abc"[:len(shapes)]
+    check_vjp("Einsum", [(n, r(s), False) for n, s in zip(names, shapes)], {"equation": eq}, wrt=list(names),
+              dynamic=dynamic)
+
+
+def test_einsum_repeated_output_letter_is_refused():
+    with pytest.raises(UnsupportedModelError, match="Einsum node 'node' .i->ii.: the subscripts 'ii' repeat"):
+        check_vjp("Einsum", [("a", r(4), False)], {"equation": "i->ii"})
 
 
 def test_einsum_letter_broadcast_from_one_is_refused():
