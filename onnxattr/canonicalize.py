@@ -57,8 +57,28 @@ def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
             f"{first.split('failed: ', 1)[-1]}"  # the converter's C++ assertion text, without its file:line
         ) from None
     _same_interface(before, model, label)
+    _typed_pad_values(model)
     model.ir_version = max(model.ir_version, 8)
     return model
+
+
+def _typed_pad_values(model: onnx.ModelProto) -> None:
+    """The version converter turns Pad-2's ``value`` attribute into a float32 Constant whatever the data's type, which
+    fails onnx's checker for a float64 or float16 model: such a constant takes the type of the tensor it pads."""
+    made = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.attribute
+            and n.attribute[0].name == "value" and n.attribute[0].t.data_type == onnx.TensorProto.FLOAT}
+    pads = [n for n in model.graph.node if n.op_type == "Pad" and len(n.input) > 2 and n.input[2] in made]
+    if not pads:
+        return
+    typed = onnx.shape_inference.infer_shapes(model)  # (not strict: what it cannot type stays untyped)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(typed.graph.input) + list(typed.graph.value_info)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    for node in pads:
+        want = types.get(node.input[0])
+        if want in (onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            value = made[node.input[2]].attribute[0]
+            array = onnx.numpy_helper.to_array(value.t).astype(onnx.helper.tensor_dtype_to_np_dtype(want))
+            value.t.CopyFrom(onnx.numpy_helper.from_array(array, value.t.name))
 
 
 def _same_interface(before: onnx.ModelProto, after: onnx.ModelProto, label: str) -> None:

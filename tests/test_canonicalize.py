@@ -209,3 +209,25 @@ def test_an_upgrade_that_changes_the_inputs_is_refused():
     with pytest.raises(UnsupportedModelError, match=r"opset 8 to 17 changes 'initial' from \[1, 2\] to \[2\] "
                                                     r"\(Scan-8 .*export it with opset 17 or newer"):
         canonicalize(model)
+
+
+@pytest.mark.parametrize("elem,dtype", [(onnx.TensorProto.DOUBLE, np.float64), (onnx.TensorProto.FLOAT16, np.float16)])
+def test_an_upgraded_pad_value_takes_the_data_type(elem, dtype):
+    """onnx's version converter writes Pad-2's value attribute as a float32 constant, whatever the data's type: a
+    float64 (or float16) export at an old opset then failed onnx's checker as an internal error. Its fill value
+    now takes the data's type, and the gradient of sum(Pad(x) * w) is w's interior."""
+    from onnx import helper, numpy_helper
+
+    import onnxattr
+
+    w = np.arange(1.0, 21.0).reshape(1, 1, 4, 5).astype(dtype)
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x"], ["p"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=0.5, mode="constant"),
+         helper.make_node("Mul", ["p", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", elem, [1, 1, 2, 3])], [helper.make_tensor_value_info("y", elem, [1, 1, 4, 5])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=4)
+    compiled = onnxattr.compile(model, "gradient", neuron="all")
+    x = np.ones((1, 1, 2, 3), dtype)
+    got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+    np.testing.assert_array_equal(got, w[:, :, 1:3, 1:4])
