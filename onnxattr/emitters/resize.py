@@ -7,7 +7,9 @@ dx = P_a @ g along each axis (a MatMul on the last or second-to-last axis, a Tra
 Reshape-and-sum is wrong for half the nearest modes; this is exact for every mode. An ``axes`` attribute
 (opset 18; torch's dynamo exporter writes it) is spelled out to full-rank scales, sizes and roi first. Sizes
 computed at run time (a segmentation head's interpolate(size=x.shape[-2:]) under a symbolic batch axis) are read off
-the output: its inferred length where known, else its length at run time; the batch axis is taken as kept.
+the output: its inferred length where known, else its length at run time; the batch axis is taken as kept. Scales
+fed at run time (an Upsample-9's scales input) resize each P_a by the scale of its own axis, read at run time, for
+every axis but the batch (an axis of scale 1 gives an identity P_a).
 """
 
 import numpy as np
@@ -19,7 +21,8 @@ from onnxattr.errors import UnsupportedModelError
 def _resize_inputs(b, node):
     """(roi, scales, sizes) as compile-time arrays (None when absent). Sizes computed at run time (a segmentation
     head's interpolate(size=x.shape[-2:]) under a symbolic batch) come back as the string "output": the resized
-    lengths are then the output's, read off its inferred shape or at run time."""
+    lengths are then the output's, read off its inferred shape or at run time. Scales computed at run time (and no
+    sizes) come back as the string "input": the scales input is read at run time."""
     names = list(node.input) + [""] * (4 - len(node.input))
     vals = []
     for k, name in enumerate(names[1:4]):
@@ -30,13 +33,16 @@ def _resize_inputs(b, node):
         if v is None and k == 2 and b.rank(node.input[0]) is not None:
             vals.append("output")
             continue
+        if v is None and k == 1 and b.rank(node.input[0]) is not None and not names[3]:
+            vals.append("input")
+            continue
         if v is None:
             raise UnsupportedModelError(
                 f"Resize node '{node.name}': {'roi' if k == 0 else 'scales'} computed at run time are not supported"
             )
         vals.append(np.asarray(v))
     roi, scales, sizes = vals
-    if scales is not None and scales.size == 0:
+    if isinstance(scales, np.ndarray) and scales.size == 0:
         scales = None
     if isinstance(sizes, np.ndarray) and sizes.size == 0:
         sizes = None
@@ -51,7 +57,7 @@ def _full_rank(node, rank, roi, scales, sizes):
         full = np.concatenate([np.zeros(rank), np.ones(rank)])
         full[axes], full[[rank + a for a in axes]] = roi[:len(axes)], roi[len(axes):]
         roi = full
-    if scales is not None:
+    if isinstance(scales, np.ndarray):
         scales, listed = np.ones(rank, np.float32), scales
         scales[axes] = listed
     if isinstance(sizes, np.ndarray):
@@ -74,7 +80,11 @@ def resize_vjp(b, node, grads, need):
             raise UnsupportedModelError(f"Resize node '{node.name}': an axes attribute needs the input's rank")
         roi, scales, sizes = _full_rank(node, len(xs), roi, scales, sizes)
     rank = len(xs) if xs is not None else len(scales if scales is not None else sizes)
-    if scales is not None:
+    if isinstance(scales, str):  # read at run time: every axis but the batch
+        listed = [a % rank for a in node_attr(node, "axes")] if node_attr(node, "axes") is not None else range(rank)
+        axes = [a for a in listed if a != 0]
+        scales = {a: (node.input[2], j) for j, a in enumerate(listed)}  # axis -> (scales input, its entry)
+    elif scales is not None:
         axes = [a for a in range(rank) if scales[a] != 1.0]
     elif isinstance(sizes, str):  # every axis but one the input and output share a length on (the batch)
         ys = b.shape(node.output[0]) or [None] * rank
@@ -101,7 +111,12 @@ def _axis_vjp(b, node, x, g, a, rank, roi, scales, sizes):
     ], axis=0)
     placed = b.op("Reshape", [eye, placed_shape])
     roi_name = b.const(roi, np.float32) if roi is not None and roi.size else ""
-    if scales is not None:
+    if isinstance(scales, dict):  # this axis' scale from the scales input, 1 on the others
+        name, entry = scales[a]
+        ones = lambda n: [b.const(np.ones(n, np.float32), np.float32)] if n else []  # noqa: E731
+        s = b.op("Concat", ones(a) + [b.op("Gather", [name, b.ints([entry])])] + ones(rank - a - 1), axis=0)
+        resized = b.op("Resize", [placed, roi_name, s])
+    elif scales is not None:
         s = np.ones(rank, np.float32)
         s[a] = scales[a]
         resized = b.op("Resize", [placed, roi_name, b.const(s, np.float32)])

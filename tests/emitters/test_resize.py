@@ -1,8 +1,11 @@
 """onnxattr/emitters/resize.py: Resize in every mode (a linear map: checked exactly on onnxruntime)."""
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+import onnxattr
 from onnxattr.light import infer_shapes
 from tests.vjp_check import check_vjp, run_vjp, vjp_model
 
@@ -112,3 +115,43 @@ def test_resize_keep_aspect_ratio_refused():
                              ("s", np.zeros(0, np.float32), True), ("z", np.array([8, 8], np.int64), True)],
                   {"mode": "linear", "axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"}, opset=18,
                   linear_ort=True)
+
+
+@pytest.mark.parametrize("attrs", MODES)
+@pytest.mark.parametrize("scales", [[1, 1, 2, 2], [1, 1, 1.5, 0.5], [1, 1.0, 1.1, 1]])
+def test_resize_scales_fed_at_run_time(attrs, scales):
+    """Scales fed as an input (an Upsample-9 with a scales input, after the upgrade): each axis' map is resized by its
+    own scale read at run time; a scale of 1.1 that leaves the length (4) is still a resampling."""
+    check_vjp("Resize", [("x", rng.standard_normal((2, 3, 4, 6)), False), ("roi", np.zeros(0, np.float32), True),
+                         ("s", np.array(scales, np.float32), False)], attrs, dynamic={"x": (0,)}, linear_ort=True)
+
+
+def test_resize_axes_scales_fed_at_run_time():
+    check_vjp("Resize", [("x", rng.standard_normal((2, 3, 4, 6)), False), ("roi", np.zeros(0, np.float32), True),
+                         ("s", np.array([2.0, 0.5], np.float32), False)], {"mode": "linear", "axes": [2, 3]},
+              dynamic={"x": (0,)}, opset=18, linear_ort=True)
+
+
+def test_upsample_with_a_scales_input():
+    """Upsample-9 reads its scales from an input, which the opset upgrade keeps as the Resize's: the map of
+    sum(Upsample(x, s) * v) with s fed equals the map with s stored in the model (its own test above)."""
+    v = rng.standard_normal((1, 2, 6, 12)).astype(np.float32)
+    scales = np.array([1, 1, 2, 3], np.float32)
+    maps = []
+    for fed in (True, False):
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])]
+        inits = [numpy_helper.from_array(v, "v")]
+        if fed:
+            inputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, [4]))
+        else:
+            inits.append(numpy_helper.from_array(scales, "s"))
+        graph = helper.make_graph([helper.make_node("Upsample", ["x", "s"], ["u"], mode="nearest"),
+                                   helper.make_node("Mul", ["u", "v"], ["y"])], "g", inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 12])], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4)
+        compiled = onnxattr.compile(model, "gradient", input="x", neuron="all")
+        feeds = {"x": rng.standard_normal((1, 2, 3, 4)).astype(np.float32), "s": scales}
+        session = ort.InferenceSession(compiled.SerializeToString())
+        maps.append(session.run(["relevance"], {i.name: feeds[i.name] for i in session.get_inputs()})[0])
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-6)
+    np.testing.assert_allclose(maps[1], v.reshape(1, 2, 3, 2, 4, 3).sum(axis=(3, 5)), rtol=1e-5)
