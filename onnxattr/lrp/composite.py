@@ -74,6 +74,7 @@ class Composite:
         nodes on the path, in topological order."""
         on_path = {n.name for n in nodes}
         units = find_units(b, nodes, on_path, {y}, x)
+        _pads_from_input(units, nodes, x)
         kernel_outputs = {u.out for u in units.values() if u.kind != "pool"}
         for n in nodes:  # a layer's output moved by layout ops (a transformer's tokens reshaped) is still its output
             if n.op_type in LAYOUT_OPS and n.input and n.input[0] in kernel_outputs:
@@ -275,6 +276,20 @@ def _describe(rule) -> str:
     if rule.name == "gamma":
         extra.append(f"gamma={rule.gamma:g}")
     return rule.name + (f"({', '.join(extra)})" if extra else "")
+
+
+def _pads_from_input(units, nodes, x) -> None:
+    """unit.pads: the Pad nodes between the explained input x and a unit's input when x reaches it through Pads alone
+    (a Keras 'same' convolution or torch's ZeroPad2d exported as Pad + Conv), so that z-box bounds given as arrays of
+    x's shape are padded the same way (rules._bounds_of_the_input): a padded entry is the pad value, its bounds too."""
+    producer = {o: n for n in nodes for o in n.output}
+    for unit in units.values():
+        chain, t = [], unit.x
+        while t != x and t in producer and producer[t].op_type == "Pad":
+            chain.insert(0, producer[t])
+            t = producer[t].input[0]
+        if t == x and chain:
+            unit.pads = chain
 
 
 def _kernel_layers(nodes, units, x, through=None):

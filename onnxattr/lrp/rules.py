@@ -162,12 +162,30 @@ def _input(b, unit: Unit, which: str, rule: Rule):
             out = b.op("Min", [x, b.scalar(0.0, x)])
         else:
             fill = 1.0 if which == "ones" else 0.0
-            out = b.op("ConstantOfShape", [b.op("Shape", [x])], value=b.fill_value(fill, x))
+            bound = rule.low if which == "low" else rule.high
+            padded = which in ("low", "high") and _bounds_of_the_input(b, unit, bound)
+            source = unit.pads[0].input[0] if padded else x
+            out = b.op("ConstantOfShape", [b.op("Shape", [source])], value=b.fill_value(fill, x))
             if which in ("low", "high"):
-                bound = rule.low if which == "low" else rule.high
                 out = b.op("Add", [out, b.const(np.asarray(bound), b.float_dtype(x), which)])
+            for pad in unit.pads if padded else ():  # then padded as the input was on its way to the layer
+                out = b.replay(pad, {pad.input[0]: out})[0]
         unit.cache[key] = out
     return unit.cache[key]
+
+
+def _bounds_of_the_input(b, unit: Unit, bound) -> bool:
+    """Whether z-box bounds given as an array are the explained input's, which Pads stand between it and the layer
+    (unit.pads): the array does not broadcast to the layer's input but does to the explained input's. Scalars, and
+    arrays of the layer input's shape, cover the layer input as they are, padded entries included, as in Zennit."""
+    if not unit.pads or np.ndim(bound) == 0:
+        return False
+
+    def fits(shape):
+        return shape is not None and len(shape) >= np.ndim(bound) and all(
+            d == 1 or s == d or not isinstance(s, int) for d, s in zip(np.shape(bound)[::-1], shape[::-1]))
+
+    return not fits(b.shape(unit.x)) and fits(b.shape(unit.pads[0].input[0]))
 
 
 def _stabilize(b, z, rule: Rule):

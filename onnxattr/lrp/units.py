@@ -49,6 +49,7 @@ class Unit:
     nonneg: bool = False    # x >= 0 by construction (a Relu output, pooled/reshaped): x+ = x, x- = 0
     out_has_bias: bool = True  # False when the bias is added after a reshape (Conv1D from tf2onnx)
     left: bool = False      # MatMul(W, x): the constant 2-D weight is the left operand (z = W x)
+    pads: list = field(default_factory=list)  # Pad nodes from the explained input to x, in order (z-box's bounds)
 
     def _einsum_operands(self, x, w):
         """An Einsum unit's node inputs with x and w in place of its own operands."""

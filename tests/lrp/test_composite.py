@@ -204,6 +204,35 @@ def test_conv_with_a_weight_computed_from_the_input_takes_the_gradient(preset):
     assert np.abs(dynamic - fixed).max() > 1e-3 * np.abs(fixed).max()
 
 
+def test_zbox_bounds_of_the_input_are_padded_as_the_input_is():
+    """A Pad node before the first Conv (Keras' 'same' padding, torch's ZeroPad2d): z-box bounds given as arrays of
+    the input's shape did not fit the padded layer input. They are now padded as the input is (a padded entry is 0,
+    and so are its bounds), which gives the map of the same net written as a Conv with pads. (Scalar bounds cover
+    the padded entries too, as Zennit's ZBox does: tests/oracles' torch_strided checks that.)"""
+    from onnx import helper
+
+    from tests.models import single_io_model
+
+    rng = np.random.default_rng(5)
+    inits = {"w1": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+             "w2": rng.standard_normal((3, 4 * 8 * 8)).astype(np.float32)}
+    head = [helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+            helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    pad = [helper.make_node("Pad", ["x", "pads"], ["xp"]), helper.make_node("Conv", ["xp", "w1"], ["c"])]
+    padded = single_io_model(pad + head, {**inits, "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1])}, [1, 2, 8, 8], [1, 3])
+    attribute = single_io_model([helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1])] + head, inits,
+                                [1, 2, 8, 8], [1, 3])
+    x = X[:1]
+    low, high = np.minimum(x, 0) - 0.5, np.maximum(x, 0) + 0.5
+    maps = [relevance_of(m, "lrp.epsilon_gamma_box", x, low=low, high=high) for m in (padded, attribute)]
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5 * np.abs(maps[1]).max())
+
+
+def relevance_of(model, method, x, **params):
+    compiled = onnxattr.compile(model, method, **params)
+    return ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
+
+
 @pytest.mark.parametrize("method", ["lrp.epsilon", "lrp.z_plus", "deep_taylor"])
 def test_pass_sums_relevance_over_a_broadcast_operand(method):
     """A per-sample scale s [N, 1] (computed from x) times features h [N, 7], scale first: pass gives s the
