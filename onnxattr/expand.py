@@ -19,8 +19,8 @@ EXPANDED = "onnxattr.expanded"  # the domain of the model-local functions that e
 # Attention from opset 23; LinearAttention and CausalConvWithState, opset 27, are Gated DeltaNet's and Mamba's). The
 # forward then runs the defining nodes: the same values up to float rounding. The nodes of a body are named after the
 # node they replace ("onnxattr.expanded/LinearAttention:mixer/Scan_25"), which messages then show.
-EXPANDED_OPS = frozenset({"Attention", "RotaryEmbedding", "MeanVarianceNormalization", "CenterCropPad", "LinearAttention",
-                          "CausalConvWithState"})
+EXPANDED_OPS = frozenset({"Attention", "RotaryEmbedding", "MeanVarianceNormalization", "CenterCropPad",
+                          "LinearAttention", "CausalConvWithState"})
 
 
 def _without_version_at(node: onnx.NodeProto, opset: int) -> bool:

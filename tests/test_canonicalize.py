@@ -224,7 +224,8 @@ def test_an_upgraded_pad_value_takes_the_data_type(elem, dtype):
     graph = helper.make_graph(
         [helper.make_node("Pad", ["x"], ["p"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=0.5, mode="constant"),
          helper.make_node("Mul", ["p", "w"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", elem, [1, 1, 2, 3])], [helper.make_tensor_value_info("y", elem, [1, 1, 4, 5])],
+        [helper.make_tensor_value_info("x", elem, [1, 1, 2, 3])],
+        [helper.make_tensor_value_info("y", elem, [1, 1, 4, 5])],
         [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=4)
     compiled = onnxattr.compile(model, "gradient", neuron="all")

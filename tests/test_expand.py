@@ -170,9 +170,10 @@ def _numpy_mvn(x):
 def test_ops_onnx_defines_as_functions_are_expanded_and_differentiated(case):
     """Attention (torch's dynamo exporter writes scaled_dot_product_attention as Attention from opset 23),
     RotaryEmbedding, MeanVarianceNormalization, CenterCropPad, LinearAttention (its recurrence a Scan, unrolled) and
-    CausalConvWithState have no emitter: canonicalize expands them into their ONNX definitions. The canonical forward equals onnx's reference implementation of the op
-    (numpy for MVN, which it lacks), and the compiled gradient for every float input equals float64 central
-    differences of that reference, along random directions (tests/vjp_check.py's tolerance)."""
+    CausalConvWithState have no emitter: canonicalize expands them into their ONNX definitions. The canonical forward
+    equals onnx's reference implementation of the op, and the compiled gradient for every float input equals float64
+    central differences of a reference along random directions (tests/vjp_check.py's tolerance): onnx's, or a numpy
+    definition where it lacks one (MVN) or rounds through float32 (NUMPY_REFERENCE, checked against it first)."""
     from onnx.reference import ReferenceEvaluator
 
 

@@ -20,19 +20,19 @@ in a max, Floor) and says nothing: it is skipped, and a case with no other direc
 Before the check the float input moves by up to ±0.05 (seeded), off the examples' kinks, where that keeps the
 output's shape and its finite entries; an infinite entry (an additive mask's -inf) does not move.
 
-Of the 1,481 (node case, input) pairs run (onnx 1.23), 1,215 compile, over 118 op types, and are checked this way,
-and 266 are refused by name (rank-0 inputs, which onnxattr does not explain; axes or block shapes fed at run time; a
+Of the 1,481 (node case, input) pairs run (onnx 1.23), 1,215 compile, over 118 op types, and are checked this way, and
+266 are refused by name (rank-0 inputs, which onnxattr does not explain; axes or block shapes fed at run time; a
 Resize's scales, a loss's class weights or a GroupNormalization's scale explained; training-mode BatchNormalization;
-sequence-first recurrent inputs; Unique, OneHot, DynamicQuantizeLinear and MelWeightMatrix, which
-have no backward rule); of the 148 exported models' pairs, 141 compile (onnxruntime has no kernel for some of their old op
-versions, AveragePool-1: there the reference forward is onnx's upgrade to opset 17, as onnxattr's) and 7 are
-refused (outputs that read an input only through sequences). About 20 pairs are skipped at kinks. The sweep found the
-Pow, ConvTranspose output_shape, LpNormalization, Attention and Scan-8 defects fixed since 574328c, which the
-emitters' own tests did not reach; this test fails on each but the zero vector of LpNormalization, which the move
-above takes off zero (its own test in tests/emitters/test_normalization.py keeps it). Its refusals led to the
-backward of CumProd, Det, TensorScatter, volumetric GridSample, MaxPool with storage_order=1, float64 DeformConv and
-Conv and ConvTranspose weights and Resize scales fed at run time, and to the expansion of LinearAttention and CausalConvWithState (each with its own test under tests/emitters or in
-tests/test_expand.py).
+sequence-first recurrent inputs; Unique, OneHot, DynamicQuantizeLinear and MelWeightMatrix, which have no backward
+rule); of the 148 exported models' pairs, 141 compile (onnxruntime has no kernel for some of their old op versions,
+AveragePool-1: there the reference forward is onnx's upgrade to opset 17, as onnxattr's) and 7 are refused (outputs
+that read an input only through sequences). About 20 pairs are skipped at kinks. The sweep found the Pow,
+ConvTranspose output_shape, LpNormalization, Attention and Scan-8 defects fixed since 574328c, which the emitters' own
+tests did not reach; this test fails on each but the zero vector of LpNormalization, which the move above takes off
+zero (its own test in tests/emitters/test_normalization.py keeps it). Its refusals led to the backward of CumProd,
+Det, TensorScatter, volumetric GridSample, MaxPool with storage_order=1, float64 DeformConv and Conv and ConvTranspose
+weights and Resize scales fed at run time, and to the expansion of LinearAttention and CausalConvWithState (each with
+its own test under tests/emitters or in tests/test_expand.py).
 
 A sweep of the cases' float16 copies (not kept: 3 minutes) found eight op families whose float16 backward failed onnx's
 checker or had no float16 kernel on onnxruntime's CPU provider; test_gradient_of_float16_onnx_case keeps one or two
@@ -265,7 +265,8 @@ FLOAT16_CASES = ["test_gridsample_bilinear", "test_gridsample_nearest", "test_gr
                  "test_gridsample_bicubic", "test_gridsample_volumetric_bilinear_align_corners_0",
                  "test_basic_deform_conv_with_padding", "test_scatter_elements_with_reduction_max",
                  "test_resize_upsample_sizes_nearest", "test_resize_downsample_sizes_linear_pytorch_half_pixel",
-                 "test_affine_grid_2d", "test_mvn", "test_sce_mean_weight", "test_sce_NCd1d2d3_none_no_weight_negative_ii"]
+                 "test_affine_grid_2d", "test_mvn", "test_sce_mean_weight",
+                 "test_sce_NCd1d2d3_none_no_weight_negative_ii"]
 
 
 def _float16(model: onnx.ModelProto) -> onnx.ModelProto:
