@@ -288,17 +288,23 @@ def _convtranspose_pads(b, node, x, w):
     return at, strides, dil, begin + end
 
 
+def _cut_past_full_output(b, node, g, pads):
+    """(g, pads) with the rows that a ConvTranspose's output_shape adds past its full output (zeros: a negative end
+    pad) cut from g, which no tap reads, and those end pads made 0."""
+    nsp = len(pads) // 2
+    if all(p >= 0 for p in pads[nsp:]):
+        return g, pads
+    ys = b.shape(node.output[0])
+    g = b.op("Slice", [g, b.ints([0] * nsp), b.ints([d + min(p, 0) for d, p in zip(ys[2:], pads[nsp:])]),
+                       b.ints(list(range(2, 2 + nsp)))])
+    return g, pads[:nsp] + [max(p, 0) for p in pads[nsp:]]
+
+
 def conv_transpose_input_vjp(b, node, g, w, x):
     """dL/dx of y = ConvTranspose(x, w): Conv(g, w) with the same pads, strides, dilations, group; where
     output_shape adds zeros past the full output (a negative end pad), g is cut there first."""
     at, strides, dil, pads = _convtranspose_pads(b, node, x, w)
-    nsp = len(pads) // 2
-    extra = [-p for p in pads[nsp:]]
-    if any(e > 0 for e in extra):
-        ys = b.shape(node.output[0])
-        g = b.op("Slice", [g, b.ints([0] * nsp), b.ints([d - max(e, 0) for d, e in zip(ys[2:], extra)]),
-                           b.ints(list(range(2, 2 + nsp)))])
-        pads = pads[:nsp] + [max(p, 0) for p in pads[nsp:]]
+    g, pads = _cut_past_full_output(b, node, g, pads)
     out = b.op("Conv", [g, w], group=at["group"], strides=strides, dilations=dil, pads=pads)
     b.set_info(out, x)
     return out
@@ -312,12 +318,7 @@ def conv_transpose_vjp(b, node, grads, need):
         out[0] = conv_transpose_input_vjp(b, node, grads[0], w, x)
     if len(need) > 1 and need[1]:  # the adjoint of Conv(g, W): W's gradient is Conv's with image g and gradient x
         at, strides, dil, pads = _convtranspose_pads(b, node, x, w)
-        g, nsp = grads[0], len(pads) // 2
-        if any(p < 0 for p in pads[nsp:]):  # output_shape past the full output: those rows read no tap
-            ys = b.shape(node.output[0])
-            g = b.op("Slice", [g, b.ints([0] * nsp), b.ints([d + min(p, 0) for d, p in zip(ys[2:], pads[nsp:])]),
-                               b.ints(list(range(2, 2 + nsp)))])
-            pads = pads[:nsp] + [max(p, 0) for p in pads[nsp:]]
+        g, pads = _cut_past_full_output(b, node, grads[0], pads)
         out[1] = conv_weight_vjp(b, g, x, at["group"], _kernel(b, node, w), strides, dil, pads)
     if len(need) > 2 and need[2]:
         out[2] = channel_sum(b, grads[0], b.rank(node.output[0]))  # a bias that varies with the input

@@ -74,7 +74,8 @@ class Composite:
         nodes on the path, in topological order."""
         on_path = {n.name for n in nodes}
         units = find_units(b, nodes, on_path, {y}, x)
-        _pads_from_input(units, nodes, x)
+        producer = {o: n for n in nodes for o in n.output}
+        _pads_from_input(units, producer, x)
         kernel_outputs = {u.out for u in units.values() if u.kind != "pool"}
         for n in nodes:  # a layer's output moved by layout ops (a transformer's tokens reshaped) is still its output
             if n.op_type in LAYOUT_OPS and n.input and n.input[0] in kernel_outputs:
@@ -88,7 +89,6 @@ class Composite:
         # an Add is a residual sum when two operands vary with x; one computed from x's shape alone (Swin's
         # shifted-window mask in a TorchScript export) is a bias, as it is where the exporter folded it
         varying = {x} | {o for n in nodes for o in n.output}
-        producer = {o: n for n in nodes for o in n.output}
         chosen: dict[str, object] = {}
         normed: list = []  # the products of a norm written out: x / norm(x), x * rsqrt(mean(x^2))
         centring: set = set()  # names of the centrings a - mean(a) and the norms fed their input's statistics
@@ -278,11 +278,10 @@ def _describe(rule) -> str:
     return rule.name + (f"({', '.join(extra)})" if extra else "")
 
 
-def _pads_from_input(units, nodes, x) -> None:
+def _pads_from_input(units, producer: dict, x) -> None:
     """unit.pads: the Pad nodes between the explained input x and a unit's input when x reaches it through Pads alone
     (a Keras 'same' convolution or torch's ZeroPad2d exported as Pad + Conv), so that z-box bounds given as arrays of
     x's shape are padded the same way (rules._bounds_of_the_input): a padded entry is the pad value, its bounds too."""
-    producer = {o: n for n in nodes for o in n.output}
     for unit in units.values():
         chain, t = [], unit.x
         while t != x and t in producer and producer[t].op_type == "Pad":
