@@ -35,16 +35,24 @@ PARAMS = {"shapley_values": {"feature_mask": np.arange(2).reshape(2, 1, 1)},
 
 
 def as_type(model, dtype):
-    """The model with its float32 initializers, input and output in ``dtype`` (no value_info left)."""
+    """The model with its float32 initializers, inputs, outputs, Constant values and Cast targets in ``dtype`` (no
+    value_info left)."""
     np_type, elem = TYPES[dtype]
     m = onnx.ModelProto.FromString(model.SerializeToString())
     for i, init in enumerate(m.graph.initializer):
         a = numpy_helper.to_array(init)
         if a.dtype == np.float32:
             m.graph.initializer[i].CopyFrom(numpy_helper.from_array(a.astype(np_type), init.name))
+    for node in m.graph.node:
+        for a in node.attribute:
+            if a.name == "to" and node.op_type == "Cast" and a.i == TensorProto.FLOAT:
+                a.i = elem
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np_type), a.t.name))
     del m.graph.value_info[:]
     for v in list(m.graph.input) + list(m.graph.output):
-        v.type.tensor_type.elem_type = elem
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = elem
     return m
 
 

@@ -58,6 +58,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 
 import onnxattr
 from onnxattr.errors import OnnxAttrError, SelectionError
+from tests.test_dtypes import as_type
 
 FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE}
 H, KINK, RTOL = 3e-3, 2e-3, 1e-2
@@ -269,33 +270,13 @@ FLOAT16_CASES = ["test_gridsample_bilinear", "test_gridsample_nearest", "test_gr
                  "test_sce_NCd1d2d3_none_no_weight_negative_ii"]
 
 
-def _float16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with its float32 inputs, outputs, value types, Cast targets and constants in float16."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for vi in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            vi.type.tensor_type.elem_type = TensorProto.FLOAT16
-    for node in m.graph.node:
-        for a in node.attribute:
-            if a.name == "to" and a.i == TensorProto.FLOAT:
-                a.i = TensorProto.FLOAT16
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT:
-                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
-    for k, t in enumerate(m.graph.initializer):
-        if t.data_type == TensorProto.FLOAT:
-            m.graph.initializer[k].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16),
-                                                                    t.name))
-    return m
-
-
 @pytest.mark.parametrize("name", FLOAT16_CASES)
 def test_gradient_of_float16_onnx_case(name):
     """The case in float16: its compiled gradient runs on onnxruntime's CPU provider and equals the float32 model's at
     the same (float16) point within 1e-2 of the map's largest value. float16 rounds by 4.9e-4 per op; over every
     float16 copy of onnx's cases that compiles (1,083 pairs) the largest difference was 8.2e-4 of that value."""
     case = CASES[name]
-    half = _Case(_float16(case.model), [([np.asarray(a).astype(np.float16) if np.asarray(a).dtype == np.float32
+    half = _Case(as_type(case.model, "float16"), [([np.asarray(a).astype(np.float16) if np.asarray(a).dtype == np.float32
                                           else a for a in case.data_sets[0][0]], None)])
     found = _runnable(half, 0, {TensorProto.FLOAT16})
     if isinstance(found, str):
