@@ -55,7 +55,8 @@ SAME_TYPE_OPS = {
         "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze",
         "AffineGrid", "Ceil", "Col2Im", "Cos", "CumProd", "CumSum", "Det", "Einsum", "Floor", "GatherND",
         "GridSample", "LogSoftmax", "Mod", "ReduceL1", "ReduceL2", "ReduceMin", "ReduceProd", "ReduceSumSquare",
-        "Round", "ScatterND", "Sin", "TensorScatter", "TopK", "Trilu"), 0),
+        "Round", "ScatterND", "Sin", "TensorScatter", "TopK", "Trilu",
+        "DeformConv", "InstanceNormalization", "LayerNormalization", "LpPool", "LRN", "RoiAlign"), 0),
     "Where": 1,
     "CastLike": 1,
 }

@@ -6,6 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 import onnxattr
 from tests.lrp.nets import resnet_like
@@ -265,6 +266,33 @@ def test_deform_conv_is_a_layer(method):
         None, {"x": x})[1] for d in (False, True)]
     np.testing.assert_allclose(maps[1], maps[0], rtol=0, atol=2e-5 * np.abs(maps[0]).max())
     assert np.abs(maps[0]).max() > 0
+
+
+MODIFIED_FORWARD = ["lrp.z_plus", "lrp.alpha_2_beta_1", "lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "deep_taylor",
+                    "excitation_backprop"]
+
+
+# float64 runs in onnx's reference evaluator (seconds a map): the W+ rule and the bounds' rule, which failed apart
+@pytest.mark.parametrize("method,dtype,tol", [(m, "float16", 1e-2) for m in MODIFIED_FORWARD]
+                         + [("lrp.z_plus", "float64", 1e-5), ("lrp.epsilon_gamma_box", "float64", 1e-5)])
+def test_deform_conv_layer_in_other_float_types(method, dtype, tol):
+    """The DeformConv net in float16 and float64 under the rules that run a modified forward through the layer
+    (W+, W-, or the bounds' sampling): the modified DeformConv's output keeps the model's float type, so the
+    stabilizer's constants take it too (they were float32: onnx's checker refused the compiled model). Its map
+    equals the float32 model's within float16's rounding (4.9e-4 per op) or float32's (the float32 map is the
+    coarser side) through the two layers."""
+    from tests.test_dtypes import TYPES, as_type
+
+    x = np.abs(np.random.default_rng(4).standard_normal((2, 3, 8, 8)))
+    model = _conv_or_deform(True)
+    want = ort.InferenceSession(onnxattr.compile(model, method).SerializeToString()).run(
+        ["relevance"], {"x": x.astype(np.float32)})[0]
+    typed = onnxattr.compile(as_type(model, dtype), method)
+    # onnxruntime's CPU provider has no float64 Conv (the offsets' Conv): onnx's reference evaluator runs that one
+    runner = ReferenceEvaluator(typed) if dtype == "float64" else ort.InferenceSession(typed.SerializeToString())
+    got = runner.run(["relevance"], {"x": x.astype(TYPES[dtype][0])})[0]
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
 
 
 def _pooled_net(global_pool: bool, opset=18):
