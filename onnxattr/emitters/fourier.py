@@ -21,7 +21,7 @@ ConvTranspose of g with those kernels, padded at the end to T (samples no frame 
 
 import numpy as np
 
-from onnxattr.emitters.registry import node_attr, register
+from onnxattr.emitters.registry import known_rank, node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
 
@@ -111,9 +111,7 @@ def dft_matrix(n_in: int, parts: int, length: int, inverse: int, onesided: int) 
 @register("DFT")
 def dft_vjp(b, node, grads, need):
     x = node.input[0]
-    rank = b.rank(x)
-    if rank is None:
-        raise UnsupportedModelError(f"DFT node '{node.name}': the input's rank is unknown; its backward needs it")
+    rank = known_rank(b, node)
     axis_input = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if axis_input and _scalar(b, axis_input) is None:
         raise UnsupportedModelError(f"DFT node '{node.name}': its axis is computed at run time; the backward "

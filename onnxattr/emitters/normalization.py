@@ -20,7 +20,7 @@ import numpy as np
 
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.emitters.conv import channel_sum
-from onnxattr.emitters.registry import node_attr, register
+from onnxattr.emitters.registry import known_rank, node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
 
@@ -111,7 +111,7 @@ def lrn_vjp(b, node, grads, need):
     x, g = node.input[0], grads[0]
     alpha, beta, bias = _f(node, "alpha", 1e-4), _f(node, "beta", 0.75), _f(node, "bias", 1.0)
     size = next(a.i for a in node.attribute if a.name == "size")
-    rank = b.rank(x)
+    rank = known_rank(b, node)
     s = b.op("Add", [b.op("Mul", [_window_sum(b, b.op("Mul", [x, x]), rank, size, False),
                                   b.scalar(alpha / size, x)]), b.scalar(bias, x)])
     direct = b.op("Mul", [g, b.op("Pow", [s, b.scalar(-beta, x)])])
@@ -126,7 +126,7 @@ def norm_stats(b, node):
     (from ``axis`` on; the spatial axes), its scale shaped to broadcast against x (an InstanceNorm's per
     channel), x - mean and rstd = 1 / sqrt(var + eps), recomputed from its input."""
     x, gamma = node.input[0], node.input[1]
-    rank = b.rank(x)
+    rank = known_rank(b, node)
     if node.op_type == "InstanceNormalization":
         axes = list(range(2, rank))
         shape = [-1] + [1] * (rank - 2)
@@ -189,11 +189,10 @@ def _group_stats(b, node):
     (sample, group), x - mean and rstd = 1 / sqrt(var + eps) per row (recomputed from its input), and its scale
     shaped [C, 1, ...] to broadcast against x."""
     x, gamma = node.input[0], node.input[1]
-    rank = b.rank(x)
-    if b.opset < 21 or rank is None:
-        raise UnsupportedModelError(f"GroupNormalization '{node.name}': " + (
-            "only opset 21's form (scale and bias per channel) is supported" if b.opset < 21 else
-            "the input's rank must be known"))
+    if b.opset < 21:
+        raise UnsupportedModelError(f"GroupNormalization '{node.name}': only opset 21's form (scale and bias per "
+                                    "channel) is supported")
+    rank = known_rank(b, node)
     rows = b.ints([0, node_attr(node, "num_groups"), -1])
     xr = b.op("Reshape", [x, rows])
     xc = b.op("Sub", [xr, b.reduce("ReduceMean", xr, [2])])
@@ -223,9 +222,7 @@ def rms_stats(b, node):
     """(axes, rstd) of an RMSNormalization node: the normalized axes (from ``axis`` on) and
     rstd = 1 / sqrt(mean(x^2) + eps) over them, recomputed from its input."""
     x = node.input[0]
-    rank = b.rank(x)
-    if rank is None:
-        raise UnsupportedModelError(f"RMSNormalization '{node.name}': the input's rank must be known")
+    rank = known_rank(b, node)
     axes = list(range(node_attr(node, "axis", -1) % rank, rank))
     return axes, _inverse_std(b, node, b.reduce("ReduceMean", b.op("Mul", [x, x]), axes), x)
 

@@ -91,10 +91,14 @@ def roi_align_vjp(b, node, grads, need):
     x, rois, batch_index = node.input[:3]
     mode, samples = node_attr(node, "mode", "avg"), node_attr(node, "sampling_ratio", 0)
     shape = b.shape(x)
-    if mode != "avg" or shape is None or len(shape) != 4 or not isinstance(shape[1], int):
+    if mode != "avg":
+        raise UnsupportedModelError(f"RoiAlign node '{node.name}': mode '{mode}' is not supported (mode avg is, as "
+                                    "torchvision's roi_align)")
+    if shape is None or len(shape) != 4 or not isinstance(shape[1], int):
         raise UnsupportedModelError(
-            f"RoiAlign node '{node.name}': mode '{mode}' is not supported (mode avg, as torchvision's roi_align, on "
-            "an input [N, C, H, W] with a known C)")
+            f"RoiAlign node '{node.name}': its input '{x}' must be [N, C, H, W] with a channel count C known when "
+            "compiling, and shape inference gives " + ("no shape" if shape is None else
+                                                       "[" + ", ".join(map(str, shape)) + "]"))
     oh, ow = node_attr(node, "output_height", 1), node_attr(node, "output_width", 1)
     ftype = b.float_type(rois)
     height = _Axis(b, node, rois, b.float_dim(x, 2, rois), oh, samples, 1)

@@ -18,7 +18,7 @@ from onnx import TensorProto
 
 from onnxattr.emitters.broadcast import unbroadcast
 from onnxattr.emitters.pooling import scatter_add, scatter_add_flat
-from onnxattr.emitters.registry import node_attr, register
+from onnxattr.emitters.registry import known_rank, node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
 
@@ -70,7 +70,7 @@ def castlike_vjp(b, node, grads, need):
 
 @register("Transpose")
 def transpose_vjp(b, node, grads, need):
-    perm = node_attr(node, "perm") or list(reversed(range(b.rank(node.input[0]))))
+    perm = node_attr(node, "perm") or list(reversed(range(known_rank(b, node))))
     inverse = [0] * len(perm)
     for i, p in enumerate(perm):
         inverse[p] = i
