@@ -34,31 +34,41 @@ def _inverse_std(b, node, var, like):
     return b.op("Div", [b.scalar(1.0, like), b.op("Sqrt", [b.op("Add", [var, eps])])])
 
 
+def _per_channel(b, x, values, hint: str) -> str:
+    """A per-channel vector (a name, or a constant array) shaped [C, 1, ...] to broadcast over x = [N, C, ...]: a
+    constant of that shape where x's rank is known; else reshaped at run time to [-1] and rank(x) - 2 ones (a
+    guessed rank would broadcast a [C, 1, 1] over an [N, C, L] into a wrong shape)."""
+    rank = b.rank(x)
+    if not isinstance(values, str):
+        if rank is not None:
+            return b.const(values.reshape([-1] + [1] * (rank - 2)), values.dtype, hint)
+        values = b.const(values.reshape(-1), values.dtype, hint)
+    if rank is not None:
+        return b.op("Reshape", [values, b.ints([-1] + [1] * (rank - 2))])
+    ones = b.op("Expand", [b.ints([1]), b.op("Sub", [b.op("Shape", [b.op("Shape", [x])]), b.ints([2])])])
+    return b.op("Reshape", [values, b.op("Concat", [b.ints([-1]), ones], axis=0)])
+
+
 def bn_scale(b, node):
     """gamma / sqrt(var + eps), reshaped to broadcast over [N, C, ...] (constant when possible)."""
     x, gamma, _, _, var = node.input[:5]
     eps = _f(node, "epsilon", 1e-5)
-    rank = b.rank(x) or 4
     vals = [b.value(t) for t in (gamma, var)]
     if all(v is not None for v in vals):
-        scale = vals[0] / np.sqrt(vals[1] + eps)
-        return b.const(scale.reshape([-1] + [1] * (rank - 2)).astype(vals[0].dtype), vals[0].dtype, "bn_scale")
-    scale = b.op("Div", [gamma, b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, x)])])])
-    return b.op("Reshape", [scale, b.ints([-1] + [1] * (rank - 2))])
+        return _per_channel(b, x, (vals[0] / np.sqrt(vals[1] + eps)).astype(vals[0].dtype), "bn_scale")
+    return _per_channel(b, x, b.op("Div", [gamma, b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, x)])])]), "")
 
 
 def bn_scale_shift(b, node):
     """(scale, shift) names with y = x * scale + shift, both shaped [C, 1, ...]."""
     x, gamma, beta, mean, var = node.input[:5]
     scale = bn_scale(b, node)
-    rank = b.rank(x) or 4
     vals = [b.value(t) for t in (gamma, beta, mean, var)]
     if all(v is not None for v in vals):
         eps = _f(node, "epsilon", 1e-5)
         shift = vals[1] - vals[2] * vals[0] / np.sqrt(vals[3] + eps)
-        return scale, b.const(shift.reshape([-1] + [1] * (rank - 2)).astype(vals[0].dtype), vals[0].dtype, "bn_shift")
-    shape = b.ints([-1] + [1] * (rank - 2))
-    shift = b.op("Sub", [b.op("Reshape", [beta, shape]), b.op("Mul", [b.op("Reshape", [mean, shape]), scale])])
+        return scale, _per_channel(b, x, shift.astype(vals[0].dtype), "bn_shift")
+    shift = b.op("Sub", [_per_channel(b, x, beta, ""), b.op("Mul", [_per_channel(b, x, mean, ""), scale])])
     return scale, shift
 
 

@@ -18,6 +18,48 @@ def test_batchnorm(dynamic):
                ("v", rng.random(c) + 0.5, True)], {"epsilon": 1e-3}, dynamic=dynamic)
 
 
+def _batchnorm_after_squeeze(squeeze_rank_unknown: bool):
+    """x [N, 3, L, 1] -> Squeeze of axis 3 -> BatchNormalization (constant statistics) -> y [N, 3, L]. The axis is a
+    constant, or computed from x's shape (0 * N + 3), so that shape inference cannot tell the Squeeze's rank."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    c, draw = 3, np.random.default_rng(5)
+    inits = {"g": draw.random(c) + 0.5, "b": draw.random(c) + 2, "m": draw.standard_normal(c) * 0.1,
+             "v": draw.random(c) + 0.5}  # positive outputs: Deep Taylor's map is not all 0
+    inits = {k: v.astype(np.float32) for k, v in inits.items()}
+    if squeeze_rank_unknown:
+        inits.update(start=np.array([0]), end=np.array([1]), three=np.array([3]))
+        nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Slice", ["shape", "start", "end"], ["n"]),
+                 helper.make_node("Sub", ["n", "n"], ["zero"]), helper.make_node("Add", ["zero", "three"], ["axes"])]
+    else:
+        inits["axes"] = np.array([3])
+        nodes = []
+    nodes += [helper.make_node("Squeeze", ["x", "axes"], ["s"]),
+              helper.make_node("BatchNormalization", ["s", "g", "b", "m", "v"], ["y"], name="bn")]
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, ["N", c, "L", 1])],
+                              [vi("y", TensorProto.FLOAT, ["N", c, "L"])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("method", ["gradient", "lrp.epsilon", "lrp.alpha_2_beta_1", "deep_taylor"])
+def test_batchnorm_of_an_input_of_unknown_rank(method):
+    """A BatchNormalization whose input's rank shape inference cannot tell: its per-channel scale and shift take
+    the rank at run time. They were shaped for rank 4, so on an [N, C, L] input the map came out [C, C, L] and the
+    run failed at the Squeeze's backward. The map equals the same net's with the rank known."""
+    import onnxruntime as ort
+
+    import onnxattr
+
+    x = np.abs(r((1, 3, 5, 1))).astype(np.float32)
+    maps = [ort.InferenceSession(onnxattr.compile(_batchnorm_after_squeeze(unknown), method,
+                                                  neuron="all").SerializeToString()).run(["relevance"], {"x": x})[0]
+            for unknown in (False, True)]
+    assert maps[0].shape == x.shape and np.abs(maps[0]).max() > 0
+    np.testing.assert_allclose(maps[1], maps[0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 3, 6)])
 def test_batchnorm_statistics_that_vary(shape):
     """tf2onnx writes Keras' LayerNormalization as a BatchNormalization whose mean and variance are computed from
