@@ -309,8 +309,8 @@ def grad_cam(t: Target, p: dict, guided=None) -> str:
     else:
         up = b.op("Resize", [cam, empty, empty, sizes], mode="nearest", coordinate_transformation_mode="asymmetric",
                   nearest_mode="floor")
-    if cam_type == onnx.TensorProto.DOUBLE:
-        up = b.op("Cast", [up], to=cam_type)
+    if b.float_type(up) != b.float_type(t.x):  # the map in x's type: a float64 cam, or a float16 layer after a Cast
+        up = b.op("Cast", [up], to=b.float_type(t.x))  # of a float32 input (onnxconverter-common's keep_io_types)
     if perm is not None:
         up = b.op("Transpose", [up], perm=[int(i) for i in np.argsort(perm)])
     before = {node.name for node in live_nodes(on_path, [layer])}

@@ -195,6 +195,27 @@ def test_a_float64_model_gets_its_cam_resized_in_float32():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
+def test_a_float16_layer_behind_a_cast_of_a_float32_input():
+    """A float32 input cast to float16 at the start (onnxconverter-common's keep_io_types): the cam, computed in
+    the layer's float16, takes the input's float32 before the map is shaped like x (it kept float16, and onnx's
+    checker refused the compiled model as an internal error). The map equals the float32 model's within
+    float16's rounding."""
+    from tests.test_dtypes import as_type
+
+    model = resnet_like(bias=True)
+    half = as_type(model, "float16")
+    x_name = half.graph.input[0].name
+    half.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    for node in half.graph.node:
+        node.input[:] = [x_name + "_half" if i == x_name else i for i in node.input]
+    half.graph.node.insert(0, helper.make_node("Cast", [x_name], [x_name + "_half"], to=onnx.TensorProto.FLOAT16))
+    x = RNG.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    want = analyze("grad_cam", model, x, layer="r3")
+    got = analyze("grad_cam", half, x, layer="r3")
+    assert got.dtype == np.float32 and np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-2 * np.abs(want).max())
+
+
 def test_a_layer_of_another_rank_is_refused():
     with pytest.raises(UsageError, match="layer 'p' has rank 2; Grad-CAM needs a feature map"):
         onnxattr.compile(_sequence_net(), "grad_cam", layer="p")
