@@ -34,7 +34,7 @@ def _inverse_std(b, node, var, like):
     return b.op("Div", [b.scalar(1.0, like), b.op("Sqrt", [b.op("Add", [var, eps])])])
 
 
-def _per_channel(b, x, values, hint: str) -> str:
+def _per_channel(b, x, values, hint: str = "per_channel") -> str:
     """A per-channel vector (a name, or a constant array) shaped [C, 1, ...] to broadcast over x = [N, C, ...]: a
     constant of that shape where x's rank is known; else reshaped at run time to [-1] and rank(x) - 2 ones (a
     guessed rank would broadcast a [C, 1, 1] over an [N, C, L] into a wrong shape)."""
@@ -56,7 +56,7 @@ def bn_scale(b, node):
     vals = [b.value(t) for t in (gamma, var)]
     if all(v is not None for v in vals):
         return _per_channel(b, x, (vals[0] / np.sqrt(vals[1] + eps)).astype(vals[0].dtype), "bn_scale")
-    return _per_channel(b, x, b.op("Div", [gamma, b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, x)])])]), "")
+    return _per_channel(b, x, b.op("Div", [gamma, b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, x)])])]))
 
 
 def bn_scale_shift(b, node):
@@ -68,7 +68,7 @@ def bn_scale_shift(b, node):
         eps = _f(node, "epsilon", 1e-5)
         shift = vals[1] - vals[2] * vals[0] / np.sqrt(vals[3] + eps)
         return scale, _per_channel(b, x, shift.astype(vals[0].dtype), "bn_shift")
-    shift = b.op("Sub", [_per_channel(b, x, beta, ""), b.op("Mul", [_per_channel(b, x, mean, ""), scale])])
+    shift = b.op("Sub", [_per_channel(b, x, beta), b.op("Mul", [_per_channel(b, x, mean), scale])])
     return scale, shift
 
 
