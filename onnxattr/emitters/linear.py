@@ -63,12 +63,17 @@ def gemm_vjp(b, node, grads, need):
     return out
 
 
-def _mm(b, a, c):
-    """MatMul with its result's rank recorded (so unbroadcast can find the axes at compile time)."""
+def _mm(b, a, c, batch_like: str | None = None):
+    """MatMul with its result's rank recorded (so unbroadcast can find the axes at compile time), and its batch
+    dims those of ``batch_like`` (the forward MatMul's output: a product with g has its batch dims) where known:
+    unbroadcast then sees where an operand's symbolic batch dim may have been broadcast."""
     out = b.op("MatMul", [a, c])
     ra, rc = b.rank(a), b.rank(c)
     if ra is not None and rc is not None:
         b.shapes[out] = [None] * max(ra, rc)
+        like = b.shape(batch_like) if batch_like else None
+        if like is not None and len(like) == max(ra, rc):
+            b.shapes[out] = list(like[:-2]) + [None, None]
     return out
 
 
@@ -106,7 +111,7 @@ def matmul_input_vjp(b, node, g, w, x):
         return unbroadcast(b, out, x)
     else:
         wt = _swap_last(b, w)
-    return unbroadcast(b, _mm(b, g, wt), x)
+    return unbroadcast(b, _mm(b, g, wt, node.output[0]), x)
 
 
 @register("MatMul")
@@ -138,7 +143,7 @@ def matmul_vjp(b, node, grads, need):
             flat = b.op("Reshape", [t, b.op("Concat", [b.ints([-1]), b.shape_of(w)], axis=0)])
             out[1] = b.op("ReduceSum", [flat, b.ints([0])], keepdims=0)
         else:
-            out[1] = unbroadcast(b, _mm(b, _swap_last(b, a), g), w)
+            out[1] = unbroadcast(b, _mm(b, _swap_last(b, a), g, node.output[0]), w)
     return out
 
 

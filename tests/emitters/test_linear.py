@@ -32,6 +32,16 @@ def test_matmul_vjp_activations(sa, sb):
     check_vjp("MatMul", [("a", r(sa), False), ("b", r(sb), False)], wrt=["a", "b"])
 
 
+@pytest.mark.parametrize("sa,sb,dynamic", [
+    ((2, 1, 3, 4), (5, 4, 2), {"a": (1,), "b": (0,)}),  # a's batch dim 1 broadcast, both symbolic
+    ((3, 1, 3, 4), (1, 2, 4, 2), {"a": (0, 1, 2, 3), "b": (0, 1, 2, 3)}),  # onnx's test_matmul_bcast, all symbolic
+    ((5, 3, 4), (1, 4, 2), {"a": (1,), "b": (0,)})])  # b's broadcast
+def test_matmul_vjp_symbolic_batch_dims_that_broadcast(sa, sb, dynamic):
+    """A batch dim declared symbolic may be 1 at run time and broadcast: the gradient is summed over it at run
+    time. (It was taken for one that does not broadcast: a's gradient came out [3, 2, 3, 4] for a [3, 1, 3, 4].)"""
+    check_vjp("MatMul", [("a", r(sa), False), ("b", r(sb), False)], wrt=["a", "b"], dynamic=dynamic)
+
+
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5))])
 def test_matmul_vjp_constant_weight(sa, sb):
     check_vjp("MatMul", [("a", r(sa), False), ("b", r(sb), True)], dynamic=(0,))
