@@ -16,6 +16,7 @@ import onnx
 from onnxattr.control_flow import why_control_flow_kept
 from onnxattr.emitters import VJPS, ZERO_GRAD_OPS
 from onnxattr.errors import UnsupportedModelError
+from onnxattr.expand import EXPANDED_OPS
 from onnxattr.graph import GraphBuilder, node_reads
 from onnxattr.recurrent_nodes import RECURRENT_OPS, sequence_length, why_not_fused, why_not_unrolled
 
@@ -105,10 +106,14 @@ def check_supported(on_path: Iterable[onnx.NodeProto], rule_for: RuleLookup | No
             )
         supported = ", ".join(sorted(VJPS))
         fused = any(op.startswith("com.microsoft.") for op in missing)
+        defined = sorted(op for op in missing if op in EXPANDED_OPS)  # canonicalize could not expand these
         raise UnsupportedModelError(
             f"no backward rule for these ops on the explained path: {listing}. "
             + ("The com.microsoft ops are onnxruntime's fusions (its transformer optimizer writes them): explain "
                "the model as exported, before that optimizer. " if fused else "")
+            + (f"{', '.join(defined)} {'is' if len(defined) == 1 else 'are'} differentiated through its ONNX "
+               "definition, which onnx could not build for the types and shapes of its inputs here (declare the "
+               "channel and weight dims as numbers). " if defined else "")
             + f"Supported: {supported}"
         )
 

@@ -278,3 +278,21 @@ def test_an_attention_row_its_mask_hides_whole_has_a_finite_gradient(opset):
             numeric = (reference.run(None, {**inputs, name: a + h * u})[0].item()
                        - reference.run(None, {**inputs, name: a - h * u})[0].item()) / (2 * h)
             assert abs((grad * u).sum() - numeric) <= 2e-5 * (abs(numeric) + np.abs(grad * u).sum()) + 1e-5, name
+
+
+def test_a_definition_onnx_cannot_build_for_the_shapes_is_refused_by_name():
+    """CausalConvWithState's ONNX definition depends on the input's channel count; onnx builds an empty body when
+    that is symbolic. The node then stays and is refused naming it and why (before: onnx's inliner failed an
+    assertion, a RuntimeError)."""
+    from onnx import TensorProto, helper
+
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("CausalConvWithState", ["x", "w"], ["y", "state"], name="conv")], "g",
+        [vi("x", TensorProto.FLOAT, ["N", "C", "L"]), vi("w", TensorProto.FLOAT, ["C", 1, "K"])],
+        [vi("y", TensorProto.FLOAT, ["N", "C", "L"]), vi("state", TensorProto.FLOAT, ["N", "C", "S"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 27)])
+    with pytest.raises(onnxattr.errors.UnsupportedModelError,
+                       match=r"CausalConvWithState \(1: conv\).*differentiated through its ONNX definition, which "
+                             r"onnx could not build for the types and shapes of its inputs"):
+        onnxattr.compile(model, "gradient", input="x", output="y")
