@@ -8,7 +8,8 @@ ScatterElements(reduction="add") into a flat zero tensor (MaxUnpool is wrong for
 AveragePool VJP: y = S(x) / D with S the window sum and D the per-position divisor, so
 dx = S^T(g / D): a depthwise ConvTranspose with a ones kernel, cropped like Conv's VJP. D is computed at
 compile time from the geometry (count_include_pad, ceil_mode overhang excluded); without static spatial
-dims it must be uniform (no pads, no ceil_mode).
+dims it is the kernel's size where every window lies inside x or its pads, else counted at run time by a
+sum-pool of ones.
 LpPool VJP: y = S(|x|^p)^(1/p), so dx = sign(x) |x|^(p-1) S^T(g y^(1-p)) (0 where y = 0), S^T as above and, for
 GlobalLpPool, a broadcast.
 MaxUnpool VJP: y is zero but for y.flat[I] = x (I: flat indices into y, as MaxPool's Indices give them), so
@@ -109,8 +110,8 @@ def _divisor(b, node, x, kernel, strides, dil, begin):
         end = [0] * nsp  # recomputed below from the static shapes
     xs, ys = b.shape(x), b.shape(node.output[0])
     if xs is None or ys is None or not all(isinstance(d, int) for d in xs[2:] + ys[2:]):
-        if not any(begin) and not any(end) and not at.get("ceil_mode", 0):
-            return float(np.prod(kernel))
+        if not at.get("ceil_mode", 0) and (at.get("count_include_pad", 0) or not any(begin) and not any(end)):
+            return float(np.prod(kernel))  # every window's taps all inside x or its pads
         return None
     if conv_attrs(node)["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
         end = [
@@ -133,6 +134,36 @@ def _divisor(b, node, x, kernel, strides, dil, begin):
     return d
 
 
+def _inverse_divisor_at_run_time(b, node, x, kernel, strides, dil, begin) -> str:
+    """1 / D [1, 1, *output spatial] for spatial dims known only at run time: the taps inside x counted by a
+    sum-pool of ones with the node's geometry (a Conv with a ones kernel; with ceil_mode an LpPool of p = 1,
+    opset 18), and with count_include_pad those inside the pads too, D = inside / AveragePool(ones). Counted in
+    float32 (small integers, exact) and cast to x's type; 0 for a window with no tap inside x (it adds to no
+    x)."""
+    at = {a.name: a.i for a in node.attribute if a.name in ("ceil_mode", "count_include_pad")}
+    if at.get("ceil_mode", 0) and b.opset < 18:
+        raise UnsupportedModelError(f"AveragePool node '{node.name}': ceil_mode with dynamic spatial dims needs "
+                                    "opset 18 (LpPool's ceil_mode counts the windows' taps); export at opset 18 or "
+                                    "newer, or with a fixed input size")
+    nsp = len(kernel)
+    pads = conv_attrs(node).get("pads") or [0] * (2 * nsp)
+    geometry = {"strides": strides, "pads": list(begin) + list(pads[nsp:]), "kernel_shape": kernel}
+    if any(d != 1 for d in dil):
+        geometry["dilations"] = dil
+    spatial = b.op("Slice", [b.op("Shape", [x]), b.ints([2]), b.ints([2 + nsp])])
+    ones = b.op("ConstantOfShape", [b.op("Concat", [b.ints([1, 1]), spatial], axis=0)],
+                value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
+    if at.get("ceil_mode", 0):
+        inside = b.op("LpPool", [ones], p=1, ceil_mode=1, **geometry)
+    else:
+        inside = b.op("Conv", [ones, b.const(np.ones([1, 1] + list(kernel)), np.float32, "ones_kernel")], **geometry)
+    inverse = b.op("Reciprocal", [b.op("Max", [inside, b.scalar(1.0)])])
+    if at.get("count_include_pad", 0):  # AveragePool(ones) = inside / D
+        inverse = b.op("Mul", [inverse, b.op("AveragePool", [ones], count_include_pad=1,
+                                             ceil_mode=at.get("ceil_mode", 0), **geometry)])
+    return inverse if b.float_type(x) == TensorProto.FLOAT else b.op("Cast", [inverse], to=b.float_type(x))
+
+
 @register("AveragePool")
 def avgpool_vjp(b, node, grads, need):
     x, g = node.input[0], grads[0]
@@ -140,11 +171,8 @@ def avgpool_vjp(b, node, grads, need):
     strides, dil, begin = window_geometry(b, node, x, kernel)
     d = _divisor(b, node, x, kernel, strides, dil, begin)
     if d is None:
-        raise UnsupportedModelError(
-            f"AveragePool node '{node.name}': padding or ceil_mode with dynamic spatial dims "
-            "is not supported (export with a fixed input size)"
-        )
-    if np.isscalar(d):
+        scaled = b.op("Mul", [g, _inverse_divisor_at_run_time(b, node, x, kernel, strides, dil, begin)])
+    elif np.isscalar(d):
         scaled = b.op("Mul", [g, b.scalar(1.0 / d, x)])
     else:
         inv = np.where(d > 0, 1.0 / np.maximum(d, 1), 0.0)

@@ -5,6 +5,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from onnxattr.errors import UnsupportedModelError
 from tests.vjp_check import check_vjp, node_model, run_vjp, vjp_model
 
 rng = np.random.default_rng(5)
@@ -70,6 +71,34 @@ def test_lppool_window_larger_than_the_input():
 def test_avgpool_dynamic_spatial_without_pads():
     check_vjp("AveragePool", [("x", rng.standard_normal((2, 3, 6, 6)), False)],
               {"kernel_shape": [2, 2], "strides": [2, 2]}, dynamic=(0, 2, 3))
+
+
+# padded or ceil_mode windows over spatial dims declared symbolic (an export with dynamic height and width)
+DYNAMIC_PADDED = [
+    ((1, 2, 7, 8), {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1]}, 17),
+    ((2, 3, 6, 6), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}, 17),  # Inception's 3x3 pool
+    ((1, 2, 9), {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}, 17),
+    ((1, 2, 7, 7), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, 18),
+    ((1, 2, 8, 7), {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [0, 1, 0, 1], "ceil_mode": 1}, 18),
+    ((1, 2, 9, 9), {"kernel_shape": [2, 3], "dilations": [2, 1], "pads": [1, 1, 0, 1]}, 19),
+]
+
+
+@pytest.mark.parametrize("xs,attrs,opset", DYNAMIC_PADDED)
+@pytest.mark.parametrize("cip", [0, 1])
+def test_avgpool_dynamic_spatial_with_pads_or_ceil_mode(xs, attrs, opset, cip):
+    """The divisor (the count of the window's taps inside x, or inside the pads too) is counted at run time by a
+    sum-pool of ones (refused before: 'padding or ceil_mode with dynamic spatial dims')."""
+    check_vjp("AveragePool", [("x", rng.standard_normal(xs), False)], {**attrs, "count_include_pad": cip},
+              dynamic=tuple(range(len(xs))[2:]) + (0,), opset=opset)
+
+
+def test_avgpool_dynamic_spatial_with_ceil_mode_before_opset_18_is_refused():
+    """Counting a ceil_mode window's taps at run time takes LpPool's ceil_mode (opset 18)."""
+    with pytest.raises(UnsupportedModelError, match="AveragePool node 'node': ceil_mode with dynamic spatial dims "
+                                                    "needs opset 18"):
+        check_vjp("AveragePool", [("x", rng.standard_normal((1, 2, 7, 7)), False)],
+                  {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, dynamic=(0, 2, 3), opset=17)
 
 
 @pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
