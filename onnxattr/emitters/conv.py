@@ -66,19 +66,22 @@ def conv_attrs(node):
     return out
 
 
-def same_pad_begin(b, node, x, kernel, strides, dil):
-    """Begin pads of auto_pad=SAME_UPPER/LOWER (needs x's static spatial dims)."""
+def same_pads(b, node, x, kernel, strides, dil) -> tuple[list, list]:
+    """(begin, end) pads of auto_pad=SAME_UPPER/LOWER: per axis a total of (ceil(L / s) - 1) s + (k - 1) d + 1 - L
+    (at least 0), which for stride 1 is (k - 1) d whatever L; other strides need x's length L static."""
     mode = conv_attrs(node)["auto_pad"]
     xs = b.shape(x)
-    if xs is None or any(not isinstance(d, int) for d in xs[2:]):
+    lengths = xs[2:] if xs is not None and len(xs) == 2 + len(kernel) else [None] * len(kernel)
+    if any(not isinstance(L, int) and s != 1 for L, s in zip(lengths, strides)):
         raise UnsupportedModelError(
-            f"{node.op_type} node '{node.name}': auto_pad={mode} needs static spatial dims of its input"
-        )
-    begin = []
-    for L, k, s, d in zip(xs[2:], kernel, strides, dil):
-        total = max((math.ceil(L / s) - 1) * s + (k - 1) * d + 1 - L, 0)
+            f"{node.op_type} node '{node.name}': auto_pad={mode} with strides above 1 needs static spatial dims of "
+            "its input (its pads depend on the length)")
+    begin, end = [], []
+    for L, k, s, d in zip(lengths, kernel, strides, dil):
+        total = (k - 1) * d if not isinstance(L, int) else max((math.ceil(L / s) - 1) * s + (k - 1) * d + 1 - L, 0)
         begin.append(total // 2 if mode == "SAME_UPPER" else total - total // 2)
-    return begin
+        end.append(total - begin[-1])
+    return begin, end
 
 
 def window_geometry(b, node, x, kernel):
@@ -89,7 +92,7 @@ def window_geometry(b, node, x, kernel):
     dil = at.get("dilations") or [1] * nsp
     begin = (at.get("pads") or [0] * (2 * nsp))[:nsp]
     if at["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
-        begin = same_pad_begin(b, node, x, kernel, strides, dil)
+        begin = same_pads(b, node, x, kernel, strides, dil)[0]
     elif at["auto_pad"] == "VALID":
         begin = [0] * nsp
     return strides, dil, begin

@@ -19,7 +19,7 @@ dx = g.flat[I], one Gather.
 import numpy as np
 from onnx import TensorProto, helper
 
-from onnxattr.emitters.conv import channel_scale, conv_attrs, transpose_and_crop, window_geometry
+from onnxattr.emitters.conv import channel_scale, conv_attrs, same_pads, transpose_and_crop, window_geometry
 from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
@@ -110,6 +110,8 @@ def _divisor(b, node, x, kernel, strides, dil, begin):
         end = [0] * nsp  # recomputed below from the static shapes
     xs, ys = b.shape(x), b.shape(node.output[0])
     if xs is None or ys is None or not all(isinstance(d, int) for d in xs[2:] + ys[2:]):
+        if conv_attrs(node)["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
+            end = same_pads(b, node, x, kernel, strides, dil)[1]
         if not at.get("ceil_mode", 0) and (at.get("count_include_pad", 0) or not any(begin) and not any(end)):
             return float(np.prod(kernel))  # every window's taps all inside x or its pads
         return None
@@ -146,8 +148,12 @@ def _inverse_divisor_at_run_time(b, node, x, kernel, strides, dil, begin) -> str
                                     "opset 18 (LpPool's ceil_mode counts the windows' taps); export at opset 18 or "
                                     "newer, or with a fixed input size")
     nsp = len(kernel)
-    pads = conv_attrs(node).get("pads") or [0] * (2 * nsp)
-    geometry = {"strides": strides, "pads": list(begin) + list(pads[nsp:]), "kernel_shape": kernel}
+    end = (conv_attrs(node).get("pads") or [0] * (2 * nsp))[nsp:]
+    if conv_attrs(node)["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
+        end = same_pads(b, node, x, kernel, strides, dil)[1]
+    elif conv_attrs(node)["auto_pad"] == "VALID":
+        end = [0] * nsp
+    geometry = {"strides": strides, "pads": list(begin) + list(end), "kernel_shape": kernel}
     if any(d != 1 for d in dil):
         geometry["dilations"] = dil
     spatial = b.op("Slice", [b.op("Shape", [x]), b.ints([2]), b.ints([2 + nsp])])

@@ -81,6 +81,9 @@ DYNAMIC_PADDED = [
     ((1, 2, 7, 7), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, 18),
     ((1, 2, 8, 7), {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [0, 1, 0, 1], "ceil_mode": 1}, 18),
     ((1, 2, 9, 9), {"kernel_shape": [2, 3], "dilations": [2, 1], "pads": [1, 1, 0, 1]}, 19),
+    # stride-1 SAME pads do not depend on the length: (k - 1) d in all, the odd one at the end (UPPER) or start
+    ((1, 2, 7, 6), {"kernel_shape": [2, 3], "auto_pad": "SAME_UPPER"}, 17),
+    ((1, 2, 7, 6), {"kernel_shape": [2, 3], "auto_pad": "SAME_LOWER"}, 17),
 ]
 
 
