@@ -205,6 +205,17 @@ def fold_with_graphsurgeon(model: onnx.ModelProto) -> onnx.ModelProto:
     return folded
 
 
+def drop_io_value_info(model: onnx.ModelProto) -> None:
+    """Remove value_info entries that name a graph input or output: their declarations hold, and such an entry can
+    only repeat or contradict one (onnxconverter-common's keep_io_types leaves a float16 entry for an output it casts
+    back to float32, which took the declaration's place in onnx-graphsurgeon's copy)."""
+    io = {vi.name for vi in list(model.graph.input) + list(model.graph.output)}
+    if any(vi.name in io for vi in model.graph.value_info):
+        keep = [vi for vi in model.graph.value_info if vi.name not in io]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+
+
 def restore_value_types(original: onnx.ModelProto, folded: onnx.ModelProto) -> None:
     """graphsurgeon keeps only tensor types: a sequence-of-maps output (skl2onnx's ZipMap) comes back
     as a sequence of tensors of undefined type, which the checker rejects. Put back the declared types
@@ -241,6 +252,7 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
     """``max_opset`` = (opset, why): convert a newer model down to that opset first, for a method whose
     ops onnxruntime cannot run at the model's own opset. ``fused_recurrent``: leave the recurrent nodes that the
     exact-gradient methods differentiate as they are (recurrent_nodes.why_not_fused) instead of unrolling them."""
+    drop_io_value_info(model)
     if max_opset is not None and default_opset(model) > max_opset[0]:
         model = downgrade_opset(model, label, *max_opset)
     model = upgrade_opset(model, label)

@@ -232,3 +232,31 @@ def test_an_upgraded_pad_value_takes_the_data_type(elem, dtype):
     x = np.ones((1, 1, 2, 3), dtype)
     got = ort.InferenceSession(compiled.SerializeToString()).run(["relevance"], {"x": x})[0]
     np.testing.assert_array_equal(got, w[:, :, 1:3, 1:4])
+
+
+def test_a_value_info_that_contradicts_a_graph_output_is_dropped():
+    """onnxconverter-common's float16 conversion with keep_io_types casts the last float16 tensor to a float32
+    output and leaves a value_info declaring that output float16. The graph's own output declaration holds (the
+    stale entry took its place in onnx-graphsurgeon's copy, and the compiled model failed onnx's checker as an
+    internal error); the map equals the model's without that entry."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxattr
+
+    w = np.random.default_rng(2).standard_normal((4, 3)).astype(np.float16)
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["xc"], to=TensorProto.FLOAT16),  # a Shape: canonicalize folds the graph
+         helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Reshape", ["xc", "shape"], ["xh"]),
+         helper.make_node("MatMul", ["xh", "w"], ["yh"]), helper.make_node("Cast", ["yh"], ["y"], to=TensorProto.FLOAT)],
+        "g",
+        [vi("x", TensorProto.FLOAT, ["N", 4])], [vi("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "w")])
+    clean = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    stale = onnx.ModelProto.FromString(clean.SerializeToString())
+    stale.graph.value_info.append(vi("y", TensorProto.FLOAT16, ["N", 3]))
+    x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    maps = [ort.InferenceSession(onnxattr.compile(m, "gradient").SerializeToString()).run(["relevance"], {"x": x})[0]
+            for m in (clean, stale)]
+    assert np.abs(maps[0]).max() > 0
+    np.testing.assert_array_equal(maps[1], maps[0])
