@@ -191,7 +191,7 @@ def _function_body(node: onnx.NodeProto, opset: int, types: dict) -> onnx.Functi
     plain = max((v for v in schema.function_opset_versions if v <= opset), default=0)
     inputs = [(types[i] if i in types else onnx.TypeProto()).SerializeToString() for i in node.input]
     try:
-        if dependent:  # an empty body where it could not build one for these types (a weight of symbolic shape)
+        if dependent:  # an empty body where onnx could not build one for these types (a symbolic channel count)
             body = onnx.FunctionProto.FromString(schema.get_context_dependent_function_with_opset_version(
                 dependent, node.SerializeToString(), inputs))
             return body if body.node and len(body.input) >= len(node.input) else None

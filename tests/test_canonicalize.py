@@ -248,7 +248,8 @@ def test_a_value_info_that_contradicts_a_graph_output_is_dropped():
     graph = helper.make_graph(
         [helper.make_node("Cast", ["x"], ["xc"], to=TensorProto.FLOAT16),  # a Shape: canonicalize folds the graph
          helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Reshape", ["xc", "shape"], ["xh"]),
-         helper.make_node("MatMul", ["xh", "w"], ["yh"]), helper.make_node("Cast", ["yh"], ["y"], to=TensorProto.FLOAT)],
+         helper.make_node("MatMul", ["xh", "w"], ["yh"]),
+         helper.make_node("Cast", ["yh"], ["y"], to=TensorProto.FLOAT)],
         "g",
         [vi("x", TensorProto.FLOAT, ["N", 4])], [vi("y", TensorProto.FLOAT, ["N", 3])],
         [numpy_helper.from_array(w, "w")])

@@ -100,26 +100,24 @@ def maxpool_vjp(b, node, grads, need):
     return [scatter_add_flat(b, node.input[0], node.output[1], grads[0])]
 
 
+def _end_pads(b, node, x, kernel, strides, dil) -> list:
+    """The end pads of a windowed node: its pads attribute's, SAME's (conv.same_pads), none for VALID."""
+    mode, nsp = conv_attrs(node)["auto_pad"], len(kernel)
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        return same_pads(b, node, x, kernel, strides, dil)[1]
+    return [0] * nsp if mode == "VALID" else (conv_attrs(node).get("pads") or [0] * (2 * nsp))[nsp:]
+
+
 def _divisor(b, node, x, kernel, strides, dil, begin):
     """Per-output-position divisor D of AveragePool, or None if it cannot be known."""
     at = {a.name: a.i for a in node.attribute if a.name in ("ceil_mode", "count_include_pad")}
     nsp = len(kernel)
-    pads = (conv_attrs(node).get("pads") or [0] * (2 * nsp))
-    end = pads[nsp:]
-    if conv_attrs(node)["auto_pad"] != "NOTSET":
-        end = [0] * nsp  # recomputed below from the static shapes
+    end = _end_pads(b, node, x, kernel, strides, dil)
     xs, ys = b.shape(x), b.shape(node.output[0])
     if xs is None or ys is None or not all(isinstance(d, int) for d in xs[2:] + ys[2:]):
-        if conv_attrs(node)["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
-            end = same_pads(b, node, x, kernel, strides, dil)[1]
         if not at.get("ceil_mode", 0) and (at.get("count_include_pad", 0) or not any(begin) and not any(end)):
             return float(np.prod(kernel))  # every window's taps all inside x or its pads
         return None
-    if conv_attrs(node)["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
-        end = [
-            max((ys[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - xs[2 + i] - begin[i], 0)
-            for i in range(nsp)
-        ]
     include_pad = at.get("count_include_pad", 0)
     counts = []
     for i in range(nsp):
@@ -148,11 +146,7 @@ def _inverse_divisor_at_run_time(b, node, x, kernel, strides, dil, begin) -> str
                                     "opset 18 (LpPool's ceil_mode counts the windows' taps); export at opset 18 or "
                                     "newer, or with a fixed input size")
     nsp = len(kernel)
-    end = (conv_attrs(node).get("pads") or [0] * (2 * nsp))[nsp:]
-    if conv_attrs(node)["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
-        end = same_pads(b, node, x, kernel, strides, dil)[1]
-    elif conv_attrs(node)["auto_pad"] == "VALID":
-        end = [0] * nsp
+    end = _end_pads(b, node, x, kernel, strides, dil)
     geometry = {"strides": strides, "pads": list(begin) + list(end), "kernel_shape": kernel}
     if any(d != 1 for d in dil):
         geometry["dilations"] = dil

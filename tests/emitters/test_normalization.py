@@ -29,7 +29,8 @@ def _batchnorm_after_squeeze(squeeze_rank_unknown: bool):
     inits = {k: v.astype(np.float32) for k, v in inits.items()}
     if squeeze_rank_unknown:
         inits.update(start=np.array([0]), end=np.array([1]), three=np.array([3]))
-        nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Slice", ["shape", "start", "end"], ["n"]),
+        nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+                 helper.make_node("Slice", ["shape", "start", "end"], ["n"]),
                  helper.make_node("Sub", ["n", "n"], ["zero"]), helper.make_node("Add", ["zero", "three"], ["axes"])]
     else:
         inits["axes"] = np.array([3])
