@@ -126,14 +126,32 @@ def _transposed(b, g, w, x, group, kernel, strides, dil, begin, xs, gs):
             return out
         full = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil)
         pads = b.ints([0, 0] + [-p for p in begin] + [0, 0] + end)
-    else:
+    else:  # begin: a list, or an int64 tensor of the begin pads computed at run time (strided SAME)
         full = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil)
-        spatial = lambda t: b.op("Slice", [b.op("Shape", [t]), b.ints([2]), b.ints([2 + nsp])])  # noqa: E731
-        end = b.op("Add", [b.op("Sub", [spatial(x), spatial(full)]), b.ints(begin)])
-        pads = b.op("Concat", [b.ints([0, 0] + [-p for p in begin] + [0, 0]), end], axis=0)
+        begin_t = begin if isinstance(begin, str) else b.ints(begin)
+        end = b.op("Add", [b.op("Sub", [_spatial_at_run_time(b, x, nsp), _spatial_at_run_time(b, full, nsp)]), begin_t])
+        pads = b.op("Concat", [b.ints([0, 0]), b.op("Neg", [begin_t]), b.ints([0, 0]), end], axis=0)
     out = b.op("Pad", [full, pads])
     b.set_info(out, x)
     return out
+
+
+def _spatial_at_run_time(b, t, nsp) -> str:
+    """t's spatial dims as an int64 tensor, read at run time."""
+    return b.op("Slice", [b.op("Shape", [t]), b.ints([2]), b.ints([2 + nsp])])
+
+
+def same_begin_at_run_time(b, node, x, kernel, strides, dil) -> str:
+    """The begin pads of auto_pad=SAME_UPPER/LOWER as an int64 tensor computed from x's spatial dims L at run
+    time: total = max((ceil(L / s) - 1) s + (k - 1) d + 1 - L, 0), half of it (rounded down for UPPER) first."""
+    L = _spatial_at_run_time(b, x, len(kernel))
+    s = b.ints(list(strides))
+    ceil = b.op("Div", [b.op("Add", [L, b.op("Sub", [s, b.ints([1] * len(kernel))])]), s])
+    reach = b.ints([(k - 1) * d + 1 for k, d in zip(kernel, dil)])
+    total = b.op("Max", [b.op("Sub", [b.op("Add", [b.op("Mul", [b.op("Sub", [ceil, b.ints([1] * len(kernel))]), s]),
+                                                    reach]), L]), b.ints([0] * len(kernel))])
+    half = b.op("Div", [total, b.ints([2] * len(kernel))])
+    return half if conv_attrs(node)["auto_pad"] == "SAME_UPPER" else b.op("Sub", [total, half])
 
 
 def _spatial(b, t, nsp):
@@ -192,6 +210,12 @@ def conv_input_vjp(b, node, g, w, x):
     if wshape is None:
         raise UnsupportedModelError(f"Conv node '{node.name}': the weight's rank is unknown")
     kernel = at.get("kernel_shape") or list(wshape[2:])
+    strides = at.get("strides") or [1] * len(kernel)
+    if at["auto_pad"] in ("SAME_UPPER", "SAME_LOWER") and any(s != 1 for s in strides) and \
+            _spatial(b, x, len(kernel)) is None:  # the pads depend on the sizes: found at run time
+        dil = at.get("dilations") or [1] * len(kernel)
+        begin = same_begin_at_run_time(b, node, x, kernel, strides, dil)
+        return _transposed(b, g, w, x, at["group"], kernel, strides, dil, begin, None, None)
     strides, dil, begin = window_geometry(b, node, x, kernel)
     return transpose_and_crop(b, g, w, x, node.output[0], at["group"], kernel, strides, dil, begin)
 
