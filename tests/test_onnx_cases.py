@@ -48,8 +48,8 @@ tests/lrp/test_units.py); the cases with their float inputs' first dim, then eve
 every dim declared symbolic, each map against the static model's (a symbolic dim that is 1 at run time and
 broadcasts: tests/emitters/test_broadcast.py and test_linear.py; AveragePool's padded and ceil_mode windows and
 stride-1 SAME pads over dynamic sizes: test_pooling.py and test_conv.py; CausalConvWithState whose definition onnx
-cannot build without its channel count: tests/test_expand.py). The rest refused by name: strided SAME pads,
-ConvTranspose's output_shape and the pools' channel count over symbolic sizes, Scans of a symbolic length.
+cannot build without its channel count: tests/test_expand.py). The rest refused by name: ConvTranspose's
+output_shape and auto_pad and the pools' channel count over symbolic sizes, Scans of a symbolic length.
 """
 
 from __future__ import annotations

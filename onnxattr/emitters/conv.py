@@ -84,14 +84,19 @@ def same_pads(b, node, x, kernel, strides, dil) -> tuple[list, list]:
     return begin, end
 
 
-def window_geometry(b, node, x, kernel):
-    """Strides, dilations and begin pads of a windowed node (Conv, pools) with this kernel."""
+def window_geometry(b, node, x, kernel, at_run_time: bool = False):
+    """Strides, dilations and begin pads of a windowed node (Conv, pools) with this kernel. ``at_run_time``: the
+    begin pads of a strided SAME window over sizes known only at run time as an int64 tensor
+    (same_begin_at_run_time), for the callers that crop with them (transpose_and_crop), instead of a refusal."""
     at = conv_attrs(node)
     nsp = len(kernel)
     strides = at.get("strides") or [1] * nsp
     dil = at.get("dilations") or [1] * nsp
     begin = (at.get("pads") or [0] * (2 * nsp))[:nsp]
-    if at["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
+    if at["auto_pad"] in ("SAME_UPPER", "SAME_LOWER") and at_run_time and any(s != 1 for s in strides) and \
+            _spatial(b, x, nsp) is None:
+        begin = same_begin_at_run_time(b, node, x, kernel, strides, dil)
+    elif at["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
         begin = same_pads(b, node, x, kernel, strides, dil)[0]
     elif at["auto_pad"] == "VALID":
         begin = [0] * nsp
@@ -210,13 +215,7 @@ def conv_input_vjp(b, node, g, w, x):
     if wshape is None:
         raise UnsupportedModelError(f"Conv node '{node.name}': the weight's rank is unknown")
     kernel = at.get("kernel_shape") or list(wshape[2:])
-    strides = at.get("strides") or [1] * len(kernel)
-    if at["auto_pad"] in ("SAME_UPPER", "SAME_LOWER") and any(s != 1 for s in strides) and \
-            _spatial(b, x, len(kernel)) is None:  # the pads depend on the sizes: found at run time
-        dil = at.get("dilations") or [1] * len(kernel)
-        begin = same_begin_at_run_time(b, node, x, kernel, strides, dil)
-        return _transposed(b, g, w, x, at["group"], kernel, strides, dil, begin, None, None)
-    strides, dil, begin = window_geometry(b, node, x, kernel)
+    strides, dil, begin = window_geometry(b, node, x, kernel, at_run_time=True)
     return transpose_and_crop(b, g, w, x, node.output[0], at["group"], kernel, strides, dil, begin)
 
 

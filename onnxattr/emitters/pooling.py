@@ -101,7 +101,8 @@ def maxpool_vjp(b, node, grads, need):
 
 
 def _end_pads(b, node, x, kernel, strides, dil) -> list:
-    """The end pads of a windowed node: its pads attribute's, SAME's (conv.same_pads), none for VALID."""
+    """The end pads of a windowed node: its pads attribute's, SAME's (conv.same_pads: static sizes or stride 1),
+    none for VALID."""
     mode, nsp = conv_attrs(node)["auto_pad"], len(kernel)
     if mode in ("SAME_UPPER", "SAME_LOWER"):
         return same_pads(b, node, x, kernel, strides, dil)[1]
@@ -112,6 +113,8 @@ def _divisor(b, node, x, kernel, strides, dil, begin):
     """Per-output-position divisor D of AveragePool, or None if it cannot be known."""
     at = {a.name: a.i for a in node.attribute if a.name in ("ceil_mode", "count_include_pad")}
     nsp = len(kernel)
+    if isinstance(begin, str):  # strided SAME pads found at run time
+        return None
     end = _end_pads(b, node, x, kernel, strides, dil)
     xs, ys = b.shape(x), b.shape(node.output[0])
     if xs is None or ys is None or not all(isinstance(d, int) for d in xs[2:] + ys[2:]):
@@ -146,8 +149,11 @@ def _inverse_divisor_at_run_time(b, node, x, kernel, strides, dil, begin) -> str
                                     "opset 18 (LpPool's ceil_mode counts the windows' taps); export at opset 18 or "
                                     "newer, or with a fixed input size")
     nsp = len(kernel)
-    end = _end_pads(b, node, x, kernel, strides, dil)
-    geometry = {"strides": strides, "pads": list(begin) + list(end), "kernel_shape": kernel}
+    if isinstance(begin, str):  # strided SAME: the pads depend on the sizes, so the counting pools pad as SAME too
+        geometry = {"strides": strides, "auto_pad": conv_attrs(node)["auto_pad"], "kernel_shape": kernel}
+    else:
+        geometry = {"strides": strides, "pads": list(begin) + list(_end_pads(b, node, x, kernel, strides, dil)),
+                    "kernel_shape": kernel}
     if any(d != 1 for d in dil):
         geometry["dilations"] = dil
     spatial = b.op("Slice", [b.op("Shape", [x]), b.ints([2]), b.ints([2 + nsp])])
@@ -168,7 +174,7 @@ def _inverse_divisor_at_run_time(b, node, x, kernel, strides, dil, begin) -> str
 def avgpool_vjp(b, node, grads, need):
     x, g = node.input[0], grads[0]
     kernel = conv_attrs(node)["kernel_shape"]
-    strides, dil, begin = window_geometry(b, node, x, kernel)
+    strides, dil, begin = window_geometry(b, node, x, kernel, at_run_time=True)
     d = _divisor(b, node, x, kernel, strides, dil, begin)
     if d is None:
         scaled = b.op("Mul", [g, _inverse_divisor_at_run_time(b, node, x, kernel, strides, dil, begin)])
@@ -197,6 +203,8 @@ def reaching_kernel(kernel, lengths, dil, begin):
     o s - begin + j d, inside x only while j d <= L - 1 + begin. The taps cut read only padding, whatever the
     window, so the window sums are the same; a window far larger than x (HF EfficientNet's AvgPool2d(1280,
     ceil_mode=True) over a 2 x 2 map) then costs a 2 x 2 kernel, not a 1280 x 1280 one."""
+    if isinstance(begin, str):  # pads found at run time, over sizes known only then
+        return list(kernel)
     return [min(k, (L - 1 + p) // d + 1) if isinstance(L, int) else k
             for k, L, d, p in zip(kernel, lengths, dil, begin)]
 
@@ -245,7 +253,7 @@ def lp_pool_vjp(b, node, grads, need):
     back = b.op("Mul", [g, scale])
     if node.op_type == "LpPool":
         kernel = conv_attrs(node)["kernel_shape"]
-        back = _window_sum_transpose(b, node, back, kernel, *window_geometry(b, node, x, kernel))
+        back = _window_sum_transpose(b, node, back, kernel, *window_geometry(b, node, x, kernel, at_run_time=True))
     if p == 1:
         local = b.op("Sign", [x])
     elif p == 2:

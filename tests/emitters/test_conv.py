@@ -56,15 +56,16 @@ def test_conv_vjp_emits_convtranspose_with_symmetric_pads(xs, ws, attrs):
 
 
 def test_conv_same_dynamic_is_a_clear_error():
-    """SAME pads of a strided window depend on the length. A Conv's input VJP computes them at run time
-    (test_conv_vjp: same_begin_at_run_time); a pool's window sums and a weight computed from the input take them
-    as attributes, so there they need static sizes (stride 1's are (k - 1) d in all: test_conv_vjp)."""
+    """SAME pads of a strided window depend on the length. The input VJPs of Conv and the pools compute them at run
+    time (test_conv_vjp, test_pooling: same_begin_at_run_time); the gradient of a weight computed from the input
+    takes them as a Conv attribute, so there they need static sizes (stride 1's are (k - 1) d in all)."""
     from onnxattr.errors import UnsupportedModelError
 
     with pytest.raises(UnsupportedModelError, match="auto_pad=SAME_UPPER with strides above 1 needs static spatial "
                                                     "dims"):
-        check_vjp("AveragePool", [("x", rng.standard_normal((1, 2, 5, 5)), False)],
-                  {"auto_pad": "SAME_UPPER", "strides": [2, 2], "kernel_shape": [3, 3]}, dynamic=(0, 2, 3))
+        check_vjp("Conv", [("x", rng.standard_normal((1, 2, 5, 5)), False),
+                           ("w", rng.standard_normal((2, 2, 3, 3)), False)],
+                  {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, wrt=["x", "w"], dynamic={"x": (0, 2, 3)})
 
 
 CONVT_CASES = [

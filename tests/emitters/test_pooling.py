@@ -84,6 +84,9 @@ DYNAMIC_PADDED = [
     # stride-1 SAME pads do not depend on the length: (k - 1) d in all, the odd one at the end (UPPER) or start
     ((1, 2, 7, 6), {"kernel_shape": [2, 3], "auto_pad": "SAME_UPPER"}, 17),
     ((1, 2, 7, 6), {"kernel_shape": [2, 3], "auto_pad": "SAME_LOWER"}, 17),
+    # strided SAME: the pads depend on the sizes, found at run time
+    ((1, 2, 7, 8), {"kernel_shape": [3, 3], "strides": [2, 3], "auto_pad": "SAME_UPPER"}, 17),
+    ((1, 2, 9, 6), {"kernel_shape": [2, 4], "strides": [2, 2], "auto_pad": "SAME_LOWER"}, 17),
 ]
 
 
@@ -94,6 +97,13 @@ def test_avgpool_dynamic_spatial_with_pads_or_ceil_mode(xs, attrs, opset, cip):
     sum-pool of ones (refused before: 'padding or ceil_mode with dynamic spatial dims')."""
     check_vjp("AveragePool", [("x", rng.standard_normal(xs), False)], {**attrs, "count_include_pad": cip},
               dynamic=tuple(range(len(xs))[2:]) + (0,), opset=opset)
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+def test_lppool_dynamic_spatial_strided_same(auto_pad):
+    """LpPool's window sums transposed with the SAME pads found at run time."""
+    check_vjp("LpPool", [("x", rng.uniform(0.5, 1.5, (1, 2, 7, 8)), False)],
+              {"kernel_shape": [3, 2], "strides": [2, 3], "auto_pad": auto_pad, "p": 2}, dynamic=(0, 2, 3))
 
 
 def test_avgpool_dynamic_spatial_with_ceil_mode_before_opset_18_is_refused():
