@@ -84,6 +84,15 @@ def same_pads(b, node, x, kernel, strides, dil) -> tuple[list, list]:
     return begin, end
 
 
+def end_pads(b, node, x, kernel, strides, dil) -> list:
+    """The end pads of a windowed node: its pads attribute's, SAME's (same_pads: static sizes or stride 1), none
+    for VALID."""
+    mode, nsp = conv_attrs(node)["auto_pad"], len(kernel)
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        return same_pads(b, node, x, kernel, strides, dil)[1]
+    return [0] * nsp if mode == "VALID" else (conv_attrs(node).get("pads") or [0] * (2 * nsp))[nsp:]
+
+
 def window_geometry(b, node, x, kernel, at_run_time: bool = False):
     """Strides, dilations and begin pads of a windowed node (Conv, pools) with this kernel. ``at_run_time``: the
     begin pads of a strided SAME window over sizes known only at run time as an int64 tensor
@@ -134,14 +143,14 @@ def _transposed(b, g, w, x, group, kernel, strides, dil, begin, xs, gs):
     else:  # begin: a list, or an int64 tensor of the begin pads computed at run time (strided SAME)
         full = b.op("ConvTranspose", [g, w], group=group, strides=strides, dilations=dil)
         begin_t = begin if isinstance(begin, str) else b.ints(begin)
-        end = b.op("Add", [b.op("Sub", [_spatial_at_run_time(b, x, nsp), _spatial_at_run_time(b, full, nsp)]), begin_t])
+        end = b.op("Add", [b.op("Sub", [spatial_at_run_time(b, x, nsp), spatial_at_run_time(b, full, nsp)]), begin_t])
         pads = b.op("Concat", [b.ints([0, 0]), b.op("Neg", [begin_t]), b.ints([0, 0]), end], axis=0)
     out = b.op("Pad", [full, pads])
     b.set_info(out, x)
     return out
 
 
-def _spatial_at_run_time(b, t, nsp) -> str:
+def spatial_at_run_time(b, t, nsp) -> str:
     """t's spatial dims as an int64 tensor, read at run time."""
     return b.op("Slice", [b.op("Shape", [t]), b.ints([2]), b.ints([2 + nsp])])
 
@@ -149,7 +158,7 @@ def _spatial_at_run_time(b, t, nsp) -> str:
 def same_begin_at_run_time(b, node, x, kernel, strides, dil) -> str:
     """The begin pads of auto_pad=SAME_UPPER/LOWER as an int64 tensor computed from x's spatial dims L at run
     time: total = max((ceil(L / s) - 1) s + (k - 1) d + 1 - L, 0), half of it (rounded down for UPPER) first."""
-    L = _spatial_at_run_time(b, x, len(kernel))
+    L = spatial_at_run_time(b, x, len(kernel))
     s = b.ints(list(strides))
     ceil = b.op("Div", [b.op("Add", [L, b.op("Sub", [s, b.ints([1] * len(kernel))])]), s])
     reach = b.ints([(k - 1) * d + 1 for k, d in zip(kernel, dil)])
@@ -228,10 +237,7 @@ def conv_vjp(b, node, grads, need):
     if len(need) > 1 and need[1]:  # a weight computed from the input (dynamic filters, CondInst's mask head)
         at, kernel = conv_attrs(node), _kernel(b, node, w)
         strides, dil, begin = window_geometry(b, node, x, kernel)
-        if at["auto_pad"] == "NOTSET":
-            end = (at.get("pads") or [0] * (2 * len(kernel)))[len(kernel):]
-        else:  # SAME_*: the end pad is at most the kernel's reach, and taps past it are never read
-            end = [(k - 1) * d for k, d in zip(kernel, dil)]
+        end = end_pads(b, node, x, kernel, strides, dil)
         out[1] = conv_weight_vjp(b, x, grads[0], at["group"], kernel, strides, dil, list(begin) + end)
     if len(need) > 2 and need[2]:
         out[2] = channel_sum(b, grads[0], b.rank(node.output[0]))  # a bias that varies with the input
@@ -271,7 +277,7 @@ def conv_weight_vjp(b, image, g, group, kernel, strides, dil, pads):
 def _groups_first(b, t, group, nsp, order):
     """t [N, G C', *S] viewed [N, G, C', *S], its first three axes permuted by ``order`` and two merged: order
     [2, 1, 0] gives [C', G N, *S] (the last two of the three merged), [1, 2, 0] gives [G C', N, *S] (the first two)."""
-    space = b.op("Slice", [b.op("Shape", [t]), b.ints([2]), b.ints([2 + nsp])])
+    space = spatial_at_run_time(b, t, nsp)
     split = b.op("Reshape", [t, b.op("Concat", [b.ints([0, group, -1]), space], axis=0)])
     moved = b.op("Transpose", [split], perm=order + list(range(3, 3 + nsp)))
     if order == [2, 1, 0]:

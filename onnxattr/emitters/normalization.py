@@ -88,9 +88,8 @@ def batchnorm_vjp(b, node, grads, need):
     if rank is None:
         raise UnsupportedModelError(f"BatchNormalization '{node.name}': statistics computed from the input need the "
                                     "input's rank known (shape inference could not tell)")
-    per_channel = b.ints([-1] + [1] * (rank - 2))
     s = _inverse_std(b, node, var, x)
-    centred = b.op("Sub", [x, b.op("Reshape", [mean, per_channel])])
+    centred = b.op("Sub", [x, _per_channel(b, x, mean)])
     g_centred = channel_sum(b, b.op("Mul", [g, centred]), rank)  # [C]
     g_sum = channel_sum(b, g, rank) if need[2] or need[3] else None
     if need[1]:
@@ -139,10 +138,8 @@ def norm_stats(b, node):
     rank = known_rank(b, node)
     if node.op_type == "InstanceNormalization":
         axes = list(range(2, rank))
-        shape = [-1] + [1] * (rank - 2)
         value = b.value(gamma)
-        gamma = (b.const(value.reshape(shape), value.dtype, "in_scale") if value is not None
-                 else b.op("Reshape", [gamma, b.ints(shape)]))
+        gamma = _per_channel(b, x, gamma if value is None else value, "in_scale")
     else:
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
         axes = list(range(axis % rank, rank))

@@ -19,7 +19,8 @@ dx = g.flat[I], one Gather.
 import numpy as np
 from onnx import TensorProto, helper
 
-from onnxattr.emitters.conv import channel_scale, conv_attrs, same_pads, transpose_and_crop, window_geometry
+from onnxattr.emitters.conv import (channel_scale, conv_attrs, end_pads, spatial_at_run_time, transpose_and_crop,
+                                    window_geometry)
 from onnxattr.emitters.registry import node_attr, register
 from onnxattr.errors import UnsupportedModelError
 
@@ -100,22 +101,13 @@ def maxpool_vjp(b, node, grads, need):
     return [scatter_add_flat(b, node.input[0], node.output[1], grads[0])]
 
 
-def _end_pads(b, node, x, kernel, strides, dil) -> list:
-    """The end pads of a windowed node: its pads attribute's, SAME's (conv.same_pads: static sizes or stride 1),
-    none for VALID."""
-    mode, nsp = conv_attrs(node)["auto_pad"], len(kernel)
-    if mode in ("SAME_UPPER", "SAME_LOWER"):
-        return same_pads(b, node, x, kernel, strides, dil)[1]
-    return [0] * nsp if mode == "VALID" else (conv_attrs(node).get("pads") or [0] * (2 * nsp))[nsp:]
-
-
 def _divisor(b, node, x, kernel, strides, dil, begin):
     """Per-output-position divisor D of AveragePool, or None if it cannot be known."""
     at = {a.name: a.i for a in node.attribute if a.name in ("ceil_mode", "count_include_pad")}
     nsp = len(kernel)
     if isinstance(begin, str):  # strided SAME pads found at run time
         return None
-    end = _end_pads(b, node, x, kernel, strides, dil)
+    end = end_pads(b, node, x, kernel, strides, dil)
     xs, ys = b.shape(x), b.shape(node.output[0])
     if xs is None or ys is None or not all(isinstance(d, int) for d in xs[2:] + ys[2:]):
         if not at.get("ceil_mode", 0) and (at.get("count_include_pad", 0) or not any(begin) and not any(end)):
@@ -152,12 +144,11 @@ def _inverse_divisor_at_run_time(b, node, x, kernel, strides, dil, begin) -> str
     if isinstance(begin, str):  # strided SAME: the pads depend on the sizes, so the counting pools pad as SAME too
         geometry = {"strides": strides, "auto_pad": conv_attrs(node)["auto_pad"], "kernel_shape": kernel}
     else:
-        geometry = {"strides": strides, "pads": list(begin) + list(_end_pads(b, node, x, kernel, strides, dil)),
+        geometry = {"strides": strides, "pads": list(begin) + list(end_pads(b, node, x, kernel, strides, dil)),
                     "kernel_shape": kernel}
     if any(d != 1 for d in dil):
         geometry["dilations"] = dil
-    spatial = b.op("Slice", [b.op("Shape", [x]), b.ints([2]), b.ints([2 + nsp])])
-    ones = b.op("ConstantOfShape", [b.op("Concat", [b.ints([1, 1]), spatial], axis=0)],
+    ones = b.op("ConstantOfShape", [b.op("Concat", [b.ints([1, 1]), spatial_at_run_time(b, x, nsp)], axis=0)],
                 value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
     if at.get("ceil_mode", 0):
         inside = b.op("LpPool", [ones], p=1, ceil_mode=1, **geometry)

@@ -80,15 +80,15 @@ def resize_vjp(b, node, grads, need):
             raise UnsupportedModelError(f"Resize node '{node.name}': an axes attribute needs the input's rank")
         roi, scales, sizes = _full_rank(node, len(xs), roi, scales, sizes)
     rank = len(xs) if xs is not None else len(scales if scales is not None else sizes)
+    # the axes the scales or sizes input lists (all of them without an axes attribute)
+    listed = [a % rank for a in node_attr(node, "axes")] if node_attr(node, "axes") is not None else range(rank)
     if isinstance(scales, str):  # read at run time: every axis but the batch
-        listed = [a % rank for a in node_attr(node, "axes")] if node_attr(node, "axes") is not None else range(rank)
         axes = [a for a in listed if a != 0]
         scales = {a: (node.input[2], j) for j, a in enumerate(listed)}  # axis -> (scales input, its entry)
     elif scales is not None:
         axes = [a for a in range(rank) if scales[a] != 1.0]
     elif isinstance(sizes, str):  # every axis but one the input and output share a length on (the batch)
         ys = b.shape(node.output[0]) or [None] * rank
-        listed = [a % rank for a in node_attr(node, "axes")] if node_attr(node, "axes") is not None else range(rank)
         axes = [a for a in listed if xs[a] is None or xs[a] != ys[a]]  # an axis of one length: left as it is
         sizes = [ys[a] if isinstance(ys[a], int) else None for a in range(rank)]
         if 0 in axes and not isinstance(sizes[0], int):

@@ -243,9 +243,7 @@ def tensor_scatter_vjp(b, node, grads, need):
     past, update = node.input[0], node.input[1]
     written = node.input[2] if len(node.input) > 2 and node.input[2] else None
     g = grads[0]
-    rank = b.rank(past)
-    if rank is None:
-        raise UnsupportedModelError(f"TensorScatter node '{node.name}': the rank of '{past}' is unknown")
+    rank = known_rank(b, node, past)
     axis = node_attr(node, "axis", -2) % rank
     circular = node_attr(node, "mode", "linear") == "circular"
     gp = gu = None
