@@ -34,7 +34,9 @@ def test_matmul_vjp_activations(sa, sb):
 
 @pytest.mark.parametrize("sa,sb,dynamic", [
     ((2, 1, 3, 4), (5, 4, 2), {"a": (1,), "b": (0,)}),  # a's batch dim 1 broadcast, both symbolic
-    ((3, 1, 3, 4), (1, 2, 4, 2), {"a": (0, 1, 2, 3), "b": (0, 1, 2, 3)}),  # onnx's test_matmul_bcast, all symbolic
+    # onnx's test_matmul_bcast with every dim symbolic but a's first (node_model names every first axis "N", which
+    # would declare a's 3 equal to b's 1)
+    ((3, 1, 3, 4), (1, 2, 4, 2), {"a": (1, 2, 3), "b": (0, 1, 2, 3)}),
     ((5, 3, 4), (1, 4, 2), {"a": (1,), "b": (0,)})])  # b's broadcast
 def test_matmul_vjp_symbolic_batch_dims_that_broadcast(sa, sb, dynamic):
     """A batch dim declared symbolic may be 1 at run time and broadcast: the gradient is summed over it at run

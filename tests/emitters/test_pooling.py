@@ -96,7 +96,7 @@ def test_avgpool_dynamic_spatial_with_pads_or_ceil_mode(xs, attrs, opset, cip):
     """The divisor (the count of the window's taps inside x, or inside the pads too) is counted at run time by a
     sum-pool of ones (refused before: 'padding or ceil_mode with dynamic spatial dims')."""
     check_vjp("AveragePool", [("x", rng.standard_normal(xs), False)], {**attrs, "count_include_pad": cip},
-              dynamic=tuple(range(len(xs))[2:]) + (0,), opset=opset)
+              dynamic=(0, *range(2, len(xs))), opset=opset)
 
 
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
