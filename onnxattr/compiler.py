@@ -15,6 +15,7 @@ import onnx
 
 from onnxattr.control_flow import why_control_flow_kept
 from onnxattr.emitters import VJPS, ZERO_GRAD_OPS
+from onnxattr.emitters.quantize import CODE_READERS, HELD_CONSTANT, QOPERATOR_OPS, STRAIGHT_THROUGH
 from onnxattr.errors import UnsupportedModelError
 from onnxattr.expand import EXPANDED_OPS
 from onnxattr.graph import GraphBuilder, node_reads
@@ -26,11 +27,13 @@ CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 RuleLookup = Callable[[onnx.NodeProto], Callable | None]
 
 
-def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBuilder):
+def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBuilder, backward: bool = False):
     """Nodes (in their given topological order) lying on a float path from source to target,
-    and the set of tensors on such paths."""
+    and the set of tensors on such paths. A quantizer's integer codes count as float (emitters/quantize.py);
+    ``backward``: refuse, by name, an op on the path that reads codes and cannot pass their gradient."""
     reads = {id(node): node_reads(node) for node in nodes}
     reach = {source}
+    codes = set()  # integer tensors that carry gradient: a quantizer's codes (emitters/quantize.py)
     for node in nodes:
         if any(i in reach for i in reads[id(node)]):
             # outputs of non-standard ops (ai.onnx.ml, custom domains such as onnxruntime's com.microsoft
@@ -38,9 +41,16 @@ def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBu
             # reachable so the op is reported, never silently skipped
             untyped = node.domain not in ("", "ai.onnx") or any(
                 i in reach and i not in b.types for i in reads[id(node)])
-            for o in node.output:
+            code_types = {b.types.get(i) for i in reads[id(node)] if i in codes}
+            held = HELD_CONSTANT.get(node.op_type, ())
+            for k, o in enumerate(node.output):
+                if k in held:
+                    continue
                 if o and (b.is_float(o) or (untyped and o not in b.types)):
                     reach.add(o)
+                elif o and ((k == 0 and node.op_type in STRAIGHT_THROUGH) or b.types.get(o) in code_types):
+                    reach.add(o)
+                    codes.add(o)
     if target not in reach:
         return [], set()
     back = {target}
@@ -52,6 +62,16 @@ def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBu
                 if i in reach:
                     back.add(i)
     on_path.reverse()
+    misread = [n for n in on_path if n.op_type not in CODE_READERS and any(i in codes for i in reads[id(n)])]
+    if misread and backward:
+        n = misread[0]
+        hint = (f"{n.op_type} is onnxruntime's QOperator format, whose float computation the graph does not "
+                "write: quantize with quant_format=QuantFormat.QDQ (quantize_static's default) to explain the model"
+                if n.op_type in QOPERATOR_OPS else "dequantize before this op")
+        raise UnsupportedModelError(
+            f"{n.op_type} node '{n.name}' reads the quantized codes "
+            f"'{next(i for i in reads[id(n)] if i in codes)}' on the explained path; gradient passes through codes "
+            f"(straight through) into {', '.join(sorted(CODE_READERS))} only: {hint}")
     return on_path, reach & back
 
 
@@ -128,7 +148,7 @@ def reverse_pass(
 ) -> str | None:
     """Emit the backward of ``nodes`` from ``seed`` at ``target`` to ``source``; returns the name of
     the tensor arriving at ``source`` (None if nothing reaches it)."""
-    on_path, live = path_nodes(nodes, source, target, b)
+    on_path, live = path_nodes(nodes, source, target, b, backward=True)
     check_supported(on_path, rule_for, b)
     arrived: dict[str, list[str]] = defaultdict(list)
     arrived[target].append(seed)

@@ -26,6 +26,11 @@ SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert"
 NON_DETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                                "Multinomial", "Bernoulli"})
 SHAPE_OPS = frozenset({"Shape", "Size"})
+# kept as they are though their inputs are constants: a quantized weight stays int8 codes read through
+# DequantizeLinear, so onnxruntime runs the layer as it runs the original model (it fuses DequantizeLinear -> Conv
+# -> QuantizeLinear into integer kernels, and re-quantizes a float weight it finds there with scales of its own);
+# the compiler reads the weight's value from GraphBuilder.constants (graph.dequantized_constants)
+NOT_FOLDED = frozenset({"DequantizeLinear"})
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -88,13 +93,13 @@ def _too_large(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto], 
 
 def constant_nodes(graph: onnx.GraphProto, limit: int) -> list[int]:
     """Indices of the nodes that compute from constants (initializers) only (deterministic, default domain, no
-    subgraph, not a sequence, not a graph output, not a ConstantOfShape known to exceed ``limit``)."""
+    subgraph, not a sequence, not a graph output, not a ConstantOfShape known to exceed ``limit``, not NOT_FOLDED)."""
     initializers = {t.name: t for t in graph.initializer}
     constant = set(initializers)
     outputs = {o.name for o in graph.output}
     found = []
     for k, node in enumerate(graph.node):
-        if (node.domain in DEFAULT_DOMAINS and node.op_type not in NON_DETERMINISTIC | SEQUENCE_OPS
+        if (node.domain in DEFAULT_DOMAINS and node.op_type not in NON_DETERMINISTIC | SEQUENCE_OPS | NOT_FOLDED
                 and not has_subgraph(node) and not outputs.intersection(node.output)
                 and all(not i or i in constant for i in node.input)
                 and not _too_large(node, initializers, limit)):

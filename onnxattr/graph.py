@@ -8,6 +8,7 @@ and fall back to in-graph shape arithmetic when they are not.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -22,16 +23,20 @@ class _LazyArrays(dict):
     """name -> numpy value of an initializer, converted from its TensorProto on first use (most
     weights are never read at compile time; converting them all cost a copy of the model)."""
 
-    def __init__(self, protos: dict):
+    def __init__(self, protos: dict, derived: dict | None = None):
         super().__init__()
         self._protos = protos
+        self._derived = derived or {}  # name -> fn(self) computing the value from other constants
 
     def get(self, name, default=None):
         if not dict.__contains__(self, name):
             proto = self._protos.get(name)
-            if proto is None:
+            if proto is not None:
+                dict.__setitem__(self, name, numpy_helper.to_array(proto))
+            elif name in self._derived:
+                dict.__setitem__(self, name, self._derived[name](self))
+            else:
                 return default
-            dict.__setitem__(self, name, numpy_helper.to_array(proto))
         return dict.__getitem__(self, name)
 
     def __getitem__(self, name):
@@ -41,7 +46,36 @@ class _LazyArrays(dict):
         return value
 
     def __contains__(self, name):
-        return dict.__contains__(self, name) or name in self._protos
+        return dict.__contains__(self, name) or name in self._protos or name in self._derived
+
+
+def dequantized_constants(graph: onnx.GraphProto, protos: dict) -> dict:
+    """output -> fn(constants) for each DequantizeLinear of constants (per tensor or per axis; not blocked): its
+    value, (q - zp) * s as onnxruntime computes it, for the rules and emitters that read a weight's value; the node
+    itself stays in the graph (fold.NOT_FOLDED)."""
+    found = {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or \
+                any(not i or i not in protos for i in node.input[:2]) or \
+                (len(node.input) > 2 and node.input[2] and node.input[2] not in protos):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("block_size", 0):
+            continue
+        found[node.output[0]] = functools.partial(_dequantize, list(node.input), attrs.get("axis", 1))
+    return found
+
+
+def _dequantize(inputs: list, axis: int, constants) -> np.ndarray:
+    q = np.asarray(constants[inputs[0]])
+    scale = np.asarray(constants[inputs[1]])
+    zp = np.asarray(constants[inputs[2]]) if len(inputs) > 2 and inputs[2] else np.zeros((), np.int8)
+    if scale.ndim == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.ndim == 1 else zp
+    centred = q.astype(np.int64) - zp.astype(np.int64)
+    return (centred.astype(scale.dtype) * scale).astype(scale.dtype)
 
 
 # op type -> index of the input whose element type the (first) output has
@@ -79,7 +113,8 @@ class GraphBuilder:
         self.pending: dict[str, np.ndarray] = {}
         # node name -> fn(node) to call once that node is in the assembled graph (a Loop body's weights)
         self.fill_later: dict = {}
-        self.constants = _LazyArrays({t.name: t for t in graph.initializer})
+        protos = {t.name: t for t in graph.initializer}
+        self.constants = _LazyArrays(protos, dequantized_constants(graph, protos))
         self.types: dict[str, int] = {}
         self.shapes: dict[str, list | None] = {}
         for vi in itertools.chain(graph.input, graph.value_info, graph.output):
@@ -219,8 +254,9 @@ class GraphBuilder:
         return self.types.get(name) in FLOAT_TYPES
 
     def set_info(self, name: str, like: str) -> None:
-        """Record that ``name`` has the type and shape of ``like``."""
-        if like in self.types:
+        """Record that ``name`` has the type and shape of ``like``; a float ``name`` keeps its type where ``like`` is
+        an integer tensor (the gradient of a quantizer's codes, emitters/quantize.py)."""
+        if like in self.types and not (name in self.types and self.types[like] not in FLOAT_TYPES):
             self.types[name] = self.types[like]
         if like in self.shapes:
             self.shapes[name] = self.shapes[like]

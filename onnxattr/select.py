@@ -2,7 +2,8 @@
 
 Outputs of rank > 2 are flattened per sample for neuron selection, as iNNvestigate does. A trailing
 Softmax/LogSoftmax is looked through: the logits before it are explained, as iNNvestigate's
-model_wo_softmax does, while the compiled model still returns the original outputs.
+model_wo_softmax does, while the compiled model still returns the original outputs; so is a trailing
+quantization (QuantizeLinear -> DequantizeLinear): the float scores before it.
 Seeds: ``one`` puts 1 on the selected neuron (gradient methods), ``logit`` its value (LRP),
 ``relu_logit`` max(0, value) (Deep Taylor). An index out of range makes ScatterElements fail at run
 time (never a silent all-zero map); the Python API and CLI check it first with a clearer message.
@@ -132,13 +133,29 @@ def choose_output(model: onnx.ModelProto, b: GraphBuilder, name: str | None) -> 
                 )
         else:
             chosen = floats[0]
-    explained = chosen
+    return chosen, looked_through(chosen, producers)
+
+
+def looked_through(tensor: str, producers: dict) -> str:
+    """The tensor explained for output ``tensor``: the logits before a trailing Softmax/LogSoftmax, and the float
+    values before a trailing quantization (QuantizeLinear -> DequantizeLinear; a quantized model's scores, whose
+    largest ones the output's range may clip, and a clipped score's straight-through gradient is 0), through
+    Identity nodes (skl2onnx: Softmax -> Identity -> output)."""
+    explained, softmax_seen = tensor, False
     node = producers.get(explained)
-    while node is not None and node.op_type == "Identity":  # skl2onnx: Softmax -> Identity -> output
-        node = producers.get(node.input[0])
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        explained = node.input[0]
-    return chosen, explained
+    while node is not None:
+        if node.op_type == "Identity":
+            node = producers.get(node.input[0])
+            continue
+        codes = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if codes is not None and codes.op_type == "QuantizeLinear":
+            explained = codes.input[0]
+        elif node.op_type in ("Softmax", "LogSoftmax") and not softmax_seen:
+            explained, softmax_seen = node.input[0], True
+        else:
+            break
+        node = producers.get(explained)
+    return explained
 
 
 def build_seed(b: GraphBuilder, y: str, mode: str, scale: str, index: str | None) -> str:

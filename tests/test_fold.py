@@ -176,3 +176,16 @@ def test_what_a_loop_body_reads_is_kept_and_renamed():
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})[0], want,
                                rtol=1e-6)
+
+
+def test_a_dequantize_of_constants_stays_a_node():
+    """DequantizeLinear of int8 codes is not folded into a float weight: onnxruntime fuses DequantizeLinear ->
+    Conv -> QuantizeLinear into integer kernels as in the original model, where a float weight it finds there it
+    quantizes again with scales of its own (which changed a quantized net's activations by whole steps)."""
+    from tests.test_graph import _weights_through_dequantize
+
+    model = _weights_through_dequantize()[0]
+    folded = fold_in_proto(model, FOLD_SIZE_LIMIT)
+    assert [n.op_type for n in folded.graph.node] == ["DequantizeLinear", "DequantizeLinear", "MatMul", "Add"]
+    x = np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32)
+    np.testing.assert_array_equal(run(folded, {"x": x})[0], run(model, {"x": x})[0])

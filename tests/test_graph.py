@@ -83,3 +83,41 @@ def test_outer_reads_and_their_renaming_see_through_nested_subgraphs():
     branch = loop.attribute[0].g.node[1].attribute[0].g
     assert [list(n.input) for n in branch.node] == [["W"], ["x", "v"]]  # 'x' and 'v' are defined inside
     assert loop.attribute[0].g.output[2].name == "U"
+
+
+def _weights_through_dequantize():
+    """y = x @ DQ(codes, scale per column (axis 1), zero point) + DQ(int32 bias, 0.05): onnxruntime's quantizer's
+    layout of a quantized layer."""
+    codes = np.array([[-128, 5, 127], [3, 0, -7]], np.int8)
+    scale = np.array([0.5, 0.25, 0.125], np.float32)
+    zp = np.array([1, -2, 0], np.int8)
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=1, name="dq_w"),
+             helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], name="dq_b"),
+             helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "b"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(codes, "w_q"), numpy_helper.from_array(scale, "w_s"),
+                               numpy_helper.from_array(zp, "w_z"),
+                               numpy_helper.from_array(np.array([40, -3, 2**30], np.int32), "b_q"),
+                               numpy_helper.from_array(np.float32(0.05), "b_s")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), codes, scale, zp
+
+
+def test_a_dequantized_constant_has_its_value_when_compiling():
+    """The rules read a quantized weight's value (W+ of a DequantizeLinear of int8 codes) though the node stays in
+    the graph; the value is onnxruntime's DequantizeLinear's, bit for bit."""
+    import onnxruntime as ort
+
+    model, codes, scale, zp = _weights_through_dequantize()
+    b = GraphBuilder(model)
+    want = ((codes.astype(np.float32) - zp.astype(np.float32)) * scale).astype(np.float32)
+    np.testing.assert_array_equal(b.value("w"), want)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend([helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("w", "b")])
+    w, bias = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["w", "b"], {"x": np.zeros((1, 2), np.float32)})
+    assert b.value("w").dtype == np.float32 and np.array_equal(b.value("w"), w)
+    assert np.array_equal(b.value("b"), bias)  # int32 codes: 2**30 * 0.05 rounds as onnxruntime rounds it
+    assert "w" in b.constants and b.value("h") is None

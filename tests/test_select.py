@@ -205,3 +205,48 @@ def test_a_batch_mean_loss_is_explained_per_sample_by_the_loop_methods():
     points = [(k / 64) * x for k in range(64)]
     want = x * np.mean([(1 - np.tanh(p @ w) ** 2) @ w.T / 4 for p in points], axis=0)
     np.testing.assert_allclose(ig, want, rtol=1e-4, atol=1e-6)
+
+
+def _quantized_mlp(softmax_first: bool):
+    """mlp's logits through a uint8 QuantizeLinear -> DequantizeLinear (the output's range 0.01 * [-128, 127] clips
+    the largest logits), with a Softmax before or after the quantization."""
+    model, _ = mlp(softmax=False)
+    graph = model.graph
+    last = graph.output[0].name
+    for node in graph.node:
+        if last in node.output:
+            node.output[list(node.output).index(last)] = "scores"
+    graph.initializer.extend([helper.make_tensor("qs", TensorProto.FLOAT, [], [0.01]),
+                              helper.make_tensor("qz", TensorProto.INT8, [], [0])])
+    chain = [("Softmax", {"axis": -1}), ("Q", {}), ("DQ", {})] if softmax_first else \
+        [("Q", {}), ("DQ", {}), ("Softmax", {"axis": -1})]
+    t = "scores"
+    for k, (op, attrs) in enumerate(chain):
+        out = last if k == len(chain) - 1 else f"t{k}"
+        if op == "Q":
+            graph.node.append(helper.make_node("QuantizeLinear", [t, "qs", "qz"], [out], name=f"q{k}"))
+        elif op == "DQ":
+            graph.node.append(helper.make_node("DequantizeLinear", [t, "qs", "qz"], [out], name=f"dq{k}"))
+        else:
+            graph.node.append(helper.make_node(op, [t], [out], name=f"sm{k}", **attrs))
+        t = out
+    del graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model)
+
+
+@pytest.mark.parametrize("softmax_first", [False, True])
+def test_a_trailing_quantization_is_looked_through(softmax_first):
+    """The logits before a trailing QuantizeLinear -> DequantizeLinear (and a Softmax before or after it) are
+    explained: the map is the float model's, where the quantized logits' straight-through gradient is 0 wherever
+    the output's range clips them (mlp's largest logits exceed 1.27 here), which made all-zero maps (Grad-CAM of a
+    ResNet18 quantized by onnxruntime). The outputs stay the quantized ones."""
+    plain = onnxattr.create_analyzer("gradient", mlp(softmax=False)[0]).analyze(X * 10)
+    model = _quantized_mlp(softmax_first)
+    compiled = onnxattr.compile(model, "gradient")
+    meta = {p.key: p.value for p in compiled.metadata_props}
+    assert meta["onnxattr.explained"] == "scores"
+    assert [o.name for o in compiled.graph.output] == [model.graph.output[0].name, "relevance"]
+    quantized = onnxattr.create_analyzer("gradient", model).analyze(X * 10)
+    np.testing.assert_allclose(quantized, plain, rtol=1e-5, atol=1e-7)
+    logits = session(mlp(softmax=False)[0]).run(None, {"x": X * 10})[0]
+    assert np.abs(logits).max(axis=1).min() > 1.3, "the largest logits must be clipped for the test to mean much"

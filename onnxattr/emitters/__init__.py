@@ -23,6 +23,7 @@ from onnxattr.emitters import (  # noqa: E402,F401
     loss,
     normalization,
     pooling,
+    quantize,
     recurrent,
     reduce,
     resize,

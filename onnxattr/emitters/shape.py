@@ -54,7 +54,11 @@ def identity_vjp(b, node, grads, need):
 
 @register("Cast")
 def cast_vjp(b, node, grads, need):
-    return [b.op("Cast", [grads[0]], to=b.types.get(node.input[0], TensorProto.FLOAT))]
+    """dx = g in x's type; for a quantizer's integer codes (emitters/quantize.py) g itself, their float gradient."""
+    x = node.input[0]
+    if x in b.types and not b.is_float(x):
+        return [grads[0]]
+    return [b.op("Cast", [grads[0]], to=b.types.get(x, TensorProto.FLOAT))]
 
 
 @register("CastLike")

@@ -39,6 +39,12 @@ ELEMENTWISE = frozenset({
     "HardSwish", "Swish", "Shrink", "ThresholdedRelu", "Clip", "Gelu", "Erf", "Identity", "Dropout", "Cast", "Abs",
     "Exp", "Log", "Sqrt", "Neg",
 })
+# a quantizer and its dequantizer make a rounded, clipped identity, an activation as ReLU6 (Clip) is one (from zero
+# point 0 of uint8 codes, the rectifier onnxruntime's quantizer leaves out): the quantizer takes an activation's
+# rule, and the dequantizer of its codes the same (the gradient of one and the pass of the other would scale
+# relevance by the quantization step)
+QUANTIZERS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
+INTEGER_LAYERS = frozenset({"MatMulInteger", "ConvInteger"})
 ADDS = ("Add", "Sum", "Mean")  # Mean: a layer of weights 1/n
 
 # Data movement whose gradient moves each output element back to one input element holding the same value
@@ -95,7 +101,14 @@ class Composite:
         kinds: dict[str, str] = {}  # node name -> its kind, for the [nodes] table (lrp/named.py)
         written: set = set()  # names of the activations written out, x * h(x)
         scalings: list = []  # (node, its entry) of each Mul and Div by a constant
+        quantized: dict = {}  # codes -> the name of the quantizer that wrote them
         for n in nodes:
+            if n.op_type in INTEGER_LAYERS:
+                raise UnsupportedModelError(
+                    f"{n.op_type} node '{n.name}' is a layer of onnxruntime's dynamic quantization (quantize_dynamic): "
+                    "its float weights and scores are not written in the graph, and the LRP rules need them. Explain "
+                    "it with a gradient method (gradient, integrated_gradients, smoothgrad, ...), or quantize "
+                    "statically in QDQ format (quantize_static), whose layers the rules read")
             unit = units.get(n.name)
             if unit is not None:
                 if n is not unit.node:
@@ -114,6 +127,14 @@ class Composite:
                 kinds[n.name] = "add"
             elif n.op_type in ELEMENTWISE:
                 chosen[n.name] = self._activation_rule(n, kernel_outputs)
+                kinds[n.name] = "activation"
+            elif n.op_type in QUANTIZERS:
+                chosen[n.name] = self._activation_rule(n, kernel_outputs)
+                quantized[n.output[0]] = n.name
+                kinds[n.name] = "activation"
+            elif n.op_type == "DequantizeLinear":  # as its codes' quantizer; codes of a constant: none vary
+                rule = chosen.get(quantized.get(n.input[0]), ("pass", ""))[0]
+                chosen[n.name] = (rule, "dequantization: as its quantizer")
                 kinds[n.name] = "activation"
             elif n.op_type == "BatchNormalization" and any(i in varying for i in n.input[1:5]):
                 chosen[n.name] = ("gradient", "normalizes by its input's own statistics: a norm, no layer")

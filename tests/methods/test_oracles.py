@@ -37,6 +37,10 @@ Add, where Zennit takes it, by name or by scales = gradient and add = gradient; 
 max, and are 0.8-1.0 apart without the changes).
 A manifest's ``feeds`` are the model's other graph inputs, stored as ``feed:NAME`` (torch_masked_encoder's
 padding mask, one row per sample, which integrated gradients and SmoothGrad give each of a sample's points).
+quant_cnn (tests/oracles/make_quantized.py): a quantization-aware torch net, its fake quantizations exported as
+QuantizeLinear/DequantizeLinear and its weights as int8 codes, under Captum's gradient family and Zennit's composites
+(the quantizers as Zennit activations: Pass), in the classes above; they agree to 3.6e-7 of the map's max (its 36
+maps all fail without the straight-through estimator's saturation mask).
 A manifest's ``also_valid_for`` models (the same net exported another way: Keras at opset 9, PyTorch
 with its BatchNormalization nodes kept; torch_gated's LayerNorm written out at opset 14 and its squeeze-excitation
 product in the other operand order, tests/oracles/make_zennit_products.py; keras_se's Multiply([x, gate]) beside

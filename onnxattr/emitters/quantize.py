@@ -1,0 +1,198 @@
+"""Quantized ops: the straight-through estimator.
+
+Rounding has a zero derivative almost everywhere, so a quantized model's exact gradient is zero. Its
+backward is taken, as quantization-aware training takes it (PyTorch's fake_quantize), by passing the
+gradient through the rounding: the integer codes a quantizer writes carry gradient as if they were
+continuous (``STRAIGHT_THROUGH``, read by the reverse pass), and each op differentiates its own affine part:
+
+    DequantizeLinear      y = (q - zp) * s:                   dq = g * s
+    QuantizeLinear        q = clip(round(x / s) + zp, lo, hi): dx = g / s where lo <= round(x / s) + zp <= hi, else 0
+    DynamicQuantizeLinear q = round(x / s) + zp, s and zp from x's range (never clipped): dx = g / s
+    MatMulInteger         y = (a - a_zp) @ (b - b_zp):        MatMul's backward on those float operands
+    ConvInteger           y = Conv(x - x_zp, w - w_zp):        Conv's backward on those float operands
+
+A Q -> DQ pair with one scale so passes g where x was inside the quantization range and stops it where the
+code saturated. The scale and zero point DynamicQuantizeLinear computes from x are held constant (its outputs 1
+and 2 carry no gradient: ``HELD_CONSTANT``). ``s`` and ``zp`` are a scalar, or one value per slice along ``axis``;
+blocked quantization (``block_size``) and float8 codes are refused by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from onnxattr.emitters.registry import known_rank, node_attr, register
+from onnxattr.errors import UnsupportedModelError
+
+# ops whose first output is an integer code that carries gradient straight through (the reverse pass reads this)
+STRAIGHT_THROUGH = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"})
+# outputs that carry no gradient though they are float and computed from the input: {op: output indices}
+HELD_CONSTANT = {"DynamicQuantizeLinear": frozenset({1, 2})}
+# ops that may read codes on the explained path: their backward is the same for codes as for floats (data
+# movement), or gives a code its float gradient (DequantizeLinear, Cast, the integer products); codes pass
+# through the movers
+CODE_READERS = frozenset({"DequantizeLinear", "Cast", "MatMulInteger", "ConvInteger", "Reshape", "Transpose",
+                          "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+# onnxruntime's QOperator format: integer kernels whose float computation is not written in the graph
+QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
+                           "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSigmoid",
+                           "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QAttention", "QEmbedLayerNormalization",
+                           "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QOrderedMatMul", "DynamicQuantizeLSTM"})
+
+# the integer code types and their ranges
+CODE_RANGES = {
+    TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127),
+    TensorProto.UINT16: (0, 65535), TensorProto.INT16: (-32768, 32767),
+    TensorProto.UINT4: (0, 15), TensorProto.INT4: (-8, 7),
+    TensorProto.INT32: (-2 ** 31, 2 ** 31 - 1),
+}
+
+
+def _refuse_blocked(node) -> None:
+    if node_attr(node, "block_size", 0):
+        raise UnsupportedModelError(
+            f"{node.op_type} node '{node.name}': blocked quantization (block_size="
+            f"{node_attr(node, 'block_size')}) has no backward here; per-tensor and per-axis scales are supported")
+
+
+def _along_axis(b, node, param: str, data: str, ftype: int) -> str:
+    """``param`` (a scalar or one value per slice of ``data`` along the node's axis) in float type ``ftype``,
+    shaped to broadcast against ``data``."""
+    shape = b.shape(param)
+    out = param if b.types.get(param) == ftype else b.op("Cast", [param], to=ftype)
+    if shape is not None and len(shape) == 0:
+        return out
+    rank = known_rank(b, node, data)
+    axis = node_attr(node, "axis", 1)
+    axis = axis + rank if axis < 0 else axis
+    if rank <= 1 or axis == rank - 1 or shape == [1]:
+        return out
+    return b.op("Unsqueeze", [out, b.ints(list(range(1, rank - axis)))])
+
+
+def _code_type(b, node) -> int:
+    """The element type of a QuantizeLinear's codes: its zero point's, its output_dtype, else uint8."""
+    if len(node.input) > 2 and node.input[2] and node.input[2] in b.types:
+        return b.types[node.input[2]]
+    return node_attr(node, "output_dtype", 0) or b.types.get(node.output[0], TensorProto.UINT8)
+
+
+@register("DequantizeLinear")
+def dequantize_linear_vjp(b, node, grads, need):
+    """y = (q - zp) * s: dq = g * s (q's gradient, in g's float type); no gradient to s or zp."""
+    _refuse_blocked(node)
+    q, scale, g = node.input[0], node.input[1], grads[0]
+    if not need[0]:
+        return [None] * len(node.input)
+    return [b.op("Mul", [g, _along_axis(b, node, scale, q, b.float_type(g))])] + [None] * (len(node.input) - 1)
+
+
+@register("QuantizeLinear")
+def quantize_linear_vjp(b, node, grads, need):
+    """q = clip(round(x / s) + zp, lo, hi): dx = g / s where round(x / s) + zp lies in [lo, hi], else 0."""
+    _refuse_blocked(node)
+    x, scale, g = node.input[0], node.input[1], grads[0]
+    if not need[0]:
+        return [None] * len(node.input)
+    code = _code_type(b, node)
+    if code not in CODE_RANGES:
+        raise UnsupportedModelError(
+            f"QuantizeLinear node '{node.name}': codes of type {TensorProto.DataType.Name(code)} have no backward "
+            f"here; integer codes ({', '.join(TensorProto.DataType.Name(t) for t in CODE_RANGES)}) are supported")
+    lo, hi = CODE_RANGES[code]
+    ftype = b.float_type(x)
+    scale = _along_axis(b, node, scale, x, ftype)
+    level = b.op("Round", [b.op("Div", [x, scale])])
+    if len(node.input) > 2 and node.input[2]:
+        level = b.op("Add", [level, _along_axis(b, node, node.input[2], x, ftype)])
+    dtype = b.float_dtype(x)
+    inside = b.op("And", [b.op("GreaterOrEqual", [level, b.const(np.asarray(lo, dtype), dtype, "lo")]),
+                          b.op("LessOrEqual", [level, b.const(np.asarray(hi, dtype), dtype, "hi")])])
+    if b.types.get(g) != ftype:
+        g = b.op("Cast", [g], to=ftype)
+    dx = b.op("Where", [inside, b.op("Div", [g, scale]), b.scalar(0.0, x)])
+    return [dx] + [None] * (len(node.input) - 1)
+
+
+@register("DynamicQuantizeLinear")
+def dynamic_quantize_linear_vjp(b, node, grads, need):
+    """q = round(x / s) + zp with s, zp from x's range (held constant): dx = g / s (nothing is clipped)."""
+    g, scale = grads[0], node.output[1]
+    if g is None or not need[0]:
+        return [None]
+    ftype = b.float_type(node.input[0])
+    if b.types.get(g) != ftype:
+        g = b.op("Cast", [g], to=ftype)
+    if b.types.get(scale, TensorProto.FLOAT) != ftype:
+        scale = b.op("Cast", [scale], to=ftype)
+    return [b.op("Div", [g, scale])]
+
+
+def _float_operand(b, codes: str, zp: str | None, ftype: int, zp_axis: int | None = None) -> str:
+    """codes - zp as a float tensor: a constant where both are, else computed at run time. ``zp_axis``: the axis a
+    1-D zero point runs along (MatMulInteger's a_zero_point is one per row, ConvInteger's w_zero_point one per output
+    channel); None where it broadcasts as written (b_zero_point, one per column)."""
+    dtype = np.dtype(np.float64 if ftype == TensorProto.DOUBLE else np.float16 if ftype == TensorProto.FLOAT16
+                     else np.float32)
+    values, point = b.value(codes), (b.value(zp) if zp else np.zeros((), np.int8))
+    if values is not None and point is not None:
+        point = np.asarray(point).astype(dtype)
+        if zp_axis is not None and point.ndim == 1:
+            point = point.reshape((-1,) + (1,) * (np.asarray(values).ndim - 1 - zp_axis))
+        return b.const(np.asarray(values).astype(dtype) - point, dtype, "dequantized")
+    out = b.op("Cast", [codes], to=ftype)
+    if zp:
+        shift = b.op("Cast", [zp], to=ftype)
+        zshape, rank = b.shape(zp), b.rank(codes)
+        if zp_axis is not None and zshape is not None and len(zshape) == 1 and rank is not None:
+            shift = b.op("Unsqueeze", [shift, b.ints(list(range(1, rank - zp_axis)))]) if rank - 1 > zp_axis else shift
+        out = b.op("Sub", [out, shift])
+    b.set_info(out, codes)
+    return out
+
+
+def _product_ftype(b, node, grads) -> int:
+    return b.types.get(grads[0]) if b.types.get(grads[0]) in (TensorProto.FLOAT16, TensorProto.DOUBLE) \
+        else TensorProto.FLOAT
+
+
+@register("MatMulInteger")
+def matmul_integer_vjp(b, node, grads, need):
+    """y = (a - a_zp) @ (b - b_zp), int32: MatMul's backward on the float operands (the codes' gradients)."""
+    from onnxattr.emitters.linear import matmul_vjp
+
+    ftype = _product_ftype(b, node, grads)
+    a, w = node.input[0], node.input[1]
+    zps = list(node.input[2:4]) + [""] * (4 - len(node.input))
+    rank_a = b.rank(a)
+    fa = _float_operand(b, a, zps[0] or None, ftype, zp_axis=(rank_a - 2) if rank_a else None) if need[1] else a
+    fw = _float_operand(b, w, zps[1] or None, ftype) if need[0] else w
+    view = onnx_node("MatMul", [fa, fw], node)
+    out = matmul_vjp(b, view, grads, need[:2])
+    return out + [None] * (len(node.input) - 2)
+
+
+@register("ConvInteger")
+def conv_integer_vjp(b, node, grads, need):
+    """y = Conv(x - x_zp, w - w_zp), int32: Conv's backward on the float operands (the codes' gradients)."""
+    from onnxattr.emitters.conv import conv_vjp
+
+    ftype = _product_ftype(b, node, grads)
+    x, w = node.input[0], node.input[1]
+    zps = list(node.input[2:4]) + [""] * (4 - len(node.input))
+    fx = _float_operand(b, x, zps[0] or None, ftype) if len(need) > 1 and need[1] else x
+    fw = _float_operand(b, w, zps[1] or None, ftype, zp_axis=0)
+    view = onnx_node("Conv", [fx, fw], node)
+    out = conv_vjp(b, view, grads, need[:2])
+    return out + [None] * (len(node.input) - 2)
+
+
+def onnx_node(op_type: str, inputs: list[str], like):
+    """A float op standing for integer node ``like`` (same name, attributes and output) for the emitter that
+    differentiates it; it is never added to the graph."""
+    from onnx import helper
+
+    view = helper.make_node(op_type, inputs, list(like.output), name=like.name)
+    view.attribute.extend(like.attribute)
+    return view
