@@ -91,10 +91,16 @@ def dequantize_linear_vjp(b, node, grads, need):
 @register("QuantizeLinear")
 def quantize_linear_vjp(b, node, grads, need):
     """q = clip(round(x / s) + zp, lo, hi): dx = g / s where round(x / s) + zp lies in [lo, hi], else 0."""
-    _refuse_blocked(node)
-    x, scale, g = node.input[0], node.input[1], grads[0]
     if not need[0]:
         return [None] * len(node.input)
+    return [_quantize_backward(b, node, grads[0])] + [None] * (len(node.input) - 1)
+
+
+def _quantize_backward(b, node, g: str, lower: str = "range") -> str:
+    """g / s where round(x / s) + zp lies in [lo, hi], else 0; ``lower`` "above_zero_point": in [zp + 1, hi] (the
+    codes a rectifier lets through), "none": at most hi (its top clipped, the bottom let through)."""
+    _refuse_blocked(node)
+    x, scale = node.input[0], node.input[1]
     code = _code_type(b, node)
     if code not in CODE_RANGES:
         raise UnsupportedModelError(
@@ -103,16 +109,40 @@ def quantize_linear_vjp(b, node, grads, need):
     lo, hi = CODE_RANGES[code]
     ftype = b.float_type(x)
     scale = _along_axis(b, node, scale, x, ftype)
+    if b.types.get(g) != ftype:
+        g = b.op("Cast", [g], to=ftype)
     level = b.op("Round", [b.op("Div", [x, scale])])
     if len(node.input) > 2 and node.input[2]:
         level = b.op("Add", [level, _along_axis(b, node, node.input[2], x, ftype)])
     dtype = b.float_dtype(x)
-    inside = b.op("And", [b.op("GreaterOrEqual", [level, b.const(np.asarray(lo, dtype), dtype, "lo")]),
-                          b.op("LessOrEqual", [level, b.const(np.asarray(hi, dtype), dtype, "hi")])])
-    if b.types.get(g) != ftype:
-        g = b.op("Cast", [g], to=ftype)
-    dx = b.op("Where", [inside, b.op("Div", [g, scale]), b.scalar(0.0, x)])
-    return [dx] + [None] * (len(node.input) - 1)
+    inside = b.op("LessOrEqual", [level, b.const(np.asarray(hi, dtype), dtype, "hi")])
+    if lower != "none":
+        bottom = b.const(np.asarray(lo, dtype), dtype, "lo")
+        if lower == "above_zero_point":  # round(x / s) + zp > zp, a rectifier's zero point being lo
+            bottom = b.const(np.asarray(lo + 1, dtype), dtype, "lo")
+        inside = b.op("And", [b.op("GreaterOrEqual", [level, bottom]), inside])
+    return b.op("Where", [inside, b.op("Div", [g, scale]), b.scalar(0.0, x)])
+
+
+def rectifies(b, node) -> bool:
+    """A QuantizeLinear whose zero point is its codes' lowest value (uint8 from 0, the default): its dequantized
+    values are >= 0, a ReLU (capped at the range's top), as onnxruntime's quantizer writes a layer's ReLU into it."""
+    if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx") or node_attr(node, "block_size", 0):
+        return False
+    code = _code_type(b, node)
+    if code not in CODE_RANGES:
+        return False
+    zp = b.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+    return zp is not None and bool(np.all(np.asarray(zp).astype(np.int64) == CODE_RANGES[code][0]))
+
+
+def rectifier_vjp(b, node, grads, need, kind: str):
+    """Guided backprop's (``kind`` "guided") and DeconvNet's ("deconv") step at a rectifying QuantizeLinear:
+    relu(g) / s where the code is above the zero point (guided; DeconvNet ignores that forward mask) and not clipped
+    at the top, the straight-through estimator's own mask there."""
+    positive = b.op("Relu", [grads[0]])
+    out = _quantize_backward(b, node, positive, "above_zero_point" if kind == "guided" else "none")
+    return [out] + [None] * (len(node.input) - 1)
 
 
 @register("DynamicQuantizeLinear")

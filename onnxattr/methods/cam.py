@@ -28,8 +28,9 @@ COLLAPSING = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 
 
 # ops that read their input channels first by definition: the tensor they read fixes the layout
-CHANNELS_FIRST_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization",
-                                "InstanceNormalization", "LRN", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+CHANNELS_FIRST_OPS = frozenset({"Conv", "ConvInteger", "ConvTranspose", "MaxPool", "AveragePool", "LpPool",
+                                "BatchNormalization", "InstanceNormalization", "LRN", "GlobalAveragePool", "GlobalMaxPool",
+                                "GlobalLpPool"})
 
 
 def _perm(node) -> list[int] | None:

@@ -5,7 +5,8 @@ beta_smooth.
 deconvnet:       at every rectifier, R_in = relu(R_out)          (forward mask ignored)
 guided_backprop: at every rectifier, R_in = relu(R_out) * [x > 0], times a ReLU6's own [x <= 6]
                  (rectifiers: Relu, and Clip from 0 such as ReLU6, which Zennit's and Captum's hooks on
-                 nn.ReLU leave to the gradient)
+                 nn.ReLU leave to the gradient; a QuantizeLinear from its codes' lowest value, zero point 0 of
+                 uint8, into which onnxruntime's quantizer writes a ReLU, as a ReLU6: emitters/quantize.py)
 integrated_gradients: (x - ref) * sum_k w_k grad(ref + a_k (x - ref)), k = 0..steps-1, with the
                  points a_k and weights w_k of ``integration`` (``ig_quadrature``); the default is the left
                  Riemann sum a_k = k/steps, w_k = 1/steps of iNNvestigate (Captum's riemann_left)
@@ -22,6 +23,8 @@ import numpy as np
 from onnx import TensorProto
 
 from onnxattr.emitters.activations import clip_vjp, mask_positive
+from onnxattr.emitters.quantize import rectifier_vjp
+from onnxattr.emitters.quantize import rectifies as quantizer_rectifies
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.errors import OnnxAttrWarning, UsageError, warn
 from onnxattr.methods.base import (
@@ -68,11 +71,24 @@ def at_nodes(picks, rule):
     return lambda node: rule if picks(node) else None
 
 
+_MOVES_OR_QUANTIZES = frozenset({"QuantizeLinear", "DequantizeLinear", "Identity", "Cast", "Reshape", "Flatten",
+                                 "Transpose", "Squeeze", "Unsqueeze", "Pad"})
+
+
 def rectifier_test(t: Target):
-    """A test of whether a node rectifies: every Relu, and every Clip whose lower bound is a constant 0
-    (ReLU6 and other capped ReLUs; a Clip of any other bound is no rectifier). It looks at the bound's
-    name, which a Loop body's copy of the node keeps."""
+    """A test of whether a node rectifies: every Relu, every Clip whose lower bound is a constant 0
+    (ReLU6 and other capped ReLUs; a Clip of any other bound is no rectifier), and every QuantizeLinear whose zero
+    point is its codes' lowest value, of values some op computed (not the input's own quantizer). It looks at the
+    bound's name, which a Loop body's copy of the node keeps."""
     zero_bounds = set()
+    producer = {o: n for n in t.nodes for o in n.output}
+
+    def from_a_layer(tensor) -> bool:  # not the input itself, quantized or moved (a QAT net's input quantizer)
+        node = producer.get(tensor)
+        while node is not None and node.op_type in _MOVES_OR_QUANTIZES:
+            node = producer.get(node.input[0])
+        return node is not None
+
     for node in t.nodes:
         if node.op_type == "Clip" and len(node.input) > 1 and node.input[1]:
             low = t.b.value(node.input[1])
@@ -81,7 +97,8 @@ def rectifier_test(t: Target):
 
     def rectifies(node) -> bool:
         return node.op_type == "Relu" or (node.op_type == "Clip" and node.domain in ("", "ai.onnx")
-                                          and len(node.input) > 1 and node.input[1] in zero_bounds)
+                                          and len(node.input) > 1 and node.input[1] in zero_bounds) \
+            or (quantizer_rectifies(t.b, node) and from_a_layer(node.input[0]))
 
     return rectifies
 
@@ -91,6 +108,8 @@ def relu_rule(kind, rectifies):
     a Clip's own gradient mask (its upper bound). ``rectifies`` (rectifier_test) picks the nodes."""
 
     def rule(b, node, grads, need):
+        if node.op_type == "QuantizeLinear":
+            return rectifier_vjp(b, node, grads, need, kind)
         positive = b.op("Relu", [grads[0]])
         if kind == "deconv":
             return [positive] + [None] * (len(node.input) - 1)
@@ -120,7 +139,8 @@ def relu_method_rule(t: Target, name: str):
     if on_path and not any(rectifies(node) for node in on_path):
         others = sorted({n.op_type for n in on_path if n.op_type in OTHER_ACTIVATIONS})
         which = f" (its activations: {', '.join(others)})" if others else ""
-        warn(f"{name}: no rectifier (Relu, or a Clip from 0 such as ReLU6) lies between '{t.x}' and '{t.y}'"
+        warn(f"{name}: no rectifier (Relu, a Clip from 0 such as ReLU6, or a quantizer from zero point 0) lies "
+             f"between '{t.x}' and '{t.y}'"
              f"{which}, so the map is the plain gradient (iNNvestigate refuses such a model; Zennit and Captum "
              "return its gradient)", OnnxAttrWarning)
     return relu_rule(kind, rectifies)

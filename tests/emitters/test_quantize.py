@@ -128,6 +128,19 @@ def test_16_bit_codes():
         np.testing.assert_allclose(got, g * factor, rtol=1e-6)
 
 
+def test_4_bit_codes():
+    """int4 codes (opset 21), zero point 1: the range [-8, 7] clips where round(x / s) passes 6 or -9."""
+    model = quant_model((2, 5), 0.5, np.int8(0), opset=21)
+    for i, t in enumerate(model.graph.initializer):
+        if t.name == "zp":
+            model.graph.initializer[i].CopyFrom(helper.make_tensor("zp", TensorProto.INT4, [], [1]))
+    del model.graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    x = np.array([[0.0, 1.0, -1.0, 3.0, -5.0], [3.3, 2.0, -4.5, 0.5, 7.0]], np.float32)
+    got = emitted_gradient(model, x, np.full_like(x, 2.0))
+    np.testing.assert_array_equal(got, [[2, 2, 2, 2, 0], [0, 2, 2, 2, 0]])
+
+
 MOVERS = {
     "Reshape": ("Reshape", {}, [np.array([2, 12], np.int64)]),
     "Transpose": ("Transpose", {"perm": [1, 0, 2]}, []),

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
+import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from tests.models import freeze, single_io_model, tensor_values
 
@@ -146,3 +147,43 @@ def se_export(export: str):
     se_mul = next(n.name for n in model.graph.node if n.op_type == "Mul" and gate in n.input)
     return model, frozen, x, name, signal, se_mul
 
+
+def relu_quantized(model, x, steps=255, absorb=False):
+    """``model`` with every Relu's output fake-quantized (uint8 QuantizeLinear -> DequantizeLinear, zero point 0,
+    the scale putting the largest value on x at code ``steps``: below 255, nothing saturates); ``absorb``: the Relu
+    left out, as onnxruntime's quantizer leaves it out (codes from zero point 0 clip the negative values)."""
+    relus = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend([helper.make_tensor_value_info(r, TensorProto.FLOAT, None) for r in relus])
+    values = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(relus, {"x": x})
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    for r, v in zip(relus, values):
+        for node in graph.node:
+            for k, i in enumerate(node.input):
+                if i == r:
+                    node.input[k] = r + "_dq"
+        graph.initializer.extend([helper.make_tensor(r + "_s", TensorProto.FLOAT, [], [float(v.max()) / steps]),
+                                  helper.make_tensor(r + "_z", TensorProto.UINT8, [], [0])])
+        source = r
+        if absorb:
+            relu = next(n for n in graph.node if n.op_type == "Relu" and n.output[0] == r)
+            source = relu.input[0]
+            graph.node.remove(relu)
+        graph.node.extend([helper.make_node("QuantizeLinear", [source, r + "_s", r + "_z"], [r + "_q"],
+                                            name=r + "_q"),
+                           helper.make_node("DequantizeLinear", [r + "_q", r + "_s", r + "_z"], [r + "_dq"],
+                                            name=r + "_dq")])
+    order, ready, pending = [], {"x"} | {t.name for t in graph.initializer}, list(graph.node)  # topological order
+    while pending:
+        for n in pending:
+            if all(i in ready for i in n.input if i):
+                order.append(n)
+                ready.update(n.output)
+                pending.remove(n)
+                break
+    del graph.node[:]
+    graph.node.extend(order)
+    return out

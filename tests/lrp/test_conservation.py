@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import onnxattr
-from tests.lrp.nets import resnet_like
+from tests.lrp.nets import relu_quantized, resnet_like
 
 
 def run(model, method, x, **kw):
@@ -99,50 +99,6 @@ def test_graph_convolutions_conserve_relevance(method):
     assert rows["matmul0"] == rows["matmul4"] == rows["matmul1"] != "gradient", rows
 
 
-def quantized(model, x, steps=255, absorb=False):
-    """``model`` with every Relu's output fake-quantized (uint8 QuantizeLinear -> DequantizeLinear, zero point 0,
-    the scale putting the largest value on x at code ``steps``: below 255, nothing saturates); ``absorb``: the Relu
-    left out, as onnxruntime's quantizer leaves it out (codes from zero point 0 clip the negative values)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    relus = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend([helper.make_tensor_value_info(r, TensorProto.FLOAT, None) for r in relus])
-    values = ort.InferenceSession(probe.SerializeToString()).run(relus, {"x": x})
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    for r, v in zip(relus, values):
-        for node in graph.node:
-            for k, i in enumerate(node.input):
-                if i == r:
-                    node.input[k] = r + "_dq"
-        graph.initializer.extend([helper.make_tensor(r + "_s", TensorProto.FLOAT, [], [float(v.max()) / steps]),
-                                  helper.make_tensor(r + "_z", TensorProto.UINT8, [], [0])])
-        source = r
-        if absorb:
-            relu = next(n for n in graph.node if n.op_type == "Relu" and n.output[0] == r)
-            source = relu.input[0]
-            graph.node.remove(relu)
-        graph.node.extend([helper.make_node("QuantizeLinear", [source, r + "_s", r + "_z"], [r + "_q"],
-                                            name=r + "_q"),
-                           helper.make_node("DequantizeLinear", [r + "_q", r + "_s", r + "_z"], [r + "_dq"],
-                                            name=r + "_dq")])
-    order, ready, pending = [], {"x"} | {t.name for t in graph.initializer}, list(graph.node)  # topological order
-    while pending:
-        for n in pending:
-            if all(i in ready for i in n.input if i):
-                order.append(n)
-                ready.update(n.output)
-                pending.remove(n)
-                break
-    del graph.node[:]
-    graph.node.extend(order)
-    return out
-
-
 def test_quantized_activations_pass_relevance():
     """A bias-free ReLU net with each Relu's output quantized to 8 bits: a quantizer takes an activation's rule and
     the dequantizer of its codes the same, so the z rule still sums to the logit, and each preset's map stays near
@@ -154,10 +110,10 @@ def test_quantized_activations_pass_relevance():
     relevance by the step at every pair: its ResNet18 map fell to 1e-9 of the float net's."""
     x = np.random.default_rng(3).random((3, 2, 8, 8)).astype(np.float32)
     model = resnet_like()
-    for q in (quantized(model, x), quantized(model, x, absorb=True)):
+    for q in (relu_quantized(model, x), relu_quantized(model, x, absorb=True)):
         y, r = run(q, "lrp.z", x)
         np.testing.assert_allclose(r.reshape(3, -1).sum(1), y.max(1), rtol=1e-4, atol=1e-5)
-    for q, method in itertools.product((quantized(model, x), quantized(model, x, absorb=True)), (
+    for q, method in itertools.product((relu_quantized(model, x), relu_quantized(model, x, absorb=True)), (
             "lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.epsilon_plus_flat", "deep_taylor", "excitation_backprop")):
         plain, ours = run(model, method, x)[1].ravel(), run(q, method, x)[1].ravel()
         assert np.corrcoef(plain, ours)[0, 1] > 0.95, method

@@ -529,3 +529,29 @@ def test_a_sequence_unsqueezed_to_one_row_is_not_a_feature_map(axis):
     model = single_io_model(nodes, w, ["N", 3, 8, 8], ["N", 5], opset=18)
     rules = {name: rule for name, _, rule, _ in onnxattr.api.inspect(model, "grad_cam")}
     assert rules["conv_map"] == "grad_cam layer"
+
+
+def test_a_dynamically_quantized_net_keeps_its_feature_maps(tmp_path):
+    """onnxruntime's quantize_dynamic writes each Conv as ConvInteger (then Cast, Mul by the scales, Add the bias):
+    the feature maps start there as they start at a Conv, and the cam stays the float net's (correlation 0.999).
+    Before, a net whose convolutions were all ConvInteger had no feature map for Grad-CAM."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    rng = np.random.default_rng(5)
+    inits = {"w1": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+             "w2": rng.standard_normal((4, 4, 3, 3)).astype(np.float32),
+             "d": rng.standard_normal((4, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "d"], ["y"])]  # no pool before the last map
+    src, dst = tmp_path / "float.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(single_io_model(nodes, inits, ["N", 2, 8, 8], ["N", 3]), src)
+    quantize_dynamic(str(src), str(dst))
+    quantized = onnx.load(dst)
+    assert "ConvInteger" in {n.op_type for n in quantized.graph.node}
+    assert "Conv" not in {n.op_type for n in quantized.graph.node}
+    x = np.random.default_rng(4).random((3, 2, 8, 8)).astype(np.float32)
+    plain = onnxattr.create_analyzer("grad_cam", onnx.load(src)).analyze(x).ravel()
+    ours = onnxattr.create_analyzer("grad_cam", quantized).analyze(x).ravel()
+    assert np.corrcoef(plain, ours)[0, 1] > 0.99
