@@ -416,9 +416,10 @@ def create_analyzer(method: str, model, **kwargs) -> Analyzer:
 def explained_output(analyzer: Analyzer, mode: str, outputs: list | None = None):
     """(values, declared shape, choosable, through, name) of the explained output in ``outputs`` (the model's
     outputs as analyze leaves them in Analyzer.outputs; default: the last analyze's): the
-    explained tensor itself when it is a graph output, else (through) the graph output it was chosen
-    through (the softmax a classifier ends in), whose per-sample argmax is the explained tensor's when it
-    is [N, K]; (None, None, False, False, None) when neither is an output."""
+    explained tensor itself when it is a graph output, else the graph output it was chosen
+    through (the softmax a classifier ends in, through: True), whose per-sample argmax is the explained tensor's
+    when it is [N, K]; a trailing quantization looked through alone leaves the scores' own values, quantized
+    (through: False); (None, None, False, False, None) when neither is an output."""
     runner = analyzer.runner(mode)
     meta = runner.session.get_modelmeta().custom_metadata_map
     names = list(runner.output_names[:runner.output_names.index(RELEVANCE)])  # the model's own outputs
@@ -431,4 +432,7 @@ def explained_output(analyzer: Analyzer, mode: str, outputs: list | None = None)
     declared = runner.session.get_outputs()[runner.output_names.index(name)].shape
     outputs = analyzer.outputs if outputs is None else outputs
     values = None if outputs is None else np.asarray(outputs[names.index(name)])
-    return values, declared, not through or (values is not None and values.ndim == 2), through, name
+    choosable = not through or (values is not None and values.ndim == 2)
+    if through and meta.get("onnxattr.through") == "QuantizeLinear":  # (models compiled before it: a softmax)
+        through = False
+    return values, declared, choosable, through, name

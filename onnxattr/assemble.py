@@ -25,7 +25,7 @@ from onnxattr.load import check_input_model, check_input_shapes, load_model, mod
 from onnxattr.methods import REGISTRY, Target, get_method
 from onnxattr.methods.draws import random_opset_limit
 from onnxattr.recurrent_nodes import RECURRENT_OPS, fused_batch_limit, sequence_first_reader
-from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, neuron_index
+from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, looked_through, neuron_index
 
 RELEVANCE = "relevance"
 KEPT = "relevance:"  # + a kept tensor's name: the relevance at that tensor
@@ -234,6 +234,16 @@ def _compile(proto, m, method: str, resolved: dict, label: str, neuron: str, inp
         raise
 
 
+def _looked_through(canon: onnx.ModelProto, chosen: str | None, y: str) -> dict:
+    """{"onnxattr.through": the ops looked through from the chosen output to the explained tensor, comma-separated
+    (select.looked_through)} where there are any: a reader of the chosen output's values can tell probabilities
+    (a Softmax) from the scores themselves, quantized."""
+    if not chosen or chosen == y:
+        return {}
+    explained, crossed = looked_through(chosen, {o: n for n in canon.graph.node for o in n.output})
+    return {"onnxattr.through": ",".join(crossed)} if explained == y and crossed else {}
+
+
 def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, method: str,
              params: dict, graph_output: str | None = None, kept: dict | None = None,
              masked: dict | None = None) -> onnx.ModelProto:
@@ -278,6 +288,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
                                    "onnxattr.input": t.x,
                                    "onnxattr.explained": t.y,
                                    "onnxattr.chosen": graph_output or t.y,
+                                   **_looked_through(canon, graph_output, t.y),
                                    "onnxattr.data": data_input(canon, t.x),
                                    "onnxattr.neuron": neuron,
                                    "onnxattr.params": repr(params),

@@ -133,15 +133,16 @@ def choose_output(model: onnx.ModelProto, b: GraphBuilder, name: str | None) -> 
                 )
         else:
             chosen = floats[0]
-    return chosen, looked_through(chosen, producers)
+    return chosen, looked_through(chosen, producers)[0]
 
 
-def looked_through(tensor: str, producers: dict) -> str:
-    """The tensor explained for output ``tensor``: the logits before a trailing Softmax/LogSoftmax, and the float
-    values before a trailing quantization (QuantizeLinear -> DequantizeLinear; a quantized model's scores, whose
-    largest ones the output's range may clip, and a clipped score's straight-through gradient is 0), through
-    Identity nodes (skl2onnx: Softmax -> Identity -> output)."""
-    explained, softmax_seen = tensor, False
+def looked_through(tensor: str, producers: dict) -> tuple[str, list[str]]:
+    """(the tensor explained for output ``tensor``, the ops looked through on the way: "Softmax", "LogSoftmax",
+    "QuantizeLinear"): the logits before a trailing Softmax/LogSoftmax, and the float values before a trailing
+    quantization (QuantizeLinear -> DequantizeLinear; a quantized model's scores, whose largest ones the output's
+    range may clip, and a clipped score's straight-through gradient is 0), through Identity nodes (skl2onnx:
+    Softmax -> Identity -> output)."""
+    explained, crossed = tensor, []
     node = producers.get(explained)
     while node is not None:
         if node.op_type == "Identity":
@@ -150,12 +151,14 @@ def looked_through(tensor: str, producers: dict) -> str:
         codes = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
         if codes is not None and codes.op_type == "QuantizeLinear":
             explained = codes.input[0]
-        elif node.op_type in ("Softmax", "LogSoftmax") and not softmax_seen:
-            explained, softmax_seen = node.input[0], True
+            crossed.append("QuantizeLinear")
+        elif node.op_type in ("Softmax", "LogSoftmax") and not {"Softmax", "LogSoftmax"} & set(crossed):
+            explained = node.input[0]
+            crossed.append(node.op_type)
         else:
             break
         node = producers.get(explained)
-    return explained
+    return explained, crossed
 
 
 def build_seed(b: GraphBuilder, y: str, mode: str, scale: str, index: str | None) -> str:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -455,3 +456,26 @@ def test_the_table_shows_its_first_samples_and_the_worst_of_all(tmp_path, monkey
     assert "(1 more)" in out and "note: the table shows the first 3 of 4 samples, and the worst of all; --json" in out
     assert main(args + ["--json", str(tmp_path / "r.json")]) == 0
     assert "(1 more)" in (out := capsys.readouterr().out) and "note: the table" not in out
+
+
+def test_a_quantized_export_has_its_outputs_compared(tmp_path):
+    """A float model against its copy whose logits pass a trailing QuantizeLinear -> DequantizeLinear (steps of
+    0.1, nothing clipped): the second explains the scores before the quantization and outputs the quantized ones,
+    the scores' own values within half a step: compared, where a softmax's probabilities would not be. Before,
+    compare left the outputs out ("not a graph output of both")."""
+    from tests.models import mlp
+    from tests.test_select import _quantized_mlp
+
+    model = mlp(softmax=False)[0]
+    quantized = _quantized_mlp(softmax_first=False, scale=0.1)
+    quantized.graph.node.pop()  # without its softmax: the logits quantized
+    quantized.graph.node[-1].output[0] = "z"
+    onnx.save(model, tmp_path / "float.onnx")
+    onnx.save(onnx.shape_inference.infer_shapes(quantized), tmp_path / "quantized.onnx")
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32) * 0.2
+    result = compare(tmp_path / "float.onnx", tmp_path / "quantized.onnx", "gradient", x)
+    assert result.outputs_compared and result.choices_agree
+    logits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(logits).max() < 12.7  # inside the range
+    assert all(0 < s.output_diff <= 0.05 / np.abs(logits[k]).max() + 1e-6 for k, s in enumerate(result.samples))
+    assert result.within(1e-5), result.table()

@@ -207,8 +207,8 @@ def test_a_batch_mean_loss_is_explained_per_sample_by_the_loop_methods():
     np.testing.assert_allclose(ig, want, rtol=1e-4, atol=1e-6)
 
 
-def _quantized_mlp(softmax_first: bool):
-    """mlp's logits through a uint8 QuantizeLinear -> DequantizeLinear (the output's range 0.01 * [-128, 127] clips
+def _quantized_mlp(softmax_first: bool, scale: float = 0.01):
+    """mlp's logits through an int8 QuantizeLinear -> DequantizeLinear (the output's range 0.01 * [-128, 127] clips
     the largest logits), with a Softmax before or after the quantization."""
     model, _ = mlp(softmax=False)
     graph = model.graph
@@ -216,7 +216,7 @@ def _quantized_mlp(softmax_first: bool):
     for node in graph.node:
         if last in node.output:
             node.output[list(node.output).index(last)] = "scores"
-    graph.initializer.extend([helper.make_tensor("qs", TensorProto.FLOAT, [], [0.01]),
+    graph.initializer.extend([helper.make_tensor("qs", TensorProto.FLOAT, [], [scale]),
                               helper.make_tensor("qz", TensorProto.INT8, [], [0])])
     chain = [("Softmax", {"axis": -1}), ("Q", {}), ("DQ", {})] if softmax_first else \
         [("Q", {}), ("DQ", {}), ("Softmax", {"axis": -1})]
@@ -250,3 +250,16 @@ def test_a_trailing_quantization_is_looked_through(softmax_first):
     np.testing.assert_allclose(quantized, plain, rtol=1e-5, atol=1e-7)
     logits = session(mlp(softmax=False)[0]).run(None, {"x": X * 10})[0]
     assert np.abs(logits).max(axis=1).min() > 1.3, "the largest logits must be clipped for the test to mean much"
+
+
+def test_the_ops_looked_through_are_recorded():
+    """onnxattr.through names what lies between the chosen output and the explained tensor, so a reader of the
+    output's values (onnxattr compare) tells probabilities from quantized scores."""
+    def through(model):
+        meta = {p.key: p.value for p in onnxattr.compile(model, "gradient").metadata_props}
+        return meta.get("onnxattr.through")
+
+    assert through(mlp(softmax=True)[0]) == "Softmax"
+    assert through(mlp(softmax=False)[0]) is None
+    assert through(_quantized_mlp(softmax_first=False)) == "Softmax,QuantizeLinear"
+    assert through(_quantized_mlp(softmax_first=True)) == "QuantizeLinear,Softmax"
