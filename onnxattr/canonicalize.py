@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import version_converter
 
+from onnxattr.dequantize import INTEGER_LAYERS, dequantize_integer_layers
 from onnxattr.control_flow import has_control_flow, unroll_control_flow
 from onnxattr.errors import InvalidModelError, UnsupportedModelError
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto, remove_dead
@@ -248,11 +249,15 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 
 def canonicalize(model: onnx.ModelProto, label: str = "model",
-                 max_opset: tuple[int, str] | None = None, fused_recurrent: bool = False) -> onnx.ModelProto:
+                 max_opset: tuple[int, str] | None = None, fused_recurrent: bool = False,
+                 float_layers: bool = False) -> onnx.ModelProto:
     """``max_opset`` = (opset, why): convert a newer model down to that opset first, for a method whose
     ops onnxruntime cannot run at the model's own opset. ``fused_recurrent``: leave the recurrent nodes that the
-    exact-gradient methods differentiate as they are (recurrent_nodes.why_not_fused) instead of unrolling them."""
+    exact-gradient methods differentiate as they are (recurrent_nodes.why_not_fused) instead of unrolling them.
+    ``float_layers``: write dynamically quantized layers as float ones (dequantize.py), for the LRP rules."""
     drop_io_value_info(model)
+    if float_layers and any(n.op_type in INTEGER_LAYERS for n in model.graph.node):
+        dequantize_integer_layers(model)
     if max_opset is not None and default_opset(model) > max_opset[0]:
         model = downgrade_opset(model, label, *max_opset)
     model = upgrade_opset(model, label)

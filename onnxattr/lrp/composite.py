@@ -105,10 +105,11 @@ class Composite:
         for n in nodes:
             if n.op_type in INTEGER_LAYERS:
                 raise UnsupportedModelError(
-                    f"{n.op_type} node '{n.name}' is a layer of onnxruntime's dynamic quantization (quantize_dynamic): "
-                    "its float weights and scores are not written in the graph, and the LRP rules need them. Explain "
-                    "it with a gradient method (gradient, integrated_gradients, smoothgrad, ...), or quantize "
-                    "statically in QDQ format (quantize_static), whose layers the rules read")
+                    f"{n.op_type} node '{n.name}': an integer layer whose float weights and scores the graph does not "
+                    "write, and the LRP rules need them; onnxattr writes one as a float layer where it reads codes "
+                    "of a DynamicQuantizeLinear and a constant weight, and its output goes through a Cast to a Mul by "
+                    "the two scales, as onnxruntime's quantize_dynamic writes it (dequantize.py). Explain it with a "
+                    "gradient method (gradient, integrated_gradients, smoothgrad, ...), or quantize in QDQ format")
             unit = units.get(n.name)
             if unit is not None:
                 if n is not unit.node:
