@@ -78,6 +78,20 @@ def _code_type(b, node) -> int:
     return node_attr(node, "output_dtype", 0) or b.types.get(node.output[0], TensorProto.UINT8)
 
 
+def _scale_key(b, node, data: str):
+    """(the scale: its value where constant, else its name; the axis, or None for a scalar scale): what makes two
+    nodes' scaling the same."""
+    value = b.value(node.input[1])
+    scale = node.input[1] if value is None else (np.asarray(value).dtype.str, np.shape(value),
+                                                 np.asarray(value).tobytes())
+    shape = b.shape(node.input[1])
+    if shape is not None and (len(shape) == 0 or shape == [1]):
+        return scale, None
+    rank = known_rank(b, node, data)
+    axis = node_attr(node, "axis", 1)
+    return scale, axis + rank if axis < 0 else axis
+
+
 @register("DequantizeLinear")
 def dequantize_linear_vjp(b, node, grads, need):
     """y = (q - zp) * s: dq = g * s (q's gradient, in g's float type); no gradient to s or zp."""
@@ -85,7 +99,9 @@ def dequantize_linear_vjp(b, node, grads, need):
     q, scale, g = node.input[0], node.input[1], grads[0]
     if not need[0]:
         return [None] * len(node.input)
-    return [b.op("Mul", [g, _along_axis(b, node, scale, q, b.float_type(g))])] + [None] * (len(node.input) - 1)
+    out = b.op("Mul", [g, _along_axis(b, node, scale, q, b.float_type(g))])
+    b.cache[("dequantized", out)] = (g, _scale_key(b, node, q))  # its quantizer may divide by s again: see below
+    return [out] + [None] * (len(node.input) - 1)
 
 
 @register("QuantizeLinear")
@@ -98,7 +114,9 @@ def quantize_linear_vjp(b, node, grads, need):
 
 def _quantize_backward(b, node, g: str, lower: str = "range") -> str:
     """g / s where round(x / s) + zp lies in [lo, hi], else 0; ``lower`` "above_zero_point": in [zp + 1, hi] (the
-    codes a rectifier lets through), "none": at most hi (its top clipped, the bottom let through)."""
+    codes a rectifier lets through), "none": at most hi (its top clipped, the bottom let through). Where g is the
+    gradient the DequantizeLinear of these codes made with the same scale, g0 * s, g / s is g0 with no op. With a
+    constant zero point the range is two thresholds on x / s (``_thresholds``), else round(x / s) + zp is compared."""
     _refuse_blocked(node)
     x, scale = node.input[0], node.input[1]
     code = _code_type(b, node)
@@ -107,21 +125,61 @@ def _quantize_backward(b, node, g: str, lower: str = "range") -> str:
             f"QuantizeLinear node '{node.name}': codes of type {TensorProto.DataType.Name(code)} have no backward "
             f"here; integer codes ({', '.join(TensorProto.DataType.Name(t) for t in CODE_RANGES)}) are supported")
     lo, hi = CODE_RANGES[code]
-    ftype = b.float_type(x)
+    lo = None if lower == "none" else lo + 1 if lower == "above_zero_point" else lo  # a rectifier's zp is lo
+    ftype, dtype = b.float_type(x), b.float_dtype(x)
     scale = _along_axis(b, node, scale, x, ftype)
-    if b.types.get(g) != ftype:
-        g = b.op("Cast", [g], to=ftype)
-    level = b.op("Round", [b.op("Div", [x, scale])])
-    if len(node.input) > 2 and node.input[2]:
-        level = b.op("Add", [level, _along_axis(b, node, node.input[2], x, ftype)])
-    dtype = b.float_dtype(x)
-    inside = b.op("LessOrEqual", [level, b.const(np.asarray(hi, dtype), dtype, "hi")])
-    if lower != "none":
-        bottom = b.const(np.asarray(lo, dtype), dtype, "lo")
-        if lower == "above_zero_point":  # round(x / s) + zp > zp, a rectifier's zero point being lo
-            bottom = b.const(np.asarray(lo + 1, dtype), dtype, "lo")
-        inside = b.op("And", [b.op("GreaterOrEqual", [level, bottom]), inside])
-    return b.op("Where", [inside, b.op("Div", [g, scale]), b.scalar(0.0, x)])
+    base, key = b.cache.get(("dequantized", g), (None, None))
+    if base is not None and key == _scale_key(b, node, x):
+        step = base if b.types.get(base) == ftype else b.op("Cast", [base], to=ftype)
+    else:
+        step = b.op("Div", [g if b.types.get(g) == ftype else b.op("Cast", [g], to=ftype), scale])
+    ratio = b.op("Div", [x, scale])
+    bounds = _thresholds(b, node, x, lo, hi, dtype)
+    if bounds is not None:
+        below, above = bounds
+        inside = b.op("LessOrEqual", [ratio, b.const(above, dtype, "hi")])
+        if below is not None:
+            inside = b.op("And", [b.op("GreaterOrEqual", [ratio, b.const(below, dtype, "lo")]), inside])
+    else:
+        level = b.op("Round", [ratio])
+        if len(node.input) > 2 and node.input[2]:
+            level = b.op("Add", [level, _along_axis(b, node, node.input[2], x, ftype)])
+        inside = b.op("LessOrEqual", [level, b.const(np.asarray(hi, dtype), dtype, "hi")])
+        if lo is not None:
+            inside = b.op("And", [b.op("GreaterOrEqual", [level, b.const(np.asarray(lo, dtype), dtype, "lo")]),
+                                  inside])
+    return b.op("Mul", [step, b.op("Cast", [inside], to=ftype)])  # (Where is five times slower on CPU)
+
+
+def _thresholds(b, node, x: str, lo, hi: int, dtype):
+    """(t_lo or None, t_hi) with lo <= round(r) + zp <= hi exactly where t_lo <= r <= t_hi, for a constant zero
+    point: round(r) >= k where r >= k - 0.5, the tie included when round half to even takes it to k (k even) and
+    excluded by the next float up otherwise; likewise r <= m + 0.5 at the top. None when the zero point is computed,
+    or a threshold is not a number of x's float type."""
+    zp = b.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.int64)
+    if zp is None:
+        return None
+    zp = np.asarray(zp).astype(np.float64)
+    if zp.ndim == 1 and zp.size > 1:
+        key = _scale_key(b, node, x)
+        rank = known_rank(b, node, x)
+        zp = zp.reshape((-1,) + (1,) * (rank - 1 - key[1])) if key[1] is not None else zp
+    elif zp.ndim:
+        zp = zp.reshape(())
+
+    def edge(k, toward):
+        t = k + (0.5 if toward < 0 else -0.5)
+        exact = np.asarray(t, dtype).astype(np.float64)
+        if not np.array_equal(exact, t):
+            return None
+        moved = np.nextafter(np.asarray(t, dtype), np.asarray(toward, dtype))
+        return np.where(np.mod(k, 2) == 0, np.asarray(t, dtype), moved).astype(dtype)
+
+    above = edge(hi - zp, -np.inf)
+    below = edge(lo - zp, np.inf) if lo is not None else None
+    if above is None or (lo is not None and below is None):
+        return None
+    return below, above
 
 
 def rectifies(b, node) -> bool:

@@ -353,3 +353,34 @@ def test_the_qoperator_format_is_refused_where_a_backward_is_needed(tmp_path):
     x = rng.random((2, 3, 6, 6), dtype=np.float32)
     relevance = onnxattr.create_analyzer("occlusion", model, sliding_window_shapes=(3, 2, 2), strides=2).analyze(x)
     assert relevance.shape == x.shape and np.abs(relevance).max() > 0
+
+
+def test_a_zero_point_fed_at_run_time():
+    """A zero point that is a graph input (not a constant): round(x / s) + zp is compared with the range, where a
+    constant zero point gives two thresholds on x / s; both agree with the definition, ties included."""
+    inits = [numpy_helper.from_array(np.float32(0.5), "s")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="quant"),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dequant")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6]),
+                                           helper.make_tensor_value_info("zp", TensorProto.UINT8, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    m = vjp_model(model, ["x"], out="y")
+    assert "Round" in {n.op_type for n in m.graph.node}
+    x = np.array([[126.25, 126.75, -1.25, -1.75, 1.0, 200.0]], np.float32)  # x / s: 252.5, 253.5, -2.5, -3.5
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(["grad_x"], {"x": x, "zp": np.array(3, np.uint8), "cotangent": np.ones_like(x)})[0]
+    factor, _ = straight_through(x, 0.5, np.uint8(3), np.uint8, 1)
+    np.testing.assert_array_equal(got, factor)
+    np.testing.assert_array_equal(got, [[1, 0, 1, 0, 1, 0]])  # round: 252 + 3, 254 + 3, -2 + 3, -4 + 3
+
+
+def test_a_pair_with_one_scale_divides_by_nothing():
+    """Q -> DQ with one scale tensor: the DequantizeLinear's g * s and the QuantizeLinear's division by s cancel, so
+    the backward is g times the range's mask: one Div (x / s, for the mask), two comparisons, no Where (five times
+    slower than a Mul by the cast mask on onnxruntime's CPU provider)."""
+    from onnxattr.graph import live_nodes
+
+    m = vjp_model(quant_model((2, 8), 0.1, np.uint8(7)), ["x"], out="y")
+    ops = [n.op_type for n in live_nodes(list(m.graph.node), {"grad_x"}) if n.op_type not in ("QuantizeLinear",)]
+    assert ops.count("Div") == 1 and "Where" not in ops and "Round" not in ops and "Mul" in ops, ops
