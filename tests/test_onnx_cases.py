@@ -24,7 +24,8 @@ Of the 1,481 (node case, input) pairs run (onnx 1.23), 1,215 compile, over 118 o
 266 are refused by name (rank-0 inputs, which onnxattr does not explain; axes or block shapes fed at run time; a
 Resize's scales, a loss's class weights or a GroupNormalization's scale explained; training-mode BatchNormalization;
 sequence-first recurrent inputs; Unique, OneHot and MelWeightMatrix, which have no backward rule;
-DynamicQuantizeLinear, whose one float output, the scale, is held constant: its codes carry the gradient); of the 148 exported models' pairs, 141 compile (onnxruntime has no kernel for some of their old op versions,
+DynamicQuantizeLinear, whose one float output, the scale, is held constant: its codes carry the gradient); of the
+148 exported models' pairs, 141 compile (onnxruntime has no kernel for some of their old op versions,
 AveragePool-1: there the reference forward is onnx's upgrade to opset 17, as onnxattr's) and 7 are refused (outputs
 that read an input only through sequences). About 20 pairs are skipped at kinks. The sweep found the Pow,
 ConvTranspose output_shape, LpNormalization, Attention and Scan-8 defects fixed since 574328c, which the emitters' own

@@ -37,8 +37,9 @@ CODE_READERS = frozenset({"DequantizeLinear", "Cast", "MatMulInteger", "ConvInte
 # onnxruntime's QOperator format: integer kernels whose float computation is not written in the graph
 QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
                            "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSigmoid",
-                           "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QAttention", "QEmbedLayerNormalization",
-                           "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QOrderedMatMul", "DynamicQuantizeLSTM"})
+                           "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QAttention",
+                           "QEmbedLayerNormalization", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+                           "QOrderedMatMul", "DynamicQuantizeLSTM"})
 
 # the integer code types and their ranges
 CODE_RANGES = {

@@ -29,8 +29,8 @@ COLLAPSING = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 
 # ops that read their input channels first by definition: the tensor they read fixes the layout
 CHANNELS_FIRST_OPS = frozenset({"Conv", "ConvInteger", "ConvTranspose", "MaxPool", "AveragePool", "LpPool",
-                                "BatchNormalization", "InstanceNormalization", "LRN", "GlobalAveragePool", "GlobalMaxPool",
-                                "GlobalLpPool"})
+                                "BatchNormalization", "InstanceNormalization", "LRN", "GlobalAveragePool",
+                                "GlobalMaxPool", "GlobalLpPool"})
 
 
 def _perm(node) -> list[int] | None:

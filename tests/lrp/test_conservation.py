@@ -113,8 +113,9 @@ def test_quantized_activations_pass_relevance():
     for q in (relu_quantized(model, x), relu_quantized(model, x, absorb=True)):
         y, r = run(q, "lrp.z", x)
         np.testing.assert_allclose(r.reshape(3, -1).sum(1), y.max(1), rtol=1e-4, atol=1e-5)
-    for q, method in itertools.product((relu_quantized(model, x), relu_quantized(model, x, absorb=True)), (
-            "lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.epsilon_plus_flat", "deep_taylor", "excitation_backprop")):
+    methods = ("lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.epsilon_plus_flat", "deep_taylor",
+               "excitation_backprop")
+    for q, method in itertools.product((relu_quantized(model, x), relu_quantized(model, x, absorb=True)), methods):
         plain, ours = run(model, method, x)[1].ravel(), run(q, method, x)[1].ravel()
         assert np.corrcoef(plain, ours)[0, 1] > 0.95, method
         assert 0.9 < np.linalg.norm(ours) / np.linalg.norm(plain) < 1.1, method

@@ -541,8 +541,10 @@ def test_a_dynamically_quantized_net_keeps_its_feature_maps(tmp_path):
     inits = {"w1": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
              "w2": rng.standard_normal((4, 4, 3, 3)).astype(np.float32),
              "d": rng.standard_normal((4, 3)).astype(np.float32)}
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
              helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
              helper.make_node("MatMul", ["f", "d"], ["y"])]  # no pool before the last map
     src, dst = tmp_path / "float.onnx", tmp_path / "dynamic.onnx"
