@@ -173,7 +173,8 @@ def _compile(proto, m, method: str, resolved: dict, label: str, neuron: str, inp
     they are (canonicalize's fused_recurrent)."""
     check_input_model(proto, label)
     limit = random_opset_limit(default_opset(proto)) if m.random else None
-    canon = canonicalize(proto, label, max_opset=limit, fused_recurrent=fused, float_layers=m.family == "lrp")
+    canon = canonicalize(proto, label, max_opset=limit, fused_recurrent=fused,
+                         float_layers=m.family in ("lrp", "pattern"))
     x = choose_input(canon, input)
     reader = sequence_first_reader(proto, x)
     if reader is not None:

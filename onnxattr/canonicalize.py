@@ -254,7 +254,8 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
     """``max_opset`` = (opset, why): convert a newer model down to that opset first, for a method whose
     ops onnxruntime cannot run at the model's own opset. ``fused_recurrent``: leave the recurrent nodes that the
     exact-gradient methods differentiate as they are (recurrent_nodes.why_not_fused) instead of unrolling them.
-    ``float_layers``: write dynamically quantized layers as float ones (dequantize.py), for the LRP rules."""
+    ``float_layers``: write dynamically quantized layers as float ones (dequantize.py), for the LRP and pattern
+    rules."""
     drop_io_value_info(model)
     if float_layers and any(n.op_type in INTEGER_LAYERS for n in model.graph.node):
         dequantize_integer_layers(model)

@@ -70,7 +70,7 @@ def fit_patterns(model, data, pattern_type: str = "relu", batch_size: int = 32, 
     label = label or model_label(model)
     with naming_the_model(label):
         check_input_model(proto, label)
-        canon = canonicalize(proto, label)
+        canon = canonicalize(proto, label, float_layers=True)  # as compile does for the pattern methods
         x = choose_input(canon, input)
         b = GraphBuilder(canon)
         _, y = choose_output(canon, b, output)
