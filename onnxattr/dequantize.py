@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxattr.graph import dequantize_array
+
 INTEGER_LAYERS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
 
 
@@ -90,16 +92,15 @@ def _chain(node, producer: dict, readers: dict, inits: dict, outputs: set):
     w_scale = scales.input[1] if scales.input[0] == quantizer.output[1] else scales.input[0]
     if w_scale not in inits:
         return None
-    codes = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-    zero = numpy_helper.to_array(inits[w_zp]).astype(np.float32) if w_zp else np.zeros((), np.float32)
+    codes = numpy_helper.to_array(inits[node.input[1]])
+    zero = numpy_helper.to_array(inits[w_zp]) if w_zp else None
     scale = numpy_helper.to_array(inits[w_scale]).astype(np.float32)
-    if node.op_type == "ConvInteger":  # one value, or one per output channel (axis 0)
-        if zero.size > 1 or scale.size > 1:
+    if node.op_type == "ConvInteger":  # one value (onnxruntime's ConvInteger takes no zero point per channel)
+        if (zero is not None and zero.size > 1) or scale.size > 1:
             return None
-    elif zero.ndim > 1 or scale.ndim > 1:  # MatMulInteger: one per column of W [K, N]
+    elif (zero is not None and zero.ndim > 1) or scale.ndim > 1:  # MatMulInteger: one per column of W [K, N]
         return None
-    weight = ((codes - zero) * scale).astype(np.float32)
-    return node, cast, mul, quantizer, weight
+    return node, cast, mul, quantizer, dequantize_array(codes, scale, zero, axis=-1)
 
 
 def _only_reader(tensor: str, readers: dict, outputs: set):

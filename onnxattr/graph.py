@@ -67,15 +67,26 @@ def dequantized_constants(graph: onnx.GraphProto, protos: dict) -> dict:
 
 
 def _dequantize(inputs: list, axis: int, constants) -> np.ndarray:
-    q = np.asarray(constants[inputs[0]])
-    scale = np.asarray(constants[inputs[1]])
-    zp = np.asarray(constants[inputs[2]]) if len(inputs) > 2 and inputs[2] else np.zeros((), np.int8)
+    zp = constants[inputs[2]] if len(inputs) > 2 and inputs[2] else None
+    return dequantize_array(constants[inputs[0]], constants[inputs[1]], zp, axis)
+
+
+def dequantize_array(q, scale, zp, axis: int) -> np.ndarray:
+    """(q - zp) * s in s's float type, as onnxruntime's DequantizeLinear computes it; a 1-D s and zp run along
+    ``axis`` of q."""
+    q, scale = np.asarray(q), np.asarray(scale)
+    zp = np.zeros((), np.int8) if zp is None else np.asarray(zp)
     if scale.ndim == 1 and q.ndim > 1:
-        shape = [1] * q.ndim
-        shape[axis % q.ndim] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.ndim == 1 else zp
+        scale = along_axis(scale, q.ndim, axis % q.ndim)
+        zp = along_axis(zp, q.ndim, axis % q.ndim) if zp.ndim == 1 else zp
     centred = q.astype(np.int64) - zp.astype(np.int64)
     return (centred.astype(scale.dtype) * scale).astype(scale.dtype)
+
+
+def along_axis(values, rank: int, axis: int) -> np.ndarray:
+    """A 1-D array of one value per slice along ``axis`` of a rank-``rank`` tensor, shaped [n, 1, ..., 1] to
+    broadcast against it."""
+    return np.reshape(values, (-1,) + (1,) * (rank - 1 - axis))
 
 
 # op type -> index of the input whose element type the (first) output has

@@ -20,10 +20,13 @@ blocked quantization (``block_size``) and float8 codes are refused by name.
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
+from onnxattr.emitters.conv import conv_vjp
+from onnxattr.emitters.linear import matmul_vjp
 from onnxattr.emitters.registry import known_rank, node_attr, register
 from onnxattr.errors import UnsupportedModelError
+from onnxattr.graph import along_axis
 
 # ops whose first output is an integer code that carries gradient straight through (the reverse pass reads this)
 STRAIGHT_THROUGH = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"})
@@ -57,16 +60,22 @@ def _refuse_blocked(node) -> None:
             f"{node_attr(node, 'block_size')}) has no backward here; per-tensor and per-axis scales are supported")
 
 
-def _along_axis(b, node, param: str, data: str, ftype: int) -> str:
-    """``param`` (a scalar or one value per slice of ``data`` along the node's axis) in float type ``ftype``,
-    shaped to broadcast against ``data``."""
+def _axis(b, node, data: str) -> int:
+    """The node's ``axis`` (default 1) as a non-negative axis of ``data``."""
+    rank = known_rank(b, node, data)
+    axis = node_attr(node, "axis", 1)
+    return axis + rank if axis < 0 else axis
+
+
+def _along_axis(b, node, param: str, data: str, ftype: int, axis: int | None = None) -> str:
+    """``param`` (a scalar or one value per slice of ``data`` along ``axis``, by default the node's) in float type
+    ``ftype``, shaped to broadcast against ``data``."""
     shape = b.shape(param)
     out = param if b.types.get(param) == ftype else b.op("Cast", [param], to=ftype)
     if shape is not None and len(shape) == 0:
         return out
     rank = known_rank(b, node, data)
-    axis = node_attr(node, "axis", 1)
-    axis = axis + rank if axis < 0 else axis
+    axis = _axis(b, node, data) if axis is None else axis
     if rank <= 1 or axis == rank - 1 or shape == [1]:
         return out
     return b.op("Unsqueeze", [out, b.ints(list(range(1, rank - axis)))])
@@ -88,9 +97,7 @@ def _scale_key(b, node, data: str):
     shape = b.shape(node.input[1])
     if shape is not None and (len(shape) == 0 or shape == [1]):
         return scale, None
-    rank = known_rank(b, node, data)
-    axis = node_attr(node, "axis", 1)
-    return scale, axis + rank if axis < 0 else axis
+    return scale, _axis(b, node, data)
 
 
 @register("DequantizeLinear")
@@ -162,9 +169,7 @@ def _thresholds(b, node, x: str, lo, hi: int, dtype):
         return None
     zp = np.asarray(zp).astype(np.float64)
     if zp.ndim == 1 and zp.size > 1:
-        key = _scale_key(b, node, x)
-        rank = known_rank(b, node, x)
-        zp = zp.reshape((-1,) + (1,) * (rank - 1 - key[1])) if key[1] is not None else zp
+        zp = along_axis(zp, known_rank(b, node, x), _axis(b, node, x))
     elif zp.ndim:
         zp = zp.reshape(())
 
@@ -218,70 +223,56 @@ def dynamic_quantize_linear_vjp(b, node, grads, need):
     return [b.op("Div", [g, scale])]
 
 
-def _float_operand(b, codes: str, zp: str | None, ftype: int, zp_axis: int | None = None) -> str:
-    """codes - zp as a float tensor: a constant where both are, else computed at run time. ``zp_axis``: the axis a
-    1-D zero point runs along (MatMulInteger's a_zero_point is one per row, ConvInteger's w_zero_point one per output
-    channel); None where it broadcasts as written (b_zero_point, one per column)."""
-    dtype = np.dtype(np.float64 if ftype == TensorProto.DOUBLE else np.float16 if ftype == TensorProto.FLOAT16
-                     else np.float32)
+def _float_operand(b, node, k: int, ftype: int, zp_axis: int | None = None) -> str:
+    """The integer product ``node``'s operand k (codes, zero point k + 2) as codes - zp in float type ``ftype``: a
+    constant where both are, else computed at run time. ``zp_axis``: the axis a 1-D zero point runs along
+    (MatMulInteger's a_zero_point is one per row, ConvInteger's w_zero_point one per output channel); None where it
+    broadcasts as written (b_zero_point, one per column)."""
+    codes = node.input[k]
+    zp = node.input[k + 2] if len(node.input) > k + 2 and node.input[k + 2] else None
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ftype))
     values, point = b.value(codes), (b.value(zp) if zp else np.zeros((), np.int8))
     if values is not None and point is not None:
         point = np.asarray(point).astype(dtype)
         if zp_axis is not None and point.ndim == 1:
-            point = point.reshape((-1,) + (1,) * (np.asarray(values).ndim - 1 - zp_axis))
+            point = along_axis(point, np.ndim(values), zp_axis)
         return b.const(np.asarray(values).astype(dtype) - point, dtype, "dequantized")
     out = b.op("Cast", [codes], to=ftype)
     if zp:
-        shift = b.op("Cast", [zp], to=ftype)
         zshape, rank = b.shape(zp), b.rank(codes)
         if zp_axis is not None and zshape is not None and len(zshape) == 1 and rank is not None:
-            shift = b.op("Unsqueeze", [shift, b.ints(list(range(1, rank - zp_axis)))]) if rank - 1 > zp_axis else shift
+            shift = _along_axis(b, node, zp, codes, ftype, axis=zp_axis)
+        else:
+            shift = b.op("Cast", [zp], to=ftype)
         out = b.op("Sub", [out, shift])
     b.set_info(out, codes)
     return out
 
 
-def _product_ftype(b, node, grads) -> int:
-    return b.types.get(grads[0]) if b.types.get(grads[0]) in (TensorProto.FLOAT16, TensorProto.DOUBLE) \
-        else TensorProto.FLOAT
-
-
 @register("MatMulInteger")
 def matmul_integer_vjp(b, node, grads, need):
     """y = (a - a_zp) @ (b - b_zp), int32: MatMul's backward on the float operands (the codes' gradients)."""
-    from onnxattr.emitters.linear import matmul_vjp
-
-    ftype = _product_ftype(b, node, grads)
-    a, w = node.input[0], node.input[1]
-    zps = list(node.input[2:4]) + [""] * (4 - len(node.input))
-    rank_a = b.rank(a)
-    fa = _float_operand(b, a, zps[0] or None, ftype, zp_axis=(rank_a - 2) if rank_a else None) if need[1] else a
-    fw = _float_operand(b, w, zps[1] or None, ftype) if need[0] else w
-    view = onnx_node("MatMul", [fa, fw], node)
-    out = matmul_vjp(b, view, grads, need[:2])
+    ftype = b.float_type(grads[0])
+    rank_a = b.rank(node.input[0])
+    fa = _float_operand(b, node, 0, ftype, zp_axis=(rank_a - 2) if rank_a else None) if need[1] else node.input[0]
+    fw = _float_operand(b, node, 1, ftype) if need[0] else node.input[1]
+    out = matmul_vjp(b, float_view("MatMul", [fa, fw], node), grads, need[:2])
     return out + [None] * (len(node.input) - 2)
 
 
 @register("ConvInteger")
 def conv_integer_vjp(b, node, grads, need):
     """y = Conv(x - x_zp, w - w_zp), int32: Conv's backward on the float operands (the codes' gradients)."""
-    from onnxattr.emitters.conv import conv_vjp
-
-    ftype = _product_ftype(b, node, grads)
-    x, w = node.input[0], node.input[1]
-    zps = list(node.input[2:4]) + [""] * (4 - len(node.input))
-    fx = _float_operand(b, x, zps[0] or None, ftype) if len(need) > 1 and need[1] else x
-    fw = _float_operand(b, w, zps[1] or None, ftype, zp_axis=0)
-    view = onnx_node("Conv", [fx, fw], node)
-    out = conv_vjp(b, view, grads, need[:2])
+    ftype = b.float_type(grads[0])
+    fx = _float_operand(b, node, 0, ftype) if len(need) > 1 and need[1] else node.input[0]
+    fw = _float_operand(b, node, 1, ftype, zp_axis=0)
+    out = conv_vjp(b, float_view("Conv", [fx, fw], node), grads, need[:2])
     return out + [None] * (len(node.input) - 2)
 
 
-def onnx_node(op_type: str, inputs: list[str], like):
+def float_view(op_type: str, inputs: list[str], like):
     """A float op standing for integer node ``like`` (same name, attributes and output) for the emitter that
     differentiates it; it is never added to the graph."""
-    from onnx import helper
-
     view = helper.make_node(op_type, inputs, list(like.output), name=like.name)
     view.attribute.extend(like.attribute)
     return view

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from onnxattr.dequantize import INTEGER_LAYERS
 from onnxattr.errors import UnsupportedModelError, UsageError
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.gates import broadcast_gate, centring_parts, gate_branch, scaled_from, statistics_parts
@@ -44,7 +45,6 @@ ELEMENTWISE = frozenset({
 # rule, and the dequantizer of its codes the same (the gradient of one and the pass of the other would scale
 # relevance by the quantization step)
 QUANTIZERS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
-INTEGER_LAYERS = frozenset({"MatMulInteger", "ConvInteger"})
 ADDS = ("Add", "Sum", "Mean")  # Mean: a layer of weights 1/n
 
 # Data movement whose gradient moves each output element back to one input element holding the same value

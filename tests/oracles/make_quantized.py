@@ -220,14 +220,19 @@ def main():
     versions = (f"zennit {importlib.metadata.version('zennit')} / captum {importlib.metadata.version('captum')} / "
                 f"torch {torch.__version__}")
     saturated = {}
-    with torch.no_grad():  # how much each quantizer clips on x: the straight-through mask is not all ones
-        for name in ("q1", "q2_pre", "q2", "q3", "q_out"):
-            q = getattr(model, name)
-            hook = q.register_forward_hook(lambda mod, i, o, n=name: saturated.__setitem__(
-                n, float(((i[0] / mod.scale + mod.zero_point).round().clamp(-1e9, 1e9) > mod.hi).float().mean()
-                         + ((i[0] / mod.scale + mod.zero_point).round() < mod.lo).float().mean())))
-            model(x)
-            hook.remove()
+
+    def share_clipped(name):  # how much a quantizer clips on x: the straight-through mask is not all ones
+        def hook(mod, i, o):
+            level = (i[0] / mod.scale + mod.zero_point).round()
+            saturated[name] = float(((level > mod.hi) | (level < mod.lo)).float().mean())
+        return hook
+
+    names = ("q1", "q2_pre", "q2", "q3", "q_out")
+    hooks = [getattr(model, n).register_forward_hook(share_clipped(n)) for n in names]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
     manifest = {
         "model": f"{NAME}.onnx", "library": versions, "layout": "NCHW", "input_name": "input",
         "output_name": "logits", "entries": entries,
