@@ -89,6 +89,9 @@ def along_axis(values, rank: int, axis: int) -> np.ndarray:
     return np.reshape(values, (-1,) + (1,) * (rank - 1 - axis))
 
 
+# ops that move a tensor's elements without changing them: integer codes stay the codes of one quantizer
+CODE_MOVERS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
 # op type -> index of the input whose element type the (first) output has
 SAME_TYPE_OPS = {
     **dict.fromkeys((

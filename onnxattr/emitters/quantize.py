@@ -26,7 +26,7 @@ from onnxattr.emitters.conv import conv_vjp
 from onnxattr.emitters.linear import matmul_vjp
 from onnxattr.emitters.registry import known_rank, node_attr, register
 from onnxattr.errors import UnsupportedModelError
-from onnxattr.graph import along_axis
+from onnxattr.graph import CODE_MOVERS, along_axis
 
 # ops whose first output is an integer code that carries gradient straight through (the reverse pass reads this)
 STRAIGHT_THROUGH = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"})
@@ -35,8 +35,7 @@ HELD_CONSTANT = {"DynamicQuantizeLinear": frozenset({1, 2})}
 # ops that may read codes on the explained path: their backward is the same for codes as for floats (data
 # movement), or gives a code its float gradient (DequantizeLinear, Cast, the integer products); codes pass
 # through the movers
-CODE_READERS = frozenset({"DequantizeLinear", "Cast", "MatMulInteger", "ConvInteger", "Reshape", "Transpose",
-                          "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+CODE_READERS = CODE_MOVERS | {"DequantizeLinear", "Cast", "MatMulInteger", "ConvInteger"}
 # onnxruntime's QOperator format: integer kernels whose float computation is not written in the graph
 QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
                            "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSigmoid",

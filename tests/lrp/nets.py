@@ -148,10 +148,11 @@ def se_export(export: str):
     return model, frozen, x, name, signal, se_mul
 
 
-def relu_quantized(model, x, steps=255, absorb=False):
+def relu_quantized(model, x, steps=255, absorb=False, moved=False):
     """``model`` with every Relu's output fake-quantized (uint8 QuantizeLinear -> DequantizeLinear, zero point 0,
     the scale putting the largest value on x at code ``steps``: below 255, nothing saturates); ``absorb``: the Relu
-    left out, as onnxruntime's quantizer leaves it out (codes from zero point 0 clip the negative values)."""
+    left out, as onnxruntime's quantizer leaves it out (codes from zero point 0 clip the negative values);
+    ``moved``: the codes flattened and shaped back between the two (as a QOperator model moves codes)."""
     relus = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -172,10 +173,16 @@ def relu_quantized(model, x, steps=255, absorb=False):
             relu = next(n for n in graph.node if n.op_type == "Relu" and n.output[0] == r)
             source = relu.input[0]
             graph.node.remove(relu)
-        graph.node.extend([helper.make_node("QuantizeLinear", [source, r + "_s", r + "_z"], [r + "_q"],
-                                            name=r + "_q"),
-                           helper.make_node("DequantizeLinear", [r + "_q", r + "_s", r + "_z"], [r + "_dq"],
-                                            name=r + "_dq")])
+        codes = r + "_q"
+        graph.node.append(helper.make_node("QuantizeLinear", [source, r + "_s", r + "_z"], [codes], name=codes))
+        if moved:
+            graph.initializer.append(helper.make_tensor(r + "_shape", TensorProto.INT64, [v.ndim], v.shape))
+            graph.node.extend([helper.make_node("Flatten", [codes], [r + "_flat"], name=r + "_flat"),
+                               helper.make_node("Reshape", [r + "_flat", r + "_shape"], [r + "_back"],
+                                            name=r + "_back")])
+            codes = r + "_back"
+        graph.node.append(helper.make_node("DequantizeLinear", [codes, r + "_s", r + "_z"], [r + "_dq"],
+                                           name=r + "_dq"))
     order, ready, pending = [], {"x"} | {t.name for t in graph.initializer}, list(graph.node)  # topological order
     while pending:
         for n in pending:

@@ -119,3 +119,15 @@ def test_quantized_activations_pass_relevance():
         plain, ours = run(model, method, x)[1].ravel(), run(q, method, x)[1].ravel()
         assert np.corrcoef(plain, ours)[0, 1] > 0.95, method
         assert 0.9 < np.linalg.norm(ours) / np.linalg.norm(plain) < 1.1, method
+
+
+@pytest.mark.parametrize("method", ["deep_taylor", "lrp.epsilon", "lrp.z_plus"])
+def test_codes_moved_between_quantizer_and_dequantizer_keep_the_rule(method):
+    """Codes flattened and shaped back between a QuantizeLinear and its DequantizeLinear (a QOperator model's
+    Flatten on codes) leave the map as it is: the dequantizer takes its quantizer's rule through the movers. Before,
+    it found no quantizer and passed relevance while the quantizer took the gradient (deep_taylor), which scaled
+    relevance by 1 / step at each such pair."""
+    x = np.random.default_rng(3).random((3, 2, 8, 8)).astype(np.float32)
+    model = resnet_like()
+    plain, moved = (run(relu_quantized(model, x, absorb=True, moved=m), method, x)[1] for m in (False, True))
+    np.testing.assert_allclose(moved, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
