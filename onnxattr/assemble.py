@@ -135,8 +135,8 @@ def _check_crossed(option: str, b: GraphBuilder, name: str, tensor: str, x: str,
         return
     close = difflib.get_close_matches(name, crossed, n=3)
     where = f"tensor '{name}' is not" if tensor in tensors else f"no tensor '{name}'"
-    after = (f" (the explained tensor is '{y}', the input of the Softmax that gives '{chosen}': relevance "
-             "stops there)" if tensor == chosen and chosen != y else "")
+    after = (f" (the explained tensor is '{y}', from which a Softmax or a trailing quantization computes "
+             f"'{chosen}': relevance starts there)" if tensor == chosen and chosen != y else "")
     raise SelectionError(
         f"{option}: {where} between input '{x}' and output '{y}'{after}; "
         + (f"did you mean {', '.join(close)}?" if close else f"tensors there include {', '.join(crossed[-5:])}")

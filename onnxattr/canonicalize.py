@@ -3,7 +3,8 @@
 Steps: lift opsets older than 17 to 17 (onnx.version_converter; the backward needs opset 16's
 ScatterElements(reduction="add") and opset 13's input-form axes/splits), or, for a method whose ops
 onnxruntime cannot run at the model's opset, convert it down (``max_opset``; ops with no older version are
-expanded into their ONNX definitions first); expand the ops of EXPANDED_OPS (Attention, ...) into their
+expanded into their ONNX definitions first); write onnxruntime's QOperator nodes (QLinearConv, ...) as float ops
+between DequantizeLinear and QuantizeLinear (qoperator.py); expand the ops of EXPANDED_OPS (Attention, ...) into their
 definitions, whose ops the reverse pass differentiates; fold constant subgraphs (weights
 spelled as Constant/ConstantOfShape become initializers; CastLike with a known target type becomes Cast
 so that constant operands fold too); drop Identity and Dropout; unroll Loops of a trip count known when compiling
@@ -28,6 +29,7 @@ from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto, remove_de
 from onnxattr.expand import expand_defined_ops, expand_newer_ops
 from onnxattr.light import checkable_copy, declared_dims, infer_shapes, tensor_shapes
 from onnxattr.load import default_opset
+from onnxattr.qoperator import qoperator_to_qdq
 from onnxattr.recurrent import unroll_recurrent
 from onnxattr.sequences import resolve_sequences
 from onnxattr.static_dims import fold_static_dims
@@ -262,6 +264,7 @@ def canonicalize(model: onnx.ModelProto, label: str = "model",
     if max_opset is not None and default_opset(model) > max_opset[0]:
         model = downgrade_opset(model, label, *max_opset)
     model = upgrade_opset(model, label)
+    qoperator_to_qdq(model)  # integer kernels of the QOperator format as float ops between DQ and Q (qoperator.py)
     model = expand_defined_ops(model)
     model = fold_and_clean(model)
     for _ in range(CONTROL_FLOW_PASSES):  # each pass unrolls one level of nesting; folding then fixes the next's

@@ -19,6 +19,7 @@ from onnxattr.emitters.quantize import CODE_READERS, HELD_CONSTANT, QOPERATOR_OP
 from onnxattr.errors import UnsupportedModelError
 from onnxattr.expand import EXPANDED_OPS
 from onnxattr.graph import GraphBuilder, node_reads
+from onnxattr.qoperator import QOPERATOR_AS_FLOAT
 from onnxattr.recurrent_nodes import RECURRENT_OPS, sequence_length, why_not_fused, why_not_unrolled
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
@@ -65,8 +66,10 @@ def path_nodes(nodes: list[onnx.NodeProto], source: str, target: str, b: GraphBu
     misread = [n for n in on_path if n.op_type not in CODE_READERS and any(i in codes for i in reads[id(n)])]
     if misread and backward:
         n = misread[0]
-        hint = (f"{n.op_type} is onnxruntime's QOperator format, whose float computation the graph does not "
-                "write: quantize with quant_format=QuantFormat.QDQ (quantize_static's default) to explain the model"
+        hint = (f"{n.op_type} is onnxruntime's QOperator format; canonicalize writes "
+                f"{', '.join(sorted(QOPERATOR_AS_FLOAT))} as float ops between DequantizeLinear and QuantizeLinear "
+                "(qoperator.py), but not a channels_last node, one whose codes' type no zero point gives, nor other "
+                "ops: quantize with quant_format=QuantFormat.QDQ (quantize_static's default) to explain the model"
                 if n.op_type in QOPERATOR_OPS else "dequantize before this op")
         raise UnsupportedModelError(
             f"{n.op_type} node '{n.name}' reads the quantized codes "

@@ -122,8 +122,8 @@ def test_keep_refusals_name_the_problem():
     with pytest.raises(SelectionError, match="tensor 'W1' is not between"):  # a weight: not on the path
         onnxattr.compile(model, "lrp.epsilon", keep=["W1"])
     # a trailing Softmax is looked through: its output is not explained, and the message says what is
-    with pytest.raises(SelectionError, match="tensor 'p' is not between.*the explained tensor is 'z', the input of "
-                                             "the Softmax that gives 'p'"):
+    with pytest.raises(SelectionError, match="tensor 'p' is not between.*the explained tensor is 'z', from which a "
+                                             "Softmax or a trailing quantization computes 'p'"):
         onnxattr.compile(mlp()[0], "gradient", keep=["p"])
     # a model tensor already named like the output keep would add
     clash = mlp(softmax=False)[0]

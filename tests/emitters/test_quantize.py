@@ -323,38 +323,6 @@ def test_a_dynamically_quantized_mlp_against_its_dequantized_weights(tmp_path):
     np.testing.assert_allclose(relevance, product[:, [0, 1, 2, 1]].T, rtol=1e-5)
 
 
-def test_the_qoperator_format_is_refused_where_a_backward_is_needed(tmp_path):
-    """onnxruntime's QOperator format (QLinearConv on the codes) writes no float computation: the gradient refuses
-    it naming the QDQ format; occlusion, which runs forward passes only, explains it (before, both said the output
-    did not depend on the input through float tensors)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
-    rng = np.random.default_rng(10)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
-             helper.make_node("Flatten", ["p"], ["y"], name="flat")]
-    src, dst = tmp_path / "float.onnx", tmp_path / "qop.onnx"
-    onnx.save(_graph(nodes, ("N", 3, 6, 6), {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
-                                               "b": np.zeros(4, np.float32)}, opset=13), src)
-
-    class Probes(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter([{"x": rng.random((1, 3, 6, 6), dtype=np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    quantize_static(str(src), str(dst), Probes(), quant_format=QuantFormat.QOperator)
-    model = onnx.load(dst)
-    assert "QLinearConv" in {n.op_type for n in model.graph.node}
-    with pytest.raises(UnsupportedModelError, match="QLinearConv is onnxruntime's QOperator format.*QuantFormat.QDQ"):
-        onnxattr.compile(model, "gradient")
-    x = rng.random((2, 3, 6, 6), dtype=np.float32)
-    relevance = onnxattr.create_analyzer("occlusion", model, sliding_window_shapes=(3, 2, 2), strides=2).analyze(x)
-    assert relevance.shape == x.shape and np.abs(relevance).max() > 0
-
-
 def test_a_zero_point_fed_at_run_time():
     """A zero point that is a graph input (not a constant): round(x / s) + zp is compared with the range, where a
     constant zero point gives two thresholds on x / s; both agree with the definition, ties included."""
