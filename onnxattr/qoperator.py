@@ -107,8 +107,14 @@ def _as_float(node, inits: dict, graph) -> list | None:
     if node.op_type == "QLinearConcat":
         inputs = tuple((k, k + 1, k + 2) for k in range(2, len(node.input), 3))
     given = lambda k: node.input[k] if k < len(node.input) else ""  # noqa: E731
-    zero_type = next((inits[given(k[2])].data_type for k in inputs if isinstance(k, tuple) and given(k[2]) in inits),
-                     None)
+    out_scale, out_zero = (given(spec.output[0]), given(spec.output[1])) if spec.output else ("", "")
+    if out_scale and not out_zero:  # codes of the operands' type (onnxruntime's rule), known from a zero point
+        zero_type = next((inits[given(k[2])].data_type for k in inputs
+                          if isinstance(k, tuple) and given(k[2]) in inits), None)
+        if zero_type is None:
+            return None  # left for the reverse pass, which refuses it by name
+        out_zero = f"{name}/output_zero_point"
+        graph.initializer.append(helper.make_tensor(out_zero, zero_type, [], [0]))
     steps, float_inputs, scales = [], [], []
     for j, item in enumerate(inputs):
         if not isinstance(item, tuple):
@@ -131,19 +137,12 @@ def _as_float(node, inits: dict, graph) -> list | None:
                   if a.name not in ("channels_last",) + DROPPED_ATTRIBUTES.get(node.op_type, ())}
     if node.op_type == "QGemm":  # onnxruntime scales the bias by alpha too: alpha (A B + C)
         attributes["beta"] = attributes.get("alpha", 1.0)
-    out_scale = given(spec.output[0]) if spec.output else ""
     result = f"{name}/float" if out_scale else node.output[0]
     if node.op_type == "QLinearSoftmax" and _attr(node, "opset", 13) < 13:
         steps.extend(_softmax_before_13(float_inputs[0], result, attributes.get("axis", 1), name))
     else:
         steps.append(helper.make_node(spec.op, float_inputs, [result], name=f"{name}/float", **attributes))
     if out_scale:
-        out_zero = given(spec.output[1])
-        if not out_zero:
-            if zero_type is None:
-                return None  # the codes' type is unknown (onnxruntime takes the input's): left for the reverse pass
-            out_zero = f"{name}/output_zero_point"
-            graph.initializer.append(helper.make_tensor(out_zero, zero_type, [], [0]))
         steps.append(helper.make_node("QuantizeLinear", [result, out_scale, out_zero], [node.output[0]],
                                       name=f"{name}/quantize"))
     return steps
