@@ -36,7 +36,8 @@ HELD_CONSTANT = {"DynamicQuantizeLinear": frozenset({1, 2})}
 # movement), or gives a code its float gradient (DequantizeLinear, Cast, the integer products); codes pass
 # through the movers
 CODE_READERS = CODE_MOVERS | {"DequantizeLinear", "Cast", "MatMulInteger", "ConvInteger"}
-# onnxruntime's QOperator format: integer kernels whose float computation is not written in the graph
+# onnxruntime's QOperator format: integer kernels whose float computation the graph does not write (canonicalize
+# writes those of qoperator.QOPERATOR_AS_FLOAT as float ops; a node left reading codes is refused naming the format)
 QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
                            "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSigmoid",
                            "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QAttention",

@@ -245,13 +245,13 @@ class Composite:
         return ("gradient", "activation")
 
     def _product_rule(self, node, producer: dict, varying: set, x: str, kernel_outputs: set, shape):
-        """(rule entry, nodes inside, what: "activation", "norm" or None) of a Mul, Div or Sub of two activations. x * h(x) (or x / h(x)) with h
-        element-wise from x alone is an activation written out (SiLU, GELU, Mish as torch exports them): the
-        activation rule, relevance passing to x. Any other takes its gradient, as Zennit and iNNvestigate give
-        an op without a rule, whichever operand comes first (a squeeze-excitation's gate * x); where h is a
-        norm of x (a LayerNorm, RMSNorm or L2 norm written out) so do the nodes that compute h, which then
-        gives the norm op's map. With gates = "hold" a Mul by a gate broadcast over the other operand (``shape``:
-        tensor name -> shape) passes to that operand."""
+        """(rule entry, nodes inside, what: "activation", "norm" or None) of a Mul, Div or Sub of two activations.
+        x * h(x) (or x / h(x)) with h element-wise from x alone is an activation written out (SiLU, GELU, Mish as
+        torch exports them): the activation rule, relevance passing to x. Any other takes its gradient, as Zennit
+        and iNNvestigate give an op without a rule, whichever operand comes first (a squeeze-excitation's gate * x);
+        where h is a norm of x (a LayerNorm, RMSNorm or L2 norm written out) so do the nodes that compute h, which
+        then gives the norm op's map. With gates = "hold" a Mul by a gate broadcast over the other operand
+        (``shape``: tensor name -> shape) passes to that operand."""
         if node.op_type == "Mul" and node.input[0] == node.input[1]:  # a square, as Pow(x, 2) is: no activation
             return ("gradient", "a square x * x: its gradient, as Pow's"), [], None
         found = gate_branch(producer, varying, x, node, norms=False)
