@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from onnxattr.canonicalize import canonicalize, default_opset
 from onnxattr.compiler import path_nodes
 from onnxattr.condition import CONDITION, beside, check_chain, check_on_path, condition_list, metadata
+from onnxattr.fold import fold_unfused_dequantize
 from onnxattr.errors import (InvalidModelError, SelectionError, UnsupportedModelError, UsageError,
                              naming_the_model)
 from onnxattr.graph import GraphBuilder, live_nodes, names_read
@@ -273,6 +274,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
             fill(graph.node[k])
     used = names_read(appended + list(t.nodes))
     b.write_initializers(graph.initializer, used)
+    fold_unfused_dequantize(graph)  # weights of layers the backward reads in float, as float constants
     graph.value_info.extend(b.declared_shapes(o for n in appended for o in n.output))
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_target_dim(b, canon, t)]))

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from onnxattr.graph import live_nodes, names_read, outer_reads, rename_reads
+from onnxattr.graph import dequantize_array, live_nodes, names_read, outer_reads, rename_reads
 
 # ops whose output is a sequence, not a tensor: no initializer can hold it
 SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
@@ -29,8 +29,12 @@ SHAPE_OPS = frozenset({"Shape", "Size"})
 # kept as they are though their inputs are constants: a quantized weight stays int8 codes read through
 # DequantizeLinear, so onnxruntime runs the layer as it runs the original model (it fuses DequantizeLinear -> Conv
 # -> QuantizeLinear into integer kernels, and re-quantizes a float weight it finds there with scales of its own);
-# the compiler reads the weight's value from GraphBuilder.constants (graph.dequantized_constants)
+# the compiler reads the weight's value from GraphBuilder.constants (graph.dequantized_constants), and the compiled
+# model holds it as a float constant only where the layer cannot be fused (fold_unfused_dequantize)
 NOT_FOLDED = frozenset({"DequantizeLinear"})
+# the layers onnxruntime fuses with the DequantizeLinear of their weight into an integer kernel, and whose float
+# weight its WeightBiasQuantization quantizes, where their output goes to a QuantizeLinear through no branch
+FUSED_WITH_WEIGHT = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -187,3 +191,50 @@ def fold_in_proto(model: onnx.ModelProto, limit: int, evaluate_nothing: bool = F
     del graph.value_info[:]
     graph.value_info.extend(value_info)
     return model_copy
+
+
+def fold_unfused_dequantize(graph: onnx.GraphProto) -> int:
+    """Write each DequantizeLinear of constants as its float value where no layer that reads it can be fused
+    (``FUSED_WITH_WEIGHT``: its output has another reader than the quantizer, as where a backward reads the layer's
+    float output): onnxruntime then runs such a layer in float on a constant weight, which it packs once for its
+    blocked kernels, instead of dequantizing the weight at every run. The same values: ``dequantize_array`` is
+    DequantizeLinear's arithmetic. Returns how many."""
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+
+    def fusable(layer) -> bool:  # onnxruntime's condition: one reader each step, Relu or Clip, then a quantizer
+        node = layer
+        while len(node.output) == 1 and node.output[0] not in outputs and len(readers.get(node.output[0], [])) == 1:
+            node = readers[node.output[0]][0]
+            if node.op_type == "QuantizeLinear":
+                return True
+            if node.op_type not in ("Relu", "Clip"):
+                return False
+        return False
+
+    folded = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.domain not in DEFAULT_DOMAINS or node.output[0] in outputs:
+            continue
+        if not all(i in inits for i in node.input if i) or any(a.name == "block_size" and a.i for a in node.attribute):
+            continue
+        if any(r.op_type in FUSED_WITH_WEIGHT and fusable(r) for r in readers.get(node.output[0], [])):
+            continue
+        codes, scale, zero = (numpy_helper.to_array(inits[i]) if i else None
+                              for i in (list(node.input) + [""])[:3])
+        if codes.dtype.kind not in "iu":
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        folded.append((node, dequantize_array(codes, scale, zero, axis=axis % max(codes.ndim, 1))))
+    for node, value in folded:
+        graph.node.remove(node)
+        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+    if folded:
+        read = names_read(graph.node) | outputs | {i.name for i in graph.input}
+        for t in [t for t in graph.initializer if t.name not in read]:
+            graph.initializer.remove(t)
+    return len(folded)

@@ -1,7 +1,10 @@
 """onnxattr/assemble.py: where the data goes (data_input, metadata onnxattr.data) and the names the compiled
 model adds (target, relevance), which may not clash with the model's own."""
 
+import os
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -170,3 +173,32 @@ def test_keep_at_a_scalar_explained_output_is_a_scalar_output():
     sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
     kept = sess.run(["relevance:y"], {"x": np.ones((4, 3), np.float32)})[0]
     assert kept.shape == () and kept == 1.0
+
+
+def test_a_quantized_layer_the_backward_reads_gets_float_weights():
+    """The compiled gradient of a quantized net holds the weights of the layers whose float outputs its backward
+    reads as float constants (onnxattr.fold.fold_unfused_dequantize), so onnxruntime packs them once instead of
+    dequantizing them at every run; a forward-only method keeps every DequantizeLinear, which onnxruntime fuses into
+    integer kernels. Run as written, the compiled forward is the original's bit for bit."""
+    path = os.path.join(os.path.dirname(__file__), "oracles", "data", "quant_cnn.onnx")
+    model = onnx.load(path)
+
+    def dequantized_constants(m):
+        inits = {t.name for t in m.graph.initializer}
+        return sum(n.op_type == "DequantizeLinear" and n.input[0] in inits for n in m.graph.node)
+
+    assert dequantized_constants(model) == 4
+    # occlusion reads the scores before the output's quantizer: that layer only runs in float
+    assert dequantized_constants(onnxattr.compile(model, "occlusion")) == 3
+    compiled = onnxattr.compile(model, "gradient")
+    assert dequantized_constants(compiled) == 0
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    x = np.random.default_rng(0).random([2] + dims, dtype=np.float32)
+    feeds = {model.graph.input[0].name: x}
+    want = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = ort.InferenceSession(compiled.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        [o.name for o in model.graph.output], feeds)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

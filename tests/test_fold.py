@@ -189,3 +189,65 @@ def test_a_dequantize_of_constants_stays_a_node():
     assert [n.op_type for n in folded.graph.node] == ["DequantizeLinear", "DequantizeLinear", "MatMul", "Add"]
     x = np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32)
     np.testing.assert_array_equal(run(folded, {"x": x})[0], run(model, {"x": x})[0])
+
+
+def _quantized_conv(branch: bool, relu: bool = False):
+    """x -> Q -> DQ -> Conv(DQ(int8 W, per channel), DQ(int32 b)) [-> Relu] -> Q -> DQ -> y, as onnxruntime's
+    quantizer writes a layer; ``branch``: the Conv's output is also an output of its own (as a backward reads it)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.integers(-100, 100, (4, 3, 3, 3)).astype(np.int8), "w_q"),
+             numpy_helper.from_array(np.array([0.01, 0.02, 0.015, 0.03], np.float32), "w_s"),
+             numpy_helper.from_array(np.zeros(4, np.int8), "w_z"),
+             numpy_helper.from_array(np.array([-300, 0, 250, 1000], np.int32), "b_q"),
+             numpy_helper.from_array(np.array([5e-4, 1e-3, 7.5e-4, 1.5e-3], np.float32), "b_s"),
+             numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.uint8(128), "z"),
+             numpy_helper.from_array(np.float32(0.2), "s_y"), numpy_helper.from_array(np.uint8(100), "z_y")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=0),
+             helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], axis=0),
+             helper.make_node("Conv", ["xd", "w", "b"], ["c"], pads=[1] * 4)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+    nodes += [helper.make_node("QuantizeLinear", ["r" if relu else "c", "s_y", "z_y"], ["cq"]),
+              helper.make_node("DequantizeLinear", ["cq", "s_y", "z_y"], ["y"])]
+    outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ["y"] + ["c"] * branch]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5, 5])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run_as_written(model, x):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})
+
+
+def test_weights_of_a_layer_read_in_float_become_constants():
+    """Where the Conv's float output has another reader, onnxruntime cannot fuse the layer and would dequantize
+    its weight at every run: the weight and bias become float constants (the codes go), the same values, so the
+    outputs are the graph's as written bit for bit."""
+    from onnxattr.fold import fold_unfused_dequantize
+
+    model = _quantized_conv(branch=True)
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert fold_unfused_dequantize(folded.graph) == 2
+    assert [n.op_type for n in folded.graph.node].count("DequantizeLinear") == 2  # the activations' stay
+    inits = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    assert inits["w"].dtype == np.float32 and "w_q" not in inits and "b_q" not in inits
+    x = np.random.default_rng(1).normal(size=(2, 3, 5, 5)).astype(np.float32)
+    for got, want in zip(_run_as_written(folded, x), _run_as_written(model, x)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_layer_onnxruntime_fuses_keeps_its_dequantized_weight(relu):
+    """Conv [-> Relu] -> QuantizeLinear and nothing else reading: onnxruntime fuses it into an integer kernel, and
+    would quantize a float weight found there again with scales of its own, so the DequantizeLinear nodes stay."""
+    from onnxattr.fold import fold_unfused_dequantize
+
+    model = _quantized_conv(branch=False, relu=relu)
+    assert fold_unfused_dequantize(model.graph) == 0
+    assert [n.op_type for n in model.graph.node].count("DequantizeLinear") == 4
