@@ -194,11 +194,11 @@ def fold_in_proto(model: onnx.ModelProto, limit: int, evaluate_nothing: bool = F
 
 
 def fold_unfused_dequantize(graph: onnx.GraphProto) -> int:
-    """Write each DequantizeLinear of constants as its float value where no layer that reads it can be fused
-    (``FUSED_WITH_WEIGHT``: its output has another reader than the quantizer, as where a backward reads the layer's
-    float output): onnxruntime then runs such a layer in float on a constant weight, which it packs once for its
-    blocked kernels, instead of dequantizing the weight at every run. The same values: ``dequantize_array`` is
-    DequantizeLinear's arithmetic. Returns how many."""
+    """Write each DequantizeLinear of constants as its float value unless a layer of ``FUSED_WITH_WEIGHT`` that
+    reads it can be fused (its output goes to a QuantizeLinear and nowhere else). A layer whose float output has
+    another reader (a backward) runs in float anyway, and onnxruntime packs a constant weight once for its blocked
+    kernels instead of dequantizing it at every run. The same values: ``dequantize_array`` is DequantizeLinear's
+    arithmetic. Returns how many."""
     inits = {t.name: t for t in graph.initializer}
     readers: dict[str, list] = {}
     for n in graph.node:
@@ -216,8 +216,8 @@ def fold_unfused_dequantize(graph: onnx.GraphProto) -> int:
                 return False
         return False
 
-    folded = []
-    for node in graph.node:
+    folded = []  # (position, name, value)
+    for k, node in enumerate(graph.node):
         if node.op_type != "DequantizeLinear" or node.domain not in DEFAULT_DOMAINS or node.output[0] in outputs:
             continue
         if not all(i in inits for i in node.input if i) or any(a.name == "block_size" and a.i for a in node.attribute):
@@ -229,12 +229,15 @@ def fold_unfused_dequantize(graph: onnx.GraphProto) -> int:
         if codes.dtype.kind not in "iu":
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        folded.append((node, dequantize_array(codes, scale, zero, axis=axis % max(codes.ndim, 1))))
-    for node, value in folded:
-        graph.node.remove(node)
-        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        folded.append((k, node.output[0], dequantize_array(codes, scale, zero, axis=axis % max(codes.ndim, 1))))
     if folded:
+        gone = {k for k, _, _ in folded}
+        kept = [n for k, n in enumerate(graph.node) if k not in gone]
+        del graph.node[:]
+        graph.node.extend(kept)
         read = names_read(graph.node) | outputs | {i.name for i in graph.input}
-        for t in [t for t in graph.initializer if t.name not in read]:
-            graph.initializer.remove(t)
+        values = [t for t in graph.initializer if t.name in read]
+        values += [numpy_helper.from_array(value, name) for _, name, value in folded]
+        del graph.initializer[:]
+        graph.initializer.extend(values)
     return len(folded)
