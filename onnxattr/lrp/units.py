@@ -28,6 +28,7 @@ from onnxattr.emitters import VJPS
 from onnxattr.emitters.conv import conv_forward, conv_input_vjp, conv_transpose_input_vjp
 from onnxattr.emitters.deform_conv import deform_conv_input_vjp
 from onnxattr.emitters.linear import matmul_input_vjp
+from onnxattr.emitters.quantize import CODE_RANGES
 from onnxattr.emitters.normalization import bn_scale_shift
 from onnxattr.emitters.reduce import is_global_average
 from onnxattr.lrp.fusion import fuse_followers, fuse_left_bias
@@ -144,14 +145,17 @@ _KEEPS_SIGN_ALL = frozenset({"Add", "Sum", "Mean", "Concat", "Max", "Mul"})
 
 
 def nonnegative_tensors(b, nodes) -> set:
-    """Tensors >= 0 by construction (or NaN): Relu outputs and what sign-keeping ops make of them.
-    One pass over ``nodes`` in topological order."""
+    """Tensors >= 0 by construction (or NaN): Relu outputs, codes dequantized from the bottom of their range (a
+    quantizer that stands in for a ReLU), and what sign-keeping ops make of them. One pass over ``nodes`` in
+    topological order."""
     out: set = set()
     for n in nodes:
         if n.domain not in ("", "ai.onnx") or not n.output:
             continue
         if n.op_type == "Relu":
             ok = True
+        elif n.op_type == "DequantizeLinear":
+            ok = _dequantized_from_the_bottom(b, n)
         elif n.op_type in _KEEPS_SIGN:
             ok = n.input[0] in out
         elif n.op_type in _KEEPS_SIGN_ALL:
@@ -162,6 +166,17 @@ def nonnegative_tensors(b, nodes) -> set:
         if ok:
             out.add(n.output[0])
     return out
+
+
+def _dequantized_from_the_bottom(b, node) -> bool:
+    """y = (q - zp) * s >= 0 for every code q: the zero point is the lowest code of q's type (0 where absent, for
+    unsigned codes) and every scale is positive."""
+    scale = b.value(node.input[1])
+    lo = CODE_RANGES.get(b.types.get(node.input[0]), (None,))[0]
+    if scale is None or lo is None or not np.all(np.asarray(scale) > 0):
+        return False
+    zp = b.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.int64)
+    return zp is not None and bool(np.all(np.asarray(zp).astype(np.int64) == lo))
 
 
 def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None) -> dict:

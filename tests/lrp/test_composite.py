@@ -12,9 +12,9 @@ from onnx import numpy_helper
 
 import onnxattr
 from onnxattr.graph import GraphBuilder
-from onnxattr.lrp import rules, steps
+from onnxattr.lrp import rules, steps, units
 from onnxattr.methods.lrp import preset_folder
-from tests.lrp.nets import SE_EXPORTS, gated_net, layernorm_net, resnet_like, se_export, swish_net
+from tests.lrp.nets import SE_EXPORTS, gated_net, layernorm_net, relu_quantized, resnet_like, se_export, swish_net
 
 # normal inputs: about half of the pre-activations are negative, where the two denominators differ
 X = np.random.default_rng(11).standard_normal((2, 2, 8, 8)).astype(np.float32)
@@ -40,6 +40,21 @@ def test_relu_denominator_gives_the_same_map(preset, net, monkeypatch):
     monkeypatch.setattr(rules, "own_factor", lambda *a: None)
     monkeypatch.setattr(GraphBuilder, "factored_sum", lambda *a: None)
     _, plain = relevance(model, preset)
+    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
+
+
+@pytest.mark.parametrize("preset", ["deep_taylor", "lrp.z_plus", "lrp.alpha_2_beta_1", "lrp.epsilon_plus_flat"])
+def test_codes_dequantized_from_their_lowest_value_are_nonnegative(preset, monkeypatch):
+    """uint8 codes of zero point 0 (a quantizer that stands in for a removed ReLU) dequantize to x >= 0, so the
+    z+ rules skip the x- w- part as after a Relu: fewer convolutions, the same map. Before, a quantized ResNet50's
+    deep_taylor ran 264 convolutions instead of 159 (198 ms against 118)."""
+    model = resnet_like()
+    quantized = relu_quantized(model, X, absorb=True)
+    compiled, fast = relevance(quantized, preset)
+    convs = [sum(n.op_type == "Conv" for n in m.graph.node) for m in (compiled, relevance(model, preset)[0])]
+    assert convs[0] == convs[1], convs  # as many as on the float net with its Relus
+    monkeypatch.setattr(units, "_dequantized_from_the_bottom", lambda *a: False)
+    _, plain = relevance(quantized, preset)
     np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
 
 
