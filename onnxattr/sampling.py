@@ -86,6 +86,7 @@ def _body_weights(b: GraphBuilder, body_nodes) -> list:
     a node's whole body each time the node is appended somewhere."""
     outer_reads = {i for n in b.nodes for i in n.input}
     protos = getattr(b.constants, "_protos", {})
+    dequantized = getattr(b.constants, "_derived", {})  # quantized weights: DequantizeLinear of constants
     renamed, weights = {}, []
     for node in body_nodes:
         for k, name in enumerate(node.input):
@@ -93,6 +94,8 @@ def _body_weights(b: GraphBuilder, body_nodes) -> list:
                 node.input[k] = renamed[name]
                 continue
             ours = b.pending.get(name)
+            if ours is None and name in dequantized:  # the body gets the float value (the main graph keeps
+                ours = b.value(name)                  # the node, which onnxruntime fuses into integer kernels)
             if ours is not None:
                 dtype, size = helper.np_dtype_to_tensor_dtype(ours.dtype), ours.size
             elif name in protos:
@@ -101,7 +104,7 @@ def _body_weights(b: GraphBuilder, body_nodes) -> list:
                 continue
             if dtype not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16) or size < BODY_WEIGHT_MIN:
                 continue
-            if ours is not None and name not in outer_reads:  # no longer the main graph's
+            if name in b.pending and name not in outer_reads:  # no longer the main graph's
                 weights.append((name, b.pending.pop(name)))
                 renamed[name] = name
                 for key in [key for key, v in b.cache.items() if v == name]:

@@ -79,6 +79,31 @@ def test_body_holds_its_weights():
             assert any(v.shape == w.shape and np.array_equal(v, w) for v in body_values), t.name
 
 
+def test_body_holds_the_float_values_of_quantized_weights():
+    """A quantized net's weights are DequantizeLinear nodes of int8 codes, which the main graph keeps (onnxruntime
+    fuses them into integer kernels there); the body holds their float values as its own initializers, bit for bit
+    DequantizeLinear's, so that onnxruntime packs them for its blocked convolutions (ResNet18 quantized by
+    quantize_static: IG-16 665 -> 596 ms; the float net's 452 ms)."""
+    import os
+
+    from onnxattr.graph import GraphBuilder
+
+    path = os.path.join(os.path.dirname(__file__), "oracles", "data", "quant_cnn.onnx")
+    model = onnx.load(path)
+    inits = {t.name for t in model.graph.initializer}
+    weights = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weights) >= 3
+    values = GraphBuilder(model)
+    ig = onnxattr.compile(model, "integrated_gradients", steps=4)
+    body = loop_body(ig)
+    body_values = [numpy_helper.to_array(t) for t in body.initializer]
+    read = {i for n in body.node for i in n.input}
+    for name in weights:
+        assert name not in read, name  # the body reads its own copy
+        w = values.value(name)
+        assert w.dtype == np.float32 and any(v.shape == w.shape and np.array_equal(v, w) for v in body_values), name
+
+
 def test_integrated_gradients_with_a_reference():
     """IG(x; r) = (x - r) * mean_k grad(r + k/steps * (x - r)), for a per-channel reference array."""
     model = resnet_like(bias=True)
