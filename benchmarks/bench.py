@@ -38,7 +38,10 @@ one region-perturbation curve of the gradient map against Captum's metrics (benc
 Propagation: the image repeated, a mask per row) against zennit-crp's CondAttribution with those 8 conditions
 (installed with `pip install --no-deps zennit-crp==0.6.0`), beside one plain EpsilonPlusFlat map of each library;
 `recurrent` = on `--models lstm` or `gru` (two bidirectional LSTM or GRU layers over 100 steps), the gradient,
-lrp.epsilon and IG-64 against Captum's Saliency and IntegratedGradients.
+lrp.epsilon and IG-64 against Captum's Saliency and IntegratedGradients; `quantized` = on `--models
+resnet50,resnet50-qdq,resnet50-qop` (the float model and onnxruntime's quantize_static of it in QDQ and QOperator
+format: int8 weights per channel, uint8 activations calibrated on 8 random images), the forward (the quantized
+exports' fused into onnxruntime's integer kernels), gradient and the three LRP methods, against no reference.
 The onnxruntime forward is timed in every group, so each ratio comes from one run.
 """
 
@@ -63,8 +66,9 @@ CACHE = Path(os.environ.get("ONNXATTR_BENCH_CACHE", Path.home() / ".cache" / "on
 RESULTS = HERE / "results"
 
 from configs import (  # noqa: E402  (benchmarks/ is on the path)
-    CONDUCTANCE_BLOCK, CONDUCTANCE_STEPS, CRP_CONCEPTS, GROUPS, KS_SAMPLES, NT_SAMPLES, OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS,
-    PAUSE, PERMUTATIONS_PER_EVAL, STEPS, SV_ORDERS, blocks, dls_baselines, input_shape,
+    CALIBRATION_IMAGES, CONDUCTANCE_BLOCK, CONDUCTANCE_STEPS, CRP_CONCEPTS, GROUPS, KS_SAMPLES, NT_SAMPLES,
+    OCCLUSION_STRIDE, OCCLUSION_WINDOW, OURS, PAUSE, PERMUTATIONS_PER_EVAL, QUANTIZED, STEPS, SV_ORDERS, blocks,
+    dls_baselines, input_shape,
 )
 from report import write_report  # noqa: E402
 import metrics_bench  # noqa: E402
@@ -84,11 +88,45 @@ def ensure_exported(model: str) -> Path:
     if not path.exists():
         import nets
 
+        base, _, fmt = model.rpartition("-")
+        if fmt in QUANTIZED:
+            quantize(ensure_exported(base), path, QUANTIZED[fmt], input_shape(base))
+            return path
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         nets.export(nets.build(model), str(tmp), input_shape(model))
         tmp.replace(path)
     return path
+
+
+def quantize(source: Path, path: Path, fmt: str, shape: tuple) -> None:
+    """onnxruntime's quantize_static of ``source`` in format ``fmt`` (QDQ or QOperator): int8 weights per output
+    channel, uint8 activations calibrated (min-max) on CALIBRATION_IMAGES uniform random images, seed 0."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(0)
+    name = onnx_input_name(source)
+
+    class Images(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{name: rng.random((1, *shape), dtype=np.float32)} for _ in range(CALIBRATION_IMAGES)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    tmp = path.with_suffix(".tmp")
+    quantize_static(str(source), str(tmp), Images(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    tmp.replace(path)
+
+
+def onnx_input_name(path: Path) -> str:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in weights)
 
 
 def compile_method(model: str, name: str) -> float:
@@ -432,8 +470,8 @@ def main(argv=None):
     ap.add_argument("--models", default="vgg16,resnet50")
     ap.add_argument("--batch", default="1")
     ap.add_argument("--methods", default="fast", help="a group (fast, sampling, transformer, captum-more, "
-                    "noise-tunnel, shapley, permutation, kernel-shap, lime, conductance, metrics, crp, recurrent) or "
-                    "comma-separated configs")
+                    "noise-tunnel, shapley, permutation, kernel-shap, lime, conductance, metrics, crp, recurrent, "
+                    "quantized) or comma-separated configs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true", help="3 repeats, no memory runs (a smoke test)")

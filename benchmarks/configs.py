@@ -16,6 +16,8 @@ CONDUCTANCE_BLOCK = 12  # ResNet50's last block of its third stage (output 1024 
 CONDUCTANCE_TENSOR = f"/layers/layers.{CONDUCTANCE_BLOCK}/relu/Relu_output_0"  # that block's output in the export
 RECURRENT_SHAPE = (100, 64)  # the lstm and gru models' input per sample: 100 steps of 64 features
 CRP_CONCEPTS = 8  # conditioned maps of one image: its first 8 channels at that block's output, one per row
+QUANTIZED = {"qdq": "QDQ", "qop": "QOperator"}  # model-name suffix -> onnxruntime's QuantFormat (resnet50-qdq, ...)
+CALIBRATION_IMAGES = 8  # quantize_static's calibration: random images of the input's shape, seed 0
 
 
 def input_shape(model: str) -> tuple:
@@ -121,6 +123,11 @@ GROUPS = {
     # IG-64 (unrolled) against Captum
     "recurrent": ["ort.forward", "torch.forward", "onnxattr.gradient", "captum.saliency", "onnxattr.lrp.epsilon",
                   "onnxattr.integrated_gradients", "captum.integrated_gradients"],
+    # a quantized export (--models resnet50,resnet50-qdq,resnet50-qop: the float model, then onnxruntime's
+    # quantize_static in QDQ and QOperator format, int8 weights per channel, uint8 activations): its forward as
+    # onnxruntime fuses it into integer kernels, and the maps (no reference library explains a quantized ONNX model)
+    "quantized": ["ort.forward", "onnxattr.gradient", "onnxattr.lrp.epsilon", "onnxattr.lrp.epsilon_plus_flat",
+                  "onnxattr.deep_taylor"],
     # Captum's metrics of the gradient map (10 draws each) and one 16-step region-perturbation curve
     "metrics": ["ort.forward", "onnxattr.sensitivity_max", "captum.sensitivity_max", "onnxattr.infidelity",
                 "captum.infidelity", "onnxattr.region_perturbation"],
