@@ -32,8 +32,9 @@ SHAPE_OPS = frozenset({"Shape", "Size"})
 # the compiler reads the weight's value from GraphBuilder.constants (graph.dequantized_constants), and the compiled
 # model holds it as a float constant only where the layer cannot be fused (fold_unfused_dequantize)
 NOT_FOLDED = frozenset({"DequantizeLinear"})
-# the layers onnxruntime fuses with the DequantizeLinear of their weight into an integer kernel, and whose float
-# weight its WeightBiasQuantization quantizes, where their output goes to a QuantizeLinear through no branch
+# the layers onnxruntime fuses with the DequantizeLinear of their weight into an integer kernel where their output
+# goes to a QuantizeLinear through no branch (a float weight found there on Conv, ConvTranspose or Gemm its
+# WeightBiasQuantization quantizes again)
 FUSED_WITH_WEIGHT = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 DEFAULT_DOMAINS = ("", "ai.onnx")
 

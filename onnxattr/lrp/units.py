@@ -28,8 +28,8 @@ from onnxattr.emitters import VJPS
 from onnxattr.emitters.conv import conv_forward, conv_input_vjp, conv_transpose_input_vjp
 from onnxattr.emitters.deform_conv import deform_conv_input_vjp
 from onnxattr.emitters.linear import matmul_input_vjp
-from onnxattr.emitters.quantize import CODE_RANGES
 from onnxattr.emitters.normalization import bn_scale_shift
+from onnxattr.emitters.quantize import CODE_RANGES
 from onnxattr.emitters.reduce import is_global_average
 from onnxattr.lrp.fusion import fuse_followers, fuse_left_bias
 
