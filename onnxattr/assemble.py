@@ -274,7 +274,7 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
             fill(graph.node[k])
     used = names_read(appended + list(t.nodes))
     b.write_initializers(graph.initializer, used)
-    fold_unfused_dequantize(graph)  # weights of layers the backward reads in float, as float constants
+    fold_unfused_dequantize(graph, b.value)  # weights of layers the backward reads in float, as float constants
     graph.value_info.extend(b.declared_shapes(o for n in appended for o in n.output))
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_target_dim(b, canon, t)]))

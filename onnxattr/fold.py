@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
-from onnxattr.graph import dequantize_array, live_nodes, names_read, outer_reads, rename_reads
+from onnxattr.graph import live_nodes, names_read, outer_reads, rename_reads
 
 # ops whose output is a sequence, not a tensor: no initializer can hold it
 SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
@@ -194,12 +194,13 @@ def fold_in_proto(model: onnx.ModelProto, limit: int, evaluate_nothing: bool = F
     return model_copy
 
 
-def fold_unfused_dequantize(graph: onnx.GraphProto) -> int:
+def fold_unfused_dequantize(graph: onnx.GraphProto, value) -> int:
     """Write each DequantizeLinear of constants as its float value unless a layer of ``FUSED_WITH_WEIGHT`` that
     reads it can be fused (its output goes to a QuantizeLinear and nowhere else). A layer whose float output has
     another reader (a backward) runs in float anyway, and onnxruntime packs a constant weight once for its blocked
-    kernels instead of dequantizing it at every run. The same values: ``dequantize_array`` is DequantizeLinear's
-    arithmetic. Returns how many."""
+    kernels instead of dequantizing it at every run. ``value``: a tensor's compile-time value (GraphBuilder.value,
+    which holds DequantizeLinear's own arithmetic for a DequantizeLinear of constants:
+    graph.dequantized_constants). Returns how many."""
     inits = {t.name: t for t in graph.initializer}
     readers: dict[str, list] = {}
     for n in graph.node:
@@ -221,16 +222,14 @@ def fold_unfused_dequantize(graph: onnx.GraphProto) -> int:
     for k, node in enumerate(graph.node):
         if node.op_type != "DequantizeLinear" or node.domain not in DEFAULT_DOMAINS or node.output[0] in outputs:
             continue
-        if not all(i in inits for i in node.input if i) or any(a.name == "block_size" and a.i for a in node.attribute):
-            continue
+        codes = inits.get(node.input[0])
+        if codes is None or np.dtype(helper.tensor_dtype_to_np_dtype(codes.data_type)).kind not in "iu":
+            continue  # codes computed at run time, or not integers (float8, packed 4-bit)
         if any(r.op_type in FUSED_WITH_WEIGHT and fusable(r) for r in readers.get(node.output[0], [])):
             continue
-        codes, scale, zero = (numpy_helper.to_array(inits[i]) if i else None
-                              for i in (list(node.input) + [""])[:3])
-        if codes.dtype.kind not in "iu":
-            continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        folded.append((k, node.output[0], dequantize_array(codes, scale, zero, axis=axis % max(codes.ndim, 1))))
+        weight = value(node.output[0])
+        if weight is not None:
+            folded.append((k, node.output[0], weight))
     if folded:
         gone = {k for k, _, _ in folded}
         kept = [n for k, n in enumerate(graph.node) if k not in gone]
@@ -238,7 +237,7 @@ def fold_unfused_dequantize(graph: onnx.GraphProto) -> int:
         graph.node.extend(kept)
         read = names_read(graph.node) | outputs | {i.name for i in graph.input}
         values = [t for t in graph.initializer if t.name in read]
-        values += [numpy_helper.from_array(value, name) for _, name, value in folded]
+        values += [numpy_helper.from_array(weight, name) for _, name, weight in folded]
         del graph.initializer[:]
         graph.initializer.extend(values)
     return len(folded)

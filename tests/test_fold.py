@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxattr import canonicalize as canon_module
 from onnxattr.canonicalize import FOLD_SIZE_LIMIT, canonicalize, castlike_to_cast, fold_with_graphsurgeon, upgrade_opset
 from onnxattr.fold import FoldError, can_fold_in_proto, fold_in_proto
+from onnxattr.graph import GraphBuilder
 from tests.models import single_io_model
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
@@ -233,7 +234,7 @@ def test_weights_of_a_layer_read_in_float_become_constants():
     model = _quantized_conv(branch=True)
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
-    assert fold_unfused_dequantize(folded.graph) == 2
+    assert fold_unfused_dequantize(folded.graph, GraphBuilder(model).value) == 2
     assert [n.op_type for n in folded.graph.node].count("DequantizeLinear") == 2  # the activations' stay
     inits = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
     assert inits["w"].dtype == np.float32 and "w_q" not in inits and "b_q" not in inits
@@ -249,5 +250,5 @@ def test_a_layer_onnxruntime_fuses_keeps_its_dequantized_weight(relu):
     from onnxattr.fold import fold_unfused_dequantize
 
     model = _quantized_conv(branch=False, relu=relu)
-    assert fold_unfused_dequantize(model.graph) == 0
+    assert fold_unfused_dequantize(model.graph, GraphBuilder(model).value) == 0
     assert [n.op_type for n in model.graph.node].count("DequantizeLinear") == 4

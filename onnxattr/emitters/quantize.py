@@ -188,16 +188,22 @@ def _thresholds(b, node, x: str, lo, hi: int, dtype):
     return below, above
 
 
-def rectifies(b, node) -> bool:
-    """A QuantizeLinear whose zero point is its codes' lowest value (uint8 from 0, the default): its dequantized
-    values are >= 0, a ReLU (capped at the range's top), as onnxruntime's quantizer writes a layer's ReLU into it."""
-    if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx") or node_attr(node, "block_size", 0):
+def from_lowest_code(b, node) -> bool:
+    """A QuantizeLinear or DequantizeLinear whose zero point (0 where absent) is its codes' lowest value, uint8's 0
+    the default: the codes' dequantized values are >= 0 for a positive scale."""
+    if node.domain not in ("", "ai.onnx") or node_attr(node, "block_size", 0):
         return False
-    code = _code_type(b, node)
+    code = _code_type(b, node) if node.op_type == "QuantizeLinear" else b.types.get(node.input[0])
     if code not in CODE_RANGES:
         return False
     zp = b.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
     return zp is not None and bool(np.all(np.asarray(zp).astype(np.int64) == CODE_RANGES[code][0]))
+
+
+def rectifies(b, node) -> bool:
+    """A QuantizeLinear from its codes' lowest value (from_lowest_code): a ReLU (capped at the range's top), as
+    onnxruntime's quantizer writes a layer's ReLU into it."""
+    return node.op_type == "QuantizeLinear" and from_lowest_code(b, node)
 
 
 def rectifier_vjp(b, node, grads, need, kind: str):

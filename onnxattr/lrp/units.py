@@ -29,7 +29,7 @@ from onnxattr.emitters.conv import conv_forward, conv_input_vjp, conv_transpose_
 from onnxattr.emitters.deform_conv import deform_conv_input_vjp
 from onnxattr.emitters.linear import matmul_input_vjp
 from onnxattr.emitters.normalization import bn_scale_shift
-from onnxattr.emitters.quantize import CODE_RANGES
+from onnxattr.emitters.quantize import from_lowest_code
 from onnxattr.emitters.reduce import is_global_average
 from onnxattr.lrp.fusion import fuse_followers, fuse_left_bias
 
@@ -169,14 +169,10 @@ def nonnegative_tensors(b, nodes) -> set:
 
 
 def _dequantized_from_the_bottom(b, node) -> bool:
-    """y = (q - zp) * s >= 0 for every code q: the zero point is the lowest code of q's type (0 where absent, for
-    unsigned codes) and every scale is positive."""
+    """y = (q - zp) * s >= 0 for every code q: the zero point is the lowest code of q's type and every scale is
+    positive."""
     scale = b.value(node.input[1])
-    lo = CODE_RANGES.get(b.types.get(node.input[0]), (None,))[0]
-    if scale is None or lo is None or not np.all(np.asarray(scale) > 0):
-        return False
-    zp = b.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.int64)
-    return zp is not None and bool(np.all(np.asarray(zp).astype(np.int64) == lo))
+    return scale is not None and bool(np.all(np.asarray(scale) > 0)) and from_lowest_code(b, node)
 
 
 def find_units(b, nodes, on_path: set, graph_outputs: set, x: str | None = None) -> dict:

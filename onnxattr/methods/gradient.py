@@ -27,6 +27,7 @@ from onnxattr.emitters.quantize import rectifier_vjp
 from onnxattr.emitters.quantize import rectifies as quantizer_rectifies
 from onnxattr.compiler import path_nodes, reverse_pass
 from onnxattr.errors import OnnxAttrWarning, UsageError, warn
+from onnxattr.graph import CODE_MOVERS
 from onnxattr.methods.base import (
     Method, Param, Target, as_carried, chunk_param, chunk_size, non_negative, one_of, parse_int, positive,
     positive_int, register_method, times_tensor,
@@ -71,8 +72,7 @@ def at_nodes(picks, rule):
     return lambda node: rule if picks(node) else None
 
 
-_MOVES_OR_QUANTIZES = frozenset({"QuantizeLinear", "DequantizeLinear", "Identity", "Cast", "Reshape", "Flatten",
-                                 "Transpose", "Squeeze", "Unsqueeze", "Pad"})
+_MOVES_OR_QUANTIZES = CODE_MOVERS | {"QuantizeLinear", "DequantizeLinear", "Cast", "Pad"}
 
 
 def rectifier_test(t: Target):
