@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxattr.graph import CODE_MOVERS
+from onnxattr.recurrent_nodes import node_attrs
 
 DOMAINS = ("", "ai.onnx", "com.microsoft")
 
@@ -74,7 +75,8 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> int:
     quantized: dict[str, tuple] = {}  # codes -> (scale, zero point) of the quantizer that wrote them
     for node in graph.node:
         steps = None
-        if node.domain in DOMAINS and node.op_type in QOPERATOR_AS_FLOAT and not _attr(node, "channels_last", 0):
+        if node.domain in DOMAINS and node.op_type in QOPERATOR_AS_FLOAT and \
+                not node_attrs(node).get("channels_last", 0):
             steps = _as_float(node, inits, graph)
         elif node.domain in ("", "ai.onnx") and node.op_type in ON_CODES and node.input[:1] and \
                 node.input[0] in quantized:
@@ -91,8 +93,9 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> int:
 
 def _note_codes(node, quantized: dict, inits: dict) -> None:
     """Record the scale and zero point of the codes that a per-tensor quantizer, or a mover of codes, writes."""
-    if node.op_type == "QuantizeLinear" and node.domain in ("", "ai.onnx") and not _attr(node, "block_size", 0) \
-            and (node.input[1] not in inits or int(np.prod(inits[node.input[1]].dims)) == 1):
+    if node.op_type == "QuantizeLinear" and node.domain in ("", "ai.onnx") and \
+            not node_attrs(node).get("block_size", 0) and \
+            (node.input[1] not in inits or int(np.prod(inits[node.input[1]].dims)) == 1):
         quantized[node.output[0]] = (node.input[1], node.input[2] if len(node.input) > 2 else "")
     elif node.op_type == "DynamicQuantizeLinear":
         quantized[node.output[0]] = (node.output[1], node.output[2])
@@ -133,12 +136,12 @@ def _as_float(node, inits: dict, graph) -> list | None:
         steps.append(helper.make_node("DequantizeLinear", [given(spec.bias), bias_scale], [out],
                                       name=f"{name}/dequantize_bias", axis=-1))
         float_inputs.append(out)
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute
-                  if a.name not in ("channels_last",) + DROPPED_ATTRIBUTES.get(node.op_type, ())}
+    attributes = {k: v for k, v in node_attrs(node).items()
+                  if k not in ("channels_last",) + DROPPED_ATTRIBUTES.get(node.op_type, ())}
     if node.op_type == "QGemm":  # onnxruntime scales the bias by alpha too: alpha (A B + C)
         attributes["beta"] = attributes.get("alpha", 1.0)
     result = f"{name}/float" if out_scale else node.output[0]
-    if node.op_type == "QLinearSoftmax" and _attr(node, "opset", 13) < 13:
+    if node.op_type == "QLinearSoftmax" and node_attrs(node).get("opset", 13) < 13:
         steps.extend(_softmax_before_13(float_inputs[0], result, attributes.get("axis", 1), name))
     else:
         steps.append(helper.make_node(spec.op, float_inputs, [result], name=f"{name}/float", **attributes))
@@ -158,7 +161,7 @@ def _weight_axis(node, j: int) -> int | None:
     if node.op_type == "QLinearMatMul":
         return -1
     if node.op_type == "QGemm":
-        return 0 if _attr(node, "transB", 0) else 1
+        return 0 if node_attrs(node).get("transB", 0) else 1
     return None
 
 
@@ -190,7 +193,7 @@ def _on_codes(node, quantized: dict, inits: dict, graph) -> list | None:
     params = [scale] + ([zero] if zero else [])
     inputs = list(node.input)
     if node.op_type == "Pad" and zero and node.input[2:3] in ([], [""]) and \
-            _attr(node, "mode", b"constant") in (b"constant", "constant"):
+            node_attrs(node).get("mode", b"constant") in (b"constant", "constant"):
         if zero not in inits:
             return None  # code 0 is (0 - zp) * s: zp's type must be known to write it
         value = f"{name}/zero_code"  # an absent value pads with code 0, not with the code of 0.0
@@ -213,10 +216,3 @@ def _on_codes(node, quantized: dict, inits: dict, graph) -> list | None:
         if f and f != o:
             steps.append(helper.make_node("QuantizeLinear", [f] + params, [o], name=f"{name}/quantize_{k}"))
     return steps
-
-
-def _attr(node, key: str, default):
-    for a in node.attribute:
-        if a.name == key:
-            return helper.get_attribute_value(a)
-    return default
