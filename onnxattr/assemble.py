@@ -27,6 +27,7 @@ from onnxattr.methods import REGISTRY, Target, get_method
 from onnxattr.methods.draws import random_opset_limit
 from onnxattr.recurrent_nodes import RECURRENT_OPS, fused_batch_limit, sequence_first_reader
 from onnxattr.select import NEURON_MODES, TARGET_INPUT, choose_input, choose_output, looked_through, neuron_index
+from onnxattr.twin_forward import quantizes_activations, twin_forward
 
 RELEVANCE = "relevance"
 KEPT = "relevance:"  # + a kept tensor's name: the relevance at that tensor
@@ -207,6 +208,11 @@ def _compile(proto, m, method: str, resolved: dict, label: str, neuron: str, inp
         raise SelectionError(f"{label}: output '{y}' does not depend on input '{x}' through float tensors, "
                              "so every map would be zero; choose another --output or --input")
     _check_float_types(b, label, [x] + [o for n in on_path for o in n.output])
+    own = None
+    if quantizes_activations(canon.graph.node):  # the predictions from nodes the reverse pass leaves as they are
+        own = [onnx.NodeProto() for _ in canon.graph.node]
+        for copy, node in zip(own, canon.graph.node):
+            copy.CopyFrom(node)
     index = neuron_index(b, y, neuron)
     xshape = b.shape(x) or [None]
     target = Target(b, list(canon.graph.node), x, y, neuron, index,
@@ -230,7 +236,7 @@ def _compile(proto, m, method: str, resolved: dict, label: str, neuron: str, inp
     if report is not None:
         _fill_report(report, target, m)
     try:
-        return assemble(canon, target, relevance, neuron, method, resolved, chosen, kept, masked)
+        return assemble(canon, target, relevance, neuron, method, resolved, chosen, kept, masked, own)
     except InvalidModelError:
         check_input_shapes(proto, label)  # blame the user's model when its own shapes disagree
         raise
@@ -248,11 +254,13 @@ def _looked_through(canon: onnx.ModelProto, chosen: str | None, y: str) -> dict:
 
 def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, method: str,
              params: dict, graph_output: str | None = None, kept: dict | None = None,
-             masked: dict | None = None) -> onnx.ModelProto:
+             masked: dict | None = None, own: list | None = None) -> onnx.ModelProto:
     """The compiled model; ``graph_output``: the tensor the explained one was chosen through (the graph
     output, or the tensor ``--output`` named; a softmax of the explained logits), recorded for readers of
     its values; ``kept``: {name: (its relevance, the tensor of its shape)}, output as relevance:NAME after the
-    map; ``masked``: {name: the conditioned tensor}, whose masks are inputs condition:NAME after the others."""
+    map; ``masked``: {name: the conditioned tensor}, whose masks are inputs condition:NAME after the others;
+    ``own``: the forward as canonicalize left it, which then computes the outputs while the appended nodes read a
+    twin of ``t.nodes`` (twin_forward: a quantized model's integer kernels)."""
     b = t.b
     finals = {RELEVANCE: (relevance, t.x), **{KEPT + name: r_like for name, r_like in (kept or {}).items()}}
     for out_name, (r, like) in finals.items():
@@ -263,18 +271,24 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
     graph = canon.graph
     # forward nodes (possibly given extra outputs, e.g. MaxPool indices) then the appended ones
     del graph.node[:]
-    graph.node.extend(t.nodes)
+    graph.node.extend(t.nodes if own is None else own)
     # appended nodes nothing reads go (a rule may leave a product it found a shortcut around)
     appended = live_nodes(b.nodes, {o.name for o in graph.output} | set(finals) | names_read(t.nodes))
+    if own is not None:
+        twins, rename, copies = twin_forward(own, t.nodes, appended, {i.name: i for i in graph.initializer})
+        graph.node.extend(twins)
+        graph.initializer.extend(copies)
+        graph.value_info.extend(_renamed(v, rename[v.name]) for v in list(graph.value_info) if v.name in rename)
+    start = len(graph.node)
     graph.node.extend(appended)
     # a Loop body's weights go in now, in place: a node appended with them would be copied whole
-    for k in range(len(t.nodes), len(graph.node)):
+    for k in range(start, len(graph.node)):
         fill = b.fill_later.get(graph.node[k].name)
         if fill is not None:
             fill(graph.node[k])
-    used = names_read(appended + list(t.nodes))
+    used = names_read(graph.node)
     b.write_initializers(graph.initializer, used)
-    fold_unfused_dequantize(graph, b.value)  # weights of layers the backward reads in float, as float constants
+    fold_unfused_dequantize(graph, b.value, len(own or ()))  # weights of layers read in float, as float constants
     graph.value_info.extend(b.declared_shapes(o for n in appended for o in n.output))
     if neuron == "index":
         graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [_target_dim(b, canon, t)]))
@@ -307,6 +321,13 @@ def assemble(canon: onnx.ModelProto, t: Target, relevance: str, neuron: str, met
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InvalidModelError(f"internal error: the compiled model fails onnx.checker: {first}") from None
     return canon
+
+
+def _renamed(info: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(info)
+    copy.name = name
+    return copy
 
 
 def _check_float_types(b: GraphBuilder, label: str, tensors) -> None:

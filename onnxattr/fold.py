@@ -194,19 +194,24 @@ def fold_in_proto(model: onnx.ModelProto, limit: int, evaluate_nothing: bool = F
     return model_copy
 
 
-def fold_unfused_dequantize(graph: onnx.GraphProto, value) -> int:
-    """Write each DequantizeLinear of constants as its float value unless a layer of ``FUSED_WITH_WEIGHT`` that
-    reads it can be fused (its output goes to a QuantizeLinear and nowhere else). A layer whose float output has
-    another reader (a backward) runs in float anyway, and onnxruntime packs a constant weight once for its blocked
-    kernels instead of dequantizing it at every run. ``value``: a tensor's compile-time value (GraphBuilder.value,
-    which holds DequantizeLinear's own arithmetic for a DequantizeLinear of constants:
-    graph.dequantized_constants). Returns how many."""
+def fold_unfused_dequantize(graph: onnx.GraphProto, value, own: int = 0) -> int:
+    """Give each reader of a DequantizeLinear of constants its float value, as a constant, unless the reader is a
+    layer of ``FUSED_WITH_WEIGHT`` that can be fused (its output goes to a QuantizeLinear and nowhere else). A layer
+    whose float output has another reader (a backward) runs in float anyway, and onnxruntime packs a constant
+    weight once for its blocked kernels instead of dequantizing it at every run. A DequantizeLinear left with no
+    reader goes. ``value``: a tensor's compile-time value (GraphBuilder.value, which holds DequantizeLinear's own
+    arithmetic for a DequantizeLinear of constants: graph.dequantized_constants); ``own``: how many nodes, first in
+    the graph, keep reading the DequantizeLinear (twin_forward's model nodes, which run as in the model). Returns how
+    many were folded."""
     inits = {t.name: t for t in graph.initializer}
     readers: dict[str, list] = {}
-    for n in graph.node:
+    nodes = list(graph.node)  # held, so that their ids stay theirs
+    exempt = {id(n) for n in nodes[:own]}
+    for n in nodes:
         for i in n.input:
             readers.setdefault(i, []).append(n)
     outputs = {o.name for o in graph.output}
+    taken = {o for n in graph.node for o in n.output} | set(inits) | {i.name for i in graph.input}
 
     def fusable(layer) -> bool:  # onnxruntime's condition: one reader each step, Relu or Clip, then a quantizer
         node = layer
@@ -218,26 +223,40 @@ def fold_unfused_dequantize(graph: onnx.GraphProto, value) -> int:
                 return False
         return False
 
-    folded = []  # (position, name, value)
-    for k, node in enumerate(graph.node):
+    folded = []  # (position, name, value): the whole node
+    constants = []  # (name, value): for some readers only
+    for k, node in enumerate(nodes):
         if node.op_type != "DequantizeLinear" or node.domain not in DEFAULT_DOMAINS or node.output[0] in outputs:
             continue
         codes = inits.get(node.input[0])
         if codes is None or np.dtype(helper.tensor_dtype_to_np_dtype(codes.data_type)).kind not in "iu":
             continue  # codes computed at run time, or not integers (float8, packed 4-bit)
-        if any(r.op_type in FUSED_WITH_WEIGHT and fusable(r) for r in readers.get(node.output[0], [])):
+        layers = readers.get(node.output[0], [])
+        unfused = [r for r in layers if id(r) not in exempt and not (r.op_type in FUSED_WITH_WEIGHT and fusable(r))]
+        if not unfused:
             continue
         weight = value(node.output[0])
-        if weight is not None:
+        if weight is None:
+            continue
+        if len(unfused) == len(layers):
             folded.append((k, node.output[0], weight))
-    if folded:
+            continue
+        name = node.output[0] + "/float"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        constants.append((name, weight))
+        for r in unfused:
+            r.input[:] = [name if i == node.output[0] else i for i in r.input]
+    if folded or constants:
         gone = {k for k, _, _ in folded}
-        kept = [n for k, n in enumerate(graph.node) if k not in gone]
+        kept = [n for k, n in enumerate(nodes) if k not in gone]
         del graph.node[:]
         graph.node.extend(kept)
         read = names_read(graph.node) | outputs | {i.name for i in graph.input}
         values = [t for t in graph.initializer if t.name in read]
         values += [numpy_helper.from_array(weight, name) for _, name, weight in folded]
+        values += [numpy_helper.from_array(weight, name) for name, weight in constants]
         del graph.initializer[:]
         graph.initializer.extend(values)
-    return len(folded)
+    return len(folded) + len(constants)

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxattr
 from onnxattr.assemble import data_input
 from onnxattr.errors import UnsupportedModelError
+from onnxattr.twin_forward import TWIN
 
 
 def token_model(inputs_first_flag: bool, in_if: bool, extra_output: str | None = None):
@@ -175,11 +176,12 @@ def test_keep_at_a_scalar_explained_output_is_a_scalar_output():
     assert kept.shape == () and kept == 1.0
 
 
-def test_a_quantized_layer_the_backward_reads_gets_float_weights():
-    """The compiled gradient of a quantized net holds the weights of the layers whose float outputs its backward
-    reads as float constants (onnxattr.fold.fold_unfused_dequantize), so onnxruntime packs them once instead of
-    dequantizing them at every run; a forward-only method keeps every DequantizeLinear, which onnxruntime fuses into
-    integer kernels. Run as written, the compiled forward is the original's bit for bit."""
+def test_a_quantized_net_keeps_its_own_layers_and_its_twin_reads_float_weights():
+    """The compiled gradient of a quantized net computes its outputs with the model's own nodes, every weight's
+    DequantizeLinear kept (onnxruntime fuses them into integer kernels as in the model), and its backward reads a
+    twin of the forward (onnxattr.twin_forward) whose layers, read in float, hold their weights as float constants
+    (onnxattr.fold.fold_unfused_dequantize), packed once instead of dequantized at every run. The outputs are the
+    model's bit for bit, as written and as onnxruntime optimizes them."""
     path = os.path.join(os.path.dirname(__file__), "oracles", "data", "quant_cnn.onnx")
     model = onnx.load(path)
 
@@ -187,18 +189,25 @@ def test_a_quantized_layer_the_backward_reads_gets_float_weights():
         inits = {t.name for t in m.graph.initializer}
         return sum(n.op_type == "DequantizeLinear" and n.input[0] in inits for n in m.graph.node)
 
+    def float_weights(m):  # the twin's layers that read a float weight
+        weights = {t.name for t in m.graph.initializer if t.name.endswith("/float")}
+        return sorted(n.op_type for n in m.graph.node
+                      if n.output[0].startswith(TWIN + "/") and weights.intersection(n.input[1:2]))
+
     assert dequantized_constants(model) == 4
-    # occlusion reads the scores before the output's quantizer: that layer only runs in float
-    assert dequantized_constants(onnxattr.compile(model, "occlusion")) == 3
     compiled = onnxattr.compile(model, "gradient")
-    assert dequantized_constants(compiled) == 0
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert dequantized_constants(compiled) == 4
+    assert float_weights(compiled) == ["Conv", "Conv", "Gemm", "Gemm"]
+    # occlusion reads the twin's scores before the output's quantizer only: that layer alone runs in float there
+    assert float_weights(onnxattr.compile(model, "occlusion")) == ["Gemm"]
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     x = np.random.default_rng(0).random([2] + dims, dtype=np.float32)
     feeds = {model.graph.input[0].name: x}
-    want = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = ort.InferenceSession(compiled.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
-        [o.name for o in model.graph.output], feeds)
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(g, w)
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        want = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+        got = ort.InferenceSession(compiled.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+            [o.name for o in model.graph.output], feeds)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)

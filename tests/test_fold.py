@@ -252,3 +252,26 @@ def test_a_layer_onnxruntime_fuses_keeps_its_dequantized_weight(relu):
     model = _quantized_conv(branch=False, relu=relu)
     assert fold_unfused_dequantize(model.graph, GraphBuilder(model).value) == 0
     assert [n.op_type for n in model.graph.node].count("DequantizeLinear") == 4
+
+
+def test_the_models_own_layer_keeps_its_dequantized_weight_while_its_twin_reads_floats():
+    """twin_forward's graph: the model's own nodes first (``own`` of them), then a twin Conv whose float output a
+    backward reads. The own Conv keeps reading the DequantizeLinear nodes though it cannot be fused here either (it
+    runs as in the model); the twin reads float constants of the same values."""
+    from onnxattr.fold import fold_unfused_dequantize
+
+    model = _quantized_conv(branch=False)
+    own = len(model.graph.node)
+    model.graph.node.append(helper.make_node("Conv", ["xd", "w", "b"], ["twin_c"], pads=[1] * 4))
+    model.graph.output.append(helper.make_tensor_value_info("twin_c", TensorProto.FLOAT, None))
+    model.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))  # no fusion for own
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    assert fold_unfused_dequantize(model.graph, GraphBuilder(before).value, own) == 2
+    conv, twin = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert list(conv.input) == ["xd", "w", "b"] and list(twin.input) == ["xd", "w/float", "b/float"]
+    assert [n.op_type for n in model.graph.node].count("DequantizeLinear") == 4
+    x = np.random.default_rng(1).normal(size=(2, 3, 5, 5)).astype(np.float32)
+    y, twin_c, c = _run_as_written(model, x)
+    np.testing.assert_array_equal(twin_c, c)
+    np.testing.assert_array_equal(y, _run_as_written(before, x)[0])

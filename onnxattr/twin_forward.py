@@ -1,0 +1,88 @@
+"""A statically quantized model's predictions from its own forward nodes, for assemble.
+
+onnxruntime runs a quantized layer (DequantizeLinear -> Conv [-> Relu] -> QuantizeLinear, and the like) as one
+integer kernel only while nothing else reads the float values inside it, and the integer kernel rounds otherwise
+than the float ops do. A backward reads those values (a quantizer's mask reads its float input), so with one shared
+forward the layers would run in float and the outputs differ from the model's by a code step here and there
+(ResNet18: 21 % of its logits). Instead the appended nodes read a twin of the forward nodes they need, their outputs
+renamed, and the model's own nodes stay as canonicalize left them: onnxruntime fuses them as it fuses the model, and
+the compiled model's outputs are the model's bit for bit. The price is one quantized forward more; a float model
+keeps one shared forward. Nodes that read constants only (a weight's DequantizeLinear) are not twinned: both
+forwards read them, and fold_unfused_dequantize gives each reader the form it runs fastest.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxattr.fold import DEFAULT_DOMAINS
+from onnxattr.graph import outer_reads, rename_reads
+
+# statically quantized activations (QDQ, and QOperator written so by canonicalize): onnxruntime fuses the layers
+# between DequantizeLinear and QuantizeLinear into integer kernels. A dynamically quantized layer (DynamicQuantizeLinear
+# -> MatMulInteger) keeps its fusion with a backward beside it, so it needs no twin.
+QUANTIZERS = frozenset({"QuantizeLinear"})
+TWIN = "onnxattr_backward"  # prefix of the twin's tensor names
+
+
+def quantizes_activations(nodes) -> bool:
+    """Whether the forward quantizes a run-time tensor (not only weights): then onnxruntime may run its layers as
+    integer kernels, which a backward reading their float values would break."""
+    return any(n.op_type in QUANTIZERS and n.domain in DEFAULT_DOMAINS for n in nodes)
+
+
+def twin_forward(own: list[onnx.NodeProto], forward: list[onnx.NodeProto], appended: list[onnx.NodeProto],
+                 constants: dict[str, onnx.TensorProto]) -> tuple[list, dict[str, str], list]:
+    """The twin of ``forward`` (the nodes the reverse pass built on, perhaps given extra outputs) that
+    ``appended`` reads, its tensors renamed TWIN/name, to which ``appended``'s reads are renamed in place: even a
+    model output's, as any reader of a quantized layer's codes but the model's own DequantizeLinear (an ArgMax of
+    the output, a seed of its value) keeps onnxruntime from fusing that layer. ``own``: the forward as
+    canonicalize left it; ``constants``: the initializers by name. A node of ``forward`` that reads constants only
+    and whose outputs ``own`` computes too is read from ``own`` instead of twinned. Returns the twin's nodes,
+    {name: its twin's name} and the initializers the twin adds (_unmerged)."""
+    computed = {o for n in own for o in n.output}
+    rename: dict[str, str] = {}
+    twins = []
+    for node in forward:
+        reads = [i for i in outer_reads(node) if i]
+        if all(i in constants or (i in computed and i not in rename) for i in reads) and \
+                all(o in computed for o in node.output if o):
+            continue
+        twin = onnx.NodeProto()
+        twin.CopyFrom(node)
+        rename_reads(twin, rename)
+        for k, o in enumerate(twin.output):
+            if o:
+                rename[o] = twin.output[k] = f"{TWIN}/{o}"
+        twin.name = f"{TWIN}/{node.name}" if node.name else ""
+        twins.append(twin)
+    for node in appended:
+        rename_reads(node, rename)
+    wanted = {i for n in appended for i in outer_reads(n)}
+    live = []
+    for twin in reversed(twins):
+        if wanted.intersection(twin.output):
+            live.append(twin)
+            wanted.update(outer_reads(twin))
+    live.reverse()
+    return live, rename, _unmerged(live, rename, constants)
+
+
+def _unmerged(twins, rename: dict[str, str], constants: dict[str, onnx.TensorProto]) -> list[onnx.TensorProto]:
+    """Copies of the scale and zero point of each twin QuantizeLinear of a model tensor (the explained input),
+    read by it instead: onnxruntime's common-subexpression elimination would merge it with the model's own
+    quantizer, whose codes the model's first layer then shares, and a quantizer shared so loses its fusion (int8
+    codes go unconverted to uint8 for x86's kernels). Integer zero points are never shared by its ConstantSharing."""
+    twinned = set(rename.values())
+    copies = []
+    for node in twins:
+        if node.op_type != "QuantizeLinear" or node.input[0] in twinned:
+            continue
+        for k in range(1, len(node.input)):
+            source = constants.get(node.input[k])
+            if source is not None:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(source)
+                copy.name = node.input[k] = f"{node.name or node.output[0]}/{source.name}"  # TWIN/...
+                copies.append(copy)
+    return copies
