@@ -13,10 +13,12 @@ forwards read them, and fold_unfused_dequantize gives each reader the form it ru
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnxattr.fold import DEFAULT_DOMAINS
-from onnxattr.graph import outer_reads, rename_reads
+from onnxattr.graph import CODE_MOVERS, outer_reads, rename_reads
 
 # statically quantized activations (QDQ, and QOperator written so by canonicalize): onnxruntime fuses the layers
 # between DequantizeLinear and QuantizeLinear into integer kernels. A dynamically quantized layer (DynamicQuantizeLinear
@@ -65,24 +67,35 @@ def twin_forward(own: list[onnx.NodeProto], forward: list[onnx.NodeProto], appen
             live.append(twin)
             wanted.update(outer_reads(twin))
     live.reverse()
-    return live, rename, _unmerged(live, rename, constants)
+    return live, rename, _unmerged(live, constants)
 
 
-def _unmerged(twins, rename: dict[str, str], constants: dict[str, onnx.TensorProto]) -> list[onnx.TensorProto]:
-    """Copies of the scale and zero point of each twin QuantizeLinear of a model tensor (the explained input),
-    read by it instead: onnxruntime's common-subexpression elimination would merge it with the model's own
-    quantizer, whose codes the model's first layer then shares, and a quantizer shared so loses its fusion (int8
-    codes go unconverted to uint8 for x86's kernels). Integer zero points are never shared by its ConstantSharing."""
-    twinned = set(rename.values())
-    copies = []
+def _unmerged(twins, constants: dict[str, onnx.TensorProto]) -> list[onnx.TensorProto]:
+    """Copies of the scale and zero point of each twin QuantizeLinear, read by it and by the DequantizeLinear of its
+    codes instead: onnxruntime's common-subexpression elimination merges twin nodes with the model's where they
+    compute alike (the input's quantizer, and whatever reads the input before it), and a quantizer whose codes the
+    model's first layer then shares loses its fusion (int8 codes go unconverted to uint8 for x86's kernels). An
+    integer zero point is never shared by its ConstantSharing, so a copy of it keeps the twin's quantizers apart; a
+    quantizer without one gets the uint8 zero it means."""
+    copies, renamed = [], {}  # renamed: {codes: {name: its copy's}}
     for node in twins:
-        if node.op_type != "QuantizeLinear" or node.input[0] in twinned:
-            continue
-        for k in range(1, len(node.input)):
-            source = constants.get(node.input[k])
-            if source is not None:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(source)
-                copy.name = node.input[k] = f"{node.name or node.output[0]}/{source.name}"  # TWIN/...
-                copies.append(copy)
+        if node.op_type == "QuantizeLinear":
+            names = {}
+            if len(node.input) < 3 and not any(a.name == "output_dtype" for a in node.attribute):
+                zero = numpy_helper.from_array(np.zeros((), np.uint8), f"{node.output[0]}/zero_point")
+                node.input.extend([""] * (2 - len(node.input)) + [zero.name])
+                copies.append(zero)
+            for k in range(1, len(node.input)):
+                source = constants.get(node.input[k])
+                if source is not None:
+                    copy = onnx.TensorProto()
+                    copy.CopyFrom(source)
+                    copy.name = names[source.name] = node.input[k] = f"{node.output[0]}/{source.name}"
+                    copies.append(copy)
+            renamed[node.output[0]] = names
+        elif node.op_type in CODE_MOVERS and node.input and node.input[0] in renamed:
+            renamed[node.output[0]] = renamed[node.input[0]]
+        elif node.op_type == "DequantizeLinear" and node.input[0] in renamed:
+            names = renamed[node.input[0]]
+            node.input[1:] = [names.get(i, i) for i in node.input[1:]]
     return copies

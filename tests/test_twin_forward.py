@@ -19,7 +19,9 @@ WIDTH = 32
 SIZE = 16
 
 
-def _float_net(path):
+def _float_net(path, channels_last=False):
+    """x [N, 3, SIZE, SIZE] (or [N, SIZE, SIZE, 3] transposed first, as a TensorFlow export reads images) -> three
+    convolutions, the last one's output added to itself -> global average pool -> Gemm -> y [N, 10]."""
     rng = np.random.default_rng(0)
 
     def w(name, shape, scale):
@@ -35,11 +37,15 @@ def _float_net(path):
              helper.make_node("GlobalAveragePool", ["r3"], ["g"]),
              helper.make_node("Flatten", ["g"], ["f"]),
              helper.make_node("Gemm", ["f", "w4", "b4"], ["y"], transB=1)]
+    data = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])
+    if channels_last:
+        nodes.insert(0, helper.make_node("Transpose", ["images"], ["x"], perm=[0, 3, 1, 2]))
+        data = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])
     inits = [w("w1", (WIDTH, 3, 3, 3), 0.3), w("b1", (WIDTH,), 0.1), w("w2", (WIDTH, WIDTH, 3, 3), 0.08),
              w("b2", (WIDTH,), 0.1), w("w3", (WIDTH, WIDTH, 3, 3), 0.08), w("b3", (WIDTH,), 0.1),
              w("w4", (10, WIDTH), 0.3), w("b4", (10,), 0.1)]
-    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    graph = helper.make_graph(nodes, "net", [data], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+                              inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
@@ -51,19 +57,22 @@ def exports(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("twin")
     _float_net(str(folder / "float.onnx"))
+    _float_net(str(folder / "float-nhwc.onnx"), channels_last=True)
     paths = {}
-    for fmt in ("QDQ", "QOperator"):
-        images = np.random.default_rng(1).random((4, 1, 3, SIZE, SIZE), dtype=np.float32)
+    for fmt, source, name, shape in (("QDQ", "float", "x", (3, SIZE, SIZE)), ("QOperator", "float", "x", (3, SIZE, SIZE)),
+                                     ("QDQ", "float-nhwc", "images", (SIZE, SIZE, 3))):
+        images = np.random.default_rng(1).random((4, 1) + shape, dtype=np.float32)
 
         class Images(CalibrationDataReader):
             def __init__(self):
-                self.left = iter([{"x": image} for image in images])
+                self.left = iter([{name: image} for image in images])
 
             def get_next(self):
                 return next(self.left, None)
 
-        paths[fmt] = str(folder / f"{fmt}.onnx")
-        quantize_static(str(folder / "float.onnx"), paths[fmt], Images(), quant_format=getattr(QuantFormat, fmt),
+        key = fmt if source == "float" else f"{fmt}-nhwc"
+        paths[key] = str(folder / f"{key}.onnx")
+        quantize_static(str(folder / f"{source}.onnx"), paths[key], Images(), quant_format=getattr(QuantFormat, fmt),
                         per_channel=True)
     return paths
 
@@ -95,14 +104,16 @@ def _integer_kernels(model, folder, skip_twin=False) -> list[str]:
                   and not (skip_twin and n.name.startswith(TWIN)))
 
 
-@pytest.mark.parametrize("method", ["gradient", "lrp.epsilon", "deep_taylor"])
-def test_the_models_own_layers_fuse_as_in_the_model(exports, method, tmp_path):
+@pytest.mark.parametrize("export", ["QDQ", "QDQ-nhwc"])
+@pytest.mark.parametrize("method", ["gradient", "lrp.epsilon", "deep_taylor", "integrated_gradients"])
+def test_the_models_own_layers_fuse_as_in_the_model(exports, export, method, tmp_path):
     """The mechanism behind the equality above, which rounding shows only now and then: onnxruntime writes the
     compiled model's own layers as the same integer kernels it writes the model's (a backward reading their float
-    values would keep them float)."""
-    want = _integer_kernels(exports["QDQ"], tmp_path)
+    values would keep them float; a twin quantizer merged with the model's would keep the first one float, also
+    where the input is transposed before its quantizer)."""
+    want = _integer_kernels(exports[export], tmp_path)
     assert want == ["QGemm", "QLinearConv", "QLinearConv", "QLinearGlobalAveragePool"]  # conv3 feeds Add twice
-    assert _integer_kernels(onnxattr.compile(exports["QDQ"], method), tmp_path, skip_twin=True) == want
+    assert _integer_kernels(onnxattr.compile(exports[export], method), tmp_path, skip_twin=True) == want
 
 
 def test_the_float_net_has_no_twin(exports):
@@ -132,8 +143,9 @@ def test_the_twin_copies_what_the_backward_reads_and_no_more():
     assert [n.op_type for n in twins] == ["QuantizeLinear", "DequantizeLinear", "MaxPool", "Relu"]  # no tail
     assert rename["indices"] == f"{TWIN}/indices" and rename["y"] == f"{TWIN}/y" and "w" not in rename
     assert [list(n.input) for n in appended] == [[f"{TWIN}/indices", f"{TWIN}/y"], ["g", "w"], ["x"]]
-    # the twin's quantizer of the model's input reads its own scale and zero point, equal to the model's
-    assert twins[0].input[0] == "x" and [c.name for c in copies] == list(twins[0].input[1:])
+    # the twin's quantizer reads its own scale and zero point, equal to the model's, and so does the DequantizeLinear
+    # of its codes; the weight's DequantizeLinear is the model's own
+    assert twins[0].input[0] == "x" and [c.name for c in copies] == list(twins[0].input[1:]) == list(twins[1].input[1:])
     assert [numpy_helper.to_array(c) for c in copies] == [np.float32(0.1), np.uint8(128)]
-    assert twins[1].input[1:] == ["s", "zp"]  # its dequantizer reads the twin's codes: nothing to merge
+    assert list(own[2].input[1:]) == ["s", "zp"]
 
