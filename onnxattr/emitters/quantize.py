@@ -141,15 +141,19 @@ def _quantize_backward(b, node, g: str, lower: str = "range") -> str:
         step = base if b.types.get(base) == ftype else b.op("Cast", [base], to=ftype)
     else:
         step = b.op("Div", [g if b.types.get(g) == ftype else b.op("Cast", [g], to=ftype), scale])
-    ratio = b.op("Div", [x, scale])
     bounds = _thresholds(b, node, x, lo, hi, dtype)
-    if bounds is not None:
-        below, above = bounds
-        inside = b.op("LessOrEqual", [ratio, b.const(above, dtype, "hi")])
+    on_x = None if bounds is None else _thresholds_on_x(b, node, x, bounds, dtype)
+    if on_x is not None and on_x[0] is not None and np.ndim(on_x[0]) == np.ndim(on_x[1]) == 0:
+        kept = b.op("Clip", [x, b.const(on_x[0], dtype, "lo"), b.const(on_x[1], dtype, "hi")])
+        inside = b.op("Equal", [kept, x])  # x itself where it lies in [x_lo, x_hi]
+    elif bounds is not None:
+        below, above = bounds if on_x is None else on_x
+        compared = b.op("Div", [x, scale]) if on_x is None else x
+        inside = b.op("LessOrEqual", [compared, b.const(above, dtype, "hi")])
         if below is not None:
-            inside = b.op("And", [b.op("GreaterOrEqual", [ratio, b.const(below, dtype, "lo")]), inside])
+            inside = b.op("And", [b.op("GreaterOrEqual", [compared, b.const(below, dtype, "lo")]), inside])
     else:
-        level = b.op("Round", [ratio])
+        level = b.op("Round", [b.op("Div", [x, scale])])
         if len(node.input) > 2 and node.input[2]:
             level = b.op("Add", [level, _along_axis(b, node, node.input[2], x, ftype)])
         inside = b.op("LessOrEqual", [level, b.const(np.asarray(hi, dtype), dtype, "hi")])
@@ -186,6 +190,43 @@ def _thresholds(b, node, x: str, lo, hi: int, dtype):
     if above is None or (lo is not None and below is None):
         return None
     return below, above
+
+
+def _thresholds_on_x(b, node, x: str, bounds, dtype):
+    """(x_lo or None, x_hi): ``bounds`` (on r = x / s) moved onto x itself, so that no division runs. For a constant
+    positive scale, r = x / s rounded to float32 rises with x, so {x : r <= t} is {x <= x_hi}, x_hi the largest float32
+    whose quotient, divided as IEEE divides (correctly rounded, as numpy and onnxruntime's Div do), is at most t;
+    likewise x_lo. None for another float type, a computed or non-positive scale, or a search that does not settle."""
+    scale = b.value(node.input[1])
+    if np.dtype(dtype) != np.float32 or scale is None:
+        return None
+    scale = np.asarray(scale, np.float32)
+    if not (np.all(scale > 0) and np.all(np.isfinite(scale))):
+        return None
+    if scale.ndim == 1 and scale.size > 1:
+        scale = along_axis(scale, known_rank(b, node, x), _axis(b, node, x))
+    elif scale.ndim:
+        scale = scale.reshape(())
+    below, above = bounds
+    x_hi = _last_inside(above, scale, np.float32(np.inf))
+    x_lo = None if below is None else _last_inside(below, scale, np.float32(-np.inf))
+    if x_hi is None or (below is not None and x_lo is None):
+        return None
+    return x_lo, x_hi
+
+
+def _last_inside(bound, scale: np.ndarray, outward: np.float32):
+    """The float32 x farthest toward ``outward`` (+inf: x / s <= bound; -inf: x / s >= bound), elementwise."""
+    bound = np.asarray(bound, np.float32)
+    inside = (lambda v: v / scale <= bound) if outward > 0 else (lambda v: v / scale >= bound)
+    x = (bound.astype(np.float64) * scale.astype(np.float64)).astype(np.float32)
+    for _ in range(32):  # the product lies within an ulp or two of the answer
+        beyond = np.nextafter(x, outward)
+        grow, shrink = inside(x) & inside(beyond), ~inside(x)
+        if not (grow.any() or shrink.any()):
+            return x if np.all(np.isfinite(x)) else None
+        x = np.where(grow, beyond, np.where(shrink, np.nextafter(x, -outward), x)).astype(np.float32)
+    return None
 
 
 def from_lowest_code(b, node) -> bool:

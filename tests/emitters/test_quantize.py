@@ -345,10 +345,44 @@ def test_a_zero_point_fed_at_run_time():
 
 def test_a_pair_with_one_scale_divides_by_nothing():
     """Q -> DQ with one scale tensor: the DequantizeLinear's g * s and the QuantizeLinear's division by s cancel, so
-    the backward is g times the range's mask: one Div (x / s, for the mask), two comparisons, no Where (five times
-    slower than a Mul by the cast mask on onnxruntime's CPU provider)."""
+    the backward is g times the range's mask, and a constant scale's range is two thresholds on x itself: x equals
+    Clip(x, x_lo, x_hi) inside it. No Div, no Where (five times slower than a Mul by the cast mask on onnxruntime's CPU
+    provider)."""
     from onnxattr.graph import live_nodes
 
     m = vjp_model(quant_model((2, 8), 0.1, np.uint8(7)), ["x"], out="y")
     ops = [n.op_type for n in live_nodes(list(m.graph.node), {"grad_x"}) if n.op_type not in ("QuantizeLinear",)]
-    assert ops.count("Div") == 1 and "Where" not in ops and "Round" not in ops and "Mul" in ops, ops
+    assert ops == ["Clip", "Equal", "Cast", "Mul", "Identity"], ops
+
+
+def _edges(scale, zp, lo, hi):
+    """The float32 x at each end of the range, x = (level - zp) * s for the half levels around lo and hi, and the
+    four floats on either side of each."""
+    values = []
+    for level in (lo - 0.5, lo + 0.5, hi - 0.5, hi + 0.5):
+        v = np.float32((level - float(zp)) * np.float64(scale))
+        for _ in range(4):
+            v = np.nextafter(v, np.float32(-np.inf))
+        for _ in range(9):
+            values.append(v)
+            v = np.nextafter(v, np.float32(np.inf))
+    return np.array(values, np.float32)
+
+
+@pytest.mark.parametrize("scale,zp,axis", [
+    (0.1, np.uint8(7), 1), (1 / 3, np.int8(-5), 1), (0.0157, np.uint8(0), 1), (3.0e-5, np.int16(11), 1),
+    ([0.1, 1 / 3, 0.0157], np.array([7, 0, 255], np.uint8), 1), ([0.07, 2.5], np.array([-128, 3], np.int8), 0)])
+def test_the_range_on_x_itself_is_the_range_on_x_over_s(scale, zp, axis):
+    """The thresholds moved from r = x / s onto x (emitters/quantize._thresholds_on_x) decide every float32 as the
+    division does: x at each end of the range and the eight floats around it, per tensor and per channel, the ties
+    of round half to even among them."""
+    lo, hi = RANGES[zp.dtype.type]
+    if np.ndim(scale) == 0:
+        x = _edges(scale, zp, lo, hi)[None, :]
+    else:
+        columns = np.stack([_edges(s, z, lo, hi) for s, z in zip(scale, zp)])  # [C, n]
+        x = columns if axis == 0 else columns.T
+    got = emitted_gradient(quant_model(x.shape, scale, zp, axis, opset=21), x, np.ones_like(x))
+    factor, inside = straight_through(x, scale, zp, zp.dtype.type, axis)
+    assert inside.any() and not inside.all()
+    np.testing.assert_array_equal(got, factor)
