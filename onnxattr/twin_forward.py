@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxattr.fold import DEFAULT_DOMAINS
 from onnxattr.graph import CODE_MOVERS, outer_reads, rename_reads
@@ -76,14 +76,16 @@ def _unmerged(twins, constants: dict[str, onnx.TensorProto]) -> list[onnx.Tensor
     compute alike (the input's quantizer, and whatever reads the input before it), and a quantizer whose codes the
     model's first layer then shares loses its fusion (int8 codes go unconverted to uint8 for x86's kernels). An
     integer zero point is never shared by its ConstantSharing, so a copy of it keeps the twin's quantizers apart; a
-    quantizer without one gets the uint8 zero it means."""
+    quantizer without one gets the zero it means (uint8, or its output_dtype's)."""
     copies, renamed = [], {}  # renamed: {codes: {name: its copy's}}
     for node in twins:
         if node.op_type == "QuantizeLinear":
             names = {}
-            if len(node.input) < 3 and not any(a.name == "output_dtype" for a in node.attribute):
-                zero = numpy_helper.from_array(np.zeros((), np.uint8), f"{node.output[0]}/zero_point")
-                node.input.extend([""] * (2 - len(node.input)) + [zero.name])
+            if len(node.input) < 3 or not node.input[2]:
+                code = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), TensorProto.UINT8)
+                zero = numpy_helper.from_array(np.zeros((), helper.tensor_dtype_to_np_dtype(code)),
+                                               f"{node.output[0]}/zero_point")
+                node.input[:] = list(node.input[:2]) + [zero.name]
                 copies.append(zero)
             for k in range(1, len(node.input)):
                 source = constants.get(node.input[k])
