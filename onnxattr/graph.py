@@ -92,6 +92,16 @@ def along_axis(values, rank: int, axis: int) -> np.ndarray:
 # ops that move a tensor's elements without changing them: integer codes stay the codes of one quantizer
 CODE_MOVERS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 
+
+def follow_codes(node: onnx.NodeProto, known: dict) -> bool:
+    """Where ``node`` moves (CODE_MOVERS) codes that ``known`` holds something for (their quantizer, its scale and
+    zero point, ...), give its output the same entry, in place; whether it did. Called on nodes in topological
+    order, it follows codes through any chain of movers."""
+    if node.op_type in CODE_MOVERS and node.input[:1] and node.input[0] in known:
+        known[node.output[0]] = known[node.input[0]]
+        return True
+    return False
+
 # op type -> index of the input whose element type the (first) output has
 SAME_TYPE_OPS = {
     **dict.fromkeys((

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxattr.graph import CODE_MOVERS
+from onnxattr.graph import follow_codes
 from onnxattr.recurrent_nodes import node_attrs
 
 DOMAINS = ("", "ai.onnx", "com.microsoft")
@@ -99,8 +99,8 @@ def _note_codes(node, quantized: dict, inits: dict) -> None:
         quantized[node.output[0]] = (node.input[1], node.input[2] if len(node.input) > 2 else "")
     elif node.op_type == "DynamicQuantizeLinear":
         quantized[node.output[0]] = (node.output[1], node.output[2])
-    elif node.op_type in CODE_MOVERS and node.input[:1] and node.input[0] in quantized:
-        quantized[node.output[0]] = quantized[node.input[0]]
+    else:
+        follow_codes(node, quantized)
 
 
 def _as_float(node, inits: dict, graph) -> list | None:

@@ -18,19 +18,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxattr.fold import DEFAULT_DOMAINS
-from onnxattr.graph import CODE_MOVERS, outer_reads, rename_reads
+from onnxattr.graph import follow_codes, outer_reads, rename_reads
 
-# statically quantized activations (QDQ, and QOperator written so by canonicalize): onnxruntime fuses the layers
-# between DequantizeLinear and QuantizeLinear into integer kernels. A dynamically quantized layer (DynamicQuantizeLinear
-# -> MatMulInteger) keeps its fusion with a backward beside it, so it needs no twin.
-QUANTIZERS = frozenset({"QuantizeLinear"})
 TWIN = "onnxattr_backward"  # prefix of the twin's tensor names
 
 
 def quantizes_activations(nodes) -> bool:
-    """Whether the forward quantizes a run-time tensor (not only weights): then onnxruntime may run its layers as
-    integer kernels, which a backward reading their float values would break."""
-    return any(n.op_type in QUANTIZERS and n.domain in DEFAULT_DOMAINS for n in nodes)
+    """Whether the forward quantizes statically (a QuantizeLinear: QDQ, and QOperator as canonicalize writes it):
+    then onnxruntime fuses the layers between DequantizeLinear and QuantizeLinear into integer kernels, which a
+    backward reading their float values would break. A dynamically quantized layer (DynamicQuantizeLinear ->
+    MatMulInteger) keeps its fusion with a backward beside it, so it needs no twin."""
+    return any(n.op_type == "QuantizeLinear" and n.domain in DEFAULT_DOMAINS for n in nodes)
 
 
 def twin_forward(own: list[onnx.NodeProto], forward: list[onnx.NodeProto], appended: list[onnx.NodeProto],
@@ -95,9 +93,9 @@ def _unmerged(twins, constants: dict[str, onnx.TensorProto]) -> list[onnx.Tensor
                     copy.name = names[source.name] = node.input[k] = f"{node.output[0]}/{source.name}"
                     copies.append(copy)
             renamed[node.output[0]] = names
-        elif node.op_type in CODE_MOVERS and node.input and node.input[0] in renamed:
-            renamed[node.output[0]] = renamed[node.input[0]]
         elif node.op_type == "DequantizeLinear" and node.input[0] in renamed:
             names = renamed[node.input[0]]
             node.input[1:] = [names.get(i, i) for i in node.input[1:]]
+        else:
+            follow_codes(node, renamed)
     return copies

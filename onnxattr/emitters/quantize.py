@@ -163,6 +163,14 @@ def _quantize_backward(b, node, g: str, lower: str = "range") -> str:
     return b.op("Mul", [step, b.op("Cast", [inside], to=ftype)])  # (Where is five times slower on CPU)
 
 
+def _against(b, node, x: str, values: np.ndarray) -> np.ndarray:
+    """A constant scale or zero point (one value, or one per slice along the node's axis) shaped to broadcast
+    against x."""
+    if values.ndim == 1 and values.size > 1:
+        return along_axis(values, known_rank(b, node, x), _axis(b, node, x))
+    return values.reshape(()) if values.ndim else values
+
+
 def _thresholds(b, node, x: str, lo, hi: int, dtype):
     """(t_lo or None, t_hi) with lo <= round(r) + zp <= hi exactly where t_lo <= r <= t_hi, for a constant zero
     point: round(r) >= k where r >= k - 0.5, the tie included when round half to even takes it to k (k even) and
@@ -171,11 +179,7 @@ def _thresholds(b, node, x: str, lo, hi: int, dtype):
     zp = b.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.int64)
     if zp is None:
         return None
-    zp = np.asarray(zp).astype(np.float64)
-    if zp.ndim == 1 and zp.size > 1:
-        zp = along_axis(zp, known_rank(b, node, x), _axis(b, node, x))
-    elif zp.ndim:
-        zp = zp.reshape(())
+    zp = _against(b, node, x, np.asarray(zp).astype(np.float64))
 
     def edge(k, toward):
         t = k + (0.5 if toward < 0 else -0.5)
@@ -200,13 +204,9 @@ def _thresholds_on_x(b, node, x: str, bounds, dtype):
     scale = b.value(node.input[1])
     if np.dtype(dtype) != np.float32 or scale is None:
         return None
-    scale = np.asarray(scale, np.float32)
+    scale = _against(b, node, x, np.asarray(scale, np.float32))
     if not (np.all(scale > 0) and np.all(np.isfinite(scale))):
         return None
-    if scale.ndim == 1 and scale.size > 1:
-        scale = along_axis(scale, known_rank(b, node, x), _axis(b, node, x))
-    elif scale.ndim:
-        scale = scale.reshape(())
     below, above = bounds
     x_hi = _last_inside(above, scale, np.float32(np.inf))
     x_lo = None if below is None else _last_inside(below, scale, np.float32(-np.inf))

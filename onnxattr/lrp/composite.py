@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from onnxattr.dequantize import INTEGER_LAYERS
 from onnxattr.errors import UnsupportedModelError, UsageError
-from onnxattr.graph import CODE_MOVERS
+from onnxattr.graph import follow_codes
 from onnxattr.lrp import rules as R
 from onnxattr.lrp.gates import broadcast_gate, centring_parts, gate_branch, scaled_from, statistics_parts
 from onnxattr.lrp.named import PASS_TO, pick
@@ -104,8 +104,7 @@ class Composite:
         scalings: list = []  # (node, its entry) of each Mul and Div by a constant
         quantized: dict = {}  # codes -> the name of the quantizer that wrote them
         for n in nodes:
-            if n.op_type in CODE_MOVERS and n.input[0] in quantized:  # the same codes (a QOperator Flatten's)
-                quantized[n.output[0]] = quantized[n.input[0]]
+            follow_codes(n, quantized)  # the same codes (a QOperator Flatten's)
             if n.op_type in INTEGER_LAYERS:
                 raise UnsupportedModelError(
                     f"{n.op_type} node '{n.name}': an integer layer whose float weights and scores the graph does not "
